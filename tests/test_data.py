@@ -1,0 +1,484 @@
+"""Tests for normalcy.data: image/mask reading, file listing, MVTec-layout loading."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from normalcy.data import (
+    IMAGE_SUFFIXES,
+    Dataset,
+    ImageError,
+    InputError,
+    MaskSizeWarning,
+    Sample,
+    iter_images,
+    list_files,
+    load_dataset,
+    read_image,
+    read_mask,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _rgb(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _check_rgb(arr: np.ndarray, h: int, w: int) -> None:
+    assert arr.dtype == np.uint8
+    assert arr.shape == (h, w, 3)
+
+
+# ------------------------------------------------------------------ read_image modes
+
+
+def test_suffixes() -> None:
+    assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"} <= IMAGE_SUFFIXES
+    assert all(s == s.lower() for s in IMAGE_SUFFIXES)
+
+
+def test_read_rgb_png_exact(tmp_path: Path) -> None:
+    a = _rgb()
+    Image.fromarray(a).save(tmp_path / "x.png")
+    out = read_image(tmp_path / "x.png")
+    _check_rgb(out, 24, 32)
+    np.testing.assert_array_equal(out, a)
+
+
+def test_read_rgb_jpeg(tmp_path: Path) -> None:
+    Image.fromarray(_rgb()).save(tmp_path / "x.jpg", quality=95)
+    _check_rgb(read_image(str(tmp_path / "x.jpg")), 24, 32)
+
+
+def test_read_l(tmp_path: Path) -> None:
+    g = np.arange(24 * 32, dtype=np.uint32).reshape(24, 32).astype(np.uint8)
+    Image.fromarray(g, mode="L").save(tmp_path / "g.png")
+    out = read_image(tmp_path / "g.png")
+    _check_rgb(out, 24, 32)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], g)
+
+
+def test_read_la(tmp_path: Path) -> None:
+    im = Image.new("LA", (5, 4), (200, 255))
+    im.save(tmp_path / "la.png")
+    out = read_image(tmp_path / "la.png")
+    _check_rgb(out, 4, 5)
+    assert (out == 200).all()
+
+
+def test_read_rgba_alpha_composited_on_black(tmp_path: Path) -> None:
+    a = np.zeros((4, 6, 4), dtype=np.uint8)
+    a[..., :3] = (10, 20, 30)
+    a[:, :3, 3] = 255  # left half opaque
+    a[:, 3:, 3] = 0  # right half transparent
+    Image.fromarray(a, mode="RGBA").save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    _check_rgb(out, 4, 6)
+    assert (out[:, :3] == (10, 20, 30)).all()
+    assert (out[:, 3:] == 0).all()
+
+
+def test_read_palette(tmp_path: Path) -> None:
+    im = Image.new("P", (4, 3))
+    pal = [0, 0, 0, 255, 0, 0] + [0] * (256 * 3 - 6)
+    im.putpalette(pal)
+    im.putpixel((1, 1), 1)
+    im.save(tmp_path / "p.png")
+    out = read_image(tmp_path / "p.png")
+    _check_rgb(out, 3, 4)
+    assert tuple(out[1, 1]) == (255, 0, 0)
+    assert tuple(out[0, 0]) == (0, 0, 0)
+
+
+def test_read_palette_with_transparency(tmp_path: Path) -> None:
+    im = Image.new("P", (4, 3))
+    pal = [0, 255, 0, 255, 0, 0] + [0] * (256 * 3 - 6)
+    im.putpalette(pal)
+    im.putpixel((1, 1), 1)
+    im.info["transparency"] = 0  # index 0 (green) is transparent
+    im.save(tmp_path / "pt.png", transparency=0)
+    out = read_image(tmp_path / "pt.png")
+    _check_rgb(out, 3, 4)
+    assert tuple(out[1, 1]) == (255, 0, 0)
+    assert tuple(out[0, 0]) == (0, 0, 0)  # transparent green -> black
+
+
+def test_read_palette_gif(tmp_path: Path) -> None:
+    Image.fromarray(_rgb(8, 8)).convert("P").save(tmp_path / "x.gif")
+    _check_rgb(read_image(tmp_path / "x.gif"), 8, 8)
+
+
+def test_read_cmyk_jpeg(tmp_path: Path) -> None:
+    Image.new("CMYK", (6, 5), (0, 0, 0, 0)).save(tmp_path / "c.jpg")
+    out = read_image(tmp_path / "c.jpg")
+    _check_rgb(out, 5, 6)
+    assert out.mean() > 240  # no ink -> white
+
+
+def test_read_16bit_png_pil(tmp_path: Path) -> None:
+    a = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    Image.fromarray(a).save(tmp_path / "i16.png")
+    out = read_image(tmp_path / "i16.png")
+    _check_rgb(out, 1, 4)
+    assert out[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_read_16bit_png_cv2(tmp_path: Path) -> None:
+    cv2 = pytest.importorskip("cv2")
+    a = np.array([[0, 257, 65535], [514, 1000, 65000]], dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "cv16.png"), a)
+    out = read_image(tmp_path / "cv16.png")
+    _check_rgb(out, 2, 3)
+    assert out[0, :, 0].tolist() == [0, 1, 255]
+    assert out[1, 0, 0] == 2
+
+
+def test_read_16bit_tiff_big_endian(tmp_path: Path) -> None:
+    a = np.array([[0, 65535]], dtype=">u2")
+    im = Image.frombytes("I;16B", (2, 1), a.tobytes())
+    im.save(tmp_path / "b.tif")
+    out = read_image(tmp_path / "b.tif")
+    assert out[0, :, 0].tolist() == [0, 255]
+
+
+def test_read_mode_i_clipped(tmp_path: Path) -> None:
+    a = np.array([[-5, 0, 65535, 100000]], dtype=np.int32)
+    Image.fromarray(a, mode="I").save(tmp_path / "i32.tif")
+    out = read_image(tmp_path / "i32.tif")
+    assert out[0, :, 0].tolist() == [0, 0, 255, 255]
+
+
+def test_read_mode_f(tmp_path: Path) -> None:
+    unit = np.array([[0.0, 0.5, 1.0, -0.2]], dtype=np.float32)
+    Image.fromarray(unit, mode="F").save(tmp_path / "f1.tif")
+    assert read_image(tmp_path / "f1.tif")[0, :, 0].tolist() == [0, 128, 255, 0]
+    big = np.array([[0.0, 100.0, 255.0, 300.0]], dtype=np.float32)
+    Image.fromarray(big, mode="F").save(tmp_path / "f2.tif")
+    assert read_image(tmp_path / "f2.tif")[0, :, 0].tolist() == [0, 100, 255, 255]
+
+
+def test_read_bilevel(tmp_path: Path) -> None:
+    im = Image.new("1", (4, 4), 1)
+    im.save(tmp_path / "b.bmp")
+    out = read_image(tmp_path / "b.bmp")
+    _check_rgb(out, 4, 4)
+    assert (out == 255).all()
+
+
+def test_read_applies_exif_orientation(tmp_path: Path) -> None:
+    im = Image.fromarray(_rgb(10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees CW on display
+    im.save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    out = read_image(tmp_path / "rot.jpg")
+    assert out.shape == (20, 10, 3)
+
+
+# ------------------------------------------------------------------ read_image errors
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    with pytest.raises(ImageError) as ei:
+        read_image(p)
+    assert ei.value.reason == "empty file (0 bytes)"
+    assert ei.value.path == p
+    assert str(ei.value) == f"{p}: empty file (0 bytes)"
+
+
+def test_text_file_named_jpg(tmp_path: Path) -> None:
+    p = tmp_path / "notes.jpg"
+    p.write_text("this is not a picture\n")
+    with pytest.raises(ImageError) as ei:
+        read_image(p)
+    assert ei.value.reason == "not an image (cannot identify format)"
+
+
+@pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png")])
+@pytest.mark.parametrize("frac", [0.3, 0.7])
+def test_truncated(tmp_path: Path, fmt: str, suffix: str, frac: float) -> None:
+    full = tmp_path / f"full{suffix}"
+    Image.fromarray(_rgb(64, 64)).save(full, format=fmt)
+    data = full.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: int(len(data) * frac)])
+    with pytest.raises(ImageError) as ei:
+        read_image(cut)
+    assert ei.value.reason == "truncated image data"
+    # The global PIL switch must not have been flipped to hide truncation.
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_corrupt_png_crc(tmp_path: Path) -> None:
+    p = tmp_path / "x.png"
+    Image.fromarray(_rgb()).save(p)
+    data = bytearray(p.read_bytes())
+    data[40:60] = bytes(20)  # overwrite the start of IDAT
+    p.write_bytes(bytes(data))
+    with pytest.raises(ImageError) as ei:
+        read_image(p)
+    assert ei.value.reason.startswith(("corrupt image:", "truncated", "not an image"))
+    assert "\n" not in ei.value.reason
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "nope.png"
+    with pytest.raises(ImageError) as ei:
+        read_image(p)
+    assert "not found" in ei.value.reason
+
+
+def test_directory(tmp_path: Path) -> None:
+    d = tmp_path / "dir.png"
+    d.mkdir()
+    with pytest.raises(ImageError) as ei:
+        read_image(d)
+    assert "directory" in ei.value.reason
+
+
+def test_image_error_is_picklable(tmp_path: Path) -> None:
+    err = pickle.loads(pickle.dumps(ImageError(tmp_path / "a.png", "bad")))
+    assert err.path == tmp_path / "a.png" and err.reason == "bad"
+    assert str(err) == f"{tmp_path / 'a.png'}: bad"
+
+
+def test_input_error_is_value_error() -> None:
+    assert issubclass(InputError, ValueError)
+
+
+# ------------------------------------------------------------------------ iter_images
+
+
+def test_iter_images_skips_and_records(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(_rgb(seed=i)).save(p)
+        paths.append(p)
+    bad = tmp_path / "1b.jpg"
+    bad.write_text("nope")
+    paths.insert(1, bad)
+
+    skipped: list[tuple[Path, str]] = []
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        got = list(iter_images(paths, skipped))
+    assert [p for p, _ in got] == [paths[0], paths[2], paths[3]]
+    assert all(img.shape == (24, 32, 3) for _, img in got)
+    assert skipped == [(bad, "not an image (cannot identify format)")]
+    assert any("1b.jpg" in r.getMessage() and "not an image" in r.getMessage() for r in caplog.records)
+
+
+# -------------------------------------------------------------------------- read_mask
+
+
+def test_read_mask_threshold(tmp_path: Path) -> None:
+    m = np.array([[0, 127, 128, 255]], dtype=np.uint8)
+    Image.fromarray(m).save(tmp_path / "m.png")
+    out = read_mask(tmp_path / "m.png", (1, 4))
+    assert out.dtype == bool
+    assert out.tolist() == [[False, False, True, True]]
+
+
+def test_read_mask_none() -> None:
+    out = read_mask(None, (5, 7))
+    assert out.shape == (5, 7) and out.dtype == bool and not out.any()
+
+
+def test_read_mask_resize_warns(tmp_path: Path) -> None:
+    m = np.zeros((10, 20), dtype=np.uint8)
+    m[:, 10:] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    with pytest.warns(MaskSizeWarning, match=r"mask size 20x10 differs from image size 40x5; resized"):
+        out = read_mask(tmp_path / "m.png", (5, 40))
+    assert out.shape == (5, 40) and out.dtype == bool
+    assert not out[:, :20].any() and out[:, 20:].all()
+    assert issubclass(MaskSizeWarning, UserWarning)
+
+
+def test_read_mask_same_size_no_warning(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    Image.new("L", (6, 4), 255).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", (4, 6)).all()
+    assert not [w for w in recwarn if issubclass(w.category, MaskSizeWarning)]
+
+
+def test_read_mask_rgb(tmp_path: Path) -> None:
+    Image.new("RGB", (3, 2), (255, 255, 255)).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", (2, 3)).all()
+
+
+# ------------------------------------------------------------------------- list_files
+
+
+def test_list_files_missing(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as ei:
+        list_files(tmp_path / "nope")
+    assert "nope" in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_list_files_empty(tmp_path: Path) -> None:
+    (tmp_path / "e").mkdir()
+    with pytest.raises(InputError):
+        list_files(tmp_path / "e")
+
+
+def test_list_files_only_hidden(tmp_path: Path) -> None:
+    d = tmp_path / "h"
+    d.mkdir()
+    (d / ".DS_Store").write_bytes(b"x")
+    with pytest.raises(InputError):
+        list_files(d)
+
+
+def test_list_files_not_a_dir(tmp_path: Path) -> None:
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    with pytest.raises(InputError):
+        list_files(f)
+
+
+def test_list_files_contents(tmp_path: Path) -> None:
+    (tmp_path / "b.png").write_bytes(b"x")
+    (tmp_path / "a.txt").write_bytes(b"x")
+    (tmp_path / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.jpg").write_bytes(b"x")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "d.png").write_bytes(b"x")
+    assert list_files(tmp_path) == [tmp_path / "a.txt", tmp_path / "b.png", tmp_path / "sub" / "c.jpg"]
+    assert list_files(tmp_path, recursive=False) == [tmp_path / "a.txt", tmp_path / "b.png"]
+
+
+# ----------------------------------------------------------------------- load_dataset
+
+
+def _make_tree(root: Path) -> None:
+    def img(p: Path) -> None:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_rgb(8, 8)).save(p)
+
+    for i in range(3):
+        img(root / "train" / "good" / f"{i:03d}.png")
+    (root / "train" / "good" / "readme.txt").write_text("not filtered")
+    img(root / "test" / "good" / "000.png")
+    img(root / "test" / "scratch" / "001.png")
+    img(root / "test" / "scratch" / "000.png")
+    img(root / "test" / "crack" / "000.png")
+    img(root / "test" / "crack" / "001.png")
+    img(root / "test" / "crack" / "002.png")
+    gt = root / "ground_truth"
+    img(gt / "scratch" / "000_mask.png")
+    img(gt / "scratch" / "001_mask.png")
+    img(gt / "crack" / "000.png")  # plain <stem>.png is accepted too
+    img(gt / "crack" / "001_mask.png")
+    # crack/002 has no mask
+
+
+def test_load_dataset_synthetic(tmp_path: Path) -> None:
+    root = tmp_path / "widget"
+    _make_tree(root)
+    ds = load_dataset(str(root))
+    assert isinstance(ds, Dataset)
+    assert ds.name == "widget" and ds.root == root
+    assert len(ds.train) == 4 and ds.train[-1].name == "readme.txt"
+    assert all(isinstance(s, Sample) for s in ds.test)
+    assert [(s.defect, s.path.name, s.label) for s in ds.test] == [
+        ("crack", "000.png", 1),
+        ("crack", "001.png", 1),
+        ("crack", "002.png", 1),
+        ("good", "000.png", 0),
+        ("scratch", "000.png", 1),
+        ("scratch", "001.png", 1),
+    ]
+    masks = [s.mask_path for s in ds.test]
+    gt = root / "ground_truth"
+    assert masks == [
+        gt / "crack" / "000.png",
+        gt / "crack" / "001_mask.png",
+        None,
+        None,
+        gt / "scratch" / "000_mask.png",
+        gt / "scratch" / "001_mask.png",
+    ]
+
+
+def test_load_dataset_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="nothere"):
+        load_dataset(tmp_path / "nothere")
+
+
+def test_load_dataset_missing_train(tmp_path: Path) -> None:
+    (tmp_path / "test" / "good").mkdir(parents=True)
+    (tmp_path / "test" / "good" / "a.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="train"):
+        load_dataset(tmp_path)
+
+
+def test_load_dataset_empty_train(tmp_path: Path) -> None:
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    with pytest.raises(InputError, match="train"):
+        load_dataset(tmp_path)
+
+
+def test_load_dataset_missing_or_empty_test(tmp_path: Path) -> None:
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    (tmp_path / "train" / "good" / "a.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="test"):
+        load_dataset(tmp_path)
+    (tmp_path / "test" / "good").mkdir(parents=True)
+    with pytest.raises(InputError, match="test") as ei:
+        load_dataset(tmp_path)
+    assert "\n" not in str(ei.value)
+
+
+# -------------------------------------------------------------------------- real data
+
+
+def _real(name: str) -> Path:
+    root = SHARED_DATA / name
+    if not root.is_dir():
+        pytest.skip(f"real data not available: {root}")
+    return root
+
+
+def test_real_hazelnut_toy() -> None:
+    ds = load_dataset(_real("hazelnut_toy"))
+    assert ds.name == "hazelnut_toy"
+    assert len(ds.train) == 28
+    assert len(ds.test) == 23
+    anomalous = [s for s in ds.test if s.label == 1]
+    assert len(anomalous) == 17
+    assert all(s.defect == "colour" and s.mask_path is not None for s in anomalous)
+    s = anomalous[0]
+    img = read_image(s.path)
+    assert img.shape == (512, 512, 3)
+    mask = read_mask(s.mask_path, img.shape[:2])
+    assert mask.shape == (512, 512) and mask.any()
+
+
+def test_real_magnetic_tile() -> None:
+    ds = load_dataset(_real("magnetic_tile"))
+    assert len(ds.train) == 619
+    assert len(ds.test) == 725
+    counts: dict[str, int] = {}
+    for s in ds.test:
+        counts[s.defect] = counts.get(s.defect, 0) + 1
+    assert counts == {"blowhole": 115, "break": 85, "crack": 57, "fray": 32, "good": 333, "uneven": 103}
+    assert sum(s.label for s in ds.test) == 725 - 333
+    assert all(s.mask_path is not None for s in ds.test if s.label == 1)
+    crack = next(s for s in ds.test if s.defect == "crack")
+    img = read_image(crack.path)
+    assert img.ndim == 3 and img.shape[2] == 3
+    assert (img[..., 0] == img[..., 1]).all()  # grayscale source
+    assert read_mask(crack.mask_path, img.shape[:2]).shape == img.shape[:2]

@@ -1,0 +1,262 @@
+"""Tests for normalcy.report: colour mapping, overlays, PNG heatmaps and the HTML report."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from normalcy.report import ReportImage, colorize, overlay, save_heatmap, write_report
+
+
+def _image(h: int = 32, w: int = 48, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def _amap(h: int = 32, w: int = 48) -> np.ndarray:
+    a = np.zeros((h, w), dtype=np.float32)
+    a[h // 4 : h // 2, w // 4 : w // 2] = 1.0
+    return a
+
+
+# --------------------------------------------------------------------------- colorize
+
+
+def test_colorize_shape_dtype() -> None:
+    out = colorize(_amap(), 0.0, 1.0)
+    assert out.shape == (32, 48, 3)
+    assert out.dtype == np.uint8
+
+
+def test_colorize_high_is_red_low_is_blue() -> None:
+    a = np.array([[0.0, 1.0]], dtype=np.float32)
+    out = colorize(a, 0.0, 1.0).astype(int)
+    low, high = out[0, 0], out[0, 1]
+    assert low[2] > low[0], f"low value should be bluish (RGB), got {low}"
+    assert high[0] > high[2], f"high value should be reddish (RGB), got {high}"
+
+
+def test_colorize_clips_to_range() -> None:
+    a = np.array([[-5.0, 0.0, 1.0, 7.0]])
+    out = colorize(a, 0.0, 1.0)
+    assert np.array_equal(out[0, 0], out[0, 1])
+    assert np.array_equal(out[0, 2], out[0, 3])
+
+
+@pytest.mark.parametrize("vmin,vmax", [(0.5, 0.5), (1.0, 0.0)])
+def test_colorize_degenerate_range_does_not_crash(vmin: float, vmax: float) -> None:
+    with np.errstate(all="raise"):
+        out = colorize(np.array([[0.0, 0.5, 1.0]]), vmin, vmax)
+    assert out.shape == (1, 3, 3) and out.dtype == np.uint8
+
+
+def test_colorize_nan_is_safe() -> None:
+    out = colorize(np.array([[np.nan, np.inf, -np.inf]]), 0.0, 1.0)
+    assert out.shape == (1, 3, 3)
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+def test_overlay_shape_dtype_and_colour() -> None:
+    img = np.full((32, 48, 3), 128, dtype=np.uint8)
+    a = np.zeros((32, 48), dtype=np.float32)
+    a[:, 24:] = 1.0
+    out = overlay(img, a, 0.0, 1.0, alpha=0.5)
+    assert out.shape == (32, 48, 3) and out.dtype == np.uint8
+    left, right = out[16, 5].astype(int), out[16, 40].astype(int)
+    assert left[2] > left[0]  # cold side bluish
+    assert right[0] > right[2]  # hot side reddish
+
+
+def test_overlay_gray_image_and_resized_map() -> None:
+    gray = np.full((40, 60), 200, dtype=np.uint8)
+    small = np.random.default_rng(1).random((5, 7)).astype(np.float32)
+    out = overlay(gray, small, 0.0, 1.0)
+    assert out.shape == (40, 60, 3) and out.dtype == np.uint8
+
+
+def test_overlay_alpha_extremes() -> None:
+    img = _image()
+    a = _amap()
+    assert np.array_equal(overlay(img, a, 0.0, 1.0, alpha=0.0), img)
+    assert np.array_equal(overlay(img, a, 0.0, 1.0, alpha=1.0), colorize(a, 0.0, 1.0))
+
+
+def test_overlay_degenerate_range() -> None:
+    out = overlay(_image(), _amap(), 0.3, 0.3)
+    assert out.shape == (32, 48, 3)
+
+
+# --------------------------------------------------------------------------- save_heatmap
+
+
+def test_save_heatmap_writes_side_by_side_png(tmp_path: Path) -> None:
+    p = tmp_path / "deep" / "nested" / "h.png"
+    img = _image(32, 48)
+    save_heatmap(p, img, _amap(8, 12), 0.0, 1.0)
+    assert p.exists()
+    with Image.open(p) as im:
+        assert im.format == "PNG"
+        assert im.size == (2 * 48, 32)
+        arr = np.asarray(im.convert("RGB"))
+    assert np.array_equal(arr[:, :48], img)  # left half is the untouched original
+
+
+# --------------------------------------------------------------------------- write_report
+
+
+def _top(n: int = 3, with_map: bool = True) -> list[ReportImage]:
+    items = []
+    for i in range(n):
+        items.append(
+            ReportImage(
+                name=f"img_{i}.png",
+                score=float(n - i),
+                anomalous=i == 0,
+                image=_image(seed=i),
+                amap=_amap() * (n - i) if with_map else None,
+                label=1 if i == 0 else 0,
+            )
+        )
+    return items
+
+
+def _count_img(text: str) -> int:
+    return len(re.findall(r"<img\b", text))
+
+
+def test_write_report_full(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 10)
+    scores = rng.normal(size=30) + 2.0 * labels
+    names = [f"s{i}.png" for i in range(30)]
+    names[3] = "<b>x</b>"
+    top = _top(3)
+    top[1].name = "<b>x</b>"
+    p = write_report(
+        tmp_path / "out" / "report.html",
+        title="Solar cells & <friends>",
+        scores=scores,
+        names=names,
+        top=top,
+        threshold=1.0,
+        labels=labels,
+        metrics={"image_auroc": 0.91234, "pixel_aupro": float("nan")},
+        skipped=[("broken.jpg", "cannot decode"), ("tiny.png", "too small <8px")],
+        info={"detector": "patchcore", "backbone": "efficientnet-lite0", "model dir": "/m"},
+    )
+    assert p == tmp_path / "out" / "report.html" and p.exists()
+    text = p.read_text(encoding="utf-8")
+
+    assert _count_img(text) == 6  # original + overlay per card
+    assert text.count("data:image/png;base64,") == 6
+    assert "Solar cells &amp; &lt;friends&gt;" in text
+    assert "<friends>" not in text
+    # escaping
+    assert "<b>x</b>" not in text
+    assert "&lt;b&gt;x&lt;/b&gt;" in text
+    # plots: histogram + ROC
+    assert text.count("<svg") == 2
+    assert 'class="plot roc"' in text and 'class="plot hist"' in text
+    assert "AUROC" in text
+    # metrics: 3 decimals, NaN as dash
+    assert "0.912" in text and "0.91234" not in text
+    assert "–" in text
+    # info and skipped
+    assert "efficientnet-lite0" in text and "model dir" in text
+    assert "broken.jpg" in text and "cannot decode" in text
+    assert "too small &lt;8px" in text
+    # badges
+    assert "badge bad" in text and "badge ok" in text
+    assert "truth: anomalous" in text
+
+
+def test_write_report_without_labels_has_no_roc(tmp_path: Path) -> None:
+    scores = np.linspace(0, 1, 12)
+    p = write_report(
+        tmp_path / "r.html",
+        title="no labels",
+        scores=scores,
+        names=[f"n{i}" for i in range(12)],
+        top=_top(2),
+        threshold=0.5,
+    )
+    text = p.read_text(encoding="utf-8")
+    assert text.count("<svg") == 1  # histogram only
+    assert 'class="plot roc"' not in text
+    assert _count_img(text) == 4
+    assert "Skipped" not in text
+
+
+def test_write_report_one_class_labels_has_no_roc(tmp_path: Path) -> None:
+    p = write_report(
+        tmp_path / "r.html",
+        title="t",
+        scores=np.arange(5.0),
+        names=list("abcde"),
+        top=[],
+        labels=np.zeros(5, dtype=int),
+    )
+    text = p.read_text(encoding="utf-8")
+    assert 'class="plot roc"' not in text
+    assert text.count("<svg") == 1
+
+
+def test_write_report_without_maps_or_threshold(tmp_path: Path) -> None:
+    top = _top(2, with_map=False)
+    for t in top:
+        t.anomalous = None
+    p = write_report(
+        tmp_path / "r.html",
+        title="t",
+        scores=np.array([1.0, 1.0, float("nan")]),  # constant + non-finite scores
+        names=["a", "b", "c"],
+        top=top,
+    )
+    text = p.read_text(encoding="utf-8")
+    assert _count_img(text) == 2  # originals only
+    assert "no anomaly map" in text and "no threshold" in text
+
+
+def test_write_report_degenerate_map_range(tmp_path: Path) -> None:
+    top = _top(1)
+    top[0].amap = np.zeros((32, 48), dtype=np.float32)  # constant map: auto range is empty
+    p = write_report(tmp_path / "r.html", title="t", scores=np.array([0.0]), names=["a"], top=top)
+    assert _count_img(p.read_text(encoding="utf-8")) == 2
+
+
+def test_write_report_rejects_mismatched_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_report(tmp_path / "r.html", title="t", scores=np.zeros(3), names=["a"], top=[])
+
+
+def test_import_has_no_matplotlib_side_effect() -> None:
+    """Importing the module must not pull in matplotlib (or pick a backend)."""
+    code = "import sys, normalcy.report; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr
+
+
+def test_inline_svg_ids_unique_and_resolvable(tmp_path: Path) -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    p = write_report(
+        tmp_path / "r.html",
+        title="t",
+        scores=np.array([0.1, 0.2, 0.6, 0.5, 0.8, 0.9]),
+        names=list("abcdef"),
+        top=[],
+        labels=labels,
+        threshold=0.55,
+    )
+    text = p.read_text(encoding="utf-8")
+    ids = re.findall(r' id="([^"]+)"', text)
+    assert ids and len(ids) == len(set(ids))
+    refs = set(re.findall(r'url\(#([^)]+)\)', text)) | set(re.findall(r'href="#([^"]+)"', text))
+    assert refs <= set(ids)
