@@ -56,7 +56,7 @@ class FeatureExtractor:
     def __init__(
         self,
         backbone: str | BackboneSpec = "efficientnet_lite0",
-        image_size: int = 256,
+        image_size: int = 224,
         patch_levels: Sequence[str] | None = None,
         pooled_levels: Sequence[str] | None = None,
         aggregate: int = 3,

@@ -123,6 +123,16 @@ class Detector:
         self.map_range_ = (float(lo), float(max(hi * 1.5, lo + 1e-6)))
         return self
 
+    def iter_score(
+        self, paths: Sequence[Path], skipped: list[tuple[Path, str]], batch_size: int | None = None
+    ) -> Iterator[tuple[Path, np.ndarray, float, np.ndarray]]:
+        """Stream (path, image, score, map at original size) so huge folders fit in memory."""
+        self._check_fitted()
+        for batch in self.extractor.iter_batches(list(paths), skipped, batch_size or self.batch_size):
+            s, pm = self._score(batch.features)
+            for path, im, si, m in zip(batch.paths, batch.images, s, pm):
+                yield path, im, float(si), upsample_map(m, im.shape[:2])
+
     def score(
         self,
         paths: Sequence[Path],
@@ -135,25 +145,22 @@ class Detector:
         paths = list(paths)
         skipped: list[tuple[Path, str]] = []
         out_paths: list[Path] = []
-        scores: list[np.ndarray] = []
+        scores: list[float] = []
         maps: list[np.ndarray] = []
         images: list[np.ndarray] = []
-        bs = batch_size or self.batch_size
         with progress_bar(progress) as bar:
             task = bar.add_task(f"score {self.name}", total=len(paths))
-            for batch in self.extractor.iter_batches(paths, skipped, bs, keep_images=True):
-                s, pm = self._score(batch.features)
-                for im, m in zip(batch.images, pm):
-                    maps.append(upsample_map(m, im.shape[:2]))
+            for path, im, s, m in self.iter_score(paths, skipped, batch_size):
+                out_paths.append(path)
                 scores.append(s)
-                out_paths.extend(batch.paths)
+                maps.append(m)
                 if keep_images:
-                    images.extend(batch.images)
-                bar.advance(task, len(batch.paths))
-        sc = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+                    images.append(im)
+                bar.update(task, completed=len(out_paths) + len(skipped))
+        sc = np.asarray(scores, dtype=np.float64)
         return Result(
             paths=out_paths,
-            scores=sc.astype(np.float64),
+            scores=sc,
             maps=maps,
             decisions=sc >= self.threshold_,
             threshold=float(self.threshold_),  # type: ignore[arg-type]

@@ -1,0 +1,112 @@
+"""Fit on a data set's normal training images, score its test set, measure everything.
+
+Used by ``normalcy eval`` and the benchmark scripts, so the numbers in
+docs/benchmarks.md come from exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .data import Dataset, Sample, load_dataset, read_mask
+from .detectors import Detector, Result, create
+from .features import FeatureExtractor
+from .metrics import evaluate
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def masks_for(samples: Sequence[Sample], result: Result) -> list[np.ndarray | None]:
+    """Ground-truth masks aligned with the scored images; None where unknown."""
+    by_path = {s.path: s for s in samples}
+    masks: list[np.ndarray | None] = []
+    for path, amap in zip(result.paths, result.maps):
+        s = by_path[path]
+        if s.label == 0:
+            masks.append(np.zeros(amap.shape, bool))
+        elif s.mask_path is None:
+            masks.append(None)
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                masks.append(read_mask(s.mask_path, amap.shape))
+            for w in caught:
+                warnings.warn(str(w.message), w.category, stacklevel=2)
+    return masks
+
+
+def decision_rates(labels: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+    """False- and true-positive rates of the stored threshold on labelled test images."""
+    neg, pos = labels == 0, labels == 1
+    return {
+        "test_fpr_at_threshold": float(decisions[neg].mean()) if neg.any() else float("nan"),
+        "test_tpr_at_threshold": float(decisions[pos].mean()) if pos.any() else float("nan"),
+    }
+
+
+def latency_ms(detector: Detector, paths: Sequence[Path], n: int = 20) -> float:
+    """Median end-to-end time to score one image on its own (read, features, score, map)."""
+    times = []
+    for p in list(paths)[: n + 1]:
+        t = time.perf_counter()
+        detector.score([p], progress=False, batch_size=1)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[1:] if len(times) > 1 else times)) * 1000.0
+
+
+def run_eval(
+    dataset: str | Path | Dataset,
+    detector: str = "gaussian",
+    extractor: FeatureExtractor | None = None,
+    progress: bool = True,
+    detector_kwargs: dict[str, Any] | None = None,
+    latency_images: int = 20,
+) -> tuple[dict[str, Any], Detector, Result]:
+    """Fit, score, measure. Returns (metrics dict, fitted detector, test result)."""
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    det = create(detector, extractor, **(detector_kwargs or {}))
+    t0 = time.perf_counter()
+    det.fit(ds.train, progress=progress)
+    fit_seconds = time.perf_counter() - t0
+    fit_rss = peak_rss_mb()
+    paths = [s.path for s in ds.test]
+    t0 = time.perf_counter()
+    result = det.score(paths, progress=progress)
+    score_seconds = time.perf_counter() - t0
+    labels = np.array([{s.path: s.label for s in ds.test}[p] for p in result.paths], dtype=int)
+    masks = masks_for(ds.test, result)
+    metrics = evaluate(labels, result.scores, masks, result.maps)
+    out: dict[str, Any] = {
+        "detector": detector,
+        "dataset": ds.name,
+        "backbone": det.extractor.spec.name,
+        "image_size": det.extractor.image_size,
+        "n_train": det.n_train_,
+        "n_test": len(result.paths),
+        **{k: _num(v) for k, v in metrics.items()},
+        "threshold": det.threshold_,
+        "target_fpr": det.fpr,
+        **decision_rates(labels, result.decisions),
+        "fit_seconds": round(fit_seconds, 3),
+        "score_seconds": round(score_seconds, 3),
+        "images_per_second": round(len(result.paths) / score_seconds, 2) if score_seconds else None,
+        "latency_ms_batch1": round(latency_ms(det, paths, latency_images), 2) if latency_images else None,
+        "fit_peak_rss_mb": round(fit_rss, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "skipped": [[str(p), r] for p, r in det.skipped_fit_ + result.skipped],
+    }
+    return out, det, result
+
+
+def _num(v: float) -> float | None:
+    """JSON has no NaN: missing metrics become null."""
+    return None if v is None or not np.isfinite(v) else round(float(v), 6)
