@@ -283,7 +283,7 @@ def _rel(path: Path, root: Path) -> str:
 
 def _flat_name(path: Path) -> str:
     """A file name for a heatmap that does not collide across sub-folders."""
-    parts = path.with_suffix("").parts[-3:]
+    parts = path.with_suffix("").parts[-2:]
     return "__".join(p for p in parts if p not in ("/", ""))
 
 

@@ -1,0 +1,76 @@
+"""Shared fixtures: the real evaluation data (skipped when absent) and a tiny synthetic data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# The suite's budget is measured on 2 cores; more threads only oversubscribe.
+torch.set_num_threads(2)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Where make_synthetic_dataset plants the bright square (rows, cols) in defect images.
+DEFECT_BOX = (slice(36, 60), slice(30, 54))
+SYN_SIZE = 96
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data next to the project (real, published data sets)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found: {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def hazelnut(shared_data: Path) -> Path:
+    """The MVTec-style hazelnut_toy set (train/good 28, test/good 6, test/colour 17)."""
+    root = shared_data / "hazelnut_toy"
+    if not root.is_dir():
+        pytest.skip(f"hazelnut_toy not found: {root}")
+    return root
+
+
+def texture(rng: np.random.Generator, h: int = SYN_SIZE, w: int = SYN_SIZE) -> np.ndarray:
+    """A smooth random RGB texture, HxWx3 uint8 in 40..200 (so a 255 square stands out)."""
+    im = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 2.5)
+    im = (im - im.min()) / (im.max() - im.min() + 1e-6)
+    return (40 + im * 160).astype(np.uint8)
+
+
+def make_synthetic_dataset(root: Path, n_train: int = 12, n_good: int = 4, n_defect: int = 4,
+                           seed: int = 0) -> Path:
+    """A tiny MVTec-layout data set: train/good, test/good, test/defect with ground_truth masks."""
+    rng = np.random.default_rng(seed)
+    for sub in ("train/good", "test/good", "test/defect", "ground_truth/defect"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        Image.fromarray(texture(rng)).save(root / "train" / "good" / f"{i:03d}.png")
+    for i in range(n_good):
+        Image.fromarray(texture(rng)).save(root / "test" / "good" / f"{i:03d}.png")
+    for i in range(n_defect):
+        im = texture(rng)
+        im[DEFECT_BOX] = 255
+        mask = np.zeros(im.shape[:2], np.uint8)
+        mask[DEFECT_BOX] = 255
+        Image.fromarray(im).save(root / "test" / "defect" / f"{i:03d}.png")
+        Image.fromarray(mask).save(root / "ground_truth" / "defect" / f"{i:03d}_mask.png")
+    return root
+
+
+@pytest.fixture
+def synthetic_dataset(tmp_path: Path) -> Path:
+    """Root of a fresh tiny MVTec-layout data set (12 train, 4 good and 4 defect test images, 96x96)."""
+    return make_synthetic_dataset(tmp_path / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same data set, built once per session for tests that only read it."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"))
