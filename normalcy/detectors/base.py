@@ -16,6 +16,7 @@ the rest (backbone, image size, threshold, ...) as JSON. Loading never unpickles
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -110,9 +111,11 @@ class Detector:
         batches = self.extractor.iter_batches(paths, skipped, self.batch_size, keep_images=False)
         with progress_bar(progress) as bar:
             task = bar.add_task(f"fit {self.name}: features", total=len(paths))
-            self._fit(counted.wrap(batches, lambda n: bar.advance(task, n)))
-        if counted.n == 0:
-            raise InputError(f"none of the {len(paths)} training files could be read as an image")
+            # Read the first batch before _fit, which need not cope with no images at all.
+            first = next(batches, None)
+            if first is None:
+                raise InputError(f"none of the {len(paths)} training files could be read as an image")
+            self._fit(counted.wrap(itertools.chain([first], batches), lambda n: bar.advance(task, n)))
         self.n_train_ = counted.n
         self.skipped_fit_ = skipped
         calib, calib_maps = self._calibration_scores()

@@ -1,0 +1,281 @@
+"""Backbones: built-in levels and strides, conv-BN fusion, custom backbones end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import texture
+from normalcy.backbones import (
+    BACKBONES,
+    Backbone,
+    BackboneSpec,
+    custom_backbone,
+    fuse_conv_bn,
+    get_backbone_spec,
+)
+from normalcy.data import InputError
+from normalcy.detectors import GaussianAD, load
+from normalcy.features import FeatureExtractor
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "custom_backbone.py"
+LEVELS = {"s8": "stage2", "s16": "stage3"}
+STRIDES = {"s8": 8, "s16": 16}
+
+
+def _build_or_skip(name: str) -> nn.Module:
+    """spec.build(), skipping when the backbone's weight package is not installed."""
+    try:
+        return BACKBONES[name].build().eval()
+    except ImportError as err:
+        pytest.skip(f"{name}: {err}")
+    except InputError as err:
+        if "pip install" in str(err):
+            pytest.skip(str(err))
+        raise
+
+
+def _reference_levels(net: nn.Module, spec: BackboneSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Level outputs of an unfused network, read with plain hooks and a full forward pass."""
+    out: dict[str, torch.Tensor] = {}
+    modules = dict(net.named_modules())
+    handles = [modules[m].register_forward_hook(lambda _m, _i, o, lv=lv: out.__setitem__(lv, o))
+               for lv, m in spec.levels.items()]
+    x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_builtin_levels_strides_and_fusion(name):
+    reference = _build_or_skip(name)
+    spec = BACKBONES[name]
+    assert list(spec.levels) == list(spec.strides)
+    assert set(spec.patch_levels) <= set(spec.levels) and set(spec.pooled_levels) <= set(spec.levels)
+    bb = Backbone(spec)
+    assert bb.levels == tuple(spec.levels)
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    out = bb(x)
+    assert list(out) == list(spec.levels)
+    for lv, f in out.items():
+        s = spec.strides[lv]
+        assert f.shape[0] == 2 and f.shape[1] > 0
+        assert tuple(f.shape[-2:]) == (128 // s, 128 // s), (lv, tuple(f.shape))
+        assert torch.isfinite(f).all()
+
+    # The fused, channels-last Backbone gives the unfused network's level outputs.
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in bb.net.modules())  # every BN was folded
+    ref = _reference_levels(reference, spec, x)
+    for lv in spec.levels:
+        torch.testing.assert_close(out[lv].contiguous(), ref[lv].contiguous(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_fuse_conv_bn_keeps_network_output(name):
+    net = _build_or_skip(name)
+    fused = copy.deepcopy(net)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert fuse_conv_bn(fused) == n_bn > 0
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = net(x), fused(x)
+    a, b = (t[0] if isinstance(t, (tuple, list)) else t for t in (a, b))
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def _random_bn(bn: nn.BatchNorm2d, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+        bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(bn.num_features, generator=g))
+
+
+@pytest.mark.parametrize(
+    "layers,expected",
+    [
+        (lambda: [nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()], 1),
+        (lambda: [nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                  nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)], 2),
+        # In-place ReLU hands the BN the conv's own tensor object, with other values: no folding.
+        (lambda: [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(8)], 0),
+        (lambda: [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(8)], 0),
+        (lambda: [nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(8)], 0),
+    ],
+)
+def test_fuse_conv_bn_small_networks(layers, expected):
+    net = nn.Sequential(*layers()).eval()
+    for i, m in enumerate(net.modules()):
+        if isinstance(m, nn.BatchNorm2d):
+            _random_bn(m, i)
+    fused = copy.deepcopy(net)
+    assert fuse_conv_bn(fused) == expected
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) == \
+        sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) - expected
+    x = torch.rand(2, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_backbone_level_errors():
+    spec = _tiny_spec_without_weights()
+    with pytest.raises(InputError, match="no level"):
+        Backbone(spec, ("s64",))
+    bad = BackboneSpec(**{**spec.__dict__, "levels": {"s8": "stage2", "s16": "nope"}})
+    with pytest.raises(InputError, match="no submodule"):
+        Backbone(bad)
+
+
+def test_unknown_backbone_raises():
+    with pytest.raises(InputError, match="unknown backbone"):
+        get_backbone_spec("resnet9000")
+    with pytest.raises(InputError, match="unknown backbone"):
+        FeatureExtractor("resnet9000")
+
+
+# ------------------------------------------------------------------ custom backbones
+
+
+def _example_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("custom_backbone_example", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tiny_spec_without_weights() -> BackboneSpec:
+    mod = _example_module()
+    return BackboneSpec(name="tiny", build=mod.tiny_cnn, levels=dict(LEVELS), strides=dict(STRIDES),
+                        mean=(0.5,) * 3, std=(0.5,) * 3, patch_levels=("s8", "s16"),
+                        pooled_levels=("s8", "s16"))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    return _example_module().save_random_weights(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def train_images(tmp_path_factory) -> list[Path]:
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("tiny_train")
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(10):
+        p = d / f"{i}.png"
+        Image.fromarray(texture(rng, 80, 90)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_example_declares_what_it_documents():
+    mod = _example_module()
+    names = dict(mod.tiny_cnn().named_modules())
+    assert set(mod.LEVELS.values()) <= set(names)
+    assert mod.LEVELS == LEVELS and mod.STRIDES == STRIDES
+
+
+def test_custom_backbone_features_and_strides(tiny_weights):
+    spec = custom_backbone(f"{EXAMPLE}:tiny_cnn", tiny_weights, levels=LEVELS, strides=STRIDES)
+    assert spec.patch_levels == ("s8", "s16") and spec.pooled_levels == ("s8", "s16")
+    ex = FeatureExtractor(spec, image_size=64)
+    assert ex.patch_stride == 8
+    f = ex(torch.rand(3, 3, 64, 64))
+    assert tuple(f.patches.shape) == (3, 32 + 48, 8, 8)
+    assert set(f.pooled) == {"s8", "s16"}
+    # build() loads the weight file (not the random init of a fresh tiny_cnn()).
+    from safetensors.torch import load_file
+
+    state = load_file(str(tiny_weights))
+    torch.manual_seed(123)
+    built = spec.build().state_dict()
+    assert built.keys() == state.keys()
+    for k, v in state.items():
+        torch.testing.assert_close(built[k], v, atol=0, rtol=0)
+
+
+def test_custom_backbone_pt_weights(tmp_path):
+    mod = _example_module()
+    torch.manual_seed(3)
+    pt = tmp_path / "tiny.pt"
+    torch.save(mod.tiny_cnn().state_dict(), pt)
+    spec = custom_backbone(f"{EXAMPLE}:tiny_cnn", pt, levels=LEVELS, strides=STRIDES)
+    out = Backbone(spec)(torch.rand(1, 3, 64, 64))
+    assert tuple(out["s16"].shape) == (1, 48, 4, 4)
+
+
+def test_custom_backbone_gaussian_fit_save_load(tiny_weights, train_images, tmp_path, monkeypatch):
+    # A relative "file.py:function" works and is stored so a model loads from anywhere.
+    monkeypatch.chdir(ROOT)
+    spec = custom_backbone("examples/custom_backbone.py:tiny_cnn", tiny_weights, levels=LEVELS,
+                           strides=STRIDES, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    det = GaussianAD(FeatureExtractor(spec, image_size=64), folds=3).fit(train_images[:8], progress=False)
+    assert det.n_train_ == 8 and np.isfinite(det.threshold_)
+    model = det.save(tmp_path / "model")
+    meta = json.loads((model / "model.json").read_text())
+    extras = meta["extractor"]["backbone_extras"]
+    assert extras["levels"] == LEVELS and extras["strides"] == STRIDES
+    assert Path(extras["weights"]) == tiny_weights.resolve()
+
+    monkeypatch.chdir(tmp_path)
+    again = load(model)
+    assert again.extractor.spec.extras == det.extractor.spec.extras
+    assert again.extractor.config == det.extractor.config
+    assert list(again.extractor.spec.levels) == ["s8", "s16"]
+    test = train_images[8:]
+    a, b = det.score(test, progress=False), again.score(test, progress=False)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    for m1, m2 in zip(a.maps, b.maps):
+        assert m1.shape == (80, 90)
+        np.testing.assert_array_equal(m1, m2)
+
+
+def test_custom_backbone_missing_weight_file(tmp_path):
+    spec = custom_backbone(f"{EXAMPLE}:tiny_cnn", tmp_path / "nope.safetensors", levels=LEVELS, strides=STRIDES)
+    with pytest.raises(InputError, match="does not exist"):
+        FeatureExtractor(spec, image_size=64)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "no_colon_at_all",
+        "examples/custom_backbone.py",
+        ":tiny_cnn",
+        "examples/custom_backbone.py:",
+    ],
+)
+def test_custom_backbone_bad_module_string(module, tiny_weights):
+    with pytest.raises(InputError, match="expected"):
+        custom_backbone(module, tiny_weights, levels=LEVELS, strides=STRIDES)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "no_such_module_for_normalcy_tests:tiny_cnn",
+        f"{EXAMPLE}:no_such_function",
+        "normalcy.backbones:no_such_function",
+        "does/not/exist.py:tiny_cnn",
+    ],
+)
+def test_custom_backbone_unbuildable_module(module, tiny_weights):
+    spec = custom_backbone(module, tiny_weights, levels=LEVELS, strides=STRIDES)
+    with pytest.raises(InputError):
+        FeatureExtractor(spec, image_size=64)

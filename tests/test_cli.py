@@ -1,0 +1,139 @@
+"""The command line as a user runs it: real processes, real stdout and stderr, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EVAL_KEYS = {
+    "detector", "dataset", "n_train", "n_test", "image_auroc", "image_ap", "pixel_auroc", "aupro",
+    "fit_seconds", "images_per_second", "peak_rss_mb", "latency_ms_batch1", "threshold",
+}
+
+
+def normalcy(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "normalcy.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _texture(rng: np.random.Generator, size: int = 96) -> np.ndarray:
+    base = rng.normal(128, 12, (size // 8, size // 8, 3))
+    img = np.kron(base, np.ones((8, 8, 1))) + rng.normal(0, 4, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_dataset(root: Path, n_train: int = 10) -> Path:
+    """A tiny MVTec-layout data set: textures, and test defects as bright squares with masks."""
+    rng = np.random.default_rng(0)
+    for i in range(n_train):
+        (root / "train" / "good").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_texture(rng)).save(root / "train" / "good" / f"{i:03d}.png")
+    for i in range(3):
+        (root / "test" / "good").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_texture(rng)).save(root / "test" / "good" / f"{i:03d}.png")
+        img, mask = _texture(rng), np.zeros((96, 96), np.uint8)
+        img[30:50, 40:60] = 255
+        mask[30:50, 40:60] = 255
+        for sub, arr in (("test/square", img), ("ground_truth/square", mask)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / "test" / "square" / f"{i:03d}.png")
+        Image.fromarray(mask).save(root / "ground_truth" / "square" / f"{i:03d}_mask.png")
+    return root
+
+
+def add_bad_files(folder: Path) -> list[str]:
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    good = next(p for p in sorted(folder.iterdir()) if p.suffix == ".png" and p.stat().st_size)
+    (folder / "cut.png").write_bytes(good.read_bytes()[:200])
+    return ["zero.png", "notes.txt", "cut.png"]
+
+
+def test_fit_missing_and_empty_folder_is_one_line_error(tmp_path: Path) -> None:
+    for folder in (tmp_path / "missing", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        r = normalcy("fit", str(folder), "-o", str(tmp_path / "model"))
+        assert r.returncode == 1
+        assert "Traceback" not in r.stderr
+        assert str(folder) in r.stderr
+        assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
+
+
+def test_fit_predict_with_bad_files(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds")
+    train = ds / "train" / "good"
+    bad_train = add_bad_files(train)
+    model = tmp_path / "model"
+    r = normalcy("fit", str(train), "-o", str(model), "--detector", "patchcore", "--image-size", "96")
+    assert r.returncode == 0, r.stderr
+    for name in bad_train:
+        assert name in r.stderr
+    assert sorted(p.name for p in model.iterdir()) == ["model.json", "model.safetensors"]
+
+    new = tmp_path / "new"
+    new.mkdir()
+    for sub in ("good", "square"):
+        for p in (ds / "test" / sub).iterdir():
+            (new / f"{sub}_{p.name}").write_bytes(p.read_bytes())
+    bad_new = add_bad_files(new)
+    out = tmp_path / "results"
+    r = normalcy("predict", str(model), str(new), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 6
+    skipped = {Path(row["path"]).name for row in csv.DictReader(open(out / "skipped.csv"))}
+    assert skipped == set(bad_new)
+    assert len(list((out / "heatmaps").glob("*.png"))) == 6
+    assert (out / "report.html").stat().st_size > 1000
+    scores = {Path(row["path"]).name: float(row["score"]) for row in rows}
+    squares = [s for n, s in scores.items() if n.startswith("square")]
+    goods = [s for n, s in scores.items() if n.startswith("good")]
+    assert min(squares) > max(goods)
+    assert all(row["decision"] == "anomalous" for row in rows if row["path"].split("/")[-1].startswith("square"))
+
+
+def test_predict_refuses_unknown_format_version(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds", n_train=6)
+    model = tmp_path / "model"
+    assert normalcy("fit", str(ds / "train" / "good"), "-o", str(model), "--image-size", "64").returncode == 0
+    meta = json.loads((model / "model.json").read_text())
+    meta["format_version"] = 999
+    (model / "model.json").write_text(json.dumps(meta))
+    r = normalcy("predict", str(model), str(ds / "test" / "good"), "-o", str(tmp_path / "out"))
+    assert r.returncode == 1
+    assert "format version" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_json_is_exactly_one_object(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds")
+    r = normalcy("eval", str(ds), "--detector", "gaussian", "--json", "--image-size", "96",
+                 "--report", str(tmp_path / "eval.html"))
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert EVAL_KEYS <= set(result)
+    assert result["n_train"] == 10 and result["n_test"] == 6
+    assert result["image_auroc"] == 1.0
+    assert 0.5 < result["pixel_auroc"] <= 1.0
+    assert (tmp_path / "eval.html").is_file()
+
+
+def test_eval_hazelnut_patchcore_reaches_auroc_1() -> None:
+    if not (DATA / "hazelnut_toy").is_dir():
+        pytest.skip("../shared/data/hazelnut_toy is absent")
+    r = normalcy("eval", str(DATA / "hazelnut_toy"), "--detector", "patchcore", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["n_train"] == 28 and result["n_test"] == 23
+    assert result["image_auroc"] == 1.0
+    assert result["pixel_auroc"] > 0.95

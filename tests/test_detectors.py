@@ -1,0 +1,407 @@
+"""Detectors: fit/score on synthetic data, model files, bad input, calibration, PatchCore's coreset."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import normalcy.detectors as detectors
+from conftest import DEFECT_BOX, texture
+from normalcy.data import InputError, list_files, load_dataset
+from normalcy.detectors import NotFittedError, create, load
+from normalcy.detectors.patchcore import greedy_coreset
+from normalcy.features import FeatureExtractor
+from normalcy.metrics import image_metrics
+
+NAMES = ("gaussian", "patchcore")
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def extractor() -> FeatureExtractor:
+    # Shared by the detectors of this module; its only state is a deterministic cache.
+    return FeatureExtractor(image_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def cheap() -> FeatureExtractor:
+    """For tests that fit many times: small images, small pooled Gaussians (fast inverses)."""
+    return FeatureExtractor(image_size=64, pool_max_dim=512)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def fitted(request: pytest.FixtureRequest, synthetic_root: Path, extractor: FeatureExtractor):
+    ds = load_dataset(synthetic_root)
+    det = create(request.param, extractor).fit(ds.train, progress=False)
+    return det, ds
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, tuple[int, int]]]:
+    """Images of odd sizes and modes: name -> (path, (H, W))."""
+    d = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(7)
+    rgb = texture(rng, 97, 131)
+    out = {}
+    Image.fromarray(rgb).save(d / "rgb.png")
+    out["rgb"] = (d / "rgb.png", (97, 131))
+    Image.fromarray(texture(rng, 131, 97)[:, :, 0]).save(d / "gray.png")
+    out["gray_L"] = (d / "gray.png", (131, 97))
+    rgba = np.dstack([texture(rng, 61, 203), np.full((61, 203), 200, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(d / "rgba.png")
+    out["rgba"] = (d / "rgba.png", (61, 203))
+    g16 = texture(rng, 150, 77)[:, :, 0].astype(np.uint16) * 257
+    Image.fromarray(g16).save(d / "gray16.png")
+    assert Image.open(d / "gray16.png").mode.startswith("I")  # really a 16-bit file
+    out["gray16"] = (d / "gray16.png", (150, 77))
+    Image.fromarray(texture(rng, 33, 45)).save(d / "small.jpg", quality=90)
+    out["small_jpg"] = (d / "small.jpg", (33, 45))
+    return out
+
+
+# ------------------------------------------------------------------ fit and score
+
+
+def test_create_unknown_detector_raises():
+    with pytest.raises(InputError, match="unknown detector"):
+        create("nope", FeatureExtractor(image_size=64))
+
+
+def test_bad_fpr_raises(extractor):
+    for fpr in (0.0, 1.0, -0.1):
+        with pytest.raises(InputError, match="fpr"):
+            create("gaussian", extractor, fpr=fpr)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_score_before_fit_raises(name, extractor, synthetic_root):
+    det = create(name, extractor)
+    with pytest.raises(NotFittedError):
+        det.score(list_files(synthetic_root / "test" / "good"), progress=False)
+    with pytest.raises(NotFittedError):
+        det.save(synthetic_root.parent / "never")
+
+
+def test_fit_score_separates_planted_defects(fitted):
+    det, ds = fitted
+    assert det.n_train_ == len(ds.train) == 12
+    assert det.skipped_fit_ == []
+    assert np.isfinite(det.threshold_)
+    lo, hi = det.map_range_
+    assert np.isfinite(lo) and np.isfinite(hi) and hi > lo
+
+    res = det.score([s.path for s in ds.test], progress=False)
+    labels = np.array([s.label for s in ds.test])
+    assert res.paths == [s.path for s in ds.test]
+    assert res.skipped == []
+    assert res.images is None
+    assert res.scores.shape == (len(ds.test),) and np.isfinite(res.scores).all()
+    np.testing.assert_array_equal(res.decisions, res.scores >= res.threshold)
+    assert res.threshold == det.threshold_ and np.isfinite(res.threshold)
+    assert res.scores[labels == 1].mean() > res.scores[labels == 0].mean()
+    assert image_metrics(labels, res.scores)["image_auroc"] == 1.0
+
+    # Maps: original size, finite, and hot where the square was planted.
+    for m in res.maps:
+        assert m.shape == (SIZE, SIZE) and m.dtype == np.float32 and np.isfinite(m).all()
+    inside = np.zeros((SIZE, SIZE), bool)
+    inside[DEFECT_BOX] = True
+    for m, y in zip(res.maps, labels):
+        if y:
+            assert m[inside].mean() > m[~inside].mean()
+
+
+def test_maps_have_original_size_for_odd_inputs(fitted, odd_images):
+    det, _ = fitted
+    paths = [p for p, _ in odd_images.values()]
+    res = det.score(paths, progress=False, keep_images=True, batch_size=2)
+    assert res.skipped == []
+    assert res.paths == paths
+    for (p, (h, w)), m, im, s in zip(odd_images.values(), res.maps, res.images, res.scores):
+        assert m.shape == (h, w), p.name
+        assert im.shape == (h, w, 3) and im.dtype == np.uint8
+        assert np.isfinite(m).all() and np.isfinite(s)
+    np.testing.assert_array_equal(res.decisions, res.scores >= res.threshold)
+
+
+def test_scores_do_not_depend_on_batch_size(fitted):
+    det, ds = fitted
+    paths = [s.path for s in ds.test]
+    a = det.score(paths, progress=False, batch_size=1)
+    b = det.score(paths, progress=False, batch_size=8)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_score_empty_list(fitted):
+    det, _ = fitted
+    res = det.score([], progress=False)
+    assert res.paths == [] and res.maps == [] and res.scores.shape == (0,)
+
+
+# ------------------------------------------------------------------ model directory
+
+
+@pytest.fixture(scope="module")
+def saved(fitted, tmp_path_factory):
+    det, ds = fitted
+    d = det.save(tmp_path_factory.mktemp(f"model_{det.name}") / "model")
+    return det, ds, d
+
+
+def test_model_dir_holds_json_and_safetensors_only(saved):
+    det, _, d = saved
+    assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.safetensors"]
+    meta = json.loads((d / "model.json").read_text())
+    assert meta["detector"] == det.name
+    assert meta["format_version"] == 1
+    assert meta["threshold"] == det.threshold_
+    assert meta["extractor"]["image_size"] == SIZE
+
+
+def test_safetensors_file_is_plain_header_and_data(saved):
+    _, _, d = saved
+    raw = (d / "model.safetensors").read_bytes()
+    assert not raw.startswith(b"\x80") and not raw.startswith(b"PK")  # neither a pickle nor torch.save's zip
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    assert tensors
+    end = 0
+    for info in tensors.values():
+        assert set(info) == {"dtype", "shape", "data_offsets"}
+        end = max(end, info["data_offsets"][1])
+    assert len(raw) == 8 + n + end
+
+
+def test_round_trip_gives_identical_results(saved, odd_images, monkeypatch):
+    det, ds, d = saved
+    paths = [s.path for s in ds.test] + [p for p, _ in odd_images.values()]
+    before = det.score(paths, progress=False)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("model loading must not unpickle")
+
+    real_torch_load = torch.load
+
+    def torch_load(f, *a, **k):  # built-in backbone weights may be read; the model may not
+        if Path(str(f)).resolve().parent == d.resolve():
+            refuse()
+        return real_torch_load(f, *a, **k)
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", torch_load)
+    again = load(d)
+    monkeypatch.undo()
+
+    assert type(again) is type(det)
+    assert again.threshold_ == det.threshold_
+    assert tuple(again.map_range_) == tuple(det.map_range_)
+    assert again.n_train_ == det.n_train_
+    assert again.params() == det.params()
+    assert again.fpr == det.fpr
+    assert again.extractor.config == det.extractor.config
+    after = again.score(paths, progress=False)
+    assert after.paths == before.paths
+    np.testing.assert_array_equal(after.scores, before.scores)
+    np.testing.assert_array_equal(after.decisions, before.decisions)
+    assert len(after.maps) == len(before.maps)
+    for a, b in zip(after.maps, before.maps):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_rejects_other_format_version(saved, tmp_path):
+    _, _, d = saved
+    copy = shutil.copytree(d, tmp_path / "m")
+    meta = json.loads((copy / "model.json").read_text())
+    for version in (2, 0, None, "1"):
+        meta["format_version"] = version
+        (copy / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(InputError, match="format version"):
+            load(copy)
+
+
+def test_load_without_model_json_raises(saved, tmp_path):
+    _, _, d = saved
+    copy = shutil.copytree(d, tmp_path / "m")
+    (copy / "model.json").unlink()
+    with pytest.raises(InputError, match="model.json"):
+        load(copy)
+    with pytest.raises(InputError):
+        load(tmp_path / "does_not_exist")
+
+
+def test_load_invalid_json_raises(saved, tmp_path):
+    _, _, d = saved
+    copy = shutil.copytree(d, tmp_path / "m")
+    (copy / "model.json").write_text("{not json")
+    with pytest.raises(InputError, match="JSON"):
+        load(copy)
+
+
+def test_load_unknown_detector_raises(saved, tmp_path):
+    _, _, d = saved
+    copy = shutil.copytree(d, tmp_path / "m")
+    meta = json.loads((copy / "model.json").read_text())
+    meta["detector"] = "nope"
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="unknown detector"):
+        load(copy)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path) -> tuple[Path, list[Path], list[Path]]:
+    """Six good PNGs plus a zero-byte PNG, a truncated JPEG and a .txt file."""
+    d = tmp_path / "messy"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    good = []
+    for i in range(6):
+        p = d / f"good_{i}.png"
+        Image.fromarray(texture(rng)).save(p)
+        good.append(p)
+    empty = d / "empty.png"
+    empty.write_bytes(b"")
+    full = d / "full.jpg"
+    Image.fromarray(texture(rng)).save(full, quality=95)
+    truncated = d / "truncated.jpg"
+    truncated.write_bytes(full.read_bytes()[:600])
+    full.unlink()
+    note = d / "notes.txt"
+    note.write_text("not an image\n")
+    return d, good, [empty, truncated, note]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_skips_and_names_bad_files(name, messy_folder, cheap):
+    d, good, bad = messy_folder
+    det = create(name, cheap).fit(list_files(d), progress=False)
+    assert det.n_train_ == len(good)
+    assert sorted(p for p, _ in det.skipped_fit_) == sorted(bad)
+    reasons = {p.name: r for p, r in det.skipped_fit_}
+    assert "empty" in reasons["empty.png"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert all(isinstance(r, str) and r for r in reasons.values())
+    assert np.isfinite(det.threshold_)
+
+    paths = [good[0], bad[1], good[1], bad[0], bad[2], good[2]]
+    res = det.score(paths, progress=False)
+    assert res.paths == [good[0], good[1], good[2]]
+    assert len(res.scores) == len(res.maps) == len(res.decisions) == 3
+    assert sorted(p for p, _ in res.skipped) == sorted(bad)
+
+
+def test_fit_on_only_bad_files_raises(messy_folder, cheap):
+    _, _, bad = messy_folder
+    for name in NAMES:
+        with pytest.raises(InputError, match="could be read"):
+            create(name, cheap).fit(bad, progress=False)
+    with pytest.raises(InputError):
+        create("gaussian", cheap).fit([], progress=False)
+
+
+def test_score_only_bad_files_gives_empty_result(fitted, messy_folder):
+    det, _ = fitted
+    _, _, bad = messy_folder
+    res = det.score(bad, progress=False)
+    assert res.paths == [] and len(res.scores) == 0
+    assert len(res.skipped) == len(bad)
+
+
+# ------------------------------------------------------------------ calibration
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_higher_fpr_gives_lower_or_equal_threshold(name, synthetic_root, cheap):
+    train = load_dataset(synthetic_root).train
+    strict = create(name, cheap, fpr=0.01).fit(train, progress=False)
+    loose = create(name, cheap, fpr=0.2).fit(train, progress=False)
+    assert np.isfinite(strict.threshold_) and np.isfinite(loose.threshold_)
+    assert loose.threshold_ <= strict.threshold_
+    # Held-out calibration: about fpr of the normal training images lie above it.
+    assert strict.threshold_ > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_is_deterministic(name, synthetic_root, cheap):
+    ds = load_dataset(synthetic_root)
+    paths = [s.path for s in ds.test]
+    a, b = (create(name, cheap).fit(ds.train, progress=False) for _ in range(2))
+    assert a.threshold_ == b.threshold_
+    np.testing.assert_array_equal(a.score(paths, progress=False).scores, b.score(paths, progress=False).scores)
+
+
+# ------------------------------------------------------------------ PatchCore
+
+
+def test_greedy_coreset_picks_one_per_far_cluster():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 4, generator=g) * 0.01
+    b = torch.randn(30, 4, generator=g) * 0.01 + 100.0
+    x = torch.cat([a, b])
+    for seed in range(5):
+        idx = greedy_coreset(x, 2, seed=seed)
+        assert idx.shape == (2,)
+        assert sorted(int(i) < 50 for i in idx) == [False, True]
+
+
+def test_greedy_coreset_three_clusters_and_farthest_point():
+    # Three clusters: k=3 covers each; the second pick is the farthest point from the first.
+    pts = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0], [10.1, 0.0], [0.0, 50.0], [0.0, 50.1]])
+    idx = greedy_coreset(pts, 3, seed=1)
+    clusters = {int(i) // 2 for i in idx}
+    assert clusters == {0, 1, 2}
+    first = int(idx[0])
+    d = ((pts - pts[first]) ** 2).sum(1)
+    assert d[int(idx[1])] == d.max()
+
+
+def test_greedy_coreset_k_at_least_n_returns_all():
+    x = torch.randn(7, 3)
+    for k in (7, 8, 100):
+        np.testing.assert_array_equal(greedy_coreset(x, k).numpy(), np.arange(7))
+    idx = greedy_coreset(x, 5)
+    assert len(set(idx.tolist())) == 5  # no point twice
+
+
+@pytest.mark.parametrize("max_bank,ratio,expected", [(50, 0.1, 50), (4000, 0.01, 8), (4000, 0.1, 77)])
+def test_patchcore_bank_size(max_bank, ratio, expected, synthetic_root, cheap):
+    train = load_dataset(synthetic_root).train  # 12 images x 8x8 patches = 768
+    det = create("patchcore", cheap, max_bank=max_bank, coreset_ratio=ratio).fit(train, progress=False)
+    assert det.bank_.shape == (expected, det.bank_.shape[1])
+    assert det.bank_.dtype == np.float32
+    assert det.bank_image_.shape == (expected,)
+    assert det.bank_image_.min() >= 0 and det.bank_image_.max() < len(train)
+    assert det.bank_knn_.shape == (expected, min(det.reweight_neighbours, expected))
+    assert len(det.state_dict()["bank"]) <= max_bank
+
+
+def test_detectors_registry():
+    assert set(detectors.DETECTORS) == set(NAMES)
+
+
+# ------------------------------------------------------------------ real data
+
+
+def test_gaussian_hazelnut_image_auroc_is_perfect(hazelnut):
+    """A real quality bar: Gaussian AD at the default image size separates hazelnut_toy perfectly."""
+    ds = load_dataset(hazelnut)
+    det = create("gaussian").fit(ds.train, progress=False)
+    assert det.skipped_fit_ == []
+    res = det.score([s.path for s in ds.test], progress=False)
+    assert res.skipped == []
+    labels = np.array([s.label for s in ds.test])
+    metrics = image_metrics(labels, res.scores)
+    assert metrics["image_auroc"] == 1.0, metrics
