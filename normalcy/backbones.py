@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -59,8 +59,8 @@ class Backbone(nn.Module):
         self.net.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
-        order = list(spec.levels)
-        self._last = max(self.levels, key=order.index)
+        self._order = list(spec.levels)
+        self._last = max(self.levels, key=self._order.index)
         self._out: dict[str, torch.Tensor] = {}
         modules = dict(self.net.named_modules())
         for lv in self.levels:
@@ -78,16 +78,18 @@ class Backbone(nn.Module):
         return hook
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: Bx3xHxW float in [0, 1]. Returns {level: BxCxhxw}."""
+    def forward(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """x: Bx3xHxW float in [0, 1]. Returns {level: BxCxhxw}; stops after the deepest level asked for."""
+        levels = tuple(levels or self.levels)
         self._out = {}
+        self._last = max(levels, key=self._order.index)
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         try:
             self.net(x)
         except _StopForward:
             pass
         out, self._out = self._out, {}
-        return {lv: out[lv] for lv in self.levels}
+        return {lv: out[lv] for lv in levels}
 
 
 @torch.no_grad()

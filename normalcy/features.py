@@ -96,8 +96,9 @@ class FeatureExtractor:
         arr = np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
-    def __call__(self, x: torch.Tensor) -> Features:
-        maps = self.backbone(x)
+    def __call__(self, x: torch.Tensor, pooled: bool = True) -> Features:
+        """Features of a preprocessed batch; ``pooled=False`` skips the deeper levels only pooling needs."""
+        maps = self.backbone(x, self.backbone.levels if pooled else self.patch_levels)
         grid = None
         parts = []
         for lv in self.patch_levels:
@@ -109,8 +110,8 @@ class FeatureExtractor:
             elif f.shape[-2:] != grid:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
             parts.append(f)
-        pooled = {lv: self._pool(lv, maps[lv]) for lv in self.pooled_levels}
-        return Features(patches=torch.cat(parts, dim=1), pooled=pooled)
+        pools = {lv: self._pool(lv, maps[lv]) for lv in self.pooled_levels} if pooled else {}
+        return Features(patches=torch.cat(parts, dim=1), pooled=pools)
 
     def _pool(self, level: str, f: torch.Tensor) -> torch.Tensor:
         g = self._grids.get(level)
@@ -127,6 +128,7 @@ class FeatureExtractor:
         skipped: list[tuple[Path, str]],
         batch_size: int = 32,
         keep_images: bool = True,
+        pooled: bool = True,
     ) -> Iterator[Batch]:
         """Read, preprocess and extract in batches; unreadable files go to ``skipped``."""
         buf_paths: list[Path] = []
@@ -135,13 +137,13 @@ class FeatureExtractor:
             buf_paths.append(path)
             buf_images.append(image)
             if len(buf_paths) == batch_size:
-                yield self._batch(buf_paths, buf_images, keep_images)
+                yield self._batch(buf_paths, buf_images, keep_images, pooled)
                 buf_paths, buf_images = [], []
         if buf_paths:
-            yield self._batch(buf_paths, buf_images, keep_images)
+            yield self._batch(buf_paths, buf_images, keep_images, pooled)
 
-    def _batch(self, paths: list[Path], images: list[np.ndarray], keep: bool) -> Batch:
-        feats = self(self.preprocess(images))
+    def _batch(self, paths: list[Path], images: list[np.ndarray], keep: bool, pooled: bool) -> Batch:
+        feats = self(self.preprocess(images), pooled=pooled)
         kept = images if keep else [np.empty((im.shape[0], im.shape[1], 0), np.uint8) for im in images]
         return Batch(paths=list(paths), images=kept, features=feats)
 

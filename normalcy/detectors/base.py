@@ -59,6 +59,7 @@ class Detector:
     """Base class: fit on normal images, score images, save and load."""
 
     name: ClassVar[str] = "base"
+    uses_pooled: ClassVar[bool] = True  # False: the backbone stops after the patch levels
 
     def __init__(
         self,
@@ -108,7 +109,8 @@ class Detector:
         torch.manual_seed(self.seed)
         skipped: list[tuple[Path, str]] = []
         counted = _Counter()
-        batches = self.extractor.iter_batches(paths, skipped, self.batch_size, keep_images=False)
+        batches = self.extractor.iter_batches(paths, skipped, self.batch_size, keep_images=False,
+                                              pooled=self.uses_pooled)
         with progress_bar(progress) as bar:
             task = bar.add_task(f"fit {self.name}: features", total=len(paths))
             # Read the first batch before _fit, which need not cope with no images at all.
@@ -131,7 +133,8 @@ class Detector:
     ) -> Iterator[tuple[Path, np.ndarray, float, np.ndarray]]:
         """Stream (path, image, score, map at original size) so huge folders fit in memory."""
         self._check_fitted()
-        for batch in self.extractor.iter_batches(list(paths), skipped, batch_size or self.batch_size):
+        for batch in self.extractor.iter_batches(list(paths), skipped, batch_size or self.batch_size,
+                                                   pooled=self.uses_pooled):
             s, pm = self._score(batch.features)
             for path, im, si, m in zip(batch.paths, batch.images, s, pm):
                 yield path, im, float(si), upsample_map(m, im.shape[:2])
