@@ -54,7 +54,7 @@ class PatchCore(Detector):
         self,
         *args: Any,
         coreset_ratio: float = 0.1,
-        max_bank: int = 4000,
+        max_bank: int = 2500,
         max_pool: int = 200_000,
         projection_dim: int = 64,
         reweight_neighbours: int = 9,
