@@ -194,13 +194,15 @@ def eval_(
 ) -> None:
     """Fit on train/good, score test/, print metrics, speed and memory."""
     _setup(threads)
+    from .data import load_dataset
     from .evaluate import run_eval
 
-    metrics, det, result = run_eval(dataset, detector, _extractor(backbone, backbone_config, image_size, pool_grid),
+    ds = load_dataset(dataset)
+    metrics, det, result = run_eval(ds, detector, _extractor(backbone, backbone_config, image_size, pool_grid),
                                     progress=True)
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:
-        _eval_report(report, metrics, det, result, dataset)
+        _eval_report(report, metrics, det, result, ds)
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:
@@ -219,10 +221,12 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-def _eval_report(path: Path, metrics: dict[str, Any], det: Any, result: Any, dataset: Path) -> None:
-    from .data import load_dataset, read_image
+def _eval_report(path: Path, metrics: dict[str, Any], det: Any, result: Any, ds: Any) -> None:
+    """An HTML report of an evaluation: top anomalies with ground truth, histogram, ROC."""
+    from .data import read_image
 
-    labels = {s.path: s.label for s in load_dataset(dataset).test}
+    dataset = ds.root
+    labels = {s.path: s.label for s in ds.test}
     order = sorted(range(len(result.paths)), key=lambda i: -result.scores[i])[:24]
     top = [
         ReportImage(name=_rel(result.paths[i], dataset), score=float(result.scores[i]), anomalous=bool(result.decisions[i]),
@@ -241,7 +245,7 @@ def _eval_report(path: Path, metrics: dict[str, Any], det: Any, result: Any, dat
         labels=np.array([labels[p] for p in result.paths]),
         metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
         map_range=det.map_range_,
-        info={"detector": det.name, "backbone": det.extractor.spec.name, "dataset": str(dataset)},
+        info={"detector": det.name, "backbone": det.extractor.spec.name, "dataset": str(metrics["dataset"])},
     )
     console.print(f"report: {path}")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import InputError
+from .data import InputError, load_dataset
 from .evaluate import run_eval
 from .progress import console
 
@@ -70,9 +70,10 @@ def run_demo(output: Path, detector: str = "gaussian", n_train: int = 300, n_tes
         data = build_elpv_dataset(Path(tmp) / f"elpv_{cell_type}", cell_type, n_train, n_test)
         console.print(f"elpv-dataset: {n_train} normal {cell_type} cells to fit; "
                       f"held-out normal and defective cells to score")
-        metrics, det, result = run_eval(data, detector, latency_images=10)
+        ds = load_dataset(data)
+        metrics, det, result = run_eval(ds, detector, latency_images=10)
         metrics["dataset"] = f"elpv ({cell_type} cells)"
         det.save(output / "model")
         report = output / "report.html"
-        _eval_report(report, metrics, det, result, data)
+        _eval_report(report, metrics, det, result, ds)
     return metrics, report
