@@ -70,7 +70,8 @@ def _guarded(fn: Any) -> Any:
     return wrapper
 
 
-def _extractor(backbone: str, backbone_config: Optional[Path], image_size: int, pool_grid: int = 4) -> FeatureExtractor:
+def _extractor(backbone: str, backbone_config: Optional[Path], image_size: int, pool_grid: int = 4,
+               precision: str = "auto") -> FeatureExtractor:
     spec: str | BackboneSpec = backbone
     if backbone_config is not None:
         try:
@@ -78,7 +79,7 @@ def _extractor(backbone: str, backbone_config: Optional[Path], image_size: int, 
         except (OSError, json.JSONDecodeError) as err:
             raise InputError(f"{backbone_config}: cannot read backbone config ({err})") from None
         spec = custom_backbone(**cfg)
-    return FeatureExtractor(backbone=spec, image_size=image_size, pool_grid=pool_grid)
+    return FeatureExtractor(backbone=spec, image_size=image_size, pool_grid=pool_grid, precision=precision)
 
 
 DetectorOpt = typer.Option("gaussian", "--detector", "-d", help=f"One of: {', '.join(DETECTORS)}.")
@@ -88,6 +89,7 @@ BackboneCfgOpt = typer.Option(
 )
 SizeOpt = typer.Option(224, help="Images are resized to this square size before feature extraction.")
 ThreadsOpt = typer.Option(None, help="CPU threads for torch (default: all cores).")
+PrecisionOpt = typer.Option("auto", help="Backbone arithmetic: auto (bf16 where the CPU has it natively), fp32, bf16.")
 GridOpt = typer.Option(4, help="Image-level features are pooled on a g x g grid (1 = whole image, as Rippel et al.).")
 
 
@@ -101,6 +103,7 @@ def fit(
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: int = SizeOpt,
     pool_grid: int = GridOpt,
+    precision: str = PrecisionOpt,
     fpr: float = typer.Option(0.01, help="Target false-positive rate of the threshold, on normal images."),
     seed: int = typer.Option(0, help="Random seed (coreset, calibration folds)."),
     threads: Optional[int] = ThreadsOpt,
@@ -108,7 +111,8 @@ def fit(
     """Fit a detector on normal images and save it."""
     _setup(threads)
     paths = list_files(train_dir)
-    det = create(detector, _extractor(backbone, backbone_config, image_size, pool_grid), fpr=fpr, seed=seed)
+    det = create(detector, _extractor(backbone, backbone_config, image_size, pool_grid, precision),
+                 fpr=fpr, seed=seed)
     det.fit(paths)
     det.save(output)
     _report_skipped(det.skipped_fit_)
@@ -188,6 +192,7 @@ def eval_(
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: int = SizeOpt,
     pool_grid: int = GridOpt,
+    precision: str = PrecisionOpt,
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
     report: Optional[Path] = typer.Option(None, help="Also write an HTML report here."),
     threads: Optional[int] = ThreadsOpt,
@@ -198,7 +203,7 @@ def eval_(
     from .evaluate import run_eval
 
     ds = load_dataset(dataset)
-    metrics, det, result = run_eval(ds, detector, _extractor(backbone, backbone_config, image_size, pool_grid),
+    metrics, det, result = run_eval(ds, detector, _extractor(backbone, backbone_config, image_size, pool_grid, precision),
                                     progress=True)
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:

@@ -90,6 +90,7 @@ def run_eval(
         "dataset": ds.name,
         "backbone": det.extractor.spec.name,
         "image_size": det.extractor.image_size,
+        "precision": det.extractor.precision,
         "n_train": det.n_train_,
         "n_test": len(result.paths),
         **{k: _num(v) for k, v in metrics.items()},

@@ -405,3 +405,20 @@ def test_gaussian_hazelnut_image_auroc_is_perfect(hazelnut):
     labels = np.array([s.label for s in ds.test])
     metrics = image_metrics(labels, res.scores)
     assert metrics["image_auroc"] == 1.0, metrics
+
+
+def test_precision_is_resolved_and_saved(tmp_path, synthetic_root) -> None:
+    """'auto' becomes bf16 or fp32 by what the CPU supports; the model records what was used."""
+    from normalcy.features import bf16_supported
+    from normalcy.data import InputError as _InputError
+
+    ex = FeatureExtractor(image_size=64, precision="auto")
+    assert ex.precision == ("bf16" if bf16_supported() else "fp32")
+    assert FeatureExtractor(image_size=64, precision="fp32").precision == "fp32"
+    with pytest.raises(_InputError):
+        FeatureExtractor(image_size=64, precision="fp8")
+    train = sorted((synthetic_root / "train" / "good").iterdir())
+    det = create("gaussian", FeatureExtractor(image_size=64, precision="fp32")).fit(train, progress=False)
+    det.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["extractor"]["precision"] == "fp32"
+    assert load(tmp_path / "m").extractor.precision == "fp32"
