@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import typer
 from rich.console import Console
@@ -130,6 +131,7 @@ def predict(
     output: Path = typer.Option(Path("results"), "--output", "-o", help="Folder for scores.csv, heatmaps/, report.html."),
     heatmaps: bool = typer.Option(True, help="Write a heatmap PNG per image."),
     report: bool = typer.Option(True, help="Write report.html with the top anomalies."),
+    save_maps: bool = typer.Option(False, help="Also write each raw anomaly map as maps/*.npy (float32, original size)."),
     top: int = typer.Option(24, help="Images shown in the report."),
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
@@ -154,6 +156,9 @@ def predict(
             rows.append((str(path), score, anomalous))
             if heatmaps:
                 save_heatmap(output / "heatmaps" / f"{_flat_name(path)}.png", image, amap, lo, hi)
+            if save_maps:
+                (output / "maps").mkdir(exist_ok=True)
+                np.save(output / "maps" / f"{_flat_name(path)}.npy", amap.astype(np.float32))
             if report:
                 item = ReportImage(name=str(path), score=score, anomalous=anomalous, image=image, amap=amap)
                 (heapq.heappush if len(best) < top else heapq.heappushpop)(best, (score, i, item))
@@ -163,8 +168,6 @@ def predict(
         writer.writerow(["path", "reason"])
         writer.writerows([str(p), r] for p, r in skipped)
     if report:
-        import numpy as np
-
         write_report(
             output / "report.html",
             title=f"normalcy predict: {len(rows)} images",
@@ -238,8 +241,6 @@ def _eval_report(path: Path, metrics: dict[str, Any], det: Any, result: Any, ds:
                     image=read_image(result.paths[i]), amap=result.maps[i], label=labels[result.paths[i]])
         for i in order
     ]
-    import numpy as np
-
     write_report(
         path,
         title=f"normalcy eval: {metrics['detector']} on {metrics['dataset']}",

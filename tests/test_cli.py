@@ -86,8 +86,10 @@ def test_fit_predict_with_bad_files(tmp_path: Path) -> None:
             (new / f"{sub}_{p.name}").write_bytes(p.read_bytes())
     bad_new = add_bad_files(new)
     out = tmp_path / "results"
-    r = normalcy("predict", str(model), str(new), "-o", str(out))
+    r = normalcy("predict", str(model), str(new), "-o", str(out), "--save-maps")
     assert r.returncode == 0, r.stderr
+    maps = sorted((out / "maps").glob("*.npy"))
+    assert len(maps) == 6 and np.load(maps[0]).shape == (96, 96)
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert len(rows) == 6
     skipped = {Path(row["path"]).name for row in csv.DictReader(open(out / "skipped.csv"))}
