@@ -91,6 +91,9 @@ BackboneCfgOpt = typer.Option(
 SizeOpt = typer.Option(224, help="Images are resized to this square size before feature extraction.")
 ThreadsOpt = typer.Option(None, help="CPU threads for torch (default: all cores).")
 PrecisionOpt = typer.Option("auto", help="Backbone arithmetic: auto (bf16 where the CPU has it natively), fp32, bf16.")
+StepsOpt = typer.Option(None, help="Trained detectors: training steps (default: the detector's own).")
+BudgetOpt = typer.Option(None, help="Trained detectors: stop training after this many seconds.")
+SeedOpt = typer.Option(0, help="Random seed (coreset, calibration folds, training).")
 GridOpt = typer.Option(4, help="Image-level features are pooled on a g x g grid (1 = whole image, as Rippel et al.).")
 
 
@@ -106,14 +109,16 @@ def fit(
     pool_grid: int = GridOpt,
     precision: str = PrecisionOpt,
     fpr: float = typer.Option(0.01, help="Target false-positive rate of the threshold, on normal images."),
-    seed: int = typer.Option(0, help="Random seed (coreset, calibration folds)."),
+    seed: int = SeedOpt,
+    steps: Optional[int] = StepsOpt,
+    time_budget: Optional[float] = BudgetOpt,
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Fit a detector on normal images and save it."""
     _setup(threads)
     paths = list_files(train_dir)
     det = create(detector, _extractor(backbone, backbone_config, image_size, pool_grid, precision),
-                 fpr=fpr, seed=seed)
+                 fpr=fpr, seed=seed, **_training_kwargs(detector, steps, time_budget))
     det.fit(paths)
     det.save(output)
     _report_skipped(det.skipped_fit_)
@@ -196,6 +201,9 @@ def eval_(
     image_size: int = SizeOpt,
     pool_grid: int = GridOpt,
     precision: str = PrecisionOpt,
+    seed: int = SeedOpt,
+    steps: Optional[int] = StepsOpt,
+    time_budget: Optional[float] = BudgetOpt,
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
     report: Optional[Path] = typer.Option(None, help="Also write an HTML report here."),
     threads: Optional[int] = ThreadsOpt,
@@ -207,7 +215,8 @@ def eval_(
 
     ds = load_dataset(dataset)
     metrics, det, result = run_eval(ds, detector, _extractor(backbone, backbone_config, image_size, pool_grid, precision),
-                                    progress=True)
+                                    progress=True,
+                                    detector_kwargs={"seed": seed, **_training_kwargs(detector, steps, time_budget)})
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:
         _eval_report(report, metrics, det, result, ds)
@@ -278,6 +287,20 @@ def demo(
 def version() -> None:
     """Print the version."""
     out.print(__version__)
+
+
+def _training_kwargs(detector: str, steps: Optional[int], time_budget: Optional[float]) -> dict[str, Any]:
+    """--steps/--time-budget for detectors that train; a clear error for those that do not."""
+    import inspect
+
+    given = {k: v for k, v in (("steps", steps), ("time_budget", time_budget)) if v is not None}
+    cls = DETECTORS.get(detector)
+    if given and cls is not None:
+        accepted = inspect.signature(cls.__init__).parameters
+        unknown = [k for k in given if k not in accepted]
+        if unknown:
+            raise InputError(f"detector {detector!r} does not train: --{unknown[0].replace('_', '-')} does not apply")
+    return given
 
 
 def _report_skipped(skipped: list[tuple[Path, str]]) -> None:

@@ -45,7 +45,8 @@ class Batch:
 
     paths: list[Path]
     images: list[np.ndarray]  # original images, HxWx3 uint8
-    features: Features
+    features: Features | None  # None when the detector works on images alone
+    inputs: torch.Tensor | None = None  # the resized Bx3xSxS batch in [0, 1]
 
 
 def bf16_supported() -> bool:
@@ -161,6 +162,7 @@ class FeatureExtractor:
         batch_size: int = 32,
         keep_images: bool = True,
         pooled: bool = True,
+        features: bool = True,
     ) -> Iterator[Batch]:
         """Read, preprocess and extract in batches; unreadable files go to ``skipped``.
 
@@ -177,18 +179,18 @@ class FeatureExtractor:
 
         if len(chunks) <= 1:  # one batch: nothing to overlap, no thread to start
             results: Iterator = iter([read(c) for c in chunks])
-            yield from self._extract(results, keep_images, pooled)
+            yield from self._extract(results, keep_images, pooled, features)
             return
         with ThreadPoolExecutor(max_workers=1) as pool:
-            yield from self._extract(_prefetched(pool, read, chunks), keep_images, pooled)
+            yield from self._extract(_prefetched(pool, read, chunks), keep_images, pooled, features)
 
-    def _extract(self, results: Iterator, keep_images: bool, pooled: bool) -> Iterator[Batch]:
+    def _extract(self, results: Iterator, keep_images: bool, pooled: bool, features: bool) -> Iterator[Batch]:
         for done_paths, images, x in results:
             if x is None:
                 continue
-            feats = self(x, pooled=pooled)
+            feats = self(x, pooled=pooled) if features else None
             kept = images if keep_images else [np.empty((*im.shape[:2], 0), np.uint8) for im in images]
-            yield Batch(paths=done_paths, images=kept, features=feats)
+            yield Batch(paths=done_paths, images=kept, features=feats, inputs=x)
 
 
 def _prefetched(pool: ThreadPoolExecutor, fn: Callable, items: list) -> Iterator:

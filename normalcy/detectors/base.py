@@ -60,6 +60,8 @@ class Detector:
 
     name: ClassVar[str] = "base"
     uses_pooled: ClassVar[bool] = True  # False: the backbone stops after the patch levels
+    uses_features: ClassVar[bool] = True  # False: no backbone at all, the detector sees batch.inputs
+    needs_images: ClassVar[bool] = False  # True: fit() batches keep the original images
 
     def __init__(
         self,
@@ -90,6 +92,11 @@ class Detector:
         """-> (image scores B, patch maps B x h x w)."""
         raise NotImplementedError
 
+    def _score_batch(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Detectors that work on images (batch.inputs) rather than features override this."""
+        assert batch.features is not None
+        return self._score(batch.features)
+
     def _calibration_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Image scores and patch-map values of held-out normal training images."""
         raise NotImplementedError
@@ -109,8 +116,8 @@ class Detector:
         torch.manual_seed(self.seed)
         skipped: list[tuple[Path, str]] = []
         counted = _Counter()
-        batches = self.extractor.iter_batches(paths, skipped, self.batch_size, keep_images=False,
-                                              pooled=self.uses_pooled)
+        batches = self.extractor.iter_batches(paths, skipped, self.batch_size, keep_images=self.needs_images,
+                                              pooled=self.uses_pooled, features=self.uses_features)
         with progress_bar(progress) as bar:
             task = bar.add_task(f"fit {self.name}: features", total=len(paths))
             # Read the first batch before _fit, which need not cope with no images at all.
@@ -134,8 +141,8 @@ class Detector:
         """Stream (path, image, score, map at original size) so huge folders fit in memory."""
         self._check_fitted()
         for batch in self.extractor.iter_batches(list(paths), skipped, batch_size or self.batch_size,
-                                                   pooled=self.uses_pooled):
-            s, pm = self._score(batch.features)
+                                                   pooled=self.uses_pooled, features=self.uses_features):
+            s, pm = self._score_batch(batch)
             for path, im, si, m in zip(batch.paths, batch.images, s, pm):
                 yield path, im, float(si), upsample_map(m, im.shape[:2])
 

@@ -1,0 +1,71 @@
+"""The training loop shared by trained detectors (SimpleNet, EfficientAD, DRAEM).
+
+It owns what every trained detector needs and none should write twice: a step
+or time budget, a rich progress bar with the running loss, and Ctrl-C that
+stops early and keeps the model trained so far (the caller then saves it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .progress import progress_bar
+
+log = logging.getLogger("normalcy")
+
+
+@dataclass
+class TrainLog:
+    """What happened during training; saved with the model."""
+
+    steps: int
+    seconds: float
+    losses: list[float]  # running (smoothed) loss, one value per step
+    interrupted: bool
+    stopped_by: str  # "steps", "time" or "interrupt"
+
+
+def train(
+    step: Callable[[int], float],
+    steps: int,
+    time_budget: float | None = None,
+    progress: bool = True,
+    description: str = "train",
+    smoothing: float = 0.9,
+) -> TrainLog:
+    """Run ``step(i) -> loss`` until ``steps`` are done or ``time_budget`` seconds have passed.
+
+    Ctrl-C stops after the current step; training so far is kept, and the caller goes on
+    to calibrate and save as usual, so an interrupted run still yields a usable model.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    start = time.perf_counter()
+    losses: list[float] = []
+    running: float | None = None
+    stopped_by = "steps"
+    done = 0
+    with progress_bar(progress) as bar:
+        task = bar.add_task(description, total=steps, loss="")
+        try:
+            for i in range(steps):
+                loss = float(step(i))
+                running = loss if running is None else smoothing * running + (1 - smoothing) * loss
+                losses.append(running)
+                done = i + 1
+                bar.update(task, completed=done, description=f"{description}  loss {running:.4f}")
+                if time_budget is not None and time.perf_counter() - start >= time_budget:
+                    stopped_by = "time"
+                    break
+        except KeyboardInterrupt:
+            stopped_by = "interrupt"
+            log.warning("interrupted after %d of %d steps: keeping the model trained so far", done, steps)
+    if done == 0:
+        raise KeyboardInterrupt("interrupted before the first training step finished")
+    if stopped_by == "time":
+        log.info("time budget of %.0f s reached after %d of %d steps", time_budget, done, steps)
+    return TrainLog(steps=done, seconds=time.perf_counter() - start, losses=losses,
+                    interrupted=stopped_by == "interrupt", stopped_by=stopped_by)
