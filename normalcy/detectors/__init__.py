@@ -7,10 +7,20 @@ from typing import Any
 from ..data import InputError
 from ..features import FeatureExtractor
 from .base import Detector, NotFittedError, Result, load
+from .draem import DRAEM
 from .gaussian import GaussianAD
 from .patchcore import PatchCore
+from .simplenet import SimpleNet
 
-DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (GaussianAD, PatchCore)}
+DETECTORS: dict[str, type[Detector]] = {
+    cls.name: cls
+    for cls in (
+        GaussianAD,
+        PatchCore,
+        SimpleNet,
+        DRAEM,
+    )
+}
 
 
 def create(name: str, extractor: FeatureExtractor | None = None, **kwargs: Any) -> Detector:
@@ -22,4 +32,4 @@ def create(name: str, extractor: FeatureExtractor | None = None, **kwargs: Any) 
     return cls(extractor=extractor, **kwargs)
 
 
-__all__ = ["DETECTORS", "Detector", "GaussianAD", "NotFittedError", "PatchCore", "Result", "create", "load"]
+__all__ = ["DETECTORS", "DRAEM", "Detector", "GaussianAD", "NotFittedError", "PatchCore", "Result", "SimpleNet", "create", "load"]

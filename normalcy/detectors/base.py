@@ -207,6 +207,11 @@ class Detector:
             "batch_size": self.batch_size,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        log_ = getattr(self, "train_log_", None)
+        if log_ is not None:  # trained detectors: how training went, for the record
+            meta["training"] = {"steps": log_.steps, "seconds": round(log_.seconds, 2),
+                                "final_loss": log_.losses[-1] if log_.losses else None,
+                                "stopped_by": log_.stopped_by}
         (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         return d
 
