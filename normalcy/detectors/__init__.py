@@ -8,6 +8,7 @@ from ..data import InputError
 from ..features import FeatureExtractor
 from .base import Detector, NotFittedError, Result, load
 from .draem import DRAEM
+from .efficientad import EfficientAD
 from .gaussian import GaussianAD
 from .patchcore import PatchCore
 from .simplenet import SimpleNet
@@ -19,6 +20,7 @@ DETECTORS: dict[str, type[Detector]] = {
         PatchCore,
         SimpleNet,
         DRAEM,
+        EfficientAD,
     )
 }
 

@@ -79,6 +79,7 @@ class Detector:
         self.threshold_: float | None = None
         self.map_range_: tuple[float, float] | None = None
         self.n_train_: int = 0
+        self._progress = True
 
     # -- what subclasses implement ---------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -113,6 +114,7 @@ class Detector:
         paths = list(paths)
         if not paths:
             raise InputError("no training images given")
+        self._progress = progress  # trained detectors' loops show their bar when fit() shows one
         torch.manual_seed(self.seed)
         skipped: list[tuple[Path, str]] = []
         counted = _Counter()

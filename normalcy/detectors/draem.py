@@ -340,7 +340,6 @@ class DRAEM(Detector):
         self.train_batch_size = int(train_batch_size)
         self.anomaly_prob = float(anomaly_prob)
         self.holdout = float(holdout)
-        self._progress = True
         self.rec_: Reconstructive | None = None
         self.disc_: Discriminative | None = None
 
@@ -377,9 +376,6 @@ class DRAEM(Detector):
         return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
     # -- training ------------------------------------------------------------------------
-    def fit(self, paths: Any, progress: bool = True) -> "DRAEM":
-        self._progress = progress  # the training loop's bar follows fit()'s
-        return super().fit(paths, progress)  # type: ignore[return-value]
 
     def _fit(self, batches: Iterator[Batch]) -> None:
         chunks = [self._prepare(b.inputs) for b in batches if b.inputs is not None]

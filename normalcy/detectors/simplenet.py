@@ -68,7 +68,6 @@ class SimpleNet(Detector):
         self.lr_discriminator = float(lr_discriminator)
         self.margin = float(margin)
         self.holdout = float(holdout)
-        self.progress = True
 
     def params(self) -> dict[str, Any]:
         return {
@@ -81,9 +80,6 @@ class SimpleNet(Detector):
         self.adaptor_ = nn.Linear(dim, dim)
         self.discriminator_ = _Discriminator(dim, self.hidden)
 
-    def fit(self, paths: Any, progress: bool = True) -> "SimpleNet":
-        self.progress = progress
-        return super().fit(paths, progress)  # type: ignore[return-value]
 
     def _fit(self, batches: Iterator[Batch]) -> None:
         feats = []
@@ -122,7 +118,7 @@ class SimpleNet(Detector):
             opt_d.step()
             return float(loss.detach())
 
-        self.train_log_ = train(step, self.steps, self.time_budget, self.progress, "train simplenet")
+        self.train_log_ = train(step, self.steps, self.time_budget, self._progress, "train simplenet")
         self.adaptor_.eval()
         self.discriminator_.eval()
 

@@ -1,0 +1,139 @@
+"""EfficientAD: training, determinism, model files, Ctrl-C, bad input, maps, no backbone at scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from normalcy.data import load_dataset
+from normalcy.detectors import DETECTORS, load
+from normalcy.detectors.efficientad import EfficientAD, count_macs, pdn_tiny, synthetic_images
+from normalcy.features import FeatureExtractor
+
+# Tiny settings: the same shapes in every test, so oneDNN's one-time set-up is paid once.
+TINY = dict(steps=16, teacher_steps=6, time_budget=None, input_size=64, pool_size=8, train_batch=4)
+
+
+@pytest.fixture(scope="module")
+def fe() -> FeatureExtractor:
+    return FeatureExtractor(image_size=64)
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_root: Path):
+    ds = load_dataset(synthetic_root)
+    return ds.train, [s.path for s in ds.test]
+
+
+@pytest.fixture(scope="module")
+def fitted(fe: FeatureExtractor, data) -> EfficientAD:
+    return EfficientAD(fe, seed=3, **TINY).fit(data[0], progress=False)
+
+
+def test_registered_and_no_backbone_flag() -> None:
+    assert DETECTORS["efficientad"] is EfficientAD
+    assert EfficientAD.uses_features is False
+
+
+def test_pdn_tiny_is_small() -> None:
+    # The point of PDN-tiny: far below the backbone's ~400 MMAC at 256 px.
+    assert count_macs(pdn_tiny(32), 256) < 80e6
+    assert pdn_tiny(32)(torch.zeros(1, 3, 256, 256)).shape == (1, 32, 32, 32)
+    im = synthetic_images(3, 64, torch.Generator().manual_seed(0))
+    assert im.shape == (3, 3, 64, 64) and 0 <= float(im.min()) and float(im.max()) <= 1
+
+
+def test_loss_falls(fitted: EfficientAD) -> None:
+    losses = fitted.train_log_.losses
+    assert len(losses) == TINY["steps"] and fitted.train_log_.stopped_by == "steps"
+    assert losses[-1] < losses[0]
+    assert fitted.teacher_log_.steps == TINY["teacher_steps"]
+
+
+def test_maps_have_original_shape(fitted: EfficientAD, data, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from conftest import texture
+
+    odd = tmp_path / "odd.png"
+    Image.fromarray(texture(np.random.default_rng(1), 77, 131)).save(odd)
+    res = fitted.score([*data[1][:2], odd], progress=False)
+    assert [m.shape for m in res.maps] == [(96, 96), (96, 96), (77, 131)]
+    assert np.isfinite(res.scores).all() and all(np.isfinite(m).all() for m in res.maps)
+
+
+def test_scoring_does_not_run_the_backbone(fitted: EfficientAD, data, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a, **k):
+        raise AssertionError("the backbone ran during scoring")
+
+    monkeypatch.setattr(fitted.extractor.backbone, "forward", boom)
+    res = fitted.score(data[1], progress=False)
+    assert len(res.scores) == len(data[1])
+
+
+def test_save_load_round_trip(fitted: EfficientAD, data, tmp_path: Path) -> None:
+    before = fitted.score(data[1], progress=False)
+    fitted.save(tmp_path / "m")
+    assert not any(p.suffix in (".pkl", ".pt", ".pth") for p in (tmp_path / "m").iterdir())
+    det = load(tmp_path / "m")
+    assert isinstance(det, EfficientAD) and det.params() == fitted.params()
+    after = det.score(data[1], progress=False)
+    np.testing.assert_array_equal(before.scores, after.scores)
+    for a, b in zip(before.maps, after.maps):
+        np.testing.assert_array_equal(a, b)
+    assert after.threshold == before.threshold
+
+
+def test_same_seed_same_scores(fitted: EfficientAD, fe: FeatureExtractor, data) -> None:
+    again = EfficientAD(fe, seed=3, **TINY).fit(data[0], progress=False)
+    np.testing.assert_array_equal(fitted.score(data[1], progress=False).scores,
+                                  again.score(data[1], progress=False).scores)
+    assert again.threshold_ == fitted.threshold_
+
+
+@pytest.mark.parametrize("at_call", [3, TINY["teacher_steps"] + 3], ids=["distillation", "student"])
+def test_ctrl_c_keeps_a_usable_model(at_call: int, fe: FeatureExtractor, data, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    det = EfficientAD(fe, seed=1, **TINY).fit(data[0], progress=False)
+    assert det.train_log_.interrupted and det.train_log_.stopped_by == "interrupt"
+    if at_call == 3:
+        assert det.teacher_log_.steps == 2 and det.teacher_log_.interrupted
+        assert 1 <= det.train_log_.steps <= 50
+    else:
+        assert det.teacher_log_.steps == TINY["teacher_steps"] and det.train_log_.steps == 2
+    res = det.score(data[1], progress=False)
+    assert np.isfinite(res.scores).all() and det.threshold_ is not None
+    det.save(tmp_path / "m")
+    np.testing.assert_array_equal(load(tmp_path / "m").score(data[1], progress=False).scores, res.scores)
+
+
+def test_bad_files_are_skipped(fe: FeatureExtractor, data, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    det = EfficientAD(fe, **{**TINY, "steps": 3, "teacher_steps": 2}).fit([empty, *data[0], text], progress=False)
+    assert {p for p, _ in det.skipped_fit_} == {empty, text}
+    res = det.score([data[1][0], text, data[1][1]], progress=False)
+    assert res.paths == [data[1][0], data[1][1]]
+    assert [p for p, _ in res.skipped] == [text]
+
+
+def test_bad_parameters() -> None:
+    from normalcy.data import InputError
+
+    with pytest.raises(InputError):
+        EfficientAD(input_size=100)
