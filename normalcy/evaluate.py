@@ -100,7 +100,8 @@ def run_eval(
         "fit_seconds": round(fit_seconds, 3),
         "score_seconds": round(score_seconds, 3),
         "images_per_second": round(len(result.paths) / score_seconds, 2) if score_seconds else None,
-        "latency_ms_batch1": round(latency_ms(det, paths, latency_images), 2) if latency_images else None,
+        "latency_ms_batch1": round(latency_ms(det, paths, latency_images), 2)
+        if latency_images and not getattr(det, "zero_shot", False) else None,
         "fit_peak_rss_mb": round(fit_rss, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "skipped": [[str(p), r] for p, r in det.skipped_fit_ + result.skipped],

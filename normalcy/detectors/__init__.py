@@ -10,6 +10,7 @@ from .base import Detector, NotFittedError, Result, load
 from .draem import DRAEM
 from .efficientad import EfficientAD
 from .gaussian import GaussianAD
+from .musc import MuSc
 from .patchcore import PatchCore
 from .simplenet import SimpleNet
 
@@ -21,6 +22,7 @@ DETECTORS: dict[str, type[Detector]] = {
         SimpleNet,
         DRAEM,
         EfficientAD,
+        MuSc,
     )
 }
 
