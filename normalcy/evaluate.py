@@ -82,7 +82,8 @@ def run_eval(
     t0 = time.perf_counter()
     result = det.score(paths, progress=progress)
     score_seconds = time.perf_counter() - t0
-    labels = np.array([{s.path: s.label for s in ds.test}[p] for p in result.paths], dtype=int)
+    label_of = {s.path: s.label for s in ds.test}
+    labels = np.array([label_of[p] for p in result.paths], dtype=int)
     masks = masks_for(ds.test, result)
     metrics = evaluate(labels, result.scores, masks, result.maps)
     out: dict[str, Any] = {

@@ -124,14 +124,16 @@ class FeatureExtractor:
         arr = np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
-    def __call__(self, x: torch.Tensor, pooled: bool = True) -> Features:
-        """Features of a preprocessed batch; ``pooled=False`` skips the deeper levels only pooling needs."""
-        levels = self.backbone.levels if pooled else self.patch_levels
+    def level_maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Raw float32 backbone maps of the given levels, in this extractor's precision."""
         if self.precision == "bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                maps = {lv: m.float() for lv, m in self.backbone(x, levels).items()}
-        else:
-            maps = self.backbone(x, levels)
+                return {lv: m.float() for lv, m in self.backbone(x, levels).items()}
+        return self.backbone(x, levels)
+
+    def __call__(self, x: torch.Tensor, pooled: bool = True) -> Features:
+        """Features of a preprocessed batch; ``pooled=False`` skips the deeper levels only pooling needs."""
+        maps = self.level_maps(x, self.backbone.levels if pooled else self.patch_levels)
         grid = None
         parts = []
         for lv in self.patch_levels:

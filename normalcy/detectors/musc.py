@@ -74,16 +74,13 @@ class MuSc(Detector):
     # -- features ------------------------------------------------------------------
     def _levels(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-degree patch features (B x P x D, L2-normalised) and image features (B x C)."""
-        maps = self.extractor.backbone(x, self.extractor.patch_levels)
-        if self.extractor.precision == "bf16":
-            maps = {k: v.float() for k, v in maps.items()}
+        maps = self.extractor.level_maps(x, self.extractor.patch_levels)
         deep = maps[self.extractor.patch_levels[-1]]
         grid = deep.shape[-2:]
         feats = []
         for r in self.radii:
             parts = []
             for f in maps.values():
-                f = f.float()
                 if r > 1:
                     f = F.avg_pool2d(f, r, stride=1, padding=r // 2, count_include_pad=False)
                 if f.shape[-2:] != grid:
@@ -91,7 +88,7 @@ class MuSc(Detector):
                 parts.append(F.normalize(f, dim=1))  # each level weighs the same
             z = torch.cat(parts, 1)
             feats.append(F.normalize(z.flatten(2).transpose(1, 2), dim=-1))
-        image = F.normalize(deep.float().mean((2, 3)), dim=-1)
+        image = F.normalize(deep.mean((2, 3)), dim=-1)
         return feats, image
 
     # -- mutual scoring ----------------------------------------------------------------
