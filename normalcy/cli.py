@@ -93,6 +93,7 @@ ThreadsOpt = typer.Option(None, help="CPU threads for torch (default: all cores)
 PrecisionOpt = typer.Option("auto", help="Backbone arithmetic: auto (bf16 where the CPU has it natively), fp32, bf16.")
 StepsOpt = typer.Option(None, help="Trained detectors: training steps (default: the detector's own).")
 BudgetOpt = typer.Option(None, help="Trained detectors: stop training after this many seconds.")
+FprOpt = typer.Option(0.01, help="Target false-positive rate of the threshold, on normal images.")
 SeedOpt = typer.Option(0, help="Random seed (coreset, calibration folds, training).")
 GridOpt = typer.Option(4, help="Image-level features are pooled on a g x g grid (1 = whole image, as Rippel et al.).")
 
@@ -108,7 +109,7 @@ def fit(
     image_size: int = SizeOpt,
     pool_grid: int = GridOpt,
     precision: str = PrecisionOpt,
-    fpr: float = typer.Option(0.01, help="Target false-positive rate of the threshold, on normal images."),
+    fpr: float = FprOpt,
     seed: int = SeedOpt,
     steps: Optional[int] = StepsOpt,
     time_budget: Optional[float] = BudgetOpt,
@@ -117,8 +118,8 @@ def fit(
     """Fit a detector on normal images and save it."""
     _setup(threads)
     paths = list_files(train_dir)
-    det = create(detector, _extractor(backbone, backbone_config, image_size, pool_grid, precision),
-                 fpr=fpr, seed=seed, **_training_kwargs(detector, steps, time_budget))
+    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision)
+    det = create(detector, extractor, **_detector_kwargs(detector, fpr, seed, steps, time_budget))
     det.fit(paths)
     det.save(output)
     _report_skipped(det.skipped_fit_)
@@ -201,6 +202,7 @@ def eval_(
     image_size: int = SizeOpt,
     pool_grid: int = GridOpt,
     precision: str = PrecisionOpt,
+    fpr: float = FprOpt,
     seed: int = SeedOpt,
     steps: Optional[int] = StepsOpt,
     time_budget: Optional[float] = BudgetOpt,
@@ -211,15 +213,16 @@ def eval_(
     """Fit on train/good, score test/, print metrics, speed and memory."""
     _setup(threads)
     from .data import load_dataset
-    from .evaluate import run_eval
+    from .evaluate import run_eval, write_eval_report
 
     ds = load_dataset(dataset)
-    metrics, det, result = run_eval(ds, detector, _extractor(backbone, backbone_config, image_size, pool_grid, precision),
-                                    progress=True,
-                                    detector_kwargs={"seed": seed, **_training_kwargs(detector, steps, time_budget)})
+    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision)
+    metrics, det, result = run_eval(ds, detector, extractor, progress=True,
+                                    detector_kwargs=_detector_kwargs(detector, fpr, seed, steps, time_budget))
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:
-        _eval_report(report, metrics, det, result, ds)
+        write_eval_report(report, metrics, det, result, ds)
+        console.print(f"report: {report}")
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:
@@ -236,33 +239,6 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
             continue
         table.add_row(k, "–" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
     return table
-
-
-def _eval_report(path: Path, metrics: dict[str, Any], det: Any, result: Any, ds: Any) -> None:
-    """An HTML report of an evaluation: top anomalies with ground truth, histogram, ROC."""
-    from .data import read_image
-
-    dataset = ds.root
-    labels = {s.path: s.label for s in ds.test}
-    order = sorted(range(len(result.paths)), key=lambda i: -result.scores[i])[:24]
-    top = [
-        ReportImage(name=_rel(result.paths[i], dataset), score=float(result.scores[i]), anomalous=bool(result.decisions[i]),
-                    image=read_image(result.paths[i]), amap=result.maps[i], label=labels[result.paths[i]])
-        for i in order
-    ]
-    write_report(
-        path,
-        title=f"normalcy eval: {metrics['detector']} on {metrics['dataset']}",
-        scores=result.scores,
-        names=[_rel(p, dataset) for p in result.paths],
-        top=top,
-        threshold=det.threshold_,
-        labels=np.array([labels[p] for p in result.paths]),
-        metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
-        map_range=det.map_range_,
-        info={"detector": det.name, "backbone": det.extractor.spec.name, "dataset": str(metrics["dataset"])},
-    )
-    console.print(f"report: {path}")
 
 
 @app.command()
@@ -289,8 +265,9 @@ def version() -> None:
     out.print(__version__)
 
 
-def _training_kwargs(detector: str, steps: Optional[int], time_budget: Optional[float]) -> dict[str, Any]:
-    """--steps/--time-budget for detectors that train; a clear error for those that do not."""
+def _detector_kwargs(detector: str, fpr: float, seed: int, steps: Optional[int],
+                     time_budget: Optional[float]) -> dict[str, Any]:
+    """Detector arguments from the options fit and eval share; --steps/--time-budget only for detectors that train."""
     import inspect
 
     given = {k: v for k, v in (("steps", steps), ("time_budget", time_budget)) if v is not None}
@@ -300,7 +277,7 @@ def _training_kwargs(detector: str, steps: Optional[int], time_budget: Optional[
         unknown = [k for k in given if k not in accepted]
         if unknown:
             raise InputError(f"detector {detector!r} does not train: --{unknown[0].replace('_', '-')} does not apply")
-    return given
+    return {"fpr": fpr, "seed": seed, **given}
 
 
 def _report_skipped(skipped: list[tuple[Path, str]]) -> None:
@@ -308,13 +285,6 @@ def _report_skipped(skipped: list[tuple[Path, str]]) -> None:
         console.print(f"[yellow]skipped {len(skipped)} file(s) that are not readable images:[/]")
         for p, r in skipped:
             console.print(f"  {p}: {r}", highlight=False)
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def _flat_name(path: Path) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .data import InputError, load_dataset
-from .evaluate import run_eval
+from .evaluate import run_eval, write_eval_report
 from .progress import console
 
 
@@ -63,8 +63,6 @@ def build_elpv_dataset(target: Path, cell_type: str = "mono", n_train: int = 300
 def run_demo(output: Path, detector: str = "gaussian", n_train: int = 300, n_test: int = 200,
              cell_type: str = "mono") -> tuple[dict[str, Any], Path]:
     """Fit, score and report on solar cells. Returns (metrics, path of report.html)."""
-    from .cli import _eval_report
-
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = build_elpv_dataset(Path(tmp) / f"elpv_{cell_type}", cell_type, n_train, n_test)
@@ -75,5 +73,5 @@ def run_demo(output: Path, detector: str = "gaussian", n_train: int = 300, n_tes
         metrics["dataset"] = f"elpv ({cell_type} cells)"
         det.save(output / "model")
         report = output / "report.html"
-        _eval_report(report, metrics, det, result, ds)
+        write_eval_report(report, metrics, det, result, ds)
     return metrics, report

@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data import Dataset, Sample, load_dataset, read_mask
+from .data import Dataset, Sample, load_dataset, read_image, read_mask
 from .detectors import Detector, Result, create
 from .features import FeatureExtractor
 from .metrics import evaluate
+from .report import ReportImage, write_report
 
 
 def peak_rss_mb() -> float:
@@ -113,3 +114,35 @@ def run_eval(
 def _num(v: float) -> float | None:
     """JSON has no NaN: missing metrics become null."""
     return None if v is None or not np.isfinite(v) else round(float(v), 6)
+
+
+def write_eval_report(path: Path, metrics: dict[str, Any], det: Detector, result: Result, ds: Dataset,
+                      top: int = 24) -> Path:
+    """An HTML report of an evaluation: top anomalies with ground truth, histogram, ROC."""
+    label_of = {s.path: s.label for s in ds.test}
+    order = np.argsort(-result.scores, kind="stable")[:top]
+    items = [
+        ReportImage(name=_rel(result.paths[i], ds.root), score=float(result.scores[i]),
+                    anomalous=bool(result.decisions[i]), image=read_image(result.paths[i]),
+                    amap=result.maps[i], label=label_of[result.paths[i]])
+        for i in order
+    ]
+    return write_report(
+        path,
+        title=f"normalcy eval: {metrics['detector']} on {metrics['dataset']}",
+        scores=result.scores,
+        names=[_rel(p, ds.root) for p in result.paths],
+        top=items,
+        threshold=det.threshold_,
+        labels=np.array([label_of[p] for p in result.paths]),
+        metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
+        map_range=det.map_range_,
+        info={"detector": det.name, "backbone": det.extractor.spec.name, "dataset": str(metrics["dataset"])},
+    )
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
