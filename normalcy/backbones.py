@@ -60,7 +60,7 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
         self._order = list(spec.levels)
-        self._last = max(self.levels, key=self._order.index)
+        self._last = ""  # the deepest level of the current forward pass: its hook stops the pass
         self._out: dict[str, torch.Tensor] = {}
         modules = dict(self.net.named_modules())
         for lv in self.levels:

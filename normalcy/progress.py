@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Iterator
 
 from rich.console import Console
@@ -22,7 +21,7 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not enabled or not sys.stderr.isatty() and not enabled,
+        disable=not enabled,
         transient=False,
     )
     with bar:

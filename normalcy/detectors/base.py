@@ -218,6 +218,12 @@ class Detector:
         return d
 
 
+def holdout_count(n: int, fraction: float) -> int:
+    """How many of n training images trained detectors keep out of training to calibrate on:
+    ``fraction`` of them, at least one, and none when there is only one image."""
+    return min(max(1, round(fraction * n)), n - 1) if n > 1 else 0
+
+
 class _Counter:
     """Counts images flowing through a batch iterator and reports progress."""
 

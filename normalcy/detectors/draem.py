@@ -57,7 +57,7 @@ from torch import nn
 from ..data import InputError
 from ..features import Batch
 from ..training import TrainLog, train
-from .base import Detector
+from .base import Detector, holdout_count
 
 # -------------------------------------------------------------------- synthetic anomalies
 
@@ -383,7 +383,7 @@ class DRAEM(Detector):
         n = len(images)
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(n)
-        n_hold = max(1, int(round(self.holdout * n))) if n > 1 else 0
+        n_hold = holdout_count(n, self.holdout)
         hold, keep = order[:n_hold], order[n_hold:]
         self._calib = images[np.sort(hold)] if n_hold else images
         self._train = images[np.sort(keep)]

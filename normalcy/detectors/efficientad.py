@@ -96,7 +96,7 @@ from torch import nn
 from ..data import InputError
 from ..features import Batch
 from ..training import TrainLog, train
-from .base import Detector
+from .base import Detector, holdout_count
 
 log = logging.getLogger("normalcy")
 
@@ -370,7 +370,7 @@ class EfficientAD(Detector):
         n = images.shape[0]
         g = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(n, generator=g)
-        n_hold = max(1, int(round(self.holdout * n))) if n > 1 else 0
+        n_hold = holdout_count(n, self.holdout)
         held = images[order[:n_hold]] if n_hold else images
         train_x = (images[order[n_hold:]] * 255).round_().to(torch.uint8)  # compact: many images fit
         del images

@@ -89,7 +89,7 @@ class PatchCore(Detector):
             chunks.append(p.permute(0, 2, 3, 1).reshape(p.shape[0], -1, p.shape[1]).numpy())
         self._train = np.concatenate(chunks)  # images x patches x D, float32
         del chunks
-        n_img, n_patch, d = self._train.shape
+        _, n_patch, d = self._train.shape
         flat = self._train.reshape(-1, d)
         rng = np.random.default_rng(self.seed)
         pool = np.arange(flat.shape[0])

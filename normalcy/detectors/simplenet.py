@@ -25,7 +25,7 @@ from torch import nn
 
 from ..features import Batch, Features
 from ..training import train
-from .base import Detector
+from .base import Detector, holdout_count
 
 
 class _Discriminator(nn.Module):
@@ -91,7 +91,7 @@ class SimpleNet(Detector):
         g = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
         order = torch.randperm(n_img, generator=g)
-        n_hold = min(max(1, round(self.holdout * n_img)), n_img - 1) if n_img > 1 else 0
+        n_hold = holdout_count(n_img, self.holdout)
         self._held = x[order[:n_hold]]
         train_x = x[order[n_hold:]].reshape(-1, dim)
         self.mean_ = train_x.mean(0)
