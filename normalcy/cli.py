@@ -6,8 +6,6 @@ Everything a person reads goes to stderr except the command's own answer
 
 from __future__ import annotations
 
-import csv
-import heapq
 import json
 import logging
 import sys
@@ -28,7 +26,7 @@ from .data import ImageError, InputError, list_files
 from .detectors import DETECTORS, NotFittedError, create, load
 from .features import FeatureExtractor
 from .progress import console, progress_bar
-from .report import ReportImage, save_heatmap, write_report
+from .run import RunWriter
 
 app = typer.Typer(
     add_completion=False,
@@ -134,61 +132,80 @@ def fit(
 def predict(
     model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`."),
     inputs: list[Path] = typer.Argument(..., help="Images or folders of images."),
-    output: Path = typer.Option(Path("results"), "--output", "-o", help="Folder for scores.csv, heatmaps/, report.html."),
-    heatmaps: bool = typer.Option(True, help="Write a heatmap PNG per image."),
+    output: Path = typer.Option(Path("results"), "--output", "-o", help="Run folder: scores.csv, heatmaps/, report.html, ..."),
+    heatmaps: bool = typer.Option(True, help="Write a heatmap PNG per image (original | overlay) and overlays/."),
+    report: bool = typer.Option(True, help="Write report.html with the top anomalies."),
+    save_maps: bool = typer.Option(False, help="Also write each raw anomaly map as maps/*.npy (float32, original size)."),
+    embeddings: bool = typer.Option(True, help="Store image embeddings for review re-ranking (`normalcy serve`)."),
+    top: int = typer.Option(24, help="Images shown in the report."),
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Score images into a run folder: scores.csv, heatmaps/, overlays/, report.html, skipped.csv, embeddings."""
+    _setup(threads)
+    det = load(model_dir)
+    paths = _input_paths(inputs)
+    writer = RunWriter(output, det.threshold_, det.map_range_ or (0.0, 1.0),  # type: ignore[arg-type]
+                       heatmaps=heatmaps, overlays=heatmaps, report=report, save_maps=save_maps, top=top,
+                       info={"detector": det.name, "model": str(Path(model_dir).resolve()),
+                             "backbone": det.extractor.spec.name}, inputs=inputs)
+    skipped: list[tuple[Path, str]] = []
+    embs: list[np.ndarray] | None = [] if embeddings else None
+    with progress_bar() as bar:
+        task = bar.add_task("predict", total=len(paths))
+        for path, image, score, amap in det.iter_score(paths, skipped, embeddings=embs):
+            writer.add(path, image, score, amap, score >= det.threshold_,  # type: ignore[operator]
+                       embedding=embs[-1] if embs else None)
+            bar.update(task, completed=len(writer.rows) + len(skipped))
+    _finish_run(writer, skipped, f"normalcy predict: {len(writer.rows)} images")
+
+
+@app.command("score-batch")
+@_guarded
+def score_batch(
+    inputs: list[Path] = typer.Argument(..., help="Images or folders of unlabeled images, scored as one batch."),
+    output: Path = typer.Option(Path("results"), "--output", "-o", help="Run folder: scores.csv, heatmaps/, report.html, ..."),
+    backbone: str = BackboneOpt,
+    backbone_config: Optional[Path] = BackboneCfgOpt,
+    image_size: int = SizeOpt,
+    precision: str = PrecisionOpt,
+    heatmaps: bool = typer.Option(True, help="Write a heatmap PNG per image (original | overlay) and overlays/."),
     report: bool = typer.Option(True, help="Write report.html with the top anomalies."),
     save_maps: bool = typer.Option(False, help="Also write each raw anomaly map as maps/*.npy (float32, original size)."),
     top: int = typer.Option(24, help="Images shown in the report."),
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
-    """Score images: scores.csv (score, decision), heatmaps/*.png, report.html, skipped.csv."""
+    """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
-    det = load(model_dir)
+    paths = _input_paths(inputs)
+    det = create("musc", _extractor(backbone, backbone_config, image_size, precision=precision))
+    result = det.score(paths, keep_images=True, embeddings=True)
+    writer = RunWriter(output, result.threshold, det.map_range_ or (0.0, 1.0), heatmaps=heatmaps, overlays=heatmaps,
+                       report=report, save_maps=save_maps, top=top, inputs=inputs,
+                       info={"detector": det.name, "model": "zero-shot", "backbone": det.extractor.spec.name})
+    assert result.images is not None and result.embeddings is not None
+    with progress_bar() as bar:
+        task = bar.add_task("writing", total=len(result.paths))
+        for k, path in enumerate(result.paths):
+            writer.add(path, result.images[k], float(result.scores[k]), result.maps[k], bool(result.decisions[k]),
+                       embedding=result.embeddings[k])
+            bar.advance(task)
+    _finish_run(writer, result.skipped, f"normalcy score-batch (MuSc, zero-shot): {len(writer.rows)} images")
+
+
+def _input_paths(inputs: list[Path]) -> list[Path]:
     paths: list[Path] = []
     for p in inputs:
         paths.extend(list_files(p) if p.is_dir() else [p])
-    output.mkdir(parents=True, exist_ok=True)
-    lo, hi = det.map_range_ or (0.0, 1.0)
-    skipped: list[tuple[Path, str]] = []
-    rows: list[tuple[str, float, bool]] = []
-    best: list[tuple[float, int, ReportImage]] = []
-    with progress_bar() as bar, open(output / "scores.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "score", "decision", "threshold"])
-        task = bar.add_task("predict", total=len(paths))
-        for i, (path, image, score, amap) in enumerate(det.iter_score(paths, skipped)):
-            anomalous = score >= det.threshold_  # type: ignore[operator]
-            writer.writerow([str(path), f"{score:.6g}", "anomalous" if anomalous else "normal", f"{det.threshold_:.6g}"])
-            rows.append((str(path), score, anomalous))
-            if heatmaps:
-                save_heatmap(output / "heatmaps" / f"{_flat_name(path)}.png", image, amap, lo, hi)
-            if save_maps:
-                (output / "maps").mkdir(exist_ok=True)
-                np.save(output / "maps" / f"{_flat_name(path)}.npy", amap.astype(np.float32))
-            if report:
-                item = ReportImage(name=str(path), score=score, anomalous=anomalous, image=image, amap=amap)
-                (heapq.heappush if len(best) < top else heapq.heappushpop)(best, (score, i, item))
-            bar.update(task, completed=len(rows) + len(skipped))
-    with open(output / "skipped.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "reason"])
-        writer.writerows([str(p), r] for p, r in skipped)
-    if report:
-        write_report(
-            output / "report.html",
-            title=f"normalcy predict: {len(rows)} images",
-            scores=np.array([r[1] for r in rows]),
-            names=[r[0] for r in rows],
-            top=[b[2] for b in sorted(best, key=lambda b: -b[0])],
-            threshold=det.threshold_,
-            map_range=(lo, hi),
-            skipped=[(str(p), r) for p, r in skipped],
-            info={"model": str(model_dir), "detector": det.name, "backbone": det.extractor.spec.name},
-        )
+    return paths
+
+
+def _finish_run(writer: RunWriter, skipped: list[tuple[Path, str]], title: str) -> None:
+    writer.close(skipped, title)
     _report_skipped(skipped)
-    n_bad = sum(r[2] for r in rows)
-    console.print(f"scored {len(rows)} images: {n_bad} anomalous, {len(rows) - n_bad} normal; results in {output}")
-    if not rows:
+    n_bad = sum(r[2] for r in writer.rows)
+    n = len(writer.rows)
+    console.print(f"scored {n} images: {n_bad} anomalous, {n - n_bad} normal; results in {writer.output}")
+    if not writer.rows:
         _fail("no image could be read")
 
 
@@ -285,12 +302,6 @@ def _report_skipped(skipped: list[tuple[Path, str]]) -> None:
         console.print(f"[yellow]skipped {len(skipped)} file(s) that are not readable images:[/]")
         for p, r in skipped:
             console.print(f"  {p}: {r}", highlight=False)
-
-
-def _flat_name(path: Path) -> str:
-    """A file name for a heatmap that does not collide across sub-folders."""
-    parts = path.with_suffix("").parts[-2:]
-    return "__".join(p for p in parts if p not in ("/", ""))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class Features:
 
     patches: torch.Tensor  # B x D x h x w
     pooled: dict[str, torch.Tensor]  # level -> B x C
+    embedding: torch.Tensor | None = None  # B x E image embedding for re-ranking (see FeatureExtractor.embed)
 
 
 @dataclass
@@ -146,7 +147,17 @@ class FeatureExtractor:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
             parts.append(f)
         pools = {lv: self._pool(lv, maps[lv]) for lv in self.pooled_levels} if pooled else {}
-        return Features(patches=torch.cat(parts, dim=1), pooled=pools)
+        return Features(patches=torch.cat(parts, dim=1), pooled=pools, embedding=self.embed(maps) if pooled else None)
+
+    @staticmethod
+    def embed(maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """B x E image embedding: each level averaged over the whole image and L2-normalised, concatenated.
+
+        Compact (a few hundred numbers per image, so 100,000 images fit in memory) and
+        independent of the pooling grid; what review re-ranking learns a person's interest from.
+        """
+        parts = [F.normalize(m.float().mean((2, 3)), dim=1) for m in maps.values()]
+        return torch.cat(parts, 1) / len(parts) ** 0.5
 
     def _pool(self, level: str, f: torch.Tensor) -> torch.Tensor:
         g = self._grids.get(level)

@@ -101,6 +101,43 @@ def test_fit_predict_with_bad_files(tmp_path: Path) -> None:
     goods = [s for n, s in scores.items() if n.startswith("good")]
     assert min(squares) > max(goods)
     assert all(row["decision"] == "anomalous" for row in rows if row["path"].split("/")[-1].startswith("square"))
+    check_run_dir(out, n=6)
+
+
+def check_run_dir(out: Path, n: int) -> None:
+    """The run format `normalcy serve` reads: overlays and embeddings row-aligned with scores.csv."""
+    from safetensors.numpy import load_file
+
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == n
+    for row in rows:
+        assert (out / row["overlay"]).is_file()
+    emb = load_file(str(out / "embeddings.safetensors"))["embedding"]
+    assert emb.shape[0] == n and emb.dtype == np.float32 and 100 < emb.shape[1] < 2000
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
+    assert len({tuple(np.round(e, 4)) for e in emb}) == n  # a real embedding per image, not a placeholder
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["n_images"] == n and meta["inputs"] and all(Path(p).is_absolute() for p in meta["inputs"])
+
+
+def test_score_batch_zero_shot_writes_a_run(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds")
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for p in sorted((ds / "train" / "good").iterdir())[:8] + sorted((ds / "test" / "square").iterdir())[:1]:
+        (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    bad = add_bad_files(folder)
+    out = tmp_path / "run"
+    r = normalcy("score-batch", str(folder), "-o", str(out), "--image-size", "96")
+    assert r.returncode == 0, r.stderr
+    for name in bad:
+        assert name in r.stderr
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    top = max(rows, key=lambda row: float(row["score"]))
+    assert Path(top["path"]).name.startswith("square") and top["decision"] == "anomalous"
+    check_run_dir(out, n=9)
+    assert (out / "report.html").stat().st_size > 1000
+    assert json.loads((out / "run.json").read_text())["detector"] == "musc"
 
 
 def test_predict_refuses_unknown_format_version(tmp_path: Path) -> None:

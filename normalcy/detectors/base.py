@@ -49,6 +49,7 @@ class Result:
     threshold: float
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     images: list[np.ndarray] | None = None  # the images themselves, when asked for
+    embeddings: np.ndarray | None = None  # N x E image embeddings (FeatureExtractor.embed), when asked for
 
 
 class NotFittedError(RuntimeError):
@@ -138,14 +139,23 @@ class Detector:
         return self
 
     def iter_score(
-        self, paths: Sequence[Path], skipped: list[tuple[Path, str]], batch_size: int | None = None
+        self, paths: Sequence[Path], skipped: list[tuple[Path, str]], batch_size: int | None = None,
+        embeddings: list[np.ndarray] | None = None,
     ) -> Iterator[tuple[Path, np.ndarray, float, np.ndarray]]:
-        """Stream (path, image, score, map at original size) so huge folders fit in memory."""
+        """Stream (path, image, score, map at original size) so huge folders fit in memory.
+
+        With an ``embeddings`` list, each yielded image's embedding is appended to it
+        first (this runs the whole backbone, also for detectors that need less of it).
+        """
         self._check_fitted()
+        embed = embeddings is not None
         for batch in self.extractor.iter_batches(list(paths), skipped, batch_size or self.batch_size,
-                                                   pooled=self.uses_pooled, features=self.uses_features):
+                                                   pooled=self.uses_pooled or embed,
+                                                   features=self.uses_features or embed):
             s, pm = self._score_batch(batch)
-            for path, im, si, m in zip(batch.paths, batch.images, s, pm):
+            for k, (path, im, si, m) in enumerate(zip(batch.paths, batch.images, s, pm)):
+                if embed:
+                    embeddings.append(batch.features.embedding[k].numpy())  # type: ignore[union-attr]
                 yield path, im, float(si), upsample_map(m, im.shape[:2])
 
     def score(

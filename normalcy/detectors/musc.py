@@ -72,10 +72,14 @@ class MuSc(Detector):
         pass
 
     # -- features ------------------------------------------------------------------
-    def _levels(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-degree patch features (B x P x D, L2-normalised) and image features (B x C)."""
-        maps = self.extractor.level_maps(x, self.extractor.patch_levels)
-        deep = maps[self.extractor.patch_levels[-1]]
+    def _levels(self, x: torch.Tensor, embed: bool = False
+                ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Per-degree patch features (B x P x D, L2-normalised), image features (B x C) for RsCIN,
+        and with ``embed`` the extractor's image embeddings (B x E, for review re-ranking)."""
+        ex = self.extractor
+        every = ex.level_maps(x, ex.backbone.levels if embed else ex.patch_levels)
+        maps = {lv: every[lv] for lv in ex.patch_levels}
+        deep = maps[ex.patch_levels[-1]]
         grid = deep.shape[-2:]
         feats = []
         for r in self.radii:
@@ -89,7 +93,7 @@ class MuSc(Detector):
             z = torch.cat(parts, 1)
             feats.append(F.normalize(z.flatten(2).transpose(1, 2), dim=-1))
         image = F.normalize(deep.mean((2, 3)), dim=-1)
-        return feats, image
+        return feats, image, ex.embed(every) if embed else None
 
     # -- mutual scoring ----------------------------------------------------------------
     def mutual_scores(self, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -128,7 +132,7 @@ class MuSc(Detector):
         return (w * scores[idx]).sum(1) / w.sum(1)
 
     def score(self, paths: Sequence[Path], progress: bool = True, keep_images: bool = False,
-              batch_size: int | None = None) -> Result:
+              batch_size: int | None = None, embeddings: bool = False) -> Result:
         """Score the images as one unlabeled batch: each against all the others."""
         paths = list(paths)
         skipped: list[tuple[Path, str]] = []
@@ -137,11 +141,14 @@ class MuSc(Detector):
         images: list[np.ndarray] = []
         per_r: list[list[torch.Tensor]] = [[] for _ in self.radii]
         img_feats = []
+        embs: list[torch.Tensor] = []
         with progress_bar(progress) as bar:
             task = bar.add_task("musc: features", total=len(paths))
             for batch in self.extractor.iter_batches(paths, skipped, batch_size or self.batch_size,
                                                      keep_images=True, features=False):
-                feats, image = self._levels(batch.inputs)  # type: ignore[arg-type]
+                feats, image, emb = self._levels(batch.inputs, embeddings)  # type: ignore[arg-type]
+                if emb is not None:
+                    embs.append(emb)
                 for lst, f in zip(per_r, feats):
                     lst.append(f)
                 img_feats.append(image)
@@ -170,4 +177,5 @@ class MuSc(Detector):
         self.map_range_ = (float(np.quantile(maps_grid, 0.5)), float(maps_grid.max()))
         maps = [upsample_map(m, s) for m, s in zip(maps_grid, shapes)]
         return Result(paths=out_paths, scores=scores, maps=maps, decisions=scores >= self.threshold_,
-                      threshold=self.threshold_, skipped=skipped, images=images if keep_images else None)
+                      threshold=self.threshold_, skipped=skipped, images=images if keep_images else None,
+                      embeddings=torch.cat(embs).numpy() if embs else None)
