@@ -1,0 +1,288 @@
+"""Review labels and scores in a database, so that a review survives restarts.
+
+SQLite next to the run is the default (one person, no setup); a PostgreSQL URL
+lets a team label one run from several machines. Only SQLAlchemy Core is used,
+and every upsert is written per dialect, so both behave the same.
+
+Three tables:
+
+    items         one row per image (path unique), its score and decision
+    labels        the current label of an item (one row per labelled item)
+    label_events  every label ever written, in order (who labelled what, when)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from .data import InputError
+
+__all__ = ["LABELS", "Item", "Store"]
+
+LABELS = ("normal", "anomalous")
+
+metadata = MetaData()
+
+items_table = Table(
+    "items", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", String, nullable=False, unique=True),
+    Column("name", String, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("decision", Boolean, nullable=False),
+    Column("overlay", String, nullable=True),
+)
+
+labels_table = Table(
+    "labels", metadata,
+    Column("item_id", Integer, ForeignKey("items.id"), primary_key=True),
+    Column("label", String, nullable=True),
+    Column("interest", Integer, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Column("client", String, nullable=False, default=""),
+)
+
+events_table = Table(
+    "label_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False, index=True),
+    Column("label", String, nullable=True),
+    Column("interest", Integer, nullable=True),
+    Column("at", Float, nullable=False),
+    Column("client", String, nullable=False, default=""),
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image with its current label (``label``/``interest`` None when unlabelled)."""
+
+    id: int
+    path: str
+    name: str
+    score: float
+    decision: bool
+    overlay: str | None
+    label: str | None
+    interest: int | None
+    updated_at: float | None
+
+    @property
+    def labelled(self) -> bool:
+        return self.label is not None or self.interest is not None
+
+
+def _normalise_url(url: str) -> str:
+    """Send plain PostgreSQL URLs to psycopg 3 (SQLAlchemy would pick psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL lets the page read while a label is written; the busy timeout makes writers queue, not fail."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _check_label(label: str | None, interest: int | None) -> None:
+    if label is not None and label not in LABELS:
+        raise ValueError(f"label must be one of {', '.join(LABELS)} or None, not {label!r}")
+    if interest is not None and (isinstance(interest, bool) or not isinstance(interest, int)
+                                 or not 0 <= interest <= 5):
+        raise ValueError(f"interest must be an integer 0..5 or None, not {interest!r}")
+
+
+def _iso(t: float | None) -> str:
+    return "" if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    """Items, current labels and the label log in one database; safe to share between request threads."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            parsed = make_url(_normalise_url(url))
+        except ArgumentError:
+            raise InputError(f"not a database URL: {url!r} (use sqlite:///path/review.sqlite "
+                             "or postgresql://user:password@host/db)") from None
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise InputError(f"unsupported database {backend!r} in {parsed.render_as_string()}: "
+                             "use sqlite:///path/review.sqlite or postgresql://user:password@host/db")
+        self.url = parsed
+        self.dialect = backend
+        shown = parsed.render_as_string(hide_password=True)
+        kw: dict[str, Any] = {}
+        if backend == "sqlite":
+            # Requests run in a thread pool: connections must be usable from any thread.
+            kw["connect_args"] = {"check_same_thread": False}
+            if parsed.database in (None, "", ":memory:"):
+                kw["poolclass"] = StaticPool  # one shared connection, or each thread sees its own empty DB
+            elif not Path(parsed.database).parent.is_dir():
+                raise InputError(f"cannot create database {parsed.database}: folder not found")
+        else:
+            kw["pool_pre_ping"] = True
+        if "poolclass" not in kw:
+            # Up to 40 request threads at once: let them all hold a connection rather than queue for one.
+            kw["pool_size"] = 10
+            kw["max_overflow"] = 40
+        try:
+            self.engine: Engine = create_engine(parsed, **kw)
+        except (NoSuchModuleError, ImportError) as err:
+            raise InputError(f"cannot use {shown}: {err} (for PostgreSQL: pip install 'psycopg[binary]')") from None
+        if backend == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            metadata.create_all(self.engine)
+        except (DBAPIError, SQLAlchemyError, OSError) as err:
+            self.engine.dispose()
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+            raise InputError(f"cannot open database {shown}: {reason[0] if reason else type(err).__name__}") from None
+
+    @classmethod
+    def for_run(cls, run_dir: Path, url: str | None = None) -> "Store":
+        """The run's own SQLite file unless a URL is given."""
+        if url is None:
+            url = f"sqlite:///{Path(run_dir).resolve() / 'review.sqlite'}"
+        return cls(url)
+
+    # ------------------------------------------------------------------ items
+
+    def _insert(self) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)
+
+    def sync_items(self, rows: list[dict]) -> None:
+        """Add or refresh items by path (a re-run updates scores); labels are left alone."""
+        if not rows:
+            return
+        values = [{"path": str(r["path"]), "name": str(r["name"]), "score": float(r["score"]),
+                   "decision": bool(r["decision"]), "overlay": r.get("overlay") or None} for r in rows]
+        stmt = self._insert()(items_table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[items_table.c.path],
+            set_={c: stmt.excluded[c] for c in ("name", "score", "decision", "overlay")},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt, values)
+
+    def _select(self) -> Any:
+        return (select(items_table, labels_table.c.label, labels_table.c.interest, labels_table.c.updated_at)
+                .select_from(items_table.outerjoin(labels_table, labels_table.c.item_id == items_table.c.id))
+                .order_by(items_table.c.id))
+
+    @staticmethod
+    def _item(row: Any) -> Item:
+        return Item(id=row.id, path=row.path, name=row.name, score=float(row.score), decision=bool(row.decision),
+                    overlay=row.overlay, label=row.label, interest=row.interest, updated_at=row.updated_at)
+
+    def items(self) -> list[Item]:
+        """All items with their current labels, in id order."""
+        with self.engine.connect() as conn:
+            return [self._item(r) for r in conn.execute(self._select())]
+
+    def get(self, item_id: int) -> Item | None:
+        with self.engine.connect() as conn:
+            return self._get(conn, item_id)
+
+    def _get(self, conn: Connection, item_id: int) -> Item | None:
+        row = conn.execute(self._select().where(items_table.c.id == item_id)).first()
+        return None if row is None else self._item(row)
+
+    def labelled(self) -> list[Item]:
+        """Labelled items only: cheap enough to read after every label, even for a large run."""
+        stmt = (select(items_table, labels_table.c.label, labels_table.c.interest, labels_table.c.updated_at)
+                .select_from(items_table.join(labels_table, labels_table.c.item_id == items_table.c.id))
+                .order_by(items_table.c.id))
+        with self.engine.connect() as conn:
+            return [self._item(r) for r in conn.execute(stmt)]
+
+    # ------------------------------------------------------------------ labels
+
+    def set_label(self, item_id: int, label: str | None, interest: int | None, client: str = "") -> Item:
+        """Set (or with both None, clear) an item's label and log the change, in one transaction.
+
+        Raises:
+            ValueError: label not normal/anomalous/None, or interest not an int 0..5/None.
+            KeyError: no item with this id.
+        """
+        _check_label(label, interest)
+        client = str(client)[:200]
+        with self.engine.begin() as conn:
+            # Lock the item first (PostgreSQL), so that two labels for one item commit in the order
+            # of their events: the log's last event is always the current label. SQLite ignores
+            # FOR UPDATE and runs the SELECT outside the transaction; its transaction then starts
+            # at the first write, with the database write lock (queued by busy_timeout), rather
+            # than with a read snapshot that could fail to upgrade under load.
+            found = conn.execute(select(items_table.c.id).where(items_table.c.id == item_id).with_for_update())
+            if found.first() is None:
+                raise KeyError(f"no item with id {item_id}")
+            now = time.time()
+            conn.execute(events_table.insert().values(item_id=item_id, label=label, interest=interest,
+                                                      at=now, client=client))
+            if label is None and interest is None:
+                conn.execute(labels_table.delete().where(labels_table.c.item_id == item_id))
+            else:
+                stmt = self._insert()(labels_table).values(item_id=item_id, label=label, interest=interest,
+                                                           updated_at=now, client=client)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[labels_table.c.item_id],
+                    set_={c: stmt.excluded[c] for c in ("label", "interest", "updated_at", "client")},
+                )
+                conn.execute(stmt)
+            item = self._get(conn, item_id)
+        assert item is not None
+        return item
+
+    def events_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(events_table)).scalar_one())
+
+    def events(self) -> list[dict]:
+        """The label log in write order: item_id, label, interest, at, client."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(events_table).order_by(events_table.c.id))
+            return [dict(r._mapping) for r in rows]
+
+    def export_csv(self) -> str:
+        """Labelled items as CSV (path,label,interest,score,decision,updated_at), for use outside the tool."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["path", "label", "interest", "score", "decision", "updated_at"])
+        for it in self.labelled():
+            writer.writerow([it.path, it.label or "", "" if it.interest is None else it.interest,
+                             f"{it.score:.6g}", "anomalous" if it.decision else "normal", _iso(it.updated_at)])
+        return out.getvalue()
+
+    def close(self) -> None:
+        self.engine.dispose()

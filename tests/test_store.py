@@ -1,0 +1,159 @@
+"""The review store: labels and scores in SQLite (and PostgreSQL when one is given)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from review_fixtures import db_url  # noqa: F401  (a fixture)
+from sqlalchemy import text
+
+from normalcy.data import InputError
+from normalcy.store import Store
+
+
+def rows(n: int = 5, offset: float = 0.0) -> list[dict]:
+    return [{"path": f"/data/img_{i}.png", "name": f"img_{i}.png", "score": i + offset, "decision": i >= 3,
+             "overlay": f"/run/overlays/img_{i}.png" if i else None} for i in range(n)]
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:  # noqa: F811
+    s = Store(db_url)
+    yield s
+    s.close()
+
+
+def test_sync_and_read(store: Store) -> None:
+    store.sync_items(rows())
+    items = store.items()
+    assert [it.path for it in items] == [f"/data/img_{i}.png" for i in range(5)]
+    assert [it.id for it in items] == sorted(it.id for it in items)
+    first = items[0]
+    assert (first.name, first.score, first.decision, first.overlay) == ("img_0.png", 0.0, False, None)
+    assert items[4].decision is True and items[4].overlay == "/run/overlays/img_4.png"
+    assert all(it.label is None and it.interest is None and not it.labelled for it in items)
+    assert store.get(first.id) == first
+    assert store.get(10_000) is None
+    assert store.labelled() == []
+
+
+def test_set_label_and_events(store: Store) -> None:
+    store.sync_items(rows())
+    a, b = store.items()[:2]
+    it = store.set_label(a.id, "anomalous", 4, client="alice")
+    assert (it.label, it.interest) == ("anomalous", 4) and it.updated_at is not None
+    store.set_label(b.id, "normal", None, client="bob")
+    store.set_label(a.id, "normal", None, client="bob")
+    assert {(x.id, x.label, x.interest) for x in store.labelled()} == {(a.id, "normal", None), (b.id, "normal", None)}
+    assert store.events_count() == 3
+    assert [(e["item_id"], e["label"], e["interest"], e["client"]) for e in store.events()] == [
+        (a.id, "anomalous", 4, "alice"), (b.id, "normal", None, "bob"), (a.id, "normal", None, "bob")]
+    # Interest alone is a label (how interesting, without a verdict); both None clears it.
+    assert store.set_label(b.id, None, 2).labelled
+    cleared = store.set_label(b.id, None, None)
+    assert not cleared.labelled and [x.id for x in store.labelled()] == [a.id]
+    assert store.events_count() == 5
+
+
+def test_validation(store: Store) -> None:
+    store.sync_items(rows())
+    item_id = store.items()[0].id
+    for label, interest in [("bad", None), ("Normal", None), (None, 6), (None, -1), ("normal", 2.5),
+                            ("normal", True), ("normal", "3")]:
+        with pytest.raises(ValueError):
+            store.set_label(item_id, label, interest)  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        store.set_label(99_999, "normal", None)
+    assert store.events_count() == 0
+
+
+def test_sync_upsert_keeps_labels(store: Store) -> None:
+    store.sync_items(rows())
+    ids = {it.path: it.id for it in store.items()}
+    store.set_label(ids["/data/img_2.png"], "anomalous", 5)
+    store.sync_items(rows(7, offset=0.5))  # a re-run: new scores, two more images
+    items = {it.path: it for it in store.items()}
+    assert len(items) == 7
+    assert all(items[p].id == i for p, i in ids.items())  # ids are stable
+    assert items["/data/img_2.png"].score == 2.5
+    assert (items["/data/img_2.png"].label, items["/data/img_2.png"].interest) == ("anomalous", 5)
+
+
+def test_export_csv(store: Store) -> None:
+    store.sync_items(rows())
+    items = store.items()
+    store.set_label(items[1].id, "normal", None)
+    store.set_label(items[4].id, "anomalous", 3)
+    got = list(csv.DictReader(io.StringIO(store.export_csv())))
+    assert [list(r) for r in got[:1]] == [["path", "label", "interest", "score", "decision", "updated_at"]]
+    assert [(r["path"], r["label"], r["interest"], float(r["score"]), r["decision"]) for r in got] == [
+        ("/data/img_1.png", "normal", "", 1.0, "normal"), ("/data/img_4.png", "anomalous", "3", 4.0, "anomalous")]
+    assert all(r["updated_at"].endswith("+00:00") for r in got)
+
+
+def test_persists_after_reopen(db_url: str) -> None:  # noqa: F811
+    s = Store(db_url)
+    s.sync_items(rows())
+    item_id = s.items()[3].id
+    s.set_label(item_id, "anomalous", 1, client="x")
+    s.close()
+    s = Store(db_url)
+    try:
+        it = s.get(item_id)
+        assert it is not None and (it.label, it.interest) == ("anomalous", 1)
+        assert s.events_count() == 1
+    finally:
+        s.close()
+
+
+def test_concurrent_labels(store: Store) -> None:
+    """Writers from many threads queue up; none is lost."""
+    store.sync_items(rows(8))
+    ids = [it.id for it in store.items()]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for j in range(5):
+                store.set_label(ids[(k + j) % len(ids)], ("normal", "anomalous")[j % 2], (k + j) % 6, client=str(k))
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.events_count() == 80
+    last = {e["item_id"]: (e["label"], e["interest"]) for e in store.events()}
+    assert {it.id: (it.label, it.interest) for it in store.labelled()} == last
+
+
+def test_sqlite_wal_mode(tmp_path: Path) -> None:
+    s = Store.for_run(tmp_path)
+    try:
+        assert (tmp_path / "review.sqlite").is_file()
+        with s.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+    finally:
+        s.close()
+
+
+def test_bad_urls(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unsupported database 'mysql'"):
+        Store("mysql://u:p@localhost/db")
+    with pytest.raises(InputError, match="not a database URL"):
+        Store("review.sqlite")
+    with pytest.raises(InputError, match="folder not found"):
+        Store(f"sqlite:///{tmp_path / 'missing' / 'review.sqlite'}")
+    with pytest.raises(InputError, match="cannot open database") as err:
+        Store("postgresql://nobody:secret@127.0.0.1:1/nothing?connect_timeout=2")
+    assert "secret" not in str(err.value) and "\n" not in str(err.value)
