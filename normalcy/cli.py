@@ -142,6 +142,12 @@ def predict(
 ) -> None:
     """Score images into a run folder: scores.csv, heatmaps/, overlays/, report.html, skipped.csv, embeddings."""
     _setup(threads)
+    _predict_run(model_dir, inputs, output, heatmaps=heatmaps, report=report, save_maps=save_maps,
+                 embeddings=embeddings, top=top)
+
+
+def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bool = True, report: bool = True,
+                 save_maps: bool = False, embeddings: bool = True, top: int = 24) -> None:
     det = load(model_dir)
     paths = _input_paths(inputs)
     writer = RunWriter(output, det.threshold_, det.map_range_ or (0.0, 1.0),  # type: ignore[arg-type]
@@ -207,6 +213,40 @@ def _finish_run(writer: RunWriter, skipped: list[tuple[Path, str]], title: str) 
     console.print(f"scored {n} images: {n_bad} anomalous, {n - n_bad} normal; results in {writer.output}")
     if not writer.rows:
         _fail("no image could be read")
+
+
+@app.command()
+@_guarded
+def serve(
+    target: Path = typer.Argument(..., help="A run folder (from predict or score-batch), or a model directory."),
+    images: list[Path] = typer.Argument(None, help="With a model: the images or folders to score first."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With a model: the run folder to write (default: review-run)."),
+    database: Optional[str] = typer.Option(None, help="Database URL for labels (default: sqlite in the run folder); "
+                                                      "e.g. postgresql://user:password@host/db for a team."),
+    strategy: str = typer.Option("neighbour", help="Re-ranking after each label: neighbour (Astronomaly), protege (GP + EI), none."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but 127.0.0.1 exposes the page to the network."),
+    port: int = typer.Option(8765, help="Port to listen on."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Review in the browser: a gallery by rank, label with the keyboard, the ranking learns (active learning)."""
+    _setup(threads)
+    from .server import new_token, page_url, serve as run_server
+
+    run_dir = target
+    if (target / "model.json").is_file():
+        if not images:
+            raise InputError(f"{target} is a model: give the images to score too (normalcy serve MODEL IMAGES...)")
+        run_dir = output or Path("review-run")
+        _predict_run(target, list(images), run_dir)
+    elif not (target / "scores.csv").is_file():
+        raise InputError(f"{target}: neither a run folder (no scores.csv) nor a model directory (no model.json)")
+    elif images:
+        raise InputError(f"{target} is a run folder: it already holds its scores; give images only with a model")
+    token = new_token()
+    console.print(f"review {run_dir} at [bold]{page_url(host, port, token)}[/]  (Ctrl-C stops)", soft_wrap=True)
+    run_server(run_dir, host=host, port=port, database=database, strategy=strategy, token=token,
+               open_browser=open_browser)
 
 
 @app.command("eval")

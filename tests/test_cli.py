@@ -176,3 +176,49 @@ def test_eval_hazelnut_patchcore_reaches_auroc_1() -> None:
     assert result["n_train"] == 28 and result["n_test"] == 23
     assert result["image_auroc"] == 1.0
     assert result["pixel_auroc"] > 0.95
+
+
+def test_serve_prints_a_token_url_that_the_server_requires(tmp_path: Path) -> None:
+    import re
+    import socket
+    import time
+
+    import httpx
+    from review_fixtures import make_run
+
+    run = make_run(tmp_path / "run")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "normalcy.cli", "serve", str(run), "--port", str(port)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stderr.readline()  # type: ignore[union-attr]
+        url = re.search(r"http://\S+", line)
+        assert url, line
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):  # the URL is printed just before the server starts listening
+            try:
+                if httpx.get(url.group(0)).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"server did not start: {line}")
+        assert httpx.get(base + "/api/items").status_code == 401
+        token = url.group(0).split("token=")[1]
+        items = httpx.get(base + "/api/items", headers={"Authorization": f"Bearer {token}"}).json()
+        assert items["n_items"] == 12 and items["strategy"] == "neighbour"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_serve_refuses_what_is_neither_run_nor_model(tmp_path: Path) -> None:
+    r = normalcy("serve", str(tmp_path))
+    assert r.returncode == 1 and "neither a run folder" in r.stderr and "Traceback" not in r.stderr
+    ds = make_dataset(tmp_path / "ds", n_train=6)
+    model = tmp_path / "model"
+    assert normalcy("fit", str(ds / "train" / "good"), "-o", str(model), "--image-size", "64").returncode == 0
+    r = normalcy("serve", str(model))
+    assert r.returncode == 1 and "give the images" in r.stderr
