@@ -76,7 +76,8 @@ def run_eval(
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     det = create(detector, extractor, **(detector_kwargs or {}))
     t0 = time.perf_counter()
-    det.fit(ds.train, progress=progress)
+    zero_shot = getattr(det, "zero_shot", False)
+    det.fit([] if zero_shot else ds.train, progress=progress)  # zero-shot: train/ is not used at all
     fit_seconds = time.perf_counter() - t0
     fit_rss = peak_rss_mb()
     paths = [s.path for s in ds.test]
@@ -103,7 +104,7 @@ def run_eval(
         "score_seconds": round(score_seconds, 3),
         "images_per_second": round(len(result.paths) / score_seconds, 2) if score_seconds else None,
         "latency_ms_batch1": round(latency_ms(det, paths, latency_images), 2)
-        if latency_images and not getattr(det, "zero_shot", False) else None,
+        if latency_images and not zero_shot else None,
         "fit_peak_rss_mb": round(fit_rss, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "skipped": [[str(p), r] for p, r in det.skipped_fit_ + result.skipped],
