@@ -170,6 +170,8 @@ def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bo
 def score_batch(
     inputs: list[Path] = typer.Argument(..., help="Images or folders of unlabeled images, scored as one batch."),
     output: Path = typer.Option(Path("results"), "--output", "-o", help="Run folder: scores.csv, heatmaps/, report.html, ..."),
+    extra: Optional[list[Path]] = typer.Option(None, help="Extra unlabeled images or folders to compare against "
+                                                          "(not scored; they need not be normal). Repeatable."),
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: int = SizeOpt,
@@ -184,6 +186,8 @@ def score_batch(
     _setup(threads)
     paths = _input_paths(inputs)
     det = create("musc", _extractor(backbone, backbone_config, image_size, precision=precision))
+    det.fit(_input_paths(extra) if extra else [])
+    _report_skipped(det.skipped_fit_)
     result = det.score(paths, keep_images=True, embeddings=True)
     writer = RunWriter(output, result.threshold, det.map_range_ or (0.0, 1.0), heatmaps=heatmaps, overlays=heatmaps,
                        report=report, save_maps=save_maps, top=top, inputs=inputs,

@@ -499,6 +499,9 @@ def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, xi: flo
     return np.maximum(ei, 0.0)
 
 
+TIE_SHARE = 1e-6
+
+
 class Protege:
     """Gaussian-process user-score regression with expected-improvement acquisition.
 
@@ -506,7 +509,7 @@ class Protege:
     most this many labels, the most recent; fit_max: kernel hyper-parameters are fitted on at
     most this many (the most recent), which bounds the optimiser's cost. Far from every label
     EI is (nearly) flat, so a 1e-6 relative tie-break by the anomaly score (or distance from
-    the mean) orders those objects.
+    the mean) orders exact ties.
     """
 
     name: str = "protege"
@@ -560,8 +563,10 @@ class Protege:
         mean, std = gp_posterior(prep.z, prep.sqnorm, train, yn, constant, length_scale, noise,
                                  n_jobs=self.n_jobs)
         ei = expected_improvement(y_mean + y_std * mean, y_std * std, best, self.xi)
-        tie = _scale05(base) / MAX_USER_SCORE
-        return ei + 1e-6 * max(float(ei.max()), 1e-12) * tie
+        # EI explores where it is unsure; only exact ties fall back to the anomaly order. (A 1% share
+        # of the anomaly score made it follow the detector whenever the first labels agreed, and it
+        # then never found a defect class the detector ranks low: docs/benchmarks.md.)
+        return ei + TIE_SHARE * max(float(ei.max()), 1e-12) * _scale05(base) / MAX_USER_SCORE
 
 
 STRATEGIES: dict[str, type] = {"none": NoRanking, "neighbour": NeighbourScore, "protege": Protege}

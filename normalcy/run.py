@@ -1,6 +1,6 @@
 """A run directory: what scoring a folder leaves behind, for people and for `normalcy serve`.
 
-    scores.csv             path, score, decision, threshold, overlay (one row per readable image)
+    scores.csv             path (absolute), score, decision, threshold, overlay (one row per readable image)
     skipped.csv            path, reason (files that are not readable images)
     heatmaps/<name>.png    original | overlay side by side (to look at)
     overlays/<name>.png    the overlay alone (the review UI toggles it over the image)
@@ -70,7 +70,7 @@ class RunWriter:
             over = f"overlays/{name}.png"
             (self.output / "overlays").mkdir(exist_ok=True)
             Image.fromarray(overlay(image, amap, lo, hi)).save(self.output / over, format="PNG")
-        self._csv.writerow([str(path), f"{score:.6g}", "anomalous" if anomalous else "normal",
+        self._csv.writerow([str(Path(path).resolve()), f"{score:.6g}", "anomalous" if anomalous else "normal",
                             f"{self.threshold:.6g}", over])
         if self.heatmaps:
             save_heatmap(self.output / "heatmaps" / f"{name}.png", image, amap, lo, hi)

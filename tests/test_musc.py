@@ -56,3 +56,45 @@ def test_needs_two_images_and_skips_bad_files(tmp_path: Path) -> None:
     assert len(r.scores) == 3 and [p.name for p, _ in r.skipped] == ["bad.png"]
     with pytest.raises(InputError):
         det.score(paths[:1], progress=False)
+
+
+def _naive_mutual(z: torch.Tensor, refs: torch.Tensor | None, interval: float) -> torch.Tensor:
+    """The definition, one image pair at a time."""
+    pool = z if refs is None else torch.cat([z, refs])
+    out = torch.empty(z.shape[:2])
+    for i in range(len(z)):
+        per_image = []
+        for j in range(len(pool)):
+            if j != i:
+                d = torch.cdist(z[i], pool[j])  # P x P euclidean on unit vectors
+                per_image.append(d.min(1).values)
+        dist = torch.stack(per_image, 1).sort(1).values
+        keep = max(1, int(round(interval * dist.shape[1])))
+        out[i] = dist[:, :keep].mean(1)
+    return out
+
+
+def test_mutual_scores_match_the_definition_with_and_without_references() -> None:
+    g = torch.Generator().manual_seed(1)
+    z = torch.nn.functional.normalize(torch.randn(7, 12, 6, generator=g), dim=-1)
+    refs = torch.nn.functional.normalize(torch.randn(5, 12, 6, generator=g), dim=-1)
+    det = create("musc", interval=0.3)
+    torch.testing.assert_close(det.mutual_scores(z, chunk=3), _naive_mutual(z, None, 0.3), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(det.mutual_scores(z, chunk=2, refs=refs), _naive_mutual(z, refs, 0.3),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_extra_unlabeled_references_are_matched_not_scored_and_saved(tmp_path: Path) -> None:
+    paths = _batch(tmp_path / "batch")
+    det = create("musc", FeatureExtractor(image_size=96, precision="fp32")).fit(paths[:5], progress=False)
+    assert det.n_train_ == 5
+    r = det.score(paths[5:], progress=False)  # 5 images scored, each against 4 others + 5 references
+    assert [p.name for p in r.paths] == [p.name for p in paths[5:]]
+    assert r.paths[int(np.argmax(r.scores))].name == "06.png"
+    one = det.score(paths[6:7], progress=False)  # one image is enough when there are references
+    assert len(one.scores) == 1
+    det.save(tmp_path / "model")
+    from normalcy.detectors import load
+
+    again = load(tmp_path / "model").score(paths[5:], progress=False)
+    np.testing.assert_allclose(again.scores, r.scores, rtol=1e-5)
