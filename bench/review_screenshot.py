@@ -1,0 +1,66 @@
+"""A screenshot of the review page on a real run, for the docs (docs/img/review.png).
+
+    normalcy fit ../shared/data/magnetic_tile/train/good -o /tmp/model
+    normalcy predict /tmp/model ../shared/data/magnetic_tile/test -o /tmp/run --no-report
+    python bench/review_screenshot.py /tmp/run docs/img/review.png
+
+Starts the server on a free port with a throw-away database, labels the first two images
+with the keyboard (n, a), turns the overlay on (o) and saves the page. Needs Debian's
+chromium and the playwright package.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from playwright.sync_api import sync_playwright
+
+from normalcy.server import create_app, new_token
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def main(run: Path, out: Path) -> None:
+    token = new_token()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app(run, token, database=f"sqlite:///{Path(tmp) / 'review.sqlite'}")
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                            args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.goto(f"http://127.0.0.1:{port}/?token={token}")
+                page.wait_for_selector("#gallery .card img")
+                for key in ("n", "a", "o"):
+                    page.keyboard.press(key)
+                    time.sleep(1.0)
+                page.wait_for_load_state("networkidle")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(out))
+                browser.close()
+        finally:
+            server.should_exit = True
+            thread.join()
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python bench/review_screenshot.py RUN_DIR OUTPUT.png")
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
