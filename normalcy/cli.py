@@ -22,7 +22,7 @@ from rich.table import Table
 
 from . import __version__
 from .backbones import BACKBONES, BackboneSpec, custom_backbone
-from .data import ImageError, InputError, list_files
+from .data import ImageError, InputError, iter_images, list_files
 from .detectors import DETECTORS, NotFittedError, create, load
 from .features import FeatureExtractor
 from .progress import console, progress_bar
@@ -188,18 +188,21 @@ def score_batch(
     det = create("musc", _extractor(backbone, backbone_config, image_size, precision=precision))
     det.fit(_input_paths(extra) if extra else [])
     _report_skipped(det.skipped_fit_)
-    result = det.score(paths, keep_images=True, embeddings=True)
+    result = det.score(paths, embeddings=True)  # images are read again below: a big batch need not fit in memory
     writer = RunWriter(output, result.threshold, det.map_range_ or (0.0, 1.0), heatmaps=heatmaps, overlays=heatmaps,
                        report=report, save_maps=save_maps, top=top, inputs=inputs,
                        info={"detector": det.name, "model": "zero-shot", "backbone": det.extractor.spec.name})
-    assert result.images is not None and result.embeddings is not None
+    assert result.embeddings is not None
+    skipped = list(result.skipped)
+    row_of = {p: i for i, p in enumerate(result.paths)}
     with progress_bar() as bar:
         task = bar.add_task("writing", total=len(result.paths))
-        for k, path in enumerate(result.paths):
-            writer.add(path, result.images[k], float(result.scores[k]), result.maps[k], bool(result.decisions[k]),
-                       embedding=result.embeddings[k])
+        for path, image in iter_images(result.paths, skipped):  # a file gone since scoring is skipped, named
+            i = row_of[path]
+            writer.add(path, image, float(result.scores[i]), result.maps[i], bool(result.decisions[i]),
+                       embedding=result.embeddings[i])
             bar.advance(task)
-    _finish_run(writer, result.skipped, f"normalcy score-batch (MuSc, zero-shot): {len(writer.rows)} images")
+    _finish_run(writer, skipped, f"normalcy score-batch (MuSc, zero-shot): {len(writer.rows)} images")
 
 
 def _input_paths(inputs: list[Path]) -> list[Path]:
