@@ -93,6 +93,11 @@ StepsOpt = typer.Option(None, help="Trained detectors: training steps (default: 
 BudgetOpt = typer.Option(None, help="Trained detectors: stop training after this many seconds.")
 FprOpt = typer.Option(0.01, help="Target false-positive rate of the threshold, on normal images.")
 SeedOpt = typer.Option(0, help="Random seed (coreset, calibration folds, training).")
+HeatmapsOpt = typer.Option(True, help="Write a heatmap PNG per image (original | overlay) and overlays/.")
+ReportOpt = typer.Option(True, help="Write report.html with the top anomalies.")
+SaveMapsOpt = typer.Option(False, help="Also write each raw anomaly map as maps/*.npy (float32, original size).")
+TopOpt = typer.Option(24, help="Images shown in the report.")
+RunOutOpt = typer.Option(Path("results"), "--output", "-o", help="Run folder: scores.csv, heatmaps/, report.html, ...")
 GridOpt = typer.Option(4, help="Image-level features are pooled on a g x g grid (1 = whole image, as Rippel et al.).")
 
 
@@ -132,12 +137,12 @@ def fit(
 def predict(
     model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`."),
     inputs: list[Path] = typer.Argument(..., help="Images or folders of images."),
-    output: Path = typer.Option(Path("results"), "--output", "-o", help="Run folder: scores.csv, heatmaps/, report.html, ..."),
-    heatmaps: bool = typer.Option(True, help="Write a heatmap PNG per image (original | overlay) and overlays/."),
-    report: bool = typer.Option(True, help="Write report.html with the top anomalies."),
-    save_maps: bool = typer.Option(False, help="Also write each raw anomaly map as maps/*.npy (float32, original size)."),
+    output: Path = RunOutOpt,
+    heatmaps: bool = HeatmapsOpt,
+    report: bool = ReportOpt,
+    save_maps: bool = SaveMapsOpt,
     embeddings: bool = typer.Option(True, help="Store image embeddings for review re-ranking (`normalcy serve`)."),
-    top: int = typer.Option(24, help="Images shown in the report."),
+    top: int = TopOpt,
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Score images into a run folder: scores.csv, heatmaps/, overlays/, report.html, skipped.csv, embeddings."""
@@ -169,17 +174,17 @@ def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bo
 @_guarded
 def score_batch(
     inputs: list[Path] = typer.Argument(..., help="Images or folders of unlabeled images, scored as one batch."),
-    output: Path = typer.Option(Path("results"), "--output", "-o", help="Run folder: scores.csv, heatmaps/, report.html, ..."),
+    output: Path = RunOutOpt,
     extra: Optional[list[Path]] = typer.Option(None, help="Extra unlabeled images or folders to compare against "
                                                           "(not scored; they need not be normal). Repeatable."),
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: int = SizeOpt,
     precision: str = PrecisionOpt,
-    heatmaps: bool = typer.Option(True, help="Write a heatmap PNG per image (original | overlay) and overlays/."),
-    report: bool = typer.Option(True, help="Write report.html with the top anomalies."),
-    save_maps: bool = typer.Option(False, help="Also write each raw anomaly map as maps/*.npy (float32, original size)."),
-    top: int = typer.Option(24, help="Images shown in the report."),
+    heatmaps: bool = HeatmapsOpt,
+    report: bool = ReportOpt,
+    save_maps: bool = SaveMapsOpt,
+    top: int = TopOpt,
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""

@@ -30,6 +30,7 @@ from safetensors.numpy import load_file, save_file
 from .report import ReportImage, overlay, save_heatmap, write_report
 
 SCORES_HEADER = ["path", "score", "decision", "threshold", "overlay"]
+EMBEDDINGS = "embeddings.safetensors"
 
 
 def flat_name(path: Path) -> str:
@@ -93,7 +94,7 @@ class RunWriter:
             writer.writerow(["path", "reason"])
             writer.writerows([str(p), r] for p, r in skipped)
         if self.embeddings and len(self.embeddings) == len(self.rows):
-            save_file({"embedding": np.stack(self.embeddings)}, str(self.output / "embeddings.safetensors"))
+            save_file({"embedding": np.stack(self.embeddings)}, str(self.output / EMBEDDINGS))
         meta = {**self.info, "inputs": self.inputs, "threshold": self.threshold, "n_images": len(self.rows),
                 "n_skipped": len(skipped), "seconds": round(time.time() - self._started, 2),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -114,5 +115,5 @@ class RunWriter:
 
 def read_embeddings(run_dir: Path) -> np.ndarray | None:
     """The run's N x E embeddings, or None when it has none."""
-    path = Path(run_dir) / "embeddings.safetensors"
+    path = Path(run_dir) / EMBEDDINGS
     return load_file(str(path))["embedding"] if path.is_file() else None

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .data import ImageError, InputError, read_image
 from .ranking import make_ranker, user_score
+from .run import EMBEDDINGS, read_embeddings
 from .store import Item, Store
 
 __all__ = ["create_app", "new_token", "page_url", "serve"]
@@ -173,17 +174,16 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
 
 def read_features(run_dir: Path, n_rows: int) -> np.ndarray | None:
     """embeddings.safetensors, if present and row-aligned with scores.csv; else None (with a warning)."""
-    path = run_dir / "embeddings.safetensors"
-    if not path.is_file():
-        logger.warning("%s: not found; ranking by anomaly score only (strategy 'none')", path)
-        return None
+    path = run_dir / EMBEDDINGS
     try:
-        from safetensors.numpy import load_file
-
-        emb = np.asarray(load_file(str(path))["embedding"], dtype=np.float32)
+        emb = read_embeddings(run_dir)
     except Exception as err:  # noqa: BLE001  (a damaged file must not stop the review)
         logger.warning("%s: cannot read (%s); ranking by anomaly score only", path, err)
         return None
+    if emb is None:
+        logger.warning("%s: not found; ranking by anomaly score only (strategy 'none')", path)
+        return None
+    emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != n_rows:
         logger.warning("%s: shape %s does not match the %d rows of scores.csv; ranking by anomaly score only",
                        path, tuple(emb.shape), n_rows)

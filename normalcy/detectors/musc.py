@@ -103,7 +103,8 @@ class MuSc(Detector):
         every = ex.level_maps(x, ex.backbone.levels if embed else self.levels)
         maps = {lv: every[lv] for lv in self.levels}
         deep = maps[self.levels[-1]]
-        grid = (x.shape[-2] // 16, x.shape[-1] // 16)  # the stride-16 grid, whatever the levels
+        stride = ex.spec.strides[ex.patch_levels[-1]]  # the coarser patch grid (stride 16), whatever the levels
+        grid = (-(-x.shape[-2] // stride), -(-x.shape[-1] // stride))  # ceil, as the strided convolutions
         feats = []
         for r in self.radii:
             parts = []
