@@ -185,12 +185,17 @@ def score_batch(
     report: bool = ReportOpt,
     save_maps: bool = SaveMapsOpt,
     top: int = TopOpt,
+    image_score: str = typer.Option("max-median", help="Image score: max-median (a patch far above the rest of its "
+                                    "image) or max (the highest patch); see docs/benchmarks.md for when each wins."),
+    rscin_k: int = typer.Option(8, help="RsCIN: re-score each image over its k most similar images of the batch "
+                                "(1 turns it off)."),
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
     paths = _input_paths(inputs)
-    det = create("musc", _extractor(backbone, backbone_config, image_size, precision=precision))
+    det = create("musc", _extractor(backbone, backbone_config, image_size, precision=precision),
+                 image_score=image_score, rscin_k=rscin_k)
     det.fit(_input_paths(extra) if extra else [])
     _report_skipped(det.skipped_fit_)
     result = det.score(paths, embeddings=True)  # images are read again below: a big batch need not fit in memory

@@ -32,8 +32,9 @@ def elpv_root() -> Path:
 
 
 def build_elpv_dataset(target: Path, cell_type: str = "mono", n_train: int = 300, n_test: int = 200,
-                       seed: int = 0) -> Path:
-    """Lay out elpv cells as an MVTec-style folder (symlinks, no copies) under ``target``."""
+                       seed: int = 0, n_defective: int | None = None) -> Path:
+    """Lay out elpv cells as an MVTec-style folder (symlinks, no copies) under ``target``:
+    ``n_test`` normal and ``n_defective`` (default ``n_test``) defective test cells."""
     root = elpv_root()
     table = np.genfromtxt(root / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "probability", "type"])
     if cell_type not in ("mono", "poly"):
@@ -47,7 +48,7 @@ def build_elpv_dataset(target: Path, cell_type: str = "mono", n_train: int = 300
     parts = {
         ("train", "good"): normal[:n_train],
         ("test", "good"): normal[n_train : n_train + n_test],
-        ("test", "defective"): defective[:n_test],
+        ("test", "defective"): defective[: n_test if n_defective is None else n_defective],
     }
     if target.exists():
         shutil.rmtree(target)

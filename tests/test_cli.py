@@ -140,6 +140,18 @@ def test_score_batch_zero_shot_writes_a_run(tmp_path: Path) -> None:
     assert json.loads((out / "run.json").read_text())["detector"] == "musc"
 
 
+def test_score_batch_options_reach_musc(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds")
+    folder = ds / "train" / "good"
+    r = normalcy("score-batch", str(folder), "-o", str(tmp_path / "run"), "--image-score", "mean")
+    assert r.returncode == 1 and "image_score" in r.stderr and "Traceback" not in r.stderr
+    r = normalcy("score-batch", str(folder), str(ds / "test" / "square"), "-o", str(tmp_path / "run"),
+                 "--image-size", "96", "--image-score", "max", "--rscin-k", "1")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
+    assert Path(max(rows, key=lambda row: float(row["score"]))["path"]).parent.name == "square"
+
+
 def test_predict_refuses_unknown_format_version(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds", n_train=6)
     model = tmp_path / "model"

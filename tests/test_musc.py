@@ -98,3 +98,22 @@ def test_extra_unlabeled_references_are_matched_not_scored_and_saved(tmp_path: P
 
     again = load(tmp_path / "model").score(paths[5:], progress=False)
     np.testing.assert_allclose(again.scores, r.scores, rtol=1e-5)
+
+
+def test_score_is_patch_scores_then_image_scores(tmp_path: Path) -> None:
+    """The public steps the benchmarks call compose to exactly what ``score`` returns."""
+    paths = _batch(tmp_path / "batch")
+    for kwargs in ({}, {"image_score": "max", "rscin_k": 1}):
+        det = create("musc", FeatureExtractor(image_size=96, precision="fp32"), **kwargs).fit()
+        r = det.score(paths, progress=False)
+        per_r, img, seen, skipped = det.features(paths, progress=False)
+        assert seen == r.paths and not skipped
+        np.testing.assert_allclose(det.image_scores(det.patch_scores(per_r), img), r.scores, rtol=1e-6)
+        assert r.paths[int(np.argmax(r.scores))].name == "06.png"
+
+
+def test_bad_settings_are_refused_by_name() -> None:
+    with pytest.raises(InputError, match="image_score"):
+        create("musc", image_score="mean")
+    with pytest.raises(InputError, match="rscin_k"):
+        create("musc", rscin_k=0)

@@ -25,6 +25,9 @@ kernel faiss's flat index runs), chunked over image blocks so memory stays bound
 whatever the batch size; faiss builds the RsCIN image graph.
 ``fit`` takes optional extra unlabeled images: every batch is also matched against
 them, but they are never scored, and they need not be normal.
+The settings (max - median, RsCIN) were chosen on magnetic_tile; on batches with local, rarer
+defects the plain maximum without RsCIN is better (``image_score="max", rscin_k=1``; numbers in
+docs/benchmarks.md, from bench/musc_ceiling.py).
 Decisions: with no normal set to calibrate on, an image is flagged when its score
 is an outlier of the batch (above median + ``mad_factor`` x MAD).
 """
@@ -58,6 +61,8 @@ class MuSc(Detector):
         if image_score not in ("max", "max-median"):
             raise InputError(f"image_score must be 'max' or 'max-median', got {image_score!r}")
         self.image_score = image_score
+        if int(rscin_k) < 1:
+            raise InputError(f"rscin_k must be at least 1 (1 turns RsCIN off), got {rscin_k}")
         self.refs_: list[torch.Tensor] = []  # per degree r: R x P x D extra reference patches (fp16)
         self.radii = tuple(int(r) for r in radii)
         self.levels = tuple(levels or self.extractor.patch_levels[-1:])  # default: the stride-16 level
@@ -150,6 +155,37 @@ class MuSc(Detector):
             out[i0:i0 + ci] = dist.topk(keep, dim=-1, largest=False).values.mean(-1)
         return out
 
+    def patch_scores(self, per_r: Sequence[torch.Tensor], refs: Sequence[torch.Tensor] | None = None,
+                     progress: bool = False) -> torch.Tensor:
+        """Per-degree N x P x D features (and optional per-degree reference features) -> N x P
+        patch scores: the mutual score of each degree r, averaged over the degrees."""
+        n, p = per_r[0].shape[:2]
+        patch = torch.zeros(n, p)
+        with progress_bar(progress) as bar:
+            task = bar.add_task("musc: mutual scoring", total=len(per_r))
+            for k, z in enumerate(per_r):
+                patch += self.mutual_scores(z, refs=refs[k] if refs else None) / len(per_r)
+                bar.advance(task)
+        return patch
+
+    def image_scores(self, patch: torch.Tensor, image_feats: torch.Tensor) -> np.ndarray:
+        """N x P patch scores -> N image scores, re-scored over the batch's image graph (RsCIN).
+
+        With ``max-median`` an image's own typical patch is its baseline: a tile with an
+        unusual texture all over is not a defect; a patch far above the rest of its image is.
+        """
+        flat = patch.numpy().astype(np.float64)
+        raw = flat.max(1) - (np.median(flat, 1) if self.image_score == "max-median" else 0.0)
+        return self.rescore(raw, image_feats.numpy())
+
+    def features(self, paths: Sequence[Path], progress: bool = True
+                 ) -> tuple[list[torch.Tensor], torch.Tensor, list[Path], list[tuple[Path, str]]]:
+        """Per-degree patch features, RsCIN image features, the paths read and the files skipped:
+        what ``score`` compares, for callers that score subsets of one batch (bench/musc_ceiling.py)."""
+        skipped: list[tuple[Path, str]] = []
+        per_r, img_feats, seen, _ = self._batch_features(list(paths), skipped, progress, "musc: features")
+        return per_r, img_feats, [p for p, _, _ in seen], skipped
+
     def rescore(self, scores: np.ndarray, image_feats: np.ndarray) -> np.ndarray:
         """RsCIN: similarity-weighted mean of the scores of each image's nearest images (faiss)."""
         n = len(scores)
@@ -194,19 +230,10 @@ class MuSc(Detector):
         n = len(seen)
         if n + (len(self.refs_[0]) if self.refs_ else 0) < 2 or n == 0:
             raise InputError(f"MuSc scores images against each other: it needs at least 2 readable images, got {n}")
-        with progress_bar(progress) as bar:
-            task = bar.add_task("musc: mutual scoring", total=len(self.radii))
-            patch = torch.zeros(n, per_r[0].shape[1])
-            for k, z in enumerate(per_r):
-                patch += self.mutual_scores(z, refs=self.refs_[k] if self.refs_ else None) / len(self.radii)
-                bar.advance(task)
+        patch = self.patch_scores(per_r, self.refs_ or None, progress)
         grid = int(round(np.sqrt(patch.shape[1])))
         maps_grid = patch.reshape(n, grid, -1).numpy()
-        flat = maps_grid.reshape(n, -1).astype(np.float64)
-        # An image's own typical patch is its baseline: a tile with an unusual texture all over
-        # is not a defect; a patch far above the rest of its image is.
-        raw = flat.max(1) - (np.median(flat, 1) if self.image_score == "max-median" else 0.0)
-        scores = self.rescore(raw, img_feats.numpy())
+        scores = self.image_scores(patch, img_feats)
         med = float(np.median(scores))
         mad = float(np.median(np.abs(scores - med))) or 1e-12
         self.threshold_ = med + self.mad_factor * 1.4826 * mad
