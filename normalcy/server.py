@@ -12,10 +12,8 @@ milliseconds for thousands of images, so the page can simply reload the order.
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
-import json
 import logging
 import math
 import os
@@ -26,7 +24,6 @@ import threading
 import time
 import webbrowser
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal, Optional, Sequence
 
@@ -38,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .data import ImageError, InputError, read_image
 from .ranking import make_ranker, user_score
-from .run import EMBEDDINGS, read_embeddings
+from .run import read_features, read_run_json, read_scores
 from .store import Item, Store
 
 __all__ = ["create_app", "new_token", "page_url", "serve"]
@@ -78,117 +75,6 @@ def page_url(host: str, port: int, token: str) -> str:
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
     return f"http://{shown}:{port}/?token={token}"
-
-
-# --------------------------------------------------------------------------- reading the run
-
-
-@dataclass(frozen=True)
-class RunRow:
-    path: str  # absolute
-    name: str
-    score: float
-    decision: bool
-    overlay: str | None  # absolute, or None
-    row: int  # data row in scores.csv (0-based), to pick the embedding
-
-
-def _image_path(raw: str, run_dir: Path) -> Path:
-    """An image path as predict wrote it: absolute, or relative to where predict was run."""
-    p = Path(raw)
-    if p.is_absolute():
-        return Path(os.path.abspath(p))
-    candidates = [Path.cwd() / p, run_dir.parent / p]
-    found = next((c for c in candidates if c.exists()), candidates[0])
-    return Path(os.path.abspath(found))
-
-
-def _display_name(path: Path, inputs: Sequence[Path]) -> str:
-    """The path inside the folder given to predict (e.g. crack/000.png), else parent/name."""
-    for folder in inputs:
-        if path.is_relative_to(folder) and path != folder:
-            return path.relative_to(folder).as_posix()
-    return "/".join(path.parts[-2:])
-
-
-def read_run_json(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        logger.warning("%s: cannot read (%s); serving without it", path, err)
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow], int]:
-    """The scored images of a run, in scores.csv order, and the number of data rows in the file.
-
-    A duplicate path keeps its first row; a row with a non-finite score is left out (with a warning).
-    """
-    path = run_dir / "scores.csv"
-    if not path.is_file():
-        raise InputError(f"{path}: not found (pass a run folder written by `normalcy predict`)")
-    rows: list[RunRow] = []
-    seen: set[str] = set()
-    n_rows = 0
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = {"path", "score", "decision"} - set(reader.fieldnames or [])
-            if missing:
-                raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-            for k, rec in enumerate(reader):
-                n_rows = k + 1
-                line = reader.line_num
-                raw = (rec.get("path") or "").strip()
-                if not raw:
-                    raise InputError(f"{path}:{line}: empty path")
-                try:
-                    score = float(rec.get("score") or "")
-                except ValueError:
-                    raise InputError(f"{path}:{line}: score {rec.get('score')!r} is not a number") from None
-                decision = (rec.get("decision") or "").strip().lower()
-                if decision not in ("anomalous", "normal"):
-                    raise InputError(f"{path}:{line}: decision must be anomalous or normal, not {rec.get('decision')!r}")
-                if not math.isfinite(score):
-                    logger.warning("%s:%d: score %s is not finite; %s left out of the review", path, line, score, raw)
-                    continue
-                image = _image_path(raw, run_dir)
-                if str(image) in seen:
-                    logger.warning("%s:%d: %s listed twice; keeping the first row", path, line, raw)
-                    continue
-                seen.add(str(image))
-                over = (rec.get("overlay") or "").strip()
-                overlay = str(Path(os.path.abspath(run_dir / over))) if over else None
-                rows.append(RunRow(str(image), _display_name(image, inputs), score, decision == "anomalous",
-                                   overlay, k))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"{path}: cannot read ({err})") from None
-    if not rows:
-        raise InputError(f"{path}: no scored images to review")
-    return rows, n_rows
-
-
-def read_features(run_dir: Path, n_rows: int) -> np.ndarray | None:
-    """embeddings.safetensors, if present and row-aligned with scores.csv; else None (with a warning)."""
-    path = run_dir / EMBEDDINGS
-    try:
-        emb = read_embeddings(run_dir)
-    except Exception as err:  # noqa: BLE001  (a damaged file must not stop the review)
-        logger.warning("%s: cannot read (%s); ranking by anomaly score only", path, err)
-        return None
-    if emb is None:
-        logger.warning("%s: not found; ranking by anomaly score only (strategy 'none')", path)
-        return None
-    emb = np.asarray(emb, dtype=np.float32)
-    if emb.ndim != 2 or emb.shape[0] != n_rows:
-        logger.warning("%s: shape %s does not match the %d rows of scores.csv; ranking by anomaly score only",
-                       path, tuple(emb.shape), n_rows)
-        return None
-    return emb
 
 
 # --------------------------------------------------------------------------- review state
