@@ -6,9 +6,12 @@ and every upsert is written per dialect, so both behave the same.
 
 Three tables:
 
-    items         one row per image (path unique), its score and decision
+    items         one row per image of a run (run + path unique), its score and decision
     labels        the current label of an item (one row per labelled item)
     label_events  every label ever written, in order (who labelled what, when)
+
+Several runs may share one database (a team's PostgreSQL): a Store reads and writes
+only the items of its own run, and labels and events only through those items.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     create_engine,
     event,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -42,7 +47,7 @@ from sqlalchemy.pool import StaticPool
 
 from .data import InputError
 
-__all__ = ["LABELS", "Item", "Store"]
+__all__ = ["LABELS", "Item", "Store", "run_id"]
 
 LABELS = ("normal", "anomalous")
 
@@ -51,11 +56,13 @@ metadata = MetaData()
 items_table = Table(
     "items", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("path", String, nullable=False, unique=True),
+    Column("run", String, nullable=False, index=True),
+    Column("path", String, nullable=False),
     Column("name", String, nullable=False),
     Column("score", Float, nullable=False),
     Column("decision", Boolean, nullable=False),
     Column("overlay", String, nullable=True),
+    UniqueConstraint("run", "path", name="items_run_path"),
 )
 
 labels_table = Table(
@@ -127,10 +134,23 @@ def _iso(t: float | None) -> str:
     return "" if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
-class Store:
-    """Items, current labels and the label log in one database; safe to share between request threads."""
+def run_id(run_dir: Path) -> str:
+    """The id of a run in a shared database: its folder's real path.
 
-    def __init__(self, url: str) -> None:
+    Stable across restarts and re-runs into the same folder (labels are kept), different for
+    two run folders; image paths in scores.csv are absolute too, so machines that share a
+    database see a run at one path.
+    """
+    return str(Path(run_dir).resolve())
+
+
+class Store:
+    """One run's items, current labels and label log in a database that other runs may share.
+
+    Safe to share between request threads.
+    """
+
+    def __init__(self, url: str, run: str = "") -> None:
         try:
             parsed = make_url(_normalise_url(url))
         except ArgumentError:
@@ -142,6 +162,7 @@ class Store:
                              "use sqlite:///path/review.sqlite or postgresql://user:password@host/db")
         self.url = parsed
         self.dialect = backend
+        self.run = str(run)
         shown = parsed.render_as_string(hide_password=True)
         kw: dict[str, Any] = {}
         if backend == "sqlite":
@@ -165,17 +186,23 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             metadata.create_all(self.engine)
+            with self.engine.connect() as conn:
+                columns = {c["name"] for c in inspect(conn).get_columns("items")}
         except (DBAPIError, SQLAlchemyError, OSError) as err:
             self.engine.dispose()
             reason = str(getattr(err, "orig", None) or err).strip().splitlines()
             raise InputError(f"cannot open database {shown}: {reason[0] if reason else type(err).__name__}") from None
+        if "run" not in columns:
+            self.engine.dispose()
+            raise InputError(f"{shown} holds review tables from an older normalcy, without run ids: "
+                             "give another --database (or move the old review.sqlite away)")
 
     @classmethod
     def for_run(cls, run_dir: Path, url: str | None = None) -> "Store":
-        """The run's own SQLite file unless a URL is given."""
+        """The run's own SQLite file unless a URL is given; either way scoped to this run."""
         if url is None:
             url = f"sqlite:///{Path(run_dir).resolve() / 'review.sqlite'}"
-        return cls(url)
+        return cls(url, run=run_id(run_dir))
 
     # ------------------------------------------------------------------ items
 
@@ -183,14 +210,14 @@ class Store:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)
 
     def sync_items(self, rows: list[dict]) -> None:
-        """Add or refresh items by path (a re-run updates scores); labels are left alone."""
+        """Add or refresh this run's items by path (a re-run updates scores); labels are left alone."""
         if not rows:
             return
-        values = [{"path": str(r["path"]), "name": str(r["name"]), "score": float(r["score"]),
+        values = [{"run": self.run, "path": str(r["path"]), "name": str(r["name"]), "score": float(r["score"]),
                    "decision": bool(r["decision"]), "overlay": r.get("overlay") or None} for r in rows]
         stmt = self._insert()(items_table)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[items_table.c.path],
+            index_elements=[items_table.c.run, items_table.c.path],
             set_={c: stmt.excluded[c] for c in ("name", "score", "decision", "overlay")},
         )
         with self.engine.begin() as conn:
@@ -199,6 +226,7 @@ class Store:
     def _select(self) -> Any:
         return (select(items_table, labels_table.c.label, labels_table.c.interest, labels_table.c.updated_at)
                 .select_from(items_table.outerjoin(labels_table, labels_table.c.item_id == items_table.c.id))
+                .where(items_table.c.run == self.run)
                 .order_by(items_table.c.id))
 
     @staticmethod
@@ -207,7 +235,7 @@ class Store:
                     overlay=row.overlay, label=row.label, interest=row.interest, updated_at=row.updated_at)
 
     def items(self) -> list[Item]:
-        """All items with their current labels, in id order."""
+        """This run's items with their current labels, in id order."""
         with self.engine.connect() as conn:
             return [self._item(r) for r in conn.execute(self._select())]
 
@@ -220,9 +248,10 @@ class Store:
         return None if row is None else self._item(row)
 
     def labelled(self) -> list[Item]:
-        """Labelled items only: cheap enough to read after every label, even for a large run."""
+        """This run's labelled items only: cheap enough to read after every label, even for a large run."""
         stmt = (select(items_table, labels_table.c.label, labels_table.c.interest, labels_table.c.updated_at)
                 .select_from(items_table.join(labels_table, labels_table.c.item_id == items_table.c.id))
+                .where(items_table.c.run == self.run)
                 .order_by(items_table.c.id))
         with self.engine.connect() as conn:
             return [self._item(r) for r in conn.execute(stmt)]
@@ -234,7 +263,7 @@ class Store:
 
         Raises:
             ValueError: label not normal/anomalous/None, or interest not an int 0..5/None.
-            KeyError: no item with this id.
+            KeyError: no item with this id in this run.
         """
         _check_label(label, interest)
         client = str(client)[:200]
@@ -244,9 +273,11 @@ class Store:
             # FOR UPDATE and runs the SELECT outside the transaction; its transaction then starts
             # at the first write, with the database write lock (queued by busy_timeout), rather
             # than with a read snapshot that could fail to upgrade under load.
-            found = conn.execute(select(items_table.c.id).where(items_table.c.id == item_id).with_for_update())
+            found = conn.execute(select(items_table.c.id)
+                                 .where(items_table.c.id == item_id, items_table.c.run == self.run)
+                                 .with_for_update())
             if found.first() is None:
-                raise KeyError(f"no item with id {item_id}")
+                raise KeyError(f"no item with id {item_id} in this run")
             now = time.time()
             conn.execute(events_table.insert().values(item_id=item_id, label=label, interest=interest,
                                                       at=now, client=client))
@@ -264,14 +295,20 @@ class Store:
         assert item is not None
         return item
 
+    def _run_events(self) -> Any:
+        return (events_table.join(items_table, items_table.c.id == events_table.c.item_id),
+                items_table.c.run == self.run)
+
     def events_count(self) -> int:
+        joined, mine = self._run_events()
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(events_table)).scalar_one())
+            return int(conn.execute(select(func.count()).select_from(joined).where(mine)).scalar_one())
 
     def events(self) -> list[dict]:
-        """The label log in write order: item_id, label, interest, at, client."""
+        """This run's label log in write order: id, item_id, label, interest, at, client."""
+        joined, mine = self._run_events()
         with self.engine.connect() as conn:
-            rows = conn.execute(select(events_table).order_by(events_table.c.id))
+            rows = conn.execute(select(events_table).select_from(joined).where(mine).order_by(events_table.c.id))
             return [dict(r._mapping) for r in rows]
 
     def export_csv(self) -> str:

@@ -13,7 +13,7 @@ from review_fixtures import db_url  # noqa: F401  (a fixture)
 from sqlalchemy import text
 
 from normalcy.data import InputError
-from normalcy.store import Store
+from normalcy.store import Store, run_id
 
 
 def rows(n: int = 5, offset: float = 0.0) -> list[dict]:
@@ -133,6 +133,43 @@ def test_concurrent_labels(store: Store) -> None:
     assert store.events_count() == 80
     last = {e["item_id"]: (e["label"], e["interest"]) for e in store.events()}
     assert {it.id: (it.label, it.interest) for it in store.labelled()} == last
+
+
+def test_runs_sharing_a_database_keep_their_own_items(db_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """Two runs of the same images in one database: neither overwrites nor sees the other's labels."""
+    a, b = Store(db_url, run="run-a"), Store(db_url, run="run-b")
+    try:
+        a.sync_items(rows())
+        b.sync_items(rows(offset=10.0))
+        assert [it.score for it in a.items()] == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert [it.score for it in b.items()] == [10.0, 11.0, 12.0, 13.0, 14.0]
+        a_id, b_id = a.items()[0].id, b.items()[0].id
+        assert a_id != b_id
+        a.set_label(a_id, "anomalous", 5)
+        assert [x.id for x in a.labelled()] == [a_id] and b.labelled() == []
+        assert b.get(a_id) is None and a.get(b_id) is None
+        with pytest.raises(KeyError):
+            b.set_label(a_id, "normal", None)
+        assert (a.events_count(), b.events_count()) == (1, 0)
+        assert b.export_csv().count("\n") == 1  # the header only
+    finally:
+        a.close()
+        b.close()
+    assert run_id(tmp_path / "x" / ".." / "y") == run_id(tmp_path / "y") != run_id(tmp_path / "x")
+
+
+def test_old_schema_is_refused_clearly(tmp_path: Path) -> None:
+    """A database from before run ids gets a clear message, not a failed query later."""
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE items (id INTEGER PRIMARY KEY, path VARCHAR UNIQUE NOT NULL, "
+                          "name VARCHAR, score FLOAT, decision BOOLEAN, overlay VARCHAR)"))
+    engine.dispose()
+    with pytest.raises(InputError, match="older normalcy, without run ids"):
+        Store(url)
 
 
 def test_sqlite_wal_mode(tmp_path: Path) -> None:
