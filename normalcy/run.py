@@ -11,17 +11,23 @@
     report.html            the top anomalies
 
 `predict` (a fitted model) and `score-batch` (zero-shot MuSc) both write one with
-``RunWriter``, so everything downstream reads a single format.
+``RunWriter``, so everything downstream reads a single format; the reading side is here too.
+
+<name> is the image's path below the input folder, joined with "__" and made file-system-safe
+(:func:`output_name`), unique within the run. Paths in the CSV files are exact (file names that are
+not UTF-8 included) and guarded against spreadsheet formulas (:func:`csv_cell`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import heapq
 import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +38,60 @@ from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 from .data import InputError
-from .report import ReportImage, overlay, save_heatmap, write_report
+from .heatmap import overlay, save_heatmap
+from .report import ReportImage, write_report
 
 SCORES_HEADER = ["path", "score", "decision", "threshold", "overlay"]
 EMBEDDINGS = "embeddings.safetensors"
+# CSV files hold paths exactly: a Linux file name that is not UTF-8 round-trips through
+# surrogateescape (os.fsdecode) instead of aborting the run.
+CSV_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+# A cell starting with one of these is run as a formula by spreadsheets (OWASP CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+NAME_BYTES = 120  # longest output name before the hash; file systems allow 255 bytes
+_UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode letters and digits; a surrogate-escaped byte is not one
 
 logger = logging.getLogger("normalcy")
 
 
-def flat_name(path: Path) -> str:
-    """A file name for per-image outputs that does not collide across sub-folders."""
-    parts = Path(path).with_suffix("").parts[-2:]
-    return "__".join(p for p in parts if p not in ("/", ""))
+def csv_cell(text: str) -> str:
+    """A cell a spreadsheet shows as text, never runs: a leading formula character gets a ' before it."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def _uncell(text: str) -> str:
+    """Undo :func:`csv_cell`."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+
+
+def _short_hash(path: Path) -> str:
+    return hashlib.sha1(os.fsencode(str(path))).hexdigest()[:8]
+
+
+def output_name(path: Path, root: Path | None = None) -> str:
+    """A readable, file-system-safe stem for an image's heatmap, overlay and map files.
+
+    The image's path below `root` (the folder given to predict) joined with "__", else its last two
+    parts. Where odd characters or length made the name lossy, a hash of the full path keeps it apart
+    from others; RunWriter also adds one on any remaining clash.
+    """
+    path = Path(os.path.abspath(path))
+    inside = root is not None and path != root and path.is_relative_to(root)
+    parts = path.relative_to(root).with_suffix("").parts if inside else path.with_suffix("").parts[-2:]
+    readable = "__".join(p for p in parts if p not in ("/", ""))
+    name = _UNSAFE.sub("_", readable).lstrip(".-") or "image"
+    if len(name.encode("utf-8")) > NAME_BYTES:
+        name = name.encode("utf-8")[:NAME_BYTES].decode("utf-8", "ignore")
+    return name if name == readable else f"{name}-{_short_hash(path)}"
+
+
+def _common_root(inputs: Sequence[Path]) -> Path | None:
+    """The deepest folder holding everything given to predict, so output names start below it."""
+    folders = [p if p.is_dir() else p.parent for p in (Path(os.path.abspath(i)) for i in inputs)]
+    try:
+        return Path(os.path.commonpath(folders)) if folders else None
+    except ValueError:  # different drives
+        return None
 
 
 class RunWriter:
@@ -60,29 +108,42 @@ class RunWriter:
         self.top = int(top)
         self.info = dict(info or {})
         self.inputs = [str(Path(p).resolve()) for p in inputs]
+        self.root = _common_root(inputs)
         self.rows: list[tuple[str, float, bool]] = []
         self.embeddings: list[np.ndarray] = []
+        self._names: set[str] = set()  # case-folded: two names differing in case clash on macOS and Windows
         self._best: list[tuple[float, int, ReportImage]] = []
-        self._fh = open(self.output / "scores.csv", "w", newline="")
+        self._fh = open(self.output / "scores.csv", "w", newline="", **CSV_ENCODING)
         self._csv = csv.writer(self._fh)
         self._csv.writerow(SCORES_HEADER)
         self._started = time.time()
 
-    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray, anomalous: bool,
+    def _name(self, path: Path) -> str:
+        """output_name, made unique within the run."""
+        name = output_name(path, self.root)
+        if name.casefold() in self._names:
+            name = f"{name}-{_short_hash(Path(os.path.abspath(path)))}"
+        base, k = name, 2
+        while name.casefold() in self._names:  # the same file added twice
+            name, k = f"{base}-{k}", k + 1
+        self._names.add(name.casefold())
+        return name
+
+    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray | None, anomalous: bool,
             embedding: np.ndarray | None = None) -> None:
-        """Record one scored image (and write its pictures)."""
-        name = flat_name(path)
+        """Record one scored image and write its pictures (none when the detector gave no map)."""
+        name = self._name(path)
         lo, hi = self.map_range
         over = ""
-        if self.overlays:
+        if self.overlays and amap is not None:
             over = f"overlays/{name}.png"
             (self.output / "overlays").mkdir(exist_ok=True)
             Image.fromarray(overlay(image, amap, lo, hi)).save(self.output / over, format="PNG")
-        self._csv.writerow([str(Path(path).resolve()), f"{score:.6g}", "anomalous" if anomalous else "normal",
-                            f"{self.threshold:.6g}", over])
-        if self.heatmaps:
+        self._csv.writerow([csv_cell(str(Path(path).resolve())), f"{score:.6g}",
+                            "anomalous" if anomalous else "normal", f"{self.threshold:.6g}", over])
+        if self.heatmaps and amap is not None:
             save_heatmap(self.output / "heatmaps" / f"{name}.png", image, amap, lo, hi)
-        if self.save_maps:
+        if self.save_maps and amap is not None:
             (self.output / "maps").mkdir(exist_ok=True)
             np.save(self.output / "maps" / f"{name}.npy", amap.astype(np.float32))
         if embedding is not None:
@@ -96,10 +157,10 @@ class RunWriter:
     def close(self, skipped: Sequence[tuple[Path, str]], title: str) -> None:
         """Write skipped.csv, embeddings, run.json and the report."""
         self._fh.close()
-        with open(self.output / "skipped.csv", "w", newline="") as fh:
+        with open(self.output / "skipped.csv", "w", newline="", **CSV_ENCODING) as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "reason"])
-            writer.writerows([str(p), r] for p, r in skipped)
+            writer.writerows([csv_cell(str(p)), csv_cell(str(r))] for p, r in skipped)
         if self.embeddings and len(self.embeddings) == len(self.rows):
             save_file({"embedding": np.stack(self.embeddings)}, str(self.output / EMBEDDINGS))
         meta = {**self.info, "inputs": self.inputs, "threshold": self.threshold, "n_images": len(self.rows),
@@ -150,8 +211,13 @@ def _display_name(path: Path, inputs: Sequence[Path]) -> str:
     """The path inside the folder given to predict (e.g. crack/000.png), else parent/name."""
     for folder in inputs:
         if path.is_relative_to(folder) and path != folder:
-            return path.relative_to(folder).as_posix()
-    return "/".join(path.parts[-2:])
+            return _printable(path.relative_to(folder).as_posix())
+    return _printable("/".join(path.parts[-2:]))
+
+
+def _printable(text: str) -> str:
+    """Text for display: a byte of a non-UTF-8 file name shows as U+FFFD instead of failing to encode."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def read_run_json(run_dir: Path) -> dict:
@@ -178,7 +244,7 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
     seen: set[str] = set()
     n_rows = 0
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", **CSV_ENCODING) as fh:
             reader = csv.DictReader(fh)
             missing = {"path", "score", "decision"} - set(reader.fieldnames or [])
             if missing:
@@ -186,7 +252,10 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
             for k, rec in enumerate(reader):
                 n_rows = k + 1
                 line = reader.line_num
-                raw = (rec.get("path") or "").strip()
+                raw = rec.get("path") or ""
+                if not Path(raw).is_absolute():  # hand-written; a path RunWriter wrote is exact
+                    raw = raw.strip()
+                raw = _uncell(raw)
                 if not raw:
                     raise InputError(f"{path}:{line}: empty path")
                 try:

@@ -1,0 +1,107 @@
+"""Anomaly maps as pictures: the heatmap PNGs and overlays of a run folder, and the report's gallery.
+
+An image scored by `normalcy predict` goes through :class:`normalcy.run.RunWriter`, which
+calls :func:`overlay` and :func:`save_heatmap` here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+__all__ = ["colorize", "overlay", "save_heatmap"]
+
+# Turbo: perceptually smoother than JET, still reads as "blue = fine, red = bad".
+_COLORMAP = cv2.COLORMAP_TURBO
+
+
+def _to_rgb_u8(image: np.ndarray) -> np.ndarray:
+    """Bring HxW gray / HxWx1 / HxWx3 / HxWx4 images of any dtype to HxWx3 uint8 RGB.
+
+    Callers hand us whatever their loader produced; failing on a gray image or a
+    float image in [0, 1] would be pointless pedantry in a visualization helper.
+    """
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        img = np.stack([img, img, img], axis=-1)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxW or HxWx3 image, got shape {np.shape(image)}")
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        if img.dtype == np.bool_:
+            img = img.astype(np.uint8) * 255
+        elif np.issubdtype(img.dtype, np.floating) and img.size and np.nanmax(img) <= 1.0:
+            img = np.clip(np.nan_to_num(img) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        else:
+            img = np.clip(np.nan_to_num(img.astype(np.float64)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)
+
+
+def colorize(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """Map a float HxW anomaly map to HxWx3 uint8 RGB (Turbo), clipped to [vmin, vmax].
+
+    A fixed (vmin, vmax) rather than per-image normalization is what makes two
+    heatmaps comparable: a clean part stays blue instead of being stretched to red.
+    If vmax <= vmin the range is degenerate; values above vmin are shown as hot and
+    the rest as cold, instead of dividing by zero. NaN counts as cold.
+    """
+    a = np.asarray(amap, dtype=np.float64)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise ValueError(f"expected an HxW anomaly map, got shape {np.shape(amap)}")
+    a = np.nan_to_num(a, nan=-np.inf)  # NaN -> coldest; +-inf clip below
+    vmin, vmax = float(vmin), float(vmax)
+    span = vmax - vmin
+    if not math.isfinite(span) or span <= 0.0:
+        norm = (a > vmin).astype(np.float64)
+    else:
+        norm = np.clip((a - vmin) / span, 0.0, 1.0)
+    u8 = np.round(norm * 255.0).astype(np.uint8)
+    bgr = cv2.applyColorMap(u8, _COLORMAP)
+    return np.ascontiguousarray(bgr[..., ::-1])  # OpenCV gives BGR
+
+
+def overlay(
+    image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5
+) -> np.ndarray:
+    """Blend a colorized anomaly map onto the image; returns HxWx3 uint8 RGB.
+
+    Detectors usually produce maps at feature resolution, so a map of a different
+    size is resized bilinearly to the image (smooth, no blocky patches). `alpha`
+    is the weight of the heatmap: 0 shows the image only, 1 the heatmap only.
+    """
+    rgb = _to_rgb_u8(image)
+    h, w = rgb.shape[:2]
+    a = np.asarray(amap, dtype=np.float32)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise ValueError(f"expected an HxW anomaly map, got shape {np.shape(amap)}")
+    if a.shape != (h, w):
+        a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
+    heat = colorize(a, vmin, vmax)
+    alpha = float(np.clip(alpha, 0.0, 1.0))
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_heatmap(
+    path: Path, image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float
+) -> None:
+    """Write a PNG with original | overlay side by side (width 2*W).
+
+    Side by side, because an overlay alone hides the very defect the engineer
+    wants to inspect. Parent directories are created.
+    """
+    rgb = _to_rgb_u8(image)
+    both = np.concatenate([rgb, overlay(rgb, amap, vmin, vmax)], axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(both).save(path, format="PNG")

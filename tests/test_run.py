@@ -1,0 +1,122 @@
+"""The run folder: what RunWriter writes is what read_scores reads back, whatever the file names."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from normalcy.run import RunWriter, csv_cell, output_name, read_scores
+
+SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+
+
+def _write(run: Path, paths: list[Path], inputs: list[Path] = (), skipped=(), **kw) -> RunWriter:
+    writer = RunWriter(run, 0.5, (0.0, 1.0), report=False, inputs=inputs, **kw)
+    for k, path in enumerate(paths):
+        amap = np.full((4, 4), k / max(1, len(paths) - 1), dtype=np.float32)
+        writer.add(path, _image(k), 1.0 - k / 10, amap, k == 0)
+    writer.close(list(skipped), "test")
+    return writer
+
+
+def test_same_file_name_in_two_folders_gets_two_overlays(tmp_path: Path) -> None:
+    lots = [tmp_path / "lot1", tmp_path / "lot2"]
+    paths = [lot / "good" / "00.jpg" for lot in lots]
+    _write(tmp_path / "run", paths, inputs=lots)
+    rows, _ = read_scores(tmp_path / "run")
+    overlays = [Path(r.overlay).name for r in rows]
+    assert overlays == ["lot1__good__00.png", "lot2__good__00.png"]
+    first, second = (np.asarray(Image.open(r.overlay)) for r in rows)
+    assert not np.array_equal(first, second)  # each row shows its own map
+    assert sorted(p.name for p in (tmp_path / "run" / "heatmaps").iterdir()) == overlays
+
+
+def test_names_stay_unique_without_a_common_root(tmp_path: Path) -> None:
+    paths = [tmp_path / "a" / "good" / "00.jpg", tmp_path / "b" / "good" / "00.jpg",
+             tmp_path / "b" / "good" / "00.png", tmp_path / "b" / "good" / "00.png"]
+    _write(tmp_path / "run", paths)  # no inputs: names from the last two parts
+    names = [p.name for p in (tmp_path / "run" / "overlays").iterdir()]
+    assert len(names) == 4 and len({n.casefold() for n in names}) == 4
+    assert "good__00.png" in names
+
+
+def test_output_names_are_safe_readable_and_short(tmp_path: Path) -> None:
+    assert output_name(tmp_path / "in" / "crack" / "000.png", tmp_path / "in") == "crack__000"
+    odd = [tmp_path / "in" / n for n in ("a b.png", "a_b.png", "a:b.png", "-rf.png", "x" * 300 + ".png",
+                                          "x" * 300 + "y.png", "ünïcode.png")]
+    names = [output_name(p, tmp_path / "in") for p in odd]
+    assert len(set(names)) == len(names)
+    assert names[1] == "a_b" and names[-1] == "ünïcode"
+    for name in names:
+        assert set(name) <= SAFE | set("ünï") and not name.startswith((".", "-"))
+        assert len(name.encode()) <= 130
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names as bytes are a Linux thing")
+def test_a_file_name_that_is_not_utf8_round_trips(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/bad\xff.png"
+    bad = Path(os.fsdecode(raw))
+    Image.fromarray(_image(0)).save(raw.decode("utf-8", "surrogateescape"), format="PNG")
+    good = folder / "good.png"
+    run = tmp_path / "run"
+    writer = RunWriter(run, 0.5, (0.0, 1.0), inputs=[folder], top=2)  # the HTML report too
+    writer.add(bad, _image(0), 0.9, np.ones((4, 4)), True)
+    writer.add(good, _image(1), 0.1, np.zeros((4, 4)), False)
+    writer.close([(Path(os.fsdecode(os.fsencode(folder) + b"/also\xfe.txt")), "not an image")], "test")
+
+    rows, n = read_scores(run, [folder])
+    assert n == 2 and os.fsencode(rows[0].path) == raw and Path(rows[0].path).is_file()
+    assert rows[0].name == "bad\ufffd.png"  # printable for the page
+    assert Path(rows[0].overlay).is_file() and Path(rows[1].overlay).name == "good.png"
+    with open(run / "skipped.csv", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        assert os.fsencode(list(csv.DictReader(fh))[0]["path"]).endswith(b"/also\xfe.txt")
+    assert "bad\ufffd.png" in (run / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_trailing_space_in_a_file_name_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "in" / "part.png "
+    _write(tmp_path / "run", [path], inputs=[tmp_path / "in"])
+    assert read_scores(tmp_path / "run")[0][0].path == str(path)
+
+
+def test_cells_that_spreadsheets_would_run_are_quoted(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _write(run, [tmp_path / "a.png"], skipped=[(Path("=HYPERLINK(1)"), "+1"), (Path("@x"), "-2"),
+                                               (Path("ok.txt"), "\tcmd")])
+    with open(run / "skipped.csv", newline="") as fh:
+        cells = [c for row in list(csv.reader(fh))[1:] for c in row]
+    assert cells == ["'=HYPERLINK(1)", "'+1", "'@x", "'-2", "ok.txt", "'\tcmd"]
+
+
+def test_read_scores_undoes_the_quote_of_a_path_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "scores.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "score", "decision"])
+        writer.writerow([csv_cell("=cmd.png"), "1", "anomalous"])
+        writer.writerow(["'quoted.png", "0", "normal"])  # a ' before anything else is part of the name
+    monkeypatch.chdir(tmp_path)
+    rows, _ = read_scores(run)
+    assert [Path(r.path).name for r in rows] == ["=cmd.png", "'quoted.png"]
+
+
+def test_an_image_without_a_map_gets_no_pictures(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    writer = RunWriter(run, 0.5, (0.0, 1.0), report=False, save_maps=True)
+    writer.add(tmp_path / "a.png", _image(0), 0.2, None, False)
+    writer.close([], "test")
+    assert read_scores(run)[0][0].overlay is None
+    assert not any((run / d).exists() for d in ("overlays", "heatmaps", "maps"))
