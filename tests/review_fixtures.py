@@ -7,7 +7,6 @@ Kept out of conftest.py so that other test modules (the browser tests) can
 from __future__ import annotations
 
 import csv
-import json
 import os
 import uuid
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 from PIL import Image
-from safetensors.numpy import save_file
+
+from normalcy.run import RunWriter
 
 POSTGRES_ENV = "NORMALCY_TEST_POSTGRES_URL"
 POSTGRES_SKIP = f"set {POSTGRES_ENV} to a PostgreSQL database to run this (.ci/run does)"
@@ -24,42 +24,34 @@ THRESHOLD = 0.5
 
 
 def make_run(root: Path, n: int = 12, embeddings: bool = True, overlay_column: bool = True) -> Path:
-    """Write n noise images to root/images and a run directory root/run that scored them.
+    """Write n noise images to root/images and a run directory root/run that scored them, with RunWriter.
 
     Scores fall with the index (image 0 ranks first); even images are "anomalous"
     above the threshold. Embeddings form two clusters (even / odd index) so that a
-    label on one image says something about its cluster. The last image has no overlay.
+    label on one image says something about its cluster. The last image has no map, so
+    no overlay. overlay_column=False drops the column, as in runs written before it existed.
     """
     rng = np.random.default_rng(0)
     images = root / "images"
     run = root / "run"
-    (run / "overlays").mkdir(parents=True, exist_ok=True)
     images.mkdir(parents=True, exist_ok=True)
-    rows = []
+    centres = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], dtype=np.float32)
+    writer = RunWriter(run, THRESHOLD, (0.0, 1.0), heatmaps=False, report=False, inputs=[images],
+                       info={"detector": "patchcore", "model": str(root / "model")})
     for i in range(n):
         path = images / f"img_{i:03d}.png"
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
-        overlay = ""
-        if i < n - 1:
-            overlay = f"overlays/img_{i:03d}.png"
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(run / overlay)
+        image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(image).save(path)
+        amap = rng.random((8, 8)).astype(np.float32) if i < n - 1 else None
         score = 1.0 - i / n
-        rows.append([str(path), f"{score:.6g}", "anomalous" if score >= THRESHOLD else "normal",
-                     f"{THRESHOLD:.6g}", overlay])
-    with open(run / "scores.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        if overlay_column:
-            writer.writerow(["path", "score", "decision", "threshold", "overlay"])
-            writer.writerows(rows)
-        else:
-            writer.writerow(["path", "score", "decision", "threshold"])
-            writer.writerows(r[:4] for r in rows)
-    if embeddings:
-        centres = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], dtype=np.float32)
-        emb = centres[np.arange(n) % 2] + 0.05 * rng.standard_normal((n, 4)).astype(np.float32)
-        save_file({"embedding": emb.astype(np.float32)}, str(run / "embeddings.safetensors"))
-    (run / "run.json").write_text(json.dumps({"detector": "patchcore", "model": str(root / "model"),
-                                              "inputs": [str(images)], "threshold": THRESHOLD}))
+        emb = centres[i % 2] + 0.05 * rng.standard_normal(4).astype(np.float32)
+        writer.add(path, image, score, amap, score >= THRESHOLD, embedding=emb if embeddings else None)
+    writer.close([], "review fixture")
+    if not overlay_column:
+        with open(run / "scores.csv", newline="") as fh:
+            rows = [row[:4] for row in csv.reader(fh)]
+        with open(run / "scores.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows(rows)
     return run
 
 
