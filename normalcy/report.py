@@ -1,12 +1,11 @@
-"""Visual reports: heatmaps, overlays and a self-contained HTML report.
+"""The self-contained HTML report: top anomalies, score plots, skipped files, all scores.
 
-Quality engineers would rather look than read, so everything here turns scores
-and anomaly maps into pictures. The HTML report is a single file (images as
-base64 PNG, plots as inline SVG) so it can be mailed or archived without a
-folder of assets next to it.
-
-matplotlib and scikit-learn are imported lazily inside :func:`write_report`, so
-importing this module has no global side effects and stays cheap.
+Quality engineers would rather look than read, so the report turns scores and
+anomaly maps into pictures. It is a single file (images as base64 PNG, plots as
+inline SVG) so it can be mailed or archived without a folder of assets next to it.
+The page, its CSS and its cards are files in normalcy/templates/; the drawing of
+maps is in normalcy.heatmap (re-exported here), the plots in normalcy.plots, whose
+lazy matplotlib import keeps importing this module cheap and free of side effects.
 """
 
 from __future__ import annotations
@@ -15,11 +14,12 @@ import base64
 import html
 import io
 import math
-import re
-import sys
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
+from string import Template
 from typing import Any, Sequence
 
 import cv2
@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .heatmap import _to_rgb_u8, colorize, overlay, save_heatmap
+from .plots import score_plots
 
 __all__ = [
     "colorize",
@@ -38,8 +39,6 @@ __all__ = [
 
 # Longest side of gallery images in the HTML report; keeps the file mailable.
 _GALLERY_MAX_SIDE = 512
-_NORMAL_COLOR = "#2e7d32"
-_ANOMALOUS_COLOR = "#c62828"
 
 
 # --------------------------------------------------------------------------- report
@@ -55,6 +54,12 @@ class ReportImage:
     image: np.ndarray  # HxWx3 uint8 RGB
     amap: np.ndarray | None  # HxW float, None if the detector gives no map
     label: int | None = None  # ground truth when known (1 anomalous / 0 normal)
+
+
+@lru_cache(maxsize=None)
+def _template(name: str) -> Template:
+    """A file of normalcy/templates; values are HTML-escaped by the caller before substitution."""
+    return Template((files("normalcy") / "templates" / name).read_text(encoding="utf-8"))
 
 
 def _esc(value: Any) -> str:
@@ -118,107 +123,8 @@ def _colorbar_css(vmin: float, vmax: float) -> str:
     """A CSS gradient legend (no extra <img>) sampled from the same colormap."""
     stops = colorize(np.linspace(0.0, 1.0, 11)[None, :], 0.0, 1.0)[0]
     grad = ", ".join(f"rgb({r},{g},{b})" for r, g, b in stops)
-    return (
-        '<div class="cbar"><span>' + _esc(_fmt(vmin)) + "</span>"
-        f'<div class="cbar-grad" style="background: linear-gradient(to right, {grad});"></div>'
-        "<span>" + _esc(_fmt(vmax)) + "</span>"
-        '<span class="muted">anomaly map colour scale</span></div>'
-    )
-
-
-def _svg_of(fig: Any, prefix: str) -> str:
-    """Figure -> inline <svg> markup (XML prolog and DOCTYPE stripped).
-
-    Element ids are prefixed: matplotlib reuses ids like "figure_1" in every SVG,
-    and several inline SVGs share one HTML id namespace.
-    """
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    svg = buf.getvalue()
-    start = svg.find("<svg")
-    svg = svg[start:] if start >= 0 else svg
-    # Let CSS size the plot responsively; keep the viewBox for the aspect ratio.
-    svg = re.sub(r'(<svg[^>]*?)\s+width="[^"]*"', r"\1", svg, count=1)
-    svg = re.sub(r'(<svg[^>]*?)\s+height="[^"]*"', r"\1", svg, count=1)
-    svg = svg.replace(' id="', f' id="{prefix}-')
-    svg = svg.replace("url(#", f"url(#{prefix}-").replace('href="#', f'href="#{prefix}-')
-    return svg
-
-
-def _plots(
-    scores: np.ndarray, labels: np.ndarray | None, threshold: float | None
-) -> tuple[str | None, str | None, float | None]:
-    """Return (histogram svg, ROC svg, AUROC). Lazy imports keep module import side-effect free."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        # Don't yank the backend from under an interactive pyplot session; we never
-        # use pyplot anyway (Figure objects below), so Agg only matters for safety.
-        matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    finite = np.isfinite(scores)
-    s = scores[finite]
-    y = labels[finite] if labels is not None else None
-
-    hist_svg: str | None = None
-    roc_svg: str | None = None
-    auroc: float | None = None
-    rc = {"svg.fonttype": "none", "font.size": 10}  # text as text: small, no glyph-id clashes
-
-    with matplotlib.rc_context(rc):
-        if s.size:
-            fig = Figure(figsize=(6.0, 3.4))
-            ax = fig.add_subplot(1, 1, 1)
-            lo, hi = float(s.min()), float(s.max())
-            if threshold is not None and math.isfinite(threshold):
-                lo, hi = min(lo, threshold), max(hi, threshold)
-            bins = np.histogram_bin_edges(s, bins=min(50, max(10, int(np.sqrt(s.size)) * 2)),
-                                          range=(lo, hi) if hi > lo else None)
-            if y is not None:
-                normal, anomal = s[y == 0], s[y == 1]
-                if normal.size:
-                    ax.hist(normal, bins=bins, color=_NORMAL_COLOR, alpha=0.6,
-                            label=f"normal (n={normal.size})")
-                if anomal.size:
-                    ax.hist(anomal, bins=bins, color=_ANOMALOUS_COLOR, alpha=0.6,
-                            label=f"anomalous (n={anomal.size})")
-            else:
-                ax.hist(s, bins=bins, color="#546e7a", alpha=0.85, label=f"all (n={s.size})")
-            if threshold is not None and math.isfinite(threshold):
-                ax.axvline(threshold, color="#111", linestyle="--", linewidth=1.5,
-                           label=f"threshold = {_fmt(threshold)}")
-            ax.set_xlabel("anomaly score")
-            ax.set_ylabel("images")
-            ax.set_title("Score distribution")
-            ax.legend(frameon=False)
-            ax.spines[["top", "right"]].set_visible(False)
-            hist_svg = _svg_of(fig, "hist")
-
-        if y is not None and s.size and np.any(y == 0) and np.any(y == 1):
-            from sklearn.metrics import roc_auc_score, roc_curve
-
-            fpr, tpr, _ = roc_curve(y, s)
-            auroc = float(roc_auc_score(y, s))
-            fig = Figure(figsize=(4.2, 4.0))
-            ax = fig.add_subplot(1, 1, 1)
-            ax.plot(fpr, tpr, color="#1565c0", linewidth=2, label=f"AUROC = {auroc:.3f}")
-            ax.plot([0, 1], [0, 1], color="#9e9e9e", linestyle=":", linewidth=1, label="chance")
-            if threshold is not None and math.isfinite(threshold):
-                pred = s >= threshold
-                tp = float(np.mean(pred[y == 1]))
-                fp = float(np.mean(pred[y == 0]))
-                ax.plot([fp], [tp], "o", color="#111", label="at threshold")
-            ax.set_xlim(-0.01, 1.01)
-            ax.set_ylim(-0.01, 1.01)
-            ax.set_aspect("equal")
-            ax.set_xlabel("false positive rate")
-            ax.set_ylabel("true positive rate")
-            ax.set_title("ROC")
-            ax.legend(loc="lower right", frameon=False)
-            ax.spines[["top", "right"]].set_visible(False)
-            roc_svg = _svg_of(fig, "roc")
-    return hist_svg, roc_svg, auroc
+    return _template("colorbar.html").substitute(vmin=_esc(_fmt(vmin)), vmax=_esc(_fmt(vmax)),
+                                                 gradient=grad).rstrip("\n")
 
 
 def _badge(anomalous: bool | None) -> str:
@@ -238,58 +144,15 @@ def _truth(label: int | None) -> str:
 
 def _card(item: ReportImage, rng: tuple[float, float] | None) -> str:
     rgb = _to_rgb_u8(item.image)
-    parts = [f'<figure class="card{" flag" if item.anomalous else ""}">', '<div class="pair">']
     alt = _esc(item.name)
-    parts.append(f'<img src="{_png_data_uri(_shrink(rgb))}" alt="{alt} (original)" title="original">')
     if item.amap is not None and rng is not None:
         ov = overlay(rgb, item.amap, rng[0], rng[1])
-        parts.append(f'<img src="{_png_data_uri(_shrink(ov))}" alt="{alt} (overlay)" title="anomaly overlay">')
+        heat = f'<img src="{_png_data_uri(_shrink(ov))}" alt="{alt} (overlay)" title="anomaly overlay">'
     else:
-        parts.append('<div class="nomap">no anomaly map</div>')
-    parts.append("</div><figcaption>")
-    parts.append(f'<div class="name" title="{alt}">{alt}</div>')
-    parts.append(f'<div class="meta"><span class="score">score {_esc(_fmt(item.score))}</span>'
-                 f"{_badge(item.anomalous)}{_truth(item.label)}</div>")
-    parts.append("</figcaption></figure>")
-    return "".join(parts)
-
-
-_CSS = """
-*{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d1f23;line-height:1.4}
-main{max-width:1400px;margin:0 auto;padding:24px}
-h1{margin:0 0 4px;font-size:1.7rem}
-h2{margin:32px 0 12px;font-size:1.2rem;border-bottom:2px solid #dfe3e8;padding-bottom:4px}
-.muted{color:#6b7280;font-size:.85rem}
-.summary{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
-.stat{background:#fff;border-radius:8px;padding:10px 16px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
-.stat b{display:block;font-size:1.4rem}
-table{border-collapse:collapse;background:#fff;border-radius:8px;overflow:hidden;box-shadow:0 1px 2px rgba(0,0,0,.08)}
-th,td{padding:6px 14px;text-align:left;border-bottom:1px solid #eef0f3;vertical-align:top}
-th{background:#fafbfc;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:16px}
-.card{margin:0;background:#fff;border-radius:10px;padding:10px;box-shadow:0 1px 3px rgba(0,0,0,.1);border-top:4px solid #cfd8dc}
-.card.flag{border-top-color:#c62828}
-.pair{display:grid;grid-template-columns:1fr 1fr;gap:6px}
-.pair img{width:100%;height:auto;display:block;border-radius:4px;background:#000}
-.nomap{display:flex;align-items:center;justify-content:center;background:#eceff1;color:#78909c;border-radius:4px;font-size:.85rem;min-height:80px}
-figcaption{margin-top:8px}
-.name{font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.meta{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin-top:4px;font-size:.9rem}
-.score{font-variant-numeric:tabular-nums}
-.badge{padding:1px 8px;border-radius:999px;color:#fff;font-size:.8rem;font-weight:600}
-.badge.bad{background:#c62828}.badge.ok{background:#2e7d32}.badge.none{background:#90a4ae}
-.truth{color:#455a64;font-size:.85rem}
-.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:16px;align-items:start}
-.plot{background:#fff;border-radius:10px;padding:10px;box-shadow:0 1px 3px rgba(0,0,0,.1)}
-.plot svg{width:100%;height:auto;display:block}
-.cbar{display:flex;align-items:center;gap:8px;margin:0 0 12px;font-size:.85rem}
-.cbar-grad{width:220px;height:12px;border-radius:3px}
-ul.skipped li{margin:2px 0}
-details{margin-top:8px}
-code{background:#eceff1;padding:0 4px;border-radius:3px}
-"""
+        heat = '<div class="nomap">no anomaly map</div>'
+    return _template("card.html").substitute(
+        flag=" flag" if item.anomalous else "", original=_png_data_uri(_shrink(rgb)), alt=alt, heat=heat,
+        score=_esc(_fmt(item.score)), badge=_badge(item.anomalous), truth=_truth(item.label)).rstrip("\n")
 
 
 def write_report(
@@ -326,17 +189,11 @@ def write_report(
             raise ValueError(f"{y.size} labels for {s.size} scores")
     thr = None if threshold is None else float(threshold)
 
-    hist_svg, roc_svg, auroc = _plots(s, y, thr)
+    hist_svg, roc_svg, auroc = score_plots(s, y, thr)
     rng = map_range if map_range is not None else _auto_map_range(top)
 
     out: list[str] = []
-    out.append("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
-    out.append('<meta name="viewport" content="width=device-width, initial-scale=1">')
-    out.append(f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body><main>")
-
-    # --- header + info
-    out.append(f"<h1>{_esc(title)}</h1>")
-    out.append(f'<div class="muted">generated {_esc(datetime.now().strftime("%Y-%m-%d %H:%M"))}</div>')
+    # --- summary + info
     stats = [("images scored", str(s.size))]
     if thr is not None:
         n_flag = int(np.sum(s[np.isfinite(s)] >= thr))
@@ -408,7 +265,9 @@ def write_report(
             out.append(row + "</tr>")
         out.append("</table></details>")
 
-    out.append("</main></body></html>\n")
+    page = _template("report.html").substitute(
+        title=_esc(title), css=_template("report.css").template,
+        generated=_esc(datetime.now().strftime("%Y-%m-%d %H:%M")), body="\n".join(out))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out), encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
     return path

@@ -1,4 +1,4 @@
-"""Tests for normalcy.report: colour mapping, overlays, PNG heatmaps and the HTML report."""
+"""Tests for normalcy.heatmap and normalcy.report: colour mapping, overlays, PNG heatmaps and the HTML report."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.report import ReportImage, colorize, overlay, save_heatmap, write_report
+from normalcy.heatmap import colorize, overlay, save_heatmap
+from normalcy.report import ReportImage, write_report
 
 
 def _image(h: int = 32, w: int = 48, seed: int = 0) -> np.ndarray:
