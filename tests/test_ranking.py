@@ -1,8 +1,9 @@
-"""Active-learning re-ranking (normalcy.ranking): label mapping, cold start, learning, speed."""
+"""Active-learning re-ranking (normalcy.ranking): label mapping, cold start, learning.
+
+How fast a re-rank is: bench/rerank_speed.py.
+"""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -217,8 +218,11 @@ def test_protege_caps_training_set():
     x, anomaly, ia, ib = two_clusters()
     labelled = np.concatenate([ia[:30], ib[:30]])
     user = np.concatenate([np.zeros(30), np.full(30, 5.0)])
-    p = Protege(max_train=20, fit_max=10).rank(x, anomaly, labelled, user)
+    r = Protege(max_train=20, fit_max=10, n_jobs=1)
+    p = r.rank(x, anomaly, labelled, user)
     assert p.shape == (len(x),) and np.all(np.isfinite(p)) and np.all(p >= 0)
+    # Only the 20 most recent labels count (the same best score either way: they are all 5).
+    np.testing.assert_array_equal(p, r.rank(x, anomaly, labelled[-20:], user[-20:]))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -293,26 +297,3 @@ def test_changed_features_are_not_served_from_cache():
     y[ib[10]] += 100.0  # moves one B object far away: its priority must change
     b = r.rank(y, anomaly, labelled, user)
     assert a[ib[10]] != b[ib[10]]
-
-
-# ----------------------------------------------------------------------------- speed
-
-
-@pytest.mark.parametrize("name", ["neighbour", "protege"])
-def test_rerank_speed_20k(name):
-    """Smoke test of the < 1 s budget (bench/rerank_speed.py measures 100,000 rows)."""
-    rng = np.random.default_rng(0)
-    n, d = 20_000, 256
-    centres = rng.normal(0, 3, (8, d)).astype(np.float32)
-    x = centres[rng.integers(0, 8, n)] + rng.normal(size=(n, d)).astype(np.float32)
-    anomaly = rng.random(n)
-    r = make_ranker(name)
-    lab = rng.choice(n, 200, replace=False)
-    r.rank(x, anomaly, lab[:20], rng.integers(0, 6, 20).astype(float))  # warm-up: projection cache
-    best = np.inf
-    for _ in range(2):  # best of two: other processes on a shared 2-core box add noise
-        t = time.perf_counter()
-        p = r.rank(x, anomaly, lab, rng.integers(0, 6, 200).astype(float))
-        best = min(best, time.perf_counter() - t)
-    assert p.shape == (n,) and np.all(np.isfinite(p))
-    assert best < 1.0, f"{name}: {best:.2f} s to re-rank 20,000 x 256 with 200 labels"
