@@ -28,12 +28,6 @@ def _amap(h: int = 32, w: int = 48) -> np.ndarray:
 # --------------------------------------------------------------------------- colorize
 
 
-def test_colorize_shape_dtype() -> None:
-    out = colorize(_amap(), 0.0, 1.0)
-    assert out.shape == (32, 48, 3)
-    assert out.dtype == np.uint8
-
-
 def test_colorize_high_is_red_low_is_blue() -> None:
     a = np.array([[0.0, 1.0]], dtype=np.float32)
     out = colorize(a, 0.0, 1.0).astype(int)
@@ -56,9 +50,11 @@ def test_colorize_degenerate_range_does_not_crash(vmin: float, vmax: float) -> N
     assert out.shape == (1, 3, 3) and out.dtype == np.uint8
 
 
-def test_colorize_nan_is_safe() -> None:
-    out = colorize(np.array([[np.nan, np.inf, -np.inf]]), 0.0, 1.0)
-    assert out.shape == (1, 3, 3)
+def test_colorize_nan_is_cold_and_infinities_clip() -> None:
+    out = colorize(np.array([[np.nan, np.inf, -np.inf, 0.0, 1.0]]), 0.0, 1.0)
+    assert out.shape == (1, 5, 3) and out.dtype == np.uint8
+    assert np.array_equal(out[0, 0], out[0, 3]) and np.array_equal(out[0, 2], out[0, 3])
+    assert np.array_equal(out[0, 1], out[0, 4])
 
 
 # --------------------------------------------------------------------------- overlay
@@ -89,9 +85,11 @@ def test_overlay_alpha_extremes() -> None:
     assert np.array_equal(overlay(img, a, 0.0, 1.0, alpha=1.0), colorize(a, 0.0, 1.0))
 
 
-def test_overlay_degenerate_range() -> None:
-    out = overlay(_image(), _amap(), 0.3, 0.3)
+def test_overlay_degenerate_range_still_shows_the_hot_region() -> None:
+    out = overlay(_image(), _amap(), 0.3, 0.3, alpha=1.0)
     assert out.shape == (32, 48, 3)
+    assert np.array_equal(out[10, 15], colorize(np.ones((1, 1)), 0.0, 1.0)[0, 0])  # above vmin: hottest
+    assert np.array_equal(out[0, 0], colorize(np.zeros((1, 1)), 0.0, 1.0)[0, 0])
 
 
 # --------------------------------------------------------------------------- save_heatmap
