@@ -248,7 +248,7 @@ def serve(
 ) -> None:
     """Review in the browser: a gallery by rank, label with the keyboard, the ranking learns (active learning)."""
     _setup(threads)
-    from .server import new_token, page_url, serve as run_server
+    from .server import serve as run_server
 
     run_dir = target
     if (target / "model.json").is_file():
@@ -260,10 +260,8 @@ def serve(
         raise InputError(f"{target}: neither a run folder (no scores.csv) nor a model directory (no model.json)")
     elif images:
         raise InputError(f"{target} is a run folder: it already holds its scores; give images only with a model")
-    token = new_token()
-    console.print(f"review {run_dir} at [bold]{page_url(host, port, token)}[/]  (Ctrl-C stops)", soft_wrap=True)
-    run_server(run_dir, host=host, port=port, database=database, strategy=strategy, token=token,
-               open_browser=open_browser)
+    # serve() prints the URL itself, once the server accepts connections.
+    run_server(run_dir, host=host, port=port, database=database, strategy=strategy, open_browser=open_browser)
 
 
 @app.command("eval")

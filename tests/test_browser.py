@@ -1,6 +1,6 @@
 """End to end: the review page in a real headless browser (Debian's chromium driven by Playwright).
 
-The real server (normalcy.server) runs in a thread on a free port, on a small run
+The real server (normalcy.server) runs in a thread on a socket bound to port 0, on a small run
 directory whose embeddings form two clusters, so a label visibly changes the order.
 A screenshot of the page is saved to artifacts/review.png for people to look at.
 """
@@ -11,9 +11,7 @@ import csv
 import io
 import re
 import shutil
-import socket
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -42,9 +40,7 @@ CHROMIUM = _chromium()
 pytestmark = pytest.mark.skipif(sync_playwright is None or CHROMIUM is None, reason=SKIP_BROWSER)
 
 try:
-    import uvicorn
-
-    from normalcy.server import create_app, new_token
+    from normalcy.server import ReviewServer, create_app, listen, new_token
 except ImportError as err:  # noqa: F841  (reported in the skip reason)
     SERVER_MISSING: str | None = f"normalcy.server is not importable: {err}"
 else:
@@ -53,21 +49,16 @@ else:
 from review_fixtures import make_run  # noqa: E402  (tests/ is on sys.path)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Served:
     """The review server for one run, running in a background thread."""
 
     def __init__(self, run_dir: Path, database: str) -> None:
         self.token = new_token()
         app = create_app(run_dir, self.token, database=database)
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.ready = threading.Event()
+        self.served = ReviewServer(app, self.token, listen("127.0.0.1", 0), announce=lambda _url: self.ready.set())
+        self.port = self.served.port
+        self.thread = threading.Thread(target=self.served.run, daemon=True)
 
     @property
     def base(self) -> str:
@@ -79,15 +70,13 @@ class Served:
 
     def __enter__(self) -> "Served":
         self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the review server did not start")
-            time.sleep(0.02)
+        if not self.ready.wait(15):
+            self.served.stop()
+            raise RuntimeError("the review server did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
+        self.served.stop()
         self.thread.join(timeout=10)
 
 

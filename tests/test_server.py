@@ -1,28 +1,30 @@
-"""The review server: token auth, no file outside the run's folders, labels that persist and re-rank."""
+"""The review server: token auth, Host check, no file outside the run's folders, labels that persist and re-rank."""
 
 from __future__ import annotations
 
 import csv
 import http.client
 import io
+import logging
 import os
+import re
+import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from review_fixtures import THRESHOLD, db_url, make_run  # noqa: F401  (db_url is a fixture)
 from sqlalchemy import update
 
-from normalcy import server as server_mod
+from normalcy import server_app
 from normalcy.data import InputError
-from normalcy.server import create_app, new_token, page_url
-from normalcy.store import items_table
+from normalcy.guard import MAX_BODY, cookie_name
+from normalcy.server import ReviewServer, create_app, listen, new_token, page_url, serve
+from normalcy.store import Store, items_table
 
 TOKEN = "test-token-" + "x" * 20
 PROTECTED = ["/", "/api/items", "/api/items/1/image", "/static/review.js", "/api/labels.csv", "/api/status"]
@@ -59,8 +61,9 @@ def by_name(c: TestClient) -> dict[str, dict]:
 
 def test_everything_needs_the_token(run: Path) -> None:
     wrong = [({}, {}, {}), ({"token": "wrong"}, {}, {}), ({}, {"Authorization": "Bearer wrong"}, {}),
-             ({}, {"Authorization": f"Basic {TOKEN}"}, {}), ({}, {}, {"normalcy_token": "nope"}),
-             ({"token": TOKEN[:-1]}, {"Authorization": "Bearer"}, {"normalcy_token": ""})]
+             ({}, {"Authorization": f"Basic {TOKEN}"}, {}), ({}, {}, {cookie_name(80): "nope"}),
+             ({"token": TOKEN[:-1]}, {"Authorization": "Bearer"}, {cookie_name(80): ""}),
+             ({}, {}, {"normalcy_token": TOKEN}), ({}, {}, {cookie_name(8765): TOKEN})]  # another port's cookie
     with open_client(run) as c:
         for path in PROTECTED:
             for params, headers, cookies in wrong:
@@ -83,7 +86,7 @@ def test_token_from_query_cookie_or_bearer(run: Path) -> None:
         r = c.get("/", params={"token": TOKEN})
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         cookie = r.headers["set-cookie"]
-        assert "normalcy_token=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace(
+        assert cookie.startswith("normalcy_token_80=") and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace(
             "SameSite=Strict", "SameSite=strict") and "Path=/" in cookie
         assert c.get("/api/items").status_code == 200  # the cookie now does it
         assert c.get("/").status_code == 200
@@ -93,11 +96,49 @@ def test_token_from_query_cookie_or_bearer(run: Path) -> None:
         assert c.get("/api/items").status_code == 401
 
 
+def test_two_servers_on_one_host_keep_their_cookies(run: Path, tmp_path: Path) -> None:
+    """Browsers send a host's cookies to every port: one name for both would log each other out."""
+    other = make_run(tmp_path / "other")
+    with Live(run) as a, Live(other, token="other-token-" + "y" * 20) as b, httpx.Client(timeout=10) as browser:
+        assert browser.get(f"http://127.0.0.1:{a.port}/", params={"token": TOKEN}).status_code == 200
+        assert browser.get(f"http://127.0.0.1:{b.port}/", params={"token": b.token}).status_code == 200
+        assert {c.name for c in browser.cookies.jar} == {cookie_name(a.port), cookie_name(b.port)}
+        for live in (a, b):  # the cookie alone (no token in the URL) still opens each
+            assert browser.get(f"http://127.0.0.1:{live.port}/api/status").status_code == 200
+
+
+def test_host_header_is_checked(run: Path) -> None:
+    """A DNS-rebinding page reaches 127.0.0.1 under its own name: anything but this server's names is refused."""
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        for host in ("127.0.0.1:80", "localhost:80", "LOCALHOST", "[::1]:80", "testserver"):
+            assert c.get("/api/status", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", "evil.example:80", "127.0.0.1:8080", "localhost:x", "127.0.0.1.evil.example",
+                     socket.gethostname() + ":80"):
+            r = c.get("/api/status", headers={"Host": host})
+            assert r.status_code == 400 and "Host" in r.json()["detail"], host
+            assert r.headers["x-frame-options"] == "DENY"
+        r = c.get("/", headers={"Host": "evil.example"}, params={"token": TOKEN})
+        assert r.status_code == 400 and "set-cookie" not in r.headers
+    with open_client(run, host="0.0.0.0") as c:  # on the network: this machine's name works too
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert c.get("/api/status", headers={"Host": socket.gethostname() + ":80"}).status_code == 200
+        assert c.get("/api/status", headers={"Host": "evil.example:80"}).status_code == 400
+    with open_client(run, host="192.0.2.7") as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert c.get("/api/status", headers={"Host": "192.0.2.7:80"}).status_code == 200
+
+
 def test_security_headers(client: TestClient) -> None:
-    r = client.get("/api/items")
-    assert r.headers["x-content-type-options"] == "nosniff"
-    assert r.headers["referrer-policy"] == "no-referrer"
-    assert r.headers["cache-control"] == "no-store"
+    client.cookies.clear()
+    for r in (client.get("/api/items"), client.get("/"), client.get("/static/review.js"),
+              client.get("/api/items", headers={"Authorization": "Bearer wrong"})):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["referrer-policy"] == "no-referrer"
+        assert r.headers["x-frame-options"] == "DENY"
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert client.get("/api/items").headers["cache-control"] == "no-store"
     assert client.get("/api/nothing-here").status_code == 404
     for path in ("/docs", "/openapi.json"):
         assert client.get(path).status_code == 404
@@ -120,23 +161,25 @@ def test_static_files(client: TestClient, tmp_path: Path, monkeypatch: pytest.Mo
         (static / name).write_bytes(b"x")
     (tmp_path / "secret.js").write_text("secret")
     (static / "link.js").symlink_to(tmp_path / "secret.js")
-    monkeypatch.setattr(server_mod, "STATIC_DIR", static)
+    monkeypatch.setattr(server_app, "STATIC_DIR", static)
     types = {"a.js": "text/javascript", "a.css": "text/css", "a.html": "text/html", "a.png": "image/png"}
     for name, media in types.items():
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and r.headers["content-type"].startswith(media), name
         assert r.headers["x-content-type-options"] == "nosniff"
-    for name in ("link.js", "missing.js", "a%20b.js", "..."):
+    for name in ("link.js", "missing.js", "a%20b.js", "...", "a.js%00", "%00", "a%00.js", "a.js%0A"):
         assert client.get(f"/static/{name}").status_code == 404, name
 
 
-def test_page_is_served(client: TestClient) -> None:
-    r = client.get("/")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+def test_page_has_no_inline_script_or_style() -> None:
+    """The CSP allows no inline script or style, so the page must not need any."""
+    html = (server_app.STATIC_DIR / "review.html").read_text(encoding="utf-8")
+    assert "<style" not in html and not re.search(r"<[^>]*\s(style|on[a-z]+)\s*=", html)
+    scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", html, flags=re.S)
+    assert scripts and all(body.strip() == "" for body in scripts)
 
 
 def test_traversal_refused(client: TestClient) -> None:
-    server_py = Path(server_mod.__file__).read_text()
     for path in ("/static/../server.py", "/static/%2e%2e%2fserver.py", "/static/..%2fserver.py",
                  "/static/%2e%2e/server.py", "/api/items/..%2f..%2fetc%2fpasswd/image",
                  "/api/items/1/..%2f..%2f..%2fetc%2fpasswd"):
@@ -149,13 +192,14 @@ def test_raw_traversal_over_http(run: Path) -> None:
     """httpx tidies dot segments; a raw HTTP request sends them as they are."""
     with Live(run) as live:
         for path in ("/static/..", "/static/../server.py", "/static/%2e%2e%2fserver.py", "/static/..%2f..%2fstore.py",
-                     "/api/items/1/../../../../etc/passwd", "/api/items/..%2f..%2fetc%2fpasswd/image"):
+                     "/api/items/1/../../../../etc/passwd", "/api/items/..%2f..%2fetc%2fpasswd/image",
+                     "/static/review.js%00", "/static/%00", "/static/..%00/server.py", "/api/items/%00/image"):
             conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
             conn.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
             resp = conn.getresponse()
             body = resp.read().decode(errors="replace")
             conn.close()
-            assert resp.status in (403, 404, 422), path
+            assert resp.status in (400, 403, 404, 422), path
             assert "def create_app" not in body and "root:" not in body
 
 
@@ -368,32 +412,26 @@ def test_bad_database_url(run: Path) -> None:
 # --------------------------------------------------------------------------- a real server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Live:
-    """The app under uvicorn in a background thread, as `normalcy serve` runs it."""
+    """The app under uvicorn in a background thread, as `normalcy serve` runs it (on a socket bound to port 0)."""
 
-    def __init__(self, run: Path, database: str | None = None) -> None:
-        self.app = create_app(run, TOKEN, database=database)
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    def __init__(self, run: Path, database: str | None = None, token: str = TOKEN) -> None:
+        self.token = token
+        self.app = create_app(run, token, database=database)
+        self.ready = threading.Event()
+        self.served = ReviewServer(self.app, token, listen("127.0.0.1", 0), announce=lambda _url: self.ready.set())
+        self.port = self.served.port
+        self.thread = threading.Thread(target=self.served.run, daemon=True)
 
     def __enter__(self) -> "Live":
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the review server did not start")
-            time.sleep(0.02)
+        if not self.ready.wait(15):
+            self.served.stop()
+            raise RuntimeError("the review server did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
+        self.served.stop()
         self.thread.join(10)
         assert not self.thread.is_alive()
 
@@ -470,3 +508,141 @@ def test_odd_rows_and_formats(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     with caplog.at_level("WARNING", logger="normalcy"), open_client(run) as c:
         assert c.app.state.review.strategy == "none"  # type: ignore[attr-defined]
         assert "does not match" in caplog.text
+
+
+# --------------------------------------------------------------------------- security of the serving
+
+
+def test_runs_sharing_a_database(run: Path, tmp_path: Path, db_url: str) -> None:  # noqa: F811
+    """Two runs of the same images in one database: each keeps its own scores and labels."""
+    second = tmp_path / "second"
+    shutil.copytree(run, second)
+    (second / "review.sqlite").unlink(missing_ok=True)
+    text = (second / "scores.csv").read_text()
+    (second / "scores.csv").write_text(text.replace(",0.5,", ",0.25,"))  # another model: other scores
+    with open_client(run, database=db_url) as a:
+        a.headers["Authorization"] = f"Bearer {TOKEN}"
+        first_scores = {n: it["score"] for n, it in by_name(a).items()}
+        a.post(f"/api/items/{by_name(a)['img_004.png']['id']}/label", json={"label": "anomalous"})
+    with open_client(second, database=db_url) as b:
+        b.headers["Authorization"] = f"Bearer {TOKEN}"
+        names = by_name(b)
+        assert len(names) == 12 and names["img_004.png"]["label"] is None
+        assert names["img_006.png"]["score"] == 0.25 != first_scores["img_006.png"]
+        b.post(f"/api/items/{names['img_005.png']['id']}/label", json={"label": "normal"})
+    with open_client(run, database=db_url) as a:  # a restart of the first run finds its own state
+        a.headers["Authorization"] = f"Bearer {TOKEN}"
+        names = by_name(a)
+        assert {n: it["score"] for n, it in names.items()} == first_scores
+        assert names["img_004.png"]["label"] == "anomalous" and names["img_005.png"]["label"] is None
+        assert a.get("/api/status").json()["n_labelled"] == 1
+        rows = list(csv.DictReader(io.StringIO(a.get("/api/labels.csv").text)))
+        assert [Path(r["path"]).name for r in rows] == ["img_004.png"]
+    store = Store(db_url)
+    try:
+        assert store.items() == []  # a Store without a run id sees no run's items
+    finally:
+        store.close()
+
+
+def test_only_the_runs_folders_are_served(tmp_path: Path) -> None:
+    """An image listed from outside the input folders is served, but its neighbours are not."""
+    run = make_run(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = elsewhere / "img_000.png"
+    shutil.move(str(tmp_path / "images" / "img_000.png"), moved)
+    (elsewhere / "secret.png").write_bytes((tmp_path / "images" / "img_001.png").read_bytes())
+    text = (run / "scores.csv").read_text()
+    (run / "scores.csv").write_text(text.replace(str(tmp_path / "images" / "img_000.png"), str(moved)))
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        names = by_name(c)
+        assert c.get(names["elsewhere/img_000.png"]["image_url"]).status_code == 200
+        item_id = names["elsewhere/img_000.png"]["id"]
+        with c.app.state.review.store.engine.begin() as conn:  # type: ignore[attr-defined]
+            conn.execute(update(items_table).where(items_table.c.id == item_id)
+                         .values(path=str(elsewhere / "secret.png")))
+        assert c.get(f"/api/items/{item_id}/image").status_code == 403
+
+
+def test_non_finite_json_and_odd_bodies(client: TestClient) -> None:
+    item_id = items(client)["items"][0]["id"]
+    for raw in (b'{"interest": NaN}', b'{"interest": Infinity}', b'{"label": "normal", "x": -Infinity}',
+                b'{"label": NaN}', b'NaN', b'{"label": "normal\\u0000"}'):
+        r = client.post(f"/api/items/{item_id}/label", content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, (raw, r.status_code, r.text)
+        assert r.json()["detail"]
+    r = client.put("/api/strategy", content=b'{"strategy": NaN}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert items(client)["n_labelled"] == 0
+
+
+def test_request_bodies_are_capped(client: TestClient, run: Path) -> None:
+    item_id = items(client)["items"][0]["id"]
+    url = f"/api/items/{item_id}/label"
+    big = b'{"label": "normal", "pad": "' + b"x" * MAX_BODY + b'"}'
+    r = client.post(url, content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    r = client.post(url, content=(big[i:i + 65536] for i in range(0, len(big), 65536)),
+                    headers={"Content-Type": "application/json"})  # chunked: no Content-Length
+    assert r.status_code == 413
+    assert client.post(url, json={"label": "normal"}).status_code == 200
+    with Live(run) as live:  # over a real socket: a declared size is refused before the body is sent
+        conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+        conn.putrequest("POST", url)
+        conn.putheader("Authorization", f"Bearer {TOKEN}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(150_000_000))
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 413
+        conn.close()
+
+
+def test_url_is_announced_only_once_the_server_accepts(run: Path) -> None:
+    """listen() binds without listening: a URL announced too early would meet a refused connection."""
+    statuses: list[int] = []
+    app = create_app(run, TOKEN)
+
+    def announce(url: str) -> None:
+        statuses.append(httpx.get(url, timeout=10).status_code)
+        served.stop()
+
+    served = ReviewServer(app, TOKEN, listen("127.0.0.1", 0), announce=announce)
+    thread = threading.Thread(target=served.run, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive() and statuses == [200]
+    assert served.url == f"http://127.0.0.1:{served.port}/?token={TOKEN}"
+
+
+def test_serve_warns_beyond_loopback_and_prints_the_url(run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    started: list[str] = []
+
+    def fake_run(self: ReviewServer) -> None:  # what run() does once uvicorn is up, without serving
+        started.append(self.url)
+        assert self.announce is not None
+        self.announce(self.url)
+        self.sock.close()
+        self.app.state.review.store.close()
+
+    monkeypatch.setattr(ReviewServer, "run", fake_run)
+    for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="normalcy"):
+            serve(run, host=host, port=0, token=TOKEN)
+        assert ("anyone on the network" in caplog.text) is warned, host
+        err = capsys.readouterr().err
+        assert started[-1].startswith("http://127.0.0.1:") and started[-1] in err and "Ctrl-C" in err
+
+
+def test_taken_port_is_one_clear_error(run: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve(run, port=port, token=TOKEN)

@@ -1,0 +1,197 @@
+"""The review app: the page, its static files and the JSON API over one run's Review.
+
+Every request first passes the Guard (guard.py): Host header, token, body size.
+Image paths come from the database, never from a URL, and Review.allowed_file checks them.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Literal, Optional, Sequence
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from .data import ImageError, InputError, read_image
+from .guard import Guard, cookie_name, host_names, server_port, validation_error
+from .review import STRATEGIES, Review
+from .store import Item, Store
+
+__all__ = ["STATIC_DIR", "create_app"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # fullmatch: "$" would let a trailing newline through
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+}
+# Formats a browser shows as they are; anything else (TIFF, ...) is converted to PNG on the way out.
+BROWSER_IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+                  ".bmp": "image/bmp", ".gif": "image/gif"}
+PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: Optional[Literal["normal", "anomalous"]] = None
+    interest: Optional[StrictInt] = Field(default=None, ge=0, le=5)
+
+
+class StrategyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["none", "neighbour", "protege"]
+
+
+def _image_response(path: Path) -> Response:
+    media = BROWSER_IMAGES.get(path.suffix.lower())
+    headers = {"Cache-Control": "private, no-cache"}
+    if media is not None:
+        return FileResponse(path, media_type=media, headers=headers)
+    try:
+        arr = read_image(path)
+    except ImageError as err:
+        raise HTTPException(415, str(err)) from None
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return Response(buf.getvalue(), media_type="image/png", headers=headers)
+
+
+def create_app(run_dir: Path, token: str, database: str | None = None, strategy: str = "neighbour",
+               extra_roots: Sequence[Path] = (), host: str = "127.0.0.1") -> FastAPI:
+    """The review app for one run directory; raises InputError for an unusable run or database.
+
+    ``host`` is the address the server listens on: it decides which Host headers are accepted.
+    """
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise InputError(f"run folder not found: {run_dir}")
+    if not token:
+        raise ValueError("an access token is required")
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown ranking strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    store = Store.for_run(run_dir, database)
+    try:
+        review = Review(run_dir, store, strategy, extra_roots)
+    except BaseException:
+        store.close()
+        raise
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = FastAPI(title="normalcy review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.review = review
+    app.add_middleware(Guard, token=token, names=host_names(host))
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+    @app.get("/", include_in_schema=False)
+    def page(request: Request) -> HTMLResponse:
+        html_path = STATIC_DIR / "review.html"
+        html = html_path.read_text(encoding="utf-8") if html_path.is_file() else PLACEHOLDER_PAGE
+        response = HTMLResponse(html)
+        if secrets.compare_digest(request.query_params.get("token", "").encode(), token.encode()):
+            # Later requests (fetch, <img>) carry the cookie, so the token need not stay in URLs.
+            response.set_cookie(cookie_name(server_port(request.scope)), token, httponly=True,
+                                samesite="strict", path="/")
+        return response
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> FileResponse:
+        if not STATIC_NAME.fullmatch(name):  # checked first: a NUL byte would make resolve() raise
+            raise HTTPException(404, "not found")
+        path = (STATIC_DIR / name).resolve()
+        if not path.is_relative_to(STATIC_DIR) or not path.is_file():
+            raise HTTPException(404, "not found")
+        media = STATIC_TYPES.get(path.suffix.lower(), "application/octet-stream")
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/items")
+    def list_items(label: Literal["all", "unlabelled", "labelled", "normal", "anomalous"] = "all",
+                   decision: Literal["all", "anomalous", "normal"] = "all",
+                   offset: int = Query(0, ge=0), limit: int = Query(200, ge=1, le=10_000)) -> dict[str, Any]:
+        labels = review.labels()
+        order, _, _ = review.ranking
+        chosen: list[Item] = []
+        for k in order:
+            item = review.items[k]
+            cur, interest = labels.get(item.id, (None, None))
+            is_labelled = item.id in labels
+            if (label == "unlabelled" and is_labelled) or (label == "labelled" and not is_labelled):
+                continue
+            if label in ("normal", "anomalous") and cur != label:
+                continue
+            if decision != "all" and item.decision != (decision == "anomalous"):
+                continue
+            chosen.append(item)
+        page_items = [review.item_json(it, *labels.get(it.id, (None, None))) for it in chosen[offset:offset + limit]]
+        return {"total": len(chosen), "n_items": len(review.items), "n_labelled": len(labels),
+                "strategy": review.strategy, "rerank_ms": review.rerank_ms, "items": page_items}
+
+    def current(item_id: int) -> Item:
+        item = store.get(item_id) if item_id in review.index else None
+        if item is None:
+            raise HTTPException(404, f"no item {item_id} in this run")
+        return item
+
+    @app.get("/api/items/{item_id}")
+    def get_item(item_id: int) -> dict[str, Any]:
+        item = current(item_id)
+        return review.item_json(review.items[review.index[item_id]], item.label, item.interest)
+
+    @app.get("/api/items/{item_id}/image")
+    def item_image(item_id: int) -> Response:
+        item = current(item_id)  # the path comes from the database, never from the request
+        return _image_response(review.allowed_file(item.path, Path.cwd()))
+
+    @app.get("/api/items/{item_id}/overlay")
+    def item_overlay(item_id: int) -> Response:
+        item = current(item_id)
+        if not item.overlay:
+            raise HTTPException(404, f"item {item_id} has no overlay")
+        return _image_response(review.allowed_file(item.overlay, review.run_dir))
+
+    @app.post("/api/items/{item_id}/label")
+    def label_item(item_id: int, body: LabelIn, request: Request) -> dict[str, Any]:
+        if item_id not in review.index:
+            raise HTTPException(404, f"no item {item_id} in this run")
+        client = request.headers.get("x-client") or (request.client.host if request.client else "")
+        try:
+            item = store.set_label(item_id, body.label, body.interest, client=client)
+        except KeyError:
+            raise HTTPException(404, f"no item {item_id}") from None
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        ms = review.rerank()
+        return {"item": review.item_json(review.items[review.index[item_id]], item.label, item.interest),
+                "rerank_ms": ms}
+
+    @app.get("/api/labels.csv")
+    def labels_csv() -> Response:
+        return Response(store.export_csv(), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="labels.csv"'})
+
+    @app.get("/api/status")
+    def status() -> dict[str, Any]:
+        return review.status()
+
+    @app.put("/api/strategy")
+    def put_strategy(body: StrategyIn) -> dict[str, Any]:
+        review.set_strategy(body.strategy)
+        return review.status()
+
+    return app
