@@ -34,8 +34,11 @@ torchvision ResNet-18 checkpoint (file ``resnet18.py`` with
     )   # mean/std default to ImageNet's; pass yours if the network was trained otherwise
 
 A saved model records the (absolute) path of the factory file and of the
-weight file; ``normalcy.detectors.load`` rebuilds the backbone from them, so
-keep both files where they are.
+weight file, and the SHA-256 of the factory file; ``normalcy.detectors.load``
+rebuilds the backbone from them, so keep both files where they are. Since that
+rebuilds by running the factory file's Python code, ``load`` refuses such a
+model unless you pass ``trust_code=True`` (``--trust-model-code`` on the command
+line), and refuses it anyway if the file has changed since the model was fitted.
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ def main(argv: list[str]) -> None:
         )
     det = create("gaussian", extractor).fit(train, progress=False)
     det.save(work / "model")
-    again = load(work / "model")  # rebuilds the custom backbone from model.json
+    again = load(work / "model", trust_code=True)  # runs this file's code again: we trust it, we wrote it
     result = again.score(test, progress=False)
     print(f"model in {work / 'model'} ({sorted(p.name for p in list_files(work / 'model'))})")
     print(f"threshold {result.threshold:.3f}")

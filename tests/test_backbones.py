@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -234,7 +235,9 @@ def test_custom_backbone_gaussian_fit_save_load(tiny_weights, train_images, tmp_
     assert Path(extras["weights"]) == tiny_weights.resolve()
 
     monkeypatch.chdir(tmp_path)
-    again = load(model)
+    with pytest.raises(InputError, match="runs Python code"):
+        load(model)  # a model that runs code loads only when trusted
+    again = load(model, trust_code=True)
     assert again.extractor.spec.extras == det.extractor.spec.extras
     assert again.extractor.config == det.extractor.config
     assert list(again.extractor.spec.levels) == ["s8", "s16"]
@@ -276,6 +279,29 @@ def test_custom_backbone_bad_module_string(module, tiny_weights):
     ],
 )
 def test_custom_backbone_unbuildable_module(module, tiny_weights):
-    spec = custom_backbone(module, tiny_weights, levels=LEVELS, strides=STRIDES)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError):  # a missing file or module already fails here, where its hash is taken
+        spec = custom_backbone(module, tiny_weights, levels=LEVELS, strides=STRIDES)
         FeatureExtractor(spec, image_size=64)
+
+
+def test_custom_backbone_records_code_hash_of_file_and_module(tiny_weights, tmp_path, monkeypatch):
+    code = EXAMPLE.read_bytes()
+    spec = custom_backbone(f"{EXAMPLE}:tiny_cnn", tiny_weights, levels=LEVELS, strides=STRIDES)
+    assert spec.extras["code_sha256"] == hashlib.sha256(code).hexdigest()
+    (tmp_path / "tiny_net_for_normalcy_tests.py").write_bytes(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = custom_backbone("tiny_net_for_normalcy_tests:tiny_cnn", tiny_weights, levels=LEVELS, strides=STRIDES)
+    assert spec.extras["code_sha256"] == hashlib.sha256(code).hexdigest()
+    assert tuple(Backbone(spec)(torch.rand(1, 3, 64, 64))["s16"].shape) == (1, 48, 4, 4)
+
+
+def test_custom_backbone_refuses_changed_code(tiny_weights, tmp_path):
+    net = tmp_path / "net.py"
+    net.write_bytes(EXAMPLE.read_bytes())
+    spec = custom_backbone(f"{net}:tiny_cnn", tiny_weights, levels=LEVELS, strides=STRIDES)
+    net.write_text(net.read_text() + "\nraise SystemExit('this must never run')\n")
+    with pytest.raises(InputError, match="has changed since its SHA-256 was recorded"):
+        FeatureExtractor(spec, image_size=64)
+    with pytest.raises(InputError, match="has changed"):  # nor with a hash given, as load() gives it
+        FeatureExtractor(custom_backbone(f"{net}:tiny_cnn", tiny_weights, levels=LEVELS, strides=STRIDES,
+                                         code_sha256=hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()))

@@ -26,15 +26,15 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import __version__
 from ..backbones import custom_backbone
 from ..data import InputError
 from ..features import Batch, FeatureExtractor, Features, upsample_map
+from ..modelfile import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS, one_line, read_model
 from ..progress import progress_bar
 
-FORMAT_VERSION = 1
 log = logging.getLogger("normalcy")
 
 
@@ -247,37 +247,40 @@ class _Counter:
             yield b
 
 
-def load(directory: str | Path) -> Detector:
-    """Load a model directory written by ``Detector.save``."""
+def load(directory: str | Path, trust_code: bool = False) -> Detector:
+    """Load a model directory written by ``Detector.save``; every problem is one InputError line.
+
+    A model is data: one whose backbone is custom Python code is refused unless
+    ``trust_code`` (see ``normalcy.modelfile``), so loading a stranger's model runs nothing.
+    """
     from . import DETECTORS
 
     d = Path(directory)
-    meta_path = d / "model.json"
-    if not meta_path.is_file():
-        raise InputError(f"{d}: not a normalcy model (no model.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{meta_path}: invalid JSON ({err})") from None
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InputError(
-            f"{meta_path}: model format version {version!r} is not supported "
-            f"(this normalcy {__version__} reads version {FORMAT_VERSION})"
-        )
-    cls = DETECTORS.get(meta.get("detector", ""))
+    meta, tensors = read_model(d, trust_code=trust_code)
+    meta_path, state_path = d / MODEL_JSON, d / MODEL_TENSORS
+    cls = DETECTORS.get(meta.detector)
     if cls is None:
-        raise InputError(f"{meta_path}: unknown detector {meta.get('detector')!r}")
-    ex = dict(meta["extractor"])
-    extras = ex.pop("backbone_extras", {}) or {}
-    backbone: Any = ex.pop("backbone")
-    if extras:  # a custom backbone: rebuilt from its module and local weight file
-        backbone = custom_backbone(**extras)
-    extractor = FeatureExtractor(backbone=backbone, **ex)
-    det = cls(extractor=extractor, fpr=meta["fpr"], batch_size=meta.get("batch_size", 8),
-              seed=meta.get("seed", 0), **meta.get("params", {}))
-    det.load_state_dict(load_file(str(d / "model.safetensors")))
-    det.threshold_ = float(meta["threshold"])
-    det.map_range_ = tuple(meta.get("map_range", (0.0, 1.0)))  # type: ignore[assignment]
-    det.n_train_ = int(meta.get("n_train", 0))
+        raise InputError(f"{meta_path}: unknown detector {meta.detector!r}; this normalcy has {sorted(DETECTORS)}")
+    ex = meta.extractor
+    try:
+        backbone: Any = ex.backbone
+        if ex.backbone_extras is not None:  # a custom backbone: rebuilt from its (trusted, hashed) code
+            backbone = custom_backbone(**ex.backbone_extras.model_dump())
+        extractor = FeatureExtractor(backbone=backbone, **ex.model_dump(exclude={"backbone", "backbone_extras"}))
+        det = cls(extractor=extractor, fpr=meta.fpr, batch_size=meta.batch_size, seed=meta.seed, **meta.params)
+    except InputError as err:
+        raise InputError(f"{meta_path}: {err}") from None
+    except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as err:
+        raise InputError(f"{meta_path}: does not describe a {meta.detector} model: {one_line(err)}") from None
+    try:
+        det.load_state_dict(tensors)
+    except InputError as err:
+        raise InputError(f"{state_path}: {err}") from None
+    except KeyError as err:
+        raise InputError(f"{state_path}: does not fit a {meta.detector} model: missing tensor {err}") from None
+    except (ValueError, RuntimeError, AssertionError, TypeError, IndexError) as err:
+        raise InputError(f"{state_path}: does not fit a {meta.detector} model: {one_line(err)}") from None
+    det.threshold_ = meta.threshold
+    det.map_range_ = (meta.map_range[0], meta.map_range[1])
+    det.n_train_ = meta.n_train
     return det

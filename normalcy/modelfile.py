@@ -1,0 +1,309 @@
+"""Reading a model directory as data: checked, never executed.
+
+A model folder can come from anywhere (a colleague, a download, a shared drive),
+so ``read_model`` treats it as untrusted input: ``model.json`` is validated
+against the schema below (unknown keys are refused, so typos are caught), and
+``model.safetensors`` is parsed by safetensors alone, with every tensor checked
+to be a plain finite number array. Every problem is one ``InputError`` line that
+names the file, never a traceback.
+
+A model with a custom backbone names Python code that rebuilding it would run.
+Such a model is refused unless the caller trusts it (``trust_code=True``,
+``--trust-model-code``), and even then only while the code file still has the
+SHA-256 recorded when the model was fitted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from . import __version__
+from .backbones import BACKBONES, code_file, sha256_file
+from .data import InputError
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+MODEL_TENSORS = "model.safetensors"
+
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+class _Strict(BaseModel):
+    # strict: "64" is not an image size and true is not a count; forbid: a typo is an error.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CustomBackboneMeta(_Strict):
+    """``custom_backbone()``'s arguments as saved: where the code and the weights are."""
+
+    module: str
+    weights: str
+    levels: dict[str, str] = Field(min_length=1)
+    strides: dict[str, int] = Field(min_length=1)
+    mean: list[FiniteFloat] = Field(min_length=3, max_length=3)
+    std: list[FiniteFloat] = Field(min_length=3, max_length=3)
+    patch_levels: list[str] = Field(min_length=1)
+    code_sha256: str | None = None  # None only in models fitted before code was hashed
+
+    @field_validator("module")
+    @classmethod
+    def _module(cls, v: str) -> str:
+        target, _, func = v.rpartition(":")
+        if not target or not func.isidentifier():
+            raise ValueError(f"expected 'file.py:function' or 'module:function' (got {v!r})")
+        if target.endswith(".py"):
+            if not Path(target).is_absolute():  # relative to whatever directory one loads from: refused
+                raise ValueError(f"the code file must be an absolute path (got {target!r})")
+        elif not _DOTTED.fullmatch(target):
+            raise ValueError(f"not a Python module name (got {target!r})")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if not Path(v).is_absolute():
+            raise ValueError(f"the weight file must be an absolute path (got {v!r})")
+        return v
+
+    @field_validator("code_sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be 64 lowercase hex digits")
+        return v
+
+    @property
+    def code_target(self) -> str:
+        """The file or module part of ``module``."""
+        return self.module.rpartition(":")[0]
+
+
+class ExtractorMeta(_Strict):
+    """``FeatureExtractor.config``: everything needed to rebuild the feature extraction."""
+
+    backbone: str
+    backbone_extras: CustomBackboneMeta | None
+    image_size: Any  # an int, or [H, W]; checked below
+    patch_levels: list[str] = Field(min_length=1)
+    pooled_levels: list[str] = Field(min_length=1)
+    aggregate: int = Field(ge=1)
+    pool_grid: int = Field(ge=1)
+    pool_max_dim: int = Field(ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # models from before bf16 ran in fp32
+
+    @field_validator("backbone_extras", mode="before")
+    @classmethod
+    def _no_extras(cls, v: Any) -> Any:
+        return None if v == {} else v  # built-in backbones save {}
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: Any) -> int | list[int]:
+        sides = v if isinstance(v, list) and len(v) == 2 else [v]
+        for s in sides:
+            if isinstance(s, bool) or not isinstance(s, int):
+                raise ValueError(f"must be an integer or [height, width] (got {v!r})")
+            if s < 32:
+                raise ValueError(f"must be at least 32 (got {s})")
+            if s > 4096:
+                raise ValueError(f"must be at most 4096 (got {s})")
+        return v
+
+    @model_validator(mode="after")
+    def _levels(self) -> "ExtractorMeta":
+        if self.backbone_extras is not None:
+            levels = list(self.backbone_extras.levels)
+        elif self.backbone in BACKBONES:
+            levels = list(BACKBONES[self.backbone].levels)
+        else:
+            raise ValueError(f"unknown backbone {self.backbone!r}; this normalcy has {sorted(BACKBONES)}")
+        for key in ("patch_levels", "pooled_levels"):
+            unknown = [lv for lv in getattr(self, key) if lv not in levels]
+            if unknown:
+                raise ValueError(f"{key}: the backbone has no level {unknown[0]!r}; it has {levels}")
+        return self
+
+
+class ModelMeta(_Strict):
+    """``model.json``."""
+
+    format_version: int
+    normalcy_version: str
+    detector: str
+    params: dict[str, Any]
+    extractor: ExtractorMeta
+    fpr: FiniteFloat = Field(gt=0.0, lt=1.0)
+    threshold: FiniteFloat
+    map_range: list[FiniteFloat] = Field(min_length=2, max_length=2)
+    n_train: int = Field(ge=1)
+    seed: int
+    batch_size: int = Field(ge=1)
+    created: str
+    training: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> "ModelMeta":
+        lo, hi = self.map_range
+        if not lo < hi:
+            raise ValueError(f"map_range: low must be below high (got {self.map_range})")
+        return self
+
+
+def read_model(directory: str | Path, trust_code: bool = False) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
+    """model.json and model.safetensors of a model directory, checked; runs no code from it.
+
+    Raises ``InputError`` with one line naming the file and the problem.
+    """
+    d = Path(directory)
+    meta_path = d / MODEL_JSON
+    if not meta_path.is_file():
+        raise InputError(f"{d}: not a normalcy model (no {MODEL_JSON})")
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{meta_path}: cannot read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{meta_path}: invalid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{meta_path}: expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise InputError(
+            f"{meta_path}: model format version {version!r} is not supported "
+            f"(this normalcy {__version__} reads version {FORMAT_VERSION})"
+        )
+    if raw.get("detector") == "musc":
+        raise InputError(f"{meta_path}: musc is zero-shot and has no saved models: use normalcy score-batch")
+    try:
+        meta = ModelMeta.model_validate(raw)
+    except ValidationError as err:
+        raise InputError(f"{meta_path}: {_describe(err)}") from None
+    extras = meta.extractor.backbone_extras
+    if extras is not None:
+        check_code(meta_path, extras, trust_code)
+    return meta, read_tensors(d / MODEL_TENSORS)
+
+
+def check_code(meta_path: Path, extras: CustomBackboneMeta, trust_code: bool) -> None:
+    """Refuse a custom backbone's code unless trusted, and trusted code that has changed since fitting."""
+    target = extras.code_target
+    where = target if target.endswith(".py") else f"module {target!r}"
+    if not trust_code:
+        # Nothing is looked up here: even finding a module's file imports its parent packages.
+        raise InputError(
+            f"{meta_path}: this model runs Python code from {where} (custom backbone); "
+            "load it only if you trust it: pass --trust-model-code (in Python: trust_code=True)"
+        )
+    if extras.code_sha256 is None:
+        raise InputError(f"{meta_path}: this model records no SHA-256 of its code ({where}): fit it again")
+    path = code_file(target)
+    actual = sha256_file(path)
+    if actual != extras.code_sha256:
+        raise InputError(
+            f"{meta_path}: the custom backbone code {path} has changed since the model was fitted "
+            f"(sha256 {actual}, recorded {extras.code_sha256})"
+        )
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, parsed by safetensors alone, with every tensor a finite number array."""
+    if not path.is_file():
+        raise InputError(f"{path}: missing")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as err:
+        raise InputError(f"{path}: not a valid safetensors file ({one_line(err)})") from None
+    check_tensors(state, None, source=str(path))
+    return state
+
+
+def check_tensors(
+    state: dict[str, torch.Tensor],
+    expected: dict[str, tuple[tuple[int | None, ...], str]] | None = None,
+    source: str = MODEL_TENSORS,
+) -> None:
+    """Raise ``InputError`` unless every tensor is a finite float or an integer array.
+
+    With ``expected`` ({name: (shape, dtype)}), the names must be exactly those, and each
+    shape must match (None: any size along that axis). dtype is "float", "int" or a torch
+    dtype name such as "float32". Detectors call this to say what their state looks like.
+    """
+    if expected is not None:
+        missing = [k for k in expected if k not in state]
+        if missing:
+            raise InputError(f"{source}: missing tensor {missing[0]!r}" + _more(missing))
+        extra = [k for k in state if k not in expected]
+        if extra:
+            raise InputError(f"{source}: unexpected tensor {extra[0]!r}" + _more(extra))
+    for name, t in state.items():
+        if t.dtype == torch.bool or t.dtype.is_complex:
+            raise InputError(f"{source}: tensor {name!r} has dtype {_dtype(t.dtype)}, expected numbers")
+        if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise InputError(f"{source}: tensor {name!r} has {bad} NaN or infinite value(s)")
+        if expected is None:
+            continue
+        shape, dtype = expected[name]
+        got = tuple(t.shape)
+        if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+            want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+            raise InputError(f"{source}: tensor {name!r} has shape {got}, expected {want}")
+        if not _dtype_ok(t.dtype, dtype):
+            raise InputError(f"{source}: tensor {name!r} has dtype {_dtype(t.dtype)}, expected {dtype}")
+
+
+def _dtype(dt: torch.dtype) -> str:
+    return str(dt).removeprefix("torch.")
+
+
+def _dtype_ok(dt: torch.dtype, want: str) -> bool:
+    if want == "float":
+        return dt.is_floating_point
+    if want == "int":
+        return not dt.is_floating_point and not dt.is_complex and dt != torch.bool
+    return _dtype(dt) == want
+
+
+def _more(names: list[str]) -> str:
+    return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+
+
+def _describe(err: ValidationError) -> str:
+    """Pydantic's errors as one line: 'field.path: problem', the first few of them."""
+    parts = []
+    for e in err.errors()[:3]:
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "missing":
+            msg = "missing"
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown key (a typo, or a model from a newer normalcy?)"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            msg = msg[0].lower() + msg[1:] if msg else msg
+            if "(got " not in msg:
+                msg += f" (got {_short(e.get('input'))})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = err.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _short(value: Any) -> str:
+    text = "NaN" if isinstance(value, float) and math.isnan(value) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message squeezed onto one line (torch's load_state_dict errors span many)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."

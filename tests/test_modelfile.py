@@ -1,0 +1,387 @@
+"""A model folder is data: crafted files give one clear line, and loading never runs its code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from normalcy.backbones import custom_backbone
+from normalcy.cli import app
+from normalcy.data import InputError
+from normalcy.detectors import create, load
+from normalcy.features import FeatureExtractor
+from normalcy.modelfile import ExtractorMeta, ModelMeta, check_tensors, read_model
+
+# A custom backbone file that leaves a marker when Python runs it: proof of whether loading ran code.
+NET_PY = '''
+from pathlib import Path
+from torch import nn
+
+Path({marker!r}).write_text("imported")
+
+
+def build() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 24, 3, stride=2, padding=1))
+'''
+NET_LEVELS = {"s8": "4", "s16": "6"}
+NET_STRIDES = {"s8": 8, "s16": 16}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    d = tmp_path_factory.mktemp("noise")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        p = d / f"{i:02d}.png"
+        Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, images: list[Path]) -> Path:
+    """A real, small gaussian model."""
+    det = create("gaussian", FeatureExtractor(image_size=64)).fit(images, progress=False)
+    return det.save(tmp_path_factory.mktemp("m") / "model")
+
+
+def _copy(model: Path, tmp_path: Path, meta: Callable[[dict], Any] | None = None,
+          tensors: Callable[[dict], Any] | None = None) -> Path:
+    """A copy of ``model`` with model.json and/or its tensors edited in place by the callables."""
+    d = tmp_path / "crafted"
+    shutil.copytree(model, d)
+    if meta is not None:
+        m = json.loads((d / "model.json").read_text())
+        meta(m)
+        (d / "model.json").write_text(json.dumps(m))
+    if tensors is not None:
+        t = load_file(str(d / "model.safetensors"))
+        tensors(t)
+        save_file(t, str(d / "model.safetensors"))
+    return d
+
+
+def _raises(d: Path, trust_code: bool = False) -> str:
+    with pytest.raises(InputError) as info:
+        load(d, trust_code=trust_code)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def _cli_fails(d: Path, images: list[Path], tmp_path: Path, *extra: str) -> str:
+    """`normalcy predict` on a bad model: exit code 1, one line, no traceback; returns the line."""
+    r = CliRunner().invoke(app, ["predict", str(d), str(images[0].parent), "-o", str(tmp_path / "out"), *extra])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit), r.exception  # not an uncaught exception
+    assert "Traceback" not in r.output and len(lines) == 1, r.output
+    return lines[0]
+
+
+def _set(path: str, value: Any) -> Callable[[dict], None]:
+    def edit(m: dict) -> None:
+        *parents, last = path.split(".")
+        for p in parents:
+            m = m[p]
+        m[last] = value
+    return edit
+
+
+def _drop(path: str) -> Callable[[dict], None]:
+    def edit(m: dict) -> None:
+        *parents, last = path.split(".")
+        for p in parents:
+            m = m[p]
+        del m[last]
+    return edit
+
+
+# (mutation of model.json, words the one-line error must contain)
+JSON_CASES = {
+    "missing threshold": (_drop("threshold"), "threshold: missing"),
+    "missing extractor": (_drop("extractor"), "extractor: missing"),
+    "missing backbone": (_drop("extractor.backbone"), "extractor.backbone: missing"),
+    "threshold is text": (_set("threshold", "high"), "threshold:"),
+    "n_train is text": (_set("n_train", "12"), "n_train:"),
+    "n_train is true": (_set("n_train", True), "n_train:"),
+    "params is a list": (_set("params", [1, 2]), "params:"),
+    "levels are a string": (_set("extractor.patch_levels", "s8"), "extractor.patch_levels:"),
+    "no patch levels": (_set("extractor.patch_levels", []), "extractor.patch_levels:"),
+    "image_size 0": (_set("extractor.image_size", 0), "extractor.image_size: must be at least 32 (got 0)"),
+    "image_size 20000": (_set("extractor.image_size", 20000),
+                         "extractor.image_size: must be at most 4096 (got 20000)"),
+    "image_size 3 sides": (_set("extractor.image_size", [64, 64, 64]), "extractor.image_size:"),
+    "aggregate 0": (_set("extractor.aggregate", 0), "extractor.aggregate:"),
+    "precision fp8": (_set("extractor.precision", "fp8"), "extractor.precision:"),
+    "fpr 1.5": (_set("fpr", 1.5), "fpr:"),
+    "threshold inf": (_set("threshold", float("inf")), "threshold: input should be a finite number"),
+    "map_range reversed": (_set("map_range", [2.0, 1.0]), "map_range"),
+    "map_range of three": (_set("map_range", [0.0, 1.0, 2.0]), "map_range:"),
+    "typo key": (_set("extractor.imagesize", 64), "extractor.imagesize: unknown key"),
+    "unknown detector": (_set("detector", "nope"), "unknown detector 'nope'"),
+    "format version 99": (_set("format_version", 99), "format version 99 is not supported"),
+    "musc": (_set("detector", "musc"), "musc is zero-shot and has no saved models: use normalcy score-batch"),
+    "unknown backbone": (_set("extractor.backbone", "resnet9000"), "extractor: unknown backbone 'resnet9000'"),
+    "unknown level": (_set("extractor.patch_levels", ["s64"]), "extractor: patch_levels: the backbone has no level 's64'"),
+    "unknown param": (_set("params.nope", 1), "nope"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(JSON_CASES))
+def test_crafted_model_json(case, model, tmp_path):
+    edit, words = JSON_CASES[case]
+    msg = _raises(_copy(model, tmp_path, meta=edit))
+    assert "model.json" in msg and words in msg, msg
+
+
+def test_nan_threshold(model, tmp_path):
+    d = _copy(model, tmp_path)
+    text = (d / "model.json").read_text()
+    meta = json.loads(text)
+    (d / "model.json").write_text(text.replace(json.dumps(meta["threshold"]), "NaN"))
+    assert json.loads((d / "model.json").read_text())["threshold"] != meta["threshold"]  # NaN really written
+    msg = _raises(d)
+    assert "model.json: threshold: input should be a finite number (got NaN)" in msg, msg
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"{", "invalid JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b"\xff\xfe\x00", "cannot read"),
+])
+def test_unreadable_model_json(content, words, model, tmp_path):
+    d = _copy(model, tmp_path)
+    (d / "model.json").write_bytes(content)
+    msg = _raises(d)
+    assert "model.json" in msg and words in msg, msg
+
+
+def test_no_model_json(model, tmp_path):
+    d = _copy(model, tmp_path)
+    (d / "model.json").unlink()
+    assert "not a normalcy model (no model.json)" in _raises(d)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "garbage", "truncated"])
+def test_crafted_safetensors_file(case, model, tmp_path):
+    d = _copy(model, tmp_path)
+    f = d / "model.safetensors"
+    if case == "missing":
+        f.unlink()
+    elif case == "empty":
+        f.write_bytes(b"")
+    elif case == "garbage":
+        f.write_bytes(b"this is not a safetensors file at all" * 10)
+    else:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    msg = _raises(d)
+    assert "model.safetensors" in msg, msg
+    assert {"missing": "missing", "empty": "empty file"}.get(case, "not a valid safetensors file") in msg
+
+
+def _nan(t: dict) -> None:
+    t["patch_mean"][0] = float("nan")
+
+
+def _wrong_shape(t: dict) -> None:
+    t["patch_precision"] = torch.eye(10, dtype=t["patch_precision"].dtype)
+
+
+TENSOR_CASES = {
+    "missing tensor": (lambda t: t.pop("patch_mean"), "patch_mean"),
+    "wrong shape": (_wrong_shape, "does not fit a gaussian model"),  # named by the trial score in load_state_dict
+    "NaN tensor": (_nan, "tensor 'patch_mean' has 1 NaN or infinite value(s)"),
+    "bool tensor": (lambda t: t.update(flag=torch.ones(3, dtype=torch.bool)), "tensor 'flag' has dtype bool"),
+    "extra tensor": (lambda t: t.update(stowaway=torch.zeros(3)), "stowaway"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TENSOR_CASES))
+def test_crafted_tensors(case, model, tmp_path):
+    edit, words = TENSOR_CASES[case]
+    msg = _raises(_copy(model, tmp_path, tensors=edit))
+    assert "model.safetensors" in msg and words in msg, msg
+
+
+@pytest.mark.parametrize("case", ["image_size 20000", "format version 99", "musc", "missing tensor",
+                                  "garbage", "NaN threshold"])
+def test_cli_predict_one_line(case, model, images, tmp_path):
+    if case in JSON_CASES:
+        d = _copy(model, tmp_path, meta=JSON_CASES[case][0])
+    elif case in TENSOR_CASES:
+        d = _copy(model, tmp_path, tensors=TENSOR_CASES[case][0])
+    elif case == "garbage":
+        d = _copy(model, tmp_path)
+        (d / "model.safetensors").write_bytes(b"garbage")
+    else:
+        d = _copy(model, tmp_path, meta=_set("threshold", float("nan")))
+    line = _cli_fails(d, images, tmp_path)
+    assert "model." in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_good_model_reads_and_loads(model, images):
+    meta, tensors = read_model(model)
+    assert meta.detector == "gaussian" and meta.extractor.image_size == 64
+    assert meta.extractor.backbone_extras is None and tensors
+    det = load(model)
+    again = load(model)
+    np.testing.assert_array_equal(det.score(images[:2], progress=False).scores,
+                                  again.score(images[:2], progress=False).scores)
+
+
+def test_schema_declares_every_key_written():
+    """Every key FeatureExtractor.config writes is declared (extra keys are refused)."""
+    ex = FeatureExtractor(image_size=64)
+    assert set(ex.config) <= set(ExtractorMeta.model_fields)
+    cfg = {**ex.config, "image_size": [64, 96]}  # [H, W] is accepted too
+    assert ExtractorMeta.model_validate(cfg).image_size == [64, 96]
+    assert {"format_version", "detector", "params", "extractor", "threshold", "training"} <= set(ModelMeta.model_fields)
+
+
+def test_check_tensors_against_a_spec():
+    state = {"patch_mean": torch.zeros(10), "patch_precision": torch.eye(10), "knn": torch.zeros(4, 3, dtype=torch.int64)}
+    spec = {"patch_mean": ((None,), "float"), "patch_precision": ((None, None), "float"), "knn": ((4, 3), "int")}
+    check_tensors(state, spec)
+    with pytest.raises(InputError, match=r"^model.safetensors: tensor 'patch_precision' has shape \(10, 10\), "
+                                         r"expected \(152, 152\)$"):
+        check_tensors(state, {**spec, "patch_precision": ((152, 152), "float")})
+    with pytest.raises(InputError, match=r"tensor 'patch_mean' has shape \(10,\), expected \(\?, 3\)"):
+        check_tensors(state, {**spec, "patch_mean": ((None, 3), "float")})
+    with pytest.raises(InputError, match="tensor 'knn' has dtype int64, expected float32"):
+        check_tensors(state, {**spec, "knn": ((4, 3), "float32")})
+    with pytest.raises(InputError, match="missing tensor 'bank'"):
+        check_tensors(state, {**spec, "bank": ((None,), "float")})
+    with pytest.raises(InputError, match="^m/model.safetensors: unexpected tensor 'knn'$"):
+        check_tensors(state, {k: v for k, v in spec.items() if k != "knn"}, source="m/model.safetensors")
+    with pytest.raises(InputError, match="tensor 'patch_mean' has 1 NaN"):
+        check_tensors({"patch_mean": torch.tensor([0.0, float("-inf")])}, None)
+
+
+# ------------------------------------------------------------------ models that run code
+
+
+@pytest.fixture(scope="module")
+def code_model(tmp_path_factory: pytest.TempPathFactory, images: list[Path]) -> dict[str, Any]:
+    """A gaussian model on a custom backbone from a .py file that leaves a marker when imported."""
+    d = tmp_path_factory.mktemp("code")
+    marker = d / "imported.marker"
+    net_py = d / "net.py"
+    net_py.write_text(NET_PY.format(marker=str(marker)))
+    torch.manual_seed(0)
+    ns: dict[str, Any] = {}
+    exec(compile(net_py.read_text(), str(net_py), "exec"), ns)
+    weights = d / "net.safetensors"
+    save_file({k: v.contiguous() for k, v in ns["build"]().state_dict().items()}, str(weights))
+    spec = custom_backbone(f"{net_py}:build", weights, levels=NET_LEVELS, strides=NET_STRIDES)
+    det = create("gaussian", FeatureExtractor(spec, image_size=64)).fit(images, progress=False)
+    return {"dir": det.save(d / "model"), "marker": marker, "net_py": net_py,
+            "scores": det.score(images[:3], progress=False).scores}
+
+
+@pytest.fixture
+def code_copy(code_model: dict[str, Any], tmp_path: Path) -> dict[str, Path]:
+    """A private copy of the code model, its code file and marker, so a test may change them."""
+    net_py, marker = tmp_path / "net.py", tmp_path / "imported.marker"
+    net_py.write_text(NET_PY.format(marker=str(marker)))
+
+    def point_here(m: dict) -> None:
+        extras = m["extractor"]["backbone_extras"]
+        extras["module"] = f"{net_py}:build"
+        extras["code_sha256"] = hashlib.sha256(net_py.read_bytes()).hexdigest()
+        m["extractor"]["backbone"] = f"custom:{extras['module']}"
+
+    return {"dir": _copy(code_model["dir"], tmp_path, meta=point_here), "marker": marker, "net_py": net_py}
+
+
+def test_code_model_records_the_code_hash(code_model):
+    extras = json.loads((code_model["dir"] / "model.json").read_text())["extractor"]["backbone_extras"]
+    assert extras["code_sha256"] == hashlib.sha256(code_model["net_py"].read_bytes()).hexdigest()
+    assert extras["module"] == f"{code_model['net_py']}:build"
+
+
+def test_code_model_refused_without_trust(code_copy, images, tmp_path):
+    msg = _raises(code_copy["dir"])
+    assert "model.json: this model runs Python code from" in msg and str(code_copy["net_py"]) in msg
+    assert "--trust-model-code" in msg
+    assert not code_copy["marker"].exists()
+    line = _cli_fails(code_copy["dir"], images, tmp_path)
+    assert "--trust-model-code" in line
+    assert not code_copy["marker"].exists()
+
+
+def test_code_model_loads_with_trust(code_model, code_copy, images):
+    det = load(code_copy["dir"], trust_code=True)
+    assert code_copy["marker"].exists()  # now, and only now, its code ran
+    np.testing.assert_array_equal(det.score(images[:3], progress=False).scores, code_model["scores"])
+
+
+def test_cli_trust_model_code(code_copy, images, tmp_path):
+    if "--trust-model-code" not in CliRunner().invoke(app, ["predict", "--help"]).output:
+        pytest.skip("predict has no --trust-model-code option yet")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["predict", str(code_copy["dir"]), str(images[0].parent), "-o", str(out),
+                                 "--trust-model-code"])
+    assert r.exit_code == 0, r.output
+    assert code_copy["marker"].exists() and (out / "scores.csv").is_file()
+
+
+def test_changed_code_refused_even_with_trust(code_copy):
+    code_copy["net_py"].write_text(code_copy["net_py"].read_text() + "\nprint('something else')\n")
+    msg = _raises(code_copy["dir"], trust_code=True)
+    assert "has changed since the model was fitted (sha256" in msg and str(code_copy["net_py"]) in msg
+    assert not code_copy["marker"].exists()
+
+
+def test_code_model_without_recorded_hash_refused(code_copy):
+    d = _copy(code_copy["dir"], code_copy["dir"].parent / "nohash", meta=_drop("extractor.backbone_extras.code_sha256"))
+    assert "model.json: this model runs Python code" in _raises(d)
+    assert "records no SHA-256" in _raises(d, trust_code=True)
+    assert not code_copy["marker"].exists()
+
+
+@pytest.mark.parametrize("module,words", [
+    ("net.py:build", "the code file must be an absolute path (got 'net.py')"),
+    ("../x/net.py:build", "the code file must be an absolute path"),
+    ("not a module!:build", "not a Python module name"),
+    ("/abs/net.py:", "expected 'file.py:function'"),
+])
+def test_crafted_code_paths_refused(module, words, code_copy):
+    d = _copy(code_copy["dir"], code_copy["dir"].parent / "crafted_path",
+              meta=_set("extractor.backbone_extras.module", module))
+    for trust in (False, True):
+        msg = _raises(d, trust_code=trust)
+        assert "model.json: extractor.backbone_extras.module:" in msg and words in msg, msg
+    assert not code_copy["marker"].exists()
+
+
+def test_installed_module_refused_without_importing_it(code_copy):
+    # "this:x" would print the Zen of Python on import; an untrusted load must not even look it up.
+    had = "this" in sys.modules
+    d = _copy(code_copy["dir"], code_copy["dir"].parent / "this", meta=_set("extractor.backbone_extras.module", "this:x"))
+    msg = _raises(d)
+    assert "runs Python code from module 'this'" in msg, msg
+    if not had:
+        assert "this" not in sys.modules
+
+
+def test_relative_weight_path_refused(code_copy):
+    d = _copy(code_copy["dir"], code_copy["dir"].parent / "relw",
+              meta=_set("extractor.backbone_extras.weights", "net.safetensors"))
+    assert "extractor.backbone_extras.weights: the weight file must be an absolute path" in _raises(d)
