@@ -19,7 +19,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
@@ -33,6 +33,7 @@ from .data import InputError
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 MODEL_TENSORS = "model.safetensors"
+MAX_JSON_BYTES = 16 * 2**20  # a real model.json is a few kB; a huge one is not a model
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -48,7 +49,7 @@ class CustomBackboneMeta(_Strict):
     module: str
     weights: str
     levels: dict[str, str] = Field(min_length=1)
-    strides: dict[str, int] = Field(min_length=1)
+    strides: dict[str, Annotated[int, Field(ge=1)]] = Field(min_length=1)
     mean: list[FiniteFloat] = Field(min_length=3, max_length=3)
     std: list[FiniteFloat] = Field(min_length=3, max_length=3)
     patch_levels: list[str] = Field(min_length=1)
@@ -167,12 +168,16 @@ def read_model(directory: str | Path, trust_code: bool = False) -> tuple[ModelMe
     meta_path = d / MODEL_JSON
     if not meta_path.is_file():
         raise InputError(f"{d}: not a normalcy model (no {MODEL_JSON})")
+    if meta_path.stat().st_size > MAX_JSON_BYTES:
+        raise InputError(f"{meta_path}: {meta_path.stat().st_size} bytes is too large for a model.json")
     try:
         raw = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{meta_path}: cannot read ({err})") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{meta_path}: invalid JSON ({err})") from None
+    except RecursionError:
+        raise InputError(f"{meta_path}: invalid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise InputError(f"{meta_path}: expected a JSON object, got {type(raw).__name__}")
     version = raw.get("format_version")

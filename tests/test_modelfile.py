@@ -164,6 +164,8 @@ def test_nan_threshold(model, tmp_path):
     (b"{", "invalid JSON"),
     (b"[1, 2]", "expected a JSON object"),
     (b"\xff\xfe\x00", "cannot read"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b" " * (16 * 2**20 + 1), "too large"),
 ])
 def test_unreadable_model_json(content, words, model, tmp_path):
     d = _copy(model, tmp_path)
@@ -379,6 +381,12 @@ def test_installed_module_refused_without_importing_it(code_copy):
     assert "runs Python code from module 'this'" in msg, msg
     if not had:
         assert "this" not in sys.modules
+
+
+def test_zero_stride_refused(code_copy):
+    d = _copy(code_copy["dir"], code_copy["dir"].parent / "stride",
+              meta=_set("extractor.backbone_extras.strides", {"s8": 0, "s16": 16}))
+    assert "extractor.backbone_extras.strides.s8: input should be greater than or equal to 1 (got 0)" in _raises(d)
 
 
 def test_relative_weight_path_refused(code_copy):
