@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -48,6 +48,7 @@ class Batch:
     images: list[np.ndarray]  # original images, HxWx3 uint8
     features: Features | None  # None when the detector works on images alone
     inputs: torch.Tensor | None = None  # the resized Bx3xSxS batch in [0, 1]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # files of this chunk that were not images
 
 
 def bf16_supported() -> bool:
@@ -171,39 +172,41 @@ class FeatureExtractor:
     def iter_batches(
         self,
         paths: Sequence[Path],
-        skipped: list[tuple[Path, str]],
         batch_size: int = 32,
         keep_images: bool = True,
         pooled: bool = True,
         features: bool = True,
     ) -> Iterator[Batch]:
-        """Read, preprocess and extract in batches; unreadable files go to ``skipped``.
+        """Read, preprocess and extract in batches; each batch names its own unreadable files.
 
         A background thread reads and resizes the next batch while the backbone runs
-        (decoding and resizing release the GIL), which hides most of the file I/O.
+        (decoding and resizing release the GIL), which hides most of the file I/O. The
+        thread returns what it read, skipped files included; it shares no list with the caller.
+        A chunk in which no file was readable comes back as a batch with no images.
         """
         paths = list(paths)
         chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
 
-        def read(chunk: list[Path]) -> tuple[list[Path], list[np.ndarray], torch.Tensor | None]:
+        def read(chunk: list[Path]) -> tuple[list[Path], list[np.ndarray], torch.Tensor | None, list]:
+            skipped: list[tuple[Path, str]] = []
             got = list(iter_images(chunk, skipped))
             images = [im for _, im in got]
-            return [p for p, _ in got], images, self.preprocess(images) if images else None
+            return [p for p, _ in got], images, self.preprocess(images) if images else None, skipped
 
         if len(chunks) <= 1:  # one batch: nothing to overlap, no thread to start
-            results: Iterator = iter([read(c) for c in chunks])
-            yield from self._extract(results, keep_images, pooled, features)
+            yield from self._extract(iter([read(c) for c in chunks]), keep_images, pooled, features)
             return
         with ThreadPoolExecutor(max_workers=1) as pool:
             yield from self._extract(_prefetched(pool, read, chunks), keep_images, pooled, features)
 
     def _extract(self, results: Iterator, keep_images: bool, pooled: bool, features: bool) -> Iterator[Batch]:
-        for done_paths, images, x in results:
+        for done_paths, images, x, skipped in results:
             if x is None:
+                yield Batch(paths=[], images=[], features=None, inputs=None, skipped=skipped)
                 continue
             feats = self(x, pooled=pooled) if features else None
             kept = images if keep_images else [np.empty((*im.shape[:2], 0), np.uint8) for im in images]
-            yield Batch(paths=done_paths, images=kept, features=feats, inputs=x)
+            yield Batch(paths=done_paths, images=kept, features=feats, inputs=x, skipped=skipped)
 
 
 def _prefetched(pool: ThreadPoolExecutor, fn: Callable, items: list) -> Iterator:

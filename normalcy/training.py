@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
+
+import torch
 
 from .progress import progress_bar
 
@@ -28,6 +30,24 @@ class TrainLog:
     stopped_by: str  # "steps", "time" or "interrupt"
 
 
+def step_decay(optimizer: torch.optim.Optimizer, lr: float,
+               milestones: Sequence[tuple[float, float]]) -> Callable[[float], None]:
+    """A learning-rate schedule for ``train``: at each (fraction of the run, factor) the rate is multiplied.
+
+    The papers decay at fixed fractions of their steps; under a time budget the run's
+    progress is the larger of the fraction of steps and the fraction of the time spent.
+    """
+    def schedule(done: float) -> None:
+        rate = lr
+        for at, factor in milestones:
+            if done >= at:
+                rate *= factor
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+
+    return schedule
+
+
 def train(
     step: Callable[[int], float],
     steps: int,
@@ -35,9 +55,11 @@ def train(
     progress: bool = True,
     description: str = "train",
     smoothing: float = 0.9,
+    schedule: Callable[[float], None] | None = None,
 ) -> TrainLog:
     """Run ``step(i) -> loss`` until ``steps`` are done or ``time_budget`` seconds have passed.
 
+    ``schedule(fraction done)`` runs before each step (see ``step_decay``).
     Ctrl-C stops after the current step; training so far is kept, and the caller goes on
     to calibrate and save as usual, so an interrupted run still yields a usable model.
     """
@@ -52,6 +74,9 @@ def train(
         task = bar.add_task(description, total=steps, loss="")
         try:
             for i in range(steps):
+                if schedule is not None:
+                    spent = (time.perf_counter() - start) / time_budget if time_budget else 0.0
+                    schedule(max(i / steps, spent))
                 loss = float(step(i))
                 running = loss if running is None else smoothing * running + (1 - smoothing) * loss
                 losses.append(running)

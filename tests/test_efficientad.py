@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from normalcy.data import load_dataset
-from normalcy.detectors import DETECTORS, load
-from normalcy.detectors.efficientad import EfficientAD, count_macs, pdn_tiny, synthetic_images
+from normalcy.detectors import load
+from normalcy.detectors.efficientad import EfficientAD
+from normalcy.networks import count_macs, pdn_tiny
+from normalcy.synthetic import synthetic_images
 from normalcy.features import FeatureExtractor
 
 # Tiny settings: the same shapes in every test, so oneDNN's one-time set-up is paid once.
@@ -31,11 +33,6 @@ def data(synthetic_root: Path):
 @pytest.fixture(scope="module")
 def fitted(fe: FeatureExtractor, data) -> EfficientAD:
     return EfficientAD(fe, seed=3, **TINY).fit(data[0], progress=False)
-
-
-def test_registered_and_no_backbone_flag() -> None:
-    assert DETECTORS["efficientad"] is EfficientAD
-    assert EfficientAD.uses_features is False
 
 
 def test_pdn_tiny_is_small() -> None:

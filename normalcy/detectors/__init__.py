@@ -1,4 +1,8 @@
-"""Detectors: one file each, all following the protocol in base.py."""
+"""Detectors: one file each, all following the protocol in base.py.
+
+MuSc is not among them: it is a zero-shot batch scorer with nothing to fit or save
+(``MuSc(...).score(paths)``, or ``normalcy score-batch``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Any
 
 from ..data import InputError
 from ..features import FeatureExtractor
-from .base import Detector, NotFittedError, Result, load
+from .base import Detector, NotFittedError, Result, Scored, Skipped, load
 from .draem import DRAEM
 from .efficientad import EfficientAD
 from .gaussian import GaussianAD
@@ -15,20 +19,16 @@ from .patchcore import PatchCore
 from .simplenet import SimpleNet
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls
-    for cls in (
-        GaussianAD,
-        PatchCore,
-        SimpleNet,
-        DRAEM,
-        EfficientAD,
-        MuSc,
-    )
+    cls.name: cls for cls in (GaussianAD, PatchCore, SimpleNet, DRAEM, EfficientAD)
 }
+ZERO_SHOT_MESSAGE = ("musc is zero-shot: it scores a batch of unlabeled images against each other and has no "
+                     "model to fit or save; use `normalcy score-batch FOLDER` (Python: MuSc().score(paths))")
 
 
 def create(name: str, extractor: FeatureExtractor | None = None, **kwargs: Any) -> Detector:
     """A new, unfitted detector by name."""
+    if name == MuSc.name:
+        raise InputError(ZERO_SHOT_MESSAGE)
     try:
         cls = DETECTORS[name]
     except KeyError:
@@ -36,4 +36,5 @@ def create(name: str, extractor: FeatureExtractor | None = None, **kwargs: Any) 
     return cls(extractor=extractor, **kwargs)
 
 
-__all__ = ["DETECTORS", "DRAEM", "Detector", "GaussianAD", "NotFittedError", "PatchCore", "Result", "SimpleNet", "create", "load"]
+__all__ = ["DETECTORS", "DRAEM", "Detector", "EfficientAD", "GaussianAD", "MuSc", "NotFittedError", "PatchCore",
+           "Result", "Scored", "SimpleNet", "Skipped", "ZERO_SHOT_MESSAGE", "create", "load"]

@@ -1,37 +1,42 @@
-"""The one protocol every detector follows, and the model directory format.
+"""The one protocol every detector follows.
 
 A detector is fitted on normal images only and scores images into an image
-score and an anomaly map at the original resolution. Subclasses implement
-three small methods on features (never on files):
+score and an anomaly map at the original resolution. A subclass writes two hooks:
 
-* ``_fit(batches)`` learns from an iterator of feature batches;
-* ``_score(features)`` returns image scores and patch-grid maps for a batch;
-* ``_calibration_scores()`` returns image scores of normal training images
-  that the model did not see (cross-validation or leave-one-out), so the
-  threshold is set from normal data alone.
+* ``_fit(batches, held)`` learns from an iterator of batches of normal training images
+  (features, or the resized images for detectors without a backbone). It may return
+  a ``Calibration``: image scores and patch-map values of normal images the model
+  did not learn from (cross-validation, leave-one-out). Otherwise the base has held
+  out a ``holdout`` fraction of the training images (``held``) and scores them;
+* ``_score(batch)`` returns image scores and patch-grid maps for a batch.
 
-Learned state lives in attributes ending in ``_`` and is saved as safetensors;
-the rest (backbone, image size, threshold, ...) as JSON. Loading never unpickles.
+Everything else is the base's, written once: validated parameters (each detector's
+pydantic ``Params``), seeding, the hold-out split, the threshold at the target
+false-positive rate, the heatmap colour range, decisions, and the learned state:
+the attributes annotated on the class with names ending in ``_`` (arrays, tensors,
+dicts of them, torch modules), saved as safetensors. Loading never unpickles.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import save_file
+from torch import nn
 
 from .. import __version__
 from ..backbones import custom_backbone
 from ..data import InputError
-from ..features import Batch, FeatureExtractor, Features, upsample_map
+from ..features import Batch, FeatureExtractor, upsample_map
 from ..modelfile import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS, one_line, read_model
 from ..progress import progress_bar
 
@@ -52,150 +57,318 @@ class Result:
     embeddings: np.ndarray | None = None  # N x E image embeddings (FeatureExtractor.embed), when asked for
 
 
+@dataclass
+class Scored:
+    """One scored image, as ``iter_score`` yields it."""
+
+    path: Path
+    image: np.ndarray  # HxWx3 uint8, original size
+    score: float
+    map: np.ndarray  # HxW float32 at the original size
+    anomalous: bool
+    embedding: np.ndarray | None = None
+
+
+@dataclass
+class Skipped:
+    """A file that could not be scored, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Calibration:
+    """Scores of normal images the model did not learn from: they set the threshold and colour range."""
+
+    scores: np.ndarray  # one image score per image
+    map_values: np.ndarray  # patch-map values of those images (any shape)
+
+
 class NotFittedError(RuntimeError):
     """A detector was used before fit() or load()."""
+
+
+class HyperParams(BaseModel):
+    """Base of each detector's hyper-parameters: typos and out-of-range values are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validation_message(where: str, err: ValidationError) -> str:
+    """One line from a pydantic error: 'where: field: problem (got value)'."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "value"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    more = f" [and {err.error_count() - 1} more]" if err.error_count() > 1 else ""
+    return f"{where}: {loc}: {first['msg'].lower()}{shown}{more}"
+
+
+class _Common(HyperParams):
+    fpr: float
+    batch_size: int
+    seed: int
+
+    @classmethod
+    def check(cls, fpr: float, batch_size: int, seed: int) -> "_Common":
+        c = cls(fpr=fpr, batch_size=batch_size, seed=seed)
+        if not 0.0 < c.fpr < 1.0:
+            raise InputError(f"fpr must be between 0 and 1 (exclusive), got {fpr}")
+        if c.batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        return c
+
+
+# Attributes the base owns and saves in model.json rather than as tensors.
+_BASE_LEARNED = {"threshold_", "map_range_", "n_train_", "skipped_fit_", "train_log_"}
 
 
 class Detector:
     """Base class: fit on normal images, score images, save and load."""
 
     name: ClassVar[str] = "base"
+    Params: ClassVar[type[HyperParams]] = HyperParams  # the detector's hyper-parameters
+    min_images: ClassVar[int] = 2  # fewer readable training images is an error
     uses_pooled: ClassVar[bool] = True  # False: the backbone stops after the patch levels
     uses_features: ClassVar[bool] = True  # False: no backbone at all, the detector sees batch.inputs
-    needs_images: ClassVar[bool] = False  # True: fit() batches keep the original images
 
-    def __init__(
-        self,
-        extractor: FeatureExtractor | None = None,
-        fpr: float = 0.01,
-        batch_size: int = 8,
-        seed: int = 0,
-    ) -> None:
-        if not 0.0 < fpr < 1.0:
-            raise InputError(f"fpr must be between 0 and 1, got {fpr}")
+    threshold_: float | None
+    map_range_: tuple[float, float] | None
+    n_train_: int
+
+    def __init__(self, extractor: FeatureExtractor | None = None, fpr: float = 0.01, batch_size: int = 8,
+                 seed: int = 0, **params: Any) -> None:
+        try:
+            common = _Common.check(fpr, batch_size, seed)
+            validated = type(self).Params(**params)
+        except ValidationError as err:
+            raise InputError(validation_message(f"detector {self.name}", err)) from None
         self.extractor = extractor or FeatureExtractor()
-        self.fpr = float(fpr)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.threshold_: float | None = None
-        self.map_range_: tuple[float, float] | None = None
-        self.n_train_: int = 0
+        self.fpr, self.batch_size, self.seed = common.fpr, common.batch_size, common.seed
+        for key, value in validated:
+            setattr(self, key, value)
+        self.threshold_ = None
+        self.map_range_ = None
+        self.n_train_ = 0
+        self.skipped_fit_: list[tuple[Path, str]] = []
         self._progress = True
 
     # -- what subclasses implement ---------------------------------------------------
-    def params(self) -> dict[str, Any]:
-        """Hyper-parameters saved with the model (JSON-serialisable)."""
-        return {}
-
-    def _fit(self, batches: Iterator[Batch]) -> None:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> Calibration | None:
+        """Learn from the training batches. ``held``: the held-out batches (empty when ``holdout`` is 0),
+        for detectors that normalise on unseen normal images; the base scores them afterwards."""
         raise NotImplementedError
 
-    def _score(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """-> (image scores B, patch maps B x h x w)."""
         raise NotImplementedError
 
-    def _score_batch(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """Detectors that work on images (batch.inputs) rather than features override this."""
-        assert batch.features is not None
-        return self._score(batch.features)
+    def _build(self) -> None:
+        """Create the detector's networks from its parameters and loaded arrays (trained detectors)."""
 
-    def _calibration_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """Image scores and patch-map values of held-out normal training images."""
-        raise NotImplementedError
+    # -- parameters ----------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters, as saved with the model (JSON-serialisable)."""
+        values = {k: getattr(self, k) for k in type(self).Params.model_fields}
+        return type(self).Params(**values).model_dump(mode="json")
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+    @property
+    def holdout_fraction(self) -> float:
+        """Fraction of training images kept out of fitting to calibrate on (0: the detector calibrates itself)."""
+        return float(getattr(self, "holdout", 0.0))
 
     # -- the shared workflow --------------------------------------------------------------
+    def _batches(self, paths: Sequence[Path], batch_size: int | None = None, embed: bool = False) -> Iterator[Batch]:
+        return self.extractor.iter_batches(list(paths), batch_size or self.batch_size,
+                                           keep_images=True, pooled=self.uses_pooled or embed,
+                                           features=self.uses_features or embed)
+
     def fit(self, paths: Sequence[Path], progress: bool = True) -> "Detector":
         """Learn normal from images; set the threshold at the target false-positive rate."""
         paths = list(paths)
-        if not paths:
-            raise InputError("no training images given")
+        if len(paths) < self.min_images:
+            raise InputError(f"{self.name} needs at least {self.min_images} normal training images, got {len(paths)}")
         self._progress = progress  # trained detectors' loops show their bar when fit() shows one
-        torch.manual_seed(self.seed)
-        skipped: list[tuple[Path, str]] = []
-        counted = _Counter()
-        batches = self.extractor.iter_batches(paths, skipped, self.batch_size, keep_images=self.needs_images,
-                                              pooled=self.uses_pooled, features=self.uses_features)
-        with progress_bar(progress) as bar:
-            task = bar.add_task(f"fit {self.name}: features", total=len(paths))
-            # Read the first batch before _fit, which need not cope with no images at all.
-            first = next(batches, None)
-            if first is None:
-                raise InputError(f"none of the {len(paths)} training files could be read as an image")
-            self._fit(counted.wrap(itertools.chain([first], batches), lambda n: bar.advance(task, n)))
-        self.n_train_ = counted.n
-        self.skipped_fit_ = skipped
-        calib, calib_maps = self._calibration_scores()
-        self.threshold_ = float(np.quantile(calib, 1.0 - self.fpr))
-        lo, hi = np.quantile(calib_maps, [0.5, 1.0]) if calib_maps.size else (0.0, 1.0)
+        order = np.random.default_rng(self.seed).permutation(len(paths))
+        n_hold = holdout_count(len(paths), self.holdout_fraction)
+        held = [paths[i] for i in sorted(order[:n_hold])]
+        train = [paths[i] for i in sorted(order[n_hold:])]
+        self.skipped_fit_ = []
+        counted = _Counter(self.skipped_fit_)
+        with torch.random.fork_rng(devices=[]):  # seeded here, once; the caller's RNG is left alone
+            torch.manual_seed(self.seed)
+            with progress_bar(progress) as bar:
+                task = bar.add_task(f"fit {self.name}: features", total=len(paths))
+                advance = lambda n: bar.advance(task, n)  # noqa: E731
+                held_batches = list(counted.wrap(self._batches(held), advance, count=False))
+                n_held = sum(len(b.paths) for b in held_batches)
+                try:
+                    calib = self._fit(counted.wrap(self._batches(train), advance), held_batches)
+                except (ValueError, RuntimeError, IndexError, np.linalg.LinAlgError):
+                    self._check_count(counted.n + n_held, len(paths))  # too few images explains it
+                    raise
+                self._check_count(counted.n + n_held, len(paths))
+                if not counted.varied:
+                    raise InputError(f"{self.name}: all {counted.n + n_held} training images are identical "
+                                     "(blank?), so they do not vary: nothing shows what normal looks like")
+                if calib is None:
+                    calib = self._calibration(held_batches)
+                    if calib is None:  # nothing held out could be read: the training images must do
+                        log.warning("%s: no held-out image was readable; calibrating on training images, "
+                                    "so the threshold is optimistic", self.name)
+                        calib = self._calibration(self._batches(train))
+        self.n_train_ = counted.n + n_held  # readable training images, held-out ones included
+        self._set_threshold(calib)  # type: ignore[arg-type]
+        return self
+
+    def _check_count(self, n: int, given: int) -> None:
+        if n == 0:
+            raise InputError(f"none of the {given} training files could be read as an image")
+        if n < self.min_images:
+            raise InputError(f"{self.name} needs at least {self.min_images} readable normal training images, got {n}")
+
+    def _calibration(self, batches: Iterable[Batch]) -> Calibration | None:
+        """Scores of images the model did not learn from, by the detector's own ``_score``."""
+        scores, values = [], []
+        for batch in batches:
+            if batch.paths:
+                s, m = self._score(batch)
+                scores.append(np.asarray(s, dtype=np.float64))
+                values.append(np.asarray(m, dtype=np.float64).ravel())
+        if not scores:
+            return None
+        return Calibration(np.concatenate(scores), np.concatenate(values))
+
+    def _set_threshold(self, calib: Calibration) -> None:
+        scores = np.asarray(calib.scores, dtype=np.float64)
+        if scores.size == 0 or not np.isfinite(scores).all():
+            raise InputError(f"{self.name}: scores of the normal training images are not finite numbers; "
+                             "the images may be blank or identical")
+        if scores.size > 1 and np.ptp(scores) <= 1e-9 * max(1.0, float(np.abs(scores).max())):
+            raise InputError(f"{self.name}: the normal training images all score the same ({scores[0]:.4g}): "
+                             "they do not vary (identical or blank images?), so nothing sets a threshold")
+        if scores.size < 20:
+            log.warning("%s: the threshold rests on %d held-out normal image(s); 20 or more make it reliable",
+                        self.name, scores.size)
+        self.threshold_ = float(np.quantile(scores, 1.0 - self.fpr))
+        values = np.asarray(calib.map_values, dtype=np.float64).ravel()
+        values = values[np.isfinite(values)]
+        lo, hi = np.quantile(values, [0.5, 1.0]) if values.size else (0.0, 1.0)
         # The colour scale of heatmaps: normal patches sit at the bottom, the
         # highest normal patch is where colours turn hot.
         self.map_range_ = (float(lo), float(max(hi * 1.5, lo + 1e-6)))
-        return self
 
-    def iter_score(
-        self, paths: Sequence[Path], skipped: list[tuple[Path, str]], batch_size: int | None = None,
-        embeddings: list[np.ndarray] | None = None,
-    ) -> Iterator[tuple[Path, np.ndarray, float, np.ndarray]]:
-        """Stream (path, image, score, map at original size) so huge folders fit in memory.
+    def iter_score(self, paths: Sequence[Path], batch_size: int | None = None,
+                   embeddings: bool = False) -> Iterator[Scored | Skipped]:
+        """Stream a record per file, in order: Scored (maps at original size) or Skipped.
 
-        With an ``embeddings`` list, each yielded image's embedding is appended to it
-        first (this runs the whole backbone, also for detectors that need less of it).
+        Huge folders fit in memory this way. ``embeddings`` adds each image's embedding for
+        review re-ranking; detectors that do not use the backbone then run it as well.
         """
         self._check_fitted()
-        embed = embeddings is not None
-        for batch in self.extractor.iter_batches(list(paths), skipped, batch_size or self.batch_size,
-                                                   pooled=self.uses_pooled or embed,
-                                                   features=self.uses_features or embed):
-            s, pm = self._score_batch(batch)
-            for k, (path, im, si, m) in enumerate(zip(batch.paths, batch.images, s, pm)):
-                if embed:
-                    embeddings.append(batch.features.embedding[k].numpy())  # type: ignore[union-attr]
-                yield path, im, float(si), upsample_map(m, im.shape[:2])
+        for batch in self._batches(paths, batch_size, embed=embeddings):
+            for path, reason in batch.skipped:
+                yield Skipped(path, reason)
+            if not batch.paths:
+                continue
+            s, pm = self._score(batch)
+            embs = batch.features.embedding if embeddings and batch.features is not None else None
+            for k, (path, im) in enumerate(zip(batch.paths, batch.images)):
+                score = float(s[k])
+                yield Scored(path, im, score, upsample_map(pm[k], im.shape[:2]), score >= self.threshold_,
+                             None if embs is None else embs[k].numpy())
 
-    def score(
-        self,
-        paths: Sequence[Path],
-        progress: bool = True,
-        keep_images: bool = False,
-        batch_size: int | None = None,
-    ) -> Result:
+    def score(self, paths: Sequence[Path], progress: bool = True, keep_images: bool = False,
+              batch_size: int | None = None) -> Result:
         """Image scores, anomaly maps at original size and decisions for readable images."""
         self._check_fitted()
         paths = list(paths)
+        done: list[Scored] = []
         skipped: list[tuple[Path, str]] = []
-        out_paths: list[Path] = []
-        scores: list[float] = []
-        maps: list[np.ndarray] = []
-        images: list[np.ndarray] = []
         with progress_bar(progress) as bar:
             task = bar.add_task(f"score {self.name}", total=len(paths))
-            for path, im, s, m in self.iter_score(paths, skipped, batch_size):
-                out_paths.append(path)
-                scores.append(s)
-                maps.append(m)
-                if keep_images:
-                    images.append(im)
-                bar.update(task, completed=len(out_paths) + len(skipped))
-        sc = np.asarray(scores, dtype=np.float64)
-        return Result(
-            paths=out_paths,
-            scores=sc,
-            maps=maps,
-            decisions=sc >= self.threshold_,
-            threshold=float(self.threshold_),  # type: ignore[arg-type]
-            skipped=skipped,
-            images=images if keep_images else None,
-        )
+            for rec in self.iter_score(paths, batch_size):
+                if isinstance(rec, Skipped):
+                    skipped.append((rec.path, rec.reason))
+                else:
+                    done.append(rec if keep_images else Scored(rec.path, rec.image[:0, :0], rec.score, rec.map,
+                                                               rec.anomalous))
+                bar.update(task, completed=len(done) + len(skipped))
+        sc = np.asarray([r.score for r in done], dtype=np.float64)
+        return Result(paths=[r.path for r in done], scores=sc, maps=[r.map for r in done],
+                      decisions=sc >= self.threshold_, threshold=float(self.threshold_),  # type: ignore[arg-type]
+                      skipped=skipped, images=[r.image for r in done] if keep_images else None)
 
     def _check_fitted(self) -> None:
         if self.threshold_ is None:
             raise NotFittedError(f"this {self.name} detector is not fitted: call fit() or load a model")
+
+    # -- learned state ----------------------------------------------------------------
+    @classmethod
+    def learned(cls) -> dict[str, Any]:
+        """The learned attributes (annotated, ending in ``_``) and their declared types."""
+        hints = typing.get_type_hints(cls)
+        return {k: t for k, t in hints.items() if k.endswith("_") and not k.startswith("_") and k not in _BASE_LEARNED}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every learned attribute as named tensors: a module's parameters under ``name.``, a dict's entries too."""
+        state: dict[str, torch.Tensor] = {}
+        for attr in self.learned():
+            key, value = attr[:-1], getattr(self, attr)
+            if isinstance(value, nn.Module):
+                state.update({f"{key}.{k}": v for k, v in value.state_dict().items()})
+            elif isinstance(value, dict):
+                state.update({f"{key}.{k}": _tensor(v) for k, v in value.items()})
+            else:
+                state[key] = _tensor(value)
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Set learned attributes from named tensors, checking names and shapes; then one trial score.
+
+        Raises ValueError naming the tensor when something does not fit.
+        """
+        state = dict(state)
+        modules = []
+        with torch.random.fork_rng(devices=[]):
+            for attr, kind in self.learned().items():
+                key = attr[:-1]
+                if _is_module(kind):
+                    modules.append((attr, key))
+                elif typing.get_origin(kind) is dict:
+                    sub = {k[len(key) + 1 :]: state.pop(k) for k in list(state) if k.startswith(key + ".")}
+                    if not sub:
+                        raise ValueError(f"missing tensor(s) '{key}.*'")
+                    setattr(self, attr, {k: _like(kind, v) for k, v in sub.items()})
+                else:
+                    if key not in state:
+                        raise ValueError(f"missing tensor '{key}'")
+                    setattr(self, attr, _like(kind, state.pop(key)))
+            self._build()
+        for attr, key in modules:
+            sub = {k[len(key) + 1 :]: state.pop(k) for k in list(state) if k.startswith(key + ".")}
+            net: nn.Module = getattr(self, attr)
+            try:
+                net.load_state_dict(sub, strict=True)
+            except RuntimeError as err:  # torch lists every missing, unexpected or mis-shaped tensor
+                detail = " ".join(str(err).split("\n", 1)[-1].split())
+                raise ValueError(f"tensors '{key}.*' do not fit the network: {detail[:300]}") from None
+            net.eval()
+        if state:
+            raise ValueError(f"unexpected tensor(s) {sorted(state)[:3]}")
+        self._trial_score()
+
+    def _trial_score(self) -> None:
+        """Score one grey image: shapes that do not fit each other fail here, at load, not mid-run."""
+        x = torch.full((1, 3, self.extractor.image_size, self.extractor.image_size), 0.5)
+        grey = np.full((self.extractor.image_size, self.extractor.image_size, 3), 128, np.uint8)
+        feats = self.extractor(x, pooled=self.uses_pooled) if self.uses_features else None
+        s, m = self._score(Batch(paths=[Path("trial")], images=[grey], features=feats, inputs=x))
+        if np.shape(s) != (1,) or np.ndim(m) != 3 or len(m) != 1:
+            raise ValueError(f"a trial score gave shapes {np.shape(s)} and {np.shape(m)}")
+        if not (np.isfinite(s).all() and np.isfinite(m).all()):
+            raise ValueError("a trial score is not finite")
 
     # -- model directory ----------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -203,8 +376,7 @@ class Detector:
         self._check_fitted()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(d / "model.safetensors"))
+        save_file(self.state_dict(), str(d / "model.safetensors"))
         meta = {
             "format_version": FORMAT_VERSION,
             "normalcy_version": __version__,
@@ -228,22 +400,47 @@ class Detector:
         return d
 
 
+def _is_module(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, nn.Module)
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+
+
+def _like(kind: Any, value: torch.Tensor) -> Any:
+    """A loaded tensor as the declared type: numpy for ``np.ndarray`` (or dict of them), else torch."""
+    inner = typing.get_args(kind)[-1] if typing.get_origin(kind) is dict else kind
+    return value.numpy() if inner is np.ndarray else value
+
+
 def holdout_count(n: int, fraction: float) -> int:
-    """How many of n training images trained detectors keep out of training to calibrate on:
-    ``fraction`` of them, at least one, and none when there is only one image."""
-    return min(max(1, round(fraction * n)), n - 1) if n > 1 else 0
+    """How many of n training images are kept out of fitting to calibrate on:
+    ``fraction`` of them, at least one, and none when there is only one image or no fraction."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(max(1, round(fraction * n)), n - 1)
 
 
 class _Counter:
-    """Counts images flowing through a batch iterator and reports progress."""
+    """Counts images flowing through a batch iterator, collects skipped files, reports progress."""
 
-    def __init__(self) -> None:
+    def __init__(self, skipped: list[tuple[Path, str]]) -> None:
         self.n = 0
+        self.skipped = skipped
+        self.first: torch.Tensor | None = None  # the first image, to notice a set of identical (blank) images
+        self.varied = False
 
-    def wrap(self, batches: Iterable[Batch], advance: Any) -> Iterator[Batch]:
+    def wrap(self, batches: Iterable[Batch], advance: Any, count: bool = True) -> Iterator[Batch]:
         for b in batches:
-            self.n += len(b.paths)
-            advance(len(b.paths))
+            self.skipped.extend(b.skipped)
+            advance(len(b.paths) + len(b.skipped))
+            if not b.paths:
+                continue
+            self.n += len(b.paths) if count else 0
+            if not self.varied and b.inputs is not None:
+                self.first = b.inputs[0] if self.first is None else self.first
+                self.varied = any(not torch.equal(x, self.first) for x in b.inputs)
             yield b
 
 

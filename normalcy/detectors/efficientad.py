@@ -66,9 +66,8 @@ How this differs from the paper, and why:
   (plus ``penalty_batch`` penalty images) and Adam at ``lr`` (weight decay 1e-5),
   divided by 10 for the last 5 % of the steps or of the time, as the paper does.
 * **Held-out images.** The paper computes the map quantiles on validation images;
-  we hold out ``holdout`` (10 %, at least one) of the training images, never trained
-  on, and use them for the quantiles and for the threshold. With a single training
-  image it is used for both.
+  the base class holds out ``holdout`` (10 %, at least one) of the training images,
+  never trained on, and we use them for the quantiles and for the threshold.
 
 Ctrl-C: all phases run through ``normalcy.training.train``. An interrupt during
 distillation keeps the teacher as trained so far and runs a short student phase
@@ -86,172 +85,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
-from ..data import InputError
 from ..features import Batch
-from ..training import TrainLog, train
-from .base import Detector, holdout_count
+from ..networks import AutoEncoder, pdn_tiny
+from ..synthetic import augment, jitter, synthetic_images
+from ..training import TrainLog, step_decay, train
+from .base import Detector, HyperParams
 
 log = logging.getLogger("normalcy")
 
 _MEAN, _STD = 0.45, 0.25  # fixed input normalisation of the small networks
-
-
-def pdn_tiny(out_channels: int, channels: Sequence[int] = (16, 32, 32)) -> nn.Sequential:
-    """PDN-tiny: the PDN layer pattern with few channels and stride-8 output (S/8 for S % 8 == 0)."""
-    c1, c2, c3 = (int(c) for c in channels)
-    return nn.Sequential(
-        nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2),
-        nn.Conv2d(c1, c2, 4, padding=2), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2),
-        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(c3, out_channels, 3, padding=1),
-    )
-
-
-class AutoEncoder(nn.Module):
-    """Image -> 1x1 latent -> out_channels x grid x grid (the paper's AE, slimmed)."""
-
-    def __init__(self, input_size: int, out_channels: int, channels: Sequence[int] = (16, 32),
-                 latent: int = 32) -> None:
-        super().__init__()
-        a, b = (int(c) for c in channels)
-        last = max(1, input_size // 32)
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, a, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(a, a, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(a, b, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(b, b, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(b, b, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(b, latent, last),
-        )
-        grid = input_size // 8
-        self.sizes = [max(1, grid // 8), max(1, grid // 4), max(1, grid // 2), grid]
-        self.decoder = nn.ModuleList(
-            [nn.Conv2d(latent if i == 0 else b, b, 3, padding=1) for i in range(len(self.sizes))])
-        self.dropout = nn.Dropout(0.2)
-        self.head = nn.Conv2d(b, out_channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x)
-        for size, conv in zip(self.sizes, self.decoder):
-            z = F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
-            z = self.dropout(F.relu(conv(z), inplace=True))
-        return self.head(z)
-
-
-def count_macs(net: nn.Module, input_size: int) -> int:
-    """Multiply-accumulates of the convolutions for one input_size x input_size image."""
-    total = 0
-
-    def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
-        total += out[0].numel() * k
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.inference_mode():
-            net.eval()(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
-
-
-def _rand(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=g))
-
-
-def synthetic_images(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """n generated images, n x 3 x size x size in [0, 1], unlike any natural training set.
-
-    Each is one of: multi-octave value noise (random low-resolution noise at 2..64 px,
-    bilinearly upsampled, random weights per octave); oriented sinusoidal stripes (random
-    frequency, angle and phase per channel); a colour field (a random linear gradient with
-    2-8 random rectangles of random colours). Each is then mixed by a random 3x3 colour
-    matrix, stretched to a random range inside [0, 1] and gets Gaussian pixel noise.
-    """
-    out = torch.empty(n, 3, size, size)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    for i in range(n):
-        kind = int(torch.randint(3, (), generator=g))
-        if kind == 0:
-            img = torch.zeros(1, 3, size, size)
-            for k in range(1, 7):
-                res = min(2 ** k, size)
-                octave = torch.rand(1, 3, res, res, generator=g)
-                img += _rand(g) * F.interpolate(octave, size=(size, size), mode="bilinear", align_corners=False)
-            img = img[0]
-        elif kind == 1:
-            f = torch.rand(3, generator=g) * 30 + 1
-            ang = torch.rand(3, generator=g) * math.pi
-            ph = torch.rand(3, generator=g) * 2 * math.pi
-            img = torch.sin(2 * math.pi * f.view(3, 1, 1) * (xx * torch.cos(ang).view(3, 1, 1)
-                                                           + yy * torch.sin(ang).view(3, 1, 1)) + ph.view(3, 1, 1))
-        else:
-            c0, c1 = torch.rand(3, 1, 1, generator=g), torch.rand(3, 1, 1, generator=g)
-            ang = _rand(g, 0, 2 * math.pi)
-            t = (xx * math.cos(ang) + yy * math.sin(ang)).clamp(0, 1)
-            img = c0 + (c1 - c0) * t
-            for _ in range(int(torch.randint(2, 9, (), generator=g))):
-                y0, x0 = (int(v) for v in torch.randint(size, (2,), generator=g))
-                h, w = (int(v) for v in torch.randint(max(2, size // 16), max(3, size // 2), (2,), generator=g))
-                img[:, y0 : y0 + h, x0 : x0 + w] = torch.rand(3, 1, 1, generator=g)
-        mix = torch.randn(3, 3, generator=g) + torch.eye(3) * _rand(g, 0, 2)
-        img = torch.einsum("ij,jhw->ihw", mix, img)
-        lo, hi = img.amin(), img.amax()
-        a = _rand(g, 0.0, 0.4)
-        b = _rand(g, 0.6, 1.0)
-        img = a + (b - a) * (img - lo) / (hi - lo + 1e-6)
-        img = img + torch.randn(img.shape, generator=g) * _rand(g, 0.0, 0.05)
-        out[i] = img.clamp_(0, 1)
-    return out
-
-
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-
-
-def _jitter(x: torch.Tensor, g: torch.Generator, lo: float, hi: float, one: bool) -> torch.Tensor:
-    """Brightness, contrast and saturation jitter per image (factors U(lo, hi)); one=True: one of
-    the three at random (the paper's AE augmentation)."""
-    out = []
-    for im in x.split(1):
-        kinds = [int(torch.randint(3, (), generator=g))] if one else [0, 1, 2]
-        for k in kinds:
-            f = _rand(g, lo, hi)
-            if k == 0:
-                im = im * f
-            elif k == 1:
-                im = (im - _grey(im).mean()) * f + _grey(im).mean()
-            else:
-                gr = _grey(im)
-                im = (im - gr) * f + gr
-        out.append(im.clamp(0, 1))
-    return torch.cat(out)
-
-
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random resized crop (scale 0.5-1), flips and colour jitter of a batch of images."""
-    size = x.shape[-1]
-    out = []
-    for im in x.split(1):
-        side = int(size * math.sqrt(_rand(g, 0.5, 1.0)))
-        y0, x0 = (int(v) for v in torch.randint(size - side + 1, (2,), generator=g))
-        im = F.interpolate(im[..., y0 : y0 + side, x0 : x0 + side], size=(size, size), mode="bilinear",
-                           align_corners=False)
-        if _rand(g) < 0.5:
-            im = im.flip(-1)
-        if _rand(g) < 0.5:
-            im = im.flip(-2)
-        out.append(im)
-    return _jitter(torch.cat(out), g, 0.7, 1.3, one=False)
 
 
 class EfficientAD(Detector):
@@ -261,70 +111,68 @@ class EfficientAD(Detector):
     uses_pooled = False
     uses_features = False
 
-    def __init__(
-        self,
-        *args: Any,
-        steps: int = 3000,
-        teacher_steps: int = 2000,
-        time_budget: float | None = 600.0,
-        teacher_share: float = 0.4,
-        input_size: int = 256,
-        channels: Sequence[int] = (16, 32, 32),
-        out_channels: int = 32,
-        ae_channels: Sequence[int] = (16, 32),
-        latent: int = 32,
-        train_batch: int = 8,
-        penalty_batch: int = 2,
-        lr: float = 1e-3,
-        pool_size: int = 1000,
-        holdout: float = 0.1,
-        q_a: float = 0.9,
-        q_b: float = 0.995,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        if int(input_size) < 32 or int(input_size) % 32:
-            raise InputError(f"input_size must be a multiple of 32 (at least 32), got {input_size}")
-        if int(steps) < 1 or int(teacher_steps) < 1:
-            raise InputError("steps and teacher_steps must be at least 1")
-        if time_budget is not None and time_budget <= 0:
-            raise InputError(f"time_budget must be positive, got {time_budget}")
-        self.steps = int(steps)
-        self.teacher_steps = int(teacher_steps)
-        self.time_budget = None if time_budget is None else float(time_budget)
-        self.teacher_share = float(teacher_share)
-        self.input_size = int(input_size)
-        self.channels = [int(c) for c in channels]
-        self.out_channels = int(out_channels)
-        self.ae_channels = [int(c) for c in ae_channels]
-        self.latent = int(latent)
-        self.train_batch = int(train_batch)
-        self.penalty_batch = int(penalty_batch)
-        self.lr = float(lr)
-        self.pool_size = int(pool_size)
-        self.holdout = float(holdout)
-        self.q_a = float(q_a)
-        self.q_b = float(q_b)
-        self._build()
+    class Params(HyperParams):
+        steps: int = Field(3000, ge=1)
+        teacher_steps: int = Field(2000, ge=1)
+        time_budget: Optional[float] = Field(600.0, gt=0, description="seconds for both phases; None: steps alone")
+        teacher_share: float = Field(0.4, gt=0, lt=1)
+        input_size: int = Field(256, ge=32, le=1024)
+        channels: tuple[int, int, int] = (16, 32, 32)
+        out_channels: int = Field(32, ge=1)
+        ae_channels: tuple[int, int] = (16, 32)
+        latent: int = Field(32, ge=1)
+        train_batch: int = Field(8, ge=1)
+        penalty_batch: int = Field(2, ge=0)
+        lr: float = Field(1e-3, gt=0)
+        pool_size: int = Field(1000, ge=1)
+        holdout: float = Field(0.1, gt=0, lt=1, description="fraction of training images kept to calibrate on")
+        q_a: float = Field(0.9, gt=0, lt=1)
+        q_b: float = Field(0.995, gt=0, lt=1)
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps, "teacher_steps": self.teacher_steps, "time_budget": self.time_budget,
-            "teacher_share": self.teacher_share, "input_size": self.input_size, "channels": self.channels,
-            "out_channels": self.out_channels, "ae_channels": self.ae_channels, "latent": self.latent,
-            "train_batch": self.train_batch, "penalty_batch": self.penalty_batch, "lr": self.lr,
-            "pool_size": self.pool_size, "holdout": self.holdout, "q_a": self.q_a, "q_b": self.q_b,
-        }
+        @field_validator("input_size")
+        @classmethod
+        def _multiple_of_32(cls, v: int) -> int:
+            if v % 32:
+                raise ValueError("must be a multiple of 32")
+            return v
+
+        @field_validator("channels", "ae_channels")
+        @classmethod
+        def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+            if min(v) < 1:
+                raise ValueError("channel counts must be at least 1")
+            return v
+
+    steps: int
+    teacher_steps: int
+    time_budget: Optional[float]
+    teacher_share: float
+    input_size: int
+    channels: tuple[int, int, int]
+    out_channels: int
+    ae_channels: tuple[int, int]
+    latent: int
+    train_batch: int
+    penalty_batch: int
+    lr: float
+    pool_size: int
+    holdout: float
+    q_a: float
+    q_b: float
+    teacher_: nn.Sequential
+    student_: nn.Sequential
+    ae_: AutoEncoder
+    t_mean_: torch.Tensor  # teacher output mean and std per channel, on the training images
+    t_std_: torch.Tensor
+    quantiles_: torch.Tensor  # q_a and q_b quantiles of map_ST and map_AE on held-out images
 
     def _build(self) -> None:
-        torch.manual_seed(self.seed)
         c = self.out_channels
-        self.teacher = pdn_tiny(c, self.channels)
-        self.student = pdn_tiny(2 * c, self.channels)
-        self.ae = AutoEncoder(self.input_size, c, self.ae_channels, self.latent)
-        self.t_mean_ = torch.zeros(1, c, 1, 1)
-        self.t_std_ = torch.ones(1, c, 1, 1)
-        self.quantiles_ = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+        self.teacher_ = pdn_tiny(c, self.channels)
+        self.student_ = pdn_tiny(2 * c, self.channels)
+        self.ae_ = AutoEncoder(self.input_size, c, self.ae_channels, self.latent)
+        for net in (self.teacher_, self.student_, self.ae_):
+            net.to(memory_format=torch.channels_last)
 
     # -- helpers -------------------------------------------------------------------------
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -340,9 +188,9 @@ class EfficientAD(Detector):
         """x: resized images in [0, 1] -> (map_ST, map_AE), B x h x w."""
         c = self.out_channels
         x = self._norm(x).contiguous(memory_format=torch.channels_last)
-        t = (self.teacher(x) - self.t_mean_) / self.t_std_
-        s = self.student(x)
-        a = self.ae(x)
+        t = (self.teacher_(x) - self.t_mean_) / self.t_std_
+        s = self.student_(x)
+        a = self.ae_(x)
         return (t - s[:, :c]).pow_(2).mean(1), (a - s[:, c:]).pow_(2).mean(1)
 
     def _combine(self, st: torch.Tensor, ae: torch.Tensor) -> torch.Tensor:
@@ -352,7 +200,7 @@ class EfficientAD(Detector):
         return 0.5 * n_st + 0.5 * n_ae
 
     def _eval_mode(self) -> None:
-        for net in (self.teacher, self.student, self.ae):
+        for net in (self.teacher_, self.student_, self.ae_):
             net.eval()
             for p in net.parameters():
                 p.requires_grad_(False)
@@ -360,22 +208,12 @@ class EfficientAD(Detector):
 
     # -- fit --------------------------------------------------------------------------------
 
-    def _fit(self, batches: Iterator[Batch]) -> None:
-        chunks = []
-        for batch in batches:
-            assert batch.inputs is not None
-            chunks.append(self._resize(batch.inputs))
-        images = torch.cat(chunks)
-        del chunks
-        n = images.shape[0]
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> None:
+        # uint8 keeps many training images in memory
+        train_x = torch.cat([(self._resize(b.inputs) * 255).round_().to(torch.uint8) for b in batches])
         g = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(n, generator=g)
-        n_hold = holdout_count(n, self.holdout)
-        held = images[order[:n_hold]] if n_hold else images
-        train_x = (images[order[n_hold:]] * 255).round_().to(torch.uint8)  # compact: many images fit
-        del images
         self._build()
-        for net in (self.teacher, self.student, self.ae):
+        for net in (self.teacher_, self.student_, self.ae_):
             net.train()
             for p in net.parameters():
                 p.requires_grad_(True)
@@ -402,7 +240,7 @@ class EfficientAD(Detector):
             log_.interrupted, log_.stopped_by = True, "interrupt"
         self.train_log_ = log_
         self._eval_mode()
-        self._calibrate(held)
+        self._normalisation(held)
 
     def _projection(self, train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """PCA of training patch features: (mean D, D x C components, C std of the projections)."""
@@ -444,12 +282,10 @@ class EfficientAD(Detector):
         pool_tgt = torch.empty(cap, self.out_channels, *grid, dtype=torch.float16)
         filled = 0
         perm = torch.randperm(n, generator=g)
-        opt = torch.optim.Adam(self.teacher.parameters(), lr=self.lr, weight_decay=1e-5)
-        t0 = time.perf_counter()
+        opt = torch.optim.Adam(self.teacher_.parameters(), lr=self.lr, weight_decay=1e-5)
 
         def step(i: int) -> float:
             nonlocal filled
-            _decay(opt, self.lr, i, self.teacher_steps, t0, budget)
             if filled < cap:  # grow the pool: new images, their targets from the backbone
                 k = min(bs, cap - filled)
                 idx = torch.arange(filled, filled + k)
@@ -458,7 +294,7 @@ class EfficientAD(Detector):
                     if j % 2 == 0:
                         m = j // 2
                         im = train_x[perm[m % n]].unsqueeze(0).float() / 255
-                        parts.append(im if m < n else _augment(im, g))
+                        parts.append(im if m < n else augment(im, g))
                     else:
                         parts.append(synthetic_images(1, s, g))
                 x = torch.cat(parts)
@@ -473,22 +309,23 @@ class EfficientAD(Detector):
             else:
                 pick = torch.randint(filled, (bs,), generator=g)
                 x, t = pool_img[pick].float() / 255, pool_tgt[pick].float()
-            loss = F.mse_loss(self.teacher(self._norm(x)), t)
+            loss = F.mse_loss(self.teacher_(self._norm(x)), t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             return float(loss.detach())
 
-        return train(step, self.teacher_steps, budget, self._progress, "efficientad: distil teacher")
+        return train(step, self.teacher_steps, budget, self._progress, "efficientad: distil teacher",
+                     schedule=step_decay(opt, self.lr, [(0.95, 0.1)]))  # the paper: lr / 10 for the last 5 %
 
     @torch.no_grad()
     def _teacher_stats(self, train_x: torch.Tensor) -> None:
-        self.teacher.eval()
-        outs = [self.teacher(self._norm(train_x[i : i + 16].float() / 255)) for i in range(0, len(train_x), 16)]
+        self.teacher_.eval()
+        outs = [self.teacher_(self._norm(train_x[i : i + 16].float() / 255)) for i in range(0, len(train_x), 16)]
         t = torch.cat(outs).double()
         self.t_mean_ = t.mean((0, 2, 3)).view(1, -1, 1, 1).float()
         self.t_std_ = t.std((0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1).float()
-        for p in self.teacher.parameters():
+        for p in self.teacher_.parameters():
             p.requires_grad_(False)
 
     def _train_student(self, train_x: torch.Tensor, g: torch.Generator, steps: int,
@@ -496,31 +333,29 @@ class EfficientAD(Detector):
         c = self.out_channels
         n = len(train_x)
         bs = self.train_batch
-        params = list(self.student.parameters()) + list(self.ae.parameters())
+        params = list(self.student_.parameters()) + list(self.ae_.parameters())
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=1e-5)
-        self.student.train()
-        self.ae.train()
-        t0 = time.perf_counter()
+        self.student_.train()
+        self.ae_.train()
 
         def teacher(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return (self.teacher(self._norm(x)) - self.t_mean_) / self.t_std_
+                return (self.teacher_(self._norm(x)) - self.t_mean_) / self.t_std_
 
         def step(i: int) -> float:
-            _decay(opt, self.lr, i, steps, t0, budget)
             idx = torch.randint(n, (min(bs, max(1, n)),), generator=g)
             x = train_x[idx].float() / 255
             b = len(x)
-            xa = _jitter(x, g, 0.8, 1.2, one=True)
+            xa = jitter(x, g, 0.8, 1.2, one=True)
             p = synthetic_images(self.penalty_batch, self.input_size, g)
             # One forward per network (fewer, larger convolutions): images, augmented images, penalty images.
             t, ta = teacher(torch.cat([x, xa])).split(b)
-            s_all = self.student(self._norm(torch.cat([x, xa, p])))
+            s_all = self.student_(self._norm(torch.cat([x, xa, p])))
             d_st = (t - s_all[:b, :c]).pow(2)
             d_hard = torch.quantile(d_st.detach().flatten(), 0.999)
             l_hard = d_st[d_st >= d_hard].mean()
             l_pen = s_all[2 * b :, :c].pow(2).mean() if len(p) else x.new_zeros(())
-            a = self.ae(self._norm(xa))
+            a = self.ae_(self._norm(xa))
             l_ae = (ta - a).pow(2).mean()
             l_stae = (a.detach() - s_all[b : 2 * b, c:]).pow(2).mean()
             loss = l_hard + l_pen + l_ae + l_stae
@@ -529,59 +364,21 @@ class EfficientAD(Detector):
             opt.step()
             return float(loss.detach())
 
-        return train(step, steps, budget, self._progress, "efficientad: student + autoencoder")
+        return train(step, steps, budget, self._progress, "efficientad: student + autoencoder",
+                     schedule=step_decay(opt, self.lr, [(0.95, 0.1)]))
 
     @torch.inference_mode()
-    def _calibrate(self, held: torch.Tensor) -> None:
-        sts, aes = [], []
-        for i in range(0, len(held), self.batch_size):
-            st, ae = self._raw_maps(held[i : i + self.batch_size])
-            sts.append(st)
-            aes.append(ae)
-        st, ae = torch.cat(sts), torch.cat(aes)
+    def _normalisation(self, held: Sequence[Batch]) -> None:
+        """The paper's map normalisation: q_a and q_b quantiles of each map on unseen normal images."""
+        maps = [self._raw_maps(self._resize(b.inputs)) for b in held]
+        st, ae = torch.cat([m[0] for m in maps]), torch.cat([m[1] for m in maps])
         qs = np.quantile(st.double().numpy(), [self.q_a, self.q_b])
         qe = np.quantile(ae.double().numpy(), [self.q_a, self.q_b])
         self.quantiles_ = torch.tensor([qs[0], qs[1], qe[0], qe[1]], dtype=torch.float64)
-        m = self._combine(st, ae)
-        self._calib = (m.amax((1, 2)).double().numpy(), m.flatten().double().numpy())
-
-    def _calibration_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        scores, values = self._calib
-        del self._calib
-        return scores, values
 
     # -- score ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _score_batch(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        assert batch.inputs is not None
+    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         st, ae = self._raw_maps(self._resize(batch.inputs))
         m = self._combine(st, ae).float()
         return m.amax((1, 2)).double().numpy(), m.numpy()
-
-    # -- state ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        state: dict[str, torch.Tensor] = {}
-        for prefix, net in (("teacher", self.teacher), ("student", self.student), ("ae", self.ae)):
-            for k, v in net.state_dict().items():
-                state[f"{prefix}.{k}"] = v.contiguous()
-        state["teacher_mean"] = self.t_mean_
-        state["teacher_std"] = self.t_std_
-        state["quantiles"] = self.quantiles_
-        return state
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self._build()
-        for prefix, net in (("teacher", self.teacher), ("student", self.student), ("ae", self.ae)):
-            sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
-            net.load_state_dict(sub)
-        self.t_mean_ = state["teacher_mean"].float()
-        self.t_std_ = state["teacher_std"].float()
-        self.quantiles_ = state["quantiles"].double()
-        self._eval_mode()
-
-
-def _decay(opt: torch.optim.Optimizer, lr: float, i: int, steps: int, t0: float, budget: float | None) -> None:
-    """The paper's schedule: lr / 10 for the last 5 % (of the steps, or of the time budget)."""
-    late = i >= 0.95 * steps or (budget is not None and time.perf_counter() - t0 >= 0.95 * budget)
-    for group in opt.param_groups:
-        group["lr"] = lr * 0.1 if late else lr

@@ -12,14 +12,16 @@ it is its anomaly score.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage
 
-from ..features import Batch, Features
-from .base import Detector
+from ..data import InputError
+from ..features import Batch
+from .base import Calibration, Detector, HyperParams
 
 
 def _inverse(cov: np.ndarray) -> np.ndarray:
@@ -40,16 +42,20 @@ class GaussianAD(Detector):
     """Rippel et al.'s Gaussian AD, plus a patch-level Gaussian for localization."""
 
     name = "gaussian"
+    min_images = 5  # 5-fold cross-validation needs a few images per fold to estimate a covariance
 
-    def __init__(self, *args: Any, patch_samples: int = 200_000, folds: int = 5, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.patch_samples = int(patch_samples)
-        self.folds = int(folds)
+    class Params(HyperParams):
+        patch_samples: int = Field(200_000, ge=1000, description="patches kept to estimate the shrinkage")
+        folds: int = Field(5, ge=2, le=50, description="cross-validation folds for the threshold")
 
-    def params(self) -> dict[str, Any]:
-        return {"patch_samples": self.patch_samples, "folds": self.folds}
+    patch_samples: int
+    folds: int
+    level_mean_: dict[str, np.ndarray]
+    level_precision_: dict[str, np.ndarray]
+    patch_mean_: np.ndarray
+    patch_precision_: np.ndarray
 
-    def _fit(self, batches: Iterator[Batch]) -> None:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> Calibration:
         rng = np.random.default_rng(self.seed)
         pooled: dict[str, list[np.ndarray]] = {lv: [] for lv in self.extractor.pooled_levels}
         n = 0
@@ -69,22 +75,37 @@ class GaussianAD(Detector):
             for i in range(f.patches.shape[0]):
                 idx = rng.choice(grid, size=min(per_image, grid), replace=False) + i * grid
                 sample.append(p[idx].float().numpy())
-        self.pooled_ = {lv: np.concatenate(v) for lv, v in pooled.items()}
-        self.level_mean_: dict[str, np.ndarray] = {}
-        self.level_precision_: dict[str, np.ndarray] = {}
-        for lv, x in self.pooled_.items():
-            cov, _ = ledoit_wolf(x)
-            self.level_mean_[lv] = x.mean(0)
-            self.level_precision_[lv] = _inverse(cov)
+        pooled_x = {lv: np.concatenate(v) for lv, v in pooled.items()}
+        self.level_mean_, self.level_precision_ = {}, {}
+        for lv, x in pooled_x.items():
+            self.level_mean_[lv], self.level_precision_[lv] = _gaussian(x)
         # Patch Gaussian from exact sums; shrinkage estimated on a random sample of patches.
         mean = (total / n).numpy()
         cov = (outer / n).numpy() - np.outer(mean, mean)
-        self._patch_sample = np.concatenate(sample)
-        shrink = ledoit_wolf_shrinkage(self._patch_sample - mean, assume_centered=True)
+        patch_sample = np.concatenate(sample)
+        if np.trace(cov) <= 1e-12:
+            raise InputError("gaussian: the training images' features do not vary at all (blank or identical "
+                             "images?): there is no normal variation to model")
+        shrink = ledoit_wolf_shrinkage(patch_sample - mean, assume_centered=True)
         mu = np.trace(cov) / cov.shape[0]
         cov = (1 - shrink) * cov + shrink * mu * np.eye(cov.shape[0])
         self.patch_mean_ = mean
         self.patch_precision_ = _inverse(cov)
+        patch = mahalanobis(torch.from_numpy(patch_sample).double(), torch.from_numpy(self.patch_mean_),
+                            torch.from_numpy(self.patch_precision_)).numpy()
+        return Calibration(self._cross_validated(pooled_x), patch)
+
+    def _build(self) -> None:
+        """After loading: one Gaussian per pooled level, each precision square and as wide as its mean."""
+        levels = set(self.extractor.pooled_levels)
+        for what, d in (("level_mean", self.level_mean_), ("level_precision", self.level_precision_)):
+            if set(d) != levels:
+                raise ValueError(f"tensors '{what}.*' are for levels {sorted(d)}, the extractor pools {sorted(levels)}")
+        pairs = [(f"level_precision.{lv}", self.level_mean_[lv], self.level_precision_[lv]) for lv in sorted(levels)]
+        for name, mean, prec in [*pairs, ("patch_precision", self.patch_mean_, self.patch_precision_)]:
+            if mean.ndim != 1 or prec.shape != (len(mean), len(mean)):
+                raise ValueError(f"tensor '{name}' has shape {tuple(prec.shape)}, expected "
+                                 f"({len(mean)}, {len(mean)}) to match its mean")
 
     def _image_scores(self, pooled: dict[str, np.ndarray | torch.Tensor],
                       means: dict[str, np.ndarray], precisions: dict[str, np.ndarray]) -> np.ndarray:
@@ -94,7 +115,8 @@ class GaussianAD(Detector):
             total = total + mahalanobis(x, torch.from_numpy(means[lv]), torch.from_numpy(precisions[lv]))
         return np.asarray(total, dtype=np.float64)
 
-    def _score(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        features = batch.features
         scores = self._image_scores(features.pooled, self.level_mean_, self.level_precision_)
         p = features.patches
         b, d, h, w = p.shape
@@ -103,9 +125,9 @@ class GaussianAD(Detector):
                            torch.from_numpy(self.patch_precision_).float())
         return scores, maps.reshape(b, h, w).numpy()
 
-    def _calibration_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """K-fold cross-validated image scores of the training images."""
-        n = len(next(iter(self.pooled_.values())))
+    def _cross_validated(self, pooled: dict[str, np.ndarray]) -> np.ndarray:
+        """K-fold cross-validated image scores of the training images: each scored by Gaussians fitted without it."""
+        n = len(next(iter(pooled.values())))
         folds = max(2, min(self.folds, n))
         order = np.random.default_rng(self.seed).permutation(n)
         scores = np.zeros(n)
@@ -113,25 +135,13 @@ class GaussianAD(Detector):
             held = order[k::folds]
             keep = np.setdiff1d(order, held)
             means, precs = {}, {}
-            for lv, x in self.pooled_.items():
-                cov, _ = ledoit_wolf(x[keep])
-                means[lv] = x[keep].mean(0)
-                precs[lv] = _inverse(cov)
-            scores[held] = self._image_scores({lv: x[held] for lv, x in self.pooled_.items()}, means, precs)
-        patch = mahalanobis(torch.from_numpy(self._patch_sample).double(), torch.from_numpy(self.patch_mean_),
-                            torch.from_numpy(self.patch_precision_)).numpy()
-        del self._patch_sample
-        return scores, patch
+            for lv, x in pooled.items():
+                means[lv], precs[lv] = _gaussian(x[keep])
+            scores[held] = self._image_scores({lv: x[held] for lv, x in pooled.items()}, means, precs)
+        return scores
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"patch_mean": self.patch_mean_, "patch_precision": self.patch_precision_}
-        for lv in self.level_mean_:
-            state[f"level.{lv}.mean"] = self.level_mean_[lv]
-            state[f"level.{lv}.precision"] = self.level_precision_[lv]
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.patch_mean_ = state["patch_mean"].numpy()
-        self.patch_precision_ = state["patch_precision"].numpy()
-        self.level_mean_ = {lv: state[f"level.{lv}.mean"].numpy() for lv in self.extractor.pooled_levels}
-        self.level_precision_ = {lv: state[f"level.{lv}.precision"].numpy() for lv in self.extractor.pooled_levels}
+def _gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision (inverse Ledoit-Wolf covariance) of the rows of x."""
+    cov, _ = ledoit_wolf(x)
+    return x.mean(0), _inverse(cov)

@@ -23,7 +23,7 @@ docs/benchmarks.md), on the stride-16 grid to keep the N^2 P^2 comparisons affor
 on a CPU. The nearest-patch step is an exact blocked matrix product (the same BLAS
 kernel faiss's flat index runs), chunked over image blocks so memory stays bounded
 whatever the batch size; faiss builds the RsCIN image graph.
-``fit`` takes optional extra unlabeled images: every batch is also matched against
+``references`` takes optional extra unlabeled images: every batch is also matched against
 them, but they are never scored, and they need not be normal.
 The settings (max - median, RsCIN) were chosen on magnetic_tile; on batches with local, rarer
 defects the plain maximum without RsCIN is better (``image_score="max", rscin_k=1``; numbers in
@@ -35,69 +35,70 @@ is an outlier of the batch (above median + ``mad_factor`` x MAD).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..features import upsample_map
-from ..progress import progress_bar
+from pydantic import Field, ValidationError, field_validator
+
 from ..data import InputError
-from .base import Detector, Result
+from ..features import FeatureExtractor, upsample_map
+from ..progress import progress_bar
+from .base import HyperParams, Result, validation_message
 
 
-class MuSc(Detector):
-    """Zero-shot mutual scoring of a batch; ``fit`` only takes optional extra unlabeled reference images."""
+class MuSc:
+    """Zero-shot mutual scoring of a batch. Not a fitted detector: there is no model to save,
+    and ``references`` only adds optional extra unlabeled images."""
 
     name = "musc"
-    uses_pooled = False
-    zero_shot = True  # scores a batch against itself: no per-image latency, no training set
 
-    def __init__(self, *args: Any, radii: Sequence[int] = (3, 5), levels: Sequence[str] | None = None, interval: float = 0.3, rscin_k: int = 8,
-                 chunk: int = 32, mad_factor: float = 3.0, image_score: str = "max-median", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if image_score not in ("max", "max-median"):
-            raise InputError(f"image_score must be 'max' or 'max-median', got {image_score!r}")
-        self.image_score = image_score
-        if int(rscin_k) < 1:
-            raise InputError(f"rscin_k must be at least 1 (1 turns RsCIN off), got {rscin_k}")
-        self.refs_: list[torch.Tensor] = []  # per degree r: R x P x D extra reference patches (fp16)
-        self.radii = tuple(int(r) for r in radii)
-        self.levels = tuple(levels or self.extractor.patch_levels[-1:])  # default: the stride-16 level
+    class Params(HyperParams):
+        radii: tuple[int, ...] = (3, 5)
+        levels: Optional[tuple[str, ...]] = None
+        interval: float = Field(0.3, gt=0, le=1)
+        rscin_k: int = Field(8, ge=1, description="1 turns RsCIN off")
+        chunk: int = Field(32, ge=1)
+        mad_factor: float = Field(3.0, gt=0)
+        image_score: Literal["max", "max-median"] = "max-median"
+        batch_size: int = Field(8, ge=1)
+
+        @field_validator("radii")
+        @classmethod
+        def _odd_positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+            if not v or min(v) < 1:
+                raise ValueError("radii must be positive neighbourhood sizes")
+            return v
+
+    def __init__(self, extractor: FeatureExtractor | None = None, **params: Any) -> None:
+        try:
+            p = self.Params(**params)
+        except ValidationError as err:
+            raise InputError(validation_message("musc", err)) from None
+        self.extractor = extractor or FeatureExtractor()
+        self.radii, self.interval, self.rscin_k = p.radii, p.interval, p.rscin_k
+        self.chunk, self.mad_factor, self.image_score, self.batch_size = p.chunk, p.mad_factor, p.image_score, p.batch_size
+        self.levels = tuple(p.levels or self.extractor.patch_levels[-1:])  # default: the stride-16 level
         unknown = [lv for lv in self.levels if lv not in self.extractor.backbone.levels]
         if unknown:
             raise InputError(f"unknown level(s) {unknown}; this backbone has {list(self.extractor.backbone.levels)}")
-        self.interval = float(interval)
-        self.rscin_k = int(rscin_k)
-        self.chunk = int(chunk)
-        self.mad_factor = float(mad_factor)
+        self.refs_: list[torch.Tensor] = []  # per degree r: R x P x D extra reference patches (fp16)
         self.threshold_ = float("nan")  # set per batch
-        self.skipped_fit_: list[tuple[Path, str]] = []
+        self.map_range_: tuple[float, float] | None = None
+        self.skipped_refs_: list[tuple[Path, str]] = []
 
-    def params(self) -> dict[str, Any]:
-        return {"radii": list(self.radii), "levels": list(self.levels), "interval": self.interval, "rscin_k": self.rscin_k,
-                "chunk": self.chunk, "mad_factor": self.mad_factor, "image_score": self.image_score}
-
-    def fit(self, paths: Sequence[Path] = (), progress: bool = True) -> "MuSc":
-        """Nothing to learn. Optional extra unlabeled images join every batch as references:
-        their patches are matched against but never scored (they need not be normal)."""
-        self.threshold_ = float("nan")
-        self.map_range_ = None
-        self.skipped_fit_ = []
+    def references(self, paths: Sequence[Path], progress: bool = True) -> "MuSc":
+        """Extra unlabeled images that join every batch as references: their patches are matched
+        against but never scored (they need not be normal)."""
+        self.skipped_refs_ = []
         self.refs_ = []
         if paths:
-            per_r, _, _, _ = self._batch_features(list(paths), self.skipped_fit_, progress, "musc: references")
+            per_r, _, _, _ = self._batch_features(list(paths), self.skipped_refs_, progress, "musc: references")
             self.refs_ = [f.half() for f in per_r]
-        self.n_train_ = len(self.refs_[0]) if self.refs_ else 0
         return self
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"refs_r{r}": f for r, f in zip(self.radii, self.refs_)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.refs_ = [state[f"refs_r{r}"] for r in self.radii] if state else []
 
     # -- features ------------------------------------------------------------------
     def _levels(self, x: torch.Tensor, embed: bool = False
@@ -207,8 +208,12 @@ class MuSc(Detector):
         img_feats, embs, seen = [], [], []
         with progress_bar(progress) as bar:
             task = bar.add_task(what, total=len(paths))
-            for batch in self.extractor.iter_batches(paths, skipped, batch_size or self.batch_size,
+            for batch in self.extractor.iter_batches(paths, batch_size or self.batch_size,
                                                      keep_images=True, features=False):
+                skipped.extend(batch.skipped)
+                if not batch.paths:
+                    bar.update(task, completed=len(seen) + len(skipped))
+                    continue
                 feats, image, emb = self._levels(batch.inputs, embeddings)  # type: ignore[arg-type]
                 for lst, f in zip(per_r, feats):
                     lst.append(f)

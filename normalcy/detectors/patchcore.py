@@ -12,14 +12,15 @@ coreset search (a random subset beyond that), so fitting stays well under 2 GB.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator, Sequence
 
 import faiss
 import numpy as np
 import torch
+from pydantic import Field
 
-from ..features import Batch, Features
-from .base import Detector
+from ..features import Batch
+from .base import Calibration, Detector, HyperParams
 
 # faiss only uses BLAS for exhaustive search above a large query count; one image's
 # ~800 patches then take 6x longer than in a batch. BLAS is faster from a few queries on.
@@ -50,47 +51,34 @@ class PatchCore(Detector):
     name = "patchcore"
     uses_pooled = False
 
-    def __init__(
-        self,
-        *args: Any,
-        coreset_ratio: float = 0.1,
-        max_bank: int = 2500,
-        max_pool: int = 200_000,
-        projection_dim: int = 64,
-        reweight_neighbours: int = 9,
-        calibration_images: int = 100,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.coreset_ratio = float(coreset_ratio)
-        self.max_bank = int(max_bank)
-        self.max_pool = int(max_pool)
-        self.projection_dim = int(projection_dim)
-        self.reweight_neighbours = int(reweight_neighbours)
-        self.calibration_images = int(calibration_images)
-        self._index: faiss.Index | None = None
+    class Params(HyperParams):
+        coreset_ratio: float = Field(0.1, gt=0, le=1)
+        max_bank: int = Field(2500, ge=1)
+        max_pool: int = Field(200_000, ge=1)
+        projection_dim: int = Field(64, ge=1)
+        reweight_neighbours: int = Field(9, ge=1)
+        calibration_images: int = Field(100, ge=1)
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "coreset_ratio": self.coreset_ratio,
-            "max_bank": self.max_bank,
-            "max_pool": self.max_pool,
-            "projection_dim": self.projection_dim,
-            "reweight_neighbours": self.reweight_neighbours,
-            "calibration_images": self.calibration_images,
-        }
+    coreset_ratio: float
+    max_bank: int
+    max_pool: int
+    projection_dim: int
+    reweight_neighbours: int
+    calibration_images: int
+    bank_: np.ndarray  # K x D patch features
+    bank_image_: np.ndarray  # K: the training image each bank patch came from
+    bank_knn_: np.ndarray  # K x b: each bank patch's nearest bank patches (itself first)
+    _index: faiss.Index | None = None
 
-    def _fit(self, batches: Iterator[Batch]) -> None:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> Calibration:
         chunks: list[np.ndarray] = []
-        grid = (0, 0)
         for batch in batches:
             p = batch.features.patches
-            grid = (p.shape[2], p.shape[3])
             chunks.append(p.permute(0, 2, 3, 1).reshape(p.shape[0], -1, p.shape[1]).numpy())
-        self._train = np.concatenate(chunks)  # images x patches x D, float32
+        train = np.concatenate(chunks)  # images x patches x D, float32
         del chunks
-        _, n_patch, d = self._train.shape
-        flat = self._train.reshape(-1, d)
+        _, n_patch, d = train.shape
+        flat = train.reshape(-1, d)
         rng = np.random.default_rng(self.seed)
         pool = np.arange(flat.shape[0])
         if pool.size > self.max_pool:
@@ -102,15 +90,21 @@ class PatchCore(Detector):
         picked = pool[greedy_coreset(projected, k, self.seed).numpy()]
         self.bank_ = np.ascontiguousarray(flat[picked])
         self.bank_image_ = (picked // n_patch).astype(np.int64)
-        self.grid_ = grid
-        self._build_index()
+        self._index = None
         # Each bank patch's nearest bank neighbours, for the paper's image-score re-weighting.
         b = min(self.reweight_neighbours, len(self.bank_))
-        _, self.bank_knn_ = self._index.search(self.bank_, b)  # type: ignore[union-attr]
+        _, self.bank_knn_ = self._search(self.bank_, b)
+        return self._leave_one_out(train)
 
-    def _build_index(self) -> None:
-        self._index = faiss.IndexFlatL2(self.bank_.shape[1])
-        self._index.add(self.bank_)
+    def _build(self) -> None:
+        """After loading: the arrays must agree with each other (indices inside the bank)."""
+        k = len(self.bank_)
+        if self.bank_.ndim != 2 or self.bank_image_.shape != (k,) or self.bank_knn_.ndim != 2 \
+                or len(self.bank_knn_) != k or (self.bank_knn_.size and not 0 <= self.bank_knn_.min() <= self.bank_knn_.max() < k):
+            raise ValueError(f"bank {self.bank_.shape}, bank_image {self.bank_image_.shape} and bank_knn "
+                             f"{self.bank_knn_.shape} do not fit together")
+        self.bank_ = np.ascontiguousarray(self.bank_, dtype=np.float32)
+        self._index = None
 
     def _image_scores(self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray) -> np.ndarray:
         """Paper eq. 7: s = (1 - softmax of distances to m*'s neighbourhood at m*) * s*."""
@@ -125,21 +119,22 @@ class PatchCore(Detector):
         return (w * s_star).astype(np.float64)
 
     def _search(self, flat: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        d2, idx = self._index.search(np.ascontiguousarray(flat, dtype=np.float32), k)  # type: ignore[union-attr]
+        if self._index is None:  # built on first use, after fit or load
+            self._index = faiss.IndexFlatL2(self.bank_.shape[1])
+            self._index.add(self.bank_)
+        d2, idx = self._index.search(np.ascontiguousarray(flat, dtype=np.float32), k)
         return np.sqrt(np.maximum(d2, 0)), idx
 
-    def _score(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
-        p = features.patches
+    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        p = batch.features.patches
         b, d, h, w = p.shape
         patches = p.permute(0, 2, 3, 1).reshape(b, h * w, d).numpy()
         dist, nn = self._search(patches.reshape(-1, d))
         dist, nn = dist[:, 0].reshape(b, -1), nn[:, 0].reshape(b, -1)
         return self._image_scores(patches, dist, nn), dist.reshape(b, h, w)
 
-    def _calibration_scores(self) -> tuple[np.ndarray, np.ndarray]:
+    def _leave_one_out(self, train: np.ndarray) -> Calibration:
         """Leave-one-image-out scores: a training patch may not match bank patches of its own image."""
-        train = self._train
-        del self._train
         n_img, n_patch, d = train.shape
         rng = np.random.default_rng(self.seed + 1)
         chosen = rng.choice(n_img, size=min(n_img, self.calibration_images), replace=False)
@@ -156,17 +151,4 @@ class PatchCore(Detector):
             pd[fallback] = found[fallback, -1]
             scores.append(self._image_scores(train[i][None], pd[None], pn[None])[0])
             values.append(pd)
-        return np.asarray(scores), np.concatenate(values)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            "bank": torch.from_numpy(self.bank_),
-            "bank_image": torch.from_numpy(self.bank_image_),
-            "bank_knn": torch.from_numpy(np.ascontiguousarray(self.bank_knn_)),
-        }
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.bank_ = state["bank"].numpy().astype(np.float32)
-        self.bank_image_ = state["bank_image"].numpy()
-        self.bank_knn_ = state["bank_knn"].numpy()
-        self._build_index()
+        return Calibration(np.asarray(scores), np.concatenate(values))

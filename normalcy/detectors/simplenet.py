@@ -17,15 +17,16 @@ Departures from the paper, and why:
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator, Sequence, Optional
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from ..features import Batch, Features
+from ..features import Batch
 from ..training import train
-from .base import Detector, holdout_count
+from .base import Detector, HyperParams
 
 
 class _Discriminator(nn.Module):
@@ -44,69 +45,55 @@ class SimpleNet(Detector):
     name = "simplenet"
     uses_pooled = False
 
-    def __init__(
-        self,
-        *args: Any,
-        steps: int = 3000,
-        time_budget: float | None = 600.0,
-        batch_patches: int = 2048,
-        hidden: int = 1024,
-        noise_std: float = 0.5,
-        lr_adaptor: float = 1e-4,
-        lr_discriminator: float = 2e-4,
-        margin: float = 0.5,
-        holdout: float = 0.1,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.steps = int(steps)
-        self.time_budget = time_budget
-        self.batch_patches = int(batch_patches)
-        self.hidden = int(hidden)
-        self.noise_std = float(noise_std)
-        self.lr_adaptor = float(lr_adaptor)
-        self.lr_discriminator = float(lr_discriminator)
-        self.margin = float(margin)
-        self.holdout = float(holdout)
+    class Params(HyperParams):
+        steps: int = Field(3000, ge=1)
+        time_budget: Optional[float] = Field(600.0, gt=0, description="seconds; None: steps alone")
+        batch_patches: int = Field(2048, ge=1)
+        hidden: int = Field(1024, ge=1)
+        noise_std: float = Field(0.5, gt=0)
+        lr_adaptor: float = Field(1e-4, gt=0)
+        lr_discriminator: float = Field(2e-4, gt=0)
+        margin: float = Field(0.5, gt=0)
+        holdout: float = Field(0.1, gt=0, lt=1, description="fraction of training images kept to calibrate on")
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps, "time_budget": self.time_budget, "batch_patches": self.batch_patches,
-            "hidden": self.hidden, "noise_std": self.noise_std, "lr_adaptor": self.lr_adaptor,
-            "lr_discriminator": self.lr_discriminator, "margin": self.margin, "holdout": self.holdout,
-        }
+    steps: int
+    time_budget: Optional[float]
+    batch_patches: int
+    hidden: int
+    noise_std: float
+    lr_adaptor: float
+    lr_discriminator: float
+    margin: float
+    holdout: float
+    mean_: torch.Tensor  # per-channel standardisation of the features
+    std_: torch.Tensor
+    adaptor_: nn.Linear
+    discriminator_: _Discriminator
 
-    def _build(self, dim: int) -> None:
+    def _build(self) -> None:
+        dim = self.mean_.shape[0]
         self.adaptor_ = nn.Linear(dim, dim)
         self.discriminator_ = _Discriminator(dim, self.hidden)
 
-
-    def _fit(self, batches: Iterator[Batch]) -> None:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> None:
         feats = []
         for batch in batches:
             p = batch.features.patches  # type: ignore[union-attr]
-            feats.append(p.permute(0, 2, 3, 1).reshape(p.shape[0], -1, p.shape[1]).float())
-        x = torch.cat(feats)  # images x patches x D
-        n_img, _, dim = x.shape
-        g = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)
-        order = torch.randperm(n_img, generator=g)
-        n_hold = holdout_count(n_img, self.holdout)
-        self._held = x[order[:n_hold]]
-        train_x = x[order[n_hold:]].reshape(-1, dim)
+            feats.append(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]).float())
+        train_x = torch.cat(feats)  # patches x D
         self.mean_ = train_x.mean(0)
         self.std_ = train_x.std(0).clamp_min(1e-6)
         train_x = (train_x - self.mean_) / self.std_
-        self._build(dim)
+        self._build()
         opt_a = torch.optim.Adam(self.adaptor_.parameters(), lr=self.lr_adaptor)
         opt_d = torch.optim.Adam(self.discriminator_.parameters(), lr=self.lr_discriminator, weight_decay=1e-5)
         self.adaptor_.train()
         self.discriminator_.train()
 
         def step(_i: int) -> float:
-            idx = torch.randint(len(train_x), (self.batch_patches,), generator=g)
+            idx = torch.randint(len(train_x), (self.batch_patches,))
             q = self.adaptor_(train_x[idx])
-            noise = torch.randn(q.shape, generator=g) * self.noise_std
+            noise = torch.randn(q.shape) * self.noise_std
             d_true = self.discriminator_(q)
             d_fake = self.discriminator_(q + noise)
             # truncated L1: normal above +margin, synthetic anomalies below -margin
@@ -123,36 +110,9 @@ class SimpleNet(Detector):
         self.discriminator_.eval()
 
     @torch.inference_mode()
-    def _patch_scores(self, patches: torch.Tensor) -> torch.Tensor:
-        """B x P x D features -> B x P anomaly scores (high = anomalous)."""
-        b, p, d = patches.shape
-        z = (patches.reshape(-1, d) - self.mean_) / self.std_
-        return (-self.discriminator_(self.adaptor_(z))).reshape(b, p)
-
-    def _score(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
-        p = features.patches
+    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        p = batch.features.patches  # type: ignore[union-attr]
         b, d, h, w = p.shape
-        s = self._patch_scores(p.permute(0, 2, 3, 1).reshape(b, h * w, d).float())
+        z = (p.permute(0, 2, 3, 1).reshape(-1, d).float() - self.mean_) / self.std_
+        s = (-self.discriminator_(self.adaptor_(z))).reshape(b, h * w)
         return s.max(1).values.double().numpy(), s.reshape(b, h, w).numpy()
-
-    def _calibration_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        held, self._held = self._held, None
-        if held is None or len(held) == 0:  # a single training image: nothing held out
-            return np.zeros(1), np.zeros(1)
-        s = self._patch_scores(held)
-        return s.max(1).values.double().numpy(), s.reshape(-1).numpy()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"mean": self.mean_, "std": self.std_}
-        state.update({f"adaptor.{k}": v for k, v in self.adaptor_.state_dict().items()})
-        state.update({f"discriminator.{k}": v for k, v in self.discriminator_.state_dict().items()})
-        return state
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.mean_, self.std_ = state["mean"], state["std"]
-        self._build(self.mean_.shape[0])
-        self.adaptor_.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("adaptor.")})
-        self.discriminator_.load_state_dict(
-            {k[14:]: v for k, v in state.items() if k.startswith("discriminator.")})
-        self.adaptor_.eval()
-        self.discriminator_.eval()

@@ -1,0 +1,148 @@
+"""The shared detector contract: validated parameters, minimum training sets, seeding, records, learned state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from normalcy.data import InputError
+from normalcy.detectors import DETECTORS, Scored, Skipped, create
+from normalcy.features import FeatureExtractor
+
+# The least work each trained detector can do, so the contract tests stay fast.
+TINY = {
+    "simplenet": {"steps": 3, "time_budget": None, "hidden": 16, "batch_patches": 64},
+    "draem": {"steps": 2, "time_budget": None, "input_size": 32, "base_width": 2},
+    "efficientad": {"steps": 2, "teacher_steps": 2, "time_budget": None, "input_size": 32, "pool_size": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def fe() -> FeatureExtractor:
+    return FeatureExtractor(image_size=64, precision="fp32")
+
+
+def _images(folder: Path, n: int, seed: int = 0, constant: int | None = None) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        im = np.full((48, 48, 3), constant, np.uint8) if constant is not None else \
+            rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        p = folder / f"{i:02d}.png"
+        Image.fromarray(im).save(p)
+        out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_bad_parameters_are_refused_by_name(name: str, fe: FeatureExtractor) -> None:
+    with pytest.raises(InputError, match="no_such_option"):
+        create(name, fe, no_such_option=1)
+    with pytest.raises(InputError, match="fpr"):
+        create(name, fe, fpr=1.5)
+    with pytest.raises(InputError, match="batch_size"):
+        create(name, fe, batch_size=0)
+    if "steps" in DETECTORS[name].Params.model_fields:
+        with pytest.raises(InputError, match="steps"):
+            create(name, fe, steps=0)
+        with pytest.raises(InputError, match="time_budget"):
+            create(name, fe, time_budget=-1)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_params_round_trip_through_json(name: str, fe: FeatureExtractor) -> None:
+    det = create(name, fe, **TINY.get(name, {}))
+    again = create(name, fe, **det.params())
+    assert again.params() == det.params()
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_too_few_training_images_is_a_clear_error(name: str, fe: FeatureExtractor, tmp_path: Path) -> None:
+    cls = DETECTORS[name]
+    paths = _images(tmp_path / "few", cls.min_images - 1)
+    with pytest.raises(InputError, match=f"at least {cls.min_images}"):
+        create(name, fe, **TINY.get(name, {})).fit(paths, progress=False)
+
+
+def test_enough_files_but_too_few_readable_is_a_clear_error(fe: FeatureExtractor, tmp_path: Path) -> None:
+    paths = _images(tmp_path / "some", 3)
+    for i in range(3):
+        (tmp_path / "some" / f"bad{i}.png").write_bytes(b"not an image")
+        paths.append(tmp_path / "some" / f"bad{i}.png")
+    with pytest.raises(InputError, match="at least 5 readable"):
+        create("gaussian", fe).fit(paths, progress=False)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "patchcore"])
+def test_blank_training_images_are_refused(name: str, fe: FeatureExtractor, tmp_path: Path) -> None:
+    """All-black images have no variation: every score would be the same, and the threshold meaningless."""
+    paths = _images(tmp_path / "black", 8, constant=0)
+    with pytest.raises(InputError, match="do not vary"):
+        create(name, fe).fit(paths, progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_fit_leaves_the_global_rng_alone_and_is_seeded(name: str, fe: FeatureExtractor, tmp_path: Path) -> None:
+    paths = _images(tmp_path / "train", 8)
+    test = _images(tmp_path / "test", 2, seed=1)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = create(name, fe, seed=4, **TINY.get(name, {})).fit(paths, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = create(name, fe, seed=4, **TINY.get(name, {})).fit(paths, progress=False)
+    np.testing.assert_array_equal(a.score(test, progress=False).scores, b.score(test, progress=False).scores)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "draem"])
+def test_iter_score_yields_one_record_per_file_in_order(name: str, fe: FeatureExtractor, tmp_path: Path) -> None:
+    paths = _images(tmp_path / "train", 8)
+    det = create(name, fe, **TINY.get(name, {})).fit(paths, progress=False)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    files = [paths[0], bad, paths[1]]
+    records = list(det.iter_score(files, batch_size=2))
+    assert [type(r) for r in records] == [Skipped, Scored, Scored]  # a batch's skipped files come first
+    assert sorted(str(r.path) for r in records) == sorted(str(p) for p in files)
+    scored = [r for r in records if isinstance(r, Scored)]
+    assert all(r.map.shape == (48, 48) and r.embedding is None for r in scored)
+    assert all(r.anomalous == (r.score >= det.threshold_) for r in scored)
+    with_emb = [r for r in det.iter_score(paths[:2], embeddings=True) if isinstance(r, Scored)]
+    assert all(r.embedding is not None and r.embedding.ndim == 1 for r in with_emb)
+
+
+@pytest.mark.parametrize("name", ["draem", "efficientad"])
+def test_detectors_without_a_backbone_never_run_it_to_score(name: str, fe: FeatureExtractor, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = _images(tmp_path / "train", 6)
+    det = create(name, FeatureExtractor(image_size=64, precision="fp32"), **TINY[name]).fit(paths, progress=False)
+
+    def no_backbone(*_a, **_k):
+        raise AssertionError("the backbone ran")
+
+    monkeypatch.setattr(det.extractor, "level_maps", no_backbone)
+    records = list(det.iter_score(paths[:2]))
+    assert len(records) == 2 and all(isinstance(r, Scored) for r in records)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_learned_state_round_trips_and_wrong_shapes_are_named(name: str, fe: FeatureExtractor,
+                                                             tmp_path: Path) -> None:
+    paths = _images(tmp_path / "train", 8)
+    det = create(name, fe, **TINY.get(name, {})).fit(paths, progress=False)
+    state = det.state_dict()
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    fresh = create(name, fe, **det.params())
+    fresh.load_state_dict(state)
+    assert fresh.state_dict().keys() == state.keys()
+    key = max(state, key=lambda k: state[k].numel())  # the biggest tensor, cut in half
+    broken = {**state, key: state[key].flatten()[: max(1, state[key].numel() // 2)].clone()}
+    with pytest.raises((ValueError, RuntimeError)):
+        create(name, fe, **det.params()).load_state_dict(broken)
+    missing = {k: v for k, v in state.items() if k != key}
+    with pytest.raises((ValueError, RuntimeError), match=key.split(".")[0]):
+        create(name, fe, **det.params()).load_state_dict(missing)
