@@ -29,7 +29,6 @@ from sklearn.metrics import roc_auc_score
 
 from normalcy.data import load_dataset
 from normalcy.demo import build_elpv_dataset
-from normalcy.detectors import create
 from normalcy.detectors.musc import MuSc
 from normalcy.evaluate import run_eval
 from normalcy.features import FeatureExtractor
@@ -59,7 +58,7 @@ def _scores(det: MuSc, per_r: list[torch.Tensor], img: torch.Tensor, normal: np.
 
 def ceiling() -> None:
     ds = load_dataset(DATA)
-    det = create("musc", FeatureExtractor())
+    det = MuSc(FeatureExtractor())
     per_r, img, paths, _ = det.features([s.path for s in ds.test], progress=False)
     label_of = {s.path: s.label for s in ds.test}
     y = np.array([label_of[p] for p in paths])

@@ -30,14 +30,14 @@ def _one(n: int, image_size: int) -> dict:
     import torch
 
     from normalcy.data import list_files
-    from normalcy.detectors import create
+    from normalcy.detectors import MuSc
     from normalcy.evaluate import peak_rss_mb
     from normalcy.features import FeatureExtractor
 
     paths = list_files(DATA / "test") + list_files(DATA / "train" / "good")
     if n > len(paths):
         raise SystemExit(f"only {len(paths)} images available, asked for {n}")
-    det = create("musc", FeatureExtractor(image_size=image_size)).fit([])
+    det = MuSc(FeatureExtractor(image_size=image_size))
     t = time.perf_counter()
     result = det.score(paths[:n], progress=False)
     return {"images": len(result.paths), "image_size": image_size, "seconds": round(time.perf_counter() - t, 1),
@@ -48,7 +48,7 @@ def _quality(image_size: int) -> list[dict]:
     import numpy as np
 
     from normalcy.data import load_dataset
-    from normalcy.detectors import create
+    from normalcy.detectors import MuSc
     from normalcy.evaluate import masks_for
     from normalcy.features import FeatureExtractor
     from normalcy.metrics import evaluate
@@ -57,7 +57,7 @@ def _quality(image_size: int) -> list[dict]:
     label_of = {s.path: s.label for s in ds.test}
     rows = []
     for name, refs in (("test only (zero-shot)", []), ("test + train/good as extra references", ds.train)):
-        det = create("musc", FeatureExtractor(image_size=image_size)).fit(refs, progress=False)
+        det = MuSc(FeatureExtractor(image_size=image_size)).references(refs, progress=False)
         t = time.perf_counter()
         result = det.score([s.path for s in ds.test], progress=False)
         seconds = time.perf_counter() - t

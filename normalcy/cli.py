@@ -23,10 +23,10 @@ from rich.table import Table
 from . import __version__
 from .backbones import BACKBONES, BackboneSpec, custom_backbone
 from .data import ImageError, InputError, iter_images, list_files
-from .detectors import DETECTORS, NotFittedError, create, load
+from .detectors import DETECTORS, MuSc, NotFittedError, Skipped, create, load
 from .features import FeatureExtractor
 from .progress import console, progress_bar
-from .run import RunWriter
+from .run import RunWriter, read_embeddings
 
 app = typer.Typer(
     add_completion=False,
@@ -38,10 +38,14 @@ log = logging.getLogger("normalcy")
 
 
 def _setup(threads: int | None) -> None:
-    if not log.handlers:
-        log.addHandler(RichHandler(console=console, show_time=False, show_path=False))
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    """Log lines and Python warnings (a mask resized, Pillow's decompression-bomb check) go to stderr."""
+    handler = RichHandler(console=console, show_time=False, show_path=False)
+    for name in ("normalcy", "py.warnings"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
     logging.captureWarnings(True)
     warnings.simplefilter("always", UserWarning)
     if threads:
@@ -98,6 +102,11 @@ ReportOpt = typer.Option(True, help="Write report.html with the top anomalies.")
 SaveMapsOpt = typer.Option(False, help="Also write each raw anomaly map as maps/*.npy (float32, original size).")
 TopOpt = typer.Option(24, help="Images shown in the report.")
 RunOutOpt = typer.Option(Path("results"), "--output", "-o", help="Run folder: scores.csv, heatmaps/, report.html, ...")
+EmbeddingsOpt = typer.Option(None, "--embeddings/--no-embeddings",
+                             help="Store image embeddings for review re-ranking (default: when the detector runs the "
+                                  "backbone anyway; `normalcy serve` computes missing ones).")
+TrustOpt = typer.Option(False, "--trust-model-code", help="Allow a model whose custom backbone runs Python code "
+                        "(only for models you made or trust; the code file's recorded hash is checked).")
 GridOpt = typer.Option(4, help="Image-level features are pooled on a g x g grid (1 = whole image, as Rippel et al.).")
 
 
@@ -141,33 +150,47 @@ def predict(
     heatmaps: bool = HeatmapsOpt,
     report: bool = ReportOpt,
     save_maps: bool = SaveMapsOpt,
-    embeddings: bool = typer.Option(True, help="Store image embeddings for review re-ranking (`normalcy serve`)."),
+    embeddings: Optional[bool] = EmbeddingsOpt,
     top: int = TopOpt,
+    trust_model_code: bool = TrustOpt,
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Score images into a run folder: scores.csv, heatmaps/, overlays/, report.html, skipped.csv, embeddings."""
     _setup(threads)
     _predict_run(model_dir, inputs, output, heatmaps=heatmaps, report=report, save_maps=save_maps,
-                 embeddings=embeddings, top=top)
+                 embeddings=embeddings, top=top, trust_code=trust_model_code)
 
 
 def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bool = True, report: bool = True,
-                 save_maps: bool = False, embeddings: bool = True, top: int = 24) -> None:
-    det = load(model_dir)
+                 save_maps: bool = False, embeddings: bool | None = None, top: int = 24,
+                 trust_code: bool = False) -> None:
+    """Stream every file through the model into a run folder; a file that fails is skipped, named, not fatal."""
+    det = load(model_dir, trust_code=trust_code)
     paths = _input_paths(inputs)
+    if embeddings is None:  # free where the backbone runs anyway; `serve` computes them later for the others
+        embeddings = det.uses_features
     writer = RunWriter(output, det.threshold_, det.map_range_ or (0.0, 1.0),  # type: ignore[arg-type]
                        heatmaps=heatmaps, overlays=heatmaps, report=report, save_maps=save_maps, top=top,
                        info={"detector": det.name, "model": str(Path(model_dir).resolve()),
                              "backbone": det.extractor.spec.name}, inputs=inputs)
     skipped: list[tuple[Path, str]] = []
-    embs: list[np.ndarray] | None = [] if embeddings else None
     with progress_bar() as bar:
         task = bar.add_task("predict", total=len(paths))
-        for path, image, score, amap in det.iter_score(paths, skipped, embeddings=embs):
-            writer.add(path, image, score, amap, score >= det.threshold_,  # type: ignore[operator]
-                       embedding=embs[-1] if embs else None)
+        for rec in det.iter_score(paths, embeddings=embeddings):
+            if isinstance(rec, Skipped):
+                skipped.append((rec.path, rec.reason))
+            else:
+                _add_safely(writer, skipped, rec.path, rec.image, rec.score, rec.map, rec.anomalous, rec.embedding)
             bar.update(task, completed=len(writer.rows) + len(skipped))
     _finish_run(writer, skipped, f"normalcy predict: {len(writer.rows)} images")
+
+
+def _add_safely(writer: RunWriter, skipped: list[tuple[Path, str]], path: Path, *args: Any) -> None:
+    """Write one image's results; if that fails (a disk error, an odd name), the run goes on without it."""
+    try:
+        writer.add(path, *args)
+    except (OSError, ValueError) as err:
+        skipped.append((path, f"could not write its results: {err}"))
 
 
 @app.command("score-batch")
@@ -194,10 +217,10 @@ def score_batch(
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
     paths = _input_paths(inputs)
-    det = create("musc", _extractor(backbone, backbone_config, image_size, precision=precision),
-                 image_score=image_score, rscin_k=rscin_k)
-    det.fit(_input_paths(extra) if extra else [])
-    _report_skipped(det.skipped_fit_)
+    det = MuSc(_extractor(backbone, backbone_config, image_size, precision=precision),
+               image_score=image_score, rscin_k=rscin_k)
+    det.references(_input_paths(extra) if extra else [])
+    _report_skipped(det.skipped_refs_)
     result = det.score(paths, embeddings=True)  # images are read again below: a big batch need not fit in memory
     writer = RunWriter(output, result.threshold, det.map_range_ or (0.0, 1.0), heatmaps=heatmaps, overlays=heatmaps,
                        report=report, save_maps=save_maps, top=top, inputs=inputs,
@@ -209,8 +232,8 @@ def score_batch(
         task = bar.add_task("writing", total=len(result.paths))
         for path, image in iter_images(result.paths, skipped):  # a file gone since scoring is skipped, named
             i = row_of[path]
-            writer.add(path, image, float(result.scores[i]), result.maps[i], bool(result.decisions[i]),
-                       embedding=result.embeddings[i])
+            _add_safely(writer, skipped, path, image, float(result.scores[i]), result.maps[i],
+                        bool(result.decisions[i]), result.embeddings[i])
             bar.advance(task)
     _finish_run(writer, skipped, f"normalcy score-batch (MuSc, zero-shot): {len(writer.rows)} images")
 
@@ -244,6 +267,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but 127.0.0.1 exposes the page to the network."),
     port: int = typer.Option(8765, help="Port to listen on."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+    trust_model_code: bool = TrustOpt,
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Review in the browser: a gallery by rank, label with the keyboard, the ranking learns (active learning)."""
@@ -255,13 +279,33 @@ def serve(
         if not images:
             raise InputError(f"{target} is a model: give the images to score too (normalcy serve MODEL IMAGES...)")
         run_dir = output or Path("review-run")
-        _predict_run(target, list(images), run_dir)
+        _predict_run(target, list(images), run_dir, trust_code=trust_model_code)
     elif not (target / "scores.csv").is_file():
         raise InputError(f"{target}: neither a run folder (no scores.csv) nor a model directory (no model.json)")
     elif images:
         raise InputError(f"{target} is a run folder: it already holds its scores; give images only with a model")
+    if strategy != "none" and read_embeddings_or_none(run_dir) is None:
+        _embed_run(run_dir)
     # serve() prints the URL itself, once the server accepts connections.
     run_server(run_dir, host=host, port=port, database=database, strategy=strategy, open_browser=open_browser)
+
+
+def read_embeddings_or_none(run_dir: Path) -> Any:
+    try:
+        return read_embeddings(run_dir)
+    except Exception:  # noqa: BLE001  (a damaged file is recomputed)
+        return None
+
+
+def _embed_run(run_dir: Path) -> None:
+    """Re-ranking learns from image embeddings; a run scored without them (EfficientAD, DRAEM) gets them now,
+    from the run's built-in backbone (a custom one is never imported from a run folder: the default is used)."""
+    from .run import add_embeddings, read_run_json
+
+    name = read_run_json(run_dir).get("backbone")
+    backbone = name if name in BACKBONES else "efficientnet_lite0"
+    console.print(f"{run_dir} has no image embeddings: computing them for re-ranking with {backbone}")
+    add_embeddings(run_dir, FeatureExtractor(backbone=backbone))
 
 
 @app.command("eval")
@@ -340,13 +384,10 @@ def version() -> None:
 def _detector_kwargs(detector: str, fpr: float, seed: int, steps: Optional[int],
                      time_budget: Optional[float]) -> dict[str, Any]:
     """Detector arguments from the options fit and eval share; --steps/--time-budget only for detectors that train."""
-    import inspect
-
     given = {k: v for k, v in (("steps", steps), ("time_budget", time_budget)) if v is not None}
     cls = DETECTORS.get(detector)
     if given and cls is not None:
-        accepted = inspect.signature(cls.__init__).parameters
-        unknown = [k for k in given if k not in accepted]
+        unknown = [k for k in given if k not in cls.Params.model_fields]
         if unknown:
             raise InputError(f"detector {detector!r} does not train: --{unknown[0].replace('_', '-')} does not apply")
     return {"fpr": fpr, "seed": seed, **given}

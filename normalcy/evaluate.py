@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .data import Dataset, Sample, load_dataset, read_image, read_mask
-from .detectors import Detector, Result, create
+from .detectors import Detector, MuSc, Result, create
 from .features import FeatureExtractor
 from .metrics import evaluate
 from .report import ReportImage, write_report
@@ -74,10 +74,13 @@ def run_eval(
 ) -> tuple[dict[str, Any], Detector, Result]:
     """Fit, score, measure. Returns (metrics dict, fitted detector, test result)."""
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
-    det = create(detector, extractor, **(detector_kwargs or {}))
+    kwargs = dict(detector_kwargs or {})
+    zero_shot = detector == MuSc.name  # scores the test set against itself: train/ is not used at all
     t0 = time.perf_counter()
-    zero_shot = getattr(det, "zero_shot", False)
-    det.fit([] if zero_shot else ds.train, progress=progress)  # zero-shot: train/ is not used at all
+    if zero_shot:
+        det: Detector | MuSc = MuSc(extractor, **{k: v for k, v in kwargs.items() if k not in ("fpr", "seed")})
+    else:
+        det = create(detector, extractor, **kwargs).fit(ds.train, progress=progress)
     fit_seconds = time.perf_counter() - t0
     fit_rss = peak_rss_mb()
     paths = [s.path for s in ds.test]
@@ -94,11 +97,11 @@ def run_eval(
         "backbone": det.extractor.spec.name,
         "image_size": det.extractor.image_size,
         "precision": det.extractor.precision,
-        "n_train": det.n_train_,
+        "n_train": 0 if zero_shot else det.n_train_,
         "n_test": len(result.paths),
         **{k: _num(v) for k, v in metrics.items()},
         "threshold": det.threshold_,
-        "target_fpr": det.fpr,
+        "target_fpr": None if zero_shot else det.fpr,
         **decision_rates(labels, result.decisions),
         "fit_seconds": round(fit_seconds, 3),
         "score_seconds": round(score_seconds, 3),
@@ -107,7 +110,7 @@ def run_eval(
         if latency_images and not zero_shot else None,
         "fit_peak_rss_mb": round(fit_rss, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "skipped": [[str(p), r] for p, r in det.skipped_fit_ + result.skipped],
+        "skipped": [[str(p), r] for p, r in ([] if zero_shot else det.skipped_fit_) + result.skipped],
     }
     return out, det, result
 

@@ -174,49 +174,38 @@ def test_eval_json_is_exactly_one_object(tmp_path: Path) -> None:
     result = json.loads(lines[0])
     assert EVAL_KEYS <= set(result)
     assert result["n_train"] == 10 and result["n_test"] == 6
-    assert result["image_auroc"] == 1.0
+    assert result["image_auroc"] >= 0.9
     assert 0.5 < result["pixel_auroc"] <= 1.0
     assert (tmp_path / "eval.html").is_file()
 
 
-def test_eval_hazelnut_patchcore_reaches_auroc_1() -> None:
+def test_eval_hazelnut_patchcore() -> None:
     if not (DATA / "hazelnut_toy").is_dir():
         pytest.skip("../shared/data/hazelnut_toy is absent")
     r = normalcy("eval", str(DATA / "hazelnut_toy"), "--detector", "patchcore", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["n_train"] == 28 and result["n_test"] == 23
-    assert result["image_auroc"] == 1.0
+    assert result["image_auroc"] >= 0.97  # 1.0 when measured; a margin, not an exact figure
     assert result["pixel_auroc"] > 0.95
 
 
 def test_serve_prints_a_token_url_that_the_server_requires(tmp_path: Path) -> None:
     import re
-    import socket
-    import time
 
     import httpx
     from review_fixtures import make_run
 
     run = make_run(tmp_path / "run")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "normalcy.cli", "serve", str(run), "--port", str(port)],
+    # Port 0: the server binds a free port itself and prints it once it accepts connections.
+    proc = subprocess.Popen([sys.executable, "-m", "normalcy.cli", "serve", str(run), "--port", "0"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         line = proc.stderr.readline()  # type: ignore[union-attr]
-        url = re.search(r"http://\S+", line)
+        url = re.search(r"http://127\.0\.0\.1:(\d+)/\S+", line)
         assert url, line
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):  # the URL is printed just before the server starts listening
-            try:
-                if httpx.get(url.group(0)).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError(f"server did not start: {line}")
+        assert httpx.get(url.group(0)).status_code == 200  # no retry: it is listening already
+        base = f"http://127.0.0.1:{url.group(1)}"
         assert httpx.get(base + "/api/items").status_code == 401
         token = url.group(0).split("token=")[1]
         items = httpx.get(base + "/api/items", headers={"Authorization": f"Bearer {token}"}).json()
@@ -234,3 +223,27 @@ def test_serve_refuses_what_is_neither_run_nor_model(tmp_path: Path) -> None:
     assert normalcy("fit", str(ds / "train" / "good"), "-o", str(model), "--image-size", "64").returncode == 0
     r = normalcy("serve", str(model))
     assert r.returncode == 1 and "give the images" in r.stderr
+
+
+def test_bad_detector_parameters_are_one_line_errors(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds", n_train=6)
+    train = str(ds / "train" / "good")
+    for args, says in ((["-d", "simplenet", "--steps", "0"], "steps"),
+                       (["-d", "draem", "--time-budget", "-5"], "time_budget"),
+                       (["-d", "gaussian", "--steps", "10"], "does not train"),
+                       (["-d", "musc"], "score-batch"),
+                       (["--fpr", "2"], "fpr")):
+        r = normalcy("fit", train, "-o", str(tmp_path / "m"), *args)
+        assert r.returncode == 1, (args, r.stderr)
+        assert "Traceback" not in r.stderr and says in r.stderr, (args, r.stderr)
+        assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, (args, r.stderr)
+
+
+def test_warnings_reach_the_user(tmp_path: Path) -> None:
+    """Python warnings are shown on stderr, not swallowed: here a ground-truth mask of the wrong size."""
+    ds = make_dataset(tmp_path / "ds", n_train=6)
+    mask = ds / "ground_truth" / "square" / "000_mask.png"
+    Image.open(mask).resize((48, 48)).save(mask)
+    r = normalcy("eval", str(ds), "--image-size", "64", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "resized" in r.stderr and "000_mask.png" in r.stderr

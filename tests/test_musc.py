@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import texture
 from normalcy.data import InputError
-from normalcy.detectors import create
+from normalcy.detectors import MuSc
 from normalcy.features import FeatureExtractor
 
 
@@ -31,7 +31,7 @@ def _batch(folder: Path, n: int = 10) -> list[Path]:
 
 def test_planted_defect_ranks_first_with_no_training(tmp_path: Path) -> None:
     paths = _batch(tmp_path / "batch")
-    det = create("musc", FeatureExtractor(image_size=96, precision="fp32")).fit()
+    det = MuSc(FeatureExtractor(image_size=96, precision="fp32"))
     r = det.score(paths, progress=False)
     assert r.paths[int(np.argmax(r.scores))].name == "06.png"
     assert all(m.shape == (96, 96) for m in r.maps)
@@ -42,7 +42,7 @@ def test_planted_defect_ranks_first_with_no_training(tmp_path: Path) -> None:
 def test_chunked_and_unchunked_scoring_agree() -> None:
     g = torch.Generator().manual_seed(0)
     z = torch.nn.functional.normalize(torch.randn(9, 16, 8, generator=g), dim=-1)
-    det = create("musc")
+    det = MuSc()
     whole = det.mutual_scores(z, chunk=9)
     for chunk in (1, 2, 4):
         torch.testing.assert_close(det.mutual_scores(z, chunk=chunk), whole, rtol=1e-5, atol=1e-5)
@@ -51,7 +51,7 @@ def test_chunked_and_unchunked_scoring_agree() -> None:
 def test_needs_two_images_and_skips_bad_files(tmp_path: Path) -> None:
     paths = _batch(tmp_path / "batch", n=3)
     (tmp_path / "batch" / "bad.png").write_bytes(b"")
-    det = create("musc", FeatureExtractor(image_size=64, precision="fp32")).fit()
+    det = MuSc(FeatureExtractor(image_size=64, precision="fp32"))
     r = det.score([*paths, tmp_path / "batch" / "bad.png"], progress=False)
     assert len(r.scores) == 3 and [p.name for p, _ in r.skipped] == ["bad.png"]
     with pytest.raises(InputError):
@@ -78,33 +78,37 @@ def test_mutual_scores_match_the_definition_with_and_without_references() -> Non
     g = torch.Generator().manual_seed(1)
     z = torch.nn.functional.normalize(torch.randn(7, 12, 6, generator=g), dim=-1)
     refs = torch.nn.functional.normalize(torch.randn(5, 12, 6, generator=g), dim=-1)
-    det = create("musc", interval=0.3)
+    det = MuSc(interval=0.3)
     torch.testing.assert_close(det.mutual_scores(z, chunk=3), _naive_mutual(z, None, 0.3), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(det.mutual_scores(z, chunk=2, refs=refs), _naive_mutual(z, refs, 0.3),
                                rtol=1e-4, atol=1e-4)
 
 
-def test_extra_unlabeled_references_are_matched_not_scored_and_saved(tmp_path: Path) -> None:
+def test_extra_unlabeled_references_are_matched_not_scored(tmp_path: Path) -> None:
     paths = _batch(tmp_path / "batch")
-    det = create("musc", FeatureExtractor(image_size=96, precision="fp32")).fit(paths[:5], progress=False)
-    assert det.n_train_ == 5
+    det = MuSc(FeatureExtractor(image_size=96, precision="fp32")).references(paths[:5], progress=False)
+    assert len(det.refs_[0]) == 5
     r = det.score(paths[5:], progress=False)  # 5 images scored, each against 4 others + 5 references
     assert [p.name for p in r.paths] == [p.name for p in paths[5:]]
     assert r.paths[int(np.argmax(r.scores))].name == "06.png"
     one = det.score(paths[6:7], progress=False)  # one image is enough when there are references
     assert len(one.scores) == 1
-    det.save(tmp_path / "model")
-    from normalcy.detectors import load
 
-    again = load(tmp_path / "model").score(paths[5:], progress=False)
-    np.testing.assert_allclose(again.scores, r.scores, rtol=1e-5)
+
+def test_musc_is_not_a_fitted_detector(tmp_path: Path) -> None:
+    """Zero-shot MuSc has no model: create/fit refuse it and point at score-batch."""
+    from normalcy.detectors import DETECTORS, create
+
+    assert "musc" not in DETECTORS
+    with pytest.raises(InputError, match="score-batch"):
+        create("musc")
 
 
 def test_score_is_patch_scores_then_image_scores(tmp_path: Path) -> None:
     """The public steps the benchmarks call compose to exactly what ``score`` returns."""
     paths = _batch(tmp_path / "batch")
     for kwargs in ({}, {"image_score": "max", "rscin_k": 1}):
-        det = create("musc", FeatureExtractor(image_size=96, precision="fp32"), **kwargs).fit()
+        det = MuSc(FeatureExtractor(image_size=96, precision="fp32"), **kwargs)
         r = det.score(paths, progress=False)
         per_r, img, seen, skipped = det.features(paths, progress=False)
         assert seen == r.paths and not skipped
@@ -114,6 +118,8 @@ def test_score_is_patch_scores_then_image_scores(tmp_path: Path) -> None:
 
 def test_bad_settings_are_refused_by_name() -> None:
     with pytest.raises(InputError, match="image_score"):
-        create("musc", image_score="mean")
+        MuSc(image_score="mean")
     with pytest.raises(InputError, match="rscin_k"):
-        create("musc", rscin_k=0)
+        MuSc(rscin_k=0)
+    with pytest.raises(InputError, match="radii"):
+        MuSc(radii=[0])
