@@ -16,7 +16,7 @@ from fastapi import HTTPException
 
 from .ranking import make_ranker, user_score
 from .run import read_features, read_run_json, read_scores
-from .store import Item, Store
+from .store import Item, Store, shown
 
 __all__ = ["STRATEGIES", "Review"]
 
@@ -124,7 +124,7 @@ class Review:
         return {
             "id": item.id,
             "name": item.name,
-            "path": item.path,
+            "path": shown(item.path),  # for people; the file itself is found by id
             "score": item.score,
             "decision": "anomalous" if item.decision else "normal",
             "rank": int(rank[k]),

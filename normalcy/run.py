@@ -301,3 +301,31 @@ def read_features(run_dir: Path, n_rows: int) -> np.ndarray | None:
                        path, tuple(emb.shape), n_rows)
         return None
     return emb
+
+
+def add_embeddings(run_dir: Path, extractor: Any, progress: bool = True) -> np.ndarray:
+    """Compute and store the embeddings of a run that has none, row-aligned with scores.csv.
+
+    ``predict`` skips them for detectors that never run the backbone (EfficientAD, DRAEM), so
+    scoring stays fast; review re-ranking needs them, so ``serve`` calls this first. An image
+    that can no longer be read gets a zero row (it then ranks by its anomaly score alone).
+    """
+    from .progress import progress_bar
+
+    rows, n_rows = read_scores(run_dir)
+    row_of = {Path(r.path): r.row for r in rows}
+    out: np.ndarray | None = None
+    with progress_bar(progress) as bar:
+        task = bar.add_task("embeddings for review", total=len(rows))
+        for batch in extractor.iter_batches(list(row_of), keep_images=False):
+            for path, reason in batch.skipped:
+                logger.warning("%s: %s; it ranks by its anomaly score alone", path, reason)
+            if batch.paths:
+                emb = batch.features.embedding.numpy()
+                out = np.zeros((n_rows, emb.shape[1]), np.float32) if out is None else out
+                out[[row_of[p] for p in batch.paths]] = emb
+            bar.advance(task, len(batch.paths) + len(batch.skipped))
+    if out is None:
+        raise InputError(f"{run_dir}: none of the run's images could be read to compute embeddings")
+    save_file({"embedding": out}, str(Path(run_dir) / EMBEDDINGS))
+    return out

@@ -16,8 +16,10 @@ only the items of its own run, and labels and events only through those items.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,6 +48,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.pool import StaticPool
 
 from .data import InputError
+from .run import csv_cell
 
 __all__ = ["LABELS", "Item", "Store", "run_id"]
 
@@ -102,6 +105,28 @@ class Item:
     @property
     def labelled(self) -> bool:
         return self.label is not None or self.interest is not None
+
+
+_RAW = "fsb64:"  # marks a path stored as base64 of its bytes; real paths here are absolute, never start so
+
+
+def to_db(path: str) -> str:
+    """A path as database text. A non-UTF-8 file name (surrogate-escaped bytes) cannot be stored as
+    text, so it is kept as base64 of its exact bytes and comes back unchanged through ``from_db``."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return _RAW + base64.b64encode(os.fsencode(path)).decode("ascii")
+
+
+def from_db(text: str) -> str:
+    return os.fsdecode(base64.b64decode(text[len(_RAW):])) if text.startswith(_RAW) else text
+
+
+def shown(name: str) -> str:
+    """A display name the database can hold: undecodable bytes become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _normalise_url(url: str) -> str:
@@ -213,8 +238,9 @@ class Store:
         """Add or refresh this run's items by path (a re-run updates scores); labels are left alone."""
         if not rows:
             return
-        values = [{"run": self.run, "path": str(r["path"]), "name": str(r["name"]), "score": float(r["score"]),
-                   "decision": bool(r["decision"]), "overlay": r.get("overlay") or None} for r in rows]
+        values = [{"run": self.run, "path": to_db(str(r["path"])), "name": shown(str(r["name"])),
+                   "score": float(r["score"]), "decision": bool(r["decision"]),
+                   "overlay": to_db(r["overlay"]) if r.get("overlay") else None} for r in rows]
         stmt = self._insert()(items_table)
         stmt = stmt.on_conflict_do_update(
             index_elements=[items_table.c.run, items_table.c.path],
@@ -231,8 +257,9 @@ class Store:
 
     @staticmethod
     def _item(row: Any) -> Item:
-        return Item(id=row.id, path=row.path, name=row.name, score=float(row.score), decision=bool(row.decision),
-                    overlay=row.overlay, label=row.label, interest=row.interest, updated_at=row.updated_at)
+        return Item(id=row.id, path=from_db(row.path), name=row.name, score=float(row.score),
+                    decision=bool(row.decision), overlay=from_db(row.overlay) if row.overlay else row.overlay,
+                    label=row.label, interest=row.interest, updated_at=row.updated_at)
 
     def items(self) -> list[Item]:
         """This run's items with their current labels, in id order."""
@@ -317,7 +344,7 @@ class Store:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["path", "label", "interest", "score", "decision", "updated_at"])
         for it in self.labelled():
-            writer.writerow([it.path, it.label or "", "" if it.interest is None else it.interest,
+            writer.writerow([csv_cell(shown(it.path)), it.label or "", "" if it.interest is None else it.interest,
                              f"{it.score:.6g}", "anomalous" if it.decision else "normal", _iso(it.updated_at)])
         return out.getvalue()
 

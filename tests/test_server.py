@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from review_fixtures import THRESHOLD, db_url, make_run  # noqa: F401  (db_url is a fixture)
 from sqlalchemy import update
 
@@ -646,3 +648,29 @@ def test_taken_port_is_one_clear_error(run: Path) -> None:
         port = holder.getsockname()[1]
         with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port}"):
             serve(run, port=port, token=TOKEN)
+
+
+def test_a_non_utf8_file_name_is_reviewed(tmp_path: Path) -> None:
+    """Linux file names are bytes: one that is not UTF-8 still gets its row, its image and its label."""
+    from normalcy.run import RunWriter
+
+    images = tmp_path / "images"
+    images.mkdir()
+    odd = images / os.fsdecode(b"part\xff.png")
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(odd)
+    plain = images / "plain.png"
+    Image.fromarray(np.full((16, 16, 3), 30, np.uint8)).save(plain)
+    writer = RunWriter(tmp_path / "run", 0.5, (0.0, 1.0), heatmaps=False, report=False, inputs=[images])
+    for path, score in ((odd, 0.9), (plain, 0.1)):
+        writer.add(path, np.asarray(Image.open(path).convert("RGB")), score, np.zeros((16, 16), np.float32),
+                   score >= 0.5)
+    writer.close([], "t")
+    with open_client(tmp_path / "run") as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        listed = items(c)["items"]
+        top = max(listed, key=lambda it: it["score"])
+        assert "\ufffd" in top["name"]
+        r = c.get(top["image_url"])
+        assert r.status_code == 200 and r.content == odd.read_bytes()
+        assert c.post(f"/api/items/{top['id']}/label", json={"label": "anomalous"}).status_code == 200
+        assert "\ufffd" in c.get("/api/labels.csv").text
