@@ -40,12 +40,11 @@ log = logging.getLogger("normalcy")
 def _setup(threads: int | None) -> None:
     """Log lines and Python warnings (a mask resized, Pillow's decompression-bomb check) go to stderr."""
     handler = RichHandler(console=console, show_time=False, show_path=False)
-    for name in ("normalcy", "py.warnings"):
+    for name in ("normalcy", "py.warnings"):  # they still propagate: a host application's logging sees them too
         logger = logging.getLogger(name)
         if not logger.handlers:
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
-            logger.propagate = False
     logging.captureWarnings(True)
     warnings.simplefilter("always", UserWarning)
     if threads:

@@ -120,3 +120,23 @@ def test_an_image_without_a_map_gets_no_pictures(tmp_path: Path) -> None:
     writer.close([], "test")
     assert read_scores(run)[0][0].overlay is None
     assert not any((run / d).exists() for d in ("overlays", "heatmaps", "maps"))
+
+
+def test_embeddings_a_run_lacks_are_computed_row_aligned(tmp_path: Path) -> None:
+    """predict skips embeddings for detectors without a backbone; serve fills them in, one row per scores.csv row."""
+    from normalcy.features import FeatureExtractor
+    from normalcy.run import add_embeddings, read_embeddings
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = []
+    for i in range(3):
+        p = folder / f"{i}.png"
+        Image.fromarray(_image(i)).save(p)
+        paths.append(p)
+    _write(tmp_path / "run", paths, [folder])
+    assert read_embeddings(tmp_path / "run") is None
+    paths[1].unlink()  # gone since scoring: a zero row, the others still embedded
+    emb = add_embeddings(tmp_path / "run", FeatureExtractor(image_size=64, precision="fp32"), progress=False)
+    assert emb.shape[0] == 3 and np.array_equal(read_embeddings(tmp_path / "run"), emb)
+    assert not emb[1].any() and emb[0].any() and emb[2].any()

@@ -54,6 +54,12 @@ def items(c: TestClient, **params: object) -> dict:
     return r.json()
 
 
+def point_item_at(c: TestClient, item_id: int, path: Path) -> None:
+    """Tamper with the database as an attacker with write access to it would."""
+    with c.app.state.review.store.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(update(items_table).where(items_table.c.id == item_id).values(path=str(path)))
+
+
 def by_name(c: TestClient) -> dict[str, dict]:
     return {it["name"]: it for it in items(c)["items"]}
 
@@ -258,9 +264,7 @@ def test_symlinked_images_and_extra_roots(tmp_path: Path) -> None:
         names = by_name(c)
         assert c.get(names["img_000.png"]["image_url"]).status_code == 200
         item_id = names["img_001.png"]["id"]
-        with c.app.state.review.store.engine.begin() as conn:  # type: ignore[attr-defined]
-            conn.execute(update(items_table).where(items_table.c.id == item_id)
-                         .values(path=str(extra / "other.png")))
+        point_item_at(c, item_id, extra / "other.png")
         r = c.get(f"/api/items/{item_id}/image")
         assert r.status_code == 200 and r.content == b"other"
 
@@ -562,9 +566,7 @@ def test_only_the_runs_folders_are_served(tmp_path: Path) -> None:
         names = by_name(c)
         assert c.get(names["elsewhere/img_000.png"]["image_url"]).status_code == 200
         item_id = names["elsewhere/img_000.png"]["id"]
-        with c.app.state.review.store.engine.begin() as conn:  # type: ignore[attr-defined]
-            conn.execute(update(items_table).where(items_table.c.id == item_id)
-                         .values(path=str(elsewhere / "secret.png")))
+        point_item_at(c, item_id, elsewhere / "secret.png")
         assert c.get(f"/api/items/{item_id}/image").status_code == 403
 
 

@@ -25,19 +25,18 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Sequence
+from typing import Annotated, Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import save_file
 from torch import nn
 
 from .. import __version__
-from ..backbones import custom_backbone
 from ..data import InputError
 from ..features import Batch, FeatureExtractor, upsample_map
-from ..modelfile import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS, one_line, read_model
+from ..modelfile import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS, load  # noqa: F401  (load: re-exported)
 from ..progress import progress_bar
 
 log = logging.getLogger("normalcy")
@@ -93,6 +92,16 @@ class HyperParams(BaseModel):
     """Base of each detector's hyper-parameters: typos and out-of-range values are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _multiple_of_32(v: int) -> int:
+    if v % 32:
+        raise ValueError("must be a multiple of 32 (the networks halve the image 5 times)")
+    return v
+
+
+InputSize = Annotated[int, Field(ge=32, le=1024), AfterValidator(_multiple_of_32)]
+"""The square input size of a trained detector's own networks."""
 
 
 def validation_message(where: str, err: ValidationError) -> str:
@@ -376,7 +385,7 @@ class Detector:
         self._check_fitted()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_file(self.state_dict(), str(d / "model.safetensors"))
+        save_file(self.state_dict(), str(d / MODEL_TENSORS))
         meta = {
             "format_version": FORMAT_VERSION,
             "normalcy_version": __version__,
@@ -396,7 +405,7 @@ class Detector:
             meta["training"] = {"steps": log_.steps, "seconds": round(log_.seconds, 2),
                                 "final_loss": log_.losses[-1] if log_.losses else None,
                                 "stopped_by": log_.stopped_by}
-        (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (d / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         return d
 
 
@@ -442,42 +451,3 @@ class _Counter:
                 self.first = b.inputs[0] if self.first is None else self.first
                 self.varied = any(not torch.equal(x, self.first) for x in b.inputs)
             yield b
-
-
-def load(directory: str | Path, trust_code: bool = False) -> Detector:
-    """Load a model directory written by ``Detector.save``; every problem is one InputError line.
-
-    A model is data: one whose backbone is custom Python code is refused unless
-    ``trust_code`` (see ``normalcy.modelfile``), so loading a stranger's model runs nothing.
-    """
-    from . import DETECTORS
-
-    d = Path(directory)
-    meta, tensors = read_model(d, trust_code=trust_code)
-    meta_path, state_path = d / MODEL_JSON, d / MODEL_TENSORS
-    cls = DETECTORS.get(meta.detector)
-    if cls is None:
-        raise InputError(f"{meta_path}: unknown detector {meta.detector!r}; this normalcy has {sorted(DETECTORS)}")
-    ex = meta.extractor
-    try:
-        backbone: Any = ex.backbone
-        if ex.backbone_extras is not None:  # a custom backbone: rebuilt from its (trusted, hashed) code
-            backbone = custom_backbone(**ex.backbone_extras.model_dump())
-        extractor = FeatureExtractor(backbone=backbone, **ex.model_dump(exclude={"backbone", "backbone_extras"}))
-        det = cls(extractor=extractor, fpr=meta.fpr, batch_size=meta.batch_size, seed=meta.seed, **meta.params)
-    except InputError as err:
-        raise InputError(f"{meta_path}: {err}") from None
-    except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as err:
-        raise InputError(f"{meta_path}: does not describe a {meta.detector} model: {one_line(err)}") from None
-    try:
-        det.load_state_dict(tensors)
-    except InputError as err:
-        raise InputError(f"{state_path}: {err}") from None
-    except KeyError as err:
-        raise InputError(f"{state_path}: does not fit a {meta.detector} model: missing tensor {err}") from None
-    except (ValueError, RuntimeError, AssertionError, TypeError, IndexError) as err:
-        raise InputError(f"{state_path}: does not fit a {meta.detector} model: {one_line(err)}") from None
-    det.threshold_ = meta.threshold
-    det.map_range_ = (meta.map_range[0], meta.map_range[1])
-    det.n_train_ = meta.n_train
-    return det

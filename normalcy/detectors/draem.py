@@ -49,13 +49,13 @@ from typing import Any, Iterator, Sequence, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..features import Batch
 from ..networks import Discriminative, Reconstructive, focal_loss, ssim
 from ..synthetic import synthesize
 from ..training import TrainLog, step_decay, train
-from .base import Detector, HyperParams
+from .base import Detector, HyperParams, InputSize
 
 
 class DRAEM(Detector):
@@ -72,19 +72,12 @@ class DRAEM(Detector):
     class Params(HyperParams):
         steps: int = Field(5000, ge=1)
         time_budget: Optional[float] = Field(600.0, gt=0, description="seconds; None: steps alone")
-        input_size: int = Field(128, ge=32, le=1024)
+        input_size: InputSize = 128
         base_width: int = Field(16, ge=2)
         lr: float = Field(1e-3, gt=0)
         train_batch_size: int = Field(8, ge=1)
         anomaly_prob: float = Field(0.5, ge=0, le=1)
         holdout: float = Field(0.1, gt=0, lt=1, description="fraction of training images kept to calibrate on")
-
-        @field_validator("input_size")
-        @classmethod
-        def _multiple_of_32(cls, v: int) -> int:
-            if v % 32:
-                raise ValueError("must be a multiple of 32 (the U-Net pools 5 times)")
-            return v
 
     steps: int
     time_budget: Optional[float]

@@ -97,7 +97,7 @@ from ..features import Batch
 from ..networks import AutoEncoder, pdn_tiny
 from ..synthetic import augment, jitter, synthetic_images
 from ..training import TrainLog, step_decay, train
-from .base import Detector, HyperParams
+from .base import Detector, HyperParams, InputSize
 
 log = logging.getLogger("normalcy")
 
@@ -116,7 +116,7 @@ class EfficientAD(Detector):
         teacher_steps: int = Field(2000, ge=1)
         time_budget: Optional[float] = Field(600.0, gt=0, description="seconds for both phases; None: steps alone")
         teacher_share: float = Field(0.4, gt=0, lt=1)
-        input_size: int = Field(256, ge=32, le=1024)
+        input_size: InputSize = 256
         channels: tuple[int, int, int] = (16, 32, 32)
         out_channels: int = Field(32, ge=1)
         ae_channels: tuple[int, int] = (16, 32)
@@ -128,13 +128,6 @@ class EfficientAD(Detector):
         holdout: float = Field(0.1, gt=0, lt=1, description="fraction of training images kept to calibrate on")
         q_a: float = Field(0.9, gt=0, lt=1)
         q_b: float = Field(0.995, gt=0, lt=1)
-
-        @field_validator("input_size")
-        @classmethod
-        def _multiple_of_32(cls, v: int) -> int:
-            if v % 32:
-                raise ValueError("must be a multiple of 32")
-            return v
 
         @field_validator("channels", "ae_channels")
         @classmethod
