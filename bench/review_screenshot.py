@@ -4,7 +4,7 @@
     normalcy predict /tmp/model ../shared/data/magnetic_tile/test -o /tmp/run --no-report
     python bench/review_screenshot.py /tmp/run docs/img/review.png
 
-Starts the server on a free port with a throw-away database, labels the first two images
+Starts the server on a port it binds itself (port 0) with a throw-away database, labels the first two images
 with the keyboard (n, a), turns the overlay on (o) and saves the page. Needs Debian's
 chromium and the playwright package.
 """
@@ -12,17 +12,15 @@ chromium and the playwright package.
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 
-from normalcy.server import create_app, new_token
+from normalcy.server import ReviewServer, create_app, listen, new_token
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -30,16 +28,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 def main(run: Path, out: Path) -> None:
     token = new_token()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(run, token, database=f"sqlite:///{Path(tmp) / 'review.sqlite'}")
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        started = threading.Event()
+        server = ReviewServer(app, token, listen("127.0.0.1", 0), announce=lambda _url: started.set())
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        while not server.started:
-            time.sleep(0.05)
+        started.wait(60)
+        port = server.port
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
@@ -55,7 +51,7 @@ def main(run: Path, out: Path) -> None:
                 page.screenshot(path=str(out))
                 browser.close()
         finally:
-            server.should_exit = True
+            server.stop()
             thread.join()
     print(f"wrote {out}")
 

@@ -33,7 +33,7 @@ def main() -> None:
     rows = []
     for name in args.detectors:
         kwargs = {}
-        if "time_budget" in DETECTORS[name].__init__.__code__.co_varnames:
+        if "time_budget" in DETECTORS[name].Params.model_fields:
             kwargs["time_budget"] = args.train_budget
         det = create(name, FeatureExtractor(image_size=args.size), **kwargs).fit(ds.train, progress=False)
         best = 0.0

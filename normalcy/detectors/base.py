@@ -115,18 +115,11 @@ def validation_message(where: str, err: ValidationError) -> str:
 
 
 class _Common(HyperParams):
-    fpr: float
-    batch_size: int
-    seed: int
+    """What every detector takes: the target false-positive rate, the batch size, the seed."""
 
-    @classmethod
-    def check(cls, fpr: float, batch_size: int, seed: int) -> "_Common":
-        c = cls(fpr=fpr, batch_size=batch_size, seed=seed)
-        if not 0.0 < c.fpr < 1.0:
-            raise InputError(f"fpr must be between 0 and 1 (exclusive), got {fpr}")
-        if c.batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        return c
+    fpr: float = Field(gt=0, lt=1)
+    batch_size: int = Field(ge=1)
+    seed: int
 
 
 # Attributes the base owns and saves in model.json rather than as tensors.
@@ -149,7 +142,7 @@ class Detector:
     def __init__(self, extractor: FeatureExtractor | None = None, fpr: float = 0.01, batch_size: int = 8,
                  seed: int = 0, **params: Any) -> None:
         try:
-            common = _Common.check(fpr, batch_size, seed)
+            common = _Common(fpr=fpr, batch_size=batch_size, seed=seed)
             validated = type(self).Params(**params)
         except ValidationError as err:
             raise InputError(validation_message(f"detector {self.name}", err)) from None
@@ -188,9 +181,10 @@ class Detector:
         return float(getattr(self, "holdout", 0.0))
 
     # -- the shared workflow --------------------------------------------------------------
-    def _batches(self, paths: Sequence[Path], batch_size: int | None = None, embed: bool = False) -> Iterator[Batch]:
+    def _batches(self, paths: Sequence[Path], batch_size: int | None = None, embed: bool = False,
+                 keep_images: bool = False) -> Iterator[Batch]:
         return self.extractor.iter_batches(list(paths), batch_size or self.batch_size,
-                                           keep_images=True, pooled=self.uses_pooled or embed,
+                                           keep_images=keep_images, pooled=self.uses_pooled or embed,
                                            features=self.uses_features or embed)
 
     def fit(self, paths: Sequence[Path], progress: bool = True) -> "Detector":
@@ -276,7 +270,7 @@ class Detector:
         review re-ranking; detectors that do not use the backbone then run it as well.
         """
         self._check_fitted()
-        for batch in self._batches(paths, batch_size, embed=embeddings):
+        for batch in self._batches(paths, batch_size, embed=embeddings, keep_images=True):
             for path, reason in batch.skipped:
                 yield Skipped(path, reason)
             if not batch.paths:

@@ -233,6 +233,8 @@ class EfficientAD(Detector):
             log_.interrupted, log_.stopped_by = True, "interrupt"
         self.train_log_ = log_
         self._eval_mode()
+        if not held:  # no held-out image was readable: normalise on training images (the base warns)
+            held = [Batch(paths=[], images=[], features=None, inputs=train_x[:64].float() / 255)]
         self._normalisation(held)
 
     def _projection(self, train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
