@@ -247,3 +247,24 @@ def test_warnings_reach_the_user(tmp_path: Path) -> None:
     r = normalcy("eval", str(ds), "--image-size", "64", "--json")
     assert r.returncode == 0, r.stderr
     assert "resized" in r.stderr and "000_mask.png" in r.stderr
+
+
+def test_predict_keeps_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    """A Linux file name is bytes; one that is not UTF-8 is scored and listed like any other."""
+    import os
+
+    ds = make_dataset(tmp_path / "ds", n_train=6)
+    model = tmp_path / "model"
+    assert normalcy("fit", str(ds / "train" / "good"), "-o", str(model), "--image-size", "64").returncode == 0
+    folder = tmp_path / "new"
+    folder.mkdir()
+    Image.fromarray(_texture(np.random.default_rng(5))).save(folder / "plain.png")
+    odd = os.path.join(os.fsencode(folder), b"part\xff.png")
+    with open(odd, "wb") as fh:
+        fh.write((folder / "plain.png").read_bytes())
+    r = normalcy("predict", str(model), str(folder), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "out" / "scores.csv", "rb") as fh:
+        body = fh.read()
+    assert b"part\xff.png" in body and b"plain.png" in body
+    assert len(list((tmp_path / "out" / "heatmaps").iterdir())) == 2
