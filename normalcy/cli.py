@@ -24,7 +24,7 @@ from . import __version__
 from .backbones import BACKBONES, BackboneSpec, custom_backbone
 from .data import ImageError, InputError, iter_images, list_files
 from .detectors import DETECTORS, MuSc, NotFittedError, Skipped, create, load
-from .features import FeatureExtractor
+from .features import FeatureExtractor, size_for
 from .progress import console, progress_bar
 from .run import RunWriter, read_embeddings
 
@@ -72,8 +72,9 @@ def _guarded(fn: Any) -> Any:
     return wrapper
 
 
-def _extractor(backbone: str, backbone_config: Optional[Path], image_size: int, pool_grid: int = 4,
-               precision: str = "auto") -> FeatureExtractor:
+def _extractor(backbone: str, backbone_config: Optional[Path], image_size: str, pool_grid: int = 4,
+               precision: str = "auto", sample: list[Path] | None = None) -> FeatureExtractor:
+    """The feature extractor the options describe; ``--image-size auto`` reads the sample's aspect ratio."""
     spec: str | BackboneSpec = backbone
     if backbone_config is not None:
         try:
@@ -81,7 +82,11 @@ def _extractor(backbone: str, backbone_config: Optional[Path], image_size: int, 
         except (OSError, json.JSONDecodeError) as err:
             raise InputError(f"{backbone_config}: cannot read backbone config ({err})") from None
         spec = custom_backbone(**cfg)
-    return FeatureExtractor(backbone=spec, image_size=image_size, pool_grid=pool_grid, precision=precision)
+    size: Any = image_size
+    if str(image_size).strip().lower() == "auto":
+        size = size_for(sample or [])
+        console.print(f"input size {size[0]}x{size[1]} (height x width), from the images' aspect ratio")
+    return FeatureExtractor(backbone=spec, image_size=size, pool_grid=pool_grid, precision=precision)
 
 
 DetectorOpt = typer.Option("gaussian", "--detector", "-d", help=f"One of: {', '.join(DETECTORS)}.")
@@ -89,7 +94,9 @@ BackboneOpt = typer.Option("efficientnet_lite0", help=f"One of: {', '.join(BACKB
 BackboneCfgOpt = typer.Option(
     None, help="JSON file with custom_backbone() arguments: your own module and local weights (see README)."
 )
-SizeOpt = typer.Option(224, help="Images are resized to this square size before feature extraction.")
+SizeOpt = typer.Option("224", help="Size the images are resized to before feature extraction: 224 (a square), "
+                       "HEIGHTxWIDTH such as 160x320, or auto (the training images' aspect ratio at about "
+                       "224x224 pixels).")
 ThreadsOpt = typer.Option(None, help="CPU threads for torch (default: all cores).")
 PrecisionOpt = typer.Option("auto", help="Backbone arithmetic: auto (bf16 where the CPU has it natively), fp32, bf16.")
 StepsOpt = typer.Option(None, help="Trained detectors: training steps (default: the detector's own).")
@@ -117,7 +124,7 @@ def fit(
     detector: str = DetectorOpt,
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
-    image_size: int = SizeOpt,
+    image_size: str = SizeOpt,
     pool_grid: int = GridOpt,
     precision: str = PrecisionOpt,
     fpr: float = FprOpt,
@@ -129,7 +136,7 @@ def fit(
     """Fit a detector on normal images and save it."""
     _setup(threads)
     paths = list_files(train_dir)
-    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision)
+    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, paths)
     det = create(detector, extractor, **_detector_kwargs(detector, fpr, seed, steps, time_budget))
     det.fit(paths)
     det.save(output)
@@ -201,7 +208,7 @@ def score_batch(
                                                           "(not scored; they need not be normal). Repeatable."),
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
-    image_size: int = SizeOpt,
+    image_size: str = SizeOpt,
     precision: str = PrecisionOpt,
     heatmaps: bool = HeatmapsOpt,
     report: bool = ReportOpt,
@@ -216,7 +223,7 @@ def score_batch(
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
     paths = _input_paths(inputs)
-    det = MuSc(_extractor(backbone, backbone_config, image_size, precision=precision),
+    det = MuSc(_extractor(backbone, backbone_config, image_size, precision=precision, sample=paths),
                image_score=image_score, rscin_k=rscin_k)
     det.references(_input_paths(extra) if extra else [])
     _report_skipped(det.skipped_refs_)
@@ -314,7 +321,7 @@ def eval_(
     detector: str = DetectorOpt,
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
-    image_size: int = SizeOpt,
+    image_size: str = SizeOpt,
     pool_grid: int = GridOpt,
     precision: str = PrecisionOpt,
     fpr: float = FprOpt,
@@ -331,7 +338,7 @@ def eval_(
     from .evaluate import run_eval, write_eval_report
 
     ds = load_dataset(dataset)
-    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision)
+    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, ds.train)
     metrics, det, result = run_eval(ds, detector, extractor, progress=True,
                                     detector_kwargs=_detector_kwargs(detector, fpr, seed, steps, time_budget))
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])

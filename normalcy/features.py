@@ -1,7 +1,8 @@
 """One feature extraction, shared by every detector.
 
-An image is resized to a square, run through a pretrained backbone once, and
-turned into two things:
+An image is resized to the input size (224 x 224 by default; any height x width,
+or one with the training images' aspect ratio, ``size_for``), run through a
+pretrained backbone once, and turned into two things:
 
 * patch features: the stride-8 and stride-16 levels, each averaged over a 3x3
   neighbourhood (PatchCore's local aggregation), upsampled to the finer grid
@@ -51,6 +52,49 @@ class Batch:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # files of this chunk that were not images
 
 
+MIN_SIZE, MAX_SIZE = 32, 4096
+
+
+def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
+    """224, "224", [160, 320], "160x320" or "160,320" (height, width) -> (height, width), each in 32..4096."""
+    try:
+        if isinstance(size, str):
+            parts = [int(p) for p in size.lower().replace(",", "x").split("x")]
+        elif isinstance(size, (int, np.integer)):
+            parts = [int(size)]
+        else:
+            parts = [int(p) for p in size]
+    except (TypeError, ValueError):
+        raise InputError(f"image size must be a number or HEIGHTxWIDTH, not {size!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(MIN_SIZE <= p <= MAX_SIZE for p in parts):
+        raise InputError(f"image size must be one or two numbers from {MIN_SIZE} to {MAX_SIZE}, not {size!r}")
+    return parts[0], parts[1]
+
+
+def size_for(paths: Sequence[Path], area: int = 224 * 224, multiple: int = 32, sample: int = 64) -> tuple[int, int]:
+    """An input size with the images' median aspect ratio and about ``area`` pixels (so speed stays
+    that of a 224 px square), each side a multiple of ``multiple``; read from file headers only."""
+    from PIL import Image, UnidentifiedImageError
+
+    ratios = []
+    for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+            if w and h:
+                ratios.append(w / h)
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue  # an unreadable file is named later, when it is read for real
+    ratio = float(np.median(ratios)) if ratios else 1.0
+
+    def side(x: float) -> int:
+        return int(min(MAX_SIZE, max(MIN_SIZE, round(x / multiple) * multiple)))
+
+    return side(np.sqrt(area / ratio)), side(np.sqrt(area * ratio))
+
+
 def bf16_supported() -> bool:
     """True where the CPU has native bfloat16 matrix units (AVX512-BF16 / AMX)."""
     try:
@@ -83,7 +127,7 @@ class FeatureExtractor:
     def __init__(
         self,
         backbone: str | BackboneSpec = "efficientnet_lite0",
-        image_size: int = 224,
+        image_size: int | Sequence[int] = 224,
         patch_levels: Sequence[str] | None = None,
         pooled_levels: Sequence[str] | None = None,
         aggregate: int = 3,
@@ -92,7 +136,7 @@ class FeatureExtractor:
         precision: str = "auto",
     ) -> None:
         self.spec = get_backbone_spec(backbone)
-        self.image_size = int(image_size)
+        self.size = parse_size(image_size)  # (height, width) the network sees
         self.patch_levels = tuple(patch_levels or self.spec.patch_levels)
         self.pooled_levels = tuple(pooled_levels or self.spec.pooled_levels or self.spec.levels)
         self.aggregate = int(aggregate)
@@ -104,6 +148,12 @@ class FeatureExtractor:
         self.pool_max_dim = int(pool_max_dim)
         self._grids: dict[str, int] = {}
         self.precision = resolve_precision(precision)
+
+    @property
+    def image_size(self) -> int | list[int]:
+        """The input size as saved: one number for a square, else [height, width]."""
+        h, w = self.size
+        return h if h == w else [h, w]
 
     @property
     def config(self) -> dict:
@@ -121,9 +171,9 @@ class FeatureExtractor:
         }
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """HxWx3 uint8 images of any size -> Bx3xSxS float tensor in [0, 1]."""
-        s = self.image_size
-        arr = np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images])
+        """HxWx3 uint8 images of any size -> Bx3xhxw float tensor in [0, 1] at this extractor's size."""
+        h, w = self.size
+        arr = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
     def level_maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -146,3 +146,33 @@ def test_learned_state_round_trips_and_wrong_shapes_are_named(name: str, fe: Fea
     missing = {k: v for k, v in state.items() if k != key}
     with pytest.raises((ValueError, RuntimeError), match=key.split(".")[0]):
         create(name, fe, **det.params()).load_state_dict(missing)
+
+
+def test_a_non_square_input_size_keeps_the_aspect_ratio(tmp_path: Path) -> None:
+    """Wide images need not be squashed: height x width sizes fit, score, save and load."""
+    from normalcy.detectors import MuSc, load
+    from normalcy.features import parse_size, size_for
+
+    rng = np.random.default_rng(0)
+    paths = []
+    (tmp_path / "wide").mkdir()
+    for i in range(8):
+        p = tmp_path / "wide" / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    assert size_for(paths) == (160, 320)  # 2:1, about 224 x 224 pixels, multiples of 32
+    assert parse_size("64x128") == parse_size([64, 128]) == (64, 128) and parse_size(96) == (96, 96)
+    for bad in ("0", "64x", "big", [64, 128, 3], 10_000):
+        with pytest.raises(InputError):
+            parse_size(bad)
+    fe = FeatureExtractor(image_size=(64, 128), precision="fp32")
+    for name in ("gaussian", "patchcore"):
+        det = create(name, fe).fit(paths, progress=False)
+        res = det.score(paths[:2], progress=False)
+        assert all(m.shape == (48, 96) for m in res.maps)
+        det.save(tmp_path / name)
+        again = load(tmp_path / name)
+        assert again.extractor.size == (64, 128)
+        np.testing.assert_allclose(again.score(paths[:2], progress=False).scores, res.scores, rtol=1e-6)
+    batch = MuSc(fe).score(paths, progress=False)
+    assert all(m.shape == (48, 96) for m in batch.maps)

@@ -364,8 +364,9 @@ class Detector:
 
     def _trial_score(self) -> None:
         """Score one grey image: shapes that do not fit each other fail here, at load, not mid-run."""
-        x = torch.full((1, 3, self.extractor.image_size, self.extractor.image_size), 0.5)
-        grey = np.full((self.extractor.image_size, self.extractor.image_size, 3), 128, np.uint8)
+        h, w = self.extractor.size
+        x = torch.full((1, 3, h, w), 0.5)
+        grey = np.full((h, w, 3), 128, np.uint8)
         feats = self.extractor(x, pooled=self.uses_pooled) if self.uses_features else None
         s, m = self._score(Batch(paths=[Path("trial")], images=[grey], features=feats, inputs=x))
         if np.shape(s) != (1,) or np.ndim(m) != 3 or len(m) != 1:

@@ -236,8 +236,9 @@ class MuSc:
         if n + (len(self.refs_[0]) if self.refs_ else 0) < 2 or n == 0:
             raise InputError(f"MuSc scores images against each other: it needs at least 2 readable images, got {n}")
         patch = self.patch_scores(per_r, self.refs_ or None, progress)
-        grid = int(round(np.sqrt(patch.shape[1])))
-        maps_grid = patch.reshape(n, grid, -1).numpy()
+        stride = self.extractor.spec.strides[self.extractor.patch_levels[-1]]
+        rows = -(-self.extractor.size[0] // stride)  # the patch grid's height, as in _levels
+        maps_grid = patch.reshape(n, rows, -1).numpy()
         scores = self.image_scores(patch, img_feats)
         med = float(np.median(scores))
         mad = float(np.median(np.abs(scores - med))) or 1e-12
