@@ -85,7 +85,8 @@ def _extractor(backbone: str, backbone_config: Optional[Path], image_size: str, 
     size: Any = image_size
     if str(image_size).strip().lower() == "auto":
         size = size_for(sample or [])
-        console.print(f"input size {size[0]}x{size[1]} (height x width), from the images' aspect ratio")
+        if size[0] != size[1]:
+            console.print(f"input size {size[0]}x{size[1]} (height x width), from the images' aspect ratio")
     return FeatureExtractor(backbone=spec, image_size=size, pool_grid=pool_grid, precision=precision)
 
 
@@ -94,9 +95,9 @@ BackboneOpt = typer.Option("efficientnet_lite0", help=f"One of: {', '.join(BACKB
 BackboneCfgOpt = typer.Option(
     None, help="JSON file with custom_backbone() arguments: your own module and local weights (see README)."
 )
-SizeOpt = typer.Option("224", help="Size the images are resized to before feature extraction: 224 (a square), "
-                       "HEIGHTxWIDTH such as 160x320, or auto (the training images' aspect ratio at about "
-                       "224x224 pixels).")
+SizeOpt = typer.Option("auto", help="Size the images are resized to before feature extraction: auto (the "
+                       "images' aspect ratio at about 224x224 pixels), a square such as 224, or HEIGHTxWIDTH "
+                       "such as 160x320.")
 ThreadsOpt = typer.Option(None, help="CPU threads for torch (default: all cores).")
 PrecisionOpt = typer.Option("auto", help="Backbone arithmetic: auto (bf16 where the CPU has it natively), fp32, bf16.")
 StepsOpt = typer.Option(None, help="Trained detectors: training steps (default: the detector's own).")
