@@ -90,7 +90,9 @@ def _extractor(backbone: str, backbone_config: Optional[Path], image_size: str, 
     return FeatureExtractor(backbone=spec, image_size=size, pool_grid=pool_grid, precision=precision)
 
 
-DetectorOpt = typer.Option("gaussian", "--detector", "-d", help=f"One of: {', '.join(DETECTORS)}.")
+DetectorOpt = typer.Option("gaussian", "--detector", "-d",
+                           help=f"One of: {', '.join(DETECTORS)}, or auto (gaussian or patchcore, whichever separates "
+                                "held-out normal training images from the same with synthetic defects better).")
 BackboneOpt = typer.Option("efficientnet_lite0", help=f"One of: {', '.join(BACKBONES)}.")
 BackboneCfgOpt = typer.Option(
     None, help="JSON file with custom_backbone() arguments: your own module and local weights (see README)."
@@ -138,12 +140,17 @@ def fit(
     _setup(threads)
     paths = list_files(train_dir)
     extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, paths)
-    det = create(detector, extractor, **_detector_kwargs(detector, fpr, seed, steps, time_budget))
-    det.fit(paths)
+    kwargs = _detector_kwargs(detector, fpr, seed, steps, time_budget)
+    if detector == "auto":
+        from .validation import fit_auto
+
+        det = fit_auto(paths, extractor, **kwargs)
+    else:
+        det = create(detector, extractor, **kwargs).fit(paths)
     det.save(output)
     _report_skipped(det.skipped_fit_)
     console.print(
-        f"fitted [bold]{detector}[/] on {det.n_train_} images; threshold {det.threshold_:.4g} "
+        f"fitted [bold]{det.name}[/] on {det.n_train_} images; threshold {det.threshold_:.4g} "
         f"(target FPR {fpr:g}); saved to {output}"
     )
 
@@ -392,6 +399,9 @@ def _detector_kwargs(detector: str, fpr: float, seed: int, steps: Optional[int],
                      time_budget: Optional[float]) -> dict[str, Any]:
     """Detector arguments from the options fit and eval share; --steps/--time-budget only for detectors that train."""
     given = {k: v for k, v in (("steps", steps), ("time_budget", time_budget)) if v is not None}
+    if given and detector == "auto":
+        raise InputError("--detector auto chooses between detectors that do not train: --steps and "
+                         "--time-budget do not apply")
     cls = DETECTORS.get(detector)
     if given and cls is not None:
         unknown = [k for k in given if k not in cls.Params.model_fields]

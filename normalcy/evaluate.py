@@ -18,6 +18,7 @@ from .data import Dataset, Sample, load_dataset, read_image, read_mask
 from .detectors import Detector, MuSc, Result, create
 from .features import FeatureExtractor
 from .metrics import evaluate
+from .validation import fit_auto
 from .report import ReportImage, write_report
 
 
@@ -79,6 +80,8 @@ def run_eval(
     t0 = time.perf_counter()
     if zero_shot:
         det: Detector | MuSc = MuSc(extractor, **{k: v for k, v in kwargs.items() if k not in ("fpr", "seed")})
+    elif detector == "auto":  # chosen on held-out normal training images with synthetic defects
+        det = fit_auto(ds.train, extractor, progress=progress, **kwargs)
     else:
         det = create(detector, extractor, **kwargs).fit(ds.train, progress=progress)
     fit_seconds = time.perf_counter() - t0
@@ -92,7 +95,7 @@ def run_eval(
     masks = masks_for(ds.test, result)
     metrics = evaluate(labels, result.scores, masks, result.maps)
     out: dict[str, Any] = {
-        "detector": detector,
+        "detector": detector if detector != "auto" else f"auto: {det.name}",
         "dataset": ds.name,
         "backbone": det.extractor.spec.name,
         "image_size": det.extractor.image_size,

@@ -154,6 +154,7 @@ class ModelMeta(_Strict):
     batch_size: int = Field(ge=1)
     created: str
     training: dict[str, Any] | None = None
+    choice: dict[str, Any] | None = None  # --detector auto: what was chosen, on what validation numbers
 
     @model_validator(mode="after")
     def _range(self) -> "ModelMeta":

@@ -400,6 +400,8 @@ class Detector:
             meta["training"] = {"steps": log_.steps, "seconds": round(log_.seconds, 2),
                                 "final_loss": log_.losses[-1] if log_.losses else None,
                                 "stopped_by": log_.stopped_by}
+        if getattr(self, "choice_", None) is not None:  # --detector auto, for the record
+            meta["choice"] = self.choice_
         (d / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         return d
 

@@ -1,0 +1,52 @@
+"""--detector auto: a choice made on held-out normal training images with synthetic defects, never on test labels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_synthetic_dataset
+from normalcy.data import InputError, list_files
+from normalcy.features import FeatureExtractor
+from normalcy.validation import CANDIDATES, choose_detector, synthetic_split
+
+
+def test_split_holds_out_normal_images_and_plants_a_defect_in_each(tmp_path: Path) -> None:
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=20)
+    train = list_files(root / "train" / "good")
+    split = synthetic_split(train, tmp_path / "val", size=64)
+    assert len(split.normal) == len(split.defective) == 4 and len(split.fit) == 16
+    assert set(split.fit) < set(train) and len(set(split.fit)) == 16  # the other 4 are held out, not fitted on
+    for normal, defect in zip(split.normal, split.defective):
+        a, b = np.asarray(Image.open(normal)), np.asarray(Image.open(defect))
+        assert a.shape == b.shape == (64, 64, 3)
+        assert (np.abs(a.astype(int) - b.astype(int)).sum(-1) > 0).mean() >= 0.005  # a defect is there
+    with pytest.raises(InputError, match="at least"):
+        synthetic_split(train[:6], tmp_path / "few")
+
+
+def test_choice_is_a_candidate_with_its_validation_numbers(tmp_path: Path) -> None:
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
+    name, found = choose_detector(list_files(root / "train" / "good"),
+                                  FeatureExtractor(image_size=64, precision="fp32"))
+    assert name in CANDIDATES and set(found) == set(CANDIDATES)
+    assert all(0.0 <= v <= 1.0 for v in found.values()) and found[name] == max(found.values())
+
+
+def test_cli_fit_auto_records_the_choice(tmp_path: Path) -> None:
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
+    cli = [sys.executable, "-m", "normalcy.cli"]
+    r = subprocess.run([*cli, "fit", str(root / "train" / "good"), "-o", str(tmp_path / "m"), "-d", "auto",
+                        "--image-size", "64"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["detector"] == meta["choice"]["chosen"] in CANDIDATES
+    r = subprocess.run([*cli, "fit", str(root / "train" / "good"), "-o", str(tmp_path / "m2"), "-d", "auto",
+                        "--steps", "5"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "do not apply" in r.stderr and "Traceback" not in r.stderr
