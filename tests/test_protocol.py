@@ -176,3 +176,12 @@ def test_a_non_square_input_size_keeps_the_aspect_ratio(tmp_path: Path) -> None:
         np.testing.assert_allclose(again.score(paths[:2], progress=False).scores, res.scores, rtol=1e-6)
     batch = MuSc(fe).score(paths, progress=False)
     assert all(m.shape == (48, 96) for m in batch.maps)
+
+
+def test_patchcore_without_reweighting_scores_the_plain_maximum(fe: FeatureExtractor, tmp_path: Path) -> None:
+    """b = 1 leaves eq. 7 nothing to weigh against: the image score is the largest patch distance."""
+    paths = _images(tmp_path / "train", 8)
+    det = create("patchcore", fe, reweight_neighbours=1).fit(paths, progress=False)
+    scores, maps = det._score(next(det._batches(paths[:3])))
+    np.testing.assert_allclose(scores, maps.reshape(3, -1).max(1), rtol=1e-6)
+    assert np.isfinite(det.threshold_) and det.threshold_ > 0

@@ -56,7 +56,7 @@ class PatchCore(Detector):
         max_bank: int = Field(2500, ge=1)
         max_pool: int = Field(200_000, ge=1)
         projection_dim: int = Field(64, ge=1)
-        reweight_neighbours: int = Field(9, ge=1)
+        reweight_neighbours: int = Field(9, ge=1, description="b of eq. 7; 1 turns the re-weighting off")
         calibration_images: int = Field(100, ge=1)
 
     coreset_ratio: float
@@ -107,10 +107,12 @@ class PatchCore(Detector):
         self._index = None
 
     def _image_scores(self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray) -> np.ndarray:
-        """Paper eq. 7: s = (1 - softmax of distances to m*'s neighbourhood at m*) * s*."""
+        """Paper eq. 7: s = (1 - softmax of distances to m*'s neighbourhood at m*) * s*; b = 1: s* alone."""
         top = dist.argmax(1)
         rows = np.arange(len(dist))
         s_star = dist[rows, top]
+        if self.bank_knn_.shape[1] < 2:  # no neighbourhood to weigh against: the plain maximum
+            return s_star.astype(np.float64)
         m_test = patches[rows, top]  # B x D
         support = self.bank_knn_[nn[rows, top]]  # B x b, the first is m* itself
         d = np.linalg.norm(self.bank_[support] - m_test[:, None, :], axis=-1)
