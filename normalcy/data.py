@@ -28,6 +28,7 @@ __all__ = [
     "Sample",
     "iter_images",
     "list_files",
+    "printable",
     "load_dataset",
     "read_image",
     "read_mask",
@@ -71,6 +72,12 @@ class MaskSizeWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- files
+
+
+def printable(text: str) -> str:
+    """Text for people: a byte of a non-UTF-8 file name (surrogate-escaped) shows as U+FFFD instead of failing
+    to encode in a page, a database or a terminal."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _is_hidden(name: str) -> bool:

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .data import printable
 from .heatmap import _to_rgb_u8, colorize, overlay, save_heatmap
 from .plots import score_plots
 
@@ -64,8 +65,7 @@ def _template(name: str) -> Template:
 
 def _esc(value: Any) -> str:
     """HTML-escaped text; a byte of a non-UTF-8 file name shows as U+FFFD instead of failing to encode."""
-    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return html.escape(text, quote=True)
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _fmt(value: Any) -> str:

@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 from fastapi import HTTPException
 
+from .data import printable
 from .ranking import make_ranker, user_score
 from .run import read_features, read_run_json, read_scores
-from .store import Item, Store, shown
+from .store import Item, Store
 
 __all__ = ["STRATEGIES", "Review"]
 
@@ -124,7 +125,7 @@ class Review:
         return {
             "id": item.id,
             "name": item.name,
-            "path": shown(item.path),  # for people; the file itself is found by id
+            "path": printable(item.path),  # for people; the file itself is found by id
             "score": item.score,
             "decision": "anomalous" if item.decision else "normal",
             "rank": int(rank[k]),

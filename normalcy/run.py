@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from .data import InputError
+from .data import InputError, printable
 from .heatmap import overlay, save_heatmap
 from .report import ReportImage, write_report
 
@@ -211,13 +211,8 @@ def _display_name(path: Path, inputs: Sequence[Path]) -> str:
     """The path inside the folder given to predict (e.g. crack/000.png), else parent/name."""
     for folder in inputs:
         if path.is_relative_to(folder) and path != folder:
-            return _printable(path.relative_to(folder).as_posix())
-    return _printable("/".join(path.parts[-2:]))
-
-
-def _printable(text: str) -> str:
-    """Text for display: a byte of a non-UTF-8 file name shows as U+FFFD instead of failing to encode."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            return printable(path.relative_to(folder).as_posix())
+    return printable("/".join(path.parts[-2:]))
 
 
 def read_run_json(run_dir: Path) -> dict:

@@ -47,7 +47,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from .data import InputError
+from .data import InputError, printable
 from .run import csv_cell
 
 __all__ = ["LABELS", "Item", "Store", "run_id"]
@@ -122,11 +122,6 @@ def to_db(path: str) -> str:
 
 def from_db(text: str) -> str:
     return os.fsdecode(base64.b64decode(text[len(_RAW):])) if text.startswith(_RAW) else text
-
-
-def shown(name: str) -> str:
-    """A display name the database can hold: undecodable bytes become U+FFFD."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _normalise_url(url: str) -> str:
@@ -238,7 +233,7 @@ class Store:
         """Add or refresh this run's items by path (a re-run updates scores); labels are left alone."""
         if not rows:
             return
-        values = [{"run": self.run, "path": to_db(str(r["path"])), "name": shown(str(r["name"])),
+        values = [{"run": self.run, "path": to_db(str(r["path"])), "name": printable(str(r["name"])),
                    "score": float(r["score"]), "decision": bool(r["decision"]),
                    "overlay": to_db(r["overlay"]) if r.get("overlay") else None} for r in rows]
         stmt = self._insert()(items_table)
@@ -344,7 +339,7 @@ class Store:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["path", "label", "interest", "score", "decision", "updated_at"])
         for it in self.labelled():
-            writer.writerow([csv_cell(shown(it.path)), it.label or "", "" if it.interest is None else it.interest,
+            writer.writerow([csv_cell(printable(it.path)), it.label or "", "" if it.interest is None else it.interest,
                              f"{it.score:.6g}", "anomalous" if it.decision else "normal", _iso(it.updated_at)])
         return out.getvalue()
 
