@@ -198,7 +198,7 @@ class Detector:
         held = [paths[i] for i in sorted(order[:n_hold])]
         train = [paths[i] for i in sorted(order[n_hold:])]
         self.skipped_fit_ = []
-        counted = _Counter(self.skipped_fit_)
+        counted = _Counter(self.name, self.skipped_fit_)
         with torch.random.fork_rng(devices=[]):  # seeded here, once; the caller's RNG is left alone
             torch.manual_seed(self.seed)
             with progress_bar(progress) as bar:
@@ -212,9 +212,6 @@ class Detector:
                     self._check_count(counted.n + n_held, len(paths))  # too few images explains it
                     raise
                 self._check_count(counted.n + n_held, len(paths))
-                if not counted.varied:
-                    raise InputError(f"{self.name}: all {counted.n + n_held} training images are identical "
-                                     "(blank?), so they do not vary: nothing shows what normal looks like")
                 if calib is None:
                     calib = self._calibration(held_batches)
                     if calib is None:  # nothing held out could be read: the training images must do
@@ -429,12 +426,18 @@ def holdout_count(n: int, fraction: float) -> int:
 
 
 class _Counter:
-    """Counts images flowing through a batch iterator, collects skipped files, reports progress."""
+    """Counts images flowing through a batch iterator, collects skipped files, reports progress.
 
-    def __init__(self, skipped: list[tuple[Path, str]]) -> None:
-        self.n = 0
+    It also notices a training set whose images are all identical (blank): the stream ends in an
+    InputError then, before any detector does arithmetic on data with no variation.
+    """
+
+    def __init__(self, name: str, skipped: list[tuple[Path, str]]) -> None:
+        self.name = name
+        self.n = 0  # images of the training stream
+        self.seen = 0  # images of every stream (held-out ones too)
         self.skipped = skipped
-        self.first: torch.Tensor | None = None  # the first image, to notice a set of identical (blank) images
+        self.first: torch.Tensor | None = None
         self.varied = False
 
     def wrap(self, batches: Iterable[Batch], advance: Any, count: bool = True) -> Iterator[Batch]:
@@ -444,7 +447,11 @@ class _Counter:
             if not b.paths:
                 continue
             self.n += len(b.paths) if count else 0
+            self.seen += len(b.paths)
             if not self.varied and b.inputs is not None:
                 self.first = b.inputs[0] if self.first is None else self.first
                 self.varied = any(not torch.equal(x, self.first) for x in b.inputs)
             yield b
+        if count and self.seen > 1 and not self.varied:
+            raise InputError(f"{self.name}: all {self.seen} training images are identical (blank?), so they "
+                             "do not vary: nothing shows what normal looks like")

@@ -19,7 +19,6 @@ import torch
 from pydantic import Field
 from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage
 
-from ..data import InputError
 from ..features import Batch
 from .base import Calibration, Detector, HyperParams
 
@@ -83,9 +82,6 @@ class GaussianAD(Detector):
         mean = (total / n).numpy()
         cov = (outer / n).numpy() - np.outer(mean, mean)
         patch_sample = np.concatenate(sample)
-        if np.trace(cov) <= 1e-12:
-            raise InputError("gaussian: the training images' features do not vary at all (blank or identical "
-                             "images?): there is no normal variation to model")
         shrink = ledoit_wolf_shrinkage(patch_sample - mean, assume_centered=True)
         mu = np.trace(cov) / cov.shape[0]
         cov = (1 - shrink) * cov + shrink * mu * np.eye(cov.shape[0])
