@@ -26,7 +26,7 @@ from .data import ImageError, InputError, iter_images, list_files
 from .detectors import DETECTORS, MuSc, NotFittedError, Skipped, create, load
 from .features import FeatureExtractor, size_for
 from .progress import console, progress_bar
-from .run import RunWriter, read_embeddings
+from .run import EMBEDDINGS, RunWriter
 
 app = typer.Typer(
     add_completion=False,
@@ -298,17 +298,10 @@ def serve(
         raise InputError(f"{target}: neither a run folder (no scores.csv) nor a model directory (no model.json)")
     elif images:
         raise InputError(f"{target} is a run folder: it already holds its scores; give images only with a model")
-    if strategy != "none" and read_embeddings_or_none(run_dir) is None:
+    if strategy != "none" and not (run_dir / EMBEDDINGS).is_file():
         _embed_run(run_dir)
     # serve() prints the URL itself, once the server accepts connections.
     run_server(run_dir, host=host, port=port, database=database, strategy=strategy, open_browser=open_browser)
-
-
-def read_embeddings_or_none(run_dir: Path) -> Any:
-    try:
-        return read_embeddings(run_dir)
-    except Exception:  # noqa: BLE001  (a damaged file is recomputed)
-        return None
 
 
 def _embed_run(run_dir: Path) -> None:

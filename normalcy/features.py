@@ -68,8 +68,12 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
         raise InputError(f"image size must be a number or HEIGHTxWIDTH, not {size!r}") from None
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or not all(MIN_SIZE <= p <= MAX_SIZE for p in parts):
-        raise InputError(f"image size must be one or two numbers from {MIN_SIZE} to {MAX_SIZE}, not {size!r}")
+    if len(parts) != 2:
+        raise InputError(f"image size must be one or two numbers (height, width), not {size!r}")
+    for p in parts:
+        if not MIN_SIZE <= p <= MAX_SIZE:
+            bound = f"at least {MIN_SIZE}" if p < MIN_SIZE else f"at most {MAX_SIZE}"
+            raise InputError(f"image size must be {bound} (got {p})")
     return parts[0], parts[1]
 
 

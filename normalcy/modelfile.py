@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from . import __version__
 from .backbones import BACKBONES, code_file, custom_backbone, sha256_file
 from .data import InputError
-from .features import FeatureExtractor
+from .features import FeatureExtractor, parse_size
 
 if TYPE_CHECKING:
     from .detectors import Detector
@@ -114,13 +114,12 @@ class ExtractorMeta(_Strict):
     @classmethod
     def _image_size(cls, v: Any) -> int | list[int]:
         sides = v if isinstance(v, list) and len(v) == 2 else [v]
-        for s in sides:
-            if isinstance(s, bool) or not isinstance(s, int):
-                raise ValueError(f"must be an integer or [height, width] (got {v!r})")
-            if s < 32:
-                raise ValueError(f"must be at least 32 (got {s})")
-            if s > 4096:
-                raise ValueError(f"must be at most 4096 (got {s})")
+        if any(isinstance(s, bool) or not isinstance(s, int) for s in sides):
+            raise ValueError(f"must be an integer or [height, width] (got {v!r})")
+        try:
+            parse_size(sides)  # the rule FeatureExtractor applies
+        except InputError as err:
+            raise ValueError(str(err).removeprefix("image size ")) from None
         return v
 
     @model_validator(mode="after")

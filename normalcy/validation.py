@@ -77,7 +77,8 @@ def synthetic_split(paths: Sequence[Path], folder: Path, fraction: float = 0.2, 
 def validation_auroc(detector: Any, split: Split) -> float:
     """Image AUROC of a detector fitted on ``split.fit``: held-out normal images against the same with defects."""
     res = detector.score(split.normal + split.defective, progress=False)
-    labels = np.array([0 if p.name.startswith("normal_") else 1 for p in res.paths])
+    defective = set(split.defective)
+    labels = np.array([p in defective for p in res.paths], dtype=int)
     return float(roc_auc_score(labels, res.scores))
 
 

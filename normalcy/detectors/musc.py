@@ -109,8 +109,7 @@ class MuSc:
         every = ex.level_maps(x, ex.backbone.levels if embed else self.levels)
         maps = {lv: every[lv] for lv in self.levels}
         deep = maps[self.levels[-1]]
-        stride = ex.spec.strides[ex.patch_levels[-1]]  # the coarser patch grid (stride 16), whatever the levels
-        grid = (-(-x.shape[-2] // stride), -(-x.shape[-1] // stride))  # ceil, as the strided convolutions
+        grid = self._grid(x.shape[-2], x.shape[-1])
         feats = []
         for r in self.radii:
             parts = []
@@ -125,6 +124,12 @@ class MuSc:
             feats.append(F.normalize(z.flatten(2).transpose(1, 2), dim=-1))
         image = F.normalize(deep.mean((2, 3)), dim=-1)
         return feats, image, ex.embed(every) if embed else None
+
+    def _grid(self, height: int, width: int) -> tuple[int, int]:
+        """The patch grid MuSc compares on: the coarser patch level's (stride 16), whatever the levels;
+        sides rounded up, as the strided convolutions do."""
+        stride = self.extractor.spec.strides[self.extractor.patch_levels[-1]]
+        return -(-height // stride), -(-width // stride)
 
     # -- mutual scoring ----------------------------------------------------------------
     def mutual_scores(self, z: torch.Tensor, chunk: int | None = None, refs: torch.Tensor | None = None) -> torch.Tensor:
@@ -236,9 +241,7 @@ class MuSc:
         if n + (len(self.refs_[0]) if self.refs_ else 0) < 2 or n == 0:
             raise InputError(f"MuSc scores images against each other: it needs at least 2 readable images, got {n}")
         patch = self.patch_scores(per_r, self.refs_ or None, progress)
-        stride = self.extractor.spec.strides[self.extractor.patch_levels[-1]]
-        rows = -(-self.extractor.size[0] // stride)  # the patch grid's height, as in _levels
-        maps_grid = patch.reshape(n, rows, -1).numpy()
+        maps_grid = patch.reshape(n, *self._grid(*self.extractor.size)).numpy()
         scores = self.image_scores(patch, img_feats)
         med = float(np.median(scores))
         mad = float(np.median(np.abs(scores - med))) or 1e-12
