@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     ds = load_dataset(args.data)
     paths = [s.path for s in ds.test]
-    print(f"| detector | images/s without embeddings | with embeddings | default in predict |")
+    print("| detector | images/s without embeddings | with embeddings | default in predict |")
     print("|---|---|---|---|")
     for name in args.detectors:
         kwargs = {"time_budget": args.train_budget} if "time_budget" in DETECTORS[name].Params.model_fields else {}

@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import typer
 from rich.console import Console

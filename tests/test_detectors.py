@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-import normalcy.detectors as detectors
 from conftest import DEFECT_BOX, texture
 from normalcy.data import InputError, list_files, load_dataset
 from normalcy.detectors import NotFittedError, create, load

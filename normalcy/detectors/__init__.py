@@ -10,7 +10,8 @@ from typing import Any
 
 from ..data import InputError
 from ..features import FeatureExtractor
-from .base import Detector, NotFittedError, Result, Scored, Skipped, load
+from ..modelfile import load
+from .base import Detector, NotFittedError, Result, Scored, Skipped
 from .draem import DRAEM
 from .efficientad import EfficientAD
 from .gaussian import GaussianAD

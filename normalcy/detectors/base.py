@@ -36,7 +36,7 @@ from torch import nn
 from .. import __version__
 from ..data import InputError
 from ..features import Batch, FeatureExtractor, upsample_map
-from ..modelfile import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS, load  # noqa: F401  (load: re-exported)
+from ..modelfile import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS
 from ..progress import progress_bar
 
 log = logging.getLogger("normalcy")
