@@ -417,3 +417,53 @@ def test_precision_is_resolved_and_saved(tmp_path, synthetic_root) -> None:
     det.save(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "model.json").read_text())["extractor"]["precision"] == "fp32"
     assert load(tmp_path / "m").extractor.precision == "fp32"
+
+
+# ------------------------------------------------------------------ gaussian: position-aware cells
+
+
+def test_cell_gaussians_are_sklearns_ledoit_wolf() -> None:
+    from sklearn.covariance import ledoit_wolf
+
+    from normalcy.detectors.gaussian import _cell_gaussians
+
+    x = np.random.default_rng(0).normal(size=(40, 3, 12)) @ np.random.default_rng(1).normal(size=(12, 12))
+    means, precisions = _cell_gaussians(x)
+    for i in range(3):
+        cov, _ = ledoit_wolf(x[:, i])
+        np.testing.assert_allclose(means[i], x[:, i].mean(0))
+        np.testing.assert_allclose(precisions[i], np.linalg.inv(cov), rtol=1e-6)
+
+
+def _aligned(folder: Path, n: int, seed: int, moved: bool = False) -> list[Path]:
+    """Noise images with one bright square, always in the same place unless ``moved``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        im = (rng.random((64, 128, 3)) * 60 + 60).astype(np.uint8)
+        y, x = (8, 88) if moved else (8, 8)
+        im[y : y + 24, x : x + 24] = 230
+        paths.append(folder / f"{i:03d}.png")
+        Image.fromarray(im).save(paths[-1])
+    return paths
+
+
+def test_cells_follow_the_aspect_ratio_and_see_a_moved_part(tmp_path: Path) -> None:
+    """A part in the wrong place: every patch looks normal and the whole-image average is the same,
+    but its cells are not. The grid has square cells on a 1:2 image."""
+    train = _aligned(tmp_path / "train", 24, 0)
+    normal = _aligned(tmp_path / "normal", 8, 1)
+    moved = _aligned(tmp_path / "moved", 8, 2, moved=True)
+    ex = FeatureExtractor(image_size=(64, 128), pool_grid=1, pool_max_dim=512, precision="fp32")
+    from normalcy.data import read_image
+    from normalcy.detectors.gaussian import _cell_scores
+
+    assert create("gaussian", ex, cells=0).fit(train, progress=False).cell_mean_.shape[0] == 0
+    det = create("gaussian", ex, cells=4).fit(train, progress=False)
+    assert det.cell_mean_.shape == (4 * 8, len(det.patch_mean_))
+    res = det.score(normal + moved, progress=False)
+    assert image_metrics(np.array([0] * 8 + [1] * 8), res.scores)["image_auroc"] == 1.0
+    patches = ex(ex.preprocess([read_image(p) for p in normal + moved])).patches
+    cell = _cell_scores(det._cells(patches).double().numpy(), det.cell_mean_, det.cell_precision_)
+    assert cell[8:].min() > cell[:8].max()  # the cell term alone tells them apart

@@ -5,6 +5,17 @@ features.py), are modelled by one Gaussian with Ledoit-Wolf shrinkage
 covariance (few normal images, many dimensions). The image score is the sum
 over levels of the Mahalanobis distance.
 
+Position-aware cells (ours, for logical anomalies: a part missing, extra, moved):
+the patch features are also averaged over a finer grid, ``cells`` cells along the
+shorter side (8x8 for a square image, 8x16 for a 1:2 one), and each cell gets its
+own Gaussian, as PaDiM (Defard et al. 2021) does per patch but on coarser cells so
+that a few dozen images suffice. The cell term is the largest cell distance: one
+part out of place moves one cell, which an average over many would dilute. The
+image score is the sum of the two terms, each standardised by the mean and std of
+its cross-validated scores on the training images. On the dev proxies
+(bench/dev_proxies.py, built from normal training images only) this raised the
+mean image AUROC of four proxies from 0.942 to 0.962; see docs/benchmarks.md.
+
 For maps, all patch features of the normal images share one Gaussian (position
 independent, so images need not be aligned); a patch's Mahalanobis distance to
 it is its anomaly score.
@@ -16,6 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage
 
@@ -46,17 +58,24 @@ class GaussianAD(Detector):
     class Params(HyperParams):
         patch_samples: int = Field(200_000, ge=1000, description="patches kept to estimate the shrinkage")
         folds: int = Field(5, ge=2, le=50, description="cross-validation folds for the threshold")
+        cells: int = Field(8, ge=0, le=32, description="position-aware Gaussians on a grid of this many cells "
+                                                       "along the shorter side (0: none)")
 
     patch_samples: int
     folds: int
+    cells: int
     level_mean_: dict[str, np.ndarray]
     level_precision_: dict[str, np.ndarray]
+    cell_mean_: np.ndarray  # G x D, one row per cell (row-major over the grid)
+    cell_precision_: np.ndarray  # G x D x D
+    scale_: np.ndarray  # mean and std of the cross-validated pooled and cell scores: the image score's units
     patch_mean_: np.ndarray
     patch_precision_: np.ndarray
 
     def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> Calibration:
         rng = np.random.default_rng(self.seed)
         pooled: dict[str, list[np.ndarray]] = {lv: [] for lv in self.extractor.pooled_levels}
+        cells: list[np.ndarray] = []
         n = 0
         total = None
         outer = None
@@ -65,6 +84,7 @@ class GaussianAD(Detector):
             f = batch.features
             for lv, v in f.pooled.items():
                 pooled[lv].append(v.numpy().astype(np.float64))
+            cells.append(self._cells(f.patches).numpy().astype(np.float64))
             p = f.patches.permute(0, 2, 3, 1).reshape(-1, f.patches.shape[1]).double()
             total = p.sum(0) if total is None else total + p.sum(0)
             outer = p.T @ p if outer is None else outer + p.T @ p
@@ -78,6 +98,8 @@ class GaussianAD(Detector):
         self.level_mean_, self.level_precision_ = {}, {}
         for lv, x in pooled_x.items():
             self.level_mean_[lv], self.level_precision_[lv] = _gaussian(x)
+        cells_x = np.concatenate(cells)
+        self.cell_mean_, self.cell_precision_ = _cell_gaussians(cells_x)
         # Patch Gaussian from exact sums; shrinkage estimated on a random sample of patches.
         mean = (total / n).numpy()
         cov = (outer / n).numpy() - np.outer(mean, mean)
@@ -89,7 +111,10 @@ class GaussianAD(Detector):
         self.patch_precision_ = _inverse(cov)
         patch = mahalanobis(torch.from_numpy(patch_sample).double(), torch.from_numpy(self.patch_mean_),
                             torch.from_numpy(self.patch_precision_)).numpy()
-        return Calibration(self._cross_validated(pooled_x), patch)
+        pooled_cv, cells_cv = self._cross_validated(pooled_x, cells_x)
+        self.scale_ = np.array([pooled_cv.mean(), pooled_cv.std() + 1e-12,
+                                cells_cv.mean() if self.cells else 0.0, cells_cv.std() + 1e-12 if self.cells else 1.0])
+        return Calibration(self._combined(pooled_cv, cells_cv), patch)
 
     def _build(self) -> None:
         """After loading: one Gaussian per pooled level, each precision square and as wide as its mean."""
@@ -102,6 +127,38 @@ class GaussianAD(Detector):
             if mean.ndim != 1 or prec.shape != (len(mean), len(mean)):
                 raise ValueError(f"tensor '{name}' has shape {tuple(prec.shape)}, expected "
                                  f"({len(mean)}, {len(mean)}) to match its mean")
+        g, d = self.cell_mean_.shape if self.cell_mean_.ndim == 2 else (-1, -1)
+        if g != (self.cells and int(np.prod(self._grid(*self._patch_grid())))) or d not in (0, len(self.patch_mean_)) \
+                or self.cell_precision_.shape != (g, d, d):
+            raise ValueError(f"tensors 'cell_mean', 'cell_precision' have shapes {tuple(self.cell_mean_.shape)}, "
+                             f"{tuple(self.cell_precision_.shape)}: they do not fit {self.cells} cells of "
+                             f"{len(self.patch_mean_)} features")
+        if self.scale_.shape != (4,):
+            raise ValueError(f"tensor 'scale' has shape {tuple(self.scale_.shape)}, expected (4,)")
+
+    def _patch_grid(self) -> tuple[int, int]:
+        """The patch grid of this extractor's input size (the stride rounds up, as convolutions do)."""
+        h, w = self.extractor.size
+        s = self.extractor.patch_stride
+        return -(-h // s), -(-w // s)
+
+    def _grid(self, h: int, w: int) -> tuple[int, int]:
+        """Cells along each side for an h x w patch grid: ``cells`` along the shorter, in proportion along the
+        longer (square cells), never more than there are patches."""
+        short = min(h, w)
+        return (max(1, min(h, round(self.cells * h / short))), max(1, min(w, round(self.cells * w / short))))
+
+    def _cells(self, patches: torch.Tensor) -> torch.Tensor:
+        """B x D x h x w patch features -> B x G x D, averaged over each cell."""
+        b, d, h, w = patches.shape
+        if not self.cells:
+            return patches.new_zeros(b, 0, d)
+        return F.adaptive_avg_pool2d(patches.float(), self._grid(h, w)).flatten(2).transpose(1, 2)
+
+    def _combined(self, pooled: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """The image score: each term in units of its cross-validated spread on normal images, summed."""
+        m_p, s_p, m_c, s_c = (float(v) for v in self.scale_)
+        return (pooled - m_p) / s_p + ((cells - m_c) / s_c if self.cells else 0.0)
 
     def _image_scores(self, pooled: dict[str, np.ndarray | torch.Tensor],
                       means: dict[str, np.ndarray], precisions: dict[str, np.ndarray]) -> np.ndarray:
@@ -113,7 +170,9 @@ class GaussianAD(Detector):
 
     def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         features = batch.features
-        scores = self._image_scores(features.pooled, self.level_mean_, self.level_precision_)
+        pooled = self._image_scores(features.pooled, self.level_mean_, self.level_precision_)
+        cells = _cell_scores(self._cells(features.patches).double().numpy(), self.cell_mean_, self.cell_precision_)
+        scores = self._combined(pooled, cells)
         p = features.patches
         b, d, h, w = p.shape
         flat = p.permute(0, 2, 3, 1).reshape(-1, d)
@@ -121,12 +180,13 @@ class GaussianAD(Detector):
                            torch.from_numpy(self.patch_precision_).float())
         return scores, maps.reshape(b, h, w).numpy()
 
-    def _cross_validated(self, pooled: dict[str, np.ndarray]) -> np.ndarray:
-        """K-fold cross-validated image scores of the training images: each scored by Gaussians fitted without it."""
-        n = len(next(iter(pooled.values())))
+    def _cross_validated(self, pooled: dict[str, np.ndarray], cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """K-fold cross-validated pooled and cell scores of the training images: each scored by Gaussians
+        fitted without it."""
+        n = len(cells)
         folds = max(2, min(self.folds, n))
         order = np.random.default_rng(self.seed).permutation(n)
-        scores = np.zeros(n)
+        scores, cell_scores = np.zeros(n), np.zeros(n)
         for k in range(folds):
             held = order[k::folds]
             keep = np.setdiff1d(order, held)
@@ -134,10 +194,43 @@ class GaussianAD(Detector):
             for lv, x in pooled.items():
                 means[lv], precs[lv] = _gaussian(x[keep])
             scores[held] = self._image_scores({lv: x[held] for lv, x in pooled.items()}, means, precs)
-        return scores
+            cell_scores[held] = _cell_scores(cells[held], *_cell_gaussians(cells[keep]))
+        return scores, cell_scores
 
 
 def _gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and precision (inverse Ledoit-Wolf covariance) of the rows of x."""
     cov, _ = ledoit_wolf(x)
     return x.mean(0), _inverse(cov)
+
+
+def _cell_gaussians(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One Gaussian per cell of x (N x G x D): means G x D and precisions G x D x D. Ledoit-Wolf as
+    sklearn computes it, for all cells at once (a loop over cells costs seconds per fit)."""
+    n, g, d = x.shape
+    if g == 0:
+        return np.zeros((0, d)), np.zeros((0, d, d))
+    t = torch.from_numpy(x).double().transpose(0, 1)  # G x N x D
+    mean = t.mean(1, keepdim=True)
+    c = t - mean
+    cov = c.transpose(1, 2) @ c / n  # G x D x D, the empirical covariance
+    mu = cov.diagonal(dim1=1, dim2=2).sum(1) / d
+    eye = torch.eye(d, dtype=cov.dtype)
+    delta = ((cov - mu.view(-1, 1, 1) * eye) ** 2).sum((1, 2))  # |S - mu I|^2
+    beta = (((c**2).sum(2) ** 2).sum(1) / n - (cov**2).sum((1, 2))) / (d * n)
+    delta = delta / d
+    beta = torch.minimum(beta, delta)
+    shrink = torch.where(delta > 0, beta / delta.clamp_min(1e-300), torch.zeros_like(delta)).view(-1, 1, 1)
+    cov = (1 - shrink) * cov + shrink * mu.view(-1, 1, 1) * eye
+    # A cell that never varies (a blank corner) has no covariance at all; a tiny ridge keeps it invertible.
+    cov = cov + (1e-9 * float(mu.max()) + 1e-12) * eye
+    return mean[:, 0].numpy(), np.stack([_inverse(c) for c in cov.numpy()])
+
+
+def _cell_scores(x: np.ndarray, means: np.ndarray, precisions: np.ndarray) -> np.ndarray:
+    """The largest Mahalanobis distance over the cells of each image (x: N x G x D); zeros without cells."""
+    if x.shape[1] == 0:
+        return np.zeros(len(x))
+    diff = torch.from_numpy(x - means[None]).transpose(0, 1)  # G x N x D
+    sq = ((diff @ torch.from_numpy(precisions)) * diff).sum(2)
+    return sq.clamp_min(0).sqrt().amax(0).numpy()
