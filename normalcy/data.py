@@ -289,20 +289,27 @@ def iter_images(
         yield p, img
 
 
-def read_mask(path: str | Path | None, shape: tuple[int, int]) -> np.ndarray:
+def read_mask(
+    path: str | Path | None, shape: tuple[int, int], size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Read a ground-truth mask as a bool HxW array (pixel > 127 after mode L).
 
     ``None`` means "no defect pixels" and gives an all-False mask. A mask
-    whose size differs from ``shape`` = (H, W) is resized with nearest
+    whose size differs from its image's ``shape`` = (H, W) is resized with nearest
     neighbour (so it stays binary) and a :class:`MaskSizeWarning` is issued,
     because a mismatch usually means a wrong pairing worth a look.
+
+    ``size`` = (H, W) asks for the mask at another size on purpose (pixel metrics on
+    maps whose long side is capped): no warning for that. A mask shrunk this way is
+    averaged over each output pixel, which is defect where most of it is.
 
     Raises:
         ImageError: the mask file cannot be read.
     """
     h, w = int(shape[0]), int(shape[1])
+    oh, ow = (h, w) if size is None else (int(size[0]), int(size[1]))
     if path is None:
-        return np.zeros((h, w), dtype=bool)
+        return np.zeros((oh, ow), dtype=bool)
     p = Path(path)
     im = _open_loaded(p)
     try:
@@ -311,14 +318,16 @@ def read_mask(path: str | Path | None, shape: tuple[int, int]) -> np.ndarray:
             gray = Image.fromarray(_to_rgb_array(im)[:, :, 0])
         else:
             gray = im.convert("L")
-        if gray.size != (w, h):
-            mw, mh = gray.size
+        mw, mh = gray.size
+        if (mw, mh) != (w, h):
             warnings.warn(
                 f"{p}: mask size {mw}x{mh} differs from image size {w}x{h}; resized",
                 MaskSizeWarning,
                 stacklevel=2,
             )
-            gray = gray.resize((w, h), Image.Resampling.NEAREST)
+        if (mw, mh) != (ow, oh):
+            shrink = size is not None and ow <= mw and oh <= mh
+            gray = gray.resize((ow, oh), Image.Resampling.BOX if shrink else Image.Resampling.NEAREST)
         return np.asarray(gray, dtype=np.uint8) > 127
     finally:
         im.close()

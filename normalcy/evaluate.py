@@ -12,14 +12,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 
 from .data import Dataset, Sample, load_dataset, read_image, read_mask
 from .detectors import Detector, MuSc, Result, create
+from .detectors.base import Maps
 from .features import FeatureExtractor
 from .metrics import evaluate
 from .validation import fit_auto
-from .report import ReportImage, write_report
+from .report import gallery_image, write_report
 
 
 def peak_rss_mb() -> float:
@@ -27,23 +29,65 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def masks_for(samples: Sequence[Sample], result: Result) -> list[np.ndarray | None]:
-    """Ground-truth masks aligned with the scored images; None where unknown."""
+METRIC_SIDE = 512
+"""Pixel metrics are computed on maps and masks whose longest side is at most this: a 1600x800 test
+set pooled at full size is 1.3 M pixels an image (gigabytes, and a sort of all of them), while maps
+come from a patch grid of a few dozen cells a side, so nothing is lost. Smaller images are left as
+they are (the data sets in docs/benchmarks.md are all below it)."""
+
+
+def metric_size(shape: tuple[int, int], side: int = METRIC_SIDE) -> tuple[int, int]:
+    """(H, W) scaled so the longest side is at most ``side``, aspect ratio kept."""
+    h, w = int(shape[0]), int(shape[1])
+    scale = side / max(h, w)
+    if scale >= 1:
+        return h, w
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def image_sizes(maps: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+    """The original (H, W) of each map, without drawing lazy ones."""
+    if isinstance(maps, Maps):
+        return list(maps.sizes)
+    return [tuple(np.shape(m)[:2]) for m in maps]  # type: ignore[misc]
+
+
+def maps_at(maps: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> Sequence[np.ndarray]:
+    """The maps at the given sizes: lazy ones stay lazy (drawn from the patch grid when read),
+    full-size arrays (MuSc) are shrunk by area averaging."""
+    if isinstance(maps, Maps):
+        return Maps(maps.grids, sizes)
+    return [np.asarray(m) if np.shape(m) == tuple(s) else
+            cv2.resize(np.asarray(m, np.float32), (s[1], s[0]), interpolation=cv2.INTER_AREA)
+            for m, s in zip(maps, sizes)]
+
+
+def masks_for(samples: Sequence[Sample], result: Result,
+              sizes: Sequence[tuple[int, int]] | None = None) -> list[np.ndarray | None]:
+    """Ground-truth masks aligned with the scored images, at each image's size or at ``sizes``; None where unknown."""
     by_path = {s.path: s for s in samples}
+    shapes = image_sizes(result.maps)
     masks: list[np.ndarray | None] = []
-    for path, amap in zip(result.paths, result.maps):
+    for path, shape, size in zip(result.paths, shapes, sizes or shapes):
         s = by_path[path]
         if s.label == 0:
-            masks.append(np.zeros(amap.shape, bool))
+            masks.append(np.zeros(size, bool))
         elif s.mask_path is None:
             masks.append(None)
         else:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                masks.append(read_mask(s.mask_path, amap.shape))
+                masks.append(read_mask(s.mask_path, shape, size))
             for w in caught:
                 warnings.warn(str(w.message), w.category, stacklevel=2)
     return masks
+
+
+def pixel_inputs(samples: Sequence[Sample], result: Result,
+                 side: int = METRIC_SIDE) -> tuple[list[np.ndarray | None], Sequence[np.ndarray]]:
+    """Masks and maps for the pixel metrics, both with the longest side capped at ``side``."""
+    sizes = [metric_size(s, side) for s in image_sizes(result.maps)]
+    return masks_for(samples, result, sizes), maps_at(result.maps, sizes)
 
 
 def decision_rates(labels: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
@@ -92,8 +136,7 @@ def run_eval(
     score_seconds = time.perf_counter() - t0
     label_of = {s.path: s.label for s in ds.test}
     labels = np.array([label_of[p] for p in result.paths], dtype=int)
-    masks = masks_for(ds.test, result)
-    metrics = evaluate(labels, result.scores, masks, result.maps)
+    metrics = evaluate(labels, result.scores, *pixel_inputs(ds.test, result))
     out: dict[str, Any] = {
         "detector": detector if detector != "auto" else f"auto: {det.name}",
         "dataset": ds.name,
@@ -129,9 +172,8 @@ def write_eval_report(path: Path, metrics: dict[str, Any], det: Detector, result
     label_of = {s.path: s.label for s in ds.test}
     order = np.argsort(-result.scores, kind="stable")[:top]
     items = [
-        ReportImage(name=_rel(result.paths[i], ds.root), score=float(result.scores[i]),
-                    anomalous=bool(result.decisions[i]), image=read_image(result.paths[i]),
-                    amap=result.maps[i], label=label_of[result.paths[i]])
+        gallery_image(_rel(result.paths[i], ds.root), float(result.scores[i]), bool(result.decisions[i]),
+                      read_image(result.paths[i]), result.maps[i], label_of[result.paths[i]])
         for i in order
     ]
     return write_report(

@@ -12,18 +12,20 @@ pixel AUROC does not do.
 The pixel metrics pool every pixel of a whole test set (e.g. ~725 images of
 ~300x300 px, ~65 M pixels), so they are written to keep peak memory well below
 2 GB: scores are pooled as float32, and no int64 argsort of all pixels is made.
+Maps may come as a lazy sequence that draws each one when read: each map is read once, so
+only the masks and the pooled scores are ever held (``normalcy.evaluate`` also caps their side).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-__all__ = ["image_metrics", "pixel_auroc", "aupro", "evaluate"]
+__all__ = ["image_metrics", "pixel_auroc", "aupro", "pixel_metrics", "evaluate"]
 
 _NAN = float("nan")
 # 8-connectivity, as in the official MVTec AD evaluation code.
@@ -61,41 +63,55 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     }
 
 
-def _checked_pairs(
-    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Validate mask/map pairs up front so a bad image is named, not a cryptic numpy error."""
+def _pixels(
+    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], regions: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Pool normal (neg) and defect (pos) pixel scores as float32, reading each map once.
+
+    ``maps`` may be a lazy sequence that draws each map when read (``normalcy.detectors.base.Maps``):
+    only the masks and the pooled scores are held, never every map at once. With ``regions``, also
+    each defect pixel's weight, 1 / the size of its connected region (8-connectivity), and the number
+    of regions. A bad pair is named by its index, not left to a cryptic numpy error.
+    """
     if len(masks) != len(maps):
         raise ValueError(f"got {len(masks)} masks but {len(maps)} maps")
-    pairs = []
-    for i, (mask, amap) in enumerate(zip(masks, maps)):
-        m = np.asarray(mask)
-        a = np.asarray(amap)
-        if m.shape != a.shape:
-            raise ValueError(f"mask and map {i} differ in shape: {m.shape} vs {a.shape}")
-        if m.ndim != 2:
-            raise ValueError(f"mask and map {i} must be 2-D (HxW), got shape {m.shape}")
-        pairs.append((m.astype(bool, copy=False), a))
-    return pairs
-
-
-def _pool(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pool normal and defect pixel scores (float32) without a concatenated copy of all pixels."""
-    n_pos = sum(int(np.count_nonzero(m)) for m, _ in pairs)
-    n_all = sum(m.size for m, _ in pairs)
+    ms = [np.asarray(m).astype(bool, copy=False) for m in masks]
+    n_pos = sum(int(np.count_nonzero(m)) for m in ms)
+    n_all = sum(m.size for m in ms)
     neg = np.empty(n_all - n_pos, dtype=np.float32)
     pos = np.empty(n_pos, dtype=np.float32)
-    i_neg = i_pos = 0
-    for idx, (m, a) in enumerate(pairs):
-        s = np.asarray(a, dtype=np.float32)
+    weight = np.empty(n_pos if regions else 0, dtype=np.float64)
+    i_neg = i_pos = n_regions = 0
+    for idx, m in enumerate(ms):
+        a = np.asarray(maps[idx])
+        if m.shape != a.shape:
+            raise ValueError(f"mask and map {idx} differ in shape: {m.shape} vs {a.shape}")
+        if m.ndim != 2:
+            raise ValueError(f"mask and map {idx} must be 2-D (HxW), got shape {m.shape}")
+        s = a.astype(np.float32, copy=False)
         if not np.isfinite(s).all():
             raise ValueError(f"map {idx} contains non-finite values")
         sn, sp = s[~m], s[m]
         neg[i_neg : i_neg + sn.size] = sn
         pos[i_pos : i_pos + sp.size] = sp
+        if regions and sp.size:
+            labeled, n = ndimage.label(m, structure=_STRUCTURE)
+            weight[i_pos : i_pos + sp.size] = 1.0 / np.bincount(labeled.ravel())[labeled[m]]
+            n_regions += n
         i_neg += sn.size
         i_pos += sp.size
-    return neg, pos
+    return neg, pos, weight, n_regions
+
+
+def _auroc_sorted(neg: np.ndarray, pos: np.ndarray) -> float:
+    """Mann-Whitney AUROC of sorted negative and positive scores (ties count one half); exact in int64."""
+    if neg.size == 0 or pos.size == 0:
+        return _NAN
+    below = np.searchsorted(neg, pos, side="left")  # negatives strictly below
+    not_above = np.searchsorted(neg, pos, side="right")  # negatives below or tied
+    # Sum of (below + 0.5 * ties) = 0.5 * (below + not_above).
+    wins2 = int(below.sum(dtype=np.int64)) + int(not_above.sum(dtype=np.int64))
+    return wins2 / (2.0 * pos.size * neg.size)
 
 
 def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:
@@ -106,16 +122,10 @@ def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> floa
     ~65 M pixels, this needs about one float32 copy of the pixels.
     NaN if there is no anomalous or no normal pixel.
     """
-    neg, pos = _pool(_checked_pairs(masks, maps))
-    if neg.size == 0 or pos.size == 0:
-        return _NAN
+    neg, pos, _, _ = _pixels(masks, maps, regions=False)
     neg.sort()
     pos.sort()  # sorted queries make searchsorted faster
-    below = np.searchsorted(neg, pos, side="left")  # negatives strictly below
-    not_above = np.searchsorted(neg, pos, side="right")  # negatives below or tied
-    # Sum of (below + 0.5 * ties) = 0.5 * (below + not_above); exact in int64.
-    wins2 = int(below.sum(dtype=np.int64)) + int(not_above.sum(dtype=np.int64))
-    return wins2 / (2.0 * pos.size * neg.size)
+    return _auroc_sorted(neg, pos)
 
 
 def aupro(
@@ -129,48 +139,40 @@ def aupro(
     distinct threshold, as in the official ``compute_pro``: points (0, 0), then one
     point per distinct score, then (1, 1), integrated with the trapezoidal rule,
     interpolated at exactly fpr_limit, divided by fpr_limit (perfect detector = 1).
-
-    Implementation: FPR only changes at normal-pixel scores, so between two
-    consecutive distinct normal scores the curve is a vertical run (zero area)
-    followed by one sloped segment.  Only those sloped segments are built, and
-    only up to fpr_limit, by searchsorted into the (few) sorted defect scores.
     NaN if there is no defect region or no normal pixel.
     """
+    return pixel_metrics(masks, maps, fpr_limit)["aupro"]
+
+
+def pixel_metrics(
+    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: float = 0.3
+) -> dict[str, float]:
+    """pixel_auroc and aupro from one pass over the maps and one sort of the normal pixels."""
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    pairs = _checked_pairs(masks, maps)
-
-    # Defect pixels: score and weight 1 / (size of its region).
-    d_scores: list[np.ndarray] = []
-    d_weights: list[np.ndarray] = []
-    n_regions = 0
-    for m, a in pairs:
-        if not m.any():
-            continue
-        labeled, n = ndimage.label(m, structure=_STRUCTURE)
-        n_regions += n
-        sizes = np.bincount(labeled.ravel())
-        lab = labeled[m]
-        d_scores.append(np.asarray(a, dtype=np.float32)[m])
-        d_weights.append(1.0 / sizes[lab])
-    if n_regions == 0:
-        return _NAN
-
-    neg, _ = _pool(pairs)
-    n_normal = neg.size
-    if n_normal == 0:
-        return _NAN
-
-    d = np.concatenate(d_scores)
-    w = np.concatenate(d_weights)
+    neg, d, w, n_regions = _pixels(masks, maps)
+    neg.sort()
     order = np.argsort(d, kind="stable")
     d = d[order]
+    out = {"pixel_auroc": _auroc_sorted(neg, d), "aupro": _NAN}
+    if n_regions == 0 or neg.size == 0:
+        return out
     cw = np.concatenate(([0.0], np.cumsum(w[order])))
-    total_w = cw[-1]
-    del order, w, d_scores, d_weights
+    del order, w
+    out["aupro"] = _aupro_sorted(neg, d, cw, n_regions, fpr_limit)
+    return out
 
+
+def _aupro_sorted(neg: np.ndarray, d: np.ndarray, cw: np.ndarray, n_regions: int, fpr_limit: float) -> float:
+    """AUPRO from sorted normal scores, sorted defect scores and their cumulative region weights.
+
+    FPR only changes at normal-pixel scores, so between two consecutive distinct normal scores
+    the curve is a vertical run (zero area) followed by one sloped segment. Only those sloped
+    segments are built, and only up to fpr_limit, by searchsorted into the sorted defect scores.
+    """
+    n_normal = neg.size
+    total_w = cw[-1]
     # Only the largest normal scores matter: enough to reach FPR >= fpr_limit.
-    neg.sort()
     k = min(n_normal, math.ceil(fpr_limit * n_normal) + 1)  # +1 guards float rounding
     start = int(np.searchsorted(neg, neg[n_normal - k], side="left"))
     top = neg[start:][::-1]  # descending view, no copy
@@ -231,10 +233,22 @@ def evaluate(
         return out
     if len(masks) != len(maps):
         raise ValueError(f"got {len(masks)} masks but {len(maps)} maps")
-    kept = [(m, a) for m, a in zip(masks, maps) if m is not None and a is not None]
-    if kept:
-        km = [m for m, _ in kept]
-        ka = [a for _, a in kept]
-        out["pixel_auroc"] = pixel_auroc(km, ka)
-        out["aupro"] = aupro(km, ka)
+    keep = [i for i, m in enumerate(masks) if m is not None]
+    if isinstance(maps, (list, tuple)):  # a list may hold None for an image without a map
+        keep = [i for i in keep if maps[i] is not None]
+    if keep:
+        out.update(pixel_metrics([masks[i] for i in keep], _Picked(maps, keep)))  # type: ignore[misc]
     return out
+
+
+class _Picked(Sequence):
+    """Some items of a sequence, read only when asked for (a lazy map sequence stays lazy)."""
+
+    def __init__(self, items: Sequence, index: list[int]) -> None:
+        self.items, self.index = items, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> object:  # type: ignore[override]
+        return self.items[self.index[k]]

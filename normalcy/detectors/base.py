@@ -24,6 +24,7 @@ import logging
 import time
 import typing
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Iterable, Iterator, Sequence
 
@@ -42,13 +43,50 @@ from ..progress import progress_bar
 log = logging.getLogger("normalcy")
 
 
+class Maps(Sequence[np.ndarray]):
+    """Anomaly maps of scored images, held at the patch grid and drawn at full size only when read.
+
+    ``maps[i]`` is image i's map at the image's original size, as a list of full-size maps would give,
+    but nothing more than the patch grids is held: a test set of 1600x800 images would otherwise hold
+    5 MB of map per image. ``at(i, size)`` draws a map at another size (pixel metrics at a capped side).
+    """
+
+    def __init__(self, grids: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> None:
+        if len(grids) != len(sizes):
+            raise ValueError(f"{len(grids)} patch maps for {len(sizes)} image sizes")
+        self.grids = list(grids)
+        self.sizes = [(int(h), int(w)) for h, w in sizes]
+
+    def __len__(self) -> int:
+        return len(self.grids)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return self.at(i, self.sizes[i])
+
+    def at(self, i: int, size: tuple[int, int]) -> np.ndarray:
+        """Map i drawn at size (height, width)."""
+        return upsample_map(self.grids[i], size)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return False
+        return all(np.array_equal(a, b) for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Maps({len(self)} maps)"
+
+
 @dataclass
 class Result:
     """What scoring a set of images gives back."""
 
     paths: list[Path]
     scores: np.ndarray  # image scores, one per readable image
-    maps: list[np.ndarray]  # anomaly maps, HxW float32 at each image's original size
+    maps: Sequence[np.ndarray]  # anomaly maps, HxW float32 at each image's original size (Maps: drawn when read)
     decisions: np.ndarray  # bool, score >= threshold
     threshold: float
     skipped: list[tuple[Path, str]] = field(default_factory=list)
@@ -63,9 +101,14 @@ class Scored:
     path: Path
     image: np.ndarray  # HxWx3 uint8, original size
     score: float
-    map: np.ndarray  # HxW float32 at the original size
+    grid: np.ndarray  # the patch-grid map the detector gave
     anomalous: bool
     embedding: np.ndarray | None = None
+
+    @cached_property
+    def map(self) -> np.ndarray:
+        """HxW float32 at the image's original size, drawn on first use."""
+        return upsample_map(self.grid, self.image.shape[:2])
 
 
 @dataclass
@@ -261,7 +304,7 @@ class Detector:
 
     def iter_score(self, paths: Sequence[Path], batch_size: int | None = None,
                    embeddings: bool = False) -> Iterator[Scored | Skipped]:
-        """Stream a record per file, in order: Scored (maps at original size) or Skipped.
+        """Stream a record per file, in order: Scored (``map`` at original size) or Skipped.
 
         Huge folders fit in memory this way. ``embeddings`` adds each image's embedding for
         review re-ranking; detectors that do not use the backbone then run it as well.
@@ -276,27 +319,30 @@ class Detector:
             embs = batch.features.embedding if embeddings and batch.features is not None else None
             for k, (path, im) in enumerate(zip(batch.paths, batch.images)):
                 score = float(s[k])
-                yield Scored(path, im, score, upsample_map(pm[k], im.shape[:2]), score >= self.threshold_,
+                yield Scored(path, im, score, np.array(pm[k], dtype=np.float32), score >= self.threshold_,
                              None if embs is None else embs[k].numpy())
 
     def score(self, paths: Sequence[Path], progress: bool = True, keep_images: bool = False,
               batch_size: int | None = None) -> Result:
-        """Image scores, anomaly maps at original size and decisions for readable images."""
+        """Image scores, anomaly maps at original size (drawn when read) and decisions for readable images."""
         self._check_fitted()
         paths = list(paths)
         done: list[Scored] = []
         skipped: list[tuple[Path, str]] = []
+        sizes: list[tuple[int, int]] = []
         with progress_bar(progress) as bar:
             task = bar.add_task(f"score {self.name}", total=len(paths))
             for rec in self.iter_score(paths, batch_size):
                 if isinstance(rec, Skipped):
                     skipped.append((rec.path, rec.reason))
                 else:
-                    done.append(rec if keep_images else Scored(rec.path, rec.image[:0, :0], rec.score, rec.map,
-                                                               rec.anomalous))
+                    sizes.append(rec.image.shape[:2])
+                    if not keep_images:  # an empty image, not a view, so the decoded pixels are freed
+                        rec = Scored(rec.path, np.empty((0, 0, 3), np.uint8), rec.score, rec.grid, rec.anomalous)
+                    done.append(rec)
                 bar.update(task, completed=len(done) + len(skipped))
         sc = np.asarray([r.score for r in done], dtype=np.float64)
-        return Result(paths=[r.path for r in done], scores=sc, maps=[r.map for r in done],
+        return Result(paths=[r.path for r in done], scores=sc, maps=Maps([r.grid for r in done], sizes),
                       decisions=sc >= self.threshold_, threshold=float(self.threshold_),  # type: ignore[arg-type]
                       skipped=skipped, images=[r.image for r in done] if keep_images else None)
 

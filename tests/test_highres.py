@@ -1,0 +1,128 @@
+"""High resolution: maps held at the patch grid and drawn when read, pixel metrics at a capped side."""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from normalcy.data import MaskSizeWarning, Sample, read_mask
+from normalcy.detectors import Result, create
+from normalcy.detectors.base import Maps, Scored
+from normalcy.evaluate import METRIC_SIDE, masks_for, metric_size, pixel_inputs
+from normalcy.features import FeatureExtractor, upsample_map
+from normalcy.metrics import evaluate, pixel_metrics
+
+
+def _grid(seed: int, h: int = 10, w: int = 20) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w)).astype(np.float32)
+
+
+def test_maps_are_drawn_at_each_images_size_when_read() -> None:
+    grids = [_grid(0), _grid(1, 6, 6)]
+    maps = Maps(grids, [(800, 1600), (37, 53)])
+    assert len(maps) == 2 and [m.shape for m in maps] == [(800, 1600), (37, 53)]
+    np.testing.assert_array_equal(maps[1], upsample_map(grids[1], (37, 53)))
+    np.testing.assert_array_equal(maps[-1], maps[1])
+    assert maps.at(0, (100, 200)).shape == (100, 200)
+    assert maps == [maps[0], maps[1]] and maps != [maps[0]] and Maps([], []) == []
+    with pytest.raises(ValueError):
+        Maps(grids, [(8, 8)])
+
+
+def test_score_holds_patch_grids_and_its_maps_match_iter_score(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(64, 64)] * 6 + [(90, 170), (41, 33)]):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    det = create("gaussian", FeatureExtractor(image_size=64, precision="fp32")).fit(paths[:6], progress=False)
+    res = det.score(paths[6:], progress=False)
+    assert isinstance(res.maps, Maps) and res.maps.sizes == [(90, 170), (41, 33)]
+    assert all(g.shape == (8, 8) for g in res.maps.grids)  # the 64 px input's stride-8 grid, not 90x170
+    streamed = [r for r in det.iter_score(paths[6:]) if isinstance(r, Scored)]
+    for m, rec in zip(res.maps, streamed):
+        assert m.shape == rec.image.shape[:2] and m.dtype == np.float32
+        np.testing.assert_allclose(m, rec.map, rtol=1e-5, atol=1e-6)
+
+
+def test_metric_size_caps_the_long_side_and_keeps_small_images() -> None:
+    assert metric_size((800, 1600)) == (256, 512)
+    assert metric_size((1600, 800)) == (512, 256)
+    assert metric_size((248, 373)) == (248, 373)
+    assert metric_size((512, 512)) == (512, 512)
+    assert max(metric_size((1100, 1600))) == METRIC_SIDE
+
+
+def test_a_mask_read_at_the_metric_size_warns_only_when_it_does_not_fit_its_image(tmp_path: Path) -> None:
+    mask = np.zeros((800, 1600), np.uint8)
+    mask[100:300, 400:900] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MaskSizeWarning)
+        small = read_mask(tmp_path / "m.png", (800, 1600), (256, 512))
+    assert small.shape == (256, 512) and small.dtype == bool
+    assert abs(int(small.sum()) - 200 * 500 / 3.125**2) < 300  # the same region, shrunk
+    with pytest.warns(MaskSizeWarning):
+        read_mask(tmp_path / "m.png", (400, 800), (256, 512))
+    assert read_mask(None, (800, 1600), (256, 512)).shape == (256, 512)
+
+
+def _highres_case(tmp_path: Path, n: int, seed: int = 0) -> tuple[list[Sample], Result]:
+    """n scored 1600x800 images, half with a defect mask, and maps that are hotter on the defect."""
+    rng = np.random.default_rng(seed)
+    samples, grids = [], []
+    for i in range(n):
+        g = rng.random((20, 40)).astype(np.float32)
+        if i % 2:
+            r, c = rng.integers(2, 14), rng.integers(2, 30)
+            mask = np.zeros((800, 1600), np.uint8)
+            mask[r * 40 : r * 40 + 160, c * 40 : c * 40 + 320] = 255
+            g[r : r + 4, c : c + 8] += 0.7
+            Image.fromarray(mask).save(tmp_path / f"{i}_mask.png")
+            samples.append(Sample(tmp_path / f"{i}.png", 1, "defect", tmp_path / f"{i}_mask.png"))
+        else:
+            samples.append(Sample(tmp_path / f"{i}.png", 0, "good", None))
+        grids.append(g)
+    scores = np.array([g.max() for g in grids], np.float64)
+    result = Result(paths=[s.path for s in samples], scores=scores, maps=Maps(grids, [(800, 1600)] * n),
+                    decisions=scores > 1, threshold=1.0)
+    return samples, result
+
+
+def test_pixel_metrics_at_the_capped_side_match_full_resolution(tmp_path: Path) -> None:
+    samples, result = _highres_case(tmp_path, 6)
+    full = pixel_metrics(masks_for(samples, result), list(result.maps))
+    masks, maps = pixel_inputs(samples, result)
+    assert isinstance(maps, Maps) and all(m.shape == (256, 512) for m in masks)
+    capped = pixel_metrics(masks, maps)
+    assert capped["pixel_auroc"] == pytest.approx(full["pixel_auroc"], abs=2e-3)
+    assert capped["aupro"] == pytest.approx(full["aupro"], abs=5e-3)
+    # Full-size maps in a plain list (MuSc's kind) are shrunk to the same size and give the same numbers.
+    plain = Result(result.paths, result.scores, list(result.maps), result.decisions, result.threshold)
+    masks2, maps2 = pixel_inputs(samples, plain)
+    assert pixel_metrics(masks2, maps2) == pytest.approx(capped, abs=2e-3)
+
+
+def test_evaluating_more_images_does_not_hold_a_full_size_map_each(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peak memory of masks and pixel metrics grows by far less than one 1600x800 map (5 MB) an image."""
+    import normalcy.metrics
+
+    monkeypatch.setattr(normalcy.metrics, "_CHUNK", 1 << 14)  # AUPRO's walk: its temporaries stay small
+    peaks = []
+    for n in (4, 16):
+        (tmp_path / str(n)).mkdir()
+        samples, result = _highres_case(tmp_path / str(n), n)
+        labels = np.array([s.label for s in samples])
+        tracemalloc.start()
+        evaluate(labels, result.scores, *pixel_inputs(samples, result))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    per_image = (peaks[1] - peaks[0]) / 12
+    assert per_image < 0.25 * 800 * 1600 * 4, f"{per_image / 1e6:.1f} MB more per image"
