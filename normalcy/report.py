@@ -35,6 +35,7 @@ __all__ = [
     "overlay",
     "save_heatmap",
     "ReportImage",
+    "gallery_image",
     "write_report",
 ]
 
@@ -55,6 +56,16 @@ class ReportImage:
     image: np.ndarray  # HxWx3 uint8 RGB
     amap: np.ndarray | None  # HxW float, None if the detector gives no map
     label: int | None = None  # ground truth when known (1 anomalous / 0 normal)
+
+
+def gallery_image(name: str, score: float, anomalous: bool | None, image: np.ndarray, amap: np.ndarray | None,
+                  label: int | None = None) -> ReportImage:
+    """A ReportImage already at gallery size, its map shrunk alike: a run that keeps its top images
+    for the report then holds small pictures, whatever the size of the images."""
+    rgb = _shrink(_to_rgb_u8(image))
+    if amap is not None and rgb.shape[:2] != np.shape(image)[:2]:
+        amap = cv2.resize(np.asarray(amap, np.float32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA)
+    return ReportImage(name=name, score=score, anomalous=anomalous, image=rgb, amap=amap, label=label)
 
 
 @lru_cache(maxsize=None)

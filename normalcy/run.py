@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 from .data import InputError, printable
-from .heatmap import overlay, save_heatmap
-from .report import ReportImage, write_report
+from .heatmap import overlay, side_by_side, write_png
+from .report import ReportImage, gallery_image, write_report
 
 SCORES_HEADER = ["path", "score", "decision", "threshold", "overlay"]
 EMBEDDINGS = "embeddings.safetensors"
@@ -135,23 +134,27 @@ class RunWriter:
         name = self._name(path)
         lo, hi = self.map_range
         over = ""
-        if self.overlays and amap is not None:
+        drawn = overlay(image, amap, lo, hi) if amap is not None and (self.overlays or self.heatmaps) else None
+        if self.overlays and drawn is not None:
             over = f"overlays/{name}.png"
             (self.output / "overlays").mkdir(exist_ok=True)
-            Image.fromarray(overlay(image, amap, lo, hi)).save(self.output / over, format="PNG")
+            write_png(self.output / over, drawn)
         self._csv.writerow([csv_cell(str(Path(path).resolve())), f"{score:.6g}",
                             "anomalous" if anomalous else "normal", f"{self.threshold:.6g}", over])
-        if self.heatmaps and amap is not None:
-            save_heatmap(self.output / "heatmaps" / f"{name}.png", image, amap, lo, hi)
+        if self.heatmaps and drawn is not None:
+            (self.output / "heatmaps").mkdir(exist_ok=True)
+            write_png(self.output / "heatmaps" / f"{name}.png", side_by_side(image, drawn))
         if self.save_maps and amap is not None:
             (self.output / "maps").mkdir(exist_ok=True)
             np.save(self.output / "maps" / f"{name}.npy", amap.astype(np.float32))
         if embedding is not None:
             self.embeddings.append(np.asarray(embedding, dtype=np.float32))
-        if self.report:
-            item = ReportImage(name=str(path), score=score, anomalous=anomalous, image=image, amap=amap)
+        key = (score, len(self.rows))  # ties: the later image wins, as heapq.heappushpop keeps it
+        if self.report and self.top > 0 and (len(self._best) < self.top or key > self._best[0][:2]):
+            # Kept at gallery size: the top-N of 1600x800 images would otherwise hold 9 MB each.
+            item = gallery_image(str(path), score, anomalous, image, amap)
             push = heapq.heappush if len(self._best) < self.top else heapq.heappushpop
-            push(self._best, (score, len(self.rows), item))
+            push(self._best, (*key, item))
         self.rows.append((str(path), float(score), bool(anomalous)))
 
     def close(self, skipped: Sequence[tuple[Path, str]], title: str) -> None:

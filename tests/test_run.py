@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -140,3 +141,23 @@ def test_embeddings_a_run_lacks_are_computed_row_aligned(tmp_path: Path) -> None
     emb = add_embeddings(tmp_path / "run", FeatureExtractor(image_size=64, precision="fp32"), progress=False)
     assert emb.shape[0] == 3 and np.array_equal(read_embeddings(tmp_path / "run"), emb)
     assert not emb[1].any() and emb[0].any() and emb[2].any()
+
+
+def test_heatmaps_are_full_size_and_the_report_keeps_its_top_images_small(tmp_path: Path) -> None:
+    """A run of large images: PNGs at each image's own size, the overlay is the heatmap's right half,
+    and the top images kept for the report are already at gallery size (memory stays bounded)."""
+    rng = np.random.default_rng(0)
+    writer = RunWriter(tmp_path / "run", 0.5, (0.0, 1.0), top=2, inputs=[tmp_path])
+    for k, (h, w) in enumerate([(600, 1200), (300, 200), (700, 1400)]):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        amap = cv2.resize(rng.random((6, 12)).astype(np.float32), (w, h))
+        writer.add(tmp_path / f"{k}.png", image, 0.1 * k, amap, False)
+        heat = np.asarray(Image.open(tmp_path / "run" / "heatmaps" / f"{k}.png").convert("RGB"))
+        over = np.asarray(Image.open(tmp_path / "run" / "overlays" / f"{k}.png").convert("RGB"))
+        assert heat.shape == (h, 2 * w, 3) and over.shape == (h, w, 3)
+        assert np.array_equal(heat[:, :w], image) and np.array_equal(heat[:, w:], over)
+    kept = sorted(writer._best, key=lambda b: b[0])
+    assert [b[1] for b in kept] == [1, 2]  # the two highest scores
+    assert all(max(b[2].image.shape[:2]) <= 512 and b[2].amap.shape == b[2].image.shape[:2] for b in kept)
+    writer.close([], "test")
+    assert (tmp_path / "run" / "report.html").is_file()
