@@ -134,3 +134,19 @@ def test_bad_parameters() -> None:
 
     with pytest.raises(InputError):
         EfficientAD(input_size=100)
+
+
+def test_score_is_the_mean_of_the_normalised_branch_maps(fitted: EfficientAD, fe: FeatureExtractor, data) -> None:
+    """The paper's combination: each map normalised by its q_a / q_b quantiles on held-out normal images
+    (q_a -> 0, q_b -> 0.1), then averaged; the image score is the maximum."""
+    from normalcy.data import read_image
+
+    paths = data[1][:3]
+    x = fe.preprocess([read_image(p) for p in paths])
+    st, ae = fitted.branch_maps(x)
+    raw_st, raw_ae = fitted._raw_maps(fitted._resize(x))
+    qa_st, qb_st, qa_ae, qb_ae = (float(v) for v in fitted.quantiles_)
+    assert torch.allclose(st, 0.1 * (raw_st - qa_st) / (qb_st - qa_st), atol=1e-5)
+    assert torch.allclose(ae, 0.1 * (raw_ae - qa_ae) / (qb_ae - qa_ae), atol=1e-5)
+    res = fitted.score(paths, progress=False)
+    np.testing.assert_allclose(res.scores, (0.5 * st + 0.5 * ae).amax((1, 2)).numpy(), rtol=1e-4, atol=1e-5)

@@ -186,12 +186,6 @@ class EfficientAD(Detector):
         a = self.ae_(x)
         return (t - s[:, :c]).pow_(2).mean(1), (a - s[:, c:]).pow_(2).mean(1)
 
-    def _combine(self, st: torch.Tensor, ae: torch.Tensor) -> torch.Tensor:
-        qa_st, qb_st, qa_ae, qb_ae = (float(v) for v in self.quantiles_)
-        n_st = 0.1 * (st - qa_st) / max(qb_st - qa_st, 1e-12)
-        n_ae = 0.1 * (ae - qa_ae) / max(qb_ae - qa_ae, 1e-12)
-        return 0.5 * n_st + 0.5 * n_ae
-
     def _eval_mode(self) -> None:
         for net in (self.teacher_, self.student_, self.ae_):
             net.eval()
@@ -373,7 +367,15 @@ class EfficientAD(Detector):
 
     # -- score ----------------------------------------------------------------------------------
     @torch.inference_mode()
+    def branch_maps(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised student-teacher and autoencoder maps (B x h x w) of preprocessed images, each on
+        its own, to measure what each branch sees (the score is their mean)."""
+        st, ae = self._raw_maps(self._resize(inputs))
+        qa_st, qb_st, qa_ae, qb_ae = (float(v) for v in self.quantiles_)
+        return (0.1 * (st - qa_st) / max(qb_st - qa_st, 1e-12), 0.1 * (ae - qa_ae) / max(qb_ae - qa_ae, 1e-12))
+
+    @torch.inference_mode()
     def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        st, ae = self._raw_maps(self._resize(batch.inputs))
-        m = self._combine(st, ae).float()
+        st, ae = self.branch_maps(batch.inputs)
+        m = (0.5 * st + 0.5 * ae).float()
         return m.amax((1, 2)).double().numpy(), m.numpy()
