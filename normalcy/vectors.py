@@ -1,0 +1,262 @@
+"""Anomaly detectors on feature vectors (embeddings, catalogue columns) with scikit-learn's API.
+
+Each detector is a small scikit-learn estimator: ``fit(X)`` on normal rows only, then
+``score_samples`` (higher = more normal, scikit-learn's convention), ``decision_function``
+(``score_samples - offset_``; negative = anomaly), ``predict`` (-1 anomaly, 1 normal) and
+``anomaly_score`` (``-score_samples``, higher = more anomalous, normalcy's convention).
+
+All share one threshold rule: ``offset_`` is set so that a fraction ``fpr`` of normal rows is
+flagged, measured on scores the detector did not fit on where it has them (cross-validated for
+the Gaussian, leave-one-out for kNN and ECOD; IsolationForest's trees each see a small
+subsample, so its training scores are used as they are). These out-of-sample scores are kept as
+``calibration_scores_``; the ensemble normalises each member by them.
+
+Rows with NaN or inf are never scored silently: ``fit`` and the scoring methods raise a
+ValueError that names them, and ``finite_rows`` lets a caller skip and report them instead.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import torch
+from scipy.stats import skew
+from sklearn.base import BaseEstimator, OutlierMixin, clone
+from sklearn.ensemble import IsolationForest
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .detectors.gaussian import _gaussian, mahalanobis
+
+__all__ = ["GaussianDetector", "KNNDetector", "IForestDetector", "ECODDetector", "EnsembleDetector",
+           "finite_rows"]
+
+
+def finite_rows(X: np.ndarray) -> tuple[np.ndarray, str]:
+    """A mask of the rows without NaN or inf, and a message naming the others ("" when all are finite)."""
+    X = np.asarray(X, dtype=np.float64)
+    mask = np.isfinite(X).all(axis=1) if X.ndim == 2 else np.isfinite(X)
+    bad = np.flatnonzero(~mask)
+    if not len(bad):
+        return mask, ""
+    shown = ", ".join(str(i) for i in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return mask, f"{len(bad)} of {len(mask)} rows contain NaN or inf: rows {shown}{more} (counting from 0)"
+
+
+class _VectorDetector(OutlierMixin, BaseEstimator):
+    """What every detector here shares: input checks, the normal-only threshold, the score conventions.
+
+    A subclass implements ``_fit(X) -> calibration anomaly scores`` and ``_score(X) -> anomaly scores``.
+    """
+
+    fpr: float
+
+    def fit(self, X, y=None):
+        """Fit on normal rows only (y is ignored, as for every scikit-learn outlier detector)."""
+        if not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"fpr must be in (0, 1), got {self.fpr!r}")
+        X = self._checked(X, reset=True)
+        self.calibration_scores_ = np.asarray(self._fit(X), dtype=np.float64)
+        # The fraction fpr of normal scores lies above the threshold, so offset_ = -threshold.
+        self.offset_ = -float(np.quantile(self.calibration_scores_, 1.0 - self.fpr))
+        return self
+
+    def anomaly_score(self, X) -> np.ndarray:
+        """Higher = more anomalous (normalcy's convention)."""
+        check_is_fitted(self)
+        return np.asarray(self._score(self._checked(X, reset=False)), dtype=np.float64)
+
+    def score_samples(self, X) -> np.ndarray:
+        """Higher = more normal (scikit-learn's convention)."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Negative for rows flagged at the target FPR."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """-1 for anomalies, 1 for normal rows."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def _checked(self, X, reset: bool) -> np.ndarray:
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
+                          ensure_min_samples=2 if reset else 1)
+        mask, message = finite_rows(X)
+        if message:
+            raise ValueError(f"{type(self).__name__}: {message}; drop them or fill them in first")
+        return X
+
+    def _fit(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class GaussianDetector(_VectorDetector):
+    """Mahalanobis distance to one Gaussian of the normal rows, with Ledoit-Wolf shrinkage (few rows, many
+    dimensions), computed by the same code as the image detector ``gaussian``. The threshold comes from
+    k-fold cross-validated distances: in-sample ones are too small when dimensions are many."""
+
+    def __init__(self, fpr: float = 0.01, folds: int = 5, random_state: int | None = None):
+        self.fpr = fpr
+        self.folds = folds
+        self.random_state = random_state
+
+    def _fit(self, X: np.ndarray) -> np.ndarray:
+        self.location_, self.precision_ = _gaussian(X)
+        n = len(X)
+        folds = max(2, min(self.folds, n))
+        order = np.random.default_rng(self.random_state).permutation(n)
+        held_out = np.empty(n)
+        for k in range(folds):
+            held = order[k::folds]
+            keep = np.setdiff1d(order, held)
+            held_out[held] = _distance(X[held], *_gaussian(X[keep]))
+        return held_out
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return _distance(X, self.location_, self.precision_)
+
+
+def _distance(X: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    return mahalanobis(torch.from_numpy(X), torch.from_numpy(mean), torch.from_numpy(precision)).numpy()
+
+
+class KNNDetector(_VectorDetector):
+    """Mean Euclidean distance to the k nearest normal rows (exact search with faiss), on features
+    standardised by the training rows so that no column dominates by its units. A training row's
+    calibration score leaves the row itself out."""
+
+    def __init__(self, fpr: float = 0.01, n_neighbors: int = 5):
+        self.fpr = fpr
+        self.n_neighbors = n_neighbors
+
+    def _fit(self, X: np.ndarray) -> np.ndarray:
+        if self.n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be at least 1, got {self.n_neighbors}")
+        self.mean_ = X.mean(0)
+        std = X.std(0)
+        self.scale_ = np.where(std > 0, std, 1.0)
+        self.train_ = np.ascontiguousarray((X - self.mean_) / self.scale_, dtype=np.float32)
+        self.n_neighbors_ = min(self.n_neighbors, len(X) - 1)
+        k = self.n_neighbors_
+        idx = self._search(self.train_, k + 1)
+        # Drop each row itself from its neighbours (or the farthest, if duplicates crowded it out).
+        own = idx == np.arange(len(X))[:, None]
+        own[~own.any(1), -1] = True
+        return self._mean_distance(self.train_, idx[~own].reshape(len(X), k))
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        Z = np.ascontiguousarray((X - self.mean_) / self.scale_, dtype=np.float32)
+        return self._mean_distance(Z, self._search(Z, self.n_neighbors_))
+
+    def _search(self, Z: np.ndarray, k: int) -> np.ndarray:
+        # A flat index is a copy of the rows: rebuilding it per call keeps the estimator picklable.
+        index = faiss.IndexFlatL2(Z.shape[1])
+        index.add(self.train_)
+        return index.search(Z, k)[1]
+
+    def _mean_distance(self, Z: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Distances recomputed in float64 for the neighbours faiss found: exact, and the same for a row
+        whichever batch it comes in."""
+        out = np.empty(len(Z))
+        train = self.train_.astype(np.float64)
+        for start in range(0, len(Z), 4096):
+            z = Z[start:start + 4096].astype(np.float64)
+            d = train[idx[start:start + 4096]] - z[:, None, :]
+            out[start:start + 4096] = np.sqrt((d * d).sum(-1)).mean(1)
+        return out
+
+
+class IForestDetector(_VectorDetector):
+    """scikit-learn's IsolationForest with the shared threshold. Each tree sees at most 256 rows, so the
+    training rows' scores are nearly out of sample and serve as calibration scores."""
+
+    def __init__(self, fpr: float = 0.01, n_estimators: int = 100, max_samples: int | float | str = "auto",
+                 max_features: float = 1.0, n_jobs: int | None = None, random_state: int | None = None):
+        self.fpr = fpr
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.max_features = max_features
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _fit(self, X: np.ndarray) -> np.ndarray:
+        self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
+                                       max_features=self.max_features, n_jobs=self.n_jobs,
+                                       random_state=self.random_state).fit(X)
+        return self._score(X)
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return -self.forest_.score_samples(X)
+
+
+class ECODDetector(_VectorDetector):
+    """ECOD (Li et al. 2022): per dimension, how far into the tail of the normal rows' empirical
+    distribution a value lies (-log of the tail probability), summed over dimensions; the score is the
+    largest of the left-tail, right-tail and skewness-chosen-tail sums. No parameters to tune.
+
+    The tail probability of a new value counts it as one more sample, (#{x_j <= x} + 1) / (n + 1), so it is
+    never 0; for a training row the same formula with the row left out is #{x_j <= x_i} / n, which makes
+    the training scores leave-one-out."""
+
+    def __init__(self, fpr: float = 0.01):
+        self.fpr = fpr
+
+    def _fit(self, X: np.ndarray) -> np.ndarray:
+        self.sorted_ = np.sort(X, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.skewness_ = np.nan_to_num(skew(X, axis=0))
+        return self._tails(X, 0)
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return self._tails(X, 1)
+
+    def _tails(self, X: np.ndarray, extra: int) -> np.ndarray:
+        """ECOD scores; ``extra`` = 1 counts X's rows as added samples, 0 as rows already in the sample."""
+        n = len(self.sorted_)
+        left = np.empty_like(X)
+        right = np.empty_like(X)
+        for j in range(X.shape[1]):
+            col = self.sorted_[:, j]
+            left[:, j] = np.searchsorted(col, X[:, j], side="right")
+            right[:, j] = n - np.searchsorted(col, X[:, j], side="left")
+        left = -np.log((left + extra) / (n + extra))
+        right = -np.log((right + extra) / (n + extra))
+        chosen = np.where(self.skewness_ < 0, left, right)
+        return np.maximum.reduce([left.sum(1), right.sum(1), chosen.sum(1)])
+
+
+class EnsembleDetector(_VectorDetector):
+    """The mean of its members' anomaly scores, each first put in units of its own calibration scores
+    (minus their mean, over their standard deviation), so that no member dominates by its scale.
+
+    ``members`` defaults to a Gaussian (global correlations between features) and kNN (local, multimodal
+    structure): they fail in different places, and both are quick."""
+
+    def __init__(self, members: list | None = None, fpr: float = 0.01, random_state: int | None = None):
+        self.members = members
+        self.fpr = fpr
+        self.random_state = random_state
+
+    def _fit(self, X: np.ndarray) -> np.ndarray:
+        members = self.members if self.members is not None else [GaussianDetector(), KNNDetector()]
+        if not members:
+            raise ValueError("EnsembleDetector needs at least one member")
+        self.members_ = []
+        for member in members:
+            member = clone(member)
+            if "random_state" in member.get_params() and self.random_state is not None:
+                member.set_params(random_state=self.random_state)
+            self.members_.append(member.fit(X))
+        cal = np.stack([m.calibration_scores_ for m in self.members_])
+        self.center_ = cal.mean(1)
+        self.spread_ = np.maximum(cal.std(1), 1e-12)
+        return self._combined(cal)
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return self._combined(np.stack([m.anomaly_score(X) for m in self.members_]))
+
+    def _combined(self, scores: np.ndarray) -> np.ndarray:
+        return ((scores - self.center_[:, None]) / self.spread_[:, None]).mean(0)

@@ -1,0 +1,169 @@
+"""Detectors on feature vectors: scikit-learn's estimator checks, and what the detectors promise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.utils.estimator_checks import check_estimator
+
+from normalcy.detectors.gaussian import _gaussian, mahalanobis
+from normalcy.vectors import (ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector,
+                              finite_rows)
+
+# Settings that keep scikit-learn's ~45 checks per detector quick; behaviour is the same as the defaults'.
+FAST = {
+    "gaussian": lambda **kw: GaussianDetector(folds=2, **kw),
+    "knn": lambda **kw: KNNDetector(**kw),
+    "iforest": lambda **kw: IForestDetector(n_estimators=20, **kw),
+    "ecod": lambda **kw: ECODDetector(**kw),
+    "ensemble": lambda **kw: EnsembleDetector([GaussianDetector(folds=2), KNNDetector()], **kw),
+}
+
+_IN_SAMPLE = ("kNN finds each training row as its own nearest neighbour, so predicting on the training rows "
+              "themselves flags almost none of them; the threshold uses leave-one-out scores instead")
+EXPECTED_FAILURES = {
+    "knn": {"check_outliers_train": _IN_SAMPLE, "check_outliers_fit_predict": _IN_SAMPLE},
+    "ensemble": {"check_outliers_train": _IN_SAMPLE, "check_outliers_fit_predict": _IN_SAMPLE},
+}
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_sklearn_estimator_checks(name):
+    check_estimator(FAST[name](), expected_failed_checks=EXPECTED_FAILURES.get(name, {}), on_skip=None)
+
+
+def _normal(n: int, d: int = 6, seed: int = 0) -> np.ndarray:
+    """Correlated Gaussian rows with columns on different scales."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(99).normal(size=(d, d))
+    return rng.normal(size=(n, d)) @ mix * np.arange(1, d + 1) + 10.0
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_planted_outliers_rank_on_top(name):
+    rng = np.random.default_rng(1)
+    X = _normal(400)
+    planted = _normal(10, seed=2)
+    scale = X.std(0)
+    for row in planted:  # pushed far out along three columns
+        cols = rng.choice(X.shape[1], 3, replace=False)
+        row[cols] += 8 * scale[cols] * rng.choice([-1, 1], 3)
+    det = FAST[name](random_state=0) if name in ("gaussian", "iforest", "ensemble") else FAST[name]()
+    det.fit(X)
+    fresh = _normal(200, seed=3)
+    scores = det.anomaly_score(np.vstack([fresh, planted]))
+    assert roc_auc_score(np.r_[np.zeros(200), np.ones(10)], scores) > 0.99
+    assert (det.predict(planted) == -1).mean() >= 0.7  # at 1% FPR; ECOD's tails saturate past the data
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_threshold_gives_the_target_fpr_on_fresh_normal_rows(name):
+    X = _normal(3000)
+    det = FAST[name](fpr=0.05).fit(X)
+    flagged = (det.predict(_normal(20000, seed=5)) == -1).mean()
+    assert 0.03 < flagged < 0.075, flagged
+
+
+def test_conventions_agree():
+    X = _normal(300)
+    det = GaussianDetector().fit(X)
+    Y = _normal(50, seed=1)
+    np.testing.assert_allclose(det.anomaly_score(Y), -det.score_samples(Y))
+    np.testing.assert_allclose(det.decision_function(Y), det.score_samples(Y) - det.offset_)
+    assert set(det.predict(Y)) <= {-1, 1}
+    assert np.mean(det.calibration_scores_ > -det.offset_) == pytest.approx(det.fpr, abs=0.005)
+
+
+def test_finite_rows_names_the_bad_rows():
+    X = np.ones((20, 3))
+    X[3, 1] = np.nan
+    X[17, 0] = np.inf
+    mask, message = finite_rows(X)
+    assert mask.sum() == 18 and not mask[3] and not mask[17]
+    assert "rows 3, 17" in message and "2 of 20" in message
+    assert finite_rows(np.ones((4, 2))) == (pytest.approx(np.ones(4, bool)), "")
+    X = np.zeros((30, 2))
+    X[:12, 0] = np.nan
+    assert "rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more" in finite_rows(X)[1]
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_nan_rows_are_named_in_fit_and_score(name):
+    X = _normal(100)
+    bad = X.copy()
+    bad[[4, 9]] = [np.nan, *X[4, 1:]], [*X[9, :-1], -np.inf]
+    with pytest.raises(ValueError, match=r"rows 4, 9 \(counting from 0\)"):
+        FAST[name]().fit(bad)
+    det = FAST[name]().fit(X)
+    for method in (det.anomaly_score, det.score_samples, det.decision_function, det.predict):
+        with pytest.raises(ValueError, match=r"rows 4, 9"):
+            method(bad)
+
+
+def test_fitted_state():
+    X = _normal(200)
+    for det in (GaussianDetector(), KNNDetector(), IForestDetector(), ECODDetector(), EnsembleDetector()):
+        det.fit(X)
+        assert det.n_features_in_ == X.shape[1]
+        assert det.calibration_scores_.shape == (200,)
+        assert np.isfinite(det.offset_)
+    gauss = GaussianDetector().fit(X)
+    assert gauss.location_.shape == (6,) and gauss.precision_.shape == (6, 6)
+    knn = KNNDetector(n_neighbors=7).fit(X)
+    assert knn.n_neighbors_ == 7 and knn.train_.shape == (200, 6) and knn.train_.dtype == np.float32
+    np.testing.assert_allclose(knn.train_.std(0), 1.0, rtol=1e-4)
+    assert KNNDetector(n_neighbors=50).fit(X[:10]).n_neighbors_ == 9
+    ens = EnsembleDetector().fit(X)
+    assert [type(m).__name__ for m in ens.members_] == ["GaussianDetector", "KNNDetector"]
+    assert ens.center_.shape == ens.spread_.shape == (2,)
+    with pytest.raises(ValueError, match="fpr"):
+        ECODDetector(fpr=1.5).fit(X)
+
+
+def test_gaussian_is_the_image_detectors_gaussian():
+    """One implementation of the Ledoit-Wolf Gaussian and its distance, shared with normalcy.detectors.gaussian."""
+    X = _normal(150)
+    det = GaussianDetector().fit(X)
+    mean, precision = _gaussian(X)
+    np.testing.assert_allclose(det.location_, mean)
+    np.testing.assert_allclose(det.precision_, precision)
+    Y = _normal(20, seed=1)
+    expected = mahalanobis(torch.from_numpy(Y), torch.from_numpy(mean), torch.from_numpy(precision)).numpy()
+    np.testing.assert_allclose(det.anomaly_score(Y), expected)
+
+
+def test_calibration_scores_leave_the_row_out():
+    """kNN's and ECOD's calibration score of a training row is the score it gets from a fit without it."""
+    rng = np.random.default_rng(0)
+    X = rng.exponential(size=(80, 4))  # skewed the same way with or without one row
+    for make in (KNNDetector, ECODDetector):
+        full = make().fit(X)
+        others = make().fit(X[1:])
+        if make is KNNDetector:  # the same standardisation, so that only the neighbours differ
+            others.mean_, others.scale_ = full.mean_, full.scale_
+            others.train_ = full.train_[1:]
+        assert full.calibration_scores_[0] == pytest.approx(others.anomaly_score(X[:1])[0])
+
+
+def test_deterministic_with_random_state():
+    X = _normal(300)
+    Y = _normal(50, seed=1)
+    for make in (GaussianDetector, FAST["iforest"], EnsembleDetector):
+        a = make(random_state=3).fit(X)
+        b = make(random_state=3).fit(X)
+        np.testing.assert_array_equal(a.anomaly_score(Y), b.anomaly_score(Y))
+        assert a.offset_ == b.offset_
+    a = FAST["iforest"](random_state=3).fit(X).anomaly_score(Y)
+    assert not np.array_equal(a, FAST["iforest"](random_state=4).fit(X).anomaly_score(Y))
+
+
+def test_subsets_score_like_the_whole():
+    """A row's score does not depend on what else is in the batch (faiss's batched search included)."""
+    X = _normal(500)
+    Y = _normal(300, seed=1)
+    for det in (KNNDetector().fit(X), ECODDetector().fit(X)):
+        whole = det.anomaly_score(Y)
+        parts = np.concatenate([det.anomaly_score(Y[i:i + 7]) for i in range(0, 300, 7)])
+        np.testing.assert_array_equal(whole, parts)
