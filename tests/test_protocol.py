@@ -12,6 +12,7 @@ from PIL import Image
 from normalcy.data import InputError
 from normalcy.detectors import DETECTORS, Scored, Skipped, create
 from normalcy.features import FeatureExtractor
+from normalcy.modelfile import load
 
 # The least work each trained detector can do, so the contract tests stay fast.
 TINY = {
@@ -185,3 +186,17 @@ def test_patchcore_without_reweighting_scores_the_plain_maximum(fe: FeatureExtra
     scores, maps = det._score(next(det._batches(paths[:3])))
     np.testing.assert_allclose(scores, maps.reshape(3, -1).max(1), rtol=1e-6)
     assert np.isfinite(det.threshold_) and det.threshold_ > 0
+
+
+def test_patchcore_standardized_channels_are_saved_and_applied(fe: FeatureExtractor, tmp_path: Path) -> None:
+    """standardize=True z-scores each channel with the training patches' mean and spread; a reloaded
+    model scores the same, and the bank lives in the standardized space (channel means near 0)."""
+    paths = _images(tmp_path / "train", 8)
+    det = create("patchcore", fe, standardize=True, coreset_ratio=1.0, max_bank=100_000).fit(paths, progress=False)
+    plain = create("patchcore", fe).fit(paths, progress=False)
+    assert np.all(plain.shift_ == 0) and np.all(plain.scale_ == 1)
+    assert not np.allclose(det.scale_, 1) and np.abs(det.bank_.mean(0)).max() < 1e-3
+    det.save(tmp_path / "model")
+    again = load(tmp_path / "model")
+    np.testing.assert_allclose(again.score(paths[:2], progress=False).scores,
+                               det.score(paths[:2], progress=False).scores, rtol=1e-6)

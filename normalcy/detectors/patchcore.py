@@ -58,6 +58,7 @@ class PatchCore(Detector):
         projection_dim: int = Field(64, ge=1)
         reweight_neighbours: int = Field(9, ge=1, description="b of eq. 7; 1 turns the re-weighting off")
         calibration_images: int = Field(100, ge=1)
+        standardize: bool = Field(False, description="z-score each feature channel on the training patches")
 
     coreset_ratio: float
     max_bank: int
@@ -65,6 +66,9 @@ class PatchCore(Detector):
     projection_dim: int
     reweight_neighbours: int
     calibration_images: int
+    standardize: bool
+    shift_: np.ndarray  # D: subtracted from every patch feature (0 unless standardize)
+    scale_: np.ndarray  # D: then multiplied (1 unless standardize)
     bank_: np.ndarray  # K x D patch features
     bank_image_: np.ndarray  # K: the training image each bank patch came from
     bank_knn_: np.ndarray  # K x b: each bank patch's nearest bank patches (itself first)
@@ -79,6 +83,12 @@ class PatchCore(Detector):
         del chunks
         _, n_patch, d = train.shape
         flat = train.reshape(-1, d)
+        self.shift_, self.scale_ = np.zeros(d, np.float32), np.ones(d, np.float32)
+        if self.standardize:  # channels of different levels and magnitudes then weigh alike
+            self.shift_ = flat.mean(0).astype(np.float32)
+            self.scale_ = (1.0 / np.maximum(flat.std(0), 1e-6)).astype(np.float32)
+            flat -= self.shift_
+            flat *= self.scale_
         rng = np.random.default_rng(self.seed)
         pool = np.arange(flat.shape[0])
         if pool.size > self.max_pool:
@@ -99,6 +109,8 @@ class PatchCore(Detector):
     def _build(self) -> None:
         """After loading: the arrays must agree with each other (indices inside the bank)."""
         k = len(self.bank_)
+        if self.shift_.shape != (self.bank_.shape[-1],) or self.scale_.shape != self.shift_.shape:
+            raise ValueError(f"shift {self.shift_.shape} and scale {self.scale_.shape} do not fit the bank {self.bank_.shape}")
         if self.bank_.ndim != 2 or self.bank_image_.shape != (k,) or self.bank_knn_.ndim != 2 \
                 or len(self.bank_knn_) != k or (self.bank_knn_.size and not 0 <= self.bank_knn_.min() <= self.bank_knn_.max() < k):
             raise ValueError(f"bank {self.bank_.shape}, bank_image {self.bank_image_.shape} and bank_knn "
@@ -130,7 +142,7 @@ class PatchCore(Detector):
     def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         p = batch.features.patches
         b, d, h, w = p.shape
-        patches = p.permute(0, 2, 3, 1).reshape(b, h * w, d).numpy()
+        patches = (p.permute(0, 2, 3, 1).reshape(b, h * w, d).numpy() - self.shift_) * self.scale_
         dist, nn = self._search(patches.reshape(-1, d))
         dist, nn = dist[:, 0].reshape(b, -1), nn[:, 0].reshape(b, -1)
         return self._image_scores(patches, dist, nn), dist.reshape(b, h, w)
