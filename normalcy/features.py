@@ -21,7 +21,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -233,44 +233,44 @@ class FeatureExtractor:
     ) -> Iterator[Batch]:
         """Read, preprocess and extract in batches; each batch names its own unreadable files.
 
-        A background thread reads and resizes the next batch while the backbone runs
-        (decoding and resizing release the GIL), which hides most of the file I/O. The
-        thread returns what it read, skipped files included; it shares no list with the caller.
+        The files of a batch are decoded and resized by ``readers`` threads at once (decoding and
+        resizing release the GIL), then the backbone runs on all cores. Reading is not overlapped with
+        the backbone: a reader thread running beside the backbone's threads stalls them (on 2 cores,
+        magnetic_tile: 65-77 images/s overlapped against 108-121 in turn; docs/benchmarks.md).
         A chunk in which no file was readable comes back as a batch with no images.
         """
         paths = list(paths)
         chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        with ThreadPoolExecutor(max_workers=max(1, min(self.readers, batch_size))) as pool:
+            for chunk in chunks:
+                skipped: list[tuple[Path, str]] = []
+                got = [r for r in pool.map(self._read_one, chunk) if _kept(r, skipped)]
+                if not got:
+                    yield Batch(paths=[], images=[], features=None, inputs=None, skipped=skipped)
+                    continue
+                x = torch.from_numpy(np.stack([r[2] for r in got])).permute(0, 3, 1, 2).float().div_(255.0)
+                feats = self(x, pooled=pooled) if features else None
+                images = [r[1] if keep_images else np.empty((*r[1].shape[:2], 0), np.uint8) for r in got]
+                yield Batch(paths=[r[0] for r in got], images=images, features=feats, inputs=x, skipped=skipped)
 
-        def read(chunk: list[Path]) -> tuple[list[Path], list[np.ndarray], torch.Tensor | None, list]:
-            skipped: list[tuple[Path, str]] = []
-            got = list(iter_images(chunk, skipped))
-            images = [im for _, im in got]
-            return [p for p, _ in got], images, self.preprocess(images) if images else None, skipped
+    readers = 2
+    """Threads that decode and resize the files of a batch."""
 
-        if len(chunks) <= 1:  # one batch: nothing to overlap, no thread to start
-            yield from self._extract(iter([read(c) for c in chunks]), keep_images, pooled, features)
-            return
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            yield from self._extract(_prefetched(pool, read, chunks), keep_images, pooled, features)
-
-    def _extract(self, results: Iterator, keep_images: bool, pooled: bool, features: bool) -> Iterator[Batch]:
-        for done_paths, images, x, skipped in results:
-            if x is None:
-                yield Batch(paths=[], images=[], features=None, inputs=None, skipped=skipped)
-                continue
-            feats = self(x, pooled=pooled) if features else None
-            kept = images if keep_images else [np.empty((*im.shape[:2], 0), np.uint8) for im in images]
-            yield Batch(paths=done_paths, images=kept, features=feats, inputs=x, skipped=skipped)
+    def _read_one(self, path: Path) -> tuple[Path, np.ndarray, np.ndarray] | tuple[Path, str]:
+        """(path, image, resized image), or (path, reason) for a file that is not a readable image."""
+        skipped: list[tuple[Path, str]] = []
+        for p, im in iter_images([path], skipped):
+            h, w = self.size
+            return p, im, cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA)
+        return skipped[0]
 
 
-def _prefetched(pool: ThreadPoolExecutor, fn: Callable, items: list) -> Iterator:
-    """fn over items, computing item k+1 in the pool while the caller works on item k."""
-    pending = pool.submit(fn, items[0])
-    for k in range(len(items)):
-        result = pending.result()
-        if k + 1 < len(items):
-            pending = pool.submit(fn, items[k + 1])
-        yield result
+def _kept(record: tuple, skipped: list[tuple[Path, str]]) -> bool:
+    """True for a read image; a skipped file's (path, reason) goes to ``skipped``."""
+    if len(record) == 2:
+        skipped.append(record)
+        return False
+    return True
 
 
 def upsample_map(patch_map: np.ndarray, size: tuple[int, int], sigma: float = 0.5) -> np.ndarray:
