@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -240,6 +241,37 @@ def _open_loaded(p: Path) -> Image.Image:
         raise ImageError(p, f"corrupt image: {_short(msg)}") from None
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_plain_png(p: Path) -> np.ndarray | None:
+    """An 8-bit grey or RGB PNG without transparency, decoded by OpenCV; None for anything else.
+
+    OpenCV's PNG decoder takes about 28 ms for 1600x800 against Pillow's 37 ms (plus a copy), which is
+    most of the reading time at high resolution. The pixels are the same (lossless, and neither applies
+    gamma or colour profiles). Every other file, and any file OpenCV cannot decode (truncated, corrupt,
+    larger than Pillow's decompression-bomb limit), goes the Pillow way, which names the problem.
+    """
+    try:
+        with open(p, "rb") as f:
+            head = f.read(33)
+            if len(head) < 33 or head[:8] != _PNG or head[12:16] != b"IHDR":
+                return None
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            depth, colour = head[24], head[25]
+            if depth != 8 or colour not in (0, 2) or width * height > (Image.MAX_IMAGE_PIXELS or 0):
+                return None
+            data = head + f.read()
+    except OSError:
+        return None
+    if b"tRNS" in data[: data.find(b"IDAT")]:  # a transparent colour: composited on black the Pillow way
+        return None
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if arr is None or arr.shape[:2] != (height, width):
+        return None
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
 def _short(msg: str, limit: int = 120) -> str:
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
@@ -257,6 +289,9 @@ def read_image(path: str | Path) -> np.ndarray:
             missing, empty, not an image, truncated or otherwise corrupt.
     """
     p = Path(path)
+    fast = _read_plain_png(p)
+    if fast is not None:
+        return fast
     im = _open_loaded(p)
     try:
         arr = _to_rgb_array(im)

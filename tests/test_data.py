@@ -52,6 +52,23 @@ def test_read_rgb_png_exact(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out, a)
 
 
+def test_plain_pngs_decoded_by_opencv_give_pillows_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import normalcy.data as data
+
+    rgb, grey = _rgb(40, 50, seed=3), _rgb(40, 50, seed=4)[:, :, 0]
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray(grey).save(tmp_path / "trns.png", transparency=int(grey[0, 0]))  # a transparent grey level
+    assert data._read_plain_png(tmp_path / "trns.png") is None  # goes the Pillow way, composited on black
+    assert (read_image(tmp_path / "trns.png")[0, 0] == 0).all()
+    fast = {n: data._read_plain_png(tmp_path / f"{n}.png") for n in ("rgb", "grey")}
+    np.testing.assert_array_equal(fast["rgb"], rgb)
+    np.testing.assert_array_equal(fast["grey"], np.repeat(grey[:, :, None], 3, axis=2))
+    monkeypatch.setattr(data, "_read_plain_png", lambda p: None)  # Pillow alone: the same pixels
+    for n in ("rgb", "grey"):
+        np.testing.assert_array_equal(read_image(tmp_path / f"{n}.png"), fast[n])
+
+
 def test_read_rgb_jpeg(tmp_path: Path) -> None:
     Image.fromarray(_rgb()).save(tmp_path / "x.jpg", quality=95)
     _check_rgb(read_image(str(tmp_path / "x.jpg")), 24, 32)
