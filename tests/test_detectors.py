@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import DEFECT_BOX, texture
 from normalcy.data import InputError, list_files, load_dataset
 from normalcy.detectors import NotFittedError, create, load
-from normalcy.detectors.patchcore import greedy_coreset
+from normalcy.detectors.patchcore import chunked_coreset, greedy_coreset
 from normalcy.features import FeatureExtractor
 from normalcy.metrics import image_metrics
 
@@ -373,6 +373,40 @@ def test_greedy_coreset_k_at_least_n_returns_all():
         np.testing.assert_array_equal(greedy_coreset(x, k).numpy(), np.arange(7))
     idx = greedy_coreset(x, 5)
     assert len(set(idx.tolist())) == 5  # no point twice
+
+
+def test_chunked_coreset_covers_every_cluster_at_a_fraction_of_the_cost():
+    # 40 far-apart clusters, 4,000 points, a budget for 1/8 of the greedy cost: 8 chunks of 500. Each
+    # chunk's greedy picks reach every cluster it holds, so the union covers all 40 like one greedy pass
+    # would, and no point is picked twice.
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(40, 8, generator=g) * 100
+    x = centres.repeat_interleave(100, 0) + torch.randn(4000, 8, generator=g)
+    idx = chunked_coreset(x, 400, seed=3, budget=400 * 4000 / 8)
+    assert len(idx) == 400 and len(set(idx.tolist())) == 400
+    assert {int(i) // 100 for i in idx} == set(range(40))
+    d_all = torch.cdist(x, x[idx]).min(1).values.max()  # covering radius of the union
+    assert d_all < 10, d_all  # within a cluster's own spread (noise 1, 8 dims), not across clusters (~100s)
+    np.testing.assert_array_equal(chunked_coreset(x, 400, seed=3, budget=200_000), idx)  # same seed, same picks
+    # Within the budget: one greedy pass, exactly greedy_coreset.
+    np.testing.assert_array_equal(chunked_coreset(x, 50, budget=50 * 4000), greedy_coreset(x, 50))
+
+
+def test_patchcore_large_bank_is_searched_by_ivf_and_loads_the_same(synthetic_root, cheap, tmp_path):
+    ds = load_dataset(synthetic_root)
+    paths = [s.path for s in ds.test]
+    ivf = create("patchcore", cheap, coreset_ratio=1.0, max_bank=10_000, exact_search_max=100, nprobe=64)
+    ivf.fit(ds.train, progress=False)
+    exact = create("patchcore", cheap, coreset_ratio=1.0, max_bank=10_000).fit(ds.train, progress=False)
+    assert len(ivf.bank_) > 100 and ivf.cells_.shape == (int(4 * np.sqrt(len(ivf.bank_))), ivf.bank_.shape[1])
+    assert exact.cells_.shape == (0, exact.bank_.shape[1])
+    assert type(ivf._index).__name__ == "IndexIVFFlat"
+    a, b = ivf.score(paths, progress=False), exact.score(paths, progress=False)
+    # Visiting every cell, IVF finds exactly the nearest patches: the same maps as exact search.
+    np.testing.assert_allclose(np.stack(list(a.maps)), np.stack(list(b.maps)), rtol=1e-4, atol=1e-4)
+    ivf.save(tmp_path / "m")
+    again = load(tmp_path / "m").score(paths, progress=False)
+    np.testing.assert_array_equal(again.scores, a.scores)
 
 
 @pytest.mark.parametrize("max_bank,ratio,expected", [(50, 0.1, 50), (4000, 0.01, 8), (4000, 0.1, 77)])
