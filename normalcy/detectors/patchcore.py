@@ -13,7 +13,7 @@ Where we depart from the paper, for a CPU:
   (magnetic_tile's 10 % bank: 48,000 of 485,000 patches, 2.4 x 10^10) the pool is
   split into random chunks and the bank is the union of each chunk's greedy
   picks (a composable coreset), at 1/chunks of the cost;
-* a bank larger than ``exact_search_max`` is searched with a faiss inverted-file
+* a bank larger than ``exact_search_max`` (2,500, the old cap) is searched with a faiss inverted-file
   index (IVF: k-means cells, ``nprobe`` nearest cells visited per query), so that
   tens of thousands of bank patches cost a few ms an image instead of ~25 ms per
   10,000; the cell centres are learned once at fit time and saved, so a loaded
@@ -88,7 +88,7 @@ class PatchCore(Detector):
         coreset_ratio: float = Field(0.1, gt=0, le=1)
         max_bank: int = Field(100_000, ge=1)
         max_pool: int = Field(1_000_000, ge=1)
-        exact_search_max: int = Field(10_000, ge=1, description="banks larger than this are searched by IVF")
+        exact_search_max: int = Field(2_500, ge=1, description="banks larger than this are searched by IVF")
         nprobe: int = Field(8, ge=1, description="IVF cells visited per query")
         projection_dim: int = Field(64, ge=1)
         reweight_neighbours: int = Field(9, ge=1, description="b of eq. 7; 1 turns the re-weighting off")
