@@ -128,6 +128,9 @@ class FeatureExtractor:
     ``BackboneSpec`` for your own network.
     """
 
+    readers = 2
+    """Threads that decode and resize the files of a batch."""
+
     def __init__(
         self,
         backbone: str | BackboneSpec = "efficientnet_lite0",
@@ -176,9 +179,11 @@ class FeatureExtractor:
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """HxWx3 uint8 images of any size -> Bx3xhxw float tensor in [0, 1] at this extractor's size."""
+        return _to_tensor([self._resize(im) for im in images])
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
         h, w = self.size
-        arr = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
     def level_maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
         """Raw float32 backbone maps of the given levels, in this extractor's precision."""
@@ -243,34 +248,28 @@ class FeatureExtractor:
         chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
         with ThreadPoolExecutor(max_workers=max(1, min(self.readers, batch_size))) as pool:
             for chunk in chunks:
+                got: list[tuple[Path, np.ndarray, np.ndarray]] = []
                 skipped: list[tuple[Path, str]] = []
-                got = [r for r in pool.map(self._read_one, chunk) if _kept(r, skipped)]
+                for read, bad in pool.map(self._read_one, chunk):
+                    got += read
+                    skipped += bad
                 if not got:
                     yield Batch(paths=[], images=[], features=None, inputs=None, skipped=skipped)
                     continue
-                x = torch.from_numpy(np.stack([r[2] for r in got])).permute(0, 3, 1, 2).float().div_(255.0)
+                x = _to_tensor([small for _, _, small in got])
                 feats = self(x, pooled=pooled) if features else None
-                images = [r[1] if keep_images else np.empty((*r[1].shape[:2], 0), np.uint8) for r in got]
-                yield Batch(paths=[r[0] for r in got], images=images, features=feats, inputs=x, skipped=skipped)
+                images = [im if keep_images else np.empty((*im.shape[:2], 0), np.uint8) for _, im, _ in got]
+                yield Batch(paths=[p for p, _, _ in got], images=images, features=feats, inputs=x, skipped=skipped)
 
-    readers = 2
-    """Threads that decode and resize the files of a batch."""
-
-    def _read_one(self, path: Path) -> tuple[Path, np.ndarray, np.ndarray] | tuple[Path, str]:
-        """(path, image, resized image), or (path, reason) for a file that is not a readable image."""
+    def _read_one(self, path: Path) -> tuple[list[tuple[Path, np.ndarray, np.ndarray]], list[tuple[Path, str]]]:
+        """([(path, image, resized image)], []) for an image; ([], [(path, reason)]) for a file that is not one."""
         skipped: list[tuple[Path, str]] = []
-        for p, im in iter_images([path], skipped):
-            h, w = self.size
-            return p, im, cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA)
-        return skipped[0]
+        return [(p, im, self._resize(im)) for p, im in iter_images([path], skipped)], skipped
 
 
-def _kept(record: tuple, skipped: list[tuple[Path, str]]) -> bool:
-    """True for a read image; a skipped file's (path, reason) goes to ``skipped``."""
-    if len(record) == 2:
-        skipped.append(record)
-        return False
-    return True
+def _to_tensor(resized: Sequence[np.ndarray]) -> torch.Tensor:
+    """Same-size HxWx3 uint8 images -> a Bx3xHxW float tensor in [0, 1]."""
+    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def upsample_map(patch_map: np.ndarray, size: tuple[int, int], sigma: float = 0.5) -> np.ndarray:
