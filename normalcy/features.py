@@ -241,7 +241,7 @@ class FeatureExtractor:
         The files of a batch are decoded and resized by ``readers`` threads at once (decoding and
         resizing release the GIL), then the backbone runs on all cores. Reading is not overlapped with
         the backbone: a reader thread running beside the backbone's threads stalls them (on 2 cores,
-        magnetic_tile: 65-77 images/s overlapped against 108-121 in turn; docs/benchmarks.md).
+        magnetic_tile: 66-74 images/s overlapped against 82-91 in turn; bench/read_overlap.py).
         A chunk in which no file was readable comes back as a batch with no images.
         """
         paths = list(paths)
