@@ -26,6 +26,8 @@ from .detectors import DETECTORS, MuSc, NotFittedError, Skipped, create, load
 from .features import FeatureExtractor, size_for
 from .progress import console, progress_bar
 from .run import EMBEDDINGS, RunWriter
+from .tables import (DEFAULT_DETECTOR, eval_table, fit_table, is_table, is_vector_model, load_vector_model,
+                     read_table, save_vector_model, score_table, threshold_of, write_table_run)
 
 app = typer.Typer(
     add_completion=False,
@@ -89,9 +91,11 @@ def _extractor(backbone: str, backbone_config: Optional[Path], image_size: str, 
     return FeatureExtractor(backbone=spec, image_size=size, pool_grid=pool_grid, precision=precision)
 
 
-DetectorOpt = typer.Option("gaussian", "--detector", "-d",
-                           help=f"One of: {', '.join(DETECTORS)}, or auto (gaussian or patchcore, whichever separates "
-                                "held-out normal training images from the same with synthetic defects better).")
+DetectorOpt = typer.Option(None, "--detector", "-d",
+                           help=f"Images: one of {', '.join(DETECTORS)}, or auto (gaussian or patchcore, whichever "
+                                "separates held-out normal training images from the same with synthetic defects "
+                                "better); default gaussian. Tables: one of gaussian, knn, iforest, ecod, ensemble; "
+                                "default ensemble.")
 BackboneOpt = typer.Option("efficientnet_lite0", help=f"One of: {', '.join(BACKBONES)}.")
 BackboneCfgOpt = typer.Option(
     None, help="JSON file with custom_backbone() arguments: your own module and local weights (see README)."
@@ -115,15 +119,19 @@ EmbeddingsOpt = typer.Option(None, "--embeddings/--no-embeddings",
                                   "backbone anyway; `normalcy serve` computes missing ones).")
 TrustOpt = typer.Option(False, "--trust-model-code", help="Allow a model whose custom backbone runs Python code "
                         "(only for models you made or trust; the code file's recorded hash is checked).")
+LabelColumnOpt = typer.Option(None, help="Tables: the column of labels (0 normal, anything else anomaly); fit "
+                              "leaves anomalous rows out, eval needs it.")
+IdColumnOpt = typer.Option(None, help="Tables: the column that names each row in the results (default: row number).")
 GridOpt = typer.Option(4, help="Image-level features are pooled on a g x g grid (1 = whole image, as Rippel et al.).")
 
 
 @app.command()
 @_guarded
 def fit(
-    train_dir: Path = typer.Argument(..., help="Folder of normal images (e.g. DATASET/train/good)."),
+    train_dir: Path = typer.Argument(..., help="Folder of normal images (e.g. DATASET/train/good), or a table of "
+                                      "feature vectors (.csv, .parquet, .npz)."),
     output: Path = typer.Option(..., "--output", "-o", help="Model directory to write."),
-    detector: str = DetectorOpt,
+    detector: Optional[str] = DetectorOpt,
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: str = SizeOpt,
@@ -133,10 +141,16 @@ def fit(
     seed: int = SeedOpt,
     steps: Optional[int] = StepsOpt,
     time_budget: Optional[float] = BudgetOpt,
+    label_column: Optional[str] = LabelColumnOpt,
+    id_column: Optional[str] = IdColumnOpt,
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
-    """Fit a detector on normal images and save it."""
+    """Fit a detector on normal images (or the rows of a table) and save it."""
     _setup(threads)
+    if is_table(train_dir):
+        _fit_table(train_dir, output, detector or DEFAULT_DETECTOR, fpr, seed, label_column, id_column)
+        return
+    detector = detector or "gaussian"
     paths = list_files(train_dir)
     extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, paths)
     kwargs = _detector_kwargs(detector, fpr, seed, steps, time_budget)
@@ -154,11 +168,59 @@ def fit(
     )
 
 
+def _fit_table(path: Path, output: Path, detector: str, fpr: float, seed: int, label_column: Optional[str],
+               id_column: Optional[str]) -> None:
+    table = read_table(path, label_column, id_column)
+    if table.ignored:
+        console.print(f"not numeric, left out of the features: {', '.join(table.ignored)}", highlight=False, soft_wrap=True)
+    with console.status(f"fitting {detector} on {len(table.X)} rows"):
+        det, skipped = fit_table(table, detector, fpr, seed)
+    save_vector_model(det, detector, table.columns, output)
+    _report_skipped_rows(path, skipped)
+    normal = "" if table.labels is None else f" (rows labelled anomalous in {label_column!r} left out)"
+    console.print(f"fitted [bold]{detector}[/] on {len(det.calibration_scores_)} rows x {len(table.columns)} "
+                  f"columns{normal}; threshold {threshold_of(det):.4g} (target FPR {fpr:g}); saved to {output}", soft_wrap=True)
+
+
+def _predict_table(model_dir: Path, inputs: list[Path], output: Path, id_column: Optional[str]) -> None:
+    """Score each table with a vector model; a table that cannot be read is named and the others go on."""
+    det, meta = load_vector_model(model_dir)
+    for i, path in enumerate(inputs):
+        if not is_table(path):
+            raise InputError(f"{path}: a vector model scores tables (.csv, .parquet, .npz), not images")
+    failed = []
+    for i, path in enumerate(inputs):
+        target = output if len(inputs) == 1 else output / path.stem
+        try:
+            table = read_table(path, id_column=id_column, columns=meta.columns)
+        except InputError as err:
+            console.print(f"[yellow]skipped:[/] {err}", highlight=False, soft_wrap=True)
+            failed.append(path)
+            continue
+        scores, mask, skipped = score_table(det, table)
+        write_table_run(target, table, scores, mask, meta.threshold, skipped,
+                        {"detector": meta.detector, "model": str(Path(model_dir).resolve())})
+        _report_skipped_rows(path, skipped)
+        n_bad = int((scores[mask] > meta.threshold).sum())
+        console.print(f"scored {int(mask.sum())} rows of {path}: {n_bad} anomalous; results in {target}", soft_wrap=True)
+    if len(failed) == len(inputs):
+        _fail("no table could be read")
+
+
+def _report_skipped_rows(path: Path, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} row(s) of {path} that cannot be scored:[/]", soft_wrap=True)
+        for row, reason in skipped[:20]:
+            console.print(f"  {row}: {reason}", highlight=False, soft_wrap=True)
+        if len(skipped) > 20:
+            console.print(f"  ... and {len(skipped) - 20} more (all in skipped.csv of the results)")
+
+
 @app.command()
 @_guarded
 def predict(
     model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`."),
-    inputs: list[Path] = typer.Argument(..., help="Images or folders of images."),
+    inputs: list[Path] = typer.Argument(..., help="Images or folders of images; or tables, for a model fitted on a table."),
     output: Path = RunOutOpt,
     heatmaps: bool = HeatmapsOpt,
     report: bool = ReportOpt,
@@ -166,10 +228,15 @@ def predict(
     embeddings: Optional[bool] = EmbeddingsOpt,
     top: int = TopOpt,
     trust_model_code: bool = TrustOpt,
+    id_column: Optional[str] = IdColumnOpt,
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
-    """Score images into a run folder: scores.csv, heatmaps/, overlays/, report.html, skipped.csv, embeddings."""
+    """Score images into a run folder: scores.csv, heatmaps/, overlays/, report.html, skipped.csv, embeddings.
+    Tables: scores.csv and scores.parquet (id, score, decision, threshold), skipped.csv, run.json."""
     _setup(threads)
+    if is_vector_model(model_dir):
+        _predict_table(model_dir, inputs, output, id_column)
+        return
     _predict_run(model_dir, inputs, output, heatmaps=heatmaps, report=report, save_maps=save_maps,
                  embeddings=embeddings, top=top, trust_code=trust_model_code)
 
@@ -317,8 +384,9 @@ def _embed_run(run_dir: Path) -> None:
 @app.command("eval")
 @_guarded
 def eval_(
-    dataset: Path = typer.Argument(..., help="A data set in MVTec AD layout (train/good, test/*, ground_truth/*)."),
-    detector: str = DetectorOpt,
+    dataset: Path = typer.Argument(..., help="A data set in MVTec AD layout (train/good, test/*, ground_truth/*), "
+                                   "or a table of feature vectors with --label-column."),
+    detector: Optional[str] = DetectorOpt,
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: str = SizeOpt,
@@ -330,10 +398,26 @@ def eval_(
     time_budget: Optional[float] = BudgetOpt,
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
     report: Optional[Path] = typer.Option(None, help="Also write an HTML report here."),
+    label_column: Optional[str] = LabelColumnOpt,
+    test: Optional[Path] = typer.Option(None, help="Tables: score this labelled table (default: a stratified 30 % "
+                                        "of DATASET's rows, the rest's normal rows fitted on)."),
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
-    """Fit on train/good, score test/, print metrics, speed and memory."""
+    """Fit on train/good, score test/, print metrics, speed and memory. A table: fit on normal rows, score
+    labelled ones (ADBench's semi-supervised protocol)."""
     _setup(threads)
+    if is_table(dataset):
+        if label_column is None:
+            raise InputError(f"{dataset}: eval on a table needs --label-column (0 normal, 1 anomaly)")
+        test_table = read_table(test, label_column) if test is not None else None
+        metrics = eval_table(read_table(dataset, label_column), detector or DEFAULT_DETECTOR, fpr, seed, test_table)
+        _report_skipped_rows(dataset, [(str(i), str(r)) for i, r in metrics["skipped"]])
+        if as_json:
+            sys.stdout.write(json.dumps(metrics) + "\n")
+        else:
+            out.print(metrics_table(metrics))
+        return
+    detector = detector or "gaussian"
     from .data import load_dataset
     from .evaluate import run_eval, write_eval_report
 
@@ -367,7 +451,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
 @_guarded
 def demo(
     output: Path = typer.Option(Path("normalcy-demo"), "--output", "-o", help="Folder for the model and the report."),
-    detector: str = DetectorOpt,
+    detector: Optional[str] = DetectorOpt,
     n_train: int = typer.Option(300, help="Normal cells to fit on."),
     n_test: int = typer.Option(200, help="Held-out normal cells and defective cells to score (each)."),
     threads: Optional[int] = ThreadsOpt,
@@ -376,7 +460,7 @@ def demo(
     _setup(threads)
     from .demo import run_demo
 
-    metrics, report_path = run_demo(output, detector=detector, n_train=n_train, n_test=n_test)
+    metrics, report_path = run_demo(output, detector=detector or "gaussian", n_train=n_train, n_test=n_test)
     out.print(metrics_table(metrics))
     out.print(f"HTML report: {report_path}")
 

@@ -1,0 +1,324 @@
+"""Tables of feature vectors (CSV, Parquet, .npz) for the command line: read, fit, save, load, score.
+
+A scientist's catalogue or a folder of embeddings is a table: one row per object, numeric feature
+columns, perhaps an id column and a label column. ``normalcy fit/predict/eval`` take such a file
+wherever they take images, with the detectors of :mod:`normalcy.vectors`.
+
+A vector model is a folder like an image model: ``model.json`` (what a person reads: detector, the
+feature columns in order, threshold) and ``model.skops``, the fitted estimator in skops' format
+(scikit-learn's secure persistence: no pickle, and loading refuses every type not on the allow-list
+below, so a stranger's model folder runs no code).
+
+Rows with a missing value, NaN or inf are never scored: they are named and skipped (``skipped.csv``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from . import __version__
+from .data import InputError
+from .vectors import ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector, finite_rows
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
+VECTOR_DETECTORS: dict[str, type] = {"gaussian": GaussianDetector, "knn": KNNDetector, "iforest": IForestDetector,
+                                     "ecod": ECODDetector, "ensemble": EnsembleDetector}
+DEFAULT_DETECTOR = "ensemble"
+VECTOR_KIND = "vectors"
+MODEL_FILE = "model.skops"
+# Types a vector model file may hold beyond skops' own trusted defaults (numpy, scikit-learn's estimators).
+TRUSTED_TYPES = [f"normalcy.vectors.{cls.__name__}" for cls in VECTOR_DETECTORS.values()] + ["sklearn.tree._tree.Tree"]
+
+
+def is_table(path: Path) -> bool:
+    """A file whose suffix names a table format (images are everything else)."""
+    return path.suffix.lower() in TABLE_SUFFIXES and not path.is_dir()
+
+
+@dataclass
+class Table:
+    """Feature rows of one file: ``X`` (float64; non-finite rows kept, see ``finite``), their ids, labels."""
+
+    path: Path
+    X: np.ndarray
+    columns: list[str]
+    ids: list[str]
+    id_column: str
+    labels: np.ndarray | None = None
+    ignored: list[str] = field(default_factory=list)  # non-numeric columns left out of the features
+
+    def finite(self) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """A mask of the rows that can be scored, and (id, reason) for each that cannot."""
+        mask, _ = finite_rows(self.X)
+        bad = [(self.ids[i], "missing value, NaN or inf in " + ", ".join(
+            c for c, v in zip(self.columns, self.X[i]) if not np.isfinite(v)))
+               for i in np.flatnonzero(~mask)]
+        return mask, bad
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The file's columns as 1-d arrays (an npz's 2-d ``X`` becomes x0, x1, ...)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                out: dict[str, np.ndarray] = {}
+                for key in npz.files:
+                    a = npz[key]
+                    if a.ndim == 2:
+                        out.update({f"{key.lower()}{j}": a[:, j] for j in range(a.shape[1])})
+                    elif a.ndim == 1:
+                        out[key] = a
+                return out
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path) if suffix in (".parquet", ".pq") else pcsv.read_csv(path)
+        return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a table") from None
+    except Exception as err:  # pyarrow's and numpy's many parse errors: one line naming the file
+        text = " ".join(str(err).split())[:300] or type(err).__name__
+        raise InputError(f"{path}: cannot read as a {suffix[1:]} table ({text})") from None
+
+
+def _numeric(a: np.ndarray) -> np.ndarray | None:
+    """The column as float64 (missing values as NaN), or None when it is not numeric."""
+    if a.dtype.kind in "biuf":
+        return a.astype(np.float64)
+    if a.dtype == object:  # pyarrow gives object columns for ints with nulls or mixed values
+        try:
+            return np.array([np.nan if v is None else float(v) for v in a], dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def read_table(path: str | Path, label_column: str | None = None, id_column: str | None = None,
+               columns: list[str] | None = None) -> Table:
+    """Read a CSV, Parquet or .npz table: feature columns are ``columns`` when given (a fitted model's),
+    else every numeric column but the label and id columns. Every problem is one InputError naming the file."""
+    path = Path(path)
+    arrays = _read_arrays(path)
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    if n == 0:
+        raise InputError(f"{path}: no rows")
+    for name in (label_column, id_column):
+        if name is not None and name not in arrays:
+            raise InputError(f"{path}: no column {name!r}; it has {_names(arrays)}")
+    labels = None
+    if label_column is not None:
+        labels = _numeric(arrays[label_column])
+        if labels is None or not np.isfinite(labels).all():
+            raise InputError(f"{path}: label column {label_column!r} must hold numbers (0 normal, 1 anomaly) in every row")
+        labels = (labels != 0).astype(np.int64)
+    ids = [str(v) for v in arrays[id_column]] if id_column else [str(i) for i in range(n)]
+    if columns is None:
+        columns = [c for c in arrays if c not in (label_column, id_column)]
+        ignored = [c for c in columns if _numeric(arrays[c]) is None]
+        columns = [c for c in columns if c not in ignored]
+    else:
+        missing = [c for c in columns if c not in arrays]
+        if missing:
+            raise InputError(f"{path}: the model's feature columns {missing[:10]} are missing; it has {_names(arrays)}")
+        ignored = []
+    if not columns:
+        raise InputError(f"{path}: no numeric feature columns; it has {_names(arrays)}")
+    X = np.empty((n, len(columns)), dtype=np.float64)
+    for j, c in enumerate(columns):
+        col = _numeric(arrays[c])
+        if col is None:
+            raise InputError(f"{path}: feature column {c!r} is not numeric")
+        X[:, j] = col
+    return Table(path, X, list(columns), ids, id_column or "row", labels, ignored)
+
+
+def _names(arrays: dict) -> str:
+    names = list(arrays)
+    return ", ".join(repr(c) for c in names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+class VectorModelMeta(BaseModel):
+    """``model.json`` of a vector model."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    kind: str
+    normalcy_version: str
+    detector: str
+    columns: list[str] = Field(min_length=1)
+    fpr: FiniteFloat = Field(gt=0.0, lt=1.0)
+    threshold: FiniteFloat
+    n_train: int = Field(ge=2)
+    created: str
+
+
+def create_detector(name: str, fpr: float, seed: int) -> Any:
+    if name not in VECTOR_DETECTORS:
+        raise InputError(f"unknown detector {name!r} for tables; one of: {', '.join(VECTOR_DETECTORS)}")
+    det = VECTOR_DETECTORS[name](fpr=fpr)
+    if "random_state" in det.get_params():
+        det.set_params(random_state=seed)
+    return det
+
+
+def fit_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01, seed: int = 0
+              ) -> tuple[Any, list[tuple[str, str]]]:
+    """Fit on the table's normal rows (label 0 when it has labels); rows that cannot be scored are skipped."""
+    mask, skipped = table.finite()
+    if table.labels is not None:
+        mask &= table.labels == 0
+    if mask.sum() < 2:
+        raise InputError(f"{table.path}: fewer than 2 normal rows with finite values to fit on")
+    det = create_detector(detector, fpr, seed).fit(table.X[mask])
+    return det, skipped
+
+
+def threshold_of(det: Any) -> float:
+    """The anomaly-score threshold (normalcy's convention: above it is anomalous)."""
+    return -float(det.offset_)
+
+
+def save_vector_model(det: Any, name: str, columns: list[str], directory: str | Path) -> None:
+    import skops.io as sio
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    sio.dump(det, d / MODEL_FILE)
+    meta = VectorModelMeta(kind=VECTOR_KIND, normalcy_version=__version__, detector=name, columns=columns,
+                           fpr=float(det.fpr), threshold=threshold_of(det), n_train=len(det.calibration_scores_),
+                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    (d / "model.json").write_text(meta.model_dump_json(indent=2) + "\n")
+
+
+def is_vector_model(directory: Path) -> bool:
+    try:
+        return json.loads((Path(directory) / "model.json").read_text()).get("kind") == VECTOR_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
+    """A vector model folder, checked: model.json against its schema, model.skops loaded with the allow-list
+    only (any other type in it is refused, naming it). Every problem is one InputError."""
+    import skops.io as sio
+
+    d = Path(directory)
+    meta_path, model_path = d / "model.json", d / MODEL_FILE
+    try:
+        meta = VectorModelMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"{meta_path}: cannot read ({err.strerror or err})") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise InputError(f"{meta_path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if meta.detector not in VECTOR_DETECTORS:
+        raise InputError(f"{meta_path}: unknown detector {meta.detector!r} for tables")
+    try:
+        data = model_path.read_bytes()
+        untrusted = sio.get_untrusted_types(data=data)
+    except OSError as err:
+        raise InputError(f"{model_path}: cannot read ({err.strerror or err})") from None
+    except Exception as err:
+        raise InputError(f"{model_path}: not a skops model file ({' '.join(str(err).split())[:200]})") from None
+    refused = [t for t in untrusted if t not in TRUSTED_TYPES]
+    if refused:
+        raise InputError(f"{model_path}: holds types a normalcy vector model never does, refused: {refused[:5]}")
+    try:
+        det = sio.loads(data, trusted=untrusted)
+    except Exception as err:
+        raise InputError(f"{model_path}: cannot load ({' '.join(str(err).split())[:200]})") from None
+    if type(det) is not VECTOR_DETECTORS[meta.detector] or getattr(det, "n_features_in_", None) != len(meta.columns):
+        raise InputError(f"{model_path}: does not match {meta_path} (detector {meta.detector}, "
+                         f"{len(meta.columns)} columns)")
+    return det, meta
+
+
+def score_table(det: Any, table: Table) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Anomaly scores of the scorable rows (mask), and (id, reason) for the rest; NaN in the skipped rows."""
+    mask, skipped = table.finite()
+    scores = np.full(len(table.X), np.nan)
+    if mask.any():
+        scores[mask] = det.anomaly_score(table.X[mask])
+    return scores, mask, skipped
+
+
+def write_table_run(output: str | Path, table: Table, scores: np.ndarray, mask: np.ndarray, threshold: float,
+                    skipped: list[tuple[str, str]], info: dict[str, Any]) -> Path:
+    """scores.parquet and scores.csv (id, score, decision, threshold: one row per scored row, in table
+    order), skipped.csv (id, reason) and run.json."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [table.ids[i] for i in np.flatnonzero(mask)]
+    s = scores[mask]
+    result = pa.table({table.id_column: ids, "score": s, "decision": (s > threshold).astype(np.int8),
+                       "threshold": np.full(len(s), threshold)})
+    pq.write_table(result, out / "scores.parquet")
+    pcsv.write_csv(result, out / "scores.csv")
+    pcsv.write_csv(pa.table({table.id_column: [i for i, _ in skipped], "reason": [r for _, r in skipped]}),
+                   out / "skipped.csv")
+    run = {**info, "table": str(table.path.resolve()), "n_scored": int(mask.sum()), "n_skipped": len(skipped),
+           "n_anomalous": int((s > threshold).sum()), "threshold": threshold, "kind": VECTOR_KIND}
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- eval
+
+
+def semi_supervised_split(X: np.ndarray, y: np.ndarray, seed: int, test_size: float = 0.3
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ADBench's semi-supervised protocol: a stratified split, the training part's anomalies dropped.
+    Returns (normal training rows, test rows, test labels)."""
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=test_size, shuffle=True, stratify=y,
+                                                        random_state=seed)
+    return X_train[y_train == 0], X_test, y_test
+
+
+def eval_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01, seed: int = 0,
+               test: Table | None = None) -> dict[str, Any]:
+    """Fit on normal rows and score labelled ones: the test table's rows, or else a stratified 30 % of this
+    table's (ADBench's semi-supervised split). AUROC and AP, fit and scoring time, rows skipped."""
+    if table.labels is None or (test is not None and test.labels is None):
+        raise InputError("eval on a table needs --label-column (0 normal, 1 anomaly)")
+    mask, skipped = table.finite()
+    if test is None:
+        X_train, X_test, y_test = semi_supervised_split(table.X[mask], table.labels[mask], seed)
+        protocol = "stratified 70/30 split, fitted on the training part's normal rows (ADBench semi-supervised)"
+    else:
+        X_train = table.X[mask & (table.labels == 0)]
+        tmask, tskipped = test.finite()
+        X_test, y_test = test.X[tmask], test.labels[tmask]
+        skipped = skipped + [(f"test:{i}", r) for i, r in tskipped]
+        protocol = f"fitted on the normal rows of {table.path.name}, scored on {test.path.name}"
+    if len(np.unique(y_test)) < 2:
+        raise InputError(f"{(test or table).path}: the scored rows need both labels (0 and 1) for AUROC")
+    t0 = time.perf_counter()
+    det = create_detector(detector, fpr, seed).fit(X_train)
+    t1 = time.perf_counter()
+    scores = det.anomaly_score(X_test)
+    t2 = time.perf_counter()
+    flagged = scores > threshold_of(det)
+    return {"detector": detector, "dataset": str(table.path), "protocol": protocol,
+            "auroc": float(roc_auc_score(y_test, scores)), "ap": float(average_precision_score(y_test, scores)),
+            "fpr_normal": float(flagged[y_test == 0].mean()), "recall_anomalous": float(flagged[y_test == 1].mean()),
+            "n_train": int(len(X_train)), "n_test": int(len(X_test)), "n_test_anomalous": int(y_test.sum()),
+            "fit_seconds": round(t1 - t0, 3), "rows_per_second": round(len(X_test) / max(t2 - t1, 1e-9), 1),
+            "skipped": [[i, r] for i, r in skipped]}

@@ -1,0 +1,138 @@
+"""Tables of feature vectors on the command line: CSV, Parquet and .npz in; fit, predict, eval; bad rows named."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from normalcy.data import InputError
+from normalcy.tables import (eval_table, fit_table, load_vector_model, read_table, save_vector_model, score_table,
+                             threshold_of)
+from test_cli import normalcy
+
+
+def _rows(n: int = 400, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Correlated normal rows, and 5 % planted outliers far off the normals' plane (label 1)."""
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d))
+    X = rng.normal(size=(n, d)) @ mix
+    y = np.zeros(n, dtype=np.int64)
+    bad = rng.choice(n, n // 20, replace=False)
+    X[bad] += rng.normal(0, 6, size=(len(bad), d))
+    y[bad] = 1
+    return X, y
+
+
+def _write(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
+    cols = {f"f{j}": X[:, j] for j in range(X.shape[1])}
+    cols.update(label=y, name=[f"obj{i}" for i in range(len(y))])
+    table = pa.table(cols)
+    if path.suffix == ".csv":
+        pcsv.write_csv(table, path)
+    elif path.suffix == ".parquet":
+        pq.write_table(table, path)
+    else:
+        np.savez(path, X=X, y=y)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".npz"])
+def test_every_format_reads_the_same_rows(tmp_path: Path, suffix: str) -> None:
+    X, y = _rows()
+    label = "y" if suffix == ".npz" else "label"
+    t = read_table(_write(tmp_path / f"t{suffix}", X, y), label_column=label)
+    np.testing.assert_allclose(t.X, X)
+    np.testing.assert_array_equal(t.labels, y)
+    assert t.ignored == ([] if suffix == ".npz" else ["name"])  # text is not a feature, and the user is told
+
+
+def test_bad_tables_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    X, y = _rows()
+    path = _write(tmp_path / "t.csv", X, y)
+    with pytest.raises(InputError, match="no column 'lable'.*'label'"):
+        read_table(path, label_column="lable")
+    with pytest.raises(InputError, match="columns \\['f9'\\] are missing"):
+        read_table(path, columns=["f0", "f9"])
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match="junk.parquet: cannot read as a parquet table"):
+        read_table(tmp_path / "junk.parquet")
+    with pytest.raises(InputError, match="missing.csv: file not found"):
+        read_table(tmp_path / "missing.csv")
+
+
+def test_nan_rows_are_skipped_and_named_never_scored(tmp_path: Path) -> None:
+    X, y = _rows()
+    X[7, 2] = np.nan
+    X[9, 0] = np.inf
+    t = read_table(_write(tmp_path / "t.parquet", X, y), label_column="label", id_column="name")
+    det, skipped = fit_table(t, "gaussian")
+    assert [s[0] for s in skipped] == ["obj7", "obj9"] and "f2" in skipped[0][1]
+    scores, mask, skipped = score_table(det, t)
+    assert not mask[[7, 9]].any() and np.isnan(scores[[7, 9]]).all() and np.isfinite(scores[mask]).all()
+
+
+@pytest.mark.parametrize("name", ["gaussian", "knn", "iforest", "ecod", "ensemble"])
+def test_saved_model_scores_exactly_as_fitted(tmp_path: Path, name: str) -> None:
+    X, y = _rows()
+    t = read_table(_write(tmp_path / "t.npz", X, y), label_column="y")
+    det, _ = fit_table(t, name, seed=3)
+    save_vector_model(det, name, t.columns, tmp_path / "m")
+    again, meta = load_vector_model(tmp_path / "m")
+    np.testing.assert_array_equal(again.anomaly_score(X), det.anomaly_score(X))
+    assert meta.threshold == threshold_of(det) and meta.columns == t.columns
+
+
+def test_a_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:
+    """skops loads only the allow-listed types: a model.skops holding anything else runs nothing."""
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+
+    X, y = _rows()
+    t = read_table(_write(tmp_path / "t.npz", X, y), label_column="y")
+    det, _ = fit_table(t, "knn")
+    save_vector_model(det, "knn", t.columns, tmp_path / "m")
+    sio.dump(Pipeline([("d", det)]).fit(X), tmp_path / "m" / "model.skops")  # a type no vector model holds
+    with pytest.raises(InputError, match="refused|does not match"):
+        load_vector_model(tmp_path / "m")
+
+
+def test_eval_finds_the_planted_outliers(tmp_path: Path) -> None:
+    X, y = _rows(n=600)
+    m = eval_table(read_table(_write(tmp_path / "t.csv", X, y), label_column="label"), "ensemble")
+    assert m["auroc"] > 0.9 and m["n_test"] == 180 and m["n_test_anomalous"] == 9
+    assert m["n_train"] == 420 - 21  # the training part's 21 anomalies were left out
+
+
+def test_cli_fit_predict_eval_on_tables(tmp_path: Path) -> None:
+    X, y = _rows()
+    X[5, 1] = np.nan
+    train = _write(tmp_path / "train.parquet", X, y)
+    score = _write(tmp_path / "score.csv", X, y)
+    r = normalcy("fit", str(train), "-o", str(tmp_path / "m"), "--label-column", "label", "--detector", "knn")
+    assert r.returncode == 0, r.stderr
+    assert "left out of the features: name" in r.stderr and "5: missing value" in r.stderr
+    r = normalcy("predict", str(tmp_path / "m"), str(score), str(tmp_path / "absent.csv"), "-o",
+                 str(tmp_path / "run"), "--id-column", "name")
+    assert r.returncode == 0, r.stderr  # the missing table is named, the other one scored
+    assert "absent.csv: file not found" in r.stderr
+    with open(tmp_path / "run" / "score" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(X) - 1 and "obj5" not in {r["name"] for r in rows}
+    flagged = {r["name"] for r in rows if r["decision"] == "1"}
+    assert len(flagged & {f"obj{i}" for i in np.flatnonzero(y)}) >= 0.8 * y.sum()
+    assert pq.read_table(tmp_path / "run" / "score" / "scores.parquet").num_rows == len(rows)
+    assert "obj5" in (tmp_path / "run" / "score" / "skipped.csv").read_text()
+    r = normalcy("eval", str(train), "--label-column", "label", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["auroc"] > 0.9
+    r = normalcy("eval", str(train))
+    assert r.returncode == 1 and "needs --label-column" in r.stderr
+    r = normalcy("predict", str(tmp_path / "m"), str(tmp_path))
+    assert r.returncode == 1 and "scores tables" in r.stderr
