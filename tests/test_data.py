@@ -52,7 +52,7 @@ def test_read_rgb_png_exact(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out, a)
 
 
-def test_plain_pngs_decoded_by_opencv_give_pillows_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plain_pngs_decoded_by_imagecodecs_give_pillows_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import normalcy.data as data
 
     rgb, grey = _rgb(40, 50, seed=3), _rgb(40, 50, seed=4)[:, :, 0]
