@@ -36,6 +36,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import MinMaxScaler
 
+from normalcy.tables import semi_supervised_split
 from normalcy.vectors import ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector
 
 GROUPS = ("Classical", "CV_by_ResNet18")
@@ -67,9 +68,7 @@ def split(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarr
     """ADBench's split with the training anomalies removed: (normal training rows, test rows, test labels)."""
     if len(y) > MAX_ROWS:
         X, _, y, _ = train_test_split(X, y, train_size=MAX_ROWS, stratify=y, random_state=seed)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, shuffle=True, stratify=y,
-                                                        random_state=seed)
-    normal = X_train[y_train == 0]
+    normal, X_test, y_test = semi_supervised_split(X, y, seed)
     scaler = MinMaxScaler().fit(normal)
     return scaler.transform(normal), scaler.transform(X_test), y_test
 

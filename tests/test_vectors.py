@@ -167,3 +167,41 @@ def test_subsets_score_like_the_whole():
         whole = det.anomaly_score(Y)
         parts = np.concatenate([det.anomaly_score(Y[i:i + 7]) for i in range(0, 300, 7)])
         np.testing.assert_array_equal(whole, parts)
+
+
+def test_knn_over_its_memory_budget_compresses_with_ivf_pq():
+    """Past max_memory_mb the rows are kept only as IVF-PQ codes: far smaller, scores close to exact ones,
+    the same planted outliers on top, and the estimator still saves and loads (index_ is bytes)."""
+    import pickle
+
+    from scipy.stats import spearmanr
+
+    X = np.vstack([_normal(6000, d=32, seed=s) for s in range(2)])
+    fresh, planted = _normal(300, d=32, seed=5), _normal(10, d=32, seed=6) * 1.5
+    exact = KNNDetector(random_state=0).fit(X)
+    small = KNNDetector(max_memory_mb=0.5, random_state=0).fit(X)
+    assert exact.index_.size == 0 and small.train_.shape[0] == 0
+    assert 0 < small.index_.nbytes < exact.train_.nbytes / 4
+    rows = np.vstack([fresh, planted])
+    a, b = exact.anomaly_score(rows), small.anomaly_score(rows)
+    assert spearmanr(a, b).statistic > 0.9
+    labels = np.r_[np.zeros(300), np.ones(10)]
+    assert roc_auc_score(labels, b) > roc_auc_score(labels, a) - 0.02
+    again = pickle.loads(pickle.dumps(small))  # what skops and sklearn's clone see: no faiss object inside
+    np.testing.assert_array_equal(again.anomaly_score(rows), b)
+
+
+def test_knn_calibrates_on_a_sample_of_a_large_training_set():
+    X = _normal(3000, d=4)
+    det = KNNDetector(max_calibration=500, random_state=0).fit(X)
+    assert det.calibration_scores_.shape == (500,)
+    fresh = det.predict(_normal(4000, d=4, seed=9))
+    assert abs((fresh == -1).mean() - det.fpr) < 0.01
+
+
+def test_ensemble_with_a_sampled_knn_calibrates_on_the_rows_both_scored():
+    X = _normal(600, d=4)
+    det = EnsembleDetector([GaussianDetector(folds=2), KNNDetector(max_calibration=100)], random_state=0).fit(X)
+    knn = det.members_[1]
+    np.testing.assert_array_equal(det.calibration_rows_, knn.calibration_rows_)
+    assert det.calibration_scores_.shape == (100,) and det.members_[0].calibration_scores_.shape == (600,)
