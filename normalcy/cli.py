@@ -229,11 +229,21 @@ def predict(
     top: int = TopOpt,
     trust_model_code: bool = TrustOpt,
     id_column: Optional[str] = IdColumnOpt,
+    ray: Optional[str] = typer.Option(None, "--ray", help="Score on Ray: local (start one on this machine) or a "
+                                      "cluster's ADDRESS (host:6379). Writes scores.parquet/ and run.json only."),
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Score images into a run folder: scores.csv, heatmaps/, overlays/, report.html, skipped.csv, embeddings.
     Tables: scores.csv and scores.parquet (id, score, decision, threshold), skipped.csv, run.json."""
     _setup(threads)
+    if ray is not None:
+        from .scaleout import predict_ray
+
+        for run in predict_ray(model_dir, inputs, output, ray, trust_code=trust_model_code, id_column=id_column):
+            console.print(f"scored {run['n_scored']} on Ray ({run['cpus']} CPUs): {run['n_anomalous']} anomalous, "
+                          f"{run['n_skipped']} not scored (reason in column skipped); results in "
+                          f"{run['output']}/scores.parquet", soft_wrap=True)
+        return
     if is_vector_model(model_dir):
         _predict_table(model_dir, inputs, output, id_column)
         return
