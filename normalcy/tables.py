@@ -183,7 +183,7 @@ def fit_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01,
         mask &= table.labels == 0
     if mask.sum() < 2:
         raise InputError(f"{table.path}: fewer than 2 normal rows with finite values to fit on")
-    det = create_detector(detector, fpr, seed).fit(table.X[mask])
+    det = create_detector(detector, fpr, seed).fit(table.X if mask.all() else table.X[mask])  # no copy of a big table
     return det, skipped
 
 

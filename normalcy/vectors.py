@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .detectors.gaussian import _gaussian, mahalanobis
+from .detectors.gaussian import _gaussian, _inverse, mahalanobis
 
 __all__ = ["GaussianDetector", "KNNDetector", "IForestDetector", "ECODDetector", "EnsembleDetector",
            "finite_rows"]
@@ -97,27 +97,93 @@ class _VectorDetector(OutlierMixin, BaseEstimator):
 class GaussianDetector(_VectorDetector):
     """Mahalanobis distance to one Gaussian of the normal rows, with Ledoit-Wolf shrinkage (few rows, many
     dimensions), computed by the same code as the image detector ``gaussian``. The threshold comes from
-    k-fold cross-validated distances: in-sample ones are too small when dimensions are many."""
+    k-fold cross-validated distances: in-sample ones are too small when dimensions are many.
 
-    def __init__(self, fpr: float = 0.01, folds: int = 5, random_state: int | None = None):
+    Past ``max_memory_mb`` of rows (a million 512-d rows), scikit-learn's Ledoit-Wolf would need several
+    full-size copies; the same estimate then comes from sums over chunks of rows (:class:`_Moments`),
+    and each fold's Gaussian from the sums of all rows minus the fold's."""
+
+    def __init__(self, fpr: float = 0.01, folds: int = 5, max_memory_mb: float = 1024.0,
+                 random_state: int | None = None):
         self.fpr = fpr
         self.folds = folds
+        self.max_memory_mb = max_memory_mb
         self.random_state = random_state
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
-        self.location_, self.precision_ = _gaussian(X)
         n = len(X)
         folds = max(2, min(self.folds, n))
         order = np.random.default_rng(self.random_state).permutation(n)
         held_out = np.empty(n)
+        if X.nbytes <= self.max_memory_mb * 2**20:
+            self.location_, self.precision_ = _gaussian(X)
+            for k in range(folds):
+                held = order[k::folds]
+                keep = np.setdiff1d(order, held)
+                held_out[held] = _distance(X[held], *_gaussian(X[keep]))
+            return held_out
+        total = _Moments.of(X)
+        self.location_, self.precision_ = total.gaussian()
         for k in range(folds):
-            held = order[k::folds]
-            keep = np.setdiff1d(order, held)
-            held_out[held] = _distance(X[held], *_gaussian(X[keep]))
+            held = np.sort(order[k::folds])
+            fold = _Moments.of(X, held)
+            mean, precision = (total - fold).gaussian()
+            for s in range(0, len(held), 65536):
+                rows = held[s:s + 65536]
+                held_out[rows] = _distance(X[rows], mean, precision)
         return held_out
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         return _distance(X, self.location_, self.precision_)
+
+
+class _Moments:
+    """Sums over rows that give the Ledoit-Wolf Gaussian of any subset (all rows minus a fold) without
+    holding a centred copy: n, sum x, sum x x^T, sum |x|^2, sum |x|^2 x, sum |x|^4 (float64)."""
+
+    def __init__(self, n: int, s1: np.ndarray, s2: np.ndarray, a: float, t1: np.ndarray, t0: float) -> None:
+        self.n, self.s1, self.s2, self.a, self.t1, self.t0 = n, s1, s2, a, t1, t0
+
+    @classmethod
+    def of(cls, X: np.ndarray, rows: np.ndarray | None = None, chunk: int = 65536) -> "_Moments":
+        d = X.shape[1]
+        m = cls(0, np.zeros(d), np.zeros((d, d)), 0.0, np.zeros(d), 0.0)
+        count = len(X) if rows is None else len(rows)
+        for s in range(0, count, chunk):
+            x = np.asarray(X[s:s + chunk] if rows is None else X[rows[s:s + chunk]], dtype=np.float64)
+            sq = np.einsum("ij,ij->i", x, x)
+            m.n += len(x)
+            m.s1 += x.sum(0)
+            m.s2 += x.T @ x
+            m.a += sq.sum()
+            m.t1 += sq @ x
+            m.t0 += (sq * sq).sum()
+        return m
+
+    def __sub__(self, other: "_Moments") -> "_Moments":
+        return _Moments(self.n - other.n, self.s1 - other.s1, self.s2 - other.s2, self.a - other.a,
+                        self.t1 - other.t1, self.t0 - other.t0)
+
+    def gaussian(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and precision, as ``_gaussian`` (scikit-learn's ledoit_wolf) gives them for these rows."""
+        n, p = self.n, len(self.s1)
+        mu_x = self.s1 / n
+        cov = self.s2 / n - np.outer(mu_x, mu_x)  # the centred X^T X / n
+        c = mu_x @ mu_x
+        b1 = self.s1 @ mu_x
+        # sum |x - m|^4 = sum (|x|^2 - 2 x.m + |m|^2)^2, expanded into the sums kept
+        beta_ = (self.t0 + 4 * mu_x @ self.s2 @ mu_x + n * c * c - 4 * self.t1 @ mu_x + 2 * c * self.a
+                 - 4 * c * b1)
+        trace = np.trace(cov)
+        mu = trace / p
+        delta_ = (cov * cov).sum()
+        beta = (beta_ / n - delta_) / (p * n)
+        delta = (delta_ - 2.0 * mu * trace + p * mu**2) / p
+        beta = min(beta, delta)
+        shrinkage = 0.0 if beta == 0 else beta / delta
+        shrunk = (1.0 - shrinkage) * cov
+        shrunk.flat[:: p + 1] += shrinkage * mu
+        return mu_x, _inverse(shrunk)
 
 
 def _distance(X: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:

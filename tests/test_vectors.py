@@ -205,3 +205,15 @@ def test_ensemble_with_a_sampled_knn_calibrates_on_the_rows_both_scored():
     knn = det.members_[1]
     np.testing.assert_array_equal(det.calibration_rows_, knn.calibration_rows_)
     assert det.calibration_scores_.shape == (100,) and det.members_[0].calibration_scores_.shape == (600,)
+
+
+def test_gaussian_past_its_memory_budget_is_the_same_estimate_from_chunked_sums():
+    """A million rows do not fit scikit-learn's Ledoit-Wolf copies; the chunked sums give the same Gaussian
+    (and each fold's, as all rows minus the fold), whether rows are many or dimensions are."""
+    for X in (_normal(3000, d=20), _normal(60, d=40)):
+        exact = GaussianDetector(random_state=0).fit(X)
+        chunked = GaussianDetector(random_state=0, max_memory_mb=X.nbytes / 2**20 / 2).fit(X)
+        np.testing.assert_allclose(chunked.calibration_scores_, exact.calibration_scores_, rtol=1e-9)
+        np.testing.assert_allclose(chunked.precision_, exact.precision_, rtol=1e-8, atol=1e-12)
+        fresh = _normal(50, d=X.shape[1], seed=7)
+        np.testing.assert_allclose(chunked.anomaly_score(fresh), exact.anomaly_score(fresh), rtol=1e-9)
