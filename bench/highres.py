@@ -2,6 +2,7 @@
 
     python bench/highres.py [--source ../shared/data/hazelnut_toy] [--width 1600 --height 800] \
         [--variants 4] [--detectors gaussian patchcore] [--format png]
+    python bench/highres.py --native --source ../shared/data/magnetic_tile   # the source as it is (issue 13's profile)
 
 Builds, in a temporary folder that is deleted afterwards, an MVTec-layout data set whose images
 and masks are the source's resized to WIDTH x HEIGHT; ``--variants`` adds flipped copies (flips of
@@ -13,6 +14,8 @@ default ``--image-size auto``, each in its own process so that peak memory is it
 * predict: ``normalcy predict MODEL TEST -o RUN`` end to end (heatmap and overlay PNGs, report);
 * eval: ``normalcy eval DATA --json`` (its own images/s and peak RSS: fit, score, masks, pixel metrics);
 * stages: each stage of scoring timed on its own, one after the other, in ms per image.
+
+``--native`` skips the resizing and measures the source data set as it is.
 
 Prints a markdown table.
 """
@@ -154,6 +157,7 @@ def main() -> None:
     ap.add_argument("--format", default="png", choices=["png", "jpg"])
     ap.add_argument("--detectors", nargs="+", default=["gaussian", "patchcore"])
     ap.add_argument("--workdir", type=Path, help="build the data set here and keep it (default: a temporary folder)")
+    ap.add_argument("--native", action="store_true", help="measure --source as it is, not resized")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -165,14 +169,16 @@ def main() -> None:
     cli = [sys.executable, "-m", "normalcy.cli"]
     with tempfile.TemporaryDirectory(prefix="normalcy-highres-") as tmp:
         work = args.workdir or Path(tmp)
-        data = work / "data"
-        if not (work / "made").is_file():  # a kept work folder is built once
+        data = args.source if args.native else work / "data"
+        if not args.native and not (work / "made").is_file():  # a kept work folder is built once
             make_dataset(args.source, data, (args.width, args.height), args.variants, args.format)
             (work / "made").touch()
-        n_train = len(list((data / "train" / "good").iterdir()))
-        n_test = sum(1 for _ in (data / "test").rglob(f"*.{args.format}"))
-        print(f"data: {n_train} train, {n_test} test images of {args.width}x{args.height} {args.format}",
-              file=sys.stderr)
+        from normalcy.data import load_dataset
+
+        ds = load_dataset(data)
+        n_train, n_test = len(ds.train), len(ds.test)
+        what = "as they are" if args.native else f"of {args.width}x{args.height} ({args.format})"
+        print(f"data: {n_train} train, {n_test} test images {what}", file=sys.stderr)
         for name in args.detectors:
             model, run = work / f"model-{name}", work / f"run-{name}"
             timed([*cli, "fit", str(data / "train" / "good"), "-o", str(model), "--detector", name])
@@ -186,8 +192,7 @@ def main() -> None:
             _, _, out = timed([*me, "stages", str(model), str(data)])
             st = json.loads(out)
             if name == args.detectors[0]:
-                print(f"{n_train} train, {n_test} test images of {args.width}x{args.height} ({args.format}), "
-                      f"from {args.source.name}\n")
+                print(f"{n_train} train, {n_test} test images {what}, from {args.source.name}\n")
                 print(HEADER)
             print(f"| {name} | {size} | {score_ips:.1f} | {n_test / loop:.1f} / {n_test / wall:.1f} | "
                   f"{ev['images_per_second']:.1f} | {score_rss:.0f} / {predict_rss:.0f} / {eval_rss:.0f} | "
