@@ -261,7 +261,15 @@ class KNNDetector(_VectorDetector):
         if getattr(self, "_faiss", None) is None:
             self._faiss = faiss.deserialize_index(self.index_)
         self._faiss.nprobe = self.nprobe
-        dist, idx = self._faiss.search(Z, k)
+        # Cell distances row by row, not by BLAS over the batch: BLAS rounds differently with the batch's
+        # size, which can change a row's cells and neighbours; this way a row scores the same in any batch
+        # and on any number of threads (one process or Ray workers), at some speed (bench/scale_vectors.py).
+        blas = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = 1 << 30
+        try:
+            dist, idx = self._faiss.search(Z, k)
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = blas
         # Cells too small to hold k rows: a missing neighbour counts as the farthest one found.
         missing = idx < 0
         if missing.any():

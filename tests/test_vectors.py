@@ -217,3 +217,13 @@ def test_gaussian_past_its_memory_budget_is_the_same_estimate_from_chunked_sums(
         np.testing.assert_allclose(chunked.precision_, exact.precision_, rtol=1e-8, atol=1e-12)
         fresh = _normal(50, d=X.shape[1], seed=7)
         np.testing.assert_allclose(chunked.anomaly_score(fresh), exact.anomaly_score(fresh), rtol=1e-9)
+
+
+def test_ivf_pq_scores_a_row_the_same_in_any_batch():
+    """What `predict --ray` relies on: a row's score does not depend on the rows scored with it."""
+    X = _normal(12000, d=32)
+    det = KNNDetector(max_memory_mb=0.5, random_state=0).fit(X)
+    rows = _normal(2000, d=32, seed=4)
+    whole = det.anomaly_score(rows)
+    np.testing.assert_array_equal(np.concatenate([det.anomaly_score(rows[s:s + 300]) for s in range(0, 2000, 300)]),
+                                  whole)
