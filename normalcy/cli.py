@@ -369,12 +369,22 @@ def serve(
         if not images:
             raise InputError(f"{target} is a model: give the images to score too (normalcy serve MODEL IMAGES...)")
         run_dir = output or Path("review-run")
-        _predict_run(target, list(images), run_dir, trust_code=trust_model_code)
+        if is_vector_model(target):
+            if len(images) != 1:
+                raise InputError(f"{target} is a vector model: give one table to score and review")
+            _predict_table(target, list(images), run_dir, None)
+        else:
+            _predict_run(target, list(images), run_dir, trust_code=trust_model_code)
     elif not (target / "scores.csv").is_file():
         raise InputError(f"{target}: neither a run folder (no scores.csv) nor a model directory (no model.json)")
     elif images:
         raise InputError(f"{target} is a run folder: it already holds its scores; give images only with a model")
-    if strategy != "none" and not (run_dir / EMBEDDINGS).is_file():
+    from .run import read_run_json
+    from .tables import VECTOR_KIND
+
+    # A table run's embeddings are its features (written by predict); one without them ranks by score.
+    table_run = read_run_json(run_dir).get("kind") == VECTOR_KIND
+    if strategy != "none" and not (run_dir / EMBEDDINGS).is_file() and not table_run:
         _embed_run(run_dir)
     # serve() prints the URL itself, once the server accepts connections.
     run_server(run_dir, host=host, port=port, database=database, strategy=strategy, open_browser=open_browser)

@@ -14,8 +14,8 @@ from scipy.linalg import cho_solve, cholesky
 from scipy.spatial.distance import cdist
 from scipy.special import ndtr
 
-from .ranking_space import (_CHUNK, MAX_USER_SCORE, _check_inputs, _over_blocks, _prepare, _scale05,
-                            _single_threaded_blas, _usable_cpus)
+from .ranking_space import (_CHUNK, MAX_RANK_ROWS, MAX_USER_SCORE, _check_inputs, _over_blocks, _prepare,
+                            _scale05, _single_threaded_blas, _spread, _usable_cpus, candidate_rows)
 
 
 def _matern15(d: np.ndarray, length_scale: float) -> np.ndarray:
@@ -99,17 +99,21 @@ class Protege:
     most this many labels, the most recent; fit_max: kernel hyper-parameters are fitted on at
     most this many (the most recent), which bounds the optimiser's cost. Far from every label
     EI is (nearly) flat, so a 1e-6 relative tie-break by the anomaly score (or distance from
-    the mean) orders exact ties.
+    the mean) orders exact ties. Beyond max_rows objects only ``candidate_rows`` are scored (the
+    rest get NaN).
     """
 
     name: str = "protege"
 
     def __init__(self, xi: float = 0.01, seed: int = 0, max_train: int = 500, fit_max: int = 128,
-                 n_jobs: int | None = None) -> None:
+                 n_jobs: int | None = None, max_rows: int = MAX_RANK_ROWS) -> None:
         if xi < 0:
             raise ValueError(f"xi must be >= 0, got {xi}")
         if max_train < 1 or fit_max < 1:
             raise ValueError(f"max_train and fit_max must be >= 1, got {max_train}, {fit_max}")
+        if max_rows < 2:
+            raise ValueError(f"max_rows must be >= 2, got {max_rows}")
+        self.max_rows = int(max_rows)
         self.xi = float(xi)
         self.seed = int(seed)
         self.max_train = int(max_train)
@@ -144,16 +148,19 @@ class Protege:
         if idx.size == 0:
             return base.copy()
         best = float(u.max())
-        train, y = idx[-self.max_train:], u[-self.max_train:]
+        rows = candidate_rows(base, idx, self.max_rows)
+        z, sqnorm, lab = ((prep.z, prep.sqnorm, idx) if rows is None
+                          else (prep.z[rows], prep.sqnorm[rows], np.searchsorted(rows, idx)))
+        train, y = lab[-self.max_train:], u[-self.max_train:]
         y_mean, y_std = float(y.mean()), float(y.std())
         y_std = y_std if y_std > 0 else 1.0              # as sklearn's normalize_y
         yn = (y - y_mean) / y_std
         fit = slice(-self.fit_max, None)
-        constant, length_scale, noise = self.fit_kernel(prep.z[train[fit]].astype(np.float64), yn[fit])
-        mean, std = gp_posterior(prep.z, prep.sqnorm, train, yn, constant, length_scale, noise,
-                                 n_jobs=self.n_jobs)
+        constant, length_scale, noise = self.fit_kernel(z[train[fit]].astype(np.float64), yn[fit])
+        mean, std = gp_posterior(z, sqnorm, train, yn, constant, length_scale, noise, n_jobs=self.n_jobs)
         ei = expected_improvement(y_mean + y_std * mean, y_std * std, best, self.xi)
         # EI explores where it is unsure; only exact ties fall back to the anomaly order. (A 1% share
         # of the anomaly score made it follow the detector whenever the first labels agreed, and it
         # then never found a defect class the detector ranks low: docs/benchmarks.md.)
-        return ei + TIE_SHARE * max(float(ei.max()), 1e-12) * _scale05(base) / MAX_USER_SCORE
+        tie = _scale05(base if rows is None else base[rows]) / MAX_USER_SCORE
+        return _spread(ei + TIE_SHARE * max(float(ei.max()), 1e-12) * tie, rows, len(base))

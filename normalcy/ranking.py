@@ -3,7 +3,9 @@
 A person reviews images in priority order and labels some of them (normal / anomalous, with an
 optional 0-5 interest score). After each label the whole queue is re-ranked, so this has to be
 fast: re-ranking N = 100,000 images with up to ~500 labels stays under 1 s on 2 cores
-(``bench/rerank_speed.py`` measures it).
+(``bench/rerank_speed.py`` measures it). Past that size a re-rank scores 100,000 of them (every
+labelled one, the detector's top 50,000 and a fixed sample of the rest) and the others follow in
+the detector's order, which keeps 1,000,000 objects within the same budget (normalcy.ranking_space).
 
 Strategies (``STRATEGIES``, ``make_ranker``):
 
@@ -64,11 +66,11 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from .gp import Protege, expected_improvement, gp_posterior
-from .ranking_space import (_CHUNK, MAX_USER_SCORE, PROJECT_DIM, _check_inputs, _column_sums, _over_blocks,
-                            _prepare, _scale05, _usable_cpus)
+from .ranking_space import (_CHUNK, MAX_RANK_ROWS, MAX_USER_SCORE, PROJECT_DIM, _check_inputs, _column_sums,
+                            _over_blocks, _prepare, _scale05, _spread, _usable_cpus, candidate_rows)
 
-__all__ = ["MAX_USER_SCORE", "PROJECT_DIM", "STRATEGIES", "USER_SCORES", "NeighbourScore", "NoRanking", "Protege",
-           "Ranker", "expected_improvement", "gp_posterior", "make_ranker", "nearest_labelled_distance",
+__all__ = ["MAX_RANK_ROWS", "MAX_USER_SCORE", "PROJECT_DIM", "STRATEGIES", "USER_SCORES", "NeighbourScore",
+           "NoRanking", "Protege", "Ranker", "expected_improvement", "gp_posterior", "make_ranker", "nearest_labelled_distance",
            "user_score"]
 
 USER_SCORES: dict[str, float] = {"normal": 0.0, "anomalous": 5.0}
@@ -103,7 +105,8 @@ class Ranker(Protocol):
              user: np.ndarray) -> np.ndarray:
         """features N x D float32, anomaly N image scores (any scale, higher = more anomalous),
         labelled: int indices of labelled rows (in labelling order), user: their user scores (0–5,
-        same length as labelled). Returns N float64 priorities: higher = show first."""
+        same length as labelled). Returns N float64 priorities: higher = show first; NaN for rows a
+        re-rank of more than MAX_RANK_ROWS objects did not score (they follow in the detector's order)."""
         ...
 
 
@@ -156,6 +159,8 @@ class NeighbourScore:
     alpha: how fast trust in the predicted user score fades with distance from the labels
     (Astronomaly's tuning parameter; smaller trusts the labels further out). The forest uses
     a third of the features per split (``max_features``) to keep a 500-label refit ~0.1 s.
+    Beyond max_rows objects only ``candidate_rows`` are scored (the rest get NaN); the mean distance
+    that scales alpha is then the mean over those rows.
     """
 
     name: str = "neighbour"
@@ -163,11 +168,14 @@ class NeighbourScore:
     max_features: ClassVar[float] = 1 / 3
 
     def __init__(self, alpha: float = 1.0, n_estimators: int = 50, seed: int = 0,
-                 n_jobs: int | None = None) -> None:
+                 n_jobs: int | None = None, max_rows: int = MAX_RANK_ROWS) -> None:
         if not alpha > 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         if n_estimators < 1:
             raise ValueError(f"n_estimators must be >= 1, got {n_estimators}")
+        if max_rows < 2:
+            raise ValueError(f"max_rows must be >= 2, got {max_rows}")
+        self.max_rows = int(max_rows)
         self.alpha = float(alpha)
         self.n_estimators = int(n_estimators)
         self.seed = int(seed)
@@ -208,12 +216,15 @@ class NeighbourScore:
         base = _scale05(a if a is not None else prep.centre)
         if idx.size == 0:
             return base
+        rows = candidate_rows(base, idx, self.max_rows)
+        z, sqnorm, lab = ((prep.z, prep.sqnorm, idx) if rows is None
+                          else (prep.z[rows], prep.sqnorm[rows], np.searchsorted(rows, idx)))
         forest = RandomForestRegressor(n_estimators=self.n_estimators, max_features=self.max_features,
                                        random_state=self.seed, n_jobs=self.n_jobs)
-        forest.fit(prep.z[idx], u)
-        user_pred = self._predict(forest, prep.z)
-        distance = nearest_labelled_distance(prep.z, prep.sqnorm, idx, self.n_jobs)
-        return self.anom_func(distance, user_pred, base)
+        forest.fit(z[lab], u)
+        user_pred = self._predict(forest, z)
+        distance = nearest_labelled_distance(z, sqnorm, lab, self.n_jobs)
+        return _spread(self.anom_func(distance, user_pred, base if rows is None else base[rows]), rows, len(base))
 
 
 STRATEGIES: dict[str, type] = {"none": NoRanking, "neighbour": NeighbourScore, "protege": Protege}

@@ -1,4 +1,11 @@
-"""The review state of one run: its items, the current ranking, and which files may be served."""
+"""The review state of one run: its items, the current ranking, and which files may be served.
+
+A run's items are images (``predict`` on images, ``score-batch``) or table rows (``predict`` on a
+table: run.json says ``"kind": "vectors"``); a table row has no picture, so the page shows its id,
+score and the feature values furthest from the run's median instead. Items are kept as numpy columns
+and the ranking as index arrays, so that a page of a 1,000,000-item run is a few array operations,
+never a Python loop over every item.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +16,44 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from fastapi import HTTPException
 
 from .data import printable
 from .ranking import make_ranker, user_score
-from .run import read_features, read_run_json, read_scores
+from .ranking_space import project
+from .run import EMBEDDINGS, RunItems, TableFeatures, read_features, read_run_json, read_scores, read_table_items
 from .store import Item, Store
+from .tables import VECTOR_KIND
 
 __all__ = ["STRATEGIES", "Review"]
 
 logger = logging.getLogger("normalcy")
 
 STRATEGIES = ("none", "neighbour", "protege")
+
+
+class _Items(Sequence[Item]):
+    """The run's items by position, made on demand (1,000,000 Item objects would hold ~0.5 GB).
+    Their label fields are None: current labels live in the store."""
+
+    def __init__(self, review: "Review") -> None:
+        self._r = review
+
+    def __len__(self) -> int:
+        return len(self._r.keys)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        r = self._r
+        return Item(int(r.ids[k]), r.keys[k], r.names[k], float(r.anomaly[k]), bool(r.decision[k]), r.overlays[k],
+                    None, None, None)
+
+    def __iter__(self) -> Iterator[Item]:
+        return (self[k] for k in range(len(self)))
 
 
 class Review:
@@ -33,31 +63,55 @@ class Review:
         self.run_dir = run_dir
         self.store = store
         meta = read_run_json(run_dir)
-        inputs = [Path(os.path.abspath(p)) for p in meta.get("inputs", []) if isinstance(p, str)]
-        rows, n_rows = read_scores(run_dir, [p for p in inputs if p.is_dir()])
-        store.sync_items([{"path": r.path, "name": r.name, "score": r.score, "decision": r.decision,
-                           "overlay": r.overlay} for r in rows])
-        by_path = {it.path: it for it in store.items()}
-        self.items: list[Item] = [by_path[r.path] for r in rows]
-        self.ids = np.array([it.id for it in self.items], dtype=np.int64)
-        self.index = {it.id: k for k, it in enumerate(self.items)}
-        self.anomaly = np.array([r.score for r in rows], dtype=np.float64)
+        self.is_table = meta.get("kind") == VECTOR_KIND
+        self.id_column = str(meta.get("id_column") or "row") if self.is_table else "path"
+        inputs = [] if self.is_table else [Path(os.path.abspath(p)) for p in meta.get("inputs", []) if isinstance(p, str)]
+        if self.is_table:
+            run = read_table_items(run_dir, meta.get("id_column"))
+        else:
+            run = RunItems.of_images(*read_scores(run_dir, [p for p in inputs if p.is_dir()]))
+        self.keys, self.names, self.overlays = run.keys, run.names, run.overlays  # names: printable already
+        self.anomaly, self.decision = run.scores, run.decisions
+        self.ids = np.array(store.sync_items([
+            {"path": k, "name": n, "score": s, "decision": d, "overlay": o}
+            for k, n, s, d, o in zip(run.keys, self.names, run.scores.tolist(), run.decisions.tolist(), run.overlays)
+        ]), dtype=np.int64)
+        self._by_id = np.argsort(self.ids, kind="stable")
+        self.items = _Items(self)
 
-        features = read_features(run_dir, n_rows)
-        self.features = None if features is None else features[[r.row for r in rows]]
+        features = read_features(run_dir, run.n_rows)
+        if features is not None and not np.array_equal(run.rows, np.arange(run.n_rows)):
+            features = features[run.rows]
+        # Projected once (what the rankers compute from them anyway), so the raw array can go:
+        # 2 GB at 1,000,000 x 512 becomes 256 MB, and a re-rank reads 64 numbers per item.
+        self.features = None if features is None else project(features)
+        del features
+        self.table_features: TableFeatures | None = None
+        self._table_rows = run.rows
+        if self.is_table and (run_dir / EMBEDDINGS).is_file():
+            try:
+                self.table_features = TableFeatures(run_dir / EMBEDDINGS)
+            except Exception as err:  # noqa: BLE001  (the review goes on without the values)
+                logger.warning("%s: cannot show feature values (%s)", run_dir / EMBEDDINGS, err)
+        if self.table_features is not None and self.table_features.n_rows != run.n_rows:
+            logger.warning("%s: does not match scores.csv; feature values not shown", run_dir / EMBEDDINGS)
+            self.table_features = None
 
         # Folders whose files may be served: the run folder and the folders given to predict
         # (resolved, so a symlinked folder works); not the folder of every listed image, which
         # would open its neighbours too. Single files given to predict or listed in scores.csv
-        # are served as they are (so a symlinked image, e.g. git-annex, works).
+        # are served as they are (so a symlinked image, e.g. git-annex, works). A table run serves none.
         roots = [run_dir, *inputs, *extra_roots]
         self.roots = sorted({Path(r).resolve() for r in roots if Path(r).is_dir()})
-        files = [p for p in inputs if not p.is_dir()] + [Path(r.path) for r in rows]
+        files = [] if self.is_table else [p for p in inputs if not p.is_dir()] + [Path(k) for k in run.keys]
         self.files = {p.resolve() for p in files}
 
         self.lock = threading.Lock()
         self._ticket = itertools.count()  # orders "label committed" against "re-rank started"
         self._ranked_at = -1
+        # Ties in priority fall back to the anomaly score, then the id: sorted once here, so each
+        # re-rank is one stable argsort of the priorities (see _order).
+        self._base_order = np.lexsort((self.ids, -self.anomaly))
         if self.features is None and strategy != "none":
             strategy = "none"
         self.strategy = strategy
@@ -66,11 +120,32 @@ class Review:
         self.ranking: tuple[np.ndarray, np.ndarray, np.ndarray] = (np.arange(0), np.zeros(0), np.zeros(0, int))
         self.rerank()
 
+    # items
+
+    def positions(self, item_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Each id's position in the run's items, -1 for an id that is not one of them."""
+        ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+        if not len(self.ids) or not ids.size:
+            return np.full(ids.shape, -1, np.int64)
+        at = np.minimum(np.searchsorted(self.ids, ids, sorter=self._by_id), len(self.ids) - 1)
+        pos = self._by_id[at]
+        return np.where(self.ids[pos] == ids, pos, -1)
+
+    def position(self, item_id: int) -> int | None:
+        k = int(self.positions([item_id])[0])
+        return None if k < 0 else k
+
     # ranking
 
     def labels(self) -> dict[int, tuple[str | None, int | None]]:
         """Current labels of this run's items (other runs may share the database)."""
-        return {it.id: (it.label, it.interest) for it in self.store.labelled() if it.id in self.index}
+        mine = self._labelled()
+        return {it.id: (it.label, it.interest) for it in mine}
+
+    def _labelled(self) -> list[Item]:
+        found = self.store.labelled()
+        pos = self.positions([it.id for it in found])
+        return [it for it, k in zip(found, pos) if k >= 0]
 
     def rerank(self) -> float:
         """Recompute priorities from all labels; returns the milliseconds it took.
@@ -84,22 +159,20 @@ class Review:
                 return self.rerank_ms
             started = next(self._ticket)  # labels committed before this are read below
             t0 = time.perf_counter()
-            idx, user = [], []
+            ids, user = [], []
             # Oldest label first: rankers that keep only the most recent labels rely on the order.
-            mine = [it for it in self.store.labelled() if it.id in self.index]
-            for it in sorted(mine, key=lambda it: (it.updated_at or 0.0, it.id)):
+            for it in sorted(self._labelled(), key=lambda it: (it.updated_at or 0.0, it.id)):
                 u = user_score(it.label, it.interest)
                 if u is not None:
-                    idx.append(self.index[it.id])
+                    ids.append(it.id)
                     user.append(u)
-            n = len(self.items)
+            n = len(self.keys)
             feats = self.features if self.features is not None else np.zeros((n, 1), dtype=np.float32)
-            pri = np.asarray(self.ranker.rank(feats, self.anomaly, np.array(idx, dtype=np.int64),
+            pri = np.asarray(self.ranker.rank(feats, self.anomaly, self.positions(ids),
                                               np.array(user, dtype=np.float32)), dtype=np.float64).reshape(-1)
             if pri.shape != (n,):
                 raise RuntimeError(f"ranker {self.strategy!r} returned {pri.shape[0]} priorities for {n} items")
-            key = np.where(np.isnan(pri), -np.inf, pri)
-            order = np.lexsort((self.ids, -self.anomaly, -key))  # last key sorts first
+            order = self._order(pri)
             rank = np.empty(n, dtype=np.int64)
             rank[order] = np.arange(1, n + 1)
             self.ranking = (order, pri, rank)  # swapped in one step: readers never see a half-made ranking
@@ -107,38 +180,89 @@ class Review:
             self._ranked_at = started
             return self.rerank_ms
 
+    def _order(self, pri: np.ndarray) -> np.ndarray:
+        """Positions by priority, ties (and NaN: rows a re-rank past MAX_RANK_ROWS did not score) in the
+        detector's order; only the scored rows are sorted (100,000, not 1,000,000)."""
+        base = self._base_order
+        scored = ~np.isnan(pri)
+        if scored.all():
+            return base[np.argsort(-pri[base], kind="stable")]
+        head = base[scored[base]]
+        return np.concatenate([head[np.argsort(-pri[head], kind="stable")], base[~scored[base]]])
+
     def set_strategy(self, name: str) -> None:
         if name != "none" and self.features is None:
-            raise HTTPException(409, f"strategy {name!r} needs {self.run_dir / 'embeddings.safetensors'}, "
+            raise HTTPException(409, f"strategy {name!r} needs {self.run_dir / EMBEDDINGS}, "
                                      "which this run does not have; only 'none' is available")
         with self.lock:
             self.ranker = make_ranker(name)
             self.strategy = name
         self.rerank()
 
+    def page(self, label: str, decision: str, offset: int, limit: int
+             ) -> tuple[int, list[int], dict[int, tuple[str | None, int | None]]]:
+        """One page of the current order under the filters: (items matching, their positions from
+        ``offset``, the run's labels). Array operations only, so it stays fast at 1,000,000 items."""
+        order = self.ranking[0]
+        labels = self.labels()
+        keep: np.ndarray | None = None
+        if label != "all":
+            pos = self.positions(list(labels))
+            keep = np.zeros(len(self.keys), bool)
+            if label in ("normal", "anomalous"):
+                pos = pos[np.array([cur == label for cur, _ in labels.values()], bool)]
+            keep[pos] = True
+            if label == "unlabelled":
+                keep = ~keep
+        if decision != "all":
+            wanted = self.decision == (decision == "anomalous")
+            keep = wanted if keep is None else keep & wanted
+        chosen = order if keep is None else order[keep[order]]
+        return len(chosen), chosen[offset:offset + limit].tolist(), labels
+
     # output
 
-    def item_json(self, item: Item, label: str | None, interest: int | None) -> dict[str, Any]:
+    def item_json(self, k: int, label: str | None, interest: int | None,
+                  features: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """One item for the page; a table row's has ``image_url`` None and its ``features`` instead."""
         _, pri, rank = self.ranking
-        k = self.index[item.id]
+        item_id = int(self.ids[k])
         p = float(pri[k])
-        return {
-            "id": item.id,
-            "name": item.name,
-            "path": printable(item.path),  # for people; the file itself is found by id
-            "score": item.score,
-            "decision": "anomalous" if item.decision else "normal",
+        out = {
+            "id": item_id,
+            "name": self.names[k],
+            "path": printable(self.keys[k]),  # for people; the file itself is found by id
+            "score": float(self.anomaly[k]),
+            "decision": "anomalous" if self.decision[k] else "normal",
             "rank": int(rank[k]),
             "priority": p if math.isfinite(p) else None,
             "label": label,
             "interest": interest,
-            "image_url": f"/api/items/{item.id}/image",
-            "overlay_url": f"/api/items/{item.id}/overlay" if item.overlay else None,
+            "image_url": None if self.is_table else f"/api/items/{item_id}/image",
+            "overlay_url": f"/api/items/{item_id}/overlay" if self.overlays[k] else None,
         }
+        if self.is_table:
+            out["features"] = features if features is not None else self.features_of([k])[0]
+        return out
+
+    def features_of(self, positions: Sequence[int]) -> list[list[dict[str, Any]]]:
+        """The feature values to show for table rows (empty lists when the run has none)."""
+        if self.table_features is None:
+            return [[] for _ in positions]
+        try:
+            return self.table_features.describe([int(self._table_rows[k]) for k in positions])
+        except Exception as err:  # noqa: BLE001  (a file changed under the server: no values, no crash)
+            logger.warning("%s: cannot read feature values (%s)", self.table_features.path, err)
+            return [[] for _ in positions]
 
     def status(self) -> dict[str, Any]:
-        return {"n_items": len(self.items), "n_labelled": len(self.labels()), "strategy": self.strategy,
+        return {"n_items": len(self.keys), "n_labelled": len(self._labelled()), "strategy": self.strategy,
                 "rerank_ms": self.rerank_ms, "database": self.store.dialect}
+
+    @property
+    def kind(self) -> str:
+        """"table" or "images": the page shows feature values or pictures."""
+        return "table" if self.is_table else "images"
 
     def allowed_file(self, raw: str, base: Path) -> Path:
         """The real path of a file from the database, if it may be served (403 outside the roots, 404 if gone)."""

@@ -1,7 +1,8 @@
 """The review app: the page, its static files and the JSON API over one run's Review.
 
 Every request first passes the Guard (guard.py): Host header, token, body size.
-Image paths come from the database, never from a URL, and Review.allowed_file checks them.
+Image paths come from the database, never from a URL, and Review.allowed_file checks them; a table
+run's rows have no image (404) and carry their feature values in the item JSON instead.
 """
 
 from __future__ import annotations
@@ -124,50 +125,48 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
     def list_items(label: Literal["all", "unlabelled", "labelled", "normal", "anomalous"] = "all",
                    decision: Literal["all", "anomalous", "normal"] = "all",
                    offset: int = Query(0, ge=0), limit: int = Query(200, ge=1, le=10_000)) -> dict[str, Any]:
-        labels = review.labels()
-        order, _, _ = review.ranking
-        chosen: list[Item] = []
-        for k in order:
-            item = review.items[k]
-            cur, interest = labels.get(item.id, (None, None))
-            is_labelled = item.id in labels
-            if (label == "unlabelled" and is_labelled) or (label == "labelled" and not is_labelled):
-                continue
-            if label in ("normal", "anomalous") and cur != label:
-                continue
-            if decision != "all" and item.decision != (decision == "anomalous"):
-                continue
-            chosen.append(item)
-        page_items = [review.item_json(it, *labels.get(it.id, (None, None))) for it in chosen[offset:offset + limit]]
-        return {"total": len(chosen), "n_items": len(review.items), "n_labelled": len(labels),
-                "strategy": review.strategy, "rerank_ms": review.rerank_ms, "items": page_items}
+        total, chosen, labels = review.page(label, decision, offset, limit)
+        features = review.features_of(chosen) if review.is_table else [None] * len(chosen)
+        page_items = [review.item_json(k, *labels.get(int(review.ids[k]), (None, None)), features=f)
+                      for k, f in zip(chosen, features)]
+        return {"total": total, "n_items": len(review.keys), "n_labelled": len(labels), "kind": review.kind,
+                "id_column": review.id_column, "strategy": review.strategy, "rerank_ms": review.rerank_ms,
+                "items": page_items}
 
-    def current(item_id: int) -> Item:
-        item = store.get(item_id) if item_id in review.index else None
-        if item is None:
+    def current(item_id: int) -> tuple[int, Item]:
+        k = review.position(item_id)
+        item = store.get(item_id) if k is not None else None
+        if k is None or item is None:
             raise HTTPException(404, f"no item {item_id} in this run")
+        return k, item
+
+    def picture(item_id: int) -> Item:
+        k, item = current(item_id)
+        if review.is_table:
+            raise HTTPException(404, f"item {item_id} is a table row ({review.keys[k]}): it has no image")
         return item
 
     @app.get("/api/items/{item_id}")
     def get_item(item_id: int) -> dict[str, Any]:
-        item = current(item_id)
-        return review.item_json(review.items[review.index[item_id]], item.label, item.interest)
+        k, item = current(item_id)
+        return review.item_json(k, item.label, item.interest)
 
     @app.get("/api/items/{item_id}/image")
     def item_image(item_id: int) -> Response:
-        item = current(item_id)  # the path comes from the database, never from the request
+        item = picture(item_id)  # the path comes from the database, never from the request
         return _image_response(review.allowed_file(item.path, Path.cwd()))
 
     @app.get("/api/items/{item_id}/overlay")
     def item_overlay(item_id: int) -> Response:
-        item = current(item_id)
+        item = picture(item_id)
         if not item.overlay:
             raise HTTPException(404, f"item {item_id} has no overlay")
         return _image_response(review.allowed_file(item.overlay, review.run_dir))
 
     @app.post("/api/items/{item_id}/label")
     def label_item(item_id: int, body: LabelIn, request: Request) -> dict[str, Any]:
-        if item_id not in review.index:
+        k = review.position(item_id)
+        if k is None:
             raise HTTPException(404, f"no item {item_id} in this run")
         client = request.headers.get("x-client") or (request.client.host if request.client else "")
         try:
@@ -177,12 +176,11 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
         ms = review.rerank()
-        return {"item": review.item_json(review.items[review.index[item_id]], item.label, item.interest),
-                "rerank_ms": ms}
+        return {"item": review.item_json(k, item.label, item.interest), "rerank_ms": ms}
 
     @app.get("/api/labels.csv")
     def labels_csv() -> Response:
-        return Response(store.export_csv(), media_type="text/csv; charset=utf-8",
+        return Response(store.export_csv(review.id_column), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="labels.csv"'})
 
     @app.get("/api/status")

@@ -1,5 +1,6 @@
-// normalcy review: label images in rank order; the server re-ranks after each label.
+// normalcy review: label images (or table rows) in rank order; the server re-ranks after each label.
 // Plain JavaScript, no dependencies. The API is described in normalcy/server.py.
+// A table row has no picture: its card and detail view show its feature values instead.
 "use strict";
 
 (function () {
@@ -11,6 +12,8 @@
     nItems: 0,
     nLabelled: 0,
     strategy: "none",
+    kind: "images",     // "images", or "table" for a table run's rows
+    idColumn: "path",   // what a table run's rows are called by
     rerankMs: null,
     selectedId: null,
     overlay: false,
@@ -96,6 +99,41 @@
     return typeof x === "number" && Number.isFinite(x) ? x.toPrecision(3) : "–";
   }
 
+  // A feature value: whole numbers as they are, others to 4 significant digits.
+  function fmtValue(x) {
+    if (typeof x !== "number" || !Number.isFinite(x)) return "–";
+    return Number.isInteger(x) && Math.abs(x) < 1e9 ? String(x) : x.toPrecision(4);
+  }
+
+  function fmtDeviation(d) {
+    if (typeof d !== "number" || !Number.isFinite(d)) return "–";
+    return (d >= 0 ? "+" : "−") + Math.abs(d).toFixed(1) + "σ";
+  }
+
+  // A table of a row's features (furthest from the run's median first); text only, never HTML.
+  function featureTable(features, max, head) {
+    const table = document.createElement("table");
+    table.className = "feats";
+    if (head) {
+      const tr = table.createTHead().insertRow();
+      for (const text of ["column", "value", "from median"]) {
+        const th = document.createElement("th");
+        th.textContent = text;
+        tr.appendChild(th);
+      }
+    }
+    const body = table.createTBody();
+    for (const f of (features || []).slice(0, max)) {
+      const tr = body.insertRow();
+      tr.insertCell().textContent = f.column;
+      tr.insertCell().textContent = fmtValue(f.value);
+      const dev = tr.insertCell();
+      dev.textContent = fmtDeviation(f.deviation);
+      dev.className = Math.abs(f.deviation || 0) >= 3 ? "far" : "";
+    }
+    return table;
+  }
+
   function fmtMs(ms) {
     if (typeof ms !== "number" || !Number.isFinite(ms)) return "–";
     return ms < 10 ? ms.toFixed(1) : String(Math.round(ms));
@@ -123,6 +161,7 @@
     state.nItems = data.n_items;
     state.nLabelled = data.n_labelled;
     state.strategy = data.strategy;
+    if (data.kind) setKind(data.kind, data.id_column);
     if (data.rerank_ms !== undefined && data.rerank_ms !== null) state.rerankMs = data.rerank_ms;
   }
 
@@ -252,7 +291,9 @@
       el.setAttribute("role", "option");
       el.dataset.id = String(item.id);
       el.innerHTML =
-        '<div class="thumb"><img loading="lazy" decoding="async" alt=""><span class="rank"></span></div>' +
+        (item.image_url
+          ? '<div class="thumb"><img loading="lazy" decoding="async" alt=""><span class="rank"></span></div>'
+          : '<div class="thumb values"><span class="rank"></span></div>') +
         '<div class="cap">' +
         '<div class="name"></div>' +
         '<div class="row"><span class="score"></span><span class="badge decision"></span></div>' +
@@ -274,9 +315,17 @@
     el.classList.toggle("is-normal", item.label === "normal");
     el.classList.toggle("is-anomalous", item.label === "anomalous");
     const img = el.querySelector("img");
-    const src = imageSrc(item, state.overlay);
-    if (img.getAttribute("src") !== src) img.setAttribute("src", src);
-    img.alt = item.name + (state.overlay && item.overlay_url ? " with anomaly map" : "");
+    if (img) {
+      const src = imageSrc(item, state.overlay);
+      if (img.getAttribute("src") !== src) img.setAttribute("src", src);
+      img.alt = item.name + (state.overlay && item.overlay_url ? " with anomaly map" : "");
+    } else {
+      const thumb = el.querySelector(".thumb");
+      const old = thumb.querySelector("table");
+      const table = featureTable(item.features, 4, false);
+      if (old) old.replaceWith(table);
+      else thumb.appendChild(table);
+    }
     el.querySelector(".rank").textContent = "#" + item.rank;
     const name = el.querySelector(".name");
     name.textContent = item.name;
@@ -386,10 +435,16 @@
       els.detail.close();
       return;
     }
-    const src = imageSrc(item, state.overlay);
-    if (els.detailImg.getAttribute("src") !== src) els.detailImg.setAttribute("src", src);
-    els.detailImg.alt = item.name + (state.overlay && item.overlay_url ? " with anomaly map" : "");
-    els.detailNoOverlay.hidden = !(state.overlay && !item.overlay_url);
+    if (item.image_url) {
+      const src = imageSrc(item, state.overlay);
+      if (els.detailImg.getAttribute("src") !== src) els.detailImg.setAttribute("src", src);
+      els.detailImg.alt = item.name + (state.overlay && item.overlay_url ? " with anomaly map" : "");
+      els.detailNoOverlay.hidden = !(state.overlay && !item.overlay_url);
+    } else {
+      const rows = item.features || [];
+      els.detailFeatures.replaceChildren(featureTable(rows, rows.length, true));
+      if (!rows.length) els.detailFeatures.append("No feature values stored with this run.");
+    }
     els.detailTitle.textContent = item.name;
     $("d-rank").textContent = item.rank + " of " + state.nItems;
     $("d-score").textContent = fmt3(item.score);
@@ -474,6 +529,19 @@
 
   // ---------------------------------------------------------------- setup
 
+  // A table run: no pictures, no overlays; rows are named by the table's id column.
+  function setKind(kind, idColumn) {
+    state.kind = kind;
+    if (idColumn) state.idColumn = idColumn;
+    const table = kind === "table";
+    document.body.classList.toggle("table-run", table);
+    els.detailImg.hidden = table;
+    els.detailFeatures.hidden = !table;
+    if (table) els.detailNoOverlay.hidden = true;
+    els.pathTerm.textContent = table ? state.idColumn : "Path";
+    els.gallery.setAttribute("aria-label", table ? "Table rows in rank order" : "Images in rank order");
+  }
+
   function stripTokenFromAddressBar() {
     // The token now lives in the HttpOnly cookie; keep it out of history and screenshots.
     const url = new URL(window.location.href);
@@ -492,6 +560,7 @@
       detail: $("detail"), detailImg: $("detail-img"), detailTitle: $("detail-title"),
       detailOverlay: $("detail-overlay"), detailNoOverlay: $("detail-nooverlay"),
       detailClose: $("detail-close"), detailPrev: $("detail-prev"), detailNext: $("detail-next"),
+      detailFeatures: $("detail-features"), pathTerm: $("d-path-term"),
     };
     try { state.overlay = localStorage.getItem("normalcy.overlay") === "1"; } catch (_) { /* private mode */ }
     els.overlay.checked = state.overlay;
