@@ -3,8 +3,8 @@
     python bench/scale_vectors.py [--rows 1000000] [--dims 512] [--detector knn] [--workdir /tmp/scale]
 
 Writes N clustered rows (64 Gaussian clusters) as one Parquet table, fits a table detector (default knn,
-which past its 1 GB budget keeps IVF-PQ codes; the ensemble's Gaussian needs several full-size copies of
-the rows in scikit-learn's Ledoit-Wolf and does not fit a million 512-d rows in 24 GB) on them, then
+which past its 1 GB budget keeps IVF-PQ codes: its search is the part of scoring that costs; ``--detector
+ensemble`` for the tables' default, gaussian + knn) on them, then
 scores the same table twice: in this process (``normalcy.tables.score_table``, what ``normalcy predict``
 does) and on a local Ray with every CPU (``normalcy.scaleout.predict_ray``, what ``--ray local`` does),
 checks that both give the same scores, and prints rows/s for each. Ray's time includes starting its
