@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import time
 from pathlib import Path
 
 import cv2
 import imagecodecs
 import numpy as np
 from PIL import Image
+from turns import in_turns, markdown
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hazelnut_toy"
 
@@ -40,17 +40,12 @@ def main() -> None:
     }
     first = {name: fn(blobs[0]) for name, fn in decoders.items()}
     same = all(np.array_equal(a, first["Pillow"]) for a in first.values())
-    times: dict[str, list[float]] = {name: [] for name in decoders}
-    for _ in range(args.rounds):
-        for name, fn in decoders.items():
-            t = time.perf_counter()
-            for b in blobs:
-                fn(b)
-            times[name].append((time.perf_counter() - t) / len(blobs) * 1000)
+    runs = in_turns({name: (lambda fn=fn: [fn(b) for b in blobs]) for name, fn in decoders.items()},
+                    args.rounds)
+    times = {name: [s / len(blobs) * 1000 for s, _ in r] for name, r in runs.items()}
     print(f"{len(blobs)} PNGs of 1600x800 from {args.source.name}, {args.rounds} rounds; same pixels: {same}\n")
-    print("| decoder | best ms an image | median ms an image |\n|---|---|---|")
-    for name, t in times.items():
-        print(f"| {name} | {min(t):.1f} | {float(np.median(t)):.1f} |")
+    print(markdown(["decoder", "best ms an image", "median ms an image"],
+                   [[name, f"{min(t):.1f}", f"{float(np.median(t)):.1f}"] for name, t in times.items()]))
 
 
 if __name__ == "__main__":

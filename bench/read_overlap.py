@@ -14,13 +14,13 @@ detectors' default). Prints a markdown table of images per second.
 from __future__ import annotations
 
 import argparse
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 from normalcy.data import iter_images, load_dataset
 from normalcy.features import FeatureExtractor
+from turns import in_turns, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,16 +57,12 @@ def main() -> None:
     fx = FeatureExtractor()
     sum(in_turn(fx, paths[:64], args.batch_size))  # warm-up: backbone kernels, file cache
     ways = {"overlapped (background reader)": overlapped, "in turn (two readers, then the backbone)": in_turn}
-    rates: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(args.rounds):
-        for name, way in ways.items():
-            t = time.perf_counter()
-            n = sum(way(fx, paths, args.batch_size))
-            rates[name].append(n / (time.perf_counter() - t))
+    runs = in_turns({name: (lambda way=way: sum(way(fx, paths, args.batch_size))) for name, way in ways.items()},
+                    args.rounds)
+    rates = {name: [n / s for s, n in r] for name, r in runs.items()}
     print(f"{len(paths)} images from {args.data.name}, batch size {args.batch_size}, {args.rounds} rounds\n")
-    print("| reading | images/s, each round |\n|---|---|")
-    for name, r in rates.items():
-        print(f"| {name} | {' / '.join(f'{v:.1f}' for v in r)} |")
+    print(markdown(["reading", "images/s, each round"],
+                   [[name, " / ".join(f"{v:.1f}" for v in r)] for name, r in rates.items()]))
 
 
 if __name__ == "__main__":
