@@ -144,6 +144,7 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
             ds = ray.data.from_arrow(data).map_batches(
                 _TableScorer, fn_constructor_args=(files, key), batch_size=4096, batch_format="numpy",
                 compute=_pool(cpus), num_cpus=1)
+            del data  # in Ray's object store now
             runs.append(_write(ds, output if len(inputs) == 1 else output / path.stem, model_dir, address, cpus,
                                [path], "vectors"))
     else:
