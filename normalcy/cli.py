@@ -485,6 +485,35 @@ def demo(
     out.print(f"HTML report: {report_path}")
 
 
+@app.command("export")
+@_guarded
+def export_(
+    model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`."),
+    output: Path = typer.Option(..., "--output", "-o", help="The ONNX file to write."),
+    precision: str = typer.Option("fp32", help="fp32, or int8: the backbone quantised (static, activation ranges "
+                                  "from --calibration); the threshold stays the fp32 model's."),
+    calibration: Optional[Path] = typer.Option(None, help="int8: a folder of normal images to calibrate on "
+                                               "(e.g. the training folder)."),
+    trust_model_code: bool = TrustOpt,
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Export a model's scoring graph to ONNX: resized uint8 RGB pixels in, image scores and maps out, threshold
+    and input size in the metadata (run it with onnxruntime; Python: normalcy.export.OnnxScorer)."""
+    _setup(threads)
+    from .export import export_onnx
+
+    if is_vector_model(model_dir):
+        raise InputError(f"{model_dir} is a vector model (tables): only image models are exported to ONNX")
+    if precision == "int8" and calibration is None:
+        raise InputError("--precision int8 needs --calibration DIR: normal images, such as the training folder")
+    det = load(model_dir, trust_code=trust_model_code)
+    calib = list_files(calibration) if calibration is not None else None
+    path = export_onnx(det, output, precision=precision, calibration_paths=calib)
+    h, w = det.extractor.size
+    console.print(f"exported {det.name} ({precision}) to {path}: input 'pixels' uint8 N x {h} x {w} x 3 RGB "
+                  f"(resized), outputs image_scores, maps; threshold {det.threshold_:.4g}", soft_wrap=True)
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

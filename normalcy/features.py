@@ -182,8 +182,7 @@ class FeatureExtractor:
         return _to_tensor([self._resize(im) for im in images])
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
-        h, w = self.size
-        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        return resize_image(image, self.size)
 
     def level_maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
         """Raw float32 backbone maps of the given levels, in this extractor's precision."""
@@ -265,6 +264,13 @@ class FeatureExtractor:
         """([(path, image, resized image)], []) for an image; ([], [(path, reason)]) for a file that is not one."""
         skipped: list[tuple[Path, str]] = []
         return [(p, im, self._resize(im)) for p, im in iter_images([path], skipped)], skipped
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An HxWx3 uint8 image at (height, width), by area averaging: how every image reaches the backbone
+    (one function, so exported models' runners resize exactly as fitting did)."""
+    h, w = size
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def _to_tensor(resized: Sequence[np.ndarray]) -> torch.Tensor:

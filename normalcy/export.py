@@ -1,0 +1,461 @@
+"""Export a fitted detector's whole scoring graph to ONNX, and score images with onnxruntime.
+
+The graph (``normalcy export MODEL -o model.onnx``) goes from pixels to scores:
+
+* input ``pixels``: uint8, N x H x W x 3, RGB, each image already resized to the model's input size
+  (H, W: ``image_size`` in the metadata) with ``normalcy.features.resize_image`` (OpenCV area
+  averaging): the array ``normalcy.data.read_image`` gives, resized. Decoding and resizing stay outside
+  the graph, as with every ONNX image model; scaling to 0..1 and the backbone's normalisation
+  (``normalisation`` in the metadata, for the record) are inside. N is free.
+* outputs ``image_scores``: float64 [N], the detector's image scores (anomalous: score >= ``threshold``);
+  ``maps``: float32 [N, h, w], anomaly maps on the patch grid, as ``Detector._score`` returns them
+  (``normalcy.features.upsample_map`` draws them at an image's own size, as the detector does).
+
+Everything a runner needs is in the model's ``metadata_props`` under the key ``normalcy`` (JSON):
+threshold, input size, resize, normalisation, the colour range of maps. ``OnnxScorer`` is such a runner.
+
+Each detector's ``_score`` is re-expressed as torch operations (a "head") on the features that
+``FeatureExtractor`` computes, reusing the detector's own functions and networks; tests/test_export.py
+and bench/export_parity.py check that the graph gives the detector's scores and decisions.
+
+* The backbone runs in fp32 in the graph; parity is against the fp32 PyTorch path (a model fitted with
+  ``precision="bf16"`` scores within bf16's error of it). There is no bf16 export: ONNX's Conv does not
+  take bfloat16 and onnxruntime's CPU provider has no bfloat16 MatMul.
+* PatchCore searches its memory bank exactly in the graph (a matmul and a min, in chunks of the bank).
+  A model with a bank large enough for an IVF index (over ``exact_search_max`` patches) therefore scores
+  as ``exact_search(det)`` does, which its IVF search approximates (bench: the difference, measured).
+* ``precision="int8"``: onnxruntime's static quantisation (QDQ, per-channel weights) of the backbone's
+  nodes, activation ranges from normal calibration images (detectors without a backbone: their networks'
+  convolutions). The arithmetic after the backbone (Mahalanobis and nearest-neighbour distances) stays
+  in floating point: int8 would swamp the small differences it measures. Scores move a little, and the
+  threshold is the fp32 model's: bench/export_parity.py reports the AUROC and decisions.
+
+Not exportable (``export_onnx`` raises InputError saying why, see ``NOT_EXPORTABLE``): ``musc``, which is
+zero-shot: it scores a batch of images against each other, and there is no fitted model to export.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .data import InputError, iter_images, list_files
+from .detectors import DETECTORS, DRAEM, EfficientAD, GaussianAD, MuSc, PatchCore, SimpleNet, ZERO_SHOT_MESSAGE
+from .detectors.base import Detector, Maps, Result
+from .detectors.gaussian import mahalanobis
+from .features import Features, resize_image
+
+META_KEY = "normalcy"
+INPUT_NAME = "pixels"
+OUTPUT_NAMES = ["image_scores", "maps"]
+PRECISIONS = ("fp32", "int8")
+NOT_EXPORTABLE = {
+    MuSc.name: ZERO_SHOT_MESSAGE + "; there is no fitted model to export",
+}
+BANK_CHUNK = 8192  # bank patches per distance block: bounds the graph's memory (N x patches x 8192 floats)
+INSTALL_HINT = "pip install -c constraints.txt 'normalcy[export]'"
+
+
+def _need_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise InputError(f"export needs onnx and onnxruntime ({err}): {INSTALL_HINT}") from None
+
+
+# -- the heads: a detector's _score, from features to (image scores, patch maps), as torch ops ----------------
+
+class _GaussianHead(nn.Module):
+    """GaussianAD._score: pooled-level and cell Mahalanobis distances in float64, the patch map in float32."""
+
+    def __init__(self, det: GaussianAD) -> None:
+        super().__init__()
+        self.det = copy.copy(det)  # scale_ as plain floats: traced, a numpy array becomes a tensor the exporter loses
+        self.det.scale_ = tuple(float(v) for v in det.scale_)  # type: ignore[assignment]
+        self.levels = list(det.extractor.pooled_levels)
+        for i, lv in enumerate(self.levels):
+            self.register_buffer(f"mean{i}", torch.from_numpy(det.level_mean_[lv]).double())
+            self.register_buffer(f"prec{i}", torch.from_numpy(det.level_precision_[lv]).double())
+        self.register_buffer("cell_mean", torch.from_numpy(det.cell_mean_).double())
+        self.register_buffer("cell_prec", torch.from_numpy(det.cell_precision_).double())
+        self.register_buffer("patch_mean", torch.from_numpy(det.patch_mean_).float())
+        self.register_buffer("patch_prec", torch.from_numpy(det.patch_precision_).float())
+
+    def forward(self, x: torch.Tensor, f: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = sum(mahalanobis(f.pooled[lv].double(), getattr(self, f"mean{i}"), getattr(self, f"prec{i}"))
+                     for i, lv in enumerate(self.levels))
+        cells = pooled  # unused by _combined without cells
+        if self.det.cells:  # _cell_scores: the largest cell distance, cells G x N x D
+            c = self.det._cells(f.patches).double().transpose(0, 1)
+            cells = mahalanobis(c, self.cell_mean[:, None], self.cell_prec).amax(0)
+        b, d, h, w = f.patches.shape
+        flat = f.patches.permute(0, 2, 3, 1).reshape(-1, d)
+        maps = mahalanobis(flat, self.patch_mean, self.patch_prec).reshape(b, h, w)
+        return self.det._combined(pooled, cells), maps
+
+
+class _PatchCoreHead(nn.Module):
+    """PatchCore._score with exact search: each test patch's nearest bank patch by squared distance
+    ||x||^2 + ||y||^2 - 2 x.y in float32 (as faiss computes it), then the image score of eq. 7
+    (PatchCore._image_scores)."""
+
+    def __init__(self, det: PatchCore, chunk: int = BANK_CHUNK) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.from_numpy(det.shift_).float())
+        self.register_buffer("scale", torch.from_numpy(det.scale_).float())
+        bank = torch.from_numpy(np.ascontiguousarray(det.bank_, dtype=np.float32))
+        # Rows [-2 y, ||y||^2]: one matmul with [x, 1] gives ||y||^2 - 2 x.y, and nothing else of the size of
+        # patches x bank is made (||x||^2 is added after the min). -0.5 times the first D columns is the bank,
+        # exactly (scaling by powers of two is exact).
+        self.register_buffer("bank_aug", torch.cat([-2 * bank, (bank ** 2).sum(1, keepdim=True)], 1))
+        self.register_buffer("bank_knn", torch.from_numpy(det.bank_knn_).long())
+        self.chunks = [(i, min(i + chunk, len(bank))) for i in range(0, len(bank), chunk)]
+
+    def forward(self, x: torch.Tensor, f: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        b, d, h, w = f.patches.shape
+        patches = (f.patches.permute(0, 2, 3, 1).reshape(b, h * w, d) - self.shift) * self.scale
+        ones = torch.ones_like(patches[:, :, :1])
+        aug = torch.cat([patches, ones], -1)
+        best, nn_idx = None, None
+        for i, j in self.chunks:
+            v, idx = (aug @ self.bank_aug[i:j].T).min(-1)
+            idx = idx + i
+            if best is None:
+                best, nn_idx = v, idx
+            else:  # strictly smaller: on a tie the earlier bank patch wins, as a single argmin would pick it
+                closer = v < best
+                best, nn_idx = torch.where(closer, v, best), torch.where(closer, idx, nn_idx)
+        best = best + (patches ** 2).sum(-1)
+        dist = best.clamp_min(0).sqrt()  # B x P
+        top = dist.argmax(1, keepdim=True)  # B x 1
+        s_star = dist.gather(1, top)[:, 0]
+        if self.bank_knn.shape[1] < 2:
+            return s_star.double(), dist.reshape(b, h, w)
+        m_test = patches.gather(1, top[:, :, None].expand(-1, 1, d))  # B x 1 x D
+        support = self.bank_knn[nn_idx.gather(1, top)[:, 0]]  # B x b, the first is m* itself
+        dn = (self.bank_aug[support, :d] * -0.5 - m_test).norm(dim=-1)
+        dn = dn - dn.amax(1, keepdim=True)
+        wgt = 1.0 - dn[:, 0].exp() / dn.exp().sum(1)
+        return (wgt * s_star).double(), dist.reshape(b, h, w)
+
+
+class _SimpleNetHead(nn.Module):
+    """SimpleNet._score: the negated discriminator output of the adapted, standardised patch features."""
+
+    def __init__(self, det: SimpleNet) -> None:
+        super().__init__()
+        self.adaptor, self.discriminator = det.adaptor_, det.discriminator_
+        self.register_buffer("mean", det.mean_.float())
+        self.register_buffer("std", det.std_.float())
+
+    def forward(self, x: torch.Tensor, f: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        b, d, h, w = f.patches.shape
+        z = (f.patches.permute(0, 2, 3, 1).reshape(-1, d).float() - self.mean) / self.std
+        s = (-self.discriminator(self.adaptor(z))).reshape(b, h * w)
+        return s.amax(1), s.reshape(b, h, w)
+
+
+class _DraemHead(nn.Module):
+    """DRAEM._score: defect probability of the image beside its reconstruction; the mean-filtered maximum."""
+
+    def __init__(self, det: DRAEM) -> None:
+        super().__init__()
+        self.det = det
+        self.rec, self.disc = det.rec_, det.disc_
+
+    def forward(self, x: torch.Tensor, f: None) -> tuple[torch.Tensor, torch.Tensor]:
+        xf = self.det._prepare(x).float() / 255.0
+        prob = torch.softmax(self.disc(torch.cat([xf, self.rec(xf)], 1)), 1)[:, 1:]
+        k = self.det.filter_size
+        smooth = F.avg_pool2d(prob, k, stride=1, padding=k // 2, count_include_pad=False)
+        return smooth.amax(dim=(1, 2, 3)), prob[:, 0]
+
+
+class _EfficientADHead(nn.Module):
+    """EfficientAD._score: the mean of its normalised student-teacher and autoencoder maps."""
+
+    def __init__(self, det: EfficientAD) -> None:
+        super().__init__()
+        self.det = copy.copy(det)  # quantiles as plain floats, for the tracer (see _GaussianHead)
+        self.det.quantiles_ = tuple(float(v) for v in det.quantiles_)  # type: ignore[assignment]
+        self.nets = nn.ModuleList([det.teacher_, det.student_, det.ae_])
+
+    def forward(self, x: torch.Tensor, f: None) -> tuple[torch.Tensor, torch.Tensor]:
+        st, ae = self.det.branch_maps(x)
+        m = 0.5 * st + 0.5 * ae
+        return m.amax((1, 2)), m
+
+
+HEADS: dict[str, Callable[[Any], nn.Module]] = {
+    GaussianAD.name: _GaussianHead,
+    PatchCore.name: _PatchCoreHead,
+    SimpleNet.name: _SimpleNetHead,
+    DRAEM.name: _DraemHead,
+    EfficientAD.name: _EfficientADHead,
+}
+
+
+class ScoringGraph(nn.Module):
+    """uint8 N x H x W x 3 resized RGB images -> (image scores [N] float64, patch maps [N, h, w] float32)."""
+
+    def __init__(self, det: Detector) -> None:
+        super().__init__()
+        self.extractor = copy.copy(det.extractor)
+        self.extractor.precision = "fp32"  # the exported backbone is fp32; parity is against this path
+        if det.uses_features:  # registered here so its weights become the graph's
+            self.backbone = self.extractor.backbone
+        self.pooled, self.features = det.uses_pooled, det.uses_features
+        self.head = HEADS[det.name](det)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pixels.permute(0, 3, 1, 2).float() / 255.0  # as features._to_tensor
+        f = self.extractor(x, pooled=self.pooled) if self.features else None
+        scores, maps = self.head(x, f)
+        return scores.double(), maps.float()
+
+
+def check_exportable(det: Any) -> None:
+    """InputError naming why, for a detector the export cannot write."""
+    name = getattr(det, "name", type(det).__name__)
+    if name in NOT_EXPORTABLE:
+        raise InputError(f"cannot export {name}: {NOT_EXPORTABLE[name]}")
+    if not isinstance(det, Detector) or name not in HEADS:
+        why = "its scoring is not written as an exportable graph yet" if name in DETECTORS else "not a detector"
+        raise InputError(f"cannot export {name}: {why}; exportable: {', '.join(sorted(HEADS))}")
+    det._check_fitted()
+
+
+def exact_search(det: Detector) -> Detector:
+    """A PatchCore that searches its bank exactly (what the graph does), sharing everything else; any
+    other detector as it is. An IVF model's own scores differ from the graph's where its search misses."""
+    if not isinstance(det, PatchCore) or not len(det.cells_):
+        return det
+    exact = copy.copy(det)
+    exact.cells_ = det.cells_[:0]
+    exact._index = None
+    return exact
+
+
+def metadata(det: Detector, precision: str) -> dict[str, Any]:
+    """What a runner needs besides the graph, stored as JSON in the model's metadata_props."""
+    h, w = det.extractor.size
+    spec = det.extractor.spec
+    return {
+        "detector": det.name,
+        "precision": precision,
+        "threshold": float(det.threshold_),  # type: ignore[arg-type]
+        "fpr": det.fpr,
+        "map_range": list(det.map_range_ or (0.0, 1.0)),
+        "image_size": [h, w],
+        "input": f"{INPUT_NAME}: uint8 [N, {h}, {w}, 3] RGB, each image resized to {h}x{w} with "
+                 "cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) (normalcy.features.resize_image)",
+        "resize": "cv2.INTER_AREA",
+        "normalisation": {"scale": 1 / 255, "mean": list(spec.mean), "std": list(spec.std),
+                          "note": "inside the graph: (pixels / 255 - mean) / std"},
+        "outputs": {"image_scores": "float64 [N]: anomalous when >= threshold",
+                    "maps": "float32 [N, h, w]: anomaly map on the patch grid (upsample to the image's size)"},
+        "backbone": spec.name,
+        "normalcy_version": __version__,
+        **({"exact_search": True} if isinstance(det, PatchCore) else {}),
+        **({"threshold_note": "the fp32 model's threshold; int8 moves scores a little"} if precision == "int8" else {}),
+    }
+
+
+def export_onnx(det: Detector, path: str | Path, precision: str = "fp32",
+                calibration_paths: Sequence[Path] | None = None, calibration_images: int = 64) -> Path:
+    """Write det's scoring graph to an ONNX file; int8 quantises the backbone on normal calibration images."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
+                         + ("" if precision != "bf16" else ": ONNX's Conv does not take bfloat16 and "
+                            "onnxruntime's CPU provider has no bfloat16 MatMul"))
+    if precision == "int8" and not calibration_paths:
+        raise InputError("int8 export needs calibration images: normal images such as the training folder")
+    check_exportable(det)
+    _need_onnx()
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = ScoringGraph(det).eval()
+    h, w = det.extractor.size
+    meta = metadata(det, precision)
+    with tempfile.TemporaryDirectory() as tmp:  # torch writes the weights beside the graph: one file in the end
+        fp32 = Path(tmp) / "fp32.onnx"
+        _torch_export(graph, torch.zeros((2, h, w, 3), dtype=torch.uint8), fp32)
+        model = onnx.load(str(fp32))
+        if precision == "int8":
+            paths = list(calibration_paths or [])
+            picked = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(calibration_images, len(paths)))]
+            pixels = [im for _, _, im in _resized(picked, (h, w), [])]
+            if not pixels:
+                raise InputError(f"none of the {len(picked)} calibration files could be read as an image")
+            _quantize(fp32, Path(tmp) / "int8.onnx", np.stack(pixels))
+            order = [n.name for n in model.graph.node]
+            model = onnx.load(str(Path(tmp) / "int8.onnx"))
+            _restore_order(model.graph, order)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {META_KEY: json.dumps(meta)})
+    model.doc_string = f"normalcy {det.name}: uint8 NHWC RGB pixels at {h}x{w} -> image_scores, maps"
+    onnx.save(model, str(path))
+    return path
+
+
+def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """torch.onnx's dynamo exporter, batch size free; its chatter (warnings, progress) silenced."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            # Strict (TorchDynamo) capture: the non-strict tracer loses track of modules when the backbone
+            # stops its forward pass early by raising from a hook.
+            program = torch.export.export(graph, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                          strict=True)
+            torch.onnx.export(program, f=str(path), input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
+                              dynamo=True, verbose=False)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _resized(paths: Sequence[Path], size: tuple[int, int], skipped: list[tuple[Path, str]]
+             ) -> Iterator[tuple[Path, tuple[int, int], np.ndarray]]:
+    """(path, original height and width, image resized to the graph's input) of each readable image."""
+    for p, im in iter_images(paths, skipped):
+        yield p, im.shape[:2], resize_image(im, size)
+
+
+def _quantize(src: Path, dst: Path, pixels: np.ndarray, batch: int = 1) -> None:
+    """Static int8 quantisation of the backbone (QDQ, per-channel weights), activation ranges (MinMax) from
+    normal images, one at a time (the calibration session runs in onnxruntime's default order, see
+    OnnxScorer)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(range(0, len(pixels), batch))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            i = next(self.batches, None)
+            return None if i is None else {INPUT_NAME: pixels[i:i + batch]}
+
+    import onnx
+
+    # The backbone's nodes, all of them (convolutions, activations, residual sums: fewer conversions between
+    # int8 and float); a detector without a backbone: its networks' convolutions.
+    backbone = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node
+                if any(p.key == "pkg.torch.onnx.name_scopes" and "'extractor.backbone'" in p.value
+                       for p in n.metadata_props)]
+    scope = {"nodes_to_quantize": backbone} if backbone else {"op_types_to_quantize": ["Conv"]}
+    logging.disable(logging.WARNING)  # its advice to pre-process: that step fails on these graphs' shapes
+    try:
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, **scope)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _restore_order(graph: Any, order: list[str]) -> None:
+    """Sort the quantised graph's nodes as the fp32 graph had them (a quantisation node: as the node it feeds).
+
+    The quantiser sorts them breadth first, which puts every PatchCore bank chunk's distances before the
+    first minimum; onnxruntime, which runs ties in the file's order, then holds all of them at once."""
+    import heapq
+
+    rank = {name: i for i, name in enumerate(order)}
+    nodes = list(graph.node)
+    consumers: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for name in n.input:
+            consumers.setdefault(name, []).append(k)
+    keys: dict[int, float] = {}
+
+    def key(k: int) -> float:
+        if k not in keys:
+            keys[k] = float(len(order))  # provisional, so a cycle of lookups ends
+            below = [key(c) for out in nodes[k].output for c in consumers.get(out, [])]
+            keys[k] = float(rank[nodes[k].name]) if nodes[k].name in rank else min(below, default=len(order)) - 0.5
+        return keys[k]
+
+    produced = {out: k for k, n in enumerate(nodes) for out in n.output}
+    waiting = {k: {produced[i] for i in n.input if i in produced} for k, n in enumerate(nodes)}
+    ready = [(key(k), k) for k, deps in waiting.items() if not deps]
+    heapq.heapify(ready)
+    queued = {k for _, k in ready}
+    done: list[int] = []
+    while ready:
+        _, k = heapq.heappop(ready)
+        done.append(k)
+        for out in nodes[k].output:
+            for c in consumers.get(out, []):
+                waiting[c].discard(k)
+                if not waiting[c] and c not in queued:
+                    queued.add(c)
+                    heapq.heappush(ready, (key(c), c))
+    if len(done) == len(nodes):  # else leave the quantiser's order, which is valid
+        del graph.node[:]
+        graph.node.extend(nodes[k] for k in done)
+
+
+class OnnxScorer:
+    """Scores image files with an exported model and onnxruntime: normalcy's own reading and resizing."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        _need_onnx()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # The default order computes every bank chunk's distances before reducing any (patchcore, magnetic_tile,
+        # batch of 8: 1.2 GB more); in priority order each chunk is reduced and freed first (0.3 GB).
+        opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        props = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in props:
+            raise InputError(f"{path}: not a normalcy export (no '{META_KEY}' metadata)")
+        self.meta: dict[str, Any] = json.loads(props[META_KEY])
+        self.size: tuple[int, int] = tuple(self.meta["image_size"])  # type: ignore[assignment]
+        self.threshold = float(self.meta["threshold"])
+
+    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The graph alone: uint8 N x H x W x 3 resized images -> (image scores, patch maps)."""
+        scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels})
+        return scores, maps
+
+    def score(self, paths: Sequence[Path] | str | Path, batch_size: int = 8) -> Result:
+        """Scores, decisions and maps (at each image's own size, drawn when read) of the readable images."""
+        if isinstance(paths, (str, Path)):
+            paths = list_files(paths)
+        skipped: list[tuple[Path, str]] = []
+        done: list[Path] = []
+        sizes: list[tuple[int, int]] = []
+        scores: list[np.ndarray] = []
+        grids: list[np.ndarray] = []
+        paths = list(paths)
+        for i in range(0, len(paths), batch_size):
+            got = list(_resized(paths[i: i + batch_size], self.size, skipped))
+            if not got:
+                continue
+            s, m = self.run(np.stack([im for _, _, im in got]))
+            done += [p for p, _, _ in got]
+            sizes += [hw for _, hw, _ in got]
+            scores.append(s.astype(np.float64))
+            grids += list(m)
+        sc = np.concatenate(scores) if scores else np.zeros(0)
+        return Result(paths=done, scores=sc, maps=Maps(grids, sizes), decisions=sc >= self.threshold,
+                      threshold=self.threshold, skipped=skipped)
