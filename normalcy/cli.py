@@ -21,13 +21,13 @@ from rich.table import Table
 
 from . import __version__
 from .backbones import BACKBONES, BackboneSpec, custom_backbone
-from .data import ImageError, InputError, iter_images, list_files
+from .data import ImageError, InputError, input_paths, iter_images, list_files
 from .detectors import DETECTORS, MuSc, NotFittedError, Skipped, create, load
 from .features import FeatureExtractor, size_for
 from .progress import console, progress_bar
 from .run import EMBEDDINGS, RunWriter
-from .tables import (DEFAULT_DETECTOR, eval_table, fit_table, is_table, is_vector_model, load_vector_model,
-                     read_table, save_vector_model, score_table, threshold_of, write_table_run)
+from .tables import (DEFAULT_DETECTOR, check_tables, eval_table, fit_table, is_table, is_vector_model,
+                     load_vector_model, read_table, save_vector_model, score_table, threshold_of, write_table_run)
 
 app = typer.Typer(
     add_completion=False,
@@ -185,11 +185,9 @@ def _fit_table(path: Path, output: Path, detector: str, fpr: float, seed: int, l
 def _predict_table(model_dir: Path, inputs: list[Path], output: Path, id_column: Optional[str]) -> None:
     """Score each table with a vector model; a table that cannot be read is named and the others go on."""
     det, meta = load_vector_model(model_dir)
-    for i, path in enumerate(inputs):
-        if not is_table(path):
-            raise InputError(f"{path}: a vector model scores tables (.csv, .parquet, .npz), not images")
+    check_tables(inputs)
     failed = []
-    for i, path in enumerate(inputs):
+    for path in inputs:
         target = output if len(inputs) == 1 else output / path.stem
         try:
             table = read_table(path, id_column=id_column, columns=meta.columns)
@@ -256,7 +254,7 @@ def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bo
                  trust_code: bool = False) -> None:
     """Stream every file through the model into a run folder; a file that fails is skipped, named, not fatal."""
     det = load(model_dir, trust_code=trust_code)
-    paths = _input_paths(inputs)
+    paths = input_paths(inputs)
     if embeddings is None:  # free where the backbone runs anyway; `serve` computes them later for the others
         embeddings = det.uses_features
     writer = RunWriter(output, det.threshold_, det.map_range_ or (0.0, 1.0),  # type: ignore[arg-type]
@@ -306,10 +304,10 @@ def score_batch(
 ) -> None:
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
-    paths = _input_paths(inputs)
+    paths = input_paths(inputs)
     det = MuSc(_extractor(backbone, backbone_config, image_size, precision=precision, sample=paths),
                image_score=image_score, rscin_k=rscin_k)
-    det.references(_input_paths(extra) if extra else [])
+    det.references(input_paths(extra) if extra else [])
     _report_skipped(det.skipped_refs_)
     result = det.score(paths, embeddings=True)  # images are read again below: a big batch need not fit in memory
     writer = RunWriter(output, result.threshold, det.map_range_ or (0.0, 1.0), heatmaps=heatmaps, overlays=heatmaps,
@@ -326,13 +324,6 @@ def score_batch(
                         bool(result.decisions[i]), result.embeddings[i])
             bar.advance(task)
     _finish_run(writer, skipped, f"normalcy score-batch (MuSc, zero-shot): {len(writer.rows)} images")
-
-
-def _input_paths(inputs: list[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for p in inputs:
-        paths.extend(list_files(p) if p.is_dir() else [p])
-    return paths
 
 
 def _finish_run(writer: RunWriter, skipped: list[tuple[Path, str]], title: str) -> None:
@@ -432,12 +423,18 @@ def eval_(
         test_table = read_table(test, label_column) if test is not None else None
         metrics = eval_table(read_table(dataset, label_column), detector or DEFAULT_DETECTOR, fpr, seed, test_table)
         _report_skipped_rows(dataset, [(str(i), str(r)) for i, r in metrics["skipped"]])
-        if as_json:
-            sys.stdout.write(json.dumps(metrics) + "\n")
-        else:
-            out.print(metrics_table(metrics))
-        return
-    detector = detector or "gaussian"
+    else:
+        metrics = _eval_images(dataset, detector or "gaussian", backbone, backbone_config, image_size, pool_grid,
+                               precision, fpr, seed, steps, time_budget, report)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics) + "\n")
+    else:
+        out.print(metrics_table(metrics))
+
+
+def _eval_images(dataset: Path, detector: str, backbone: str, backbone_config: Optional[Path], image_size: str,
+                 pool_grid: int, precision: str, fpr: float, seed: int, steps: Optional[int],
+                 time_budget: Optional[float], report: Optional[Path]) -> dict[str, Any]:
     from .data import load_dataset
     from .evaluate import run_eval, write_eval_report
 
@@ -449,10 +446,7 @@ def eval_(
     if report is not None:
         write_eval_report(report, metrics, det, result, ds)
         console.print(f"report: {report}")
-    if as_json:
-        sys.stdout.write(json.dumps(metrics) + "\n")
-    else:
-        out.print(metrics_table(metrics))
+    return metrics
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:

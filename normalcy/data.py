@@ -140,6 +140,14 @@ def list_files(folder: str | Path, recursive: bool = True) -> list[Path]:
     return files
 
 
+def input_paths(inputs: Sequence[Path]) -> list[Path]:
+    """The files that command-line inputs name: each folder's images (``list_files``), each file as it is."""
+    paths: list[Path] = []
+    for p in inputs:
+        paths.extend(list_files(p) if p.is_dir() else [p])
+    return paths
+
+
 # -------------------------------------------------------------------------- images
 
 

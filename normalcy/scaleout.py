@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import InputError, list_files
+from .data import InputError, input_paths
 from .modelfile import MODEL_JSON
 
 RESULTS = "scores.parquet"
@@ -122,13 +122,12 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
     except ImportError:
         raise InputError("--ray needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
 
-    from .tables import is_table, is_vector_model, read_table
+    from .tables import check_tables, is_vector_model, read_table
 
     files = _model_files(model_dir)
     vectors = is_vector_model(model_dir)
-    if vectors and any(not is_table(p) for p in inputs):
-        bad = next(p for p in inputs if not is_table(p))
-        raise InputError(f"{bad}: a vector model scores tables (.csv, .parquet, .npz), not images")
+    if vectors:
+        check_tables(inputs)
     cpus = _init(address)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
@@ -148,7 +147,7 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
             runs.append(_write(ds, output if len(inputs) == 1 else output / path.stem, model_dir, address, cpus,
                                [path], "vectors"))
     else:
-        paths = [q for p in inputs for q in (list_files(p) if p.is_dir() else [p])]
+        paths = input_paths(inputs)
         if not paths:
             raise InputError("no images to score")
         ds = ray.data.from_items([{"path": os.fspath(p)} for p in paths]).map_batches(

@@ -27,6 +27,7 @@ from sklearn.model_selection import train_test_split
 
 from . import __version__
 from .data import InputError
+from .modelfile import MODEL_JSON
 from .run import EMBEDDINGS
 from .vectors import ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector, finite_rows
 
@@ -202,12 +203,19 @@ def save_vector_model(det: Any, name: str, columns: list[str], directory: str | 
     meta = VectorModelMeta(kind=VECTOR_KIND, normalcy_version=__version__, detector=name, columns=columns,
                            fpr=float(det.fpr), threshold=threshold_of(det), n_train=len(det.calibration_scores_),
                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    (d / "model.json").write_text(meta.model_dump_json(indent=2) + "\n")
+    (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
+
+
+def check_tables(inputs: list[Path]) -> None:
+    """A vector model scores tables only: the first input that is not one is named."""
+    bad = next((p for p in inputs if not is_table(p)), None)
+    if bad is not None:
+        raise InputError(f"{bad}: a vector model scores tables (.csv, .parquet, .npz), not images")
 
 
 def is_vector_model(directory: Path) -> bool:
     try:
-        return json.loads((Path(directory) / "model.json").read_text()).get("kind") == VECTOR_KIND
+        return json.loads((Path(directory) / MODEL_JSON).read_text()).get("kind") == VECTOR_KIND
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -218,7 +226,7 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
     import skops.io as sio
 
     d = Path(directory)
-    meta_path, model_path = d / "model.json", d / MODEL_FILE
+    meta_path, model_path = d / MODEL_JSON, d / MODEL_FILE
     try:
         meta = VectorModelMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
     except OSError as err:
