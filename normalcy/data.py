@@ -252,38 +252,73 @@ def _open_loaded(p: Path) -> Image.Image:
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _read_plain_png(p: Path) -> np.ndarray | None:
-    """An 8-bit grey or RGB PNG without transparency, decoded by imagecodecs; None for anything else.
+def _read_plain(p: Path) -> np.ndarray | None:
+    """An 8-bit grey or RGB PNG without transparency, or a grey or colour JPEG without EXIF, decoded by
+    imagecodecs; None for anything else.
 
-    Decoding is most of the reading time at high resolution, and imagecodecs' libpng build (zlib-ng inside)
-    is the fastest decoder we have: one 1600x800 PNG takes 34 ms with Pillow, 23 with OpenCV and 17 with this
-    (``bench/png_decoders.py``; ``bench/highres.py``'s read stage fell from 27 to 18 ms). The pixels are the same (lossless, and none of them applies
-    gamma or colour profiles). Every other file, and any file it cannot decode (truncated, corrupt, larger
-    than Pillow's decompression-bomb limit), goes the Pillow way, which names the problem.
+    Decoding is most of the reading time, and imagecodecs' builds are the fastest decoders we have: one
+    1600x800 PNG takes 34 ms with Pillow, 23 with OpenCV and 17 with its libpng (zlib-ng inside)
+    (``bench/png_decoders.py``); a 275x330 magnetic_tile JPEG 0.80 ms through Pillow and 0.35 with its
+    libjpeg-turbo. The pixels are the same (PNG is lossless and none of them applies gamma or colour
+    profiles; both JPEG paths are libjpeg-turbo's default decoder: tests/test_data.py compares them). Every
+    other file (EXIF orientation, CMYK, 16 bits, transparency), and any file it cannot decode (truncated,
+    corrupt, larger than Pillow's decompression-bomb limit), goes the Pillow way, which names the problem.
     """
     try:
         with open(p, "rb") as f:
             head = f.read(33)
-            if len(head) < 33 or head[:8] != _PNG or head[12:16] != b"IHDR":
+            if head[:8] == _PNG:
+                if not _plain_png_header(head):
+                    return None
+                data = head + f.read()
+                if b"tRNS" in data[: data.find(b"IDAT")]:  # a transparent colour: composited on black the Pillow way
+                    return None
+                decode = imagecodecs.png_decode
+            elif head[:3] == b"\xff\xd8\xff":
+                data = head + f.read()
+                if not _plain_jpeg(data):
+                    return None
+                decode = imagecodecs.jpeg8_decode
+            else:
                 return None
-            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-            depth, colour = head[24], head[25]
-            if depth != 8 or colour not in (0, 2) or width * height > (Image.MAX_IMAGE_PIXELS or 0):
-                return None
-            data = head + f.read()
     except OSError:
         return None
-    if b"tRNS" in data[: data.find(b"IDAT")]:  # a transparent colour: composited on black the Pillow way
-        return None
     try:
-        arr = imagecodecs.png_decode(data)
-    except Exception:  # imagecodecs.PngError and kin: Pillow names the problem
+        arr = decode(data)
+    except Exception:  # imagecodecs.PngError, JpegError and kin: Pillow names the problem
         return None
-    if arr.shape[:2] != (height, width) or arr.dtype != np.uint8:
+    if arr.dtype != np.uint8 or arr.shape[0] * arr.shape[1] > (Image.MAX_IMAGE_PIXELS or 0):
         return None
     if arr.ndim == 2:
         return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
     return arr if arr.ndim == 3 and arr.shape[2] == 3 else None
+
+
+def _plain_png_header(head: bytes) -> bool:
+    """An 8-bit grey or RGB PNG of a size Pillow would open."""
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        return False
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return head[24] == 8 and head[25] in (0, 2) and width * height <= (Image.MAX_IMAGE_PIXELS or 0)
+
+
+def _plain_jpeg(data: bytes) -> bool:
+    """A JPEG that ends where it should (libjpeg-turbo fills a truncated one with grey; Pillow says it is
+    truncated) and whose segments before the scan carry no EXIF (which may rotate it: Pillow applies that)
+    and no Adobe marker (CMYK and YCCK files carry one)."""
+    if not data.endswith(b"\xff\xd9"):
+        return False
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xDA:  # start of scan: the header is over
+            return True
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        body = data[i + 4 : i + 2 + length]
+        if (marker == 0xE1 and body.startswith(b"Exif")) or (marker == 0xEE and body.startswith(b"Adobe")):
+            return False
+        i += 2 + length
+    return False
 
 
 def _short(msg: str, limit: int = 120) -> str:
@@ -303,7 +338,7 @@ def read_image(path: str | Path) -> np.ndarray:
             missing, empty, not an image, truncated or otherwise corrupt.
     """
     p = Path(path)
-    fast = _read_plain_png(p)
+    fast = _read_plain(p)
     if fast is not None:
         return fast
     im = _open_loaded(p)

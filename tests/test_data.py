@@ -59,14 +59,40 @@ def test_plain_pngs_decoded_by_imagecodecs_give_pillows_pixels(tmp_path: Path, m
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     Image.fromarray(grey).save(tmp_path / "grey.png")
     Image.fromarray(grey).save(tmp_path / "trns.png", transparency=int(grey[0, 0]))  # a transparent grey level
-    assert data._read_plain_png(tmp_path / "trns.png") is None  # goes the Pillow way, composited on black
+    assert data._read_plain(tmp_path / "trns.png") is None  # goes the Pillow way, composited on black
     assert (read_image(tmp_path / "trns.png")[0, 0] == 0).all()
-    fast = {n: data._read_plain_png(tmp_path / f"{n}.png") for n in ("rgb", "grey")}
+    fast = {n: data._read_plain(tmp_path / f"{n}.png") for n in ("rgb", "grey")}
     np.testing.assert_array_equal(fast["rgb"], rgb)
     np.testing.assert_array_equal(fast["grey"], np.repeat(grey[:, :, None], 3, axis=2))
-    monkeypatch.setattr(data, "_read_plain_png", lambda p: None)  # Pillow alone: the same pixels
+    monkeypatch.setattr(data, "_read_plain", lambda p: None)  # Pillow alone: the same pixels
     for n in ("rgb", "grey"):
         np.testing.assert_array_equal(read_image(tmp_path / f"{n}.png"), fast[n])
+
+
+def test_plain_jpegs_decoded_by_imagecodecs_give_pillows_pixels(tmp_path: Path) -> None:
+    """Colour (every chroma subsampling, baseline and progressive) and grey JPEGs: imagecodecs' pixels are
+    Pillow's exactly; EXIF (may rotate), CMYK and truncated files are left to Pillow."""
+    import normalcy.data as data
+
+    photo = Image.fromarray(_rgb(60, 80, seed=5)).resize((160, 120))
+    for sub in (0, 1, 2):
+        for progressive in (False, True):
+            path = tmp_path / f"c{sub}{progressive}.jpg"
+            photo.save(path, quality=85, subsampling=sub, progressive=progressive)
+            np.testing.assert_array_equal(data._read_plain(path), np.asarray(Image.open(path).convert("RGB")))
+    photo.convert("L").save(tmp_path / "g.jpg")
+    np.testing.assert_array_equal(data._read_plain(tmp_path / "g.jpg"),
+                                  np.asarray(Image.open(tmp_path / "g.jpg").convert("RGB")))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    photo.save(tmp_path / "e.jpg", exif=exif)
+    photo.convert("CMYK").save(tmp_path / "k.jpg")
+    (tmp_path / "t.jpg").write_bytes((tmp_path / "g.jpg").read_bytes()[:400])
+    for name in ("e.jpg", "k.jpg", "t.jpg"):
+        assert data._read_plain(tmp_path / name) is None, name
+    assert read_image(tmp_path / "e.jpg").shape == (160, 120, 3)  # Pillow applied the rotation
+    with pytest.raises(ImageError, match="truncated"):
+        read_image(tmp_path / "t.jpg")
 
 
 def test_read_rgb_jpeg(tmp_path: Path) -> None:
