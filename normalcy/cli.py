@@ -23,7 +23,7 @@ from . import __version__
 from .backbones import BACKBONES, BackboneSpec, custom_backbone
 from .data import ImageError, InputError, input_paths, iter_images, list_files
 from .detectors import DETECTORS, MuSc, NotFittedError, Skipped, create, load
-from .features import FeatureExtractor, size_for
+from .features import FeatureExtractor, native_size, size_for
 from .progress import console, progress_bar
 from .run import EMBEDDINGS, RunWriter
 from .tables import (DEFAULT_DETECTOR, check_tables, eval_table, fit_table, is_table, is_vector_model,
@@ -74,8 +74,10 @@ def _guarded(fn: Any) -> Any:
 
 
 def _extractor(backbone: str, backbone_config: Optional[Path], image_size: str, pool_grid: int = 4,
-               precision: str = "auto", sample: list[Path] | None = None) -> FeatureExtractor:
-    """The feature extractor the options describe; ``--image-size auto`` reads the sample's aspect ratio."""
+               precision: str = "auto", sample: list[Path] | None = None, tile: Optional[int] = None,
+               overlap: int = 64) -> FeatureExtractor:
+    """The feature extractor the options describe; ``--image-size auto`` reads the sample's aspect ratio
+    (with ``--tile``: the sample's own median size, which the tiles then cover)."""
     spec: str | BackboneSpec = backbone
     if backbone_config is not None:
         try:
@@ -85,10 +87,12 @@ def _extractor(backbone: str, backbone_config: Optional[Path], image_size: str, 
         spec = custom_backbone(**cfg)
     size: Any = image_size
     if str(image_size).strip().lower() == "auto":
-        size = size_for(sample or [])
-        if size[0] != size[1]:
-            console.print(f"input size {size[0]}x{size[1]} (height x width), from the images' aspect ratio")
-    return FeatureExtractor(backbone=spec, image_size=size, pool_grid=pool_grid, precision=precision)
+        size = native_size(sample or []) if tile else size_for(sample or [])
+        if size[0] != size[1] or tile:
+            why = "the images' own size, in tiles" if tile else "the images' aspect ratio"
+            console.print(f"input size {size[0]}x{size[1]} (height x width), from {why}")
+    return FeatureExtractor(backbone=spec, image_size=size, pool_grid=pool_grid, precision=precision, tile=tile,
+                            overlap=overlap)
 
 
 DetectorOpt = typer.Option(None, "--detector", "-d",
@@ -122,6 +126,10 @@ TrustOpt = typer.Option(False, "--trust-model-code", help="Allow a model whose c
 LabelColumnOpt = typer.Option(None, help="Tables: the column of labels (0 normal, anything else anomaly); fit "
                               "leaves anomalous rows out, eval needs it.")
 IdColumnOpt = typer.Option(None, help="Tables: the column that names each row in the results (default: row number).")
+TileOpt = typer.Option(None, "--tile", help="Cut each image, at --image-size (auto: its own size), into overlapping "
+                       "square tiles of this many pixels (a multiple of 32) and blend their features into one map: "
+                       "high-resolution images without shrinking them.")
+OverlapOpt = typer.Option(64, "--overlap", help="With --tile: pixels neighbouring tiles share (a multiple of 32).")
 GridOpt = typer.Option(4, help="Image-level features are pooled on a g x g grid (1 = whole image, as Rippel et al.).")
 
 
@@ -135,6 +143,8 @@ def fit(
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: str = SizeOpt,
+    tile: Optional[int] = TileOpt,
+    overlap: int = OverlapOpt,
     pool_grid: int = GridOpt,
     precision: str = PrecisionOpt,
     fpr: float = FprOpt,
@@ -152,7 +162,7 @@ def fit(
         return
     detector = detector or "gaussian"
     paths = list_files(train_dir)
-    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, paths)
+    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, paths, tile, overlap)
     kwargs = _detector_kwargs(detector, fpr, seed, steps, time_budget)
     if detector == "auto":
         from .validation import fit_auto
@@ -291,6 +301,8 @@ def score_batch(
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: str = SizeOpt,
+    tile: Optional[int] = TileOpt,
+    overlap: int = OverlapOpt,
     precision: str = PrecisionOpt,
     heatmaps: bool = HeatmapsOpt,
     report: bool = ReportOpt,
@@ -305,7 +317,8 @@ def score_batch(
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
     paths = input_paths(inputs)
-    det = MuSc(_extractor(backbone, backbone_config, image_size, precision=precision, sample=paths),
+    det = MuSc(_extractor(backbone, backbone_config, image_size, precision=precision, sample=paths, tile=tile,
+                          overlap=overlap),
                image_score=image_score, rscin_k=rscin_k)
     det.references(input_paths(extra) if extra else [])
     _report_skipped(det.skipped_refs_)
@@ -401,6 +414,8 @@ def eval_(
     backbone: str = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: str = SizeOpt,
+    tile: Optional[int] = TileOpt,
+    overlap: int = OverlapOpt,
     pool_grid: int = GridOpt,
     precision: str = PrecisionOpt,
     fpr: float = FprOpt,
@@ -425,7 +440,7 @@ def eval_(
         _report_skipped_rows(dataset, [(str(i), str(r)) for i, r in metrics["skipped"]])
     else:
         metrics = _eval_images(dataset, detector or "gaussian", backbone, backbone_config, image_size, pool_grid,
-                               precision, fpr, seed, steps, time_budget, report)
+                               precision, fpr, seed, steps, time_budget, report, tile, overlap)
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:
@@ -434,12 +449,13 @@ def eval_(
 
 def _eval_images(dataset: Path, detector: str, backbone: str, backbone_config: Optional[Path], image_size: str,
                  pool_grid: int, precision: str, fpr: float, seed: int, steps: Optional[int],
-                 time_budget: Optional[float], report: Optional[Path]) -> dict[str, Any]:
+                 time_budget: Optional[float], report: Optional[Path], tile: Optional[int] = None,
+                 overlap: int = 64) -> dict[str, Any]:
     from .data import load_dataset
     from .evaluate import run_eval, write_eval_report
 
     ds = load_dataset(dataset)
-    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, ds.train)
+    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, ds.train, tile, overlap)
     metrics, det, result = run_eval(ds, detector, extractor, progress=True,
                                     detector_kwargs=_detector_kwargs(detector, fpr, seed, steps, time_budget))
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])

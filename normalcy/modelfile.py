@@ -104,6 +104,8 @@ class ExtractorMeta(_Strict):
     pool_grid: int = Field(ge=1)
     pool_max_dim: int = Field(ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # models from before bf16 ran in fp32
+    tile: int | None = Field(None, ge=32)  # models from before tiling ran untiled
+    overlap: int = Field(64, ge=0)
 
     @field_validator("backbone_extras", mode="before")
     @classmethod

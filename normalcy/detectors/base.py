@@ -190,6 +190,9 @@ class Detector:
         except ValidationError as err:
             raise InputError(validation_message(f"detector {self.name}", err)) from None
         self.extractor = extractor or FeatureExtractor()
+        if self.extractor.tile and not self.uses_features:
+            raise InputError(f"detector {self.name} works on the resized image, not on backbone features: tiling "
+                             f"(--tile) is for gaussian, patchcore, simplenet and musc")
         self.fpr, self.batch_size, self.seed = common.fpr, common.batch_size, common.seed
         for key, value in validated:
             setattr(self, key, value)
