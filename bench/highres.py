@@ -3,6 +3,8 @@
     python bench/highres.py [--source ../shared/data/hazelnut_toy] [--width 1600 --height 800] \
         [--variants 4] [--detectors gaussian patchcore] [--format png]
     python bench/highres.py --native --source ../shared/data/magnetic_tile   # the source as it is (issue 13's profile)
+    python bench/highres.py --native --source ../shared/data/magnetic_tile --image-size 160   # the fast path
+    python bench/highres.py --image-size 800x1600 --tile 256 --overlap 64   # 1600x800 scored at full size, in tiles
 
 Builds, in a temporary folder that is deleted afterwards, an MVTec-layout data set whose images
 and masks are the source's resized to WIDTH x HEIGHT; ``--variants`` adds flipped copies (flips of
@@ -15,7 +17,8 @@ default ``--image-size auto``, each in its own process so that peak memory is it
 * eval: ``normalcy eval DATA --json`` (its own images/s and peak RSS: fit, score, masks, pixel metrics);
 * stages: each stage of scoring timed on its own, one after the other, in ms per image.
 
-``--native`` skips the resizing and measures the source data set as it is.
+``--native`` skips the resizing and measures the source data set as it is. ``--image-size``, ``--tile`` and
+``--overlap`` are passed to ``normalcy fit`` and ``normalcy eval``.
 
 Prints a markdown table.
 """
@@ -41,9 +44,9 @@ FLIPS = [None, 1, 0, -1]  # cv2.flip codes: as is, left-right, up-down, both
 
 STAGES = ("read", "resize", "backbone", "detector", "upsample", "png", "metrics")
 HEADER = ("| detector | input size | score img/s | predict img/s (loop / with start-up) | eval img/s | "
-          "peak RSS MB (score / predict / eval) | ms per image: read | resize | backbone | detector | "
-          "map upsample | PNG writing | masks + pixel metrics |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "batch-1 latency ms | image AUROC | peak RSS MB (score / predict / eval) | ms per image: read | resize | "
+          "backbone | detector | map upsample | PNG writing | masks + pixel metrics |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def make_dataset(source: Path, out: Path, size: tuple[int, int], variants: int, fmt: str) -> Path:
@@ -158,6 +161,9 @@ def main() -> None:
     ap.add_argument("--detectors", nargs="+", default=["gaussian", "patchcore"])
     ap.add_argument("--workdir", type=Path, help="build the data set here and keep it (default: a temporary folder)")
     ap.add_argument("--native", action="store_true", help="measure --source as it is, not resized")
+    ap.add_argument("--image-size", default="auto", help="normalcy's --image-size (default auto)")
+    ap.add_argument("--tile", type=int, help="normalcy's --tile: score in overlapping tiles of this size")
+    ap.add_argument("--overlap", type=int, default=64, help="normalcy's --overlap, with --tile")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -167,6 +173,8 @@ def main() -> None:
 
     me = [sys.executable, str(Path(__file__).resolve()), "--child"]
     cli = [sys.executable, "-m", "normalcy.cli"]
+    options = ["--image-size", args.image_size] + (["--tile", str(args.tile), "--overlap", str(args.overlap)]
+                                                   if args.tile else [])
     with tempfile.TemporaryDirectory(prefix="normalcy-highres-") as tmp:
         work = args.workdir or Path(tmp)
         data = args.source if args.native else work / "data"
@@ -181,13 +189,15 @@ def main() -> None:
         print(f"data: {n_train} train, {n_test} test images {what}", file=sys.stderr)
         for name in args.detectors:
             model, run = work / f"model-{name}", work / f"run-{name}"
-            timed([*cli, "fit", str(data / "train" / "good"), "-o", str(model), "--detector", name])
-            size = json.loads((model / "model.json").read_text())["extractor"]["image_size"]
+            timed([*cli, "fit", str(data / "train" / "good"), "-o", str(model), "--detector", name, *options])
+            extractor = json.loads((model / "model.json").read_text())["extractor"]
+            size = extractor["image_size"] if not extractor.get("tile") else \
+                f"{extractor['image_size']} in {extractor['tile']} px tiles, {extractor['overlap']} overlap"
             _, score_rss, out = timed([*me, "score", str(model), str(data)])
             score_ips = json.loads(out)["images_per_second"]
             wall, predict_rss, _ = timed([*cli, "predict", str(model), str(data / "test"), "-o", str(run)])
             loop = json.loads((run / "run.json").read_text())["seconds"]
-            _, eval_rss, out = timed([*cli, "eval", str(data), "--detector", name, "--json"])
+            _, eval_rss, out = timed([*cli, "eval", str(data), "--detector", name, "--json", *options])
             ev = json.loads(out)
             _, _, out = timed([*me, "stages", str(model), str(data)])
             st = json.loads(out)
@@ -195,7 +205,8 @@ def main() -> None:
                 print(f"{n_train} train, {n_test} test images {what}, from {args.source.name}\n")
                 print(HEADER)
             print(f"| {name} | {size} | {score_ips:.1f} | {n_test / loop:.1f} / {n_test / wall:.1f} | "
-                  f"{ev['images_per_second']:.1f} | {score_rss:.0f} / {predict_rss:.0f} / {eval_rss:.0f} | "
+                  f"{ev['images_per_second']:.1f} | {ev['latency_ms_batch1']:.1f} | {ev['image_auroc']:.3f} | "
+                  f"{score_rss:.0f} / {predict_rss:.0f} / {eval_rss:.0f} | "
                   + " | ".join(f"{st[k]:.1f}" for k in STAGES) + " |", flush=True)
 
 

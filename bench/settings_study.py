@@ -45,6 +45,8 @@ SETTINGS: dict[str, list[tuple[str, dict, dict]]] = {"patchcore": [  # (label, e
     ("default (pool grid 4)", {}, {}),
     ("pool grid 2", {"pool_grid": 2}, {}),
     ("pool grid 1 (Rippel et al.: whole-image average)", {"pool_grid": 1}, {}),
+    ("192 px (the fast path, issue 13)", {"image_size": 192}, {}),
+    ("160 px (the fast path, issue 13)", {"image_size": 160}, {}),
 ]}
 
 
