@@ -73,7 +73,6 @@ class GaussianAD(Detector):
     patch_precision_: np.ndarray
 
     def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> Calibration:
-        self._f32 = None
         rng = np.random.default_rng(self.seed)
         pooled: dict[str, list[np.ndarray]] = {lv: [] for lv in self.extractor.pooled_levels}
         cells: list[np.ndarray] = []
@@ -119,7 +118,6 @@ class GaussianAD(Detector):
 
     def _build(self) -> None:
         """After loading: one Gaussian per pooled level, each precision square and as wide as its mean."""
-        self._f32 = None
         levels = set(self.extractor.pooled_levels)
         for what, d in (("level_mean", self.level_mean_), ("level_precision", self.level_precision_)):
             if set(d) != levels:
@@ -170,32 +168,16 @@ class GaussianAD(Detector):
             total = total + mahalanobis(x, torch.from_numpy(means[lv]), torch.from_numpy(precisions[lv]))
         return np.asarray(total, dtype=np.float64)
 
-    def _scoring(self) -> dict[str, torch.Tensor]:
-        """float32 copies of the fitted means and precisions, made once per fit or load. Scoring reads every
-        precision matrix per batch (26 MB in float64 at the stride-16 level): half the bytes is most of the
-        time of a small batch, and Ledoit-Wolf keeps them well conditioned (condition number ~4,000 on
-        magnetic_tile), so distances move by ~2e-7 relative."""
-        if getattr(self, "_f32", None) is None:
-            t = {f"{what}.{lv}": torch.from_numpy(d[lv]).float()
-                 for what, d in (("mean", self.level_mean_), ("precision", self.level_precision_)) for lv in d}
-            for name in ("cell_mean_", "cell_precision_", "patch_mean_", "patch_precision_"):
-                t[name] = torch.from_numpy(getattr(self, name)).float()
-            self._f32 = t
-        return self._f32
-
     def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        features, t = batch.features, self._scoring()
-        pooled = sum(mahalanobis(features.pooled[lv].float(), t[f"mean.{lv}"], t[f"precision.{lv}"]).double()
-                     for lv in self.extractor.pooled_levels).numpy()
-        cells = np.zeros(len(pooled))
-        if self.cells:  # as _cell_scores: the largest cell distance
-            c = self._cells(features.patches).transpose(0, 1)  # G x B x D
-            cells = mahalanobis(c, t["cell_mean_"][:, None], t["cell_precision_"]).amax(0).double().numpy()
+        features = batch.features
+        pooled = self._image_scores(features.pooled, self.level_mean_, self.level_precision_)
+        cells = _cell_scores(self._cells(features.patches).double().numpy(), self.cell_mean_, self.cell_precision_)
         scores = self._combined(pooled, cells)
         p = features.patches
         b, d, h, w = p.shape
         flat = p.permute(0, 2, 3, 1).reshape(-1, d)
-        maps = mahalanobis(flat, t["patch_mean_"], t["patch_precision_"])
+        maps = mahalanobis(flat, torch.from_numpy(self.patch_mean_).float(),
+                           torch.from_numpy(self.patch_precision_).float())
         return scores, maps.reshape(b, h, w).numpy()
 
     def _cross_validated(self, pooled: dict[str, np.ndarray], cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
