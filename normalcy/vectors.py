@@ -26,6 +26,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .detectors.gaussian import _gaussian, _inverse, mahalanobis
+from .detectors.patchcore import row_by_row, train_ivfpq
 
 __all__ = ["GaussianDetector", "KNNDetector", "IForestDetector", "ECODDetector", "EnsembleDetector",
            "finite_rows"]
@@ -261,15 +262,10 @@ class KNNDetector(_VectorDetector):
         if getattr(self, "_faiss", None) is None:
             self._faiss = faiss.deserialize_index(self.index_)
         self._faiss.nprobe = self.nprobe
-        # Cell distances row by row, not by BLAS over the batch: BLAS rounds differently with the batch's
-        # size, which can change a row's cells and neighbours; this way a row scores the same in any batch
-        # and on any number of threads (one process or Ray workers), at some speed (bench/scale_vectors.py).
-        blas = faiss.cvar.distance_compute_blas_threshold
-        faiss.cvar.distance_compute_blas_threshold = 1 << 30
-        try:
+        # Row by row, a row scores the same in any batch and on any number of threads (one process or Ray
+        # workers), at some speed (bench/scale_vectors.py).
+        with row_by_row():
             dist, idx = self._faiss.search(Z, k)
-        finally:
-            faiss.cvar.distance_compute_blas_threshold = blas
         # Cells too small to hold k rows: a missing neighbour counts as the farthest one found.
         missing = idx < 0
         if missing.any():
@@ -294,17 +290,10 @@ class KNNDetector(_VectorDetector):
         return state
 
 
-def _ivfpq(Z: np.ndarray, rng: np.random.Generator, dims_per_byte: int, sample: int = 100_000) -> np.ndarray:
-    """An IVF-PQ index of the rows, serialised: 4 sqrt(n) cells, one byte of code per ``dims_per_byte``
-    dimensions (on ADBench's 512-d embeddings, ``bench/knn_pq.py``, AUROC moves by 0.001 against exact search
-    with 8 or 4 dimensions a byte, and 8 needs half the code lookups a row)."""
-    n, d = Z.shape
-    cells = int(min(max(1, 4 * np.sqrt(n)), n // 39 or 1))
-    m = next(m for m in range(max(1, d // dims_per_byte), 0, -1) if d % m == 0)
-    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, cells, m, 8 if n >= 256 * 39 else 4)
-    index.cp.min_points_per_centroid = 1
-    index.train(Z[rng.choice(n, min(n, sample), replace=False)])
-    for start in range(0, n, 100_000):
+def _ivfpq(Z: np.ndarray, rng: np.random.Generator, dims_per_byte: int) -> np.ndarray:
+    """An IVF-PQ index of the rows (``train_ivfpq``, shared with PatchCore), serialised."""
+    index = train_ivfpq(Z, rng, dims_per_byte)
+    for start in range(0, len(Z), 100_000):
         index.add(Z[start:start + 100_000])
     return faiss.serialize_index(index)
 
