@@ -305,6 +305,17 @@ class Detector:
         # highest normal patch is where colours turn hot.
         self.map_range_ = (float(lo), float(max(hi * 1.5, lo + 1e-6)))
 
+    @property
+    def score_batch_size(self) -> int:
+        """Images per scoring batch: ``batch_size`` raised to 32 for inputs of up to 224x224 pixels, fewer for
+        larger inputs in proportion (the backbone runs an image 1.2-1.4x faster in batches of 32 than of 8 on 2
+        cores: magnetic_tile at 160 px, 147 against 182-208 images/s). Tiled models keep ``batch_size`` (their
+        tiles are batched), and so do detectors with networks of their own (DRAEM's U-Nets would hold gigabytes)."""
+        if self.extractor.tile or not self.uses_features:
+            return self.batch_size
+        h, w = self.extractor.size
+        return max(self.batch_size, min(32, 32 * 224 * 224 // (h * w)))
+
     def iter_score(self, paths: Sequence[Path], batch_size: int | None = None,
                    embeddings: bool = False) -> Iterator[Scored | Skipped]:
         """Stream a record per file, in order: Scored (``map`` at original size) or Skipped.
@@ -313,7 +324,7 @@ class Detector:
         review re-ranking; detectors that do not use the backbone then run it as well.
         """
         self._check_fitted()
-        for batch in self._batches(paths, batch_size, embed=embeddings, keep_images=True):
+        for batch in self._batches(paths, batch_size or self.score_batch_size, embed=embeddings, keep_images=True):
             for path, reason in batch.skipped:
                 yield Skipped(path, reason)
             if not batch.paths:
