@@ -119,7 +119,7 @@ def child_stages(model: Path, data: Path) -> None:
     ex = det.extractor
     ds = load_dataset(data)
     paths = [s.path for s in ds.test]
-    n, bs = len(paths), det.batch_size
+    n, bs = len(paths), det.score_batch_size
     t = dict.fromkeys(STAGES, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         writer = RunWriter(Path(tmp), det.threshold_, det.map_range_, report=False, inputs=[data / "test"])
