@@ -262,3 +262,28 @@ def test_more_button_loads_the_next_page(tmp_path: Path, page: "Page") -> None:
         page.keyboard.press("n")
         expect(page.locator("#toast")).to_contain_text("labelled")
         expect(page.locator("#gallery .card")).to_have_count(205)
+
+
+def test_table_run_shows_rows_without_image_controls(tmp_path: Path, page: "Page") -> None:
+    """A table run (no images): cards name rows by the id column (markup shown as text), the overlay control,
+    its hint and `o` are gone, labels work, and details list the row's feature values."""
+    if SERVER_MISSING:
+        pytest.skip(SERVER_MISSING)
+    from test_review_tables import make_table_run
+
+    run = make_table_run(tmp_path, n=40)
+    with Served(run, f"sqlite:///{tmp_path / 'review.sqlite'}") as served:
+        page.goto(served.page_url)
+        page.wait_for_selector("#gallery .card")
+        expect(page.locator("#gallery .card")).to_have_count(40)
+        expect(page.locator("#gallery")).to_contain_text("<b>obj")  # the id as text, not bold markup
+        assert not page.locator("#overlay").is_visible()
+        assert "overlay" not in page.locator(".hints").inner_text()  # innerText: what is shown, not hidden parts
+        page.locator("#gallery").focus()
+        page.keyboard.press("o")  # nothing to overlay: no error (the page fixture fails on JavaScript errors)
+        page.keyboard.press("a")
+        expect(page.locator("#toast")).to_contain_text("labelled")
+        page.keyboard.press("Enter")
+        expect(page.locator("#detail-features")).to_be_visible()
+        expect(page.locator("#detail-features")).to_contain_text("flux")
+        expect(page.locator("#detail-img")).to_be_hidden()

@@ -519,7 +519,7 @@
       case "u": labelSelected("clear"); break;
       case "0": case "1": case "2": case "3": case "4": case "5":
         labelSelected("interest", Number(key)); break;
-      case "o": setOverlay(!state.overlay); break;
+      case "o": if (state.kind !== "table") setOverlay(!state.overlay); break;  // a table run has no maps
       case "e": els.exportLink.click(); break;
       case "?": els.help.showModal(); break;
       default: handled = false;
