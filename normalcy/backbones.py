@@ -75,6 +75,7 @@ class Backbone(nn.Module):
         self._last = ""  # the deepest level of the current forward pass: its hook stops the pass
         self._out: dict[str, torch.Tensor] = {}
         self._traces: dict[tuple, Callable | None] = {}
+        self._nets: dict[torch.dtype, nn.Module] = {torch.float32: self.net}
         self._trace_lock = threading.Lock()
         modules = dict(self.net.named_modules())
         for lv in self.levels:
@@ -131,8 +132,10 @@ class Backbone(nn.Module):
             return self._traces[key]
 
     def _make_trace(self, x: torch.Tensor, levels: tuple[str, ...], dtype: torch.dtype) -> Callable | None:
-        # A copy in the target dtype; its hooks are the original's (deepcopy keeps them), so one recorder serves both.
-        net = self.net if dtype == torch.float32 else copy.deepcopy(self.net).to(dtype)
+        # One copy per dtype; its hooks are the original's (deepcopy keeps them), so one recorder serves both.
+        if dtype not in self._nets:
+            self._nets[dtype] = copy.deepcopy(self.net).to(dtype)
+        net = self._nets[dtype]
         backbone = self
 
         class _Run(nn.Module):
