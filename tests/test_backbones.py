@@ -315,6 +315,9 @@ def test_traced_backbone_equals_the_eager_pass(precision, monkeypatch):
     if precision == "bf16" and ex.precision != "bf16":
         pytest.skip("this CPU has no native bfloat16")
     x = torch.rand(5, 3, 96, 96)
+    for _ in range(Backbone.trace_after - 1):  # the first calls run eagerly: a one-off call is not worth a trace
+        ex.level_maps(x, ex.backbone.levels)
+    assert not ex.backbone._traces
     traced = ex.level_maps(x, ex.backbone.levels)
     assert len(ex.backbone._traces) == 1 and None not in ex.backbone._traces.values()
     for n in (5, 1):
@@ -337,6 +340,7 @@ def test_backbone_runs_eagerly_where_tracing_fails(monkeypatch, caplog):
     monkeypatch.setattr(torch.jit, "trace", refuse)
     ex = FeatureExtractor(image_size=64, precision="fp32")
     with caplog.at_level("WARNING", logger="normalcy"):
-        maps = ex.level_maps(torch.rand(2, 3, 64, 64), ex.backbone.levels)
+        for _ in range(Backbone.trace_after):
+            maps = ex.level_maps(torch.rand(2, 3, 64, 64), ex.backbone.levels)
     assert "without TorchScript (cannot trace this network)" in caplog.text
     assert maps["s8"].shape == (2, 40, 8, 8)
