@@ -7,6 +7,7 @@ A screenshot of the page is saved to artifacts/review.png for people to look at.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
@@ -242,13 +243,19 @@ def test_shortcuts_are_ignored_in_form_controls(served: Served, page: "Page") ->
     expect(page.locator("#overlay")).to_be_checked()
 
 
-def test_more_button_loads_the_next_page(tmp_path: Path, page: "Page") -> None:
+@contextlib.contextmanager
+def opened(run: Path, page: "Page") -> Iterator[None]:
+    """The review page of ``run`` open in ``page``, its first cards drawn."""
     if SERVER_MISSING:
         pytest.skip(SERVER_MISSING)
-    run = make_run(tmp_path, n=205)
-    with Served(run, f"sqlite:///{tmp_path / 'review.sqlite'}") as served:
+    with Served(run, f"sqlite:///{run.parent / 'review.sqlite'}") as served:
         page.goto(served.page_url)
         page.wait_for_selector("#gallery .card")
+        yield
+
+
+def test_more_button_loads_the_next_page(tmp_path: Path, page: "Page") -> None:
+    with opened(make_run(tmp_path, n=205), page):
         expect(page.locator("#gallery .card")).to_have_count(200)
         more = page.locator("#more")
         expect(more).to_contain_text("5 more")
@@ -267,14 +274,9 @@ def test_more_button_loads_the_next_page(tmp_path: Path, page: "Page") -> None:
 def test_table_run_shows_rows_without_image_controls(tmp_path: Path, page: "Page") -> None:
     """A table run (no images): cards name rows by the id column (markup shown as text), the overlay control,
     its hint and `o` are gone, labels work, and details list the row's feature values."""
-    if SERVER_MISSING:
-        pytest.skip(SERVER_MISSING)
     from test_review_tables import make_table_run
 
-    run = make_table_run(tmp_path, n=40)
-    with Served(run, f"sqlite:///{tmp_path / 'review.sqlite'}") as served:
-        page.goto(served.page_url)
-        page.wait_for_selector("#gallery .card")
+    with opened(make_table_run(tmp_path, n=40), page):
         expect(page.locator("#gallery .card")).to_have_count(40)
         expect(page.locator("#gallery")).to_contain_text("<b>obj")  # the id as text, not bold markup
         assert not page.locator("#overlay").is_visible()
