@@ -232,7 +232,7 @@ class FeatureExtractor:
         # Exported (traced for ONNX), all tiles go in one pass: a loop over the batch would fix its size.
         for chunk in [tiles] if torch.compiler.is_compiling() else tiles.split(self.tile_batch):
             for lv, m in self._maps(chunk, levels).items():
-                parts[lv].append(m.float())
+                parts[lv].append(m)  # float32 already (Backbone.forward)
         out = {}
         for lv in levels:
             s = self.spec.strides[lv]
