@@ -40,7 +40,7 @@ def compare(path: Path, dims_per_byte: int, seed: int = 1) -> dict:
     return {"set": path.stem, "rows": len(train), "recall@1": float((nn_exact == nn_pq).mean()),
             "auroc exact": roc_auc_score(y_test, exact.anomaly_score(X_test)),
             "auroc ivf-pq": roc_auc_score(y_test, pq.anomaly_score(X_test)),
-            "exact MB": exact.train_.nbytes / 2**20, "ivf-pq MB": pq.index_.nbytes / 2**20, "pq fit s": fit_s}
+            "exact MB": exact.train_.nbytes / 2**20, "ivf-pq MB": pq.index_nbytes() / 2**20, "pq fit s": fit_s}
 
 
 def big(n: int, d: int = 512, seed: int = 0) -> None:
@@ -61,8 +61,8 @@ def big(n: int, d: int = 512, seed: int = 0) -> None:
     t = time.perf_counter()
     det.anomaly_score(Q)
     score_s = time.perf_counter() - t
-    mode = "IVF-PQ" if det.index_.size else "exact"
-    print(f"\n{n:,} rows x {d} (float32 {X.nbytes / 2**30:.1f} GB): {mode}, index {det.index_.nbytes / 2**20:.0f} MB; "
+    mode = "IVF-PQ" if det.codes_.size else "exact"
+    print(f"\n{n:,} rows x {d} (float32 {X.nbytes / 2**30:.1f} GB): {mode}, index {det.index_nbytes() / 2**20:.0f} MB; "
           f"fit {fit_s:.1f} s; scoring {len(Q) / score_s:,.0f} rows/s; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (the rows themselves included)")
 

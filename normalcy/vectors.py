@@ -25,8 +25,8 @@ from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .ann import check_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
 from .detectors.gaussian import _gaussian, _inverse, mahalanobis
-from .detectors.patchcore import row_by_row, train_ivfpq
 
 __all__ = ["GaussianDetector", "KNNDetector", "IForestDetector", "ECODDetector", "EnsembleDetector",
            "finite_rows"]
@@ -198,8 +198,9 @@ class KNNDetector(_VectorDetector):
     Search is exact (faiss flat) while the standardised rows fit in ``max_memory_mb``; above it they are
     compressed with faiss IVF-PQ (product quantisation, ``pq_dims_per_byte`` dimensions a byte: 32x smaller
     than float32 at 8)
-    and searched in ``nprobe`` of ``4 sqrt(n)`` cells, with approximate distances. The index is kept as its
-    faiss serialisation (``index_``, bytes), so the estimator saves with the rest. Calibration scores come
+    and searched in ``nprobe`` of ``4 sqrt(n)`` cells, with approximate distances. The index is kept as plain arrays (``cells_``,
+    ``codebook_``, ``codes_``; see :mod:`normalcy.ann`), so the estimator saves with the rest and a saved model
+    holds nothing for faiss to parse. Calibration scores come
     from at most ``max_calibration`` training rows (a quantile needs no more)."""
 
     def __init__(self, fpr: float = 0.01, n_neighbors: int = 5, max_memory_mb: float = 1024.0, nprobe: int = 8,
@@ -223,10 +224,11 @@ class KNNDetector(_VectorDetector):
         self.n_neighbors_ = min(self.n_neighbors, len(X) - 1)
         rng = np.random.default_rng(self.random_state)
         if Z.nbytes <= self.max_memory_mb * 2**20:
-            self.train_, self.index_ = Z, np.zeros(0, dtype=np.uint8)
+            self.train_ = Z
+            self.cells_, self.codebook_, self.codes_ = _no_ivfpq(Z.shape[1])
         else:
             self.train_ = np.zeros((0, Z.shape[1]), dtype=np.float32)
-            self.index_ = _ivfpq(Z, rng, self.pq_dims_per_byte)
+            self.cells_, self.codebook_, self.codes_ = fit_ivfpq(Z, rng, self.pq_dims_per_byte)
         self._faiss = None
         calib = np.arange(len(Z))
         if len(Z) > self.max_calibration:
@@ -259,8 +261,9 @@ class KNNDetector(_VectorDetector):
             index = faiss.IndexFlatL2(Z.shape[1])
             index.add(self.train_)
             return index.search(Z, k)
-        if getattr(self, "_faiss", None) is None:
-            self._faiss = faiss.deserialize_index(self.index_)
+        if getattr(self, "_faiss", None) is None:  # rebuilt from the arrays alone (ann.py), checked first
+            check_ivfpq(self.cells_, self.codebook_, self.codes_, self.train_.shape[1])
+            self._faiss = ivfpq_index(self.cells_, self.codebook_, self.codes_, self.nprobe, precompute=True)
         self._faiss.nprobe = self.nprobe
         # Row by row, a row scores the same in any batch and on any number of threads (one process or Ray
         # workers), at some speed (bench/scale_vectors.py).
@@ -284,18 +287,31 @@ class KNNDetector(_VectorDetector):
             out[start:start + 4096] = np.sqrt((d * d).sum(-1)).mean(1)
         return out
 
+    def index_nbytes(self) -> int:
+        """Bytes kept for search: the standardised rows, or the IVF-PQ arrays."""
+        check_is_fitted(self)
+        return sum(a.nbytes for a in (self.train_, self.cells_, self.codebook_, self.codes_))
+
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state.pop("_faiss", None)  # rebuilt from index_ on first use
+        state.pop("_faiss", None)  # rebuilt from the arrays on first use
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        if "index_" in state:  # saved before 4 December 2026, with a faiss serialisation that is no longer read
+            if np.asarray(state["index_"]).size:
+                raise ValueError("this KNNDetector holds a faiss serialisation (normalcy before 4 December 2026), "
+                                 "which is no longer parsed: fit it again")
+            del state["index_"]
+            state.update(zip(("cells_", "codebook_", "codes_"), _no_ivfpq(np.asarray(state["train_"]).shape[1])))
+        super().__setstate__(state)
 
-def _ivfpq(Z: np.ndarray, rng: np.random.Generator, dims_per_byte: int) -> np.ndarray:
-    """An IVF-PQ index of the rows (``train_ivfpq``, shared with PatchCore), serialised."""
-    index = train_ivfpq(Z, rng, dims_per_byte)
-    for start in range(0, len(Z), 100_000):
-        index.add(Z[start:start + 100_000])
-    return faiss.serialize_index(index)
+
+def _no_ivfpq(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Empty IVF-PQ arrays: the rows are searched exactly."""
+    return np.zeros((0, d), np.float32), np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.uint8)
+
+
 
 
 class IForestDetector(_VectorDetector):

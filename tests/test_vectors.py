@@ -171,7 +171,7 @@ def test_subsets_score_like_the_whole():
 
 def test_knn_over_its_memory_budget_compresses_with_ivf_pq():
     """Past max_memory_mb the rows are kept only as IVF-PQ codes: far smaller, scores close to exact ones,
-    the same planted outliers on top, and the estimator still saves and loads (index_ is bytes)."""
+    the same planted outliers on top, and the estimator still saves and loads (its index is plain arrays)."""
     import pickle
 
     from scipy.stats import spearmanr
@@ -180,8 +180,8 @@ def test_knn_over_its_memory_budget_compresses_with_ivf_pq():
     fresh, planted = _normal(300, d=32, seed=5), _normal(10, d=32, seed=6) * 1.5
     exact = KNNDetector(random_state=0).fit(X)
     small = KNNDetector(max_memory_mb=0.5, random_state=0).fit(X)
-    assert exact.index_.size == 0 and small.train_.shape[0] == 0
-    assert 0 < small.index_.nbytes < exact.train_.nbytes / 4
+    assert exact.codes_.size == 0 and small.train_.shape[0] == 0
+    assert 0 < small.codes_.nbytes + small.codebook_.nbytes + small.cells_.nbytes < exact.train_.nbytes / 4
     rows = np.vstack([fresh, planted])
     a, b = exact.anomaly_score(rows), small.anomaly_score(rows)
     assert spearmanr(a, b).statistic > 0.9
@@ -189,6 +189,23 @@ def test_knn_over_its_memory_budget_compresses_with_ivf_pq():
     assert roc_auc_score(labels, b) > roc_auc_score(labels, a) - 0.02
     again = pickle.loads(pickle.dumps(small))  # what skops and sklearn's clone see: no faiss object inside
     np.testing.assert_array_equal(again.anomaly_score(rows), b)
+    bad = pickle.loads(pickle.dumps(small))
+    bad.codes_ = bad.codes_.copy()
+    bad.codes_[0, :2] = 255  # a cell number past the cells: refused before faiss reads it
+    with pytest.raises(ValueError, match="PQ codes name cell"):
+        bad.anomaly_score(rows)
+
+
+def test_knn_saved_with_a_faiss_serialisation_is_refused_or_upgraded():
+    """Models saved before the index became arrays: an exact one loads as it was, a faiss blob is refused."""
+    det = KNNDetector().fit(_normal(200, d=4))
+    old = {k: v for k, v in det.__getstate__().items() if k not in ("cells_", "codebook_", "codes_")}
+    upgraded = KNNDetector.__new__(KNNDetector)
+    upgraded.__setstate__({**old, "index_": np.zeros(0, np.uint8)})
+    np.testing.assert_array_equal(upgraded.anomaly_score(_normal(20, d=4, seed=3)),
+                                  det.anomaly_score(_normal(20, d=4, seed=3)))
+    with pytest.raises(ValueError, match="faiss serialisation"):
+        KNNDetector.__new__(KNNDetector).__setstate__({**old, "index_": np.ones(10, np.uint8)})
 
 
 def test_knn_calibrates_on_a_sample_of_a_large_training_set():

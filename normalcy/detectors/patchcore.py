@@ -19,7 +19,7 @@ Where we depart from the paper, for a CPU:
   10,000; the cell centres are learned once at fit time and saved, so a loaded
   model searches exactly as the fitted one did;
 * a bank whose float32 rows exceed ``max_memory_mb`` (1 GB: 1.7 million patches at 152 dimensions) is kept
-  only as faiss IVF-PQ codes (``train_ivfpq``, shared with ``normalcy.vectors.KNNDetector``): one byte per
+  only as faiss IVF-PQ codes (``normalcy.ann``, shared with ``normalcy.vectors.KNNDetector``): one byte per
   ``pq_dims_per_byte`` = 4 dimensions plus the cell number, 40 bytes a patch instead of 608 at 152 dimensions.
   On magnetic_tile (bench/patchcore_pq.py) that finds the exact nearest bank patch for 67 % of test patches,
   distances 2.9 % off, image AUROC 0.918 against 0.922 exact; KNNDetector's 8 dimensions a byte: 49 %, 5.7 %,
@@ -40,7 +40,6 @@ coreset search (a random subset beyond that), so fitting stays well under 2 GB.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import faiss
@@ -48,44 +47,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..ann import PQ_MIN_ROWS, check_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
 from ..features import Batch
 from .base import Calibration, Detector, HyperParams
-
-# faiss only uses BLAS for exhaustive search above a large query count; one image's
-# ~800 patches then take 6x longer than in a batch. BLAS is faster from a few queries on.
-faiss.cvar.distance_compute_blas_threshold = 16
-
-PQ_MIN_ROWS = 256  # too few rows to train a codebook on; such a bank is at most a few hundred kB anyway
-
-
-@contextmanager
-def row_by_row() -> Iterator[None]:
-    """faiss computes distances row by row, not by BLAS over the batch, inside the block.
-
-    BLAS rounds differently with the batch's size, which can change a row's IVF cells and so its
-    neighbours; row by row, a row's result is the same in any batch and on any number of threads."""
-    blas = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 1 << 30
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = blas
-
-
-def train_ivfpq(Z: np.ndarray, rng: np.random.Generator, dims_per_byte: int, sample: int = 100_000) -> faiss.IndexIVFPQ:
-    """A trained, empty IVF-PQ index for rows like Z: 4 sqrt(n) cells, one byte of code per ``dims_per_byte``
-    dimensions (4 bits under 9,984 rows, too few for 256 centroids a byte), trained on at most ``sample`` rows.
-
-    On ADBench's 512-d embeddings (``bench/knn_pq.py``) AUROC moves by 0.001 against exact search with 8 or 4
-    dimensions a byte, and 8 needs half the code lookups a row."""
-    n, d = Z.shape
-    cells = int(min(max(1, 4 * np.sqrt(n)), n // 39 or 1))
-    m = next(m for m in range(max(1, d // dims_per_byte), 0, -1) if d % m == 0)
-    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, cells, m, 8 if n >= 256 * 39 else 4)
-    index.cp.min_points_per_centroid = 1
-    index.train(Z[rng.choice(n, min(n, sample), replace=False)])
-    return index
-
 
 def _self_first(knn: np.ndarray) -> np.ndarray:
     """Each bank patch's neighbours with itself first (eq. 7's neighbourhood holds m* itself, which an
@@ -205,10 +169,7 @@ class PatchCore(Detector):
         self.bank_image_ = (picked // n_patch).astype(np.int64)
         self.codebook_, self.codes_ = np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.uint8)
         if bank.nbytes > self.max_memory_mb * 2**20 and len(bank) >= PQ_MIN_ROWS:
-            pq = train_ivfpq(bank, rng, self.pq_dims_per_byte)
-            self.cells_ = pq.quantizer.reconstruct_n(0, pq.nlist)
-            self.codebook_ = faiss.vector_to_array(pq.pq.centroids).reshape(pq.pq.M, pq.pq.ksub, pq.pq.dsub)
-            self.codes_ = pq.sa_encode(bank)
+            self.cells_, self.codebook_, self.codes_ = fit_ivfpq(bank, rng, self.pq_dims_per_byte)
             self.bank_ = np.zeros((0, d), np.float32)  # the codes replace the float rows (not a view: frees them)
         else:
             self.bank_ = bank
@@ -242,24 +203,12 @@ class PatchCore(Detector):
         super().load_state_dict({**empty, **state})
 
     def _check_codes(self) -> None:
-        """An IVF-PQ bank's codes must fit its codebook and cells before faiss reads them."""
+        """An IVF-PQ bank's codes must fit its codebook and cells (``ann.check_ivfpq``), and replace the float rows."""
         if not len(self.codes_) and not self.codebook_.size:
             return
-        d = self.bank_.shape[-1]
-        if self.codebook_.ndim != 3 or self.codebook_.shape[1] not in (16, 256) \
-                or self.codebook_.shape[0] * self.codebook_.shape[2] != d:
-            raise ValueError(f"PQ codebook {self.codebook_.shape} does not fit {d}-dimensional patches")
-        m, ksub, _ = self.codebook_.shape
-        cell_bytes = ((len(self.cells_) - 1).bit_length() + 7) // 8 if len(self.cells_) else 0
-        width = cell_bytes + (m * (ksub.bit_length() - 1) + 7) // 8
-        if self.codes_.dtype != np.uint8 or self.codes_.ndim != 2 or self.codes_.shape[1] != width \
-                or not len(self.codes_) or not len(self.cells_) or len(self.bank_):
-            raise ValueError(f"PQ codes {self.codes_.shape} ({self.codes_.dtype}) do not fit the codebook "
-                             f"{self.codebook_.shape}, {len(self.cells_)} cells and bank {self.bank_.shape}: "
-                             f"expected uint8 rows of {width} bytes, cells, and no float bank rows")
-        cell = self.codes_[:, :cell_bytes].astype(np.int64) @ (256 ** np.arange(cell_bytes, dtype=np.int64))
-        if cell.max(initial=0) >= len(self.cells_):
-            raise ValueError(f"PQ codes name cell {cell.max()}, of {len(self.cells_)} cells")
+        check_ivfpq(self.cells_, self.codebook_, self.codes_, self.bank_.shape[-1])
+        if len(self.bank_):
+            raise ValueError(f"an IVF-PQ bank ({len(self.codes_)} codes) has float rows as well {self.bank_.shape}")
 
     def _ivf_cells(self, bank: np.ndarray) -> np.ndarray:
         """k-means cell centres for an IVF index (about 4 sqrt(K) cells), or none for a bank searched exactly."""
@@ -298,18 +247,13 @@ class PatchCore(Detector):
             index = faiss.IndexFlatL2(d)
             index.add(self.bank_)
             return index
+        if len(self.codes_):  # no precompute_table(): see the module docstring
+            return ivfpq_index(self.cells_, self.codebook_, self.codes_, self.nprobe, precompute=False)
         self._quantizer = faiss.IndexFlatL2(d)  # kept alive with the index that uses it
         self._quantizer.add(self.cells_)
-        if len(self.codes_):
-            m, ksub, _ = self.codebook_.shape
-            index = faiss.IndexIVFPQ(self._quantizer, d, len(self.cells_), m, ksub.bit_length() - 1)
-            faiss.copy_array_to_vector(self.codebook_.ravel(), index.pq.centroids)
-            index.is_trained = True  # no precompute_table(): see the module docstring
-            index.add_sa_codes(self.codes_, np.arange(len(self.codes_), dtype=np.int64))
-        else:
-            index = faiss.IndexIVFFlat(self._quantizer, d, len(self.cells_))
-            index.is_trained = True
-            index.add(self.bank_)
+        index = faiss.IndexIVFFlat(self._quantizer, d, len(self.cells_))
+        index.is_trained = True
+        index.add(self.bank_)
         index.nprobe = self.nprobe
         return index
 
