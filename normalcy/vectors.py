@@ -298,9 +298,9 @@ class KNNDetector(_VectorDetector):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if "index_" in state:  # saved before 4 December 2026, with a faiss serialisation that is no longer read
+        if "index_" in state:  # saved before 3 December 2026 (evening), with a faiss serialisation no longer read
             if np.asarray(state["index_"]).size:
-                raise ValueError("this KNNDetector holds a faiss serialisation (normalcy before 4 December 2026), "
+                raise ValueError("this KNNDetector holds a faiss serialisation (saved before 3 December 2026), "
                                  "which is no longer parsed: fit it again")
             del state["index_"]
             state.update(zip(("cells_", "codebook_", "codes_"), _no_ivfpq(np.asarray(state["train_"]).shape[1])))
