@@ -300,7 +300,7 @@ class KNNDetector(_VectorDetector):
     def __setstate__(self, state: dict) -> None:
         if "index_" in state:  # saved before 3 December 2026 (evening), with a faiss serialisation no longer read
             if np.asarray(state["index_"]).size:
-                raise ValueError("this KNNDetector holds a faiss serialisation (saved before 3 December 2026), "
+                raise ValueError("this KNNDetector holds a faiss serialisation (saved by an earlier normalcy), "
                                  "which is no longer parsed: fit it again")
             del state["index_"]
             state.update(zip(("cells_", "codebook_", "codes_"), _no_ivfpq(np.asarray(state["train_"]).shape[1])))
