@@ -57,6 +57,11 @@ def fit_ivfpq(Z: np.ndarray, rng: np.random.Generator, dims_per_byte: int,
     return centres, codebook, codes
 
 
+def empty_ivfpq(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cells, codebook and codes of no IVF-PQ index (the rows are kept as floats), in the arrays' usual dtypes."""
+    return np.zeros((0, d), np.float32), np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.uint8)
+
+
 def check_ivfpq(cells: np.ndarray, codebook: np.ndarray, codes: np.ndarray, d: int) -> None:
     """Raise ValueError unless the arrays make an IVF-PQ index of d-dimensional rows (before faiss reads them)."""
     if codebook.ndim != 3 or codebook.shape[1] not in (16, 256) or codebook.shape[0] * codebook.shape[2] != d:

@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .ann import check_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
+from .ann import check_ivfpq, empty_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
 from .detectors.gaussian import _gaussian, _inverse, mahalanobis
 
 __all__ = ["GaussianDetector", "KNNDetector", "IForestDetector", "ECODDetector", "EnsembleDetector",
@@ -197,11 +197,10 @@ class KNNDetector(_VectorDetector):
 
     Search is exact (faiss flat) while the standardised rows fit in ``max_memory_mb``; above it they are
     compressed with faiss IVF-PQ (product quantisation, ``pq_dims_per_byte`` dimensions a byte: 32x smaller
-    than float32 at 8)
-    and searched in ``nprobe`` of ``4 sqrt(n)`` cells, with approximate distances. The index is kept as plain arrays (``cells_``,
-    ``codebook_``, ``codes_``; see :mod:`normalcy.ann`), so the estimator saves with the rest and a saved model
-    holds nothing for faiss to parse. Calibration scores come
-    from at most ``max_calibration`` training rows (a quantile needs no more)."""
+    than float32 at 8) and searched in ``nprobe`` of ``4 sqrt(n)`` cells, with approximate distances. The index
+    is kept as plain arrays (``cells_``, ``codebook_``, ``codes_``; see :mod:`normalcy.ann`), so the estimator
+    saves with the rest and a saved model holds nothing for faiss to parse. Calibration scores come from at
+    most ``max_calibration`` training rows (a quantile needs no more)."""
 
     def __init__(self, fpr: float = 0.01, n_neighbors: int = 5, max_memory_mb: float = 1024.0, nprobe: int = 8,
                  pq_dims_per_byte: int = 8, max_calibration: int = 20_000, random_state: int | None = None):
@@ -225,7 +224,7 @@ class KNNDetector(_VectorDetector):
         rng = np.random.default_rng(self.random_state)
         if Z.nbytes <= self.max_memory_mb * 2**20:
             self.train_ = Z
-            self.cells_, self.codebook_, self.codes_ = _no_ivfpq(Z.shape[1])
+            self.cells_, self.codebook_, self.codes_ = empty_ivfpq(Z.shape[1])
         else:
             self.train_ = np.zeros((0, Z.shape[1]), dtype=np.float32)
             self.cells_, self.codebook_, self.codes_ = fit_ivfpq(Z, rng, self.pq_dims_per_byte)
@@ -303,15 +302,8 @@ class KNNDetector(_VectorDetector):
                 raise ValueError("this KNNDetector holds a faiss serialisation (saved by an earlier normalcy), "
                                  "which is no longer parsed: fit it again")
             del state["index_"]
-            state.update(zip(("cells_", "codebook_", "codes_"), _no_ivfpq(np.asarray(state["train_"]).shape[1])))
+            state.update(zip(("cells_", "codebook_", "codes_"), empty_ivfpq(np.asarray(state["train_"]).shape[1])))
         super().__setstate__(state)
-
-
-def _no_ivfpq(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Empty IVF-PQ arrays: the rows are searched exactly."""
-    return np.zeros((0, d), np.float32), np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.uint8)
-
-
 
 
 class IForestDetector(_VectorDetector):

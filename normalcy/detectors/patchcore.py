@@ -40,6 +40,7 @@ coreset search (a random subset beyond that), so fitting stays well under 2 GB.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Iterator, Sequence
 
 import faiss
@@ -47,9 +48,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..ann import PQ_MIN_ROWS, check_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
+from ..ann import PQ_MIN_ROWS, check_ivfpq, empty_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
 from ..features import Batch
 from .base import Calibration, Detector, HyperParams
+
 
 def _self_first(knn: np.ndarray) -> np.ndarray:
     """Each bank patch's neighbours with itself first (eq. 7's neighbourhood holds m* itself, which an
@@ -139,7 +141,6 @@ class PatchCore(Detector):
     codebook_: np.ndarray  # M x 2^bits x D/M: the PQ centroids of an IVF-PQ bank; empty otherwise
     codes_: np.ndarray  # K x bytes, uint8: each bank patch's cell number and PQ code (faiss sa_encode); empty otherwise
     _index: faiss.Index | None = None
-    _quantizer: faiss.Index | None = None
 
     def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> Calibration:
         chunks: list[np.ndarray] = []
@@ -167,11 +168,11 @@ class PatchCore(Detector):
         picked = pool[chunked_coreset(projected, k, self.seed).numpy()]
         bank = np.ascontiguousarray(flat[picked])
         self.bank_image_ = (picked // n_patch).astype(np.int64)
-        self.codebook_, self.codes_ = np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.uint8)
         if bank.nbytes > self.max_memory_mb * 2**20 and len(bank) >= PQ_MIN_ROWS:
             self.cells_, self.codebook_, self.codes_ = fit_ivfpq(bank, rng, self.pq_dims_per_byte)
             self.bank_ = np.zeros((0, d), np.float32)  # the codes replace the float rows (not a view: frees them)
         else:
+            _, self.codebook_, self.codes_ = empty_ivfpq(d)
             self.bank_ = bank
             self.cells_ = self._ivf_cells(bank)
         self._index = None
@@ -249,9 +250,10 @@ class PatchCore(Detector):
             return index
         if len(self.codes_):  # no precompute_table(): see the module docstring
             return ivfpq_index(self.cells_, self.codebook_, self.codes_, self.nprobe, precompute=False)
-        self._quantizer = faiss.IndexFlatL2(d)  # kept alive with the index that uses it
-        self._quantizer.add(self.cells_)
-        index = faiss.IndexIVFFlat(self._quantizer, d, len(self.cells_))
+        quantizer = faiss.IndexFlatL2(d)
+        quantizer.add(self.cells_)
+        index = faiss.IndexIVFFlat(quantizer, d, len(self.cells_))
+        index.referenced_objects = [quantizer]  # the index uses the quantizer: keep it alive as long
         index.is_trained = True
         index.add(self.bank_)
         index.nprobe = self.nprobe
@@ -261,10 +263,8 @@ class PatchCore(Detector):
         if self._index is None:  # built on first use, after fit or load
             self._index = self._make_index()
         queries = np.ascontiguousarray(flat, dtype=np.float32)
-        if len(self.codes_):  # IVF-PQ: a patch's cells, so its score, must not depend on its batch
-            with row_by_row():
-                d2, idx = self._index.search(queries, k)
-        else:
+        # IVF-PQ: a patch's cells, so its score, must not depend on its batch
+        with row_by_row() if len(self.codes_) else nullcontext():
             d2, idx = self._index.search(queries, k)
         dist = np.sqrt(np.maximum(d2, 0))
         dist[idx < 0] = np.inf  # IVF: fewer than k bank patches in the cells visited
