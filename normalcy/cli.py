@@ -11,7 +11,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import typer
@@ -22,7 +22,7 @@ from rich.table import Table
 from . import __version__
 from .backbones import BACKBONES, BackboneSpec, custom_backbone
 from .data import ImageError, InputError, input_paths, iter_images, list_files
-from .detectors import DETECTORS, MuSc, NotFittedError, Skipped, create, load
+from .detectors import DETECTORS, MuSc, NotFittedError, Scored, Skipped, create, load
 from .features import FeatureExtractor, native_size, size_for
 from .progress import console, progress_bar
 from .run import EMBEDDINGS, RunWriter
@@ -227,7 +227,8 @@ def _report_skipped_rows(path: Path, skipped: list[tuple[str, str]]) -> None:
 @app.command()
 @_guarded
 def predict(
-    model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`."),
+    model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`, or a model.onnx "
+                                     "written by `normalcy export` (scored by onnxruntime)."),
     inputs: list[Path] = typer.Argument(..., help="Images or folders of images; or tables, for a model fitted on a table."),
     output: Path = RunOutOpt,
     heatmaps: bool = HeatmapsOpt,
@@ -244,6 +245,11 @@ def predict(
     """Score images into a run folder: scores.csv, heatmaps/, overlays/, report.html, skipped.csv, embeddings.
     Tables: scores.csv and scores.parquet (id, score, decision, threshold), skipped.csv, run.json."""
     _setup(threads)
+    exported = model_dir.suffix.lower() == ".onnx"
+    if exported and (ray is not None or embeddings):
+        raise InputError(f"{model_dir}: an exported model scores images into scores and maps only: "
+                         + ("--ray takes a model folder written by `normalcy fit`" if ray is not None else
+                            "it has no embeddings (predict with the model folder for them)"))
     if ray is not None:
         from .scaleout import predict_ray
 
@@ -262,19 +268,31 @@ def predict(
 def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bool = True, report: bool = True,
                  save_maps: bool = False, embeddings: bool | None = None, top: int = 24,
                  trust_code: bool = False) -> None:
-    """Stream every file through the model into a run folder; a file that fails is skipped, named, not fatal."""
-    det = load(model_dir, trust_code=trust_code)
+    """Stream every file through the model into a run folder; a file that fails is skipped, named, not fatal.
+    A model.onnx (``normalcy export``) is scored by onnxruntime, through ``OnnxScorer``."""
     paths = input_paths(inputs)
-    if embeddings is None:  # free where the backbone runs anyway; `serve` computes them later for the others
-        embeddings = det.uses_features
-    writer = RunWriter(output, det.threshold_, det.map_range_ or (0.0, 1.0),  # type: ignore[arg-type]
-                       heatmaps=heatmaps, overlays=heatmaps, report=report, save_maps=save_maps, top=top,
-                       info={"detector": det.name, "model": str(Path(model_dir).resolve()),
-                             "backbone": det.extractor.spec.name}, inputs=inputs)
+    info = {"model": str(Path(model_dir).resolve())}
+    records: Iterator[Scored | Skipped]
+    if model_dir.suffix.lower() == ".onnx":
+        from .export import OnnxScorer
+
+        scorer = OnnxScorer(model_dir)
+        threshold, map_range = scorer.threshold, tuple(scorer.meta["map_range"])
+        info |= {"detector": scorer.meta["detector"], "backbone": scorer.meta["backbone"], "runtime": "onnxruntime"}
+        records = scorer.iter_score(paths)
+    else:
+        det = load(model_dir, trust_code=trust_code)
+        if embeddings is None:  # free where the backbone runs anyway; `serve` computes them later for the others
+            embeddings = det.uses_features
+        threshold, map_range = det.threshold_, det.map_range_ or (0.0, 1.0)  # type: ignore[assignment]
+        info |= {"detector": det.name, "backbone": det.extractor.spec.name}
+        records = det.iter_score(paths, embeddings=embeddings)
+    writer = RunWriter(output, threshold, map_range, heatmaps=heatmaps, overlays=heatmaps,  # type: ignore[arg-type]
+                       report=report, save_maps=save_maps, top=top, info=info, inputs=inputs)
     skipped: list[tuple[Path, str]] = []
     with progress_bar() as bar:
         task = bar.add_task("predict", total=len(paths))
-        for rec in det.iter_score(paths, embeddings=embeddings):
+        for rec in records:
             if isinstance(rec, Skipped):
                 skipped.append((rec.path, rec.reason))
             else:

@@ -52,7 +52,7 @@ from torch import nn
 from . import __version__
 from .data import InputError, iter_images, list_files
 from .detectors import DETECTORS, DRAEM, EfficientAD, GaussianAD, MuSc, PatchCore, SimpleNet, ZERO_SHOT_MESSAGE
-from .detectors.base import Detector, Maps, Result
+from .detectors.base import Detector, Maps, Result, Scored, Skipped
 from .detectors.gaussian import mahalanobis
 from .features import Features, resize_image
 
@@ -78,7 +78,10 @@ def _need_onnx() -> None:
 # -- the heads: a detector's _score, from features to (image scores, patch maps), as torch ops ----------------
 
 class _GaussianHead(nn.Module):
-    """GaussianAD._score: pooled-level and cell Mahalanobis distances in float64, the patch map in float32."""
+    """GaussianAD._score, every distance in float32: the pooled-level and cell distances, which the detector
+    computes in float64, too. onnxruntime's float64 MatMul is a plain Eigen product that reads the 42 MB of
+    precision matrices (160 px) at about 8 GB/s, 7.6 of the 11.4 ms a batch-1 call took; in float32 MLAS
+    does it in a fraction and the call takes 7.7 ms. Scores stay within the parity bar (bench/export_parity.py)."""
 
     def __init__(self, det: GaussianAD) -> None:
         super().__init__()
@@ -86,20 +89,20 @@ class _GaussianHead(nn.Module):
         self.det.scale_ = tuple(float(v) for v in det.scale_)  # type: ignore[assignment]
         self.levels = list(det.extractor.pooled_levels)
         for i, lv in enumerate(self.levels):
-            self.register_buffer(f"mean{i}", torch.from_numpy(det.level_mean_[lv]).double())
-            self.register_buffer(f"prec{i}", torch.from_numpy(det.level_precision_[lv]).double())
-        self.register_buffer("cell_mean", torch.from_numpy(det.cell_mean_).double())
-        self.register_buffer("cell_prec", torch.from_numpy(det.cell_precision_).double())
+            self.register_buffer(f"mean{i}", torch.from_numpy(det.level_mean_[lv]).float())
+            self.register_buffer(f"prec{i}", torch.from_numpy(det.level_precision_[lv]).float())
+        self.register_buffer("cell_mean", torch.from_numpy(det.cell_mean_).float())
+        self.register_buffer("cell_prec", torch.from_numpy(det.cell_precision_).float())
         self.register_buffer("patch_mean", torch.from_numpy(det.patch_mean_).float())
         self.register_buffer("patch_prec", torch.from_numpy(det.patch_precision_).float())
 
     def forward(self, x: torch.Tensor, f: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = sum(mahalanobis(f.pooled[lv].double(), getattr(self, f"mean{i}"), getattr(self, f"prec{i}"))
-                     for i, lv in enumerate(self.levels))
+        pooled = sum(mahalanobis(f.pooled[lv].float(), getattr(self, f"mean{i}"), getattr(self, f"prec{i}"))
+                     for i, lv in enumerate(self.levels)).double()
         cells = pooled  # unused by _combined without cells
         if self.det.cells:  # _cell_scores: the largest cell distance, cells G x N x D
-            c = self.det._cells(f.patches).double().transpose(0, 1)
-            cells = mahalanobis(c, self.cell_mean[:, None], self.cell_prec).amax(0)
+            c = self.det._cells(f.patches).float().transpose(0, 1)
+            cells = mahalanobis(c, self.cell_mean[:, None], self.cell_prec).amax(0).double()
         b, d, h, w = f.patches.shape
         flat = f.patches.permute(0, 2, 3, 1).reshape(-1, d)
         maps = mahalanobis(flat, self.patch_mean, self.patch_prec).reshape(b, h, w)
@@ -357,9 +360,7 @@ def _quantize(src: Path, dst: Path, pixels: np.ndarray, batch: int = 1) -> None:
 
     # The backbone's nodes, all of them (convolutions, activations, residual sums: fewer conversions between
     # int8 and float); a detector without a backbone: its networks' convolutions.
-    backbone = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node
-                if any(p.key == "pkg.torch.onnx.name_scopes" and "'extractor.backbone'" in p.value
-                       for p in n.metadata_props)]
+    backbone = backbone_nodes(onnx.load(str(src), load_external_data=False).graph)
     scope = {"nodes_to_quantize": backbone} if backbone else {"op_types_to_quantize": ["Conv"]}
     logging.disable(logging.WARNING)  # its advice to pre-process: that step fails on these graphs' shapes
     try:
@@ -367,6 +368,37 @@ def _quantize(src: Path, dst: Path, pixels: np.ndarray, batch: int = 1) -> None:
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, **scope)
     finally:
         logging.disable(logging.NOTSET)
+
+
+def backbone_nodes(graph: Any) -> list[str]:
+    """Names of the backbone's nodes: its convolutions (weights named ``backbone.*``), every node on a path
+    between two of them (activations, residual sums) and the activation right after one.
+
+    Found from the weights and the graph's edges: the exporter's module scopes (node metadata) are lost inside
+    the backbone's forward pass, which stops early by raising from a hook."""
+    nodes = list(graph.node)
+    convs = {k for k, n in enumerate(nodes) if n.op_type == "Conv" and len(n.input) > 1
+             and n.input[1].startswith("backbone.")}
+    producer = {out: k for k, n in enumerate(nodes) for out in n.output}
+    consumers: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for name in n.input:
+            if name in producer:
+                consumers.setdefault(producer[name], []).append(k)
+
+    def closure(start: set[int], step: Callable[[int], Sequence[int]]) -> set[int]:
+        seen, todo = set(start), list(start)
+        while todo:
+            for j in step(todo.pop()):
+                if j not in seen:
+                    seen.add(j)
+                    todo.append(j)
+        return seen
+
+    below = closure(convs, lambda k: consumers.get(k, []))
+    above = closure(convs, lambda k: [producer[i] for i in nodes[k].input if i in producer])
+    after = {j for k in convs for j in consumers.get(k, []) if nodes[j].op_type in ("Clip", "Relu")}
+    return [nodes[k].name for k in sorted((below & above) | after)]
 
 
 def _restore_order(graph: Any, order: list[str]) -> None:
@@ -424,7 +456,12 @@ class OnnxScorer:
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such file (an exported model is one .onnx file, from `normalcy export`)")
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for every bad file
+            raise InputError(f"{path}: onnxruntime cannot load it as a model ({str(err).strip()[:200]})") from None
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
             raise InputError(f"{path}: not a normalcy export (no '{META_KEY}' metadata)")
@@ -437,25 +474,30 @@ class OnnxScorer:
         scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels})
         return scores, maps
 
+    def iter_score(self, paths: Sequence[Path], batch_size: int = 8) -> Iterator[Scored | Skipped]:
+        """A record per file, batch by batch as ``Detector.iter_score`` streams them (no embeddings: the graph
+        has none): Scored with the image at its own size, or Skipped with the reason."""
+        paths = list(paths)
+        for i in range(0, len(paths), batch_size):
+            skipped: list[tuple[Path, str]] = []
+            read = list(iter_images(paths[i: i + batch_size], skipped))
+            yield from (Skipped(p, why) for p, why in skipped)
+            if read:
+                s, m = self.run(np.stack([resize_image(im, self.size) for _, im in read]))
+                for k, (p, im) in enumerate(read):
+                    yield Scored(p, im, float(s[k]), m[k], float(s[k]) >= self.threshold)
+
     def score(self, paths: Sequence[Path] | str | Path, batch_size: int = 8) -> Result:
         """Scores, decisions and maps (at each image's own size, drawn when read) of the readable images."""
         if isinstance(paths, (str, Path)):
             paths = list_files(paths)
+        done: list[tuple[Path, float, np.ndarray, tuple[int, int]]] = []  # not the images: a big folder fits
         skipped: list[tuple[Path, str]] = []
-        done: list[Path] = []
-        sizes: list[tuple[int, int]] = []
-        scores: list[np.ndarray] = []
-        grids: list[np.ndarray] = []
-        paths = list(paths)
-        for i in range(0, len(paths), batch_size):
-            got = list(_resized(paths[i: i + batch_size], self.size, skipped))
-            if not got:
-                continue
-            s, m = self.run(np.stack([im for _, _, im in got]))
-            done += [p for p, _, _ in got]
-            sizes += [hw for _, hw, _ in got]
-            scores.append(s.astype(np.float64))
-            grids += list(m)
-        sc = np.concatenate(scores) if scores else np.zeros(0)
-        return Result(paths=done, scores=sc, maps=Maps(grids, sizes), decisions=sc >= self.threshold,
-                      threshold=self.threshold, skipped=skipped)
+        for rec in self.iter_score(paths, batch_size):
+            if isinstance(rec, Skipped):
+                skipped.append((rec.path, rec.reason))
+            else:
+                done.append((rec.path, rec.score, rec.grid, rec.image.shape[:2]))
+        sc = np.asarray([r[1] for r in done], dtype=np.float64)
+        return Result(paths=[r[0] for r in done], scores=sc, maps=Maps([r[2] for r in done], [r[3] for r in done]),
+                      decisions=sc >= self.threshold, threshold=self.threshold, skipped=skipped)
