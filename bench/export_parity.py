@@ -7,8 +7,10 @@ For each detector: fit on train/good with the backbone in fp32, export fp32 and 
 training images), score test/ with each. Reported against PyTorch fp32 (PatchCore: with exact search, as the
 graph searches; the model as fitted searches by IVF when its bank is large, reported on its own row): the
 largest score difference (absolute, and relative to the score), the decisions at the model's threshold that
-agree, image AUROC, and images/s of the scoring alone (resized images already in memory, batches of 8, on
-``--time-images`` images, best of 3 passes) and end to end (read, resize, score, every test image, one pass).
+agree, image AUROC, images/s of the scoring alone (resized images already in memory, batches of 8, on
+``--time-images`` images, best of 3 passes) and end to end (read, resize, score, every test image, one pass), and
+the batch-1 latency: the median time to score one image file on its own (read, resize, score, map), over
+``--latency-images`` images after 5 warm-up calls.
 Trained detectors train for ``--train-steps`` steps only: enough for parity, not for their best AUROC.
 Prints a markdown table.
 """
@@ -56,6 +58,18 @@ def best_speed(run: Callable[[list[np.ndarray]], object], images: list[np.ndarra
     return best
 
 
+def latency_ms(score_one: Callable[[Path], object], paths: list[Path], warm: int = 5) -> float:
+    """Median ms of score_one(path) over paths, each image on its own, after a few warm-up calls."""
+    for p in paths[:warm]:
+        score_one(p)
+    times = []
+    for p in paths:
+        t = time.perf_counter()
+        score_one(p)
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
 def torch_scoring(det: Detector) -> Callable[[list[np.ndarray]], object]:
     """Features + _score of resized images: the PyTorch counterpart of the graph."""
     def run(chunk: list[np.ndarray]) -> object:
@@ -67,38 +81,44 @@ def torch_scoring(det: Detector) -> Callable[[list[np.ndarray]], object]:
 
 
 def row(name: str, scores: np.ndarray, decisions: np.ndarray, ref_scores: np.ndarray, ref_decisions: np.ndarray,
-        labels: np.ndarray, graph_ips: float, e2e_ips: float) -> dict:
+        labels: np.ndarray, graph_ips: float, e2e_ips: float, batch1_ms: float) -> dict:
     diff = np.abs(scores - ref_scores)
     return {"variant": name, "max_abs": float(diff.max()), "max_rel": float((diff / np.abs(ref_scores)).max()),
             "max_rel1": float((diff / np.maximum(np.abs(ref_scores), 1.0)).max()),
             "agree": f"{int((decisions == ref_decisions).sum())}/{len(decisions)}",
-            "auroc": image_metrics(labels, scores)["image_auroc"], "graph": graph_ips, "e2e": e2e_ips}
+            "auroc": image_metrics(labels, scores)["image_auroc"], "graph": graph_ips, "e2e": e2e_ips,
+            "batch1": batch1_ms}
 
 
-def bench(name: str, data: Path, time_images: int, train_steps: int, out: Path) -> list[dict]:
+def bench(name: str, data: Path, time_images: int, latency_images: int, train_steps: int, image_size: int | None,
+          out: Path) -> list[dict]:
     ds = load_dataset(data)
     paths = [s.path for s in ds.test]
     labels = np.array([s.label for s in ds.test])
     fields = DETECTORS[name].Params.model_fields
     kwargs = {k: v for k, v in (("steps", train_steps), ("teacher_steps", train_steps), ("time_budget", None))
               if k in fields}
-    det = create(name, FeatureExtractor(precision="fp32"), **kwargs).fit(ds.train, progress=False)
+    ext = FeatureExtractor(precision="fp32", **({"image_size": image_size} if image_size else {}))
+    det = create(name, ext, **kwargs).fit(ds.train, progress=False)
     note(f"{name}: fitted")
     exact = exact_search(det)
     resized = [resize_image(read_image(p), det.extractor.size) for p in paths[:time_images]]
+    one_by_one = paths[:latency_images]
 
     t = time.perf_counter()
     ref = exact.score(paths, progress=False)
     e2e = len(paths) / (time.perf_counter() - t)
     note(f"{name}: scored by PyTorch")
     rows = [row("PyTorch fp32" + (", exact search" if exact is not det else ""), ref.scores, ref.decisions,
-                ref.scores, ref.decisions, labels, best_speed(torch_scoring(exact), resized), e2e)]
+                ref.scores, ref.decisions, labels, best_speed(torch_scoring(exact), resized), e2e,
+                latency_ms(lambda p: exact.score([p], batch_size=1, progress=False), one_by_one))]
     if exact is not det:  # the model as fitted: IVF search
         t = time.perf_counter()
         ivf = det.score(paths, progress=False)
         e2e = len(paths) / (time.perf_counter() - t)
         rows.append(row(f"PyTorch fp32, IVF ({len(det.bank_)} bank, {len(det.cells_)} cells)", ivf.scores,
-                        ivf.decisions, ref.scores, ref.decisions, labels, best_speed(torch_scoring(det), resized), e2e))
+                        ivf.decisions, ref.scores, ref.decisions, labels, best_speed(torch_scoring(det), resized), e2e,
+                        latency_ms(lambda p: det.score([p], batch_size=1, progress=False), one_by_one)))
     for precision in ("fp32", "int8"):
         t = time.perf_counter()
         path = export_onnx(det, out / f"{name}-{precision}.onnx", precision, calibration_paths=ds.train)
@@ -111,7 +131,8 @@ def bench(name: str, data: Path, time_images: int, train_steps: int, out: Path) 
         assert [p for p in got.paths] == list(ref.paths)
         rows.append(row(f"ONNX {precision} (export {export_s:.0f} s, {path.stat().st_size / 2**20:.0f} MB)",
                         got.scores, got.decisions, ref.scores, ref.decisions, labels,
-                        best_speed(lambda chunk: scorer.run(np.stack(chunk)), resized), e2e))
+                        best_speed(lambda chunk: scorer.run(np.stack(chunk)), resized), e2e,
+                        latency_ms(lambda p: scorer.score([p], batch_size=1), one_by_one)))
     for r in rows:
         r["detector"] = name
     return rows
@@ -122,21 +143,24 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "magnetic_tile")
     ap.add_argument("--detectors", nargs="+", default=["gaussian", "patchcore"])
     ap.add_argument("--time-images", type=int, default=32, help="resized images in memory for the scoring speed")
+    ap.add_argument("--latency-images", type=int, default=50, help="images scored one at a time for the latency")
+    ap.add_argument("--image-size", type=int, default=None, help="the input size (default: the extractor's, 224)")
     ap.add_argument("--train-steps", type=int, default=200, help="trained detectors: training steps")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.detectors:
-            rows += bench(name, args.data, args.time_images, args.train_steps, Path(tmp))
+            rows += bench(name, args.data, args.time_images, args.latency_images, args.train_steps, args.image_size,
+                          Path(tmp))
     print(f"\n{args.data.name}, {len(rows) and rows[0]['agree'].split('/')[1]} test images, "
-          f"{torch.get_num_threads()} threads\n")
+          f"{torch.get_num_threads()} threads, input {args.image_size or 'default'}\n")
     print("| detector | variant | max abs diff | max rel diff | max rel diff, floor 1 | decisions agree | "
-          "image AUROC | scoring images/s | end to end images/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "image AUROC | scoring images/s | end to end images/s | batch-1 latency ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['detector']} | {r['variant']} | {r['max_abs']:.2g} | {r['max_rel']:.2g} | {r['max_rel1']:.2g} | "
-              f"{r['agree']} | {r['auroc']:.4f} | {r['graph']:.1f} | {r['e2e']:.1f} |")
+              f"{r['agree']} | {r['auroc']:.4f} | {r['graph']:.1f} | {r['e2e']:.1f} | {r['batch1']:.1f} |")
 
 
 if __name__ == "__main__":
