@@ -2,6 +2,7 @@
 
     python bench/dev_proxies.py                     # every proxy and detector, about 12 minutes on 2 cores
     python bench/dev_proxies.py --proxies elpv --detectors gaussian
+    python bench/dev_proxies.py --detectors patchcore patchcore@efficientnet_lite2   # NAME@BACKBONE: another backbone
 
 The synthetic proxies are built from NORMAL training images only: train/good is split into a part to fit
 on and a held-out part (20 %), and each held-out image is scored as it is and once as a logical-anomaly
@@ -117,9 +118,13 @@ def efficientad_branches(det: EfficientAD, ds: Dataset) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--proxies", nargs="+", default=list(PROXIES), choices=list(PROXIES))
-    ap.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=list(DETECTORS))
+    ap.add_argument("--detectors", nargs="+", default=list(DETECTORS),
+                    help=f"of {', '.join(DETECTORS)}; NAME@BACKBONE runs it on another backbone")
     ap.add_argument("--time-budget", type=float, default=60.0, help="EfficientAD's training budget, seconds")
     args = ap.parse_args()
+    for spec in args.detectors:
+        if spec.split("@")[0] not in DETECTORS:
+            ap.error(f"unknown detector {spec!r}: choose from {', '.join(DETECTORS)} (NAME@BACKBONE for another backbone)")
     totals: dict[str, dict[str, float]] = {}
     kinds: dict[tuple[str, str], dict[str, float]] = {}
     branches: dict[str, dict[str, float]] = {}
@@ -131,18 +136,21 @@ def main() -> None:
             size = sizing(ds.train)
             ex = FeatureExtractor(image_size=size)
             sizes[name] = "x".join(str(v) for v in ex.size)
+            extractors = {bb: FeatureExtractor(backbone=bb, image_size=size)
+                          for bb in {spec.partition("@")[2] for spec in args.detectors} - {""}}
             n_bad = sum(s.label for s in ds.test)
             print(f"{name}: {len(ds.train)} train, {len(ds.test) - n_bad} normal + {n_bad} anomalous test, "
                   f"input {sizes[name]}", flush=True)
-            for det_name in args.detectors:
+            for spec in args.detectors:
+                det_name, _, backbone = spec.partition("@")
                 kw = {"time_budget": args.time_budget} if det_name == "efficientad" else {}
-                metrics, det, result = run_eval(ds, det_name, ex, progress=False, detector_kwargs=kw,
-                                                latency_images=0)
-                totals.setdefault(name, {})[det_name] = metrics["image_auroc"]
-                shown = metrics["detector"]
+                metrics, det, result = run_eval(ds, det_name, extractors[backbone] if backbone else ex, progress=False,
+                                                detector_kwargs=kw, latency_images=0)
+                totals.setdefault(name, {})[spec] = metrics["image_auroc"]
+                shown = metrics["detector"] + (f" on {backbone}" if backbone else "")
                 if name.endswith("-logical"):
                     for kind, v in kind_aurocs(ds, result.paths, result.scores).items():
-                        kinds.setdefault((name, kind), {})[det_name] = v
+                        kinds.setdefault((name, kind), {})[spec] = v
                     if det_name == "efficientad":
                         branches[name] = efficientad_branches(det, ds)
                 print(f"  {shown}: image AUROC {metrics['image_auroc']:.3f} (fit {metrics['fit_seconds']:.0f} s)",

@@ -41,6 +41,8 @@ SETTINGS: dict[str, list[tuple[str, dict, dict]]] = {"patchcore": [  # (label, e
     ("no re-weighting (b = 1)", {}, {"reweight_neighbours": 1}),
     ("standardized channels", {}, {"standardize": True}),
     ("standardized channels, 5x5 neighbourhood", {"aggregate": 5}, {"standardize": True}),
+    ("EfficientNet-Lite1 backbone", {"backbone": "efficientnet_lite1"}, {}),
+    ("EfficientNet-Lite2 backbone", {"backbone": "efficientnet_lite2"}, {}),
 ], "gaussian": [
     ("default (pool grid 4)", {}, {}),
     ("pool grid 2", {"pool_grid": 2}, {}),
@@ -57,7 +59,8 @@ class CachedExtractor(FeatureExtractor):
     _cache: dict = {}
 
     def iter_batches(self, paths, batch_size=32, keep_images=True, pooled=True, features=True):
-        key = (tuple(paths), batch_size, pooled, features, self.aggregate, self.size, self.pool_grid)
+        key = (tuple(paths), batch_size, pooled, features, self.spec.name, self.patch_levels, self.aggregate,
+               self.size, self.pool_grid)
         if key not in self._cache:
             self._cache[key] = list(super().iter_batches(paths, batch_size, True, pooled, features))
         return iter(self._cache[key])

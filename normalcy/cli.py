@@ -73,12 +73,14 @@ def _guarded(fn: Any) -> Any:
     return wrapper
 
 
-def _extractor(backbone: str, backbone_config: Optional[Path], image_size: str, pool_grid: int = 4,
+def _extractor(backbone: Optional[str], backbone_config: Optional[Path], image_size: str, pool_grid: int = 4,
                precision: str = "auto", sample: list[Path] | None = None, tile: Optional[int] = None,
-               overlap: int = 64) -> FeatureExtractor:
+               overlap: int = 64, detector: str = "") -> FeatureExtractor:
     """The feature extractor the options describe; ``--image-size auto`` reads the sample's aspect ratio
-    (with ``--tile``: the sample's own median size, which the tiles then cover)."""
-    spec: str | BackboneSpec = backbone
+    (with ``--tile``: the sample's own median size, which the tiles then cover). Without --backbone: the
+    detector's own default (``auto``: gaussian's; fit_auto gives each candidate its own)."""
+    cls = DETECTORS.get(detector)
+    spec: str | BackboneSpec = backbone or (cls.default_backbone if cls else "efficientnet_lite0")
     if backbone_config is not None:
         try:
             cfg = json.loads(Path(backbone_config).read_text())
@@ -100,7 +102,9 @@ DetectorOpt = typer.Option(None, "--detector", "-d",
                                 "separates held-out normal training images from the same with synthetic defects "
                                 "better); default gaussian. Tables: one of gaussian, knn, iforest, ecod, ensemble; "
                                 "default ensemble.")
-BackboneOpt = typer.Option("efficientnet_lite0", help=f"One of: {', '.join(BACKBONES)}.")
+BackboneOpt = typer.Option(None, help=f"One of: {', '.join(BACKBONES)}. Default: the detector's own "
+                           f"({', '.join(f'{n} {c.default_backbone}' for n, c in DETECTORS.items())}; "
+                           "musc efficientnet_lite0).", show_default=False)
 BackboneCfgOpt = typer.Option(
     None, help="JSON file with custom_backbone() arguments: your own module and local weights (see README)."
 )
@@ -140,7 +144,7 @@ def fit(
                                       "feature vectors (.csv, .parquet, .npz)."),
     output: Path = typer.Option(..., "--output", "-o", help="Model directory to write."),
     detector: Optional[str] = DetectorOpt,
-    backbone: str = BackboneOpt,
+    backbone: Optional[str] = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: str = SizeOpt,
     tile: Optional[int] = TileOpt,
@@ -162,12 +166,13 @@ def fit(
         return
     detector = detector or "gaussian"
     paths = list_files(train_dir)
-    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, paths, tile, overlap)
+    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, paths, tile, overlap,
+                           detector)
     kwargs = _detector_kwargs(detector, fpr, seed, steps, time_budget)
     if detector == "auto":
         from .validation import fit_auto
 
-        det = fit_auto(paths, extractor, **kwargs)
+        det = fit_auto(paths, extractor, own_backbones=backbone is None and backbone_config is None, **kwargs)
     else:
         det = create(detector, extractor, **kwargs).fit(paths)
     det.save(output)
@@ -316,7 +321,7 @@ def score_batch(
     output: Path = RunOutOpt,
     extra: Optional[list[Path]] = typer.Option(None, help="Extra unlabeled images or folders to compare against "
                                                           "(not scored; they need not be normal). Repeatable."),
-    backbone: str = BackboneOpt,
+    backbone: Optional[str] = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: str = SizeOpt,
     tile: Optional[int] = TileOpt,
@@ -429,7 +434,7 @@ def eval_(
     dataset: Path = typer.Argument(..., help="A data set in MVTec AD layout (train/good, test/*, ground_truth/*), "
                                    "or a table of feature vectors with --label-column."),
     detector: Optional[str] = DetectorOpt,
-    backbone: str = BackboneOpt,
+    backbone: Optional[str] = BackboneOpt,
     backbone_config: Optional[Path] = BackboneCfgOpt,
     image_size: str = SizeOpt,
     tile: Optional[int] = TileOpt,
@@ -465,7 +470,7 @@ def eval_(
         out.print(metrics_table(metrics))
 
 
-def _eval_images(dataset: Path, detector: str, backbone: str, backbone_config: Optional[Path], image_size: str,
+def _eval_images(dataset: Path, detector: str, backbone: Optional[str], backbone_config: Optional[Path], image_size: str,
                  pool_grid: int, precision: str, fpr: float, seed: int, steps: Optional[int],
                  time_budget: Optional[float], report: Optional[Path], tile: Optional[int] = None,
                  overlap: int = 64) -> dict[str, Any]:
@@ -473,8 +478,10 @@ def _eval_images(dataset: Path, detector: str, backbone: str, backbone_config: O
     from .evaluate import run_eval, write_eval_report
 
     ds = load_dataset(dataset)
-    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, ds.train, tile, overlap)
+    extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, ds.train, tile, overlap,
+                           detector)
     metrics, det, result = run_eval(ds, detector, extractor, progress=True,
+                                    own_backbones=backbone is None and backbone_config is None,
                                     detector_kwargs=_detector_kwargs(detector, fpr, seed, steps, time_budget))
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:

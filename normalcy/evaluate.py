@@ -116,8 +116,10 @@ def run_eval(
     progress: bool = True,
     detector_kwargs: dict[str, Any] | None = None,
     latency_images: int = 20,
+    own_backbones: bool = False,
 ) -> tuple[dict[str, Any], Detector, Result]:
-    """Fit, score, measure. Returns (metrics dict, fitted detector, test result)."""
+    """Fit, score, measure. Returns (metrics dict, fitted detector, test result). ``own_backbones``: ``auto``'s
+    candidates each run on their own default backbone (see validation.fit_auto)."""
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     kwargs = dict(detector_kwargs or {})
     zero_shot = detector == MuSc.name  # scores the test set against itself: train/ is not used at all
@@ -125,7 +127,7 @@ def run_eval(
     if zero_shot:
         det: Detector | MuSc = MuSc(extractor, **{k: v for k, v in kwargs.items() if k not in ("fpr", "seed")})
     elif detector == "auto":  # chosen on held-out normal training images with synthetic defects
-        det = fit_auto(ds.train, extractor, progress=progress, **kwargs)
+        det = fit_auto(ds.train, extractor, progress=progress, own_backbones=own_backbones, **kwargs)
     else:
         det = create(detector, extractor, **kwargs).fit(ds.train, progress=progress)
     fit_seconds = time.perf_counter() - t0

@@ -206,6 +206,14 @@ class FeatureExtractor:
             "overlap": self.overlap,
         }
 
+    def with_backbone(self, backbone: str) -> "FeatureExtractor":
+        """This extractor's options (size, precision, tiles, pooling) on another built-in backbone, at that
+        backbone's own levels: for detectors that default to different backbones (``--detector auto``)."""
+        if backbone == self.spec.name:
+            return self
+        cfg = {k: v for k, v in self.config.items() if k not in ("backbone_extras", "patch_levels", "pooled_levels")}
+        return FeatureExtractor(**{**cfg, "backbone": backbone, "tile_batch": self.tile_batch})
+
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """HxWx3 uint8 images of any size -> Bx3xhxw float tensor in [0, 1] at this extractor's size."""
         return _to_tensor([self._resize(im) for im in images])

@@ -83,15 +83,16 @@ def validation_auroc(detector: Any, split: Split) -> float:
 
 
 def choose_detector(paths: Sequence[Path], extractor: FeatureExtractor, candidates: Sequence[str] = CANDIDATES,
-                    **kwargs: Any) -> tuple[str, dict[str, float]]:
-    """The candidate with the best synthetic-defect validation AUROC on held-out normal images, and every AUROC."""
+                    own_backbones: bool = False, **kwargs: Any) -> tuple[str, dict[str, float]]:
+    """The candidate with the best synthetic-defect validation AUROC on held-out normal images, and every AUROC.
+    ``own_backbones``: each candidate runs on its own default backbone (``extractor``'s other options kept)."""
     from .detectors import create
 
     found: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="normalcy-validation-") as tmp:
         split = synthetic_split(paths, Path(tmp), seed=int(kwargs.get("seed", 0)))
         for name in candidates:
-            det = create(name, extractor, **kwargs).fit(split.fit, progress=False)
+            det = create(name, _extractor_for(name, extractor, own_backbones), **kwargs).fit(split.fit, progress=False)
             found[name] = validation_auroc(det, split)
             log.info("auto: %s reaches %.3f image AUROC on %d held-out normal images with synthetic defects",
                      name, found[name], len(split.normal))
@@ -100,14 +101,22 @@ def choose_detector(paths: Sequence[Path], extractor: FeatureExtractor, candidat
 
 
 def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, progress: bool = True,
-             **kwargs: Any) -> Any:
+             own_backbones: bool = False, **kwargs: Any) -> Any:
     """``--detector auto``: choose among CANDIDATES on synthetic-defect validation, then fit the choice on all
-    images. The choice and every candidate's validation AUROC are kept on the model (``choice_``)."""
+    images. The choice and every candidate's validation AUROC are kept on the model (``choice_``). Without an
+    extractor, or with ``own_backbones``, each candidate runs on its own default backbone."""
     from .detectors import create
 
+    own_backbones = own_backbones or extractor is None
     extractor = extractor or FeatureExtractor()
-    name, found = choose_detector(paths, extractor, **kwargs)
+    name, found = choose_detector(paths, extractor, own_backbones=own_backbones, **kwargs)
     log.info("auto: chose %s (%s)", name, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
-    det = create(name, extractor, **kwargs).fit(paths, progress=progress)
+    det = create(name, _extractor_for(name, extractor, own_backbones), **kwargs).fit(paths, progress=progress)
     det.choice_ = {"validation_auroc": found, "chosen": name}
     return det
+
+
+def _extractor_for(name: str, extractor: FeatureExtractor, own_backbone: bool) -> FeatureExtractor:
+    from .detectors import DETECTORS
+
+    return extractor.with_backbone(DETECTORS[name].default_backbone) if own_backbone else extractor

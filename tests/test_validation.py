@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import make_synthetic_dataset
 from normalcy.data import InputError, list_files
+from normalcy.detectors import DETECTORS, create
 from normalcy.features import FeatureExtractor
 from normalcy.validation import CANDIDATES, choose_detector, synthetic_split
 
@@ -31,6 +32,18 @@ def test_split_holds_out_normal_images_and_plants_a_defect_in_each(tmp_path: Pat
         synthetic_split(train[:6], tmp_path / "few")
 
 
+def test_each_detector_defaults_to_its_own_backbone() -> None:
+    """PatchCore runs on EfficientNet-Lite2 unless told otherwise (chosen on development data); the others on
+    Lite0. with_backbone keeps every other option, for auto's candidates."""
+    assert create("patchcore").extractor.spec.name == "efficientnet_lite2"
+    assert create("gaussian").extractor.spec.name == "efficientnet_lite0"
+    ex = FeatureExtractor(image_size=(64, 96), precision="fp32", pool_grid=2)
+    other = ex.with_backbone("efficientnet_lite2")
+    assert other.spec.name == "efficientnet_lite2" and other.patch_levels == other.spec.patch_levels
+    assert (other.size, other.precision, other.pool_grid) == ((64, 96), "fp32", 2)
+    assert ex.with_backbone("efficientnet_lite0") is ex
+
+
 def test_choice_is_a_candidate_with_its_validation_numbers(tmp_path: Path) -> None:
     root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
     name, found = choose_detector(list_files(root / "train" / "good"),
@@ -47,6 +60,7 @@ def test_cli_fit_auto_records_the_choice(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["detector"] == meta["choice"]["chosen"] in CANDIDATES
+    assert meta["extractor"]["backbone"] == DETECTORS[meta["detector"]].default_backbone  # no --backbone: its own
     r = subprocess.run([*cli, "fit", str(root / "train" / "good"), "-o", str(tmp_path / "m2"), "-d", "auto",
                         "--steps", "5"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "do not apply" in r.stderr and "Traceback" not in r.stderr

@@ -177,6 +177,7 @@ class Detector:
     min_images: ClassVar[int] = 2  # fewer readable training images is an error
     uses_pooled: ClassVar[bool] = True  # False: the backbone stops after the patch levels
     uses_features: ClassVar[bool] = True  # False: no backbone at all, the detector sees batch.inputs
+    default_backbone: ClassVar[str] = "efficientnet_lite0"  # without an extractor (CLI: without --backbone)
 
     threshold_: float | None
     map_range_: tuple[float, float] | None
@@ -189,7 +190,7 @@ class Detector:
             validated = type(self).Params(**params)
         except ValidationError as err:
             raise InputError(validation_message(f"detector {self.name}", err)) from None
-        self.extractor = extractor or FeatureExtractor()
+        self.extractor = extractor or FeatureExtractor(backbone=self.default_backbone)
         if self.extractor.tile and not self.uses_features:
             raise InputError(f"detector {self.name} works on the resized image, not on backbone features: tiling "
                              f"(--tile) is for gaussian, patchcore, simplenet and musc")
