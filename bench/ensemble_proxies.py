@@ -3,7 +3,7 @@
     python bench/ensemble_proxies.py [PROXY ...]     # all four proxies of bench/dev_proxies.py, ~5 minutes
 
 For each proxy of ``bench/dev_proxies.py`` (built from normal training images, or elpv), fits gaussian and
-patchcore as ``normalcy eval`` does and combines their image scores, each put in units of its own
+patchcore as ``normalcy eval`` does (each on its own default backbone) and combines their image scores, each put in units of its own
 calibration scores (the out-of-sample scores of normal training images that set its threshold: gaussian's
 cross-validated ones, patchcore's leave-one-image-out ones), three ways: the sum of z-scores, the sum of
 robust scores ((s - median) / (99th percentile - median)) and the larger z-score. Prints image AUROC per
@@ -21,6 +21,7 @@ import numpy as np
 
 import dev_proxies
 from normalcy.data import load_dataset
+from normalcy.detectors import DETECTORS
 from normalcy.detectors.base import Detector
 from normalcy.evaluate import run_eval
 from normalcy.features import FeatureExtractor
@@ -46,7 +47,8 @@ def main() -> None:
             label = {s.path: s.label for s in ds.test}
             got = {}
             for det_name in ("gaussian", "patchcore"):
-                metrics, det, result = run_eval(ds, det_name, ex, progress=False, latency_images=0)
+                own = ex.with_backbone(DETECTORS[det_name].default_backbone)  # each on its own backbone, as eval
+                metrics, det, result = run_eval(ds, det_name, own, progress=False, latency_images=0)
                 order = np.argsort([str(p) for p in result.paths])
                 y = np.array([label[p] for p in result.paths])[order]
                 got[det_name] = (np.asarray(result.scores)[order], det.bench_calibration, metrics["image_auroc"])

@@ -102,9 +102,9 @@ DetectorOpt = typer.Option(None, "--detector", "-d",
                                 "separates held-out normal training images from the same with synthetic defects "
                                 "better); default gaussian. Tables: one of gaussian, knn, iforest, ecod, ensemble; "
                                 "default ensemble.")
+_OWN_BACKBONES = ", ".join(f"{n} {c.default_backbone}" for n, c in DETECTORS.items() if c.uses_features)
 BackboneOpt = typer.Option(None, help=f"One of: {', '.join(BACKBONES)}. Default: the detector's own "
-                           f"({', '.join(f'{n} {c.default_backbone}' for n, c in DETECTORS.items())}; "
-                           "musc efficientnet_lite0).", show_default=False)
+                           f"({_OWN_BACKBONES}; musc efficientnet_lite0).", show_default=False)
 BackboneCfgOpt = typer.Option(
     None, help="JSON file with custom_backbone() arguments: your own module and local weights (see README)."
 )
@@ -470,8 +470,8 @@ def eval_(
         out.print(metrics_table(metrics))
 
 
-def _eval_images(dataset: Path, detector: str, backbone: Optional[str], backbone_config: Optional[Path], image_size: str,
-                 pool_grid: int, precision: str, fpr: float, seed: int, steps: Optional[int],
+def _eval_images(dataset: Path, detector: str, backbone: Optional[str], backbone_config: Optional[Path],
+                 image_size: str, pool_grid: int, precision: str, fpr: float, seed: int, steps: Optional[int],
                  time_budget: Optional[float], report: Optional[Path], tile: Optional[int] = None,
                  overlap: int = 64) -> dict[str, Any]:
     from .data import load_dataset
