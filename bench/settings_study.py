@@ -49,6 +49,7 @@ SETTINGS: dict[str, list[tuple[str, dict, dict]]] = {"patchcore": [  # (label, e
     ("pool grid 1 (Rippel et al.: whole-image average)", {"pool_grid": 1}, {}),
     ("192 px (the fast path, issue 13)", {"image_size": 192}, {}),
     ("160 px (the fast path, issue 13)", {"image_size": 160}, {}),
+    ("EfficientNet-Lite2 backbone", {"backbone": "efficientnet_lite2"}, {}),
 ]}
 
 
