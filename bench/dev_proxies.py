@@ -2,7 +2,10 @@
 
     python bench/dev_proxies.py                     # every proxy and detector, about 12 minutes on 2 cores
     python bench/dev_proxies.py --proxies elpv --detectors gaussian
-    python bench/dev_proxies.py --detectors patchcore patchcore@efficientnet_lite2   # NAME@BACKBONE: another backbone
+    python bench/dev_proxies.py --detectors patchcore@efficientnet_lite0 patchcore   # NAME@BACKBONE: another backbone
+
+Without @BACKBONE a detector runs on its own default backbone (patchcore: EfficientNet-Lite2 since 3 December
+2026; tables before that date ran it on Lite0), and auto gives each candidate its own, as ``normalcy eval`` does.
 
 The synthetic proxies are built from NORMAL training images only: train/good is split into a part to fit
 on and a held-out part (20 %), and each held-out image is scored as it is and once as a logical-anomaly
@@ -28,6 +31,7 @@ import torch
 
 from normalcy.data import Dataset, load_dataset, read_image
 from normalcy.demo import build_elpv_dataset
+from normalcy.detectors import DETECTORS as DETECTORS_BY_NAME
 from normalcy.detectors import EfficientAD
 from normalcy.evaluate import run_eval
 from normalcy.features import FeatureExtractor, size_for
@@ -144,8 +148,10 @@ def main() -> None:
             for spec in args.detectors:
                 det_name, _, backbone = spec.partition("@")
                 kw = {"time_budget": args.time_budget} if det_name == "efficientad" else {}
-                metrics, det, result = run_eval(ds, det_name, extractors[backbone] if backbone else ex, progress=False,
-                                                detector_kwargs=kw, latency_images=0)
+                # Without @BACKBONE: the detector's own default backbone (auto: each candidate's), as in eval.
+                own = ex if det_name == "auto" else ex.with_backbone(DETECTORS_BY_NAME[det_name].default_backbone)
+                metrics, det, result = run_eval(ds, det_name, extractors[backbone] if backbone else own, progress=False,
+                                                detector_kwargs=kw, latency_images=0, own_backbones=not backbone)
                 totals.setdefault(name, {})[spec] = metrics["image_auroc"]
                 shown = metrics["detector"] + (f" on {backbone}" if backbone else "")
                 if name.endswith("-logical"):
