@@ -1,6 +1,6 @@
 """Detector settings, chosen on development data only: never on the test set they are reported on.
 
-    python bench/settings_study.py [--detector patchcore|gaussian] [--data ../shared/data/magnetic_tile]
+    python bench/settings_study.py [--detector patchcore|gaussian|simplenet] [--data ../shared/data/magnetic_tile]
 
 Development data, each a different kind of evidence:
 
@@ -50,6 +50,9 @@ SETTINGS: dict[str, list[tuple[str, dict, dict]]] = {"patchcore": [  # (label, e
     ("192 px (the fast path, issue 13)", {"image_size": 192}, {}),
     ("160 px (the fast path, issue 13)", {"image_size": 160}, {}),
     ("EfficientNet-Lite2 backbone", {"backbone": "efficientnet_lite2"}, {}),
+], "simplenet": [  # trained for 120 s each (the default budget is 600 s): four fits a setting
+    ("default (EfficientNet-Lite0), 120 s", {}, {"time_budget": 120}),
+    ("EfficientNet-Lite2 backbone, 120 s", {"backbone": "efficientnet_lite2"}, {"time_budget": 120}),
 ]}
 
 
