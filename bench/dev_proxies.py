@@ -31,8 +31,7 @@ import torch
 
 from normalcy.data import Dataset, load_dataset, read_image
 from normalcy.demo import build_elpv_dataset
-from normalcy.detectors import DETECTORS as DETECTORS_BY_NAME
-from normalcy.detectors import EfficientAD
+from normalcy.detectors import EfficientAD, default_backbone
 from normalcy.evaluate import run_eval
 from normalcy.features import FeatureExtractor, size_for
 from normalcy.metrics import image_metrics
@@ -128,7 +127,8 @@ def main() -> None:
     args = ap.parse_args()
     for spec in args.detectors:
         if spec.split("@")[0] not in DETECTORS:
-            ap.error(f"unknown detector {spec!r}: choose from {', '.join(DETECTORS)} (NAME@BACKBONE for another backbone)")
+            ap.error(f"unknown detector {spec!r}: choose from {', '.join(DETECTORS)} "
+                     "(NAME@BACKBONE for another backbone)")
     totals: dict[str, dict[str, float]] = {}
     kinds: dict[tuple[str, str], dict[str, float]] = {}
     branches: dict[str, dict[str, float]] = {}
@@ -140,8 +140,6 @@ def main() -> None:
             size = sizing(ds.train)
             ex = FeatureExtractor(image_size=size)
             sizes[name] = "x".join(str(v) for v in ex.size)
-            extractors = {bb: FeatureExtractor(backbone=bb, image_size=size)
-                          for bb in {spec.partition("@")[2] for spec in args.detectors} - {""}}
             n_bad = sum(s.label for s in ds.test)
             print(f"{name}: {len(ds.train)} train, {len(ds.test) - n_bad} normal + {n_bad} anomalous test, "
                   f"input {sizes[name]}", flush=True)
@@ -149,9 +147,9 @@ def main() -> None:
                 det_name, _, backbone = spec.partition("@")
                 kw = {"time_budget": args.time_budget} if det_name == "efficientad" else {}
                 # Without @BACKBONE: the detector's own default backbone (auto: each candidate's), as in eval.
-                own = ex if det_name == "auto" else ex.with_backbone(DETECTORS_BY_NAME[det_name].default_backbone)
-                metrics, det, result = run_eval(ds, det_name, extractors[backbone] if backbone else own, progress=False,
-                                                detector_kwargs=kw, latency_images=0, own_backbones=not backbone)
+                metrics, det, result = run_eval(ds, det_name, ex.with_backbone(backbone or default_backbone(det_name)),
+                                                progress=False, detector_kwargs=kw, latency_images=0,
+                                                own_backbones=not backbone)
                 totals.setdefault(name, {})[spec] = metrics["image_auroc"]
                 shown = metrics["detector"] + (f" on {backbone}" if backbone else "")
                 if name.endswith("-logical"):

@@ -3,9 +3,9 @@
     python bench/ensemble_proxies.py [PROXY ...]     # all four proxies of bench/dev_proxies.py, ~5 minutes
 
 For each proxy of ``bench/dev_proxies.py`` (built from normal training images, or elpv), fits gaussian and
-patchcore as ``normalcy eval`` does (each on its own default backbone) and combines their image scores, each put in units of its own
-calibration scores (the out-of-sample scores of normal training images that set its threshold: gaussian's
-cross-validated ones, patchcore's leave-one-image-out ones), three ways: the sum of z-scores, the sum of
+patchcore as ``normalcy eval`` does (each on its own default backbone) and combines their image scores, each
+put in units of its own calibration scores (the out-of-sample scores of normal training images that set its
+threshold: gaussian's cross-validated ones, patchcore's leave-one-image-out ones), three ways: the sum of z-scores, the sum of
 robust scores ((s - median) / (99th percentile - median)) and the larger z-score. Prints image AUROC per
 proxy and the mean. The calibration scores are caught as the base class sets the threshold from them
 (``Detector._set_threshold``); a model does not keep them.
@@ -21,7 +21,7 @@ import numpy as np
 
 import dev_proxies
 from normalcy.data import load_dataset
-from normalcy.detectors import DETECTORS
+from normalcy.detectors import default_backbone
 from normalcy.detectors.base import Detector
 from normalcy.evaluate import run_eval
 from normalcy.features import FeatureExtractor
@@ -47,7 +47,7 @@ def main() -> None:
             label = {s.path: s.label for s in ds.test}
             got = {}
             for det_name in ("gaussian", "patchcore"):
-                own = ex.with_backbone(DETECTORS[det_name].default_backbone)  # each on its own backbone, as eval
+                own = ex.with_backbone(default_backbone(det_name))  # each on its own backbone, as eval runs it
                 metrics, det, result = run_eval(ds, det_name, own, progress=False, latency_images=0)
                 order = np.argsort([str(p) for p in result.paths])
                 y = np.array([label[p] for p in result.paths])[order]

@@ -10,7 +10,7 @@ largest score difference (absolute, and relative to the score), the decisions at
 agree, image AUROC, images/s of the scoring alone (resized images already in memory, batches of 8, on
 ``--time-images`` images, best of 3 passes) and end to end (read, resize, score, every test image, one pass), and
 the batch-1 latency: the median time to score one image file on its own (read, resize, score, map), over
-``--latency-images`` images after 5 warm-up calls.
+``--latency-images`` images after 5 warm-up calls (``normalcy.evaluate.latency_ms``).
 Trained detectors train for ``--train-steps`` steps only: enough for parity, not for their best AUROC.
 Prints a markdown table.
 """
@@ -33,6 +33,7 @@ from normalcy.detectors import DETECTORS, create
 from normalcy.detectors.base import Detector
 from normalcy.export import OnnxScorer, exact_search, export_onnx
 from normalcy.features import Batch, FeatureExtractor, _to_tensor, resize_image
+from normalcy.evaluate import latency_ms
 from normalcy.metrics import image_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,18 +57,6 @@ def best_speed(run: Callable[[list[np.ndarray]], object], images: list[np.ndarra
             run(images[i:i + BATCH])
         best = max(best, len(images) / (time.perf_counter() - t))
     return best
-
-
-def latency_ms(score_one: Callable[[Path], object], paths: list[Path], warm: int = 5) -> float:
-    """Median ms of score_one(path) over paths, each image on its own, after a few warm-up calls."""
-    for p in paths[:warm]:
-        score_one(p)
-    times = []
-    for p in paths:
-        t = time.perf_counter()
-        score_one(p)
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
 
 
 def torch_scoring(det: Detector) -> Callable[[list[np.ndarray]], object]:
@@ -103,7 +92,9 @@ def bench(name: str, data: Path, time_images: int, latency_images: int, train_st
     note(f"{name}: fitted")
     exact = exact_search(det)
     resized = [resize_image(read_image(p), det.extractor.size) for p in paths[:time_images]]
-    one_by_one = paths[:latency_images]
+
+    def batch1(score_one: Callable[[Path], object]) -> float:
+        return latency_ms(score_one, paths, latency_images, warm=5)
 
     t = time.perf_counter()
     ref = exact.score(paths, progress=False)
@@ -111,14 +102,14 @@ def bench(name: str, data: Path, time_images: int, latency_images: int, train_st
     note(f"{name}: scored by PyTorch")
     rows = [row("PyTorch fp32" + (", exact search" if exact is not det else ""), ref.scores, ref.decisions,
                 ref.scores, ref.decisions, labels, best_speed(torch_scoring(exact), resized), e2e,
-                latency_ms(lambda p: exact.score([p], batch_size=1, progress=False), one_by_one))]
+                batch1(lambda p: exact.score([p], batch_size=1, progress=False)))]
     if exact is not det:  # the model as fitted: IVF search
         t = time.perf_counter()
         ivf = det.score(paths, progress=False)
         e2e = len(paths) / (time.perf_counter() - t)
         rows.append(row(f"PyTorch fp32, IVF ({len(det.bank_)} bank, {len(det.cells_)} cells)", ivf.scores,
                         ivf.decisions, ref.scores, ref.decisions, labels, best_speed(torch_scoring(det), resized), e2e,
-                        latency_ms(lambda p: det.score([p], batch_size=1, progress=False), one_by_one)))
+                        batch1(lambda p: det.score([p], batch_size=1, progress=False))))
     for precision in ("fp32", "int8"):
         t = time.perf_counter()
         path = export_onnx(det, out / f"{name}-{precision}.onnx", precision, calibration_paths=ds.train)
@@ -132,7 +123,7 @@ def bench(name: str, data: Path, time_images: int, latency_images: int, train_st
         rows.append(row(f"ONNX {precision} (export {export_s:.0f} s, {path.stat().st_size / 2**20:.0f} MB)",
                         got.scores, got.decisions, ref.scores, ref.decisions, labels,
                         best_speed(lambda chunk: scorer.run(np.stack(chunk)), resized), e2e,
-                        latency_ms(lambda p: scorer.score([p], batch_size=1), one_by_one)))
+                        batch1(lambda p: scorer.score([p], batch_size=1))))
     for r in rows:
         r["detector"] = name
     return rows

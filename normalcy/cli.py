@@ -22,7 +22,7 @@ from rich.table import Table
 from . import __version__
 from .backbones import BACKBONES, BackboneSpec, custom_backbone
 from .data import ImageError, InputError, input_paths, iter_images, list_files
-from .detectors import DETECTORS, MuSc, NotFittedError, Scored, Skipped, create, load
+from .detectors import DETECTORS, MuSc, NotFittedError, Scored, Skipped, create, default_backbone, load
 from .features import FeatureExtractor, native_size, size_for
 from .progress import console, progress_bar
 from .run import EMBEDDINGS, RunWriter
@@ -79,8 +79,7 @@ def _extractor(backbone: Optional[str], backbone_config: Optional[Path], image_s
     """The feature extractor the options describe; ``--image-size auto`` reads the sample's aspect ratio
     (with ``--tile``: the sample's own median size, which the tiles then cover). Without --backbone: the
     detector's own default (``auto``: gaussian's; fit_auto gives each candidate its own)."""
-    cls = DETECTORS.get(detector)
-    spec: str | BackboneSpec = backbone or (cls.default_backbone if cls else "efficientnet_lite0")
+    spec: str | BackboneSpec = backbone or default_backbone(detector)
     if backbone_config is not None:
         try:
             cfg = json.loads(Path(backbone_config).read_text())
@@ -250,8 +249,7 @@ def predict(
     """Score images into a run folder: scores.csv, heatmaps/, overlays/, report.html, skipped.csv, embeddings.
     Tables: scores.csv and scores.parquet (id, score, decision, threshold), skipped.csv, run.json."""
     _setup(threads)
-    exported = model_dir.suffix.lower() == ".onnx"
-    if exported and (ray is not None or embeddings):
+    if _is_exported(model_dir) and (ray is not None or embeddings):
         raise InputError(f"{model_dir}: an exported model scores images into scores and maps only: "
                          + ("--ray takes a model folder written by `normalcy fit`" if ray is not None else
                             "it has no embeddings (predict with the model folder for them)"))
@@ -270,6 +268,11 @@ def predict(
                  embeddings=embeddings, top=top, trust_code=trust_model_code)
 
 
+def _is_exported(model: Path) -> bool:
+    """A model.onnx written by `normalcy export` (scored by onnxruntime), not a model folder."""
+    return model.suffix.lower() == ".onnx"
+
+
 def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bool = True, report: bool = True,
                  save_maps: bool = False, embeddings: bool | None = None, top: int = 24,
                  trust_code: bool = False) -> None:
@@ -278,7 +281,7 @@ def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bo
     paths = input_paths(inputs)
     info = {"model": str(Path(model_dir).resolve())}
     records: Iterator[Scored | Skipped]
-    if model_dir.suffix.lower() == ".onnx":
+    if _is_exported(model_dir):
         from .export import OnnxScorer
 
         scorer = OnnxScorer(model_dir)

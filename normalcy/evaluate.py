@@ -10,7 +10,7 @@ import resource
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -99,14 +99,18 @@ def decision_rates(labels: np.ndarray, decisions: np.ndarray) -> dict[str, float
     }
 
 
-def latency_ms(detector: Detector, paths: Sequence[Path], n: int = 20) -> float:
-    """Median end-to-end time to score one image on its own (read, features, score, map)."""
+def latency_ms(score_one: Callable[[Path], object], paths: Sequence[Path], n: int = 20, warm: int = 1) -> float:
+    """Median end-to-end ms of ``score_one(path)``, one image on its own (read, features, score, map), over n
+    images after ``warm`` untimed calls (with a single image: that image again)."""
+    paths = list(paths)
+    for p in paths[:warm]:
+        score_one(p)
     times = []
-    for p in list(paths)[: n + 1]:
+    for p in paths[warm: warm + n] or paths[:n]:
         t = time.perf_counter()
-        detector.score([p], progress=False, batch_size=1)
+        score_one(p)
         times.append(time.perf_counter() - t)
-    return float(np.median(times[1:] if len(times) > 1 else times)) * 1000.0
+    return float(np.median(times)) * 1000.0
 
 
 def run_eval(
@@ -154,7 +158,8 @@ def run_eval(
         "fit_seconds": round(fit_seconds, 3),
         "score_seconds": round(score_seconds, 3),
         "images_per_second": round(len(result.paths) / score_seconds, 2) if score_seconds else None,
-        "latency_ms_batch1": round(latency_ms(det, paths, latency_images), 2)
+        "latency_ms_batch1": round(latency_ms(lambda p: det.score([p], progress=False, batch_size=1), paths,
+                                              latency_images), 2)
         if latency_images and not zero_shot else None,
         "fit_peak_rss_mb": round(fit_rss, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),

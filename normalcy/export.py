@@ -52,7 +52,7 @@ from torch import nn
 from . import __version__
 from .data import InputError, iter_images, list_files
 from .detectors import DETECTORS, DRAEM, EfficientAD, GaussianAD, MuSc, PatchCore, SimpleNet, ZERO_SHOT_MESSAGE
-from .detectors.base import Detector, Maps, Result, Scored, Skipped
+from .detectors.base import Detector, Result, Scored, Skipped, collect
 from .detectors.gaussian import mahalanobis
 from .features import Features, resize_image
 
@@ -301,7 +301,7 @@ def export_onnx(det: Detector, path: str | Path, precision: str = "fp32",
         if precision == "int8":
             paths = list(calibration_paths or [])
             picked = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(calibration_images, len(paths)))]
-            pixels = [im for _, _, im in _resized(picked, (h, w), [])]
+            pixels = [resize_image(im, (h, w)) for _, im in iter_images(picked, [])]
             if not pixels:
                 raise InputError(f"none of the {len(picked)} calibration files could be read as an image")
             _quantize(fp32, Path(tmp) / "int8.onnx", np.stack(pixels))
@@ -333,13 +333,6 @@ def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path) -> None:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def _resized(paths: Sequence[Path], size: tuple[int, int], skipped: list[tuple[Path, str]]
-             ) -> Iterator[tuple[Path, tuple[int, int], np.ndarray]]:
-    """(path, original height and width, image resized to the graph's input) of each readable image."""
-    for p, im in iter_images(paths, skipped):
-        yield p, im.shape[:2], resize_image(im, size)
 
 
 def _quantize(src: Path, dst: Path, pixels: np.ndarray, batch: int = 1) -> None:
@@ -491,13 +484,4 @@ class OnnxScorer:
         """Scores, decisions and maps (at each image's own size, drawn when read) of the readable images."""
         if isinstance(paths, (str, Path)):
             paths = list_files(paths)
-        done: list[tuple[Path, float, np.ndarray, tuple[int, int]]] = []  # not the images: a big folder fits
-        skipped: list[tuple[Path, str]] = []
-        for rec in self.iter_score(paths, batch_size):
-            if isinstance(rec, Skipped):
-                skipped.append((rec.path, rec.reason))
-            else:
-                done.append((rec.path, rec.score, rec.grid, rec.image.shape[:2]))
-        sc = np.asarray([r[1] for r in done], dtype=np.float64)
-        return Result(paths=[r[0] for r in done], scores=sc, maps=Maps([r[2] for r in done], [r[3] for r in done]),
-                      decisions=sc >= self.threshold, threshold=self.threshold, skipped=skipped)
+        return collect(self.iter_score(paths, batch_size), self.threshold)

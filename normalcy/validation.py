@@ -117,6 +117,6 @@ def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, p
 
 
 def _extractor_for(name: str, extractor: FeatureExtractor, own_backbone: bool) -> FeatureExtractor:
-    from .detectors import DETECTORS
+    from .detectors import default_backbone
 
-    return extractor.with_backbone(DETECTORS[name].default_backbone) if own_backbone else extractor
+    return extractor.with_backbone(default_backbone(name)) if own_backbone else extractor

@@ -26,6 +26,12 @@ ZERO_SHOT_MESSAGE = ("musc is zero-shot: it scores a batch of unlabeled images a
                      "model to fit or save; use `normalcy score-batch FOLDER` (Python: MuSc().score(paths))")
 
 
+def default_backbone(name: str) -> str:
+    """The backbone a detector runs on unless told otherwise (Detector.default_backbone); EfficientNet-Lite0 for
+    any other name (auto, musc)."""
+    return DETECTORS[name].default_backbone if name in DETECTORS else "efficientnet_lite0"
+
+
 def create(name: str, extractor: FeatureExtractor | None = None, **kwargs: Any) -> Detector:
     """A new, unfitted detector by name."""
     if name == MuSc.name:
@@ -38,4 +44,4 @@ def create(name: str, extractor: FeatureExtractor | None = None, **kwargs: Any) 
 
 
 __all__ = ["DETECTORS", "DRAEM", "Detector", "EfficientAD", "GaussianAD", "MuSc", "NotFittedError", "PatchCore",
-           "Result", "Scored", "SimpleNet", "Skipped", "ZERO_SHOT_MESSAGE", "create", "load"]
+           "Result", "Scored", "SimpleNet", "Skipped", "ZERO_SHOT_MESSAGE", "create", "default_backbone", "load"]

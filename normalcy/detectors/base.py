@@ -119,6 +119,26 @@ class Skipped:
     reason: str
 
 
+def collect(records: Iterable[Scored | Skipped], threshold: float, keep_images: bool = False) -> Result:
+    """The Result of streamed records (``iter_score``); decoded images are dropped as they come unless kept,
+    so a big folder fits in memory."""
+    done: list[Scored] = []
+    skipped: list[tuple[Path, str]] = []
+    sizes: list[tuple[int, int]] = []
+    for rec in records:
+        if isinstance(rec, Skipped):
+            skipped.append((rec.path, rec.reason))
+            continue
+        sizes.append(rec.image.shape[:2])
+        if not keep_images:  # an empty image, not a view, so the decoded pixels are freed
+            rec = Scored(rec.path, np.empty((0, 0, 3), np.uint8), rec.score, rec.grid, rec.anomalous)
+        done.append(rec)
+    sc = np.asarray([r.score for r in done], dtype=np.float64)
+    return Result(paths=[r.path for r in done], scores=sc, maps=Maps([r.grid for r in done], sizes),
+                  decisions=sc >= threshold, threshold=float(threshold), skipped=skipped,
+                  images=[r.image for r in done] if keep_images else None)
+
+
 @dataclass
 class Calibration:
     """Scores of normal images the model did not learn from: they set the threshold and colour range."""
@@ -342,24 +362,15 @@ class Detector:
         """Image scores, anomaly maps at original size (drawn when read) and decisions for readable images."""
         self._check_fitted()
         paths = list(paths)
-        done: list[Scored] = []
-        skipped: list[tuple[Path, str]] = []
-        sizes: list[tuple[int, int]] = []
         with progress_bar(progress) as bar:
             task = bar.add_task(f"score {self.name}", total=len(paths))
-            for rec in self.iter_score(paths, batch_size):
-                if isinstance(rec, Skipped):
-                    skipped.append((rec.path, rec.reason))
-                else:
-                    sizes.append(rec.image.shape[:2])
-                    if not keep_images:  # an empty image, not a view, so the decoded pixels are freed
-                        rec = Scored(rec.path, np.empty((0, 0, 3), np.uint8), rec.score, rec.grid, rec.anomalous)
-                    done.append(rec)
-                bar.update(task, completed=len(done) + len(skipped))
-        sc = np.asarray([r.score for r in done], dtype=np.float64)
-        return Result(paths=[r.path for r in done], scores=sc, maps=Maps([r.grid for r in done], sizes),
-                      decisions=sc >= self.threshold_, threshold=float(self.threshold_),  # type: ignore[arg-type]
-                      skipped=skipped, images=[r.image for r in done] if keep_images else None)
+
+            def counted() -> Iterator[Scored | Skipped]:
+                for n, rec in enumerate(self.iter_score(paths, batch_size), 1):
+                    yield rec
+                    bar.update(task, completed=n)
+
+            return collect(counted(), float(self.threshold_), keep_images)  # type: ignore[arg-type]
 
     def _check_fitted(self) -> None:
         if self.threshold_ is None:
