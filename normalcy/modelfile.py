@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from . import __version__
 from .backbones import BACKBONES, code_file, custom_backbone, sha256_file
 from .data import InputError
-from .features import FeatureExtractor, parse_size
+from .features import MAX_SIZE, FeatureExtractor, parse_size
 
 if TYPE_CHECKING:
     from .detectors import Detector
@@ -38,6 +38,12 @@ FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 MODEL_TENSORS = "model.safetensors"
 MAX_JSON_BYTES = 16 * 2**20  # a real model.json is a few kB; a huge one is not a model
+
+# Bounds that model.json and the detectors' own checks share: far beyond any real setting, yet a tampered
+# model.json cannot ask for a batch of 10**12 images.
+BatchSize = Annotated[int, Field(ge=1, le=1024)]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]  # faiss's k-means takes its seed as a C int
+Count = Annotated[int, Field(ge=1, le=10**9)]  # training images
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -100,12 +106,12 @@ class ExtractorMeta(_Strict):
     image_size: Any  # an int, or [H, W]; checked below
     patch_levels: list[str] = Field(min_length=1)
     pooled_levels: list[str] = Field(min_length=1)
-    aggregate: int = Field(ge=1)
-    pool_grid: int = Field(ge=1)
-    pool_max_dim: int = Field(ge=1)
+    aggregate: int = Field(ge=1, le=15)  # neighbourhood averaged around each patch; 3 by default
+    pool_grid: int = Field(ge=1, le=32)
+    pool_max_dim: int = Field(ge=1, le=65536)
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # models from before bf16 ran in fp32
-    tile: int | None = Field(None, ge=32)  # models from before tiling ran untiled
-    overlap: int = Field(64, ge=0)
+    tile: int | None = Field(None, ge=32, le=MAX_SIZE)  # models from before tiling ran untiled
+    overlap: int = Field(64, ge=0, le=MAX_SIZE)
 
     @field_validator("backbone_extras", mode="before")
     @classmethod
@@ -150,9 +156,9 @@ class ModelMeta(_Strict):
     fpr: FiniteFloat = Field(gt=0.0, lt=1.0)
     threshold: FiniteFloat
     map_range: list[FiniteFloat] = Field(min_length=2, max_length=2)
-    n_train: int = Field(ge=1)
-    seed: int
-    batch_size: int = Field(ge=1)
+    n_train: Count
+    seed: Seed
+    batch_size: BatchSize
     created: str
     training: dict[str, Any] | None = None
     choice: dict[str, Any] | None = None  # --detector auto: what was chosen, on what validation numbers

@@ -132,6 +132,10 @@ class Review:
         return np.where(self.ids[pos] == ids, pos, -1)
 
     def position(self, item_id: int) -> int | None:
+        """An id's position, None for one that is not in this run: also for ids beyond the database's
+        64-bit integers (a URL can name any number; numpy and SQLite would overflow on them)."""
+        if not 0 <= item_id < 2**63:
+            return None
         k = int(self.positions([item_id])[0])
         return None if k < 0 else k
 

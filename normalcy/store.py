@@ -107,17 +107,23 @@ class Item:
         return self.label is not None or self.interest is not None
 
 
-_RAW = "fsb64:"  # marks a path stored as base64 of its bytes; real paths here are absolute, never start so
+_RAW = "fsb64:"  # marks a key stored as base64 of its bytes
 
 
 def to_db(path: str) -> str:
-    """A path as database text. A non-UTF-8 file name (surrogate-escaped bytes) cannot be stored as
-    text, so it is kept as base64 of its exact bytes and comes back unchanged through ``from_db``."""
+    """A path or table id as database text, read back unchanged by ``from_db``.
+
+    A non-UTF-8 file name (surrogate-escaped bytes) cannot be stored as text, so it is kept as base64
+    of its exact bytes. So is any key that itself begins with the marker (a table id can be any text):
+    stored as it is, ``fsb64:L2V0Yy9wYXNzd2Q=`` would be read back as ``/etc/passwd``, and one id could
+    pass for another. Every other key is stored as it is, so older stores read the same."""
     try:
         path.encode("utf-8")
-        return path
+        if not path.startswith(_RAW):
+            return path
     except UnicodeEncodeError:
-        return _RAW + base64.b64encode(os.fsencode(path)).decode("ascii")
+        pass
+    return _RAW + base64.b64encode(os.fsencode(path)).decode("ascii")
 
 
 def from_db(text: str) -> str:

@@ -140,6 +140,18 @@ JSON_CASES = {
     "unknown backbone": (_set("extractor.backbone", "resnet9000"), "extractor: unknown backbone 'resnet9000'"),
     "unknown level": (_set("extractor.patch_levels", ["s64"]), "extractor: patch_levels: the backbone has no level 's64'"),
     "unknown param": (_set("params.nope", 1), "nope"),
+    # every number is bounded: a tampered model.json cannot ask for absurd work or memory
+    "aggregate 10**6": (_set("extractor.aggregate", 10**6), "extractor.aggregate: input should be less than or equal to 15"),
+    "pool_grid 10**6": (_set("extractor.pool_grid", 10**6), "extractor.pool_grid: input should be less than or equal"),
+    "pool_max_dim 10**9": (_set("extractor.pool_max_dim", 10**9), "extractor.pool_max_dim: input should be less"),
+    "tile 10**6": (_set("extractor.tile", 10**6), "extractor.tile: input should be less than or equal to 4096"),
+    "overlap 10**6": (_set("extractor.overlap", 10**6), "extractor.overlap: input should be less than or equal"),
+    "batch_size 10**12": (_set("batch_size", 10**12), "batch_size: input should be less than or equal to 1024"),
+    "seed -1": (_set("seed", -1), "seed: input should be greater than or equal to 0"),
+    "seed 2**40": (_set("seed", 2**40), "seed: input should be less than or equal"),
+    "n_train 10**12": (_set("n_train", 10**12), "n_train: input should be less than or equal"),
+    "patch_samples 10**12": (_set("params.patch_samples", 10**12),
+                             "patch_samples: input should be less than or equal to 10000000"),
 }
 
 
@@ -222,7 +234,8 @@ def test_crafted_tensors(case, model, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["image_size 20000", "format version 99", "musc", "missing tensor",
-                                  "garbage", "NaN threshold"])
+                                  "garbage", "NaN threshold", "aggregate 10**6", "batch_size 10**12",
+                                  "patch_samples 10**12"])
 def test_cli_predict_one_line(case, model, images, tmp_path):
     if case in JSON_CASES:
         d = _copy(model, tmp_path, meta=JSON_CASES[case][0])

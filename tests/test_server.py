@@ -226,6 +226,14 @@ def test_image_and_overlay(client: TestClient, run: Path) -> None:
     assert client.get(first["image_url"]).status_code == 404
 
 
+@pytest.mark.parametrize("item_id", ["99999999999999999999", str(2**63), "-1", "-99999999999999999999"])
+def test_ids_out_of_range_are_404(client: TestClient, item_id: str) -> None:
+    """Every item route answers 404 for an id no item can have, however large (not a 500 from an overflow)."""
+    for url in (f"/api/items/{item_id}", f"/api/items/{item_id}/image", f"/api/items/{item_id}/overlay"):
+        assert client.get(url).status_code == 404, url
+    assert client.post(f"/api/items/{item_id}/label", json={"label": "normal"}).status_code == 404
+
+
 def test_tampered_paths_refused(client: TestClient, run: Path, tmp_path: Path) -> None:
     review = client.app.state.review  # type: ignore[attr-defined]
     (tmp_path / "secret.png").write_bytes(b"secret")

@@ -96,6 +96,20 @@ def test_export_csv(store: Store) -> None:
     assert all(r["updated_at"].endswith("+00:00") for r in got)
 
 
+def test_ids_that_look_encoded_are_kept_as_they_are(store: Store) -> None:
+    """A table id may be any text: one that begins with the marker of base64-stored names is not decoded
+    on the way out, so it neither turns into another name nor collides with the id it would decode to."""
+    ids = ["fsb64:L2V0Yy9wYXNzd2Q=", "/etc/passwd", "fsb64:", "fsb64:not base64!", "plain"]
+    got = store.sync_items([{"path": k, "name": k, "score": float(i), "decision": False} for i, k in enumerate(ids)])
+    assert len(set(got)) == len(ids)
+    assert [it.path for it in store.items()] == ids
+    for item_id in got:
+        store.set_label(item_id, "normal", None)
+    rows_out = list(csv.DictReader(io.StringIO(store.export_csv("id"))))
+    assert [r["id"] for r in rows_out] == ids
+    assert store.sync_items([{"path": k, "name": k, "score": 0.0, "decision": False} for k in ids]) == got
+
+
 def test_persists_after_reopen(db_url: str) -> None:  # noqa: F811
     s = Store(db_url)
     s.sync_items(rows())

@@ -37,7 +37,7 @@ from torch import nn
 from .. import __version__
 from ..data import InputError
 from ..features import Batch, FeatureExtractor, upsample_map
-from ..modelfile import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS
+from ..modelfile import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS, BatchSize, Seed
 from ..progress import progress_bar
 
 log = logging.getLogger("normalcy")
@@ -166,6 +166,13 @@ def _multiple_of_32(v: int) -> int:
 InputSize = Annotated[int, Field(ge=32, le=1024), AfterValidator(_multiple_of_32)]
 """The square input size of a trained detector's own networks."""
 
+# Upper bounds of the parameters several detectors share: generous, so that only a typo or a tampered
+# model.json (steps 10**12) meets them, never a real setting.
+Steps = Annotated[int, Field(ge=1, le=10_000_000)]
+Seconds = Annotated[float, Field(gt=0, le=30 * 86400)]  # a training budget: at most 30 days
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+Width = Annotated[int, Field(ge=1, le=4096)]  # channels, hidden units
+
 
 def validation_message(where: str, err: ValidationError) -> str:
     """One line from a pydantic error: 'where: field: problem (got value)'."""
@@ -181,8 +188,8 @@ class _Common(HyperParams):
     """What every detector takes: the target false-positive rate, the batch size, the seed."""
 
     fpr: float = Field(gt=0, lt=1)
-    batch_size: int = Field(ge=1)
-    seed: int
+    batch_size: BatchSize
+    seed: Seed
 
 
 # Attributes the base owns and saves in model.json rather than as tensors.

@@ -52,10 +52,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..features import Batch
+from ..modelfile import BatchSize
 from ..networks import Discriminative, Reconstructive, focal_loss, ssim
 from ..synthetic import synthesize
 from ..training import TrainLog, step_decay, train
-from .base import Detector, HyperParams, InputSize
+from .base import Detector, HyperParams, InputSize, LearningRate, Seconds, Steps
 
 
 class DRAEM(Detector):
@@ -70,12 +71,12 @@ class DRAEM(Detector):
     uses_features = False
 
     class Params(HyperParams):
-        steps: int = Field(5000, ge=1)
-        time_budget: Optional[float] = Field(600.0, gt=0, description="seconds; None: steps alone")
+        steps: Steps = 5000
+        time_budget: Optional[Seconds] = Field(600.0, description="seconds; None: steps alone")
         input_size: InputSize = 128
-        base_width: int = Field(16, ge=2)
-        lr: float = Field(1e-3, gt=0)
-        train_batch_size: int = Field(8, ge=1)
+        base_width: int = Field(16, ge=2, le=512)
+        lr: LearningRate = 1e-3
+        train_batch_size: BatchSize = 8
         anomaly_prob: float = Field(0.5, ge=0, le=1)
         holdout: float = Field(0.1, gt=0, lt=1, description="fraction of training images kept to calibrate on")
 

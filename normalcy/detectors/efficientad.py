@@ -94,10 +94,11 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..features import Batch
+from ..modelfile import BatchSize
 from ..networks import AutoEncoder, pdn_tiny
 from ..synthetic import augment, jitter, synthetic_images
 from ..training import TrainLog, step_decay, train
-from .base import Detector, HyperParams, InputSize
+from .base import Detector, HyperParams, InputSize, LearningRate, Seconds, Steps, Width
 
 log = logging.getLogger("normalcy")
 
@@ -112,19 +113,19 @@ class EfficientAD(Detector):
     uses_features = False
 
     class Params(HyperParams):
-        steps: int = Field(3000, ge=1)
-        teacher_steps: int = Field(2000, ge=1)
-        time_budget: Optional[float] = Field(600.0, gt=0, description="seconds for both phases; None: steps alone")
+        steps: Steps = 3000
+        teacher_steps: Steps = 2000
+        time_budget: Optional[Seconds] = Field(600.0, description="seconds for both phases; None: steps alone")
         teacher_share: float = Field(0.4, gt=0, lt=1)
         input_size: InputSize = 256
-        channels: tuple[int, int, int] = (16, 32, 32)
-        out_channels: int = Field(32, ge=1)
-        ae_channels: tuple[int, int] = (16, 32)
-        latent: int = Field(32, ge=1)
-        train_batch: int = Field(8, ge=1)
-        penalty_batch: int = Field(2, ge=0)
-        lr: float = Field(1e-3, gt=0)
-        pool_size: int = Field(1000, ge=1)
+        channels: tuple[Width, Width, Width] = (16, 32, 32)
+        out_channels: Width = 32
+        ae_channels: tuple[Width, Width] = (16, 32)
+        latent: Width = 32
+        train_batch: BatchSize = 8
+        penalty_batch: int = Field(2, ge=0, le=1024)
+        lr: LearningRate = 1e-3
+        pool_size: int = Field(1000, ge=1, le=1_000_000)
         holdout: float = Field(0.1, gt=0, lt=1, description="fraction of training images kept to calibrate on")
         q_a: float = Field(0.9, gt=0, lt=1)
         q_b: float = Field(0.995, gt=0, lt=1)

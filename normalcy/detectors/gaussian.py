@@ -56,7 +56,7 @@ class GaussianAD(Detector):
     min_images = 5  # 5-fold cross-validation needs a few images per fold to estimate a covariance
 
     class Params(HyperParams):
-        patch_samples: int = Field(200_000, ge=1000, description="patches kept to estimate the shrinkage")
+        patch_samples: int = Field(200_000, ge=1000, le=10_000_000, description="patches kept to estimate the shrinkage")
         folds: int = Field(5, ge=2, le=50, description="cross-validation folds for the threshold")
         cells: int = Field(8, ge=0, le=32, description="position-aware Gaussians on a grid of this many cells "
                                                        "along the shorter side (0: none)")

@@ -35,7 +35,7 @@ is an outlier of the batch (above median + ``mad_factor`` x MAD).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 import faiss
 import numpy as np
@@ -46,6 +46,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from ..data import InputError
 from ..features import FeatureExtractor, upsample_map
+from ..modelfile import BatchSize
 from ..progress import progress_bar
 from .base import HyperParams, Result, validation_message
 
@@ -57,14 +58,14 @@ class MuSc:
     name = "musc"
 
     class Params(HyperParams):
-        radii: tuple[int, ...] = (3, 5)
+        radii: tuple[Annotated[int, Field(ge=1, le=31)], ...] = (3, 5)
         levels: Optional[tuple[str, ...]] = None
         interval: float = Field(0.3, gt=0, le=1)
-        rscin_k: int = Field(8, ge=1, description="1 turns RsCIN off")
-        chunk: int = Field(32, ge=1)
-        mad_factor: float = Field(3.0, gt=0)
+        rscin_k: int = Field(8, ge=1, le=10_000, description="1 turns RsCIN off")
+        chunk: int = Field(32, ge=1, le=10_000)
+        mad_factor: float = Field(3.0, gt=0, le=1000)
         image_score: Literal["max", "max-median"] = "max-median"
-        batch_size: int = Field(8, ge=1)
+        batch_size: BatchSize = 8
 
         @field_validator("radii")
         @classmethod

@@ -112,17 +112,17 @@ class PatchCore(Detector):
 
     class Params(HyperParams):
         coreset_ratio: float = Field(0.1, gt=0, le=1)
-        max_bank: int = Field(100_000, ge=1)
-        max_pool: int = Field(1_000_000, ge=1)
-        exact_search_max: int = Field(2_500, ge=1, description="banks larger than this are searched by IVF")
-        nprobe: int = Field(8, ge=1, description="IVF cells visited per query")
-        projection_dim: int = Field(64, ge=1)
-        reweight_neighbours: int = Field(9, ge=1, description="b of eq. 7; 1 turns the re-weighting off")
-        calibration_images: int = Field(100, ge=1)
+        max_bank: int = Field(100_000, ge=1, le=100_000_000)
+        max_pool: int = Field(1_000_000, ge=1, le=1_000_000_000)
+        exact_search_max: int = Field(2_500, ge=1, le=100_000_000, description="banks larger than this are searched by IVF")
+        nprobe: int = Field(8, ge=1, le=65_536, description="IVF cells visited per query")
+        projection_dim: int = Field(64, ge=1, le=4096)
+        reweight_neighbours: int = Field(9, ge=1, le=1000, description="b of eq. 7; 1 turns the re-weighting off")
+        calibration_images: int = Field(100, ge=1, le=1_000_000)
         standardize: bool = Field(False, description="z-score each feature channel on the training patches")
-        max_memory_mb: float = Field(1024.0, gt=0, description="a bank whose float32 rows exceed this many MB is "
+        max_memory_mb: float = Field(1024.0, gt=0, le=2**24, description="a bank whose float32 rows exceed this many MB is "
                                      "kept as IVF-PQ codes (about 1/15 of the size, approximate distances)")
-        pq_dims_per_byte: int = Field(4, ge=1, description="IVF-PQ code size: one byte per this many dimensions")
+        pq_dims_per_byte: int = Field(4, ge=1, le=64, description="IVF-PQ code size: one byte per this many dimensions")
 
     coreset_ratio: float
     max_bank: int

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..features import Batch
 from ..training import train
-from .base import Detector, HyperParams
+from .base import Detector, HyperParams, LearningRate, Seconds, Steps, Width
 
 
 class _Discriminator(nn.Module):
@@ -46,14 +46,14 @@ class SimpleNet(Detector):
     uses_pooled = False
 
     class Params(HyperParams):
-        steps: int = Field(3000, ge=1)
-        time_budget: Optional[float] = Field(600.0, gt=0, description="seconds; None: steps alone")
-        batch_patches: int = Field(2048, ge=1)
-        hidden: int = Field(1024, ge=1)
-        noise_std: float = Field(0.5, gt=0)
-        lr_adaptor: float = Field(1e-4, gt=0)
-        lr_discriminator: float = Field(2e-4, gt=0)
-        margin: float = Field(0.5, gt=0)
+        steps: Steps = 3000
+        time_budget: Optional[Seconds] = Field(600.0, description="seconds; None: steps alone")
+        batch_patches: int = Field(2048, ge=1, le=1_048_576)
+        hidden: Width = 1024
+        noise_std: float = Field(0.5, gt=0, le=100)
+        lr_adaptor: LearningRate = 1e-4
+        lr_discriminator: LearningRate = 2e-4
+        margin: float = Field(0.5, gt=0, le=100)
         holdout: float = Field(0.1, gt=0, lt=1, description="fraction of training images kept to calibrate on")
 
     steps: int
