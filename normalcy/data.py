@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,6 +29,8 @@ __all__ = [
     "InputError",
     "MaskSizeWarning",
     "Sample",
+    "check_pixels",
+    "image_size",
     "iter_images",
     "list_files",
     "printable",
@@ -86,14 +90,15 @@ def _is_hidden(name: str) -> bool:
 
 
 def _walk_files(folder: Path, recursive: bool) -> list[Path]:
-    """All non-hidden files under ``folder`` (no errors for emptiness)."""
+    """Every non-hidden entry under ``folder`` that is not a folder (no errors for emptiness).
+
+    Broken symlinks, FIFOs, sockets and devices are kept, not dropped: reading them fails, and that
+    way they are named in the skipped list instead of vanishing unnoticed.
+    """
     found: list[Path] = []
     if not recursive:
         for entry in folder.iterdir():
-            if _is_hidden(entry.name):
-                continue
-            # Broken symlinks are kept so that they get reported, not lost.
-            if entry.is_file() or (entry.is_symlink() and not entry.exists()):
+            if not _is_hidden(entry.name) and not entry.is_dir():
                 found.append(entry)
         return sorted(found)
 
@@ -106,20 +111,16 @@ def _walk_files(folder: Path, recursive: bool) -> list[Path]:
         seen_dirs.add(real)
         dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
         base = Path(dirpath)
-        for name in filenames:
-            if _is_hidden(name):
-                continue
-            p = base / name
-            if p.is_file() or (p.is_symlink() and not p.exists()):
-                found.append(p)
+        found.extend(base / name for name in filenames if not _is_hidden(name))  # os.walk lists folders apart
     return sorted(found)
 
 
 def list_files(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Every regular, non-hidden file under ``folder``, sorted.
+    """Every non-hidden file under ``folder``, sorted.
 
-    Deliberately *not* filtered by suffix: a non-image file in an image folder
-    should be named and skipped by :func:`iter_images`, not vanish unnoticed.
+    Deliberately *not* filtered by suffix or file type: a non-image file, a
+    FIFO or a device in an image folder should be named and skipped by
+    :func:`iter_images`, not vanish unnoticed.
     Hidden files and hidden directories (``.DS_Store``, ``.ipynb_checkpoints``)
     are skipped because they are never data.
 
@@ -199,33 +200,55 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         raise ValueError(f"unsupported image mode {mode}") from err
 
 
-def _open_loaded(p: Path) -> Image.Image:
-    """Open and fully decode ``p``, translating every failure into ImageError.
+_FILE_TYPES = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+               stat.S_IFBLK: "block device"}
 
-    ``.load()`` is called explicitly so that truncated data raises here rather
-    than later; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left untouched.
+
+def _check_file(p: Path) -> None:
+    """Refuse, before anything opens it, what is not a non-empty regular file (symlinks followed).
+
+    Opening a FIFO waits for a writer forever and a device such as /dev/zero never ends, so either
+    would hang or exhaust a run that only meant to read one image.
     """
-    if p.is_dir():
-        raise ImageError(p, "is a directory, not an image file")
     try:
-        size = p.stat().st_size
+        st = p.stat()
     except FileNotFoundError:
         raise ImageError(p, "file not found") from None
     except OSError as err:
         raise ImageError(p, f"cannot read file: {err.strerror or err}") from None
-    if size == 0:
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(p, "is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(p, f"not a regular file ({_FILE_TYPES.get(stat.S_IFMT(st.st_mode), 'unknown type')})")
+    if st.st_size == 0:
         raise ImageError(p, "empty file (0 bytes)")
 
+
+def check_pixels(path: Path | str, width: int, height: int) -> None:
+    """Refuse an image whose header claims ``Image.MAX_IMAGE_PIXELS`` pixels or more, before decoding it.
+
+    A few hundred bytes can claim 30000x30000 pixels: decoding would take gigabytes. Pillow's own limit
+    is used (``None`` turns it off, as in Pillow), but refused from the limit on rather than only
+    warned about below twice the limit as Pillow does, because nothing that large is a part photo.
+
+    Raises:
+        ImageError: the image is too large.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height >= limit:
+        raise ImageError(path, f"image too large: {width}x{height} pixels, decompression-bomb limit "
+                               f"{limit} (PIL.Image.MAX_IMAGE_PIXELS)")
+
+
+@contextmanager
+def _pillow(p: Path) -> Iterator[Image.Image]:
+    """``p`` opened lazily by Pillow (only its header read), checked by :func:`_check_file` and
+    :func:`check_pixels`; any failure, here or in the ``with`` block, becomes one ImageError."""
+    _check_file(p)
     try:
         with Image.open(p) as im:
-            im.load()
-            try:
-                out = ImageOps.exif_transpose(im)
-            except Exception:  # malformed EXIF must not cost us the image
-                out = None
-            if out is None or out is im:
-                out = im.copy()
-            return out
+            check_pixels(p, *im.size)
+            yield im
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -236,8 +259,9 @@ def _open_loaded(p: Path) -> Image.Image:
         raise ImageError(p, "is a directory, not an image file") from None
     except PermissionError:
         raise ImageError(p, "permission denied") from None
-    except Image.DecompressionBombError:
-        raise ImageError(p, "image too large (decompression bomb limit)") from None
+    except Image.DecompressionBombError:  # Pillow's own refusal, at twice the limit, in Image.open
+        raise ImageError(p, f"image too large: over twice the decompression-bomb limit "
+                            f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)") from None
     except MemoryError:
         raise ImageError(p, "image too large (out of memory)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
@@ -247,6 +271,34 @@ def _open_loaded(p: Path) -> Image.Image:
         if isinstance(err, EOFError) or "truncated" in low or "premature end" in low:
             raise ImageError(p, "truncated image data") from None
         raise ImageError(p, f"corrupt image: {_short(msg)}") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header alone, without decoding it.
+
+    Raises:
+        ImageError: as :func:`read_image` would, for a file that is not a readable image of
+            acceptable size (so a FIFO is refused instead of waited on).
+    """
+    with _pillow(Path(path)) as im:
+        return im.size
+
+
+def _open_loaded(p: Path) -> Image.Image:
+    """Open and fully decode ``p``, translating every failure into ImageError.
+
+    ``.load()`` is called explicitly so that truncated data raises here rather
+    than later; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left untouched.
+    """
+    with _pillow(p) as im:
+        im.load()
+        try:
+            out = ImageOps.exif_transpose(im)
+        except Exception:  # malformed EXIF must not cost us the image
+            out = None
+        if out is None or out is im:
+            out = im.copy()
+        return out
 
 
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -262,22 +314,27 @@ def _read_plain(p: Path) -> np.ndarray | None:
     libjpeg-turbo. The pixels are the same (PNG is lossless and none of them applies gamma or colour
     profiles; both JPEG paths are libjpeg-turbo's default decoder: tests/test_data.py compares them). Every
     other file (EXIF orientation, CMYK, 16 bits, transparency), and any file it cannot decode (truncated,
-    corrupt, larger than Pillow's decompression-bomb limit), goes the Pillow way, which names the problem.
+    corrupt), goes the Pillow way, which names the problem. A file whose header claims too many pixels is
+    refused (:func:`check_pixels`) before anything decodes it.
     """
     try:
         with open(p, "rb") as f:
             head = f.read(33)
             if head[:8] == _PNG:
-                if not _plain_png_header(head):
+                size = _plain_png_size(head)
+                if size is None:
                     return None
+                check_pixels(p, *size)
                 data = head + f.read()
                 if b"tRNS" in data[: data.find(b"IDAT")]:  # a transparent colour: composited on black the Pillow way
                     return None
                 decode = imagecodecs.png_decode
             elif head[:3] == b"\xff\xd8\xff":
                 data = head + f.read()
-                if not _plain_jpeg(data):
+                size = _plain_jpeg_size(data)
+                if size is None:
                     return None
+                check_pixels(p, *size)
                 decode = imagecodecs.jpeg8_decode
             else:
                 return None
@@ -287,38 +344,45 @@ def _read_plain(p: Path) -> np.ndarray | None:
         arr = decode(data)
     except Exception:  # imagecodecs.PngError, JpegError and kin: Pillow names the problem
         return None
-    if arr.dtype != np.uint8 or arr.shape[0] * arr.shape[1] > (Image.MAX_IMAGE_PIXELS or 0):
+    if arr.dtype != np.uint8:
         return None
     if arr.ndim == 2:
         return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
     return arr if arr.ndim == 3 and arr.shape[2] == 3 else None
 
 
-def _plain_png_header(head: bytes) -> bool:
-    """An 8-bit grey or RGB PNG of a size Pillow would open."""
-    if len(head) < 33 or head[12:16] != b"IHDR":
-        return False
-    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    return head[24] == 8 and head[25] in (0, 2) and width * height <= (Image.MAX_IMAGE_PIXELS or 0)
+def _plain_png_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the IHDR of an 8-bit grey or RGB PNG; None for any other file."""
+    if len(head) < 33 or head[12:16] != b"IHDR" or head[24] != 8 or head[25] not in (0, 2):
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def _plain_jpeg(data: bytes) -> bool:
-    """A JPEG that ends where it should (libjpeg-turbo fills a truncated one with grey; Pillow says it is
-    truncated) and whose segments before the scan carry no EXIF (which may rotate it: Pillow applies that)
-    and no Adobe marker (CMYK and YCCK files carry one)."""
+# Start-of-frame markers: SOF0..SOF15 but DHT (C4), JPG (C8) and DAC (CC), which share the range.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the frame header of a JPEG that ends where it should (libjpeg-turbo fills a
+    truncated one with grey; Pillow says it is truncated) and whose segments before the scan carry no EXIF
+    (which may rotate it: Pillow applies that) and no Adobe marker (CMYK and YCCK files carry one); None
+    for any other file."""
     if not data.endswith(b"\xff\xd9"):
-        return False
+        return None
+    size = None
     i = 2
     while i + 4 <= len(data) and data[i] == 0xFF:
         marker = data[i + 1]
         if marker == 0xDA:  # start of scan: the header is over
-            return True
+            return size
         length = int.from_bytes(data[i + 2 : i + 4], "big")
         body = data[i + 4 : i + 2 + length]
         if (marker == 0xE1 and body.startswith(b"Exif")) or (marker == 0xEE and body.startswith(b"Adobe")):
-            return False
+            return None
+        if marker in _SOF and len(body) >= 5:  # precision, height, width
+            size = int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big")
         i += 2 + length
-    return False
+    return None
 
 
 def _short(msg: str, limit: int = 120) -> str:
@@ -335,9 +399,11 @@ def read_image(path: str | Path) -> np.ndarray:
 
     Raises:
         ImageError: with a short human-readable ``reason`` if the file is
-            missing, empty, not an image, truncated or otherwise corrupt.
+            missing, empty, not a regular file (a FIFO, a device), not an image,
+            too large (:func:`check_pixels`), truncated or otherwise corrupt.
     """
     p = Path(path)
+    _check_file(p)  # before anything opens it: a FIFO would hang the fast path's open()
     fast = _read_plain(p)
     if fast is not None:
         return fast

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone, BackboneSpec, get_backbone_spec
-from .data import InputError, iter_images
+from .data import ImageError, InputError, image_size, iter_images
 
 
 @dataclass
@@ -87,17 +87,14 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
 
 def _header_sizes(paths: Sequence[Path], sample: int = 64) -> list[tuple[int, int]]:
     """(width, height) of up to ``sample`` files spread over ``paths``, from their headers only."""
-    from PIL import Image, UnidentifiedImageError
-
     sizes = []
     for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
         try:
-            with Image.open(p) as im:
-                w, h = im.size
-            if w and h:
-                sizes.append((w, h))
-        except (OSError, UnidentifiedImageError, ValueError):
+            w, h = image_size(p)  # a FIFO is refused, not waited on
+        except ImageError:
             continue  # an unreadable file is named later, when it is read for real
+        if w and h:
+            sizes.append((w, h))
     return sizes
 
 

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import logging
+import os
 import pickle
+import socket
+import subprocess
+import sys
+import threading
+import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -299,6 +309,214 @@ def test_image_error_is_picklable(tmp_path: Path) -> None:
 
 def test_input_error_is_value_error() -> None:
     assert issubclass(InputError, ValueError)
+
+
+# ------------------------------------------- decompression bombs and files that are not regular files
+
+
+def _bomb_jpeg(path: Path, width: int, height: int) -> Path:
+    """A real 8x8 JPEG of a few hundred bytes whose frame header (SOF0) claims ``width`` x ``height``."""
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(8, 8)).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    i = data.find(b"\xff\xc0")
+    assert data[i + 2 : i + 5] == b"\x00\x11\x08"  # length 17 (3 components), 8-bit samples
+    data[i + 5 : i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _bomb_png(path: Path, width: int, height: int, bits: int = 8) -> Path:
+    """A real 8x8 grey PNG whose IHDR (its CRC fixed) claims ``width`` x ``height``."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8 if bits == 8 else np.uint16)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR" and data[24] == bits
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+_READ_AND_MEASURE = """
+import resource, sys
+from pathlib import Path
+from normalcy.data import iter_images
+
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+skipped = []
+read = [p.name for p, _ in iter_images([Path(a) for a in sys.argv[1:]], skipped)]
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # kB on Linux -> MB
+print("read", *read, sep="|")
+for p, reason in skipped:
+    print(p.name, reason, sep="|")
+"""
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None:
+    """Headers claiming 30000x30000 (over twice Pillow's limit) or 10000x10000 (over it, under twice) are
+    refused on every decode path without the memory that decoding them takes (2.7 GB and 300 MB)."""
+    good = tmp_path / "good.png"
+    Image.fromarray(_rgb()).save(good)
+    bombs = [
+        _bomb_jpeg(tmp_path / "huge.jpg", 30000, 30000),  # the imagecodecs JPEG path
+        _bomb_jpeg(tmp_path / "big.jpg", 10000, 10000),
+        _bomb_png(tmp_path / "huge.png", 30000, 30000),  # the imagecodecs PNG path
+        _bomb_png(tmp_path / "big.png", 10000, 10000),
+        _bomb_png(tmp_path / "big16.png", 10000, 10000, bits=16),  # 16 bits: the Pillow path
+    ]
+    assert all(b.stat().st_size < 1000 for b in bombs)
+    r = subprocess.run([sys.executable, "-c", _READ_AND_MEASURE, *map(str, [*bombs, good])],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    grown, read, *skipped = r.stdout.splitlines()
+    assert int(grown) < 200, f"reading the bombs took {grown} MB"
+    assert read == "read|good.png"
+    reasons = dict(line.split("|", 1) for line in skipped)
+    assert sorted(reasons) == sorted(b.name for b in bombs)
+    assert all(reason.startswith("image too large") for reason in reasons.values()), reasons
+    assert "30000x30000" in reasons["huge.jpg"] and "10000x10000" in reasons["big16.png"]
+    for b in bombs:
+        assert b.name in r.stderr  # the skip is logged, naming the file
+
+
+def test_pixel_limit_follows_pillow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limit is Pillow's ``Image.MAX_IMAGE_PIXELS``, refused from the limit on; None turns it off."""
+    from normalcy.data import check_pixels, image_size
+
+    p = tmp_path / "x.jpg"
+    Image.fromarray(_rgb(20, 30)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)
+    with pytest.raises(ImageError, match="image too large: 30x20 pixels"):
+        read_image(p)
+    with pytest.raises(ImageError, match="image too large"):
+        image_size(p)
+    check_pixels(p, 599, 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 601)
+    assert read_image(p).shape == (20, 30, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    check_pixels(p, 10**6, 10**6)
+
+
+def test_mask_bomb_is_refused(tmp_path: Path) -> None:
+    mask = _bomb_png(tmp_path / "000_mask.png", 10000, 10000)
+    with pytest.raises(ImageError, match="image too large: 10000x10000"):
+        read_mask(mask, (8, 8))
+
+
+@contextlib.contextmanager
+def _unblocked(fifo: Path, after: float = 10.0) -> Iterator[list[bool]]:
+    """If something still waits to read ``fifo`` after ``after`` s, open and close its writing end so that the
+    reader gets EOF and the test fails instead of hanging; the list yielded says whether that was needed."""
+    hung: list[bool] = []
+    done = threading.Event()
+
+    def release() -> None:
+        while not done.wait(after):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                hung.append(True)
+            except OSError:  # no reader (ENXIO): nothing waits on it
+                pass
+
+    t = threading.Thread(target=release, daemon=True)
+    t.start()
+    try:
+        yield hung
+    finally:
+        done.set()
+        t.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_fifo_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    from normalcy.data import image_size
+    from normalcy.features import size_for
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with _unblocked(fifo) as hung:
+        with pytest.raises(ImageError) as ei:
+            read_image(fifo)
+        assert ei.value.reason == "not a regular file (FIFO)"
+        with pytest.raises(ImageError, match=r"not a regular file \(FIFO\)"):
+            read_mask(fifo, (8, 8))
+        with pytest.raises(ImageError, match=r"not a regular file \(FIFO\)"):
+            image_size(fifo)
+        assert size_for([fifo]) == (224, 224)  # --image-size auto reads headers: the FIFO is passed over
+    assert not hung
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_special_files_in_a_folder_are_listed_and_skipped(tmp_path: Path) -> None:
+    """A FIFO, a socket, a link to a FIFO or to /dev/zero in a folder is named and skipped, not dropped."""
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b_pipe.png")
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "sub" / "c_pipe.jpg")
+    (tmp_path / "d_link.png").symlink_to(tmp_path / "b_pipe.png")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "e.sock"))
+    except OSError:  # a path too long for AF_UNIX: the other kinds still count
+        sock.close()
+        sock = None
+    if Path("/dev/zero").exists():
+        (tmp_path / "f_zero.png").symlink_to("/dev/zero")
+    try:
+        files = list_files(tmp_path)
+        assert list_files(tmp_path, recursive=False) == [p for p in files if p.parent == tmp_path]
+        skipped: list[tuple[Path, str]] = []
+        with _unblocked(tmp_path / "b_pipe.png") as hung, _unblocked(tmp_path / "sub" / "c_pipe.jpg") as hung2:
+            read = [p for p, _ in iter_images(files, skipped)]
+        assert not hung and not hung2
+    finally:
+        if sock is not None:
+            sock.close()
+    assert read == [tmp_path / "a.png"]
+    reasons = {p.name: r for p, r in skipped}
+    expected = {"b_pipe.png": "not a regular file (FIFO)", "c_pipe.jpg": "not a regular file (FIFO)",
+                "d_link.png": "not a regular file (FIFO)"}
+    if sock is not None:
+        expected["e.sock"] = "not a regular file (socket)"
+    if Path("/dev/zero").exists():
+        expected["f_zero.png"] = "not a regular file (character device)"
+    assert reasons == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_predict_skips_fifos_and_bombs_and_scores_the_rest(tmp_path: Path, synthetic_root: Path) -> None:
+    """`normalcy predict` with a FIFO as an input and one in a folder, a link to /dev/zero and a JPEG bomb:
+    it finishes, lists each of them in skipped.csv with its reason, and scores the rest."""
+    from normalcy.detectors import create
+    from normalcy.features import FeatureExtractor
+
+    model = tmp_path / "model"
+    create("gaussian", FeatureExtractor(image_size=64)).fit(list_files(synthetic_root / "train" / "good")).save(model)
+    new = tmp_path / "new"
+    new.mkdir()
+    for p in sorted((synthetic_root / "test" / "good").iterdir())[:2]:
+        (new / p.name).write_bytes(p.read_bytes())
+    os.mkfifo(new / "pipe.png")
+    _bomb_jpeg(new / "bomb.jpg", 30000, 30000)
+    direct = tmp_path / "direct.png"
+    os.mkfifo(direct)
+    inputs = [new, direct]
+    expected = {"pipe.png": "not a regular file (FIFO)", "direct.png": "not a regular file (FIFO)"}
+    if Path("/dev/zero").exists():
+        (tmp_path / "zero.png").symlink_to("/dev/zero")
+        inputs.append(tmp_path / "zero.png")
+        expected["zero.png"] = "not a regular file (character device)"
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "normalcy.cli", "predict", str(model), *map(str, inputs), "-o", str(out)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    with open(out / "scores.csv", newline="") as fh:
+        assert sorted(Path(row["path"]).name for row in csv.DictReader(fh)) == ["000.png", "001.png"]
+    with open(out / "skipped.csv", newline="") as fh:
+        skipped = {Path(row["path"]).name: row["reason"] for row in csv.DictReader(fh)}
+    assert skipped.pop("bomb.jpg").startswith("image too large: 30000x30000")
+    assert skipped == expected
 
 
 # ------------------------------------------------------------------------ iter_images
