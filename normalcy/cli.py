@@ -16,7 +16,6 @@ from typing import Any, Iterator, Optional
 import torch
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from . import __version__
@@ -24,8 +23,8 @@ from .backbones import BACKBONES, BackboneSpec, custom_backbone
 from .data import ImageError, InputError, input_paths, iter_images, list_files
 from .detectors import DETECTORS, MuSc, NotFittedError, Scored, Skipped, create, default_backbone, load
 from .features import FeatureExtractor, native_size, size_for
-from .progress import console, progress_bar
-from .run import EMBEDDINGS, RunWriter
+from .progress import PlainRichHandler, console, progress_bar, shown
+from .run import EMBEDDINGS, RunWriter, check_output, outside_run, staged
 from .tables import (DEFAULT_DETECTOR, check_tables, eval_table, fit_table, is_table, is_vector_model,
                      load_vector_model, read_table, save_vector_model, score_table, threshold_of, write_table_run)
 
@@ -34,13 +33,13 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Learn what normal looks like in pretrained features; find what is not.",
 )
-out = Console()  # stdout: the command's answer
+out = Console(emoji=False)  # stdout: the command's answer
 log = logging.getLogger("normalcy")
 
 
 def _setup(threads: int | None) -> None:
     """Log lines and Python warnings (a mask resized, Pillow's decompression-bomb check) go to stderr."""
-    handler = RichHandler(console=console, show_time=False, show_path=False)
+    handler = PlainRichHandler(console=console, show_time=False, show_path=False)
     for name in ("normalcy", "py.warnings"):  # they still propagate: a host application's logging sees them too
         logger = logging.getLogger(name)
         if not logger.handlers:
@@ -53,7 +52,7 @@ def _setup(threads: int | None) -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -178,7 +177,7 @@ def fit(
     _report_skipped(det.skipped_fit_)
     console.print(
         f"fitted [bold]{det.name}[/] on {det.n_train_} images; threshold {det.threshold_:.4g} "
-        f"(target FPR {fpr:g}); saved to {output}"
+        f"(target FPR {fpr:g}); saved to {shown(output)}", soft_wrap=True
     )
 
 
@@ -186,44 +185,49 @@ def _fit_table(path: Path, output: Path, detector: str, fpr: float, seed: int, l
                id_column: Optional[str]) -> None:
     table = read_table(path, label_column, id_column)
     if table.ignored:
-        console.print(f"not numeric, left out of the features: {', '.join(table.ignored)}", highlight=False, soft_wrap=True)
-    with console.status(f"fitting {detector} on {len(table.X)} rows"):
+        console.print(f"not numeric, left out of the features: {shown(', '.join(table.ignored))}", highlight=False,
+                      soft_wrap=True)
+    with console.status(f"fitting {shown(detector)} on {len(table.X)} rows"):
         det, skipped = fit_table(table, detector, fpr, seed)
     save_vector_model(det, detector, table.columns, output)
     _report_skipped_rows(path, skipped)
-    normal = "" if table.labels is None else f" (rows labelled anomalous in {label_column!r} left out)"
-    console.print(f"fitted [bold]{detector}[/] on {len(det.calibration_scores_)} rows x {len(table.columns)} "
-                  f"columns{normal}; threshold {threshold_of(det):.4g} (target FPR {fpr:g}); saved to {output}", soft_wrap=True)
+    normal = "" if table.labels is None else f" (rows labelled anomalous in {shown(repr(label_column))} left out)"
+    console.print(f"fitted [bold]{shown(detector)}[/] on {len(det.calibration_scores_)} rows x {len(table.columns)} "
+                  f"columns{normal}; threshold {threshold_of(det):.4g} (target FPR {fpr:g}); saved to {shown(output)}",
+                  soft_wrap=True)
 
 
 def _predict_table(model_dir: Path, inputs: list[Path], output: Path, id_column: Optional[str]) -> None:
-    """Score each table with a vector model; a table that cannot be read is named and the others go on."""
+    """Score each table with a vector model; a table that cannot be read is named and the others go on.
+    The run folder (one per table when there are several) replaces ``output`` once all are written."""
     det, meta = load_vector_model(model_dir)
     check_tables(inputs)
     failed = []
-    for path in inputs:
-        target = output if len(inputs) == 1 else output / path.stem
-        try:
-            table = read_table(path, id_column=id_column, columns=meta.columns)
-        except InputError as err:
-            console.print(f"[yellow]skipped:[/] {err}", highlight=False, soft_wrap=True)
-            failed.append(path)
-            continue
-        scores, mask, skipped = score_table(det, table)
-        write_table_run(target, table, scores, mask, meta.threshold, skipped,
-                        {"detector": meta.detector, "model": str(Path(model_dir).resolve())})
-        _report_skipped_rows(path, skipped)
-        n_bad = int((scores[mask] > meta.threshold).sum())
-        console.print(f"scored {int(mask.sum())} rows of {path}: {n_bad} anomalous; results in {target}", soft_wrap=True)
-    if len(failed) == len(inputs):
-        _fail("no table could be read")
+    with staged(output, inputs) as folder:
+        for path in inputs:
+            target = Path() if len(inputs) == 1 else Path(path.stem)
+            try:
+                table = read_table(path, id_column=id_column, columns=meta.columns)
+            except InputError as err:
+                console.print(f"[yellow]skipped:[/] {shown(err)}", highlight=False, soft_wrap=True)
+                failed.append(path)
+                continue
+            scores, mask, skipped = score_table(det, table)
+            write_table_run(folder / target, table, scores, mask, meta.threshold, skipped,
+                            {"detector": meta.detector, "model": str(Path(model_dir).resolve())})
+            _report_skipped_rows(path, skipped)
+            n_bad = int((scores[mask] > meta.threshold).sum())
+            console.print(f"scored {int(mask.sum())} rows of {shown(path)}: {n_bad} anomalous; results in "
+                          f"{shown(output / target)}", soft_wrap=True)
+        if len(failed) == len(inputs):
+            _fail("no table could be read")
 
 
 def _report_skipped_rows(path: Path, skipped: list[tuple[str, str]]) -> None:
     if skipped:
-        console.print(f"[yellow]skipped {len(skipped)} row(s) of {path} that cannot be scored:[/]", soft_wrap=True)
+        console.print(f"[yellow]skipped {len(skipped)} row(s) of {shown(path)} that cannot be scored:[/]", soft_wrap=True)
         for row, reason in skipped[:20]:
-            console.print(f"  {row}: {reason}", highlight=False, soft_wrap=True)
+            console.print(f"  {shown(row)}: {shown(reason)}", highlight=False, soft_wrap=True)
         if len(skipped) > 20:
             console.print(f"  ... and {len(skipped) - 20} more (all in skipped.csv of the results)")
 
@@ -259,7 +263,7 @@ def predict(
         for run in predict_ray(model_dir, inputs, output, ray, trust_code=trust_model_code, id_column=id_column):
             console.print(f"scored {run['n_scored']} on Ray ({run['cpus']} CPUs): {run['n_anomalous']} anomalous, "
                           f"{run['n_skipped']} not scored (reason in column skipped); results in "
-                          f"{run['output']}/scores.parquet", soft_wrap=True)
+                          f"{shown(run['output'])}/scores.parquet", soft_wrap=True)
         return
     if is_vector_model(model_dir):
         _predict_table(model_dir, inputs, output, id_column)
@@ -278,7 +282,8 @@ def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bo
                  trust_code: bool = False) -> None:
     """Stream every file through the model into a run folder; a file that fails is skipped, named, not fatal.
     A model.onnx (``normalcy export``) is scored by onnxruntime, through ``OnnxScorer``."""
-    paths = input_paths(inputs)
+    check_output(output, inputs)
+    paths = outside_run(input_paths(inputs), output)
     info = {"model": str(Path(model_dir).resolve())}
     records: Iterator[Scored | Skipped]
     if _is_exported(model_dir):
@@ -295,18 +300,19 @@ def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bo
         threshold, map_range = det.threshold_, det.map_range_ or (0.0, 1.0)  # type: ignore[assignment]
         info |= {"detector": det.name, "backbone": det.extractor.spec.name}
         records = det.iter_score(paths, embeddings=embeddings)
-    writer = RunWriter(output, threshold, map_range, heatmaps=heatmaps, overlays=heatmaps,  # type: ignore[arg-type]
-                       report=report, save_maps=save_maps, top=top, info=info, inputs=inputs)
     skipped: list[tuple[Path, str]] = []
-    with progress_bar() as bar:
-        task = bar.add_task("predict", total=len(paths))
-        for rec in records:
-            if isinstance(rec, Skipped):
-                skipped.append((rec.path, rec.reason))
-            else:
-                _add_safely(writer, skipped, rec.path, rec.image, rec.score, rec.map, rec.anomalous, rec.embedding)
-            bar.update(task, completed=len(writer.rows) + len(skipped))
-    _finish_run(writer, skipped, f"normalcy predict: {len(writer.rows)} images")
+    with RunWriter(output, threshold, map_range, heatmaps=heatmaps, overlays=heatmaps,  # type: ignore[arg-type]
+                   report=report, save_maps=save_maps, top=top, info=info, inputs=inputs) as writer:
+        with progress_bar() as bar:
+            task = bar.add_task("predict", total=len(paths))
+            for rec in records:
+                if isinstance(rec, Skipped):
+                    skipped.append((rec.path, rec.reason))
+                else:
+                    _add_safely(writer, skipped, rec.path, rec.image, rec.score, rec.map, rec.anomalous,
+                                rec.embedding)
+                bar.update(task, completed=len(writer.rows) + len(skipped))
+        _finish_run(writer, skipped, f"normalcy predict: {len(writer.rows)} images")
 
 
 def _add_safely(writer: RunWriter, skipped: list[tuple[Path, str]], path: Path, *args: Any) -> None:
@@ -342,37 +348,42 @@ def score_batch(
 ) -> None:
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
-    paths = input_paths(inputs)
+    check_output(output, inputs)  # before the minutes of scoring, not after
+    paths = outside_run(input_paths(inputs), output)
     det = MuSc(_extractor(backbone, backbone_config, image_size, precision=precision, sample=paths, tile=tile,
                           overlap=overlap),
                image_score=image_score, rscin_k=rscin_k)
     det.references(input_paths(extra) if extra else [])
     _report_skipped(det.skipped_refs_)
     result = det.score(paths, embeddings=True)  # images are read again below: a big batch need not fit in memory
-    writer = RunWriter(output, result.threshold, det.map_range_ or (0.0, 1.0), heatmaps=heatmaps, overlays=heatmaps,
-                       report=report, save_maps=save_maps, top=top, inputs=inputs,
-                       info={"detector": det.name, "model": "zero-shot", "backbone": det.extractor.spec.name})
     assert result.embeddings is not None
     skipped = list(result.skipped)
     row_of = {p: i for i, p in enumerate(result.paths)}
-    with progress_bar() as bar:
-        task = bar.add_task("writing", total=len(result.paths))
-        for path, image in iter_images(result.paths, skipped):  # a file gone since scoring is skipped, named
-            i = row_of[path]
-            _add_safely(writer, skipped, path, image, float(result.scores[i]), result.maps[i],
-                        bool(result.decisions[i]), result.embeddings[i])
-            bar.advance(task)
-    _finish_run(writer, skipped, f"normalcy score-batch (MuSc, zero-shot): {len(writer.rows)} images")
+    with RunWriter(output, result.threshold, det.map_range_ or (0.0, 1.0), heatmaps=heatmaps, overlays=heatmaps,
+                   report=report, save_maps=save_maps, top=top, inputs=inputs,
+                   info={"detector": det.name, "model": "zero-shot", "backbone": det.extractor.spec.name}) as writer:
+        with progress_bar() as bar:
+            task = bar.add_task("writing", total=len(result.paths))
+            for path, image in iter_images(result.paths, skipped):  # a file gone since scoring is skipped, named
+                i = row_of[path]
+                _add_safely(writer, skipped, path, image, float(result.scores[i]), result.maps[i],
+                            bool(result.decisions[i]), result.embeddings[i])
+                bar.advance(task)
+        _finish_run(writer, skipped, f"normalcy score-batch (MuSc, zero-shot): {len(writer.rows)} images")
 
 
 def _finish_run(writer: RunWriter, skipped: list[tuple[Path, str]], title: str) -> None:
-    writer.close(skipped, title)
+    """Put a run with at least one scored image in place of the earlier one; a run of none is an error that
+    leaves the earlier run as it was."""
     _report_skipped(skipped)
+    if not writer.rows:
+        writer.abort()
+        _fail("no image could be read")
+    writer.close(skipped, title)
     n_bad = sum(r[2] for r in writer.rows)
     n = len(writer.rows)
-    console.print(f"scored {n} images: {n_bad} anomalous, {n - n_bad} normal; results in {writer.output}")
-    if not writer.rows:
-        _fail("no image could be read")
+    console.print(f"scored {n} images: {n_bad} anomalous, {n - n_bad} normal; results in {shown(writer.output)}",
+                  soft_wrap=True)
 
 
 @app.command()
@@ -427,7 +438,8 @@ def _embed_run(run_dir: Path) -> None:
 
     name = read_run_json(run_dir).get("backbone")
     backbone = name if name in BACKBONES else "efficientnet_lite0"
-    console.print(f"{run_dir} has no image embeddings: computing them for re-ranking with {backbone}")
+    console.print(f"{shown(run_dir)} has no image embeddings: computing them for re-ranking with {backbone}",
+                  soft_wrap=True)
     add_embeddings(run_dir, FeatureExtractor(backbone=backbone))
 
 
@@ -489,13 +501,13 @@ def _eval_images(dataset: Path, detector: str, backbone: Optional[str], backbone
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:
         write_eval_report(report, metrics, det, result, ds)
-        console.print(f"report: {report}")
+        console.print(f"report: {shown(report)}", soft_wrap=True)
     return metrics
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
     """A two-column table of everything numeric in an eval result."""
-    table = Table(title=f"{metrics['detector']} on {metrics['dataset']}")
+    table = Table(title=f"{shown(metrics['detector'])} on {shown(metrics['dataset'])}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
@@ -520,7 +532,7 @@ def demo(
 
     metrics, report_path = run_demo(output, detector=detector or "gaussian", n_train=n_train, n_test=n_test)
     out.print(metrics_table(metrics))
-    out.print(f"HTML report: {report_path}")
+    out.print(f"HTML report: {shown(report_path)}", soft_wrap=True)
 
 
 @app.command("export")
@@ -548,7 +560,7 @@ def export_(
     calib = list_files(calibration) if calibration is not None else None
     path = export_onnx(det, output, precision=precision, calibration_paths=calib)
     h, w = det.extractor.size
-    console.print(f"exported {det.name} ({precision}) to {path}: input 'pixels' uint8 N x {h} x {w} x 3 RGB "
+    console.print(f"exported {det.name} ({shown(precision)}) to {shown(path)}: input 'pixels' uint8 N x {h} x {w} x 3 RGB "
                   f"(resized), outputs image_scores, maps; threshold {det.threshold_:.4g}", soft_wrap=True)
 
 
@@ -577,7 +589,7 @@ def _report_skipped(skipped: list[tuple[Path, str]]) -> None:
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} file(s) that are not readable images:[/]")
         for p, r in skipped:
-            console.print(f"  {p}: {r}", highlight=False)
+            console.print(f"  {shown(p)}: {shown(r)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

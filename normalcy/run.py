@@ -14,6 +14,12 @@
 `predict` (a fitted model) and `score-batch` (zero-shot MuSc) both write one with
 ``RunWriter``, so everything downstream reads a single format; the reading side is here too.
 
+A run is written into a fresh hidden folder beside the run folder and replaces it only once complete
+(:func:`staged`): a run never adds to an earlier one, and a failed or interrupted run leaves the earlier
+run as it was. An existing folder is replaced only when it is an earlier run (it has run.json); any other
+non-empty folder is refused rather than deleted. Files under the run folder are left out of the inputs
+(:func:`outside_run`), so a run written inside its input folder never scores its own heatmaps.
+
 <name> is the image's path below the input folder, joined with "__" and made file-system-safe
 (:func:`output_name`), unique within the run. Paths in the CSV files are exact (file names that are
 not UTF-8 included) and guarded against spreadsheet formulas (:func:`csv_cell`).
@@ -29,10 +35,13 @@ import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -50,6 +59,11 @@ CSV_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 NAME_BYTES = 120  # longest output name before the hash; file systems allow 255 bytes
 _UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode letters and digits; a surrogate-escaped byte is not one
+RUN_JSON = "run.json"
+STAGING = ".partial"  # suffix of the hidden folder a run is written into, beside the run folder
+# The review's labels (``normalcy serve``, SQLite) are about the images, not one run's scores: they move
+# into the new run, as they stayed when runs were written over the old files.
+KEPT = ("review.sqlite", "review.sqlite-wal", "review.sqlite-shm")
 
 logger = logging.getLogger("normalcy")
 
@@ -94,14 +108,107 @@ def _common_root(inputs: Sequence[Path]) -> Path | None:
         return None
 
 
+def _is_run_folder(folder: Path) -> bool:
+    """A folder normalcy wrote: run.json in it, or in each of its subfolders (one run per table)."""
+    if (folder / RUN_JSON).is_file():
+        return True
+    entries = list(folder.iterdir())
+    return bool(entries) and all((e / RUN_JSON).is_file() for e in entries)
+
+
+def check_output(output: Path, inputs: Sequence[Path] = ()) -> None:
+    """Refuse a run folder whose replacement would delete files a person made: one that holds an input,
+    or is neither empty nor an earlier run."""
+    out = Path(output).resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{output}: not a folder (a run folder is written there)")
+    for given in inputs:
+        p = Path(given).resolve()
+        if p == out or out in p.parents:
+            raise InputError(f"{output}: holds the input {given}, and a run replaces its run folder: "
+                             "choose another --output")
+    try:
+        if out.is_dir() and any(out.iterdir()) and not _is_run_folder(out):
+            raise InputError(f"{output}: not empty and not a run folder (no run.json), so not replaced: "
+                             "choose a new or empty folder, or an earlier run's")
+    except OSError as err:
+        raise InputError(f"{output}: cannot read ({err.strerror or err})") from None
+
+
+def start_run(output: Path, inputs: Sequence[Path] = ()) -> Path:
+    """A fresh hidden folder beside ``output`` to write a run into (the same file system, so that
+    :func:`finish_run` can rename it into place), after :func:`check_output`."""
+    check_output(output, inputs)
+    out = Path(os.path.abspath(output))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING, dir=out.parent))
+    except OSError as err:
+        raise InputError(f"{output}: cannot write a run folder there ({err.strerror or err})") from None
+
+
+def finish_run(folder: Path, output: Path) -> None:
+    """Put the complete run ``folder`` in place of ``output`` by renames: the earlier run (its labels
+    moved over, see KEPT) is swapped out and then deleted."""
+    out = Path(os.path.abspath(output))
+    if out.is_dir():
+        for name in KEPT:
+            if (out / name).exists():
+                os.replace(out / name, folder / name)
+        old = folder.with_suffix(".old")
+        os.replace(out, old)
+        os.replace(folder, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(folder, out)
+
+
+def abandon_run(folder: Path) -> None:
+    """Delete a run that failed or was interrupted; the earlier run stays as it was."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def staged(output: Path, inputs: Sequence[Path] = ()) -> Iterator[Path]:
+    """The folder to write a run into; it replaces ``output`` when the block ends without an exception."""
+    folder = start_run(output, inputs)
+    try:
+        yield folder
+    except BaseException:
+        abandon_run(folder)
+        raise
+    finish_run(folder, output)
+
+
+def outside_run(paths: Sequence[Path], output: Path) -> list[Path]:
+    """The input files, less those under the run folder or a run being written beside it: a run written
+    inside its input folder must not score its own heatmaps the next time (it is said on stderr)."""
+    out = Path(output).resolve()
+    hidden = f".{out.name}."
+
+    def ours(p: Path) -> bool:
+        r = Path(p).resolve()
+        return r == out or out in r.parents or any(
+            q.parent == out.parent and q.name.startswith(hidden) for q in r.parents)
+
+    kept = [p for p in paths if not ours(p)]
+    if len(kept) < len(paths):
+        logger.warning("%d file(s) under the run folder %s left out of the inputs", len(paths) - len(kept), output)
+    return kept
+
+
 class RunWriter:
-    """Streams scored images into a run directory; memory stays bounded except for the top-N report."""
+    """Streams scored images into a run directory; memory stays bounded except for the top-N report.
+
+    Written into a staging folder (:func:`start_run`) that :meth:`close` puts in place of ``output``;
+    used as a context manager, an exception before then deletes it (:meth:`abort`).
+    """
 
     def __init__(self, output: Path, threshold: float, map_range: tuple[float, float], *,
                  heatmaps: bool = True, overlays: bool = True, report: bool = True, save_maps: bool = False,
                  top: int = 24, info: dict[str, Any] | None = None, inputs: Sequence[Path] = ()) -> None:
-        self.output = Path(output)
-        self.output.mkdir(parents=True, exist_ok=True)
+        self.output = Path(output)  # where the run ends up
+        self.folder = start_run(self.output, inputs)  # where it is written until close()
         self.threshold = float(threshold)
         self.map_range = map_range
         self.heatmaps, self.overlays, self.report, self.save_maps = heatmaps, overlays, report, save_maps
@@ -113,10 +220,22 @@ class RunWriter:
         self.embeddings: list[np.ndarray] = []
         self._names: set[str] = set()  # case-folded: two names differing in case clash on macOS and Windows
         self._best: list[tuple[float, int, ReportImage]] = []
-        self._fh = open(self.output / "scores.csv", "w", newline="", **CSV_ENCODING)
+        self._fh = open(self.folder / "scores.csv", "w", newline="", **CSV_ENCODING)
         self._csv = csv.writer(self._fh)
         self._csv.writerow(SCORES_HEADER)
         self._started = time.time()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        """Delete the unfinished run (nothing if close() put it in place already)."""
+        self._fh.close()
+        abandon_run(self.folder)
 
     def _name(self, path: Path) -> str:
         """output_name, made unique within the run."""
@@ -138,16 +257,16 @@ class RunWriter:
         drawn = overlay(image, amap, lo, hi) if amap is not None and (self.overlays or self.heatmaps) else None
         if self.overlays and drawn is not None:
             over = f"overlays/{name}.png"
-            (self.output / "overlays").mkdir(exist_ok=True)
-            write_png(self.output / over, drawn)
+            (self.folder / "overlays").mkdir(exist_ok=True)
+            write_png(self.folder / over, drawn)
         self._csv.writerow([csv_cell(str(Path(path).resolve())), f"{score:.6g}",
                             "anomalous" if anomalous else "normal", f"{self.threshold:.6g}", over])
         if self.heatmaps and drawn is not None:
-            (self.output / "heatmaps").mkdir(exist_ok=True)
-            write_png(self.output / "heatmaps" / f"{name}.png", side_by_side(image, drawn))
+            (self.folder / "heatmaps").mkdir(exist_ok=True)
+            write_png(self.folder / "heatmaps" / f"{name}.png", side_by_side(image, drawn))
         if self.save_maps and amap is not None:
-            (self.output / "maps").mkdir(exist_ok=True)
-            np.save(self.output / "maps" / f"{name}.npy", amap.astype(np.float32))
+            (self.folder / "maps").mkdir(exist_ok=True)
+            np.save(self.folder / "maps" / f"{name}.npy", amap.astype(np.float32))
         if embedding is not None:
             self.embeddings.append(np.asarray(embedding, dtype=np.float32))
         key = (score, len(self.rows))  # ties: the later image wins, as heapq.heappushpop keeps it
@@ -159,21 +278,21 @@ class RunWriter:
         self.rows.append((str(path), float(score), bool(anomalous)))
 
     def close(self, skipped: Sequence[tuple[Path, str]], title: str) -> None:
-        """Write skipped.csv, embeddings, run.json and the report."""
+        """Write skipped.csv, embeddings, run.json and the report; then put the run in place of ``output``."""
         self._fh.close()
-        with open(self.output / "skipped.csv", "w", newline="", **CSV_ENCODING) as fh:
+        with open(self.folder / "skipped.csv", "w", newline="", **CSV_ENCODING) as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "reason"])
             writer.writerows([csv_cell(str(p)), csv_cell(str(r))] for p, r in skipped)
         if self.embeddings and len(self.embeddings) == len(self.rows):
-            save_file({"embedding": np.stack(self.embeddings)}, str(self.output / EMBEDDINGS))
+            save_file({"embedding": np.stack(self.embeddings)}, str(self.folder / EMBEDDINGS))
         meta = {**self.info, "inputs": self.inputs, "threshold": self.threshold, "n_images": len(self.rows),
                 "n_skipped": len(skipped), "seconds": round(time.time() - self._started, 2),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (self.output / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (self.folder / RUN_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         if self.report:
             write_report(
-                self.output / "report.html",
+                self.folder / "report.html",
                 title=title,
                 scores=np.array([r[1] for r in self.rows]),
                 names=[r[0] for r in self.rows],
@@ -183,6 +302,7 @@ class RunWriter:
                 skipped=[(str(p), r) for p, r in skipped],
                 info={k: v for k, v in self.info.items() if isinstance(v, (str, int, float))},
             )
+        finish_run(self.folder, self.output)
 
 
 def read_embeddings(run_dir: Path) -> np.ndarray | None:
@@ -309,6 +429,7 @@ def read_table_items(run_dir: Path, id_column: str | None = None) -> RunItems:
     scores.csv. A row with a non-finite score is left out, and a repeated id keeps its first row,
     each with one warning.
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -317,7 +438,9 @@ def read_table_items(run_dir: Path, id_column: str | None = None) -> RunItems:
     if not path.is_file():
         path = run_dir / "scores.csv"
     try:
-        table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
+        # A CSV's ids are text (an id like 007 or -2 stays as written) and guarded: csv_cell undone below.
+        table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(
+            path, convert_options=pcsv.ConvertOptions(column_types={csv_cell(id_column or ""): pa.string()}))
     except FileNotFoundError:
         raise InputError(f"{run_dir / 'scores.csv'}: not found (pass a run folder written by `normalcy predict`)") from None
     except Exception as err:  # pyarrow's many parse errors: one line naming the file
@@ -332,7 +455,8 @@ def read_table_items(run_dir: Path, id_column: str | None = None) -> RunItems:
         decisions = pc.cast(table.column("decision"), "float64").to_numpy(zero_copy_only=False) != 0
     except Exception as err:  # pyarrow.ArrowInvalid and kin: a column of text
         raise InputError(f"{path}: score and decision must be numbers ({' '.join(str(err).split())[:200]})") from None
-    ids = [printable("" if v is None else str(v)) for v in table.column(key).to_pylist()]
+    text = _uncell if path.suffix == ".csv" else str
+    ids = [printable("" if v is None else text(str(v))) for v in table.column(key).to_pylist()]
     keep = np.isfinite(scores)
     if not keep.all():
         logger.warning("%s: %d row(s) with a non-finite score left out of the review", path, int((~keep).sum()))

@@ -5,8 +5,13 @@ on the workers each load the model once and score their blocks with the same cod
 (``Detector.score``, ``normalcy.tables.score_table``). Results are written by the workers as Parquet
 (``OUTPUT/scores.parquet/``, a folder of part files, in input order), beside ``run.json``.
 
-The model folder's files travel to the workers through Ray's object store, so the model needs no shared
-disk; the images and tables do (a shared file system, or the same paths on every node). A model whose
+Before Ray starts, the driver loads the model once (a bad one is one line, as without Ray), checks that
+every input exists and that a cluster's address answers (within seconds, not Ray's minutes of retries).
+The run is written into a fresh folder beside OUTPUT that replaces it when complete
+(``normalcy.run.staged``): never appended to an earlier run.
+
+The model folder's files travel to the workers through Ray's object store (each actor loads them from a
+temporary folder it deletes at once), so the model needs no shared disk; the images and tables do (a shared file system, or the same paths on every node). A model whose
 custom backbone runs Python code needs that code on every worker too. A multi-node cluster::
 
     ray start --head --port 6379                    # on the head node
@@ -19,29 +24,37 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
+import socket
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from .data import InputError, input_paths
 from .modelfile import MODEL_JSON
+from .run import RUN_JSON, outside_run, staged
 
 RESULTS = "scores.parquet"
+PROBE_SECONDS = 5.0  # an address that does not answer within this is refused (ray.init would retry for minutes)
+T = TypeVar("T")
 
 
 def _model_files(model_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in Path(model_dir).iterdir() if p.is_file()}
+    try:
+        return {p.name: p.read_bytes() for p in Path(model_dir).iterdir() if p.is_file()}
+    except OSError as err:
+        raise InputError(f"{model_dir}: cannot read the model ({err.strerror or err})") from None
 
 
-def _unpack(files: dict[str, bytes]) -> Path:
-    """The model folder, written once per worker process into a private temporary folder."""
-    d = Path(tempfile.mkdtemp(prefix="normalcy-model-"))
-    for name, data in files.items():
-        (d / name).write_bytes(data)
-    return d
+def _loaded(files: dict[str, bytes], load: Callable[[Path], T]) -> T:
+    """The model, loaded in a worker from its files in a private temporary folder that is deleted as soon as
+    it is loaded (models are read whole into memory), so no copy is left behind per actor."""
+    with tempfile.TemporaryDirectory(prefix="normalcy-model-") as d:
+        for name, data in files.items():
+            (Path(d) / name).write_bytes(data)
+        return load(Path(d))
 
 
 class _ImageScorer:
@@ -53,7 +66,7 @@ class _ImageScorer:
         from .detectors import load
 
         torch.set_num_threads(threads)
-        self.det = load(_unpack(files), trust_code=trust_code)
+        self.det = _loaded(files, lambda d: load(d, trust_code=trust_code))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch["path"]]
@@ -73,7 +86,7 @@ class _TableScorer:
     def __init__(self, files: dict[str, bytes], id_column: str) -> None:
         from .tables import load_vector_model
 
-        self.det, self.meta = load_vector_model(_unpack(files))
+        self.det, self.meta = _loaded(files, load_vector_model)
         self.id_column = id_column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -90,6 +103,23 @@ class _TableScorer:
                 "skipped": np.array([reason_of.get(i, "") for i in ids], dtype=object)}
 
 
+def _probe(address: str) -> None:
+    """Refuse a cluster address that does not answer, in seconds: ray.init retries one for minutes. ``local``
+    (start Ray here) and ``auto`` (find the one on this machine) are left to Ray."""
+    if address in ("local", "auto"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not sep or not host or not port.isdigit():
+        raise InputError(f"--ray {address}: expected local, or a cluster's HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as err:
+        raise InputError(f"--ray {address}: no Ray there ({err.strerror or err}); is `ray start --head` "
+                         "running on that machine, and the port open?") from None
+
+
 def _init(address: str) -> int:
     """Connect to (or start) Ray; returns the CPUs it offers."""
     import ray
@@ -101,6 +131,7 @@ def _init(address: str) -> int:
         if address == "local":
             ray.init(**kwargs)
         else:
+            _probe(address)
             ray.init(address=address, **kwargs)
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -115,25 +146,48 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
     Tables are read on the driver by the one-process reader (the same columns, ids and errors), then scored
     in blocks of 4,096 rows on the workers.
     """
-    import pyarrow as pa
-
     try:
         import ray.data
     except ImportError:
         raise InputError("--ray needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
 
-    from .tables import check_tables, is_vector_model, read_table
+    from .detectors import load
+    from .tables import check_tables, is_vector_model, load_vector_model, read_table
 
-    files = _model_files(model_dir)
+    # Everything that can be refused is refused here, before Ray starts (one line, no worker tracebacks).
     vectors = is_vector_model(model_dir)
+    paths: list[Path] = []  # images; a table's rows are read later, one table at a time
     if vectors:
+        load_vector_model(model_dir)
         check_tables(inputs)
-    cpus = _init(address)
+    else:
+        load(model_dir, trust_code=trust_code)
+        missing = [p for p in inputs if not p.exists()]
+        if missing:
+            raise InputError(f"{missing[0]}: not found")
+        paths = outside_run(input_paths(inputs), output)
+        if not paths:
+            raise InputError("no images to score")
+    files = _model_files(model_dir)
+    with staged(output, inputs) as folder:
+        cpus = _init(address)
+        return _score(ray, files, folder, output, model_dir, inputs, paths, address, cpus, trust_code, id_column,
+                      batch_size)
+
+
+def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_dir: Path, inputs: list[Path],
+           paths: list[Path], address: str, cpus: int, trust_code: bool, id_column: str | None,
+           batch_size: int) -> list[dict[str, Any]]:
+    """The Ray Data pipelines of predict_ray, written into ``folder`` (which becomes ``output``)."""
+    import pyarrow as pa
+
+    from .tables import read_table
+
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its execution plans; its progress bars stay
     runs = []
-    if vectors:
+    if not paths:  # tables
         columns = json.loads(files[MODEL_JSON])["columns"]
         for path in inputs:
             t = read_table(path, id_column=id_column, columns=columns)
@@ -144,16 +198,15 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
                 _TableScorer, fn_constructor_args=(files, key), batch_size=4096, batch_format="numpy",
                 compute=_pool(cpus), num_cpus=1)
             del data  # in Ray's object store now
-            runs.append(_write(ds, output if len(inputs) == 1 else output / path.stem, model_dir, address, cpus,
-                               [path], "vectors"))
+            sub = Path() if len(inputs) == 1 else Path(path.stem)
+            runs.append(_write(ds, folder / sub, output / sub, model_dir, address, cpus, [path], "vectors"))
     else:
-        paths = input_paths(inputs)
-        if not paths:
-            raise InputError("no images to score")
         ds = ray.data.from_items([{"path": os.fspath(p)} for p in paths]).map_batches(
             _ImageScorer, fn_constructor_args=(files, trust_code, 1), batch_size=batch_size, batch_format="numpy",
             compute=_pool(cpus), num_cpus=1)
-        runs.append(_write(ds, output, model_dir, address, cpus, inputs, "images"))
+        runs.append(_write(ds, folder, output, model_dir, address, cpus, inputs, "images"))
+        if not runs[-1]["n_scored"]:
+            raise InputError("no image could be read")
     return runs
 
 
@@ -164,15 +217,16 @@ def _pool(cpus: int) -> Any:
     return ray.data.ActorPoolStrategy(min_size=1, max_size=cpus)
 
 
-def _write(ds: Any, output: Path, model_dir: Path, address: str, cpus: int, inputs: list[Path],
+def _write(ds: Any, folder: Path, output: Path, model_dir: Path, address: str, cpus: int, inputs: list[Path],
            kind: str) -> dict[str, Any]:
+    """Run ``ds`` into ``folder``/scores.parquet and write run.json (naming ``output``, where it ends up)."""
     import pyarrow.parquet as pq
 
-    output.mkdir(parents=True, exist_ok=True)
-    ds.write_parquet(str(output / RESULTS))
-    decision = pq.read_table(output / RESULTS, columns=["decision"]).column("decision").to_numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.write_parquet(str(folder / RESULTS))
+    decision = pq.read_table(folder / RESULTS, columns=["decision"]).column("decision").to_numpy()
     run = {"model": str(Path(model_dir).resolve()), "ray": address, "cpus": cpus, "kind": kind,
            "inputs": [str(p) for p in inputs], "output": str(output), "n_scored": int((decision >= 0).sum()),
            "n_skipped": int((decision < 0).sum()), "n_anomalous": int((decision == 1).sum())}
-    (output / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    (folder / RUN_JSON).write_text(json.dumps(run, indent=2) + "\n")
     return run

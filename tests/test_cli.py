@@ -268,3 +268,70 @@ def test_predict_keeps_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
         body = fh.read()
     assert b"part\xff.png" in body and b"plain.png" in body
     assert len(list((tmp_path / "out" / "heatmaps").iterdir())) == 2
+
+
+def _gaussian_model(tmp_path: Path) -> tuple[Path, Path]:
+    """A small gaussian model (64 px) fitted in this process, and the data set it came from."""
+    from normalcy.detectors import create
+    from normalcy.features import FeatureExtractor
+
+    ds = make_dataset(tmp_path / "ds", n_train=6)
+    det = create("gaussian", FeatureExtractor(image_size=64)).fit(sorted((ds / "train" / "good").glob("*.png")))
+    det.save(tmp_path / "model")
+    return tmp_path / "model", ds
+
+
+def test_untrusted_names_are_printed_as_they_are(tmp_path: Path) -> None:
+    """File names and table ids are text, never Rich markup or terminal control: `[/x].png` (a closing tag)
+    is printed, not a crash; `[bold red]` is not a style; an escape sequence is shown escaped."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    from normalcy.tables import fit_table, read_table, save_vector_model
+    from test_tables import _rows, _write
+
+    model, ds = _gaussian_model(tmp_path)
+    images = tmp_path / "in"
+    (images / "[").mkdir(parents=True)
+    good = (ds / "test" / "good" / "000.png").read_bytes()
+    (images / "[" / "ok.png").write_bytes(good)
+    (images / "[" / "x].png").write_bytes(good[:100])  # corrupt: skipped, and named
+    (images / "[bold red]y.png").write_bytes(b"not an image")
+    (images / "e\x1b[31m.png").write_bytes(b"")
+    r = normalcy("predict", str(model), str(images), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "\x1b" not in r.stderr
+    for shown in ("[/x].png", "[bold red]y.png", "e\\x1b[31m.png"):
+        assert shown in r.stderr
+    assert "scored 1 images" in r.stderr
+
+    X, y = _rows(n=60)
+    table = read_table(_write(tmp_path / "t.csv", X, y), label_column="label", id_column="name")
+    det, _ = fit_table(table, "gaussian")
+    save_vector_model(det, "gaussian", table.columns, tmp_path / "vm")
+    X[1, 0] = X[2, 0] = np.nan  # rows that are not scored are named on stderr by their ids
+    ids = ["[bold red]x", "\x1b[31mred"]
+    pcsv.write_csv(pa.table({**{f"f{j}": X[:3, j] for j in range(X.shape[1])}, "name": ["fine", *ids]}),
+                   tmp_path / "new.csv")
+    r = normalcy("predict", str(tmp_path / "vm"), str(tmp_path / "new.csv"), "-o", str(tmp_path / "tout"),
+                 "--id-column", "name")
+    assert r.returncode == 0, r.stderr
+    assert "[bold red]x" in r.stderr and "\\x1b[31mred" in r.stderr and "\x1b" not in r.stderr
+
+
+def test_runs_into_one_folder_replace_it_and_never_score_themselves(tmp_path: Path) -> None:
+    """-o inside the input folder, twice: the second run scores the same images (not the first run's
+    heatmaps) and replaces the first run; a folder of other files is refused, untouched."""
+    model, ds = _gaussian_model(tmp_path)
+    images, out = ds / "test", ds / "test" / "results"
+    for _ in range(2):
+        r = normalcy("predict", str(model), str(images), "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        assert "scored 6 images" in r.stderr
+    assert "file(s) under the run folder" in r.stderr
+    assert len(list(csv.DictReader(open(out / "scores.csv")))) == 6 and len(list((out / "heatmaps").iterdir())) == 6
+    assert [p.name for p in images.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    r = normalcy("predict", str(model), str(images), "-o", str(ds / "train"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "not a run folder" in r.stderr
+    assert len(list((ds / "train" / "good").iterdir())) == 6

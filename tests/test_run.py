@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.run import RunWriter, csv_cell, output_name, read_scores
+from normalcy.data import InputError
+from normalcy.run import RunWriter, check_output, csv_cell, output_name, outside_run, read_scores
 
 SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -152,8 +153,8 @@ def test_heatmaps_are_full_size_and_the_report_keeps_its_top_images_small(tmp_pa
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         amap = cv2.resize(rng.random((6, 12)).astype(np.float32), (w, h))
         writer.add(tmp_path / f"{k}.png", image, 0.1 * k, amap, False)
-        heat = np.asarray(Image.open(tmp_path / "run" / "heatmaps" / f"{k}.png").convert("RGB"))
-        over = np.asarray(Image.open(tmp_path / "run" / "overlays" / f"{k}.png").convert("RGB"))
+        heat = np.asarray(Image.open(writer.folder / "heatmaps" / f"{k}.png").convert("RGB"))  # until close()
+        over = np.asarray(Image.open(writer.folder / "overlays" / f"{k}.png").convert("RGB"))
         assert heat.shape == (h, 2 * w, 3) and over.shape == (h, w, 3)
         assert np.array_equal(heat[:, :w], image) and np.array_equal(heat[:, w:], over)
     kept = sorted(writer._best, key=lambda b: b[0])
@@ -161,3 +162,53 @@ def test_heatmaps_are_full_size_and_the_report_keeps_its_top_images_small(tmp_pa
     assert all(max(b[2].image.shape[:2]) <= 512 and b[2].amap.shape == b[2].image.shape[:2] for b in kept)
     writer.close([], "test")
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_a_second_run_replaces_the_first_and_keeps_its_labels(tmp_path: Path) -> None:
+    """Runs into one folder never add up: the new run takes the old one's place whole (no file of the old
+    one is left behind), except the review's labels, which are about the images."""
+    run = tmp_path / "run"
+    _write(run, [tmp_path / f"{k}.png" for k in range(3)], inputs=[tmp_path])
+    (run / "review.sqlite").write_bytes(b"labels")
+    _write(run, [tmp_path / "new.png"], inputs=[tmp_path], heatmaps=False)
+    rows, n_rows = read_scores(run)
+    assert n_rows == 1 and [Path(r.path).name for r in rows] == ["new.png"]
+    assert not (run / "heatmaps").exists() and (run / "review.sqlite").read_bytes() == b"labels"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left
+
+
+def test_a_failed_run_leaves_the_earlier_run_as_it_was(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _write(run, [tmp_path / "a.png"])
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(KeyboardInterrupt):
+        with RunWriter(run, 0.5, (0.0, 1.0), report=False) as writer:
+            writer.add(tmp_path / "b.png", _image(1), 0.9, np.zeros((4, 4), np.float32), True)
+            raise KeyboardInterrupt
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_folder_that_is_not_a_run_is_never_replaced(tmp_path: Path) -> None:
+    """Only an empty folder or an earlier run (run.json) is replaced; a folder of a person's files, or one
+    holding the inputs, is refused with one line, untouched."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a run folder"):
+        RunWriter(mine, 0.5, (0.0, 1.0))
+    with pytest.raises(InputError, match="holds the input"):
+        check_output(tmp_path, [mine])
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "empty", [tmp_path / "a.png"])
+    assert (tmp_path / "empty" / "run.json").is_file()
+
+
+def test_files_under_the_run_folder_are_not_inputs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """-o inside the input folder: the run's own heatmaps, and a run being written beside it, are left out
+    of the next run's inputs, and it says so."""
+    images = [tmp_path / "a.png", tmp_path / "b.png"]
+    ours = [tmp_path / "out" / "heatmaps" / "a.png", tmp_path / ".out.x1y2.partial" / "overlays" / "a.png"]
+    assert outside_run(images + ours, tmp_path / "out") == images
+    assert "2 file(s) under the run folder" in caplog.text

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from normalcy.detectors import create  # noqa: E402
 from normalcy.features import FeatureExtractor  # noqa: E402
 from normalcy.scaleout import RESULTS, predict_ray  # noqa: E402
 from normalcy.tables import fit_table, read_table, save_vector_model, score_table  # noqa: E402
-from test_cli import make_dataset, normalcy  # noqa: E402
+from test_cli import _gaussian_model, make_dataset, normalcy  # noqa: E402
 from test_tables import _rows, _write  # noqa: E402
 
 
@@ -67,3 +70,48 @@ def test_cli_predict_ray_local_on_a_table(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert f"scored {len(X)} on Ray" in r.stderr
     assert pq.read_table(tmp_path / "out" / RESULTS).num_rows == len(X)
+
+
+def _table_model(tmp_path: Path, n: int = 300) -> tuple[Path, Path, int]:
+    X, y = _rows(n=n)
+    path = _write(tmp_path / "t.parquet", X, y)
+    table = read_table(path, label_column="label", id_column="name")
+    det, _ = fit_table(table, "gaussian")
+    save_vector_model(det, "gaussian", table.columns, tmp_path / "m")
+    return tmp_path / "m", path, len(X)
+
+
+def test_a_second_ray_run_replaces_the_first_and_leaves_no_model_copies(tmp_path: Path) -> None:
+    """Ray writes part files into a folder: a second run into the same -o must not add to the first (it
+    doubled the rows and run.json's counts), and no actor leaves its copy of the model in the temp folder."""
+    model, path, n = _table_model(tmp_path)
+    copies = set(Path(tempfile.gettempdir()).glob("normalcy-model-*"))
+    for _ in range(2):
+        (run,) = predict_ray(model, [path], tmp_path / "out", "local", id_column="name")
+    assert pq.read_table(tmp_path / "out" / RESULTS).num_rows == n
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["n_scored"] == n == run["n_scored"]
+    assert run["output"] == str(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out", "t.parquet"]  # no staging folder left
+    assert set(Path(tempfile.gettempdir()).glob("normalcy-model-*")) <= copies
+
+
+def test_ray_refuses_bad_input_in_one_line_before_it_starts(tmp_path: Path) -> None:
+    """A missing input or model folder, a bad model and an address where no Ray answers are each one line
+    and exit code 1, within seconds: nothing reaches Ray (no worker tracebacks, no 300 s wait)."""
+    model, ds = _gaussian_model(tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.json").write_text("{")
+    images = str(ds / "test")
+    cases = [
+        ((str(model), str(tmp_path / "missing"), "local"), "missing: not found"),
+        ((str(tmp_path / "nomodel"), images, "local"), "nomodel"),
+        ((str(tmp_path / "bad"), images, "local"), "model.json"),
+        ((str(model), images, "127.0.0.1:1"), "--ray 127.0.0.1:1: no Ray there"),
+    ]
+    for (m, inp, address), expected in cases:
+        start = time.monotonic()
+        r = normalcy("predict", m, inp, "-o", str(tmp_path / "out"), "--ray", address)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr, r.stderr
+        assert time.monotonic() - start < 60
+    assert not (tmp_path / "out").exists()
