@@ -14,6 +14,7 @@ Rows with a missing value, NaN or inf are never scored: they are named and skipp
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,13 +29,17 @@ from sklearn.model_selection import train_test_split
 from . import __version__
 from .data import InputError
 from .modelfile import MODEL_JSON
-from .run import EMBEDDINGS
-from .vectors import ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector, finite_rows
+from .run import EMBEDDINGS, csv_cell
+from .vectors import (ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector, TooLarge,
+                      finite_rows)
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
 VECTOR_DETECTORS: dict[str, type] = {"gaussian": GaussianDetector, "knn": KNNDetector, "iforest": IForestDetector,
                                      "ecod": ECODDetector, "ensemble": EnsembleDetector}
 DEFAULT_DETECTOR = "ensemble"
+MAX_COLUMNS = 100_000  # columns a table may have: each costs Python-level work to read, check and name
+CSV_BLOCK = 1 << 20  # pyarrow's default CSV block size
+MAX_CSV_LINE = 64 << 20  # longest CSV header line and largest block read (100,000 column names of 670 bytes)
 VECTOR_KIND = "vectors"
 MODEL_FILE = "model.skops"
 # Types a vector model file may hold beyond skops' own trusted defaults (numpy, scikit-learn's estimators).
@@ -68,24 +73,34 @@ class Table:
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The file's columns as 1-d arrays (an npz's 2-d ``X`` becomes x0, x1, ...)."""
+    """The file's columns as 1-d arrays (an npz's 2-d ``X`` becomes x0, x1, ...), all of one length.
+    A table wider than MAX_COLUMNS is refused before its values are parsed (or, for .npz, split)."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
-                out: dict[str, np.ndarray] = {}
-                for key in npz.files:
-                    a = npz[key]
-                    if a.ndim == 2:
-                        out.update({f"{key.lower()}{j}": a[:, j] for j in range(a.shape[1])})
-                    elif a.ndim == 1:
-                        out[key] = a
-                return out
+                arrays = {key: npz[key] for key in npz.files}
+            _check_width(path, sum(a.shape[1] for a in arrays.values() if a.ndim == 2)
+                         + sum(a.ndim == 1 for a in arrays.values()))
+            _check_lengths(path, {k: len(a) for k, a in arrays.items() if a.ndim in (1, 2)})
+            out: dict[str, np.ndarray] = {}
+            for key, a in arrays.items():
+                if a.ndim == 2:
+                    out.update({f"{key.lower()}{j}": a[:, j] for j in range(a.shape[1])})
+                elif a.ndim == 1:
+                    out[key] = a
+            return out
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path) if suffix in (".parquet", ".pq") else pcsv.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            _check_width(path, len(pq.read_schema(path).names))
+            table = pq.read_table(path)
+        else:
+            table = _read_csv(path)
         return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -93,6 +108,42 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     except Exception as err:  # pyarrow's and numpy's many parse errors: one line naming the file
         text = " ".join(str(err).split())[:300] or type(err).__name__
         raise InputError(f"{path}: cannot read as a {suffix[1:]} table ({text})") from None
+
+
+def _check_width(path: Path, columns: int) -> None:
+    """Refuse a table too wide to read and fit in bounded time (each column costs Python-level work)."""
+    if columns > MAX_COLUMNS:
+        raise InputError(f"{path}: {columns} columns, more than the {MAX_COLUMNS} a table may have; "
+                         "reduce the dimensions first (e.g. PCA)")
+
+
+def _check_lengths(path: Path, lengths: dict[str, int]) -> None:
+    """Refuse arrays of different lengths (an npz's X and y), naming each length."""
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{k!r} has {n}" for k, n in lengths.items())
+        raise InputError(f"{path}: arrays of different lengths ({shown} rows)")
+
+
+def _read_csv(path: Path) -> Any:
+    """pyarrow parses a CSV in blocks that must hold its header line whole (a longer one is misread as
+    an empty file) and each row: blocks sized from the header, after refusing a header past MAX_CSV_LINE
+    or naming more than MAX_COLUMNS columns, and made larger (up to MAX_CSV_LINE) while a row straddles two."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    with open(path, "rb") as fh:
+        header = fh.readline(MAX_CSV_LINE + 1)
+    if len(header) > MAX_CSV_LINE:
+        raise InputError(f"{path}: first line longer than {MAX_CSV_LINE >> 20} MB: not a CSV header normalcy reads")
+    _check_width(path, len(next(csv.reader([header.decode("utf-8", "replace")]), [])))
+    block = max(CSV_BLOCK, 4 * len(header))
+    while True:
+        try:
+            return pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block))
+        except pa.ArrowInvalid as err:
+            if "straddl" not in str(err) or block >= MAX_CSV_LINE:
+                raise
+            block = min(4 * block, MAX_CSV_LINE)
 
 
 def _numeric(a: np.ndarray) -> np.ndarray | None:
@@ -185,8 +236,20 @@ def fit_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01,
         mask &= table.labels == 0
     if mask.sum() < 2:
         raise InputError(f"{table.path}: fewer than 2 normal rows with finite values to fit on")
-    det = create_detector(detector, fpr, seed).fit(table.X if mask.all() else table.X[mask])  # no copy of a big table
+    det = _fitted(table.path, detector, fpr, seed, table.X if mask.all() else table.X[mask])  # no copy of a big table
     return det, skipped
+
+
+def _fitted(path: Path, detector: str, fpr: float, seed: int, X: np.ndarray) -> Any:
+    """The detector fitted on X; a fit it refuses for its size (checked before any work) or that runs out of
+    memory all the same is one InputError naming the table."""
+    try:
+        return create_detector(detector, fpr, seed).fit(X)
+    except TooLarge as err:
+        raise InputError(f"{path}: {err}") from None
+    except MemoryError:
+        raise InputError(f"{path}: out of memory fitting {detector} on {X.shape[0]} rows x {X.shape[1]} "
+                         "features; use fewer rows or features (e.g. PCA)") from None
 
 
 def threshold_of(det: Any) -> float:
@@ -268,7 +331,8 @@ def score_table(det: Any, table: Table) -> tuple[np.ndarray, np.ndarray, list[tu
 def write_table_run(output: str | Path, table: Table, scores: np.ndarray, mask: np.ndarray, threshold: float,
                     skipped: list[tuple[str, str]], info: dict[str, Any]) -> Path:
     """scores.parquet and scores.csv (id, score, decision, threshold: one row per scored row, in table
-    order), skipped.csv (id, reason), run.json, and the scored rows' features as the run's embeddings
+    order), skipped.csv (id, reason), run.json (in the CSV files, a text cell a spreadsheet would run as a
+    formula gets a leading ' as in an image run, :func:`normalcy.run.csv_cell`), and the scored rows' features as the run's embeddings
     (:func:`write_table_embeddings`), so that ``normalcy serve`` re-ranks table rows as it does images."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -280,9 +344,11 @@ def write_table_run(output: str | Path, table: Table, scores: np.ndarray, mask: 
     s = scores[mask]
     result = pa.table({table.id_column: ids, "score": s, "decision": (s > threshold).astype(np.int8),
                        "threshold": np.full(len(s), threshold)})
-    pq.write_table(result, out / "scores.parquet")
-    pcsv.write_csv(result, out / "scores.csv")
-    pcsv.write_csv(pa.table({table.id_column: [i for i, _ in skipped], "reason": [r for _, r in skipped]}),
+    pq.write_table(result, out / "scores.parquet")  # ids exact; the CSV files' text cells are guarded
+    guarded_ids = pa.array([csv_cell(i) for i in ids], pa.string())
+    pcsv.write_csv(result.set_column(0, csv_cell(table.id_column), guarded_ids), out / "scores.csv")
+    pcsv.write_csv(pa.table({csv_cell(table.id_column): pa.array([csv_cell(i) for i, _ in skipped], pa.string()),
+                             "reason": pa.array([csv_cell(r) for _, r in skipped], pa.string())}),
                    out / "skipped.csv")
     write_table_embeddings(out / EMBEDDINGS, table.X, mask, table.columns)
     run = {**info, "table": str(table.path.resolve()), "id_column": table.id_column, "n_scored": int(mask.sum()),
@@ -359,7 +425,7 @@ def eval_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01
     if len(np.unique(y_test)) < 2:
         raise InputError(f"{(test or table).path}: the scored rows need both labels (0 and 1) for AUROC")
     t0 = time.perf_counter()
-    det = create_detector(detector, fpr, seed).fit(X_train)
+    det = _fitted(table.path, detector, fpr, seed, X_train)
     t1 = time.perf_counter()
     scores = det.anomaly_score(X_test)
     t2 = time.perf_counter()

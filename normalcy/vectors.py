@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
+import psutil
 import torch
 from scipy.stats import skew
 from sklearn.base import BaseEstimator, OutlierMixin, clone
@@ -29,7 +30,14 @@ from .ann import check_ivfpq, empty_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
 from .detectors.gaussian import _gaussian, _inverse, mahalanobis
 
 __all__ = ["GaussianDetector", "KNNDetector", "IForestDetector", "ECODDetector", "EnsembleDetector",
-           "finite_rows"]
+           "TooLarge", "finite_rows"]
+
+MAX_GAUSSIAN_FEATURES = 4096  # d x d covariances and inverses: 128 MB each, minutes of fitting on 2 cores
+ROW_BYTES = 8  # float64
+
+
+class TooLarge(ValueError):
+    """A fit refused before it starts: too many features for the detector, or more memory than is free."""
 
 
 def finite_rows(X: np.ndarray) -> tuple[np.ndarray, str]:
@@ -57,6 +65,7 @@ class _VectorDetector(OutlierMixin, BaseEstimator):
         if not 0.0 < self.fpr < 1.0:
             raise ValueError(f"fpr must be in (0, 1), got {self.fpr!r}")
         X = self._checked(X, reset=True)
+        self.check_size(*X.shape)
         self.calibration_rows_ = np.arange(len(X))  # which training rows the calibration scores are of
         self.calibration_scores_ = np.asarray(self._fit(X), dtype=np.float64)
         # The fraction fpr of normal scores lies above the threshold, so offset_ = -threshold.
@@ -79,6 +88,23 @@ class _VectorDetector(OutlierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """-1 for anomalies, 1 for normal rows."""
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def check_size(self, n: int, d: int) -> None:
+        """Raise TooLarge, before any work, when fitting n rows of d features would exceed what the detector
+        handles or the memory now free (the rows themselves not counted: they are in memory already)."""
+        self._check_features(d)
+        need, free = self.fit_bytes(n, d), psutil.virtual_memory().available
+        if need > free:
+            raise TooLarge(f"fitting {type(self).__name__} on {n} rows x {d} features needs about "
+                           f"{need / 2**20:,.0f} MB of memory, {free / 2**20:,.0f} MB is free; use fewer rows "
+                           "or features (e.g. PCA)")
+
+    def _check_features(self, d: int) -> None:
+        """Raise TooLarge past the features the detector handles (none of its own limit by default)."""
+
+    def fit_bytes(self, n: int, d: int) -> float:
+        """Peak memory of a fit beyond the rows, an upper estimate: a few working copies of the rows."""
+        return 4.0 * n * d * ROW_BYTES
 
     def _checked(self, X, reset: bool) -> np.ndarray:
         X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
@@ -110,6 +136,18 @@ class GaussianDetector(_VectorDetector):
         self.folds = folds
         self.max_memory_mb = max_memory_mb
         self.random_state = random_state
+
+    def _check_features(self, d: int) -> None:
+        """Past MAX_GAUSSIAN_FEATURES the d x d covariance and its inverse cost more than a table fit
+        should (20,000 features: 3.2 GB a matrix, hours of Ledoit-Wolf): refused, saying what to do."""
+        if d > MAX_GAUSSIAN_FEATURES:
+            raise TooLarge(f"{type(self).__name__} needs a {d} x {d} covariance: at most {MAX_GAUSSIAN_FEATURES} "
+                           "features; reduce the dimensions (e.g. PCA) or use knn, iforest or ecod")
+
+    def fit_bytes(self, n: int, d: int) -> float:
+        """Working copies of the rows (or of chunks of them past ``max_memory_mb``) and a few d x d matrices."""
+        rows = min(n * d * ROW_BYTES, max(self.max_memory_mb * 2**20, 65536 * d * ROW_BYTES))
+        return 4.0 * rows + 8.0 * d * d * ROW_BYTES
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
         n = len(X)
@@ -211,6 +249,14 @@ class KNNDetector(_VectorDetector):
         self.pq_dims_per_byte = pq_dims_per_byte
         self.max_calibration = max_calibration
         self.random_state = random_state
+
+    def fit_bytes(self, n: int, d: int) -> float:
+        """The standardised rows (float32) and faiss' copy of them, and the float64 copy that exact distances
+        are recomputed from; compressed past ``max_memory_mb``: the rows, a training sample and the codes."""
+        rows32 = n * d * 4.0
+        if rows32 <= self.max_memory_mb * 2**20:
+            return 4.0 * rows32 + 2.0 * 4096 * (self.n_neighbors + 1) * d * ROW_BYTES
+        return rows32 + min(n, 100_000) * d * 4.0 + n * max(1, d // self.pq_dims_per_byte)
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
         if self.n_neighbors < 1:
@@ -341,6 +387,11 @@ class ECODDetector(_VectorDetector):
     def __init__(self, fpr: float = 0.01):
         self.fpr = fpr
 
+    def fit_bytes(self, n: int, d: int) -> float:
+        """The sorted copy kept, the transposed rows and the left, right and chosen tail arrays with their
+        temporaries."""
+        return 8.0 * n * d * ROW_BYTES
+
     def _fit(self, X: np.ndarray) -> np.ndarray:
         self.sorted_ = np.sort(X.T, axis=1)  # one contiguous row per dimension: binary searches stay in cache
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -377,10 +428,26 @@ class EnsembleDetector(_VectorDetector):
         self.fpr = fpr
         self.random_state = random_state
 
-    def _fit(self, X: np.ndarray) -> np.ndarray:
+    def _members(self) -> list:
         members = self.members if self.members is not None else [GaussianDetector(), KNNDetector()]
         if not members:
             raise ValueError("EnsembleDetector needs at least one member")
+        return members
+
+    def _check_features(self, d: int) -> None:
+        """Each member's limit, named as the ensemble's (the memory check counts all members' fits)."""
+        for member in self._members():
+            try:
+                member._check_features(d)
+            except TooLarge as err:
+                raise TooLarge(f"{type(self).__name__}'s member {err}") from None
+
+    def fit_bytes(self, n: int, d: int) -> float:
+        """Members fit one after the other, each keeping what it learned: the sum bounds the peak."""
+        return float(sum(m.fit_bytes(n, d) for m in self._members()))
+
+    def _fit(self, X: np.ndarray) -> np.ndarray:
+        members = self._members()
         self.members_ = []
         for member in members:
             member = clone(member)
