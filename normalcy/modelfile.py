@@ -7,6 +7,11 @@ against the schema below (unknown keys are refused, so typos are caught), and
 to be a plain finite number array. Every problem is one ``InputError`` line that
 names the file, never a traceback.
 
+Every file of a model folder (image or vector model) is opened by ``model_file``: a
+regular file only (a FIFO would block forever, ``/dev/zero`` never ends), inside the
+folder (a symbolic link out of it is refused before anything of its target is read),
+and under a size cap.
+
 A model with a custom backbone names Python code that rebuilding it would run.
 Such a model is refused unless the caller trusts it (``trust_code=True``,
 ``--trust-model-code``), and even then only while the code file still has the
@@ -17,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -38,6 +45,7 @@ FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 MODEL_TENSORS = "model.safetensors"
 MAX_JSON_BYTES = 16 * 2**20  # a real model.json is a few kB; a huge one is not a model
+MAX_STATE_BYTES = 16 * 2**30  # tensors or a fitted estimator: far above any model normalcy fits, below a bomb
 
 # Bounds that model.json and the detectors' own checks share: far beyond any real setting, yet a tampered
 # model.json cannot ask for a batch of 10**12 images.
@@ -178,20 +186,9 @@ def read_model(directory: str | Path, trust_code: bool = False) -> tuple[ModelMe
     """
     d = Path(directory)
     meta_path = d / MODEL_JSON
-    if not meta_path.is_file():
+    if not os.path.lexists(meta_path):
         raise InputError(f"{d}: not a normalcy model (no {MODEL_JSON})")
-    if meta_path.stat().st_size > MAX_JSON_BYTES:
-        raise InputError(f"{meta_path}: {meta_path.stat().st_size} bytes is too large for a model.json")
-    try:
-        raw = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{meta_path}: cannot read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{meta_path}: invalid JSON ({err})") from None
-    except RecursionError:
-        raise InputError(f"{meta_path}: invalid JSON (nested too deeply)") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{meta_path}: expected a JSON object, got {type(raw).__name__}")
+    raw = read_json(meta_path)
     version = raw.get("format_version")
     if version != FORMAT_VERSION or isinstance(version, bool):
         raise InputError(
@@ -208,6 +205,65 @@ def read_model(directory: str | Path, trust_code: bool = False) -> tuple[ModelMe
     if extras is not None:
         check_code(meta_path, extras, trust_code)
     return meta, read_tensors(d / MODEL_TENSORS)
+
+
+def model_file(path: Path, max_bytes: int) -> Path:
+    """The real path of a model folder's file, checked before anything reads it.
+
+    Refused, each with one line naming ``path``: a missing file, a symbolic link that leads out of the
+    model folder (its target is not named: it may be a file the model's author wants a glimpse of), a
+    FIFO, device or folder, and a file over ``max_bytes``.
+    """
+    folder = path.parent.resolve()
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing" + (" (a broken symbolic link)" if path.is_symlink() else "")) from None
+    except (OSError, RuntimeError) as err:  # a symlink loop, a permission problem
+        raise InputError(f"{path}: cannot read ({one_line(err)})") from None
+    if folder not in real.parents:
+        raise InputError(f"{path}: a symbolic link to a file outside the model folder, refused")
+    try:
+        info = os.stat(real)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: not a regular file")
+    if info.st_size > max_bytes:
+        raise InputError(f"{path}: {info.st_size} bytes is too large for a model file (at most {max_bytes})")
+    return real
+
+
+def read_model_file(path: Path, max_bytes: int) -> bytes:
+    """A model folder's file (see ``model_file``), read whole, never more than ``max_bytes``."""
+    real = model_file(path, max_bytes)
+    try:  # O_NONBLOCK and O_NOFOLLOW: a file swapped for a FIFO or a link since the check blocks nothing
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InputError(f"{path}: not a regular file")
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    if len(data) > max_bytes:
+        raise InputError(f"{path}: too large for a model file (over {max_bytes} bytes)")
+    return data
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file as a dict (see ``model_file``); every problem is one InputError line."""
+    data = read_model_file(path, MAX_JSON_BYTES)
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: cannot read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: invalid JSON ({err})") from None
+    except RecursionError:
+        raise InputError(f"{path}: invalid JSON (nested too deeply)") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def check_code(meta_path: Path, extras: CustomBackboneMeta, trust_code: bool) -> None:
@@ -233,12 +289,11 @@ def check_code(meta_path: Path, extras: CustomBackboneMeta, trust_code: bool) ->
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file, parsed by safetensors alone, with every tensor a finite number array."""
-    if not path.is_file():
-        raise InputError(f"{path}: missing")
-    if path.stat().st_size == 0:
+    real = model_file(path, MAX_STATE_BYTES)
+    if real.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
     try:
-        state = load_file(str(path))
+        state = load_file(str(real))
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as err:
         raise InputError(f"{path}: not a valid safetensors file ({one_line(err)})") from None
     check_tensors(state, None, source=str(path))

@@ -6,8 +6,11 @@ wherever they take images, with the detectors of :mod:`normalcy.vectors`.
 
 A vector model is a folder like an image model: ``model.json`` (what a person reads: detector, the
 feature columns in order, threshold) and ``model.skops``, the fitted estimator in skops' format
-(scikit-learn's secure persistence: no pickle, and loading refuses every type not on the allow-list
-below, so a stranger's model folder runs no code).
+(scikit-learn's secure persistence: no pickle). A stranger's model folder runs no code and cannot crash
+or hang scoring: its files are read as image models' are (``modelfile.read_model_file``), the zip's
+sizes are capped before anything is unpacked, every type schema.json names must be on ``ALLOWED_NODES``
+(skops' own defaults would admit every scikit-learn estimator), and the loaded detector's state is
+checked (``check_state``: shapes, ranges, every tree's nodes) before it scores a row.
 
 Rows with a missing value, NaN or inf are never scored: they are named and skipped (``skipped.csv``).
 """
@@ -15,11 +18,14 @@ Rows with a missing value, NaN or inf are never scored: they are named and skipp
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
@@ -28,7 +34,7 @@ from sklearn.model_selection import train_test_split
 
 from . import __version__
 from .data import InputError
-from .modelfile import MODEL_JSON
+from .modelfile import MAX_STATE_BYTES, MODEL_JSON, _describe, one_line, read_json, read_model_file
 from .run import EMBEDDINGS, csv_cell
 from .vectors import (ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector, TooLarge,
                       finite_rows)
@@ -42,8 +48,22 @@ CSV_BLOCK = 1 << 20  # pyarrow's default CSV block size
 MAX_CSV_LINE = 64 << 20  # longest CSV header line and largest block read (100,000 column names of 670 bytes)
 VECTOR_KIND = "vectors"
 MODEL_FILE = "model.skops"
-# Types a vector model file may hold beyond skops' own trusted defaults (numpy, scikit-learn's estimators).
-TRUSTED_TYPES = [f"normalcy.vectors.{cls.__name__}" for cls in VECTOR_DETECTORS.values()] + ["sklearn.tree._tree.Tree"]
+# Every node a vector model's schema.json may name, as (module, class, skops loader): exactly what our
+# detectors hold (found by saving each). Anything else is refused, even what skops trusts by default.
+ALLOWED_NODES = frozenset({
+    *(("normalcy.vectors", cls.__name__, "ObjectNode") for cls in VECTOR_DETECTORS.values()),
+    ("sklearn.ensemble._iforest", "IsolationForest", "ObjectNode"),
+    ("sklearn.tree._classes", "ExtraTreeRegressor", "ObjectNode"),
+    ("sklearn.tree._tree", "Tree", "TreeNode"),  # its nodes are checked before use: vectors.check_tree
+    ("numpy", "ndarray", "NdArrayNode"),
+    ("builtins", "dict", "DictNode"), ("builtins", "list", "ListNode"), ("builtins", "tuple", "TupleNode"),
+    ("builtins", "str", "JsonNode"),  # numbers, strings, None (skops names every JSON value str)
+    ("builtins", "str", "TypeNode"),  # dict keys' type
+})
+TRUSTED_TYPES = sorted({f"{module}.{cls}" for module, cls, _ in ALLOWED_NODES})  # what skops is told to load
+MAX_SCHEMA_BYTES = 128 * 2**20  # schema.json: about 18 kB a tree (7,000 trees), a few kB otherwise
+MAX_ZIP_MEMBERS = 1_000_000  # six a tree
+MAX_EXPANSION = 100  # unpacked/packed: skops stores its members uncompressed (1x); a zip bomb is 1000x
 
 
 def is_table(path: Path) -> bool:
@@ -209,7 +229,7 @@ class VectorModelMeta(BaseModel):
     """``model.json`` of a vector model."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    kind: str
+    kind: Literal["vectors"]
     normalcy_version: str
     detector: str
     columns: list[str] = Field(min_length=1)
@@ -277,9 +297,14 @@ def check_tables(inputs: list[Path]) -> None:
 
 
 def is_vector_model(directory: Path) -> bool:
+    """Whether the folder's model.json says it is a vector model. One that cannot be read safely (a FIFO,
+    a link out of the folder, too large, bad JSON) is not, and the image model loader then names why."""
+    path = Path(directory) / MODEL_JSON
+    if not os.path.lexists(path):
+        return False
     try:
-        return json.loads((Path(directory) / MODEL_JSON).read_text()).get("kind") == VECTOR_KIND
-    except (OSError, ValueError, AttributeError):
+        return read_json(path).get("kind") == VECTOR_KIND
+    except InputError:
         return False
 
 
@@ -291,32 +316,69 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
     d = Path(directory)
     meta_path, model_path = d / MODEL_JSON, d / MODEL_FILE
     try:
-        meta = VectorModelMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InputError(f"{meta_path}: cannot read ({err.strerror or err})") from None
+        meta = VectorModelMeta.model_validate(read_json(meta_path))
     except ValidationError as err:
-        first = err.errors()[0]
-        raise InputError(f"{meta_path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise InputError(f"{meta_path}: {_describe(err)}") from None
     if meta.detector not in VECTOR_DETECTORS:
         raise InputError(f"{meta_path}: unknown detector {meta.detector!r} for tables")
+    data = read_model_file(model_path, MAX_STATE_BYTES)
+    _check_skops(model_path, data)
     try:
-        data = model_path.read_bytes()
-        untrusted = sio.get_untrusted_types(data=data)
-    except OSError as err:
-        raise InputError(f"{model_path}: cannot read ({err.strerror or err})") from None
-    except Exception as err:
-        raise InputError(f"{model_path}: not a skops model file ({' '.join(str(err).split())[:200]})") from None
-    refused = [t for t in untrusted if t not in TRUSTED_TYPES]
-    if refused:
-        raise InputError(f"{model_path}: holds types a normalcy vector model never does, refused: {refused[:5]}")
-    try:
-        det = sio.loads(data, trusted=untrusted)
-    except Exception as err:
-        raise InputError(f"{model_path}: cannot load ({' '.join(str(err).split())[:200]})") from None
-    if type(det) is not VECTOR_DETECTORS[meta.detector] or getattr(det, "n_features_in_", None) != len(meta.columns):
+        det = sio.loads(data, trusted=TRUSTED_TYPES)
+    except Exception as err:  # noqa: BLE001 - skops', numpy's and the classes' own errors, for every bad file
+        raise InputError(f"{model_path}: cannot load ({one_line(err)[:200]})") from None
+    if (type(det) is not VECTOR_DETECTORS[meta.detector] or getattr(det, "n_features_in_", None) != len(meta.columns)
+            or len(getattr(det, "calibration_scores_", ())) != meta.n_train):
         raise InputError(f"{model_path}: does not match {meta_path} (detector {meta.detector}, "
-                         f"{len(meta.columns)} columns)")
+                         f"{len(meta.columns)} columns, {meta.n_train} calibration rows)")
+    try:
+        det.check_state()  # before anything scores: scikit-learn and faiss index with this state unchecked
+    except (ValueError, TypeError, AttributeError, RecursionError) as err:
+        raise InputError(f"{model_path}: not a state a fitted {meta.detector} has: {one_line(err)}") from None
     return det, meta
+
+
+def _check_skops(path: Path, data: bytes) -> None:
+    """Refuse a skops file before skops unpacks anything: a zip bomb (a member that expands over
+    MAX_EXPANSION times, or members that add up past it or MAX_STATE_BYTES) and any node of schema.json
+    not on ALLOWED_NODES. skops' own check admits its defaults: every scikit-learn estimator and numpy ufunc."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            members = z.infolist()
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise InputError(f"{path}: {len(members)} files in the zip, more than a vector model has")
+            for m in members:
+                if m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise InputError(f"{path}: {m.filename} is packed with a method skops never uses, refused")
+                if m.file_size > 2**20 and m.file_size > MAX_EXPANSION * max(m.compress_size, 1):
+                    raise InputError(f"{path}: {m.filename} would expand from {m.compress_size} to {m.file_size} "
+                                     f"bytes (over {MAX_EXPANSION}x), refused")
+            total = sum(m.file_size for m in members)
+            if total > min(MAX_STATE_BYTES, MAX_EXPANSION * len(data) + 2**20):
+                raise InputError(f"{path}: would expand to {total} bytes from {len(data)}, refused")
+            info = z.getinfo("schema.json")
+            if info.file_size > MAX_SCHEMA_BYTES:
+                raise InputError(f"{path}: schema.json of {info.file_size} bytes is too large, refused")
+            schema = json.loads(z.read(info))
+    except InputError:
+        raise
+    except RecursionError:
+        raise InputError(f"{path}: schema.json is nested too deeply, refused") from None
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, OSError, zipfile.LargeZipFile) as err:
+        raise InputError(f"{path}: not a skops model file ({one_line(err)[:200]})") from None
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if {"__module__", "__class__", "__loader__"} & node.keys():
+                kind = (node.get("__module__"), node.get("__class__"), node.get("__loader__"))
+                if kind not in ALLOWED_NODES:
+                    name = ".".join(str(k)[:100] for k in kind[:2])
+                    raise InputError(f"{path}: holds a {name} ({str(kind[2])[:100]}), which a normalcy vector model "
+                                     "never does, refused")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def score_table(det: Any, table: Table) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:

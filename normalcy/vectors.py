@@ -13,6 +13,10 @@ subsample, so its training scores are used as they are). These out-of-sample sco
 
 Rows with NaN or inf are never scored silently: ``fit`` and the scoring methods raise a
 ValueError that names them, and ``finite_rows`` lets a caller skip and report them instead.
+
+A loaded detector is untrusted data until ``check_state`` has passed: it checks every learned
+attribute's type, dtype, shape and range (and every tree's nodes) against ``n_features_in_``, because
+scikit-learn and faiss index with them unchecked, and a crafted file would crash or hang scoring.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 from scipy.stats import skew
 from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.ensemble import IsolationForest
+from sklearn.tree import ExtraTreeRegressor
+from sklearn.tree._tree import Tree
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .ann import check_ivfpq, empty_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
@@ -50,6 +56,77 @@ def finite_rows(X: np.ndarray) -> tuple[np.ndarray, str]:
     shown = ", ".join(str(i) for i in bad[:10])
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     return mask, f"{len(bad)} of {len(mask)} rows contain NaN or inf: rows {shown}{more} (counting from 0)"
+
+
+def _array(owner: object, name: str, shape: tuple[int | None, ...], dtype: str | type = np.float64,
+           value: object | None = None) -> np.ndarray:
+    """``owner.name`` (or ``value``), checked to be an ndarray of ``shape`` (None: any length) and ``dtype``
+    (a numpy type, or dtype kinds: "iu" any integer), with finite values if float."""
+    a = getattr(owner, name, None) if value is None else value
+    where = f"{type(owner).__name__}.{name}"
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{where}: expected an array, got {type(a).__name__}")
+    if (a.dtype.kind not in dtype or a.dtype.itemsize > 8) if isinstance(dtype, str) else a.dtype != dtype:
+        raise ValueError(f"{where}: dtype {a.dtype} is not what a fitted detector holds")
+    if a.ndim != len(shape) or any(s is not None and s != g for s, g in zip(shape, a.shape)):
+        want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{where}: shape {a.shape}, expected {want}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{where}: holds NaN or infinite values")
+    return a
+
+
+def _integer(owner: object, name: str, low: int, high: int) -> int:
+    """``owner.name``, checked to be an integer in [low, high] (a float, a bool or a string is not)."""
+    v = getattr(owner, name, None)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
+        raise ValueError(f"{type(owner).__name__}.{name}: expected an integer from {low} to {high}, got {v!r}")
+    return int(v)
+
+
+def _number(owner: object, name: str, low: float = -np.inf, high: float = np.inf) -> float:
+    """``owner.name``, checked to be a finite real number in (low, high)."""
+    v = getattr(owner, name, None)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(v) and low < v < high):
+        raise ValueError(f"{type(owner).__name__}.{name}: expected a finite number in ({low}, {high}), got {v!r}")
+    return float(v)
+
+
+def _no_shadowed_methods(obj: object) -> None:
+    """Refuse an instance attribute that hides a method of its class (``score_samples = 3``)."""
+    hidden = [k for k in vars(obj) if callable(getattr(type(obj), k, None))]
+    if hidden:
+        raise ValueError(f"{type(obj).__name__}: attribute {hidden[0]!r} hides a method")
+
+
+def check_tree(tree: object, n_features: int, where: str) -> int:
+    """Raise ValueError unless ``tree`` is a scikit-learn ``Tree`` that ``apply`` can walk safely; returns
+    its node count. Its traversal follows child indices without bounds checks (one out of range reads
+    past the node array; one pointing back loops forever): children must be both -1 (a leaf) or both
+    after their parent and within the tree (after the parent also rules out cycles: scikit-learn adds
+    children after their parent), split features within the ``n_features`` columns the tree is given,
+    thresholds finite."""
+    if type(tree) is not Tree:
+        raise ValueError(f"{where}: expected a scikit-learn Tree, got {type(tree).__name__}")
+    n = int(tree.node_count)
+    left, right, feature = tree.children_left, tree.children_right, tree.feature
+    if n < 1 or len(left) != n:
+        raise ValueError(f"{where}: a tree of {n} nodes")
+    node = np.arange(n)
+    leaf = left == -1
+    inner = ~leaf
+    bad = (leaf != (right == -1)) | (inner & ((left <= node) | (left >= n) | (right <= node) | (right >= n)))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where}: node {i} has children {int(left[i])} and {int(right[i])}, not -1 or "
+                         f"nodes after it of the {n}")
+    bad = inner & ((feature < 0) | (feature >= n_features) | ~np.isfinite(tree.threshold))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where}: node {i} splits feature {int(feature[i])} at {float(tree.threshold[i])}, "
+                         f"expected a feature below {n_features} and a finite threshold")
+    return n
 
 
 class _VectorDetector(OutlierMixin, BaseEstimator):
@@ -120,6 +197,33 @@ class _VectorDetector(OutlierMixin, BaseEstimator):
     def _score(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    _learned: tuple[str, ...] = ()  # a subclass's own fitted attributes, checked by its _check_learned
+
+    def check_state(self) -> None:
+        """Raise ValueError unless the fitted state is one this class's ``fit`` could have made: every
+        attribute known, each of the right type, dtype, shape and range. Run it on a loaded detector
+        before scoring anything with it (``tables.load_vector_model`` does)."""
+        known = {*self._get_param_names(), "n_features_in_", "feature_names_in_", "calibration_rows_",
+                 "calibration_scores_", "offset_", *self._learned}
+        unknown = sorted(set(vars(self)) - known)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unexpected attribute {unknown[0]!r}")
+        _no_shadowed_methods(self)
+        _number(self, "fpr", 0.0, 1.0)
+        d = _integer(self, "n_features_in_", 1, 2**31)
+        if hasattr(self, "feature_names_in_"):
+            names = _array(self, "feature_names_in_", (d,), "O")
+            if not all(isinstance(v, str) for v in names):
+                raise ValueError(f"{type(self).__name__}.feature_names_in_: expected column names")
+        n = len(_array(self, "calibration_scores_", (None,)))
+        _array(self, "calibration_rows_", (n,), "iu")
+        _number(self, "offset_")
+        self._check_learned(d)
+
+    def _check_learned(self, d: int) -> None:
+        """Check the subclass's own fitted attributes (``_learned``) for ``d`` features."""
+        raise NotImplementedError
+
 
 class GaussianDetector(_VectorDetector):
     """Mahalanobis distance to one Gaussian of the normal rows, with Ledoit-Wolf shrinkage (few rows, many
@@ -174,6 +278,12 @@ class GaussianDetector(_VectorDetector):
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         return _distance(X, self.location_, self.precision_)
+
+    _learned = ("location_", "precision_")
+
+    def _check_learned(self, d: int) -> None:
+        _array(self, "location_", (d,))
+        _array(self, "precision_", (d, d))
 
 
 class _Moments:
@@ -332,6 +442,23 @@ class KNNDetector(_VectorDetector):
             out[start:start + 4096] = np.sqrt((d * d).sum(-1)).mean(1)
         return out
 
+    # (_faiss: the search index built from the arrays on first use; never saved, see __setstate__)
+    _learned = ("mean_", "scale_", "n_neighbors_", "train_", "cells_", "codebook_", "codes_", "_faiss")
+
+    def _check_learned(self, d: int) -> None:
+        _array(self, "mean_", (d,))
+        if (_array(self, "scale_", (d,)) <= 0).any():
+            raise ValueError("KNNDetector.scale_: must be positive")
+        rows = len(_array(self, "train_", (None, d), np.float32))
+        cells = _array(self, "cells_", (None, d), np.float32)
+        codebook = _array(self, "codebook_", (None, None, None), np.float32)
+        codes = _array(self, "codes_", (None, None), np.uint8)
+        if not rows:  # compressed: the IVF-PQ arrays must make an index of d-dimensional rows
+            check_ivfpq(cells, codebook, codes, d)
+            rows = len(codes)
+        _integer(self, "n_neighbors_", 1, rows)
+        _integer(self, "nprobe", 1, 2**31)
+
     def index_nbytes(self) -> int:
         """Bytes kept for search: the standardised rows, or the IVF-PQ arrays."""
         check_is_fitted(self)
@@ -343,6 +470,7 @@ class KNNDetector(_VectorDetector):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state.pop("_faiss", None)  # never saved: a file that holds one holds no faiss index
         if "index_" in state:  # saved before 3 December 2026 (evening), with a faiss serialisation no longer read
             if np.asarray(state["index_"]).size:
                 raise ValueError("this KNNDetector holds a faiss serialisation (saved by an earlier normalcy), "
@@ -374,6 +502,37 @@ class IForestDetector(_VectorDetector):
     def _score(self, X: np.ndarray) -> np.ndarray:
         return -self.forest_.score_samples(X)
 
+    _learned = ("forest_",)
+
+    def _check_learned(self, d: int) -> None:
+        """The forest's trees, the features each is given and the per-node path lengths scoring reads."""
+        f = self.forest_
+        if type(f) is not IsolationForest:
+            raise ValueError(f"IForestDetector.forest_: expected an IsolationForest, got {type(f).__name__}")
+        _no_shadowed_methods(f)
+        if _integer(f, "n_features_in_", 1, 2**31) != d or hasattr(f, "feature_names_in_"):
+            raise ValueError(f"IForestDetector.forest_: fitted on other features than the detector's {d}")
+        width = _integer(f, "_max_features", 1, d)  # scoring gives each tree these many columns
+        _integer(f, "_max_samples", 1, 2**31)
+        _integer(f, "verbose", 0, 100)
+        trees = f.estimators_
+        parts = (f.estimators_features_, f._decision_path_lengths, f._average_path_length_per_tree)
+        if not isinstance(trees, list) or not trees or any(not isinstance(p, (list, tuple)) or len(p) != len(trees)
+                                                           for p in parts):
+            raise ValueError("IForestDetector.forest_: estimators_ and their features and path lengths must be "
+                             "sequences of one length")
+        for i, (est, features, depths, average) in enumerate(zip(trees, *parts)):
+            where = f"IForestDetector.forest_.estimators_[{i}]"
+            if type(est) is not ExtraTreeRegressor:
+                raise ValueError(f"{where}: expected an ExtraTreeRegressor, got {type(est).__name__}")
+            _no_shadowed_methods(est)
+            features = _array(f, f"estimators_features_[{i}]", (width,), "iu", features)
+            if len(features) and not 0 <= features.min() <= features.max() < d:
+                raise ValueError(f"{where}: uses features outside the {d} columns")
+            n = check_tree(est.tree_, width, where)
+            _array(f, f"_decision_path_lengths[{i}]", (n,), "iuf", depths)
+            _array(f, f"_average_path_length_per_tree[{i}]", (n,), value=average)
+
 
 class ECODDetector(_VectorDetector):
     """ECOD (Li et al. 2022): per dimension, how far into the tail of the normal rows' empirical
@@ -400,6 +559,13 @@ class ECODDetector(_VectorDetector):
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         return self._tails(X, 1)
+
+    _learned = ("sorted_", "skewness_")
+
+    def _check_learned(self, d: int) -> None:
+        if (np.diff(_array(self, "sorted_", (d, None)), axis=1) < 0).any() or not self.sorted_.shape[1]:
+            raise ValueError("ECODDetector.sorted_: each feature's training values must be sorted, and not empty")
+        _array(self, "skewness_", (d,))
 
     def _tails(self, X: np.ndarray, extra: int) -> np.ndarray:
         """ECOD scores; ``extra`` = 1 counts X's rows as added samples, 0 as rows already in the sample."""
@@ -466,6 +632,23 @@ class EnsembleDetector(_VectorDetector):
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         return self._combined(np.stack([m.anomaly_score(X) for m in self.members_]))
+
+    _learned = ("members_", "center_", "spread_")
+
+    def _check_learned(self, d: int) -> None:
+        """Each member is checked as a detector of its own (an ensemble of ensembles is not one fit makes)."""
+        members = self.members_
+        if not isinstance(members, list) or not members:
+            raise ValueError("EnsembleDetector.members_: expected a list of fitted detectors")
+        for m in members:
+            if not isinstance(m, _VectorDetector) or isinstance(m, EnsembleDetector):
+                raise ValueError(f"EnsembleDetector.members_: {type(m).__name__} is not a member detector")
+            m.check_state()
+            if m.n_features_in_ != d:
+                raise ValueError(f"EnsembleDetector.members_: a {type(m).__name__} of {m.n_features_in_} features")
+        _array(self, "center_", (len(members),))
+        if (_array(self, "spread_", (len(members),)) <= 0).any():
+            raise ValueError("EnsembleDetector.spread_: must be positive")
 
     def _combined(self, scores: np.ndarray) -> np.ndarray:
         return ((scores - self.center_[:, None]) / self.spread_[:, None]).mean(0)

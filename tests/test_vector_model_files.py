@@ -1,0 +1,296 @@
+"""A vector model folder is untrusted data: crafted files are refused in one line, before anything scores.
+
+Every case goes through ``normalcy predict MODEL table.csv -o out``: exit code 1, one line naming the file.
+Cases that crashed or hung scoring before (a tree's child index out of range or pointing back, a FIFO)
+run in a subprocess with a timeout, so that a regression fails the test instead of the test run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
+
+from normalcy.cli import app
+from normalcy.data import InputError
+from normalcy.tables import TRUSTED_TYPES, fit_table, load_vector_model, read_table, save_vector_model
+from normalcy.vectors import check_tree
+from test_cli import normalcy
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("table") / "t.npz"
+    np.savez(path, X=rng.normal(size=(200, 4)), y=np.zeros(200, dtype=np.int64))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(table: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A saved model of each detector, fitted on the table."""
+    t = read_table(table, label_column="y")
+    out = {}
+    for name in ("gaussian", "knn", "iforest", "ecod", "ensemble"):
+        det, _ = fit_table(t, name)
+        out[name] = tmp_path_factory.mktemp(name) / "m"
+        save_vector_model(det, name, t.columns, out[name])
+    return out
+
+
+def _copy(model: Path, tmp_path: Path, edit: Callable[[Any], None] | None = None, **dump: Any) -> Path:
+    """A copy of the model folder, its estimator edited in Python (skops saves whatever it is given)."""
+    d = tmp_path / "crafted"
+    shutil.copytree(model, d)
+    if edit is not None:
+        det = sio.load(d / "model.skops", trusted=TRUSTED_TYPES)
+        edit(det)
+        sio.dump(det, d / "model.skops", **dump)
+    return d
+
+
+def _fails(d: Path, table: Path, tmp_path: Path, words: str) -> str:
+    """`normalcy predict` in this process: exit code 1, one line naming a file of the model, no traceback."""
+    r = CliRunner().invoke(app, ["predict", str(d), str(table), "-o", str(tmp_path / "out")])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert len(lines) == 1 and lines[0].startswith(f"error: {d}/model."), r.output
+    assert words in lines[0], lines[0]
+    return lines[0]
+
+
+def _refused(d: Path, words: str) -> str:
+    """Loading alone refuses the folder, in one line naming a file of it (nothing is scored, so nothing hangs)."""
+    with pytest.raises(InputError) as info:
+        load_vector_model(d)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{d}/model.") and words in msg, msg
+    return msg
+
+
+def _fails_in_subprocess(d: Path, table: Path, tmp_path: Path, words: str) -> None:
+    r = normalcy("predict", str(d), str(table), "-o", str(tmp_path / "out"))  # a crash is rc -11, a hang a timeout
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1, (r.returncode, r.stderr)
+    assert lines[0].startswith(f"error: {d}/model.skops") and words in lines[0], r.stderr
+
+
+def _first_tree(det: Any) -> Any:
+    return det.forest_.estimators_[0].tree_
+
+
+def _child(value: int) -> Callable[[Any], None]:
+    def edit(det: Any) -> None:
+        _first_tree(det).children_left[0] = value  # a view of the tree's node array: the tree itself changes
+        assert _first_tree(det).children_left[0] == value
+    return edit
+
+
+@pytest.mark.parametrize("value,words", [(2**40, "node 0 has children 1099511627776"),  # read past: segfault
+                                         (-5, "node 0 has children -5"),  # points back: an endless loop
+                                         (0, "node 0 has children 0")])  # itself: an endless loop
+def test_tree_child_out_of_range_or_back_is_refused_before_scoring(value, words, models, table, tmp_path):
+    _fails_in_subprocess(_copy(models["iforest"], tmp_path, _child(value)), table, tmp_path, words)
+
+
+def test_pima_iforest_with_a_crafted_tree(shared_data: Path, tmp_path: Path) -> None:
+    """The issue's case: iforest fitted on ADBench's Pima, its first tree's left_child[0] set to 2**40."""
+    pima = shared_data / "adbench" / "Classical" / "29_Pima.npz"
+    if not pima.is_file():
+        pytest.skip(f"{pima} not found")
+    r = normalcy("fit", str(pima), "-o", str(tmp_path / "m"), "-d", "iforest", "--label-column", "y")
+    assert r.returncode == 0, r.stderr
+    d = _copy(tmp_path / "m", tmp_path, _child(2**40))
+    _fails_in_subprocess(d, pima, tmp_path, "node 0 has children 1099511627776")
+
+
+def _set_node(field: str, value: float) -> Callable[[Any], None]:
+    def edit(det: Any) -> None:
+        tree = _first_tree(det)
+        getattr(tree, field)[0] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,words", [
+    (_set_node("feature", 4), "node 0 splits feature 4"),
+    (_set_node("feature", -1), "node 0 splits feature -1"),
+    (_set_node("threshold", np.nan), "at nan"),
+    (_set_node("children_right", -1), "node 0 has children 1 and -1"),
+    (lambda det: setattr(det.forest_, "_max_features", 9), "_max_features: expected an integer from 1 to 4"),
+    (lambda det: setattr(det.forest_, "_decision_path_lengths", (np.zeros(3),) + det.forest_._decision_path_lengths[1:]),
+     "_decision_path_lengths[0]: shape (3,)"),
+    (lambda det: det.forest_.estimators_features_.__setitem__(0, np.array([0, 1, 2, 7])), "outside the 4 columns"),
+])
+def test_other_crafted_forests_are_refused(edit, words, models, tmp_path):
+    _refused(_copy(models["iforest"], tmp_path, edit), words)
+
+
+def test_check_tree_accepts_every_fitted_tree(models):
+    det, _ = load_vector_model(models["iforest"])
+    for est in det.forest_.estimators_:
+        assert check_tree(est.tree_, 4, "tree") == est.tree_.node_count
+
+
+@pytest.mark.parametrize("name,edit,words", [
+    ("knn", lambda det: setattr(det, "scale_", det.scale_[:-1]), "KNNDetector.scale_: shape (3,), expected (4)"),
+    ("knn", lambda det: setattr(det, "n_neighbors_", -3), "n_neighbors_: expected an integer from 1 to 200, got -3"),
+    ("knn", lambda det: setattr(det, "n_neighbors_", 10**9), "got 1000000000"),
+    ("knn", lambda det: setattr(det, "n_neighbors_", 1e9), "got 1000000000.0"),
+    ("knn", lambda det: setattr(det, "scale_", np.zeros(4)), "scale_: must be positive"),
+    ("knn", lambda det: setattr(det, "train_", det.train_.astype(np.float16)), "train_: dtype float16"),
+    ("knn", lambda det: setattr(det, "codes_", det.codes_.astype(np.uint64)), "codes_: dtype uint64"),
+    ("knn", lambda det: setattr(det, "nprobe", -1), "nprobe"),
+    ("gaussian", lambda det: det.precision_.__setitem__((0, 0), np.inf), "precision_: holds NaN"),
+    ("gaussian", lambda det: setattr(det, "location_", det.location_[None]), "location_: shape (1, 4)"),
+    ("ecod", lambda det: setattr(det, "sorted_", det.sorted_[:, ::-1].copy()), "must be sorted"),
+    ("ecod", lambda det: setattr(det, "skewness_", "x"), "expected an array, got str"),
+    ("ensemble", lambda det: setattr(det, "spread_", -det.spread_), "spread_: must be positive"),
+    ("ensemble", lambda det: setattr(det.members_[1], "mean_", np.zeros(5)), "mean_: shape (5,)"),
+    ("ensemble", lambda det: det.members_.append(copy.deepcopy(det)), "EnsembleDetector is not a member detector"),
+    ("gaussian", lambda det: setattr(det, "anomaly_score", 1), "unexpected attribute 'anomaly_score'"),
+    ("gaussian", lambda det: setattr(det, "offset_", "0.5"), "offset_: expected a finite number"),
+])
+def test_inconsistent_state_is_refused(name, edit, words, models, tmp_path):
+    _refused(_copy(models[name], tmp_path, edit), words)
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda det: setattr(det, "scale_", det.scale_[:-1]), "KNNDetector.scale_: shape (3,), expected (4)"),
+    (lambda det: setattr(det, "n_neighbors_", -3), "n_neighbors_: expected an integer from 1 to 200, got -3"),
+    (lambda det: setattr(det, "n_neighbors_", 1e9), "got 1000000000.0"),
+])
+def test_inconsistent_state_is_one_line_on_the_command_line(edit, words, models, table, tmp_path):
+    _fails(_copy(models["knn"], tmp_path, edit), table, tmp_path, words)
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda det: setattr(det, "n_neighbors", LogisticRegression()),  # skops trusts every sklearn estimator
+     "holds a sklearn.linear_model._logistic.LogisticRegression"),
+    (lambda det: setattr(det, "nprobe", np.add), "holds a numpy.add (FunctionNode)"),  # and numpy's ufuncs
+])
+def test_types_beyond_our_detectors_are_refused(edit, words, models, table, tmp_path):
+    _fails(_copy(models["knn"], tmp_path, edit), table, tmp_path, words)
+
+
+def _rewrite_schema(d: Path, edit: Callable[[str], str]) -> None:
+    path = d / "model.skops"
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    members["schema.json"] = edit(members["schema.json"].decode()).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def test_a_schema_naming_another_class_is_refused(models, table, tmp_path):
+    d = _copy(models["gaussian"], tmp_path)
+    _rewrite_schema(d, lambda s: json.dumps({**json.loads(s), "__class__": "LogisticRegression",
+                                             "__module__": "sklearn.linear_model"}))
+    _fails(d, table, tmp_path, "holds a sklearn.linear_model.LogisticRegression (ObjectNode)")
+
+
+def test_a_deeply_nested_schema_is_refused(models, table, tmp_path):
+    d = _copy(models["gaussian"], tmp_path)
+    _rewrite_schema(d, lambda s: s[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _fails(d, table, tmp_path, "nested too deeply")
+
+
+def test_a_zip_bomb_member_is_refused(models, table, tmp_path):
+    """20 MB of zeros deflate to 20 kB: the member is refused from its sizes, before it is unpacked."""
+    def edit(det: Any) -> None:
+        det.train_ = np.zeros((1_000_000, 4), np.float32)
+    d = _copy(models["knn"], tmp_path, edit, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
+    assert (d / "model.skops").stat().st_size < 200_000
+    _fails(d, table, tmp_path, "bytes (over 100x), refused")
+
+
+def test_not_a_zip_is_one_line(models, table, tmp_path):
+    d = _copy(models["gaussian"], tmp_path)
+    (d / "model.skops").write_bytes(b"PK\x03\x04 not really")
+    _fails(d, table, tmp_path, "not a skops model file")
+
+
+def test_model_json_fifo_does_not_hang(models, table, tmp_path):
+    d = _copy(models["gaussian"], tmp_path)
+    (d / "model.json").unlink()
+    os.mkfifo(d / "model.json")
+    r = normalcy("predict", str(d), str(table), "-o", str(tmp_path / "out"))
+    assert r.returncode == 1 and r.stderr.strip() == f"error: {d}/model.json: not a regular file", r.stderr
+
+
+def test_model_skops_fifo_is_refused(models, tmp_path):
+    d = _copy(models["gaussian"], tmp_path)
+    (d / "model.skops").unlink()
+    os.mkfifo(d / "model.skops")
+    _refused(d, "model.skops: not a regular file")
+
+
+@pytest.mark.parametrize("name", ["model.json", "model.skops"])
+def test_symlink_to_dev_zero_is_refused(name, models, table, tmp_path):
+    d = _copy(models["gaussian"], tmp_path)
+    (d / name).unlink()
+    (d / name).symlink_to("/dev/zero")
+    _fails(d, table, tmp_path, f"{name}: a symbolic link to a file outside the model folder, refused")
+
+
+def test_deeply_nested_model_json_is_one_line(models, table, tmp_path):
+    d = _copy(models["gaussian"], tmp_path)
+    (d / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    _fails(d, table, tmp_path, "model.json: invalid JSON (nested too deeply)")
+
+
+@pytest.mark.parametrize("name", ["model.json", "model.skops"])
+def test_symlink_out_of_a_vector_model_folder_is_refused(name, models, table, tmp_path):
+    """Even to a valid file: the target is not read, so none of it can show up in the error."""
+    d = _copy(models["gaussian"], tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (d / name).rename(outside / name)
+    (d / name).symlink_to(outside / name)
+    line = _fails(d, table, tmp_path, f"{name}: a symbolic link to a file outside the model folder, refused")
+    assert "elsewhere" not in line
+
+
+def test_symlink_out_of_an_image_model_folder_is_refused_without_echoing_the_target(table, tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"format_version": "the-secret-in-a-file-elsewhere"}))
+    d = tmp_path / "image_model"
+    d.mkdir()
+    (d / "model.json").symlink_to(secret)
+    line = _fails(d, table, tmp_path, "model.json: a symbolic link to a file outside the model folder, refused")
+    assert "secret" not in line
+
+
+def test_symlinks_within_the_folder_are_followed(models, table, tmp_path):
+    d = _copy(models["iforest"], tmp_path)
+    (d / "store").mkdir()
+    for name in ("model.json", "model.skops"):
+        (d / name).rename(d / "store" / name)
+        (d / name).symlink_to(Path("store") / name)
+    det, meta = load_vector_model(d)
+    assert meta.detector == "iforest" and det.n_features_in_ == 4
+
+
+def test_model_json_kind_must_be_vectors(models, tmp_path):
+    d = _copy(models["gaussian"], tmp_path)
+    meta = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps({**meta, "kind": "images"}))
+    with pytest.raises(InputError, match=r"model.json: kind: input should be 'vectors'"):
+        load_vector_model(d)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "knn", "iforest", "ecod", "ensemble"])
+def test_every_fitted_detector_passes_its_own_check(name, models, table):
+    det, _ = load_vector_model(models[name])
+    det.check_state()
+    assert np.isfinite(det.anomaly_score(read_table(table, label_column="y").X)).all()
