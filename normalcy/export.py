@@ -42,11 +42,12 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Annotated, Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, FiniteFloat, ValidationError, field_validator, model_validator
 from torch import nn
 
 from . import __version__
@@ -54,7 +55,8 @@ from .data import InputError, iter_images, list_files
 from .detectors import DETECTORS, DRAEM, EfficientAD, GaussianAD, MuSc, PatchCore, SimpleNet, ZERO_SHOT_MESSAGE
 from .detectors.base import Detector, Result, Scored, Skipped, collect
 from .detectors.gaussian import mahalanobis
-from .features import Features, resize_image
+from .features import MAX_SIZE, MIN_SIZE, Features, resize_image
+from .modelfile import _describe, _Strict, read_model_file
 
 META_KEY = "normalcy"
 INPUT_NAME = "pixels"
@@ -65,6 +67,10 @@ NOT_EXPORTABLE = {
 }
 BANK_CHUNK = 8192  # bank patches per distance block: bounds the graph's memory (N x patches x 8192 floats)
 INSTALL_HINT = "pip install -c constraints.txt 'normalcy[export]'"
+MAX_ONNX_BYTES = 2**31  # protobuf's limit on one message: a single-file .onnx (what export writes) is never larger
+# What a runner expects of the graph: onnxruntime's type names and each tensor's rank.
+GRAPH_INPUT = (INPUT_NAME, "tensor(uint8)", 4)
+GRAPH_OUTPUTS = {"image_scores": ("tensor(double)", 1), "maps": ("tensor(float)", 3)}
 
 
 def _need_onnx() -> None:
@@ -294,6 +300,7 @@ def export_onnx(det: Detector, path: str | Path, precision: str = "fp32",
     graph = ScoringGraph(det).eval()
     h, w = det.extractor.size
     meta = metadata(det, precision)
+    ExportMeta.model_validate(meta)  # what is written must load: the reader's schema is the one truth
     with tempfile.TemporaryDirectory() as tmp:  # torch writes the weights beside the graph: one file in the end
         fp32 = Path(tmp) / "fp32.onnx"
         _torch_export(graph, torch.zeros((2, h, w, 3), dtype=torch.uint8), fp32)
@@ -436,12 +443,80 @@ def _restore_order(graph: Any, order: list[str]) -> None:
         graph.node.extend(nodes[k] for k in done)
 
 
+class ExportMeta(_Strict):
+    """The ``normalcy`` metadata of an exported model, as ``metadata`` writes it: checked on loading, as
+    model.json is, because an .onnx file is untrusted input too (a NaN threshold would pass every image)."""
+
+    detector: str
+    precision: Literal["fp32", "int8"]
+    threshold: FiniteFloat
+    fpr: FiniteFloat = Field(gt=0.0, lt=1.0)
+    map_range: list[FiniteFloat] = Field(min_length=2, max_length=2)
+    image_size: list[Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE)]] = Field(min_length=2, max_length=2)
+    input: str
+    resize: Literal["cv2.INTER_AREA"]
+    normalisation: dict[str, Any]
+    outputs: dict[str, str]
+    backbone: str
+    normalcy_version: str
+    exact_search: bool | None = None
+    threshold_note: str | None = None
+
+    @field_validator("detector")
+    @classmethod
+    def _exportable(cls, v: str) -> str:
+        if v not in HEADS:
+            raise ValueError(f"not an exportable detector: {v!r}; exportable: {', '.join(sorted(HEADS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> "ExportMeta":
+        if not self.map_range[0] < self.map_range[1]:
+            raise ValueError(f"map_range: low must be below high (got {self.map_range})")
+        return self
+
+
+def _external_tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor of a graph and its subgraphs whose data lives in another file."""
+    import onnx
+
+    tensors = [*graph.initializer, *(t for s in graph.sparse_initializer for t in (s.values, s.indices))]
+    for node in graph.node:
+        for a in node.attribute:
+            tensors += [a.t, *a.tensors]
+            for g in [a.g, *a.graphs]:
+                yield from _external_tensors(g)
+    yield from (t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
+
+
 class OnnxScorer:
-    """Scores image files with an exported model and onnxruntime: normalcy's own reading and resizing."""
+    """Scores image files with an exported model and onnxruntime: normalcy's own reading and resizing.
+
+    The file is untrusted input, checked before anything is scored: a regular file of at most
+    ``MAX_ONNX_BYTES`` with its weights inside (no external data files), the ``normalcy`` metadata
+    against ``ExportMeta``, the graph's input and outputs (names, element types, ranks, input size), and
+    every run's outputs (shapes of the batch, finite values). Each problem is one InputError line."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         _need_onnx()
+        import onnx
         import onnxruntime as ort
+
+        self.path = path = Path(path)
+        if not path.exists() and not path.is_symlink():
+            raise InputError(f"{path}: no such file (an exported model is one .onnx file, from `normalcy export`)")
+        data = read_model_file(path, MAX_ONNX_BYTES)
+        try:
+            proto = onnx.load_model_from_string(data)  # bytes: external data is never loaded
+        except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and others, for every bad file
+            raise InputError(f"{path}: cannot load it as an ONNX model ({str(err).strip()[:200]})") from None
+        if next(_external_tensors(proto.graph), None) is not None:
+            raise InputError(f"{path}: weights in external data files, refused (`normalcy export` writes one file)")
+        props = {p.key: p.value for p in proto.metadata_props}
+        del proto
+        self.meta: dict[str, Any] = self._read_meta(props)
+        self.size: tuple[int, int] = (self.meta["image_size"][0], self.meta["image_size"][1])
+        self.threshold = float(self.meta["threshold"])
 
         opts = ort.SessionOptions()
         # The default order computes every bank chunk's distances before reducing any (patchcore, magnetic_tile,
@@ -449,22 +524,64 @@ class OnnxScorer:
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         if threads:
             opts.intra_op_num_threads = threads
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such file (an exported model is one .onnx file, from `normalcy export`)")
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for every bad file
-            raise InputError(f"{path}: onnxruntime cannot load it as a model ({str(err).strip()[:200]})") from None
-        props = self.session.get_modelmeta().custom_metadata_map
+            raise InputError(f"{path}: cannot load it as an ONNX model ({str(err).strip()[:200]})") from None
+        self._check_graph()
+        self.run(np.zeros((1, *self.size, 3), np.uint8))  # a graph whose outputs are wrong fails here, not mid-run
+
+    def _read_meta(self, props: dict[str, str]) -> dict[str, Any]:
         if META_KEY not in props:
-            raise InputError(f"{path}: not a normalcy export (no '{META_KEY}' metadata)")
-        self.meta: dict[str, Any] = json.loads(props[META_KEY])
-        self.size: tuple[int, int] = tuple(self.meta["image_size"])  # type: ignore[assignment]
-        self.threshold = float(self.meta["threshold"])
+            raise InputError(f"{self.path}: not a normalcy export (no '{META_KEY}' metadata)")
+        try:
+            raw = json.loads(props[META_KEY])
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise InputError(f"{self.path}: metadata '{META_KEY}': invalid JSON ({str(err)[:200]})") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{self.path}: metadata '{META_KEY}': expected a JSON object, got {type(raw).__name__}")
+        try:
+            return ExportMeta.model_validate(raw).model_dump(exclude_none=True)
+        except ValidationError as err:
+            raise InputError(f"{self.path}: {_describe(err)}") from None
+
+    def _check_graph(self) -> None:
+        """The session's one input and two outputs: names, element types and ranks as export writes them,
+        and the input's height and width those of the metadata."""
+        inputs = self.session.get_inputs()
+        name, dtype, rank = GRAPH_INPUT
+        if [i.name for i in inputs] != [name]:
+            raise InputError(f"{self.path}: the graph's inputs are {[i.name for i in inputs]}, expected [{name!r}]")
+        expected: dict[str, tuple[str, int]] = {name: (dtype, rank), **GRAPH_OUTPUTS}
+        outputs = self.session.get_outputs()
+        if sorted(o.name for o in outputs) != sorted(GRAPH_OUTPUTS):
+            raise InputError(f"{self.path}: the graph's outputs are {[o.name for o in outputs]}, "
+                             f"expected {list(GRAPH_OUTPUTS)}")
+        for arg in [*inputs, *outputs]:
+            kind = "input" if arg.name == name else "output"
+            want_type, want_rank = expected[arg.name]
+            if arg.type != want_type:
+                raise InputError(f"{self.path}: {kind} {arg.name}: type {arg.type}, expected {want_type}")
+            if not isinstance(arg.shape, list) or len(arg.shape) != want_rank:
+                raise InputError(f"{self.path}: {kind} {arg.name}: shape {arg.shape}, expected rank {want_rank}")
+        shape = inputs[0].shape  # fixed sides must be the metadata's (a named one is free)
+        if any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (*self.size, 3))):
+            raise InputError(f"{self.path}: input {name}: shape {shape}, expected "
+                             f"[N, {self.size[0]}, {self.size[1]}, 3] (image_size in the metadata)")
 
     def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The graph alone: uint8 N x H x W x 3 resized images -> (image scores, patch maps)."""
+        """The graph alone: uint8 N x H x W x 3 resized images -> (image scores, patch maps), checked:
+        scores [N], maps [N, h, w], all finite (else InputError: the file is not a sound model)."""
         scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels})
+        n = len(pixels)
+        if scores.shape != (n,):
+            raise InputError(f"{self.path}: output image_scores: shape {scores.shape} for {n} image(s), expected ({n},)")
+        if maps.ndim != 3 or maps.shape[0] != n or not maps.shape[1] or not maps.shape[2]:
+            raise InputError(f"{self.path}: output maps: shape {maps.shape} for {n} image(s), expected ({n}, h, w)")
+        for out, values in (("image_scores", scores), ("maps", maps)):
+            if not np.isfinite(values).all():
+                raise InputError(f"{self.path}: output {out}: {int((~np.isfinite(values)).sum())} NaN or "
+                                 "infinite value(s)")
         return scores, maps
 
     def iter_score(self, paths: Sequence[Path], batch_size: int = 8) -> Iterator[Scored | Skipped]:

@@ -89,7 +89,7 @@ def test_cli_export_patchcore_ivf_model(dataset: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "run.json").read_text())["runtime"] == "onnxruntime"
     (tmp_path / "junk.onnx").write_text("not a model")
     for model, args, says in (("pc.onnx", ["--embeddings"], "no embeddings"), ("pc.onnx", ["--ray", "local"], "--ray"),
-                              ("junk.onnx", [], "onnxruntime cannot load it")):
+                              ("junk.onnx", [], "cannot load it as an ONNX model")):
         r = CliRunner().invoke(app, ["predict", str(tmp_path / model), str(tmp_path / "new"), "-o",
                                      str(tmp_path / "x"), *args])
         assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output  # an error, not a crash
@@ -126,3 +126,134 @@ def test_int8_quantises_the_backbone(dataset: Path, tmp_path: Path) -> None:
     got, ref = OnnxScorer(tmp_path / "g8.onnx").score(test), det.score(test, progress=False)
     assert not np.allclose(got.scores, ref.scores)  # quantised: scores move
     assert got.decisions[-3:].all()  # the bright squares
+
+
+# -- an exported file is untrusted input: small hand-made graphs, checked on loading and on every run ------------
+
+TINY_META = {"detector": "gaussian", "precision": "fp32", "threshold": 100.0, "fpr": 0.01, "map_range": [0.0, 1.0],
+             "image_size": [32, 32], "input": "pixels", "resize": "cv2.INTER_AREA", "normalisation": {},
+             "outputs": {}, "backbone": "efficientnet_lite0", "normalcy_version": "0"}
+
+
+def tiny_onnx(path: Path, meta: object = TINY_META, scores: str = "ok", maps_rank: int = 3,
+              names: tuple[str, str] = ("image_scores", "maps"), external: bool = False) -> Path:
+    """A graph with export's interface, scoring an image by its brightest pixel; ``scores`` breaks its output:
+    'empty', 'doubled' (2N values), 'nan'. ``meta``: a dict (as JSON) or the raw metadata string."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper
+
+    nodes = [h.make_node("Cast", ["pixels"], ["xf"], to=T.FLOAT),
+             h.make_node("ReduceMean", ["xf"], ["m3"], axes=[3], keepdims=0),  # N x 32 x 32
+             h.make_node("ReduceMax", ["m3"], ["s32"], axes=[1, 2], keepdims=0),
+             h.make_node("Cast", ["s32"], ["s64"], to=T.DOUBLE)]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([np.nan]), "nan")]
+    last = {"ok": h.make_node("Identity", ["s64"], [names[0]]),
+            "empty": h.make_node("Slice", ["s64", "zero", "zero"], [names[0]]),
+            "doubled": h.make_node("Concat", ["s64", "s64"], [names[0]], axis=0),
+            "nan": h.make_node("Mul", ["s64", "nan"], [names[0]])}[scores]
+    maps = (h.make_node("Identity", ["m3"], [names[1]]) if maps_rank == 3
+            else h.make_node("ReduceMax", ["m3"], [names[1]], axes=[2], keepdims=0))
+    outs = [h.make_tensor_value_info(names[0], T.DOUBLE, ["N"]),
+            h.make_tensor_value_info(names[1], T.FLOAT, ["N", 32, 32][:maps_rank])]
+    graph = h.make_graph([*nodes, last, maps], "tiny", [h.make_tensor_value_info("pixels", T.UINT8, ["N", 32, 32, 3])],
+                         outs, inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    h.set_model_props(model, {META_KEY: meta if isinstance(meta, str) else json.dumps(meta)})
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def test_a_sound_tiny_graph_scores(tmp_path: Path) -> None:
+    scorer = OnnxScorer(tiny_onnx(tmp_path / "ok.onnx"))
+    assert scorer.size == (32, 32) and scorer.threshold == 100.0
+    s, m = scorer.run(np.full((2, 32, 32, 3), 200, np.uint8))
+    assert s.tolist() == [200.0, 200.0] and m.shape == (2, 32, 32)
+
+
+def _without(key: str) -> dict:
+    return {k: v for k, v in TINY_META.items() if k != key}
+
+
+# (how the file is made, words its one-line error must contain)
+BAD_ONNX = {
+    "metadata not JSON": (dict(meta="{threshold: 1"), "metadata 'normalcy': invalid JSON"),
+    "metadata a list": (dict(meta="[1, 2]"), "expected a JSON object, got list"),
+    "image_size missing": (dict(meta=_without("image_size")), "image_size: missing"),
+    "image_size 0": (dict(meta={**TINY_META, "image_size": [0, 32]}), "image_size.0: input should be greater than"),
+    "image_size -32": (dict(meta={**TINY_META, "image_size": [-32, -32]}), "image_size.0:"),
+    "image_size one number": (dict(meta={**TINY_META, "image_size": 32}), "image_size:"),
+    "image_size not the graph's": (dict(meta={**TINY_META, "image_size": [64, 64]}),
+                                   "input pixels: shape ['N', 32, 32, 3], expected [N, 64, 64, 3]"),
+    "threshold text nan": (dict(meta={**TINY_META, "threshold": "nan"}), "threshold: input should be a valid number"),
+    "threshold NaN": (dict(meta=json.dumps({**TINY_META, "threshold": float("nan")})),
+                      "threshold: input should be a finite number"),
+    "threshold missing": (dict(meta=_without("threshold")), "threshold: missing"),
+    "map_range reversed": (dict(meta={**TINY_META, "map_range": [1.0, 0.0]}), "map_range: low must be below high"),
+    "unknown detector": (dict(meta={**TINY_META, "detector": "musc"}), "detector: not an exportable detector"),
+    "typo key": (dict(meta={**TINY_META, "treshold": 1.0}), "treshold: unknown key"),
+    "output names": (dict(names=("scores", "maps")), "the graph's outputs are ['scores', 'maps']"),
+    "2-D maps": (dict(maps_rank=2), "output maps: shape ['N', 32], expected rank 3"),
+    "empty scores": (dict(scores="empty"), "output image_scores: shape (0,) for 1 image(s), expected (1,)"),
+    "scores of another length": (dict(scores="doubled"), "output image_scores: shape (2,) for 1 image(s)"),
+    "NaN scores": (dict(scores="nan"), "output image_scores: 1 NaN or infinite value(s)"),
+    "external data": (dict(external=True), "weights in external data files, refused"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ONNX))
+def test_crafted_onnx_is_one_line(case: str, tmp_path: Path) -> None:
+    kwargs, words = BAD_ONNX[case]
+    path = tiny_onnx(tmp_path / "model.onnx", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InputError) as info:
+        OnnxScorer(path)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: ") and words in msg, msg
+
+
+def test_outputs_are_checked_on_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph sound on the loading probe but not on a later batch is refused there, not written as scores."""
+    scorer = OnnxScorer(tiny_onnx(tmp_path / "model.onnx"))
+    monkeypatch.setattr(scorer.session, "run", lambda *a: [np.zeros(3), np.zeros((3, 4, 4), np.float32)])
+    with pytest.raises(InputError, match=r"output image_scores: shape \(3,\) for 2 image\(s\)"):
+        scorer.run(np.zeros((2, 32, 32, 3), np.uint8))
+    monkeypatch.setattr(scorer.session, "run", lambda *a: [np.zeros(2), np.zeros((2, 4), np.float32)])
+    with pytest.raises(InputError, match=r"output maps: shape \(2, 4\) for 2 image\(s\), expected \(2, h, w\)"):
+        scorer.run(np.zeros((2, 32, 32, 3), np.uint8))
+    monkeypatch.setattr(scorer.session, "run", lambda *a: [np.zeros(2), np.full((2, 4, 4), np.inf, np.float32)])
+    with pytest.raises(InputError, match="output maps: 32 NaN or infinite"):
+        scorer.run(np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_odd_files_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "folder.onnx").mkdir()
+    os.mkfifo(tmp_path / "fifo.onnx")  # reading it would block forever
+    for name, words in [("garbage.onnx", ""), ("empty.onnx", ""), ("folder.onnx", "not a regular file"),
+                        ("fifo.onnx", "not a regular file"), ("missing.onnx", "no such file")]:
+        with pytest.raises(InputError) as info:
+            OnnxScorer(tmp_path / name)
+        assert "\n" not in str(info.value) and words in str(info.value), str(info.value)
+    monkeypatch.setattr("normalcy.export.MAX_ONNX_BYTES", 100)
+    with pytest.raises(InputError, match="too large"):
+        OnnxScorer(tiny_onnx(tmp_path / "big.onnx"))
+
+
+@pytest.mark.parametrize("case", ["threshold text nan", "2-D maps", "empty scores", "metadata not JSON"])
+def test_cli_predict_with_a_crafted_onnx(case: str, dataset: Path, tmp_path: Path) -> None:
+    """One line on stderr, exit code 1, and no run folder with a header-only scores.csv."""
+    kwargs, words = BAD_ONNX[case]
+    path = tiny_onnx(tmp_path / "model.onnx", **kwargs)  # type: ignore[arg-type]
+    r = CliRunner().invoke(app, ["predict", str(path), str(dataset / "test"), "-o", str(tmp_path / "run")])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and words in lines[0], r.output
+    assert not (tmp_path / "run" / "scores.csv").exists()
