@@ -42,10 +42,17 @@ T = TypeVar("T")
 
 
 def _model_files(model_dir: Path) -> dict[str, bytes]:
-    try:
-        return {p.name: p.read_bytes() for p in Path(model_dir).iterdir() if p.is_file()}
-    except OSError as err:
-        raise InputError(f"{model_dir}: cannot read the model ({err.strerror or err})") from None
+    """The model's own files only (model.json and its tensors or estimator), read as any model file is:
+    regular files inside the folder, size-capped; nothing else in the folder travels to the workers."""
+    from .modelfile import MAX_JSON_BYTES, MAX_STATE_BYTES, MODEL_TENSORS, read_model_file
+    from .tables import MODEL_FILE
+
+    d = Path(model_dir)
+    files = {MODEL_JSON: read_model_file(d / MODEL_JSON, MAX_JSON_BYTES)}
+    for name in (MODEL_TENSORS, MODEL_FILE):
+        if (d / name).exists():
+            files[name] = read_model_file(d / name, MAX_STATE_BYTES)
+    return files
 
 
 def _loaded(files: dict[str, bytes], load: Callable[[Path], T]) -> T:

@@ -32,6 +32,7 @@ from fastapi import FastAPI
 
 from .data import InputError
 from .guard import WILDCARDS, bracket, is_loopback, new_token
+from .progress import plain
 from .server_app import create_app
 
 __all__ = ["ReviewServer", "create_app", "listen", "new_token", "page_url", "serve"]
@@ -130,5 +131,5 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, database: st
         logger.warning(warning)
     if announce is None:
         def announce(url: str) -> None:
-            print(f"review {run_dir} at {url}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+            print(f"review {plain(run_dir)} at {url}  (Ctrl-C stops)", file=sys.stderr, flush=True)
     ReviewServer(app, token, sock, host=host, announce=announce, open_browser=open_browser).run()
