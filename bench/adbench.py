@@ -1,4 +1,4 @@
-"""normalcy.vectors against PyOD's own detectors on ADBench (Han et al. 2022), normal-only training.
+"""normalcy.vectors.detectors against PyOD's own detectors on ADBench (Han et al. 2022), normal-only training.
 
     nice -n 19 python bench/adbench.py [--data ../shared/data/adbench] [--seeds 1] [--only NAME]
                                        [--json results.json] > table.md
@@ -36,8 +36,14 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import MinMaxScaler
 
-from normalcy.tables import semi_supervised_split
-from normalcy.vectors import ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector
+from normalcy.vectors.detectors import (
+    ECODDetector,
+    EnsembleDetector,
+    GaussianDetector,
+    IForestDetector,
+    KNNDetector,
+)
+from normalcy.vectors.tables import semi_supervised_split
 
 GROUPS = ("Classical", "CV_by_ResNet18")
 MAX_ROWS = 10_000

@@ -29,13 +29,13 @@ import cv2
 import numpy as np
 import torch
 
-from normalcy.data import Dataset, load_dataset, read_image
 from normalcy.demo import build_elpv_dataset
 from normalcy.detectors import EfficientAD, default_backbone
-from normalcy.evaluate import run_eval
-from normalcy.features import FeatureExtractor, size_for
-from normalcy.metrics import image_metrics
-from normalcy.synthetic import LOGICAL, logical_anomaly
+from normalcy.evaluation.evaluate import run_eval
+from normalcy.evaluation.metrics import image_metrics
+from normalcy.images.features import FeatureExtractor, size_for
+from normalcy.images.io import Dataset, load_dataset, read_image
+from normalcy.images.synthetic import LOGICAL, logical_anomaly
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

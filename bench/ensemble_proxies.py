@@ -17,15 +17,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import dev_proxies
 import numpy as np
 
-import dev_proxies
-from normalcy.data import load_dataset
 from normalcy.detectors import default_backbone
 from normalcy.detectors.base import Detector
-from normalcy.evaluate import run_eval
-from normalcy.features import FeatureExtractor
-from normalcy.metrics import image_metrics
+from normalcy.evaluation.evaluate import run_eval
+from normalcy.evaluation.metrics import image_metrics
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import load_dataset
 
 _set_threshold = Detector._set_threshold
 

@@ -10,7 +10,7 @@ largest score difference (absolute, and relative to the score), the decisions at
 agree, image AUROC, images/s of the scoring alone (resized images already in memory, batches of 8, on
 ``--time-images`` images, best of 3 passes) and end to end (read, resize, score, every test image, one pass), and
 the batch-1 latency: the median time to score one image file on its own (read, resize, score, map), over
-``--latency-images`` images after 5 warm-up calls (``normalcy.evaluate.latency_ms``).
+``--latency-images`` images after 5 warm-up calls (``normalcy.evaluation.evaluate.latency_ms``).
 Trained detectors train for ``--train-steps`` steps only: enough for parity, not for their best AUROC.
 Prints a markdown table.
 """
@@ -28,13 +28,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from normalcy.data import load_dataset, read_image
 from normalcy.detectors import DETECTORS, create
 from normalcy.detectors.base import Detector
-from normalcy.export import OnnxScorer, exact_search, export_onnx
-from normalcy.features import Batch, FeatureExtractor, _to_tensor, resize_image
-from normalcy.evaluate import latency_ms
-from normalcy.metrics import image_metrics
+from normalcy.evaluation.evaluate import latency_ms
+from normalcy.evaluation.metrics import image_metrics
+from normalcy.images.features import Batch, FeatureExtractor, _to_tensor, resize_image
+from normalcy.images.io import load_dataset, read_image
+from normalcy.scale.export import OnnxScorer, exact_search, export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 8

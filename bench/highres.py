@@ -51,7 +51,7 @@ HEADER = ("| detector | input size | score img/s | predict img/s (loop / with st
 
 def make_dataset(source: Path, out: Path, size: tuple[int, int], variants: int, fmt: str) -> Path:
     """The source set in MVTec layout at size (width, height), with flipped copies; masks alike."""
-    from normalcy.data import load_dataset
+    from normalcy.images.io import load_dataset
 
     ds = load_dataset(source)
     w, h = size
@@ -93,8 +93,8 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
 
 def child_score(model: Path, data: Path) -> None:
     """Detector.score over the test images, the faster of two passes; prints JSON."""
-    from normalcy.data import load_dataset
     from normalcy.detectors import load
+    from normalcy.images.io import load_dataset
 
     det = load(model)
     paths = [s.path for s in load_dataset(data).test]
@@ -108,12 +108,12 @@ def child_score(model: Path, data: Path) -> None:
 
 def child_stages(model: Path, data: Path) -> None:
     """Each stage of scoring on its own, one after the other (no overlap), ms per image; prints JSON."""
-    from normalcy.data import load_dataset, read_image
-    from normalcy.evaluate import pixel_inputs
-    from normalcy.metrics import evaluate
     from normalcy.detectors import load
-    from normalcy.features import Batch, upsample_map
-    from normalcy.run import RunWriter
+    from normalcy.evaluation.evaluate import pixel_inputs
+    from normalcy.evaluation.metrics import evaluate
+    from normalcy.images.features import Batch, upsample_map
+    from normalcy.images.io import load_dataset, read_image
+    from normalcy.runs.format import RunWriter
 
     det = load(model)
     ex = det.extractor
@@ -121,7 +121,7 @@ def child_stages(model: Path, data: Path) -> None:
     paths = [s.path for s in ds.test]
     n, bs = len(paths), det.score_batch_size
     t = dict.fromkeys(STAGES, 0.0)
-    from normalcy.backbones import Backbone
+    from normalcy.images.backbones import Backbone
 
     warm = ex.preprocess([read_image(p) for p in paths[:bs]])  # the backbone's trace is made before timing starts
     for _ in range(Backbone.trace_after):
@@ -186,7 +186,7 @@ def main() -> None:
         if not args.native and not (work / "made").is_file():  # a kept work folder is built once
             make_dataset(args.source, data, (args.width, args.height), args.variants, args.format)
             (work / "made").touch()
-        from normalcy.data import load_dataset
+        from normalcy.images.io import load_dataset
 
         ds = load_dataset(data)
         n_train, n_test = len(ds.train), len(ds.test)

@@ -4,7 +4,7 @@
     python bench/knn_pq.py --big 1000000   # plus N synthetic 512-d rows: fit, score speed, memory, one process
 
 Part 1 forces IVF-PQ on each embedding set (``max_memory_mb`` below its size) and compares it with exact
-search on the same semi-supervised split (seed 1; normalcy.tables.semi_supervised_split): recall@1 is the share
+search on the same semi-supervised split (seed 1; normalcy.vectors.tables.semi_supervised_split): recall@1 is the share
 of test rows whose nearest training row is the exact one; AUROC of each; the index sizes.
 Part 2 fits ``KNNDetector()`` with its default budget (1 GB) on N clustered 512-d rows (2 GB as float32, so
 IVF-PQ), scores 100,000 more, and reports time and peak memory (ru_maxrss).
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from normalcy.tables import semi_supervised_split
-from normalcy.vectors import KNNDetector
+from normalcy.vectors.detectors import KNNDetector
+from normalcy.vectors.tables import semi_supervised_split
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench" / "CV_by_ResNet18"
 

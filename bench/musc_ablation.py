@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from normalcy.evaluate import run_eval
-from normalcy.features import FeatureExtractor
+from normalcy.evaluation.evaluate import run_eval
+from normalcy.images.features import FeatureExtractor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
 ROWS = [

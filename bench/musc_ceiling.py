@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from normalcy.data import load_dataset
 from normalcy.demo import build_elpv_dataset
 from normalcy.detectors.musc import MuSc
-from normalcy.evaluate import run_eval
-from normalcy.features import FeatureExtractor
+from normalcy.evaluation.evaluate import run_eval
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import load_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
 ONE_IMAGE = 1e-9  # an interval this small keeps exactly one image: the nearest

@@ -29,10 +29,10 @@ def _one(n: int, image_size: int) -> dict:
     """Score n images as one batch in this process; return time and peak memory."""
     import torch
 
-    from normalcy.data import list_files
     from normalcy.detectors import MuSc
-    from normalcy.evaluate import peak_rss_mb
-    from normalcy.features import FeatureExtractor
+    from normalcy.evaluation.evaluate import peak_rss_mb
+    from normalcy.images.features import FeatureExtractor
+    from normalcy.images.io import list_files
 
     paths = list_files(DATA / "test") + list_files(DATA / "train" / "good")
     if n > len(paths):
@@ -47,11 +47,11 @@ def _one(n: int, image_size: int) -> dict:
 def _quality(image_size: int) -> list[dict]:
     import numpy as np
 
-    from normalcy.data import load_dataset
     from normalcy.detectors import MuSc
-    from normalcy.evaluate import masks_for
-    from normalcy.features import FeatureExtractor
-    from normalcy.metrics import evaluate
+    from normalcy.evaluation.evaluate import masks_for
+    from normalcy.evaluation.metrics import evaluate
+    from normalcy.images.features import FeatureExtractor
+    from normalcy.images.io import load_dataset
 
     ds = load_dataset(DATA)
     label_of = {s.path: s.label for s in ds.test}

@@ -19,10 +19,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from normalcy.data import load_dataset
 from normalcy.detectors import create
-from normalcy.evaluate import peak_rss_mb, pixel_inputs
-from normalcy.metrics import evaluate
+from normalcy.evaluation.evaluate import peak_rss_mb, pixel_inputs
+from normalcy.evaluation.metrics import evaluate
+from normalcy.images.io import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

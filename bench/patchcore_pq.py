@@ -22,11 +22,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from normalcy.data import load_dataset
 from normalcy.detectors import PatchCore, create
-from normalcy.evaluate import pixel_inputs
-from normalcy.metrics import evaluate
-from normalcy.modelfile import MODEL_TENSORS
+from normalcy.detectors.modelfile import MODEL_TENSORS
+from normalcy.evaluation.evaluate import pixel_inputs
+from normalcy.evaluation.metrics import evaluate
+from normalcy.images.io import load_dataset
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "magnetic_tile"
 

@@ -1,4 +1,4 @@
-"""PNG decoders at 1600x800, timed in turns in one process: the measurement behind normalcy.data's choice.
+"""PNG decoders at 1600x800, timed in turns in one process: the measurement behind normalcy.images.io's choice.
 
     python bench/png_decoders.py [--rounds 15]
 

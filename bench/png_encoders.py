@@ -5,7 +5,7 @@
 For magnetic_tile at its native size, hazelnut_toy (512x512) and hazelnut_toy at 1600x800, the two pictures
 predict writes per image (the overlay, and original | overlay side by side) are drawn for a few test images
 with a smooth random map, then encoded by OpenCV's libpng with each setting, one thread. Prints ms and kB per
-image (both pictures) for each setting: the measurement behind ``normalcy.heatmap._PNG_FAST``.
+image (both pictures) for each setting: the measurement behind ``normalcy.images.heatmap._PNG_FAST``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from turns import in_turns, markdown
 
-from normalcy.heatmap import overlay, side_by_side
+from normalcy.images.heatmap import overlay, side_by_side
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 F, S, C = cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_COMPRESSION

@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
-from normalcy.data import iter_images, load_dataset
-from normalcy.features import FeatureExtractor
 from turns import in_turns, markdown
+
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import iter_images, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

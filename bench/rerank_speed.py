@@ -1,4 +1,4 @@
-"""How long one re-rank takes after a label (normalcy.ranking), for the review UI's < 1 s budget.
+"""How long one re-rank takes after a label (normalcy.review.ranking), for the review UI's < 1 s budget.
 
     python bench/rerank_speed.py [--quick] [--runs 3]
     python bench/rerank_speed.py --million [--runs 3]
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from normalcy import ranking
+from normalcy.review.state import ranking
 
 
 def cpu_model() -> str:
@@ -93,9 +93,9 @@ def million(runs: int) -> None:
     from fastapi.testclient import TestClient
     from safetensors.numpy import save_file
 
-    from normalcy.ranking_space import MAX_RANK_ROWS, project
-    from normalcy.run import EMBEDDINGS
-    from normalcy.server import create_app
+    from normalcy.review.server import create_app
+    from normalcy.review.space import MAX_RANK_ROWS, project
+    from normalcy.runs.format import EMBEDDINGS
 
     n, d = 1_000_000, 512
     print(thread_info())

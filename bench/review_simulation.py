@@ -4,7 +4,7 @@
 
 What it measures: a person reviews magnetic_tile's test set (725 images, 392 defective) one image
 at a time, always the unlabelled image with the highest current priority. A scripted labeller
-answers from the ground truth (the image's folder), the ranker (``normalcy.ranking``) re-ranks the
+answers from the ground truth (the image's folder), the ranker (``normalcy.review.ranking``) re-ranks the
 whole queue with every label so far, and this repeats ``--budget`` times. The table counts the
 interesting images among the first 50 and 100 reviewed, for each run x scenario x strategy:
 
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from normalcy.ranking import make_ranker, user_score
-from normalcy.run import read_embeddings
+from normalcy.review.ranking import make_ranker, user_score
+from normalcy.runs.format import read_embeddings
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"  # ../shared/data
 STRATEGIES = ("none", "neighbour", "protege")

@@ -5,8 +5,8 @@
 Writes N clustered rows (64 Gaussian clusters) as one Parquet table, fits a table detector (default knn,
 which past its 1 GB budget keeps IVF-PQ codes: its search is the part of scoring that costs; ``--detector
 ensemble`` for the tables' default, gaussian + knn) on them, then
-scores the same table twice: in this process (``normalcy.tables.score_table``, what ``normalcy predict``
-does) and on a local Ray with every CPU (``normalcy.scaleout.predict_ray``, what ``--ray local`` does),
+scores the same table twice: in this process (``normalcy.vectors.tables.score_table``, what ``normalcy predict``
+does) and on a local Ray with every CPU (``normalcy.scale.distributed.predict_ray``, what ``--ray local`` does),
 checks that both give the same scores, and prints rows/s for each. Ray's time includes starting its
 workers and loading the model in each; the one-process time includes reading the table.
 """
@@ -34,8 +34,13 @@ def main() -> None:
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="normalcy-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    from normalcy.scaleout import RESULTS, predict_ray
-    from normalcy.tables import fit_table, read_table, save_vector_model, score_table
+    from normalcy.scale.distributed import RESULTS, predict_ray
+    from normalcy.vectors.tables import (
+        fit_table,
+        read_table,
+        save_vector_model,
+        score_table,
+    )
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(64, args.dims)).astype(np.float32) * 3

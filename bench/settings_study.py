@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from normalcy.data import load_dataset
 from normalcy.demo import build_elpv_dataset
 from normalcy.detectors import create
-from normalcy.features import FeatureExtractor
-from normalcy.metrics import image_metrics
-from normalcy.validation import synthetic_split, validation_auroc
+from normalcy.evaluation.metrics import image_metrics
+from normalcy.evaluation.validation import synthetic_split, validation_auroc
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS: dict[str, list[tuple[str, dict, dict]]] = {"patchcore": [  # (label, extractor, detector arguments)

@@ -14,9 +14,9 @@ import argparse
 import time
 from pathlib import Path
 
-from normalcy.data import load_dataset
 from normalcy.detectors import DETECTORS, create
-from normalcy.features import FeatureExtractor
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -120,10 +120,10 @@ def _synthetic_images(folder: Path, n: int, defect: bool = False, seed: int = 0)
 
 
 def main(argv: list[str]) -> None:
-    from normalcy.backbones import custom_backbone
-    from normalcy.data import list_files, load_dataset
     from normalcy.detectors import create, load
-    from normalcy.features import FeatureExtractor
+    from normalcy.images.backbones import custom_backbone
+    from normalcy.images.features import FeatureExtractor
+    from normalcy.images.io import list_files, load_dataset
 
     work = Path(tempfile.mkdtemp(prefix="normalcy_custom_"))
     weights = save_random_weights(work / "tiny_cnn.safetensors")

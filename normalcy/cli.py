@@ -18,15 +18,42 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .backbones import BACKBONES, BackboneSpec, custom_backbone
-from .data import ImageError, InputError, input_paths, iter_images, list_files
-from .detectors import DETECTORS, MuSc, NotFittedError, Scored, Skipped, create, default_backbone, load
-from .features import FeatureExtractor, native_size, size_for
-from .progress import PlainRichHandler, console, progress_bar, shown
-from .run import EMBEDDINGS, RunWriter, check_output, outside_run, staged
-from .tables import (DEFAULT_DETECTOR, check_tables, eval_table, fit_table, is_table, is_vector_model,
-                     load_vector_model, read_table, save_vector_model, score_table, threshold_of, write_table_run)
+from normalcy.detectors import (
+    DETECTORS,
+    MuSc,
+    Scored,
+    Skipped,
+    create,
+    default_backbone,
+    load,
+)
+from normalcy.errors import ImageError, InputError, NotFittedError
+from normalcy.images.backbones import BACKBONES, BackboneSpec, custom_backbone
+from normalcy.images.features import FeatureExtractor, native_size, size_for
+from normalcy.images.io import input_paths, iter_images, list_files
+from normalcy.progress import PlainRichHandler, console, progress_bar, shown
+from normalcy.runs.format import (
+    EMBEDDINGS,
+    RunWriter,
+    check_output,
+    outside_run,
+    staged,
+)
+from normalcy.vectors.tables import (
+    DEFAULT_DETECTOR,
+    check_tables,
+    eval_table,
+    fit_table,
+    is_table,
+    is_vector_model,
+    load_vector_model,
+    read_table,
+    save_vector_model,
+    score_table,
+    threshold_of,
+    write_table_run,
+)
+from normalcy.version import __version__
 
 app = typer.Typer(
     add_completion=False,
@@ -168,7 +195,7 @@ def fit(
                            detector)
     kwargs = _detector_kwargs(detector, fpr, seed, steps, time_budget)
     if detector == "auto":
-        from .validation import fit_auto
+        from normalcy.evaluation.validation import fit_auto
 
         det = fit_auto(paths, extractor, own_backbones=backbone is None and backbone_config is None, **kwargs)
     else:
@@ -258,7 +285,7 @@ def predict(
                          + ("--ray takes a model folder written by `normalcy fit`" if ray is not None else
                             "it has no embeddings (predict with the model folder for them)"))
     if ray is not None:
-        from .scaleout import predict_ray
+        from normalcy.scale.distributed import predict_ray
 
         for run in predict_ray(model_dir, inputs, output, ray, trust_code=trust_model_code, id_column=id_column):
             console.print(f"scored {run['n_scored']} on Ray ({run['cpus']} CPUs): {run['n_anomalous']} anomalous, "
@@ -287,7 +314,7 @@ def _predict_run(model_dir: Path, inputs: list[Path], output: Path, heatmaps: bo
     info = {"model": str(Path(model_dir).resolve())}
     records: Iterator[Scored | Skipped]
     if _is_exported(model_dir):
-        from .export import OnnxScorer
+        from normalcy.scale.export import OnnxScorer
 
         scorer = OnnxScorer(model_dir)
         threshold, map_range = scorer.threshold, tuple(scorer.meta["map_range"])
@@ -403,7 +430,7 @@ def serve(
 ) -> None:
     """Review in the browser: a gallery by rank, label with the keyboard, the ranking learns (active learning)."""
     _setup(threads)
-    from .server import serve as run_server
+    from normalcy.review.server import serve as run_server
 
     run_dir = target
     if (target / "model.json").is_file():
@@ -420,8 +447,8 @@ def serve(
         raise InputError(f"{target}: neither a run folder (no scores.csv) nor a model directory (no model.json)")
     elif images:
         raise InputError(f"{target} is a run folder: it already holds its scores; give images only with a model")
-    from .run import read_run_json
-    from .tables import VECTOR_KIND
+    from normalcy.runs.format import read_run_json
+    from normalcy.vectors.tables import VECTOR_KIND
 
     # A table run's embeddings are its features (written by predict); one without them ranks by score.
     table_run = read_run_json(run_dir).get("kind") == VECTOR_KIND
@@ -434,7 +461,7 @@ def serve(
 def _embed_run(run_dir: Path) -> None:
     """Re-ranking learns from image embeddings; a run scored without them (EfficientAD, DRAEM) gets them now,
     from the run's built-in backbone (a custom one is never imported from a run folder: the default is used)."""
-    from .run import add_embeddings, read_run_json
+    from normalcy.runs.format import add_embeddings, read_run_json
 
     name = read_run_json(run_dir).get("backbone")
     backbone = name if name in BACKBONES else "efficientnet_lite0"
@@ -489,8 +516,8 @@ def _eval_images(dataset: Path, detector: str, backbone: Optional[str], backbone
                  image_size: str, pool_grid: int, precision: str, fpr: float, seed: int, steps: Optional[int],
                  time_budget: Optional[float], report: Optional[Path], tile: Optional[int] = None,
                  overlap: int = 64) -> dict[str, Any]:
-    from .data import load_dataset
-    from .evaluate import run_eval, write_eval_report
+    from normalcy.evaluation.evaluate import run_eval, write_eval_report
+    from normalcy.images.io import load_dataset
 
     ds = load_dataset(dataset)
     extractor = _extractor(backbone, backbone_config, image_size, pool_grid, precision, ds.train, tile, overlap,
@@ -528,7 +555,7 @@ def demo(
 ) -> None:
     """Solar cells (elpv-dataset from PyPI): fit on normal cells, score held-out ones, write a report."""
     _setup(threads)
-    from .demo import run_demo
+    from normalcy.demo import run_demo
 
     metrics, report_path = run_demo(output, detector=detector or "gaussian", n_train=n_train, n_test=n_test)
     out.print(metrics_table(metrics))
@@ -548,9 +575,9 @@ def export_(
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Export a model's scoring graph to ONNX: resized uint8 RGB pixels in, image scores and maps out, threshold
-    and input size in the metadata (run it with onnxruntime; Python: normalcy.export.OnnxScorer)."""
+    and input size in the metadata (run it with onnxruntime; Python: normalcy.scale.export.OnnxScorer)."""
     _setup(threads)
-    from .export import export_onnx
+    from normalcy.scale.export import export_onnx
 
     if is_vector_model(model_dir):
         raise InputError(f"{model_dir} is a vector model (tables): only image models are exported to ONNX")

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .data import InputError, load_dataset
-from .evaluate import run_eval, write_eval_report
-from .progress import console
+from normalcy.errors import InputError
+from normalcy.evaluation.evaluate import run_eval, write_eval_report
+from normalcy.images.io import load_dataset
+from normalcy.progress import console
 
 
 def elpv_root() -> Path:

@@ -10,9 +10,16 @@ from typing import Iterator
 from rich.console import Console, ConsoleRenderable
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from .data import printable
+from normalcy.images.io import printable
 
 # emoji=False: a file named "a:fire:.png" is shown as it is, not with a picture in place of ":fire:".
 console = Console(stderr=True, emoji=False)

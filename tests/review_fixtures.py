@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.run import RunWriter
+from normalcy.runs.format import RunWriter
 
 POSTGRES_ENV = "NORMALCY_TEST_POSTGRES_URL"
 POSTGRES_SKIP = f"set {POSTGRES_ENV} to a PostgreSQL database to run this (.ci/run does)"
@@ -70,7 +70,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         pytest.skip(POSTGRES_SKIP)
     from sqlalchemy import create_engine, make_url, text
 
-    from normalcy.store import _normalise_url
+    from normalcy.review.store import _normalise_url
 
     schema = f"normalcy_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(_normalise_url(base))

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import texture
 from torch import nn
 
-from conftest import texture
-from normalcy.backbones import (
+from normalcy.detectors import GaussianAD, load
+from normalcy.errors import InputError
+from normalcy.images.backbones import (
     BACKBONES,
     Backbone,
     BackboneSpec,
@@ -21,9 +23,7 @@ from normalcy.backbones import (
     fuse_conv_bn,
     get_backbone_spec,
 )
-from normalcy.data import InputError
-from normalcy.detectors import GaussianAD, load
-from normalcy.features import FeatureExtractor
+from normalcy.images.features import FeatureExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "custom_backbone.py"
@@ -274,7 +274,7 @@ def test_custom_backbone_bad_module_string(module, tiny_weights):
     [
         "no_such_module_for_normalcy_tests:tiny_cnn",
         f"{EXAMPLE}:no_such_function",
-        "normalcy.backbones:no_such_function",
+        "normalcy.images.backbones:no_such_function",
         "does/not/exist.py:tiny_cnn",
     ],
 )

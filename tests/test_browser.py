@@ -1,6 +1,6 @@
 """End to end: the review page in a real headless browser (Debian's chromium driven by Playwright).
 
-The real server (normalcy.server) runs in a thread on a socket bound to port 0, on a small run
+The real server (normalcy.review.server) runs in a thread on a socket bound to port 0, on a small run
 directory whose embeddings form two clusters, so a label visibly changes the order.
 A screenshot of the page is saved to artifacts/review.png for people to look at.
 """
@@ -41,9 +41,9 @@ CHROMIUM = _chromium()
 pytestmark = pytest.mark.skipif(sync_playwright is None or CHROMIUM is None, reason=SKIP_BROWSER)
 
 try:
-    from normalcy.server import ReviewServer, create_app, listen, new_token
+    from normalcy.review.server import ReviewServer, create_app, listen, new_token
 except ImportError as err:  # noqa: F841  (reported in the skip reason)
-    SERVER_MISSING: str | None = f"normalcy.server is not importable: {err}"
+    SERVER_MISSING: str | None = f"normalcy.review.server is not importable: {err}"
 else:
     SERVER_MISSING = None
 

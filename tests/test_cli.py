@@ -273,7 +273,7 @@ def test_predict_keeps_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
 def _gaussian_model(tmp_path: Path) -> tuple[Path, Path]:
     """A small gaussian model (64 px) fitted in this process, and the data set it came from."""
     from normalcy.detectors import create
-    from normalcy.features import FeatureExtractor
+    from normalcy.images.features import FeatureExtractor
 
     ds = make_dataset(tmp_path / "ds", n_train=6)
     det = create("gaussian", FeatureExtractor(image_size=64)).fit(sorted((ds / "train" / "good").glob("*.png")))
@@ -286,9 +286,9 @@ def test_untrusted_names_are_printed_as_they_are(tmp_path: Path) -> None:
     is printed, not a crash; `[bold red]` is not a style; an escape sequence is shown escaped."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
-
-    from normalcy.tables import fit_table, read_table, save_vector_model
     from test_tables import _rows, _write
+
+    from normalcy.vectors.tables import fit_table, read_table, save_vector_model
 
     model, ds = _gaussian_model(tmp_path)
     images = tmp_path / "in"

@@ -1,4 +1,4 @@
-"""Tests for normalcy.data: image/mask reading, file listing, MVTec-layout loading."""
+"""Tests for normalcy.images.io: image/mask reading, file listing, MVTec-layout loading."""
 
 from __future__ import annotations
 
@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.data import (
+from normalcy.errors import ImageError, InputError
+from normalcy.images.io import (
     IMAGE_SUFFIXES,
     Dataset,
-    ImageError,
-    InputError,
     MaskSizeWarning,
     Sample,
     iter_images,
@@ -63,7 +62,7 @@ def test_read_rgb_png_exact(tmp_path: Path) -> None:
 
 
 def test_plain_pngs_decoded_by_imagecodecs_give_pillows_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import normalcy.data as data
+    import normalcy.images.io as data
 
     rgb, grey = _rgb(40, 50, seed=3), _rgb(40, 50, seed=4)[:, :, 0]
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
@@ -82,7 +81,7 @@ def test_plain_pngs_decoded_by_imagecodecs_give_pillows_pixels(tmp_path: Path, m
 def test_plain_jpegs_decoded_by_imagecodecs_give_pillows_pixels(tmp_path: Path) -> None:
     """Colour (every chroma subsampling, baseline and progressive) and grey JPEGs: imagecodecs' pixels are
     Pillow's exactly; EXIF (may rotate), CMYK and truncated files are left to Pillow."""
-    import normalcy.data as data
+    import normalcy.images.io as data
 
     photo = Image.fromarray(_rgb(60, 80, seed=5)).resize((160, 120))
     for sub in (0, 1, 2):
@@ -341,7 +340,7 @@ def _bomb_png(path: Path, width: int, height: int, bits: int = 8) -> Path:
 _READ_AND_MEASURE = """
 import resource, sys
 from pathlib import Path
-from normalcy.data import iter_images
+from normalcy.images.io import iter_images
 
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 skipped = []
@@ -382,7 +381,7 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None
 
 def test_pixel_limit_follows_pillow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The limit is Pillow's ``Image.MAX_IMAGE_PIXELS``, refused from the limit on; None turns it off."""
-    from normalcy.data import check_pixels, image_size
+    from normalcy.images.io import check_pixels, image_size
 
     p = tmp_path / "x.jpg"
     Image.fromarray(_rgb(20, 30)).save(p)
@@ -430,8 +429,8 @@ def _unblocked(fifo: Path, after: float = 10.0) -> Iterator[list[bool]]:
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 def test_fifo_is_skipped_not_waited_on(tmp_path: Path) -> None:
-    from normalcy.data import image_size
-    from normalcy.features import size_for
+    from normalcy.images.features import size_for
+    from normalcy.images.io import image_size
 
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
@@ -489,7 +488,7 @@ def test_predict_skips_fifos_and_bombs_and_scores_the_rest(tmp_path: Path, synth
     """`normalcy predict` with a FIFO as an input and one in a folder, a link to /dev/zero and a JPEG bomb:
     it finishes, lists each of them in skipped.csv with its reason, and scores the rest."""
     from normalcy.detectors import create
-    from normalcy.features import FeatureExtractor
+    from normalcy.images.features import FeatureExtractor
 
     model = tmp_path / "model"
     create("gaussian", FeatureExtractor(image_size=64)).fit(list_files(synthetic_root / "train" / "good")).save(model)

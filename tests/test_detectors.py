@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DEFECT_BOX, texture
 from PIL import Image
 
-from conftest import DEFECT_BOX, texture
-from normalcy.data import InputError, list_files, load_dataset
-from normalcy.detectors import NotFittedError, create, load
+from normalcy.detectors import create, load
 from normalcy.detectors.patchcore import chunked_coreset, greedy_coreset
-from normalcy.features import FeatureExtractor
-from normalcy.metrics import image_metrics
+from normalcy.errors import InputError, NotFittedError
+from normalcy.evaluation.metrics import image_metrics
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import list_files, load_dataset
 
 NAMES = ("gaussian", "patchcore")
 SIZE = 96
@@ -438,8 +439,8 @@ def test_gaussian_hazelnut_image_auroc(hazelnut):
 
 def test_precision_is_resolved_and_saved(tmp_path, synthetic_root) -> None:
     """'auto' becomes bf16 or fp32 by what the CPU supports; the model records what was used."""
-    from normalcy.features import bf16_supported
-    from normalcy.data import InputError as _InputError
+    from normalcy.errors import InputError as _InputError
+    from normalcy.images.features import bf16_supported
 
     ex = FeatureExtractor(image_size=64, precision="auto")
     assert ex.precision == ("bf16" if bf16_supported() else "fp32")
@@ -490,8 +491,8 @@ def test_cells_follow_the_aspect_ratio_and_see_a_moved_part(tmp_path: Path) -> N
     normal = _aligned(tmp_path / "normal", 8, 1)
     moved = _aligned(tmp_path / "moved", 8, 2, moved=True)
     ex = FeatureExtractor(image_size=(64, 128), pool_grid=1, pool_max_dim=512, precision="fp32")
-    from normalcy.data import read_image
     from normalcy.detectors.gaussian import _cell_scores
+    from normalcy.images.io import read_image
 
     assert create("gaussian", ex, cells=0).fit(train, progress=False).cell_mean_.shape[0] == 0
     det = create("gaussian", ex, cells=4).fit(train, progress=False)

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import texture
 from PIL import Image
 
-from conftest import texture
-from normalcy.data import InputError, load_dataset
 from normalcy.detectors import DRAEM, load
-from normalcy.networks import focal_loss, ssim
-from normalcy.synthetic import add_anomaly, perlin_mask, perlin_noise, synthesize
-from normalcy.features import FeatureExtractor
+from normalcy.detectors.networks import focal_loss, ssim
+from normalcy.errors import InputError
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import load_dataset
+from normalcy.images.synthetic import add_anomaly, perlin_mask, perlin_noise, synthesize
 
 TINY = {"input_size": 64, "base_width": 4, "train_batch_size": 4, "time_budget": None}
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from normalcy.data import load_dataset
 from normalcy.detectors import load
 from normalcy.detectors.efficientad import EfficientAD
-from normalcy.networks import count_macs, pdn_tiny
-from normalcy.synthetic import synthetic_images
-from normalcy.features import FeatureExtractor
+from normalcy.detectors.networks import count_macs, pdn_tiny
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import load_dataset
+from normalcy.images.synthetic import synthetic_images
 
 # Tiny settings: the same shapes in every test, so oneDNN's one-time set-up is paid once.
 TINY = dict(steps=16, teacher_steps=6, time_budget=None, input_size=64, pool_size=8, train_batch=4)
@@ -51,9 +51,8 @@ def test_loss_falls(fitted: EfficientAD) -> None:
 
 
 def test_maps_have_original_shape(fitted: EfficientAD, data, tmp_path: Path) -> None:
-    from PIL import Image
-
     from conftest import texture
+    from PIL import Image
 
     odd = tmp_path / "odd.png"
     Image.fromarray(texture(np.random.default_rng(1), 77, 131)).save(odd)
@@ -130,7 +129,7 @@ def test_bad_files_are_skipped(fe: FeatureExtractor, data, tmp_path: Path) -> No
 
 
 def test_bad_parameters() -> None:
-    from normalcy.data import InputError
+    from normalcy.errors import InputError
 
     with pytest.raises(InputError):
         EfficientAD(input_size=100)
@@ -139,7 +138,7 @@ def test_bad_parameters() -> None:
 def test_score_is_the_mean_of_the_normalised_branch_maps(fitted: EfficientAD, fe: FeatureExtractor, data) -> None:
     """The paper's combination: each map normalised by its q_a / q_b quantiles on held-out normal images
     (q_a -> 0, q_b -> 0.1), then averaged; the image score is the maximum."""
-    from normalcy.data import read_image
+    from normalcy.images.io import read_image
 
     paths = data[1][:3]
     x = fe.preprocess([read_image(p) for p in paths])

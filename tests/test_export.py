@@ -15,11 +15,12 @@ pytest.importorskip("onnxruntime", reason="the export extra: pip install -c cons
 from test_cli import make_dataset, normalcy  # noqa: E402
 
 from normalcy.cli import app  # noqa: E402
-from normalcy.data import InputError, list_files  # noqa: E402
-from normalcy.detectors import MuSc, NotFittedError, create  # noqa: E402
+from normalcy.detectors import MuSc, create
 from normalcy.detectors.base import Result  # noqa: E402
-from normalcy.export import META_KEY, OnnxScorer, exact_search, export_onnx  # noqa: E402
-from normalcy.features import FeatureExtractor  # noqa: E402
+from normalcy.errors import InputError, NotFittedError
+from normalcy.images.features import FeatureExtractor  # noqa: E402
+from normalcy.images.io import list_files
+from normalcy.scale.export import META_KEY, OnnxScorer, exact_search, export_onnx  # noqa: E402
 
 RTOL = 1e-4
 
@@ -242,7 +243,7 @@ def test_odd_files_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(InputError) as info:
             OnnxScorer(tmp_path / name)
         assert "\n" not in str(info.value) and words in str(info.value), str(info.value)
-    monkeypatch.setattr("normalcy.export.MAX_ONNX_BYTES", 100)
+    monkeypatch.setattr("normalcy.scale.export.MAX_ONNX_BYTES", 100)
     with pytest.raises(InputError, match="too large"):
         OnnxScorer(tiny_onnx(tmp_path / "big.onnx"))
 

@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.data import MaskSizeWarning, Sample, read_mask
 from normalcy.detectors import Result, create
 from normalcy.detectors.base import Maps, Scored
-from normalcy.evaluate import METRIC_SIDE, masks_for, metric_size, pixel_inputs
-from normalcy.features import FeatureExtractor, upsample_map
-from normalcy.metrics import evaluate, pixel_metrics
+from normalcy.evaluation.evaluate import (
+    METRIC_SIDE,
+    masks_for,
+    metric_size,
+    pixel_inputs,
+)
+from normalcy.evaluation.metrics import evaluate, pixel_metrics
+from normalcy.images.features import FeatureExtractor, upsample_map
+from normalcy.images.io import MaskSizeWarning, Sample, read_mask
 
 
 def _grid(seed: int, h: int = 10, w: int = 20) -> np.ndarray:
@@ -112,9 +117,9 @@ def test_pixel_metrics_at_the_capped_side_match_full_resolution(tmp_path: Path) 
 def test_evaluating_more_images_does_not_hold_a_full_size_map_each(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Peak memory of masks and pixel metrics grows by far less than one 1600x800 map (5 MB) an image."""
-    import normalcy.metrics
+    import normalcy.evaluation.metrics
 
-    monkeypatch.setattr(normalcy.metrics, "_CHUNK", 1 << 14)  # AUPRO's walk: its temporaries stay small
+    monkeypatch.setattr(normalcy.evaluation.metrics, "_CHUNK", 1 << 14)  # AUPRO's walk: its temporaries stay small
     peaks = []
     for n in (4, 16):
         (tmp_path / str(n)).mkdir()

@@ -1,4 +1,4 @@
-"""Tests for normalcy.metrics: hand-computed cases plus a brute-force AUPRO reference."""
+"""Tests for normalcy.evaluation.metrics: hand-computed cases plus a brute-force AUPRO reference."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from normalcy.metrics import aupro, evaluate, image_metrics, pixel_auroc
-
+from normalcy.evaluation.metrics import aupro, evaluate, image_metrics, pixel_auroc
 
 # ---------------------------------------------------------------- helpers
 
@@ -265,7 +264,7 @@ def test_evaluate_without_and_with_pixel_data():
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7])
 def test_aupro_chunked_walk_matches_brute_force(monkeypatch, chunk):
-    import normalcy.metrics as metrics
+    import normalcy.evaluation.metrics as metrics
 
     monkeypatch.setattr(metrics, "_CHUNK", chunk)
     rng = np.random.default_rng(100 + chunk)

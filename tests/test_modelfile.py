@@ -16,12 +16,17 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from normalcy.backbones import custom_backbone
 from normalcy.cli import app
-from normalcy.data import InputError
 from normalcy.detectors import create, load
-from normalcy.features import FeatureExtractor
-from normalcy.modelfile import ExtractorMeta, ModelMeta, check_tensors, read_model
+from normalcy.detectors.modelfile import (
+    ExtractorMeta,
+    ModelMeta,
+    check_tensors,
+    read_model,
+)
+from normalcy.errors import InputError
+from normalcy.images.backbones import custom_backbone
+from normalcy.images.features import FeatureExtractor
 
 # A custom backbone file that leaves a marker when Python runs it: proof of whether loading ran code.
 NET_PY = '''

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import texture
 from PIL import Image
 
-from conftest import texture
-from normalcy.data import InputError
 from normalcy.detectors import MuSc
-from normalcy.features import FeatureExtractor
+from normalcy.errors import InputError
+from normalcy.images.features import FeatureExtractor
 
 
 def _batch(folder: Path, n: int = 10) -> list[Path]:

@@ -12,12 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from normalcy.data import InputError, load_dataset
 from normalcy.detectors import PatchCore, create, load
-from normalcy.evaluate import pixel_inputs
-from normalcy.features import Batch, FeatureExtractor, Features
-from normalcy.metrics import evaluate
-from normalcy.modelfile import MODEL_TENSORS
+from normalcy.detectors.modelfile import MODEL_TENSORS
+from normalcy.errors import InputError
+from normalcy.evaluation.evaluate import pixel_inputs
+from normalcy.evaluation.metrics import evaluate
+from normalcy.images.features import Batch, FeatureExtractor, Features
+from normalcy.images.io import load_dataset
 
 TINY_BUDGET = 0.05  # MB
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from normalcy.data import InputError
 from normalcy.detectors import DETECTORS, Scored, Skipped, create
-from normalcy.features import FeatureExtractor
-from normalcy.modelfile import load
+from normalcy.detectors.registry import load
+from normalcy.errors import InputError
+from normalcy.images.features import FeatureExtractor
 
 # The least work each trained detector can do, so the contract tests stay fast.
 TINY = {
@@ -152,7 +152,7 @@ def test_learned_state_round_trips_and_wrong_shapes_are_named(name: str, fe: Fea
 def test_a_non_square_input_size_keeps_the_aspect_ratio(tmp_path: Path) -> None:
     """Wide images need not be squashed: height x width sizes fit, score, save and load."""
     from normalcy.detectors import MuSc, load
-    from normalcy.features import parse_size, size_for
+    from normalcy.images.features import parse_size, size_for
 
     rng = np.random.default_rng(0)
     paths = []

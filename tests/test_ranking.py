@@ -1,4 +1,4 @@
-"""Active-learning re-ranking (normalcy.ranking): label mapping, cold start, learning.
+"""Active-learning re-ranking (normalcy.review.ranking): label mapping, cold start, learning.
 
 How fast a re-rank is: bench/rerank_speed.py.
 """
@@ -10,8 +10,18 @@ import pytest
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
-from normalcy.ranking import (STRATEGIES, USER_SCORES, NeighbourScore, NoRanking, Protege, Ranker,
-                              gp_posterior, make_ranker, nearest_labelled_distance, user_score)
+from normalcy.review.ranking import (
+    STRATEGIES,
+    USER_SCORES,
+    NeighbourScore,
+    NoRanking,
+    Protege,
+    Ranker,
+    gp_posterior,
+    make_ranker,
+    nearest_labelled_distance,
+    user_score,
+)
 
 EMPTY = np.zeros(0, np.int64)
 

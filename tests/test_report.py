@@ -1,4 +1,4 @@
-"""Tests for normalcy.heatmap and normalcy.report: colour mapping, overlays, PNG heatmaps and the HTML report."""
+"""Tests for normalcy.images.heatmap and normalcy.runs.report: colour mapping, overlays, PNG heatmaps and the HTML report."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.heatmap import colorize, overlay, save_heatmap
-from normalcy.report import ReportImage, write_report
+from normalcy.images.heatmap import colorize, overlay, save_heatmap
+from normalcy.runs.report import ReportImage, write_report
 
 
 def _image(h: int = 32, w: int = 48, seed: int = 0) -> np.ndarray:
@@ -237,7 +237,7 @@ def test_write_report_rejects_mismatched_names(tmp_path: Path) -> None:
 
 def test_import_has_no_matplotlib_side_effect() -> None:
     """Importing the module must not pull in matplotlib (or pick a backend)."""
-    code = "import sys, normalcy.report; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    code = "import sys, normalcy.runs.report; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normalcy.ranking import make_ranker
+from normalcy.review.ranking import make_ranker
 
 _spec = importlib.util.spec_from_file_location(
     "review_simulation", Path(__file__).resolve().parents[1] / "bench" / "review_simulation.py")

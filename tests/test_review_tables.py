@@ -16,10 +16,16 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import load_file, save_file
 
-from normalcy.ranking import make_ranker
-from normalcy.run import EMBEDDINGS
-from normalcy.server import create_app
-from normalcy.tables import fit_table, read_table, score_table, threshold_of, write_table_run
+from normalcy.review.ranking import make_ranker
+from normalcy.review.server import create_app
+from normalcy.runs.format import EMBEDDINGS
+from normalcy.vectors.tables import (
+    fit_table,
+    read_table,
+    score_table,
+    threshold_of,
+    write_table_run,
+)
 
 TOKEN = "table-token-" + "t" * 20
 

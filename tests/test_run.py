@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.data import InputError
-from normalcy.run import RunWriter, check_output, csv_cell, output_name, outside_run, read_scores
+from normalcy.errors import InputError
+from normalcy.runs.format import (
+    RunWriter,
+    check_output,
+    csv_cell,
+    output_name,
+    outside_run,
+    read_scores,
+)
 
 SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -126,8 +133,8 @@ def test_an_image_without_a_map_gets_no_pictures(tmp_path: Path) -> None:
 
 def test_embeddings_a_run_lacks_are_computed_row_aligned(tmp_path: Path) -> None:
     """predict skips embeddings for detectors without a backbone; serve fills them in, one row per scores.csv row."""
-    from normalcy.features import FeatureExtractor
-    from normalcy.run import add_embeddings, read_embeddings
+    from normalcy.images.features import FeatureExtractor
+    from normalcy.runs.format import add_embeddings, read_embeddings
 
     folder = tmp_path / "images"
     folder.mkdir()

@@ -13,12 +13,18 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from normalcy.detectors import create  # noqa: E402
-from normalcy.features import FeatureExtractor  # noqa: E402
-from normalcy.scaleout import RESULTS, predict_ray  # noqa: E402
-from normalcy.tables import fit_table, read_table, save_vector_model, score_table  # noqa: E402
 from test_cli import _gaussian_model, make_dataset, normalcy  # noqa: E402
 from test_tables import _rows, _write  # noqa: E402
+
+from normalcy.detectors import create  # noqa: E402
+from normalcy.images.features import FeatureExtractor  # noqa: E402
+from normalcy.scale.distributed import RESULTS, predict_ray  # noqa: E402
+from normalcy.vectors.tables import (  # noqa: E402
+    fit_table,
+    read_table,
+    save_vector_model,
+    score_table,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

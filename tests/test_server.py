@@ -22,11 +22,18 @@ from PIL import Image
 from review_fixtures import THRESHOLD, db_url, make_run  # noqa: F401  (db_url is a fixture)
 from sqlalchemy import update
 
-from normalcy import server_app
-from normalcy.data import InputError
-from normalcy.guard import MAX_BODY, cookie_name
-from normalcy.server import ReviewServer, create_app, listen, new_token, page_url, serve
-from normalcy.store import Store, items_table
+from normalcy.errors import InputError
+from normalcy.review.guard import MAX_BODY, cookie_name
+from normalcy.review.server import (
+    ReviewServer,
+    create_app,
+    listen,
+    new_token,
+    page_url,
+    serve,
+)
+from normalcy.review.state import app as server_app
+from normalcy.review.store import Store, items_table
 
 TOKEN = "test-token-" + "x" * 20
 PROTECTED = ["/", "/api/items", "/api/items/1/image", "/static/review.js", "/api/labels.csv", "/api/status"]
@@ -662,7 +669,7 @@ def test_taken_port_is_one_clear_error(run: Path) -> None:
 
 def test_a_non_utf8_file_name_is_reviewed(tmp_path: Path) -> None:
     """Linux file names are bytes: one that is not UTF-8 still gets its row, its image and its label."""
-    from normalcy.run import RunWriter
+    from normalcy.runs.format import RunWriter
 
     images = tmp_path / "images"
     images.mkdir()

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from normalcy.data import list_files
 from normalcy.detectors import create, load
 from normalcy.detectors.simplenet import SimpleNet
-from normalcy.features import FeatureExtractor
-from normalcy.metrics import image_metrics
+from normalcy.evaluation.metrics import image_metrics
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import list_files
 
 
 def _det(**kw) -> SimpleNet:

@@ -12,8 +12,8 @@ import pytest
 from review_fixtures import db_url  # noqa: F401  (a fixture)
 from sqlalchemy import text
 
-from normalcy.data import InputError
-from normalcy.store import Store, run_id
+from normalcy.errors import InputError
+from normalcy.review.store import Store, run_id
 
 
 def rows(n: int = 5, offset: float = 0.0) -> list[dict]:

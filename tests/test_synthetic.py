@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normalcy.synthetic import LOGICAL, extra_part, logical_anomaly, missing_part, part_box, wrong_arrangement
+from normalcy.images.synthetic import (
+    LOGICAL,
+    extra_part,
+    logical_anomaly,
+    missing_part,
+    part_box,
+    wrong_arrangement,
+)
 
 
 def _image(dtype: type = np.uint8) -> np.ndarray:

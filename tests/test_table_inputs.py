@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-
-import normalcy.tables as tables
-import normalcy.vectors as vectors
-from normalcy.data import InputError
-from normalcy.run import read_table_items
-from normalcy.tables import fit_table, read_table
 from test_cli import normalcy
+
+import normalcy.vectors.detectors as vectors
+import normalcy.vectors.tables as tables
+from normalcy.errors import InputError
+from normalcy.runs.format import read_table_items
+from normalcy.vectors.tables import fit_table, read_table
 
 FORMULAS = ["=HYPERLINK(\"http://x\",\"y\")", "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "-2", "007", "plain"]
 

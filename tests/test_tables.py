@@ -11,11 +11,18 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-
-from normalcy.data import InputError
-from normalcy.tables import (eval_table, fit_table, load_vector_model, read_table, save_vector_model, score_table,
-                             threshold_of)
 from test_cli import normalcy
+
+from normalcy.errors import InputError
+from normalcy.vectors.tables import (
+    eval_table,
+    fit_table,
+    load_vector_model,
+    read_table,
+    save_vector_model,
+    score_table,
+    threshold_of,
+)
 
 
 def _rows(n: int = 400, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

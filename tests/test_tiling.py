@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from normalcy.data import InputError, load_dataset
 from normalcy.detectors import DRAEM, GaussianAD, load
-from normalcy.features import FeatureExtractor, tile_starts
+from normalcy.errors import InputError
+from normalcy.images.features import FeatureExtractor, tile_starts
+from normalcy.images.io import load_dataset
 
 
 def _jumps(f: torch.Tensor, axis: int) -> torch.Tensor:
@@ -89,7 +90,7 @@ def test_detectors_without_features_refuse_tiles() -> None:
 
 def test_tiled_model_exports_with_the_same_scores(tmp_path, hazelnut) -> None:
     pytest.importorskip("onnxruntime", reason="the export extra")
-    from normalcy.export import OnnxScorer, export_onnx
+    from normalcy.scale.export import OnnxScorer, export_onnx
 
     ds = load_dataset(hazelnut)
     ex = FeatureExtractor(image_size=192, tile=128, overlap=64, precision="fp32", pooled_levels=("s8", "s16"))

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_synthetic_dataset
 from PIL import Image
 
-from conftest import make_synthetic_dataset
-from normalcy.data import InputError, list_files
 from normalcy.detectors import DETECTORS, create
-from normalcy.features import FeatureExtractor
-from normalcy.validation import CANDIDATES, choose_detector, synthetic_split
+from normalcy.errors import InputError
+from normalcy.evaluation.validation import CANDIDATES, choose_detector, synthetic_split
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import list_files
 
 
 def test_split_holds_out_normal_images_and_plants_a_defect_in_each(tmp_path: Path) -> None:

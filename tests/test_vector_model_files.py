@@ -19,13 +19,19 @@ import numpy as np
 import pytest
 import skops.io as sio
 from sklearn.linear_model import LogisticRegression
+from test_cli import normalcy
 from typer.testing import CliRunner
 
 from normalcy.cli import app
-from normalcy.data import InputError
-from normalcy.tables import TRUSTED_TYPES, fit_table, load_vector_model, read_table, save_vector_model
-from normalcy.vectors import check_tree
-from test_cli import normalcy
+from normalcy.errors import InputError
+from normalcy.vectors.detectors import check_tree
+from normalcy.vectors.tables import (
+    TRUSTED_TYPES,
+    fit_table,
+    load_vector_model,
+    read_table,
+    save_vector_model,
+)
 
 
 @pytest.fixture(scope="module")

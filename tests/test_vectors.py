@@ -9,8 +9,14 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils.estimator_checks import check_estimator
 
 from normalcy.detectors.gaussian import _gaussian, mahalanobis
-from normalcy.vectors import (ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector,
-                              finite_rows)
+from normalcy.vectors.detectors import (
+    ECODDetector,
+    EnsembleDetector,
+    GaussianDetector,
+    IForestDetector,
+    KNNDetector,
+    finite_rows,
+)
 
 # Settings that keep scikit-learn's ~45 checks per detector quick; behaviour is the same as the defaults'.
 FAST = {

@@ -34,11 +34,17 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from safetensors.torch import save_file
 from torch import nn
 
-from .. import __version__
-from ..data import InputError
-from ..features import Batch, FeatureExtractor, upsample_map
-from ..modelfile import FORMAT_VERSION, MODEL_JSON, MODEL_TENSORS, BatchSize, Seed
-from ..progress import progress_bar
+from normalcy.detectors.modelfile import (
+    FORMAT_VERSION,
+    MODEL_JSON,
+    MODEL_TENSORS,
+    BatchSize,
+    Seed,
+)
+from normalcy.errors import InputError, NotFittedError
+from normalcy.images.features import Batch, FeatureExtractor, upsample_map
+from normalcy.progress import progress_bar
+from normalcy.version import __version__
 
 log = logging.getLogger("normalcy")
 
@@ -145,10 +151,6 @@ class Calibration:
 
     scores: np.ndarray  # one image score per image
     map_values: np.ndarray  # patch-map values of those images (any shape)
-
-
-class NotFittedError(RuntimeError):
-    """A detector was used before fit() or load()."""
 
 
 class HyperParams(BaseModel):

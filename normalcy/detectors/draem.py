@@ -44,19 +44,26 @@ the machine's speed.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..features import Batch
-from ..modelfile import BatchSize
-from ..networks import Discriminative, Reconstructive, focal_loss, ssim
-from ..synthetic import synthesize
-from ..training import TrainLog, step_decay, train
-from .base import Detector, HyperParams, InputSize, LearningRate, Seconds, Steps
+from normalcy.detectors.base import (
+    Detector,
+    HyperParams,
+    InputSize,
+    LearningRate,
+    Seconds,
+    Steps,
+)
+from normalcy.detectors.modelfile import BatchSize
+from normalcy.detectors.networks import Discriminative, Reconstructive, focal_loss, ssim
+from normalcy.detectors.training import TrainLog, step_decay, train
+from normalcy.images.features import Batch
+from normalcy.images.synthetic import synthesize
 
 
 class DRAEM(Detector):

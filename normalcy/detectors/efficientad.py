@@ -69,7 +69,7 @@ How this differs from the paper, and why:
   the base class holds out ``holdout`` (10 %, at least one) of the training images,
   never trained on, and we use them for the quantiles and for the threshold.
 
-Ctrl-C: all phases run through ``normalcy.training.train``. An interrupt during
+Ctrl-C: all phases run through ``normalcy.detectors.training.train``. An interrupt during
 distillation keeps the teacher as trained so far and runs a short student phase
 (at most 50 steps and 30 s; a second Ctrl-C stops that too, even before its first
 step, leaving an untrained student); an interrupt during the student phase keeps
@@ -93,12 +93,20 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from ..features import Batch
-from ..modelfile import BatchSize
-from ..networks import AutoEncoder, pdn_tiny
-from ..synthetic import augment, jitter, synthetic_images
-from ..training import TrainLog, step_decay, train
-from .base import Detector, HyperParams, InputSize, LearningRate, Seconds, Steps, Width
+from normalcy.detectors.base import (
+    Detector,
+    HyperParams,
+    InputSize,
+    LearningRate,
+    Seconds,
+    Steps,
+    Width,
+)
+from normalcy.detectors.modelfile import BatchSize
+from normalcy.detectors.networks import AutoEncoder, pdn_tiny
+from normalcy.detectors.training import TrainLog, step_decay, train
+from normalcy.images.features import Batch
+from normalcy.images.synthetic import augment, jitter, synthetic_images
 
 log = logging.getLogger("normalcy")
 

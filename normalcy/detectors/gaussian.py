@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage
 
-from ..features import Batch
-from .base import Calibration, Detector, HyperParams
+from normalcy.detectors.base import Calibration, Detector, HyperParams
+from normalcy.images.features import Batch
 
 
 def _inverse(cov: np.ndarray) -> np.ndarray:

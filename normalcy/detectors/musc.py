@@ -41,14 +41,13 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from pydantic import Field, ValidationError, field_validator
 
-from ..data import InputError
-from ..features import FeatureExtractor, upsample_map
-from ..modelfile import BatchSize
-from ..progress import progress_bar
-from .base import HyperParams, Result, validation_message
+from normalcy.detectors.base import HyperParams, Result, validation_message
+from normalcy.detectors.modelfile import BatchSize
+from normalcy.errors import InputError
+from normalcy.images.features import FeatureExtractor, upsample_map
+from normalcy.progress import progress_bar
 
 
 class MuSc:

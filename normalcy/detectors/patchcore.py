@@ -19,7 +19,7 @@ Where we depart from the paper, for a CPU:
   10,000; the cell centres are learned once at fit time and saved, so a loaded
   model searches exactly as the fitted one did;
 * a bank whose float32 rows exceed ``max_memory_mb`` (1 GB: 1.7 million patches at 152 dimensions) is kept
-  only as faiss IVF-PQ codes (``normalcy.ann``, shared with ``normalcy.vectors.KNNDetector``): one byte per
+  only as faiss IVF-PQ codes (``normalcy.numerics.ann``, shared with ``normalcy.vectors.detectors.KNNDetector``): one byte per
   ``pq_dims_per_byte`` = 4 dimensions plus the cell number, 40 bytes a patch instead of 608 at 152 dimensions.
   On magnetic_tile (bench/patchcore_pq.py) that finds the exact nearest bank patch for 67 % of test patches,
   distances 2.9 % off, image AUROC 0.918 against 0.922 exact; KNNDetector's 8 dimensions a byte: 49 %, 5.7 %,
@@ -48,9 +48,16 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..ann import PQ_MIN_ROWS, check_ivfpq, empty_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
-from ..features import Batch
-from .base import Calibration, Detector, HyperParams
+from normalcy.detectors.base import Calibration, Detector, HyperParams
+from normalcy.images.features import Batch
+from normalcy.numerics.ann import (
+    PQ_MIN_ROWS,
+    check_ivfpq,
+    empty_ivfpq,
+    fit_ivfpq,
+    ivfpq_index,
+    row_by_row,
+)
 
 
 def _self_first(knn: np.ndarray) -> np.ndarray:

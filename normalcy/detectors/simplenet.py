@@ -17,16 +17,23 @@ Departures from the paper, and why:
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from ..features import Batch
-from ..training import train
-from .base import Detector, HyperParams, LearningRate, Seconds, Steps, Width
+from normalcy.detectors.base import (
+    Detector,
+    HyperParams,
+    LearningRate,
+    Seconds,
+    Steps,
+    Width,
+)
+from normalcy.detectors.training import train
+from normalcy.images.features import Batch
 
 
 class _Discriminator(nn.Module):

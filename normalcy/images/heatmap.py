@@ -1,6 +1,6 @@
 """Anomaly maps as pictures: the heatmap PNGs and overlays of a run folder, and the report's gallery.
 
-An image scored by `normalcy predict` goes through :class:`normalcy.run.RunWriter`, which
+An image scored by `normalcy predict` goes through :class:`normalcy.runs.format.RunWriter`, which
 calls :func:`overlay` and :func:`save_heatmap` here.
 """
 

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .data import InputError
+from normalcy.errors import InputError
 
 
 class _StopForward(Exception):
@@ -295,7 +295,7 @@ def code_file(target: str) -> Path:
     """The Python file a custom backbone runs: the .py itself, or a module's source file.
 
     Finding a dotted module's file imports its parent packages, so call this only for
-    code you trust (``normalcy.modelfile`` checks trust first).
+    code you trust (``normalcy.detectors.modelfile`` checks trust first).
     """
     if target.endswith(".py"):
         path = Path(target)

@@ -5,7 +5,7 @@ optional 0-5 interest score). After each label the whole queue is re-ranked, so 
 fast: re-ranking N = 100,000 images with up to ~500 labels stays under 1 s on 2 cores
 (``bench/rerank_speed.py`` measures it). Past that size a re-rank scores 100,000 of them (every
 labelled one, the detector's top 50,000 and a fixed sample of the rest) and the others follow in
-the detector's order, which keeps 1,000,000 objects within the same budget (normalcy.ranking_space).
+the detector's order, which keeps 1,000,000 objects within the same budget (normalcy.review.space).
 
 Strategies (``STRATEGIES``, ``make_ranker``):
 
@@ -52,7 +52,7 @@ Strategies (``STRATEGIES``, ``make_ranker``):
     kernel with ``cdist`` and solves in float64). ``tests/test_ranking.py`` checks it against sklearn.
 
 The work shared by the strategies (checks, the projection, threads) is in
-normalcy.ranking_space; the Gaussian process of ``protege`` is in normalcy.gp.
+normalcy.review.space; the Gaussian process of ``protege`` is in normalcy.review.gp.
 """
 
 from __future__ import annotations
@@ -65,9 +65,21 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
-from .gp import Protege, expected_improvement, gp_posterior
-from .ranking_space import (_CHUNK, MAX_RANK_ROWS, MAX_USER_SCORE, PROJECT_DIM, _check_inputs, _column_sums,
-                            _over_blocks, _prepare, _scale05, _spread, _usable_cpus, candidate_rows)
+from normalcy.review.gp import Protege, expected_improvement, gp_posterior
+from normalcy.review.space import (
+    _CHUNK,
+    MAX_RANK_ROWS,
+    MAX_USER_SCORE,
+    PROJECT_DIM,
+    _check_inputs,
+    _column_sums,
+    _over_blocks,
+    _prepare,
+    _scale05,
+    _spread,
+    _usable_cpus,
+    candidate_rows,
+)
 
 __all__ = ["MAX_RANK_ROWS", "MAX_USER_SCORE", "PROJECT_DIM", "STRATEGIES", "USER_SCORES", "NeighbourScore",
            "NoRanking", "Protege", "Ranker", "expected_improvement", "gp_posterior", "make_ranker", "nearest_labelled_distance",

@@ -32,8 +32,14 @@ from sklearn.tree import ExtraTreeRegressor
 from sklearn.tree._tree import Tree
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .ann import check_ivfpq, empty_ivfpq, fit_ivfpq, ivfpq_index, row_by_row
-from .detectors.gaussian import _gaussian, _inverse, mahalanobis
+from normalcy.detectors.gaussian import _gaussian, _inverse, mahalanobis
+from normalcy.numerics.ann import (
+    check_ivfpq,
+    empty_ivfpq,
+    fit_ivfpq,
+    ivfpq_index,
+    row_by_row,
+)
 
 __all__ = ["GaussianDetector", "KNNDetector", "IForestDetector", "ECODDetector", "EnsembleDetector",
            "TooLarge", "finite_rows"]
@@ -346,7 +352,7 @@ class KNNDetector(_VectorDetector):
     Search is exact (faiss flat) while the standardised rows fit in ``max_memory_mb``; above it they are
     compressed with faiss IVF-PQ (product quantisation, ``pq_dims_per_byte`` dimensions a byte: 32x smaller
     than float32 at 8) and searched in ``nprobe`` of ``4 sqrt(n)`` cells, with approximate distances. The index
-    is kept as plain arrays (``cells_``, ``codebook_``, ``codes_``; see :mod:`normalcy.ann`), so the estimator
+    is kept as plain arrays (``cells_``, ``codebook_``, ``codes_``; see :mod:`normalcy.numerics.ann`), so the estimator
     saves with the rest and a saved model holds nothing for faiss to parse. Calibration scores come from at
     most ``max_calibration`` training rows (a quantile needs no more)."""
 

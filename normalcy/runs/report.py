@@ -3,8 +3,8 @@
 Quality engineers would rather look than read, so the report turns scores and
 anomaly maps into pictures. It is a single file (images as base64 PNG, plots as
 inline SVG) so it can be mailed or archived without a folder of assets next to it.
-The page, its CSS and its cards are files in normalcy/templates/; the drawing of
-maps is in normalcy.heatmap (re-exported here), the plots in normalcy.plots, whose
+The page, its CSS and its cards are files in normalcy/runs/templates/; the drawing of
+maps is in normalcy.images.heatmap (re-exported here), the plots in normalcy.runs.plots, whose
 lazy matplotlib import keeps importing this module cheap and free of side effects.
 """
 
@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .data import printable
-from .heatmap import _to_rgb_u8, colorize, overlay, save_heatmap
-from .plots import score_plots
+from normalcy.images.heatmap import _to_rgb_u8, colorize, overlay, save_heatmap
+from normalcy.images.io import printable
+from normalcy.runs.plots import score_plots
 
 __all__ = [
     "colorize",
@@ -70,8 +70,8 @@ def gallery_image(name: str, score: float, anomalous: bool | None, image: np.nda
 
 @lru_cache(maxsize=None)
 def _template(name: str) -> Template:
-    """A file of normalcy/templates; values are HTML-escaped by the caller before substitution."""
-    return Template((files("normalcy") / "templates" / name).read_text(encoding="utf-8"))
+    """A file of normalcy/runs/templates; values are HTML-escaped by the caller before substitution."""
+    return Template((files("normalcy.runs") / "templates" / name).read_text(encoding="utf-8"))
 
 
 def _esc(value: Any) -> str:

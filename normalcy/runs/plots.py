@@ -1,7 +1,7 @@
 """The report's score histogram and ROC curve, as inline SVG.
 
 matplotlib and scikit-learn are imported inside :func:`score_plots`, so importing
-this module (and normalcy.report) stays cheap and picks no matplotlib backend.
+this module (and normalcy.runs.report) stays cheap and picks no matplotlib backend.
 """
 
 from __future__ import annotations

@@ -47,8 +47,9 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from .data import InputError, printable
-from .run import csv_cell
+from normalcy.errors import InputError
+from normalcy.images.io import printable
+from normalcy.runs.format import csv_cell
 
 __all__ = ["LABELS", "Item", "Store", "run_id"]
 

@@ -13,7 +13,7 @@ The pixel metrics pool every pixel of a whole test set (e.g. ~725 images of
 ~300x300 px, ~65 M pixels), so they are written to keep peak memory well below
 2 GB: scores are pooled as float32, and no int64 argsort of all pixels is made.
 Maps may come as a lazy sequence that draws each one when read: each map is read once, so
-only the masks and the pooled scores are ever held (``normalcy.evaluate`` also caps their side).
+only the masks and the pooled scores are ever held (``normalcy.evaluation.evaluate`` also caps their side).
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 __all__ = ["image_metrics", "pixel_auroc", "aupro", "pixel_metrics", "evaluate"]
 

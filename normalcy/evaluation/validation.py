@@ -4,7 +4,7 @@ Test labels must never choose a detector or its settings: on a user's line there
 none, and numbers tuned on a test set do not carry over to data nobody tuned for. What
 we do have is normal images. So a fraction of them is held out of fitting; each of those
 is scored once as it is and once with a synthetic defect (DRAEM's Perlin-noise masks
-filled with another training image or a generated texture, ``normalcy.synthetic``), and
+filled with another training image or a generated texture, ``normalcy.images.synthetic``), and
 the image AUROC between the two says how well a candidate separates normal from "not
 like the rest". ``--detector auto`` fits each candidate this way and keeps the best.
 
@@ -26,9 +26,10 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from .data import InputError, iter_images
-from .features import FeatureExtractor
-from .synthetic import synthesize
+from normalcy.errors import InputError
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import iter_images
+from normalcy.images.synthetic import synthesize
 
 log = logging.getLogger("normalcy")
 
@@ -86,7 +87,7 @@ def choose_detector(paths: Sequence[Path], extractor: FeatureExtractor, candidat
                     own_backbones: bool = False, **kwargs: Any) -> tuple[str, dict[str, float]]:
     """The candidate with the best synthetic-defect validation AUROC on held-out normal images, and every AUROC.
     ``own_backbones``: each candidate runs on its own default backbone (``extractor``'s other options kept)."""
-    from .detectors import create
+    from normalcy.detectors import create
 
     found: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="normalcy-validation-") as tmp:
@@ -105,7 +106,7 @@ def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, p
     """``--detector auto``: choose among CANDIDATES on synthetic-defect validation, then fit the choice on all
     images. The choice and every candidate's validation AUROC are kept on the model (``choice_``). Without an
     extractor, or with ``own_backbones``, each candidate runs on its own default backbone."""
-    from .detectors import create
+    from normalcy.detectors import create
 
     own_backbones = own_backbones or extractor is None
     extractor = extractor or FeatureExtractor()
@@ -117,6 +118,6 @@ def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, p
 
 
 def _extractor_for(name: str, extractor: FeatureExtractor, own_backbone: bool) -> FeatureExtractor:
-    from .detectors import default_backbone
+    from normalcy.detectors import default_backbone
 
     return extractor.with_backbone(default_backbone(name)) if own_backbone else extractor

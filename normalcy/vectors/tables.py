@@ -2,7 +2,7 @@
 
 A scientist's catalogue or a folder of embeddings is a table: one row per object, numeric feature
 columns, perhaps an id column and a label column. ``normalcy fit/predict/eval`` take such a file
-wherever they take images, with the detectors of :mod:`normalcy.vectors`.
+wherever they take images, with the detectors of :mod:`normalcy.vectors.detectors`.
 
 A vector model is a folder like an image model: ``model.json`` (what a person reads: detector, the
 feature columns in order, threshold) and ``model.skops``, the fitted estimator in skops' format
@@ -32,12 +32,26 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from . import __version__
-from .data import InputError
-from .modelfile import MAX_STATE_BYTES, MODEL_JSON, _describe, one_line, read_json, read_model_file
-from .run import EMBEDDINGS, csv_cell
-from .vectors import (ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector, TooLarge,
-                      finite_rows)
+from normalcy.detectors.modelfile import (
+    MAX_STATE_BYTES,
+    MODEL_JSON,
+    _describe,
+    one_line,
+    read_json,
+    read_model_file,
+)
+from normalcy.errors import InputError
+from normalcy.runs.format import EMBEDDINGS, csv_cell
+from normalcy.vectors.detectors import (
+    ECODDetector,
+    EnsembleDetector,
+    GaussianDetector,
+    IForestDetector,
+    KNNDetector,
+    TooLarge,
+    finite_rows,
+)
+from normalcy.version import __version__
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
 VECTOR_DETECTORS: dict[str, type] = {"gaussian": GaussianDetector, "knn": KNNDetector, "iforest": IForestDetector,
@@ -51,7 +65,7 @@ MODEL_FILE = "model.skops"
 # Every node a vector model's schema.json may name, as (module, class, skops loader): exactly what our
 # detectors hold (found by saving each). Anything else is refused, even what skops trusts by default.
 ALLOWED_NODES = frozenset({
-    *(("normalcy.vectors", cls.__name__, "ObjectNode") for cls in VECTOR_DETECTORS.values()),
+    *(("normalcy.vectors.detectors", cls.__name__, "ObjectNode") for cls in VECTOR_DETECTORS.values()),
     ("sklearn.ensemble._iforest", "IsolationForest", "ObjectNode"),
     ("sklearn.tree._classes", "ExtraTreeRegressor", "ObjectNode"),
     ("sklearn.tree._tree", "Tree", "TreeNode"),  # its nodes are checked before use: vectors.check_tree
@@ -110,7 +124,6 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 elif a.ndim == 1:
                     out[key] = a
             return out
-        import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
         if suffix in (".parquet", ".pq"):
@@ -394,7 +407,7 @@ def write_table_run(output: str | Path, table: Table, scores: np.ndarray, mask: 
                     skipped: list[tuple[str, str]], info: dict[str, Any]) -> Path:
     """scores.parquet and scores.csv (id, score, decision, threshold: one row per scored row, in table
     order), skipped.csv (id, reason), run.json (in the CSV files, a text cell a spreadsheet would run as a
-    formula gets a leading ' as in an image run, :func:`normalcy.run.csv_cell`), and the scored rows' features as the run's embeddings
+    formula gets a leading ' as in an image run, :func:`normalcy.runs.format.csv_cell`), and the scored rows' features as the run's embeddings
     (:func:`write_table_embeddings`), so that ``normalcy serve`` re-ranks table rows as it does images."""
     import pyarrow as pa
     import pyarrow.csv as pcsv

@@ -15,13 +15,13 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from .data import Dataset, Sample, load_dataset, read_image, read_mask
-from .detectors import Detector, MuSc, Result, create
-from .detectors.base import Maps
-from .features import FeatureExtractor
-from .metrics import evaluate
-from .validation import fit_auto
-from .report import gallery_image, write_report
+from normalcy.detectors import Detector, MuSc, Result, create
+from normalcy.detectors.base import Maps
+from normalcy.evaluation.metrics import evaluate
+from normalcy.evaluation.validation import fit_auto
+from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import Dataset, Sample, load_dataset, read_image, read_mask
+from normalcy.runs.report import gallery_image, write_report
 
 
 def peak_rss_mb() -> float:

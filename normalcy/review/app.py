@@ -19,10 +19,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from .data import ImageError, InputError, read_image
-from .guard import Guard, cookie_name, host_names, server_port, validation_error
-from .review import STRATEGIES, Review
-from .store import Item, Store
+from normalcy.errors import ImageError, InputError
+from normalcy.images.io import read_image
+from normalcy.review.guard import (
+    Guard,
+    cookie_name,
+    host_names,
+    server_port,
+    validation_error,
+)
+from normalcy.review.state import STRATEGIES, Review
+from normalcy.review.store import Item, Store
 
 __all__ = ["STATIC_DIR", "create_app"]
 

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone, BackboneSpec, get_backbone_spec
-from .data import ImageError, InputError, image_size, iter_images
+from normalcy.errors import ImageError, InputError
+from normalcy.images.backbones import Backbone, BackboneSpec, get_backbone_spec
+from normalcy.images.io import image_size, iter_images
 
 
 @dataclass
@@ -143,7 +144,7 @@ def resolve_precision(precision: str) -> str:
 class FeatureExtractor:
     """Pretrained backbone -> patch and pooled features.
 
-    ``backbone`` is a built-in name (see ``normalcy.backbones.BACKBONES``) or a
+    ``backbone`` is a built-in name (see ``normalcy.images.backbones.BACKBONES``) or a
     ``BackboneSpec`` for your own network.
     """
 

@@ -26,20 +26,25 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from . import __version__
-from .backbones import BACKBONES, code_file, custom_backbone, sha256_file
-from .data import InputError
-from .features import MAX_SIZE, FeatureExtractor, parse_size
-
-if TYPE_CHECKING:
-    from .detectors import Detector
+from normalcy.errors import InputError
+from normalcy.images.backbones import BACKBONES, code_file, sha256_file
+from normalcy.images.features import MAX_SIZE, parse_size
+from normalcy.version import __version__
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -379,42 +384,3 @@ def one_line(err: BaseException) -> str:
     """An exception's message squeezed onto one line (torch's load_state_dict errors span many)."""
     text = " ".join(str(err).split())
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def load(directory: str | Path, trust_code: bool = False) -> "Detector":
-    """Load a model directory written by ``Detector.save``; every problem is one InputError line.
-
-    A model is data: one whose backbone is custom Python code is refused unless
-    ``trust_code`` (see ``normalcy.modelfile``), so loading a stranger's model runs nothing.
-    """
-    from .detectors import DETECTORS
-
-    d = Path(directory)
-    meta, tensors = read_model(d, trust_code=trust_code)
-    meta_path, state_path = d / MODEL_JSON, d / MODEL_TENSORS
-    cls = DETECTORS.get(meta.detector)
-    if cls is None:
-        raise InputError(f"{meta_path}: unknown detector {meta.detector!r}; this normalcy has {sorted(DETECTORS)}")
-    ex = meta.extractor
-    try:
-        backbone: Any = ex.backbone
-        if ex.backbone_extras is not None:  # a custom backbone: rebuilt from its (trusted, hashed) code
-            backbone = custom_backbone(**ex.backbone_extras.model_dump())
-        extractor = FeatureExtractor(backbone=backbone, **ex.model_dump(exclude={"backbone", "backbone_extras"}))
-        det = cls(extractor=extractor, fpr=meta.fpr, batch_size=meta.batch_size, seed=meta.seed, **meta.params)
-    except InputError as err:
-        raise InputError(f"{meta_path}: {err}") from None
-    except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as err:
-        raise InputError(f"{meta_path}: does not describe a {meta.detector} model: {one_line(err)}") from None
-    try:
-        det.load_state_dict(tensors)
-    except InputError as err:
-        raise InputError(f"{state_path}: {err}") from None
-    except KeyError as err:
-        raise InputError(f"{state_path}: does not fit a {meta.detector} model: missing tensor {err}") from None
-    except (ValueError, RuntimeError, AssertionError, TypeError, IndexError) as err:
-        raise InputError(f"{state_path}: does not fit a {meta.detector} model: {one_line(err)}") from None
-    det.threshold_ = meta.threshold
-    det.map_range_ = (meta.map_range[0], meta.map_range[1])
-    det.n_train_ = meta.n_train
-    return det

@@ -30,10 +30,10 @@ from typing import Callable
 import uvicorn
 from fastapi import FastAPI
 
-from .data import InputError
-from .guard import WILDCARDS, bracket, is_loopback, new_token
-from .progress import plain
-from .server_app import create_app
+from normalcy.errors import InputError
+from normalcy.progress import plain
+from normalcy.review.app import create_app
+from normalcy.review.guard import WILDCARDS, bracket, is_loopback, new_token
 
 __all__ = ["ReviewServer", "create_app", "listen", "new_token", "page_url", "serve"]
 

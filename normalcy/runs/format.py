@@ -46,9 +46,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .data import InputError, printable
-from .heatmap import overlay, side_by_side, write_png
-from .report import ReportImage, gallery_image, write_report
+from normalcy.errors import InputError
+from normalcy.images.heatmap import overlay, side_by_side, write_png
+from normalcy.images.io import printable
+from normalcy.runs.report import ReportImage, gallery_image, write_report
 
 SCORES_HEADER = ["path", "score", "decision", "threshold", "overlay"]
 EMBEDDINGS = "embeddings.safetensors"
@@ -476,7 +477,7 @@ def read_table_items(run_dir: Path, id_column: str | None = None) -> RunItems:
 class TableFeatures:
     """A table run's feature values for people: the columns of a row that lie furthest from the run's
     median, read from embeddings.safetensors (z-scores, mean, std, median, column names; written by
-    normalcy.tables) a page of rows at a time, so the server holds no N x D array of them."""
+    normalcy.vectors.tables) a page of rows at a time, so the server holds no N x D array of them."""
 
     def __init__(self, path: Path) -> None:
         from safetensors import safe_open
@@ -540,7 +541,7 @@ def add_embeddings(run_dir: Path, extractor: Any, progress: bool = True) -> np.n
     scoring stays fast; review re-ranking needs them, so ``serve`` calls this first. An image
     that can no longer be read gets a zero row (it then ranks by its anomaly score alone).
     """
-    from .progress import progress_bar
+    from normalcy.progress import progress_bar
 
     rows, n_rows = read_scores(run_dir)
     row_of = {Path(r.path): r.row for r in rows}

@@ -1,6 +1,6 @@
 """``protege``: Gaussian-process regression of the user score, ranked by expected improvement.
 
-See normalcy.ranking for the method and its source (Astronomaly's Protege); this is the
+See normalcy.review.ranking for the method and its source (Astronomaly's Protege); this is the
 implementation: a blocked float32 posterior for all N objects and sklearn's hyper-parameter fit.
 """
 
@@ -14,8 +14,19 @@ from scipy.linalg import cho_solve, cholesky
 from scipy.spatial.distance import cdist
 from scipy.special import ndtr
 
-from .ranking_space import (_CHUNK, MAX_RANK_ROWS, MAX_USER_SCORE, _check_inputs, _over_blocks, _prepare,
-                            _scale05, _single_threaded_blas, _spread, _usable_cpus, candidate_rows)
+from normalcy.review.space import (
+    _CHUNK,
+    MAX_RANK_ROWS,
+    MAX_USER_SCORE,
+    _check_inputs,
+    _over_blocks,
+    _prepare,
+    _scale05,
+    _single_threaded_blas,
+    _spread,
+    _usable_cpus,
+    candidate_rows,
+)
 
 
 def _matern15(d: np.ndarray, length_scale: float) -> np.ndarray:

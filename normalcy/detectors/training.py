@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .progress import progress_bar
+from normalcy.progress import progress_bar
 
 log = logging.getLogger("normalcy")
 

@@ -2,13 +2,13 @@
 
 The driver lists the work (image paths, or the rows of each table), Ray Data cuts it into blocks, and actors
 on the workers each load the model once and score their blocks with the same code as the one-process path
-(``Detector.score``, ``normalcy.tables.score_table``). Results are written by the workers as Parquet
+(``Detector.score``, ``normalcy.vectors.tables.score_table``). Results are written by the workers as Parquet
 (``OUTPUT/scores.parquet/``, a folder of part files, in input order), beside ``run.json``.
 
 Before Ray starts, the driver loads the model once (a bad one is one line, as without Ray), checks that
 every input exists and that a cluster's address answers (within seconds, not Ray's minutes of retries).
 The run is written into a fresh folder beside OUTPUT that replaces it when complete
-(``normalcy.run.staged``): never appended to an earlier run.
+(``normalcy.runs.format.staged``): never appended to an earlier run.
 
 The model folder's files travel to the workers through Ray's object store (each actor loads them from a
 temporary folder it deletes at once), so the model needs no shared disk; the images and tables do (a shared file system, or the same paths on every node). A model whose
@@ -32,9 +32,10 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from .data import InputError, input_paths
-from .modelfile import MODEL_JSON
-from .run import RUN_JSON, outside_run, staged
+from normalcy.detectors.modelfile import MODEL_JSON
+from normalcy.errors import InputError
+from normalcy.images.io import input_paths
+from normalcy.runs.format import RUN_JSON, outside_run, staged
 
 RESULTS = "scores.parquet"
 PROBE_SECONDS = 5.0  # an address that does not answer within this is refused (ray.init would retry for minutes)
@@ -44,8 +45,13 @@ T = TypeVar("T")
 def _model_files(model_dir: Path) -> dict[str, bytes]:
     """The model's own files only (model.json and its tensors or estimator), read as any model file is:
     regular files inside the folder, size-capped; nothing else in the folder travels to the workers."""
-    from .modelfile import MAX_JSON_BYTES, MAX_STATE_BYTES, MODEL_TENSORS, read_model_file
-    from .tables import MODEL_FILE
+    from normalcy.detectors.modelfile import (
+        MAX_JSON_BYTES,
+        MAX_STATE_BYTES,
+        MODEL_TENSORS,
+        read_model_file,
+    )
+    from normalcy.vectors.tables import MODEL_FILE
 
     d = Path(model_dir)
     files = {MODEL_JSON: read_model_file(d / MODEL_JSON, MAX_JSON_BYTES)}
@@ -70,7 +76,7 @@ class _ImageScorer:
     def __init__(self, files: dict[str, bytes], trust_code: bool, threads: int) -> None:
         import torch
 
-        from .detectors import load
+        from normalcy.detectors import load
 
         torch.set_num_threads(threads)
         self.det = _loaded(files, lambda d: load(d, trust_code=trust_code))
@@ -91,13 +97,13 @@ class _TableScorer:
     """A Ray actor: loads the vector model once, scores a block of rows per call."""
 
     def __init__(self, files: dict[str, bytes], id_column: str) -> None:
-        from .tables import load_vector_model
+        from normalcy.vectors.tables import load_vector_model
 
         self.det, self.meta = _loaded(files, load_vector_model)
         self.id_column = id_column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .tables import Table, score_table
+        from normalcy.vectors.tables import Table, score_table
 
         X = np.column_stack([batch[c].astype(np.float64) for c in self.meta.columns])
         ids = [str(v) for v in batch[self.id_column]]
@@ -158,8 +164,8 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
     except ImportError:
         raise InputError("--ray needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
 
-    from .detectors import load
-    from .tables import check_tables, is_vector_model, load_vector_model, read_table
+    from normalcy.detectors import load
+    from normalcy.vectors.tables import check_tables, is_vector_model, load_vector_model
 
     # Everything that can be refused is refused here, before Ray starts (one line, no worker tracebacks).
     vectors = is_vector_model(model_dir)
@@ -188,7 +194,7 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
     """The Ray Data pipelines of predict_ray, written into ``folder`` (which becomes ``output``)."""
     import pyarrow as pa
 
-    from .tables import read_table
+    from normalcy.vectors.tables import read_table
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True

@@ -3,13 +3,13 @@
 The graph (``normalcy export MODEL -o model.onnx``) goes from pixels to scores:
 
 * input ``pixels``: uint8, N x H x W x 3, RGB, each image already resized to the model's input size
-  (H, W: ``image_size`` in the metadata) with ``normalcy.features.resize_image`` (OpenCV area
-  averaging): the array ``normalcy.data.read_image`` gives, resized. Decoding and resizing stay outside
+  (H, W: ``image_size`` in the metadata) with ``normalcy.images.features.resize_image`` (OpenCV area
+  averaging): the array ``normalcy.images.io.read_image`` gives, resized. Decoding and resizing stay outside
   the graph, as with every ONNX image model; scaling to 0..1 and the backbone's normalisation
   (``normalisation`` in the metadata, for the record) are inside. N is free.
 * outputs ``image_scores``: float64 [N], the detector's image scores (anomalous: score >= ``threshold``);
   ``maps``: float32 [N, h, w], anomaly maps on the patch grid, as ``Detector._score`` returns them
-  (``normalcy.features.upsample_map`` draws them at an image's own size, as the detector does).
+  (``normalcy.images.features.upsample_map`` draws them at an image's own size, as the detector does).
 
 Everything a runner needs is in the model's ``metadata_props`` under the key ``normalcy`` (JSON):
 threshold, input size, resize, normalisation, the colour range of maps. ``OnnxScorer`` is such a runner.
@@ -47,16 +47,32 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, FiniteFloat, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    FiniteFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from torch import nn
 
-from . import __version__
-from .data import InputError, iter_images, list_files
-from .detectors import DETECTORS, DRAEM, EfficientAD, GaussianAD, MuSc, PatchCore, SimpleNet, ZERO_SHOT_MESSAGE
-from .detectors.base import Detector, Result, Scored, Skipped, collect
-from .detectors.gaussian import mahalanobis
-from .features import MAX_SIZE, MIN_SIZE, Features, resize_image
-from .modelfile import _describe, _Strict, read_model_file
+from normalcy.detectors import (
+    DETECTORS,
+    DRAEM,
+    ZERO_SHOT_MESSAGE,
+    EfficientAD,
+    GaussianAD,
+    MuSc,
+    PatchCore,
+    SimpleNet,
+)
+from normalcy.detectors.base import Detector, Result, Scored, Skipped, collect
+from normalcy.detectors.gaussian import mahalanobis
+from normalcy.detectors.modelfile import _describe, _Strict, read_model_file
+from normalcy.errors import InputError
+from normalcy.images.features import MAX_SIZE, MIN_SIZE, Features, resize_image
+from normalcy.images.io import iter_images, list_files
+from normalcy.version import __version__
 
 META_KEY = "normalcy"
 INPUT_NAME = "pixels"
@@ -269,7 +285,7 @@ def metadata(det: Detector, precision: str) -> dict[str, Any]:
         "map_range": list(det.map_range_ or (0.0, 1.0)),
         "image_size": [h, w],
         "input": f"{INPUT_NAME}: uint8 [N, {h}, {w}, 3] RGB, each image resized to {h}x{w} with "
-                 "cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) (normalcy.features.resize_image)",
+                 "cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) (normalcy.images.features.resize_image)",
         "resize": "cv2.INTER_AREA",
         "normalisation": {"scale": 1 / 255, "mean": list(spec.mean), "std": list(spec.std),
                           "note": "inside the graph: (pixels / 255 - mean) / std"},
@@ -346,7 +362,12 @@ def _quantize(src: Path, dst: Path, pixels: np.ndarray, batch: int = 1) -> None:
     """Static int8 quantisation of the backbone (QDQ, per-channel weights), activation ranges (MinMax) from
     normal images, one at a time (the calibration session runs in onnxruntime's default order, see
     OnnxScorer)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -22,6 +22,8 @@ import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from normalcy.errors import ImageError, InputError
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "Dataset",
@@ -45,31 +47,6 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 )
 """Suffixes (lowercase) that look like images; compare with ``p.suffix.lower()``."""
-
-
-class InputError(ValueError):
-    """A user-facing problem with input (missing/empty folder, ...).
-
-    The CLI prints ``str(err)`` as one line and exits 1, so messages must be a
-    single line that names the offending path.
-    """
-
-
-class ImageError(Exception):
-    """One file could not be read as an image.
-
-    Kept separate from :class:`InputError` because one bad file is not fatal:
-    callers skip it and report it. ``str()`` is ``"{path}: {reason}"``.
-    """
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        # Pass both to Exception so the error pickles across processes.
-        super().__init__(path, reason)
-        self.path = Path(path)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
 
 
 class MaskSizeWarning(UserWarning):

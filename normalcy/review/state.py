@@ -21,12 +21,20 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from fastapi import HTTPException
 
-from .data import printable
-from .ranking import make_ranker, user_score
-from .ranking_space import project
-from .run import EMBEDDINGS, RunItems, TableFeatures, read_features, read_run_json, read_scores, read_table_items
-from .store import Item, Store
-from .tables import VECTOR_KIND
+from normalcy.images.io import printable
+from normalcy.review.ranking import make_ranker, user_score
+from normalcy.review.space import project
+from normalcy.review.store import Item, Store
+from normalcy.runs.format import (
+    EMBEDDINGS,
+    RunItems,
+    TableFeatures,
+    read_features,
+    read_run_json,
+    read_scores,
+    read_table_items,
+)
+from normalcy.vectors.tables import VECTOR_KIND
 
 __all__ = ["STRATEGIES", "Review"]
 

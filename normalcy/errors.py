@@ -1,0 +1,34 @@
+"""The errors a user sees: each the CLI prints as one line, exit code 1 (ImageError: one file skipped)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """A user-facing problem with input (missing/empty folder, ...).
+
+    The CLI prints ``str(err)`` as one line and exits 1, so messages must be a
+    single line that names the offending path.
+    """
+
+
+class ImageError(Exception):
+    """One file could not be read as an image.
+
+    Kept separate from :class:`InputError` because one bad file is not fatal:
+    callers skip it and report it. ``str()`` is ``"{path}: {reason}"``.
+    """
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        # Pass both to Exception so the error pickles across processes.
+        super().__init__(path, reason)
+        self.path = Path(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class NotFittedError(RuntimeError):
+    """A detector was used before fit() or load()."""
