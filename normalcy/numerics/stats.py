@@ -1,0 +1,50 @@
+"""Shared statistics: Ledoit-Wolf Gaussians and Mahalanobis distances.
+
+The image detector ``gaussian`` and the vector detector ``gaussian`` both model normal features by one
+Gaussian with Ledoit-Wolf shrinkage (few samples, many dimensions) and score by the Mahalanobis distance
+to it; this module is the one place that arithmetic lives, so both give the same figures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.covariance import ledoit_wolf
+
+__all__ = ["inverse", "gaussian", "shrunk", "mahalanobis", "distance"]
+
+
+def inverse(cov: np.ndarray) -> np.ndarray:
+    """Precision of a covariance. Shrinkage makes it positive definite, so a plain inverse is safe; the
+    pseudo-inverse only catches a numerically singular one."""
+    try:
+        return np.linalg.inv(cov)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(cov, hermitian=True)
+
+
+def gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision (inverse Ledoit-Wolf covariance, as scikit-learn computes it) of the rows of x."""
+    cov, _ = ledoit_wolf(x)
+    return x.mean(0), inverse(cov)
+
+
+def shrunk(cov: np.ndarray, shrinkage: float) -> np.ndarray:
+    """Ledoit-Wolf's shrunk covariance: ``(1 - s) cov + s mu I`` with mu the mean variance, for a shrinkage
+    s estimated elsewhere (from a sample, or from running sums)."""
+    p = cov.shape[0]
+    mu = np.trace(cov) / p
+    out = (1.0 - shrinkage) * cov
+    out.flat[:: p + 1] += shrinkage * mu
+    return out
+
+
+def mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Row-wise Mahalanobis distance of x (N x D); torch so that ONNX export traces the same code."""
+    d = x - mean
+    return ((d @ precision) * d).sum(-1).clamp_min(0).sqrt()
+
+
+def distance(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """``mahalanobis`` on numpy arrays (dtype kept)."""
+    return mahalanobis(torch.from_numpy(x), torch.from_numpy(mean), torch.from_numpy(precision)).numpy()
