@@ -36,7 +36,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import MinMaxScaler
 
-from normalcy.vectors.detectors import (
+from normalcy.vectors import (
     ECODDetector,
     EnsembleDetector,
     GaussianDetector,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from normalcy.vectors.detectors import KNNDetector
+from normalcy.vectors import KNNDetector
 from normalcy.vectors.tables import semi_supervised_split
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench" / "CV_by_ResNet18"

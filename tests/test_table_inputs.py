@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_cli import normalcy
 
-import normalcy.vectors.detectors as vectors
+import normalcy.vectors.base as vectors
 import normalcy.vectors.tables as tables
 from normalcy.errors import InputError
 from normalcy.runs.format import read_table_items

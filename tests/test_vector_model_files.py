@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -24,7 +25,7 @@ from typer.testing import CliRunner
 
 from normalcy.cli import app
 from normalcy.errors import InputError
-from normalcy.vectors.detectors import check_tree
+from normalcy.vectors.iforest import check_tree
 from normalcy.vectors.tables import (
     TRUSTED_TYPES,
     fit_table,
@@ -300,3 +301,24 @@ def test_every_fitted_detector_passes_its_own_check(name, models, table):
     det, _ = load_vector_model(models[name])
     det.check_state()
     assert np.isfinite(det.anomaly_score(read_table(table, label_column="y").X)).all()
+
+
+def _schema_modules(d: Path) -> set[str]:
+    with zipfile.ZipFile(d / "model.skops") as z:
+        return set(re.findall(r'"__module__": "(normalcy[.\w]*)"', z.read("schema.json").decode()))
+
+
+@pytest.mark.parametrize("name", ["gaussian", "knn", "iforest", "ecod", "ensemble"])
+def test_a_model_saved_before_the_detectors_had_modules_loads(name, models, table, tmp_path):
+    """Files saved before the split name each detector normalcy.vectors.X (skops records the class's module):
+    they load and score as the same model saved now, which names the detector's own module."""
+    assert _schema_modules(models[name]) == {f"normalcy.vectors.{m}" for m in {name, "gaussian", "knn"}
+                                             if m == name or name == "ensemble"}
+    d = _copy(models[name], tmp_path)
+    _rewrite_schema(d, lambda s: re.sub(r'"__module__": "normalcy\.vectors\.\w+"', '"__module__": "normalcy.vectors"', s))
+    assert _schema_modules(d) == {"normalcy.vectors"}
+    old, _ = load_vector_model(d)
+    new, _ = load_vector_model(models[name])
+    X = read_table(table, label_column="y").X
+    assert type(old) is type(new)
+    np.testing.assert_array_equal(old.anomaly_score(X), new.anomaly_score(X))

@@ -8,15 +8,15 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.utils.estimator_checks import check_estimator
 
-from normalcy.detectors.gaussian import _gaussian, mahalanobis
-from normalcy.vectors.detectors import (
+from normalcy.numerics.stats import gaussian, mahalanobis
+from normalcy.vectors import (
     ECODDetector,
     EnsembleDetector,
     GaussianDetector,
     IForestDetector,
     KNNDetector,
-    finite_rows,
 )
+from normalcy.vectors.base import finite_rows
 
 # Settings that keep scikit-learn's ~45 checks per detector quick; behaviour is the same as the defaults'.
 FAST = {
@@ -128,11 +128,26 @@ def test_fitted_state():
         ECODDetector(fpr=1.5).fit(X)
 
 
+@pytest.mark.parametrize("name", FAST)
+def test_a_score_at_the_threshold_is_an_anomaly(name):
+    """normalcy's one decision rule, score >= threshold, at its boundary: a row scoring exactly the threshold
+    is flagged, and with it every row above it, no row below."""
+    det = FAST[name]().fit(_normal(300))
+    Y = _normal(50, seed=3)
+    scores = det.anomaly_score(Y)
+    k = int(np.argsort(scores)[25])
+    det.offset_ = -scores[k]  # the threshold is -offset_
+    flagged = det.predict(Y) == -1
+    assert flagged[k] and det.decision_function(Y)[k] == 0
+    np.testing.assert_array_equal(flagged, scores >= scores[k])
+    assert flagged.sum() == (scores >= scores[k]).sum() == 25
+
+
 def test_gaussian_is_the_image_detectors_gaussian():
     """One implementation of the Ledoit-Wolf Gaussian and its distance, shared with normalcy.detectors.gaussian."""
     X = _normal(150)
     det = GaussianDetector().fit(X)
-    mean, precision = _gaussian(X)
+    mean, precision = gaussian(X)
     np.testing.assert_allclose(det.location_, mean)
     np.testing.assert_allclose(det.precision_, precision)
     Y = _normal(20, seed=1)

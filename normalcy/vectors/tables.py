@@ -2,7 +2,7 @@
 
 A scientist's catalogue or a folder of embeddings is a table: one row per object, numeric feature
 columns, perhaps an id column and a label column. ``normalcy fit/predict/eval`` take such a file
-wherever they take images, with the detectors of :mod:`normalcy.vectors.detectors`.
+wherever they take images, with the detectors of :mod:`normalcy.vectors` (one module each).
 
 A vector model is a folder like an image model: ``model.json`` (what a person reads: detector, the
 feature columns in order, threshold) and ``model.skops``, the fitted estimator in skops' format
@@ -42,21 +42,11 @@ from normalcy.detectors.modelfile import (
 )
 from normalcy.errors import InputError
 from normalcy.runs.format import EMBEDDINGS, csv_cell
-from normalcy.vectors.detectors import (
-    ECODDetector,
-    EnsembleDetector,
-    GaussianDetector,
-    IForestDetector,
-    KNNDetector,
-    TooLarge,
-    finite_rows,
-)
+from normalcy.vectors.base import TooLarge, finite_rows
+from normalcy.vectors.registry import DEFAULT_DETECTOR, VECTOR_DETECTORS, create
 from normalcy.version import __version__
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
-VECTOR_DETECTORS: dict[str, type] = {"gaussian": GaussianDetector, "knn": KNNDetector, "iforest": IForestDetector,
-                                     "ecod": ECODDetector, "ensemble": EnsembleDetector}
-DEFAULT_DETECTOR = "ensemble"
 MAX_COLUMNS = 100_000  # columns a table may have: each costs Python-level work to read, check and name
 CSV_BLOCK = 1 << 20  # pyarrow's default CSV block size
 MAX_CSV_LINE = 64 << 20  # longest CSV header line and largest block read (100,000 column names of 670 bytes)
@@ -64,11 +54,14 @@ VECTOR_KIND = "vectors"
 MODEL_FILE = "model.skops"
 # Every node a vector model's schema.json may name, as (module, class, skops loader): exactly what our
 # detectors hold (found by saving each). Anything else is refused, even what skops trusts by default.
+# A detector is named by its own module (normalcy.vectors.gaussian), or by normalcy.vectors in files
+# saved before each detector had a module of its own (the package re-exports the classes for skops).
 ALLOWED_NODES = frozenset({
-    *(("normalcy.vectors.detectors", cls.__name__, "ObjectNode") for cls in VECTOR_DETECTORS.values()),
+    *((module, cls.__name__, "ObjectNode") for cls in VECTOR_DETECTORS.values()
+      for module in (cls.__module__, "normalcy.vectors")),
     ("sklearn.ensemble._iforest", "IsolationForest", "ObjectNode"),
     ("sklearn.tree._classes", "ExtraTreeRegressor", "ObjectNode"),
-    ("sklearn.tree._tree", "Tree", "TreeNode"),  # its nodes are checked before use: vectors.check_tree
+    ("sklearn.tree._tree", "Tree", "TreeNode"),  # its nodes are checked before use: iforest.check_tree
     ("numpy", "ndarray", "NdArrayNode"),
     ("builtins", "dict", "DictNode"), ("builtins", "list", "ListNode"), ("builtins", "tuple", "TupleNode"),
     ("builtins", "str", "JsonNode"),  # numbers, strings, None (skops names every JSON value str)
@@ -252,15 +245,6 @@ class VectorModelMeta(BaseModel):
     created: str
 
 
-def create_detector(name: str, fpr: float, seed: int) -> Any:
-    if name not in VECTOR_DETECTORS:
-        raise InputError(f"unknown detector {name!r} for tables; one of: {', '.join(VECTOR_DETECTORS)}")
-    det = VECTOR_DETECTORS[name](fpr=fpr)
-    if "random_state" in det.get_params():
-        det.set_params(random_state=seed)
-    return det
-
-
 def fit_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01, seed: int = 0
               ) -> tuple[Any, list[tuple[str, str]]]:
     """Fit on the table's normal rows (label 0 when it has labels); rows that cannot be scored are skipped."""
@@ -277,7 +261,7 @@ def _fitted(path: Path, detector: str, fpr: float, seed: int, X: np.ndarray) -> 
     """The detector fitted on X; a fit it refuses for its size (checked before any work) or that runs out of
     memory all the same is one InputError naming the table."""
     try:
-        return create_detector(detector, fpr, seed).fit(X)
+        return create(detector, fpr, seed).fit(X)
     except TooLarge as err:
         raise InputError(f"{path}: {err}") from None
     except MemoryError:

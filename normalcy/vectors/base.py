@@ -1,0 +1,190 @@
+"""What every vector detector shares: the scikit-learn estimator base, the threshold, the input and state checks.
+
+Each detector (``gaussian.py``, ``knn.py``, ``iforest.py``, ``ecod.py``, ``ensemble.py``; by name in
+``registry.py``) is a small scikit-learn estimator: ``fit(X)`` on normal rows only, then
+``score_samples`` (higher = more normal, scikit-learn's convention), ``decision_function``
+(``score_samples - offset_``; negative = anomaly), ``predict`` (-1 anomaly, 1 normal) and
+``anomaly_score`` (``-score_samples``, higher = more anomalous, normalcy's convention).
+
+All share one threshold rule: ``offset_`` is set so that a fraction ``fpr`` of normal rows is
+flagged, measured on scores the detector did not fit on where it has them (cross-validated for
+the Gaussian, leave-one-out for kNN and ECOD; IsolationForest's trees each see a small
+subsample, so its training scores are used as they are). These out-of-sample scores are kept as
+``calibration_scores_`` (of the training rows ``calibration_rows_``); the ensemble normalises each member by them.
+And one decision rule, normalcy's everywhere: a row whose anomaly score reaches the threshold
+(``score >= threshold``) is an anomaly.
+
+Rows with NaN or inf are never scored silently: ``fit`` and the scoring methods raise a
+ValueError that names them, and ``finite_rows`` lets a caller skip and report them instead.
+
+A loaded detector is untrusted data until ``check_state`` has passed: it checks every learned
+attribute's type, dtype, shape and range (and every tree's nodes) against ``n_features_in_``, because
+scikit-learn and faiss index with them unchecked, and a crafted file would crash or hang scoring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import psutil
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = ["ROW_BYTES", "TooLarge", "VectorDetector", "check_array", "check_integer", "check_number", "finite_rows",
+           "no_shadowed_methods"]
+
+ROW_BYTES = 8  # float64
+
+
+class TooLarge(ValueError):
+    """A fit refused before it starts: too many features for the detector, or more memory than is free."""
+
+
+def finite_rows(X: np.ndarray) -> tuple[np.ndarray, str]:
+    """A mask of the rows without NaN or inf, and a message naming the others ("" when all are finite)."""
+    X = np.asarray(X, dtype=np.float64)
+    mask = np.isfinite(X).all(axis=1) if X.ndim == 2 else np.isfinite(X)
+    bad = np.flatnonzero(~mask)
+    if not len(bad):
+        return mask, ""
+    shown = ", ".join(str(i) for i in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return mask, f"{len(bad)} of {len(mask)} rows contain NaN or inf: rows {shown}{more} (counting from 0)"
+
+
+def check_array(owner: object, name: str, shape: tuple[int | None, ...], dtype: str | type = np.float64,
+           value: object | None = None) -> np.ndarray:
+    """``owner.name`` (or ``value``), checked to be an ndarray of ``shape`` (None: any length) and ``dtype``
+    (a numpy type, or dtype kinds: "iu" any integer), with finite values if float."""
+    a = getattr(owner, name, None) if value is None else value
+    where = f"{type(owner).__name__}.{name}"
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{where}: expected an array, got {type(a).__name__}")
+    if (a.dtype.kind not in dtype or a.dtype.itemsize > 8) if isinstance(dtype, str) else a.dtype != dtype:
+        raise ValueError(f"{where}: dtype {a.dtype} is not what a fitted detector holds")
+    if a.ndim != len(shape) or any(s is not None and s != g for s, g in zip(shape, a.shape)):
+        want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{where}: shape {a.shape}, expected {want}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{where}: holds NaN or infinite values")
+    return a
+
+
+def check_integer(owner: object, name: str, low: int, high: int) -> int:
+    """``owner.name``, checked to be an integer in [low, high] (a float, a bool or a string is not)."""
+    v = getattr(owner, name, None)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
+        raise ValueError(f"{type(owner).__name__}.{name}: expected an integer from {low} to {high}, got {v!r}")
+    return int(v)
+
+
+def check_number(owner: object, name: str, low: float = -np.inf, high: float = np.inf) -> float:
+    """``owner.name``, checked to be a finite real number in (low, high)."""
+    v = getattr(owner, name, None)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(v) and low < v < high):
+        raise ValueError(f"{type(owner).__name__}.{name}: expected a finite number in ({low}, {high}), got {v!r}")
+    return float(v)
+
+
+def no_shadowed_methods(obj: object) -> None:
+    """Refuse an instance attribute that hides a method of its class (``score_samples = 3``)."""
+    hidden = [k for k in vars(obj) if callable(getattr(type(obj), k, None))]
+    if hidden:
+        raise ValueError(f"{type(obj).__name__}: attribute {hidden[0]!r} hides a method")
+
+
+class VectorDetector(OutlierMixin, BaseEstimator):
+    """What every detector here shares: input checks, the normal-only threshold, the score conventions.
+
+    A subclass implements ``_fit(X) -> calibration anomaly scores`` and ``_score(X) -> anomaly scores``.
+    """
+
+    fpr: float
+
+    def fit(self, X, y=None):
+        """Fit on normal rows only (y is ignored, as for every scikit-learn outlier detector)."""
+        if not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"fpr must be in (0, 1), got {self.fpr!r}")
+        X = self._checked(X, reset=True)
+        self.check_size(*X.shape)
+        self.calibration_rows_ = np.arange(len(X))  # which training rows the calibration scores are of
+        self.calibration_scores_ = np.asarray(self._fit(X), dtype=np.float64)
+        # The fraction fpr of normal scores lies above the threshold, so offset_ = -threshold.
+        self.offset_ = -float(np.quantile(self.calibration_scores_, 1.0 - self.fpr))
+        return self
+
+    def anomaly_score(self, X) -> np.ndarray:
+        """Higher = more anomalous (normalcy's convention)."""
+        check_is_fitted(self)
+        return np.asarray(self._score(self._checked(X, reset=False)), dtype=np.float64)
+
+    def score_samples(self, X) -> np.ndarray:
+        """Higher = more normal (scikit-learn's convention)."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Zero or negative for rows flagged at the target FPR."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """-1 for anomalies (anomaly score at or above the threshold, normalcy's one rule), 1 for normal rows."""
+        return np.where(self.anomaly_score(X) >= -self.offset_, -1, 1)
+
+    def check_size(self, n: int, d: int) -> None:
+        """Raise TooLarge, before any work, when fitting n rows of d features would exceed what the detector
+        handles or the memory now free (the rows themselves not counted: they are in memory already)."""
+        self._check_features(d)
+        need, free = self.fit_bytes(n, d), psutil.virtual_memory().available
+        if need > free:
+            raise TooLarge(f"fitting {type(self).__name__} on {n} rows x {d} features needs about "
+                           f"{need / 2**20:,.0f} MB of memory, {free / 2**20:,.0f} MB is free; use fewer rows "
+                           "or features (e.g. PCA)")
+
+    def _check_features(self, d: int) -> None:
+        """Raise TooLarge past the features the detector handles (none of its own limit by default)."""
+
+    def fit_bytes(self, n: int, d: int) -> float:
+        """Peak memory of a fit beyond the rows, an upper estimate: a few working copies of the rows."""
+        return 4.0 * n * d * ROW_BYTES
+
+    def _checked(self, X, reset: bool) -> np.ndarray:
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
+                          ensure_min_samples=2 if reset else 1)
+        mask, message = finite_rows(X)
+        if message:
+            raise ValueError(f"{type(self).__name__}: {message}; drop them or fill them in first")
+        return X
+
+    def _fit(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    _learned: tuple[str, ...] = ()  # a subclass's own fitted attributes, checked by its _check_learned
+
+    def check_state(self) -> None:
+        """Raise ValueError unless the fitted state is one this class's ``fit`` could have made: every
+        attribute known, each of the right type, dtype, shape and range. Run it on a loaded detector
+        before scoring anything with it (``tables.load_vector_model`` does)."""
+        known = {*self._get_param_names(), "n_features_in_", "feature_names_in_", "calibration_rows_",
+                 "calibration_scores_", "offset_", *self._learned}
+        unknown = sorted(set(vars(self)) - known)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unexpected attribute {unknown[0]!r}")
+        no_shadowed_methods(self)
+        check_number(self, "fpr", 0.0, 1.0)
+        d = check_integer(self, "n_features_in_", 1, 2**31)
+        if hasattr(self, "feature_names_in_"):
+            names = check_array(self, "feature_names_in_", (d,), "O")
+            if not all(isinstance(v, str) for v in names):
+                raise ValueError(f"{type(self).__name__}.feature_names_in_: expected column names")
+        n = len(check_array(self, "calibration_scores_", (None,)))
+        check_array(self, "calibration_rows_", (n,), "iu")
+        check_number(self, "offset_")
+        self._check_learned(d)
+
+    def _check_learned(self, d: int) -> None:
+        """Check the subclass's own fitted attributes (``_learned``) for ``d`` features."""
+        raise NotImplementedError
+
