@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from normalcy.review.state import ranking
+from normalcy.review import ranking
 
 
 def cpu_model() -> str:

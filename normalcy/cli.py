@@ -32,6 +32,7 @@ from normalcy.images.backbones import BACKBONES, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
 from normalcy.images.io import input_paths, iter_images, list_files
 from normalcy.progress import PlainRichHandler, console, progress_bar, shown
+from normalcy.review.ranking import DEFAULT_STRATEGY, strategies_help
 from normalcy.runs.format import (
     EMBEDDINGS,
     RunWriter,
@@ -421,7 +422,7 @@ def serve(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With a model: the run folder to write (default: review-run)."),
     database: Optional[str] = typer.Option(None, help="Database URL for labels (default: sqlite in the run folder); "
                                                       "e.g. postgresql://user:password@host/db for a team."),
-    strategy: str = typer.Option("neighbour", help="Re-ranking after each label: neighbour (Astronomaly), protege (GP + EI), none."),
+    strategy: str = typer.Option(DEFAULT_STRATEGY, help=f"Re-ranking after each label: {strategies_help()}."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but 127.0.0.1 exposes the page to the network."),
     port: int = typer.Option(8765, help="Port to listen on."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),

@@ -11,6 +11,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
 from normalcy.review.ranking import (
+    DEFAULT_STRATEGY,
     STRATEGIES,
     USER_SCORES,
     NeighbourScore,
@@ -20,6 +21,7 @@ from normalcy.review.ranking import (
     gp_posterior,
     make_ranker,
     nearest_labelled_distance,
+    strategies_help,
     user_score,
 )
 
@@ -97,6 +99,8 @@ def test_make_ranker_and_strategies():
     assert make_ranker("protege", xi=0.1, max_train=50).max_train == 50
     with pytest.raises(ValueError, match="none, neighbour, protege"):
         make_ranker("astronomaly")
+    assert DEFAULT_STRATEGY in STRATEGIES
+    assert strategies_help() == "none (the detector's order), neighbour (Astronomaly), protege (GP + EI)"
 
 
 # ----------------------------------------------------------------------------- cold start

@@ -16,8 +16,8 @@ from typing import Any, AsyncIterator, Literal, Optional, Sequence
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, StrictInt, model_validator
 
 from normalcy.errors import ImageError, InputError
 from normalcy.images.io import read_image
@@ -28,7 +28,8 @@ from normalcy.review.guard import (
     server_port,
     validation_error,
 )
-from normalcy.review.state import STRATEGIES, Review
+from normalcy.review.ranking import DEFAULT_STRATEGY, LABELS, STRATEGIES, check_label
+from normalcy.review.state import Conflict, Forbidden, NotFound, Review, ReviewError
 from normalcy.review.store import Item, Store
 
 __all__ = ["STATIC_DIR", "create_app"]
@@ -47,18 +48,31 @@ STATIC_TYPES = {
 # Formats a browser shows as they are; anything else (TIFF, ...) is converted to PNG on the way out.
 BROWSER_IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                   ".bmp": "image/bmp", ".gif": "image/gif"}
+STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409}  # the review state's errors as HTTP answers
 PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
 
 
 class LabelIn(BaseModel):
+    """A label as JSON gives it, checked by the one rule for labels (ranking.check_label): a 422 otherwise."""
+
     model_config = ConfigDict(extra="forbid")
-    label: Optional[Literal["normal", "anomalous"]] = None
-    interest: Optional[StrictInt] = Field(default=None, ge=0, le=5)
+    label: Optional[str] = None
+    interest: Optional[StrictInt] = None
+
+    @model_validator(mode="after")
+    def _known(self) -> "LabelIn":
+        check_label(self.label, self.interest)
+        return self
 
 
 class StrategyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    strategy: Literal["none", "neighbour", "protege"]
+    strategy: Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]  # one of the ranking registry's names
+
+
+def _review_error(_request: Request, exc: Exception) -> JSONResponse:
+    """The review state's error as its HTTP status, with the same body as an HTTPException's."""
+    return JSONResponse({"detail": str(exc)}, status_code=STATUS[type(exc)])
 
 
 def _image_response(path: Path) -> Response:
@@ -77,7 +91,7 @@ def _image_response(path: Path) -> Response:
     return Response(buf.getvalue(), media_type="image/png", headers=headers)
 
 
-def create_app(run_dir: Path, token: str, database: str | None = None, strategy: str = "neighbour",
+def create_app(run_dir: Path, token: str, database: str | None = None, strategy: str = DEFAULT_STRATEGY,
                extra_roots: Sequence[Path] = (), host: str = "127.0.0.1") -> FastAPI:
     """The review app for one run directory; raises InputError for an unusable run or database.
 
@@ -106,6 +120,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
     app.state.review = review
     app.add_middleware(Guard, token=token, names=host_names(host))
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ReviewError, _review_error)
 
     @app.get("/", include_in_schema=False)
     def page(request: Request) -> HTMLResponse:
@@ -129,7 +144,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/items")
-    def list_items(label: Literal["all", "unlabelled", "labelled", "normal", "anomalous"] = "all",
+    def list_items(label: Literal[("all", "unlabelled", "labelled", *LABELS)] = "all",  # type: ignore[valid-type]
                    decision: Literal["all", "anomalous", "normal"] = "all",
                    offset: int = Query(0, ge=0), limit: int = Query(200, ge=1, le=10_000)) -> dict[str, Any]:
         total, chosen, labels = review.page(label, decision, offset, limit)

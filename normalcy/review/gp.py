@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import ClassVar
 
 import numpy as np
 from scipy.linalg import cho_solve, cholesky
@@ -115,6 +116,7 @@ class Protege:
     """
 
     name: str = "protege"
+    summary: ClassVar[str] = "GP + EI"
 
     def __init__(self, xi: float = 0.01, seed: int = 0, max_train: int = 500, fit_max: int = 128,
                  n_jobs: int | None = None, max_rows: int = MAX_RANK_ROWS) -> None:

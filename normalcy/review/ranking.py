@@ -81,30 +81,38 @@ from normalcy.review.space import (
     candidate_rows,
 )
 
-__all__ = ["MAX_RANK_ROWS", "MAX_USER_SCORE", "PROJECT_DIM", "STRATEGIES", "USER_SCORES", "NeighbourScore",
-           "NoRanking", "Protege", "Ranker", "expected_improvement", "gp_posterior", "make_ranker", "nearest_labelled_distance",
-           "user_score"]
+__all__ = ["DEFAULT_STRATEGY", "LABELS", "MAX_RANK_ROWS", "MAX_USER_SCORE", "PROJECT_DIM", "STRATEGIES", "USER_SCORES",
+           "NeighbourScore", "NoRanking", "Protege", "Ranker", "check_label", "expected_improvement", "gp_posterior",
+           "make_ranker", "nearest_labelled_distance", "strategies_help", "user_score"]
 
+# The labels a person gives, each with the user score it stands for when no interest is given: the one
+# definition the store, the app and the rankers check labels against.
 USER_SCORES: dict[str, float] = {"normal": 0.0, "anomalous": 5.0}
+LABELS: tuple[str, ...] = tuple(USER_SCORES)
+
+
+def check_label(label: str | None, interest: int | None) -> None:
+    """ValueError unless ``label`` is one of LABELS or None and ``interest`` a whole number 0..5 or None."""
+    if label is not None and label not in USER_SCORES:
+        raise ValueError(f"unknown label {label!r}; expected one of {sorted(USER_SCORES)} or None")
+    if interest is None:
+        return
+    if isinstance(interest, bool) or not isinstance(interest, numbers.Real):
+        raise ValueError(f"interest must be a whole number 0..5, got {interest!r}")
+    value = float(interest)
+    if not (math.isfinite(value) and value == int(value) and 0 <= value <= MAX_USER_SCORE):
+        raise ValueError(f"interest must be a whole number 0..5, got {interest!r}")
 
 
 def user_score(label: str | None, interest: int | None) -> float | None:
     """interest (0–5) when given, else 5 for 'anomalous', 0 for 'normal', None when unlabelled.
 
-    ValueError for an unknown label or an interest that is not a whole number in 0..5.
+    ValueError for an unknown label or an interest that is not a whole number in 0..5 (``check_label``).
     """
-    if label is not None and label not in USER_SCORES:
-        raise ValueError(f"unknown label {label!r}; expected one of {sorted(USER_SCORES)} or None")
+    check_label(label, interest)
     if interest is not None:
-        if isinstance(interest, bool) or not isinstance(interest, numbers.Real):
-            raise ValueError(f"interest must be a whole number 0..5, got {interest!r}")
-        value = float(interest)
-        if not (math.isfinite(value) and value == int(value) and 0 <= value <= MAX_USER_SCORE):
-            raise ValueError(f"interest must be a whole number 0..5, got {interest!r}")
-        return value
-    if label is None:
-        return None
-    return USER_SCORES[label]
+        return float(interest)
+    return None if label is None else USER_SCORES[label]
 
 
 @runtime_checkable
@@ -129,6 +137,7 @@ class NoRanking:
     """The detector's anomaly score as it is; labels are ignored (the baseline)."""
 
     name: str = "none"
+    summary: ClassVar[str] = "the detector's order"
 
     def rank(self, features: np.ndarray, anomaly: np.ndarray | None, labelled: np.ndarray,
              user: np.ndarray) -> np.ndarray:
@@ -176,6 +185,7 @@ class NeighbourScore:
     """
 
     name: str = "neighbour"
+    summary: ClassVar[str] = "Astronomaly"
     min_score: ClassVar[float] = 0.1   # Astronomaly's defaults: f_u runs 0.1 .. 0.95
     max_features: ClassVar[float] = 1 / 3
 
@@ -239,11 +249,19 @@ class NeighbourScore:
         return _spread(self.anom_func(distance, user_pred, base if rows is None else base[rows]), rows, len(base))
 
 
+# The ranking strategies by name: what the command line offers (its help from each class's summary), the
+# app accepts and the review state makes.
 STRATEGIES: dict[str, type] = {"none": NoRanking, "neighbour": NeighbourScore, "protege": Protege}
+DEFAULT_STRATEGY = "neighbour"
+
+
+def strategies_help() -> str:
+    """The strategies for a help text: "none (the detector's order), neighbour (Astronomaly), ..."."""
+    return ", ".join(f"{name} ({cls.summary})" for name, cls in STRATEGIES.items())
 
 
 def make_ranker(name: str, **kwargs) -> Ranker:
-    """A ranker by strategy name ('none', 'neighbour', 'protege'), with its keyword arguments."""
+    """A ranker by strategy name (one of STRATEGIES), with its keyword arguments."""
     try:
         cls = STRATEGIES[name]
     except (KeyError, TypeError):

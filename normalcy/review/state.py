@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from fastapi import HTTPException
 
 from normalcy.images.io import printable
-from normalcy.review.ranking import make_ranker, user_score
+from normalcy.review.ranking import LABELS, make_ranker, user_score
 from normalcy.review.space import project
 from normalcy.review.store import Item, Store
 from normalcy.runs.format import (
@@ -36,11 +35,25 @@ from normalcy.runs.format import (
 )
 from normalcy.vectors.tables import VECTOR_KIND
 
-__all__ = ["STRATEGIES", "Review"]
+__all__ = ["Conflict", "Forbidden", "NotFound", "Review", "ReviewError"]
 
 logger = logging.getLogger("normalcy")
 
-STRATEGIES = ("none", "neighbour", "protege")
+
+class ReviewError(Exception):
+    """A request the review cannot carry out; the app answers each kind with its HTTP status."""
+
+
+class NotFound(ReviewError):
+    """No such item or file (404)."""
+
+
+class Forbidden(ReviewError):
+    """A file outside the run's folders (403)."""
+
+
+class Conflict(ReviewError):
+    """Not possible for this run, e.g. a re-ranking strategy without embeddings (409)."""
 
 
 class _Items(Sequence[Item]):
@@ -204,8 +217,8 @@ class Review:
 
     def set_strategy(self, name: str) -> None:
         if name != "none" and self.features is None:
-            raise HTTPException(409, f"strategy {name!r} needs {self.run_dir / EMBEDDINGS}, "
-                                     "which this run does not have; only 'none' is available")
+            raise Conflict(f"strategy {name!r} needs {self.run_dir / EMBEDDINGS}, "
+                           "which this run does not have; only 'none' is available")
         with self.lock:
             self.ranker = make_ranker(name)
             self.strategy = name
@@ -221,7 +234,7 @@ class Review:
         if label != "all":
             pos = self.positions(list(labels))
             keep = np.zeros(len(self.keys), bool)
-            if label in ("normal", "anomalous"):
+            if label in LABELS:
                 pos = pos[np.array([cur == label for cur, _ in labels.values()], bool)]
             keep[pos] = True
             if label == "unlabelled":
@@ -277,14 +290,14 @@ class Review:
         return "table" if self.is_table else "images"
 
     def allowed_file(self, raw: str, base: Path) -> Path:
-        """The real path of a file from the database, if it may be served (403 outside the roots, 404 if gone)."""
+        """The real path of a file from the database, if it may be served (Forbidden outside the roots, NotFound if gone)."""
         p = Path(raw)
         if not p.is_absolute():
             p = base / p
         real = p.resolve()
         if not (real in self.files or any(real.is_relative_to(root) for root in self.roots)):
             logger.warning("refused to serve %s (resolves to %s, outside the run's folders)", raw, real)
-            raise HTTPException(403, "file outside the folders of this run")
+            raise Forbidden("file outside the folders of this run")
         if not real.is_file():
-            raise HTTPException(404, f"file not found: {raw}")
+            raise NotFound(f"file not found: {raw}")
         return real

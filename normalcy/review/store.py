@@ -49,11 +49,10 @@ from sqlalchemy.pool import StaticPool
 
 from normalcy.errors import InputError
 from normalcy.images.io import printable
+from normalcy.review.ranking import check_label
 from normalcy.runs.format import csv_cell
 
-__all__ = ["LABELS", "Item", "Store", "run_id"]
-
-LABELS = ("normal", "anomalous")
+__all__ = ["Item", "Store", "run_id"]
 
 metadata = MetaData()
 
@@ -147,14 +146,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
-
-
-def _check_label(label: str | None, interest: int | None) -> None:
-    if label is not None and label not in LABELS:
-        raise ValueError(f"label must be one of {', '.join(LABELS)} or None, not {label!r}")
-    if interest is not None and (isinstance(interest, bool) or not isinstance(interest, int)
-                                 or not 0 <= interest <= 5):
-        raise ValueError(f"interest must be an integer 0..5 or None, not {interest!r}")
 
 
 def _iso(t: float | None) -> str:
@@ -316,10 +307,11 @@ class Store:
         """Set (or with both None, clear) an item's label and log the change, in one transaction.
 
         Raises:
-            ValueError: label not normal/anomalous/None, or interest not an int 0..5/None.
+            ValueError: label not one of ranking.LABELS or None, or interest not a whole number 0..5 or None.
             KeyError: no item with this id in this run.
         """
-        _check_label(label, interest)
+        check_label(label, interest)
+        interest = None if interest is None else int(interest)  # 3.0 or numpy's 3 is stored as the integer 3
         client = str(client)[:200]
         with self.engine.begin() as conn:
             # Lock the item first (PostgreSQL), so that two labels for one item commit in the order
