@@ -1,4 +1,4 @@
-"""normalcy.vectors.detectors against PyOD's own detectors on ADBench (Han et al. 2022), normal-only training.
+"""normalcy.vectors detectors against PyOD's own detectors on ADBench (Han et al. 2022), normal-only training.
 
     nice -n 19 python bench/adbench.py [--data ../shared/data/adbench] [--seeds 1] [--only NAME]
                                        [--json results.json] > table.md
