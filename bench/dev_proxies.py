@@ -9,7 +9,7 @@ Without @BACKBONE a detector runs on its own default backbone (patchcore: Effici
 
 The synthetic proxies are built from NORMAL training images only: train/good is split into a part to fit
 on and a held-out part (20 %), and each held-out image is scored as it is and once as a logical-anomaly
-copy (normalcy/synthetic.py: a part missing, duplicated, moved, or two parts swapped; the kinds take turns).
+copy (bench/logical_anomalies.py: a part missing, duplicated, moved, or two parts swapped; the kinds take turns).
 No test image of any data set is read. elpv is the one real proxy: fit on normal mono cells (defect
 probability 0), score held-out normal cells against surely defective ones (probability 1), at the cells'
 native 300x300. Everything here is validation data: settings may be chosen on it.
@@ -28,6 +28,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import torch
+from logical_anomalies import LOGICAL, logical_anomaly
 
 from normalcy.demo import build_elpv_dataset
 from normalcy.detectors import EfficientAD, default_backbone
@@ -35,7 +36,6 @@ from normalcy.evaluation.evaluate import run_eval
 from normalcy.evaluation.metrics import image_metrics
 from normalcy.images.features import FeatureExtractor, size_for
 from normalcy.images.io import Dataset, load_dataset, read_image
-from normalcy.images.synthetic import LOGICAL, logical_anomaly
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

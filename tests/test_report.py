@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.images.heatmap import colorize, overlay, save_heatmap
+from normalcy.images.heatmap import colorize, overlay, side_by_side, write_png
 from normalcy.runs.report import ReportImage, write_report
 
 
@@ -92,14 +92,14 @@ def test_overlay_degenerate_range_still_shows_the_hot_region() -> None:
     assert np.array_equal(out[0, 0], colorize(np.zeros((1, 1)), 0.0, 1.0)[0, 0])
 
 
-# --------------------------------------------------------------------------- save_heatmap
+# --------------------------------------------------------------------------- heatmap PNGs
 
 
-def test_save_heatmap_writes_side_by_side_png(tmp_path: Path) -> None:
-    p = tmp_path / "deep" / "nested" / "h.png"
+def test_heatmap_png_is_original_beside_overlay(tmp_path: Path) -> None:
+    """A run's heatmaps/NAME.png, as RunWriter writes it: the untouched original left of the overlay."""
+    p = tmp_path / "h.png"
     img = _image(32, 48)
-    save_heatmap(p, img, _amap(8, 12), 0.0, 1.0)
-    assert p.exists()
+    write_png(p, side_by_side(img, overlay(img, _amap(8, 12), 0.0, 1.0)))
     with Image.open(p) as im:
         assert im.format == "PNG"
         assert im.size == (2 * 48, 32)

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
+from conftest import bench_module
 
 from normalcy.review.ranking import make_ranker
 
-_spec = importlib.util.spec_from_file_location(
-    "review_simulation", Path(__file__).resolve().parents[1] / "bench" / "review_simulation.py")
-sim = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sim)
+sim = bench_module("review_simulation")
 
 
 def test_scenario_scores() -> None:

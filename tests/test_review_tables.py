@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -157,10 +156,9 @@ def test_past_max_rows_a_rerank_scores_candidates(name: str) -> None:
     assert np.isfinite(make_ranker(name, max_rows=2000).rank(x, a, idx, u)).all()
 
 
-def test_a_large_run_stays_responsive(tmp_path: Path) -> None:
-    """200,000 items: start-up, a page, and a label with its re-rank within bounds a slow 2-core machine
-    keeps (the 2-core development machine, busy with other work: 4.7 s to start, 0.07 s for a page,
-    0.27 s to label and re-rank)."""
+def test_a_run_past_the_rerank_rows_pages_labels_and_filters(tmp_path: Path) -> None:
+    """200,000 items, past MAX_RANK_ROWS (a re-rank scores a working set, the rest keep the detector's
+    order): a deep page, a label with its re-rank, a filter. Their times: bench/rerank_speed.py --million."""
     n, d = 200_000, 16
     rng = np.random.default_rng(0)
     run = tmp_path / "run"
@@ -173,20 +171,11 @@ def test_a_large_run_stays_responsive(tmp_path: Path) -> None:
     save_file({"embedding": rng.standard_normal((n, d), dtype=np.float32), "mean": np.zeros(d), "std": np.ones(d),
                "median": np.zeros(d)}, str(run / EMBEDDINGS), metadata={"columns": json.dumps([f"c{j}" for j in range(d)])})
     (run / "run.json").write_text(json.dumps({"kind": "vectors", "id_column": "row"}))
-    t0 = time.perf_counter()
     with TestClient(create_app(run, TOKEN)) as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"
-        started = time.perf_counter() - t0
-        t = time.perf_counter()
         page = c.get("/api/items", params={"offset": 100_000, "limit": 200}).json()
-        paged = time.perf_counter() - t
         assert page["total"] == n and len(page["items"]) == 200 and page["items"][0]["rank"] == 100_001
         top = c.get("/api/items", params={"limit": 1}).json()["items"][0]
-        t = time.perf_counter()
         r = c.post(f"/api/items/{top['id']}/label", json={"label": "normal"})
-        labelled = time.perf_counter() - t
         assert r.status_code == 200 and r.json()["item"]["rank"] > 1
-        t = time.perf_counter()
         assert c.get("/api/items", params={"label": "unlabelled", "limit": 200}).json()["total"] == n - 1
-        filtered = time.perf_counter() - t
-    assert started < 20 and paged < 1 and labelled < 3 and filtered < 1, (started, paged, labelled, filtered)

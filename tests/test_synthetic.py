@@ -1,18 +1,14 @@
-"""The logical-anomaly synthesis of normalcy/synthetic.py: shapes, where it changes, seeds."""
+"""The logical-anomaly synthesis of bench/logical_anomalies.py (dev proxies): shapes, where it changes, seeds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import bench_module
 
-from normalcy.images.synthetic import (
-    LOGICAL,
-    extra_part,
-    logical_anomaly,
-    missing_part,
-    part_box,
-    wrong_arrangement,
-)
+logical = bench_module("logical_anomalies")
+LOGICAL, extra_part, logical_anomaly = logical.LOGICAL, logical.extra_part, logical.logical_anomaly
+missing_part, part_box, wrong_arrangement = logical.missing_part, logical.part_box, logical.wrong_arrangement
 
 
 def _image(dtype: type = np.uint8) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 from conftest import make_synthetic_dataset
 from PIL import Image
 
-from normalcy.detectors import DETECTORS, create
+from normalcy.detectors import DETECTORS
 from normalcy.errors import InputError
 from normalcy.evaluation.validation import CANDIDATES, choose_detector, synthetic_split
 from normalcy.images.features import FeatureExtractor
@@ -33,11 +33,8 @@ def test_split_holds_out_normal_images_and_plants_a_defect_in_each(tmp_path: Pat
         synthetic_split(train[:6], tmp_path / "few")
 
 
-def test_each_detector_defaults_to_its_own_backbone() -> None:
-    """PatchCore runs on EfficientNet-Lite2 unless told otherwise (chosen on development data); the others on
-    Lite0. with_backbone keeps every other option, for auto's candidates."""
-    assert create("patchcore").extractor.spec.name == "efficientnet_lite2"
-    assert create("gaussian").extractor.spec.name == "efficientnet_lite0"
+def test_with_backbone_keeps_every_other_option() -> None:
+    """auto gives each candidate its own backbone, with the user's other extractor options unchanged."""
     ex = FeatureExtractor(image_size=(64, 96), precision="fp32", pool_grid=2)
     other = ex.with_backbone("efficientnet_lite2")
     assert other.spec.name == "efficientnet_lite2" and other.patch_levels == other.spec.patch_levels

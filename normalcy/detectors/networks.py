@@ -166,22 +166,3 @@ class AutoEncoder(nn.Module):
             z = F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
             z = self.dropout(F.relu(conv(z), inplace=True))
         return self.head(z)
-
-
-def count_macs(net: nn.Module, input_size: int) -> int:
-    """Multiply-accumulates of the convolutions for one input_size x input_size image."""
-    total = 0
-
-    def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
-        total += out[0].numel() * k
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.inference_mode():
-            net.eval()(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        for h in handles:
-            h.remove()
-    return total

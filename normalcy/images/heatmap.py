@@ -1,7 +1,7 @@
 """Anomaly maps as pictures: the heatmap PNGs and overlays of a run folder, and the report's gallery.
 
 An image scored by `normalcy predict` goes through :class:`normalcy.runs.format.RunWriter`, which
-calls :func:`overlay` and :func:`save_heatmap` here.
+calls :func:`overlay`, :func:`side_by_side` and :func:`write_png` here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "overlay", "save_heatmap", "side_by_side", "write_png"]
+__all__ = ["colorize", "overlay", "side_by_side", "write_png"]
 
 # Turbo: perceptually smoother than JET, still reads as "blue = fine, red = bad".
 _COLORMAP = cv2.COLORMAP_TURBO
@@ -111,17 +111,3 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     if not ok:
         raise ValueError(f"{path}: could not encode the PNG")
     Path(path).write_bytes(buf.tobytes())
-
-
-def save_heatmap(
-    path: Path, image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float
-) -> None:
-    """Write a PNG with original | overlay side by side (width 2*W).
-
-    Side by side, because an overlay alone hides the very defect the engineer
-    wants to inspect. Parent directories are created.
-    """
-    rgb = _to_rgb_u8(image)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(path, side_by_side(rgb, overlay(rgb, amap, vmin, vmax)))

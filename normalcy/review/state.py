@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -56,27 +56,6 @@ class Conflict(ReviewError):
     """Not possible for this run, e.g. a re-ranking strategy without embeddings (409)."""
 
 
-class _Items(Sequence[Item]):
-    """The run's items by position, made on demand (1,000,000 Item objects would hold ~0.5 GB).
-    Their label fields are None: current labels live in the store."""
-
-    def __init__(self, review: "Review") -> None:
-        self._r = review
-
-    def __len__(self) -> int:
-        return len(self._r.keys)
-
-    def __getitem__(self, k: Any) -> Any:
-        if isinstance(k, slice):
-            return [self[i] for i in range(*k.indices(len(self)))]
-        r = self._r
-        return Item(int(r.ids[k]), r.keys[k], r.names[k], float(r.anomaly[k]), bool(r.decision[k]), r.overlays[k],
-                    None, None, None)
-
-    def __iter__(self) -> Iterator[Item]:
-        return (self[k] for k in range(len(self)))
-
-
 class Review:
     """The run's items, the current ranking, and the rules for which files may be served."""
 
@@ -98,7 +77,6 @@ class Review:
             for k, n, s, d, o in zip(run.keys, self.names, run.scores.tolist(), run.decisions.tolist(), run.overlays)
         ]), dtype=np.int64)
         self._by_id = np.argsort(self.ids, kind="stable")
-        self.items = _Items(self)
 
         features = read_features(run_dir, run.n_rows)
         if features is not None and not np.array_equal(run.rows, np.arange(run.n_rows)):

@@ -26,14 +26,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from normalcy.images.heatmap import _to_rgb_u8, colorize, overlay, save_heatmap
+from normalcy.images.heatmap import _to_rgb_u8, colorize, overlay
 from normalcy.images.io import printable
 from normalcy.runs.plots import score_plots
 
 __all__ = [
     "colorize",
     "overlay",
-    "save_heatmap",
     "ReportImage",
     "gallery_image",
     "write_report",
