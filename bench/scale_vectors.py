@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from knn_pq import index_nbytes
 
 
 def main() -> None:
@@ -69,7 +70,7 @@ def main() -> None:
     got = pq.read_table(work / "ray" / RESULTS, columns=["score"]).column("score").to_numpy()
     same = bool(np.array_equal(got, scores))
     knn = det if args.detector == "knn" else None
-    index = "" if knn is None else f"; knn index {'IVF-PQ' if knn.codes_.size else 'exact'} ({knn.index_nbytes() / 2**20:.0f} MB)"
+    index = "" if knn is None else f"; knn index {'IVF-PQ' if knn.codes_.size else 'exact'} ({index_nbytes(knn) / 2**20:.0f} MB)"
     print(f"{args.rows:,} rows x {args.dims}, {args.detector}{index}; fit {fit_s:.0f} s (one process); peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; same scores: {same}\n")
     print("| scoring | seconds | rows/s |\n|---|---|---|")

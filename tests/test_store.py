@@ -50,14 +50,14 @@ def test_set_label_and_events(store: Store) -> None:
     store.set_label(b.id, "normal", None, client="bob")
     store.set_label(a.id, "normal", None, client="bob")
     assert {(x.id, x.label, x.interest) for x in store.labelled()} == {(a.id, "normal", None), (b.id, "normal", None)}
-    assert store.events_count() == 3
+    assert len(store.events()) == 3
     assert [(e["item_id"], e["label"], e["interest"], e["client"]) for e in store.events()] == [
         (a.id, "anomalous", 4, "alice"), (b.id, "normal", None, "bob"), (a.id, "normal", None, "bob")]
     # Interest alone is a label (how interesting, without a verdict); both None clears it.
     assert store.set_label(b.id, None, 2).labelled
     cleared = store.set_label(b.id, None, None)
     assert not cleared.labelled and [x.id for x in store.labelled()] == [a.id]
-    assert store.events_count() == 5
+    assert len(store.events()) == 5
 
 
 def test_validation(store: Store) -> None:
@@ -69,7 +69,7 @@ def test_validation(store: Store) -> None:
             store.set_label(item_id, label, interest)  # type: ignore[arg-type]
     with pytest.raises(KeyError):
         store.set_label(99_999, "normal", None)
-    assert store.events_count() == 0
+    assert len(store.events()) == 0
 
 
 def test_sync_upsert_keeps_labels(store: Store) -> None:
@@ -120,7 +120,7 @@ def test_persists_after_reopen(db_url: str) -> None:  # noqa: F811
     try:
         it = s.get(item_id)
         assert it is not None and (it.label, it.interest) == ("anomalous", 1)
-        assert s.events_count() == 1
+        assert len(s.events()) == 1
     finally:
         s.close()
 
@@ -144,7 +144,7 @@ def test_concurrent_labels(store: Store) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert store.events_count() == 80
+    assert len(store.events()) == 80
     last = {e["item_id"]: (e["label"], e["interest"]) for e in store.events()}
     assert {it.id: (it.label, it.interest) for it in store.labelled()} == last
 
@@ -164,7 +164,7 @@ def test_runs_sharing_a_database_keep_their_own_items(db_url: str, tmp_path: Pat
         assert b.get(a_id) is None and a.get(b_id) is None
         with pytest.raises(KeyError):
             b.set_label(a_id, "normal", None)
-        assert (a.events_count(), b.events_count()) == (1, 0)
+        assert (len(a.events()), len(b.events())) == (1, 0)
         assert b.export_csv().count("\n") == 1  # the header only
     finally:
         a.close()

@@ -38,7 +38,6 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    func,
     inspect,
     select,
 )
@@ -344,11 +343,6 @@ class Store:
     def _run_events(self) -> Any:
         return (events_table.join(items_table, items_table.c.id == events_table.c.item_id),
                 items_table.c.run == self.run)
-
-    def events_count(self) -> int:
-        joined, mine = self._run_events()
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(joined).where(mine)).scalar_one())
 
     def events(self) -> list[dict]:
         """This run's label log in write order: id, item_id, label, interest, at, client."""

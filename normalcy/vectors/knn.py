@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 
 from normalcy.numerics.ann import (
     check_ivfpq,
@@ -136,11 +135,6 @@ class KNNDetector(VectorDetector):
             rows = len(codes)
         check_integer(self, "n_neighbors_", 1, rows)
         check_integer(self, "nprobe", 1, 2**31)
-
-    def index_nbytes(self) -> int:
-        """Bytes kept for search: the standardised rows, or the IVF-PQ arrays."""
-        check_is_fitted(self)
-        return sum(a.nbytes for a in (self.train_, self.cells_, self.codebook_, self.codes_))
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
