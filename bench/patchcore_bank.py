@@ -56,7 +56,8 @@ def main() -> None:
     fit_s = time.perf_counter() - t
     bank = f"{len(det.bank_):,} (10 %)"
     # Patches of some test images, as the detector sees them, for recall against exact search.
-    feats = [b.features.patches for b in det._batches(paths[:: max(1, len(paths) // args.recall_images)])]
+    some = paths[:: max(1, len(paths) // args.recall_images)]
+    feats = [b.features.patches for b in det.extractor.iter_batches(some, keep_images=False, pooled=False)]
     q = np.concatenate([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).numpy() for f in feats])
     q = np.ascontiguousarray((q - det.shift_) * det.scale_)
     exact = faiss.IndexFlatL2(det.bank_.shape[1])

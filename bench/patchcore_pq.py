@@ -51,7 +51,7 @@ def main() -> None:
 
     # Patches of some test images as the detectors see them, and their exact nearest bank patches.
     step = max(1, len(paths) // args.recall_images)
-    feats = [b.features.patches for b in default._batches(paths[::step])]
+    feats = [b.features.patches for b in default.extractor.iter_batches(paths[::step], keep_images=False, pooled=False)]
     q = np.concatenate([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).numpy() for f in feats])
     q = np.ascontiguousarray((q - default.shift_) * default.scale_)
     flat = faiss.IndexFlatL2(default.bank_.shape[1])

@@ -63,7 +63,7 @@ def _fit_on_random_patches(extractor: FeatureExtractor, budget: float, **params)
     g = torch.Generator().manual_seed(0)
     batches = [Batch([Path(f"{i}.png")], [], Features(torch.randn(1, 16, 8, 8, generator=g), {})) for i in range(6)]
     det = PatchCore(extractor, max_memory_mb=budget, **params)
-    det._fit(iter(batches), [])
+    det._fit(iter(batches), [], False)
     return det
 
 

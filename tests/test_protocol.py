@@ -1,4 +1,5 @@
-"""The shared detector contract: validated parameters, minimum training sets, seeding, records, learned state."""
+"""The shared detector contract: validated parameters, minimum training sets, seeding, records, learned state,
+images as files or arrays, and the decision rule."""
 
 from __future__ import annotations
 
@@ -183,9 +184,8 @@ def test_patchcore_without_reweighting_scores_the_plain_maximum(fe: FeatureExtra
     """b = 1 leaves eq. 7 nothing to weigh against: the image score is the largest patch distance."""
     paths = _images(tmp_path / "train", 8)
     det = create("patchcore", fe, reweight_neighbours=1).fit(paths, progress=False)
-    scores, maps = det._score(next(det._batches(paths[:3])))
-    np.testing.assert_allclose(scores, maps.reshape(3, -1).max(1), rtol=1e-6)
-    assert np.isfinite(det.threshold_) and det.threshold_ > 0
+    res = det.score(paths[:3], progress=False)
+    np.testing.assert_allclose(res.scores, [grid.max() for grid in res.maps.grids], rtol=1e-6)
 
 
 def test_patchcore_standardized_channels_are_saved_and_applied(fe: FeatureExtractor, tmp_path: Path) -> None:
@@ -200,3 +200,32 @@ def test_patchcore_standardized_channels_are_saved_and_applied(fe: FeatureExtrac
     again = load(tmp_path / "model")
     np.testing.assert_allclose(again.score(paths[:2], progress=False).scores,
                                det.score(paths[:2], progress=False).scores, rtol=1e-6)
+
+
+def test_a_score_at_the_threshold_is_anomalous(fe: FeatureExtractor, tmp_path: Path) -> None:
+    """The one decision rule: score >= threshold is anomalous, just below it is normal."""
+    paths = _images(tmp_path / "train", 8)
+    det = create("gaussian", fe).fit(paths, progress=False)
+    scores = det.score(paths[:3], progress=False).scores
+    det.threshold_ = float(np.sort(scores)[1])  # exactly the middle score
+    res = det.score(paths[:3], progress=False)
+    np.testing.assert_array_equal(res.decisions, scores >= np.sort(scores)[1])
+    assert res.decisions.sum() == 2
+    flags = {r.path: r.anomalous for r in det.iter_score(paths[:3]) if isinstance(r, Scored)}
+    assert list(flags.values()) == list(res.decisions)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "draem"])
+def test_fit_and_score_take_image_arrays(name: str, fe: FeatureExtractor, tmp_path: Path) -> None:
+    """Images as uint8 arrays give what the same images as PNG files give (PNG is lossless)."""
+    paths = _images(tmp_path / "train", 8)
+    pixels = np.stack([np.asarray(Image.open(p)) for p in paths])
+    from_files = create(name, fe, **TINY.get(name, {})).fit(paths, progress=False)
+    from_arrays = create(name, fe, **TINY.get(name, {})).fit(pixels, progress=False)
+    assert from_arrays.threshold_ == from_files.threshold_
+    np.testing.assert_array_equal(from_arrays.score(pixels[:2], progress=False).scores,
+                                  from_files.score(paths[:2], progress=False).scores)
+    res = from_arrays.score([pixels[0], pixels[1, :40]], progress=False)  # a list may mix sizes
+    assert res.paths == [Path("array[0]"), Path("array[1]")] and res.maps[1].shape == (40, 48)
+    with pytest.raises(InputError, match="image 1: expected an H x W x 3 uint8 array"):
+        from_arrays.score([pixels[0], pixels[1].astype(np.float32)], progress=False)

@@ -1,20 +1,34 @@
 """The one protocol every detector follows.
 
 A detector is fitted on normal images only and scores images into an image
-score and an anomaly map at the original resolution. A subclass writes two hooks:
+score and an anomaly map at the original resolution. ``fit`` and ``score`` take
+image files, or the images themselves (an N x H x W x 3 uint8 array, or a list of
+H x W x 3 uint8 arrays). A subclass writes two hooks:
 
-* ``_fit(batches, held)`` learns from an iterator of batches of normal training images
-  (features, or the resized images for detectors without a backbone). It may return
+* ``_fit(batches, held, progress)`` learns from an iterator of batches of normal training
+  images (features, or the resized images for detectors without a backbone). It may return
   a ``Calibration``: image scores and patch-map values of normal images the model
   did not learn from (cross-validation, leave-one-out). Otherwise the base has held
-  out a ``holdout`` fraction of the training images (``held``) and scores them;
+  out a ``holdout`` fraction of the training images (``held``) and scores them.
+  ``progress``: whether a training loop shows its own progress bar;
 * ``_score(batch)`` returns image scores and patch-grid maps for a batch.
 
-Everything else is the base's, written once: validated parameters (each detector's
-pydantic ``Params``), seeding, the hold-out split, the threshold at the target
-false-positive rate, the heatmap colour range, decisions, and the learned state:
+and may declare:
+
+* ``Params``, the hyper-parameters: a pydantic model, the one declaration of each
+  parameter. The base validates them and sets each as an attribute of the same name
+  (``det.steps``), so a subclass declares no class annotation for them;
+* ``holdout``, the fraction of training images kept out of ``_fit`` to calibrate on
+  (0 by default: the detector calibrates itself); a ``holdout`` field of ``Params`` sets it;
+* ``metadata()``, extra entries for model.json (trained detectors: how training went);
+* ``_build()``, to create networks after loading.
+
+Everything else is the base's, written once: seeding, the hold-out split, the
+threshold at the target false-positive rate (an image is anomalous when its score
+is at or above it), the heatmap colour range, decisions, and the learned state:
 the attributes annotated on the class with names ending in ``_`` (arrays, tensors,
-dicts of them, torch modules), saved as safetensors. Loading never unpickles.
+dicts of them, torch modules), saved as safetensors beside a model.json built and
+validated by ``modelfile.ModelMeta``. Loading never unpickles.
 """
 
 from __future__ import annotations
@@ -36,17 +50,21 @@ from torch import nn
 
 from normalcy.detectors.modelfile import (
     FORMAT_VERSION,
-    MODEL_JSON,
     MODEL_TENSORS,
     BatchSize,
+    ModelMeta,
     Seed,
 )
 from normalcy.errors import InputError, NotFittedError
+from normalcy.files import MODEL_JSON
 from normalcy.images.features import Batch, FeatureExtractor, upsample_map
 from normalcy.progress import progress_bar
 from normalcy.version import __version__
 
 log = logging.getLogger("normalcy")
+
+Images = Sequence[str | Path] | Sequence[np.ndarray] | np.ndarray
+"""What ``fit`` and ``score`` take: image files, or images as uint8 arrays (N x H x W x 3, or a list of H x W x 3)."""
 
 
 class Maps(Sequence[np.ndarray]):
@@ -195,7 +213,7 @@ class _Common(HyperParams):
 
 
 # Attributes the base owns and saves in model.json rather than as tensors.
-_BASE_LEARNED = {"threshold_", "map_range_", "n_train_", "skipped_fit_", "train_log_"}
+_BASE_LEARNED = {"threshold_", "map_range_", "n_train_", "skipped_fit_"}
 
 
 class Detector:
@@ -207,6 +225,7 @@ class Detector:
     uses_pooled: ClassVar[bool] = True  # False: the backbone stops after the patch levels
     uses_features: ClassVar[bool] = True  # False: no backbone at all, the detector sees batch.inputs
     default_backbone: ClassVar[str] = "efficientnet_lite0"  # without an extractor (CLI: without --backbone)
+    holdout: float = 0.0  # fraction of training images kept out of _fit to calibrate on (0: _fit calibrates)
 
     threshold_: float | None
     map_range_: tuple[float, float] | None
@@ -230,12 +249,13 @@ class Detector:
         self.map_range_ = None
         self.n_train_ = 0
         self.skipped_fit_: list[tuple[Path, str]] = []
-        self._progress = True
+        self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen, for model.json
 
     # -- what subclasses implement ---------------------------------------------------
-    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> Calibration | None:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch], progress: bool) -> Calibration | None:
         """Learn from the training batches. ``held``: the held-out batches (empty when ``holdout`` is 0),
-        for detectors that normalise on unseen normal images; the base scores them afterwards."""
+        for detectors that normalise on unseen normal images; the base scores them afterwards.
+        ``progress``: show a training loop's own bar (fit() shows one)."""
         raise NotImplementedError
 
     def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
@@ -245,32 +265,39 @@ class Detector:
     def _build(self) -> None:
         """Create the detector's networks from its parameters and loaded arrays (trained detectors)."""
 
+    def metadata(self) -> dict[str, Any]:
+        """Entries this detector adds to model.json (``ModelMeta``'s optional fields, e.g. ``training``)."""
+        return {}
+
     # -- parameters ----------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         """Hyper-parameters, as saved with the model (JSON-serialisable)."""
         values = {k: getattr(self, k) for k in type(self).Params.model_fields}
         return type(self).Params(**values).model_dump(mode="json")
 
-    @property
-    def holdout_fraction(self) -> float:
-        """Fraction of training images kept out of fitting to calibrate on (0: the detector calibrates itself)."""
-        return float(getattr(self, "holdout", 0.0))
-
     # -- the shared workflow --------------------------------------------------------------
-    def _batches(self, paths: Sequence[Path], batch_size: int | None = None, embed: bool = False,
+    def _batches(self, items: Sequence[Any], batch_size: int | None = None, embed: bool = False,
                  keep_images: bool = False) -> Iterator[Batch]:
-        return self.extractor.iter_batches(list(paths), batch_size or self.batch_size,
-                                           keep_images=keep_images, pooled=self.uses_pooled or embed,
-                                           features=self.uses_features or embed)
+        """Batches of image files, or of images given as arrays (named ``array[i]``)."""
+        size, pooled, features = batch_size or self.batch_size, self.uses_pooled or embed, self.uses_features or embed
+        if not (len(items) and isinstance(items[0], np.ndarray)):
+            yield from self.extractor.iter_batches(list(items), size, keep_images=keep_images, pooled=pooled,
+                                                   features=features)
+            return
+        for start in range(0, len(items), size):
+            images = [_image(im, start + k) for k, im in enumerate(items[start:start + size])]
+            x = self.extractor.preprocess(images)
+            yield Batch(paths=[Path(f"array[{start + k}]") for k in range(len(images))],
+                        images=images if keep_images else [np.empty((*im.shape[:2], 0), np.uint8) for im in images],
+                        features=self.extractor(x, pooled=pooled) if features else None, inputs=x)
 
-    def fit(self, paths: Sequence[Path], progress: bool = True) -> "Detector":
-        """Learn normal from images; set the threshold at the target false-positive rate."""
-        paths = list(paths)
+    def fit(self, images: Images, progress: bool = True) -> "Detector":
+        """Learn normal from images (files or arrays); set the threshold at the target false-positive rate."""
+        paths = _items(images)
         if len(paths) < self.min_images:
             raise InputError(f"{self.name} needs at least {self.min_images} normal training images, got {len(paths)}")
-        self._progress = progress  # trained detectors' loops show their bar when fit() shows one
         order = np.random.default_rng(self.seed).permutation(len(paths))
-        n_hold = holdout_count(len(paths), self.holdout_fraction)
+        n_hold = holdout_count(len(paths), self.holdout)
         held = [paths[i] for i in sorted(order[:n_hold])]
         train = [paths[i] for i in sorted(order[n_hold:])]
         self.skipped_fit_ = []
@@ -283,7 +310,7 @@ class Detector:
                 held_batches = list(counted.wrap(self._batches(held), advance, count=False))
                 n_held = sum(len(b.paths) for b in held_batches)
                 try:
-                    calib = self._fit(counted.wrap(self._batches(train), advance), held_batches)
+                    calib = self._fit(counted.wrap(self._batches(train), advance), held_batches, progress)
                 except (ValueError, RuntimeError, IndexError, np.linalg.LinAlgError):
                     self._check_count(counted.n + n_held, len(paths))  # too few images explains it
                     raise
@@ -346,7 +373,7 @@ class Detector:
         h, w = self.extractor.size
         return max(self.batch_size, min(32, 32 * 224 * 224 // (h * w)))
 
-    def iter_score(self, paths: Sequence[Path], batch_size: int | None = None,
+    def iter_score(self, images: Images, batch_size: int | None = None,
                    embeddings: bool = False) -> Iterator[Scored | Skipped]:
         """Stream a record per file, in order: Scored (``map`` at original size) or Skipped.
 
@@ -354,7 +381,8 @@ class Detector:
         review re-ranking; detectors that do not use the backbone then run it as well.
         """
         self._check_fitted()
-        for batch in self._batches(paths, batch_size or self.score_batch_size, embed=embeddings, keep_images=True):
+        for batch in self._batches(_items(images), batch_size or self.score_batch_size, embed=embeddings,
+                                   keep_images=True):
             for path, reason in batch.skipped:
                 yield Skipped(path, reason)
             if not batch.paths:
@@ -366,11 +394,12 @@ class Detector:
                 yield Scored(path, im, score, np.array(pm[k], dtype=np.float32), score >= self.threshold_,
                              None if embs is None else embs[k].numpy())
 
-    def score(self, paths: Sequence[Path], progress: bool = True, keep_images: bool = False,
+    def score(self, images: Images, progress: bool = True, keep_images: bool = False,
               batch_size: int | None = None) -> Result:
-        """Image scores, anomaly maps at original size (drawn when read) and decisions for readable images."""
+        """Image scores, anomaly maps at original size (drawn when read) and decisions for readable images
+        (files or arrays; arrays come back named ``array[i]``)."""
         self._check_fitted()
-        paths = list(paths)
+        paths = _items(images)
         with progress_bar(progress) as bar:
             task = bar.add_task(f"score {self.name}", total=len(paths))
 
@@ -458,8 +487,7 @@ class Detector:
         self._check_fitted()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_file(self.state_dict(), str(d / MODEL_TENSORS))
-        meta = {
+        meta = ModelMeta.model_validate_json(json.dumps({  # as load() reads it: one that would not load is not saved
             "format_version": FORMAT_VERSION,
             "normalcy_version": __version__,
             "detector": self.name,
@@ -472,15 +500,12 @@ class Detector:
             "seed": self.seed,
             "batch_size": self.batch_size,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        log_ = getattr(self, "train_log_", None)
-        if log_ is not None:  # trained detectors: how training went, for the record
-            meta["training"] = {"steps": log_.steps, "seconds": round(log_.seconds, 2),
-                                "final_loss": log_.losses[-1] if log_.losses else None,
-                                "stopped_by": log_.stopped_by}
-        if getattr(self, "choice_", None) is not None:  # --detector auto, for the record
-            meta["choice"] = self.choice_
-        (d / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+            "choice": self.choice,
+            **self.metadata(),
+        }))
+        save_file(self.state_dict(), str(d / MODEL_TENSORS))
+        unset = {k for k in ("training", "choice") if getattr(meta, k) is None}
+        (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2, exclude=unset) + "\n")
         return d
 
 
@@ -496,6 +521,20 @@ def _like(kind: Any, value: torch.Tensor) -> Any:
     """A loaded tensor as the declared type: numpy for ``np.ndarray`` (or dict of them), else torch."""
     inner = typing.get_args(kind)[-1] if typing.get_origin(kind) is dict else kind
     return value.numpy() if inner is np.ndarray else value
+
+
+def _items(images: Images) -> list[Any]:
+    """``fit``/``score`` input as a list: paths, or H x W x 3 arrays (an N x H x W x 3 array split)."""
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise InputError(f"expected images as an N x H x W x 3 uint8 array, got shape {images.shape}")
+    return list(images)
+
+
+def _image(im: np.ndarray, i: int) -> np.ndarray:
+    """An image given as an array, checked: H x W x 3 uint8 (what reading a file gives)."""
+    if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3 or 0 in im.shape:
+        raise InputError(f"image {i}: expected an H x W x 3 uint8 array, got {im.dtype} of shape {im.shape}")
+    return im
 
 
 def holdout_count(n: int, fraction: float) -> int:

@@ -61,12 +61,12 @@ from normalcy.detectors.base import (
 )
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.detectors.networks import Discriminative, Reconstructive, focal_loss, ssim
-from normalcy.detectors.training import TrainLog, step_decay, train
+from normalcy.detectors.training import Trained, TrainLog, step_decay, train
 from normalcy.images.features import Batch
 from normalcy.images.synthetic import synthesize
 
 
-class DRAEM(Detector):
+class DRAEM(Trained, Detector):
     """DRAEM: a reconstructive and a discriminative network trained on synthetic anomalies.
 
     Works on the images themselves (``batch.inputs``), resized to ``input_size`` (default
@@ -87,14 +87,6 @@ class DRAEM(Detector):
         anomaly_prob: float = Field(0.5, ge=0, le=1)
         holdout: float = Field(0.1, gt=0, lt=1, description="fraction of training images kept to calibrate on")
 
-    steps: int
-    time_budget: Optional[float]
-    input_size: int
-    base_width: int
-    lr: float
-    train_batch_size: int
-    anomaly_prob: float
-    holdout: float
     rec_: Reconstructive
     disc_: Discriminative
 
@@ -116,7 +108,7 @@ class DRAEM(Detector):
         return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
     # -- training ------------------------------------------------------------------------
-    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> None:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch], progress: bool) -> None:
         images = torch.cat([self._prepare(b.inputs) for b in batches])
         rng = np.random.default_rng(self.seed)
         self._build()
@@ -135,7 +127,7 @@ class DRAEM(Detector):
             return float(loss.detach())
 
         # The paper's schedule: the rate divided by 5 at 80 % of the run and again at 90 %.
-        self.train_log_: TrainLog = train(step, self.steps, self.time_budget, progress=self._progress,
+        self.train_log_: TrainLog = train(step, self.steps, self.time_budget, progress=progress,
                                           description=f"fit {self.name}",
                                           schedule=step_decay(opt, self.lr, [(0.8, 0.2), (0.9, 0.2)]))
         self.rec_.eval()

@@ -104,7 +104,7 @@ from normalcy.detectors.base import (
 )
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.detectors.networks import AutoEncoder, pdn_tiny
-from normalcy.detectors.training import TrainLog, step_decay, train
+from normalcy.detectors.training import Trained, TrainLog, step_decay, train
 from normalcy.images.features import Batch
 from normalcy.images.synthetic import augment, jitter, synthetic_images
 
@@ -113,7 +113,7 @@ log = logging.getLogger("normalcy")
 _MEAN, _STD = 0.45, 0.25  # fixed input normalisation of the small networks
 
 
-class EfficientAD(Detector):
+class EfficientAD(Trained, Detector):
     """EfficientAD with a PDN-tiny teacher distilled from the backbone's patch features."""
 
     name = "efficientad"
@@ -145,22 +145,6 @@ class EfficientAD(Detector):
                 raise ValueError("channel counts must be at least 1")
             return v
 
-    steps: int
-    teacher_steps: int
-    time_budget: Optional[float]
-    teacher_share: float
-    input_size: int
-    channels: tuple[int, int, int]
-    out_channels: int
-    ae_channels: tuple[int, int]
-    latent: int
-    train_batch: int
-    penalty_batch: int
-    lr: float
-    pool_size: int
-    holdout: float
-    q_a: float
-    q_b: float
     teacher_: nn.Sequential
     student_: nn.Sequential
     ae_: AutoEncoder
@@ -204,7 +188,7 @@ class EfficientAD(Detector):
 
     # -- fit --------------------------------------------------------------------------------
 
-    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> None:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch], progress: bool) -> None:
         # uint8 keeps many training images in memory
         train_x = torch.cat([(self._resize(b.inputs) * 255).round_().to(torch.uint8) for b in batches])
         g = torch.Generator().manual_seed(self.seed)
@@ -217,7 +201,7 @@ class EfficientAD(Detector):
         start = time.perf_counter()
         budget = self.time_budget
         t_budget = None if budget is None else budget * self.teacher_share
-        self.teacher_log_ = self._distil(train_x, g, t_budget)
+        self.teacher_log_ = self._distil(train_x, g, t_budget, progress)
         self._teacher_stats(train_x)
         if self.teacher_log_.interrupted:
             log.warning("distillation interrupted: a short student phase follows (Ctrl-C again to skip it)")
@@ -226,7 +210,7 @@ class EfficientAD(Detector):
             s_steps = self.steps
             s_budget = None if budget is None else max(1.0, budget - (time.perf_counter() - start))
         try:
-            log_ = self._train_student(train_x, g, s_steps, s_budget)
+            log_ = self._train_student(train_x, g, s_steps, s_budget, progress)
         except KeyboardInterrupt:
             if not self.teacher_log_.interrupted:
                 raise
@@ -269,7 +253,7 @@ class EfficientAD(Detector):
                 t = F.interpolate(t, size=grid, mode="bilinear", align_corners=False)
         return t.clone()
 
-    def _distil(self, train_x: torch.Tensor, g: torch.Generator, budget: float | None) -> TrainLog:
+    def _distil(self, train_x: torch.Tensor, g: torch.Generator, budget: float | None, progress: bool) -> TrainLog:
         self._pmean, self._pcomp, self._pstd = self._projection(train_x)
         n = len(train_x)
         s = self.input_size
@@ -313,7 +297,7 @@ class EfficientAD(Detector):
             opt.step()
             return float(loss.detach())
 
-        return train(step, self.teacher_steps, budget, self._progress, "efficientad: distil teacher",
+        return train(step, self.teacher_steps, budget, progress, "efficientad: distil teacher",
                      schedule=step_decay(opt, self.lr, [(0.95, 0.1)]))  # the paper: lr / 10 for the last 5 %
 
     @torch.no_grad()
@@ -327,7 +311,7 @@ class EfficientAD(Detector):
             p.requires_grad_(False)
 
     def _train_student(self, train_x: torch.Tensor, g: torch.Generator, steps: int,
-                       budget: float | None) -> TrainLog:
+                       budget: float | None, progress: bool) -> TrainLog:
         c = self.out_channels
         n = len(train_x)
         bs = self.train_batch
@@ -362,7 +346,7 @@ class EfficientAD(Detector):
             opt.step()
             return float(loss.detach())
 
-        return train(step, steps, budget, self._progress, "efficientad: student + autoencoder",
+        return train(step, steps, budget, progress, "efficientad: student + autoencoder",
                      schedule=step_decay(opt, self.lr, [(0.95, 0.1)]))
 
     @torch.inference_mode()

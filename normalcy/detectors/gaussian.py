@@ -29,24 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage
+from sklearn.covariance import ledoit_wolf_shrinkage
 
 from normalcy.detectors.base import Calibration, Detector, HyperParams
 from normalcy.images.features import Batch
-
-
-def _inverse(cov: np.ndarray) -> np.ndarray:
-    # Shrinkage makes the covariance positive definite, so a plain inverse is safe.
-    try:
-        return np.linalg.inv(cov)
-    except np.linalg.LinAlgError:
-        return np.linalg.pinv(cov, hermitian=True)
-
-
-def mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """Row-wise Mahalanobis distance of x (N x D)."""
-    d = x - mean
-    return ((d @ precision) * d).sum(-1).clamp_min(0).sqrt()
+from normalcy.numerics.stats import gaussian, gaussians, inverse, mahalanobis, shrunk
 
 
 class GaussianAD(Detector):
@@ -61,9 +48,6 @@ class GaussianAD(Detector):
         cells: int = Field(8, ge=0, le=32, description="position-aware Gaussians on a grid of this many cells "
                                                        "along the shorter side (0: none)")
 
-    patch_samples: int
-    folds: int
-    cells: int
     level_mean_: dict[str, np.ndarray]
     level_precision_: dict[str, np.ndarray]
     cell_mean_: np.ndarray  # G x D, one row per cell (row-major over the grid)
@@ -72,7 +56,7 @@ class GaussianAD(Detector):
     patch_mean_: np.ndarray
     patch_precision_: np.ndarray
 
-    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> Calibration:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch], progress: bool) -> Calibration:
         rng = np.random.default_rng(self.seed)
         pooled: dict[str, list[np.ndarray]] = {lv: [] for lv in self.extractor.pooled_levels}
         cells: list[np.ndarray] = []
@@ -97,18 +81,16 @@ class GaussianAD(Detector):
         pooled_x = {lv: np.concatenate(v) for lv, v in pooled.items()}
         self.level_mean_, self.level_precision_ = {}, {}
         for lv, x in pooled_x.items():
-            self.level_mean_[lv], self.level_precision_[lv] = _gaussian(x)
+            self.level_mean_[lv], self.level_precision_[lv] = gaussian(x)
         cells_x = np.concatenate(cells)
-        self.cell_mean_, self.cell_precision_ = _cell_gaussians(cells_x)
+        self.cell_mean_, self.cell_precision_ = gaussians(cells_x)
         # Patch Gaussian from exact sums; shrinkage estimated on a random sample of patches.
         mean = (total / n).numpy()
         cov = (outer / n).numpy() - np.outer(mean, mean)
         patch_sample = np.concatenate(sample)
         shrink = ledoit_wolf_shrinkage(patch_sample - mean, assume_centered=True)
-        mu = np.trace(cov) / cov.shape[0]
-        cov = (1 - shrink) * cov + shrink * mu * np.eye(cov.shape[0])
         self.patch_mean_ = mean
-        self.patch_precision_ = _inverse(cov)
+        self.patch_precision_ = inverse(shrunk(cov, shrink))
         patch = mahalanobis(torch.from_numpy(patch_sample).double(), torch.from_numpy(self.patch_mean_),
                             torch.from_numpy(self.patch_precision_)).numpy()
         pooled_cv, cells_cv = self._cross_validated(pooled_x, cells_x)
@@ -192,39 +174,10 @@ class GaussianAD(Detector):
             keep = np.setdiff1d(order, held)
             means, precs = {}, {}
             for lv, x in pooled.items():
-                means[lv], precs[lv] = _gaussian(x[keep])
+                means[lv], precs[lv] = gaussian(x[keep])
             scores[held] = self._image_scores({lv: x[held] for lv, x in pooled.items()}, means, precs)
-            cell_scores[held] = _cell_scores(cells[held], *_cell_gaussians(cells[keep]))
+            cell_scores[held] = _cell_scores(cells[held], *gaussians(cells[keep]))
         return scores, cell_scores
-
-
-def _gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and precision (inverse Ledoit-Wolf covariance) of the rows of x."""
-    cov, _ = ledoit_wolf(x)
-    return x.mean(0), _inverse(cov)
-
-
-def _cell_gaussians(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One Gaussian per cell of x (N x G x D): means G x D and precisions G x D x D. Ledoit-Wolf as
-    sklearn computes it, for all cells at once (a loop over cells costs seconds per fit)."""
-    n, g, d = x.shape
-    if g == 0:
-        return np.zeros((0, d)), np.zeros((0, d, d))
-    t = torch.from_numpy(x).double().transpose(0, 1)  # G x N x D
-    mean = t.mean(1, keepdim=True)
-    c = t - mean
-    cov = c.transpose(1, 2) @ c / n  # G x D x D, the empirical covariance
-    mu = cov.diagonal(dim1=1, dim2=2).sum(1) / d
-    eye = torch.eye(d, dtype=cov.dtype)
-    delta = ((cov - mu.view(-1, 1, 1) * eye) ** 2).sum((1, 2))  # |S - mu I|^2
-    beta = (((c**2).sum(2) ** 2).sum(1) / n - (cov**2).sum((1, 2))) / (d * n)
-    delta = delta / d
-    beta = torch.minimum(beta, delta)
-    shrink = torch.where(delta > 0, beta / delta.clamp_min(1e-300), torch.zeros_like(delta)).view(-1, 1, 1)
-    cov = (1 - shrink) * cov + shrink * mu.view(-1, 1, 1) * eye
-    # A cell that never varies (a blank corner) has no covariance at all; a tiny ridge keeps it invertible.
-    cov = cov + (1e-9 * float(mu.max()) + 1e-12) * eye
-    return mean[:, 0].numpy(), np.stack([_inverse(c) for c in cov.numpy()])
 
 
 def _cell_scores(x: np.ndarray, means: np.ndarray, precisions: np.ndarray) -> np.ndarray:

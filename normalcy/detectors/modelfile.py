@@ -7,10 +7,8 @@ against the schema below (unknown keys are refused, so typos are caught), and
 to be a plain finite number array. Every problem is one ``InputError`` line that
 names the file, never a traceback.
 
-Every file of a model folder (image or vector model) is opened by ``model_file``: a
-regular file only (a FIFO would block forever, ``/dev/zero`` never ends), inside the
-folder (a symbolic link out of it is refused before anything of its target is read),
-and under a size cap.
+Every file of it is opened as ``normalcy.files`` opens any model file (regular, inside
+the folder, capped).
 
 A model with a custom backbone names Python code that rebuilding it would run.
 Such a model is refused unless the caller trusts it (``trust_code=True``,
@@ -20,18 +18,13 @@ SHA-256 recorded when the model was fitted.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     FiniteFloat,
     ValidationError,
@@ -42,15 +35,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from normalcy.errors import InputError
+from normalcy.files import (
+    MAX_STATE_BYTES,
+    MODEL_JSON,
+    Strict,
+    describe,
+    model_file,
+    one_line,
+    read_json,
+)
 from normalcy.images.backbones import BACKBONES, code_file, sha256_file
 from normalcy.images.features import MAX_SIZE, parse_size
 from normalcy.version import __version__
 
 FORMAT_VERSION = 1
-MODEL_JSON = "model.json"
 MODEL_TENSORS = "model.safetensors"
-MAX_JSON_BYTES = 16 * 2**20  # a real model.json is a few kB; a huge one is not a model
-MAX_STATE_BYTES = 16 * 2**30  # tensors or a fitted estimator: far above any model normalcy fits, below a bomb
 
 # Bounds that model.json and the detectors' own checks share: far beyond any real setting, yet a tampered
 # model.json cannot ask for a batch of 10**12 images.
@@ -61,12 +60,7 @@ Count = Annotated[int, Field(ge=1, le=10**9)]  # training images
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-class _Strict(BaseModel):
-    # strict: "64" is not an image size and true is not a count; forbid: a typo is an error.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class CustomBackboneMeta(_Strict):
+class CustomBackboneMeta(Strict):
     """``custom_backbone()``'s arguments as saved: where the code and the weights are."""
 
     module: str
@@ -111,7 +105,7 @@ class CustomBackboneMeta(_Strict):
         return self.module.rpartition(":")[0]
 
 
-class ExtractorMeta(_Strict):
+class ExtractorMeta(Strict):
     """``FeatureExtractor.config``: everything needed to rebuild the feature extraction."""
 
     backbone: str
@@ -144,7 +138,7 @@ class ExtractorMeta(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _levels(self) -> "ExtractorMeta":
+    def _levels(self) -> ExtractorMeta:
         if self.backbone_extras is not None:
             levels = list(self.backbone_extras.levels)
         elif self.backbone in BACKBONES:
@@ -158,7 +152,7 @@ class ExtractorMeta(_Strict):
         return self
 
 
-class ModelMeta(_Strict):
+class ModelMeta(Strict):
     """``model.json``."""
 
     format_version: int
@@ -177,7 +171,7 @@ class ModelMeta(_Strict):
     choice: dict[str, Any] | None = None  # --detector auto: what was chosen, on what validation numbers
 
     @model_validator(mode="after")
-    def _range(self) -> "ModelMeta":
+    def _range(self) -> ModelMeta:
         lo, hi = self.map_range
         if not lo < hi:
             raise ValueError(f"map_range: low must be below high (got {self.map_range})")
@@ -205,70 +199,11 @@ def read_model(directory: str | Path, trust_code: bool = False) -> tuple[ModelMe
     try:
         meta = ModelMeta.model_validate(raw)
     except ValidationError as err:
-        raise InputError(f"{meta_path}: {_describe(err)}") from None
+        raise InputError(f"{meta_path}: {describe(err)}") from None
     extras = meta.extractor.backbone_extras
     if extras is not None:
         check_code(meta_path, extras, trust_code)
     return meta, read_tensors(d / MODEL_TENSORS)
-
-
-def model_file(path: Path, max_bytes: int) -> Path:
-    """The real path of a model folder's file, checked before anything reads it.
-
-    Refused, each with one line naming ``path``: a missing file, a symbolic link that leads out of the
-    model folder (its target is not named: it may be a file the model's author wants a glimpse of), a
-    FIFO, device or folder, and a file over ``max_bytes``.
-    """
-    folder = path.parent.resolve()
-    try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing" + (" (a broken symbolic link)" if path.is_symlink() else "")) from None
-    except (OSError, RuntimeError) as err:  # a symlink loop, a permission problem
-        raise InputError(f"{path}: cannot read ({one_line(err)})") from None
-    if folder not in real.parents:
-        raise InputError(f"{path}: a symbolic link to a file outside the model folder, refused")
-    try:
-        info = os.stat(real)
-    except OSError as err:
-        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path}: not a regular file")
-    if info.st_size > max_bytes:
-        raise InputError(f"{path}: {info.st_size} bytes is too large for a model file (at most {max_bytes})")
-    return real
-
-
-def read_model_file(path: Path, max_bytes: int) -> bytes:
-    """A model folder's file (see ``model_file``), read whole, never more than ``max_bytes``."""
-    real = model_file(path, max_bytes)
-    try:  # O_NONBLOCK and O_NOFOLLOW: a file swapped for a FIFO or a link since the check blocks nothing
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise InputError(f"{path}: not a regular file")
-            data = f.read(max_bytes + 1)
-    except OSError as err:
-        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
-    if len(data) > max_bytes:
-        raise InputError(f"{path}: too large for a model file (over {max_bytes} bytes)")
-    return data
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A model folder's JSON file as a dict (see ``model_file``); every problem is one InputError line."""
-    data = read_model_file(path, MAX_JSON_BYTES)
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: cannot read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: invalid JSON ({err})") from None
-    except RecursionError:
-        raise InputError(f"{path}: invalid JSON (nested too deeply)") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    return raw
 
 
 def check_code(meta_path: Path, extras: CustomBackboneMeta, trust_code: bool) -> None:
@@ -354,33 +289,3 @@ def _dtype_ok(dt: torch.dtype, want: str) -> bool:
 
 def _more(names: list[str]) -> str:
     return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-
-
-def _describe(err: ValidationError) -> str:
-    """Pydantic's errors as one line: 'field.path: problem', the first few of them."""
-    parts = []
-    for e in err.errors()[:3]:
-        loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "missing":
-            msg = "missing"
-        elif e["type"] == "extra_forbidden":
-            msg = "unknown key (a typo, or a model from a newer normalcy?)"
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            msg = msg[0].lower() + msg[1:] if msg else msg
-            if "(got " not in msg:
-                msg += f" (got {_short(e.get('input'))})"
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    more = err.error_count() - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
-def _short(value: Any) -> str:
-    text = "NaN" if isinstance(value, float) and math.isnan(value) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message squeezed onto one line (torch's load_state_dict errors span many)."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -131,17 +131,6 @@ class PatchCore(Detector):
                                      "kept as IVF-PQ codes (about 1/15 of the size, approximate distances)")
         pq_dims_per_byte: int = Field(4, ge=1, le=64, description="IVF-PQ code size: one byte per this many dimensions")
 
-    coreset_ratio: float
-    max_bank: int
-    max_pool: int
-    exact_search_max: int
-    nprobe: int
-    projection_dim: int
-    reweight_neighbours: int
-    calibration_images: int
-    standardize: bool
-    max_memory_mb: float
-    pq_dims_per_byte: int
     shift_: np.ndarray  # D: subtracted from every patch feature (0 unless standardize)
     scale_: np.ndarray  # D: then multiplied (1 unless standardize)
     bank_: np.ndarray  # K x D patch features; no rows when the bank is kept as IVF-PQ codes
@@ -152,7 +141,7 @@ class PatchCore(Detector):
     codes_: np.ndarray  # K x bytes, uint8: each bank patch's cell number and PQ code (faiss sa_encode); empty otherwise
     _index: faiss.Index | None = None
 
-    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> Calibration:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch], progress: bool) -> Calibration:
         chunks: list[np.ndarray] = []
         for batch in batches:
             p = batch.features.patches

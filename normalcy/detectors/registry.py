@@ -13,11 +13,12 @@ from normalcy.detectors.base import Detector
 from normalcy.detectors.draem import DRAEM
 from normalcy.detectors.efficientad import EfficientAD
 from normalcy.detectors.gaussian import GaussianAD
-from normalcy.detectors.modelfile import MODEL_JSON, MODEL_TENSORS, one_line, read_model
+from normalcy.detectors.modelfile import MODEL_TENSORS, read_model
 from normalcy.detectors.musc import MuSc
 from normalcy.detectors.patchcore import PatchCore
 from normalcy.detectors.simplenet import SimpleNet
 from normalcy.errors import InputError
+from normalcy.files import MODEL_JSON, one_line
 from normalcy.images.backbones import custom_backbone
 from normalcy.images.features import FeatureExtractor
 
@@ -45,7 +46,7 @@ def create(name: str, extractor: FeatureExtractor | None = None, **kwargs: Any) 
     return cls(extractor=extractor, **kwargs)
 
 
-def load(directory: str | Path, trust_code: bool = False) -> "Detector":
+def load(directory: str | Path, trust_code: bool = False) -> Detector:
     """Load a model directory written by ``Detector.save``; every problem is one InputError line.
 
     A model is data: one whose backbone is custom Python code is refused unless

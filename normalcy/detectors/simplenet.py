@@ -32,7 +32,7 @@ from normalcy.detectors.base import (
     Steps,
     Width,
 )
-from normalcy.detectors.training import train
+from normalcy.detectors.training import Trained, train
 from normalcy.images.features import Batch
 
 
@@ -46,7 +46,7 @@ class _Discriminator(nn.Module):
         return self.body(x).squeeze(-1)
 
 
-class SimpleNet(Detector):
+class SimpleNet(Trained, Detector):
     """Feature adaptor + Gaussian-noise anomaly generator + MLP discriminator."""
 
     name = "simplenet"
@@ -63,15 +63,6 @@ class SimpleNet(Detector):
         margin: float = Field(0.5, gt=0, le=100)
         holdout: float = Field(0.1, gt=0, lt=1, description="fraction of training images kept to calibrate on")
 
-    steps: int
-    time_budget: Optional[float]
-    batch_patches: int
-    hidden: int
-    noise_std: float
-    lr_adaptor: float
-    lr_discriminator: float
-    margin: float
-    holdout: float
     mean_: torch.Tensor  # per-channel standardisation of the features
     std_: torch.Tensor
     adaptor_: nn.Linear
@@ -82,7 +73,7 @@ class SimpleNet(Detector):
         self.adaptor_ = nn.Linear(dim, dim)
         self.discriminator_ = _Discriminator(dim, self.hidden)
 
-    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch]) -> None:
+    def _fit(self, batches: Iterator[Batch], held: Sequence[Batch], progress: bool) -> None:
         feats = []
         for batch in batches:
             p = batch.features.patches  # type: ignore[union-attr]
@@ -112,7 +103,7 @@ class SimpleNet(Detector):
             opt_d.step()
             return float(loss.detach())
 
-        self.train_log_ = train(step, self.steps, self.time_budget, self._progress, "train simplenet")
+        self.train_log_ = train(step, self.steps, self.time_budget, progress, "train simplenet")
         self.adaptor_.eval()
         self.discriminator_.eval()
 

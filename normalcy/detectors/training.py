@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -28,6 +28,19 @@ class TrainLog:
     losses: list[float]  # running (smoothed) loss, one value per step
     interrupted: bool
     stopped_by: str  # "steps", "time" or "interrupt"
+
+    def summary(self) -> dict[str, Any]:
+        """How training went, as model.json records it (``training``)."""
+        return {"steps": self.steps, "seconds": round(self.seconds, 2),
+                "final_loss": self.losses[-1] if self.losses else None, "stopped_by": self.stopped_by}
+
+
+class Trained:
+    """Mixin of the trained detectors (before ``Detector`` in the bases): model.json records how training went,
+    from the ``train_log_`` (a TrainLog) that their ``_fit`` sets. Not a class annotation: it is not a tensor."""
+
+    def metadata(self) -> dict[str, Any]:
+        return {"training": self.train_log_.summary()}
 
 
 def step_decay(optimizer: torch.optim.Optimizer, lr: float,

@@ -104,7 +104,7 @@ def choose_detector(paths: Sequence[Path], extractor: FeatureExtractor, candidat
 def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, progress: bool = True,
              own_backbones: bool = False, **kwargs: Any) -> Any:
     """``--detector auto``: choose among CANDIDATES on synthetic-defect validation, then fit the choice on all
-    images. The choice and every candidate's validation AUROC are kept on the model (``choice_``). Without an
+    images. The choice and every candidate's validation AUROC are kept on the model (``choice``). Without an
     extractor, or with ``own_backbones``, each candidate runs on its own default backbone."""
     from normalcy.detectors import create
 
@@ -113,7 +113,7 @@ def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, p
     name, found = choose_detector(paths, extractor, own_backbones=own_backbones, **kwargs)
     log.info("auto: chose %s (%s)", name, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
     det = create(name, _extractor_for(name, extractor, own_backbones), **kwargs).fit(paths, progress=progress)
-    det.choice_ = {"validation_auroc": found, "chosen": name}
+    det.choice = {"validation_auroc": found, "chosen": name}
     return det
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from normalcy.detectors.modelfile import MODEL_JSON
+from normalcy.files import MODEL_JSON
 from normalcy.errors import InputError
 from normalcy.images.io import input_paths
 from normalcy.runs.format import RUN_JSON, outside_run, staged
@@ -45,12 +45,8 @@ T = TypeVar("T")
 def _model_files(model_dir: Path) -> dict[str, bytes]:
     """The model's own files only (model.json and its tensors or estimator), read as any model file is:
     regular files inside the folder, size-capped; nothing else in the folder travels to the workers."""
-    from normalcy.detectors.modelfile import (
-        MAX_JSON_BYTES,
-        MAX_STATE_BYTES,
-        MODEL_TENSORS,
-        read_model_file,
-    )
+    from normalcy.detectors.modelfile import MODEL_TENSORS
+    from normalcy.files import MAX_JSON_BYTES, MAX_STATE_BYTES, read_model_file
     from normalcy.vectors.tables import MODEL_FILE
 
     d = Path(model_dir)

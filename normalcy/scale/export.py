@@ -68,7 +68,7 @@ from normalcy.detectors import (
 )
 from normalcy.detectors.base import Detector, Result, Scored, Skipped, collect
 from normalcy.detectors.gaussian import mahalanobis
-from normalcy.detectors.modelfile import _describe, _Strict, read_model_file
+from normalcy.files import Strict, describe, read_model_file
 from normalcy.errors import InputError
 from normalcy.images.features import MAX_SIZE, MIN_SIZE, Features, resize_image
 from normalcy.images.io import iter_images, list_files
@@ -464,7 +464,7 @@ def _restore_order(graph: Any, order: list[str]) -> None:
         graph.node.extend(nodes[k] for k in done)
 
 
-class ExportMeta(_Strict):
+class ExportMeta(Strict):
     """The ``normalcy`` metadata of an exported model, as ``metadata`` writes it: checked on loading, as
     model.json is, because an .onnx file is untrusted input too (a NaN threshold would pass every image)."""
 
@@ -564,7 +564,7 @@ class OnnxScorer:
         try:
             return ExportMeta.model_validate(raw).model_dump(exclude_none=True)
         except ValidationError as err:
-            raise InputError(f"{self.path}: {_describe(err)}") from None
+            raise InputError(f"{self.path}: {describe(err)}") from None
 
     def _check_graph(self) -> None:
         """The session's one input and two outputs: names, element types and ranks as export writes them,

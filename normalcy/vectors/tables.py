@@ -7,7 +7,7 @@ wherever they take images, with the detectors of :mod:`normalcy.vectors` (one mo
 A vector model is a folder like an image model: ``model.json`` (what a person reads: detector, the
 feature columns in order, threshold) and ``model.skops``, the fitted estimator in skops' format
 (scikit-learn's secure persistence: no pickle). A stranger's model folder runs no code and cannot crash
-or hang scoring: its files are read as image models' are (``modelfile.read_model_file``), the zip's
+or hang scoring: its files are read as image models' are (``files.read_model_file``), the zip's
 sizes are capped before anything is unpacked, every type schema.json names must be on ``ALLOWED_NODES``
 (skops' own defaults would admit every scikit-learn estimator), and the loaded detector's state is
 checked (``check_state``: shapes, ranges, every tree's nodes) before it scores a row.
@@ -32,10 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from normalcy.detectors.modelfile import (
+from normalcy.files import (
     MAX_STATE_BYTES,
     MODEL_JSON,
-    _describe,
+    describe,
     one_line,
     read_json,
     read_model_file,
@@ -315,7 +315,7 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
     try:
         meta = VectorModelMeta.model_validate(read_json(meta_path))
     except ValidationError as err:
-        raise InputError(f"{meta_path}: {_describe(err)}") from None
+        raise InputError(f"{meta_path}: {describe(err)}") from None
     if meta.detector not in VECTOR_DETECTORS:
         raise InputError(f"{meta_path}: unknown detector {meta.detector!r} for tables")
     data = read_model_file(model_path, MAX_STATE_BYTES)
