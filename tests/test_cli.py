@@ -100,7 +100,7 @@ def test_fit_predict_with_bad_files(tmp_path: Path) -> None:
     squares = [s for n, s in scores.items() if n.startswith("square")]
     goods = [s for n, s in scores.items() if n.startswith("good")]
     assert min(squares) > max(goods)
-    assert all(row["decision"] == "anomalous" for row in rows if row["path"].split("/")[-1].startswith("square"))
+    assert all(row["decision"] == "1" for row in rows if row["path"].split("/")[-1].startswith("square"))
     check_run_dir(out, n=6)
 
 
@@ -134,7 +134,7 @@ def test_score_batch_zero_shot_writes_a_run(tmp_path: Path) -> None:
         assert name in r.stderr
     rows = list(csv.DictReader(open(out / "scores.csv")))
     top = max(rows, key=lambda row: float(row["score"]))
-    assert Path(top["path"]).name.startswith("square") and top["decision"] == "anomalous"
+    assert Path(top["path"]).name.startswith("square") and top["decision"] == "1"
     check_run_dir(out, n=9)
     assert (out / "report.html").stat().st_size > 1000
     assert json.loads((out / "run.json").read_text())["detector"] == "musc"

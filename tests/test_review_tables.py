@@ -17,13 +17,12 @@ from safetensors.numpy import load_file, save_file
 
 from normalcy.review.ranking import make_ranker
 from normalcy.review.server import create_app
-from normalcy.runs.format import EMBEDDINGS
+from normalcy.runs.format import EMBEDDINGS, write_table_run
 from normalcy.vectors.tables import (
     fit_table,
     read_table,
     score_table,
     threshold_of,
-    write_table_run,
 )
 
 TOKEN = "table-token-" + "t" * 20

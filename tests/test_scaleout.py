@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import tempfile
 import time
@@ -24,6 +25,7 @@ from normalcy.vectors.tables import (  # noqa: E402
     read_table,
     save_vector_model,
     score_table,
+    threshold_of,
 )
 
 
@@ -45,9 +47,12 @@ def test_tables_on_ray_equal_one_process(tmp_path: Path) -> None:
 
     (run,) = predict_ray(tmp_path / "m", [path], tmp_path / "out", "local", id_column="name")
     got = pq.read_table(tmp_path / "out" / RESULTS).to_pydict()
-    assert got["name"] == table.ids  # every row, in input order
-    np.testing.assert_array_equal(np.array(got["score"])[mask], scores[mask])  # exactly, not approximately
-    assert got["decision"][11] == -1 and "f3" in got["skipped"][11] and skipped[0][0] == "obj11"
+    assert got["name"] == [i for i, m in zip(table.ids, mask) if m]  # every scored row, in input order
+    np.testing.assert_array_equal(np.array(got["score"]), scores[mask])  # exactly, not approximately
+    assert got["decision"] == (scores[mask] >= threshold_of(det)).astype(int).tolist()  # the one rule
+    with open(tmp_path / "out" / "skipped.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["name"] == "obj11" == skipped[0][0] and "f3" in row["reason"]
     assert run["n_scored"] == len(X) - 1 and run["n_skipped"] == 1
 
 
@@ -62,10 +67,35 @@ def test_images_on_ray_equal_one_process(tmp_path: Path) -> None:
     predict_ray(tmp_path / "m", [root / "test"], tmp_path / "out", "local")
     got = pq.read_table(tmp_path / "out" / RESULTS).to_pydict()
     score_of = dict(zip(got["path"], got["score"]))
-    assert len(got["path"]) == len(paths)
+    assert len(got["path"]) == len(paths) - 1
     assert [score_of[str(p)] for p in expected.paths] == expected.scores.tolist()
-    broken = got["path"].index(str(root / "test" / "good" / "broken.png"))
-    assert got["decision"][broken] == -1 and got["skipped"][broken]
+    assert set(got["decision"]) <= {0, 1}
+    with open(tmp_path / "out" / "skipped.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["path"] == str(root / "test" / "good" / "broken.png") and row["reason"]
+
+
+def test_a_ray_run_is_served(tmp_path: Path) -> None:
+    """A run made on Ray is a run like any other: the review lists its items with their scores and decisions."""
+    from fastapi.testclient import TestClient
+
+    from normalcy.review.server import create_app
+
+    root = make_dataset(tmp_path / "data")
+    det = create("gaussian", FeatureExtractor(image_size=64)).fit(sorted((root / "train" / "good").glob("*.png")))
+    det.save(tmp_path / "m")
+    predict_ray(tmp_path / "m", [root / "test"], tmp_path / "out", "local")
+    expected = det.score(sorted((root / "test").rglob("*.png")), progress=False)
+    token = "ray-run-token-" + "r" * 20
+    with TestClient(create_app(tmp_path / "out", token, strategy="none")) as c:
+        c.headers["Authorization"] = f"Bearer {token}"
+        data = c.get("/api/items", params={"limit": 100}).json()
+    got = {it["name"]: (it["score"], it["decision"]) for it in data["items"]}
+    want = {f"{p.parent.name}/{p.name}": (s, d) for p, s, d in
+            zip(expected.paths, expected.scores.tolist(), expected.decisions.tolist())}
+    assert data["total"] == len(want) and got.keys() == want.keys()
+    for name, (score, decision) in want.items():
+        assert got[name][0] == pytest.approx(score) and got[name][1] == ("anomalous" if decision else "normal")
 
 
 def test_cli_predict_ray_local_on_a_table(tmp_path: Path) -> None:

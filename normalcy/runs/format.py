@@ -1,18 +1,26 @@
 """A run directory: what scoring a folder leaves behind, for people and for `normalcy serve`.
 
-    scores.csv             path (absolute), score, decision, threshold, overlay (one row per readable image)
-    skipped.csv            path, reason (files that are not readable images)
+    scores.csv             one row per scored item, the same columns for every kind of run: its id (column
+                           ``path``: the image's absolute path; a table's id column, ``row`` by default),
+                           score, decision (1 anomalous, 0 normal: ``score >= threshold``, the one rule),
+                           threshold, and for images overlay (the overlay image, or empty)
+    scores.parquet         the same table, exact (ids not guarded for spreadsheets; scores as float64)
+    skipped.csv            id, reason (what could not be scored: files that are not readable images,
+                           table rows with missing values; the same for runs on Ray)
     heatmaps/<name>.png    original | overlay side by side (to look at)
     overlays/<name>.png    the overlay alone (the review UI toggles it over the image)
     maps/<name>.npy        raw float32 anomaly maps at original size (--save-maps)
     embeddings.safetensors "embedding": N x E image embeddings, row-aligned with scores.csv,
                            that review re-ranking learns a person's interest from
-                           (a table run's: its z-scored feature columns, see tables.write_table_embeddings)
+                           (a table run's: its z-scored feature columns, see write_table_embeddings)
     run.json               detector, model, inputs, threshold, counts
     report.html            the top anomalies
 
-`predict` (a fitted model) and `score-batch` (zero-shot MuSc) both write one with
-``RunWriter``, so everything downstream reads a single format; the reading side is here too.
+Image runs (``RunWriter``), table runs (:func:`write_table_run`) and runs on Ray
+(``normalcy.scale.distributed``) all write their scores with :func:`write_scores` and their skipped
+items with :func:`write_skipped`; run.json's ``kind`` (images or vectors) says how to read the ids.
+Everything downstream reads them here (:func:`read_run`). A run written before this format (decision
+``anomalous``/``normal``) is still read.
 
 A run is written into a fresh hidden folder beside the run folder and replaces it only once complete
 (:func:`staged`): a run never adds to an earlier one, and a failed or interrupted run leaves the earlier
@@ -51,7 +59,9 @@ from normalcy.images.heatmap import overlay, side_by_side, write_png
 from normalcy.images.io import printable
 from normalcy.runs.report import ReportImage, gallery_image, write_report
 
-SCORES_HEADER = ["path", "score", "decision", "threshold", "overlay"]
+SCORES_CSV, SCORES_PARQUET, SKIPPED_CSV = "scores.csv", "scores.parquet", "skipped.csv"
+IMAGES, VECTORS = "images", "vectors"  # run.json "kind": what the ids name
+IMAGE_KEY = "path"  # an image run's id column
 EMBEDDINGS = "embeddings.safetensors"
 # CSV files hold paths exactly: a Linux file name that is not UTF-8 round-trips through
 # surrogateescape (os.fsdecode) instead of aborting the run.
@@ -77,6 +87,51 @@ def csv_cell(text: str) -> str:
 def _uncell(text: str) -> str:
     """Undo :func:`csv_cell`."""
     return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+
+
+def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The one decision rule of every run: anomalous when the score reaches the threshold."""
+    return np.asarray(scores, np.float64) >= threshold
+
+
+def _number(x: float) -> str:
+    """A score as text: the shortest that reads back exactly, without a trailing .0."""
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def write_scores(folder: Path, key: str, ids: Sequence[str], scores: np.ndarray, threshold: float,
+                 overlays: Sequence[str] | None = None) -> np.ndarray:
+    """scores.csv and scores.parquet of every kind of run: ``key`` (the ids), score, decision 1/0, threshold,
+    and overlay when given. Returns the decisions. The CSV is exact for any file name (surrogateescape) and
+    guarded against formulas; the Parquet file holds the ids as UTF-8 (an undecodable byte as U+FFFD)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    s = np.asarray(scores, np.float64)
+    decisions = decide(s, threshold)
+    header = [key, "score", "decision", "threshold"] + (["overlay"] if overlays is not None else [])
+    with open(folder / SCORES_CSV, "w", newline="", **CSV_ENCODING) as fh:
+        writer = csv.writer(fh)
+        writer.writerow([csv_cell(h) for h in header])
+        t = _number(threshold)
+        for k, (i, x, d) in enumerate(zip(ids, s.tolist(), decisions.tolist())):
+            writer.writerow([csv_cell(i), _number(x), int(d), t] + ([overlays[k]] if overlays is not None else []))
+    utf8 = [i.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for i in ids]
+    columns: dict[str, Any] = {key: pa.array(utf8, pa.string()), "score": s, "decision": decisions.astype(np.int8),
+                               "threshold": np.full(len(s), float(threshold))}
+    if overlays is not None:
+        columns["overlay"] = pa.array(list(overlays), pa.string())
+    pq.write_table(pa.table(columns), folder / SCORES_PARQUET)
+    return decisions
+
+
+def write_skipped(folder: Path, key: str, skipped: Sequence[tuple[Any, str]]) -> None:
+    """skipped.csv of every kind of run: the id of each item that was not scored, and why."""
+    with open(folder / SKIPPED_CSV, "w", newline="", **CSV_ENCODING) as fh:
+        writer = csv.writer(fh)
+        writer.writerow([csv_cell(key), "reason"])
+        writer.writerows([csv_cell(str(i)), csv_cell(str(r))] for i, r in skipped)
 
 
 def _short_hash(path: Path) -> str:
@@ -218,12 +273,11 @@ class RunWriter:
         self.inputs = [str(Path(p).resolve()) for p in inputs]
         self.root = _common_root(inputs)
         self.rows: list[tuple[str, float, bool]] = []
+        self._ids: list[str] = []  # absolute paths, for scores.csv
+        self._overlays: list[str] = []
         self.embeddings: list[np.ndarray] = []
         self._names: set[str] = set()  # case-folded: two names differing in case clash on macOS and Windows
         self._best: list[tuple[float, int, ReportImage]] = []
-        self._fh = open(self.folder / "scores.csv", "w", newline="", **CSV_ENCODING)
-        self._csv = csv.writer(self._fh)
-        self._csv.writerow(SCORES_HEADER)
         self._started = time.time()
 
     def __enter__(self) -> "RunWriter":
@@ -235,7 +289,6 @@ class RunWriter:
 
     def abort(self) -> None:
         """Delete the unfinished run (nothing if close() put it in place already)."""
-        self._fh.close()
         abandon_run(self.folder)
 
     def _name(self, path: Path) -> str:
@@ -249,9 +302,11 @@ class RunWriter:
         self._names.add(name.casefold())
         return name
 
-    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray | None, anomalous: bool,
+    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray | None, anomalous: bool | None = None,
             embedding: np.ndarray | None = None) -> None:
-        """Record one scored image and write its pictures (none when the detector gave no map)."""
+        """Record one scored image and write its pictures (none when the detector gave no map). Its decision
+        is ``score >= threshold`` (:func:`decide`); ``anomalous`` is accepted for older callers and not used."""
+        anomalous = bool(decide(np.array([score]), self.threshold)[0])
         name = self._name(path)
         lo, hi = self.map_range
         over = ""
@@ -260,8 +315,7 @@ class RunWriter:
             over = f"overlays/{name}.png"
             (self.folder / "overlays").mkdir(exist_ok=True)
             write_png(self.folder / over, drawn)
-        self._csv.writerow([csv_cell(str(Path(path).resolve())), f"{score:.6g}",
-                            "anomalous" if anomalous else "normal", f"{self.threshold:.6g}", over])
+        self._overlays.append(over)
         if self.heatmaps and drawn is not None:
             (self.folder / "heatmaps").mkdir(exist_ok=True)
             write_png(self.folder / "heatmaps" / f"{name}.png", side_by_side(image, drawn))
@@ -276,18 +330,17 @@ class RunWriter:
             item = gallery_image(str(path), score, anomalous, image, amap)
             push = heapq.heappush if len(self._best) < self.top else heapq.heappushpop
             push(self._best, (*key, item))
-        self.rows.append((str(path), float(score), bool(anomalous)))
+        self._ids.append(str(Path(path).resolve()))
+        self.rows.append((str(path), float(score), anomalous))
 
     def close(self, skipped: Sequence[tuple[Path, str]], title: str) -> None:
-        """Write skipped.csv, embeddings, run.json and the report; then put the run in place of ``output``."""
-        self._fh.close()
-        with open(self.folder / "skipped.csv", "w", newline="", **CSV_ENCODING) as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "reason"])
-            writer.writerows([csv_cell(str(p)), csv_cell(str(r))] for p, r in skipped)
+        """Write scores, skipped.csv, embeddings, run.json and the report; then put the run in place of ``output``."""
+        write_scores(self.folder, IMAGE_KEY, self._ids, np.array([r[1] for r in self.rows]),
+                     self.threshold, self._overlays)
+        write_skipped(self.folder, IMAGE_KEY, skipped)
         if self.embeddings and len(self.embeddings) == len(self.rows):
             save_file({"embedding": np.stack(self.embeddings)}, str(self.folder / EMBEDDINGS))
-        meta = {**self.info, "inputs": self.inputs, "threshold": self.threshold, "n_images": len(self.rows),
+        meta = {**self.info, "kind": IMAGES, "inputs": self.inputs, "threshold": self.threshold, "n_images": len(self.rows),
                 "n_skipped": len(skipped), "seconds": round(time.time() - self._started, 2),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (self.folder / RUN_JSON).write_text(json.dumps(meta, indent=2) + "\n")
@@ -304,6 +357,59 @@ class RunWriter:
                 info={k: v for k, v in self.info.items() if isinstance(v, (str, int, float))},
             )
         finish_run(self.folder, self.output)
+
+
+def write_table_run(output: str | Path, table: Any, scores: np.ndarray, mask: np.ndarray, threshold: float,
+                    skipped: Sequence[tuple[str, str]], info: dict[str, Any]) -> Path:
+    """A table run (``table``: a :class:`normalcy.vectors.tables.Table`): scores (:func:`write_scores`, one row
+    per scored row in table order, ids in the table's id column), skipped.csv, run.json, and the scored rows'
+    features as the run's embeddings (:func:`write_table_embeddings`), so that ``normalcy serve`` re-ranks
+    table rows as it does images."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [table.ids[i] for i in np.flatnonzero(mask)]
+    decisions = write_scores(out, table.id_column, ids, scores[mask], threshold)
+    write_skipped(out, table.id_column, skipped)
+    write_table_embeddings(out / EMBEDDINGS, table.X, mask, table.columns)
+    run = {**info, "table": str(table.path.resolve()), "id_column": table.id_column, "n_scored": int(mask.sum()),
+           "n_skipped": len(skipped), "n_anomalous": int(decisions.sum()), "threshold": threshold,
+           "kind": VECTORS}
+    (out / RUN_JSON).write_text(json.dumps(run, indent=2) + "\n")
+    return out
+
+
+def write_table_embeddings(path: Path, X: np.ndarray, mask: np.ndarray, columns: list[str],
+                           block: int = 65_536) -> None:
+    """The scored rows' features, z-scored per column over those rows, as float32 "embedding" (the
+    format of an image run's embeddings), with each column's "mean", "std" and "median" (float64; the
+    median of a seeded sample of 100,000 rows when there are more) and the column names (metadata).
+
+    Z-scored rather than raw: the re-rankers measure Euclidean distances (and project wide features on
+    principal components), so a column in thousands would otherwise outweigh all the columns in units;
+    the model's own scaling is the detector's business and differs between detectors. The review page
+    turns them back into values with the mean and std (7 significant digits, float32).
+    """
+    rows = np.flatnonzero(mask)
+    n, d = len(rows), X.shape[1]
+    z = np.empty((n, d), np.float32)
+    # Columns near float64's limits overflow: their NaN become 0 and their z-scores are clipped to +-1e6,
+    # which no real z-score reaches (|z| <= sqrt(n)), so float32 holds them and the rankers accept them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = np.zeros(d)
+        for a in range(0, n, block):
+            mean += X[rows[a:a + block]].sum(axis=0)
+        mean /= max(n, 1)
+        var = np.zeros(d)
+        for a in range(0, n, block):
+            var += ((X[rows[a:a + block]] - mean) ** 2).sum(axis=0)
+        std = np.sqrt(var / max(n, 1))
+        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        for a in range(0, n, block):
+            z[a:a + block] = np.clip(np.nan_to_num((X[rows[a:a + block]] - mean) / std, nan=0.0), -1e6, 1e6)
+    sample = rows if n <= 100_000 else np.sort(np.random.default_rng(0).choice(rows, 100_000, replace=False))
+    median = np.median(X[sample], axis=0) if n else np.zeros(d)
+    save_file({"embedding": z, "mean": mean, "std": std, "median": median}, str(path),
+              metadata={"columns": json.dumps(columns), "embedding": "z-scored feature columns"})
 
 
 def read_embeddings(run_dir: Path) -> np.ndarray | None:
@@ -352,6 +458,9 @@ def read_run_json(run_dir: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+DECISIONS = {"1": True, "0": False, "anomalous": True, "normal": False}  # the words: runs before one format
+
+
 def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow], int]:
     """The scored images of a run, in scores.csv order, and the number of data rows in the file.
 
@@ -382,9 +491,9 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
                     score = float(rec.get("score") or "")
                 except ValueError:
                     raise InputError(f"{path}:{line}: score {rec.get('score')!r} is not a number") from None
-                decision = (rec.get("decision") or "").strip().lower()
-                if decision not in ("anomalous", "normal"):
-                    raise InputError(f"{path}:{line}: decision must be anomalous or normal, not {rec.get('decision')!r}")
+                decision = DECISIONS.get((rec.get("decision") or "").strip().lower())
+                if decision is None:
+                    raise InputError(f"{path}:{line}: decision must be 1 or 0, not {rec.get('decision')!r}")
                 if not math.isfinite(score):
                     logger.warning("%s:%d: score %s is not finite; %s left out of the review", path, line, score, raw)
                     continue
@@ -395,7 +504,7 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
                 seen.add(str(image))
                 over = (rec.get("overlay") or "").strip()
                 overlay = str(Path(os.path.abspath(run_dir / over))) if over else None
-                rows.append(RunRow(str(image), _display_name(image, inputs), score, decision == "anomalous",
+                rows.append(RunRow(str(image), _display_name(image, inputs), score, decision,
                                    overlay, k))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read ({err})") from None

@@ -2,8 +2,10 @@
 
 The driver lists the work (image paths, or the rows of each table), Ray Data cuts it into blocks, and actors
 on the workers each load the model once and score their blocks with the same code as the one-process path
-(``Detector.score``, ``normalcy.vectors.tables.score_table``). Results are written by the workers as Parquet
-(``OUTPUT/scores.parquet/``, a folder of part files, in input order), beside ``run.json``.
+(``Detector.score``, ``normalcy.vectors.tables.score_table``). The workers write their results as Parquet part
+files; the driver turns them into the run format every run has (``normalcy.runs.format``): scores.csv and
+scores.parquet (the scored items, in input order), skipped.csv (the others, with the reason) and run.json,
+so ``normalcy serve`` opens a run made on Ray as any other.
 
 Before Ray starts, the driver loads the model once (a bad one is one line, as without Ray), checks that
 every input exists and that a cluster's address answers (within seconds, not Ray's minutes of retries).
@@ -35,9 +37,20 @@ import numpy as np
 from normalcy.files import MODEL_JSON
 from normalcy.errors import InputError
 from normalcy.images.io import input_paths
-from normalcy.runs.format import RUN_JSON, outside_run, staged
+from normalcy.runs.format import (
+    IMAGE_KEY,
+    IMAGES,
+    RUN_JSON,
+    SCORES_PARQUET,
+    VECTORS,
+    outside_run,
+    staged,
+    write_scores,
+    write_skipped,
+)
 
-RESULTS = "scores.parquet"
+RESULTS = SCORES_PARQUET
+PARTS = ".parts"  # the workers' Parquet part files, in the run being written; gone once the run is complete
 PROBE_SECONDS = 5.0  # an address that does not answer within this is refused (ray.init would retry for minutes)
 T = TypeVar("T")
 
@@ -78,14 +91,12 @@ class _ImageScorer:
         self.det = _loaded(files, lambda d: load(d, trust_code=trust_code))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [Path(p) for p in batch["path"]]
+        paths = [Path(p) for p in batch[IMAGE_KEY]]
         res = self.det.score(paths, progress=False)
         score_of = dict(zip(res.paths, res.scores))
         reason_of = dict(res.skipped)
         scores = np.array([score_of.get(p, np.nan) for p in paths], dtype=np.float64)
-        return {"path": batch["path"], "score": scores,
-                "decision": np.where(np.isnan(scores), -1, scores >= res.threshold).astype(np.int8),
-                "threshold": np.full(len(paths), res.threshold),
+        return {IMAGE_KEY: batch[IMAGE_KEY], "score": scores, "threshold": np.full(len(paths), res.threshold),
                 "skipped": np.array([reason_of.get(p, "") for p in paths], dtype=object)}
 
 
@@ -107,7 +118,6 @@ class _TableScorer:
         scores, mask, skipped = score_table(self.det, table)
         reason_of = dict(skipped)
         return {self.id_column: np.array(ids, dtype=object), "score": scores,
-                "decision": np.where(mask, scores > self.meta.threshold, -1).astype(np.int8),
                 "threshold": np.full(len(ids), self.meta.threshold),
                 "skipped": np.array([reason_of.get(i, "") for i in ids], dtype=object)}
 
@@ -147,11 +157,10 @@ def _init(address: str) -> int:
 
 def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str, trust_code: bool = False,
                 id_column: str | None = None, batch_size: int = 32) -> list[dict[str, Any]]:
-    """Score image folders or tables with a fitted model on Ray; write scores.parquet/ and run.json per run
-    folder (OUTPUT, or OUTPUT/<table stem> for each of several tables, as the one-process path does).
+    """Score image folders or tables with a fitted model on Ray into run folders (OUTPUT, or OUTPUT/<table stem>
+    for each of several tables, as the one-process path does), in the one run format.
 
-    Every input row (image or table row) gets one result row, in input order: its score, decision (1
-    anomalous, 0 normal, -1 not scored) and, for one that could not be scored, the reason in ``skipped``.
+    Every input row (image or table row) is scored, in input order, or listed in skipped.csv with the reason.
     Tables are read on the driver by the one-process reader (the same columns, ids and errors), then scored
     in blocks of 4,096 rows on the workers.
     """
@@ -208,12 +217,12 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
                 compute=_pool(cpus), num_cpus=1)
             del data  # in Ray's object store now
             sub = Path() if len(inputs) == 1 else Path(path.stem)
-            runs.append(_write(ds, folder / sub, output / sub, model_dir, address, cpus, [path], "vectors"))
+            runs.append(_write(ds, folder / sub, output / sub, model_dir, address, cpus, [path], VECTORS, key))
     else:
-        ds = ray.data.from_items([{"path": os.fspath(p)} for p in paths]).map_batches(
+        ds = ray.data.from_items([{IMAGE_KEY: os.fspath(p)} for p in paths]).map_batches(
             _ImageScorer, fn_constructor_args=(files, trust_code, 1), batch_size=batch_size, batch_format="numpy",
             compute=_pool(cpus), num_cpus=1)
-        runs.append(_write(ds, folder, output, model_dir, address, cpus, inputs, "images"))
+        runs.append(_write(ds, folder, output, model_dir, address, cpus, inputs, IMAGES, IMAGE_KEY))
         if not runs[-1]["n_scored"]:
             raise InputError("no image could be read")
     return runs
@@ -227,15 +236,29 @@ def _pool(cpus: int) -> Any:
 
 
 def _write(ds: Any, folder: Path, output: Path, model_dir: Path, address: str, cpus: int, inputs: list[Path],
-           kind: str) -> dict[str, Any]:
-    """Run ``ds`` into ``folder``/scores.parquet and write run.json (naming ``output``, where it ends up)."""
+           kind: str, key: str) -> dict[str, Any]:
+    """Run ``ds`` (key, score, threshold, skipped: one row per input row) into ``folder`` in the one run
+    format, and write run.json (naming ``output``, where it ends up)."""
+    import shutil
+
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
-    ds.write_parquet(str(folder / RESULTS))
-    decision = pq.read_table(folder / RESULTS, columns=["decision"]).column("decision").to_numpy()
+    ds.write_parquet(str(folder / PARTS))
+    got = pq.read_table(folder / PARTS).to_pydict()
+    shutil.rmtree(folder / PARTS)
+    reasons = got["skipped"]
+    scored = [k for k, r in enumerate(reasons) if not r]
+    threshold = float(got["threshold"][0]) if got["threshold"] else float("nan")
+    decisions = write_scores(folder, key, [str(got[key][k]) for k in scored],
+                             np.array([got["score"][k] for k in scored], np.float64), threshold,
+                             [""] * len(scored) if kind == IMAGES else None)
+    skipped = [(str(got[key][k]), r) for k, r in enumerate(reasons) if r]
+    write_skipped(folder, key, skipped)
     run = {"model": str(Path(model_dir).resolve()), "ray": address, "cpus": cpus, "kind": kind,
-           "inputs": [str(p) for p in inputs], "output": str(output), "n_scored": int((decision >= 0).sum()),
-           "n_skipped": int((decision < 0).sum()), "n_anomalous": int((decision == 1).sum())}
+           "inputs": [str(p) for p in inputs], "output": str(output), "threshold": threshold,
+           "n_scored": len(scored), "n_skipped": len(reasons) - len(scored), "n_anomalous": int(decisions.sum())}
+    if kind == VECTORS:
+        run["id_column"] = key
     (folder / RUN_JSON).write_text(json.dumps(run, indent=2) + "\n")
-    return run
+    return run | {"skipped": skipped}

@@ -41,7 +41,7 @@ from normalcy.files import (
     read_model_file,
 )
 from normalcy.errors import InputError
-from normalcy.runs.format import EMBEDDINGS, csv_cell
+from normalcy.runs.format import decide
 from normalcy.vectors.base import TooLarge, finite_rows
 from normalcy.vectors.registry import DEFAULT_DETECTOR, VECTOR_DETECTORS, create
 from normalcy.version import __version__
@@ -270,7 +270,7 @@ def _fitted(path: Path, detector: str, fpr: float, seed: int, X: np.ndarray) -> 
 
 
 def threshold_of(det: Any) -> float:
-    """The anomaly-score threshold (normalcy's convention: above it is anomalous)."""
+    """The anomaly-score threshold (normalcy's one rule: a score at or above it is anomalous)."""
     return -float(det.offset_)
 
 
@@ -387,72 +387,6 @@ def score_table(det: Any, table: Table) -> tuple[np.ndarray, np.ndarray, list[tu
     return scores, mask, skipped
 
 
-def write_table_run(output: str | Path, table: Table, scores: np.ndarray, mask: np.ndarray, threshold: float,
-                    skipped: list[tuple[str, str]], info: dict[str, Any]) -> Path:
-    """scores.parquet and scores.csv (id, score, decision, threshold: one row per scored row, in table
-    order), skipped.csv (id, reason), run.json (in the CSV files, a text cell a spreadsheet would run as a
-    formula gets a leading ' as in an image run, :func:`normalcy.runs.format.csv_cell`), and the scored rows' features as the run's embeddings
-    (:func:`write_table_embeddings`), so that ``normalcy serve`` re-ranks table rows as it does images."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    ids = [table.ids[i] for i in np.flatnonzero(mask)]
-    s = scores[mask]
-    result = pa.table({table.id_column: ids, "score": s, "decision": (s > threshold).astype(np.int8),
-                       "threshold": np.full(len(s), threshold)})
-    pq.write_table(result, out / "scores.parquet")  # ids exact; the CSV files' text cells are guarded
-    guarded_ids = pa.array([csv_cell(i) for i in ids], pa.string())
-    pcsv.write_csv(result.set_column(0, csv_cell(table.id_column), guarded_ids), out / "scores.csv")
-    pcsv.write_csv(pa.table({csv_cell(table.id_column): pa.array([csv_cell(i) for i, _ in skipped], pa.string()),
-                             "reason": pa.array([csv_cell(r) for _, r in skipped], pa.string())}),
-                   out / "skipped.csv")
-    write_table_embeddings(out / EMBEDDINGS, table.X, mask, table.columns)
-    run = {**info, "table": str(table.path.resolve()), "id_column": table.id_column, "n_scored": int(mask.sum()),
-           "n_skipped": len(skipped), "n_anomalous": int((s > threshold).sum()), "threshold": threshold,
-           "kind": VECTOR_KIND}
-    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    return out
-
-
-def write_table_embeddings(path: Path, X: np.ndarray, mask: np.ndarray, columns: list[str],
-                           block: int = 65_536) -> None:
-    """The scored rows' features, z-scored per column over those rows, as float32 "embedding" (the
-    format of an image run's embeddings), with each column's "mean", "std" and "median" (float64; the
-    median of a seeded sample of 100,000 rows when there are more) and the column names (metadata).
-
-    Z-scored rather than raw: the re-rankers measure Euclidean distances (and project wide features on
-    principal components), so a column in thousands would otherwise outweigh all the columns in units;
-    the model's own scaling is the detector's business and differs between detectors. The review page
-    turns them back into values with the mean and std (7 significant digits, float32).
-    """
-    from safetensors.numpy import save_file
-
-    rows = np.flatnonzero(mask)
-    n, d = len(rows), X.shape[1]
-    z = np.empty((n, d), np.float32)
-    # Columns near float64's limits overflow: their NaN become 0 and their z-scores are clipped to +-1e6,
-    # which no real z-score reaches (|z| <= sqrt(n)), so float32 holds them and the rankers accept them.
-    with np.errstate(over="ignore", invalid="ignore"):
-        mean = np.zeros(d)
-        for a in range(0, n, block):
-            mean += X[rows[a:a + block]].sum(axis=0)
-        mean /= max(n, 1)
-        var = np.zeros(d)
-        for a in range(0, n, block):
-            var += ((X[rows[a:a + block]] - mean) ** 2).sum(axis=0)
-        std = np.sqrt(var / max(n, 1))
-        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-        for a in range(0, n, block):
-            z[a:a + block] = np.clip(np.nan_to_num((X[rows[a:a + block]] - mean) / std, nan=0.0), -1e6, 1e6)
-    sample = rows if n <= 100_000 else np.sort(np.random.default_rng(0).choice(rows, 100_000, replace=False))
-    median = np.median(X[sample], axis=0) if n else np.zeros(d)
-    save_file({"embedding": z, "mean": mean, "std": std, "median": median}, str(path),
-              metadata={"columns": json.dumps(columns), "embedding": "z-scored feature columns"})
-
-
 # ------------------------------------------------------------------------------------------------- eval
 
 
@@ -488,7 +422,7 @@ def eval_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01
     t1 = time.perf_counter()
     scores = det.anomaly_score(X_test)
     t2 = time.perf_counter()
-    flagged = scores > threshold_of(det)
+    flagged = decide(scores, threshold_of(det))
     return {"detector": detector, "dataset": str(table.path), "protocol": protocol,
             "auroc": float(roc_auc_score(y_test, scores)), "ap": float(average_precision_score(y_test, scores)),
             "fpr_normal": float(flagged[y_test == 0].mean()), "recall_anomalous": float(flagged[y_test == 1].mean()),

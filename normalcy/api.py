@@ -1,0 +1,378 @@
+"""The application layer: what the command line, ``normalcy serve``, Ray and Python users all call.
+
+    fit(train, output=None, detector=None, **settings)   images (a folder or paths) or a table -> a model
+    predict(model, inputs, output, ...)                  a run folder (images, tables, or on Ray) -> RunSummary
+    score_batch(inputs, output, ...)                     a zero-shot (MuSc) run folder -> RunSummary
+    load(path)                                           an image model folder, a vector model folder, a .onnx
+
+``settings`` are the fields of :class:`ExtractorOptions` (how images become features) and
+:class:`DetectorOptions` (the detector's own); each option is declared there once and the command line
+builds its options from them. Errors a user can fix are :class:`normalcy.errors.InputError`, one line each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from normalcy.detectors import (
+    DETECTORS,
+    Detector,
+    MuSc,
+    Scored,
+    Skipped,
+    create,
+    default_backbone,
+)
+from normalcy.detectors import load as load_image_model
+from normalcy.errors import InputError
+from normalcy.images.backbones import BackboneSpec, custom_backbone
+from normalcy.images.features import FeatureExtractor, native_size, size_for
+from normalcy.images.io import input_paths, iter_images, list_files
+from normalcy.progress import progress_bar
+from normalcy.runs.format import (
+    IMAGES,
+    VECTORS,
+    RunWriter,
+    check_output,
+    outside_run,
+    staged,
+    write_table_run,
+)
+from normalcy.vectors.tables import (
+    DEFAULT_DETECTOR,
+    VectorModelMeta,
+    check_tables,
+    fit_table,
+    is_table,
+    is_vector_model,
+    load_vector_model,
+    read_table,
+    save_vector_model,
+    score_table,
+    threshold_of,
+)
+
+logger = logging.getLogger("normalcy")
+PathLike = str | Path
+
+
+@dataclass(frozen=True)
+class ExtractorOptions:
+    """How images become features: the options fit, eval and score-batch share."""
+
+    backbone: Optional[str] = None  # None: the detector's own default
+    backbone_config: Optional[Path] = None  # JSON of custom_backbone() arguments
+    image_size: str = "auto"  # auto, a square such as 224, or HEIGHTxWIDTH
+    tile: Optional[int] = None
+    overlap: int = 64
+    pool_grid: int = 4
+    precision: str = "auto"
+
+    @property
+    def own_backbones(self) -> bool:
+        """No backbone chosen: each detector (and each candidate of ``auto``) uses its own."""
+        return self.backbone is None and self.backbone_config is None
+
+    def extractor(self, sample: Sequence[Path] = (), detector: str = "") -> FeatureExtractor:
+        """The feature extractor; ``image_size`` auto reads the sample's aspect ratio (with ``tile``: the
+        sample's own median size, which the tiles then cover)."""
+        spec: str | BackboneSpec = self.backbone or default_backbone(detector)
+        if self.backbone_config is not None:
+            try:
+                cfg = json.loads(Path(self.backbone_config).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise InputError(f"{self.backbone_config}: cannot read backbone config ({err})") from None
+            spec = custom_backbone(**cfg)
+        size: Any = self.image_size
+        if str(size).strip().lower() == "auto":
+            size = native_size(list(sample)) if self.tile else size_for(list(sample))
+            if size[0] != size[1] or self.tile:
+                why = "the images' own size, in tiles" if self.tile else "the images' aspect ratio"
+                logger.info("input size %dx%d (height x width), from %s", size[0], size[1], why)
+        return FeatureExtractor(backbone=spec, image_size=size, pool_grid=self.pool_grid, precision=self.precision,
+                                tile=self.tile, overlap=self.overlap)
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    """Which detector and its shared settings: the options fit and eval share."""
+
+    detector: Optional[str] = None  # None: gaussian for images, ensemble for tables
+    fpr: float = 0.01
+    seed: int = 0
+    steps: Optional[int] = None  # detectors that train only
+    time_budget: Optional[float] = None  # detectors that train only
+
+    def name(self, table: bool = False) -> str:
+        return self.detector or (DEFAULT_DETECTOR if table else "gaussian")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The image detector's arguments; steps and time_budget only for detectors that train."""
+        detector = self.name()
+        given = {k: v for k, v in (("steps", self.steps), ("time_budget", self.time_budget)) if v is not None}
+        if given and detector == "auto":
+            raise InputError("--detector auto chooses between detectors that do not train: --steps and "
+                             "--time-budget do not apply")
+        cls = DETECTORS.get(detector)
+        if given and cls is not None:
+            unknown = [k for k in given if k not in cls.Params.model_fields]
+            if unknown:
+                raise InputError(f"detector {detector!r} does not train: --{unknown[0].replace('_', '-')} "
+                                 "does not apply")
+        return {"fpr": self.fpr, "seed": self.seed, **given}
+
+
+def options(settings: dict[str, Any], detector: Optional[str] = None) -> tuple[ExtractorOptions, DetectorOptions]:
+    """Split keyword settings into the two option groups; an unknown one is a TypeError, as for any function."""
+    names = {f.name for f in fields(ExtractorOptions)}, {f.name for f in fields(DetectorOptions)}
+    unknown = set(settings) - names[0] - names[1]
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return (ExtractorOptions(**{k: v for k, v in settings.items() if k in names[0]}),
+            DetectorOptions(detector=detector, **{k: v for k, v in settings.items() if k in names[1]}))
+
+
+@dataclass
+class VectorModel:
+    """A fitted detector of feature vectors with its feature columns: a table's model, shaped as an image
+    detector is for callers (name, threshold_, n_train_, skipped_fit_, save)."""
+
+    estimator: Any
+    name: str
+    columns: list[str]
+    skipped_fit_: list[tuple[str, str]] = field(default_factory=list)  # rows that could not be used
+    ignored: list[str] = field(default_factory=list)  # non-numeric columns left out of the features
+
+    @property
+    def threshold_(self) -> float:
+        return threshold_of(self.estimator)
+
+    @property
+    def n_train_(self) -> int:
+        return len(self.estimator.calibration_scores_)
+
+    def save(self, directory: PathLike) -> Path:
+        save_vector_model(self.estimator, self.name, self.columns, directory)
+        return Path(directory)
+
+    @classmethod
+    def of(cls, estimator: Any, meta: VectorModelMeta) -> "VectorModel":
+        return cls(estimator, meta.detector, list(meta.columns))
+
+
+@dataclass
+class RunSummary:
+    """What a run folder holds, in numbers; ``runs`` has one summary per table when several were scored."""
+
+    output: Path
+    kind: str  # images or vectors
+    n_scored: int
+    n_anomalous: int
+    skipped: list[tuple[str, str]]  # (path or row id, reason); for several tables also a table that failed
+    source: Optional[Path] = None  # the table a vectors run scored
+    cpus: Optional[int] = None  # on Ray: the CPUs it used
+    runs: list["RunSummary"] = field(default_factory=list)
+
+
+def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None, detector: Optional[str] = None, *,
+        label_column: Optional[str] = None, id_column: Optional[str] = None, progress: bool = True,
+        **settings: Any) -> Detector | VectorModel:
+    """Fit a detector on normal images (a folder or a list of paths) or on the rows of a table (.csv, .parquet,
+    .npz; with ``label_column`` the rows labelled anomalous are left out); saved to ``output`` when given.
+    ``settings``: the fields of ExtractorOptions and DetectorOptions (fpr, seed, backbone, image_size, ...)."""
+    ex, det_opts = options(settings, detector)
+    if isinstance(train, (str, Path)) and is_table(Path(train)):
+        model = _fit_table(Path(train), det_opts, label_column, id_column)
+    else:
+        paths = list_files(Path(train)) if isinstance(train, (str, Path)) else [Path(p) for p in train]
+        name = det_opts.name()
+        extractor = ex.extractor(paths, name)
+        if name == "auto":
+            from normalcy.evaluation.validation import fit_auto
+
+            model = fit_auto(paths, extractor, own_backbones=ex.own_backbones, **det_opts.kwargs())
+        else:
+            model = create(name, extractor, **det_opts.kwargs()).fit(paths, progress=progress)
+    if output is not None:
+        model.save(output)
+    return model
+
+
+def _fit_table(path: Path, opts: DetectorOptions, label_column: Optional[str], id_column: Optional[str]) -> VectorModel:
+    table = read_table(path, label_column, id_column)
+    estimator, skipped = fit_table(table, opts.name(table=True), opts.fpr, opts.seed)
+    return VectorModel(estimator, opts.name(table=True), table.columns, skipped, table.ignored)
+
+
+def is_exported(model: PathLike) -> bool:
+    """A model.onnx written by `normalcy export` (scored by onnxruntime), not a model folder."""
+    return Path(model).suffix.lower() == ".onnx"
+
+
+def load(path: PathLike, trust_code: bool = False) -> Any:
+    """A saved model: an image model folder (a Detector), a vector model folder (a VectorModel) or a
+    model.onnx from ``normalcy export`` (an OnnxScorer). ``trust_code``: allow a custom backbone's code."""
+    path = Path(path)
+    if is_exported(path):
+        from normalcy.scale.export import OnnxScorer
+
+        return OnnxScorer(path)
+    if is_vector_model(path):
+        return VectorModel.of(*load_vector_model(path))
+    return load_image_model(path, trust_code=trust_code)
+
+
+def predict(model: PathLike | Any, inputs: Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,
+            report: bool = True, save_maps: bool = False, embeddings: Optional[bool] = None, top: int = 24,
+            trust_code: bool = False, id_column: Optional[str] = None, ray: Optional[str] = None,
+            progress: bool = True) -> RunSummary:
+    """Score images or tables with a model (a path, or what :func:`fit`/:func:`load` returned) into the run
+    folder ``output`` (see normalcy.runs.format). ``ray``: local or a cluster's ADDRESS, for a model folder.
+    A file or row that cannot be scored is listed in skipped.csv; a run of none is an InputError."""
+    paths_in = [Path(p) for p in inputs]
+    output = Path(output)
+    if isinstance(model, (str, Path)):
+        model = Path(model)
+        if is_exported(model) and (ray is not None or embeddings):
+            raise InputError(f"{model}: an exported model scores images into scores and maps only: "
+                             + ("--ray takes a model folder written by `normalcy fit`" if ray is not None else
+                                "it has no embeddings (predict with the model folder for them)"))
+        if ray is not None:
+            return _predict_ray(model, paths_in, output, ray, trust_code, id_column)
+        info = {"model": str(model.resolve())}
+        model = load(model, trust_code=trust_code)
+    elif ray is not None:
+        raise InputError("on Ray, give the model's folder (the workers load it from its files)")
+    else:
+        info = {"model": "in memory"}
+    if isinstance(model, VectorModel):
+        return _predict_tables(model, paths_in, output, id_column, info)
+    return _predict_images(model, paths_in, output, info, heatmaps=heatmaps, report=report, save_maps=save_maps,
+                           embeddings=embeddings, top=top, progress=progress)
+
+
+def _predict_ray(model: Path, inputs: list[Path], output: Path, address: str, trust_code: bool,
+                 id_column: Optional[str]) -> RunSummary:
+    from normalcy.scale.distributed import predict_ray
+
+    runs = [RunSummary(Path(r["output"]), r["kind"], r["n_scored"], r["n_anomalous"], r["skipped"], cpus=r["cpus"])
+            for r in predict_ray(model, inputs, output, address, trust_code=trust_code, id_column=id_column)]
+    return runs[0] if len(runs) == 1 else RunSummary(output, VECTORS, sum(r.n_scored for r in runs),
+                                                     sum(r.n_anomalous for r in runs), [], cpus=runs[0].cpus,
+                                                     runs=runs)
+
+
+def _predict_tables(model: VectorModel, inputs: list[Path], output: Path, id_column: Optional[str],
+                    info: dict[str, Any]) -> RunSummary:
+    """Score each table; a table that cannot be read is skipped, named, and the others go on. The run folder
+    (one per table when there are several) replaces ``output`` once all are written."""
+    check_tables(inputs)
+    runs: list[RunSummary] = []
+    failed: list[tuple[str, str]] = []
+    with staged(output, inputs) as folder:
+        for path in inputs:
+            target = Path() if len(inputs) == 1 else Path(path.stem)
+            try:
+                table = read_table(path, id_column=id_column, columns=model.columns)
+            except InputError as err:
+                failed.append((str(path), str(err)))
+                continue
+            scores, mask, skipped = score_table(model.estimator, table)
+            write_table_run(folder / target, table, scores, mask, model.threshold_, skipped,
+                            {"detector": model.name, **info})
+            n_bad = int((scores[mask] >= model.threshold_).sum())
+            runs.append(RunSummary(output / target, VECTORS, int(mask.sum()), n_bad, skipped, source=path))
+        if not runs:
+            raise InputError("no table could be read: " + "; ".join(reason for _, reason in failed))
+    if len(inputs) == 1:
+        return runs[0]
+    return RunSummary(output, VECTORS, sum(r.n_scored for r in runs), sum(r.n_anomalous for r in runs), failed,
+                      runs=runs)
+
+
+def _predict_images(model: Any, inputs: list[Path], output: Path, info: dict[str, Any], *, heatmaps: bool,
+                    report: bool, save_maps: bool, embeddings: Optional[bool], top: int, progress: bool) -> RunSummary:
+    """Stream every file through the model into a run folder; a file that fails is skipped, named, not fatal.
+    A model.onnx (``normalcy export``) is scored by onnxruntime, through ``OnnxScorer``."""
+    check_output(output, inputs)
+    paths = outside_run(input_paths(inputs), output)
+    records: Iterator[Scored | Skipped]
+    if isinstance(model, Detector):
+        if embeddings is None:  # free where the backbone runs anyway; `serve` computes them later for the others
+            embeddings = model.uses_features
+        threshold, map_range = model.threshold_, model.map_range_ or (0.0, 1.0)
+        info |= {"detector": model.name, "backbone": model.extractor.spec.name}
+        records = model.iter_score(paths, embeddings=embeddings)
+    else:  # OnnxScorer
+        threshold, map_range = model.threshold, tuple(model.meta["map_range"])
+        info |= {"detector": model.meta["detector"], "backbone": model.meta["backbone"], "runtime": "onnxruntime"}
+        records = model.iter_score(paths)
+    skipped: list[tuple[Path, str]] = []
+    with RunWriter(output, threshold, map_range, heatmaps=heatmaps, overlays=heatmaps,  # type: ignore[arg-type]
+                   report=report, save_maps=save_maps, top=top, info=info, inputs=inputs) as writer:
+        with progress_bar(progress) as bar:
+            task = bar.add_task("predict", total=len(paths))
+            for rec in records:
+                if isinstance(rec, Skipped):
+                    skipped.append((rec.path, rec.reason))
+                else:
+                    _add_safely(writer, skipped, rec.path, rec.image, rec.score, rec.map, rec.embedding)
+                bar.update(task, completed=len(writer.rows) + len(skipped))
+        return _finish_run(writer, skipped, f"normalcy predict: {len(writer.rows)} images")
+
+
+def score_batch(inputs: Sequence[PathLike], output: PathLike = "results", *, extra: Sequence[PathLike] = (),
+                heatmaps: bool = True, report: bool = True, save_maps: bool = False, top: int = 24,
+                image_score: str = "max-median", rscin_k: int = 8, progress: bool = True,
+                **settings: Any) -> RunSummary:
+    """Zero-shot (MuSc): score unlabeled images against each other (and against ``extra`` images, not
+    scored) into the run folder ``output``. ``settings``: the fields of ExtractorOptions."""
+    ex, _ = options(settings)
+    inputs = [Path(p) for p in inputs]
+    output = Path(output)
+    check_output(output, inputs)  # before the minutes of scoring, not after
+    paths = outside_run(input_paths(inputs), output)
+    det = MuSc(ex.extractor(paths), image_score=image_score, rscin_k=rscin_k)
+    det.references(input_paths([Path(p) for p in extra]) if extra else [])
+    for path, reason in det.skipped_refs_:
+        logger.warning("extra image %s skipped: %s", path, reason)
+    result = det.score(paths, progress=progress, embeddings=True)  # images are read again below
+    assert result.embeddings is not None
+    skipped = list(result.skipped)
+    row_of = {p: i for i, p in enumerate(result.paths)}
+    with RunWriter(output, result.threshold, det.map_range_ or (0.0, 1.0), heatmaps=heatmaps, overlays=heatmaps,
+                   report=report, save_maps=save_maps, top=top, inputs=inputs,
+                   info={"detector": det.name, "model": "zero-shot", "backbone": det.extractor.spec.name}) as writer:
+        with progress_bar(progress) as bar:
+            task = bar.add_task("writing", total=len(result.paths))
+            for path, image in iter_images(result.paths, skipped):  # a file gone since scoring is skipped, named
+                i = row_of[path]
+                _add_safely(writer, skipped, path, image, float(result.scores[i]), result.maps[i],
+                            result.embeddings[i])
+                bar.advance(task)
+        return _finish_run(writer, skipped, f"normalcy score-batch (MuSc, zero-shot): {len(writer.rows)} images")
+
+
+def _add_safely(writer: RunWriter, skipped: list[tuple[Path, str]], path: Path, image: Any, score: float, amap: Any,
+                embedding: Any) -> None:
+    """Write one image's results; if that fails (a disk error, an odd name), the run goes on without it."""
+    try:
+        writer.add(path, image, score, amap, embedding=embedding)
+    except (OSError, ValueError) as err:
+        skipped.append((path, f"could not write its results: {err}"))
+
+
+def _finish_run(writer: RunWriter, skipped: list[tuple[Path, str]], title: str) -> RunSummary:
+    """Put a run with at least one scored image in place of the earlier one; a run of none is an error that
+    leaves the earlier run as it was."""
+    if not writer.rows:
+        writer.abort()
+        first = f" ({skipped[0][0]}: {skipped[0][1]}{' and others' if len(skipped) > 1 else ''})" if skipped else ""
+        raise InputError(f"no image could be read{first}")
+    writer.close(skipped, title)
+    return RunSummary(writer.output, IMAGES, len(writer.rows), sum(r[2] for r in writer.rows),
+                      [(str(p), r) for p, r in skipped])

@@ -1,0 +1,81 @@
+"""The Python API (normalcy.fit, predict, score_batch, load): what the command line calls, used directly."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import normalcy
+from normalcy.errors import InputError
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_fit_predict_load_on_images(synthetic_root: Path, tmp_path: Path) -> None:
+    det = normalcy.fit(synthetic_root / "train" / "good", tmp_path / "model", "gaussian", image_size="64",
+                       progress=False)
+    run = normalcy.predict(tmp_path / "model", [synthetic_root / "test"], tmp_path / "run", report=False,
+                           progress=False)
+    rows = _rows(tmp_path / "run" / "scores.csv")
+    assert (run.kind, run.n_scored, run.skipped) == ("images", 8, []) and len(rows) == 8
+    assert list(rows[0]) == ["path", "score", "decision", "threshold", "overlay"]
+    # One rule, written as 1/0: a score at or above the threshold is anomalous.
+    assert all(r["decision"] == str(int(float(r["score"]) >= det.threshold_)) for r in rows)
+    assert run.n_anomalous == sum(r["decision"] == "1" for r in rows)
+    assert pq.read_table(tmp_path / "run" / "scores.parquet").num_rows == 8
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["kind"] == "images"
+    loaded = normalcy.load(tmp_path / "model")
+    again = normalcy.predict(loaded, [synthetic_root / "test"], tmp_path / "again", heatmaps=False, report=False,
+                             progress=False)
+    assert [r["score"] for r in _rows(tmp_path / "again" / "scores.csv")] == [r["score"] for r in rows]
+    assert again.n_anomalous == run.n_anomalous
+
+
+def test_fit_predict_load_on_a_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    X[:3] += 8  # three planted outliers
+    X[5, 1] = np.nan  # not scored: listed in skipped.csv
+    ids = [f"obj{i}" for i in range(len(X))]
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"name": ids, "a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}), path)
+    model = normalcy.fit(path, tmp_path / "m", "knn", id_column="name", fpr=0.05)
+    assert model.columns == ["a", "b", "c"] and [i for i, _ in model.skipped_fit_] == ["obj5"]
+    run = normalcy.predict(tmp_path / "m", [path], tmp_path / "run", id_column="name")
+    rows = _rows(tmp_path / "run" / "scores.csv")
+    assert (run.kind, run.n_scored, len(rows)) == ("vectors", 199, 199)
+    assert list(rows[0]) == ["name", "score", "decision", "threshold"]
+    assert {r["name"] for r in rows if r["decision"] == "1"} >= {"obj0", "obj1", "obj2"}
+    assert [r["name"] for r in _rows(tmp_path / "run" / "skipped.csv")] == ["obj5"]
+    loaded = normalcy.load(tmp_path / "m")
+    assert loaded.threshold_ == pytest.approx(model.threshold_) and loaded.columns == model.columns
+
+
+def test_the_decision_boundary_is_at_or_above_the_threshold(tmp_path: Path) -> None:
+    """A score exactly at the threshold is anomalous, in every kind of run."""
+    from normalcy.runs.format import write_scores
+
+    decisions = write_scores(tmp_path, "id", ["below", "at", "above"], np.array([0.5 - 1e-12, 0.5, 0.75]), 0.5)
+    assert decisions.tolist() == [False, True, True]
+    assert [r["decision"] for r in _rows(tmp_path / "scores.csv")] == ["0", "1", "1"]
+    assert pq.read_table(tmp_path / "scores.parquet").column("decision").to_pylist() == [0, 1, 1]
+
+
+def test_unknown_settings_and_unreadable_inputs_are_refused(synthetic_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="bakcbone"):
+        normalcy.fit(synthetic_root / "train" / "good", bakcbone="x")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_bytes(b"not an image")
+    det = normalcy.fit(synthetic_root / "train" / "good", image_size="64", progress=False)
+    with pytest.raises(InputError, match="no image could be read"):
+        normalcy.predict(det, [tmp_path / "junk"], tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
