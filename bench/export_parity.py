@@ -32,7 +32,7 @@ from normalcy.detectors import DETECTORS, create
 from normalcy.detectors.base import Detector
 from normalcy.evaluation.evaluate import latency_ms
 from normalcy.evaluation.metrics import image_metrics
-from normalcy.images.features import Batch, FeatureExtractor, _to_tensor, resize_image
+from normalcy.images.features import FeatureExtractor, _to_tensor, resize_image
 from normalcy.images.io import load_dataset, read_image
 from normalcy.scale.export import OnnxScorer, exact_search, export_onnx
 
@@ -60,11 +60,15 @@ def best_speed(run: Callable[[list[np.ndarray]], object], images: list[np.ndarra
 
 
 def torch_scoring(det: Detector) -> Callable[[list[np.ndarray]], object]:
-    """Features + _score of resized images: the PyTorch counterpart of the graph."""
+    """Features + the detector's scoring module (what its _score runs) on resized images: the PyTorch
+    counterpart of the graph, which traces the same module."""
+    scoring = det.scoring()  # type: ignore[attr-defined]
+
     def run(chunk: list[np.ndarray]) -> object:
         x = _to_tensor(chunk)
         feats = det.extractor(x, pooled=det.uses_pooled) if det.uses_features else None
-        return det._score(Batch(paths=[Path("x")] * len(chunk), images=chunk, features=feats, inputs=x))
+        with torch.inference_mode():
+            return scoring(x, feats)
 
     return run
 

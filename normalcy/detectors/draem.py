@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
 from normalcy.detectors.base import (
     Detector,
@@ -62,7 +63,7 @@ from normalcy.detectors.base import (
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.detectors.networks import Discriminative, Reconstructive, focal_loss, ssim
 from normalcy.detectors.training import Trained, TrainLog, step_decay, train
-from normalcy.images.features import Batch
+from normalcy.images.features import Batch, Features
 from normalcy.images.synthetic import synthesize
 
 
@@ -146,12 +147,27 @@ class DRAEM(Trained, Detector):
         return (t(normal).permute(0, 3, 1, 2).contiguous(), t(aug).permute(0, 3, 1, 2).contiguous(), t(masks))
 
     # -- scoring ---------------------------------------------------------------------------
+    def scoring(self, exported: bool = False) -> "DraemScoring":
+        """The scoring as a torch module: ``_score`` runs it, ONNX export traces it."""
+        return DraemScoring(self)
+
     @torch.inference_mode()
     def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """Image scores (max of the mean-filtered defect probability) and the probability maps."""
-        xf = self._prepare(batch.inputs).float() / 255.0
-        rec = self.rec_(xf)
-        prob = torch.softmax(self.disc_(torch.cat([xf, rec], 1)), 1)[:, 1:]
-        k = self.filter_size
-        smooth = F.avg_pool2d(prob, k, stride=1, padding=k // 2, count_include_pad=False)
-        return smooth.amax(dim=(1, 2, 3)).double().numpy(), prob[:, 0].numpy().astype(np.float32)
+        scores, maps = self.scoring()(batch.inputs, batch.features)
+        return scores.double().numpy(), maps.numpy().astype(np.float32)
+
+
+class DraemScoring(nn.Module):
+    """DRAEM's scoring, images -> (image scores [N], maps [N, s, s]): the defect probability of the image beside
+    its reconstruction is the map; the image score is its maximum after a mean filter."""
+
+    def __init__(self, det: DRAEM) -> None:
+        super().__init__()
+        self.rec, self.disc = det.rec_, det.disc_
+        self.prepare, self.k = det._prepare, det.filter_size
+
+    def forward(self, inputs: torch.Tensor, features: Features | None) -> tuple[torch.Tensor, torch.Tensor]:
+        xf = self.prepare(inputs).float() / 255.0
+        prob = torch.softmax(self.disc(torch.cat([xf, self.rec(xf)], 1)), 1)[:, 1:]
+        smooth = F.avg_pool2d(prob, self.k, stride=1, padding=self.k // 2, count_include_pad=False)
+        return smooth.amax(dim=(1, 2, 3)), prob[:, 0]

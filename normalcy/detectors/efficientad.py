@@ -105,7 +105,7 @@ from normalcy.detectors.base import (
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.detectors.networks import AutoEncoder, pdn_tiny
 from normalcy.detectors.training import Trained, TrainLog, step_decay, train
-from normalcy.images.features import Batch
+from normalcy.images.features import Batch, Features
 from normalcy.images.synthetic import augment, jitter, synthetic_images
 
 log = logging.getLogger("normalcy")
@@ -363,12 +363,34 @@ class EfficientAD(Trained, Detector):
     def branch_maps(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised student-teacher and autoencoder maps (B x h x w) of preprocessed images, each on
         its own, to measure what each branch sees (the score is their mean)."""
-        st, ae = self._raw_maps(self._resize(inputs))
-        qa_st, qb_st, qa_ae, qb_ae = (float(v) for v in self.quantiles_)
-        return (0.1 * (st - qa_st) / max(qb_st - qa_st, 1e-12), 0.1 * (ae - qa_ae) / max(qb_ae - qa_ae, 1e-12))
+        return self.scoring().branches(inputs)
+
+    def scoring(self, exported: bool = False) -> "EfficientADScoring":
+        """The scoring as a torch module: ``_score`` runs it, ONNX export traces it."""
+        return EfficientADScoring(self)
 
     @torch.inference_mode()
     def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        st, ae = self.branch_maps(batch.inputs)
+        scores, maps = self.scoring()(batch.inputs, batch.features)
+        return scores.double().numpy(), maps.numpy()
+
+
+class EfficientADScoring(nn.Module):
+    """EfficientAD's scoring, images -> (image scores [N], maps [N, h, w]): the mean of the student-teacher and
+    autoencoder maps, each normalised by its quantiles on held-out images; the image score is its maximum."""
+
+    def __init__(self, det: EfficientAD) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList([det.teacher_, det.student_, det.ae_])  # their weights: the graph's
+        self.raw_maps, self.resize = det._raw_maps, det._resize
+        qa_st, qb_st, qa_ae, qb_ae = (float(v) for v in det.quantiles_)  # plain floats: constants when traced
+        self.low, self.spread = (qa_st, qa_ae), (max(qb_st - qa_st, 1e-12), max(qb_ae - qa_ae, 1e-12))
+
+    def branches(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        st, ae = self.raw_maps(self.resize(inputs))
+        return 0.1 * (st - self.low[0]) / self.spread[0], 0.1 * (ae - self.low[1]) / self.spread[1]
+
+    def forward(self, inputs: torch.Tensor, features: Features | None) -> tuple[torch.Tensor, torch.Tensor]:
+        st, ae = self.branches(inputs)
         m = (0.5 * st + 0.5 * ae).float()
-        return m.amax((1, 2)).double().numpy(), m.numpy()
+        return m.amax((1, 2)), m

@@ -41,15 +41,16 @@ coreset search (a random subset beyond that), so fitting stays well under 2 GB.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import faiss
 import numpy as np
 import torch
 from pydantic import Field
+from torch import nn
 
 from normalcy.detectors.base import Calibration, Detector, HyperParams
-from normalcy.images.features import Batch
+from normalcy.images.features import Batch, Features
 from normalcy.numerics.ann import (
     PQ_MIN_ROWS,
     check_ivfpq,
@@ -221,18 +222,12 @@ class PatchCore(Detector):
         return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
     def _image_scores(self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray) -> np.ndarray:
-        """Paper eq. 7: s = (1 - softmax of distances to m*'s neighbourhood at m*) * s*; b = 1: s* alone."""
-        top = dist.argmax(1)
-        rows = np.arange(len(dist))
-        s_star = dist[rows, top]
-        if self.bank_knn_.shape[1] < 2:  # no neighbourhood to weigh against: the plain maximum
-            return s_star.astype(np.float64)
-        m_test = patches[rows, top]  # B x D
-        support = self.bank_knn_[nn[rows, top]]  # B x b, the first is m* itself
-        d = np.linalg.norm(self._rows(support) - m_test[:, None, :], axis=-1)
-        d = d - d.max(1, keepdims=True)
-        w = 1.0 - np.exp(d[:, 0]) / np.exp(d).sum(1)
-        return (w * s_star).astype(np.float64)
+        """``image_scores`` on arrays."""
+        return image_scores(torch.from_numpy(patches), torch.from_numpy(dist), torch.from_numpy(nn),
+                            torch.from_numpy(self.bank_knn_), self._bank_rows).numpy()
+
+    def _bank_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._rows(ids.numpy()))
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         """Bank rows by index (any shape): the float rows, or an IVF-PQ bank's rows decoded from their codes."""
@@ -269,13 +264,25 @@ class PatchCore(Detector):
         dist[idx < 0] = np.inf  # IVF: fewer than k bank patches in the cells visited
         return dist, idx
 
+    def _nearest(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B x P x D patches -> their nearest bank patch's distance and index (B x P each), by the faiss index."""
+        b, n, d = patches.shape
+        dist, idx = self._search(patches.reshape(-1, d).numpy())
+        return torch.from_numpy(dist[:, 0]).reshape(b, n), torch.from_numpy(idx[:, 0]).reshape(b, n)
+
+    def scoring(self, exported: bool = False) -> "PatchCoreScoring":
+        """The scoring as a torch module: ``_score`` runs it with the faiss index; exported, it searches the bank
+        exactly in torch (what ``normalcy.scale.export.exact_search`` gives in Python) and runs in float32."""
+        if not exported:
+            return PatchCoreScoring(self, self._nearest, self._bank_rows)
+        search = ExactSearch(self.bank_)
+        scoring = PatchCoreScoring(self, search, search.rows).float()
+        scoring.bank_knn = scoring.bank_knn.long()  # ONNX's GatherND takes int64 indices only
+        return scoring
+
     def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        p = batch.features.patches
-        b, d, h, w = p.shape
-        patches = (p.permute(0, 2, 3, 1).reshape(b, h * w, d).numpy() - self.shift_) * self.scale_
-        dist, nn = self._search(patches.reshape(-1, d))
-        dist, nn = dist[:, 0].reshape(b, -1), nn[:, 0].reshape(b, -1)
-        return self._image_scores(patches, dist, nn), dist.reshape(b, h, w)
+        scores, maps = self.scoring()(batch.inputs, batch.features)
+        return scores.numpy(), maps.numpy()
 
     def _leave_one_out(self, train: np.ndarray) -> Calibration:
         """Leave-one-image-out scores: a training patch may not match bank patches of its own image."""
@@ -296,3 +303,69 @@ class PatchCore(Detector):
             scores.append(self._image_scores(train[i][None], pd[None], pn[None])[0])
             values.append(pd)
         return Calibration(np.asarray(scores), np.concatenate(values))
+
+
+def image_scores(patches: torch.Tensor, dist: torch.Tensor, nearest: torch.Tensor, bank_knn: torch.Tensor,
+                 rows: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Paper eq. 7 after the nearest-neighbour search (patches B x P x D; dist, nearest: each patch's nearest bank
+    patch, B x P): s = (1 - softmax of distances to m*'s neighbourhood at m*) * s*; b = 1: s* alone.
+    ``rows`` gives bank rows by index."""
+    top = dist.argmax(1, keepdim=True)  # B x 1
+    s_star = dist.gather(1, top)[:, 0]
+    if bank_knn.shape[1] < 2:  # no neighbourhood to weigh against: the plain maximum
+        return s_star.double()
+    m_test = patches.gather(1, top[:, :, None].expand(-1, 1, patches.shape[-1]))  # B x 1 x D
+    support = bank_knn[nearest.gather(1, top)[:, 0]]  # B x b, the first is m* itself
+    d = (rows(support) - m_test).norm(dim=-1)
+    d = d - d.amax(1, keepdim=True)
+    w = 1.0 - d[:, 0].exp() / d.exp().sum(1)
+    return (w * s_star).double()
+
+
+class ExactSearch(nn.Module):
+    """Each patch's nearest bank patch by squared distance ||x||^2 + ||y||^2 - 2 x.y in float32 (as faiss computes
+    it), in chunks of the bank: the exported graph's search, whose memory the chunk bounds (patches x chunk)."""
+
+    def __init__(self, bank: np.ndarray, chunk: int = 8192) -> None:
+        super().__init__()
+        y = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
+        # Rows [-2 y, ||y||^2]: one matmul with [x, 1] gives ||y||^2 - 2 x.y, and nothing else of the size of
+        # patches x bank is made (||x||^2 is added after the min). -0.5 times the first D columns is the bank,
+        # exactly (scaling by powers of two is exact).
+        self.register_buffer("bank_aug", torch.cat([-2 * y, (y ** 2).sum(1, keepdim=True)], 1))
+        self.chunks = [(i, min(i + chunk, len(y))) for i in range(0, len(y), chunk)]
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.bank_aug[ids, :-1] * -0.5
+
+    def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        aug = torch.cat([patches, torch.ones_like(patches[:, :, :1])], -1)
+        best, nn_idx = None, None
+        for i, j in self.chunks:
+            v, idx = (aug @ self.bank_aug[i:j].T).min(-1)
+            idx = idx + i
+            if best is None:
+                best, nn_idx = v, idx
+            else:  # strictly smaller: on a tie the earlier bank patch wins, as a single argmin would pick it
+                closer = v < best
+                best, nn_idx = torch.where(closer, v, best), torch.where(closer, idx, nn_idx)
+        return (best + (patches ** 2).sum(-1)).clamp_min(0).sqrt(), nn_idx
+
+
+class PatchCoreScoring(nn.Module):
+    """PatchCore's scoring, features -> (image scores [N], patch maps [N, h, w]): standardise the patches, find
+    each one's nearest bank patch with ``search`` (the detector's faiss index, or ``ExactSearch``), then eq. 7."""
+
+    def __init__(self, det: PatchCore, search: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                 rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.search, self.rows = search, rows
+        self.register_buffer("shift", torch.from_numpy(det.shift_))
+        self.register_buffer("scale", torch.from_numpy(det.scale_))
+        self.register_buffer("bank_knn", torch.from_numpy(det.bank_knn_))
+
+    def forward(self, inputs: torch.Tensor, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        b, d, h, w = features.patches.shape
+        patches = (features.patches.permute(0, 2, 3, 1).reshape(b, h * w, d) - self.shift) * self.scale
+        dist, nn_idx = self.search(patches)
+        return image_scores(patches, dist, nn_idx, self.bank_knn, self.rows), dist.reshape(b, h, w)

@@ -33,7 +33,7 @@ from normalcy.detectors.base import (
     Width,
 )
 from normalcy.detectors.training import Trained, train
-from normalcy.images.features import Batch
+from normalcy.images.features import Batch, Features
 
 
 class _Discriminator(nn.Module):
@@ -107,10 +107,29 @@ class SimpleNet(Trained, Detector):
         self.adaptor_.eval()
         self.discriminator_.eval()
 
+    def scoring(self, exported: bool = False) -> "SimpleNetScoring":
+        """The scoring as a torch module: ``_score`` runs it, ONNX export traces it."""
+        return SimpleNetScoring(self)
+
     @torch.inference_mode()
     def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        p = batch.features.patches  # type: ignore[union-attr]
+        scores, maps = self.scoring()(batch.inputs, batch.features)
+        return scores.double().numpy(), maps.numpy()
+
+
+class SimpleNetScoring(nn.Module):
+    """SimpleNet's scoring, features -> (image scores [N], patch maps [N, h, w]): the negated discriminator
+    output of the standardised, adapted patch features; the image score is the highest."""
+
+    def __init__(self, det: SimpleNet) -> None:
+        super().__init__()
+        self.adaptor, self.discriminator = det.adaptor_, det.discriminator_
+        self.register_buffer("mean", det.mean_)
+        self.register_buffer("std", det.std_)
+
+    def forward(self, inputs: torch.Tensor, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        p = features.patches
         b, d, h, w = p.shape
-        z = (p.permute(0, 2, 3, 1).reshape(-1, d).float() - self.mean_) / self.std_
-        s = (-self.discriminator_(self.adaptor_(z))).reshape(b, h * w)
-        return s.max(1).values.double().numpy(), s.reshape(b, h, w).numpy()
+        z = (p.permute(0, 2, 3, 1).reshape(-1, d).float() - self.mean) / self.std
+        s = (-self.discriminator(self.adaptor(z))).reshape(b, h * w)
+        return s.amax(1), s.reshape(b, h, w)

@@ -14,24 +14,34 @@ The graph (``normalcy export MODEL -o model.onnx``) goes from pixels to scores:
 Everything a runner needs is in the model's ``metadata_props`` under the key ``normalcy`` (JSON):
 threshold, input size, resize, normalisation, the colour range of maps. ``OnnxScorer`` is such a runner.
 
-Each detector's ``_score`` is re-expressed as torch operations (a "head") on the features that
-``FeatureExtractor`` computes, reusing the detector's own functions and networks; tests/test_export.py
-and bench/export_parity.py check that the graph gives the detector's scores and decisions.
+The graph is the resize's companion steps (scaling, the backbone's normalisation), the backbone, then the
+detector's own scoring module, ``det.scoring(exported=True)``: the torch module (features or images -> image
+scores, patch maps) that the detector's ``_score`` runs itself, so nothing here restates a detector's
+arithmetic. tests/test_export.py checks every exportable detector's scores and decisions against PyTorch's;
+bench/export_parity.py measures them on real data, with speed.
 
 * The backbone runs in fp32 in the graph; parity is against the fp32 PyTorch path (a model fitted with
   ``precision="bf16"`` scores within bf16's error of it). There is no bf16 export: ONNX's Conv does not
   take bfloat16 and onnxruntime's CPU provider has no bfloat16 MatMul.
-* PatchCore searches its memory bank exactly in the graph (a matmul and a min, in chunks of the bank).
-  A model with a bank large enough for an IVF index (over ``exact_search_max`` patches) therefore scores
-  as ``exact_search(det)`` does, which its IVF search approximates (bench: the difference, measured).
+* PatchCore searches its memory bank exactly in the graph (``patchcore.ExactSearch``: a matmul and a min,
+  in chunks of the bank) where the detector asks its faiss index; what follows the search (eq. 7, the
+  maps) is the same ``patchcore.image_scores``. A model with a bank large enough for an IVF index (over
+  ``exact_search_max`` patches) therefore scores as ``exact_search(det)`` does, which its IVF search
+  approximates (bench: the difference, measured).
+* The ``gaussian`` module runs in float32 in the graph (the detector computes its image terms in float64;
+  see ``GaussianAD.scoring``), within the parity bar.
 * ``precision="int8"``: onnxruntime's static quantisation (QDQ, per-channel weights) of the backbone's
   nodes, activation ranges from normal calibration images (detectors without a backbone: their networks'
   convolutions). The arithmetic after the backbone (Mahalanobis and nearest-neighbour distances) stays
   in floating point: int8 would swamp the small differences it measures. Scores move a little, and the
   threshold is the fp32 model's: bench/export_parity.py reports the AUROC and decisions.
 
-Not exportable (``export_onnx`` raises InputError saying why, see ``NOT_EXPORTABLE``): ``musc``, which is
-zero-shot: it scores a batch of images against each other, and there is no fitted model to export.
+Exportable (``EXPORTABLE``): gaussian, patchcore, simplenet, draem, efficientad. Not exportable
+(``export_onnx`` raises InputError saying why, see ``NOT_EXPORTABLE``):
+
+* ``musc``: zero-shot, it scores a batch of images against each other, and there is no fitted model to export;
+* a ``patchcore`` model whose bank is kept as IVF-PQ codes (a bank over ``max_memory_mb``): the graph searches
+  float bank rows exactly, and such a model keeps none.
 """
 
 from __future__ import annotations
@@ -46,7 +56,6 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import (
     Field,
     FiniteFloat,
@@ -56,21 +65,11 @@ from pydantic import (
 )
 from torch import nn
 
-from normalcy.detectors import (
-    DETECTORS,
-    DRAEM,
-    ZERO_SHOT_MESSAGE,
-    EfficientAD,
-    GaussianAD,
-    MuSc,
-    PatchCore,
-    SimpleNet,
-)
+from normalcy.detectors import DETECTORS, ZERO_SHOT_MESSAGE, MuSc, PatchCore
 from normalcy.detectors.base import Detector, Result, Scored, Skipped, collect
-from normalcy.detectors.gaussian import mahalanobis
 from normalcy.files import Strict, describe, read_model_file
 from normalcy.errors import InputError
-from normalcy.images.features import MAX_SIZE, MIN_SIZE, Features, resize_image
+from normalcy.images.features import MAX_SIZE, MIN_SIZE, resize_image
 from normalcy.images.io import iter_images, list_files
 from normalcy.version import __version__
 
@@ -78,10 +77,15 @@ META_KEY = "normalcy"
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ["image_scores", "maps"]
 PRECISIONS = ("fp32", "int8")
+# A detector exports when it writes its scoring as a torch module, ``det.scoring()``, which its own ``_score``
+# runs: the graph traces that module after the backbone (gaussian, patchcore, simplenet, draem, efficientad).
+EXPORTABLE: dict[str, type[Detector]] = {name: cls for name, cls in DETECTORS.items() if hasattr(cls, "scoring")}
+# Those that cannot be exported, and why (README, "Export to ONNX", says the same).
 NOT_EXPORTABLE = {
     MuSc.name: ZERO_SHOT_MESSAGE + "; there is no fitted model to export",
 }
-BANK_CHUNK = 8192  # bank patches per distance block: bounds the graph's memory (N x patches x 8192 floats)
+PQ_BANK = ("its memory bank is kept as IVF-PQ codes (over max_memory_mb), and the graph searches float rows "
+           "exactly; refit with a larger max_memory_mb")
 INSTALL_HINT = "pip install -c constraints.txt 'normalcy[export]'"
 MAX_ONNX_BYTES = 2**31  # protobuf's limit on one message: a single-file .onnx (what export writes) is never larger
 # What a runner expects of the graph: onnxruntime's type names and each tensor's rank.
@@ -97,141 +101,6 @@ def _need_onnx() -> None:
         raise InputError(f"export needs onnx and onnxruntime ({err}): {INSTALL_HINT}") from None
 
 
-# -- the heads: a detector's _score, from features to (image scores, patch maps), as torch ops ----------------
-
-class _GaussianHead(nn.Module):
-    """GaussianAD._score, every distance in float32: the pooled-level and cell distances, which the detector
-    computes in float64, too. onnxruntime's float64 MatMul is a plain Eigen product that reads the 42 MB of
-    precision matrices (160 px) at about 8 GB/s, 7.6 of the 11.4 ms a batch-1 call took; in float32 MLAS
-    does it in a fraction and the call takes 7.7 ms. Scores stay within the parity bar (bench/export_parity.py)."""
-
-    def __init__(self, det: GaussianAD) -> None:
-        super().__init__()
-        self.det = copy.copy(det)  # scale_ as plain floats: traced, a numpy array becomes a tensor the exporter loses
-        self.det.scale_ = tuple(float(v) for v in det.scale_)  # type: ignore[assignment]
-        self.levels = list(det.extractor.pooled_levels)
-        for i, lv in enumerate(self.levels):
-            self.register_buffer(f"mean{i}", torch.from_numpy(det.level_mean_[lv]).float())
-            self.register_buffer(f"prec{i}", torch.from_numpy(det.level_precision_[lv]).float())
-        self.register_buffer("cell_mean", torch.from_numpy(det.cell_mean_).float())
-        self.register_buffer("cell_prec", torch.from_numpy(det.cell_precision_).float())
-        self.register_buffer("patch_mean", torch.from_numpy(det.patch_mean_).float())
-        self.register_buffer("patch_prec", torch.from_numpy(det.patch_precision_).float())
-
-    def forward(self, x: torch.Tensor, f: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = sum(mahalanobis(f.pooled[lv].float(), getattr(self, f"mean{i}"), getattr(self, f"prec{i}"))
-                     for i, lv in enumerate(self.levels)).double()
-        cells = pooled  # unused by _combined without cells
-        if self.det.cells:  # _cell_scores: the largest cell distance, cells G x N x D
-            c = self.det._cells(f.patches).float().transpose(0, 1)
-            cells = mahalanobis(c, self.cell_mean[:, None], self.cell_prec).amax(0).double()
-        b, d, h, w = f.patches.shape
-        flat = f.patches.permute(0, 2, 3, 1).reshape(-1, d)
-        maps = mahalanobis(flat, self.patch_mean, self.patch_prec).reshape(b, h, w)
-        return self.det._combined(pooled, cells), maps
-
-
-class _PatchCoreHead(nn.Module):
-    """PatchCore._score with exact search: each test patch's nearest bank patch by squared distance
-    ||x||^2 + ||y||^2 - 2 x.y in float32 (as faiss computes it), then the image score of eq. 7
-    (PatchCore._image_scores)."""
-
-    def __init__(self, det: PatchCore, chunk: int = BANK_CHUNK) -> None:
-        super().__init__()
-        self.register_buffer("shift", torch.from_numpy(det.shift_).float())
-        self.register_buffer("scale", torch.from_numpy(det.scale_).float())
-        bank = torch.from_numpy(np.ascontiguousarray(det.bank_, dtype=np.float32))
-        # Rows [-2 y, ||y||^2]: one matmul with [x, 1] gives ||y||^2 - 2 x.y, and nothing else of the size of
-        # patches x bank is made (||x||^2 is added after the min). -0.5 times the first D columns is the bank,
-        # exactly (scaling by powers of two is exact).
-        self.register_buffer("bank_aug", torch.cat([-2 * bank, (bank ** 2).sum(1, keepdim=True)], 1))
-        self.register_buffer("bank_knn", torch.from_numpy(det.bank_knn_).long())
-        self.chunks = [(i, min(i + chunk, len(bank))) for i in range(0, len(bank), chunk)]
-
-    def forward(self, x: torch.Tensor, f: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        b, d, h, w = f.patches.shape
-        patches = (f.patches.permute(0, 2, 3, 1).reshape(b, h * w, d) - self.shift) * self.scale
-        ones = torch.ones_like(patches[:, :, :1])
-        aug = torch.cat([patches, ones], -1)
-        best, nn_idx = None, None
-        for i, j in self.chunks:
-            v, idx = (aug @ self.bank_aug[i:j].T).min(-1)
-            idx = idx + i
-            if best is None:
-                best, nn_idx = v, idx
-            else:  # strictly smaller: on a tie the earlier bank patch wins, as a single argmin would pick it
-                closer = v < best
-                best, nn_idx = torch.where(closer, v, best), torch.where(closer, idx, nn_idx)
-        best = best + (patches ** 2).sum(-1)
-        dist = best.clamp_min(0).sqrt()  # B x P
-        top = dist.argmax(1, keepdim=True)  # B x 1
-        s_star = dist.gather(1, top)[:, 0]
-        if self.bank_knn.shape[1] < 2:
-            return s_star.double(), dist.reshape(b, h, w)
-        m_test = patches.gather(1, top[:, :, None].expand(-1, 1, d))  # B x 1 x D
-        support = self.bank_knn[nn_idx.gather(1, top)[:, 0]]  # B x b, the first is m* itself
-        dn = (self.bank_aug[support, :d] * -0.5 - m_test).norm(dim=-1)
-        dn = dn - dn.amax(1, keepdim=True)
-        wgt = 1.0 - dn[:, 0].exp() / dn.exp().sum(1)
-        return (wgt * s_star).double(), dist.reshape(b, h, w)
-
-
-class _SimpleNetHead(nn.Module):
-    """SimpleNet._score: the negated discriminator output of the adapted, standardised patch features."""
-
-    def __init__(self, det: SimpleNet) -> None:
-        super().__init__()
-        self.adaptor, self.discriminator = det.adaptor_, det.discriminator_
-        self.register_buffer("mean", det.mean_.float())
-        self.register_buffer("std", det.std_.float())
-
-    def forward(self, x: torch.Tensor, f: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        b, d, h, w = f.patches.shape
-        z = (f.patches.permute(0, 2, 3, 1).reshape(-1, d).float() - self.mean) / self.std
-        s = (-self.discriminator(self.adaptor(z))).reshape(b, h * w)
-        return s.amax(1), s.reshape(b, h, w)
-
-
-class _DraemHead(nn.Module):
-    """DRAEM._score: defect probability of the image beside its reconstruction; the mean-filtered maximum."""
-
-    def __init__(self, det: DRAEM) -> None:
-        super().__init__()
-        self.det = det
-        self.rec, self.disc = det.rec_, det.disc_
-
-    def forward(self, x: torch.Tensor, f: None) -> tuple[torch.Tensor, torch.Tensor]:
-        xf = self.det._prepare(x).float() / 255.0
-        prob = torch.softmax(self.disc(torch.cat([xf, self.rec(xf)], 1)), 1)[:, 1:]
-        k = self.det.filter_size
-        smooth = F.avg_pool2d(prob, k, stride=1, padding=k // 2, count_include_pad=False)
-        return smooth.amax(dim=(1, 2, 3)), prob[:, 0]
-
-
-class _EfficientADHead(nn.Module):
-    """EfficientAD._score: the mean of its normalised student-teacher and autoencoder maps."""
-
-    def __init__(self, det: EfficientAD) -> None:
-        super().__init__()
-        self.det = copy.copy(det)  # quantiles as plain floats, for the tracer (see _GaussianHead)
-        self.det.quantiles_ = tuple(float(v) for v in det.quantiles_)  # type: ignore[assignment]
-        self.nets = nn.ModuleList([det.teacher_, det.student_, det.ae_])
-
-    def forward(self, x: torch.Tensor, f: None) -> tuple[torch.Tensor, torch.Tensor]:
-        st, ae = self.det.branch_maps(x)
-        m = 0.5 * st + 0.5 * ae
-        return m.amax((1, 2)), m
-
-
-HEADS: dict[str, Callable[[Any], nn.Module]] = {
-    GaussianAD.name: _GaussianHead,
-    PatchCore.name: _PatchCoreHead,
-    SimpleNet.name: _SimpleNetHead,
-    DRAEM.name: _DraemHead,
-    EfficientAD.name: _EfficientADHead,
-}
-
-
 class ScoringGraph(nn.Module):
     """uint8 N x H x W x 3 resized RGB images -> (image scores [N] float64, patch maps [N, h, w] float32)."""
 
@@ -242,12 +111,12 @@ class ScoringGraph(nn.Module):
         if det.uses_features:  # registered here so its weights become the graph's
             self.backbone = self.extractor.backbone
         self.pooled, self.features = det.uses_pooled, det.uses_features
-        self.head = HEADS[det.name](det)
+        self.scoring = det.scoring(exported=True)  # type: ignore[attr-defined]
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = pixels.permute(0, 3, 1, 2).float() / 255.0  # as features._to_tensor
         f = self.extractor(x, pooled=self.pooled) if self.features else None
-        scores, maps = self.head(x, f)
+        scores, maps = self.scoring(x, f)
         return scores.double(), maps.float()
 
 
@@ -256,10 +125,12 @@ def check_exportable(det: Any) -> None:
     name = getattr(det, "name", type(det).__name__)
     if name in NOT_EXPORTABLE:
         raise InputError(f"cannot export {name}: {NOT_EXPORTABLE[name]}")
-    if not isinstance(det, Detector) or name not in HEADS:
-        why = "its scoring is not written as an exportable graph yet" if name in DETECTORS else "not a detector"
-        raise InputError(f"cannot export {name}: {why}; exportable: {', '.join(sorted(HEADS))}")
+    if not isinstance(det, Detector) or name not in EXPORTABLE:
+        why = "its scoring is not a torch module (scoring())" if name in DETECTORS else "not a detector"
+        raise InputError(f"cannot export {name}: {why}; exportable: {', '.join(sorted(EXPORTABLE))}")
     det._check_fitted()
+    if isinstance(det, PatchCore) and len(det.codes_):
+        raise InputError(f"cannot export this {name} model: {PQ_BANK}")
 
 
 def exact_search(det: Detector) -> Detector:
@@ -486,8 +357,8 @@ class ExportMeta(Strict):
     @field_validator("detector")
     @classmethod
     def _exportable(cls, v: str) -> str:
-        if v not in HEADS:
-            raise ValueError(f"not an exportable detector: {v!r}; exportable: {', '.join(sorted(HEADS))}")
+        if v not in EXPORTABLE:
+            raise ValueError(f"not an exportable detector: {v!r}; exportable: {', '.join(sorted(EXPORTABLE))}")
         return v
 
     @model_validator(mode="after")
