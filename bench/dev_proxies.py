@@ -109,7 +109,7 @@ def efficientad_branches(det: EfficientAD, ds: Dataset) -> dict[str, float]:
                                             pooled=False, features=False):
         if batch.inputs is None:
             continue
-        st, ae = det.branch_maps(batch.inputs)
+        st, ae = det.scoring().branches(batch.inputs)
         found["student-teacher"].append(st.amax((1, 2)))
         found["autoencoder"].append(ae.amax((1, 2)))
         found["combined"].append((0.5 * st + 0.5 * ae).amax((1, 2)))

@@ -108,10 +108,12 @@ def child_score(model: Path, data: Path) -> None:
 
 def child_stages(model: Path, data: Path) -> None:
     """Each stage of scoring on its own, one after the other (no overlap), ms per image; prints JSON."""
+    import torch
+
     from normalcy.detectors import load
     from normalcy.evaluation.evaluate import pixel_inputs
     from normalcy.evaluation.metrics import evaluate
-    from normalcy.images.features import Batch, upsample_map
+    from normalcy.images.features import upsample_map
     from normalcy.images.io import load_dataset, read_image
     from normalcy.runs.format import RunWriter
 
@@ -137,12 +139,13 @@ def child_stages(model: Path, data: Path) -> None:
             t2 = time.perf_counter()
             feats = ex(x, pooled=det.uses_pooled) if det.uses_features else None
             t3 = time.perf_counter()
-            s, pm = det._score(Batch(paths=chunk, images=images, features=feats, inputs=x))
+            with torch.inference_mode():
+                s, pm = (t.numpy() for t in det.scoring()(x, feats))
             t4 = time.perf_counter()
             maps = [upsample_map(pm[k], im.shape[:2]) for k, im in enumerate(images)]
             t5 = time.perf_counter()
             for p, im, sc, m in zip(chunk, images, s, maps):
-                writer.add(p, im, float(sc), m, bool(sc >= det.threshold_))
+                writer.add(p, im, float(sc), m)
             t6 = time.perf_counter()
             for key, a, b in (("read", t0, t1), ("resize", t1, t2), ("backbone", t2, t3), ("detector", t3, t4),
                               ("upsample", t4, t5), ("png", t5, t6)):

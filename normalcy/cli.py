@@ -40,7 +40,6 @@ from normalcy.progress import PlainRichHandler, console, shown
 from normalcy.review.ranking import DEFAULT_STRATEGY, strategies_help
 from normalcy.runs.format import EMBEDDINGS, VECTORS, add_embeddings, read_run_json
 from normalcy.vectors.tables import (
-    DEFAULT_DETECTOR,
     eval_table,
     is_table,
     is_vector_model,

@@ -45,7 +45,7 @@ def make_run(root: Path, n: int = 12, embeddings: bool = True, overlay_column: b
         amap = rng.random((8, 8)).astype(np.float32) if i < n - 1 else None
         score = 1.0 - i / n
         emb = centres[i % 2] + 0.05 * rng.standard_normal(4).astype(np.float32)
-        writer.add(path, image, score, amap, score >= THRESHOLD, embedding=emb if embeddings else None)
+        writer.add(path, image, score, amap, embedding=emb if embeddings else None)
     writer.close([], "review fixture")
     if not overlay_column:
         with open(run / "scores.csv", newline="") as fh:

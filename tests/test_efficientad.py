@@ -140,8 +140,9 @@ def test_score_is_the_mean_of_the_normalised_branch_maps(fitted: EfficientAD, fe
 
     paths = data[1][:3]
     x = fe.preprocess([read_image(p) for p in paths])
-    st, ae = fitted.branch_maps(x)
-    raw_st, raw_ae = fitted._raw_maps(fitted._resize(x))
+    scoring = fitted.scoring()
+    st, ae = scoring.branches(x)
+    raw_st, raw_ae = scoring.raw_maps(scoring.resize(x))
     qa_st, qb_st, qa_ae, qb_ae = (float(v) for v in fitted.quantiles_)
     assert torch.allclose(st, 0.1 * (raw_st - qa_st) / (qb_st - qa_st), atol=1e-5)
     assert torch.allclose(ae, 0.1 * (raw_ae - qa_ae) / (qb_ae - qa_ae), atol=1e-5)

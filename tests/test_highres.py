@@ -17,7 +17,7 @@ from normalcy.evaluation.evaluate import (
     metric_size,
     pixel_inputs,
 )
-from normalcy.evaluation.metrics import evaluate, pixel_metrics
+from normalcy.evaluation.metrics import pixel_metrics
 from normalcy.images.features import FeatureExtractor, upsample_map
 from normalcy.images.io import MaskSizeWarning, Sample, read_mask
 

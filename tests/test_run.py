@@ -33,7 +33,7 @@ def _write(run: Path, paths: list[Path], inputs: list[Path] = (), skipped=(), **
     writer = RunWriter(run, 0.5, (0.0, 1.0), report=False, inputs=inputs, **kw)
     for k, path in enumerate(paths):
         amap = np.full((4, 4), k / max(1, len(paths) - 1), dtype=np.float32)
-        writer.add(path, _image(k), 1.0 - k / 10, amap, k == 0)
+        writer.add(path, _image(k), 1.0 - k / 10, amap)
     writer.close(list(skipped), "test")
     return writer
 
@@ -81,8 +81,8 @@ def test_a_file_name_that_is_not_utf8_round_trips(tmp_path: Path) -> None:
     good = folder / "good.png"
     run = tmp_path / "run"
     writer = RunWriter(run, 0.5, (0.0, 1.0), inputs=[folder], top=2)  # the HTML report too
-    writer.add(bad, _image(0), 0.9, np.ones((4, 4)), True)
-    writer.add(good, _image(1), 0.1, np.zeros((4, 4)), False)
+    writer.add(bad, _image(0), 0.9, np.ones((4, 4)))
+    writer.add(good, _image(1), 0.1, np.zeros((4, 4)))
     writer.close([(Path(os.fsdecode(os.fsencode(folder) + b"/also\xfe.txt")), "not an image")], "test")
 
     rows, n = read_scores(run, [folder])
@@ -125,7 +125,7 @@ def test_read_scores_undoes_the_quote_of_a_path_cell(tmp_path: Path, monkeypatch
 def test_an_image_without_a_map_gets_no_pictures(tmp_path: Path) -> None:
     run = tmp_path / "run"
     writer = RunWriter(run, 0.5, (0.0, 1.0), report=False, save_maps=True)
-    writer.add(tmp_path / "a.png", _image(0), 0.2, None, False)
+    writer.add(tmp_path / "a.png", _image(0), 0.2, None)
     writer.close([], "test")
     assert read_scores(run)[0][0].overlay is None
     assert not any((run / d).exists() for d in ("overlays", "heatmaps", "maps"))
@@ -159,7 +159,7 @@ def test_heatmaps_are_full_size_and_the_report_keeps_its_top_images_small(tmp_pa
     for k, (h, w) in enumerate([(600, 1200), (300, 200), (700, 1400)]):
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         amap = cv2.resize(rng.random((6, 12)).astype(np.float32), (w, h))
-        writer.add(tmp_path / f"{k}.png", image, 0.1 * k, amap, False)
+        writer.add(tmp_path / f"{k}.png", image, 0.1 * k, amap)
         heat = np.asarray(Image.open(writer.folder / "heatmaps" / f"{k}.png").convert("RGB"))  # until close()
         over = np.asarray(Image.open(writer.folder / "overlays" / f"{k}.png").convert("RGB"))
         assert heat.shape == (h, 2 * w, 3) and over.shape == (h, w, 3)
@@ -190,7 +190,7 @@ def test_a_failed_run_leaves_the_earlier_run_as_it_was(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(KeyboardInterrupt):
         with RunWriter(run, 0.5, (0.0, 1.0), report=False) as writer:
-            writer.add(tmp_path / "b.png", _image(1), 0.9, np.zeros((4, 4), np.float32), True)
+            writer.add(tmp_path / "b.png", _image(1), 0.9, np.zeros((4, 4), np.float32))
             raise KeyboardInterrupt
     assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -689,8 +689,7 @@ def test_a_non_utf8_file_name_is_reviewed(tmp_path: Path) -> None:
     Image.fromarray(np.full((16, 16, 3), 30, np.uint8)).save(plain)
     writer = RunWriter(tmp_path / "run", 0.5, (0.0, 1.0), heatmaps=False, report=False, inputs=[images])
     for path, score in ((odd, 0.9), (plain, 0.1)):
-        writer.add(path, np.asarray(Image.open(path).convert("RGB")), score, np.zeros((16, 16), np.float32),
-                   score >= 0.5)
+        writer.add(path, np.asarray(Image.open(path).convert("RGB")), score, np.zeros((16, 16), np.float32))
     writer.close([], "t")
     with open_client(tmp_path / "run") as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"

@@ -258,9 +258,16 @@ class Detector:
         ``progress``: show a training loop's own bar (fit() shows one)."""
         raise NotImplementedError
 
-    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """-> (image scores B, patch maps B x h x w)."""
+    def scoring(self, exported: bool = False) -> nn.Module:
+        """The scoring as a torch module, (batch inputs, features) -> (image scores B, patch maps B x h x w):
+        ``_score`` runs it, and ONNX export traces it after the backbone (``exported``: the graph's variant)."""
         raise NotImplementedError
+
+    @torch.inference_mode()
+    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """-> (image scores B, patch maps B x h x w), by the detector's scoring module."""
+        scores, maps = self.scoring()(batch.inputs, batch.features)
+        return scores.double().numpy(), maps.numpy()
 
     def _build(self) -> None:
         """Create the detector's networks from its parameters and loaded arrays (trained detectors)."""

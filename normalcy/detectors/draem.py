@@ -52,14 +52,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from normalcy.detectors.base import (
-    Detector,
-    HyperParams,
-    InputSize,
-    LearningRate,
-    Seconds,
-    Steps,
-)
+from normalcy.detectors.base import Detector, HyperParams, InputSize, LearningRate, Seconds, Steps
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.detectors.networks import Discriminative, Reconstructive, focal_loss, ssim
 from normalcy.detectors.training import Trained, TrainLog, step_decay, train
@@ -151,10 +144,6 @@ class DRAEM(Trained, Detector):
         """The scoring as a torch module: ``_score`` runs it, ONNX export traces it."""
         return DraemScoring(self)
 
-    @torch.inference_mode()
-    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = self.scoring()(batch.inputs, batch.features)
-        return scores.double().numpy(), maps.numpy().astype(np.float32)
 
 
 class DraemScoring(nn.Module):

@@ -93,15 +93,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from normalcy.detectors.base import (
-    Detector,
-    HyperParams,
-    InputSize,
-    LearningRate,
-    Seconds,
-    Steps,
-    Width,
-)
+from normalcy.detectors.base import Detector, HyperParams, InputSize, LearningRate, Seconds, Steps, Width
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.detectors.networks import AutoEncoder, pdn_tiny
 from normalcy.detectors.training import Trained, TrainLog, step_decay, train
@@ -359,20 +351,9 @@ class EfficientAD(Trained, Detector):
         self.quantiles_ = torch.tensor([qs[0], qs[1], qe[0], qe[1]], dtype=torch.float64)
 
     # -- score ----------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def branch_maps(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalised student-teacher and autoencoder maps (B x h x w) of preprocessed images, each on
-        its own, to measure what each branch sees (the score is their mean)."""
-        return self.scoring().branches(inputs)
-
     def scoring(self, exported: bool = False) -> "EfficientADScoring":
         """The scoring as a torch module: ``_score`` runs it, ONNX export traces it."""
         return EfficientADScoring(self)
-
-    @torch.inference_mode()
-    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = self.scoring()(batch.inputs, batch.features)
-        return scores.double().numpy(), maps.numpy()
 
 
 class EfficientADScoring(nn.Module):

@@ -157,9 +157,6 @@ class GaussianAD(Detector):
         scoring = GaussianScoring(self)
         return scoring.float() if exported else scoring
 
-    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = self.scoring()(batch.inputs, batch.features)
-        return scores.numpy(), maps.numpy()
 
     def _cross_validated(self, pooled: dict[str, np.ndarray], cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """K-fold cross-validated pooled and cell scores of the training images: each scored by Gaussians

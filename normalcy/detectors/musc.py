@@ -19,7 +19,7 @@ not, because defects are rare and differ from image to image.
 
 Our CNN's stride-16 level stands in for the paper's ViT layers (``levels``; adding
 the stride-8 level, or r = 1, lowered image AUROC on magnetic_tile, see
-docs/benchmarks.md), on the stride-16 grid to keep the N^2 P^2 comparisons affordable
+docs/changelog.md), on the stride-16 grid to keep the N^2 P^2 comparisons affordable
 on a CPU. The nearest-patch step is an exact blocked matrix product (the same BLAS
 kernel faiss's flat index runs), chunked over image blocks so memory stays bounded
 whatever the batch size; faiss builds the RsCIN image graph.

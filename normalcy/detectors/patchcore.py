@@ -19,7 +19,7 @@ Where we depart from the paper, for a CPU:
   10,000; the cell centres are learned once at fit time and saved, so a loaded
   model searches exactly as the fitted one did;
 * a bank whose float32 rows exceed ``max_memory_mb`` (1 GB: 1.7 million patches at 152 dimensions) is kept
-  only as faiss IVF-PQ codes (``normalcy.numerics.ann``, shared with ``normalcy.vectors.detectors.KNNDetector``): one byte per
+  only as faiss IVF-PQ codes (``normalcy.numerics.ann``, shared with ``normalcy.vectors.knn.KNNDetector``): one byte per
   ``pq_dims_per_byte`` = 4 dimensions plus the cell number, 40 bytes a patch instead of 608 at 152 dimensions.
   On magnetic_tile (bench/patchcore_pq.py) that finds the exact nearest bank patch for 67 % of test patches,
   distances 2.9 % off, image AUROC 0.918 against 0.922 exact; KNNDetector's 8 dimensions a byte: 49 %, 5.7 %,
@@ -280,9 +280,6 @@ class PatchCore(Detector):
         scoring.bank_knn = scoring.bank_knn.long()  # ONNX's GatherND takes int64 indices only
         return scoring
 
-    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = self.scoring()(batch.inputs, batch.features)
-        return scores.numpy(), maps.numpy()
 
     def _leave_one_out(self, train: np.ndarray) -> Calibration:
         """Leave-one-image-out scores: a training patch may not match bank patches of its own image."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -111,10 +110,6 @@ class SimpleNet(Trained, Detector):
         """The scoring as a torch module: ``_score`` runs it, ONNX export traces it."""
         return SimpleNetScoring(self)
 
-    @torch.inference_mode()
-    def _score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = self.scoring()(batch.inputs, batch.features)
-        return scores.double().numpy(), maps.numpy()
 
 
 class SimpleNetScoring(nn.Module):

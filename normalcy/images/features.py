@@ -10,8 +10,8 @@ pretrained backbone once, and turned into two things:
 * pooled features: every level averaged over a coarse g x g grid of the
   image, for image-level Gaussians. Rippel et al. average over the whole image
   (g = 1); a small grid keeps where things are, which matters for parts that
-  are photographed in the same pose (magnetic_tile: image AUROC 0.913 with
-  g = 1, 0.983 with g = 4; see docs/benchmarks.md). Deep levels with many
+  are photographed in the same pose (magnetic_tile: image AUROC 0.915 with
+  g = 1, 0.984 with g = 4; see docs/changelog.md). Deep levels with many
   channels get a smaller grid so no level has more than ``pool_max_dim`` values.
 
 Tiling (``tile``, ``overlap``): a large input (say a 1600x800 photo at its own size) is cut into

@@ -152,8 +152,8 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         page_items = [review.item_json(k, *labels.get(int(review.ids[k]), (None, None)), features=f)
                       for k, f in zip(chosen, features)]
         return {"total": total, "n_items": len(review.keys), "n_labelled": len(labels), "kind": review.kind,
-                "id_column": review.id_column, "strategy": review.strategy, "rerank_ms": review.rerank_ms,
-                "items": page_items}
+                "id_column": review.id_column, "strategy": review.strategy, "strategies": list(STRATEGIES), "labels": list(LABELS),
+                "rerank_ms": review.rerank_ms, "items": page_items}
 
     def current(item_id: int) -> tuple[int, Item]:
         k = review.position(item_id)

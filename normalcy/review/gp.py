@@ -126,11 +126,8 @@ class Protege:
             raise ValueError(f"max_train and fit_max must be >= 1, got {max_train}, {fit_max}")
         if max_rows < 2:
             raise ValueError(f"max_rows must be >= 2, got {max_rows}")
+        self.xi, self.seed, self.max_train, self.fit_max = float(xi), int(seed), int(max_train), int(fit_max)
         self.max_rows = int(max_rows)
-        self.xi = float(xi)
-        self.seed = int(seed)
-        self.max_train = int(max_train)
-        self.fit_max = int(fit_max)
         self.n_jobs = _usable_cpus() if n_jobs is None else max(1, int(n_jobs))
 
     def fit_kernel(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:

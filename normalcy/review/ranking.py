@@ -197,10 +197,7 @@ class NeighbourScore:
             raise ValueError(f"n_estimators must be >= 1, got {n_estimators}")
         if max_rows < 2:
             raise ValueError(f"max_rows must be >= 2, got {max_rows}")
-        self.max_rows = int(max_rows)
-        self.alpha = float(alpha)
-        self.n_estimators = int(n_estimators)
-        self.seed = int(seed)
+        self.alpha, self.n_estimators, self.seed, self.max_rows = float(alpha), int(n_estimators), int(seed), int(max_rows)
         self.n_jobs = _usable_cpus() if n_jobs is None else max(1, int(n_jobs))
 
     def anom_func(self, distance: np.ndarray, user_pred: np.ndarray, anomaly05: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from normalcy.errors import InputError
 from normalcy.progress import plain
 from normalcy.review.app import create_app
 from normalcy.review.guard import WILDCARDS, bracket, is_loopback, new_token
+from normalcy.review.ranking import DEFAULT_STRATEGY
 
 __all__ = ["ReviewServer", "create_app", "listen", "new_token", "page_url", "serve"]
 
@@ -112,7 +113,7 @@ def exposure_warning(host: str) -> str | None:
 
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, database: str | None = None,
-          strategy: str = "neighbour", token: str | None = None, open_browser: bool = False,
+          strategy: str = DEFAULT_STRATEGY, token: str | None = None, open_browser: bool = False,
           announce: Callable[[str], None] | None = None) -> None:
     """Serve the review page until interrupted (Ctrl-C).
 

@@ -302,10 +302,10 @@ class RunWriter:
         self._names.add(name.casefold())
         return name
 
-    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray | None, anomalous: bool | None = None,
+    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray | None,
             embedding: np.ndarray | None = None) -> None:
         """Record one scored image and write its pictures (none when the detector gave no map). Its decision
-        is ``score >= threshold`` (:func:`decide`); ``anomalous`` is accepted for older callers and not used."""
+        is ``score >= threshold`` (:func:`decide`)."""
         anomalous = bool(decide(np.array([score]), self.threshold)[0])
         name = self._name(path)
         lo, hi = self.map_range

@@ -79,7 +79,8 @@ OUTPUT_NAMES = ["image_scores", "maps"]
 PRECISIONS = ("fp32", "int8")
 # A detector exports when it writes its scoring as a torch module, ``det.scoring()``, which its own ``_score``
 # runs: the graph traces that module after the backbone (gaussian, patchcore, simplenet, draem, efficientad).
-EXPORTABLE: dict[str, type[Detector]] = {name: cls for name, cls in DETECTORS.items() if hasattr(cls, "scoring")}
+EXPORTABLE: dict[str, type[Detector]] = {name: cls for name, cls in DETECTORS.items()
+                                          if cls.scoring is not Detector.scoring}
 # Those that cannot be exported, and why (README, "Export to ONNX", says the same).
 NOT_EXPORTABLE = {
     MuSc.name: ZERO_SHOT_MESSAGE + "; there is no fitted model to export",

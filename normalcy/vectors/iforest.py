@@ -46,12 +46,8 @@ class IForestDetector(VectorDetector):
 
     def __init__(self, fpr: float = 0.01, n_estimators: int = 100, max_samples: int | float | str = "auto",
                  max_features: float = 1.0, n_jobs: int | None = None, random_state: int | None = None):
-        self.fpr = fpr
-        self.n_estimators = n_estimators
-        self.max_samples = max_samples
-        self.max_features = max_features
-        self.n_jobs = n_jobs
-        self.random_state = random_state
+        self.fpr, self.n_estimators, self.max_samples = fpr, n_estimators, max_samples
+        self.max_features, self.n_jobs, self.random_state = max_features, n_jobs, random_state
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,

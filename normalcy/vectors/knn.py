@@ -29,13 +29,8 @@ class KNNDetector(VectorDetector):
 
     def __init__(self, fpr: float = 0.01, n_neighbors: int = 5, max_memory_mb: float = 1024.0, nprobe: int = 8,
                  pq_dims_per_byte: int = 8, max_calibration: int = 20_000, random_state: int | None = None):
-        self.fpr = fpr
-        self.n_neighbors = n_neighbors
-        self.max_memory_mb = max_memory_mb
-        self.nprobe = nprobe
-        self.pq_dims_per_byte = pq_dims_per_byte
-        self.max_calibration = max_calibration
-        self.random_state = random_state
+        self.fpr, self.n_neighbors, self.max_memory_mb, self.nprobe = fpr, n_neighbors, max_memory_mb, nprobe
+        self.pq_dims_per_byte, self.max_calibration, self.random_state = pq_dims_per_byte, max_calibration, random_state
 
     def fit_bytes(self, n: int, d: int) -> float:
         """The standardised rows (float32) and faiss' copy of them, and the float64 copy that exact distances

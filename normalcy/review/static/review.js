@@ -161,6 +161,16 @@
     state.nItems = data.n_items;
     state.nLabelled = data.n_labelled;
     state.strategy = data.strategy;
+    if (data.strategies && !els.strategy.options.length) {
+      // The server's ranking registry names the strategies; the page does not restate them.
+      for (const name of data.strategies) els.strategy.add(new Option(name, name));
+      els.strategy.value = state.strategy;
+    }
+    if (data.labels && !els.filterLabel.options.length) {
+      // The labels as the server names them, after the three filters that are not labels.
+      for (const name of ["all", "unlabelled", "labelled", ...data.labels]) els.filterLabel.add(new Option(name, name));
+      els.filterLabel.value = state.label;
+    }
     if (data.kind) setKind(data.kind, data.id_column);
     if (data.rerank_ms !== undefined && data.rerank_ms !== null) state.rerankMs = data.rerank_ms;
   }
