@@ -1,0 +1,479 @@
+"""The one protocol every time-series detector follows.
+
+A series detector learns normal behaviour from the rows of normal operation (n rows x d metrics) and
+scores each row of a series with one non-negative contribution per metric; the row's score is their
+sum, so every alarm can name the metrics that raised it. A subclass writes:
+
+* ``Params``, its hyper-parameters (a subclass of ``SeriesParams``, which declares the common ones:
+  ``fpr``, ``window``, ``holdout``, ``seed``). The base validates them and sets each as an attribute
+  of the same name (``det.k``); nothing is declared twice;
+* ``_fit(X, progress)``: learn from X (n, d), the standardised normal rows (several training series
+  are concatenated in time order);
+* ``_score(X) -> (n, d)``: non-negative per-metric contributions. Causal: row t may use rows
+  max(0, t - context + 1)..t only (``context``: ``window_`` unless the detector says more), the first
+  rows on edge-padded input (X[0] repeated), so that a row scores the same in a whole series and in a
+  stream;
+
+and may write ``_score_last(recent)`` (the last row's contributions, faster than ``_score`` for
+streaming), ``_partial_fit(recent)`` (learn one more normal row online, bounded memory),
+``_check_state()`` (raise ValueError when loaded arrays do not fit each other), ``_build()`` (create
+networks after loading) and ``metadata()`` (extra model.json entries).
+
+The learned state is the attributes annotated on the subclass whose names end in ``_`` (numpy arrays,
+tensors, torch modules, numbers): they are saved in model.safetensors beside a model.json that holds
+what the base learned (columns, window, threshold, standardisation). Loading (``registry.load``) reads
+both as untrusted data through ``normalcy.files`` and never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+import torch
+from pydantic import Field, FiniteFloat, ValidationError, model_validator
+from safetensors.torch import save_file
+from torch import nn
+
+from normalcy.detectors.base import HyperParams, validation_message
+from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
+from normalcy.errors import InputError, NotFittedError
+from normalcy.files import MODEL_JSON, Strict
+from normalcy.runs.format import decide
+from normalcy.series.io import Series
+from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, find_period
+from normalcy.vectors.tables import MAX_COLUMNS
+from normalcy.version import __version__
+
+log = logging.getLogger("normalcy")
+
+SERIES_KIND = "series"
+FORMAT_VERSION = 1
+LONGEST_WINDOW = 4096  # a window a user may ask for (an automatic one is at most MAX_WINDOW)
+MIN_THRESHOLD = 1e-6  # held-out normal rows that all score 0 (an exactly periodic series): a score under this
+# is rounding, not an anomaly, so the threshold never sits at 0, where every row would be anomalous
+MIN_CALIBRATION = 20  # held-out rows under which the threshold is unreliable (a warning)
+
+
+class SeriesParams(HyperParams):
+    """The parameters every series detector takes; a detector's ``Params`` subclasses this."""
+
+    fpr: float = Field(0.01, gt=0, lt=1)  # target false-alarm rate per row on held-out normal rows
+    window: int | None = Field(None, ge=2, le=LONGEST_WINDOW)  # None: the training data's period
+    holdout: float = Field(0.2, ge=0, le=0.5)  # last part of each training series kept to set the threshold
+    seed: Seed = 0
+
+
+@dataclass
+class SeriesScores:
+    """What scoring a series gives back: one row per input row, in the series' order."""
+
+    score: np.ndarray  # (n,) float64, the sum of the contributions
+    contributions: np.ndarray  # (n, d) float64, non-negative, one column per metric
+    decision: np.ndarray  # (n,) int8: 1 where score >= threshold
+    threshold: float
+
+
+Data = Series | Sequence[Series] | np.ndarray
+
+
+class SeriesDetector:
+    """Base class: fit on normal rows, score rows (a whole series or one at a time), save and load."""
+
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type[SeriesParams]] = SeriesParams
+
+    # what the base learns (saved in model.json)
+    columns_: tuple[str, ...]
+    window_: int
+    threshold_: float | None
+    mean_: np.ndarray  # (d,) the training median of each column
+    scale_: np.ndarray  # (d,) its spread (IQR / 1.349, or the std when the IQR is 0; 1 for a constant column)
+    n_train_: int
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            validated = type(self).Params(**params)
+        except ValidationError as err:
+            raise InputError(validation_message(f"detector {self.name}", err)) from None
+        for key, value in validated:
+            setattr(self, key, value)
+        self.threshold_ = None
+        self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen and why, for model.json
+        self._stream: _Ring | None = None
+
+    # -- what subclasses implement ---------------------------------------------------------
+    def _fit(self, X: np.ndarray, progress: bool) -> None:
+        """Learn normal from X (n, d), standardised training rows."""
+        raise NotImplementedError
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        """(n, d) non-negative per-metric contributions of the standardised rows X (n, d); causal."""
+        raise NotImplementedError
+
+    def _score_last(self, recent: np.ndarray) -> np.ndarray:
+        """(d,) contributions of the last row of ``recent`` (at most ``context`` rows, newest last)."""
+        return self._score(recent)[-1]
+
+    def _partial_fit(self, recent: np.ndarray) -> None:
+        """Learn the last row of ``recent`` (at most ``context`` standardised rows, newest last) as normal."""
+        raise InputError(f"detector {self.name} does not learn online (partial_fit); fit it again instead")
+
+    def _check_state(self) -> None:
+        """Raise ValueError when loaded learned arrays do not fit each other or the columns."""
+
+    def _build(self) -> None:
+        """Create networks from parameters and loaded arrays, before their weights are loaded."""
+
+    def metadata(self) -> dict[str, Any]:
+        """Entries this detector adds to model.json's ``training`` (how training went)."""
+        return {}
+
+    @property
+    def context(self) -> int:
+        """Rows a score depends on (the row and those before it): the stream keeps this many."""
+        return self.window_
+
+    @property
+    def learns_online(self) -> bool:
+        """Whether partial_fit works for this detector."""
+        return type(self)._partial_fit is not SeriesDetector._partial_fit
+
+    # -- parameters --------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters as saved with the model (JSON-serialisable)."""
+        values = {k: getattr(self, k) for k in type(self).Params.model_fields}
+        return type(self).Params(**values).model_dump(mode="json")
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, data: Data, progress: bool = True) -> "SeriesDetector":
+        """Learn normal from the first (1 - holdout) of each training series, in time order, and set the
+        threshold at the (1 - fpr) quantile of the scores of the held-out rest."""
+        parts = _parts(data)
+        self.columns_ = parts[0][2]
+        for name, _, cols in parts[1:]:
+            if cols != self.columns_:
+                raise InputError(f"{name}: columns {list(cols)[:10]} differ from the first training series' "
+                                 f"{list(self.columns_)[:10]}")
+        cuts = [len(v) - int(round(self.holdout * len(v))) for _, v, _ in parts]
+        fit_rows = np.concatenate([v[:c] for (_, v, _), c in zip(parts, cuts)])
+        self.mean_, self.scale_ = standardiser(fit_rows)
+        Z = [(v - self.mean_) / self.scale_ for _, v, _ in parts]
+        self.window_ = self._window([z[:c] for z, c in zip(Z, cuts)], [p[0] for p in parts])
+        for (name, v, _), c in zip(parts, cuts):
+            if c < 2 * self.window_:
+                raise InputError(f"{name}: {c} rows to fit on, fewer than 2 x the window ({self.window_}); "
+                                 "give a longer series or a smaller --window")
+        self._stream = None
+        self.n_train_ = int(sum(len(v) for _, v, _ in parts))
+        with torch.random.fork_rng(devices=[]):  # seeded here, once; the caller's RNG is left alone
+            torch.manual_seed(self.seed)
+            self._fit(np.concatenate([z[:c] for z, c in zip(Z, cuts)]), progress)
+            scores = self._calibration_scores(Z, cuts)
+        self._set_threshold(scores)
+        return self
+
+    def _window(self, fit_parts: list[np.ndarray], names: list[str]) -> int:
+        """The window: the parameter, or the period of the longest training part clipped to
+        [MIN_WINDOW, MAX_WINDOW] and to half the shortest part."""
+        if self.window is not None:
+            return int(self.window)
+        longest = max(fit_parts, key=len)
+        period = int(np.clip(find_period(longest), MIN_WINDOW, MAX_WINDOW))
+        shortest = min(len(p) for p in fit_parts)
+        if period > shortest // 2 >= MIN_WINDOW:
+            log.info("%s: window %d clipped to %d, half the shortest training part", names[0], period, shortest // 2)
+            period = shortest // 2
+        return period
+
+    def _calibration_scores(self, Z: list[np.ndarray], cuts: list[int]) -> np.ndarray:
+        """Scores of the held-out rows, each on its real past (the end of the fitted part before it)."""
+        held = []
+        for z, c in zip(Z, cuts):
+            if c < len(z):
+                start = max(0, c - self.context + 1)
+                held.append(self._score(z[start:])[c - start:].sum(axis=1))
+        if held:
+            return np.concatenate(held)
+        log.warning("%s: no rows held out (holdout 0): the threshold is set on training rows and is optimistic",
+                    self.name)
+        return np.concatenate([self._score(z).sum(axis=1) for z in Z])
+
+    def _set_threshold(self, scores: np.ndarray) -> None:
+        if scores.size == 0 or not np.isfinite(scores).all():
+            raise InputError(f"{self.name}: scores of the held-out normal rows are not finite numbers")
+        if scores.size < MIN_CALIBRATION:
+            log.warning("%s: the threshold rests on %d held-out normal row(s); %d or more make it reliable",
+                        self.name, scores.size, MIN_CALIBRATION)
+        self.threshold_ = max(float(np.quantile(scores, 1.0 - self.fpr)), MIN_THRESHOLD)
+
+    # -- scoring -----------------------------------------------------------------------------
+    def standardise(self, data: Series | np.ndarray) -> np.ndarray:
+        """The rows of a series (its columns put in the model's order) or an (n, d) array, standardised."""
+        self._check_fitted()
+        if isinstance(data, Series):
+            where = str(data.source)
+            if set(data.columns) != set(self.columns_):
+                missing = [c for c in self.columns_ if c not in data.columns]
+                extra = [c for c in data.columns if c not in self.columns_]
+                raise InputError(f"{where}: columns do not match the model's: "
+                                 + (f"missing {missing[:10]}" if missing else f"not in the model {extra[:10]}"))
+            order = [data.columns.index(c) for c in self.columns_]
+            values = data.values[:, order]
+        else:
+            where, values = "array", _matrix(data, "array")
+            if values.shape[1] != len(self.columns_):
+                raise InputError(f"array: {values.shape[1]} columns, the model has {len(self.columns_)}")
+        if not np.isfinite(values).all():
+            raise InputError(f"{where}: NaN or infinite values (read series with normalcy.series.io, which "
+                             "interpolates them)")
+        return (values - self.mean_) / self.scale_
+
+    def score(self, data: Series | np.ndarray) -> SeriesScores:
+        """Scores, per-metric contributions and decisions of every row of a series (causal: each row from
+        its past), the first window_-1 rows on edge-padded input."""
+        Z = self.standardise(data)
+        contrib = np.asarray(self._score(Z), dtype=np.float64)
+        score = contrib.sum(axis=1)
+        return SeriesScores(score, contrib, decide(score, self.threshold_).astype(np.int8), float(self.threshold_))
+
+    # -- streaming ------------------------------------------------------------------------------
+    def score_one(self, x: np.ndarray) -> float:
+        """Score one new row (d values, in the model's column order) from the rows given before it:
+        the same score ``score`` gives that row in the whole series. Memory: ``context`` rows."""
+        ring = self._ring()
+        ring.push(self._row(x))
+        contrib = np.asarray(self._score_last(ring.recent()), dtype=np.float64)
+        ring.pending = True
+        self.last_contributions = contrib
+        return float(contrib.sum())
+
+    def partial_fit(self, x: np.ndarray) -> None:
+        """Learn one more normal row online (where the detector can). The row just given to ``score_one``
+        is learned without being counted twice in the stream; any other row joins the stream first."""
+        if not self.learns_online:
+            self._partial_fit(np.empty((0, 0)))  # raises: this detector does not learn online
+        ring = self._ring()
+        z = self._row(x)
+        if not (ring.pending and np.array_equal(ring.last(), z)):
+            ring.push(z)
+        ring.pending = False
+        self._partial_fit(ring.recent())
+
+    def reset_stream(self) -> None:
+        """Forget the rows streamed so far (a new series starts)."""
+        self._stream = None
+
+    def _ring(self) -> "_Ring":
+        self._check_fitted()
+        if self._stream is None:
+            self._stream = _Ring(self.context, len(self.columns_))
+        return self._stream
+
+    def _row(self, x: np.ndarray) -> np.ndarray:
+        row = np.asarray(x, dtype=np.float64).reshape(-1)
+        if row.shape[0] != len(self.columns_):
+            raise InputError(f"a row of {row.shape[0]} values; the model has {len(self.columns_)} columns")
+        if not np.isfinite(row).all():
+            raise InputError("a row with NaN or infinite values cannot be scored")
+        return (row - self.mean_) / self.scale_
+
+    def _check_fitted(self) -> None:
+        if self.threshold_ is None:
+            raise NotFittedError(f"this {self.name} series detector is not fitted: call fit() or load a model")
+
+    # -- learned state ---------------------------------------------------------------------------
+    @classmethod
+    def learned(cls) -> dict[str, Any]:
+        """The detector's own learned attributes (annotated, ending in ``_``) and their declared types."""
+        own = typing.get_type_hints(SeriesDetector)
+        return {k: t for k, t in typing.get_type_hints(cls).items()
+                if k.endswith("_") and not k.startswith("_") and k not in own}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The learned attributes as named tensors (a module's parameters under ``name.``)."""
+        state: dict[str, torch.Tensor] = {}
+        for attr in self.learned():
+            value = getattr(self, attr)
+            if isinstance(value, nn.Module):
+                state.update({f"{attr[:-1]}.{k}": v for k, v in value.state_dict().items()})
+            else:
+                state[attr[:-1]] = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Set the learned attributes from named tensors (names and shapes checked), build the networks and
+        score a trial series; raises ValueError naming what does not fit."""
+        state = dict(state)
+        modules = []
+        for attr, kind in self.learned().items():
+            key = attr[:-1]
+            if isinstance(kind, type) and issubclass(kind, nn.Module):
+                modules.append(attr)
+                continue
+            if key not in state:
+                raise ValueError(f"missing tensor {key!r}")
+            t = state.pop(key)
+            if kind in (int, float):
+                if t.ndim != 0:
+                    raise ValueError(f"tensor {key!r} has shape {tuple(t.shape)}, expected a number")
+                setattr(self, attr, kind(t.item()))
+            else:
+                setattr(self, attr, t.numpy() if kind is np.ndarray else t)
+        self._check_state()
+        self._build()
+        for attr in modules:
+            prefix = attr[:-1] + "."
+            sub = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+            try:
+                getattr(self, attr).load_state_dict(sub, strict=True)
+            except RuntimeError as err:
+                raise ValueError(f"tensors '{prefix}*' do not fit the network: "
+                                 f"{' '.join(str(err).split())[:300]}") from None
+            getattr(self, attr).eval()
+        if state:
+            raise ValueError(f"unexpected tensor(s) {sorted(state)[:3]}")
+        self._trial_score()
+
+    def _trial_score(self) -> None:
+        """Score a flat series: state that does not fit fails at load, not mid-run."""
+        out = np.asarray(self._score(np.zeros((2 * self.window_, len(self.columns_)))))
+        if out.shape != (2 * self.window_, len(self.columns_)):
+            raise ValueError(f"a trial score gave shape {out.shape}, expected {(2 * self.window_, len(self.columns_))}")
+        if not np.isfinite(out).all() or (out < 0).any():
+            raise ValueError("a trial score is not finite and non-negative")
+
+    def save(self, directory: str | Path) -> Path:
+        """Write model.json and model.safetensors into ``directory``."""
+        self._check_fitted()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = SeriesModelMeta.model_validate_json(json.dumps({  # as load reads it: what would not load is not saved
+            "kind": SERIES_KIND, "format_version": FORMAT_VERSION, "normalcy_version": __version__,
+            "detector": self.name, "params": self.params(), "columns": list(self.columns_),
+            "window": self.window_, "threshold": self.threshold_, "mean": self.mean_.tolist(),
+            "scale": self.scale_.tolist(), "n_train": self.n_train_, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "training": self.metadata() or None, "choice": self.choice,
+        }))
+        save_file(self.state_dict(), str(d / MODEL_TENSORS))
+        (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
+        return d
+
+    @classmethod
+    def from_saved(cls, meta: "SeriesModelMeta", state: dict[str, torch.Tensor], source: Path) -> "SeriesDetector":
+        """The detector a checked model.json and its tensors describe (``registry.load`` calls this)."""
+        try:
+            det = cls(**meta.params)
+        except InputError as err:
+            raise InputError(f"{source / MODEL_JSON}: {err}") from None
+        det.columns_, det.window_, det.threshold_ = tuple(meta.columns), meta.window, meta.threshold
+        det.mean_, det.scale_ = np.asarray(meta.mean), np.asarray(meta.scale)
+        det.n_train_, det.choice = meta.n_train, meta.choice
+        check_tensors(state, None, source=str(source / MODEL_TENSORS))
+        try:
+            with torch.random.fork_rng(devices=[]):
+                det.load_state_dict(state)
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:
+            raise InputError(f"{source / MODEL_TENSORS}: not the state of a fitted {cls.name} "
+                             f"({' '.join(str(err).split())[:300]})") from None
+        return det
+
+
+class SeriesModelMeta(Strict):
+    """``model.json`` of a series model: every field bounded, checked against the others."""
+
+    kind: Literal["series"]
+    format_version: Literal[1]
+    normalcy_version: str = Field(max_length=100)
+    detector: str = Field(max_length=100)
+    params: dict[str, Any]
+    columns: list[str] = Field(min_length=1, max_length=MAX_COLUMNS)
+    window: int = Field(ge=2, le=LONGEST_WINDOW)
+    threshold: FiniteFloat = Field(ge=0)
+    mean: list[FiniteFloat]
+    scale: list[FiniteFloat]
+    n_train: int = Field(ge=2, le=10**12)
+    created: str = Field(max_length=100)
+    training: dict[str, Any] | None = None
+    choice: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "SeriesModelMeta":
+        d = len(self.columns)
+        if len(self.mean) != d or len(self.scale) != d:
+            raise ValueError(f"mean ({len(self.mean)}) and scale ({len(self.scale)}) must have one value per "
+                             f"column ({d})")
+        if any(s <= 0 for s in self.scale):
+            raise ValueError("scale: every value must be positive")
+        if len(set(self.columns)) != d:
+            raise ValueError("columns: names repeat")
+        return self
+
+
+def standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column centre (median) and scale (IQR / 1.349, the std where the IQR is 0, 1 for a constant
+    column): robust to the spikes normal operation has, and a constant column keeps the scale of its units,
+    so a deviation from it in test still counts."""
+    center = np.median(X, axis=0)
+    q1, q3 = np.quantile(X, [0.25, 0.75], axis=0)
+    scale = (q3 - q1) / 1.349
+    std = X.std(axis=0)
+    scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(center)), scale, std)
+    scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(center)), scale, 1.0)
+    return center, scale
+
+
+class _Ring:
+    """The last ``size`` rows of a stream, contiguous (a slice of a buffer twice as long, shifted back when
+    full): O(d) a row, amortised, and no allocation per row."""
+
+    def __init__(self, size: int, d: int) -> None:
+        self.size = size
+        self.buf = np.empty((2 * size, d))
+        self.end = 0
+        self.pending = False  # the last row was scored and not yet learned
+
+    def push(self, row: np.ndarray) -> None:
+        if self.end == len(self.buf):
+            keep = self.size - 1
+            self.buf[:keep] = self.buf[self.end - keep:self.end]
+            self.end = keep
+        self.buf[self.end] = row
+        self.end += 1
+
+    def recent(self) -> np.ndarray:
+        return self.buf[max(0, self.end - self.size):self.end]
+
+    def last(self) -> np.ndarray:
+        return self.buf[self.end - 1]
+
+
+def _matrix(values: Any, name: str) -> np.ndarray:
+    """An (n, d) float64 array from an (n,) or (n, d) one."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or 0 in a.shape:
+        raise InputError(f"{name}: expected an (n,) or (n, d) array of numbers, got shape {a.shape}")
+    return a
+
+
+def _parts(data: Data) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:
+    """Training input as (name, values, columns) per series."""
+    if isinstance(data, np.ndarray):
+        a = _matrix(data, "array")
+        if not np.isfinite(a).all():
+            raise InputError("array: NaN or infinite values")
+        cols = ("value",) if a.shape[1] == 1 else tuple(f"x{j}" for j in range(a.shape[1]))
+        return [("array", a, cols)]
+    series = [data] if isinstance(data, Series) else list(data)
+    if not series:
+        raise InputError("no training series given")
+    return [(str(s.source) if s.name == s.source.stem else f"{s.source} [{s.name}]", s.values, tuple(s.columns))
+            for s in series]

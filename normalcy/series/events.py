@@ -1,0 +1,57 @@
+"""Anomalous events: runs of anomalous rows merged into what a person would call one incident.
+
+An operator wants "the disk of server 3 misbehaved from 10:02 to 10:40", not forty flagged rows. Rows whose
+decision is 1 and that follow each other form one event; events separated by fewer than ``gap`` rows merge
+(a score that dips under the threshold for a moment does not split an incident). Each event names the
+metrics that drove it: the top columns by contributions summed over the event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+TOP_METRICS = 3
+
+
+@dataclass
+class Event:
+    """One anomalous event; times as in the series (epoch seconds, or row numbers)."""
+
+    start: float
+    end: float
+    peak_time: float
+    peak_score: float
+    metrics: list[str]  # up to TOP_METRICS columns, largest summed contribution first
+    first: int  # row index of the first row (in the scored series)
+    last: int  # row index of the last row, inclusive
+
+
+def spans(decisions: np.ndarray, gap: int = 0) -> list[tuple[int, int]]:
+    """(first, last) row indices of the runs of decision-1 rows, runs fewer than ``gap`` rows apart merged."""
+    flagged = np.flatnonzero(np.asarray(decisions) != 0)
+    if not flagged.size:
+        return []
+    # a new span starts where the rows between two flagged rows number at least gap (and at least 1)
+    breaks = np.flatnonzero(np.diff(flagged) - 1 >= max(gap, 1))
+    starts = np.concatenate([[flagged[0]], flagged[breaks + 1]])
+    ends = np.concatenate([flagged[breaks], [flagged[-1]]])
+    return [(int(a), int(b)) for a, b in zip(starts, ends)]
+
+
+def events(time: np.ndarray, scores: np.ndarray, decisions: np.ndarray, contributions: np.ndarray | None,
+           columns: Sequence[str], gap: int = 0) -> list[Event]:
+    """The events of a scored series (``gap``: a detector's ``window_`` by convention)."""
+    time, scores = np.asarray(time), np.asarray(scores, dtype=np.float64)
+    out = []
+    for a, b in spans(decisions, gap):
+        peak = a + int(np.argmax(scores[a:b + 1]))
+        metrics: list[str] = []
+        if contributions is not None:
+            total = np.asarray(contributions[a:b + 1], dtype=np.float64).sum(axis=0)
+            order = np.argsort(-total, kind="stable")[:TOP_METRICS]
+            metrics = [str(columns[j]) for j in order if total[j] > 0]
+        out.append(Event(float(time[a]), float(time[b]), float(time[peak]), float(scores[peak]), metrics, a, b))
+    return out

@@ -1,0 +1,228 @@
+"""Reading series files (CSV, Parquet) and series folders, with every repair said out loud.
+
+A series is a table with a time column and numeric value columns (metrics). Real monitoring exports are
+untidy: rows out of order, repeated timestamps, empty cells, a metric that never moves, hours with no
+data. Each is handled by one rule below and noted in ``Series.notes`` (one line naming the file), so
+nothing is scored silently on repaired data; what cannot be repaired is one InputError naming the file.
+
+A series folder is the time-series counterpart of the MVTec layout: ``DIR/train.csv`` (normal operation)
+and ``DIR/test.csv`` (the same columns plus ``label``, 1 inside a labelled anomaly). A folder of series
+folders (``asd/omi-1``, ``asd/omi-2``, ...) is read as one series per folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from normalcy.errors import InputError
+from normalcy.vectors.tables import _names, _numeric, _read_arrays
+
+SERIES_SUFFIXES = (".csv", ".parquet", ".pq")
+TIME_NAMES = ("timestamp", "time", "date", "datetime")  # a time column found by name (any case)
+MIN_ROWS = 16  # twice the shortest window: fewer rows cannot hold a window and what follows it
+GAP_FACTOR = 3.0  # an interval over 3x the median interval is a gap
+
+
+@dataclass
+class Series:
+    """One series, sorted by time, unique timestamps, finite values."""
+
+    name: str  # the file stem, the --series-column id, or the series folder's name
+    time: np.ndarray  # float64: epoch seconds (ISO dates parsed), or the row number when there is no time column
+    values: np.ndarray  # float64 (n, d)
+    columns: tuple[str, ...]  # the d value column names
+    labels: np.ndarray | None  # int8 (n,) 0/1 when the file has a label column
+    notes: list[str] = field(default_factory=list)  # what was repaired, one line each, naming the file
+    source: Path = Path()
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+
+def is_series_file(path: Path) -> bool:
+    """A file whose suffix names a format a series is read from."""
+    return path.suffix.lower() in SERIES_SUFFIXES and not path.is_dir()
+
+
+def read_series(path: str | Path, time_column: str | None = None, series_column: str | None = None,
+                label_column: str | None = "label") -> list[Series]:
+    """The series of a CSV or Parquet file: one, or one per value of ``series_column``, each checked and
+    repaired by the rules of this module. Every problem is one InputError naming the file."""
+    path = Path(path)
+    if path.suffix.lower() not in SERIES_SUFFIXES:
+        raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}")
+    arrays = _read_arrays(path)
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    if n == 0:
+        raise InputError(f"{path}: no rows")
+    for what, name in (("time", time_column), ("series", series_column)):
+        if name is not None and name not in arrays:
+            raise InputError(f"{path}: no {what} column {name!r}; it has {_names(arrays)}")
+    if time_column is None:
+        time_column = next((c for c in arrays if c.strip().lower() in TIME_NAMES), None)
+    label = label_column if label_column in arrays else None
+    columns = [c for c in arrays if c not in (time_column, series_column, label)]
+    for c in columns:
+        if _numeric(arrays[c]) is None and not _all_missing(arrays[c]):
+            raise InputError(f"{path}: value column {c!r} is not numeric (first value {_first(arrays[c])!r}); "
+                             "give it as --time-column or --series-column, or remove it")
+    if not columns:
+        raise InputError(f"{path}: no value columns; it has {_names(arrays)}")
+    time = _times(path, arrays[time_column]) if time_column else np.arange(n, dtype=np.float64)
+    values = np.column_stack([_numeric(arrays[c]) if _numeric(arrays[c]) is not None else np.full(n, np.nan)
+                              for c in columns])
+    labels = _labels(path, arrays[label]) if label else None
+    if series_column is None:
+        return [_tidy(path, path.stem, path.name, time, values, tuple(columns), labels, time_column is not None)]
+    ids = np.array([str(v) for v in arrays[series_column]])
+    out = []
+    for sid in dict.fromkeys(ids):  # in order of first appearance
+        rows = np.flatnonzero(ids == sid)
+        out.append(_tidy(path, sid, f"{path.name} [{series_column}={sid}]", time[rows], values[rows],
+                         tuple(columns), None if labels is None else labels[rows], time_column is not None))
+    return out
+
+
+def _tidy(path: Path, name: str, where: str, time: np.ndarray, values: np.ndarray, columns: tuple[str, ...],
+          labels: np.ndarray | None, timed: bool) -> Series:
+    """Sort, drop repeated timestamps (the last row kept), interpolate missing values, note constant columns
+    and gaps; refuse a column with no value and a series too short."""
+    notes = []
+    if len(time) < MIN_ROWS:
+        raise InputError(f"{where}: {len(time)} rows; a series needs at least {MIN_ROWS}")
+    back = int((np.diff(time) < 0).sum())
+    if back:
+        order = np.argsort(time, kind="stable")  # stable: repeated timestamps keep their file order
+        time, values = time[order], values[order]
+        labels = None if labels is None else labels[order]
+        notes.append(f"{where}: {back} unsorted row(s) sorted by time")
+    last = np.append(time[1:] != time[:-1], True)  # the last row of each timestamp
+    if not last.all():
+        notes.append(f"{where}: {int((~last).sum())} row(s) with a repeated timestamp dropped (the last row of "
+                     "each timestamp kept)")
+        time, values = time[last], values[last]
+        labels = None if labels is None else labels[last]
+    if len(time) < MIN_ROWS:
+        raise InputError(f"{where}: {len(time)} distinct timestamps; a series needs at least {MIN_ROWS}")
+    values = np.array(values, dtype=np.float64)
+    missing = ~np.isfinite(values)
+    if missing.any():
+        counts = []
+        for j in np.flatnonzero(missing.any(axis=0)):
+            bad = missing[:, j]
+            if bad.all():
+                raise InputError(f"{where}: column {columns[j]!r} has no value in any row")
+            values[bad, j] = np.interp(time[bad], time[~bad], values[~bad, j])
+            counts.append(f"{columns[j]} {int(bad.sum())}")
+        notes.append(f"{where}: {int(missing.sum())} missing or non-finite value(s) interpolated linearly along "
+                     f"time ({', '.join(counts[:10])}{' ...' if len(counts) > 10 else ''})")
+    constant = [c for c, v in zip(columns, np.ptp(values, axis=0)) if v == 0]
+    if constant:
+        notes.append(f"{where}: constant column(s) {constant[:10]} kept (a change in them still counts)")
+    if timed:
+        steps = np.diff(time)
+        median = float(np.median(steps))
+        gaps = steps > GAP_FACTOR * median
+        if gaps.any():
+            notes.append(f"{where}: {int(gaps.sum())} gap(s) in time (over {GAP_FACTOR:g}x the median interval "
+                         f"of {median:g} s), the largest {float(steps.max()):g} s; rows either side are "
+                         "scored as consecutive")
+    return Series(name, time, values, columns, labels, notes, path)
+
+
+def _all_missing(a: np.ndarray) -> bool:
+    return a.dtype == object and all(v is None or v == "" for v in a)
+
+
+def _first(a: np.ndarray) -> Any:
+    v = next((v for v in a if v is not None and v == v), None)
+    return str(v)[:40] if v is not None else None
+
+
+def _times(path: Path, a: np.ndarray) -> np.ndarray:
+    """A time column as float64: numbers as they are (epoch seconds, row numbers), dates and times (parsed by
+    the reader, or ISO 8601 strings) as epoch seconds (UTC when no zone is given)."""
+    if a.dtype.kind == "M":
+        if np.isnat(a).any():
+            raise InputError(f"{path}: time column: empty at row {int(np.flatnonzero(np.isnat(a))[0]) + 1}")
+        return a.astype("datetime64[ns]").astype(np.int64) / 1e9
+    num = _numeric(a)
+    if num is not None:
+        bad = ~np.isfinite(num)
+        if bad.any():
+            raise InputError(f"{path}: time column: no number at row {int(np.flatnonzero(bad)[0]) + 1}")
+        return num
+    out = np.empty(len(a))
+    for i, v in enumerate(a):
+        try:
+            t = v if isinstance(v, datetime) else datetime.fromisoformat(str(v).strip())
+        except ValueError:
+            raise InputError(f"{path}: time column: {str(v)[:40]!r} at row {i + 1} is neither a number nor an "
+                             "ISO 8601 date") from None
+        out[i] = (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    return out
+
+
+def _labels(path: Path, a: np.ndarray) -> np.ndarray:
+    num = _numeric(a)
+    if num is None or not np.isfinite(num).all() or not np.isin(num, (0, 1)).all():
+        raise InputError(f"{path}: label column must hold 0 (normal) or 1 (anomaly) in every row")
+    return num.astype(np.int8)
+
+
+# ------------------------------------------------------------------------------------------- series folders
+
+
+def _split_file(directory: Path, split: str) -> Path | None:
+    return next((directory / f"{split}{s}" for s in SERIES_SUFFIXES if (directory / f"{split}{s}").is_file()), None)
+
+
+def is_series_folder(directory: str | Path) -> bool:
+    """A folder holding train.csv (or train.parquet): normal operation, perhaps test.csv beside it."""
+    d = Path(directory)
+    return d.is_dir() and _split_file(d, "train") is not None
+
+
+def series_folders(directory: str | Path) -> list[Path]:
+    """The series folders of DIR: DIR itself, or its sub-folders that are series folders (sorted by name,
+    omi-2 before omi-10). InputError when there are none."""
+    d = Path(directory)
+    if is_series_folder(d):
+        return [d]
+    subs = sorted((p for p in d.iterdir() if is_series_folder(p)), key=_natural) if d.is_dir() else []
+    if not subs:
+        raise InputError(f"{d}: not a series folder (no train.csv or train.parquet in it or in its sub-folders)")
+    return subs
+
+
+def _natural(p: Path) -> list[Any]:
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
+def read_series_folder(directory: str | Path, time_column: str | None = None,
+                       label_column: str | None = "label") -> tuple[list[Series], list[Series]]:
+    """(train, test): one series per series folder (named after the folder), in the same order; a folder
+    without test.csv gives no test series. Test columns must be the training columns."""
+    train: list[Series] = []
+    test: list[Series] = []
+    for d in series_folders(directory):
+        (tr,) = read_series(_split_file(d, "train"), time_column, None, label_column)  # type: ignore[arg-type]
+        tr.name = d.name
+        train.append(tr)
+        test_file = _split_file(d, "test")
+        if test_file is None:
+            continue
+        (te,) = read_series(test_file, time_column, None, label_column)
+        if te.columns != tr.columns:
+            raise InputError(f"{test_file}: columns {list(te.columns)[:10]} differ from the training columns "
+                             f"{list(tr.columns)[:10]}")
+        te.name = d.name
+        test.append(te)
+    return train, test

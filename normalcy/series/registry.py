@@ -1,0 +1,63 @@
+"""Series detectors by name, and loading a saved series model (checked, never unpickled)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from normalcy.detectors.modelfile import MODEL_TENSORS, read_tensors
+from normalcy.errors import InputError
+from normalcy.files import MODEL_JSON, describe, read_json
+from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
+from normalcy.series.knn import SubsequenceKNN
+
+# One line per detector.
+DETECTORS: dict[str, type[SeriesDetector]] = {cls.name: cls for cls in (
+    SubsequenceKNN,
+)}
+DEFAULT_DETECTOR = "knn"
+
+
+def create(name: str, **params: Any) -> SeriesDetector:
+    """A new detector by name; unknown names and bad parameters are one InputError."""
+    if name not in DETECTORS:
+        raise InputError(f"unknown series detector {name!r}; choose from {', '.join(sorted(DETECTORS))}")
+    return DETECTORS[name](**params)
+
+
+def is_series_model(directory: str | Path) -> bool:
+    """Whether the folder's model.json says it is a series model (one that cannot be read safely is not)."""
+    path = Path(directory) / MODEL_JSON
+    if not os.path.lexists(path):
+        return False
+    try:
+        return read_json(path).get("kind") == SERIES_KIND
+    except InputError:
+        return False
+
+
+def load(directory: str | Path) -> SeriesDetector:
+    """A saved series model: model.json checked field by field and against the columns, model.safetensors
+    read by safetensors alone, the state checked by the detector and by a trial score. One InputError line
+    naming the file for every problem."""
+    d = Path(directory)
+    meta_path = d / MODEL_JSON
+    if not os.path.lexists(meta_path):
+        raise InputError(f"{d}: not a normalcy model (no {MODEL_JSON})")
+    raw = read_json(meta_path)
+    if raw.get("kind") != SERIES_KIND:
+        raise InputError(f"{meta_path}: not a series model (kind {raw.get('kind')!r})")
+    if raw.get("format_version") != FORMAT_VERSION or isinstance(raw.get("format_version"), bool):
+        raise InputError(f"{meta_path}: series model format version {raw.get('format_version')!r} is not "
+                         f"supported (this normalcy reads version {FORMAT_VERSION})")
+    try:
+        meta = SeriesModelMeta.model_validate(raw)
+    except ValidationError as err:
+        raise InputError(f"{meta_path}: {describe(err)}") from None
+    if meta.detector not in DETECTORS:
+        raise InputError(f"{meta_path}: unknown series detector {meta.detector[:40]!r}; this normalcy has "
+                         f"{', '.join(sorted(DETECTORS))}")
+    return DETECTORS[meta.detector].from_saved(meta, read_tensors(d / MODEL_TENSORS), d)
