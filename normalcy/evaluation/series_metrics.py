@@ -18,6 +18,7 @@ sharing a row are the same thing, so rows are used here.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -165,7 +166,9 @@ def vus_window(values: np.ndarray) -> int:
         raise ImportError(_TSB_AD_MISSING + " (and statsmodels for the window)") from err
     x = np.asarray(values, dtype=np.float64)
     first = x.reshape(len(x), -1)[:, 0].reshape(-1, 1)
-    return int(find_length_rank(first, rank=1))
+    with warnings.catch_warnings():  # a constant column's autocorrelation is 0/0: TSB-AD falls back to 125
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return int(find_length_rank(first, rank=1))
 
 
 @dataclass(frozen=True)
