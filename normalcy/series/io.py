@@ -39,6 +39,9 @@ class Series:
     labels: np.ndarray | None  # int8 (n,) 0/1 when the file has a label column
     notes: list[str] = field(default_factory=list)  # what was repaired, one line each, naming the file
     source: Path = Path()
+    # Where the file's rows went, so a run can write one row per input row in input order:
+    file_rows: np.ndarray | None = None  # int64 (m,): the file's data rows (0-based) of this series, in file order
+    row_of: np.ndarray | None = None  # int64 (m,): the row of this series holding each (a repeated timestamp's: the kept one)
 
     def __len__(self) -> int:
         return len(self.time)
@@ -78,29 +81,33 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
                               for c in columns])
     labels = _labels(path, arrays[label]) if label else None
     if series_column is None:
-        return [_tidy(path, path.stem, path.name, time, values, tuple(columns), labels, time_column is not None)]
+        return [_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
+                      time_column is not None)]
     ids = np.array([str(v) for v in arrays[series_column]])
     out = []
     for sid in dict.fromkeys(ids):  # in order of first appearance
         rows = np.flatnonzero(ids == sid)
-        out.append(_tidy(path, sid, f"{path.name} [{series_column}={sid}]", time[rows], values[rows],
+        out.append(_tidy(path, sid, f"{path.name} [{series_column}={sid}]", rows, time[rows], values[rows],
                          tuple(columns), None if labels is None else labels[rows], time_column is not None))
     return out
 
 
-def _tidy(path: Path, name: str, where: str, time: np.ndarray, values: np.ndarray, columns: tuple[str, ...],
-          labels: np.ndarray | None, timed: bool) -> Series:
+def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.ndarray, values: np.ndarray,
+          columns: tuple[str, ...], labels: np.ndarray | None, timed: bool) -> Series:
     """Sort, drop repeated timestamps (the last row kept), interpolate missing values, note constant columns
     and gaps; refuse a column with no value and a series too short."""
     notes = []
     if len(time) < MIN_ROWS:
         raise InputError(f"{where}: {len(time)} rows; a series needs at least {MIN_ROWS}")
+    order = np.arange(len(time))
     back = int((np.diff(time) < 0).sum())
     if back:
         order = np.argsort(time, kind="stable")  # stable: repeated timestamps keep their file order
         time, values = time[order], values[order]
         labels = None if labels is None else labels[order]
         notes.append(f"{where}: {back} unsorted row(s) sorted by time")
+    row_of = np.empty(len(time), np.int64)
+    row_of[order] = np.cumsum(np.append(True, time[1:] != time[:-1])) - 1  # each timestamp's kept row
     last = np.append(time[1:] != time[:-1], True)  # the last row of each timestamp
     if not last.all():
         notes.append(f"{where}: {int((~last).sum())} row(s) with a repeated timestamp dropped (the last row of "
@@ -132,7 +139,7 @@ def _tidy(path: Path, name: str, where: str, time: np.ndarray, values: np.ndarra
             notes.append(f"{where}: {int(gaps.sum())} gap(s) in time (over {GAP_FACTOR:g}x the median interval "
                          f"of {median:g} s), the largest {float(steps.max()):g} s; rows either side are "
                          "scored as consecutive")
-    return Series(name, time, values, columns, labels, notes, path)
+    return Series(name, time, values, columns, labels, notes, path, np.asarray(file_rows, np.int64), row_of)
 
 
 def _all_missing(a: np.ndarray) -> bool:
@@ -160,7 +167,9 @@ def _times(path: Path, a: np.ndarray) -> np.ndarray:
     out = np.empty(len(a))
     for i, v in enumerate(a):
         try:
-            t = v if isinstance(v, datetime) else datetime.fromisoformat(str(v).strip())
+            text = str(v).strip()
+            t = v if isinstance(v, datetime) else datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z")
+                                                                      else text)
         except ValueError:
             raise InputError(f"{path}: time column: {str(v)[:40]!r} at row {i + 1} is neither a number nor an "
                              "ISO 8601 date") from None

@@ -13,10 +13,12 @@ from normalcy.errors import InputError
 from normalcy.files import MODEL_JSON, describe, read_json
 from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
 from normalcy.series.knn import SubsequenceKNN
+from normalcy.series.pca import SubsequencePCA
 
 # One line per detector.
 DETECTORS: dict[str, type[SeriesDetector]] = {cls.name: cls for cls in (
     SubsequenceKNN,
+    SubsequencePCA,
 )}
 DEFAULT_DETECTOR = "knn"
 

@@ -1,0 +1,203 @@
+"""The autoencoder of Borghesi et al. (AAAI 2019, "Anomaly detection using autoencoders in high
+performance computing systems"): learn the normal correlations of a machine's metrics, flag the rows the
+network cannot reconstruct, and say which metrics it failed on.
+
+As in the paper, the input is the d metrics of one time step, the network is dense with one hidden layer
+*larger* than its input (``hidden`` times the input, ReLU) kept sparse by an L1 penalty on its activations,
+it is trained on normal operation only (mean squared error, Adam), and the reconstruction error of each
+metric is kept: a row's contributions are its per-metric squared errors, so every alarm names its metrics.
+
+One time step says nothing about a univariate series (a value cannot be reconstructed from the others),
+so ``span`` rows are given to the network instead when the series has fewer than ``MIN_METRICS`` metrics:
+``span=None`` means 1 row for 4 or more metrics (the paper's setting), the detector's window otherwise.
+Contributions are then the squared errors of the newest row of the span (the row being scored), summed
+per metric.
+
+``train_network`` is the small, bounded, deterministic training loop the other neural series detectors
+(HypAD, the forecaster) share: a fixed number of Adam steps on seeded mini-batches, stopped early only
+by a wall-clock budget (with a warning, since results then depend on the machine's speed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from normalcy.detectors.base import LearningRate, Seconds
+from normalcy.series.base import SeriesDetector, SeriesParams
+from normalcy.series.windows import causal_windows, flat_windows
+
+log = logging.getLogger("normalcy")
+
+MIN_METRICS = 4  # fewer metrics than this: the network sees a window of rows, not one row
+MAX_TRAIN_WINDOWS = 20_000  # training windows at most (an even subsample past that): bounded memory and time
+_SCORE_BATCH = 8192  # windows scored per forward pass
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread, then restore the caller's setting. These networks are tiny: a second
+    thread only adds synchronisation, and on a busy 2-core machine it made a training step 60x slower
+    (67 ms instead of 1 ms)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_network(
+    net: nn.Module,
+    inputs: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    budget_s: float,
+    what: str,
+) -> dict[str, float]:
+    """Train ``net`` for ``steps`` Adam steps on mini-batches of ``inputs`` (rows drawn by the caller's
+    seeded torch RNG); ``loss_fn(batch_rows)`` returns the loss. Stops early at ``budget_s`` seconds with a
+    warning. Returns how training went (steps, seconds, first and last mean loss) for model.json."""
+    with one_thread():
+        return _train(net, inputs, loss_fn, steps=steps, batch=batch, lr=lr, budget_s=budget_s, what=what)
+
+
+def _train(net: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor], *, steps: int,
+           batch: int, lr: float, budget_s: float, what: str) -> dict[str, float]:
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    n = len(inputs)
+    batch = min(batch, n)
+    start, done, first, last = time.perf_counter(), 0, float("nan"), float("nan")
+    recent: list[float] = []
+    for step in range(steps):
+        idx = torch.randint(0, n, (batch,))
+        loss = loss_fn(inputs[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        recent.append(float(loss.detach()))
+        if step == 49 or steps < 50 and step == steps - 1:
+            first = float(np.mean(recent))
+        if len(recent) > 50:
+            recent.pop(0)
+        done = step + 1
+        if time.perf_counter() - start > budget_s:
+            if done < steps:
+                log.warning("%s: training stopped at its %.0f s budget after %d of %d steps (results now depend "
+                            "on this machine's speed; raise budget_s or lower steps)", what, budget_s, done, steps)
+            break
+    last = float(np.mean(recent)) if recent else last
+    net.eval()
+    return {"steps": done, "seconds": round(time.perf_counter() - start, 3), "first_loss": first, "last_loss": last}
+
+
+def training_windows(X: np.ndarray, span: int) -> torch.Tensor:
+    """The windows of ``span`` rows of X (n, d) as float32 rows (span * d, time-major), at most
+    MAX_TRAIN_WINDOWS of them (evenly spaced)."""
+    W = flat_windows(X, span)
+    keep = np.unique(np.linspace(0, len(W) - 1, min(len(W), MAX_TRAIN_WINDOWS)).round().astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(W[keep], dtype=np.float32))
+
+
+def batched(net: Callable[[torch.Tensor], torch.Tensor], W: np.ndarray) -> list[torch.Tensor]:
+    """``net`` on the rows of W in batches, without gradients (float32 in, whatever the network returns)."""
+    out = []
+    with torch.no_grad(), one_thread():
+        for s in range(0, len(W), _SCORE_BATCH):
+            out.append(net(torch.from_numpy(np.ascontiguousarray(W[s:s + _SCORE_BATCH], dtype=np.float32))))
+    return out
+
+
+class SparseAutoencoder(nn.Module):
+    """Input -> ReLU hidden layer ``hidden`` times wider -> linear reconstruction (Borghesi et al.)."""
+
+    def __init__(self, inputs: int, hidden: int) -> None:
+        super().__init__()
+        self.encode = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU())
+        self.decode = nn.Linear(hidden, inputs)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encode(x)
+        return self.decode(h), h
+
+
+class Autoencoder(SeriesDetector):
+    """Per-metric reconstruction error of a sparse, overcomplete dense autoencoder of normal rows."""
+
+    name = "autoencoder"
+
+    class Params(SeriesParams):
+        span: int | None = Field(None, ge=1, le=512)  # rows the network sees; None: 1 for >= 4 metrics, else window
+        hidden: int = Field(10, ge=1, le=64)  # hidden units per input (the paper: 10x the input)
+        max_hidden: int = Field(2048, ge=8, le=16384)  # and at most this many
+        l1: float = Field(1e-5, ge=0, le=1)  # L1 penalty on the hidden activations (sparsity)
+        steps: int = Field(1500, ge=1, le=1_000_000)
+        batch: int = Field(128, ge=1, le=65536)
+        lr: LearningRate = 1e-3
+        budget_s: Seconds = 30.0
+
+    net_: SparseAutoencoder
+    span_: int
+
+    @property
+    def context(self) -> int:
+        return max(self.span_, 1)
+
+    def _span(self, d: int) -> int:
+        if self.span is not None:
+            return int(self.span)
+        return 1 if d >= MIN_METRICS else self.window_
+
+    def _units(self) -> int:
+        inputs = self.span_ * len(self.columns_)
+        return min(self.hidden * inputs, self.max_hidden)
+
+    def _build(self) -> None:
+        self.net_ = SparseAutoencoder(self.span_ * len(self.columns_), self._units())
+
+    def _fit(self, X: np.ndarray, progress: bool) -> None:
+        self.span_ = self._span(X.shape[1])
+        self._build()
+        W = training_windows(X, self.span_)
+        net = self.net_
+
+        def loss(x: torch.Tensor) -> torch.Tensor:
+            rec, h = net(x)
+            return ((rec - x) ** 2).mean() + self.l1 * h.abs().sum(dim=1).mean()
+
+        self._training = train_network(net, W, loss, steps=self.steps, batch=self.batch, lr=self.lr,
+                                       budget_s=self.budget_s, what=self.name)
+
+    def metadata(self) -> dict:
+        return dict(getattr(self, "_training", {}))
+
+    def _errors(self, W: np.ndarray) -> np.ndarray:
+        """(m, d) squared errors of the newest row of each window."""
+        d = len(self.columns_)
+        rec = torch.cat([r for r, _ in batched(self.net_, W)]).double().numpy()
+        diff = W[:, -d:] - rec[:, -d:]
+        return diff * diff
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return self._errors(causal_windows(X, self.span_))
+
+    def _score_last(self, recent: np.ndarray) -> np.ndarray:
+        w = self.span_
+        if len(recent) < w:
+            recent = np.concatenate([np.repeat(recent[:1], w - len(recent), axis=0), recent])
+        return self._errors(recent[-w:].reshape(1, -1))[0]
+
+    def _check_state(self) -> None:
+        if not 1 <= self.span_ <= 512:
+            raise ValueError(f"span {self.span_} outside 1..512")

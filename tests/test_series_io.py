@@ -1,0 +1,209 @@
+"""Reading series files and folders: every rule of normalcy.series.io, each with the file it is about."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from normalcy.errors import InputError
+from normalcy.series.io import (
+    MIN_ROWS,
+    is_series_folder,
+    read_series,
+    read_series_folder,
+    series_folders,
+)
+from normalcy.vectors.tables import MAX_COLUMNS
+
+
+def write_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def numbered(n: int = 40, start: int = 1_600_000_000, step: int = 60) -> list[int]:
+    return [start + step * i for i in range(n)]
+
+
+def test_epoch_seconds_and_row_numbers(tmp_path: Path) -> None:
+    ts = numbered()
+    f = write_csv(tmp_path / "cpu.csv", "timestamp,cpu,mem", [f"{t},{i % 7},{i % 5}" for i, t in enumerate(ts)])
+    (s,) = read_series(f)
+    assert s.name == "cpu" and s.columns == ("cpu", "mem") and s.labels is None and s.notes == []
+    np.testing.assert_array_equal(s.time, ts)
+    assert s.values.shape == (40, 2) and s.values.dtype == np.float64
+    # no time column: the row number is the time, every column a value
+    g = write_csv(tmp_path / "plain.csv", "a,b", [f"{i % 3},{i}" for i in range(20)])
+    (p,) = read_series(g)
+    np.testing.assert_array_equal(p.time, np.arange(20))
+    assert p.columns == ("a", "b")
+
+
+def test_time_column_by_name_and_missing(tmp_path: Path) -> None:
+    f = write_csv(tmp_path / "x.csv", "when,v", [f"{t},{i}" for i, t in enumerate(numbered(20))])
+    (s,) = read_series(f, time_column="when")
+    assert s.columns == ("v",) and s.time[0] == 1_600_000_000
+    with pytest.raises(InputError, match=r"x\.csv: no time column 'stamp'"):
+        read_series(f, time_column="stamp")
+
+
+def test_iso_dates(tmp_path: Path) -> None:
+    rows = [f"2015-02-26 21:{m:02d}:00,{m}" for m in range(20)]
+    (s,) = read_series(write_csv(tmp_path / "iso.csv", "timestamp,value", rows))
+    assert s.time[0] == datetime(2015, 2, 26, 21, 0, tzinfo=timezone.utc).timestamp()
+    np.testing.assert_array_equal(np.diff(s.time), 60.0)
+    # offsets and Z (read as UTC), mixed in one column
+    mixed = [f"2015-02-26T21:{m:02d}:00Z,{m}" if m % 2 else f"2015-02-26T22:{m:02d}:00+01:00,{m}" for m in range(20)]
+    (z,) = read_series(write_csv(tmp_path / "zones.csv", "time,value", mixed))
+    np.testing.assert_array_equal(z.time, s.time)
+    bad = rows[:5] + ["yesterday,3"] + rows[6:]
+    with pytest.raises(InputError, match=r"bad\.csv: time column: 'yesterday' at row 6"):
+        read_series(write_csv(tmp_path / "bad.csv", "timestamp,value", bad))
+
+
+def test_unsorted_rows_sorted_with_a_note(tmp_path: Path) -> None:
+    ts = numbered(20)
+    order = [0, 1, 2, 4, 3, 5, 6, 7, 9, 8] + list(range(10, 20))
+    f = write_csv(tmp_path / "u.csv", "timestamp,v", [f"{ts[i]},{i}" for i in order])
+    (s,) = read_series(f)
+    np.testing.assert_array_equal(s.time, ts)
+    np.testing.assert_array_equal(s.values[:, 0], np.arange(20))
+    assert s.notes == ["u.csv: 2 unsorted row(s) sorted by time"]
+    np.testing.assert_array_equal(s.row_of, order)  # file row i holds series row order[i]
+
+
+def test_duplicates_keep_the_last_row(tmp_path: Path) -> None:
+    ts = numbered(20)
+    rows = [f"{t},{i}" for i, t in enumerate(ts)]
+    rows[4:4] = [f"{ts[4]},-2", f"{ts[4]},-1"]  # file rows 4, 5 and 6 share a timestamp: row 6 (value 4) wins
+    (s,) = read_series(write_csv(tmp_path / "d.csv", "timestamp,v", rows))
+    assert len(s) == 20 and s.values[4, 0] == 4
+    assert s.notes == ["d.csv: 2 row(s) with a repeated timestamp dropped (the last row of each timestamp kept)"]
+    np.testing.assert_array_equal(s.row_of[4:8], [4, 4, 4, 5])
+
+
+def test_nan_interpolated_and_all_nan_column_refused(tmp_path: Path) -> None:
+    rows = [f"{i},{'' if i in (3, 4) else 10 * i},{i}" for i in range(20)]
+    rows[7] = "7,70,NaN"
+    (s,) = read_series(write_csv(tmp_path / "n.csv", "timestamp,a,b", rows))
+    assert s.values[3, 0] == 30 and s.values[4, 0] == 40 and s.values[7, 1] == 7
+    assert s.notes == ["n.csv: 3 missing or non-finite value(s) interpolated linearly along time (a 2, b 1)"]
+    empty = [f"{i},{i}," for i in range(20)]
+    with pytest.raises(InputError, match=r"e\.csv: column 'b' has no value in any row"):
+        read_series(write_csv(tmp_path / "e.csv", "timestamp,a,b", empty))
+
+
+def test_constant_column_kept_with_a_note(tmp_path: Path) -> None:
+    (s,) = read_series(write_csv(tmp_path / "c.csv", "timestamp,a,flat", [f"{i},{i % 4},5" for i in range(20)]))
+    assert s.columns == ("a", "flat") and (s.values[:, 1] == 5).all()
+    assert s.notes == ["c.csv: constant column(s) ['flat'] kept (a change in them still counts)"]
+
+
+def test_gaps_noted(tmp_path: Path) -> None:
+    ts = numbered(30)
+    ts = ts[:10] + [t + 600 for t in ts[10:20]] + [t + 3000 for t in ts[20:]]
+    (s,) = read_series(write_csv(tmp_path / "g.csv", "timestamp,v", [f"{t},{i % 3}" for i, t in enumerate(ts)]))
+    assert s.notes == ["g.csv: 2 gap(s) in time (over 3x the median interval of 60 s), the largest 2460 s; "
+                       "rows either side are scored as consecutive"]
+
+
+def test_text_value_column_refused(tmp_path: Path) -> None:
+    f = write_csv(tmp_path / "t.csv", "timestamp,v,host", [f"{i},{i},web{i % 2}" for i in range(20)])
+    with pytest.raises(InputError, match=r"t\.csv: value column 'host' is not numeric \(first value 'web0'\)"):
+        read_series(f)
+
+
+def test_too_few_rows(tmp_path: Path) -> None:
+    f = write_csv(tmp_path / "s.csv", "timestamp,v", [f"{i},{i}" for i in range(MIN_ROWS - 1)])
+    with pytest.raises(InputError, match=rf"s\.csv: {MIN_ROWS - 1} rows; a series needs at least {MIN_ROWS}"):
+        read_series(f)
+    repeated = [f"{i // 2},{i}" for i in range(2 * MIN_ROWS - 2)]  # enough rows, too few timestamps
+    with pytest.raises(InputError, match="distinct timestamps"):
+        read_series(write_csv(tmp_path / "r.csv", "timestamp,v", repeated))
+
+
+def test_label_column(tmp_path: Path) -> None:
+    rows = [f"{i},{i % 5},{int(10 <= i < 13)}" for i in range(20)]
+    (s,) = read_series(write_csv(tmp_path / "l.csv", "timestamp,v,label", rows))
+    assert s.columns == ("v",) and s.labels.dtype == np.int8 and s.labels.sum() == 3
+    rows[2] = "2,1,2"
+    with pytest.raises(InputError, match=r"bl\.csv: label column must hold 0 \(normal\) or 1"):
+        read_series(write_csv(tmp_path / "bl.csv", "timestamp,v,label", rows))
+
+
+def test_series_column_splits_one_file(tmp_path: Path) -> None:
+    rows = []
+    for i in range(20):
+        rows += [f"{1000 + i},a,{i}", f"{1000 + 19 - i},b,{100 + i}"]  # b's rows run backwards in time
+    f = write_csv(tmp_path / "many.csv", "timestamp,host,load", rows)
+    a, b = read_series(f, series_column="host")
+    assert (a.name, b.name) == ("a", "b") and a.columns == ("load",)
+    np.testing.assert_array_equal(a.values[:, 0], np.arange(20))
+    np.testing.assert_array_equal(b.values[:, 0], 100 + np.arange(20)[::-1])
+    np.testing.assert_array_equal(b.file_rows, np.arange(1, 40, 2))
+    assert b.notes == ["many.csv [host=b]: 19 unsorted row(s) sorted by time"]
+    with pytest.raises(InputError, match="no series column 'id'"):
+        read_series(f, series_column="id")
+
+
+def test_parquet(tmp_path: Path) -> None:
+    ts = np.array(numbered(20), dtype="datetime64[s]")
+    table = pa.table({"timestamp": ts, "x": np.arange(20.0), "y": np.arange(20) % 3})
+    pq.write_table(table, tmp_path / "p.parquet")
+    (s,) = read_series(tmp_path / "p.parquet")
+    np.testing.assert_array_equal(s.time, numbered(20))
+    assert s.columns == ("x", "y")
+    with pytest.raises(InputError, match=r"x\.json: a series is read from \.csv or \.parquet"):
+        read_series(tmp_path / "x.json")
+
+
+def test_too_many_columns_refused_before_parsing(tmp_path: Path) -> None:
+    f = tmp_path / "wide.csv"
+    f.write_text(",".join(f"c{j}" for j in range(MAX_COLUMNS + 1)) + "\n")
+    with pytest.raises(InputError, match=rf"wide\.csv: {MAX_COLUMNS + 1} columns"):
+        read_series(f)
+
+
+def make_folder(d: Path, extra_test_column: bool = False) -> Path:
+    d.mkdir(parents=True)
+    write_csv(d / "train.csv", "timestamp,m0,m1", [f"{i},{i % 5},{i % 3}" for i in range(30)])
+    header = "timestamp,m0,m1,label" + (",m2" if extra_test_column else "")
+    extra = ",1" if extra_test_column else ""
+    write_csv(d / "test.csv", header, [f"{i},{i % 5},{i % 3},{int(i > 25)}{extra}" for i in range(30)])
+    return d
+
+
+def test_series_folder(tmp_path: Path) -> None:
+    d = make_folder(tmp_path / "server")
+    assert is_series_folder(d) and series_folders(d) == [d]
+    (train,), (test,) = read_series_folder(d)
+    assert train.name == test.name == "server" and train.labels is None and test.labels.sum() == 4
+    assert test.columns == train.columns == ("m0", "m1")
+    bad = make_folder(tmp_path / "bad", extra_test_column=True)
+    with pytest.raises(InputError, match=r"test\.csv: columns \['m0', 'm1', 'm2'\] differ"):
+        read_series_folder(bad)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: not a series folder"):
+        series_folders(tmp_path / "empty")
+
+
+def test_folder_of_series_folders(tmp_path: Path) -> None:
+    for name in ("s10", "s2", "s1"):
+        make_folder(tmp_path / "set" / name)
+    (tmp_path / "set" / "notes").mkdir()
+    train, test = read_series_folder(tmp_path / "set")
+    assert [s.name for s in train] == [s.name for s in test] == ["s1", "s2", "s10"]
+
+
+def test_asd_folders(shared_data: Path) -> None:
+    """The real ASD layout: 12 servers, 19 metrics, row-number timestamps, labelled test."""
+    folders = series_folders(shared_data / "asd")
+    assert [f.name for f in folders] == [f"omi-{i}" for i in range(1, 13)]
+    (train,), (test,) = read_series_folder(folders[0])
+    assert train.columns == tuple(f"m{j}" for j in range(19)) == test.columns
+    assert train.values.shape == (8640, 19) and len(test) == 4320 and 0 < test.labels.mean() < 0.2
