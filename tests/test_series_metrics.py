@@ -162,10 +162,36 @@ def test_vus_pr_perfect_and_random() -> None:
     assert math.isnan(vus_pr(np.zeros(100), random[:100], window=10))
 
 
+def _first_column(path, column: str) -> np.ndarray:
+    with path.open() as f:
+        return np.array([float(r[column]) for r in csv.DictReader(f)]).reshape(-1, 1)
+
+
+def test_vus_window_is_tsb_ads(shared_data) -> None:
+    """vus_window computes TSB-AD's find_length_rank without statsmodels: the same window as TSB-AD's."""
+    pytest.importorskip("statsmodels")
+    slidingWindows = pytest.importorskip("TSB_AD.utils.slidingWindows")
+    t = np.arange(3000)
+    series = [
+        np.sin(2 * np.pi * t / 63.0).reshape(-1, 1),  # a clear period
+        np.ones((500, 1)),  # constant: TSB-AD's fallback, 125
+        np.random.default_rng(0).random((800, 1)),  # noise
+        _first_column(shared_data / "asd" / "omi-1" / "test.csv", "m0"),
+        _first_column(shared_data / "nab" / "data" / "realTweets" / "Twitter_volume_AAPL.csv", "value"),
+        _first_column(shared_data / "nab" / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv", "value"),
+    ]
+    import warnings
+
+    for x in series:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = int(slidingWindows.find_length_rank(x, rank=1))
+        assert vus_window(x) == expected
+
+
 def test_vus_pr_on_real_series(shared_data) -> None:
     """ASD omi-1: its own labels as the score give VUS-PR 1 at TSB-AD's window; shifted labels give less."""
     pytest.importorskip("TSB_AD")
-    pytest.importorskip("statsmodels")
     path = shared_data / "asd" / "omi-1" / "test.csv"
     with path.open() as f:
         rows = list(csv.DictReader(f))

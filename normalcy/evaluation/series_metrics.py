@@ -18,7 +18,6 @@ sharing a row are the same thing, so rows are used here.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -158,17 +157,15 @@ def vus_pr(labels: np.ndarray, scores: np.ndarray, window: int) -> float:
 
 
 def vus_window(values: np.ndarray) -> int:
-    """TSB-AD's VUS buffer for a series: ``find_length_rank(first column, rank=1)``, as its benchmark
-    scripts do (multivariate series use their first column). Needs statsmodels (the series-bench extra)."""
-    try:
-        from TSB_AD.utils.slidingWindows import find_length_rank
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(_TSB_AD_MISSING + " (and statsmodels for the window)") from err
+    """TSB-AD's VUS buffer for a series: ``find_length_rank(first column, rank=1)``, as its benchmark scripts
+    do (multivariate series use their first column). Computed by ``normalcy.series.windows.column_period``,
+    TSB-AD's find_length without statsmodels (the same window on every NAB and ASD series; a test checks it
+    against TSB-AD's own function), so VUS-PR needs tsb-ad alone."""
+    from normalcy.series.windows import PERIOD_FALLBACK, column_period
+
     x = np.asarray(values, dtype=np.float64)
-    first = x.reshape(len(x), -1)[:, 0].reshape(-1, 1)
-    with warnings.catch_warnings():  # a constant column's autocorrelation is 0/0: TSB-AD falls back to 125
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return int(find_length_rank(first, rank=1))
+    period = column_period(x.reshape(len(x), -1)[:, 0])
+    return PERIOD_FALLBACK if period is None else int(period)
 
 
 @dataclass(frozen=True)
