@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_synthetic_dataset, texture
 from PIL import Image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -24,29 +25,9 @@ def normalcy(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def _texture(rng: np.random.Generator, size: int = 96) -> np.ndarray:
-    base = rng.normal(128, 12, (size // 8, size // 8, 3))
-    img = np.kron(base, np.ones((8, 8, 1))) + rng.normal(0, 4, (size, size, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def make_dataset(root: Path, n_train: int = 10) -> Path:
-    """A tiny MVTec-layout data set: textures, and test defects as bright squares with masks."""
-    rng = np.random.default_rng(0)
-    for i in range(n_train):
-        (root / "train" / "good").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_texture(rng)).save(root / "train" / "good" / f"{i:03d}.png")
-    for i in range(3):
-        (root / "test" / "good").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_texture(rng)).save(root / "test" / "good" / f"{i:03d}.png")
-        img, mask = _texture(rng), np.zeros((96, 96), np.uint8)
-        img[30:50, 40:60] = 255
-        mask[30:50, 40:60] = 255
-        for sub, arr in (("test/square", img), ("ground_truth/square", mask)):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(root / "test" / "square" / f"{i:03d}.png")
-        Image.fromarray(mask).save(root / "ground_truth" / "square" / f"{i:03d}_mask.png")
-    return root
+    """conftest's tiny MVTec-layout data set, with 3 good and 3 defect test images."""
+    return make_synthetic_dataset(root, n_train=n_train, n_good=3, n_defect=3)
 
 
 def add_bad_files(folder: Path) -> list[str]:
@@ -81,7 +62,7 @@ def test_fit_predict_with_bad_files(tmp_path: Path) -> None:
 
     new = tmp_path / "new"
     new.mkdir()
-    for sub in ("good", "square"):
+    for sub in ("good", "defect"):
         for p in (ds / "test" / sub).iterdir():
             (new / f"{sub}_{p.name}").write_bytes(p.read_bytes())
     bad_new = add_bad_files(new)
@@ -97,10 +78,10 @@ def test_fit_predict_with_bad_files(tmp_path: Path) -> None:
     assert len(list((out / "heatmaps").glob("*.png"))) == 6
     assert (out / "report.html").stat().st_size > 1000
     scores = {Path(row["path"]).name: float(row["score"]) for row in rows}
-    squares = [s for n, s in scores.items() if n.startswith("square")]
+    squares = [s for n, s in scores.items() if n.startswith("defect")]
     goods = [s for n, s in scores.items() if n.startswith("good")]
     assert min(squares) > max(goods)
-    assert all(row["decision"] == "1" for row in rows if row["path"].split("/")[-1].startswith("square"))
+    assert all(row["decision"] == "1" for row in rows if row["path"].split("/")[-1].startswith("defect"))
     check_run_dir(out, n=6)
 
 
@@ -124,7 +105,7 @@ def test_score_batch_zero_shot_writes_a_run(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds")
     folder = tmp_path / "batch"
     folder.mkdir()
-    for p in sorted((ds / "train" / "good").iterdir())[:8] + sorted((ds / "test" / "square").iterdir())[:1]:
+    for p in sorted((ds / "train" / "good").iterdir())[:8] + sorted((ds / "test" / "defect").iterdir())[:1]:
         (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     bad = add_bad_files(folder)
     out = tmp_path / "run"
@@ -134,7 +115,7 @@ def test_score_batch_zero_shot_writes_a_run(tmp_path: Path) -> None:
         assert name in r.stderr
     rows = list(csv.DictReader(open(out / "scores.csv")))
     top = max(rows, key=lambda row: float(row["score"]))
-    assert Path(top["path"]).name.startswith("square") and top["decision"] == "1"
+    assert Path(top["path"]).name.startswith("defect") and top["decision"] == "1"
     check_run_dir(out, n=9)
     assert (out / "report.html").stat().st_size > 1000
     assert json.loads((out / "run.json").read_text())["detector"] == "musc"
@@ -145,11 +126,11 @@ def test_score_batch_options_reach_musc(tmp_path: Path) -> None:
     folder = ds / "train" / "good"
     r = normalcy("score-batch", str(folder), "-o", str(tmp_path / "run"), "--image-score", "mean")
     assert r.returncode == 1 and "image_score" in r.stderr and "Traceback" not in r.stderr
-    r = normalcy("score-batch", str(folder), str(ds / "test" / "square"), "-o", str(tmp_path / "run"),
+    r = normalcy("score-batch", str(folder), str(ds / "test" / "defect"), "-o", str(tmp_path / "run"),
                  "--image-size", "96", "--image-score", "max", "--rscin-k", "1")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
-    assert Path(max(rows, key=lambda row: float(row["score"]))["path"]).parent.name == "square"
+    assert Path(max(rows, key=lambda row: float(row["score"]))["path"]).parent.name == "defect"
 
 
 def test_predict_refuses_unknown_format_version(tmp_path: Path) -> None:
@@ -242,7 +223,7 @@ def test_bad_detector_parameters_are_one_line_errors(tmp_path: Path) -> None:
 def test_warnings_reach_the_user(tmp_path: Path) -> None:
     """Python warnings are shown on stderr, not swallowed: here a ground-truth mask of the wrong size."""
     ds = make_dataset(tmp_path / "ds", n_train=6)
-    mask = ds / "ground_truth" / "square" / "000_mask.png"
+    mask = ds / "ground_truth" / "defect" / "000_mask.png"
     Image.open(mask).resize((48, 48)).save(mask)
     r = normalcy("eval", str(ds), "--image-size", "64", "--json")
     assert r.returncode == 0, r.stderr
@@ -258,7 +239,7 @@ def test_predict_keeps_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
     assert normalcy("fit", str(ds / "train" / "good"), "-o", str(model), "--image-size", "64").returncode == 0
     folder = tmp_path / "new"
     folder.mkdir()
-    Image.fromarray(_texture(np.random.default_rng(5))).save(folder / "plain.png")
+    Image.fromarray(texture(np.random.default_rng(5))).save(folder / "plain.png")
     odd = os.path.join(os.fsencode(folder), b"part\xff.png")
     with open(odd, "wb") as fh:
         fh.write((folder / "plain.png").read_bytes())
