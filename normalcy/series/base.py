@@ -7,12 +7,14 @@ sum, so every alarm can name the metrics that raised it. A subclass writes:
 * ``Params``, its hyper-parameters (a subclass of ``SeriesParams``, which declares the common ones:
   ``fpr``, ``window``, ``holdout``, ``seed``). The base validates them and sets each as an attribute
   of the same name (``det.k``); nothing is declared twice;
-* ``_fit(X, progress)``: learn from X (n, d), the standardised normal rows (several training series
-  are concatenated in time order);
+* ``_fit(X, progress)``: learn from X (n, d), the standardised normal rows: several training series one
+  after another, each beginning at a row of ``self.starts`` (``windows.inside`` picks the windows that
+  do not straddle two);
 * ``_score(X) -> (n, d)``: non-negative per-metric contributions. Causal: row t may use rows
-  max(0, t - context + 1)..t only (``context``: ``window_`` unless the detector says more), the first
-  rows on edge-padded input (X[0] repeated), so that a row scores the same in a whole series and in a
-  stream;
+  max(0, t - context + 1)..t only (``context``: ``window_`` unless the detector says more), so that a
+  row scores the same in a whole series and in a stream. The first rows have a shorter past: a detector
+  scores them on what exists (the subsequence detectors: the partial window) or on edge-padded input
+  (X[0] repeated);
 
 and may write ``_score_last(recent)`` (the last row's contributions, faster than ``_score`` for
 streaming), ``_partial_fit(recent)`` (learn one more normal row online, bounded memory),
@@ -65,7 +67,7 @@ class SeriesParams(HyperParams):
     """The parameters every series detector takes; a detector's ``Params`` subclasses this."""
 
     fpr: float = Field(0.01, gt=0, lt=1)  # target false-alarm rate per row on held-out normal rows
-    window: int | None = Field(None, ge=2, le=LONGEST_WINDOW)  # None: the training data's period
+    window: int | None = Field(None, ge=1, le=LONGEST_WINDOW)  # None: the training data's period
     holdout: float = Field(0.2, ge=0, le=0.5)  # last part of each training series kept to set the threshold
     seed: Seed = 0
 
@@ -105,6 +107,7 @@ class SeriesDetector:
         for key, value in validated:
             setattr(self, key, value)
         self.threshold_ = None
+        self.starts = np.zeros(1, np.int64)  # during fit: the first row of each training series in _fit's X
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen and why, for model.json
         self._stream: _Ring | None = None
 
@@ -172,6 +175,7 @@ class SeriesDetector:
                                  "give a longer series or a smaller --window")
         self._stream = None
         self.n_train_ = int(sum(len(v) for _, v, _ in parts))
+        self.starts = np.cumsum([0] + cuts[:-1])  # where each training series begins in _fit's X
         with torch.random.fork_rng(devices=[]):  # seeded here, once; the caller's RNG is left alone
             torch.manual_seed(self.seed)
             self._fit(np.concatenate([z[:c] for z, c in zip(Z, cuts)]), progress)
@@ -394,7 +398,7 @@ class SeriesModelMeta(Strict):
     detector: str = Field(max_length=100)
     params: dict[str, Any]
     columns: list[str] = Field(min_length=1, max_length=MAX_COLUMNS)
-    window: int = Field(ge=2, le=LONGEST_WINDOW)
+    window: int = Field(ge=1, le=LONGEST_WINDOW)
     threshold: FiniteFloat = Field(ge=0)
     mean: list[FiniteFloat]
     scale: list[FiniteFloat]

@@ -6,7 +6,12 @@ bank (at most ``max_bank`` windows and MAX_BANK_FLOATS numbers, an even subsampl
 score is the root-mean-square difference, per time step, between its window and the k-th nearest window
 of the bank; the squared differences of that neighbour, summed per metric, split it into per-metric
 contributions. faiss finds the k nearest (exact flat L2, float32); their distances are then computed
-again exactly (float64), so a window scores the same in a batch and alone in a stream.
+again exactly (float64), so a window scores the same in a batch and alone in a stream (which finds them
+by a vector-matrix product: faiss takes 5x longer for one query).
+
+The first ``window_ - 1`` rows of a series have a shorter past: they are compared over the rows that
+exist, with the same stretch at the end of each bank window (edge padding would invent a flat start that
+normal operation never had, and flag the start of every series).
 
 Online learning (``partial_fit``) appends each new normal window to the bank until it is full, then
 replaces the oldest (a FIFO): memory stays bounded.
@@ -20,7 +25,7 @@ from pydantic import Field
 
 import normalcy.numerics.ann  # noqa: F401  (sets faiss's BLAS threshold the project uses)
 from normalcy.series.base import SeriesDetector, SeriesParams
-from normalcy.series.windows import causal_windows, flat_windows
+from normalcy.series.windows import flat_windows, inside
 
 MAX_BANK_FLOATS = 2**25  # 128 MB of float32 windows at most
 _BLOCK_FLOATS = 2**18  # a one-row product's block of the bank: 1 MB, on one BLAS thread
@@ -47,7 +52,8 @@ class SubsequenceKNN(SeriesDetector):
 
     def _fit(self, X: np.ndarray, progress: bool) -> None:
         windows = flat_windows(X, self.window_)
-        keep = np.unique(np.linspace(0, len(windows) - 1, min(len(windows), self.capacity)).round().astype(np.int64))
+        ok = inside(self.starts, len(X), self.window_)
+        keep = ok[np.unique(np.linspace(0, len(ok) - 1, min(len(ok), self.capacity)).round().astype(np.int64))]
         self.centre_ = windows[keep].mean(axis=0)
         self.bank_ = np.ascontiguousarray(windows[keep] - self.centre_, dtype=np.float32)
         self.fifo_ = 0
@@ -61,25 +67,31 @@ class SubsequenceKNN(SeriesDetector):
 
     @property
     def _candidates(self) -> int:
-        """Neighbours found in float32 and measured again exactly: k and a few more, so that float32's
-        rounding, which differs between a batch and a single row, cannot change which is the k-th."""
-        return min(self.k + 2, len(self.bank_))
+        """Neighbours found in float32, then measured again exactly: the k nearest. Float32's rounding, which
+        differs between a batch and a single row, can only swap neighbours whose distances differ by about
+        1e-7 of the windows' squared length, and so moves a score by as little."""
+        return min(self.k, len(self.bank_))
 
     def _contributions(self, Q: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """(m, d) contributions of centred windows Q (m, window_ * d), float64, from candidate neighbours
-        idx (m, c): the exact k-th nearest's squared differences per metric, scaled to sum to the score."""
-        diff = Q[:, None, :] - self.bank_[idx]  # (m, c, w*d) float64
+        """(m, d) contributions of centred windows Q (m, L), float64, L the last numbers of a window, from
+        candidate neighbours idx (m, c): the exact k-th nearest's squared differences per metric, scaled to
+        sum to the root-mean-square difference per time step."""
+        L = Q.shape[1]
+        diff = Q[:, None, :] - self.bank_[idx][..., -L:]  # (m, c, L) float64
         sq = np.einsum("mcj,mcj->mc", diff, diff)
         rows = np.arange(len(Q))
         kth = np.argsort(sq, axis=1, kind="stable")[:, min(self.k, sq.shape[1]) - 1]
-        per_metric = (diff[rows, kth] ** 2).reshape(len(Q), self.window_, -1).sum(axis=1)
-        norm = np.sqrt(self.window_ * sq[rows, kth])  # contributions sum to sqrt(distance^2 / window_)
+        steps = L // len(self.columns_)
+        per_metric = (diff[rows, kth] ** 2).reshape(len(Q), steps, -1).sum(axis=1)
+        norm = np.sqrt(steps * sq[rows, kth])
         return np.divide(per_metric, norm[:, None], out=np.zeros_like(per_metric), where=norm[:, None] > 0)
 
     def _score(self, X: np.ndarray) -> np.ndarray:
-        W = causal_windows(X, self.window_)
-        step = max(1, _CHUNK_FLOATS // (self._candidates * W.shape[1]))
-        out = []
+        w = self.window_
+        head = [self._one(X[:t + 1], self.bank_.T) for t in range(min(len(X), w - 1))]
+        W = flat_windows(X, w)
+        step = max(1, _CHUNK_FLOATS // (self._candidates * max(1, W.shape[1])))
+        out = [np.reshape(head, (len(head), X.shape[1]))]
         for s in range(0, len(W), step):
             Q = W[s:s + step] - self.centre_
             _, idx = faiss.knn(np.ascontiguousarray(Q, dtype=np.float32), self.bank_, self._candidates)
@@ -87,23 +99,33 @@ class SubsequenceKNN(SeriesDetector):
         return np.concatenate(out)
 
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
-        """One window: a vector-matrix product finds the candidates (faiss takes 5x longer for one query),
-        then as ``_contributions`` for one row, without its batch bookkeeping (the stream's budget is 100 us)."""
-        q = _last_window(recent, self.window_)[0] - self.centre_
         if self._bank_t is None:
             self._bank_t = np.ascontiguousarray(self.bank_.T)
-        d2 = _products(q.astype(np.float32), self._bank_t)
+        return self._one(recent[-self.window_:], self._bank_t)
+
+    def _one(self, rows: np.ndarray, bank_t: np.ndarray) -> np.ndarray:
+        """(d,) contributions of the window ending at the last of ``rows`` (at most window_ rows, fewer at
+        the start of a series), its neighbours found with ``bank_t`` (the bank transposed, or a view)."""
+        L = rows.size
+        q = rows.reshape(-1) - self.centre_[-L:]
+        part = bank_t[-L:]
+        d2 = _products(q.astype(np.float32), part)
         d2 *= -2
-        d2 += self._norms
-        idx = np.empty(self._candidates, np.int64)
-        for i in range(len(idx)):  # a few argmins beat a partition of the whole bank
-            idx[i] = d2.argmin()
-            d2[idx[i]] = np.inf
-        diff = q - self.bank_[idx]
+        d2 += self._norms if L == bank_t.shape[0] else np.einsum("ij,ij->j", part, part)
+        if self._candidates == 1:
+            idx = np.array([d2.argmin()])
+        else:  # a few argmins beat a partition of the whole bank
+            idx = np.empty(self._candidates, np.int64)
+            for i in range(len(idx)):
+                idx[i] = d2.argmin()
+                d2[idx[i]] = np.inf
+        # as _contributions for one row, without its batch indexing (a stream's row has 100 us)
+        diff = q - self.bank_[idx, -L:]
         sq = np.einsum("cj,cj->c", diff, diff)
         j = np.argsort(sq, kind="stable")[min(self.k, len(sq)) - 1]
-        per_metric = (diff[j] ** 2).reshape(self.window_, -1).sum(axis=0)
-        return per_metric / np.sqrt(self.window_ * sq[j]) if sq[j] > 0 else np.zeros_like(per_metric)
+        steps = L // len(self.columns_)
+        per_metric = (diff[j] * diff[j]).reshape(steps, -1).sum(axis=0)
+        return per_metric / np.sqrt(steps * sq[j]) if sq[j] > 0 else np.zeros_like(per_metric)
 
     def _partial_fit(self, recent: np.ndarray) -> None:
         if len(recent) < self.window_:  # an edge-padded window is not one normal operation had
@@ -148,10 +170,3 @@ def _products(q: np.ndarray, bank_t: np.ndarray) -> np.ndarray:
     for s in range(0, len(out), step):
         np.matmul(q, bank_t[:, s:s + step], out=out[s:s + step])
     return out
-
-
-def _last_window(recent: np.ndarray, w: int) -> np.ndarray:
-    """The window ending at the last row of ``recent`` as one (1, w*d) row, edge-padded when it is short."""
-    if len(recent) < w:
-        recent = np.concatenate([np.repeat(recent[:1], w - len(recent), axis=0), recent])
-    return recent[-w:].reshape(1, -1)

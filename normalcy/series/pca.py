@@ -6,6 +6,10 @@ and their principal components kept up to ``variance`` of their variance. A row'
 root-mean-square, per time step, of its window's reconstruction error; the squared errors summed per
 metric split it into per-metric contributions. Scoring is two small matrix products a window, so one row
 of a stream costs microseconds.
+
+The first ``window_ - 1`` rows of a series have a shorter past: their partial window is fitted, by least
+squares, with the components' same stretch (edge padding would invent a flat start that normal operation
+never had, and flag the start of every series).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pydantic import Field
 from sklearn.utils.extmath import randomized_svd
 
 from normalcy.series.base import SeriesDetector, SeriesParams
-from normalcy.series.windows import causal_windows, flat_windows
+from normalcy.series.windows import flat_windows, inside
 
 EXACT_DIMS = 1024  # windows up to this many numbers: an exact eigendecomposition; wider: randomized SVD
 _CHUNK_FLOATS = 2**22
@@ -36,7 +40,8 @@ class SubsequencePCA(SeriesDetector):
 
     def _fit(self, X: np.ndarray, progress: bool) -> None:
         windows = flat_windows(X, self.window_)
-        keep = np.unique(np.linspace(0, len(windows) - 1, min(len(windows), self.max_windows)).round().astype(np.int64))
+        ok = inside(self.starts, len(X), self.window_)
+        keep = ok[np.unique(np.linspace(0, len(ok) - 1, min(len(ok), self.max_windows)).round().astype(np.int64))]
         W = windows[keep]
         self.centre_ = W.mean(axis=0)
         W = W - self.centre_
@@ -50,24 +55,53 @@ class SubsequencePCA(SeriesDetector):
         explained = np.cumsum(np.clip(values, 0, None)) / max(total, 1e-300)
         k = int(np.searchsorted(explained, self.variance) + 1)
         self.components_ = np.ascontiguousarray(vectors[:min(k, self.max_components, len(vectors))])
+        self._gram_cache = None
 
-    def _errors(self, W: np.ndarray) -> np.ndarray:
-        """(m, d) contributions of windows W (m, window_ * d)."""
-        Q = W - self.centre_
-        R = Q - (Q @ self.components_.T) @ self.components_
-        per_metric = (R * R).reshape(len(W), self.window_, -1).sum(axis=1)
-        norm = np.sqrt(self.window_ * per_metric.sum(axis=1, keepdims=True))  # contributions sum to RMS error
+    def _errors(self, R: np.ndarray) -> np.ndarray:
+        """(m, d) contributions from reconstruction errors R (m, L) of (partial) windows of L numbers."""
+        steps = R.shape[1] // len(self.columns_)
+        per_metric = (R * R).reshape(len(R), steps, -1).sum(axis=1)
+        norm = np.sqrt(steps * per_metric.sum(axis=1, keepdims=True))  # contributions sum to the RMS error
         return np.divide(per_metric, norm, out=np.zeros_like(per_metric), where=norm > 0)
 
+    def _full(self, W: np.ndarray) -> np.ndarray:
+        Q = W - self.centre_
+        return self._errors(Q - (Q @ self.components_.T) @ self.components_)
+
+    def _partial(self, rows: np.ndarray) -> np.ndarray:
+        """(d,) contributions of a window of fewer than window_ rows: the least-squares fit of the components'
+        last stretch (their Gram matrix for that stretch, with a small ridge, since it may be singular)."""
+        L = rows.size
+        q = rows.reshape(-1) - self.centre_[-L:]
+        P = self.components_[:, -L:]
+        gram = self._grams()[rows.shape[0] - 1]
+        coef = np.linalg.solve(gram, P @ q)
+        return self._errors((q - coef @ P)[None])[0]
+
+    def _grams(self) -> list[np.ndarray]:
+        """P_L P_L^T + ridge for the last L = t * d numbers, t = 1..window_-1, built once (k x k each)."""
+        if getattr(self, "_gram_cache", None) is None:
+            d, k = len(self.columns_), len(self.components_)
+            ridge = 1e-9 * np.eye(k)
+            grams, acc = [], np.zeros((k, k))
+            for t in range(1, self.window_):
+                block = self.components_[:, -t * d:self.components_.shape[1] - (t - 1) * d]
+                acc = acc + block @ block.T
+                grams.append(acc + ridge)
+            self._gram_cache = grams
+        return self._gram_cache
+
     def _score(self, X: np.ndarray) -> np.ndarray:
-        W = causal_windows(X, self.window_)
-        step = max(1, _CHUNK_FLOATS // W.shape[1])
-        return np.concatenate([self._errors(W[s:s + step]) for s in range(0, len(W), step)])
+        head = [self._partial(X[:t + 1]) for t in range(min(len(X), self.window_ - 1))]
+        W = flat_windows(X, self.window_)
+        step = max(1, _CHUNK_FLOATS // max(1, W.shape[1]))
+        return np.concatenate([np.reshape(head, (len(head), X.shape[1]))]
+                              + [self._full(W[s:s + step]) for s in range(0, len(W), step)])
 
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
         if len(recent) < self.window_:
-            recent = np.concatenate([np.repeat(recent[:1], self.window_ - len(recent), axis=0), recent])
-        return self._errors(recent[-self.window_:].reshape(1, -1))[0]
+            return self._partial(recent)
+        return self._full(recent[-self.window_:].reshape(1, -1))[0]
 
     def _check_state(self) -> None:
         d = self.window_ * len(self.columns_)
@@ -78,3 +112,4 @@ class SubsequencePCA(SeriesDetector):
             raise ValueError(f"components of shape {c.shape} do not fit windows of {d} numbers and at most "
                              f"{self.max_components} components")
         self.centre_, self.components_ = self.centre_.astype(np.float64), c.astype(np.float64)
+        self._gram_cache = None

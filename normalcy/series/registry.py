@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from normalcy.detectors.modelfile import MODEL_TENSORS, read_tensors
 from normalcy.errors import InputError
-from normalcy.files import MODEL_JSON, describe, read_json
+from normalcy.files import MODEL_JSON, Strict, describe, read_json
 from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
 from normalcy.series.knn import SubsequenceKNN
 from normalcy.series.pca import SubsequencePCA
@@ -21,6 +21,7 @@ DETECTORS: dict[str, type[SeriesDetector]] = {cls.name: cls for cls in (
     SubsequencePCA,
 )}
 DEFAULT_DETECTOR = "knn"
+M = TypeVar("M", bound=Strict)
 
 
 def create(name: str, **params: Any) -> SeriesDetector:
@@ -41,6 +42,18 @@ def is_series_model(directory: str | Path) -> bool:
         return False
 
 
+def checked_meta(path: Path, raw: dict[str, Any], schema: type[M], version: int, what: str) -> M:
+    """A model.json's content checked: its format version first (a newer file says so, rather than listing
+    fields it does not know), then against ``schema``; one InputError line naming ``path``."""
+    if raw.get("format_version") != version or isinstance(raw.get("format_version"), bool):
+        raise InputError(f"{path}: {what} format version {raw.get('format_version')!r} is not supported "
+                         f"(this normalcy reads version {version})")
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as err:
+        raise InputError(f"{path}: {describe(err)}") from None
+
+
 def load(directory: str | Path) -> SeriesDetector:
     """A saved series model: model.json checked field by field and against the columns, model.safetensors
     read by safetensors alone, the state checked by the detector and by a trial score. One InputError line
@@ -52,13 +65,7 @@ def load(directory: str | Path) -> SeriesDetector:
     raw = read_json(meta_path)
     if raw.get("kind") != SERIES_KIND:
         raise InputError(f"{meta_path}: not a series model (kind {raw.get('kind')!r})")
-    if raw.get("format_version") != FORMAT_VERSION or isinstance(raw.get("format_version"), bool):
-        raise InputError(f"{meta_path}: series model format version {raw.get('format_version')!r} is not "
-                         f"supported (this normalcy reads version {FORMAT_VERSION})")
-    try:
-        meta = SeriesModelMeta.model_validate(raw)
-    except ValidationError as err:
-        raise InputError(f"{meta_path}: {describe(err)}") from None
+    meta = checked_meta(meta_path, raw, SeriesModelMeta, FORMAT_VERSION, "series model")
     if meta.detector not in DETECTORS:
         raise InputError(f"{meta_path}: unknown series detector {meta.detector[:40]!r}; this normalcy has "
                          f"{', '.join(sorted(DETECTORS))}")

@@ -68,3 +68,12 @@ def causal_windows(X: np.ndarray, w: int) -> np.ndarray:
     X = np.asarray(X)
     padded = np.concatenate([np.repeat(X[:1], w - 1, axis=0), X]) if w > 1 else X
     return flat_windows(padded, w)
+
+
+def inside(starts: np.ndarray, n: int, w: int) -> np.ndarray:
+    """Indices of the windows of ``flat_windows(X, w)`` (X: n rows, several series one after another, each
+    beginning at a row of ``starts``) that lie inside one series: a window across two never happened."""
+    first = np.arange(max(0, n - w + 1))
+    ends = np.append(np.asarray(starts, dtype=np.int64)[1:], n)  # one past each series' last row
+    series_end = ends[np.searchsorted(ends, first, side="right")]
+    return first[first + w <= series_end]

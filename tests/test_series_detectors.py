@@ -1,0 +1,371 @@
+"""The series protocol (base.py), the subsequence detectors (knn, pca), their model files, and events."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from normalcy.errors import InputError, NotFittedError
+from normalcy.series.base import SeriesDetector, standardiser
+from normalcy.series.events import events, spans
+from normalcy.series.io import Series, read_series_folder
+from normalcy.series.knn import SubsequenceKNN
+from normalcy.series.registry import DETECTORS, create, is_series_model, load
+from normalcy.series.windows import causal_windows, find_period, flat_windows
+
+SUBSEQUENCE = ["knn", "pca"]
+
+
+def sine(n: int = 3000, period: int = 40, d: int = 1, seed: int = 0) -> np.ndarray:
+    """d noisy sines of one period, each with its own phase and level."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)[:, None]
+    return np.sin(2 * np.pi * t / period + np.arange(d)) + 3 * np.arange(d) + 0.05 * rng.standard_normal((n, d))
+
+
+def series(values: np.ndarray, name: str = "s", columns: tuple[str, ...] | None = None) -> Series:
+    values = values.reshape(len(values), -1)
+    cols = columns or tuple(f"m{j}" for j in range(values.shape[1]))
+    return Series(name, np.arange(len(values), dtype=np.float64), values, cols, None, [], Path(f"{name}.csv"))
+
+
+# ---------------------------------------------------------------------------------------------- windows
+
+
+def test_windows_are_views_and_causal() -> None:
+    X = np.arange(12.0).reshape(6, 2)
+    W = flat_windows(X, 3)
+    assert W.shape == (4, 6) and np.shares_memory(W, X)
+    np.testing.assert_array_equal(W[1], [2, 3, 4, 5, 6, 7])
+    C = causal_windows(X, 3)
+    assert C.shape == (6, 6)
+    np.testing.assert_array_equal(C[0], [0, 1, 0, 1, 0, 1])  # row 0 on its own value repeated
+    np.testing.assert_array_equal(C[5], W[3])
+
+
+def test_find_period() -> None:
+    assert abs(find_period(sine(4000, period=50)) - 50) <= 1
+    assert abs(find_period(sine(4000, period=24, d=3)) - 24) <= 1
+    assert find_period(np.random.default_rng(0).standard_normal(2000)) > 0
+
+
+def test_standardiser_keeps_constant_columns() -> None:
+    X = np.column_stack([np.arange(100.0), np.full(100, 7.0), np.r_[np.zeros(90), np.ones(10)]])
+    centre, scale = standardiser(X)
+    assert centre[1] == 7 and scale[1] == 1  # a constant column: scale 1, its change still counts
+    assert scale[2] == pytest.approx(X[:, 2].std())  # IQR 0 but not constant: the std
+    assert scale[0] == pytest.approx(np.subtract(*np.quantile(X[:, 0], [0.75, 0.25])) / 1.349)
+
+
+# --------------------------------------------------------------------------------------------- protocol
+
+
+def test_registry_and_params() -> None:
+    assert set(SUBSEQUENCE) <= set(DETECTORS)
+    det = create("knn", k=3, window=20, fpr=0.05)
+    assert (det.k, det.window, det.fpr, det.holdout) == (3, 20, 0.05, 0.2)
+    with pytest.raises(InputError, match="unknown series detector 'nope'"):
+        create("nope")
+    with pytest.raises(InputError, match=r"detector knn: k: input should be greater than or equal to 1 \(got 0\)"):
+        create("knn", k=0)
+    with pytest.raises(InputError, match="detector pca: neighbours: extra inputs are not permitted"):
+        create("pca", neighbours=3)
+    with pytest.raises(NotFittedError):
+        create("knn").score(np.zeros(100))
+
+
+@pytest.mark.parametrize("name", SUBSEQUENCE)
+def test_spike_found_and_named(name: str) -> None:
+    X = sine(3000, d=3)
+    det = create(name, window=40).fit(series(X[:2000]), progress=False)
+    test = X[2000:].copy()
+    test[500:505, 1] += 4  # a spike in metric m1
+    r = det.score(series(test))
+    assert r.score.shape == (1000,) and r.contributions.shape == (1000, 3) and r.decision.dtype == np.int8
+    assert (r.contributions >= 0).all()
+    np.testing.assert_allclose(r.contributions.sum(axis=1), r.score)
+    np.testing.assert_array_equal(r.decision, r.score >= det.threshold_)
+    # the first rows (a partial window) are not flagged for their short past; few normal rows are
+    assert r.decision[500:505].all() and r.decision[:40].sum() <= 4 and r.decision[:450].mean() < 0.15
+    (ev,) = [e for e in events(np.arange(1000.0), r.score, r.decision, r.contributions, ("m0", "m1", "m2"),
+                               gap=det.window_) if e.first <= 502 <= e.last]
+    assert ev.metrics[0] == "m1" and 500 <= ev.peak_time <= 545
+
+
+@pytest.mark.parametrize("name", SUBSEQUENCE)
+def test_threshold_at_the_target_false_alarm_rate(name: str) -> None:
+    X = sine(6000, d=2, seed=1)
+    det = create(name, window=40, fpr=0.05).fit(X[:4000], progress=False)
+    flagged = det.score(X[4000:]).decision.mean()  # fresh normal rows: about fpr of them flagged
+    assert 0.005 < flagged < 0.15
+
+
+@pytest.mark.parametrize("name", SUBSEQUENCE)
+def test_scores_are_causal(name: str) -> None:
+    X = sine(1500, d=2)
+    det = create(name, window=30).fit(X[:1000], progress=False)
+    whole = det.score(X[1000:]).contributions
+    part = det.score(X[1000:1200]).contributions
+    np.testing.assert_allclose(part, whole[:200], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", SUBSEQUENCE)
+def test_score_one_matches_score(name: str) -> None:
+    X = sine(2500, d=2)
+    X[2200:2210, 0] += 3
+    det = create(name, window=30).fit(X[:1500], progress=False)
+    batch = det.score(X[1500:])
+    stream = np.array([det.score_one(x) for x in X[1500:]])
+    np.testing.assert_allclose(stream, batch.score, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(det.last_contributions, batch.contributions[-1], rtol=1e-5, atol=1e-9)
+    det.reset_stream()  # a new stream starts from its own first row, as score() does
+    np.testing.assert_allclose([det.score_one(x) for x in X[2000:2100]], det.score(X[2000:2100]).score,
+                               rtol=1e-5, atol=1e-9)
+
+
+def test_default_window_from_the_period() -> None:
+    det = create("pca").fit(sine(3000, period=60), progress=False)
+    assert abs(det.window_ - 60) <= 1
+    det = create("pca").fit(np.random.default_rng(0).standard_normal(3000), progress=False)
+    assert 8 <= det.window_ <= 256
+
+
+def test_bad_inputs() -> None:
+    det = create("knn", window=50)
+    with pytest.raises(InputError, match=r"array: 79 rows to fit on, fewer than 2 x the window \(50\)"):
+        det.fit(np.zeros(99) + np.arange(99), progress=False)
+    det = create("knn", window=10).fit(series(sine(600, d=2)), progress=False)
+    with pytest.raises(InputError, match=r"x\.csv: columns do not match the model's: missing \['m1'\]"):
+        det.score(series(sine(100, d=1), "x"))
+    with pytest.raises(InputError, match="array: 3 columns, the model has 2"):
+        det.score(sine(100, d=3))
+    with pytest.raises(InputError, match="NaN or infinite"):
+        det.score_one(np.array([np.nan, 1.0]))
+    with pytest.raises(InputError, match=r"s\.csv: columns \['m0'\] differ from the first training series"):
+        create("knn", window=10).fit([series(sine(600, d=2)), series(sine(600, d=1))], progress=False)
+    # columns are matched by name, whatever their order in the file
+    swapped = series(sine(300, d=2)[:, ::-1], columns=("m1", "m0"))
+    np.testing.assert_allclose(det.score(swapped).score, det.score(sine(300, d=2)).score)
+
+
+def test_a_flat_normal_series_does_not_flag_everything() -> None:
+    """Held-out rows that all score 0 (a series that repeats exactly) must not put the threshold at 0."""
+    X = np.tile(np.r_[np.zeros(10), np.ones(10)], 50)
+    det = create("knn", window=20).fit(X, progress=False)
+    assert det.threshold_ > 0 and det.score(X).decision.sum() == 0
+    spiked = X.copy()
+    spiked[500] = 5
+    assert det.score(spiked).decision[500] == 1
+
+
+def test_several_training_series() -> None:
+    det = create("knn", window=20).fit([series(sine(800, seed=1)), series(sine(900, seed=2))], progress=False)
+    assert det.n_train_ == 1700 and len(det.bank_) == (640 - 19) + (720 - 19)
+
+
+# ------------------------------------------------------------------------------------------ online learning
+
+
+def test_knn_learns_online_with_a_bounded_bank() -> None:
+    X = sine(1000, period=20)
+    det = create("knn", window=20, max_bank=700).fit(X, progress=False)
+    m = len(det.bank_)
+    new = 2 * sine(600, period=20, seed=3)  # a louder normal: anomalous until learned
+    before = np.array([det.score_one(x) for x in new[:300]])
+    det.reset_stream()
+    for x in new[:300]:
+        det.score_one(x)
+        det.partial_fit(x)  # the row just scored: learned once, not streamed twice
+    assert len(det.bank_) == 700 and det.fifo_ == 300 - 19 - (700 - m)
+    after = np.array([det.score_one(x) for x in new[300:]])
+    assert after[50:].mean() < 0.5 * before[50:].mean()
+    for x in new:  # rows not scored first join the stream, then are learned; the bank stays bounded
+        det.partial_fit(x)
+    assert len(det.bank_) == 700 and 0 <= det.fifo_ < 700
+    # a saved model keeps the bank and its FIFO position
+    assert isinstance(det, SubsequenceKNN)
+
+
+def test_pca_does_not_learn_online() -> None:
+    det = create("pca", window=20).fit(sine(500), progress=False)
+    assert not det.learns_online
+    with pytest.raises(InputError, match="pca does not learn online"):
+        det.partial_fit(np.zeros(1))
+
+
+# -------------------------------------------------------------------------------------------- model files
+
+
+@pytest.mark.parametrize("name", SUBSEQUENCE)
+def test_save_and_load(tmp_path: Path, name: str) -> None:
+    X = sine(2000, d=2)
+    det = create(name, window=25).fit(series(X[:1500]), progress=False)
+    det.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["kind"] == "series" and meta["detector"] == name and meta["columns"] == ["m0", "m1"]
+    assert is_series_model(tmp_path / "m")
+    back = load(tmp_path / "m")
+    assert type(back) is type(det) and back.window_ == 25 and back.threshold_ == det.threshold_
+    a, b = det.score(X[1500:]), back.score(X[1500:])
+    np.testing.assert_array_equal(a.score, b.score)
+    np.testing.assert_array_equal(a.contributions, b.contributions)
+
+
+def test_online_learning_survives_save(tmp_path: Path) -> None:
+    det = create("knn", window=10, max_bank=100).fit(sine(300, period=10), progress=False)
+    for x in sine(200, period=10, seed=4):
+        det.partial_fit(x)
+    det.save(tmp_path / "m")
+    back = load(tmp_path / "m")
+    assert back.fifo_ == det.fifo_ and np.array_equal(back.bank_, det.bank_)
+    for x in sine(20, period=10, seed=5):  # a loaded bank learns on, once its stream holds a whole window
+        back.partial_fit(x)
+    assert back.fifo_ == (det.fifo_ + 11) % 100
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("model") / "knn"
+    create("knn", window=10).fit(series(sine(400, d=2)), progress=False).save(d)
+    return d
+
+
+def tampered(saved: Path, tmp_path: Path, **changes: object) -> Path:
+    d = tmp_path / "t"
+    d.mkdir()
+    meta = json.loads((saved / "model.json").read_text())
+    meta.update(changes)
+    text = json.dumps(meta).replace('"__nan__"', "NaN")
+    (d / "model.json").write_text(text)
+    (d / "model.safetensors").write_bytes((saved / "model.safetensors").read_bytes())
+    return d
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"window": 10**9}, r"window: input should be less than or equal to 4096"),
+    ({"mean": [0.0]}, r"mean \(1\) and scale \(2\) must have one value per column \(2\)"),
+    ({"scale": [1.0, -1.0]}, "scale: every value must be positive"),
+    ({"threshold": "__nan__"}, r"threshold: input should be a finite number"),
+    ({"detector": "sklearn.pickle"}, "unknown series detector 'sklearn.pickle'"),
+    ({"window": 12}, r"model\.safetensors: not the state of a fitted knn \(bank of shape \(\d+, 20\) does not fit window 12"),
+    ({"params": {"k": -1}}, r"model\.json: detector knn: k: input should be greater than or equal to 1"),
+    ({"format_version": 7}, "series model format version 7 is not supported"),
+    ({"columns": ["a", "a"]}, "columns: names repeat"),
+    ({"extra": 1}, "extra: unknown key"),
+])
+def test_crafted_model_json(saved: Path, tmp_path: Path, changes: dict, message: str) -> None:
+    d = tampered(saved, tmp_path, **changes)
+    with pytest.raises(InputError, match=message) as err:
+        load(d)
+    assert "\n" not in str(err.value) and str(d) in str(err.value)
+
+
+def test_crafted_tensors(saved: Path, tmp_path: Path) -> None:
+    d = tampered(saved, tmp_path)
+    state = load_file(str(d / "model.safetensors"))
+    state["bank"] = state["bank"][:, :7].contiguous()
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(InputError, match=r"model\.safetensors: not the state of a fitted knn \(bank of shape"):
+        load(d)
+    state = load_file(str(saved / "model.safetensors"))
+    state["fifo"] = torch.tensor(10**6)
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(InputError, match="fifo position 1000000 outside"):
+        load(d)
+    state["fifo"] = torch.tensor(0)
+    state["bank"][0, 0] = float("nan")
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(InputError, match="tensor 'bank' has 1 NaN or infinite value"):
+        load(d)
+    del state["centre"]
+    state["bank"][0, 0] = 0
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(InputError, match="missing tensor 'centre'"):
+        load(d)
+
+
+def test_model_json_as_fifo_or_link_out(saved: Path, tmp_path: Path) -> None:
+    d = tmp_path / "fifo"
+    d.mkdir()
+    os.mkfifo(d / "model.json")
+    with pytest.raises(InputError, match=r"model\.json: not a regular file"):
+        load(d)
+    assert not is_series_model(d)
+    link = tmp_path / "link"
+    link.mkdir()
+    (link / "model.json").symlink_to(saved / "model.json")
+    with pytest.raises(InputError, match="a symbolic link to a file outside the model folder"):
+        load(link)
+    with pytest.raises(InputError, match="not a normalcy model"):
+        load(tmp_path / "nothing")
+
+
+# -------------------------------------------------------------------------------------------------- events
+
+
+def test_spans_merge_rule() -> None:
+    d = np.array([0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 0])
+    assert spans(d) == [(1, 2), (4, 4), (8, 9)]  # consecutive rows merge; a 1-row dip splits without a gap
+    assert spans(d, gap=2) == [(1, 4), (8, 9)]  # 1 row between: fewer than 2, merged; 3 rows: not
+    assert spans(d, gap=4) == [(1, 9)]
+    assert spans(np.zeros(5)) == []
+
+
+def test_events_peak_and_top_metrics() -> None:
+    time = 1000.0 + 60 * np.arange(8)
+    scores = np.array([0, 2, 5, 3, 0, 0, 4, 0], float)
+    contrib = np.zeros((8, 4))
+    contrib[1:4] = [[0.5, 1.5, 0, 0], [1, 3, 1, 0], [0, 3, 0, 0]]
+    contrib[6] = [0, 0, 0, 4]
+    first, second = events(time, scores, scores > 0, contrib, ("a", "b", "c", "d"), gap=2)
+    assert (first.start, first.end, first.peak_time, first.peak_score) == (1060, 1180, 1120, 5)
+    assert first.metrics == ["b", "a", "c"] and (first.first, first.last) == (1, 3)
+    assert second.metrics == ["d"] and second.start == second.end == 1360  # metrics that contributed nothing left out
+    (merged,) = events(time, scores, scores > 0, contrib, ("a", "b", "c", "d"), gap=3)
+    assert merged.metrics == ["b", "d", "a"] and merged.last == 6
+
+
+# ------------------------------------------------------------------------------------------------ real data
+
+
+def test_asd_server_incidents_found(shared_data: Path) -> None:
+    """ASD omi-2: fitted on train.csv, the labelled incidents of test.csv score above normal rows."""
+    (train,), (test,) = read_series_folder(shared_data / "asd" / "omi-2")
+    from sklearn.metrics import roc_auc_score
+
+    for name in SUBSEQUENCE:
+        det = create(name, window=4).fit(train, progress=False)
+        r = det.score(test)
+        assert roc_auc_score(test.labels, r.score) > 0.8, name
+        caught = r.decision[test.labels == 1].mean()
+        assert caught > 20 * r.decision[test.labels == 0].mean(), name
+
+
+def test_protocol_subclass_minimal() -> None:
+    """A detector written against the protocol: two hooks, the rest is the base's."""
+
+    class Level(SeriesDetector):
+        name = "level"
+
+        def _fit(self, X: np.ndarray, progress: bool) -> None:
+            pass
+
+        def _score(self, X: np.ndarray) -> np.ndarray:
+            return np.abs(X)
+
+    det = Level(window=1).fit(sine(400), progress=False)
+    assert det.context == 1 and det.score_one(np.array([100.0])) == det.score(np.array([100.0])).score[0]
+
+
+def test_windows_inside_one_series() -> None:
+    from normalcy.series.windows import inside
+
+    np.testing.assert_array_equal(inside(np.array([0, 5]), 12, 3), [0, 1, 2, 5, 6, 7, 8, 9])
+    np.testing.assert_array_equal(inside(np.array([0]), 4, 3), [0, 1])
+    assert inside(np.array([0, 2]), 4, 3).size == 0
