@@ -1,9 +1,11 @@
 """The application layer: what the command line, ``normalcy serve``, Ray and Python users all call.
 
-    fit(train, output=None, detector=None, **settings)   images (a folder or paths) or a table -> a model
-    predict(model, inputs, output, ...)                  a run folder (images, tables, or on Ray) -> RunSummary
+    fit(train, output=None, detector=None, **settings)   images (a folder or paths), a table or a series -> a model
+    predict(model, inputs, output, ...)                  a run folder (images, tables, series, or on Ray) -> RunSummary
     score_batch(inputs, output, ...)                     a zero-shot (MuSc) run folder -> RunSummary
-    load(path)                                           an image model folder, a vector model folder, a .onnx
+    load(path)                                           an image, vector or series model folder, a .onnx
+
+What is a series and what a table: normalcy.series.runs.is_series_input (one rule).
 
 ``settings`` are the fields of :class:`ExtractorOptions` (how images become features) and
 :class:`DetectorOptions` (the detector's own); each option is declared there once and the command line
@@ -12,6 +14,7 @@ builds its options from them. Errors a user can fix are :class:`normalcy.errors.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field, fields
@@ -35,12 +38,29 @@ from normalcy.images.io import input_paths, iter_images, list_files
 from normalcy.progress import progress_bar
 from normalcy.runs.format import (
     IMAGES,
+    SERIES,
     VECTORS,
     RunWriter,
+    SeriesRunPart,
     check_output,
     outside_run,
     staged,
+    write_series_run,
     write_table_run,
+)
+from normalcy.series import registry as series_registry
+from normalcy.series.base import SeriesDetector
+from normalcy.series.runs import (
+    SeriesFile,
+    SeriesSet,
+    detector_params,
+    fit_each,
+    fit_series,
+    is_series_input,
+    is_series_model,
+    iter_series_files,
+    load_series_model,
+    score_series,
 )
 from normalcy.vectors.tables import (
     DEFAULT_DETECTOR,
@@ -101,17 +121,30 @@ class ExtractorOptions:
 class DetectorOptions:
     """Which detector and its shared settings: the options fit and eval share."""
 
-    detector: Optional[str] = None  # None: gaussian for images, ensemble for tables
+    detector: Optional[str] = None  # None: gaussian for images, ensemble for tables, the series default
     fpr: float = 0.01
     seed: int = 0
     steps: Optional[int] = None  # detectors that train only
     time_budget: Optional[float] = None  # detectors that train only
+    window: Optional[int] = None  # series only: rows per window (None: the training data's period)
 
-    def name(self, table: bool = False) -> str:
+    def name(self, table: bool = False, series: bool = False) -> str:
+        if series:
+            return self.detector or series_registry.DEFAULT_DETECTOR
         return self.detector or (DEFAULT_DETECTOR if table else "gaussian")
+
+    def series_kwargs(self) -> dict[str, Any]:
+        """The series detector's parameters (an option that does not apply to it is an InputError)."""
+        return detector_params(self.name(series=True), self.fpr, self.seed, self.window, self.steps,
+                               self.time_budget)
+
+    def check_not_series(self) -> None:
+        if self.window is not None:
+            raise InputError("--window applies to series only (a file with a time column, or --series)")
 
     def kwargs(self) -> dict[str, Any]:
         """The image detector's arguments; steps and time_budget only for detectors that train."""
+        self.check_not_series()
         detector = self.name()
         given = {k: v for k, v in (("steps", self.steps), ("time_budget", self.time_budget)) if v is not None}
         if given and detector == "auto":
@@ -169,23 +202,48 @@ class RunSummary:
     """What a run folder holds, in numbers; ``runs`` has one summary per table when several were scored."""
 
     output: Path
-    kind: str  # images or vectors
-    n_scored: int
+    kind: str  # images, vectors or series
+    n_scored: int  # images, or rows (of tables, of series)
     n_anomalous: int
-    skipped: list[tuple[str, str]]  # (path or row id, reason); for several tables also a table that failed
+    skipped: list[tuple[str, str]]  # (path or row id, reason); for several tables also a table that failed;
+    # for series: the files and series that could not be scored
     source: Optional[Path] = None  # the table a vectors run scored
     cpus: Optional[int] = None  # on Ray: the CPUs it used
     runs: list["RunSummary"] = field(default_factory=list)
+    n_series: Optional[int] = None  # a series run: series scored
+    n_events: Optional[int] = None  # a series run: events found
+    notes: list[str] = field(default_factory=list)  # a series run: what io.py repaired before scoring
 
 
 def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None, detector: Optional[str] = None, *,
-        label_column: Optional[str] = None, id_column: Optional[str] = None, progress: bool = True,
-        **settings: Any) -> Detector | VectorModel:
-    """Fit a detector on normal images (a folder or a list of paths) or on the rows of a table (.csv, .parquet,
-    .npz; with ``label_column`` the rows labelled anomalous are left out); saved to ``output`` when given.
-    ``settings``: the fields of ExtractorOptions and DetectorOptions (fpr, seed, backbone, image_size, ...)."""
+        label_column: Optional[str] = None, id_column: Optional[str] = None, time_column: Optional[str] = None,
+        series_column: Optional[str] = None, series: Optional[bool] = None, ray: Optional[str] = None,
+        progress: bool = True, **settings: Any) -> Detector | VectorModel | SeriesDetector | SeriesSet:
+    """Fit a detector on normal images (a folder or a list of paths), on the rows of a table (.csv, .parquet,
+    .npz; with ``label_column`` the rows labelled anomalous are left out) or on a series (a file with a time
+    column, a series folder DIR/train.csv; ``series_column`` or a folder of series folders: one model per
+    series, on Ray with ``ray``); saved to ``output`` when given. ``series``: True (False) reads ``train`` as
+    a series (a table) whatever its columns. ``settings``: the fields of ExtractorOptions and
+    DetectorOptions (fpr, seed, window, backbone, image_size, ...)."""
     ex, det_opts = options(settings, detector)
+    if isinstance(train, (str, Path)) and is_series_input(Path(train), time_column, series_column, series):
+        fit_many: Any = fit_each
+        if ray is not None:
+            from normalcy.scale.distributed import fit_series_ray
+
+            fit_many = functools.partial(fit_series_ray, address=ray)
+        model: Any = fit_series(Path(train), det_opts.name(series=True), det_opts.series_kwargs(), time_column,
+                                series_column, fit_many=fit_many, progress=progress)
+        if output is not None:
+            model.save(output)
+        return model
+    if ray is not None:
+        raise InputError("--ray on fit: for many series (--series-column, or a folder of series folders); "
+                         "images and tables are fitted in one process")
+    if series:
+        raise InputError(f"{train}: --series needs a .csv or .parquet file or a series folder")
     if isinstance(train, (str, Path)) and is_table(Path(train)):
+        det_opts.check_not_series()
         model = _fit_table(Path(train), det_opts, label_column, id_column)
     else:
         paths = list_files(Path(train)) if isinstance(train, (str, Path)) else [Path(p) for p in train]
@@ -214,13 +272,16 @@ def is_exported(model: PathLike) -> bool:
 
 
 def load(path: PathLike, trust_code: bool = False) -> Any:
-    """A saved model: an image model folder (a Detector), a vector model folder (a VectorModel) or a
-    model.onnx from ``normalcy export`` (an OnnxScorer). ``trust_code``: allow a custom backbone's code."""
+    """A saved model: an image model folder (a Detector), a vector model folder (a VectorModel), a series
+    model folder (a SeriesDetector, or a SeriesSet of one per series) or a model.onnx from ``normalcy
+    export`` (an OnnxScorer). ``trust_code``: allow a custom backbone's code."""
     path = Path(path)
     if is_exported(path):
         from normalcy.scale.export import OnnxScorer
 
         return OnnxScorer(path)
+    if is_series_model(path):
+        return load_series_model(path)
     if is_vector_model(path):
         return VectorModel.of(*load_vector_model(path))
     return load_image_model(path, trust_code=trust_code)
@@ -228,13 +289,25 @@ def load(path: PathLike, trust_code: bool = False) -> Any:
 
 def predict(model: PathLike | Any, inputs: Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,
             report: bool = True, save_maps: bool = False, embeddings: Optional[bool] = None, top: int = 24,
-            trust_code: bool = False, id_column: Optional[str] = None, ray: Optional[str] = None,
-            progress: bool = True) -> RunSummary:
-    """Score images or tables with a model (a path, or what :func:`fit`/:func:`load` returned) into the run
-    folder ``output`` (see normalcy.runs.format). ``ray``: local or a cluster's ADDRESS, for a model folder.
-    A file or row that cannot be scored is listed in skipped.csv; a run of none is an InputError."""
+            trust_code: bool = False, id_column: Optional[str] = None, time_column: Optional[str] = None,
+            series_column: Optional[str] = None, ray: Optional[str] = None, progress: bool = True) -> RunSummary:
+    """Score images, tables or series with a model (a path, or what :func:`fit`/:func:`load` returned) into
+    the run folder ``output`` (see normalcy.runs.format). ``ray``: local or a cluster's ADDRESS, for a model
+    folder. A file or row (for series: a file or a series) that cannot be scored is listed in skipped.csv;
+    a run of none is an InputError."""
     paths_in = [Path(p) for p in inputs]
     output = Path(output)
+    if isinstance(model, (str, Path)) and is_series_model(Path(model)):
+        info = {"model": str(Path(model).resolve())}
+        return _predict_series(load_series_model(Path(model)), paths_in, output, time_column, series_column, info,
+                               report=report, top=top, ray=ray, model_dir=Path(model))
+    if isinstance(model, (SeriesDetector, SeriesSet)):
+        if ray is not None:
+            raise InputError("on Ray, give the model's folder (the workers load it from its files)")
+        return _predict_series(model, paths_in, output, time_column, series_column, {"model": "in memory"},
+                               report=report, top=top)
+    if time_column is not None or series_column is not None:
+        raise InputError("--time-column and --series-column apply to series models (fitted on a series)")
     if isinstance(model, (str, Path)):
         model = Path(model)
         if is_exported(model) and (ray is not None or embeddings):
@@ -292,6 +365,80 @@ def _predict_tables(model: VectorModel, inputs: list[Path], output: Path, id_col
         return runs[0]
     return RunSummary(output, VECTORS, sum(r.n_scored for r in runs), sum(r.n_anomalous for r in runs), failed,
                       runs=runs)
+
+
+def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], output: Path, time_column: Optional[str],
+                    series_column: Optional[str], info: dict[str, Any], *, report: bool, top: int,
+                    ray: Optional[str] = None, model_dir: Optional[Path] = None) -> RunSummary:
+    """Score each series of each input (a file, a series folder's test file, those of a folder of series
+    folders) into one run folder; a file or series that cannot be scored is named in skipped.csv and the
+    others go on. A set scores each series with its own model (by series id, or series folder name)."""
+    if isinstance(model, SeriesSet):
+        series_column = series_column or model.series_column
+        time_column = time_column or model.time_column
+        info |= {"detector": model.name, "models": len(model), "series_column": series_column}
+    else:
+        info |= {"detector": model.name, "window": model.window_}
+    check_output(output, inputs)
+    files: list[SeriesFile] = []
+    failed: list[tuple[str, str]] = []
+    jobs: list[tuple[int, Any, str]] = []  # (file index, series, where: for skipped.csv)
+    for item in iter_series_files(inputs, time_column, series_column):
+        if isinstance(item, tuple):
+            failed.append(item)
+            continue
+        files.append(item)
+        for s in item.series:
+            where = str(item.path) if series_column is None else f"{item.path} [{series_column}={s.name}]"
+            jobs.append((len(files) - 1, s, where))
+    if ray is not None:
+        from normalcy.scale.distributed import score_series_ray
+
+        if model_dir is None:
+            raise InputError("on Ray, give the model's folder (the workers load it from its files)")
+        results, cpus = score_series_ray(model_dir, model, [(s, files[fi].time_column) for fi, s, _ in jobs], ray)
+        info |= {"ray": ray, "cpus": cpus}
+    else:
+        results = [_score_one(model, s, files[fi].time_column) for fi, s, _ in jobs]
+    parts = []
+    for (fi, s, where), res in zip(jobs, results):
+        if isinstance(res, str):
+            failed.append((where, res))
+        else:
+            parts.append(SeriesRunPart(s.name, fi, s, res))
+    if not parts:
+        first = f" ({failed[0][1]}{' and others' if len(failed) > 1 else ''})" if failed else ""
+        raise InputError(f"no series could be scored{first}")
+    _name_parts(parts, files)
+    with staged(output, inputs) as folder:
+        meta = write_series_run(folder, files, parts, failed, info, report=report, top=top,
+                                title=f"normalcy predict: {len(parts)} series")
+    return RunSummary(output, SERIES, meta["n_rows"], meta["n_anomalous"], failed, n_series=len(parts),
+                      n_events=meta["n_events"], notes=meta["notes"], cpus=info.get("cpus"))
+
+
+def _score_one(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str]) -> Any:
+    """A ScoredSeries, or the reason (one line) why the series cannot be scored."""
+    from normalcy.series.runs import check_columns
+
+    try:
+        det = model.get(s.name) if isinstance(model, SeriesSet) else model
+        check_columns(det, s, time_column)
+        return score_series(det, s)
+    except InputError as err:
+        return str(err)
+
+
+def _name_parts(parts: list[SeriesRunPart], files: list[SeriesFile]) -> None:
+    """Each series' name in the run: its own (its id, folder or file stem) where that is unique, else the
+    file it came from (and its id)."""
+    count: dict[str, int] = {}
+    for p in parts:
+        count[p.name] = count.get(p.name, 0) + 1
+    for p in parts:
+        if count[p.name] > 1:
+            f = files[p.file]
+            p.name = str(f.path) if len(f.series) == 1 else f"{f.path} [{p.name}]"
 
 
 def _predict_images(model: Any, inputs: list[Path], output: Path, info: dict[str, Any], *, heatmaps: bool,

@@ -38,7 +38,9 @@ from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import list_files
 from normalcy.progress import PlainRichHandler, console, shown
 from normalcy.review.ranking import DEFAULT_STRATEGY, strategies_help
-from normalcy.runs.format import EMBEDDINGS, VECTORS, add_embeddings, read_run_json
+from normalcy.runs.format import EMBEDDINGS, SERIES, VECTORS, add_embeddings, read_run_json
+from normalcy.series import registry as series_registry
+from normalcy.series.runs import SeriesSet, is_series_input
 from normalcy.vectors.tables import (
     eval_table,
     is_table,
@@ -94,7 +96,8 @@ _OWN_BACKBONES = ", ".join(f"{n} {c.default_backbone}" for n, c in DETECTORS.ite
 DetectorArg = Annotated[Optional[str], typer.Option(
     "--detector", "-d", help=f"Images: one of {', '.join(DETECTORS)}, or auto (gaussian or patchcore, whichever "
     "separates held-out normal training images from the same with synthetic defects better); default gaussian. "
-    "Tables: one of gaussian, knn, iforest, ecod, ensemble; default ensemble.")]
+    "Tables: one of gaussian, knn, iforest, ecod, ensemble; default ensemble. "
+    f"Series: one of {', '.join(series_registry.DETECTORS)}; default {series_registry.DEFAULT_DETECTOR}.")]
 BackboneArg = Annotated[Optional[str], typer.Option(
     help=f"One of: {', '.join(BACKBONES)}. Default: the detector's own ({_OWN_BACKBONES}; musc efficientnet_lite0).",
     show_default=False)]
@@ -136,6 +139,19 @@ LabelColumnArg = Annotated[Optional[str], typer.Option(help="Tables: the column 
                                                        "anomaly); fit leaves anomalous rows out, eval needs it.")]
 IdColumnArg = Annotated[Optional[str], typer.Option(help="Tables: the column that names each row in the results "
                                                     "(default: row number).")]
+WindowArg = Annotated[Optional[int], typer.Option(help="Series: rows per window (default: the period of the "
+                                                  "training data, 8 to 256).")]
+TimeColumnArg = Annotated[Optional[str], typer.Option(help="Series: the time column (epoch seconds, ISO 8601 dates "
+                                                      "or row numbers); default: a column named timestamp, time, "
+                                                      "date or datetime. Giving it makes the file a series.")]
+SeriesColumnArg = Annotated[Optional[str], typer.Option(help="Series: the column naming the series of a long file "
+                                                        "with many; fit gives each its own model.")]
+SeriesFlagArg = Annotated[Optional[bool], typer.Option(
+    "--series/--table", help="Read a .csv or .parquet file as a series (--series) or a table (--table). Default: "
+    "a series when it has a column named timestamp, time, date or datetime (or --time-column, --series-column).",
+    show_default=False)]
+RayArg = Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: local (start one on this machine) or a "
+                                               "cluster's ADDRESS (host:6379).")]
 
 
 # The option of each field of the option groups (normalcy.api's dataclasses, where the defaults live).
@@ -143,6 +159,7 @@ GROUP_OPTIONS: dict[str, Any] = {
     "backbone": BackboneArg, "backbone_config": BackboneCfgArg, "image_size": SizeArg, "tile": TileArg,
     "overlap": OverlapArg, "pool_grid": GridArg, "precision": PrecisionArg,
     "detector": DetectorArg, "fpr": FprArg, "seed": SeedArg, "steps": StepsArg, "time_budget": BudgetArg,
+    "window": WindowArg,
 }
 
 
@@ -173,23 +190,38 @@ def _grouped(without: tuple[str, ...] = (), **groups: type) -> Callable[[Any], A
 @_guarded
 @_grouped(ex=ExtractorOptions, det=DetectorOptions)
 def fit(
-    train_dir: Path = typer.Argument(..., help="Folder of normal images (e.g. DATASET/train/good), or a table of "
-                                      "feature vectors (.csv, .parquet, .npz)."),
+    train_dir: Path = typer.Argument(..., help="Folder of normal images (e.g. DATASET/train/good), a table of "
+                                      "feature vectors (.csv, .parquet, .npz), or a series (a .csv or .parquet "
+                                      "file with a time column, a series folder DIR/train.csv, a folder of them)."),
     output: Path = typer.Option(..., "--output", "-o", help="Model directory to write."),
     ex: ExtractorOptions = ExtractorOptions(),
     det: DetectorOptions = DetectorOptions(),
     label_column: LabelColumnArg = None,
     id_column: IdColumnArg = None,
+    time_column: TimeColumnArg = None,
+    series_column: SeriesColumnArg = None,
+    series: SeriesFlagArg = None,
+    ray: RayArg = None,
     threads: ThreadsArg = None,
 ) -> None:
-    """Fit a detector on normal images (or the rows of a table) and save it."""
+    """Fit a detector on normal images (the rows of a table, or a series) and save it."""
     _setup(threads)
     settings = {**vars(ex), **vars(det)}
     detector = settings.pop("detector")
+    if is_series_input(train_dir, time_column, series_column, series):
+        with console.status(f"fitting {shown(det.name(series=True))} on the series of {shown(train_dir)}"):
+            model: Any = api_fit(train_dir, output, detector, time_column=time_column, series_column=series_column,
+                            series=True, ray=ray, **settings)
+        _report_series_fit(model, output, det.fpr)
+        return
+    if ray is not None:
+        raise InputError("--ray on fit: for many series (--series-column, or a folder of series folders)")
+    if series is False and not is_table(train_dir):
+        raise InputError(f"{train_dir}: --table needs a .csv, .parquet or .npz file")
     if is_table(train_dir):
         with console.status(f"fitting {shown(det.name(table=True))} on the rows of {shown(train_dir)}"):
-            model: Any = api_fit(train_dir, output, detector, label_column=label_column, id_column=id_column,
-                                 **settings)
+            model = api_fit(train_dir, output, detector, label_column=label_column, id_column=id_column,
+                            series=series, **settings)
         if model.ignored:
             console.print(f"not numeric, left out of the features: {shown(', '.join(model.ignored))}",
                           highlight=False, soft_wrap=True)
@@ -197,11 +229,27 @@ def fit(
         what = f"{model.n_train_} rows x {len(model.columns)} columns" + (
             "" if label_column is None else f" (rows labelled anomalous in {shown(repr(label_column))} left out)")
     else:
-        model = api_fit(train_dir, output, detector, **settings)
+        model = api_fit(train_dir, output, detector, series=series, **settings)
         _report_skipped(model.skipped_fit_)
         what = f"{model.n_train_} images"
     console.print(f"fitted [bold]{shown(model.name)}[/] on {what}; threshold {model.threshold_:.4g} "
                   f"(target FPR {det.fpr:g}); saved to {shown(output)}", soft_wrap=True)
+
+
+def _report_series_fit(model: Any, output: Path, fpr: float) -> None:
+    """What fitting a series (or one model per series) gave, on stderr."""
+    if isinstance(model, SeriesSet):
+        for key, reason in model.failed[:20]:
+            console.print(f"[yellow]not fitted:[/] {shown(key)}: {shown(reason)}", highlight=False, soft_wrap=True)
+        if len(model.failed) > 20:
+            console.print(f"  ... and {len(model.failed) - 20} more series not fitted")
+        by = f"column {shown(repr(model.series_column))}" if model.series_column else "series folder"
+        console.print(f"fitted [bold]{shown(model.name)}[/] on {len(model)} series, one model each (by {by}; "
+                      f"{model.n_train_} rows); target FPR {fpr:g}; saved to {shown(output)}", soft_wrap=True)
+        return
+    console.print(f"fitted [bold]{shown(model.name)}[/] on {model.n_train_} rows x {len(model.columns_)} "
+                  f"column(s), window {model.window_}; threshold {model.threshold_:.4g} (target FPR {fpr:g}); "
+                  f"saved to {shown(output)}", soft_wrap=True)
 
 
 def _report_skipped_rows(path: Path, skipped: list[tuple[str, str]]) -> None:
@@ -215,7 +263,20 @@ def _report_skipped_rows(path: Path, skipped: list[tuple[str, str]]) -> None:
 
 def _report_run(run: RunSummary) -> None:
     """What a run holds, on stderr: per table, or the images and what was skipped."""
-    if run.cpus is not None:
+    if run.kind == SERIES:
+        for where, reason in run.skipped[:20]:
+            console.print(f"[yellow]not scored:[/] {shown(reason)}" if reason.startswith(where) else
+                          f"[yellow]not scored:[/] {shown(where)}: {shown(reason)}", highlight=False, soft_wrap=True)
+        if len(run.skipped) > 20:
+            console.print(f"  ... and {len(run.skipped) - 20} more (all in skipped.csv of the results)")
+        for note in run.notes[:10]:
+            console.print(f"repaired: {shown(note)}", highlight=False, soft_wrap=True)
+        if len(run.notes) > 10:
+            console.print(f"  ... and {len(run.notes) - 10} more repairs (run.json, report.html)")
+        ray = f" on Ray ({run.cpus} CPUs)" if run.cpus is not None else ""
+        console.print(f"scored {run.n_scored} rows of {run.n_series} series{ray}: {run.n_anomalous} anomalous, in "
+                      f"{run.n_events} event(s); results in {shown(run.output)}", soft_wrap=True)
+    elif run.cpus is not None:
         for part in run.runs or [run]:
             console.print(f"scored {part.n_scored} on Ray ({part.cpus} CPUs): {part.n_anomalous} anomalous, "
                           f"{len(part.skipped)} not scored (reasons in skipped.csv); results in "
@@ -238,7 +299,8 @@ def _report_run(run: RunSummary) -> None:
 def predict(
     model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`, or a model.onnx "
                                      "written by `normalcy export` (scored by onnxruntime)."),
-    inputs: list[Path] = typer.Argument(..., help="Images or folders of images; or tables, for a model fitted on a table."),
+    inputs: list[Path] = typer.Argument(..., help="Images or folders of images; tables, for a model fitted on a "
+                                        "table; series files or series folders (their test.csv), for a series model."),
     output: RunOutArg = Path("results"),
     heatmaps: HeatmapsArg = True,
     report: ReportArg = True,
@@ -247,17 +309,20 @@ def predict(
     top: TopArg = 24,
     trust_model_code: TrustArg = False,
     id_column: IdColumnArg = None,
+    time_column: TimeColumnArg = None,
+    series_column: SeriesColumnArg = None,
     ray: Optional[str] = typer.Option(None, "--ray", help="Score on Ray: local (start one on this machine) or a "
-                                      "cluster's ADDRESS (host:6379). Writes scores, skipped.csv and run.json only."),
+                                      "cluster's ADDRESS (host:6379). Images and tables: scores, skipped.csv and "
+                                      "run.json only; series: one series a task, the whole run folder."),
     threads: ThreadsArg = None,
 ) -> None:
-    """Score images or tables into a run folder: scores.csv and scores.parquet (id, score, decision 1/0,
-    threshold; overlay for images), skipped.csv, run.json; for images heatmaps/, overlays/, report.html,
-    embeddings."""
+    """Score images, tables or series into a run folder: scores.csv and scores.parquet (id, score, decision
+    1/0, threshold; overlay for images; series for several series), skipped.csv, run.json; for images
+    heatmaps/, overlays/, report.html, embeddings; for series events.csv, events/, report.html."""
     _setup(threads)
     _report_run(api_predict(model_dir, inputs, output, heatmaps=heatmaps, report=report, save_maps=save_maps,
                             embeddings=embeddings, top=top, trust_code=trust_model_code, id_column=id_column,
-                            ray=ray))
+                            time_column=time_column, series_column=series_column, ray=ray))
 
 
 @app.command("score-batch")
@@ -310,14 +375,16 @@ def serve(
             raise InputError(f"{target} is a model: give the images to score too (normalcy serve MODEL IMAGES...)")
         if is_vector_model(target) and len(images) != 1:
             raise InputError(f"{target} is a vector model: give one table to score and review")
+        # a series model's run reviews its events (their features are written by predict)
         run_dir = output or Path("review-run")
         _report_run(api_predict(target, list(images), run_dir, trust_code=trust_model_code))
     elif not (target / "scores.csv").is_file():
         raise InputError(f"{target}: neither a run folder (no scores.csv) nor a model directory (no model.json)")
     elif images:
         raise InputError(f"{target} is a run folder: it already holds its scores; give images only with a model")
-    # A table run's embeddings are its features (written by predict); one without them ranks by score.
-    table_run = read_run_json(run_dir).get("kind") == VECTORS
+    # A table run's embeddings are its features, a series run's its events' (written by predict); one without
+    # them ranks by score.
+    table_run = read_run_json(run_dir).get("kind") in (VECTORS, SERIES)
     if strategy != "none" and not (run_dir / EMBEDDINGS).is_file() and not table_run:
         _embed_run(run_dir)
     # serve() prints the URL itself, once the server accepts connections.
@@ -340,7 +407,8 @@ def _embed_run(run_dir: Path) -> None:
 @_grouped(ex=ExtractorOptions, det=DetectorOptions)
 def eval_(
     dataset: Path = typer.Argument(..., help="A data set in MVTec AD layout (train/good, test/*, ground_truth/*), "
-                                   "or a table of feature vectors with --label-column."),
+                                   "a table of feature vectors with --label-column, or a series folder "
+                                   "(train.csv, test.csv with a label column) or a folder of them (pooled)."),
     ex: ExtractorOptions = ExtractorOptions(),
     det: DetectorOptions = DetectorOptions(),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
@@ -348,15 +416,28 @@ def eval_(
     label_column: LabelColumnArg = None,
     test: Optional[Path] = typer.Option(None, help="Tables: score this labelled table (default: a stratified 30 % "
                                         "of DATASET's rows, the rest's normal rows fitted on)."),
+    time_column: TimeColumnArg = None,
     threads: ThreadsArg = None,
 ) -> None:
     """Fit on train/good, score test/, print metrics, speed and memory. A table: fit on normal rows, score
-    labelled ones (ADBench's semi-supervised protocol)."""
+    labelled ones (ADBench's semi-supervised protocol). Series folders: fit on each train.csv, score its
+    test.csv, pool event and point F1, AUC-PR, VUS-PR."""
     _setup(threads)
-    if is_table(dataset):
+    if dataset.is_dir() and is_series_input(dataset):
+        from normalcy.evaluation.evaluate import eval_series
+
+        with console.status(f"evaluating {shown(det.name(series=True))} on the series of {shown(dataset)}"):
+            metrics = eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column)
+        for name, reason in metrics["skipped"]:
+            console.print(f"[yellow]skipped:[/] {shown(name)}: {shown(reason)}", highlight=False, soft_wrap=True)
+    elif time_column is not None:
+        raise InputError(f"{dataset}: --time-column: eval takes series as series folders (DIR/train.csv, "
+                         "DIR/test.csv with a label column) or a folder of them")
+    elif is_table(dataset):
         if label_column is None:
             raise InputError(f"{dataset}: eval on a table needs --label-column (0 normal, 1 anomaly)")
         test_table = read_table(test, label_column) if test is not None else None
+        det.check_not_series()
         metrics = eval_table(read_table(dataset, label_column), det.name(table=True), det.fpr, det.seed, test_table)
         _report_skipped_rows(dataset, [(str(i), str(r)) for i, r in metrics["skipped"]])
     else:
@@ -389,7 +470,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
-        if k in ("skipped", "detector", "dataset"):
+        if k in ("skipped", "detector", "dataset") or isinstance(v, (list, dict)):
             continue
         table.add_row(k, "–" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
     return table

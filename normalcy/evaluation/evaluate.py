@@ -202,3 +202,81 @@ def _rel(path: Path, root: Path) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
+
+
+# ------------------------------------------------------------------------------------------------- series
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: a metric a data set cannot have (one class only) is null."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def eval_series(directory: Path, detector: str, params: dict[str, Any], time_column: str | None = None,
+                progress: bool = False) -> dict[str, Any]:
+    """Fit on each series folder's train.csv, score its test.csv (labelled), pool the folders: event
+    precision, recall and F1 as Orion counts them (an event is found when a predicted event overlaps it;
+    counts summed over the series), point F1 at the detector's threshold, AUC-PR and VUS-PR (averaged
+    over the series with both classes; VUS-PR needs tsb-ad, null without it), fit and score seconds.
+
+    Predicted events are the run's (``series.runs.score_series``: decisions merged across gaps shorter
+    than the window). When test.csv continues train.csv in time (its first timestamp after the last
+    training one, as in ASD), its first rows are scored with the end of train.csv as their past, as a
+    monitoring loop would; otherwise on edge padding. A folder that cannot be evaluated is named in
+    ``skipped`` and the others go on."""
+    from normalcy.errors import InputError
+    from normalcy.evaluation.series_metrics import evaluate_series, pool, vus_window
+    from normalcy.series import registry
+    from normalcy.series.io import read_series_folder, series_folders
+    from normalcy.series.runs import check_columns, score_series
+
+    try:
+        import TSB_AD  # noqa: F401
+        vus = True
+    except ImportError:
+        vus = False
+    results, skipped, windows = [], [], []
+    fit_s = score_s = 0.0
+    n_rows = 0
+    for folder in series_folders(directory):
+        try:
+            (train,), test = read_series_folder(folder, time_column)
+            if not test:
+                raise InputError(f"{folder}: no test.csv to evaluate on")
+            (te,) = test
+            if te.labels is None:
+                raise InputError(f"{folder}: test file has no label column (1 inside a labelled anomaly)")
+            t0 = time.perf_counter()
+            det = registry.create(detector, **params).fit(train, progress=progress)
+            t1 = time.perf_counter()
+            check_columns(det, te, time_column)
+            past = train.values if te.time[0] > train.time[-1] else None
+            scored = score_series(det, te, past)
+            score_s += time.perf_counter() - t1
+            fit_s += t1 - t0
+        except InputError as err:
+            skipped.append([folder.name, str(err)])
+            continue
+        n_rows += len(te)
+        windows.append(det.window_)
+        results.append(evaluate_series(te.labels, scored.score, scored.decision,
+                                       predicted=[(e.first, e.last) for e in scored.events],
+                                       window=vus_window(te.values) if vus else None, name=folder.name))
+    if not results:
+        raise InputError(f"{directory}: no series folder could be evaluated ({skipped[0][1] if skipped else ''})")
+    pooled = pool(results)
+    out = {"detector": detector, "dataset": str(directory), "n_series": pooled.series,
+           "event_precision": pooled.events.precision, "event_recall": pooled.events.recall,
+           "event_f1": pooled.event_f1, "event_tp": pooled.events.tp, "event_fp": pooled.events.fp,
+           "event_fn": pooled.events.fn, "point_precision": pooled.points.precision,
+           "point_recall": pooled.points.recall, "point_f1": pooled.point_f1, "auc_pr": pooled.auc_pr,
+           "vus_pr": pooled.vus_pr if vus else None, "fit_seconds": round(fit_s, 3), "score_seconds": round(score_s, 3),
+           "points_per_second": round(n_rows / max(score_s, 1e-9), 1), "n_test_rows": n_rows,
+           "window": int(np.median(windows)), "params": params,
+           "per_series": [{"series": r.name, "rows": r.rows, "event_f1": r.events.f1, "point_f1": r.points.f1,
+                           "auc_pr": r.auc_pr, "vus_pr": r.vus_pr} for r in results],
+           "skipped": skipped}
+    if not vus:
+        out["vus_pr_note"] = "VUS-PR needs tsb-ad: pip install 'normalcy[series-bench]'"
+    out["per_series"] = [{k: _finite_or_none(v) for k, v in r.items()} for r in out["per_series"]]
+    return {k: _finite_or_none(v) for k, v in out.items()}

@@ -2,7 +2,8 @@
 
 Every request first passes the Guard (guard.py): Host header, token, body size.
 Image paths come from the database, never from a URL, and Review.allowed_file checks them; a table
-run's rows have no image (404) and carry their feature values in the item JSON instead.
+run's rows have no image (404) and carry their feature values in the item JSON instead; a series run's
+events have their picture (drawn by predict in the run folder) as their image, and no overlay.
 """
 
 from __future__ import annotations
@@ -176,12 +177,16 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
     @app.get("/api/items/{item_id}/image")
     def item_image(item_id: int) -> Response:
         item = picture(item_id)  # the path comes from the database, never from the request
+        if review.is_series:  # an event's picture, in the run folder
+            if not item.overlay:
+                raise HTTPException(404, f"event {item_id} has no picture (past the run's limit of pictures)")
+            return _image_response(review.allowed_file(item.overlay, review.run_dir))
         return _image_response(review.allowed_file(item.path, Path.cwd()))
 
     @app.get("/api/items/{item_id}/overlay")
     def item_overlay(item_id: int) -> Response:
         item = picture(item_id)
-        if not item.overlay:
+        if not item.overlay or review.is_series:
             raise HTTPException(404, f"item {item_id} has no overlay")
         return _image_response(review.allowed_file(item.overlay, review.run_dir))
 

@@ -1,8 +1,11 @@
 """The review state of one run: its items, the current ranking, and which files may be served.
 
-A run's items are images (``predict`` on images, ``score-batch``) or table rows (``predict`` on a
-table: run.json says ``"kind": "vectors"``); a table row has no picture, so the page shows its id,
-score and the feature values furthest from the run's median instead. Items are kept as numpy columns
+A run's items are images (``predict`` on images, ``score-batch``), table rows (``predict`` on a
+table: run.json says ``"kind": "vectors"``) or a series run's events (``"kind": "series"``); a table
+row has no picture, so the page shows its id, score and the feature values furthest from the run's
+median instead; an event shows the picture predict drew of it (events/*.png), its series, times and
+metrics, and is ranked by its feature vector (normalcy.series.runs.event_features) as images are by
+their embeddings. Items are kept as numpy columns
 and the ranking as index arrays, so that a page of a 1,000,000-item run is a few array operations,
 never a Python loop over every item.
 """
@@ -26,11 +29,15 @@ from normalcy.review.space import project
 from normalcy.review.store import Item, Store
 from normalcy.runs.format import (
     EMBEDDINGS,
+    SERIES,
     RunItems,
+    SeriesEvent,
     TableFeatures,
+    read_events,
     read_features,
     read_run_json,
     read_scores,
+    read_series_items,
     read_table_items,
 )
 from normalcy.vectors.tables import VECTOR_KIND
@@ -64,10 +71,17 @@ class Review:
         self.store = store
         meta = read_run_json(run_dir)
         self.is_table = meta.get("kind") == VECTOR_KIND
-        self.id_column = str(meta.get("id_column") or "row") if self.is_table else "path"
-        inputs = [] if self.is_table else [Path(os.path.abspath(p)) for p in meta.get("inputs", []) if isinstance(p, str)]
+        self.is_series = meta.get("kind") == SERIES
+        self.id_column = str(meta.get("id_column") or "row") if self.is_table else "event" if self.is_series else "path"
+        inputs = [] if self.is_table or self.is_series else [
+            Path(os.path.abspath(p)) for p in meta.get("inputs", []) if isinstance(p, str)]
+        self.events: list[SeriesEvent] = []
         if self.is_table:
             run = read_table_items(run_dir, meta.get("id_column"))
+        elif self.is_series:
+            run = read_series_items(run_dir)
+            every = read_events(run_dir)
+            self.events = [every[k] for k in run.rows.tolist()]
         else:
             run = RunItems.of_images(*read_scores(run_dir, [p for p in inputs if p.is_dir()]))
         self.keys, self.names, self.overlays = run.keys, run.names, run.overlays  # names: printable already
@@ -99,10 +113,12 @@ class Review:
         # Folders whose files may be served: the run folder and the folders given to predict
         # (resolved, so a symlinked folder works); not the folder of every listed image, which
         # would open its neighbours too. Single files given to predict or listed in scores.csv
-        # are served as they are (so a symlinked image, e.g. git-annex, works). A table run serves none.
+        # are served as they are (so a symlinked image, e.g. git-annex, works). A table run serves none; a
+        # series run only the pictures in its own folder.
         roots = [run_dir, *inputs, *extra_roots]
         self.roots = sorted({Path(r).resolve() for r in roots if Path(r).is_dir()})
-        files = [] if self.is_table else [p for p in inputs if not p.is_dir()] + [Path(k) for k in run.keys]
+        files = [] if self.is_table or self.is_series else [p for p in inputs if not p.is_dir()] + [
+            Path(k) for k in run.keys]
         self.files = {p.resolve() for p in files}
 
         self.lock = threading.Lock()
@@ -241,9 +257,14 @@ class Review:
             "priority": p if math.isfinite(p) else None,
             "label": label,
             "interest": interest,
-            "image_url": None if self.is_table else f"/api/items/{item_id}/image",
-            "overlay_url": f"/api/items/{item_id}/overlay" if self.overlays[k] else None,
+            "image_url": None if self.is_table or (self.is_series and not self.overlays[k])
+            else f"/api/items/{item_id}/image",
+            "overlay_url": f"/api/items/{item_id}/overlay" if self.overlays[k] and not self.is_series else None,
         }
+        if self.is_series:
+            e = self.events[k]
+            out["event"] = {"series": e.series, "start": e.start, "end": e.end, "peak_time": e.peak_time,
+                            "peak_score": e.peak_score, "metrics": e.metrics, "rows": e.rows}
         if self.is_table:
             out["features"] = features if features is not None else self.features_of([k])[0]
         return out
@@ -264,8 +285,8 @@ class Review:
 
     @property
     def kind(self) -> str:
-        """"table" or "images": the page shows feature values or pictures."""
-        return "table" if self.is_table else "images"
+        """"table", "series" or "images": the page shows feature values, events or pictures."""
+        return "table" if self.is_table else "series" if self.is_series else "images"
 
     def allowed_file(self, raw: str, base: Path) -> Path:
         """The real path of a file from the database, if it may be served (Forbidden outside the roots, NotFound if gone)."""

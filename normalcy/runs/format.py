@@ -89,7 +89,7 @@ def _uncell(text: str) -> str:
     return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
 
 
-def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
+def decide(scores: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
     """The one decision rule of every run: anomalous when the score reaches the threshold."""
     return np.asarray(scores, np.float64) >= threshold
 
@@ -100,26 +100,33 @@ def _number(x: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def write_scores(folder: Path, key: str, ids: Sequence[str], scores: np.ndarray, threshold: float,
-                 overlays: Sequence[str] | None = None) -> np.ndarray:
-    """scores.csv and scores.parquet of every kind of run: ``key`` (the ids), score, decision 1/0, threshold,
-    and overlay when given. Returns the decisions. The CSV is exact for any file name (surrogateescape) and
-    guarded against formulas; the Parquet file holds the ids as UTF-8 (an undecodable byte as U+FFFD)."""
+def write_scores(folder: Path, key: str, ids: Sequence[str], scores: np.ndarray, threshold: float | np.ndarray,
+                 overlays: Sequence[str] | None = None, series: Sequence[str] | None = None) -> np.ndarray:
+    """scores.csv and scores.parquet of every kind of run: ``key`` (the ids), then ``series`` when given (a
+    series run of several series: each row's series), score, decision 1/0, threshold (one for the run, or
+    one per row: each series has its own), and overlay when given. Returns the decisions. The CSV is exact
+    for any file name (surrogateescape) and guarded against formulas; the Parquet file holds the ids as
+    UTF-8 (an undecodable byte as U+FFFD)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     s = np.asarray(scores, np.float64)
-    decisions = decide(s, threshold)
-    header = [key, "score", "decision", "threshold"] + (["overlay"] if overlays is not None else [])
+    thresholds = np.broadcast_to(np.asarray(threshold, np.float64), s.shape)
+    decisions = decide(s, thresholds)
+    header = ([key] + (["series"] if series is not None else []) + ["score", "decision", "threshold"]
+              + (["overlay"] if overlays is not None else []))
     with open(folder / SCORES_CSV, "w", newline="", **CSV_ENCODING) as fh:
         writer = csv.writer(fh)
         writer.writerow([csv_cell(h) for h in header])
-        t = _number(threshold)
-        for k, (i, x, d) in enumerate(zip(ids, s.tolist(), decisions.tolist())):
-            writer.writerow([csv_cell(i), _number(x), int(d), t] + ([overlays[k]] if overlays is not None else []))
+        texts = {t: _number(t) for t in np.unique(thresholds).tolist()}
+        for k, (i, x, d, t) in enumerate(zip(ids, s.tolist(), decisions.tolist(), thresholds.tolist())):
+            writer.writerow([csv_cell(i)] + ([csv_cell(series[k])] if series is not None else [])
+                            + [_number(x), int(d), texts[t]] + ([overlays[k]] if overlays is not None else []))
     utf8 = [i.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for i in ids]
-    columns: dict[str, Any] = {key: pa.array(utf8, pa.string()), "score": s, "decision": decisions.astype(np.int8),
-                               "threshold": np.full(len(s), float(threshold))}
+    columns: dict[str, Any] = {key: pa.array(utf8, pa.string())}
+    if series is not None:
+        columns["series"] = pa.array([printable(n) for n in series], pa.string())
+    columns |= {"score": s, "decision": decisions.astype(np.int8), "threshold": np.array(thresholds)}
     if overlays is not None:
         columns["overlay"] = pa.array(list(overlays), pa.string())
     pq.write_table(pa.table(columns), folder / SCORES_PARQUET)
@@ -669,3 +676,219 @@ def add_embeddings(run_dir: Path, extractor: Any, progress: bool = True) -> np.n
         raise InputError(f"{run_dir}: none of the run's images could be read to compute embeddings")
     save_file({"embedding": out}, str(Path(run_dir) / EMBEDDINGS))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ series runs
+
+SERIES = "series"  # run.json "kind" of a series run
+EVENTS_CSV = "events.csv"
+EVENT_PLOTS = "events"  # folder of the events' pictures, events/<index>.png
+MAX_EVENT_PLOTS = 2000  # pictures drawn (the events with the highest peaks, relative to their threshold),
+# about 15 kB each
+EVENT_CONTEXT = 0.5  # an event's picture shows this fraction of its length (at least a window) either side
+EVENT_COLUMNS = ("series", "start", "end", "peak_time", "peak_score", "metrics", "rows", "plot")
+
+
+@dataclass
+class SeriesRunPart:
+    """One scored series of a series run (duck-typed here: runs/ does not import normalcy.series)."""
+
+    name: str  # the series as the run names it
+    file: int  # its file's index in the run's files
+    series: Any  # normalcy.series.io.Series
+    scored: Any  # normalcy.series.runs.ScoredSeries
+
+
+def _series_rows(part: SeriesRunPart) -> np.ndarray:
+    """For each row of the series, a file row holding it (its last, for a repeated timestamp)."""
+    s = part.series
+    rep = np.empty(len(s), np.int64)
+    rep[s.row_of] = s.file_rows
+    return rep
+
+
+def write_series_run(folder: Path, files: Sequence[Any], parts: Sequence[SeriesRunPart],
+                     failed: Sequence[tuple[str, str]], info: dict[str, Any], *, report: bool = True,
+                     top: int = 24, title: str = "normalcy predict: series") -> dict[str, Any]:
+    """A series run (``files``: normalcy.series.runs.SeriesFile, the inputs read): scores (one row per input
+    row of every scored series, files in input order and each file's rows in its order; ids the time column
+    as written, ``series`` when the run holds several), events.csv (one row per event, times as written),
+    a picture per event (events/), the events' feature vectors as the run's embeddings (the review ranks
+    events), skipped.csv (the files and series that could not be scored, with the reason), run.json and
+    report.html. Returns run.json's contents."""
+    started = time.time()
+    tcols = {f.time_column for f in files}
+    key = (tcols.pop() or "row") if len(tcols) == 1 else "time"
+    if key in ("series", "score", "decision", "threshold"):
+        key = f"time:{key}"
+    ids: list[str] = []
+    names: list[str] = []
+    scores, thresholds = [], []
+    for fi, f in enumerate(files):
+        n = len(f.times)
+        owner = np.full(n, -1, np.int64)
+        score = np.full(n, np.nan)
+        thr = np.full(n, np.nan)
+        for pi, p in enumerate(parts):
+            if p.file != fi:
+                continue
+            rows, at = p.series.file_rows, p.series.row_of
+            owner[rows], score[rows], thr[rows] = pi, p.scored.score[at], p.scored.threshold
+        keep = np.flatnonzero(owner >= 0)
+        ids.extend(f.times[i] for i in keep.tolist())
+        names.extend(parts[i].name for i in owner[keep].tolist())
+        scores.append(score[keep])
+        thresholds.append(thr[keep])
+    score_all = np.concatenate(scores) if scores else np.zeros(0)
+    decisions = write_scores(folder, key, ids, score_all, np.concatenate(thresholds) if thresholds else np.zeros(0),
+                             series=names if len(parts) > 1 else None)
+    write_skipped(folder, "series", failed)
+    n_events = _write_events(folder, files, parts)
+    meta = {**info, "kind": SERIES, "inputs": [str(Path(f.path).resolve()) for f in files], "time_column": key,
+            "n_series": len(parts), "n_rows": len(ids), "n_anomalous": int(decisions.sum()), "n_events": n_events,
+            "n_skipped": len(failed), "notes": [n for p in parts for n in p.series.notes][:1000],
+            "seconds": round(time.time() - started, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    thr = {float(p.scored.threshold) for p in parts}
+    if len(thr) == 1:
+        meta["threshold"] = thr.pop()
+    (folder / RUN_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    if report:
+        from normalcy.runs.report import write_series_report
+
+        write_series_report(folder / "report.html", title=title, files=files, parts=parts, top=top,
+                            skipped=list(failed), info={k: v for k, v in info.items() if isinstance(v, (str, int, float))},
+                            summary=meta)
+    return meta
+
+
+def _write_events(folder: Path, files: Sequence[Any], parts: Sequence[SeriesRunPart]) -> int:
+    """events.csv, the events' pictures and their feature vectors (embeddings.safetensors)."""
+    rows: list[tuple[SeriesRunPart, Any, np.ndarray]] = []
+    for p in parts:
+        rep = _series_rows(p)
+        rows.extend((p, e, rep) for e in p.scored.events)
+    # pictures for the events that matter most first: peak over threshold
+    order = sorted(range(len(rows)), key=lambda k: -rows[k][1].peak_score / max(rows[k][0].scored.threshold, 1e-12))
+    drawn = set(order[:MAX_EVENT_PLOTS])
+    if drawn:
+        (folder / EVENT_PLOTS).mkdir(exist_ok=True)
+    with open(folder / EVENTS_CSV, "w", newline="", **CSV_ENCODING) as fh:
+        writer = csv.writer(fh)
+        writer.writerow(EVENT_COLUMNS)
+        for k, (p, e, rep) in enumerate(rows):
+            times = files[p.file].times
+            plot = ""
+            if k in drawn:
+                plot = f"{EVENT_PLOTS}/{k:06d}.png"
+                _write_small_png(folder / plot, _event_picture(p, e))
+            writer.writerow([csv_cell(p.name), csv_cell(times[rep[e.first]]), csv_cell(times[rep[e.last]]),
+                             csv_cell(times[rep[int(np.searchsorted(p.series.time, e.peak_time))]]),
+                             _number(e.peak_score), ";".join(csv_cell(m) for m in e.metrics), e.last - e.first + 1,
+                             plot])
+    if rows:
+        save_file({"embedding": _event_embeddings(parts)}, str(folder / EMBEDDINGS),
+                  metadata={"embedding": "z-scored event features (see normalcy.series.runs.event_features)"})
+    return len(rows)
+
+
+def _write_small_png(path: Path, rgb: np.ndarray) -> None:
+    """A line drawing as PNG, compressed (level 6: a third of write_png's fast setting, 5 ms)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise ValueError(f"{path}: could not encode the PNG")
+    path.write_bytes(buf.tobytes())
+
+
+def _event_picture(p: SeriesRunPart, e: Any) -> np.ndarray:
+    from normalcy.runs.plots import event_png
+
+    s, sc = p.series, p.scored
+    pad = max(sc.window, int(EVENT_CONTEXT * (e.last - e.first + 1)), 10)
+    a, b = max(0, e.first - pad), min(len(s) - 1, e.last + pad)
+    cols = [c for c in (e.metrics or sc.top)][:3]
+    idx = [s.columns.index(c) for c in cols if c in s.columns]
+    return event_png(s.values[a:b + 1, idx], [s.columns[j] for j in idx], sc.score[a:b + 1], sc.threshold,
+                     (e.first - a, e.last - a))
+
+
+def _event_embeddings(parts: Sequence[SeriesRunPart]) -> np.ndarray:
+    """The events' feature vectors, one row per event in events.csv order, z-scored per column over the run.
+    Series of different columns: only what does not depend on the columns (the sorted top shares and
+    deviations, and the event statistics), so every row has one width."""
+    feats = [p.scored.features for p in parts if len(p.scored.events)]
+    if len({f.shape[1] for f in feats}) > 1 or len({p.scored.columns for p in parts}) > 1:
+        def free(f: np.ndarray) -> np.ndarray:
+            d = (f.shape[1] - 4) // 2
+            share = -np.sort(-f[:, :d], axis=1)[:, :3]
+            dev = -np.sort(-f[:, d:2 * d], axis=1)[:, :3]
+            pad = lambda a: np.pad(a, ((0, 0), (0, 3 - a.shape[1])))  # noqa: E731
+            return np.hstack([pad(share), pad(dev), f[:, 2 * d:]])
+        feats = [free(f) for f in feats]
+    X = np.vstack(feats).astype(np.float64)
+    std = X.std(axis=0)
+    return ((X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+@dataclass
+class SeriesEvent:
+    """One row of a series run's events.csv."""
+
+    series: str
+    start: str
+    end: str
+    peak_time: str
+    peak_score: float
+    metrics: list[str]
+    rows: int
+    plot: str | None  # absolute path of the picture, or None
+
+
+def read_events(run_dir: Path) -> list[SeriesEvent]:
+    """A series run's events, in events.csv order; one InputError naming the file for anything unreadable."""
+    path = Path(run_dir) / EVENTS_CSV
+    if not path.is_file():
+        raise InputError(f"{path}: not found (a series run written by `normalcy predict` has one)")
+    out = []
+    try:
+        with open(path, newline="", **CSV_ENCODING) as fh:
+            reader = csv.DictReader(fh)
+            missing = set(EVENT_COLUMNS[:6]) - set(reader.fieldnames or [])
+            if missing:
+                raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+            for rec in reader:
+                try:
+                    peak = float(rec["peak_score"])
+                    rows = int(rec.get("rows") or 0)
+                except ValueError:
+                    raise InputError(f"{path}:{reader.line_num}: peak_score and rows must be numbers") from None
+                plot = (rec.get("plot") or "").strip()
+                out.append(SeriesEvent(
+                    printable(_uncell(rec["series"])), printable(_uncell(rec["start"])), printable(_uncell(rec["end"])),
+                    printable(_uncell(rec["peak_time"])), peak,
+                    [printable(_uncell(m)) for m in (rec["metrics"] or "").split(";") if m], rows,
+                    str(Path(os.path.abspath(Path(run_dir) / plot))) if plot else None))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: cannot read ({err})") from None
+    return out
+
+
+def read_series_items(run_dir: Path) -> RunItems:
+    """A series run's events as review items: key series|start|end, name "series: start – end", score the
+    peak score, all anomalous, the picture as the item's image (``overlays`` holds it)."""
+    evs = read_events(run_dir)
+    if not evs:
+        raise InputError(f"{Path(run_dir) / EVENTS_CSV}: no events to review (no row reached its threshold)")
+    keys, seen, rows = [], set(), []
+    for k, e in enumerate(evs):
+        key = f"{e.series}|{e.start}|{e.end}"
+        if key in seen:
+            continue
+        seen.add(key)
+        keys.append(key)
+        rows.append(k)
+    kept = [evs[k] for k in rows]
+    return RunItems(keys, [f"{e.series}: {e.start} – {e.end}" for e in kept],
+                    np.array([e.peak_score for e in kept], np.float64), np.ones(len(kept), bool),
+                    [e.plot for e in kept], np.array(rows, np.int64), len(evs))

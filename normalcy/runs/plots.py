@@ -111,3 +111,122 @@ def score_plots(
             ax.spines[["top", "right"]].set_visible(False)
             roc_svg = _svg_of(fig, "roc")
     return hist_svg, roc_svg, auroc
+
+
+# ----------------------------------------------------------------------------------------------- series
+
+SERIES_COLORS = ("#1565c0", "#ef6c00", "#6a1b9a", "#00897b", "#5d4037")
+SCORE_COLOR = "#263238"
+EVENT_COLOR = "#c62828"
+LABEL_COLOR = "#f9a825"
+MAX_POINTS = 2000  # per drawn line: a long series is thinned to its bucket minima and maxima, spikes kept
+
+
+def envelope(y: np.ndarray, limit: int = MAX_POINTS) -> np.ndarray:
+    """Indices of ``y`` to draw: all when few, else each bucket's minimum and maximum, so a one-row spike
+    in a million rows still shows."""
+    n = len(y)
+    if n <= limit:
+        return np.arange(n)
+    buckets = limit // 2
+    edges = np.linspace(0, n, buckets + 1).astype(np.int64)
+    starts = edges[:-1]
+    lo = np.minimum.reduceat(y, starts)
+    hi = np.maximum.reduceat(y, starts)
+    pos = np.arange(n)
+    bucket = np.repeat(np.arange(buckets), np.diff(edges))
+    first_lo = np.full(buckets, n)
+    first_hi = np.full(buckets, n)
+    np.minimum.at(first_lo, bucket[y == lo[bucket]], pos[y == lo[bucket]])
+    np.minimum.at(first_hi, bucket[y == hi[bucket]], pos[y == hi[bucket]])
+    return np.unique(np.concatenate([first_lo, first_hi]))
+
+
+def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[str], score: np.ndarray,
+               threshold: float, events: list[tuple[int, int]], labelled: list[tuple[int, int]],
+               prefix: str) -> str:
+    """One series as an inline SVG: a panel per drawn metric (its values), then the score with the
+    threshold; events shaded red in every panel, labelled anomalies (when the file has labels) as a band
+    under the score. ``events`` and ``labelled``: inclusive (first, last) row indices."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    x = (np.asarray(time, np.float64) * 1000).astype("datetime64[ms]") if dates else np.asarray(time)
+    k = values.shape[1]
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
+        fig = Figure(figsize=(10.0, 1.0 + 0.9 * (k + 1)))
+        axes = fig.subplots(k + 1, 1, sharex=True, gridspec_kw={"height_ratios": [1] * k + [1.4]})
+        for j, ax in enumerate(axes[:k]):
+            idx = envelope(values[:, j])
+            ax.plot(x[idx], values[idx, j], color=SERIES_COLORS[j % len(SERIES_COLORS)], linewidth=0.9)
+            ax.set_ylabel(names[j][:18], rotation=0, ha="right", va="center")
+        ax = axes[-1]
+        idx = envelope(score)
+        ax.plot(x[idx], score[idx], color=SCORE_COLOR, linewidth=0.9)
+        if math.isfinite(threshold):
+            ax.axhline(threshold, color="#111", linestyle="--", linewidth=1.0, label=f"threshold {threshold:.3g}")
+        ax.set_ylabel("score", rotation=0, ha="right", va="center")
+        for a in axes:
+            for first, last in events:
+                a.axvspan(x[first], x[last], color=EVENT_COLOR, alpha=0.18, linewidth=0)
+            a.spines[["top", "right"]].set_visible(False)
+        if labelled:
+            top = float(np.max(score)) if len(score) else 1.0
+            for first, last in labelled:
+                ax.axvspan(x[first], x[last], ymin=0, ymax=0.06, color=LABEL_COLOR, alpha=0.9, linewidth=0)
+            ax.plot([], [], color=LABEL_COLOR, linewidth=4, label="labelled anomaly")
+            ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]), top=max(ax.get_ylim()[1], top))
+        if math.isfinite(threshold) or labelled:
+            ax.legend(frameon=False, loc="upper left", fontsize=8)
+        fig.align_ylabels(axes)
+        return _svg_of(fig, prefix)
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def event_png(values: np.ndarray, names: list[str], score: np.ndarray, threshold: float, span: tuple[int, int],
+              size: tuple[int, int] = (400, 180)) -> np.ndarray:
+    """A small picture of the rows around an event (RGB, for the review's cards): the drawn metrics, each
+    scaled to its own range in the window, over the score and the threshold; the event shaded. Drawn with
+    OpenCV in about a millisecond, so a run with thousands of events gets a picture for each."""
+    import cv2
+
+    width, height = size
+    img = np.full((height, width, 3), 255, np.uint8)
+    n = len(score)
+    pad = 6
+    top_h = int(height * 0.55)
+    panels = ((pad, top_h - pad), (top_h + pad, height - pad))
+    xs = pad + (np.arange(n) * (width - 2 * pad) / max(n - 1, 1))
+    a, b = span
+    shade = _rgb("#f6d5d5")
+    x0, x1 = int(xs[a]) - 1, int(xs[b]) + 1
+    for y0, y1 in panels:
+        cv2.rectangle(img, (x0, y0), (max(x1, x0 + 2), y1), shade, -1)
+
+    def line(y: np.ndarray, lo: float, hi: float, panel: tuple[int, int], color: str, thick: int = 1) -> None:
+        y0, y1 = panel
+        frac = np.zeros_like(y) + 0.5 if hi <= lo else (y - lo) / (hi - lo)
+        ys = y1 - np.clip(frac, 0, 1) * (y1 - y0)
+        pts = np.stack([xs, ys], axis=1).round().astype(np.int32)
+        cv2.polylines(img, [pts], False, _rgb(color), thick, cv2.LINE_AA)
+
+    for j in range(values.shape[1]):
+        v = values[:, j]
+        line(v, float(v.min()), float(v.max()), panels[0], SERIES_COLORS[j % len(SERIES_COLORS)])
+        text = "".join(c if 32 <= ord(c) < 127 else "?" for c in names[j])[:16]
+        cv2.putText(img, text, (pad + 2, pad + 12 + 14 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                    _rgb(SERIES_COLORS[j % len(SERIES_COLORS)]), 1, cv2.LINE_AA)
+    hi = max(float(score.max()) if n else 0.0, threshold) * 1.05
+    line(score, 0.0, hi, panels[1], SCORE_COLOR, 2)
+    ty = int(panels[1][1] - (threshold / hi if hi > 0 else 0) * (panels[1][1] - panels[1][0]))
+    for x in range(pad, width - pad, 8):
+        cv2.line(img, (x, ty), (min(x + 4, width - pad), ty), (17, 17, 17), 1)
+    cv2.putText(img, "score", (pad + 2, panels[1][0] + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.36, _rgb(SCORE_COLOR),
+                1, cv2.LINE_AA)
+    return img

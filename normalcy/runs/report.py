@@ -36,6 +36,7 @@ __all__ = [
     "ReportImage",
     "gallery_image",
     "write_report",
+    "write_series_report",
 ]
 
 # Longest side of gallery images in the HTML report; keeps the file mailable.
@@ -165,6 +166,16 @@ def _card(item: ReportImage, rng: tuple[float, float] | None) -> str:
         score=_esc(_fmt(item.score)), badge=_badge(item.anomalous), truth=_truth(item.label)).rstrip("\n")
 
 
+def _write_page(path: Path, title: str, body: list[str]) -> Path:
+    """The report page (templates/report.html and its CSS) around ``body``, written to ``path``."""
+    page = _template("report.html").substitute(
+        title=_esc(title), css=_template("report.css").template,
+        generated=_esc(datetime.now().strftime("%Y-%m-%d %H:%M")), body="\n".join(body))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
 def write_report(
     path: Path,
     *,
@@ -275,9 +286,93 @@ def write_report(
             out.append(row + "</tr>")
         out.append("</table></details>")
 
-    page = _template("report.html").substitute(
-        title=_esc(title), css=_template("report.css").template,
-        generated=_esc(datetime.now().strftime("%Y-%m-%d %H:%M")), body="\n".join(out))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return _write_page(path, title, out)
+
+
+# --------------------------------------------------------------------------------------------- series report
+
+MAX_SERIES_ROWS = 5000  # rows of the all-series table
+MAX_EVENT_ROWS = 20  # events listed under each drawn series
+
+
+def _runs(labels: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (first, last) indices of the runs of non-zero labels."""
+    y = np.asarray(labels) != 0
+    edges = np.diff(np.concatenate(([0], y.astype(np.int8), [0])))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist()))
+
+
+def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: Sequence[Any], top: int,
+                        skipped: list[tuple[str, str]], info: dict[str, Any], summary: dict[str, Any]) -> Path:
+    """The report of a series run: a summary, what io.py repaired, the ``top`` series with the highest peaks
+    (relative to their thresholds) drawn (top metrics, score, threshold, events shaded, labelled anomalies
+    when the file has labels) with their events, skipped files and series, and a table of every series.
+    ``parts``: normalcy.runs.format.SeriesRunPart."""
+    from normalcy.runs.plots import series_svg
+
+    path = Path(path)
+
+    def peak(p: Any) -> float:
+        return float(p.scored.score.max()) / max(p.scored.threshold, 1e-12) if len(p.scored.score) else 0.0
+
+    ranked = sorted(range(len(parts)), key=lambda k: -peak(parts[k]))
+    out: list[str] = ['<div class="summary">']
+    for k, v in (("series", summary.get("n_series")), ("rows scored", summary.get("n_rows")),
+                 ("anomalous rows", summary.get("n_anomalous")), ("events", summary.get("n_events")),
+                 ("skipped", len(skipped) or None)):
+        if v is not None:
+            out.append(f'<div class="stat"><span class="muted">{_esc(k)}</span><b>{_esc(v)}</b></div>')
+    out.append("</div>")
+    if info:
+        out.append('<table class="info">')
+        out.extend(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in info.items())
+        out.append("</table>")
+    notes = [n for p in parts for n in p.series.notes]
+    if notes:
+        out.append(f"<h2>Repaired before scoring ({len(notes)})</h2><ul class=\"skipped\">")
+        out.extend(f"<li>{_esc(n)}</li>" for n in notes[:50])
+        out.append("</ul>" + (f'<p class="muted">and {len(notes) - 50} more in run.json</p>' if len(notes) > 50 else ""))
+    shown = ranked[:max(0, top)]
+    if shown:
+        out.append(f"<h2>Series with the highest scores ({len(shown)} of {len(parts)})</h2>")
+    for rank, k in enumerate(shown):
+        p = parts[k]
+        s, sc = p.series, p.scored
+        times = files[p.file].times
+        dates = files[p.file].time_column is not None and len(s.time) and float(s.time.min()) > 1e8
+        idx = [s.columns.index(c) for c in sc.top if c in s.columns]
+        svg = series_svg(s.time, bool(dates), s.values[:, idx], [s.columns[j] for j in idx], sc.score,
+                         sc.threshold, [(e.first, e.last) for e in sc.events],
+                         _runs(s.labels) if s.labels is not None else [], f"s{rank}")
+        out.append(f'<h3>{_esc(p.name)}</h3><p class="muted">{len(s)} rows · {len(sc.events)} event(s) · '
+                   f'{int(sc.decision.sum())} anomalous row(s) · threshold {_esc(_fmt(sc.threshold))} · '
+                   f'{_esc(sc.detector)}, window {sc.window}</p><div class="plot series">{svg}</div>')
+        if sc.events:
+            rep = np.empty(len(s), np.int64)
+            rep[s.row_of] = s.file_rows
+            out.append('<table class="all"><tr><th>start</th><th>end</th><th>rows</th><th>peak score</th>'
+                       "<th>metrics</th></tr>")
+            for e in sorted(sc.events, key=lambda e: -e.peak_score)[:MAX_EVENT_ROWS]:
+                out.append(f"<tr><td>{_esc(times[rep[e.first]])}</td><td>{_esc(times[rep[e.last]])}</td>"
+                           f'<td class="num">{e.last - e.first + 1}</td><td class="num">{_esc(_fmt(e.peak_score))}'
+                           f"</td><td>{_esc(', '.join(e.metrics))}</td></tr>")
+            out.append("</table>")
+            if len(sc.events) > MAX_EVENT_ROWS:
+                out.append(f'<p class="muted">{len(sc.events) - MAX_EVENT_ROWS} more in events.csv</p>')
+    if skipped:
+        out.append(f"<h2>Not scored ({len(skipped)})</h2><ul class=\"skipped\">")
+        out.extend(f"<li><code>{_esc(n)}</code> — {_esc(r)}</li>" for n, r in skipped[:200])
+        out.append("</ul>")
+    if parts:
+        out.append(f"<h2>All series</h2><details><summary>{len(parts)} series, highest peak first</summary>")
+        out.append('<table class="all"><tr><th>#</th><th>series</th><th>rows</th><th>events</th>'
+                   "<th>anomalous rows</th><th>peak / threshold</th><th>threshold</th></tr>")
+        for rank, k in enumerate(ranked[:MAX_SERIES_ROWS], 1):
+            p = parts[k]
+            out.append(f'<tr><td class="num">{rank}</td><td>{_esc(p.name)}</td><td class="num">{len(p.series)}</td>'
+                       f'<td class="num">{len(p.scored.events)}</td><td class="num">{int(p.scored.decision.sum())}</td>'
+                       f'<td class="num">{_esc(_fmt(peak(p)))}</td><td class="num">{_esc(_fmt(p.scored.threshold))}</td></tr>')
+        out.append("</table></details>")
+        if len(parts) > MAX_SERIES_ROWS:
+            out.append(f'<p class="muted">{len(parts) - MAX_SERIES_ROWS} more series in scores.csv</p>')
+    return _write_page(path, title, out)

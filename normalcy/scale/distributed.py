@@ -262,3 +262,109 @@ def _write(ds: Any, folder: Path, output: Path, model_dir: Path, address: str, c
         run["id_column"] = key
     (folder / RUN_JSON).write_text(json.dumps(run, indent=2) + "\n")
     return run | {"skipped": skipped}
+
+
+# ------------------------------------------------------------------------------------------------ series
+# Many series score (and fit) independently: one task per series. The driver reads the files (the same
+# reader, repairs and errors as without Ray) and writes the run (normalcy.runs.format.write_series_run);
+# the workers fit or score one series each with normalcy.series.runs, the code of the one-process path.
+
+
+def _fit_one(detector: str, params: dict[str, Any], series: Any) -> Any:
+    """A Ray task: one series' model, or the reason it cannot be fitted."""
+    import torch
+
+    from normalcy.series import registry
+
+    torch.set_num_threads(1)
+    try:
+        return registry.create(detector, **params).fit(series, progress=False)
+    except InputError as err:
+        return str(err)
+
+
+def fit_series_ray(series: list[Any], detector: str, params: dict[str, Any], address: str
+                   ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """One model per series, fitted one series a task on Ray: (models by series name, (name, reason) for
+    each series that could not be fitted)."""
+    ray = _ray()
+    _init(address)
+    task = ray.remote(num_cpus=1)(_fit_one)
+    refs = [task.remote(detector, params, s) for s in series]
+    fitted, failed = {}, []
+    for s, result in zip(series, ray.get(refs)):
+        if isinstance(result, str):
+            failed.append((s.name, result))
+        else:
+            fitted[s.name] = result
+    return fitted, failed
+
+
+class _SeriesScorer:
+    """A Ray actor: scores one series a call with its model, loaded from the model's files (a single model
+    once per actor; a set's models per series, from the files sent with it)."""
+
+    def __init__(self, files: dict[str, bytes] | None) -> None:
+        import torch
+
+        from normalcy.series import registry
+
+        torch.set_num_threads(1)
+        self.model = None if files is None else _loaded(files, registry.load)
+
+    def score(self, files: dict[str, bytes] | None, series: Any, time_column: str | None) -> Any:
+        from normalcy.series import registry
+        from normalcy.series.runs import check_columns, score_series
+
+        try:
+            det = self.model if files is None else _loaded(files, registry.load)
+            check_columns(det, series, time_column)
+            return score_series(det, series)
+        except InputError as err:
+            return str(err)
+
+
+def score_series_ray(model_dir: Path, model: Any, jobs: list[tuple[Any, str | None]], address: str
+                     ) -> tuple[list[Any], int]:
+    """Score series (``jobs``: (series, its file's time column)) on Ray, one series a task, in order: a
+    ScoredSeries or the reason for each, and the CPUs used. ``model``: the loaded model (a SeriesSet's
+    series are looked up in it; only their own model's files travel with each series)."""
+    from normalcy.series.runs import SeriesSet
+
+    ray = _ray()
+    shared = None if isinstance(model, SeriesSet) else _model_files(model_dir)
+    cpus = _init(address)
+    actors = [ray.remote(num_cpus=1)(_SeriesScorer).remote(shared) for _ in range(max(1, min(cpus, len(jobs))))]
+    pool = ray.util.ActorPool(actors)
+
+    def submit(actor: Any, job: tuple[Any, str | None]) -> Any:
+        s, time_column = job
+        files = None
+        if isinstance(model, SeriesSet):
+            folder = model.folders.get(s.name)
+            if folder is None:
+                return _echo.remote(f"no model for series {s.name!r} in this set (fitted on {len(model)} series)")
+            try:
+                files = _model_files(Path(model_dir) / folder)
+            except InputError as err:
+                return _echo.remote(str(err))
+        return actor.score.remote(files, s, time_column)
+
+    _echo = ray.remote(num_cpus=0)(_identity)
+    results = list(pool.map(submit, jobs))
+    for actor in actors:
+        ray.kill(actor)
+    return results, cpus
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.util
+    except ImportError:
+        raise InputError("--ray needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
+    return ray

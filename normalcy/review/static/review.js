@@ -1,6 +1,7 @@
-// normalcy review: label images (or table rows) in rank order; the server re-ranks after each label.
-// Plain JavaScript, no dependencies. The API is described in normalcy/server.py.
-// A table row has no picture: its card and detail view show its feature values instead.
+// normalcy review: label images (table rows, or a series run's events) in rank order; the server re-ranks
+// after each label. Plain JavaScript, no dependencies. The API is described in normalcy/server.py.
+// A table row has no picture: its card and detail view show its feature values instead. An event's picture
+// is the window around it (drawn by predict); its card also names the metrics that drove it.
 "use strict";
 
 (function () {
@@ -12,7 +13,7 @@
     nItems: 0,
     nLabelled: 0,
     strategy: "none",
-    kind: "images",     // "images", or "table" for a table run's rows
+    kind: "images",     // "images", "table" for a table run's rows, "series" for a series run's events
     idColumn: "path",   // what a table run's rows are called by
     rerankMs: null,
     selectedId: null,
@@ -132,6 +133,12 @@
       dev.className = Math.abs(f.deviation || 0) >= 3 ? "far" : "";
     }
     return table;
+  }
+
+  // An event in one line: its metrics (the largest contributions first) and its length.
+  function eventLine(ev) {
+    const what = ev.metrics && ev.metrics.length ? ev.metrics.join(", ") : "–";
+    return what + " · " + ev.rows + " row" + (ev.rows === 1 ? "" : "s");
   }
 
   function fmtMs(ms) {
@@ -306,6 +313,7 @@
           : '<div class="thumb values"><span class="rank"></span></div>') +
         '<div class="cap">' +
         '<div class="name"></div>' +
+        '<div class="metrics" hidden></div>' +
         '<div class="row"><span class="score"></span><span class="badge decision"></span></div>' +
         '<div class="row"><span class="badge label-badge"></span><span class="interest"></span></div>' +
         "</div>";
@@ -337,6 +345,12 @@
       else thumb.appendChild(table);
     }
     el.querySelector(".rank").textContent = "#" + item.rank;
+    const metrics = el.querySelector(".metrics");
+    metrics.hidden = !item.event;
+    if (item.event) {
+      metrics.textContent = eventLine(item.event);
+      metrics.title = "the metrics that drove the event, and its length in rows";
+    }
     const name = el.querySelector(".name");
     name.textContent = item.name;
     name.title = item.path;
@@ -466,7 +480,12 @@
     $("d-priority").textContent = fmt3(item.priority);
     $("d-label").textContent = labelText(item);
     $("d-interest").textContent = item.interest === null || item.interest === undefined ? "–" : item.interest + " of 5";
-    $("d-path").textContent = item.path;
+    $("d-path").textContent = item.event ? item.event.series + ": " + item.event.start + " – " + item.event.end
+      : item.path;
+    if (item.event) {
+      $("d-metrics").textContent = eventLine(item.event);
+      $("d-peak").textContent = item.event.peak_time;
+    }
     for (const b of els.detail.querySelectorAll("button[data-label]")) {
       const v = b.dataset.label;
       if (v !== "clear") b.setAttribute("aria-pressed", String(v === item.label));
@@ -529,7 +548,7 @@
       case "u": labelSelected("clear"); break;
       case "0": case "1": case "2": case "3": case "4": case "5":
         labelSelected("interest", Number(key)); break;
-      case "o": if (state.kind !== "table") setOverlay(!state.overlay); break;  // a table run has no maps
+      case "o": if (state.kind === "images") setOverlay(!state.overlay); break;  // tables and events have no maps
       case "e": els.exportLink.click(); break;
       case "?": els.help.showModal(); break;
       default: handled = false;
@@ -544,12 +563,15 @@
     state.kind = kind;
     if (idColumn) state.idColumn = idColumn;
     const table = kind === "table";
+    const series = kind === "series";
     document.body.classList.toggle("table-run", table);
+    document.body.classList.toggle("series-run", series);
     els.detailImg.hidden = table;
     els.detailFeatures.hidden = !table;
-    if (table) els.detailNoOverlay.hidden = true;
-    els.pathTerm.textContent = table ? state.idColumn : "Path";
-    els.gallery.setAttribute("aria-label", table ? "Table rows in rank order" : "Images in rank order");
+    if (table || series) els.detailNoOverlay.hidden = true;
+    els.pathTerm.textContent = table ? state.idColumn : series ? "Event" : "Path";
+    els.gallery.setAttribute("aria-label", table ? "Table rows in rank order" : series ? "Events in rank order"
+      : "Images in rank order");
   }
 
   function stripTokenFromAddressBar() {

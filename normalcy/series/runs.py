@@ -1,0 +1,496 @@
+"""Series for the application layer: which inputs are series, one model or one per series, scoring files.
+
+``normalcy fit/predict/eval/serve`` take a series wherever they take a table. What makes a file a series
+(:func:`is_series_input`, the one rule, documented in the README):
+
+1. ``--series``, ``--time-column`` or ``--series-column`` given: a series (``--table``: a table);
+2. a folder holding ``train.csv`` (or ``train.parquet``), or whose sub-folders do: series folders;
+3. a .csv or .parquet file with a column named timestamp, time, date or datetime (any case): a series;
+4. any other .csv, .parquet or .npz file is a table; anything else, images.
+
+Many series get one model each (:class:`SeriesSet`): the ids of ``--series-column`` in one long file, or
+the sub-folders of a folder of series folders. Its folder holds a model.json listing the series and one
+ordinary series model folder per series, named by :func:`folder_name` (an id that is not a safe folder
+name is encoded, as run folders encode image names). Models load lazily: scoring five series of a set of
+10,000 reads five models, and one damaged model loses its series only.
+
+:func:`score_series` turns one series and its detector into what a run holds (:class:`ScoredSeries`:
+scores, decisions, events and a feature vector per event for the review's re-ranking); it needs no file,
+so Ray workers run it too (normalcy.scale.distributed).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+from pydantic import Field, ValidationError, model_validator
+
+from normalcy.errors import InputError
+from normalcy.files import MODEL_JSON, Strict, describe, read_json
+from normalcy.series import registry
+from normalcy.series.base import SeriesDetector
+from normalcy.series.events import Event, events
+from normalcy.series.io import (
+    SERIES_SUFFIXES,
+    TIME_NAMES,
+    Series,
+    _split_file,
+    is_series_folder,
+    read_series,
+    series_folders,
+)
+from normalcy.version import __version__
+
+log = logging.getLogger("normalcy")
+
+SET_KIND = "series_set"  # model.json "kind" of a folder of per-series models
+SET_FORMAT_VERSION = 1
+MAX_SERIES = 1_000_000  # series a set may hold
+MAX_ID = 1000  # characters of a series id
+NAME_CHARS = 80  # of a series id kept readable in its folder name
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+SAFE_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+EVENT_STATS = ("log_rows", "log_peak", "log_mean", "edge")  # the event features every run has
+
+
+# ------------------------------------------------------------------------------------------ what is a series
+
+
+def header_columns(path: Path) -> list[str] | None:
+    """The column names of a CSV (its first line) or Parquet file (its schema); None when unreadable (the
+    table or series reader then says why)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        if suffix == ".csv":
+            with open(path, "rb") as fh:
+                line = fh.readline(1 << 20)
+            return next(csv.reader([line.decode("utf-8-sig", "replace")]), [])
+    except Exception:  # noqa: BLE001  (any unreadable file: not this function's to explain)
+        return None
+    return None
+
+
+def time_column_of(columns: list[str], given: str | None) -> str | None:
+    """The time column: the one given, else the first named timestamp/time/date/datetime (io.py's rule)."""
+    if given is not None:
+        return given
+    return next((c for c in columns if c.strip().lower() in TIME_NAMES), None)
+
+
+def is_series_input(path: Path, time_column: str | None = None, series_column: str | None = None,
+                    series: bool | None = None) -> bool:
+    """Whether ``path`` is read as a series (the rule of this module's docstring). ``series``: the
+    --series (True) / --table (False) flag, None when neither was given."""
+    path = Path(path)
+    if series is False:
+        if time_column is not None or series_column is not None:
+            raise InputError(f"{path}: --table with --time-column or --series-column: a table has neither")
+        return False
+    if series or time_column is not None or series_column is not None:
+        return True
+    if path.is_dir():
+        return is_series_folder(path) or _has_series_folders(path)
+    if path.suffix.lower() not in SERIES_SUFFIXES:
+        return False
+    return time_column_of(header_columns(path) or [], None) is not None
+
+
+def _has_series_folders(path: Path) -> bool:
+    try:
+        return any(is_series_folder(p) for p in path.iterdir() if p.is_dir())
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------- detector options
+
+
+def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | None = None,
+                    steps: int | None = None, time_budget: float | None = None) -> dict[str, Any]:
+    """A series detector's parameters from the command line's options; one that does not apply to the
+    detector (--steps for knn) is one InputError naming it."""
+    if name not in registry.DETECTORS:
+        raise InputError(f"unknown series detector {name!r}; choose from {', '.join(sorted(registry.DETECTORS))}")
+    fields = registry.DETECTORS[name].Params.model_fields
+    params: dict[str, Any] = {"fpr": fpr, "seed": seed}
+    if window is not None:
+        params["window"] = window
+    if steps is not None:
+        if "steps" not in fields:
+            raise InputError(f"series detector {name!r} does not train: --steps does not apply")
+        params["steps"] = steps
+    if time_budget is not None:
+        key = next((k for k in ("budget_s", "time_budget") if k in fields), None)
+        if key is None:
+            raise InputError(f"series detector {name!r} does not train: --time-budget does not apply")
+        params[key] = time_budget
+    return params
+
+
+# ---------------------------------------------------------------------------------------------- series sets
+
+
+def folder_name(series_id: str, taken: set[str]) -> str:
+    """A safe, unique (case-insensitively) folder name for a series id: the id itself when it is one,
+    else its safe characters and a hash of the id, so no id can name a path outside the model folder."""
+    safe = _UNSAFE.sub("_", series_id).lstrip(".-")[:NAME_CHARS] or "series"
+    name = safe
+    if name != series_id or not SAFE_FOLDER.fullmatch(name) or name.casefold() in taken:
+        name = f"{safe}-{hashlib.sha1(series_id.encode('utf-8', 'surrogateescape')).hexdigest()[:10]}"
+    k = 2
+    while name.casefold() in taken:
+        name, k = f"{name}-{k}", k + 1
+    taken.add(name.casefold())
+    return name
+
+
+class SetEntry(Strict):
+    series: str = Field(min_length=1, max_length=MAX_ID)
+    folder: str = Field(pattern=SAFE_FOLDER.pattern)
+
+
+class SeriesSetMeta(Strict):
+    """model.json of a set of per-series models: every field bounded, folders safe and unique."""
+
+    kind: Literal["series_set"]
+    format_version: Literal[1]
+    normalcy_version: str = Field(max_length=100)
+    detector: str = Field(max_length=100)
+    series_column: str | None = Field(None, max_length=1000)  # None: one model per series folder
+    time_column: str | None = Field(None, max_length=1000)
+    models: list[SetEntry] = Field(min_length=1, max_length=MAX_SERIES)
+    created: str = Field(max_length=100)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "SeriesSetMeta":
+        if len({m.series for m in self.models}) != len(self.models):
+            raise ValueError("models: a series is listed twice")
+        if len({m.folder.casefold() for m in self.models}) != len(self.models):
+            raise ValueError("models: a folder is listed twice")
+        return self
+
+
+@dataclass
+class SeriesSet:
+    """One fitted series model per series id (or series folder), loaded when first asked for."""
+
+    name: str  # the detector
+    series_column: str | None
+    time_column: str | None
+    folders: dict[str, str] = field(default_factory=dict)  # id -> folder name (in ``directory``)
+    directory: Path | None = None  # where the models are read from (None: all in memory)
+    models: dict[str, SeriesDetector] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # series that could not be fitted: (id, reason)
+    notes: list[str] = field(default_factory=list)  # repairs of the training series, one line each
+
+    threshold_ = None  # each series has its own
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.folders) if self.directory is not None else list(self.models)
+
+    @property
+    def n_train_(self) -> int:
+        return sum(m.n_train_ for m in self.models.values())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.models or key in self.folders
+
+    def get(self, key: str) -> SeriesDetector:
+        """The model of one series; InputError when the set has none or it cannot be loaded."""
+        if key not in self.models:
+            if key not in self.folders or self.directory is None:
+                raise InputError(f"no model for series {key!r} in this set (fitted on {len(self)} series)")
+            self.models[key] = registry.load(self.directory / self.folders[key])
+        return self.models[key]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
+        entries = []
+        for key in self.keys:
+            model = self.get(key)
+            folder = folder_name(key, taken)
+            model.save(d / folder)
+            entries.append({"series": key, "folder": folder})
+        meta = SeriesSetMeta(kind=SET_KIND, format_version=SET_FORMAT_VERSION, normalcy_version=__version__,
+                             detector=self.name, series_column=self.series_column, time_column=self.time_column,
+                             models=[SetEntry(**e) for e in entries], created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        (d / MODEL_JSON).write_text(meta.model_dump_json(indent=1) + "\n")
+        return d
+
+
+def _kind(directory: Path) -> str | None:
+    path = Path(directory) / MODEL_JSON
+    if not os.path.lexists(path):
+        return None
+    try:
+        kind = read_json(path).get("kind")
+    except InputError:
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def is_series_model(directory: str | Path) -> bool:
+    """A series model folder: one model (registry's) or a set of per-series models."""
+    return _kind(Path(directory)) in (SET_KIND, registry.SERIES_KIND)
+
+
+def load_series_set(directory: str | Path) -> SeriesSet:
+    """A set's model.json, checked (its models are loaded when first used, each checked by registry.load)."""
+    d = Path(directory)
+    path = d / MODEL_JSON
+    raw = read_json(path)
+    if raw.get("format_version") != SET_FORMAT_VERSION or isinstance(raw.get("format_version"), bool):
+        raise InputError(f"{path}: series set format version {raw.get('format_version')!r} is not supported "
+                         f"(this normalcy reads version {SET_FORMAT_VERSION})")
+    try:
+        meta = SeriesSetMeta.model_validate(raw)
+    except ValidationError as err:
+        raise InputError(f"{path}: {describe(err)}") from None
+    if meta.detector not in registry.DETECTORS:
+        raise InputError(f"{path}: unknown series detector {meta.detector[:40]!r}")
+    return SeriesSet(meta.detector, meta.series_column, meta.time_column,
+                     {m.series: m.folder for m in meta.models}, d)
+
+
+def load_series_model(directory: str | Path) -> SeriesDetector | SeriesSet:
+    """A series model folder: one model, or a set."""
+    d = Path(directory)
+    return load_series_set(d) if _kind(d) == SET_KIND else registry.load(d)
+
+
+# ------------------------------------------------------------------------------------------------- fitting
+
+
+def training_series(train: Path, time_column: str | None = None, series_column: str | None = None
+                    ) -> tuple[list[Series], bool]:
+    """The training series of a file, a series folder or a folder of them, and whether they are one per
+    model (``--series-column`` or a folder of series folders) rather than one model for all."""
+    train = Path(train)
+    if train.is_dir():
+        folders = series_folders(train)
+        out = []
+        for d in folders:
+            (s,) = read_series(_split_file(d, "train"), time_column, None)  # type: ignore[arg-type]
+            s.name = d.name
+            out.append(s)
+        return out, not is_series_folder(train)
+    if not train.exists():
+        raise InputError(f"{train}: not found")
+    return read_series(train, time_column, series_column), series_column is not None
+
+
+FitMany = Callable[[list[Series], str, dict[str, Any]], tuple[dict[str, SeriesDetector], list[tuple[str, str]]]]
+
+
+def fit_each(series: list[Series], detector: str, params: dict[str, Any]
+             ) -> tuple[dict[str, SeriesDetector], list[tuple[str, str]]]:
+    """One model per series, in this process: (models by series name, (name, reason) for each that failed)."""
+    fitted, failed = {}, []
+    for s in series:
+        try:
+            fitted[s.name] = registry.create(detector, **params).fit(s, progress=False)
+        except InputError as err:
+            failed.append((s.name, str(err)))
+    return fitted, failed
+
+
+def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: str | None = None,
+               series_column: str | None = None, fit_many: FitMany = fit_each,
+               progress: bool = True) -> SeriesDetector | SeriesSet:
+    """Fit one model on a series (or on the training series of a series folder), or one model per series
+    (``series_column``, a folder of series folders) with ``fit_many`` (on Ray:
+    normalcy.scale.distributed.fit_series_ray). In a set, a series that cannot be fitted is named in
+    ``failed`` and the others go on; none fitted is an InputError."""
+    series, per_series = training_series(train, time_column, series_column)
+    notes = [n for s in series for n in s.notes]
+    for note in notes[:20]:
+        log.info(note)
+    if not per_series:
+        model = registry.create(detector, **params).fit(series, progress=progress)
+        return model
+    fitted, failed = fit_many(series, detector, params)
+    if not fitted:
+        raise InputError(f"{train}: no series could be fitted ({failed[0][1]}{' and others' if len(failed) > 1 else ''})")
+    if time_column is None and not train.is_dir():  # the one found by name, so predict reads it alike
+        time_column = time_column_of(header_columns(train) or [], None)
+    return SeriesSet(detector, series_column, time_column, models=fitted, failed=failed, notes=notes)
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class ScoredSeries:
+    """What a run keeps of one scored series (no values: those stay with the Series)."""
+
+    score: np.ndarray  # (n,) float64, per series row
+    decision: np.ndarray  # (n,) int8
+    threshold: float
+    events: list[Event]
+    features: np.ndarray  # (n_events, F) float32: each event's feature vector (see event_features)
+    top: list[str]  # the metrics to draw: the top columns of the events, else of the whole series
+    columns: tuple[str, ...]  # the model's column order
+    detector: str
+    window: int
+
+
+def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
+    """Score a series, merge its decisions into events (gap: the detector's window) and describe each event
+    by a feature vector for the review. ``past``: rows that came just before the series (raw values in the
+    model's column order, e.g. the end of the training series a test series continues), the past its
+    first rows are scored on instead of edge padding."""
+    if past is None or not len(past) or det.context <= 1:
+        res = det.score(s)
+    else:
+        det.standardise(s)  # checks the columns and values
+        values = s.values[:, [s.columns.index(c) for c in det.columns_]]
+        full = np.vstack([np.asarray(past, np.float64)[-(det.context - 1):], values])
+        whole = det.score(full)
+        k = len(full) - len(s)
+        res = type(whole)(whole.score[k:], whole.contributions[k:], whole.decision[k:], whole.threshold)
+    evs = events(s.time, res.score, res.decision, res.contributions, det.columns_, gap=det.window_)
+    z = det.standardise(s)
+    feats = event_features(evs, res.score, res.contributions, z, res.threshold, len(s))
+    total = res.contributions.sum(axis=0) if not evs else sum(
+        (res.contributions[e.first:e.last + 1].sum(axis=0) for e in evs), np.zeros(len(det.columns_)))
+    top = [det.columns_[j] for j in np.argsort(-total, kind="stable")[:3]]
+    return ScoredSeries(res.score, res.decision, res.threshold, evs, feats, top, tuple(det.columns_), det.name,
+                        det.window_)
+
+
+def event_features(evs: list[Event], score: np.ndarray, contrib: np.ndarray, z: np.ndarray, threshold: float,
+                   n: int) -> np.ndarray:
+    """One vector per event, for the review's re-ranking (a person's labels teach it which events are
+    interesting): each metric's share of the event's contributions, each metric's largest deviation in
+    the event (log of 1 + |z|, standardised by the model), and EVENT_STATS: log rows, log peak/threshold,
+    log mean/threshold, and whether the event touches the series' first or last row."""
+    d = contrib.shape[1]
+    out = np.zeros((len(evs), 2 * d + len(EVENT_STATS)), np.float32)
+    thr = max(threshold, 1e-12)
+    for k, e in enumerate(evs):
+        part = contrib[e.first:e.last + 1].sum(axis=0)
+        out[k, :d] = part / max(float(part.sum()), 1e-12)
+        out[k, d:2 * d] = np.log1p(np.minimum(np.abs(z[e.first:e.last + 1]).max(axis=0), 1e6))
+        out[k, 2 * d:] = (math.log1p(e.last - e.first + 1), math.log(max(e.peak_score, 1e-12) / thr),
+                          math.log(max(float(score[e.first:e.last + 1].mean()), 1e-12) / thr),
+                          float(e.first == 0 or e.last == n - 1))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- predict inputs
+
+
+@dataclass
+class SeriesFile:
+    """One input file of a series run: its series (repaired and noted by io.py) and its time texts."""
+
+    path: Path
+    key: str  # the model key of its series when it has one (folder or stem), see series_key
+    series: list[Series]
+    times: list[str]  # the time column's text of each data row, as written (row numbers without one)
+    time_column: str | None
+
+
+def series_key(path: Path) -> str:
+    """The key a file's series is known by when no series column names it: its series folder's name for
+    DIR/train.csv and DIR/test.csv (as read_series_folder names them), else the file's stem."""
+    return path.parent.name if path.stem in ("train", "test") and path.parent.name else path.stem
+
+
+def predict_files(inputs: list[Path]) -> list[Path]:
+    """The files a series run scores: files as given, a series folder's test file, each test file of a
+    folder of series folders (sorted). A folder without any is an InputError naming it."""
+    out = []
+    for p in inputs:
+        if p.is_dir():
+            found = [f for f in (_split_file(d, "test") for d in series_folders(p)) if f is not None]
+            if not found:
+                raise InputError(f"{p}: no test.csv or test.parquet to score in its series folder(s)")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def read_series_file(path: Path, time_column: str | None, series_column: str | None) -> SeriesFile:
+    """A file to score: its series and the time text of each row. One InputError naming the file when it
+    cannot be read."""
+    series = read_series(path, time_column, series_column)
+    columns = header_columns(path) or []
+    tcol = time_column_of(columns, time_column)
+    key = series_key(path)
+    if series_column is None:
+        series[0].name = key
+    n = max(int(s.file_rows.max()) + 1 for s in series if s.file_rows is not None and len(s.file_rows))
+    return SeriesFile(path, key, series, time_texts(path, tcol, n), tcol)
+
+
+def time_texts(path: Path, column: str | None, n: int) -> list[str]:
+    """The time column of a file as its text (a CSV's exactly as written; a Parquet date in ISO 8601), or
+    the row numbers 0..n-1 when there is no time column."""
+    if column is None:
+        return [str(i) for i in range(n)]
+    import pyarrow as pa
+
+    try:
+        if path.suffix.lower() == ".csv":
+            import pyarrow.csv as pcsv
+
+            with open(path, "rb") as fh:
+                header = fh.readline(64 << 20)
+            table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=max(1 << 20, 4 * len(header))),
+                                  convert_options=pcsv.ConvertOptions(include_columns=[column],
+                                                                      column_types={column: pa.string()}))
+            values = table.column(column).to_pylist()
+        else:
+            import pyarrow.parquet as pq
+
+            col = pq.read_table(path, columns=[column]).column(0)
+            values = [v.isoformat() if hasattr(v, "isoformat") else v for v in col.to_pylist()]
+    except Exception as err:  # noqa: BLE001  (read once already by io.py: a change since, one line)
+        raise InputError(f"{path}: cannot read the time column {column!r} ({' '.join(str(err).split())[:200]})") from None
+    return ["" if v is None else str(v) for v in values]
+
+
+def iter_series_files(inputs: list[Path], time_column: str | None, series_column: str | None
+                      ) -> Iterator[SeriesFile | tuple[str, str]]:
+    """Each input file read (a SeriesFile), or (file, reason) for one that cannot be: one bad file never
+    stops the others."""
+    for path in predict_files(inputs):
+        try:
+            yield read_series_file(path, time_column, series_column)
+        except InputError as err:
+            yield str(path), str(err)
+
+
+def check_columns(det: SeriesDetector, s: Series, time_column: str | None) -> None:
+    """The series has the model's columns (in any order); else one line naming the file and the columns,
+    with a hint when an extra column may be an unnamed time column."""
+    if set(s.columns) == set(det.columns_):
+        return
+    missing = [c for c in det.columns_ if c not in s.columns]
+    extra = [c for c in s.columns if c not in det.columns_]
+    what = "; ".join(x for x in (f"missing {missing[:10]}" if missing else "",
+                                 f"not in the model {extra[:10]}" if extra else "") if x)
+    hint = " (if one is the time, give --time-column)" if extra and time_column is None else ""
+    raise InputError(f"{s.source}: columns do not match the model's: {what}{hint}")
