@@ -134,6 +134,8 @@ def test_default_window_from_the_period() -> None:
     assert abs(det.window_ - 60) <= 1
     det = create("pca").fit(np.random.default_rng(0).standard_normal(3000), progress=False)
     assert 8 <= det.window_ <= 256
+    det = create("pca").fit(sine(3000, period=120, d=4), progress=False)  # at most 256 numbers a window
+    assert det.window_ == 64
 
 
 def test_bad_inputs() -> None:
