@@ -34,7 +34,7 @@ class SubsequencePCA(SeriesDetector):
 
     class Params(SeriesParams):
         variance: float = Field(0.9, gt=0, lt=1)  # of the windows' variance the kept components explain
-        max_components: int = Field(64, ge=1, le=1024)
+        max_components: int = Field(64, ge=1, le=256)  # bounds a partial window's solve
         max_windows: int = Field(20_000, ge=16, le=1_000_000)  # an even subsample past this
 
     centre_: np.ndarray  # (window_ * d,) the mean normal window
@@ -78,22 +78,23 @@ class SubsequencePCA(SeriesDetector):
         L = rows.size
         q = rows.reshape(-1) - self.centre_[-L:]
         P = self.components_[:, -L:]
-        gram = self._grams()[rows.shape[0] - 1]
-        coef = np.linalg.solve(gram, P @ q)
+        coef = np.linalg.solve(self._gram(L) + 1e-9 * np.eye(len(P)), P @ q)
         return self._errors((q - coef @ P)[None])[0]
 
-    def _grams(self) -> list[np.ndarray]:
-        """P_L P_L^T + ridge for the last L = t * d numbers, t = 1..window_-1, built once (k x k each)."""
-        if getattr(self, "_gram_cache", None) is None:
-            d, k = len(self.columns_), len(self.components_)
-            ridge = 1e-9 * np.eye(k)
-            grams, acc = [], np.zeros((k, k))
-            for t in range(1, self.window_):
-                block = self.components_[:, -t * d:self.components_.shape[1] - (t - 1) * d]
-                acc = acc + block @ block.T
-                grams.append(acc + ridge)
-            self._gram_cache = grams
-        return self._gram_cache
+    def _gram(self, L: int) -> np.ndarray:
+        """P_L P_L^T for the components' last L numbers. Partial windows come one row longer at a time (the
+        start of a series, of a stream), so the last one is kept and grown by a row: O(k^2 d) a row, k^2
+        memory, and the same numbers in a batch and in a stream."""
+        last_L, gram = getattr(self, "_gram_cache", None) or (0, None)
+        d = len(self.columns_)
+        if gram is not None and L == last_L + d:
+            block = self.components_[:, self.components_.shape[1] - L:self.components_.shape[1] - last_L]
+            gram = gram + block @ block.T
+        elif gram is None or L != last_L:
+            P = self.components_[:, -L:]
+            gram = P @ P.T
+        self._gram_cache = (L, gram)
+        return gram
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         head = [self._partial(X[:t + 1]) for t in range(min(len(X), self.window_ - 1))]
