@@ -160,7 +160,7 @@ def folder_name(series_id: str, taken: set[str]) -> str:
 
 class SetEntry(Strict):
     series: str = Field(min_length=1, max_length=MAX_ID)
-    folder: str = Field(pattern=SAFE_FOLDER.pattern)
+    folder: str = Field(pattern=f"^{SAFE_FOLDER.pattern}$")  # pydantic searches: anchored here
 
 
 class SeriesSetMeta(Strict):

@@ -1,0 +1,215 @@
+"""Series through the command line: the series-or-table rule, fit/predict/eval on a small synthetic series
+(ISO dates), one model per series (--series-column, ids that are no safe folder names), a bad file among
+good ones, repaired rows still one row each in input order, one ASD server, and the same run on Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from normalcy.cli import app
+from normalcy.errors import InputError
+from normalcy.series.runs import SeriesSet, folder_name, is_series_input, load_series_model
+
+T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+
+
+def write_series(path: Path, n: int, start: int = 0, anomaly: tuple[int, int] | None = None, seed: int = 0,
+                 label: bool = True) -> Path:
+    """Two metrics (a sine and a cosine, period 30 rows) a minute apart, ISO 8601 times; cpu jumps by 3 in
+    ``anomaly`` (rows, half-open), labelled 1 there."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "cpu", "mem"] + (["label"] if label else []))
+        for i in range(start, start + n):
+            bad = anomaly is not None and anomaly[0] <= i - start < anomaly[1]
+            cpu = np.sin(i * 2 * np.pi / 30) + 0.05 * rng.normal() + (3.0 if bad else 0.0)
+            mem = np.cos(i * 2 * np.pi / 30) + 0.05 * rng.normal()
+            w.writerow([(T0 + timedelta(minutes=i)).isoformat(), f"{cpu:.4f}", f"{mem:.4f}"]
+                       + ([int(bad)] if label else []))
+    return path
+
+
+def cli(*args: str) -> object:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def one_line_error(result: object) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]  # type: ignore[attr-defined]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr  # type: ignore[attr-defined]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("series")
+    write_series(root / "a" / "train.csv", 600, seed=1)
+    write_series(root / "a" / "test.csv", 300, start=600, anomaly=(150, 160), seed=2)
+    write_series(root / "b" / "train.csv", 500, seed=3)
+    write_series(root / "b" / "test.csv", 240, start=500, anomaly=(100, 106), seed=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(data: Path) -> Path:
+    r = cli("fit", data / "a" / "train.csv", "-o", data / "model")
+    assert r.exit_code == 0, r.stderr
+    assert "fitted knn on 600 rows x 2 column(s)" in r.stderr
+    return data / "model"
+
+
+def test_the_series_or_table_rule(data: Path, tmp_path: Path) -> None:
+    train = data / "a" / "train.csv"
+    plain = tmp_path / "plain.csv"
+    plain.write_text("a,b\n1,2\n3,4\n")
+    assert is_series_input(train)  # a column named timestamp
+    assert not is_series_input(train, series=False)  # --table
+    assert not is_series_input(plain) and is_series_input(plain, time_column="a") and is_series_input(plain, series=True)
+    assert is_series_input(data / "a") and is_series_input(data)  # a series folder, a folder of them
+    (tmp_path / "images").mkdir()
+    assert not is_series_input(tmp_path / "images") and not is_series_input(tmp_path / "x.npz")
+    with pytest.raises(InputError, match="--table with --time-column"):
+        is_series_input(train, time_column="timestamp", series=False)
+    r = cli("fit", train, "-o", tmp_path / "m", "--table")  # the same file as a table: the time is text
+    assert r.exit_code == 0 and "fitted ensemble" in r.stderr and "left out of the features: timestamp" in r.stderr
+    assert "applies to series only" in one_line_error(cli("fit", plain, "-o", tmp_path / "m2", "--window", "8"))
+    assert "does not train: --steps" in one_line_error(cli("fit", train, "-o", tmp_path / "m3", "--steps", "5"))
+
+
+def test_fit_predict_a_series_with_iso_dates(data: Path, model: Path) -> None:
+    test = data / "a" / "test.csv"
+    run = data / "run"
+    r = cli("predict", model, test, "-o", run)
+    assert r.exit_code == 0, r.stderr
+    assert "scored 300 rows of 1 series" in r.stderr
+    rows = list(csv.DictReader(open(run / "scores.csv")))
+    written = [rec["timestamp"] for rec in csv.DictReader(open(test))]
+    assert [rec["timestamp"] for rec in rows] == written  # one row per input row, the time as written
+    assert list(rows[0]) == ["timestamp", "score", "decision", "threshold"]
+    score, thr = np.array([float(x["score"]) for x in rows]), float(rows[0]["threshold"])
+    assert [int(x["decision"]) for x in rows] == (score >= thr).astype(int).tolist()
+    table = pq.read_table(run / "scores.parquet").to_pydict()
+    assert table["timestamp"] == written and np.array_equal(table["score"], score)
+    events = list(csv.DictReader(open(run / "events.csv")))
+    assert list(events[0]) == ["series", "start", "end", "peak_time", "peak_score", "metrics", "rows", "plot"]
+    planted = [e for e in events if e["start"] <= written[150] <= e["end"]]
+    assert len(planted) == 1 and planted[0]["metrics"].split(";")[0] == "cpu"  # the metric that jumped leads
+    assert (run / planted[0]["plot"]).read_bytes()[:4] == b"\x89PNG"
+    meta = json.loads((run / "run.json").read_text())
+    assert (meta["kind"], meta["n_rows"], meta["n_events"], meta["time_column"]) == ("series", 300, len(events),
+                                                                                     "timestamp")
+    html = (run / "report.html").read_text()
+    assert "<svg" in html and "labelled anomaly" in html and "cpu" in html
+    assert (run / "skipped.csv").read_text().splitlines() == ["series,reason"]
+
+
+def test_repaired_rows_keep_one_row_each_in_input_order(data: Path, model: Path, tmp_path: Path) -> None:
+    lines = (data / "a" / "test.csv").read_text().splitlines()
+    header, body = lines[0], lines[1:]
+    body[10], body[11] = body[11], body[10]  # unsorted
+    body.insert(20, body[20])  # a repeated timestamp
+    cells = body[30].split(",")
+    body[30] = ",".join([cells[0], "", cells[2], cells[3]])  # a missing value
+    messy = tmp_path / "messy.csv"
+    messy.write_text("\n".join([header] + body) + "\n")
+    r = cli("predict", model, messy, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    assert "repaired:" in r.stderr and "sorted" in r.stderr and "interpolated" in r.stderr
+    ids = [rec["timestamp"] for rec in csv.DictReader(open(tmp_path / "run" / "scores.csv"))]
+    assert ids == [b.split(",")[0] for b in body]  # 301 rows: every input row, in the file's order
+    notes = json.loads((tmp_path / "run" / "run.json").read_text())["notes"]
+    assert len(notes) == 3 and all(n.startswith("messy.csv") for n in notes)
+
+
+def test_a_bad_file_among_good_ones(data: Path, model: Path, tmp_path: Path) -> None:
+    text = tmp_path / "text.csv"
+    text.write_text("timestamp,cpu,mem\n" + "".join(f"{i},x{i},1\n" for i in range(40)))
+    r = cli("predict", model, data / "a" / "test.csv", tmp_path / "missing.csv", text, data / "b", "-o",
+            tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    assert "scored 540 rows of 2 series" in r.stderr
+    skipped = list(csv.DictReader(open(tmp_path / "run" / "skipped.csv")))
+    assert [s["series"] for s in skipped] == [str(tmp_path / "missing.csv"), str(text)]
+    assert "file not found" in skipped[0]["reason"] and "'cpu' is not numeric" in skipped[1]["reason"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
+    assert list(rows[0])[:2] == ["timestamp", "series"] and {r["series"] for r in rows} == {"a", "b"}
+    assert "no series could be scored" in one_line_error(cli("predict", model, text, "-o", tmp_path / "run2"))
+    # the model's columns are checked, and an unnamed time column gets a hint
+    other = tmp_path / "other.csv"
+    other.write_text("when,cpu,mem\n" + "".join(f"{i},1,2\n" for i in range(40)))
+    assert "give --time-column" in one_line_error(cli("predict", model, other, "-o", tmp_path / "run3"))
+
+
+def test_one_model_per_series_column(tmp_path: Path) -> None:
+    long = tmp_path / "long.csv"
+    rng = np.random.default_rng(0)
+    ids = ["web-1", "../evil", "a/b c"]
+    with open(long, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "host", "cpu"])
+        for i in range(300):
+            for k, h in enumerate(ids):
+                w.writerow([1_700_000_000 + 60 * i, h, f"{np.sin(i / (4 + k)) + 0.05 * rng.normal():.4f}"])
+    r = cli("fit", long, "-o", tmp_path / "m", "--series-column", "host", "--window", "12")
+    assert r.exit_code == 0 and "on 3 series, one model each" in r.stderr, r.stderr
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    folders = [m["folder"] for m in meta["models"]]
+    assert [m["series"] for m in meta["models"]] == ids and meta["time_column"] == "time"
+    assert folders[0] == "web-1" and all("/" not in f and not f.startswith(".") for f in folders)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir() if p.is_dir()) == sorted(folders)
+    loaded = load_series_model(tmp_path / "m")
+    assert isinstance(loaded, SeriesSet) and loaded.get("a/b c").window_ == 12
+    r = cli("predict", tmp_path / "m", long, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
+    assert [x["series"] for x in rows[:6]] == ids * 2 and len(rows) == 900  # the file's own order
+    assert len({x["threshold"] for x in rows}) == 3  # each series its own model
+    # a crafted set: a folder that leaves the model folder is refused in one line
+    meta["models"][1]["folder"] = "../elsewhere"
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    assert "models.1.folder" in one_line_error(cli("predict", tmp_path / "m", long, "-o", tmp_path / "run"))
+    assert folder_name("web-1", set()) == "web-1" and folder_name("..", set()).startswith("series-")
+    assert folder_name("A", {"a"}) != "A"  # unique case-insensitively
+
+
+def test_eval_pools_series_folders(data: Path) -> None:
+    r = cli("eval", data, "--json")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics["n_series"] == 2 and metrics["n_test_rows"] == 540 and metrics["detector"] == "knn"
+    assert metrics["event_tp"] == 2 and metrics["event_recall"] == 1.0  # both planted jumps found
+    for key in ("event_precision", "event_f1", "point_f1", "auc_pr", "fit_seconds", "score_seconds",
+                "points_per_second"):
+        assert isinstance(metrics[key], float), key
+    assert metrics["vus_pr"] is None or 0 < metrics["vus_pr"] <= 1
+
+
+def test_eval_one_asd_server(shared_data: Path) -> None:
+    r = cli("eval", shared_data / "asd" / "omi-1", "--json", "--detector", "pca", "--window", "16")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert (metrics["n_series"], metrics["n_test_rows"], metrics["window"]) == (1, 4320, 16)
+    assert metrics["event_tp"] + metrics["event_fn"] > 1 and metrics["auc_pr"] > 0.05
+
+
+def test_the_same_run_on_ray(data: Path, model: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    inputs = [data / "a" / "test.csv", data / "b" / "test.csv"]
+    here = cli("predict", model, *inputs, "-o", tmp_path / "here")
+    there = cli("predict", model, *inputs, "-o", tmp_path / "ray", "--ray", "local")
+    assert here.exit_code == 0 and there.exit_code == 0, there.stderr
+    assert "on Ray" in there.stderr
+    for name in ("scores.csv", "events.csv"):
+        assert (tmp_path / "here" / name).read_text() == (tmp_path / "ray" / name).read_text()
