@@ -78,6 +78,7 @@ from normalcy.vectors.tables import (
 
 logger = logging.getLogger("normalcy")
 PathLike = str | Path
+SERIES_TOP = 12  # series drawn in a series run's report: each plot takes a fraction of a second
 
 
 @dataclass(frozen=True)
@@ -288,24 +289,25 @@ def load(path: PathLike, trust_code: bool = False) -> Any:
 
 
 def predict(model: PathLike | Any, inputs: Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,
-            report: bool = True, save_maps: bool = False, embeddings: Optional[bool] = None, top: int = 24,
+            report: bool = True, save_maps: bool = False, embeddings: Optional[bool] = None, top: Optional[int] = None,
             trust_code: bool = False, id_column: Optional[str] = None, time_column: Optional[str] = None,
             series_column: Optional[str] = None, ray: Optional[str] = None, progress: bool = True) -> RunSummary:
     """Score images, tables or series with a model (a path, or what :func:`fit`/:func:`load` returned) into
     the run folder ``output`` (see normalcy.runs.format). ``ray``: local or a cluster's ADDRESS, for a model
-    folder. A file or row (for series: a file or a series) that cannot be scored is listed in skipped.csv;
-    a run of none is an InputError."""
+    folder. ``top``: images (default 24) or series (default SERIES_TOP) drawn in the report. A file or row
+    (for series: a file or a series) that cannot be scored is listed in skipped.csv; a run of none is an
+    InputError."""
     paths_in = [Path(p) for p in inputs]
     output = Path(output)
     if isinstance(model, (str, Path)) and is_series_model(Path(model)):
         info = {"model": str(Path(model).resolve())}
         return _predict_series(load_series_model(Path(model)), paths_in, output, time_column, series_column, info,
-                               report=report, top=top, ray=ray, model_dir=Path(model))
+                               report=report, top=SERIES_TOP if top is None else top, ray=ray, model_dir=Path(model))
     if isinstance(model, (SeriesDetector, SeriesSet)):
         if ray is not None:
             raise InputError("on Ray, give the model's folder (the workers load it from its files)")
         return _predict_series(model, paths_in, output, time_column, series_column, {"model": "in memory"},
-                               report=report, top=top)
+                               report=report, top=SERIES_TOP if top is None else top)
     if time_column is not None or series_column is not None:
         raise InputError("--time-column and --series-column apply to series models (fitted on a series)")
     if isinstance(model, (str, Path)):
@@ -325,7 +327,7 @@ def predict(model: PathLike | Any, inputs: Sequence[PathLike], output: PathLike 
     if isinstance(model, VectorModel):
         return _predict_tables(model, paths_in, output, id_column, info)
     return _predict_images(model, paths_in, output, info, heatmaps=heatmaps, report=report, save_maps=save_maps,
-                           embeddings=embeddings, top=top, progress=progress)
+                           embeddings=embeddings, top=24 if top is None else top, progress=progress)
 
 
 def _predict_ray(model: Path, inputs: list[Path], output: Path, address: str, trust_code: bool,

@@ -126,7 +126,8 @@ HeatmapsArg = Annotated[bool, typer.Option(help="Write a heatmap PNG per image (
 ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top anomalies.")]
 SaveMapsArg = Annotated[bool, typer.Option(help="Also write each raw anomaly map as maps/*.npy (float32, original "
                                            "size).")]
-TopArg = Annotated[int, typer.Option(help="Images shown in the report.")]
+TopArg = Annotated[Optional[int], typer.Option(help="Images (default 24) or series (default 12) shown in the "
+                                               "report.", show_default=False)]
 RunOutArg = Annotated[Path, typer.Option("--output", "-o", help="Run folder: scores.csv, scores.parquet, "
                                          "skipped.csv, heatmaps/, report.html, ...")]
 EmbeddingsArg = Annotated[Optional[bool], typer.Option(
@@ -306,7 +307,7 @@ def predict(
     report: ReportArg = True,
     save_maps: SaveMapsArg = False,
     embeddings: EmbeddingsArg = None,
-    top: TopArg = 24,
+    top: TopArg = None,
     trust_model_code: TrustArg = False,
     id_column: IdColumnArg = None,
     time_column: TimeColumnArg = None,
@@ -347,7 +348,7 @@ def score_batch(
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
     _report_run(api_score_batch(inputs, output, extra=extra or [], heatmaps=heatmaps, report=report,
-                                save_maps=save_maps, top=top, image_score=image_score, rscin_k=rscin_k, **vars(ex)))
+                                save_maps=save_maps, top=24 if top is None else top, image_score=image_score, rscin_k=rscin_k, **vars(ex)))
 
 
 @app.command()

@@ -16,9 +16,17 @@
     run.json               detector, model, inputs, threshold, counts
     report.html            the top anomalies
 
-Image runs (``RunWriter``), table runs (:func:`write_table_run`) and runs on Ray
+A series run (:func:`write_series_run`) has the same scores (ids: the time column as written; a
+``series`` column when it holds several series; a threshold per series), skipped.csv (files and series
+that could not be scored), and:
+
+    events.csv             series, start, end, peak_time, peak_score, metrics, rows, plot: one row per event
+    events/<index>.png     the window around an event (for the review's cards)
+    embeddings.safetensors each event's feature vector, z-scored, row-aligned with events.csv
+
+Image runs (``RunWriter``), table runs (:func:`write_table_run`), series runs and runs on Ray
 (``normalcy.scale.distributed``) all write their scores with :func:`write_scores` and their skipped
-items with :func:`write_skipped`; run.json's ``kind`` (images or vectors) says how to read the ids.
+items with :func:`write_skipped`; run.json's ``kind`` (images, vectors or series) says how to read the ids.
 Everything downstream reads them here (:func:`read_run`). A run written before this format (decision
 ``anomalous``/``normal``) is still read.
 

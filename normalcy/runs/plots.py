@@ -145,9 +145,10 @@ def envelope(y: np.ndarray, limit: int = MAX_POINTS) -> np.ndarray:
 def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[str], score: np.ndarray,
                threshold: float, events: list[tuple[int, int]], labelled: list[tuple[int, int]],
                prefix: str) -> str:
-    """One series as an inline SVG: a panel per drawn metric (its values), then the score with the
-    threshold; events shaded red in every panel, labelled anomalies (when the file has labels) as a band
-    under the score. ``events`` and ``labelled``: inclusive (first, last) row indices."""
+    """One series as an inline SVG: the drawn metrics (each scaled to its own range, one above the other,
+    its name and range on the left), then the score with the threshold; events shaded red in both panels,
+    labelled anomalies (when the file has labels) as a band under the score. ``events`` and ``labelled``:
+    inclusive (first, last) row indices. Two panels, few ticks: a report draws two dozen of these."""
     import matplotlib
 
     if "matplotlib.pyplot" not in sys.modules:
@@ -157,31 +158,37 @@ def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[st
     x = (np.asarray(time, np.float64) * 1000).astype("datetime64[ms]") if dates else np.asarray(time)
     k = values.shape[1]
     with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
-        fig = Figure(figsize=(10.0, 1.0 + 0.9 * (k + 1)))
-        axes = fig.subplots(k + 1, 1, sharex=True, gridspec_kw={"height_ratios": [1] * k + [1.4]})
-        for j, ax in enumerate(axes[:k]):
-            idx = envelope(values[:, j])
-            ax.plot(x[idx], values[idx, j], color=SERIES_COLORS[j % len(SERIES_COLORS)], linewidth=0.9)
-            ax.set_ylabel(names[j][:18], rotation=0, ha="right", va="center")
-        ax = axes[-1]
+        fig = Figure(figsize=(10.0, 1.2 + 0.7 * k + 1.2))
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [0.7 * k, 1.2]})
+        ticks, labels = [], []
+        for j in range(k):
+            v = values[:, j]
+            lo, hi = float(v.min()), float(v.max())
+            base = 1.2 * (k - 1 - j)
+            y = base + (0.5 if hi <= lo else (v - lo) / (hi - lo))
+            idx = envelope(y)
+            top.plot(x[idx], y[idx], color=SERIES_COLORS[j % len(SERIES_COLORS)], linewidth=0.9)
+            ticks.append(base + 0.5)
+            labels.append(f"{names[j][:18]}\n{lo:.3g}…{hi:.3g}")
+        top.set_yticks(ticks, labels)
+        top.set_ylim(-0.1, 1.2 * k)
         idx = envelope(score)
-        ax.plot(x[idx], score[idx], color=SCORE_COLOR, linewidth=0.9)
+        bottom.plot(x[idx], score[idx], color=SCORE_COLOR, linewidth=0.9)
         if math.isfinite(threshold):
-            ax.axhline(threshold, color="#111", linestyle="--", linewidth=1.0, label=f"threshold {threshold:.3g}")
-        ax.set_ylabel("score", rotation=0, ha="right", va="center")
-        for a in axes:
+            bottom.axhline(threshold, color="#111", linestyle="--", linewidth=1.0, label=f"threshold {threshold:.3g}")
+        bottom.set_ylabel("score")
+        bottom.locator_params(axis="y", nbins=3)
+        for a in (top, bottom):
             for first, last in events:
                 a.axvspan(x[first], x[last], color=EVENT_COLOR, alpha=0.18, linewidth=0)
             a.spines[["top", "right"]].set_visible(False)
         if labelled:
-            top = float(np.max(score)) if len(score) else 1.0
             for first, last in labelled:
-                ax.axvspan(x[first], x[last], ymin=0, ymax=0.06, color=LABEL_COLOR, alpha=0.9, linewidth=0)
-            ax.plot([], [], color=LABEL_COLOR, linewidth=4, label="labelled anomaly")
-            ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]), top=max(ax.get_ylim()[1], top))
+                bottom.axvspan(x[first], x[last], ymin=0, ymax=0.06, color=LABEL_COLOR, alpha=0.9, linewidth=0)
+            bottom.plot([], [], color=LABEL_COLOR, linewidth=4, label="labelled anomaly")
         if math.isfinite(threshold) or labelled:
-            ax.legend(frameon=False, loc="upper left", fontsize=8)
-        fig.align_ylabels(axes)
+            bottom.legend(frameon=False, loc="upper left", fontsize=8)
+        bottom.locator_params(axis="x", nbins=6) if not dates else None
         return _svg_of(fig, prefix)
 
 

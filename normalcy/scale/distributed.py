@@ -5,7 +5,9 @@ on the workers each load the model once and score their blocks with the same cod
 (``Detector.score``, ``normalcy.vectors.tables.score_table``). The workers write their results as Parquet part
 files; the driver turns them into the run format every run has (``normalcy.runs.format``): scores.csv and
 scores.parquet (the scored items, in input order), skipped.csv (the others, with the reason) and run.json,
-so ``normalcy serve`` opens a run made on Ray as any other.
+so ``normalcy serve`` opens a run made on Ray as any other. Series are fitted and scored one series a task
+(``fit_series_ray``, ``score_series_ray``; the driver reads the files and writes the run folder as without
+Ray).
 
 Before Ray starts, the driver loads the model once (a bad one is one line, as without Ray), checks that
 every input exists and that a cluster's address answers (within seconds, not Ray's minutes of retries).
