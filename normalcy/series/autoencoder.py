@@ -9,13 +9,15 @@ metric is kept: a row's contributions are its per-metric squared errors, so ever
 
 One time step says nothing about a univariate series (a value cannot be reconstructed from the others),
 so ``span`` rows are given to the network instead when the series has fewer than ``MIN_METRICS`` metrics:
-``span=None`` means 1 row for 4 or more metrics (the paper's setting), the detector's window otherwise.
+``span=None`` means 1 row for 4 or more metrics (the paper's setting), the detector's window otherwise
+(at most 100 rows and 400 numbers, ``input_span``).
 Contributions are then the squared errors of the newest row of the span (the row being scored), summed
 per metric.
 
 ``train_network`` is the small, bounded, deterministic training loop the other neural series detectors
-(HypAD, the forecaster) share: a fixed number of Adam steps on seeded mini-batches, stopped early only
-by a wall-clock budget (with a warning, since results then depend on the machine's speed).
+(HypAD, the forecaster) share: a fixed number of Adam steps on seeded mini-batches (at most MAX_EPOCHS
+passes over the data), stopped early only by a wall-clock budget (with a warning, since results then
+depend on the machine's speed).
 """
 
 from __future__ import annotations
@@ -32,13 +34,21 @@ from torch import nn
 
 from normalcy.detectors.base import LearningRate, Seconds
 from normalcy.series.base import SeriesDetector, SeriesParams
-from normalcy.series.windows import causal_windows, flat_windows
+from normalcy.series.windows import flat_windows, inside
 
 log = logging.getLogger("normalcy")
 
 MIN_METRICS = 4  # fewer metrics than this: the network sees a window of rows, not one row
 MAX_TRAIN_WINDOWS = 20_000  # training windows at most (an even subsample past that): bounded memory and time
 _SCORE_BATCH = 8192  # windows scored per forward pass
+MAX_EPOCHS = 100  # passes over the training windows at most, whatever ``steps`` says
+MAX_SPAN = 100  # rows a network sees at most by default (TadGAN's window)
+MAX_INPUTS = 400  # and numbers (rows x metrics): ASD's 19 metrics get 21 rows, a univariate series 100
+
+
+def input_span(window: int, d: int) -> int:
+    """Rows a window network sees by default: the detector's window, cut so the input stays CPU-small."""
+    return max(1, min(window, MAX_SPAN, max(8, MAX_INPUTS // d)))
 
 
 @contextmanager
@@ -78,6 +88,7 @@ def _train(net: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     n = len(inputs)
     batch = min(batch, n)
+    steps = min(steps, max(1, -(-MAX_EPOCHS * n // batch)))  # a short series is not learned by heart
     start, done, first, last = time.perf_counter(), 0, float("nan"), float("nan")
     recent: list[float] = []
     for step in range(steps):
@@ -102,20 +113,32 @@ def _train(net: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor
     return {"steps": done, "seconds": round(time.perf_counter() - start, 3), "first_loss": first, "last_loss": last}
 
 
-def training_windows(X: np.ndarray, span: int) -> torch.Tensor:
-    """The windows of ``span`` rows of X (n, d) as float32 rows (span * d, time-major), at most
-    MAX_TRAIN_WINDOWS of them (evenly spaced)."""
-    W = flat_windows(X, span)
-    keep = np.unique(np.linspace(0, len(W) - 1, min(len(W), MAX_TRAIN_WINDOWS)).round().astype(np.int64))
-    return torch.from_numpy(np.ascontiguousarray(W[keep], dtype=np.float32))
+def training_windows(X: np.ndarray, span: int, starts: np.ndarray) -> torch.Tensor:
+    """The windows of ``span`` rows of X (n, d) that lie inside one training series (``starts``: where
+    each begins), as float32 rows (span * d, time-major), at most MAX_TRAIN_WINDOWS (evenly spaced)."""
+    ok = inside(starts, len(X), span)
+    keep = ok[np.unique(np.linspace(0, len(ok) - 1, min(len(ok), MAX_TRAIN_WINDOWS)).round().astype(np.int64))]
+    return torch.from_numpy(np.ascontiguousarray(flat_windows(X, span)[keep], dtype=np.float32))
 
 
 def batched(net: Callable[[torch.Tensor], torch.Tensor], W: np.ndarray) -> list[torch.Tensor]:
-    """``net`` on the rows of W in batches, without gradients (float32 in, whatever the network returns)."""
+    """``net`` (float64) on the rows of W in batches, without gradients."""
     out = []
     with torch.no_grad(), one_thread():
         for s in range(0, len(W), _SCORE_BATCH):
-            out.append(net(torch.from_numpy(np.ascontiguousarray(W[s:s + _SCORE_BATCH], dtype=np.float32))))
+            out.append(net(torch.from_numpy(np.array(W[s:s + _SCORE_BATCH], dtype=np.float64))))  # a copy: W may be a view
+    return out
+
+
+def window_scores(score: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: int) -> np.ndarray:
+    """(n, d) contributions of the rows of X, each from the window of ``span`` rows ending at it
+    (``score``: windows (m, span * d) -> (m, d)). The first span - 1 rows have no full window and score 0:
+    a network that was never shown a partial or edge-padded window cannot judge one (edge padding flagged
+    the start of every series)."""
+    n, d = X.shape
+    out = np.zeros((n, d))
+    if n >= span:
+        out[span - 1:] = score(flat_windows(X, span))
     return out
 
 
@@ -138,9 +161,10 @@ class Autoencoder(SeriesDetector):
     name = "autoencoder"
 
     class Params(SeriesParams):
-        span: int | None = Field(None, ge=1, le=512)  # rows the network sees; None: 1 for >= 4 metrics, else window
+        span: int | None = Field(None, ge=1, le=512)  # rows the network sees; None: 1 for >= 4 metrics, else
+        # the window (input_span: at most 100 rows and 400 numbers)
         hidden: int = Field(10, ge=1, le=64)  # hidden units per input (the paper: 10x the input)
-        max_hidden: int = Field(2048, ge=8, le=16384)  # and at most this many
+        max_hidden: int = Field(512, ge=8, le=16384)  # and at most this many
         l1: float = Field(1e-5, ge=0, le=1)  # L1 penalty on the hidden activations (sparsity)
         steps: int = Field(1500, ge=1, le=1_000_000)
         batch: int = Field(128, ge=1, le=65536)
@@ -157,20 +181,20 @@ class Autoencoder(SeriesDetector):
     def _span(self, d: int) -> int:
         if self.span is not None:
             return int(self.span)
-        return 1 if d >= MIN_METRICS else self.window_
+        return 1 if d >= MIN_METRICS else input_span(self.window_, d)
 
     def _units(self) -> int:
         inputs = self.span_ * len(self.columns_)
         return min(self.hidden * inputs, self.max_hidden)
 
     def _build(self) -> None:
-        self.net_ = SparseAutoencoder(self.span_ * len(self.columns_), self._units())
+        self.net_ = SparseAutoencoder(self.span_ * len(self.columns_), self._units()).double()
 
     def _fit(self, X: np.ndarray, progress: bool) -> None:
         self.span_ = self._span(X.shape[1])
         self._build()
-        W = training_windows(X, self.span_)
-        net = self.net_
+        W = training_windows(X, self.span_, self.starts)
+        net = self.net_.float()  # trained in float32
 
         def loss(x: torch.Tensor) -> torch.Tensor:
             rec, h = net(x)
@@ -178,6 +202,7 @@ class Autoencoder(SeriesDetector):
 
         self._training = train_network(net, W, loss, steps=self.steps, batch=self.batch, lr=self.lr,
                                        budget_s=self.budget_s, what=self.name)
+        self.net_.double()  # scored in float64: a row scores the same in a batch and alone
 
     def metadata(self) -> dict:
         return dict(getattr(self, "_training", {}))
@@ -190,13 +215,10 @@ class Autoencoder(SeriesDetector):
         return diff * diff
 
     def _score(self, X: np.ndarray) -> np.ndarray:
-        return self._errors(causal_windows(X, self.span_))
+        return window_scores(self._errors, X, self.span_)
 
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
-        w = self.span_
-        if len(recent) < w:
-            recent = np.concatenate([np.repeat(recent[:1], w - len(recent), axis=0), recent])
-        return self._errors(recent[-w:].reshape(1, -1))[0]
+        return window_scores(self._errors, recent[-self.span_:], self.span_)[-1]
 
     def _check_state(self) -> None:
         if not 1 <= self.span_ <= 512:

@@ -11,7 +11,10 @@ from pydantic import ValidationError
 from normalcy.detectors.modelfile import MODEL_TENSORS, read_tensors
 from normalcy.errors import InputError
 from normalcy.files import MODEL_JSON, Strict, describe, read_json
+from normalcy.series.autoencoder import Autoencoder
 from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
+from normalcy.series.forecast import Forecast
+from normalcy.series.hypad import HypAD
 from normalcy.series.knn import SubsequenceKNN
 from normalcy.series.pca import SubsequencePCA
 
@@ -19,6 +22,9 @@ from normalcy.series.pca import SubsequencePCA
 DETECTORS: dict[str, type[SeriesDetector]] = {cls.name: cls for cls in (
     SubsequenceKNN,
     SubsequencePCA,
+    Autoencoder,
+    HypAD,
+    Forecast,
 )}
 DEFAULT_DETECTOR = "knn"
 M = TypeVar("M", bound=Strict)

@@ -1,0 +1,280 @@
+"""Forecasting residuals with a nonparametric dynamic threshold (Hundman et al., KDD 2018, "Detecting
+spacecraft anomalies using LSTMs and nonparametric dynamic thresholding"; NASA's telemanom): the classic
+baseline of the series detectors.
+
+1. A network trained on normal operation predicts each row from the ``lags`` rows before it. The paper
+   uses an LSTM; this is a one-hidden-layer MLP on the flattened lags (``hidden=0``: linear): it trains in
+   about a second on 2 cores where an LSTM over the same lags takes minutes, which matters when every NAB
+   file and every server gets its own model, and on these short one-step horizons a dense forecaster
+   predicts about as well (the LSTM's long memory is not what the residuals need).
+2. The absolute residuals, per metric, are smoothed with an exponentially weighted moving average (span
+   ``smoothing``; truncated after ``3 * smoothing`` rows so that a row's score depends on a bounded past,
+   and one row scores the same in a series and in a stream). A row's error is the sum over metrics.
+3. The paper's threshold: over the last ``history`` smoothed errors (the paper: 2100), epsilon = mu + z sigma
+   with z in 2.5, 3, ..., 12 chosen to maximise (delta mu / mu + delta sigma / sigma) / (|e_a| + |E_seq|^2)
+   (delta: how much mean and deviation drop when the errors at or above epsilon are removed; e_a those errors
+   widened by ``buffer`` rows either side, E_seq the contiguous sequences they form), kept only when at most
+   5 sequences and under half the errors are above it (telemanom's guardrails; otherwise z = 12). Then
+   pruning: the maxima of the sequences and the largest error outside them, sorted, must drop by at least
+   ``prune`` (the paper's p = 0.13) somewhere at or below a sequence for it to stay anomalous. The buffer
+   shapes the threshold and the sequences; a row is flagged by its own error only (telemanom also flags
+   the buffer rows around it).
+
+normalcy decides ``score >= threshold_``, so the dynamic threshold becomes a normalisation: a row's score
+is its smoothed error divided by its epsilon (per-metric contributions: each metric's smoothed error over
+the same epsilon), a row whose sequence was pruned scores 1 - prune (just under the bar), and
+``threshold_ = 1``: a row is anomalous exactly when the paper's rule says so. The threshold adapts to each
+series as it goes, which is the paper's point, so it is not calibrated at ``fpr`` on held-out rows; the
+base still scores the held-out rows and logs the false-alarm rate they would give. ``dynamic=False``
+scores the smoothed error itself, with the threshold at the held-out (1 - fpr) quantile like the other
+detectors.
+
+The history starts with the last ``history`` smoothed errors of the training rows (kept with the model), so
+the first rows of a series already have a threshold; rows with fewer than ``lags`` rows of past cannot be
+forecast and score 0.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from normalcy.detectors.base import LearningRate, Seconds
+from normalcy.series.autoencoder import batched, input_span, train_network
+from normalcy.series.base import SeriesDetector, SeriesParams
+from normalcy.series.windows import flat_windows, inside
+
+log = logging.getLogger("normalcy")
+
+Z_GRID = np.arange(2.5, 12.01, 0.5)  # telemanom's z values
+Z_MAX = 12.0  # epsilon when no z passes the guardrails
+MAX_SEQUENCES = 5  # telemanom: a threshold that leaves more sequences above it is not chosen
+MAX_TRAIN_ROWS = 20_000
+
+
+def _sequences(h: np.ndarray, eps: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each epsilon (ascending): how many errors the rows at or above it cover once each is widened
+    by ``pad`` either side (telemanom's |e_a| after its buffer), and how many groups of more than one
+    row they form (|E_seq|). Works on the errors above the lowest epsilon only, usually a few."""
+    n = len(h)
+    pos = np.flatnonzero(h >= eps[0])  # ascending positions
+    if not len(pos):
+        return np.zeros(len(eps), np.int64), np.zeros(len(eps), np.int64)
+    sel = h[pos][None, :] >= eps[:, None]  # (z, K)
+    far = np.iinfo(np.int64).max // 4
+    prev = np.maximum.accumulate(np.where(sel, pos, -far), axis=1)
+    prev = np.concatenate([np.full((len(eps), 1), -far), prev[:, :-1]], axis=1)  # the selected one before
+    nxt = np.minimum.accumulate(np.where(sel, pos, far)[:, ::-1], axis=1)[:, ::-1]
+    nxt = np.concatenate([nxt[:, 1:], np.full((len(eps), 1), far)], axis=1)  # the selected one after
+    first = sel & (pos - prev > 2 * pad + 1)  # starts a group: its widened span does not touch the last one
+    last = sel & (nxt - pos > 2 * pad + 1)
+    lo, hi = np.maximum(pos - pad, 0), np.minimum(pos + pad, n - 1)
+    covered = (np.where(last, hi + 1, 0) - np.where(first, lo, 0)).sum(axis=1)
+    groups = first.sum(axis=1) - (first & last & (lo == hi)).sum(axis=1)
+    return covered, groups
+
+
+def _widen(hit: np.ndarray, pad: int) -> np.ndarray:
+    """(z, H) masks with every True widened by ``pad`` positions either side (telemanom's error buffer)."""
+    if pad <= 0:
+        return hit
+    c = np.pad(np.cumsum(hit, axis=1), ((0, 0), (1, 0)))
+    i = np.arange(hit.shape[1])
+    return (c[:, np.minimum(i + pad, hit.shape[1] - 1) + 1] - c[:, np.maximum(i - pad, 0)]) > 0
+
+
+class Forecaster(nn.Module):
+    """lags x d inputs -> d next values (an MLP, or linear with hidden=0)."""
+
+    def __init__(self, inputs: int, outputs: int, hidden: int) -> None:
+        super().__init__()
+        if hidden:
+            self.net: nn.Module = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+        else:
+            self.net = nn.Linear(inputs, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Forecast(SeriesDetector):
+    """Smoothed forecasting residuals over Hundman et al.'s nonparametric dynamic threshold."""
+
+    name = "forecast"
+
+    class Params(SeriesParams):
+        lags: int | None = Field(None, ge=1, le=1024)  # past rows a forecast uses; None: the window (input <= 400)
+        hidden: int = Field(64, ge=0, le=4096)  # 0: a linear forecaster
+        smoothing: int | None = Field(None, ge=1, le=10_000)  # EWMA span; None: half the lags
+        history: int = Field(2000, ge=10, le=100_000)  # smoothed errors the threshold is chosen on
+        dynamic: bool = True  # the paper's threshold (threshold_ = 1); False: held-out quantile at fpr
+        prune: float = Field(0.13, ge=0, lt=1)  # the paper's minimum decrease p
+        buffer: int | None = Field(None, ge=1, le=100_000)  # telemanom's error_buffer; None: history / 20
+        steps: int = Field(600, ge=1, le=1_000_000)
+        batch: int = Field(64, ge=1, le=65536)
+        lr: LearningRate = 1e-3
+        budget_s: Seconds = 10.0
+
+    net_: Forecaster
+    lags_: int
+    span_: int
+    history_: np.ndarray  # (<= history,) the last smoothed errors of the training rows
+
+    @property
+    def taps(self) -> int:
+        """Errors one smoothed error averages: the EWMA truncated at 3 spans."""
+        return 3 * self.span_ + 1
+
+    @property
+    def context(self) -> int:
+        """A score needs ``history`` smoothed errors, each of ``taps`` errors, each of ``lags`` + 1 rows."""
+        return self.history + self.taps + self.lags_ - 1
+
+    def _build(self) -> None:
+        d = len(self.columns_)
+        self.net_ = Forecaster(self.lags_ * d, d, self.hidden).double()
+
+    def _fit(self, X: np.ndarray, progress: bool) -> None:
+        d = X.shape[1]
+        self.lags_ = int(self.lags) if self.lags is not None else input_span(self.window_, d)
+        self.span_ = int(self.smoothing) if self.smoothing is not None else max(1, self.lags_ // 2)
+        self._build()
+        w = self.lags_ + 1  # the lags and the row they predict
+        ok = inside(self.starts, len(X), w)
+        keep = ok[np.unique(np.linspace(0, len(ok) - 1, min(len(ok), MAX_TRAIN_ROWS)).round().astype(np.int64))]
+        rows = torch.from_numpy(np.ascontiguousarray(flat_windows(X, w)[keep], dtype=np.float32))
+        net, split = self.net_.float(), self.lags_ * d  # trained in float32
+
+        def loss(x: torch.Tensor) -> torch.Tensor:
+            return ((net(x[:, :split]) - x[:, split:]) ** 2).mean()
+
+        self._training = train_network(net, rows, loss, steps=self.steps, batch=self.batch, lr=self.lr,
+                                       budget_s=self.budget_s, what=self.name)
+        self.net_.double()  # scored in float64: a row scores the same in a batch and alone
+        ends = np.append(self.starts[1:], len(X))
+        last = X[self.starts[-1]:ends[-1]]  # the history continues from the last training series
+        smoothed = self._smoothed(last).sum(axis=1)
+        self.history_ = smoothed[np.isfinite(smoothed)][-self.history:]
+
+    def metadata(self) -> dict:
+        return dict(getattr(self, "_training", {}))
+
+    # -- errors ---------------------------------------------------------------------------------------
+    def _smoothed(self, X: np.ndarray) -> np.ndarray:
+        """(n, d) smoothed absolute forecasting errors of the rows of X; NaN for the first ``lags`` rows."""
+        n, d = X.shape
+        L = self.lags_
+        out = np.full((n, d), np.nan)
+        if n <= L:
+            return out
+        W = flat_windows(X, L)[:-1]  # the lags before rows L..n-1
+        pred = torch.cat(batched(self.net_, W)).double().numpy()
+        err = np.abs(X[L:] - pred)
+        a = 2.0 / (self.span_ + 1)
+        weights = (1 - a) ** np.arange(self.taps)
+        m = len(err)
+        norm = np.convolve(np.ones(m), weights)[:m]  # the weights of the errors that exist (pandas' adjust=True)
+        for j in range(d):
+            out[L:, j] = np.convolve(err[:, j], weights)[:m] / norm
+        return out
+
+    # -- the dynamic threshold ---------------------------------------------------------------------------
+    @property
+    def pad(self) -> int:
+        """Rows each error at or above epsilon is widened by, either side (telemanom's error_buffer - 1)."""
+        return (int(self.buffer) if self.buffer is not None else max(1, self.history // 20)) - 1
+
+    def _epsilon(self, h: np.ndarray) -> tuple[float, bool]:
+        """epsilon of a history of smoothed errors (its last value the row being scored), and whether that
+        row's sequence survives pruning. Every z at once: the means and deviations below each epsilon from
+        prefix sums of the sorted errors, the sequences from the few errors above the lowest epsilon."""
+        mu, sigma, n = float(h.mean()), float(h.std()), len(h)
+        if sigma <= 1e-12 * max(mu, 1e-300):
+            return max(mu, 1e-12), True
+        eps = mu + Z_GRID * sigma  # (z,)
+        s = np.sort(h) - mu
+        c1, c2 = np.r_[0.0, np.cumsum(s)], np.r_[0.0, np.cumsum(s * s)]
+        n_below = np.searchsorted(s, eps - mu, side="left")  # errors under epsilon
+        n_anom, n_seq = _sequences(h, eps, self.pad)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shift = c1[n_below] / n_below  # mean below, minus mu
+            std_below = np.sqrt(np.maximum(c2[n_below] / n_below - shift * shift, 0.0))
+            goodness = (-shift / mu + (sigma - std_below) / sigma) / (n_anom + n_seq**2)
+        valid = (n_below < n) & (n_seq <= MAX_SEQUENCES) & (n_anom < 0.5 * n)
+        if valid.any():
+            g = np.where(valid, goodness, -np.inf)
+            epsilon = float(eps[np.flatnonzero(g == g.max())[-1]])  # ties: the larger z, as telemanom's '>='
+        else:
+            epsilon = mu + Z_MAX * sigma
+        if h[-1] < epsilon or self.prune == 0:
+            return epsilon, True
+        return epsilon, self._survives(h, epsilon)
+
+    def _survives(self, h: np.ndarray, epsilon: float) -> bool:
+        """Pruning (telemanom's prune_anoms): the maxima of the sequences (errors at or above epsilon,
+        widened by the buffer) sorted down and followed by the largest error outside them; a sequence stays
+        when some drop of at least ``prune`` lies at or below it. Whether the last row's sequence stays."""
+        padded = _widen(h[None, :] >= epsilon, self.pad)[0]
+        starts = np.flatnonzero(padded & ~np.r_[False, padded[:-1]])
+        ends = np.flatnonzero(padded & ~np.r_[padded[1:], False])
+        maxima = np.array([h[a:b + 1].max() for a, b in zip(starts, ends)])
+        outside = h[~padded].max() if (~padded).any() else 0.0
+        order = np.sort(maxima)[::-1]
+        chain = np.append(order, outside)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            drops = (chain[:-1] - chain[1:]) / chain[:-1]
+        big = np.flatnonzero(drops >= self.prune)
+        return bool(len(big)) and bool(maxima[-1] >= order[big[-1]])
+
+    def _normalise(self, smoothed: np.ndarray, hist: np.ndarray, first: int) -> np.ndarray:
+        """Contributions of rows ``first``.. of ``smoothed`` (n, d) given ``hist``: the training history
+        followed by the total smoothed errors of every forecast row (row i of smoothed is hist[offset + i])."""
+        n, d = smoothed.shape
+        out = np.zeros((n, d))
+        total = smoothed.sum(axis=1)
+        offset = len(self.history_) - self.lags_
+        for i in range(max(first, self.lags_), n):
+            k = offset + i
+            h = hist[max(0, k - self.history + 1):k + 1]
+            epsilon, survives = self._epsilon(h)
+            row = smoothed[i] / epsilon
+            ratio = total[i] / epsilon
+            if not survives and ratio > 0:
+                row = row * ((1 - self.prune) / ratio)
+            out[i] = row
+        return out
+
+    def _contributions(self, X: np.ndarray, first: int) -> np.ndarray:
+        smoothed = self._smoothed(X)
+        if not self.dynamic:
+            return np.nan_to_num(smoothed, nan=0.0)[first:]
+        total = smoothed.sum(axis=1)
+        hist = np.concatenate([self.history_, total[np.isfinite(total)]])
+        return self._normalise(smoothed, hist, first)[first:]
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return self._contributions(X, 0)
+
+    def _score_last(self, recent: np.ndarray) -> np.ndarray:
+        return self._contributions(recent, len(recent) - 1)[-1]
+
+    def _set_threshold(self, scores: np.ndarray) -> None:
+        if not self.dynamic:
+            super()._set_threshold(scores)
+            return
+        super()._set_threshold(scores)  # checks the held-out scores
+        log.info("%s: the dynamic threshold flags %.4f of the held-out normal rows (fpr %.4f is not used)",
+                 self.name, float((scores >= 1.0).mean()), self.fpr)
+        self.threshold_ = 1.0
+
+    def _check_state(self) -> None:
+        if not 1 <= self.lags_ <= 1024 or not 1 <= self.span_ <= 10_000:
+            raise ValueError(f"lags {self.lags_} or smoothing span {self.span_} out of range")
+        h = np.asarray(self.history_, dtype=np.float64)
+        if h.ndim != 1 or len(h) > self.history or not np.isfinite(h).all() or (h < 0).any():
+            raise ValueError(f"history of shape {h.shape} is not at most {self.history} non-negative numbers")
+        self.history_ = h

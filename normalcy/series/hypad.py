@@ -1,0 +1,144 @@
+"""HypAD (Flaborea et al., CVPR-W 2023, "Are we certain it's anomalous?"): a window-reconstruction
+autoencoder whose reconstructions live in a hyperbolic space, where their distance to the origin says how
+certain the model is; a detectable anomaly is one the model is certain about and still fails to
+reconstruct, so reconstruction errors of windows the model is unsure of (complex but regular ones) are
+damped, and false alarms drop.
+
+As in the paper and its code (aleflabo/HypAD): a window x (``span`` rows x d metrics, flattened) is
+encoded to a latent code and decoded to x̂; both x and x̂ are mapped into the Poincaré ball by one shared
+hyperbolic layer h (a linear map followed by the exponential map at the origin); the model is trained to
+bring h(x̂) close to h(x) in the Poincaré distance, and the score of a window is
+
+    s = d_P(h(x), h(x̂)) * ||h(x̂)||
+
+the hyperbolic reconstruction error weighted by the certainty of the reconstruction: ||h(x̂)||, which
+grows with its hyperbolic distance to the origin (d_P(0, p) = 2 artanh ||p||), is near 0 for a hedged,
+uncertain reconstruction and near 1 for a confident one (the code's ``rec_uncertainty`` combination).
+``uncertainty=False`` scores d_P(h(x), h(x̂)) alone (its ``rec`` combination): the same model without the
+re-weighting, so bench/hypad_uncertainty.py can measure what the certainty does to false alarms.
+
+Kept CPU-small: dense encoder and decoder instead of TadGAN's LSTMs, and neither GAN critic (their adversarial
+training takes minutes per series on a GPU); the training loss adds the Euclidean reconstruction error to the
+hyperbolic one so that the shared hyperbolic layer cannot shrink everything to the origin. A row is scored
+by the window that ends at it (causal; the first span - 1 rows of a series, without a full window, score
+0); its score is split over the metrics by their share of the window's
+squared reconstruction error, so every alarm names its metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from normalcy.detectors.base import LearningRate, Seconds
+from normalcy.series.autoencoder import batched, input_span, train_network, training_windows, window_scores
+from normalcy.series.base import SeriesDetector, SeriesParams
+
+_MAX_NORM = 1 - 1e-5  # points of the ball are kept this far inside its boundary (float32)
+
+
+def expmap0(v: torch.Tensor) -> torch.Tensor:
+    """The exponential map at the origin of the Poincaré ball (curvature -1): tanh(|v|) v / |v|."""
+    norm = v.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    p = torch.tanh(norm) * v / norm
+    return p * (_MAX_NORM / p.norm(dim=-1, keepdim=True).clamp_min(_MAX_NORM))
+
+
+def poincare_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """arcosh(1 + 2 |u - v|^2 / ((1 - |u|^2)(1 - |v|^2))), row by row."""
+    sq = ((u - v) ** 2).sum(dim=-1)
+    den = (1 - (u * u).sum(dim=-1)).clamp_min(1e-10) * (1 - (v * v).sum(dim=-1)).clamp_min(1e-10)
+    return torch.acosh((1 + 2 * sq / den).clamp_min(1 + 1e-7))
+
+
+class HyperbolicAutoencoder(nn.Module):
+    """Dense window autoencoder plus the shared layer into the Poincaré ball."""
+
+    def __init__(self, inputs: int, hidden: int, latent: int, embedding: int) -> None:
+        super().__init__()
+        self.encode = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, latent))
+        self.decode = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, inputs))
+        self.hyperbolic = nn.Linear(inputs, embedding)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x̂, h(x), h(x̂))."""
+        rec = self.decode(self.encode(x))
+        return rec, expmap0(self.hyperbolic(x)), expmap0(self.hyperbolic(rec))
+
+
+class HypAD(SeriesDetector):
+    """Hyperbolic reconstruction error of a row's window, weighted by the model's certainty."""
+
+    name = "hypad"
+
+    class Params(SeriesParams):
+        uncertainty: bool = True  # weight the error by the certainty ||h(x̂)|| (False: the plain error)
+        span: int | None = Field(None, ge=2, le=1024)  # rows per window; None: input_span (window, input <= 400)
+        hidden: int = Field(128, ge=4, le=4096)
+        latent: int = Field(20, ge=1, le=1024)  # TadGAN's latent size
+        embedding: int = Field(32, ge=2, le=1024)  # dimensions of the Poincaré ball
+        hyperbolic_weight: float = Field(1.0, ge=0, le=1000)  # of the Poincaré term in the training loss
+        steps: int = Field(600, ge=1, le=1_000_000)
+        batch: int = Field(64, ge=1, le=65536)
+        lr: LearningRate = 1e-3
+        budget_s: Seconds = 10.0
+
+    net_: HyperbolicAutoencoder
+    span_: int
+
+    @property
+    def context(self) -> int:
+        return self.span_
+
+    def _build(self) -> None:
+        inputs = self.span_ * len(self.columns_)
+        self.net_ = HyperbolicAutoencoder(inputs, self.hidden, self.latent, min(self.embedding, inputs)).double()
+
+    def _fit(self, X: np.ndarray, progress: bool) -> None:
+        self.span_ = int(self.span) if self.span is not None else input_span(self.window_, X.shape[1])
+        self._build()
+        net = self.net_.float()  # trained in float32
+
+        def loss(x: torch.Tensor) -> torch.Tensor:
+            rec, hx, hrec = net(x)
+            return ((rec - x) ** 2).mean() + self.hyperbolic_weight * poincare_distance(hx, hrec).mean()
+
+        self._training = train_network(net, training_windows(X, self.span_, self.starts), loss, steps=self.steps,
+                                       batch=self.batch, lr=self.lr, budget_s=self.budget_s, what=self.name)
+        self.net_.double()  # scored in float64: a row scores the same in a batch and alone
+
+    def metadata(self) -> dict:
+        return dict(getattr(self, "_training", {}))
+
+    def parts(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For windows W (m, span * d): the hyperbolic error d_P(h(x), h(x̂)) (m,), the certainty ||h(x̂)||
+        (m,) and each metric's share of the squared reconstruction error (m, d)."""
+        d = len(self.columns_)
+        out = batched(self.net_, W)
+        rec = torch.cat([o[0] for o in out]).double()
+        hx = torch.cat([o[1] for o in out]).double()
+        hrec = torch.cat([o[2] for o in out]).double()
+        dist = poincare_distance(hx, hrec).numpy()
+        certainty = hrec.norm(dim=-1).numpy()
+        sq = (np.asarray(W, dtype=np.float64) - rec.numpy()) ** 2
+        per_metric = sq.reshape(len(W), self.span_, d).sum(axis=1)
+        total = per_metric.sum(axis=1, keepdims=True)
+        share = np.divide(per_metric, total, out=np.full_like(per_metric, 1.0 / d), where=total > 0)
+        return dist, certainty, share
+
+    def _contributions(self, W: np.ndarray) -> np.ndarray:
+        dist, certainty, share = self.parts(W)
+        score = dist * certainty if self.uncertainty else dist
+        return score[:, None] * share
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return window_scores(self._contributions, X, self.span_)
+
+    def _score_last(self, recent: np.ndarray) -> np.ndarray:
+        return window_scores(self._contributions, recent[-self.span_:], self.span_)[-1]
+
+    def _check_state(self) -> None:
+        if not 2 <= self.span_ <= 1024:
+            raise ValueError(f"span {self.span_} outside 2..1024")

@@ -1,0 +1,231 @@
+"""The neural series detectors: the autoencoder of Borghesi et al., HypAD, and the forecasting-residual
+detector of Hundman et al. (small networks, few steps: each test trains in about a second)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from normalcy.errors import InputError
+from normalcy.series.forecast import Z_GRID, Z_MAX, Forecast
+from normalcy.series.hypad import expmap0, poincare_distance
+from normalcy.series.io import Series, read_series_folder
+from normalcy.series.registry import DETECTORS, create, load
+
+FAST = {  # few training steps: the tests check behaviour, not the best model
+    "autoencoder": {"steps": 200},
+    "hypad": {"steps": 200},
+    "forecast": {"steps": 200, "history": 300},
+}
+FEWER = {"steps": 30}  # for tests of plumbing (determinism, files, shapes)
+NAMES = list(FAST)
+
+
+def sine(n: int, period: int = 40, d: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)[:, None]
+    return np.sin(2 * np.pi * t / period + np.arange(d)) + 3 * np.arange(d) + 0.05 * rng.standard_normal((n, d))
+
+
+def series(values: np.ndarray) -> Series:
+    values = values.reshape(len(values), -1)
+    cols = tuple(f"m{j}" for j in range(values.shape[1]))
+    return Series("s", np.arange(len(values), dtype=np.float64), values, cols, None, [], Path("s.csv"))
+
+
+def make(name: str, **params: object):
+    return create(name, **{**FAST[name], **params})
+
+
+def test_registered() -> None:
+    assert {"autoencoder", "hypad", "forecast"} <= set(DETECTORS)
+    with pytest.raises(InputError, match="detector hypad: uncertainty"):
+        create("hypad", uncertainty="maybe")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spike_found_and_named(name: str) -> None:
+    X = sine(3000, d=4)
+    det = make(name, window=40).fit(series(X[:2000]), progress=False)
+    test = X[2000:].copy()
+    test[600:606, 2] += 4  # a spike in m2
+    r = det.score(series(test))
+    assert r.contributions.shape == (1000, 4) and (r.contributions >= 0).all()
+    np.testing.assert_allclose(r.contributions.sum(axis=1), r.score)
+    np.testing.assert_array_equal(r.decision, r.score >= det.threshold_)
+    assert r.decision[600:606].any(), name
+    assert r.decision[:550].mean() < 0.05, name  # the first rows included
+    peak = 600 + int(np.argmax(r.score[600:650]))
+    named = list(np.argsort(-r.contributions[peak]))
+    # the alarm names m2; a one-row autoencoder of metrics this redundant (one phase, four sines) spreads a
+    # spike's error over the metrics it reconstructs m2 with, so for it m2 is among the first two
+    assert 2 in named[: 2 if name == "autoencoder" else 1], (name, r.contributions[peak])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_level_shift_univariate(name: str) -> None:
+    X = sine(3000, period=25, seed=1)[:, 0]
+    det = make(name).fit(X[:2000], progress=False)
+    test = X[2000:].copy()
+    test[700:] += 1.5
+    r = det.score(test)
+    assert r.decision[700:760].any(), name
+    assert r.score[700:760].max() > 2 * r.score[100:650].max(), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal_and_stream_equals_batch(name: str) -> None:
+    X = sine(2600, d=2, seed=2)
+    X[2300:2305, 1] -= 3
+    det = make(name, window=30, **FEWER).fit(X[:1800], progress=False)
+    whole = det.score(X[1800:])
+    part = det.score(X[1800:2000])
+    np.testing.assert_allclose(part.contributions, whole.contributions[:200], rtol=1e-9, atol=1e-12)
+    stream = np.array([det.score_one(x) for x in X[1800:]])
+    np.testing.assert_allclose(stream, whole.score, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(det.last_contributions, whole.contributions[-1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_is_deterministic_and_saved_model_scores_the_same(name: str, tmp_path: Path) -> None:
+    X = sine(2000, d=2, seed=3)
+    det = make(name, window=25, **FEWER).fit(series(X[:1500]), progress=False)
+    again = make(name, window=25, **FEWER).fit(series(X[:1500]), progress=False)
+    a = det.score(X[1500:])
+    np.testing.assert_array_equal(a.score, again.score(X[1500:]).score)  # same seed, same model
+    det.save(tmp_path / "m")
+    back = load(tmp_path / "m")
+    assert type(back) is type(det) and back.threshold_ == det.threshold_ and back.window_ == det.window_
+    b = back.score(X[1500:])
+    np.testing.assert_array_equal(a.score, b.score)
+    np.testing.assert_array_equal(a.contributions, b.contributions)
+    np.testing.assert_allclose([back.score_one(x) for x in X[1500:1600]], b.score[:100], rtol=1e-9, atol=1e-15)
+
+
+def test_crafted_tensors_refused(tmp_path: Path) -> None:
+    det = make("forecast", window=10, **FEWER).fit(sine(600), progress=False)
+    det.save(tmp_path / "m")
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    for key, value, message in [
+        ("lags", torch.tensor(5000), "lags 5000"),
+        ("history", torch.full((10,), float("nan")), "tensor 'history' has 10 NaN"),
+        ("history", torch.ones(400, dtype=torch.float64), r"history of shape \(400,\) is not at most 300"),
+        ("net.net.0.weight", torch.zeros(3, 3), "do not fit the network"),
+    ]:
+        bad = dict(state, **{key: value})
+        save_file(bad, tmp_path / "m" / "model.safetensors")
+        with pytest.raises(InputError, match=message):
+            load(tmp_path / "m")
+
+
+# ------------------------------------------------------------------------------------------ autoencoder
+
+
+def test_autoencoder_input_is_one_row_of_many_metrics() -> None:
+    many = make("autoencoder", window=20, **FEWER).fit(sine(800, d=5), progress=False)
+    one = make("autoencoder", window=20, **FEWER).fit(sine(800, d=1), progress=False)
+    assert many.span_ == 1 and many.context == 1  # the paper: the metrics of one time step
+    assert one.span_ == 20  # a single value cannot be reconstructed from the others: its window
+    assert many.net_.encode[0].out_features == 50  # hidden layer 10x the input (overcomplete, L1-sparse)
+
+
+# ------------------------------------------------------------------------------------------------ HypAD
+
+
+def test_poincare_geometry() -> None:
+    v = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0]], dtype=torch.float64)
+    p = expmap0(v)
+    assert torch.allclose(p.norm(dim=1), torch.tensor([np.tanh(5.0), 0.0, np.tanh(1e-3)], dtype=torch.float64))
+    origin = torch.zeros_like(p)
+    # the distance to the origin is 2 artanh |p| = 2 |v|: the further out, the more certain
+    assert torch.allclose(poincare_distance(origin[2:], p[2:]), torch.tensor([2e-3], dtype=torch.float64))
+    assert poincare_distance(p[:1], p[:1]).item() < 1e-3
+
+
+def test_hypad_score_is_error_times_certainty() -> None:
+    X = sine(2000, d=2, seed=5)
+    det = make("hypad", window=20, **FEWER).fit(X[:1500], progress=False)
+    W = np.lib.stride_tricks.sliding_window_view(X[1500:] - det.mean_, (20, 2))[:, 0] / det.scale_
+    dist, certainty, share = det.parts(W.reshape(len(W), -1))
+    assert ((certainty > 0) & (certainty < 1)).all() and np.allclose(share.sum(axis=1), 1)
+    r = det.score(X[1500:])
+    np.testing.assert_allclose(r.score[19:], dist * certainty, rtol=1e-9)
+    assert (r.score[:19] == 0).all()  # no full window yet
+    det.uncertainty = False  # the same model, unweighted
+    np.testing.assert_allclose(det.score(X[1500:]).score[19:], dist, rtol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------- forecast
+
+
+def telemanom_epsilon(h: np.ndarray, error_buffer: int) -> float:
+    """The paper's threshold search written plainly, one z at a time, as telemanom's errors.py does it."""
+    mu, sd = h.mean(), h.std()
+    best, eps_best = -np.inf, mu + Z_MAX * sd
+    for z in Z_GRID:
+        eps = mu + z * sd
+        i_anom = np.flatnonzero(h >= eps)
+        buffer = np.arange(1, error_buffer)
+        i_anom = np.concatenate([i_anom] + [i_anom + b for b in buffer] + [i_anom - b for b in buffer])
+        i_anom = np.unique(i_anom[(i_anom >= 0) & (i_anom < len(h))])
+        if not len(i_anom):
+            continue
+        groups = np.split(i_anom, np.flatnonzero(np.diff(i_anom) > 1) + 1)
+        e_seq = [g for g in groups if g[0] != g[-1]]
+        below = h[h < eps]
+        score = ((mu - below.mean()) / mu + (sd - below.std()) / sd) / (len(e_seq) ** 2 + len(i_anom))
+        if score >= best and len(e_seq) <= 5 and len(i_anom) < 0.5 * len(h):
+            best, eps_best = score, eps
+    return eps_best
+
+
+@pytest.mark.parametrize("buffer", [1, 2, 15])
+def test_dynamic_threshold_is_the_papers(buffer: int) -> None:
+    det = Forecast(prune=0, buffer=buffer)
+    rng = np.random.default_rng(buffer)
+    for k in range(30):
+        h = np.abs(rng.standard_normal(300)) + (rng.random(300) < 0.01) * rng.random() * 8
+        if k % 3 == 0:
+            h[100:110] += 3
+        eps, _ = det._epsilon(h)
+        assert eps == pytest.approx(telemanom_epsilon(h, buffer), rel=1e-9)
+
+
+def test_pruning() -> None:
+    det = Forecast(prune=0.13, buffer=1)
+    h = np.ones(200)
+    h[50:55] = 5.0  # a clear sequence
+    h[199] = 4.9  # a second one, 2 % under the first: the drop to the largest normal error (1) is the big one
+    eps, survives = det._epsilon(h)
+    assert eps < 4.9 and survives
+    h[199] = 1.05  # just above a threshold that sits at the normal errors' level
+    assert det._survives(h, 1.02) is False
+    assert det._survives(h[:56], 1.02) is True  # the 5.0 sequence itself stands out
+
+
+def test_forecast_threshold_is_one_or_the_quantile() -> None:
+    X = sine(1500, seed=6)
+    dyn = make("forecast", **FEWER).fit(X, progress=False)
+    assert dyn.threshold_ == 1.0 and len(dyn.history_) == 300
+    static = make("forecast", dynamic=False, **FEWER).fit(X, progress=False)
+    assert static.threshold_ != 1.0
+    r = static.score(X)
+    assert (r.score[: static.lags_] == 0).all()  # no forecast without lags rows of past
+
+
+# ------------------------------------------------------------------------------------------------ real data
+
+
+def test_asd_server_incidents(shared_data: Path) -> None:
+    """ASD omi-2 (19 metrics): fitted on train.csv, test.csv's labelled incidents outscore normal rows."""
+    from sklearn.metrics import roc_auc_score
+
+    (train,), (test,) = read_series_folder(shared_data / "asd" / "omi-2")
+    det = create("autoencoder", steps=500).fit(train, progress=False)
+    r = det.score(test)
+    assert roc_auc_score(test.labels, r.score) > 0.8
+    assert r.decision[test.labels == 1].mean() > 10 * r.decision[test.labels == 0].mean()
