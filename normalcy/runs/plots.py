@@ -18,14 +18,14 @@ NORMAL_COLOR = "#2e7d32"
 ANOMALOUS_COLOR = "#c62828"
 
 
-def _svg_of(fig: Any, prefix: str) -> str:
+def _svg_of(fig: Any, prefix: str, tight: bool = True) -> str:
     """Figure -> inline <svg> markup (XML prolog and DOCTYPE stripped).
 
     Element ids are prefixed: matplotlib reuses ids like "figure_1" in every SVG,
     and several inline SVGs share one HTML id namespace.
     """
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight" if tight else None)  # tight: one more draw
     svg = buf.getvalue()
     start = svg.find("<svg")
     svg = svg[start:] if start >= 0 else svg
@@ -188,8 +188,10 @@ def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[st
             bottom.plot([], [], color=LABEL_COLOR, linewidth=4, label="labelled anomaly")
         if math.isfinite(threshold) or labelled:
             bottom.legend(frameon=False, loc="upper left", fontsize=8)
-        bottom.locator_params(axis="x", nbins=6) if not dates else None
-        return _svg_of(fig, prefix)
+        if not dates:
+            bottom.locator_params(axis="x", nbins=6)
+        fig.subplots_adjust(left=0.13, right=0.99, top=0.98, bottom=0.5 / fig.get_figheight(), hspace=0.12)
+        return _svg_of(fig, prefix, tight=False)
 
 
 def _rgb(color: str) -> tuple[int, int, int]:
