@@ -213,3 +213,10 @@ def test_the_same_run_on_ray(data: Path, model: Path, tmp_path: Path) -> None:
     assert "on Ray" in there.stderr
     for name in ("scores.csv", "events.csv"):
         assert (tmp_path / "here" / name).read_text() == (tmp_path / "ray" / name).read_text()
+    # one model per series folder, fitted one series a task, scores as fitted here
+    sets = {}
+    for where, extra in (("here", []), ("ray", ["--ray", "local"])):
+        assert cli("fit", data, "-o", tmp_path / f"set-{where}", *extra).exit_code == 0
+        assert cli("predict", tmp_path / f"set-{where}", data, "-o", tmp_path / f"set-run-{where}", *extra).exit_code == 0
+        sets[where] = (tmp_path / f"set-run-{where}" / "scores.csv").read_text()
+    assert sets["here"] == sets["ray"] and sets["here"].splitlines()[0] == "timestamp,series,score,decision,threshold"
