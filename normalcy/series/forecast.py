@@ -44,16 +44,15 @@ from pydantic import Field
 from torch import nn
 
 from normalcy.detectors.base import LearningRate, Seconds
-from normalcy.series.autoencoder import batched, input_span, train_network
+from normalcy.series.autoencoder import batched, input_span, train_network, training_windows
 from normalcy.series.base import SeriesDetector, SeriesParams
-from normalcy.series.windows import flat_windows, inside
+from normalcy.series.windows import flat_windows
 
 log = logging.getLogger("normalcy")
 
 Z_GRID = np.arange(2.5, 12.01, 0.5)  # telemanom's z values
 Z_MAX = 12.0  # epsilon when no z passes the guardrails
 MAX_SEQUENCES = 5  # telemanom: a threshold that leaves more sequences above it is not chosen
-MAX_TRAIN_ROWS = 20_000
 
 
 def _sequences(h: np.ndarray, eps: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,10 +142,7 @@ class Forecast(SeriesDetector):
         self.lags_ = int(self.lags) if self.lags is not None else input_span(self.window_, d)
         self.span_ = int(self.smoothing) if self.smoothing is not None else max(1, self.lags_ // 2)
         self._build()
-        w = self.lags_ + 1  # the lags and the row they predict
-        ok = inside(self.starts, len(X), w)
-        keep = ok[np.unique(np.linspace(0, len(ok) - 1, min(len(ok), MAX_TRAIN_ROWS)).round().astype(np.int64))]
-        rows = torch.from_numpy(np.ascontiguousarray(flat_windows(X, w)[keep], dtype=np.float32))
+        rows = training_windows(X, self.lags_ + 1, self.starts)  # the lags and the row they predict
         net, split = self.net_.float(), self.lags_ * d  # trained in float32
 
         def loss(x: torch.Tensor) -> torch.Tensor:
