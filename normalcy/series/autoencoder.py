@@ -14,8 +14,10 @@ so ``span`` rows are given to the network instead when the series has fewer than
 Contributions are then the squared errors of the newest row of the span (the row being scored), summed
 per metric.
 
-``train_network`` is the small, bounded, deterministic training loop the other neural series detectors
-(HypAD, the forecaster) share: a fixed number of Adam steps on seeded mini-batches (at most MAX_EPOCHS
+What the neural series detectors (this one, HypAD, the forecaster) share lives here too: ``TrainedParams``
+(the training budget), ``NeuralDetector`` (a network trained in float32, scored in float64 so that a row
+scores the same in a batch and in a stream), ``WindowDetector`` (a network scoring the window ending at
+each row) and ``train_network``, the small, bounded, deterministic training loop: a fixed number of Adam steps on seeded mini-batches (at most MAX_EPOCHS
 passes over the data), stopped early only by a wall-clock budget (with a warning, since results then
 depend on the machine's speed).
 """
@@ -142,6 +144,53 @@ def window_scores(score: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span
     return out
 
 
+class TrainedParams(SeriesParams):
+    """The training budget of the neural series detectors, declared once."""
+
+    steps: int = Field(1000, ge=1, le=1_000_000)  # Adam steps (and at most MAX_EPOCHS passes over the data)
+    batch: int = Field(64, ge=1, le=65536)
+    lr: LearningRate = 1e-3
+    budget_s: Seconds = 10.0  # training stops here (with a warning) whatever ``steps`` says
+
+
+class NeuralDetector(SeriesDetector):
+    """A series detector around one network, ``net_``: trained in float32 by ``train_network``, scored in
+    float64 so that a row scores the same in a batch and alone in a stream."""
+
+    Params = TrainedParams
+    net_: nn.Module
+
+    def _train(self, rows: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Train ``net_`` on ``rows`` (``loss`` of a batch of them, calling ``self.net_``)."""
+        self.net_.float()
+        self._training = train_network(self.net_, rows, loss, steps=self.steps, batch=self.batch, lr=self.lr,
+                                       budget_s=self.budget_s, what=self.name)
+        self.net_.double()
+
+    def metadata(self) -> dict:
+        return dict(getattr(self, "_training", {}))
+
+
+class WindowDetector(NeuralDetector):
+    """A network that scores the window of ``span_`` rows ending at each row (``_window_scores``)."""
+
+    span_: int
+
+    @property
+    def context(self) -> int:
+        return self.span_
+
+    def _window_scores(self, W: np.ndarray) -> np.ndarray:
+        """(m, d) contributions of the windows W (m, span_ * d)."""
+        raise NotImplementedError
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return window_scores(self._window_scores, X, self.span_)
+
+    def _score_last(self, recent: np.ndarray) -> np.ndarray:
+        return window_scores(self._window_scores, recent[-self.span_:], self.span_)[-1]
+
+
 class SparseAutoencoder(nn.Module):
     """Input -> ReLU hidden layer ``hidden`` times wider -> linear reconstruction (Borghesi et al.)."""
 
@@ -155,28 +204,19 @@ class SparseAutoencoder(nn.Module):
         return self.decode(h), h
 
 
-class Autoencoder(SeriesDetector):
+class Autoencoder(WindowDetector):
     """Per-metric reconstruction error of a sparse, overcomplete dense autoencoder of normal rows."""
 
     name = "autoencoder"
 
-    class Params(SeriesParams):
+    class Params(TrainedParams):
         span: int | None = Field(None, ge=1, le=512)  # rows the network sees; None: 1 for >= 4 metrics, else
         # the window (input_span: at most 100 rows and 400 numbers)
         hidden: int = Field(10, ge=1, le=64)  # hidden units per input (the paper: 10x the input)
         max_hidden: int = Field(512, ge=8, le=16384)  # and at most this many
         l1: float = Field(1e-5, ge=0, le=1)  # L1 penalty on the hidden activations (sparsity)
-        steps: int = Field(1500, ge=1, le=1_000_000)
-        batch: int = Field(128, ge=1, le=65536)
-        lr: LearningRate = 1e-3
-        budget_s: Seconds = 30.0
 
     net_: SparseAutoencoder
-    span_: int
-
-    @property
-    def context(self) -> int:
-        return max(self.span_, 1)
 
     def _span(self, d: int) -> int:
         if self.span is not None:
@@ -193,32 +233,19 @@ class Autoencoder(SeriesDetector):
     def _fit(self, X: np.ndarray, progress: bool) -> None:
         self.span_ = self._span(X.shape[1])
         self._build()
-        W = training_windows(X, self.span_, self.starts)
-        net = self.net_.float()  # trained in float32
 
         def loss(x: torch.Tensor) -> torch.Tensor:
-            rec, h = net(x)
+            rec, h = self.net_(x)
             return ((rec - x) ** 2).mean() + self.l1 * h.abs().sum(dim=1).mean()
 
-        self._training = train_network(net, W, loss, steps=self.steps, batch=self.batch, lr=self.lr,
-                                       budget_s=self.budget_s, what=self.name)
-        self.net_.double()  # scored in float64: a row scores the same in a batch and alone
+        self._train(training_windows(X, self.span_, self.starts), loss)
 
-    def metadata(self) -> dict:
-        return dict(getattr(self, "_training", {}))
-
-    def _errors(self, W: np.ndarray) -> np.ndarray:
+    def _window_scores(self, W: np.ndarray) -> np.ndarray:
         """(m, d) squared errors of the newest row of each window."""
         d = len(self.columns_)
-        rec = torch.cat([r for r, _ in batched(self.net_, W)]).double().numpy()
+        rec = torch.cat([r for r, _ in batched(self.net_, W)]).numpy()
         diff = W[:, -d:] - rec[:, -d:]
         return diff * diff
-
-    def _score(self, X: np.ndarray) -> np.ndarray:
-        return window_scores(self._errors, X, self.span_)
-
-    def _score_last(self, recent: np.ndarray) -> np.ndarray:
-        return window_scores(self._errors, recent[-self.span_:], self.span_)[-1]
 
     def _check_state(self) -> None:
         if not 1 <= self.span_ <= 512:

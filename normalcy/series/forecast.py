@@ -43,9 +43,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from normalcy.detectors.base import LearningRate, Seconds
-from normalcy.series.autoencoder import batched, input_span, train_network, training_windows
-from normalcy.series.base import SeriesDetector, SeriesParams
+from normalcy.series.autoencoder import NeuralDetector, TrainedParams, batched, input_span, training_windows
 from normalcy.series.windows import flat_windows
 
 log = logging.getLogger("normalcy")
@@ -100,12 +98,12 @@ class Forecaster(nn.Module):
         return self.net(x)
 
 
-class Forecast(SeriesDetector):
+class Forecast(NeuralDetector):
     """Smoothed forecasting residuals over Hundman et al.'s nonparametric dynamic threshold."""
 
     name = "forecast"
 
-    class Params(SeriesParams):
+    class Params(TrainedParams):
         lags: int | None = Field(None, ge=1, le=1024)  # past rows a forecast uses; None: the window (input <= 400)
         hidden: int = Field(64, ge=0, le=4096)  # 0: a linear forecaster
         smoothing: int | None = Field(None, ge=1, le=10_000)  # EWMA span; None: half the lags
@@ -113,10 +111,6 @@ class Forecast(SeriesDetector):
         dynamic: bool = True  # the paper's threshold (threshold_ = 1); False: held-out quantile at fpr
         prune: float = Field(0.13, ge=0, lt=1)  # the paper's minimum decrease p
         buffer: int | None = Field(None, ge=1, le=100_000)  # telemanom's error_buffer; None: history / 20
-        steps: int = Field(600, ge=1, le=1_000_000)
-        batch: int = Field(64, ge=1, le=65536)
-        lr: LearningRate = 1e-3
-        budget_s: Seconds = 10.0
 
     net_: Forecaster
     lags_: int
@@ -142,22 +136,16 @@ class Forecast(SeriesDetector):
         self.lags_ = int(self.lags) if self.lags is not None else input_span(self.window_, d)
         self.span_ = int(self.smoothing) if self.smoothing is not None else max(1, self.lags_ // 2)
         self._build()
-        rows = training_windows(X, self.lags_ + 1, self.starts)  # the lags and the row they predict
-        net, split = self.net_.float(), self.lags_ * d  # trained in float32
+        split = self.lags_ * d
 
         def loss(x: torch.Tensor) -> torch.Tensor:
-            return ((net(x[:, :split]) - x[:, split:]) ** 2).mean()
+            return ((self.net_(x[:, :split]) - x[:, split:]) ** 2).mean()
 
-        self._training = train_network(net, rows, loss, steps=self.steps, batch=self.batch, lr=self.lr,
-                                       budget_s=self.budget_s, what=self.name)
-        self.net_.double()  # scored in float64: a row scores the same in a batch and alone
+        self._train(training_windows(X, self.lags_ + 1, self.starts), loss)  # the lags and the row they predict
         ends = np.append(self.starts[1:], len(X))
         last = X[self.starts[-1]:ends[-1]]  # the history continues from the last training series
         smoothed = self._smoothed(last).sum(axis=1)
         self.history_ = smoothed[np.isfinite(smoothed)][-self.history:]
-
-    def metadata(self) -> dict:
-        return dict(getattr(self, "_training", {}))
 
     # -- errors ---------------------------------------------------------------------------------------
     def _smoothed(self, X: np.ndarray) -> np.ndarray:
@@ -168,7 +156,7 @@ class Forecast(SeriesDetector):
         if n <= L:
             return out
         W = flat_windows(X, L)[:-1]  # the lags before rows L..n-1
-        pred = torch.cat(batched(self.net_, W)).double().numpy()
+        pred = torch.cat(batched(self.net_, W)).numpy()
         err = np.abs(X[L:] - pred)
         a = 2.0 / (self.span_ + 1)
         weights = (1 - a) ** np.arange(self.taps)

@@ -35,9 +35,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from normalcy.detectors.base import LearningRate, Seconds
-from normalcy.series.autoencoder import batched, input_span, train_network, training_windows, window_scores
-from normalcy.series.base import SeriesDetector, SeriesParams
+from normalcy.series.autoencoder import TrainedParams, WindowDetector, batched, input_span, training_windows
 
 _MAX_NORM = 1 - 1e-5  # points of the ball are kept this far inside its boundary (float32)
 
@@ -71,29 +69,20 @@ class HyperbolicAutoencoder(nn.Module):
         return rec, expmap0(self.hyperbolic(x)), expmap0(self.hyperbolic(rec))
 
 
-class HypAD(SeriesDetector):
+class HypAD(WindowDetector):
     """Hyperbolic reconstruction error of a row's window, weighted by the model's certainty."""
 
     name = "hypad"
 
-    class Params(SeriesParams):
+    class Params(TrainedParams):
         uncertainty: bool = True  # weight the error by the certainty ||h(x̂)|| (False: the plain error)
         span: int | None = Field(None, ge=2, le=1024)  # rows per window; None: input_span (window, input <= 400)
         hidden: int = Field(128, ge=4, le=4096)
         latent: int = Field(20, ge=1, le=1024)  # TadGAN's latent size
         embedding: int = Field(32, ge=2, le=1024)  # dimensions of the Poincaré ball
         hyperbolic_weight: float = Field(100.0, ge=0, le=10_000)  # of the Poincaré term in the training loss
-        steps: int = Field(600, ge=1, le=1_000_000)
-        batch: int = Field(64, ge=1, le=65536)
-        lr: LearningRate = 1e-3
-        budget_s: Seconds = 10.0
 
     net_: HyperbolicAutoencoder
-    span_: int
-
-    @property
-    def context(self) -> int:
-        return self.span_
 
     def _build(self) -> None:
         inputs = self.span_ * len(self.columns_)
@@ -102,27 +91,21 @@ class HypAD(SeriesDetector):
     def _fit(self, X: np.ndarray, progress: bool) -> None:
         self.span_ = int(self.span) if self.span is not None else input_span(self.window_, X.shape[1])
         self._build()
-        net = self.net_.float()  # trained in float32
 
         def loss(x: torch.Tensor) -> torch.Tensor:
-            rec, hx, hrec = net(x)
+            rec, hx, hrec = self.net_(x)
             return ((rec - x) ** 2).mean() + self.hyperbolic_weight * poincare_distance(hx, hrec).mean()
 
-        self._training = train_network(net, training_windows(X, self.span_, self.starts), loss, steps=self.steps,
-                                       batch=self.batch, lr=self.lr, budget_s=self.budget_s, what=self.name)
-        self.net_.double()  # scored in float64: a row scores the same in a batch and alone
-
-    def metadata(self) -> dict:
-        return dict(getattr(self, "_training", {}))
+        self._train(training_windows(X, self.span_, self.starts), loss)
 
     def parts(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For windows W (m, span * d): the hyperbolic error d_P(h(x), h(x̂)) (m,), the certainty ||h(x̂)||
         (m,) and each metric's share of the squared reconstruction error (m, d)."""
         d = len(self.columns_)
         out = batched(self.net_, W)
-        rec = torch.cat([o[0] for o in out]).double()
-        hx = torch.cat([o[1] for o in out]).double()
-        hrec = torch.cat([o[2] for o in out]).double()
+        rec = torch.cat([o[0] for o in out])
+        hx = torch.cat([o[1] for o in out])
+        hrec = torch.cat([o[2] for o in out])
         dist = poincare_distance(hx, hrec).numpy()
         certainty = hrec.norm(dim=-1).numpy()
         sq = (np.asarray(W, dtype=np.float64) - rec.numpy()) ** 2
@@ -131,16 +114,10 @@ class HypAD(SeriesDetector):
         share = np.divide(per_metric, total, out=np.full_like(per_metric, 1.0 / d), where=total > 0)
         return dist, certainty, share
 
-    def _contributions(self, W: np.ndarray) -> np.ndarray:
+    def _window_scores(self, W: np.ndarray) -> np.ndarray:
         dist, certainty, share = self.parts(W)
         score = dist * certainty if self.uncertainty else dist
         return score[:, None] * share
-
-    def _score(self, X: np.ndarray) -> np.ndarray:
-        return window_scores(self._contributions, X, self.span_)
-
-    def _score_last(self, recent: np.ndarray) -> np.ndarray:
-        return window_scores(self._contributions, recent[-self.span_:], self.span_)[-1]
 
     def _check_state(self) -> None:
         if not 2 <= self.span_ <= 1024:
