@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from normalcy.detectors.modelfile import MODEL_TENSORS, read_tensors
 from normalcy.errors import InputError
 from normalcy.files import MODEL_JSON, Strict, describe, read_json
+from normalcy.series.auto import AutoDetector
 from normalcy.series.autoencoder import Autoencoder
 from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
 from normalcy.series.forecast import Forecast
@@ -25,6 +26,7 @@ DETECTORS: dict[str, type[SeriesDetector]] = {cls.name: cls for cls in (
     Autoencoder,
     HypAD,
     Forecast,
+    AutoDetector,
 )}
 DEFAULT_DETECTOR = "knn"
 M = TypeVar("M", bound=Strict)

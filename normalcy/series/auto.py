@@ -1,0 +1,527 @@
+"""``auto``: the detectors and windows that find anomalies in this series, chosen from its normal training
+data alone, combined on one calibrated scale.
+
+No single detector or window suits every series: a spike is a point far from any normal value, a changed
+daily shape needs a window as long as a day, a frozen sensor needs a window longer than its noise. So
+``auto`` fits several candidates (each registered detector named in ``candidates`` at each window of
+``windows`` and at the training data's period) and keeps the few that find anomalies best *in this
+series*, judged without labels:
+
+1. The fitted part of the training data is split again: candidates learn from its first part and score
+   the rest (the validation part), clean and with synthetic anomalies injected one at a time into
+   copies of short stretches of it: spikes, level shifts, flat lines (a frozen sensor), frequency
+   changes (the series played twice as fast) and noise bursts, of random size, position and metric
+   (seeded, so a fit is reproducible).
+2. Each candidate's scores are calibrated against its clean validation scores (below), and a set of
+   candidates is judged by how often the peak of its combined score over an injected anomaly beats the
+   clean validation rows (a rank statistic: 1 when every anomaly outscores every normal row). Candidates
+   are added greedily while the statistic improves, up to ``max_members``.
+3. The chosen members are fitted again on the whole fitted part; model.json records them and the
+   validation numbers (``choice``).
+
+Calibration puts members with different scales on one: a member's raw score s becomes the number of
+decades of its Gaussian tail probability, ``-log10 P(Y >= log(1 + s))`` with Y normal with the mean and
+spread of log(1 + s) over held-out normal rows (log: distances and errors are skewed), capped at
+``CAP_DECADES``. The row's score is the mean over members (so 3 means "as improbable as one in a
+thousand normal rows, on average over the members"); per-metric contributions split it as each member's
+own contributions do. This is Numenta's anomaly likelihood (Ahmad et al. 2017) per member.
+
+Online (``partial_fit``), members that can learn take the row, and each member's calibration follows its
+recent scores: a running mean and variance over about the last ``memory`` learned rows, so the scale
+follows concept drift as the members do.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy.special import log_ndtr
+
+from normalcy.errors import InputError
+from normalcy.series.base import SeriesDetector, SeriesParams
+from normalcy.series.windows import MAX_WINDOW
+
+log = logging.getLogger("normalcy")
+
+CAP_DECADES = 10.0  # a member says at most "one in 10^10 normal rows": one member cannot outvote the rest
+MIN_SPREAD = 0.01  # of log(1 + s): a member whose held-out scores barely vary still has a finite scale
+KINDS = ("spike", "level", "flat", "frequency", "noise")
+MAX_MEMBERS = 16  # members a loaded model may declare
+MAX_SMOOTH = 1024  # rows a member's moving average may span
+MIN_VALIDATION = 24  # validation rows under which no choice is made (the default members are kept)
+_LN10 = math.log(10.0)
+
+
+class AutoDetector(SeriesDetector):
+    """Members chosen per series with injected synthetic anomalies; calibrated, averaged, learning online."""
+
+    name = "auto"
+
+    class Params(SeriesParams):
+        candidates: tuple[str, ...] = Field(("knn", "pca"), min_length=1, max_length=8)
+        windows: tuple[int, ...] = Field((1, 8, 16, 32), min_length=1, max_length=8)  # with the period
+        smoothed: tuple[tuple[int, int], ...] = Field(((16, 4),), max_length=8)  # (window, rows averaged)
+        max_members: int = Field(6, ge=1, le=MAX_MEMBERS)
+        validation: float = Field(0.3, gt=0, lt=1)  # of the fitted part, to choose on
+        injections: int = Field(4, ge=1, le=50)  # per kind of anomaly
+        memory: int = Field(8640, ge=10, le=10**7)  # rows the online calibration follows
+        choose: bool = True  # False: the default members (the first candidate at each window), no choice
+        margin: float = Field(0.01, ge=0, le=1)  # of detection a change of members must gain
+
+    # learned: the members (each with its own learned state) and ``tail``, their calibration (saved as
+    # calib_mean, calib_var, calib_count beside the members' tensors, member0.*, member1.*, ...)
+
+    # -- members -----------------------------------------------------------------------------------
+    def _member(self, spec: dict[str, Any]) -> SeriesDetector:
+        """A member detector from its spec, sharing this detector's columns and standardisation."""
+        from normalcy.series.registry import DETECTORS
+
+        name = spec.get("detector")
+        if name not in DETECTORS or name == self.name:
+            raise ValueError(f"member detector {str(name)[:40]!r} is not a registered detector")
+        window = spec.get("window")
+        if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 4096:
+            raise ValueError(f"member window {str(window)[:20]!r} is not a window")
+        try:
+            det = DETECTORS[name](**dict(spec.get("params") or {}), seed=self.seed)
+        except InputError as err:
+            raise ValueError(str(err)) from None
+        det.columns_, det.window_ = self.columns_, window
+        det.mean_, det.scale_ = np.zeros(len(self.columns_)), np.ones(len(self.columns_))
+        det.threshold_, det.n_train_ = 1.0, getattr(self, "n_train_", 2)
+        det.starts = self.starts
+        smooth = spec.get("smooth", 1)
+        if not isinstance(smooth, int) or isinstance(smooth, bool) or not 1 <= smooth <= MAX_SMOOTH:
+            raise ValueError(f"member smoothing {str(smooth)[:20]!r} is not 1..{MAX_SMOOTH} rows")
+        return Smoothed(det, smooth) if smooth > 1 else det
+
+    @property
+    def members(self) -> list[SeriesDetector]:
+        return self._members
+
+    @property
+    def context(self) -> int:
+        return max(m.context for m in self._members)
+
+    def _specs(self, d: int, longest: int) -> list[dict[str, Any]]:
+        """Every candidate: each detector at each window (and the period), the window x metrics capped
+        like an automatic window, and no window longer than half the shortest training part."""
+        cap = max(1, MAX_WINDOW // d)
+        windows = sorted({min(int(w), cap, longest) for w in (*self.windows, self.window_)})
+        specs = []
+        for name in self.candidates:
+            for w in windows:
+                if name != "knn" and w * d < 4:  # PCA or a network on fewer than 4 numbers reconstructs them
+                    continue
+                specs.append({"detector": name, "window": w, "params": {}})
+        for name in self.candidates[:1]:  # the first detector on smoothed rows too
+            for w, k in self.smoothed:
+                w = min(int(w), cap, longest)
+                if name != "knn" and w * d < 4:
+                    continue
+                specs.append({"detector": name, "window": w, "params": {}, "smooth": int(k)})
+        if not specs:
+            raise InputError(f"auto: no candidate among {list(self.candidates)} fits windows {windows}")
+        return specs
+
+    # -- raw scores, calibration -------------------------------------------------------------------
+    @staticmethod
+    def _raw(members: list[SeriesDetector], X: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(n, M) raw scores of each member and their (n, d) contributions."""
+        contribs = [np.asarray(m._score(X), dtype=np.float64) for m in members]
+        return np.stack([c.sum(axis=1) for c in contribs], axis=1), contribs
+
+    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+        """(n, M) members' calibrated scores (decades) under the current calibration."""
+        return self.tail.decades(raw)
+
+    # -- the protocol ------------------------------------------------------------------------------
+    def _fit(self, X: np.ndarray, progress: bool) -> None:
+        t0 = time.perf_counter()
+        d = X.shape[1]
+        ends = np.append(self.starts[1:], len(X))
+        shortest = int(min(ends - self.starts))
+        specs = self._specs(d, max(1, shortest // 2))
+        choice = self._choose(X, specs, ends)
+        self._members = [self._member(s) for s in choice["members"]]
+        for m in self._members:
+            m._fit(X, progress)
+        self.window_ = max(m.window_ for m in self._members)
+        self.choice = choice
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        # the calibration until the held-out rows set it (used when there are none: holdout 0)
+        self.tail = RunningTail(choice.pop("_mean"), choice.pop("_var"), choice.pop("_count"), self.memory)
+        self._fit_seconds = time.perf_counter() - t0
+
+    def _calibration_scores(self, Z: list[np.ndarray], cuts: list[int]) -> np.ndarray:
+        """Calibrate each member on the held-out rows (each on its real past), then score them."""
+        held = []
+        for z, c in zip(Z, cuts):
+            if c < len(z):
+                start = max(0, c - self.context + 1)
+                held.append(self._raw(self._members, z[start:])[0][c - start:])
+        if held:
+            self.tail = RunningTail.of(np.concatenate(held), self.memory)
+            return self.calibrated(np.concatenate(held)).mean(axis=1)
+        return super()._calibration_scores(Z, cuts)
+
+    def _combine(self, cal: np.ndarray, contribs: list[np.ndarray]) -> np.ndarray:
+        """(n, d) contributions: each member's calibrated score / M, split as its own contributions."""
+        n, d = contribs[0].shape
+        out = np.zeros((n, d))
+        M = len(contribs)
+        for j, c in enumerate(contribs):
+            total = c.sum(axis=1, keepdims=True)
+            share = np.divide(c, total, out=np.full_like(c, 1.0 / d), where=total > 0)
+            out += share * (cal[:, j:j + 1] / M)
+        return out
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        raw, contribs = self._raw(self._members, X)
+        return self._combine(self.calibrated(raw), contribs)
+
+    def _last_raw(self, recent: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        contribs = [np.asarray(m._score_last(recent[-m.context:]), dtype=np.float64) for m in self._members]
+        return np.array([c.sum() for c in contribs]), contribs
+
+    def _score_last(self, recent: np.ndarray) -> np.ndarray:
+        raw, contribs = self._last_raw(recent)
+        self._cache = (recent[-1].copy(), raw)  # partial_fit of this row reuses them
+        return self._combine(self.calibrated(raw[None]), [c[None] for c in contribs])[0]
+
+    def _partial_fit(self, recent: np.ndarray) -> None:
+        cache = getattr(self, "_cache", None)
+        if cache is not None and np.array_equal(cache[0], recent[-1]):
+            raw = cache[1]
+        else:
+            raw = self._last_raw(recent)[0]
+        self._cache = None
+        for m in self._members:
+            if m.learns_online:
+                m._partial_fit(recent[-m.context:])
+        self.tail.update(raw[None])
+
+    def learn_rows(self, Z: np.ndarray, first: int) -> None:
+        """The members learn rows Z[first:] (standardised; the rows before them their context) in order:
+        what partial_fit does row by row, for a caller that scored them in a batch and follows their
+        scores with ``tail.follow``."""
+        for m in self._members:
+            if m.learns_online:
+                learn_block(m, Z, first)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"fit_seconds": round(getattr(self, "_fit_seconds", 0.0), 3)}
+
+    # -- choosing -----------------------------------------------------------------------------------
+    def _choose(self, X: np.ndarray, specs: list[dict[str, Any]], ends: np.ndarray) -> dict[str, Any]:
+        """The members (greedy on injected anomalies in the validation part) and the numbers behind them."""
+        # the validation part: the last `validation` of the longest training series
+        k = int(np.argmax(ends - self.starts))
+        a, b = int(self.starts[k]), int(ends[k])
+        n_val = int(round(self.validation * (b - a)))
+        fit_end = b - n_val
+        default = self._default(specs)
+        if not self.choose:
+            return self._fallback(X, default, n_val, "no choice asked (choose=False)")
+        # a candidate is judged only where its window fits the split (fitted part >= 2 windows)
+        specs = [s for s in specs if 2 * s["window"] <= fit_end - a]
+        if n_val < MIN_VALIDATION or not self._default(specs):
+            log.info("auto: %d validation rows, too few to choose on; members %s", n_val, _names(default))
+            return self._fallback(X, default, n_val, "too few rows to choose on")
+        fit_rows = np.concatenate([X[:a], X[a:fit_end], X[b:]])
+        starts = np.array([s if s <= a else (s - n_val if s >= b else s) for s in self.starts], np.int64)
+        candidates = []
+        for spec in specs:
+            m = self._member(spec)
+            m.starts = starts
+            m._fit(fit_rows, False)
+            candidates.append(m)
+        ctx = max(m.context for m in candidates)
+        past = max(a, fit_end - ctx + 1)
+        clean_raw = self._raw(candidates, X[past:b])[0][fit_end - past:]
+        tail = RunningTail.of(clean_raw, self.memory)
+        clean = tail.decades(clean_raw)  # (n_val, C)
+        V = X[a:b]
+        peaks = self._injected(candidates, V, fit_end - a, ctx, tail)  # list of (rows, C) arrays
+        # start from the default members (the first detector at every window) and move one candidate in
+        # or out at a time while that clearly helps: the ensemble is the prior, the injections the evidence
+        chosen = [specs.index(s) for s in self._default(specs)]
+        best = self._detection(clean, peaks, chosen)
+        trail = [[_name(specs[j]) for j in chosen], round(best, 4)]
+        for _ in range(2 * len(specs)):
+            moves = [chosen + [j] for j in range(len(specs)) if j not in chosen and len(chosen) < self.max_members]
+            moves += [[i for i in chosen if i != j] for j in chosen if len(chosen) > 1]
+            if not moves:
+                break
+            value, move = max(((self._detection(clean, peaks, m), m) for m in moves), key=lambda t: t[0])
+            if value < best + self.margin:
+                break
+            chosen, best = move, value
+            trail.append([[_name(specs[j]) for j in chosen], round(best, 4)])
+        singles = {_name(specs[j]): round(self._detection(clean, peaks, [j]), 4) for j in range(len(specs))}
+        return {
+            "members": [specs[j] for j in chosen],
+            "validation": {"rows": n_val, "injected": len(peaks), "kinds": list(KINDS),
+                           "detection": round(best, 4), "steps": trail, "candidates": singles},
+            "_mean": tail.mean[chosen], "_var": tail.var[chosen], "_count": tail.count,
+        }
+
+    def _default(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The default members among specs: the first candidate detector at the ``windows`` (not the
+        period), at most max_members."""
+        cap = max(1, MAX_WINDOW // len(self.columns_))
+        wanted = {(min(int(w), cap), 1) for w in self.windows} | {(min(int(w), cap), int(k)) for w, k in self.smoothed}
+        first = self.candidates[0]
+        return [s for s in specs if s["detector"] == first and (s["window"], s.get("smooth", 1)) in wanted
+                ][: self.max_members]
+
+    def _fallback(self, X: np.ndarray, members: list[dict[str, Any]], n_val: int, why: str) -> dict[str, Any]:
+        """Members without a choice; their calibration is set on the held-out rows (or stays neutral)."""
+        return {"members": members, "validation": {"rows": n_val, "note": why},
+                "_mean": np.zeros(len(members)), "_var": np.ones(len(members)), "_count": 0}
+
+    @staticmethod
+    def _detection(clean: np.ndarray, peaks: list[np.ndarray], members: list[int]) -> float:
+        """How often an injected anomaly's peak combined score beats a clean row's: mean over anomalies of
+        the fraction of clean validation rows scoring below the peak (ties count half)."""
+        base = np.sort(clean[:, members].mean(axis=1))
+        out = []
+        for region in peaks:
+            top = region[:, members].mean(axis=1).max()
+            below = np.searchsorted(base, top, side="left")
+            ties = np.searchsorted(base, top, side="right") - below
+            out.append((below + 0.5 * ties) / len(base))
+        return float(np.mean(out))
+
+    def _injected(self, candidates: list[SeriesDetector], V: np.ndarray, first: int, ctx: int,
+                  tail: "RunningTail") -> list[np.ndarray]:
+        """Calibrated scores (rows, C) of each candidate over each injected anomaly (and the rows after it
+        that still see it), each in its own copy of a stretch of the validation part V (rows first..)."""
+        rng = np.random.default_rng(self.seed)
+        n, d = V.shape
+        span = max(c.context for c in candidates)
+        length = int(np.clip((n - first) // 8, 4, 64))
+        out = []
+        for kind in KINDS:
+            for _ in range(self.injections):
+                lo = max(first, ctx)
+                hi = n - length - 1
+                if hi <= lo:
+                    break
+                at = int(rng.integers(lo, hi))
+                col = int(rng.integers(d))
+                start, stop = max(0, at - ctx + 1), min(n, at + length + span)
+                seg = V[start:stop].copy()
+                _inject(seg, kind, at - start, length, col, rng)
+                raw = self._raw(candidates, seg)[0][at - start:]
+                out.append(tail.decades(raw))
+        return out
+
+    # -- saving ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {
+            "calib_mean": torch.as_tensor(np.asarray(self.tail.mean, dtype=np.float64)),
+            "calib_var": torch.as_tensor(np.asarray(self.tail.var, dtype=np.float64)),
+            "calib_count": torch.tensor(int(self.tail.count)),
+        }
+        for i, m in enumerate(self._members):
+            state.update({f"member{i}.{k}": v for k, v in m.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Members rebuilt from model.json's ``choice`` (checked), each loading its own tensors."""
+        state = dict(state)
+        specs = (self.choice or {}).get("members")
+        if not isinstance(specs, list) or not 1 <= len(specs) <= MAX_MEMBERS:
+            raise ValueError(f"choice.members must list 1 to {MAX_MEMBERS} members")
+        self.starts = np.zeros(1, np.int64)
+        self._members = []
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, dict):
+                raise ValueError(f"member {i} is not an object")
+            m = self._member(spec)
+            prefix = f"member{i}."
+            m.load_state_dict({k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)})
+            self._members.append(m)
+        M = len(self._members)
+        for key in ("calib_mean", "calib_var", "calib_count"):
+            if key not in state:
+                raise ValueError(f"missing tensor {key!r}")
+        mean = state.pop("calib_mean").numpy().astype(np.float64)
+        var = state.pop("calib_var").numpy().astype(np.float64)
+        count = state.pop("calib_count")
+        if mean.shape != (M,) or var.shape != (M,) or count.ndim != 0:
+            raise ValueError(f"calibration arrays do not fit {M} member(s)")
+        if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all()):
+            raise ValueError("calibration is not finite, or a variance is negative")
+        if not 0 <= int(count.item()) <= self.memory:
+            raise ValueError(f"calibration count {int(count.item())} outside 0..{self.memory}")
+        self.tail = RunningTail(mean, var, int(count.item()), self.memory)
+        if state:
+            raise ValueError(f"unexpected tensor(s) {sorted(state)[:3]}")
+        if self.window_ != max(m.window_ for m in self._members):
+            raise ValueError(f"window {self.window_} is not the members' longest")
+        self._cache = None
+        self._trial_score()
+
+
+class RunningTail:
+    """Numenta's anomaly likelihood per column of scores: the mean and variance of log(1 + s) over about
+    the last ``memory`` rows (exact while fewer have been seen, then exponentially weighted), and new
+    scores as decades of their Gaussian tail probability under them, ``-log10 P(Y >= log(1 + s))``,
+    capped at CAP_DECADES. No rows seen yet: every score is 0 decades (nothing to compare with)."""
+
+    def __init__(self, mean: Any, var: Any, count: int, memory: int) -> None:
+        self.mean = np.asarray(mean, dtype=np.float64).copy()
+        self.var = np.asarray(var, dtype=np.float64).copy()
+        self.count, self.memory = int(count), int(memory)
+
+    @classmethod
+    def of(cls, raw: np.ndarray, memory: int) -> "RunningTail":
+        """The calibration of (n, M) scores, as if they were the last min(n, memory) rows seen."""
+        y = np.log1p(np.maximum(np.atleast_2d(raw), 0.0))
+        return cls(y.mean(axis=0), y.var(axis=0), min(len(y), memory), memory)
+
+    def decades(self, raw: np.ndarray) -> np.ndarray:
+        """(n, M) decades of tail probability of (n, M) scores."""
+        if self.count == 0:
+            return np.zeros(np.shape(raw))
+        z = (np.log1p(np.maximum(raw, 0.0)) - self.mean) / np.sqrt(np.maximum(self.var, MIN_SPREAD**2))
+        return np.minimum(-log_ndtr(-z) / _LN10, CAP_DECADES)
+
+    def update(self, raw: np.ndarray) -> None:
+        """Follow (n, M) new scores, one row at a time (a running mean and variance with weight
+        1 / min(count, memory): Welford's while fewer than ``memory`` rows have been seen)."""
+        mean, var, n = self.mean, self.var, self.count
+        for y in np.log1p(np.maximum(np.atleast_2d(raw), 0.0)):
+            n = min(n + 1, self.memory)
+            delta = y - mean
+            mean = mean + delta / n
+            var = (1.0 - 1.0 / n) * (var + delta * delta / n)
+        self.mean, self.var, self.count = mean, var, n
+
+    def follow(self, raw: np.ndarray) -> np.ndarray:
+        """(n, M) decades of each row of (n, M) scores, each under the calibration of the rows before it,
+        which then follows it: ``decades`` and ``update`` row by row, in one pass."""
+        raw = np.atleast_2d(raw)
+        z = np.zeros(raw.shape)
+        seen = np.ones(len(raw), dtype=bool)
+        mean, var, n, cap = self.mean, self.var, self.count, self.memory
+        for i, y in enumerate(np.log1p(np.maximum(raw, 0.0))):
+            if n:
+                z[i] = (y - mean) / np.sqrt(np.maximum(var, MIN_SPREAD**2))
+            else:
+                seen[i] = False
+            n = min(n + 1, cap)
+            delta = y - mean
+            mean = mean + delta / n
+            var = (1.0 - 1.0 / n) * (var + delta * delta / n)
+        self.mean, self.var, self.count = mean, var, n
+        return np.where(seen[:, None], np.minimum(-log_ndtr(-z) / _LN10, CAP_DECADES), 0.0)
+
+
+def _name(spec: dict[str, Any]) -> str:
+    smooth = spec.get("smooth", 1)
+    return f"{spec['detector']}/{spec['window']}" + (f"/mean{smooth}" if smooth > 1 else "")
+
+
+def _names(specs: list[dict[str, Any]]) -> list[str]:
+    return [_name(s) for s in specs]
+
+
+def _inject(seg: np.ndarray, kind: str, at: int, length: int, col: int, rng: np.random.Generator) -> None:
+    """One synthetic anomaly into ``seg`` (standardised rows) at rows at..at+length, in column col. Sizes are
+    drawn in units of the column's robust scale (1 after standardisation), from subtle to plain."""
+    x = seg[:, col]
+    stop = min(len(x), at + length)
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    if kind == "spike":
+        x[at] += sign * rng.uniform(2.0, 6.0)
+    elif kind == "level":
+        x[at:stop] += sign * rng.uniform(1.0, 3.0)
+    elif kind == "flat":
+        x[at:stop] = x[at - 1] if at > 0 else x[at]
+    elif kind == "frequency":  # the stretch played twice as fast (what follows it, squeezed in)
+        src = at + 2 * np.arange(stop - at)
+        x[at:stop] = x[np.minimum(src, len(x) - 1)]
+    elif kind == "noise":
+        x[at:stop] += rng.normal(0.0, rng.uniform(0.5, 2.0), stop - at)
+    else:  # pragma: no cover - KINDS lists every kind
+        raise ValueError(kind)
+
+
+def moving_mean(X: np.ndarray, k: int, starts: np.ndarray | None = None) -> np.ndarray:
+    """(n, d) mean of the last k rows of each row (fewer at the start of X, or of each series beginning at
+    a row of ``starts``): causal, so a smoothed row depends on its past only."""
+    out = np.empty_like(X, dtype=np.float64)
+    bounds = np.append(np.asarray(starts if starts is not None else [0], dtype=np.int64), len(X))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        c = np.cumsum(np.vstack([np.zeros((1, X.shape[1])), X[a:b]]), axis=0)
+        t = np.arange(1, b - a + 1)
+        lo = np.maximum(0, t - k)
+        out[a:b] = (c[t] - c[lo]) / (t - lo)[:, None]
+    return out
+
+
+class Smoothed:
+    """A member that sees each row as the mean of the last ``k`` rows: a window of w such rows spans
+    w + k - 1 rows with the noise averaged out (a slower change, a drift, a burst of noise that moves
+    the mean). Wraps a detector, forwarding what ``auto`` uses of it."""
+
+    def __init__(self, inner: SeriesDetector, k: int) -> None:
+        self.inner, self.k = inner, k
+        self.name, self.window_, self.columns_ = inner.name, inner.window_, inner.columns_
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.inner.starts
+
+    @starts.setter
+    def starts(self, value: np.ndarray) -> None:
+        self.inner.starts = value
+
+    @property
+    def context(self) -> int:
+        return self.inner.context + self.k - 1
+
+    @property
+    def learns_online(self) -> bool:
+        return self.inner.learns_online
+
+    def _fit(self, X: np.ndarray, progress: bool) -> None:
+        self.inner._fit(moving_mean(X, self.k, self.inner.starts), progress)
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return self.inner._score(moving_mean(X, self.k))
+
+    def _score_last(self, recent: np.ndarray) -> np.ndarray:
+        return self.inner._score_last(moving_mean(recent, self.k)[-self.inner.context:])
+
+    def _partial_fit(self, recent: np.ndarray) -> None:
+        self.inner._partial_fit(moving_mean(recent, self.k)[-self.inner.context:])
+
+    def learn_block(self, Z: np.ndarray, first: int) -> None:
+        """Learn rows Z[first:] in order (the rows before them their context), smoothing once."""
+        learn_block(self.inner, moving_mean(Z, self.k), first)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict(state)
+
+
+def learn_block(member: Any, Z: np.ndarray, first: int) -> None:
+    """A member learns rows Z[first:] in order, each with the rows before it as its past."""
+    if isinstance(member, Smoothed):
+        member.learn_block(Z, first)
+        return
+    ctx = member.context
+    for t in range(first, len(Z)):
+        member._partial_fit(Z[max(0, t - ctx + 1):t + 1])

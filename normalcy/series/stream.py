@@ -1,0 +1,141 @@
+"""Online scoring for a monitoring loop: each row scored from the past, learned, calibrated to [0, 1], and
+one alarm per incident.
+
+A fitted detector scores a row from the rows before it; ``Stream`` adds what a loop over live data needs
+and what NAB (the Numenta Anomaly Benchmark) asks of a streaming detector:
+
+* learning: normal behaviour drifts, so the detector learns the rows it sees (every row: an unsupervised
+  stream has no labels to leave anomalies out). The score's calibration follows every row at once; the
+  detector itself (``partial_fit``, the costly part) learns ``learn_every`` rows at a time, each in order
+  with its own past. So a row is scored by the model that has learned every row up to the last multiple
+  of ``learn_every`` before it, whether rows come one by one (``update``) or in a batch (``run``, much
+  faster, the same numbers);
+* calibration: an anomaly score in [0, 1] that means the same on every series: the decades of tail
+  probability of the detector's score under its recent scores (Numenta's anomaly likelihood; for
+  ``auto``, per member, averaged), divided by ``CAP_DECADES`` (10): 0.3 means "as improbable as one
+  normal row in a thousand";
+* one alarm per incident: a row alarms when its score reaches ``alarm`` and no alarm was raised in the
+  ``quiet`` rows before it; rows at or above ``alarm`` inside a quiet period are reported near 0
+  (``reported``), since NAB counts only the first detection in a window and charges every other one,
+  and an operator wants one page per incident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from normalcy.errors import InputError
+from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail
+from normalcy.series.base import SeriesDetector
+
+QUIET_FACTOR = 1e-3  # a repeated alarm inside a quiet period is reported at this fraction of its score
+
+
+@dataclass
+class StreamScores:
+    """Scores of the rows given to ``Stream.run``, one per row."""
+
+    score: np.ndarray  # (n,) calibrated anomaly score in [0, 1]
+    reported: np.ndarray  # (n,) the score, repeated alarms inside a quiet period brought near 0
+    alarm: np.ndarray  # (n,) int8: 1 where an alarm is raised
+
+
+class Stream:
+    """A fitted detector run online: ``update(row)`` or ``run(rows)``; see the module docstring.
+
+    ``past``: rows that came before the first one given (the end of the training data), the context of
+    the first scores. A plain detector's scores are calibrated here from the rows it sees (0 until the
+    first); ``auto`` brings its own calibration, set on held-out training rows."""
+
+    def __init__(self, detector: SeriesDetector, past: np.ndarray | None = None, *, learn: bool = True,
+                 learn_every: int = 128, alarm: float = 0.3, quiet: int = 100, memory: int = 8640) -> None:
+        detector._check_fitted()
+        if learn_every < 1 or quiet < 0 or not 0 < alarm <= 1:
+            raise InputError("stream: learn_every >= 1, quiet >= 0 and 0 < alarm <= 1 are required")
+        self.det, self.learning, self.every, self.alarm_level, self.quiet = detector, learn, learn_every, alarm, quiet
+        self.auto = isinstance(detector, AutoDetector)
+        self.tail = detector.tail if self.auto else RunningTail(np.zeros(1), np.ones(1), 0, memory)
+        self.ctx = detector.context
+        self.d = len(detector.columns_)
+        self.rows = np.empty((0, self.d))  # standardised: the context of the oldest unlearned row, and after
+        self.pending = 0  # rows not yet learned by the detector: the last `pending` of self.rows
+        self.last_alarm: int | None = None
+        self.t = 0  # rows seen
+        if past is not None and len(past) and self.ctx > 1:
+            self.rows = detector.standardise(_matrix(past, self.d)[-(self.ctx - 1):])
+
+    def _raw(self, Z: np.ndarray) -> np.ndarray:
+        """(n, M) raw scores of every row of Z (each from the rows before it in Z)."""
+        if self.auto:
+            return self.det._raw(self.det.members, Z)[0]
+        return np.asarray(self.det._score(Z), dtype=np.float64).sum(axis=1)[:, None]
+
+    def _scores(self, raw: np.ndarray) -> np.ndarray:
+        """(n,) scores in [0, 1] of (n, M) raw ones, the calibration following each row (when learning)."""
+        dec = self.tail.follow(raw) if self.learning else self.tail.decades(raw)
+        return np.minimum(dec.mean(axis=1) / CAP_DECADES, 1.0)
+
+    def _learn(self) -> None:
+        """The detector learns the pending rows, in order, each with its own past."""
+        first = len(self.rows) - self.pending
+        if self.learning:
+            if self.auto:
+                self.det.learn_rows(self.rows, first)
+            elif self.det.learns_online:
+                for t in range(first, len(self.rows)):
+                    self.det._partial_fit(self.rows[max(0, t - self.ctx + 1):t + 1])
+        self.pending = 0
+        self.rows = self.rows[len(self.rows) - self.ctx + 1:] if self.ctx > 1 else self.rows[:0]
+
+    def _report(self, score: float) -> tuple[float, int]:
+        """(reported score, alarm) of the current row (self.t), the quiet period applied."""
+        if score < self.alarm_level:
+            return score, 0
+        if self.last_alarm is not None and self.t - self.last_alarm <= self.quiet:
+            return score * QUIET_FACTOR, 0
+        self.last_alarm = self.t
+        return score, 1
+
+    def learn(self, values: np.ndarray) -> None:
+        """Learn rows as normal without scoring them: rows the calibration has already seen (``auto``'s
+        held-out training rows), which the detector itself has not learned yet."""
+        Z = self.det.standardise(_matrix(values, self.d))
+        self.rows = np.vstack([self.rows, Z])
+        self.pending += len(Z)
+        self._learn()
+
+    def update(self, x: np.ndarray) -> float:
+        """Score one row (d values, in the model's column order), then learn it; its reported score."""
+        return float(self.run(np.asarray(x, dtype=np.float64).reshape(1, -1)).reported[0])
+
+    def run(self, values: np.ndarray) -> StreamScores:
+        """Score rows in order, learning as row-by-row updates would (the same numbers), in batches."""
+        Z = self.det.standardise(_matrix(values, self.d))
+        n = len(Z)
+        score, reported, alarm = np.zeros(n), np.zeros(n), np.zeros(n, np.int8)
+        i = 0
+        while i < n:
+            take = min(n - i, self.every - self.pending)
+            first = len(self.rows)
+            self.rows = np.vstack([self.rows, Z[i:i + take]])
+            raw = self._raw(self.rows[max(0, first - self.ctx + 1):])[-take:]
+            score[i:i + take] = self._scores(raw)
+            for j in range(i, i + take):
+                reported[j], alarm[j] = self._report(float(score[j]))
+                self.t += 1
+            self.pending += take
+            if self.pending == self.every:
+                self._learn()
+            i += take
+        return StreamScores(score, reported, alarm)
+
+
+def _matrix(values: np.ndarray, d: int) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[:, None] if d == 1 else a[None]
+    if a.ndim != 2 or a.shape[1] != d:
+        raise InputError(f"stream: rows of {d} value(s) expected, got shape {a.shape}")
+    return a

@@ -1,0 +1,184 @@
+"""``auto`` (members chosen on injected anomalies, calibrated and averaged) and ``Stream`` (online scores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normalcy.errors import InputError
+from normalcy.series.auto import KINDS, RunningTail, _inject, moving_mean
+from normalcy.series.registry import create, load
+from normalcy.series.stream import Stream
+
+
+def sine(n: int = 1500, period: int = 40, d: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)[:, None]
+    return np.sin(2 * np.pi * t / period + np.arange(d)) + 0.05 * rng.standard_normal((n, d))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return create("auto").fit(sine(), progress=False)
+
+
+def test_choice_is_recorded_and_members_score(fitted) -> None:
+    choice = fitted.choice
+    names = [(m["detector"], m["window"], m.get("smooth", 1)) for m in choice["members"]]
+    assert 1 <= len(names) <= fitted.max_members
+    assert fitted.window_ == max(w for _, w, _ in names)
+    v = choice["validation"]
+    assert v["injected"] == len(KINDS) * fitted.injections and 0.5 < v["detection"] <= 1
+    assert set(v["candidates"]) >= {"knn/1", "knn/8"}  # every candidate judged alone, too
+    assert all(not k.startswith("_") for k in choice)  # nothing private left for model.json
+
+
+def test_spike_and_level_shift_found(fitted) -> None:
+    x = sine(2000, seed=1)
+    x[700] += 3.0
+    x[1400:1460] += 1.5
+    out = fitted.score(x)
+    assert out.decision[700:705].any() and out.decision[1400:1420].any()
+    clean = np.r_[out.decision[100:650], out.decision[800:1350]]
+    assert clean.mean() < 0.05
+    assert out.contributions.shape == (2000, 1) and np.allclose(out.contributions.sum(axis=1), out.score)
+
+
+def test_no_choice_keeps_the_default_members() -> None:
+    det = create("auto", choose=False).fit(sine(), progress=False)
+    names = [(m["detector"], m["window"], m.get("smooth", 1)) for m in det.choice["members"]]
+    assert names == [("knn", 1, 1), ("knn", 8, 1), ("knn", 16, 1), ("knn", 32, 1), ("knn", 16, 4)]
+
+
+def test_multivariate_windows_capped() -> None:
+    det = create("auto").fit(sine(1200, d=40), progress=False)
+    assert all(m["window"] * 40 <= 256 for m in det.choice["members"])
+    out = det.score(sine(300, d=40, seed=2))
+    assert out.contributions.shape == (300, 40)
+
+
+def test_save_load_same_scores(fitted, tmp_path: Path) -> None:
+    x = sine(600, seed=3)
+    fitted.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["detector"] == "auto" and meta["choice"]["members"] == fitted.choice["members"]
+    back = load(tmp_path / "m")
+    np.testing.assert_allclose(back.score(x).score, fitted.score(x).score, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("members, message", [
+    ([{"detector": "auto", "window": 8}], "not a registered detector"),
+    ([{"detector": "nope", "window": 8}], "not a registered detector"),
+    ([{"detector": "knn", "window": 0}], "not a window"),
+    ([{"detector": "knn", "window": 8, "smooth": 10**6}], "smoothing"),
+    ([{"detector": "knn", "window": 8, "params": {"k": -1}}], "knn"),
+    ([], "1 to 16 members"),
+])
+def test_crafted_choice_refused(fitted, tmp_path: Path, members: list, message: str) -> None:
+    fitted.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["choice"]["members"] = members
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=message):
+        load(tmp_path / "m")
+
+
+def test_crafted_calibration_refused(fitted, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    fitted.save(tmp_path / "m")
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    state["calib_var"] = -state["calib_var"] - 1
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(InputError, match="variance"):
+        load(tmp_path / "m")
+
+
+def test_partial_fit_follows_scores(fitted, tmp_path: Path) -> None:
+    fitted.save(tmp_path / "m")
+    det = load(tmp_path / "m")
+    before = det.tail.count
+    for row in sine(50, seed=4):
+        det.score_one(row)
+        det.partial_fit(row)
+    assert det.tail.count == min(before + 50, det.memory)
+
+
+def test_stream_batch_equals_rows(fitted, tmp_path: Path) -> None:
+    fitted.save(tmp_path / "m")
+    x = sine(700, seed=5)
+    x[400] += 4.0
+    a = Stream(load(tmp_path / "m"), past=sine(100), learn_every=64)
+    b = Stream(load(tmp_path / "m"), past=sine(100), learn_every=64)
+    batch = a.run(x)
+    rows = np.array([b.update(r) for r in x])
+    np.testing.assert_allclose(rows, batch.reported, rtol=1e-6, atol=1e-6)
+    assert batch.alarm[400:405].any() and ((batch.score >= 0) & (batch.score <= 1)).all()
+
+
+def test_stream_quiet_period() -> None:
+    det = create("knn", window=8).fit(sine(), progress=False)
+    x = sine(900, seed=6)
+    x[500:520] += 5.0  # a long anomaly: one alarm, the rest of it quiet
+    out = Stream(det, quiet=100, learn_every=32).run(x)
+    alarms = np.flatnonzero(out.alarm)
+    assert len(alarms[(alarms >= 500) & (alarms < 600)]) == 1
+    loud = np.flatnonzero(out.score >= 0.3)
+    inside = loud[(loud > alarms[alarms >= 500][0]) & (loud < 600)]
+    assert len(inside) and (out.reported[inside] < 0.01).all()
+
+
+def test_stream_learns(fitted, tmp_path: Path) -> None:
+    fitted.save(tmp_path / "m")
+    x = sine(1200, seed=7) + np.r_[np.zeros(200), np.full(1000, 2.0)][:, None]  # a lasting level shift
+    on = Stream(load(tmp_path / "m"), learn=True).run(x)
+    off = Stream(load(tmp_path / "m"), learn=False).run(x)
+    assert on.score[-300:].mean() < off.score[-300:].mean()  # learned: the new level is normal again
+
+
+def test_running_tail_is_welford_then_forgets() -> None:
+    rng = np.random.default_rng(0)
+    s = np.exp(rng.standard_normal((300, 2)))
+    t = RunningTail(np.zeros(2), np.ones(2), 0, 1000)
+    t.update(s)
+    y = np.log1p(s)
+    np.testing.assert_allclose(t.mean, y.mean(axis=0))
+    np.testing.assert_allclose(t.var, y.var(axis=0))
+    f = RunningTail(np.zeros(2), np.ones(2), 0, 1000)
+    dec = f.follow(s)
+    np.testing.assert_allclose(f.mean, t.mean)
+    assert (dec[0] == 0).all() and (dec >= 0).all() and (dec <= 10).all()
+    short = RunningTail(np.zeros(1), np.ones(1), 0, 20)
+    short.update(np.r_[np.zeros(500), np.full(100, 5.0)][:, None])
+    assert abs(short.mean[0] - np.log1p(5.0)) < 0.02  # a short memory has moved to the new level
+
+
+def test_moving_mean_restarts_per_series() -> None:
+    X = np.arange(10.0)[:, None]
+    np.testing.assert_allclose(moving_mean(X, 3)[:4, 0], [0, 0.5, 1, 2])
+    np.testing.assert_allclose(moving_mean(X, 3, np.array([0, 5]))[5:8, 0], [5, 5.5, 6])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_injections_change_only_their_stretch(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    seg = sine(200, d=2)
+    before = seg.copy()
+    _inject(seg, kind, 50, 20, 1, rng)
+    changed = np.flatnonzero((seg != before).any(axis=1))
+    assert len(changed) and changed.min() >= 50 and changed.max() < 70
+    assert (seg[:, 0] == before[:, 0]).all()
+
+
+def test_too_short_for_a_choice_keeps_defaults(caplog) -> None:
+    det = create("auto").fit(sine(90), progress=False)
+    assert "note" in det.choice["validation"]
+    assert det.score(sine(120, seed=8)).score.shape == (120,)
+
+
+def test_unknown_candidate_refused() -> None:
+    with pytest.raises(InputError):
+        create("auto", candidates=()).fit(sine(), progress=False)
