@@ -2,7 +2,8 @@
 
     python bench/nab.py ../shared/data/nab --published NAME [--published-thresholds]
     python bench/nab.py ../shared/data/nab [--detector NAME] [--param KEY=VALUE ...] [--learn all|below|none]
-                                           [--convert threshold|likelihood] [--files N] [--save scores.csv.gz]
+                                           [--convert stream|threshold|likelihood] [--learn-every N]
+                                           [--quiet N] [--files N] [--save scores.csv.gz]
 
 ``--published NAME`` scores NAB's own published raw scores of detector NAME (published/NAME.csv.gz).
 The threshold is NAB's sweep optimum over the corpus (the one our detectors get too);
@@ -11,13 +12,23 @@ came from NAB's older hill-climbing optimiser), which reproduces final_results.j
 
 ``--detector NAME`` (default: the series default) runs a normalcy.series detector online, as NAB
 requires, over all 58 files: fitted on the file's probationary period (NAB's first min(15 %, 750)
-rows), then every row is scored by ``score_one`` from the rows before it, and after the probationary
-period learned by ``partial_fit`` (``--learn all``: every row, as NAB's detectors adapt; ``below``: only
-rows scoring under the detector's threshold, so that an anomaly is not learned as normal; ``none``:
-the fitted model only, scored in one batch, which the protocol makes identical to streaming). A row's
-score s becomes NAB's anomaly score (``--convert``):
+rows), then each row is scored from the rows before it only. ``--convert`` says how:
 
-- ``threshold`` (default): s / (s + threshold_) in [0, 1), 0.5 at the detector's own threshold, so that
+- ``stream`` (default): ``normalcy.series.stream.Stream``, what a monitoring loop would run. The
+  detector is fitted on the probationary rows (its last ``holdout`` held out to calibrate on), learns
+  the held-out rows, then scores every later row from its past, learns it (``--learn all``; ``none``:
+  never), and reports the calibrated score in [0, 1] (decades of tail probability / 10), one alarm per
+  ``--quiet`` rows: a row reaching 0.3 inside the quiet period after an alarm is reported near 0.
+  The detector learns ``--learn-every`` rows at a time (the calibration every row), which the stream
+  makes identical to row-by-row updates.
+
+The other two score every row by ``score_one`` and learn it by ``partial_fit`` after the probationary
+period (``--learn all``: every row, as NAB's detectors adapt; ``below``: only rows scoring under the
+detector's threshold, so that an anomaly is not learned as normal; ``none``: the fitted model only,
+scored in one batch, which the protocol makes identical to streaming). A row's score s becomes NAB's
+anomaly score:
+
+- ``threshold``: s / (s + threshold_) in [0, 1), 0.5 at the detector's own threshold, so that
   files share one scale;
 - ``likelihood``: Numenta's anomaly likelihood (Ahmad et al. 2017, what NAB's HTM detector reports), from
   the past only: the mean of the last 10 values of s / threshold_, as a z-score against the mean and
@@ -80,10 +91,28 @@ def likelihood(x: np.ndarray, short: int = 10, history: int = 8640, min_std: flo
     return tail / (1.0 + tail)
 
 
+def run_stream(det, f: nab.NabFile, learn: str, learn_every: int, quiet: int) -> np.ndarray:
+    """A fitted detector's NAB scores of one file through ``Stream`` (see the module docstring)."""
+    from normalcy.series.stream import Stream
+
+    X, p = f.values.reshape(-1, 1), f.probation
+    cut = p - int(round(det.holdout * p))  # where the base's held-out rows begin
+    stream = Stream(det, past=X[:cut], learn=learn != "none", learn_every=learn_every, quiet=quiet)
+    stream.learn(X[cut:p])
+    out = np.zeros(len(f))
+    out[p:] = stream.run(X[p:]).reported
+    return out
+
+
 def run_detector(corpus: nab.NabCorpus, name: str, params: dict[str, object], learn: str, convert: str,
-                 limit: int | None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                 limit: int | None, learn_every: int = 128,
+                 quiet: int = 100) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every file's NAB anomaly scores from one detector run online; and timings."""
+    import faiss
+
     from normalcy.series import registry
+
+    faiss.omp_set_num_threads(1)  # small batches of queries: one thread beats two busy ones
 
     raw, fit_s, score_s, rows, failed = {}, 0.0, 0.0, 0, []
     names = list(corpus.files)[:limit] if limit else list(corpus.files)
@@ -99,6 +128,13 @@ def run_detector(corpus: nab.NabCorpus, name: str, params: dict[str, object], le
             raw[key] = np.zeros(len(f))
             continue
         t1 = time.perf_counter()
+        if convert == "stream":
+            raw[key] = run_stream(det, f, learn, learn_every, quiet)
+            t2 = time.perf_counter()
+            fit_s, score_s, rows = fit_s + t1 - t0, score_s + t2 - t1, rows + len(f)
+            print(f"  [{i + 1:2d}/{len(names)}] {key:60s} window {det.window_:3d}  fit {t1 - t0:5.2f}s  "
+                  f"score {t2 - t1:6.2f}s", file=sys.stderr, flush=True)
+            continue
         if learn == "none":
             score = det.score(X).score
         else:
@@ -154,8 +190,10 @@ def main() -> None:
                     help="a detector parameter (JSON value), repeatable")
     ap.add_argument("--learn", choices=("all", "below", "none"), default="all",
                     help="which rows after the probationary period the detector learns online")
-    ap.add_argument("--convert", choices=("threshold", "likelihood"), default="threshold",
+    ap.add_argument("--convert", choices=("stream", "threshold", "likelihood"), default="stream",
                     help="how a detector's scores become NAB anomaly scores")
+    ap.add_argument("--learn-every", type=int, default=128, help="stream: rows the detector learns at a time")
+    ap.add_argument("--quiet", type=int, default=100, help="stream: rows after an alarm without another")
     ap.add_argument("--files", type=int, help="only the first N files (the rest: no detection)")
     ap.add_argument("--save", type=Path, help="write the anomaly scores (NAB's published layout, .csv.gz)")
     args = ap.parse_args()
@@ -180,7 +218,8 @@ def main() -> None:
                 params[key] = value
         print(f"normalcy.series {name} {params or ''} online on {len(corpus.files)} NAB files "
               f"(learn: {args.learn})", file=sys.stderr)
-        raw, timing = run_detector(corpus, name, params, args.learn, args.convert, args.files)
+        raw, timing = run_detector(corpus, name, params, args.learn, args.convert, args.files, args.learn_every,
+                                   args.quiet)
         title = f"normalcy.series {name} {params or ''} (online, learn {args.learn}, convert {args.convert})"
         if args.save:
             save_scores(args.save, corpus, raw)

@@ -1,34 +1,37 @@
-"""``auto``: the detectors and windows that find anomalies in this series, chosen from its normal training
-data alone, combined on one calibrated scale.
+"""``auto``: several detectors and windows on one calibrated scale, the set checked per series against
+synthetic anomalies injected into its normal training data.
 
 No single detector or window suits every series: a spike is a point far from any normal value, a changed
-daily shape needs a window as long as a day, a frozen sensor needs a window longer than its noise. So
-``auto`` fits several candidates (each registered detector named in ``candidates`` at each window of
-``windows`` and at the training data's period) and keeps the few that find anomalies best *in this
-series*, judged without labels:
+shape needs a window as long as the shape, a slow drift or a burst of noise shows in a smoothed view. So
+``auto`` averages *members*: by default subsequence kNN at windows 1, 8, 16 and 32 rows and at 16 rows of
+4-row means (windows x metrics capped at 256 numbers, like an automatic window), and checks that set on
+the series itself, without labels:
 
-1. The fitted part of the training data is split again: candidates learn from its first part and score
-   the rest (the validation part), clean and with synthetic anomalies injected one at a time into
-   copies of short stretches of it: spikes, level shifts, flat lines (a frozen sensor), frequency
-   changes (the series played twice as fast) and noise bursts, of random size, position and metric
-   (seeded, so a fit is reproducible).
-2. Each candidate's scores are calibrated against its clean validation scores (below), and a set of
-   candidates is judged by how often the peak of its combined score over an injected anomaly beats the
-   clean validation rows (a rank statistic: 1 when every anomaly outscores every normal row). Candidates
-   are added greedily while the statistic improves, up to ``max_members``.
-3. The chosen members are fitted again on the whole fitted part; model.json records them and the
-   validation numbers (``choice``).
+1. The fitted part of the training data is split again: every candidate (each detector of
+   ``candidates`` at each window and at the training data's period, plus the smoothed ones) learns from
+   its first part and scores the rest (the validation part, at most 1,000 rows), clean and with
+   synthetic anomalies injected one at a time into copies of short stretches of it: spikes, level
+   shifts, flat lines (a frozen sensor), frequency changes (the stretch played twice as fast) and noise
+   bursts, of random size, position and metric (seeded: a fit is reproducible).
+2. A set of members is judged by how often the peak of its combined score over an injected anomaly
+   beats the clean validation rows (a rank statistic, 1 when every anomaly outscores every normal row).
+   Starting from the default set, one candidate at a time is added or removed while that gains at least
+   ``margin``: the default set is the prior (on NAB and ASD it beat every set chosen with a smaller
+   margin: a few hundred validation rows cannot show how often a member alarms over a long stream, which
+   averaging members is what keeps low), the injections the evidence that overturns it.
+3. The members are fitted again on the whole fitted part; model.json's ``choice`` records them, every
+   candidate's own detection and each step taken.
 
-Calibration puts members with different scales on one: a member's raw score s becomes the number of
-decades of its Gaussian tail probability, ``-log10 P(Y >= log(1 + s))`` with Y normal with the mean and
-spread of log(1 + s) over held-out normal rows (log: distances and errors are skewed), capped at
-``CAP_DECADES``. The row's score is the mean over members (so 3 means "as improbable as one in a
-thousand normal rows, on average over the members"); per-metric contributions split it as each member's
-own contributions do. This is Numenta's anomaly likelihood (Ahmad et al. 2017) per member.
+Calibration puts members with different scales on one: a member's raw score s becomes the decades of its
+Gaussian tail probability, ``-log10 P(Y >= log(1 + s))`` with Y normal with the mean and spread of
+log(1 + s) over held-out normal rows (log: distances and errors are skewed), capped at ``CAP_DECADES``.
+The row's score is the mean over members (3: "as improbable as one normal row in a thousand, on average
+over the members"); per-metric contributions split it as each member's own contributions do. This is
+Numenta's anomaly likelihood (Ahmad et al. 2017) per member.
 
-Online (``partial_fit``), members that can learn take the row, and each member's calibration follows its
-recent scores: a running mean and variance over about the last ``memory`` learned rows, so the scale
-follows concept drift as the members do.
+Online (``partial_fit``), the members learn the row (kNN: its window joins a FIFO bank) and each member's
+calibration follows its recent scores (a running mean and variance over about the last ``memory`` rows),
+so the scale follows concept drift as the members do.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ MIN_SPREAD = 0.01  # of log(1 + s): a member whose held-out scores barely vary s
 KINDS = ("spike", "level", "flat", "frequency", "noise")
 MAX_MEMBERS = 16  # members a loaded model may declare
 MAX_SMOOTH = 1024  # rows a member's moving average may span
-MIN_VALIDATION = 24  # validation rows under which no choice is made (the default members are kept)
+MIN_VALIDATION = 24
+MAX_VALIDATION = 1000  # validation rows at most (a long series: the last 1000 of its fitted part)
+CHOICE_BANK = 2000  # windows of a kNN candidate's bank while choosing  # validation rows under which no choice is made (the default members are kept)
 _LN10 = math.log(10.0)
 
 
@@ -69,10 +74,11 @@ class AutoDetector(SeriesDetector):
         smoothed: tuple[tuple[int, int], ...] = Field(((16, 4),), max_length=8)  # (window, rows averaged)
         max_members: int = Field(6, ge=1, le=MAX_MEMBERS)
         validation: float = Field(0.3, gt=0, lt=1)  # of the fitted part, to choose on
-        injections: int = Field(4, ge=1, le=50)  # per kind of anomaly
+        injections: int = Field(3, ge=1, le=50)  # per kind of anomaly
         memory: int = Field(8640, ge=10, le=10**7)  # rows the online calibration follows
         choose: bool = True  # False: the default members (the first candidate at each window), no choice
-        margin: float = Field(0.01, ge=0, le=1)  # of detection a change of members must gain
+        margin: float = Field(0.05, ge=0, le=1)  # of detection a change of members must gain
+        bank: int = Field(8000, ge=16, le=1_000_000)  # windows a kNN member keeps (knn's max_bank)
 
     # learned: the members (each with its own learned state) and ``tail``, their calibration (saved as
     # calib_mean, calib_var, calib_count beside the members' tensors, member0.*, member1.*, ...)
@@ -119,16 +125,20 @@ class AutoDetector(SeriesDetector):
             for w in windows:
                 if name != "knn" and w * d < 4:  # PCA or a network on fewer than 4 numbers reconstructs them
                     continue
-                specs.append({"detector": name, "window": w, "params": {}})
+                specs.append({"detector": name, "window": w, "params": self._params(name)})
         for name in self.candidates[:1]:  # the first detector on smoothed rows too
             for w, k in self.smoothed:
                 w = min(int(w), cap, longest)
                 if name != "knn" and w * d < 4:
                     continue
-                specs.append({"detector": name, "window": w, "params": {}, "smooth": int(k)})
+                specs.append({"detector": name, "window": w, "params": self._params(name), "smooth": int(k)})
         if not specs:
             raise InputError(f"auto: no candidate among {list(self.candidates)} fits windows {windows}")
         return specs
+
+    def _params(self, name: str) -> dict[str, Any]:
+        """A member's parameters: kNN banks of ``bank`` windows (five members search them per row)."""
+        return {"max_bank": self.bank} if name == "knn" else {}
 
     # -- raw scores, calibration -------------------------------------------------------------------
     @staticmethod
@@ -224,7 +234,7 @@ class AutoDetector(SeriesDetector):
         # the validation part: the last `validation` of the longest training series
         k = int(np.argmax(ends - self.starts))
         a, b = int(self.starts[k]), int(ends[k])
-        n_val = int(round(self.validation * (b - a)))
+        n_val = min(int(round(self.validation * (b - a))), MAX_VALIDATION)
         fit_end = b - n_val
         default = self._default(specs)
         if not self.choose:
@@ -237,8 +247,9 @@ class AutoDetector(SeriesDetector):
         fit_rows = np.concatenate([X[:a], X[a:fit_end], X[b:]])
         starts = np.array([s if s <= a else (s - n_val if s >= b else s) for s in self.starts], np.int64)
         candidates = []
-        for spec in specs:
-            m = self._member(spec)
+        for spec in specs:  # judged with smaller kNN banks: a choice, not the final model, 4x faster
+            params = dict(spec["params"], max_bank=min(self.bank, CHOICE_BANK)) if spec["detector"] == "knn" else {}
+            m = self._member(dict(spec, params=params))
             m.starts = starts
             m._fit(fit_rows, False)
             candidates.append(m)
@@ -288,8 +299,9 @@ class AutoDetector(SeriesDetector):
 
     @staticmethod
     def _detection(clean: np.ndarray, peaks: list[np.ndarray], members: list[int]) -> float:
-        """How often an injected anomaly's peak combined score beats a clean row's: mean over anomalies of
-        the fraction of clean validation rows scoring below the peak (ties count half)."""
+        """How well injected anomalies stand out of the clean validation rows under the members' combined
+        score: the mean over anomalies of the fraction of clean rows scoring below the anomaly's peak
+        (ties count half): 1 when every anomaly outscores every normal row, 0.5 for a coin."""
         base = np.sort(clean[:, members].mean(axis=1))
         out = []
         for region in peaks:
