@@ -1,0 +1,135 @@
+"""Event F1 per NAB category beside Orion's published AER figures.
+
+    python bench/nab_categories.py ../shared/data/nab [--detector NAME] [--param KEY=VALUE ...]
+                                   [--level 0.3] [--gap ROWS] [--json out.json]
+
+Orion (sintel-dev/Orion) reports event F1 on five NAB categories (artificialWithAnomaly, realAWSCloudwatch,
+realAdExchange, realTraffic, realTweets); its AER pipeline's figures are printed beside ours. The counts are
+Orion's (``normalcy.evaluation.series_metrics.event_counts``: a labelled event is found when a predicted
+event shares a row with it, a predicted event that overlaps none is a false positive, counts summed over a
+category's files). Labelled events are NAB's anomaly windows (labels/combined_windows.json).
+
+Ours, two ways, both fitted on each file's probationary rows (NAB's first min(15 %, 750)) only:
+
+- ``stream``: the detector run online as bench/nab.py runs it (``normalcy.series.stream.Stream``: each row
+  scored from its past, then learned; the score calibrated to [0, 1]). A row is anomalous when its score
+  reaches ``--level`` (the stream's alarm level, 0.3: three decades of tail probability); anomalous rows
+  fewer than ``--gap`` rows apart are one event (default: the stream's quiet period, 100 rows).
+- ``offline``: what ``normalcy fit`` + ``predict`` give: the fitted model scores the file in one batch,
+  no learning, decisions at the detector's own threshold (held-out normal rows at fpr 0.01), events
+  merged across gaps shorter than its window (``normalcy.series.events``).
+
+The protocols differ from Orion's: Orion's pipelines train on the whole signal they then score (the
+anomalies included), ours on the probationary rows only; Orion pads each detected interval by 50 rows on
+both sides, ours are the anomalous rows themselves. Rows of the probationary period are scored too (our
+detectors fitted on them rarely flag them); a window inside it counts as missed if nothing flags it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from normalcy.errors import InputError  # noqa: E402
+from normalcy.evaluation import nab  # noqa: E402
+from normalcy.evaluation.series_metrics import Counts, event_counts  # noqa: E402
+from normalcy.series.events import spans  # noqa: E402
+
+ORION_AER = {  # Orion's published AER event F1 (the figures issue 25 quotes)
+    "artificialWithAnomaly": 0.75, "realAWSCloudwatch": 0.70, "realAdExchange": 0.73,
+    "realTraffic": 0.61, "realTweets": 0.61,
+}
+OTHER = ("realKnownCause", "artificialNoAnomaly")  # NAB categories Orion does not report
+
+
+def run_file(det, f: nab.NabFile, level: float, gap: int, learn_every: int, quiet: int) -> dict[str, list]:
+    """Predicted events (first, last row) of one file, both ways."""
+    from normalcy.series.stream import Stream
+
+    X, p = f.values.reshape(-1, 1), f.probation
+    offline = det.score(X)
+    out = {"offline": spans(offline.decision, gap=det.window_)}
+    cut = p - int(round(det.holdout * p))
+    stream = Stream(det, past=X[:cut], learn_every=learn_every, quiet=quiet, alarm=level)
+    stream.learn(X[cut:p])
+    score = np.zeros(len(f))
+    score[p:] = stream.run(X[p:]).score
+    out["stream"] = spans(score >= level, gap=gap)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path, help="the NAB folder (data/, labels/)")
+    ap.add_argument("--detector", metavar="NAME", help="a normalcy.series detector (default: the series default)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a detector parameter")
+    ap.add_argument("--level", type=float, default=0.3, help="stream: the alarm level in [0, 1]")
+    ap.add_argument("--gap", type=int, default=100, help="stream: anomalous rows closer than this are one event")
+    ap.add_argument("--learn-every", type=int, default=128)
+    ap.add_argument("--json", type=Path, help="write the counts per category")
+    args = ap.parse_args(argv)
+
+    import faiss
+
+    from normalcy.series import registry
+
+    faiss.omp_set_num_threads(1)
+    name = args.detector or registry.DEFAULT_DETECTOR
+    params = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    corpus = nab.load_corpus(args.root)
+    counts: dict[str, dict[str, Counts]] = {"stream": {}, "offline": {}}
+    t0 = time.perf_counter()
+    for i, (key, f) in enumerate(corpus.files.items()):
+        category = key.split("/")[0]
+        det = registry.create(name, **params)
+        truth = [(int(a), int(b)) for a, b in f.windows]
+        try:
+            det.fit(f.values[:f.probation].reshape(-1, 1), progress=False)
+            found = run_file(det, f, args.level, args.gap, args.learn_every, args.gap)
+        except InputError as err:  # too short to fit: nothing found there
+            print(f"  {key}: {err}", file=sys.stderr)
+            found = {"stream": [], "offline": []}
+        for way, events in found.items():
+            counts[way][category] = counts[way].get(category, Counts()) + event_counts(truth, events)
+        print(f"  [{i + 1:2d}/{len(corpus.files)}] {key}", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - t0
+
+    cats = list(ORION_AER) + list(OTHER)
+    print(f"\n## Event F1 per NAB category: normalcy.series {name} {params or ''} beside Orion's AER\n")
+    print("| method | " + " | ".join(cats) + " | Orion's five pooled |")
+    print("|---" * (len(cats) + 2) + "|")
+    report: dict = {"detector": name, "params": params, "level": args.level, "gap": args.gap,
+                    "seconds": round(seconds, 1), "orion_aer": ORION_AER}
+    for way in ("stream", "offline"):
+        per = counts[way]
+        pooled = sum((per.get(c, Counts()) for c in ORION_AER), Counts())
+        cells = [f"{per[c].f1:.2f} ({per[c].tp}/{per[c].fp}/{per[c].fn})" if c in per else "–" for c in cats]
+        label = f"ours, {way}" + (f" (level {args.level}, gap {args.gap})" if way == "stream" else "")
+        print(f"| {label} | " + " | ".join(cells) + f" | {pooled.f1:.2f} |")
+        report[way] = {c: {"f1": per[c].f1, "tp": per[c].tp, "fp": per[c].fp, "fn": per[c].fn} for c in per}
+    print("| Orion AER (published) | " + " | ".join(f"{ORION_AER[c]:.2f}" if c in ORION_AER else "–" for c in cats)
+          + " | – |")
+    print("\n(tp/fp/fn) are event counts summed over a category's files; artificialNoAnomaly has no windows, "
+          "so its F1 is 0 with any false positive and undefined without.")
+    print(f"\n{len(corpus.files)} files in {seconds:.1f}s")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=float))
+    return report
+
+
+if __name__ == "__main__":
+    main()
