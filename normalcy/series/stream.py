@@ -66,6 +66,12 @@ class Stream:
         if past is not None and len(past) and self.ctx > 1:
             self.rows = detector.standardise(_matrix(past, self.d)[-(self.ctx - 1):])
 
+    def _raw_last(self, recent: np.ndarray) -> np.ndarray:
+        """(M,) raw scores of the last row of ``recent`` (at most ctx rows)."""
+        if self.auto:
+            return self.det._last_raw(recent)[0]
+        return np.array([float(np.asarray(self.det._score_last(recent), dtype=np.float64).sum())])
+
     def _raw(self, Z: np.ndarray) -> np.ndarray:
         """(n, M) raw scores of every row of Z (each from the rows before it in Z)."""
         if self.auto:
@@ -107,8 +113,19 @@ class Stream:
         self._learn()
 
     def update(self, x: np.ndarray) -> float:
-        """Score one row (d values, in the model's column order), then learn it; its reported score."""
-        return float(self.run(np.asarray(x, dtype=np.float64).reshape(1, -1)).reported[0])
+        """Score one row (d values, in the model's column order), then learn it; its reported score.
+        (``self.last``: its score, reported score and alarm.)"""
+        z = self.det._row(x)
+        self.rows = np.vstack([self.rows, z[None]])
+        raw = self._raw_last(self.rows[-self.ctx:])
+        score = float(self._scores(raw[None])[0])
+        reported, alarm = self._report(score)
+        self.t += 1
+        self.pending += 1
+        if self.pending == self.every:
+            self._learn()
+        self.last = (score, reported, alarm)
+        return reported
 
     def run(self, values: np.ndarray) -> StreamScores:
         """Score rows in order, learning as row-by-row updates would (the same numbers), in batches."""
