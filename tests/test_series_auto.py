@@ -53,6 +53,13 @@ def test_no_choice_keeps_the_default_members() -> None:
     assert names == [("knn", 1, 1), ("knn", 8, 1), ("knn", 16, 1), ("knn", 32, 1), ("knn", 16, 4)]
 
 
+def test_window_sets_the_longest_member() -> None:
+    det = create("auto", window=12, choose=False).fit(sine(), progress=False)
+    names = [(m["detector"], m["window"], m.get("smooth", 1)) for m in det.choice["members"]]
+    assert names == [("knn", 1, 1), ("knn", 3, 1), ("knn", 6, 1), ("knn", 12, 1), ("knn", 6, 4)]
+    assert det.window_ == 12
+
+
 def test_multivariate_windows_capped() -> None:
     det = create("auto").fit(sine(1200, d=40), progress=False)
     assert all(m["window"] * 40 <= 256 for m in det.choice["members"])

@@ -57,9 +57,10 @@ MIN_SPREAD = 0.01  # of log(1 + s): a member whose held-out scores barely vary s
 KINDS = ("spike", "level", "flat", "frequency", "noise")
 MAX_MEMBERS = 16  # members a loaded model may declare
 MAX_SMOOTH = 1024  # rows a member's moving average may span
-MIN_VALIDATION = 24
+MIN_VALIDATION = 24  # validation rows under which no choice is made (the default members are kept)
 MAX_VALIDATION = 1000  # validation rows at most (a long series: the last 1000 of its fitted part)
-CHOICE_BANK = 2000  # windows of a kNN candidate's bank while choosing  # validation rows under which no choice is made (the default members are kept)
+CHOICE_BANK = 2000  # windows of a kNN candidate's bank while choosing
+LONGEST = 32  # the longest default member's window when no window is given
 _LN10 = math.log(10.0)
 
 
@@ -70,8 +71,7 @@ class AutoDetector(SeriesDetector):
 
     class Params(SeriesParams):
         candidates: tuple[str, ...] = Field(("knn", "pca"), min_length=1, max_length=8)
-        windows: tuple[int, ...] = Field((1, 8, 16, 32), min_length=1, max_length=8)  # with the period
-        smoothed: tuple[tuple[int, int], ...] = Field(((16, 4),), max_length=8)  # (window, rows averaged)
+        smooth: int = Field(4, ge=1, le=MAX_SMOOTH)  # rows the smoothed member averages (1: no such member)
         max_members: int = Field(6, ge=1, le=MAX_MEMBERS)
         validation: float = Field(0.3, gt=0, lt=1)  # of the fitted part, to choose on
         injections: int = Field(3, ge=1, le=50)  # per kind of anomaly
@@ -115,23 +115,30 @@ class AutoDetector(SeriesDetector):
     def context(self) -> int:
         return max(m.context for m in self._members)
 
+    def _windows(self, d: int, longest: int) -> tuple[list[int], int | None]:
+        """The default members' windows, 1, w/4, w/2 and w (w: the ``window`` parameter, else LONGEST),
+        and the smoothed member's (w/2, None without one); each capped like an automatic window
+        (window x metrics <= 256 numbers) and to half the shortest training part (``longest``)."""
+        cap = max(1, min(MAX_WINDOW // d, longest))
+        w = min(int(self.window or LONGEST), cap)
+        windows = sorted({1, max(1, w // 4), max(1, w // 2), w})
+        return windows, (max(1, w // 2) if self.smooth > 1 else None)
+
     def _specs(self, d: int, longest: int) -> list[dict[str, Any]]:
-        """Every candidate: each detector at each window (and the period), the window x metrics capped
-        like an automatic window, and no window longer than half the shortest training part."""
-        cap = max(1, MAX_WINDOW // d)
-        windows = sorted({min(int(w), cap, longest) for w in (*self.windows, self.window_)})
+        """Every candidate: each detector at the default windows and at the training data's period (the
+        base's automatic window, when no window is given), and the first detector on smoothed rows."""
+        windows, smoothed = self._windows(d, longest)
+        cap = max(1, min(MAX_WINDOW // d, longest))
+        windows = sorted(set(windows) | {min(int(self.window_), cap)})
         specs = []
         for name in self.candidates:
             for w in windows:
                 if name != "knn" and w * d < 4:  # PCA or a network on fewer than 4 numbers reconstructs them
                     continue
                 specs.append({"detector": name, "window": w, "params": self._params(name)})
-        for name in self.candidates[:1]:  # the first detector on smoothed rows too
-            for w, k in self.smoothed:
-                w = min(int(w), cap, longest)
-                if name != "knn" and w * d < 4:
-                    continue
-                specs.append({"detector": name, "window": w, "params": self._params(name), "smooth": int(k)})
+        if smoothed is not None:
+            specs.append({"detector": self.candidates[0], "window": smoothed, "params": self._params(
+                self.candidates[0]), "smooth": int(self.smooth)})
         if not specs:
             raise InputError(f"auto: no candidate among {list(self.candidates)} fits windows {windows}")
         return specs
@@ -157,7 +164,8 @@ class AutoDetector(SeriesDetector):
         d = X.shape[1]
         ends = np.append(self.starts[1:], len(X))
         shortest = int(min(ends - self.starts))
-        specs = self._specs(d, max(1, shortest // 2))
+        self._longest = max(1, shortest // 2)
+        specs = self._specs(d, self._longest)
         choice = self._choose(X, specs, ends)
         self._members = [self._member(s) for s in choice["members"]]
         for m in self._members:
@@ -284,10 +292,10 @@ class AutoDetector(SeriesDetector):
         }
 
     def _default(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The default members among specs: the first candidate detector at the ``windows`` (not the
-        period), at most max_members."""
-        cap = max(1, MAX_WINDOW // len(self.columns_))
-        wanted = {(min(int(w), cap), 1) for w in self.windows} | {(min(int(w), cap), int(k)) for w, k in self.smoothed}
+        """The default members among specs: the first candidate detector at the default windows and the
+        smoothed one (not the period), at most max_members."""
+        windows, smoothed = self._windows(len(self.columns_), int(getattr(self, "_longest", LONGEST)))
+        wanted = {(w, 1) for w in windows} | ({(smoothed, int(self.smooth))} if smoothed is not None else set())
         first = self.candidates[0]
         return [s for s in specs if s["detector"] == first and (s["window"], s.get("smooth", 1)) in wanted
                 ][: self.max_members]
