@@ -19,6 +19,11 @@ Ours, two ways, both fitted on each file's probationary rows (NAB's first min(15
   no learning, decisions at the detector's own threshold (held-out normal rows at fpr 0.01), events
   merged across gaps shorter than its window (``normalcy.series.events``).
 
+For context, NAB's published streaming detectors (``--published``, default ARTime and Numenta HTM, the
+best two of NAB's scoreboard) under the same event rule: their published raw scores at the threshold NAB
+published for them (standard profile), anomalous rows after the probationary period merged across gaps
+shorter than ``--gap``.
+
 The protocols differ from Orion's: Orion's pipelines train on the whole signal they then score (the
 anomalies included), ours on the probationary rows only; Orion pads each detected interval by 50 rows on
 both sides, ours are the anomalous rows themselves. Rows of the probationary period are scored too (our
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--level", type=float, default=0.3, help="stream: the alarm level in [0, 1]")
     ap.add_argument("--gap", type=int, default=100, help="stream: anomalous rows closer than this are one event")
     ap.add_argument("--learn-every", type=int, default=128)
+    ap.add_argument("--published", default="ARTime,numenta",
+                    help="NAB's published detectors to show under the same event rule ('none': none)")
     ap.add_argument("--json", type=Path, help="write the counts per category")
     args = ap.parse_args(argv)
 
@@ -107,6 +114,19 @@ def main(argv: list[str] | None = None) -> dict:
             counts[way][category] = counts[way].get(category, Counts()) + event_counts(truth, events)
         print(f"  [{i + 1:2d}/{len(corpus.files)}] {key}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - t0
+    published = [] if args.published == "none" else args.published.split(",")
+    thresholds = json.loads((args.root / "published" / "thresholds.json").read_text()) if published else {}
+    for pub in published:
+        raw = nab.read_published(args.root, pub, corpus)
+        way = f"NAB's {pub}"
+        counts[way] = {}
+        for key, f in corpus.files.items():
+            flagged = raw[key] >= thresholds[pub]["standard"]["threshold"]
+            flagged[:f.probation] = False  # NAB ignores them; a streaming detector is still learning there
+            category = key.split("/")[0]
+            truth = [(int(a), int(b)) for a, b in f.windows]
+            counts[way][category] = counts[way].get(category, Counts()) + event_counts(
+                truth, spans(flagged, gap=args.gap))
 
     cats = list(ORION_AER) + list(OTHER)
     print(f"\n## Event F1 per NAB category: normalcy.series {name} {params or ''} beside Orion's AER\n")
@@ -114,11 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---" * (len(cats) + 2) + "|")
     report: dict = {"detector": name, "params": params, "level": args.level, "gap": args.gap,
                     "seconds": round(seconds, 1), "orion_aer": ORION_AER}
-    for way in ("stream", "offline"):
+    for way in counts:
         per = counts[way]
         pooled = sum((per.get(c, Counts()) for c in ORION_AER), Counts())
         cells = [f"{per[c].f1:.2f} ({per[c].tp}/{per[c].fp}/{per[c].fn})" if c in per else "–" for c in cats]
-        label = f"ours, {way}" + (f" (level {args.level}, gap {args.gap})" if way == "stream" else "")
+        label = {"stream": f"ours, stream (level {args.level}, gap {args.gap})", "offline": "ours, offline"}.get(
+            way, f"{way} (published scores, NAB's threshold, gap {args.gap})")
         print(f"| {label} | " + " | ".join(cells) + f" | {pooled.f1:.2f} |")
         report[way] = {c: {"f1": per[c].f1, "tp": per[c].tp, "fp": per[c].fp, "fn": per[c].fn} for c in per}
     print("| Orion AER (published) | " + " | ".join(f"{ORION_AER[c]:.2f}" if c in ORION_AER else "–" for c in cats)
