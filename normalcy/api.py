@@ -390,6 +390,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
             failed.append(item)
             continue
         files.append(item)
+        failed.extend(item.failed)
         for s in item.series:
             where = str(item.path) if series_column is None else f"{item.path} [{series_column}={s.name}]"
             jobs.append((len(files) - 1, s, where))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import sys
 import threading
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -24,6 +26,29 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # Where make_synthetic_dataset plants the bright square (rows, cols) in defect images.
 DEFECT_BOX = (slice(36, 60), slice(30, 54))
 SYN_SIZE = 96
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: object) -> CliResult:
+    """``normalcy ARGS`` run in this process (a fresh process spends about 4 s importing torch and
+    scikit-learn before it starts): its exit code, stdout and stderr. An exception the CLI did not turn into
+    a one-line error shows in stderr as the traceback a process would print, so a test that says "no
+    traceback" can still fail."""
+    from typer.testing import CliRunner
+
+    from normalcy.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    stderr = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(r.exception))
+    return CliResult(r.exit_code, r.stdout, stderr)
 
 
 @pytest.fixture(scope="session")

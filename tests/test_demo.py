@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 pytest.importorskip("elpv_dataset")
 
 
 def test_demo_runs_and_writes_report(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    r = subprocess.run(
-        [sys.executable, "-m", "normalcy.cli", "demo", "-o", str(out), "--n-train", "40", "--n-test", "20"],
-        capture_output=True, text=True, timeout=300,
-    )
+    r = run_cli("demo", "-o", out, "--n-train", "40", "--n-test", "20")
     assert r.returncode == 0, r.stderr
     assert "image_auroc" in r.stdout
     html = (out / "report.html").read_text()

@@ -220,3 +220,22 @@ def test_the_same_run_on_ray(data: Path, model: Path, tmp_path: Path) -> None:
         assert cli("predict", tmp_path / f"set-{where}", data, "-o", tmp_path / f"set-run-{where}", *extra).exit_code == 0
         sets[where] = (tmp_path / f"set-run-{where}" / "scores.csv").read_text()
     assert sets["here"] == sets["ray"] and sets["here"].splitlines()[0] == "timestamp,series,score,decision,threshold"
+
+
+def test_a_short_series_in_a_long_file_is_skipped_not_fatal(tmp_path: Path) -> None:
+    long = tmp_path / "long.csv"
+    with open(long, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "host", "cpu"])
+        for i in range(200):
+            for h in ("web-1", "web-2") + (("tiny",) if i < 5 else ()):
+                w.writerow([1_700_000_000 + 60 * i, h, f"{np.sin(i / 5):.4f}"])
+    r = cli("fit", long, "-o", tmp_path / "m", "--series-column", "host", "--window", "8")
+    assert r.exit_code == 0 and "on 2 series, one model each" in r.stderr, r.stderr
+    assert sorted(load_series_model(tmp_path / "m").keys) == ["web-1", "web-2"]  # type: ignore[union-attr]
+    r = cli("predict", tmp_path / "m", long, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    skipped = list(csv.DictReader(open(tmp_path / "run" / "skipped.csv")))
+    assert [s["series"] for s in skipped] == [f"{long} [host=tiny]"] and "5 rows" in skipped[0]["reason"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
+    assert len(rows) == 400 and {x["series"] for x in rows} == {"web-1", "web-2"}

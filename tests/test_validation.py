@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_synthetic_dataset
+from conftest import make_synthetic_dataset, run_cli
 from PIL import Image
 
 from normalcy.detectors import DETECTORS
@@ -52,13 +50,10 @@ def test_choice_is_a_candidate_with_its_validation_numbers(tmp_path: Path) -> No
 
 def test_cli_fit_auto_records_the_choice(tmp_path: Path) -> None:
     root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
-    cli = [sys.executable, "-m", "normalcy.cli"]
-    r = subprocess.run([*cli, "fit", str(root / "train" / "good"), "-o", str(tmp_path / "m"), "-d", "auto",
-                        "--image-size", "64"], capture_output=True, text=True, timeout=300)
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m", "-d", "auto", "--image-size", "64")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["detector"] == meta["choice"]["chosen"] in CANDIDATES
     assert meta["extractor"]["backbone"] == DETECTORS[meta["detector"]].default_backbone  # no --backbone: its own
-    r = subprocess.run([*cli, "fit", str(root / "train" / "good"), "-o", str(tmp_path / "m2"), "-d", "auto",
-                        "--steps", "5"], capture_output=True, text=True, timeout=300)
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m2", "-d", "auto", "--steps", "5")
     assert r.returncode == 1 and "do not apply" in r.stderr and "Traceback" not in r.stderr

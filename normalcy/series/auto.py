@@ -48,6 +48,7 @@ from scipy.special import log_ndtr
 
 from normalcy.errors import InputError
 from normalcy.series.base import SeriesDetector, SeriesParams
+from normalcy.series.members import MEMBERS
 from normalcy.series.windows import MAX_WINDOW
 
 log = logging.getLogger("normalcy")
@@ -86,16 +87,14 @@ class AutoDetector(SeriesDetector):
     # -- members -----------------------------------------------------------------------------------
     def _member(self, spec: dict[str, Any]) -> SeriesDetector:
         """A member detector from its spec, sharing this detector's columns and standardisation."""
-        from normalcy.series.registry import DETECTORS
-
         name = spec.get("detector")
-        if name not in DETECTORS or name == self.name:
+        if name not in MEMBERS:
             raise ValueError(f"member detector {str(name)[:40]!r} is not a registered detector")
         window = spec.get("window")
         if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 4096:
             raise ValueError(f"member window {str(window)[:20]!r} is not a window")
         try:
-            det = DETECTORS[name](**dict(spec.get("params") or {}), seed=self.seed)
+            det = MEMBERS[name](**dict(spec.get("params") or {}), seed=self.seed)
         except InputError as err:
             raise ValueError(str(err)) from None
         det.columns_, det.window_ = self.columns_, window

@@ -53,9 +53,11 @@ def is_series_file(path: Path) -> bool:
 
 
 def read_series(path: str | Path, time_column: str | None = None, series_column: str | None = None,
-                label_column: str | None = "label") -> list[Series]:
+                label_column: str | None = "label", failed: list[tuple[str, str]] | None = None) -> list[Series]:
     """The series of a CSV or Parquet file: one, or one per value of ``series_column``, each checked and
-    repaired by the rules of this module. Every problem is one InputError naming the file."""
+    repaired by the rules of this module. Every problem is one InputError naming the file; with ``failed``
+    given, one series of several that cannot be used (too short, a column without values) is appended there
+    as (file [column=id], reason) and the others are returned (none usable: still an InputError)."""
     path = Path(path)
     if path.suffix.lower() not in SERIES_SUFFIXES:
         raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}")
@@ -84,11 +86,20 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         return [_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
                       time_column is not None)]
     ids = np.array([str(v) for v in arrays[series_column]])
-    out = []
+    out, bad = [], []
     for sid in dict.fromkeys(ids):  # in order of first appearance
         rows = np.flatnonzero(ids == sid)
-        out.append(_tidy(path, sid, f"{path.name} [{series_column}={sid}]", rows, time[rows], values[rows],
-                         tuple(columns), None if labels is None else labels[rows], time_column is not None))
+        try:
+            out.append(_tidy(path, sid, f"{path.name} [{series_column}={sid}]", rows, time[rows], values[rows],
+                             tuple(columns), None if labels is None else labels[rows], time_column is not None))
+        except InputError as err:
+            if failed is None:
+                raise
+            bad.append((f"{path} [{series_column}={sid}]", str(err)))
+    if not out:
+        raise InputError(f"{path}: no usable series ({bad[0][1]}{' and others' if len(bad) > 1 else ''})")
+    if failed is not None:
+        failed.extend(bad)
     return out
 
 

@@ -12,22 +12,11 @@ from normalcy.detectors.modelfile import MODEL_TENSORS, read_tensors
 from normalcy.errors import InputError
 from normalcy.files import MODEL_JSON, Strict, describe, read_json
 from normalcy.series.auto import AutoDetector
-from normalcy.series.autoencoder import Autoencoder
 from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
-from normalcy.series.forecast import Forecast
-from normalcy.series.hypad import HypAD
-from normalcy.series.knn import SubsequenceKNN
-from normalcy.series.pca import SubsequencePCA
+from normalcy.series.members import MEMBERS
 
-# One line per detector.
-DETECTORS: dict[str, type[SeriesDetector]] = {cls.name: cls for cls in (
-    SubsequenceKNN,
-    SubsequencePCA,
-    Autoencoder,
-    HypAD,
-    Forecast,
-    AutoDetector,
-)}
+# The single-method detectors (series/members.py) and auto, which combines them.
+DETECTORS: dict[str, type[SeriesDetector]] = {**MEMBERS, AutoDetector.name: AutoDetector}
 DEFAULT_DETECTOR = "knn"
 M = TypeVar("M", bound=Strict)
 

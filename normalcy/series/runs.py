@@ -281,10 +281,11 @@ def load_series_model(directory: str | Path) -> SeriesDetector | SeriesSet:
 # ------------------------------------------------------------------------------------------------- fitting
 
 
-def training_series(train: Path, time_column: str | None = None, series_column: str | None = None
-                    ) -> tuple[list[Series], bool]:
+def training_series(train: Path, time_column: str | None = None, series_column: str | None = None,
+                    failed: list[tuple[str, str]] | None = None) -> tuple[list[Series], bool]:
     """The training series of a file, a series folder or a folder of them, and whether they are one per
-    model (``--series-column`` or a folder of series folders) rather than one model for all."""
+    model (``--series-column`` or a folder of series folders) rather than one model for all. A series of
+    several that cannot be used is appended to ``failed`` (see io.read_series)."""
     train = Path(train)
     if train.is_dir():
         folders = series_folders(train)
@@ -296,7 +297,7 @@ def training_series(train: Path, time_column: str | None = None, series_column: 
         return out, not is_series_folder(train)
     if not train.exists():
         raise InputError(f"{train}: not found")
-    return read_series(train, time_column, series_column), series_column is not None
+    return read_series(train, time_column, series_column, failed=failed), series_column is not None
 
 
 FitMany = Callable[[list[Series], str, dict[str, Any]], tuple[dict[str, SeriesDetector], list[tuple[str, str]]]]
@@ -321,7 +322,8 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
     (``series_column``, a folder of series folders) with ``fit_many`` (on Ray:
     normalcy.scale.distributed.fit_series_ray). In a set, a series that cannot be fitted is named in
     ``failed`` and the others go on; none fitted is an InputError."""
-    series, per_series = training_series(train, time_column, series_column)
+    unusable: list[tuple[str, str]] = []
+    series, per_series = training_series(train, time_column, series_column, unusable)
     notes = [n for s in series for n in s.notes]
     for note in notes[:20]:
         log.info(note)
@@ -329,6 +331,7 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
         model = registry.create(detector, **params).fit(series, progress=progress)
         return model
     fitted, failed = fit_many(series, detector, params)
+    failed = unusable + failed
     if not fitted:
         raise InputError(f"{train}: no series could be fitted ({failed[0][1]}{' and others' if len(failed) > 1 else ''})")
     if time_column is None and not train.is_dir():  # the one found by name, so predict reads it alike
@@ -409,6 +412,7 @@ class SeriesFile:
     series: list[Series]
     times: list[str]  # the time column's text of each data row, as written (row numbers without one)
     time_column: str | None
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file [column=id], reason): series left out
 
 
 def series_key(path: Path) -> str:
@@ -435,14 +439,15 @@ def predict_files(inputs: list[Path]) -> list[Path]:
 def read_series_file(path: Path, time_column: str | None, series_column: str | None) -> SeriesFile:
     """A file to score: its series and the time text of each row. One InputError naming the file when it
     cannot be read."""
-    series = read_series(path, time_column, series_column)
+    failed: list[tuple[str, str]] = []
+    series = read_series(path, time_column, series_column, failed=failed)
     columns = header_columns(path) or []
     tcol = time_column_of(columns, time_column)
     key = series_key(path)
     if series_column is None:
         series[0].name = key
     n = max(int(s.file_rows.max()) + 1 for s in series if s.file_rows is not None and len(s.file_rows))
-    return SeriesFile(path, key, series, time_texts(path, tcol, n), tcol)
+    return SeriesFile(path, key, series, time_texts(path, tcol, n), tcol, failed)
 
 
 def time_texts(path: Path, column: str | None, n: int) -> list[str]:
