@@ -57,3 +57,15 @@ def test_cli_fit_auto_records_the_choice(tmp_path: Path) -> None:
     assert meta["extractor"]["backbone"] == DETECTORS[meta["detector"]].default_backbone  # no --backbone: its own
     r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m2", "-d", "auto", "--steps", "5")
     assert r.returncode == 1 and "do not apply" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_experimental_detectors_are_said_and_never_chosen(tmp_path: Path) -> None:
+    experimental = {n for n, c in DETECTORS.items() if c.experimental}
+    assert experimental == {"simplenet", "draem", "efficientad"} and not experimental & set(CANDIDATES)
+    assert "Experimental" in " ".join(run_cli("fit", "--help").stdout.split())
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=6)
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m", "-d", "simplenet", "--steps", "2",
+                "--image-size", "64")
+    assert r.returncode == 0 and "simplenet is experimental" in " ".join(r.stderr.split()), r.stderr
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "g", "--image-size", "64")
+    assert r.returncode == 0 and "is experimental" not in r.stderr
