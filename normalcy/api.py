@@ -32,7 +32,7 @@ from normalcy.detectors import (
 )
 from normalcy.detectors import load as load_image_model
 from normalcy.errors import InputError
-from normalcy.images.backbones import BackboneSpec, custom_backbone
+from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
 from normalcy.images.io import input_paths, iter_images, list_files
 from normalcy.progress import progress_bar
@@ -92,6 +92,12 @@ class ExtractorOptions:
     overlap: int = 64
     pool_grid: int = 4
     precision: str = "auto"
+    input_norm: str = "own"  # own, imagenet, or auto (chosen on held-out normal images with synthetic defects)
+
+    @property
+    def input_norms(self) -> tuple[str, ...]:
+        """The input normalisations to try: both for auto (the backbone's own first), else the one given."""
+        return INPUT_NORMS if self.input_norm == "auto" else (self.input_norm,)
 
     @property
     def own_backbones(self) -> bool:
@@ -115,7 +121,8 @@ class ExtractorOptions:
                 why = "the images' own size, in tiles" if self.tile else "the images' aspect ratio"
                 logger.info("input size %dx%d (height x width), from %s", size[0], size[1], why)
         return FeatureExtractor(backbone=spec, image_size=size, pool_grid=self.pool_grid, precision=self.precision,
-                                tile=self.tile, overlap=self.overlap)
+                                tile=self.tile, overlap=self.overlap,
+                                input_norm="own" if self.input_norm == "auto" else self.input_norm)
 
 
 @dataclass(frozen=True)
@@ -250,10 +257,11 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         paths = list_files(Path(train)) if isinstance(train, (str, Path)) else [Path(p) for p in train]
         name = det_opts.name()
         extractor = ex.extractor(paths, name)
-        if name == "auto":
-            from normalcy.evaluation.validation import fit_auto
+        if name == "auto" or len(ex.input_norms) > 1:
+            from normalcy.evaluation.validation import CANDIDATES, fit_auto
 
-            model = fit_auto(paths, extractor, own_backbones=ex.own_backbones, **det_opts.kwargs())
+            model = fit_auto(paths, extractor, own_backbones=ex.own_backbones, norms=ex.input_norms,
+                             candidates=CANDIDATES if name == "auto" else (name,), **det_opts.kwargs())
         else:
             model = create(name, extractor, **det_opts.kwargs()).fit(paths, progress=progress)
     if output is not None:

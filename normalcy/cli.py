@@ -122,6 +122,9 @@ SeedArg = Annotated[int, typer.Option(help="Random seed (coreset, calibration fo
 StepsArg = Annotated[Optional[int], typer.Option(help="Trained detectors: training steps (default: the detector's "
                                                  "own).")]
 BudgetArg = Annotated[Optional[float], typer.Option(help="Trained detectors: stop training after this many seconds.")]
+InputNormArg = Annotated[str, typer.Option(help="How pixels enter the backbone: own (the mean/std its weights were "
+                                            "trained with), imagenet (ImageNet's), or auto: each on held-out normal "
+                                            "training images with synthetic defects, the better kept (fit, eval).")]
 ThreadsArg = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: all cores).")]
 HeatmapsArg = Annotated[bool, typer.Option(help="Write a heatmap PNG per image (original | overlay) and overlays/.")]
 ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top anomalies.")]
@@ -159,7 +162,7 @@ RayArg = Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: local 
 # The option of each field of the option groups (normalcy.api's dataclasses, where the defaults live).
 GROUP_OPTIONS: dict[str, Any] = {
     "backbone": BackboneArg, "backbone_config": BackboneCfgArg, "image_size": SizeArg, "tile": TileArg,
-    "overlap": OverlapArg, "pool_grid": GridArg, "precision": PrecisionArg,
+    "overlap": OverlapArg, "pool_grid": GridArg, "precision": PrecisionArg, "input_norm": InputNormArg,
     "detector": DetectorArg, "fpr": FprArg, "seed": SeedArg, "steps": StepsArg, "time_budget": BudgetArg,
     "window": WindowArg,
 }
@@ -458,7 +461,8 @@ def _eval_images(dataset: Path, ex: ExtractorOptions, det_opts: DetectorOptions,
     ds = load_dataset(dataset)
     detector = det_opts.name()
     metrics, det, result = run_eval(ds, detector, ex.extractor(ds.train, detector), progress=True,
-                                    own_backbones=ex.own_backbones, detector_kwargs=det_opts.kwargs())
+                                    own_backbones=ex.own_backbones, detector_kwargs=det_opts.kwargs(),
+                                    input_norms=ex.input_norms)
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:
         write_eval_report(report, metrics, det, result, ds)

@@ -69,3 +69,34 @@ def test_experimental_detectors_are_said_and_never_chosen(tmp_path: Path) -> Non
     assert r.returncode == 0 and "simplenet is experimental" in " ".join(r.stderr.split()), r.stderr
     r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "g", "--image-size", "64")
     assert r.returncode == 0 and "is experimental" not in r.stderr
+
+
+def test_input_norm_auto_tries_both_and_the_model_keeps_its_choice(tmp_path: Path) -> None:
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m", "--input-norm", "auto", "--image-size", "64")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert set(meta["choice"]["validation_auroc"]) == {"gaussian/own", "gaussian/imagenet"}
+    assert meta["extractor"]["input_norm"] == meta["choice"]["input_norm"] in ("own", "imagenet")
+    # a model saved with ImageNet's normalisation loads with it; one from before the option loads as "own"
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "i", "--input-norm", "imagenet", "--image-size", "64")
+    assert r.returncode == 0, r.stderr
+    from normalcy.detectors import load
+
+    det = load(tmp_path / "i")
+    assert det.extractor.input_norm == "imagenet" and det.extractor.spec.mean == (0.485, 0.456, 0.406)
+    raw = json.loads((tmp_path / "m" / "model.json").read_text())
+    del raw["extractor"]["input_norm"]
+    (tmp_path / "m" / "model.json").write_text(json.dumps(raw))
+    assert load(tmp_path / "m").extractor.spec.mean == (0.5, 0.5, 0.5)
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "x", "--input-norm", "bogus")
+    assert r.returncode == 1 and "input normalisation 'bogus'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_with_input_norm_keeps_every_other_option() -> None:
+    ex = FeatureExtractor(image_size=(64, 96), pool_grid=2, precision="fp32")
+    other = ex.with_input_norm("imagenet")
+    assert {k: v for k, v in other.config.items() if k != "input_norm"} == \
+        {k: v for k, v in ex.config.items() if k != "input_norm"}
+    assert other.spec.std == (0.229, 0.224, 0.225) and ex.spec.std == (0.5, 0.5, 0.5)
+    assert other.with_backbone("efficientnet_lite2").input_norm == "imagenet"

@@ -18,7 +18,7 @@ import numpy as np
 from normalcy.detectors import Detector, MuSc, Result, create
 from normalcy.detectors.base import Maps
 from normalcy.evaluation.metrics import evaluate
-from normalcy.evaluation.validation import fit_auto
+from normalcy.evaluation.validation import CANDIDATES, fit_auto
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import Dataset, Sample, load_dataset, read_image, read_mask
 from normalcy.runs.report import gallery_image, write_report
@@ -121,6 +121,7 @@ def run_eval(
     detector_kwargs: dict[str, Any] | None = None,
     latency_images: int = 20,
     own_backbones: bool = False,
+    input_norms: Sequence[str] = ("own",),
 ) -> tuple[dict[str, Any], Detector, Result]:
     """Fit, score, measure. Returns (metrics dict, fitted detector, test result). ``own_backbones``: ``auto``'s
     candidates each run on their own default backbone (see validation.fit_auto)."""
@@ -130,8 +131,9 @@ def run_eval(
     t0 = time.perf_counter()
     if zero_shot:
         det: Detector | MuSc = MuSc(extractor, **{k: v for k, v in kwargs.items() if k not in ("fpr", "seed")})
-    elif detector == "auto":  # chosen on held-out normal training images with synthetic defects
-        det = fit_auto(ds.train, extractor, progress=progress, own_backbones=own_backbones, **kwargs)
+    elif detector == "auto" or len(input_norms) > 1:  # chosen on held-out normal images with synthetic defects
+        det = fit_auto(ds.train, extractor, progress=progress, own_backbones=own_backbones, norms=input_norms,
+                       candidates=CANDIDATES if detector == "auto" else (detector,), **kwargs)
     else:
         det = create(detector, extractor, **kwargs).fit(ds.train, progress=progress)
     fit_seconds = time.perf_counter() - t0
@@ -147,6 +149,7 @@ def run_eval(
         "detector": detector if detector != "auto" else f"auto: {det.name}",
         "dataset": ds.name,
         "backbone": det.extractor.spec.name,
+        "input_norm": None if zero_shot else det.extractor.input_norm,
         "image_size": det.extractor.image_size,
         "precision": det.extractor.precision,
         "n_train": 0 if zero_shot else det.n_train_,

@@ -84,37 +84,51 @@ def validation_auroc(detector: Any, split: Split) -> float:
 
 
 def choose_detector(paths: Sequence[Path], extractor: FeatureExtractor, candidates: Sequence[str] = CANDIDATES,
-                    own_backbones: bool = False, **kwargs: Any) -> tuple[str, dict[str, float]]:
+                    own_backbones: bool = False, norms: Sequence[str] = ("own",),
+                    **kwargs: Any) -> tuple[str, dict[str, float]]:
     """The candidate with the best synthetic-defect validation AUROC on held-out normal images, and every AUROC.
-    ``own_backbones``: each candidate runs on its own default backbone (``extractor``'s other options kept)."""
+    ``own_backbones``: each candidate runs on its own default backbone (``extractor``'s other options kept).
+    With several input normalisations (``norms``) each candidate is tried with each, keyed ``name/norm``."""
     from normalcy.detectors import create
 
     found: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="normalcy-validation-") as tmp:
         split = synthetic_split(paths, Path(tmp), seed=int(kwargs.get("seed", 0)))
-        for name in candidates:
-            det = create(name, _extractor_for(name, extractor, own_backbones), **kwargs).fit(split.fit, progress=False)
-            found[name] = validation_auroc(det, split)
+        for key, name, ex in _trials(extractor, candidates, norms, own_backbones):
+            det = create(name, ex, **kwargs).fit(split.fit, progress=False)
+            found[key] = validation_auroc(det, split)
             log.info("auto: %s reaches %.3f image AUROC on %d held-out normal images with synthetic defects",
-                     name, found[name], len(split.normal))
-    best = max(found, key=lambda k: found[k])
+                     key, found[key], len(split.normal))
+    best = max(found, key=lambda k: found[k])  # the first of equals: the default normalisation, listed first
     return best, found
 
 
 def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, progress: bool = True,
-             own_backbones: bool = False, **kwargs: Any) -> Any:
-    """``--detector auto``: choose among CANDIDATES on synthetic-defect validation, then fit the choice on all
-    images. The choice and every candidate's validation AUROC are kept on the model (``choice``). Without an
-    extractor, or with ``own_backbones``, each candidate runs on its own default backbone."""
+             own_backbones: bool = False, candidates: Sequence[str] = CANDIDATES, norms: Sequence[str] = ("own",),
+             **kwargs: Any) -> Any:
+    """``--detector auto`` and/or ``--input-norm auto``: choose among ``candidates`` (and input normalisations
+    ``norms``) on synthetic-defect validation, then fit the choice on all images. The choice and every trial's
+    validation AUROC are kept on the model (``choice``). Without an extractor, or with ``own_backbones``, each
+    candidate runs on its own default backbone."""
     from normalcy.detectors import create
 
     own_backbones = own_backbones or extractor is None
     extractor = extractor or FeatureExtractor()
-    name, found = choose_detector(paths, extractor, own_backbones=own_backbones, **kwargs)
-    log.info("auto: chose %s (%s)", name, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
-    det = create(name, _extractor_for(name, extractor, own_backbones), **kwargs).fit(paths, progress=progress)
-    det.choice = {"validation_auroc": found, "chosen": name}
+    key, found = choose_detector(paths, extractor, candidates, own_backbones=own_backbones, norms=norms, **kwargs)
+    log.info("auto: chose %s (%s)", key, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
+    name, _, norm = key.partition("/")
+    ex = _extractor_for(name, extractor, own_backbones).with_input_norm(norm or norms[0])
+    det = create(name, ex, **kwargs).fit(paths, progress=progress)
+    det.choice = {"validation_auroc": found, "chosen": name, "input_norm": ex.input_norm}
     return det
+
+
+def _trials(extractor: FeatureExtractor, candidates: Sequence[str], norms: Sequence[str],
+            own_backbones: bool) -> list[tuple[str, str, FeatureExtractor]]:
+    """(key, detector, extractor) of each trial: every candidate with every input normalisation."""
+    return [(name if len(norms) == 1 else f"{name}/{norm}", name,
+             _extractor_for(name, extractor, own_backbones).with_input_norm(norm))
+            for name in candidates for norm in norms]
 
 
 def _extractor_for(name: str, extractor: FeatureExtractor, own_backbone: bool) -> FeatureExtractor:

