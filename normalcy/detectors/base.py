@@ -40,7 +40,7 @@ import typing
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Iterable, Iterator, Sequence
+from typing import Annotated, Any, ClassVar, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -192,6 +192,13 @@ Steps = Annotated[int, Field(ge=1, le=10_000_000)]
 Seconds = Annotated[float, Field(gt=0, le=30 * 86400)]  # a training budget: at most 30 days
 LearningRate = Annotated[float, Field(gt=0, le=10)]
 Width = Annotated[int, Field(ge=1, le=4096)]  # channels, hidden units
+
+
+class TrainedParams(HyperParams):
+    """Base of a trained detector's hyper-parameters: the wall-clock training budget they share (``--time-budget``;
+    each declares its own ``steps``)."""
+
+    time_budget: Optional[Seconds] = Field(600.0, description="seconds; None: steps alone")
 
 
 def validation_message(where: str, err: ValidationError) -> str:

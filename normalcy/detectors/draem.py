@@ -44,7 +44,7 @@ the machine's speed.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from normalcy.detectors.base import Detector, HyperParams, InputSize, LearningRate, Seconds, Steps
+from normalcy.detectors.base import Detector, InputSize, LearningRate, Steps, TrainedParams
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.detectors.networks import Discriminative, Reconstructive, focal_loss, ssim
 from normalcy.detectors.training import Trained, TrainLog, step_decay, train
@@ -72,9 +72,8 @@ class DRAEM(Trained, Detector):
     experimental = ("it learns from synthetic defects alone, without a pretrained backbone, on a CPU budget far below its paper's; it trails gaussian on real defects")
     uses_features = False
 
-    class Params(HyperParams):
+    class Params(TrainedParams):
         steps: Steps = 5000
-        time_budget: Optional[Seconds] = Field(600.0, description="seconds; None: steps alone")
         input_size: InputSize = 128
         base_width: int = Field(16, ge=2, le=512)
         lr: LearningRate = 1e-3

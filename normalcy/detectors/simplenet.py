@@ -17,20 +17,13 @@ Departures from the paper, and why:
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from normalcy.detectors.base import (
-    Detector,
-    HyperParams,
-    LearningRate,
-    Seconds,
-    Steps,
-    Width,
-)
+from normalcy.detectors.base import Detector, LearningRate, Steps, TrainedParams, Width
 from normalcy.detectors.training import Trained, train
 from normalcy.images.features import Batch, Features
 
@@ -52,9 +45,8 @@ class SimpleNet(Trained, Detector):
     experimental = ("its patch scores do not know where in the image a patch is, and it trains on a CPU budget; it trails gaussian on textures photographed in a fixed pose")
     uses_pooled = False
 
-    class Params(HyperParams):
+    class Params(TrainedParams):
         steps: Steps = 3000
-        time_budget: Optional[Seconds] = Field(600.0, description="seconds; None: steps alone")
         batch_patches: int = Field(2048, ge=1, le=1_048_576)
         hidden: Width = 1024
         noise_std: float = Field(0.5, gt=0, le=100)
