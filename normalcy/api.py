@@ -388,6 +388,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         time_column = time_column or model.time_column
         info |= {"detector": model.name, "models": len(model), "series_column": series_column}
     else:
+        time_column = time_column or model.time_column
         info |= {"detector": model.name, "window": model.window_}
     check_output(output, inputs)
     files: list[SeriesFile] = []

@@ -239,3 +239,16 @@ def test_a_short_series_in_a_long_file_is_skipped_not_fatal(tmp_path: Path) -> N
     assert [s["series"] for s in skipped] == [f"{long} [host=tiny]"] and "5 rows" in skipped[0]["reason"]
     rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
     assert len(rows) == 400 and {x["series"] for x in rows} == {"web-1", "web-2"}
+
+
+def test_a_time_column_given_at_fit_is_read_by_predict(tmp_path: Path) -> None:
+    for name, n in (("train.csv", 300), ("test.csv", 100)):
+        (tmp_path / name).write_text("when,cpu\n" + "".join(f"{1_700_000_000 + 60 * i},{np.sin(i / 5):.4f}\n"
+                                                           for i in range(n)))
+    r = cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "--time-column", "when", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["time_column"] == "when"
+    r = cli("predict", tmp_path / "m", tmp_path / "test.csv", "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
+    assert len(rows) == 100 and rows[0]["when"] == "1700000000"

@@ -109,6 +109,7 @@ class SeriesDetector:
         self.threshold_ = None
         self.starts = np.zeros(1, np.int64)  # during fit: the first row of each training series in _fit's X
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen and why, for model.json
+        self.time_column: str | None = None  # the training file's time column, which predict then reads by default
         self._stream: _Ring | None = None
 
     # -- what subclasses implement ---------------------------------------------------------
@@ -368,7 +369,7 @@ class SeriesDetector:
             "detector": self.name, "params": self.params(), "columns": list(self.columns_),
             "window": self.window_, "threshold": self.threshold_, "mean": self.mean_.tolist(),
             "scale": self.scale_.tolist(), "n_train": self.n_train_, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "training": self.metadata() or None, "choice": self.choice,
+            "training": self.metadata() or None, "choice": self.choice, "time_column": self.time_column,
         }))
         save_file(self.state_dict(), str(d / MODEL_TENSORS))
         (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
@@ -383,7 +384,7 @@ class SeriesDetector:
             raise InputError(f"{source / MODEL_JSON}: {err}") from None
         det.columns_, det.window_, det.threshold_ = tuple(meta.columns), meta.window, meta.threshold
         det.mean_, det.scale_ = np.asarray(meta.mean), np.asarray(meta.scale)
-        det.n_train_, det.choice = meta.n_train, meta.choice
+        det.n_train_, det.choice, det.time_column = meta.n_train, meta.choice, meta.time_column
         check_tensors(state, None, source=str(source / MODEL_TENSORS))
         try:
             with torch.random.fork_rng(devices=[]):
@@ -411,6 +412,7 @@ class SeriesModelMeta(Strict):
     created: str = Field(max_length=100)
     training: dict[str, Any] | None = None
     choice: dict[str, Any] | None = None
+    time_column: str | None = Field(None, max_length=1000)  # None: row numbers, or a column found by name
 
     @model_validator(mode="after")
     def _shapes(self) -> "SeriesModelMeta":

@@ -329,6 +329,8 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
         log.info(note)
     if not per_series:
         model = registry.create(detector, **params).fit(series, progress=progress)
+        if time_column is not None and not train.is_dir():  # given at fit: predict reads the same column
+            model.time_column = time_column
         return model
     fitted, failed = fit_many(series, detector, params)
     failed = unusable + failed
