@@ -60,15 +60,16 @@ def test_colorize_nan_is_cold_and_infinities_clip() -> None:
 # --------------------------------------------------------------------------- overlay
 
 
-def test_overlay_shape_dtype_and_colour() -> None:
+def test_overlay_colours_only_what_exceeds_the_floor() -> None:
     img = np.full((32, 48, 3), 128, dtype=np.uint8)
     a = np.zeros((32, 48), dtype=np.float32)
     a[:, 24:] = 1.0
+    a[:, 36:] = 0.5
     out = overlay(img, a, 0.0, 1.0, alpha=0.5)
     assert out.shape == (32, 48, 3) and out.dtype == np.uint8
-    left, right = out[16, 5].astype(int), out[16, 40].astype(int)
-    assert left[2] > left[0]  # cold side bluish
-    assert right[0] > right[2]  # hot side reddish
+    assert np.array_equal(out[16, 5], img[16, 5])  # at the floor: the image untouched
+    hot, half = out[16, 30].astype(int), out[16, 40].astype(int)
+    assert hot[0] > hot[2] and abs(hot - 128).sum() > abs(half - 128).sum() > 0  # hotter: redder and stronger
 
 
 def test_overlay_gray_image_and_resized_map() -> None:
@@ -82,14 +83,17 @@ def test_overlay_alpha_extremes() -> None:
     img = _image()
     a = _amap()
     assert np.array_equal(overlay(img, a, 0.0, 1.0, alpha=0.0), img)
-    assert np.array_equal(overlay(img, a, 0.0, 1.0, alpha=1.0), colorize(a, 0.0, 1.0))
+    full = overlay(img, a, 0.0, 1.0, alpha=1.0)
+    top = a >= 1.0
+    assert top.any() and np.array_equal(full[top], colorize(a, 0.0, 1.0)[top])  # at vmax: the colour alone
 
 
 def test_overlay_degenerate_range_still_shows_the_hot_region() -> None:
-    out = overlay(_image(), _amap(), 0.3, 0.3, alpha=1.0)
+    img = _image()
+    out = overlay(img, _amap(), 0.3, 0.3, alpha=1.0)
     assert out.shape == (32, 48, 3)
     assert np.array_equal(out[10, 15], colorize(np.ones((1, 1)), 0.0, 1.0)[0, 0])  # above vmin: hottest
-    assert np.array_equal(out[0, 0], colorize(np.zeros((1, 1)), 0.0, 1.0)[0, 0])
+    assert np.array_equal(out[0, 0], img[0, 0])  # below: the image
 
 
 # --------------------------------------------------------------------------- heatmap PNGs

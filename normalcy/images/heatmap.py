@@ -77,13 +77,15 @@ def colorize(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
 
 
 def overlay(
-    image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5
+    image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.6
 ) -> np.ndarray:
     """Blend a colorized anomaly map onto the image; returns HxWx3 uint8 RGB.
 
-    Detectors usually produce maps at feature resolution, so a map of a different
-    size is resized bilinearly to the image (smooth, no blocky patches). `alpha`
-    is the weight of the heatmap: 0 shows the image only, 1 the heatmap only.
+    Each pixel's colour weighs by how far its map value lies into [vmin, vmax]: at or below vmin (as
+    anomalous as normal parts get) the image shows untouched, at vmax and above the colour covers it at
+    weight ``alpha``. So a defect stands out on the part instead of under a tint over the whole image.
+    Detectors usually produce maps at feature resolution, so a map of a different size is resized
+    bilinearly to the image (smooth, no blocky patches).
     """
     rgb = _to_rgb_u8(image)
     h, w = rgb.shape[:2]
@@ -95,8 +97,13 @@ def overlay(
     if a.shape != (h, w):
         a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
     heat = colorize(a, vmin, vmax)
-    alpha = float(np.clip(alpha, 0.0, 1.0))
-    return cv2.addWeighted(rgb, 1.0 - alpha, heat, alpha, 0.0)
+    if vmax > vmin:
+        weight = np.clip((a - vmin) / (vmax - vmin), 0.0, 1.0)
+    else:  # a degenerate range: colour where the map exceeds it
+        weight = (a > vmin).astype(np.float32)
+    weight = np.nan_to_num(weight, nan=0.0)[..., None] * float(np.clip(alpha, 0.0, 1.0))
+    out = rgb.astype(np.float32) * (1.0 - weight) + heat.astype(np.float32) * weight
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def side_by_side(image: np.ndarray, over: np.ndarray) -> np.ndarray:
