@@ -491,6 +491,9 @@ def score_batch(inputs: Sequence[PathLike], output: PathLike = "results", *, ext
     """Zero-shot (MuSc): score unlabeled images against each other (and against ``extra`` images, not
     scored) into the run folder ``output``. ``settings``: the fields of ExtractorOptions."""
     ex, _ = options(settings)
+    if len(ex.input_norms) > 1:
+        raise InputError("--input-norm auto chooses on normal training images; score-batch has none (zero-shot): "
+                         "give own or imagenet")
     inputs = [Path(p) for p in inputs]
     output = Path(output)
     check_output(output, inputs)  # before the minutes of scoring, not after

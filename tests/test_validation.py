@@ -91,6 +91,8 @@ def test_input_norm_auto_tries_both_and_the_model_keeps_its_choice(tmp_path: Pat
     assert load(tmp_path / "m").extractor.spec.mean == (0.5, 0.5, 0.5)
     r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "x", "--input-norm", "bogus")
     assert r.returncode == 1 and "input normalisation 'bogus'" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("score-batch", root / "test", "-o", tmp_path / "zs", "--input-norm", "auto")
+    assert r.returncode == 1 and "score-batch has none" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_with_input_norm_keeps_every_other_option() -> None:
