@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from normalcy.evaluation.series_metrics import Counts, auc_pr, event_counts, label_events  # noqa: E402
+from nab import parse_params  # noqa: E402  (bench/nab.py: scripts import each other by name)
 from normalcy.series.base import MIN_THRESHOLD  # noqa: E402
 from normalcy.series.events import spans  # noqa: E402
 from normalcy.series.hypad import HypAD  # noqa: E402
@@ -185,17 +186,6 @@ def print_table(title: str, summary: dict[str, dict]) -> None:
         same = "  ".join(f"{v['fp_events']:4d} / {v['point_fpr']:.4f}" for v in s["same_recall"].values())
         print(f"{way:12s} {o['event_f1']:8.3f} {o['fp_events']:6d} {o['tp_events']:6d} {o['fn_events']:6d} "
               f"{o['point_recall']:9.3f} {o['point_fpr']:8.4f} {o['point_f1']:6.3f} {o['auc_pr']:7.3f}   {same}")
-
-
-def parse_params(pairs: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
 
 
 def main() -> None:

@@ -91,16 +91,36 @@ def likelihood(x: np.ndarray, short: int = 10, history: int = 8640, min_std: flo
     return tail / (1.0 + tail)
 
 
-def run_stream(det, f: nab.NabFile, learn: str, learn_every: int, quiet: int) -> np.ndarray:
-    """A fitted detector's NAB scores of one file through ``Stream`` (see the module docstring)."""
+def parse_params(pairs: list[str]) -> dict[str, object]:
+    """``--param KEY=VALUE`` items as detector parameters (a value that is JSON is read as JSON, else a string)."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def stream_file(det, f: nab.NabFile, *, learn: bool = True, learn_every: int = 128, quiet: int = 100,
+                alarm: float = 0.3):
+    """A detector fitted on the file's probationary rows, run through ``Stream`` as a monitoring loop runs it:
+    it learns the rows it held out to calibrate on, then scores (and learns) every row after the probationary
+    period from its past. The StreamScores of those rows."""
     from normalcy.series.stream import Stream
 
     X, p = f.values.reshape(-1, 1), f.probation
     cut = p - int(round(det.holdout * p))  # where the base's held-out rows begin
-    stream = Stream(det, past=X[:cut], learn=learn != "none", learn_every=learn_every, quiet=quiet)
+    stream = Stream(det, past=X[:cut], learn=learn, learn_every=learn_every, quiet=quiet, alarm=alarm)
     stream.learn(X[cut:p])
+    return stream.run(X[p:])
+
+
+def run_stream(det, f: nab.NabFile, learn: str, learn_every: int, quiet: int) -> np.ndarray:
+    """A fitted detector's NAB scores of one file through ``Stream`` (see the module docstring)."""
     out = np.zeros(len(f))
-    out[p:] = stream.run(X[p:]).reported
+    out[f.probation:] = stream_file(det, f, learn=learn != "none", learn_every=learn_every, quiet=quiet).reported
     return out
 
 
@@ -209,13 +229,7 @@ def main() -> None:
         from normalcy.series import registry
 
         name = args.detector or registry.DEFAULT_DETECTOR
-        params = {}
-        for item in args.param:
-            key, _, value = item.partition("=")
-            try:
-                params[key] = json.loads(value)
-            except json.JSONDecodeError:
-                params[key] = value
+        params = parse_params(args.param)
         print(f"normalcy.series {name} {params or ''} online on {len(corpus.files)} NAB files "
               f"(learn: {args.learn})", file=sys.stderr)
         raw, timing = run_detector(corpus, name, params, args.learn, args.convert, args.files, args.learn_every,

@@ -47,6 +47,7 @@ from normalcy.errors import InputError  # noqa: E402
 from normalcy.evaluation import nab  # noqa: E402
 from normalcy.evaluation.series_metrics import Counts, event_counts  # noqa: E402
 from normalcy.series.events import spans  # noqa: E402
+from nab import parse_params, stream_file  # noqa: E402  (bench/nab.py: scripts import each other by name)
 
 ORION_AER = {  # Orion's published AER event F1 (the figures issue 25 quotes)
     "artificialWithAnomaly": 0.75, "realAWSCloudwatch": 0.70, "realAdExchange": 0.73,
@@ -57,16 +58,10 @@ OTHER = ("realKnownCause", "artificialNoAnomaly")  # NAB categories Orion does n
 
 def run_file(det, f: nab.NabFile, level: float, gap: int, learn_every: int, quiet: int) -> dict[str, list]:
     """Predicted events (first, last row) of one file, both ways."""
-    from normalcy.series.stream import Stream
-
-    X, p = f.values.reshape(-1, 1), f.probation
-    offline = det.score(X)
+    offline = det.score(f.values.reshape(-1, 1))
     out = {"offline": spans(offline.decision, gap=det.window_)}
-    cut = p - int(round(det.holdout * p))
-    stream = Stream(det, past=X[:cut], learn_every=learn_every, quiet=quiet, alarm=level)
-    stream.learn(X[cut:p])
     score = np.zeros(len(f))
-    score[p:] = stream.run(X[p:]).score
+    score[f.probation:] = stream_file(det, f, learn_every=learn_every, quiet=quiet, alarm=level).score
     out["stream"] = spans(score >= level, gap=gap)
     return out
 
@@ -90,13 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     faiss.omp_set_num_threads(1)
     name = args.detector or registry.DEFAULT_DETECTOR
-    params = {}
-    for item in args.param:
-        key, _, value = item.partition("=")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
+    params = parse_params(args.param)
     corpus = nab.load_corpus(args.root)
     counts: dict[str, dict[str, Counts]] = {"stream": {}, "offline": {}}
     t0 = time.perf_counter()
