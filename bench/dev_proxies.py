@@ -3,9 +3,12 @@
     python bench/dev_proxies.py                     # every proxy and detector, about 12 minutes on 2 cores
     python bench/dev_proxies.py --proxies elpv --detectors gaussian
     python bench/dev_proxies.py --detectors patchcore@efficientnet_lite0 patchcore   # NAME@BACKBONE: another backbone
+    python bench/dev_proxies.py --detectors gaussian patchcore --input-norms own imagenet auto
 
 Without @BACKBONE a detector runs on its own default backbone (patchcore: EfficientNet-Lite2 since 3 December
-2026; tables before that date ran it on Lite0), and auto gives each candidate its own, as ``normalcy eval`` does.
+2026; tables before that date ran it on Lite0), and auto gives each candidate its own, as ``normalcy eval`` does. ``--input-norms`` runs each detector with each
+input normalisation (``auto``: chosen by the detector's own synthetic-defect validation, as ``--input-norm auto``);
+the columns are then NAME/NORM.
 
 The synthetic proxies are built from NORMAL training images only: train/good is split into a part to fit
 on and a held-out part (20 %), and each held-out image is scored as it is and once as a logical-anomaly
@@ -34,6 +37,7 @@ from normalcy.demo import build_elpv_dataset
 from normalcy.detectors import EfficientAD, default_backbone
 from normalcy.evaluation.evaluate import run_eval
 from normalcy.evaluation.metrics import image_metrics
+from normalcy.images.backbones import INPUT_NORMS
 from normalcy.images.features import FeatureExtractor, size_for
 from normalcy.images.io import Dataset, load_dataset, read_image
 
@@ -124,6 +128,8 @@ def main() -> None:
     ap.add_argument("--detectors", nargs="+", default=list(DETECTORS),
                     help=f"of {', '.join(DETECTORS)}; NAME@BACKBONE runs it on another backbone")
     ap.add_argument("--time-budget", type=float, default=60.0, help="EfficientAD's training budget, seconds")
+    ap.add_argument("--input-norms", nargs="+", default=["own"], choices=[*INPUT_NORMS, "auto"],
+                    help="run each detector with each input normalisation (auto: chosen on its own validation)")
     args = ap.parse_args()
     for spec in args.detectors:
         if spec.split("@")[0] not in DETECTORS:
@@ -143,15 +149,23 @@ def main() -> None:
             n_bad = sum(s.label for s in ds.test)
             print(f"{name}: {len(ds.train)} train, {len(ds.test) - n_bad} normal + {n_bad} anomalous test, "
                   f"input {sizes[name]}", flush=True)
-            for spec in args.detectors:
+            for spec, norm in ((d, n) for d in args.detectors for n in args.input_norms):
                 det_name, _, backbone = spec.partition("@")
                 kw = {"time_budget": args.time_budget} if det_name == "efficientad" else {}
+                norms = INPUT_NORMS if norm == "auto" else (norm,)
                 # Without @BACKBONE: the detector's own default backbone (auto: each candidate's), as in eval.
-                metrics, det, result = run_eval(ds, det_name, ex.with_backbone(backbone or default_backbone(det_name)),
+                base = ex.with_backbone(backbone or default_backbone(det_name))
+                metrics, det, result = run_eval(ds, det_name, base if norm == "auto" else base.with_input_norm(norm),
                                                 progress=False, detector_kwargs=kw, latency_images=0,
-                                                own_backbones=not backbone)
+                                                own_backbones=not backbone, input_norms=norms)
+                if len(args.input_norms) > 1:
+                    spec = f"{spec}/{norm}"
                 totals.setdefault(name, {})[spec] = metrics["image_auroc"]
-                shown = metrics["detector"] + (f" on {backbone}" if backbone else "")
+                chose = getattr(det, "choice", None) or {}
+                shown = metrics["detector"] + (f" on {backbone}" if backbone else "") + \
+                    (f", input norm {det.extractor.input_norm}" if len(args.input_norms) > 1 else "") + \
+                    (f" (validation {', '.join(f'{k} {v:.3f}' for k, v in chose['validation_auroc'].items())})"
+                     if chose else "")
                 if name.endswith("-logical"):
                     for kind, v in kind_aurocs(ds, result.paths, result.scores).items():
                         kinds.setdefault((name, kind), {})[spec] = v
@@ -159,7 +173,7 @@ def main() -> None:
                         branches[name] = efficientad_branches(det, ds)
                 print(f"  {shown}: image AUROC {metrics['image_auroc']:.3f} (fit {metrics['fit_seconds']:.0f} s)",
                       flush=True)
-    cols = args.detectors
+    cols = list(next(iter(totals.values()))) if totals else []
     print("\n| proxy | input | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     for name, row in totals.items():

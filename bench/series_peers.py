@@ -20,8 +20,10 @@ Peers, from their PyPI packages (``pip install -c constraints.txt -e ".[series-b
 
 Ours (``normalcy.series.registry``): ``create(name)``, ``fit(train rows)``, ``score(test rows)``;
 their decision is ``score >= threshold_`` (set on held-out normal training rows at ``fpr``), and their
-events are those ``predict`` writes (``normalcy.series.events.spans`` with gap = the detector's window_:
-decision runs fewer than window_ rows apart merge). The peers' events are the runs of their decisions.
+events are those ``predict`` writes (``normalcy.series.events.spans`` with gap = the detector's gap_:
+decision runs fewer than max(window_, event_gap) rows apart merge; event_gap 100 by default, as Orion's 50 rows of
+padding either side merge). The peers' decisions are merged by the same rule (runs fewer than 100 rows apart),
+so that events are counted alike.
 
 Splits:
 - NAB (58 files, labels = NAB's combined anomaly windows): ours fit on the first 15 % of each file
@@ -201,7 +203,8 @@ def tsb_peer(name: str, multivariate: bool) -> Runner:
             raise RuntimeError(f"{name} returned {len(scores)} scores for {len(case.test)} rows")
         if not np.isfinite(scores).all():
             raise RuntimeError(f"{name} returned {int((~np.isfinite(scores)).sum())} NaN or infinite scores")
-        return Output(scores, tsb_threshold(scores))
+        decisions = tsb_threshold(scores)
+        return Output(scores, decisions, _merged(decisions, PEER_GAP))
 
     return run
 
@@ -234,14 +237,22 @@ def our_detector(name: str) -> Runner:
     return run
 
 
-def _our_events(det, out) -> list[tuple[int, int]] | None:
-    """The events predict writes, as row intervals: decision runs merged across gaps shorter than the
-    detector's window (normalcy.series.events' convention); None (runs of decisions) without that module."""
+PEER_GAP = 100  # rows: our detectors' default event_gap, the peers' decisions merged alike
+
+
+def _merged(decisions: np.ndarray, gap: int) -> list[tuple[int, int]] | None:
+    """Decision runs fewer than ``gap`` rows apart as one event (None without normalcy.series)."""
     try:
         from normalcy.series.events import spans
     except ImportError:
         return None
-    return spans(out.decision, gap=int(det.window_))
+    return spans(decisions, gap=gap)
+
+
+def _our_events(det, out) -> list[tuple[int, int]] | None:
+    """The events predict writes, as row intervals: decision runs merged across gaps shorter than the
+    detector's gap_ (normalcy.series.events' convention); None (runs of decisions) without that module."""
+    return _merged(out.decision, int(det.gap_))
 
 
 # --------------------------------------------------------------------------- run and print

@@ -135,6 +135,7 @@ class DetectorOptions:
     steps: Optional[int] = None  # detectors that train only
     time_budget: Optional[float] = None  # detectors that train only
     window: Optional[int] = None  # series only: rows per window (None: the training data's period)
+    event_gap: Optional[int] = None  # series only: rows under which anomalous rows are one event (None: 100)
 
     def name(self, table: bool = False, series: bool = False) -> str:
         if series:
@@ -144,11 +145,12 @@ class DetectorOptions:
     def series_kwargs(self) -> dict[str, Any]:
         """The series detector's parameters (an option that does not apply to it is an InputError)."""
         return detector_params(self.name(series=True), self.fpr, self.seed, self.window, self.steps,
-                               self.time_budget)
+                               self.time_budget, self.event_gap)
 
     def check_not_series(self) -> None:
-        if self.window is not None:
-            raise InputError("--window applies to series only (a file with a time column, or --series)")
+        for option, value in (("--window", self.window), ("--event-gap", self.event_gap)):
+            if value is not None:
+                raise InputError(f"{option} applies to series only (a file with a time column, or --series)")
 
     def kwargs(self) -> dict[str, Any]:
         """The image detector's arguments; steps and time_budget only for detectors that train."""

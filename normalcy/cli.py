@@ -146,6 +146,9 @@ IdColumnArg = Annotated[Optional[str], typer.Option(help="Tables: the column tha
                                                     "(default: row number).")]
 WindowArg = Annotated[Optional[int], typer.Option(help="Series: rows per window (default: the period of the "
                                                   "training data, 8 to 256).")]
+EventGapArg = Annotated[Optional[int], typer.Option(help="Series: anomalous rows fewer than this many rows apart "
+                                                   "(or than the window) are one event (default: 100, as "
+                                                   "Orion's 50 rows of padding either side merge).")]
 TimeColumnArg = Annotated[Optional[str], typer.Option(help="Series: the time column (epoch seconds, ISO 8601 dates "
                                                       "or row numbers); default: a column named timestamp, time, "
                                                       "date or datetime. Giving it makes the file a series.")]
@@ -164,7 +167,7 @@ GROUP_OPTIONS: dict[str, Any] = {
     "backbone": BackboneArg, "backbone_config": BackboneCfgArg, "image_size": SizeArg, "tile": TileArg,
     "overlap": OverlapArg, "pool_grid": GridArg, "precision": PrecisionArg, "input_norm": InputNormArg,
     "detector": DetectorArg, "fpr": FprArg, "seed": SeedArg, "steps": StepsArg, "time_budget": BudgetArg,
-    "window": WindowArg,
+    "window": WindowArg, "event_gap": EventGapArg,
 }
 
 

@@ -85,6 +85,8 @@ def test_the_series_or_table_rule(data: Path, tmp_path: Path) -> None:
     r = cli("fit", train, "-o", tmp_path / "m", "--table")  # the same file as a table: the time is text
     assert r.exit_code == 0 and "fitted ensemble" in r.stderr and "left out of the features: timestamp" in r.stderr
     assert "applies to series only" in one_line_error(cli("fit", plain, "-o", tmp_path / "m2", "--window", "8"))
+    assert "--event-gap applies to series only" in one_line_error(cli("fit", plain, "-o", tmp_path / "m2",
+                                                                      "--event-gap", "8"))
     assert "does not train: --steps" in one_line_error(cli("fit", train, "-o", tmp_path / "m3", "--steps", "5"))
 
 

@@ -333,6 +333,30 @@ def test_events_peak_and_top_metrics() -> None:
     assert merged.metrics == ["b", "d", "a"] and merged.last == 6
 
 
+def test_event_gap_merges_an_incident_and_is_saved(tmp_path: Path) -> None:
+    """Anomalous rows fewer than event_gap rows apart (default 100, Orion's merge) are one event in a run; 0 leaves
+    the window alone; the setting travels with the model."""
+    from normalcy.series.runs import score_series
+
+    x = sine(1200)
+    test = sine(900, seed=1)
+    test[300:304, 0] += 6.0
+    test[400:404, 0] += 6.0  # 100 rows later: one incident at the default gap, two at the window's
+    kept = {}
+    for gap in (100, 0):
+        det = create("knn", window=20, event_gap=gap).fit(series(x), progress=False)
+        assert det.gap_ == max(20, gap)
+        det.save(tmp_path / str(gap))
+        loaded = load(tmp_path / str(gap))
+        assert loaded.gap_ == det.gap_
+        kept[gap] = [(e.first, e.last) for e in score_series(loaded, series(test)).events]
+    (merged,) = [e for e in kept[100] if e[0] <= 404 and e[1] >= 300]
+    assert merged[0] <= 303 and merged[1] >= 400
+    assert len([e for e in kept[0] if e[0] <= 404 and e[1] >= 300]) == 2
+    with pytest.raises(InputError, match="event_gap"):
+        create("knn", event_gap=-1)
+
+
 # ------------------------------------------------------------------------------------------------ real data
 
 

@@ -69,6 +69,9 @@ class SeriesParams(HyperParams):
     fpr: float = Field(0.01, gt=0, lt=1)  # target false-alarm rate per row on held-out normal rows
     window: int | None = Field(None, ge=1, le=LONGEST_WINDOW)  # None: the training data's period
     holdout: float = Field(0.2, ge=0, le=0.5)  # last part of each training series kept to set the threshold
+    # anomalous rows fewer than this many rows apart (or than the window) are one event: Orion's pipelines pad
+    # each detected interval by 50 rows either side, which merges the same; 0: the window alone
+    event_gap: int = Field(100, ge=0, le=10**7)
     seed: Seed = 0
 
 
@@ -111,6 +114,11 @@ class SeriesDetector:
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen and why, for model.json
         self.time_column: str | None = None  # the training file's time column, which predict then reads by default
         self._stream: _Ring | None = None
+
+    @property
+    def gap_(self) -> int:
+        """Rows between two anomalous rows under which they belong to one event."""
+        return max(int(self.window_), int(self.event_gap))
 
     # -- what subclasses implement ---------------------------------------------------------
     def _fit(self, X: np.ndarray, progress: bool) -> None:

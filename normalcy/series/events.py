@@ -43,7 +43,7 @@ def spans(decisions: np.ndarray, gap: int = 0) -> list[tuple[int, int]]:
 
 def events(time: np.ndarray, scores: np.ndarray, decisions: np.ndarray, contributions: np.ndarray | None,
            columns: Sequence[str], gap: int = 0) -> list[Event]:
-    """The events of a scored series (``gap``: a detector's ``window_`` by convention)."""
+    """The events of a scored series (``gap``: a detector's ``gap_`` by convention)."""
     time, scores = np.asarray(time), np.asarray(scores, dtype=np.float64)
     out = []
     for a, b in spans(decisions, gap):

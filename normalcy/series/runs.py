@@ -120,7 +120,8 @@ def _has_series_folders(path: Path) -> bool:
 
 
 def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | None = None,
-                    steps: int | None = None, time_budget: float | None = None) -> dict[str, Any]:
+                    steps: int | None = None, time_budget: float | None = None,
+                    event_gap: int | None = None) -> dict[str, Any]:
     """A series detector's parameters from the command line's options; one that does not apply to the
     detector (--steps for knn) is one InputError naming it."""
     if name not in registry.DETECTORS:
@@ -129,6 +130,8 @@ def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | N
     params: dict[str, Any] = {"fpr": fpr, "seed": seed}
     if window is not None:
         params["window"] = window
+    if event_gap is not None:
+        params["event_gap"] = event_gap
     if steps is not None:
         if "steps" not in fields:
             raise InputError(f"series detector {name!r} does not train: --steps does not apply")
@@ -360,7 +363,7 @@ class ScoredSeries:
 
 
 def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
-    """Score a series, merge its decisions into events (gap: the detector's window) and describe each event
+    """Score a series, merge its decisions into events (gap: the detector's ``gap_``) and describe each event
     by a feature vector for the review. ``past``: rows that came just before the series (raw values in the
     model's column order, e.g. the end of the training series a test series continues), the past its
     first rows are scored on instead of edge padding."""
@@ -373,7 +376,7 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
         whole = det.score(full)
         k = len(full) - len(s)
         res = type(whole)(whole.score[k:], whole.contributions[k:], whole.decision[k:], whole.threshold)
-    evs = events(s.time, res.score, res.decision, res.contributions, det.columns_, gap=det.window_)
+    evs = events(s.time, res.score, res.decision, res.contributions, det.columns_, gap=det.gap_)
     z = det.standardise(s)
     feats = event_features(evs, res.score, res.contributions, z, res.threshold, len(s))
     total = res.contributions.sum(axis=0) if not evs else sum(
