@@ -6,9 +6,9 @@
     python bench/dev_proxies.py --detectors gaussian patchcore --input-norms own imagenet auto
 
 Without @BACKBONE a detector runs on its own default backbone (patchcore: EfficientNet-Lite2 since 3 December
-2026; tables before that date ran it on Lite0), and auto gives each candidate its own, as ``normalcy eval`` does. ``--input-norms`` runs each detector with each
-input normalisation (``auto``: chosen by the detector's own synthetic-defect validation, as ``--input-norm auto``);
-the columns are then NAME/NORM.
+2026; tables before that date ran it on Lite0), and auto gives each candidate its own, as ``normalcy eval``
+does. ``--input-norms`` runs each detector with each input normalisation (``auto``: chosen by the detector's
+own synthetic-defect validation, as ``--input-norm auto``); the columns are then NAME/NORM.
 
 The synthetic proxies are built from NORMAL training images only: train/good is split into a part to fit
 on and a held-out part (20 %), and each held-out image is scored as it is and once as a logical-anomaly

@@ -225,8 +225,8 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     Predicted events are the run's (``series.runs.score_series``: decisions merged across gaps shorter
     than the detector's ``gap_``: its window, at least ``event_gap`` rows). When test.csv continues train.csv
     in time (its first timestamp after the last training one, as in ASD), its first rows are scored with the
-    end of train.csv as their past, as a monitoring loop would; otherwise on edge padding. A folder that cannot be evaluated is named in
-    ``skipped`` and the others go on."""
+    end of train.csv as their past, as a monitoring loop would; otherwise on edge padding. A folder that
+    cannot be evaluated is named in ``skipped`` and the others go on."""
     from normalcy.errors import InputError
     from normalcy.evaluation.series_metrics import evaluate_series, pool, vus_window
     from normalcy.series import registry
