@@ -27,7 +27,6 @@ from normalcy.detectors import (
     MuSc,
     Scored,
     Skipped,
-    create,
     default_backbone,
 )
 from normalcy.detectors import load as load_image_model
@@ -122,7 +121,7 @@ class ExtractorOptions:
                 logger.info("input size %dx%d (height x width), from %s", size[0], size[1], why)
         return FeatureExtractor(backbone=spec, image_size=size, pool_grid=self.pool_grid, precision=self.precision,
                                 tile=self.tile, overlap=self.overlap,
-                                input_norm="own" if self.input_norm == "auto" else self.input_norm)
+                                input_norm=self.input_norms[0])  # auto: the own one until chosen
 
 
 @dataclass(frozen=True)
@@ -259,13 +258,10 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         paths = list_files(Path(train)) if isinstance(train, (str, Path)) else [Path(p) for p in train]
         name = det_opts.name()
         extractor = ex.extractor(paths, name)
-        if name == "auto" or len(ex.input_norms) > 1:
-            from normalcy.evaluation.validation import CANDIDATES, fit_auto
+        from normalcy.evaluation.validation import fit_detector
 
-            model = fit_auto(paths, extractor, own_backbones=ex.own_backbones, norms=ex.input_norms,
-                             candidates=CANDIDATES if name == "auto" else (name,), **det_opts.kwargs())
-        else:
-            model = create(name, extractor, **det_opts.kwargs()).fit(paths, progress=progress)
+        model = fit_detector(name, paths, extractor, norms=ex.input_norms, own_backbones=ex.own_backbones,
+                             progress=progress, **det_opts.kwargs())
     if output is not None:
         model.save(output)
     return model
@@ -387,11 +383,10 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     others go on. A set scores each series with its own model (by series id, or series folder name)."""
     if isinstance(model, SeriesSet):
         series_column = series_column or model.series_column
-        time_column = time_column or model.time_column
         info |= {"detector": model.name, "models": len(model), "series_column": series_column}
     else:
-        time_column = time_column or model.time_column
         info |= {"detector": model.name, "window": model.window_}
+    time_column = time_column or model.time_column
     check_output(output, inputs)
     files: list[SeriesFile] = []
     failed: list[tuple[str, str]] = []

@@ -69,7 +69,8 @@ class DRAEM(Trained, Detector):
     """
 
     name = "draem"
-    experimental = ("it learns from synthetic defects alone, without a pretrained backbone, on a CPU budget far below its paper's; it trails gaussian on real defects")
+    experimental = ("it learns from synthetic defects alone, without a pretrained backbone, on a CPU budget far "
+                    "below its paper's; it trails gaussian on real defects")
     uses_features = False
 
     class Params(TrainedParams):

@@ -109,7 +109,8 @@ class EfficientAD(Trained, Detector):
     """EfficientAD with a PDN-tiny teacher distilled from the backbone's patch features."""
 
     name = "efficientad"
-    experimental = ("its teacher is distilled from EfficientNet-Lite0 and its student trains at most a few thousand steps on a CPU (the paper: 70,000); it trails gaussian on real defects")
+    experimental = ("its teacher is distilled from EfficientNet-Lite0 and its student trains at most a few "
+                    "thousand steps on a CPU (the paper: 70,000); it trails gaussian on real defects")
     uses_pooled = False
     uses_features = False
 

@@ -42,7 +42,8 @@ class SimpleNet(Trained, Detector):
     """Feature adaptor + Gaussian-noise anomaly generator + MLP discriminator."""
 
     name = "simplenet"
-    experimental = ("its patch scores do not know where in the image a patch is, and it trains on a CPU budget; it trails gaussian on textures photographed in a fixed pose")
+    experimental = ("its patch scores do not know where in the image a patch is, and it trains on a CPU budget; "
+                    "it trails gaussian on textures photographed in a fixed pose")
     uses_pooled = False
 
     class Params(TrainedParams):

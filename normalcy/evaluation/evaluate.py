@@ -15,10 +15,10 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from normalcy.detectors import Detector, MuSc, Result, create
+from normalcy.detectors import Detector, MuSc, Result
 from normalcy.detectors.base import Maps
 from normalcy.evaluation.metrics import evaluate
-from normalcy.evaluation.validation import CANDIDATES, fit_auto
+from normalcy.evaluation.validation import fit_detector
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import Dataset, Sample, load_dataset, read_image, read_mask
 from normalcy.runs.report import gallery_image, write_report
@@ -131,11 +131,9 @@ def run_eval(
     t0 = time.perf_counter()
     if zero_shot:
         det: Detector | MuSc = MuSc(extractor, **{k: v for k, v in kwargs.items() if k not in ("fpr", "seed")})
-    elif detector == "auto" or len(input_norms) > 1:  # chosen on held-out normal images with synthetic defects
-        det = fit_auto(ds.train, extractor, progress=progress, own_backbones=own_backbones, norms=input_norms,
-                       candidates=CANDIDATES if detector == "auto" else (detector,), **kwargs)
     else:
-        det = create(detector, extractor, **kwargs).fit(ds.train, progress=progress)
+        det = fit_detector(detector, ds.train, extractor, norms=input_norms, own_backbones=own_backbones,
+                           progress=progress, **kwargs)
     fit_seconds = time.perf_counter() - t0
     fit_rss = peak_rss_mb()
     paths = [s.path for s in ds.test]

@@ -123,6 +123,18 @@ def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, p
     return det
 
 
+def fit_detector(name: str, paths: Sequence[Path], extractor: FeatureExtractor, *, norms: Sequence[str] = ("own",),
+                 own_backbones: bool = False, progress: bool = True, **kwargs: Any) -> Any:
+    """Fit detector ``name`` on normal images, or, when there is a choice to make (``auto``, or several input
+    normalisations), make it on synthetic-defect validation first (``fit_auto``). What fit and eval both call."""
+    from normalcy.detectors import create
+
+    if name != "auto" and len(norms) == 1:
+        return create(name, extractor, **kwargs).fit(paths, progress=progress)
+    return fit_auto(paths, extractor, progress=progress, own_backbones=own_backbones, norms=norms,
+                    candidates=CANDIDATES if name == "auto" else (name,), **kwargs)
+
+
 def _trials(extractor: FeatureExtractor, candidates: Sequence[str], norms: Sequence[str],
             own_backbones: bool) -> list[tuple[str, str, FeatureExtractor]]:
     """(key, detector, extractor) of each trial: every candidate with every input normalisation."""

@@ -280,6 +280,8 @@ def with_input_norm(spec: "BackboneSpec", input_norm: str) -> "BackboneSpec":
     if input_norm == "own":
         return spec
     return dataclasses.replace(spec, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
+
+
 _STRIDES = {"s4": 4, "s8": 8, "s16": 16, "s32": 32}
 
 BACKBONES: dict[str, BackboneSpec] = {

@@ -322,7 +322,8 @@ class SeriesDetector:
             if isinstance(value, nn.Module):
                 state.update({f"{attr[:-1]}.{k}": v for k, v in value.state_dict().items()})
             else:
-                state[attr[:-1]] = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))  # a copy: arrays from Ray's object store are read-only
+                # a copy (np.array): arrays from Ray's object store are read-only
+                state[attr[:-1]] = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
