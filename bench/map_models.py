@@ -1,0 +1,187 @@
+"""Which patch model gives maps that show the defect? The default gaussian's against the alternatives (issue 26).
+
+    python bench/map_models.py [../shared/data/magnetic_tile] [--backbone efficientnet_lite0] [--quick]
+
+Every variant scores the same patch features (the default extractor: stride-8 and stride-16 levels, 3x3
+aggregation, 224 x 224) of the data set's train/good and test images, and each patch's score becomes a map
+exactly as a run draws it (``upsample_map``: sigma 0.5 patches, bilinear to the image). Printed: pixel AUROC,
+AUPRO@30 % over the whole test set and per defect folder, and the milliseconds per image the patch model
+itself takes on top of the backbone (2 threads; features and the map drawing excluded).
+
+The variants:
+
+- ``shared gaussian``: the default gaussian's maps today, one Gaussian for every patch (Mahalanobis distance);
+- ``local gaussians K``: k-means into K clusters of 200,000 sampled training patches, one Ledoit-Wolf Gaussian
+  per cluster; a patch's score is the smallest negative log-likelihood (squared Mahalanobis distance plus log
+  determinant and log prior) among its 4 nearest cluster centres' Gaussians;
+- ``diagonal gaussians K``: the same with diagonal covariances (variances shrunk towards 5 % of the pooled
+  variance), every cluster scored (two matrix products, the cheapest to run or export);
+- ``nearest of N random patches``: PatchCore's score (distance to the nearest normal patch, exact) with a random
+  bank of N training patches;
+- ``nearest of all patches``: every training patch in a faiss IVF index (cells, nprobe): PatchCore's map with
+  nothing dropped.
+
+This reads the test masks: it is a study of what maps could reach on the development set, not a way to choose
+a setting (no default is taken from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from sklearn.covariance import ledoit_wolf_shrinkage
+
+from normalcy.evaluation.evaluate import masks_for, metric_size
+from normalcy.evaluation.metrics import pixel_metrics
+from normalcy.images.features import FeatureExtractor, upsample_map
+from normalcy.images.io import load_dataset
+from normalcy.numerics.stats import inverse, mahalanobis, shrunk
+from normalcy.detectors.base import Maps, Result
+
+
+def features(ex: FeatureExtractor, paths: list[Path]) -> tuple[np.ndarray, list[Path], list[tuple[int, int]]]:
+    """N x h x w x D patch features (float32), the paths read, their (H, W)."""
+    out, got, sizes = [], [], []
+    for b in ex.iter_batches(paths, 16, keep_images=True, pooled=False):
+        out.append(b.features.patches.permute(0, 2, 3, 1).numpy())
+        got += b.paths
+        sizes += [im.shape[:2] for im in b.images]
+    return np.concatenate(out), got, sizes
+
+
+def timed(fn, queries: np.ndarray, n_images: int) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    out = fn(queries)
+    return out, (time.perf_counter() - t) / n_images * 1000
+
+
+def shared_gaussian(train: np.ndarray, sample: np.ndarray):
+    mean = train.mean(0, dtype=np.float64)
+    cov = np.cov(train.T.astype(np.float64))
+    prec = torch.from_numpy(inverse(shrunk(cov, ledoit_wolf_shrinkage(sample - mean, assume_centered=True))))
+    return lambda q: mahalanobis(torch.from_numpy(q).double(), torch.from_numpy(mean), prec).numpy()
+
+
+def _clusters(sample: np.ndarray, k: int) -> tuple[faiss.Kmeans, np.ndarray]:
+    km = faiss.Kmeans(sample.shape[1], k, niter=20, seed=0, max_points_per_centroid=512)
+    km.train(sample)
+    return km, km.index.search(sample, 1)[1][:, 0]
+
+
+def local_gaussians(sample: np.ndarray, k: int, candidates: int = 4):
+    km, assign = _clusters(sample, k)
+    means, chol, const = [], [], []
+    for c in range(k):
+        x = sample[assign == c].astype(np.float64)
+        mu = x.mean(0)
+        cov = shrunk(np.cov(x.T), ledoit_wolf_shrinkage(x - mu, assume_centered=True))
+        means.append(mu)
+        chol.append(np.linalg.cholesky(inverse(cov)))
+        const.append(np.linalg.slogdet(cov)[1] - 2 * np.log(len(x) / len(sample)))
+    means, chol, const = np.float32(means), np.float32(chol), np.float32(const)
+
+    def score(q: np.ndarray) -> np.ndarray:
+        near = km.index.search(q, candidates)[1]
+        out = np.full(len(q), np.inf, np.float32)
+        for slot in range(candidates):
+            for c in np.unique(near[:, slot]):
+                rows = np.flatnonzero(near[:, slot] == c)
+                nll = (((q[rows] - means[c]) @ chol[c]) ** 2).sum(1) + const[c]
+                out[rows] = np.minimum(out[rows], nll)
+        return out
+    return score
+
+
+def diagonal_gaussians(sample: np.ndarray, k: int):
+    _, assign = _clusters(sample, k)
+    pooled = sample.var(0)
+    means = np.stack([sample[assign == c].mean(0) for c in range(k)])
+    var = np.stack([((assign == c).sum() * sample[assign == c].var(0) + 10 * 0.05 * pooled) / ((assign == c).sum() + 10)
+                    for c in range(k)])
+    prior = np.bincount(assign, minlength=k) / len(sample)
+    w = torch.from_numpy(1 / var).float()
+    mw = torch.from_numpy(means).float() * w
+    const = (torch.from_numpy(means).float() ** 2 * w).sum(1) + torch.from_numpy(np.log(var).sum(1) - 2 * np.log(prior)).float()
+    return lambda q: torch.cat([(x.pow(2) @ w.T - 2 * x @ mw.T + const).min(1).values
+                                for x in torch.from_numpy(q).split(8 * 784)]).numpy()
+
+
+def nearest(bank: np.ndarray, cells: int = 0, nprobe: int = 1, seed: int = 0):
+    d = bank.shape[1]
+    if cells:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, cells)
+        rng = np.random.default_rng(seed)
+        index.train(bank[rng.choice(len(bank), min(len(bank), 100_000), replace=False)])
+        index.nprobe = nprobe
+    else:
+        index = faiss.IndexFlatL2(d)
+    index.add(bank)
+    return lambda q: np.sqrt(np.maximum(np.concatenate([index.search(q[i:i + 8 * 784], 1)[0][:, 0]
+                                                        for i in range(0, len(q), 8 * 784)]), 0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dataset", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared/data/magnetic_tile"))
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--quick", action="store_true", help="the cheap variants only (no 48,000 exact, no all patches)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+    ds = load_dataset(args.dataset)
+    ex = FeatureExtractor(backbone=args.backbone)
+    train, _, _ = features(ex, list(ds.train))
+    test, paths, sizes = features(ex, [s.path for s in ds.test])
+    n, h, w, d = test.shape
+    train, queries = np.ascontiguousarray(train.reshape(-1, d)), np.ascontiguousarray(test.reshape(-1, d))
+    msizes = [metric_size(s) for s in sizes]
+    stub = Result(paths=paths, scores=np.zeros(n), maps=Maps([np.zeros((1, 1))] * n, sizes),
+                  decisions=np.zeros(n, bool), threshold=0.0)
+    masks = masks_for(ds.test, stub, msizes)
+    kind = np.array([p.parent.name for p in paths])
+    defects = sorted(set(kind) - {"good"})
+    rng = np.random.default_rng(0)
+    sample = train[rng.choice(len(train), min(len(train), 200_000), replace=False)]
+    variants = {
+        "shared gaussian (default today)": lambda: shared_gaussian(train, sample),
+        "local gaussians 64": lambda: local_gaussians(sample, 64),
+        "local gaussians 256": lambda: local_gaussians(sample, 256),
+        "diagonal gaussians 256": lambda: diagonal_gaussians(sample, 256),
+        "diagonal gaussians 1024": lambda: diagonal_gaussians(sample, 1024),
+        "nearest of 4,096 random patches": lambda: nearest(train[rng.choice(len(train), 4096, replace=False)]),
+        "nearest of 16,384 random patches": lambda: nearest(train[rng.choice(len(train), 16384, replace=False)]),
+    }
+    if not args.quick:
+        variants |= {
+            "nearest of 48,000 random patches": lambda: nearest(train[rng.choice(len(train), 48000, replace=False)]),
+            f"nearest of all {len(train):,} patches (IVF 1024, nprobe 1)": lambda: nearest(train, 1024, 1),
+            f"nearest of all {len(train):,} patches (IVF 2048, nprobe 4)": lambda: nearest(train, 2048, 4),
+        }
+    print(f"{ds.name}: {len(ds.train)} train, {n} test images, {d} features a patch, {h}x{w} patches, backbone "
+          f"{args.backbone}\n")
+    print("| patch model | pixel AUROC | AUPRO@30% | " + " | ".join(f"AUPRO {k}" for k in defects)
+          + " | fit s | ms per image |")
+    print("|---|---|---|" + "---|" * len(defects) + "---|---|")
+    for name, make in variants.items():
+        t = time.perf_counter()
+        fn = make()
+        fit_s = time.perf_counter() - t
+        scores, ms = timed(fn, queries, n)
+        grids = scores.reshape(n, h, w)
+        maps = [upsample_map(g, s) for g, s in zip(grids, msizes)]
+        total = pixel_metrics(masks, maps)
+        per = []
+        for k in defects:
+            sel = np.flatnonzero((kind == k) | (kind == "good"))
+            per.append(pixel_metrics([masks[i] for i in sel], [maps[i] for i in sel])["aupro"])
+        print(f"| {name} | {total['pixel_auroc']:.3f} | {total['aupro']:.3f} | "
+              + " | ".join(f"{v:.3f}" for v in per) + f" | {fit_s:.1f} | {ms:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
