@@ -1,6 +1,7 @@
 """Which patch model gives maps that show the defect? The default gaussian's against the alternatives (issue 26).
 
     python bench/map_models.py [../shared/data/magnetic_tile] [--backbone efficientnet_lite0] [--quick]
+                               [--patch-levels s8,s16,s32]
 
 Every variant scores the same patch features (the default extractor: stride-8 and stride-16 levels, 3x3
 aggregation, 224 x 224) of the data set's train/good and test images, and each patch's score becomes a map
@@ -129,12 +130,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dataset", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared/data/magnetic_tile"))
     ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--patch-levels", default=None, help="the backbone levels in the patch features, e.g. s8,s16,s32 "
+                    "(default: the backbone's own, s8,s16)")
     ap.add_argument("--quick", action="store_true", help="the cheap variants only (no 48,000 exact, no all patches)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     faiss.omp_set_num_threads(2)
     ds = load_dataset(args.dataset)
-    ex = FeatureExtractor(backbone=args.backbone)
+    ex = FeatureExtractor(backbone=args.backbone,
+                          patch_levels=args.patch_levels.split(",") if args.patch_levels else None)
     train, _, _ = features(ex, list(ds.train))
     test, paths, sizes = features(ex, [s.path for s in ds.test])
     n, h, w, d = test.shape
@@ -163,7 +167,7 @@ def main() -> None:
             f"nearest of all {len(train):,} patches (IVF 2048, nprobe 4)": lambda: nearest(train, 2048, 4),
         }
     print(f"{ds.name}: {len(ds.train)} train, {n} test images, {d} features a patch, {h}x{w} patches, backbone "
-          f"{args.backbone}\n")
+          f"{args.backbone}, patch levels {','.join(ex.patch_levels)}\n")
     print("| patch model | pixel AUROC | AUPRO@30% | " + " | ".join(f"AUPRO {k}" for k in defects)
           + " | fit s | ms per image |")
     print("|---|---|---|" + "---|" * len(defects) + "---|---|")
@@ -173,7 +177,7 @@ def main() -> None:
         fit_s = time.perf_counter() - t
         scores, ms = timed(fn, queries, n)
         grids = scores.reshape(n, h, w)
-        maps = [upsample_map(g, s) for g, s in zip(grids, msizes)]
+        maps = [upsample_map(g, s, 0.5 * h / 28) for g, s in zip(grids, msizes)]  # the same blur in pixels
         total = pixel_metrics(masks, maps)
         per = []
         for k in defects:
