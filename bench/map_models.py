@@ -35,14 +35,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from sklearn.covariance import ledoit_wolf_shrinkage
+from sklearn.covariance import ledoit_wolf
 
 from normalcy.evaluation.evaluate import masks_for, metric_size
 from normalcy.evaluation.metrics import pixel_metrics
 from normalcy.images.features import FeatureExtractor, upsample_map
 from normalcy.images.io import load_dataset
-from normalcy.numerics.stats import inverse, mahalanobis, shrunk
+from normalcy.numerics.stats import distance, inverse
 from normalcy.detectors.base import Maps, Result
+from normalcy.detectors.gaussian import GaussianAD
 
 
 def features(ex: FeatureExtractor, paths: list[Path]) -> tuple[np.ndarray, list[Path], list[tuple[int, int]]]:
@@ -61,11 +62,11 @@ def timed(fn, queries: np.ndarray, n_images: int) -> tuple[np.ndarray, float]:
     return out, (time.perf_counter() - t) / n_images * 1000
 
 
-def shared_gaussian(train: np.ndarray, sample: np.ndarray):
-    mean = train.mean(0, dtype=np.float64)
-    cov = np.cov(train.T.astype(np.float64))
-    prec = torch.from_numpy(inverse(shrunk(cov, ledoit_wolf_shrinkage(sample - mean, assume_centered=True))))
-    return lambda q: mahalanobis(torch.from_numpy(q).double(), torch.from_numpy(mean), prec).numpy()
+def default_maps(ex: FeatureExtractor, paths: list[Path]):
+    """The default detector's own patch Gaussian, fitted by GaussianAD itself (one shared Gaussian)."""
+    det = GaussianAD(ex).fit(paths, progress=False)
+    mean, prec = det.patch_mean_.astype(np.float32), det.patch_precision_.astype(np.float32)
+    return lambda q: distance(q, mean, prec)
 
 
 def _clusters(sample: np.ndarray, k: int) -> tuple[faiss.Kmeans, np.ndarray]:
@@ -79,9 +80,8 @@ def local_gaussians(sample: np.ndarray, k: int, candidates: int = 4):
     means, chol, const = [], [], []
     for c in range(k):
         x = sample[assign == c].astype(np.float64)
-        mu = x.mean(0)
-        cov = shrunk(np.cov(x.T), ledoit_wolf_shrinkage(x - mu, assume_centered=True))
-        means.append(mu)
+        cov, _ = ledoit_wolf(x)
+        means.append(x.mean(0))
         chol.append(np.linalg.cholesky(inverse(cov)))
         const.append(np.linalg.slogdet(cov)[1] - 2 * np.log(len(x) / len(sample)))
     means, chol, const = np.float32(means), np.float32(chol), np.float32(const)
@@ -102,12 +102,13 @@ def diagonal_gaussians(sample: np.ndarray, k: int):
     _, assign = _clusters(sample, k)
     pooled = sample.var(0)
     means = np.stack([sample[assign == c].mean(0) for c in range(k)])
-    var = np.stack([((assign == c).sum() * sample[assign == c].var(0) + 10 * 0.05 * pooled) / ((assign == c).sum() + 10)
-                    for c in range(k)])
-    prior = np.bincount(assign, minlength=k) / len(sample)
+    count = np.bincount(assign, minlength=k)[:, None]
+    var = (count * np.stack([sample[assign == c].var(0) for c in range(k)]) + 10 * 0.05 * pooled) / (count + 10)
+    prior = count[:, 0] / len(sample)
     w = torch.from_numpy(1 / var).float()
     mw = torch.from_numpy(means).float() * w
-    const = (torch.from_numpy(means).float() ** 2 * w).sum(1) + torch.from_numpy(np.log(var).sum(1) - 2 * np.log(prior)).float()
+    const = ((torch.from_numpy(means).float() ** 2 * w).sum(1)
+             + torch.from_numpy(np.log(var).sum(1) - 2 * np.log(prior)).float())
     return lambda q: torch.cat([(x.pow(2) @ w.T - 2 * x @ mw.T + const).min(1).values
                                 for x in torch.from_numpy(q).split(8 * 784)]).numpy()
 
@@ -152,7 +153,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sample = train[rng.choice(len(train), min(len(train), 200_000), replace=False)]
     variants = {
-        "shared gaussian (default today)": lambda: shared_gaussian(train, sample),
+        "shared gaussian (default today)": lambda: default_maps(ex, list(ds.train)),
         "local gaussians 64": lambda: local_gaussians(sample, 64),
         "local gaussians 256": lambda: local_gaussians(sample, 256),
         "diagonal gaussians 256": lambda: diagonal_gaussians(sample, 256),
