@@ -4,11 +4,13 @@
     python bench/dev_proxies.py --proxies elpv --detectors gaussian
     python bench/dev_proxies.py --detectors patchcore@efficientnet_lite0 patchcore   # NAME@BACKBONE: another backbone
     python bench/dev_proxies.py --detectors gaussian patchcore --input-norms own imagenet auto
+    python bench/dev_proxies.py --detectors gaussian patchcore --tune    # also each with --tune (NAME/tune)
 
 Without @BACKBONE a detector runs on its own default backbone (patchcore: EfficientNet-Lite2 since 3 December
 2026; tables before that date ran it on Lite0), and auto gives each candidate its own, as ``normalcy eval``
 does. ``--input-norms`` runs each detector with each input normalisation (``auto``: chosen by the detector's
-own synthetic-defect validation, as ``--input-norm auto``); the columns are then NAME/NORM.
+own synthetic-defect validation, as ``--input-norm auto``); the columns are then NAME/NORM. ``--tune``
+adds a column NAME/tune per detector: its settings chosen as ``normalcy eval --tune`` chooses them.
 
 The synthetic proxies are built from NORMAL training images only: train/good is split into a part to fit
 on and a held-out part (20 %), and each held-out image is scored as it is and once as a logical-anomaly
@@ -36,6 +38,7 @@ from logical_anomalies import LOGICAL, logical_anomaly
 from normalcy.demo import build_elpv_dataset
 from normalcy.detectors import EfficientAD, default_backbone
 from normalcy.evaluation.evaluate import run_eval
+from normalcy.evaluation.validation import TUNABLE
 from normalcy.evaluation.metrics import image_metrics
 from normalcy.images.backbones import INPUT_NORMS
 from normalcy.images.features import FeatureExtractor, size_for
@@ -130,6 +133,7 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=60.0, help="EfficientAD's training budget, seconds")
     ap.add_argument("--input-norms", nargs="+", default=["own"], choices=[*INPUT_NORMS, "auto"],
                     help="run each detector with each input normalisation (auto: chosen on its own validation)")
+    ap.add_argument("--tune", action="store_true", help="also run each detector with its settings tuned (--tune)")
     args = ap.parse_args()
     for spec in args.detectors:
         if spec.split("@")[0] not in DETECTORS:
@@ -149,7 +153,9 @@ def main() -> None:
             n_bad = sum(s.label for s in ds.test)
             print(f"{name}: {len(ds.train)} train, {len(ds.test) - n_bad} normal + {n_bad} anomalous test, "
                   f"input {sizes[name]}", flush=True)
-            for spec, norm in ((d, n) for d in args.detectors for n in args.input_norms):
+            runs = [(d, n, False) for d in args.detectors for n in args.input_norms]
+            runs += [(d, "own", True) for d in args.detectors] if args.tune else []
+            for spec, norm, tune in runs:
                 det_name, _, backbone = spec.partition("@")
                 kw = {"time_budget": args.time_budget} if det_name == "efficientad" else {}
                 norms = INPUT_NORMS if norm == "auto" else (norm,)
@@ -157,13 +163,17 @@ def main() -> None:
                 base = ex.with_backbone(backbone or default_backbone(det_name))
                 metrics, det, result = run_eval(ds, det_name, base if norm == "auto" else base.with_input_norm(norm),
                                                 progress=False, detector_kwargs=kw, latency_images=0,
-                                                own_backbones=not backbone, input_norms=norms)
-                if len(args.input_norms) > 1:
+                                                own_backbones=not backbone, input_norms=norms,
+                                                tune=TUNABLE if tune else ())
+                if tune:
+                    spec = f"{spec}/tune"
+                elif len(args.input_norms) > 1 or args.tune:
                     spec = f"{spec}/{norm}"
                 totals.setdefault(name, {})[spec] = metrics["image_auroc"]
                 chose = getattr(det, "choice", None) or {}
                 shown = metrics["detector"] + (f" on {backbone}" if backbone else "") + \
                     (f", input norm {det.extractor.input_norm}" if len(args.input_norms) > 1 else "") + \
+                    (f", tuned {chose['tuned']}" if chose.get("tuned") else "") + \
                     (f" (validation {', '.join(f'{k} {v:.3f}' for k, v in chose['validation_auroc'].items())})"
                      if chose else "")
                 if name.endswith("-logical"):

@@ -31,6 +31,7 @@ from normalcy.detectors import (
 )
 from normalcy.detectors import load as load_image_model
 from normalcy.errors import InputError
+from normalcy.evaluation.validation import TUNABLE
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
 from normalcy.images.io import input_paths, iter_images, list_files
@@ -92,11 +93,21 @@ class ExtractorOptions:
     pool_grid: int = 4
     precision: str = "auto"
     input_norm: str = "own"  # own, imagenet, or auto (chosen on held-out normal images with synthetic defects)
+    tune: bool = False  # choose the settings below that were left at their defaults, as auto chooses a detector
 
     @property
     def input_norms(self) -> tuple[str, ...]:
         """The input normalisations to try: both for auto (the backbone's own first), else the one given."""
         return INPUT_NORMS if self.input_norm == "auto" else (self.input_norm,)
+
+    @property
+    def tuned(self) -> tuple[str, ...]:
+        """What ``--tune`` chooses: the input normalisation and pooling grid, and the backbone and input size
+        unless given (the user's choice stands)."""
+        if not self.tune:
+            return ()
+        given = {"backbone": not self.own_backbones, "image_size": str(self.image_size).strip().lower() != "auto"}
+        return tuple(s for s in TUNABLE if not given.get(s, False))
 
     @property
     def own_backbones(self) -> bool:
@@ -261,7 +272,7 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         from normalcy.evaluation.validation import fit_detector
 
         model = fit_detector(name, paths, extractor, norms=ex.input_norms, own_backbones=ex.own_backbones,
-                             progress=progress, **det_opts.kwargs())
+                             tune=ex.tuned, progress=progress, **det_opts.kwargs())
     if output is not None:
         model.save(output)
     return model
@@ -488,9 +499,9 @@ def score_batch(inputs: Sequence[PathLike], output: PathLike = "results", *, ext
     """Zero-shot (MuSc): score unlabeled images against each other (and against ``extra`` images, not
     scored) into the run folder ``output``. ``settings``: the fields of ExtractorOptions."""
     ex, _ = options(settings)
-    if len(ex.input_norms) > 1:
-        raise InputError("--input-norm auto chooses on normal training images; score-batch has none (zero-shot): "
-                         "give own or imagenet")
+    if len(ex.input_norms) > 1 or ex.tune:
+        raise InputError("--input-norm auto and --tune choose on normal training images; score-batch has none "
+                         "(zero-shot): give the settings")
     inputs = [Path(p) for p in inputs]
     output = Path(output)
     check_output(output, inputs)  # before the minutes of scoring, not after

@@ -126,6 +126,10 @@ BudgetArg = Annotated[Optional[float], typer.Option(help="Trained detectors: sto
 InputNormArg = Annotated[str, typer.Option(help="How pixels enter the backbone: own (the mean/std its weights were "
                                             "trained with), imagenet (ImageNet's), or auto: each on held-out normal "
                                             "training images with synthetic defects, the better kept (fit, eval).")]
+TuneArg = Annotated[bool, typer.Option(
+    "--tune", help="Choose the input normalisation, pooling grid and, unless given, the backbone and input size, "
+    "on held-out normal training images with synthetic defects (one setting at a time; costs several fits; "
+    "the choice goes into model.json).")]
 ThreadsArg = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: all cores).")]
 HeatmapsArg = Annotated[bool, typer.Option(help="Write a heatmap PNG per image (original | overlay) and overlays/.")]
 ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top anomalies.")]
@@ -167,6 +171,7 @@ RayArg = Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: local 
 GROUP_OPTIONS: dict[str, Any] = {
     "backbone": BackboneArg, "backbone_config": BackboneCfgArg, "image_size": SizeArg, "tile": TileArg,
     "overlap": OverlapArg, "pool_grid": GridArg, "precision": PrecisionArg, "input_norm": InputNormArg,
+    "tune": TuneArg,
     "detector": DetectorArg, "fpr": FprArg, "seed": SeedArg, "steps": StepsArg, "time_budget": BudgetArg,
     "window": WindowArg, "event_gap": EventGapArg,
 }
@@ -336,7 +341,7 @@ def predict(
 
 @app.command("score-batch")
 @_guarded
-@_grouped(without=("pool_grid",), ex=ExtractorOptions)
+@_grouped(without=("pool_grid", "tune"), ex=ExtractorOptions)
 def score_batch(
     inputs: list[Path] = typer.Argument(..., help="Images or folders of unlabeled images, scored as one batch."),
     output: RunOutArg = Path("results"),
@@ -466,7 +471,7 @@ def _eval_images(dataset: Path, ex: ExtractorOptions, det_opts: DetectorOptions,
     detector = det_opts.name()
     metrics, det, result = run_eval(ds, detector, ex.extractor(ds.train, detector), progress=True,
                                     own_backbones=ex.own_backbones, detector_kwargs=det_opts.kwargs(),
-                                    input_norms=ex.input_norms)
+                                    input_norms=ex.input_norms, tune=ex.tuned)
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:
         write_eval_report(report, metrics, det, result, ds)

@@ -102,3 +102,60 @@ def test_with_input_norm_keeps_every_other_option() -> None:
         {k: v for k, v in ex.config.items() if k != "input_norm"}
     assert other.spec.std == (0.229, 0.224, 0.225) and ex.spec.std == (0.5, 0.5, 0.5)
     assert other.with_backbone("efficientnet_lite2").input_norm == "imagenet"
+
+
+def test_tune_tries_each_setting_left_open_and_records_the_choice(tmp_path: Path) -> None:
+    """--tune: the settings the user left open are tried one at a time on the synthetic-defect split; the
+    given ones (here --image-size) are not; model.json keeps what was chosen and every trial's AUROC."""
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m", "--tune", "--image-size", "64")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    choice = meta["choice"]
+    assert set(choice["validation_auroc"]) == {"gaussian", "input_norm=imagenet", "backbone=efficientnet_lite2",
+                                               "pool_grid=2", "pool_grid=1"}
+    assert set(choice["tuned"]) == {"input_norm", "backbone", "pool_grid"}  # image_size was given
+    ex = meta["extractor"]
+    assert (ex["input_norm"], ex["backbone"], ex["pool_grid"]) == tuple(choice["tuned"][k] for k in
+                                                                        ("input_norm", "backbone", "pool_grid"))
+    assert ex["image_size"] == 64
+    # a setting changes only where the other value wins in most bootstrap resamples of the split
+    for setting, other in {"input_norm": "imagenet", "backbone": "efficientnet_lite2"}.items():
+        assert (choice["tuned"][setting] == other) == (choice["wins"][f"{setting}={other}"] >= 0.95)
+
+
+def test_wins_is_a_paired_bootstrap_of_the_auroc() -> None:
+    from normalcy.evaluation.validation import wins
+
+    rng = np.random.default_rng(0)
+    normal, defective = rng.normal(size=50), rng.normal(size=50) + 1.0
+    assert wins((normal, defective), (normal, defective)) == 0.0  # a tie is no win
+    assert wins((normal, defective + 3.0), (normal, defective)) == 1.0  # better in every resample
+    assert wins((normal, defective), (normal, defective + 3.0)) == 0.0
+    # one pair of six flipped: about a coin toss, not a reason to change a setting
+    few = np.arange(6.0), np.arange(6.0) + 0.5
+    flipped = few[0], few[1] + np.r_[1.0, 0, 0, 0, 0, 0]  # 0.5 -> 1.5: above one more normal image
+    assert 0.3 < wins(flipped, few) < 0.95
+    assert wins((np.r_[np.nan, normal[1:]], defective), (normal, defective)) >= 0.0  # an unread image: no error
+
+
+def test_tune_candidates_keep_what_cannot_change() -> None:
+    from normalcy.evaluation.validation import tune_candidates
+
+    ex = FeatureExtractor(image_size=64, precision="fp32", pool_grid=2)
+    assert tune_candidates("pool_grid", ex, "gaussian", []) == [2, 4, 1]  # the extractor's own first
+    assert tune_candidates("pool_grid", ex, "patchcore", []) == []  # no pooled features there
+    assert tune_candidates("input_norm", ex.with_input_norm("imagenet"), "gaussian", []) == ["imagenet", "own"]
+    sizes = tune_candidates("image_size", ex, "gaussian", [])
+    assert sizes[0] == (64, 64) and (224, 224) in sizes and (320, 320) in sizes
+    tiled = FeatureExtractor(image_size=256, tile=128, precision="fp32")
+    assert tune_candidates("image_size", tiled, "gaussian", []) == []
+    with pytest.raises(InputError, match="not one of"):
+        tune_candidates("colour", ex, "gaussian", [])
+
+
+def test_split_can_keep_the_images_aspect_ratio(tmp_path: Path) -> None:
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=20)
+    split = synthetic_split(list_files(root / "train" / "good"), tmp_path / "val", size=64, shape=(48, 96))
+    for normal, defect in zip(split.normal, split.defective):
+        assert np.asarray(Image.open(normal)).shape == np.asarray(Image.open(defect)).shape == (48, 96, 3)

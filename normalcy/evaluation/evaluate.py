@@ -122,9 +122,11 @@ def run_eval(
     latency_images: int = 20,
     own_backbones: bool = False,
     input_norms: Sequence[str] = ("own",),
+    tune: Sequence[str] = (),
 ) -> tuple[dict[str, Any], Detector, Result]:
     """Fit, score, measure. Returns (metrics dict, fitted detector, test result). ``own_backbones``: ``auto``'s
-    candidates each run on their own default backbone (see validation.fit_auto)."""
+    candidates each run on their own default backbone (see validation.fit_auto); ``tune``: the settings
+    chosen on synthetic-defect validation before the fit (validation.fit_tuned)."""
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     kwargs = dict(detector_kwargs or {})
     zero_shot = detector == MuSc.name  # scores the test set against itself: train/ is not used at all
@@ -133,7 +135,7 @@ def run_eval(
         det: Detector | MuSc = MuSc(extractor, **{k: v for k, v in kwargs.items() if k not in ("fpr", "seed")})
     else:
         det = fit_detector(detector, ds.train, extractor, norms=input_norms, own_backbones=own_backbones,
-                           progress=progress, **kwargs)
+                           tune=tune, progress=progress, **kwargs)
     fit_seconds = time.perf_counter() - t0
     fit_rss = peak_rss_mb()
     paths = [s.path for s in ds.test]
@@ -150,6 +152,8 @@ def run_eval(
         "input_norm": None if zero_shot else det.extractor.input_norm,
         "image_size": det.extractor.image_size,
         "precision": det.extractor.precision,
+        "pool_grid": det.extractor.pool_grid,
+        "choice": None if zero_shot else det.choice,  # auto / --input-norm auto / --tune: chosen on what
         "n_train": 0 if zero_shot else det.n_train_,
         "n_test": len(result.paths),
         **{k: _num(v) for k, v in metrics.items()},

@@ -29,7 +29,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -207,21 +207,25 @@ class FeatureExtractor:
             "input_norm": self.input_norm,
         }
 
-    def with_backbone(self, backbone: str) -> "FeatureExtractor":
-        """This extractor's options (size, precision, tiles, pooling) on another built-in backbone, at that
-        backbone's own levels: for detectors that default to different backbones (``--detector auto``)."""
-        if backbone == self.spec.name:
+    def replace(self, **changes: Any) -> "FeatureExtractor":
+        """This extractor with some options changed (any of ``config``'s keys), the others kept; a new
+        backbone comes with its own levels. What ``--detector auto`` and ``--tune`` try."""
+        cfg = {k: v for k, v in self.config.items() if k not in ("backbone", "backbone_extras")}
+        cfg["backbone"] = self.spec if self.spec.extras else self.spec.name  # a custom spec passes through
+        if "backbone" in changes:
+            del cfg["patch_levels"], cfg["pooled_levels"]
+        if all(cfg.get(k) == v for k, v in changes.items()):
             return self
-        cfg = {k: v for k, v in self.config.items() if k not in ("backbone_extras", "patch_levels", "pooled_levels")}
-        return FeatureExtractor(**{**cfg, "backbone": backbone, "tile_batch": self.tile_batch})
+        return FeatureExtractor(**{**cfg, **changes, "tile_batch": self.tile_batch})
+
+    def with_backbone(self, backbone: str) -> "FeatureExtractor":
+        """This extractor's options on another built-in backbone, at that backbone's own levels: for
+        detectors that default to different backbones (``--detector auto``)."""
+        return self if backbone == self.spec.name else self.replace(backbone=backbone)
 
     def with_input_norm(self, input_norm: str) -> "FeatureExtractor":
         """This extractor with another input normalisation (``--input-norm auto`` tries each)."""
-        if input_norm == self.input_norm:
-            return self
-        cfg = {k: v for k, v in self.config.items() if k not in ("backbone", "backbone_extras")}
-        base = self.spec if self.spec.extras else self.spec.name  # a custom spec passes through
-        return FeatureExtractor(**{**cfg, "backbone": base, "input_norm": input_norm, "tile_batch": self.tile_batch})
+        return self.replace(input_norm=input_norm)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """HxWx3 uint8 images of any size -> Bx3xhxw float tensor in [0, 1] at this extractor's size."""
