@@ -467,6 +467,27 @@ def test_cell_gaussians_are_sklearns_ledoit_wolf() -> None:
         np.testing.assert_allclose(precisions[i], np.linalg.inv(cov), rtol=1e-6)
 
 
+def test_fewer_rows_than_dimensions_give_sklearns_ledoit_wolf() -> None:
+    """The Gram-matrix path (n < D: cross-validation of pooled features) is scikit-learn's Gaussian, not an
+    approximation of it: precision and distances agree to rounding, on either side of n = D."""
+    from sklearn.covariance import ledoit_wolf
+
+    from normalcy.numerics.stats import distance, distance_to, gaussian
+
+    rng = np.random.default_rng(0)
+    for n, d in ((30, 200), (200, 30), (3, 5)):
+        x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.1 + rng.normal(size=d)
+        q = rng.normal(size=(25, d)) @ rng.normal(size=(d, d)) * 0.1
+        cov, _ = ledoit_wolf(x)
+        want = distance(q, x.mean(0), np.linalg.inv(cov))
+        mean, precision = gaussian(x)
+        np.testing.assert_allclose(precision, np.linalg.inv(cov), rtol=1e-7, atol=1e-9 * np.abs(precision).max())
+        np.testing.assert_allclose(distance(q, mean, precision), want, rtol=1e-8)
+        np.testing.assert_allclose(distance_to(x, q), want, rtol=1e-8)
+    flat = np.ones((5, 8))  # no variance at all: the plain path's pseudo-inverse, no error
+    assert np.isfinite(distance_to(flat, flat)).all()
+
+
 def _aligned(folder: Path, n: int, seed: int, moved: bool = False) -> list[Path]:
     """Noise images with one bright square, always in the same place unless ``moved``."""
     rng = np.random.default_rng(seed)

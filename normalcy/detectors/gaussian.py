@@ -34,7 +34,7 @@ from torch import nn
 
 from normalcy.detectors.base import Calibration, Detector, HyperParams
 from normalcy.images.features import Batch, Features
-from normalcy.numerics.stats import gaussian, gaussians, inverse, mahalanobis, shrunk
+from normalcy.numerics.stats import distance_to, gaussian, gaussians, inverse, mahalanobis, shrunk
 
 
 class GaussianAD(Detector):
@@ -142,13 +142,6 @@ class GaussianAD(Detector):
         """The image score of cross-validated pooled and cell scores (``combined``)."""
         return combined(pooled, cells, tuple(float(v) for v in self.scale_), bool(self.cells))
 
-    def _image_scores(self, pooled: dict[str, np.ndarray],
-                      means: dict[str, np.ndarray], precisions: dict[str, np.ndarray]) -> np.ndarray:
-        levels = self.extractor.pooled_levels
-        return level_distances([torch.from_numpy(pooled[lv]).double() for lv in levels],
-                               [torch.from_numpy(means[lv]) for lv in levels],
-                               [torch.from_numpy(precisions[lv]) for lv in levels]).numpy()
-
     def scoring(self, exported: bool = False) -> "GaussianScoring":
         """The scoring as a torch module: ``_score`` runs it, ONNX export traces it. Exported, every distance is
         float32 (the detector computes the image terms in float64): onnxruntime's float64 MatMul reads the
@@ -168,10 +161,7 @@ class GaussianAD(Detector):
         for k in range(folds):
             held = order[k::folds]
             keep = np.setdiff1d(order, held)
-            means, precs = {}, {}
-            for lv, x in pooled.items():
-                means[lv], precs[lv] = gaussian(x[keep])
-            scores[held] = self._image_scores({lv: x[held] for lv, x in pooled.items()}, means, precs)
+            scores[held] = sum(distance_to(x[keep], x[held]) for x in pooled.values())  # level_distances' sum
             cell_scores[held] = _cell_scores(cells[held], *gaussians(cells[keep]))
         return scores, cell_scores
 
