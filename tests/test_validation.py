@@ -159,3 +159,20 @@ def test_split_can_keep_the_images_aspect_ratio(tmp_path: Path) -> None:
     split = synthetic_split(list_files(root / "train" / "good"), tmp_path / "val", size=64, shape=(48, 96))
     for normal, defect in zip(split.normal, split.defective):
         assert np.asarray(Image.open(normal)).shape == np.asarray(Image.open(defect)).shape == (48, 96, 3)
+
+
+def test_auto_with_tune_chooses_the_detector_first_then_its_settings(tmp_path: Path) -> None:
+    """--detector auto --tune, through eval: the candidates are compared at their defaults, then the chosen one's
+    settings; eval's JSON carries the choice. A given --backbone is not tuned."""
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
+    r = run_cli("eval", root, "-d", "auto", "--tune", "--image-size", "64", "--backbone", "efficientnet_lite0",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    choice = out["choice"]
+    assert out["detector"] == f"auto: {choice['chosen']}" and choice["chosen"] in CANDIDATES
+    assert set(CANDIDATES) <= set(choice["validation_auroc"])
+    assert "backbone" not in choice["tuned"] and "image_size" not in choice["tuned"]
+    assert out["backbone"] == "efficientnet_lite0" and out["input_norm"] == choice["tuned"]["input_norm"]
+    r = run_cli("score-batch", root / "test", "-o", tmp_path / "run", "--tune")
+    assert r.returncode != 0 and "No such option" in r.stderr  # zero-shot has no normal images to tune on
