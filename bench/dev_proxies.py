@@ -14,7 +14,7 @@ adds a column NAME/tune per detector: its settings chosen as ``normalcy eval --t
 
 The synthetic proxies are built from NORMAL training images only: train/good is split into a part to fit
 on and a held-out part (20 %), and each held-out image is scored as it is and once as a logical-anomaly
-copy (bench/logical_anomalies.py: a part missing, duplicated, moved, or two parts swapped; the kinds take turns).
+copy (normalcy/images/logical.py: a part missing, duplicated, moved, or two parts swapped; the kinds take turns).
 No test image of any data set is read. elpv is the one real proxy: fit on normal mono cells (defect
 probability 0), score held-out normal cells against surely defective ones (probability 1), at the cells'
 native 300x300. Everything here is validation data: settings may be chosen on it.
@@ -33,12 +33,12 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import torch
-from logical_anomalies import LOGICAL, logical_anomaly
 
 from normalcy.demo import build_elpv_dataset
 from normalcy.detectors import EfficientAD, default_backbone
 from normalcy.evaluation.evaluate import run_eval
 from normalcy.evaluation.validation import TUNABLE
+from normalcy.images.logical import LOGICAL, logical_anomaly
 from normalcy.evaluation.metrics import image_metrics
 from normalcy.images.backbones import INPUT_NORMS
 from normalcy.images.features import FeatureExtractor, size_for

@@ -1,12 +1,13 @@
-"""The logical-anomaly synthesis of bench/logical_anomalies.py (dev proxies): shapes, where it changes, seeds."""
+"""The logical-anomaly synthesis of normalcy/images/logical.py (--tune's split, dev proxies): shapes, where it
+changes, seeds; and the surface defects of normalcy/images/synthetic.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import bench_module
 
-logical = bench_module("logical_anomalies")
+from normalcy.images import logical
+
 LOGICAL, extra_part, logical_anomaly = logical.LOGICAL, logical.extra_part, logical.logical_anomaly
 missing_part, part_box, wrong_arrangement = logical.missing_part, logical.part_box, logical.wrong_arrangement
 
@@ -64,3 +65,18 @@ def test_part_box_prefers_content() -> None:
     box = part_box(image, np.random.default_rng(0), 0.2, 0.3, tries=64)
     y, x, h, w = box
     assert y + h > 70 and x + w > 70  # it touches the only part there is
+
+
+@pytest.mark.parametrize("kind", ["thin_crack", "brightness_change"])
+def test_surface_defects_change_only_where_their_mask_says(kind: str) -> None:
+    from normalcy.images import synthetic
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.3, 0.7, size=(128, 96, 3)).astype(np.float32)
+    out, mask = getattr(synthetic, kind)(image, np.random.default_rng(1))
+    assert out.shape == image.shape and out.dtype == np.float32 and mask.shape == (128, 96)
+    assert 0 < mask.mean() < 0.2 and 0.0 <= out.min() and out.max() <= 1.0
+    changed = np.abs(out - image).max(-1) > 0.05
+    assert changed.any() and mask[changed].mean() > 0.5  # what changed clearly lies mostly inside the mask
+    again, _ = getattr(synthetic, kind)(image, np.random.default_rng(1))
+    assert np.array_equal(out, again)  # seeded

@@ -176,3 +176,17 @@ def test_auto_with_tune_chooses_the_detector_first_then_its_settings(tmp_path: P
     assert out["backbone"] == "efficientnet_lite0" and out["input_norm"] == choice["tuned"]["input_norm"]
     r = run_cli("score-batch", root / "test", "-o", tmp_path / "run", "--tune")
     assert r.returncode != 0 and "No such option" in r.stderr  # zero-shot has no normal images to tune on
+
+
+def test_split_plants_each_kind_of_defect_in_turn(tmp_path: Path) -> None:
+    from normalcy.evaluation.validation import TUNE_DEFECTS
+
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=40)
+    train = list_files(root / "train" / "good")
+    split = synthetic_split(train, tmp_path / "val", size=64, kinds=TUNE_DEFECTS)
+    assert len(split.defective) == 8  # 20 % of 40: every kind once, the first twice
+    for normal, defect in zip(split.normal, split.defective):
+        a, b = np.asarray(Image.open(normal)).astype(int), np.asarray(Image.open(defect)).astype(int)
+        assert (np.abs(a - b).sum(-1) > 0).any()  # something changed, however thin
+    with pytest.raises(ValueError, match="choose from"):
+        synthetic_split(train, tmp_path / "bad", kinds=("scratchy",))

@@ -6,7 +6,10 @@
   any training set, for the teacher's distillation and the student's penalty, and the
   crops, flips and colour jitter of its augmentations.
 
-Logical anomalies (a part removed, added, moved or swapped) are bench-only: bench/logical_anomalies.py.
+* Surface defects that Perlin blobs do not look like: a thin crack (a dark or bright jagged line a few pixels
+  wide) and a brightness change (a soft region lighter or darker than the rest), for validation.
+
+Logical anomalies (a part removed, added, moved or swapped): normalcy.images.logical.
 """
 
 from __future__ import annotations
@@ -146,6 +149,43 @@ def synthesize(image: np.ndarray, pool: torch.Tensor, rng: np.random.Generator,
     beta = float(rng.uniform(0.1, 1.0))
     return add_anomaly(image, tex, mask, beta), mask
 
+
+
+# -------------------------------------------------------------------- surface defects, for validation
+
+
+def thin_crack(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A crack: a jagged line 1-3 pixels wide (at 256 px) across 15-45 % of the image, darker or brighter than
+    what it crosses. (image as float HxWx3 in [0, 1], HxW float32 mask of the line)."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    n = int(rng.integers(6, 14))
+    step = rng.uniform(0.15, 0.45) * side / n
+    angle = rng.uniform(0, 2 * np.pi)
+    pts = [np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h])]
+    for _ in range(n):
+        angle += rng.normal(0, 0.5)
+        pts.append(np.clip(pts[-1] + step * np.array([np.cos(angle), np.sin(angle)]), 0, [w - 1, h - 1]))
+    mask = np.zeros((h, w), np.float32)
+    width = max(1, int(round(rng.uniform(1, 3) * side / 256)))
+    cv2.polylines(mask, [np.round(np.array(pts)).astype(np.int32)], False, 1.0, width, cv2.LINE_AA)
+    mask = np.clip(cv2.GaussianBlur(mask, (3, 3), 0) * 1.5, 0, 1)
+    depth = rng.uniform(0.35, 0.8) * (1 if rng.random() < 0.8 else -1)  # most cracks are dark
+    out = image * (1 - depth * mask[..., None]) if depth > 0 else image + (1 - image) * (-depth) * mask[..., None]
+    return np.clip(out, 0, 1).astype(np.float32), (mask > 0.1).astype(np.float32)
+
+
+def brightness_change(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A region 10-30 % of the image across, 15-45 % darker or lighter, its edge soft (a stain, a burn, an
+    uneven coat). (image, mask where the change exceeds a quarter of its peak)."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+    ry, rx = rng.uniform(0.05, 0.15, size=2) * min(h, w)
+    blob = np.exp(-(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) ** 2)  # flat top, soft edge
+    gain = 1 + rng.uniform(0.15, 0.45) * (1 if rng.random() < 0.5 else -1)
+    out = image * (1 + (gain - 1) * blob[..., None])
+    return np.clip(out, 0, 1).astype(np.float32), (blob > 0.25).astype(np.float32)
 
 
 # -------------------------------------------------------------------- EfficientAD: images unlike the training set

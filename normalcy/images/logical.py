@@ -1,7 +1,8 @@
-"""Logical anomalies for dev proxies (bench/dev_proxies.py): a part removed, added, moved, or two parts swapped.
+"""Logical anomalies: a part removed, added, moved, or two parts swapped.
 
 Every pixel stays ordinary-looking; only what is where changes, which texture-like Perlin defects
-(normalcy.images.synthetic, DRAEM's) never test. Bench-only: no detector trains on these.
+(normalcy.images.synthetic, DRAEM's) never test. Used to validate, never to train: ``--tune``'s held-out
+split plants them among its synthetic defects, and the dev proxies (bench/dev_proxies.py) are built from them.
 """
 
 from __future__ import annotations
