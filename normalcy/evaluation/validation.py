@@ -76,12 +76,14 @@ def synthetic_split(paths: Sequence[Path], folder: Path, fraction: float = 0.2, 
     order = rng.permutation(len(paths))
     n_val = int(min(100, max(4, round(fraction * len(paths)))))
     if len(paths) - n_val < 5:
-        raise InputError(f"choosing a detector needs at least {n_val + 5} training images, got {len(paths)}")
+        raise InputError(f"choosing a detector or settings (auto, --tune) needs at least {n_val + 5} training "
+                         f"images, got {len(paths)}")
     held, fit = [paths[i] for i in sorted(order[:n_val])], [paths[i] for i in sorted(order[n_val:])]
     skipped: list[tuple[Path, str]] = []
     images = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for _, im in iter_images(held, skipped)]
     if len(images) < 2:
-        raise InputError("choosing a detector: fewer than 2 of the held-out training images could be read")
+        raise InputError("choosing a detector or settings: fewer than 2 of the held-out training images could be "
+                         "read")
     pool = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     folder.mkdir(parents=True, exist_ok=True)
     normal, defective = [], []
@@ -257,11 +259,13 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
     best of them replaces the current value only if it wins in ``TUNE_CONFIDENCE`` of paired bootstrap
     resamples of the held-out split (``wins``): with a handful of held-out images one flipped pair moves the
     AUROC by several hundredths. The held-out images take ``TUNE_DEFECTS`` in turn: DRAEM's blobs alone
-    saturate on some data (every value 1.000) and stand for neither thin cracks nor missing parts. Trials fit on the split's training part (up to ``TUNE_FIT_IMAGES``): fitted
-    on fewer images than the final model, a Gaussian's larger variants (a finer pooling grid, a wider
-    backbone) lose more than the smaller ones and would be wrongly dropped (magnetic_tile, 200 images: grid 1
-    0.988 against grid 4 0.982; 519 images: 0.991 against 0.989). The split keeps the images' aspect ratio
-    at up to 512 pixels a side, so that input sizes can be compared on it."""
+    saturate on some data (every value 1.000) and stand for neither thin cracks nor missing parts.
+
+    Trials fit on the split's training part (up to ``TUNE_FIT_IMAGES``): fitted on fewer images than the final
+    model, a Gaussian's larger variants (a finer pooling grid, a wider backbone) lose more than the smaller ones
+    and would be wrongly dropped (magnetic_tile, 200 images: grid 1 0.988 against grid 4 0.982; 519 images: 0.991
+    against 0.989). The split keeps the images' aspect ratio at up to 512 pixels a side, so that input sizes can
+    be compared on it."""
     import time
 
     from normalcy.detectors import create
