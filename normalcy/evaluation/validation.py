@@ -1,15 +1,17 @@
-"""Choosing settings from normal images alone: a validation split with synthetic defects.
+"""Choosing detectors and settings from normal images alone: a validation split with synthetic defects.
 
 Test labels must never choose a detector or its settings: on a user's line there are
 none, and numbers tuned on a test set do not carry over to data nobody tuned for. What
 we do have is normal images. So a fraction of them is held out of fitting; each of those
-is scored once as it is and once with a synthetic defect (DRAEM's Perlin-noise masks
-filled with another training image or a generated texture, ``normalcy.images.synthetic``), and
-the image AUROC between the two says how well a candidate separates normal from "not
-like the rest". ``--detector auto`` fits each candidate this way and keeps the best.
+is scored once as it is and once with a synthetic defect, the kinds taking turns
+(``VALIDATION_DEFECTS``: DRAEM's Perlin blobs, thin cracks, brightness changes, and a part
+missing, extra, moved or swapped), and the image AUROC between the two says how well a
+candidate separates normal from "not like the rest". ``--detector auto``, ``--input-norm
+auto`` and ``--tune`` fit each candidate this way and keep the first (the default) unless
+another beats it in 95 % of paired bootstrap resamples of the split (``wins``).
 
-The proxy is only as good as synthetic defects are like real ones: local texture and
-colour changes are well represented; missing parts or a wrong arrangement are not.
+The proxy is only as good as synthetic defects are like real ones: a wrong count of parts
+or a wrong colour of a whole part are not among them.
 """
 
 from __future__ import annotations
@@ -39,15 +41,16 @@ CANDIDATES = ("gaussian", "patchcore")  # fast enough to fit twice; trained dete
 DEFECTS = {"crack": thin_crack, "brightness": brightness_change, **LOGICAL}
 """Synthetic defects besides DRAEM's Perlin blobs: surface ones and logical ones (a part missing, extra, moved,
 swapped), each ``f(image, rng) -> (image, mask)``."""
-TUNE_DEFECTS = ("perlin", "crack", "brightness", "missing", "extra", "misplaced", "swapped")
-"""``--tune``'s held-out images take these in turn: settings are judged on defects like real ones of each kind."""
+VALIDATION_DEFECTS = ("perlin", "crack", "brightness", "missing", "extra", "misplaced", "swapped")
+"""The held-out images take these in turn: detectors and settings are judged on defects like real ones of each
+kind (DRAEM's blobs alone saturate on some data, every candidate at 1.000)."""
+CONFIDENCE = 0.95  # a detector or setting changes only when the other wins in this share of bootstrap resamples
 
 TUNABLE = ("input_norm", "backbone", "image_size", "pool_grid")
 """What ``--tune`` may choose: each moved some data set's results and not others' (docs/benchmarks.md)."""
 TUNE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
 TUNE_AREAS = (224, 320)  # input sizes tried: about this many pixels squared, the images' aspect ratio kept
 TUNE_GRIDS = (4, 2, 1)
-TUNE_CONFIDENCE = 0.95  # a setting changes only when the other value wins in this share of bootstrap resamples
 TUNE_FIT_IMAGES = 1000  # trials fit on at most this many images (fewer favour smaller models: see fit_tuned)
 
 
@@ -143,34 +146,61 @@ def wins(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], res
     return float((aurocs(*a) > aurocs(*b)).mean())
 
 
+def held_out_split(paths: Sequence[Path], folder: Path, seed: int = 0) -> Split:
+    """The one validation split of ``auto``, ``--input-norm auto`` and ``--tune``: 20 % of the normal images held
+    out at their median aspect ratio (at most 512 pixels a side, so that input sizes can be compared on it), each
+    also with one of ``VALIDATION_DEFECTS`` in turn."""
+    from normalcy.images.features import native_size
+
+    h, w = native_size(list(paths))
+    scale = min(1.0, 512 / max(h, w))
+    shape = (max(32, round(h * scale)), max(32, round(w * scale)))
+    return synthetic_split(paths, folder, seed=seed, shape=shape, kinds=VALIDATION_DEFECTS)
+
+
 def choose_detector(paths: Sequence[Path], extractor: FeatureExtractor, candidates: Sequence[str] = CANDIDATES,
                     own_backbones: bool = False, norms: Sequence[str] = ("own",),
-                    **kwargs: Any) -> tuple[str, dict[str, float]]:
-    """The candidate with the best synthetic-defect validation AUROC on held-out normal images, and every AUROC.
-    ``own_backbones``: each candidate runs on its own default backbone (``extractor``'s other options kept).
-    With several input normalisations (``norms``) each candidate is tried with each, keyed ``name/norm``."""
+                    **kwargs: Any) -> tuple[str, dict[str, float], float]:
+    """The chosen candidate on held-out normal images with synthetic defects, every validation AUROC, and the
+    share of bootstrap resamples in which the best other candidate beat the first (``_pick``). ``own_backbones``:
+    each candidate runs on its own default backbone (``extractor``'s other options kept). With several input
+    normalisations (``norms``) each candidate is tried with each, keyed ``name/norm``."""
+    seed = int(kwargs.get("seed", 0))
+    trials = _trials(extractor, candidates, norms, own_backbones)
     with tempfile.TemporaryDirectory(prefix="normalcy-validation-") as tmp:
-        split = synthetic_split(paths, Path(tmp), seed=int(kwargs.get("seed", 0)))
-        return _choose(split, split.fit, _trials(extractor, candidates, norms, own_backbones), **kwargs)
+        split = held_out_split(paths, Path(tmp), seed)
+        scores: dict[str, Any] = {}
+        found = _fit_trials(split, split.fit, trials, scores, **kwargs)
+    key, won = _pick(trials[0][0], [k for k, _, _ in trials[1:]], found, scores, seed)
+    return key, found, won
 
 
-def _choose(split: Split, fit: Sequence[Path], trials: Sequence[tuple[str, str, FeatureExtractor]],
-            scores: dict[str, Any] | None = None, **kwargs: Any) -> tuple[str, dict[str, float]]:
-    """Fit each trial (key, detector, extractor) on ``fit``; the key of the best validation AUROC, and all.
-    ``scores``: filled with each trial's validation scores (normal, defective)."""
+def _fit_trials(split: Split, fit: Sequence[Path], trials: Sequence[tuple[str, str, FeatureExtractor]],
+                scores: dict[str, Any], **kwargs: Any) -> dict[str, float]:
+    """Fit each trial (key, detector, extractor) on ``fit``: the validation AUROC of each key; ``scores`` gets
+    each trial's validation scores (normal, defective)."""
     from normalcy.detectors import create
 
     found: dict[str, float] = {}
     for key, name, ex in trials:
         det = create(name, ex, **kwargs).fit(fit, progress=False)
-        got = validation_scores(det, split)
-        found[key] = _auroc(*got)
-        if scores is not None:
-            scores[key] = got
+        scores[key] = validation_scores(det, split)
+        found[key] = _auroc(*scores[key])
         log.info("validation: %s reaches %.3f image AUROC on %d held-out normal images with synthetic defects",
                  key, found[key], len(split.normal))
-    best = max(found, key=lambda k: found[k])  # the first of equals: the default, listed first
-    return best, found
+    return found
+
+
+def _pick(current: str, others: Sequence[str], found: dict[str, float], scores: dict[str, Any],
+          seed: int = 0) -> tuple[str, float]:
+    """``current``, unless the best of ``others`` (by validation AUROC) beats it in ``CONFIDENCE`` of paired
+    bootstrap resamples of the split (``wins``): with a handful of held-out images one flipped pair moves the
+    AUROC by several hundredths, which must not change a detector or a setting. (key, that share)."""
+    if not others:
+        return current, 0.0
+    best = max(others, key=lambda k: found[k])  # the first of equals
+    won = wins(scores[best], scores[current], seed=seed)
+    return (best if won >= CONFIDENCE else current), won
 
 
 def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, progress: bool = True,
@@ -184,12 +214,14 @@ def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, p
 
     own_backbones = own_backbones or extractor is None
     extractor = extractor or FeatureExtractor()
-    key, found = choose_detector(paths, extractor, candidates, own_backbones=own_backbones, norms=norms, **kwargs)
-    log.info("auto: chose %s (%s)", key, ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
+    key, found, won = choose_detector(paths, extractor, candidates, own_backbones=own_backbones, norms=norms,
+                                      **kwargs)
+    log.info("auto: chose %s (%s; the best other beat the first in %.0f%% of resamples)", key,
+             ", ".join(f"{k} {v:.3f}" for k, v in found.items()), 100 * won)
     name, _, norm = key.partition("/")
     ex = _extractor_for(name, extractor, own_backbones).with_input_norm(norm or norms[0])
     det = create(name, ex, **kwargs).fit(paths, progress=progress)
-    det.choice = {"validation_auroc": found, "chosen": name, "input_norm": ex.input_norm}
+    det.choice = {"validation_auroc": found, "wins": won, "chosen": name, "input_norm": ex.input_norm}
     return det
 
 
@@ -256,9 +288,9 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
     training images with synthetic defects; then fit the result on all images.
 
     One coordinate pass: each setting's values are tried with the settings before it already chosen, and the
-    best of them replaces the current value only if it wins in ``TUNE_CONFIDENCE`` of paired bootstrap
+    best of them replaces the current value only if it wins in ``CONFIDENCE`` of paired bootstrap
     resamples of the held-out split (``wins``): with a handful of held-out images one flipped pair moves the
-    AUROC by several hundredths. The held-out images take ``TUNE_DEFECTS`` in turn: DRAEM's blobs alone
+    AUROC by several hundredths. The held-out images take ``VALIDATION_DEFECTS`` in turn: DRAEM's blobs alone
     saturate on some data (every value 1.000) and stand for neither thin cracks nor missing parts.
 
     Trials fit on the split's training part (up to ``TUNE_FIT_IMAGES``): fitted on fewer images than the final
@@ -269,26 +301,23 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
     import time
 
     from normalcy.detectors import create
-    from normalcy.images.features import native_size
     from normalcy.progress import progress_bar
 
     t0 = time.perf_counter()
     seed = int(kwargs.get("seed", 0))
-    h, w = native_size(list(paths))
-    scale = min(1.0, 512 / max(h, w))
-    shape = (max(32, round(h * scale)), max(32, round(w * scale)))
     found: dict[str, float] = {}
     confidence: dict[str, float] = {}
     chosen: dict[str, Any] = {}
     scores: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="normalcy-tune-") as tmp:
-        split = synthetic_split(paths, Path(tmp), seed=seed, shape=shape, kinds=TUNE_DEFECTS)
+        split = held_out_split(paths, Path(tmp), seed)
         fit = split.fit
         if len(fit) > TUNE_FIT_IMAGES:
             fit = [fit[i] for i in sorted(np.random.default_rng(seed).choice(len(fit), TUNE_FIT_IMAGES, False))]
         if name == "auto":
-            name, found = _choose(split, fit, _trials(extractor, CANDIDATES, ("own",), own_backbones), scores,
-                                  **kwargs)
+            trials = _trials(extractor, CANDIDATES, ("own",), own_backbones)
+            found = _fit_trials(split, fit, trials, scores, **kwargs)
+            name, confidence["detector"] = _pick(trials[0][0], [k for k, _, _ in trials[1:]], found, scores, seed)
             extractor = _extractor_for(name, extractor, own_backbones)
         ex = extractor
         plan = [(s, tune_candidates(s, extractor, name, split.fit)) for s in settings]
@@ -296,26 +325,26 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
             task = bar.add_task(f"tuning {name}", total=sum(max(0, len(v) - 1) for _, v in plan)
                                 + (name not in scores))
             if name not in scores:
-                found |= _choose(split, fit, [(name, name, ex)], scores, **kwargs)[1]
+                found |= _fit_trials(split, fit, [(name, name, ex)], scores, **kwargs)
                 bar.advance(task)
             best = name
             for setting, values in plan:
                 if len(values) < 2:
                     continue
                 trials = [(f"{setting}={_shown(v)}", name, ex.replace(**{setting: v})) for v in values[1:]]
-                key, aurocs = _choose(split, fit, trials, scores, **kwargs)
+                found |= _fit_trials(split, fit, trials, scores, **kwargs)
                 bar.advance(task, len(trials))
-                found |= aurocs
-                confidence[key] = wins(scores[key], scores[best], seed=seed)
-                if confidence[key] >= TUNE_CONFIDENCE:
+                key, confidence[setting] = _pick(best, [k for k, _, _ in trials], found, scores, seed)
+                if key != best:
                     best, ex = key, dict((k, e) for k, _, e in trials)[key]
                 chosen[setting] = _shown(_current(ex, setting))
-    log.info("tune: chose %s for %s (validation AUROC %s; wins over the value before: %s)", chosen, name,
+    log.info("tune: chose %s for %s (validation AUROC %s; the best other value beat the one before in: %s)",
+             chosen, name,
              ", ".join(f"{k} {v:.3f}" for k, v in found.items()),
              ", ".join(f"{k} {v:.0%}" for k, v in confidence.items()))
     det = create(name, ex, **kwargs).fit(paths, progress=progress)
     det.choice = {"validation_auroc": found, "wins": confidence, "chosen": name, "input_norm": ex.input_norm,
-                  "tuned": chosen, "confidence": TUNE_CONFIDENCE, "seconds": round(time.perf_counter() - t0, 1)}
+                  "tuned": chosen, "confidence": CONFIDENCE, "seconds": round(time.perf_counter() - t0, 1)}
     return det
 
 
