@@ -30,6 +30,7 @@ from normalcy.detectors import (
     default_backbone,
 )
 from normalcy.detectors import load as load_image_model
+from normalcy.detectors.base import report_info
 from normalcy.errors import InputError
 from normalcy.evaluation.validation import TUNABLE
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
@@ -472,7 +473,7 @@ def _predict_images(model: Any, inputs: list[Path], output: Path, info: dict[str
         if embeddings is None:  # free where the backbone runs anyway; `serve` computes them later for the others
             embeddings = model.uses_features
         threshold, map_range = model.threshold_, model.map_range_ or (0.0, 1.0)
-        info |= {"detector": model.name, "backbone": model.extractor.spec.name}
+        info |= report_info(model)
         records = model.iter_score(paths, embeddings=embeddings)
     else:  # OnnxScorer
         threshold, map_range = model.threshold, tuple(model.meta["map_range"])

@@ -124,6 +124,20 @@ def test_tune_tries_each_setting_left_open_and_records_the_choice(tmp_path: Path
     # a setting changes only where the other value wins in most bootstrap resamples of the split
     for setting, other in {"input_norm": "imagenet", "backbone": "efficientnet_lite2"}.items():
         assert (choice["tuned"][setting] == other) == (choice["wins"][setting] >= 0.95)
+    # a person reading predict's run (run.json, report.html) sees what was chosen, without opening model.json
+    r = run_cli("predict", tmp_path / "m", root / "test", "-o", tmp_path / "run", "--no-heatmaps")
+    assert r.returncode == 0, r.stderr
+    line = json.loads((tmp_path / "run" / "run.json").read_text())["chosen on normal images"]
+    assert line.startswith("gaussian: input_norm ") and "validation AUROC gaussian " in line
+    assert "chosen on normal images" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_choice_line_shows_a_crafted_choice_as_text() -> None:
+    from normalcy.detectors.base import choice_line
+
+    line = choice_line({"chosen": "<b>x</b>" * 20, "tuned": [1, 2], "validation_auroc": {"a": "nan?", "b": 0.5}})
+    assert line.startswith("<b>x</b><b>x</b>") and "a nan?" in line and "b 0.500" in line and len(line) < 400
+    assert choice_line({}) == "None: input_norm None (validation AUROC -)"
 
 
 def test_wins_is_a_paired_bootstrap_of_the_auroc() -> None:

@@ -599,3 +599,29 @@ class _Counter:
         if count and self.seen > 1 and not self.varied:
             raise InputError(f"{self.name}: all {self.seen} training images are identical (blank?), so they "
                              "do not vary: nothing shows what normal looks like")
+
+
+def report_info(model: Any) -> dict[str, str]:
+    """What a report says about an image model (a Detector or MuSc): detector, backbone, input, and what ``auto``
+    or ``--tune`` chose on which validation numbers (a report is read by people who never open model.json)."""
+    h, w = model.extractor.size
+    info = {"detector": model.name, "backbone": model.extractor.spec.name,
+            "input": f"{h}x{w} px, {model.extractor.input_norm} normalisation"}
+    choice = getattr(model, "choice", None)
+    if isinstance(choice, dict):
+        info["chosen on normal images"] = choice_line(choice)
+    return info
+
+
+def choice_line(choice: dict[str, Any]) -> str:
+    """model.json's ``choice`` in one line: the detector, the tuned settings, every trial's validation AUROC. The
+    choice may come from a file: any value is shown as text, nothing in it is trusted to be a number."""
+    def num(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:40]
+
+    tuned = choice.get("tuned") if isinstance(choice.get("tuned"), dict) else {}
+    aurocs = choice.get("validation_auroc") if isinstance(choice.get("validation_auroc"), dict) else {}
+    settings = ", ".join(f"{str(k)[:40]} {str(v)[:40]}" for k, v in list(tuned.items())[:8]) or \
+        f"input_norm {str(choice.get('input_norm'))[:40]}"
+    trials = ", ".join(f"{str(k)[:40]} {num(v)}" for k, v in list(aurocs.items())[:16])
+    return f"{str(choice.get('chosen'))[:40]}: {settings} (validation AUROC {trials or '-'})"

@@ -80,4 +80,5 @@ def load(directory: str | Path, trust_code: bool = False) -> Detector:
     det.threshold_ = meta.threshold
     det.map_range_ = (meta.map_range[0], meta.map_range[1])
     det.n_train_ = meta.n_train
+    det.choice = meta.choice  # what auto / --tune chose: reports show it, a re-saved model keeps it
     return det

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from normalcy.detectors import Detector, MuSc, Result
-from normalcy.detectors.base import Maps
+from normalcy.detectors.base import Maps, report_info
 from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import fit_detector
 from normalcy.images.features import FeatureExtractor
@@ -198,7 +198,7 @@ def write_eval_report(path: Path, metrics: dict[str, Any], det: Detector, result
         labels=np.array([label_of[p] for p in result.paths]),
         metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
         map_range=det.map_range_,
-        info={"detector": det.name, "backbone": det.extractor.spec.name, "dataset": str(metrics["dataset"])},
+        info={**report_info(det), "dataset": str(metrics["dataset"])},
     )
 
 
