@@ -29,6 +29,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from normalcy.errors import InputError
+from normalcy.images.backbones import INPUT_NORMS
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import iter_images
 from normalcy.images.logical import LOGICAL
@@ -262,7 +263,7 @@ def tune_candidates(setting: str, ex: FeatureExtractor, detector: str, sample: S
     from normalcy.images.features import size_for
 
     if setting == "input_norm":
-        values: list[Any] = ["own", "imagenet"]
+        values: list[Any] = list(INPUT_NORMS)
         current: Any = ex.input_norm
     elif setting == "backbone":
         if ex.spec.extras:
