@@ -107,8 +107,13 @@ class ExtractorOptions:
         unless given (the user's choice stands)."""
         if not self.tune:
             return ()
-        given = {"backbone": not self.own_backbones, "image_size": str(self.image_size).strip().lower() != "auto"}
+        given = {"backbone": not self.own_backbones, "image_size": not self.auto_size}
         return tuple(s for s in TUNABLE if not given.get(s, False))
+
+    @property
+    def auto_size(self) -> bool:
+        """``--image-size auto``: the size is read from the images (``extractor``), not given."""
+        return str(self.image_size).strip().lower() == "auto"
 
     @property
     def own_backbones(self) -> bool:
@@ -126,7 +131,7 @@ class ExtractorOptions:
                 raise InputError(f"{self.backbone_config}: cannot read backbone config ({err})") from None
             spec = custom_backbone(**cfg)
         size: Any = self.image_size
-        if str(size).strip().lower() == "auto":
+        if self.auto_size:
             size = native_size(list(sample)) if self.tile else size_for(list(sample))
             if size[0] != size[1] or self.tile:
                 why = "the images' own size, in tiles" if self.tile else "the images' aspect ratio"

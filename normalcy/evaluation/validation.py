@@ -42,7 +42,7 @@ CANDIDATES = ("gaussian", "patchcore")  # fast enough to fit twice; trained dete
 DEFECTS = {"crack": thin_crack, "brightness": brightness_change, **LOGICAL}
 """Synthetic defects besides DRAEM's Perlin blobs: surface ones and logical ones (a part missing, extra, moved,
 swapped), each ``f(image, rng) -> (image, mask)``."""
-VALIDATION_DEFECTS = ("perlin", "crack", "brightness", "missing", "extra", "misplaced", "swapped")
+VALIDATION_DEFECTS = ("perlin", *DEFECTS)
 """The held-out images take these in turn: detectors and settings are judged on defects like real ones of each
 kind (DRAEM's blobs alone saturate on some data, every candidate at 1.000)."""
 CONFIDENCE = 0.95  # a detector or setting changes only when the other wins in this share of bootstrap resamples
@@ -166,13 +166,16 @@ def choose_detector(paths: Sequence[Path], extractor: FeatureExtractor, candidat
     share of bootstrap resamples in which the best other candidate beat the first (``_pick``). ``own_backbones``:
     each candidate runs on its own default backbone (``extractor``'s other options kept). With several input
     normalisations (``norms``) each candidate is tried with each, keyed ``name/norm``."""
-    seed = int(kwargs.get("seed", 0))
-    trials = _trials(extractor, candidates, norms, own_backbones)
     with tempfile.TemporaryDirectory(prefix="normalcy-validation-") as tmp:
-        split = held_out_split(paths, Path(tmp), seed)
-        scores: dict[str, Any] = {}
-        found = _fit_trials(split, split.fit, trials, scores, **kwargs)
-    key, won = _pick(trials[0][0], [k for k, _, _ in trials[1:]], found, scores, seed)
+        split = held_out_split(paths, Path(tmp), int(kwargs.get("seed", 0)))
+        return _choose(split, split.fit, _trials(extractor, candidates, norms, own_backbones), {}, **kwargs)
+
+
+def _choose(split: Split, fit: Sequence[Path], trials: Sequence[tuple[str, str, FeatureExtractor]],
+            scores: dict[str, Any], **kwargs: Any) -> tuple[str, dict[str, float], float]:
+    """Fit every trial, then ``_pick``: the first trial's key unless another wins; (key, AUROCs, share)."""
+    found = _fit_trials(split, fit, trials, scores, **kwargs)
+    key, won = _pick(trials[0][0], [k for k, _, _ in trials[1:]], found, scores, int(kwargs.get("seed", 0)))
     return key, found, won
 
 
@@ -262,24 +265,23 @@ def tune_candidates(setting: str, ex: FeatureExtractor, detector: str, sample: S
     from normalcy.detectors import DETECTORS
     from normalcy.images.features import size_for
 
+    if setting not in TUNABLE:
+        raise InputError(f"--tune: {setting!r} is not one of {', '.join(TUNABLE)}")
     if setting == "input_norm":
         values: list[Any] = list(INPUT_NORMS)
-        current: Any = ex.input_norm
     elif setting == "backbone":
         if ex.spec.extras:
             return []
-        values, current = list(TUNE_BACKBONES), ex.spec.name
+        values = list(TUNE_BACKBONES)
     elif setting == "image_size":
         if ex.tile:
             return []
-        kept = [size_for(list(sample), a * a) for a in TUNE_AREAS]
-        values, current = kept + [(TUNE_AREAS[0], TUNE_AREAS[0])], ex.size
-    elif setting == "pool_grid":
+        values = [size_for(list(sample), a * a) for a in TUNE_AREAS] + [(TUNE_AREAS[0], TUNE_AREAS[0])]
+    else:  # pool_grid
         if not DETECTORS[detector].uses_pooled:
             return []
-        values, current = list(TUNE_GRIDS), ex.pool_grid
-    else:
-        raise InputError(f"--tune: {setting!r} is not one of {', '.join(TUNABLE)}")
+        values = list(TUNE_GRIDS)
+    current = _current(ex, setting)
     return [current] + [v for i, v in enumerate(values) if v != current and v not in values[:i]]
 
 
@@ -316,9 +318,8 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
         if len(fit) > TUNE_FIT_IMAGES:
             fit = [fit[i] for i in sorted(np.random.default_rng(seed).choice(len(fit), TUNE_FIT_IMAGES, False))]
         if name == "auto":
-            trials = _trials(extractor, CANDIDATES, ("own",), own_backbones)
-            found = _fit_trials(split, fit, trials, scores, **kwargs)
-            name, confidence["detector"] = _pick(trials[0][0], [k for k, _, _ in trials[1:]], found, scores, seed)
+            name, found, confidence["detector"] = _choose(
+                split, fit, _trials(extractor, CANDIDATES, ("own",), own_backbones), scores, **kwargs)
             extractor = _extractor_for(name, extractor, own_backbones)
         ex = extractor
         plan = [(s, tune_candidates(s, extractor, name, split.fit)) for s in settings]
