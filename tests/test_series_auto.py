@@ -50,7 +50,7 @@ def test_spike_and_level_shift_found(fitted) -> None:
 def test_no_choice_keeps_the_default_members() -> None:
     det = create("auto", choose=False).fit(sine(), progress=False)
     names = [(m["detector"], m["window"], m.get("smooth", 1)) for m in det.choice["members"]]
-    assert names == [("knn", 1, 1), ("knn", 8, 1), ("knn", 16, 1), ("knn", 32, 1), ("knn", 16, 4)]
+    assert names == [("knn", 1, 1), ("knn", 8, 1), ("knn", 16, 1), ("knn", 32, 1), ("knn", 16, 4), ("knn", 16, 3)]
 
 
 def test_window_sets_the_longest_member() -> None:
@@ -81,6 +81,7 @@ def test_save_load_same_scores(fitted, tmp_path: Path) -> None:
     ([{"detector": "nope", "window": 8}], "not a registered detector"),
     ([{"detector": "knn", "window": 0}], "not a window"),
     ([{"detector": "knn", "window": 8, "smooth": 10**6}], "smoothing"),
+    ([{"detector": "knn", "window": 8, "smooth": 4, "stride": 5}], "stride"),
     ([{"detector": "knn", "window": 8, "params": {"k": -1}}], "knn"),
     ([], "1 to 16 members"),
 ])
@@ -191,3 +192,50 @@ def test_too_short_for_a_choice_keeps_defaults(caplog) -> None:
 def test_unknown_candidate_refused() -> None:
     with pytest.raises(InputError):
         create("auto", candidates=()).fit(sine(), progress=False)
+
+
+def test_period_member_joins_when_the_period_is_longer_than_the_windows(fitted) -> None:
+    period = [m for m in fitted.choice["members"] if m.get("stride", 1) > 1]
+    assert period == [{"detector": "knn", "window": 16, "params": {"max_bank": fitted.bank}, "smooth": 3,
+                       "stride": 3}]  # sine's period, 40 rows: 16 means of 3 rows, 48 rows
+    assert fitted.members[-1].context == 48
+    assert not any(m.get("stride", 1) > 1 for m in create("auto", period=False).fit(sine(), progress=False)
+                   .choice["members"])
+    short = create("auto").fit(sine(period=20), progress=False)  # within the 32-row window: no period member
+    assert not any(m.get("stride", 1) > 1 for m in short.choice["members"])
+
+
+def test_combine_is_the_windowed_mean_or_the_period_member() -> None:
+    det = create("auto", choose=False).fit(sine(), progress=False)
+    assert det._view.tolist() == [False] * 5 + [True]
+    dec = np.array([[1.0, 2, 3, 4, 5, 2], [1, 1, 1, 1, 1, 6], [0, 0, 0, 0, 0, 0]])
+    np.testing.assert_allclose(det.combine(dec), [3.0, 6.0, 0.0])
+
+
+def test_period_member_finds_a_missing_daily_peak() -> None:
+    """A daily peak that does not come: every short window has seen a flat stretch, the period member
+    has never seen a day without its peak."""
+    def days(n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        t = np.arange(n)
+        x = np.where(t % 96 < 12, 2.0, 0.0) + 0.05 * rng.standard_normal(n)
+        return x[:, None]
+
+    full = days(4320, 0)
+    train, x = full[:2400], full[2400:].copy()
+    x[960:972] = 0.05 * np.random.default_rng(2).standard_normal((12, 1))  # the 11th day's peak missing
+    det = create("auto").fit(train, progress=False)
+    assert det._view.any()
+    out = Stream(det, past=train).run(x)
+    assert out.alarm[960:1056].any() and out.score[960:1056].max() > 2 * np.delete(out.score, range(960, 1056)).max()
+    plain = create("auto", period=False).fit(train, progress=False)
+    assert not Stream(plain, past=train).run(x).alarm[960:1056].any()
+
+
+def test_strided_member_batch_equals_rows(fitted) -> None:
+    member = fitted.members[-1]
+    x = sine(300, seed=9)
+    batch = member._score(x)
+    rows = np.array([member._score_last(x[max(0, t - member.context + 1):t + 1]) for t in range(member.context,
+                                                                                              300)])
+    np.testing.assert_allclose(rows, batch[member.context:], rtol=1e-5, atol=1e-5)

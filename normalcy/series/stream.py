@@ -81,7 +81,7 @@ class Stream:
     def _scores(self, raw: np.ndarray) -> np.ndarray:
         """(n,) scores in [0, 1] of (n, M) raw ones, the calibration following each row (when learning)."""
         dec = self.tail.follow(raw) if self.learning else self.tail.decades(raw)
-        return np.minimum(dec.mean(axis=1) / CAP_DECADES, 1.0)
+        return np.minimum((self.det.combine(dec) if self.auto else dec[:, 0]) / CAP_DECADES, 1.0)
 
     def _learn(self) -> None:
         """The detector learns the pending rows, in order, each with its own past."""
