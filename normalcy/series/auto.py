@@ -593,8 +593,13 @@ class Smoothed:
         return out
 
     def _last(self, recent: np.ndarray) -> np.ndarray:
-        M = moving_mean(recent, self.k)
-        return M[::-1][::self.stride][::-1][-self.inner.context:]
+        """The inner detector's recent rows: every stride-th k-row mean ending at the last row of ``recent``
+        (moving_mean's numbers, only the ones needed: a stream calls this every row)."""
+        if len(recent) < self.context:
+            return moving_mean(recent, self.k)[::-1][::self.stride][::-1][-self.inner.context:]
+        c = np.cumsum(np.vstack([np.zeros((1, recent.shape[1])), recent[-self.context:]]), axis=0)
+        ends = self.context - self.stride * np.arange(self.inner.context)[::-1]  # one past each needed row
+        return (c[ends] - c[ends - self.k]) / self.k
 
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
         return self.inner._score_last(self._last(recent))

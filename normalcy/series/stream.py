@@ -12,8 +12,8 @@ and what NAB (the Numenta Anomaly Benchmark) asks of a streaming detector:
   faster, the same numbers);
 * calibration: an anomaly score in [0, 1] that means the same on every series: the decades of tail
   probability of the detector's score under its recent scores (Numenta's anomaly likelihood; for
-  ``auto``, per member, averaged), divided by ``CAP_DECADES`` (10): 0.3 means "as improbable as one
-  normal row in a thousand";
+  ``auto``, per member, combined by ``AutoDetector.combine``), divided by ``CAP_DECADES`` (10): 0.3 means
+  "as improbable as one normal row in a thousand";
 * one alarm per incident: a row alarms when its score reaches ``alarm`` and no alarm was raised in the
   ``quiet`` rows before it; rows at or above ``alarm`` inside a quiet period are reported near 0
   (``reported``), since NAB counts only the first detection in a window and charges every other one,
