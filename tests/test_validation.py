@@ -206,3 +206,16 @@ def test_split_plants_each_kind_of_defect_in_turn(tmp_path: Path) -> None:
         assert (np.abs(a - b).sum(-1) > 0).any()  # something changed, however thin
     with pytest.raises(ValueError, match="choose from"):
         synthetic_split(train, tmp_path / "bad", kinds=("scratchy",))
+
+
+def test_replace_shares_the_network_only_where_it_is_the_same() -> None:
+    import torch
+
+    ex = FeatureExtractor(image_size=64)
+    grid, size = ex.replace(pool_grid=2), ex.replace(image_size=96)
+    assert grid.backbone is ex.backbone and size.backbone is ex.backbone  # traces made once serve both
+    assert ex.replace(input_norm="imagenet").backbone is not ex.backbone  # other buffers
+    assert ex.replace(backbone="efficientnet_lite2").backbone is not ex.backbone
+    x = torch.rand(2, 3, 64, 64)
+    fresh = FeatureExtractor(image_size=64, pool_grid=2)
+    torch.testing.assert_close(grid(x).pooled, fresh(x).pooled)

@@ -105,7 +105,7 @@ def synthetic_split(paths: Sequence[Path], folder: Path, fraction: float = 0.2, 
             arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
             if shape is not None:
                 arr = cv2.resize(arr, shape[::-1], interpolation=cv2.INTER_CUBIC)
-            Image.fromarray(arr).save(folder / name)
+            Image.fromarray(arr).save(folder / name, compress_level=1)  # a temporary file: fast beats small
             out.append(folder / name)
     return Split(fit=fit, normal=normal, defective=defective)
 

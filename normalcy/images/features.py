@@ -141,6 +141,10 @@ def resolve_precision(precision: str) -> str:
     return "bf16"
 
 
+_SAME_NETWORK = {"image_size", "aggregate", "pool_grid", "pool_max_dim", "precision", "tile", "overlap"}
+"""Options ``FeatureExtractor.replace`` can change without another backbone network."""
+
+
 class FeatureExtractor:
     """Pretrained backbone -> patch and pooled features.
 
@@ -216,7 +220,10 @@ class FeatureExtractor:
             del cfg["patch_levels"], cfg["pooled_levels"]
         if all(cfg.get(k) == v for k, v in changes.items()):
             return self
-        return FeatureExtractor(**{**cfg, **changes, "tile_batch": self.tile_batch})
+        new = FeatureExtractor(**{**cfg, **changes, "tile_batch": self.tile_batch})
+        if set(changes) <= _SAME_NETWORK:  # the same network and levels: share it, and its traces (0.7 s each)
+            new.backbone = self.backbone
+        return new
 
     def with_backbone(self, backbone: str) -> "FeatureExtractor":
         """This extractor's options on another built-in backbone, at that backbone's own levels: for
