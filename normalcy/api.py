@@ -402,7 +402,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         series_column = series_column or model.series_column
         info |= {"detector": model.name, "models": len(model), "series_column": series_column}
     else:
-        info |= {"detector": model.name, "window": model.window_}
+        info |= model.report_info()
     time_column = time_column or model.time_column
     check_output(output, inputs)
     files: list[SeriesFile] = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from normalcy.errors import InputError
 from normalcy.series.auto import KINDS, RunningTail, _inject, moving_mean
@@ -239,3 +240,18 @@ def test_strided_member_batch_equals_rows(fitted) -> None:
     rows = np.array([member._score_last(x[max(0, t - member.context + 1):t + 1]) for t in range(member.context,
                                                                                               300)])
     np.testing.assert_allclose(rows, batch[member.context:], rtol=1e-5, atol=1e-5)
+
+
+def test_run_names_the_members_and_the_period_member(tmp_path: Path) -> None:
+    t = np.arange(1500)
+    x = np.where(t % 96 < 12, 2.0, 0.0) + 0.05 * np.random.default_rng(0).standard_normal(1500)
+    for name, part in (("train.csv", slice(0, 1200)), ("test.csv", slice(1200, 1500))):
+        lines = ["time,value"] + [f"{1_700_000_000 + 300 * i},{x[i]:.4f}" for i in t[part]]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    r = run_cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "--time-column", "time", "-d", "auto")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("predict", tmp_path / "m", tmp_path / "test.csv", "-o", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["detector"] == "auto" and meta["members"].startswith("knn/1, ")
+    assert meta["members"].endswith(" (period)") and "(period)" in (tmp_path / "run" / "report.html").read_text()

@@ -290,6 +290,11 @@ class AutoDetector(SeriesDetector):
     def metadata(self) -> dict[str, Any]:
         return {"fit_seconds": round(getattr(self, "_fit_seconds", 0.0), 3)}
 
+    def report_info(self) -> dict[str, Any]:
+        specs = (self.choice or {}).get("members") or []
+        names = [_name(s) + (" (period)" if s.get("stride", 1) > 1 else "") for s in specs]
+        return super().report_info() | {"members": ", ".join(names)}
+
     # -- choosing -----------------------------------------------------------------------------------
     def _choose(self, X: np.ndarray, specs: list[dict[str, Any]], ends: np.ndarray) -> dict[str, Any]:
         """The members (greedy on injected anomalies in the validation part) and the numbers behind them."""
@@ -605,6 +610,8 @@ class Smoothed:
         return self.inner._score_last(self._last(recent))
 
     def _partial_fit(self, recent: np.ndarray) -> None:
+        if self.stride > 1 and len(recent) < self.context:  # learn whole means only, as learn_block
+            return
         self.inner._partial_fit(self._last(recent))
 
     def learn_block(self, Z: np.ndarray, first: int) -> None:
@@ -614,9 +621,8 @@ class Smoothed:
             learn_block(self.inner, M, first)
             return
         span = (self.inner.context - 1) * self.stride
-        for t in range(first, len(Z)):
-            if t - span >= 0:
-                self.inner._partial_fit(M[t - span:t + 1:self.stride])
+        for t in range(max(first, self.context - 1), len(Z)):  # every mean of k rows: a window normal data had
+            self.inner._partial_fit(M[t - span:t + 1:self.stride])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.inner.state_dict()

@@ -147,6 +147,10 @@ class SeriesDetector:
         """Entries this detector adds to model.json's ``training`` (how training went)."""
         return {}
 
+    def report_info(self) -> dict[str, Any]:
+        """What a run's report and run.json say about this model (read by people who never open model.json)."""
+        return {"detector": self.name, "window": self.window_}
+
     @property
     def context(self) -> int:
         """Rows a score depends on (the row and those before it): the stream keeps this many."""
