@@ -219,3 +219,43 @@ def test_replace_shares_the_network_only_where_it_is_the_same() -> None:
     x = torch.rand(2, 3, 64, 64)
     fresh = FeatureExtractor(image_size=64, pool_grid=2)
     torch.testing.assert_close(grid(x).pooled, fresh(x).pooled)
+
+
+def test_tune_tries_pooling_grids_on_the_maps_it_has_and_finds_the_same(tmp_path: Path, monkeypatch) -> None:
+    """The grids are tried on the backbone maps the chosen settings already made (MapCache): no image goes
+    through the network again for them, and every trial's validation AUROC is what it is without the cache."""
+    from normalcy.evaluation.validation import fit_tuned
+    from normalcy.images.features import MapCache
+
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
+    train = list_files(root / "train" / "good")
+    calls: list[int] = []
+    real = FeatureExtractor.level_maps
+    monkeypatch.setattr(FeatureExtractor, "level_maps", lambda self, x, levels: calls.append(len(x)) or
+                        real(self, x, levels))
+    ex = FeatureExtractor(image_size=64)
+    cached = fit_tuned("gaussian", train, ex, ("pool_grid",), progress=False)
+    assert ex.cache is None and cached.extractor.cache is None  # nothing held after tuning
+    with_cache, n_first = sum(calls), len(calls)
+    monkeypatch.setattr(MapCache, "get", lambda self, key, paths: None)
+    plain = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False)
+    trial = with_cache - len(train)  # the network ran for one trial's images and the final fit's only
+    assert sum(calls[n_first:]) == with_cache + 2 * trial and trial > 0  # without it, for each grid again
+    assert cached.choice["validation_auroc"] == plain.choice["validation_auroc"]
+
+
+def test_map_cache_holds_within_its_budget_and_keeps_one_extractor() -> None:
+    import torch
+
+    from normalcy.images.features import MapCache
+
+    a, b = FeatureExtractor(image_size=64), FeatureExtractor(image_size=64, input_norm="imagenet")
+    maps = {"s8": torch.rand(3, 4, 8, 8)}
+    cache = MapCache(budget=2 * 4 * 8 * 8 * 4)  # two images' maps
+    key_a = (a.backbone, ("s8",), a.size, a.precision, a.tile, a.overlap)
+    cache.put(key_a, [Path("x"), Path("y"), Path("z")], maps)
+    assert cache.get(key_a, [Path("x"), Path("y")])["s8"].shape == (2, 4, 8, 8)
+    assert cache.get(key_a, [Path("z")]) is None and cache.bytes == 2 * 4 * 8 * 8 * 4  # over the budget: not held
+    torch.testing.assert_close(cache.get(key_a, [Path("y")])["s8"][0], maps["s8"][1])
+    cache.keep(b)
+    assert cache.get(key_a, [Path("x")]) is None and cache.bytes == 0

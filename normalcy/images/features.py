@@ -141,6 +141,40 @@ def resolve_precision(precision: str) -> str:
     return "bf16"
 
 
+class MapCache:
+    """Backbone maps of image files, by extractor (its network object, levels, size, precision, tiling): ``--tune``
+    tries pooling grids on the maps of the setting it has chosen so far instead of running the network again.
+    Holds at most ``budget`` bytes; ``keep`` drops every extractor's maps but one."""
+
+    def __init__(self, budget: int = 2**30) -> None:
+        self.budget, self.bytes = budget, 0
+        self.maps: dict[tuple, dict[str, dict[str, torch.Tensor]]] = {}
+
+    def get(self, key: tuple, paths: Sequence[Path]) -> dict[str, torch.Tensor] | None:
+        """The maps of these files stacked in their order, or None unless every one is held."""
+        held = self.maps.get(key, {})
+        parts = [held.get(str(p)) for p in paths]
+        if not parts or any(m is None for m in parts):
+            return None
+        return {lv: torch.stack([m[lv] for m in parts]) for lv in parts[0]}  # type: ignore[index]
+
+    def put(self, key: tuple, paths: Sequence[Path], maps: dict[str, torch.Tensor]) -> None:
+        size = sum(m[0].numel() * m.element_size() for m in maps.values())
+        held = self.maps.setdefault(key, {})
+        for i, p in enumerate(paths):
+            if self.bytes + size > self.budget:
+                return
+            held[str(p)] = {lv: m[i].clone() for lv, m in maps.items()}
+            self.bytes += size
+
+    def keep(self, extractor: "FeatureExtractor") -> None:
+        """Drop the maps of every extractor but this one's."""
+        for key in [k for k in self.maps if k[0] is not extractor.backbone or k[2:] != (
+                extractor.size, extractor.precision, extractor.tile, extractor.overlap)]:
+            held = self.maps.pop(key)
+            self.bytes -= sum(m.numel() * m.element_size() for per in held.values() for m in per.values())
+
+
 _SAME_NETWORK = {"image_size", "aggregate", "pool_grid", "pool_max_dim", "precision", "tile", "overlap"}
 """Options ``FeatureExtractor.replace`` can change without another backbone network."""
 
@@ -186,6 +220,7 @@ class FeatureExtractor:
         self.precision = resolve_precision(precision)
         self.tile, self.overlap = check_tiling(tile, overlap, self.size, max(self.spec.strides.values()))
         self.tile_batch = int(tile_batch)
+        self.cache: MapCache | None = None  # set by --tune while trials share backbone maps (not saved)
 
     @property
     def image_size(self) -> int | list[int]:
@@ -221,6 +256,7 @@ class FeatureExtractor:
         if all(cfg.get(k) == v for k, v in changes.items()):
             return self
         new = FeatureExtractor(**{**cfg, **changes, "tile_batch": self.tile_batch})
+        new.cache = self.cache
         if set(changes) <= _SAME_NETWORK:  # the same network and levels: share it, and its traces (0.7 s each)
             new.backbone = self.backbone
         return new
@@ -279,7 +315,25 @@ class FeatureExtractor:
 
     def __call__(self, x: torch.Tensor, pooled: bool = True) -> Features:
         """Features of a preprocessed batch; ``pooled=False`` skips the deeper levels only pooling needs."""
-        maps = self.level_maps(x, self.backbone.levels if pooled else self.patch_levels)
+        return self.features(self.level_maps(x, self._levels(pooled)), pooled)
+
+    def _levels(self, pooled: bool) -> tuple[str, ...]:
+        return tuple(self.backbone.levels if pooled else self.patch_levels)
+
+    def _features_of(self, paths: list[Path], x: torch.Tensor, pooled: bool) -> Features:
+        """Features of a batch of files: from ``cache`` where it holds their backbone maps, else computed."""
+        if self.cache is None:
+            return self(x, pooled=pooled)
+        levels = self._levels(pooled)
+        key = (self.backbone, levels, self.size, self.precision, self.tile, self.overlap)
+        maps = self.cache.get(key, paths)
+        if maps is None:
+            maps = self.level_maps(x, levels)
+            self.cache.put(key, paths, maps)
+        return self.features(maps, pooled)
+
+    def features(self, maps: dict[str, torch.Tensor], pooled: bool = True) -> Features:
+        """Patch, pooled and embedding features from the backbone's level maps."""
         grid = None
         parts = []
         for lv in self.patch_levels:
@@ -344,7 +398,7 @@ class FeatureExtractor:
                     yield Batch(paths=[], images=[], features=None, inputs=None, skipped=skipped)
                     continue
                 x = _to_tensor([small for _, _, small in got])
-                feats = self(x, pooled=pooled) if features else None
+                feats = self._features_of([p for p, _, _ in got], x, pooled) if features else None
                 images = [im if keep_images else np.empty((*im.shape[:2], 0), np.uint8) for _, im, _ in got]
                 yield Batch(paths=[p for p, _, _ in got], images=images, features=feats, inputs=x, skipped=skipped)
 
