@@ -204,6 +204,8 @@ def test_period_member_joins_when_the_period_is_longer_than_the_windows(fitted) 
                    .choice["members"])
     short = create("auto").fit(sine(period=20), progress=False)  # within the 32-row window: no period member
     assert not any(m.get("stride", 1) > 1 for m in short.choice["members"])
+    noise = np.random.default_rng(0).standard_normal((1500, 1))  # no period: the 125-row fallback window is not one
+    assert not any(m.get("stride", 1) > 1 for m in create("auto").fit(noise, progress=False).choice["members"])
 
 
 def test_combine_is_the_windowed_mean_or_the_period_member() -> None:
