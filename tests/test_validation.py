@@ -237,7 +237,7 @@ def test_tune_tries_pooling_grids_on_the_maps_it_has_and_finds_the_same(tmp_path
     cached = fit_tuned("gaussian", train, ex, ("pool_grid",), progress=False)
     assert ex.cache is None and cached.extractor.cache is None  # nothing held after tuning
     with_cache, n_first = sum(calls), len(calls)
-    monkeypatch.setattr(MapCache, "get", lambda self, key, paths: None)
+    monkeypatch.setattr(MapCache, "get", lambda self, *args: None)
     plain = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False)
     trial = with_cache - len(train)  # the network ran for one trial's images and the final fit's only
     assert sum(calls[n_first:]) == with_cache + 2 * trial and trial > 0  # without it, for each grid again
@@ -252,10 +252,10 @@ def test_map_cache_holds_within_its_budget_and_keeps_one_extractor() -> None:
     a, b = FeatureExtractor(image_size=64), FeatureExtractor(image_size=64, input_norm="imagenet")
     maps = {"s8": torch.rand(3, 4, 8, 8)}
     cache = MapCache(budget=2 * 4 * 8 * 8 * 4)  # two images' maps
-    key_a = (a.backbone, ("s8",), a.size, a.precision, a.tile, a.overlap)
-    cache.put(key_a, [Path("x"), Path("y"), Path("z")], maps)
-    assert cache.get(key_a, [Path("x"), Path("y")])["s8"].shape == (2, 4, 8, 8)
-    assert cache.get(key_a, [Path("z")]) is None and cache.bytes == 2 * 4 * 8 * 8 * 4  # over the budget: not held
-    torch.testing.assert_close(cache.get(key_a, [Path("y")])["s8"][0], maps["s8"][1])
-    cache.keep(b)
-    assert cache.get(key_a, [Path("x")]) is None and cache.bytes == 0
+    cache.put(a.map_key, ("s8",), [Path("x"), Path("y"), Path("z")], maps)
+    assert cache.get(a.map_key, ("s8",), [Path("x"), Path("y")])["s8"].shape == (2, 4, 8, 8)
+    assert cache.get(a.map_key, ("s8",), [Path("z")]) is None and cache.bytes == 2 * 4 * 8 * 8 * 4  # over budget
+    torch.testing.assert_close(cache.get(a.map_key, ("s8",), [Path("y")])["s8"][0], maps["s8"][1])
+    assert a.replace(pool_grid=2).map_key == a.map_key and b.map_key != a.map_key  # the same maps, other maps
+    cache.keep(b.map_key)
+    assert cache.get(a.map_key, ("s8",), [Path("x")]) is None and cache.bytes == 0

@@ -313,40 +313,36 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
     chosen: dict[str, Any] = {}
     scores: dict[str, Any] = {}
     cache = MapCache()  # a pooling grid is tried on the maps of the settings chosen before it
-    given, extractor.cache = extractor, cache  # every trial's extractor (``replace``) shares it
-    try:
-        with tempfile.TemporaryDirectory(prefix="normalcy-tune-") as tmp:
-            split = held_out_split(paths, Path(tmp), seed)
-            fit = split.fit
-            if len(fit) > TUNE_FIT_IMAGES:
-                picked = np.random.default_rng(seed).choice(len(fit), TUNE_FIT_IMAGES, False)
-                fit = [fit[i] for i in sorted(picked)]
-            if name == "auto":
-                name, found, confidence["detector"] = _choose(
-                    split, fit, _trials(extractor, CANDIDATES, ("own",), own_backbones), scores, **kwargs)
-                extractor = _extractor_for(name, extractor, own_backbones)
-            ex = extractor
-            plan = [(s, tune_candidates(s, extractor, name, split.fit)) for s in settings]
-            with progress_bar(progress) as bar:
-                task = bar.add_task(f"tuning {name}", total=sum(max(0, len(v) - 1) for _, v in plan)
-                                    + (name not in scores))
-                if name not in scores:
-                    found |= _fit_trials(split, fit, [(name, name, ex)], scores, **kwargs)
-                    bar.advance(task)
-                best = name
-                for setting, values in plan:
-                    if len(values) < 2:
-                        continue
-                    trials = [(f"{setting}={_shown(v)}", name, ex.replace(**{setting: v})) for v in values[1:]]
-                    found |= _fit_trials(split, fit, trials, scores, **kwargs)
-                    bar.advance(task, len(trials))
-                    key, confidence[setting] = _pick(best, [k for k, _, _ in trials], found, scores, seed)
-                    if key != best:
-                        best, ex = key, dict((k, e) for k, _, e in trials)[key]
-                    cache.keep(ex)
-                    chosen[setting] = _shown(_current(ex, setting))
-    finally:
-        given.cache = None
+    with tempfile.TemporaryDirectory(prefix="normalcy-tune-") as tmp, cache.attached(extractor):
+        split = held_out_split(paths, Path(tmp), seed)
+        fit = split.fit
+        if len(fit) > TUNE_FIT_IMAGES:
+            picked = np.random.default_rng(seed).choice(len(fit), TUNE_FIT_IMAGES, False)
+            fit = [fit[i] for i in sorted(picked)]
+        if name == "auto":
+            name, found, confidence["detector"] = _choose(
+                split, fit, _trials(extractor, CANDIDATES, ("own",), own_backbones), scores, **kwargs)
+            extractor = _extractor_for(name, extractor, own_backbones)
+        ex = extractor
+        plan = [(s, tune_candidates(s, extractor, name, split.fit)) for s in settings]
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"tuning {name}", total=sum(max(0, len(v) - 1) for _, v in plan)
+                                + (name not in scores))
+            if name not in scores:
+                found |= _fit_trials(split, fit, [(name, name, ex)], scores, **kwargs)
+                bar.advance(task)
+            best = name
+            for setting, values in plan:
+                if len(values) < 2:
+                    continue
+                trials = [(f"{setting}={_shown(v)}", name, ex.replace(**{setting: v})) for v in values[1:]]
+                found |= _fit_trials(split, fit, trials, scores, **kwargs)
+                bar.advance(task, len(trials))
+                key, confidence[setting] = _pick(best, [k for k, _, _ in trials], found, scores, seed)
+                if key != best:
+                    best, ex = key, dict((k, e) for k, _, e in trials)[key]
+                cache.keep(ex.map_key)
+                chosen[setting] = _shown(_current(ex, setting))
     ex.cache = None
     log.info("tune: chose %s for %s (validation AUROC %s; the best other value beat the one before in: %s)",
              chosen, name,
@@ -356,8 +352,6 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
     det.choice = {"validation_auroc": found, "wins": confidence, "chosen": name, "input_norm": ex.input_norm,
                   "tuned": chosen, "confidence": CONFIDENCE, "seconds": round(time.perf_counter() - t0, 1)}
     return det
-
-
 
 
 def _current(ex: FeatureExtractor, setting: str) -> Any:

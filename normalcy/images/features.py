@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -142,37 +143,45 @@ def resolve_precision(precision: str) -> str:
 
 
 class MapCache:
-    """Backbone maps of image files, by extractor (its network object, levels, size, precision, tiling): ``--tune``
-    tries pooling grids on the maps of the setting it has chosen so far instead of running the network again.
-    Holds at most ``budget`` bytes; ``keep`` drops every extractor's maps but one."""
+    """Backbone maps of image files, by extractor (``FeatureExtractor.map_key``: its network object, size,
+    precision, tiling): ``--tune`` tries pooling grids on the maps of the setting it has chosen so far instead of
+    running the network again. Holds at most ``budget`` bytes; ``keep`` drops every extractor's maps but one."""
 
     def __init__(self, budget: int = 2**30) -> None:
         self.budget, self.bytes = budget, 0
-        self.maps: dict[tuple, dict[str, dict[str, torch.Tensor]]] = {}
+        self.maps: dict[tuple, dict[tuple[str, tuple[str, ...]], dict[str, torch.Tensor]]] = {}
 
-    def get(self, key: tuple, paths: Sequence[Path]) -> dict[str, torch.Tensor] | None:
+    def get(self, key: tuple, levels: tuple[str, ...], paths: Sequence[Path]) -> dict[str, torch.Tensor] | None:
         """The maps of these files stacked in their order, or None unless every one is held."""
         held = self.maps.get(key, {})
-        parts = [held.get(str(p)) for p in paths]
+        parts = [held.get((str(p), levels)) for p in paths]
         if not parts or any(m is None for m in parts):
             return None
-        return {lv: torch.stack([m[lv] for m in parts]) for lv in parts[0]}  # type: ignore[index]
+        return {lv: torch.stack([m[lv] for m in parts]) for lv in levels}  # type: ignore[index]
 
-    def put(self, key: tuple, paths: Sequence[Path], maps: dict[str, torch.Tensor]) -> None:
+    def put(self, key: tuple, levels: tuple[str, ...], paths: Sequence[Path], maps: dict[str, torch.Tensor]) -> None:
         size = sum(m[0].numel() * m.element_size() for m in maps.values())
         held = self.maps.setdefault(key, {})
         for i, p in enumerate(paths):
             if self.bytes + size > self.budget:
                 return
-            held[str(p)] = {lv: m[i].clone() for lv, m in maps.items()}
+            held[(str(p), levels)] = {lv: m[i].clone() for lv, m in maps.items()}
             self.bytes += size
 
-    def keep(self, extractor: "FeatureExtractor") -> None:
-        """Drop the maps of every extractor but this one's."""
-        for key in [k for k in self.maps if k[0] is not extractor.backbone or k[2:] != (
-                extractor.size, extractor.precision, extractor.tile, extractor.overlap)]:
-            held = self.maps.pop(key)
+    def keep(self, key: tuple) -> None:
+        """Drop the maps of every extractor but the one of ``key``."""
+        for other in [k for k in self.maps if k != key]:
+            held = self.maps.pop(other)
             self.bytes -= sum(m.numel() * m.element_size() for per in held.values() for m in per.values())
+
+    @contextmanager
+    def attached(self, extractor: "FeatureExtractor") -> Iterator[None]:
+        """``extractor`` (and every extractor made from it by ``replace``) reads and fills this cache meanwhile."""
+        extractor.cache = self
+        try:
+            yield
+        finally:
+            extractor.cache = None
 
 
 _SAME_NETWORK = {"image_size", "aggregate", "pool_grid", "pool_max_dim", "precision", "tile", "overlap"}
@@ -320,16 +329,21 @@ class FeatureExtractor:
     def _levels(self, pooled: bool) -> tuple[str, ...]:
         return tuple(self.backbone.levels if pooled else self.patch_levels)
 
+    @property
+    def map_key(self) -> tuple:
+        """What the backbone maps of a file depend on: the network (shared by ``replace`` where it is the same),
+        the input size, the precision and the tiling."""
+        return (self.backbone, self.size, self.precision, self.tile, self.overlap)
+
     def _features_of(self, paths: list[Path], x: torch.Tensor, pooled: bool) -> Features:
         """Features of a batch of files: from ``cache`` where it holds their backbone maps, else computed."""
         if self.cache is None:
             return self(x, pooled=pooled)
         levels = self._levels(pooled)
-        key = (self.backbone, levels, self.size, self.precision, self.tile, self.overlap)
-        maps = self.cache.get(key, paths)
+        maps = self.cache.get(self.map_key, levels, paths)
         if maps is None:
             maps = self.level_maps(x, levels)
-            self.cache.put(key, paths, maps)
+            self.cache.put(self.map_key, levels, paths, maps)
         return self.features(maps, pooled)
 
     def features(self, maps: dict[str, torch.Tensor], pooled: bool = True) -> Features:

@@ -56,7 +56,7 @@ from scipy.special import log_ndtr
 from normalcy.errors import InputError
 from normalcy.series.base import SeriesDetector, SeriesParams
 from normalcy.series.members import MEMBERS
-from normalcy.series.windows import MAX_WINDOW, column_period
+from normalcy.series.windows import MAX_WINDOW
 
 log = logging.getLogger("normalcy")
 
@@ -159,7 +159,7 @@ class AutoDetector(SeriesDetector):
         PERIOD_POINTS rows each (fewer where a whole period does not fit ``longest``, half the shortest
         training part), when the period (the base's automatic window) is longer than the longest default
         window and PERIOD_POINTS x metrics fit MAX_WINDOW numbers. (Called only where the training data
-        shows a period: the base's fallback window, 125 rows where none shows, is not one.)"""
+        shows a period, ``_periodic``: the base's fallback window, 125 rows where none shows, is not one.)"""
         windows, _ = self._windows(d, longest)
         period = int(self.window_)
         step = min(-(-period // PERIOD_POINTS), longest // PERIOD_POINTS)
@@ -217,9 +217,7 @@ class AutoDetector(SeriesDetector):
         self._longest = max(1, shortest // 2)
         specs = self._specs(d, self._longest)
         choice = self._choose(X, specs, ends)
-        k = int(np.argmax(ends - self.starts))
-        periodic = any(column_period(c) is not None for c in X[self.starts[k]:ends[k]].T)
-        period = self._period_spec(d, self._longest) if periodic else None
+        period = self._period_spec(d, self._longest) if getattr(self, "_periodic", False) else None
         if period is not None:  # outside the choice: the injections are shorter than a period
             choice["members"].append(period)
             choice["_mean"], choice["_var"] = np.append(choice["_mean"], 0.0), np.append(choice["_var"], 1.0)

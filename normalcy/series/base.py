@@ -49,7 +49,7 @@ from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, Strict
 from normalcy.runs.format import decide
 from normalcy.series.io import Series
-from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, find_period
+from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, PERIOD_FALLBACK, find_period
 from normalcy.vectors.tables import MAX_COLUMNS
 from normalcy.version import __version__
 
@@ -203,10 +203,13 @@ class SeriesDetector:
         The cap on numbers is for multivariate series: ASD's 19 metrics have a daily period past 256 rows,
         and windows of 256 x 19 numbers took 20x longer to score than windows of 13 rows and found less
         (knn's mean AP over the 12 servers: 0.09 at 256 rows, 0.14 at 53, 0.18 at 16, 0.22 at 4)."""
+        self._periodic = False  # the training data shows a period (not the fallback length): auto's period member
         if self.window is not None:
             return int(self.window)
         longest = max(fit_parts, key=len)
-        period = int(np.clip(find_period(longest), MIN_WINDOW, MAX_WINDOW))
+        found = find_period(longest, fallback=None)
+        self._periodic = found is not None
+        period = int(np.clip(found or PERIOD_FALLBACK, MIN_WINDOW, MAX_WINDOW))
         period = min(period, max(1, MAX_WINDOW // longest.shape[1]))
         shortest = min(len(p) for p in fit_parts)
         if period > shortest // 2 >= MIN_WINDOW:

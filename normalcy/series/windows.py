@@ -42,13 +42,13 @@ def column_period(x: np.ndarray) -> int | None:
     return lag + base if 3 <= lag <= 300 else None
 
 
-def find_period(x: np.ndarray) -> int:
+def find_period(x: np.ndarray, fallback: int | None = PERIOD_FALLBACK) -> int | None:
     """The window length a series suggests: TSB-AD's find_length per column, the median over the columns that
-    show a period (PERIOD_FALLBACK when none does). Not clipped: callers clip to [MIN_WINDOW, MAX_WINDOW]."""
+    show a period (``fallback`` when none does). Not clipped: callers clip to [MIN_WINDOW, MAX_WINDOW]."""
     x = np.asarray(x, dtype=np.float64)
     cols = x.reshape(len(x), -1).T
     found = [p for p in (column_period(c) for c in cols) if p is not None]
-    return int(np.median(found)) if found else PERIOD_FALLBACK
+    return int(np.median(found)) if found else fallback
 
 
 def flat_windows(X: np.ndarray, w: int) -> np.ndarray:
