@@ -66,7 +66,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def model(data: Path) -> Path:
     r = cli("fit", data / "a" / "train.csv", "-o", data / "model")
     assert r.exit_code == 0, r.stderr
-    assert "fitted knn on 600 rows x 2 column(s)" in r.stderr
+    assert "fitted auto on 600 rows x 2 column(s)" in r.stderr  # auto: the series default
     return data / "model"
 
 
@@ -190,7 +190,7 @@ def test_eval_pools_series_folders(data: Path) -> None:
     r = cli("eval", data, "--json")
     assert r.exit_code == 0, r.stderr
     metrics = json.loads(r.stdout)
-    assert metrics["n_series"] == 2 and metrics["n_test_rows"] == 540 and metrics["detector"] == "knn"
+    assert metrics["n_series"] == 2 and metrics["n_test_rows"] == 540 and metrics["detector"] == "auto"
     assert metrics["event_tp"] == 2 and metrics["event_recall"] == 1.0  # both planted jumps found
     for key in ("event_precision", "event_f1", "point_f1", "auc_pr", "fit_seconds", "score_seconds",
                 "points_per_second"):
@@ -254,3 +254,18 @@ def test_a_time_column_given_at_fit_is_read_by_predict(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
     assert len(rows) == 100 and rows[0]["when"] == "1700000000"
+
+
+@pytest.mark.parametrize("detector", ["auto", "knn"])
+def test_the_shortest_series_with_a_constant_metric_fits_predicts_and_draws(tmp_path: Path, detector: str) -> None:
+    """16 rows (the floor) leave 13 to fit on: the window shrinks to fit them, not a refusal; a constant metric
+    is drawn in the report as a flat line (it once crashed the report)."""
+    path = tmp_path / "short.csv"
+    path.write_text("timestamp,cpu,fan\n" + "".join(f"{i},{np.sin(i / 2):.4f},1\n" for i in range(16)))
+    r = cli("fit", path, "-o", tmp_path / "m", "--detector", detector)
+    assert r.exit_code == 0 and f"fitted {detector} on 16 rows x 2 column(s), window 6" in r.stderr, r.stderr
+    r = cli("predict", tmp_path / "m", path, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    assert len(list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))) == 16
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "fan" in report and "<svg" in report

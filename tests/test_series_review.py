@@ -41,8 +41,9 @@ PLANTED = {SPACING * (k + 1): ("cpu" if k % 2 == 0 else "mem") for k in range(16
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # knn, one window: its ranking (the memory spikes first) is what the labels must overturn
     root = tmp_path_factory.mktemp("series-review")
-    api.fit(write(root / "train.csv", 1500, {}, 0), root / "model", window=PERIOD, event_gap=0, progress=False)
+    api.fit(write(root / "train.csv", 1500, {}, 0), root / "model", "knn", window=PERIOD, event_gap=0, progress=False)
     api.predict(root / "model", [write(root / "test.csv", SPACING * 18, PLANTED, 1)], root / "run")
     return root / "run"
 

@@ -165,7 +165,7 @@ def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[st
             v = values[:, j]
             lo, hi = float(v.min()), float(v.max())
             base = 1.2 * (k - 1 - j)
-            y = base + (0.5 if hi <= lo else (v - lo) / (hi - lo))
+            y = base + (np.full(len(v), 0.5) if hi <= lo else (v - lo) / (hi - lo))  # a constant metric: a flat line
             idx = envelope(y)
             top.plot(x[idx], y[idx], color=SERIES_COLORS[j % len(SERIES_COLORS)], linewidth=0.9)
             ticks.append(base + 0.5)

@@ -212,9 +212,9 @@ class SeriesDetector:
         period = int(np.clip(found or PERIOD_FALLBACK, MIN_WINDOW, MAX_WINDOW))
         period = min(period, max(1, MAX_WINDOW // longest.shape[1]))
         shortest = min(len(p) for p in fit_parts)
-        if period > shortest // 2 >= MIN_WINDOW:
+        if period > shortest // 2:  # below MIN_WINDOW too: a short series gets a short window, not a refusal
             log.info("%s: window %d clipped to %d, half the shortest training part", names[0], period, shortest // 2)
-            period = shortest // 2
+            period = max(1, shortest // 2)
         return period
 
     def _calibration_scores(self, Z: list[np.ndarray], cuts: list[int]) -> np.ndarray:

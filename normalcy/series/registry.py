@@ -17,7 +17,7 @@ from normalcy.series.members import MEMBERS
 
 # The single-method detectors (series/members.py) and auto, which combines them.
 DETECTORS: dict[str, type[SeriesDetector]] = {**MEMBERS, AutoDetector.name: AutoDetector}
-DEFAULT_DETECTOR = "knn"
+DEFAULT_DETECTOR = "auto"
 M = TypeVar("M", bound=Strict)
 
 
