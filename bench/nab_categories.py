@@ -19,6 +19,21 @@ Ours, two ways, both fitted on each file's probationary rows (NAB's first min(15
   no learning, decisions at the detector's own threshold (held-out normal rows at fpr 0.01), events
   merged across gaps shorter than its window (``normalcy.series.events``).
 
+Orion itself, in the same run (``--orion-venv DIR``, a virtualenv holding ``orion-ml``; it cannot share ours:
+it needs tensorflow<2.15, numpy 1.26 and scikit-learn<1.6): each pipeline of ``--orion-pipelines`` (default AER)
+runs on each file of Orion's five categories through bench/orion_worker.py under that venv's python, with the
+hyperparameters Orion's benchmark gives it per category, two ways (``--orion-protocols``): ``whole``, Orion's own
+benchmark protocol (fitted on the whole signal, anomalies included, then detecting on it), and ``probation``,
+our split (fitted on the probationary rows only). Its detected intervals become row spans and are counted as
+ours. Results are kept in ``--orion-cache`` (JSON lines, one per pipeline, protocol and file) so that a long run
+can be resumed; a category is reported only when Orion was run on every one of its files (a file it ran on and
+could not fit, too short for its windows, counts as nothing found, as for ours). Set up, outside the
+repository (nothing is downloaded at run time):
+
+    python3.11 -m venv ../orion-venv && ../orion-venv/bin/pip install orion-ml==0.7.1 "scikit-learn<1.6"
+
+(scikit-learn 1.6 dropped an argument that pyts, which AER's DTW error calls, still passes.)
+
 For context, NAB's published streaming detectors (``--published``, default ARTime and Numenta HTM, the
 best two of NAB's scoreboard) under the same event rule: their published raw scores at the threshold NAB
 published for them (standard profile), anomalous rows after the probationary period merged across gaps
@@ -66,6 +81,45 @@ def run_file(det, f: nab.NabFile, level: float, gap: int, learn_every: int, quie
     return out
 
 
+def orion_events(venv: Path, pipeline: str, key: str, f: nab.NabFile, root: Path, protocol: str,
+                 cache: dict[tuple[str, str, str], dict], cache_file: Path | None, timeout: int,
+                 run: bool = True) -> dict | None:
+    """One Orion pipeline's result on one NAB file ({"events": [(first, last) rows], "fit_s", "detect_s"}),
+    from the cache or from bench/orion_worker.py run under the venv (unless ``run`` is False). Where it failed
+    or timed out, no events and the ``error``, as a file our detector cannot fit counts; None where not run."""
+    import subprocess
+
+    entry = cache.get((pipeline, protocol, key))
+    if entry is None and run:
+        cmd = [str(venv / "bin" / "python"), str(ROOT / "bench" / "orion_worker.py"), pipeline,
+               str(root / "data" / key), "--dataset", key.split("/")[0],
+               "--fit-rows", str(f.probation if protocol == "probation" else 0)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            lines = done.stdout.strip().splitlines()
+            entry = json.loads(lines[-1]) if done.returncode == 0 and lines else \
+                {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+        except subprocess.TimeoutExpired:
+            entry = {"error": f"timed out after {timeout} s"}
+        entry |= {"pipeline": pipeline, "protocol": protocol, "file": key}
+        cache[(pipeline, protocol, key)] = entry
+        if cache_file is not None:
+            with open(cache_file, "a") as out:
+                out.write(json.dumps(entry) + "\n")
+    if entry is None:
+        return None
+    if "error" in entry:  # it ran and could not fit or detect (a file too short for its windows): nothing found
+        print(f"  Orion {pipeline} ({protocol}) failed on {key}: {entry['error']}", file=sys.stderr)
+        return {"events": [], "fit_s": 0.0, "detect_s": 0.0, "error": entry["error"]}
+    epoch = f.time.astype("datetime64[s]").astype(np.int64)
+    rows = []
+    for a, b in entry["events"]:
+        inside = np.flatnonzero((epoch >= a) & (epoch <= b))
+        if len(inside):
+            rows.append((int(inside[0]), int(inside[-1])))
+    return {"events": rows, "fit_s": entry["fit_s"], "detect_s": entry["detect_s"]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path, help="the NAB folder (data/, labels/)")
@@ -77,6 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--published", default="ARTime,numenta",
                     help="NAB's published detectors to show under the same event rule ('none': none)")
     ap.add_argument("--json", type=Path, help="write the counts per category")
+    ap.add_argument("--orion-venv", type=Path, help="a virtualenv with orion-ml: run Orion's pipelines too")
+    ap.add_argument("--orion-pipelines", default="aer", help="Orion pipelines, comma-separated")
+    ap.add_argument("--orion-protocols", default="whole,probation", help="whole and/or probation (see above)")
+    ap.add_argument("--orion-categories", default=",".join(ORION_AER), help="categories Orion runs on")
+    ap.add_argument("--orion-cache", type=Path, help="JSON lines of Orion results, read and appended")
+    ap.add_argument("--orion-timeout", type=int, default=3600, help="seconds per Orion run on one file")
+    ap.add_argument("--orion-cache-only", action="store_true",
+                    help="report Orion from --orion-cache alone: nothing is run, files without a result left out")
     args = ap.parse_args(argv)
 
     import faiss
@@ -88,8 +150,19 @@ def main(argv: list[str] | None = None) -> dict:
     params = parse_params(args.param)
     corpus = nab.load_corpus(args.root)
     counts: dict[str, dict[str, Counts]] = {"stream": {}, "offline": {}}
-    t0 = time.perf_counter()
+    orion_ways = [(p, q) for p in args.orion_pipelines.split(",") for q in args.orion_protocols.split(",")
+                  ] if args.orion_venv else []
+    orion_cats = set(args.orion_categories.split(","))
+    cache: dict[tuple[str, str, str], dict] = {}
+    if args.orion_cache is not None and args.orion_cache.is_file():
+        for line in args.orion_cache.read_text().splitlines():
+            e = json.loads(line)
+            cache[(e["pipeline"], e["protocol"], e["file"])] = e
+    orion_done: dict[str, dict[str, int]] = {}  # way -> category -> files with a result
+    orion_seconds: dict[str, float] = {}
+    ours_s = 0.0
     for i, (key, f) in enumerate(corpus.files.items()):
+        t_file = time.perf_counter()
         category = key.split("/")[0]
         det = registry.create(name, **params)
         truth = [(int(a), int(b)) for a, b in f.windows]
@@ -101,8 +174,27 @@ def main(argv: list[str] | None = None) -> dict:
             found = {"stream": [], "offline": []}
         for way, events in found.items():
             counts[way][category] = counts[way].get(category, Counts()) + event_counts(truth, events)
+        ours_s += time.perf_counter() - t_file
+        for pipeline, protocol in orion_ways if category in orion_cats else []:
+            way = f"Orion {pipeline} ({protocol})"
+            got = orion_events(args.orion_venv, pipeline, key, f, args.root, protocol, cache, args.orion_cache,
+                               args.orion_timeout, run=not args.orion_cache_only)
+            per = counts.setdefault(way, {})
+            per[category] = per.get(category, Counts()) + event_counts(truth, got["events"] if got else [])
+            if got:
+                done = orion_done.setdefault(way, {})
+                done[category] = done.get(category, 0) + 1
+                orion_seconds[way] = orion_seconds.get(way, 0.0) + got["fit_s"] + got["detect_s"]
         print(f"  [{i + 1:2d}/{len(corpus.files)}] {key}", file=sys.stderr, flush=True)
-    seconds = time.perf_counter() - t0
+    seconds = ours_s  # ours only (Orion's seconds are counted apart)
+    n_files = {c: sum(1 for k in corpus.files if k.startswith(c + "/")) for c in ORION_AER}
+    for way, per in list(counts.items()):
+        if way.startswith("Orion "):  # a category counts only when every file of it has a result
+            for c in list(per):
+                if orion_done.get(way, {}).get(c, 0) < n_files[c]:
+                    print(f"  {way}: {c} left out ({orion_done.get(way, {}).get(c, 0)} of {n_files[c]} files "
+                          "have a result)", file=sys.stderr)
+                    del per[c]
     published = [] if args.published == "none" else args.published.split(",")
     thresholds = json.loads((args.root / "published" / "thresholds.json").read_text()) if published else {}
     for pub in published:
@@ -128,8 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
         pooled = sum((per.get(c, Counts()) for c in ORION_AER), Counts())
         cells = [f"{per[c].f1:.2f} ({per[c].tp}/{per[c].fp}/{per[c].fn})" if c in per else "–" for c in cats]
         label = {"stream": f"ours, stream (level {args.level}, gap {args.gap})", "offline": "ours, offline"}.get(
-            way, f"{way} (published scores, NAB's threshold, gap {args.gap})")
-        print(f"| {label} | " + " | ".join(cells) + f" | {pooled.f1:.2f} |")
+            way, f"{way}, this run, {orion_seconds.get(way, 0.0):.0f} s" if way.startswith("Orion ") else
+            f"{way} (published scores, NAB's threshold, gap {args.gap})")
+        whole = all(c in per for c in ORION_AER)  # pooled over the five only when all five were run
+        print(f"| {label} | " + " | ".join(cells) + (f" | {pooled.f1:.2f} |" if whole else " | – |"))
         report[way] = {c: {"f1": per[c].f1, "tp": per[c].tp, "fp": per[c].fp, "fn": per[c].fn} for c in per}
     print("| Orion AER (published) | " + " | ".join(f"{ORION_AER[c]:.2f}" if c in ORION_AER else "–" for c in cats)
           + " | – |")
