@@ -51,11 +51,14 @@ def defects(result: Result) -> np.ndarray:
 
 def assert_parity(got: Result, ref: Result) -> None:
     """Scores within RTOL relative (scores near zero, as gaussian's standardised ones can be, in absolute
-    terms), the same decision on every image, maps within RTOL of their largest value."""
+    terms), the same decision on every image not within RTOL of the threshold, maps within RTOL of their largest value."""
     assert [p.name for p in got.paths] == [p.name for p in ref.paths]
     diff = np.abs(got.scores - ref.scores) / np.maximum(np.abs(ref.scores), 1.0)
     assert diff.max() < RTOL, (got.scores, ref.scores)
-    assert np.array_equal(got.decisions, ref.decisions)
+    # the same decision on every image not tied with the threshold within that tolerance (a briefly trained
+    # DRAEM scores every image at its threshold, and float rounding then decides either way)
+    clear = np.abs(ref.scores - ref.threshold) / max(abs(ref.threshold), 1.0) >= RTOL
+    assert np.array_equal(got.decisions[clear], ref.decisions[clear])
     assert got.threshold == ref.threshold
     for a, b in zip(got.maps.grids, ref.maps.grids):
         assert a.shape == b.shape
