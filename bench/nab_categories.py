@@ -81,6 +81,16 @@ def run_file(det, f: nab.NabFile, level: float, gap: int, learn_every: int, quie
     return out
 
 
+def read_orion_cache(path: Path | None) -> dict[tuple[str, str, str], dict]:
+    """Orion results kept by earlier runs (--orion-cache, JSON lines), by (pipeline, protocol, file)."""
+    cache = {}
+    if path is not None and path.is_file():
+        for line in path.read_text().splitlines():
+            e = json.loads(line)
+            cache[(e["pipeline"], e["protocol"], e["file"])] = e
+    return cache
+
+
 def orion_events(venv: Path, pipeline: str, key: str, f: nab.NabFile, root: Path, protocol: str,
                  cache: dict[tuple[str, str, str], dict], cache_file: Path | None, timeout: int,
                  run: bool = True) -> dict | None:
@@ -153,11 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     orion_ways = [(p, q) for p in args.orion_pipelines.split(",") for q in args.orion_protocols.split(",")
                   ] if args.orion_venv else []
     orion_cats = set(args.orion_categories.split(","))
-    cache: dict[tuple[str, str, str], dict] = {}
-    if args.orion_cache is not None and args.orion_cache.is_file():
-        for line in args.orion_cache.read_text().splitlines():
-            e = json.loads(line)
-            cache[(e["pipeline"], e["protocol"], e["file"])] = e
+    cache = read_orion_cache(args.orion_cache)
     orion_done: dict[str, dict[str, int]] = {}  # way -> category -> files with a result
     orion_seconds: dict[str, float] = {}
     ours_s = 0.0

@@ -2,12 +2,13 @@
 
     ORION_VENV/bin/python bench/orion_worker.py PIPELINE FILE.csv [--fit-rows N] [--dataset NAME]
 
-FILE.csv has NAB's columns (timestamp as a date, value). The pipeline is fitted on the first N rows (0: the whole
-signal, Orion's own benchmark protocol) and detects on the whole signal, with the hyperparameters Orion's
+FILE.csv has NAB's columns (timestamp as a date, value). The pipeline is fitted on the first N rows (0: the
+whole signal, Orion's own benchmark protocol) and detects on the whole signal, with the hyperparameters Orion's
 benchmark gives that pipeline on that data set where Orion ships them (``PIPELINE_DATASET.json`` beside the
-pipeline, e.g. aer_realtweets.json: the aggregation interval and how the errors combine); the last line printed is one JSON object:
-{"events": [[first_epoch_s, last_epoch_s], ...], "fit_s": ..., "detect_s": ..., "settings": FILE or null}. Imports Orion, pandas and
-numpy only (normalcy is not installed in that venv); nothing is downloaded.
+pipeline, e.g. aer_realtweets.json: the aggregation interval and how the errors combine). The last line printed
+is one JSON object: {"events": [[first_epoch_s, last_epoch_s], ...], "fit_s": ..., "detect_s": ...,
+"settings": FILE or null}. Imports Orion, pandas and numpy only (normalcy is not installed in that venv);
+nothing is downloaded.
 """
 
 from __future__ import annotations

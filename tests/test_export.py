@@ -51,7 +51,8 @@ def defects(result: Result) -> np.ndarray:
 
 def assert_parity(got: Result, ref: Result) -> None:
     """Scores within RTOL relative (scores near zero, as gaussian's standardised ones can be, in absolute
-    terms), the same decision on every image not within RTOL of the threshold, maps within RTOL of their largest value."""
+    terms), the same decision on every image not within RTOL of the threshold, maps within RTOL of their largest
+    value."""
     assert [p.name for p in got.paths] == [p.name for p in ref.paths]
     diff = np.abs(got.scores - ref.scores) / np.maximum(np.abs(ref.scores), 1.0)
     assert diff.max() < RTOL, (got.scores, ref.scores)

@@ -40,10 +40,7 @@ def test_intervals_become_rows_and_are_cached(tmp_path: Path) -> None:
     call = (tmp_path / "calls").read_text().split()
     assert call[1:3] == ["aer", str(tmp_path / "data" / f.name)] and call[-2:] == ["--fit-rows", "15"]
     # cached: read back, the worker not run again
-    again = {}
-    for row in cache_file.read_text().splitlines():
-        e = json.loads(row)
-        again[(e["pipeline"], e["protocol"], e["file"])] = e
+    again = categories.read_orion_cache(cache_file)
     assert categories.orion_events(venv, "aer", f.name, f, tmp_path, "probation", again, None, 60) == got
     assert len((tmp_path / "calls").read_text().splitlines()) == 1
 
