@@ -115,6 +115,17 @@ def test_scores_are_causal(name: str) -> None:
     np.testing.assert_allclose(part, whole[:200], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", [*SUBSEQUENCE, "forecast"])
+@pytest.mark.parametrize("first", [0, 7, 29, 30, 45])
+def test_score_from_skips_the_past_only(name: str, first: int) -> None:
+    """A stream scores each batch after rows that are past only; skipping them (kNN's partial windows
+    cost a search each: NAB's 58 files took 62 s with them, 27 s without) changes no score."""
+    X = sine(1300, d=2)
+    det = create(name, window=30).fit(X[:1000], progress=False)
+    Z = det.standardise(X[1000:])
+    np.testing.assert_allclose(det._score_from(Z, first), det._score(Z)[first:], rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", SUBSEQUENCE)
 def test_score_one_matches_score(name: str) -> None:
     X = sine(2500, d=2)

@@ -199,9 +199,10 @@ class AutoDetector(SeriesDetector):
 
     # -- raw scores, calibration -------------------------------------------------------------------
     @staticmethod
-    def _raw(members: list[SeriesDetector], X: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(n, M) raw scores of each member and their (n, d) contributions."""
-        contribs = [np.asarray(m._score(X), dtype=np.float64) for m in members]
+    def _raw(members: list[SeriesDetector], X: np.ndarray, first: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(n - first, M) raw scores of each member and their (n - first, d) contributions, of rows X[first:]
+        (the rows before them their past only)."""
+        contribs = [np.asarray(m._score_from(X, first), dtype=np.float64) for m in members]
         return np.stack([c.sum(axis=1) for c in contribs], axis=1), contribs
 
     def calibrated(self, raw: np.ndarray) -> np.ndarray:
@@ -237,7 +238,7 @@ class AutoDetector(SeriesDetector):
         for z, c in zip(Z, cuts):
             if c < len(z):
                 start = max(0, c - self.context + 1)
-                held.append(self._raw(self._members, z[start:])[0][c - start:])
+                held.append(self._raw(self._members, z[start:], c - start)[0])
         if held:
             self.tail = RunningTail.of(np.concatenate(held), self.memory)
             return self.combine(self.calibrated(np.concatenate(held)))
@@ -323,7 +324,7 @@ class AutoDetector(SeriesDetector):
             candidates.append(m)
         ctx = max(m.context for m in candidates)
         past = max(a, fit_end - ctx + 1)
-        clean_raw = self._raw(candidates, X[past:b])[0][fit_end - past:]
+        clean_raw = self._raw(candidates, X[past:b], fit_end - past)[0]
         tail = RunningTail.of(clean_raw, self.memory)
         clean = tail.decades(clean_raw)  # (n_val, C)
         V = X[a:b]
@@ -399,7 +400,7 @@ class AutoDetector(SeriesDetector):
                 start, stop = max(0, at - ctx + 1), min(n, at + length + span)
                 seg = V[start:stop].copy()
                 _inject(seg, kind, at - start, length, col, rng)
-                raw = self._raw(candidates, seg)[0][at - start:]
+                raw = self._raw(candidates, seg, at - start)[0]
                 out.append(tail.decades(raw))
         return out
 
@@ -555,7 +556,12 @@ class Smoothed:
     w + k - 1 rows with the noise averaged out (a slower change, a drift, a burst of noise that moves
     the mean). With ``stride`` s, the window takes every s-th smoothed row, w of them spanning
     (w - 1) s + k rows: a day's shape in a few numbers. Wraps a detector, forwarding what ``auto`` uses
-    of it."""
+    of it.
+
+    Only whole means count: the first k - 1 rows of a series have none (a mean of fewer rows is noisier
+    than any the member learned, and a period member scored on it raised up to 6 decades, an alarm, at the
+    start of every test series), so the member neither learns them nor sees them in a window, and scores
+    0 until its first whole mean."""
 
     def __init__(self, inner: SeriesDetector, k: int, stride: int = 1) -> None:
         self.inner, self.k, self.stride = inner, k, stride
@@ -577,11 +583,17 @@ class Smoothed:
     def learns_online(self) -> bool:
         return self.inner.learns_online
 
+    def _rows(self, a: int, b: int, r: int) -> np.ndarray:
+        """Rows a + r, a + r + s, ... before b that hold a whole mean (k rows of the series starting at a)."""
+        idx = np.arange(a + r, b, self.stride)
+        return idx[idx >= a + self.k - 1]
+
     def _phases(self, M: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every s-th row of each series of M, each phase of each series a series of its own, and their starts."""
+        """Every s-th whole mean of each series of M, each phase of each series a series of its own, and
+        their starts."""
         bounds = np.append(np.asarray(starts, dtype=np.int64), len(M))
-        parts = [M[a + r:b:self.stride] for a, b in zip(bounds[:-1], bounds[1:]) for r in range(self.stride)]
-        parts = [p for p in parts if len(p)]
+        parts = [M[self._rows(a, b, r)] for a, b in zip(bounds[:-1], bounds[1:]) for r in range(self.stride)]
+        parts = [p for p in parts if len(p)] or [M[:0]]
         return np.concatenate(parts), np.cumsum([0] + [len(p) for p in parts[:-1]]).astype(np.int64)
 
     def _fit(self, X: np.ndarray, progress: bool) -> None:
@@ -592,26 +604,34 @@ class Smoothed:
         self.inner.starts = starts
 
     def _score(self, X: np.ndarray) -> np.ndarray:
+        return self._score_from(X, 0)
+
+    def _score_from(self, X: np.ndarray, first: int) -> np.ndarray:
         M = moving_mean(X, self.k)
-        out = np.zeros(X.shape)
+        out = np.zeros((len(X) - first, X.shape[1]))
         for r in range(min(self.stride, len(X))):
-            out[r::self.stride] = self.inner._score(M[r::self.stride])
+            rows = self._rows(0, len(X), r)
+            j = int(np.searchsorted(rows, first))  # this phase's rows from first on are wanted
+            if j < len(rows):
+                out[rows[j:] - first] = self.inner._score_from(M[rows], j)
         return out
 
     def _last(self, recent: np.ndarray) -> np.ndarray:
         """The inner detector's recent rows: every stride-th k-row mean ending at the last row of ``recent``
         (moving_mean's numbers, only the ones needed: a stream calls this every row)."""
-        if len(recent) < self.context:
-            return moving_mean(recent, self.k)[::-1][::self.stride][::-1][-self.inner.context:]
+        if len(recent) < self.context:  # the start of a series: its whole means so far
+            rows = np.arange(len(recent) - 1, -1, -self.stride)[::-1]
+            return moving_mean(recent, self.k)[rows[rows >= self.k - 1]][-self.inner.context:]
         c = np.cumsum(np.vstack([np.zeros((1, recent.shape[1])), recent[-self.context:]]), axis=0)
         ends = self.context - self.stride * np.arange(self.inner.context)[::-1]  # one past each needed row
         return (c[ends] - c[ends - self.k]) / self.k
 
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
-        return self.inner._score_last(self._last(recent))
+        rows = self._last(recent)
+        return self.inner._score_last(rows) if len(rows) else np.zeros(recent.shape[1])
 
     def _partial_fit(self, recent: np.ndarray) -> None:
-        if self.stride > 1 and len(recent) < self.context:  # learn whole means only, as learn_block
+        if len(recent) < (self.context if self.stride > 1 else self.k):  # whole means only, as learn_block
             return
         self.inner._partial_fit(self._last(recent))
 
@@ -619,7 +639,8 @@ class Smoothed:
         """Learn rows Z[first:] in order (the rows before them their context), smoothing once."""
         M = moving_mean(Z, self.k)
         if self.stride == 1:
-            learn_block(self.inner, M, first)
+            skip = min(self.k - 1, len(M))  # rows without a whole mean
+            learn_block(self.inner, M[skip:], max(0, first - skip))
             return
         span = (self.inner.context - 1) * self.stride
         for t in range(max(first, self.context - 1), len(Z)):  # every mean of k rows: a window normal data had

@@ -129,6 +129,12 @@ class SeriesDetector:
         """(n, d) non-negative per-metric contributions of the standardised rows X (n, d); causal."""
         raise NotImplementedError
 
+    def _score_from(self, X: np.ndarray, first: int) -> np.ndarray:
+        """``_score(X)[first:]``: the rows before ``first`` are past only (a stream's context), so a detector
+        may skip them; this one scores from ``context - 1`` rows before ``first``, causal scores being the same."""
+        lo = max(0, first - self.context + 1)
+        return self._score(X[lo:])[first - lo:]
+
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
         """(d,) contributions of the last row of ``recent`` (at most ``context`` rows, newest last)."""
         return self._score(recent)[-1]
@@ -223,7 +229,7 @@ class SeriesDetector:
         for z, c in zip(Z, cuts):
             if c < len(z):
                 start = max(0, c - self.context + 1)
-                held.append(self._score(z[start:])[c - start:].sum(axis=1))
+                held.append(self._score_from(z[start:], c - start).sum(axis=1))
         if held:
             return np.concatenate(held)
         log.warning("%s: no rows held out (holdout 0): the threshold is set on training rows and is optimistic",

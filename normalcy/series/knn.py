@@ -87,9 +87,12 @@ class SubsequenceKNN(SeriesDetector):
         return np.divide(per_metric, norm[:, None], out=np.zeros_like(per_metric), where=norm[:, None] > 0)
 
     def _score(self, X: np.ndarray) -> np.ndarray:
+        return self._score_from(X, 0)
+
+    def _score_from(self, X: np.ndarray, first: int) -> np.ndarray:
         w = self.window_
-        head = [self._one(X[:t + 1], self.bank_.T) for t in range(min(len(X), w - 1))]
-        W = flat_windows(X, w)
+        head = [self._one(X[:t + 1], self.bank_.T) for t in range(first, min(len(X), w - 1))]
+        W = flat_windows(X[max(0, first - w + 1):], w)  # the whole windows ending at first or later
         step = max(1, _CHUNK_FLOATS // (self._candidates * max(1, W.shape[1])))
         out = [np.reshape(head, (len(head), X.shape[1]))]
         for s in range(0, len(W), step):

@@ -97,8 +97,11 @@ class SubsequencePCA(SeriesDetector):
         return gram
 
     def _score(self, X: np.ndarray) -> np.ndarray:
-        head = [self._partial(X[:t + 1]) for t in range(min(len(X), self.window_ - 1))]
-        W = flat_windows(X, self.window_)
+        return self._score_from(X, 0)
+
+    def _score_from(self, X: np.ndarray, first: int) -> np.ndarray:
+        head = [self._partial(X[:t + 1]) for t in range(first, min(len(X), self.window_ - 1))]
+        W = flat_windows(X[max(0, first - self.window_ + 1):], self.window_)  # whole windows ending at first on
         step = max(1, _CHUNK_FLOATS // max(1, W.shape[1]))
         return np.concatenate([np.reshape(head, (len(head), X.shape[1]))]
                               + [self._full(W[s:s + step]) for s in range(0, len(W), step)])

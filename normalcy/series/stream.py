@@ -72,11 +72,11 @@ class Stream:
             return self.det._last_raw(recent)[0]
         return np.array([float(np.asarray(self.det._score_last(recent), dtype=np.float64).sum())])
 
-    def _raw(self, Z: np.ndarray) -> np.ndarray:
-        """(n, M) raw scores of every row of Z (each from the rows before it in Z)."""
+    def _raw(self, Z: np.ndarray, first: int) -> np.ndarray:
+        """(n - first, M) raw scores of rows Z[first:] (each from the rows before it in Z)."""
         if self.auto:
-            return self.det._raw(self.det.members, Z)[0]
-        return np.asarray(self.det._score(Z), dtype=np.float64).sum(axis=1)[:, None]
+            return self.det._raw(self.det.members, Z, first)[0]
+        return np.asarray(self.det._score_from(Z, first), dtype=np.float64).sum(axis=1)[:, None]
 
     def _scores(self, raw: np.ndarray) -> np.ndarray:
         """(n,) scores in [0, 1] of (n, M) raw ones, the calibration following each row (when learning)."""
@@ -137,7 +137,8 @@ class Stream:
             take = min(n - i, self.every - self.pending)
             first = len(self.rows)
             self.rows = np.vstack([self.rows, Z[i:i + take]])
-            raw = self._raw(self.rows[max(0, first - self.ctx + 1):])[-take:]
+            lo = max(0, first - self.ctx + 1)
+            raw = self._raw(self.rows[lo:], first - lo)
             score[i:i + take] = self._scores(raw)
             for j in range(i, i + take):
                 reported[j], alarm[j] = self._report(float(score[j]))
