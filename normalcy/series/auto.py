@@ -490,9 +490,16 @@ class RunningTail:
         """(n, M) decades of each row of (n, M) scores, each under the calibration of the rows before it,
         which then follows it: ``decades`` and ``update`` row by row, in one pass."""
         raw = np.atleast_2d(raw)
+        mean, var, n, cap = self.mean, self.var, self.count, self.memory
+        if len(raw) == 1 and n:  # a stream's row: the same numbers in fewer array calls (20 -> 6 us)
+            y = np.log1p(np.maximum(raw[0], 0.0))
+            delta = y - mean
+            out = np.minimum(-log_ndtr(-delta / np.sqrt(np.maximum(var, MIN_SPREAD**2))) / _LN10, CAP_DECADES)
+            n = min(n + 1, cap)
+            self.mean, self.var, self.count = mean + delta / n, (1.0 - 1.0 / n) * (var + delta * delta / n), n
+            return out[None]
         z = np.zeros(raw.shape)
         seen = np.ones(len(raw), dtype=bool)
-        mean, var, n, cap = self.mean, self.var, self.count, self.memory
         for i, y in enumerate(np.log1p(np.maximum(raw, 0.0))):
             if n:
                 z[i] = (y - mean) / np.sqrt(np.maximum(var, MIN_SPREAD**2))
