@@ -514,3 +514,8 @@ def test_cells_follow_the_aspect_ratio_and_see_a_moved_part(tmp_path: Path) -> N
     assert det.cell_mean_.shape == (4 * 8, len(det.patch_mean_))
     res = det.score(normal + moved, progress=False)
     assert image_metrics(np.array([0] * 8 + [1] * 8), res.scores)["image_auroc"] == 1.0
+    # the map points at it too (the cells' term): the place the part left and the one it took stand out
+    part = np.zeros((64, 128), bool)
+    part[8:32, 8:32] = part[8:32, 88:112] = True
+    lift = [np.asarray(m)[part].mean() - np.asarray(m)[~part].mean() for m in res.maps]
+    assert min(lift[8:]) > max(lift[:8]) + 1.0

@@ -225,6 +225,7 @@ TENSOR_CASES = {
     "missing tensor": (lambda t: t.pop("patch_mean"), "patch_mean"),
     "wrong shape": (_wrong_shape, "does not fit a gaussian model"),  # named by the trial score in load_state_dict
     "NaN tensor": (_nan, "tensor 'patch_mean' has 1 NaN or infinite value(s)"),
+    "zero map spread": (lambda t: t["map_scale"].zero_(), "tensor 'map_scale' has shape (4,) or a spread <= 0"),
     "bool tensor": (lambda t: t.update(flag=torch.ones(3, dtype=torch.bool)), "tensor 'flag' has dtype bool"),
     "extra tensor": (lambda t: t.update(stowaway=torch.zeros(3)), "stowaway"),
 }

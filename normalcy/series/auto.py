@@ -407,8 +407,8 @@ class AutoDetector(SeriesDetector):
     # -- saving ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {
-            "calib_mean": torch.as_tensor(np.asarray(self.tail.mean, dtype=np.float64)),
-            "calib_var": torch.as_tensor(np.asarray(self.tail.var, dtype=np.float64)),
+            "calib_mean": torch.tensor(np.asarray(self.tail.mean, dtype=np.float64)),  # a copy: Ray's are read-only
+            "calib_var": torch.tensor(np.asarray(self.tail.var, dtype=np.float64)),
             "calib_count": torch.tensor(int(self.tail.count)),
         }
         for i, m in enumerate(self._members):
