@@ -11,7 +11,11 @@ itself takes on top of the backbone (2 threads; features and the map drawing exc
 
 The variants:
 
-- ``shared gaussian``: the default gaussian's maps today, one Gaussian for every patch (Mahalanobis distance);
+- ``shared gaussian``: the default gaussian's maps until 5 December 2026, one Gaussian for every patch
+  (Mahalanobis distance);
+- ``shared gaussian + cells``: the default gaussian's maps since then, the patch distance plus its
+  position-aware cell's distance, each in units of its spread on normal images, drawn by the detector's own
+  run (``GaussianAD.score``; its ms per image is not the patch model's alone, so not shown);
 - ``local gaussians K``: k-means into K clusters of 200,000 sampled training patches, one Ledoit-Wolf Gaussian
   per cluster; a patch's score is the smallest negative log-likelihood (squared Mahalanobis distance plus log
   determinant and log prior) among its 4 nearest cluster centres' Gaussians;
@@ -37,7 +41,7 @@ import numpy as np
 import torch
 from sklearn.covariance import ledoit_wolf
 
-from normalcy.evaluation.evaluate import masks_for, metric_size
+from normalcy.evaluation.evaluate import maps_at, masks_for, metric_size
 from normalcy.evaluation.metrics import pixel_metrics
 from normalcy.images.features import FeatureExtractor, upsample_map
 from normalcy.images.io import load_dataset
@@ -153,7 +157,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sample = train[rng.choice(len(train), min(len(train), 200_000), replace=False)]
     variants = {
-        "shared gaussian (default today)": lambda: default_maps(ex, list(ds.train)),
+        "shared gaussian (the default until 5 December)": lambda: default_maps(ex, list(ds.train)),
         "local gaussians 64": lambda: local_gaussians(sample, 64),
         "local gaussians 256": lambda: local_gaussians(sample, 256),
         "diagonal gaussians 256": lambda: diagonal_gaussians(sample, 256),
@@ -172,20 +176,28 @@ def main() -> None:
     print("| patch model | pixel AUROC | AUPRO@30% | " + " | ".join(f"AUPRO {k}" for k in defects)
           + " | fit s | ms per image |")
     print("|---|---|---|" + "---|" * len(defects) + "---|---|")
-    for name, make in variants.items():
-        t = time.perf_counter()
-        fn = make()
-        fit_s = time.perf_counter() - t
-        scores, ms = timed(fn, queries, n)
-        grids = scores.reshape(n, h, w)
-        maps = [upsample_map(g, s, 0.5 * h / 28) for g, s in zip(grids, msizes)]  # the same blur in pixels
+    def row(name: str, maps: list[np.ndarray], fit_s: float, ms: str) -> None:
         total = pixel_metrics(masks, maps)
         per = []
         for k in defects:
             sel = np.flatnonzero((kind == k) | (kind == "good"))
             per.append(pixel_metrics([masks[i] for i in sel], [maps[i] for i in sel])["aupro"])
         print(f"| {name} | {total['pixel_auroc']:.3f} | {total['aupro']:.3f} | "
-              + " | ".join(f"{v:.3f}" for v in per) + f" | {fit_s:.1f} | {ms:.2f} |", flush=True)
+              + " | ".join(f"{v:.3f}" for v in per) + f" | {fit_s:.1f} | {ms} |", flush=True)
+
+    t = time.perf_counter()
+    det = GaussianAD(ex).fit(list(ds.train), progress=False)
+    fit_s = time.perf_counter() - t
+    row("shared gaussian + cells (default since 5 December)",
+        list(maps_at(det.score(paths, progress=False).maps, msizes)), fit_s, "-")
+    for name, make in variants.items():
+        t = time.perf_counter()
+        fn = make()
+        fit_s = time.perf_counter() - t
+        scores, ms = timed(fn, queries, n)
+        grids = scores.reshape(n, h, w)
+        row(name, [upsample_map(g, s, 0.5 * h / 28) for g, s in zip(grids, msizes)],  # the same blur in pixels
+            fit_s, f"{ms:.2f}")
 
 
 if __name__ == "__main__":

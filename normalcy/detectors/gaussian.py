@@ -24,9 +24,9 @@ mean and std of the training patches' distances and of the cross-validated cell
 distances), summed as the image score's terms are. The shared Gaussian alone is blind
 to a defect made of normal texture in the wrong place, a brightness change over a
 region (magnetic_tile's "uneven": AUPRO 0.40) or a crack whose patches look like
-normal edges (0.63); the cells see them (0.67 and 0.73), at no extra cost, since the
-image score computes them already. magnetic_tile, pixel AUROC / AUPRO: 0.763 / 0.731
-before, 0.842 / 0.758 with the cells (docs/benchmarks.md, "Maps").
+normal edges (0.63); the cells see more of them (0.64 and 0.72), at no extra cost, since
+the image score computes them already. magnetic_tile, pixel AUROC / AUPRO: 0.763 / 0.731
+before, 0.836 / 0.762 with the cells (docs/benchmarks.md, "Maps").
 """
 
 from __future__ import annotations
