@@ -222,7 +222,7 @@ def _wrong_shape(t: dict) -> None:
 
 
 TENSOR_CASES = {
-    "missing tensor": (lambda t: t.pop("patch_mean"), "patch_mean"),
+    "missing tensor": (lambda t: t.pop("map_scale"), "missing tensor 'map_scale' (a model saved by an older normalcy"),
     "wrong shape": (_wrong_shape, "does not fit a gaussian model"),  # named by the trial score in load_state_dict
     "NaN tensor": (_nan, "tensor 'patch_mean' has 1 NaN or infinite value(s)"),
     "zero map spread": (lambda t: t["map_scale"].zero_(), "tensor 'map_scale' has shape (4,) or a spread <= 0"),

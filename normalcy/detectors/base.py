@@ -477,7 +477,8 @@ class Detector:
                     setattr(self, attr, {k: _like(kind, v) for k, v in sub.items()})
                 else:
                     if key not in state:
-                        raise ValueError(f"missing tensor '{key}'")
+                        raise ValueError(f"missing tensor '{key}' (a model saved by an older normalcy may lack it: "
+                                         "fit it again)")
                     setattr(self, attr, _like(kind, state.pop(key)))
             self._build()
         for attr, key in modules:
