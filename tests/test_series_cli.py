@@ -117,6 +117,16 @@ def test_fit_predict_a_series_with_iso_dates(data: Path, model: Path) -> None:
     assert (run / "skipped.csv").read_text().splitlines() == ["series,reason"]
 
 
+def test_a_semicolon_separated_series_predicts_as_the_comma_one(data: Path, model: Path, tmp_path: Path) -> None:
+    test = data / "a" / "test.csv"
+    semi = tmp_path / "test.csv"
+    semi.write_text(test.read_text().replace(",", ";"))
+    for source, run in ((test, tmp_path / "comma"), (semi, tmp_path / "semi")):
+        r = cli("predict", model, source, "-o", run)
+        assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "semi" / "scores.csv").read_text() == (tmp_path / "comma" / "scores.csv").read_text()
+
+
 def test_repaired_rows_keep_one_row_each_in_input_order(data: Path, model: Path, tmp_path: Path) -> None:
     lines = (data / "a" / "test.csv").read_text().splitlines()
     header, body = lines[0], lines[1:]

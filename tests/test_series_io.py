@@ -44,6 +44,18 @@ def test_epoch_seconds_and_row_numbers(tmp_path: Path) -> None:
     assert p.columns == ("a", "b")
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_semicolon_and_tab_separated_files(tmp_path: Path, sep: str) -> None:
+    """Spreadsheets in many locales, and SKAB's pump test-bed files, separate fields by semicolons."""
+    rows = [f"2020-03-09 10:00:{i:02d}{sep}{i % 7}.5{sep}{i % 5}" for i in range(40)]
+    (s,) = read_series(write_csv(tmp_path / "pump.csv", sep.join(["datetime", "Current", "Pressure"]), rows))
+    (c,) = read_series(write_csv(tmp_path / "comma.csv", "datetime,Current,Pressure", [r.replace(sep, ",")
+                                                                                       for r in rows]))
+    assert s.columns == c.columns == ("Current", "Pressure")
+    np.testing.assert_array_equal(s.values, c.values)
+    np.testing.assert_array_equal(s.time, c.time)
+
+
 def test_time_column_by_name_and_missing(tmp_path: Path) -> None:
     f = write_csv(tmp_path / "x.csv", "when,v", [f"{t},{i}" for i, t in enumerate(numbered(20))])
     (s,) = read_series(f, time_column="when")

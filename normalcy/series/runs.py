@@ -49,6 +49,7 @@ from normalcy.series.io import (
     read_series,
     series_folders,
 )
+from normalcy.vectors.tables import csv_delimiter
 from normalcy.version import __version__
 
 log = logging.getLogger("normalcy")
@@ -78,7 +79,7 @@ def header_columns(path: Path) -> list[str] | None:
         if suffix == ".csv":
             with open(path, "rb") as fh:
                 line = fh.readline(1 << 20)
-            return next(csv.reader([line.decode("utf-8-sig", "replace")]), [])
+            return next(csv.reader([line.decode("utf-8-sig", "replace")], delimiter=csv_delimiter(line)), [])
     except Exception:  # noqa: BLE001  (any unreadable file: not this function's to explain)
         return None
     return None
@@ -469,6 +470,7 @@ def time_texts(path: Path, column: str | None, n: int) -> list[str]:
             with open(path, "rb") as fh:
                 header = fh.readline(64 << 20)
             table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=max(1 << 20, 4 * len(header))),
+                                  parse_options=pcsv.ParseOptions(delimiter=csv_delimiter(header)),
                                   convert_options=pcsv.ConvertOptions(include_columns=[column],
                                                                       column_types={column: pa.string()}))
             values = table.column(column).to_pylist()

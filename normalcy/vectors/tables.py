@@ -150,6 +150,13 @@ def _check_lengths(path: Path, lengths: dict[str, int]) -> None:
         raise InputError(f"{path}: arrays of different lengths ({shown} rows)")
 
 
+def csv_delimiter(header: bytes) -> str:
+    """The field separator a CSV's header line shows: a comma, else a semicolon (spreadsheets in many locales
+    write them; so do SKAB's pump test-bed files) or a tab; a comma when it names one column."""
+    text = header.decode("utf-8", "replace")
+    return next((d for d in (",", ";", "\t") if d in text), ",")
+
+
 def _read_csv(path: Path) -> Any:
     """pyarrow parses a CSV in blocks that must hold its header line whole (a longer one is misread as
     an empty file) and each row: blocks sized from the header, after refusing a header past MAX_CSV_LINE
@@ -161,11 +168,13 @@ def _read_csv(path: Path) -> Any:
         header = fh.readline(MAX_CSV_LINE + 1)
     if len(header) > MAX_CSV_LINE:
         raise InputError(f"{path}: first line longer than {MAX_CSV_LINE >> 20} MB: not a CSV header normalcy reads")
-    _check_width(path, len(next(csv.reader([header.decode("utf-8", "replace")]), [])))
+    delimiter = csv_delimiter(header)
+    _check_width(path, len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), [])))
     block = max(CSV_BLOCK, 4 * len(header))
     while True:
         try:
-            return pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block))
+            return pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block),
+                                 parse_options=pcsv.ParseOptions(delimiter=delimiter))
         except pa.ArrowInvalid as err:
             if "straddl" not in str(err) or block >= MAX_CSV_LINE:
                 raise
