@@ -152,6 +152,7 @@ class DetectorOptions:
     time_budget: Optional[float] = None  # detectors that train only
     window: Optional[int] = None  # series only: rows per window (None: the training data's period)
     event_gap: Optional[int] = None  # series only: rows under which anomalous rows are one event (None: 100)
+    prune: Optional[float] = None  # series only: Hundman et al.'s event pruning fraction (None: 0.13; 0: none)
 
     def name(self, table: bool = False, series: bool = False) -> str:
         if series:
@@ -161,10 +162,10 @@ class DetectorOptions:
     def series_kwargs(self) -> dict[str, Any]:
         """The series detector's parameters (an option that does not apply to it is an InputError)."""
         return detector_params(self.name(series=True), self.fpr, self.seed, self.window, self.steps,
-                               self.time_budget, self.event_gap)
+                               self.time_budget, self.event_gap, self.prune)
 
     def check_not_series(self) -> None:
-        for option, value in (("--window", self.window), ("--event-gap", self.event_gap)):
+        for option, value in (("--window", self.window), ("--event-gap", self.event_gap), ("--prune", self.prune)):
             if value is not None:
                 raise InputError(f"{option} applies to series only (a file with a time column, or --series)")
 

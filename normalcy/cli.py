@@ -154,6 +154,9 @@ WindowArg = Annotated[Optional[int], typer.Option(help="Series: rows per window 
 EventGapArg = Annotated[Optional[int], typer.Option(help="Series: anomalous rows fewer than this many rows apart "
                                                    "(or than the window) are one event (default: 100, as "
                                                    "Orion's 50 rows of padding either side merge).")]
+PruneArg = Annotated[Optional[float], typer.Option(help="Series, offline runs: keep an event only if its peak "
+                                                  "stands out of the lower ones by this fraction (Hundman et al.'s "
+                                                  "pruning; default 0.13, 0: keep every event).")]
 TimeColumnArg = Annotated[Optional[str], typer.Option(help="Series: the time column (epoch seconds, ISO 8601 dates "
                                                       "or row numbers); default: a column named timestamp, time, "
                                                       "date or datetime. Giving it makes the file a series.")]
@@ -173,7 +176,7 @@ GROUP_OPTIONS: dict[str, Any] = {
     "overlap": OverlapArg, "pool_grid": GridArg, "precision": PrecisionArg, "input_norm": InputNormArg,
     "tune": TuneArg,
     "detector": DetectorArg, "fpr": FprArg, "seed": SeedArg, "steps": StepsArg, "time_budget": BudgetArg,
-    "window": WindowArg, "event_gap": EventGapArg,
+    "window": WindowArg, "event_gap": EventGapArg, "prune": PruneArg,
 }
 
 

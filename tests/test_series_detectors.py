@@ -13,10 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from normalcy.errors import InputError, NotFittedError
 from normalcy.series.base import SeriesDetector, standardiser
-from normalcy.series.events import events, spans
+from normalcy.series.events import events, prune, spans
 from normalcy.series.io import Series, read_series_folder
 from normalcy.series.knn import SubsequenceKNN
 from normalcy.series.registry import DETECTORS, create, is_series_model, load
+from normalcy.series.runs import score_series
 from normalcy.series.windows import causal_windows, find_period, flat_windows
 
 SUBSEQUENCE = ["knn", "pca"]
@@ -328,6 +329,37 @@ def test_spans_merge_rule() -> None:
     assert spans(d, gap=2) == [(1, 4), (8, 9)]  # 1 row between: fewer than 2, merged; 3 rows: not
     assert spans(d, gap=4) == [(1, 9)]
     assert spans(np.zeros(5)) == []
+
+
+def test_prune_keeps_the_events_that_stand_out() -> None:
+    scores = np.full(100, 1.0)
+    found = [(10, 11), (30, 30), (50, 52), (70, 70)]
+    for (a, b), peak in zip(found, (2.0, 2.1, 9.0, 2.05)):
+        scores[a:b + 1] = peak
+    scores[80] = 1.95  # the highest score outside the events, just under the noise's peaks
+    assert prune(scores, found, 0.13) == [2]  # 9 -> 2.1 is a step; 2.1 -> 2.05 -> 2.0 -> 1.95 (outside) are not
+    scores[80] = 1.0  # every event stands out of the normal scores: all kept
+    assert prune(scores, found, 0.13) == [0, 1, 2, 3]
+    assert prune(scores, found, 0.0) == [0, 1, 2, 3] and prune(scores, [], 0.13) == []
+    flat = np.where(np.arange(100) % 10 == 0, 2.0, 1.9)  # nothing stands out of the staircase
+    assert prune(flat, [(0, 0), (10, 10)], 0.13) == []
+
+
+def test_offline_events_pruned_and_decisions_agree() -> None:
+    """A long normal stretch crosses a 1 % threshold many times; pruning keeps the planted anomaly."""
+    X = sine(9000)
+    X[7000:7050, 0] += 2.0
+    det = create("knn", window=30).fit(X[:3000], progress=False)
+    test = series(X[3000:], columns=det.columns_)
+    kept = score_series(det, test)
+    det.prune = 0.0
+    every = score_series(det, test)
+    assert len(every.events) > len(kept.events) >= 1
+    assert any(e.first <= 4000 <= e.last for e in kept.events)  # the planted anomaly (row 7000 of X)
+    inside = np.zeros(len(test), bool)
+    for e in kept.events:
+        inside[e.first:e.last + 1] = True
+    assert not kept.decision[~inside].any() and (kept.decision == every.decision)[inside].all()
 
 
 def test_events_peak_and_top_metrics() -> None:

@@ -72,6 +72,9 @@ class SeriesParams(HyperParams):
     # anomalous rows fewer than this many rows apart (or than the window) are one event: Orion's pipelines pad
     # each detected interval by 50 rows either side, which merges the same; 0: the window alone
     event_gap: int = Field(100, ge=0, le=10**7)
+    # offline runs keep an event only if its peak stands out of the lower ones by this fraction (Hundman et
+    # al.'s pruning, their 0.13; events.prune); 0: every event. A stream's alarms are not pruned.
+    prune: float = Field(0.13, ge=0, lt=1)
     seed: Seed = 0
 
 

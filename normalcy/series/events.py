@@ -41,6 +41,27 @@ def spans(decisions: np.ndarray, gap: int = 0) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, ends)]
 
 
+def prune(scores: np.ndarray, found: Sequence[tuple[int, int]], fraction: float) -> list[int]:
+    """The indices of the events (first, last row) that survive Hundman et al.'s pruning (KDD 2018, the NASA
+    telemetry paper; Orion's find_anomalies does the same). Sort the events' peaks from the highest down and
+    append the highest score outside every event; an event is kept when some step down at or below it, from
+    one peak to the next lower one, is at least ``fraction`` of the higher: noise that crosses the threshold
+    in a long series forms a smooth staircase of peaks with the normal scores, a real anomaly stands above
+    it. Label-free, but relative to the series scored: an offline rule, not a stream's."""
+    if not found or fraction <= 0:
+        return list(range(len(found)))
+    scores = np.asarray(scores, dtype=np.float64)
+    peaks = np.array([scores[a:b + 1].max() for a, b in found])
+    outside = np.ones(len(scores), bool)
+    for a, b in found:
+        outside[a:b + 1] = False
+    order = np.argsort(-peaks, kind="stable")
+    steps = np.append(peaks[order], scores[outside].max() if outside.any() else 0.0)
+    drop = (steps[:-1] - steps[1:]) / np.maximum(steps[:-1], 1e-12)
+    big = np.flatnonzero(drop >= fraction)
+    return sorted(int(i) for i in order[:big[-1] + 1]) if big.size else []
+
+
 def events(time: np.ndarray, scores: np.ndarray, decisions: np.ndarray, contributions: np.ndarray | None,
            columns: Sequence[str], gap: int = 0) -> list[Event]:
     """The events of a scored series (``gap``: a detector's ``gap_`` by convention)."""

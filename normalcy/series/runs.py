@@ -39,7 +39,7 @@ from normalcy.errors import InputError
 from normalcy.files import MODEL_JSON, Strict, describe, read_json
 from normalcy.series import registry
 from normalcy.series.base import SeriesDetector
-from normalcy.series.events import Event, events
+from normalcy.series.events import Event, events, prune
 from normalcy.series.io import (
     SERIES_SUFFIXES,
     TIME_NAMES,
@@ -122,7 +122,7 @@ def _has_series_folders(path: Path) -> bool:
 
 def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | None = None,
                     steps: int | None = None, time_budget: float | None = None,
-                    event_gap: int | None = None) -> dict[str, Any]:
+                    event_gap: int | None = None, prune: float | None = None) -> dict[str, Any]:
     """A series detector's parameters from the command line's options; one that does not apply to the
     detector (--steps for knn) is one InputError naming it."""
     if name not in registry.DETECTORS:
@@ -133,6 +133,8 @@ def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | N
         params["window"] = window
     if event_gap is not None:
         params["event_gap"] = event_gap
+    if prune is not None:
+        params["prune"] = prune
     if steps is not None:
         if "steps" not in fields:
             raise InputError(f"series detector {name!r} does not train: --steps does not apply")
@@ -378,6 +380,13 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
         k = len(full) - len(s)
         res = type(whole)(whole.score[k:], whole.contributions[k:], whole.decision[k:], whole.threshold)
     evs = events(s.time, res.score, res.decision, res.contributions, det.columns_, gap=det.gap_)
+    kept = prune(res.score, [(e.first, e.last) for e in evs], float(getattr(det, "prune", 0.0)))
+    if len(kept) < len(evs):  # the pruned events' rows are decided normal: decisions and events agree
+        decision = np.zeros_like(res.decision)
+        evs = [evs[i] for i in kept]
+        for e in evs:
+            decision[e.first:e.last + 1] = res.decision[e.first:e.last + 1]
+        res = type(res)(res.score, res.contributions, decision, res.threshold)
     z = det.standardise(s)
     feats = event_features(evs, res.score, res.contributions, z, res.threshold, len(s))
     total = res.contributions.sum(axis=0) if not evs else sum(
