@@ -17,7 +17,7 @@ Ours, two ways, both fitted on each file's probationary rows (NAB's first min(15
   fewer than ``--gap`` rows apart are one event (default: the stream's quiet period, 100 rows).
 - ``offline``: what ``normalcy fit`` + ``predict`` give: the fitted model scores the file in one batch,
   no learning, decisions at the detector's own threshold (held-out normal rows at fpr 0.01), events
-  merged across gaps shorter than its window (``normalcy.series.events``).
+  merged across gaps shorter than its window (``normalcy.series.events``) and pruned as predict prunes them.
 
 Orion itself, in the same run (``--orion-venv DIR``, a virtualenv holding ``orion-ml``; it cannot share ours:
 it needs tensorflow<2.15, numpy 1.26 and scikit-learn<1.6): each pipeline of ``--orion-pipelines`` (default AER)
@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 from normalcy.errors import InputError  # noqa: E402
 from normalcy.evaluation import nab  # noqa: E402
 from normalcy.evaluation.series_metrics import Counts, event_counts  # noqa: E402
-from normalcy.series.events import spans  # noqa: E402
+from normalcy.series.events import pruned, spans  # noqa: E402
 from nab import parse_params, stream_file  # noqa: E402  (bench/nab.py: scripts import each other by name)
 
 ORION_AER = {  # Orion's published AER event F1 (the figures issue 25 quotes)
@@ -74,7 +74,7 @@ OTHER = ("realKnownCause", "artificialNoAnomaly")  # NAB categories Orion does n
 def run_file(det, f: nab.NabFile, level: float, gap: int, learn_every: int, quiet: int) -> dict[str, list]:
     """Predicted events (first, last row) of one file, both ways."""
     offline = det.score(f.values.reshape(-1, 1))
-    out = {"offline": spans(offline.decision, gap=det.gap_)}
+    out = {"offline": pruned(offline.score, offline.decision, spans(offline.decision, gap=det.gap_), det.prune)[0]}
     score = np.zeros(len(f))
     score[f.probation:] = stream_file(det, f, learn_every=learn_every, quiet=quiet, alarm=level).score
     out["stream"] = spans(score >= level, gap=gap)

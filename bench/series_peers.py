@@ -22,8 +22,9 @@ Ours (``normalcy.series.registry``): ``create(name)``, ``fit(train rows)``, ``sc
 their decision is ``score >= threshold_`` (set on held-out normal training rows at ``fpr``), and their
 events are those ``predict`` writes (``normalcy.series.events.spans`` with gap = the detector's gap_:
 decision runs fewer than max(window_, event_gap) rows apart merge; event_gap 100 by default, as Orion's 50 rows of
-padding either side merge). The peers' decisions are merged by the same rule (runs fewer than 100 rows apart),
-so that events are counted alike.
+padding either side merge), then pruned as ``predict`` prunes them (Hundman et al.'s rule, our ``prune``
+parameter, 0.13). The peers' decisions are merged by the same rule (runs fewer than 100 rows apart), so that
+events are counted alike, and not pruned: each peer keeps its own decision rule.
 
 Splits:
 - NAB (58 files, labels = NAB's combined anomaly windows): ours fit on the first 15 % of each file
@@ -232,7 +233,12 @@ def our_detector(name: str) -> Runner:
         out = det.score(case.test)
         scores = np.asarray(out.score, dtype=np.float64).ravel()
         decisions = np.asarray(out.decision).ravel().astype(np.int8)
-        return Output(scores, decisions, _our_events(det, out))
+        found = _our_events(det, out)
+        if found is not None:  # pruned as predict prunes them (Hundman et al.'s rule, --prune)
+            from normalcy.series.events import pruned
+
+            found, decisions = pruned(scores, decisions, found, det.prune)
+        return Output(scores, decisions, found)
 
     return run
 

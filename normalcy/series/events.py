@@ -62,6 +62,19 @@ def prune(scores: np.ndarray, found: Sequence[tuple[int, int]], fraction: float)
     return sorted(int(i) for i in order[:big[-1] + 1]) if big.size else []
 
 
+def pruned(scores: np.ndarray, decisions: np.ndarray, found: Sequence[tuple[int, int]],
+           fraction: float) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The events (first, last row) that ``prune`` keeps and the decisions that go with them: 1 only inside a
+    kept event, where they were 1."""
+    kept = [found[i] for i in prune(scores, found, fraction)]
+    if len(kept) == len(found):
+        return list(found), np.asarray(decisions)
+    out = np.zeros_like(np.asarray(decisions))
+    for a, b in kept:
+        out[a:b + 1] = np.asarray(decisions)[a:b + 1]
+    return kept, out
+
+
 def events(time: np.ndarray, scores: np.ndarray, decisions: np.ndarray, contributions: np.ndarray | None,
            columns: Sequence[str], gap: int = 0) -> list[Event]:
     """The events of a scored series (``gap``: a detector's ``gap_`` by convention)."""

@@ -39,7 +39,7 @@ from normalcy.errors import InputError
 from normalcy.files import MODEL_JSON, Strict, describe, read_json
 from normalcy.series import registry
 from normalcy.series.base import SeriesDetector
-from normalcy.series.events import Event, events, prune
+from normalcy.series.events import Event, events, pruned
 from normalcy.series.io import (
     SERIES_SUFFIXES,
     TIME_NAMES,
@@ -366,8 +366,8 @@ class ScoredSeries:
 
 
 def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
-    """Score a series, merge its decisions into events (gap: the detector's ``gap_``) and describe each event
-    by a feature vector for the review. ``past``: rows that came just before the series (raw values in the
+    """Score a series, merge its decisions into events (gap: the detector's ``gap_``), prune them (``prune``:
+    Hundman et al.'s rule, events.prune) and describe each event by a feature vector for the review. ``past``: rows that came just before the series (raw values in the
     model's column order, e.g. the end of the training series a test series continues), the past its
     first rows are scored on instead of edge padding."""
     if past is None or not len(past) or det.context <= 1:
@@ -380,12 +380,9 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
         k = len(full) - len(s)
         res = type(whole)(whole.score[k:], whole.contributions[k:], whole.decision[k:], whole.threshold)
     evs = events(s.time, res.score, res.decision, res.contributions, det.columns_, gap=det.gap_)
-    kept = prune(res.score, [(e.first, e.last) for e in evs], float(getattr(det, "prune", 0.0)))
+    kept, decision = pruned(res.score, res.decision, [(e.first, e.last) for e in evs], det.prune)
     if len(kept) < len(evs):  # the pruned events' rows are decided normal: decisions and events agree
-        decision = np.zeros_like(res.decision)
-        evs = [evs[i] for i in kept]
-        for e in evs:
-            decision[e.first:e.last + 1] = res.decision[e.first:e.last + 1]
+        evs = [e for e in evs if (e.first, e.last) in set(kept)]
         res = type(res)(res.score, res.contributions, decision, res.threshold)
     z = det.standardise(s)
     feats = event_features(evs, res.score, res.contributions, z, res.threshold, len(s))
