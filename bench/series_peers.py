@@ -237,7 +237,7 @@ def our_detector(name: str) -> Runner:
         if found is not None:  # pruned as predict prunes them (Hundman et al.'s rule, --prune)
             from normalcy.series.events import pruned
 
-            found, decisions = pruned(scores, decisions, found, det.prune)
+            found, decisions = pruned(scores, decisions, found, det.event_pruning)
         return Output(scores, decisions, found)
 
     return run

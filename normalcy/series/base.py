@@ -73,7 +73,8 @@ class SeriesParams(HyperParams):
     # each detected interval by 50 rows either side, which merges the same; 0: the window alone
     event_gap: int = Field(100, ge=0, le=10**7)
     # offline runs keep an event only if its peak stands out of the lower ones by this fraction (Hundman et
-    # al.'s pruning, their 0.13; events.prune); 0: every event. A stream's alarms are not pruned.
+    # al.'s pruning, their 0.13; events.prune); 0: every event. A stream's alarms are not pruned. (forecast
+    # prunes inside its scores with it, as the paper does.)
     prune: float = Field(0.13, ge=0, lt=1)
     seed: Seed = 0
 
@@ -164,6 +165,12 @@ class SeriesDetector:
     def context(self) -> int:
         """Rows a score depends on (the row and those before it): the stream keeps this many."""
         return self.window_
+
+    @property
+    def event_pruning(self) -> float:
+        """The fraction by which offline runs prune this detector's events (``prune``); 0 where its scores are
+        pruned already (forecast)."""
+        return float(self.prune)
 
     @property
     def learns_online(self) -> bool:

@@ -380,7 +380,7 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
         k = len(full) - len(s)
         res = type(whole)(whole.score[k:], whole.contributions[k:], whole.decision[k:], whole.threshold)
     evs = events(s.time, res.score, res.decision, res.contributions, det.columns_, gap=det.gap_)
-    kept, decision = pruned(res.score, res.decision, [(e.first, e.last) for e in evs], det.prune)
+    kept, decision = pruned(res.score, res.decision, [(e.first, e.last) for e in evs], det.event_pruning)
     if len(kept) < len(evs):  # the pruned events' rows are decided normal: decisions and events agree
         evs = [e for e in evs if (e.first, e.last) in set(kept)]
         res = type(res)(res.score, res.contributions, decision, res.threshold)
