@@ -59,12 +59,32 @@ class Stream:
         self.tail = detector.tail if self.auto else RunningTail(np.zeros(1), np.ones(1), 0, memory)
         self.ctx = detector.context
         self.d = len(detector.columns_)
+        self._buf, self._n = np.empty((self.ctx + self.every + 1, self.d)), 0  # the rows, with room to grow
         self.rows = np.empty((0, self.d))  # standardised: the context of the oldest unlearned row, and after
         self.pending = 0  # rows not yet learned by the detector: the last `pending` of self.rows
         self.last_alarm: int | None = None
         self.t = 0  # rows seen
         if past is not None and len(past) and self.ctx > 1:
             self.rows = detector.standardise(_matrix(past, self.d)[-(self.ctx - 1):])
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The rows kept (a view): the context of the oldest unlearned row, and the rows after it."""
+        return self._buf[:self._n]
+
+    @rows.setter
+    def rows(self, value: np.ndarray) -> None:
+        value = np.array(value, dtype=np.float64).reshape(-1, self.d)  # a copy: it may be a view of the buffer
+        if len(value) > len(self._buf):
+            self._buf = np.empty((2 * len(value), self.d))
+        self._buf[:len(value)], self._n = value, len(value)
+
+    def _append(self, z: np.ndarray) -> None:
+        """One more row, in place (a stream's row: no copy of the rows before it)."""
+        if self._n == len(self._buf):
+            self._buf = np.concatenate([self._buf, np.empty_like(self._buf)])
+        self._buf[self._n] = z
+        self._n += 1
 
     def _raw_last(self, recent: np.ndarray) -> np.ndarray:
         """(M,) raw scores of the last row of ``recent`` (at most ctx rows)."""
@@ -116,7 +136,7 @@ class Stream:
         """Score one row (d values, in the model's column order), then learn it; its reported score.
         (``self.last``: its score, reported score and alarm.)"""
         z = self.det._row(x)
-        self.rows = np.vstack([self.rows, z[None]])
+        self._append(z)
         raw = self._raw_last(self.rows[-self.ctx:])
         score = float(self._scores(raw[None])[0])
         reported, alarm = self._report(score)
