@@ -127,6 +127,27 @@ def test_a_semicolon_separated_series_predicts_as_the_comma_one(data: Path, mode
     assert (tmp_path / "semi" / "scores.csv").read_text() == (tmp_path / "comma" / "scores.csv").read_text()
 
 
+def test_scores_csv_decisions_follow_the_pruned_events(tmp_path: Path) -> None:
+    """A long normal stretch crosses the threshold here and there; pruning drops those events, and scores.csv
+    says 0 on their rows, as events.csv does (with --prune 0 every crossing stays an event)."""
+    write_series(tmp_path / "train.csv", 600, seed=5)
+    write_series(tmp_path / "test.csv", 4000, start=600, anomaly=(2000, 2040), seed=6)
+    decided = {}
+    for prune in ("0.13", "0"):
+        model, run = tmp_path / f"m{prune}", tmp_path / f"run{prune}"
+        assert cli("fit", tmp_path / "train.csv", "-o", model, "-d", "knn", "--prune", prune).exit_code == 0
+        assert cli("predict", model, tmp_path / "test.csv", "-o", run).exit_code == 0
+        rows = list(csv.DictReader(open(run / "scores.csv")))
+        times = [r["timestamp"] for r in rows]
+        inside = np.zeros(len(rows), bool)
+        for e in csv.DictReader(open(run / "events.csv")):
+            inside[times.index(e["start"]):times.index(e["end"]) + 1] = True
+        decision = np.array([int(r["decision"]) for r in rows])
+        assert not decision[~inside].any() and decision.sum() == json.loads((run / "run.json").read_text())["n_anomalous"]
+        decided[prune] = decision
+    assert decided["0.13"].sum() < decided["0"].sum() and decided["0.13"][2000:2040].any()
+
+
 def test_repaired_rows_keep_one_row_each_in_input_order(data: Path, model: Path, tmp_path: Path) -> None:
     lines = (data / "a" / "test.csv").read_text().splitlines()
     header, body = lines[0], lines[1:]

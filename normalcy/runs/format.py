@@ -109,10 +109,12 @@ def _number(x: float) -> str:
 
 
 def write_scores(folder: Path, key: str, ids: Sequence[str], scores: np.ndarray, threshold: float | np.ndarray,
-                 overlays: Sequence[str] | None = None, series: Sequence[str] | None = None) -> np.ndarray:
+                 overlays: Sequence[str] | None = None, series: Sequence[str] | None = None,
+                 decisions: np.ndarray | None = None) -> np.ndarray:
     """scores.csv and scores.parquet of every kind of run: ``key`` (the ids), then ``series`` when given (a
     series run of several series: each row's series), score, decision 1/0, threshold (one for the run, or
-    one per row: each series has its own), and overlay when given. Returns the decisions. The CSV is exact
+    one per row: each series has its own), and overlay when given. Returns the decisions: ``decisions`` when
+    given (a series run's, where pruned events' rows are normal), else score >= threshold. The CSV is exact
     for any file name (surrogateescape) and guarded against formulas; the Parquet file holds the ids as
     UTF-8 (an undecodable byte as U+FFFD)."""
     import pyarrow as pa
@@ -120,7 +122,7 @@ def write_scores(folder: Path, key: str, ids: Sequence[str], scores: np.ndarray,
 
     s = np.asarray(scores, np.float64)
     thresholds = np.broadcast_to(np.asarray(threshold, np.float64), s.shape)
-    decisions = decide(s, thresholds)
+    decisions = decide(s, thresholds) if decisions is None else np.asarray(decisions, bool)
     header = ([key] + (["series"] if series is not None else []) + ["score", "decision", "threshold"]
               + (["overlay"] if overlays is not None else []))
     with open(folder / SCORES_CSV, "w", newline="", **CSV_ENCODING) as fh:
@@ -731,25 +733,29 @@ def write_series_run(folder: Path, files: Sequence[Any], parts: Sequence[SeriesR
         key = f"time:{key}"
     ids: list[str] = []
     names: list[str] = []
-    scores, thresholds = [], []
+    scores, thresholds, decided = [], [], []
     for fi, f in enumerate(files):
         n = len(f.times)
         owner = np.full(n, -1, np.int64)
         score = np.full(n, np.nan)
         thr = np.full(n, np.nan)
+        dec = np.zeros(n, bool)
         for pi, p in enumerate(parts):
             if p.file != fi:
                 continue
             rows, at = p.series.file_rows, p.series.row_of
             owner[rows], score[rows], thr[rows] = pi, p.scored.score[at], p.scored.threshold
+            dec[rows] = p.scored.decision[at] != 0
         keep = np.flatnonzero(owner >= 0)
         ids.extend(f.times[i] for i in keep.tolist())
         names.extend(parts[i].name for i in owner[keep].tolist())
         scores.append(score[keep])
         thresholds.append(thr[keep])
+        decided.append(dec[keep])
     score_all = np.concatenate(scores) if scores else np.zeros(0)
     decisions = write_scores(folder, key, ids, score_all, np.concatenate(thresholds) if thresholds else np.zeros(0),
-                             series=names if len(parts) > 1 else None)
+                             series=names if len(parts) > 1 else None,
+                             decisions=np.concatenate(decided) if decided else np.zeros(0, bool))
     write_skipped(folder, "series", failed)
     n_events = _write_events(folder, files, parts)
     meta = {**info, "kind": SERIES, "inputs": [str(Path(f.path).resolve()) for f in files], "time_column": key,
