@@ -74,7 +74,8 @@ OTHER = ("realKnownCause", "artificialNoAnomaly")  # NAB categories Orion does n
 def run_file(det, f: nab.NabFile, level: float, gap: int, learn_every: int, quiet: int) -> dict[str, list]:
     """Predicted events (first, last row) of one file, both ways."""
     offline = det.score(f.values.reshape(-1, 1))
-    out = {"offline": pruned(offline.score, offline.decision, spans(offline.decision, gap=det.gap_), det.event_pruning)[0]}
+    found = spans(offline.decision, gap=det.gap_)
+    out = {"offline": pruned(offline.score, offline.decision, found, det.event_pruning)[0]}
     score = np.zeros(len(f))
     score[f.probation:] = stream_file(det, f, learn_every=learn_every, quiet=quiet, alarm=level).score
     out["stream"] = spans(score >= level, gap=gap)

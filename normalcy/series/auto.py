@@ -480,10 +480,7 @@ class RunningTail:
         1 / min(count, memory): Welford's while fewer than ``memory`` rows have been seen)."""
         mean, var, n = self.mean, self.var, self.count
         for y in np.log1p(np.maximum(np.atleast_2d(raw), 0.0)):
-            n = min(n + 1, self.memory)
-            delta = y - mean
-            mean = mean + delta / n
-            var = (1.0 - 1.0 / n) * (var + delta * delta / n)
+            mean, var, n = _follow_one(mean, var, n, y, self.memory)
         self.mean, self.var, self.count = mean, var, n
 
     def follow(self, raw: np.ndarray) -> np.ndarray:
@@ -493,10 +490,8 @@ class RunningTail:
         mean, var, n, cap = self.mean, self.var, self.count, self.memory
         if len(raw) == 1 and n:  # a stream's row: the same numbers in fewer array calls (20 -> 6 us)
             y = np.log1p(np.maximum(raw[0], 0.0))
-            delta = y - mean
-            out = np.minimum(-log_ndtr(-delta / np.sqrt(np.maximum(var, MIN_SPREAD**2))) / _LN10, CAP_DECADES)
-            n = min(n + 1, cap)
-            self.mean, self.var, self.count = mean + delta / n, (1.0 - 1.0 / n) * (var + delta * delta / n), n
+            out = np.minimum(-log_ndtr((mean - y) / np.sqrt(np.maximum(var, MIN_SPREAD**2))) / _LN10, CAP_DECADES)
+            self.mean, self.var, self.count = _follow_one(mean, var, n, y, cap)
             return out[None]
         z = np.zeros(raw.shape)
         seen = np.ones(len(raw), dtype=bool)
@@ -505,12 +500,17 @@ class RunningTail:
                 z[i] = (y - mean) / np.sqrt(np.maximum(var, MIN_SPREAD**2))
             else:
                 seen[i] = False
-            n = min(n + 1, cap)
-            delta = y - mean
-            mean = mean + delta / n
-            var = (1.0 - 1.0 / n) * (var + delta * delta / n)
+            mean, var, n = _follow_one(mean, var, n, y, cap)
         self.mean, self.var, self.count = mean, var, n
         return np.where(seen[:, None], np.minimum(-log_ndtr(-z) / _LN10, CAP_DECADES), 0.0)
+
+
+def _follow_one(mean: np.ndarray, var: np.ndarray, n: int, y: np.ndarray, cap: int
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The running mean and variance after one more row y: Welford's with weight 1 / min(n + 1, cap)."""
+    n = min(n + 1, cap)
+    delta = y - mean
+    return mean + delta / n, (1.0 - 1.0 / n) * (var + delta * delta / n), n
 
 
 def _name(spec: dict[str, Any]) -> str:

@@ -44,6 +44,7 @@ from pydantic import Field
 from torch import nn
 
 from normalcy.series.autoencoder import NeuralDetector, TrainedParams, batched, input_span, training_windows
+from normalcy.series.events import prune, spans
 from normalcy.series.windows import flat_windows
 
 log = logging.getLogger("normalcy")
@@ -206,18 +207,10 @@ class Forecast(NeuralDetector):
     def _survives(self, h: np.ndarray, epsilon: float) -> bool:
         """Pruning (telemanom's prune_anoms): the maxima of the sequences (errors at or above epsilon,
         widened by the buffer) sorted down and followed by the largest error outside them; a sequence stays
-        when some drop of at least ``prune`` lies at or below it. Whether the last row's sequence stays."""
-        padded = _widen(h[None, :] >= epsilon, self.pad)[0]
-        starts = np.flatnonzero(padded & ~np.r_[False, padded[:-1]])
-        ends = np.flatnonzero(padded & ~np.r_[padded[1:], False])
-        maxima = np.array([h[a:b + 1].max() for a, b in zip(starts, ends)])
-        outside = h[~padded].max() if (~padded).any() else 0.0
-        order = np.sort(maxima)[::-1]
-        chain = np.append(order, outside)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            drops = (chain[:-1] - chain[1:]) / chain[:-1]
-        big = np.flatnonzero(drops >= self.prune)
-        return bool(len(big)) and bool(maxima[-1] >= order[big[-1]])
+        when some drop of at least ``prune`` lies at or below it (``events.prune``, the rule offline runs
+        apply to events). Whether the last row's sequence stays."""
+        found = spans(_widen(h[None, :] >= epsilon, self.pad)[0])
+        return len(found) - 1 in prune(h, found, self.prune)
 
     def _normalise(self, smoothed: np.ndarray, hist: np.ndarray, first: int) -> np.ndarray:
         """Contributions of rows ``first``.. of ``smoothed`` (n, d) given ``hist``: the training history

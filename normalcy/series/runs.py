@@ -367,8 +367,8 @@ class ScoredSeries:
 
 def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
     """Score a series, merge its decisions into events (gap: the detector's ``gap_``), prune them (``prune``:
-    Hundman et al.'s rule, events.prune) and describe each event by a feature vector for the review. ``past``: rows that came just before the series (raw values in the
-    model's column order, e.g. the end of the training series a test series continues), the past its
+    Hundman et al.'s rule, events.prune) and describe each event by a feature vector for the review.
+    ``past``: rows that came just before the series (raw values in the model's column order, e.g. the end of the training series a test series continues), the past its
     first rows are scored on instead of edge padding."""
     if past is None or not len(past) or det.context <= 1:
         res = det.score(s)
@@ -380,9 +380,11 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
         k = len(full) - len(s)
         res = type(whole)(whole.score[k:], whole.contributions[k:], whole.decision[k:], whole.threshold)
     evs = events(s.time, res.score, res.decision, res.contributions, det.columns_, gap=det.gap_)
-    kept, decision = pruned(res.score, res.decision, [(e.first, e.last) for e in evs], det.event_pruning)
+    found = [(e.first, e.last) for e in evs]
+    kept, decision = pruned(res.score, res.decision, found, det.event_pruning)
     if len(kept) < len(evs):  # the pruned events' rows are decided normal: decisions and events agree
-        evs = [e for e in evs if (e.first, e.last) in set(kept)]
+        keep = set(kept)
+        evs = [e for e, span in zip(evs, found) if span in keep]
         res = type(res)(res.score, res.contributions, decision, res.threshold)
     z = det.standardise(s)
     feats = event_features(evs, res.score, res.contributions, z, res.threshold, len(s))
