@@ -141,6 +141,34 @@ def test_score_one_matches_score(name: str) -> None:
                                rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_streams_pruned_search_finds_the_same_neighbours(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
+    """A stream's row searches the windows whose projected distance does not rule them out; the scores are
+    those of the full search, learning included, on a series with a shape and on pure noise (where the
+    bound prunes little and the full product is taken)."""
+    import normalcy.series.knn as knn_module
+
+    shaped = sine(6000, period=50, seed=2)
+    shaped[5000:5020] += 2.0
+    noise = np.random.default_rng(3).standard_normal((6000, 1))
+    for X in (shaped, noise):
+        runs, tried = [], []
+        for floats in (0, 10**12):  # pruned (any bank), full product
+            monkeypatch.setattr(knn_module, "PRUNE_FLOATS", floats)
+            det = create("knn", window=50, k=k, max_bank=3000).fit(X[:3000], progress=False)
+            pruned = det._pruned
+            det._pruned = lambda q: tried.append(pruned(q)) or tried[-1]
+            out = []
+            for x in X[3000:]:
+                out.append(det.score_one(x))
+                det.partial_fit(x)
+            runs.append(np.array(out))
+        np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-9)  # float32 near-ties, as a batch
+        found = [t for t in tried if t is not None]
+        if X is shaped:  # the bound kept a small share of the bank for most rows
+            assert len(found) > 0.9 * len(tried) and np.median([len(t) for t in found]) < 300
+
+
 def test_default_window_from_the_period() -> None:
     det = create("pca").fit(sine(3000, period=60), progress=False)
     assert abs(det.window_ - 60) <= 1
@@ -204,6 +232,21 @@ def test_knn_learns_online_with_a_bounded_bank() -> None:
     assert len(det.bank_) == 700 and 0 <= det.fifo_ < 700
     # a saved model keeps the bank and its FIFO position
     assert isinstance(det, SubsequenceKNN)
+
+
+def test_online_learning_grows_the_bank_to_its_budget_only() -> None:
+    """A stream searches the whole bank for each row: online learning grows it to ``online_floats`` numbers
+    (here 2^12 / 32 = 128 windows), and a bank fitted larger keeps its size, its oldest window replaced."""
+    X = sine(3000, period=32)
+    small = create("knn", window=32, online_floats=2**12).fit(X[:120], progress=False)
+    large = create("knn", window=32, online_floats=2**12).fit(X[:1000], progress=False)
+    assert len(small.bank_) < 128 < len(large.bank_)  # the fit is not bounded by it
+    fitted = len(large.bank_)
+    for x in X[1000:1600]:
+        small.partial_fit(x)
+        large.partial_fit(x)
+    assert len(small.bank_) == small.online_capacity == 128
+    assert len(large.bank_) == fitted and large.fifo_ == (600 - 31) % fitted
 
 
 def test_pca_does_not_learn_online() -> None:

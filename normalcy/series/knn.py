@@ -6,15 +6,28 @@ bank (at most ``max_bank`` windows and MAX_BANK_FLOATS numbers, an even subsampl
 score is the root-mean-square difference, per time step, between its window and the k-th nearest window
 of the bank; the squared differences of that neighbour, summed per metric, split it into per-metric
 contributions. faiss finds the k nearest (exact flat L2, float32); their distances are then computed
-again exactly (float64), so a window scores the same in a batch and alone in a stream (which finds them
-by a vector-matrix product: faiss takes 5x longer for one query).
+again exactly (float64), so a window scores the same in a batch and alone in a stream.
+
+A stream's single window is searched without reading the whole bank where it can be: the bank's windows
+are also kept projected on their first PRUNE_DIMS principal axes, and a projected distance is a lower bound
+of the true one (the axes are orthonormal). The few windows whose bound beats the nearest window's true
+distance are measured in full: the same neighbours as the full product, from about a tenth of the memory
+on a series with a shape (NAB's machine_temperature with a bank of up to 20,000 windows of 125 rows, as a
+model fitted on a long training series has: a stream's learning update 310-340 -> 86-117 us a row). On
+noise the bound prunes little, and the full vector-matrix product is taken (faiss takes 5x longer for one
+query): there the cost grows with the bank (window x bank numbers a row).
 
 The first ``window_ - 1`` rows of a series have a shorter past: they are compared over the rows that
 exist, with the same stretch at the end of each bank window (edge padding would invent a flat start that
 normal operation never had, and flag the start of every series).
 
-Online learning (``partial_fit``) appends each new normal window to the bank until it is full, then
-replaces the oldest (a FIFO): memory stays bounded.
+Online learning (``partial_fit``) appends each new normal window to the bank until it holds
+``online_floats`` numbers (or ``max_bank`` windows, or the fitted bank's size if that is larger), then
+replaces the oldest (a FIFO): memory stays bounded, and so does a stream's search. The default, 2^18
+numbers (1 MB), is what one row's full search reads in about 40 us on one core, so that a learning
+stream's row stays under 100 us: with 211-row windows it keeps the last 1,242 windows (4.3 days of
+5-minute rows). Unbounded (up to ``max_bank``), NAB's Twitter_volume_KO (15,000 rows) learned a bank of
+15,000 windows and took 360-470 us a row; at 2^19 numbers 119 us.
 """
 
 from __future__ import annotations
@@ -30,6 +43,11 @@ from normalcy.series.windows import flat_windows, inside
 MAX_BANK_FLOATS = 2**25  # 128 MB of float32 windows at most
 _BLOCK_FLOATS = 2**18  # a one-row product's block of the bank: 1 MB, on one BLAS thread
 _CHUNK_FLOATS = 2**22  # rows scored at a time: their k neighbours' differences take at most 32 MB
+PRUNE_DIMS = 8  # principal axes of the bank a stream's search bounds distances on
+PRUNE_FROM = 48  # numbers a window must have for that search (a shorter one: the full product is as cheap)
+PRUNE_FLOATS = 2**18  # numbers the bank must hold for it (a smaller bank's full product takes under 30 us)
+_PRUNE_SHARE = 8  # the search measures at most 1/8 of the bank in full, else it takes the full product
+_PRUNE_PAUSE = 32  # rows a stream searches in full after the bound failed to prune
 
 
 class SubsequenceKNN(SeriesDetector):
@@ -40,6 +58,7 @@ class SubsequenceKNN(SeriesDetector):
     class Params(SeriesParams):
         k: int = Field(1, ge=1, le=100)
         max_bank: int = Field(20_000, ge=16, le=1_000_000)
+        online_floats: int = Field(2**18, ge=2**10, le=MAX_BANK_FLOATS)  # numbers online learning grows the bank to
 
     bank_: np.ndarray  # (m, window_ * d) float32 windows of normal operation, less centre_
     centre_: np.ndarray  # (window_ * d,) float64, the mean training window: distances in float32 lose less
@@ -49,6 +68,11 @@ class SubsequenceKNN(SeriesDetector):
     def capacity(self) -> int:
         """Windows the bank may hold: max_bank, fewer for wide windows (MAX_BANK_FLOATS)."""
         return max(1, min(self.max_bank, MAX_BANK_FLOATS // (self.window_ * len(self.columns_))))
+
+    @property
+    def online_capacity(self) -> int:
+        """Windows online learning grows the bank to: ``online_floats`` numbers, at most ``capacity``."""
+        return max(1, min(self.capacity, self.online_floats // (self.window_ * len(self.columns_))))
 
     def _fit(self, X: np.ndarray, progress: bool) -> None:
         windows = flat_windows(X, self.window_)
@@ -64,6 +88,8 @@ class SubsequenceKNN(SeriesDetector):
         self._norms = np.einsum("ij,ij->i", self.bank_, self.bank_)
         self._bank_t: np.ndarray | None = None  # the bank transposed, made when a stream first needs it
         self._store: np.ndarray | None = None  # room for online windows (partial_fit), made when first needed
+        self._axes: np.ndarray | None = None  # (PRUNE_DIMS, L) principal axes of the bank (and the bank's bound
+        self._skip = 0  # terms), made when a stream first needs them; rows to search in full before bounding
 
     @property
     def _candidates(self) -> int:
@@ -104,17 +130,70 @@ class SubsequenceKNN(SeriesDetector):
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
         if self._bank_t is None:
             self._bank_t = np.ascontiguousarray(self.bank_.T)
-        return self._one(recent[-self.window_:], self._bank_t)
+        rows = recent[-self.window_:]
+        whole = rows.size == self.bank_.shape[1] >= PRUNE_FROM and self.bank_.size >= PRUNE_FLOATS
+        keep = self._pruned(rows.reshape(-1) - self.centre_) if whole else None
+        return self._one(rows, self._bank_t, keep)
 
-    def _one(self, rows: np.ndarray, bank_t: np.ndarray) -> np.ndarray:
+    def _project(self) -> None:
+        """The bank's first PRUNE_DIMS principal axes (from at most 2,048 of its windows), and the bank's
+        bound terms: (PRUNE_DIMS + 1, m), -2 x the windows projected on the axes and their squared norms, so
+        that one vector-matrix product gives every bound. Any orthonormal axes bound distances from below, so
+        they need not follow the bank's drift."""
+        sample = self.bank_[np.unique(np.linspace(0, len(self.bank_) - 1, 2048).round().astype(np.int64))]
+        _, _, vt = np.linalg.svd(sample.astype(np.float64) - sample.mean(axis=0), full_matrices=False)
+        self._axes = np.ascontiguousarray(vt[:PRUNE_DIMS], dtype=np.float32)
+        m, r = len(self.bank_), len(self._axes)
+        self._bstore = np.empty((r + 1, m if self._store is None else self._store.shape[0]), np.float32)
+        self._bstore[:, :m] = self._terms(self.bank_)
+        self._bounds, self._pmax, self._skip = self._bstore[:, :m], float(self._bstore[r, :m].max()), 0
+
+    def _terms(self, windows: np.ndarray) -> np.ndarray:
+        """(PRUNE_DIMS + 1, n) bound terms of n windows: -2 x their projections, and their squared norms."""
+        out = np.empty((len(self._axes) + 1, len(windows)), np.float32)
+        np.matmul(self._axes, windows.T, out=out[:-1])
+        out[-1] = np.einsum("ij,ij->j", out[:-1], out[:-1])
+        out[:-1] *= -2
+        return out
+
+    def _pruned(self, q: np.ndarray) -> np.ndarray | None:
+        """Indices of the bank's windows that may be among the candidates nearest to the centred window q
+        (all of them are among these), or None where the bound prunes too little to pay; then the bound is
+        not tried again for _PRUNE_PAUSE rows (a noisy stretch)."""
+        if self._skip:
+            self._skip -= 1
+            return None
+        if self._axes is None:
+            self._project()
+        m, c = len(self.bank_), self._candidates
+        pq = np.append(self._axes @ q.astype(np.float32), np.float32(1))
+        lb = pq @ self._bounds  # the projected squared distance, less pq's squared norm
+        first = np.array([lb.argmin()]) if c == 1 else np.argpartition(lb, c - 1)[:c]
+        diff = q - self.bank_[first]
+        pn = float(pq[:-1] @ pq[:-1])
+        bound = float(np.sort(np.einsum("cj,cj->c", diff, diff))[-1])
+        # float32 rounding of the bounds: a margin of 1e-5 of the squared lengths, far above it
+        keep = np.flatnonzero(lb <= bound - pn + 1e-5 * (bound + pn + self._pmax))
+        if len(keep) <= max(c, m // _PRUNE_SHARE):
+            return keep
+        self._skip = _PRUNE_PAUSE
+        return None
+
+    def _one(self, rows: np.ndarray, bank_t: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
         """(d,) contributions of the window ending at the last of ``rows`` (at most window_ rows, fewer at
-        the start of a series), its neighbours found with ``bank_t`` (the bank transposed, or a view)."""
+        the start of a series), its neighbours found with ``bank_t`` (the bank transposed, or a view), or
+        among the bank's windows ``keep`` only (a whole window, which ``_pruned`` found them for)."""
         L = rows.size
         q = rows.reshape(-1) - self.centre_[-L:]
-        part = bank_t[-L:]
-        d2 = _products(q.astype(np.float32), part)
-        d2 *= -2
-        d2 += self._norms if L == bank_t.shape[0] else np.einsum("ij,ij->j", part, part)
+        if keep is not None:
+            d2 = self.bank_[keep] @ q.astype(np.float32)
+            d2 *= -2
+            d2 += self._norms[keep]
+        else:
+            part = bank_t[-L:]
+            d2 = _products(q.astype(np.float32), part)
+            d2 *= -2
+            d2 += self._norms if L == bank_t.shape[0] else np.einsum("ij,ij->j", part, part)
         if self._candidates == 1:
             idx = np.array([d2.argmin()])
         else:  # a few argmins beat a partition of the whole bank
@@ -122,6 +201,8 @@ class SubsequenceKNN(SeriesDetector):
             for i in range(len(idx)):
                 idx[i] = d2.argmin()
                 d2[idx[i]] = np.inf
+        if keep is not None:
+            idx = keep[idx]
         # as _contributions for one row, without its batch indexing (a stream's row has 100 us)
         diff = q - self.bank_[idx, -L:]
         sq = np.einsum("cj,cj->c", diff, diff)
@@ -134,15 +215,21 @@ class SubsequenceKNN(SeriesDetector):
         if len(recent) < self.window_:  # an edge-padded window is not one normal operation had
             return
         window = (recent[-self.window_:].reshape(-1) - self.centre_).astype(np.float32)
-        m, cap = len(self.bank_), self.capacity
+        m, cap = len(self.bank_), self.online_capacity
         if self._store is None or (m < cap and m == len(self._store)):
-            self._grow(min(cap, max(2 * m, 1024)))  # doubling: O(1) a row, amortised
+            self._grow(max(m, min(cap, max(2 * m, 1024))))  # doubling: O(1) a row, amortised
         if m < cap:
             i, m = m, m + 1
-        else:
-            i, self.fifo_ = self.fifo_, (self.fifo_ + 1) % cap
+        else:  # full: a bank fitted larger than the online capacity keeps its size
+            i, self.fifo_ = self.fifo_, (self.fifo_ + 1) % m
         self._store[i], self._tstore[:, i], self._nstore[i] = window, window, window @ window
         self.bank_, self._bank_t, self._norms = self._store[:m], self._tstore[:, :m], self._nstore[:m]
+        if self._axes is not None:
+            self._bstore[:-1, i] = self._axes @ window
+            self._bstore[-1, i] = self._bstore[:-1, i] @ self._bstore[:-1, i]
+            self._bstore[:-1, i] *= -2
+            self._bounds = self._bstore[:, :m]
+            self._pmax = max(self._pmax, float(self._bstore[-1, i]))  # a bound on the norms, old ones included
 
     def _grow(self, rows: int) -> None:
         """Room for ``rows`` windows (the bank, its transpose and norms), the current ones copied in."""
@@ -151,6 +238,9 @@ class SubsequenceKNN(SeriesDetector):
         self._tstore = np.empty((self.bank_.shape[1], rows), np.float32)
         self._nstore = np.empty(rows, np.float32)
         self._store[:m], self._tstore[:, :m], self._nstore[:m] = self.bank_, self.bank_.T, self._norms
+        if self._axes is not None:
+            self._bstore = np.empty((len(self._axes) + 1, rows), np.float32)
+            self._bstore[:, :m] = self._bounds
 
     def _check_state(self) -> None:
         d = self.window_ * len(self.columns_)
@@ -159,8 +249,8 @@ class SubsequenceKNN(SeriesDetector):
                              f"{len(self.columns_)} column(s) and at most {self.capacity} windows")
         if self.centre_.shape != (d,):
             raise ValueError(f"centre of shape {self.centre_.shape}, expected ({d},)")
-        if not 0 <= self.fifo_ < self.capacity:
-            raise ValueError(f"fifo position {self.fifo_} outside the bank's {self.capacity} windows")
+        if not 0 <= self.fifo_ < len(self.bank_):
+            raise ValueError(f"fifo position {self.fifo_} outside the bank's {len(self.bank_)} windows")
         self.bank_ = np.ascontiguousarray(self.bank_, dtype=np.float32)
         self._ready()
 
