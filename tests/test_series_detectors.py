@@ -196,6 +196,38 @@ def test_bad_inputs() -> None:
     np.testing.assert_allclose(det.score(swapped).score, det.score(sine(300, d=2)).score)
 
 
+@pytest.mark.parametrize("name", DETECTORS)
+def test_values_near_the_largest_float_are_the_most_anomalous_not_nan(name: str, caplog: pytest.LogCaptureFixture,
+                                                                     recwarn: pytest.WarningsRecorder) -> None:
+    """A value of 1e300 in a metric whose normal spread is 1 used to overflow float32 searches and networks:
+    every score NaN and nothing flagged. Values past 1e6 spreads are counted as 1e6, with a warning naming the
+    series; they score finite and are flagged, in a batch, a run and a stream."""
+    from normalcy.series.stream import Stream
+
+    X = sine(1200, d=2, period=16, seed=4)
+    extra = {"steps": 40} if name in ("autoencoder", "hypad", "forecast") else {}
+    det = create(name, window=16, **extra).fit(series(X[:800]), progress=False)
+    T = X[800:].copy()
+    T[200, 0], T[250, 1] = 1e300, -1e250
+    with caplog.at_level("WARNING", logger="normalcy"):
+        run = score_series(det, series(T, "spiky"), past=X[:800])
+    assert "spiky.csv: 2 value(s) more than 1e+06 spreads" in caplog.text
+    assert caplog.text.count("spiky.csv: 2 value(s)") == 1  # a run standardises once
+    for score, decision in ((det.score(T).score, det.score(T).decision), (run.score, run.decision)):
+        assert np.isfinite(score).all() and decision[200] == 1 and decision[250] == 1
+    assert np.isfinite(Stream(det, past=X[:800]).run(T).score).all()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_training_column_past_the_float_range_is_refused(recwarn: pytest.WarningsRecorder) -> None:
+    X = sine(600, d=2)
+    X[:, 1] = 1e308
+    X[::7, 1] = -1e308
+    with pytest.raises(InputError, match=r"big\.csv: column\(s\) \['m1'\] span more than a 64-bit float holds"):
+        create("knn", window=10).fit(series(X, "big"), progress=False)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_a_flat_normal_series_does_not_flag_everything() -> None:
     """Held-out rows that all score 0 (a series that repeats exactly) must not put the threshold at 0."""
     X = np.tile(np.r_[np.zeros(10), np.ones(10)], 50)

@@ -126,8 +126,30 @@ def test_gaps_noted(tmp_path: Path) -> None:
 
 def test_text_value_column_refused(tmp_path: Path) -> None:
     f = write_csv(tmp_path / "t.csv", "timestamp,v,host", [f"{i},{i},web{i % 2}" for i in range(20)])
-    with pytest.raises(InputError, match=r"t\.csv: value column 'host' is not numeric \(first value 'web0'\)"):
+    with pytest.raises(InputError, match=r"t\.csv: value column 'host' is not numeric \(20 of 20 values are not "
+                                         r"numbers, the first 'web0' in row 1\)"):
         read_series(f)
+    # a few text cells among numbers (a logger's "error"): read as missing, interpolated, said; more: refused
+    rows = [f"{i},{'error' if i == 7 else i}" for i in range(40)]
+    (s,) = read_series(write_csv(tmp_path / "e.csv", "timestamp,v", rows))
+    assert s.values[7, 0] == 7.0 and s.notes[0] == ("e.csv: column 'v': 1 value(s) that are not numbers read as "
+                                                    "missing (the first 'error' in row 8)")
+    rows = [f"{i},{'-' if i % 10 == 3 else i}" for i in range(40)]
+    with pytest.raises(InputError, match=r"m\.csv: value column 'v' is not numeric \(4 of 40 values are not "
+                                         r"numbers, the first '-' in row 4\)"):
+        read_series(write_csv(tmp_path / "m.csv", "timestamp,v", rows))
+
+
+def test_decimal_commas_in_a_semicolon_separated_file(tmp_path: Path) -> None:
+    """Spreadsheets in European locales write 1,5 for 1.5 and separate fields by semicolons."""
+    rows = [f"{i};{i % 7},5;{i % 5}" for i in range(40)]
+    (s,) = read_series(write_csv(tmp_path / "eu.csv", "timestamp;Current;Pressure", rows))
+    np.testing.assert_array_equal(s.values[:, 0], np.arange(40) % 7 + 0.5)
+    assert s.notes == ["eu.csv: column 'Current': 40 value(s) with a decimal comma read as numbers"]
+    # in a comma-separated file a quoted "1,5" is not taken for a decimal (it may be a thousands separator)
+    rows = [f'{i},"{i % 7},5"' for i in range(40)]
+    with pytest.raises(InputError, match=r"value column 'v' is not numeric"):
+        read_series(write_csv(tmp_path / "us.csv", "timestamp,v", rows))
 
 
 def test_too_few_rows(tmp_path: Path) -> None:

@@ -841,6 +841,8 @@ def _event_embeddings(parts: Sequence[SeriesRunPart]) -> np.ndarray:
             return np.hstack([pad(share), pad(dev), f[:, 2 * d:]])
         feats = [free(f) for f in feats]
     X = np.vstack(feats).astype(np.float64)
+    top = np.abs(X).max(axis=0)
+    X /= np.where(top > 0, top, 1.0)  # the same standardised result, without overflow for values near 1e308
     std = X.std(axis=0)
     return ((X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
 

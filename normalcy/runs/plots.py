@@ -18,6 +18,14 @@ NORMAL_COLOR = "#2e7d32"
 ANOMALOUS_COLOR = "#c62828"
 
 
+
+def _unit(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Values mapped from [lo, hi] to [0, 1] (0.5 for a constant metric: a flat line), halved first so that a
+    range near the largest float does not overflow."""
+    if hi <= lo:
+        return np.full(len(v), 0.5)
+    return (v / 2 - lo / 2) / (hi / 2 - lo / 2)
+
 def _svg_of(fig: Any, prefix: str, tight: bool = True) -> str:
     """Figure -> inline <svg> markup (XML prolog and DOCTYPE stripped).
 
@@ -165,7 +173,7 @@ def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[st
             v = values[:, j]
             lo, hi = float(v.min()), float(v.max())
             base = 1.2 * (k - 1 - j)
-            y = base + (np.full(len(v), 0.5) if hi <= lo else (v - lo) / (hi - lo))  # a constant metric: a flat line
+            y = base + _unit(v, lo, hi)
             idx = envelope(y)
             top.plot(x[idx], y[idx], color=SERIES_COLORS[j % len(SERIES_COLORS)], linewidth=0.9)
             ticks.append(base + 0.5)
@@ -220,7 +228,7 @@ def event_png(values: np.ndarray, names: list[str], score: np.ndarray, threshold
 
     def line(y: np.ndarray, lo: float, hi: float, panel: tuple[int, int], color: str, thick: int = 1) -> None:
         y0, y1 = panel
-        frac = np.zeros_like(y) + 0.5 if hi <= lo else (y - lo) / (hi - lo)
+        frac = _unit(y, lo, hi)
         ys = y1 - np.clip(frac, 0, 1) * (y1 - y0)
         pts = np.stack([xs, ys], axis=1).round().astype(np.int32)
         cv2.polylines(img, [pts], False, _rgb(color), thick, cv2.LINE_AA)

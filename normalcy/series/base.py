@@ -61,6 +61,8 @@ LONGEST_WINDOW = 4096  # a window a user may ask for (an automatic one is at mos
 MIN_THRESHOLD = 1e-6  # held-out normal rows that all score 0 (an exactly periodic series): a score under this
 # is rounding, not an anomaly, so the threshold never sits at 0, where every row would be anomalous
 MIN_CALIBRATION = 20  # held-out rows under which the threshold is unreliable (a warning)
+MAX_Z = 1e6  # spreads from the training median a standardised value is clipped to: one that far is as anomalous
+# as any further one, and past it float32 searches and networks overflow (a value of 1e308 scored NaN, not anomalous)
 
 
 class SeriesParams(HyperParams):
@@ -196,7 +198,11 @@ class SeriesDetector:
         cuts = [len(v) - int(round(self.holdout * len(v))) for _, v, _ in parts]
         fit_rows = np.concatenate([v[:c] for (_, v, _), c in zip(parts, cuts)])
         self.mean_, self.scale_ = standardiser(fit_rows)
-        Z = [(v - self.mean_) / self.scale_ for _, v, _ in parts]
+        bad = [c for c, m, sc in zip(self.columns_, self.mean_, self.scale_) if not np.isfinite([m, sc]).all()]
+        if bad:
+            raise InputError(f"{parts[0][0]}: column(s) {bad[:10]} span more than a 64-bit float holds (values near "
+                             "1e308): rescale them")
+        Z = [_clipped((v - self.mean_) / self.scale_, name) for name, v, _ in parts]
         self.window_ = self._window([z[:c] for z, c in zip(Z, cuts)], [p[0] for p in parts])
         for (name, v, _), c in zip(parts, cuts):
             if c < 2 * self.window_:
@@ -274,12 +280,15 @@ class SeriesDetector:
         if not np.isfinite(values).all():
             raise InputError(f"{where}: NaN or infinite values (read series with normalcy.series.io, which "
                              "interpolates them)")
-        return (values - self.mean_) / self.scale_
+        return _clipped((values - self.mean_) / self.scale_, where)
 
     def score(self, data: Series | np.ndarray) -> SeriesScores:
         """Scores, per-metric contributions and decisions of every row of a series (causal: each row from
         its past), the first window_-1 rows on edge-padded input."""
-        Z = self.standardise(data)
+        return self.score_standardised(self.standardise(data))
+
+    def score_standardised(self, Z: np.ndarray) -> SeriesScores:
+        """``score`` of rows already standardised (``standardise``): a run that needs them too standardises once."""
         contrib = np.asarray(self._score(Z), dtype=np.float64)
         score = contrib.sum(axis=1)
         return SeriesScores(score, contrib, decide(score, self.threshold_).astype(np.int8), float(self.threshold_))
@@ -323,7 +332,7 @@ class SeriesDetector:
             raise InputError(f"a row of {row.shape[0]} values; the model has {len(self.columns_)} columns")
         if not np.isfinite(row).all():
             raise InputError("a row with NaN or infinite values cannot be scored")
-        return (row - self.mean_) / self.scale_
+        return _clipped((row - self.mean_) / self.scale_, "a streamed row")
 
     def _check_fitted(self) -> None:
         if self.threshold_ is None:
@@ -459,14 +468,26 @@ class SeriesModelMeta(Strict):
         return self
 
 
+def _clipped(Z: np.ndarray, where: str) -> np.ndarray:
+    """Standardised values clipped to +-MAX_Z spreads (in place), with a warning naming where they came from."""
+    with np.errstate(over="ignore"):
+        far = np.abs(Z) > MAX_Z  # an overflow to inf is caught here too
+    if far.any():
+        log.warning("%s: %d value(s) more than %.0e spreads from the training median, counted as %.0e (the most "
+                    "anomalous a value can be)", where, int(far.sum()), MAX_Z, MAX_Z)
+        np.clip(Z, -MAX_Z, MAX_Z, out=Z)
+    return Z
+
+
 def standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column centre (median) and scale (IQR / 1.349, the std where the IQR is 0, 1 for a constant
     column): robust to the spikes normal operation has, and a constant column keeps the scale of its units,
     so a deviation from it in test still counts."""
-    center = np.median(X, axis=0)
-    q1, q3 = np.quantile(X, [0.25, 0.75], axis=0)
-    scale = (q3 - q1) / 1.349
-    std = X.std(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):  # values near 1e308 give inf, which fit refuses
+        center = np.median(X, axis=0)
+        q1, q3 = np.quantile(X, [0.25, 0.75], axis=0)
+        scale = (q3 - q1) / 1.349
+        std = X.std(axis=0)
     scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(center)), scale, std)
     scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(center)), scale, 1.0)
     return center, scale

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from normalcy.errors import InputError
-from normalcy.vectors.tables import _names, _numeric, _read_arrays
+from normalcy.vectors.tables import MAX_CSV_LINE, _names, _numeric, _read_arrays, csv_delimiter
 
 SERIES_SUFFIXES = (".csv", ".parquet", ".pq")
 TIME_NAMES = ("timestamp", "time", "date", "datetime")  # a time column found by name (any case)
 MIN_ROWS = 16  # twice the shortest window: fewer rows cannot hold a window and what follows it
 GAP_FACTOR = 3.0  # an interval over 3x the median interval is a gap
+MAX_TEXT_SHARE = 0.05  # of a value column's cells that may be text ("error", "n/a", "-"), read as missing
 
 
 @dataclass
@@ -72,26 +73,26 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         time_column = next((c for c in arrays if c.strip().lower() in TIME_NAMES), None)
     label = label_column if label_column in arrays else None
     columns = [c for c in arrays if c not in (time_column, series_column, label)]
-    for c in columns:
-        if _numeric(arrays[c]) is None and not _all_missing(arrays[c]):
-            raise InputError(f"{path}: value column {c!r} is not numeric (first value {_first(arrays[c])!r}); "
-                             "give it as --time-column or --series-column, or remove it")
     if not columns:
         raise InputError(f"{path}: no value columns; it has {_names(arrays)}")
+    comma = path.suffix.lower() == ".csv" and _delimiter(path) != ","  # a ;- or tab-separated file: 1,5 is 1.5
+    parsed, notes = [], []
+    for c in columns:
+        parsed.append(_values(path, c, arrays[c], comma, notes))
     time = _times(path, arrays[time_column]) if time_column else np.arange(n, dtype=np.float64)
-    values = np.column_stack([_numeric(arrays[c]) if _numeric(arrays[c]) is not None else np.full(n, np.nan)
-                              for c in columns])
+    values = np.column_stack(parsed)
     labels = _labels(path, arrays[label]) if label else None
     if series_column is None:
         return [_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
-                      time_column is not None)]
+                      time_column is not None, notes)]
     ids = np.array([str(v) for v in arrays[series_column]])
     out, bad = [], []
     for sid in dict.fromkeys(ids):  # in order of first appearance
         rows = np.flatnonzero(ids == sid)
         try:
             out.append(_tidy(path, sid, f"{path.name} [{series_column}={sid}]", rows, time[rows], values[rows],
-                             tuple(columns), None if labels is None else labels[rows], time_column is not None))
+                             tuple(columns), None if labels is None else labels[rows], time_column is not None,
+                             notes))
         except InputError as err:
             if failed is None:
                 raise
@@ -104,10 +105,11 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
 
 
 def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.ndarray, values: np.ndarray,
-          columns: tuple[str, ...], labels: np.ndarray | None, timed: bool) -> Series:
+          columns: tuple[str, ...], labels: np.ndarray | None, timed: bool, read_notes: list[str]) -> Series:
     """Sort, drop repeated timestamps (the last row kept), interpolate missing values, note constant columns
-    and gaps; refuse a column with no value and a series too short."""
-    notes = []
+    and gaps; refuse a column with no value and a series too short. ``read_notes``: what reading the file
+    repaired (text cells, decimal commas), shown with this series' own notes."""
+    notes = list(read_notes)
     if len(time) < MIN_ROWS:
         raise InputError(f"{where}: {len(time)} rows; a series needs at least {MIN_ROWS}")
     order = np.arange(len(time))
@@ -139,7 +141,7 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
             counts.append(f"{columns[j]} {int(bad.sum())}")
         notes.append(f"{where}: {int(missing.sum())} missing or non-finite value(s) interpolated linearly along "
                      f"time ({', '.join(counts[:10])}{' ...' if len(counts) > 10 else ''})")
-    constant = [c for c, v in zip(columns, np.ptp(values, axis=0)) if v == 0]
+    constant = [c for c, hi, lo in zip(columns, values.max(axis=0), values.min(axis=0)) if hi == lo]
     if constant:
         notes.append(f"{where}: constant column(s) {constant[:10]} kept (a change in them still counts)")
     if timed:
@@ -157,9 +159,41 @@ def _all_missing(a: np.ndarray) -> bool:
     return a.dtype == object and all(v is None or v == "" for v in a)
 
 
-def _first(a: np.ndarray) -> Any:
-    v = next((v for v in a if v is not None and v == v), None)
-    return str(v)[:40] if v is not None else None
+def _delimiter(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return csv_delimiter(fh.readline(MAX_CSV_LINE))
+
+
+def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str]) -> np.ndarray:
+    """A value column as float64. A text column is read cell by cell: with ``comma``, 1,5 is 1.5 (the decimal
+    comma of a semicolon-separated file); up to MAX_TEXT_SHARE of its cells may be text that is not a number
+    (a logger's "error" or "-"), read as missing (then interpolated) with a note; more is refused."""
+    num = _numeric(a)
+    if num is not None or _all_missing(a):
+        return num if num is not None else np.full(len(a), np.nan)
+    out = np.full(len(a), np.nan)
+    bad, decimal = [], 0
+    for i, v in enumerate(a):
+        text = "" if v is None else str(v).strip()
+        if not text:
+            continue
+        if comma and "," in text and "." not in text:
+            text, decimal = text.replace(",", ".", 1), decimal + 1
+        try:
+            out[i] = float(text)
+        except ValueError:
+            bad.append(i)
+    cells = int(np.isfinite(out).sum()) + len(bad)
+    if bad:
+        first = f"the first {str(a[bad[0]])[:40]!r} in row {bad[0] + 1}"
+        if len(bad) > MAX_TEXT_SHARE * cells:
+            raise InputError(f"{path}: value column {column!r} is not numeric ({len(bad)} of {cells} values are not "
+                             f"numbers, {first}); give it as --time-column or --series-column, or remove it")
+        notes.append(f"{path.name}: column {column!r}: {len(bad)} value(s) that are not numbers read as missing "
+                     f"({first})")
+    if decimal:
+        notes.append(f"{path.name}: column {column!r}: {decimal} value(s) with a decimal comma read as numbers")
+    return out
 
 
 def _times(path: Path, a: np.ndarray) -> np.ndarray:

@@ -370,14 +370,13 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
     Hundman et al.'s rule, events.prune) and describe each event by a feature vector for the review.
     ``past``: rows that came just before the series (raw values in the model's column order, e.g. the end of the training series a test series continues), the past its
     first rows are scored on instead of edge padding."""
+    z = det.standardise(s)  # checks the columns and values
     if past is None or not len(past) or det.context <= 1:
-        res = det.score(s)
+        res = det.score_standardised(z)
     else:
-        det.standardise(s)  # checks the columns and values
-        values = s.values[:, [s.columns.index(c) for c in det.columns_]]
-        full = np.vstack([np.asarray(past, np.float64)[-(det.context - 1):], values])
-        whole = det.score(full)
-        k = len(full) - len(s)
+        before = det.standardise(np.asarray(past, np.float64)[-(det.context - 1):])
+        whole = det.score_standardised(np.vstack([before, z]))
+        k = len(before)
         res = type(whole)(whole.score[k:], whole.contributions[k:], whole.decision[k:], whole.threshold)
     evs = events(s.time, res.score, res.decision, res.contributions, det.columns_, gap=det.gap_)
     found = [(e.first, e.last) for e in evs]
@@ -386,7 +385,6 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
         keep = set(kept)
         evs = [e for e, span in zip(evs, found) if span in keep]
         res = type(res)(res.score, res.contributions, decision, res.threshold)
-    z = det.standardise(s)
     feats = event_features(evs, res.score, res.contributions, z, res.threshold, len(s))
     total = res.contributions.sum(axis=0) if not evs else sum(
         (res.contributions[e.first:e.last + 1].sum(axis=0) for e in evs), np.zeros(len(det.columns_)))
