@@ -166,8 +166,25 @@ def test_label_column(tmp_path: Path) -> None:
     (s,) = read_series(write_csv(tmp_path / "l.csv", "timestamp,v,label", rows))
     assert s.columns == ("v",) and s.labels.dtype == np.int8 and s.labels.sum() == 3
     rows[2] = "2,1,2"
-    with pytest.raises(InputError, match=r"bl\.csv: label column must hold 0 \(normal\) or 1"):
+    with pytest.raises(InputError, match=r"bl\.csv: label column must hold 0 \(normal\) or 1 \(anomaly\) in every "
+                                         r"row; row 3 has '2'"):
         read_series(write_csv(tmp_path / "bl.csv", "timestamp,v,label", rows))
+    rows[2] = "2,1,yes"
+    with pytest.raises(InputError, match=r"row 3 has 'yes'"):
+        read_series(write_csv(tmp_path / "yes.csv", "timestamp,v,label", rows))
+
+
+def test_a_trailing_separator_and_a_ragged_line(tmp_path: Path) -> None:
+    """A spreadsheet's export may end every line with a separator: that nameless, empty column is dropped and
+    said. A line with another number of fields is named by its line number (the file is refused)."""
+    rows = [f"{i},{i % 5}," for i in range(20)]
+    (s,) = read_series(write_csv(tmp_path / "x.csv", "timestamp,v,", rows))
+    assert s.columns == ("v",) and s.notes == ["x.csv: 1 column(s) without a name or a value dropped"]
+    rows = [f"{i},{i % 5},{i}" for i in range(20)]
+    rows[6] = "6,1"
+    with pytest.raises(InputError, match=r"r\.csv: 1 line\(s\) with another number of fields than the header's 3; "
+                                         r"line 8 has 2: '6,1'"):
+        read_series(write_csv(tmp_path / "r.csv", "timestamp,v,w", rows))
 
 
 def test_series_column_splits_one_file(tmp_path: Path) -> None:

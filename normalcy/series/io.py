@@ -73,10 +73,15 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         time_column = next((c for c in arrays if c.strip().lower() in TIME_NAMES), None)
     label = label_column if label_column in arrays else None
     columns = [c for c in arrays if c not in (time_column, series_column, label)]
+    notes = []
+    blank = [c for c in columns if not c.strip() and _all_missing(arrays[c])]
+    if blank:  # a trailing separator on every line (a spreadsheet's export): no name, no value
+        columns = [c for c in columns if c not in blank]
+        notes.append(f"{path.name}: {len(blank)} column(s) without a name or a value dropped")
     if not columns:
         raise InputError(f"{path}: no value columns; it has {_names(arrays)}")
     comma = path.suffix.lower() == ".csv" and _delimiter(path) != ","  # a ;- or tab-separated file: 1,5 is 1.5
-    parsed, notes = [], []
+    parsed = []
     for c in columns:
         parsed.append(_values(path, c, arrays[c], comma, notes))
     time = _times(path, arrays[time_column]) if time_column else np.arange(n, dtype=np.float64)
@@ -224,9 +229,19 @@ def _times(path: Path, a: np.ndarray) -> np.ndarray:
 
 def _labels(path: Path, a: np.ndarray) -> np.ndarray:
     num = _numeric(a)
-    if num is None or not np.isfinite(num).all() or not np.isin(num, (0, 1)).all():
-        raise InputError(f"{path}: label column must hold 0 (normal) or 1 (anomaly) in every row")
+    ok = np.array([_is_label(v) for v in a]) if num is None else np.isfinite(num) & np.isin(num, (0, 1))
+    if not ok.all():
+        row = int(np.flatnonzero(~ok)[0])
+        raise InputError(f"{path}: label column must hold 0 (normal) or 1 (anomaly) in every row; row {row + 1} "
+                         f"has {str(a[row])[:40]!r}")
     return num.astype(np.int8)
+
+
+def _is_label(v: Any) -> bool:
+    try:
+        return float(v) in (0.0, 1.0)
+    except (TypeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------- series folders

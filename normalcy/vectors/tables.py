@@ -136,6 +136,12 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: cannot read as a {suffix[1:]} table ({text})") from None
 
 
+def _line_of(path: Path, text: str) -> str:
+    """The 1-based number of the first line of ``path`` that reads ``text`` (pyarrow gives rows, not lines)."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        return next((str(i) for i, line in enumerate(fh, 1) if line.rstrip("\r\n") == text), "?")
+
+
 def _check_width(path: Path, columns: int) -> None:
     """Refuse a table too wide to read and fit in bounded time (each column costs Python-level work)."""
     if columns > MAX_COLUMNS:
@@ -172,13 +178,27 @@ def _read_csv(path: Path) -> Any:
     _check_width(path, len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), [])))
     block = max(CSV_BLOCK, 4 * len(header))
     while True:
+        ragged: list[Any] = []  # rows with another number of fields than the header: named, then refused
+
+        def note(row: Any) -> str:
+            ragged.append(row)
+            return "skip"
+
         try:
-            return pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block),
-                                 parse_options=pcsv.ParseOptions(delimiter=delimiter))
+            table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block),
+                                  parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=note))
         except pa.ArrowInvalid as err:
             if "straddl" not in str(err) or block >= MAX_CSV_LINE:
                 raise
             block = min(4 * block, MAX_CSV_LINE)
+            continue
+        if ragged:
+            first = ragged[0]
+            where = f"line {first.number or _line_of(path, first.text)}"
+            raise InputError(f"{path}: {len(ragged)} line(s) with another number of fields than the header's "
+                             f"{first.expected_columns}; {where} has {first.actual_columns}: "
+                             f"{first.text[:80]!r}")
+        return table
 
 
 def _numeric(a: np.ndarray) -> np.ndarray | None:
