@@ -130,6 +130,26 @@ def test_stream_batch_equals_rows(fitted, tmp_path: Path) -> None:
     assert batch.alarm[400:405].any() and ((batch.score >= 0) & (batch.score <= 1)).all()
 
 
+def test_stream_holds_a_missing_value_at_its_last_value(fitted, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A sensor drops out: the loop goes on, each missing value held at its column's last one (counted, the
+    first logged), scored as the same rows with those values written in; one by one as in a batch."""
+    fitted.save(tmp_path / "m")
+    x = sine(300, seed=8)
+    gappy = x.copy()
+    gappy[[50, 51, 120], 0] = [np.nan, np.inf, np.nan]
+    held = x.copy()
+    held[[50, 51], 0], held[120, 0] = x[49, 0], x[119, 0]
+    with caplog.at_level("WARNING", logger="normalcy"):
+        a = Stream(load(tmp_path / "m"), past=sine(100))
+        rows = np.array([a.update(r) for r in gappy])
+    assert a.filled == 3 and caplog.text.count("held at the column's last value") == 1
+    b = Stream(load(tmp_path / "m"), past=sine(100)).run(held)
+    c = Stream(load(tmp_path / "m"), past=sine(100)).run(gappy)
+    np.testing.assert_allclose(rows, b.reported, rtol=0, atol=1e-3)
+    np.testing.assert_array_equal(c.score, b.score)
+
+
 def test_stream_quiet_period() -> None:
     det = create("knn", window=8).fit(sine(), progress=False)
     x = sine(900, seed=6)

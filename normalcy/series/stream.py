@@ -14,6 +14,9 @@ and what NAB (the Numenta Anomaly Benchmark) asks of a streaming detector:
   probability of the detector's score under its recent scores (Numenta's anomaly likelihood; for
   ``auto``, per member, combined by ``AutoDetector.combine``), divided by ``CAP_DECADES`` (10): 0.3 means
   "as improbable as one normal row in a thousand";
+* missing values: a sensor drops out, and a monitoring loop must not stop for it. A NaN or infinite value
+  is held at its column's last value (the training median before any row), as the offline reader
+  interpolates it; ``filled`` counts them and the first is logged;
 * one alarm per incident: a row alarms when its score reaches ``alarm`` and no alarm was raised in the
   ``quiet`` rows before it; rows at or above ``alarm`` inside a quiet period are reported near 0
   (``reported``), since NAB counts only the first detection in a window and charges every other one,
@@ -24,11 +27,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import logging
+
 import numpy as np
 
 from normalcy.errors import InputError
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail
 from normalcy.series.base import SeriesDetector
+
+log = logging.getLogger("normalcy")
 
 QUIET_FACTOR = 1e-3  # a repeated alarm inside a quiet period is reported at this fraction of its score
 
@@ -64,8 +71,12 @@ class Stream:
         self.pending = 0  # rows not yet learned by the detector: the last `pending` of self.rows
         self.last_alarm: int | None = None
         self.t = 0  # rows seen
-        if past is not None and len(past) and self.ctx > 1:
-            self.rows = detector.standardise(_matrix(past, self.d)[-(self.ctx - 1):])
+        self.filled = 0  # missing or non-finite values held at their column's last value
+        self.last_raw = np.array(detector.mean_, dtype=np.float64)  # the last row's values (the training median)
+        if past is not None and len(past):
+            past = self._held(_matrix(past, self.d))
+            if self.ctx > 1:
+                self.rows = detector.standardise(past[-(self.ctx - 1):])
 
     @property
     def rows(self) -> np.ndarray:
@@ -115,6 +126,25 @@ class Stream:
         self.pending = 0
         self.rows = self.rows[len(self.rows) - self.ctx + 1:] if self.ctx > 1 else self.rows[:0]
 
+    def _held(self, A: np.ndarray) -> np.ndarray:
+        """Rows with each missing or non-finite value replaced by its column's last value (a copy if any)."""
+        bad = ~np.isfinite(A)
+        if bad.any():
+            A = np.array(A, dtype=np.float64)
+            if not self.filled:
+                i, j = np.argwhere(bad)[0]
+                log.warning("stream: a missing or non-finite value (row %d, column %d) is held at the column's last "
+                            "value, as every later one will be (Stream.filled counts them)", self.t + int(i), int(j))
+            self.filled += int(bad.sum())
+            prev = self.last_raw
+            for i in np.flatnonzero(bad.any(axis=1)):
+                if i:
+                    prev = A[i - 1]
+                A[i, bad[i]] = prev[bad[i]]
+        if len(A):
+            self.last_raw = np.array(A[-1], dtype=np.float64)
+        return A
+
     def _report(self, score: float) -> tuple[float, int]:
         """(reported score, alarm) of the current row (self.t), the quiet period applied."""
         if score < self.alarm_level:
@@ -127,7 +157,7 @@ class Stream:
     def learn(self, values: np.ndarray) -> None:
         """Learn rows as normal without scoring them: rows the calibration has already seen (``auto``'s
         held-out training rows), which the detector itself has not learned yet."""
-        Z = self.det.standardise(_matrix(values, self.d))
+        Z = self.det.standardise(self._held(_matrix(values, self.d)))
         self.rows = np.vstack([self.rows, Z])
         self.pending += len(Z)
         self._learn()
@@ -135,7 +165,7 @@ class Stream:
     def update(self, x: np.ndarray) -> float:
         """Score one row (d values, in the model's column order), then learn it; its reported score.
         (``self.last``: its score, reported score and alarm.)"""
-        z = self.det._row(x)
+        z = self.det._row(self._held(_matrix(x, self.d))[0])
         self._append(z)
         raw = self._raw_last(self.rows[-self.ctx:])
         score = float(self._scores(raw[None])[0])
@@ -149,7 +179,7 @@ class Stream:
 
     def run(self, values: np.ndarray) -> StreamScores:
         """Score rows in order, learning as row-by-row updates would (the same numbers), in batches."""
-        Z = self.det.standardise(_matrix(values, self.d))
+        Z = self.det.standardise(self._held(_matrix(values, self.d)))
         n = len(Z)
         score, reported, alarm = np.zeros(n), np.zeros(n), np.zeros(n, np.int8)
         i = 0
