@@ -219,6 +219,15 @@ def test_values_near_the_largest_float_are_the_most_anomalous_not_nan(name: str,
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
+def test_a_score_that_is_not_a_number_is_an_error_not_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN is never >= the threshold: a damaged model's NaN score would let every row pass unseen."""
+    det = create("knn", window=10).fit(sine(600), progress=False)
+    broken = lambda Z: np.where(np.arange(len(Z))[:, None] == 7, np.nan, 0.0)  # noqa: E731
+    monkeypatch.setattr(det, "_score", broken)
+    with pytest.raises(InputError, match=r"knn: the model scores row 8 as nan \(not a number\)"):
+        det.score(sine(100))
+
+
 def test_a_training_column_past_the_float_range_is_refused(recwarn: pytest.WarningsRecorder) -> None:
     X = sine(600, d=2)
     X[:, 1] = 1e308

@@ -291,6 +291,10 @@ class SeriesDetector:
         """``score`` of rows already standardised (``standardise``): a run that needs them too standardises once."""
         contrib = np.asarray(self._score(Z), dtype=np.float64)
         score = contrib.sum(axis=1)
+        if not np.isfinite(score).all():  # NaN is never >= the threshold: such a row would pass unseen
+            row = int(np.flatnonzero(~np.isfinite(score))[0])
+            raise InputError(f"{self.name}: the model scores row {row + 1} as {score[row]} (not a number): its "
+                             "learned state is damaged; fit it again")
         return SeriesScores(score, contrib, decide(score, self.threshold_).astype(np.int8), float(self.threshold_))
 
     # -- streaming ------------------------------------------------------------------------------
