@@ -25,9 +25,8 @@ and what NAB (the Numenta Anomaly Benchmark) asks of a streaming detector:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
