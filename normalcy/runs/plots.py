@@ -18,13 +18,13 @@ NORMAL_COLOR = "#2e7d32"
 ANOMALOUS_COLOR = "#c62828"
 
 
-
 def _unit(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Values mapped from [lo, hi] to [0, 1] (0.5 for a constant metric: a flat line), halved first so that a
     range near the largest float does not overflow."""
     if hi <= lo:
         return np.full(len(v), 0.5)
     return (v / 2 - lo / 2) / (hi / 2 - lo / 2)
+
 
 def _svg_of(fig: Any, prefix: str, tight: bool = True) -> str:
     """Figure -> inline <svg> markup (XML prolog and DOCTYPE stripped).

@@ -225,9 +225,7 @@ class SubsequenceKNN(SeriesDetector):
         self._store[i], self._tstore[:, i], self._nstore[i] = window, window, window @ window
         self.bank_, self._bank_t, self._norms = self._store[:m], self._tstore[:, :m], self._nstore[:m]
         if self._axes is not None:
-            self._bstore[:-1, i] = self._axes @ window
-            self._bstore[-1, i] = self._bstore[:-1, i] @ self._bstore[:-1, i]
-            self._bstore[:-1, i] *= -2
+            self._bstore[:, i] = self._terms(window[None])[:, 0]
             self._bounds = self._bstore[:, :m]
             self._pmax = max(self._pmax, float(self._bstore[-1, i]))  # a bound on the norms, old ones included
 

@@ -73,9 +73,9 @@ class Stream:
         self.filled = 0  # missing or non-finite values held at their column's last value
         self.last_raw = np.array(detector.mean_, dtype=np.float64)  # the last row's values (the training median)
         if past is not None and len(past):
-            past = self._held(_matrix(past, self.d))
+            Z = self._standardised(past)
             if self.ctx > 1:
-                self.rows = detector.standardise(past[-(self.ctx - 1):])
+                self.rows = Z[-(self.ctx - 1):]
 
     @property
     def rows(self) -> np.ndarray:
@@ -144,6 +144,10 @@ class Stream:
             self.last_raw = np.array(A[-1], dtype=np.float64)
         return A
 
+    def _standardised(self, values: np.ndarray) -> np.ndarray:
+        """Rows as the detector sees them: missing values held (``_held``), then standardised."""
+        return self.det.standardise(self._held(_matrix(values, self.d)))
+
     def _report(self, score: float) -> tuple[float, int]:
         """(reported score, alarm) of the current row (self.t), the quiet period applied."""
         if score < self.alarm_level:
@@ -156,7 +160,7 @@ class Stream:
     def learn(self, values: np.ndarray) -> None:
         """Learn rows as normal without scoring them: rows the calibration has already seen (``auto``'s
         held-out training rows), which the detector itself has not learned yet."""
-        Z = self.det.standardise(self._held(_matrix(values, self.d)))
+        Z = self._standardised(values)
         self.rows = np.vstack([self.rows, Z])
         self.pending += len(Z)
         self._learn()
@@ -178,7 +182,7 @@ class Stream:
 
     def run(self, values: np.ndarray) -> StreamScores:
         """Score rows in order, learning as row-by-row updates would (the same numbers), in batches."""
-        Z = self.det.standardise(self._held(_matrix(values, self.d)))
+        Z = self._standardised(values)
         n = len(Z)
         score, reported, alarm = np.zeros(n), np.zeros(n), np.zeros(n, np.int8)
         i = 0
