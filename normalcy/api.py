@@ -32,7 +32,7 @@ from normalcy.detectors import (
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import report_info
 from normalcy.errors import InputError
-from normalcy.evaluation.validation import TUNABLE
+from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
 from normalcy.images.io import input_paths, iter_images, list_files
@@ -95,6 +95,7 @@ class ExtractorOptions:
     precision: str = "auto"
     input_norm: str = "own"  # own, imagenet, or auto (chosen on held-out normal images with synthetic defects)
     tune: bool = False  # choose the settings below that were left at their defaults, as auto chooses a detector
+    tune_budget: float = TUNE_BUDGET  # --tune may take this many plain fits (0: no limit)
 
     @property
     def input_norms(self) -> tuple[str, ...]:
@@ -279,7 +280,7 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         from normalcy.evaluation.validation import fit_detector
 
         model = fit_detector(name, paths, extractor, norms=ex.input_norms, own_backbones=ex.own_backbones,
-                             tune=ex.tuned, progress=progress, **det_opts.kwargs())
+                             tune=ex.tuned, tune_budget=ex.tune_budget, progress=progress, **det_opts.kwargs())
     if output is not None:
         model.save(output)
     return model

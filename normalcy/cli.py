@@ -130,6 +130,9 @@ TuneArg = Annotated[bool, typer.Option(
     "--tune", help="Choose the input normalisation, pooling grid and, unless given, the backbone and input size, "
     "on held-out normal training images with synthetic defects (one setting at a time; costs several fits; "
     "the choice goes into model.json).")]
+TuneBudgetArg = Annotated[float, typer.Option(
+    min=0, help="--tune's time budget, in plain fits: a trial that would overrun it is skipped (0: no limit; the "
+    "settings come in order: input normalisation, backbone, input size, pooling grid).")]
 ThreadsArg = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: all cores).")]
 HeatmapsArg = Annotated[bool, typer.Option(help="Write a heatmap PNG per image (original | overlay) and overlays/.")]
 ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top anomalies.")]
@@ -174,7 +177,7 @@ RayArg = Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: local 
 GROUP_OPTIONS: dict[str, Any] = {
     "backbone": BackboneArg, "backbone_config": BackboneCfgArg, "image_size": SizeArg, "tile": TileArg,
     "overlap": OverlapArg, "pool_grid": GridArg, "precision": PrecisionArg, "input_norm": InputNormArg,
-    "tune": TuneArg,
+    "tune": TuneArg, "tune_budget": TuneBudgetArg,
     "detector": DetectorArg, "fpr": FprArg, "seed": SeedArg, "steps": StepsArg, "time_budget": BudgetArg,
     "window": WindowArg, "event_gap": EventGapArg, "prune": PruneArg,
 }
@@ -344,7 +347,7 @@ def predict(
 
 @app.command("score-batch")
 @_guarded
-@_grouped(without=("pool_grid", "tune"), ex=ExtractorOptions)
+@_grouped(without=("pool_grid", "tune", "tune_budget"), ex=ExtractorOptions)
 def score_batch(
     inputs: list[Path] = typer.Argument(..., help="Images or folders of unlabeled images, scored as one batch."),
     output: RunOutArg = Path("results"),
@@ -474,7 +477,7 @@ def _eval_images(dataset: Path, ex: ExtractorOptions, det_opts: DetectorOptions,
     detector = det_opts.name()
     metrics, det, result = run_eval(ds, detector, ex.extractor(ds.train, detector), progress=True,
                                     own_backbones=ex.own_backbones, detector_kwargs=det_opts.kwargs(),
-                                    input_norms=ex.input_norms, tune=ex.tuned)
+                                    input_norms=ex.input_norms, tune=ex.tuned, tune_budget=ex.tune_budget)
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:
         write_eval_report(report, metrics, det, result, ds)

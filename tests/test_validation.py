@@ -110,10 +110,12 @@ def test_tune_tries_each_setting_left_open_and_records_the_choice(tmp_path: Path
     """--tune: the settings the user left open are tried one at a time on the synthetic-defect split; the
     given ones (here --image-size) are not; model.json keeps what was chosen and every trial's AUROC."""
     root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
-    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m", "--tune", "--image-size", "64")
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m", "--tune", "--image-size", "64",
+                "--tune-budget", "0")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     choice = meta["choice"]
+    assert choice["budget"] == 0 and choice["skipped"] == []  # no limit: every trial ran
     assert set(choice["validation_auroc"]) == {"gaussian", "input_norm=imagenet", "backbone=efficientnet_lite2",
                                                "pool_grid=2", "pool_grid=1"}
     assert set(choice["tuned"]) == {"input_norm", "backbone", "pool_grid"}  # image_size was given
@@ -223,25 +225,49 @@ def test_replace_shares_the_network_only_where_it_is_the_same() -> None:
 
 def test_tune_tries_pooling_grids_on_the_maps_it_has_and_finds_the_same(tmp_path: Path, monkeypatch) -> None:
     """The grids are tried on the backbone maps the chosen settings already made (MapCache): no image goes
-    through the network again for them, and every trial's validation AUROC is what it is without the cache."""
+    through the network again for them, the final fit takes the maps of the images the trials fitted on, no file is
+    decoded twice, and every trial's validation AUROC is what it is without the cache."""
+    import torch
+
     from normalcy.evaluation.validation import fit_tuned
     from normalcy.images.features import MapCache
 
     root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
     train = list_files(root / "train" / "good")
     calls: list[int] = []
-    real = FeatureExtractor.level_maps
+    reads: list[Path] = []
+    real, read = FeatureExtractor.level_maps, FeatureExtractor._read_one
     monkeypatch.setattr(FeatureExtractor, "level_maps", lambda self, x, levels: calls.append(len(x)) or
                         real(self, x, levels))
+    monkeypatch.setattr(FeatureExtractor, "_read_one", lambda self, path: reads.append(path) or read(self, path))
     ex = FeatureExtractor(image_size=64)
-    cached = fit_tuned("gaussian", train, ex, ("pool_grid",), progress=False)
+    cached = fit_tuned("gaussian", train, ex, ("pool_grid",), progress=False, budget=0)
     assert ex.cache is None and cached.extractor.cache is None  # nothing held after tuning
-    with_cache, n_first = sum(calls), len(calls)
-    monkeypatch.setattr(MapCache, "get", lambda self, *args: None)
-    plain = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False)
-    trial = with_cache - len(train)  # the network ran for one trial's images and the final fit's only
-    assert sum(calls[n_first:]) == with_cache + 2 * trial and trial > 0  # without it, for each grid again
+    held, fit = 4, 12  # 20 % of 16 held out, each scored as it is and with a defect
+    trial = fit + 2 * held
+    assert sum(calls) == trial + held  # one trial's images, then the final fit's held-out originals only
+    assert len(reads) == len(set(reads)) == trial + held  # each file decoded once
+    n_first = len(calls)
+    monkeypatch.setattr(MapCache, "parts", lambda self, key, levels, paths: [None] * len(paths))
+    plain = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False, budget=0)
+    assert sum(calls[n_first:]) == 3 * trial + len(train)  # without it, every grid's trial and the fit again
     assert cached.choice["validation_auroc"] == plain.choice["validation_auroc"]
+    torch.testing.assert_close(cached.scale_, plain.scale_)  # the final fit's maps are the same either way
+
+
+def test_tune_skips_the_trials_its_time_budget_cannot_afford(tmp_path: Path) -> None:
+    """--tune-budget: a trial whose estimated cost, with the final fit's, would overrun the budget (in plain fits)
+    is skipped and named in the choice; the settings it would have tried stay as they are."""
+    from normalcy.evaluation.validation import fit_tuned
+
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
+    train = list_files(root / "train" / "good")
+    det = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("input_norm", "pool_grid"), progress=False,
+                    budget=0.5)  # less than the first trial has taken already
+    assert det.choice["skipped"] == ["input_norm=imagenet", "pool_grid=2", "pool_grid=1"]
+    assert list(det.choice["validation_auroc"]) == ["gaussian"] and det.choice["budget"] == 0.5
+    assert (det.extractor.input_norm, det.extractor.pool_grid) == ("own", 4)
+    assert det.choice["tuned"] == {"input_norm": "own", "pool_grid": 4}
 
 
 def test_map_cache_holds_within_its_budget_and_keeps_one_extractor() -> None:
@@ -253,9 +279,9 @@ def test_map_cache_holds_within_its_budget_and_keeps_one_extractor() -> None:
     maps = {"s8": torch.rand(3, 4, 8, 8)}
     cache = MapCache(budget=2 * 4 * 8 * 8 * 4)  # two images' maps
     cache.put(a.map_key, ("s8",), [Path("x"), Path("y"), Path("z")], maps)
-    assert cache.get(a.map_key, ("s8",), [Path("x"), Path("y")])["s8"].shape == (2, 4, 8, 8)
-    assert cache.get(a.map_key, ("s8",), [Path("z")]) is None and cache.bytes == 2 * 4 * 8 * 8 * 4  # over budget
-    torch.testing.assert_close(cache.get(a.map_key, ("s8",), [Path("y")])["s8"][0], maps["s8"][1])
+    x, y, z = cache.parts(a.map_key, ("s8",), [Path("x"), Path("y"), Path("z")])
+    assert x["s8"].shape == (4, 8, 8) and z is None and cache.bytes == 2 * 4 * 8 * 8 * 4  # over budget
+    torch.testing.assert_close(y["s8"], maps["s8"][1])
     assert a.replace(pool_grid=2).map_key == a.map_key and b.map_key != a.map_key  # the same maps, other maps
     cache.keep(b.map_key)
-    assert cache.get(a.map_key, ("s8",), [Path("x")]) is None and cache.bytes == 0
+    assert cache.parts(a.map_key, ("s8",), [Path("x")]) == [None] and cache.bytes == 0

@@ -398,15 +398,16 @@ class Detector:
         return max(self.batch_size, min(32, 32 * 224 * 224 // (h * w)))
 
     def iter_score(self, images: Images, batch_size: int | None = None,
-                   embeddings: bool = False) -> Iterator[Scored | Skipped]:
+                   embeddings: bool = False, keep_images: bool = True) -> Iterator[Scored | Skipped]:
         """Stream a record per file, in order: Scored (``map`` at original size) or Skipped.
 
         Huge folders fit in memory this way. ``embeddings`` adds each image's embedding for
-        review re-ranking; detectors that do not use the backbone then run it as well.
+        review re-ranking; detectors that do not use the backbone then run it as well. Without
+        ``keep_images`` a record's image is an empty array of the image's size.
         """
         self._check_fitted()
         for batch in self._batches(_items(images), batch_size or self.score_batch_size, embed=embeddings,
-                                   keep_images=True):
+                                   keep_images=keep_images):
             for path, reason in batch.skipped:
                 yield Skipped(path, reason)
             if not batch.paths:
@@ -428,7 +429,7 @@ class Detector:
             task = bar.add_task(f"score {self.name}", total=len(paths))
 
             def counted() -> Iterator[Scored | Skipped]:
-                for n, rec in enumerate(self.iter_score(paths, batch_size), 1):
+                for n, rec in enumerate(self.iter_score(paths, batch_size, keep_images=keep_images), 1):
                     yield rec
                     bar.update(task, completed=n)
 

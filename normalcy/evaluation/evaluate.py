@@ -18,7 +18,7 @@ import numpy as np
 from normalcy.detectors import Detector, MuSc, Result
 from normalcy.detectors.base import Maps, report_info
 from normalcy.evaluation.metrics import evaluate
-from normalcy.evaluation.validation import fit_detector
+from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import Dataset, Sample, load_dataset, read_image, read_mask
 from normalcy.runs.report import gallery_image, write_report
@@ -123,6 +123,7 @@ def run_eval(
     own_backbones: bool = False,
     input_norms: Sequence[str] = ("own",),
     tune: Sequence[str] = (),
+    tune_budget: float = TUNE_BUDGET,
 ) -> tuple[dict[str, Any], Detector, Result]:
     """Fit, score, measure. Returns (metrics dict, fitted detector, test result). ``own_backbones``: ``auto``'s
     candidates each run on their own default backbone (see validation.fit_auto); ``tune``: the settings
@@ -135,7 +136,7 @@ def run_eval(
         det: Detector | MuSc = MuSc(extractor, **{k: v for k, v in kwargs.items() if k not in ("fpr", "seed")})
     else:
         det = fit_detector(detector, ds.train, extractor, norms=input_norms, own_backbones=own_backbones,
-                           tune=tune, progress=progress, **kwargs)
+                           tune=tune, tune_budget=tune_budget, progress=progress, **kwargs)
     fit_seconds = time.perf_counter() - t0
     fit_rss = peak_rss_mb()
     paths = [s.path for s in ds.test]

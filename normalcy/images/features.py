@@ -26,11 +26,12 @@ anywhere else; tests/test_tiling.py).
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -144,20 +145,53 @@ def resolve_precision(precision: str) -> str:
 
 class MapCache:
     """Backbone maps of image files, by extractor (``FeatureExtractor.map_key``: its network object, size,
-    precision, tiling): ``--tune`` tries pooling grids on the maps of the setting it has chosen so far instead of
-    running the network again. Holds at most ``budget`` bytes; ``keep`` drops every extractor's maps but one."""
+    precision, tiling), and the files' resized images, by size: ``--tune`` tries pooling grids on the maps of the
+    setting it has chosen so far instead of running the network again, its final fit takes the maps of the images
+    the trials fitted on, and no trial decodes an image another has. Holds at most ``budget`` bytes; ``keep``
+    drops every extractor's maps but one."""
 
     def __init__(self, budget: int = 2**30) -> None:
         self.budget, self.bytes = budget, 0
+        self.network: dict[tuple, tuple[float, int]] = {}  # seconds in the network and images, by extractor
+        self.inputs: dict[tuple[str, tuple[int, int]], tuple[tuple[int, int], np.ndarray]] = {}  # resized images
+        self.read = (0.0, 0)  # seconds decoding and resizing files, and files
         self.maps: dict[tuple, dict[tuple[str, tuple[str, ...]], dict[str, torch.Tensor]]] = {}
 
-    def get(self, key: tuple, levels: tuple[str, ...], paths: Sequence[Path]) -> dict[str, torch.Tensor] | None:
-        """The maps of these files stacked in their order, or None unless every one is held."""
+    def inputs_of(self, paths: Sequence[Path], size: tuple[int, int]) -> dict[Path, tuple[tuple[int, int], np.ndarray]]:
+        """The (original size, resized image) held of each of ``paths`` at ``size``."""
+        found = {p: self.inputs.get((str(p), size)) for p in paths}
+        return {p: v for p, v in found.items() if v is not None}
+
+    def put_inputs(self, read: Sequence[tuple[Path, np.ndarray, np.ndarray]], size: tuple[int, int]) -> None:
+        """Hold resized images (path, image, resized) within the budget: the next trial need not decode them."""
+        for p, im, small in read:
+            if self.bytes + small.nbytes > self.budget:
+                return
+            self.inputs[(str(p), size)] = (im.shape[:2], small)
+            self.bytes += small.nbytes
+
+    def parts(self, key: tuple, levels: tuple[str, ...], paths: Sequence[Path]) -> list[dict[str, torch.Tensor] | None]:
+        """Each file's maps, None where not held."""
         held = self.maps.get(key, {})
-        parts = [held.get((str(p), levels)) for p in paths]
-        if not parts or any(m is None for m in parts):
-            return None
-        return {lv: torch.stack([m[lv] for m in parts]) for lv in levels}  # type: ignore[index]
+        return [held.get((str(p), levels)) for p in paths]
+
+    def spent(self, key: tuple | None, images: int, seconds: float) -> None:
+        """Count the time the network of ``key``'s extractor took on ``images`` files, or with ``key`` None the time
+        reading them took (``--tune`` budgets its trials by both)."""
+        if key is None:
+            self.read = (self.read[0] + seconds, self.read[1] + images)
+            return
+        s, n = self.network.get(key, (0.0, 0))
+        self.network[key] = (s + seconds, n + images)
+
+    def network_seconds(self) -> float:
+        """Seconds the networks have run for this cache so far."""
+        return sum(s for s, _ in self.network.values())
+
+    def rate(self, key: tuple) -> float | None:
+        """Seconds a file in the network of ``key``'s extractor, as measured; None before it ran."""
+        s, n = self.network.get(key, (0.0, 0))
+        return s / n if n else None
 
     def put(self, key: tuple, levels: tuple[str, ...], paths: Sequence[Path], maps: dict[str, torch.Tensor]) -> None:
         size = sum(m[0].numel() * m.element_size() for m in maps.values())
@@ -336,15 +370,22 @@ class FeatureExtractor:
         return (self.backbone, self.size, self.precision, self.tile, self.overlap)
 
     def _features_of(self, paths: list[Path], x: torch.Tensor, pooled: bool) -> Features:
-        """Features of a batch of files: from ``cache`` where it holds their backbone maps, else computed."""
+        """Features of a batch of files: from ``cache`` where it holds their backbone maps, the others computed."""
         if self.cache is None:
             return self(x, pooled=pooled)
         levels = self._levels(pooled)
-        maps = self.cache.get(self.map_key, levels, paths)
-        if maps is None:
-            maps = self.level_maps(x, levels)
-            self.cache.put(self.map_key, levels, paths, maps)
-        return self.features(maps, pooled)
+        parts = self.cache.parts(self.map_key, levels, paths)
+        missing = [i for i, m in enumerate(parts) if m is None]
+        if missing:
+            t = time.perf_counter()
+            maps = self.level_maps(x if len(missing) == len(paths) else x[missing], levels)
+            self.cache.spent(self.map_key, len(missing), time.perf_counter() - t)
+            self.cache.put(self.map_key, levels, [paths[i] for i in missing], maps)
+            if len(missing) == len(paths):
+                return self.features(maps, pooled)
+            for j, i in enumerate(missing):  # some held (the final fit after --tune's trials): the rest computed
+                parts[i] = {lv: m[j] for lv, m in maps.items()}
+        return self.features({lv: torch.stack([m[lv] for m in parts]) for lv in levels}, pooled)  # type: ignore
 
     def features(self, maps: dict[str, torch.Tensor], pooled: bool = True) -> Features:
         """Patch, pooled and embedding features from the backbone's level maps."""
@@ -403,11 +444,7 @@ class FeatureExtractor:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             read_all = pool.map if workers > 1 else map  # one file at a time: no thread to start (batch-1 latency)
             for chunk in chunks:
-                got: list[tuple[Path, np.ndarray, np.ndarray]] = []
-                skipped: list[tuple[Path, str]] = []
-                for read, bad in read_all(self._read_one, chunk):
-                    got += read
-                    skipped += bad
+                got, skipped = self._read_chunk(chunk, read_all, None if keep_images else self.cache)
                 if not got:
                     yield Batch(paths=[], images=[], features=None, inputs=None, skipped=skipped)
                     continue
@@ -415,6 +452,31 @@ class FeatureExtractor:
                 feats = self._features_of([p for p, _, _ in got], x, pooled) if features else None
                 images = [im if keep_images else np.empty((*im.shape[:2], 0), np.uint8) for _, im, _ in got]
                 yield Batch(paths=[p for p, _, _ in got], images=images, features=feats, inputs=x, skipped=skipped)
+
+    def _read_chunk(self, chunk: list[Path], read_all: Callable, cache: "MapCache | None"
+                    ) -> tuple[list[tuple[Path, np.ndarray, np.ndarray]], list[tuple[Path, str]]]:
+        """(path, image, resized image) of each readable file of a chunk, in order, and the unreadable ones. With a
+        cache (``--tune``'s trials, where the images are not kept), the resized images it holds are not read again
+        and the image is an empty array of the original's size."""
+        held = cache.inputs_of(chunk, self.size) if cache is not None else {}
+        todo = [p for p in chunk if p not in held]
+        t = time.perf_counter()
+        results = dict(zip(todo, read_all(self._read_one, todo)))
+        if cache is not None:
+            cache.spent(None, len(todo), time.perf_counter() - t)
+        got: list[tuple[Path, np.ndarray, np.ndarray]] = []
+        skipped: list[tuple[Path, str]] = []
+        for p in chunk:
+            if p in held:
+                shape, small = held[p]
+                got.append((p, np.empty((*shape, 0), np.uint8), small))
+                continue
+            read, bad = results[p]
+            got += read
+            skipped += bad
+            if cache is not None:
+                cache.put_inputs(read, self.size)
+        return got, skipped
 
     def _read_one(self, path: Path) -> tuple[list[tuple[Path, np.ndarray, np.ndarray]], list[tuple[Path, str]]]:
         """([(path, image, resized image)], []) for an image; ([], [(path, reason)]) for a file that is not one."""
