@@ -174,9 +174,15 @@ def choose_detector(paths: Sequence[Path], extractor: FeatureExtractor, candidat
     share of bootstrap resamples in which the best other candidate beat the first (``_pick``). ``own_backbones``:
     each candidate runs on its own default backbone (``extractor``'s other options kept). With several input
     normalisations (``norms``) each candidate is tried with each, keyed ``name/norm``."""
+    return _validated(paths, _trials(extractor, candidates, norms, own_backbones), **kwargs)
+
+
+def _validated(paths: Sequence[Path], trials: Sequence[tuple[str, str, FeatureExtractor]],
+               **kwargs: Any) -> tuple[str, dict[str, float], float]:
+    """``_choose`` among ``trials`` on a held-out split of ``paths`` made for it."""
     with tempfile.TemporaryDirectory(prefix="normalcy-validation-") as tmp:
         split = held_out_split(paths, Path(tmp), int(kwargs.get("seed", 0)))
-        return _choose(split, split.fit, _trials(extractor, candidates, norms, own_backbones), {}, **kwargs)
+        return _choose(split, split.fit, trials, {}, **kwargs)
 
 
 def _choose(split: Split, fit: Sequence[Path], trials: Sequence[tuple[str, str, FeatureExtractor]],
@@ -250,13 +256,17 @@ def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, p
 
     own_backbones = own_backbones or extractor is None
     extractor = extractor or FeatureExtractor()
-    key, found, won = choose_detector(paths, extractor, candidates, own_backbones=own_backbones, norms=norms,
-                                      **kwargs)
-    log.info("auto: chose %s (%s; the best other beat the first in %.0f%% of resamples)", key,
-             ", ".join(f"{k} {v:.3f}" for k, v in found.items()), 100 * won)
-    name, _, norm = key.partition("/")
-    ex = _extractor_for(name, extractor, own_backbones).with_input_norm(norm or norms[0])
-    det = create(name, ex, **kwargs).fit(paths, progress=progress)
+    cache = MapCache()  # no trial decodes a file twice; the final fit takes the chosen trial's maps of its images
+    with cache.attached(extractor):
+        trials = _trials(extractor, candidates, norms, own_backbones)
+        key, found, won = _validated(paths, trials, **kwargs)
+        log.info("auto: chose %s (%s; the best other beat the first in %.0f%% of resamples)", key,
+                 ", ".join(f"{k} {v:.3f}" for k, v in found.items()), 100 * won)
+        name = key.partition("/")[0]
+        ex = dict((k, e) for k, _, e in trials)[key]
+        cache.keep(ex.map_key)
+        det = create(name, ex, **kwargs).fit(paths, progress=progress)
+    ex.cache = None
     det.choice = {"validation_auroc": found, "wins": won, "chosen": name, "input_norm": ex.input_norm}
     return det
 
