@@ -93,14 +93,20 @@ class ExtractorOptions:
     overlap: int = 64
     pool_grid: int = 4
     precision: str = "auto"
-    input_norm: str = "own"  # own, imagenet, or auto (chosen on held-out normal images with synthetic defects)
+    input_norm: Optional[str] = None  # own (None: own, or chosen by --detector auto), imagenet, or auto (chosen on
+    # held-out normal images with synthetic defects)
     tune: bool = False  # choose the settings below that were left at their defaults, as auto chooses a detector
     tune_budget: float = TUNE_BUDGET  # --tune may take this many plain fits (0: no limit)
 
     @property
     def input_norms(self) -> tuple[str, ...]:
         """The input normalisations to try: both for auto (the backbone's own first), else the one given."""
-        return INPUT_NORMS if self.input_norm == "auto" else (self.input_norm,)
+        return INPUT_NORMS if self.input_norm == "auto" else (self.input_norm or "own",)
+
+    @property
+    def auto_norm(self) -> bool:
+        """No input normalisation given: ``--detector auto`` tries ``gaussian`` with each (validation.fit_detector)."""
+        return self.input_norm is None
 
     @property
     def tuned(self) -> tuple[str, ...]:
@@ -279,8 +285,8 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         extractor = ex.extractor(paths, name)
         from normalcy.evaluation.validation import fit_detector
 
-        model = fit_detector(name, paths, extractor, norms=ex.input_norms, own_backbones=ex.own_backbones,
-                             tune=ex.tuned, tune_budget=ex.tune_budget, progress=progress, **det_opts.kwargs())
+        model = fit_detector(name, paths, extractor, norms=ex.input_norms, auto_norm=ex.auto_norm,
+                             own_backbones=ex.own_backbones, tune=ex.tuned, tune_budget=ex.tune_budget, progress=progress, **det_opts.kwargs())
     if output is not None:
         model.save(output)
     return model

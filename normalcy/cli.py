@@ -123,9 +123,10 @@ SeedArg = Annotated[int, typer.Option(help="Random seed (coreset, calibration fo
 StepsArg = Annotated[Optional[int], typer.Option(help="Trained detectors: training steps (default: the detector's "
                                                  "own).")]
 BudgetArg = Annotated[Optional[float], typer.Option(help="Trained detectors: stop training after this many seconds.")]
-InputNormArg = Annotated[str, typer.Option(help="How pixels enter the backbone: own (the mean/std its weights were "
-                                            "trained with), imagenet (ImageNet's), or auto: each on held-out normal "
-                                            "training images with synthetic defects, the better kept (fit, eval).")]
+InputNormArg = Annotated[Optional[str], typer.Option(
+    help="How pixels enter the backbone: own (the mean/std its weights were trained with; the default), imagenet "
+    "(ImageNet's), or auto: each on held-out normal training images with synthetic defects, the better kept (fit, "
+    "eval). Not given, --detector auto tries gaussian with both.", show_default=False)]
 TuneArg = Annotated[bool, typer.Option(
     "--tune", help="Choose the input normalisation, pooling grid and, unless given, the backbone and input size, "
     "on held-out normal training images with synthetic defects (one setting at a time; costs several fits; "
@@ -477,7 +478,8 @@ def _eval_images(dataset: Path, ex: ExtractorOptions, det_opts: DetectorOptions,
     detector = det_opts.name()
     metrics, det, result = run_eval(ds, detector, ex.extractor(ds.train, detector), progress=True,
                                     own_backbones=ex.own_backbones, detector_kwargs=det_opts.kwargs(),
-                                    input_norms=ex.input_norms, tune=ex.tuned, tune_budget=ex.tune_budget)
+                                    input_norms=ex.input_norms, auto_norm=ex.auto_norm, tune=ex.tuned,
+                                    tune_budget=ex.tune_budget)
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:
         write_eval_report(report, metrics, det, result, ds)

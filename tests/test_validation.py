@@ -285,3 +285,24 @@ def test_map_cache_holds_within_its_budget_and_keeps_one_extractor() -> None:
     assert a.replace(pool_grid=2).map_key == a.map_key and b.map_key != a.map_key  # the same maps, other maps
     cache.keep(b.map_key)
     assert cache.parts(a.map_key, ("s8",), [Path("x")]) == [None] and cache.bytes == 0
+
+
+def test_auto_tries_gaussian_with_imagenet_normalisation_unless_one_is_given(tmp_path: Path, monkeypatch) -> None:
+    """--detector auto with no --input-norm lets the data choose the normalisation for gaussian too (one more
+    trial, keyed gaussian/imagenet); a normalisation given stands."""
+    from normalcy.api import ExtractorOptions
+    from normalcy.evaluation import validation
+    from normalcy.evaluation.validation import fit_detector
+
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
+    train = list_files(root / "train" / "good")
+    assert ExtractorOptions().auto_norm and not ExtractorOptions(input_norm="own").auto_norm
+    assert ExtractorOptions().input_norms == ("own",)  # every other detector: the weights' own
+    det = fit_detector("auto", train, FeatureExtractor(image_size=64), auto_norm=True, progress=False)
+    assert set(det.choice["validation_auroc"]) == {*CANDIDATES, "gaussian/imagenet"}
+    monkeypatch.setattr(validation, "_pick", lambda current, others, *args, **kw: ("gaussian/imagenet", 1.0))
+    det = fit_detector("auto", train, FeatureExtractor(image_size=64), auto_norm=True, progress=False)
+    assert (det.name, det.extractor.input_norm, det.choice["input_norm"]) == ("gaussian", "imagenet", "imagenet")
+    monkeypatch.undo()
+    plain = fit_detector("auto", train, FeatureExtractor(image_size=64), progress=False)
+    assert set(plain.choice["validation_auroc"]) == set(CANDIDATES)

@@ -122,6 +122,7 @@ def run_eval(
     latency_images: int = 20,
     own_backbones: bool = False,
     input_norms: Sequence[str] = ("own",),
+    auto_norm: bool = False,
     tune: Sequence[str] = (),
     tune_budget: float = TUNE_BUDGET,
 ) -> tuple[dict[str, Any], Detector, Result]:
@@ -135,7 +136,8 @@ def run_eval(
     if zero_shot:
         det: Detector | MuSc = MuSc(extractor, **{k: v for k, v in kwargs.items() if k not in ("fpr", "seed")})
     else:
-        det = fit_detector(detector, ds.train, extractor, norms=input_norms, own_backbones=own_backbones,
+        det = fit_detector(detector, ds.train, extractor, norms=input_norms, auto_norm=auto_norm,
+                           own_backbones=own_backbones,
                            tune=tune, tune_budget=tune_budget, progress=progress, **kwargs)
     fit_seconds = time.perf_counter() - t0
     fit_rss = peak_rss_mb()
