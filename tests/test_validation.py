@@ -255,6 +255,23 @@ def test_tune_tries_pooling_grids_on_the_maps_it_has_and_finds_the_same(tmp_path
     torch.testing.assert_close(cached.scale_, plain.scale_)  # the final fit's maps are the same either way
 
 
+def test_tune_warns_once_about_a_file_that_is_not_an_image(tmp_path: Path, caplog) -> None:
+    """Every trial and the final fit read the training folder: a bad file is named once, and still listed as
+    skipped by the final fit."""
+    import logging
+
+    from normalcy.evaluation.validation import fit_tuned
+
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
+    (root / "train" / "good" / "zz_bad.png").write_bytes(b"not an image")
+    train = list_files(root / "train" / "good")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        det = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False, budget=0)
+    assert sum("zz_bad.png" in r.getMessage() for r in caplog.records) == 1
+    assert len(det.choice["validation_auroc"]) == 3 and det.n_train_ == 16
+    assert [p.name for p, _ in det.skipped_fit_] == ["zz_bad.png"]  # the final fit still names it
+
+
 def test_tune_skips_the_trials_its_time_budget_cannot_afford(tmp_path: Path) -> None:
     """--tune-budget: a trial whose estimated cost, with the final fit's, would overrun the budget (in plain fits)
     is skipped and named in the choice; the settings it would have tried stay as they are."""

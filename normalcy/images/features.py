@@ -155,6 +155,7 @@ class MapCache:
         self.network: dict[tuple, tuple[float, int]] = {}  # seconds in the network and images, by extractor
         self.inputs: dict[tuple[str, tuple[int, int]], tuple[tuple[int, int], np.ndarray]] = {}  # resized images
         self.read = (0.0, 0)  # seconds decoding and resizing files, and files
+        self.unreadable: dict[str, str] = {}  # files that are not images, and why: read (and warned about) once
         self.maps: dict[tuple, dict[tuple[str, tuple[str, ...]], dict[str, torch.Tensor]]] = {}
 
     def inputs_of(self, paths: Sequence[Path], size: tuple[int, int]) -> dict[Path, tuple[tuple[int, int], np.ndarray]]:
@@ -457,9 +458,11 @@ class FeatureExtractor:
                     ) -> tuple[list[tuple[Path, np.ndarray, np.ndarray]], list[tuple[Path, str]]]:
         """(path, image, resized image) of each readable file of a chunk, in order, and the unreadable ones. With a
         cache (``--tune``'s trials, where the images are not kept), the resized images it holds are not read again
-        and the image is an empty array of the original's size."""
+        and the image is an empty array of the original's size, and a file it knows to be unreadable is skipped
+        without reading it (or warning about it) again."""
         held = cache.inputs_of(chunk, self.size) if cache is not None else {}
-        todo = [p for p in chunk if p not in held]
+        known = cache.unreadable if cache is not None else {}
+        todo = [p for p in chunk if p not in held and str(p) not in known]
         t = time.perf_counter()
         results = dict(zip(todo, read_all(self._read_one, todo)))
         if cache is not None:
@@ -471,11 +474,15 @@ class FeatureExtractor:
                 shape, small = held[p]
                 got.append((p, np.empty((*shape, 0), np.uint8), small))
                 continue
+            if str(p) in known:  # named once (iter_images warned), skipped again without another warning
+                skipped.append((p, known[str(p)]))
+                continue
             read, bad = results[p]
             got += read
             skipped += bad
             if cache is not None:
                 cache.put_inputs(read, self.size)
+                known.update((str(q), why) for q, why in bad)
         return got, skipped
 
     def _read_one(self, path: Path) -> tuple[list[tuple[Path, np.ndarray, np.ndarray]], list[tuple[Path, str]]]:
