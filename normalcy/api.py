@@ -96,7 +96,7 @@ class ExtractorOptions:
     input_norm: Optional[str] = None  # own (None: own, or chosen by --detector auto), imagenet, or auto (chosen on
     # held-out normal images with synthetic defects)
     tune: bool = False  # choose the settings below that were left at their defaults, as auto chooses a detector
-    tune_budget: float = TUNE_BUDGET  # --tune may take this many plain fits (0: no limit)
+    tune_budget: Optional[float] = None  # --tune may take this many plain fits (0: no limit; None: TUNE_BUDGET)
 
     @property
     def input_norms(self) -> tuple[str, ...]:
@@ -113,9 +113,16 @@ class ExtractorOptions:
         """What ``--tune`` chooses: the input normalisation and pooling grid, and the backbone and input size
         unless given (the user's choice stands)."""
         if not self.tune:
+            if self.tune_budget is not None:
+                raise InputError("--tune-budget is the time --tune may take: add --tune")
             return ()
         given = {"backbone": not self.own_backbones, "image_size": not self.auto_size}
         return tuple(s for s in TUNABLE if not given.get(s, False))
+
+    @property
+    def budget(self) -> float:
+        """``--tune``'s time budget in plain fits."""
+        return TUNE_BUDGET if self.tune_budget is None else float(self.tune_budget)
 
     @property
     def auto_size(self) -> bool:
@@ -286,7 +293,8 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         from normalcy.evaluation.validation import fit_detector
 
         model = fit_detector(name, paths, extractor, norms=ex.input_norms, auto_norm=ex.auto_norm,
-                             own_backbones=ex.own_backbones, tune=ex.tuned, tune_budget=ex.tune_budget, progress=progress, **det_opts.kwargs())
+                             own_backbones=ex.own_backbones, tune=ex.tuned, tune_budget=ex.budget, progress=progress,
+                             **det_opts.kwargs())
     if output is not None:
         model.save(output)
     return model

@@ -132,9 +132,10 @@ TuneArg = Annotated[bool, typer.Option(
     "--tune", help="Choose the input normalisation, pooling grid and, unless given, the backbone and input size, "
     "on held-out normal training images with synthetic defects (one setting at a time; costs several fits; "
     "the choice goes into model.json).")]
-TuneBudgetArg = Annotated[float, typer.Option(
-    min=0, help="--tune's time budget, in plain fits: a trial that would overrun it is skipped (0: no limit; the "
-    "settings come in order: input normalisation, backbone, input size, pooling grid).")]
+TuneBudgetArg = Annotated[Optional[float], typer.Option(
+    min=0, help="--tune's time budget, in plain fits (default 3): a trial that would overrun it is skipped (0: no "
+    "limit; the settings come in order: input normalisation, backbone, input size, pooling grid).",
+    show_default=False)]
 ThreadsArg = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: all cores).")]
 HeatmapsArg = Annotated[bool, typer.Option(help="Write a heatmap PNG per image (original | overlay) and overlays/.")]
 ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top anomalies.")]
@@ -480,7 +481,7 @@ def _eval_images(dataset: Path, ex: ExtractorOptions, det_opts: DetectorOptions,
     metrics, det, result = run_eval(ds, detector, ex.extractor(ds.train, detector), progress=True,
                                     own_backbones=ex.own_backbones, detector_kwargs=det_opts.kwargs(),
                                     input_norms=ex.input_norms, auto_norm=ex.auto_norm, tune=ex.tuned,
-                                    tune_budget=ex.tune_budget)
+                                    tune_budget=ex.budget)
     _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
     if report is not None:
         write_eval_report(report, metrics, det, result, ds)

@@ -116,6 +116,8 @@ def test_tune_tries_each_setting_left_open_and_records_the_choice(tmp_path: Path
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     choice = meta["choice"]
     assert choice["budget"] == 0 and choice["skipped"] == []  # no limit: every trial ran
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m2", "--tune-budget", "2")
+    assert r.returncode != 0 and "add --tune" in r.stderr  # a budget without --tune would be silently ignored
     assert set(choice["validation_auroc"]) == {"gaussian", "input_norm=imagenet", "backbone=efficientnet_lite2",
                                                "pool_grid=2", "pool_grid=1"}
     assert set(choice["tuned"]) == {"input_norm", "backbone", "pool_grid"}  # image_size was given
