@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--fit-share", type=float, default=0.6)
     args = ap.parse_args()
     folders = series_folders(args.root)
-    trains = {f.name: read_series_folder(f)[0] for f in folders}
+    trains = {f.name: read_series_folder(f)[0][0] for f in folders}  # (train series, test series): the first train
     out = {}
     print(f"{len(trains)} series, fitted on the first {args.fit_share:.0%} of train.csv, scored on the rest\n")
     print("| detector | target FPR | realised FPR: median / mean / largest | false alarms per 1,000 rows |")
@@ -51,7 +51,7 @@ def main() -> None:
     for name in args.detectors.split(","):
         got, alarms, rows, target = [], 0, 0, 0.0
         for series, train in trains.items():
-            values = np.asarray(train[0].values if isinstance(train, list) else train.values, dtype=np.float64)
+            values = np.asarray(train.values, dtype=np.float64)
             rate, n, target = realised(name, values, args.fit_share)
             got.append(rate)
             alarms += n

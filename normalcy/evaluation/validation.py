@@ -460,10 +460,11 @@ class _Costs:
         fit = self.first.fit - (self.first.network + self.first.reading) * share
         return fit, self.first.total - self.first.fit - (self.first.network + self.first.reading) * (1 - share)
 
-    def _files(self, ex: FeatureExtractor, images: int, held: int) -> float:
-        """Network and reading for ``images`` files, ``held`` of them in the cache at ``ex``'s settings."""
-        maps = held if ex.map_key in self.cache.maps else 0
-        inputs = held if any(size == ex.size for _, size in self.cache.inputs) else 0
+    def _files(self, ex: FeatureExtractor, images: int, held: int, tried: bool = False) -> float:
+        """Network and reading for ``images`` files, ``held`` of them in the cache at ``ex``'s settings (``tried``:
+        as they will be once ``ex``'s trial has run)."""
+        maps = held if tried or ex.map_key in self.cache.maps else 0
+        inputs = held if tried or any(size == ex.size for _, size in self.cache.inputs) else 0
         return self._network(ex) * (images - maps) + self._reading() * (images - inputs)
 
     def trial(self, ex: FeatureExtractor) -> float:
@@ -474,18 +475,14 @@ class _Costs:
         """The fit of ``ex`` on every image, the images its trials fitted on taken from the cache (``tried``:
         as they will be once ``ex``'s trial has run). The detector's own part grows with the images."""
         fit, _ = self._compute()
-        files = self._files(ex, self.all_images, self.fit_images)
-        if tried:
-            files = (self._network(ex) + self._reading()) * (self.all_images - self.fit_images)
-        return fit * self.all_images / self.fit_images + files
+        return fit * self.all_images / self.fit_images + self._files(ex, self.all_images, self.fit_images, tried)
 
     def plain(self) -> float:
         """A fit without ``--tune``: the final fit of the first trial's settings with nothing in the cache, at
         least. The detector's own part is taken as the trial's, on fewer images (PatchCore's coreset grows faster
         than the images, Gaussian AD's slower): with it scaled up as in ``final``, the budget's unit came out 18 %
         above a plain fit of PatchCore on magnetic_tile, and 3 plain fits 3.5 of them."""
-        fit, _ = self._compute()
-        return fit + (self._network(self.base) + self._reading()) * self.all_images
+        return self._compute()[0] + self._files(self.base, self.all_images, 0)
 
 
 def _current(ex: FeatureExtractor, setting: str) -> Any:

@@ -176,14 +176,15 @@ class MapCache:
         held = self.maps.get(key, {})
         return [held.get((str(p), levels)) for p in paths]
 
-    def spent(self, key: tuple | None, images: int, seconds: float) -> None:
-        """Count the time the network of ``key``'s extractor took on ``images`` files, or with ``key`` None the time
-        reading them took (``--tune`` budgets its trials by both)."""
-        if key is None:
-            self.read = (self.read[0] + seconds, self.read[1] + images)
-            return
+    def spent(self, key: tuple, images: int, seconds: float) -> None:
+        """Count the time the network of ``key``'s extractor took on ``images`` files (``--tune`` budgets its
+        trials by it, and by ``read_for``)."""
         s, n = self.network.get(key, (0.0, 0))
         self.network[key] = (s + seconds, n + images)
+
+    def read_for(self, images: int, seconds: float) -> None:
+        """Count the time decoding and resizing ``images`` files took."""
+        self.read = (self.read[0] + seconds, self.read[1] + images)
 
     def network_seconds(self) -> float:
         """Seconds the networks have run for this cache so far."""
@@ -466,7 +467,7 @@ class FeatureExtractor:
         t = time.perf_counter()
         results = dict(zip(todo, read_all(self._read_one, todo)))
         if cache is not None:
-            cache.spent(None, len(todo), time.perf_counter() - t)
+            cache.read_for(len(todo), time.perf_counter() - t)
         got: list[tuple[Path, np.ndarray, np.ndarray]] = []
         skipped: list[tuple[Path, str]] = []
         for p in chunk:
