@@ -432,7 +432,11 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         failed.extend(item.failed)
         for s in item.series:
             where = str(item.path) if series_column is None else f"{item.path} [{series_column}={s.name}]"
-            jobs.append((len(files) - 1, s, where))
+            scoped = _scoped(model, s, item.time_column)
+            if isinstance(scoped, str):
+                failed.append((where, scoped))
+            else:
+                jobs.append((len(files) - 1, scoped, where))
     if ray is not None:
         from normalcy.scale.distributed import score_series_ray
 
@@ -441,7 +445,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         results, cpus = score_series_ray(model_dir, model, [(s, files[fi].time_column) for fi, s, _ in jobs], ray)
         info |= {"ray": ray, "cpus": cpus}
     else:
-        results = [_score_one(model, s, files[fi].time_column) for fi, s, _ in jobs]
+        results = [_score_one(model, s) for _, s, _ in jobs]
     parts = []
     for (fi, s, where), res in zip(jobs, results):
         if isinstance(res, str):
@@ -459,14 +463,21 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
                       n_events=meta["n_events"], notes=meta["notes"], cpus=info.get("cpus"))
 
 
-def _score_one(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str]) -> Any:
-    """A ScoredSeries, or the reason (one line) why the series cannot be scored."""
-    from normalcy.series.runs import check_columns
+def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str]) -> Any:
+    """The series with its model's columns (``model_columns``: a column the model lacks is left out with a
+    note), or the reason (one line) why it cannot be scored."""
+    from normalcy.series.runs import model_columns
 
     try:
-        det = model.get(s.name) if isinstance(model, SeriesSet) else model
-        check_columns(det, s, time_column)
-        return score_series(det, s)
+        return model_columns(model.get(s.name) if isinstance(model, SeriesSet) else model, s, time_column)
+    except InputError as err:
+        return str(err)
+
+
+def _score_one(model: SeriesDetector | SeriesSet, s: Any) -> Any:
+    """A ScoredSeries, or the reason (one line) why the series cannot be scored."""
+    try:
+        return score_series(model.get(s.name) if isinstance(model, SeriesSet) else model, s)
     except InputError as err:
         return str(err)
 

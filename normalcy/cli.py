@@ -152,7 +152,9 @@ TrustArg = Annotated[bool, typer.Option("--trust-model-code", help="Allow a mode
                                         "code (only for models you made or trust; the code file's recorded hash "
                                         "is checked).")]
 LabelColumnArg = Annotated[Optional[str], typer.Option(help="Tables: the column of labels (0 normal, anything else "
-                                                       "anomaly); fit leaves anomalous rows out, eval needs it.")]
+                                                       "anomaly); fit leaves anomalous rows out, eval needs it. "
+                                                       "Series folders (eval): test.csv's label column (default: "
+                                                       "label).")]
 IdColumnArg = Annotated[Optional[str], typer.Option(help="Tables: the column that names each row in the results "
                                                     "(default: row number).")]
 WindowArg = Annotated[Optional[int], typer.Option(help="Series: rows per window (default: the period of the "
@@ -450,7 +452,8 @@ def eval_(
         from normalcy.evaluation.evaluate import eval_series
 
         with console.status(f"evaluating {shown(det.name(series=True))} on the series of {shown(dataset)}"):
-            metrics = eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column)
+            metrics = eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column,
+                                  label_column=label_column or "label")
         for name, reason in metrics["skipped"]:
             console.print(f"[yellow]skipped:[/] {shown(name)}: {shown(reason)}", highlight=False, soft_wrap=True)
     elif time_column is not None:

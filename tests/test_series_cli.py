@@ -179,10 +179,19 @@ def test_a_bad_file_among_good_ones(data: Path, model: Path, tmp_path: Path) -> 
     rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
     assert list(rows[0])[:2] == ["timestamp", "series"] and {r["series"] for r in rows} == {"a", "b"}
     assert "no series could be scored" in one_line_error(cli("predict", model, text, "-o", tmp_path / "run2"))
-    # the model's columns are checked, and an unnamed time column gets a hint
+    # the model's columns are checked: one missing is an error naming the file; one more is left out with a
+    # note (and a hint where it may be an unnamed time column), the model's columns scored
+    short = tmp_path / "short.csv"
+    short.write_text("timestamp,cpu\n" + "".join(f"{i},1\n" for i in range(40)))
+    assert "short.csv: columns ['mem'] of the model are missing" in one_line_error(
+        cli("predict", model, short, "-o", tmp_path / "run3"))
     other = tmp_path / "other.csv"
     other.write_text("when,cpu,mem\n" + "".join(f"{i},1,2\n" for i in range(40)))
-    assert "give --time-column" in one_line_error(cli("predict", model, other, "-o", tmp_path / "run3"))
+    r = cli("predict", model, other, "-o", tmp_path / "run4")
+    assert r.exit_code == 0 and "scored 40 rows of 1 series" in r.stderr, r.stderr
+    notes = json.loads((tmp_path / "run4" / "run.json").read_text())["notes"]
+    assert notes[-1] == ("other.csv: column(s) ['when'] not in the model left out, not scored (if one is the time, "
+                         "give --time-column)")
 
 
 def test_one_model_per_series_column(tmp_path: Path) -> None:
@@ -227,6 +236,26 @@ def test_eval_pools_series_folders(data: Path) -> None:
                 "points_per_second"):
         assert isinstance(metrics[key], float), key
     assert metrics["vus_pr"] is None or 0 < metrics["vus_pr"] <= 1
+
+
+def test_eval_a_test_bed_layout(data: Path, tmp_path: Path) -> None:
+    """A test bed's files as they come (SKAB: semicolons, the label named ``anomaly``, an extra ``changepoint``
+    column): --label-column names the label, the extra column is left out, the result is the plain folder's."""
+    skab = tmp_path / "skab" / "a"
+    skab.mkdir(parents=True)
+    for name in ("train", "test"):
+        rows = list(csv.reader(open(data / "a" / f"{name}.csv")))
+        at = rows[0].index("label")
+        rows = [r[:at] + r[at + 1:] + ((["anomaly", "changepoint"] if i == 0 else [r[at], "0"]) if name == "test"
+                                       else []) for i, r in enumerate(rows)]
+        (skab / f"{name}.csv").write_text("".join(";".join(r) + "\n" for r in rows))
+    assert "no label column 'label'" in one_line_error(cli("eval", tmp_path / "skab", "--json"))
+    r = cli("eval", tmp_path / "skab", "--json", "--label-column", "anomaly")
+    plain = cli("eval", data / "a", "--json")
+    assert r.exit_code == 0 and plain.exit_code == 0, r.stderr
+    got, want = json.loads(r.stdout), json.loads(plain.stdout)
+    for key in ("event_tp", "event_fp", "event_fn", "point_f1", "auc_pr", "n_test_rows"):
+        assert got[key] == want[key], key
 
 
 def test_eval_one_asd_server(shared_data: Path) -> None:

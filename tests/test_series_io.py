@@ -235,8 +235,13 @@ def test_series_folder(tmp_path: Path) -> None:
     (train,), (test,) = read_series_folder(d)
     assert train.name == test.name == "server" and train.labels is None and test.labels.sum() == 4
     assert test.columns == train.columns == ("m0", "m1")
-    bad = make_folder(tmp_path / "bad", extra_test_column=True)
-    with pytest.raises(InputError, match=r"test\.csv: columns \['m0', 'm1', 'm2'\] differ"):
+    # a test column that training lacks (SKAB's "changepoint") is left out with a note; one missing is an error
+    (_,), (test,) = read_series_folder(make_folder(tmp_path / "more", extra_test_column=True))
+    assert test.columns == ("m0", "m1") and test.values.shape == (30, 2)
+    assert test.notes[-1] == "test.csv: column(s) ['m2'] not in train.csv left out, not scored"
+    bad = make_folder(tmp_path / "bad")
+    write_csv(bad / "test.csv", "timestamp,m1,label", [f"{i},{i % 3},0" for i in range(30)])
+    with pytest.raises(InputError, match=r"test\.csv: columns \['m0'\] of train\.csv are missing \(it has \['m1'\]\)"):
         read_series_folder(bad)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"empty: not a series folder"):

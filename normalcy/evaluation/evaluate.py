@@ -221,7 +221,7 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def eval_series(directory: Path, detector: str, params: dict[str, Any], time_column: str | None = None,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, label_column: str = "label") -> dict[str, Any]:
     """Fit on each series folder's train.csv, score its test.csv (labelled), pool the folders: event
     precision, recall and F1 as Orion counts them (an event is found when a predicted event overlaps it;
     counts summed over the series), point F1 at the detector's threshold, AUC-PR and VUS-PR (averaged
@@ -236,7 +236,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     from normalcy.evaluation.series_metrics import evaluate_series, pool, vus_window
     from normalcy.series import registry
     from normalcy.series.io import read_series_folder, series_folders
-    from normalcy.series.runs import check_columns, score_series
+    from normalcy.series.runs import model_columns, score_series
 
     try:
         import TSB_AD  # noqa: F401
@@ -248,16 +248,17 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     n_rows = 0
     for folder in series_folders(directory):
         try:
-            (train,), test = read_series_folder(folder, time_column)
+            (train,), test = read_series_folder(folder, time_column, label_column)
             if not test:
                 raise InputError(f"{folder}: no test.csv to evaluate on")
             (te,) = test
             if te.labels is None:
-                raise InputError(f"{folder}: test file has no label column (1 inside a labelled anomaly)")
+                raise InputError(f"{folder}: test file has no label column {label_column!r} (1 inside a labelled "
+                                 "anomaly; --label-column names another)")
             t0 = time.perf_counter()
             det = registry.create(detector, **params).fit(train, progress=progress)
             t1 = time.perf_counter()
-            check_columns(det, te, time_column)
+            te = model_columns(det, te, time_column)
             past = train.values if te.time[0] > train.time[-1] else None
             scored = score_series(det, te, past)
             score_s += time.perf_counter() - t1

@@ -316,12 +316,11 @@ class _SeriesScorer:
 
     def score(self, files: dict[str, bytes] | None, series: Any, time_column: str | None) -> Any:
         from normalcy.series import registry
-        from normalcy.series.runs import check_columns, score_series
+        from normalcy.series.runs import model_columns, score_series
 
         try:
             det = self.model if files is None else _loaded(files, registry.load)
-            check_columns(det, series, time_column)
-            return score_series(det, series)
+            return score_series(det, model_columns(det, series, time_column))
         except InputError as err:
             return str(err)
 

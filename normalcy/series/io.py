@@ -12,10 +12,10 @@ folders (``asd/omi-1``, ``asd/omi-2``, ...) is read as one series per folder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -46,6 +46,25 @@ class Series:
 
     def __len__(self) -> int:
         return len(self.time)
+
+    def only(self, columns: Sequence[str], of: str, hint: str = "") -> "Series":
+        """This series with ``columns`` in that order (``of``: whose columns they are, for messages). A column
+        missing is an error; one more is left out with a note, not scored: a monitoring source that gained a
+        metric, or a test file that carries an extra annotation (SKAB's ``changepoint``), still scores the
+        columns the model knows. ``hint`` follows the note (e.g. that an unnamed time column needs
+        --time-column)."""
+        if tuple(self.columns) == tuple(columns):
+            return self
+        missing = [c for c in columns if c not in self.columns]
+        if missing:
+            raise InputError(f"{self.source}: columns {missing[:10]} of {of} are missing (it has "
+                             f"{list(self.columns)[:10]})")
+        extra = [c for c in self.columns if c not in columns]
+        notes = list(self.notes)
+        if extra:
+            notes.append(f"{self.source.name}: column(s) {extra[:10]} not in {of} left out, not scored{hint}")
+        order = [self.columns.index(c) for c in columns]
+        return replace(self, values=self.values[:, order], columns=tuple(columns), notes=notes)
 
 
 def is_series_file(path: Path) -> bool:
@@ -278,7 +297,8 @@ def _natural(p: Path) -> list[Any]:
 def read_series_folder(directory: str | Path, time_column: str | None = None,
                        label_column: str | None = "label") -> tuple[list[Series], list[Series]]:
     """(train, test): one series per series folder (named after the folder), in the same order; a folder
-    without test.csv gives no test series. Test columns must be the training columns."""
+    without test.csv gives no test series. A test series has the training columns, in their order (a test
+    column that training lacks is left out with a note; one missing is an error)."""
     train: list[Series] = []
     test: list[Series] = []
     for d in series_folders(directory):
@@ -289,9 +309,7 @@ def read_series_folder(directory: str | Path, time_column: str | None = None,
         if test_file is None:
             continue
         (te,) = read_series(test_file, time_column, None, label_column)
-        if te.columns != tr.columns:
-            raise InputError(f"{test_file}: columns {list(te.columns)[:10]} differ from the training columns "
-                             f"{list(tr.columns)[:10]}")
+        te = te.only(tr.columns, f"{tr.source.name}")
         te.name = d.name
         test.append(te)
     return train, test

@@ -501,14 +501,9 @@ def iter_series_files(inputs: list[Path], time_column: str | None, series_column
             yield str(path), str(err)
 
 
-def check_columns(det: SeriesDetector, s: Series, time_column: str | None) -> None:
-    """The series has the model's columns (in any order); else one line naming the file and the columns,
-    with a hint when an extra column may be an unnamed time column."""
-    if set(s.columns) == set(det.columns_):
-        return
-    missing = [c for c in det.columns_ if c not in s.columns]
-    extra = [c for c in s.columns if c not in det.columns_]
-    what = "; ".join(x for x in (f"missing {missing[:10]}" if missing else "",
-                                 f"not in the model {extra[:10]}" if extra else "") if x)
-    hint = " (if one is the time, give --time-column)" if extra and time_column is None else ""
-    raise InputError(f"{s.source}: columns do not match the model's: {what}{hint}")
+def model_columns(det: SeriesDetector, s: Series, time_column: str | None) -> Series:
+    """The series with the model's columns, in its order (``Series.only``): a column missing is an error
+    naming the file; one the model lacks is left out with a note, with a hint when it may be an unnamed
+    time column."""
+    hint = " (if one is the time, give --time-column)" if time_column is None else ""
+    return s.only(det.columns_, "the model", hint)
