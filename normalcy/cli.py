@@ -299,8 +299,10 @@ def _report_run(run: RunSummary) -> None:
         if len(run.notes) > 10:
             console.print(f"  ... and {len(run.notes) - 10} more repairs (run.json, report.html)")
         ray = f" on Ray ({run.cpus} CPUs)" if run.cpus is not None else ""
+        pruned = (f" ({run.n_pruned} more crossed the threshold and were pruned as noise: their peaks do not stand "
+                  "out of the others; fit with --prune 0 to keep them)") if run.n_pruned else ""
         console.print(f"scored {run.n_scored} rows of {run.n_series} series{ray}: {run.n_anomalous} anomalous, in "
-                      f"{run.n_events} event(s); results in {shown(run.output)}", soft_wrap=True)
+                      f"{run.n_events} event(s){pruned}; results in {shown(run.output)}", soft_wrap=True)
     elif run.cpus is not None:
         for part in run.runs or [run]:
             console.print(f"scored {part.n_scored} on Ray ({part.cpus} CPUs): {part.n_anomalous} anomalous, "

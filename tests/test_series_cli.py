@@ -238,6 +238,26 @@ def test_eval_pools_series_folders(data: Path) -> None:
     assert metrics["vus_pr"] is None or 0 < metrics["vus_pr"] <= 1
 
 
+def test_a_run_says_what_it_pruned(tmp_path: Path) -> None:
+    """Pure noise: a 1 % threshold is crossed now and then, and those crossings are pruned as noise; the run
+    says how many, and a model fitted with --prune 0 keeps exactly those events."""
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 1000), ("test", 3000)):
+        (tmp_path / f"{name}.csv").write_text("timestamp,v\n" + "".join(f"{i},{x:.5f}\n" for i, x in
+                                                                      enumerate(rng.normal(size=n))))
+    counts = {}
+    for prune in ("0.13", "0"):
+        assert cli("fit", tmp_path / "train.csv", "-o", tmp_path / f"m{prune}", "--detector", "knn",
+                   "--prune", prune).exit_code == 0
+        r = cli("predict", tmp_path / f"m{prune}", tmp_path / "test.csv", "-o", tmp_path / f"run{prune}")
+        assert r.exit_code == 0, r.stderr
+        meta = json.loads((tmp_path / f"run{prune}" / "run.json").read_text())
+        counts[prune] = (meta["n_events"], meta["n_pruned"])
+        assert ("were pruned as noise" in r.stderr) == (meta["n_pruned"] > 0)
+    (kept, pruned), (every, none) = counts["0.13"], counts["0"]
+    assert pruned > 0 and none == 0 and kept + pruned == every
+
+
 def test_eval_a_test_bed_layout(data: Path, tmp_path: Path) -> None:
     """A test bed's files as they come (SKAB: semicolons, the label named ``anomaly``, an extra ``changepoint``
     column): --label-column names the label, the extra column is left out, the result is the plain folder's."""

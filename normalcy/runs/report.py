@@ -344,7 +344,8 @@ def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: 
         svg = series_svg(s.time, bool(dates), s.values[:, idx], [s.columns[j] for j in idx], sc.score,
                          sc.threshold, [(e.first, e.last) for e in sc.events],
                          _runs(s.labels) if s.labels is not None else [], f"s{rank}")
-        out.append(f'<h3>{_esc(p.name)}</h3><p class="muted">{len(s)} rows · {len(sc.events)} event(s) · '
+        pruned = f"{sc.pruned} pruned as noise · " if sc.pruned else ""
+        out.append(f'<h3>{_esc(p.name)}</h3><p class="muted">{len(s)} rows · {len(sc.events)} event(s) · {pruned}'
                    f'{int(sc.decision.sum())} anomalous row(s) · threshold {_esc(_fmt(sc.threshold))} · '
                    f'{_esc(sc.detector)}, window {sc.window}</p><div class="plot series">{svg}</div>')
         if sc.events:

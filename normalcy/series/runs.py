@@ -363,6 +363,7 @@ class ScoredSeries:
     columns: tuple[str, ...]  # the model's column order
     detector: str
     window: int
+    pruned: int = 0  # events that crossed the threshold and were pruned as noise (``prune``)
 
 
 def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
@@ -390,7 +391,7 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
         (res.contributions[e.first:e.last + 1].sum(axis=0) for e in evs), np.zeros(len(det.columns_)))
     top = [det.columns_[j] for j in np.argsort(-total, kind="stable")[:3]]
     return ScoredSeries(res.score, res.decision, res.threshold, evs, feats, top, tuple(det.columns_), det.name,
-                        det.window_)
+                        det.window_, len(found) - len(evs))
 
 
 def event_features(evs: list[Event], score: np.ndarray, contrib: np.ndarray, z: np.ndarray, threshold: float,
