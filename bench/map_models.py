@@ -26,6 +26,10 @@ The variants:
 - ``nearest of all patches``: every training patch in a faiss IVF index (cells, nprobe): PatchCore's map with
   nothing dropped.
 
+``--with-cells``: each variant also with the default gaussian's cell term added (its map less its patch term),
+the variant's score first put in units of its spread on 50,000 of the sampled training patches, as the default
+puts its own patch term.
+
 This reads the test masks: it is a study of what maps could reach on the development set, not a way to choose
 a setting (no default is taken from it).
 """
@@ -138,6 +142,7 @@ def main() -> None:
     ap.add_argument("--patch-levels", default=None, help="the backbone levels in the patch features, e.g. s8,s16,s32 "
                     "(default: the backbone's own, s8,s16)")
     ap.add_argument("--quick", action="store_true", help="the cheap variants only (no 48,000 exact, no all patches)")
+    ap.add_argument("--with-cells", action="store_true", help="each variant also plus the default's cell term")
     args = ap.parse_args()
     torch.set_num_threads(2)
     faiss.omp_set_num_threads(2)
@@ -188,8 +193,12 @@ def main() -> None:
     t = time.perf_counter()
     det = GaussianAD(ex).fit(list(ds.train), progress=False)
     fit_s = time.perf_counter() - t
-    row("shared gaussian + cells (default since 5 December)",
-        list(maps_at(det.score(paths, progress=False).maps, msizes)), fit_s, "-")
+    own = det.score(paths, progress=False).maps
+    row("shared gaussian + cells (default since 5 December)", list(maps_at(own, msizes)), fit_s, "-")
+    if args.with_cells:  # the default's cell term: its map less its patch term (in the same units)
+        mean, prec = det.patch_mean_.astype(np.float32), det.patch_precision_.astype(np.float32)
+        patch = (distance(queries, mean, prec) - det.map_scale_[0]) / det.map_scale_[1]
+        cells = np.stack(own.grids) - patch.reshape(n, h, w)
     for name, make in variants.items():
         t = time.perf_counter()
         fn = make()
@@ -198,6 +207,10 @@ def main() -> None:
         grids = scores.reshape(n, h, w)
         row(name, [upsample_map(g, s, 0.5 * h / 28) for g, s in zip(grids, msizes)],  # the same blur in pixels
             fit_s, f"{ms:.2f}")
+        if args.with_cells:
+            ref = fn(sample[:50_000])
+            z = (grids - ref.mean()) / ref.std() + cells
+            row(f"{name} + cells", [upsample_map(g, s, 0.5 * h / 28) for g, s in zip(z, msizes)], fit_s, "-")
 
 
 if __name__ == "__main__":
