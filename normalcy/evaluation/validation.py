@@ -77,12 +77,13 @@ class Split:
 
 def synthetic_split(paths: Sequence[Path], folder: Path, fraction: float = 0.2, seed: int = 0,
                     size: int = 256, min_area: float = 0.005, shape: tuple[int, int] | None = None,
-                    kinds: Sequence[str] = ("perlin",)) -> Split:
+                    kinds: Sequence[str] = ("perlin",), masks: list[np.ndarray] | None = None) -> Split:
     """Hold out ``fraction`` of the readable images (at least 4, at most 100) and write each to ``folder``
     at ``size`` x ``size``, once as it is and once with a synthetic defect: the held-out images take the
     ``kinds`` in turn (``perlin``, DRAEM's, covering at least ``min_area``; or one of ``DEFECTS``).
     ``shape`` (height, width): written at that size instead (the defects are still drawn on the square,
-    and both images of a pair are resized back the same way, so resampling cannot tell them apart)."""
+    and both images of a pair are resized back the same way, so resampling cannot tell them apart). ``masks``:
+    a list that receives each defect's mask (bool, ``size`` x ``size``), in the order of ``defective``."""
     unknown = sorted(set(kinds) - {"perlin", *DEFECTS})
     if unknown or not kinds:
         raise ValueError(f"synthetic defect kinds {unknown or '(none)'}: choose from perlin, {', '.join(DEFECTS)}")
@@ -111,7 +112,9 @@ def synthetic_split(paths: Sequence[Path], folder: Path, fraction: float = 0.2, 
                 if mask.mean() >= min_area:
                     break
         else:
-            aug, _ = DEFECTS[kind](x, rng)
+            aug, mask = DEFECTS[kind](x, rng)
+        if masks is not None:
+            masks.append(np.asarray(mask) > 0.5)
         for name, arr, out in ((f"normal_{k:03d}.bmp", x, normal), (f"defect_{k:03d}.bmp", aug, defective)):
             arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
             if shape is not None:
