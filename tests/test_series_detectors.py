@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -176,6 +177,19 @@ def test_default_window_from_the_period() -> None:
     assert 8 <= det.window_ <= 256
     det = create("pca").fit(sine(3000, period=120, d=4), progress=False)  # at most 256 numbers a window
     assert det.window_ == 64
+
+
+def test_labelled_training_rows_are_named(caplog: pytest.LogCaptureFixture) -> None:
+    """A training file with rows labelled anomalous is fitted whole (a window cannot skip rows): said, not silent."""
+    s = series(sine(600))
+    s.labels = np.zeros(600, np.int8)
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        create("knn", window=10).fit(s, progress=False)
+    assert not caplog.records
+    s.labels[100:140] = 1
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        create("knn", window=10).fit(s, progress=False)
+    assert "s.csv: 40 row(s) labelled anomalous are learned as normal" in caplog.text
 
 
 def test_bad_inputs() -> None:

@@ -543,5 +543,9 @@ def _parts(data: Data) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:
     series = [data] if isinstance(data, Series) else list(data)
     if not series:
         raise InputError("no training series given")
+    for s in series:  # a series is fitted whole: a window cannot skip rows, so labelled ones are learned too
+        if s.labels is not None and s.labels.any():
+            log.warning("%s: %d row(s) labelled anomalous are learned as normal (a training series is fitted "
+                        "whole); fit on normal operation only", s.source, int(s.labels.sum()))
     return [(str(s.source) if s.name == s.source.stem else f"{s.source} [{s.name}]", s.values, tuple(s.columns))
             for s in series]
