@@ -760,7 +760,8 @@ def write_series_run(folder: Path, files: Sequence[Any], parts: Sequence[SeriesR
     n_events = _write_events(folder, files, parts)
     meta = {**info, "kind": SERIES, "inputs": [str(Path(f.path).resolve()) for f in files], "time_column": key,
             "n_series": len(parts), "n_rows": len(ids), "n_anomalous": int(decisions.sum()), "n_events": n_events,
-            "n_pruned": sum(p.scored.pruned for p in parts), "n_skipped": len(failed), "notes": [n for p in parts for n in p.series.notes][:1000],
+            "n_pruned": sum(p.scored.pruned for p in parts), "n_skipped": len(failed),
+            "notes": [n for p in parts for n in p.series.notes][:1000],
             "seconds": round(time.time() - started, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     thr = {float(p.scored.threshold) for p in parts}
     if len(thr) == 1:
