@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from map_models import diagonal_gaussians, features, local_gaussians  # noqa: E402  (bench scripts import by name)
+from map_models import diagonal_gaussians, features, local_gaussians, pixel_cells  # noqa: E402  (bench scripts import by name)
 
 from normalcy.detectors.gaussian import GaussianAD  # noqa: E402
-from normalcy.evaluation.metrics import pixel_metrics  # noqa: E402
 from normalcy.images.features import FeatureExtractor, upsample_map  # noqa: E402
 from normalcy.evaluation.validation import synthetic_split  # noqa: E402
 from normalcy.images.io import load_dataset  # noqa: E402
@@ -82,13 +81,7 @@ def main() -> None:
 
     def row(name: str, g: np.ndarray) -> None:
         maps = [upsample_map(x, (SIDE, SIDE)) for x in g]
-        total = pixel_metrics(masks, maps)
-        per = []
-        for k in present:
-            sel = np.flatnonzero((kind_of == k) | (kind_of == "normal"))
-            per.append(pixel_metrics([masks[i] for i in sel], [maps[i] for i in sel])["aupro"])
-        print(f"| {name} | {total['pixel_auroc']:.3f} | {total['aupro']:.3f} | "
-              + " | ".join(f"{v:.3f}" for v in per) + " |", flush=True)
+        print(f"| {name} | {pixel_cells(masks, maps, kind_of, present, 'normal')} |", flush=True)
 
     row("shared gaussian + cells (the default)", grids)
     for name, make in (("diagonal gaussians 256", lambda: diagonal_gaussians(sample, 256)),
