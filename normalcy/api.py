@@ -425,7 +425,9 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     files: list[SeriesFile] = []
     failed: list[tuple[str, str]] = []
     jobs: list[tuple[int, Any, str]] = []  # (file index, series, where: for skipped.csv)
-    for item in iter_series_files(inputs, time_column, series_column):
+    hint = " (if one is the time, give --time-column)" if time_column is None else ""
+    keep = (model.columns_, "the model" + hint) if isinstance(model, SeriesDetector) else None  # a set: model_columns
+    for item in iter_series_files(inputs, time_column, series_column, keep):
         if isinstance(item, tuple):
             failed.append(item)
             continue

@@ -238,7 +238,7 @@ def test_series_folder(tmp_path: Path) -> None:
     # a test column that training lacks (SKAB's "changepoint") is left out with a note; one missing is an error
     (_,), (test,) = read_series_folder(make_folder(tmp_path / "more", extra_test_column=True))
     assert test.columns == ("m0", "m1") and test.values.shape == (30, 2)
-    assert test.notes[-1] == "test.csv: column(s) ['m2'] not in train.csv left out, not scored"
+    assert test.notes == ["test.csv: column(s) ['m2'] left out, not scored: not in train.csv"]  # nor repaired
     bad = make_folder(tmp_path / "bad")
     write_csv(bad / "test.csv", "timestamp,m1,label", [f"{i},{i % 3},0" for i in range(30)])
     with pytest.raises(InputError, match=r"test\.csv: columns \['m0'\] of train\.csv are missing \(it has \['m1'\]\)"):

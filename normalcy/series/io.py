@@ -62,9 +62,13 @@ class Series:
         extra = [c for c in self.columns if c not in columns]
         notes = list(self.notes)
         if extra:
-            notes.append(f"{self.source.name}: column(s) {extra[:10]} not in {of} left out, not scored{hint}")
+            notes.append(_left_out(self.source.name, extra, of) + hint)
         order = [self.columns.index(c) for c in columns]
         return replace(self, values=self.values[:, order], columns=tuple(columns), notes=notes)
+
+
+def _left_out(where: str, columns: list[str], of: str) -> str:
+    return f"{where}: column(s) {columns[:10]} left out, not scored: not in {of}"
 
 
 def is_series_file(path: Path) -> bool:
@@ -73,11 +77,14 @@ def is_series_file(path: Path) -> bool:
 
 
 def read_series(path: str | Path, time_column: str | None = None, series_column: str | None = None,
-                label_column: str | None = "label", failed: list[tuple[str, str]] | None = None) -> list[Series]:
+                label_column: str | None = "label", failed: list[tuple[str, str]] | None = None,
+                keep: tuple[Sequence[str], str] | None = None) -> list[Series]:
     """The series of a CSV or Parquet file: one, or one per value of ``series_column``, each checked and
     repaired by the rules of this module. Every problem is one InputError naming the file; with ``failed``
     given, one series of several that cannot be used (too short, a column without values) is appended there
-    as (file [column=id], reason) and the others are returned (none usable: still an InputError)."""
+    as (file [column=id], reason) and the others are returned (none usable: still an InputError). ``keep``:
+    (the columns a model knows, whose they are): any other value column is left out before it is read, with a
+    note, so that a column that will not be scored can neither fail the file nor be repaired."""
     path = Path(path)
     if path.suffix.lower() not in SERIES_SUFFIXES:
         raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}")
@@ -99,6 +106,11 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         notes.append(f"{path.name}: {len(blank)} column(s) without a name or a value dropped")
     if not columns:
         raise InputError(f"{path}: no value columns; it has {_names(arrays)}")
+    if keep is not None and any(c in keep[0] for c in columns):  # none kept: Series.only names what is missing
+        extra = [c for c in columns if c not in keep[0]]
+        if extra:
+            columns = [c for c in columns if c in keep[0]]
+            notes.append(_left_out(path.name, extra, keep[1]))
     comma = path.suffix.lower() == ".csv" and _delimiter(path) != ","  # a ;- or tab-separated file: 1,5 is 1.5
     parsed = []
     for c in columns:
@@ -308,8 +320,8 @@ def read_series_folder(directory: str | Path, time_column: str | None = None,
         test_file = _split_file(d, "test")
         if test_file is None:
             continue
-        (te,) = read_series(test_file, time_column, None, label_column)
-        te = te.only(tr.columns, f"{tr.source.name}")
+        (te,) = read_series(test_file, time_column, None, label_column, keep=(tr.columns, tr.source.name))
+        te = te.only(tr.columns, tr.source.name)
         te.name = d.name
         test.append(te)
     return train, test

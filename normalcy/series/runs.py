@@ -30,7 +30,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
@@ -449,11 +449,12 @@ def predict_files(inputs: list[Path]) -> list[Path]:
     return out
 
 
-def read_series_file(path: Path, time_column: str | None, series_column: str | None) -> SeriesFile:
-    """A file to score: its series and the time text of each row. One InputError naming the file when it
-    cannot be read."""
+def read_series_file(path: Path, time_column: str | None, series_column: str | None,
+                     keep: tuple[Sequence[str], str] | None = None) -> SeriesFile:
+    """A file to score: its series and the time text of each row (``keep``: see ``read_series``). One
+    InputError naming the file when it cannot be read."""
     failed: list[tuple[str, str]] = []
-    series = read_series(path, time_column, series_column, failed=failed)
+    series = read_series(path, time_column, series_column, failed=failed, keep=keep)
     columns = header_columns(path) or []
     tcol = time_column_of(columns, time_column)
     key = series_key(path)
@@ -491,13 +492,13 @@ def time_texts(path: Path, column: str | None, n: int) -> list[str]:
     return ["" if v is None else str(v) for v in values]
 
 
-def iter_series_files(inputs: list[Path], time_column: str | None, series_column: str | None
-                      ) -> Iterator[SeriesFile | tuple[str, str]]:
+def iter_series_files(inputs: list[Path], time_column: str | None, series_column: str | None,
+                      keep: tuple[Sequence[str], str] | None = None) -> Iterator[SeriesFile | tuple[str, str]]:
     """Each input file read (a SeriesFile), or (file, reason) for one that cannot be: one bad file never
     stops the others."""
     for path in predict_files(inputs):
         try:
-            yield read_series_file(path, time_column, series_column)
+            yield read_series_file(path, time_column, series_column, keep)
         except InputError as err:
             yield str(path), str(err)
 
