@@ -187,6 +187,26 @@ def save_scores(path: Path, corpus: nab.NabCorpus, raw: dict[str, np.ndarray]) -
                 out.write(f"{key},{str(t).replace('T', ' ')},{s:.6g}\n")
 
 
+def against(corpus: nab.NabCorpus, raw: dict[str, np.ndarray], threshold: float, root: Path, name: str,
+            most: int = 12) -> None:
+    """Where the scores gain and lose against a published detector: the standard profile's totals (found and
+    missed windows, false alarms) and the files that differ most, each detector at its own best threshold."""
+    other = nab.read_published(root, name, corpus)
+    ours = nab.file_results(raw, "standard", corpus, threshold)
+    theirs = nab.file_results(other, "standard", corpus, nab.score_corpus(other, "standard", corpus)[1])
+    print(f"\nFile by file against {name} (standard profile; raw totals, found / missed windows, false alarms):")
+    print(f"{'':60s} {'these scores':>24s} {name:>24s}")
+    row = "{:60s} {:>24s} {:>24s}"
+    cell = lambda r: f"{r.total:7.2f} {r.found:3d}/{r.missed:<3d} {r.false_alarms:4d}"  # noqa: E731
+    total = lambda rs: nab.FileResult(sum(r.total for r in rs.values()), sum(r.found for r in rs.values()),  # noqa: E731
+                                      sum(r.missed for r in rs.values()), sum(r.false_alarms for r in rs.values()),
+                                      sum(r.false_cost for r in rs.values()))
+    print(row.format("all 58 files", cell(total(ours)), cell(total(theirs))))
+    order = sorted(corpus.files, key=lambda k: ours[k].total - theirs[k].total)
+    for key in order[:most] + order[-most // 2:]:
+        print(row.format(key, cell(ours[key]), cell(theirs[key])))
+
+
 def report(title: str, results: dict[str, float], thresholds: dict[str, float], board: dict) -> None:
     print(f"\n{title}")
     print(f"{'profile':20s} {'score':>8s} {'threshold':>10s}")
@@ -216,6 +236,8 @@ def main() -> None:
     ap.add_argument("--quiet", type=int, default=100, help="stream: rows after an alarm without another")
     ap.add_argument("--files", type=int, help="only the first N files (the rest: no detection)")
     ap.add_argument("--save", type=Path, help="write the anomaly scores (NAB's published layout, .csv.gz)")
+    ap.add_argument("--against", metavar="NAME", help="also compare file by file with NAB's published detector NAME "
+                    "(standard profile, each at its own best threshold)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -247,6 +269,8 @@ def main() -> None:
         results = {p: scored[p].score for p in PROFILES}
         thresholds = {p: scored[p].threshold for p in PROFILES}
     report(title, results, thresholds, board)
+    if args.against:
+        against(corpus, raw, thresholds["standard"], args.root, args.against)
     if timing:
         print(f"\nfit {timing['fit_s']:.1f}s, score {timing['score_s']:.1f}s ({timing['us_per_row']:.0f} us a row), "
               f"{timing['files']} files, {timing['failed']} failed")

@@ -176,3 +176,16 @@ def test_published_final_scores(corpus: nab.NabCorpus, name: str) -> None:
         assert results[profile].score >= at_published - 1e-9  # the sweep is the optimum
         if name != "random":
             assert results[profile].score == pytest.approx(published, abs=0.1)
+
+
+def test_file_results_add_up_to_nab_final_score(corpus: nab.NabCorpus) -> None:
+    """The per-file shares (bench/nab.py --against) are NAB's own total: summed and normalised at the threshold
+    NAB published, they give its final score for ARTime on every profile."""
+    final = json.loads((corpus.root / "published" / "final_results.json").read_text())["ARTime"]
+    thresholds = json.loads((corpus.root / "published" / "thresholds.json").read_text())["ARTime"]
+    raw = nab.read_published(corpus.root, "ARTime", corpus)
+    for profile in nab.PROFILES:
+        per = nab.file_results(raw, profile, corpus, thresholds[profile]["threshold"])
+        s = nab.sweep(raw, profile, corpus)
+        assert s.normalise(sum(r.total for r in per.values())) == pytest.approx(final[profile], abs=1e-6)
+        assert sum(r.found + r.missed for r in per.values()) == corpus.n_windows

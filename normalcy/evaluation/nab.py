@@ -354,3 +354,37 @@ def score_all(raw_scores: dict[str, np.ndarray], corpus: NabCorpus) -> dict[str,
         threshold, total = s.best()
         out[profile] = NabResult(profile, s.normalise(total), total, threshold, s.null, s.perfect)
     return out
+
+
+@dataclass
+class FileResult:
+    """One file's share of a corpus total at a threshold: what NAB's scorer adds up."""
+
+    total: float  # the file's raw score: rewards of found windows, A_FN per missed one, false positives' costs
+    found: int  # windows with a detection
+    missed: int
+    false_alarms: int  # rows detected outside every window after the probationary period
+    false_cost: float  # their summed (negative) weight
+
+
+def file_results(raw_scores: dict[str, np.ndarray], profile: str, corpus: NabCorpus,
+                 threshold: float) -> dict[str, FileResult]:
+    """Each file's share of the corpus total at ``threshold`` (rows scoring >= it are detections): where a
+    detector gains and loses, file by file. The shares add up to the total that ``score_at`` normalises."""
+    w = _weights(profile, corpus)
+    out = {}
+    for name, f in corpus.files.items():
+        det = np.asarray(raw_scores[name], dtype=np.float64) >= threshold
+        det[:f.probation] = False
+        outside = det & (f.in_window < 0)
+        cost = float(f.fp_value[outside].sum() * w["fpWeight"])
+        found, reward = 0, 0.0
+        for k in range(len(f.windows)):
+            rows = np.flatnonzero(det & (f.in_window == k))
+            if len(rows):
+                found += 1
+                reward += float(f.tp_value[rows[0]] * w["tpWeight"])
+        missed = len(f.windows) - found
+        out[name] = FileResult(reward - missed * w["fnWeight"] + cost, found, missed, int(outside.sum()), cost)
+    return out
+
