@@ -197,14 +197,16 @@ def against(corpus: nab.NabCorpus, raw: dict[str, np.ndarray], threshold: float,
     print(f"\nFile by file against {name} (standard profile; raw totals, found / missed windows, false alarms):")
     print(f"{'':60s} {'these scores':>24s} {name:>24s}")
     row = "{:60s} {:>24s} {:>24s}"
-    cell = lambda r: f"{r.total:7.2f} {r.found:3d}/{r.missed:<3d} {r.false_alarms:4d}"  # noqa: E731
-    total = lambda rs: nab.FileResult(sum(r.total for r in rs.values()), sum(r.found for r in rs.values()),  # noqa: E731
-                                      sum(r.missed for r in rs.values()), sum(r.false_alarms for r in rs.values()),
-                                      sum(r.false_cost for r in rs.values()))
-    print(row.format("all 58 files", cell(total(ours)), cell(total(theirs))))
+
+    def cell(rs: list[nab.FileResult]) -> str:
+        total, found, missed, alarms = (sum(getattr(r, a) for r in rs) for a in ("total", "found", "missed",
+                                                                                  "false_alarms"))
+        return f"{total:7.2f} {found:3d}/{missed:<3d} {alarms:4d}"
+
+    print(row.format(f"all {len(corpus.files)} files", cell(list(ours.values())), cell(list(theirs.values()))))
     order = sorted(corpus.files, key=lambda k: ours[k].total - theirs[k].total)
     for key in order[:most] + order[-most // 2:]:
-        print(row.format(key, cell(ours[key]), cell(theirs[key])))
+        print(row.format(key, cell([ours[key]]), cell([theirs[key]])))
 
 
 def report(title: str, results: dict[str, float], thresholds: dict[str, float], board: dict) -> None:

@@ -387,4 +387,3 @@ def file_results(raw_scores: dict[str, np.ndarray], profile: str, corpus: NabCor
         missed = len(f.windows) - found
         out[name] = FileResult(reward - missed * w["fnWeight"] + cost, found, missed, int(outside.sum()), cost)
     return out
-
