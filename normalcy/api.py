@@ -61,7 +61,9 @@ from normalcy.series.runs import (
     is_series_model,
     iter_series_files,
     load_series_model,
+    model_columns,
     score_series,
+    time_hint,
 )
 from normalcy.vectors.tables import (
     DEFAULT_DETECTOR,
@@ -425,8 +427,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     files: list[SeriesFile] = []
     failed: list[tuple[str, str]] = []
     jobs: list[tuple[int, Any, str]] = []  # (file index, series, where: for skipped.csv)
-    hint = " (if one is the time, give --time-column)" if time_column is None else ""
-    keep = (model.columns_, "the model" + hint) if isinstance(model, SeriesDetector) else None  # a set: model_columns
+    keep = (model.columns_, "the model" + time_hint(time_column)) if isinstance(model, SeriesDetector) else None
     for item in iter_series_files(inputs, time_column, series_column, keep):
         if isinstance(item, tuple):
             failed.append(item)
@@ -445,7 +446,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
 
         if model_dir is None:
             raise InputError("on Ray, give the model's folder (the workers load it from its files)")
-        results, cpus = score_series_ray(model_dir, model, [(s, files[fi].time_column) for fi, s, _ in jobs], ray)
+        results, cpus = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray)
         info |= {"ray": ray, "cpus": cpus}
     else:
         results = [_score_one(model, s) for _, s, _ in jobs]
@@ -469,8 +470,6 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
 def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str]) -> Any:
     """The series with its model's columns (``model_columns``: a column the model lacks is left out with a
     note), or the reason (one line) why it cannot be scored."""
-    from normalcy.series.runs import model_columns
-
     try:
         return model_columns(model.get(s.name) if isinstance(model, SeriesSet) else model, s, time_column)
     except InputError as err:

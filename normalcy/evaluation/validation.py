@@ -404,9 +404,10 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
                 for v in values[1:]:
                     trial = (f"{setting}={_shown(v)}", name, ex.replace(**{setting: v}))
                     final = max(costs.final(ex), costs.final(trial[2], tried=True))  # either may be fitted at the end
+                    cost, spent = costs.trial(trial[2]), time.perf_counter() - t0
                     log.debug("tune: %s would take about %.1f s, the final fit %.1f s; %.1f of %.1f s spent", trial[0],
-                              costs.trial(trial[2]), final, time.perf_counter() - t0, limit)
-                    if time.perf_counter() - t0 + costs.trial(trial[2]) + final > limit:
+                              cost, final, spent, limit)
+                    if spent + cost + final > limit:
                         skipped.append(trial[0])
                     else:
                         trials.append(trial)

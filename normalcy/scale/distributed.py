@@ -314,20 +314,19 @@ class _SeriesScorer:
         torch.set_num_threads(1)
         self.model = None if files is None else _loaded(files, registry.load)
 
-    def score(self, files: dict[str, bytes] | None, series: Any, time_column: str | None) -> Any:
+    def score(self, files: dict[str, bytes] | None, series: Any) -> Any:
+        """A ScoredSeries of a series already put in its model's columns (``model_columns``, on the driver)."""
         from normalcy.series import registry
-        from normalcy.series.runs import model_columns, score_series
+        from normalcy.series.runs import score_series
 
         try:
-            det = self.model if files is None else _loaded(files, registry.load)
-            return score_series(det, model_columns(det, series, time_column))
+            return score_series(self.model if files is None else _loaded(files, registry.load), series)
         except InputError as err:
             return str(err)
 
 
-def score_series_ray(model_dir: Path, model: Any, jobs: list[tuple[Any, str | None]], address: str
-                     ) -> tuple[list[Any], int]:
-    """Score series (``jobs``: (series, its file's time column)) on Ray, one series a task, in order: a
+def score_series_ray(model_dir: Path, model: Any, jobs: list[Any], address: str) -> tuple[list[Any], int]:
+    """Score series (``jobs``, each in its model's columns) on Ray, one series a task, in order: a
     ScoredSeries or the reason for each, and the CPUs used. ``model``: the loaded model (a SeriesSet's
     series are looked up in it; only their own model's files travel with each series)."""
     from normalcy.series.runs import SeriesSet
@@ -338,8 +337,7 @@ def score_series_ray(model_dir: Path, model: Any, jobs: list[tuple[Any, str | No
     actors = [ray.remote(num_cpus=1)(_SeriesScorer).remote(shared) for _ in range(max(1, min(cpus, len(jobs))))]
     pool = ray.util.ActorPool(actors)
 
-    def submit(actor: Any, job: tuple[Any, str | None]) -> Any:
-        s, time_column = job
+    def submit(actor: Any, s: Any) -> Any:
         files = None
         if isinstance(model, SeriesSet):
             folder = model.folders.get(s.name)
@@ -349,7 +347,7 @@ def score_series_ray(model_dir: Path, model: Any, jobs: list[tuple[Any, str | No
                 files = _model_files(Path(model_dir) / folder)
             except InputError as err:
                 return _echo.remote(str(err))
-        return actor.score.remote(files, s, time_column)
+        return actor.score.remote(files, s)
 
     _echo = ray.remote(num_cpus=0)(_identity)
     results = list(pool.map(submit, jobs))

@@ -507,5 +507,9 @@ def model_columns(det: SeriesDetector, s: Series, time_column: str | None) -> Se
     """The series with the model's columns, in its order (``Series.only``): a column missing is an error
     naming the file; one the model lacks is left out with a note, with a hint when it may be an unnamed
     time column."""
-    hint = " (if one is the time, give --time-column)" if time_column is None else ""
-    return s.only(det.columns_, "the model", hint)
+    return s.only(det.columns_, "the model", time_hint(time_column))
+
+
+def time_hint(time_column: str | None) -> str:
+    """What follows a note of columns left out when no time column was named: one may be an unnamed time."""
+    return " (if one is the time, give --time-column)" if time_column is None else ""
