@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from normalcy.errors import InputError, NotFittedError
+from normalcy.numerics.stats import threshold_at
 from normalcy.series.base import SeriesDetector, standardiser
 from normalcy.series.events import events, prune, spans
 from normalcy.series.io import Series, read_series_folder
@@ -259,6 +260,31 @@ def test_a_flat_normal_series_does_not_flag_everything() -> None:
     spiked = X.copy()
     spiked[500] = 5
     assert det.score(spiked).decision[500] == 1
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_a_constant_training_series_flags_its_change_only(name: str, tmp_path: Path) -> None:
+    """A sensor that held one value all through training: every held-out row scores the same (auto: 0.301
+    decades, not 0), and a threshold at that tie flagged every test row, the normal ones too (forecast: its
+    dynamic threshold equal to every error; pca: the arbitrary components of no variance reconstructed the
+    change exactly, so it was never flagged)."""
+    det = create(name, window=8).fit(np.zeros(600), progress=False)
+    test = np.zeros(900)
+    test[400:450] = 0.5
+    decision = det.score(test).decision
+    assert decision[:400].sum() == 0 and decision[400:450].mean() > 0.5
+    assert decision[500:].sum() == 0
+    det.save(tmp_path / "m")
+    np.testing.assert_array_equal(load(tmp_path / "m").score(test).decision, decision)
+
+
+def test_threshold_at_steps_over_a_tie() -> None:
+    """The (1 - fpr) quantile, or just above it when tied scores there would flag more than fpr."""
+    spread = np.arange(1000.0)
+    assert threshold_at(spread, 0.01) == np.quantile(spread, 0.99)
+    tied = np.r_[np.zeros(10), np.full(990, 2.0)]
+    t = threshold_at(tied, 0.01)
+    assert 2.0 < t < 2.0 + 1e-5 and (tied >= t).sum() == 0
 
 
 def test_several_training_series() -> None:

@@ -58,6 +58,7 @@ from normalcy.detectors.modelfile import (
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON
 from normalcy.images.features import Batch, FeatureExtractor, upsample_map
+from normalcy.numerics.stats import threshold_at
 from normalcy.progress import progress_bar
 from normalcy.version import __version__
 
@@ -378,7 +379,7 @@ class Detector:
         if scores.size < 20:
             log.warning("%s: the threshold rests on %d held-out normal image(s); 20 or more make it reliable",
                         self.name, scores.size)
-        self.threshold_ = float(np.quantile(scores, 1.0 - self.fpr))
+        self.threshold_ = threshold_at(scores, self.fpr)
         values = np.asarray(calib.map_values, dtype=np.float64).ravel()
         values = values[np.isfinite(values)]
         lo, hi = np.quantile(values, MAP_RANGE) if values.size else (0.0, 1.0)

@@ -1,4 +1,4 @@
-"""Shared statistics: Ledoit-Wolf Gaussians and Mahalanobis distances.
+"""Shared statistics: Ledoit-Wolf Gaussians, Mahalanobis distances and the threshold at a false-positive rate.
 
 The image detector ``gaussian`` and the vector detector ``gaussian`` both model normal features by one
 Gaussian with Ledoit-Wolf shrinkage (few samples, many dimensions) and score by the Mahalanobis distance
@@ -11,7 +11,24 @@ import numpy as np
 import torch
 from sklearn.covariance import ledoit_wolf
 
-__all__ = ["inverse", "gaussian", "gaussians", "shrunk", "mahalanobis", "distance", "distance_to"]
+__all__ = ["inverse", "gaussian", "gaussians", "shrunk", "mahalanobis", "distance", "distance_to", "threshold_at"]
+
+TIE_STEP = 1e-6  # relative: how far above a tie of normal scores the threshold is put
+
+
+def threshold_at(scores: np.ndarray, fpr: float) -> float:
+    """The threshold that flags about ``fpr`` of these normal scores (score >= threshold: anomalous), the
+    (1 - fpr) quantile, moved just above it where ties make the quantile flag more than fpr of them.
+
+    Why: normal data is often flat (a sensor that holds its value, duplicated rows), so many normal scores
+    are exactly equal; a threshold equal to them flagged every such row (a constant training series made
+    every test row anomalous). Above the tie none of those rows is flagged, which errs on the side of the
+    target rate."""
+    scores = np.asarray(scores, dtype=np.float64)
+    q = float(np.quantile(scores, 1.0 - fpr))
+    if np.mean(scores >= q) > fpr + 1.0 / scores.size:
+        q += TIE_STEP * max(1.0, abs(q))
+    return q
 
 
 def inverse(cov: np.ndarray) -> np.ndarray:

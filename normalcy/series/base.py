@@ -48,6 +48,7 @@ from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, Strict
 from normalcy.runs.format import decide
+from normalcy.numerics.stats import threshold_at
 from normalcy.series.io import Series
 from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, PERIOD_FALLBACK, find_period
 from normalcy.vectors.tables import MAX_COLUMNS
@@ -258,7 +259,7 @@ class SeriesDetector:
         if scores.size < MIN_CALIBRATION:
             log.warning("%s: the threshold rests on %d held-out normal row(s); %d or more make it reliable",
                         self.name, scores.size, MIN_CALIBRATION)
-        self.threshold_ = max(float(np.quantile(scores, 1.0 - self.fpr)), MIN_THRESHOLD)
+        self.threshold_ = max(threshold_at(scores, self.fpr), MIN_THRESHOLD)
 
     # -- scoring -----------------------------------------------------------------------------
     def standardise(self, data: Series | np.ndarray) -> np.ndarray:

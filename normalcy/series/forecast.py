@@ -43,7 +43,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from normalcy.numerics.stats import TIE_STEP
 from normalcy.series.autoencoder import NeuralDetector, TrainedParams, batched, input_span, training_windows
+from normalcy.series.base import MIN_THRESHOLD
 from normalcy.series.events import prune, spans
 from normalcy.series.windows import flat_windows
 
@@ -183,9 +185,9 @@ class Forecast(NeuralDetector):
         row's sequence survives pruning. Every z at once: the means and deviations below each epsilon from
         prefix sums of the sorted errors, the sequences from the few errors above the lowest epsilon."""
         mu, sigma, n = float(h.mean()), float(h.std()), len(h)
-        if sigma <= 1e-12 * max(mu, 1e-300):
-            return max(mu, 1e-12), True
-        eps = mu + Z_GRID * sigma  # (z,)
+        if sigma <= 1e-12 * max(mu, 1e-300):  # every error alike (a constant series): one equal to them is not
+            return max(mu * (1 + TIE_STEP), MIN_THRESHOLD), True  # an anomaly, nor one of rounding's size
+        eps = np.maximum(mu + Z_GRID * sigma, MIN_THRESHOLD)  # (z,)
         s = np.sort(h) - mu
         c1, c2 = np.r_[0.0, np.cumsum(s)], np.r_[0.0, np.cumsum(s * s)]
         n_below = np.searchsorted(s, eps - mu, side="left")  # errors under epsilon
@@ -199,7 +201,7 @@ class Forecast(NeuralDetector):
             g = np.where(valid, goodness, -np.inf)
             epsilon = float(eps[np.flatnonzero(g == g.max())[-1]])  # ties: the larger z, as telemanom's '>='
         else:
-            epsilon = mu + Z_MAX * sigma
+            epsilon = max(mu + Z_MAX * sigma, MIN_THRESHOLD)
         if h[-1] < epsilon or self.prune == 0:
             return epsilon, True
         return epsilon, self._survives(h, epsilon)

@@ -38,7 +38,7 @@ class SubsequencePCA(SeriesDetector):
         max_windows: int = Field(20_000, ge=16, le=1_000_000)  # an even subsample past this
 
     centre_: np.ndarray  # (window_ * d,) the mean normal window
-    components_: np.ndarray  # (k, window_ * d) orthonormal rows
+    components_: np.ndarray  # (k, window_ * d) orthonormal rows (k = 0: normal windows do not vary)
 
     def _fit(self, X: np.ndarray, progress: bool) -> None:
         windows = flat_windows(X, self.window_)
@@ -58,6 +58,9 @@ class SubsequencePCA(SeriesDetector):
             values = s**2
         explained = np.cumsum(np.clip(values, 0, None)) / max(total, 1e-300)
         k = int(np.searchsorted(explained, self.variance) + 1)
+        # only directions normal windows vary along: where they barely vary at all (a constant sensor), the
+        # eigenvectors of a zero matrix are arbitrary, and keeping them reconstructed any window exactly
+        k = min(k, int((values > 1e-12 * max(total, 1e-300)).sum()) if total > 1e-300 else 0)
         self.components_ = np.ascontiguousarray(vectors[:min(k, self.max_components, len(vectors))])
         self._gram_cache = None
 
@@ -116,7 +119,7 @@ class SubsequencePCA(SeriesDetector):
         if self.centre_.shape != (d,):
             raise ValueError(f"centre of shape {self.centre_.shape}, expected ({d},)")
         c = self.components_
-        if c.ndim != 2 or c.shape[1] != d or not 1 <= len(c) <= min(d, self.max_components):
+        if c.ndim != 2 or c.shape[1] != d or not len(c) <= min(d, self.max_components):
             raise ValueError(f"components of shape {c.shape} do not fit windows of {d} numbers and at most "
                              f"{self.max_components} components")
         self.centre_, self.components_ = self.centre_.astype(np.float64), c.astype(np.float64)

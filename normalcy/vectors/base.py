@@ -29,6 +29,8 @@ import psutil
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from normalcy.numerics.stats import threshold_at
+
 __all__ = ["ROW_BYTES", "TooLarge", "VectorDetector", "check_array", "check_integer", "check_number", "finite_rows",
            "no_shadowed_methods"]
 
@@ -110,7 +112,7 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         self.calibration_rows_ = np.arange(len(X))  # which training rows the calibration scores are of
         self.calibration_scores_ = np.asarray(self._fit(X), dtype=np.float64)
         # The fraction fpr of normal scores lies above the threshold, so offset_ = -threshold.
-        self.offset_ = -float(np.quantile(self.calibration_scores_, 1.0 - self.fpr))
+        self.offset_ = -threshold_at(self.calibration_scores_, self.fpr)
         return self
 
     def anomaly_score(self, X) -> np.ndarray:
