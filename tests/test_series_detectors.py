@@ -278,6 +278,23 @@ def test_a_constant_training_series_flags_its_change_only(name: str, tmp_path: P
     np.testing.assert_array_equal(load(tmp_path / "m").score(test).decision, decision)
 
 
+@pytest.mark.parametrize("name", ["knn", "pca", "auto"])
+def test_a_still_last_share_of_training_does_not_set_the_threshold_alone(name: str) -> None:
+    """Training whose last 30 % holds still (a sensor parked at one value) after varying: held out alone, that
+    share put the threshold at its own flat scores and every varying normal row after was flagged. Cross-fitted
+    (the first share scored by a twin fitted on the rest) the threshold holds near its rate."""
+    rng = np.random.default_rng(0)
+
+    def wave(n: int) -> np.ndarray:
+        return np.where((np.arange(n) // 50) % 2 == 0, 1.0, -1.0) + 0.05 * rng.standard_normal(n)
+
+    train = wave(2000)
+    train[1400:] = 1.0
+    test = wave(3000)
+    assert create(name, window=16, cross_fit=False).fit(train, progress=False).score(test).decision.mean() > 0.9
+    assert create(name, window=16).fit(train, progress=False).score(test).decision.mean() < 0.03
+
+
 def test_threshold_at_steps_over_a_tie() -> None:
     """The (1 - fpr) quantile, or just above it when tied scores there would flag more than fpr."""
     spread = np.arange(1000.0)

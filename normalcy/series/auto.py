@@ -240,9 +240,22 @@ class AutoDetector(SeriesDetector):
                 start = max(0, c - self.context + 1)
                 held.append(self._raw(self._members, z[start:], c - start)[0])
         if held:
-            self.tail = RunningTail.of(np.concatenate(held), self.memory)
-            return self.combine(self.calibrated(np.concatenate(held)))
+            first, rest = self._first_parts(Z, cuts)
+            if first:  # cross-fitted (the base's cross_fit): the first share too, by a twin fitted on the rest
+                twin = self._twin(rest)
+                held += [twin._raw(twin._members, a, self.context - 1)[0] for a in first]
+            raw = np.concatenate(held)
+            self.tail = RunningTail.of(raw, self.memory)
+            return self.combine(self.calibrated(raw))
         return super()._calibration_scores(Z, cuts)
+
+    def _fit_twin(self, twin: SeriesDetector, X: np.ndarray) -> None:
+        """The same members fitted on X (no choice again: the twin is to score as this detector does)."""
+        assert isinstance(twin, AutoDetector) and self.choice is not None
+        twin._set_members(self.choice["members"])
+        for m in twin._members:
+            m._fit(X, False)
+        twin.window_, twin.tail = self.window_, self.tail
 
     def _combine(self, cal: np.ndarray, contribs: list[np.ndarray]) -> np.ndarray:
         """(n, d) contributions: each member's calibrated score times its weight in ``combine``, split as its

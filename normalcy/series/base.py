@@ -72,6 +72,9 @@ class SeriesParams(HyperParams):
     fpr: float = Field(0.01, gt=0, lt=1)  # target false-alarm rate per row on held-out normal rows
     window: int | None = Field(None, ge=1, le=LONGEST_WINDOW)  # None: the training data's period
     holdout: float = Field(0.2, ge=0, le=0.5)  # last part of each training series kept to set the threshold
+    # the first part of the same size is held out too, scored by a copy fitted on the rest: a threshold set on
+    # the last part alone is only as representative as that part (one that holds still flagged everything later)
+    cross_fit: bool = True
     # anomalous rows fewer than this many rows apart (or than the window) are one event: Orion's pipelines pad
     # each detected interval by 50 rows either side, which merges the same; 0: the window alone
     event_gap: int = Field(100, ge=0, le=10**7)
@@ -189,7 +192,8 @@ class SeriesDetector:
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, data: Data, progress: bool = True) -> "SeriesDetector":
         """Learn normal from the first (1 - holdout) of each training series, in time order, and set the
-        threshold at the (1 - fpr) quantile of the scores of the held-out rest."""
+        threshold at the (1 - fpr) quantile of the scores of the held-out rest and (``cross_fit``) of the
+        first share of the same size, scored by a twin fitted on the rows after it."""
         parts = _parts(data)
         self.columns_ = parts[0][2]
         for name, _, cols in parts[1:]:
@@ -218,6 +222,37 @@ class SeriesDetector:
             scores = self._calibration_scores(Z, cuts)
         self._set_threshold(scores)
         return self
+
+    def _first_parts(self, Z: list[np.ndarray], cuts: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(the first held-out share of each training series, the rest of it) where both are long enough to
+        cross-fit: the share longer than the context, the rest at least two windows. Empty without cross_fit."""
+        if not self.cross_fit:
+            return [], []
+        pairs = [(z[:len(z) - c], z[len(z) - c:]) for z, c in zip(Z, cuts)]
+        pairs = [(a, b) for a, b in pairs if len(a) > self.context and len(b) >= 2 * self.window_]
+        return [a for a, _ in pairs], [b for _, b in pairs]
+
+    def _twin(self, parts: list[np.ndarray]) -> "SeriesDetector":
+        """A copy of this detector, the same settings and standardisation, fitted on other rows (``parts``)."""
+        twin = type(self)(**self.params())
+        for key in ("columns_", "mean_", "scale_", "window_", "n_train_", "_periodic"):
+            if hasattr(self, key):
+                setattr(twin, key, getattr(self, key))
+        twin.starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+        self._fit_twin(twin, np.concatenate(parts))
+        return twin
+
+    def _fit_twin(self, twin: "SeriesDetector", X: np.ndarray) -> None:
+        """Fit ``twin`` (see ``_twin``) on X, as this detector was fitted."""
+        twin._fit(X, False)
+
+    def _first_scores(self, Z: list[np.ndarray], cuts: list[int]) -> list[np.ndarray]:
+        """Scores of each training series' first held-out share (past its context), by a twin fitted on the rest."""
+        first, rest = self._first_parts(Z, cuts)
+        if not first:
+            return []
+        twin = self._twin(rest)
+        return [twin._score_from(a, self.context - 1).sum(axis=1) for a in first]
 
     def _window(self, fit_parts: list[np.ndarray], names: list[str]) -> int:
         """The window: the parameter, or the period of the longest training part clipped to
@@ -248,7 +283,7 @@ class SeriesDetector:
                 start = max(0, c - self.context + 1)
                 held.append(self._score_from(z[start:], c - start).sum(axis=1))
         if held:
-            return np.concatenate(held)
+            return np.concatenate(held + self._first_scores(Z, cuts))
         log.warning("%s: no rows held out (holdout 0): the threshold is set on training rows and is optimistic",
                     self.name)
         return np.concatenate([self._score(z).sum(axis=1) for z in Z])
