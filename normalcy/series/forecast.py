@@ -246,6 +246,10 @@ class Forecast(NeuralDetector):
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
         return self._contributions(recent, len(recent) - 1)[-1]
 
+    def _first_parts(self, Z: list[np.ndarray], cuts: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """No twin for the dynamic threshold: the held-out rows only report the rate it gives there."""
+        return ([], []) if self.dynamic else super()._first_parts(Z, cuts)
+
     def _set_threshold(self, scores: np.ndarray) -> None:
         if not self.dynamic:
             super()._set_threshold(scores)
