@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from normalcy.evaluation.series_metrics import Counts, auc_pr, event_counts, label_events  # noqa: E402
 from nab import parse_params  # noqa: E402  (bench/nab.py: scripts import each other by name)
+from normalcy.numerics.stats import threshold_at  # noqa: E402
 from normalcy.series.base import MIN_THRESHOLD  # noqa: E402
 from normalcy.series.events import spans  # noqa: E402
 from normalcy.series.hypad import HypAD  # noqa: E402
@@ -104,7 +105,14 @@ def fit_and_score(name: str, train: np.ndarray, test: np.ndarray, labels: np.nda
     seconds = time.perf_counter() - t0
     cut = len(train) - int(round(det.holdout * len(train)))
     held = both_ways(det, train)  # causal: the held-out rows score as the fit's calibration scored them
-    thresholds = {w: max(float(np.quantile(held[w][cut:], 1 - det.fpr)), MIN_THRESHOLD) for w in WAYS}
+    held = {w: h[cut:] for w, h in held.items()}
+    first, rest = det._first_parts([det.standardise(train)], [cut])
+    if first:  # cross-fitted, as the fit: the first share too, by the twin fitted on the rest
+        twin = det._twin(rest)
+        twin.threshold_ = det.threshold_  # scored only: its threshold is never read
+        early = both_ways(twin, train[:len(first[0])])
+        held = {w: np.concatenate([held[w], early[w][det.context - 1:]]) for w in WAYS}
+    thresholds = {w: max(threshold_at(held[w], det.fpr), MIN_THRESHOLD) for w in WAYS}
     assert abs(thresholds["uncertainty"] - det.threshold_) <= 1e-9 * max(1.0, det.threshold_), name
     scores = {w: s[judged] for w, s in both_ways(det, test).items()}
     return Scored(name, labels[judged].astype(np.int8), scores, thresholds, det.window_), seconds

@@ -239,7 +239,9 @@ class SeriesDetector:
             if hasattr(self, key):
                 setattr(twin, key, getattr(self, key))
         twin.starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
-        self._fit_twin(twin, np.concatenate(parts))
+        with torch.random.fork_rng(devices=[]):  # seeded on its own: the same twin whenever it is made
+            torch.manual_seed(self.seed + 1)
+            self._fit_twin(twin, np.concatenate(parts))
         return twin
 
     def _fit_twin(self, twin: "SeriesDetector", X: np.ndarray) -> None:
