@@ -30,7 +30,8 @@ the series itself, without labels:
 
 Calibration puts members with different scales on one: a member's raw score s becomes the decades of its
 Gaussian tail probability, ``-log10 P(Y >= log(1 + s))`` with Y normal with the mean and spread of
-log(1 + s) over held-out normal rows (log: distances and errors are skewed), capped at ``CAP_DECADES``.
+log(1 + s) over held-out normal rows (the last share of the training data and, cross-fitted, the first; log:
+distances and errors are skewed), capped at ``CAP_DECADES``.
 The row's score is the mean over the windowed members (3: "as improbable as one normal row in a thousand,
 on average over the members"), or the period member's, the higher (``combine``); per-metric contributions
 split it as each member's own contributions do. This is
@@ -250,9 +251,9 @@ class AutoDetector(SeriesDetector):
         return super()._calibration_scores(Z, cuts)
 
     def _fit_twin(self, twin: SeriesDetector, X: np.ndarray) -> None:
-        """The same members fitted on X (no choice again: the twin is to score as this detector does)."""
-        assert isinstance(twin, AutoDetector) and self.choice is not None
-        twin._set_members(self.choice["members"])
+        """The same members fitted on X (no choice again: the twin is to score as this detector does); the twin
+        is an AutoDetector (``_twin`` makes it of this detector's type)."""
+        twin._set_members(self.choice["members"])  # type: ignore[attr-defined, index]  (set by _fit)
         for m in twin._members:
             m._fit(X, False)
         twin.window_, twin.tail = self.window_, self.tail
