@@ -128,6 +128,16 @@ def test_fitted_state():
         ECODDetector(fpr=1.5).fit(X)
 
 
+@pytest.mark.parametrize("name", ["knn", "ecod"])
+def test_duplicated_normal_rows_are_not_flagged(name):
+    """995 identical normal rows (a table of repeated readings) tie at the threshold's quantile; a threshold on
+    that tie flagged every such row. It steps above the tie (``threshold_at``), and a far row is still flagged."""
+    X = np.r_[np.tile([1.0, 2.0, 3.0], (995, 1)), np.random.default_rng(0).normal(size=(5, 3))]
+    det = FAST[name]().fit(X)
+    assert (det.predict(np.tile([1.0, 2.0, 3.0], (10, 1))) == 1).all()
+    assert det.predict(np.array([[9.0, 9.0, 9.0]]))[0] == -1
+
+
 @pytest.mark.parametrize("name", FAST)
 def test_a_score_at_the_threshold_is_an_anomaly(name):
     """normalcy's one decision rule, score >= threshold, at its boundary: a row scoring exactly the threshold
