@@ -4,7 +4,8 @@ the one it was set for (``fpr``, 1 % by default), read from normal data alone.
     python bench/series_fpr.py ../shared/data/asd [--detectors auto,knn,pca] [--fit-share 0.6]
 
 Each series folder's ``train.csv`` is normal operation. The detector is fitted on its first ``--fit-share`` (the
-threshold set, as always, on the last 20 % of that part, held out), then scores the rest of ``train.csv``: every
+threshold set, as a fit sets it, on the last 20 % of that part, held out, and on its first 20 %, cross-fitted),
+then scores the rest of ``train.csv``: every
 row it flags there is a false positive, and every run of flagged rows (merged as ``predict`` merges events, within
 the detector's event gap) a false alarm. No label and no test file is read. Prints one table: per detector, the
 realised false-positive rate (median, mean and largest over the series) and the false alarms per 1,000 rows;

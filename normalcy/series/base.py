@@ -47,8 +47,8 @@ from normalcy.detectors.base import HyperParams, validation_message
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, Strict
-from normalcy.runs.format import decide
 from normalcy.numerics.stats import threshold_at
+from normalcy.runs.format import decide
 from normalcy.series.io import Series
 from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, PERIOD_FALLBACK, find_period
 from normalcy.vectors.tables import MAX_COLUMNS

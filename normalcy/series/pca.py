@@ -60,7 +60,8 @@ class SubsequencePCA(SeriesDetector):
         k = int(np.searchsorted(explained, self.variance) + 1)
         # only directions normal windows vary along: where they barely vary at all (a constant sensor), the
         # eigenvectors of a zero matrix are arbitrary, and keeping them reconstructed any window exactly
-        k = min(k, int((values > 1e-12 * max(total, 1e-300)).sum()) if total > 1e-300 else 0)
+        varying = int((values > 1e-12 * total).sum()) if total > 1e-300 else 0
+        k = min(k, varying)
         self.components_ = np.ascontiguousarray(vectors[:min(k, self.max_components, len(vectors))])
         self._gram_cache = None
 
@@ -119,7 +120,7 @@ class SubsequencePCA(SeriesDetector):
         if self.centre_.shape != (d,):
             raise ValueError(f"centre of shape {self.centre_.shape}, expected ({d},)")
         c = self.components_
-        if c.ndim != 2 or c.shape[1] != d or not len(c) <= min(d, self.max_components):
+        if c.ndim != 2 or c.shape[1] != d or len(c) > min(d, self.max_components):
             raise ValueError(f"components of shape {c.shape} do not fit windows of {d} numbers and at most "
                              f"{self.max_components} components")
         self.centre_, self.components_ = self.centre_.astype(np.float64), c.astype(np.float64)
