@@ -234,21 +234,18 @@ class AutoDetector(SeriesDetector):
         self._fit_seconds = time.perf_counter() - t0
 
     def _calibration_scores(self, Z: list[np.ndarray], cuts: list[int]) -> np.ndarray:
-        """Calibrate each member on the held-out rows (each on its real past), then score them."""
-        held = []
-        for z, c in zip(Z, cuts):
-            if c < len(z):
-                start = max(0, c - self.context + 1)
-                held.append(self._raw(self._members, z[start:], c - start)[0])
+        """Calibrate each member on the held-out rows (``_held_out``: the last share and, cross-fitted, the
+        first), then score them."""
+        held = self._held_out(Z, cuts)
         if held:
-            first, rest = self._first_parts(Z, cuts)
-            if first:  # cross-fitted (the base's cross_fit): the first share too, by a twin fitted on the rest
-                twin = self._twin(rest)
-                held += [twin._raw(twin._members, a, self.context - 1)[0] for a in first]
             raw = np.concatenate(held)
             self.tail = RunningTail.of(raw, self.memory)
             return self.combine(self.calibrated(raw))
         return super()._calibration_scores(Z, cuts)
+
+    def _held_scores(self, det: SeriesDetector, z: np.ndarray, first: int) -> np.ndarray:
+        """Calibration takes each member's raw scores (``det``: this detector or its twin)."""
+        return self._raw(det.members, z, first)[0]
 
     def _fit_twin(self, twin: SeriesDetector, X: np.ndarray) -> None:
         """The same members fitted on X (no choice again: the twin is to score as this detector does); the twin

@@ -248,13 +248,24 @@ class SeriesDetector:
         """Fit ``twin`` (see ``_twin``) on X, as this detector was fitted."""
         twin._fit(X, False)
 
-    def _first_scores(self, Z: list[np.ndarray], cuts: list[int]) -> list[np.ndarray]:
-        """Scores of each training series' first held-out share (past its context), by a twin fitted on the rest."""
+    def _held_scores(self, det: "SeriesDetector", z: np.ndarray, first: int) -> np.ndarray:
+        """What calibration takes of rows z[first:] scored by ``det`` (this detector or its twin): their scores."""
+        return det._score_from(z, first).sum(axis=1)
+
+    def _held_out(self, Z: list[np.ndarray], cuts: list[int]) -> list[np.ndarray]:
+        """``_held_scores`` of the held-out rows: the last share of each training series, each row on its real
+        past (the end of the fitted part before it), and (``cross_fit``) the first share, by a twin fitted on
+        the rest. Empty without held-out rows (holdout 0)."""
+        held = []
+        for z, c in zip(Z, cuts):
+            if c < len(z):
+                start = max(0, c - self.context + 1)
+                held.append(self._held_scores(self, z[start:], c - start))
         first, rest = self._first_parts(Z, cuts)
-        if not first:
-            return []
-        twin = self._twin(rest)
-        return [twin._score_from(a, self.context - 1).sum(axis=1) for a in first]
+        if held and first:
+            twin = self._twin(rest)
+            held += [self._held_scores(twin, a, self.context - 1) for a in first]
+        return held
 
     def _window(self, fit_parts: list[np.ndarray], names: list[str]) -> int:
         """The window: the parameter, or the period of the longest training part clipped to
@@ -278,14 +289,10 @@ class SeriesDetector:
         return period
 
     def _calibration_scores(self, Z: list[np.ndarray], cuts: list[int]) -> np.ndarray:
-        """Scores of the held-out rows, each on its real past (the end of the fitted part before it)."""
-        held = []
-        for z, c in zip(Z, cuts):
-            if c < len(z):
-                start = max(0, c - self.context + 1)
-                held.append(self._score_from(z[start:], c - start).sum(axis=1))
+        """Scores of the held-out rows (``_held_out``)."""
+        held = self._held_out(Z, cuts)
         if held:
-            return np.concatenate(held + self._first_scores(Z, cuts))
+            return np.concatenate(held)
         log.warning("%s: no rows held out (holdout 0): the threshold is set on training rows and is optimistic",
                     self.name)
         return np.concatenate([self._score(z).sum(axis=1) for z in Z])
