@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from normalcy.errors import InputError, NotFittedError
 from normalcy.numerics.stats import threshold_at
 from normalcy.series.base import SeriesDetector, standardiser
-from normalcy.series.events import events, prune, spans
+from normalcy.series.events import events, prune, prune_windows, pruned, spans
 from normalcy.series.io import Series, read_series_folder
 from normalcy.series.knn import SubsequenceKNN
 from normalcy.series.registry import DETECTORS, create, is_series_model, load
@@ -484,6 +484,33 @@ def test_prune_keeps_the_events_that_stand_out() -> None:
     assert prune(scores, found, 0.0) == [0, 1, 2, 3] and prune(scores, [], 0.13) == []
     flat = np.where(np.arange(100) % 10 == 0, 2.0, 1.9)  # nothing stands out of the staircase
     assert prune(flat, [(0, 0), (10, 10)], 0.13) == []
+
+
+def test_pruning_looks_locally_where_the_whole_series_would_drop_every_event() -> None:
+    """Seven incidents of alike height over the first two thirds of a long series and, in its last third, noise
+    crossings whose peaks fall in small steps from just under the incidents to the normal scores: against the
+    whole series every peak is one step of a smooth staircase and Hundman's rule keeps nothing; within Orion's
+    windows (a third of the series) each incident stands above its neighbourhood."""
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.0, 1.0, 40_000)
+    found = []
+    for k in range(7):  # incidents at 10.0, 9.7, ..., 8.2: each step under 13 %
+        a = 2_000 + 4_000 * k
+        scores[a:a + 50] = 10.0 - 0.3 * k
+        found.append((a, a + 49))
+    for i in range(17):  # 8.0, 7.04, ..., 1.03: steps of 12 %
+        scores[30_000 + 500 * i] = 8.0 * 0.88 ** i
+        found.append((30_000 + 500 * i, 30_000 + 500 * i))
+    assert prune(scores, found, 0.13) == []  # the whole series: nothing kept
+    kept = prune_windows(scores, found, 0.13)
+    assert set(range(7)) <= set(kept)
+    decisions = (scores > 1.0).astype(np.int8)
+    spans_kept, dec = pruned(scores, decisions, found, 0.13)
+    assert spans_kept == [found[i] for i in kept] and dec.sum() == sum(b - a + 1 for a, b in spans_kept)
+    # where the whole series keeps something, that is what is kept (the global rule first)
+    scores[2_000:2_050] = 40.0
+    assert prune(scores, found, 0.13) == [0]
+    assert pruned(scores, decisions, found, 0.13)[0] == [found[0]]
 
 
 def test_offline_events_pruned_and_decisions_agree() -> None:

@@ -79,8 +79,9 @@ class SeriesParams(HyperParams):
     # each detected interval by 50 rows either side, which merges the same; 0: the window alone
     event_gap: int = Field(100, ge=0, le=10**7)
     # offline runs keep an event only if its peak stands out of the lower ones by this fraction (Hundman et
-    # al.'s pruning, their 0.13; events.prune); 0: every event. A stream's alarms are not pruned. (forecast
-    # prunes inside its scores with it, as the paper does.)
+    # al.'s pruning, their 0.13; events.pruned: over the whole series, or within windows as Orion prunes where
+    # that would keep none); 0: every event. A stream's alarms are not pruned. (forecast prunes inside its
+    # scores with it, as the paper does.)
     prune: float = Field(0.13, ge=0, lt=1)
     seed: Seed = 0
 
