@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from normalcy.errors import InputError
-from normalcy.series.forecast import Z_GRID, Z_MAX, Forecast
+from normalcy.series.dynamic import Z_GRID, Z_MAX
+from normalcy.series.forecast import Forecast
 from normalcy.series.hypad import expmap0, poincare_distance
 from normalcy.series.io import Series, read_series_folder
 from normalcy.series.registry import DETECTORS, create, load

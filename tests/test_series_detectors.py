@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from normalcy.errors import InputError, NotFittedError
 from normalcy.numerics.stats import threshold_at
 from normalcy.series.base import SeriesDetector, standardiser
-from normalcy.series.events import events, prune, prune_windows, pruned, spans
+from normalcy.series.events import events, local_events, prune, prune_windows, pruned, spans
 from normalcy.series.io import Series, read_series_folder
 from normalcy.series.knn import SubsequenceKNN
 from normalcy.series.registry import DETECTORS, create, is_series_model, load
@@ -505,12 +505,31 @@ def test_pruning_looks_locally_where_the_whole_series_would_drop_every_event() -
     kept = prune_windows(scores, found, 0.13)
     assert set(range(7)) <= set(kept)
     decisions = (scores > 1.0).astype(np.int8)
-    spans_kept, dec = pruned(scores, decisions, found, 0.13)
-    assert spans_kept == [found[i] for i in kept] and dec.sum() == sum(b - a + 1 for a, b in spans_kept)
+    spans_kept, dec = pruned(scores, decisions, found, 0.13)  # and then the local threshold (local_events)
+    assert spans_kept and set(spans_kept) <= {found[i] for i in kept}
+    assert dec.sum() == sum(b - a + 1 for a, b in spans_kept)
     # where the whole series keeps something, that is what is kept (the global rule first)
     scores[2_000:2_050] = 40.0
     assert prune(scores, found, 0.13) == [0]
     assert pruned(scores, decisions, found, 0.13)[0] == [found[0]]
+
+
+def test_local_events_keep_what_stands_out_of_a_shift() -> None:
+    """A test series moves above the threshold set on training data (1.0 here), so every row after the move
+    crosses it; Orion keeps only what rises above its own neighbourhood (Hundman's epsilon within windows of a
+    third of the series): the spike, not the stretches of the moved level."""
+    n = 12_000
+    rows = np.arange(n)
+    scores = np.where(rows < 4_000, 0.5, 1.5) + 0.1 * np.sin(rows / 7.0)
+    scores[9_000:9_020] += 4.0
+    stretches = [(k, k + 5) for k in range(5_000, 8_500, 500)]  # crossings of 1.0 in the moved level
+    found = stretches + [(9_000, 9_019)]
+    assert [found[i] for i in local_events(scores, found)] == [(9_000, 9_019)]
+    assert local_events(scores, []) == []
+    decisions = (scores >= 1.0).astype(np.int8)
+    kept, dec = pruned(scores, decisions, found, 0.13)
+    assert kept == [(9_000, 9_019)] and dec.sum() == 20
+    assert pruned(scores, decisions, found, 0.0)[0] == found  # --prune 0: every event
 
 
 def test_offline_events_pruned_and_decisions_agree() -> None:

@@ -80,8 +80,9 @@ class SeriesParams(HyperParams):
     event_gap: int = Field(100, ge=0, le=10**7)
     # offline runs keep an event only if its peak stands out of the lower ones by this fraction (Hundman et
     # al.'s pruning, their 0.13; events.pruned: over the whole series, or within windows as Orion prunes where
-    # that would keep none); 0: every event. A stream's alarms are not pruned. (forecast prunes inside its
-    # scores with it, as the paper does.)
+    # that would keep none) and reaches its neighbourhood's dynamic threshold (events.local_events, as Orion);
+    # 0: every event. A stream's alarms are not pruned. (forecast prunes inside its scores with it, as the
+    # paper does.)
     prune: float = Field(0.13, ge=0, lt=1)
     seed: Seed = 0
 

@@ -13,12 +13,17 @@ from typing import Sequence
 
 import numpy as np
 
+from normalcy.series.dynamic import dynamic_epsilon
+
 TOP_METRICS = 3
 # Orion's pipelines (AER, LSTM-DT) prune within windows a third of the series long, moved by a tenth of a window,
 # and keep an event that survives in any of them: against the whole of a long series, the peaks of many
 # incidents form a smooth staircase and every one of them was pruned
 PRUNE_WINDOW = 0.33
 PRUNE_STEP = 0.1
+PADDING = 50  # Orion's anomaly_padding: rows each score above the local threshold is widened by, either side;
+# at most a 20th of the window (telemanom's error buffer): 50 rows either side of one row would cover half of a
+# short series' window, which Hundman's guardrail refuses, and nothing there could ever be kept
 
 
 @dataclass
@@ -90,13 +95,41 @@ def prune_windows(scores: np.ndarray, found: Sequence[tuple[int, int]], fraction
         start += step
 
 
+def local_events(scores: np.ndarray, found: Sequence[tuple[int, int]]) -> list[int]:
+    """The indices of the events whose peak reaches the local dynamic threshold (Hundman et al.'s epsilon,
+    ``dynamic.dynamic_epsilon``) of some window holding it, in Orion's windows (PRUNE_WINDOW of the series,
+    PRUNE_STEP of a window apart): Orion's find_anomalies keeps only what stands out of its own neighbourhood.
+    A threshold set on training data is crossed everywhere once a test series drifts above it; what is still
+    anomalous then is what rises above the rest of the series around it."""
+    n = len(scores)
+    if not found or n == 0:
+        return []
+    scores = np.asarray(scores, dtype=np.float64)
+    size = int(np.ceil(n * PRUNE_WINDOW))
+    step = max(1, int(np.ceil(size * PRUNE_STEP)))
+    above = np.zeros(n, bool)
+    start = 0
+    while True:
+        end = min(start + size, n)
+        window = scores[start:end]
+        above[start:end] |= window >= dynamic_epsilon(window, min(PADDING, size // 20))
+        if end >= n:
+            break
+        start += step
+    return [i for i, (a, b) in enumerate(found) if above[a:b + 1].any()]
+
+
 def pruned(scores: np.ndarray, decisions: np.ndarray, found: Sequence[tuple[int, int]],
            fraction: float) -> tuple[list[tuple[int, int]], np.ndarray]:
     """The events (first, last row) that ``prune`` keeps and the decisions that go with them: 1 only inside a
     kept event, where they were 1. Where the whole series would keep none, ``prune_windows`` decides: a series
     with many alike incidents lost them all (event F1 0 on a synthetic 28,000-row server series whose events
-    AUC-PR ranks at 0.88), while on short series with one anomaly the whole-series rule drops more noise."""
+    AUC-PR ranks at 0.88), while on short series with one anomaly the whole-series rule drops more noise.
+    Then, as Orion's find_anomalies, a kept event must also reach the local dynamic threshold somewhere
+    (``local_events``). ``fraction`` 0: every event, unpruned."""
     kept = [found[i] for i in (prune(scores, found, fraction) or prune_windows(scores, found, fraction))]
+    if fraction > 0:  # the same offline rule: relative to the series scored (``--prune 0`` keeps every event)
+        kept = [kept[i] for i in local_events(scores, kept)]
     if len(kept) == len(found):
         return list(found), np.asarray(decisions)
     out = np.zeros_like(np.asarray(decisions))
