@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from normalcy.errors import InputError, NotFittedError
 from normalcy.numerics.stats import threshold_at
 from normalcy.series.base import SeriesDetector, standardiser
+from normalcy.series.dynamic import dynamic_epsilon
 from normalcy.series.events import events, local_events, prune, prune_windows, pruned, spans
 from normalcy.series.io import Series, read_series_folder
 from normalcy.series.knn import SubsequenceKNN
@@ -514,22 +515,38 @@ def test_pruning_looks_locally_where_the_whole_series_would_drop_every_event() -
     assert pruned(scores, decisions, found, 0.13)[0] == [found[0]]
 
 
-def test_local_events_keep_what_stands_out_of_a_shift() -> None:
-    """A test series moves above the threshold set on training data (1.0 here), so every row after the move
-    crosses it; Orion keeps only what rises above its own neighbourhood (Hundman's epsilon within windows of a
-    third of the series): the spike, not the stretches of the moved level."""
-    n = 12_000
-    rows = np.arange(n)
-    scores = np.where(rows < 4_000, 0.5, 1.5) + 0.1 * np.sin(rows / 7.0)
-    scores[9_000:9_020] += 4.0
-    stretches = [(k, k + 5) for k in range(5_000, 8_500, 500)]  # crossings of 1.0 in the moved level
-    found = stretches + [(9_000, 9_019)]
-    assert [found[i] for i in local_events(scores, found)] == [(9_000, 9_019)]
+def test_local_events_keep_what_stands_out_of_its_neighbourhood() -> None:
+    """A test series runs above the threshold set on training data (1.0 here), so every stretch of it crosses
+    it; Orion keeps only what rises above its own neighbourhood (Hundman's epsilon within windows of a third of
+    the series): the spike, not the stretches of the raised level."""
+    n = 3_000
+    scores = 1.5 + 0.1 * np.random.default_rng(0).standard_normal(n)
+    scores[2_400:2_420] += 4.0
+    stretches = [(k, k + 5) for k in range(1_000, 2_200, 200)]  # crossings of 1.0
+    found = stretches + [(2_400, 2_419)]
+    assert [found[i] for i in local_events(scores, found)] == [(2_400, 2_419)]
     assert local_events(scores, []) == []
     decisions = (scores >= 1.0).astype(np.int8)
     kept, dec = pruned(scores, decisions, found, 0.13)
-    assert kept == [(9_000, 9_019)] and dec.sum() == 20
+    assert kept == [(2_400, 2_419)] and dec.sum() == 20
     assert pruned(scores, decisions, found, 0.0)[0] == found  # --prune 0: every event
+
+
+def test_local_events_keep_many_alike_incidents() -> None:
+    """Sixteen alike spikes, six in every window: most are kept (Hundman's criterion prefers few sequences,
+    so not every one); where no threshold passes the guardrails at all, none is dropped."""
+    rng = np.random.default_rng(1)
+    scores = 0.3 + 0.05 * rng.standard_normal(2_160)
+    found = []
+    for k in range(16):
+        a = 120 * (k + 1)
+        scores[a:a + 6] += 1.5
+        found.append((a, a + 5))
+    assert len(local_events(scores, found)) >= 8
+    # where no z leaves any score above it (the incidents raise sigma above their own height), relaxed says
+    # nothing against the window's events; telemanom's guarded rule puts epsilon at 12 sigma
+    flat = np.tile([0.0, 0.0, 0.0, 1.0], 50)
+    assert dynamic_epsilon(flat, 2, relaxed=True) == -np.inf and dynamic_epsilon(flat, 2) > flat.max()
 
 
 def test_offline_events_pruned_and_decisions_agree() -> None:

@@ -43,9 +43,12 @@ def sequences(h: np.ndarray, eps: np.ndarray, pad: int) -> tuple[np.ndarray, np.
     return covered, groups
 
 
-def dynamic_epsilon(h: np.ndarray, pad: int) -> float:
+def dynamic_epsilon(h: np.ndarray, pad: int, relaxed: bool = False) -> float:
     """epsilon of the scores h (module docstring). Every z at once: the means and deviations below each
-    epsilon from prefix sums of the sorted scores, the sequences from the few scores above the lowest one."""
+    epsilon from prefix sums of the sorted scores, the sequences from the few scores above the lowest one.
+    Where no z passes the guardrails: mu + 12 sigma; ``relaxed``: the best z that leaves some score above
+    it, and -inf where none does (many alike incidents raise sigma above their own height: the scores say
+    nothing against any of them)."""
     mu, sigma, n = float(h.mean()), float(h.std()), len(h)
     if sigma <= 1e-12 * max(mu, 1e-300):  # every error alike (a constant series): one equal to them is not
         return max(mu * (1 + TIE_STEP), MIN_THRESHOLD)  # an anomaly, nor one of rounding's size
@@ -59,6 +62,10 @@ def dynamic_epsilon(h: np.ndarray, pad: int) -> float:
         std_below = np.sqrt(np.maximum(c2[n_below] / n_below - shift * shift, 0.0))
         goodness = (-shift / mu + (sigma - std_below) / sigma) / (n_anom + n_seq**2)
     valid = (n_below < n) & (n_seq <= MAX_SEQUENCES) & (n_anom < 0.5 * n)
+    if relaxed and not valid.any():
+        valid = n_below < n
+        if not valid.any():
+            return -np.inf
     if valid.any():
         g = np.where(valid, goodness, -np.inf)
         epsilon = float(eps[np.flatnonzero(g == g.max())[-1]])  # ties: the larger z, as telemanom's '>='
