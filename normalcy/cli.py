@@ -164,8 +164,8 @@ EventGapArg = Annotated[Optional[int], typer.Option(help="Series: anomalous rows
                                                    "Orion's 50 rows of padding either side merge).")]
 PruneArg = Annotated[Optional[float], typer.Option(help="Series, offline runs: keep an event only if its peak "
                                                   "stands out of the lower ones by this fraction (Hundman et al.'s "
-                                                  "pruning; default 0.13) and above its neighbourhood's dynamic threshold (as Orion); "
-                                                  "0: keep every event.")]
+                                                  "pruning; default 0.13) and reaches its neighbourhood's dynamic "
+                                                  "threshold (as Orion); 0: keep every event.")]
 TimeColumnArg = Annotated[Optional[str], typer.Option(help="Series: the time column (epoch seconds, ISO 8601 dates "
                                                       "or row numbers); default: a column named timestamp, time, "
                                                       "date or datetime. Giving it makes the file a series.")]
@@ -301,7 +301,8 @@ def _report_run(run: RunSummary) -> None:
             console.print(f"  ... and {len(run.notes) - 10} more repairs (run.json, report.html)")
         ray = f" on Ray ({run.cpus} CPUs)" if run.cpus is not None else ""
         pruned = (f" ({run.n_pruned} more crossed the threshold and were pruned as noise: their peaks do not stand "
-                  "out of the others or of their neighbourhood; fit with --prune 0 to keep them)") if run.n_pruned else ""
+                  "out of the others or of their neighbourhood; fit with --prune 0 to keep them)"
+                  ) if run.n_pruned else ""
         console.print(f"scored {run.n_scored} rows of {run.n_series} series{ray}: {run.n_anomalous} anomalous, in "
                       f"{run.n_events} event(s){pruned}; results in {shown(run.output)}", soft_wrap=True)
     elif run.cpus is not None:

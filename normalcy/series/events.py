@@ -72,52 +72,53 @@ def prune(scores: np.ndarray, found: Sequence[tuple[int, int]], fraction: float)
     return sorted(int(i) for i in order[:big[-1] + 1]) if big.size else []
 
 
-def prune_windows(scores: np.ndarray, found: Sequence[tuple[int, int]], fraction: float) -> list[int]:
-    """``prune`` as Orion applies it: within windows of PRUNE_WINDOW of the series, moved by PRUNE_STEP of a
-    window (events clipped to each window, the highest score outside them taken in the window); an event is
-    kept when it survives in some window. A long series (a server's month of metrics) has many incidents
-    whose peaks, all together, rise in steps too small to keep any; a third of it at a time has few."""
-    n = len(scores)
-    if not found or fraction <= 0 or n == 0:
-        return list(range(len(found)))
+def orion_windows(n: int) -> list[tuple[int, int]]:
+    """(start, end) of Orion's windows over n rows: PRUNE_WINDOW of the series long, PRUNE_STEP of a window
+    apart, the last one reaching the end."""
     size = int(np.ceil(n * PRUNE_WINDOW))
     step = max(1, int(np.ceil(size * PRUNE_STEP)))
+    out = [(0, min(size, n))]
+    while out[-1][1] < n:
+        start = out[-1][0] + step
+        out.append((start, min(start + size, n)))
+    return out
+
+
+def prune_windows(scores: np.ndarray, found: Sequence[tuple[int, int]], fraction: float) -> list[int]:
+    """``prune`` as Orion applies it: within ``orion_windows`` (events clipped to each window, the highest
+    score outside them taken in the window); an event is kept when it survives in some window. A long series
+    (a server's month of metrics) has many incidents whose peaks, all together, rise in steps too small to keep
+    any; a third of it at a time has few."""
+    if not found or fraction <= 0 or len(scores) == 0:
+        return list(range(len(found)))
+    scores = np.asarray(scores)
     kept: set[int] = set()
-    start = 0
-    while True:
-        end = min(start + size, n)
+    for start, end in orion_windows(len(scores)):
         inside = [i for i, (a, b) in enumerate(found) if a < end and b >= start]
         if inside:
             local = [(max(found[i][0], start) - start, min(found[i][1], end - 1) - start) for i in inside]
-            kept.update(inside[j] for j in prune(np.asarray(scores)[start:end], local, fraction))
-        if end >= n:
-            return sorted(kept)
-        start += step
+            kept.update(inside[j] for j in prune(scores[start:end], local, fraction))
+    return sorted(kept)
 
 
 def local_events(scores: np.ndarray, found: Sequence[tuple[int, int]]) -> list[int]:
     """The indices of the events whose peak reaches the local dynamic threshold (Hundman et al.'s epsilon,
-    ``dynamic.dynamic_epsilon``) of some window holding it, in Orion's windows (PRUNE_WINDOW of the series,
-    PRUNE_STEP of a window apart): Orion's find_anomalies keeps only what stands out of its own neighbourhood.
+    ``dynamic.dynamic_epsilon``) of some window holding it (``orion_windows``): Orion's find_anomalies keeps
+    only what stands out of its own neighbourhood.
     A threshold set on training data is crossed everywhere once a test series drifts above it; what is still
     anomalous then is what rises above the rest of the series around it."""
     n = len(scores)
     if not found or n == 0:
         return []
     scores = np.asarray(scores, dtype=np.float64)
-    size = int(np.ceil(n * PRUNE_WINDOW))
-    step = max(1, int(np.ceil(size * PRUNE_STEP)))
+    windows = orion_windows(n)
+    pad = min(PADDING, (windows[0][1] - windows[0][0]) // 20)
     above = np.zeros(n, bool)
-    start = 0
-    while True:
-        end = min(start + size, n)
+    for start, end in windows:
         window = scores[start:end]
         # relaxed: where no threshold passes Hundman's guardrails (more than five sequences at every z: many
         # incidents in one window), the best one that leaves something above it; none: keep the window's events
-        above[start:end] |= window >= dynamic_epsilon(window, min(PADDING, size // 20), relaxed=True)
-        if end >= n:
-            break
-        start += step
+        above[start:end] |= window >= dynamic_epsilon(window, pad, relaxed=True)
     return [i for i, (a, b) in enumerate(found) if above[a:b + 1].any()]
 
 
