@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from normalcy.errors import InputError  # noqa: E402
-from normalcy.evaluation.series_metrics import event_counts, label_events  # noqa: E402
+from normalcy.evaluation.series_metrics import Counts, event_counts, label_events, point_counts  # noqa: E402
 from normalcy.series import registry  # noqa: E402
 from normalcy.series.io import read_series_folder  # noqa: E402
 from normalcy.series.runs import model_columns, score_series  # noqa: E402
@@ -44,7 +44,7 @@ LEADERBOARD = [("Conv-AE", 0.79, 13.69, 17.77), ("MSET", 0.73, 20.82, 20.08), ("
                ("Vanilla AE", 0.45, 7.56, 66.57), ("Isolation forest", 0.4, 6.86, 72.09)]
 
 
-def series_folders(data: Path, out: Path) -> list[Path]:
+def skab_folders(data: Path, out: Path) -> list[Path]:
     """One series folder per SKAB file (train: its first 400 rows; test: all of it, ``anomaly`` as ``label``)."""
     folders = []
     for f in sorted(p for p in data.rglob("*.csv") if "anomaly-free" not in p.parts):
@@ -66,9 +66,7 @@ def series_folders(data: Path, out: Path) -> list[Path]:
 
 def run(name: str, folders: list[Path]) -> dict[str, float]:
     """Pooled point counts (SKAB's binary metric) and event counts for one detector."""
-    tp = fp = fn = tn = 0
-    ev = np.zeros(3, int)
-    seconds = 0.0
+    points, events, rows, seconds = Counts(), Counts(), 0, 0.0
     for folder in folders:
         (train,), (test,) = read_series_folder(folder)
         t0 = time.perf_counter()
@@ -79,20 +77,17 @@ def run(name: str, folders: list[Path]) -> dict[str, float]:
             print(f"  {name} {folder.name}: {err}", file=sys.stderr)
             scored = None
         seconds += time.perf_counter() - t0
-        y = np.asarray(test.labels, bool)
-        d = np.zeros(len(y), bool) if scored is None else scored.decision.astype(bool)
-        tp, fp, fn, tn = tp + int((d & y).sum()), fp + int((d & ~y).sum()), fn + int((~d & y).sum()), \
-            tn + int((~d & ~y).sum())
-        predicted = [] if scored is None else [(e.first, e.last) for e in scored.events]
-        c = event_counts(label_events(y), predicted)
-        ev += (c.tp, c.fp, c.fn)
-        print(f"  {name} {folder.name}: flagged {int(d.sum())} of {len(d)} rows, {int((d & y).sum())} of "
-              f"{int(y.sum())} anomalous; events {c.tp}/{c.fp}/{c.fn}", file=sys.stderr)
-    f1 = tp / (tp + (fn + fp) / 2) if tp else 0.0
-    ef1 = 2 * ev[0] / (2 * ev[0] + ev[1] + ev[2]) if ev[0] else 0.0
-    return {"point_f1": round(f1, 3), "far": round(100 * fp / max(fp + tn, 1), 2),
-            "mar": round(100 * fn / max(fn + tp, 1), 2), "event_f1": round(ef1, 3),
-            "events": [int(x) for x in ev], "seconds": round(seconds, 1)}
+        decision = np.zeros(len(test)) if scored is None else scored.decision
+        p = point_counts(test.labels, decision)
+        predicted = [] if scored is None else [(v.first, v.last) for v in scored.events]
+        e = event_counts(label_events(test.labels), predicted)
+        points, events, rows = points + p, events + e, rows + len(test)
+        print(f"  {name} {folder.name}: flagged {p.tp + p.fp} of {len(test)} rows, {p.tp} of {p.tp + p.fn} "
+              f"anomalous; events {e.tp}/{e.fp}/{e.fn}", file=sys.stderr)
+    normal = rows - points.tp - points.fn
+    return {"point_f1": round(points.f1, 3), "far": round(100 * points.fp / max(normal, 1), 2),
+            "mar": round(100 * points.fn / max(points.fn + points.tp, 1), 2), "event_f1": round(events.f1, 3),
+            "events": [events.tp, events.fp, events.fn], "seconds": round(seconds, 1)}
 
 
 def main() -> None:
@@ -101,7 +96,7 @@ def main() -> None:
     ap.add_argument("--detectors", default="auto,autoencoder,hypad,knn,pca")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="normalcy-skab-") as tmp:
-        folders = series_folders(args.data, Path(tmp))
+        folders = skab_folders(args.data, Path(tmp))
         if not folders:
             sys.exit(f"{args.data}: no SKAB file (a semicolon-separated csv with an anomaly column) found")
         results = {name: run(name, folders) for name in args.detectors.split(",")}
