@@ -49,6 +49,7 @@ from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, Strict
 from normalcy.numerics.stats import threshold_at
 from normalcy.runs.format import decide
+from normalcy.series.glitches import mended
 from normalcy.series.io import Series
 from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, PERIOD_FALLBACK, find_period
 from normalcy.vectors.tables import MAX_COLUMNS
@@ -84,6 +85,9 @@ class SeriesParams(HyperParams):
     # 0: every event. A stream's alarms are not pruned. (forecast prunes inside its scores with it, as the
     # paper does.)
     prune: float = Field(0.13, ge=0, lt=1)
+    # a one-row glitch in a multivariate training series (one sensor far off for one row, rare in its column) is
+    # mended for fitting, so that it does not raise the threshold: normalcy.series.glitches
+    mend_glitches: bool = True
     seed: Seed = 0
 
 
@@ -197,6 +201,8 @@ class SeriesDetector:
         threshold at the (1 - fpr) quantile of the scores of the held-out rest and (``cross_fit``) of the
         first share of the same size, scored by a twin fitted on the rows after it."""
         parts = _parts(data)
+        if self.mend_glitches:
+            parts = [(name, mended(v, cols, name), cols) for name, v, cols in parts]
         self.columns_ = parts[0][2]
         for name, _, cols in parts[1:]:
             if cols != self.columns_:
