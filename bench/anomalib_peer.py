@@ -2,6 +2,13 @@
 
     nice -n 10 python bench/anomalib_peer.py [--datasets hazelnut_toy magnetic_tile] [--venv ../anomalib-venv]
                                              [--models patchcore padim] [--ours gaussian patchcore ...]
+    nice -n 10 python bench/anomalib_peer.py --datasets elpv elpv-logical hazelnut_toy-logical magnetic_tile-logical
+
+``--datasets`` takes data sets in MVTec AD layout (names under ../shared/data, or paths) and the development
+proxies of bench/dev_proxies.py by name (elpv's real defects from the ``elpv-dataset`` package, and the
+``-logical`` proxies: synthetic logical anomalies in held-out normal training images), built into a temporary
+folder in the same layout and run by both tools alike; ours at the proxy's input size there (elpv: its cells'
+native 300 px), anomalib at its own 256 x 256.
 
 Ours: one fresh ``python -m normalcy.cli eval DATASET --detector NAME --json`` per entry of ``--ours``
 (``NAME@BACKBONE`` adds ``--backbone BACKBONE``; by default gaussian and patchcore on their own default
@@ -85,10 +92,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 # ---------------------------------------------------------------- our side (normalcy's environment)
 
-def run_ours(dataset: Path, spec: str) -> dict:
-    """``normalcy eval DATASET --detector NAME [--backbone B] --json`` in a fresh process; its JSON."""
+def run_ours(dataset: Path, spec: str, extra: list[str] = ()) -> dict:
+    """``normalcy eval DATASET --detector NAME [--backbone B] [extra] --json`` in a fresh process; its JSON."""
     detector, _, backbone = spec.partition("@")
-    cmd = [sys.executable, "-m", "normalcy.cli", "eval", str(dataset), "--detector", detector, "--json"]
+    cmd = [sys.executable, "-m", "normalcy.cli", "eval", str(dataset), "--detector", detector, "--json", *extra]
     if backbone:
         cmd += ["--backbone", backbone]
     out = _run(cmd, cwd=ROOT)
@@ -218,17 +225,35 @@ def main() -> None:
         return
     check_venv(args.venv)
     rows = []
-    for name in args.datasets:
-        path = Path(name) if Path(name).is_dir() else DATA / name
-        if not (path / "train" / "good").is_dir():
-            raise SystemExit(f"{path}: not a data set in MVTec AD layout (no train/good)")
-        for spec in args.ours:
-            print(f"normalcy {spec} on {path.name} ...", file=sys.stderr)
-            rows.append({"dataset": path.name, **run_ours(path, spec)})
-        for model in args.models:
-            print(f"anomalib {model} on {path.name} ...", file=sys.stderr)
-            rows.append({"dataset": path.name, **run_anomalib(args.venv, path, model, args)})
+    with tempfile.TemporaryDirectory(prefix="anomalib-peer-data-") as built:
+        for name in args.datasets:
+            path, extra = dataset_path(name, Path(built))
+            for spec in args.ours:
+                print(f"normalcy {spec} on {path.name} ...", file=sys.stderr)
+                rows.append({"dataset": path.name, **run_ours(path, spec, extra)})
+            for model in args.models:
+                print(f"anomalib {model} on {path.name} ...", file=sys.stderr)
+                rows.append({"dataset": path.name, **run_anomalib(args.venv, path, model, args)})
     print_table(rows)
+
+
+def dataset_path(name: str, built: Path) -> tuple[Path, list[str]]:
+    """(an MVTec-layout folder, extra ``normalcy eval`` arguments) for a data set's name or path, or a
+    development proxy of bench/dev_proxies.py built under ``built`` (ours at the proxy's input size there)."""
+    if not Path(name).is_dir() and not (DATA / name).is_dir():
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from dev_proxies import PROXIES  # noqa: E402  (bench scripts import each other by name)
+
+        if name not in PROXIES:
+            raise SystemExit(f"{name}: neither a data set under {DATA} nor a development proxy ({', '.join(PROXIES)})")
+        build, sizing = PROXIES[name]
+        path = build(built / name)
+        size = sizing(sorted((path / "train" / "good").iterdir()))
+        return path, ["--image-size", str(size) if isinstance(size, int) else "x".join(map(str, size))]
+    path = Path(name) if Path(name).is_dir() else DATA / name
+    if not (path / "train" / "good").is_dir():
+        raise SystemExit(f"{path}: not a data set in MVTec AD layout (no train/good)")
+    return path, []
 
 
 # ---------------------------------------------------------------- anomalib's side (run under the venv)

@@ -647,7 +647,8 @@ def test_windows_inside_one_series() -> None:
 # ---------------------------------------------------------------------------------------------- glitches
 
 
-def test_a_one_row_glitch_in_training_does_not_blind_the_threshold(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_one_row_glitch_in_training_does_not_blind_the_threshold(caplog: pytest.LogCaptureFixture,
+                                                                  tmp_path: Path) -> None:
     """SKAB's valve2_0: one logged row far off in one sensor (of 400 training rows) reached every held-out window
     that held it, the threshold rose to those windows and the real anomaly was flagged on 8 of 394 rows. Mended
     for fitting, with a warning naming the file, row and column, it no longer does."""
@@ -663,6 +664,11 @@ def test_a_one_row_glitch_in_training_does_not_blind_the_threshold(caplog: pytes
     assert "s.csv: 1 one-row glitch(es)" in caplog.text and "row 351, column 'm1'" in caplog.text
     decision = det.score(test).decision
     assert decision[300:400].mean() > 0.8 and decision[:300].mean() < 0.05
+    det.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    (glitch,) = meta["training"]["mended_glitches"]
+    assert glitch["series"] == "s.csv" and glitch["row"] == 351 and glitch["column"] == "m1" and glitch["steps"] > 100
+    np.testing.assert_array_equal(load(tmp_path / "m").score(test).decision, decision)
 
 
 def test_what_is_not_a_glitch() -> None:

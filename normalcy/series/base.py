@@ -62,6 +62,7 @@ FORMAT_VERSION = 1
 LONGEST_WINDOW = 4096  # a window a user may ask for (an automatic one is at most MAX_WINDOW)
 MIN_THRESHOLD = 1e-6  # held-out normal rows that all score 0 (an exactly periodic series): a score under this
 # is rounding, not an anomaly, so the threshold never sits at 0, where every row would be anomalous
+MAX_MENDED = 20  # glitches model.json lists (the warning counts them all)
 MIN_CALIBRATION = 20  # held-out rows under which the threshold is unreliable (a warning)
 MAX_Z = 1e6  # spreads from the training median a standardised value is clipped to: one that far is as anomalous
 # as any further one, and past it float32 searches and networks overflow (a value of 1e308 scored NaN, not anomalous)
@@ -201,8 +202,12 @@ class SeriesDetector:
         threshold at the (1 - fpr) quantile of the scores of the held-out rest and (``cross_fit``) of the
         first share of the same size, scored by a twin fitted on the rows after it."""
         parts = _parts(data)
+        self.mended_: list[dict[str, Any]] = []
         if self.mend_glitches:
-            parts = [(name, mended(v, cols, name), cols) for name, v, cols in parts]
+            for k, (name, v, cols) in enumerate(parts):
+                v, found = mended(v, cols, name)
+                parts[k] = (name, v, cols)
+                self.mended_ += found
         self.columns_ = parts[0][2]
         for name, _, cols in parts[1:]:
             if cols != self.columns_:
@@ -462,12 +467,15 @@ class SeriesDetector:
         self._check_fitted()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        training = self.metadata()
+        if getattr(self, "mended_", None):  # the training rows fitted on were not all as given: say which
+            training = training | {"mended_glitches": self.mended_[:MAX_MENDED]}
         meta = SeriesModelMeta.model_validate_json(json.dumps({  # as load reads it: what would not load is not saved
             "kind": SERIES_KIND, "format_version": FORMAT_VERSION, "normalcy_version": __version__,
             "detector": self.name, "params": self.params(), "columns": list(self.columns_),
             "window": self.window_, "threshold": self.threshold_, "mean": self.mean_.tolist(),
             "scale": self.scale_.tolist(), "n_train": self.n_train_, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "training": self.metadata() or None, "choice": self.choice, "time_column": self.time_column,
+            "training": training or None, "choice": self.choice, "time_column": self.time_column,
         }))
         save_file(self.state_dict(), str(d / MODEL_TENSORS))
         (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2) + "\n")

@@ -20,14 +20,14 @@ What counts as a glitch, so that real behaviour is never mended away:
   a glitch cannot be told from a normal spike, and NAB's files have spikes in their training rows that recur
   later as normal ones: nothing is mended there.
 
-A mended value becomes the mean of its neighbours, for fitting only (test data is never changed), and a
-warning names the series, the row and the column.
+A mended value becomes the mean of its neighbours, for fitting only (test data is never changed); a warning
+names the series, the row and the column, and model.json lists them (``training.mended_glitches``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -62,12 +62,12 @@ def glitches(X: np.ndarray) -> list[tuple[int, int, float]]:
     return [g for g in found if per_row[g[0]] <= (d - 1) // 2]
 
 
-def mended(X: np.ndarray, columns: Sequence[str], where: str) -> np.ndarray:
+def mended(X: np.ndarray, columns: Sequence[str], where: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """X with each glitch (``glitches``) replaced by the mean of its neighbours (a copy; X itself if none),
-    with a warning naming where."""
+    with a warning naming where; and the glitches as model.json records them (row from 1, column, steps)."""
     found = glitches(X)
     if not found:
-        return X
+        return X, []
     X = np.array(X, dtype=np.float64)
     for i, j, _ in found:
         X[i, j] = 0.5 * (X[i - 1, j] + X[i + 1, j])
@@ -75,4 +75,4 @@ def mended(X: np.ndarray, columns: Sequence[str], where: str) -> np.ndarray:
     log.warning("%s: %d one-row glitch(es) in the training data mended for fitting (the first: row %d, column %r, "
                 "%.0f typical steps from both neighbours, its neighbours' mean used instead); fit with "
                 "mend_glitches=False to learn them as normal", where, len(found), row + 1, columns[col], steps)
-    return X
+    return X, [{"series": where, "row": i + 1, "column": columns[j], "steps": round(v, 1)} for i, j, v in found]
