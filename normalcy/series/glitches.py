@@ -15,7 +15,7 @@ What counts as a glitch, so that real behaviour is never mended away:
   setting or a held value jumps by nature, and its one-row jumps (a command sent once) are events;
 * rare in its column: at most RARE such rows; a column that spikes more often spikes by nature, and its
   spikes are normal operation;
-* in a minority of the row's columns, and only in a series of two or more columns: a row where one sensor
+* in fewer than half of the row's columns (so only in a series of three or more): a row where one sensor
   jumps while the others hold still is a sensor or logging fault. In one column alone (a univariate series)
   a glitch cannot be told from a normal spike, and NAB's files have spikes in their training rows that recur
   later as normal ones: nothing is mended there.
@@ -40,7 +40,7 @@ RARE = 2  # a column with more one-row departures than this spikes by nature: no
 def glitches(X: np.ndarray) -> list[tuple[int, int, float]]:
     """(row, column, departure in typical steps) of each one-row glitch in the (n, d) values X."""
     n, d = X.shape
-    if d < 2 or n < 5:
+    if d < 3 or n < 5:
         return []
     found: list[tuple[int, int, float]] = []
     for j in range(d):
