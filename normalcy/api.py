@@ -169,6 +169,7 @@ class DetectorOptions:
     window: Optional[int] = None  # series only: rows per window (None: the training data's period)
     event_gap: Optional[int] = None  # series only: rows under which anomalous rows are one event (None: 100)
     prune: Optional[float] = None  # series only: Hundman et al.'s event pruning fraction (None: 0.13; 0: none)
+    keep_glitches: bool = False  # series only: learn one-row glitches of the training data as they are
 
     def name(self, table: bool = False, series: bool = False) -> str:
         if series:
@@ -178,10 +179,11 @@ class DetectorOptions:
     def series_kwargs(self) -> dict[str, Any]:
         """The series detector's parameters (an option that does not apply to it is an InputError)."""
         return detector_params(self.name(series=True), self.fpr, self.seed, self.window, self.steps,
-                               self.time_budget, self.event_gap, self.prune)
+                               self.time_budget, self.event_gap, self.prune, self.keep_glitches)
 
     def check_not_series(self) -> None:
-        for option, value in (("--window", self.window), ("--event-gap", self.event_gap), ("--prune", self.prune)):
+        for option, value in (("--window", self.window), ("--event-gap", self.event_gap), ("--prune", self.prune),
+                              ("--keep-glitches", self.keep_glitches or None)):
             if value is not None:
                 raise InputError(f"{option} applies to series only (a file with a time column, or --series)")
 

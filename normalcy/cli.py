@@ -166,6 +166,10 @@ PruneArg = Annotated[Optional[float], typer.Option(help="Series, offline runs: k
                                                   "stands out of the lower ones by this fraction (Hundman et al.'s "
                                                   "pruning; default 0.13) and reaches its neighbourhood's dynamic "
                                                   "threshold (as Orion); 0: keep every event.")]
+KeepGlitchesArg = Annotated[bool, typer.Option("--keep-glitches", help="Series: learn a one-row glitch of one "
+                                                "sensor in multivariate training data as it is (default: mended "
+                                                "for fitting, with a warning, so that it cannot raise the "
+                                                "threshold).")]
 TimeColumnArg = Annotated[Optional[str], typer.Option(help="Series: the time column (epoch seconds, ISO 8601 dates "
                                                       "or row numbers); default: a column named timestamp, time, "
                                                       "date or datetime. Giving it makes the file a series.")]
@@ -185,7 +189,7 @@ GROUP_OPTIONS: dict[str, Any] = {
     "overlap": OverlapArg, "pool_grid": GridArg, "precision": PrecisionArg, "input_norm": InputNormArg,
     "tune": TuneArg, "tune_budget": TuneBudgetArg,
     "detector": DetectorArg, "fpr": FprArg, "seed": SeedArg, "steps": StepsArg, "time_budget": BudgetArg,
-    "window": WindowArg, "event_gap": EventGapArg, "prune": PruneArg,
+    "window": WindowArg, "event_gap": EventGapArg, "prune": PruneArg, "keep_glitches": KeepGlitchesArg,
 }
 
 

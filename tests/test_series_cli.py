@@ -350,3 +350,28 @@ def test_the_shortest_series_with_a_constant_metric_fits_predicts_and_draws(tmp_
     assert len(list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))) == 16
     report = (tmp_path / "run" / "report.html").read_text()
     assert "fan" in report and "<svg" in report
+
+
+def test_keep_glitches_from_the_command_line(tmp_path: Path) -> None:
+    """A one-row glitch in a multivariate training file is mended (said on stderr, listed in model.json) unless
+    --keep-glitches; the flag applies to series only."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 3))
+    X[200, 1] = 400.0
+    train = tmp_path / "train.csv"
+    with open(train, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "a", "b", "c"])
+        w.writerows([[i, *map(float, row)] for i, row in enumerate(X)])
+    r = cli("fit", train, "-o", tmp_path / "m", "--detector", "knn")
+    assert r.exit_code == 0 and "1 one-row glitch(es)" in r.stderr and "row 201, column 'b'" in " ".join(r.stderr.split())
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["params"]["mend_glitches"] and meta["training"]["mended_glitches"][0]["column"] == "b"
+    r = cli("fit", train, "-o", tmp_path / "k", "--detector", "knn", "--keep-glitches")
+    assert r.exit_code == 0 and "mended" not in r.stderr
+    meta = json.loads((tmp_path / "k" / "model.json").read_text())
+    assert not meta["params"]["mend_glitches"] and not (meta["training"] or {}).get("mended_glitches")
+    plain = tmp_path / "plain.csv"
+    plain.write_text("a,b\n1,2\n3,4\n")
+    assert "--keep-glitches applies to series only" in one_line_error(cli("fit", plain, "-o", tmp_path / "t",
+                                                                          "--keep-glitches"))

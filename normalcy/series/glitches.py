@@ -74,5 +74,6 @@ def mended(X: np.ndarray, columns: Sequence[str], where: str) -> tuple[np.ndarra
     row, col, steps = found[0]
     log.warning("%s: %d one-row glitch(es) in the training data mended for fitting (the first: row %d, column %r, "
                 "%.0f typical steps from both neighbours, its neighbours' mean used instead); fit with "
-                "mend_glitches=False to learn them as normal", where, len(found), row + 1, columns[col], steps)
+                "--keep-glitches (mend_glitches=False) to learn them as they are", where, len(found), row + 1,
+                columns[col], steps)
     return X, [{"series": where, "row": i + 1, "column": columns[j], "steps": round(v, 1)} for i, j, v in found]

@@ -122,7 +122,8 @@ def _has_series_folders(path: Path) -> bool:
 
 def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | None = None,
                     steps: int | None = None, time_budget: float | None = None,
-                    event_gap: int | None = None, prune: float | None = None) -> dict[str, Any]:
+                    event_gap: int | None = None, prune: float | None = None,
+                    keep_glitches: bool = False) -> dict[str, Any]:
     """A series detector's parameters from the command line's options; one that does not apply to the
     detector (--steps for knn) is one InputError naming it."""
     if name not in registry.DETECTORS:
@@ -135,6 +136,8 @@ def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | N
         params["event_gap"] = event_gap
     if prune is not None:
         params["prune"] = prune
+    if keep_glitches:
+        params["mend_glitches"] = False
     if steps is not None:
         if "steps" not in fields:
             raise InputError(f"series detector {name!r} does not train: --steps does not apply")
