@@ -64,7 +64,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:  # both only in the venv's worker
     import torch
@@ -92,7 +92,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 # ---------------------------------------------------------------- our side (normalcy's environment)
 
-def run_ours(dataset: Path, spec: str, extra: list[str] = ()) -> dict:
+def run_ours(dataset: Path, spec: str, extra: Sequence[str] = ()) -> dict:
     """``normalcy eval DATASET --detector NAME [--backbone B] [extra] --json`` in a fresh process; its JSON."""
     detector, _, backbone = spec.partition("@")
     cmd = [sys.executable, "-m", "normalcy.cli", "eval", str(dataset), "--detector", detector, "--json", *extra]
