@@ -95,14 +95,14 @@ class ExtractorOptions:
     overlap: int = 64
     pool_grid: int = 4
     precision: str = "auto"
-    input_norm: Optional[str] = None  # own (None: own, or chosen by --detector auto), imagenet, or auto (chosen on
+    input_norm: Optional[str] = None  # own (None: own, or chosen by --detector auto), imagenet, standard, or auto (on
     # held-out normal images with synthetic defects)
     tune: bool = False  # choose the settings below that were left at their defaults, as auto chooses a detector
     tune_budget: Optional[float] = None  # --tune may take this many plain fits (0: no limit; None: TUNE_BUDGET)
 
     @property
     def input_norms(self) -> tuple[str, ...]:
-        """The input normalisations to try: both for auto (the backbone's own first), else the one given."""
+        """The input normalisations to try: each for auto (the backbone's own first), else the one given."""
         return INPUT_NORMS if self.input_norm == "auto" else (self.input_norm or "own",)
 
     @property

@@ -126,8 +126,9 @@ StepsArg = Annotated[Optional[int], typer.Option(help="Trained detectors: traini
 BudgetArg = Annotated[Optional[float], typer.Option(help="Trained detectors: stop training after this many seconds.")]
 InputNormArg = Annotated[Optional[str], typer.Option(
     help="How pixels enter the backbone: own (the mean/std its weights were trained with; the default), imagenet "
-    "(ImageNet's), or auto: each on held-out normal training images with synthetic defects, the better kept (fit, "
-    "eval). Not given, --detector auto tries gaussian with both.", show_default=False)]
+    "(ImageNet's), standard (each image first brought to one mean and contrast: dim, grey or unevenly lit images), "
+    "or auto: each on held-out normal training images with synthetic defects, the best kept (fit, eval). Not "
+    "given, --detector auto tries gaussian with each.", show_default=False)]
 TuneArg = Annotated[bool, typer.Option(
     "--tune", help="Choose the input normalisation, pooling grid and, unless given, the backbone and input size, "
     "on held-out normal training images with synthetic defects (one setting at a time; costs several fits; "

@@ -22,6 +22,7 @@ from normalcy.images.backbones import (
     custom_backbone,
     fuse_conv_bn,
     get_backbone_spec,
+    standardised,
 )
 from normalcy.images.features import FeatureExtractor
 
@@ -344,3 +345,26 @@ def test_backbone_runs_eagerly_where_tracing_fails(monkeypatch, caplog):
             maps = ex.level_maps(torch.rand(2, 3, 64, 64), ex.backbone.levels)
     assert "without TorchScript (cannot trace this network)" in caplog.text
     assert maps["s8"].shape == (2, 40, 8, 8)
+
+
+def test_standard_input_norm_sees_past_brightness_and_contrast():
+    """input norm "standard": each image to mean 0.5 and spread CONTRAST before the weights' own normalisation,
+    so an image made brighter and of higher contrast (no pixel clipped) gives the same maps; a flat image stays
+    finite; the other normalisations are untouched."""
+    from normalcy.images.backbones import CONTRAST
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.3 + 0.05 * torch.rand(2, 3, 64, 64, generator=g)
+    out = standardised(x, CONTRAST)
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), torch.full((2,), 0.5), atol=1e-5)
+    assert torch.allclose(out.std(dim=(1, 2, 3)), torch.full((2,), CONTRAST), atol=1e-4)
+    flat = standardised(torch.full((1, 3, 8, 8), 0.7), CONTRAST)
+    assert torch.isfinite(flat).all() and torch.allclose(flat, torch.full_like(flat, 0.5), atol=1e-4)
+    std = FeatureExtractor(image_size=64, precision="fp32", input_norm="standard")
+    own = FeatureExtractor(image_size=64, precision="fp32")
+    assert std.spec.contrast == CONTRAST and own.spec.contrast is None and std.spec.mean == own.spec.mean
+    brighter = 0.1 + 2.0 * x  # 0.7-0.8: no pixel clipped
+    a, b = std.level_maps(x, ("s8",))["s8"], std.level_maps(brighter, ("s8",))["s8"]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    a, b = own.level_maps(x, ("s8",))["s8"], own.level_maps(brighter, ("s8",))["s8"]
+    assert (a - b).abs().max() > 0.1

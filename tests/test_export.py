@@ -93,6 +93,16 @@ def test_fp32_parity(name: str, dataset: Path, tmp_path: Path) -> None:
         assert got.decisions[defects(got)].all()
 
 
+def test_fp32_parity_with_each_image_standardised(dataset: Path, tmp_path: Path) -> None:
+    """input norm "standard" standardises each image inside the backbone, so the graph carries it."""
+    train, test = list_files(dataset / "train" / "good"), list_files(dataset / "test")
+    ext = FeatureExtractor(image_size=96, precision="fp32", pooled_levels=("s8", "s16"), input_norm="standard")
+    det = create("gaussian", ext).fit(train, progress=False)
+    scorer = OnnxScorer(export_onnx(det, tmp_path / "g.onnx"))
+    assert scorer.meta["normalisation"]["contrast"] == 0.25
+    assert_parity(scorer.score(test, batch_size=5), det.score(test, progress=False))
+
+
 def test_cli_export_patchcore_ivf_model(dataset: Path, tmp_path: Path) -> None:
     """A model whose bank is searched by IVF: the graph searches exactly, as exact_search(det) does."""
     train, test = list_files(dataset / "train" / "good"), list_files(dataset / "test")

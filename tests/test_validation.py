@@ -78,8 +78,8 @@ def test_input_norm_auto_tries_both_and_the_model_keeps_its_choice(tmp_path: Pat
     r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m", "--input-norm", "auto", "--image-size", "64")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert set(meta["choice"]["validation_auroc"]) == {"gaussian/own", "gaussian/imagenet"}
-    assert meta["extractor"]["input_norm"] == meta["choice"]["input_norm"] in ("own", "imagenet")
+    assert set(meta["choice"]["validation_auroc"]) == {"gaussian/own", "gaussian/imagenet", "gaussian/standard"}
+    assert meta["extractor"]["input_norm"] == meta["choice"]["input_norm"] in ("own", "imagenet", "standard")
     # a model saved with ImageNet's normalisation loads with it; one from before the option loads as "own"
     r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "i", "--input-norm", "imagenet", "--image-size", "64")
     assert r.returncode == 0, r.stderr
@@ -91,6 +91,9 @@ def test_input_norm_auto_tries_both_and_the_model_keeps_its_choice(tmp_path: Pat
     del raw["extractor"]["input_norm"]
     (tmp_path / "m" / "model.json").write_text(json.dumps(raw))
     assert load(tmp_path / "m").extractor.spec.mean == (0.5, 0.5, 0.5)
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "s", "--input-norm", "standard", "--image-size", "64")
+    assert r.returncode == 0, r.stderr
+    assert load(tmp_path / "s").extractor.spec.contrast == 0.25 and load(tmp_path / "m").extractor.spec.contrast is None
     r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "x", "--input-norm", "bogus")
     assert r.returncode == 1 and "input normalisation 'bogus'" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("score-batch", root / "test", "-o", tmp_path / "zs", "--input-norm", "auto")
@@ -118,16 +121,16 @@ def test_tune_tries_each_setting_left_open_and_records_the_choice(tmp_path: Path
     assert choice["budget"] == 0 and choice["skipped"] == []  # no limit: every trial ran
     r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m2", "--tune-budget", "2")
     assert r.returncode != 0 and "add --tune" in r.stderr  # a budget without --tune would be silently ignored
-    assert set(choice["validation_auroc"]) == {"gaussian", "input_norm=imagenet", "backbone=efficientnet_lite2",
-                                               "pool_grid=2", "pool_grid=1"}
+    assert set(choice["validation_auroc"]) == {"gaussian", "input_norm=imagenet", "input_norm=standard",
+                                               "backbone=efficientnet_lite2", "pool_grid=2", "pool_grid=1"}
     assert set(choice["tuned"]) == {"input_norm", "backbone", "pool_grid"}  # image_size was given
     ex = meta["extractor"]
     assert (ex["input_norm"], ex["backbone"], ex["pool_grid"]) == tuple(choice["tuned"][k] for k in
                                                                         ("input_norm", "backbone", "pool_grid"))
     assert ex["image_size"] == 64
     # a setting changes only where the other value wins in most bootstrap resamples of the split
-    for setting, other in {"input_norm": "imagenet", "backbone": "efficientnet_lite2"}.items():
-        assert (choice["tuned"][setting] == other) == (choice["wins"][setting] >= 0.95)
+    for setting, first in {"input_norm": "own", "backbone": "efficientnet_lite0"}.items():
+        assert (choice["tuned"][setting] != first) == (choice["wins"][setting] >= 0.95)
     # a person reading predict's run (run.json, report.html) sees what was chosen, without opening model.json
     r = run_cli("predict", tmp_path / "m", root / "test", "-o", tmp_path / "run", "--no-heatmaps")
     assert r.returncode == 0, r.stderr
@@ -165,7 +168,7 @@ def test_tune_candidates_keep_what_cannot_change() -> None:
     ex = FeatureExtractor(image_size=64, precision="fp32", pool_grid=2)
     assert tune_candidates("pool_grid", ex, "gaussian", []) == [2, 4, 1]  # the extractor's own first
     assert tune_candidates("pool_grid", ex, "patchcore", []) == []  # no pooled features there
-    assert tune_candidates("input_norm", ex.with_input_norm("imagenet"), "gaussian", []) == ["imagenet", "own"]
+    assert tune_candidates("input_norm", ex.with_input_norm("imagenet"), "gaussian", []) == ["imagenet", "own", "standard"]
     sizes = tune_candidates("image_size", ex, "gaussian", [])
     assert sizes[0] == (64, 64) and (224, 224) in sizes and (320, 320) in sizes
     tiled = FeatureExtractor(image_size=256, tile=128, precision="fp32")
@@ -283,7 +286,7 @@ def test_tune_skips_the_trials_its_time_budget_cannot_afford(tmp_path: Path) -> 
     train = list_files(root / "train" / "good")
     det = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("input_norm", "pool_grid"), progress=False,
                     budget=0.5)  # less than the first trial has taken already
-    assert det.choice["skipped"] == ["input_norm=imagenet", "pool_grid=2", "pool_grid=1"]
+    assert det.choice["skipped"] == ["input_norm=imagenet", "input_norm=standard", "pool_grid=2", "pool_grid=1"]
     assert list(det.choice["validation_auroc"]) == ["gaussian"] and det.choice["budget"] == 0.5
     assert (det.extractor.input_norm, det.extractor.pool_grid) == ("own", 4)
     assert det.choice["tuned"] == {"input_norm": "own", "pool_grid": 4}
@@ -318,7 +321,7 @@ def test_auto_tries_gaussian_with_imagenet_normalisation_unless_one_is_given(tmp
     assert ExtractorOptions().auto_norm and not ExtractorOptions(input_norm="own").auto_norm
     assert ExtractorOptions().input_norms == ("own",)  # every other detector: the weights' own
     det = fit_detector("auto", train, FeatureExtractor(image_size=64), auto_norm=True, progress=False)
-    assert set(det.choice["validation_auroc"]) == {*CANDIDATES, "gaussian/imagenet"}
+    assert set(det.choice["validation_auroc"]) == {*CANDIDATES, "gaussian/imagenet", "gaussian/standard"}
     monkeypatch.setattr(validation, "_pick", lambda current, others, *args, **kw: ("gaussian/imagenet", 1.0))
     det = fit_detector("auto", train, FeatureExtractor(image_size=64), auto_norm=True, progress=False)
     assert (det.name, det.extractor.input_norm, det.choice["input_norm"]) == ("gaussian", "imagenet", "imagenet")

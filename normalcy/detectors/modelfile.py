@@ -119,7 +119,7 @@ class ExtractorMeta(Strict):
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # models from before bf16 ran in fp32
     tile: int | None = Field(None, ge=32, le=MAX_SIZE)  # models from before tiling ran untiled
     overlap: int = Field(64, ge=0, le=MAX_SIZE)
-    input_norm: Literal["own", "imagenet"] = "own"  # models from before the choice fed the backbone its own
+    input_norm: Literal["own", "imagenet", "standard"] = "own"  # models from before the choice fed the backbone its own
 
     @field_validator("backbone_extras", mode="before")
     @classmethod

@@ -52,6 +52,7 @@ class BackboneSpec:
     patch_levels: tuple[str, ...] = ("s8", "s16")
     pooled_levels: tuple[str, ...] = ("s8", "s16", "s32")
     extras: dict[str, str] = field(default_factory=dict)
+    contrast: float | None = None  # each image to mean 0.5 and this spread first (input norm "standard")
 
 
 class Backbone(nn.Module):
@@ -72,6 +73,7 @@ class Backbone(nn.Module):
         self.net.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
+        self.contrast = spec.contrast
         self._order = list(spec.levels)
         self._last = ""  # the deepest level of the current forward pass: its hook stops the pass
         self._out: dict[str, torch.Tensor] = {}
@@ -116,6 +118,8 @@ class Backbone(nn.Module):
         """The plain forward pass of ``net`` (this backbone's network, or a copy of it in another dtype)."""
         self._out = {}
         self._last = max(levels, key=self._order.index)
+        if self.contrast is not None:
+            x = standardised(x, self.contrast)
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         weights = next(net.parameters()).dtype
         try:
@@ -269,8 +273,20 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # How pixels enter a backbone: "own", the mean/std its weights were trained with; "imagenet", ImageNet's mean/std
 # (what anomalib feeds every backbone). For EfficientNet-Lite (own: 0.5/0.5) that is a per-channel contrast gain
-# of about 2.2 in front of ReLU6 layers, which helps on some data and hurts on other (docs/benchmarks.md).
-INPUT_NORMS = ("own", "imagenet")
+# of about 2.2 in front of ReLU6 layers, which helps on some data and hurts on other (docs/benchmarks.md);
+# "standard", each image brought to mean 0.5 and spread CONTRAST (over its pixels and channels) before the own
+# normalisation: a dim, low-contrast image (a grey tile, an X-ray) meets the network as a photo would, and an
+# image that is merely brighter or darker than the others no longer looks unlike them.
+INPUT_NORMS = ("own", "imagenet", "standard")
+CONTRAST = 0.25  # a standardised image's spread: its mean +- 2 spreads fill [0, 1]
+
+
+def standardised(x: torch.Tensor, contrast: float) -> torch.Tensor:
+    """Bx3xHxW images in [0, 1], each to mean 0.5 and spread ``contrast``, clipped to [0, 1] (the range the
+    weights saw); a flat image stays flat (its spread floored at 1e-3)."""
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    spread = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
+    return ((x - mean) * (contrast / spread) + 0.5).clamp(0.0, 1.0)
 
 
 def with_input_norm(spec: "BackboneSpec", input_norm: str) -> "BackboneSpec":
@@ -279,6 +295,8 @@ def with_input_norm(spec: "BackboneSpec", input_norm: str) -> "BackboneSpec":
         raise InputError(f"input normalisation {str(input_norm)[:40]!r} is not one of {', '.join(INPUT_NORMS)}")
     if input_norm == "own":
         return spec
+    if input_norm == "standard":
+        return dataclasses.replace(spec, contrast=CONTRAST)
     return dataclasses.replace(spec, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
 
 

@@ -160,7 +160,10 @@ def metadata(det: Detector, precision: str) -> dict[str, Any]:
                  "cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) (normalcy.images.features.resize_image)",
         "resize": "cv2.INTER_AREA",
         "normalisation": {"scale": 1 / 255, "mean": list(spec.mean), "std": list(spec.std),
-                          "note": "inside the graph: (pixels / 255 - mean) / std"},
+                          **({"contrast": spec.contrast} if spec.contrast is not None else {}),
+                          "note": "inside the graph: (pixels / 255 - mean) / std" + (
+                              ", each image first brought to mean 0.5 and spread `contrast` (clipped to [0, 1])"
+                              if spec.contrast is not None else "")},
         "outputs": {"image_scores": "float64 [N]: anomalous when >= threshold",
                     "maps": "float32 [N, h, w]: anomaly map on the patch grid (upsample to the image's size)"},
         "backbone": spec.name,
