@@ -48,6 +48,7 @@ from sklearn.covariance import ledoit_wolf
 
 from normalcy.evaluation.evaluate import maps_at, masks_for, metric_size
 from normalcy.evaluation.metrics import pixel_metrics
+from normalcy.images.backbones import INPUT_NORMS
 from normalcy.images.features import FeatureExtractor, upsample_map
 from normalcy.images.io import load_dataset
 from normalcy.numerics.stats import distance, inverse
@@ -154,11 +155,12 @@ def main() -> None:
                     "(default: the backbone's own, s8,s16)")
     ap.add_argument("--quick", action="store_true", help="the cheap variants only (no 48,000 exact, no all patches)")
     ap.add_argument("--with-cells", action="store_true", help="each variant also plus the default's cell term")
+    ap.add_argument("--input-norm", default="own", choices=INPUT_NORMS, help="how pixels enter the backbone")
     args = ap.parse_args()
     torch.set_num_threads(2)
     faiss.omp_set_num_threads(2)
     ds = load_dataset(args.dataset)
-    ex = FeatureExtractor(backbone=args.backbone,
+    ex = FeatureExtractor(backbone=args.backbone, input_norm=args.input_norm,
                           patch_levels=args.patch_levels.split(",") if args.patch_levels else None)
     train, _, _ = features(ex, list(ds.train))
     test, paths, sizes = features(ex, [s.path for s in ds.test])
@@ -189,7 +191,7 @@ def main() -> None:
             f"nearest of all {len(train):,} patches (IVF 2048, nprobe 4)": lambda: nearest(train, 2048, 4),
         }
     print(f"{ds.name}: {len(ds.train)} train, {n} test images, {d} features a patch, {h}x{w} patches, backbone "
-          f"{args.backbone}, patch levels {','.join(ex.patch_levels)}\n")
+          f"{args.backbone}, patch levels {','.join(ex.patch_levels)}, input norm {args.input_norm}\n")
     print("| patch model | pixel AUROC | AUPRO@30% | " + " | ".join(f"AUPRO {k}" for k in defects)
           + " | fit s | ms per image |")
     print("|---|---|---|" + "---|" * len(defects) + "---|---|")
