@@ -368,3 +368,16 @@ def test_standard_input_norm_sees_past_brightness_and_contrast():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     a, b = own.level_maps(x, ("s8",))["s8"], own.level_maps(brighter, ("s8",))["s8"]
     assert (a - b).abs().max() > 0.1
+
+
+def test_standard_input_norm_uses_the_whole_image_when_tiled():
+    """A tiled extractor standardises the whole image once, not each tile by its own statistics."""
+    from normalcy.images.backbones import CONTRAST
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 128, 128, generator=g) * 0.2
+    x[..., 64:] += 0.6  # the right half much brighter: per-tile statistics would differ
+    tiled = FeatureExtractor(image_size=128, tile=64, overlap=0, precision="fp32", input_norm="standard")
+    plain = FeatureExtractor(image_size=128, tile=64, overlap=0, precision="fp32")
+    torch.testing.assert_close(tiled.level_maps(x, ("s8",))["s8"],
+                               plain.level_maps(standardised(x, CONTRAST), ("s8",))["s8"])

@@ -52,7 +52,8 @@ class BackboneSpec:
     patch_levels: tuple[str, ...] = ("s8", "s16")
     pooled_levels: tuple[str, ...] = ("s8", "s16", "s32")
     extras: dict[str, str] = field(default_factory=dict)
-    contrast: float | None = None  # each image to mean 0.5 and this spread first (input norm "standard")
+    contrast: float | None = None  # each image to mean 0.5 and this spread first (input norm "standard"; done by
+    # FeatureExtractor.level_maps on the whole image, before any tiling, so that every tile sees the same scale)
 
 
 class Backbone(nn.Module):
@@ -73,7 +74,6 @@ class Backbone(nn.Module):
         self.net.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
-        self.contrast = spec.contrast
         self._order = list(spec.levels)
         self._last = ""  # the deepest level of the current forward pass: its hook stops the pass
         self._out: dict[str, torch.Tensor] = {}
@@ -118,8 +118,6 @@ class Backbone(nn.Module):
         """The plain forward pass of ``net`` (this backbone's network, or a copy of it in another dtype)."""
         self._out = {}
         self._last = max(levels, key=self._order.index)
-        if self.contrast is not None:
-            x = standardised(x, self.contrast)
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         weights = next(net.parameters()).dtype
         try:

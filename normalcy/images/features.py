@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from normalcy.errors import ImageError, InputError
-from normalcy.images.backbones import Backbone, BackboneSpec, get_backbone_spec, with_input_norm
+from normalcy.images.backbones import Backbone, BackboneSpec, get_backbone_spec, standardised, with_input_norm
 from normalcy.images.io import image_size, iter_images
 
 
@@ -324,6 +324,8 @@ class FeatureExtractor:
 
     def level_maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
         """Raw float32 backbone maps of the given levels, in this extractor's precision (tiled if asked)."""
+        if self.spec.contrast is not None:  # input norm "standard": the whole image's statistics, not a tile's
+            x = standardised(x, self.spec.contrast)
         if self.tile and (x.shape[2] > self.tile or x.shape[3] > self.tile):
             return self._tiled_maps(x, levels)
         return self._maps(x, levels)
