@@ -13,6 +13,16 @@ reading and scoring as ``normalcy eval``. Settings are the defaults; nothing is 
 Prints one table: per detector, point F1, FAR and MAR (false-alarm and missed-alarm rates, %) from confusion counts
 pooled over the files, as SKAB's ``chp_score(..., metric="binary")`` pools them, and event F1 (Orion's overlap rule);
 then SKAB's published outlier leaderboard. Ends with one JSON line.
+
+``--peers conv-ae`` also runs the leaderboard's best, SKAB's Conv-AE, on the same files in the same run: not a
+PyPI package (SKAB's code is Keras, GPL-3.0), so it is written again here in torch from SKAB's
+``core/Conv_AE.py`` and ``notebooks/Conv_AE.ipynb``: the same layers (stride-2 convolutions 32 and 16 wide,
+kernel 7, dropout 0.2, transposed back to one output channel that the loss broadcasts against the 8 inputs),
+60-row windows of the StandardScaler'd first 400 rows, Adam at 1e-3, batch 32, up to 100 epochs with early
+stopping (patience 5 on the last 10 % of windows), Glorot-uniform weights as Keras's, and its rule: a window is
+anomalous when its residual (absolute error, averaged over time, summed over sensors) exceeds 4/3 of the 99.9th
+percentile of the training windows' residuals; a row is anomalous when the 59 windows starting at the 59 rows
+before it all are.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from normalcy.errors import InputError  # noqa: E402
 from normalcy.evaluation.series_metrics import Counts, event_counts, label_events, point_counts  # noqa: E402
 from normalcy.series import registry  # noqa: E402
+from normalcy.series.events import spans  # noqa: E402
 from normalcy.series.io import read_series_folder  # noqa: E402
 from normalcy.series.runs import model_columns, score_series  # noqa: E402
 
@@ -84,22 +96,117 @@ def run(name: str, folders: list[Path]) -> dict[str, float]:
         points, events, rows = points + p, events + e, rows + len(test)
         print(f"  {name} {folder.name}: flagged {p.tp + p.fp} of {len(test)} rows, {p.tp} of {p.tp + p.fn} "
               f"anomalous; events {e.tp}/{e.fp}/{e.fn}", file=sys.stderr)
+    return _pooled(points, events, rows, seconds)
+
+
+def _pooled(points: Counts, events: Counts, rows: int, seconds: float) -> dict[str, float]:
+    """SKAB's pooled binary metrics (F1, FAR, MAR) and the event counts."""
     normal = rows - points.tp - points.fn
     return {"point_f1": round(points.f1, 3), "far": round(100 * points.fp / max(normal, 1), 2),
             "mar": round(100 * points.fn / max(points.fn + points.tp, 1), 2), "event_f1": round(events.f1, 3),
             "events": [events.tp, events.fp, events.fn], "seconds": round(seconds, 1)}
 
 
+CONV_AE_STEPS = 60  # SKAB's N_STEPS
+CONV_AE_Q = 0.999  # SKAB's Q: the quantile of training residuals, times 4/3, is the control limit
+
+
+def _conv_ae_net(d: int) -> torch.nn.Module:
+    from torch import nn
+
+    net = nn.Sequential(
+        nn.Conv1d(d, 32, 7, stride=2, padding=3), nn.ReLU(), nn.Dropout(0.2),
+        nn.Conv1d(32, 16, 7, stride=2, padding=3), nn.ReLU(),
+        nn.ConvTranspose1d(16, 16, 7, stride=2, padding=3, output_padding=1), nn.ReLU(), nn.Dropout(0.2),
+        nn.ConvTranspose1d(16, 32, 7, stride=2, padding=3, output_padding=1), nn.ReLU(),
+        nn.ConvTranspose1d(32, 1, 7, padding=3))
+    for m in net:
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def conv_ae_decisions(train: np.ndarray, test: np.ndarray, seed: int = 0) -> np.ndarray:
+    """SKAB's Conv-AE pipeline on one file (see the module docstring): (n,) 0/1 decisions of the test rows."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)  # StandardScaler leaves a constant column at scale 1
+
+    def windows(x: np.ndarray) -> torch.Tensor:
+        z = (x - mean) / std
+        w = np.lib.stride_tricks.sliding_window_view(z, CONV_AE_STEPS, axis=0)  # (n - 59, d, 60)
+        return torch.tensor(np.ascontiguousarray(w), dtype=torch.float32)
+
+    X = windows(train)
+    n_val = int(len(X) * 0.1)
+    fit, val = X[:len(X) - n_val], X[len(X) - n_val:]  # Keras's validation_split: the last 10 %
+    net = _conv_ae_net(X.shape[1])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    best, waited = np.inf, 0
+    for _ in range(100):
+        net.train()
+        for idx in np.array_split(rng.permutation(len(fit)), max(1, int(np.ceil(len(fit) / 32)))):
+            opt.zero_grad()
+            loss = ((net(fit[idx]) - fit[idx]) ** 2).mean()  # (b, 1, 60) broadcast against (b, d, 60)
+            loss.backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            v = float(((net(val) - val) ** 2).mean()) if len(val) else 0.0
+        if v < best:
+            best, waited = v, 0
+        else:
+            waited += 1
+            if waited >= 5:
+                break
+
+    def residuals(W: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return (W - net(W)).abs().mean(dim=2).sum(dim=1).numpy()
+
+    ucl = np.quantile(residuals(X), CONV_AE_Q) * 4 / 3
+    anomalous = residuals(windows(test)) > ucl
+    out = np.zeros(len(test), dtype=int)
+    n = len(anomalous)
+    for i in range(CONV_AE_STEPS - 1, n - CONV_AE_STEPS + 1):  # as SKAB's loop, its range and slice
+        if np.all(anomalous[i - CONV_AE_STEPS + 1:i]):
+            out[i] = 1
+    return out
+
+
+def run_conv_ae(folders: list[Path]) -> dict[str, float]:
+    """SKAB's Conv-AE on every file, pooled as ``run`` pools ours (events: runs of flagged rows)."""
+    points, events, rows, seconds = Counts(), Counts(), 0, 0.0
+    for folder in folders:
+        (train,), (test,) = read_series_folder(folder)
+        t0 = time.perf_counter()
+        decision = conv_ae_decisions(np.asarray(train.values, float), np.asarray(test.values, float))
+        seconds += time.perf_counter() - t0
+        p = point_counts(test.labels, decision)
+        e = event_counts(label_events(test.labels), spans(decision))
+        points, events, rows = points + p, events + e, rows + len(test)
+        print(f"  conv-ae {folder.name}: flagged {p.tp + p.fp} of {len(test)} rows, {p.tp} of {p.tp + p.fn} "
+              f"anomalous; events {e.tp}/{e.fp}/{e.fn}", file=sys.stderr)
+    return _pooled(points, events, rows, seconds)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="SKAB's data folder, or any folder of its semicolon-separated files")
     ap.add_argument("--detectors", default="auto,autoencoder,hypad,knn,pca")
+    ap.add_argument("--peers", default="", help="conv-ae: SKAB's Conv-AE (the leaderboard's best) in the same run")
     args = ap.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+    if set(peers) - {"conv-ae"}:
+        sys.exit(f"--peers: {', '.join(sorted(set(peers) - {'conv-ae'}))} unknown; known: conv-ae")
     with tempfile.TemporaryDirectory(prefix="normalcy-skab-") as tmp:
         folders = skab_folders(args.data, Path(tmp))
         if not folders:
             sys.exit(f"{args.data}: no SKAB file (a semicolon-separated csv with an anomaly column) found")
         results = {name: run(name, folders) for name in args.detectors.split(",")}
+        peer_results = {"Conv-AE (SKAB's, in torch)": run_conv_ae(folders)} if peers else {}
     print(f"SKAB, {len(folders)} files: fitted on each file's first {TRAIN_ROWS} rows, the whole file scored\n")
     print("| method | F1 | FAR, % | MAR, % | event F1 (tp/fp/fn) | seconds |")
     print("|---|---|---|---|---|---|")
@@ -107,9 +214,13 @@ def main() -> None:
         tp, fp, fn = r["events"]
         print(f"| ours: {name} | {r['point_f1']:.2f} | {r['far']:.2f} | {r['mar']:.2f} | {r['event_f1']:.2f} "
               f"({tp}/{fp}/{fn}) | {r['seconds']:.1f} |")
+    for name, r in peer_results.items():
+        tp, fp, fn = r["events"]
+        print(f"| peer, this run: {name} | {r['point_f1']:.2f} | {r['far']:.2f} | {r['mar']:.2f} | "
+              f"{r['event_f1']:.2f} ({tp}/{fp}/{fn}) | {r['seconds']:.1f} |")
     for name, f1, far, mar in LEADERBOARD:
         print(f"| SKAB leaderboard (published, all 34 files): {name} | {f1:.2f} | {far:.2f} | {mar:.2f} | | |")
-    print(json.dumps({"files": len(folders), **results}))
+    print(json.dumps({"files": len(folders), **results, **{"conv-ae": r for r in peer_results.values()}}))
 
 
 if __name__ == "__main__":
