@@ -177,6 +177,24 @@ def test_tune_candidates_keep_what_cannot_change() -> None:
         tune_candidates("colour", ex, "gaussian", [])
 
 
+def test_tune_tries_standard_before_imagenet_on_low_contrast_images(tmp_path: Path) -> None:
+    """Under a budget --tune may have time for one other normalisation: on grey, low-contrast images (a tile,
+    an X-ray) the standardised one comes first, on photos ImageNet's; read from the normal images alone."""
+    from normalcy.evaluation.validation import LOW_CONTRAST, image_contrast, tune_candidates
+
+    rng = np.random.default_rng(0)
+    for name, spread in (("flat", 10), ("photo", 70)):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            pixels = np.clip(120 + spread * rng.standard_normal((32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    flat, photo = list_files(tmp_path / "flat"), list_files(tmp_path / "photo")
+    assert image_contrast(flat) < LOW_CONTRAST < image_contrast(photo) and image_contrast([]) == 0.25
+    ex = FeatureExtractor(image_size=64, precision="fp32")
+    assert tune_candidates("input_norm", ex, "gaussian", flat) == ["own", "standard", "imagenet"]
+    assert tune_candidates("input_norm", ex, "gaussian", photo) == ["own", "imagenet", "standard"]
+
+
 def test_split_can_keep_the_images_aspect_ratio(tmp_path: Path) -> None:
     root = make_synthetic_dataset(tmp_path / "ds", n_train=20)
     split = synthetic_split(list_files(root / "train" / "good"), tmp_path / "val", size=64, shape=(48, 96))
@@ -286,7 +304,8 @@ def test_tune_skips_the_trials_its_time_budget_cannot_afford(tmp_path: Path) -> 
     train = list_files(root / "train" / "good")
     det = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("input_norm", "pool_grid"), progress=False,
                     budget=0.5)  # less than the first trial has taken already
-    assert det.choice["skipped"] == ["input_norm=imagenet", "input_norm=standard", "pool_grid=2", "pool_grid=1"]
+    assert det.choice["skipped"] == ["input_norm=standard", "input_norm=imagenet", "pool_grid=2", "pool_grid=1"]
+    # (the synthetic textures are grey and low in contrast: standard is tried before imagenet)
     assert list(det.choice["validation_auroc"]) == ["gaussian"] and det.choice["budget"] == 0.5
     assert (det.extractor.input_norm, det.extractor.pool_grid) == ("own", 4)
     assert det.choice["tuned"] == {"input_norm": "own", "pool_grid": 4}
