@@ -100,6 +100,13 @@ class ExtractorOptions:
     tune: bool = False  # choose the settings below that were left at their defaults, as auto chooses a detector
     tune_budget: Optional[float] = None  # --tune may take this many plain fits (0: no limit; None: TUNE_BUDGET)
 
+    def check_images_only(self, kind: str) -> None:
+        """InputError naming the first option given that only images have (``kind``: series, tables): a series
+        fitted with ``--tune`` would otherwise quietly ignore it."""
+        for f in fields(self):
+            if getattr(self, f.name) != f.default:
+                raise InputError(f"--{f.name.replace('_', '-')} applies to images only, not to {kind}")
+
     @property
     def input_norms(self) -> tuple[str, ...]:
         """The input normalisations to try: each for auto (the backbone's own first), else the one given."""
@@ -273,6 +280,7 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
     DetectorOptions (fpr, seed, window, backbone, image_size, ...)."""
     ex, det_opts = options(settings, detector)
     if isinstance(train, (str, Path)) and is_series_input(Path(train), time_column, series_column, series):
+        ex.check_images_only("series")
         fit_many: Any = fit_each
         if ray is not None:
             from normalcy.scale.distributed import fit_series_ray
@@ -290,6 +298,7 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         raise InputError(f"{train}: --series needs a .csv or .parquet file or a series folder")
     if isinstance(train, (str, Path)) and is_table(Path(train)):
         det_opts.check_not_series()
+        ex.check_images_only("tables")
         model = _fit_table(Path(train), det_opts, label_column, id_column)
     else:
         paths = list_files(Path(train)) if isinstance(train, (str, Path)) else [Path(p) for p in train]

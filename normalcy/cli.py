@@ -460,6 +460,7 @@ def eval_(
     if dataset.is_dir() and is_series_input(dataset):
         from normalcy.evaluation.evaluate import eval_series
 
+        ex.check_images_only("series")
         with console.status(f"evaluating {shown(det.name(series=True))} on the series of {shown(dataset)}"):
             metrics = eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column,
                                   label_column=label_column or "label")
@@ -473,6 +474,7 @@ def eval_(
             raise InputError(f"{dataset}: eval on a table needs --label-column (0 normal, 1 anomaly)")
         test_table = read_table(test, label_column) if test is not None else None
         det.check_not_series()
+        ex.check_images_only("tables")
         metrics = eval_table(read_table(dataset, label_column), det.name(table=True), det.fpr, det.seed, test_table)
         _report_skipped_rows(dataset, [(str(i), str(r)) for i, r in metrics["skipped"]])
     else:

@@ -88,6 +88,14 @@ def test_the_series_or_table_rule(data: Path, tmp_path: Path) -> None:
     assert "--event-gap applies to series only" in one_line_error(cli("fit", plain, "-o", tmp_path / "m2",
                                                                       "--event-gap", "8"))
     assert "does not train: --steps" in one_line_error(cli("fit", train, "-o", tmp_path / "m3", "--steps", "5"))
+    # and the other way round: an option only images have is refused, not quietly ignored
+    assert "--tune applies to images only, not to series" in one_line_error(cli("fit", train, "-o", tmp_path / "m4",
+                                                                                 "--tune"))
+    assert "--input-norm applies to images only, not to series" in one_line_error(
+        cli("eval", data, "--input-norm", "standard"))
+    assert "--image-size applies to images only, not to tables" in one_line_error(
+        cli("fit", plain, "-o", tmp_path / "m5", "--image-size", "320"))
+    assert not (tmp_path / "m4").exists() and not (tmp_path / "m5").exists()
 
 
 def test_fit_predict_a_series_with_iso_dates(data: Path, model: Path) -> None:
