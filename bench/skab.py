@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ from normalcy.errors import InputError  # noqa: E402
 from normalcy.evaluation.series_metrics import Counts, event_counts, label_events, point_counts  # noqa: E402
 from normalcy.series import registry  # noqa: E402
 from normalcy.series.events import spans  # noqa: E402
-from normalcy.series.io import read_series_folder  # noqa: E402
+from normalcy.series.io import Series, read_series_folder  # noqa: E402
 from normalcy.series.runs import model_columns, score_series  # noqa: E402
 
 TRAIN_ROWS = 400  # SKAB's notebooks: X_train = df[:400]
@@ -76,31 +77,36 @@ def skab_folders(data: Path, out: Path) -> list[Path]:
     return folders
 
 
-def run(name: str, folders: list[Path]) -> dict[str, float]:
-    """Pooled point counts (SKAB's binary metric) and event counts for one detector."""
-    points, events, rows, seconds = Counts(), Counts(), 0, 0.0
-    for folder in folders:
-        (train,), (test,) = read_series_folder(folder)
-        t0 = time.perf_counter()
+Detect = Callable[[Series, Series], tuple[np.ndarray, list[tuple[int, int]]]]
+"""(train, test) -> the test rows' 0/1 decisions and the predicted events (first, last row)."""
+
+
+def ours(name: str) -> Detect:
+    """One of our series detectors, fitted and scored as ``normalcy eval`` does (its events, pruned)."""
+    def detect(train: Series, test: Series) -> tuple[np.ndarray, list[tuple[int, int]]]:
         try:
             det = registry.create(name).fit(train, progress=False)
             scored = score_series(det, model_columns(det, test, None))
         except InputError as err:
-            print(f"  {name} {folder.name}: {err}", file=sys.stderr)
-            scored = None
+            print(f"  {name} {test.source.parent.name or test.name}: {err}", file=sys.stderr)
+            return np.zeros(len(test)), []
+        return scored.decision, [(v.first, v.last) for v in scored.events]
+    return detect
+
+
+def run(name: str, detect: Detect, folders: list[Path]) -> dict[str, float]:
+    """Pooled point counts (SKAB's binary metric) and event counts for one method."""
+    points, events, rows, seconds = Counts(), Counts(), 0, 0.0
+    for folder in folders:
+        (train,), (test,) = read_series_folder(folder)
+        t0 = time.perf_counter()
+        decision, predicted = detect(train, test)
         seconds += time.perf_counter() - t0
-        decision = np.zeros(len(test)) if scored is None else scored.decision
         p = point_counts(test.labels, decision)
-        predicted = [] if scored is None else [(v.first, v.last) for v in scored.events]
         e = event_counts(label_events(test.labels), predicted)
         points, events, rows = points + p, events + e, rows + len(test)
         print(f"  {name} {folder.name}: flagged {p.tp + p.fp} of {len(test)} rows, {p.tp} of {p.tp + p.fn} "
               f"anomalous; events {e.tp}/{e.fp}/{e.fn}", file=sys.stderr)
-    return _pooled(points, events, rows, seconds)
-
-
-def _pooled(points: Counts, events: Counts, rows: int, seconds: float) -> dict[str, float]:
-    """SKAB's pooled binary metrics (F1, FAR, MAR) and the event counts."""
     normal = rows - points.tp - points.fn
     return {"point_f1": round(points.f1, 3), "far": round(100 * points.fp / max(normal, 1), 2),
             "mar": round(100 * points.fn / max(points.fn + points.tp, 1), 2), "event_f1": round(events.f1, 3),
@@ -176,20 +182,10 @@ def conv_ae_decisions(train: np.ndarray, test: np.ndarray, seed: int = 0) -> np.
     return out
 
 
-def run_conv_ae(folders: list[Path]) -> dict[str, float]:
-    """SKAB's Conv-AE on every file, pooled as ``run`` pools ours (events: runs of flagged rows)."""
-    points, events, rows, seconds = Counts(), Counts(), 0, 0.0
-    for folder in folders:
-        (train,), (test,) = read_series_folder(folder)
-        t0 = time.perf_counter()
-        decision = conv_ae_decisions(np.asarray(train.values, float), np.asarray(test.values, float))
-        seconds += time.perf_counter() - t0
-        p = point_counts(test.labels, decision)
-        e = event_counts(label_events(test.labels), spans(decision))
-        points, events, rows = points + p, events + e, rows + len(test)
-        print(f"  conv-ae {folder.name}: flagged {p.tp + p.fp} of {len(test)} rows, {p.tp} of {p.tp + p.fn} "
-              f"anomalous; events {e.tp}/{e.fp}/{e.fn}", file=sys.stderr)
-    return _pooled(points, events, rows, seconds)
+def conv_ae(train: Series, test: Series) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """SKAB's Conv-AE as a ``Detect``: its decisions, and their runs as events."""
+    decision = conv_ae_decisions(np.asarray(train.values, float), np.asarray(test.values, float))
+    return decision, spans(decision)
 
 
 def main() -> None:
@@ -205,8 +201,8 @@ def main() -> None:
         folders = skab_folders(args.data, Path(tmp))
         if not folders:
             sys.exit(f"{args.data}: no SKAB file (a semicolon-separated csv with an anomaly column) found")
-        results = {name: run(name, folders) for name in args.detectors.split(",")}
-        peer_results = {"Conv-AE (SKAB's, in torch)": run_conv_ae(folders)} if peers else {}
+        results = {name: run(name, ours(name), folders) for name in args.detectors.split(",")}
+        peer_results = {"Conv-AE (SKAB's, in torch)": run("conv-ae", conv_ae, folders)} if peers else {}
     print(f"SKAB, {len(folders)} files: fitted on each file's first {TRAIN_ROWS} rows, the whole file scored\n")
     print("| method | F1 | FAR, % | MAR, % | event F1 (tp/fp/fn) | seconds |")
     print("|---|---|---|---|---|---|")
