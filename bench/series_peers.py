@@ -32,6 +32,10 @@ Splits:
   score the whole file. Metrics cover every row of every file.
 - ASD (12 servers): ours fit on train.csv and score test.csv; the TSB-AD peers run on train.csv
   followed by test.csv (so they see the same rows ours learn from) and their test.csv rows are scored.
+- TSB-AD-M files (``--sets tsbm --tsbm DIR``: every ``*.csv`` of DIR in TSB-AD's multivariate layout, columns
+  then ``Label``, the training length in the name: ``..._tr_2075_1st_5550.csv`` or ``107_SMAP_E-9_2075_5550.csv``;
+  its SMD, SMAP and MSL files are the server machines and spacecraft telemetry of issue 25's hidden check): split
+  as ASD, the first rows as train, the rest as test.
 
 Metrics (normalcy.evaluation.series_metrics): event F1 as Orion's leaderboard (overlap segment; tp/fp/fn
 summed over a data set's series, per NAB category and pooled over all files); point F1 at the method's
@@ -147,6 +151,26 @@ def load_nab(root: Path) -> list[Case]:
                 labels[(t >= lo) & (t <= hi)] = 1
             fit_rows = int(math.floor(PROBATION * len(values)))
             cases.append(Case("nab", category, path.stem, values[:fit_rows], values, labels))
+    return cases
+
+
+def load_tsbm(root: Path) -> list[Case]:
+    """TSB-AD-M files: the training length is the name's number after ``_tr_``, else its last but one."""
+    cases = []
+    for path in sorted(root.glob("*.csv")):
+        parts = path.stem.split("_")
+        nums = [p for p in parts if p.isdigit()]
+        train_rows = int(parts[parts.index("tr") + 1]) if "tr" in parts[:-1] else int(nums[-2]) if len(nums) >= 2 else 0
+        cols = _read_csv(path)
+        label = next((c for c in cols if c.lower() == "label"), None)
+        if label is None or train_rows < 2:
+            print(f"{path.name}: no Label column or no training length in the name: left out", file=sys.stderr)
+            continue
+        X = np.column_stack([cols[c].to_numpy(zero_copy_only=False) for c in cols if c != label]).astype(np.float64)
+        y = cols[label].to_numpy(zero_copy_only=False).astype(np.int8)
+        dataset = parts[1] if len(parts) > 1 else "tsbm"
+        cases.append(Case("tsbm", dataset, path.stem, X[:train_rows], X[train_rows:], y[train_rows:],
+                          history=X[:train_rows]))
     return cases
 
 
@@ -316,9 +340,9 @@ def print_nab(tallies: dict[str, Tally]) -> dict:
     return report
 
 
-def print_asd(tallies: dict[str, Tally]) -> dict:
+def print_asd(tallies: dict[str, Tally], title: str = "ASD (12 servers, fit on train.csv, scored on test.csv)") -> dict:
     head = ["method", "event F1", "(tp/fp/fn)", "point F1", "AUC-PR", "VUS-PR", "s", "failed"]
-    print("\n## ASD (12 servers, fit on train.csv, scored on test.csv)\n")
+    print(f"\n## {title}\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     report = {}
@@ -342,7 +366,9 @@ def print_failures(name: str, tallies: dict[str, Tally]) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--sets", default="nab,asd", help="comma-separated: nab, asd")
+    ap.add_argument("--sets", default="nab,asd", help="comma-separated: nab, asd, tsbm")
+    ap.add_argument("--tsbm", type=Path, default=None, help="folder of TSB-AD-M files (--sets tsbm; default "
+                                                             "DATA/tsb-ad-m)")
     ap.add_argument("--peers", default=None, help="TSB-AD detectors to run (default: the five / four above); "
                                                   "'none' for none")
     ap.add_argument("--ours", default=None, help="our detectors (default: every one in the registry); 'none'")
@@ -368,8 +394,10 @@ def main(argv: list[str] | None = None) -> None:
             cases, multivariate = load_nab(args.data / "nab"), False
         elif name == "asd":
             cases, multivariate = load_asd(args.data / "asd"), True
+        elif name == "tsbm":
+            cases, multivariate = load_tsbm(args.tsbm or args.data / "tsb-ad-m"), True
         else:
-            raise SystemExit(f"--sets: unknown data set {name!r} (nab, asd)")
+            raise SystemExit(f"--sets: unknown data set {name!r} (nab, asd, tsbm)")
         if args.limit:
             cases = cases[: args.limit]
         peers = MULTI_PEERS if multivariate else UNI_PEERS
@@ -380,7 +408,10 @@ def main(argv: list[str] | None = None) -> None:
         methods: dict[str, Runner] = {f"ours: {n}": our_detector(n) for n in ours}
         methods.update({f"TSB-AD {p}": tsb_peer(p, multivariate) for p in peers})
         tallies = run_set(cases, methods, vus=not args.no_vus, tracebacks=args.traceback)
-        report[name] = print_nab(tallies) if name == "nab" else print_asd(tallies)
+        report[name] = print_nab(tallies) if name == "nab" else print_asd(tallies) if name == "asd" else \
+            print_asd(tallies, f"TSB-AD-M files ({len(cases)}: {', '.join(c.name for c in cases[:4])}"
+                               f"{' ...' if len(cases) > 4 else ''}), fit on the rows before the name's training "
+                               "length's end, scored on the rest")
         print_failures(name, tallies)
     print(f"\nOrion: {report['orion']}.")
     if args.json:

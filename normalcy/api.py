@@ -177,6 +177,7 @@ class DetectorOptions:
     event_gap: Optional[int] = None  # series only: rows under which anomalous rows are one event (None: 100)
     prune: Optional[float] = None  # series only: Hundman et al.'s event pruning fraction (None: 0.13; 0: none)
     keep_glitches: bool = False  # series only: learn one-row glitches of the training data as they are
+    score_flags: bool = False  # series only: score a block of 0/1 columns (commands, flags) as metrics too
 
     def name(self, table: bool = False, series: bool = False) -> str:
         if series:
@@ -186,11 +187,13 @@ class DetectorOptions:
     def series_kwargs(self) -> dict[str, Any]:
         """The series detector's parameters (an option that does not apply to it is an InputError)."""
         return detector_params(self.name(series=True), self.fpr, self.seed, self.window, self.steps,
-                               self.time_budget, self.event_gap, self.prune, self.keep_glitches)
+                               self.time_budget, self.event_gap, self.prune, self.keep_glitches,
+                               self.score_flags)
 
     def check_not_series(self) -> None:
         for option, value in (("--window", self.window), ("--event-gap", self.event_gap), ("--prune", self.prune),
-                              ("--keep-glitches", self.keep_glitches or None)):
+                              ("--keep-glitches", self.keep_glitches or None),
+                              ("--score-flags", self.score_flags or None)):
             if value is not None:
                 raise InputError(f"{option} applies to series only (a file with a time column, or --series)")
 
@@ -438,7 +441,8 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     files: list[SeriesFile] = []
     failed: list[tuple[str, str]] = []
     jobs: list[tuple[int, Any, str]] = []  # (file index, series, where: for skipped.csv)
-    keep = (model.columns_, "the model" + time_hint(time_column)) if isinstance(model, SeriesDetector) else None
+    keep = ((*model.columns_, *model.flags_), "the model" + time_hint(time_column)  # flags: left out as fit said
+            ) if isinstance(model, SeriesDetector) else None
     for item in iter_series_files(inputs, time_column, series_column, keep):
         if isinstance(item, tuple):
             failed.append(item)

@@ -171,6 +171,10 @@ KeepGlitchesArg = Annotated[bool, typer.Option("--keep-glitches", help="Series: 
                                                 "sensor in multivariate training data as it is (default: mended "
                                                 "for fitting, with a warning, so that it cannot raise the "
                                                 "threshold).")]
+ScoreFlagsArg = Annotated[bool, typer.Option("--score-flags", help="Series: score a block of columns that hold "
+                                             "only 0 and 1 (one-hot commands, on/off flags: half the columns, "
+                                             "two or more switching) as metrics too (default: left out, with a "
+                                             "warning naming them; the measured columns are scored).")]
 TimeColumnArg = Annotated[Optional[str], typer.Option(help="Series: the time column (epoch seconds, ISO 8601 dates "
                                                       "or row numbers); default: a column named timestamp, time, "
                                                       "date or datetime. Giving it makes the file a series.")]
@@ -191,6 +195,7 @@ GROUP_OPTIONS: dict[str, Any] = {
     "tune": TuneArg, "tune_budget": TuneBudgetArg,
     "detector": DetectorArg, "fpr": FprArg, "seed": SeedArg, "steps": StepsArg, "time_budget": BudgetArg,
     "window": WindowArg, "event_gap": EventGapArg, "prune": PruneArg, "keep_glitches": KeepGlitchesArg,
+    "score_flags": ScoreFlagsArg,
 }
 
 

@@ -383,3 +383,34 @@ def test_keep_glitches_from_the_command_line(tmp_path: Path) -> None:
     plain.write_text("a,b\n1,2\n3,4\n")
     assert "--keep-glitches applies to series only" in one_line_error(cli("fit", plain, "-o", tmp_path / "t",
                                                                           "--keep-glitches"))
+
+
+def test_command_columns_from_the_command_line(tmp_path: Path) -> None:
+    """A block of 0/1 columns beside a measured one is left out with a warning naming them, model.json lists
+    them, predict scores a test file that has them without a note; --score-flags keeps them."""
+    rng = np.random.default_rng(0)
+
+    def write(path: Path, n: int) -> None:
+        t = np.arange(n)
+        x = np.sin(2 * np.pi * t / 40) + 0.05 * rng.standard_normal(n)
+        cmds = (rng.random((n, 3)) < 0.02).astype(int)
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["timestamp", "value", "c1", "c2", "c3"])
+            w.writerows([[i, float(x[i]), *cmds[i]] for i in range(n)])
+
+    write(tmp_path / "train.csv", 800)
+    write(tmp_path / "test.csv", 400)
+    r = cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "--detector", "knn")
+    err = " ".join(r.stderr.split())
+    assert r.exit_code == 0 and "3 column(s) hold only 0 and 1" in err and "c1, c2, c3" in err
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["flags"] == ["c1", "c2", "c3"]
+    r = cli("predict", tmp_path / "m", tmp_path / "test.csv", "-o", tmp_path / "run")
+    assert r.exit_code == 0 and "left out" not in r.stderr
+    r = cli("fit", tmp_path / "train.csv", "-o", tmp_path / "k", "--detector", "knn", "--score-flags")
+    meta = json.loads((tmp_path / "k" / "model.json").read_text())
+    assert r.exit_code == 0 and meta["flags"] == [] and meta["columns"] == ["value", "c1", "c2", "c3"]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("a,b\n1,2\n3,4\n")
+    assert "--score-flags applies to series only" in one_line_error(cli("fit", plain, "-o", tmp_path / "t",
+                                                                        "--score-flags"))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from normalcy.errors import InputError, NotFittedError
 from normalcy.numerics.stats import threshold_at
-from normalcy.series.base import SeriesDetector, standardiser
+from normalcy.series.base import SeriesDetector, flag_block, standardiser
 from normalcy.series.dynamic import dynamic_epsilon
 from normalcy.series.events import events, local_events, prune, prune_windows, pruned, spans
 from normalcy.series.io import Series, read_series_folder
@@ -695,3 +695,54 @@ def test_what_is_not_a_glitch() -> None:
     together = X.copy()
     together[200, :3] = 300.0
     assert [(r, c) for r, c, _ in glitches(together)] == [(500, 0)]
+
+
+# ---------------------------------------------------------------------------------------------- command columns
+
+
+def test_flag_block_rule() -> None:
+    """A block of 0/1 columns (at least 2, at least half) beside measured ones is left out; one 0/1 column
+    among metrics (a health flag), a two-valued column that is not 0/1 (ASD's 0.5/1) or all-0/1 data stay."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((200, 1))
+    flags = (rng.random((200, 3)) < 0.1).astype(float)
+    assert flag_block(np.c_[z, flags]).tolist() == [False, True, True, True]
+    # with commands never sent in training (zeros) in the block
+    assert flag_block(np.c_[z, flags[:, :2], np.zeros((200, 2))]).tolist() == [False, True, True, True, True]
+    assert not flag_block(np.c_[rng.standard_normal((200, 4)), flags[:, :1]]).any()
+    assert not flag_block(np.c_[z, np.where(flags > 0, 1.0, 0.5)]).any()
+    assert not flag_block(flags).any()
+    assert not flag_block(np.c_[z, np.zeros((200, 3)), flags[:, :1]]).any()  # idle metrics, one switching
+
+
+def test_command_columns_are_left_out_of_the_model(tmp_path: Path) -> None:
+    """Telemetry with one-hot command columns (SMAP's layout): the model scores the telemetry alone, so a
+    command held on raises nothing while the telemetry's shift is found; score_flags keeps
+    them, and a rare command held on then alarms. A saved model keeps the flags and scores a file that has them."""
+    cols = ("value",) + tuple(f"cmd{j}" for j in range(4))
+
+    def make(n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        cmds = np.zeros((n, 4))
+        for c in range(3):
+            cmds[rng.integers(0, n, 12), c] = 1.0
+        return np.c_[sine(n, period=50, seed=seed)[:, 0], cmds]
+
+    train, test = make(2000, 0), make(3000, 1)
+    test[1000:1100, 0] += 3.0
+    test[2000:2010, 1] = 1.0  # a command rare in training (12 rows in 2,000: each 13 spreads) held on
+    det = create("knn", window=16).fit(series(train, columns=cols), progress=False)
+    assert det.columns_ == ("value",) and det.flags_ == cols[1:]
+    res = det.score(series(test, columns=cols))
+    assert res.decision[1000:1100].mean() > 0.5 and res.decision[1990:2040].sum() == 0
+    det.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["flags"] == list(cols[1:])
+    loaded = load(tmp_path / "m")
+    assert loaded.flags_ == cols[1:]
+    np.testing.assert_array_equal(loaded.score(series(test, columns=cols)).score, res.score)
+    from_array = create("knn", window=16).fit(train, progress=False)  # an array: its flags by position
+    assert from_array.columns_ == ("x0",)
+    np.testing.assert_array_equal(from_array.score(test).score, res.score)
+    both = create("knn", window=16, score_flags=True).fit(series(train, columns=cols), progress=False)
+    assert both.columns_ == cols and both.flags_ == ()
+    assert both.score(series(test, columns=cols)).decision[2000:2016].any()

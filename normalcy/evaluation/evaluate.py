@@ -259,7 +259,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
             det = registry.create(detector, **params).fit(train, progress=progress)
             t1 = time.perf_counter()
             te = model_columns(det, te, time_column)
-            past = train.values if te.time[0] > train.time[-1] else None
+            past = model_columns(det, train, time_column).values if te.time[0] > train.time[-1] else None
             scored = score_series(det, te, past)
             score_s += time.perf_counter() - t1
             fit_s += t1 - t0

@@ -89,6 +89,9 @@ class SeriesParams(HyperParams):
     # a one-row glitch in a multivariate training series (one sensor far off for one row, rare in its column) is
     # mended for fitting, so that it does not raise the threshold: normalcy.series.glitches
     mend_glitches: bool = True
+    # a block of columns that hold only 0 and 1 beside measured ones (spacecraft telemetry's one-hot commands,
+    # on/off flags) is left out of the model, as telemanom models the telemetry alone: ``flag_block``
+    score_flags: bool = False
     seed: Seed = 0
 
 
@@ -118,6 +121,7 @@ class SeriesDetector:
     mean_: np.ndarray  # (d,) the training median of each column
     scale_: np.ndarray  # (d,) its spread (IQR / 1.349, or the std when the IQR is 0; 1 for a constant column)
     n_train_: int
+    flags_: tuple[str, ...]  # the training data's columns left out of the model (``flag_block``)
 
     def __init__(self, **params: Any) -> None:
         try:
@@ -127,6 +131,7 @@ class SeriesDetector:
         for key, value in validated:
             setattr(self, key, value)
         self.threshold_ = None
+        self.flags_ = ()
         self.starts = np.zeros(1, np.int64)  # during fit: the first row of each training series in _fit's X
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen and why, for model.json
         self.time_column: str | None = None  # the training file's time column, which predict then reads by default
@@ -202,6 +207,9 @@ class SeriesDetector:
         threshold at the (1 - fpr) quantile of the scores of the held-out rest and (``cross_fit``) of the
         first share of the same size, scored by a twin fitted on the rows after it."""
         parts = _parts(data)
+        self.flags_ = ()
+        if not self.score_flags:
+            parts, self.flags_ = _without_flags(parts)
         self.mended_: list[dict[str, Any]] = []
         if self.mend_glitches:
             for k, (name, v, cols) in enumerate(parts):
@@ -324,6 +332,8 @@ class SeriesDetector:
         self._check_fitted()
         if isinstance(data, Series):
             where = str(data.source)
+            if self.flags_ and set(self.flags_) & set(data.columns):
+                data = data.only([c for c in data.columns if c not in self.flags_], "the data", known=self.flags_)
             if set(data.columns) != set(self.columns_):
                 missing = [c for c in self.columns_ if c not in data.columns]
                 extra = [c for c in data.columns if c not in self.columns_]
@@ -333,6 +343,8 @@ class SeriesDetector:
             values = data.values[:, order]
         else:
             where, values = "array", _matrix(data, "array")
+            if self.flags_ and values.shape[1] == len(self.columns_) + len(self.flags_):
+                values = values[:, _array_positions(self.columns_)]  # an array as fitted: its flags left out
             if values.shape[1] != len(self.columns_):
                 raise InputError(f"array: {values.shape[1]} columns, the model has {len(self.columns_)}")
         if not np.isfinite(values).all():
@@ -391,7 +403,9 @@ class SeriesDetector:
     def _row(self, x: np.ndarray) -> np.ndarray:
         row = np.asarray(x, dtype=np.float64).reshape(-1)
         if row.shape[0] != len(self.columns_):
-            raise InputError(f"a row of {row.shape[0]} values; the model has {len(self.columns_)} columns")
+            left = (f" (its 0/1 columns {list(self.flags_)[:5]} were left out at fit: give the others, "
+                    f"{list(self.columns_)[:5]}, in that order)") if self.flags_ else ""
+            raise InputError(f"a row of {row.shape[0]} values; the model has {len(self.columns_)} columns{left}")
         if not np.isfinite(row).all():
             raise InputError("a row with NaN or infinite values cannot be scored")
         return _clipped((row - self.mean_) / self.scale_, "a streamed row")
@@ -476,6 +490,7 @@ class SeriesDetector:
             "window": self.window_, "threshold": self.threshold_, "mean": self.mean_.tolist(),
             "scale": self.scale_.tolist(), "n_train": self.n_train_, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "training": training or None, "choice": self.choice, "time_column": self.time_column,
+            "flags": list(self.flags_),
         }))
         save_file(self.state_dict(), str(d / MODEL_TENSORS))
         (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
@@ -491,6 +506,7 @@ class SeriesDetector:
         det.columns_, det.window_, det.threshold_ = tuple(meta.columns), meta.window, meta.threshold
         det.mean_, det.scale_ = np.asarray(meta.mean), np.asarray(meta.scale)
         det.n_train_, det.choice, det.time_column = meta.n_train, meta.choice, meta.time_column
+        det.flags_ = tuple(meta.flags)
         check_tensors(state, None, source=str(source / MODEL_TENSORS))
         try:
             with torch.random.fork_rng(devices=[]):
@@ -519,6 +535,7 @@ class SeriesModelMeta(Strict):
     training: dict[str, Any] | None = None
     choice: dict[str, Any] | None = None
     time_column: str | None = Field(None, max_length=1000)  # None: row numbers, or a column found by name
+    flags: list[str] = Field(default_factory=list, max_length=MAX_COLUMNS)  # columns left out (``flag_block``)
 
     @model_validator(mode="after")
     def _shapes(self) -> "SeriesModelMeta":
@@ -591,6 +608,54 @@ def _matrix(values: Any, name: str) -> np.ndarray:
     if a.ndim != 2 or 0 in a.shape:
         raise InputError(f"{name}: expected an (n,) or (n, d) array of numbers, got shape {a.shape}")
     return a
+
+
+MIN_FLAGS = 2  # 0/1 columns that make a block (one on/off column beside the metrics is scored as a metric)
+
+
+def flag_block(X: np.ndarray) -> np.ndarray:
+    """(d,) bool: the columns of training rows X (n, d) left out of a model, those holding only 0 and 1, where
+    they are at least half the columns and not all of them, and at least MIN_FLAGS of them switch (columns of
+    zeros alone, a server's idle metrics, are no block; in a block they are commands never sent in training).
+
+    Why: spacecraft telemetry comes with one-hot command columns (SMAP: 1 telemetry value and 24 commands;
+    MSL: 1 and 54). Scored as metrics they fill every window (capped at MAX_WINDOW numbers, the telemetry keeps
+    10 rows of 25 columns), and a command rare in training counts as many spreads each time it is sent: on
+    SMAP's channel E-9 (TSB-AD's copy, fitted on its first 2,075 rows) ``auto`` raised 6 false events with
+    them and 2 without; telemanom, the data's own detector, models the telemetry alone. A block so large is
+    what such a layout looks like; one 0/1 column among measured ones (a server's health flag) stays a metric."""
+    flags = ((X == 0) | (X == 1)).all(axis=0)
+    switched = int((flags & (X != X[:1]).any(axis=0)).sum())  # 0/1 columns that vary: not zeros alone
+    n = int(flags.sum())
+    if switched < MIN_FLAGS or 2 * n < X.shape[1] or n == X.shape[1]:
+        return np.zeros(X.shape[1], bool)
+    return flags
+
+
+def _without_flags(parts: list[tuple[str, np.ndarray, tuple[str, ...]]]
+                   ) -> tuple[list[tuple[str, np.ndarray, tuple[str, ...]]], tuple[str, ...]]:
+    """The training parts without their ``flag_block`` columns, and those columns' names (a warning names
+    them). Parts whose columns differ are returned as they are (fit refuses them)."""
+    cols = parts[0][2]
+    if any(c != cols for _, _, c in parts[1:]):
+        return parts, ()
+    flags = flag_block(np.concatenate([v for _, v, _ in parts]))
+    if not flags.any():
+        return parts, ()
+    names = tuple(c for c, f in zip(cols, flags) if f)
+    log.warning("%s: %d column(s) hold only 0 and 1 beside %d measured one(s) (commands or on/off flags: %s): "
+                "they are left out of the model, which scores the measured columns; score_flags=True "
+                "(--score-flags) scores them too", parts[0][0], len(names), len(cols) - len(names),
+                ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+    keep = ~flags
+    return [(name, v[:, keep], tuple(c for c, k in zip(cols, keep) if k)) for name, v, _ in parts], names
+
+
+def _array_positions(columns: Sequence[str]) -> list[int]:
+    """Where the columns of a model fitted on an array (named x0, x1, ...) lie in such an array."""
+    if not all(c[:1] == "x" and c[1:].isdigit() for c in columns):
+        raise InputError(f"array: the model was fitted on named columns ({list(columns)[:5]}): give its columns only")
+    return [int(c[1:]) for c in columns]
 
 
 def _parts(data: Data) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:

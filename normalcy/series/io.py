@@ -47,19 +47,20 @@ class Series:
     def __len__(self) -> int:
         return len(self.time)
 
-    def only(self, columns: Sequence[str], of: str, hint: str = "") -> "Series":
+    def only(self, columns: Sequence[str], of: str, hint: str = "", known: Sequence[str] = ()) -> "Series":
         """This series with ``columns`` in that order (``of``: whose columns they are, for messages). A column
         missing is an error; one more is left out with a note, not scored: a monitoring source that gained a
         metric, or a test file that carries an extra annotation (SKAB's ``changepoint``), still scores the
         columns the model knows. ``hint`` follows the note (e.g. that an unnamed time column needs
-        --time-column)."""
+        --time-column). Columns in ``known`` are left out without a note (a model's flags, named when it was
+        fitted)."""
         if tuple(self.columns) == tuple(columns):
             return self
         missing = [c for c in columns if c not in self.columns]
         if missing:
             raise InputError(f"{self.source}: columns {missing[:10]} of {of} are missing (it has "
                              f"{list(self.columns)[:10]})")
-        extra = [c for c in self.columns if c not in columns]
+        extra = [c for c in self.columns if c not in columns and c not in known]
         notes = list(self.notes)
         if extra:
             notes.append(_left_out(self.source.name, extra, of) + hint)

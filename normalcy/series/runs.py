@@ -123,7 +123,7 @@ def _has_series_folders(path: Path) -> bool:
 def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | None = None,
                     steps: int | None = None, time_budget: float | None = None,
                     event_gap: int | None = None, prune: float | None = None,
-                    keep_glitches: bool = False) -> dict[str, Any]:
+                    keep_glitches: bool = False, score_flags: bool = False) -> dict[str, Any]:
     """A series detector's parameters from the command line's options; one that does not apply to the
     detector (--steps for knn) is one InputError naming it."""
     if name not in registry.DETECTORS:
@@ -138,6 +138,8 @@ def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | N
         params["prune"] = prune
     if keep_glitches:
         params["mend_glitches"] = False
+    if score_flags:
+        params["score_flags"] = True
     if steps is not None:
         if "steps" not in fields:
             raise InputError(f"series detector {name!r} does not train: --steps does not apply")
@@ -510,7 +512,7 @@ def model_columns(det: SeriesDetector, s: Series, time_column: str | None) -> Se
     """The series with the model's columns, in its order (``Series.only``): a column missing is an error
     naming the file; one the model lacks is left out with a note, with a hint when it may be an unnamed
     time column."""
-    return s.only(det.columns_, "the model", time_hint(time_column))
+    return s.only(det.columns_, "the model", time_hint(time_column), known=det.flags_)
 
 
 def time_hint(time_column: str | None) -> str:
