@@ -160,7 +160,10 @@ def load_tsbm(root: Path) -> list[Case]:
     for path in sorted(root.glob("*.csv")):
         parts = path.stem.split("_")
         nums = [p for p in parts if p.isdigit()]
-        train_rows = int(parts[parts.index("tr") + 1]) if "tr" in parts[:-1] else int(nums[-2]) if len(nums) >= 2 else 0
+        if "tr" in parts[:-1]:
+            train_rows = int(parts[parts.index("tr") + 1])
+        else:
+            train_rows = int(nums[-2]) if len(nums) >= 2 else 0
         cols = _read_csv(path)
         label = next((c for c in cols if c.lower() == "label"), None)
         if label is None or train_rows < 2:

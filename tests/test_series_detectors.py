@@ -701,8 +701,9 @@ def test_what_is_not_a_glitch() -> None:
 
 
 def test_flag_block_rule() -> None:
-    """A block of 0/1 columns (at least 2, at least half) beside measured ones is left out; one 0/1 column
-    among metrics (a health flag), a two-valued column that is not 0/1 (ASD's 0.5/1) or all-0/1 data stay."""
+    """A block of 0/1 columns (at least half the columns, two or more of them switching) beside measured ones
+    is left out; one 0/1 column among metrics (a health flag), idle metrics (zeros) beside one switching column,
+    a two-valued column that is not 0/1 (ASD's 0.5/1) and all-0/1 data stay."""
     rng = np.random.default_rng(0)
     z = rng.standard_normal((200, 1))
     flags = (rng.random((200, 3)) < 0.1).astype(float)
@@ -717,8 +718,8 @@ def test_flag_block_rule() -> None:
 
 def test_command_columns_are_left_out_of_the_model(tmp_path: Path) -> None:
     """Telemetry with one-hot command columns (SMAP's layout): the model scores the telemetry alone, so a
-    command held on raises nothing while the telemetry's shift is found; score_flags keeps
-    them, and a rare command held on then alarms. A saved model keeps the flags and scores a file that has them."""
+    command held on raises nothing while the telemetry's shift is found; score_flags keeps them, and a rare
+    command held on then alarms. A saved model keeps the flags and scores a file (or an array) that has them."""
     cols = ("value",) + tuple(f"cmd{j}" for j in range(4))
 
     def make(n: int, seed: int) -> np.ndarray:
