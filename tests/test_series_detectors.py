@@ -413,6 +413,8 @@ def tampered(saved: Path, tmp_path: Path, **changes: object) -> Path:
     ({"params": {"k": -1}}, r"model\.json: detector knn: k: input should be greater than or equal to 1"),
     ({"format_version": 7}, "series model format version 7 is not supported"),
     ({"columns": ["a", "a"]}, "columns: names repeat"),
+    ({"flags": ["m0"]}, "flags: names repeat or are also model columns"),
+    ({"flags": [1]}, r"flags\.0: input should be a valid string"),
     ({"extra": 1}, "extra: unknown key"),
 ])
 def test_crafted_model_json(saved: Path, tmp_path: Path, changes: dict, message: str) -> None:

@@ -547,6 +547,8 @@ class SeriesModelMeta(Strict):
             raise ValueError("scale: every value must be positive")
         if len(set(self.columns)) != d:
             raise ValueError("columns: names repeat")
+        if len(set(self.flags)) != len(self.flags) or set(self.flags) & set(self.columns):
+            raise ValueError("flags: names repeat or are also model columns")
         return self
 
 
