@@ -172,7 +172,7 @@ KeepGlitchesArg = Annotated[bool, typer.Option("--keep-glitches", help="Series: 
                                                 "for fitting, with a warning, so that it cannot raise the "
                                                 "threshold).")]
 ScoreFlagsArg = Annotated[bool, typer.Option("--score-flags", help="Series: score a block of columns that hold "
-                                             "only 0 and 1 (one-hot commands, on/off flags: half the columns, "
+                                             "only 0 and 1 (one-hot commands: 90 % of the columns or more, "
                                              "two or more switching) as metrics too (default: left out, with a "
                                              "warning naming them; the measured columns are scored).")]
 TimeColumnArg = Annotated[Optional[str], typer.Option(help="Series: the time column (epoch seconds, ISO 8601 dates "

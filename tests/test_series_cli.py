@@ -393,23 +393,24 @@ def test_command_columns_from_the_command_line(tmp_path: Path) -> None:
     def write(path: Path, n: int) -> None:
         t = np.arange(n)
         x = np.sin(2 * np.pi * t / 40) + 0.05 * rng.standard_normal(n)
-        cmds = (rng.random((n, 3)) < 0.02).astype(int)
+        cmds = (rng.random((n, 9)) < 0.02).astype(int)
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["timestamp", "value", "c1", "c2", "c3"])
+            w.writerow(["timestamp", "value", *(f"c{j}" for j in range(1, 10))])
             w.writerows([[i, float(x[i]), *cmds[i]] for i in range(n)])
 
     write(tmp_path / "train.csv", 800)
     write(tmp_path / "test.csv", 400)
     r = cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "--detector", "knn")
     err = " ".join(r.stderr.split())
-    assert r.exit_code == 0 and "3 column(s) hold only 0 and 1" in err and "c1, c2, c3" in err
-    assert json.loads((tmp_path / "m" / "model.json").read_text())["flags"] == ["c1", "c2", "c3"]
+    names = [f"c{j}" for j in range(1, 10)]
+    assert r.exit_code == 0 and "9 column(s) hold only 0 and 1" in err and ", ".join(names) in err
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["flags"] == names
     r = cli("predict", tmp_path / "m", tmp_path / "test.csv", "-o", tmp_path / "run")
     assert r.exit_code == 0 and "left out" not in r.stderr
     r = cli("fit", tmp_path / "train.csv", "-o", tmp_path / "k", "--detector", "knn", "--score-flags")
     meta = json.loads((tmp_path / "k" / "model.json").read_text())
-    assert r.exit_code == 0 and meta["flags"] == [] and meta["columns"] == ["value", "c1", "c2", "c3"]
+    assert r.exit_code == 0 and meta["flags"] == [] and meta["columns"] == ["value", *names]
     plain = tmp_path / "plain.csv"
     plain.write_text("a,b\n1,2\n3,4\n")
     assert "--score-flags applies to series only" in one_line_error(cli("fit", plain, "-o", tmp_path / "t",

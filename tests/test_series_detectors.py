@@ -703,30 +703,33 @@ def test_what_is_not_a_glitch() -> None:
 
 
 def test_flag_block_rule() -> None:
-    """A block of 0/1 columns (at least half the columns, two or more of them switching) beside measured ones
-    is left out; one 0/1 column among metrics (a health flag), idle metrics (zeros) beside one switching column,
-    a two-valued column that is not 0/1 (ASD's 0.5/1) and all-0/1 data stay."""
+    """A block of 0/1 columns (at least 90 % of the columns, two or more of them switching) beside a measured one
+    is left out; one 0/1 column among metrics (a health flag), a machine's states beside its signals (Genesis:
+    13 beside 5), idle metrics (zeros) beside one switching column, a two-valued column that is not 0/1 (ASD's
+    0.5/1) and all-0/1 data stay."""
     rng = np.random.default_rng(0)
     z = rng.standard_normal((200, 1))
-    flags = (rng.random((200, 3)) < 0.1).astype(float)
-    assert flag_block(np.c_[z, flags]).tolist() == [False, True, True, True]
+    flags = (rng.random((200, 13)) < 0.1).astype(float)
+    assert flag_block(np.c_[z, flags[:, :9]]).tolist() == [False] + [True] * 9
     # with commands never sent in training (zeros) in the block
-    assert flag_block(np.c_[z, flags[:, :2], np.zeros((200, 2))]).tolist() == [False, True, True, True, True]
+    assert flag_block(np.c_[z, flags[:, :2], np.zeros((200, 7))]).tolist() == [False] + [True] * 9
+    assert not flag_block(np.c_[z, flags[:, :8]]).any()  # under 90 %
+    assert not flag_block(np.c_[rng.standard_normal((200, 5)), flags]).any()  # Genesis: states beside signals
     assert not flag_block(np.c_[rng.standard_normal((200, 4)), flags[:, :1]]).any()
     assert not flag_block(np.c_[z, np.where(flags > 0, 1.0, 0.5)]).any()
     assert not flag_block(flags).any()
-    assert not flag_block(np.c_[z, np.zeros((200, 3)), flags[:, :1]]).any()  # idle metrics, one switching
+    assert not flag_block(np.c_[z, np.zeros((200, 9)), flags[:, :1]]).any()  # idle metrics, one switching
 
 
 def test_command_columns_are_left_out_of_the_model(tmp_path: Path) -> None:
     """Telemetry with one-hot command columns (SMAP's layout): the model scores the telemetry alone, so a
     command held on raises nothing while the telemetry's shift is found; score_flags keeps them, and a rare
     command held on then alarms. A saved model keeps the flags and scores a file (or an array) that has them."""
-    cols = ("value",) + tuple(f"cmd{j}" for j in range(4))
+    cols = ("value",) + tuple(f"cmd{j}" for j in range(10))
 
     def make(n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
-        cmds = np.zeros((n, 4))
+        cmds = np.zeros((n, 10))
         for c in range(3):
             cmds[rng.integers(0, n, 12), c] = 1.0
         return np.c_[sine(n, period=50, seed=seed)[:, 0], cmds]

@@ -612,13 +612,16 @@ def _matrix(values: Any, name: str) -> np.ndarray:
     return a
 
 
-MIN_FLAGS = 2  # 0/1 columns that make a block (one on/off column beside the metrics is scored as a metric)
+MIN_FLAGS = 2  # 0/1 columns that switch in a block (one on/off column beside the metrics is scored as a metric)
+FLAG_SHARE = 0.9  # of the columns a block is at least: telemanom's layout, one telemetry value per file
 
 
 def flag_block(X: np.ndarray) -> np.ndarray:
     """(d,) bool: the columns of training rows X (n, d) left out of a model, those holding only 0 and 1, where
-    they are at least half the columns and not all of them, and at least MIN_FLAGS of them switch (columns of
-    zeros alone, a server's idle metrics, are no block; in a block they are commands never sent in training).
+    they are at least FLAG_SHARE of the columns and not all of them, and at least MIN_FLAGS of them switch
+    (columns of zeros alone, a server's idle metrics, are no block; in a block they are commands never sent in
+    training). A machine's state sensors beside its measured signals (Genesis, a pick-and-place demonstrator in
+    TSB-AD: 13 on/off states beside 5 drive signals) are no block either: each state is a metric.
 
     Why: spacecraft telemetry comes with one-hot command columns (SMAP: 1 telemetry value and 24 commands;
     MSL: 1 and 54). Scored as metrics they fill every window (capped at MAX_WINDOW numbers, the telemetry keeps
@@ -629,7 +632,7 @@ def flag_block(X: np.ndarray) -> np.ndarray:
     flags = ((X == 0) | (X == 1)).all(axis=0)
     switched = int((flags & (X != X[:1]).any(axis=0)).sum())  # 0/1 columns that vary: not zeros alone
     n = int(flags.sum())
-    if switched < MIN_FLAGS or 2 * n < X.shape[1] or n == X.shape[1]:
+    if switched < MIN_FLAGS or n < FLAG_SHARE * X.shape[1] or n == X.shape[1]:
         return np.zeros(X.shape[1], bool)
     return flags
 
