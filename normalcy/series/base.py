@@ -332,11 +332,10 @@ class SeriesDetector:
         self._check_fitted()
         if isinstance(data, Series):
             where = str(data.source)
-            if self.flags_ and set(self.flags_) & set(data.columns):
-                data = data.only([c for c in data.columns if c not in self.flags_], "the data", known=self.flags_)
-            if set(data.columns) != set(self.columns_):
-                missing = [c for c in self.columns_ if c not in data.columns]
-                extra = [c for c in data.columns if c not in self.columns_]
+            given = [c for c in data.columns if c not in self.flags_]  # the flags, if there, were left out at fit
+            if set(given) != set(self.columns_):
+                missing = [c for c in self.columns_ if c not in given]
+                extra = [c for c in given if c not in self.columns_]
                 raise InputError(f"{where}: columns do not match the model's: "
                                  + (f"missing {missing[:10]}" if missing else f"not in the model {extra[:10]}"))
             order = [data.columns.index(c) for c in self.columns_]
