@@ -1,6 +1,7 @@
 """The application layer: what the command line, ``normalcy serve``, Ray and Python users all call.
 
     fit(train, output=None, detector=None, **settings)   images (a folder or paths), a table or a series -> a model
+    evaluate(dataset, detector=None, **settings)         a labelled data set of any kind -> its metrics (a dict)
     predict(model, inputs, output, ...)                  a run folder (images, tables, series, or on Ray) -> RunSummary
     score_batch(inputs, output, ...)                     a zero-shot (MuSc) run folder -> RunSummary
     load(path)                                           an image, vector or series model folder, a .onnx
@@ -69,6 +70,7 @@ from normalcy.vectors.tables import (
     DEFAULT_DETECTOR,
     VectorModelMeta,
     check_tables,
+    eval_table,
     fit_table,
     is_table,
     is_vector_model,
@@ -321,6 +323,49 @@ def _fit_table(path: Path, opts: DetectorOptions, label_column: Optional[str], i
     table = read_table(path, label_column, id_column)
     estimator, skipped = fit_table(table, opts.name(table=True), opts.fpr, opts.seed)
     return VectorModel(estimator, opts.name(table=True), table.columns, skipped, table.ignored)
+
+
+def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column: Optional[str] = None,
+             test: Optional[PathLike] = None, time_column: Optional[str] = None, report: Optional[PathLike] = None,
+             progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Fit on the normal part of a labelled data set, score the rest and measure: an MVTec AD folder (fit on
+    train/good, score test/, masks in ground_truth/), a table with ``label_column`` (fit on its normal rows,
+    score a stratified 30 %, or the labelled table ``test``), or a series folder DIR/train.csv + DIR/test.csv or
+    a folder of them (pooled). The metrics as ``normalcy eval --json`` prints them; their "skipped" lists what
+    could not be used. ``report``: an HTML report of an image evaluation. ``settings`` as for ``fit``."""
+    ex, det = options(settings, detector)
+    dataset = Path(dataset)
+    if dataset.is_dir() and is_series_input(dataset):
+        from normalcy.evaluation.evaluate import eval_series
+
+        ex.check_images_only("series")
+        return eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column,
+                           label_column=label_column or "label")
+    if time_column is not None:
+        raise InputError(f"{dataset}: --time-column: eval takes series as series folders (DIR/train.csv, "
+                         "DIR/test.csv with a label column) or a folder of them")
+    if is_table(dataset):
+        if label_column is None:
+            raise InputError(f"{dataset}: eval on a table needs --label-column (0 normal, 1 anomaly)")
+        test_table = read_table(Path(test), label_column) if test is not None else None
+        det.check_not_series()
+        ex.check_images_only("tables")
+        return eval_table(read_table(dataset, label_column), det.name(table=True), det.fpr, det.seed, test_table)
+    if test is not None:
+        raise InputError(f"{dataset}: --test names the labelled table to score; an image data set is scored on "
+                         "its own test/ folder")
+    from normalcy.evaluation.evaluate import run_eval, write_eval_report
+    from normalcy.images.io import load_dataset
+
+    ds = load_dataset(dataset)
+    name = det.name()
+    metrics, model, result = run_eval(ds, name, ex.extractor(ds.train, name), progress=progress,
+                                      own_backbones=ex.own_backbones, detector_kwargs=det.kwargs(),
+                                      input_norms=ex.input_norms, auto_norm=ex.auto_norm, tune=ex.tuned,
+                                      tune_budget=ex.budget)
+    if report is not None:
+        write_eval_report(Path(report), metrics, model, result, ds)
+    return metrics
 
 
 def is_exported(model: PathLike) -> bool:

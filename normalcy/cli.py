@@ -27,6 +27,7 @@ from normalcy.api import (
     ExtractorOptions,
     RunSummary,
 )
+from normalcy.api import evaluate as api_evaluate
 from normalcy.api import fit as api_fit
 from normalcy.api import load as api_load
 from normalcy.api import predict as api_predict
@@ -42,10 +43,8 @@ from normalcy.runs.format import EMBEDDINGS, SERIES, VECTORS, add_embeddings, re
 from normalcy.series import registry as series_registry
 from normalcy.series.runs import SeriesSet, is_series_input
 from normalcy.vectors.tables import (
-    eval_table,
     is_table,
     is_vector_model,
-    read_table,
 )
 from normalcy.version import __version__
 
@@ -462,50 +461,26 @@ def eval_(
     labelled ones (ADBench's semi-supervised protocol). Series folders: fit on each train.csv, score its
     test.csv, pool event and point F1, AUC-PR, VUS-PR."""
     _setup(threads)
+    settings = {**vars(ex), **vars(det)}
+    detector = settings.pop("detector")
+    kw = dict(label_column=label_column, test=test, time_column=time_column, report=report, **settings)
     if dataset.is_dir() and is_series_input(dataset):
-        from normalcy.evaluation.evaluate import eval_series
-
-        ex.check_images_only("series")
         with console.status(f"evaluating {shown(det.name(series=True))} on the series of {shown(dataset)}"):
-            metrics = eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column,
-                                  label_column=label_column or "label")
+            metrics = api_evaluate(dataset, detector, **kw)
         for name, reason in metrics["skipped"]:
             console.print(f"[yellow]skipped:[/] {shown(name)}: {shown(reason)}", highlight=False, soft_wrap=True)
-    elif time_column is not None:
-        raise InputError(f"{dataset}: --time-column: eval takes series as series folders (DIR/train.csv, "
-                         "DIR/test.csv with a label column) or a folder of them")
-    elif is_table(dataset):
-        if label_column is None:
-            raise InputError(f"{dataset}: eval on a table needs --label-column (0 normal, 1 anomaly)")
-        test_table = read_table(test, label_column) if test is not None else None
-        det.check_not_series()
-        ex.check_images_only("tables")
-        metrics = eval_table(read_table(dataset, label_column), det.name(table=True), det.fpr, det.seed, test_table)
+    elif is_table(dataset) and time_column is None:
+        metrics = api_evaluate(dataset, detector, **kw)
         _report_skipped_rows(dataset, [(str(i), str(r)) for i, r in metrics["skipped"]])
     else:
-        metrics = _eval_images(dataset, ex, det, report)
+        metrics = api_evaluate(dataset, detector, **kw)
+        _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
+        if report is not None:
+            console.print(f"report: {shown(report)}", soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:
         out.print(metrics_table(metrics))
-
-
-def _eval_images(dataset: Path, ex: ExtractorOptions, det_opts: DetectorOptions,
-                 report: Optional[Path]) -> dict[str, Any]:
-    from normalcy.evaluation.evaluate import run_eval, write_eval_report
-    from normalcy.images.io import load_dataset
-
-    ds = load_dataset(dataset)
-    detector = det_opts.name()
-    metrics, det, result = run_eval(ds, detector, ex.extractor(ds.train, detector), progress=True,
-                                    own_backbones=ex.own_backbones, detector_kwargs=det_opts.kwargs(),
-                                    input_norms=ex.input_norms, auto_norm=ex.auto_norm, tune=ex.tuned,
-                                    tune_budget=ex.budget)
-    _report_skipped([(Path(p), r) for p, r in metrics["skipped"]])
-    if report is not None:
-        write_eval_report(report, metrics, det, result, ds)
-        console.print(f"report: {shown(report)}", soft_wrap=True)
-    return metrics
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
