@@ -1,7 +1,7 @@
 """Which patch model gives maps that show the defect? The default gaussian's against the alternatives (issue 26).
 
     python bench/map_models.py [../shared/data/magnetic_tile] [--backbone efficientnet_lite0] [--quick]
-                               [--patch-levels s8,s16,s32]
+                               [--patch-levels s8,s16,s32] [--with-cells [--with-shared]]
 
 Every variant scores the same patch features (the default extractor: stride-8 and stride-16 levels, 3x3
 aggregation, 224 x 224) of the data set's train/good and test images, and each patch's score becomes a map
@@ -29,7 +29,9 @@ The variants:
 
 ``--with-cells``: each variant also with the default gaussian's cell term added (its map less its patch term),
 the variant's score first put in units of its spread on 50,000 of the sampled training patches, as the default
-puts its own patch term.
+puts its own patch term. ``--with-shared`` (with ``--with-cells``): also the variant beside the shared Gaussian's
+patch term, both in their units, plus the cells (three terms: does a finer model add to the default's or only
+replace it?).
 
 This reads the test masks: it is a study of what maps could reach on the development set, not a way to choose
 a setting (no default is taken from it).
@@ -155,6 +157,8 @@ def main() -> None:
                     "(default: the backbone's own, s8,s16)")
     ap.add_argument("--quick", action="store_true", help="the cheap variants only (no 48,000 exact, no all patches)")
     ap.add_argument("--with-cells", action="store_true", help="each variant also plus the default's cell term")
+    ap.add_argument("--with-shared", action="store_true", help="with --with-cells: each variant also beside the "
+                    "shared gaussian's patch term, plus the cells")
     ap.add_argument("--input-norm", default="own", choices=INPUT_NORMS, help="how pixels enter the backbone")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -219,6 +223,10 @@ def main() -> None:
             ref = fn(sample[:50_000])
             z = (grids - ref.mean()) / ref.std() + cells
             row(f"{name} + cells", [upsample_map(g, s, 0.5 * h / 28) for g, s in zip(z, msizes)], fit_s, "-")
+            if args.with_shared:
+                z = z + patch.reshape(n, h, w)
+                row(f"{name} + shared + cells", [upsample_map(g, s, 0.5 * h / 28) for g, s in zip(z, msizes)],
+                    fit_s, "-")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,38 @@ def test_fit_predict_load_on_a_table(tmp_path: Path) -> None:
     assert loaded.threshold_ == pytest.approx(model.threshold_) and loaded.columns == model.columns
 
 
+def test_evaluate_takes_every_kind_of_labelled_data(synthetic_root: Path, tmp_path: Path) -> None:
+    """The metrics ``normalcy eval --json`` prints, from Python: images, a table, a series folder."""
+    m = normalcy.evaluate(synthetic_root, "gaussian", image_size="64", progress=False,
+                          report=tmp_path / "report.html")
+    assert m["detector"] == "gaussian" and 0.5 < m["image_auroc"] <= 1 and (tmp_path / "report.html").is_file()
+    with pytest.raises(InputError, match="--test"):
+        normalcy.evaluate(synthetic_root, "gaussian", test=tmp_path / "t.csv")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3))
+    y = np.zeros(300, int)
+    X[:20] += 6
+    y[:20] = 1
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "y": y}), table)
+    assert normalcy.evaluate(table, "knn", label_column="y")["auroc"] > 0.9
+    with pytest.raises(InputError, match="--label-column"):
+        normalcy.evaluate(table, "knn")
+    folder = tmp_path / "series"
+    folder.mkdir()
+    t = np.arange(600)
+    v = np.sin(2 * np.pi * t / 24) + 0.05 * rng.normal(size=600)
+    label = np.zeros(600, int)
+    v[450:460] += 4
+    label[450:460] = 1
+    with open(folder / "train.csv", "w") as fh:
+        fh.write("timestamp,value\n" + "".join(f"{i},{x}\n" for i, x in zip(t[:300], v[:300])))
+    with open(folder / "test.csv", "w") as fh:
+        fh.write("timestamp,value,label\n" + "".join(f"{i},{x},{k}\n" for i, x, k in zip(t[300:], v[300:], label[300:])))
+    m = normalcy.evaluate(folder, "knn", window=8)
+    assert m["event_f1"] > 0 and m["skipped"] == []
+
+
 def test_the_decision_boundary_is_at_or_above_the_threshold(tmp_path: Path) -> None:
     """A score exactly at the threshold is anomalous, in every kind of run."""
     from normalcy.runs.format import write_scores
