@@ -195,12 +195,23 @@ def test_a_bad_file_among_good_ones(data: Path, model: Path, tmp_path: Path) -> 
     assert "short.csv: columns ['mem'] of the model are missing" in one_line_error(
         cli("predict", model, short, "-o", tmp_path / "run3"))
     other = tmp_path / "other.csv"
-    other.write_text("when,cpu,mem\n" + "".join(f"{i},1,2\n" for i in range(40)))
+    other.write_text("when,cpu,mem\n" + "".join(f"{i % 7},1,2\n" for i in range(40)))
     r = cli("predict", model, other, "-o", tmp_path / "run4")
     assert r.exit_code == 0 and "scored 40 rows of 1 series" in r.stderr, r.stderr
     notes = json.loads((tmp_path / "run4" / "run.json").read_text())["notes"]
     assert ("other.csv: column(s) ['when'] left out, not scored: not in the model (if one is the time, give "
             "--time-column)") in notes
+    # a first column whose values rise strictly (a row index pandas wrote, epoch seconds by another name) or
+    # that holds dates is the time, not a metric: every test row would be a value never seen in training
+    for name, stamp in (("index", lambda i: str(1000 + i)), ("", lambda i: str(i)),
+                        ("when", lambda i: f"2026-01-01T00:{i:02d}:00")):
+        other.write_text(f"{name},cpu,mem\n" + "".join(f"{stamp(i)},1,2\n" for i in range(40)))
+        r = cli("predict", model, other, "-o", tmp_path / f"run-{name}")
+        assert r.exit_code == 0 and "scored 40 rows of 1 series" in r.stderr, r.stderr
+        notes = json.loads((tmp_path / f"run-{name}" / "run.json").read_text())["notes"]
+        assert any(f"column {name!r} read as the time column" in n for n in notes), notes
+        rows = list(csv.DictReader(open(tmp_path / f"run-{name}" / "scores.csv")))
+        assert rows[1][list(rows[1])[0]] == stamp(1)
 
 
 def test_one_model_per_series_column(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ class Series:
     # Where the file's rows went, so a run can write one row per input row in input order:
     file_rows: np.ndarray | None = None  # int64 (m,): the file's data rows (0-based) of this series, in file order
     row_of: np.ndarray | None = None  # int64 (m,): the row of this series holding each (a repeated timestamp's: the kept one)
+    time_column: str | None = None  # the file's time column (given, found by name or by its values), None: row numbers
 
     def __len__(self) -> int:
         return len(self.time)
@@ -96,11 +97,16 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     for what, name in (("time", time_column), ("series", series_column)):
         if name is not None and name not in arrays:
             raise InputError(f"{path}: no {what} column {name!r}; it has {_names(arrays)}")
+    label = label_column if label_column in arrays else None
+    notes = []
     if time_column is None:
         time_column = next((c for c in arrays if c.strip().lower() in TIME_NAMES), None)
-    label = label_column if label_column in arrays else None
+        if time_column is None:
+            time_column, why = _unnamed_time(arrays, (series_column, label))
+            if time_column is not None:
+                notes.append(f"{path.name}: column {time_column!r} read as the time column ({why}); give "
+                             "--time-column to name another")
     columns = [c for c in arrays if c not in (time_column, series_column, label)]
-    notes = []
     blank = [c for c in columns if not c.strip() and _all_missing(arrays[c])]
     if blank:  # a trailing separator on every line (a spreadsheet's export): no name, no value
         columns = [c for c in columns if c not in blank]
@@ -121,14 +127,14 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     labels = _labels(path, arrays[label]) if label else None
     if series_column is None:
         return [_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
-                      time_column is not None, notes)]
+                      time_column, notes)]
     ids = np.array([str(v) for v in arrays[series_column]])
     out, bad = [], []
     for sid in dict.fromkeys(ids):  # in order of first appearance
         rows = np.flatnonzero(ids == sid)
         try:
             out.append(_tidy(path, sid, f"{path.name} [{series_column}={sid}]", rows, time[rows], values[rows],
-                             tuple(columns), None if labels is None else labels[rows], time_column is not None,
+                             tuple(columns), None if labels is None else labels[rows], time_column,
                              notes))
         except InputError as err:
             if failed is None:
@@ -142,10 +148,12 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
 
 
 def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.ndarray, values: np.ndarray,
-          columns: tuple[str, ...], labels: np.ndarray | None, timed: bool, read_notes: list[str]) -> Series:
+          columns: tuple[str, ...], labels: np.ndarray | None, time_col: str | None, read_notes: list[str]) -> Series:
     """Sort, drop repeated timestamps (the last row kept), interpolate missing values, note constant columns
     and gaps; refuse a column with no value and a series too short. ``read_notes``: what reading the file
-    repaired (text cells, decimal commas), shown with this series' own notes."""
+    repaired (text cells, decimal commas), shown with this series' own notes; ``time_col``: the time column
+    (None: the rows are numbered)."""
+    timed = time_col is not None
     notes = list(read_notes)
     if len(time) < MIN_ROWS:
         raise InputError(f"{where}: {len(time)} rows; a series needs at least {MIN_ROWS}")
@@ -189,7 +197,8 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
             notes.append(f"{where}: {int(gaps.sum())} gap(s) in time (over {GAP_FACTOR:g}x the median interval "
                          f"of {median:g} s), the largest {float(steps.max()):g} s; rows either side are "
                          "scored as consecutive")
-    return Series(name, time, values, columns, labels, notes, path, np.asarray(file_rows, np.int64), row_of)
+    return Series(name, time, values, columns, labels, notes, path, np.asarray(file_rows, np.int64), row_of,
+                  time_col)
 
 
 def _all_missing(a: np.ndarray) -> bool:
@@ -231,6 +240,33 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     if decimal:
         notes.append(f"{path.name}: column {column!r}: {decimal} value(s) with a decimal comma read as numbers")
     return out
+
+
+def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...]) -> tuple[str | None, str]:
+    """The first column as the time when no column is named as one, where its values say it is: dates (a date
+    type, or ISO 8601 text), or numbers rising strictly from row to row (a row index that pandas wrote, epoch
+    seconds under another name). Scored as a metric, such a column takes a value in every test row that it
+    never took in training, and every row would look anomalous. Only where another column is left to score;
+    (None, "") otherwise."""
+    names = [c for c in arrays if c not in exclude]
+    if len(names) < 2:
+        return None, ""
+    first = names[0]
+    a = arrays[first]
+    if a.dtype.kind == "M":
+        return first, "dates"
+    num = _numeric(a)
+    if num is not None:
+        rising = len(num) >= 2 and bool(np.isfinite(num).all()) and bool((np.diff(num) > 0).all())
+        return (first, "numbers rising strictly from row to row") if rising else (None, "")
+    try:
+        for v in a[:3]:
+            text = str(v).strip()
+            if not isinstance(v, datetime):
+                datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return None, ""
+    return first, "ISO 8601 dates"
 
 
 def _times(path: Path, a: np.ndarray) -> np.ndarray:

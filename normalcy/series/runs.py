@@ -347,8 +347,8 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
     failed = unusable + failed
     if not fitted:
         raise InputError(f"{train}: no series could be fitted ({failed[0][1]}{' and others' if len(failed) > 1 else ''})")
-    if time_column is None and not train.is_dir():  # the one found by name, so predict reads it alike
-        time_column = time_column_of(header_columns(train) or [], None)
+    if time_column is None and not train.is_dir():  # the one found (by name or values), so predict reads it alike
+        time_column = series[0].time_column
     return SeriesSet(detector, series_column, time_column, models=fitted, failed=failed, notes=notes)
 
 
@@ -460,8 +460,7 @@ def read_series_file(path: Path, time_column: str | None, series_column: str | N
     InputError naming the file when it cannot be read."""
     failed: list[tuple[str, str]] = []
     series = read_series(path, time_column, series_column, failed=failed, keep=keep)
-    columns = header_columns(path) or []
-    tcol = time_column_of(columns, time_column)
+    tcol = time_column if time_column is not None else series[0].time_column
     key = series_key(path)
     if series_column is None:
         series[0].name = key
