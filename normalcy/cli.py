@@ -469,6 +469,10 @@ def eval_(
             metrics = api_evaluate(dataset, detector, **kw)
         for name, reason in metrics["skipped"]:
             console.print(f"[yellow]skipped:[/] {shown(name)}: {shown(reason)}", highlight=False, soft_wrap=True)
+        for note in metrics["notes"][:10]:
+            console.print(f"repaired: {shown(note)}", highlight=False, soft_wrap=True)
+        if len(metrics["notes"]) > 10:
+            console.print(f"  ... and {len(metrics['notes']) - 10} more repairs (the JSON's notes)")
     elif is_table(dataset) and time_column is None:
         metrics = api_evaluate(dataset, detector, **kw)
         _report_skipped_rows(dataset, [(str(i), str(r)) for i, r in metrics["skipped"]])

@@ -84,12 +84,14 @@ def test_evaluate_takes_every_kind_of_labelled_data(synthetic_root: Path, tmp_pa
     label = np.zeros(600, int)
     v[450:460] += 4
     label[450:460] = 1
-    with open(folder / "train.csv", "w") as fh:
-        fh.write("timestamp,value\n" + "".join(f"{i},{x}\n" for i, x in zip(t[:300], v[:300])))
+    with open(folder / "train.csv", "w") as fh:  # a row index as pandas writes it: no name, read as the time
+        fh.write(",value\n" + "".join(f"{i},{x}\n" for i, x in zip(t[:300], v[:300])))
     with open(folder / "test.csv", "w") as fh:
-        fh.write("timestamp,value,label\n" + "".join(f"{i},{x},{k}\n" for i, x, k in zip(t[300:], v[300:], label[300:])))
+        fh.write(",value,label\n" + "".join(f"{i},{x},{k}\n" for i, x, k in zip(t[300:], v[300:], label[300:])))
     m = normalcy.evaluate(folder, "knn", window=8)
     assert m["event_f1"] > 0 and m["skipped"] == []
+    assert "series/train.csv: column '' read as the time column (numbers rising strictly from row to row); give " \
+        "--time-column to name another" in m["notes"]
 
 
 def test_the_decision_boundary_is_at_or_above_the_threshold(tmp_path: Path) -> None:

@@ -231,7 +231,8 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     than the detector's ``gap_``: its window, at least ``event_gap`` rows). When test.csv continues train.csv
     in time (its first timestamp after the last training one, as in ASD), its first rows are scored with the
     end of train.csv as their past, as a monitoring loop would; otherwise on edge padding. A folder that
-    cannot be evaluated is named in ``skipped`` and the others go on."""
+    cannot be evaluated is named in ``skipped`` and the others go on; what reading repaired (io.py's notes,
+    each after its folder's name) is in ``notes``."""
     from normalcy.errors import InputError
     from normalcy.evaluation.series_metrics import evaluate_series, pool, vus_window
     from normalcy.series import registry
@@ -243,7 +244,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
         vus = True
     except ImportError:
         vus = False
-    results, skipped, windows = [], [], []
+    results, skipped, windows, notes = [], [], [], []
     fit_s = score_s = 0.0
     n_rows = 0
     for folder in series_folders(directory):
@@ -259,6 +260,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
             det = registry.create(detector, **params).fit(train, progress=progress)
             t1 = time.perf_counter()
             te = model_columns(det, te, time_column)
+            notes += [f"{folder.name}/{n}" for n in dict.fromkeys([*train.notes, *te.notes])]
             past = model_columns(det, train, time_column).values if te.time[0] > train.time[-1] else None
             scored = score_series(det, te, past)
             score_s += time.perf_counter() - t1
@@ -284,7 +286,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
            "window": int(np.median(windows)), "params": params,
            "per_series": [{"series": r.name, "rows": r.rows, "event_f1": r.events.f1, "point_f1": r.points.f1,
                            "auc_pr": r.auc_pr, "vus_pr": r.vus_pr} for r in results],
-           "skipped": skipped}
+           "skipped": skipped, "notes": notes}
     if not vus:
         out["vus_pr_note"] = "VUS-PR needs tsb-ad: pip install 'normalcy[series-bench]'"
     out["per_series"] = [{k: _finite_or_none(v) for k, v in r.items()} for r in out["per_series"]]
