@@ -212,6 +212,11 @@ def test_a_bad_file_among_good_ones(data: Path, model: Path, tmp_path: Path) -> 
         assert any(f"column {name!r} read as the time column" in n for n in notes), notes
         rows = list(csv.DictReader(open(tmp_path / f"run-{name}" / "scores.csv")))
         assert rows[1][list(rows[1])[0]] == stamp(1)
+    # a model's own metric is never taken for the time, even where it happens to rise in the file scored
+    other.write_text("cpu,mem\n" + "".join(f"{i},2\n" for i in range(40)))
+    r = cli("predict", model, other, "-o", tmp_path / "run-ramp")
+    assert r.exit_code == 0 and "scored 40 rows of 1 series" in r.stderr, r.stderr
+    assert not any("time column" in n for n in json.loads((tmp_path / "run-ramp" / "run.json").read_text())["notes"])
 
 
 def test_one_model_per_series_column(tmp_path: Path) -> None:

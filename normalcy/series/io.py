@@ -102,7 +102,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     if time_column is None:
         time_column = next((c for c in arrays if c.strip().lower() in TIME_NAMES), None)
         if time_column is None:
-            time_column, why = _unnamed_time(arrays, (series_column, label))
+            time_column, why = _unnamed_time(arrays, (series_column, label), keep[0] if keep else ())
             if time_column is not None:
                 notes.append(f"{path.name}: column {time_column!r} read as the time column ({why}); give "
                              "--time-column to name another")
@@ -242,14 +242,16 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     return out
 
 
-def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...]) -> tuple[str | None, str]:
+def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...],
+                  metrics: Sequence[str] = ()) -> tuple[str | None, str]:
     """The first column as the time when no column is named as one, where its values say it is: dates (a date
     type, or ISO 8601 text), or numbers rising strictly from row to row (a row index that pandas wrote, epoch
     seconds under another name). Scored as a metric, such a column takes a value in every test row that it
-    never took in training, and every row would look anomalous. Only where another column is left to score;
+    never took in training, and every row would look anomalous. Only where another column is left to score
+    and the column is not one of a model's ``metrics`` (a file scored by a model fitted on it as a metric);
     (None, "") otherwise."""
     names = [c for c in arrays if c not in exclude]
-    if len(names) < 2:
+    if len(names) < 2 or names[0] in metrics:
         return None, ""
     first = names[0]
     a = arrays[first]
