@@ -473,7 +473,7 @@ def eval_(
             console.print(f"repaired: {shown(note)}", highlight=False, soft_wrap=True)
         if len(metrics["notes"]) > 10:
             console.print(f"  ... and {len(metrics['notes']) - 10} more repairs (the JSON's notes)")
-    elif is_table(dataset) and time_column is None:
+    elif is_table(dataset):  # (with --time-column, api_evaluate refuses it)
         metrics = api_evaluate(dataset, detector, **kw)
         _report_skipped_rows(dataset, [(str(i), str(r)) for i, r in metrics["skipped"]])
     else:

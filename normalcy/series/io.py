@@ -100,7 +100,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     label = label_column if label_column in arrays else None
     notes = []
     if time_column is None:
-        time_column = next((c for c in arrays if c.strip().lower() in TIME_NAMES), None)
+        time_column = named_time(list(arrays))
         if time_column is None:
             time_column, why = _unnamed_time(arrays, (series_column, label), keep[0] if keep else ())
             if time_column is not None:
@@ -240,6 +240,11 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     if decimal:
         notes.append(f"{path.name}: column {column!r}: {decimal} value(s) with a decimal comma read as numbers")
     return out
+
+
+def named_time(columns: Sequence[str]) -> str | None:
+    """The first column named timestamp, time, date or datetime (any case), or None."""
+    return next((c for c in columns if c.strip().lower() in TIME_NAMES), None)
 
 
 def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...],

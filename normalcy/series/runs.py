@@ -42,10 +42,10 @@ from normalcy.series.base import SeriesDetector
 from normalcy.series.events import Event, events, pruned
 from normalcy.series.io import (
     SERIES_SUFFIXES,
-    TIME_NAMES,
     Series,
     _split_file,
     is_series_folder,
+    named_time,
     read_series,
     series_folders,
 )
@@ -87,9 +87,7 @@ def header_columns(path: Path) -> list[str] | None:
 
 def time_column_of(columns: list[str], given: str | None) -> str | None:
     """The time column: the one given, else the first named timestamp/time/date/datetime (io.py's rule)."""
-    if given is not None:
-        return given
-    return next((c for c in columns if c.strip().lower() in TIME_NAMES), None)
+    return given if given is not None else named_time(columns)
 
 
 def is_series_input(path: Path, time_column: str | None = None, series_column: str | None = None,
@@ -460,7 +458,7 @@ def read_series_file(path: Path, time_column: str | None, series_column: str | N
     InputError naming the file when it cannot be read."""
     failed: list[tuple[str, str]] = []
     series = read_series(path, time_column, series_column, failed=failed, keep=keep)
-    tcol = time_column if time_column is not None else series[0].time_column
+    tcol = series[0].time_column  # the one given, or found by read_series
     key = series_key(path)
     if series_column is None:
         series[0].name = key
