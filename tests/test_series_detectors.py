@@ -144,6 +144,25 @@ def test_score_one_matches_score(name: str) -> None:
                                rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("block", [7, 128, 5000])
+def test_knn_learns_a_block_as_row_by_row(block: int) -> None:
+    """A stream's knn learns 128 rows at once (``learn_block``): the bank, grown to its online capacity and
+    then replaced oldest first, is the one row-by-row ``partial_fit`` leaves, a block longer than the bank
+    included."""
+    from normalcy.series.auto import learn_block
+
+    X = sine(5100)
+    a, b = (create("knn", window=16, online_floats=2**11).fit(X[:100], progress=False) for _ in range(2))
+    Z = a.standardise(X[100:])
+    for t in range(len(Z)):
+        a._partial_fit(Z[max(0, t - 15):t + 1])
+    for s in range(0, len(Z), block):
+        lo = max(0, s - 15)
+        learn_block(b, Z[lo:s + block], s - lo)
+    assert len(a.bank_) == a.online_capacity == 128 and a.fifo_ == b.fifo_
+    np.testing.assert_array_equal(a.bank_, b.bank_)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_a_streams_pruned_search_finds_the_same_neighbours(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
     """A stream's row searches the windows whose projected distance does not rule them out; the scores are

@@ -172,14 +172,31 @@ class AutoDetector(SeriesDetector):
 
     def _set_members(self, specs: list[dict[str, Any]]) -> None:
         self._members = [self._member(s) for s in specs]
+        self._contexts = [m.context for m in self._members]  # fixed by the specs; a stream reads them every row
         self._view = np.array([s.get("stride", 1) > 1 for s in specs])  # the period member, combined by max
+        view = self._view
+        # a stream's row, in few array calls (``_row_weights``): the windowed members' indices and weights
+        self._windowed = np.flatnonzero(~view)
+        self._mean_w = np.where(view, 0.0, 1.0 / max(1, len(self._windowed)))
+        self._period = int(np.flatnonzero(view)[0]) if view.any() else None
 
     def combine(self, dec: np.ndarray) -> np.ndarray:
         """(n,) a row's score from its (n, M) members' decades: the mean over the windowed members (views of
         the same short scale: averaging keeps one member's false alarm from paging), or the period member's
         own where it is higher (a missed daily peak or a holiday shows at that scale alone, and averaged with
         five members that cannot see it, it would never reach an alarm)."""
+        if len(dec) == 1:  # a stream's row: ``_weights``'s numbers in a third of the array calls
+            return np.array([float((self._row_weights(dec[0]) * dec[0]).sum())])
         return (self._weights(dec) * dec).sum(axis=1)
+
+    def _row_weights(self, dec: np.ndarray) -> np.ndarray:
+        """(M,) ``_weights`` of one row's (M,) decades."""
+        j = self._period
+        if j is None or (len(self._windowed) and dec[j] <= dec[self._windowed].mean()):
+            return self._mean_w
+        w = np.zeros(len(dec))
+        w[j] = 1.0
+        return w
 
     def _weights(self, dec: np.ndarray) -> np.ndarray:
         """(n, M) each member's weight in ``combine``: 1 / (windowed members) each, or 1 on the period member
@@ -272,7 +289,10 @@ class AutoDetector(SeriesDetector):
         return self._combine(self.calibrated(raw), contribs)
 
     def _last_raw(self, recent: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        contribs = [np.asarray(m._score_last(recent[-m.context:]), dtype=np.float64) for m in self._members]
+        contribs = [np.asarray(m._score_last(recent[-c:]), dtype=np.float64)
+                    for m, c in zip(self._members, self._contexts)]
+        if recent.shape[1] == 1:  # one metric: each member's contribution is its score
+            return np.concatenate(contribs), contribs
         return np.array([c.sum() for c in contribs]), contribs
 
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
@@ -637,12 +657,16 @@ class Smoothed:
     def _last(self, recent: np.ndarray) -> np.ndarray:
         """The inner detector's recent rows: every stride-th k-row mean ending at the last row of ``recent``
         (moving_mean's numbers, only the ones needed: a stream calls this every row)."""
-        if len(recent) < self.context:  # the start of a series: its whole means so far
+        ctx = self.context
+        if len(recent) < ctx:  # the start of a series: its whole means so far
             rows = np.arange(len(recent) - 1, -1, -self.stride)[::-1]
             return moving_mean(recent, self.k)[rows[rows >= self.k - 1]][-self.inner.context:]
-        c = np.cumsum(np.vstack([np.zeros((1, recent.shape[1])), recent[-self.context:]]), axis=0)
-        ends = self.context - self.stride * np.arange(self.inner.context)[::-1]  # one past each needed row
-        return (c[ends] - c[ends - self.k]) / self.k
+        if getattr(self, "_ends", (0,))[0] != ctx:  # kept: a stream calls this every row
+            ends = ctx - self.stride * np.arange(self.inner.context)[::-1]  # one past each needed row
+            self._ends = (ctx, ends, ends - self.k, np.zeros((1, recent.shape[1])))
+        _, ends, starts, zero = self._ends
+        c = np.concatenate((zero, recent[-ctx:])).cumsum(axis=0)
+        return (c[ends] - c[starts]) / self.k
 
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
         rows = self._last(recent)
@@ -661,7 +685,12 @@ class Smoothed:
             learn_block(self.inner, M[skip:], max(0, first - skip))
             return
         span = (self.inner.context - 1) * self.stride
-        for t in range(max(first, self.context - 1), len(Z)):  # every mean of k rows: a window normal data had
+        ends = np.arange(max(first, self.context - 1), len(Z))  # every mean of k rows: a window normal data had
+        if hasattr(self.inner, "learn_windows"):  # all at once, in order
+            rows = ends[:, None] - span + self.stride * np.arange(self.inner.context)
+            self.inner.learn_windows(M[rows].reshape(len(ends), -1))
+            return
+        for t in ends:
             self.inner._partial_fit(M[t - span:t + 1:self.stride])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -673,8 +702,9 @@ class Smoothed:
 
 def learn_block(member: Any, Z: np.ndarray, first: int) -> None:
     """A member learns rows Z[first:] in order, each with the rows before it as its past."""
-    if isinstance(member, Smoothed):
-        member.learn_block(Z, first)
+    own = getattr(member, "learn_block", None)  # a member that learns a block at once (Smoothed, knn)
+    if own is not None:
+        own(Z, first)
         return
     ctx = member.context
     for t in range(first, len(Z)):

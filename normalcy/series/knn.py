@@ -32,6 +32,8 @@ stream's row stays under 100 us: with 211-row windows it keeps the last 1,242 wi
 
 from __future__ import annotations
 
+import math
+
 import faiss
 import numpy as np
 from pydantic import Field
@@ -185,6 +187,8 @@ class SubsequenceKNN(SeriesDetector):
         among the bank's windows ``keep`` only (a whole window, which ``_pruned`` found them for)."""
         L = rows.size
         q = rows.reshape(-1) - self.centre_[-L:]
+        if keep is None and self._candidates == 1 and bank_t.shape[1] * L <= _BLOCK_FLOATS:
+            return self._nearest(q, bank_t)
         if keep is not None:
             d2 = self.bank_[keep] @ q.astype(np.float32)
             d2 *= -2
@@ -211,6 +215,22 @@ class SubsequenceKNN(SeriesDetector):
         per_metric = (diff[j] * diff[j]).reshape(steps, -1).sum(axis=0)
         return per_metric / np.sqrt(steps * sq[j]) if sq[j] > 0 else np.zeros_like(per_metric)
 
+    def _nearest(self, q: np.ndarray, bank_t: np.ndarray) -> np.ndarray:
+        """``_one`` for the common case of a stream's row, k = 1 and a bank within one product's block: the
+        same neighbour and numbers in a third of the array calls (a call costs about a microsecond, and a
+        small bank's search takes a few: ``auto`` makes five such searches a row)."""
+        L = len(q)
+        d2 = q.astype(np.float32) @ bank_t[-L:]
+        d2 *= -2
+        d2 += self._norms if L == bank_t.shape[0] else np.einsum("ij,ij->j", bank_t[-L:], bank_t[-L:])
+        diff = q - self.bank_[int(d2.argmin()), -L:]
+        d = len(self.columns_)
+        if d == 1:  # the root-mean-square difference per time step, all of it the one metric's
+            return np.array([math.sqrt(float(diff @ diff) / L)])
+        per_metric = (diff * diff).reshape(-1, d).sum(axis=0)
+        total = float(per_metric.sum())
+        return per_metric / math.sqrt(L // d * total) if total > 0 else np.zeros(d)
+
     def _partial_fit(self, recent: np.ndarray) -> None:
         if len(recent) < self.window_:  # an edge-padded window is not one normal operation had
             return
@@ -228,6 +248,40 @@ class SubsequenceKNN(SeriesDetector):
             self._bstore[:, i] = self._terms(window[None])[:, 0]
             self._bounds = self._bstore[:, :m]
             self._pmax = max(self._pmax, float(self._bstore[-1, i]))  # a bound on the norms, old ones included
+
+    def learn_block(self, Z: np.ndarray, first: int) -> None:
+        """Learn rows Z[first:] in order, each with the rows before it as its past: ``_partial_fit`` row by
+        row, the windows written in one go (a stream learns 128 rows at a time)."""
+        w = self.window_
+        start = max(first, w - 1)  # rows whose whole window is in Z (partial_fit skips the others)
+        if start < len(Z):
+            self.learn_windows(flat_windows(Z[start - w + 1:], w))
+
+    def learn_windows(self, windows: np.ndarray) -> None:
+        """Learn whole (n, window_ * d) windows in order: the bank after them is the one n ``_partial_fit``
+        calls leave (it grows to ``online_capacity``, then each replaces the oldest window)."""
+        W = (np.asarray(windows, dtype=np.float64) - self.centre_).astype(np.float32)
+        m, cap = len(self.bank_), self.online_capacity
+        if self._store is None or (m < cap and len(self._store) < min(cap, m + len(W))):
+            self._grow(max(m, min(cap, max(2 * m, 1024, m + len(W)))))
+        add = min(len(W), max(0, cap - m))  # windows that grow the bank, then each replaces the oldest
+        m0, m = m, m + add
+        rest = len(W) - add
+        pos = np.concatenate([np.arange(m0, m), (self.fifo_ + np.arange(rest)) % m]) if len(W) else np.zeros(0, int)
+        if rest:
+            self.fifo_ = int((self.fifo_ + rest) % m)
+        last = len(pos) - 1 - np.unique(pos[::-1], return_index=True)[1]  # a place written twice keeps the later
+        idx, W = pos[last], W[last]
+        if not len(idx):
+            return
+        self._store[idx], self._tstore[:, idx] = W, W.T
+        self._nstore[idx] = np.einsum("ij,ij->i", W, W)
+        self.bank_, self._bank_t, self._norms = self._store[:m], self._tstore[:, :m], self._nstore[:m]
+        if self._axes is not None:
+            terms = self._terms(W)
+            self._bstore[:, idx] = terms
+            self._bounds = self._bstore[:, :m]
+            self._pmax = max(self._pmax, float(terms[-1].max()))
 
     def _grow(self, rows: int) -> None:
         """Room for ``rows`` windows (the bank, its transpose and norms), the current ones copied in."""

@@ -14,6 +14,8 @@ never had, and flag the start of every series).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from pydantic import Field
 from scipy.linalg import eigh
@@ -113,6 +115,10 @@ class SubsequencePCA(SeriesDetector):
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
         if len(recent) < self.window_:
             return self._partial(recent)
+        if len(self.columns_) == 1:  # a stream's univariate row, in few array calls: the RMS error a step
+            q = recent[-self.window_:].reshape(-1) - self.centre_
+            r = q - (self.components_ @ q) @ self.components_
+            return np.array([math.sqrt(float(r @ r) / len(r))])
         return self._full(recent[-self.window_:].reshape(1, -1))[0]
 
     def _check_state(self) -> None:

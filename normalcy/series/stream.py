@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from normalcy.errors import InputError
-from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail
+from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
 from normalcy.series.base import SeriesDetector
 
 log = logging.getLogger("normalcy")
@@ -120,8 +120,7 @@ class Stream:
             if self.auto:
                 self.det.learn_rows(self.rows, first)
             elif self.det.learns_online:
-                for t in range(first, len(self.rows)):
-                    self.det._partial_fit(self.rows[max(0, t - self.ctx + 1):t + 1])
+                learn_block(self.det, self.rows, first)
         self.pending = 0
         self.rows = self.rows[len(self.rows) - self.ctx + 1:] if self.ctx > 1 else self.rows[:0]
 
