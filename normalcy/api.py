@@ -63,6 +63,7 @@ from normalcy.series.runs import (
     iter_series_files,
     load_series_model,
     model_columns,
+    replay_series,
     score_series,
     time_hint,
 )
@@ -327,12 +328,13 @@ def _fit_table(path: Path, opts: DetectorOptions, label_column: Optional[str], i
 
 def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column: Optional[str] = None,
              test: Optional[PathLike] = None, time_column: Optional[str] = None, report: Optional[PathLike] = None,
-             progress: bool = True, **settings: Any) -> dict[str, Any]:
+             stream: bool = False, progress: bool = True, **settings: Any) -> dict[str, Any]:
     """Fit on the normal part of a labelled data set, score the rest and measure: an MVTec AD folder (fit on
     train/good, score test/, masks in ground_truth/), a table with ``label_column`` (fit on its normal rows,
     score a stratified 30 %, or the labelled table ``test``), or a series folder DIR/train.csv + DIR/test.csv or
     a folder of them (pooled). The metrics as ``normalcy eval --json`` prints them; their "skipped" lists what
-    could not be used. ``report``: an HTML report of an image evaluation. ``settings`` as for ``fit``."""
+    could not be used. ``report``: an HTML report of an image evaluation. ``stream``: series replayed as a
+    monitoring loop runs them (:func:`predict`). ``settings`` as for ``fit``."""
     ex, det = options(settings, detector)
     dataset = Path(dataset)
     if dataset.is_dir() and is_series_input(dataset):
@@ -340,7 +342,10 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
 
         ex.check_images_only("series")
         return eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column,
-                           label_column=label_column or "label")
+                           label_column=label_column or "label", stream=stream)
+    if stream:
+        raise InputError(f"{dataset}: --stream replays series; this is not a series folder (DIR/train.csv, "
+                         "DIR/test.csv) or a folder of them")
     if time_column is not None:
         raise InputError(f"{dataset}: --time-column: eval takes series as series folders (DIR/train.csv, "
                          "DIR/test.csv with a label column) or a folder of them")
@@ -392,25 +397,30 @@ def load(path: PathLike, trust_code: bool = False) -> Any:
 def predict(model: PathLike | Any, inputs: Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,
             report: bool = True, save_maps: bool = False, embeddings: Optional[bool] = None, top: Optional[int] = None,
             trust_code: bool = False, id_column: Optional[str] = None, time_column: Optional[str] = None,
-            series_column: Optional[str] = None, ray: Optional[str] = None, progress: bool = True) -> RunSummary:
+            series_column: Optional[str] = None, ray: Optional[str] = None, stream: bool = False,
+            progress: bool = True) -> RunSummary:
     """Score images, tables or series with a model (a path, or what :func:`fit`/:func:`load` returned) into
     the run folder ``output`` (see normalcy.runs.format). ``ray``: local or a cluster's ADDRESS, for a model
     folder. ``top``: images (default 24) or series (default SERIES_TOP) drawn in the report. A file or row
     (for series: a file or a series) that cannot be scored is listed in skipped.csv; a run of none is an
-    InputError."""
+    InputError. ``stream``: each series replayed as a monitoring loop runs it (``series.runs.replay_series``:
+    scores from the past only, every row learned, calibrated to [0, 1]; in this process)."""
     paths_in = [Path(p) for p in inputs]
     output = Path(output)
+    if stream and ray is not None:
+        raise InputError("--stream replays each series in this process; it does not run on Ray")
     if isinstance(model, (str, Path)) and is_series_model(Path(model)):
         info = {"model": str(Path(model).resolve())}
         return _predict_series(load_series_model(Path(model)), paths_in, output, time_column, series_column, info,
-                               report=report, top=SERIES_TOP if top is None else top, ray=ray, model_dir=Path(model))
+                               report=report, top=SERIES_TOP if top is None else top, ray=ray, model_dir=Path(model),
+                               stream=stream)
     if isinstance(model, (SeriesDetector, SeriesSet)):
         if ray is not None:
             raise InputError("on Ray, give the model's folder (the workers load it from its files)")
         return _predict_series(model, paths_in, output, time_column, series_column, {"model": "in memory"},
-                               report=report, top=SERIES_TOP if top is None else top)
-    if time_column is not None or series_column is not None:
-        raise InputError("--time-column and --series-column apply to series models (fitted on a series)")
+                               report=report, top=SERIES_TOP if top is None else top, stream=stream)
+    if time_column is not None or series_column is not None or stream:
+        raise InputError("--time-column, --series-column and --stream apply to series models (fitted on a series)")
     if isinstance(model, (str, Path)):
         model = Path(model)
         if is_exported(model) and (ray is not None or embeddings):
@@ -472,7 +482,7 @@ def _predict_tables(model: VectorModel, inputs: list[Path], output: Path, id_col
 
 def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], output: Path, time_column: Optional[str],
                     series_column: Optional[str], info: dict[str, Any], *, report: bool, top: int,
-                    ray: Optional[str] = None, model_dir: Optional[Path] = None) -> RunSummary:
+                    ray: Optional[str] = None, model_dir: Optional[Path] = None, stream: bool = False) -> RunSummary:
     """Score each series of each input (a file, a series folder's test file, those of a folder of series
     folders) into one run folder; a file or series that cannot be scored is named in skipped.csv and the
     others go on. A set scores each series with its own model (by series id, or series folder name)."""
@@ -481,6 +491,8 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         info |= {"detector": model.name, "models": len(model), "series_column": series_column}
     else:
         info |= model.report_info()
+    if stream:
+        info["mode"] = "stream"
     time_column = time_column or model.time_column
     check_output(output, inputs)
     files: list[SeriesFile] = []
@@ -509,7 +521,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         results, cpus = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray)
         info |= {"ray": ray, "cpus": cpus}
     else:
-        results = [_score_one(model, s) for _, s, _ in jobs]
+        results = [_score_one(model, s, stream) for _, s, _ in jobs]
     parts = []
     for (fi, s, where), res in zip(jobs, results):
         if isinstance(res, str):
@@ -536,10 +548,11 @@ def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str
         return str(err)
 
 
-def _score_one(model: SeriesDetector | SeriesSet, s: Any) -> Any:
-    """A ScoredSeries, or the reason (one line) why the series cannot be scored."""
+def _score_one(model: SeriesDetector | SeriesSet, s: Any, stream: bool = False) -> Any:
+    """A ScoredSeries (``stream``: replayed), or the reason (one line) why the series cannot be scored."""
     try:
-        return score_series(model.get(s.name) if isinstance(model, SeriesSet) else model, s)
+        return (replay_series if stream else score_series)(model.get(s.name) if isinstance(model, SeriesSet)
+                                                           else model, s)
     except InputError as err:
         return str(err)
 

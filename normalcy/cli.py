@@ -177,6 +177,10 @@ ScoreFlagsArg = Annotated[bool, typer.Option("--score-flags", help="Series: scor
 TimeColumnArg = Annotated[Optional[str], typer.Option(help="Series: the time column (epoch seconds, ISO 8601 dates "
                                                       "or row numbers); default: a column named timestamp, time, "
                                                       "date or datetime. Giving it makes the file a series.")]
+StreamArg = Annotated[bool, typer.Option("--stream", help="Series: replay each series as a monitoring loop runs "
+                                         "it: every row scored from its past, then learned; scores calibrated to "
+                                         "[0, 1], anomalous from 0.3, events not pruned. For series that drift "
+                                         "after the training rows; a long anomaly is learned as it goes on.")]
 SeriesColumnArg = Annotated[Optional[str], typer.Option(help="Series: the column naming the series of a long file "
                                                         "with many; fit gives each its own model.")]
 SeriesFlagArg = Annotated[Optional[bool], typer.Option(
@@ -349,6 +353,7 @@ def predict(
     id_column: IdColumnArg = None,
     time_column: TimeColumnArg = None,
     series_column: SeriesColumnArg = None,
+    stream: StreamArg = False,
     ray: Optional[str] = typer.Option(None, "--ray", help="Score on Ray: local (start one on this machine) or a "
                                       "cluster's ADDRESS (host:6379). Images and tables: scores, skipped.csv and "
                                       "run.json only; series: one series a task, the whole run folder."),
@@ -360,7 +365,7 @@ def predict(
     _setup(threads)
     _report_run(api_predict(model_dir, inputs, output, heatmaps=heatmaps, report=report, save_maps=save_maps,
                             embeddings=embeddings, top=top, trust_code=trust_model_code, id_column=id_column,
-                            time_column=time_column, series_column=series_column, ray=ray))
+                            time_column=time_column, series_column=series_column, ray=ray, stream=stream))
 
 
 @app.command("score-batch")
@@ -455,6 +460,7 @@ def eval_(
     test: Optional[Path] = typer.Option(None, help="Tables: score this labelled table (default: a stratified 30 % "
                                         "of DATASET's rows, the rest's normal rows fitted on)."),
     time_column: TimeColumnArg = None,
+    stream: StreamArg = False,
     threads: ThreadsArg = None,
 ) -> None:
     """Fit on train/good, score test/, print metrics, speed and memory. A table: fit on normal rows, score
@@ -463,7 +469,8 @@ def eval_(
     _setup(threads)
     settings = {**vars(ex), **vars(det)}
     detector = settings.pop("detector")
-    kw = dict(label_column=label_column, test=test, time_column=time_column, report=report, **settings)
+    kw = dict(label_column=label_column, test=test, time_column=time_column, report=report, stream=stream,
+              **settings)
     if dataset.is_dir() and is_series_input(dataset):
         with console.status(f"evaluating {shown(det.name(series=True))} on the series of {shown(dataset)}"):
             metrics = api_evaluate(dataset, detector, **kw)

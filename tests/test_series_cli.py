@@ -263,6 +263,36 @@ def test_eval_pools_series_folders(data: Path) -> None:
     assert metrics["vus_pr"] is None or 0 < metrics["vus_pr"] <= 1
 
 
+def test_predict_and_eval_replay_a_stream(data: Path, model: Path, tmp_path: Path) -> None:
+    """--stream: each series replayed as a monitoring loop runs it (scores from the past only, every row
+    learned, calibrated to [0, 1], anomalous from the alarm level 0.3); the model folder itself is not
+    changed by the learning, so a second replay gives the same run; eval pools the replayed events."""
+    test = data / "a" / "test.csv"
+    runs = [tmp_path / "s1", tmp_path / "s2"]
+    for run in runs:
+        r = cli("predict", model, test, "-o", run, "--stream")
+        assert r.exit_code == 0, r.stderr
+    assert (runs[0] / "scores.csv").read_text() == (runs[1] / "scores.csv").read_text()
+    rows = list(csv.DictReader(open(runs[0] / "scores.csv")))
+    score = np.array([float(x["score"]) for x in rows])
+    decision = np.array([int(x["decision"]) for x in rows])
+    assert len(rows) == 300 and {x["threshold"] for x in rows} == {"0.3"}
+    assert ((score >= 0) & (score <= 1)).all() and np.array_equal(decision, (score >= 0.3).astype(int))
+    assert decision[150:160].any() and score[150:160].max() > 0.3 > np.median(score)  # the planted jump alarms
+    planted = [e for e in csv.DictReader(open(runs[0] / "events.csv"))
+               if e["start"] <= rows[150]["timestamp"] <= e["end"]]
+    assert len(planted) == 1 and planted[0]["metrics"].split(";")[0] == "cpu"  # what drove it, as offline
+    meta = json.loads((runs[0] / "run.json").read_text())
+    assert meta["mode"] == "stream" and meta["n_rows"] == 300
+    r = cli("eval", data, "--json", "--stream")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics["mode"] == "stream" and metrics["n_series"] == 2 and metrics["event_tp"] == 2
+    assert "this is not a series folder" in one_line_error(cli("eval", tmp_path, "--stream"))
+    assert "does not run on Ray" in one_line_error(cli("predict", model, test, "-o", tmp_path / "r", "--stream",
+                                                       "--ray", "local"))
+
+
 def test_a_run_says_what_it_pruned(tmp_path: Path) -> None:
     """Pure noise: a 1 % threshold is crossed now and then, and those crossings are pruned as noise; the run
     says how many, and a model fitted with --prune 0 keeps exactly those events."""

@@ -221,7 +221,7 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def eval_series(directory: Path, detector: str, params: dict[str, Any], time_column: str | None = None,
-                progress: bool = False, label_column: str = "label") -> dict[str, Any]:
+                progress: bool = False, label_column: str = "label", stream: bool = False) -> dict[str, Any]:
     """Fit on each series folder's train.csv, score its test.csv (labelled), pool the folders: event
     precision, recall and F1 as Orion counts them (an event is found when a predicted event overlaps it;
     counts summed over the series), point F1 at the detector's threshold, AUC-PR and VUS-PR (averaged
@@ -232,12 +232,13 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     in time (its first timestamp after the last training one, as in ASD), its first rows are scored with the
     end of train.csv as their past, as a monitoring loop would; otherwise on edge padding. A folder that
     cannot be evaluated is named in ``skipped`` and the others go on; what reading repaired (io.py's notes,
-    each after its folder's name) is in ``notes``."""
+    each after its folder's name) is in ``notes``. ``stream``: each test series replayed as a monitoring loop
+    runs it (``series.runs.replay_series``), its events those of the stream's alarm level, not pruned."""
     from normalcy.errors import InputError
     from normalcy.evaluation.series_metrics import evaluate_series, pool, vus_window
     from normalcy.series import registry
     from normalcy.series.io import read_series_folder, series_folders
-    from normalcy.series.runs import model_columns, score_series
+    from normalcy.series.runs import model_columns, replay_series, score_series
 
     try:
         import TSB_AD  # noqa: F401
@@ -262,7 +263,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
             te = model_columns(det, te, time_column)
             notes += [f"{folder.name}/{n}" for n in dict.fromkeys([*train.notes, *te.notes])]
             past = model_columns(det, train, time_column).values if te.time[0] > train.time[-1] else None
-            scored = score_series(det, te, past)
+            scored = (replay_series if stream else score_series)(det, te, past)
             score_s += time.perf_counter() - t1
             fit_s += t1 - t0
         except InputError as err:
@@ -283,7 +284,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
            "point_recall": pooled.points.recall, "point_f1": pooled.point_f1, "auc_pr": pooled.auc_pr,
            "vus_pr": pooled.vus_pr if vus else None, "fit_seconds": round(fit_s, 3), "score_seconds": round(score_s, 3),
            "points_per_second": round(n_rows / max(score_s, 1e-9), 1), "n_test_rows": n_rows,
-           "window": int(np.median(windows)), "params": params,
+           "window": int(np.median(windows)), "params": params, "mode": "stream" if stream else "offline",
            "per_series": [{"series": r.name, "rows": r.rows, "event_f1": r.events.f1, "point_f1": r.points.f1,
                            "auc_pr": r.auc_pr, "vus_pr": r.vus_pr} for r in results],
            "skipped": skipped, "notes": notes}

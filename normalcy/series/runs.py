@@ -21,6 +21,7 @@ so Ray workers run it too (normalcy.scale.distributed).
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import logging
@@ -49,6 +50,7 @@ from normalcy.series.io import (
     read_series,
     series_folders,
 )
+from normalcy.series.stream import Stream
 from normalcy.vectors.tables import csv_delimiter
 from normalcy.version import __version__
 
@@ -389,12 +391,33 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
         keep = set(kept)
         evs = [e for e, span in zip(evs, found) if span in keep]
         res = type(res)(res.score, res.contributions, decision, res.threshold)
-    feats = event_features(evs, res.score, res.contributions, z, res.threshold, len(s))
-    total = res.contributions.sum(axis=0) if not evs else sum(
-        (res.contributions[e.first:e.last + 1].sum(axis=0) for e in evs), np.zeros(len(det.columns_)))
+    return _scored(det, res.score, res.decision, res.threshold, evs, res.contributions, z, len(found) - len(evs))
+
+
+def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
+    """A series replayed as a monitoring loop runs it (``stream.Stream``, on a copy of the detector): each row
+    scored from its past only, then learned, its score calibrated to [0, 1]; a row is anomalous where it
+    reaches the stream's alarm level (0.3: as improbable as one normal row in a thousand). Events are those
+    rows merged across the detector's gap, not pruned: a stream cannot see the rest of the series that the
+    pruning compares a peak with. For series that drift after the training rows (NAB's); a long anomaly is
+    learned as it goes on (docs/benchmarks.md, SKAB)."""
+    z = det.standardise(s)  # checks the columns and values
+    stream = Stream(copy.deepcopy(det), past=past)  # it learns: the model itself stays as fitted
+    out = stream.run(s.values[:, [s.columns.index(c) for c in det.columns_]])
+    decision = (out.score >= stream.alarm_level).astype(np.int8)
+    evs = events(s.time, out.score, decision, out.contributions, det.columns_, gap=det.gap_)
+    return _scored(det, out.score, decision, stream.alarm_level, evs, out.contributions, z, 0)
+
+
+def _scored(det: SeriesDetector, score: np.ndarray, decision: np.ndarray, threshold: float, evs: list[Event],
+            contrib: np.ndarray, z: np.ndarray, pruned: int) -> ScoredSeries:
+    """What a run keeps of a scored series: with each event's features and the metrics to draw."""
+    feats = event_features(evs, score, contrib, z, threshold, len(score))
+    total = contrib.sum(axis=0) if not evs else sum(
+        (contrib[e.first:e.last + 1].sum(axis=0) for e in evs), np.zeros(len(det.columns_)))
     top = [det.columns_[j] for j in np.argsort(-total, kind="stable")[:3]]
-    return ScoredSeries(res.score, res.decision, res.threshold, evs, feats, top, tuple(det.columns_), det.name,
-                        det.window_, len(found) - len(evs))
+    return ScoredSeries(score, decision, threshold, evs, feats, top, tuple(det.columns_), det.name, det.window_,
+                        pruned)
 
 
 def event_features(evs: list[Event], score: np.ndarray, contrib: np.ndarray, z: np.ndarray, threshold: float,

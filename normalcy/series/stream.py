@@ -46,6 +46,7 @@ class StreamScores:
     score: np.ndarray  # (n,) calibrated anomaly score in [0, 1]
     reported: np.ndarray  # (n,) the score, repeated alarms inside a quiet period brought near 0
     alarm: np.ndarray  # (n,) int8: 1 where an alarm is raised
+    contributions: np.ndarray  # (n, d) each metric's share of the score (they sum to it): what drove an alarm
 
 
 class Stream:
@@ -102,16 +103,27 @@ class Stream:
             return self.det._last_raw(recent)[0]
         return np.array([float(np.asarray(self.det._score_last(recent), dtype=np.float64).sum())])
 
-    def _raw(self, Z: np.ndarray, first: int) -> np.ndarray:
-        """(n - first, M) raw scores of rows Z[first:] (each from the rows before it in Z)."""
+    def _raw(self, Z: np.ndarray, first: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(n - first, M) raw scores of rows Z[first:] (each from the rows before it in Z), and the members'
+        (n - first, d) contributions."""
         if self.auto:
-            return self.det._raw(self.det.members, Z, first)[0]
-        return np.asarray(self.det._score_from(Z, first), dtype=np.float64).sum(axis=1)[:, None]
+            return self.det._raw(self.det.members, Z, first)
+        c = np.asarray(self.det._score_from(Z, first), dtype=np.float64)
+        return c.sum(axis=1)[:, None], [c]
 
-    def _scores(self, raw: np.ndarray) -> np.ndarray:
-        """(n,) scores in [0, 1] of (n, M) raw ones, the calibration following each row (when learning)."""
+    def _calibrated(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) scores in [0, 1] of (n, M) raw ones, the calibration following each row (when learning), and
+        the (n, M) decades they come from."""
         dec = self.tail.follow(raw) if self.learning else self.tail.decades(raw)
-        return np.minimum((self.det.combine(dec) if self.auto else dec[:, 0]) / CAP_DECADES, 1.0)
+        return np.minimum((self.det.combine(dec) if self.auto else dec[:, 0]) / CAP_DECADES, 1.0), dec
+
+    def _shares(self, score: np.ndarray, dec: np.ndarray, contribs: list[np.ndarray]) -> np.ndarray:
+        """(n, d) the scores split over the metrics as the members' contributions split them (``auto``: each
+        member weighted as ``combine`` weighs it)."""
+        parts = self.det._combine(dec, contribs) if self.auto else contribs[0]
+        total = parts.sum(axis=1, keepdims=True)
+        share = np.divide(parts, total, out=np.full_like(parts, 1.0 / parts.shape[1]), where=total > 0)
+        return share * score[:, None]
 
     def _learn(self) -> None:
         """The detector learns the pending rows, in order, each with its own past."""
@@ -170,7 +182,7 @@ class Stream:
         z = self.det._row(self._held(_matrix(x, self.d))[0])
         self._append(z)
         raw = self._raw_last(self.rows[-self.ctx:])
-        score = float(self._scores(raw[None])[0])
+        score = float(self._calibrated(raw[None])[0][0])
         reported, alarm = self._report(score)
         self.t += 1
         self.pending += 1
@@ -184,14 +196,16 @@ class Stream:
         Z = self._standardised(values)
         n = len(Z)
         score, reported, alarm = np.zeros(n), np.zeros(n), np.zeros(n, np.int8)
+        contributions = np.zeros((n, self.d))
         i = 0
         while i < n:
             take = min(n - i, self.every - self.pending)
             first = len(self.rows)
             self.rows = np.vstack([self.rows, Z[i:i + take]])
             lo = max(0, first - self.ctx + 1)
-            raw = self._raw(self.rows[lo:], first - lo)
-            score[i:i + take] = self._scores(raw)
+            raw, contribs = self._raw(self.rows[lo:], first - lo)
+            score[i:i + take], dec = self._calibrated(raw)
+            contributions[i:i + take] = self._shares(score[i:i + take], dec, contribs)
             for j in range(i, i + take):
                 reported[j], alarm[j] = self._report(float(score[j]))
                 self.t += 1
@@ -199,7 +213,7 @@ class Stream:
             if self.pending == self.every:
                 self._learn()
             i += take
-        return StreamScores(score, reported, alarm)
+        return StreamScores(score, reported, alarm, contributions)
 
 
 def _matrix(values: np.ndarray, d: int) -> np.ndarray:
