@@ -144,6 +144,19 @@ def test_score_one_matches_score(name: str) -> None:
                                rtol=1e-5, atol=1e-9)
 
 
+def test_a_plain_detectors_stream_warms_up_before_it_alarms() -> None:
+    """A plain detector's stream calibrates on its own rows: the first MIN_CALIBRATION score 0 (on the second
+    row, a spread of one row would make any change an alarm), then scores follow; batch and row agree."""
+    from normalcy.series.base import MIN_CALIBRATION
+    from normalcy.series.stream import Stream
+
+    X = sine(1700)
+    out = Stream(create("knn", window=16).fit(X[:1500], progress=False)).run(X[1500:])
+    assert (out.score[:MIN_CALIBRATION] == 0).all() and out.score[MIN_CALIBRATION:].max() > 0
+    row = Stream(create("knn", window=16).fit(X[:1500], progress=False))
+    np.testing.assert_allclose([row.update(x) for x in X[1500:]], out.reported, atol=1e-3)
+
+
 @pytest.mark.parametrize("block", [7, 128, 5000])
 def test_knn_learns_a_block_as_row_by_row(block: int) -> None:
     """A stream's knn learns 128 rows at once (``learn_block``): the bank, grown to its online capacity and

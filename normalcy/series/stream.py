@@ -17,6 +17,9 @@ and what NAB (the Numenta Anomaly Benchmark) asks of a streaming detector:
 * missing values: a sensor drops out, and a monitoring loop must not stop for it. A NaN or infinite value
   is held at its column's last value (the training median before any row), as the offline reader
   interpolates it; ``filled`` counts them and the first is logged;
+* warm-up: a plain detector's calibration is learned from the stream's own rows, so its first
+  MIN_CALIBRATION rows score 0 (a mean and spread of a handful of rows would page on the stream's second
+  row); ``auto``'s is set on held-out training rows and needs none;
 * one alarm per incident: a row alarms when its score reaches ``alarm`` and no alarm was raised in the
   ``quiet`` rows before it; rows at or above ``alarm`` inside a quiet period are reported near 0
   (``reported``), since NAB counts only the first detection in a window and charges every other one,
@@ -32,7 +35,7 @@ import numpy as np
 
 from normalcy.errors import InputError
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
-from normalcy.series.base import SeriesDetector
+from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
 
 log = logging.getLogger("normalcy")
 
@@ -114,7 +117,10 @@ class Stream:
     def _calibrated(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n,) scores in [0, 1] of (n, M) raw ones, the calibration following each row (when learning), and
         the (n, M) decades they come from."""
+        seen = self.tail.count
         dec = self.tail.follow(raw) if self.learning else self.tail.decades(raw)
+        if not self.auto:  # a plain detector's calibration starts from the stream's own rows: none before
+            dec = dec * (seen + np.arange(len(dec)) >= MIN_CALIBRATION)[:, None]  # it has seen a few (warm-up)
         return np.minimum((self.det.combine(dec) if self.auto else dec[:, 0]) / CAP_DECADES, 1.0), dec
 
     def _shares(self, score: np.ndarray, dec: np.ndarray, contribs: list[np.ndarray]) -> np.ndarray:
