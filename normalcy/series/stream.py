@@ -56,8 +56,8 @@ class Stream:
     """A fitted detector run online: ``update(row)`` or ``run(rows)``; see the module docstring.
 
     ``past``: rows that came before the first one given (the end of the training data), the context of
-    the first scores. A plain detector's scores are calibrated here from the rows it sees (0 until the
-    first); ``auto`` brings its own calibration, set on held-out training rows."""
+    the first scores. A plain detector's scores are calibrated here from the rows it sees (0 for the
+    first MIN_CALIBRATION); ``auto`` brings its own calibration, set on held-out training rows."""
 
     def __init__(self, detector: SeriesDetector, past: np.ndarray | None = None, *, learn: bool = True,
                  learn_every: int = 128, alarm: float = 0.3, quiet: int = 100, memory: int = 8640) -> None:
