@@ -287,7 +287,7 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
     ex, det_opts = options(settings, detector)
     if isinstance(train, (str, Path)) and is_series_input(Path(train), time_column, series_column, series):
         ex.check_images_only("series")
-        fit_many: Any = fit_each
+        fit_many: Any = functools.partial(fit_each, progress=progress)
         if ray is not None:
             from normalcy.scale.distributed import fit_series_ray
 
@@ -342,7 +342,7 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
 
         ex.check_images_only("series")
         return eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column,
-                           label_column=label_column or "label", stream=stream)
+                           label_column=label_column or "label", stream=stream, progress=progress)
     if stream:
         raise InputError(f"{dataset}: --stream replays series; this is not a series folder (DIR/train.csv, "
                          "DIR/test.csv) or a folder of them")
@@ -413,12 +413,13 @@ def predict(model: PathLike | Any, inputs: Sequence[PathLike], output: PathLike 
         info = {"model": str(Path(model).resolve())}
         return _predict_series(load_series_model(Path(model)), paths_in, output, time_column, series_column, info,
                                report=report, top=SERIES_TOP if top is None else top, ray=ray, model_dir=Path(model),
-                               stream=stream)
+                               stream=stream, progress=progress)
     if isinstance(model, (SeriesDetector, SeriesSet)):
         if ray is not None:
             raise InputError("on Ray, give the model's folder (the workers load it from its files)")
         return _predict_series(model, paths_in, output, time_column, series_column, {"model": "in memory"},
-                               report=report, top=SERIES_TOP if top is None else top, stream=stream)
+                               report=report, top=SERIES_TOP if top is None else top, stream=stream,
+                               progress=progress)
     if time_column is not None or series_column is not None or stream:
         raise InputError("--time-column, --series-column and --stream apply to series models (fitted on a series)")
     if isinstance(model, (str, Path)):
@@ -482,7 +483,8 @@ def _predict_tables(model: VectorModel, inputs: list[Path], output: Path, id_col
 
 def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], output: Path, time_column: Optional[str],
                     series_column: Optional[str], info: dict[str, Any], *, report: bool, top: int,
-                    ray: Optional[str] = None, model_dir: Optional[Path] = None, stream: bool = False) -> RunSummary:
+                    ray: Optional[str] = None, model_dir: Optional[Path] = None, stream: bool = False,
+                    progress: bool = True) -> RunSummary:
     """Score each series of each input (a file, a series folder's test file, those of a folder of series
     folders) into one run folder; a file or series that cannot be scored is named in skipped.csv and the
     others go on. A set scores each series with its own model (by series id, or series folder name)."""
@@ -521,7 +523,12 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         results, cpus = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray)
         info |= {"ray": ray, "cpus": cpus}
     else:
-        results = [_score_one(model, s, stream) for _, s, _ in jobs]
+        results = []
+        with progress_bar(progress and len(jobs) > 1) as bar:
+            task = bar.add_task("predict", total=len(jobs))
+            for _, s, _ in jobs:
+                results.append(_score_one(model, s, stream))
+                bar.advance(task)
     parts = []
     for (fi, s, where), res in zip(jobs, results):
         if isinstance(res, str):

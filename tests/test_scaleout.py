@@ -31,6 +31,8 @@ from normalcy.vectors.tables import (  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
+    if ray.is_initialized():  # a CLI test's `--ray local` before this module leaves its Ray running
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

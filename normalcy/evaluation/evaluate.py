@@ -239,6 +239,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     from normalcy.series import registry
     from normalcy.series.io import read_series_folder, series_folders
     from normalcy.series.runs import model_columns, replay_series, score_series
+    from normalcy.progress import progress_bar
 
     try:
         import TSB_AD  # noqa: F401
@@ -248,32 +249,34 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     results, skipped, windows, notes = [], [], [], []
     fit_s = score_s = 0.0
     n_rows = 0
-    for folder in series_folders(directory):
-        try:
-            (train,), test = read_series_folder(folder, time_column, label_column)
-            if not test:
-                raise InputError(f"{folder}: no test.csv to evaluate on")
-            (te,) = test
-            if te.labels is None:
-                raise InputError(f"{folder}: test file has no label column {label_column!r} (1 inside a labelled "
-                                 "anomaly; --label-column names another)")
-            t0 = time.perf_counter()
-            det = registry.create(detector, **params).fit(train, progress=progress)
-            t1 = time.perf_counter()
-            te = model_columns(det, te, time_column)
-            notes += [f"{folder.name}/{n}" for n in dict.fromkeys([*train.notes, *te.notes])]
-            past = model_columns(det, train, time_column).values if te.time[0] > train.time[-1] else None
-            scored = (replay_series if stream else score_series)(det, te, past)
-            score_s += time.perf_counter() - t1
-            fit_s += t1 - t0
-        except InputError as err:
-            skipped.append([folder.name, str(err)])
-            continue
-        n_rows += len(te)
-        windows.append(det.window_)
-        results.append(evaluate_series(te.labels, scored.score, scored.decision,
-                                       predicted=[(e.first, e.last) for e in scored.events],
-                                       window=vus_window(te.values) if vus else None, name=folder.name))
+    folders = list(series_folders(directory))
+    with progress_bar(progress and len(folders) > 1) as bar:  # ASD: 12 folders, a minute or more
+        for folder in bar.track(folders, description="eval"):
+            try:
+                (train,), test = read_series_folder(folder, time_column, label_column)
+                if not test:
+                    raise InputError(f"{folder}: no test.csv to evaluate on")
+                (te,) = test
+                if te.labels is None:
+                    raise InputError(f"{folder}: test file has no label column {label_column!r} (1 inside a labelled "
+                                     "anomaly; --label-column names another)")
+                t0 = time.perf_counter()
+                det = registry.create(detector, **params).fit(train, progress=False)
+                t1 = time.perf_counter()
+                te = model_columns(det, te, time_column)
+                notes += [f"{folder.name}/{n}" for n in dict.fromkeys([*train.notes, *te.notes])]
+                past = model_columns(det, train, time_column).values if te.time[0] > train.time[-1] else None
+                scored = (replay_series if stream else score_series)(det, te, past)
+                score_s += time.perf_counter() - t1
+                fit_s += t1 - t0
+            except InputError as err:
+                skipped.append([folder.name, str(err)])
+                continue
+            n_rows += len(te)
+            windows.append(det.window_)
+            results.append(evaluate_series(te.labels, scored.score, scored.decision,
+                                           predicted=[(e.first, e.last) for e in scored.events],
+                                           window=vus_window(te.values) if vus else None, name=folder.name))
     if not results:
         raise InputError(f"{directory}: no series folder could be evaluated ({skipped[0][1] if skipped else ''})")
     pooled = pool(results)

@@ -38,6 +38,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from normalcy.errors import InputError
 from normalcy.files import MODEL_JSON, Strict, describe, read_json
+from normalcy.progress import progress_bar
 from normalcy.series import registry
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import Event, events, pruned
@@ -314,15 +315,19 @@ def training_series(train: Path, time_column: str | None = None, series_column: 
 FitMany = Callable[[list[Series], str, dict[str, Any]], tuple[dict[str, SeriesDetector], list[tuple[str, str]]]]
 
 
-def fit_each(series: list[Series], detector: str, params: dict[str, Any]
+def fit_each(series: list[Series], detector: str, params: dict[str, Any], progress: bool = False
              ) -> tuple[dict[str, SeriesDetector], list[tuple[str, str]]]:
-    """One model per series, in this process: (models by series name, (name, reason) for each that failed)."""
+    """One model per series, in this process: (models by series name, (name, reason) for each that failed).
+    ``progress``: a bar on stderr (10,000 series take minutes)."""
     fitted, failed = {}, []
-    for s in series:
-        try:
-            fitted[s.name] = registry.create(detector, **params).fit(s, progress=False)
-        except InputError as err:
-            failed.append((s.name, str(err)))
+    with progress_bar(progress and len(series) > 1) as bar:
+        task = bar.add_task("fit", total=len(series))
+        for s in series:
+            try:
+                fitted[s.name] = registry.create(detector, **params).fit(s, progress=False)
+            except InputError as err:
+                failed.append((s.name, str(err)))
+            bar.advance(task)
     return fitted, failed
 
 
