@@ -173,12 +173,15 @@ class AutoDetector(SeriesDetector):
     def _set_members(self, specs: list[dict[str, Any]]) -> None:
         self._members = [self._member(s) for s in specs]
         self._contexts = [m.context for m in self._members]  # fixed by the specs; a stream reads them every row
-        self._view = np.array([s.get("stride", 1) > 1 for s in specs])  # the period member, combined by max
-        view = self._view
-        # a stream's row, in few array calls (``_row_weights``): the windowed members' indices and weights
-        self._windowed = np.flatnonzero(~view)
-        self._mean_w = np.where(view, 0.0, 1.0 / max(1, len(self._windowed)))
+        view = np.array([s.get("stride", 1) > 1 for s in specs])  # the period member, combined by max
+        self._windowed = np.flatnonzero(~view)  # the windowed members, averaged
+        self._mean_w = np.where(view, 0.0, 1.0 / max(1, len(self._windowed)))  # their weights in the mean
         self._period = int(np.flatnonzero(view)[0]) if view.any() else None
+
+    @property
+    def _view(self) -> np.ndarray:
+        """(M,) bool: True on the period member (the one combined by max)."""
+        return np.arange(len(self._mean_w)) == (-1 if self._period is None else self._period)
 
     def combine(self, dec: np.ndarray) -> np.ndarray:
         """(n,) a row's score from its (n, M) members' decades: the mean over the windowed members (views of
@@ -201,12 +204,10 @@ class AutoDetector(SeriesDetector):
     def _weights(self, dec: np.ndarray) -> np.ndarray:
         """(n, M) each member's weight in ``combine``: 1 / (windowed members) each, or 1 on the period member
         on rows where it is higher than their mean."""
-        view = self._view
-        w = np.zeros(dec.shape)
-        w[:, ~view] = 1.0 / max(1, int((~view).sum()))
-        if view.any():
-            j = int(np.flatnonzero(view)[0])
-            wins = dec[:, j] > (dec[:, ~view].mean(axis=1) if (~view).any() else -np.inf)
+        w = np.tile(self._mean_w, (len(dec), 1))
+        j = self._period
+        if j is not None:
+            wins = dec[:, j] > (dec[:, self._windowed].mean(axis=1) if len(self._windowed) else -np.inf)
             w[wins] = 0.0
             w[wins, j] = 1.0
         return w

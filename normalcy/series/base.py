@@ -331,15 +331,7 @@ class SeriesDetector:
         """The rows of a series (its columns put in the model's order) or an (n, d) array, standardised."""
         self._check_fitted()
         if isinstance(data, Series):
-            where = str(data.source)
-            given = [c for c in data.columns if c not in self.flags_]  # the flags, if there, were left out at fit
-            if set(given) != set(self.columns_):
-                missing = [c for c in self.columns_ if c not in given]
-                extra = [c for c in given if c not in self.columns_]
-                raise InputError(f"{where}: columns do not match the model's: "
-                                 + (f"missing {missing[:10]}" if missing else f"not in the model {extra[:10]}"))
-            order = [data.columns.index(c) for c in self.columns_]
-            values = data.values[:, order]
+            where, values = str(data.source), self.model_values(data)
         else:
             where, values = "array", _matrix(data, "array")
             if self.flags_ and values.shape[1] == len(self.columns_) + len(self.flags_):
@@ -350,6 +342,17 @@ class SeriesDetector:
             raise InputError(f"{where}: NaN or infinite values (read series with normalcy.series.io, which "
                              "interpolates them)")
         return _clipped((values - self.mean_) / self.scale_, where)
+
+    def model_values(self, data: Series) -> np.ndarray:
+        """A series' raw values with its columns in the model's order (its 0/1 flags, if there, left out at fit
+        and here); an InputError naming the series where the columns do not match."""
+        given = [c for c in data.columns if c not in self.flags_]
+        if set(given) != set(self.columns_):
+            missing = [c for c in self.columns_ if c not in given]
+            extra = [c for c in given if c not in self.columns_]
+            raise InputError(f"{data.source}: columns do not match the model's: "
+                             + (f"missing {missing[:10]}" if missing else f"not in the model {extra[:10]}"))
+        return data.values[:, [data.columns.index(c) for c in self.columns_]]
 
     def score(self, data: Series | np.ndarray) -> SeriesScores:
         """Scores, per-metric contributions and decisions of every row of a series (causal: each row from

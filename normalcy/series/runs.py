@@ -408,7 +408,7 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     learned as it goes on (docs/benchmarks.md, SKAB)."""
     z = det.standardise(s)  # checks the columns and values
     stream = Stream(copy.deepcopy(det), past=past)  # it learns: the model itself stays as fitted
-    out = stream.run(s.values[:, [s.columns.index(c) for c in det.columns_]])
+    out = stream.run(det.model_values(s))
     decision = (out.score >= stream.alarm_level).astype(np.int8)
     evs = events(s.time, out.score, decision, out.contributions, det.columns_, gap=det.gap_)
     return _scored(det, out.score, decision, stream.alarm_level, evs, out.contributions, z, 0)
