@@ -210,6 +210,21 @@ def test_too_short_for_a_choice_keeps_defaults(caplog) -> None:
     assert det.score(sine(120, seed=8)).score.shape == (120,)
 
 
+@pytest.mark.parametrize("network", ["hypad", "autoencoder"])
+def test_network_members_fit_save_and_stream(network: str, tmp_path: Path) -> None:
+    """A network among the members: its context is known before it is fitted (auto reads the members'
+    contexts when it builds them; hypad as a candidate raised AttributeError 'span_' there)."""
+    det = create("auto", candidates=(network,), choose=False, period=False,
+                 smooth=1).fit(sine(600, d=2), progress=False)
+    assert {m["detector"] for m in det.choice["members"]} == {network}
+    x = sine(300, d=2, seed=5)
+    det.save(tmp_path / "m")
+    back = load(tmp_path / "m")
+    np.testing.assert_allclose(back.score(x).score, det.score(x).score, rtol=1e-9, atol=1e-9)
+    stream = Stream(back)
+    assert np.isfinite([stream.update(row) for row in x[:40]]).all()
+
+
 def test_unknown_candidate_refused() -> None:
     with pytest.raises(InputError):
         create("auto", candidates=()).fit(sine(), progress=False)

@@ -178,7 +178,13 @@ class WindowDetector(NeuralDetector):
 
     @property
     def context(self) -> int:
-        return self.span_
+        """The span, known from the settings before the network is fitted (``auto`` reads its members'
+        contexts when it builds them)."""
+        return self.span_ if hasattr(self, "span_") else self._span(len(self.columns_))
+
+    def _span(self, d: int) -> int:
+        """Rows the network sees: the ``span`` parameter, else the window (``input_span``)."""
+        return int(self.span) if self.span is not None else input_span(self.window_, d)
 
     def _window_scores(self, W: np.ndarray) -> np.ndarray:
         """(m, d) contributions of the windows W (m, span_ * d)."""
@@ -219,9 +225,8 @@ class Autoencoder(WindowDetector):
     net_: SparseAutoencoder
 
     def _span(self, d: int) -> int:
-        if self.span is not None:
-            return int(self.span)
-        return 1 if d >= MIN_METRICS else input_span(self.window_, d)
+        """One row for MIN_METRICS metrics or more (the paper's setting), else as a window detector."""
+        return 1 if self.span is None and d >= MIN_METRICS else super()._span(d)
 
     def _units(self) -> int:
         inputs = self.span_ * len(self.columns_)

@@ -35,7 +35,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from normalcy.series.autoencoder import TrainedParams, WindowDetector, batched, input_span, training_windows
+from normalcy.series.autoencoder import TrainedParams, WindowDetector, batched, training_windows
 
 _MAX_NORM = 1 - 1e-5  # points of the ball are kept this far inside its boundary (float32)
 
@@ -89,7 +89,7 @@ class HypAD(WindowDetector):
         self.net_ = HyperbolicAutoencoder(inputs, self.hidden, self.latent, min(self.embedding, inputs)).double()
 
     def _fit(self, X: np.ndarray, progress: bool) -> None:
-        self.span_ = int(self.span) if self.span is not None else input_span(self.window_, X.shape[1])
+        self.span_ = self._span(X.shape[1])
         self._build()
 
         def loss(x: torch.Tensor) -> torch.Tensor:
