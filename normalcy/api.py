@@ -394,6 +394,33 @@ def load(path: PathLike, trust_code: bool = False) -> Any:
     return load_image_model(path, trust_code=trust_code)
 
 
+def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out: Optional[Any] = None,
+          time_column: Optional[str] = None, series_column: Optional[str] = None, learn: bool = True,
+          alarms_only: bool = False, follow: bool = False, idle: Optional[float] = None) -> Any:
+    """Run a series model online over CSV rows as they arrive (normalcy.series.watch): ``source`` a file
+    or an open text stream (None or "-": stdin; ``follow``: read on as it grows, until ``idle`` seconds pass without a line),
+    one CSV line out per row (``alarms_only``: per alarm) to ``out`` (default stdout). Its WatchSummary."""
+    import sys
+
+    from normalcy.series.watch import watch as run_watch
+
+    if not isinstance(model, (SeriesDetector, SeriesSet)):
+        if not is_series_model(Path(model)):
+            raise InputError(f"{model}: not a series model (watch runs a model fitted on a series)")
+        model = load_series_model(model)
+    kw = dict(time_column=time_column, series_column=series_column, learn=learn, alarms_only=alarms_only,
+              follow=follow, idle=idle)
+    if hasattr(source, "readline"):  # an open text stream
+        return run_watch(model, source, out or sys.stdout, source_name=str(getattr(source, "name", "input")), **kw)
+    if source is None or str(source) == "-":
+        return run_watch(model, sys.stdin, out or sys.stdout, source_name="stdin", **kw)
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        return run_watch(model, f, out or sys.stdout, source_name=str(path), **kw)
+
+
 def predict(model: PathLike | Any, inputs: Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,
             report: bool = True, save_maps: bool = False, embeddings: Optional[bool] = None, top: Optional[int] = None,
             trust_code: bool = False, id_column: Optional[str] = None, time_column: Optional[str] = None,

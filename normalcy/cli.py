@@ -1,4 +1,4 @@
-"""The command line: fit, predict, score-batch, serve, eval, demo, export.
+"""The command line: fit, predict, watch, score-batch, serve, eval, demo, export.
 
 It parses options, calls the Python API (normalcy.api) and prints. Everything a person reads goes to
 stderr except the command's own answer (a table, or with --json exactly one JSON object), so scripts
@@ -32,6 +32,7 @@ from normalcy.api import fit as api_fit
 from normalcy.api import load as api_load
 from normalcy.api import predict as api_predict
 from normalcy.api import score_batch as api_score_batch
+from normalcy.api import watch as api_watch
 from normalcy.detectors import DETECTORS
 from normalcy.errors import ImageError, InputError, NotFittedError
 from normalcy.images.backbones import BACKBONES
@@ -366,6 +367,33 @@ def predict(
     _report_run(api_predict(model_dir, inputs, output, heatmaps=heatmaps, report=report, save_maps=save_maps,
                             embeddings=embeddings, top=top, trust_code=trust_model_code, id_column=id_column,
                             time_column=time_column, series_column=series_column, ray=ray, stream=stream))
+
+
+@app.command()
+@_guarded
+def watch(
+    model_dir: Path = typer.Argument(..., help="A series model directory written by `normalcy fit`."),
+    source: str = typer.Argument("-", help="A CSV file of rows (a header first), or - for stdin."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Read on as the file grows (as tail -f), until "
+                                "Ctrl-C or --idle."),
+    idle: Optional[float] = typer.Option(None, help="With --follow: stop after this many seconds without a new "
+                                         "line (default: never)."),
+    alarms_only: bool = typer.Option(False, "--alarms-only", help="Write only the rows that raise an alarm."),
+    learn: bool = typer.Option(True, "--learn/--no-learn", help="Learn each row as normal once scored (the "
+                               "model in memory follows drift; the saved model is not changed)."),
+    time_column: TimeColumnArg = None,
+    series_column: SeriesColumnArg = None,
+    threads: ThreadsArg = None,
+) -> None:
+    """Monitor live: score series rows as they arrive, each from its past, one CSV line out per row (time,
+    score in [0, 1], alarm 1/0, the metrics that drove an alarm)."""
+    _setup(threads)
+    s = api_watch(model_dir, source, time_column=time_column, series_column=series_column, learn=learn,
+                  alarms_only=alarms_only, follow=follow, idle=idle)
+    problems = "; ".join(f"{n} line(s): {kind}" for kind, n in s.problems.items())
+    console.print(f"watched {s.rows} rows of {s.series} series: {s.alarms} alarm(s); {s.skipped} line(s) skipped, "
+                  f"{s.held} value(s) held at their last value" + (f" ({problems})" if problems else ""),
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("score-batch")

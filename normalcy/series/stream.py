@@ -76,6 +76,7 @@ class Stream:
         self.t = 0  # rows seen
         self.filled = 0  # missing or non-finite values held at their column's last value
         self.last_raw = np.array(detector.mean_, dtype=np.float64)  # the last row's values (the training median)
+        self.last_contributions: np.ndarray | None = None  # update's: each metric's share, on an alarm
         if past is not None and len(past):
             Z = self._standardised(past)
             if self.ctx > 1:
@@ -100,11 +101,13 @@ class Stream:
         self._buf[self._n] = z
         self._n += 1
 
-    def _raw_last(self, recent: np.ndarray) -> np.ndarray:
-        """(M,) raw scores of the last row of ``recent`` (at most ctx rows)."""
+    def _raw_last(self, recent: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(M,) raw scores of the last row of ``recent`` (at most ctx rows), and the members' (d,)
+        contributions."""
         if self.auto:
-            return self.det._last_raw(recent)[0]
-        return np.array([float(np.asarray(self.det._score_last(recent), dtype=np.float64).sum())])
+            return self.det._last_raw(recent)
+        c = np.asarray(self.det._score_last(recent), dtype=np.float64)
+        return np.array([float(c.sum())]), [c]
 
     def _raw(self, Z: np.ndarray, first: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """(n - first, M) raw scores of rows Z[first:] (each from the rows before it in Z), and the members'
@@ -184,12 +187,15 @@ class Stream:
 
     def update(self, x: np.ndarray) -> float:
         """Score one row (d values, in the model's column order), then learn it; its reported score.
-        (``self.last``: its score, reported score and alarm.)"""
+        (``self.last``: its score, reported score and alarm; ``self.last_contributions``: on a row that
+        raises an alarm, the (d,) share of each metric in its score, as ``run`` splits it; else None.)"""
         z = self.det._row(self._held(_matrix(x, self.d))[0])
         self._append(z)
-        raw = self._raw_last(self.rows[-self.ctx:])
-        score = float(self._calibrated(raw[None])[0][0])
+        raw, contribs = self._raw_last(self.rows[-self.ctx:])
+        scores, dec = self._calibrated(raw[None])
+        score = float(scores[0])
         reported, alarm = self._report(score)
+        self.last_contributions = self._shares(scores, dec, [c[None] for c in contribs])[0] if alarm else None
         self.t += 1
         self.pending += 1
         if self.pending == self.every:

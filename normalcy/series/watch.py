@@ -1,0 +1,205 @@
+"""``normalcy watch``: a fitted series model run online over rows as they arrive, one line out per row.
+
+A monitoring loop in a pipe: rows come as CSV lines (a header first) on stdin or from a file that grows
+(``follow``: as ``tail -f`` reads it), each is scored from its past by ``stream.Stream``, learned, and
+written out at once as ``time,score,alarm,metrics`` (``series`` first for a model of many series: each
+series id routed to its own model and stream). ``score`` is the stream's calibrated score in [0, 1]
+(repeated alarms inside a quiet period reported near 0), ``alarm`` 1 on the row that raises one, and
+``metrics`` the three metrics that drove it, on alarms. A line that cannot be read (too few or too many
+fields, a series the model does not know) is named on the log and skipped; a value that is not a number
+is held at its column's last value, as a stream holds a missing one. Nothing stops the loop but the end
+of the input (or ``idle`` seconds without a new line when following) and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence, TextIO
+
+import numpy as np
+
+from normalcy.errors import InputError
+from normalcy.series.base import SeriesDetector
+from normalcy.series.runs import SeriesSet, time_column_of
+from normalcy.series.stream import Stream
+
+log = logging.getLogger("normalcy")
+
+TOP_METRICS = 3  # metrics named on an alarm row
+MAX_WARNINGS = 5  # lines named on the log for each kind of problem; the rest are counted
+OUT_FIELDS = ("time", "score", "alarm", "metrics")
+
+
+@dataclass
+class WatchSummary:
+    """What a watch saw: rows scored, alarms raised, lines skipped, values held, series watched."""
+
+    rows: int = 0
+    alarms: int = 0
+    skipped: int = 0
+    held: int = 0  # values missing or not numbers, held at their column's last value
+    series: int = 0
+    problems: dict[str, int] = field(default_factory=dict)  # kind of problem -> lines
+
+
+def lines(source: TextIO, follow: bool = False, idle: float | None = None, poll: float = 0.2,
+          clock: Callable[[], float] = time.monotonic) -> Iterator[str]:
+    """The complete lines of ``source``. Following, its end is waited at (every ``poll`` seconds) for more,
+    a partial last line for its end, until ``idle`` seconds pass without a new line (None: for ever)."""
+    part, last = "", clock()
+    while True:
+        chunk = source.readline()
+        if chunk:
+            part += chunk
+            if part.endswith("\n"):
+                yield part.rstrip("\r\n")
+                part, last = "", clock()
+            continue
+        if not follow or (idle is not None and clock() - last >= idle):
+            if part:
+                yield part.rstrip("\r\n")
+            return
+        time.sleep(poll)
+
+
+class Watcher:
+    """Rows of a CSV (``header`` first, then ``row``) scored online by a series model or a set of them."""
+
+    def __init__(self, model: SeriesDetector | SeriesSet, *, time_column: str | None = None,
+                 series_column: str | None = None, learn: bool = True, source: str = "stdin") -> None:
+        self.model, self.learn, self.source = model, learn, source
+        self.time_given = time_column or model.time_column
+        self.series_column = (series_column or model.series_column) if isinstance(model, SeriesSet) else None
+        if isinstance(model, SeriesSet) and self.series_column is None:
+            raise InputError(f"{source}: the model holds one model per series folder; give --series-column, the "
+                             "column that names each row's series (its folder name)")
+        self.streams: dict[str, Stream] = {}  # series id ("" for one model) -> its stream
+        self.positions: dict[str, tuple[int, ...]] = {}  # series id -> where its model's columns are in a row
+        self.refused: dict[str, str] = {}  # series id -> why it has no stream (no model, columns missing)
+        self.summary = WatchSummary()
+        self.fields: list[str] = []
+
+    @property
+    def out_fields(self) -> tuple[str, ...]:
+        return ("series", *OUT_FIELDS) if self.series_column else OUT_FIELDS
+
+    def header(self, fields: Sequence[str]) -> None:
+        """Read the header: where the time, the series id and each model column are."""
+        self.fields = [f.strip() for f in fields]
+        name = time_column_of(self.fields, self.time_given)
+        self.time_at = self._at(name, "time") if name is not None else None  # None: rows are numbered
+        self.series_at = self._at(self.series_column, "series") if self.series_column else None
+        if isinstance(self.model, SeriesDetector):  # one model: its columns are checked once, here
+            self._stream("")
+
+    def _at(self, name: str | None, what: str) -> int:
+        if name not in self.fields:
+            raise InputError(f"{self.source}: no {what} column {name!r} in the header {self.fields[:10]}")
+        return self.fields.index(name)
+
+    def _positions(self, det: SeriesDetector) -> tuple[int, ...]:
+        missing = [c for c in det.columns_ if c not in self.fields]
+        if missing:
+            raise InputError(f"{self.source}: the header lacks the model's column(s) {missing[:10]} (it has "
+                             f"{self.fields[:10]})")
+        return tuple(self.fields.index(c) for c in det.columns_)
+
+    def _problem(self, kind: str, message: str) -> None:
+        n = self.summary.problems.get(kind, 0) + 1
+        self.summary.problems[kind] = n
+        if n <= MAX_WARNINGS:
+            log.warning("%s%s", message, " (later such lines are counted, not named)" if n == MAX_WARNINGS else "")
+
+    def _stream(self, key: str) -> Stream:
+        """The stream of series ``key`` (made when it first comes); InputError where it cannot have one (no
+        model for it, or its model's columns are not in the header): its later lines fail at once."""
+        if key in self.refused:
+            raise InputError(self.refused[key])
+        stream = self.streams.get(key)
+        if stream is None:
+            try:
+                det = self.model.get(key) if isinstance(self.model, SeriesSet) else self.model
+                self.positions[key] = self._positions(det)
+            except InputError as err:
+                self.refused[key] = str(err)
+                raise
+            stream = self.streams[key] = Stream(det, learn=self.learn)
+            self.summary.series = len(self.streams)
+        return stream
+
+    def row(self, fields: Sequence[str], line: int) -> dict[str, str] | None:
+        """Score one row (its fields, in the header's order; ``line``: its line number, for messages): the
+        output row, or None for a line that cannot be scored (named on the log, counted)."""
+        if len(fields) != len(self.fields):
+            self.summary.skipped += 1
+            self._problem("fields", f"{self.source}, line {line}: {len(fields)} field(s), the header has "
+                          f"{len(self.fields)}: skipped")
+            return None
+        key = fields[self.series_at].strip() if self.series_at is not None else ""
+        try:
+            stream = self._stream(key)
+        except InputError as err:
+            self.summary.skipped += 1
+            self._problem(f"series {key!r}", f"{self.source}, line {line}: {err}: skipped")
+            return None
+        values = np.empty(len(self.positions[key]))
+        for j, at in enumerate(self.positions[key]):
+            values[j] = _number(fields[at])
+            if math.isnan(values[j]) and fields[at].strip() not in ("", "nan", "NaN", "NA"):
+                self._problem("value", f"{self.source}, line {line}: {self.fields[at]} is {fields[at][:40]!r}, "
+                              "not a number: held at its last value")
+        reported = stream.update(values)
+        _, _, alarm = stream.last
+        self.summary.rows += 1
+        self.summary.alarms += alarm
+        metrics = ""
+        if alarm and stream.last_contributions is not None:
+            det = stream.det
+            order = np.argsort(-stream.last_contributions, kind="stable")[:TOP_METRICS]
+            metrics = ";".join(det.columns_[j] for j in order if stream.last_contributions[j] > 0)
+        out = {"time": fields[self.time_at].strip() if self.time_at is not None else str(self.summary.rows),
+               "score": f"{reported:.6g}", "alarm": str(alarm), "metrics": metrics}
+        return {"series": key, **out} if self.series_column else out
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, source_name: str = "stdin",
+          time_column: str | None = None, series_column: str | None = None, learn: bool = True,
+          alarms_only: bool = False, follow: bool = False, idle: float | None = None,
+          poll: float = 0.2) -> WatchSummary:
+    """Score the CSV rows of ``source`` as they come (see the module docstring), writing one CSV line per
+    row (``alarms_only``: per alarm) to ``out``, flushed at once. Ctrl-C ends it as the end of the input
+    does: with the summary."""
+    watcher = Watcher(model, time_column=time_column, series_column=series_column, learn=learn,
+                      source=source_name)
+    it = lines(source, follow=follow, idle=idle, poll=poll)
+    writer = csv.writer(out, lineterminator="\n")
+    try:
+        first = next(it, None)
+        if first is None:
+            raise InputError(f"{source_name}: no header line (the first line names the columns)")
+        watcher.header(next(csv.reader([first])))
+        writer.writerow(watcher.out_fields)
+        out.flush()
+        for n, text in enumerate(it, start=2):
+            if not text.strip():
+                continue
+            row = watcher.row(next(csv.reader([text])), n)
+            if row is not None and (row["alarm"] == "1" or not alarms_only):
+                writer.writerow(row.values())
+                out.flush()
+    except KeyboardInterrupt:
+        log.info("watch: stopped (Ctrl-C)")
+    s = watcher.summary
+    s.held = sum(st.filled for st in watcher.streams.values())
+    return s

@@ -1,0 +1,117 @@
+"""``normalcy watch``: a series model run online over CSV rows as they arrive (a file, stdin, a growing
+file), one line out per row, the same numbers as ``Stream.run``; bad lines named and skipped, the run
+going on; a set of per-series models routed by the series column."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_series_cli import cli, one_line_error, write_series
+
+from normalcy.api import watch
+from normalcy.series.runs import load_series_model
+from normalcy.series.stream import Stream
+from normalcy.series.watch import lines
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("watch")
+    write_series(root / "train.csv", 600, seed=1, label=False)
+    write_series(root / "live.csv", 300, start=600, anomaly=(150, 160), seed=2, label=False)
+    r = cli("fit", root / "train.csv", "-o", root / "model")
+    assert r.exit_code == 0, r.stderr
+    return root
+
+
+def test_watch_a_file_scores_every_row_as_the_stream_does(fitted: Path) -> None:
+    r = cli("watch", fitted / "model", fitted / "live.csv")
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 300 and list(rows[0]) == ["time", "score", "alarm", "metrics"]
+    live = list(csv.DictReader(open(fitted / "live.csv")))
+    assert [x["time"] for x in rows] == [x["timestamp"] for x in live]  # the input's own times, in order
+    values = np.array([[float(x["cpu"]), float(x["mem"])] for x in live])
+    want = Stream(load_series_model(fitted / "model")).run(values)
+    np.testing.assert_allclose([float(x["score"]) for x in rows], want.reported, rtol=1e-5, atol=1e-9)
+    alarms = [i for i, x in enumerate(rows) if x["alarm"] == "1"]
+    assert alarms == list(np.flatnonzero(want.alarm)) and any(150 <= i < 160 for i in alarms)
+    first = rows[next(i for i in alarms if 150 <= i < 160)]
+    assert first["metrics"].split(";")[0] == "cpu"  # the metric that jumped drove the alarm
+    assert "watched 300 rows of 1 series" in r.stderr
+    only = cli("watch", fitted / "model", fitted / "live.csv", "--alarms-only")
+    assert [x["time"] for x in csv.DictReader(io.StringIO(only.stdout))] == [rows[i]["time"] for i in alarms]
+
+
+def test_bad_lines_are_named_and_skipped_and_the_run_goes_on(fitted: Path, caplog) -> None:
+    text = open(fitted / "live.csv").read().splitlines()
+    text[5] = text[5] + ",extra"  # line 6: a field too many
+    head, cpu, mem = text[9].split(",")
+    text[9] = f"{head},oops,{mem}"  # line 10: not a number
+    text[12] = ""  # a blank line: nothing
+    out = io.StringIO()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        s = watch(load_series_model(fitted / "model"), io.StringIO("\n".join(text) + "\n"), out=out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert len(rows) == 298 and s.rows == 298 and s.skipped == 1 and s.held == 1  # 300, a blank, a skip
+    assert "input, line 6: 4 field(s), the header has 3: skipped" in caplog.text
+    assert "input, line 10: cpu is 'oops', not a number: held at its last value" in caplog.text
+
+
+def test_a_header_without_the_model_columns_is_one_line(fitted: Path, tmp_path: Path) -> None:
+    (tmp_path / "other.csv").write_text("timestamp,cpu,disk\n1,2,3\n")
+    line = one_line_error(cli("watch", fitted / "model", tmp_path / "other.csv"))
+    assert "other.csv: the header lacks the model's column(s) ['mem']" in line
+    line = one_line_error(cli("watch", fitted / "train.csv", tmp_path / "other.csv"))
+    assert "not a series model" in line
+
+
+def test_a_set_of_series_routed_by_their_id(tmp_path: Path, caplog) -> None:
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "train.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "host", "cpu"])
+        for i in range(400):
+            for k, h in enumerate(("web-1", "web-2")):
+                w.writerow([60 * i, h, f"{np.sin(i / (4 + k)) + 0.05 * rng.normal():.4f}"])
+    assert cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "--series-column", "host").exit_code == 0
+    feed = "time,host,cpu\n" + "".join(f"{60 * i},{h},{np.sin(i / (4 + k)) + (4 if (h, i) == ('web-2', 450) else 0):.4f}\n"
+                                       for i in range(400, 500) for k, h in enumerate(("web-1", "web-2")))
+    feed += "30000,db-9,1.0\n"
+    out = io.StringIO()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        s = watch(tmp_path / "m", io.StringIO(feed), out=out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert list(rows[0]) == ["series", "time", "score", "alarm", "metrics"] and len(rows) == 200
+    assert s.series == 2 and s.skipped == 1 and "no model for series 'db-9'" in caplog.text
+    alarmed = {(x["series"], x["time"]) for x in rows if x["alarm"] == "1"}
+    assert ("web-2", str(60 * 450)) in alarmed and not any(h == "web-1" for h, _ in alarmed)
+
+
+def test_follow_a_growing_file_until_idle(fitted: Path, tmp_path: Path) -> None:
+    text = open(fitted / "live.csv").read()
+    head, rest = text[:2000], text[2000:]
+    path = tmp_path / "growing.csv"
+    path.write_text(head)  # ends inside a line: that line waits for its end
+
+    def grow() -> None:
+        time.sleep(0.5)
+        with open(path, "a") as fh:
+            fh.write(rest)
+
+    threading.Thread(target=grow).start()
+    out = io.StringIO()
+    s = watch(fitted / "model", path, out=out, follow=True, idle=1.5)
+    assert s.rows == 300 and s.skipped == 0
+    assert len(list(csv.DictReader(io.StringIO(out.getvalue())))) == 300
+
+
+def test_lines_keep_a_partial_line_until_its_end() -> None:
+    assert list(lines(io.StringIO("a,b\r\n1,2\n3,"))) == ["a,b", "1,2", "3,"]
