@@ -396,20 +396,35 @@ def load(path: PathLike, trust_code: bool = False) -> Any:
 
 def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out: Optional[Any] = None,
           time_column: Optional[str] = None, series_column: Optional[str] = None, learn: bool = True,
-          alarms_only: bool = False, follow: bool = False, idle: Optional[float] = None) -> Any:
+          alarms_only: bool = False, follow: bool = False, idle: Optional[float] = None,
+          save: Optional[PathLike] = None) -> Any:
     """Run a series model online over CSV rows as they arrive (normalcy.series.watch): ``source`` a file
-    or an open text stream (None or "-": stdin; ``follow``: read on as it grows, until ``idle`` seconds pass without a line),
-    one CSV line out per row (``alarms_only``: per alarm) to ``out`` (default stdout). Its WatchSummary."""
+    or an open text stream (None or "-": stdin; ``follow``: read on as it grows, until ``idle`` seconds pass
+    without a line), one CSV line out per row (``alarms_only``: per alarm) to ``out`` (default stdout); ``save``: a folder the
+    model is written to at the end, having learned every row (checked before the first row is read). Its
+    WatchSummary."""
     import sys
 
     from normalcy.series.watch import watch as run_watch
 
+    model_dir = getattr(model, "directory", None)  # a set reads its models from there when they are first used
     if not isinstance(model, (SeriesDetector, SeriesSet)):
-        if not is_series_model(Path(model)):
+        model_dir = Path(model)
+        if not is_series_model(model_dir):
             raise InputError(f"{model}: not a series model (watch runs a model fitted on a series)")
-        model = load_series_model(model)
+        model = load_series_model(model_dir)
+    if save is not None:
+        save = Path(save)
+        if not learn:
+            raise InputError(f"{save}: with --no-learn the model learns nothing, so there is nothing to save")
+        if model_dir is not None and save.resolve() == Path(model_dir).resolve():
+            raise InputError(f"{save}: is the model being watched; give another folder (the fitted model stays as "
+                             "it was)")
+        if save.exists() and (not save.is_dir() or (any(save.iterdir()) and not is_series_model(save))):
+            raise InputError(f"{save}: exists and is not a series model folder, so not replaced: choose a new or "
+                             "empty folder")
     kw = dict(time_column=time_column, series_column=series_column, learn=learn, alarms_only=alarms_only,
-              follow=follow, idle=idle)
+              follow=follow, idle=idle, save=save)
     if hasattr(source, "readline"):  # an open text stream
         return run_watch(model, source, out or sys.stdout, source_name=str(getattr(source, "name", "input")), **kw)
     if source is None or str(source) == "-":

@@ -381,6 +381,9 @@ def watch(
     alarms_only: bool = typer.Option(False, "--alarms-only", help="Write only the rows that raise an alarm."),
     learn: bool = typer.Option(True, "--learn/--no-learn", help="Learn each row as normal once scored (the "
                                "model in memory follows drift; the saved model is not changed)."),
+    save: Optional[Path] = typer.Option(None, help="At the end (of the input, --idle or Ctrl-C), write the model, "
+                                        "having learned every row, to this new folder: a later watch goes on "
+                                        "from there."),
     time_column: TimeColumnArg = None,
     series_column: SeriesColumnArg = None,
     threads: ThreadsArg = None,
@@ -389,11 +392,13 @@ def watch(
     score in [0, 1], alarm 1/0, the metrics that drove an alarm)."""
     _setup(threads)
     s = api_watch(model_dir, source, time_column=time_column, series_column=series_column, learn=learn,
-                  alarms_only=alarms_only, follow=follow, idle=idle)
+                  alarms_only=alarms_only, follow=follow, idle=idle, save=save)
     problems = "; ".join(f"{n} line(s): {kind}" for kind, n in s.problems.items())
     console.print(f"watched {s.rows} rows of {s.series} series: {s.alarms} alarm(s); {s.skipped} line(s) skipped, "
                   f"{s.held} value(s) held at their last value" + (f" ({problems})" if problems else ""),
                   highlight=False, soft_wrap=True)
+    if save is not None:
+        console.print(f"saved the model, having learned them, to {shown(save)}", highlight=False, soft_wrap=True)
 
 
 @app.command("score-batch")

@@ -113,5 +113,34 @@ def test_follow_a_growing_file_until_idle(fitted: Path, tmp_path: Path) -> None:
     assert len(list(csv.DictReader(io.StringIO(out.getvalue())))) == 300
 
 
+def test_save_goes_on_from_what_was_learned(fitted: Path, tmp_path: Path) -> None:
+    """Watching the first half with --save, then the second half from the saved model: the saved model has
+    learned every row of the first half, and goes on scoring as a watch that never stopped does."""
+    text = open(fitted / "live.csv").read().splitlines()
+    first, second = "\n".join(text[:151]) + "\n", "\n".join(text[:1] + text[151:]) + "\n"
+    whole, a, b, fresh = io.StringIO(), io.StringIO(), io.StringIO(), io.StringIO()
+    watch(fitted / "model", io.StringIO("\n".join(text) + "\n"), out=whole)
+    watch(fitted / "model", io.StringIO(first), out=a, save=tmp_path / "learned")
+    watch(tmp_path / "learned", io.StringIO(second), out=b)
+    watch(fitted / "model", io.StringIO(second), out=fresh)
+    before, after = load_series_model(fitted / "model"), load_series_model(tmp_path / "learned")
+    assert after.tail.count == before.tail.count + 150  # the calibration followed all 150 rows
+    assert sum(len(m.inner.bank_ if hasattr(m, "inner") else m.bank_) for m in after.members) > sum(
+        len(m.inner.bank_ if hasattr(m, "inner") else m.bank_) for m in before.members)  # the members learned
+    scores = {k: np.array([float(x["score"]) for x in csv.DictReader(io.StringIO(v.getvalue()))])
+              for k, v in (("whole", whole), ("a", a), ("b", b), ("fresh", fresh))}
+    np.testing.assert_array_equal(scores["a"], scores["whole"][:150])
+    late = slice(40, None)  # after the second half's first windows (no past given) and quiet period
+    gap_saved = np.abs(scores["b"][late] - scores["whole"][150:][late]).mean()
+    gap_fresh = np.abs(scores["fresh"][late] - scores["whole"][150:][late]).mean()
+    assert gap_saved < gap_fresh
+    line = one_line_error(cli("watch", fitted / "model", fitted / "live.csv", "--save", fitted / "model"))
+    assert "is the model being watched" in line
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    assert "not a series model folder" in one_line_error(
+        cli("watch", fitted / "model", fitted / "live.csv", "--save", tmp_path / "notes"))
+
+
 def test_lines_keep_a_partial_line_until_its_end() -> None:
     assert list(lines(io.StringIO("a,b\r\n1,2\n3,"))) == ["a,b", "1,2", "3,"]

@@ -177,6 +177,12 @@ class Stream:
         self.last_alarm = self.t
         return score, 1
 
+    def flush(self) -> None:
+        """Learn the rows scored but not yet learned (the detector learns ``learn_every`` at a time): before
+        the detector is saved, so that it has learned every row the stream saw."""
+        if self.pending:
+            self._learn()
+
     def learn(self, values: np.ndarray) -> None:
         """Learn rows as normal without scoring them: rows the calibration has already seen (``auto``'s
         held-out training rows), which the detector itself has not learned yet."""

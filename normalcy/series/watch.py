@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
 import numpy as np
@@ -176,10 +177,11 @@ def _number(text: str) -> float:
 def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, source_name: str = "stdin",
           time_column: str | None = None, series_column: str | None = None, learn: bool = True,
           alarms_only: bool = False, follow: bool = False, idle: float | None = None,
-          poll: float = 0.2) -> WatchSummary:
+          poll: float = 0.2, save: Path | None = None) -> WatchSummary:
     """Score the CSV rows of ``source`` as they come (see the module docstring), writing one CSV line per
     row (``alarms_only``: per alarm) to ``out``, flushed at once. Ctrl-C ends it as the end of the input
-    does: with the summary."""
+    does: with the summary. ``save``: a folder the model is written to at the end, having learned every row
+    it saw (a set: every series' model, learned or not), so a watch started from it goes on from there."""
     watcher = Watcher(model, time_column=time_column, series_column=series_column, learn=learn,
                       source=source_name)
     it = lines(source, follow=follow, idle=idle, poll=poll)
@@ -200,6 +202,10 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
                 out.flush()
     except KeyboardInterrupt:
         log.info("watch: stopped (Ctrl-C)")
+    if save is not None and learn:
+        for stream in watcher.streams.values():
+            stream.flush()
+        model.save(save)
     s = watcher.summary
     s.held = sum(st.filled for st in watcher.streams.values())
     return s
