@@ -142,5 +142,14 @@ def test_save_goes_on_from_what_was_learned(fitted: Path, tmp_path: Path) -> Non
         cli("watch", fitted / "model", fitted / "live.csv", "--save", tmp_path / "notes"))
 
 
+def test_a_spreadsheet_semicolon_feed_with_a_byte_order_mark(fitted: Path) -> None:
+    text = open(fitted / "live.csv").read()
+    out = io.StringIO()
+    s = watch(fitted / "model", io.StringIO("\ufeff" + text.replace(",", ";")), out=out)
+    want = io.StringIO()
+    watch(fitted / "model", io.StringIO(text), out=want)
+    assert s.rows == 300 and s.skipped == 0 and out.getvalue() == want.getvalue()
+
+
 def test_lines_keep_a_partial_line_until_its_end() -> None:
     assert list(lines(io.StringIO("a,b\r\n1,2\n3,"))) == ["a,b", "1,2", "3,"]

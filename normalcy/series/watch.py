@@ -27,6 +27,7 @@ from normalcy.errors import InputError
 from normalcy.series.base import SeriesDetector
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
+from normalcy.vectors.tables import csv_delimiter
 
 log = logging.getLogger("normalcy")
 
@@ -190,13 +191,15 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
         first = next(it, None)
         if first is None:
             raise InputError(f"{source_name}: no header line (the first line names the columns)")
-        watcher.header(next(csv.reader([first])))
+        first = first.lstrip("\ufeff")  # a byte-order mark a spreadsheet wrote (a file is read past it)
+        sep = csv_delimiter(first.encode())  # a comma, or a spreadsheet's semicolon or tab, as fit reads them
+        watcher.header(next(csv.reader([first], delimiter=sep)))
         writer.writerow(watcher.out_fields)
         out.flush()
         for n, text in enumerate(it, start=2):
             if not text.strip():
                 continue
-            row = watcher.row(next(csv.reader([text])), n)
+            row = watcher.row(next(csv.reader([text], delimiter=sep)), n)
             if row is not None and (row["alarm"] == "1" or not alarms_only):
                 writer.writerow(row.values())
                 out.flush()
