@@ -400,9 +400,9 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
           save: Optional[PathLike] = None) -> Any:
     """Run a series model online over CSV rows as they arrive (normalcy.series.watch): ``source`` a file
     or an open text stream (None or "-": stdin; ``follow``: read on as it grows, until ``idle`` seconds pass
-    without a line), one CSV line out per row (``alarms_only``: per alarm) to ``out`` (default stdout); ``save``: a folder the
-    model is written to at the end, having learned every row (checked before the first row is read). Its
-    WatchSummary."""
+    without a line), one CSV line out per row (``alarms_only``: per alarm) to ``out`` (default stdout);
+    ``save``: a folder the model is written to at the end, having learned every row (the folder is checked
+    before the first row is read). Its WatchSummary."""
     import sys
 
     from normalcy.series.watch import watch as run_watch
