@@ -432,6 +432,9 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
     path = Path(source)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        raise InputError(f"{path}: watch reads CSV lines as they arrive; a Parquet file is scored whole by "
+                         "`normalcy predict` (--stream to replay it as a stream)")
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         return run_watch(model, f, out or sys.stdout, source_name=str(path), **kw)
 

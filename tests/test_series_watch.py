@@ -71,6 +71,9 @@ def test_a_header_without_the_model_columns_is_one_line(fitted: Path, tmp_path: 
     assert "other.csv: the header lacks the model's column(s) ['mem']" in line
     line = one_line_error(cli("watch", fitted / "train.csv", tmp_path / "other.csv"))
     assert "not a series model" in line
+    (tmp_path / "rows.parquet").write_bytes(b"PAR1")
+    assert "watch reads CSV lines" in one_line_error(cli("watch", fitted / "model", tmp_path / "rows.parquet"))
+    assert "no such file" in one_line_error(cli("watch", fitted / "model", tmp_path / "nothing.csv"))
 
 
 def test_a_set_of_series_routed_by_their_id(tmp_path: Path, caplog) -> None:
