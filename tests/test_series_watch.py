@@ -16,6 +16,7 @@ import pytest
 from test_series_cli import cli, one_line_error, write_series
 
 from normalcy.api import watch
+from normalcy.series.io import cell_number
 from normalcy.series.runs import load_series_model
 from normalcy.series.stream import Stream
 from normalcy.series.watch import lines
@@ -152,6 +153,19 @@ def test_a_spreadsheet_semicolon_feed_with_a_byte_order_mark(fitted: Path) -> No
     want = io.StringIO()
     watch(fitted / "model", io.StringIO(text), out=want)
     assert s.rows == 300 and s.skipped == 0 and out.getvalue() == want.getvalue()
+
+
+def test_cells_read_as_fit_reads_them(fitted: Path) -> None:
+    """A decimal comma in a semicolon feed, and true/false, are numbers to watch as to fit."""
+    text = open(fitted / "live.csv").read().splitlines()
+    head, rows = text[0].replace(",", ";"), [r.split(",") for r in text[1:]]
+    feed = "\n".join([head] + [f"{t};{c.replace('.', ',')};{m}" for t, c, m in rows]) + "\n"
+    out, want = io.StringIO(), io.StringIO()
+    s = watch(fitted / "model", io.StringIO(feed), out=out)
+    watch(fitted / "model", io.StringIO("\n".join(text) + "\n"), out=want)
+    assert s.held == 0 and out.getvalue() == want.getvalue()
+    assert [cell_number(t) for t in ("True", "false", " 2.5 ", "", "n/a")][:3] == [1.0, 0.0, 2.5]
+    assert np.isnan(cell_number("")) and np.isnan(cell_number("n/a")) and cell_number("1,5", comma=True) == 1.5
 
 
 def test_lines_keep_a_partial_line_until_its_end() -> None:

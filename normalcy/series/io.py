@@ -12,6 +12,7 @@ folders (``asd/omi-1``, ``asd/omi-2``, ...) is read as one series per folder.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -223,12 +224,11 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
         text = "" if v is None else str(v).strip()
         if not text:
             continue
-        if comma and "," in text and "." not in text:
-            text, decimal = text.replace(",", ".", 1), decimal + 1
-        try:
-            out[i] = float(text)
-        except ValueError:
+        out[i] = cell_number(text, comma)
+        if math.isnan(out[i]) and text.lower() != "nan":
             bad.append(i)
+        elif comma and "," in text:
+            decimal += 1
     cells = int(np.isfinite(out).sum()) + len(bad)
     if bad:
         first = f"the first {str(a[bad[0]])[:40]!r} in row {bad[0] + 1}"
@@ -240,6 +240,21 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     if decimal:
         notes.append(f"{path.name}: column {column!r}: {decimal} value(s) with a decimal comma read as numbers")
     return out
+
+
+def cell_number(text: str, comma: bool = False) -> float:
+    """One cell of a value column as a number, as reading a file makes it: with ``comma`` (a semicolon-separated
+    file) 1,5 is 1.5; true and false are 1 and 0 (a column of them reads so); NaN for an empty cell or text."""
+    text = text.strip()
+    if comma and "," in text and "." not in text:
+        text = text.replace(",", ".", 1)
+    low = text.lower()
+    if low in ("true", "false"):
+        return float(low == "true")
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def named_time(columns: Sequence[str]) -> str | None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from normalcy.errors import InputError
 from normalcy.series.base import SeriesDetector
+from normalcy.series.io import cell_number
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import csv_delimiter
@@ -84,14 +85,17 @@ class Watcher:
         self.refused: dict[str, str] = {}  # series id -> why it has no stream (no model, columns missing)
         self.summary = WatchSummary()
         self.fields: list[str] = []
+        self.comma = False
 
     @property
     def out_fields(self) -> tuple[str, ...]:
         return ("series", *OUT_FIELDS) if self.series_column else OUT_FIELDS
 
-    def header(self, fields: Sequence[str]) -> None:
-        """Read the header: where the time, the series id and each model column are."""
+    def header(self, fields: Sequence[str], comma: bool = False) -> None:
+        """Read the header: where the time, the series id and each model column are. ``comma``: values may
+        have a decimal comma (a semicolon-separated feed, as fit reads one)."""
         self.fields = [f.strip() for f in fields]
+        self.comma = comma
         name = time_column_of(self.fields, self.time_given)
         self.time_at = self._at(name, "time") if name is not None else None  # None: rows are numbered
         self.series_at = self._at(self.series_column, "series") if self.series_column else None
@@ -150,7 +154,7 @@ class Watcher:
             return None
         values = np.empty(len(self.positions[key]))
         for j, at in enumerate(self.positions[key]):
-            values[j] = _number(fields[at])
+            values[j] = cell_number(fields[at], self.comma)
             if math.isnan(values[j]) and fields[at].strip() not in ("", "nan", "NaN", "NA"):
                 self._problem("value", f"{self.source}, line {line}: {self.fields[at]} is {fields[at][:40]!r}, "
                               "not a number: held at its last value")
@@ -166,13 +170,6 @@ class Watcher:
         out = {"time": fields[self.time_at].strip() if self.time_at is not None else str(self.summary.rows),
                "score": f"{reported:.6g}", "alarm": str(alarm), "metrics": metrics}
         return {"series": key, **out} if self.series_column else out
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
 
 
 def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, source_name: str = "stdin",
@@ -193,7 +190,7 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
             raise InputError(f"{source_name}: no header line (the first line names the columns)")
         first = first.lstrip("\ufeff")  # a byte-order mark a spreadsheet wrote (a file is read past it)
         sep = csv_delimiter(first.encode())  # a comma, or a spreadsheet's semicolon or tab, as fit reads them
-        watcher.header(next(csv.reader([first], delimiter=sep)))
+        watcher.header(next(csv.reader([first], delimiter=sep)), comma=sep == ";")
         writer.writerow(watcher.out_fields)
         out.flush()
         for n, text in enumerate(it, start=2):
