@@ -141,6 +141,13 @@ def pruned(scores: np.ndarray, decisions: np.ndarray, found: Sequence[tuple[int,
     return kept, out
 
 
+def top_metrics(total: np.ndarray, columns: Sequence[str]) -> list[str]:
+    """The TOP_METRICS columns with the largest (d,) contributions ``total``, largest first, none that added
+    nothing: the metrics an event or an alarm names."""
+    order = np.argsort(-total, kind="stable")[:TOP_METRICS]
+    return [str(columns[j]) for j in order if total[j] > 0]
+
+
 def events(time: np.ndarray, scores: np.ndarray, decisions: np.ndarray, contributions: np.ndarray | None,
            columns: Sequence[str], gap: int = 0) -> list[Event]:
     """The events of a scored series (``gap``: a detector's ``gap_`` by convention)."""
@@ -150,8 +157,6 @@ def events(time: np.ndarray, scores: np.ndarray, decisions: np.ndarray, contribu
         peak = a + int(np.argmax(scores[a:b + 1]))
         metrics: list[str] = []
         if contributions is not None:
-            total = np.asarray(contributions[a:b + 1], dtype=np.float64).sum(axis=0)
-            order = np.argsort(-total, kind="stable")[:TOP_METRICS]
-            metrics = [str(columns[j]) for j in order if total[j] > 0]
+            metrics = top_metrics(np.asarray(contributions[a:b + 1], dtype=np.float64).sum(axis=0), columns)
         out.append(Event(float(time[a]), float(time[b]), float(time[peak]), float(scores[peak]), metrics, a, b))
     return out

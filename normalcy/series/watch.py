@@ -25,6 +25,7 @@ import numpy as np
 
 from normalcy.errors import InputError
 from normalcy.series.base import SeriesDetector
+from normalcy.series.events import top_metrics
 from normalcy.series.io import cell_number
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
@@ -32,7 +33,6 @@ from normalcy.vectors.tables import csv_delimiter
 
 log = logging.getLogger("normalcy")
 
-TOP_METRICS = 3  # metrics named on an alarm row
 MAX_WARNINGS = 5  # lines named on the log for each kind of problem; the rest are counted
 OUT_FIELDS = ("time", "score", "alarm", "metrics")
 
@@ -45,7 +45,7 @@ class WatchSummary:
     alarms: int = 0
     skipped: int = 0
     held: int = 0  # values missing or not numbers, held at their column's last value
-    series: int = 0
+    series: int = 0  # series that had a stream
     problems: dict[str, int] = field(default_factory=dict)  # kind of problem -> lines
 
 
@@ -134,7 +134,6 @@ class Watcher:
                 self.refused[key] = str(err)
                 raise
             stream = self.streams[key] = Stream(det, learn=self.learn)
-            self.summary.series = len(self.streams)
         return stream
 
     def row(self, fields: Sequence[str], line: int) -> dict[str, str] | None:
@@ -155,18 +154,15 @@ class Watcher:
         values = np.empty(len(self.positions[key]))
         for j, at in enumerate(self.positions[key]):
             values[j] = cell_number(fields[at], self.comma)
-            if math.isnan(values[j]) and fields[at].strip() not in ("", "nan", "NaN", "NA"):
+            if math.isnan(values[j]) and fields[at].strip().lower() not in ("", "nan"):
                 self._problem("value", f"{self.source}, line {line}: {self.fields[at]} is {fields[at][:40]!r}, "
                               "not a number: held at its last value")
         reported = stream.update(values)
         _, _, alarm = stream.last
         self.summary.rows += 1
         self.summary.alarms += alarm
-        metrics = ""
-        if alarm and stream.last_contributions is not None:
-            det = stream.det
-            order = np.argsort(-stream.last_contributions, kind="stable")[:TOP_METRICS]
-            metrics = ";".join(det.columns_[j] for j in order if stream.last_contributions[j] > 0)
+        shares = stream.last_contributions  # set on an alarm row
+        metrics = ";".join(top_metrics(shares, stream.det.columns_)) if shares is not None else ""
         out = {"time": fields[self.time_at].strip() if self.time_at is not None else str(self.summary.rows),
                "score": f"{reported:.6g}", "alarm": str(alarm), "metrics": metrics}
         return {"series": key, **out} if self.series_column else out
@@ -208,4 +204,5 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
         model.save(save)
     s = watcher.summary
     s.held = sum(st.filled for st in watcher.streams.values())
+    s.series = len(watcher.streams)
     return s
