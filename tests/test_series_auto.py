@@ -225,6 +225,17 @@ def test_network_members_fit_save_and_stream(network: str, tmp_path: Path) -> No
     assert np.isfinite([stream.update(row) for row in x[:40]]).all()
 
 
+def test_autoencoder_joins_where_a_row_has_four_metrics() -> None:
+    """Borghesi et al.'s autoencoder is a default member of a series of MIN_METRICS metrics or more (how they
+    move together within a row), of none with fewer, and ``autoencoder=False`` leaves it out."""
+    def networks(d: int, **params) -> list[dict]:
+        det = create("auto", choose=False, **params).fit(sine(600, d=d), progress=False)
+        return [m for m in det.choice["members"] if m["detector"] == "autoencoder"]
+
+    assert networks(4) == [{"detector": "autoencoder", "window": 1, "params": {}}]
+    assert networks(3) == [] and networks(4, autoencoder=False) == []
+
+
 def test_unknown_candidate_refused() -> None:
     with pytest.raises(InputError):
         create("auto", candidates=()).fit(sine(), progress=False)

@@ -4,8 +4,9 @@ synthetic anomalies injected into its normal training data.
 No single detector or window suits every series: a spike is a point far from any normal value, a changed
 shape needs a window as long as the shape, a slow drift or a burst of noise shows in a smoothed view. So
 ``auto`` averages *members*: by default subsequence kNN at windows 1, 8, 16 and 32 rows and at 16 rows of
-4-row means (windows x metrics capped at 256 numbers, like an automatic window), and checks that set on
-the series itself, without labels:
+4-row means (windows x metrics capped at 256 numbers, like an automatic window), and on a series of four
+metrics or more Borghesi et al.'s autoencoder on one row (how a machine's metrics move together), and checks
+that set on the series itself, without labels:
 
 1. The fitted part of the training data is split again: every candidate (each detector of
    ``candidates`` at each window and at the training data's period, plus the smoothed ones) learns from
@@ -55,6 +56,7 @@ from pydantic import Field
 from scipy.special import log_ndtr
 
 from normalcy.errors import InputError
+from normalcy.series.autoencoder import MIN_METRICS
 from normalcy.series.base import SeriesDetector, SeriesParams
 from normalcy.series.members import MEMBERS
 from normalcy.series.windows import MAX_WINDOW
@@ -90,6 +92,7 @@ class AutoDetector(SeriesDetector):
         margin: float = Field(0.05, ge=0, le=1)  # of detection a change of members must gain
         period: bool = True  # a member that sees a whole period (a day) when it is longer than the windows
         bank: int = Field(8000, ge=16, le=1_000_000)  # windows a kNN member keeps (knn's max_bank)
+        autoencoder: bool = True  # Borghesi et al.'s autoencoder joins the default members (MIN_METRICS metrics+)
 
     # learned: the members (each with its own learned state) and ``tail``, their calibration (saved as
     # calib_mean, calib_var, calib_count beside the members' tensors, member0.*, member1.*, ...)
@@ -151,9 +154,21 @@ class AutoDetector(SeriesDetector):
         if smoothed is not None:
             specs.append({"detector": self.candidates[0], "window": smoothed, "params": self._params(
                 self.candidates[0]), "smooth": int(self.smooth)})
+        rows = self._row_network(d)
+        if rows is not None and rows not in specs:
+            specs.append(rows)
         if not specs:
             raise InputError(f"auto: no candidate among {list(self.candidates)} fits windows {windows}")
         return specs
+
+    def _row_network(self, d: int) -> dict[str, Any] | None:
+        """Borghesi et al.'s autoencoder on one row of the metrics, a default member where a row has
+        MIN_METRICS metrics or more (``autoencoder``): it learns how a machine's metrics move together
+        within a step, which windows of a few rows, capped at 256 numbers, see less of. On ASD's 19-metric
+        servers it raised every measure (docs/benchmarks.md); a univariate series (NAB) never has it."""
+        if not self.autoencoder or d < MIN_METRICS:
+            return None
+        return {"detector": "autoencoder", "window": 1, "params": {}}
 
     def _period_spec(self, d: int, longest: int) -> dict[str, Any] | None:
         """The period member: the first candidate detector on PERIOD_POINTS means of about period /
@@ -390,8 +405,9 @@ class AutoDetector(SeriesDetector):
         windows, smoothed = self._windows(len(self.columns_), int(getattr(self, "_longest", LONGEST)))
         wanted = {(w, 1) for w in windows} | ({(smoothed, int(self.smooth))} if smoothed is not None else set())
         first = self.candidates[0]
-        return [s for s in specs if s["detector"] == first and (s["window"], s.get("smooth", 1)) in wanted
-                ][: self.max_members]
+        rows = self._row_network(len(self.columns_))
+        return [s for s in specs if s == rows or s["detector"] == first and (s["window"], s.get("smooth", 1))
+                in wanted][: self.max_members]
 
     def _fallback(self, X: np.ndarray, members: list[dict[str, Any]], n_val: int, why: str) -> dict[str, Any]:
         """Members without a choice; their calibration is set on the held-out rows (or stays neutral)."""
