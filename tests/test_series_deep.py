@@ -91,6 +91,20 @@ def test_causal_and_stream_equals_batch(name: str) -> None:
     np.testing.assert_allclose(det.last_contributions, whole.contributions[-1], rtol=1e-9, atol=1e-12)
 
 
+def test_autoencoder_row_network_streams_as_it_scores() -> None:
+    """On 4 metrics or more the autoencoder sees one row (the paper's setting); a stream's row goes through
+    its weights as numpy arrays, not torch, and must score as the batch does."""
+    X = sine(1400, d=5, seed=4)
+    X[1300, 2] += 4
+    det = create("autoencoder", **FEWER).fit(X[:1000], progress=False)
+    assert det.span_ == 1
+    whole = det.score(X[1000:])
+    stream = np.array([det.score_one(x) for x in X[1000:]])
+    np.testing.assert_allclose(stream, whole.score, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(det.last_contributions, whole.contributions[-1], rtol=1e-9, atol=1e-12)
+    assert stream[300] > 5 * np.median(stream)  # the planted jump stands out
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_fit_is_deterministic_and_saved_model_scores_the_same(name: str, tmp_path: Path) -> None:
     X = sine(2000, d=2, seed=3)

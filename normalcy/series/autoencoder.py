@@ -252,6 +252,22 @@ class Autoencoder(WindowDetector):
         diff = W[:, -d:] - rec[:, -d:]
         return diff * diff
 
+    def _score_last(self, recent: np.ndarray) -> np.ndarray:
+        """The last row's squared errors with the network's weights as numpy arrays: a stream's row in 6 us
+        instead of 45 through torch (the same float64 arithmetic, to rounding)."""
+        if len(recent) < self.span_:
+            return np.zeros(len(self.columns_))
+        weights = getattr(self, "_numpy", None)
+        if weights is None or weights[0] is not self.net_:  # views of its parameters, made once per network
+            enc, dec = self.net_.encode[0], self.net_.decode
+            weights = (self.net_, *(t.detach().numpy().T for t in (enc.weight, enc.bias, dec.weight, dec.bias)))
+            self._numpy = weights
+        _, w1, b1, w2, b2 = weights
+        d = len(self.columns_)
+        x = recent[-self.span_:].reshape(-1)
+        diff = x[-d:] - (np.maximum(x @ w1 + b1, 0.0) @ w2[:, -d:] + b2[-d:])
+        return diff * diff
+
     def _check_state(self) -> None:
         if not 1 <= self.span_ <= 512:
             raise ValueError(f"span {self.span_} outside 1..512")
