@@ -406,8 +406,8 @@ class AutoDetector(SeriesDetector):
         wanted = {(w, 1) for w in windows} | ({(smoothed, int(self.smooth))} if smoothed is not None else set())
         first = self.candidates[0]
         rows = self._row_network(len(self.columns_))
-        return [s for s in specs if s == rows or s["detector"] == first and (s["window"], s.get("smooth", 1))
-                in wanted][: self.max_members]
+        return [s for s in specs if s == rows or (s["detector"] == first and (s["window"], s.get("smooth", 1))
+                                                  in wanted)][: self.max_members]
 
     def _fallback(self, X: np.ndarray, members: list[dict[str, Any]], n_val: int, why: str) -> dict[str, Any]:
         """Members without a choice; their calibration is set on the held-out rows (or stays neutral)."""
