@@ -568,12 +568,8 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         results, cpus = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray)
         info |= {"ray": ray, "cpus": cpus}
     else:
-        results = []
         with progress_bar(progress and len(jobs) > 1) as bar:
-            task = bar.add_task("predict", total=len(jobs))
-            for _, s, _ in jobs:
-                results.append(_score_one(model, s, stream))
-                bar.advance(task)
+            results = [_score_one(model, s, stream) for _, s, _ in bar.track(jobs, description="predict")]
     parts = []
     for (fi, s, where), res in zip(jobs, results):
         if isinstance(res, str):

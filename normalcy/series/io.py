@@ -225,7 +225,7 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
         if not text:
             continue
         out[i] = cell_number(text, comma)
-        if math.isnan(out[i]) and text.lower() != "nan":
+        if is_text(text, out[i]):
             bad.append(i)
         elif comma and "," in text:
             decimal += 1
@@ -255,6 +255,12 @@ def cell_number(text: str, comma: bool = False) -> float:
         return float(text)
     except ValueError:
         return math.nan
+
+
+def is_text(text: str, value: float) -> bool:
+    """Whether a cell read as ``value`` by ``cell_number`` held text rather than a number (an empty cell or
+    NaN is a missing value, not text)."""
+    return math.isnan(value) and text.strip().lower() not in ("", "nan")
 
 
 def named_time(columns: Sequence[str]) -> str | None:

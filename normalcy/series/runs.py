@@ -321,13 +321,11 @@ def fit_each(series: list[Series], detector: str, params: dict[str, Any], progre
     ``progress``: a bar on stderr (10,000 series take minutes)."""
     fitted, failed = {}, []
     with progress_bar(progress and len(series) > 1) as bar:
-        task = bar.add_task("fit", total=len(series))
-        for s in series:
+        for s in bar.track(series, description="fit"):
             try:
                 fitted[s.name] = registry.create(detector, **params).fit(s, progress=False)
             except InputError as err:
                 failed.append((s.name, str(err)))
-            bar.advance(task)
     return fitted, failed
 
 

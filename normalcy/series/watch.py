@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from normalcy.errors import InputError
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import top_metrics
-from normalcy.series.io import cell_number
+from normalcy.series.io import cell_number, is_text
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import csv_delimiter
@@ -154,7 +153,7 @@ class Watcher:
         values = np.empty(len(self.positions[key]))
         for j, at in enumerate(self.positions[key]):
             values[j] = cell_number(fields[at], self.comma)
-            if math.isnan(values[j]) and fields[at].strip().lower() not in ("", "nan"):
+            if is_text(fields[at], values[j]):
                 self._problem("value", f"{self.source}, line {line}: {self.fields[at]} is {fields[at][:40]!r}, "
                               "not a number: held at its last value")
         reported = stream.update(values)
