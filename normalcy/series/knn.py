@@ -133,7 +133,11 @@ class SubsequenceKNN(SeriesDetector):
         if self._bank_t is None:
             self._bank_t = np.ascontiguousarray(self.bank_.T)
         rows = recent[-self.window_:]
-        whole = rows.size == self.bank_.shape[1] >= PRUNE_FROM and self.bank_.size >= PRUNE_FLOATS
+        L, bank = rows.size, self.bank_
+        if self.k == 1 and L == bank.shape[1] and bank.size <= _BLOCK_FLOATS and not (
+                L >= PRUNE_FROM and bank.size >= PRUNE_FLOATS):  # a stream's common row: what _one would do
+            return self._nearest(rows.reshape(-1) - self.centre_, self._bank_t)
+        whole = L == bank.shape[1] >= PRUNE_FROM and bank.size >= PRUNE_FLOATS
         keep = self._pruned(rows.reshape(-1) - self.centre_) if whole else None
         return self._one(rows, self._bank_t, keep)
 
@@ -220,7 +224,8 @@ class SubsequenceKNN(SeriesDetector):
         same neighbour and numbers in a third of the array calls (a call costs about a microsecond, and a
         small bank's search takes a few: ``auto`` makes five such searches a row)."""
         L = len(q)
-        d2 = q.astype(np.float32) @ bank_t[-L:]
+        # one number a window: the same float32 products elementwise, a third of the product's cost
+        d2 = bank_t[-1] * np.float32(q[0]) if L == 1 else q.astype(np.float32) @ bank_t[-L:]
         d2 *= -2
         d2 += self._norms if L == bank_t.shape[0] else np.einsum("ij,ij->j", bank_t[-L:], bank_t[-L:])
         diff = q - self.bank_[int(d2.argmin()), -L:]
