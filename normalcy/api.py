@@ -32,7 +32,8 @@ from normalcy.detectors import (
 )
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import report_info
-from normalcy.errors import InputError
+from normalcy.errors import InputError, reasons
+from normalcy.files import MODEL_JSON, read_json
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
@@ -285,7 +286,10 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
     a series (a table) whatever its columns. ``settings``: the fields of ExtractorOptions and
     DetectorOptions (fpr, seed, window, backbone, image_size, ...)."""
     ex, det_opts = options(settings, detector)
-    if isinstance(train, (str, Path)) and is_series_input(Path(train), time_column, series_column, series):
+    as_series = isinstance(train, (str, Path)) and is_series_input(Path(train), time_column, series_column, series)
+    if output is not None:  # an image folder's files are all read: a model inside it would be too
+        _check_model_output(Path(output), [Path(train)] if isinstance(train, (str, Path)) and not as_series else [])
+    if as_series:
         ex.check_images_only("series")
         fit_many: Any = functools.partial(fit_each, progress=progress)
         if ray is not None:
@@ -294,8 +298,7 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
             fit_many = functools.partial(fit_series_ray, address=ray)
         model: Any = fit_series(Path(train), det_opts.name(series=True), det_opts.series_kwargs(), time_column,
                                 series_column, fit_many=fit_many, progress=progress)
-        if output is not None:
-            model.save(output)
+        _save(model, output)
         return model
     if ray is not None:
         raise InputError("--ray on fit: for many series (--series-column, or a folder of series folders); "
@@ -315,9 +318,34 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         model = fit_detector(name, paths, extractor, norms=ex.input_norms, auto_norm=ex.auto_norm,
                              own_backbones=ex.own_backbones, tune=ex.tuned, tune_budget=ex.budget, progress=progress,
                              **det_opts.kwargs())
-    if output is not None:
-        model.save(output)
+    _save(model, output)
     return model
+
+
+def _check_model_output(output: Path, inputs: Sequence[Path]) -> None:
+    """Before a fit (minutes, perhaps): refuse a model folder that cannot be one, rather than after it."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: not a folder (a model is a folder of files): choose another --output")
+    out = output.resolve()
+    for given in inputs:
+        if given.is_dir() and (out == given.resolve() or given.resolve() in out.parents):
+            raise InputError(f"{output}: inside the training folder {given}, where its files would be read as "
+                             "training images next time: choose another --output")
+    if not output.exists():
+        try:  # the folder can be made (a missing parent is made too): try it now, make it when saving
+            output.mkdir(parents=True)
+            output.rmdir()
+        except OSError as err:
+            raise InputError(f"{output}: cannot be created ({err.strerror or err})") from None
+
+
+def _save(model: Any, output: Optional[PathLike]) -> None:
+    if output is None:
+        return
+    try:
+        model.save(output)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        raise InputError(f"{output}: cannot write the model ({err.strerror or err})") from None
 
 
 def _fit_table(path: Path, opts: DetectorOptions, label_column: Optional[str], id_column: Optional[str]) -> VectorModel:
@@ -411,6 +439,11 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
     if not isinstance(model, (SeriesDetector, SeriesSet)):
         model_dir = Path(model)
         if not is_series_model(model_dir):
+            meta = model_dir / MODEL_JSON
+            if not meta.is_file():
+                raise InputError(f"{model}: not a series model: no model.json in it (a model folder is written by "
+                                 "`normalcy fit`)")
+            read_json(meta)  # one that cannot be read says why
             raise InputError(f"{model}: not a series model (watch runs a model fitted on a series)")
         model = load_series_model(model_dir)
     if save is not None:
@@ -577,8 +610,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         else:
             parts.append(SeriesRunPart(s.name, fi, s, res))
     if not parts:
-        first = f" ({failed[0][1]}{' and others' if len(failed) > 1 else ''})" if failed else ""
-        raise InputError(f"no series could be scored{first}")
+        raise InputError(f"no series could be scored{reasons(failed)}")
     _name_parts(parts, files)
     with staged(output, inputs) as folder:
         meta = write_series_run(folder, files, parts, failed, info, report=report, top=top,
@@ -697,8 +729,7 @@ def _finish_run(writer: RunWriter, skipped: list[tuple[Path, str]], title: str) 
     leaves the earlier run as it was."""
     if not writer.rows:
         writer.abort()
-        first = f" ({skipped[0][0]}: {skipped[0][1]}{' and others' if len(skipped) > 1 else ''})" if skipped else ""
-        raise InputError(f"no image could be read{first}")
+        raise InputError(f"no image could be read{reasons(skipped, named=True)}")
     writer.close(skipped, title)
     return RunSummary(writer.output, IMAGES, len(writer.rows), sum(r[2] for r in writer.rows),
                       [(str(p), r) for p, r in skipped])

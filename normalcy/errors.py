@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 
 class InputError(ValueError):
@@ -32,3 +33,13 @@ class ImageError(Exception):
 
 class NotFittedError(RuntimeError):
     """A detector was used before fit() or load()."""
+
+
+def reasons(failed: Sequence[tuple[object, str]], shown: int = 5, named: bool = False) -> str:
+    """Why each of several inputs failed, for the one error saying none could be used: the first ``shown``
+    reasons (``named``: each after its input's name, when the reason does not name it) and how many more."""
+    if not failed:
+        return ""
+    parts = [f"{where}: {why}" if named else why for where, why in failed[:shown]]
+    more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
+    return f" ({'; '.join(parts)}{more})"

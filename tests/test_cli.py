@@ -54,6 +54,17 @@ def test_fit_missing_and_empty_folder_is_one_line_error(tmp_path: Path) -> None:
         assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
 
 
+def test_fit_refuses_a_model_folder_inside_its_training_images(tmp_path: Path) -> None:
+    """Written there, the model's files would be read as training images by the next fit: refused before
+    the fit, as a file in the folder's place is."""
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=6)
+    good = root / "train" / "good"
+    for out in (good, good / "model"):
+        r = run_cli("fit", good, "-o", out)
+        assert r.returncode == 1 and "inside the training folder" in r.stderr and "Traceback" not in r.stderr
+    assert not (good / "model").exists()
+
+
 def test_fit_predict_with_bad_files(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds")
     train = ds / "train" / "good"

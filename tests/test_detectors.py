@@ -519,3 +519,14 @@ def test_cells_follow_the_aspect_ratio_and_see_a_moved_part(tmp_path: Path) -> N
     part[8:32, 8:32] = part[8:32, 88:112] = True
     lift = [np.asarray(m)[part].mean() - np.asarray(m)[~part].mean() for m in res.maps]
     assert min(lift[8:]) > max(lift[:8]) + 1.0
+
+
+@pytest.mark.parametrize("size, batch", [(224, 8), (1024, 8), (2048, 2), (4096, 1)])
+def test_large_inputs_go_fewer_to_a_batch(size: int, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4096 x 4096 input holds about 2.3 GB of activations: eight to a batch took a fit of 9 images past
+    18 GB. Batches hold at most BATCH_PIXELS of input, and small inputs keep the batch size."""
+    det = create("gaussian", FeatureExtractor(image_size=size))
+    seen: list[int] = []
+    monkeypatch.setattr(det.extractor, "iter_batches", lambda paths, n, **kw: seen.append(n) or iter(()))
+    list(det._batches([Path("a.png")] * 9))
+    assert seen == [batch]

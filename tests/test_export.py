@@ -305,3 +305,15 @@ def test_cli_predict_with_a_crafted_onnx(case: str, dataset: Path, tmp_path: Pat
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and words in lines[0], r.output
     assert not (tmp_path / "run" / "scores.csv").exists()
+
+
+def test_a_bf16_model_exports_with_a_note_on_its_threshold(dataset: Path, tmp_path: Path, caplog) -> None:
+    """The graph runs fp32; a model fitted in bf16 set its threshold on bf16 scores, which sit a little apart
+    (a shift, not noise): the export says so, on the log and in the file's metadata."""
+    ext = FeatureExtractor(image_size=96, precision="fp32", pooled_levels=("s8", "s16"))
+    det = create("gaussian", ext).fit(list_files(dataset / "train" / "good"), progress=False)
+    assert "threshold_note" not in OnnxScorer(export_onnx(det, tmp_path / "fp32.onnx")).meta
+    det.extractor.precision = "bf16"  # as a bf16 fit records it (the graph is the same)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        meta = OnnxScorer(export_onnx(det, tmp_path / "bf16.onnx")).meta
+    assert "bf16" in meta["threshold_note"] and "--precision fp32" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,15 @@ def test_pixel_metrics_at_the_capped_side_match_full_resolution(tmp_path: Path) 
     plain = Result(result.paths, result.scores, list(result.maps), result.decisions, result.threshold)
     masks2, maps2 = pixel_inputs(samples, plain)
     assert pixel_metrics(masks2, maps2) == pytest.approx(capped, abs=2e-3)
+
+
+def test_a_mask_that_cannot_be_read_costs_its_image_not_the_evaluation(tmp_path: Path, caplog) -> None:
+    """eval read every mask after minutes of fitting and scoring, and one unreadable mask ended it with
+    nothing printed: now that image is left out of the pixel metrics, named on the log."""
+    samples, result = _highres_case(tmp_path, 4)
+    bad = samples[1].mask_path
+    bad.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        masks = masks_for(samples, result)
+    assert masks[1] is None and masks[3] is not None and masks[3].any()
+    assert f"{bad}: not an image" in caplog.text and "left out of the pixel metrics" in caplog.text

@@ -102,11 +102,12 @@ def test_a_trailing_space_in_a_file_name_round_trips(tmp_path: Path) -> None:
 
 def test_cells_that_spreadsheets_would_run_are_quoted(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    _write(run, [tmp_path / "a.png"], skipped=[(Path("=HYPERLINK(1)"), "+1"), (Path("@x"), "-2"),
-                                               (Path("ok.txt"), "\tcmd")])
+    _write(run, [tmp_path / "a.png"], skipped=[(Path("=HYPERLINK(1)"), "+1+1"), (Path("@x"), "-2"),
+                                               (Path("ok.txt"), "\tcmd"), (Path("-1"), "-2+3")])
     with open(run / "skipped.csv", newline="") as fh:
         cells = [c for row in list(csv.reader(fh))[1:] for c in row]
-    assert cells == ["'=HYPERLINK(1)", "'+1", "'@x", "'-2", "ok.txt", "'\tcmd"]
+    # a plain signed number (a negative epoch time) runs nothing and is written as it is
+    assert cells == ["'=HYPERLINK(1)", "'+1+1", "'@x", "-2", "ok.txt", "'\tcmd", "-1", "'-2+3"]
 
 
 def test_read_scores_undoes_the_quote_of_a_path_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,3 +220,12 @@ def test_files_under_the_run_folder_are_not_inputs(tmp_path: Path, caplog: pytes
     ours = [tmp_path / "out" / "heatmaps" / "a.png", tmp_path / ".out.x1y2.partial" / "overlays" / "a.png"]
     assert outside_run(images + ours, tmp_path / "out") == images
     assert "2 file(s) under the run folder" in caplog.text
+
+
+def test_outside_run_keeps_a_symlink_loop_for_the_reader_to_skip(tmp_path: Path) -> None:
+    """Path.resolve raises on a symlink loop: it stopped predict, score-batch and serve before any image was
+    scored; the reader names and skips such a file."""
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    images = [tmp_path / "a.png", tmp_path / "l1"]
+    assert outside_run(images, tmp_path / "out") == images

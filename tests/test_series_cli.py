@@ -461,3 +461,43 @@ def test_command_columns_from_the_command_line(tmp_path: Path) -> None:
     plain.write_text("a,b\n1,2\n3,4\n")
     assert "--score-flags applies to series only" in one_line_error(cli("fit", plain, "-o", tmp_path / "t",
                                                                         "--score-flags"))
+
+
+def test_predict_takes_a_folder_with_test_csv_alone_and_skips_an_empty_one(data: Path, model: Path,
+                                                                          tmp_path: Path) -> None:
+    """Scoring needs no train.csv beside test.csv; a folder with nothing to score is named in skipped.csv and
+    the other inputs are scored (it stopped the run before)."""
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "test.csv").write_bytes((data / "a" / "test.csv").read_bytes())
+    (tmp_path / "empty").mkdir()
+    r = cli("predict", model, only, tmp_path / "empty", "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    with open(tmp_path / "run" / "scores.csv", newline="") as fh:
+        assert len(list(csv.reader(fh))) == 1 + 300
+    skipped = (tmp_path / "run" / "skipped.csv").read_text()
+    assert "empty" in skipped and "no test.csv or test.parquet to score" in skipped
+
+
+def test_fit_refuses_an_output_that_cannot_be_a_model_folder_before_fitting(data: Path, tmp_path: Path) -> None:
+    line = one_line_error(cli("fit", data / "a" / "train.csv", "-o", data / "a" / "test.csv", "-d", "knn"))
+    assert "test.csv: not a folder (a model is a folder of files)" in line
+    (tmp_path / "file").write_text("x")
+    line = one_line_error(cli("fit", data / "a" / "train.csv", "-o", tmp_path / "file" / "m", "-d", "knn"))
+    assert "cannot be created" in line
+
+
+def test_epoch_milliseconds_fit_predict_and_draw(tmp_path: Path) -> None:
+    """A run's report once failed on millisecond times (a date past the year 9999), and the run with it."""
+    for name, n, start in (("train", 400, 0), ("test", 200, 400)):
+        src = write_series(tmp_path / f"{name}_iso.csv", n, start=start, label=False)
+        with open(src, newline="") as fh, open(tmp_path / f"{name}.csv", "w", newline="") as out:
+            rows = list(csv.reader(fh))
+            w = csv.writer(out)
+            w.writerow(rows[0])
+            for row in rows[1:]:
+                w.writerow([int(datetime.fromisoformat(row[0]).timestamp() * 1000)] + row[1:])
+    assert cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "-d", "knn").exit_code == 0
+    r = cli("predict", tmp_path / "m", tmp_path / "test.csv", "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    assert "epoch milliseconds" in r.stderr and "<svg" in (tmp_path / "run" / "report.html").read_text()

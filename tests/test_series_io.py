@@ -263,3 +263,57 @@ def test_asd_folders(shared_data: Path) -> None:
     (train,), (test,) = read_series_folder(folders[0])
     assert train.columns == tuple(f"m{j}" for j in range(19)) == test.columns
     assert train.values.shape == (8640, 19) and len(test) == 4320 and 0 < test.labels.mean() < 0.2
+
+
+def test_epoch_milliseconds_are_read_as_seconds_with_a_note(tmp_path: Path) -> None:
+    """Java's and JavaScript's clocks write milliseconds: as seconds they would lie in the year 52000, which
+    no plot can draw (a run's report failed on them, and with it the whole run)."""
+    ts = numbered()
+    rows = [f"{t * 1000},{i % 7}" for i, t in enumerate(ts)]
+    (s,) = read_series(write_csv(tmp_path / "ms.csv", "timestamp,cpu", rows))
+    np.testing.assert_array_equal(s.time, ts)
+    assert any("epoch milliseconds" in n for n in s.notes)
+    (n,) = read_series(write_csv(tmp_path / "ns.csv", "timestamp,cpu", [f"{t * 10**9},{i % 7}" for i, t in
+                                                                         enumerate(ts)]))
+    np.testing.assert_allclose(n.time, ts)
+    assert any("epoch nanoseconds" in x for x in n.notes)
+    (plain,) = read_series(write_csv(tmp_path / "s.csv", "timestamp,cpu", [f"{t},{i % 7}" for i, t in enumerate(ts)]))
+    assert plain.notes == []  # seconds stay seconds
+
+
+def test_a_bad_time_cell_is_named_and_mixed_kinds_are_said(tmp_path: Path) -> None:
+    ts = numbered()
+    rows = [f"{'bad' if i == 5 else t},{i % 7}" for i, t in enumerate(ts)]
+    with pytest.raises(InputError, match=r"'bad' at row 6 is neither a number nor an ISO 8601 date"):
+        read_series(write_csv(tmp_path / "bad.csv", "timestamp,cpu", rows))
+    iso = [datetime.fromtimestamp(t, timezone.utc).isoformat() for t in ts]
+    rows = [f"{t if i % 2 else d},{i % 7}" for i, (t, d) in enumerate(zip(ts, iso))]
+    with pytest.raises(InputError, match=r"mixes numbers \(row 2\) and ISO 8601 dates \(row 1\)"):
+        read_series(write_csv(tmp_path / "mixed.csv", "timestamp,cpu", rows))
+
+
+def test_series_ids_are_read_as_written_and_rows_without_one_left_out(tmp_path: Path) -> None:
+    """Ids are text: 01 stays 01, and one empty cell does not make the others 1.0 and 2.0 (pyarrow reads a
+    number column with a gap as floats); the rows without an id are named, the series kept."""
+    rows = [f"{'' if i == 3 else ('01' if i % 2 else '2')},{60 * i},{i % 5}" for i in range(80)]
+    f = write_csv(tmp_path / "long.csv", "host,timestamp,cpu", rows)
+    failed: list[tuple[str, str]] = []
+    got = read_series(f, series_column="host", failed=failed)
+    assert [s.name for s in got] == ["2", "01"]
+    assert failed == [(f"{f} [host=]", "1 row(s) without a 'host' value, in no series (the first: row 4)")]
+    with pytest.raises(InputError, match="1 row"):
+        read_series(f, series_column="host")  # no list to name it in: an error naming the file
+    # a Parquet file's typed ids the same; with every series too short, each reason is given
+    pq.write_table(pa.table({"host": pa.array([1, None] + [1, 2] * 9, pa.int64()), "timestamp": list(range(20)),
+                             "cpu": [float(i % 3) for i in range(20)]}), tmp_path / "ids.parquet")
+    with pytest.raises(InputError, match=r"no usable series \(\[host=\]: 1 row.*; \[host=1\]: 10 rows.*"
+                                         r"\[host=2\]: 9 rows"):
+        read_series(tmp_path / "ids.parquet", series_column="host", failed=[])
+
+
+def test_pandas_index_column_is_left_out_of_a_parquet_series(tmp_path: Path) -> None:
+    n = 40
+    pq.write_table(pa.table({"timestamp": numbered(n), "cpu": [float(i % 3) for i in range(n)],
+                             "__index_level_0__": [i % 20 for i in range(n)]}), tmp_path / "x.parquet")
+    (s,) = read_series(tmp_path / "x.parquet")
+    assert s.columns == ("cpu",) and any("index column" in n for n in s.notes)

@@ -16,6 +16,7 @@ import pytest
 from test_series_cli import cli, one_line_error, write_series
 
 from normalcy.api import watch
+from normalcy.errors import InputError
 from normalcy.series.io import cell_number
 from normalcy.series.runs import load_series_model
 from normalcy.series.stream import Stream
@@ -170,3 +171,24 @@ def test_cells_read_as_fit_reads_them(fitted: Path) -> None:
 
 def test_lines_keep_a_partial_line_until_its_end() -> None:
     assert list(lines(io.StringIO("a,b\r\n1,2\n3,"))) == ["a,b", "1,2", "3,"]
+
+
+def test_no_learn_still_calibrates_a_plain_detector(tmp_path: Path) -> None:
+    """--no-learn keeps the model as fitted; a plain detector's calibration, which only the stream's own
+    scores can set, still follows them (it stayed in its warm-up, every score 0, for ever)."""
+    write_series(tmp_path / "train.csv", 600, seed=1, label=False)
+    assert cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "-d", "knn").exit_code == 0
+    det = load_series_model(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    t = np.arange(600, 900)
+    rows = np.column_stack([np.sin(t * 2 * np.pi / 30), np.cos(t * 2 * np.pi / 30)]) + 0.05 * rng.normal(size=(300, 2))
+    rows[200, 0] += 5.0
+    stream = Stream(det, learn=False)
+    scores = np.array([stream.update(r) for r in rows])
+    assert scores[200] >= 0.3 and scores[:190].max() < 0.3
+
+
+def test_a_header_that_is_not_utf8_is_one_line(fitted: Path) -> None:
+    out = io.StringIO()
+    with pytest.raises(InputError, match="input: the header line is not UTF-8"):  # a stream without a name
+        watch(fitted / "model", io.StringIO("timestamp,temp\udce9,mem\n1,2,3\n"), out=out)

@@ -191,6 +191,9 @@ InputSize = Annotated[int, Field(ge=32, le=1024), AfterValidator(_multiple_of_32
 # magnetic_tile: 15.5 and 28.3 (the old range, median to 1.5x the highest normal patch, was 11.3 to 64.3, so
 # defects showed dark blue under a tint over every part).
 MAP_RANGE = (0.9, 0.999)
+# pixels of backbone input a batch holds at most: a 4096 x 4096 input takes about 2.3 GB of activations, so
+# such images go one at a time (8 images of 1024 x 1024 and anything smaller keep the batch size)
+BATCH_PIXELS = 8 * 1024 * 1024
 
 # Upper bounds of the parameters several detectors share: generous, so that only a typo or a tampered
 # model.json (steps 10**12) meets them, never a real setting.
@@ -303,6 +306,9 @@ class Detector:
                  keep_images: bool = False) -> Iterator[Batch]:
         """Batches of image files, or of images given as arrays (named ``array[i]``)."""
         size, pooled, features = batch_size or self.batch_size, self.uses_pooled or embed, self.uses_features or embed
+        if (features or pooled) and not self.extractor.tile:  # large inputs: fewer at a time (memory, not speed)
+            h, w = self.extractor.size
+            size = max(1, min(size, BATCH_PIXELS // (h * w)))
         if not (len(items) and isinstance(items[0], np.ndarray)):
             yield from self.extractor.iter_batches(list(items), size, keep_images=keep_images, pooled=pooled,
                                                    features=features)

@@ -6,6 +6,7 @@ docs/benchmarks.md come from exactly what a user runs.
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 import warnings
@@ -17,11 +18,14 @@ import numpy as np
 
 from normalcy.detectors import Detector, MuSc, Result
 from normalcy.detectors.base import Maps, report_info
+from normalcy.errors import ImageError
 from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import Dataset, Sample, load_dataset, read_image, read_mask
 from normalcy.runs.report import gallery_image, write_report
+
+log = logging.getLogger("normalcy")
 
 
 def peak_rss_mb() -> float:
@@ -77,7 +81,11 @@ def masks_for(samples: Sequence[Sample], result: Result,
         else:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                masks.append(read_mask(s.mask_path, shape, size))
+                try:
+                    masks.append(read_mask(s.mask_path, shape, size))
+                except ImageError as err:  # one bad mask costs its image's pixel metrics, not the evaluation
+                    log.warning("%s; its image is left out of the pixel metrics", err)
+                    masks.append(None)
             for w in caught:
                 warnings.warn(str(w.message), w.category, stacklevel=2)
     return masks

@@ -430,9 +430,10 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
                         trials.append(trial)
                         found |= _fit_trials(split, fit, [trial], scores, **kwargs)
                     bar.advance(task)
-                key, confidence[setting] = _pick(best, [k for k, _, _ in trials], found, scores, seed)
-                if key != best:
-                    best, ex = key, dict((k, e) for k, _, e in trials)[key]
+                if trials:  # every other value over the budget: nothing was decided, so no confidence to report
+                    key, confidence[setting] = _pick(best, [k for k, _, _ in trials], found, scores, seed)
+                    if key != best:
+                        best, ex = key, dict((k, e) for k, _, e in trials)[key]
                 cache.keep(ex.map_key)
                 chosen[setting] = _shown(_current(ex, setting))
         if skipped:

@@ -87,9 +87,13 @@ KEPT = ("review.sqlite", "review.sqlite-wal", "review.sqlite-shm")
 logger = logging.getLogger("normalcy")
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # a signed number runs nothing: written as it is
+
+
 def csv_cell(text: str) -> str:
-    """A cell a spreadsheet shows as text, never runs: a leading formula character gets a ' before it."""
-    return "'" + text if text.startswith(FORMULA_START) else text
+    """A cell a spreadsheet shows as text, never runs: a leading formula character gets a ' before it (not the
+    sign of a plain number, such as a negative epoch time, which stays as written)."""
+    return "'" + text if text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text) else text
 
 
 def _uncell(text: str) -> str:
@@ -260,7 +264,10 @@ def outside_run(paths: Sequence[Path], output: Path) -> list[Path]:
     hidden = f".{out.name}."
 
     def ours(p: Path) -> bool:
-        r = Path(p).resolve()
+        try:
+            r = Path(p).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: not ours; the reader names and skips it
+            return False
         return r == out or out in r.parents or any(
             q.parent == out.parent and q.name.startswith(hidden) for q in r.parents)
 

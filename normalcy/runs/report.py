@@ -339,11 +339,16 @@ def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: 
         p = parts[k]
         s, sc = p.series, p.scored
         times = files[p.file].times
-        dates = files[p.file].time_column is not None and len(s.time) and float(s.time.min()) > 1e8
+        # epoch seconds a plot can draw as dates (years 1973-9999); other numbers as they are
+        dates = files[p.file].time_column is not None and len(s.time) and 1e8 < float(s.time.min()) <= float(
+            s.time.max()) < 2.5e11
         idx = [s.columns.index(c) for c in sc.top if c in s.columns]
-        svg = series_svg(s.time, bool(dates), s.values[:, idx], [s.columns[j] for j in idx], sc.score,
-                         sc.threshold, [(e.first, e.last) for e in sc.events],
-                         _runs(s.labels) if s.labels is not None else [], f"s{rank}")
+        try:
+            svg = series_svg(s.time, bool(dates), s.values[:, idx], [s.columns[j] for j in idx], sc.score,
+                             sc.threshold, [(e.first, e.last) for e in sc.events],
+                             _runs(s.labels) if s.labels is not None else [], f"s{rank}")
+        except (ValueError, OverflowError) as err:  # a plot that cannot be drawn never costs the run
+            svg = f'<p class="muted">not drawn: {_esc(str(err)[:200])}</p>'
         pruned = f"{sc.pruned} pruned as noise · " if sc.pruned else ""
         out.append(f'<h3>{_esc(p.name)}</h3><p class="muted">{len(s)} rows · {len(sc.events)} event(s) · {pruned}'
                    f'{int(sc.decision.sum())} anomalous row(s) · threshold {_esc(_fmt(sc.threshold))} · '

@@ -169,8 +169,21 @@ def metadata(det: Detector, precision: str) -> dict[str, Any]:
         "backbone": spec.name,
         "normalcy_version": __version__,
         **({"exact_search": True} if isinstance(det, PatchCore) else {}),
-        **({"threshold_note": "the fp32 model's threshold; int8 moves scores a little"} if precision == "int8" else {}),
+        **({"threshold_note": _threshold_note(det, precision)} if _threshold_note(det, precision) else {}),
     }
+
+
+def _threshold_note(det: Detector, precision: str) -> str | None:
+    """What to know of the threshold in the graph: it was set on the model's own scores, and int8, or a model
+    fitted in bf16 (the graph runs fp32), moves scores: systematically, not as noise, so a score near the
+    threshold may be decided otherwise than by the model."""
+    if det.extractor.precision == "bf16":
+        return ("set on the bf16 model's scores; this fp32 graph scores a little differently (a shift, not noise), "
+                "so images near the threshold may be decided otherwise: fit with --precision fp32 to export a "
+                "model whose graph scores as it does")
+    if precision == "int8":
+        return "the fp32 model's threshold; int8 moves scores a little"
+    return None
 
 
 def export_onnx(det: Detector, path: str | Path, precision: str = "fp32",
@@ -192,6 +205,8 @@ def export_onnx(det: Detector, path: str | Path, precision: str = "fp32",
     h, w = det.extractor.size
     meta = metadata(det, precision)
     ExportMeta.model_validate(meta)  # what is written must load: the reader's schema is the one truth
+    if det.extractor.precision == "bf16":
+        logging.getLogger("normalcy").warning("%s: the model's threshold was %s", path, meta["threshold_note"])
     with tempfile.TemporaryDirectory() as tmp:  # torch writes the weights beside the graph: one file in the end
         fp32 = Path(tmp) / "fp32.onnx"
         _torch_export(graph, torch.zeros((2, h, w, 3), dtype=torch.uint8), fp32)

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, reasons
 from normalcy.vectors.tables import MAX_CSV_LINE, _names, _numeric, _read_arrays, csv_delimiter
 
 SERIES_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -91,7 +91,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     path = Path(path)
     if path.suffix.lower() not in SERIES_SUFFIXES:
         raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}")
-    arrays = _read_arrays(path)
+    arrays = _read_arrays(path, text=(series_column,) if series_column else ())
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:
         raise InputError(f"{path}: no rows")
@@ -100,6 +100,11 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
             raise InputError(f"{path}: no {what} column {name!r}; it has {_names(arrays)}")
     label = label_column if label_column in arrays else None
     notes = []
+    index = [c for c in arrays if c.startswith("__index_level_") and c != time_column]
+    if index:  # pandas wrote its row index into a Parquet file: not a measurement
+        arrays = {c: a for c, a in arrays.items() if c not in index}
+        notes.append(f"{path.name}: pandas' index column(s) {index} left out (written by to_parquet without "
+                     "index=False)")
     if time_column is None:
         time_column = named_time(list(arrays))
         if time_column is None:
@@ -123,26 +128,32 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     parsed = []
     for c in columns:
         parsed.append(_values(path, c, arrays[c], comma, notes))
-    time = _times(path, arrays[time_column]) if time_column else np.arange(n, dtype=np.float64)
+    time = _times(path, arrays[time_column], notes) if time_column else np.arange(n, dtype=np.float64)
     values = np.column_stack(parsed)
     labels = _labels(path, arrays[label]) if label else None
     if series_column is None:
         return [_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
                       time_column, notes)]
-    ids = np.array([str(v) for v in arrays[series_column]])
-    out, bad = [], []
-    for sid in dict.fromkeys(ids):  # in order of first appearance
+    ids = np.array(["" if v is None else str(v).strip() for v in arrays[series_column]])
+    out, bad = [], []  # bad: (file [column=id], the reason alone)
+    if not ids.all():  # rows that belong to no series: named, the other series kept
+        rows = np.flatnonzero(ids == "")
+        why = f"{len(rows)} row(s) without a {series_column!r} value, in no series (the first: row {rows[0] + 1})"
+        if failed is None:
+            raise InputError(f"{path}: {why}")
+        bad.append((f"{path} [{series_column}=]", why))
+    for sid in dict.fromkeys(ids[ids != ""]):  # in order of first appearance
         rows = np.flatnonzero(ids == sid)
+        where = f"{path.name} [{series_column}={sid}]"
         try:
-            out.append(_tidy(path, sid, f"{path.name} [{series_column}={sid}]", rows, time[rows], values[rows],
-                             tuple(columns), None if labels is None else labels[rows], time_column,
-                             notes))
+            out.append(_tidy(path, sid, where, rows, time[rows], values[rows], tuple(columns),
+                             None if labels is None else labels[rows], time_column, notes))
         except InputError as err:
             if failed is None:
                 raise
-            bad.append((f"{path} [{series_column}={sid}]", str(err)))
+            bad.append((f"{path} [{series_column}={sid}]", str(err).removeprefix(f"{where}: ")))
     if not out:
-        raise InputError(f"{path}: no usable series ({bad[0][1]}{' and others' if len(bad) > 1 else ''})")
+        raise InputError(f"{path}: no usable series{reasons([(w.removeprefix(f'{path} '), y) for w, y in bad], named=True)}")
     if failed is not None:
         failed.extend(bad)
     return out
@@ -297,9 +308,27 @@ def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...]
     return first, "ISO 8601 dates"
 
 
-def _times(path: Path, a: np.ndarray) -> np.ndarray:
-    """A time column as float64: numbers as they are (epoch seconds, row numbers), dates and times (parsed by
-    the reader, or ISO 8601 strings) as epoch seconds (UTC when no zone is given)."""
+# whole numbers from here on are epoch milliseconds, microseconds or nanoseconds, not seconds: as seconds they
+# would be after the year 5000 (1e11 s), which no clock writes and no plot can draw
+_EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
+
+
+def _seconds(path: Path, num: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Numbers of a time column in seconds: epoch milliseconds (Java's and JavaScript's clocks), micro- or
+    nanoseconds divided down, with a note; anything else as it is."""
+    typical = float(np.median(np.abs(num))) if len(num) else 0.0
+    if typical < 1e11 or not bool((num == np.round(num)).all()):
+        return num
+    _, div, unit = next(u for u in _EPOCH_UNITS if typical >= u[0])
+    notes.append(f"{path.name}: time column read as epoch {unit} (as seconds its numbers would lie after the year "
+                 "5000)")
+    return num / div
+
+
+def _times(path: Path, a: np.ndarray, notes: list[str]) -> np.ndarray:
+    """A time column as float64: numbers as they are (epoch seconds, row numbers; epoch milliseconds and finer
+    divided down to seconds, ``_seconds``), dates and times (parsed by the reader, or ISO 8601 strings) as epoch
+    seconds (UTC when no zone is given)."""
     if a.dtype.kind == "M":
         if np.isnat(a).any():
             raise InputError(f"{path}: time column: empty at row {int(np.flatnonzero(np.isnat(a))[0]) + 1}")
@@ -309,7 +338,7 @@ def _times(path: Path, a: np.ndarray) -> np.ndarray:
         bad = ~np.isfinite(num)
         if bad.any():
             raise InputError(f"{path}: time column: no number at row {int(np.flatnonzero(bad)[0]) + 1}")
-        return num
+        return _seconds(path, num, notes)
     out = np.empty(len(a))
     for i, v in enumerate(a):
         try:
@@ -317,10 +346,27 @@ def _times(path: Path, a: np.ndarray) -> np.ndarray:
             t = v if isinstance(v, datetime) else datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z")
                                                                       else text)
         except ValueError:
-            raise InputError(f"{path}: time column: {str(v)[:40]!r} at row {i + 1} is neither a number nor an "
-                             "ISO 8601 date") from None
+            raise InputError(_bad_time(path, a, i)) from None
         out[i] = (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
     return out
+
+
+def _bad_time(path: Path, a: np.ndarray, first: int) -> str:
+    """What is wrong with a time column whose cell ``first`` is no ISO 8601 date: the first cell that is neither
+    a number nor a date, or, when each cell is one or the other, that it mixes the two."""
+    kinds = []
+    for i, v in enumerate(a):
+        text = str(v).strip()
+        if not math.isnan(cell_number(text)):
+            kinds.append("number")
+            continue
+        try:
+            datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+            kinds.append("date")
+        except ValueError:
+            return f"{path}: time column: {text[:40]!r} at row {i + 1} is neither a number nor an ISO 8601 date"
+    return (f"{path}: time column mixes numbers (row {kinds.index('number') + 1}) and ISO 8601 dates (row "
+            f"{kinds.index('date') + 1}); give one kind of time")
 
 
 def _labels(path: Path, a: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, reasons
 from normalcy.files import MODEL_JSON, Strict, describe, read_json
 from normalcy.progress import progress_bar
 from normalcy.series import registry
@@ -45,6 +45,7 @@ from normalcy.series.events import Event, events, pruned
 from normalcy.series.io import (
     SERIES_SUFFIXES,
     Series,
+    _natural,
     _split_file,
     is_series_folder,
     named_time,
@@ -349,7 +350,7 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
     fitted, failed = fit_many(series, detector, params)
     failed = unusable + failed
     if not fitted:
-        raise InputError(f"{train}: no series could be fitted ({failed[0][1]}{' and others' if len(failed) > 1 else ''})")
+        raise InputError(f"{train}: no series could be fitted{reasons(failed, named=True)}")
     if time_column is None and not train.is_dir():  # the one found (by name or values), so predict reads it alike
         time_column = series[0].time_column
     return SeriesSet(detector, series_column, time_column, models=fitted, failed=failed, notes=notes)
@@ -463,18 +464,22 @@ def series_key(path: Path) -> str:
     return path.parent.name if path.stem in ("train", "test") and path.parent.name else path.stem
 
 
-def predict_files(inputs: list[Path]) -> list[Path]:
-    """The files a series run scores: files as given, a series folder's test file, each test file of a
-    folder of series folders (sorted). A folder without any is an InputError naming it."""
-    out = []
+def predict_files(inputs: list[Path]) -> list[Path | tuple[str, str]]:
+    """The files a series run scores: files as given, a folder's own test file (a series folder's; scoring
+    needs no train.csv), each test file of a folder of series folders (sorted). A folder without any is
+    (folder, reason) in its place: one such input never stops the others."""
+    out: list[Path | tuple[str, str]] = []
     for p in inputs:
-        if p.is_dir():
-            found = [f for f in (_split_file(d, "test") for d in series_folders(p)) if f is not None]
-            if not found:
-                raise InputError(f"{p}: no test.csv or test.parquet to score in its series folder(s)")
+        if not p.is_dir():
+            out.append(p)
+            continue
+        own = _split_file(p, "test")
+        subs = sorted((d for d in p.iterdir() if d.is_dir()), key=_natural) if own is None else []
+        found = [own] if own is not None else [f for f in (_split_file(d, "test") for d in subs) if f is not None]
+        if found:
             out.extend(found)
         else:
-            out.append(p)
+            out.append((str(p), f"{p}: no test.csv or test.parquet to score in it or in its sub-folders"))
     return out
 
 
@@ -525,6 +530,9 @@ def iter_series_files(inputs: list[Path], time_column: str | None, series_column
     """Each input file read (a SeriesFile), or (file, reason) for one that cannot be: one bad file never
     stops the others."""
     for path in predict_files(inputs):
+        if isinstance(path, tuple):
+            yield path
+            continue
         try:
             yield read_series_file(path, time_column, series_column, keep)
         except InputError as err:

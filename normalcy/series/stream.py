@@ -121,7 +121,9 @@ class Stream:
         """(n,) scores in [0, 1] of (n, M) raw ones, the calibration following each row (when learning), and
         the (n, M) decades they come from."""
         seen = self.tail.count
-        dec = self.tail.follow(raw) if self.learning else self.tail.decades(raw)
+        # a plain detector's calibration has nothing but the stream's own scores, so it follows them even when
+        # the detector learns nothing (else it would never leave its warm-up: every score 0)
+        dec = self.tail.follow(raw) if self.learning or not self.auto else self.tail.decades(raw)
         if not self.auto:  # a plain detector's calibration starts from the stream's own rows: none before
             dec = dec * (seen + np.arange(len(dec)) >= MIN_CALIBRATION)[:, None]  # it has seen a few (warm-up)
         return np.minimum((self.det.combine(dec) if self.auto else dec[:, 0]) / CAP_DECADES, 1.0), dec

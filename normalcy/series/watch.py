@@ -184,6 +184,8 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
         if first is None:
             raise InputError(f"{source_name}: no header line (the first line names the columns)")
         first = first.lstrip("\ufeff")  # a byte-order mark a spreadsheet wrote (a file is read past it)
+        if any("\udc80" <= c <= "\udcff" for c in first):  # bytes that are not UTF-8, kept as surrogates
+            raise InputError(f"{source_name}: the header line is not UTF-8 text (save the CSV as UTF-8)")
         sep = csv_delimiter(first.encode())  # a comma, or a spreadsheet's semicolon or tab, as fit reads them
         watcher.header(next(csv.reader([first], delimiter=sep)), comma=sep == ";")
         writer.writerow(watcher.out_fields)

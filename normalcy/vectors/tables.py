@@ -25,7 +25,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
@@ -99,9 +99,11 @@ class Table:
         return mask, bad
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The file's columns as 1-d arrays (an npz's 2-d ``X`` becomes x0, x1, ...), all of one length.
-    A table wider than MAX_COLUMNS is refused before its values are parsed (or, for .npz, split)."""
+def _read_arrays(path: Path, text: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The file's columns as 1-d arrays (an npz's 2-d ``X`` becomes x0, x1, ...), all of one length; the
+    columns named in ``text`` as text exactly as written (ids: 01 stays 01, and a missing cell does not turn
+    the others into 1.0, 2.0), a missing cell None or "". A table wider than MAX_COLUMNS is refused before
+    its values are parsed (or, for .npz, split)."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -117,14 +119,22 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 elif a.ndim == 1:
                     out[key] = a
             return out
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if suffix in (".parquet", ".pq"):
             _check_width(path, len(pq.read_schema(path).names))
-            table = pq.read_table(path)
+            table = pq.read_table(path, use_threads=False)
         else:
-            table = _read_csv(path)
-        return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+            table = _read_csv(path, text)
+
+        def column(name: str) -> np.ndarray:
+            col = table.column(name)
+            if name in text and not pa.types.is_string(col.type):  # a Parquet file's typed ids, as text
+                col = col.cast(pa.string())
+            return col.to_numpy(zero_copy_only=False)
+
+        return {name: column(name) for name in table.column_names}
     except InputError:
         raise
     except FileNotFoundError:
@@ -163,7 +173,7 @@ def csv_delimiter(header: bytes) -> str:
     return next((d for d in (",", ";", "\t") if d in text), ",")
 
 
-def _read_csv(path: Path) -> Any:
+def _read_csv(path: Path, text: Sequence[str] = ()) -> Any:
     """pyarrow parses a CSV in blocks that must hold its header line whole (a longer one is misread as
     an empty file) and each row: blocks sized from the header, after refusing a header past MAX_CSV_LINE
     or naming more than MAX_COLUMNS columns, and made larger (up to MAX_CSV_LINE) while a row straddles two."""
@@ -185,8 +195,9 @@ def _read_csv(path: Path) -> Any:
             return "skip"
 
         try:
-            table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block),
-                                  parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=note))
+            table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block, use_threads=False),
+                                  parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=note),
+                                  convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in text}))
         except pa.ArrowInvalid as err:
             if "straddl" not in str(err) or block >= MAX_CSV_LINE:
                 raise
