@@ -153,7 +153,8 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
                 raise
             bad.append((f"{path} [{series_column}={sid}]", str(err).removeprefix(f"{where}: ")))
     if not out:
-        raise InputError(f"{path}: no usable series{reasons([(w.removeprefix(f'{path} '), y) for w, y in bad], named=True)}")
+        shown = reasons([(where.removeprefix(f"{path} "), why) for where, why in bad], named=True)
+        raise InputError(f"{path}: no usable series{shown}")
     if failed is not None:
         failed.extend(bad)
     return out

@@ -195,6 +195,8 @@ def _read_csv(path: Path, text: Sequence[str] = ()) -> Any:
             return "skip"
 
         try:
+            # no thread pool: its threads at interpreter exit aborted an error exit now and then (SIGABRT,
+            # "terminate called without an active exception"; apache/arrow#34314)
             table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block, use_threads=False),
                                   parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=note),
                                   convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in text}))
