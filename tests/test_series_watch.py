@@ -192,3 +192,16 @@ def test_a_header_that_is_not_utf8_is_one_line(fitted: Path) -> None:
     out = io.StringIO()
     with pytest.raises(InputError, match="input: the header line is not UTF-8"):  # a stream without a name
         watch(fitted / "model", io.StringIO("timestamp,temp\udce9,mem\n1,2,3\n"), out=out)
+
+
+def test_rows_whose_time_goes_back_or_repeats_are_said(fitted: Path, caplog) -> None:
+    """A file's reader sorts rows and drops repeated times, with a note; a stream scores rows as they come,
+    and now says so where their times go back or repeat (it said nothing)."""
+    text = open(fitted / "live.csv").read().splitlines()
+    text[7], text[8] = text[8], text[7]  # lines 8 and 9 swapped: line 9's time goes back
+    text[20] = text[19].split(",")[0] + "," + text[20].split(",", 1)[1]  # line 21 repeats line 20's time
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        s = watch(load_series_model(fitted / "model"), io.StringIO("\n".join(text) + "\n"), out=io.StringIO())
+    assert s.rows == 300 and s.problems == {"time back": 1, "time repeated": 1}
+    assert "input, line 9: time" in caplog.text and "is before the row before it" in caplog.text
+    assert "input, line 21: time" in caplog.text and "repeats the row before it" in caplog.text

@@ -352,20 +352,29 @@ def _times(path: Path, a: np.ndarray, notes: list[str]) -> np.ndarray:
     return out
 
 
+def time_of(text: str) -> tuple[str, float]:
+    """("number", the number), ("date", epoch seconds, UTC unless it says otherwise) or ("", NaN): one time
+    cell as a person wrote it (``watch`` reads each row's this way)."""
+    text = text.strip()
+    num = cell_number(text)
+    if not math.isnan(num):
+        return "number", num
+    try:
+        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return "", math.nan
+    return "date", (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def _bad_time(path: Path, a: np.ndarray, first: int) -> str:
     """What is wrong with a time column whose cell ``first`` is no ISO 8601 date: the first cell that is neither
     a number nor a date, or, when each cell is one or the other, that it mixes the two."""
     kinds = []
     for i, v in enumerate(a):
-        text = str(v).strip()
-        if not math.isnan(cell_number(text)):
-            kinds.append("number")
-            continue
-        try:
-            datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-            kinds.append("date")
-        except ValueError:
-            return f"{path}: time column: {text[:40]!r} at row {i + 1} is neither a number nor an ISO 8601 date"
+        kind, _ = time_of(str(v))
+        if not kind:
+            return f"{path}: time column: {str(v).strip()[:40]!r} at row {i + 1} is neither a number nor an ISO 8601 date"
+        kinds.append(kind)
     return (f"{path}: time column mixes numbers (row {kinds.index('number') + 1}) and ISO 8601 dates (row "
             f"{kinds.index('date') + 1}); give one kind of time")
 

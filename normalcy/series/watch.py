@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 from normalcy.errors import InputError
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import top_metrics
-from normalcy.series.io import cell_number, is_text
+from normalcy.series.io import cell_number, is_text, time_of
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import csv_delimiter
@@ -82,6 +83,7 @@ class Watcher:
         self.streams: dict[str, Stream] = {}  # series id ("" for one model) -> its stream
         self.positions: dict[str, tuple[int, ...]] = {}  # series id -> where its model's columns are in a row
         self.refused: dict[str, str] = {}  # series id -> why it has no stream (no model, columns missing)
+        self.last_time: dict[str, float] = {}  # series id -> the time of its last row (a number or epoch seconds)
         self.summary = WatchSummary()
         self.fields: list[str] = []
         self.comma = False
@@ -135,6 +137,20 @@ class Watcher:
             stream = self.streams[key] = Stream(det, learn=self.learn)
         return stream
 
+    def _check_time(self, key: str, text: str, line: int) -> None:
+        """Say (on the log, counted) a row whose time goes back or repeats its series' last: a stream scores rows
+        in the order they come, which a file's reader would have sorted (and deduplicated) first."""
+        _, t = time_of(text)
+        last = self.last_time.get(key, math.nan)
+        if t < last:
+            self._problem("time back", f"{self.source}, line {line}: time {text.strip()[:40]!r} is before the row "
+                          "before it: scored in the order the rows came")
+        elif t == last:
+            self._problem("time repeated", f"{self.source}, line {line}: time {text.strip()[:40]!r} repeats the "
+                          "row before it: scored as a row of its own")
+        if not math.isnan(t):
+            self.last_time[key] = t
+
     def row(self, fields: Sequence[str], line: int) -> dict[str, str] | None:
         """Score one row (its fields, in the header's order; ``line``: its line number, for messages): the
         output row, or None for a line that cannot be scored (named on the log, counted)."""
@@ -150,6 +166,8 @@ class Watcher:
             self.summary.skipped += 1
             self._problem(f"series {key!r}", f"{self.source}, line {line}: {err}: skipped")
             return None
+        if self.time_at is not None:
+            self._check_time(key, fields[self.time_at], line)
         values = np.empty(len(self.positions[key]))
         for j, at in enumerate(self.positions[key]):
             values[j] = cell_number(fields[at], self.comma)
