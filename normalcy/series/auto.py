@@ -210,7 +210,8 @@ class AutoDetector(SeriesDetector):
     def _row_weights(self, dec: np.ndarray) -> np.ndarray:
         """(M,) ``_weights`` of one row's (M,) decades."""
         j = self._period
-        if j is None or (len(self._windowed) and dec[j] <= dec[self._windowed].mean()):
+        # the windowed members' mean as sum / count: np.mean's own arithmetic, without its 5 us of Python
+        if j is None or (len(self._windowed) and dec[j] <= dec[self._windowed].sum() / len(self._windowed)):
             return self._mean_w
         w = np.zeros(len(dec))
         w[j] = 1.0

@@ -35,7 +35,7 @@ import numpy as np
 
 from normalcy.errors import InputError
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
-from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
+from normalcy.series.base import MAX_Z, MIN_CALIBRATION, SeriesDetector
 
 log = logging.getLogger("normalcy")
 
@@ -197,9 +197,14 @@ class Stream:
         """Score one row (d values, in the model's column order), then learn it; its reported score.
         (``self.last``: its score, reported score and alarm; ``self.last_contributions``: on a row that
         raises an alarm, the (d,) share of each metric in its score, as ``run`` splits it; else None.)"""
-        z = self.det._row(self._held(_matrix(x, self.d))[0])
+        a = np.asarray(x, dtype=np.float64)
+        z = (a - self.det.mean_) / self.det.scale_ if a.shape == (self.d,) else None
+        if z is not None and np.abs(z).max() <= MAX_Z:  # the common row (finite, in range) in one check
+            self.last_raw = a.copy()
+        else:  # the rules of _held and _row, one at a time
+            z = self.det._row(self._held(_matrix(x, self.d))[0])
         self._append(z)
-        raw, contribs = self._raw_last(self.rows[-self.ctx:])
+        raw, contribs = self._raw_last(self._buf[max(0, self._n - self.ctx):self._n])
         scores, dec = self._calibrated(raw[None])
         score = float(scores[0])
         reported, alarm = self._report(score)
