@@ -700,3 +700,23 @@ def test_a_non_utf8_file_name_is_reviewed(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.content == odd.read_bytes()
         assert c.post(f"/api/items/{top['id']}/label", json={"label": "anomalous"}).status_code == 200
         assert "\ufffd" in c.get("/api/labels.csv").text
+
+
+def test_a_database_that_cannot_be_written_is_a_503_with_the_headers(client: TestClient,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A locked database (past its 30 s wait) or a full disk reached the page as a bare 500 without the
+    security headers; a 422 quoted a megabyte of invalid label back."""
+    from sqlalchemy.exc import OperationalError
+
+    store = client.app.state.review.store  # type: ignore[attr-defined]
+
+    def locked(*_a: object, **_k: object) -> None:
+        raise OperationalError("UPDATE labels", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(store, "set_label", locked)
+    item_id = items(client)["items"][0]["id"]
+    r = client.post(f"/api/items/{item_id}/label", json={"label": "normal"})
+    assert r.status_code == 503 and "database is locked" in r.json()["detail"]
+    assert "content-security-policy" in r.headers and r.headers["x-content-type-options"] == "nosniff"
+    r = client.post(f"/api/items/{item_id}/label", json={"label": "a" * 100_000})
+    assert r.status_code == 422 and len(r.text) < 2_000

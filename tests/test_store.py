@@ -208,3 +208,40 @@ def test_bad_urls(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot open database") as err:
         Store("postgresql://nobody:secret@127.0.0.1:1/nothing?connect_timeout=2")
     assert "secret" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_moved_run_keeps_its_labels(tmp_path: Path) -> None:
+    """The run's own review.sqlite keys its run by no path: moved, renamed or copied elsewhere, the run keeps
+    its labels (keyed by the folder's real path they were left behind, and the review started from none)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    s = Store.for_run(run)
+    ids = s.sync_items(rows(3))
+    s.set_label(ids[1], "anomalous", None)
+    s.close()
+    run.rename(tmp_path / "moved")
+    t = Store.for_run(tmp_path / "moved")
+    try:
+        assert [i.id for i in t.labelled()] == [ids[1]]
+        assert t.sync_items(rows(3)) == ids  # the same items: scores refreshed, labels kept
+    finally:
+        t.close()
+
+
+def test_labels_kept_under_an_earlier_path_are_taken_over(tmp_path: Path) -> None:
+    """A run's own file written when runs were keyed by their real path (or served from two places): the
+    path with the most labels becomes this run's, the others stay as they were."""
+    run = tmp_path / "run"
+    run.mkdir()
+    url = f"sqlite:///{run / 'review.sqlite'}"
+    for where, labelled in (("/old/place", 2), ("/other/place", 1)):
+        old = Store(url, run=where)
+        ids = old.sync_items(rows(4))
+        for i in ids[:labelled]:
+            old.set_label(i, "normal", None)
+        old.close()
+    s = Store.for_run(run)
+    try:
+        assert len(s.items()) == 4 and len(s.labelled()) == 2
+    finally:
+        s.close()

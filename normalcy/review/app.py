@@ -9,6 +9,7 @@ events have their picture (drawn by predict in the run folder) as their image, a
 from __future__ import annotations
 
 import io
+import logging
 import re
 import secrets
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictInt, model_validator
+from sqlalchemy.exc import SQLAlchemyError
 
 from normalcy.errors import ImageError, InputError
 from normalcy.images.io import read_image
@@ -32,6 +34,8 @@ from normalcy.review.guard import (
 from normalcy.review.ranking import DEFAULT_STRATEGY, LABELS, STRATEGIES, check_label
 from normalcy.review.state import Conflict, Forbidden, NotFound, Review, ReviewError
 from normalcy.review.store import Item, Store
+
+log = logging.getLogger("normalcy")
 
 __all__ = ["STATIC_DIR", "create_app"]
 
@@ -74,6 +78,15 @@ class StrategyIn(BaseModel):
 def _review_error(_request: Request, exc: Exception) -> JSONResponse:
     """The review state's error as its HTTP status, with the same body as an HTTPException's."""
     return JSONResponse({"detail": str(exc)}, status_code=STATUS[type(exc)])
+
+
+def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    """503, said as such: the database is locked past its 30 s wait, the disk is full or the file is gone. (As a
+    500 it reached the page as "Internal Server Error", without the security headers.)"""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    log.warning("review: database error: %s", reason[0] if reason else type(exc).__name__)
+    return JSONResponse({"detail": f"the review database cannot be used now ({reason[0][:200] if reason else ''}); "
+                                   "the label was not saved: try again"}, status_code=503)
 
 
 def _image_response(path: Path) -> Response:
@@ -122,6 +135,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
     app.add_middleware(Guard, token=token, names=host_names(host))
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ReviewError, _review_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
 
     @app.get("/", include_in_schema=False)
     def page(request: Request) -> HTMLResponse:

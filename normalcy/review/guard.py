@@ -96,9 +96,14 @@ def server_port(scope: Scope) -> int:
 def validation_error(_request: Request, exc: Exception) -> JSONResponse:
     """422 without echoing the input: a NaN in it would make the error itself unserialisable (a 500)."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+    detail = [{"loc": list(e.get("loc", ())), "msg": _short(str(e.get("msg", ""))), "type": str(e.get("type", ""))}
               for e in errors]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _short(text: str, most: int = 200) -> str:
+    """A message cut to ``most`` characters: an invalid value quoted in it may be a megabyte long."""
+    return text if len(text) <= most else text[:most] + "..."
 
 
 class Guard:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     inspect,
     select,
 )
@@ -52,6 +54,8 @@ from normalcy.review.ranking import check_label
 from normalcy.runs.format import csv_cell
 
 __all__ = ["Item", "Store", "run_id"]
+
+log = logging.getLogger("normalcy")
 
 metadata = MetaData()
 
@@ -151,6 +155,9 @@ def _iso(t: float | None) -> str:
     return "" if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
+OWN_RUN = "."  # the key of the one run in a run folder's own review.sqlite (see Store.for_run)
+
+
 def run_id(run_dir: Path) -> str:
     """The id of a run in a shared database: its folder's real path.
 
@@ -208,7 +215,12 @@ class Store:
         except (DBAPIError, SQLAlchemyError, OSError) as err:
             self.engine.dispose()
             reason = str(getattr(err, "orig", None) or err).strip().splitlines()
-            raise InputError(f"cannot open database {shown}: {reason[0] if reason else type(err).__name__}") from None
+            hint = ""
+            if backend == "sqlite" and parsed.database and not os.access(Path(parsed.database).parent, os.W_OK):
+                hint = (f" (its folder {Path(parsed.database).parent} cannot be written: give --database "
+                        "sqlite:///A/WRITABLE/PLACE/review.sqlite)")
+            raise InputError(f"cannot open database {shown}: {reason[0] if reason else type(err).__name__}"
+                             f"{hint}") from None
         if "run" not in columns:
             self.engine.dispose()
             raise InputError(f"{shown} holds review tables from an older normalcy, without run ids: "
@@ -216,10 +228,30 @@ class Store:
 
     @classmethod
     def for_run(cls, run_dir: Path, url: str | None = None) -> "Store":
-        """The run's own SQLite file unless a URL is given; either way scoped to this run."""
-        if url is None:
-            url = f"sqlite:///{Path(run_dir).resolve() / 'review.sqlite'}"
-        return cls(url, run=run_id(run_dir))
+        """The run's own SQLite file unless a URL is given; either way scoped to this run. The run's own file
+        holds this run alone, keyed OWN_RUN rather than by its path: a run folder moved, renamed or copied
+        to another machine keeps its labels (keyed by the path, they were left behind, unseen)."""
+        if url is not None:
+            return cls(url, run=run_id(run_dir))
+        store = cls(f"sqlite:///{Path(run_dir).resolve() / 'review.sqlite'}", run=OWN_RUN)
+        store._adopt_earlier()
+        return store
+
+    def _adopt_earlier(self) -> None:
+        """A run's own file written while runs were keyed by their real path: its items (and with them their
+        labels) under that path become OWN_RUN's; of several such paths (a folder moved after it was served
+        from two places), the one with the most labels."""
+        counts = (select(items_table.c.run, func.count(labels_table.c.item_id), func.count(items_table.c.id))
+                  .select_from(items_table.outerjoin(labels_table, labels_table.c.item_id == items_table.c.id))
+                  .group_by(items_table.c.run))
+        with self.engine.begin() as conn:
+            found = {r[0]: (r[1], r[2]) for r in conn.execute(counts)}
+            if OWN_RUN in found or not found:
+                return
+            earlier = max(found, key=lambda r: found[r])
+            conn.execute(items_table.update().where(items_table.c.run == earlier).values(run=OWN_RUN))
+        log.info("review: %d label(s) of this run kept from where it was served before (%s)", found[earlier][0],
+                 printable(earlier))
 
     # ------------------------------------------------------------------ items
 
