@@ -380,10 +380,12 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
     if is_table(dataset):
         if label_column is None:
             raise InputError(f"{dataset}: eval on a table needs --label-column (0 normal, 1 anomaly)")
-        test_table = read_table(Path(test), label_column) if test is not None else None
+        train_table = read_table(dataset, label_column)
+        # the test table's columns by name, as predict reads them (by position, reordered columns were scored)
+        test_table = read_table(Path(test), label_column, columns=train_table.columns) if test is not None else None
         det.check_not_series()
         ex.check_images_only("tables")
-        return eval_table(read_table(dataset, label_column), det.name(table=True), det.fpr, det.seed, test_table)
+        return eval_table(train_table, det.name(table=True), det.fpr, det.seed, test_table)
     if test is not None:
         raise InputError(f"{dataset}: --test names the labelled table to score; an image data set is scored on "
                          "its own test/ folder")

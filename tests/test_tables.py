@@ -143,3 +143,36 @@ def test_cli_fit_predict_eval_on_tables(tmp_path: Path) -> None:
     assert r.returncode == 1 and "needs --label-column" in r.stderr
     r = normalcy("predict", str(tmp_path / "m"), str(tmp_path))
     assert r.returncode == 1 and "scores tables" in r.stderr
+
+
+def test_columns_that_are_no_measurement_are_left_out_with_a_note(tmp_path: Path) -> None:
+    """An .npz's y (ADBench's labels) was fitted as a feature, and the row index pandas writes by default too:
+    the first told the anomalies apart by their label, the second put every new row beyond the fitted ones."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "ad.npz", X=rng.normal(size=(30, 3)), y=(np.arange(30) < 3).astype(int))
+    t = read_table(tmp_path / "ad.npz")
+    assert t.columns == ["x0", "x1", "x2"] and "y" in t.ignored
+    assert read_table(tmp_path / "ad.npz", label_column="y").columns == ["x0", "x1", "x2"]
+    (tmp_path / "ix.csv").write_text(",a,b\n" + "".join(f"{i},{i % 3},{i % 5}\n" for i in range(20)))
+    assert read_table(tmp_path / "ix.csv").columns == ["a", "b"]
+    (tmp_path / "ids.csv").write_text("name,a\n007,1\n010,2\n,3\n")
+    assert read_table(tmp_path / "ids.csv", id_column="name").ids == ["007", "010", ""]  # as written
+
+
+def test_eval_test_table_columns_by_name_and_small_splits_said(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 3))
+    y = (np.arange(60) >= 54).astype(int)
+    X[y == 1] += 4
+    cols = {"f0": X[:, 0], "f1": X[:, 1], "f2": X[:, 2], "label": y}
+    pcsv.write_csv(pa.table(cols), tmp_path / "train.csv")
+    pcsv.write_csv(pa.table({k: cols[k] for k in ("label", "f2", "f0", "f1")}), tmp_path / "test.csv")
+    r = normalcy("eval", str(tmp_path / "train.csv"), "--label-column", "label", "--test", str(tmp_path / "test.csv"),
+                 "--json", "-d", "knn")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["auroc"] == 1.0  # by position the reordered columns scored at chance
+    one = {k: v[:50] for k, v in cols.items()}
+    one["label"] = (np.arange(50) == 0).astype(int)
+    pcsv.write_csv(pa.table(one), tmp_path / "one.csv")
+    r = normalcy("eval", str(tmp_path / "one.csv"), "--label-column", "label", "--json")
+    assert r.returncode == 1 and "at least 2 rows of each label" in r.stderr and "Traceback" not in r.stderr

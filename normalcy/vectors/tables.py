@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import time
 import zipfile
@@ -45,6 +46,8 @@ from normalcy.runs.format import decide
 from normalcy.vectors.base import TooLarge, finite_rows
 from normalcy.vectors.registry import DEFAULT_DETECTOR, VECTOR_DETECTORS, create
 from normalcy.version import __version__
+
+log = logging.getLogger("normalcy")
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
 MAX_COLUMNS = 100_000  # columns a table may have: each costs Python-level work to read, check and name
@@ -231,24 +234,30 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     """Read a CSV, Parquet or .npz table: feature columns are ``columns`` when given (a fitted model's),
     else every numeric column but the label and id columns. Every problem is one InputError naming the file."""
     path = Path(path)
-    arrays = _read_arrays(path)
+    arrays = _read_arrays(path, text=(id_column,) if id_column else ())
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:
         raise InputError(f"{path}: no rows")
     for name in (label_column, id_column):
         if name is not None and name not in arrays:
             raise InputError(f"{path}: no column {name!r}; it has {_names(arrays)}")
+    notes = []
+    if columns is None:
+        notes = _not_features(path, arrays, label_column, id_column)
+        arrays = {c: a for c, a in arrays.items() if not any(c == n[0] for n in notes)}
     labels = None
     if label_column is not None:
         labels = _numeric(arrays[label_column])
         if labels is None or not np.isfinite(labels).all():
             raise InputError(f"{path}: label column {label_column!r} must hold numbers (0 normal, 1 anomaly) in every row")
         labels = (labels != 0).astype(np.int64)
-    ids = [str(v) for v in arrays[id_column]] if id_column else [str(i) for i in range(n)]
+    ids = ["" if v is None else str(v) for v in arrays[id_column]] if id_column else [str(i) for i in range(n)]
     if columns is None:
         columns = [c for c in arrays if c not in (label_column, id_column)]
-        ignored = [c for c in columns if _numeric(arrays[c]) is None]
+        ignored = [c for c in columns if _numeric(arrays[c]) is None] + [c for c, _ in notes]
         columns = [c for c in columns if c not in ignored]
+        for _, why in notes:
+            log.warning("%s", why)
     else:
         missing = [c for c in columns if c not in arrays]
         if missing:
@@ -263,6 +272,24 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             raise InputError(f"{path}: feature column {c!r} is not numeric")
         X[:, j] = col
     return Table(path, X, list(columns), ids, id_column or "row", labels, ignored)
+
+
+def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str | None,
+                  id_column: str | None) -> list[tuple[str, str]]:
+    """Columns that are no measurement, each with a note: an .npz's ``y`` (ADBench's labels: as a feature it
+    tells anomalies apart by their label) unless named as the label, and a row index that pandas wrote
+    (an unnamed first column holding 0, 1, 2, ...: as a feature every new row lies beyond the fitted ones)."""
+    out = []
+    if path.suffix.lower() == ".npz" and "y" in arrays and label_column is None and id_column != "y":
+        out.append(("y", f"{path}: 'y' left out of the features (an .npz's labels; --label-column y fits on its "
+                         "rows labelled 0 only)"))
+    first = next(iter(arrays), None)
+    if first is not None and first.strip() in ("", "Unnamed: 0") and first not in (label_column, id_column):
+        num = _numeric(arrays[first])
+        if num is not None and np.array_equal(num, np.arange(len(num))):
+            out.append((first, f"{path}: the unnamed first column, 0, 1, 2, ... (the row index pandas writes), "
+                               "left out of the features"))
+    return out
 
 
 def _names(arrays: dict) -> str:
@@ -449,7 +476,12 @@ def eval_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01
         raise InputError("eval on a table needs --label-column (0 normal, 1 anomaly)")
     mask, skipped = table.finite()
     if test is None:
-        X_train, X_test, y_test = semi_supervised_split(table.X[mask], table.labels[mask], seed)
+        y = table.labels[mask]
+        if min(int((y == 0).sum()), int((y == 1).sum())) < 2 or len(y) < 10:
+            raise InputError(f"{table.path}: a stratified 70/30 split needs at least 2 rows of each label and 10 "
+                             f"rows with finite values ({int((y == 0).sum())} normal, {int((y == 1).sum())} "
+                             "anomalous): give a labelled test table with --test")
+        X_train, X_test, y_test = semi_supervised_split(table.X[mask], y, seed)
         protocol = "stratified 70/30 split, fitted on the training part's normal rows (ADBench semi-supervised)"
     else:
         X_train = table.X[mask & (table.labels == 0)]
