@@ -48,6 +48,7 @@ from normalcy.runs.format import (
     check_output,
     outside_run,
     staged,
+    unique_name,
     write_series_run,
     write_table_run,
 )
@@ -540,9 +541,10 @@ def _predict_tables(model: VectorModel, inputs: list[Path], output: Path, id_col
     check_tables(inputs)
     runs: list[RunSummary] = []
     failed: list[tuple[str, str]] = []
+    taken: set[str] = set()
     with staged(output, inputs) as folder:
         for path in inputs:
-            target = Path() if len(inputs) == 1 else Path(path.stem)
+            target = Path() if len(inputs) == 1 else Path(unique_name(path.stem, taken))
             try:
                 table = read_table(path, id_column=id_column, columns=model.columns)
             except InputError as err:

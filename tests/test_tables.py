@@ -176,3 +176,19 @@ def test_eval_test_table_columns_by_name_and_small_splits_said(tmp_path: Path) -
     pcsv.write_csv(pa.table(one), tmp_path / "one.csv")
     r = normalcy("eval", str(tmp_path / "one.csv"), "--label-column", "label", "--json")
     assert r.returncode == 1 and "at least 2 rows of each label" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_two_tables_with_one_file_stem_keep_both_results(tmp_path: Path) -> None:
+    """a/x.csv and b/x.parquet were written to one folder, x/, the second over the first."""
+    rng = np.random.default_rng(2)
+    pcsv.write_csv(pa.table({"f0": rng.normal(size=40), "f1": rng.normal(size=40)}), tmp_path / "train.csv")
+    assert normalcy("fit", str(tmp_path / "train.csv"), "-o", str(tmp_path / "m"), "-d", "knn").returncode == 0
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    pcsv.write_csv(pa.table({"f0": rng.normal(size=7), "f1": rng.normal(size=7)}), tmp_path / "a" / "x.csv")
+    pq.write_table(pa.table({"f0": rng.normal(size=5), "f1": rng.normal(size=5)}), tmp_path / "b" / "x.parquet")
+    r = normalcy("predict", str(tmp_path / "m"), str(tmp_path / "a" / "x.csv"), str(tmp_path / "b" / "x.parquet"),
+                 "-o", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    counts = [len((tmp_path / "run" / d / "scores.csv").read_text().splitlines()) - 1 for d in ("x", "x-2")]
+    assert counts == [7, 5]

@@ -159,6 +159,16 @@ def _short_hash(path: Path) -> str:
     return hashlib.sha1(os.fsencode(str(path))).hexdigest()[:8]
 
 
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or name-2, name-3, ... where an earlier one took it (tables a/x.csv and b/x.parquet scored in
+    one run wrote one folder, the second over the first); case-insensitively, as some file systems compare."""
+    out, k = name, 2
+    while out.casefold() in taken:
+        out, k = f"{name}-{k}", k + 1
+    taken.add(out.casefold())
+    return out
+
+
 def output_name(path: Path, root: Path | None = None) -> str:
     """A readable, file-system-safe stem for an image's heatmap, overlay and map files.
 

@@ -47,6 +47,7 @@ from normalcy.runs.format import (
     VECTORS,
     outside_run,
     staged,
+    unique_name,
     write_scores,
     write_skipped,
 )
@@ -209,6 +210,7 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
     runs = []
     if not paths:  # tables
         columns = json.loads(files[MODEL_JSON])["columns"]
+        taken: set[str] = set()
         for path in inputs:
             t = read_table(path, id_column=id_column, columns=columns)
             data = pa.table({t.id_column: t.ids, **{c: t.X[:, j] for j, c in enumerate(columns)}})
@@ -218,7 +220,7 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
                 _TableScorer, fn_constructor_args=(files, key), batch_size=4096, batch_format="numpy",
                 compute=_pool(cpus), num_cpus=1)
             del data  # in Ray's object store now
-            sub = Path() if len(inputs) == 1 else Path(path.stem)
+            sub = Path() if len(inputs) == 1 else Path(unique_name(path.stem, taken))
             runs.append(_write(ds, folder / sub, output / sub, model_dir, address, cpus, [path], VECTORS, key))
     else:
         ds = ray.data.from_items([{IMAGE_KEY: os.fspath(p)} for p in paths]).map_batches(
