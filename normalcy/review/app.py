@@ -33,7 +33,7 @@ from normalcy.review.guard import (
 )
 from normalcy.review.ranking import DEFAULT_STRATEGY, LABELS, STRATEGIES, check_label
 from normalcy.review.state import Conflict, Forbidden, NotFound, Review, ReviewError
-from normalcy.review.store import Item, Store
+from normalcy.review.store import Item, Store, db_reason
 
 log = logging.getLogger("normalcy")
 
@@ -83,10 +83,10 @@ def _review_error(_request: Request, exc: Exception) -> JSONResponse:
 def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     """503, said as such: the database is locked past its 30 s wait, the disk is full or the file is gone. (As a
     500 it reached the page as "Internal Server Error", without the security headers.)"""
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    log.warning("review: database error: %s", reason[0] if reason else type(exc).__name__)
-    return JSONResponse({"detail": f"the review database cannot be used now ({reason[0][:200] if reason else ''}); "
-                                   "the label was not saved: try again"}, status_code=503)
+    reason = db_reason(exc)
+    log.warning("review: database error: %s", reason)
+    return JSONResponse({"detail": f"the review database cannot be used now ({reason[:200]}); the label was not "
+                                   "saved: try again"}, status_code=503)
 
 
 def _image_response(path: Path) -> Response:

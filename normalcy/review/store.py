@@ -53,7 +53,7 @@ from normalcy.images.io import printable
 from normalcy.review.ranking import check_label
 from normalcy.runs.format import csv_cell
 
-__all__ = ["Item", "Store", "run_id"]
+__all__ = ["Item", "Store", "db_reason", "run_id"]
 
 log = logging.getLogger("normalcy")
 
@@ -158,6 +158,12 @@ def _iso(t: float | None) -> str:
 OWN_RUN = "."  # the key of the one run in a run folder's own review.sqlite (see Store.for_run)
 
 
+def db_reason(err: Exception) -> str:
+    """A database error's first line, the driver's own where there is one (SQLAlchemy's wraps it in SQL)."""
+    lines = str(getattr(err, "orig", None) or err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def run_id(run_dir: Path) -> str:
     """The id of a run in a shared database: its folder's real path.
 
@@ -214,13 +220,11 @@ class Store:
                 columns = {c["name"] for c in inspect(conn).get_columns("items")}
         except (DBAPIError, SQLAlchemyError, OSError) as err:
             self.engine.dispose()
-            reason = str(getattr(err, "orig", None) or err).strip().splitlines()
             hint = ""
             if backend == "sqlite" and parsed.database and not os.access(Path(parsed.database).parent, os.W_OK):
                 hint = (f" (its folder {Path(parsed.database).parent} cannot be written: give --database "
                         "sqlite:///A/WRITABLE/PLACE/review.sqlite)")
-            raise InputError(f"cannot open database {shown}: {reason[0] if reason else type(err).__name__}"
-                             f"{hint}") from None
+            raise InputError(f"cannot open database {shown}: {db_reason(err)}{hint}") from None
         if "run" not in columns:
             self.engine.dispose()
             raise InputError(f"{shown} holds review tables from an older normalcy, without run ids: "
@@ -245,8 +249,10 @@ class Store:
                   .select_from(items_table.outerjoin(labels_table, labels_table.c.item_id == items_table.c.id))
                   .group_by(items_table.c.run))
         with self.engine.begin() as conn:
+            if conn.execute(select(items_table.c.id).where(items_table.c.run == OWN_RUN).limit(1)).first():
+                return  # the usual start: one indexed look, not a count over a million items
             found = {r[0]: (r[1], r[2]) for r in conn.execute(counts)}
-            if OWN_RUN in found or not found:
+            if not found:
                 return
             earlier = max(found, key=lambda r: found[r])
             conn.execute(items_table.update().where(items_table.c.run == earlier).values(run=OWN_RUN))

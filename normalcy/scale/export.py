@@ -169,7 +169,7 @@ def metadata(det: Detector, precision: str) -> dict[str, Any]:
         "backbone": spec.name,
         "normalcy_version": __version__,
         **({"exact_search": True} if isinstance(det, PatchCore) else {}),
-        **({"threshold_note": _threshold_note(det, precision)} if _threshold_note(det, precision) else {}),
+        **({"threshold_note": note} if (note := _threshold_note(det, precision)) else {}),
     }
 
 

@@ -301,9 +301,8 @@ def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...]
         return (first, "numbers rising strictly from row to row") if rising else (None, "")
     try:
         for v in a[:3]:
-            text = str(v).strip()
             if not isinstance(v, datetime):
-                datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+                datetime.fromisoformat(_iso(str(v)))
     except ValueError:
         return None, ""
     return first, "ISO 8601 dates"
@@ -343,27 +342,33 @@ def _times(path: Path, a: np.ndarray, notes: list[str]) -> np.ndarray:
     out = np.empty(len(a))
     for i, v in enumerate(a):
         try:
-            text = str(v).strip()
-            t = v if isinstance(v, datetime) else datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z")
-                                                                      else text)
+            out[i] = _utc_seconds(v if isinstance(v, datetime) else datetime.fromisoformat(_iso(str(v))))
         except ValueError:
             raise InputError(_bad_time(path, a, i)) from None
-        out[i] = (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
     return out
+
+
+def _iso(text: str) -> str:
+    """An ISO 8601 cell as ``datetime.fromisoformat`` reads it: a trailing Z (UTC) written as +00:00."""
+    text = text.strip()
+    return text[:-1] + "+00:00" if text.endswith("Z") else text
+
+
+def _utc_seconds(t: datetime) -> float:
+    """Epoch seconds of a date and time, UTC unless it says otherwise."""
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def time_of(text: str) -> tuple[str, float]:
     """("number", the number), ("date", epoch seconds, UTC unless it says otherwise) or ("", NaN): one time
     cell as a person wrote it (``watch`` reads each row's this way)."""
-    text = text.strip()
-    num = cell_number(text)
+    num = cell_number(text.strip())
     if not math.isnan(num):
         return "number", num
     try:
-        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        return "date", _utc_seconds(datetime.fromisoformat(_iso(text)))
     except ValueError:
         return "", math.nan
-    return "date", (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _bad_time(path: Path, a: np.ndarray, first: int) -> str:

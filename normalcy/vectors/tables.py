@@ -241,10 +241,6 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     for name in (label_column, id_column):
         if name is not None and name not in arrays:
             raise InputError(f"{path}: no column {name!r}; it has {_names(arrays)}")
-    notes = []
-    if columns is None:
-        notes = _not_features(path, arrays, label_column, id_column)
-        arrays = {c: a for c, a in arrays.items() if not any(c == n[0] for n in notes)}
     labels = None
     if label_column is not None:
         labels = _numeric(arrays[label_column])
@@ -253,11 +249,12 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         labels = (labels != 0).astype(np.int64)
     ids = ["" if v is None else str(v) for v in arrays[id_column]] if id_column else [str(i) for i in range(n)]
     if columns is None:
-        columns = [c for c in arrays if c not in (label_column, id_column)]
-        ignored = [c for c in columns if _numeric(arrays[c]) is None] + [c for c, _ in notes]
-        columns = [c for c in columns if c not in ignored]
-        for _, why in notes:
+        notes = dict(_not_features(path, arrays, label_column, id_column))
+        for why in notes.values():
             log.warning("%s", why)
+        columns = [c for c in arrays if c not in (label_column, id_column)]
+        ignored = [c for c in columns if c in notes or _numeric(arrays[c]) is None]
+        columns = [c for c in columns if c not in ignored]
     else:
         missing = [c for c in columns if c not in arrays]
         if missing:
