@@ -88,6 +88,18 @@ def test_blank_training_images_are_refused(name: str, fe: FeatureExtractor, tmp_
         create(name, fe).fit(paths, progress=False)
 
 
+def test_tiny_training_images_are_named_in_a_warning(fe: FeatureExtractor, tmp_path: Path, caplog) -> None:
+    """A 1x1 icon among the training images is learned as normal, but the user hears of it, by name."""
+    paths = _images(tmp_path / "train", 8)
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "train" / "icon.png")
+    with caplog.at_level("WARNING", logger="normalcy"):
+        create("gaussian", fe).fit(paths, progress=False)
+    assert "px on a side" not in caplog.text  # 48 px images are fine
+    with caplog.at_level("WARNING", logger="normalcy"):
+        create("gaussian", fe).fit([*paths, tmp_path / "train" / "icon.png"], progress=False)
+    assert "1 training image(s) are under 32 px on a side (icon.png 1x1)" in caplog.text
+
+
 @pytest.mark.parametrize("name", sorted(DETECTORS))
 def test_fit_leaves_the_global_rng_alone_and_is_seeded(name: str, fe: FeatureExtractor, tmp_path: Path) -> None:
     paths = _images(tmp_path / "train", 8)

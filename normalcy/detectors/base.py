@@ -57,7 +57,7 @@ from normalcy.detectors.modelfile import (
 )
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON
-from normalcy.images.features import Batch, FeatureExtractor, upsample_map
+from normalcy.images.features import MIN_SIZE, Batch, FeatureExtractor, upsample_map
 from normalcy.numerics.stats import threshold_at
 from normalcy.progress import progress_bar
 from normalcy.version import __version__
@@ -592,6 +592,7 @@ class _Counter:
         self.skipped = skipped
         self.first: torch.Tensor | None = None
         self.varied = False
+        self.tiny: list[str] = []  # training images below MIN_SIZE on a side: "name WxH"
 
     def wrap(self, batches: Iterable[Batch], advance: Any, count: bool = True) -> Iterator[Batch]:
         for b in batches:
@@ -601,6 +602,8 @@ class _Counter:
                 continue
             self.n += len(b.paths) if count else 0
             self.seen += len(b.paths)
+            self.tiny += [f"{p.name} {im.shape[1]}x{im.shape[0]}" for p, im in zip(b.paths, b.images)
+                          if min(im.shape[:2]) < MIN_SIZE]
             if not self.varied and b.inputs is not None:
                 self.first = b.inputs[0] if self.first is None else self.first
                 self.varied = any(not torch.equal(x, self.first) for x in b.inputs)
@@ -608,6 +611,10 @@ class _Counter:
         if count and self.seen > 1 and not self.varied:
             raise InputError(f"{self.name}: all {self.seen} training images are identical (blank?), so they "
                              "do not vary: nothing shows what normal looks like")
+        if count and self.tiny:  # learned as normal all the same, but a thumbnail or an icon is rarely meant
+            log.warning("%s: %d training image(s) are under %d px on a side (%s%s): enlarged to the model's input "
+                        "they show little of a part; are they thumbnails?", self.name, len(self.tiny), MIN_SIZE,
+                        ", ".join(self.tiny[:3]), ", ..." if len(self.tiny) > 3 else "")
 
 
 def report_info(model: Any) -> dict[str, str]:
