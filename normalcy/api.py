@@ -425,6 +425,25 @@ def load(path: PathLike, trust_code: bool = False) -> Any:
     return load_image_model(path, trust_code=trust_code)
 
 
+def export(model_dir: PathLike, output: PathLike, precision: str = "fp32", calibration: Optional[PathLike] = None,
+           trust_code: bool = False) -> tuple[Any, Path]:
+    """An image model's scoring graph written to an ONNX file (normalcy.scale.export): the loaded model and the
+    file. Tables and series have no graph to export; an output that is a folder is refused before any work."""
+    from normalcy.scale.export import export_onnx
+
+    model_dir, output = Path(model_dir), Path(output)
+    for kind, found in (("a vector model (tables)", is_vector_model), ("a series model", is_series_model)):
+        if found(model_dir):
+            raise InputError(f"{model_dir} is {kind}: only image models are exported to ONNX")
+    if output.is_dir():
+        raise InputError(f"{output}: a folder; --output names the ONNX file to write (e.g. {output / 'model.onnx'})")
+    if precision == "int8" and calibration is None:
+        raise InputError("--precision int8 needs --calibration DIR: normal images, such as the training folder")
+    det = load_image_model(model_dir, trust_code=trust_code)
+    calib = list_files(calibration) if calibration is not None else None
+    return det, export_onnx(det, output, precision=precision, calibration_paths=calib)
+
+
 def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out: Optional[Any] = None,
           time_column: Optional[str] = None, series_column: Optional[str] = None, learn: bool = True,
           alarms_only: bool = False, follow: bool = False, idle: Optional[float] = None,

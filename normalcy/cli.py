@@ -28,8 +28,8 @@ from normalcy.api import (
     RunSummary,
 )
 from normalcy.api import evaluate as api_evaluate
+from normalcy.api import export as api_export
 from normalcy.api import fit as api_fit
-from normalcy.api import load as api_load
 from normalcy.api import predict as api_predict
 from normalcy.api import score_batch as api_score_batch
 from normalcy.api import watch as api_watch
@@ -37,7 +37,6 @@ from normalcy.detectors import DETECTORS
 from normalcy.errors import ImageError, InputError, NotFittedError
 from normalcy.images.backbones import BACKBONES
 from normalcy.images.features import FeatureExtractor
-from normalcy.images.io import list_files
 from normalcy.progress import PlainRichHandler, console, shown
 from normalcy.review.ranking import DEFAULT_STRATEGY, strategies_help
 from normalcy.runs.format import EMBEDDINGS, SERIES, VECTORS, add_embeddings, read_run_json
@@ -572,15 +571,8 @@ def export_(
     """Export a model's scoring graph to ONNX: resized uint8 RGB pixels in, image scores and maps out, threshold
     and input size in the metadata (run it with onnxruntime; Python: normalcy.scale.export.OnnxScorer)."""
     _setup(threads)
-    from normalcy.scale.export import export_onnx
-
-    if is_vector_model(model_dir):
-        raise InputError(f"{model_dir} is a vector model (tables): only image models are exported to ONNX")
-    if precision == "int8" and calibration is None:
-        raise InputError("--precision int8 needs --calibration DIR: normal images, such as the training folder")
-    det = api_load(model_dir, trust_code=trust_model_code)
-    calib = list_files(calibration) if calibration is not None else None
-    path = export_onnx(det, output, precision=precision, calibration_paths=calib)
+    det, path = api_export(model_dir, output, precision=precision, calibration=calibration,
+                           trust_code=trust_model_code)
     h, w = det.extractor.size
     console.print(f"exported {det.name} ({shown(precision)}) to {shown(path)}: input 'pixels' uint8 N x {h} x {w} x 3 RGB "
                   f"(resized), outputs image_scores, maps; threshold {det.threshold_:.4g}", soft_wrap=True)

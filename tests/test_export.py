@@ -156,6 +156,20 @@ def test_not_exportable_and_bad_options(dataset: Path, tmp_path: Path) -> None:
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1 and "--calibration" in r.stderr
 
 
+def test_export_refuses_series_models_and_a_folder_as_output(tmp_path: Path) -> None:
+    """Before any model is loaded: a series model has no graph (it was said to be 'not a detector'), and an
+    existing folder as --output raised IsADirectoryError after the whole export."""
+    from normalcy.api import export
+
+    series = tmp_path / "series_model"
+    series.mkdir()
+    (series / "model.json").write_text(json.dumps({"kind": "series"}))
+    with pytest.raises(InputError, match="is a series model: only image models are exported"):
+        export(series, tmp_path / "s.onnx")
+    with pytest.raises(InputError, match="a folder; --output names the ONNX file"):
+        export(tmp_path / "no_model_needed_yet", tmp_path)
+
+
 def test_int8_quantises_the_backbone(dataset: Path, tmp_path: Path) -> None:
     """int8: every backbone convolution reads int8 weights and activations (the search for the backbone's nodes
     once found none, and the int8 model was silently the fp32 one); the arithmetic after it stays float."""
