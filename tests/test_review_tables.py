@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 from pathlib import Path
 from typing import Iterator
 
@@ -178,3 +179,45 @@ def test_a_run_past_the_rerank_rows_pages_labels_and_filters(tmp_path: Path) -> 
         r = c.post(f"/api/items/{top['id']}/label", json={"label": "normal"})
         assert r.status_code == 200 and r.json()["item"]["rank"] > 1
         assert c.get("/api/items", params={"label": "unlabelled", "limit": 200}).json()["total"] == n - 1
+
+
+def _score_rows_into(run: Path, table: Path, seed: int, n: int = 40) -> None:
+    """A table of n rows without an id column (its items are row numbers), scored into ``run``."""
+    X = np.random.default_rng(seed).normal(size=(n, 3))
+    pq.write_table(pa.table({f"c{j}": X[:, j] for j in range(3)}), table)
+    t = read_table(table)
+    det, _ = fit_table(t, "gaussian")
+    scores, mask, skipped = score_table(det, t)
+    write_table_run(run, t, scores, mask, threshold_of(det), skipped, {"detector": "gaussian"})
+
+
+def test_another_table_in_the_run_folder_sets_the_row_labels_aside(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Rows without an id column are keyed by their number: a different table re-scored into the run folder
+    had the old labels on its rows. They are now set aside (kept in the database, not applied), said at start;
+    the same table scored again keeps them."""
+    run = tmp_path / "run"
+    _score_rows_into(run, tmp_path / "a.parquet", seed=1)
+    with TestClient(create_app(run, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        for row, label in (("3", "normal"), ("5", "anomalous")):
+            item = next(it for it in c.get("/api/items", params={"limit": 40}).json()["items"] if it["name"] == row)
+            assert c.post(f"/api/items/{item['id']}/label", json={"label": label}).status_code == 200
+    _score_rows_into(run, tmp_path / "a.parquet", seed=1)  # the same table again (another detector would do)
+    with caplog.at_level("WARNING", logger="normalcy"), TestClient(create_app(run, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert c.get("/api/status").json()["n_labelled"] == 2
+    assert "set aside" not in caplog.text
+    _score_rows_into(run, tmp_path / "b.parquet", seed=2)  # another table: row 3 is another object
+    with caplog.at_level("WARNING", logger="normalcy"), TestClient(create_app(run, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert c.get("/api/status").json()["n_labelled"] == 0
+        assert c.get("/api/items", params={"label": "labelled"}).json()["total"] == 0
+        assert c.get("/api/labels.csv").text.splitlines()[1:] == []
+    assert "2 label(s) set aside" in caplog.text and str(run) in caplog.text
+    with sqlite3.connect(run / "review.sqlite") as db:  # kept, not deleted
+        assert sorted(r[0] for r in db.execute("SELECT label FROM labels")) == ["anomalous", "normal"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="normalcy"), TestClient(create_app(run, TOKEN)) as c:
+        assert c.app.state.review.status()["n_labelled"] == 0  # type: ignore[attr-defined]
+    assert "set aside" not in caplog.text  # said once, when it happened

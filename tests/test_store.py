@@ -245,3 +245,27 @@ def test_labels_kept_under_an_earlier_path_are_taken_over(tmp_path: Path) -> Non
         assert len(s.items()) == 4 and len(s.labelled()) == 2
     finally:
         s.close()
+
+
+def test_labels_of_other_contents_are_set_aside_not_deleted(store: Store, db_url: str) -> None:  # noqa: F811
+    """Items keyed by position (a table's row numbers): when the run's contents change, its labels (and their
+    log) move to a run key of their own instead of staying on the same keys."""
+    assert store.set_aside_if_changed("table-a") == (0, "")  # the first fingerprint is taken as it is
+    store.sync_items(rows())
+    a, b, c = store.items()[:3]
+    store.set_label(a.id, "anomalous", 4)
+    store.set_label(b.id, "normal", None)
+    store.set_label(c.id, "normal", None)
+    store.set_label(c.id, None, None)  # cleared: only in the log
+    assert store.set_aside_if_changed("table-a") == (0, "")
+    n, aside = store.set_aside_if_changed("table-b")
+    assert n == 2 and aside.startswith(" set aside ")  # this store's run is ""
+    store.sync_items(rows(offset=0.5))
+    assert store.labelled() == [] and store.events() == [] and len(store.items()) == 5
+    old = Store(db_url, run=aside)
+    try:
+        assert {(it.path, it.label) for it in old.labelled()} == {(a.path, "anomalous"), (b.path, "normal")}
+        assert len(old.events()) == 4 and len(old.items()) == 3
+    finally:
+        old.close()
+    assert store.set_aside_if_changed("table-b") == (0, "")

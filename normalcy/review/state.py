@@ -12,6 +12,7 @@ never a Python loop over every item.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -86,15 +87,17 @@ class Review:
             run = RunItems.of_images(*read_scores(run_dir, [p for p in inputs if p.is_dir()]))
         self.keys, self.names, self.overlays = run.keys, run.names, run.overlays  # names: printable already
         self.anomaly, self.decision = run.scores, run.decisions
+        features = read_features(run_dir, run.n_rows)
+        if features is not None and not np.array_equal(run.rows, np.arange(run.n_rows)):
+            features = features[run.rows]
+        if self.is_table and self.id_column == "row":
+            self._set_aside_other_rows(run.keys, features)
         self.ids = np.array(store.sync_items([
             {"path": k, "name": n, "score": s, "decision": d, "overlay": o}
             for k, n, s, d, o in zip(run.keys, self.names, run.scores.tolist(), run.decisions.tolist(), run.overlays)
         ]), dtype=np.int64)
         self._by_id = np.argsort(self.ids, kind="stable")
 
-        features = read_features(run_dir, run.n_rows)
-        if features is not None and not np.array_equal(run.rows, np.arange(run.n_rows)):
-            features = features[run.rows]
         # Projected once (what the rankers compute from them anyway), so the raw array can go:
         # 2 GB at 1,000,000 x 512 becomes 256 MB, and a re-rank reads 64 numbers per item.
         self.features = None if features is None else project(features)
@@ -134,6 +137,20 @@ class Review:
         self.rerank_ms: float | None = None
         self.ranking: tuple[np.ndarray, np.ndarray, np.ndarray] = (np.arange(0), np.zeros(0), np.zeros(0, int))
         self.rerank()
+
+    def _set_aside_other_rows(self, keys: Sequence[str], features: np.ndarray | None) -> None:
+        """A table scored without an id column is keyed by row number, which says nothing of what a row is: its
+        features (z-scored values, as the run stores them) do. Labels given to other rows (another table scored
+        into this folder) are set aside by the store, kept but not applied, and said here once."""
+        if features is None or not all(k.isdigit() for k in keys):
+            return  # ids of a column of their own (or no features to tell rows by): the key is the row
+        digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=16)
+        digest.update(np.ascontiguousarray(features))
+        n, aside = self.store.set_aside_if_changed(digest.hexdigest())
+        if aside:
+            logger.warning("review of %s: its rows are not those labelled before (another table scored into the "
+                           "folder without --id-column?): %d label(s) set aside, not applied; they stay in %s "
+                           "under run %r", printable(str(self.run_dir)), n, self.store.shown, printable(aside))
 
     # items
 

@@ -4,11 +4,13 @@ SQLite next to the run is the default (one person, no setup); a PostgreSQL URL
 lets a team label one run from several machines. Only SQLAlchemy Core is used,
 and every upsert is written per dialect, so both behave the same.
 
-Three tables:
+Four tables:
 
     items         one row per image of a run (run + path unique), its score and decision
     labels        the current label of an item (one row per labelled item)
     label_events  every label ever written, in order (who labelled what, when)
+    run_contents  a fingerprint of what a run's items are, where their keys do not say it (a table's row
+                  numbers): labels of other contents are set aside, not attached to other rows
 
 Several runs may share one database (a team's PostgreSQL): a Store reads and writes
 only the items of its own run, and labels and events only through those items.
@@ -22,6 +24,7 @@ import io
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,6 +91,12 @@ events_table = Table(
     Column("interest", Integer, nullable=True),
     Column("at", Float, nullable=False),
     Column("client", String, nullable=False, default=""),
+)
+
+contents_table = Table(
+    "run_contents", metadata,
+    Column("run", String, primary_key=True),
+    Column("fingerprint", String, nullable=False),
 )
 
 
@@ -193,7 +202,7 @@ class Store:
         self.url = parsed
         self.dialect = backend
         self.run = str(run)
-        shown = parsed.render_as_string(hide_password=True)
+        self.shown = shown = parsed.render_as_string(hide_password=True)  # for messages: no password
         kw: dict[str, Any] = {}
         if backend == "sqlite":
             # Requests run in a thread pool: connections must be usable from any thread.
@@ -258,6 +267,35 @@ class Store:
             conn.execute(items_table.update().where(items_table.c.run == earlier).values(run=OWN_RUN))
         log.info("review: %d label(s) of this run kept from where it was served before (%s)", found[earlier][0],
                  printable(earlier))
+
+    def set_aside_if_changed(self, fingerprint: str) -> tuple[int, str]:
+        """Record what this run's items are; if they are not what was labelled before, set the old labels aside.
+
+        For items keyed by position (a table's row numbers) the key does not say which object a label is
+        about: another table scored into the run folder reuses the keys. When ``fingerprint`` differs from
+        the recorded one, the items that carry a label or a logged label move, with their labels and log,
+        to a run key of their own (returned): kept in the database, no longer this run's, never deleted.
+        A run without a recorded fingerprint (labelled before they were kept) takes this one as its own.
+        Call it before ``sync_items``. Returns (labels set aside, the key they are kept under), (0, "") if none.
+        """
+        mine = contents_table.c.run == self.run
+        item = items_table.c.id
+        kept = (select(item).where(items_table.c.run == self.run)
+                .where(item.in_(select(labels_table.c.item_id)) | item.in_(select(events_table.c.item_id)))
+                .correlate(None))  # a list of its own, not tied to the UPDATE's items
+        with self.engine.begin() as conn:
+            before = conn.execute(select(contents_table.c.fingerprint).where(mine)).scalar()
+            if before == fingerprint:
+                return 0, ""
+            if before is None:
+                conn.execute(contents_table.insert().values(run=self.run, fingerprint=fingerprint))
+                return 0, ""
+            conn.execute(contents_table.update().where(mine).values(fingerprint=fingerprint))
+            aside = f"{self.run} set aside {_iso(time.time())} {before[:12]} {uuid.uuid4().hex[:8]}"
+            n = conn.execute(select(func.count()).select_from(labels_table).where(
+                labels_table.c.item_id.in_(kept))).scalar() or 0
+            conn.execute(items_table.update().where(item.in_(kept)).values(run=aside))
+        return int(n), aside
 
     # ------------------------------------------------------------------ items
 
