@@ -426,6 +426,23 @@ def test_labels_survive_a_restart(run: Path, db_url: str) -> None:  # noqa: F811
         assert (run / "review.sqlite").is_file()
 
 
+
+def test_servers_on_one_database_rank_with_each_others_labels(run: Path, db_url: str) -> None:  # noqa: F811
+    """Two servers of one run on one database (two `normalcy serve --database`): a label saved through one
+    re-ranked only that one; the other's order ignored it until a restart. Its next page now re-ranks."""
+    with open_client(run, database=db_url) as a, open_client(run, database=db_url) as b:
+        for c in (a, b):
+            c.headers["Authorization"] = f"Bearer {TOKEN}"
+        top = items(b)["items"][0]
+        ranked = a.post(f"/api/items/{top['id']}/label", json={"label": "normal"}).json()["item"]
+        assert ranked["rank"] > top["rank"] == 1
+        seen = {it["id"]: it for it in items(b)["items"]}
+        assert (seen[top["id"]]["rank"], seen[top["id"]]["label"]) == (ranked["rank"], "normal")
+        assert [it["id"] for it in items(b)["items"]] == [it["id"] for it in items(a)["items"]]
+        assert b.get(f"/api/items/{top['id']}").json()["rank"] == ranked["rank"]
+        a.post(f"/api/items/{top['id']}/label", json={"label": None})  # cleared: seen too
+        assert items(b)["items"][0]["id"] == top["id"]
+
 def test_bad_database_url(run: Path) -> None:
     with pytest.raises(InputError, match="unsupported database"):
         create_app(run, TOKEN, database="mongodb://localhost/x")

@@ -127,6 +127,7 @@ class Review:
         self.lock = threading.Lock()
         self._ticket = itertools.count()  # orders "label committed" against "re-rank started"
         self._ranked_at = -1
+        self._events_seen = 0  # the newest label event (any server's) the current ranking has read
         # Ties in priority fall back to the anomaly score, then the id: sorted once here, so each
         # re-rank is one stable argsort of the priorities (see _order).
         self._base_order = np.lexsort((self.ids, -self.anomaly))
@@ -195,6 +196,7 @@ class Review:
                 return self.rerank_ms
             started = next(self._ticket)  # labels committed before this are read below
             t0 = time.perf_counter()
+            self._events_seen = self.store.changes_since(self._events_seen)[0]  # read before the labels
             ids, user = [], []
             # Oldest label first: rankers that keep only the most recent labels rely on the order.
             for it in sorted(self._labelled(), key=lambda it: (it.updated_at or 0.0, it.id)):
@@ -215,6 +217,16 @@ class Review:
             self.rerank_ms = (time.perf_counter() - t0) * 1000.0
             self._ranked_at = started
             return self.rerank_ms
+
+    def refresh(self) -> None:
+        """Re-rank if another server on the database (two `serve` of one run) wrote a label of this run since
+        the last re-rank: this server's own labels re-rank as they are saved, theirs only when looked for.
+        One indexed query, so every page may ask."""
+        latest, mine = self.store.changes_since(self._events_seen)
+        if mine:
+            self.rerank()
+        else:
+            self._events_seen = max(self._events_seen, latest)  # other runs' labels: not looked at again
 
     def _order(self, pri: np.ndarray) -> np.ndarray:
         """Positions by priority, ties (and NaN: rows a re-rank past MAX_RANK_ROWS did not score) in the
@@ -239,6 +251,7 @@ class Review:
              ) -> tuple[int, list[int], dict[int, tuple[str | None, int | None]]]:
         """One page of the current order under the filters: (items matching, their positions from
         ``offset``, the run's labels). Array operations only, so it stays fast at 1,000,000 items."""
+        self.refresh()
         order = self.ranking[0]
         labels = self.labels()
         keep: np.ndarray | None = None

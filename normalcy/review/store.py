@@ -40,6 +40,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    case,
     create_engine,
     event,
     func,
@@ -375,6 +376,20 @@ class Store:
                 .order_by(items_table.c.id))
         with self.engine.connect() as conn:
             return [self._item(r) for r in conn.execute(stmt)]
+
+    def changes_since(self, seen: int) -> tuple[int, bool]:
+        """(the newest label event's id, whether an event after ``seen`` is this run's).
+
+        How a server learns of labels that other servers on the database wrote: one look at the events
+        after ``seen`` (a range of the primary key, each joined to its item by id), never a scan of a
+        run's items or labels. (0, False) while no label was ever written."""
+        stmt = (select(func.max(events_table.c.id),
+                       func.max(case((items_table.c.run == self.run, events_table.c.id))))
+                .select_from(events_table.join(items_table, items_table.c.id == events_table.c.item_id))
+                .where(events_table.c.id > seen))
+        with self.engine.connect() as conn:
+            latest, mine = conn.execute(stmt).one()
+        return max(seen, latest or 0), mine is not None
 
     # ------------------------------------------------------------------ labels
 
