@@ -737,3 +737,25 @@ def test_a_database_that_cannot_be_written_is_a_503_with_the_headers(client: Tes
     assert "content-security-policy" in r.headers and r.headers["x-content-type-options"] == "nosniff"
     r = client.post(f"/api/items/{item_id}/label", json={"label": "a" * 100_000})
     assert r.status_code == 422 and len(r.text) < 2_000
+
+
+def test_a_database_file_gone_while_serving_refuses_labels(client: TestClient, run: Path) -> None:
+    """review.sqlite deleted or moved while the server ran: labels went on into the unlinked file and were lost
+    when it stopped. Now each label is refused with a 503 that says so; the file moved back, labels go on."""
+    top, second = items(client)["items"][:2]
+    assert client.post(f"/api/items/{top['id']}/label", json={"label": "normal"}).status_code == 200
+    db = run / "review.sqlite"
+    db.rename(run.parent / "moved.sqlite")
+    r = client.post(f"/api/items/{second['id']}/label", json={"label": "anomalous"})
+    assert r.status_code == 503 and "disappeared" in r.json()["detail"] and str(db) in r.json()["detail"]
+    assert "content-security-policy" in r.headers
+    (run.parent / "moved.sqlite").rename(db)
+    assert client.post(f"/api/items/{second['id']}/label", json={"label": "anomalous"}).status_code == 200
+    store = Store(f"sqlite:///{db}", run=".")
+    try:
+        assert {it.label for it in store.labelled()} == {"normal", "anomalous"}
+    finally:
+        store.close()
+    db.unlink()
+    r = client.post(f"/api/items/{top['id']}/label", json={"label": "anomalous"})
+    assert r.status_code == 503 and "disappeared" in r.json()["detail"]

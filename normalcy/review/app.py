@@ -33,7 +33,7 @@ from normalcy.review.guard import (
 )
 from normalcy.review.ranking import DEFAULT_STRATEGY, LABELS, STRATEGIES, check_label
 from normalcy.review.state import Conflict, Forbidden, NotFound, Review, ReviewError
-from normalcy.review.store import Item, Store, db_reason
+from normalcy.review.store import DatabaseGone, Item, Store, db_reason
 
 log = logging.getLogger("normalcy")
 
@@ -53,7 +53,8 @@ STATIC_TYPES = {
 # Formats a browser shows as they are; anything else (TIFF, ...) is converted to PNG on the way out.
 BROWSER_IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                   ".bmp": "image/bmp", ".gif": "image/gif"}
-STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409}  # the review state's errors as HTTP answers
+# The review state's errors as HTTP answers (and the store's file gone from under it).
+STATUS: dict[type[Exception], int] = {NotFound: 404, Forbidden: 403, Conflict: 409, DatabaseGone: 503}
 PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
 
 
@@ -77,6 +78,8 @@ class StrategyIn(BaseModel):
 
 def _review_error(_request: Request, exc: Exception) -> JSONResponse:
     """The review state's error as its HTTP status, with the same body as an HTTPException's."""
+    if isinstance(exc, DatabaseGone):
+        log.error("review: %s", exc)  # for whoever runs the server, not only the page
     return JSONResponse({"detail": str(exc)}, status_code=STATUS[type(exc)])
 
 
@@ -135,6 +138,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
     app.add_middleware(Guard, token=token, names=host_names(host))
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ReviewError, _review_error)
+    app.add_exception_handler(DatabaseGone, _review_error)
     app.add_exception_handler(SQLAlchemyError, _database_error)
 
     @app.get("/", include_in_schema=False)

@@ -57,7 +57,7 @@ from normalcy.images.io import printable
 from normalcy.review.ranking import check_label
 from normalcy.runs.format import csv_cell
 
-__all__ = ["Item", "Store", "db_reason", "run_id"]
+__all__ = ["DatabaseGone", "Item", "Store", "db_reason", "run_id"]
 
 log = logging.getLogger("normalcy")
 
@@ -165,6 +165,20 @@ def _iso(t: float | None) -> str:
     return "" if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
+class DatabaseGone(Exception):
+    """The SQLite file was deleted, moved or replaced under the server: a label written now would go into the
+    unlinked file that the open connections still hold, and be lost when the server stops (503)."""
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """Which file is at ``path`` (device, inode), None when none is."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 OWN_RUN = "."  # the key of the one run in a run folder's own review.sqlite (see Store.for_run)
 
 
@@ -235,6 +249,10 @@ class Store:
                 hint = (f" (its folder {Path(parsed.database).parent} cannot be written: give --database "
                         "sqlite:///A/WRITABLE/PLACE/review.sqlite)")
             raise InputError(f"cannot open database {shown}: {db_reason(err)}{hint}") from None
+        # A SQLite file is watched: the connections hold it open, so one deleted under them takes labels silently.
+        self.file = Path(os.path.abspath(parsed.database)) if backend == "sqlite" and parsed.database not in (
+            None, "", ":memory:") else None
+        self._file_id = None if self.file is None else _file_identity(self.file)
         if "run" not in columns:
             self.engine.dispose()
             raise InputError(f"{shown} holds review tables from an older normalcy, without run ids: "
@@ -402,6 +420,7 @@ class Store:
         """
         check_label(label, interest)
         interest = None if interest is None else int(interest)  # 3.0 or numpy's 3 is stored as the integer 3
+        self.check_file()
         client = str(client)[:200]
         with self.engine.begin() as conn:
             # Lock the item first (PostgreSQL), so that two labels for one item commit in the order
@@ -428,8 +447,17 @@ class Store:
                 )
                 conn.execute(stmt)
             item = self._get(conn, item_id)
+        self.check_file()  # gone while it was written: said, not taken as saved
         assert item is not None
         return item
+
+    def check_file(self) -> None:
+        """Raise DatabaseGone if the SQLite file opened at start is no longer at its path (a stat, no query).
+        Moved back, it is used again; replaced by another file (a copy), it is not: that one lacks the labels
+        written since, and the open connections would go on writing to the old one."""
+        if self.file is not None and self._file_id is not None and _file_identity(self.file) != self._file_id:
+            raise DatabaseGone(f"the review database {self.file} disappeared while the server ran (deleted, moved "
+                               "or replaced): the label was not saved. Move the file back, or restart normalcy serve")
 
     def _run_events(self) -> Any:
         return (events_table.join(items_table, items_table.c.id == events_table.c.item_id),
