@@ -269,3 +269,20 @@ def test_labels_of_other_contents_are_set_aside_not_deleted(store: Store, db_url
     finally:
         old.close()
     assert store.set_aside_if_changed("table-b") == (0, "")
+
+
+def test_labels_set_aside_are_not_taken_back_as_an_earlier_path(tmp_path: Path) -> None:
+    """Every item of a run's own file labelled, then set aside (before the new items are written): the next start
+    must not take the set-aside items for the run's items under an earlier path."""
+    store = Store.for_run(tmp_path)
+    store.set_aside_if_changed("table-a")
+    store.sync_items(rows())
+    for it in store.items():
+        store.set_label(it.id, "normal", None)
+    assert store.set_aside_if_changed("table-b")[0] == 5
+    store.close()
+    again = Store.for_run(tmp_path)
+    try:
+        assert again.items() == [] and again.labelled() == []
+    finally:
+        again.close()

@@ -180,6 +180,7 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 
 OWN_RUN = "."  # the key of the one run in a run folder's own review.sqlite (see Store.for_run)
+SET_ASIDE = " set aside "  # in the key of labels set aside (see Store.set_aside_if_changed): never this run's
 
 
 def db_reason(err: Exception) -> str:
@@ -272,9 +273,10 @@ class Store:
     def _adopt_earlier(self) -> None:
         """A run's own file written while runs were keyed by their real path: its items (and with them their
         labels) under that path become OWN_RUN's; of several such paths (a folder moved after it was served
-        from two places), the one with the most labels."""
+        from two places), the one with the most labels. Labels set aside are not taken back."""
         counts = (select(items_table.c.run, func.count(labels_table.c.item_id), func.count(items_table.c.id))
                   .select_from(items_table.outerjoin(labels_table, labels_table.c.item_id == items_table.c.id))
+                  .where(~items_table.c.run.contains(SET_ASIDE))
                   .group_by(items_table.c.run))
         with self.engine.begin() as conn:
             if conn.execute(select(items_table.c.id).where(items_table.c.run == OWN_RUN).limit(1)).first():
@@ -310,7 +312,7 @@ class Store:
                 conn.execute(contents_table.insert().values(run=self.run, fingerprint=fingerprint))
                 return 0, ""
             conn.execute(contents_table.update().where(mine).values(fingerprint=fingerprint))
-            aside = f"{self.run} set aside {_iso(time.time())} {before[:12]} {uuid.uuid4().hex[:8]}"
+            aside = f"{self.run}{SET_ASIDE}{_iso(time.time())} {before[:12]} {uuid.uuid4().hex[:8]}"
             n = conn.execute(select(func.count()).select_from(labels_table).where(
                 labels_table.c.item_id.in_(kept))).scalar() or 0
             conn.execute(items_table.update().where(item.in_(kept)).values(run=aside))
