@@ -263,6 +263,30 @@ def test_eval_pools_series_folders(data: Path) -> None:
     assert metrics["vus_pr"] is None or 0 < metrics["vus_pr"] <= 1
 
 
+def test_a_bad_or_untrained_folder_among_series_folders_is_named_and_the_others_go_on(data: Path,
+                                                                                   tmp_path: Path) -> None:
+    """One unreadable train.csv ended the fit of every folder; a folder with test.csv alone was passed by
+    without a word by fit and eval."""
+    root = tmp_path / "servers"
+    for name in ("a", "b"):
+        for f in (data / name).iterdir():
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / f.name).write_bytes(f.read_bytes())
+    (root / "bad").mkdir()
+    (root / "bad" / "train.csv").write_text("timestamp,cpu,mem\n1,2\n")
+    (root / "untrained").mkdir()
+    (root / "untrained" / "test.csv").write_bytes((data / "a" / "test.csv").read_bytes())
+    r = cli("fit", root, "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "not fitted: bad:" in r.stderr and "not fitted: untrained:" in r.stderr and "no train.csv" in r.stderr
+    assert sorted(load_series_model(tmp_path / "m").keys) == ["a", "b"]
+    r = cli("eval", root, "--json")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics["n_series"] == 2
+    assert sorted(name for name, _ in metrics["skipped"]) == ["bad", "untrained"]
+
+
 def test_predict_and_eval_replay_a_stream(data: Path, model: Path, tmp_path: Path) -> None:
     """--stream: each series replayed as a monitoring loop runs it (scores from the past only, every row
     learned, calibrated to [0, 1], anomalous from the alarm level 0.3); the model folder itself is not

@@ -245,7 +245,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     from normalcy.errors import InputError
     from normalcy.evaluation.series_metrics import evaluate_series, pool, vus_window
     from normalcy.series import registry
-    from normalcy.series.io import read_series_folder, series_folders
+    from normalcy.series.io import read_series_folder, series_folders, untrained_folders
     from normalcy.series.runs import model_columns, replay_series, score_series
     from normalcy.progress import progress_bar
 
@@ -254,7 +254,8 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
         vus = True
     except ImportError:
         vus = False
-    results, skipped, windows, notes = [], [], [], []
+    results, windows, notes = [], [], []
+    skipped = [[f.name, f"{f}: no train.csv or train.parquet to fit on"] for f in untrained_folders(directory)]
     fit_s = score_s = 0.0
     n_rows = 0
     folders = list(series_folders(directory))

@@ -426,6 +426,16 @@ def series_folders(directory: str | Path) -> list[Path]:
     return subs
 
 
+def untrained_folders(directory: str | Path) -> list[Path]:
+    """Sub-folders of DIR with a test file but no train file: not series folders, but surely meant as ones, so
+    a run over DIR names them rather than passing them by (empty when DIR is itself a series folder)."""
+    d = Path(directory)
+    if not d.is_dir() or is_series_folder(d):
+        return []
+    return sorted((p for p in d.iterdir() if p.is_dir() and not is_series_folder(p) and _split_file(p, "test")),
+                  key=_natural)
+
+
 def _natural(p: Path) -> list[Any]:
     import re
 

@@ -51,6 +51,7 @@ from normalcy.series.io import (
     named_time,
     read_series,
     series_folders,
+    untrained_folders,
 )
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import csv_delimiter
@@ -301,13 +302,21 @@ def training_series(train: Path, time_column: str | None = None, series_column: 
     several that cannot be used is appended to ``failed`` (see io.read_series)."""
     train = Path(train)
     if train.is_dir():
-        folders = series_folders(train)
+        folders, many = series_folders(train), not is_series_folder(train)
         out = []
+        if many and failed is not None:  # a folder with test.csv alone was meant as one: named, not passed by
+            failed += [(f.name, f"{f}: no train.csv or train.parquet to fit on") for f in untrained_folders(train)]
         for d in folders:
-            (s,) = read_series(_split_file(d, "train"), time_column, None)  # type: ignore[arg-type]
+            try:
+                (s,) = read_series(_split_file(d, "train"), time_column, None)  # type: ignore[arg-type]
+            except InputError as err:  # one bad folder of many: named, the others fitted
+                if not many or failed is None:
+                    raise
+                failed.append((d.name, str(err)))
+                continue
             s.name = d.name
             out.append(s)
-        return out, not is_series_folder(train)
+        return out, many
     if not train.exists():
         raise InputError(f"{train}: not found")
     return read_series(train, time_column, series_column, failed=failed), series_column is not None
