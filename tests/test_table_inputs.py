@@ -135,3 +135,70 @@ def test_a_csv_row_far_longer_than_its_header_is_read(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text("a,b\n1,2\n3," + "9" * 3_000_000 + "\n")
     assert read_table(path).X.shape == (2, 2)
+
+
+def _csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_a_text_cell_in_a_numeric_column_is_a_missing_value_said_once(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """One "abc" among numbers left the whole column out at fit and refused the file at predict: it is now a
+    missing value (the row skipped and named, as for an empty cell), with one warning naming the file, the
+    column, the count and the rows. A column mostly of text (names) is still no feature."""
+    rows = [f"obj{i},{i % 7},{(3 * i) % 5},w{i}" for i in range(40)]
+    rows[4], rows[9] = "obj4,abc,1,w4", "obj9,-,2,w9"
+    path = _csv(tmp_path / "t.csv", "name,a,b,who", rows)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        t = read_table(path, id_column="name")
+    assert t.columns == ["a", "b"] and t.ignored == ["who"]
+    said = [r.getMessage() for r in caplog.records if "not numbers" in r.getMessage()]
+    assert said == [f"{path}: column 'a': 2 cell(s) that are not numbers read as missing (those rows are skipped, "
+                    "not scored): row(s) 4 'abc', 9 '-' (counting from 0)"]
+    assert np.isnan(t.X[[4, 9], 0]).all() and t.X[5, 0] == 5 and t.X[4, 1] == 1
+    det, skipped = fit_table(t, "gaussian")
+    assert skipped == [("obj4", "missing value, NaN or inf in a (a: 'abc' is not a number)"),
+                       ("obj9", "missing value, NaN or inf in a (a: '-' is not a number)")]
+    assert normalcy("fit", str(path), "-o", str(tmp_path / "m"), "--id-column", "name").returncode == 0
+    r = normalcy("predict", str(tmp_path / "m"), str(path), "-o", str(tmp_path / "run"), "--id-column", "name")
+    assert r.returncode == 0, r.stderr
+    assert "t.csv: column 'a': 2 cell(s) that are not numbers" in " ".join(r.stderr.split())
+    skipped_csv = (tmp_path / "run" / "skipped.csv").read_text().splitlines()
+    assert skipped_csv[1:] == ["obj4,\"missing value, NaN or inf in a (a: 'abc' is not a number)\"",
+                               "obj9,\"missing value, NaN or inf in a (a: '-' is not a number)\""]
+    # a model's column that is mostly text at predict: the wrong file, refused in one line
+    bad = _csv(tmp_path / "names.csv", "name,a,b", [f"x{i},n{i},{i}" for i in range(5)])
+    with pytest.raises(InputError, match=r"names.csv: feature column 'a' is not numeric \(most of its cells"):
+        read_table(bad, columns=["a", "b"])
+
+
+def test_a_ragged_csv_line_is_a_row_of_missing_values_in_its_place(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A line with fewer or more fields than the header refused the whole file. It is now a row of missing
+    values where it stands, named by its line: the rows after it keep their row numbers (a table's ids when it
+    has no id column), and predict names it in skipped.csv rather than dropping it."""
+    rows = [f"{i % 7},{(3 * i) % 5},{i % 3}" for i in range(40)]
+    rows[6], rows[20] = "6,1", "1,2,3,4"
+    lines = ["a,b,c", *rows[:10], "", *rows[10:]]  # a blank line (pyarrow skips it) before the second
+    path = tmp_path / "r.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger="normalcy"):
+        t = read_table(path)
+    assert caplog.records[0].getMessage() == (
+        f"{path}: 2 line(s) with another number of fields than the header's 3, read as rows of missing values "
+        "(skipped, not scored): line(s) 8, 23; the first: '6,1'")
+    assert t.X.shape == (40, 3) and t.ids == [str(i) for i in range(40)]
+    assert np.isnan(t.X[[6, 20]]).all() and np.isfinite(np.delete(t.X, [6, 20], axis=0)).all()
+    np.testing.assert_array_equal(t.X[7], [0, 1, 1])  # row 7 is still row 7
+    _, skipped = fit_table(t, "knn")
+    assert skipped == [("6", "missing value, NaN or inf in a, b, c (line 8 has 2 fields where the header has 3: "
+                             "not read)"),
+                       ("20", "missing value, NaN or inf in a, b, c (line 23 has 4 fields where the header has 3: "
+                              "not read)")]
+    assert normalcy("fit", str(path), "-o", str(tmp_path / "m"), "--detector", "knn").returncode == 0
+    r = normalcy("predict", str(tmp_path / "m"), str(path), "-o", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert [row[0] for row in csv.reader(open(tmp_path / "run" / "skipped.csv"))] == ["row", "6", "20"]
+    scored = [row[0] for row in csv.reader(open(tmp_path / "run" / "scores.csv"))][1:]
+    assert scored == [str(i) for i in range(40) if i not in (6, 20)]

@@ -21,7 +21,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from normalcy.errors import InputError, reasons
-from normalcy.vectors.tables import MAX_CSV_LINE, _names, _numeric, _read_arrays, csv_delimiter
+from normalcy.vectors.tables import (
+    MAX_CSV_LINE,
+    _names,
+    _numeric,
+    _read_arrays,
+    cell_number,
+    csv_delimiter,
+    text_cells,
+)
 
 SERIES_SUFFIXES = (".csv", ".parquet", ".pq")
 TIME_NAMES = ("timestamp", "time", "date", "datetime")  # a time column found by name (any case)
@@ -230,17 +238,7 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     num = _numeric(a)
     if num is not None or _all_missing(a):
         return num if num is not None else np.full(len(a), np.nan)
-    out = np.full(len(a), np.nan)
-    bad, decimal = [], 0
-    for i, v in enumerate(a):
-        text = "" if v is None else str(v).strip()
-        if not text:
-            continue
-        out[i] = cell_number(text, comma)
-        if is_text(text, out[i]):
-            bad.append(i)
-        elif comma and "," in text:
-            decimal += 1
+    out, bad, decimal = text_cells(a, comma)
     cells = int(np.isfinite(out).sum()) + len(bad)
     if bad:
         first = f"the first {str(a[bad[0]])[:40]!r} in row {bad[0] + 1}"
@@ -252,27 +250,6 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     if decimal:
         notes.append(f"{path.name}: column {column!r}: {decimal} value(s) with a decimal comma read as numbers")
     return out
-
-
-def cell_number(text: str, comma: bool = False) -> float:
-    """One cell of a value column as a number, as reading a file makes it: with ``comma`` (a semicolon-separated
-    file) 1,5 is 1.5; true and false are 1 and 0 (a column of them reads so); NaN for an empty cell or text."""
-    text = text.strip()
-    if comma and "," in text and "." not in text:
-        text = text.replace(",", ".", 1)
-    low = text.lower()
-    if low in ("true", "false"):
-        return float(low == "true")
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
-def is_text(text: str, value: float) -> bool:
-    """Whether a cell read as ``value`` by ``cell_number`` held text rather than a number (an empty cell or
-    NaN is a missing value, not text)."""
-    return math.isnan(value) and text.strip().lower() not in ("", "nan")
 
 
 def named_time(columns: Sequence[str]) -> str | None:

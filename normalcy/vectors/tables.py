@@ -12,7 +12,9 @@ sizes are capped before anything is unpacked, every type schema.json names must 
 (skops' own defaults would admit every scikit-learn estimator), and the loaded detector's state is
 checked (``check_state``: shapes, ranges, every tree's nodes) before it scores a row.
 
-Rows with a missing value, NaN or inf are never scored: they are named and skipped (``skipped.csv``).
+Rows with a missing value, NaN or inf are never scored: they are named and skipped (``skipped.csv``). A cell
+that is text in a numeric column, and a CSV line with another number of fields than the header, are such
+missing values, said once when the file is read (``read_table``): one bad cell or line never refuses a file.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import time
 import zipfile
@@ -92,21 +95,29 @@ class Table:
     id_column: str
     labels: np.ndarray | None = None
     ignored: list[str] = field(default_factory=list)  # non-numeric columns left out of the features
+    # what reading the file made missing in a row (0-based): text in a number's cell, a ragged CSV line
+    read_as_missing: dict[int, str] = field(default_factory=dict)
 
     def finite(self) -> tuple[np.ndarray, list[tuple[str, str]]]:
-        """A mask of the rows that can be scored, and (id, reason) for each that cannot."""
+        """A mask of the rows that can be scored, and (id, reason) for each that cannot; the reason says why
+        reading made a value missing (``read_as_missing``), so skipped.csv shows the cell or line to mend."""
         mask, _ = finite_rows(self.X)
-        bad = [(self.ids[i], "missing value, NaN or inf in " + ", ".join(
-            c for c, v in zip(self.columns, self.X[i]) if not np.isfinite(v)))
-               for i in np.flatnonzero(~mask)]
+        bad = []
+        for i in np.flatnonzero(~mask):
+            why = "missing value, NaN or inf in " + ", ".join(
+                c for c, v in zip(self.columns, self.X[i]) if not np.isfinite(v))
+            bad.append((self.ids[i], why + (f" ({self.read_as_missing[i]})" if i in self.read_as_missing else "")))
         return mask, bad
 
 
-def _read_arrays(path: Path, text: Sequence[str] = ()) -> dict[str, np.ndarray]:
+def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | None = None
+                 ) -> dict[str, np.ndarray]:
     """The file's columns as 1-d arrays (an npz's 2-d ``X`` becomes x0, x1, ...), all of one length; the
     columns named in ``text`` as text exactly as written (ids: 01 stays 01, and a missing cell does not turn
     the others into 1.0, 2.0), a missing cell None or "". A table wider than MAX_COLUMNS is refused before
-    its values are parsed (or, for .npz, split)."""
+    its values are parsed (or, for .npz, split). A CSV line with another number of fields than the header
+    refuses the file, or with ``ragged`` given becomes a row of missing values in its place (see
+    ``_read_csv``), and ragged[row] says which line it was."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -129,7 +140,7 @@ def _read_arrays(path: Path, text: Sequence[str] = ()) -> dict[str, np.ndarray]:
             _check_width(path, len(pq.read_schema(path).names))
             table = pq.read_table(path, use_threads=False)
         else:
-            table = _read_csv(path, text)
+            table = _read_csv(path, text, ragged)
 
         def column(name: str) -> np.ndarray:
             col = table.column(name)
@@ -155,6 +166,21 @@ def _line_of(path: Path, text: str) -> str:
         return next((str(i) for i, line in enumerate(fh, 1) if line.rstrip("\r\n") == text), "?")
 
 
+def _lines_of(path: Path, records: Sequence[int]) -> dict[int, int]:
+    """The 1-based line of each of pyarrow's 1-based record numbers (the header is 1; blank lines, which it
+    skips, are not counted), so that a message names the line a text editor shows."""
+    want, out, record = set(records), {}, 0
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.rstrip("\r\n"):
+                record += 1
+                if record in want:
+                    out[record] = number
+                    if len(out) == len(want):
+                        break
+    return out
+
+
 def _check_width(path: Path, columns: int) -> None:
     """Refuse a table too wide to read and fit in bounded time (each column costs Python-level work)."""
     if columns > MAX_COLUMNS:
@@ -176,10 +202,17 @@ def csv_delimiter(header: bytes) -> str:
     return next((d for d in (",", ";", "\t") if d in text), ",")
 
 
-def _read_csv(path: Path, text: Sequence[str] = ()) -> Any:
+def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | None = None) -> Any:
     """pyarrow parses a CSV in blocks that must hold its header line whole (a longer one is misread as
     an empty file) and each row: blocks sized from the header, after refusing a header past MAX_CSV_LINE
-    or naming more than MAX_COLUMNS columns, and made larger (up to MAX_CSV_LINE) while a row straddles two."""
+    or naming more than MAX_COLUMNS columns, and made larger (up to MAX_CSV_LINE) while a row straddles two.
+
+    A line with more or fewer fields than the header (a stray separator, a cut-off export) cannot be read
+    field by field: which field is which is a guess. Without ``ragged`` the file is refused, naming the
+    line. With it (tables), the line becomes a row of missing values where it stands, rather than being
+    dropped: every later row keeps its row number (a table's ids when it has no id column), and the row is
+    skipped and named like any row with a missing value (predict's skipped.csv); ragged[row] (0-based data
+    row) names the line, and one warning names the file, the count and the first lines."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -191,10 +224,10 @@ def _read_csv(path: Path, text: Sequence[str] = ()) -> Any:
     _check_width(path, len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), [])))
     block = max(CSV_BLOCK, 4 * len(header))
     while True:
-        ragged: list[Any] = []  # rows with another number of fields than the header: named, then refused
+        bad: list[Any] = []  # rows with another number of fields than the header: refused or kept as missing
 
         def note(row: Any) -> str:
-            ragged.append(row)
+            bad.append(row)
             return "skip"
 
         try:
@@ -208,13 +241,36 @@ def _read_csv(path: Path, text: Sequence[str] = ()) -> Any:
                 raise
             block = min(4 * block, MAX_CSV_LINE)
             continue
-        if ragged:
-            first = ragged[0]
-            where = f"line {first.number or _line_of(path, first.text)}"
-            raise InputError(f"{path}: {len(ragged)} line(s) with another number of fields than the header's "
+        if not bad:
+            return table
+        lines = _lines_of(path, [r.number for r in bad if r.number])
+        first = bad[0]
+        where = f"line {lines.get(first.number) or _line_of(path, first.text)}"
+        if ragged is None or any(not r.number for r in bad):  # no record number: no place to keep the row in
+            raise InputError(f"{path}: {len(bad)} line(s) with another number of fields than the header's "
                              f"{first.expected_columns}; {where} has {first.actual_columns}: "
                              f"{first.text[:80]!r}")
-        return table
+        return _keep_rows(path, table, bad, lines, ragged)
+
+
+def _keep_rows(path: Path, table: Any, bad: list[Any], lines: dict[int, int], ragged: dict[int, str]) -> Any:
+    """``table`` (the lines pyarrow could read) with a row of nulls in place of each ragged line ``bad``,
+    noted in ``ragged`` and said in one warning (``_read_csv``)."""
+    import pyarrow as pa
+
+    rows = np.array([r.number - 2 for r in bad])  # record 1 is the header: record k is data row k - 2
+    index = np.full(table.num_rows + len(rows), -1, dtype=np.int64)
+    kept = np.ones(len(index), dtype=bool)
+    kept[rows] = False
+    index[kept] = np.arange(table.num_rows)
+    for row, r in zip(rows, bad):
+        ragged[int(row)] = (f"line {lines[r.number]} has {r.actual_columns} fields where the header has "
+                            f"{r.expected_columns}: not read")
+    shown = ", ".join(str(lines[r.number]) for r in bad[:5]) + (" ..." if len(bad) > 5 else "")
+    log.warning("%s: %d line(s) with another number of fields than the header's %d, read as rows of missing "
+                "values (skipped, not scored): line(s) %s; the first: %r", path, len(bad), bad[0].expected_columns,
+                shown, bad[0].text[:80])
+    return table.take(pa.array(index, mask=index < 0))
 
 
 def _numeric(a: np.ndarray) -> np.ndarray | None:
@@ -229,12 +285,80 @@ def _numeric(a: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def cell_number(text: str, comma: bool = False) -> float:
+    """One cell of a value column as a number, as reading a file makes it: with ``comma`` (a semicolon-separated
+    file) 1,5 is 1.5; true and false are 1 and 0 (a column of them reads so); NaN for an empty cell or text."""
+    text = text.strip()
+    if comma and "," in text and "." not in text:
+        text = text.replace(",", ".", 1)
+    low = text.lower()
+    if low in ("true", "false"):
+        return float(low == "true")
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def is_text(text: str, value: float) -> bool:
+    """Whether a cell read as ``value`` by ``cell_number`` held text rather than a number (an empty cell or
+    NaN is a missing value, not text)."""
+    return math.isnan(value) and text.strip().lower() not in ("", "nan")
+
+
+def text_cells(a: np.ndarray, comma: bool = False) -> tuple[np.ndarray, list[int], int]:
+    """A column of text read cell by cell (``cell_number``), for the columns ``_numeric`` cannot read whole:
+    the values (NaN where a cell is empty or text), the rows whose cell is text ("n/a", "error", "-"), and how
+    many cells were read with a decimal comma. The series and the table readers each decide from these how
+    much text a column of numbers may hold."""
+    out = np.full(len(a), np.nan)
+    bad, decimal = [], 0
+    for i, v in enumerate(a):
+        text = "" if v is None else str(v).strip()
+        if not text:
+            continue
+        out[i] = cell_number(text, comma)
+        if is_text(text, out[i]):
+            bad.append(i)
+        elif comma and "," in text:
+            decimal += 1
+    return out, bad, decimal
+
+
+def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str]) -> np.ndarray | None:
+    """A feature column as float64, or None when it is not a column of numbers.
+
+    The rule: a column is numeric when more than half of its non-empty cells are numbers. Its other cells
+    ("n/a", "abc", "-": a logger's or a spreadsheet's marks) are read as missing values, as an empty cell is
+    (the row is then skipped and named at fit and at predict), noted per row in ``notes`` and said in one
+    warning naming the file, the column, the count and the first rows. A column mostly of text (names,
+    categories) is no measurement: None, and ``read_table`` leaves it out (or, for a model's column, refuses)."""
+    num = _numeric(a)
+    if num is not None or a.dtype != object:
+        return num
+    values, bad, _ = text_cells(a)
+    numbers = len(a) - len(bad) - sum(v is None or not str(v).strip() for v in a)
+    if not bad or numbers <= len(bad):
+        return None if bad else values
+    for i in bad:
+        why = f"{name}: {str(a[i])[:40]!r} is not a number"
+        notes[i] = f"{notes[i]}; {why}" if i in notes else why
+    shown = ", ".join(f"{i} {str(a[i])[:40]!r}" for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+    log.warning("%s: column %r: %d cell(s) that are not numbers read as missing (those rows are skipped, not "
+                "scored): row(s) %s (counting from 0)", path, name, len(bad), shown)
+    return values
+
+
 def read_table(path: str | Path, label_column: str | None = None, id_column: str | None = None,
                columns: list[str] | None = None) -> Table:
     """Read a CSV, Parquet or .npz table: feature columns are ``columns`` when given (a fitted model's),
-    else every numeric column but the label and id columns. Every problem is one InputError naming the file."""
+    else every numeric column but the label and id columns (``_feature`` says which are numeric). A cell of
+    text in a numeric column and a CSV line with another number of fields than the header are read as missing
+    values, in place (no row moves: ids stay row numbers), each said once in a warning; such a row is then
+    skipped and named as any row with a missing value. Every problem is one InputError naming the file."""
     path = Path(path)
-    arrays = _read_arrays(path, text=(id_column,) if id_column else ())
+    read_as_missing: dict[int, str] = {}  # row -> why reading made its values missing
+    arrays = _read_arrays(path, text=(id_column,) if id_column else (), ragged=read_as_missing)
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:
         raise InputError(f"{path}: no rows")
@@ -248,13 +372,15 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             raise InputError(f"{path}: label column {label_column!r} must hold numbers (0 normal, 1 anomaly) in every row")
         labels = (labels != 0).astype(np.int64)
     ids = ["" if v is None else str(v) for v in arrays[id_column]] if id_column else [str(i) for i in range(n)]
+    features: dict[str, np.ndarray | None] = {}
     if columns is None:
-        notes = dict(_not_features(path, arrays, label_column, id_column))
-        for why in notes.values():
+        left_out = dict(_not_features(path, arrays, label_column, id_column))
+        for why in left_out.values():
             log.warning("%s", why)
-        columns = [c for c in arrays if c not in (label_column, id_column)]
-        ignored = [c for c in columns if c in notes or _numeric(arrays[c]) is None]
-        columns = [c for c in columns if c not in ignored]
+        candidates = [c for c in arrays if c not in (label_column, id_column) and c not in left_out]
+        features = {c: _feature(path, c, arrays[c], read_as_missing) for c in candidates}
+        columns = [c for c in candidates if features[c] is not None]
+        ignored = [c for c in arrays if c not in (label_column, id_column) and c not in columns]
     else:
         missing = [c for c in columns if c not in arrays]
         if missing:
@@ -264,11 +390,11 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         raise InputError(f"{path}: no numeric feature columns; it has {_names(arrays)}")
     X = np.empty((n, len(columns)), dtype=np.float64)
     for j, c in enumerate(columns):
-        col = _numeric(arrays[c])
+        col = features[c] if c in features else _feature(path, c, arrays[c], read_as_missing)
         if col is None:
-            raise InputError(f"{path}: feature column {c!r} is not numeric")
+            raise InputError(f"{path}: feature column {c!r} is not numeric (most of its cells are not numbers)")
         X[:, j] = col
-    return Table(path, X, list(columns), ids, id_column or "row", labels, ignored)
+    return Table(path, X, list(columns), ids, id_column or "row", labels, ignored, read_as_missing)
 
 
 def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str | None,
