@@ -275,3 +275,36 @@ def test_ivf_pq_scores_a_row_the_same_in_any_batch():
     whole = det.anomaly_score(rows)
     np.testing.assert_array_equal(np.concatenate([det.anomaly_score(rows[s:s + 300]) for s in range(0, 2000, 300)]),
                                   whole)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("name", ["gaussian", "knn", "ecod", "ensemble"])
+def test_finite_values_near_float64s_limit_fit(name):
+    """A column of finite values near 1e308 overflowed the covariance (gaussian: "Input contains infinity"),
+    kNN's spread (a NaN threshold) and ECOD's skewness (an overflow warning, skewness 0): such a column is
+    scaled by a power of two first, and outliers in it and in an ordinary column still rank on top."""
+    rng = np.random.default_rng(0)
+    X = _normal(300, d=3)
+    X[:, 1] = 1e308 * np.clip(0.5 + 0.05 * rng.normal(size=300), 0.3, 0.7)
+    det = FAST[name]().fit(X)
+    assert np.isfinite(det.calibration_scores_).all() and np.isfinite(det.offset_)
+    fresh, planted = _normal(100, d=3, seed=3), _normal(6, d=3, seed=4)
+    fresh[:, 1] = 1e308 * np.clip(0.5 + 0.05 * rng.normal(size=100), 0.3, 0.7)
+    planted[:, 1] = 0.5e308
+    planted[:3, 1] = 1.2e308  # 14 standard deviations off
+    planted[3:, 0] += 40 * X[:, 0].std()
+    scores = det.anomaly_score(np.vstack([fresh, planted]))
+    assert np.isfinite(scores).all()
+    assert roc_auc_score(np.r_[np.zeros(100), np.ones(6)], scores) > 0.95
+    det.check_state()
+
+
+def test_ordinary_columns_are_not_rescaled():
+    """The scaling is for columns beyond 2**+-128 only: an ordinary table fits bit for bit as before."""
+    X = _normal(200)
+    det = GaussianDetector().fit(X)
+    assert (det.scale_ == 1.0).all()
+    X[:, 2] *= 1e300
+    scale = GaussianDetector().fit(X).scale_
+    assert (np.delete(scale, 2) == 1.0).all() and np.frexp(scale[2])[0] == 0.5  # a power of two
+    assert 0.5 <= np.abs(X[:, 2] * scale[2]).max() < 1.0

@@ -31,10 +31,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from normalcy.numerics.stats import threshold_at
 
-__all__ = ["ROW_BYTES", "TooLarge", "VectorDetector", "check_array", "check_integer", "check_number", "finite_rows",
-           "no_shadowed_methods"]
+__all__ = ["ROW_BYTES", "SAFE_EXPONENT", "TooLarge", "VectorDetector", "check_array", "check_integer", "check_number",
+           "column_scale", "finite_rows", "no_shadowed_methods", "scaled"]
 
 ROW_BYTES = 8  # float64
+# Columns whose largest magnitude lies beyond 2**+-128 (3.4e38, float32's range) are scaled before a fit squares
+# them: a covariance's fourth powers of a 1e77 value already overflow float64, and 1e308 squared is inf.
+SAFE_EXPONENT = 128
 
 
 class TooLarge(ValueError):
@@ -51,6 +54,26 @@ def finite_rows(X: np.ndarray) -> tuple[np.ndarray, str]:
     shown = ", ".join(str(i) for i in bad[:10])
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     return mask, f"{len(bad)} of {len(mask)} rows contain NaN or inf: rows {shown}{more} (counting from 0)"
+
+
+def column_scale(X: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Per column, the factor a fit multiplies it by first: 1, or, for a column whose largest magnitude lies
+    beyond 2**+-SAFE_EXPONENT (a finite 1e308 in a table), the power of two that brings it into [0.5, 1).
+
+    Why: the Gaussian's covariance and kNN's standard deviation square the values, and such columns overflow
+    (inf, then NaN: a crash or a garbage threshold) or underflow to zero. A power of two scales exactly, and
+    ordinary columns keep factor 1, so what fitted before fits bit for bit as it did."""
+    top = np.zeros(X.shape[1])
+    for s in range(0, len(X), chunk):  # no full-size |X|
+        top = np.maximum(top, np.abs(X[s:s + chunk]).max(axis=0, initial=0.0))
+    _, exponent = np.frexp(top)  # top = m * 2**exponent, 0.5 <= m < 1
+    outside = (top > 0) & (np.abs(exponent) > SAFE_EXPONENT)
+    return np.where(outside, np.ldexp(1.0, -exponent), 1.0)
+
+
+def scaled(X: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+    """X times ``column_scale``'s factors: X itself (no copy of a big table) where every factor is 1 or None."""
+    return X if factor is None or (factor == 1.0).all() else X * factor
 
 
 def check_array(owner: object, name: str, shape: tuple[int | None, ...], dtype: str | type = np.float64,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import skew
 
-from normalcy.vectors.base import ROW_BYTES, VectorDetector, check_array
+from normalcy.vectors.base import (
+    ROW_BYTES,
+    VectorDetector,
+    check_array,
+    column_scale,
+    scaled,
+)
 
 __all__ = ["ECODDetector"]
 
@@ -28,8 +34,8 @@ class ECODDetector(VectorDetector):
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
         self.sorted_ = np.sort(X.T, axis=1)  # one contiguous row per dimension: binary searches stay in cache
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.skewness_ = np.nan_to_num(skew(X, axis=0))
+        with np.errstate(invalid="ignore", divide="ignore"):  # skewness cubes values (1e308: inf); scaling keeps it
+            self.skewness_ = np.nan_to_num(skew(scaled(X, column_scale(X)), axis=0))
         return self._tails(X, 0)
 
     def _score(self, X: np.ndarray) -> np.ndarray:

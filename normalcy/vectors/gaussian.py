@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from normalcy.numerics.stats import distance, gaussian, inverse, shrunk
-from normalcy.vectors.base import ROW_BYTES, TooLarge, VectorDetector, check_array
+from normalcy.vectors.base import (
+    ROW_BYTES,
+    TooLarge,
+    VectorDetector,
+    check_array,
+    column_scale,
+    scaled,
+)
 
 __all__ = ["MAX_GAUSSIAN_FEATURES", "GaussianDetector"]
 
@@ -18,7 +25,11 @@ class GaussianDetector(VectorDetector):
 
     Past ``max_memory_mb`` of rows (a million 512-d rows), scikit-learn's Ledoit-Wolf would need several
     full-size copies; the same estimate then comes from sums over chunks of rows (:class:`_Moments`),
-    and each fold's Gaussian from the sums of all rows minus the fold's."""
+    and each fold's Gaussian from the sums of all rows minus the fold's.
+
+    A column of values too large (or too small) to square in float64 is first multiplied by a power of two
+    (``scale_``, :func:`normalcy.vectors.base.column_scale`), at fit and at scoring; every other column's
+    factor is 1, so an ordinary table fits exactly the Gaussian the image detector computes."""
 
     def __init__(self, fpr: float = 0.01, folds: int = 5, max_memory_mb: float = 1024.0,
                  random_state: int | None = None):
@@ -40,6 +51,8 @@ class GaussianDetector(VectorDetector):
         return 4.0 * rows + 8.0 * d * d * ROW_BYTES
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
+        self.scale_ = column_scale(X)
+        X = self._scaled(X)
         n = len(X)
         folds = max(2, min(self.folds, n))
         order = np.random.default_rng(self.random_state).permutation(n)
@@ -63,13 +76,19 @@ class GaussianDetector(VectorDetector):
         return held_out
 
     def _score(self, X: np.ndarray) -> np.ndarray:
-        return distance(X, self.location_, self.precision_)
+        return distance(self._scaled(X), self.location_, self.precision_)
 
-    _learned = ("location_", "precision_")
+    def _scaled(self, X: np.ndarray) -> np.ndarray:
+        """X in the units the Gaussian was fitted in (models saved before ``scale_`` have none: factors 1)."""
+        return scaled(X, getattr(self, "scale_", None))
+
+    _learned = ("location_", "precision_", "scale_")
 
     def _check_learned(self, d: int) -> None:
         check_array(self, "location_", (d,))
         check_array(self, "precision_", (d, d))
+        if getattr(self, "scale_", None) is not None and (check_array(self, "scale_", (d,)) <= 0).any():
+            raise ValueError("GaussianDetector.scale_: must be positive")
 
 
 class _Moments:

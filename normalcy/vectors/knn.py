@@ -12,7 +12,14 @@ from normalcy.numerics.ann import (
     ivfpq_index,
     row_by_row,
 )
-from normalcy.vectors.base import ROW_BYTES, VectorDetector, check_array, check_integer
+from normalcy.vectors.base import (
+    ROW_BYTES,
+    VectorDetector,
+    check_array,
+    check_integer,
+    column_scale,
+    scaled,
+)
 
 __all__ = ["KNNDetector"]
 
@@ -43,9 +50,13 @@ class KNNDetector(VectorDetector):
     def _fit(self, X: np.ndarray) -> np.ndarray:
         if self.n_neighbors < 1:
             raise ValueError(f"n_neighbors must be at least 1, got {self.n_neighbors}")
-        self.mean_ = X.mean(0)
-        var = sum(((X[s:s + 65536] - self.mean_) ** 2).sum(0) for s in range(0, len(X), 65536)) / len(X)
-        std = np.sqrt(var)  # in chunks: a million rows need no second full-size copy
+        # mean and spread of columns too large to square (1e308) from a copy scaled by powers of two (exact)
+        factor = column_scale(X)
+        Xs = scaled(X, factor)
+        mean = Xs.mean(0)
+        var = sum(((Xs[s:s + 65536] - mean) ** 2).sum(0) for s in range(0, len(X), 65536)) / len(X)
+        std = np.sqrt(var) / factor  # in chunks: a million rows need no second full-size copy
+        self.mean_ = mean / factor
         self.scale_ = np.where(std > 0, std, 1.0)
         Z = self._standardised(X)
         self.n_neighbors_ = min(self.n_neighbors, len(X) - 1)
