@@ -79,6 +79,7 @@ from normalcy.vectors.tables import (
     is_vector_model,
     load_vector_model,
     read_table,
+    rows_fitted,
     save_vector_model,
     score_table,
     threshold_of,
@@ -246,6 +247,12 @@ class VectorModel:
 
     @property
     def n_train_(self) -> int:
+        """The rows fitted (not the calibration scores: kNN's are of a sample of at most 20,000 rows)."""
+        return rows_fitted(self.estimator)
+
+    @property
+    def n_calibration_(self) -> int:
+        """The out-of-sample scores of training rows that the threshold is a quantile of."""
         return len(self.estimator.calibration_scores_)
 
     def save(self, directory: PathLike) -> Path:

@@ -257,6 +257,7 @@ def fit(
         raise InputError("--ray on fit: for many series (--series-column, or a folder of series folders)")
     if series is False and not is_table(train_dir):
         raise InputError(f"{train_dir}: --table needs a .csv, .parquet or .npz file")
+    basis = ""  # what the threshold was set on, where it is not every row fitted
     if is_table(train_dir):
         with console.status(f"fitting {shown(det.name(table=True))} on the rows of {shown(train_dir)}"):
             model = api_fit(train_dir, output, detector, label_column=label_column, id_column=id_column,
@@ -267,12 +268,14 @@ def fit(
         _report_skipped_rows(train_dir, model.skipped_fit_)
         what = f"{model.n_train_} rows x {len(model.columns)} columns" + (
             "" if label_column is None else f" (rows labelled anomalous in {shown(repr(label_column))} left out)")
+        if model.n_calibration_ != model.n_train_:  # kNN's threshold rests on a sample of the rows
+            basis = f", set on the out-of-sample scores of {model.n_calibration_} of the rows"
     else:
         model = api_fit(train_dir, output, detector, series=series, **settings)
         _report_skipped(model.skipped_fit_)
         what = f"{model.n_train_} images"
     console.print(f"fitted [bold]{shown(model.name)}[/] on {what}; threshold {model.threshold_:.4g} "
-                  f"(target FPR {det.fpr:g}); saved to {shown(output)}", soft_wrap=True)
+                  f"(target FPR {det.fpr:g}{basis}); saved to {shown(output)}", soft_wrap=True)
 
 
 def _report_series_fit(model: Any, output: Path, fpr: float) -> None:

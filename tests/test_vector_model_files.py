@@ -322,3 +322,44 @@ def test_a_model_saved_before_the_detectors_had_modules_loads(name, models, tabl
     X = read_table(table, label_column="y").X
     assert type(old) is type(new)
     np.testing.assert_array_equal(old.anomaly_score(X), new.anomaly_score(X))
+
+
+def test_model_json_counts_the_rows_fitted_and_the_calibration_rows(tmp_path: Path, monkeypatch) -> None:
+    """kNN's threshold rests on the leave-one-out scores of a sample of the rows (at most 20,000): fit said,
+    and model.json's n_train recorded, that sample's size as the rows fitted. Both now count the rows fitted,
+    and the calibration rows are said beside them."""
+    import normalcy.vectors.tables as tables
+    from normalcy.api import VectorModel
+    from normalcy.vectors.knn import KNNDetector
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "t.npz"
+    np.savez(path, X=rng.normal(size=(200, 3)))
+    t = read_table(path)
+    monkeypatch.setattr(tables, "create", lambda name, fpr, seed: KNNDetector(fpr=fpr, max_calibration=50))
+    det, _ = fit_table(t, "knn")
+    assert VectorModel(det, "knn", t.columns).n_train_ == 200
+    save_vector_model(det, "knn", t.columns, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert (meta["n_train"], meta["n_calibration"]) == (200, 50)
+    again, loaded = load_vector_model(tmp_path / "m")
+    assert again.n_samples_fit_ == 200 and loaded.n_train == 200
+    r = CliRunner().invoke(app, ["fit", str(path), "-o", str(tmp_path / "m2"), "--detector", "knn"])
+    assert r.exit_code == 0, r.output
+    assert ("fitted knn on 200 rows x 3 columns; threshold" in r.output
+            and "set on the out-of-sample scores of 50 of the rows" in r.output), r.output
+    # a count that does not match the estimator's is refused, naming both counts
+    meta["n_train"] = 199
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    _refused(tmp_path / "m", "does not match")
+
+
+def test_a_model_saved_before_n_calibration_loads(models: dict[str, Path], tmp_path: Path) -> None:
+    """Files from before: model.json's n_train counted the calibration scores, the estimator had no
+    n_samples_fit_; they load as before."""
+    d = _copy(models["knn"], tmp_path, lambda det: delattr(det, "n_samples_fit_"))
+    meta = json.loads((d / "model.json").read_text())
+    del meta["n_calibration"]
+    (d / "model.json").write_text(json.dumps(meta))
+    det, loaded = load_vector_model(d)
+    assert loaded.n_calibration is None and loaded.n_train == len(det.calibration_scores_) == 200

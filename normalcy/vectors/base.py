@@ -132,6 +132,7 @@ class VectorDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"fpr must be in (0, 1), got {self.fpr!r}")
         X = self._checked(X, reset=True)
         self.check_size(*X.shape)
+        self.n_samples_fit_ = len(X)  # the rows fitted: the calibration scores may be of a sample of them (kNN)
         self.calibration_rows_ = np.arange(len(X))  # which training rows the calibration scores are of
         self.calibration_scores_ = np.asarray(self._fit(X), dtype=np.float64)
         # The fraction fpr of normal scores lies above the threshold, so offset_ = -threshold.
@@ -192,7 +193,7 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         """Raise ValueError unless the fitted state is one this class's ``fit`` could have made: every
         attribute known, each of the right type, dtype, shape and range. Run it on a loaded detector
         before scoring anything with it (``tables.load_vector_model`` does)."""
-        known = {*self._get_param_names(), "n_features_in_", "feature_names_in_", "calibration_rows_",
+        known = {*self._get_param_names(), "n_features_in_", "feature_names_in_", "n_samples_fit_", "calibration_rows_",
                  "calibration_scores_", "offset_", *self._learned}
         unknown = sorted(set(vars(self)) - known)
         if unknown:
@@ -206,6 +207,8 @@ class VectorDetector(OutlierMixin, BaseEstimator):
                 raise ValueError(f"{type(self).__name__}.feature_names_in_: expected column names")
         n = len(check_array(self, "calibration_scores_", (None,)))
         check_array(self, "calibration_rows_", (n,), "iu")
+        if hasattr(self, "n_samples_fit_"):  # files saved before it was kept have none
+            check_integer(self, "n_samples_fit_", max(n, 1), 2**62)
         check_number(self, "offset_")
         self._check_learned(d)
 

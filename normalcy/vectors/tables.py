@@ -433,7 +433,8 @@ class VectorModelMeta(BaseModel):
     columns: list[str] = Field(min_length=1)
     fpr: FiniteFloat = Field(gt=0.0, lt=1.0)
     threshold: FiniteFloat
-    n_train: int = Field(ge=2)
+    n_train: int = Field(ge=2)  # rows fitted (files from before n_calibration: the calibration scores)
+    n_calibration: int | None = Field(None, ge=2)  # the out-of-sample scores the threshold is a quantile of
     created: str
 
 
@@ -466,6 +467,12 @@ def threshold_of(det: Any) -> float:
     return -float(det.offset_)
 
 
+def rows_fitted(det: Any) -> int:
+    """The rows a detector was fitted on; kNN's calibration scores are of a sample of them (at most 20,000),
+    so their count is not it. A detector saved before the count was kept: its calibration scores'."""
+    return int(getattr(det, "n_samples_fit_", len(det.calibration_scores_)))
+
+
 def save_vector_model(det: Any, name: str, columns: list[str], directory: str | Path) -> None:
     import skops.io as sio
 
@@ -473,8 +480,8 @@ def save_vector_model(det: Any, name: str, columns: list[str], directory: str | 
     d.mkdir(parents=True, exist_ok=True)
     sio.dump(det, d / MODEL_FILE)
     meta = VectorModelMeta(kind=VECTOR_KIND, normalcy_version=__version__, detector=name, columns=columns,
-                           fpr=float(det.fpr), threshold=threshold_of(det), n_train=len(det.calibration_scores_),
-                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                           fpr=float(det.fpr), threshold=threshold_of(det), n_train=rows_fitted(det),
+                           n_calibration=len(det.calibration_scores_), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
 
 
@@ -516,10 +523,17 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
         det = sio.loads(data, trusted=TRUSTED_TYPES)
     except Exception as err:  # noqa: BLE001 - skops', numpy's and the classes' own errors, for every bad file
         raise InputError(f"{model_path}: cannot load ({one_line(err)[:200]})") from None
+    calibration = len(getattr(det, "calibration_scores_", ()))
+    rows = getattr(det, "n_samples_fit_", calibration)
+    if meta.n_calibration is None:  # saved before n_calibration: n_train counted the calibration scores
+        counts, said = (calibration,) == (meta.n_train,), f"{meta.n_train} calibration rows"
+    else:
+        counts = (rows, calibration) == (meta.n_train, meta.n_calibration)
+        said = f"{meta.n_train} rows fitted, {meta.n_calibration} calibration rows"
     if (type(det) is not VECTOR_DETECTORS[meta.detector] or getattr(det, "n_features_in_", None) != len(meta.columns)
-            or len(getattr(det, "calibration_scores_", ())) != meta.n_train):
+            or not counts):
         raise InputError(f"{model_path}: does not match {meta_path} (detector {meta.detector}, "
-                         f"{len(meta.columns)} columns, {meta.n_train} calibration rows)")
+                         f"{len(meta.columns)} columns, {said})")
     try:
         det.check_state()  # before anything scores: scikit-learn and faiss index with this state unchecked
     except (ValueError, TypeError, AttributeError, RecursionError) as err:
