@@ -363,3 +363,17 @@ def test_a_model_saved_before_n_calibration_loads(models: dict[str, Path], tmp_p
     (d / "model.json").write_text(json.dumps(meta))
     det, loaded = load_vector_model(d)
     assert loaded.n_calibration is None and loaded.n_train == len(det.calibration_scores_) == 200
+
+
+@pytest.mark.parametrize("value", [1e308, -1.0])
+def test_a_threshold_edited_in_model_json_is_refused_naming_both(value: float, models: dict[str, Path],
+                                                                  table: Path, tmp_path: Path) -> None:
+    """model.json's threshold was never compared with model.skops' (which scoring applies): a hand-edited
+    1e308 loaded silently, and no row was flagged by it. The two must agree; the error names both values."""
+    d = _copy(models["gaussian"], tmp_path)
+    meta = json.loads((d / "model.json").read_text())
+    fitted = meta["threshold"]
+    meta["threshold"] = value
+    (d / "model.json").write_text(json.dumps(meta))
+    line = _fails(d, table, tmp_path, f"model.json: threshold {value!r} does not match the threshold {fitted!r} in")
+    assert f"{d}/model.skops" in line and "--fpr" in line

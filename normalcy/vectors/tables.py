@@ -538,6 +538,13 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
         det.check_state()  # before anything scores: scikit-learn and faiss index with this state unchecked
     except (ValueError, TypeError, AttributeError, RecursionError) as err:
         raise InputError(f"{model_path}: not a state a fitted {meta.detector} has: {one_line(err)}") from None
+    # Scoring decides by the estimator's threshold: a different one in model.json (edited by hand, 1e308) was
+    # silently not applied. Refused, as any other disagreement of the two files is (image models keep theirs
+    # in model.json alone, so there it is the one applied).
+    if not math.isclose(meta.threshold, threshold_of(det), rel_tol=1e-9):
+        raise InputError(f"{meta_path}: threshold {meta.threshold!r} does not match the threshold "
+                         f"{threshold_of(det)!r} in {model_path} (edited by hand?); a vector model's threshold "
+                         "is set when it is fitted: fit again with another --fpr to change it")
     return det, meta
 
 
