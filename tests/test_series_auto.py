@@ -150,6 +150,19 @@ def test_stream_holds_a_missing_value_at_its_last_value(fitted, tmp_path: Path,
     np.testing.assert_array_equal(c.score, b.score)
 
 
+def test_stream_update_takes_one_row() -> None:
+    """update() of several rows scored the first and dropped the rest silently; a number is a one-column row."""
+    det = create("knn", window=8).fit(sine(), progress=False)
+    a, b = Stream(det), Stream(det)
+    x = sine(40, seed=3)
+    np.testing.assert_array_equal([a.update(float(v)) for v in x[:, 0]], [b.update(r[None]) for r in x])
+    with pytest.raises(InputError, match=r"one row of 1 value\(s\) expected, got an array of shape \(2, 1\)"):
+        a.update(x[:2])
+    with pytest.raises(InputError, match="a row of 2 values; the model has 1 columns"):
+        a.update(x[:2, 0])  # two values of a one-column model: two rows, not one
+    assert a.t == b.t == 40
+
+
 def test_stream_quiet_period() -> None:
     det = create("knn", window=8).fit(sine(), progress=False)
     x = sine(900, seed=6)

@@ -244,6 +244,23 @@ def test_bad_inputs() -> None:
     np.testing.assert_allclose(det.score(swapped).score, det.score(sine(300, d=2)).score)
 
 
+def test_score_one_takes_one_row_only() -> None:
+    """Two rows of a one-column model were flattened into one row of two values and scored without a word."""
+    det = create("knn", window=10).fit(sine(600), progress=False)
+    scores = []
+    for row in (0.5, np.array([0.5]), np.array([[0.5]])):  # a number, d values, a (1, d) array: the same row
+        det.reset_stream()
+        scores.append(det.score_one(row))
+    assert scores[0] == scores[1] == scores[2]
+    with pytest.raises(InputError, match=r"one row of 1 value\(s\) expected, got an array of shape \(2, 1\)"):
+        det.score_one(np.array([[0.5], [0.6]]))
+    two = create("knn", window=10).fit(sine(600, d=2), progress=False)
+    with pytest.raises(InputError, match=r"shape \(2, 1\)"):
+        two.score_one(np.array([[0.5], [0.6]]))
+    with pytest.raises(InputError, match=r"shape \(2, 1\)"):
+        two.partial_fit(np.array([[0.5], [0.6]]))
+
+
 @pytest.mark.parametrize("name", DETECTORS)
 def test_values_near_the_largest_float_are_the_most_anomalous_not_nan(name: str, caplog: pytest.LogCaptureFixture,
                                                                      recwarn: pytest.WarningsRecorder) -> None:

@@ -402,12 +402,24 @@ class SeriesDetector:
             self._stream = _Ring(self.context, len(self.columns_))
         return self._stream
 
-    def _row(self, x: np.ndarray) -> np.ndarray:
-        row = np.asarray(x, dtype=np.float64).reshape(-1)
+    def row_values(self, x: Any) -> np.ndarray:
+        """One row's (d,) raw values: d numbers, a (1, d) array, or a number for a one-column model. Anything
+        else is refused, not flattened: two rows of a one-column model would otherwise be scored as one row."""
+        row = np.asarray(x, dtype=np.float64)
+        if (row.ndim == 0 and len(self.columns_) == 1) or (row.ndim == 2 and row.shape[0] == 1):
+            row = row.reshape(-1)
+        if row.ndim != 1:
+            raise InputError(f"one row of {len(self.columns_)} value(s) expected, got an array of shape {row.shape}: "
+                             "score several rows with score() (a stream: Stream.run())")
         if row.shape[0] != len(self.columns_):
             left = (f" (its 0/1 columns {list(self.flags_)[:5]} were left out at fit: give the others, "
                     f"{list(self.columns_)[:5]}, in that order)") if self.flags_ else ""
             raise InputError(f"a row of {row.shape[0]} values; the model has {len(self.columns_)} columns{left}")
+        return row
+
+    def _row(self, x: Any) -> np.ndarray:
+        """One row (``row_values``) standardised, clipped as ``standardise`` clips; NaN or inf is refused."""
+        row = self.row_values(x)
         z = (row - self.mean_) / self.scale_
         if np.abs(z).max() <= MAX_Z:  # the common case in one check (NaN fails it): a stream's row has 100 us
             return z

@@ -202,7 +202,7 @@ class Stream:
         if z is not None and np.abs(z).max() <= MAX_Z:  # the common row (finite, in range) in one check
             self.last_raw = a.copy()
         else:  # the rules of _held and _row, one at a time
-            z = self.det._row(self._held(_matrix(x, self.d))[0])
+            z = self.det._row(self._held(self.det.row_values(x)[None])[0])
         self._append(z)
         raw, contribs = self._raw_last(self._buf[max(0, self._n - self.ctx):self._n])
         scores, dec = self._calibrated(raw[None])
