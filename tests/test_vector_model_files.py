@@ -377,3 +377,9 @@ def test_a_threshold_edited_in_model_json_is_refused_naming_both(value: float, m
     (d / "model.json").write_text(json.dumps(meta))
     line = _fails(d, table, tmp_path, f"model.json: threshold {value!r} does not match the threshold {fitted!r} in")
     assert f"{d}/model.skops" in line and "--fpr" in line
+
+
+def test_an_fpr_out_of_range_is_an_input_error(table):
+    """As for images and series: a setting the user gave wrong is one line, not a ValueError traceback."""
+    with pytest.raises(InputError, match=r"detector knn: KNNDetector\.fpr: .* got 1\.5"):
+        fit_table(read_table(table, label_column="y"), "knn", fpr=1.5)

@@ -308,3 +308,24 @@ def test_ordinary_columns_are_not_rescaled():
     scale = GaussianDetector().fit(X).scale_
     assert (np.delete(scale, 2) == 1.0).all() and np.frexp(scale[2])[0] == 0.5  # a power of two
     assert 0.5 <= np.abs(X[:, 2] * scale[2]).max() < 1.0
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda: GaussianDetector(fpr=None), r"GaussianDetector\.fpr: expected a finite number in \(0\.0, 1\.0\), got None"),
+    (lambda: ECODDetector(fpr="0.1"), r"ECODDetector\.fpr: .* got '0\.1'"),
+    (lambda: IForestDetector(fpr=2), r"IForestDetector\.fpr: .* got 2"),
+    (lambda: GaussianDetector(folds=2.5), r"GaussianDetector\.folds: expected an integer from 2"),
+    (lambda: KNNDetector(n_neighbors=None), r"KNNDetector\.n_neighbors: expected an integer from 1"),
+    (lambda: KNNDetector(n_neighbors=0), r"KNNDetector\.n_neighbors: expected an integer from 1 .* got 0"),
+    (lambda: KNNDetector(nprobe=0), r"KNNDetector\.nprobe"),
+    (lambda: KNNDetector(max_calibration=0), r"KNNDetector\.max_calibration"),
+    (lambda: EnsembleDetector(members=[]), r"EnsembleDetector\.members: expected a non-empty list"),
+    (lambda: EnsembleDetector(members=["knn"]), r"EnsembleDetector\.members: 'knn' is not a GaussianDetector"),
+    (lambda: EnsembleDetector(members=[EnsembleDetector()]), r"EnsembleDetector\(\) is not a GaussianDetector"),
+    (lambda: EnsembleDetector(members=[KNNDetector(n_neighbors=-1)]), r"KNNDetector\.n_neighbors"),
+])
+def test_bad_parameters_are_named_at_fit(make, words):
+    """A TypeError or IndexError from deep inside the fit, or worse a fit that saved a model load then refused
+    (an ensemble of ensembles, nprobe 0): each parameter is checked at fit as check_state checks it on load."""
+    with pytest.raises(ValueError, match=words):
+        make().fit(_normal(40))

@@ -128,8 +128,7 @@ class VectorDetector(OutlierMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Fit on normal rows only (y is ignored, as for every scikit-learn outlier detector)."""
-        if not 0.0 < self.fpr < 1.0:
-            raise ValueError(f"fpr must be in (0, 1), got {self.fpr!r}")
+        self._check_params()
         X = self._checked(X, reset=True)
         self.check_size(*X.shape)
         self.n_samples_fit_ = len(X)  # the rows fitted: the calibration scores may be of a sample of them (kNN)
@@ -166,6 +165,12 @@ class VectorDetector(OutlierMixin, BaseEstimator):
                            f"{need / 2**20:,.0f} MB of memory, {free / 2**20:,.0f} MB is free; use fewer rows "
                            "or features (e.g. PCA)")
 
+    def _check_params(self) -> None:
+        """Raise ValueError naming a parameter out of range: at fit, before any work, and by ``check_state`` on
+        load, one rule for both, so that a model fit accepts is one load accepts (and None or "0.1" is named,
+        not a TypeError from deep inside the fit)."""
+        check_number(self, "fpr", 0.0, 1.0)
+
     def _check_features(self, d: int) -> None:
         """Raise TooLarge past the features the detector handles (none of its own limit by default)."""
 
@@ -199,7 +204,7 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         if unknown:
             raise ValueError(f"{type(self).__name__}: unexpected attribute {unknown[0]!r}")
         no_shadowed_methods(self)
-        check_number(self, "fpr", 0.0, 1.0)
+        self._check_params()
         d = check_integer(self, "n_features_in_", 1, 2**31)
         if hasattr(self, "feature_names_in_"):
             names = check_array(self, "feature_names_in_", (d,), "O")

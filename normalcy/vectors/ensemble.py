@@ -24,10 +24,21 @@ class EnsembleDetector(VectorDetector):
         self.random_state = random_state
 
     def _members(self) -> list:
-        members = self.members if self.members is not None else [GaussianDetector(), KNNDetector()]
-        if not members:
-            raise ValueError("EnsembleDetector needs at least one member")
-        return members
+        return self.members if self.members is not None else [GaussianDetector(), KNNDetector()]
+
+    def _check_params(self) -> None:
+        """Members are detectors of this module, none an ensemble (``check_state`` refuses one on load: an
+        ensemble of ensembles saved without a word could not be loaded again), each with valid parameters."""
+        super()._check_params()
+        members = self._members()
+        if not isinstance(members, (list, tuple)) or not members:
+            raise ValueError("EnsembleDetector.members: expected a non-empty list of detectors, e.g. "
+                             "[GaussianDetector(), KNNDetector()]")
+        for m in members:
+            if not isinstance(m, VectorDetector) or isinstance(m, EnsembleDetector):
+                raise ValueError(f"EnsembleDetector.members: {m!r} is not a GaussianDetector, KNNDetector, "
+                                 "IForestDetector or ECODDetector")
+            m._check_params()
 
     def _check_features(self, d: int) -> None:
         """Each member's limit, named as the ensemble's (the memory check counts all members' fits)."""

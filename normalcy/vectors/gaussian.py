@@ -10,6 +10,7 @@ from normalcy.vectors.base import (
     TooLarge,
     VectorDetector,
     check_array,
+    check_integer,
     column_scale,
     scaled,
 )
@@ -37,6 +38,11 @@ class GaussianDetector(VectorDetector):
         self.folds = folds
         self.max_memory_mb = max_memory_mb
         self.random_state = random_state
+
+    def _check_params(self) -> None:
+        """Cross-validation takes at least 2 folds (a float or None crashed inside the fit)."""
+        super()._check_params()
+        check_integer(self, "folds", 2, 2**31)
 
     def _check_features(self, d: int) -> None:
         """Past MAX_GAUSSIAN_FEATURES the d x d covariance and its inverse cost more than a table fit

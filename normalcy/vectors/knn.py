@@ -39,6 +39,12 @@ class KNNDetector(VectorDetector):
         self.fpr, self.n_neighbors, self.max_memory_mb, self.nprobe = fpr, n_neighbors, max_memory_mb, nprobe
         self.pq_dims_per_byte, self.max_calibration, self.random_state = pq_dims_per_byte, max_calibration, random_state
 
+    def _check_params(self) -> None:
+        """The integers a search and the calibration sample take, each at least 1."""
+        super()._check_params()
+        for name in ("n_neighbors", "nprobe", "pq_dims_per_byte", "max_calibration"):
+            check_integer(self, name, 1, 2**31)
+
     def fit_bytes(self, n: int, d: int) -> float:
         """The standardised rows (float32) and faiss' copy of them, and the float64 copy that exact distances
         are recomputed from; compressed past ``max_memory_mb``: the rows, a training sample and the codes."""
@@ -48,8 +54,6 @@ class KNNDetector(VectorDetector):
         return rows32 + min(n, 100_000) * d * 4.0 + n * max(1, d // self.pq_dims_per_byte)
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
-        if self.n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be at least 1, got {self.n_neighbors}")
         # mean and spread of columns too large to square (1e308) from a copy scaled by powers of two (exact)
         factor = column_scale(X)
         Xs = scaled(X, factor)
@@ -140,7 +144,6 @@ class KNNDetector(VectorDetector):
             check_ivfpq(cells, codebook, codes, d)
             rows = len(codes)
         check_integer(self, "n_neighbors_", 1, rows)
-        check_integer(self, "nprobe", 1, 2**31)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()

@@ -26,4 +26,8 @@ def create(name: str, fpr: float, seed: int) -> VectorDetector:
     det = VECTOR_DETECTORS[name](fpr=fpr)
     if "random_state" in det.get_params():
         det.set_params(random_state=seed)
+    try:
+        det._check_params()  # an --fpr out of range is the user's to fix: an InputError, as for images and series
+    except ValueError as err:
+        raise InputError(f"detector {name}: {err}") from None
     return det
