@@ -801,3 +801,26 @@ def test_command_columns_are_left_out_of_the_model(tmp_path: Path) -> None:
     both = create("knn", window=16, score_flags=True).fit(series(train, columns=cols), progress=False)
     assert both.columns_ == cols and both.flags_ == ()
     assert both.score(series(test, columns=cols)).decision[2000:2016].any()
+
+
+def test_fit_and_score_a_dataframe_a_list_and_a_pandas_series() -> None:
+    """fit() took a DataFrame's column names for series (AttributeError: 'str' object has no attribute
+    'labels'), and a list or a pandas Series likewise; score() read a DataFrame by position, so reordered
+    columns were scored as each other."""
+    pd = pytest.importorskip("pandas")
+    X = sine(600, d=2)
+    frame = pd.DataFrame(X, columns=["a", "b"])
+    on_frame = create("knn", window=10).fit(frame, progress=False)
+    on_array = create("knn", window=10).fit(X, progress=False)
+    assert on_frame.columns_ == ("a", "b")
+    np.testing.assert_array_equal(on_frame.score(frame[["b", "a"]]).score, on_array.score(X).score)
+    np.testing.assert_array_equal(on_array.score(frame).score, on_array.score(X).score)  # an array's model: in order
+    with pytest.raises(InputError, match=r"DataFrame: columns do not match the model's: missing \['a'\]"):
+        on_frame.score(frame.rename(columns={"a": "z"}))
+    assert create("knn", window=10).fit(X.tolist(), progress=False).columns_ == ("x0", "x1")
+    assert create("knn", window=10).fit(frame["a"], progress=False).columns_ == ("value",)
+    assert create("knn", window=10).fit([frame, frame], progress=False).n_train_ == 1200
+    with pytest.raises(InputError, match="DataFrame: every column must hold numbers"):
+        create("knn", window=10).fit(frame.assign(c="x"), progress=False)
+    with pytest.raises(InputError, match="DataFrame: NaN or infinite values"):
+        create("knn", window=10).fit(frame.mask(frame > 0.99), progress=False)

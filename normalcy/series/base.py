@@ -328,8 +328,13 @@ class SeriesDetector:
 
     # -- scoring -----------------------------------------------------------------------------
     def standardise(self, data: Series | np.ndarray) -> np.ndarray:
-        """The rows of a series (its columns put in the model's order) or an (n, d) array, standardised."""
+        """The rows of a series (its columns put in the model's order) or an (n, d) array, standardised. A
+        DataFrame's columns are matched by name, as a series' are, unless the model was fitted on an array
+        (columns x0, x1, ... or value), which takes them in order."""
         self._check_fitted()
+        frame = _frame_series(data)
+        if frame is not None:
+            data = frame if set(self.columns_) <= set(frame.columns) or not _array_named(self.columns_) else frame.values
         if isinstance(data, Series):
             where, values = str(data.source), self.model_values(data)
         else:
@@ -673,6 +678,43 @@ def _without_flags(parts: list[tuple[str, np.ndarray, tuple[str, ...]]]
     return [(name, v[:, keep], tuple(c for c, k in zip(cols, keep) if k)) for name, v, _ in parts], names
 
 
+def _array_named(columns: Sequence[str]) -> bool:
+    """Whether these are the columns ``_parts`` names for an array: value, or x0, x1, ..."""
+    return tuple(columns) == ("value",) or all(c[:1] == "x" and c[1:].isdigit() for c in columns)
+
+
+def _is_frame(data: Any) -> bool:
+    """A pandas DataFrame (or anything shaped like one: named columns, to_numpy), without importing pandas."""
+    return hasattr(data, "columns") and hasattr(data, "to_numpy")
+
+
+def _numbers(data: Any) -> np.ndarray:
+    """Anything numpy reads as numbers (a list, a pandas Series) as a float64 array; an InputError otherwise."""
+    try:
+        return np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"expected a Series, a list of them, a DataFrame or an (n,) or (n, d) array of numbers, "
+                         f"got {type(data).__name__} ({str(err)[:100]})") from None
+
+
+def _frame_series(data: Any) -> Series | None:
+    """A pandas DataFrame as a Series (its columns by name, rows in order), None for anything else: fit took
+    its column names for series and failed with an AttributeError."""
+    if not _is_frame(data):
+        return None
+    try:
+        values = _matrix(data.to_numpy(dtype=np.float64, na_value=np.nan), "DataFrame")
+    except (TypeError, ValueError) as err:
+        raise InputError(f"DataFrame: every column must hold numbers ({str(err)[:100]}): drop the others, or "
+                         "read the file with normalcy.series.io") from None
+    if not np.isfinite(values).all():
+        raise InputError("DataFrame: NaN or infinite values (drop or fill them first)")
+    columns = tuple(str(c) for c in data.columns)
+    if len(set(columns)) != len(columns):
+        raise InputError(f"DataFrame: column names repeat ({list(columns)[:10]})")
+    return Series("DataFrame", np.arange(len(values), dtype=np.float64), values, columns, None, [], Path("DataFrame"))
+
+
 def _array_positions(columns: Sequence[str]) -> list[int]:
     """Where the columns of a model fitted on an array (named x0, x1, ...) lie in such an array."""
     if not all(c[:1] == "x" and c[1:].isdigit() for c in columns):
@@ -681,7 +723,14 @@ def _array_positions(columns: Sequence[str]) -> list[int]:
 
 
 def _parts(data: Data) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:
-    """Training input as (name, values, columns) per series."""
+    """Training input as (name, values, columns) per series: a Series, a list of them (or of DataFrames), a
+    DataFrame, or anything numpy reads as an (n,) or (n, d) array (a list of numbers, a pandas Series)."""
+    if _is_frame(data):
+        data = _frame_series(data)
+    elif isinstance(data, (list, tuple)) and data and all(isinstance(s, Series) or _is_frame(s) for s in data):
+        data = [s if isinstance(s, Series) else _frame_series(s) for s in data]
+    elif not isinstance(data, Series) and not (isinstance(data, (list, tuple)) and not data):
+        data = _numbers(data)
     if isinstance(data, np.ndarray):
         a = _matrix(data, "array")
         if not np.isfinite(a).all():
