@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -69,6 +70,7 @@ from normalcy.series.runs import (
     score_series,
     time_hint,
 )
+from normalcy.vectors.registry import VECTOR_DETECTORS
 from normalcy.vectors.tables import (
     DEFAULT_DETECTOR,
     VectorModelMeta,
@@ -203,6 +205,15 @@ class DetectorOptions:
             if value is not None:
                 raise InputError(f"{option} applies to series only (a file with a time column, or --series)")
 
+    def check_table(self) -> None:
+        """The options a table's detector takes: none of them trains, so --steps and --time-budget are an
+        InputError (they were ignored without a word), as are the series' own."""
+        self.check_not_series()
+        for option, value in (("--steps", self.steps), ("--time-budget", self.time_budget)):
+            if value is not None:
+                raise InputError(f"{option} applies to detectors that train; a table's detectors "
+                                 f"({', '.join(VECTOR_DETECTORS)}) do not")
+
     def kwargs(self) -> dict[str, Any]:
         """The image detector's arguments; steps and time_budget only for detectors that train."""
         self.check_not_series()
@@ -294,6 +305,10 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
     a series (a table) whatever its columns. ``settings``: the fields of ExtractorOptions and
     DetectorOptions (fpr, seed, window, backbone, image_size, ...)."""
     ex, det_opts = options(settings, detector)
+    if isinstance(train, os.PathLike):
+        train = Path(train)
+    elif not isinstance(train, str):
+        train = _paths(train, "fit")
     as_series = isinstance(train, (str, Path)) and is_series_input(Path(train), time_column, series_column, series)
     if output is not None:  # an image folder's files are all read: a model inside it would be too
         _check_model_output(Path(output), [Path(train)] if isinstance(train, (str, Path)) and not as_series else [])
@@ -314,7 +329,7 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
     if series:
         raise InputError(f"{train}: --series needs a .csv or .parquet file or a series folder")
     if isinstance(train, (str, Path)) and is_table(Path(train)):
-        det_opts.check_not_series()
+        det_opts.check_table()
         ex.check_images_only("tables")
         model = _fit_table(Path(train), det_opts, label_column, id_column)
     else:
@@ -328,6 +343,23 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
                              **det_opts.kwargs())
     _save(model, output)
     return model
+
+
+IN_MEMORY = ("; data in memory is fitted by a detector itself: normalcy.vectors.EnsembleDetector().fit(X) for "
+             "rows of features, normalcy.series.registry.create('auto').fit(X) for a series")
+
+
+def _paths(inputs: PathLike | Sequence[PathLike], what: str) -> list[Path]:
+    """One path or a sequence of them, as paths. A single path is not iterated (a str gave one "file" per
+    character), and an array or DataFrame is an InputError saying what takes one (iterating a DataFrame gives
+    its column names, which were read as image files)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [Path(inputs)]
+    items = None if hasattr(inputs, "shape") else list(inputs)
+    if items is None or not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise InputError(f"{what} takes a path or a list of paths (files or folders), got {type(inputs).__name__}"
+                         + IN_MEMORY)
+    return [Path(p) for p in items]
 
 
 def _check_model_output(output: Path, inputs: Sequence[Path]) -> None:
@@ -391,7 +423,7 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
         train_table = read_table(dataset, label_column)
         # the test table's columns by name, as predict reads them (by position, reordered columns were scored)
         test_table = read_table(Path(test), label_column, columns=train_table.columns) if test is not None else None
-        det.check_not_series()
+        det.check_table()
         ex.check_images_only("tables")
         return eval_table(train_table, det.name(table=True), det.fpr, det.seed, test_table)
     if test is not None:
@@ -501,7 +533,7 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
         return run_watch(model, f, out or sys.stdout, source_name=str(path), **kw)
 
 
-def predict(model: PathLike | Any, inputs: Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,
+def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,
             report: bool = True, save_maps: bool = False, embeddings: Optional[bool] = None, top: Optional[int] = None,
             trust_code: bool = False, id_column: Optional[str] = None, time_column: Optional[str] = None,
             series_column: Optional[str] = None, ray: Optional[str] = None, stream: bool = False,
@@ -512,7 +544,7 @@ def predict(model: PathLike | Any, inputs: Sequence[PathLike], output: PathLike 
     (for series: a file or a series) that cannot be scored is listed in skipped.csv; a run of none is an
     InputError. ``stream``: each series replayed as a monitoring loop runs it (``series.runs.replay_series``:
     scores from the past only, every row learned, calibrated to [0, 1]; in this process)."""
-    paths_in = [Path(p) for p in inputs]
+    paths_in = _paths(inputs, "predict")
     output = Path(output)
     if stream and ray is not None:
         raise InputError("--stream replays each series in this process; it does not run on Ray")
@@ -710,7 +742,8 @@ def _predict_images(model: Any, inputs: list[Path], output: Path, info: dict[str
         return _finish_run(writer, skipped, f"normalcy predict: {len(writer.rows)} images")
 
 
-def score_batch(inputs: Sequence[PathLike], output: PathLike = "results", *, extra: Sequence[PathLike] = (),
+def score_batch(inputs: PathLike | Sequence[PathLike], output: PathLike = "results", *,
+                extra: PathLike | Sequence[PathLike] = (),
                 heatmaps: bool = True, report: bool = True, save_maps: bool = False, top: int = 24,
                 image_score: str = "max-median", rscin_k: int = 8, progress: bool = True,
                 **settings: Any) -> RunSummary:
@@ -720,12 +753,12 @@ def score_batch(inputs: Sequence[PathLike], output: PathLike = "results", *, ext
     if len(ex.input_norms) > 1 or ex.tune:
         raise InputError("--input-norm auto and --tune choose on normal training images; score-batch has none "
                          "(zero-shot): give the settings")
-    inputs = [Path(p) for p in inputs]
+    inputs = _paths(inputs, "score_batch")
     output = Path(output)
     check_output(output, inputs)  # before the minutes of scoring, not after
     paths = outside_run(input_paths(inputs), output)
     det = MuSc(ex.extractor(paths), image_score=image_score, rscin_k=rscin_k)
-    det.references(input_paths([Path(p) for p in extra]) if extra else [])
+    det.references(input_paths(_paths(extra, "score_batch's extra")) if extra else [])
     for path, reason in det.skipped_refs_:
         logger.warning("extra image %s skipped: %s", path, reason)
     result = det.score(paths, progress=progress, embeddings=True)  # images are read again below

@@ -113,3 +113,38 @@ def test_unknown_settings_and_unreadable_inputs_are_refused(synthetic_root: Path
     with pytest.raises(InputError, match="no image could be read"):
         normalcy.predict(det, [tmp_path / "junk"], tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def _table(tmp_path: Path) -> Path:
+    path = tmp_path / "t.csv"
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    path.write_text("a,b,c\n" + "".join(f"{x},{y},{z}\n" for x, y, z in X))
+    return path
+
+
+def test_one_path_is_one_input(tmp_path: Path) -> None:
+    """predict(model, "t.csv") read each character as a file ("t: a vector model scores tables ...")."""
+    table = _table(tmp_path)
+    model = normalcy.fit(table, detector="knn", progress=False)
+    run = normalcy.predict(model, str(table), tmp_path / "run", progress=False)
+    assert (run.n_scored, run.source) == (60, table)
+
+
+def test_data_in_memory_is_named_not_read_as_files(tmp_path: Path) -> None:
+    """fit(DataFrame) read its column names as image files ("gaussian needs at least 5 normal training images,
+    got 4"); fit(array) was a TypeError from deep inside. Each now says what fits data in memory."""
+    pd = pytest.importorskip("pandas")
+    X = np.random.default_rng(0).normal(size=(60, 4))
+    for data in (pd.DataFrame(X, columns=list("abcd")), X, X.tolist()):
+        with pytest.raises(InputError, match=r"fit takes a path or a list of paths .*EnsembleDetector\(\)\.fit"):
+            normalcy.fit(data, progress=False)
+    model = normalcy.fit(_table(tmp_path), detector="knn", progress=False)
+    with pytest.raises(InputError, match="predict takes a path or a list of paths"):
+        normalcy.predict(model, pd.DataFrame(X[:, :3], columns=list("abc")), tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("setting", [{"steps": 5}, {"time_budget": 5.0}])
+def test_training_options_on_a_table_are_refused(setting: dict, tmp_path: Path) -> None:
+    """No table detector trains: --steps and --time-budget were ignored without a word."""
+    with pytest.raises(InputError, match="applies to detectors that train; a table's detectors"):
+        normalcy.fit(_table(tmp_path), detector="knn", progress=False, **setting)
