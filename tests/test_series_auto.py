@@ -161,6 +161,8 @@ def test_stream_update_takes_one_row() -> None:
     with pytest.raises(InputError, match="a row of 2 values; the model has 1 columns"):
         a.update(x[:2, 0])  # two values of a one-column model: two rows, not one
     assert a.t == b.t == 40
+    empty = a.run(np.empty((0, 1)))  # a poll with no new rows: InputError "got shape (0, 1)" stopped the loop
+    assert empty.score.shape == (0,) and empty.contributions.shape == (0, 1) and a.t == 40
 
 
 def test_stream_quiet_period() -> None:

@@ -217,7 +217,10 @@ class Stream:
         return reported
 
     def run(self, values: np.ndarray) -> StreamScores:
-        """Score rows in order, learning as row-by-row updates would (the same numbers), in batches."""
+        """Score rows in order, learning as row-by-row updates would (the same numbers), in batches. No rows
+        (a poll that found none new) score to empty arrays, not an error that would stop the loop."""
+        if not len(_matrix(values, self.d)):
+            return StreamScores(np.zeros(0), np.zeros(0), np.zeros(0, np.int8), np.zeros((0, self.d)))
         Z = self._standardised(values)
         n = len(Z)
         score, reported, alarm = np.zeros(n), np.zeros(n), np.zeros(n, np.int8)
