@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +265,69 @@ def test_inline_svg_ids_unique_and_resolvable(tmp_path: Path) -> None:
     assert ids and len(ids) == len(set(ids))
     refs = set(re.findall(r'url\(#([^)]+)\)', text)) | set(re.findall(r'href="#([^"]+)"', text))
     assert refs <= set(ids)
+
+
+# --------------------------------------------------------------------------- names are text, never markup
+
+HOSTILE = ["<img src=x onerror=alert(1)>.png", 'a&b"c']
+
+
+class _Page(HTMLParser):
+    """The tags, attributes and text of a page as a browser parses them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _assert_names_escaped(text: str, names: list[str]) -> _Page:
+    page = _Page()
+    page.feed(text)
+    assert all("onerror" not in attrs for _, attrs in page.tags)  # no tag made of a name
+    assert "<img src=x" not in text and 'b"c' not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;.png" in text and "a&amp;b" in text
+    for name in names:
+        assert name in page.text  # shown as text, as it is
+    return page
+
+
+def test_hostile_names_are_escaped_in_the_image_report(tmp_path: Path) -> None:
+    top = _top(2)
+    for item, name in zip(top, HOSTILE):
+        item.name = name
+    p = write_report(tmp_path / "r.html", title=HOSTILE[1], scores=np.array([2.0, 1.0, 0.5]),
+                     names=[*HOSTILE, "ok.png"], top=top, threshold=1.0, skipped=[(HOSTILE[0], HOSTILE[1])],
+                     info={HOSTILE[1]: HOSTILE[0]}, metrics={HOSTILE[0]: 0.5})
+    page = _assert_names_escaped(p.read_text(encoding="utf-8"), HOSTILE)
+    alts = {attrs.get("alt") for tag, attrs in page.tags if tag == "img"}
+    assert {f"{n} (original)" for n in HOSTILE} | {f"{n} (overlay)" for n in HOSTILE} == alts
+    assert {attrs.get("title") for tag, attrs in page.tags if attrs.get("class") == "name"} == set(HOSTILE)
+
+
+def test_hostile_names_are_escaped_in_the_series_report(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from normalcy.cli import app
+
+    data = tmp_path / "long.csv"
+    rng = np.random.default_rng(0)
+    with open(data, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "host", "cpu"])
+        for i in range(300):
+            for k, h in enumerate(HOSTILE):
+                w.writerow([1_700_000_000 + 60 * i, h, f"{np.sin(i / (4 + k)) + 0.05 * rng.normal():.4f}"])
+    for args in (["fit", data, "-o", tmp_path / "m", "--series-column", "host", "--window", "12"],
+                 ["predict", tmp_path / "m", data, "-o", tmp_path / "run"]):
+        r = CliRunner().invoke(app, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+    text = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    page = _assert_names_escaped(text, HOSTILE)
+    assert [t for t in page.text if t in HOSTILE].count(HOSTILE[0]) >= 2  # a drawn series and the table of all
