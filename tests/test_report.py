@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import re
 import subprocess
 import sys
@@ -287,7 +286,9 @@ class _Page(HTMLParser):
         self.text.append(data)
 
 
-def _assert_names_escaped(text: str, names: list[str]) -> _Page:
+def assert_names_escaped(text: str, names: list[str]) -> _Page:
+    """``text``, a report that shows ``names`` (HOSTILE), shows them as text and made no tag or attribute
+    of them; also used by test_series_cli."""
     page = _Page()
     page.feed(text)
     assert all("onerror" not in attrs for _, attrs in page.tags)  # no tag made of a name
@@ -305,29 +306,7 @@ def test_hostile_names_are_escaped_in_the_image_report(tmp_path: Path) -> None:
     p = write_report(tmp_path / "r.html", title=HOSTILE[1], scores=np.array([2.0, 1.0, 0.5]),
                      names=[*HOSTILE, "ok.png"], top=top, threshold=1.0, skipped=[(HOSTILE[0], HOSTILE[1])],
                      info={HOSTILE[1]: HOSTILE[0]}, metrics={HOSTILE[0]: 0.5})
-    page = _assert_names_escaped(p.read_text(encoding="utf-8"), HOSTILE)
+    page = assert_names_escaped(p.read_text(encoding="utf-8"), HOSTILE)
     alts = {attrs.get("alt") for tag, attrs in page.tags if tag == "img"}
     assert {f"{n} (original)" for n in HOSTILE} | {f"{n} (overlay)" for n in HOSTILE} == alts
     assert {attrs.get("title") for tag, attrs in page.tags if attrs.get("class") == "name"} == set(HOSTILE)
-
-
-def test_hostile_names_are_escaped_in_the_series_report(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from normalcy.cli import app
-
-    data = tmp_path / "long.csv"
-    rng = np.random.default_rng(0)
-    with open(data, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["time", "host", "cpu"])
-        for i in range(300):
-            for k, h in enumerate(HOSTILE):
-                w.writerow([1_700_000_000 + 60 * i, h, f"{np.sin(i / (4 + k)) + 0.05 * rng.normal():.4f}"])
-    for args in (["fit", data, "-o", tmp_path / "m", "--series-column", "host", "--window", "12"],
-                 ["predict", tmp_path / "m", data, "-o", tmp_path / "run"]):
-        r = CliRunner().invoke(app, [str(a) for a in args])
-        assert r.exit_code == 0, r.output
-    text = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
-    page = _assert_names_escaped(text, HOSTILE)
-    assert [t for t in page.text if t in HOSTILE].count(HOSTILE[0]) >= 2  # a drawn series and the table of all

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from normalcy.cli import app
 from normalcy.errors import InputError
 from normalcy.series.runs import SeriesSet, folder_name, is_series_input, load_series_model
+from test_report import HOSTILE, assert_names_escaped  # tests/ is on sys.path
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
@@ -36,6 +37,19 @@ def write_series(path: Path, n: int, start: int = 0, anomaly: tuple[int, int] | 
             mem = np.cos(i * 2 * np.pi / 30) + 0.05 * rng.normal()
             w.writerow([(T0 + timedelta(minutes=i)).isoformat(), f"{cpu:.4f}", f"{mem:.4f}"]
                        + ([int(bad)] if label else []))
+    return path
+
+
+def write_long(path: Path, ids: list[str], n: int = 300) -> Path:
+    """A long file of several series: epoch seconds a minute apart, the series in column host, one metric cpu
+    (a sine, each series its own period)."""
+    rng = np.random.default_rng(0)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "host", "cpu"])
+        for i in range(n):
+            for k, h in enumerate(ids):
+                w.writerow([1_700_000_000 + 60 * i, h, f"{np.sin(i / (4 + k)) + 0.05 * rng.normal():.4f}"])
     return path
 
 
@@ -220,15 +234,8 @@ def test_a_bad_file_among_good_ones(data: Path, model: Path, tmp_path: Path) -> 
 
 
 def test_one_model_per_series_column(tmp_path: Path) -> None:
-    long = tmp_path / "long.csv"
-    rng = np.random.default_rng(0)
     ids = ["web-1", "../evil", "a/b c"]
-    with open(long, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["time", "host", "cpu"])
-        for i in range(300):
-            for k, h in enumerate(ids):
-                w.writerow([1_700_000_000 + 60 * i, h, f"{np.sin(i / (4 + k)) + 0.05 * rng.normal():.4f}"])
+    long = write_long(tmp_path / "long.csv", ids)
     r = cli("fit", long, "-o", tmp_path / "m", "--series-column", "host", "--window", "12")
     assert r.exit_code == 0 and "on 3 series, one model each" in r.stderr, r.stderr
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -249,6 +256,16 @@ def test_one_model_per_series_column(tmp_path: Path) -> None:
     assert "models.1.folder" in one_line_error(cli("predict", tmp_path / "m", long, "-o", tmp_path / "run"))
     assert folder_name("web-1", set()) == "web-1" and folder_name("..", set()).startswith("series-")
     assert folder_name("A", {"a"}) != "A"  # unique case-insensitively
+
+
+def test_names_in_the_report_are_text(tmp_path: Path) -> None:
+    """Series named ``<img src=x onerror=alert(1)>.png`` and ``a&b"c`` are escaped in report.html (headings, the
+    table of all series), never markup."""
+    long = write_long(tmp_path / "long.csv", HOSTILE)
+    assert cli("fit", long, "-o", tmp_path / "m", "--series-column", "host", "--window", "12").exit_code == 0
+    assert cli("predict", tmp_path / "m", long, "-o", tmp_path / "run").exit_code == 0
+    page = assert_names_escaped((tmp_path / "run" / "report.html").read_text(encoding="utf-8"), HOSTILE)
+    assert page.text.count(HOSTILE[0]) >= 2  # a drawn series and the table of all series
 
 
 def test_eval_pools_series_folders(data: Path) -> None:
