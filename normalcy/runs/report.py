@@ -3,27 +3,29 @@
 Quality engineers would rather look than read, so the report turns scores and
 anomaly maps into pictures. It is a single file (images as base64 PNG, plots as
 inline SVG) so it can be mailed or archived without a folder of assets next to it.
-The page, its CSS and its cards are files in normalcy/runs/templates/; the drawing of
-maps is in normalcy.images.heatmap (re-exported here), the plots in normalcy.runs.plots, whose
+Jinja2 renders it from normalcy/runs/templates/ (layout.html: the page, its CSS, the summary and info;
+images.html and series.html: the two reports' bodies; macros.html: cards, badges, colour bar, tables) with
+autoescape on: this module hands the templates plain data, numbers already formatted by ``_fmt``, and
+marks as Markup only what it built itself (SVG plots, PNG data URIs). The drawing of maps is in
+normalcy.images.heatmap (re-exported here), the plots in normalcy.runs.plots, whose
 lazy matplotlib import keeps importing this module cheap and free of side effects.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from importlib.resources import files
 from pathlib import Path
-from string import Template
 from typing import Any, Sequence
 
 import cv2
+import jinja2
 import numpy as np
+from markupsafe import Markup
 from PIL import Image
 
 from normalcy.images.heatmap import _to_rgb_u8, colorize, overlay
@@ -69,14 +71,19 @@ def gallery_image(name: str, score: float, anomalous: bool | None, image: np.nda
 
 
 @lru_cache(maxsize=None)
-def _template(name: str) -> Template:
-    """A file of normalcy/runs/templates; values are HTML-escaped by the caller before substitution."""
-    return Template((files("normalcy.runs") / "templates" / name).read_text(encoding="utf-8"))
+def _env() -> jinja2.Environment:
+    """The templates of normalcy/runs/templates. Autoescape is on, so every value is escaped but a
+    ``Markup`` (the SVG plots and PNG data URIs, made so here and nowhere else); a missing value is an
+    error (StrictUndefined); every printed value goes through :func:`_printable`."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("normalcy.runs", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, finalize=_printable, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True)
 
 
-def _esc(value: Any) -> str:
-    """HTML-escaped text; a byte of a non-UTF-8 file name shows as U+FFFD instead of failing to encode."""
-    return html.escape(printable(str(value)), quote=True)
+def _printable(value: Any) -> Any:
+    """A value as the page shows it: a byte of a non-UTF-8 file name shows as U+FFFD instead of failing to
+    encode; Markup passes as it is (autoescape then escapes the rest)."""
+    return value if isinstance(value, Markup) else printable(str(value))
 
 
 def _fmt(value: Any) -> str:
@@ -130,47 +137,42 @@ def _auto_map_range(top: Sequence[ReportImage]) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _colorbar_css(vmin: float, vmax: float) -> str:
-    """A CSS gradient legend (no extra <img>) sampled from the same colormap."""
+@dataclass
+class _Card:
+    """What the card of one gallery image shows."""
+
+    name: str
+    score: str
+    anomalous: bool | None
+    truth: str | None
+    original: Markup  # PNG data URI
+    overlay: Markup | None  # PNG data URI, None without a map
+
+
+def _colorbar(vmin: float, vmax: float) -> dict[str, Any]:
+    """The legend of the maps (a CSS gradient in the page, no extra image) sampled from the same colormap."""
     stops = colorize(np.linspace(0.0, 1.0, 11)[None, :], 0.0, 1.0)[0]
-    grad = ", ".join(f"rgb({r},{g},{b})" for r, g, b in stops)
-    return _template("colorbar.html").substitute(vmin=_esc(_fmt(vmin)), vmax=_esc(_fmt(vmax)),
-                                                 gradient=grad).rstrip("\n")
+    return {"vmin": _fmt(vmin), "vmax": _fmt(vmax), "stops": stops.tolist()}
 
 
-def _badge(anomalous: bool | None) -> str:
-    if anomalous is None:
-        return '<span class="badge none">no threshold</span>'
-    if anomalous:
-        return '<span class="badge bad">anomalous</span>'
-    return '<span class="badge ok">normal</span>'
+def _truth(label: int | None) -> str | None:
+    return None if label is None else "anomalous" if int(label) == 1 else "normal"
 
 
-def _truth(label: int | None) -> str:
-    if label is None:
-        return ""
-    text = "anomalous" if int(label) == 1 else "normal"
-    return f'<span class="truth">truth: {_esc(text)}</span>'
-
-
-def _card(item: ReportImage, rng: tuple[float, float] | None) -> str:
+def _card(item: ReportImage, rng: tuple[float, float] | None) -> _Card:
     rgb = _to_rgb_u8(item.image)
-    alt = _esc(item.name)
+    heat = None
     if item.amap is not None and rng is not None:
-        ov = overlay(rgb, item.amap, rng[0], rng[1])
-        heat = f'<img src="{_png_data_uri(_shrink(ov))}" alt="{alt} (overlay)" title="anomaly overlay">'
-    else:
-        heat = '<div class="nomap">no anomaly map</div>'
-    return _template("card.html").substitute(
-        flag=" flag" if item.anomalous else "", original=_png_data_uri(_shrink(rgb)), alt=alt, heat=heat,
-        score=_esc(_fmt(item.score)), badge=_badge(item.anomalous), truth=_truth(item.label)).rstrip("\n")
+        heat = Markup(_png_data_uri(_shrink(overlay(rgb, item.amap, rng[0], rng[1]))))
+    return _Card(name=item.name, score=_fmt(item.score), anomalous=item.anomalous, truth=_truth(item.label),
+                 original=Markup(_png_data_uri(_shrink(rgb))), overlay=heat)
 
 
-def _write_page(path: Path, title: str, body: list[str]) -> Path:
-    """The report page (templates/report.html and its CSS) around ``body``, written to ``path``."""
-    page = _template("report.html").substitute(
-        title=_esc(title), css=_template("report.css").template,
-        generated=_esc(datetime.now().strftime("%Y-%m-%d %H:%M")), body="\n".join(body))
+def _write_page(path: Path, template: str, title: str, **context: Any) -> Path:
+    """``template`` (images.html or series.html, in templates/layout.html) rendered with ``context`` and
+    written to ``path``. The context holds plain data; Markup only for the SVG plots and PNG data URIs."""
+    page = _env().get_template(template).render(title=title, generated=datetime.now().strftime("%Y-%m-%d %H:%M"),
+                                                **context)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
@@ -213,80 +215,29 @@ def write_report(
     hist_svg, roc_svg, auroc = score_plots(s, y, thr)
     rng = map_range if map_range is not None else _auto_map_range(top)
 
-    out: list[str] = []
-    # --- summary + info
-    stats = [("images scored", str(s.size))]
+    stats: list[tuple[str, Any]] = [("images scored", s.size)]
     if thr is not None:
-        n_flag = int(np.sum(s[np.isfinite(s)] >= thr))
-        stats.append(("flagged anomalous", f"{n_flag}"))
+        stats.append(("flagged anomalous", int(np.sum(s[np.isfinite(s)] >= thr))))
         stats.append(("threshold", _fmt(thr)))
     if auroc is not None:
         stats.append(("AUROC", _fmt(auroc)))
     if skipped:
-        stats.append(("skipped", str(len(skipped))))
-    out.append('<div class="summary">')
-    for k, v in stats:
-        out.append(f'<div class="stat"><span class="muted">{_esc(k)}</span><b>{_esc(v)}</b></div>')
-    out.append("</div>")
-    if info:
-        out.append('<table class="info">')
-        for k, v in info.items():
-            out.append(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>")
-        out.append("</table>")
-
-    # --- metrics
-    if metrics:
-        out.append("<h2>Metrics</h2><table class=\"metrics\">")
-        for k, v in metrics.items():
-            out.append(f'<tr><th>{_esc(k)}</th><td class="num">{_esc(_fmt(v))}</td></tr>')
-        out.append("</table>")
-
-    # --- gallery
-    if top:
-        out.append(f"<h2>Highest scores ({len(top)})</h2>")
-        if rng is not None and any(t.amap is not None for t in top):
-            out.append(_colorbar_css(rng[0], rng[1]))
-        out.append('<div class="grid">')
-        out.extend(_card(item, rng) for item in top)
-        out.append("</div>")
-
-    # --- plots
-    if hist_svg or roc_svg:
-        out.append("<h2>Scores</h2><div class=\"plots\">")
-        if hist_svg:
-            out.append(f'<div class="plot hist">{hist_svg}</div>')
-        if roc_svg:
-            out.append(f'<div class="plot roc">{roc_svg}</div>')
-        out.append("</div>")
-    n_bad = int(np.sum(~np.isfinite(s)))
-    if n_bad:
-        out.append(f'<p class="muted">{n_bad} non-finite score(s) left out of the plots.</p>')
-
-    # --- skipped
-    if skipped:
-        out.append(f"<h2>Skipped files ({len(skipped)})</h2><ul class=\"skipped\">")
-        for name, reason in skipped:
-            out.append(f"<li><code>{_esc(name)}</code> — {_esc(reason)}</li>")
-        out.append("</ul>")
-
-    # --- all scores, collapsed: findable, but not in the way
-    if s.size:
+        stats.append(("skipped", len(skipped)))
+    rows = []
+    if s.size:  # all scores, highest first (collapsed in the page: findable, but not in the way)
         order = np.argsort(-np.nan_to_num(s, nan=-np.inf), kind="stable")
-        out.append(f"<h2>All scores</h2><details><summary>{s.size} images, highest first</summary>")
-        head = "<tr><th>#</th><th>name</th><th>score</th>"
-        head += "<th>decision</th>" if thr is not None else ""
-        head += "<th>truth</th>" if y is not None else ""
-        out.append(f'<table class="all">{head}</tr>')
         for rank, i in enumerate(order, 1):
-            row = f'<tr><td class="num">{rank}</td><td>{_esc(names[i])}</td><td class="num">{_esc(_fmt(s[i]))}</td>'
-            if thr is not None:
-                row += f"<td>{_badge(bool(np.isfinite(s[i]) and s[i] >= thr))}</td>"
-            if y is not None:
-                row += f"<td>{_esc('anomalous' if y[i] == 1 else 'normal')}</td>"
-            out.append(row + "</tr>")
-        out.append("</table></details>")
-
-    return _write_page(path, title, out)
+            rows.append({"rank": rank, "name": names[i], "score": _fmt(s[i]),
+                         "decision": thr is not None and bool(np.isfinite(s[i]) and s[i] >= thr),
+                         "truth": None if y is None else _truth(y[i])})
+    return _write_page(
+        path, "images.html", title, stats=stats, info=list((info or {}).items()),
+        metrics=[(k, _fmt(v)) for k, v in (metrics or {}).items()],
+        cards=[_card(item, rng) for item in top],
+        colorbar=_colorbar(*rng) if rng is not None and any(t.amap is not None for t in top) else None,
+        hist=Markup(hist_svg) if hist_svg else None, roc=Markup(roc_svg) if roc_svg else None,
+        n_nonfinite=int(np.sum(~np.isfinite(s))), skipped=list(skipped or []), rows=rows,
+        decisions=thr is not None, truths=y is not None)
 
 
 # --------------------------------------------------------------------------------------------- series report
@@ -316,26 +267,12 @@ def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: 
         return float(p.scored.score.max()) / max(p.scored.threshold, 1e-12) if len(p.scored.score) else 0.0
 
     ranked = sorted(range(len(parts)), key=lambda k: -peak(parts[k]))
-    out: list[str] = ['<div class="summary">']
-    for k, v in (("series", summary.get("n_series")), ("rows scored", summary.get("n_rows")),
-                 ("anomalous rows", summary.get("n_anomalous")), ("events", summary.get("n_events")),
-                 ("skipped", len(skipped) or None)):
-        if v is not None:
-            out.append(f'<div class="stat"><span class="muted">{_esc(k)}</span><b>{_esc(v)}</b></div>')
-    out.append("</div>")
-    if info:
-        out.append('<table class="info">')
-        out.extend(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in info.items())
-        out.append("</table>")
+    stats = [(k, v) for k, v in (("series", summary.get("n_series")), ("rows scored", summary.get("n_rows")),
+                                 ("anomalous rows", summary.get("n_anomalous")), ("events", summary.get("n_events")),
+                                 ("skipped", len(skipped) or None)) if v is not None]
     notes = [n for p in parts for n in p.series.notes]
-    if notes:
-        out.append(f"<h2>Repaired before scoring ({len(notes)})</h2><ul class=\"skipped\">")
-        out.extend(f"<li>{_esc(n)}</li>" for n in notes[:50])
-        out.append("</ul>" + (f'<p class="muted">and {len(notes) - 50} more in run.json</p>' if len(notes) > 50 else ""))
-    shown = ranked[:max(0, top)]
-    if shown:
-        out.append(f"<h2>Series with the highest scores ({len(shown)} of {len(parts)})</h2>")
-    for rank, k in enumerate(shown):
+    shown = []
+    for rank, k in enumerate(ranked[:max(0, top)]):
         p = parts[k]
         s, sc = p.series, p.scored
         times = files[p.file].times
@@ -343,42 +280,28 @@ def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: 
         dates = files[p.file].time_column is not None and len(s.time) and 1e8 < float(s.time.min()) <= float(
             s.time.max()) < 2.5e11
         idx = [s.columns.index(c) for c in sc.top if c in s.columns]
+        svg, error = None, None
         try:
-            svg = series_svg(s.time, bool(dates), s.values[:, idx], [s.columns[j] for j in idx], sc.score,
-                             sc.threshold, [(e.first, e.last) for e in sc.events],
-                             _runs(s.labels) if s.labels is not None else [], f"s{rank}")
+            svg = Markup(series_svg(s.time, bool(dates), s.values[:, idx], [s.columns[j] for j in idx], sc.score,
+                                    sc.threshold, [(e.first, e.last) for e in sc.events],
+                                    _runs(s.labels) if s.labels is not None else [], f"s{rank}"))
         except (ValueError, OverflowError) as err:  # a plot that cannot be drawn never costs the run
-            svg = f'<p class="muted">not drawn: {_esc(str(err)[:200])}</p>'
-        pruned = f"{sc.pruned} pruned as noise · " if sc.pruned else ""
-        out.append(f'<h3>{_esc(p.name)}</h3><p class="muted">{len(s)} rows · {len(sc.events)} event(s) · {pruned}'
-                   f'{int(sc.decision.sum())} anomalous row(s) · threshold {_esc(_fmt(sc.threshold))} · '
-                   f'{_esc(sc.detector)}, window {sc.window}</p><div class="plot series">{svg}</div>')
+            error = str(err)[:200]
+        events = []
         if sc.events:
             rep = np.empty(len(s), np.int64)
             rep[s.row_of] = s.file_rows
-            out.append('<table class="all"><tr><th>start</th><th>end</th><th>rows</th><th>peak score</th>'
-                       "<th>metrics</th></tr>")
-            for e in sorted(sc.events, key=lambda e: -e.peak_score)[:MAX_EVENT_ROWS]:
-                out.append(f"<tr><td>{_esc(times[rep[e.first]])}</td><td>{_esc(times[rep[e.last]])}</td>"
-                           f'<td class="num">{e.last - e.first + 1}</td><td class="num">{_esc(_fmt(e.peak_score))}'
-                           f"</td><td>{_esc(', '.join(e.metrics))}</td></tr>")
-            out.append("</table>")
-            if len(sc.events) > MAX_EVENT_ROWS:
-                out.append(f'<p class="muted">{len(sc.events) - MAX_EVENT_ROWS} more in events.csv</p>')
-    if skipped:
-        out.append(f"<h2>Not scored ({len(skipped)})</h2><ul class=\"skipped\">")
-        out.extend(f"<li><code>{_esc(n)}</code> — {_esc(r)}</li>" for n, r in skipped[:200])
-        out.append("</ul>")
-    if parts:
-        out.append(f"<h2>All series</h2><details><summary>{len(parts)} series, highest peak first</summary>")
-        out.append('<table class="all"><tr><th>#</th><th>series</th><th>rows</th><th>events</th>'
-                   "<th>anomalous rows</th><th>peak / threshold</th><th>threshold</th></tr>")
-        for rank, k in enumerate(ranked[:MAX_SERIES_ROWS], 1):
-            p = parts[k]
-            out.append(f'<tr><td class="num">{rank}</td><td>{_esc(p.name)}</td><td class="num">{len(p.series)}</td>'
-                       f'<td class="num">{len(p.scored.events)}</td><td class="num">{int(p.scored.decision.sum())}</td>'
-                       f'<td class="num">{_esc(_fmt(peak(p)))}</td><td class="num">{_esc(_fmt(p.scored.threshold))}</td></tr>')
-        out.append("</table></details>")
-        if len(parts) > MAX_SERIES_ROWS:
-            out.append(f'<p class="muted">{len(parts) - MAX_SERIES_ROWS} more series in scores.csv</p>')
-    return _write_page(path, title, out)
+            events = [{"start": times[rep[e.first]], "end": times[rep[e.last]], "rows": e.last - e.first + 1,
+                       "peak": _fmt(e.peak_score), "metrics": ", ".join(e.metrics)}
+                      for e in sorted(sc.events, key=lambda e: -e.peak_score)[:MAX_EVENT_ROWS]]
+        shown.append({"name": p.name, "rows": len(s), "n_events": len(sc.events), "pruned": sc.pruned,
+                      "anomalous": int(sc.decision.sum()), "threshold": _fmt(sc.threshold), "detector": sc.detector,
+                      "window": sc.window, "svg": svg, "error": error, "events": events,
+                      "more_events": max(0, len(sc.events) - MAX_EVENT_ROWS)})
+    rows = [{"rank": rank, "name": parts[k].name, "rows": len(parts[k].series), "events": len(parts[k].scored.events),
+             "anomalous": int(parts[k].scored.decision.sum()), "peak": _fmt(peak(parts[k])),
+             "threshold": _fmt(parts[k].scored.threshold)}
+            for rank, k in enumerate(ranked[:MAX_SERIES_ROWS], 1)]
+    return _write_page(path, "series.html", title, stats=stats, info=list(info.items()), notes=notes[:50],
+                       n_notes=len(notes), shown=shown, n_series=len(parts), n_skipped=len(skipped),
+                       skipped=skipped[:200], rows=rows, more_rows=max(0, len(parts) - MAX_SERIES_ROWS))
