@@ -310,3 +310,15 @@ def test_hostile_names_are_escaped_in_the_image_report(tmp_path: Path) -> None:
     alts = {attrs.get("alt") for tag, attrs in page.tags if tag == "img"}
     assert {f"{n} (original)" for n in HOSTILE} | {f"{n} (overlay)" for n in HOSTILE} == alts
     assert {attrs.get("title") for tag, attrs in page.tags if attrs.get("class") == "name"} == set(HOSTILE)
+
+
+def test_cards_show_names_without_their_shared_folder(tmp_path: Path) -> None:
+    """A card is narrow: an absolute path cut at its end hid the file name. The folder every card shares is left
+    out of the visible name; the whole path stays the card's title."""
+    rng = np.random.default_rng(0)
+    names = ["/data/parts/test/crack/007.png", "/data/parts/test/good/012.png"]
+    top = [ReportImage(name=n, score=1.0, anomalous=True, image=rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
+                       amap=None) for n in names]
+    text = write_report(tmp_path / "r.html", title="t", scores=np.ones(2), names=names, top=top).read_text()
+    assert '<div class="name" title="/data/parts/test/crack/007.png">crack/007.png</div>' in text
+    assert '<div class="name" title="/data/parts/test/good/012.png">good/012.png</div>' in text

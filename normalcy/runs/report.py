@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import cv2
@@ -142,6 +142,7 @@ class _Card:
     """What the card of one gallery image shows."""
 
     name: str
+    shown: str  # the name below the card: the part that tells the images apart (the whole name is its title)
     score: str
     anomalous: bool | None
     truth: str | None
@@ -159,13 +160,26 @@ def _truth(label: int | None) -> str | None:
     return None if label is None else "anomalous" if int(label) == 1 else "normal"
 
 
-def _card(item: ReportImage, rng: tuple[float, float] | None) -> _Card:
+def _shown_names(names: Sequence[str]) -> list[str]:
+    """Names below the cards without the folder they all share: a card is a few centimetres wide, and an
+    absolute path cut at its end ("/work/data/hazelnut/test/colo...") hid the file name, the part that
+    differs. One image keeps its file name."""
+    parts = [PurePosixPath(n.replace("\\", "/")).parts for n in names]
+    if not parts:
+        return []
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return ["/".join(p[common:]) or n for p, n in zip(parts, names)]
+
+
+def _card(item: ReportImage, rng: tuple[float, float] | None, shown: str) -> _Card:
     rgb = _to_rgb_u8(item.image)
     heat = None
     if item.amap is not None and rng is not None:
         heat = Markup(_png_data_uri(_shrink(overlay(rgb, item.amap, rng[0], rng[1]))))
-    return _Card(name=item.name, score=_fmt(item.score), anomalous=item.anomalous, truth=_truth(item.label),
-                 original=Markup(_png_data_uri(_shrink(rgb))), overlay=heat)
+    return _Card(name=item.name, shown=shown, score=_fmt(item.score), anomalous=item.anomalous,
+                 truth=_truth(item.label), original=Markup(_png_data_uri(_shrink(rgb))), overlay=heat)
 
 
 def _write_page(path: Path, template: str, title: str, **context: Any) -> Path:
@@ -233,7 +247,7 @@ def write_report(
     return _write_page(
         path, "images.html", title, stats=stats, info=list((info or {}).items()),
         metrics=[(k, _fmt(v)) for k, v in (metrics or {}).items()],
-        cards=[_card(item, rng) for item in top],
+        cards=[_card(item, rng, shown) for item, shown in zip(top, _shown_names([t.name for t in top]))],
         colorbar=_colorbar(*rng) if rng is not None and any(t.amap is not None for t in top) else None,
         hist=Markup(hist_svg) if hist_svg else None, roc=Markup(roc_svg) if roc_svg else None,
         n_nonfinite=int(np.sum(~np.isfinite(s))), skipped=list(skipped or []), rows=rows,
