@@ -824,3 +824,15 @@ def test_fit_and_score_a_dataframe_a_list_and_a_pandas_series() -> None:
         create("knn", window=10).fit(frame.assign(c="x"), progress=False)
     with pytest.raises(InputError, match="DataFrame: NaN or infinite values"):
         create("knn", window=10).fit(frame.mask(frame > 0.99), progress=False)
+
+
+def test_a_second_fit_keeps_nothing_of_the_first() -> None:
+    """A detector object fitted twice: the first fit's time column and auto's choice are not carried into the
+    second (they would be saved in its model.json and read by predict)."""
+    rng = np.random.default_rng(0)
+    det = create("auto", fpr=0.01)
+    det.fit(rng.normal(size=(400, 2)), progress=False)
+    first = det.choice
+    det.time_column = "timestamp"  # as fit_series sets it for a file's time column
+    det.fit(np.sin(np.arange(400) / 5)[:, None] + 0.01 * rng.normal(size=(400, 1)), progress=False)
+    assert det.time_column is None and det.choice is not None and det.choice is not first

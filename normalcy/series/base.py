@@ -207,6 +207,7 @@ class SeriesDetector:
         threshold at the (1 - fpr) quantile of the scores of the held-out rest and (``cross_fit``) of the
         first share of the same size, scored by a twin fitted on the rows after it."""
         parts = _parts(data)
+        self.choice = self.time_column = None  # of an earlier fit: this one's are set by it (and by its caller)
         self.flags_ = ()
         if not self.score_flags:
             parts, self.flags_ = _without_flags(parts)
