@@ -339,7 +339,7 @@ def _report_run(run: RunSummary) -> None:
                       f"normal; results in {shown(run.output)}", soft_wrap=True)
 
 
-@app.command()
+@app.command(short_help="Score images, tables or series into a run folder (scores, events, report).")
 @_guarded
 def predict(
     model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`, or a model.onnx "
@@ -371,7 +371,7 @@ def predict(
                             time_column=time_column, series_column=series_column, ray=ray, stream=stream))
 
 
-@app.command()
+@app.command(short_help="Monitor live: score series rows as they arrive, one CSV line out per row.")
 @_guarded
 def watch(
     model_dir: Path = typer.Argument(..., help="A series model directory written by `normalcy fit`."),
@@ -428,7 +428,7 @@ def score_batch(
                                 save_maps=save_maps, top=24 if top is None else top, image_score=image_score, rscin_k=rscin_k, **vars(ex)))
 
 
-@app.command()
+@app.command(short_help="Review in the browser: a gallery by rank; your labels re-rank it.")
 @_guarded
 def serve(
     target: Path = typer.Argument(..., help="A run folder (from predict or score-batch, on Ray too), or a model directory."),
@@ -480,7 +480,7 @@ def _embed_run(run_dir: Path) -> None:
     add_embeddings(run_dir, FeatureExtractor(backbone=backbone))
 
 
-@app.command("eval")
+@app.command("eval", short_help="Fit on training data, score labelled test data, print metrics, speed and memory.")
 @_guarded
 @_grouped(ex=ExtractorOptions, det=DetectorOptions)
 def eval_(
@@ -559,7 +559,7 @@ def demo(
     out.print(f"HTML report: {shown(report_path)}", soft_wrap=True)
 
 
-@app.command("export")
+@app.command("export", short_help="Export an image model's scoring graph to ONNX (run it with onnxruntime).")
 @_guarded
 def export_(
     model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`."),

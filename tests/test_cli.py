@@ -332,3 +332,15 @@ def test_runs_into_one_folder_replace_it_and_never_score_themselves(tmp_path: Pa
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "not a run folder" in r.stderr
     assert len(list((ds / "train" / "good").iterdir())) == 6
+
+
+def test_every_command_has_a_one_line_summary_in_the_command_list() -> None:
+    """`normalcy --help` lists the commands; a long docstring's own line breaks showed there mid-sentence."""
+    import typer.main
+
+    from normalcy.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        summary = command.short_help or (command.help or "").split("\n\n")[0]
+        assert "\n" not in summary.strip() and len(summary) <= 100, (name, summary)
