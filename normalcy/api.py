@@ -520,9 +520,10 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
     kw = dict(time_column=time_column, series_column=series_column, learn=learn, alarms_only=alarms_only,
               follow=follow, idle=idle, save=save)
     if hasattr(source, "readline"):  # an open text stream
-        return run_watch(model, source, out or sys.stdout, source_name=str(getattr(source, "name", "input")), **kw)
+        return _watched(run_watch(model, source, out or sys.stdout, source_name=str(getattr(source, "name", "input")),
+                                  **kw), out)
     if source is None or str(source) == "-":
-        return run_watch(model, sys.stdin, out or sys.stdout, source_name="stdin", **kw)
+        return _watched(run_watch(model, sys.stdin, out or sys.stdout, source_name="stdin", **kw), out)
     path = Path(source)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -530,7 +531,22 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
         raise InputError(f"{path}: watch reads CSV lines as they arrive; a Parquet file is scored whole by "
                          "`normalcy predict` (--stream to replay it as a stream)")
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        return run_watch(model, f, out or sys.stdout, source_name=str(path), **kw)
+        return _watched(run_watch(model, f, out or sys.stdout, source_name=str(path), **kw), out)
+
+
+def _watched(summary: Any, out: Optional[Any]) -> Any:
+    """A watch's summary; where it wrote to stdout and its reader closed it (a pipe into `head`), stdout now
+    writes to nowhere, so what is left in its buffer is dropped at exit rather than failing there."""
+    if summary.closed and out is None:
+        import sys
+
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return summary
 
 
 def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,

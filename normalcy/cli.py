@@ -399,6 +399,8 @@ def watch(
     console.print(f"watched {s.rows} rows of {s.series} series: {s.alarms} alarm(s); {s.skipped} line(s) skipped, "
                   f"{s.held} value(s) held at their last value" + (f" ({problems})" if problems else ""),
                   highlight=False, soft_wrap=True)
+    if s.closed:
+        console.print("stopped: the output was closed by its reader", highlight=False, soft_wrap=True)
     if save is not None:
         console.print(f"saved the model, having learned them, to {shown(save)}", highlight=False, soft_wrap=True)
 

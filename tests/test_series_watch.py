@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -205,3 +207,56 @@ def test_rows_whose_time_goes_back_or_repeats_are_said(fitted: Path, caplog) -> 
     assert s.rows == 300 and s.problems == {"time back": 1, "time repeated": 1}
     assert "input, line 9: time" in caplog.text and "is before the row before it" in caplog.text
     assert "input, line 21: time" in caplog.text and "repeats the row before it" in caplog.text
+
+
+class _ClosedAfter(io.StringIO):
+    """An output whose reader goes after ``n`` lines (a pipe into `head -n`)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def write(self, text: str) -> int:
+        if self.getvalue().count("\n") >= self.n:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_an_output_closed_by_its_reader_ends_the_watch_and_the_model_is_saved(fitted: Path, tmp_path: Path) -> None:
+    """`normalcy watch ... --save learned/ | head -3` stopped with exit code 1, nothing said and nothing saved."""
+    s = watch(fitted / "model", fitted / "live.csv", out=_ClosedAfter(3), save=tmp_path / "learned")
+    assert s.closed and s.rows <= 3
+    assert load_series_model(tmp_path / "learned").tail.count > load_series_model(fitted / "model").tail.count
+
+
+def test_sigterm_ends_the_watch_as_ctrl_c_does(fitted: Path, tmp_path: Path) -> None:
+    """A watch stopped by SIGTERM (a service stopped) died at once, its --save never written."""
+    path = tmp_path / "live.csv"
+    path.write_text("\n".join(open(fitted / "live.csv").read().splitlines()[:50]) + "\n")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    before = signal.getsignal(signal.SIGTERM)
+    s = watch(fitted / "model", path, out=io.StringIO(), follow=True, idle=20, save=tmp_path / "learned")
+    assert s.rows == 49 and (tmp_path / "learned" / "model.json").is_file()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler before is put back
+
+
+@pytest.mark.parametrize("how", ["truncated", "rotated"])
+def test_a_followed_file_truncated_or_rotated_is_read_on(fitted: Path, tmp_path: Path, how: str) -> None:
+    """Following a log that was truncated in place or replaced at its path, the watch read nothing more (for
+    ever, without --idle): it now reads the new content from its start, its repeated header skipped."""
+    text = open(fitted / "live.csv").read().splitlines(keepends=True)
+    path = tmp_path / "live.csv"
+    path.write_text("".join(text[:101]))
+
+    def restart() -> None:
+        time.sleep(0.6)
+        if how == "rotated":
+            path.rename(tmp_path / "live.csv.1")
+        path.write_text("".join(text[:1] + text[101:111]))
+
+    threading.Thread(target=restart).start()
+    out = io.StringIO()
+    s = watch(fitted / "model", path, out=out, follow=True, idle=1.5)
+    assert s.rows == 110 and s.skipped == 0 and not s.problems
+    assert [x["time"] for x in csv.DictReader(io.StringIO(out.getvalue()))][-10:] == [
+        line.split(",")[0] for line in text[101:111]]

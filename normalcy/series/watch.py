@@ -14,9 +14,14 @@ of the input (or ``idle`` seconds without a new line when following) and Ctrl-C.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
+import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
@@ -47,12 +52,25 @@ class WatchSummary:
     held: int = 0  # values missing or not numbers, held at their column's last value
     series: int = 0  # series that had a stream
     problems: dict[str, int] = field(default_factory=dict)  # kind of problem -> lines
+    closed: bool = False  # the output was closed by its reader (a pipe into `head`): the watch stopped there
 
 
 def lines(source: TextIO, follow: bool = False, idle: float | None = None, poll: float = 0.2,
           clock: Callable[[], float] = time.monotonic) -> Iterator[str]:
     """The complete lines of ``source``. Following, its end is waited at (every ``poll`` seconds) for more,
-    a partial last line for its end, until ``idle`` seconds pass without a new line (None: for ever)."""
+    a partial last line for its end, until ``idle`` seconds pass without a new line (None: for ever). A
+    followed file that is truncated (a log restarted in place) is read on from its start, and one that is
+    replaced at its path (a log rotated) from the new file's start, as ``tail -F`` does; each is said."""
+    opened: list[TextIO] = []
+    try:
+        yield from _read(source, follow, idle, poll, clock, opened)
+    finally:
+        for f in opened:  # the files a rotation opened (``source`` is its opener's to close)
+            f.close()
+
+
+def _read(source: TextIO, follow: bool, idle: float | None, poll: float, clock: Callable[[], float],
+          opened: list[TextIO]) -> Iterator[str]:
     part, last = "", clock()
     while True:
         chunk = source.readline()
@@ -66,7 +84,37 @@ def lines(source: TextIO, follow: bool = False, idle: float | None = None, poll:
             if part:
                 yield part.rstrip("\r\n")
             return
+        moved = _moved(source)
+        if moved is not None:
+            if part:
+                yield part.rstrip("\r\n")
+            part, last = "", clock()
+            if moved is not source:
+                opened.append(moved)
+            source = moved
+            continue
         time.sleep(poll)
+
+
+def _moved(source: TextIO) -> TextIO | None:
+    """Where a followed file goes on, when it went: ``source`` itself back at its start when the file was
+    truncated below what was read, the file now at its path when it was replaced (rotated); else None. A
+    stream that is not a file at a path (stdin, a pipe) is never moved."""
+    try:
+        fd, path = source.fileno(), getattr(source, "name", None)
+        if not isinstance(path, str) or not os.path.isfile(path):
+            return None
+        now, here = os.stat(path), os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (here.st_dev, here.st_ino):
+            log.warning("%s: replaced (rotated): reading the new file from its start", path)
+            return open(path, encoding=getattr(source, "encoding", "utf-8"), errors="replace", newline="")
+        if here.st_size < source.tell():
+            log.warning("%s: truncated: reading on from its start", path)
+            source.seek(0)
+            return source
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return None
 
 
 class Watcher:
@@ -185,6 +233,24 @@ class Watcher:
         return {"series": key, **out} if self.series_column else out
 
 
+@contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service stopped, ``kill``) ends the watch as Ctrl-C does, so its summary and ``save`` are
+    not lost; the handler before is put back. Only the main thread can take signals: elsewhere, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, source_name: str = "stdin",
           time_column: str | None = None, series_column: str | None = None, learn: bool = True,
           alarms_only: bool = False, follow: bool = False, idle: float | None = None,
@@ -192,31 +258,39 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
     """Score the CSV rows of ``source`` as they come (see the module docstring), writing one CSV line per
     row (``alarms_only``: per alarm) to ``out``, flushed at once. Ctrl-C ends it as the end of the input
     does: with the summary. ``save``: a folder the model is written to at the end, having learned every row
-    it saw (a set: every series' model, learned or not), so a watch started from it goes on from there."""
+    it saw (a set: every series' model, learned or not), so a watch started from it goes on from there.
+    SIGTERM ends it as Ctrl-C does; a closed output (its reader gone) ends it too (``closed`` in the
+    summary), the model still saved."""
     watcher = Watcher(model, time_column=time_column, series_column=series_column, learn=learn,
                       source=source_name)
     it = lines(source, follow=follow, idle=idle, poll=poll)
     writer = csv.writer(out, lineterminator="\n")
     try:
-        first = next(it, None)
-        if first is None:
-            raise InputError(f"{source_name}: no header line (the first line names the columns)")
-        first = first.lstrip("\ufeff")  # a byte-order mark a spreadsheet wrote (a file is read past it)
-        if any("\udc80" <= c <= "\udcff" for c in first):  # bytes that are not UTF-8, kept as surrogates
-            raise InputError(f"{source_name}: the header line is not UTF-8 text (save the CSV as UTF-8)")
-        sep = csv_delimiter(first.encode())  # a comma, or a spreadsheet's semicolon or tab, as fit reads them
-        watcher.header(next(csv.reader([first], delimiter=sep)), comma=sep == ";")
-        writer.writerow(watcher.out_fields)
-        out.flush()
-        for n, text in enumerate(it, start=2):
-            if not text.strip():
-                continue
-            row = watcher.row(next(csv.reader([text], delimiter=sep)), n)
-            if row is not None and (row["alarm"] == "1" or not alarms_only):
-                writer.writerow(row.values())
-                out.flush()
+        with _term_as_interrupt():
+            first = next(it, None)
+            if first is None:
+                raise InputError(f"{source_name}: no header line (the first line names the columns)")
+            first = first.lstrip("\ufeff")  # a byte-order mark a spreadsheet wrote (a file is read past it)
+            if any("\udc80" <= c <= "\udcff" for c in first):  # bytes that are not UTF-8, kept as surrogates
+                raise InputError(f"{source_name}: the header line is not UTF-8 text (save the CSV as UTF-8)")
+            sep = csv_delimiter(first.encode())  # a comma, or a spreadsheet's semicolon or tab, as fit reads them
+            watcher.header(next(csv.reader([first], delimiter=sep)), comma=sep == ";")
+            writer.writerow(watcher.out_fields)
+            out.flush()
+            for n, text in enumerate(it, start=2):
+                if not text.strip() or text.lstrip("\ufeff") == first:  # the header again: a file restarted
+                    continue
+                row = watcher.row(next(csv.reader([text], delimiter=sep)), n)
+                if row is not None and (row["alarm"] == "1" or not alarms_only):
+                    writer.writerow(row.values())
+                    out.flush()
     except KeyboardInterrupt:
-        log.info("watch: stopped (Ctrl-C)")
+        log.info("watch: stopped (Ctrl-C or SIGTERM)")
+    except BrokenPipeError:  # the reader of the output went (`| head -3`): the end of the watch, not an error
+        watcher.summary.closed = True
+        log.info("watch: stopped (the output was closed)")
+    finally:
+        it.close()
     if save is not None and learn:
         for stream in watcher.streams.values():
             stream.flush()
