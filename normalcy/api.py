@@ -601,11 +601,12 @@ def _predict_ray(model: Path, inputs: list[Path], output: Path, address: str, tr
                  id_column: Optional[str]) -> RunSummary:
     from normalcy.scale.distributed import predict_ray
 
+    got = predict_ray(model, inputs, output, address, trust_code=trust_code, id_column=id_column)
     runs = [RunSummary(Path(r["output"]), r["kind"], r["n_scored"], r["n_anomalous"], r["skipped"], cpus=r["cpus"])
-            for r in predict_ray(model, inputs, output, address, trust_code=trust_code, id_column=id_column)]
-    return runs[0] if len(runs) == 1 else RunSummary(output, VECTORS, sum(r.n_scored for r in runs),
-                                                     sum(r.n_anomalous for r in runs), [], cpus=runs[0].cpus,
-                                                     runs=runs)
+            for r in got]
+    return runs[0] if len(inputs) == 1 else RunSummary(output, VECTORS, sum(r.n_scored for r in runs),
+                                                       sum(r.n_anomalous for r in runs), got[0].get("failed", []),
+                                                       cpus=runs[0].cpus, runs=runs)
 
 
 def _predict_tables(model: VectorModel, inputs: list[Path], output: Path, id_column: Optional[str],

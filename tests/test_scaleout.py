@@ -17,6 +17,7 @@ ray = pytest.importorskip("ray")
 from test_cli import _gaussian_model, make_dataset, normalcy, normalcy_process  # noqa: E402
 from test_tables import _rows, _write  # noqa: E402
 
+from normalcy.api import predict  # noqa: E402
 from normalcy.detectors import create  # noqa: E402
 from normalcy.images.features import FeatureExtractor  # noqa: E402
 from normalcy.scale.distributed import RESULTS, predict_ray  # noqa: E402
@@ -117,6 +118,19 @@ def _table_model(tmp_path: Path, n: int = 300) -> tuple[Path, Path, int]:
     det, _ = fit_table(table, "gaussian")
     save_vector_model(det, "gaussian", table.columns, tmp_path / "m")
     return tmp_path / "m", path, len(X)
+
+
+def test_a_table_that_cannot_be_read_among_several_is_skipped_on_ray_as_in_one_process(tmp_path: Path) -> None:
+    """--ray with several tables, one without the model's columns, failed the whole run (nothing written)
+    where one process skips that table, names it and scores the others."""
+    model, path, n = _table_model(tmp_path, n=60)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,2\n")
+    run = predict(model, [path, bad], tmp_path / "out", ray="local")
+    here = predict(model, [path, bad], tmp_path / "here")
+    assert run.n_scored == here.n_scored == n and [p for p, _ in run.skipped] == [p for p, _ in here.skipped]
+    assert [p for p, _ in run.skipped] == [str(bad)] and "columns" in run.skipped[0][1]
+    assert pq.read_table(tmp_path / "out" / "t" / RESULTS).num_rows == n and not (tmp_path / "out" / "bad").exists()
 
 
 def test_a_second_ray_run_replaces_the_first_and_leaves_no_model_copies(tmp_path: Path) -> None:

@@ -211,8 +211,16 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
     if not paths:  # tables
         columns = json.loads(files[MODEL_JSON])["columns"]
         taken: set[str] = set()
+        failed: list[tuple[str, str]] = []  # tables that cannot be read: skipped, named, as in one process
         for path in inputs:
-            t = read_table(path, id_column=id_column, columns=columns)
+            sub = Path() if len(inputs) == 1 else Path(unique_name(path.stem, taken))
+            try:
+                t = read_table(path, id_column=id_column, columns=columns)
+            except InputError as err:
+                if len(inputs) == 1:
+                    raise
+                failed.append((str(path), str(err)))
+                continue
             data = pa.table({t.id_column: t.ids, **{c: t.X[:, j] for j, c in enumerate(columns)}})
             key = t.id_column
             del t  # the Arrow copy is what travels: a big table is not held twice
@@ -220,8 +228,10 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
                 _TableScorer, fn_constructor_args=(files, key), batch_size=4096, batch_format="numpy",
                 compute=_pool(cpus), num_cpus=1)
             del data  # in Ray's object store now
-            sub = Path() if len(inputs) == 1 else Path(unique_name(path.stem, taken))
             runs.append(_write(ds, folder / sub, output / sub, model_dir, address, cpus, [path], VECTORS, key))
+        if not runs:
+            raise InputError("no table could be read: " + "; ".join(reason for _, reason in failed))
+        runs[0]["failed"] = failed
     else:
         ds = ray.data.from_items([{IMAGE_KEY: os.fspath(p)} for p in paths]).map_batches(
             _ImageScorer, fn_constructor_args=(files, trust_code, 1), batch_size=batch_size, batch_format="numpy",
