@@ -66,9 +66,18 @@ def _setup(threads: int | None) -> None:
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
     logging.captureWarnings(True)
+    warnings.showwarning = _show_warning
     warnings.simplefilter("always", UserWarning)
     if threads:
         torch.set_num_threads(threads)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A Python warning as one line for a user: its message (a library's with its kind), not the source file,
+    line number and source line that Python's format adds (a mask resized showed `return masks_for(...)`)."""
+    ours = category.__module__.startswith("normalcy")
+    logging.getLogger("py.warnings").warning("%s", message if ours else f"{category.__name__}: {message}")
 
 
 def _fail(message: str) -> None:

@@ -244,6 +244,7 @@ def test_warnings_reach_the_user(tmp_path: Path) -> None:
     r = normalcy_process("eval", str(ds), "--image-size", "64", "--json")  # pytest records warnings in-process
     assert r.returncode == 0, r.stderr
     assert "resized" in r.stderr and "000_mask.png" in r.stderr
+    assert "MaskSizeWarning" not in r.stderr and "return " not in r.stderr  # not Python's file:line and source line
 
 
 def test_predict_keeps_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
