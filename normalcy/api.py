@@ -74,7 +74,6 @@ from normalcy.vectors.registry import VECTOR_DETECTORS
 from normalcy.vectors.tables import (
     DEFAULT_DETECTOR,
     VectorModelMeta,
-    check_tables,
     eval_table,
     fit_table,
     is_table,
@@ -84,6 +83,7 @@ from normalcy.vectors.tables import (
     rows_fitted,
     save_vector_model,
     score_table,
+    table_inputs,
     threshold_of,
 )
 
@@ -604,16 +604,18 @@ def _predict_ray(model: Path, inputs: list[Path], output: Path, address: str, tr
     got = predict_ray(model, inputs, output, address, trust_code=trust_code, id_column=id_column)
     runs = [RunSummary(Path(r["output"]), r["kind"], r["n_scored"], r["n_anomalous"], r["skipped"], cpus=r["cpus"])
             for r in got]
-    return runs[0] if len(inputs) == 1 else RunSummary(output, VECTORS, sum(r.n_scored for r in runs),
-                                                       sum(r.n_anomalous for r in runs), got[0].get("failed", []),
-                                                       cpus=runs[0].cpus, runs=runs)
+    failed = got[0].get("failed", [])
+    if len(runs) == 1 and not failed:  # one input (a folder of one table too): its run folder is the output
+        return runs[0]
+    return RunSummary(output, VECTORS, sum(r.n_scored for r in runs), sum(r.n_anomalous for r in runs), failed,
+                      cpus=runs[0].cpus, runs=runs)
 
 
 def _predict_tables(model: VectorModel, inputs: list[Path], output: Path, id_column: Optional[str],
                     info: dict[str, Any]) -> RunSummary:
     """Score each table; a table that cannot be read is skipped, named, and the others go on. The run folder
     (one per table when there are several) replaces ``output`` once all are written."""
-    check_tables(inputs)
+    inputs = table_inputs(inputs)
     runs: list[RunSummary] = []
     failed: list[tuple[str, str]] = []
     taken: set[str] = set()

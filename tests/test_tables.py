@@ -192,3 +192,13 @@ def test_two_tables_with_one_file_stem_keep_both_results(tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     counts = [len((tmp_path / "run" / d / "scores.csv").read_text().splitlines()) - 1 for d in ("x", "x-2")]
     assert counts == [7, 5]
+    # a folder of tables is its tables (it was refused as "not images"); an image in it is no table
+    (tmp_path / "a" / "y.parquet").write_bytes((tmp_path / "b" / "x.parquet").read_bytes())
+    (tmp_path / "a" / "photo.png").write_bytes(b"")
+    r = normalcy("predict", str(tmp_path / "m"), str(tmp_path / "a"), "-o", str(tmp_path / "run2"))
+    assert r.returncode == 0, r.stderr
+    counts = [len((tmp_path / "run2" / d / "scores.csv").read_text().splitlines()) - 1 for d in ("x", "y")]
+    assert counts == [7, 5]
+    (tmp_path / "none").mkdir()
+    r = normalcy("predict", str(tmp_path / "m"), str(tmp_path / "none"), "-o", str(tmp_path / "run3"))
+    assert r.returncode == 1 and "a folder without tables" in r.stderr

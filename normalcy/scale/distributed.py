@@ -173,14 +173,14 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
         raise InputError("--ray needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
 
     from normalcy.detectors import load
-    from normalcy.vectors.tables import check_tables, is_vector_model, load_vector_model
+    from normalcy.vectors.tables import is_vector_model, load_vector_model, table_inputs
 
     # Everything that can be refused is refused here, before Ray starts (one line, no worker tracebacks).
     vectors = is_vector_model(model_dir)
     paths: list[Path] = []  # images; a table's rows are read later, one table at a time
     if vectors:
         load_vector_model(model_dir)
-        check_tables(inputs)
+        inputs = table_inputs(inputs)
     else:
         load(model_dir, trust_code=trust_code)
         missing = [p for p in inputs if not p.exists()]

@@ -485,11 +485,22 @@ def save_vector_model(det: Any, name: str, columns: list[str], directory: str | 
     (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
 
 
-def check_tables(inputs: list[Path]) -> None:
-    """A vector model scores tables only: the first input that is not one is named."""
-    bad = next((p for p in inputs if not is_table(p)), None)
-    if bad is not None:
-        raise InputError(f"{bad}: a vector model scores tables (.csv, .parquet, .npz), not images")
+def table_inputs(inputs: list[Path]) -> list[Path]:
+    """The tables a vector model scores: the files given, and the tables directly inside a folder given (by
+    name; a folder of exports is how tables often arrive). The first input that is neither is named."""
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if is_table(f) and not f.name.startswith("."))
+            if not found:
+                raise InputError(f"{p}: a folder without tables (.csv, .parquet, .npz) directly in it")
+            out += found
+        elif is_table(p):
+            out.append(p)
+        else:
+            raise InputError(f"{p}: a vector model scores tables (.csv, .parquet, .npz, or folders of them), "
+                             "not images")
+    return out
 
 
 def is_vector_model(directory: Path) -> bool:
