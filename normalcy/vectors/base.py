@@ -31,7 +31,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from normalcy.numerics.stats import threshold_at
 
-__all__ = ["ROW_BYTES", "SAFE_EXPONENT", "TooLarge", "VectorDetector", "check_array", "check_integer", "check_number",
+__all__ = ["ROW_BYTES", "SAFE_EXPONENT", "ColumnScaled", "TooLarge", "VectorDetector", "check_array", "check_integer", "check_number",
            "column_scale", "finite_rows", "no_shadowed_methods", "scaled"]
 
 ROW_BYTES = 8  # float64
@@ -56,9 +56,9 @@ def finite_rows(X: np.ndarray) -> tuple[np.ndarray, str]:
     return mask, f"{len(bad)} of {len(mask)} rows contain NaN or inf: rows {shown}{more} (counting from 0)"
 
 
-def column_scale(X: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def column_scale(X: np.ndarray, chunk: int = 65536, limit: int = SAFE_EXPONENT) -> np.ndarray:
     """Per column, the factor a fit multiplies it by first: 1, or, for a column whose largest magnitude lies
-    beyond 2**+-SAFE_EXPONENT (a finite 1e308 in a table), the power of two that brings it into [0.5, 1).
+    beyond 2**+-limit (a finite 1e308 in a table), the power of two that brings it into [0.5, 1).
 
     Why: the Gaussian's covariance and kNN's standard deviation square the values, and such columns overflow
     (inf, then NaN: a crash or a garbage threshold) or underflow to zero. A power of two scales exactly, and
@@ -67,13 +67,33 @@ def column_scale(X: np.ndarray, chunk: int = 65536) -> np.ndarray:
     for s in range(0, len(X), chunk):  # no full-size |X|
         top = np.maximum(top, np.abs(X[s:s + chunk]).max(axis=0, initial=0.0))
     _, exponent = np.frexp(top)  # top = m * 2**exponent, 0.5 <= m < 1
-    outside = (top > 0) & (np.abs(exponent) > SAFE_EXPONENT)
+    outside = (top > 0) & (np.abs(exponent) > limit)
     return np.where(outside, np.ldexp(1.0, -exponent), 1.0)
 
 
 def scaled(X: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
     """X times ``column_scale``'s factors: X itself (no copy of a big table) where every factor is 1 or None."""
     return X if factor is None or (factor == 1.0).all() else X * factor
+
+
+class ColumnScaled:
+    """For a detector whose arithmetic overflows on columns of values near 1e308 (a covariance squares them;
+    scikit-learn's trees hold float32): such columns are multiplied by a power of two (``scale_``, from
+    ``column_scale``) at fit and at scoring, every other column by 1, so an ordinary table fits as before.
+    Models saved before ``scale_`` was kept have none: factors 1."""
+
+    scale_limit = SAFE_EXPONENT  # beyond 2**+-scale_limit a column is scaled
+
+    def _fit_scale(self, X: np.ndarray) -> np.ndarray:
+        self.scale_ = column_scale(X, limit=self.scale_limit)
+        return self._scaled(X)
+
+    def _scaled(self, X: np.ndarray) -> np.ndarray:
+        return scaled(X, getattr(self, "scale_", None))
+
+    def _check_scale(self, d: int) -> None:
+        if getattr(self, "scale_", None) is not None and (check_array(self, "scale_", (d,)) <= 0).any():
+            raise ValueError(f"{type(self).__name__}.scale_: must be positive")
 
 
 def check_array(owner: object, name: str, shape: tuple[int | None, ...], dtype: str | type = np.float64,

@@ -7,19 +7,18 @@ import numpy as np
 from normalcy.numerics.stats import distance, gaussian, inverse, shrunk
 from normalcy.vectors.base import (
     ROW_BYTES,
+    ColumnScaled,
     TooLarge,
     VectorDetector,
     check_array,
     check_integer,
-    column_scale,
-    scaled,
 )
 
 __all__ = ["MAX_GAUSSIAN_FEATURES", "GaussianDetector"]
 
 MAX_GAUSSIAN_FEATURES = 4096  # d x d covariances and inverses: 128 MB each, minutes of fitting on 2 cores
 
-class GaussianDetector(VectorDetector):
+class GaussianDetector(ColumnScaled, VectorDetector):
     """Mahalanobis distance to one Gaussian of the normal rows, with Ledoit-Wolf shrinkage (few rows, many
     dimensions), computed by the same code as the image detector ``gaussian``. The threshold comes from
     k-fold cross-validated distances: in-sample ones are too small when dimensions are many.
@@ -57,8 +56,7 @@ class GaussianDetector(VectorDetector):
         return 4.0 * rows + 8.0 * d * d * ROW_BYTES
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
-        self.scale_ = column_scale(X)
-        X = self._scaled(X)
+        X = self._fit_scale(X)
         n = len(X)
         folds = max(2, min(self.folds, n))
         order = np.random.default_rng(self.random_state).permutation(n)
@@ -84,17 +82,12 @@ class GaussianDetector(VectorDetector):
     def _score(self, X: np.ndarray) -> np.ndarray:
         return distance(self._scaled(X), self.location_, self.precision_)
 
-    def _scaled(self, X: np.ndarray) -> np.ndarray:
-        """X in the units the Gaussian was fitted in (models saved before ``scale_`` have none: factors 1)."""
-        return scaled(X, getattr(self, "scale_", None))
-
     _learned = ("location_", "precision_", "scale_")
 
     def _check_learned(self, d: int) -> None:
         check_array(self, "location_", (d,))
         check_array(self, "precision_", (d, d))
-        if getattr(self, "scale_", None) is not None and (check_array(self, "scale_", (d,)) <= 0).any():
-            raise ValueError("GaussianDetector.scale_: must be positive")
+        self._check_scale(d)
 
 
 class _Moments:

@@ -7,7 +7,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.tree import ExtraTreeRegressor
 from sklearn.tree._tree import Tree
 
-from normalcy.vectors.base import VectorDetector, check_array, check_integer, no_shadowed_methods
+from normalcy.vectors.base import ColumnScaled, VectorDetector, check_array, check_integer, no_shadowed_methods
 
 __all__ = ["IForestDetector", "check_tree"]
 
@@ -40,9 +40,12 @@ def check_tree(tree: object, n_features: int, where: str) -> int:
     return n
 
 
-class IForestDetector(VectorDetector):
+class IForestDetector(ColumnScaled, VectorDetector):
     """scikit-learn's IsolationForest with the shared threshold. Each tree sees at most 256 rows, so the
-    training rows' scores are nearly out of sample and serve as calibration scores."""
+    training rows' scores are nearly out of sample and serve as calibration scores. The trees hold float32, so
+    columns past its range (values near 1e308 became inf) are scaled first (``ColumnScaled``)."""
+
+    scale_limit = 126  # float32's normal numbers lie within 2**+-126
 
     def __init__(self, fpr: float = 0.01, n_estimators: int = 100, max_samples: int | float | str = "auto",
                  max_features: float = 1.0, n_jobs: int | None = None, random_state: int | None = None):
@@ -52,16 +55,17 @@ class IForestDetector(VectorDetector):
     def _fit(self, X: np.ndarray) -> np.ndarray:
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
                                        max_features=self.max_features, n_jobs=self.n_jobs,
-                                       random_state=self.random_state).fit(X)
+                                       random_state=self.random_state).fit(self._fit_scale(X))
         return self._score(X)
 
     def _score(self, X: np.ndarray) -> np.ndarray:
-        return -self.forest_.score_samples(X)
+        return -self.forest_.score_samples(self._scaled(X))
 
-    _learned = ("forest_",)
+    _learned = ("forest_", "scale_")
 
     def _check_learned(self, d: int) -> None:
         """The forest's trees, the features each is given and the per-node path lengths scoring reads."""
+        self._check_scale(d)
         f = self.forest_
         if type(f) is not IsolationForest:
             raise ValueError(f"IForestDetector.forest_: expected an IsolationForest, got {type(f).__name__}")
