@@ -141,7 +141,11 @@ def test_cli_fit_predict_eval_on_tables(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["auroc"] > 0.9
     r = normalcy("eval", str(train))
     assert r.returncode == 1 and "needs --label-column" in r.stderr
-    r = normalcy("predict", str(tmp_path / "m"), str(tmp_path))
+    (tmp_path / "images").mkdir()  # a folder is its tables (since 6 December); an image is no table
+    (tmp_path / "images" / "part.png").write_bytes(b"")
+    r = normalcy("predict", str(tmp_path / "m"), str(tmp_path / "images"))
+    assert r.returncode == 1 and "a folder without tables" in r.stderr
+    r = normalcy("predict", str(tmp_path / "m"), str(tmp_path / "images" / "part.png"))
     assert r.returncode == 1 and "scores tables" in r.stderr
 
 
