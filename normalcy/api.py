@@ -49,7 +49,7 @@ from normalcy.runs.format import (
     check_output,
     outside_run,
     staged,
-    unique_name,
+    table_targets,
     write_series_run,
     write_table_run,
 )
@@ -618,10 +618,8 @@ def _predict_tables(model: VectorModel, inputs: list[Path], output: Path, id_col
     inputs = table_inputs(inputs)
     runs: list[RunSummary] = []
     failed: list[tuple[str, str]] = []
-    taken: set[str] = set()
     with staged(output, inputs) as folder:
-        for path in inputs:
-            target = Path() if len(inputs) == 1 else Path(unique_name(path.stem, taken))
+        for path, target in table_targets(inputs):
             try:
                 table = read_table(path, id_column=id_column, columns=model.columns)
             except InputError as err:
@@ -633,7 +631,7 @@ def _predict_tables(model: VectorModel, inputs: list[Path], output: Path, id_col
             n_bad = int((scores[mask] >= model.threshold_).sum())
             runs.append(RunSummary(output / target, VECTORS, int(mask.sum()), n_bad, skipped, source=path))
         if not runs:
-            raise InputError("no table could be read: " + "; ".join(reason for _, reason in failed))
+            raise InputError(f"no table could be read{reasons(failed)}")
     if len(inputs) == 1:
         return runs[0]
     return RunSummary(output, VECTORS, sum(r.n_scored for r in runs), sum(r.n_anomalous for r in runs), failed,

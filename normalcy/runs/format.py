@@ -169,6 +169,13 @@ def unique_name(name: str, taken: set[str]) -> str:
     return out
 
 
+def table_targets(tables: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """Each table with the folder of the run its results go to: the run folder itself for one table, x, x-2,
+    ... by file stem for several (``unique_name``), in one process and on Ray alike."""
+    taken: set[str] = set()
+    return [(t, Path() if len(tables) == 1 else Path(unique_name(t.stem, taken))) for t in tables]
+
+
 def output_name(path: Path, root: Path | None = None) -> str:
     """A readable, file-system-safe stem for an image's heatmap, overlay and map files.
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from normalcy.files import MODEL_JSON
-from normalcy.errors import InputError
+from normalcy.errors import InputError, reasons
 from normalcy.images.io import input_paths
 from normalcy.runs.format import (
     IMAGE_KEY,
@@ -47,7 +47,7 @@ from normalcy.runs.format import (
     VECTORS,
     outside_run,
     staged,
-    unique_name,
+    table_targets,
     write_scores,
     write_skipped,
 )
@@ -210,10 +210,8 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
     runs = []
     if not paths:  # tables
         columns = json.loads(files[MODEL_JSON])["columns"]
-        taken: set[str] = set()
         failed: list[tuple[str, str]] = []  # tables that cannot be read: skipped, named, as in one process
-        for path in inputs:
-            sub = Path() if len(inputs) == 1 else Path(unique_name(path.stem, taken))
+        for path, sub in table_targets(inputs):
             try:
                 t = read_table(path, id_column=id_column, columns=columns)
             except InputError as err:
@@ -230,7 +228,7 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
             del data  # in Ray's object store now
             runs.append(_write(ds, folder / sub, output / sub, model_dir, address, cpus, [path], VECTORS, key))
         if not runs:
-            raise InputError("no table could be read: " + "; ".join(reason for _, reason in failed))
+            raise InputError(f"no table could be read{reasons(failed)}")
         runs[0]["failed"] = failed
     else:
         ds = ray.data.from_items([{IMAGE_KEY: os.fspath(p)} for p in paths]).map_batches(

@@ -337,7 +337,7 @@ def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str]) -> np.
     if num is not None or a.dtype != object:
         return num
     values, bad, _ = text_cells(a)
-    numbers = len(a) - len(bad) - sum(v is None or not str(v).strip() for v in a)
+    numbers = int((~np.isnan(values)).sum())  # text, empty and NaN cells read as NaN
     if not bad or numbers <= len(bad):
         return None if bad else values
     for i in bad:
@@ -535,7 +535,7 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
     except Exception as err:  # noqa: BLE001 - skops', numpy's and the classes' own errors, for every bad file
         raise InputError(f"{model_path}: cannot load ({one_line(err)[:200]})") from None
     calibration = len(getattr(det, "calibration_scores_", ()))
-    rows = getattr(det, "n_samples_fit_", calibration)
+    rows = getattr(det, "n_samples_fit_", calibration)  # unchecked yet (check_state below): compared, not used
     if meta.n_calibration is None:  # saved before n_calibration: n_train counted the calibration scores
         counts, said = (calibration,) == (meta.n_train,), f"{meta.n_train} calibration rows"
     else:
