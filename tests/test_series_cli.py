@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from typer.testing import CliRunner
 
 from normalcy.cli import app
 from normalcy.errors import InputError
-from normalcy.series.runs import SeriesSet, folder_name, is_series_input, load_series_model
+from normalcy.series.io import read_series
+from normalcy.series.runs import (REASON_CHARS, SeriesSet, folder_name, is_series_input, load_series_model,
+                                  short_reason)
 from test_report import HOSTILE, assert_names_escaped  # tests/ is on sys.path
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
@@ -296,7 +299,12 @@ def test_a_bad_or_untrained_folder_among_series_folders_is_named_and_the_others_
     r = cli("fit", root, "-o", tmp_path / "m")
     assert r.exit_code == 0, r.stderr
     assert "not fitted: bad:" in r.stderr and "not fitted: untrained:" in r.stderr and "no train.csv" in r.stderr
-    assert sorted(load_series_model(tmp_path / "m").keys) == ["a", "b"]
+    fitted = load_series_model(tmp_path / "m")
+    assert isinstance(fitted, SeriesSet) and sorted(fitted.keys) == ["a", "b"]
+    assert sorted(key for key, _ in fitted.failed) == ["bad", "untrained"]  # kept in model.json, by folder
+    why = fitted.missing("untrained")
+    assert why.startswith("no model for series 'untrained' in this set: at fit it could not be fitted: ")
+    assert "no train.csv" in why
     r = cli("eval", root, "--json")
     assert r.exit_code == 0, r.stderr
     metrics = json.loads(r.stdout)
@@ -417,6 +425,63 @@ def test_a_short_series_in_a_long_file_is_skipped_not_fatal(tmp_path: Path) -> N
     assert [s["series"] for s in skipped] == [f"{long} [host=tiny]"] and "5 rows" in skipped[0]["reason"]
     rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
     assert len(rows) == 400 and {x["series"] for x in rows} == {"web-1", "web-2"}
+
+
+@pytest.fixture(scope="module")
+def set_with_failed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A set fitted on a long file where 'tiny' (5 rows) cannot be read and 'mid' (20 rows, window 12) cannot
+    be fitted; test.csv holds both at full length, and 'web-1', and 'new' (never fitted)."""
+    root = tmp_path_factory.mktemp("failed-set")
+    for name, lengths in (("train.csv", {"web-1": 200, "tiny": 5, "mid": 20}),
+                          ("test.csv", {"web-1": 100, "tiny": 100, "mid": 100, "new": 100})):
+        with open(root / name, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["time", "host", "cpu"])
+            for i in range(max(lengths.values())):
+                w.writerows([1_700_000_000 + 60 * i, h, f"{np.sin(i / 5):.4f}"] for h, n in lengths.items() if i < n)
+    r = cli("fit", root / "train.csv", "-o", root / "m", "--series-column", "host", "--window", "12")
+    assert r.exit_code == 0 and "on 1 series, one model each" in r.stderr, r.stderr
+    return root
+
+
+def test_predict_says_why_a_series_of_the_set_was_not_fitted(set_with_failed: Path, tmp_path: Path) -> None:
+    """A series that failed at fit was named then, but predict said only "no model for series": the set's
+    model.json keeps each failed series with its reason (by id), and predict says it."""
+    root = set_with_failed
+    meta = json.loads((root / "m" / "model.json").read_text())
+    assert [f["series"] for f in meta["failed"]] == ["tiny", "mid"]
+    assert meta["failed"][0]["reason"] == "5 rows; a series needs at least 16"
+    r = cli("predict", root / "m", root / "test.csv", "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    why = {x["series"].removeprefix(f"{root / 'test.csv'} "): x["reason"]
+           for x in csv.DictReader(open(tmp_path / "run" / "skipped.csv"))}
+    assert why["[host=tiny]"] == ("no model for series 'tiny' in this set: at fit it could not be fitted: "
+                                  "5 rows; a series needs at least 16")
+    assert why["[host=mid]"].startswith("no model for series 'mid' in this set: at fit it could not be fitted: ")
+    assert "fewer than 2 x the window (12)" in why["[host=mid]"]
+    assert why["[host=new]"] == "no model for series 'new' in this set (fitted on 1 series)"  # never fitted
+    # a model.json written before the field: loads, and predict says what it said then
+    del meta["failed"]
+    shutil.copytree(root / "m", tmp_path / "old")
+    (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+    old = load_series_model(tmp_path / "old")
+    assert isinstance(old, SeriesSet) and old.failed == [] and old.keys == ["web-1"]
+    with pytest.raises(InputError, match=r"^no model for series 'tiny' in this set \(fitted on 1 series\)$"):
+        old.get("tiny")
+    # a reason is kept on one line, control characters escaped, and bounded
+    kept = short_reason("bad\nvalue \x1b[31m" + "x" * 1000)
+    assert kept.startswith("bad value \\x1b[31m") and kept.isprintable() and len(kept) == REASON_CHARS
+
+
+def test_ray_says_why_a_series_of_the_set_was_not_fitted(set_with_failed: Path) -> None:
+    pytest.importorskip("ray")
+    from normalcy.scale.distributed import score_series_ray
+
+    model = load_series_model(set_with_failed / "m")
+    series = {s.name: s for s in read_series(set_with_failed / "test.csv", None, "host")}
+    (why,), _ = score_series_ray(set_with_failed / "m", model, [series["tiny"]], "local")
+    assert why == ("no model for series 'tiny' in this set: at fit it could not be fitted: "
+                   "5 rows; a series needs at least 16")
 
 
 def test_a_time_column_given_at_fit_is_read_by_predict(tmp_path: Path) -> None:

@@ -352,7 +352,7 @@ def score_series_ray(model_dir: Path, model: Any, jobs: list[Any], address: str)
         if isinstance(model, SeriesSet):
             folder = model.folders.get(s.name)
             if folder is None:
-                return _echo.remote(f"no model for series {s.name!r} in this set (fitted on {len(model)} series)")
+                return _echo.remote(model.missing(s.name))
             try:
                 files = _model_files(Path(model_dir) / folder)
             except InputError as err:

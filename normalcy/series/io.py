@@ -150,7 +150,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         if failed is None:
             raise InputError(f"{path}: {why}")
         bad.append((f"{path} [{series_column}=]", why))
-    for sid in dict.fromkeys(ids[ids != ""]):  # in order of first appearance
+    for sid in dict.fromkeys(ids[ids != ""].tolist()):  # in order of first appearance; str, not np.str_
         rows = np.flatnonzero(ids == sid)
         where = f"{path.name} [{series_column}={sid}]"
         try:

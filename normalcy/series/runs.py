@@ -38,7 +38,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from normalcy.errors import InputError, reasons
 from normalcy.files import MODEL_JSON, Strict, describe, read_json
-from normalcy.progress import progress_bar
+from normalcy.progress import plain, progress_bar
 from normalcy.series import registry
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import Event, events, pruned
@@ -63,6 +63,7 @@ SET_KIND = "series_set"  # model.json "kind" of a folder of per-series models
 SET_FORMAT_VERSION = 1
 MAX_SERIES = 1_000_000  # series a set may hold
 MAX_ID = 1000  # characters of a series id
+REASON_CHARS = 300  # of why a series could not be fitted, as a set's model.json keeps it
 NAME_CHARS = 80  # of a series id kept readable in its folder name
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
@@ -177,6 +178,13 @@ class SetEntry(Strict):
     folder: str = Field(pattern=f"^{SAFE_FOLDER.pattern}$")  # pydantic searches: anchored here
 
 
+class FailedEntry(Strict):
+    """A series of the set that could not be fitted, and why: so predict can say why it has no model."""
+
+    series: str = Field(min_length=1, max_length=MAX_ID)
+    reason: str = Field(max_length=REASON_CHARS)
+
+
 class SeriesSetMeta(Strict):
     """model.json of a set of per-series models: every field bounded, folders safe and unique."""
 
@@ -187,6 +195,7 @@ class SeriesSetMeta(Strict):
     series_column: str | None = Field(None, max_length=1000)  # None: one model per series folder
     time_column: str | None = Field(None, max_length=1000)
     models: list[SetEntry] = Field(min_length=1, max_length=MAX_SERIES)
+    failed: list[FailedEntry] = Field(default_factory=list, max_length=MAX_SERIES)  # absent in older files
     created: str = Field(max_length=100)
 
     @model_validator(mode="after")
@@ -224,11 +233,19 @@ class SeriesSet:
     def __contains__(self, key: str) -> bool:
         return key in self.models or key in self.folders
 
+    def missing(self, key: str) -> str:
+        """Why the set has no model for a series (one line, for here and Ray): the reason it could not be
+        fitted when it was one of the training series, so a predict long after the fit still says why."""
+        why = dict(self.failed).get(key)
+        if why is None:
+            return f"no model for series {key!r} in this set (fitted on {len(self)} series)"
+        return f"no model for series {key!r} in this set: at fit it could not be fitted: {why}"
+
     def get(self, key: str) -> SeriesDetector:
         """The model of one series; InputError when the set has none or it cannot be loaded."""
         if key not in self.models:
             if key not in self.folders or self.directory is None:
-                raise InputError(f"no model for series {key!r} in this set (fitted on {len(self)} series)")
+                raise InputError(self.missing(key))
             self.models[key] = registry.load(self.directory / self.folders[key])
         return self.models[key]
 
@@ -245,11 +262,21 @@ class SeriesSet:
             folder = folder_name(key, taken)
             model.save(d / folder)
             entries.append({"series": key, "folder": folder})
+        failed = [FailedEntry(series=key, reason=short_reason(why)) for key, why in self.failed[:MAX_SERIES]
+                  if 0 < len(key) <= MAX_ID and key not in self]  # a where of rows in no series is no id
         meta = SeriesSetMeta(kind=SET_KIND, format_version=SET_FORMAT_VERSION, normalcy_version=__version__,
                              detector=self.name, series_column=self.series_column, time_column=self.time_column,
-                             models=[SetEntry(**e) for e in entries], created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                             models=[SetEntry(**e) for e in entries], failed=failed,
+                             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         (d / MODEL_JSON).write_text(meta.model_dump_json(indent=1) + "\n")
         return d
+
+
+def short_reason(why: str) -> str:
+    """A reason as a model.json keeps it: one line, control characters escaped (``plain``), at most
+    REASON_CHARS characters (an error may quote a long path or value)."""
+    text = plain(" ".join(why.split()))
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 3] + "..."
 
 
 def _kind(directory: Path) -> str | None:
@@ -283,7 +310,8 @@ def load_series_set(directory: str | Path) -> SeriesSet:
     if meta.detector not in registry.DETECTORS:
         raise InputError(f"{path}: unknown series detector {meta.detector[:40]!r}")
     return SeriesSet(meta.detector, meta.series_column, meta.time_column,
-                     {m.series: m.folder for m in meta.models}, d)
+                     {m.series: m.folder for m in meta.models}, d,
+                     failed=[(f.series, f.reason) for f in meta.failed])
 
 
 def load_series_model(directory: str | Path) -> SeriesDetector | SeriesSet:
@@ -299,7 +327,8 @@ def training_series(train: Path, time_column: str | None = None, series_column: 
                     failed: list[tuple[str, str]] | None = None) -> tuple[list[Series], bool]:
     """The training series of a file, a series folder or a folder of them, and whether they are one per
     model (``--series-column`` or a folder of series folders) rather than one model for all. A series of
-    several that cannot be used is appended to ``failed`` (see io.read_series)."""
+    several that cannot be used is appended to ``failed`` as (id, reason), the id a predict looks its model
+    up by (rows in no series: as io.read_series names them)."""
     train = Path(train)
     if train.is_dir():
         folders, many = series_folders(train), not is_series_folder(train)
@@ -319,7 +348,12 @@ def training_series(train: Path, time_column: str | None = None, series_column: 
         return out, many
     if not train.exists():
         raise InputError(f"{train}: not found")
-    return read_series(train, time_column, series_column, failed=failed), series_column is not None
+    bad: list[tuple[str, str]] = []
+    series = read_series(train, time_column, series_column, failed=None if failed is None else bad)
+    if failed is not None:  # read_series names each "file [column=id]": the id alone, as fit_many names them
+        where = f"{train} [{series_column}="
+        failed += [(name.removeprefix(where).removesuffix("]") or name, why) for name, why in bad]
+    return series, series_column is not None
 
 
 FitMany = Callable[[list[Series], str, dict[str, Any]], tuple[dict[str, SeriesDetector], list[tuple[str, str]]]]
