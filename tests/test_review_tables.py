@@ -221,3 +221,49 @@ def test_another_table_in_the_run_folder_sets_the_row_labels_aside(tmp_path: Pat
     with caplog.at_level("WARNING", logger="normalcy"), TestClient(create_app(run, TOKEN)) as c:
         assert c.app.state.review.status()["n_labelled"] == 0  # type: ignore[attr-defined]
     assert "set aside" not in caplog.text  # said once, when it happened
+
+
+def _label_rows(c: TestClient, labels: dict[str, str]) -> None:
+    items = c.get("/api/items", params={"limit": 40}).json()["items"]
+    for row, label in labels.items():
+        item = next(it for it in items if it["name"] == row)
+        assert c.post(f"/api/items/{item['id']}/label", json={"label": label}).status_code == 200
+
+
+def _labelled_rows(c: TestClient) -> list[list[str]]:
+    return [line.split(",")[:2] for line in c.get("/api/labels.csv").text.splitlines()[1:]]
+
+
+def test_the_old_table_scored_back_gets_its_labels_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A -> B -> A -> B without an id column: the labels set aside when the other table came in are restored when
+    their table is scored back into the folder (said once), and the other table's labels are set aside in turn."""
+    run = tmp_path / "run"
+    _score_rows_into(run, tmp_path / "a.parquet", seed=1)
+    with TestClient(create_app(run, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        _label_rows(c, {"3": "normal", "5": "anomalous"})
+    _score_rows_into(run, tmp_path / "b.parquet", seed=2)
+    with TestClient(create_app(run, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert _labelled_rows(c) == []
+        _label_rows(c, {"5": "normal"})
+    _score_rows_into(run, tmp_path / "a.parquet", seed=1)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="normalcy"), TestClient(create_app(run, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert _labelled_rows(c) == [["3", "normal"], ["5", "anomalous"]]
+    assert "1 label(s) set aside" in caplog.text
+    assert "2 label(s) given to these rows before were restored" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="normalcy"), TestClient(create_app(run, TOKEN)) as c:
+        assert c.app.state.review.status()["n_labelled"] == 2  # type: ignore[attr-defined]
+    assert "restored" not in caplog.text and "set aside" not in caplog.text  # said once, when it happened
+    _score_rows_into(run, tmp_path / "b.parquet", seed=2)
+    with caplog.at_level("WARNING", logger="normalcy"), TestClient(create_app(run, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert _labelled_rows(c) == [["5", "normal"]]
+    assert "2 label(s) set aside" in caplog.text
+    assert "1 label(s) given to these rows before were restored" in caplog.text
+    with sqlite3.connect(run / "review.sqlite") as db:  # every label once: B's row 5 here, A's two set aside
+        assert sorted(r[0] for r in db.execute("SELECT label FROM labels")) == ["anomalous", "normal", "normal"]
+        assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 42

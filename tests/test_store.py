@@ -10,10 +10,10 @@ from typing import Iterator
 
 import pytest
 from review_fixtures import db_url  # noqa: F401  (a fixture)
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from normalcy.errors import InputError
-from normalcy.review.store import Store, run_id
+from normalcy.review.store import ContentsChange, Store, items_table, run_id
 
 
 def rows(n: int = 5, offset: float = 0.0) -> list[dict]:
@@ -250,15 +250,15 @@ def test_labels_kept_under_an_earlier_path_are_taken_over(tmp_path: Path) -> Non
 def test_labels_of_other_contents_are_set_aside_not_deleted(store: Store, db_url: str) -> None:  # noqa: F811
     """Items keyed by position (a table's row numbers): when the run's contents change, its labels (and their
     log) move to a run key of their own instead of staying on the same keys."""
-    assert store.set_aside_if_changed("table-a") == (0, "")  # the first fingerprint is taken as it is
+    assert store.set_aside_if_changed("table-a") == ContentsChange()  # the first fingerprint is taken as it is
     store.sync_items(rows())
     a, b, c = store.items()[:3]
     store.set_label(a.id, "anomalous", 4)
     store.set_label(b.id, "normal", None)
     store.set_label(c.id, "normal", None)
     store.set_label(c.id, None, None)  # cleared: only in the log
-    assert store.set_aside_if_changed("table-a") == (0, "")
-    n, aside = store.set_aside_if_changed("table-b")
+    assert store.set_aside_if_changed("table-a") == ContentsChange()
+    n, aside, _, _ = store.set_aside_if_changed("table-b")
     assert n == 2 and aside.startswith(" set aside ")  # this store's run is ""
     store.sync_items(rows(offset=0.5))
     assert store.labelled() == [] and store.events() == [] and len(store.items()) == 5
@@ -268,7 +268,44 @@ def test_labels_of_other_contents_are_set_aside_not_deleted(store: Store, db_url
         assert len(old.events()) == 4 and len(old.items()) == 3
     finally:
         old.close()
-    assert store.set_aside_if_changed("table-b") == (0, "")
+    assert store.set_aside_if_changed("table-b") == ContentsChange()
+    assert store.set_aside_if_changed("table-c") == ContentsChange()  # nothing labelled: no key kept for nothing
+
+
+def test_labels_set_aside_come_back_with_their_contents(store: Store, db_url: str) -> None:  # noqa: F811
+    """A -> B -> A -> B: each table's labels are set aside when the other is scored in, and restored (with their
+    log) when it comes back; the run's unlabelled items of the same keys give way, so each key stays one item."""
+    store.set_aside_if_changed("table-a")
+    a = store.sync_items(rows())
+    store.set_label(a[0], "anomalous", 4)
+    store.set_label(a[1], "normal", None)
+    store.set_label(a[2], "normal", None)
+    store.set_label(a[2], None, None)  # cleared: only in the log
+    to_b = store.set_aside_if_changed("table-b")
+    assert (to_b.set_aside, to_b.restored, to_b.restored_from) == (2, 0, "")
+    b = store.sync_items(rows(offset=0.5))
+    store.set_label(b[3], "anomalous", 2)
+
+    back_to_a = store.set_aside_if_changed("table-a")
+    assert (back_to_a.set_aside, back_to_a.restored, back_to_a.restored_from) == (1, 2, to_b.aside)
+    assert store.sync_items(rows())[:3] == a[:3]  # the labelled items themselves, back under this run
+    assert {(it.path, it.label, it.interest) for it in store.labelled()} == {
+        ("/data/img_0.png", "anomalous", 4), ("/data/img_1.png", "normal", None)}
+    assert len(store.items()) == 5 and len(store.events()) == 4
+
+    back_to_b = store.set_aside_if_changed("table-b")
+    assert (back_to_b.set_aside, back_to_b.restored, back_to_b.restored_from) == (2, 1, back_to_a.aside)
+    store.sync_items(rows(offset=0.5))
+    assert [(it.path, it.label, it.interest) for it in store.labelled()] == [("/data/img_3.png", "anomalous", 2)]
+    assert len(store.items()) == 5 and len(store.events()) == 1
+    with store.engine.connect() as conn:  # A's three items set aside once more, B's restored: nothing twice
+        assert conn.execute(select(func.count()).select_from(items_table)).scalar() == 8
+    old = Store(db_url, run=back_to_b.aside)
+    try:
+        assert len(old.labelled()) == 2 and len(old.events()) == 4
+    finally:
+        old.close()
+    assert store.set_aside_if_changed("table-b") == ContentsChange()
 
 
 def test_labels_set_aside_are_not_taken_back_as_an_earlier_path(tmp_path: Path) -> None:

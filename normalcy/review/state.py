@@ -142,16 +142,22 @@ class Review:
     def _set_aside_other_rows(self, keys: Sequence[str], features: np.ndarray | None) -> None:
         """A table scored without an id column is keyed by row number, which says nothing of what a row is: its
         features (z-scored values, as the run stores them) do. Labels given to other rows (another table scored
-        into this folder) are set aside by the store, kept but not applied, and said here once."""
+        into this folder) are set aside by the store, kept but not applied, and said here once; those set aside
+        when the rows were last these (the old table scored back in) are restored, and said once too."""
         if features is None or not all(k.isdigit() for k in keys):
             return  # ids of a column of their own (or no features to tell rows by): the key is the row
         digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=16)
         digest.update(np.ascontiguousarray(features))
-        n, aside = self.store.set_aside_if_changed(digest.hexdigest())
-        if aside:
+        change = self.store.set_aside_if_changed(digest.hexdigest())
+        where = printable(str(self.run_dir))
+        if change.aside:
             logger.warning("review of %s: its rows are not those labelled before (another table scored into the "
                            "folder without --id-column?): %d label(s) set aside, not applied; they stay in %s "
-                           "under run %r", printable(str(self.run_dir)), n, self.store.shown, printable(aside))
+                           "under run %r", where, change.set_aside, self.store.shown, printable(change.aside))
+        if change.restored_from:
+            logger.warning("review of %s: its rows are those of an earlier table scored into the folder: %d label(s) "
+                           "given to these rows before were restored from run %r in %s", where, change.restored,
+                           printable(change.restored_from), self.store.shown)
 
     # items
 

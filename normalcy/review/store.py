@@ -10,7 +10,8 @@ Four tables:
     labels        the current label of an item (one row per labelled item)
     label_events  every label ever written, in order (who labelled what, when)
     run_contents  a fingerprint of what a run's items are, where their keys do not say it (a table's row
-                  numbers): labels of other contents are set aside, not attached to other rows
+                  numbers): labels of other contents are set aside, not attached to other rows; each
+                  aside key is kept here with its fingerprint, so that its labels come back with those contents
 
 Several runs may share one database (a team's PostgreSQL): a Store reads and writes
 only the items of its own run, and labels and events only through those items.
@@ -28,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from sqlalchemy import (
     Boolean,
@@ -57,7 +58,7 @@ from normalcy.images.io import printable
 from normalcy.review.ranking import check_label
 from normalcy.runs.format import csv_cell
 
-__all__ = ["DatabaseGone", "Item", "Store", "db_reason", "run_id"]
+__all__ = ["ContentsChange", "DatabaseGone", "Item", "Store", "db_reason", "run_id"]
 
 log = logging.getLogger("normalcy")
 
@@ -118,6 +119,16 @@ class Item:
     @property
     def labelled(self) -> bool:
         return self.label is not None or self.interest is not None
+
+
+class ContentsChange(NamedTuple):
+    """What ``Store.set_aside_if_changed`` moved: labels set aside and the run key they are kept under, labels
+    restored and the key they were kept under ("" where none)."""
+
+    set_aside: int = 0
+    aside: str = ""
+    restored: int = 0
+    restored_from: str = ""
 
 
 _RAW = "fsb64:"  # marks a key stored as base64 of its bytes
@@ -289,34 +300,62 @@ class Store:
         log.info("review: %d label(s) of this run kept from where it was served before (%s)", found[earlier][0],
                  printable(earlier))
 
-    def set_aside_if_changed(self, fingerprint: str) -> tuple[int, str]:
-        """Record what this run's items are; if they are not what was labelled before, set the old labels aside.
+    def set_aside_if_changed(self, fingerprint: str) -> ContentsChange:
+        """Record what this run's items are; if they are not what was labelled before, set the old labels aside,
+        and take back the labels set aside when the items were last these.
 
         For items keyed by position (a table's row numbers) the key does not say which object a label is
         about: another table scored into the run folder reuses the keys. When ``fingerprint`` differs from
         the recorded one, the items that carry a label or a logged label move, with their labels and log,
-        to a run key of their own (returned): kept in the database, no longer this run's, never deleted.
-        A run without a recorded fingerprint (labelled before they were kept) takes this one as its own.
-        Call it before ``sync_items``. Returns (labels set aside, the key they are kept under), (0, "") if none.
+        to a run key of their own: kept in the database, no longer this run's, never deleted. The aside key
+        is recorded in run_contents with the fingerprint it was labelled under, so that when those contents
+        come back (the old table scored into the folder again) its items move back to this run, replacing
+        this run's unlabelled items of the same keys. A run without a recorded fingerprint (labelled before
+        they were kept) takes this one as its own. Call it before ``sync_items``.
         """
         mine = contents_table.c.run == self.run
-        item = items_table.c.id
-        kept = (select(item).where(items_table.c.run == self.run)
-                .where(item.in_(select(labels_table.c.item_id)) | item.in_(select(events_table.c.item_id)))
-                .correlate(None))  # a list of its own, not tied to the UPDATE's items
         with self.engine.begin() as conn:
-            before = conn.execute(select(contents_table.c.fingerprint).where(mine)).scalar()
+            # Locked (PostgreSQL): a second server starting on the change waits, then finds it made.
+            before = conn.execute(select(contents_table.c.fingerprint).where(mine).with_for_update()).scalar()
             if before == fingerprint:
-                return 0, ""
+                return ContentsChange()
             if before is None:
                 conn.execute(contents_table.insert().values(run=self.run, fingerprint=fingerprint))
-                return 0, ""
+                return ContentsChange()
             conn.execute(contents_table.update().where(mine).values(fingerprint=fingerprint))
             aside = f"{self.run}{SET_ASIDE}{_iso(time.time())} {before[:12]} {uuid.uuid4().hex[:8]}"
-            n = conn.execute(select(func.count()).select_from(labels_table).where(
-                labels_table.c.item_id.in_(kept))).scalar() or 0
-            conn.execute(items_table.update().where(item.in_(kept)).values(run=aside))
-        return int(n), aside
+            n_aside = self._move_labelled(conn, self.run, aside)
+            if n_aside is None:
+                aside = ""  # nothing labelled under the old contents: no key kept for them
+            else:
+                conn.execute(contents_table.insert().values(run=aside, fingerprint=before))
+            # The newest aside of these contents (there is one unless two servers raced on a change).
+            asides = conn.execute(select(contents_table.c.run).where(contents_table.c.fingerprint == fingerprint))
+            earlier = max((r for (r,) in asides if r.startswith(self.run + SET_ASIDE)), default="")
+            n_restored = None
+            if earlier:
+                n_restored = self._move_labelled(conn, earlier, self.run)
+                conn.execute(contents_table.delete().where(contents_table.c.run == earlier))
+        return ContentsChange(n_aside or 0, aside, n_restored or 0, "" if n_restored is None else earlier)
+
+    @staticmethod
+    def _move_labelled(conn: Connection, source: str, target: str) -> int | None:
+        """Move the items of run ``source`` that carry a label or a logged label to run ``target`` (with them, their
+        labels and log), first dropping ``target``'s items of the same keys that carry neither: the unique
+        (run, path) keeps one item per key, and those hold nothing to lose. Returns how many labels moved,
+        None when no item did."""
+        item = items_table.c.id
+        labelled = item.in_(select(labels_table.c.item_id)) | item.in_(select(events_table.c.item_id))
+        moving = select(item).where(items_table.c.run == source).where(labelled).correlate(None)
+        paths = select(items_table.c.path).where(item.in_(moving)).correlate(None)
+        if conn.execute(moving.limit(1)).first() is None:
+            return None
+        at_target = items_table.c.run == target
+        conn.execute(items_table.delete().where(at_target, items_table.c.path.in_(paths), ~labelled))
+        n = conn.execute(select(func.count()).select_from(labels_table).where(labels_table.c.item_id.in_(moving)))
+        count = int(n.scalar() or 0)
+        conn.execute(items_table.update().where(item.in_(moving)).values(run=target))
+        return count
 
     # ------------------------------------------------------------------ items
 
