@@ -607,3 +607,21 @@ def test_epoch_milliseconds_fit_predict_and_draw(tmp_path: Path) -> None:
     r = cli("predict", tmp_path / "m", tmp_path / "test.csv", "-o", tmp_path / "run")
     assert r.exit_code == 0, r.stderr
     assert "epoch milliseconds" in r.stderr and "<svg" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_the_report_shades_one_row_events_and_merges_thousands() -> None:
+    """An event was shaded from its first row's time to its last's: a one-row event had no width (not drawn),
+    and 12,000 events in 300,000 rows were 24,000 shapes (a 5.6 MB plot). Each span is now at least a row and
+    1/500 of the series wide, and spans that then overlap are one shape."""
+    import re
+
+    from normalcy.runs import plots
+
+    t = np.arange(600, dtype=np.float64)
+    svg = plots.series_svg(t, False, np.sin(t / 10)[:, None], ["a"], np.abs(np.sin(t / 10)), 0.5, [(300, 300)], [], "p")
+    spans = re.findall(r'<path d="M ([\d.]+) [\d.]+\s+L ([\d.]+) [^"]*"[^>]*fill: #c62828', svg)
+    assert len(spans) == 2 and all(float(b) > float(a) for a, b in spans)  # both panels, each with a width
+    assert plots.shaded([(0, 0), (5, 9), (8, 12), (20, 20)], np.arange(30.0)).tolist() == [
+        [0.0, 0.5], [4.5, 12.5], [19.5, 20.5]]
+    times = 1.7e9 + 60 * np.arange(300_000.0)
+    assert len(plots.shaded([(k, k + 3) for k in range(0, 300_000, 700)], times)) <= 500
