@@ -90,6 +90,8 @@ from normalcy.vectors.tables import (
 logger = logging.getLogger("normalcy")
 PathLike = str | Path
 SERIES_TOP = 12  # series drawn in a series run's report: each plot takes a fraction of a second
+LONG_SERIES = 100_000  # rows: one series this long takes minutes to score (1e6 rows, `auto`: 5 to 9), so it
+# gets a bar too, whose clock says that it is still going
 
 
 @dataclass(frozen=True)
@@ -680,7 +682,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         results, cpus = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray)
         info |= {"ray": ray, "cpus": cpus}
     else:
-        with progress_bar(progress and len(jobs) > 1) as bar:
+        with progress_bar(progress and (len(jobs) > 1 or sum(len(s) for _, s, _ in jobs) >= LONG_SERIES)) as bar:
             results = [_score_one(model, s, stream) for _, s, _ in bar.track(jobs, description="predict")]
     parts = []
     for (fi, s, where), res in zip(jobs, results):

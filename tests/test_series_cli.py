@@ -625,3 +625,29 @@ def test_the_report_shades_one_row_events_and_merges_thousands() -> None:
         [0.0, 0.5], [4.5, 12.5], [19.5, 20.5]]
     times = 1.7e9 + 60 * np.arange(300_000.0)
     assert len(plots.shaded([(k, k + 3) for k in range(0, 300_000, 700)], times)) <= 500
+
+
+def test_one_long_series_gets_a_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar was shown for two series or more only: one series of 1,000,000 rows scored for minutes without a
+    word. A series of LONG_SERIES rows or more gets it too (its clock says the run is going)."""
+    import contextlib
+
+    from normalcy import api
+
+    shown: list[bool] = []
+    real = api.progress_bar
+
+    @contextlib.contextmanager
+    def spy(enabled: bool = True):  # type: ignore[no-untyped-def]
+        shown.append(enabled)
+        with real(False) as bar:
+            yield bar
+
+    path = tmp_path / "s.csv"
+    path.write_text("timestamp,cpu\n" + "".join(f"{i},{np.sin(i / 3):.4f}\n" for i in range(300)))
+    api.fit(path, tmp_path / "m", "knn", progress=False)
+    monkeypatch.setattr(api, "progress_bar", spy)
+    api.predict(tmp_path / "m", [path], tmp_path / "short")
+    monkeypatch.setattr(api, "LONG_SERIES", 300, raising=False)
+    api.predict(tmp_path / "m", [path], tmp_path / "long")
+    assert shown == [False, True]
