@@ -651,3 +651,24 @@ def test_one_long_series_gets_a_progress_bar(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(api, "LONG_SERIES", 300, raising=False)
     api.predict(tmp_path / "m", [path], tmp_path / "long")
     assert shown == [False, True]
+
+
+def test_predict_scores_a_file_whose_label_column_is_not_0_1(tmp_path: Path) -> None:
+    """predict only draws a file's labels, yet a `label` column of -1/1 (scikit-learn's way) refused the whole
+    file: no series could be scored. It is left out with a note naming the cell; eval, which measures on the
+    labels, still refuses it."""
+    rows = "".join(f"{i},{np.sin(i / 3):.4f},{1 if 100 <= i < 104 else -1}\n" for i in range(200))
+    path = tmp_path / "t.csv"
+    path.write_text("timestamp,cpu,label\n" + rows)
+    train = tmp_path / "train.csv"
+    train.write_text("timestamp,cpu\n" + "".join(f"{i},{np.sin(i / 3):.4f}\n" for i in range(200)))
+    assert cli("fit", train, "-o", tmp_path / "m", "--detector", "knn").exit_code == 0
+    r = cli("predict", tmp_path / "m", path, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    assert "column 'label' left out, not scored or drawn as labels" in r.stderr and "row 1 has '-1'" in r.stderr
+    assert len(list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))) == 200
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.csv").write_text(train.read_text())
+    (tmp_path / "d" / "test.csv").write_text(path.read_text())
+    r = cli("eval", tmp_path / "d", "--detector", "knn")
+    assert r.exit_code == 1 and "label column must hold 0 (normal) or 1 (anomaly)" in r.stderr

@@ -172,6 +172,9 @@ def test_label_column(tmp_path: Path) -> None:
     rows[2] = "2,1,yes"
     with pytest.raises(InputError, match=r"row 3 has 'yes'"):
         read_series(write_csv(tmp_path / "yes.csv", "timestamp,v,label", rows))
+    rows[2] = "2,1,"
+    with pytest.raises(InputError, match=r"row 3 has an empty cell"):  # it said 'nan'
+        read_series(write_csv(tmp_path / "empty.csv", "timestamp,v,label", rows))
 
 
 def test_a_trailing_separator_and_a_ragged_line(tmp_path: Path) -> None:

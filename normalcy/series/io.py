@@ -89,13 +89,15 @@ def is_series_file(path: Path) -> bool:
 
 def read_series(path: str | Path, time_column: str | None = None, series_column: str | None = None,
                 label_column: str | None = "label", failed: list[tuple[str, str]] | None = None,
-                keep: tuple[Sequence[str], str] | None = None) -> list[Series]:
+                keep: tuple[Sequence[str], str] | None = None, drawn_labels: bool = False) -> list[Series]:
     """The series of a CSV or Parquet file: one, or one per value of ``series_column``, each checked and
     repaired by the rules of this module. Every problem is one InputError naming the file; with ``failed``
     given, one series of several that cannot be used (too short, a column without values) is appended there
     as (file [column=id], reason) and the others are returned (none usable: still an InputError). ``keep``:
     (the columns a model knows, whose they are): any other value column is left out before it is read, with a
-    note, so that a column that will not be scored can neither fail the file nor be repaired."""
+    note, so that a column that will not be scored can neither fail the file nor be repaired. ``drawn_labels``:
+    the labels are only drawn (predict's report), so a label column that is not 0/1 is left out with a note
+    rather than refusing the file (eval, which measures on them, refuses it)."""
     path = Path(path)
     if path.suffix.lower() not in SERIES_SUFFIXES:
         raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}")
@@ -138,7 +140,15 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         parsed.append(_values(path, c, arrays[c], comma, notes))
     time = _times(path, arrays[time_column], notes) if time_column else np.arange(n, dtype=np.float64)
     values = np.column_stack(parsed)
-    labels = _labels(path, arrays[label]) if label else None
+    labels = None
+    if label:
+        try:
+            labels = _labels(path, arrays[label])
+        except InputError as err:
+            if not drawn_labels:
+                raise
+            notes.append(f"{path.name}: column {label!r} left out, not scored or drawn as labels: "
+                         f"{str(err).removeprefix(f'{path}: ')}")
     if series_column is None:
         return [_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
                       time_column, notes)]
@@ -366,8 +376,11 @@ def _labels(path: Path, a: np.ndarray) -> np.ndarray:
     ok = np.array([_is_label(v) for v in a]) if num is None else np.isfinite(num) & np.isin(num, (0, 1))
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
+        cell = a[row]
+        has = "an empty cell" if cell is None or (isinstance(cell, float) and math.isnan(cell)) else repr(
+            str(cell)[:40])
         raise InputError(f"{path}: label column must hold 0 (normal) or 1 (anomaly) in every row; row {row + 1} "
-                         f"has {str(a[row])[:40]!r}")
+                         f"has {has}")
     return num.astype(np.int8)
 
 

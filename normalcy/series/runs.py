@@ -531,7 +531,7 @@ def read_series_file(path: Path, time_column: str | None, series_column: str | N
     """A file to score: its series and the time text of each row (``keep``: see ``read_series``). One
     InputError naming the file when it cannot be read."""
     failed: list[tuple[str, str]] = []
-    series = read_series(path, time_column, series_column, failed=failed, keep=keep)
+    series = read_series(path, time_column, series_column, failed=failed, keep=keep, drawn_labels=True)
     tcol = series[0].time_column  # the one given, or found by read_series
     key = series_key(path)
     if series_column is None:
