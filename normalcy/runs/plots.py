@@ -10,6 +10,7 @@ import io
 import math
 import re
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,9 @@ def _svg_of(fig: Any, prefix: str, tight: bool = True) -> str:
     and several inline SVGs share one HTML id namespace.
     """
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight" if tight else None)  # tight: one more draw
+    with warnings.catch_warnings():  # text stays text (svg.fonttype none): the browser draws a CJK metric name
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # that matplotlib's font lacks
+        fig.savefig(buf, format="svg", bbox_inches="tight" if tight else None)  # tight: one more draw
     svg = buf.getvalue()
     start = svg.find("<svg")
     svg = svg[start:] if start >= 0 else svg
