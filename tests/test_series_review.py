@@ -4,6 +4,7 @@ labels re-rank them with the same active learning as images, from each event's f
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -109,7 +110,14 @@ def test_a_run_without_events_is_refused_in_one_line(run: Path, tmp_path: Path) 
     api.predict(run.parent / "model", [quiet], tmp_path / "run")
     (tmp_path / "run" / "events.csv").write_text("series,start,end,peak_time,peak_score,metrics,rows,plot\n")
     (tmp_path / "run" / EMBEDDINGS).unlink(missing_ok=True)
-    with pytest.raises(InputError, match="no events to review"):
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**meta, "n_pruned": 0}))
+    with pytest.raises(InputError, match=r"no events to review \(no row reached its threshold\)"):
+        create_app(tmp_path / "run", TOKEN)
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**meta, "n_pruned": 3}))
+    # it said "no row reached its threshold" of a run whose three crossings were pruned
+    with pytest.raises(InputError, match=r"no events to review \(3 crossed the threshold and were pruned as "
+                                         r"noise; fit with --prune 0 to keep them\)"):
         create_app(tmp_path / "run", TOKEN)
 
 

@@ -919,8 +919,11 @@ def read_series_items(run_dir: Path) -> RunItems:
     """A series run's events as review items: key series|start|end, name "series: start – end", score the
     peak score, all anomalous, the picture as the item's image (``overlays`` holds it)."""
     evs = read_events(run_dir)
-    if not evs:
-        raise InputError(f"{Path(run_dir) / EVENTS_CSV}: no events to review (no row reached its threshold)")
+    if not evs:  # "no row reached its threshold" was said of runs whose crossings were all pruned too
+        pruned = read_run_json(Path(run_dir)).get("n_pruned")
+        why = (f"{pruned} crossed the threshold and were pruned as noise; fit with --prune 0 to keep them"
+               if isinstance(pruned, int) and pruned > 0 else "no row reached its threshold")
+        raise InputError(f"{Path(run_dir) / EVENTS_CSV}: no events to review ({why})")
     keys, seen, rows = [], set(), []
     for k, e in enumerate(evs):
         key = f"{e.series}|{e.start}|{e.end}"
