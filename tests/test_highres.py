@@ -124,3 +124,20 @@ def test_a_mask_that_cannot_be_read_costs_its_image_not_the_evaluation(tmp_path:
         masks = masks_for(samples, result)
     assert masks[1] is None and masks[3] is not None and masks[3].any()
     assert f"{bad}: not an image" in caplog.text and "left out of the pixel metrics" in caplog.text
+
+
+def test_a_test_set_of_one_class_says_why_its_image_metrics_are_null(synthetic_dataset: Path, caplog) -> None:
+    """Without test/good, eval printed null image metrics without a word, and NaN (not JSON) for the false-
+    positive rate at the threshold."""
+    import json
+    import shutil
+
+    from normalcy.evaluation.evaluate import run_eval
+
+    shutil.rmtree(synthetic_dataset / "test" / "good")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        metrics, _, _ = run_eval(synthetic_dataset, extractor=FeatureExtractor(image_size=64), progress=False,
+                                 latency_images=0)
+    assert metrics["image_auroc"] is None and metrics["test_fpr_at_threshold"] is None
+    json.dumps(metrics, allow_nan=False)
+    assert "no good image (test/good) was scored: image AUROC, AP and F1 need both kinds" in caplog.text

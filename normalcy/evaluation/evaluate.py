@@ -107,6 +107,15 @@ def decision_rates(labels: np.ndarray, decisions: np.ndarray) -> dict[str, float
     }
 
 
+def warn_one_class(labels: np.ndarray, test_dir: Path) -> None:
+    """Say why the image metrics are null when the scored test images are all good or all defective: they
+    were printed as null (or NaN) without a word, which reads as a failure of the detector."""
+    if labels.size == 0 or 0 < labels.sum() < labels.size:
+        return
+    missing = "good image (test/good)" if labels.all() else "defective image (test/<defect>)"
+    log.warning("%s: no %s was scored: image AUROC, AP and F1 need both kinds and are null", test_dir, missing)
+
+
 def latency_ms(score_one: Callable[[Path], object], paths: Sequence[Path], n: int = 20, warm: int = 1) -> float:
     """Median end-to-end ms of ``score_one(path)``, one image on its own (read, features, score, map), over n
     images after ``warm`` untimed calls (with a single image: that image again)."""
@@ -155,6 +164,7 @@ def run_eval(
     score_seconds = time.perf_counter() - t0
     label_of = {s.path: s.label for s in ds.test}
     labels = np.array([label_of[p] for p in result.paths], dtype=int)
+    warn_one_class(labels, ds.root / "test")
     metrics = evaluate(labels, result.scores, *pixel_inputs(ds.test, result))
     out: dict[str, Any] = {
         "detector": detector if detector != "auto" else f"auto: {det.name}",
@@ -170,7 +180,7 @@ def run_eval(
         **{k: _num(v) for k, v in metrics.items()},
         "threshold": det.threshold_,
         "target_fpr": None if zero_shot else det.fpr,
-        **decision_rates(labels, result.decisions),
+        **{k: _num(v) for k, v in decision_rates(labels, result.decisions).items()},
         "fit_seconds": round(fit_seconds, 3),
         "score_seconds": round(score_seconds, 3),
         "images_per_second": round(len(result.paths) / score_seconds, 2) if score_seconds else None,
