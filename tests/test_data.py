@@ -561,6 +561,26 @@ def test_read_mask_rgb(tmp_path: Path) -> None:
     assert read_mask(tmp_path / "m.png", (2, 3)).all()
 
 
+def test_read_mask_in_colour_palette_labels_and_16_bits(tmp_path: Path) -> None:
+    """A red-on-black mask, a palette mask (VOC's dark red), a mask of 0 and 1 and a 16-bit one of 0 and 1 were
+    read as no defect at all (luminance under 128): pixel metrics went wrong or null without a word."""
+    defect = np.zeros((2, 3), bool)
+    defect[0, 1:] = True
+    red = np.zeros((2, 3, 3), np.uint8)
+    red[defect] = (255, 0, 0)
+    Image.fromarray(red).save(tmp_path / "red.png")
+    pal = Image.fromarray(defect.astype(np.uint8), "L").convert("P")
+    pal.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    pal.save(tmp_path / "pal.png")
+    Image.fromarray(defect.astype(np.uint8)).save(tmp_path / "01.png")
+    Image.fromarray(defect.astype(np.uint16)).save(tmp_path / "01_16.png")
+    Image.fromarray(defect.astype(np.uint16) * 65535).save(tmp_path / "16.png")
+    for name in ("red", "pal", "01", "01_16", "16"):
+        assert read_mask(tmp_path / f"{name}.png", (2, 3)).tolist() == defect.tolist(), name
+    Image.new("L", (3, 2), 0).save(tmp_path / "zero.png")
+    assert not read_mask(tmp_path / "zero.png", (2, 3)).any()
+
+
 # ------------------------------------------------------------------------- list_files
 
 

@@ -416,10 +416,27 @@ def iter_images(
         yield p, img
 
 
+def _mask_levels(im: Image.Image) -> np.ndarray:
+    """A mask's pixels on 0..255, defect bright, for any way masks are written: the brightest channel, since a
+    red-on-black or palette mask is dark in luminance (pure red is 76, under the half-way cut); 16 bits mapped as
+    :func:`read_image` maps them; and a mask of 0 and 1 only (label masks) as 0 and 255. Each was read as no
+    defect at all."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        raw = np.asarray(im)
+        labels = im.mode != "F" and raw.size and 0 <= raw.min() and raw.max() <= 1
+        a = raw.astype(np.uint8) if labels else _to_rgb_array(im)[:, :, 0]
+    elif im.mode in ("1", "L"):
+        a = np.asarray(im.convert("L"))
+    else:
+        a = np.asarray(im.convert("RGB")).max(axis=2)
+    return np.ascontiguousarray(a * np.uint8(255) if a.size and a.max() == 1 else a)
+
+
 def read_mask(
     path: str | Path | None, shape: tuple[int, int], size: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """Read a ground-truth mask as a bool HxW array (pixel > 127 after mode L).
+    """Read a ground-truth mask as a bool HxW array (pixel > 127 in its brightest channel; a mask of 0 and 1
+    only: pixel 1).
 
     ``None`` means "no defect pixels" and gives an all-False mask. A mask
     whose size differs from its image's ``shape`` = (H, W) is resized with nearest
@@ -440,11 +457,7 @@ def read_mask(
     p = Path(path)
     im = _open_loaded(p)
     try:
-        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-            # Map like read_image does, so 0/65535 masks behave like 0/255.
-            gray = Image.fromarray(_to_rgb_array(im)[:, :, 0])
-        else:
-            gray = im.convert("L")
+        gray = Image.fromarray(_mask_levels(im))
         mw, mh = gray.size
         if (mw, mh) != (w, h):
             warnings.warn(
