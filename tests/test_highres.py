@@ -141,3 +141,15 @@ def test_a_test_set_of_one_class_says_why_its_image_metrics_are_null(synthetic_d
     assert metrics["image_auroc"] is None and metrics["test_fpr_at_threshold"] is None
     json.dumps(metrics, allow_nan=False)
     assert "no good image (test/good) was scored: image AUROC, AP and F1 need both kinds" in caplog.text
+
+
+def test_an_empty_mask_of_a_defective_image_is_named(tmp_path: Path, caplog) -> None:
+    """An all-zero mask for a defective image (a wrong file, a failed export) counted its pixels as normal
+    without a word."""
+    samples, result = _highres_case(tmp_path, 4)
+    Image.new("L", (1600, 800), 0).save(samples[1].mask_path)
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        masks = masks_for(samples, result)
+    assert masks[1] is not None and not masks[1].any() and masks[3].any()
+    assert caplog.text.count("no defect pixel") == 1
+    assert f"{samples[1].mask_path}: no defect pixel in the mask of a defective image" in caplog.text

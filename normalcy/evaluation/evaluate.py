@@ -86,6 +86,10 @@ def masks_for(samples: Sequence[Sample], result: Result,
                 except ImageError as err:  # one bad mask costs its image's pixel metrics, not the evaluation
                     log.warning("%s; its image is left out of the pixel metrics", err)
                     masks.append(None)
+                else:
+                    if not masks[-1].any():  # a wrong file or a wrong export, likelier than a defect of no pixel
+                        log.warning("%s: no defect pixel in the mask of a defective image; its pixels count as "
+                                    "normal in the pixel metrics", s.mask_path)
             for w in caught:
                 warnings.warn(str(w.message), w.category, stacklevel=2)
     return masks
