@@ -676,6 +676,36 @@ def test_load_dataset_synthetic(tmp_path: Path) -> None:
     ]
 
 
+def test_load_dataset_finds_loco_mask_folders_and_flat_masks_of_nested_images(tmp_path: Path, caplog) -> None:
+    """A folder of masks per image (MVTec LOCO) and images sorted into subfolders with their masks in one
+    folder were all "without a mask": pixel metrics null or on a part of the set, said only at INFO."""
+    root = tmp_path / "ds"
+    _make_tree(root)
+    half = np.zeros((8, 8), np.uint8)
+    half[:4] = 255
+    loco = root / "ground_truth" / "crack" / "002"
+    loco.mkdir()
+    Image.fromarray(half).save(loco / "000.png")
+    Image.fromarray(half.T.copy()).save(loco / "001.png")
+    for sub, stem in (("a", "005"), ("a", "006"), ("b", "006")):
+        (root / "test" / "scratch" / sub).mkdir(exist_ok=True)
+        Image.fromarray(_rgb(8, 8)).save(root / "test" / "scratch" / sub / f"{stem}.png")
+        Image.fromarray(half).save(root / "ground_truth" / "scratch" / f"{stem}.png")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        ds = load_dataset(root)
+    masks = {str(s.path.relative_to(root / "test")): s.mask_path for s in ds.test}
+    assert masks["crack/002.png"] == loco
+    union = read_mask(loco, (8, 8))
+    assert union[:4].all() and union[:, :4].all() and not union[4:, 4:].any()
+    assert masks["scratch/a/005.png"] == root / "ground_truth" / "scratch" / "005.png"
+    assert masks["scratch/a/006.png"] is None and masks["scratch/b/006.png"] is None  # whose would it be?
+    assert "2 images in subfolders share one mask file name (e.g. " in caplog.text and "006.png" in caplog.text
+    (loco / "000.png").unlink()
+    (loco / "001.png").unlink()
+    with pytest.raises(ImageError, match="mask folder is empty"):
+        read_mask(loco, (8, 8))
+
+
 def test_load_dataset_missing_root(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="nothere"):
         load_dataset(tmp_path / "nothere")

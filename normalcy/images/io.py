@@ -13,6 +13,7 @@ import os
 import stat
 import struct
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,7 +439,8 @@ def read_mask(
     """Read a ground-truth mask as a bool HxW array (pixel > 127 in its brightest channel; a mask of 0 and 1
     only: pixel 1).
 
-    ``None`` means "no defect pixels" and gives an all-False mask. A mask
+    ``None`` means "no defect pixels" and gives an all-False mask. A folder
+    holds one mask per defect region (MVTec LOCO) and gives their union. A mask
     whose size differs from its image's ``shape`` = (H, W) is resized with nearest
     neighbour (so it stays binary) and a :class:`MaskSizeWarning` is issued,
     because a mismatch usually means a wrong pairing worth a look.
@@ -455,6 +457,11 @@ def read_mask(
     if path is None:
         return np.zeros((oh, ow), dtype=bool)
     p = Path(path)
+    if p.is_dir():  # one mask per defect region (MVTec LOCO): their union
+        files = _walk_files(p, recursive=False)
+        if not files:
+            raise ImageError(p, "mask folder is empty")
+        return np.logical_or.reduce([read_mask(f, shape, size) for f in files])
     im = _open_loaded(p)
     try:
         gray = Image.fromarray(_mask_levels(im))
@@ -501,11 +508,20 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _find_mask(gt_dir: Path, rel: Path) -> Path | None:
-    """``gt_dir/<rel parent>/<stem>_mask.png``, else ``<stem>.png`` (case-insensitive)."""
-    folder = gt_dir / rel.parent
+    """The mask of test image ``rel`` (relative to its defect folder) in ``gt_dir/<rel parent>``, else in
+    ``gt_dir`` itself (images sorted into subfolders, masks kept in one: they were all "without a mask")."""
+    for folder in dict.fromkeys((gt_dir / rel.parent, gt_dir)):
+        found = _mask_in(folder, rel.stem)
+        if found is not None:
+            return found
+    return None
+
+
+def _mask_in(folder: Path, stem: str) -> Path | None:
+    """``<stem>_mask.png``, else ``<stem>.png`` (case-insensitive), else a folder ``<stem>/`` of masks, one per
+    defect (MVTec LOCO's layout; :func:`read_mask` takes their union)."""
     if not folder.is_dir():
         return None
-    stem = rel.stem
     for name in (f"{stem}_mask.png", f"{stem}.png"):
         cand = folder / name
         if cand.is_file():
@@ -515,14 +531,15 @@ def _find_mask(gt_dir: Path, rel: Path) -> Path | None:
     for entry in sorted(folder.iterdir()):
         if entry.name.lower() in wanted and entry.is_file():
             return entry
-    return None
+    return folder / stem if (folder / stem).is_dir() else None
 
 
 def load_dataset(root: str | Path) -> Dataset:
     """Index a data set in MVTec AD layout (no pixels are read here).
 
     ``test/good`` gives label 0, every other ``test/<defect>`` label 1; masks
-    come from ``ground_truth/<defect>/<stem>_mask.png`` (or ``<stem>.png``).
+    come from ``ground_truth/<defect>/<stem>_mask.png`` (or ``<stem>.png``, or a
+    folder ``<stem>/`` of masks as in MVTec LOCO).
     A defective image without a mask gets ``mask_path=None`` rather than an
     error, since image-level metrics still work. Folders and files are sorted
     so results are reproducible.
@@ -567,11 +584,14 @@ def load_dataset(root: str | Path) -> Dataset:
         if defect == "good":
             test.extend(Sample(f, 0, defect, None) for f in files)
             continue
-        missing = 0
-        for f in files:
-            mask = _find_mask(gt_root / defect, f.relative_to(ddir))
-            missing += mask is None
-            test.append(Sample(f, 1, defect, mask))
+        masks = [_find_mask(gt_root / defect, f.relative_to(ddir)) for f in files]
+        shared = {m for m, n in Counter(masks).items() if m is not None and n > 1}
+        if shared:  # one file name in several subfolders, one mask for them all: no telling whose it is
+            logger.warning("%s: %d images in subfolders share one mask file name (e.g. %s): left without a mask",
+                           ddir, sum(m in shared for m in masks), min(shared))
+            masks = [None if m in shared else m for m in masks]
+        test.extend(Sample(f, 1, defect, m) for f, m in zip(files, masks))
+        missing = masks.count(None)
         if missing:
             logger.info("%d of %d images in %s have no mask", missing, len(files), ddir)
 
