@@ -718,6 +718,16 @@ def test_load_dataset_missing_train(tmp_path: Path) -> None:
         load_dataset(tmp_path)
 
 
+def test_load_dataset_given_its_training_folder_names_the_root(tmp_path: Path) -> None:
+    """eval of DATASET/train/good said "training folder not found: DATASET/train/good/train/good"."""
+    _make_tree(tmp_path / "ds")
+    for inner in ("train/good", "train", "test"):
+        with pytest.raises(InputError, match=f"is inside the data set {tmp_path / 'ds'}: give that folder"):
+            load_dataset(tmp_path / "ds" / inner)
+    with pytest.raises(InputError, match="expected MVTec AD layout"):
+        load_dataset(tmp_path)
+
+
 def test_load_dataset_empty_train(tmp_path: Path) -> None:
     (tmp_path / "train" / "good").mkdir(parents=True)
     with pytest.raises(InputError, match="train"):

@@ -534,6 +534,15 @@ def _mask_in(folder: Path, stem: str) -> Path | None:
     return folder / stem if (folder / stem).is_dir() else None
 
 
+def _root_hint(folder: Path) -> str | None:
+    """For a folder inside a data set (train/good or test given by mistake), the data set's root to give
+    instead: the message named ``train/good/train/good`` as missing."""
+    for up in folder.resolve().parents[:2]:
+        if (up / "train" / "good").is_dir() and (up / "test").is_dir():
+            return f"{folder} is inside the data set {up}: give that folder, the one holding train/ and test/"
+    return None
+
+
 def load_dataset(root: str | Path) -> Dataset:
     """Index a data set in MVTec AD layout (no pixels are read here).
 
@@ -557,7 +566,7 @@ def load_dataset(root: str | Path) -> Dataset:
     layout = "expected MVTec AD layout train/good, test/<defect>, ground_truth/<defect>"
     train_dir = r / "train" / "good"
     if not train_dir.is_dir():
-        raise InputError(f"training folder not found: {train_dir} ({layout})")
+        raise InputError(f"training folder not found: {train_dir} ({_root_hint(r) or layout})")
     train = _walk_files(train_dir, recursive=True)
     if not train:
         raise InputError(f"training folder is empty: {train_dir}")
