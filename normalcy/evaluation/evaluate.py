@@ -6,6 +6,7 @@ docs/benchmarks.md come from exactly what a user runs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import resource
 import time
@@ -111,6 +112,42 @@ def decision_rates(labels: np.ndarray, decisions: np.ndarray) -> dict[str, float
     }
 
 
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    except OSError:
+        return None
+
+
+def training_copies(ds: Dataset) -> list[Path]:
+    """Test images that are byte for byte training images. A test image fitted on as normal scores low, so
+    copies left in train/good moved the metrics without a word. Only files of a size found in both are read."""
+    by_size: dict[int, list[Path]] = {}
+    for p in ds.train:
+        size = _size(p)
+        if size is not None:
+            by_size.setdefault(size, []).append(p)
+    sized = [(s.path, _size(s.path)) for s in ds.test]
+    candidates = [(p, n) for p, n in sized if n in by_size]
+    known = {_digest(p) for n in {n for _, n in candidates} for p in by_size.get(n, [])} - {None}
+    return [p for p, _ in candidates if _digest(p) in known]
+
+
+def warn_training_copies(ds: Dataset) -> None:
+    """Name the test images that are also training images (:func:`training_copies`)."""
+    copies = training_copies(ds)
+    if copies:
+        log.warning("%s: %d test image(s) are copies of training images (e.g. %s): fitted on as normal, they are "
+                    "not unseen and the metrics are not those of new images", ds.root, len(copies), copies[0])
+
+
 def warn_one_class(labels: np.ndarray, test_dir: Path) -> None:
     """Say why the image metrics are null when the scored test images are all good or all defective: they
     were printed as null (or NaN) without a word, which reads as a failure of the detector."""
@@ -153,6 +190,8 @@ def run_eval(
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     kwargs = dict(detector_kwargs or {})
     zero_shot = detector == MuSc.name  # scores the test set against itself: train/ is not used at all
+    if not zero_shot:
+        warn_training_copies(ds)
     t0 = time.perf_counter()
     if zero_shot:
         det: Detector | MuSc = MuSc(extractor, **{k: v for k, v in kwargs.items() if k not in ("fpr", "seed")})
