@@ -175,3 +175,18 @@ def test_test_images_that_are_training_images_are_named(synthetic_dataset: Path,
     (synthetic_dataset / "train" / "good" / "x.png").unlink()
     (synthetic_dataset / "train" / "good" / "copy of 001.png").unlink()
     assert training_copies(load_dataset(synthetic_dataset)) == []
+
+
+def test_an_unreadable_test_image_is_named_once_and_not_timed(synthetic_dataset: Path, caplog) -> None:
+    """The batch-1 latency scored the test paths again, unreadable ones included: each was skipped and
+    named a second time, and its quick failure was timed as a latency."""
+    from normalcy.evaluation.evaluate import run_eval
+
+    bad = synthetic_dataset / "test" / "defect" / "000.png"
+    bad.write_bytes(b"not a png")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        metrics, _, _ = run_eval(synthetic_dataset, extractor=FeatureExtractor(image_size=64), progress=False,
+                                 latency_images=2)
+    assert caplog.text.count(f"skipping {bad}") == 1
+    assert metrics["skipped"] == [[str(bad), "not an image (cannot identify format)"]]
+    assert metrics["n_test"] == 7 and metrics["latency_ms_batch1"] > 0

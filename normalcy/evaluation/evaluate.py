@@ -227,9 +227,10 @@ def run_eval(
         "fit_seconds": round(fit_seconds, 3),
         "score_seconds": round(score_seconds, 3),
         "images_per_second": round(len(result.paths) / score_seconds, 2) if score_seconds else None,
-        "latency_ms_batch1": round(latency_ms(lambda p: det.score([p], progress=False, batch_size=1), paths,
-                                              latency_images), 2)
-        if latency_images and not zero_shot else None,
+        # timed on images that were read: an unreadable one was skipped (and named) once more, and timed
+        "latency_ms_batch1": round(latency_ms(lambda p: det.score([p], progress=False, batch_size=1),
+                                              result.paths, latency_images), 2)
+        if latency_images and not zero_shot and result.paths else None,
         "fit_peak_rss_mb": round(fit_rss, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "skipped": [[str(p), r] for p, r in ([] if zero_shot else det.skipped_fit_) + result.skipped],
