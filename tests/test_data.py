@@ -706,6 +706,21 @@ def test_load_dataset_finds_loco_mask_folders_and_flat_masks_of_nested_images(tm
         read_mask(loco, (8, 8))
 
 
+def test_load_dataset_warns_when_no_mask_name_matches(tmp_path: Path, caplog) -> None:
+    """Masks named otherwise (``000_gt.png``) left every image of the defect without one, said at INFO."""
+    root = tmp_path / "ds"
+    _make_tree(root)
+    for m in (root / "ground_truth" / "scratch").iterdir():
+        m.rename(m.with_name(m.name.replace("_mask", "_gt")))
+    with caplog.at_level(logging.INFO, logger="normalcy"):
+        load_dataset(root)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"{root / 'test' / 'scratch'}: no mask of its 2 images in {root / 'ground_truth' / 'scratch'}, "
+                      "which holds files (e.g. 000_gt.png): masks are named <stem>_mask.png, <stem>.png or <stem>/ "
+                      "after their image"]
+    assert "1 of 3 images in" in caplog.text  # crack/002 alone: still at INFO
+
+
 def test_load_dataset_missing_root(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="nothere"):
         load_dataset(tmp_path / "nothere")

@@ -601,7 +601,13 @@ def load_dataset(root: str | Path) -> Dataset:
             masks = [None if m in shared else m for m in masks]
         test.extend(Sample(f, 1, defect, m) for f, m in zip(files, masks))
         missing = masks.count(None)
-        if missing:
+        gt_dir = gt_root / defect
+        unmatched = _walk_files(gt_dir, recursive=True) if missing == len(files) and gt_dir.is_dir() else []
+        if unmatched:  # masks there, named otherwise: said at INFO, it read as "this defect has no masks"
+            logger.warning("%s: no mask of its %d images in %s, which holds files (e.g. %s): masks are named "
+                           "<stem>_mask.png, <stem>.png or <stem>/ after their image", ddir, missing, gt_dir,
+                           unmatched[0].name)
+        elif missing:
             logger.info("%d of %d images in %s have no mask", missing, len(files), ddir)
 
     if not test:
