@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from normalcy.cli import app
 from normalcy.errors import InputError
+from normalcy.evaluation.series_metrics import vus_pr
 from normalcy.series.io import read_series
 from normalcy.series.runs import (REASON_CHARS, SeriesSet, folder_name, is_series_input, load_series_model,
                                   short_reason)
@@ -281,6 +283,21 @@ def test_eval_pools_series_folders(data: Path) -> None:
                 "points_per_second"):
         assert isinstance(metrics[key], float), key
     assert metrics["vus_pr"] is None or 0 < metrics["vus_pr"] <= 1
+
+
+def test_without_tsb_ad_the_note_names_the_install_that_gives_vus_pr(data: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """tsb-ad is not in the series-bench extra (its metadata pins numpy<2): the note said only
+    `pip install 'normalcy[series-bench]'`, which leaves VUS-PR missing."""
+    monkeypatch.setitem(sys.modules, "TSB_AD", None)  # import TSB_AD raises ImportError
+    r = cli("eval", data, "--json", "--detector", "knn")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics["vus_pr"] is None
+    assert "pip install --no-deps tsb-ad==1.5" in metrics["vus_pr_note"]
+    monkeypatch.setitem(sys.modules, "TSB_AD.evaluation.basic_metrics", None)
+    with pytest.raises(ImportError, match="--no-deps tsb-ad==1.5"):
+        vus_pr(np.array([0, 1, 0]), np.array([0.1, 0.9, 0.2]), window=1)
 
 
 def test_a_bad_or_untrained_folder_among_series_folders_is_named_and_the_others_go_on(data: Path,

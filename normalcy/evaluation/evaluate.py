@@ -297,7 +297,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     each after its folder's name) is in ``notes``. ``stream``: each test series replayed as a monitoring loop
     runs it (``series.runs.replay_series``), its events those of the stream's alarm level, not pruned."""
     from normalcy.errors import InputError
-    from normalcy.evaluation.series_metrics import evaluate_series, pool, vus_window
+    from normalcy.evaluation.series_metrics import TSB_AD_INSTALL, evaluate_series, pool, vus_window
     from normalcy.series import registry
     from normalcy.series.io import read_series_folder, series_folders, untrained_folders
     from normalcy.series.runs import model_columns, replay_series, score_series
@@ -355,6 +355,6 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
                            "auc_pr": r.auc_pr, "vus_pr": r.vus_pr} for r in results],
            "skipped": skipped, "notes": notes}
     if not vus:
-        out["vus_pr_note"] = "VUS-PR needs tsb-ad: pip install 'normalcy[series-bench]'"
+        out["vus_pr_note"] = f"VUS-PR needs tsb-ad: {TSB_AD_INSTALL}"
     out["per_series"] = [{k: _finite_or_none(v) for k, v in r.items()} for r in out["per_series"]]
     return {k: _finite_or_none(v) for k, v in out.items()}

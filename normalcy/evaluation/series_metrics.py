@@ -44,7 +44,10 @@ _NAN = float("nan")
 # TSB-AD's get_metrics defaults: the 'opt' volume with 250 thresholds.
 _VUS_VERSION = "opt"
 _VUS_THRESHOLDS = 250
-_TSB_AD_MISSING = "VUS-PR needs the tsb-ad package: pip install normalcy[series-bench] (see pyproject.toml)"
+TSB_AD_INSTALL = "pip install 'normalcy[series-bench]' and pip install --no-deps tsb-ad==1.5"
+"""How to get VUS-PR: tsb-ad is not in the extra (its metadata pins numpy<2 and pulls packages its metrics never
+import), so it is installed on its own, without its dependencies (see pyproject.toml)."""
+_TSB_AD_MISSING = f"VUS-PR needs the tsb-ad package: {TSB_AD_INSTALL}"
 
 
 @dataclass(frozen=True)
