@@ -105,7 +105,7 @@ _EXPERIMENTAL = ", ".join(n for n, c in DETECTORS.items() if c.experimental)
 DetectorArg = Annotated[Optional[str], typer.Option(
     "--detector", "-d", help=f"Images: one of {', '.join(DETECTORS)}, or auto (gaussian or patchcore, whichever "
     "separates held-out normal training images from the same with synthetic defects better; unless --input-norm "
-    "is given, gaussian with ImageNet's normalisation too); default gaussian. "
+    "is given, gaussian with ImageNet's and with the standard normalisation too); default gaussian. "
     f"Experimental (far behind on real defects, see README): {_EXPERIMENTAL}. "
     "Tables: one of gaussian, knn, iforest, ecod, ensemble; default ensemble. "
     f"Series: one of {', '.join(series_registry.DETECTORS)}; default {series_registry.DEFAULT_DETECTOR}.")]

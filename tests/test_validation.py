@@ -347,3 +347,15 @@ def test_auto_tries_gaussian_with_imagenet_normalisation_unless_one_is_given(tmp
     monkeypatch.undo()
     plain = fit_detector("auto", train, FeatureExtractor(image_size=64), progress=False)
     assert set(plain.choice["validation_auroc"]) == set(CANDIDATES)
+
+
+def test_detector_help_names_every_normalisation_auto_tries() -> None:
+    """--help said auto tries gaussian "with ImageNet's normalisation too"; it tries the standard one as well."""
+    from typing import get_args
+
+    from normalcy.cli import DetectorArg
+    from normalcy.evaluation.validation import AUTO_NORM_TRIALS
+
+    text = get_args(DetectorArg)[1].help
+    for detector, norm in AUTO_NORM_TRIALS:
+        assert detector in text and norm in text.lower(), (norm, text)
