@@ -155,12 +155,30 @@ def test_columns_that_are_no_measurement_are_left_out_with_a_note(tmp_path: Path
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "ad.npz", X=rng.normal(size=(30, 3)), y=(np.arange(30) < 3).astype(int))
     t = read_table(tmp_path / "ad.npz")
-    assert t.columns == ["x0", "x1", "x2"] and "y" in t.ignored
+    assert t.columns == ["x0", "x1", "x2"] and "y" not in t.ignored  # left out with its own note, not as text
     assert read_table(tmp_path / "ad.npz", label_column="y").columns == ["x0", "x1", "x2"]
     (tmp_path / "ix.csv").write_text(",a,b\n" + "".join(f"{i},{i % 3},{i % 5}\n" for i in range(20)))
     assert read_table(tmp_path / "ix.csv").columns == ["a", "b"]
     (tmp_path / "ids.csv").write_text("name,a\n007,1\n010,2\n,3\n")
     assert read_table(tmp_path / "ids.csv", id_column="name").ids == ["007", "010", ""]  # as written
+
+
+def test_a_column_left_out_as_no_measurement_is_not_called_not_numeric(tmp_path: Path) -> None:
+    """fit said "not numeric, left out of the features: y" for an .npz's (numeric) labels, and for the row
+    index pandas writes "not numeric, left out of the features: " with no name, after the warning that had
+    already said why each was left out."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "ad.npz", X=rng.normal(size=(30, 3)), y=(np.arange(30) < 3).astype(int))
+    (tmp_path / "ix.csv").write_text(",a,b,name\n" + "".join(f"{i},{i % 3},{i % 5},n{i}\n" for i in range(30)))
+    for table, told in (("ad.npz", "'y' left out of the features"), ("ix.csv", "the row index pandas writes")):
+        r = normalcy("fit", str(tmp_path / table), "-o", str(tmp_path / f"m-{table}"))
+        assert r.returncode == 0, r.stderr
+        err = " ".join(r.stderr.split())
+        assert told in err, err
+        said = [ln.strip() for ln in r.stderr.splitlines() if "not numeric" in ln]
+        assert said == ([] if table == "ad.npz" else ["not numeric, left out of the features: name"]), said
+    assert read_table(tmp_path / "ix.csv").ignored == ["name"]
+    assert read_table(tmp_path / "ad.npz").ignored == []
 
 
 def test_eval_test_table_columns_by_name_and_small_splits_said(tmp_path: Path) -> None:

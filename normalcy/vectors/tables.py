@@ -380,7 +380,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         candidates = [c for c in arrays if c not in (label_column, id_column) and c not in left_out]
         features = {c: _feature(path, c, arrays[c], read_as_missing) for c in candidates}
         columns = [c for c in candidates if features[c] is not None]
-        ignored = [c for c in arrays if c not in (label_column, id_column) and c not in columns]
+        ignored = [c for c in candidates if features[c] is None]  # left_out ones were told why above
     else:
         missing = [c for c in columns if c not in arrays]
         if missing:
