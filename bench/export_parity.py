@@ -2,13 +2,16 @@
 
     python bench/export_parity.py [--data ../shared/data/magnetic_tile] [--detectors gaussian patchcore]
     python bench/export_parity.py --data ../shared/data/hazelnut_toy --detectors simplenet draem efficientad
+    python bench/export_parity.py --precision bf16    # a model fitted as `normalcy fit` does by default
 
-For each detector: fit on train/good with the backbone in fp32, export fp32 and int8 (calibrated on 64 of the
-training images), score test/ with each. Reported against PyTorch fp32 (PatchCore: with exact search, as the
-graph searches; the model as fitted searches by IVF when its bank is large, reported on its own row): the
-largest score difference (absolute, and relative to the score), the decisions at the model's threshold that
-agree, image AUROC, images/s of the scoring alone (resized images already in memory, batches of 8, on
-``--time-images`` images, best of 3 passes) and end to end (read, resize, score, every test image, one pass), and
+For each detector: fit on train/good with the backbone in fp32 (``--precision bf16``: in bf16), export fp32 and
+int8 (calibrated on 64 of the training images), score test/ with each. Reported against PyTorch as the graph
+computes, ``as_exported(det)``: the backbone in fp32, PatchCore's bank searched exactly, the graph's threshold
+(a bf16 model's ``threshold_fp32_``). The model as fitted, where it differs (its IVF search of a large bank, its
+bf16 backbone at its own threshold), is reported on its own row. Each row: the largest score difference
+(absolute, and relative to the score), the decisions that agree (each at its own threshold), image AUROC,
+images/s of the scoring alone (resized images already in memory, batches of 8, on ``--time-images`` images,
+best of 3 passes) and end to end (read, resize, score, every test image, one pass), and
 the batch-1 latency: the median time to score one image file on its own (read, resize, score, map), over
 ``--latency-images`` images after 5 warm-up calls (``normalcy.evaluation.evaluate.latency_ms``).
 Trained detectors train for ``--train-steps`` steps only: enough for parity, not for their best AUROC.
@@ -34,7 +37,7 @@ from normalcy.evaluation.evaluate import latency_ms
 from normalcy.evaluation.metrics import image_metrics
 from normalcy.images.features import FeatureExtractor, _to_tensor, resize_image
 from normalcy.images.io import load_dataset, read_image
-from normalcy.scale.export import OnnxScorer, exact_search, export_onnx
+from normalcy.scale.export import OnnxScorer, as_exported, export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 8
@@ -84,35 +87,37 @@ def row(name: str, scores: np.ndarray, decisions: np.ndarray, ref_scores: np.nda
 
 
 def bench(name: str, data: Path, time_images: int, latency_images: int, train_steps: int, image_size: int | None,
-          out: Path) -> list[dict]:
+          fit_precision: str, out: Path) -> list[dict]:
     ds = load_dataset(data)
     paths = [s.path for s in ds.test]
     labels = np.array([s.label for s in ds.test])
     fields = DETECTORS[name].Params.model_fields
     kwargs = {k: v for k, v in (("steps", train_steps), ("teacher_steps", train_steps), ("time_budget", None))
               if k in fields}
-    ext = FeatureExtractor(precision="fp32", **({"image_size": image_size} if image_size else {}))
+    ext = FeatureExtractor(precision=fit_precision, **({"image_size": image_size} if image_size else {}))
     det = create(name, ext, **kwargs).fit(ds.train, progress=False)
     note(f"{name}: fitted")
-    exact = exact_search(det)
+    exported = as_exported(det)
+    ivf = bool(len(getattr(det, "cells_", [])))
     resized = [resize_image(read_image(p), det.extractor.size) for p in paths[:time_images]]
 
     def batch1(score_one: Callable[[Path], object]) -> float:
         return latency_ms(score_one, paths, latency_images, warm=5)
 
     t = time.perf_counter()
-    ref = exact.score(paths, progress=False)
+    ref = exported.score(paths, progress=False)
     e2e = len(paths) / (time.perf_counter() - t)
     note(f"{name}: scored by PyTorch")
-    rows = [row("PyTorch fp32" + (", exact search" if exact is not det else ""), ref.scores, ref.decisions,
-                ref.scores, ref.decisions, labels, best_speed(torch_scoring(exact), resized), e2e,
-                batch1(lambda p: exact.score([p], batch_size=1, progress=False)))]
-    if exact is not det:  # the model as fitted: IVF search
+    rows = [row("PyTorch fp32" + (", exact search" if ivf else ""), ref.scores, ref.decisions,
+                ref.scores, ref.decisions, labels, best_speed(torch_scoring(exported), resized), e2e,
+                batch1(lambda p: exported.score([p], batch_size=1, progress=False)))]
+    if ivf or det.extractor.precision != "fp32":  # the model as fitted: IVF search, bf16 at its own threshold
         t = time.perf_counter()
-        ivf = det.score(paths, progress=False)
+        own = det.score(paths, progress=False)
         e2e = len(paths) / (time.perf_counter() - t)
-        rows.append(row(f"PyTorch fp32, IVF ({len(det.bank_)} bank, {len(det.cells_)} cells)", ivf.scores,
-                        ivf.decisions, ref.scores, ref.decisions, labels, best_speed(torch_scoring(det), resized), e2e,
+        rows.append(row(f"PyTorch {det.extractor.precision}, the model"
+                        + (f", IVF ({len(det.bank_)} bank, {len(det.cells_)} cells)" if ivf else ""), own.scores,
+                        own.decisions, ref.scores, ref.decisions, labels, best_speed(torch_scoring(det), resized), e2e,
                         batch1(lambda p: det.score([p], batch_size=1, progress=False))))
     for precision in ("fp32", "int8"):
         t = time.perf_counter()
@@ -141,15 +146,16 @@ def main() -> None:
     ap.add_argument("--latency-images", type=int, default=50, help="images scored one at a time for the latency")
     ap.add_argument("--image-size", type=int, default=None, help="the input size (default: the extractor's, 224)")
     ap.add_argument("--train-steps", type=int, default=200, help="trained detectors: training steps")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the backbone's at fit")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.detectors:
             rows += bench(name, args.data, args.time_images, args.latency_images, args.train_steps, args.image_size,
-                          Path(tmp))
+                          args.precision, Path(tmp))
     print(f"\n{args.data.name}, {len(rows) and rows[0]['agree'].split('/')[1]} test images, "
-          f"{torch.get_num_threads()} threads, input {args.image_size or 'default'}\n")
+          f"{torch.get_num_threads()} threads, input {args.image_size or 'default'}, fitted in {args.precision}\n")
     print("| detector | variant | max abs diff | max rel diff | max rel diff, floor 1 | decisions agree | "
           "image AUROC | scoring images/s | end to end images/s | batch-1 latency ms |")
     print("|---|---|---|---|---|---|---|---|---|---|")

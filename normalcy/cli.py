@@ -576,7 +576,7 @@ def export_(
     model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`."),
     output: Path = typer.Option(..., "--output", "-o", help="The ONNX file to write."),
     precision: str = typer.Option("fp32", help="fp32, or int8: the backbone quantised (static, activation ranges "
-                                  "from --calibration); the threshold stays the fp32 model's."),
+                                  "from --calibration); the threshold stays the fp32 graph's."),
     calibration: Optional[Path] = typer.Option(None, help="int8: a folder of normal images to calibrate on "
                                                "(e.g. the training folder)."),
     trust_model_code: TrustArg = False,
@@ -584,12 +584,14 @@ def export_(
 ) -> None:
     """Export a model's scoring graph to ONNX: resized uint8 RGB pixels in, image scores and maps out, threshold
     and input size in the metadata (run it with onnxruntime; Python: normalcy.scale.export.OnnxScorer)."""
+    from normalcy.scale.export import graph_threshold
+
     _setup(threads)
     det, path = api_export(model_dir, output, precision=precision, calibration=calibration,
                            trust_code=trust_model_code)
     h, w = det.extractor.size
     console.print(f"exported {det.name} ({shown(precision)}) to {shown(path)}: input 'pixels' uint8 N x {h} x {w} x 3 RGB "
-                  f"(resized), outputs image_scores, maps; threshold {det.threshold_:.4g}", soft_wrap=True)
+                  f"(resized), outputs image_scores, maps; threshold {graph_threshold(det):.4g}", soft_wrap=True)
 
 
 @app.command()

@@ -204,7 +204,8 @@ def test_round_trip_gives_identical_results(saved, odd_images, monkeypatch):
     monkeypatch.undo()
 
     assert type(again) is type(det)
-    assert again.threshold_ == det.threshold_
+    assert again.threshold_ == det.threshold_ and again.threshold_fp32_ == det.threshold_fp32_
+    assert (det.threshold_fp32_ is not None) == (det.extractor.precision == "bf16")  # auto: bf16 where the CPU has it
     assert tuple(again.map_range_) == tuple(det.map_range_)
     assert again.n_train_ == det.n_train_
     assert again.params() == det.params()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ pytest.importorskip("onnxruntime", reason="the export extra: pip install -c cons
 from test_cli import normalcy  # noqa: E402
 
 from normalcy.cli import app  # noqa: E402
-from normalcy.detectors import DETECTORS, MuSc, create
+from normalcy.detectors import DETECTORS, MuSc, create, load
 from normalcy.detectors.base import Result  # noqa: E402
 from normalcy.errors import InputError, NotFittedError
 from normalcy.images.features import FeatureExtractor  # noqa: E402
@@ -27,9 +28,8 @@ from normalcy.scale.export import (  # noqa: E402
     META_KEY,
     NOT_EXPORTABLE,
     OnnxScorer,
-    exact_search,
+    as_exported,
     export_onnx,
-    metadata,
 )
 
 RTOL = 1e-4
@@ -53,7 +53,7 @@ def defects(result: Result) -> np.ndarray:
 def assert_parity(got: Result, ref: Result) -> None:
     """Scores within RTOL relative (scores near zero, as gaussian's standardised ones can be, in absolute
     terms), the same decision on every image not within RTOL of the threshold, maps within RTOL of their largest
-    value."""
+    value. ``ref``: ``as_exported(det)``'s, the PyTorch path the graph runs, at the graph's threshold."""
     assert [p.name for p in got.paths] == [p.name for p in ref.paths]
     diff = np.abs(got.scores - ref.scores) / np.maximum(np.abs(ref.scores), 1.0)
     assert diff.max() < RTOL, (got.scores, ref.scores)
@@ -86,9 +86,10 @@ def test_fp32_parity(name: str, dataset: Path, tmp_path: Path) -> None:
     scorer = OnnxScorer(export_onnx(det, tmp_path / f"{name}.onnx"))
     assert scorer.meta["threshold"] == det.threshold_ and scorer.size == (96, 96)
     assert scorer.meta["detector"] == name and scorer.meta["resize"] == "cv2.INTER_AREA"
+    assert "threshold_note" not in scorer.meta  # set on the graph's own (fp32) scores
     (tmp_path / "notes.txt").write_text("not an image")
     got = scorer.score([*test, tmp_path / "notes.txt"], batch_size=5)  # batches of 5 and 3: the batch size is free
-    assert_parity(got, det.score(test, progress=False))
+    assert_parity(got, as_exported(det).score(test, progress=False))
     assert [p.name for p, _ in got.skipped] == ["notes.txt"]
     if name == "gaussian":
         assert got.decisions[defects(got)].all()
@@ -105,7 +106,7 @@ def test_fp32_parity_with_each_image_standardised(dataset: Path, tmp_path: Path)
 
 
 def test_cli_export_patchcore_ivf_model(dataset: Path, tmp_path: Path) -> None:
-    """A model whose bank is searched by IVF: the graph searches exactly, as exact_search(det) does."""
+    """A model whose bank is searched by IVF: the graph searches exactly, as as_exported(det) does."""
     train, test = list_files(dataset / "train" / "good"), list_files(dataset / "test")
     det = create("patchcore", FeatureExtractor(image_size=96, precision="fp32"), exact_search_max=50)
     det.fit(train, progress=False).save(tmp_path / "model")
@@ -114,7 +115,7 @@ def test_cli_export_patchcore_ivf_model(dataset: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     scorer = OnnxScorer(tmp_path / "pc.onnx")
     assert scorer.meta["exact_search"] is True
-    assert_parity(scorer.score(test), exact_search(det).score(test, progress=False))
+    assert_parity(scorer.score(test), as_exported(det).score(test, progress=False))
     raw = json.loads(scorer.session.get_modelmeta().custom_metadata_map[META_KEY])
     assert raw["image_size"] == [96, 96] and raw["normalisation"]["mean"] == [0.5, 0.5, 0.5]
 
@@ -322,13 +323,30 @@ def test_cli_predict_with_a_crafted_onnx(case: str, dataset: Path, tmp_path: Pat
     assert not (tmp_path / "run" / "scores.csv").exists()
 
 
-def test_a_bf16_model_exports_with_a_note_on_its_threshold(dataset: Path, tmp_path: Path, caplog) -> None:
-    """The graph runs fp32; a model fitted in bf16 set its threshold on bf16 scores, which sit a little apart
-    (a shift, not noise): the export says so, on the log and in the file's metadata."""
-    ext = FeatureExtractor(image_size=96, precision="fp32", pooled_levels=("s8", "s16"))
-    det = create("gaussian", ext).fit(list_files(dataset / "train" / "good"), progress=False)
-    assert "threshold_note" not in metadata(det, "fp32")  # what an fp32 model's file holds (no second export)
-    det.extractor.precision = "bf16"  # as a bf16 fit records it (the graph is the same)
+def test_a_bf16_model_exports_the_threshold_of_its_fp32_scores(dataset: Path, tmp_path: Path, caplog) -> None:
+    """The graph runs fp32. A bf16 fit also sets a threshold for its scores with fp32 features: the export
+    carries it, without a warning, and the graph decides as the model's fp32 path does at it. A model file from
+    before (no threshold_fp32) still loads and exports with its bf16 threshold, a warning and a note."""
+    ext = FeatureExtractor(image_size=96, precision="bf16", pooled_levels=("s8", "s16"))
+    if ext.precision != "bf16":
+        pytest.skip("this CPU has no native bf16")
+    train, test = list_files(dataset / "train" / "good"), list_files(dataset / "test")
+    det = create("gaussian", ext).fit(train, progress=False)
+    assert det.threshold_fp32_ is not None and det.threshold_fp32_ != det.threshold_
+    caplog.clear()
     with caplog.at_level("WARNING", logger="normalcy"):
-        meta = OnnxScorer(export_onnx(det, tmp_path / "bf16.onnx")).meta
-    assert "bf16" in meta["threshold_note"] and "--precision fp32" in caplog.text
+        scorer = OnnxScorer(export_onnx(det, tmp_path / "bf16.onnx"))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert scorer.meta["threshold"] == det.threshold_fp32_ and "threshold_note" not in scorer.meta
+    assert_parity(scorer.score(test, batch_size=5), as_exported(det).score(test, progress=False))
+
+    meta = json.loads((det.save(tmp_path / "old") / "model.json").read_text())
+    assert meta.pop("threshold_fp32") == det.threshold_fp32_
+    (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+    old = load(tmp_path / "old")
+    assert old.threshold_fp32_ is None
+    r = normalcy("export", str(tmp_path / "old"), "-o", str(tmp_path / "old.onnx"))
+    assert r.returncode == 0, r.stderr
+    assert "the model's threshold was set on the bf16 model's scores" in r.stderr, r.stderr
+    old_meta = OnnxScorer(tmp_path / "old.onnx").meta
+    assert old_meta["threshold"] == det.threshold_ and "fit the model again" in old_meta["threshold_note"]

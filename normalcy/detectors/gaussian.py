@@ -77,9 +77,10 @@ class GaussianAD(Detector):
         where: list[np.ndarray] = []  # (image, patch index on the grid) of each sampled patch
         for batch in batches:
             f = batch.features
-            for lv, v in f.pooled.items():
-                pooled[lv].append(v.numpy().astype(np.float64))
-            cells.append(self._cells(f.patches).numpy().astype(np.float64))
+            pooled_b, cells_b = self._arrays(f)
+            for lv, v in pooled_b.items():
+                pooled[lv].append(v)
+            cells.append(cells_b)
             p = f.patches.permute(0, 2, 3, 1).reshape(-1, f.patches.shape[1]).double()
             total = p.sum(0) if total is None else total + p.sum(0)
             outer = p.T @ p if outer is None else outer + p.T @ p
@@ -106,8 +107,11 @@ class GaussianAD(Detector):
         self.patch_precision_ = inverse(shrunk(cov, shrink))
         patch = mahalanobis(torch.from_numpy(patch_sample).double(), torch.from_numpy(self.patch_mean_),
                             torch.from_numpy(self.patch_precision_)).numpy()
-        pooled_cv, cell_cv = self._cross_validated(pooled_x, cells_x)
-        cells_cv = cell_cv.max(axis=1) if self.cells else np.zeros(len(cell_cv))
+        n_img = len(cells_x)
+        order = np.random.default_rng(self.seed).permutation(n_img)
+        folds = max(2, min(self.folds, n_img))
+        pooled_cv, cell_cv = self._cross_validated(pooled_x, cells_x, [order[k::folds] for k in range(folds)])
+        cells_cv = self._cell_term(cell_cv)
         self.scale_ = np.array([pooled_cv.mean(), pooled_cv.std() + 1e-12,
                                 cells_cv.mean() if self.cells else 0.0, cells_cv.std() + 1e-12 if self.cells else 1.0])
         self.map_scale_ = np.array([patch.mean(), patch.std() + 1e-12, cell_cv.mean() if self.cells else 0.0,
@@ -120,7 +124,16 @@ class GaussianAD(Detector):
             spread = spread_cells(torch.from_numpy((cell_cv - self.map_scale_[2]) / self.map_scale_[3]),
                                   self._grid(*patch_grid), patch_grid).reshape(len(cell_cv), -1).numpy()
             values = values + spread[at[:, 0], at[:, 1]]
-        return Calibration(self._combined(pooled_cv, cells_cv), values)
+
+        def held_out(batch: Batch, positions: np.ndarray) -> np.ndarray:
+            # the images left out in as few parts as a fold's share allows: one fit, not five, for 16 of hundreds
+            images = np.unique(positions)
+            parts = np.array_split(images, -(-len(images) * folds // n_img))
+            pooled_q, cell_q = self._cross_validated(pooled_x, cells_x, parts,
+                                                     (positions, *self._arrays(batch.features)))
+            return self._combined(pooled_q, self._cell_term(cell_q))
+
+        return Calibration(self._combined(pooled_cv, cells_cv), values, held_out)
 
     def _build(self) -> None:
         """After loading: one Gaussian per pooled level, each precision square and as wide as its mean."""
@@ -155,12 +168,21 @@ class GaussianAD(Detector):
         short = min(h, w)
         return (max(1, min(h, round(self.cells * h / short))), max(1, min(w, round(self.cells * w / short))))
 
+    def _arrays(self, f: Features) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A batch's pooled features (level -> B x C) and cell features (B x G x D), in float64: what is fitted."""
+        return ({lv: v.numpy().astype(np.float64) for lv, v in f.pooled.items()},
+                self._cells(f.patches).numpy().astype(np.float64))
+
     def _cells(self, patches: torch.Tensor) -> torch.Tensor:
         """B x D x h x w patch features -> B x G x D, averaged over each cell."""
         b, d, h, w = patches.shape
         if not self.cells:
             return patches.new_zeros(b, 0, d)
         return F.adaptive_avg_pool2d(patches.float(), self._grid(h, w)).flatten(2).transpose(1, 2)
+
+    def _cell_term(self, cell_distances: np.ndarray) -> np.ndarray:
+        """N x G cell distances -> the image score's cell term: the largest (zeros without cells)."""
+        return cell_distances.max(axis=1) if self.cells else np.zeros(len(cell_distances))
 
     def _combined(self, pooled: np.ndarray, cells: np.ndarray) -> np.ndarray:
         """The image score of cross-validated pooled and cell scores (``combined``)."""
@@ -175,20 +197,24 @@ class GaussianAD(Detector):
         return scoring.float() if exported else scoring
 
 
-    def _cross_validated(self, pooled: dict[str, np.ndarray], cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """K-fold cross-validated pooled scores (N) and cell distances (N x G) of the training images: each
-        scored by Gaussians fitted without it."""
+    def _cross_validated(self, pooled: dict[str, np.ndarray], cells: np.ndarray, parts: Sequence[np.ndarray],
+                         queries: tuple[np.ndarray, dict[str, np.ndarray], np.ndarray] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-validated pooled scores (N) and cell distances (N x G) of the training images (rows of ``pooled``
+        and ``cells``): each part of them left out in turn, and its images scored by Gaussians fitted on the
+        others. ``queries``: (positions, pooled, cells) of other features of some of the images (fp32 ones, for a
+        bf16 model's fp32 threshold), scored instead, each by the Gaussians fitted without its image."""
         n = len(cells)
-        folds = max(2, min(self.folds, n))
-        order = np.random.default_rng(self.seed).permutation(n)
-        scores, cell_scores = np.zeros(n), np.zeros(cells.shape[:2])
-        for k in range(folds):
-            held = order[k::folds]
-            keep = np.setdiff1d(order, held)
-            scores[held] = sum(distance_to(x[keep], x[held]) for x in pooled.values())  # level_distances' sum
+        positions, pooled_q, cells_q = queries or (np.arange(n), pooled, cells)
+        scores, cell_scores = np.zeros(len(positions)), np.zeros((len(positions), cells.shape[1]))
+        for part in parts:
+            keep = np.setdiff1d(np.arange(n), part)
+            rows = part if queries is None else np.flatnonzero(np.isin(positions, part))
+            # level_distances' sum
+            scores[rows] = sum(distance_to(pooled[lv][keep], pooled_q[lv][rows]) for lv in pooled)
             if cells.shape[1]:
                 means, precisions = gaussians(cells[keep])
-                cell_scores[held] = cell_distances(torch.from_numpy(cells[held]), torch.from_numpy(means),
+                cell_scores[rows] = cell_distances(torch.from_numpy(cells_q[rows]), torch.from_numpy(means),
                                                    torch.from_numpy(precisions)).numpy()
         return scores, cell_scores
 

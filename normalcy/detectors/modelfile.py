@@ -163,6 +163,8 @@ class ModelMeta(Strict):
     extractor: ExtractorMeta
     fpr: FiniteFloat = Field(gt=0.0, lt=1.0)
     threshold: FiniteFloat
+    # a bf16 model's threshold for its scores with the backbone in fp32 (its ONNX export's); older files have none
+    threshold_fp32: FiniteFloat | None = None
     map_range: list[FiniteFloat] = Field(min_length=2, max_length=2)
     n_train: Count
     seed: Seed
@@ -176,6 +178,9 @@ class ModelMeta(Strict):
         lo, hi = self.map_range
         if not lo < hi:
             raise ValueError(f"map_range: low must be below high (got {self.map_range})")
+        if self.threshold_fp32 is not None and self.extractor.precision != "bf16":
+            raise ValueError(f"threshold_fp32: only a bf16 model has one (this one's backbone runs in "
+                             f"{self.extractor.precision})")
         return self
 
 

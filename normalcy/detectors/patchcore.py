@@ -145,8 +145,7 @@ class PatchCore(Detector):
     def _fit(self, batches: Iterator[Batch], held: Sequence[Batch], progress: bool) -> Calibration:
         chunks: list[np.ndarray] = []
         for batch in batches:
-            p = batch.features.patches
-            chunks.append(p.permute(0, 2, 3, 1).reshape(p.shape[0], -1, p.shape[1]).numpy())
+            chunks.append(patch_rows(batch.features.patches).numpy())
         train = np.concatenate(chunks)  # images x patches x D, float32
         del chunks
         _, n_patch, d = train.shape
@@ -272,7 +271,7 @@ class PatchCore(Detector):
 
     def scoring(self, exported: bool = False) -> "PatchCoreScoring":
         """The scoring as a torch module: ``_score`` runs it with the faiss index; exported, it searches the bank
-        exactly in torch (what ``normalcy.scale.export.exact_search`` gives in Python) and runs in float32."""
+        exactly in torch (what ``normalcy.scale.export.as_exported`` gives in Python) and runs in float32."""
         if not exported:
             return PatchCoreScoring(self, self._nearest, self._bank_rows)
         search = ExactSearch(self.bank_)
@@ -283,23 +282,40 @@ class PatchCore(Detector):
 
     def _leave_one_out(self, train: np.ndarray) -> Calibration:
         """Leave-one-image-out scores: a training patch may not match bank patches of its own image."""
-        n_img, n_patch, d = train.shape
+        n_img = len(train)
         rng = np.random.default_rng(self.seed + 1)
         chosen = rng.choice(n_img, size=min(n_img, self.calibration_images), replace=False)
+        scores, values = self._without_own([train[i] for i in chosen], chosen)
+
+        def held_out(batch: Batch, positions: np.ndarray) -> np.ndarray:
+            patches = (patch_rows(batch.features.patches).numpy() - self.shift_) * self.scale_  # as _fit's
+            return self._without_own(patches, positions)[0]
+
+        return Calibration(scores, np.concatenate(values), held_out)
+
+    def _without_own(self, patches: Sequence[np.ndarray], images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Image scores and patch distances of training images (each one's standardised patches, P x D, and its
+        number in the bank's ``bank_image_``), each patch matched to bank patches of other images."""
         k = 16
         scores, values = [], []
-        for i in chosen:
-            found, idx = self._search(train[i], k)
+        for x, i in zip(patches, images):
+            found, idx = self._search(x, k)
             dist = np.where(self.bank_image_[idx] == i, np.inf, found)
             best = dist.argmin(1)
-            rows = np.arange(n_patch)
+            rows = np.arange(len(x))
             pd, pn = dist[rows, best], idx[rows, best]
             # If all k neighbours found came from this image, the farthest of them is a lower bound.
             fallback = np.isinf(pd)
             pd[fallback] = np.where(np.isinf(found), -np.inf, found).max(1)[fallback]
-            scores.append(self._image_scores(train[i][None], pd[None], pn[None])[0])
+            scores.append(self._image_scores(x[None], pd[None], pn[None])[0])
             values.append(pd)
-        return Calibration(np.asarray(scores), np.concatenate(values))
+        return np.asarray(scores), values
+
+
+def patch_rows(patches: torch.Tensor) -> torch.Tensor:
+    """B x D x h x w patch features -> B x hw x D: each image's patches as rows, as the bank holds them."""
+    b, d, h, w = patches.shape
+    return patches.permute(0, 2, 3, 1).reshape(b, h * w, d)
 
 
 def image_scores(patches: torch.Tensor, dist: torch.Tensor, nearest: torch.Tensor, bank_knn: torch.Tensor,
@@ -363,6 +379,6 @@ class PatchCoreScoring(nn.Module):
 
     def forward(self, inputs: torch.Tensor, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
         b, d, h, w = features.patches.shape
-        patches = (features.patches.permute(0, 2, 3, 1).reshape(b, h * w, d) - self.shift) * self.scale
+        patches = (patch_rows(features.patches) - self.shift) * self.scale
         dist, nn_idx = self.search(patches)
         return image_scores(patches, dist, nn_idx, self.bank_knn, self.rows), dist.reshape(b, h, w)

@@ -25,6 +25,7 @@ anywhere else; tests/test_tiling.py).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -314,6 +315,13 @@ class FeatureExtractor:
     def with_input_norm(self, input_norm: str) -> "FeatureExtractor":
         """This extractor with another input normalisation (``--input-norm auto`` tries each)."""
         return self.replace(input_norm=input_norm)
+
+    def in_fp32(self) -> "FeatureExtractor":
+        """This extractor with the backbone run in fp32, the same network otherwise: what an ONNX export runs
+        (ONNX has no bf16 convolution), so what sets a bf16 model's threshold for its export."""
+        ext = copy.copy(self)
+        ext.precision = "fp32"
+        return ext
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """HxWx3 uint8 images of any size -> Bx3xhxw float tensor in [0, 1] at this extractor's size."""

@@ -20,13 +20,17 @@ scores, patch maps) that the detector's ``_score`` runs itself, so nothing here 
 arithmetic. tests/test_export.py checks every exportable detector's scores and decisions against PyTorch's;
 bench/export_parity.py measures them on real data, with speed.
 
-* The backbone runs in fp32 in the graph; parity is against the fp32 PyTorch path (a model fitted with
-  ``precision="bf16"`` scores within bf16's error of it). There is no bf16 export: ONNX's Conv does not
-  take bfloat16 and onnxruntime's CPU provider has no bfloat16 MatMul.
+* The backbone runs in fp32 in the graph; parity is against the fp32 PyTorch path, ``as_exported(det)``. There
+  is no bf16 export: ONNX's Conv does not take bfloat16 and onnxruntime's CPU provider has no bfloat16 MatMul.
+  A model fitted with ``precision="bf16"`` scores a little apart from its graph (a shift, not noise: fp32
+  features sit a little off the bf16 ones it learned), so its fit also sets a threshold for its scores with
+  fp32 features (``threshold_fp32_``, ``Detector._fp32_threshold``), which the graph's metadata carries. A bf16
+  model saved before that (no ``threshold_fp32`` in model.json) exports with its bf16 threshold, a warning and
+  a ``threshold_note``.
 * PatchCore searches its memory bank exactly in the graph (``patchcore.ExactSearch``: a matmul and a min,
   in chunks of the bank) where the detector asks its faiss index; what follows the search (eq. 7, the
   maps) is the same ``patchcore.image_scores``. A model with a bank large enough for an IVF index (over
-  ``exact_search_max`` patches) therefore scores as ``exact_search(det)`` does, which its IVF search
+  ``exact_search_max`` patches) therefore scores as ``as_exported(det)`` does, which its IVF search
   approximates (bench: the difference, measured).
 * The ``gaussian`` module runs in float32 in the graph (the detector computes its image terms in float64;
   see ``GaussianAD.scoring``), within the parity bar.
@@ -107,8 +111,7 @@ class ScoringGraph(nn.Module):
 
     def __init__(self, det: Detector) -> None:
         super().__init__()
-        self.extractor = copy.copy(det.extractor)
-        self.extractor.precision = "fp32"  # the exported backbone is fp32; parity is against this path
+        self.extractor = det.extractor.in_fp32()  # the exported backbone is fp32; parity is against this path
         if det.uses_features:  # registered here so its weights become the graph's
             self.backbone = self.extractor.backbone
         self.pooled, self.features = det.uses_pooled, det.uses_features
@@ -134,15 +137,23 @@ def check_exportable(det: Any) -> None:
         raise InputError(f"cannot export this {name} model: {PQ_BANK}")
 
 
-def exact_search(det: Detector) -> Detector:
-    """A PatchCore that searches its bank exactly (what the graph does), sharing everything else; any
-    other detector as it is. An IVF model's own scores differ from the graph's where its search misses."""
-    if not isinstance(det, PatchCore) or not len(det.cells_):
-        return det
-    exact = copy.copy(det)
-    exact.cells_ = det.cells_[:0]
-    exact._index = None
-    return exact
+def as_exported(det: Detector) -> Detector:
+    """det as its graph scores, sharing its learned state: the backbone in fp32, the graph's threshold
+    (``graph_threshold``), and a PatchCore's bank searched exactly (an IVF model's own scores differ from the
+    graph's where its search misses). What the graph's parity is checked against."""
+    exported = copy.copy(det)
+    exported.extractor = det.extractor.in_fp32()
+    exported.threshold_ = graph_threshold(det)
+    if isinstance(det, PatchCore) and len(det.cells_):
+        exported.cells_ = det.cells_[:0]
+        exported._index = None
+    return exported
+
+
+def graph_threshold(det: Detector) -> float:
+    """The threshold of the graph's scores: a bf16 model's ``threshold_fp32_`` (the graph's backbone runs in
+    fp32), the model's own threshold where the backbone runs in fp32 or its model file has none."""
+    return float(det.threshold_ if det.threshold_fp32_ is None else det.threshold_fp32_)  # type: ignore[arg-type]
 
 
 def metadata(det: Detector, precision: str) -> dict[str, Any]:
@@ -152,7 +163,7 @@ def metadata(det: Detector, precision: str) -> dict[str, Any]:
     return {
         "detector": det.name,
         "precision": precision,
-        "threshold": float(det.threshold_),  # type: ignore[arg-type]
+        "threshold": graph_threshold(det),
         "fpr": det.fpr,
         "map_range": list(det.map_range_ or (0.0, 1.0)),
         "image_size": [h, w],
@@ -173,16 +184,23 @@ def metadata(det: Detector, precision: str) -> dict[str, Any]:
     }
 
 
+def _unmatched_bf16(det: Detector) -> bool:
+    """A bf16 model saved before its fit recorded a threshold for fp32 features: its graph (fp32) has only the
+    bf16 scores' threshold. A detector without a backbone scores alike in both."""
+    return det.extractor.precision == "bf16" and det.uses_features and det.threshold_fp32_ is None
+
+
 def _threshold_note(det: Detector, precision: str) -> str | None:
-    """What to know of the threshold in the graph: it was set on the model's own scores, and int8, or a model
-    fitted in bf16 (the graph runs fp32), moves scores: systematically, not as noise, so a score near the
-    threshold may be decided otherwise than by the model."""
-    if det.extractor.precision == "bf16":
-        return ("set on the bf16 model's scores; this fp32 graph scores a little differently (a shift, not noise), "
-                "so images near the threshold may be decided otherwise: fit with --precision fp32 to export a "
-                "model whose graph scores as it does")
+    """What to know of the threshold in the graph where it was not set on the graph's own scores: int8 moves
+    scores, and so does fp32 for a bf16 model from before ``threshold_fp32_``: systematically, not as noise, so
+    a score near the threshold may be decided otherwise than by the model."""
+    if _unmatched_bf16(det):
+        return ("set on the bf16 model's scores (its model file is older than the threshold for fp32 scores that a "
+                "fit now records); this fp32 graph scores a little differently (a shift, not noise), so images near "
+                "the threshold may be decided otherwise: fit the model again to export a threshold for the graph's "
+                "scores")
     if precision == "int8":
-        return "the fp32 model's threshold; int8 moves scores a little"
+        return "set on fp32 scores; int8 moves scores a little"
     return None
 
 
@@ -205,7 +223,7 @@ def export_onnx(det: Detector, path: str | Path, precision: str = "fp32",
     h, w = det.extractor.size
     meta = metadata(det, precision)
     ExportMeta.model_validate(meta)  # what is written must load: the reader's schema is the one truth
-    if det.extractor.precision == "bf16":
+    if _unmatched_bf16(det):
         logging.getLogger("normalcy").warning("%s: the model's threshold was %s", path, meta["threshold_note"])
     with tempfile.TemporaryDirectory() as tmp:  # torch writes the weights beside the graph: one file in the end
         fp32 = Path(tmp) / "fp32.onnx"
