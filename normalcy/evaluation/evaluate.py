@@ -6,7 +6,6 @@ docs/benchmarks.md come from exactly what a user runs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import resource
 import time
@@ -22,6 +21,7 @@ from normalcy.detectors.base import Maps, report_info
 from normalcy.errors import ImageError
 from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
+from normalcy.images.backbones import sha256_file
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import Dataset, Sample, load_dataset, read_image, read_mask
 from normalcy.runs.report import gallery_image, write_report
@@ -121,7 +121,7 @@ def _size(path: Path) -> int | None:
 
 def _digest(path: Path) -> str | None:
     try:
-        return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
