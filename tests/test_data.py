@@ -706,6 +706,52 @@ def test_load_dataset_finds_loco_mask_folders_and_flat_masks_of_nested_images(tm
         read_mask(loco, (8, 8))
 
 
+def test_load_dataset_finds_masks_of_every_image_suffix_png_first(tmp_path: Path, caplog) -> None:
+    """Masks saved as BMP, TIFF, WebP or JPEG (any case) were "without a mask" (PNG only): pixel metrics null.
+    Where a mask is there as PNG and as another type, the PNG is read (lossless; JPEG is the last choice)."""
+    root = tmp_path / "ds"
+    _make_tree(root)
+    gt = root / "ground_truth"
+    for m in [*(gt / "scratch").iterdir(), *(gt / "crack").iterdir()]:
+        m.unlink()
+    half = np.zeros((8, 8), np.uint8)
+    half[:4] = 255
+    names = {"scratch/000.png": "000_mask.bmp", "scratch/001.png": "001.TIFF", "crack/000.png": "000_mask.jpg",
+             "crack/001.png": "001.webp", "crack/002.png": "002_mask.tif"}
+    for name in names.values():
+        folder = gt / ("scratch" if name[:3] in ("000", "001") and name.endswith(("bmp", "TIFF")) else "crack")
+        Image.fromarray(half).save(folder / name, **({"lossless": True} if name.endswith("webp") else {}))
+    Image.fromarray(half).save(gt / "crack" / "002_mask.PNG")  # PNG and TIFF: the PNG
+    Image.fromarray(half).save(gt / "crack" / "001.jpeg")  # WebP and JPEG: the WebP
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        ds = load_dataset(root)
+    found = {str(s.path.relative_to(root / "test")): s.mask_path for s in ds.test if s.label}
+    names["crack/002.png"] = "002_mask.PNG"
+    assert {k: m.name for k, m in found.items()} == names
+    assert "no mask" not in caplog.text
+    for s in ds.test:
+        if s.label:
+            assert read_mask(s.mask_path, (8, 8)).tolist() == (half > 0).tolist(), s.mask_path
+
+
+def test_read_mask_jpeg_thresholds_compression_noise(tmp_path: Path) -> None:
+    """A JPEG mask is lossy: ringing around the defect and chroma bleed of a coloured mask stay on their side of
+    the half-way cut of the brightest channel, and a black JPEG has no defect pixel."""
+    defect = np.zeros((64, 64), bool)
+    defect[20:40, 15:45] = True
+    for colour in ((255, 255, 255), (255, 0, 0)):
+        rgb = np.zeros((64, 64, 3), np.uint8)
+        rgb[defect] = colour
+        for quality in (50, 75, 95):
+            path = tmp_path / f"{colour[1]}_{quality}.jpg"
+            Image.fromarray(rgb).save(path, quality=quality, subsampling=0)
+            levels = np.asarray(Image.open(path).convert("RGB")).max(axis=2)
+            assert ((levels > 0) & (levels < 255)).any()  # really lossy: levels between black and white
+            assert read_mask(path, (64, 64)).tolist() == defect.tolist(), path.name
+    Image.new("L", (64, 64), 0).save(tmp_path / "black.jpg")
+    assert not read_mask(tmp_path / "black.jpg", (64, 64)).any()
+
+
 def test_load_dataset_warns_when_no_mask_name_matches(tmp_path: Path, caplog) -> None:
     """Masks named otherwise (``000_gt.png``) left every image of the defect without one, said at INFO."""
     root = tmp_path / "ds"
@@ -716,8 +762,8 @@ def test_load_dataset_warns_when_no_mask_name_matches(tmp_path: Path, caplog) ->
         load_dataset(root)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == [f"{root / 'test' / 'scratch'}: no mask of its 2 images in {root / 'ground_truth' / 'scratch'}, "
-                      "which holds files (e.g. 000_gt.png): masks are named <stem>_mask.png, <stem>.png or <stem>/ "
-                      "after their image"]
+                      "which holds files (e.g. 000_gt.png): masks are named <stem>_mask.png, <stem>.png (or .bmp, .tif, "
+                      ".jpg, ...) or <stem>/ after their image"]
     assert "1 of 3 images in" in caplog.text  # crack/002 alone: still at INFO
 
 

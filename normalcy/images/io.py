@@ -507,30 +507,46 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not _is_hidden(d.name))
 
 
-def _find_mask(gt_dir: Path, rel: Path) -> Path | None:
+def _find_mask(gt_dir: Path, rel: Path, listings: dict[Path, dict[str, list[Path]]] | None = None) -> Path | None:
     """The mask of test image ``rel`` (relative to its defect folder) in ``gt_dir/<rel parent>``, else in
-    ``gt_dir`` itself (images sorted into subfolders, masks kept in one: they were all "without a mask")."""
+    ``gt_dir`` itself (images sorted into subfolders, masks kept in one: they were all "without a mask").
+    ``listings`` caches each folder's entries across the images of one data set."""
+    listings = {} if listings is None else listings
     for folder in dict.fromkeys((gt_dir / rel.parent, gt_dir)):
-        found = _mask_in(folder, rel.stem)
+        if folder not in listings:
+            listings[folder] = _listing(folder)
+        found = _mask_in(folder, rel.stem, listings[folder])
         if found is not None:
             return found
     return None
 
 
-def _mask_in(folder: Path, stem: str) -> Path | None:
-    """``<stem>_mask.png``, else ``<stem>.png`` (case-insensitive), else a folder ``<stem>/`` of masks, one per
-    defect (MVTec LOCO's layout; :func:`read_mask` takes their union)."""
-    if not folder.is_dir():
-        return None
-    for name in (f"{stem}_mask.png", f"{stem}.png"):
-        cand = folder / name
-        if cand.is_file():
-            return cand
-    # Case-insensitive fallback (e.g. .PNG written on Windows).
-    wanted = {f"{stem}_mask.png".lower(), f"{stem}.png".lower()}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.lower() in wanted and entry.is_file():
-            return entry
+MASK_SUFFIXES: tuple[str, ...] = (".png", *sorted(IMAGE_SUFFIXES - {".png", ".jpg", ".jpeg"}), ".jpg", ".jpeg")
+"""Mask suffixes in order of preference: PNG first, lossy JPEG last (a mask saved both ways is read as PNG)."""
+
+
+def _listing(folder: Path) -> dict[str, list[Path]]:
+    """A folder's entries by lowercased name (an absent or unreadable folder has none)."""
+    found: dict[str, list[Path]] = {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        found.setdefault(entry.name.lower(), []).append(entry)
+    return found
+
+
+def _mask_in(folder: Path, stem: str, listing: dict[str, list[Path]]) -> Path | None:
+    """``<stem>_mask.png``, else ``<stem>.png``, then the same with the other image suffixes (PNG first, JPEG
+    last: :data:`MASK_SUFFIXES`; names and suffixes in any case, the exact name first), else a folder
+    ``<stem>/`` of masks, one per defect (MVTec LOCO's layout; :func:`read_mask` takes their union).
+    BMP and TIFF masks (common in industrial sets) were "without a mask"."""
+    for suffix in MASK_SUFFIXES:
+        for name in (f"{stem}_mask{suffix}", f"{stem}{suffix}"):
+            files = [e for e in listing.get(name.lower(), []) if e.is_file()]
+            if files:
+                return next((e for e in files if e.name == name), files[0])
     return folder / stem if (folder / stem).is_dir() else None
 
 
@@ -547,8 +563,8 @@ def load_dataset(root: str | Path) -> Dataset:
     """Index a data set in MVTec AD layout (no pixels are read here).
 
     ``test/good`` gives label 0, every other ``test/<defect>`` label 1; masks
-    come from ``ground_truth/<defect>/<stem>_mask.png`` (or ``<stem>.png``, or a
-    folder ``<stem>/`` of masks as in MVTec LOCO).
+    come from ``ground_truth/<defect>/<stem>_mask.png`` (or ``<stem>.png``, either
+    with any image suffix, PNG preferred, or a folder ``<stem>/`` of masks as in MVTec LOCO).
     A defective image without a mask gets ``mask_path=None`` rather than an
     error, since image-level metrics still work. Folders and files are sorted
     so results are reproducible.
@@ -584,6 +600,7 @@ def load_dataset(root: str | Path) -> Dataset:
         )
 
     test: list[Sample] = []
+    listings: dict[Path, dict[str, list[Path]]] = {}
     for ddir in _subdirs(test_dir):
         defect = ddir.name
         files = _walk_files(ddir, recursive=True)
@@ -593,7 +610,7 @@ def load_dataset(root: str | Path) -> Dataset:
         if defect == "good":
             test.extend(Sample(f, 0, defect, None) for f in files)
             continue
-        masks = [_find_mask(gt_root / defect, f.relative_to(ddir)) for f in files]
+        masks = [_find_mask(gt_root / defect, f.relative_to(ddir), listings) for f in files]
         shared = {m for m, n in Counter(masks).items() if m is not None and n > 1}
         if shared:  # one file name in several subfolders, one mask for them all: no telling whose it is
             logger.warning("%s: %d images in subfolders share one mask file name (e.g. %s): left without a mask",
@@ -605,7 +622,7 @@ def load_dataset(root: str | Path) -> Dataset:
         unmatched = _walk_files(gt_dir, recursive=True) if missing == len(files) and gt_dir.is_dir() else []
         if unmatched:  # masks there, named otherwise: said at INFO, it read as "this defect has no masks"
             logger.warning("%s: no mask of its %d images in %s, which holds files (e.g. %s): masks are named "
-                           "<stem>_mask.png, <stem>.png or <stem>/ after their image", ddir, missing, gt_dir,
+                           "<stem>_mask.png, <stem>.png (or .bmp, .tif, .jpg, ...) or <stem>/ after their image", ddir, missing, gt_dir,
                            unmatched[0].name)
         elif missing:
             logger.info("%d of %d images in %s have no mask", missing, len(files), ddir)
