@@ -3,8 +3,8 @@
     python bench/png_decoders.py [--rounds 15]
 
 Eight hazelnut_toy images resized to 1600x800 and written as PNG the way bench/highres.py writes them
-(OpenCV, zlib level 3), decoded from memory by Pillow, OpenCV and imagecodecs, each in turn, one thread.
-Prints ms an image (best and median round) and checks that all three give the same pixels.
+(OpenCV, zlib level 3), decoded from memory by Pillow, OpenCV and imagecodecs (libpng and libspng), each in turn, one thread.
+Prints ms an image (best and median round) and checks that all of them give the same pixels.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
         "Pillow": lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB")),
         "OpenCV": lambda b: cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB),
         "imagecodecs": imagecodecs.png_decode,
+        "imagecodecs libspng": imagecodecs.spng_decode,  # what normalcy.images.io uses: as fast, and silent
     }
     first = {name: fn(blobs[0]) for name, fn in decoders.items()}
     same = all(np.array_equal(a, first["Pillow"]) for a in first.values())

@@ -78,6 +78,42 @@ def test_plain_pngs_decoded_by_imagecodecs_give_pillows_pixels(tmp_path: Path, m
         np.testing.assert_array_equal(read_image(tmp_path / f"{n}.png"), fast[n])
 
 
+def _png_with_chunk(path: Path, pixels: np.ndarray, kind: bytes, data: bytes) -> Path:
+    """``pixels`` as a PNG with one extra chunk right after IHDR (CRC right)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    png = buf.getvalue()
+    chunk = len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    path.write_bytes(png[:33] + chunk + png[33:])
+    return path
+
+
+def test_pngs_with_odd_colour_profiles_print_nothing(tmp_path: Path, synthetic_root: Path) -> None:
+    """libpng printed "PNG warning: iCCP: profile 'ICC Profile': 'RGB ': RGB color space not permitted on
+    grayscale PNG" (and "sBIT: invalid", ...) on stderr once per file: thousands of lines on a large run. The
+    pixels are Pillow's (which ignores colour profiles too), and nothing is printed."""
+    from normalcy.detectors import create
+    from normalcy.images.features import FeatureExtractor
+
+    rgb = _rgb(40, 48, seed=7)
+    profile = zlib.compress(b"\0\0\x0c\x48" + b"\0" * 12 + b"RGB " + b"\0" * 400)  # a broken RGB profile
+    new = tmp_path / "new"
+    new.mkdir()
+    files = [_png_with_chunk(new / "grey_profile.png", rgb[:, :, 0], b"iCCP", b"ICC Profile\0\0" + profile),
+             _png_with_chunk(new / "short_profile.png", rgb, b"iCCP", b"ICC Profile\0\0" + zlib.compress(b"x" * 9)),
+             _png_with_chunk(new / "bad_sbit.png", rgb, b"sBIT", b"\x09\x09\x09")]
+    for f in files:
+        np.testing.assert_array_equal(read_image(f), np.asarray(Image.open(f).convert("RGB")))
+    model = tmp_path / "model"
+    create("gaussian", FeatureExtractor(image_size=64)).fit(list_files(synthetic_root / "train" / "good")).save(model)
+    r = subprocess.run([sys.executable, "-m", "normalcy.cli", "predict", str(model), str(new), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=240, check=False)
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "o" / "scores.csv", newline="") as fh:
+        assert sorted(Path(row["path"]).name for row in csv.DictReader(fh)) == sorted(f.name for f in files)
+    assert not [line for line in r.stderr.splitlines() if "png warning" in line.lower()], r.stderr  # libpng's, PNG's
+
+
 def test_plain_jpegs_decoded_by_imagecodecs_give_pillows_pixels(tmp_path: Path) -> None:
     """Colour (every chroma subsampling, baseline and progressive) and grey JPEGs: imagecodecs' pixels are
     Pillow's exactly; EXIF (may rotate), CMYK and truncated files are left to Pillow."""
