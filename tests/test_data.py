@@ -659,6 +659,23 @@ def test_list_files_contents(tmp_path: Path) -> None:
     assert list_files(tmp_path, recursive=False) == [tmp_path / "a.txt", tmp_path / "b.png"]
 
 
+def test_read_mask_with_alpha_is_composited_on_black(tmp_path: Path) -> None:
+    """A white mask whose alpha draws the defect (RGBA or grey+alpha, as annotation tools export it) was read as
+    defect everywhere: the colour under a transparent pixel counted. Transparent is unpainted, as read_image
+    composites it."""
+    defect = np.zeros((4, 5), bool)
+    defect[1:3, 2:] = True
+    alpha = defect.astype(np.uint8) * 255
+    white = np.full((4, 5), 255, np.uint8)
+    Image.fromarray(np.dstack([white, white, white, alpha]), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.dstack([white, alpha]), "LA").save(tmp_path / "la.png")
+    red = np.zeros((4, 5, 4), np.uint8)
+    red[defect] = (255, 0, 0, 255)  # opaque red on transparent black: as before
+    Image.fromarray(red, "RGBA").save(tmp_path / "red.png")
+    for name in ("rgba", "la", "red"):
+        assert read_mask(tmp_path / f"{name}.png", (4, 5)).tolist() == defect.tolist(), name
+
+
 # ----------------------------------------------------------------------- load_dataset
 
 
@@ -735,10 +752,11 @@ def test_load_dataset_finds_loco_mask_folders_and_flat_masks_of_nested_images(tm
     assert union[:4].all() and union[:, :4].all() and not union[4:, 4:].any()
     assert masks["scratch/a/005.png"] == root / "ground_truth" / "scratch" / "005.png"
     assert masks["scratch/a/006.png"] is None and masks["scratch/b/006.png"] is None  # whose would it be?
-    assert "2 images in subfolders share one mask file name (e.g. " in caplog.text and "006.png" in caplog.text
+    assert "2 images (one name in several subfolders, or with several suffixes) share one mask file (e.g. " in \
+        caplog.text and "006.png" in caplog.text
     (loco / "000.png").unlink()
     (loco / "001.png").unlink()
-    with pytest.raises(ImageError, match="mask folder is empty"):
+    with pytest.raises(ImageError, match="mask folder holds no image file"):
         read_mask(loco, (8, 8))
 
 
@@ -786,6 +804,26 @@ def test_read_mask_jpeg_thresholds_compression_noise(tmp_path: Path) -> None:
             assert read_mask(path, (64, 64)).tolist() == defect.tolist(), path.name
     Image.new("L", (64, 64), 0).save(tmp_path / "black.jpg")
     assert not read_mask(tmp_path / "black.jpg", (64, 64)).any()
+
+
+def test_load_dataset_good_folders_in_any_case_and_mask_folders_with_other_files(tmp_path: Path) -> None:
+    """test/Good (a Windows tool's spelling) was a defect class, its images labelled anomalous without a word, and
+    train/Good was "not found"; a Thumbs.db beside a defect's masks in its MVTec LOCO folder cost the image its
+    whole mask ("not an image")."""
+    root = tmp_path / "ds"
+    _make_tree(root)
+    (root / "test" / "good").rename(root / "test" / "Good")
+    (root / "train" / "good").rename(root / "train" / "GOOD")
+    loco = root / "ground_truth" / "crack" / "002"
+    loco.mkdir()
+    half = np.zeros((8, 8), np.uint8)
+    half[:4] = 255
+    Image.fromarray(half).save(loco / "000.png")
+    (loco / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 not a mask")
+    ds = load_dataset(root)
+    assert len(ds.train) == 4 and ds.train[0].parent.name == "GOOD"
+    assert [(s.path.parent.name, s.label) for s in ds.test if s.label == 0] == [("Good", 0)]
+    assert read_mask(loco, (8, 8)).tolist() == (half > 0).tolist()
 
 
 def test_load_dataset_warns_when_no_mask_name_matches(tmp_path: Path, caplog) -> None:

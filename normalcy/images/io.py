@@ -431,6 +431,10 @@ def _mask_levels(im: Image.Image) -> np.ndarray:
         a = raw.astype(np.uint8) if labels else _to_rgb_array(im)[:, :, 0]
     elif im.mode in ("1", "L"):
         a = np.asarray(im.convert("L"))
+    elif "A" in im.mode or "a" in im.mode or "transparency" in im.info:
+        # Composited on black as read_image does: a transparent pixel is unpainted, whatever colour it hides (a
+        # white mask whose alpha draws the defect, as annotation tools export, was read as defect everywhere).
+        a = _to_rgb_array(im).max(axis=2)
     else:
         a = np.asarray(im.convert("RGB")).max(axis=2)
     return np.ascontiguousarray(a * np.uint8(255) if a.size and a.max() == 1 else a)
@@ -461,9 +465,10 @@ def read_mask(
         return np.zeros((oh, ow), dtype=bool)
     p = Path(path)
     if p.is_dir():  # one mask per defect region (MVTec LOCO): their union
-        files = _walk_files(p, recursive=False)
+        # image files only: a Thumbs.db or a notes.txt beside the masks cost the image its whole mask
+        files = [f for f in _walk_files(p, recursive=False) if f.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
-            raise ImageError(p, "mask folder is empty")
+            raise ImageError(p, "mask folder holds no image file")
         return np.logical_or.reduce([read_mask(f, shape, size) for f in files])
     im = _open_loaded(p)
     try:
@@ -553,6 +558,14 @@ def _mask_in(folder: Path, stem: str, listing: dict[str, list[Path]]) -> Path | 
     return folder / stem if (folder / stem).is_dir() else None
 
 
+def _good(folder: Path) -> Path:
+    """``folder/good``, else its subfolder named good in another case (``Good``, ``GOOD``)."""
+    exact = folder / "good"
+    if exact.is_dir() or not folder.is_dir():
+        return exact
+    return next((d for d in _subdirs(folder) if d.name.lower() == "good"), exact)
+
+
 def _root_hint(folder: Path) -> str | None:
     """For a folder inside a data set (train/good or test given by mistake), the data set's root to give
     instead: the message named ``train/good/train/good`` as missing."""
@@ -583,7 +596,7 @@ def load_dataset(root: str | Path) -> Dataset:
         raise InputError(f"dataset path is not a folder: {r}")
 
     layout = "expected MVTec AD layout train/good, test/<defect>, ground_truth/<defect>"
-    train_dir = r / "train" / "good"
+    train_dir = _good(r / "train")
     if not train_dir.is_dir():
         raise InputError(f"training folder not found: {train_dir} ({_root_hint(r) or layout})")
     train = _walk_files(train_dir, recursive=True)
@@ -610,13 +623,14 @@ def load_dataset(root: str | Path) -> Dataset:
         if not files:
             logger.warning("test folder %s is empty", ddir)
             continue
-        if defect == "good":
+        if defect.lower() == "good":  # test/Good (as Windows tools write it) was a defect class: labels all wrong
             test.extend(Sample(f, 0, defect, None) for f in files)
             continue
         masks = [_find_mask(gt_root / defect, f.relative_to(ddir), listings) for f in files]
         shared = {m for m, n in Counter(masks).items() if m is not None and n > 1}
-        if shared:  # one file name in several subfolders, one mask for them all: no telling whose it is
-            logger.warning("%s: %d images in subfolders share one mask file name (e.g. %s): left without a mask",
+        if shared:  # a/x.png and b/x.png, or x.png and x.jpg: one mask for them all, no telling whose it is
+            logger.warning("%s: %d images (one name in several subfolders, or with several suffixes) share one "
+                           "mask file (e.g. %s): left without a mask",
                            ddir, sum(m in shared for m in masks), min(shared))
             masks = [None if m in shared else m for m in masks]
         test.extend(Sample(f, 1, defect, m) for f, m in zip(files, masks))
