@@ -143,6 +143,18 @@ def test_a_test_set_of_one_class_says_why_its_image_metrics_are_null(synthetic_d
     assert "no good image (test/good) was scored: image AUROC, AP and F1 need both kinds" in caplog.text
 
 
+def test_a_test_set_none_of_whose_images_can_be_read_is_an_error(synthetic_dataset: Path) -> None:
+    """With every test image unreadable, eval printed all metrics null and exited 0, after the fit: a script
+    took that for a result."""
+    from normalcy.errors import InputError
+    from normalcy.evaluation.evaluate import run_eval
+
+    for p in (synthetic_dataset / "test").glob("*/*.png"):
+        p.write_bytes(b"not an image")
+    with pytest.raises(InputError, match=r"test: none of its 8 test image\(s\) could be read \(e\.g\. .*: not an image"):
+        run_eval(synthetic_dataset, extractor=FeatureExtractor(image_size=64), progress=False, latency_images=0)
+
+
 def test_an_empty_mask_of_a_defective_image_is_named(tmp_path: Path, caplog) -> None:
     """An all-zero mask for a defective image (a wrong file, a failed export) counted its pixels as normal
     without a word."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from normalcy.detectors import Detector, MuSc, Result
 from normalcy.detectors.base import Maps, report_info
-from normalcy.errors import ImageError
+from normalcy.errors import ImageError, InputError
 from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
 from normalcy.images.backbones import sha256_file
@@ -205,6 +205,9 @@ def run_eval(
     t0 = time.perf_counter()
     result = det.score(paths, progress=progress)
     score_seconds = time.perf_counter() - t0
+    if not result.paths:  # every metric null and exit code 0: a script took it for a result
+        example = "".join(f" (e.g. {p}: {reason})" for p, reason in result.skipped[:1])
+        raise InputError(f"{ds.root / 'test'}: none of its {len(paths)} test image(s) could be read{example}")
     label_of = {s.path: s.label for s in ds.test}
     labels = np.array([label_of[p] for p in result.paths], dtype=int)
     warn_one_class(labels, ds.root / "test")
