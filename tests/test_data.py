@@ -807,14 +807,16 @@ def test_read_mask_jpeg_thresholds_compression_noise(tmp_path: Path) -> None:
 
 
 def test_load_dataset_good_folders_in_any_case_and_mask_folders_with_other_files(tmp_path: Path) -> None:
-    """test/Good (a Windows tool's spelling) was a defect class, its images labelled anomalous without a word, and
-    train/Good was "not found"; a Thumbs.db beside a defect's masks in its MVTec LOCO folder cost the image its
-    whole mask ("not an image")."""
+    """test/Good (a Windows tool's spelling) was a defect class, its images labelled anomalous without a word,
+    train/Good was "not found" and ground_truth/Crack's masks were not those of test/crack; a Thumbs.db beside a
+    defect's masks in its MVTec LOCO folder cost the image its whole mask ("not an image")."""
     root = tmp_path / "ds"
     _make_tree(root)
     (root / "test" / "good").rename(root / "test" / "Good")
     (root / "train" / "good").rename(root / "train" / "GOOD")
-    loco = root / "ground_truth" / "crack" / "002"
+    (root / "ground_truth" / "crack").rename(root / "ground_truth" / "Crack")
+    (root / "ground_truth").rename(root / "Ground_Truth")
+    loco = root / "Ground_Truth" / "Crack" / "002"
     loco.mkdir()
     half = np.zeros((8, 8), np.uint8)
     half[:4] = 255
@@ -823,6 +825,8 @@ def test_load_dataset_good_folders_in_any_case_and_mask_folders_with_other_files
     ds = load_dataset(root)
     assert len(ds.train) == 4 and ds.train[0].parent.name == "GOOD"
     assert [(s.path.parent.name, s.label) for s in ds.test if s.label == 0] == [("Good", 0)]
+    assert [s.mask_path.name if s.mask_path else None for s in ds.test if s.defect == "crack"] == \
+        ["000.png", "001_mask.png", "002"]
     assert read_mask(loco, (8, 8)).tolist() == (half > 0).tolist()
 
 

@@ -558,12 +558,13 @@ def _mask_in(folder: Path, stem: str, listing: dict[str, list[Path]]) -> Path | 
     return folder / stem if (folder / stem).is_dir() else None
 
 
-def _good(folder: Path) -> Path:
-    """``folder/good``, else its subfolder named good in another case (``Good``, ``GOOD``)."""
-    exact = folder / "good"
+def _child(folder: Path, name: str) -> Path:
+    """``folder/name``, else its subfolder of that name in another case (``train/Good``, ``ground_truth/Crack``
+    for ``test/crack``), as tools on Windows and macOS write them; a Linux run missed them without a word."""
+    exact = folder / name
     if exact.is_dir() or not folder.is_dir():
         return exact
-    return next((d for d in _subdirs(folder) if d.name.lower() == "good"), exact)
+    return next((d for d in _subdirs(folder) if d.name.lower() == name.lower()), exact)
 
 
 def _root_hint(folder: Path) -> str | None:
@@ -596,7 +597,7 @@ def load_dataset(root: str | Path) -> Dataset:
         raise InputError(f"dataset path is not a folder: {r}")
 
     layout = "expected MVTec AD layout train/good, test/<defect>, ground_truth/<defect>"
-    train_dir = _good(r / "train")
+    train_dir = _child(r / "train", "good")
     if not train_dir.is_dir():
         raise InputError(f"training folder not found: {train_dir} ({_root_hint(r) or layout})")
     train = _walk_files(train_dir, recursive=True)
@@ -606,7 +607,7 @@ def load_dataset(root: str | Path) -> Dataset:
     test_dir = r / "test"
     if not test_dir.is_dir():
         raise InputError(f"test folder not found: {test_dir} ({layout})")
-    gt_root = r / "ground_truth"
+    gt_root = _child(r, "ground_truth")
 
     loose = _walk_files(test_dir, recursive=False)
     if loose:
@@ -626,7 +627,8 @@ def load_dataset(root: str | Path) -> Dataset:
         if defect.lower() == "good":  # test/Good (as Windows tools write it) was a defect class: labels all wrong
             test.extend(Sample(f, 0, defect, None) for f in files)
             continue
-        masks = [_find_mask(gt_root / defect, f.relative_to(ddir), listings) for f in files]
+        gt_dir = _child(gt_root, defect)
+        masks = [_find_mask(gt_dir, f.relative_to(ddir), listings) for f in files]
         shared = {m for m, n in Counter(masks).items() if m is not None and n > 1}
         if shared:  # a/x.png and b/x.png, or x.png and x.jpg: one mask for them all, no telling whose it is
             logger.warning("%s: %d images (one name in several subfolders, or with several suffixes) share one "
@@ -635,12 +637,11 @@ def load_dataset(root: str | Path) -> Dataset:
             masks = [None if m in shared else m for m in masks]
         test.extend(Sample(f, 1, defect, m) for f, m in zip(files, masks))
         missing = masks.count(None)
-        gt_dir = gt_root / defect
         unmatched = _walk_files(gt_dir, recursive=True) if missing == len(files) and gt_dir.is_dir() else []
         if unmatched:  # masks there, named otherwise: said at INFO, it read as "this defect has no masks"
             logger.warning("%s: no mask of its %d images in %s, which holds files (e.g. %s): masks are named "
-                           "<stem>_mask.png, <stem>.png (or .bmp, .tif, .jpg, ...) or <stem>/ after their image", ddir, missing, gt_dir,
-                           unmatched[0].name)
+                           "<stem>_mask.png, <stem>.png (or .bmp, .tif, .jpg, ...) or <stem>/ after their image",
+                           ddir, missing, gt_dir, unmatched[0].name)
         elif missing:
             logger.info("%d of %d images in %s have no mask", missing, len(files), ddir)
 
