@@ -809,7 +809,8 @@ def test_read_mask_jpeg_thresholds_compression_noise(tmp_path: Path) -> None:
 def test_load_dataset_good_folders_in_any_case_and_mask_folders_with_other_files(tmp_path: Path) -> None:
     """test/Good (a Windows tool's spelling) was a defect class, its images labelled anomalous without a word,
     train/Good was "not found" and ground_truth/Crack's masks were not those of test/crack; a Thumbs.db beside a
-    defect's masks in its MVTec LOCO folder cost the image its whole mask ("not an image")."""
+    defect's masks in its MVTec LOCO folder cost the image its whole mask ("not an image"); an image named with
+    é as e and an accent (macOS) missed its mask named with é."""
     root = tmp_path / "ds"
     _make_tree(root)
     (root / "test" / "good").rename(root / "test" / "Good")
@@ -822,7 +823,11 @@ def test_load_dataset_good_folders_in_any_case_and_mask_folders_with_other_files
     half[:4] = 255
     Image.fromarray(half).save(loco / "000.png")
     (loco / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 not a mask")
+    nfd, nfc = "de\u0301faut", "d\u00e9faut"  # an image copied from a Mac, its mask written on Linux
+    Image.fromarray(_rgb(8, 8)).save(root / "test" / "scratch" / f"{nfd}.png")
+    Image.fromarray(half).save(root / "Ground_Truth" / "scratch" / f"{nfc}_mask.png")
     ds = load_dataset(root)
+    assert [s.mask_path.name for s in ds.test if s.path.stem == nfd] == [f"{nfc}_mask.png"]
     assert len(ds.train) == 4 and ds.train[0].parent.name == "GOOD"
     assert [(s.path.parent.name, s.label) for s in ds.test if s.label == 0] == [("Good", 0)]
     assert [s.mask_path.name if s.mask_path else None for s in ds.test if s.defect == "crack"] == \

@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import struct
+import unicodedata
 import warnings
 from collections import Counter
 from contextlib import contextmanager
@@ -534,26 +535,32 @@ MASK_SUFFIXES: tuple[str, ...] = (".png", *sorted(IMAGE_SUFFIXES - {".png", ".jp
 """Mask suffixes in order of preference: PNG first, lossy JPEG last (a mask saved both ways is read as PNG)."""
 
 
+def _name_key(name: str) -> str:
+    """A file name compared as people read it: in any case, and é one character or e and an accent (macOS
+    writes the second, Linux and Windows tools the first: an image copied from a Mac missed its mask)."""
+    return unicodedata.normalize("NFC", name).lower()
+
+
 def _listing(folder: Path) -> dict[str, list[Path]]:
-    """A folder's entries by lowercased name (an absent or unreadable folder has none)."""
+    """A folder's entries by :func:`_name_key` (an absent or unreadable folder has none)."""
     found: dict[str, list[Path]] = {}
     try:
         entries = sorted(folder.iterdir())
     except OSError:
         return found
     for entry in entries:
-        found.setdefault(entry.name.lower(), []).append(entry)
+        found.setdefault(_name_key(entry.name), []).append(entry)
     return found
 
 
 def _mask_in(folder: Path, stem: str, listing: dict[str, list[Path]]) -> Path | None:
     """``<stem>_mask.png``, else ``<stem>.png``, then the same with the other image suffixes (PNG first, JPEG
-    last: :data:`MASK_SUFFIXES`; names and suffixes in any case, the exact name first), else a folder
+    last: :data:`MASK_SUFFIXES`; names as :func:`_name_key` compares them, the exact name first), else a folder
     ``<stem>/`` of masks, one per defect (MVTec LOCO's layout; :func:`read_mask` takes their union).
     BMP and TIFF masks (common in industrial sets) were "without a mask"."""
     for suffix in MASK_SUFFIXES:
         for name in (f"{stem}_mask{suffix}", f"{stem}{suffix}"):
-            files = [e for e in listing.get(name.lower(), []) if e.is_file()]
+            files = [e for e in listing.get(_name_key(name), []) if e.is_file()]
             if files:
                 return next((e for e in files if e.name == name), files[0])
     return folder / stem if (folder / stem).is_dir() else None
