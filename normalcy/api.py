@@ -38,7 +38,7 @@ from normalcy.files import MODEL_JSON, read_json
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
-from normalcy.images.io import input_paths, iter_images, list_files
+from normalcy.images.io import input_paths, is_dataset, iter_images, list_files
 from normalcy.progress import progress_bar
 from normalcy.runs.format import (
     IMAGES,
@@ -335,6 +335,10 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         ex.check_images_only("tables")
         model = _fit_table(Path(train), det_opts, label_column, id_column)
     else:
+        if isinstance(train, (str, Path)) and Path(train).is_dir() and is_dataset(Path(train)):
+            # its test defects and ground-truth masks were fitted on as normal images, without a word
+            raise InputError(f"{train} is a data set in MVTec AD layout: fit on its normal images, "
+                             f"{Path(train) / 'train' / 'good'}, or evaluate it with normalcy eval")
         paths = list_files(Path(train)) if isinstance(train, (str, Path)) else [Path(p) for p in train]
         name = det_opts.name()
         extractor = ex.extractor(paths, name)

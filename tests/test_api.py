@@ -115,6 +115,13 @@ def test_unknown_settings_and_unreadable_inputs_are_refused(synthetic_root: Path
     assert not (tmp_path / "run").exists()
 
 
+def test_fitting_a_data_set_root_is_refused(synthetic_root: Path) -> None:
+    """fit on a data set's root (as eval takes it) fitted its defective test images and its ground-truth masks
+    as normal images, without a word."""
+    with pytest.raises(InputError, match=r"is a data set in MVTec AD layout: fit on its normal images, .*train"):
+        normalcy.fit(synthetic_root, image_size="64", progress=False)
+
+
 def _table(tmp_path: Path) -> Path:
     path = tmp_path / "t.csv"
     X = np.random.default_rng(0).normal(size=(60, 3))

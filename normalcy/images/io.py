@@ -35,6 +35,7 @@ __all__ = [
     "Sample",
     "check_pixels",
     "image_size",
+    "is_dataset",
     "iter_images",
     "list_files",
     "printable",
@@ -575,11 +576,16 @@ def _child(folder: Path, name: str) -> Path:
     return next((d for d in _subdirs(folder) if d.name.lower() == name.lower()), exact)
 
 
+def is_dataset(folder: Path) -> bool:
+    """Whether ``folder`` is a data set in MVTec AD layout (train/good and test/ in it)."""
+    return _child(folder / "train", "good").is_dir() and (folder / "test").is_dir()
+
+
 def _root_hint(folder: Path) -> str | None:
     """For a folder inside a data set (train/good or test given by mistake), the data set's root to give
     instead: the message named ``train/good/train/good`` as missing."""
     for up in folder.resolve().parents[:2]:
-        if (up / "train" / "good").is_dir() and (up / "test").is_dir():
+        if is_dataset(up):
             return f"{folder} is inside the data set {up}: give that folder, the one holding train/ and test/"
     return None
 
