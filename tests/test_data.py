@@ -88,6 +88,24 @@ def _png_with_chunk(path: Path, pixels: np.ndarray, kind: bytes, data: bytes) ->
     return path
 
 
+def test_interlaced_pngs_give_pillows_pixels(tmp_path: Path) -> None:
+    """The fast path's decoder (libspng) on Adam7-interlaced grey and RGB PNGs, which Pillow cannot write."""
+    import normalcy.images.io as data
+
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    for colour_type, pixels in ((2, _rgb(13, 11, seed=8)), (0, _rgb(13, 11, seed=9)[:, :, :1])):
+        raw = b"".join(b"\0" + row.tobytes() for x, y, dx, dy in passes for row in pixels[y::dy, x::dx]
+                       if pixels[y::dy, x::dx].size)
+        ihdr = (11).to_bytes(4, "big") + (13).to_bytes(4, "big") + bytes([8, colour_type, 0, 0, 1])
+        path = tmp_path / f"i{colour_type}.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
+            len(d).to_bytes(4, "big") + k + d + zlib.crc32(k + d).to_bytes(4, "big")
+            for k, d in ((b"IHDR", ihdr), (b"IDAT", zlib.compress(raw)), (b"IEND", b""))))
+        expected = np.asarray(Image.open(path).convert("RGB"))
+        np.testing.assert_array_equal(expected, np.broadcast_to(pixels, (13, 11, 3)))
+        np.testing.assert_array_equal(data._read_plain(path), expected)
+
+
 def test_pngs_with_odd_colour_profiles_print_nothing(tmp_path: Path, synthetic_root: Path) -> None:
     """libpng printed "PNG warning: iCCP: profile 'ICC Profile': 'RGB ': RGB color space not permitted on
     grayscale PNG" (and "sBIT: invalid", ...) on stderr once per file: thousands of lines on a large run. The
