@@ -39,7 +39,7 @@ from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
 from normalcy.images.io import input_paths, is_dataset, iter_images, list_files
-from normalcy.progress import progress_bar
+from normalcy.progress import LONG_SERIES, progress_bar
 from normalcy.runs.format import (
     IMAGES,
     SERIES,
@@ -90,8 +90,6 @@ from normalcy.vectors.tables import (
 logger = logging.getLogger("normalcy")
 PathLike = str | Path
 SERIES_TOP = 12  # series drawn in a series run's report: each plot takes a fraction of a second
-LONG_SERIES = 100_000  # rows: one series this long takes minutes to score (1e6 rows, `auto`: 5 to 9), so it
-# gets a bar too, whose clock says that it is still going
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ from rich.progress import (
 
 from normalcy.images.io import printable
 
+LONG_SERIES = 100_000  # rows: one series this long takes minutes to score (1e6 rows, `auto`: 5 to 9), so predict
+# and eval give it a bar too, whose clock says that it is still going
+
 # emoji=False: a file named "a:fire:.png" is shown as it is, not with a picture in place of ":fire:".
 console = Console(stderr=True, emoji=False)
 

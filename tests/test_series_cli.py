@@ -670,6 +670,37 @@ def test_one_long_series_gets_a_progress_bar(tmp_path: Path, monkeypatch: pytest
     assert shown == [False, True]
 
 
+def test_eval_of_one_long_series_gets_a_progress_bar(data: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval showed its bar for a folder of two series folders or more only: one series folder whose test series
+    had 1,000,000 rows was scored for minutes without a word, while predict's bar showed for it. Its bar shows
+    from LONG_SERIES test rows, as predict's; a short one still has none, and a folder that cannot be read is
+    still named in skipped."""
+    import contextlib
+
+    from normalcy import api, progress
+
+    shown: list[bool] = []
+    real = progress.progress_bar
+
+    @contextlib.contextmanager
+    def spy(enabled: bool = True):  # type: ignore[no-untyped-def]
+        shown.append(enabled)
+        with real(False) as bar:
+            yield bar
+
+    monkeypatch.setattr(progress, "progress_bar", spy)
+    api.evaluate(data / "a", "knn")  # 300 test rows
+    monkeypatch.setattr(progress, "LONG_SERIES", 300)
+    metrics = api.evaluate(data / "a", "knn")
+    assert shown == [False, True] and metrics["n_test_rows"] == 300
+    write_series(tmp_path / "c" / "train.csv", 600, seed=1)
+    write_series(tmp_path / "c" / "test.csv", 300, start=600, label=False)
+    with pytest.raises(InputError, match="test file has no label column 'label'"):
+        api.evaluate(tmp_path / "c", "knn")
+    assert shown == [False, True, False]
+
+
 def test_predict_scores_a_file_whose_label_column_is_not_0_1(tmp_path: Path) -> None:
     """predict only draws a file's labels, yet a `label` column of -1/1 (scikit-learn's way) refused the whole
     file: no series could be scored. It is left out with a note naming the cell; eval, which measures on the
