@@ -130,6 +130,21 @@ def test_score_from_skips_the_past_only(name: str, first: int) -> None:
     np.testing.assert_allclose(det._score_from(Z, first), det._score(Z)[first:], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize(("window", "d"), [(1, 1), (16, 1), (32, 1), (10, 3)])
+def test_knn_one_candidate_scores_as_the_choice_among_candidates(window: int, d: int) -> None:
+    """Offline, k = 1 measures its one candidate without the (rows, candidates, window) differences, sort and
+    gather the choice among several takes (half of a score's time past faiss's search): the contributions are
+    bit for bit those of that choice, here given each neighbour twice (the first of equals is the k-th)."""
+    X = sine(3000, d=d)
+    X[2500:2510, 0] += 3
+    det = create("knn", window=window).fit(X[:2000], progress=False)
+    Q = flat_windows(det.standardise(X[2000:]), window) - det.centre_
+    near = np.random.default_rng(0).integers(0, len(det.bank_), (len(Q), 1))
+    one = det._contributions(Q, near)
+    np.testing.assert_array_equal(one, det._contributions(Q, np.repeat(near, 2, axis=1)))
+    assert one.shape == (len(Q), d) and (one[0] > 0).all()
+
+
 @pytest.mark.parametrize("name", SUBSEQUENCE)
 def test_score_one_matches_score(name: str) -> None:
     X = sine(2500, d=2)

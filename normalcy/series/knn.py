@@ -105,13 +105,18 @@ class SubsequenceKNN(SeriesDetector):
         candidate neighbours idx (m, c): the exact k-th nearest's squared differences per metric, scaled to
         sum to the root-mean-square difference per time step."""
         L = Q.shape[1]
-        diff = Q[:, None, :] - self.bank_[idx][..., -L:]  # (m, c, L) float64
-        sq = np.einsum("mcj,mcj->mc", diff, diff)
-        rows = np.arange(len(Q))
-        kth = np.argsort(sq, axis=1, kind="stable")[:, min(self.k, sq.shape[1]) - 1]
+        if idx.shape[1] == 1:  # one candidate (k = 1, the default): no (m, c, L) differences to sort and gather,
+            diff = Q - self.bank_[idx[:, 0], -L:]  # which took half of an offline score's time past faiss's search
+            sq = np.einsum("mj,mj->m", diff, diff)
+        else:
+            diffs = Q[:, None, :] - self.bank_[idx][..., -L:]  # (m, c, L) float64
+            sqs = np.einsum("mcj,mcj->mc", diffs, diffs)
+            rows = np.arange(len(Q))
+            kth = np.argsort(sqs, axis=1, kind="stable")[:, min(self.k, sqs.shape[1]) - 1]
+            diff, sq = diffs[rows, kth], sqs[rows, kth]
         steps = L // len(self.columns_)
-        per_metric = (diff[rows, kth] ** 2).reshape(len(Q), steps, -1).sum(axis=1)
-        norm = np.sqrt(steps * sq[rows, kth])
+        per_metric = (diff ** 2).reshape(len(Q), steps, -1).sum(axis=1)
+        norm = np.sqrt(steps * sq)
         return np.divide(per_metric, norm[:, None], out=np.zeros_like(per_metric), where=norm[:, None] > 0)
 
     def _score(self, X: np.ndarray) -> np.ndarray:
