@@ -104,6 +104,30 @@ def test_the_decision_boundary_is_at_or_above_the_threshold(tmp_path: Path) -> N
     assert pq.read_table(tmp_path / "scores.parquet").column("decision").to_pylist() == [0, 1, 1]
 
 
+@pytest.mark.parametrize("odd", ["", 'a,"b"', "two\nlines", "-1.5", "=cmd", "caf\udce9"])
+def test_scores_csv_is_what_csv_writer_writes_row_by_row(tmp_path: Path, odd: str) -> None:
+    """scores.csv is written a column at a time and, where no cell needs quotes, joined without csv.writer (a
+    1,000,000-row series took 6 s a row at a time): the bytes are those of the former row-by-row writer, with
+    quotes, a formula guard or an undecodable byte in an id, one series name per row and overlays."""
+    from normalcy.runs.format import CSV_ENCODING, _number, csv_cell, write_scores
+
+    ids = [f"2024-03-01 00:{i:02d}:00" for i in range(6)] + ([odd] if odd else [])
+    scores = np.array([0.0, 1.0, 0.25, 1e-7, 3.5e16, 2.0 / 3.0, 7.0][:len(ids)])
+    names = ["web-1"] * 3 + ["+db"] * (len(ids) - 3)
+    thresholds = np.where(np.arange(len(ids)) < 3, 0.5, 1.25)
+    overlays = [f"overlays/{i}.png" for i in range(len(ids))]
+    decisions = write_scores(tmp_path, "time", ids, scores, thresholds, overlays, series=names)
+    with open(tmp_path / "ref.csv", "w", newline="", **CSV_ENCODING) as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["time", "series", "score", "decision", "threshold", "overlay"])
+        for i, x, d, t, n, o in zip(ids, scores, decisions, thresholds, names, overlays):
+            writer.writerow([csv_cell(i), csv_cell(n), _number(x), int(d), _number(t), o])
+    assert (tmp_path / "scores.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    table = pq.read_table(tmp_path / "scores.parquet").to_pydict()
+    assert table["time"] == [i.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for i in ids]
+    assert table["series"] == names and table["score"] == scores.tolist()
+
+
 def test_unknown_settings_and_unreadable_inputs_are_refused(synthetic_root: Path, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="bakcbone"):
         normalcy.fit(synthetic_root / "train" / "good", bakcbone="x")

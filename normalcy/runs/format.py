@@ -129,22 +129,42 @@ def write_scores(folder: Path, key: str, ids: Sequence[str], scores: np.ndarray,
     decisions = decide(s, thresholds) if decisions is None else np.asarray(decisions, bool)
     header = ([key] + (["series"] if series is not None else []) + ["score", "decision", "threshold"]
               + (["overlay"] if overlays is not None else []))
+    # column by column: a row at a time (a list per row through csv.writer), 1,000,000 rows took 6 s
+    texts = {t: _number(t) for t in np.unique(thresholds).tolist()}
+    cells = [list(map(csv_cell, ids))] + ([list(map(csv_cell, series))] if series is not None else [])
+    cells += [list(map(_number, s.tolist())), np.array(["0", "1"])[decisions.view(np.int8)].tolist(),
+              list(map(texts.__getitem__, thresholds.tolist()))] + ([list(overlays)] if overlays is not None else [])
     with open(folder / SCORES_CSV, "w", newline="", **CSV_ENCODING) as fh:
         writer = csv.writer(fh)
         writer.writerow([csv_cell(h) for h in header])
-        texts = {t: _number(t) for t in np.unique(thresholds).tolist()}
-        for k, (i, x, d, t) in enumerate(zip(ids, s.tolist(), decisions.tolist(), thresholds.tolist())):
-            writer.writerow([csv_cell(i)] + ([csv_cell(series[k])] if series is not None else [])
-                            + [_number(x), int(d), texts[t]] + ([overlays[k]] if overlays is not None else []))
-    utf8 = [i.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for i in ids]
-    columns: dict[str, Any] = {key: pa.array(utf8, pa.string())}
+        if any(_needs_quotes(c) for c in cells):
+            writer.writerows(zip(*cells))
+        else:  # csv.writer's very lines (none needs quotes), joined in a third of its time
+            fh.write("".join(",".join(row) + "\r\n" for row in zip(*cells)))
+    columns: dict[str, Any] = {key: pa.array(_printable_all(ids), pa.string())}
     if series is not None:
-        columns["series"] = pa.array([printable(n) for n in series], pa.string())
+        columns["series"] = pa.array(_printable_all(series), pa.string())
     columns |= {"score": s, "decision": decisions.astype(np.int8), "threshold": np.array(thresholds)}
     if overlays is not None:
         columns["overlay"] = pa.array(list(overlays), pa.string())
     pq.write_table(pa.table(columns), folder / SCORES_PARQUET)
     return decisions
+
+
+def _needs_quotes(cells: list[str]) -> bool:
+    """Whether csv.writer would quote any of these cells (a comma, a quote or a line break in it)."""
+    text = "".join(cells)
+    return any(c in text for c in ',"\r\n')
+
+
+def _printable_all(texts: Sequence[str]) -> list[str]:
+    """``printable`` of each text: the texts themselves where none holds an undecodable byte (a series' million
+    time stamps, checked in one encode), else one at a time."""
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate-escaped byte somewhere
+        return [printable(t) for t in texts]
+    return list(texts)
 
 
 def write_skipped(folder: Path, key: str, skipped: Sequence[tuple[Any, str]]) -> None:
