@@ -485,7 +485,7 @@ def test_fewer_rows_than_dimensions_give_sklearns_ledoit_wolf() -> None:
         np.testing.assert_allclose(precision, np.linalg.inv(cov), rtol=1e-7, atol=1e-9 * np.abs(precision).max())
         np.testing.assert_allclose(distance(q, mean, precision), want, rtol=1e-8)
         np.testing.assert_allclose(distance_to(x, q), want, rtol=1e-8)
-    flat = np.ones((5, 8))  # no variance at all: the plain path's pseudo-inverse, no error
+    flat = np.ones((5, 8))  # no variance at all: the plain path inverts with a tiny ridge, no error
     assert np.isfinite(distance_to(flat, flat)).all()
 
 

@@ -138,6 +138,19 @@ def test_duplicated_normal_rows_are_not_flagged(name):
     assert det.predict(np.array([[9.0, 9.0, 9.0]]))[0] == -1
 
 
+@pytest.mark.parametrize("name, rows", [
+    *((name, np.tile([1.0, 2.0, 3.0], (50, 1))) for name in ("gaussian", "knn", "ecod", "ensemble")),
+    *((name, np.tile([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], (25, 1))) for name in ("gaussian", "knn", "ensemble"))])
+def test_rows_that_never_vary_flag_every_other_row(name, rows):
+    """Training rows that are all one row (zero variance) or two points on a line (a singular covariance
+    Ledoit-Wolf does not shrink): the Gaussian's pseudo-inverse gave every direction the rows never moved in
+    zero weight, so a row off them scored 0 and nothing was flagged. Rows seen are normal, others anomalies
+    (ECOD looks at each column alone: (1, 0, 0) is no anomaly to it when both 0 and 1 were seen)."""
+    det = FAST[name]().fit(rows)
+    assert (det.predict(rows[:2]) == 1).all()
+    assert (det.predict(np.array([[1.0, 0.0, 0.0], [5.0, 2.0, 3.0], [0.0, 0.0, 2.0]])) == -1).all()
+
+
 @pytest.mark.parametrize("name", FAST)
 def test_a_score_at_the_threshold_is_an_anomaly(name):
     """normalcy's one decision rule, score >= threshold, at its boundary: a row scoring exactly the threshold

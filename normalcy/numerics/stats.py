@@ -32,12 +32,15 @@ def threshold_at(scores: np.ndarray, fpr: float) -> float:
 
 
 def inverse(cov: np.ndarray) -> np.ndarray:
-    """Precision of a covariance. Shrinkage makes it positive definite, so a plain inverse is safe; the
-    pseudo-inverse only catches a numerically singular one."""
+    """Precision of a covariance. Shrinkage makes it positive definite, so a plain inverse is safe; a singular
+    one (rows that never vary, all duplicates; rows on a line, where Ledoit-Wolf shrinks nothing) gets the tiny
+    ridge ``gaussians`` gives a cell that never varies. Why not the pseudo-inverse: it gave every direction the
+    rows never moved in zero weight, so a row off them scored 0 and was never flagged."""
     try:
         return np.linalg.inv(cov)
     except np.linalg.LinAlgError:
-        return np.linalg.pinv(cov, hermitian=True)
+        ridge = 1e-9 * max(float(np.trace(cov)) / len(cov), 0.0) + 1e-12
+        return np.linalg.inv(cov + ridge * np.eye(len(cov)))
 
 
 def gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
