@@ -96,6 +96,19 @@ def test_a_ragged_npz_names_both_lengths(tmp_path: Path) -> None:
     _one_line_error(normalcy("eval", str(path), "--label-column", "y", "--json"), *says)
 
 
+def test_an_npz_of_images_or_clashing_names_is_one_line_naming_the_arrays(tmp_path: Path) -> None:
+    """An (n, h, w) array was left out without a word and the file then had "no rows"; X's column x0 and an
+    array named x0 (or arrays X and x) gave one column name, and one array's values silently replaced the other's."""
+    stack, clash, twice = tmp_path / "stack.npz", tmp_path / "clash.npz", tmp_path / "twice.npz"
+    np.savez(stack, X=np.zeros((20, 4, 4)), y=np.zeros(20))
+    np.savez(clash, X=np.zeros((20, 3)), x0=np.ones(20))
+    np.savez(twice, X=np.zeros((20, 3)), x=np.ones((20, 2)))
+    _one_line_error(normalcy("fit", str(stack), "-o", str(tmp_path / "m")), "stack.npz", "'X' has shape (20, 4, 4)")
+    _one_line_error(normalcy("fit", str(clash), "-o", str(tmp_path / "m")), "clash.npz", "'x0'", "'X'")
+    with pytest.raises(InputError, match="column 'x0' would come from both array 'X' and array 'x'"):
+        read_table(twice)
+
+
 def test_table_run_csv_cells_are_guarded_and_ids_round_trip(tmp_path: Path) -> None:
     """Ids a spreadsheet would run as formulas get a leading ' in scores.csv and skipped.csv (as image runs'
     paths do); scores.parquet keeps them as they are, and reading the run back, from either file, gives the

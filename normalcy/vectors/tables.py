@@ -123,15 +123,25 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {key: npz[key] for key in npz.files}
+            for key, a in arrays.items():  # an image stack (n, h, w) was left out, then "no rows" was said
+                if a.ndim > 2:
+                    raise InputError(f"{path}: array {key!r} has shape {a.shape}; a table's arrays are columns "
+                                     "(1-d) or rows x columns (2-d): flatten or reduce it first")
             _check_width(path, sum(a.shape[1] for a in arrays.values() if a.ndim == 2)
                          + sum(a.ndim == 1 for a in arrays.values()))
             _check_lengths(path, {k: len(a) for k, a in arrays.items() if a.ndim in (1, 2)})
             out: dict[str, np.ndarray] = {}
+            source: dict[str, str] = {}  # column -> the array it came from
             for key, a in arrays.items():
-                if a.ndim == 2:
-                    out.update({f"{key.lower()}{j}": a[:, j] for j in range(a.shape[1])})
-                elif a.ndim == 1:
-                    out[key] = a
+                if a.ndim not in (1, 2):
+                    continue
+                named = {f"{key.lower()}{j}": a[:, j] for j in range(a.shape[1])} if a.ndim == 2 else {key: a}
+                for name in named:  # X's column x0 and an array x0 (or X and x): one silently replaced the other
+                    if name in source:
+                        raise InputError(f"{path}: column {name!r} would come from both array {source[name]!r} "
+                                         f"and array {key!r}; rename one of them")
+                    source[name] = key
+                out.update(named)
             return out
         import pyarrow as pa
         import pyarrow.parquet as pq
