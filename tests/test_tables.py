@@ -85,6 +85,29 @@ def test_nan_rows_are_skipped_and_named_never_scored(tmp_path: Path) -> None:
     assert not mask[[7, 9]].any() and np.isnan(scores[[7, 9]]).all() and np.isfinite(scores[mask]).all()
 
 
+def test_rows_without_a_label_are_skipped_and_named_not_the_whole_table(tmp_path: Path) -> None:
+    """One empty, NaN or "?" cell in the label column refused the whole table at fit and at eval, naming no row.
+    Such a row is now skipped as a row with a missing value is: named, neither fitted on nor scored."""
+    X, y = _rows()
+    labels = [str(v) for v in y]
+    labels[3], labels[5], labels[8] = "", "nan", "?"
+    cols = {f"f{j}": X[:, j] for j in range(X.shape[1])}
+    cols.update(label=labels, name=[f"obj{i}" for i in range(len(y))])
+    pcsv.write_csv(pa.table(cols), tmp_path / "t.csv")
+    t = read_table(tmp_path / "t.csv", label_column="label", id_column="name")
+    det, skipped = fit_table(t, "knn")
+    assert [s[0] for s in skipped] == ["obj3", "obj5", "obj8"] and "no label in 'label'" in skipped[0][1]
+    assert "'?' is not a number" in skipped[2][1]
+    assert det.n_samples_fit_ == int((y == 0).sum()) - int((y[[3, 5, 8]] == 0).sum())
+    result = eval_table(t, "knn")
+    assert result["n_test"] == 120 and [s[0] for s in result["skipped"]] == ["obj3", "obj5", "obj8"]  # 30 % of 397
+    r = normalcy("fit", str(tmp_path / "t.csv"), "-o", str(tmp_path / "m"), "--label-column", "label", "--id-column", "name")
+    assert r.returncode == 0 and "obj3: no label in 'label'" in r.stderr and "obj8: label: '?'" in r.stderr, r.stderr
+    pcsv.write_csv(pa.table({"f0": [1.0, 2.0, 3.0], "label": ["normal", "anomaly", "normal"]}), tmp_path / "text.csv")
+    with pytest.raises(InputError, match="label column 'label' must hold numbers"):
+        read_table(tmp_path / "text.csv", label_column="label")
+
+
 @pytest.mark.parametrize("name", ["gaussian", "knn", "iforest", "ecod", "ensemble"])
 def test_saved_model_scores_exactly_as_fitted(tmp_path: Path, name: str) -> None:
     X, y = _rows()

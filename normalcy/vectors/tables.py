@@ -93,7 +93,7 @@ class Table:
     columns: list[str]
     ids: list[str]
     id_column: str
-    labels: np.ndarray | None = None
+    labels: np.ndarray | None = None  # 0 normal, 1 anomaly, -1 no label (skipped, as a row with a missing value)
     ignored: list[str] = field(default_factory=list)  # non-numeric columns left out of the features
     # what reading the file made missing in a row (0-based): text in a number's cell, a ragged CSV line
     read_as_missing: dict[int, str] = field(default_factory=dict)
@@ -102,11 +102,15 @@ class Table:
         """A mask of the rows that can be scored, and (id, reason) for each that cannot; the reason says why
         reading made a value missing (``read_as_missing``), so skipped.csv shows the cell or line to mend."""
         mask, _ = finite_rows(self.X)
+        if self.labels is not None:
+            mask &= self.labels >= 0  # -1: no label (``_labels``)
         bad = []
         for i in np.flatnonzero(~mask):
-            why = "missing value, NaN or inf in " + ", ".join(
-                c for c, v in zip(self.columns, self.X[i]) if not np.isfinite(v))
-            bad.append((self.ids[i], why + (f" ({self.read_as_missing[i]})" if i in self.read_as_missing else "")))
+            columns = [c for c, v in zip(self.columns, self.X[i]) if not np.isfinite(v)]
+            why = self.read_as_missing.get(i, "")
+            if columns:
+                why = "missing value, NaN or inf in " + ", ".join(columns) + (f" ({why})" if why else "")
+            bad.append((self.ids[i], why))
         return mask, bad
 
 
@@ -375,12 +379,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     for name in (label_column, id_column):
         if name is not None and name not in arrays:
             raise InputError(f"{path}: no column {name!r}; it has {_names(arrays)}")
-    labels = None
-    if label_column is not None:
-        labels = _numeric(arrays[label_column])
-        if labels is None or not np.isfinite(labels).all():
-            raise InputError(f"{path}: label column {label_column!r} must hold numbers (0 normal, 1 anomaly) in every row")
-        labels = (labels != 0).astype(np.int64)
+    labels = None if label_column is None else _labels(path, label_column, arrays[label_column], read_as_missing)
     ids = ["" if v is None else str(v) for v in arrays[id_column]] if id_column else [str(i) for i in range(n)]
     features: dict[str, np.ndarray | None] = {}
     if columns is None:
@@ -405,6 +404,26 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             raise InputError(f"{path}: feature column {c!r} is not numeric (most of its cells are not numbers)")
         X[:, j] = col
     return Table(path, X, list(columns), ids, id_column or "row", labels, ignored, read_as_missing)
+
+
+def _labels(path: Path, name: str, a: np.ndarray, notes: dict[int, str]) -> np.ndarray:
+    """The label column as 1 (anomaly: any number but 0), 0 (normal) or -1 (no label: an empty cell, NaN or text,
+    noted in ``notes`` and said in one warning). Why: one row without a label refused the whole table; now it is
+    skipped and named like a row with a missing value (``Table.finite``), neither fitted on nor scored in eval.
+    A column without any number (mostly text: "normal", "anomaly") is still refused."""
+    values = _feature(path, name, a, notes)
+    if values is None or not np.isfinite(values).any():
+        raise InputError(f"{path}: label column {name!r} must hold numbers (0 normal, 1 anomaly)")
+    missing = [int(i) for i in np.flatnonzero(~np.isfinite(values))]
+    empty = [i for i in missing if i not in notes]  # text cells and ragged lines were said when read
+    for i in missing:
+        why = f"no label in {name!r}"
+        notes[i] = f"{notes[i]}; {why}" if i in notes and name not in notes[i] else notes.get(i, why)
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
+        log.warning("%s: %d row(s) without a label in %r (an empty cell or NaN) are skipped: row(s) %s "
+                    "(counting from 0)", path, len(empty), name, shown)
+    return np.where(np.isfinite(values), values != 0, -1).astype(np.int64)
 
 
 def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str | None,
