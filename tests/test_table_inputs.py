@@ -155,6 +155,20 @@ def _csv(path: Path, header: str, rows: list[str]) -> Path:
     return path
 
 
+def test_a_semicolon_csv_with_decimal_commas_is_read_as_numbers(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A spreadsheet's export in a decimal-comma locale (1,5 in a ;-separated file): every such column was left
+    out as text, so the table had "no numeric feature columns". It is read as the series reader reads it."""
+    rows = [f"obj{i};{i % 7},5;{(3 * i) % 5};w{i}" for i in range(40)]
+    path = _csv(tmp_path / "t.csv", "name;a;b;who", rows)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        t = read_table(path, id_column="name")
+    assert t.columns == ["a", "b"] and t.ignored == ["who"] and t.X[3, 0] == 3.5 and t.X[3, 1] == 4
+    assert f"{path}: column 'a': 40 value(s) with a decimal comma read as numbers (1,5 as 1.5)" in caplog.text
+    comma = _csv(tmp_path / "comma.csv", "a,b", ["1,2", "3,4"])  # a comma-separated file is not touched
+    assert read_table(comma).X.tolist() == [[1, 2], [3, 4]]
+
+
 def test_a_text_cell_in_a_numeric_column_is_a_missing_value_said_once(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """One "abc" among numbers left the whole column out at fit and refused the file at predict: it is now a

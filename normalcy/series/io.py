@@ -22,12 +22,11 @@ import numpy as np
 
 from normalcy.errors import InputError, reasons
 from normalcy.vectors.tables import (
-    MAX_CSV_LINE,
     _names,
     _numeric,
     _read_arrays,
     cell_number,
-    csv_delimiter,
+    decimal_comma,
     text_cells,
 )
 
@@ -134,7 +133,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         if extra:
             columns = [c for c in columns if c in keep[0]]
             notes.append(_left_out(path.name, extra, keep[1]))
-    comma = path.suffix.lower() == ".csv" and _delimiter(path) != ","  # a ;- or tab-separated file: 1,5 is 1.5
+    comma = decimal_comma(path)  # a ;- or tab-separated file: 1,5 is 1.5
     parsed = []
     for c in columns:
         parsed.append(_values(path, c, arrays[c], comma, notes))
@@ -234,11 +233,6 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
 
 def _all_missing(a: np.ndarray) -> bool:
     return a.dtype == object and all(v is None or v == "" for v in a)
-
-
-def _delimiter(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return csv_delimiter(fh.readline(MAX_CSV_LINE))
 
 
 def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str]) -> np.ndarray:

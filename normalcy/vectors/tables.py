@@ -216,6 +216,15 @@ def csv_delimiter(header: bytes) -> str:
     return next((d for d in (",", ";", "\t") if d in text), ",")
 
 
+def decimal_comma(path: Path) -> bool:
+    """Whether 1,5 in the file is 1.5: a CSV whose header is separated by semicolons or tabs (a spreadsheet's
+    export in a locale that writes decimal commas), where a comma cannot be the field separator."""
+    if path.suffix.lower() != ".csv":
+        return False
+    with open(path, "rb") as fh:
+        return csv_delimiter(fh.readline(MAX_CSV_LINE)) != ","
+
+
 def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | None = None) -> Any:
     """pyarrow parses a CSV in blocks that must hold its header line whole (a longer one is misread as
     an empty file) and each row: blocks sized from the header, after refusing a header past MAX_CSV_LINE
@@ -339,8 +348,9 @@ def text_cells(a: np.ndarray, comma: bool = False) -> tuple[np.ndarray, list[int
     return out, bad, decimal
 
 
-def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str]) -> np.ndarray | None:
-    """A feature column as float64, or None when it is not a column of numbers.
+def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma: bool = False) -> np.ndarray | None:
+    """A feature column as float64, or None when it is not a column of numbers; with ``comma`` (``decimal_comma``)
+    1,5 is 1.5, as the series reader reads it (such a column was left out as text), said in one warning.
 
     The rule: a column is numeric when more than half of its non-empty cells are numbers. Its other cells
     ("n/a", "abc", "-": a logger's or a spreadsheet's marks) are read as missing values, as an empty cell is
@@ -350,10 +360,14 @@ def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str]) -> np.
     num = _numeric(a)
     if num is not None or a.dtype != object:
         return num
-    values, bad, _ = text_cells(a)
+    values, bad, decimal = text_cells(a, comma)
     numbers = int((~np.isnan(values)).sum())  # text, empty and NaN cells read as NaN
-    if not bad or numbers <= len(bad):
-        return None if bad else values
+    if bad and numbers <= len(bad):
+        return None
+    if decimal:
+        log.warning("%s: column %r: %d value(s) with a decimal comma read as numbers (1,5 as 1.5)", path, name, decimal)
+    if not bad:
+        return values
     for i in bad:
         why = f"{name}: {str(a[i])[:40]!r} is not a number"
         notes[i] = f"{notes[i]}; {why}" if i in notes else why
@@ -373,6 +387,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     path = Path(path)
     read_as_missing: dict[int, str] = {}  # row -> why reading made its values missing
     arrays = _read_arrays(path, text=(id_column,) if id_column else (), ragged=read_as_missing)
+    comma = decimal_comma(path)
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:
         raise InputError(f"{path}: no rows")
@@ -387,7 +402,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         for why in left_out.values():
             log.warning("%s", why)
         candidates = [c for c in arrays if c not in (label_column, id_column) and c not in left_out]
-        features = {c: _feature(path, c, arrays[c], read_as_missing) for c in candidates}
+        features = {c: _feature(path, c, arrays[c], read_as_missing, comma) for c in candidates}
         columns = [c for c in candidates if features[c] is not None]
         ignored = [c for c in candidates if features[c] is None]  # left_out ones were told why above
     else:
@@ -399,7 +414,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         raise InputError(f"{path}: no numeric feature columns; it has {_names(arrays)}")
     X = np.empty((n, len(columns)), dtype=np.float64)
     for j, c in enumerate(columns):
-        col = features[c] if c in features else _feature(path, c, arrays[c], read_as_missing)
+        col = features[c] if c in features else _feature(path, c, arrays[c], read_as_missing, comma)
         if col is None:
             raise InputError(f"{path}: feature column {c!r} is not numeric (most of its cells are not numbers)")
         X[:, j] = col
