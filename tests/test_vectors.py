@@ -339,9 +339,23 @@ def test_ordinary_columns_are_not_rescaled():
     (lambda: EnsembleDetector(members=["knn"]), r"EnsembleDetector\.members: 'knn' is not a GaussianDetector"),
     (lambda: EnsembleDetector(members=[EnsembleDetector()]), r"EnsembleDetector\(\) is not a GaussianDetector"),
     (lambda: EnsembleDetector(members=[KNNDetector(n_neighbors=-1)]), r"KNNDetector\.n_neighbors"),
+    (lambda: GaussianDetector(max_memory_mb=None), r"GaussianDetector\.max_memory_mb: expected a positive number"),
+    (lambda: KNNDetector(max_memory_mb=0), r"KNNDetector\.max_memory_mb: .* got 0"),
+    (lambda: KNNDetector(max_memory_mb=float("nan")), r"KNNDetector\.max_memory_mb: .* got nan"),
+    (lambda: GaussianDetector(random_state="a"), r"GaussianDetector\.random_state: expected None or a seed"),
+    (lambda: KNNDetector(random_state=-1), r"KNNDetector\.random_state: .* got -1"),
+    (lambda: EnsembleDetector(random_state=1.5), r"EnsembleDetector\.random_state: .* got 1\.5"),
 ])
 def test_bad_parameters_are_named_at_fit(make, words):
     """A TypeError or IndexError from deep inside the fit, or worse a fit that saved a model load then refused
-    (an ensemble of ensembles, nprobe 0): each parameter is checked at fit as check_state checks it on load."""
+    (an ensemble of ensembles, nprobe 0), or a budget of 0 or NaN that silently compressed every table: each
+    parameter is checked at fit as check_state checks it on load."""
     with pytest.raises(ValueError, match=words):
         make().fit(_normal(40))
+
+
+def test_every_kind_of_seed_and_an_unlimited_budget_still_fit():
+    X = _normal(40)
+    for seed in (None, 0, 2**32 - 1, np.random.RandomState(0), np.random.default_rng(0)):
+        assert len(GaussianDetector(random_state=seed).fit(X).predict(X)) == 40
+    assert KNNDetector(max_memory_mb=float("inf")).fit(X).train_.shape == X.shape

@@ -31,8 +31,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from normalcy.numerics.stats import threshold_at
 
-__all__ = ["ROW_BYTES", "SAFE_EXPONENT", "ColumnScaled", "TooLarge", "VectorDetector", "check_array", "check_integer", "check_number",
-           "column_scale", "finite_rows", "no_shadowed_methods", "scaled"]
+__all__ = ["ROW_BYTES", "SAFE_EXPONENT", "ColumnScaled", "TooLarge", "VectorDetector", "check_array", "check_budget",
+           "check_integer", "check_number", "check_seed", "column_scale", "finite_rows", "no_shadowed_methods", "scaled"]
 
 ROW_BYTES = 8  # float64
 # Columns whose largest magnitude lies beyond 2**+-128 (3.4e38, float32's range) are scaled before a fit squares
@@ -131,6 +131,25 @@ def check_number(owner: object, name: str, low: float = -np.inf, high: float = n
     return float(v)
 
 
+def check_seed(owner: object, name: str = "random_state") -> None:
+    """``owner.name``, checked to be what scikit-learn takes as a seed: None, an integer from 0 to 2**32 - 1, or a
+    numpy RandomState or Generator (a string or -1 was a TypeError or ValueError from numpy, naming nothing)."""
+    v = getattr(owner, name, None)
+    if v is None or isinstance(v, (np.random.RandomState, np.random.Generator)):
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**32:
+        raise ValueError(f"{type(owner).__name__}.{name}: expected None or a seed, an integer from 0 to 2**32 - 1, "
+                         f"got {v!r}")
+
+
+def check_budget(owner: object, name: str = "max_memory_mb") -> None:
+    """``owner.name``, a memory budget in MB: a positive number, or inf for none (None or "1" was a TypeError
+    from deep inside the fit; 0, a negative number or NaN silently compressed every table)."""
+    v = getattr(owner, name, None)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not v > 0:
+        raise ValueError(f"{type(owner).__name__}.{name}: expected a positive number of MB (inf: no budget), got {v!r}")
+
+
 def no_shadowed_methods(obj: object) -> None:
     """Refuse an instance attribute that hides a method of its class (``score_samples = 3``)."""
     hidden = [k for k in vars(obj) if callable(getattr(type(obj), k, None))]
@@ -190,6 +209,8 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         load, one rule for both, so that a model fit accepts is one load accepts (and None or "0.1" is named,
         not a TypeError from deep inside the fit)."""
         check_number(self, "fpr", 0.0, 1.0)
+        if "random_state" in self._get_param_names():
+            check_seed(self)
 
     def _check_features(self, d: int) -> None:
         """Raise TooLarge past the features the detector handles (none of its own limit by default)."""

@@ -11,6 +11,7 @@ from normalcy.vectors.base import (
     TooLarge,
     VectorDetector,
     check_array,
+    check_budget,
     check_integer,
 )
 
@@ -42,6 +43,7 @@ class GaussianDetector(ColumnScaled, VectorDetector):
         """Cross-validation takes at least 2 folds (a float or None crashed inside the fit)."""
         super()._check_params()
         check_integer(self, "folds", 2, 2**31)
+        check_budget(self)
 
     def _check_features(self, d: int) -> None:
         """Past MAX_GAUSSIAN_FEATURES the d x d covariance and its inverse cost more than a table fit

@@ -16,6 +16,7 @@ from normalcy.vectors.base import (
     ROW_BYTES,
     VectorDetector,
     check_array,
+    check_budget,
     check_integer,
     column_scale,
     scaled,
@@ -44,6 +45,7 @@ class KNNDetector(VectorDetector):
         super()._check_params()
         for name in ("n_neighbors", "nprobe", "pq_dims_per_byte", "max_calibration"):
             check_integer(self, name, 1, 2**31)
+        check_budget(self)
 
     def fit_bytes(self, n: int, d: int) -> float:
         """The standardised rows (float32) and faiss' copy of them, and the float64 copy that exact distances
