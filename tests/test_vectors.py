@@ -315,6 +315,20 @@ def test_finite_values_near_float64s_limit_fit(name):
     det.check_state()
 
 
+@pytest.mark.parametrize("name", ["gaussian", "knn", "ensemble"])
+def test_a_row_of_huge_finite_values_is_flagged_never_nan(name):
+    """A model fitted on ordinary rows, shown a row of 1e300s: the Gaussian's quadratic form overflowed, inf - inf
+    gave a NaN score, and NaN >= threshold is false, so the row was called normal (the ensemble's too). (ECOD's
+    score saturates at each column's last rank by design; a row far out in two of four columns can stay under.)"""
+    det = FAST[name]().fit(_normal(200, d=4))
+    rows = np.array([[1e300] * 4, [-1e308, 1e308, 1e308, -1e308], [1e200, 0.0, 0.0, 0.0]])
+    scores = det.anomaly_score(rows)
+    assert not np.isnan(scores).any() and (det.predict(rows) == -1).all()
+    if name == "gaussian":  # exact where finite: the distance scales with the row's offset from the mean
+        np.testing.assert_allclose(scores[2], 1e160 * det.anomaly_score(np.array([[1e40, 0.0, 0.0, 0.0]]))[0],
+                                   rtol=1e-9)
+
+
 def test_ordinary_columns_are_not_rescaled():
     """The scaling is for columns beyond 2**+-128 only: an ordinary table fits bit for bit as before."""
     X = _normal(200)

@@ -91,4 +91,5 @@ class EnsembleDetector(VectorDetector):
             raise ValueError("EnsembleDetector.spread_: must be positive")
 
     def _combined(self, scores: np.ndarray) -> np.ndarray:
-        return ((scores - self.center_[:, None]) / self.spread_[:, None]).mean(0)
+        with np.errstate(over="ignore"):  # a member's score of 1e300 over a small spread is inf: the farthest row
+            return ((scores - self.center_[:, None]) / self.spread_[:, None]).mean(0)

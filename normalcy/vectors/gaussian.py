@@ -82,7 +82,18 @@ class GaussianDetector(ColumnScaled, VectorDetector):
         return held_out
 
     def _score(self, X: np.ndarray) -> np.ndarray:
-        return distance(self._scaled(X), self.location_, self.precision_)
+        X = self._scaled(X)
+        out = distance(X, self.location_, self.precision_)
+        huge = ~np.isfinite(out)
+        if huge.any():
+            # Finite values so large that (x - mean)' P (x - mean) overflows: inf - inf gave NaN, and a row of
+            # 1e300s was called normal. The distance scales with its argument: each such row and the mean
+            # divided by their largest magnitude give it exactly, times that magnitude (inf where it is).
+            s = np.maximum(np.abs(X[huge]).max(1), np.abs(self.location_).max())[:, None]
+            with np.errstate(over="ignore"):
+                out[huge] = s[:, 0] * distance(X[huge] / s - self.location_ / s, np.zeros_like(self.location_),
+                                               self.precision_)
+        return out
 
     _learned = ("location_", "precision_", "scale_")
 

@@ -96,8 +96,9 @@ class KNNDetector(VectorDetector):
 
     def _standardised(self, X: np.ndarray) -> np.ndarray:
         Z = np.empty(X.shape, dtype=np.float32)
-        for s in range(0, len(X), 65536):
-            Z[s:s + 65536] = (X[s:s + 65536] - self.mean_) / self.scale_
+        with np.errstate(over="ignore"):  # a value past float32's range is inf: the farthest row, no warning
+            for s in range(0, len(X), 65536):
+                Z[s:s + 65536] = (X[s:s + 65536] - self.mean_) / self.scale_
         return Z
 
     def _search(self, Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
