@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -327,6 +330,16 @@ def test_a_row_of_huge_finite_values_is_flagged_never_nan(name):
     if name == "gaussian":  # exact where finite: the distance scales with the row's offset from the mean
         np.testing.assert_allclose(scores[2], 1e160 * det.anomaly_score(np.array([[1e40, 0.0, 0.0, 0.0]]))[0],
                                    rtol=1e-9)
+
+
+def test_a_dataframe_is_scored_without_a_warning_from_torch():
+    """A DataFrame's values reach the Gaussian read-only (pandas' copy-on-write): torch warned at length that the
+    array "is not writable ... undefined behavior". Run in a fresh interpreter: torch warns once a process."""
+    code = ("import numpy as np, pandas as pd; from normalcy.vectors import GaussianDetector; "
+            "df = pd.DataFrame(np.random.default_rng(0).normal(size=(50, 3)), columns=list('abc')); "
+            "GaussianDetector().fit(df).predict(df)")
+    r = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "not writable" not in r.stderr, r.stderr
 
 
 def test_ordinary_columns_are_not_rescaled():

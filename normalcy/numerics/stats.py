@@ -98,7 +98,10 @@ def mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) ->
 
 
 def distance(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """``mahalanobis`` on numpy arrays (dtype kept)."""
+    """``mahalanobis`` on numpy arrays (dtype kept). A read-only array (a pandas DataFrame's values, a memory
+    map) is copied first: torch warns of one at length ("not writable ... undefined behavior"), though nothing
+    here writes to it."""
+    x, mean, precision = (a if a.flags.writeable else a.copy() for a in (x, mean, precision))
     return mahalanobis(torch.from_numpy(x), torch.from_numpy(mean), torch.from_numpy(precision)).numpy()
 
 
