@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +15,7 @@ import pytest
 from test_cli import normalcy
 
 from normalcy.errors import InputError
+from normalcy.vectors import ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector
 from normalcy.vectors.tables import (
     eval_table,
     fit_table,
@@ -117,6 +119,23 @@ def test_saved_model_scores_exactly_as_fitted(tmp_path: Path, name: str) -> None
     again, meta = load_vector_model(tmp_path / "m")
     np.testing.assert_array_equal(again.anomaly_score(X), det.anomaly_score(X))
     assert meta.threshold == threshold_of(det) and meta.columns == t.columns
+
+
+@pytest.mark.parametrize("det", [
+    GaussianDetector(fpr=np.float64(0.05), folds=np.int64(3), random_state=np.int64(2)),
+    KNNDetector(fpr=np.float32(0.05), n_neighbors=np.int64(3), nprobe=np.int32(4)),
+    IForestDetector(n_estimators=np.int64(20), max_samples=np.int64(50), max_features=np.float32(0.5), random_state=np.int64(0)),
+    EnsembleDetector([KNNDetector(n_neighbors=np.int64(2)), ECODDetector(fpr=np.float16(0.1))], random_state=np.int64(3)),
+], ids=["gaussian", "knn", "iforest", "ensemble"])
+def test_numpy_numbers_as_parameters_fit_save_and_load(tmp_path: Path, det: Any) -> None:
+    """Parameters from numpy (a grid's np.arange, np.float32(0.05)): kNN's search crashed in faiss on an np.int64
+    k, and every other detector saved a model whose numpy scalars loading refuses (not on the allow-list)."""
+    X, _ = _rows()
+    scores = det.fit(X).anomaly_score(X)
+    save_vector_model(det, "ensemble" if isinstance(det, EnsembleDetector) else det.__module__.rsplit(".")[-1],
+                      [f"x{j}" for j in range(X.shape[1])], tmp_path / "m")
+    again, _ = load_vector_model(tmp_path / "m")
+    np.testing.assert_array_equal(again.anomaly_score(X), scores)
 
 
 def test_a_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:

@@ -32,7 +32,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from normalcy.numerics.stats import threshold_at
 
 __all__ = ["ROW_BYTES", "SAFE_EXPONENT", "ColumnScaled", "TooLarge", "VectorDetector", "check_array", "check_budget",
-           "check_integer", "check_number", "check_seed", "column_scale", "finite_rows", "no_shadowed_methods", "scaled"]
+           "check_integer", "check_number", "check_seed", "column_scale", "finite_rows", "no_shadowed_methods",
+           "plain", "plain_params", "scaled"]
 
 ROW_BYTES = 8  # float64
 # Columns whose largest magnitude lies beyond 2**+-128 (3.4e38, float32's range) are scaled before a fit squares
@@ -148,6 +149,22 @@ def check_budget(owner: object, name: str = "max_memory_mb") -> None:
     v = getattr(owner, name, None)
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not v > 0:
         raise ValueError(f"{type(owner).__name__}.{name}: expected a positive number of MB (inf: no budget), got {v!r}")
+
+
+def plain(value: object) -> object:
+    """A numpy scalar as the Python number it equals; anything else as it is (``plain_params`` says why)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def plain_params(det: object) -> None:
+    """Set a detector's numpy-scalar parameters (``fpr=np.float32(0.05)``, ``n_neighbors`` from a grid's
+    ``np.arange``) to the Python numbers they equal, and its members' (``members``, ``members_``). Why: skops
+    saves a numpy scalar as a numpy node, which loading a vector model refuses (only what fit makes is allowed),
+    so such a model saved without a word and could never be loaded."""
+    det.set_params(**{name: plain(value) for name, value in det.get_params(deep=False).items()
+                      if isinstance(value, np.generic)})
+    for member in [*(getattr(det, "members", None) or ()), *getattr(det, "members_", ())]:
+        plain_params(member)
 
 
 def no_shadowed_methods(obj: object) -> None:

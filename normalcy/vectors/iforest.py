@@ -7,7 +7,14 @@ from sklearn.ensemble import IsolationForest
 from sklearn.tree import ExtraTreeRegressor
 from sklearn.tree._tree import Tree
 
-from normalcy.vectors.base import ColumnScaled, VectorDetector, check_array, check_integer, no_shadowed_methods
+from normalcy.vectors.base import (
+    ColumnScaled,
+    VectorDetector,
+    check_array,
+    check_integer,
+    no_shadowed_methods,
+    plain,
+)
 
 __all__ = ["IForestDetector", "check_tree"]
 
@@ -53,9 +60,10 @@ class IForestDetector(ColumnScaled, VectorDetector):
         self.max_features, self.n_jobs, self.random_state = max_features, n_jobs, random_state
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
-        self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
-                                       max_features=self.max_features, n_jobs=self.n_jobs,
-                                       random_state=self.random_state).fit(self._fit_scale(X))
+        params = {"n_estimators": self.n_estimators, "max_samples": self.max_samples,  # numpy scalars as Python's:
+                  "max_features": self.max_features, "n_jobs": self.n_jobs,  # the forest keeps them (plain_params)
+                  "random_state": self.random_state}
+        self.forest_ = IsolationForest(**{k: plain(v) for k, v in params.items()}).fit(self._fit_scale(X))
         return self._score(X)
 
     def _score(self, X: np.ndarray) -> np.ndarray:

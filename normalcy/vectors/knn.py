@@ -65,14 +65,14 @@ class KNNDetector(VectorDetector):
         self.mean_ = mean / factor
         self.scale_ = np.where(std > 0, std, 1.0)
         Z = self._standardised(X)
-        self.n_neighbors_ = min(self.n_neighbors, len(X) - 1)
+        self.n_neighbors_ = int(min(self.n_neighbors, len(X) - 1))  # a Python int: faiss refuses numpy's (a grid's np.arange)
         rng = np.random.default_rng(self.random_state)
         if Z.nbytes <= self.max_memory_mb * 2**20:
             self.train_ = Z
             self.cells_, self.codebook_, self.codes_ = empty_ivfpq(Z.shape[1])
         else:
             self.train_ = np.zeros((0, Z.shape[1]), dtype=np.float32)
-            self.cells_, self.codebook_, self.codes_ = fit_ivfpq(Z, rng, self.pq_dims_per_byte)
+            self.cells_, self.codebook_, self.codes_ = fit_ivfpq(Z, rng, int(self.pq_dims_per_byte))
         self._faiss = None
         calib = np.arange(len(Z))
         if len(Z) > self.max_calibration:
@@ -108,8 +108,8 @@ class KNNDetector(VectorDetector):
             return index.search(Z, k)
         if getattr(self, "_faiss", None) is None:  # rebuilt from the arrays alone (ann.py), checked first
             check_ivfpq(self.cells_, self.codebook_, self.codes_, self.train_.shape[1])
-            self._faiss = ivfpq_index(self.cells_, self.codebook_, self.codes_, self.nprobe, precompute=True)
-        self._faiss.nprobe = self.nprobe
+            self._faiss = ivfpq_index(self.cells_, self.codebook_, self.codes_, int(self.nprobe), precompute=True)
+        self._faiss.nprobe = int(self.nprobe)
         # Row by row, a row scores the same in any batch and on any number of threads (one process or Ray
         # workers), at some speed (bench/scale_vectors.py).
         with row_by_row():

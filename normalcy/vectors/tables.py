@@ -46,7 +46,7 @@ from normalcy.files import (
 )
 from normalcy.errors import InputError
 from normalcy.runs.format import decide
-from normalcy.vectors.base import TooLarge, finite_rows
+from normalcy.vectors.base import TooLarge, finite_rows, plain_params
 from normalcy.vectors.registry import DEFAULT_DETECTOR, VECTOR_DETECTORS, create
 from normalcy.version import __version__
 
@@ -522,6 +522,7 @@ def save_vector_model(det: Any, name: str, columns: list[str], directory: str | 
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    plain_params(det)  # np.float32(0.05) saved as a numpy node that loading refuses
     sio.dump(det, d / MODEL_FILE)
     meta = VectorModelMeta(kind=VECTOR_KIND, normalcy_version=__version__, detector=name, columns=columns,
                            fpr=float(det.fpr), threshold=threshold_of(det), n_train=rows_fitted(det),
