@@ -205,6 +205,20 @@ def test_columns_that_are_no_measurement_are_left_out_with_a_note(tmp_path: Path
     assert read_table(tmp_path / "ids.csv", id_column="name").ids == ["007", "010", ""]  # as written
 
 
+def test_a_column_without_any_value_is_left_out_not_every_row(tmp_path: Path) -> None:
+    """A trailing separator on every line (an unnamed empty column) or an empty column made every row one with a
+    missing value: no such table could be fitted ("fewer than 2 normal rows"). The column is left out, said once."""
+    (tmp_path / "trail.csv").write_text("a,b,\n" + "".join(f"{i % 3},{i % 5},\n" for i in range(20)))
+    (tmp_path / "gap.csv").write_text("a,c,b\n" + "".join(f"{i % 3},,{i % 5}\n" for i in range(20)))
+    for name in ("trail.csv", "gap.csv"):
+        r = normalcy("fit", str(tmp_path / name), "-o", str(tmp_path / name.replace(".", "_")))
+        assert r.returncode == 0 and "without any value left out of the features" in r.stderr, r.stderr
+        assert read_table(tmp_path / name).columns == ["a", "b"]
+    (tmp_path / "none.csv").write_text("a,b\n,\n,\n")
+    with pytest.raises(InputError, match="no numeric feature columns"):
+        read_table(tmp_path / "none.csv")
+
+
 def test_a_column_left_out_as_no_measurement_is_not_called_not_numeric(tmp_path: Path) -> None:
     """fit said "not numeric, left out of the features: y" for an .npz's (numeric) labels, and for the row
     index pandas writes "not numeric, left out of the features: " with no name, after the warning that had

@@ -403,7 +403,13 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             log.warning("%s", why)
         candidates = [c for c in arrays if c not in (label_column, id_column) and c not in left_out]
         features = {c: _feature(path, c, arrays[c], read_as_missing, comma) for c in candidates}
-        columns = [c for c in candidates if features[c] is not None]
+        # A column without a single value (a trailing separator on every line: an unnamed empty column) made every
+        # row one with a missing value, so no table with one could be fitted ("fewer than 2 normal rows").
+        empty = [c for c in candidates if features[c] is not None and np.isnan(features[c]).all()]
+        if empty:
+            log.warning("%s: column(s) without any value left out of the features: %s", path,
+                        ", ".join(map(repr, empty[:20])) + (f" and {len(empty) - 20} more" if len(empty) > 20 else ""))
+        columns = [c for c in candidates if features[c] is not None and c not in empty]
         ignored = [c for c in candidates if features[c] is None]  # left_out ones were told why above
     else:
         missing = [c for c in columns if c not in arrays]
