@@ -15,7 +15,13 @@ import pytest
 from test_cli import normalcy
 
 from normalcy.errors import InputError
-from normalcy.vectors import ECODDetector, EnsembleDetector, GaussianDetector, IForestDetector, KNNDetector
+from normalcy.vectors import (
+    ECODDetector,
+    EnsembleDetector,
+    GaussianDetector,
+    IForestDetector,
+    KNNDetector,
+)
 from normalcy.vectors.tables import (
     eval_table,
     fit_table,
@@ -103,7 +109,8 @@ def test_rows_without_a_label_are_skipped_and_named_not_the_whole_table(tmp_path
     assert det.n_samples_fit_ == int((y == 0).sum()) - int((y[[3, 5, 8]] == 0).sum())
     result = eval_table(t, "knn")
     assert result["n_test"] == 120 and [s[0] for s in result["skipped"]] == ["obj3", "obj5", "obj8"]  # 30 % of 397
-    r = normalcy("fit", str(tmp_path / "t.csv"), "-o", str(tmp_path / "m"), "--label-column", "label", "--id-column", "name")
+    r = normalcy("fit", str(tmp_path / "t.csv"), "-o", str(tmp_path / "m"), "--label-column", "label",
+                 "--id-column", "name")
     assert r.returncode == 0 and "obj3: no label in 'label'" in r.stderr and "obj8: label: '?'" in r.stderr, r.stderr
     pcsv.write_csv(pa.table({"f0": [1.0, 2.0, 3.0], "label": ["normal", "anomaly", "normal"]}), tmp_path / "text.csv")
     with pytest.raises(InputError, match="label column 'label' must hold numbers"):
@@ -124,8 +131,10 @@ def test_saved_model_scores_exactly_as_fitted(tmp_path: Path, name: str) -> None
 @pytest.mark.parametrize("det", [
     GaussianDetector(fpr=np.float64(0.05), folds=np.int64(3), random_state=np.int64(2)),
     KNNDetector(fpr=np.float32(0.05), n_neighbors=np.int64(3), nprobe=np.int32(4)),
-    IForestDetector(n_estimators=np.int64(20), max_samples=np.int64(50), max_features=np.float32(0.5), random_state=np.int64(0)),
-    EnsembleDetector([KNNDetector(n_neighbors=np.int64(2)), ECODDetector(fpr=np.float16(0.1))], random_state=np.int64(3)),
+    IForestDetector(n_estimators=np.int64(20), max_samples=np.int64(50), max_features=np.float32(0.5),
+                    random_state=np.int64(0)),
+    EnsembleDetector([KNNDetector(n_neighbors=np.int64(2)), ECODDetector(fpr=np.float16(0.1))],
+                     random_state=np.int64(3)),
 ], ids=["gaussian", "knn", "iforest", "ensemble"])
 def test_numpy_numbers_as_parameters_fit_save_and_load(tmp_path: Path, det: Any) -> None:
     """Parameters from numpy (a grid's np.arange, np.float32(0.05)): kNN's search crashed in faiss on an np.int64

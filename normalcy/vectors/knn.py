@@ -65,7 +65,7 @@ class KNNDetector(VectorDetector):
         self.mean_ = mean / factor
         self.scale_ = np.where(std > 0, std, 1.0)
         Z = self._standardised(X)
-        self.n_neighbors_ = int(min(self.n_neighbors, len(X) - 1))  # a Python int: faiss refuses numpy's (a grid's np.arange)
+        self.n_neighbors_ = int(min(self.n_neighbors, len(X) - 1))  # a Python int: faiss refuses an np.int64
         rng = np.random.default_rng(self.random_state)
         if Z.nbytes <= self.max_memory_mb * 2**20:
             self.train_ = Z
