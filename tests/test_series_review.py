@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -119,6 +120,36 @@ def test_a_run_without_events_is_refused_in_one_line(run: Path, tmp_path: Path) 
     with pytest.raises(InputError, match=r"no events to review \(3 crossed the threshold and were pruned as "
                                          r"noise; fit with --prune 0 to keep them\)"):
         create_app(tmp_path / "run", TOKEN)
+
+
+def test_an_event_with_a_non_finite_peak_is_left_out_not_fatal(run: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A NaN peak_score stopped the server with an SQL NOT NULL error (inf: "anomaly contains NaN"); it is left
+    out with one warning naming events.csv, as a table's non-finite score is, and a repeated event keeps its
+    first row."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("review.sqlite*"))
+    with open(copy / "events.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    header, events = rows[0], rows[1:]
+    peak = header.index("peak_score")
+    events[0][peak], events[1][peak] = "nan", "inf"
+    with open(copy / "events.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *events, events[2]])  # the third event twice
+    with caplog.at_level("WARNING", logger="normalcy"), TestClient(create_app(copy, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        data = c.get("/api/items", params={"limit": 100}).json()
+        assert data["n_items"] == len(events) - 2
+        assert all(np.isfinite(it["score"]) for it in data["items"])
+        assert c.post(f"/api/items/{data['items'][0]['id']}/label", json={"label": "normal"}).status_code == 200
+    assert "2 event(s) with a non-finite peak_score left out" in caplog.text and "events.csv" in caplog.text
+    assert "1 repeated event(s)" in caplog.text
+    for row in events:
+        row[peak] = "nan"
+    with open(copy / "events.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *events])
+    with pytest.raises(InputError, match=r"events.csv: no events to review \(every peak_score is NaN or infinite\)"):
+        create_app(copy, TOKEN)
 
 
 def test_serve_a_series_model_scores_first(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

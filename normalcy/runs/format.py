@@ -937,21 +937,34 @@ def read_events(run_dir: Path) -> list[SeriesEvent]:
 
 def read_series_items(run_dir: Path) -> RunItems:
     """A series run's events as review items: key series|start|end, name "series: start – end", score the
-    peak score, all anomalous, the picture as the item's image (``overlays`` holds it)."""
+    peak score, all anomalous, the picture as the item's image (``overlays`` holds it).
+
+    An event with a non-finite peak score is left out, and a repeated event keeps its first row, each with
+    one warning, as a table run's rows are (read_table_items): one bad row must not stop the review."""
+    path = Path(run_dir) / EVENTS_CSV
     evs = read_events(run_dir)
     if not evs:  # "no row reached its threshold" was said of runs whose crossings were all pruned too
         pruned = read_run_json(Path(run_dir)).get("n_pruned")
         why = (f"{pruned} crossed the threshold and were pruned as noise; fit with --prune 0 to keep them"
                if isinstance(pruned, int) and pruned > 0 else "no row reached its threshold")
-        raise InputError(f"{Path(run_dir) / EVENTS_CSV}: no events to review ({why})")
+        raise InputError(f"{path}: no events to review ({why})")
+    finite = [math.isfinite(e.peak_score) for e in evs]
+    if not all(finite):
+        logger.warning("%s: %d event(s) with a non-finite peak_score left out of the review", path,
+                       finite.count(False))
+    if not any(finite):
+        raise InputError(f"{path}: no events to review (every peak_score is NaN or infinite)")
     keys, seen, rows = [], set(), []
     for k, e in enumerate(evs):
         key = f"{e.series}|{e.start}|{e.end}"
-        if key in seen:
+        if key in seen or not finite[k]:
             continue
         seen.add(key)
         keys.append(key)
         rows.append(k)
+    if len(rows) < sum(finite):
+        logger.warning("%s: %d repeated event(s) (same series, start and end); each keeps its first row", path,
+                       sum(finite) - len(rows))
     kept = [evs[k] for k in rows]
     return RunItems(keys, [f"{e.series}: {e.start} – {e.end}" for e in kept],
                     np.array([e.peak_score for e in kept], np.float64), np.ones(len(kept), bool),
