@@ -355,6 +355,18 @@ def test_bad_label_bodies(client: TestClient) -> None:
     assert items(client)["n_labelled"] == 0
 
 
+def test_an_empty_label_body_does_not_clear_the_label(client: TestClient) -> None:
+    """{} was taken as "clear": an empty body erased a person's label with a 200; it is a 422 saying what to send."""
+    item_id = items(client)["items"][0]["id"]
+    assert client.post(f"/api/items/{item_id}/label", json={"label": "anomalous", "interest": 4}).status_code == 200
+    r = client.post(f"/api/items/{item_id}/label", json={})
+    assert r.status_code == 422 and "both null clears the label" in r.json()["detail"][0]["msg"]
+    item = client.get(f"/api/items/{item_id}").json()
+    assert (item["label"], item["interest"]) == ("anomalous", 4)
+    assert client.post(f"/api/items/{item_id}/label", json={"label": None, "interest": None}).status_code == 200
+    assert items(client)["n_labelled"] == 0
+
+
 def test_strategy(client: TestClient) -> None:
     for name in ("none", "protege", "neighbour"):
         r = client.put("/api/strategy", json={"strategy": name})

@@ -67,6 +67,8 @@ class LabelIn(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> "LabelIn":
+        if not self.model_fields_set:  # {} cleared the label: an empty body must not erase what a person gave
+            raise ValueError('give "label" and/or "interest" (both null clears the label)')
         check_label(self.label, self.interest)
         return self
 
