@@ -751,6 +751,24 @@ def test_a_database_that_cannot_be_written_is_a_503_with_the_headers(client: Tes
     assert r.status_code == 422 and len(r.text) < 2_000
 
 
+def test_a_read_only_database_is_not_answered_try_again(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review.sqlite on a read-only mount (or made read-only) opens, then every label failed with "try again",
+    which only fails again: the answer says the file cannot be written and what to do."""
+    from sqlalchemy.exc import OperationalError
+
+    store = client.app.state.review.store  # type: ignore[attr-defined]
+
+    def read_only(*_a: object, **_k: object) -> None:
+        raise OperationalError("INSERT INTO label_events", {}, Exception("attempt to write a readonly database"))
+
+    monkeypatch.setattr(store, "set_label", read_only)
+    item_id = items(client)["items"][0]["id"]
+    r = client.post(f"/api/items/{item_id}/label", json={"label": "normal"})
+    detail = r.json()["detail"]
+    assert r.status_code == 503 and "cannot be written" in detail and "--database" in detail
+    assert "try again" not in detail and "readonly database" in detail
+
+
 def test_a_database_file_gone_while_serving_refuses_labels(client: TestClient, run: Path) -> None:
     """review.sqlite deleted or moved while the server ran: labels went on into the unlinked file and were lost
     when it stopped. Now each label is refused with a 503 that says so; the file moved back, labels go on."""

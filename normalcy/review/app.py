@@ -55,6 +55,8 @@ BROWSER_IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpe
                   ".bmp": "image/bmp", ".gif": "image/gif"}
 # The review state's errors as HTTP answers (and the store's file gone from under it).
 STATUS: dict[type[Exception], int] = {NotFound: 404, Forbidden: 403, Conflict: 409, DatabaseGone: 503}
+# How SQLite ("attempt to write a readonly database") and PostgreSQL ("... in a read-only transaction") say so.
+READ_ONLY = ("readonly", "read-only")
 PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
 
 
@@ -90,6 +92,10 @@ def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     500 it reached the page as "Internal Server Error", without the security headers.)"""
     reason = db_reason(exc)
     log.warning("review: database error: %s", reason)
+    if any(word in reason.lower() for word in READ_ONLY):  # lasting: "try again" would only fail again
+        return JSONResponse({"detail": f"the review database cannot be written ({reason[:200]}); the label was not "
+                                       "saved: make the file and its folder writable, or restart normalcy serve "
+                                       "with a --database it can write"}, status_code=503)
     return JSONResponse({"detail": f"the review database cannot be used now ({reason[:200]}); the label was not "
                                    "saved: try again"}, status_code=503)
 
