@@ -228,6 +228,28 @@ def test_a_moved_run_keeps_its_labels(tmp_path: Path) -> None:
         t.close()
 
 
+@pytest.mark.parametrize("names", [("q?x=1", "q?x=2"), ("50%", "run%20b"), ("a#1", "ünï")])
+def test_a_run_folders_own_file_is_in_it_whatever_its_name(tmp_path: Path, names: tuple[str, str]) -> None:
+    """The path was formatted into "sqlite:///{path}": a "?" cut it (folders "q?x=1" and "q?x=2" both wrote a
+    file "q" beside them, one database, one run key: each saw the other's labels), a "%" was unquoted (the
+    server would not start: "folder not found")."""
+    stores = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        stores.append(Store.for_run(tmp_path / name))
+    try:
+        ids = stores[0].sync_items(rows(3))
+        stores[0].set_label(ids[1], "anomalous", None)
+        stores[1].sync_items(rows(3))
+        assert stores[1].labelled() == []
+        for name, s in zip(names, stores):
+            assert s.file == tmp_path / name / "review.sqlite" and s.file.is_file()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # nothing beside the folders
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_labels_kept_under_an_earlier_path_are_taken_over(tmp_path: Path) -> None:
     """A run's own file written when runs were keyed by their real path (or served from two places): the
     path with the most labels becomes this run's, the others stay as they were."""

@@ -49,7 +49,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -216,9 +216,9 @@ class Store:
     Safe to share between request threads.
     """
 
-    def __init__(self, url: str, run: str = "") -> None:
+    def __init__(self, url: str | URL, run: str = "") -> None:
         try:
-            parsed = make_url(_normalise_url(url))
+            parsed = url if isinstance(url, URL) else make_url(_normalise_url(url))
         except ArgumentError:
             raise InputError(f"not a database URL: {url!r} (use sqlite:///path/review.sqlite "
                              "or postgresql://user:password@host/db)") from None
@@ -277,7 +277,10 @@ class Store:
         to another machine keeps its labels (keyed by the path, they were left behind, unseen)."""
         if url is not None:
             return cls(url, run=run_id(run_dir))
-        store = cls(f"sqlite:///{Path(run_dir).resolve() / 'review.sqlite'}", run=OWN_RUN)
+        # Built, not formatted: in "sqlite:///{path}" a "?" or "%" in the folder's name is URL syntax, and the
+        # database went elsewhere (a folder "q?x" wrote its labels to a file "q" beside it, shared with "q?y").
+        own = URL.create("sqlite", database=str(Path(run_dir).resolve() / "review.sqlite"))
+        store = cls(own, run=OWN_RUN)
         store._adopt_earlier()
         return store
 
