@@ -128,6 +128,27 @@ def test_image_endpoints_are_404_for_rows(client: TestClient) -> None:
     assert client.get("/api/items/999999/image").status_code == 404
 
 
+def test_feature_values_of_a_table_scored_in_since_are_not_shown(client: TestClient, run: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Another predict into the run folder while serving rewrote embeddings.safetensors: each row was shown with
+    the other table's values beside its own id and score. The values are left out, with a warning saying why."""
+    from safetensors import safe_open
+
+    top = client.get("/api/items", params={"limit": 1}).json()["items"][0]
+    assert top["features"]
+    with safe_open(str(run / EMBEDDINGS), framework="numpy") as f:
+        meta = f.metadata()
+    tensors = load_file(run / EMBEDDINGS)
+    tensors["embedding"] = np.ascontiguousarray(tensors["embedding"][::-1])  # another table's rows
+    save_file(tensors, run / EMBEDDINGS, metadata=meta)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        again = client.get(f"/api/items/{top['id']}").json()
+        listed = client.get("/api/items", params={"limit": 5}).json()["items"]
+    assert again["features"] == [] and all(it["features"] == [] for it in listed)
+    assert "rewritten since the review started" in caplog.text
+    assert client.post(f"/api/items/{top['id']}/label", json={"label": "normal"}).status_code == 200
+
+
 def test_labels_survive_a_restart(run: Path) -> None:
     with TestClient(create_app(run, TOKEN)) as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"

@@ -152,6 +152,22 @@ def test_an_event_with_a_non_finite_peak_is_left_out_not_fatal(run: Path, tmp_pa
         create_app(copy, TOKEN)
 
 
+def test_pictures_of_events_rewritten_since_the_start_are_refused(run: Path, tmp_path: Path) -> None:
+    """Another predict into the run folder rewrites events.csv and events/000001.png with other events: the page
+    showed their pictures under the names of the events it had read. It is a 409 saying to restart."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("review.sqlite*"))
+    with TestClient(create_app(copy, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        top = c.get("/api/items", params={"limit": 1}).json()["items"][0]
+        assert c.get(top["image_url"]).status_code == 200
+        with open(copy / "events.csv", "a") as fh:  # predict wrote other events in
+            fh.write("other,1,2,1,9.5,cpu,2,events/000000.png\n")
+        r = c.get(top["image_url"])
+        assert r.status_code == 409 and "rewritten since the review started" in r.json()["detail"]
+        assert c.post(f"/api/items/{top['id']}/label", json={"label": "normal"}).status_code == 200
+
+
 def test_serve_a_series_model_scores_first(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     served = []
     monkeypatch.setattr("normalcy.review.server.serve", lambda run_dir, **kw: served.append((run_dir, kw)))

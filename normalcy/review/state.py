@@ -33,7 +33,9 @@ from normalcy.runs.format import (
     SERIES,
     RunItems,
     SeriesEvent,
+    EVENTS_CSV,
     TableFeatures,
+    file_state,
     read_events,
     read_features,
     read_run_json,
@@ -80,6 +82,7 @@ class Review:
         if self.is_table:
             run = read_table_items(run_dir, meta.get("id_column"))
         elif self.is_series:
+            self._events_state = file_state(run_dir / EVENTS_CSV)  # before reading: a rewrite after it is seen
             run = read_series_items(run_dir)
             every = read_events(run_dir)
             self.events = [every[k] for k in run.rows.tolist()]
@@ -323,6 +326,15 @@ class Review:
     def kind(self) -> str:
         """"table", "series" or "images": the page shows feature values, events or pictures."""
         return "table" if self.is_table else "series" if self.is_series else "images"
+
+    def event_picture(self, raw: str) -> Path:
+        """An event's picture, if the run's events are still those read at start: another predict into the folder
+        rewrites events/000001.png with another event, which would be shown under this one's name (Conflict)."""
+        if file_state(self.run_dir / EVENTS_CSV) != self._events_state:
+            raise Conflict(f"{printable(str(self.run_dir / EVENTS_CSV))} was rewritten since the review started "
+                           "(another predict into the run folder?): its pictures may be of other events; restart "
+                           "normalcy serve to review the new results")
+        return self.allowed_file(raw, self.run_dir)
 
     def allowed_file(self, raw: str, base: Path) -> Path:
         """The real path of a file from the database, if it may be served (Forbidden outside the roots, NotFound if gone)."""

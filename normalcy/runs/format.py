@@ -644,6 +644,16 @@ def read_table_items(run_dir: Path, id_column: str | None = None) -> RunItems:
     return RunItems(kept, kept, scores[rows], decisions[rows], [None] * len(rows), rows, len(ids))
 
 
+def file_state(path: Path) -> tuple[int, int, int, int] | None:
+    """Which file is at ``path``, with its size and modification time (None when none is): tells the file a
+    server read at start from one another ``predict`` wrote into the run folder since."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class TableFeatures:
     """A table run's feature values for people: the columns of a row that lie furthest from the run's
     median, read from embeddings.safetensors (z-scores, mean, std, median, column names; written by
@@ -653,6 +663,7 @@ class TableFeatures:
         from safetensors import safe_open
 
         self.path = path
+        self.state = file_state(path)
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
             if "columns" not in meta or not {"mean", "std", "median"} <= set(f.keys()):
@@ -669,6 +680,9 @@ class TableFeatures:
         and its distance from the median in standard deviations (all columns when there are few)."""
         from safetensors import safe_open
 
+        if file_state(self.path) != self.state:  # another table's values beside this one's scores and ids
+            raise ValueError("rewritten since the review started (another predict into the run folder?): "
+                             "restart normalcy serve to review the new results")
         with safe_open(str(self.path), framework="numpy") as f:
             emb = f.get_slice("embedding")
             z = np.array([emb[k:k + 1][0] for k in rows], np.float64).reshape(len(rows), len(self.columns))
