@@ -210,6 +210,15 @@ def test_bad_urls(tmp_path: Path) -> None:
     assert "secret" not in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_said_to_lose_its_labels(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """serve --database sqlite:// took labels with a 200 each and lost every one when it stopped, unsaid."""
+    with caplog.at_level("WARNING", logger="normalcy"):
+        s = Store(url)
+    s.close()
+    assert "in memory: every label is lost when the server stops" in caplog.text
+
+
 def test_a_moved_run_keeps_its_labels(tmp_path: Path) -> None:
     """The run's own review.sqlite keys its run by no path: moved, renamed or copied elsewhere, the run keeps
     its labels (keyed by the folder's real path they were left behind, and the review started from none)."""

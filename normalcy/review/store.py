@@ -236,6 +236,8 @@ class Store:
             kw["connect_args"] = {"check_same_thread": False}
             if parsed.database in (None, "", ":memory:"):
                 kw["poolclass"] = StaticPool  # one shared connection, or each thread sees its own empty DB
+                log.warning("review: the database %s is in memory: every label is lost when the server stops; "
+                            "give a file to keep them (sqlite:///PATH/review.sqlite)", shown)
             elif not Path(parsed.database).parent.is_dir():
                 raise InputError(f"cannot create database {parsed.database}: folder not found")
         else:
