@@ -30,10 +30,10 @@ from normalcy.review.space import project
 from normalcy.review.store import Item, Store
 from normalcy.runs.format import (
     EMBEDDINGS,
+    EVENTS_CSV,
     SERIES,
     RunItems,
     SeriesEvent,
-    EVENTS_CSV,
     TableFeatures,
     file_state,
     read_events,
@@ -79,6 +79,7 @@ class Review:
         inputs = [] if self.is_table or self.is_series else [
             Path(os.path.abspath(p)) for p in meta.get("inputs", []) if isinstance(p, str)]
         self.events: list[SeriesEvent] = []
+        self._events_state: tuple[int, int, int, int] | None = None  # events.csv as read (series runs)
         if self.is_table:
             run = read_table_items(run_dir, meta.get("id_column"))
         elif self.is_series:
