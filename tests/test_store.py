@@ -210,6 +210,34 @@ def test_bad_urls(tmp_path: Path) -> None:
     assert "secret" not in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_read_only_folder_with_labels_says_how_to_keep_them(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run folder made read-only (archived, a read-only mount) after its review: SQLite cannot open its
+    review.sqlite, and the advice was only "give --database elsewhere", a new review without those labels.
+    (Root writes anywhere, so the read-only folder is imitated: os.access says no, and the open fails.)"""
+    from sqlalchemy.exc import OperationalError
+
+    import normalcy.review.store as store_module
+
+    run = tmp_path / "run"
+    run.mkdir()
+    Store.for_run(run).close()
+
+    def cannot_open(*_a: object, **_k: object) -> None:
+        raise OperationalError("PRAGMA main.table_info", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr(store_module.metadata, "create_all", cannot_open)
+    monkeypatch.setattr(store_module.os, "access", lambda *_a, **_k: False)
+    with pytest.raises(InputError, match="to go on with the labels in review.sqlite, copy the folder to a writable "
+                                         "place and use the copy") as err:
+        Store.for_run(run)
+    assert "--database" in str(err.value)
+    (run / "review.sqlite").unlink()
+    with pytest.raises(InputError, match="cannot be written: give --database") as err:
+        Store.for_run(run)
+    assert "go on with the labels" not in str(err.value)
+
+
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
 def test_an_in_memory_database_is_said_to_lose_its_labels(url: str, caplog: pytest.LogCaptureFixture) -> None:
     """serve --database sqlite:// took labels with a 200 each and lost every one when it stopped, unsaid."""

@@ -259,9 +259,14 @@ class Store:
         except (DBAPIError, SQLAlchemyError, OSError) as err:
             self.engine.dispose()
             hint = ""
-            if backend == "sqlite" and parsed.database and not os.access(Path(parsed.database).parent, os.W_OK):
-                hint = (f" (its folder {Path(parsed.database).parent} cannot be written: give --database "
+            file = Path(parsed.database or "")
+            if backend == "sqlite" and parsed.database and not os.access(file.parent, os.W_OK):
+                hint = (f" (its folder {file.parent} cannot be written: give --database "
                         "sqlite:///A/WRITABLE/PLACE/review.sqlite)")
+                if file.is_file():  # that alone would start a new review: the labels in the file were out of sight
+                    hint = (f" (its folder {file.parent} cannot be written, which SQLite needs beside the file: to "
+                            f"go on with the labels in {file.name}, copy the folder to a writable place and use the "
+                            "copy; to start a new review, give --database sqlite:///A/WRITABLE/PLACE/review.sqlite)")
             raise InputError(f"cannot open database {shown}: {db_reason(err)}{hint}") from None
         # A SQLite file is watched: the connections hold it open, so one deleted under them takes labels silently.
         self.file = Path(os.path.abspath(parsed.database)) if backend == "sqlite" and parsed.database not in (
