@@ -320,3 +320,15 @@ def test_pandas_index_column_is_left_out_of_a_parquet_series(tmp_path: Path) -> 
                              "__index_level_0__": [i % 20 for i in range(n)]}), tmp_path / "x.parquet")
     (s,) = read_series(tmp_path / "x.parquet")
     assert s.columns == ("cpu",) and any("index column" in n for n in s.notes)
+
+
+def test_an_unnamed_date_column_read_as_the_time_gives_the_times(tmp_path: Path) -> None:
+    """pandas writes a date index as a first column without a name: read as the time, its dates must be the
+    times (sorted by them), not the row numbers, even though its name is empty."""
+    ts = numbered(40, step=3600)
+    order = list(range(20, 40)) + list(range(20))  # written out of order: sorting must follow the dates
+    rows = [f"{datetime.fromtimestamp(ts[i], timezone.utc).isoformat()},{i}" for i in order]
+    (s,) = read_series(write_csv(tmp_path / "index.csv", ",cpu", rows))
+    assert s.time_column == "" and any("column '' read as the time column" in n for n in s.notes)
+    np.testing.assert_array_equal(s.time, ts)
+    np.testing.assert_array_equal(s.values[:, 0], np.arange(40))

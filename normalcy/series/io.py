@@ -137,7 +137,8 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     parsed = []
     for c in columns:
         parsed.append(_values(path, c, arrays[c], comma, notes))
-    time = _times(path, arrays[time_column], notes) if time_column else np.arange(n, dtype=np.float64)
+    # ``is not None``: a time column may have no name (pandas' date index, read as the time above)
+    time = _times(path, arrays[time_column], notes) if time_column is not None else np.arange(n, dtype=np.float64)
     values = np.column_stack(parsed)
     labels = None
     if label:
