@@ -332,3 +332,18 @@ def test_an_unnamed_date_column_read_as_the_time_gives_the_times(tmp_path: Path)
     assert s.time_column == "" and any("column '' read as the time column" in n for n in s.notes)
     np.testing.assert_array_equal(s.time, ts)
     np.testing.assert_array_equal(s.values[:, 0], np.arange(40))
+
+
+def test_a_row_index_beside_the_time_column_is_not_a_metric(tmp_path: Path) -> None:
+    """pandas' to_csv writes its row index as a first column without a name: beside a named time column it
+    is left out with a note (scored, every test row would hold an index training never saw); a model fitted
+    on it as a metric still gets it, and a column of other numbers without a name is still a metric."""
+    ts = numbered(40)
+    rows = [f"{i % 20},{t},{i % 7}" for i, t in enumerate(ts)]  # two frames concatenated: 0..19, 0..19
+    f = write_csv(tmp_path / "x.csv", ",timestamp,cpu", rows)
+    (s,) = read_series(f)
+    assert s.columns == ("cpu",) and any("column '' left out, not scored: a row index" in n for n in s.notes)
+    (kept,) = read_series(f, keep=(("", "cpu"), "the model"))
+    assert kept.columns == ("", "cpu")
+    other = write_csv(tmp_path / "y.csv", ",timestamp,cpu", [f"{i * 7 % 5},{t},{i % 7}" for i, t in enumerate(ts)])
+    assert read_series(other)[0].columns == ("", "cpu")

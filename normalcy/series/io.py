@@ -121,6 +121,12 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
             if time_column is not None:
                 notes.append(f"{path.name}: column {time_column!r} read as the time column ({why}); give "
                              "--time-column to name another")
+    if time_column is not None:
+        index = _row_index(arrays, time_column, keep[0] if keep else ())
+        if index is not None:
+            arrays = {c: a for c, a in arrays.items() if c != index}
+            notes.append(f"{path.name}: column {index!r} left out, not scored: a row index (whole numbers 0, 1, "
+                         "2, ... in a first column without a name, as pandas' to_csv writes them)")
     columns = [c for c in arrays if c not in (time_column, series_column, label)]
     blank = [c for c in columns if not c.strip() and _all_missing(arrays[c])]
     if blank:  # a trailing separator on every line (a spreadsheet's export): no name, no value
@@ -288,6 +294,20 @@ def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...]
     except ValueError:
         return None, ""
     return first, "ISO 8601 dates"
+
+
+def _row_index(arrays: dict[str, np.ndarray], time_column: str, metrics: Sequence[str] = ()) -> str | None:
+    """The first column when it is a row index beside the time column: no name, whole numbers from 0 that
+    rise from row to row (or start again at 0: frames concatenated). Scored as a metric, it takes a value in
+    every test row that it never took in training. None otherwise, and for a model's own ``metrics``."""
+    first = next(iter(arrays))
+    if first == time_column or first.strip() not in ("", "Unnamed: 0") or first in metrics:
+        return None
+    num = _numeric(arrays[first])
+    if num is None or len(num) < 2 or not bool(np.isfinite(num).all()) or num[0] != 0:
+        return None
+    steps_ok = (np.diff(num) > 0) | (num[1:] == 0)
+    return first if bool((num == np.round(num)).all() and (num >= 0).all() and steps_ok.all()) else None
 
 
 # whole numbers from here on are epoch milliseconds, microseconds or nanoseconds, not seconds: as seconds they
