@@ -693,7 +693,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         else:
             parts.append(SeriesRunPart(s.name, fi, s, res))
     if not parts:
-        raise InputError(f"no series could be scored{reasons(failed)}")
+        raise InputError(f"no series could be scored{reasons(failed, named=True)}")
     _name_parts(parts, files)
     with staged(output, inputs) as folder:
         meta = write_series_run(folder, files, parts, failed, info, report=report, top=top,

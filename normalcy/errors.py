@@ -40,6 +40,6 @@ def reasons(failed: Sequence[tuple[object, str]], shown: int = 5, named: bool = 
     reasons (``named``: each after its input's name, when the reason does not name it) and how many more."""
     if not failed:
         return ""
-    parts = [f"{where}: {why}" if named else why for where, why in failed[:shown]]
+    parts = [f"{where}: {why}" if named and not why.startswith(f"{where}: ") else why for where, why in failed[:shown]]
     more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
     return f" ({'; '.join(parts)}{more})"

@@ -490,6 +490,16 @@ def test_predict_says_why_a_series_of_the_set_was_not_fitted(set_with_failed: Pa
     assert kept.startswith("bad value \\x1b[31m") and kept.isprintable() and len(kept) == REASON_CHARS
 
 
+def test_a_run_of_no_series_names_each_file_and_id(set_with_failed: Path, tmp_path: Path) -> None:
+    """When no series could be scored the error gave only "no model for series 'new'": not which file."""
+    test = set_with_failed / "test.csv"
+    only_new = tmp_path / "new.csv"
+    only_new.write_text("".join(line for line in test.read_text().splitlines(keepends=True)
+                                if line.startswith("time") or ",new," in line))
+    error = one_line_error(cli("predict", set_with_failed / "m", only_new, "-o", tmp_path / "run"))
+    assert f"no series could be scored ({only_new} [host=new]: no model for series 'new'" in error, error
+
+
 def test_ray_says_why_a_series_of_the_set_was_not_fitted(set_with_failed: Path) -> None:
     pytest.importorskip("ray")
     from normalcy.scale.distributed import score_series_ray
