@@ -705,6 +705,9 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
 def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str]) -> Any:
     """The series with its model's columns (``model_columns``: a column the model lacks is left out with a
     note), or the reason (one line) why it cannot be scored."""
+    if isinstance(model, SeriesSet) and model.key_of(s.name) != s.name:
+        s.notes.append(f"{s.source.name}: series {s.name!r} scored by the model of series {model.key_of(s.name)!r} "
+                       "(the same number, written another way at fit)")
     try:
         return model_columns(model.get(s.name) if isinstance(model, SeriesSet) else model, s, time_column)
     except InputError as err:

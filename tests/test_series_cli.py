@@ -500,6 +500,25 @@ def test_a_run_of_no_series_names_each_file_and_id(set_with_failed: Path, tmp_pa
     assert f"no series could be scored ({only_new} [host=new]: no model for series 'new'" in error, error
 
 
+def test_ids_written_as_other_numbers_find_their_models(tmp_path: Path) -> None:
+    """Ids that are numbers: 1 and 2 at fit, 1.0 and 02 in the file scored (a float column, a spreadsheet's
+    text) are the same series, scored by their models with a note; an id that is no number stays its own."""
+    long = write_long(tmp_path / "long.csv", ["1", "2", "07"], n=120)
+    assert cli("fit", long, "-o", tmp_path / "m", "--series-column", "host", "--window", "8").exit_code == 0
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(long.read_text().replace(",1,", ",1.0,").replace(",2,", ",02,").replace(",07,", ",x7,"))
+    r = cli("predict", tmp_path / "m", renamed, "-o", tmp_path / "run")
+    assert r.exit_code == 0 and "scored 240 rows of 2 series" in r.stderr, r.stderr
+    notes = json.loads((tmp_path / "run" / "run.json").read_text())["notes"]
+    assert "renamed.csv: series '1.0' scored by the model of series '1' (the same number, written another way " \
+        "at fit)" in notes
+    assert any("series '02' scored by the model of series '2'" in n for n in notes)
+    skipped = list(csv.DictReader(open(tmp_path / "run" / "skipped.csv")))
+    assert [s["series"] for s in skipped] == [f"{renamed} [host=x7]"]
+    assert {x["series"] for x in csv.DictReader(open(tmp_path / "run" / "scores.csv"))} == {"1.0", "02"}
+    assert load_series_model(tmp_path / "m").key_of("7") == "07"  # one id of the same number: its model
+
+
 def test_ray_says_why_a_series_of_the_set_was_not_fitted(set_with_failed: Path) -> None:
     pytest.importorskip("ray")
     from normalcy.scale.distributed import score_series_ray

@@ -350,7 +350,7 @@ def score_series_ray(model_dir: Path, model: Any, jobs: list[Any], address: str)
     def submit(actor: Any, s: Any) -> Any:
         files = None
         if isinstance(model, SeriesSet):
-            folder = model.folders.get(s.name)
+            folder = model.folders.get(model.key_of(s.name))
             if folder is None:
                 return _echo.remote(model.missing(s.name))
             try:

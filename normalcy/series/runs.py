@@ -233,6 +233,15 @@ class SeriesSet:
     def __contains__(self, key: str) -> bool:
         return key in self.models or key in self.folders
 
+    def key_of(self, key: str) -> str:
+        """The set's id for a series id: the id itself, else the one id of the set that is the same number (1
+        and 1.0, 7 and 07: ids written as integers in one file, as floats or text in another), else the id."""
+        number = _id_number(key)
+        if key in self or number is None:
+            return key
+        same = [k for k in self.keys if _id_number(k) == number]
+        return same[0] if len(same) == 1 else key
+
     def missing(self, key: str) -> str:
         """Why the set has no model for a series (one line, for here and Ray): the reason it could not be
         fitted when it was one of the training series, so a predict long after the fit still says why."""
@@ -242,7 +251,8 @@ class SeriesSet:
         return f"no model for series {key!r} in this set: at fit it could not be fitted: {why}"
 
     def get(self, key: str) -> SeriesDetector:
-        """The model of one series; InputError when the set has none or it cannot be loaded."""
+        """The model of one series (by ``key_of``); InputError when the set has none or it cannot be loaded."""
+        key = self.key_of(key)
         if key not in self.models:
             if key not in self.folders or self.directory is None:
                 raise InputError(self.missing(key))
@@ -270,6 +280,14 @@ class SeriesSet:
                              created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         (d / MODEL_JSON).write_text(meta.model_dump_json(indent=1) + "\n")
         return d
+
+
+_ID_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
+
+
+def _id_number(key: str) -> float | None:
+    """A series id's number when it is written as one (digits, one point), else None."""
+    return float(key) if _ID_NUMBER.fullmatch(key) else None
 
 
 def short_reason(why: str) -> str:

@@ -178,6 +178,9 @@ class Watcher:
         if stream is None:
             try:
                 det = self.model.get(key) if isinstance(self.model, SeriesSet) else self.model
+                if isinstance(self.model, SeriesSet) and self.model.key_of(key) != key:
+                    log.warning("%s: series %r watched by the model of series %r (the same number, written another "
+                                "way at fit)", self.source, key, self.model.key_of(key))
                 self.positions[key] = self._positions(det)
             except InputError as err:
                 self.refused[key] = str(err)
