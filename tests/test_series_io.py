@@ -152,6 +152,20 @@ def test_decimal_commas_in_a_semicolon_separated_file(tmp_path: Path) -> None:
         read_series(write_csv(tmp_path / "us.csv", "timestamp,v", rows))
 
 
+def test_thousands_separators_are_read_with_a_note(tmp_path: Path) -> None:
+    """A spreadsheet's formatted export writes 1,234.5 (in a European one, 1.234,5): numbers, not text that
+    refused the file; a cell that reads as a number already is read as before (1.234 stays 1.234 there)."""
+    rows = [f'{i},"{1 + i % 3},{i:03d}.5",{i % 5}' for i in range(40)]
+    (s,) = read_series(write_csv(tmp_path / "us.csv", "timestamp,bytes,v", rows))
+    np.testing.assert_array_equal(s.values[:, 0], [(1 + i % 3) * 1000 + i + 0.5 for i in range(40)])
+    assert s.notes == ["us.csv: column 'bytes': 40 value(s) with thousands separators read as numbers (the first "
+                       "'1,000.5' as 1000.5)"]
+    rows = [f"{i};{1 + i % 3}.{i:03d},5;1.234" for i in range(40)]
+    (e,) = read_series(write_csv(tmp_path / "eu.csv", "timestamp;bytes;v", rows))
+    np.testing.assert_array_equal(e.values[:, 0], s.values[:, 0])
+    assert (e.values[:, 1] == 1.234).all()
+
+
 def test_too_few_rows(tmp_path: Path) -> None:
     f = write_csv(tmp_path / "s.csv", "timestamp,v", [f"{i},{i}" for i in range(MIN_ROWS - 1)])
     with pytest.raises(InputError, match=rf"s\.csv: {MIN_ROWS - 1} rows; a series needs at least {MIN_ROWS}"):

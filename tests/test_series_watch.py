@@ -169,6 +169,12 @@ def test_cells_read_as_fit_reads_them(fitted: Path) -> None:
     assert s.held == 0 and out.getvalue() == want.getvalue()
     assert [cell_number(t) for t in ("True", "false", " 2.5 ", "", "n/a")][:3] == [1.0, 0.0, 2.5]
     assert np.isnan(cell_number("")) and np.isnan(cell_number("n/a")) and cell_number("1,5", comma=True) == 1.5
+    grouped = "\n".join([text[0]] + [f'{t},"1,{round(float(c) * 100) % 1000:03d}",{m}' for t, c, m in rows]) + "\n"
+    plain = "\n".join([text[0]] + [f"{t},1{round(float(c) * 100) % 1000:03d},{m}" for t, c, m in rows]) + "\n"
+    out, want = io.StringIO(), io.StringIO()
+    s = watch(fitted / "model", io.StringIO(grouped), out=out)  # thousands separators: numbers, as fit reads them
+    watch(fitted / "model", io.StringIO(plain), out=want)
+    assert s.held == 0 and out.getvalue() == want.getvalue()
 
 
 def test_lines_keep_a_partial_line_until_its_end() -> None:

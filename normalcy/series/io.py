@@ -13,6 +13,7 @@ folders (``asd/omi-1``, ``asd/omi-2``, ...) is read as one series per folder.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -250,6 +251,10 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     if num is not None or _all_missing(a):
         return num if num is not None else np.full(len(a), np.nan)
     out, bad, decimal = text_cells(a, comma)
+    for i in bad:
+        out[i] = grouped_number(str(a[i]), comma)
+    grouped = [i for i in bad if not math.isnan(out[i])]
+    bad = [i for i in bad if math.isnan(out[i])]
     cells = int(np.isfinite(out).sum()) + len(bad)
     if bad:
         first = f"the first {str(a[bad[0]])[:40]!r} in row {bad[0] + 1}"
@@ -260,7 +265,25 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
                      f"({first})")
     if decimal:
         notes.append(f"{path.name}: column {column!r}: {decimal} value(s) with a decimal comma read as numbers")
+    if grouped:
+        notes.append(f"{path.name}: column {column!r}: {len(grouped)} value(s) with thousands separators read as "
+                     f"numbers (the first {str(a[grouped[0]]).strip()[:40]!r} as {out[grouped[0]]:g})")
     return out
+
+
+# a number with its thousands grouped: 1,234,567.5 (in a file of decimal commas, 1.234.567,5)
+_GROUPED = {False: re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?"), True: re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d*)?")}
+
+
+def grouped_number(text: str, comma: bool = False) -> float:
+    """A cell written with thousands separators as a number (a spreadsheet's formatted export), else NaN.
+    Asked only of a cell that reads as no number otherwise, so no cell that reads as one changes (with
+    ``comma``, 1.234 stays 1.234; 1.234,5 is 1234.5)."""
+    text = text.strip()
+    if not _GROUPED[comma].fullmatch(text):
+        return math.nan
+    sep, point = (".", ",") if comma else (",", ".")
+    return float(text.replace(sep, "").replace(point, "."))
 
 
 def named_time(columns: Sequence[str]) -> str | None:
@@ -442,8 +465,6 @@ def untrained_folders(directory: str | Path) -> list[Path]:
 
 
 def _natural(p: Path) -> list[Any]:
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
 

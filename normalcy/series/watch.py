@@ -31,7 +31,7 @@ import numpy as np
 from normalcy.errors import InputError
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import top_metrics
-from normalcy.series.io import time_of
+from normalcy.series.io import grouped_number, time_of
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import cell_number, csv_delimiter, is_text
@@ -222,6 +222,8 @@ class Watcher:
         values = np.empty(len(self.positions[key]))
         for j, at in enumerate(self.positions[key]):
             values[j] = cell_number(fields[at], self.comma)
+            if math.isnan(values[j]):
+                values[j] = grouped_number(fields[at], self.comma)
             if is_text(fields[at], values[j]):
                 self._problem("value", f"{self.source}, line {line}: {self.fields[at]} is {fields[at][:40]!r}, "
                               "not a number: held at its last value")
