@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
@@ -307,6 +308,23 @@ def test_a_bad_time_cell_is_named_and_mixed_kinds_are_said(tmp_path: Path) -> No
     rows = [f"{t if i % 2 else d},{i % 7}" for i, (t, d) in enumerate(zip(ts, iso))]
     with pytest.raises(InputError, match=r"mixes numbers \(row 2\) and ISO 8601 dates \(row 1\)"):
         read_series(write_csv(tmp_path / "mixed.csv", "timestamp,cpu", rows))
+
+
+def test_times_without_a_zone_beside_zoned_ones_are_said(tmp_path: Path) -> None:
+    """Local times (no zone) beside times with an offset are read as UTC, an hour or more off the others:
+    said, naming the first; a file of zoned times with several offsets (a DST change) is read without a word."""
+    ts = numbered(40, step=3600)
+    zoned = [datetime.fromtimestamp(t, timezone.utc).astimezone(ZoneInfo("Europe/Berlin")) for t in ts]
+    rows = [f"{d.isoformat() if i < 30 else d.replace(tzinfo=None).isoformat()},{i % 7}" for i, d in enumerate(zoned)]
+    (s,) = read_series(write_csv(tmp_path / "local.csv", "timestamp,cpu", rows))
+    assert s.notes == [f"local.csv: time column: 10 time(s) without a zone (the first "
+                       f"{zoned[30].replace(tzinfo=None).isoformat()!r} in row 31) read as UTC, beside 30 with one; "
+                       "give every time its zone if they are local times"]
+    dst = [datetime.fromtimestamp(1774659600 + 3600 * i, timezone.utc).astimezone(ZoneInfo("Europe/Berlin"))
+           for i in range(40)]  # across the spring change of 2026-03-29: +01:00, then +02:00
+    (d,) = read_series(write_csv(tmp_path / "dst.csv", "timestamp,cpu", [f"{t.isoformat()},{i % 7}"
+                                                                        for i, t in enumerate(dst)]))
+    assert d.notes == [] and (np.diff(d.time) == 3600).all()
 
 
 def test_series_ids_are_read_as_written_and_rows_without_one_left_out(tmp_path: Path) -> None:

@@ -365,11 +365,19 @@ def _times(path: Path, a: np.ndarray, notes: list[str]) -> np.ndarray:
             raise InputError(f"{path}: time column: no number at row {int(np.flatnonzero(bad)[0]) + 1}")
         return _seconds(path, num, notes)
     out = np.empty(len(a))
+    naive = []  # rows whose time has no zone (read as UTC)
     for i, v in enumerate(a):
         try:
-            out[i] = _utc_seconds(v if isinstance(v, datetime) else datetime.fromisoformat(_iso(str(v))))
+            t = v if isinstance(v, datetime) else datetime.fromisoformat(_iso(str(v)))
         except ValueError:
             raise InputError(_bad_time(path, a, i)) from None
+        out[i] = _utc_seconds(t)
+        if t.tzinfo is None:
+            naive.append(i)
+    if naive and len(naive) < len(a):  # local times beside zoned ones would be shifted by the zone's offset
+        notes.append(f"{path.name}: time column: {len(naive)} time(s) without a zone (the first "
+                     f"{str(a[naive[0]]).strip()[:40]!r} in row {naive[0] + 1}) read as UTC, beside "
+                     f"{len(a) - len(naive)} with one; give every time its zone if they are local times")
     return out
 
 
