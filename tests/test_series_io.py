@@ -192,6 +192,21 @@ def test_label_column(tmp_path: Path) -> None:
         read_series(write_csv(tmp_path / "empty.csv", "timestamp,v,label", rows))
 
 
+def test_a_name_given_twice_is_refused_and_trailing_separators_dropped(tmp_path: Path) -> None:
+    """Two columns of one name: which is the model's column would be a guess, refused in one line (a Parquet
+    file said "Multiple matches for FieldRef.Name"). Two or more trailing separators (nameless, empty columns)
+    refused the file too: they are dropped like one."""
+    rows = [f"{i},{i % 5},{i % 3}" for i in range(20)]
+    with pytest.raises(InputError, match=r"d\.csv: column name 'v' is given twice \(columns 2 and 3\); name each "):
+        read_series(write_csv(tmp_path / "d.csv", "timestamp,v,v", rows))
+    pq.write_table(pa.table([list(range(20)), [1.0] * 20, [2.0] * 20], names=["timestamp", "v", "v"]),
+                   tmp_path / "d.parquet")
+    with pytest.raises(InputError, match=r"d\.parquet: column name 'v' is given twice"):
+        read_series(tmp_path / "d.parquet")
+    (s,) = read_series(write_csv(tmp_path / "t.csv", "timestamp,v,,,", [f"{i},{i % 5},,," for i in range(20)]))
+    assert s.columns == ("v",) and s.notes == ["t.csv: 1 column(s) without a name or a value dropped"]
+
+
 def test_a_trailing_separator_and_a_ragged_line(tmp_path: Path) -> None:
     """A spreadsheet's export may end every line with a separator: that nameless, empty column is dropped and
     said. A line with another number of fields is named by its line number (the file is refused)."""

@@ -151,18 +151,26 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
         import pyarrow.parquet as pq
 
         if suffix in (".parquet", ".pq"):
-            _check_width(path, len(pq.read_schema(path).names))
+            names = pq.read_schema(path).names
+            _check_width(path, len(names))
+            _check_names(path, names)
             table = pq.read_table(path, use_threads=False)
         else:
             table = _read_csv(path, text, ragged)
 
-        def column(name: str) -> np.ndarray:
-            col = table.column(name)
-            if name in text and not pa.types.is_string(col.type):  # a Parquet file's typed ids, as text
+        def column(i: int) -> np.ndarray:
+            col = table.column(i)
+            if table.column_names[i] in text and not pa.types.is_string(col.type):  # a Parquet file's typed ids
                 col = col.cast(pa.string())
             return col.to_numpy(zero_copy_only=False)
 
-        return {name: column(name) for name in table.column_names}
+        out = {}
+        for i, name in enumerate(table.column_names):
+            a = column(i)
+            if name in out and not (_blank(name, a) and _blank(name, out[name])):
+                _check_names(path, table.column_names)
+            out[name] = a  # blank names repeated: a spreadsheet's trailing separators, all one empty column
+        return out
     except InputError:
         raise
     except FileNotFoundError:
@@ -200,6 +208,21 @@ def _check_width(path: Path, columns: int) -> None:
     if columns > MAX_COLUMNS:
         raise InputError(f"{path}: {columns} columns, more than the {MAX_COLUMNS} a table may have; "
                          "reduce the dimensions first (e.g. PCA)")
+
+
+def _check_names(path: Path, names: Sequence[str]) -> None:
+    """Refuse a column name given twice: which of the two a column named so is would be a guess."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise InputError(f"{path}: column name {name!r} is given twice (columns {seen[name] + 1} and {i + 1}); "
+                             "name each column once")
+        seen[name] = i
+
+
+def _blank(name: str, a: np.ndarray) -> bool:
+    """A column with no name and no value (a trailing separator on every line)."""
+    return not name.strip() and all(v is None or v == "" or (isinstance(v, float) and math.isnan(v)) for v in a)
 
 
 def _check_lengths(path: Path, lengths: dict[str, int]) -> None:
