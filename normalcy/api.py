@@ -55,6 +55,7 @@ from normalcy.runs.format import (
 )
 from normalcy.series import registry as series_registry
 from normalcy.series.base import SeriesDetector
+from normalcy.series.io import unpack_hint
 from normalcy.series.runs import (
     SeriesFile,
     SeriesSet,
@@ -328,6 +329,9 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
                          "images and tables are fitted in one process")
     if series:
         raise InputError(f"{train}: --series needs a .csv or .parquet file or a series folder")
+    if isinstance(train, (str, Path)) and unpack_hint(Path(train)) and Path(train).is_file():
+        raise InputError(f"{train}: fit reads a folder of images, a .csv, .parquet or .npz file or a series folder"
+                         f"{unpack_hint(Path(train))}")
     if isinstance(train, (str, Path)) and is_table(Path(train)):
         det_opts.check_table()
         ex.check_images_only("tables")

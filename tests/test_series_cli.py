@@ -5,6 +5,7 @@ good ones, repaired rows still one row each in input order, one ASD server, and 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import shutil
 import sys
@@ -236,6 +237,17 @@ def test_a_bad_file_among_good_ones(data: Path, model: Path, tmp_path: Path) -> 
     r = cli("predict", model, other, "-o", tmp_path / "run-ramp")
     assert r.exit_code == 0 and "scored 40 rows of 1 series" in r.stderr, r.stderr
     assert not any("time column" in n for n in json.loads((tmp_path / "run-ramp" / "run.json").read_text())["notes"])
+
+
+def test_a_compressed_file_is_named_with_what_to_do(tmp_path: Path) -> None:
+    """A .csv.gz was fitted as an image folder ("not a folder: x.csv.gz"): each command says it is
+    compressed and how to decompress it."""
+    packed = tmp_path / "cpu.csv.gz"
+    with gzip.open(packed, "wt") as fh:
+        fh.write("timestamp,cpu\n" + "".join(f"{60 * i},{i % 7}\n" for i in range(40)))
+    hint = "it is compressed: decompress it first (e.g. gunzip cpu.csv.gz)"
+    assert hint in one_line_error(cli("fit", packed, "-o", tmp_path / "m"))
+    assert hint in one_line_error(cli("fit", packed, "-o", tmp_path / "m", "--time-column", "timestamp"))
 
 
 def test_one_model_per_series_column(tmp_path: Path) -> None:

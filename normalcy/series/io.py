@@ -32,6 +32,7 @@ from normalcy.vectors.tables import (
 )
 
 SERIES_SUFFIXES = (".csv", ".parquet", ".pq")
+COMPRESSED = {".gz": "gunzip", ".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd", ".zip": "unzip"}  # the tool
 TIME_NAMES = ("timestamp", "time", "date", "datetime")  # a time column found by name (any case)
 MIN_ROWS = 16  # twice the shortest window: fewer rows cannot hold a window and what follows it
 GAP_FACTOR = 3.0  # an interval over 3x the median interval is a gap
@@ -82,6 +83,13 @@ def _left_out(where: str, columns: list[str], of: str) -> str:
     return f"{where}: column(s) {columns[:10]} left out, not scored: not in {of}"
 
 
+def unpack_hint(path: Path) -> str:
+    """What to do with a compressed file (an empty string for any other): files are read as they are."""
+    if path.suffix.lower() not in COMPRESSED:
+        return ""
+    return f"; it is compressed: decompress it first (e.g. {COMPRESSED[path.suffix.lower()]} {path.name})"
+
+
 def is_series_file(path: Path) -> bool:
     """A file whose suffix names a format a series is read from."""
     return path.suffix.lower() in SERIES_SUFFIXES and not path.is_dir()
@@ -100,7 +108,8 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     rather than refusing the file (eval, which measures on them, refuses it)."""
     path = Path(path)
     if path.suffix.lower() not in SERIES_SUFFIXES:
-        raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}")
+        raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}"
+                         f"{unpack_hint(path)}")
     arrays = _read_arrays(path, text=(series_column,) if series_column else ())
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:
