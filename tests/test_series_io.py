@@ -312,6 +312,10 @@ def test_epoch_milliseconds_are_read_as_seconds_with_a_note(tmp_path: Path) -> N
     assert any("epoch nanoseconds" in x for x in n.notes)
     (plain,) = read_series(write_csv(tmp_path / "s.csv", "timestamp,cpu", [f"{t},{i % 7}" for i, t in enumerate(ts)]))
     assert plain.notes == []  # seconds stay seconds
+    (frac,) = read_series(write_csv(tmp_path / "f.csv", "timestamp,cpu", [f"{t * 1000}.25,{i % 7}" for i, t in
+                                                                           enumerate(ts)]))
+    np.testing.assert_allclose(frac.time, np.array(ts) + 0.00025)  # a fraction of a millisecond: still ms
+    assert any("epoch milliseconds" in x for x in frac.notes)
 
 
 def test_a_bad_time_cell_is_named_and_mixed_kinds_are_said(tmp_path: Path) -> None:

@@ -342,8 +342,8 @@ def _row_index(arrays: dict[str, np.ndarray], time_column: str, metrics: Sequenc
     return first if bool((num == np.round(num)).all() and (num >= 0).all() and steps_ok.all()) else None
 
 
-# whole numbers from here on are epoch milliseconds, microseconds or nanoseconds, not seconds: as seconds they
-# would be after the year 5000 (1e11 s), which no clock writes and no plot can draw
+# numbers from here on are epoch milliseconds, microseconds or nanoseconds, not seconds: as seconds they would
+# be after the year 5000 (1e11 s), which no clock writes and no plot can draw (a fraction too: 1772323200000.25)
 _EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
 
 
@@ -351,7 +351,7 @@ def _seconds(path: Path, num: np.ndarray, notes: list[str]) -> np.ndarray:
     """Numbers of a time column in seconds: epoch milliseconds (Java's and JavaScript's clocks), micro- or
     nanoseconds divided down, with a note; anything else as it is."""
     typical = float(np.median(np.abs(num))) if len(num) else 0.0
-    if typical < 1e11 or not bool((num == np.round(num)).all()):
+    if typical < 1e11:
         return num
     _, div, unit = next(u for u in _EPOCH_UNITS if typical >= u[0])
     notes.append(f"{path.name}: time column read as epoch {unit} (as seconds its numbers would lie after the year "
