@@ -281,6 +281,18 @@ def test_series_folder(tmp_path: Path) -> None:
         series_folders(tmp_path / "empty")
 
 
+def test_names_that_differ_only_in_spaces_around_them_are_one_column(tmp_path: Path) -> None:
+    """A header written "timestamp, m0, m1" at fit and "timestamp,m0,m1" now (or the other way): the model's
+    columns, read with a note, not "missing"."""
+    folder = make_folder(tmp_path / "f")
+    train = (folder / "train.csv").read_text().splitlines()
+    (folder / "train.csv").write_text("\n".join([train[0].replace(",", ", ")] + train[1:]) + "\n")
+    (tr,), (te,) = read_series_folder(folder)
+    assert tr.columns == te.columns == (" m0", " m1")
+    assert te.notes == ["test.csv: column(s) ['m0', 'm1'] read as [' m0', ' m1']: the same names but for the spaces "
+                        "around them"]
+
+
 def test_folder_of_series_folders(tmp_path: Path) -> None:
     for name in ("s10", "s2", "s1"):
         make_folder(tmp_path / "set" / name)

@@ -177,6 +177,18 @@ def test_cells_read_as_fit_reads_them(fitted: Path) -> None:
     assert s.held == 0 and out.getvalue() == want.getvalue()
 
 
+def test_a_model_fitted_on_a_header_with_spaces_watches_its_own_file(fitted: Path, tmp_path: Path) -> None:
+    """A header "timestamp, cpu, mem" fits a model of ' cpu' and ' mem'; watch strips the header's names,
+    so it refused the very file the model was fitted on ("the header lacks the model's column(s)")."""
+    for name in ("train.csv", "live.csv"):
+        text = (fitted / name).read_text().split("\n", 1)
+        (tmp_path / name).write_text(text[0].replace(",", ", ") + "\n" + text[1])
+    assert cli("fit", tmp_path / "train.csv", "-o", tmp_path / "model").exit_code == 0
+    out = io.StringIO()
+    s = watch(tmp_path / "model", tmp_path / "live.csv", out=out)
+    assert s.rows == 300 and s.skipped == 0
+
+
 def test_lines_keep_a_partial_line_until_its_end() -> None:
     assert list(lines(io.StringIO("a,b\r\n1,2\n3,"))) == ["a,b", "1,2", "3,"]
 

@@ -144,6 +144,12 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         notes.append(f"{path.name}: {len(blank)} column(s) without a name or a value dropped")
     if not columns:
         raise InputError(f"{path}: no value columns; it has {_names(arrays)}")
+    renamed = matched(columns, keep[0]) if keep is not None else {}
+    if renamed:  # a header written "time, cpu" (or not) at fit and not (or so) now
+        arrays = {renamed.get(c, c): a for c, a in arrays.items()}
+        columns = [renamed.get(c, c) for c in columns]
+        notes.append(f"{path.name}: column(s) {list(renamed)[:10]} read as {list(renamed.values())[:10]}: the same "
+                     "names but for the spaces around them")
     if keep is not None and any(c in keep[0] for c in columns):  # none kept: Series.only names what is missing
         extra = [c for c in columns if c not in keep[0]]
         if extra:
@@ -246,6 +252,17 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
                          "scored as consecutive")
     return Series(name, time, values, columns, labels, notes, path, np.asarray(file_rows, np.int64), row_of,
                   time_col)
+
+
+def matched(names: Sequence[str], wanted: Sequence[str]) -> dict[str, str]:
+    """{name: wanted name} for each wanted name missing from ``names`` where one name differs from it only in
+    the spaces around it (' cpu' for 'cpu': a header written "time, cpu")."""
+    out = {}
+    for w in wanted:
+        same = [n for n in names if n.strip() == w.strip() and n not in wanted]
+        if w not in names and len(same) == 1:
+            out[same[0]] = w
+    return out
 
 
 def _all_missing(a: np.ndarray) -> bool:

@@ -157,11 +157,11 @@ class Watcher:
         return self.fields.index(name)
 
     def _positions(self, det: SeriesDetector) -> tuple[int, ...]:
-        missing = [c for c in det.columns_ if c not in self.fields]
+        missing = [c for c in det.columns_ if c.strip() not in self.fields]  # the header's names are stripped
         if missing:
             raise InputError(f"{self.source}: the header lacks the model's column(s) {missing[:10]} (it has "
                              f"{self.fields[:10]})")
-        return tuple(self.fields.index(c) for c in det.columns_)
+        return tuple(self.fields.index(c.strip()) for c in det.columns_)
 
     def _problem(self, kind: str, message: str) -> None:
         n = self.summary.problems.get(kind, 0) + 1
