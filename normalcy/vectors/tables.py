@@ -158,17 +158,18 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
         else:
             table = _read_csv(path, text, ragged)
 
-        def column(i: int) -> np.ndarray:
+        def column(i: int, name: str) -> np.ndarray:
             col = table.column(i)
-            if table.column_names[i] in text and not pa.types.is_string(col.type):  # a Parquet file's typed ids
+            if name in text and not pa.types.is_string(col.type):  # a Parquet file's typed ids, as text
                 col = col.cast(pa.string())
             return col.to_numpy(zero_copy_only=False)
 
+        names = table.column_names
         out = {}
-        for i, name in enumerate(table.column_names):
-            a = column(i)
+        for i, name in enumerate(names):
+            a = column(i, name)
             if name in out and not (_blank(name, a) and _blank(name, out[name])):
-                _check_names(path, table.column_names)
+                _check_names(path, names)
             out[name] = a  # blank names repeated: a spreadsheet's trailing separators, all one empty column
         return out
     except InputError:
