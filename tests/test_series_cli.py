@@ -685,15 +685,12 @@ def test_the_report_shades_one_row_events_and_merges_thousands() -> None:
     assert len(plots.shaded([(k, k + 3) for k in range(0, 300_000, 700)], times)) <= 500
 
 
-def test_one_long_series_gets_a_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bar was shown for two series or more only: one series of 1,000,000 rows scored for minutes without a
-    word. A series of LONG_SERIES rows or more gets it too (its clock says the run is going)."""
+def bars_shown(module: object, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each progress bar ``module`` opens from now on would be shown (the bar itself stays hidden)."""
     import contextlib
 
-    from normalcy import api
-
     shown: list[bool] = []
-    real = api.progress_bar
+    real = module.progress_bar  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
     def spy(enabled: bool = True):  # type: ignore[no-untyped-def]
@@ -701,10 +698,19 @@ def test_one_long_series_gets_a_progress_bar(tmp_path: Path, monkeypatch: pytest
         with real(False) as bar:
             yield bar
 
+    monkeypatch.setattr(module, "progress_bar", spy)
+    return shown
+
+
+def test_one_long_series_gets_a_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar was shown for two series or more only: one series of 1,000,000 rows scored for minutes without a
+    word. A series of LONG_SERIES rows or more gets it too (its clock says the run is going)."""
+    from normalcy import api
+
     path = tmp_path / "s.csv"
     path.write_text("timestamp,cpu\n" + "".join(f"{i},{np.sin(i / 3):.4f}\n" for i in range(300)))
     api.fit(path, tmp_path / "m", "knn", progress=False)
-    monkeypatch.setattr(api, "progress_bar", spy)
+    shown = bars_shown(api, monkeypatch)
     api.predict(tmp_path / "m", [path], tmp_path / "short")
     monkeypatch.setattr(api, "LONG_SERIES", 300, raising=False)
     api.predict(tmp_path / "m", [path], tmp_path / "long")
@@ -717,20 +723,9 @@ def test_eval_of_one_long_series_gets_a_progress_bar(data: Path, tmp_path: Path,
     had 1,000,000 rows was scored for minutes without a word, while predict's bar showed for it. Its bar shows
     from LONG_SERIES test rows, as predict's; a short one still has none, and a folder that cannot be read is
     still named in skipped."""
-    import contextlib
-
     from normalcy import api, progress
 
-    shown: list[bool] = []
-    real = progress.progress_bar
-
-    @contextlib.contextmanager
-    def spy(enabled: bool = True):  # type: ignore[no-untyped-def]
-        shown.append(enabled)
-        with real(False) as bar:
-            yield bar
-
-    monkeypatch.setattr(progress, "progress_bar", spy)
+    shown = bars_shown(progress, monkeypatch)
     api.evaluate(data / "a", "knn")  # 300 test rows
     monkeypatch.setattr(progress, "LONG_SERIES", 300)
     metrics = api.evaluate(data / "a", "knn")

@@ -12,7 +12,7 @@ import shutil
 import socket
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import numpy as np
@@ -731,22 +731,26 @@ def test_a_non_utf8_file_name_is_reviewed(tmp_path: Path) -> None:
         assert "\ufffd" in c.get("/api/labels.csv").text
 
 
+def label_failing(client: TestClient, monkeypatch: pytest.MonkeyPatch, statement: str, error: str) -> Any:
+    """The answer to a label whose write the database refuses with ``error``."""
+    from sqlalchemy.exc import OperationalError
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise OperationalError(statement, {}, Exception(error))
+
+    monkeypatch.setattr(client.app.state.review.store, "set_label", refuse)  # type: ignore[attr-defined]
+    item_id = items(client)["items"][0]["id"]
+    return client.post(f"/api/items/{item_id}/label", json={"label": "normal"})
+
+
 def test_a_database_that_cannot_be_written_is_a_503_with_the_headers(client: TestClient,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A locked database (past its 30 s wait) or a full disk reached the page as a bare 500 without the
     security headers; a 422 quoted a megabyte of invalid label back."""
-    from sqlalchemy.exc import OperationalError
-
-    store = client.app.state.review.store  # type: ignore[attr-defined]
-
-    def locked(*_a: object, **_k: object) -> None:
-        raise OperationalError("UPDATE labels", {}, Exception("database is locked"))
-
-    monkeypatch.setattr(store, "set_label", locked)
-    item_id = items(client)["items"][0]["id"]
-    r = client.post(f"/api/items/{item_id}/label", json={"label": "normal"})
+    r = label_failing(client, monkeypatch, "UPDATE labels", "database is locked")
     assert r.status_code == 503 and "database is locked" in r.json()["detail"]
     assert "content-security-policy" in r.headers and r.headers["x-content-type-options"] == "nosniff"
+    item_id = items(client)["items"][0]["id"]
     r = client.post(f"/api/items/{item_id}/label", json={"label": "a" * 100_000})
     assert r.status_code == 422 and len(r.text) < 2_000
 
@@ -754,16 +758,7 @@ def test_a_database_that_cannot_be_written_is_a_503_with_the_headers(client: Tes
 def test_a_read_only_database_is_not_answered_try_again(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """review.sqlite on a read-only mount (or made read-only) opens, then every label failed with "try again",
     which only fails again: the answer says the file cannot be written and what to do."""
-    from sqlalchemy.exc import OperationalError
-
-    store = client.app.state.review.store  # type: ignore[attr-defined]
-
-    def read_only(*_a: object, **_k: object) -> None:
-        raise OperationalError("INSERT INTO label_events", {}, Exception("attempt to write a readonly database"))
-
-    monkeypatch.setattr(store, "set_label", read_only)
-    item_id = items(client)["items"][0]["id"]
-    r = client.post(f"/api/items/{item_id}/label", json={"label": "normal"})
+    r = label_failing(client, monkeypatch, "INSERT INTO label_events", "attempt to write a readonly database")
     detail = r.json()["detail"]
     assert r.status_code == 503 and "cannot be written" in detail and "--database" in detail
     assert "try again" not in detail and "readonly database" in detail
