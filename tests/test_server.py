@@ -343,6 +343,16 @@ def test_label_and_rerank(client: TestClient) -> None:
     assert cleared["label"] is None and items(client)["n_labelled"] == 0
 
 
+def test_a_utf8_client_name_is_stored_as_written(client: TestClient) -> None:
+    """HTTP hands headers to the app as Latin-1: an X-Client of "José" (UTF-8) went into the label log as
+    "JosÃ©". A name that is not UTF-8 is kept as Latin-1 reads it."""
+    item_id = items(client)["items"][0]["id"]
+    for raw, stored in (("José 検査".encode(), "José 検査"), (b"Jos\xe9", "Jos\xe9")):
+        r = client.post(f"/api/items/{item_id}/label", json={"label": "normal"}, headers={"X-Client": raw})
+        assert r.status_code == 200, r.text
+        assert client.app.state.review.store.events()[-1]["client"] == stored  # type: ignore[attr-defined]
+
+
 def test_bad_label_bodies(client: TestClient) -> None:
     item_id = items(client)["items"][0]["id"]
     for body in ({"label": "bad"}, {"interest": 6}, {"interest": -1}, {"interest": 2.5}, {"interest": "3"},

@@ -100,6 +100,17 @@ def _database_error(_request: Request, exc: Exception) -> JSONResponse:
                                    "saved: try again"}, status_code=503)
 
 
+def _header_text(value: str | None) -> str | None:
+    """A header's text as its client wrote it: HTTP hands headers over as Latin-1, so a UTF-8 ``X-Client``
+    ("José") was stored as "JosÃ©"; bytes that are not UTF-8 stay as Latin-1 read them."""
+    if not value:
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 def _image_response(path: Path) -> Response:
     media = BROWSER_IMAGES.get(path.suffix.lower())
     headers = {"Cache-Control": "private, no-cache"}
@@ -221,7 +232,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         k = review.position(item_id)
         if k is None:
             raise HTTPException(404, f"no item {item_id} in this run")
-        client = request.headers.get("x-client") or (request.client.host if request.client else "")
+        client = _header_text(request.headers.get("x-client")) or (request.client.host if request.client else "")
         try:
             item = store.set_label(item_id, body.label, body.interest, client=client)
         except KeyError:
