@@ -476,14 +476,13 @@ def export(model_dir: PathLike, output: PathLike, precision: str = "fp32", calib
            trust_code: bool = False) -> tuple[Any, Path]:
     """An image model's scoring graph written to an ONNX file (normalcy.scale.export): the loaded model and the
     file. Tables and series have no graph to export; an output that is a folder is refused before any work."""
-    from normalcy.scale.export import export_onnx
+    from normalcy.scale.export import check_output_file, export_onnx
 
     model_dir, output = Path(model_dir), Path(output)
     for kind, found in (("a vector model (tables)", is_vector_model), ("a series model", is_series_model)):
         if found(model_dir):
             raise InputError(f"{model_dir} is {kind}: only image models are exported to ONNX")
-    if output.is_dir():
-        raise InputError(f"{output}: a folder; --output names the ONNX file to write (e.g. {output / 'model.onnx'})")
+    check_output_file(output)
     if precision == "int8" and calibration is None:
         raise InputError("--precision int8 needs --calibration DIR: normal images, such as the training folder")
     det = load_image_model(model_dir, trust_code=trust_code)

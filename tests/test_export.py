@@ -202,7 +202,7 @@ TINY_META = {"detector": "gaussian", "precision": "fp32", "threshold": 100.0, "f
 def tiny_onnx(path: Path, meta: object = TINY_META, scores: str = "ok", maps_rank: int = 3,
               names: tuple[str, str] = ("image_scores", "maps"), external: bool = False) -> Path:
     """A graph with export's interface, scoring an image by its brightest pixel; ``scores`` breaks its output:
-    'empty', 'doubled' (2N values), 'nan'. ``meta``: a dict (as JSON) or the raw metadata string."""
+    'empty', 'doubled' (2N values), 'nan', 'one image' (fails on a batch of more). ``meta``: a dict (as JSON) or the raw metadata string."""
     import onnx
     from onnx import TensorProto as T
     from onnx import helper as h
@@ -213,11 +213,13 @@ def tiny_onnx(path: Path, meta: object = TINY_META, scores: str = "ok", maps_ran
              h.make_node("ReduceMax", ["m3"], ["s32"], axes=[1, 2], keepdims=0),
              h.make_node("Cast", ["s32"], ["s64"], to=T.DOUBLE)]
     inits = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
              numpy_helper.from_array(np.array([np.nan]), "nan")]
     last = {"ok": h.make_node("Identity", ["s64"], [names[0]]),
             "empty": h.make_node("Slice", ["s64", "zero", "zero"], [names[0]]),
             "doubled": h.make_node("Concat", ["s64", "s64"], [names[0]], axis=0),
-            "nan": h.make_node("Mul", ["s64", "nan"], [names[0]])}[scores]
+            "nan": h.make_node("Mul", ["s64", "nan"], [names[0]]),
+            "one image": h.make_node("Reshape", ["s64", "one"], [names[0]])}[scores]
     maps = (h.make_node("Identity", ["m3"], [names[1]]) if maps_rank == 3
             else h.make_node("ReduceMax", ["m3"], [names[1]], axes=[2], keepdims=0))
     outs = [h.make_tensor_value_info(names[0], T.DOUBLE, ["N"]),
@@ -263,9 +265,11 @@ BAD_ONNX = {
     "typo key": (dict(meta={**TINY_META, "treshold": 1.0}), "treshold: unknown key"),
     "output names": (dict(names=("scores", "maps")), "the graph's outputs are ['scores', 'maps']"),
     "2-D maps": (dict(maps_rank=2), "output maps: shape ['N', 32], expected rank 3"),
-    "empty scores": (dict(scores="empty"), "output image_scores: shape (0,) for 1 image(s), expected (1,)"),
-    "scores of another length": (dict(scores="doubled"), "output image_scores: shape (2,) for 1 image(s)"),
-    "NaN scores": (dict(scores="nan"), "output image_scores: 1 NaN or infinite value(s)"),
+    "empty scores": (dict(scores="empty"), "output image_scores: shape (0,) for 2 image(s), expected (2,)"),
+    "scores of another length": (dict(scores="doubled"), "output image_scores: shape (4,) for 2 image(s)"),
+    "NaN scores": (dict(scores="nan"), "output image_scores: 2 NaN or infinite value(s)"),
+    # onnxruntime's own error was a traceback (and the probe's one image passed, so predict failed mid-run)
+    "one image at a time": (dict(scores="one image"), "the graph failed on a batch of 2 image(s) ("),
     "external data": (dict(external=True), "weights in external data files, refused"),
 }
 
@@ -311,7 +315,8 @@ def test_odd_files_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         OnnxScorer(tiny_onnx(tmp_path / "big.onnx"))
 
 
-@pytest.mark.parametrize("case", ["threshold text nan", "2-D maps", "empty scores", "metadata not JSON"])
+@pytest.mark.parametrize("case", ["threshold text nan", "2-D maps", "empty scores", "metadata not JSON",
+                                  "one image at a time"])
 def test_cli_predict_with_a_crafted_onnx(case: str, dataset: Path, tmp_path: Path) -> None:
     """One line on stderr, exit code 1, and no run folder with a header-only scores.csv."""
     kwargs, words = BAD_ONNX[case]
@@ -350,3 +355,48 @@ def test_a_bf16_model_exports_the_threshold_of_its_fp32_scores(dataset: Path, tm
     assert "the model's threshold was set on the bf16 model's scores" in r.stderr, r.stderr
     old_meta = OnnxScorer(tmp_path / "old.onnx").meta
     assert old_meta["threshold"] == det.threshold_ and "fit the model again" in old_meta["threshold_note"]
+
+
+def test_export_output_is_checked_first_and_replaced_whole(dataset: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """-o model/model.json replaced the model's own file with a graph in ONNX's JSON form, which nothing loads; a
+    folder that cannot be written was a traceback after the whole export; an export that failed midway left the
+    file it replaced half-written. Now: checked before any work, written beside and renamed into place."""
+    from normalcy.api import export
+    from normalcy.scale import export as ex
+
+    det = create("gaussian", FeatureExtractor(image_size=96, precision="fp32", pooled_levels=("s8", "s16")))
+    det.fit(list_files(dataset / "train" / "good"), progress=False).save(tmp_path / "model")
+    before = (tmp_path / "model" / "model.json").read_bytes()
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "old.onnx").write_bytes(b"an earlier export")
+
+    def no_work(*args: object) -> None:
+        raise AssertionError("the export ran before its output was checked")
+
+    monkeypatch.setattr(ex, "_torch_export", no_work)
+    for out, words in ((tmp_path / "model" / "model.json", "model.json: the exported file's name must end in .onnx"),
+                       (tmp_path / "model.bin", "must end in .onnx"),
+                       (tmp_path / "a_file" / "m.onnx", r"m.onnx: cannot write there \(")):
+        with pytest.raises(InputError, match=words):
+            export(tmp_path / "model", out)
+    assert (tmp_path / "model" / "model.json").read_bytes() == before
+    with pytest.raises(AssertionError):  # an export that fails midway
+        export(tmp_path / "model", tmp_path / "old.onnx")
+    assert (tmp_path / "old.onnx").read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "model", "old.onnx"]  # no partial file left
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "model"), "-o", str(tmp_path / "a_file" / "m.onnx")])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit) and "cannot write there" in r.output, r.output
+
+
+def test_an_export_over_onnx_limit_is_said_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph over 2 GiB (a large PatchCore bank) failed in protobuf with a traceback after the export."""
+    import onnx
+
+    from normalcy.scale import export as ex
+
+    model = onnx.load(str(tiny_onnx(tmp_path / "tiny.onnx")))
+    monkeypatch.setattr(ex, "MAX_ONNX_BYTES", 100)
+    with pytest.raises(InputError, match="big.onnx: not written: the graph is .* GiB, over"):
+        ex._save(model, tmp_path / "staging.onnx", tmp_path / "big.onnx")
+    assert not (tmp_path / "big.onnx").exists()

@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -215,10 +216,59 @@ def export_onnx(det: Detector, path: str | Path, precision: str = "fp32",
         raise InputError("int8 export needs calibration images: normal images such as the training folder")
     check_exportable(det)
     _need_onnx()
+    path = Path(path)
+    staging = _stage(path)  # before the export's work: a place that cannot be written is said at once
+    try:
+        return _export(det, path, staging, precision, calibration_paths, calibration_images)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse an output the export cannot be: a folder, or a name not ending in .onnx (predict and
+    ``normalcy.load`` know an exported model by it, and onnx writes a .json or .txt name as text: ``-o
+    model/model.json`` replaced the model's own file with a graph nothing loads)."""
+    if path.is_dir():
+        raise InputError(f"{path}: a folder; --output names the ONNX file to write (e.g. {path / 'model.onnx'})")
+    if path.suffix.lower() != ".onnx":
+        raise InputError(f"{path}: the exported file's name must end in .onnx (predict and normalcy.load know an "
+                         "exported model by it)")
+
+
+def _stage(path: Path) -> Path:
+    """An empty file beside ``path`` that the export is written to and then renamed over it (the same file
+    system), so that an existing file is replaced whole or not at all."""
+    check_output_file(path)
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.partial.onnx")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+    except OSError as err:
+        raise InputError(f"{path}: cannot write there ({err.strerror or err})") from None
+    return staging
+
+
+def _save(model: Any, staging: Path, path: Path) -> None:
+    """Write the model to ``staging``, then rename it to ``path``: the one file a runner loads (at most
+    MAX_ONNX_BYTES, as OnnxScorer reads it)."""
     import onnx
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    size = model.ByteSize()
+    if size > MAX_ONNX_BYTES:
+        raise InputError(f"{path}: not written: the graph is {size / 2**30:.1f} GiB, over the {MAX_ONNX_BYTES // 2**30} "
+                         "GiB of one ONNX file (a smaller model: fewer bank patches or a smaller image size)")
+    try:
+        onnx.save(model, str(staging), format="protobuf")
+        os.replace(staging, path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write it ({err.strerror or err})") from None
+
+
+def _export(det: Detector, path: Path, staging: Path, precision: str, calibration_paths: Sequence[Path] | None,
+            calibration_images: int) -> Path:
+    """export_onnx's work, once its output is known to be writable."""
+    import onnx
+
     graph = ScoringGraph(det).eval()
     h, w = det.extractor.size
     meta = metadata(det, precision)
@@ -242,7 +292,7 @@ def export_onnx(det: Detector, path: str | Path, precision: str = "fp32",
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {META_KEY: json.dumps(meta)})
     model.doc_string = f"normalcy {det.name}: uint8 NHWC RGB pixels at {h}x{w} -> image_scores, maps"
-    onnx.save(model, str(path))
+    _save(model, staging, path)
     return path
 
 
@@ -451,6 +501,7 @@ class OnnxScorer:
         # The default order computes every bank chunk's distances before reducing any (patchcore, magnetic_tile,
         # batch of 8: 1.2 GB more); in priority order each chunk is reduced and freed first (0.3 GB).
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        opts.log_severity_level = 4  # a failing node is said once, in run's InputError, not also in its log
         if threads:
             opts.intra_op_num_threads = threads
         try:
@@ -458,7 +509,8 @@ class OnnxScorer:
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for every bad file
             raise InputError(f"{path}: cannot load it as an ONNX model ({str(err).strip()[:200]})") from None
         self._check_graph()
-        self.run(np.zeros((1, *self.size, 3), np.uint8))  # a graph whose outputs are wrong fails here, not mid-run
+        # a graph whose outputs are wrong, or that takes one image at a time, fails here, not mid-run
+        self.run(np.zeros((2, *self.size, 3), np.uint8))
 
     def _read_meta(self, props: dict[str, str]) -> dict[str, Any]:
         if META_KEY not in props:
@@ -501,8 +553,12 @@ class OnnxScorer:
     def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The graph alone: uint8 N x H x W x 3 resized images -> (image scores, patch maps), checked:
         scores [N], maps [N, h, w], all finite (else InputError: the file is not a sound model)."""
-        scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels})
         n = len(pixels)
+        try:
+            scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels})
+        except Exception as err:  # noqa: BLE001 - onnxruntime's own classes: a graph that fails on this batch
+            raise InputError(f"{self.path}: the graph failed on a batch of {n} image(s) "
+                             f"({' '.join(str(err).split())[:300]})") from None
         if scores.shape != (n,):
             raise InputError(f"{self.path}: output image_scores: shape {scores.shape} for {n} image(s), expected ({n},)")
         if maps.ndim != 3 or maps.shape[0] != n or not maps.shape[1] or not maps.shape[2]:
