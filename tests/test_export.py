@@ -298,6 +298,22 @@ def test_outputs_are_checked_on_every_run(tmp_path: Path, monkeypatch: pytest.Mo
         scorer.run(np.zeros((2, 32, 32, 3), np.uint8))
 
 
+def test_a_large_input_size_goes_fewer_to_a_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the PyTorch path does (BATCH_PIXELS): a graph for 4096 x 4096 inputs ran 8 at a time, all at once in
+    the graph, where predict with the model folder takes one."""
+    from PIL import Image
+
+    monkeypatch.setattr("normalcy.detectors.base.BATCH_PIXELS", 3 * 32 * 32)  # the tiny graph's input: 32 x 32
+    scorer = OnnxScorer(tiny_onnx(tmp_path / "ok.onnx"))
+    sizes: list[int] = []
+    run = scorer.run
+    monkeypatch.setattr(scorer, "run", lambda pixels: (sizes.append(len(pixels)), run(pixels))[1])
+    for k in range(7):
+        Image.fromarray(np.full((40, 50, 3), 30 * k, np.uint8)).save(tmp_path / f"{k}.png")
+    got = scorer.score(tmp_path, batch_size=8)
+    assert sizes == [3, 3, 1] and got.scores.tolist() == [30.0 * k for k in range(7)]
+
+
 def test_odd_files_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 

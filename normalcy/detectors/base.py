@@ -206,6 +206,13 @@ BATCH_PIXELS = 8 * 1024 * 1024
 # (``Detector._fp32_threshold``): at most this many, a quarter of the images and BATCH_PIXELS of input.
 FP32_SAMPLE = 16
 
+
+def batch_for(size: tuple[int, int], batch_size: int) -> int:
+    """How many inputs of ``size`` (height, width) go to a batch: at most ``batch_size`` and BATCH_PIXELS of
+    input, at least one (memory, not speed: the PyTorch path and an exported graph alike)."""
+    return max(1, min(batch_size, BATCH_PIXELS // (size[0] * size[1])))
+
+
 # Upper bounds of the parameters several detectors share: generous, so that only a typo or a tampered
 # model.json (steps 10**12) meets them, never a real setting.
 Steps = Annotated[int, Field(ge=1, le=10_000_000)]
@@ -322,8 +329,7 @@ class Detector:
         """Batches of image files, or of images given as arrays (named ``array[i]``)."""
         size, pooled, features = batch_size or self.batch_size, self.uses_pooled or embed, self.uses_features or embed
         if (features or pooled) and not self.extractor.tile:  # large inputs: fewer at a time (memory, not speed)
-            h, w = self.extractor.size
-            size = max(1, min(size, BATCH_PIXELS // (h * w)))
+            size = batch_for(self.extractor.size, size)
         if not (len(items) and isinstance(items[0], np.ndarray)):
             yield from self.extractor.iter_batches(list(items), size, keep_images=keep_images, pooled=pooled,
                                                    features=features)

@@ -71,7 +71,7 @@ from pydantic import (
 from torch import nn
 
 from normalcy.detectors import DETECTORS, ZERO_SHOT_MESSAGE, MuSc, PatchCore
-from normalcy.detectors.base import Detector, Result, Scored, Skipped, collect
+from normalcy.detectors.base import Detector, Result, Scored, Skipped, batch_for, collect
 from normalcy.files import Strict, describe, read_model_file
 from normalcy.errors import InputError
 from normalcy.images.features import MAX_SIZE, MIN_SIZE, resize_image
@@ -510,7 +510,7 @@ class OnnxScorer:
             raise InputError(f"{path}: cannot load it as an ONNX model ({str(err).strip()[:200]})") from None
         self._check_graph()
         # a graph whose outputs are wrong, or that takes one image at a time, fails here, not mid-run
-        self.run(np.zeros((2, *self.size, 3), np.uint8))
+        self.run(np.zeros((batch_for(self.size, 2), *self.size, 3), np.uint8))
 
     def _read_meta(self, props: dict[str, str]) -> dict[str, Any]:
         if META_KEY not in props:
@@ -571,8 +571,9 @@ class OnnxScorer:
 
     def iter_score(self, paths: Sequence[Path], batch_size: int = 8) -> Iterator[Scored | Skipped]:
         """A record per file, batch by batch as ``Detector.iter_score`` streams them (no embeddings: the graph
-        has none): Scored with the image at its own size, or Skipped with the reason."""
-        paths = list(paths)
+        has none): Scored with the image at its own size, or Skipped with the reason. A large input size goes
+        fewer to a batch, as in PyTorch (``batch_for``): a whole batch runs through the graph at once."""
+        paths, batch_size = list(paths), batch_for(self.size, batch_size)
         for i in range(0, len(paths), batch_size):
             skipped: list[tuple[Path, str]] = []
             read = list(iter_images(paths[i: i + batch_size], skipped))
