@@ -255,8 +255,9 @@ def _save(model: Any, staging: Path, path: Path) -> None:
 
     size = model.ByteSize()
     if size > MAX_ONNX_BYTES:
-        raise InputError(f"{path}: not written: the graph is {size / 2**30:.1f} GiB, over the {MAX_ONNX_BYTES // 2**30} "
-                         "GiB of one ONNX file (a smaller model: fewer bank patches or a smaller image size)")
+        raise InputError(f"{path}: not written: the graph is {size / 2**30:.1f} GiB, over the "
+                         f"{MAX_ONNX_BYTES // 2**30} GiB of one ONNX file (a smaller model: fewer bank patches or a "
+                         "smaller image size)")
     try:
         onnx.save(model, str(staging), format="protobuf")
         os.replace(staging, path)
