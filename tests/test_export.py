@@ -242,6 +242,15 @@ def test_a_sound_tiny_graph_scores(tmp_path: Path) -> None:
     assert s.tolist() == [200.0, 200.0] and m.shape == (2, 32, 32)
 
 
+def test_an_exported_model_runs_on_the_threads_torch_was_given(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`predict model.onnx --threads 1` set torch's threads only: onnxruntime took every core."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    scorer = OnnxScorer(tiny_onnx(tmp_path / "ok.onnx"))
+    assert scorer.session.get_session_options().intra_op_num_threads == 1
+    assert OnnxScorer(tmp_path / "ok.onnx", threads=3).session.get_session_options().intra_op_num_threads == 3
+
+
 def _without(key: str) -> dict:
     return {k: v for k, v in TINY_META.items() if k != key}
 

@@ -503,8 +503,9 @@ class OnnxScorer:
         # batch of 8: 1.2 GB more); in priority order each chunk is reduced and freed first (0.3 GB).
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         opts.log_severity_level = 4  # a failing node is said once, in run's InputError, not also in its log
-        if threads:
-            opts.intra_op_num_threads = threads
+        # torch's count unless told otherwise: `--threads N` sets torch's, and onnxruntime's own default (every
+        # core) ignored it for an exported model
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
         try:
             self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for every bad file
