@@ -165,6 +165,44 @@ def test_stream_update_takes_one_row() -> None:
     assert empty.score.shape == (0,) and empty.contributions.shape == (0, 1) and a.t == 40
 
 
+def test_stream_takes_named_rows_by_name() -> None:
+    """A DataFrame, a dict or a pandas Series row was taken in its own column order, silently: a DataFrame
+    whose columns came in another order than the model's was scored with its metrics swapped."""
+    import pandas as pd
+
+    x = sine(200, d=2, seed=4)
+    det = create("knn", window=8).fit(pd.DataFrame(sine(d=2), columns=["cpu", "mem"]), progress=False)  # shared: no stream learns
+    want = Stream(det, learn=False).run(x).score
+    frame = pd.DataFrame({"mem": x[:, 1], "cpu": x[:, 0], "note": 0.0})  # another order, one column more
+    np.testing.assert_array_equal(Stream(det, learn=False).run(frame).score, want)
+    np.testing.assert_array_equal(Stream(det, learn=False).run({"mem": x[:, 1], "cpu": list(x[:, 0])}).score, want)
+    a, b = Stream(det, learn=False), Stream(det, learn=False)
+    np.testing.assert_allclose([a.update({"mem": m, "cpu": c}) for c, m in x], [b.update(r) for _, r in frame.iterrows()],
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose([a.last[0]], [Stream(det, learn=False).run(x).score[-1]], atol=1e-12)
+    with pytest.raises(InputError, match=r"stream: a row without the model's metric\(s\) \['mem'\]"):
+        a.update({"cpu": 1.0})
+
+
+def test_stream_holds_a_text_value_as_a_missing_one(fitted, tmp_path: Path) -> None:
+    """A value that is text (a logger's "error") or None stopped the loop with a ValueError; it is held at its
+    column's last value as a missing one is (``watch`` holds such a cell so), and text that is a number read."""
+    det = create("knn", window=8).fit(sine(d=2), progress=False)  # streams that learn nothing share it
+    x = sine(100, d=2, seed=9)
+    rows = x.tolist()
+    rows[30][0], rows[31][1], rows[40][0] = "error", None, str(float(x[40, 0]))
+    held = x.copy()
+    held[30, 0], held[31, 1] = x[29, 0], x[30, 1]
+    a = Stream(det, learn=False)
+    got = [a.update(r) for r in rows]
+    assert a.filled == 2
+    np.testing.assert_allclose(got, Stream(det, learn=False).run(held).reported, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(Stream(det, learn=False).run(rows).score, Stream(det, learn=False).run(held).score)
+    with pytest.raises(InputError, match=r"stream: '\{\}' \(dict\) is not a number"):
+        a.update([{}, 1.0])
+    assert a.t == 100  # the refused row left the stream as it was
+
+
 def test_stream_quiet_period() -> None:
     det = create("knn", window=8).fit(sine(), progress=False)
     x = sine(900, seed=6)

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
 from normalcy.errors import InputError
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
-from normalcy.series.base import MAX_Z, MIN_CALIBRATION, SeriesDetector
+from normalcy.series.base import MAX_Z, MIN_CALIBRATION, SeriesDetector, _array_named, _is_frame
+from normalcy.vectors.tables import cell_number
 
 log = logging.getLogger("normalcy")
 
@@ -154,7 +156,7 @@ class Stream:
             A = np.array(A, dtype=np.float64)
             if not self.filled:
                 i, j = np.argwhere(bad)[0]
-                log.warning("stream: a missing or non-finite value (row %d, column %d) is held at the column's last "
+                log.warning("stream: a missing, non-finite or text value (row %d, column %d) is held at the column's last "
                             "value, as every later one will be (Stream.filled counts them)", self.t + int(i), int(j))
             self.filled += int(bad.sum())
             prev = self.last_raw
@@ -168,7 +170,7 @@ class Stream:
 
     def _standardised(self, values: np.ndarray) -> np.ndarray:
         """Rows as the detector sees them: missing values held (``_held``), then standardised."""
-        return self.det.standardise(self._held(_matrix(values, self.d)))
+        return self.det.standardise(self._held(_matrix(values, self.det.columns_)))
 
     def _report(self, score: float) -> tuple[float, int]:
         """(reported score, alarm) of the current row (self.t), the quiet period applied."""
@@ -197,12 +199,12 @@ class Stream:
         """Score one row (d values, in the model's column order), then learn it; its reported score.
         (``self.last``: its score, reported score and alarm; ``self.last_contributions``: on a row that
         raises an alarm, the (d,) share of each metric in its score, as ``run`` splits it; else None.)"""
-        a = np.asarray(x, dtype=np.float64)
+        a = _numbers(x, self.det.columns_)
         z = (a - self.det.mean_) / self.det.scale_ if a.shape == (self.d,) else None
         if z is not None and np.abs(z).max() <= MAX_Z:  # the common row (finite, in range) in one check
             self.last_raw = a.copy()
         else:  # the rules of _held and _row, one at a time
-            z = self.det._row(self._held(self.det.row_values(x)[None])[0])
+            z = self.det._row(self._held(self.det.row_values(a)[None])[0])
         self._append(z)
         raw, contribs = self._raw_last(self._buf[max(0, self._n - self.ctx):self._n])
         scores, dec = self._calibrated(raw[None])
@@ -219,7 +221,7 @@ class Stream:
     def run(self, values: np.ndarray) -> StreamScores:
         """Score rows in order, learning as row-by-row updates would (the same numbers), in batches. No rows
         (a poll that found none new) score to empty arrays, not an error that would stop the loop."""
-        if not len(_matrix(values, self.d)):
+        if not len(_matrix(values, self.det.columns_)):
             return StreamScores(np.zeros(0), np.zeros(0), np.zeros(0, np.int8), np.zeros((0, self.d)))
         Z = self._standardised(values)
         n = len(Z)
@@ -244,10 +246,61 @@ class Stream:
         return StreamScores(score, reported, alarm, contributions)
 
 
-def _matrix(values: np.ndarray, d: int) -> np.ndarray:
-    a = np.asarray(values, dtype=np.float64)
+def _matrix(values: Any, columns: Sequence[str]) -> np.ndarray:
+    """(n, d) rows (``_numbers``) from (n, d), (d,) or, for one column, (n,) values."""
+    d = len(columns)
+    a = _numbers(values, columns)
     if a.ndim == 1:
         a = a[:, None] if d == 1 else a[None]
     if a.ndim != 2 or a.shape[1] != d:
         raise InputError(f"stream: rows of {d} value(s) expected, got shape {a.shape}")
     return a
+
+
+def _numbers(values: Any, columns: Sequence[str]) -> np.ndarray:
+    """Rows or a row as float64: a DataFrame's, a dict's or a pandas Series' model columns taken by name (as
+    ``standardise`` takes a DataFrame's: they were taken in their own order, silently, wrong where it differs),
+    an array's in order. A cell that is text or None is NaN, held as a missing value is (a loop stopped on it)."""
+    if hasattr(values, "keys"):
+        values = _by_name(values, columns)
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    try:
+        cells = np.asarray(values, dtype=object)
+    except ValueError as err:  # rows of different lengths
+        raise InputError(f"stream: rows of {len(columns)} value(s) expected ({str(err)[:100]})") from None
+    return np.vectorize(_cell, otypes=[np.float64])(cells) if cells.size else cells.astype(np.float64)
+
+
+def _by_name(values: Any, columns: Sequence[str]) -> Any:
+    """The model's columns of a named row (dict, pandas Series) or rows (DataFrame), in the model's order;
+    other names are left out. A model fitted on an array (x0, x1, ...) takes unnamed ones in order."""
+    names = {str(k): k for k in values.keys()}
+    missing = [c for c in columns if c not in names]
+    if not missing:
+        keys = [names[c] for c in columns]
+        if _is_frame(values):
+            return values[keys]
+        cols = [values[k] for k in keys]
+        if not any(np.ndim(c) for c in cols):  # one row
+            return cols
+        if len({len(c) for c in cols}) != 1:  # a dict of columns: its rows
+            raise InputError(f"stream: the columns {list(columns)[:10]} hold different numbers of rows")
+        return list(zip(*cols))
+    if _array_named(columns):
+        return list(values.values()) if isinstance(values, dict) else values
+    raise InputError(f"stream: a row without the model's metric(s) {missing[:10]} (it has {list(names)[:10]})")
+
+
+def _cell(v: Any) -> float:
+    """One value as a number: text read as a file's cell is (``cell_number``: NaN where it is no number)."""
+    if v is None:
+        return np.nan
+    if isinstance(v, str):
+        return cell_number(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise InputError(f"stream: {str(v)[:40]!r} ({type(v).__name__}) is not a number") from None
