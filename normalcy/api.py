@@ -532,8 +532,10 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
     if source is None or str(source) == "-":
         return _watched(run_watch(model, sys.stdin, out or sys.stdout, source_name="stdin", **kw), out)
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():  # a named pipe or /dev/fd/N (`<(tail -f log)`) is read as a file is
         raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; watch reads a CSV file, a named pipe or - (stdin)")
     if path.suffix.lower() in (".parquet", ".pq"):
         raise InputError(f"{path}: watch reads CSV lines as they arrive; a Parquet file is scored whole by "
                          "`normalcy predict` (--stream to replay it as a stream)")
