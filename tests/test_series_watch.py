@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_series_cli import cli, one_line_error, write_series
+from test_series_cli import cli, one_line_error, write_long, write_series
 
 from normalcy.api import watch
 from normalcy.errors import InputError
@@ -278,3 +278,49 @@ def test_a_followed_file_truncated_or_rotated_is_read_on(fitted: Path, tmp_path:
     assert s.rows == 110 and s.skipped == 0 and not s.problems
     assert [x["time"] for x in csv.DictReader(io.StringIO(out.getvalue()))][-10:] == [
         line.split(",")[0] for line in text[101:111]]
+
+
+def test_a_line_over_the_csv_field_limit_is_skipped(fitted: Path, caplog) -> None:
+    """A field of more than 131072 characters (a garbled feed) ended the watch with the csv module's traceback
+    and nothing saved; the line is now named and skipped, and a header like it is one line of error."""
+    text = open(fitted / "live.csv").read().splitlines()
+    text[5] = text[5].split(",")[0] + "," + "1" * 200_000 + ",0.5"
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        s = watch(fitted / "model", io.StringIO("\n".join(text) + "\n"), out=io.StringIO())
+    assert s.rows == 299 and s.skipped == 1 and s.problems == {"unreadable": 1}
+    assert "input, line 6: not a CSV row (field larger than field limit" in caplog.text
+    with pytest.raises(InputError, match="input: the header line is not a CSV row"):
+        watch(fitted / "model", io.StringIO('timestamp,"' + "x" * 200_000 + '",cpu,mem\n1,2,3\n'), out=io.StringIO())
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_is_watched(fitted: Path, tmp_path: Path) -> None:
+    """`normalcy watch model/ /run/metrics.fifo` (or `<(tail -f log)`, a /dev/fd pipe) said "no such file"."""
+    fifo = tmp_path / "feed"
+    os.mkfifo(fifo)
+    text = open(fitted / "live.csv").read()
+
+    def feed() -> None:
+        with open(fifo, "w") as fh:
+            fh.write(text)
+
+    threading.Thread(target=feed).start()
+    out = io.StringIO()
+    assert watch(fitted / "model", fifo, out=out).rows == 300
+    want = io.StringIO()
+    watch(fitted / "model", io.StringIO(text), out=want)
+    assert out.getvalue() == want.getvalue()
+    assert "is a folder" in one_line_error(cli("watch", fitted / "model", tmp_path))
+
+
+def test_lines_of_unknown_series_are_one_kind_of_problem(tmp_path: Path, caplog) -> None:
+    """Each unknown series id was a kind of problem of its own: a feed of many logged five lines for each and
+    listed every one in the summary. They are counted together, the first line of each of the first five named."""
+    long = write_long(tmp_path / "long.csv", ["web-1", "web-2"], n=200)
+    assert cli("fit", long, "-o", tmp_path / "m", "--series-column", "host", "-d", "knn", "--window", "8").exit_code == 0
+    feed = "time,host,cpu\n" + "".join(f"{60 * i},h{i % 40},0.5\n" for i in range(200)) + "12000,web-1,0.5\n"
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        s = watch(tmp_path / "m", io.StringIO(feed), out=io.StringIO())
+    assert s.rows == 1 and s.skipped == 200 and s.problems == {"series not scored": 200}
+    assert caplog.text.count("skipped, as its later lines will be") == 5
+    assert "no model for series 'h0'" in caplog.text and "later such series are counted, not named" in caplog.text

@@ -40,6 +40,7 @@ log = logging.getLogger("normalcy")
 
 MAX_WARNINGS = 5  # lines named on the log for each kind of problem; the rest are counted
 OUT_FIELDS = ("time", "score", "alarm", "metrics")
+SERIES_NOT_SCORED = "series not scored"  # the kind of problem of a line whose series has no stream
 
 
 @dataclass
@@ -202,6 +203,23 @@ class Watcher:
         if not math.isnan(t):
             self.last_time[key] = t
 
+    def _not_scored(self, key: str, line: int, err: InputError, new: bool) -> None:
+        """A line of a series that has no stream: skipped, counted under one kind for every such series, its
+        first line named for the first MAX_WARNINGS of them (each series was a kind of its own: a feed of many
+        unknown ids logged five lines for each, and its summary listed them all)."""
+        self.summary.skipped += 1
+        self.summary.problems[SERIES_NOT_SCORED] = self.summary.problems.get(SERIES_NOT_SCORED, 0) + 1
+        if new and len(self.refused) <= MAX_WARNINGS:
+            last = len(self.refused) == MAX_WARNINGS
+            log.warning("%s, line %d: %s: skipped, as its later lines will be%s", self.source, line, err,
+                        " (later such series are counted, not named)" if last else "")
+
+    def unreadable(self, line: int, err: csv.Error) -> None:
+        """A line the csv module cannot read (a field over its limit of 131072 characters): named, counted and
+        skipped, as a line of too many fields is (it ended the watch with a traceback)."""
+        self.summary.skipped += 1
+        self._problem("unreadable", f"{self.source}, line {line}: not a CSV row ({err}): skipped")
+
     def row(self, fields: Sequence[str], line: int) -> dict[str, str] | None:
         """Score one row (its fields, in the header's order; ``line``: its line number, for messages): the
         output row, or None for a line that cannot be scored (named on the log, counted)."""
@@ -211,11 +229,11 @@ class Watcher:
                           f"{len(self.fields)}: skipped")
             return None
         key = fields[self.series_at].strip() if self.series_at is not None else ""
+        new = key not in self.refused
         try:
             stream = self._stream(key)
         except InputError as err:
-            self.summary.skipped += 1
-            self._problem(f"series {key!r}", f"{self.source}, line {line}: {err}: skipped")
+            self._not_scored(key, line, err, new)
             return None
         if self.time_at is not None:
             self._check_time(key, fields[self.time_at], line)
@@ -279,13 +297,22 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
             if any("\udc80" <= c <= "\udcff" for c in first):  # bytes that are not UTF-8, kept as surrogates
                 raise InputError(f"{source_name}: the header line is not UTF-8 text (save the CSV as UTF-8)")
             sep = csv_delimiter(first.encode())  # a comma, or a spreadsheet's semicolon or tab, as fit reads them
-            watcher.header(next(csv.reader([first], delimiter=sep)), comma=sep == ";")
+            try:
+                names = next(csv.reader([first], delimiter=sep))
+            except csv.Error as err:
+                raise InputError(f"{source_name}: the header line is not a CSV row ({err})") from None
+            watcher.header(names, comma=sep == ";")
             writer.writerow(watcher.out_fields)
             out.flush()
             for n, text in enumerate(it, start=2):
                 if not text.strip() or text.lstrip("\ufeff") == first:  # the header again: a file restarted
                     continue
-                row = watcher.row(next(csv.reader([text], delimiter=sep)), n)
+                try:
+                    cells = next(csv.reader([text], delimiter=sep))
+                except csv.Error as err:
+                    watcher.unreadable(n, err)
+                    continue
+                row = watcher.row(cells, n)
                 if row is not None and (row["alarm"] == "1" or not alarms_only):
                     writer.writerow(row.values())
                     out.flush()
