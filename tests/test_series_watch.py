@@ -293,6 +293,23 @@ def test_a_line_over_the_csv_field_limit_is_skipped(fitted: Path, caplog) -> Non
         watch(fitted / "model", io.StringIO('timestamp,"' + "x" * 200_000 + '",cpu,mem\n1,2,3\n'), out=io.StringIO())
 
 
+def test_a_line_over_max_line_is_read_past_not_kept(fitted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feed without line ends (binary noise into the pipe) was held whole in memory, however long; a line
+    over MAX_LINE characters is read past, keeping its start only, and skipped; the lines after it scored."""
+    from normalcy.series import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "MAX_LINE", 64)
+    got = list(lines(io.StringIO("a,b\n" + "x" * 1000 + "\n1,2\n" + "y" * 100)))
+    assert got[0] == "a,b" and isinstance(got[1], watch_module.Overlong) and len(got[1]) <= 100
+    assert got[2] == "1,2" and isinstance(got[3], watch_module.Overlong)
+    text = open(fitted / "live.csv").read().splitlines()
+    text[5] = text[5] + "9" * 200
+    s = watch(fitted / "model", io.StringIO("\n".join(text) + "\n"), out=io.StringIO())
+    assert s.rows == 299 and s.problems == {"unreadable": 1}
+    with pytest.raises(InputError, match="input: the header line is over 64 characters"):
+        watch(fitted / "model", io.StringIO("t" * 100 + "\n1,2,3\n"), out=io.StringIO())
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
 def test_a_named_pipe_is_watched(fitted: Path, tmp_path: Path) -> None:
     """`normalcy watch model/ /run/metrics.fifo` (or `<(tail -f log)`, a /dev/fd pipe) said "no such file"."""

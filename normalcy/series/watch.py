@@ -41,6 +41,11 @@ log = logging.getLogger("normalcy")
 MAX_WARNINGS = 5  # lines named on the log for each kind of problem; the rest are counted
 OUT_FIELDS = ("time", "score", "alarm", "metrics")
 SERIES_NOT_SCORED = "series not scored"  # the kind of problem of a line whose series has no stream
+MAX_LINE = 1 << 24  # characters a line is kept to: a feed without line ends (binary noise) is not held whole
+
+
+class Overlong(str):
+    """What ``lines`` gives for a line over MAX_LINE characters: its start; the rest was read past."""
 
 
 @dataclass
@@ -72,23 +77,27 @@ def lines(source: TextIO, follow: bool = False, idle: float | None = None, poll:
 
 def _read(source: TextIO, follow: bool, idle: float | None, poll: float, clock: Callable[[], float],
           opened: list[TextIO]) -> Iterator[str]:
-    part, last = "", clock()
+    part, last, over = "", clock(), False
     while True:
-        chunk = source.readline()
+        chunk = source.readline(MAX_LINE)
         if chunk:
-            part += chunk
-            if part.endswith("\n"):
-                yield part.rstrip("\r\n")
-                part, last = "", clock()
+            if not over:
+                part += chunk
+            if chunk.endswith("\n"):
+                yield Overlong(part[:100]) if over else part.rstrip("\r\n")
+                part, last, over = "", clock(), False
+            elif len(part) >= MAX_LINE:  # read on to its end, keeping nothing more
+                over = True
             continue
         if not follow or (idle is not None and clock() - last >= idle):
             if part:
-                yield part.rstrip("\r\n")
+                yield Overlong(part[:100]) if over else part.rstrip("\r\n")
             return
         moved = _moved(source)
         if moved is not None:
             if part:
-                yield part.rstrip("\r\n")
+                yield Overlong(part[:100]) if over else part.rstrip("\r\n")
+            over = False
             part, last = "", clock()
             if moved is not source:
                 opened.append(moved)
@@ -214,11 +223,12 @@ class Watcher:
             log.warning("%s, line %d: %s: skipped, as its later lines will be%s", self.source, line, err,
                         " (later such series are counted, not named)" if last else "")
 
-    def unreadable(self, line: int, err: csv.Error) -> None:
-        """A line the csv module cannot read (a field over its limit of 131072 characters): named, counted and
-        skipped, as a line of too many fields is (it ended the watch with a traceback)."""
+    def unreadable(self, line: int, why: object) -> None:
+        """A line the csv module cannot read (a field over its limit of 131072 characters) or over MAX_LINE
+        characters: named, counted and skipped, as a line of too many fields is (it ended the watch with a
+        traceback, or was held whole in memory)."""
         self.summary.skipped += 1
-        self._problem("unreadable", f"{self.source}, line {line}: not a CSV row ({err}): skipped")
+        self._problem("unreadable", f"{self.source}, line {line}: not a CSV row ({why}): skipped")
 
     def row(self, fields: Sequence[str], line: int) -> dict[str, str] | None:
         """Score one row (its fields, in the header's order; ``line``: its line number, for messages): the
@@ -293,6 +303,8 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
             first = next(it, None)
             if first is None:
                 raise InputError(f"{source_name}: no header line (the first line names the columns)")
+            if isinstance(first, Overlong):
+                raise InputError(f"{source_name}: the header line is over {MAX_LINE} characters (no CSV header)")
             first = first.lstrip("\ufeff")  # a byte-order mark a spreadsheet wrote (a file is read past it)
             if any("\udc80" <= c <= "\udcff" for c in first):  # bytes that are not UTF-8, kept as surrogates
                 raise InputError(f"{source_name}: the header line is not UTF-8 text (save the CSV as UTF-8)")
@@ -306,6 +318,9 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
             out.flush()
             for n, text in enumerate(it, start=2):
                 if not text.strip() or text.lstrip("\ufeff") == first:  # the header again: a file restarted
+                    continue
+                if isinstance(text, Overlong):
+                    watcher.unreadable(n, f"over {MAX_LINE} characters")
                     continue
                 try:
                     cells = next(csv.reader([text], delimiter=sep))
