@@ -225,6 +225,13 @@ def test_rows_whose_time_goes_back_or_repeats_are_said(fitted: Path, caplog) -> 
     assert s.rows == 300 and s.problems == {"time back": 1, "time repeated": 1}
     assert "input, line 9: time" in caplog.text and "is before the row before it" in caplog.text
     assert "input, line 21: time" in caplog.text and "repeats the row before it" in caplog.text
+    text[30] = "garbage," + text[30].split(",", 1)[1]  # line 31: no time (scored silently), said
+    text[31] = "," + text[31].split(",", 1)[1]  # line 32: an empty time
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        s = watch(load_series_model(fitted / "model"), io.StringIO("\n".join(text) + "\n"), out=io.StringIO())
+    assert s.rows == 300 and s.problems == {"time back": 1, "time repeated": 1, "time unreadable": 2}
+    assert "input, line 31: time 'garbage' is neither a number nor an ISO 8601 date" in caplog.text
 
 
 class _ClosedAfter(io.StringIO):

@@ -199,11 +199,15 @@ class Watcher:
         return stream
 
     def _check_time(self, key: str, text: str, line: int) -> None:
-        """Say (on the log, counted) a row whose time goes back or repeats its series' last: a stream scores rows
-        in the order they come, which a file's reader would have sorted (and deduplicated) first."""
-        _, t = time_of(text)
+        """Say (on the log, counted) a row whose time goes back or repeats its series' last, or is no time (it was
+        scored silently): a stream scores rows in the order they come, which a file's reader would have sorted (and
+        deduplicated) first, and refused a time that is no number or date."""
+        kind, t = time_of(text)
         last = self.last_time.get(key, math.nan)
-        if t < last:
+        if not kind:  # a file's reader refuses it; a stream goes on, saying it
+            self._problem("time unreadable", f"{self.source}, line {line}: time {text.strip()[:40]!r} is neither a "
+                          "number nor an ISO 8601 date: scored in the order the rows came")
+        elif t < last:
             self._problem("time back", f"{self.source}, line {line}: time {text.strip()[:40]!r} is before the row "
                           "before it: scored in the order the rows came")
         elif t == last:
