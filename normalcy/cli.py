@@ -59,6 +59,7 @@ log = logging.getLogger("normalcy")
 
 def _setup(threads: int | None) -> None:
     """Log lines and Python warnings (a mask resized, Pillow's decompression-bomb check) go to stderr."""
+    _in_range("--threads", threads, 1)  # torch raised a RuntimeError on -2 and quietly ignored 0
     handler = PlainRichHandler(console=console, show_time=False, show_path=False)
     for name in ("normalcy", "py.warnings"):  # they still propagate: a host application's logging sees them too
         logger = logging.getLogger(name)
@@ -78,6 +79,15 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     line number and source line that Python's format adds (a mask resized showed `return masks_for(...)`)."""
     ours = category.__module__.startswith("normalcy")
     logging.getLogger("py.warnings").warning("%s", message if ours else f"{category.__name__}: {message}")
+
+
+def _in_range(option: str, value: float | None, low: float, high: float | None = None) -> None:
+    """An InputError naming the option where a number given is out of its range: checked before any work, so
+    that a fit is not lost to it (and a negative --top does not quietly empty the report)."""
+    if value is None or (value >= low and (high is None or value <= high)):
+        return
+    bound = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+    raise InputError(f"{option} must be {bound} (got {value:g})")
 
 
 def _fail(message: str) -> None:
@@ -375,6 +385,7 @@ def predict(
     1/0, threshold; overlay for images; series for several series), skipped.csv, run.json; for images
     heatmaps/, overlays/, report.html, embeddings; for series events.csv, events/, report.html."""
     _setup(threads)
+    _in_range("--top", top, 0)
     _report_run(api_predict(model_dir, inputs, output, heatmaps=heatmaps, report=report, save_maps=save_maps,
                             embeddings=embeddings, top=top, trust_code=trust_model_code, id_column=id_column,
                             time_column=time_column, series_column=series_column, ray=ray, stream=stream))
@@ -402,6 +413,7 @@ def watch(
     """Monitor live: score series rows as they arrive, each from its past, one CSV line out per row (time,
     score in [0, 1], alarm 1/0, the metrics that drove an alarm)."""
     _setup(threads)
+    _in_range("--idle", idle, 0)
     s = api_watch(model_dir, source, time_column=time_column, series_column=series_column, learn=learn,
                   alarms_only=alarms_only, follow=follow, idle=idle, save=save)
     problems = "; ".join(f"{n} line(s): {kind}" for kind, n in s.problems.items())
@@ -435,6 +447,7 @@ def score_batch(
 ) -> None:
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
+    _in_range("--top", top, 0)
     _report_run(api_score_batch(inputs, output, extra=extra or [], heatmaps=heatmaps, report=report,
                                 save_maps=save_maps, top=24 if top is None else top, image_score=image_score, rscin_k=rscin_k, **vars(ex)))
 
@@ -449,13 +462,14 @@ def serve(
                                                       "e.g. postgresql://user:password@host/db for a team."),
     strategy: str = typer.Option(DEFAULT_STRATEGY, help=f"Re-ranking after each label: {strategies_help()}."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but 127.0.0.1 exposes the page to the network."),
-    port: int = typer.Option(8765, help="Port to listen on."),
+    port: int = typer.Option(8765, help="Port to listen on (0: any free one)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
     trust_model_code: TrustArg = False,
     threads: ThreadsArg = None,
 ) -> None:
     """Review in the browser: a gallery by rank, label with the keyboard, the ranking learns (active learning)."""
     _setup(threads)
+    _in_range("--port", port, 0, 65535)
     from normalcy.review.server import serve as run_server
 
     run_dir = target
@@ -563,6 +577,8 @@ def demo(
 ) -> None:
     """Solar cells (elpv-dataset from PyPI): fit on normal cells, score held-out ones, write a report."""
     _setup(threads)
+    _in_range("--n-train", n_train, 1)
+    _in_range("--n-test", n_test, 1)
     from normalcy.demo import run_demo
 
     metrics, report_path = run_demo(output, detector=detector or "gaussian", n_train=n_train, n_test=n_test)

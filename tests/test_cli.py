@@ -345,3 +345,32 @@ def test_every_command_has_a_one_line_summary_in_the_command_list() -> None:
     for name, command in group.commands.items():
         summary = command.short_help or (command.help or "").split("\n\n")[0]
         assert "\n" not in summary.strip() and len(summary) <= 100, (name, summary)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--threads", "-2"), "--threads must be at least 1 (got -2)"),  # was torch's RuntimeError, a traceback
+    (("--threads", "0"), "--threads must be at least 1 (got 0)"),  # was quietly all cores
+    (("--pool-grid", "0"), "pool grid must be between 1 and 32 (got 0)"),  # was a ValidationError after the fit
+])
+def test_fit_option_out_of_range_is_one_line_before_the_fit(tmp_path: Path, args: tuple[str, ...],
+                                                            message: str) -> None:
+    root = make_synthetic_dataset(tmp_path / "ds", n_train=4)
+    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "model", "--image-size", "64", *args)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("predict", "model", "images", "--top", "-1"), "--top must be at least 0 (got -1)"),  # was a report without images
+    (("score-batch", "images", "--top", "-3"), "--top must be at least 0 (got -3)"),
+    (("serve", "run", "--port", "99999"), "--port must be between 0 and 65535 (got 99999)"),  # served on another port
+    (("demo", "--n-train", "-5"), "--n-train must be at least 1 (got -5)"),  # ran on a slice of the cells
+    (("demo", "--n-test", "0"), "--n-test must be at least 1 (got 0)"),
+    (("watch", "model", "--idle", "-1"), "--idle must be at least 0 (got -1)"),
+])
+def test_numbers_out_of_range_are_one_line_and_exit_1(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    """Checked before anything is read or written: the same error and exit code as --fpr 1.5."""
+    r = run_cli(*args)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: {message}"

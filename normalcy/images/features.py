@@ -261,6 +261,8 @@ class FeatureExtractor:
         self.backbone = Backbone(self.spec, tuple(levels))
         self.patch_stride = min(self.spec.strides[lv] for lv in self.patch_levels)
         self.pool_grid = int(pool_grid)
+        if not 1 <= self.pool_grid <= 32:  # as a saved model's; found only at saving, after the whole fit
+            raise InputError(f"pool grid must be between 1 and 32 (got {pool_grid})")
         self.pool_max_dim = int(pool_max_dim)
         self._grids: dict[str, int] = {}
         self.precision = resolve_precision(precision)
