@@ -90,13 +90,16 @@ def _in_range(option: str, value: float | None, low: float, high: float | None =
     raise InputError(f"{option} must be {bound} (got {value:g})")
 
 
-def _fail(message: str) -> None:
+INTERRUPTED = 130  # 128 + SIGINT: what shells expect, and typer's own code for a Ctrl-C outside a command
+
+
+def _fail(message: str, code: int = 1) -> None:
     console.print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _guarded(fn: Any) -> Any:
-    """Turn user-facing errors into one line on stderr and exit code 1, not a traceback."""
+    """Turn user-facing errors into one line on stderr and exit code 1 (Ctrl-C: 130), not a traceback."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -104,7 +107,7 @@ def _guarded(fn: Any) -> Any:
         except (InputError, NotFittedError, ImageError) as err:
             _fail(str(err))
         except KeyboardInterrupt:
-            _fail("interrupted")
+            _fail("interrupted", INTERRUPTED)
 
     return wrapper
 

@@ -374,3 +374,16 @@ def test_numbers_out_of_range_are_one_line_and_exit_1(tmp_path: Path, args: tupl
     r = run_cli(*args)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"error: {message}"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in a command exits 130 as a Ctrl-C while typer parses does (it was 1, an ordinary error's code),
+    so that a script can tell an interrupted run from a failed one."""
+    import normalcy.cli as cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "api_predict", interrupted)
+    r = run_cli("predict", tmp_path / "model", tmp_path / "images", "-o", tmp_path / "run")
+    assert r.returncode == 130 and r.stderr.strip() == "error: interrupted"
