@@ -164,7 +164,7 @@ ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top an
 SaveMapsArg = Annotated[bool, typer.Option(help="Also write each raw anomaly map as maps/*.npy (float32, original "
                                            "size).")]
 TopArg = Annotated[Optional[int], typer.Option(help="Images (default 24) or series (default 12) shown in the "
-                                               "report.", show_default=False)]
+                                               "report (0: none).", show_default=False)]
 RunOutArg = Annotated[Path, typer.Option("--output", "-o", help="Run folder: scores.csv, scores.parquet, "
                                          "skipped.csv, heatmaps/, report.html, ...")]
 EmbeddingsArg = Annotated[Optional[bool], typer.Option(
@@ -441,7 +441,7 @@ def score_batch(
     heatmaps: HeatmapsArg = True,
     report: ReportArg = True,
     save_maps: SaveMapsArg = False,
-    top: TopArg = 24,
+    top: int = typer.Option(24, help="Images shown in the report (0: none)."),
     image_score: str = typer.Option("max-median", help="Image score: max-median (a patch far above the rest of its "
                                     "image) or max (the highest patch); see docs/benchmarks.md for when each wins."),
     rscin_k: int = typer.Option(8, help="RsCIN: re-score each image over its k most similar images of the batch "
@@ -452,7 +452,7 @@ def score_batch(
     _setup(threads)
     _in_range("--top", top, 0)
     _report_run(api_score_batch(inputs, output, extra=extra or [], heatmaps=heatmaps, report=report,
-                                save_maps=save_maps, top=24 if top is None else top, image_score=image_score, rscin_k=rscin_k, **vars(ex)))
+                                save_maps=save_maps, top=top, image_score=image_score, rscin_k=rscin_k, **vars(ex)))
 
 
 @app.command(short_help="Review in the browser: a gallery by rank; your labels re-rank it.")

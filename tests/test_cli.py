@@ -387,3 +387,9 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(cli, "api_predict", interrupted)
     r = run_cli("predict", tmp_path / "model", tmp_path / "images", "-o", tmp_path / "run")
     assert r.returncode == 130 and r.stderr.strip() == "error: interrupted"
+
+
+def test_score_batch_help_speaks_of_images_only() -> None:
+    """score-batch scores images: its --top said "or series (default 12)", as predict's does."""
+    r = run_cli("score-batch", "--help")
+    assert r.returncode == 0 and "series" not in r.stdout.split("--top", 1)[1].split("--", 1)[0]
