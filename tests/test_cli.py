@@ -379,7 +379,7 @@ def test_numbers_out_of_range_are_one_line_and_exit_1(tmp_path: Path, args: tupl
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C in a command exits 130 as a Ctrl-C while typer parses does (it was 1, an ordinary error's code),
     so that a script can tell an interrupted run from a failed one."""
-    import normalcy.cli as cli
+    from normalcy import cli
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
