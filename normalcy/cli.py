@@ -158,7 +158,8 @@ TuneBudgetArg = Annotated[Optional[float], typer.Option(
     min=0, help="--tune's time budget, in plain fits (default 3): a trial that would overrun it is skipped (0: no "
     "limit; the settings come in order: input normalisation, backbone, input size, pooling grid).",
     show_default=False)]
-ThreadsArg = Annotated[Optional[int], typer.Option(help="CPU threads for torch and an exported model's onnxruntime (default: all cores).")]
+ThreadsArg = Annotated[Optional[int], typer.Option(
+    help="CPU threads for torch and an exported model's onnxruntime (default: all cores).")]
 HeatmapsArg = Annotated[bool, typer.Option(help="Write a heatmap PNG per image (original | overlay) and overlays/.")]
 ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top anomalies.")]
 SaveMapsArg = Annotated[bool, typer.Option(help="Also write each raw anomaly map as maps/*.npy (float32, original "
