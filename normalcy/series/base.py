@@ -136,6 +136,7 @@ class SeriesDetector:
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen and why, for model.json
         self.time_column: str | None = None  # the training file's time column, which predict then reads by default
         self._stream: _Ring | None = None
+        self.stream_state: StreamState | None = None  # where the watch that saved this model stopped (``Stream``)
 
     @property
     def gap_(self) -> int:
@@ -208,6 +209,7 @@ class SeriesDetector:
         first share of the same size, scored by a twin fitted on the rows after it."""
         parts = _parts(data)
         self.choice = self.time_column = None  # of an earlier fit: this one's are set by it (and by its caller)
+        self.stream_state = None  # a stream of the earlier model's: not this one's
         self.flags_ = ()
         if not self.score_flags:
             parts, self.flags_ = _without_flags(parts)
@@ -513,10 +515,12 @@ class SeriesDetector:
             "window": self.window_, "threshold": self.threshold_, "mean": self.mean_.tolist(),
             "scale": self.scale_.tolist(), "n_train": self.n_train_, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "training": training or None, "choice": self.choice, "time_column": self.time_column,
-            "flags": list(self.flags_),
+            "flags": list(self.flags_), "stream": self.stream_state.meta() if self.stream_state else None,
         }))
-        save_file(self.state_dict(), str(d / MODEL_TENSORS))
-        (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
+        stream = self.stream_state.tensors() if self.stream_state else {}
+        save_file(self.state_dict() | stream, str(d / MODEL_TENSORS))
+        kept = None if self.stream_state else {"stream"}  # none: model.json as before, which older normalcy reads
+        (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2, exclude=kept) + "\n")
         return d
 
     @classmethod
@@ -531,13 +535,85 @@ class SeriesDetector:
         det.n_train_, det.choice, det.time_column = meta.n_train, meta.choice, meta.time_column
         det.flags_ = tuple(meta.flags)
         check_tensors(state, None, source=str(source / MODEL_TENSORS))
+        stream = {k: state.pop(k) for k in list(state) if k.startswith(STREAM_PREFIX)}
         try:
             with torch.random.fork_rng(devices=[]):
                 det.load_state_dict(state)
         except (ValueError, TypeError, IndexError, RuntimeError) as err:
             raise InputError(f"{source / MODEL_TENSORS}: not the state of a fitted {cls.name} "
                              f"({' '.join(str(err).split())[:300]})") from None
+        det.stream_state = StreamState.read(meta.stream, stream, det, source)
         return det
+
+
+STREAM_PREFIX = "stream."
+
+
+class StreamMeta(Strict):
+    """model.json's ``stream``: the numbers of ``StreamState`` (its arrays are the tensors ``stream.*``)."""
+
+    t: int = Field(ge=0, le=10**15)
+    last_alarm: int | None = Field(None, ge=0)
+    early: int = Field(0, ge=0, le=10**9)
+    calib_count: int | None = Field(None, ge=0, le=10**9)  # None: the detector's own calibration (auto)
+
+    @model_validator(mode="after")
+    def _order(self) -> "StreamMeta":
+        if self.last_alarm is not None and self.last_alarm >= self.t:
+            raise ValueError(f"last_alarm ({self.last_alarm}) must be before t ({self.t})")
+        return self
+
+
+@dataclass
+class StreamState:
+    """Where a stream over the model stopped (``Stream.state``), saved with the model so that a watch started
+    from it goes on as one that never stopped: without it the recent rows (the next rows' context) and a plain
+    detector's calibration were lost, its first 20 rows scoring 0 and an anomaly right after the restart missed."""
+
+    rows: np.ndarray  # (k, d) standardised, k < context: the context of the next row
+    last_raw: np.ndarray  # (d,) the last row's values, at which a missing value of the next row is held
+    t: int  # rows seen
+    last_alarm: int | None  # the row of the last alarm (the quiet period goes on)
+    early: int  # rows of the current learning block that the save learned early (``Stream.flush``)
+    calib: tuple[np.ndarray, np.ndarray, int] | None  # a plain detector's calibration (mean, var, count)
+
+    def meta(self) -> dict[str, Any]:
+        return {"t": self.t, "last_alarm": self.last_alarm, "early": self.early,
+                "calib_count": None if self.calib is None else self.calib[2]}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"rows": self.rows, "last_raw": self.last_raw}
+        if self.calib is not None:
+            out |= {"calib_mean": self.calib[0], "calib_var": self.calib[1]}
+        return {STREAM_PREFIX + k: torch.from_numpy(np.array(v, dtype=np.float64)) for k, v in out.items()}
+
+    @classmethod
+    def read(cls, meta: StreamMeta | None, tensors: dict[str, torch.Tensor], det: "SeriesDetector",
+             source: Path) -> "StreamState | None":
+        """The saved state, checked against the model (a model saved before there was one has none)."""
+        where = str(source / MODEL_TENSORS)
+        if meta is None:
+            if tensors:
+                raise InputError(f"{where}: tensor {min(tensors)!r} of a stream, but {source / MODEL_JSON} "
+                                 "has no stream")
+            return None
+        d, plain = len(det.columns_), not hasattr(det, "tail")  # auto's calibration is its own (``tail``)
+        expected: dict[str, tuple[tuple[int | None, ...], str]] = {
+            STREAM_PREFIX + "rows": ((None, d), "float"), STREAM_PREFIX + "last_raw": ((d,), "float")}
+        if meta.calib_count is not None:
+            expected |= {STREAM_PREFIX + "calib_mean": ((1,), "float"), STREAM_PREFIX + "calib_var": ((1,), "float")}
+        check_tensors(tensors, expected, source=where)
+        a = {k.removeprefix(STREAM_PREFIX): t.double().numpy() for k, t in tensors.items()}
+        if len(a["rows"]) >= max(det.context, 1) or np.abs(a["rows"]).max(initial=0.0) > MAX_Z:
+            raise InputError(f"{where}: tensor 'stream.rows' has {len(a['rows'])} rows, expected fewer than the "
+                             f"context ({det.context}), standardised (within {MAX_Z:.0e})")
+        if (meta.calib_count is None) == plain:
+            need = "given for a plain detector" if plain else "absent for auto (its calibration is its own)"
+            raise InputError(f"{source / MODEL_JSON}: stream.calib_count must be {need}")
+        if meta.calib_count is not None and a["calib_var"][0] < 0:
+            raise InputError(f"{where}: tensor 'stream.calib_var' is negative")
+        calib = None if meta.calib_count is None else (a["calib_mean"], a["calib_var"], meta.calib_count)
+        return cls(a["rows"], a["last_raw"], meta.t, meta.last_alarm, meta.early, calib)
 
 
 class SeriesModelMeta(Strict):
@@ -559,6 +635,7 @@ class SeriesModelMeta(Strict):
     choice: dict[str, Any] | None = None
     time_column: str | None = Field(None, max_length=1000)  # None: row numbers, or a column found by name
     flags: list[str] = Field(default_factory=list, max_length=MAX_COLUMNS)  # columns left out (``flag_block``)
+    stream: StreamMeta | None = None  # where the watch that saved it stopped; None: fitted, or saved before
 
     @model_validator(mode="after")
     def _shapes(self) -> "SeriesModelMeta":

@@ -467,7 +467,7 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     pruning compares a peak with. For series that drift after the training rows (NAB's); a long anomaly is
     learned as it goes on (docs/benchmarks.md, SKAB)."""
     z = det.standardise(s)  # checks the columns and values
-    stream = Stream(copy.deepcopy(det), past=past)  # it learns: the model itself stays as fitted
+    stream = Stream(copy.deepcopy(det), past=past, resume=False)  # it learns: the model itself stays as fitted
     out = stream.run(det.model_values(s))
     decision = (out.score >= stream.alarm_level).astype(np.int8)
     evs = events(s.time, out.score, decision, out.contributions, det.columns_, gap=det.gap_)

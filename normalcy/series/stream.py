@@ -36,7 +36,7 @@ import numpy as np
 
 from normalcy.errors import InputError
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
-from normalcy.series.base import MAX_Z, MIN_CALIBRATION, SeriesDetector, _array_named, _is_frame
+from normalcy.series.base import MAX_Z, MIN_CALIBRATION, SeriesDetector, StreamState, _array_named, _is_frame
 from normalcy.vectors.tables import cell_number
 
 log = logging.getLogger("normalcy")
@@ -59,10 +59,13 @@ class Stream:
 
     ``past``: rows that came before the first one given (the end of the training data), the context of
     the first scores. A plain detector's scores are calibrated here from the rows it sees (0 for the
-    first MIN_CALIBRATION); ``auto`` brings its own calibration, set on held-out training rows."""
+    first MIN_CALIBRATION); ``auto`` brings its own calibration, set on held-out training rows.
+    ``resume``: a model saved by a watch (``detector.stream_state``) goes on where that watch stopped (its
+    recent rows, its calibration) unless ``past`` is given."""
 
     def __init__(self, detector: SeriesDetector, past: np.ndarray | None = None, *, learn: bool = True,
-                 learn_every: int = 128, alarm: float = 0.3, quiet: int = 100, memory: int = 8640) -> None:
+                 learn_every: int = 128, alarm: float = 0.3, quiet: int = 100, memory: int = 8640,
+                 resume: bool = True) -> None:
         detector._check_fitted()
         if learn_every < 1 or quiet < 0 or not 0 < alarm <= 1:
             raise InputError("stream: learn_every >= 1, quiet >= 0 and 0 < alarm <= 1 are required")
@@ -74,6 +77,7 @@ class Stream:
         self._buf, self._n = np.empty((self.ctx + self.every + 1, self.d)), 0  # the rows, with room to grow
         self.rows = np.empty((0, self.d))  # standardised: the context of the oldest unlearned row, and after
         self.pending = 0  # rows not yet learned by the detector: the last `pending` of self.rows
+        self.early = 0  # rows of the current block of learn_every that ``flush`` learned before its end
         self.last_alarm: int | None = None
         self.t = 0  # rows seen
         self.filled = 0  # missing or non-finite values held at their column's last value
@@ -83,6 +87,24 @@ class Stream:
             Z = self._standardised(past)
             if self.ctx > 1:
                 self.rows = Z[-(self.ctx - 1):]
+        elif resume and detector.stream_state is not None:
+            self._resume(detector.stream_state, memory)
+
+    def _resume(self, saved: StreamState, memory: int) -> None:
+        """Go on where the stream that saved the model stopped (``state``)."""
+        self.rows = saved.rows[len(saved.rows) - self.ctx + 1:] if self.ctx > 1 else saved.rows[:0]
+        self.last_raw = saved.last_raw.copy()
+        self.t, self.last_alarm, self.early = saved.t, saved.last_alarm, saved.early % self.every
+        if not self.auto and saved.calib is not None:
+            mean, var, count = saved.calib
+            self.tail = RunningTail(mean, var, min(count, memory), memory)
+
+    def state(self) -> StreamState:
+        """Where this stream stands, for ``detector.stream_state`` before the model is saved (the rows not yet
+        learned are learned first: ``flush``)."""
+        self.flush()
+        calib = None if self.auto else (self.tail.mean.copy(), self.tail.var.copy(), self.tail.count)
+        return StreamState(self.rows.copy(), self.last_raw.copy(), self.t, self.last_alarm, self.early, calib)
 
     @property
     def rows(self) -> np.ndarray:
@@ -146,7 +168,7 @@ class Stream:
                 self.det.learn_rows(self.rows, first)
             elif self.det.learns_online:
                 learn_block(self.det, self.rows, first)
-        self.pending = 0
+        self.pending = self.early = 0
         self.rows = self.rows[len(self.rows) - self.ctx + 1:] if self.ctx > 1 else self.rows[:0]
 
     def _held(self, A: np.ndarray) -> np.ndarray:
@@ -183,9 +205,12 @@ class Stream:
 
     def flush(self) -> None:
         """Learn the rows scored but not yet learned (the detector learns ``learn_every`` at a time): before
-        the detector is saved, so that it has learned every row the stream saw."""
+        the detector is saved, so that it has learned every row the stream saw. The next block still ends where
+        it would have (``early``), so that a stream resumed from the saved model learns as this one would."""
         if self.pending:
+            early = self.early + self.pending
             self._learn()
+            self.early = early
 
     def learn(self, values: np.ndarray) -> None:
         """Learn rows as normal without scoring them: rows the calibration has already seen (``auto``'s
@@ -213,7 +238,7 @@ class Stream:
         self.last_contributions = self._shares(scores, dec, [c[None] for c in contribs])[0] if alarm else None
         self.t += 1
         self.pending += 1
-        if self.pending == self.every:
+        if self.early + self.pending == self.every:
             self._learn()
         self.last = (score, reported, alarm)
         return reported
@@ -229,7 +254,7 @@ class Stream:
         contributions = np.zeros((n, self.d))
         i = 0
         while i < n:
-            take = min(n - i, self.every - self.pending)
+            take = min(n - i, self.every - self.early - self.pending)
             first = len(self.rows)
             self.rows = np.vstack([self.rows, Z[i:i + take]])
             lo = max(0, first - self.ctx + 1)
@@ -240,7 +265,7 @@ class Stream:
                 reported[j], alarm[j] = self._report(float(score[j]))
                 self.t += 1
             self.pending += take
-            if self.pending == self.every:
+            if self.early + self.pending == self.every:
                 self._learn()
             i += take
         return StreamScores(score, reported, alarm, contributions)

@@ -295,7 +295,8 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
     """Score the CSV rows of ``source`` as they come (see the module docstring), writing one CSV line per
     row (``alarms_only``: per alarm) to ``out``, flushed at once. Ctrl-C ends it as the end of the input
     does: with the summary. ``save``: a folder the model is written to at the end, having learned every row
-    it saw (a set: every series' model, learned or not), so a watch started from it goes on from there.
+    it saw (a set: every series' model, learned or not), with where each stream stopped (its recent rows, a
+    plain detector's calibration), so a watch started from it goes on as one that never stopped.
     SIGTERM ends it as Ctrl-C does; a closed output (its reader gone) ends it too (``closed`` in the
     summary), the model still saved."""
     watcher = Watcher(model, time_column=time_column, series_column=series_column, learn=learn,
@@ -345,6 +346,7 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
     if save is not None and learn:
         for stream in watcher.streams.values():
             stream.flush()
+            stream.det.stream_state = stream.state()  # saved with it: a watch from it goes on from here
         model.save(save)
     s = watcher.summary
     s.held = sum(st.filled for st in watcher.streams.values())
