@@ -133,7 +133,7 @@ SizeArg = Annotated[str, typer.Option(
 TileArg = Annotated[Optional[int], typer.Option(
     "--tile", help="Cut each image, at --image-size (auto: its own size), into overlapping square tiles of this "
     "many pixels (a multiple of 32) and blend their features into one map: high-resolution images without "
-    "shrinking them.")]
+    "shrinking them (0: no tiling, as without the option).")]
 OverlapArg = Annotated[int, typer.Option("--overlap", help="With --tile: pixels neighbouring tiles share (a "
                                          "multiple of 32).")]
 GridArg = Annotated[int, typer.Option(help="Image-level features are pooled on a g x g grid (1 = whole image, as "
