@@ -75,6 +75,11 @@ def lines(source: TextIO, follow: bool = False, idle: float | None = None, poll:
             f.close()
 
 
+def _line(part: str, over: bool) -> str:
+    """A line as ``lines`` gives it: without its line end, or for one read past MAX_LINE its start."""
+    return Overlong(part[:100]) if over else part.rstrip("\r\n")
+
+
 def _read(source: TextIO, follow: bool, idle: float | None, poll: float, clock: Callable[[], float],
           opened: list[TextIO]) -> Iterator[str]:
     part, last, over = "", clock(), False
@@ -84,19 +89,19 @@ def _read(source: TextIO, follow: bool, idle: float | None, poll: float, clock: 
             if not over:
                 part += chunk
             if chunk.endswith("\n"):
-                yield Overlong(part[:100]) if over else part.rstrip("\r\n")
+                yield _line(part, over)
                 part, last, over = "", clock(), False
             elif len(part) >= MAX_LINE:  # read on to its end, keeping nothing more
                 over = True
             continue
         if not follow or (idle is not None and clock() - last >= idle):
             if part:
-                yield Overlong(part[:100]) if over else part.rstrip("\r\n")
+                yield _line(part, over)
             return
         moved = _moved(source)
         if moved is not None:
             if part:
-                yield Overlong(part[:100]) if over else part.rstrip("\r\n")
+                yield _line(part, over)
             over = False
             part, last = "", clock()
             if moved is not source:
