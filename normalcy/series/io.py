@@ -28,6 +28,7 @@ from normalcy.vectors.tables import (
     _read_arrays,
     cell_number,
     decimal_comma,
+    grouped_number,
     text_cells,
 )
 
@@ -295,21 +296,6 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
         notes.append(f"{path.name}: column {column!r}: {len(grouped)} value(s) with thousands separators read as "
                      f"numbers (the first {str(a[grouped[0]]).strip()[:40]!r} as {out[grouped[0]]:g})")
     return out
-
-
-# a number with its thousands grouped: 1,234,567.5 (in a file of decimal commas, 1.234.567,5)
-_GROUPED = {False: re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?"), True: re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d*)?")}
-
-
-def grouped_number(text: str, comma: bool = False) -> float:
-    """A cell written with thousands separators as a number (a spreadsheet's formatted export), else NaN.
-    Asked only of a cell that reads as no number otherwise, so no cell that reads as one changes (with
-    ``comma``, 1.234 stays 1.234; 1.234,5 is 1234.5)."""
-    text = text.strip()
-    if not _GROUPED[comma].fullmatch(text):
-        return math.nan
-    sep, point = (".", ",") if comma else (",", ".")
-    return float(text.replace(sep, "").replace(point, "."))
 
 
 def named_time(columns: Sequence[str]) -> str | None:

@@ -31,10 +31,10 @@ import numpy as np
 from normalcy.errors import InputError
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import top_metrics
-from normalcy.series.io import grouped_number, time_of
+from normalcy.series.io import time_of
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
-from normalcy.vectors.tables import cell_number, csv_delimiter, is_text
+from normalcy.vectors.tables import cell_number, csv_delimiter, grouped_number, is_text
 
 log = logging.getLogger("normalcy")
 

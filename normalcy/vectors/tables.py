@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import math
+import re
 import os
 import time
 import zipfile
@@ -345,6 +346,21 @@ def cell_number(text: str, comma: bool = False) -> float:
         return float(text)
     except ValueError:
         return math.nan
+
+
+# a number with its thousands grouped: 1,234,567.5 (in a file of decimal commas, 1.234.567,5)
+_GROUPED = {False: re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?"), True: re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d*)?")}
+
+
+def grouped_number(text: str, comma: bool = False) -> float:
+    """A cell written with thousands separators as a number (a spreadsheet's formatted export), else NaN.
+    Asked only of a cell that reads as no number otherwise, so no cell that reads as one changes (with
+    ``comma``, 1.234 stays 1.234; 1.234,5 is 1234.5)."""
+    text = text.strip()
+    if not _GROUPED[comma].fullmatch(text):
+        return math.nan
+    sep, point = (".", ",") if comma else (",", ".")
+    return float(text.replace(sep, "").replace(point, "."))
 
 
 def is_text(text: str, value: float) -> bool:
