@@ -4,6 +4,7 @@
     python bench/nab.py ../shared/data/nab [--detector NAME] [--param KEY=VALUE ...] [--learn all|below|none]
                                            [--convert stream|threshold|likelihood] [--learn-every N]
                                            [--quiet N] [--files N] [--save scores.csv.gz]
+                                           [--blend NAME:W | NAME:max]
 
 ``--published NAME`` scores NAB's own published raw scores of detector NAME (published/NAME.csv.gz).
 The threshold is NAB's sweep optimum over the corpus (the one our detectors get too);
@@ -34,6 +35,11 @@ anomaly score:
   the past only: the mean of the last 10 values of s / threshold_, as a z-score against the mean and
   spread of those means over the previous 8640 rows (Numenta's defaults), mapped to [0, 1) through the
   Gaussian tail, -log P / (1 - log P) (no saturation at 1 where the tail underflows).
+
+``--blend NAME:W`` mixes the detector's anomaly scores with NAB's published scores of detector NAME,
+(1 - W) x ours + W x theirs row by row (``NAME:max``: the higher of the two): a ceiling study of what
+an ensemble with another kind of detector could reach, not a detector anyone could run (NAME's scores
+exist only for NAB's files).
 
 Both end with one JSON line: {"standard": ..., "reward_low_FP_rate": ..., "reward_low_FN_rate": ...}.
 """
@@ -177,6 +183,22 @@ def run_detector(corpus: nab.NabCorpus, name: str, params: dict[str, object], le
                  "files": len(names), "failed": len(failed)}
 
 
+def blend(raw: dict[str, np.ndarray], root: Path, spec: str, corpus: nab.NabCorpus) -> dict[str, np.ndarray]:
+    """``raw`` mixed row by row with NAB's published scores of a detector: spec ``NAME:W`` gives
+    (1 - W) x raw + W x theirs, ``NAME:max`` the higher of the two."""
+    name, _, how = spec.partition(":")
+    how = how or "0.5"
+    if how != "max":
+        try:
+            w = float(how)
+        except ValueError:
+            w = -1.0
+        if not 0 <= w <= 1:
+            raise SystemExit(f"--blend {spec}: the weight after ':' must be a number from 0 to 1, or 'max'")
+    theirs = nab.read_published(root, name, corpus)
+    return {f: np.maximum(s, theirs[f]) if how == "max" else (1 - w) * s + w * theirs[f] for f, s in raw.items()}
+
+
 def save_scores(path: Path, corpus: nab.NabCorpus, raw: dict[str, np.ndarray]) -> None:
     """NAB's published layout: file, timestamp, anomaly_score."""
     with gzip.open(path, "wt") as out:
@@ -238,6 +260,8 @@ def main() -> None:
     ap.add_argument("--quiet", type=int, default=100, help="stream: rows after an alarm without another")
     ap.add_argument("--files", type=int, help="only the first N files (the rest: no detection)")
     ap.add_argument("--save", type=Path, help="write the anomaly scores (NAB's published layout, .csv.gz)")
+    ap.add_argument("--blend", metavar="NAME:W", help="mix in NAB's published scores of detector NAME at weight W "
+                    "(0-1), or NAME:max for the higher of the two (a ceiling study)")
     ap.add_argument("--against", metavar="NAME", help="also compare file by file with NAB's published detector NAME "
                     "(standard profile, each at its own best threshold)")
     args = ap.parse_args()
@@ -259,6 +283,9 @@ def main() -> None:
         raw, timing = run_detector(corpus, name, params, args.learn, args.convert, args.files, args.learn_every,
                                    args.quiet)
         title = f"normalcy.series {name} {params or ''} (online, learn {args.learn}, convert {args.convert})"
+        if args.blend:
+            raw = blend(raw, args.root, args.blend, corpus)
+            title += f", blended with {args.blend}"
         if args.save:
             save_scores(args.save, corpus, raw)
     if args.published and args.published_thresholds:
