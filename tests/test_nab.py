@@ -189,3 +189,19 @@ def test_file_results_add_up_to_nab_final_score(corpus: nab.NabCorpus) -> None:
         s = nab.sweep(raw, profile, corpus)
         assert s.normalise(sum(r.total for r in per.values())) == pytest.approx(final[profile], abs=1e-6)
         assert sum(r.found + r.missed for r in per.values()) == corpus.n_windows
+
+
+def test_blend_mixes_ours_with_a_published_detector(corpus: nab.NabCorpus) -> None:
+    """bench/nab.py --blend NAME:W (the ceiling study in docs/benchmarks.md): (1 - W) x ours + W x theirs row by
+    row, NAME:max the higher; a weight outside 0-1 is refused in one line."""
+    from conftest import bench_module
+
+    bench = bench_module("nab")
+    art = nab.read_published(corpus.root, "ARTime", corpus)
+    rnd = nab.read_published(corpus.root, "random", corpus)
+    f = next(iter(art))
+    np.testing.assert_allclose(bench.blend(rnd, corpus.root, "ARTime:1", corpus)[f], art[f])
+    np.testing.assert_allclose(bench.blend(rnd, corpus.root, "ARTime:0.25", corpus)[f], 0.75 * rnd[f] + 0.25 * art[f])
+    np.testing.assert_allclose(bench.blend(rnd, corpus.root, "ARTime:max", corpus)[f], np.maximum(rnd[f], art[f]))
+    with pytest.raises(SystemExit, match="from 0 to 1"):
+        bench.blend(rnd, corpus.root, "ARTime:1.5", corpus)
