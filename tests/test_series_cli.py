@@ -771,3 +771,14 @@ def test_a_cjk_metric_name_is_drawn_without_a_glyph_warning() -> None:
         warnings.simplefilter("always")
         svg = series_svg(t, False, np.sin(t)[:, None], ["負荷"], np.abs(np.sin(t)), 0.5, [], [], "c")
     assert "負荷" in svg and not [w for w in seen if "Glyph" in str(w.message)]
+
+
+def test_metric_names_with_dollar_signs_are_drawn_as_written() -> None:
+    """Matplotlib reads text between two `$` as TeX: a metric `cost $ USD $` was drawn without its dollars, and
+    one holding `$\\x$` was not drawn at all (the report said "not drawn: ParseFatalException ...")."""
+    from normalcy.runs.plots import series_svg
+
+    t = np.arange(50, dtype=np.float64)
+    names = ["cost $ USD $", "$\\x$ ms"]
+    svg = series_svg(t, False, np.c_[np.sin(t), np.cos(t)], names, np.abs(np.sin(t)), 0.5, [(5, 6)], [], "d")
+    assert all(f">{name}</text>" in svg for name in names)

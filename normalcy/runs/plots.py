@@ -17,6 +17,9 @@ import numpy as np
 
 NORMAL_COLOR = "#2e7d32"
 ANOMALOUS_COLOR = "#c62828"
+# Names from the data (metric columns) are drawn as written: matplotlib reads text between two `$` as TeX,
+# so `cost $ USD $` lost its dollars and `$\x$` failed to parse, and the plot was not drawn.
+PLAIN_TEXT = {"text.parse_math": False}
 
 
 def _unit(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -67,7 +70,7 @@ def score_plots(
     hist_svg: str | None = None
     roc_svg: str | None = None
     auroc: float | None = None
-    rc = {"svg.fonttype": "none", "font.size": 10}  # text as text: small, no glyph-id clashes
+    rc = {"svg.fonttype": "none", "font.size": 10, **PLAIN_TEXT}  # text as text: small, no glyph-id clashes
 
     with matplotlib.rc_context(rc):
         if s.size:
@@ -194,7 +197,7 @@ def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[st
 
     x = at(time)
     k = values.shape[1]
-    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9, **PLAIN_TEXT}):
         fig = Figure(figsize=(10.0, 1.2 + 0.7 * k + 1.2))
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [0.7 * k, 1.2]})
         ticks, labels = [], []
