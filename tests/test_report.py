@@ -322,3 +322,13 @@ def test_cards_show_names_without_their_shared_folder(tmp_path: Path) -> None:
     text = write_report(tmp_path / "r.html", title="t", scores=np.ones(2), names=names, top=top).read_text()
     assert '<div class="name" title="/data/parts/test/crack/007.png">crack/007.png</div>' in text
     assert '<div class="name" title="/data/parts/test/good/012.png">good/012.png</div>' in text
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a backslash separates folders on Windows")
+def test_a_backslash_in_a_file_name_is_shown_as_written() -> None:
+    """On Linux a backslash is part of a file name: the card of `a\\b.png` said `a/b.png`, a file that is not
+    there."""
+    from normalcy.runs.report import _shown_names
+
+    assert _shown_names(["/d/test/a\\b.png", "/d/test/c.png"]) == ["a\\b.png", "c.png"]
+    assert _shown_names(["/d/test/x\\y\\z.png"]) == ["x\\y\\z.png"]

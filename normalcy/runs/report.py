@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 import cv2
@@ -163,8 +163,9 @@ def _truth(label: int | None) -> str | None:
 def _shown_names(names: Sequence[str]) -> list[str]:
     """Names below the cards without the folder they all share: a card is a few centimetres wide, and an
     absolute path cut at its end ("/work/data/hazelnut/test/colo...") hid the file name, the part that
-    differs. One image keeps its file name."""
-    parts = [PurePosixPath(n.replace("\\", "/")).parts for n in names]
+    differs. One image keeps its file name. Split as this system splits paths: on Linux a backslash is part of
+    a file name (``a\\b.png`` was shown as ``a/b.png``)."""
+    parts = [PurePath(n).parts for n in names]
     if not parts:
         return []
     common = 0
