@@ -332,3 +332,20 @@ def test_a_backslash_in_a_file_name_is_shown_as_written() -> None:
 
     assert _shown_names(["/d/test/a\\b.png", "/d/test/c.png"]) == ["a\\b.png", "c.png"]
     assert _shown_names(["/d/test/x\\y\\z.png"]) == ["x\\y\\z.png"]
+
+
+def test_scores_a_few_ulps_apart_get_their_histogram(tmp_path: Path) -> None:
+    """Identical images scored in other batches differ by a few ULPs: numpy cannot make 10 finite bins of such a
+    range ("Too many bins for data range"), and the report failed, and the whole run with it."""
+    s = np.array([3.0, np.nextafter(3.0, 4.0), 3.0])
+    for threshold in (None, 3.0):
+        text = write_report(tmp_path / "r.html", title="t", scores=s, names=list("abc"), top=[],
+                            threshold=threshold).read_text()
+        assert '<div class="plot hist"><svg' in text
+
+
+def test_a_histogram_that_cannot_be_drawn_costs_only_the_histogram(tmp_path: Path) -> None:
+    """Scores spanning more than the largest float: the plot says why it is not drawn; the rest is written."""
+    text = write_report(tmp_path / "r.html", title="t", scores=np.array([-1e308, 1e308, 0.0]), names=list("abc"),
+                        top=[], threshold=1.0).read_text()
+    assert "not drawn: " in text and "<svg" not in text and "3 images, highest first" in text

@@ -30,6 +30,19 @@ def _unit(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (v / 2 - lo / 2) / (hi / 2 - lo / 2)
 
 
+def _bins(s: np.ndarray, lo: float, hi: float, n: int) -> np.ndarray:
+    """``n`` histogram bins over [lo, hi]. Scores a few ULPs apart (identical images scored in other batches)
+    are too close for numpy's ``n`` finite bins ("Too many bins for data range"), which cost the run its report
+    and the run with it: they are binned as one value is, with half a unit either side (a millionth of the
+    value where that is more)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # a range past the largest float: hist then refuses it
+        try:
+            return np.histogram_bin_edges(s, bins=n, range=(lo, hi) if hi > lo else None)
+        except ValueError:
+            pad = max(0.5, 1e-6 * max(abs(lo), abs(hi)))
+            return np.linspace(lo - pad, hi + pad, n + 1)
+
+
 def _svg_of(fig: Any, prefix: str, tight: bool = True) -> str:
     """Figure -> inline <svg> markup (XML prolog and DOCTYPE stripped).
 
@@ -79,8 +92,7 @@ def score_plots(
             lo, hi = float(s.min()), float(s.max())
             if threshold is not None and math.isfinite(threshold):
                 lo, hi = min(lo, threshold), max(hi, threshold)
-            bins = np.histogram_bin_edges(s, bins=min(50, max(10, int(np.sqrt(s.size)) * 2)),
-                                          range=(lo, hi) if hi > lo else None)
+            bins = _bins(s, lo, hi, min(50, max(10, int(np.sqrt(s.size)) * 2)))
             if y is not None:
                 normal, anomal = s[y == 0], s[y == 1]
                 if normal.size:

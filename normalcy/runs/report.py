@@ -227,7 +227,11 @@ def write_report(
             raise ValueError(f"{y.size} labels for {s.size} scores")
     thr = None if threshold is None else float(threshold)
 
-    hist_svg, roc_svg, auroc = score_plots(s, y, thr)
+    hist_svg, roc_svg, auroc, not_drawn = None, None, None, None
+    try:
+        hist_svg, roc_svg, auroc = score_plots(s, y, thr)
+    except (ValueError, OverflowError) as err:  # a plot that cannot be drawn never costs the run
+        not_drawn = str(err)[:200]
     rng = map_range if map_range is not None else _auto_map_range(top)
 
     stats: list[tuple[str, Any]] = [("images scored", s.size)]
@@ -251,7 +255,7 @@ def write_report(
         cards=[_card(item, rng, shown) for item, shown in zip(top, _shown_names([t.name for t in top]))],
         colorbar=_colorbar(*rng) if rng is not None and any(t.amap is not None for t in top) else None,
         hist=Markup(hist_svg) if hist_svg else None, roc=Markup(roc_svg) if roc_svg else None,
-        n_nonfinite=int(np.sum(~np.isfinite(s))), skipped=list(skipped or []), rows=rows,
+        not_drawn=not_drawn, n_nonfinite=int(np.sum(~np.isfinite(s))), skipped=list(skipped or []), rows=rows,
         decisions=thr is not None, truths=y is not None)
 
 
