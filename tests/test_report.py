@@ -335,8 +335,8 @@ def test_a_backslash_in_a_file_name_is_shown_as_written() -> None:
 
 
 def test_scores_a_few_ulps_apart_get_their_histogram(tmp_path: Path) -> None:
-    """Identical images scored in other batches differ by a few ULPs: numpy cannot make 10 finite bins of such a
-    range ("Too many bins for data range"), and the report failed, and the whole run with it."""
+    """Scores a few ULPs apart: numpy cannot make 10 finite bins of such a range ("Too many bins for data
+    range"), and the report failed, and the whole run with it."""
     s = np.array([3.0, np.nextafter(3.0, 4.0), 3.0])
     for threshold in (None, 3.0):
         text = write_report(tmp_path / "r.html", title="t", scores=s, names=list("abc"), top=[],

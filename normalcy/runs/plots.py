@@ -31,10 +31,10 @@ def _unit(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _bins(s: np.ndarray, lo: float, hi: float, n: int) -> np.ndarray:
-    """``n`` histogram bins over [lo, hi]. Scores a few ULPs apart (identical images scored in other batches)
-    are too close for numpy's ``n`` finite bins ("Too many bins for data range"), which cost the run its report
-    and the run with it: they are binned as one value is, with half a unit either side (a millionth of the
-    value where that is more)."""
+    """``n`` histogram bins over [lo, hi]. Scores (and the threshold) a few ULPs apart, as floating-point noise
+    leaves nearly identical images, are too close for numpy's ``n`` finite bins ("Too many bins for data
+    range"), which cost the run its report and the run with it: they are binned as one value is, with half a
+    unit either side (a millionth of the value where that is more)."""
     with np.errstate(over="ignore", invalid="ignore"):  # a range past the largest float: hist then refuses it
         try:
             return np.histogram_bin_edges(s, bins=n, range=(lo, hi) if hi > lo else None)
