@@ -413,6 +413,9 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
     monitoring loop runs them (:func:`predict`). ``settings`` as for ``fit``."""
     ex, det = options(settings, detector)
     dataset = Path(dataset)
+    if report is not None and (is_table(dataset) or dataset.is_dir() and is_series_input(dataset)):
+        raise InputError(f"{report}: --report is the report of an image evaluation; this one would not be written "
+                         "(for series, `normalcy predict` writes report.html)")  # it was ignored without a word
     if dataset.is_dir() and is_series_input(dataset):
         from normalcy.evaluation.evaluate import eval_series
 
@@ -439,7 +442,10 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
                          "its own test/ folder")
     from normalcy.evaluation.evaluate import run_eval, write_eval_report
     from normalcy.images.io import load_dataset
+    from normalcy.runs.report import check_report_file
 
+    if report is not None:
+        check_report_file(Path(report))
     ds = load_dataset(dataset)
     name = det.name()
     metrics, model, result = run_eval(ds, name, ex.extractor(ds.train, name), progress=progress,

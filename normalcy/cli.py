@@ -519,7 +519,7 @@ def eval_(
     ex: ExtractorOptions = ExtractorOptions(),
     det: DetectorOptions = DetectorOptions(),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
-    report: Optional[Path] = typer.Option(None, help="Also write an HTML report here."),
+    report: Optional[Path] = typer.Option(None, help="Image data sets: also write an HTML report here."),
     label_column: LabelColumnArg = None,
     test: Optional[Path] = typer.Option(None, help="Tables: score this labelled table (default: a stratified 30 % "
                                         "of DATASET's rows, the rest's normal rows fitted on)."),

@@ -176,6 +176,35 @@ def test_eval_json_is_exactly_one_object(tmp_path: Path) -> None:
     assert (tmp_path / "eval.html").is_file()
 
 
+def test_eval_report_that_cannot_be_written_is_refused_before_the_eval(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`eval --report` naming a folder, or a place under a file, was a traceback once the minutes of the eval
+    were spent; for a table or a series folder it was ignored without a word (no report is made of them). Each
+    is one line before any work."""
+    from normalcy.evaluation import evaluate
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluated before the report was checked")
+
+    monkeypatch.setattr(evaluate, "run_eval", never)
+    ds = make_synthetic_dataset(tmp_path / "ds", n_train=2, n_good=1, n_defect=1)
+    (tmp_path / "file").write_text("x")
+    table = tmp_path / "t.csv"
+    table.write_text("a,label\n" + "".join(f"{i},{int(i > 8)}\n" for i in range(10)))
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "train.csv").write_text("t,cpu\n" + "".join(f"{i},{i % 7}\n" for i in range(40)))
+    (series / "test.csv").write_text("t,cpu,label\n" + "".join(f"{i},{i % 7},0\n" for i in range(40)))
+    for data, report, message in ((ds, tmp_path, "a folder; --report names the HTML file to write"),
+                                  (ds, tmp_path / "file" / "r.html", "cannot write the report there"),
+                                  (table, tmp_path / "r.html", "--report is the report of an image evaluation"),
+                                  (series, tmp_path / "r.html", "--report is the report of an image evaluation")):
+        r = run_cli("eval", data, "--report", report, *(("--label-column", "label") if data == table else ()))
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("error: ") and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_eval_hazelnut_patchcore() -> None:
     if not (DATA / "hazelnut_toy").is_dir():
         pytest.skip("../shared/data/hazelnut_toy is absent")

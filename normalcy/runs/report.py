@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -28,6 +29,7 @@ import numpy as np
 from markupsafe import Markup
 from PIL import Image
 
+from normalcy.errors import InputError
 from normalcy.images.heatmap import _to_rgb_u8, colorize, overlay
 from normalcy.images.io import printable
 from normalcy.runs.plots import score_plots
@@ -37,6 +39,7 @@ __all__ = [
     "overlay",
     "ReportImage",
     "gallery_image",
+    "check_report_file",
     "write_report",
     "write_series_report",
 ]
@@ -191,6 +194,21 @@ def _write_page(path: Path, template: str, title: str, **context: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def check_report_file(path: Path) -> None:
+    """Refuse, before an evaluation's minutes of work, a report that could not be written after it: a folder,
+    or a place that cannot be written (the error came as a traceback once the metrics were computed)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder; --report names the HTML file to write (e.g. {path / 'report.html'})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write the report there ({err.strerror or err})") from None
+    target = path if path.exists() else path.parent
+    if not os.access(target, os.W_OK):
+        raise InputError(f"{path}: cannot write the report there (not writable)")
 
 
 def write_report(
