@@ -349,3 +349,26 @@ def test_a_histogram_that_cannot_be_drawn_costs_only_the_histogram(tmp_path: Pat
     text = write_report(tmp_path / "r.html", title="t", scores=np.array([-1e308, 1e308, 0.0]), names=list("abc"),
                         top=[], threshold=1.0).read_text()
     assert "not drawn: " in text and "<svg" not in text and "3 images, highest first" in text
+
+
+def test_the_eval_report_names_the_images_it_skipped(tmp_path: Path) -> None:
+    """predict's report lists what it could not read; eval's said only how many it scored, though eval --json
+    listed the skipped files: it now names them too."""
+    from types import SimpleNamespace
+
+    from normalcy.evaluation.evaluate import write_eval_report
+
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / "ds" / "test" / f"{k}.png")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_image(seed=k)).save(paths[-1])
+    ds = SimpleNamespace(root=tmp_path / "ds", test=[SimpleNamespace(path=p, label=k) for k, p in enumerate(paths)])
+    result = SimpleNamespace(paths=paths, scores=np.array([0.2, 0.9]), decisions=np.array([False, True]),
+                             maps=[None, None])
+    det = SimpleNamespace(name="gaussian", threshold_=0.5, map_range_=None,
+                          extractor=SimpleNamespace(size=(32, 32), spec=SimpleNamespace(name="b"), input_norm="n"))
+    metrics = {"detector": "gaussian", "dataset": str(ds.root), "image_auroc": 1.0,
+               "skipped": [[str(tmp_path / "ds" / "test" / "cut.png"), "truncated image"]]}
+    text = write_eval_report(tmp_path / "eval.html", metrics, det, result, ds).read_text()
+    assert "Skipped files (1)" in text and "cut.png</code> — truncated image" in text

@@ -267,6 +267,7 @@ def write_eval_report(path: Path, metrics: dict[str, Any], det: Detector, result
         labels=np.array([label_of[p] for p in result.paths]),
         metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
         map_range=det.map_range_,
+        skipped=[(str(p), str(r)) for p, r in metrics.get("skipped", [])],  # as predict's report names them
         info={**report_info(det), "dataset": str(metrics["dataset"])},
     )
 
