@@ -782,3 +782,18 @@ def test_metric_names_with_dollar_signs_are_drawn_as_written() -> None:
     names = ["cost $ USD $", "$\\x$ ms"]
     svg = series_svg(t, False, np.c_[np.sin(t), np.cos(t)], names, np.abs(np.sin(t)), 0.5, [(5, 6)], [], "d")
     assert all(f">{name}</text>" in svg for name in names)
+
+
+def test_metrics_named_alike_keep_apart_in_the_plot() -> None:
+    """Labels were a name's first 18 characters: `node_cpu_seconds_total_user` and `..._system` were both drawn as
+    `node_cpu_seconds_t`. A long name keeps its start and its end; a line break in it is a space."""
+    import re
+
+    from normalcy.runs.plots import series_svg, short_name
+
+    t = np.arange(50, dtype=np.float64)
+    names = ["node_cpu_seconds_total_user", "node_cpu_seconds_total_system", "line\nbreak"]
+    svg = series_svg(t, False, np.c_[np.sin(t), np.cos(t), t], names, np.abs(np.sin(t)), 0.5, [], [], "n")
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert {"node_cpu…otal_user", "node_cpu…al_system", "line break"} <= set(texts)
+    assert short_name("node_cpu_seconds_total_user", 16) == "node_cp…tal_user" and short_name("cpu", 16) == "cpu"

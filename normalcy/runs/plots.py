@@ -148,6 +148,17 @@ LABEL_COLOR = "#f9a825"
 MAX_POINTS = 2000  # per drawn line: a long series is thinned to its bucket minima and maxima, spikes kept
 
 
+def short_name(name: str, width: int) -> str:
+    """A metric's name in at most ``width`` characters for a plot's label, its start and its end kept: names
+    cut at their end (``node_cpu_seconds_t``) told apart none of the metrics a system names alike
+    (``node_cpu_seconds_total_user``, ``..._system``). A line break or tab is a space (it added lines)."""
+    name = re.sub(r"\s", " ", name)
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
+
+
 def envelope(y: np.ndarray, limit: int = MAX_POINTS) -> np.ndarray:
     """Indices of ``y`` to draw: all when few, else each bucket's minimum and maximum, so a one-row spike
     in a million rows still shows."""
@@ -221,7 +232,7 @@ def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[st
             idx = envelope(y)
             top.plot(x[idx], y[idx], color=SERIES_COLORS[j % len(SERIES_COLORS)], linewidth=0.9)
             ticks.append(base + 0.5)
-            labels.append(f"{names[j][:18]}\n{lo:.3g}…{hi:.3g}")
+            labels.append(f"{short_name(names[j], 18)}\n{lo:.3g}…{hi:.3g}")
         top.set_yticks(ticks, labels)
         top.set_ylim(-0.1, 1.2 * k)
         idx = envelope(score)
@@ -281,7 +292,7 @@ def event_png(values: np.ndarray, names: list[str], score: np.ndarray, threshold
     for j in range(values.shape[1]):
         v = values[:, j]
         line(v, float(v.min()), float(v.max()), panels[0], SERIES_COLORS[j % len(SERIES_COLORS)])
-        text = "".join(c if 32 <= ord(c) < 127 else "?" for c in names[j])[:16]
+        text = "".join(c if 32 <= ord(c) < 127 else "?" for c in short_name(names[j], 16).replace("…", "~"))
         cv2.putText(img, text, (pad + 2, pad + 12 + 14 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
                     _rgb(SERIES_COLORS[j % len(SERIES_COLORS)]), 1, cv2.LINE_AA)
     hi = max(float(score.max()) if n else 0.0, threshold) * 1.05
