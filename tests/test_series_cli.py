@@ -797,3 +797,18 @@ def test_metrics_named_alike_keep_apart_in_the_plot() -> None:
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
     assert {"node_cpu…otal_user", "node_cpu…al_system", "line break"} <= set(texts)
     assert short_name("node_cpu_seconds_total_user", 16) == "node_cp…tal_user" and short_name("cpu", 16) == "cpu"
+
+
+def test_a_series_before_1973_is_drawn_with_dates(tmp_path: Path) -> None:
+    """Times were drawn as dates only from 1973 (epoch seconds over 1e8): a series of daily values from 1949
+    had an axis of epoch seconds (-6.6 ... 1e8). Times written as dates are drawn as dates; numbers as before."""
+    import re
+
+    start = datetime(1949, 1, 1)
+    path = tmp_path / "old.csv"
+    path.write_text("date,passengers\n" + "".join(f"{(start + timedelta(days=i)).date()},{np.sin(i / 5):.4f}\n"
+                                                for i in range(120)))
+    assert cli("fit", path, "-o", tmp_path / "m", "--detector", "knn", "--window", "8").exit_code == 0
+    assert cli("predict", tmp_path / "m", path, "-o", tmp_path / "run").exit_code == 0
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", (tmp_path / "run" / "report.html").read_text())
+    assert any(t.startswith("1949-") for t in texts) and "1e8" not in texts
