@@ -372,3 +372,13 @@ def test_the_eval_report_names_the_images_it_skipped(tmp_path: Path) -> None:
                "skipped": [[str(tmp_path / "ds" / "test" / "cut.png"), "truncated image"]]}
     text = write_eval_report(tmp_path / "eval.html", metrics, det, result, ds).read_text()
     assert "Skipped files (1)" in text and "cut.png</code> — truncated image" in text
+
+
+def test_an_infinite_score_is_flagged_as_scores_csv_flags_it(tmp_path: Path) -> None:
+    """scores.csv decides ``score >= threshold``, so an image scoring inf is anomalous there (and on its card),
+    but the report's count and its table of all scores called it normal. NaN stays unflagged in both."""
+    text = write_report(tmp_path / "r.html", title="t", scores=np.array([np.inf, 1.0, np.nan, 0.2]),
+                        names=list("abcd"), top=[], threshold=0.5).read_text()
+    assert '<span class="muted">flagged anomalous</span><b>2</b>' in text
+    assert '<td>a</td><td class="num">∞</td><td><span class="badge bad">anomalous</span>' in text
+    assert '<td>c</td><td class="num">–</td><td><span class="badge ok">normal</span>' in text

@@ -254,7 +254,8 @@ def write_report(
 
     stats: list[tuple[str, Any]] = [("images scored", s.size)]
     if thr is not None:
-        stats.append(("flagged anomalous", int(np.sum(s[np.isfinite(s)] >= thr))))
+        # the run's one rule (format.decide): an infinite score is flagged there, so it is here (NaN is not)
+        stats.append(("flagged anomalous", int(np.sum(s >= thr))))
         stats.append(("threshold", _fmt(thr)))
     if auroc is not None:
         stats.append(("AUROC", _fmt(auroc)))
@@ -265,7 +266,7 @@ def write_report(
         order = np.argsort(-np.nan_to_num(s, nan=-np.inf), kind="stable")
         for rank, i in enumerate(order, 1):
             rows.append({"rank": rank, "name": names[i], "score": _fmt(s[i]),
-                         "decision": thr is not None and bool(np.isfinite(s[i]) and s[i] >= thr),
+                         "decision": thr is not None and bool(s[i] >= thr),
                          "truth": None if y is None else _truth(y[i])})
     return _write_page(
         path, "images.html", title, stats=stats, info=list((info or {}).items()),
