@@ -291,22 +291,16 @@ def _runs(labels: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist()))
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _drawn_as_dates(file: Any, time: np.ndarray) -> bool:
     """Whether a series' times are drawn as dates: times written as dates (years 1-9999), or epoch seconds
     written as numbers that a plot can draw as dates (years 1973-9999; other numbers are drawn as they are).
     Dates were drawn as dates from 1973 only: a series of the 1950s had an axis of epoch seconds (-6.5, 1e8)."""
+    from normalcy.series.io import time_of
+
     if file.time_column is None or not len(time):
         return False
     lo, hi = float(time.min()), float(time.max())
-    return -6.2e10 < lo <= hi < 2.5e11 and (lo > 1e8 or not _is_number(file.times[0]))
+    return -6.2e10 < lo <= hi < 2.5e11 and (lo > 1e8 or time_of(file.times[0])[0] == "date")
 
 
 def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: Sequence[Any], top: int,
