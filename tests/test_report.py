@@ -382,3 +382,12 @@ def test_an_infinite_score_is_flagged_as_scores_csv_flags_it(tmp_path: Path) -> 
     assert '<span class="muted">flagged anomalous</span><b>2</b>' in text
     assert '<td>a</td><td class="num">∞</td><td><span class="badge bad">anomalous</span>' in text
     assert '<td>c</td><td class="num">–</td><td><span class="badge ok">normal</span>' in text
+
+
+def test_a_tiny_threshold_is_not_shown_as_zero(tmp_path: Path) -> None:
+    """A series fitted on a constant metric has a threshold of 1e-06: three decimals showed it, and every score
+    near it, as 0.000. Such numbers keep 3 significant digits; the others are shown as before."""
+    text = write_report(tmp_path / "r.html", title="t", scores=np.array([3e-6, 2e-7, 0.0, 12.5]),
+                        names=list("abcd"), top=[], threshold=1e-6).read_text()
+    assert "<b>1e-06</b>" in text and "threshold = 1e-06" in text
+    assert ">3e-06</td>" in text and ">2e-07</td>" in text and ">0.000</td>" in text and ">12.500</td>" in text

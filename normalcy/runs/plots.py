@@ -22,6 +22,12 @@ ANOMALOUS_COLOR = "#c62828"
 PLAIN_TEXT = {"text.parse_math": False}
 
 
+def three(f: float) -> str:
+    """A finite number to 3 decimals, or to 3 significant digits where those would all be 0 (a threshold of
+    1e-06 was read as 0.000)."""
+    return f"{f:.3g}" if f != 0 and abs(f) < 0.0005 else f"{f:.3f}"
+
+
 def _unit(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Values mapped from [lo, hi] to [0, 1] (0.5 for a constant metric: a flat line), halved first so that a
     range near the largest float does not overflow."""
@@ -105,7 +111,7 @@ def score_plots(
                 ax.hist(s, bins=bins, color="#546e7a", alpha=0.85, label=f"all (n={s.size})")
             if threshold is not None and math.isfinite(threshold):
                 ax.axvline(threshold, color="#111", linestyle="--", linewidth=1.5,
-                           label=f"threshold = {threshold:.3f}")
+                           label=f"threshold = {three(threshold)}")
             ax.set_xlabel("anomaly score")
             ax.set_ylabel("images")
             ax.set_title("Score distribution")

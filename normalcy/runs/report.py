@@ -32,7 +32,7 @@ from PIL import Image
 from normalcy.errors import InputError
 from normalcy.images.heatmap import _to_rgb_u8, colorize, overlay
 from normalcy.images.io import printable
-from normalcy.runs.plots import score_plots
+from normalcy.runs.plots import score_plots, three
 
 __all__ = [
     "colorize",
@@ -90,7 +90,8 @@ def _printable(value: Any) -> Any:
 
 
 def _fmt(value: Any) -> str:
-    """Floats to 3 decimals, NaN/None as an en dash; everything else as str."""
+    """Floats to 3 decimals (3 significant digits where those would all be 0), NaN/None as an en dash;
+    everything else as str."""
     if value is None:
         return "–"
     if isinstance(value, (bool, np.bool_)):
@@ -105,7 +106,7 @@ def _fmt(value: Any) -> str:
         return "–"
     if math.isinf(f):
         return "∞" if f > 0 else "−∞"
-    return f"{f:.3f}"
+    return three(f)
 
 
 def _png_data_uri(rgb: np.ndarray) -> str:
