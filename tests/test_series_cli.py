@@ -786,16 +786,19 @@ def test_metric_names_with_dollar_signs_are_drawn_as_written() -> None:
 
 def test_metrics_named_alike_keep_apart_in_the_plot() -> None:
     """Labels were a name's first 18 characters: `node_cpu_seconds_total_user` and `..._system` were both drawn as
-    `node_cpu_seconds_t`. A long name keeps its start and its end; a line break in it is a space."""
+    `node_cpu_seconds_t`. A long name is drawn on two lines, one over 32 characters with its start and its end
+    (the review's event pictures: 16 characters, start and end); a line break in it is a space."""
     import re
 
     from normalcy.runs.plots import series_svg, short_name
 
     t = np.arange(50, dtype=np.float64)
-    names = ["node_cpu_seconds_total_user", "node_cpu_seconds_total_system", "line\nbreak"]
-    svg = series_svg(t, False, np.c_[np.sin(t), np.cos(t), t], names, np.abs(np.sin(t)), 0.5, [], [], "n")
+    names = ["node_cpu_seconds_total_user", "node_cpu_seconds_total_system", "line\nbreak",
+             "metric_16_with_a_rather_long_common_prefix"]
+    svg = series_svg(t, False, np.c_[np.sin(t), np.cos(t), t, -t], names, np.abs(np.sin(t)), 0.5, [], [], "n")
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
-    assert {"node_cpu…otal_user", "node_cpu…al_system", "line break"} <= set(texts)
+    assert {"node_cpu_seconds", "_total_user", "_total_system", "line break", "metric_16_with_…",
+            "ng_common_prefix"} <= set(texts)
     assert short_name("node_cpu_seconds_total_user", 16) == "node_cp…tal_user" and short_name("cpu", 16) == "cpu"
 
 

@@ -156,7 +156,7 @@ MAX_POINTS = 2000  # per drawn line: a long series is thinned to its bucket mini
 
 def short_name(name: str, width: int) -> str:
     """A metric's name in at most ``width`` characters for a plot's label, its start and its end kept: names
-    cut at their end (``node_cpu_seconds_t``) told apart none of the metrics a system names alike
+    cut at their 18th character (``node_cpu_seconds_t``) told apart none of the metrics a system names alike
     (``node_cpu_seconds_total_user``, ``..._system``). A line break or tab is a space (it added lines)."""
     name = re.sub(r"\s", " ", name)
     if len(name) <= width:
@@ -238,7 +238,10 @@ def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[st
             idx = envelope(y)
             top.plot(x[idx], y[idx], color=SERIES_COLORS[j % len(SERIES_COLORS)], linewidth=0.9)
             ticks.append(base + 0.5)
-            labels.append(f"{short_name(names[j], 18)}\n{lo:.3g}…{hi:.3g}")
+            # on two lines of 16 (18 ran past the figure's left edge): names alike at their start or end differ
+            label = short_name(names[j], 32)
+            labels.append(f"{label[:16]}\n{label[16:]}\n{lo:.3g}…{hi:.3g}" if len(label) > 16 else
+                          f"{label}\n{lo:.3g}…{hi:.3g}")
         top.set_yticks(ticks, labels)
         top.set_ylim(-0.1, 1.2 * k)
         idx = envelope(score)
