@@ -17,6 +17,7 @@ import base64
 import io
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -200,16 +201,20 @@ def _write_page(path: Path, template: str, title: str, **context: Any) -> Path:
 def check_report_file(path: Path) -> None:
     """Refuse, before an evaluation's minutes of work, a report that could not be written after it: a folder,
     or a place that cannot be written (the error came as a traceback once the metrics were computed)."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     if path.is_dir():
         raise InputError(f"{path}: a folder; --report names the HTML file to write (e.g. {path / 'report.html'})")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path if path.exists() else next(p for p in path.parents if p.exists())  # its folders are made later
+    if existing != path and not existing.is_dir():
+        raise InputError(f"{path}: cannot write the report there ({existing} is a file)")
+    try:  # tried, not asked (os.access says yes to root on /proc): nothing is left behind or changed
+        if existing == path:
+            if path.is_file():  # not a pipe, which would wait for its reader here
+                open(path, "ab").close()
+        else:
+            tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:
         raise InputError(f"{path}: cannot write the report there ({err.strerror or err})") from None
-    target = path if path.exists() else path.parent
-    if not os.access(target, os.W_OK):
-        raise InputError(f"{path}: cannot write the report there (not writable)")
 
 
 def write_report(
