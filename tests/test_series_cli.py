@@ -815,3 +815,16 @@ def test_a_series_before_1973_is_drawn_with_dates(tmp_path: Path) -> None:
     assert cli("predict", tmp_path / "m", path, "-o", tmp_path / "run").exit_code == 0
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", (tmp_path / "run" / "report.html").read_text())
     assert any(t.startswith("1949-") for t in texts) and "1e8" not in texts
+
+
+def test_a_plot_of_zoned_times_says_it_draws_them_in_utc(tmp_path: Path) -> None:
+    """Times written with a zone (+09:00) are drawn in UTC: the axis read 00:00 beside an event table that says
+    09:00+09:00, without a word. The plot's legend now says so; naive and UTC times are drawn as before."""
+    rows = "".join(f"{(T0 + timedelta(minutes=i)).astimezone(timezone(timedelta(hours=9))).isoformat()},"
+                   f"{np.sin(i / 5):.4f}\n" for i in range(120))
+    (tmp_path / "tokyo.csv").write_text("timestamp,cpu\n" + rows)
+    (tmp_path / "utc.csv").write_text("timestamp,cpu\n" + rows.replace("+09:00", "+00:00"))
+    assert cli("fit", tmp_path / "tokyo.csv", "-o", tmp_path / "m", "--detector", "knn", "--window", "8").exit_code == 0
+    for name, said in (("tokyo", True), ("utc", False)):
+        assert cli("predict", tmp_path / "m", tmp_path / f"{name}.csv", "-o", tmp_path / name).exit_code == 0
+        assert (">times in UTC</text>" in (tmp_path / name / "report.html").read_text()) is said

@@ -210,11 +210,12 @@ def shaded(spans: list[tuple[int, int]], time: np.ndarray, limit: int = MAX_POIN
 
 def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[str], score: np.ndarray,
                threshold: float, events: list[tuple[int, int]], labelled: list[tuple[int, int]],
-               prefix: str) -> str:
+               prefix: str, note: str | None = None) -> str:
     """One series as an inline SVG: the drawn metrics (each scaled to its own range, one above the other,
     its name and range on the left), then the score with the threshold; events shaded red in both panels,
     labelled anomalies (when the file has labels) as a band under the score. ``events`` and ``labelled``:
-    inclusive (first, last) row indices. Two panels, few ticks: a report draws two dozen of these."""
+    inclusive (first, last) row indices; ``note``: a line added to the legend. Two panels, few ticks: a report
+    draws two dozen of these."""
     import matplotlib
 
     if "matplotlib.pyplot" not in sys.modules:
@@ -259,7 +260,9 @@ def series_svg(time: np.ndarray, dates: bool, values: np.ndarray, names: list[st
             for start, end in at(shaded(labelled, time)):
                 bottom.axvspan(start, end, ymin=0, ymax=0.06, color=LABEL_COLOR, alpha=0.9, linewidth=0)
             bottom.plot([], [], color=LABEL_COLOR, linewidth=4, label="labelled anomaly")
-        if math.isfinite(threshold) or labelled:
+        if note:
+            bottom.plot([], [], " ", label=note)
+        if math.isfinite(threshold) or labelled or note:
             bottom.legend(frameon=False, loc="upper left", fontsize=8)
         if not dates:
             bottom.locator_params(axis="x", nbins=6)

@@ -17,6 +17,7 @@ import base64
 import io
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -309,6 +310,13 @@ def _drawn_as_dates(file: Any, time: np.ndarray) -> bool:
     return -6.2e10 < lo <= hi < 2.5e11 and (lo > 1e8 or time_of(file.times[0])[0] == "date")
 
 
+def _zoned(text: str) -> bool:
+    """Whether a time as written carries a zone other than UTC: the plot draws times in UTC, so its axis reads
+    09:00 hours off a table of events that says 09:00+09:00, unless it says so."""
+    zone = re.search(r"[+-](\d\d):?(\d\d)$", text.strip())
+    return zone is not None and zone.groups() != ("00", "00")
+
+
 def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: Sequence[Any], top: int,
                         skipped: list[tuple[str, str]], info: dict[str, Any], summary: dict[str, Any]) -> Path:
     """The report of a series run: a summary, what io.py repaired, the ``top`` series with the highest peaks
@@ -338,7 +346,8 @@ def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: 
         try:
             svg = Markup(series_svg(s.time, bool(dates), s.values[:, idx], [s.columns[j] for j in idx], sc.score,
                                     sc.threshold, [(e.first, e.last) for e in sc.events],
-                                    _runs(s.labels) if s.labels is not None else [], f"s{rank}"))
+                                    _runs(s.labels) if s.labels is not None else [], f"s{rank}",
+                                    note="times in UTC" if dates and _zoned(times[0]) else None))
         except (ValueError, OverflowError) as err:  # a plot that cannot be drawn never costs the run
             error = str(err)[:200]
         events = []
