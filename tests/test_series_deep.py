@@ -121,6 +121,25 @@ def test_fit_is_deterministic_and_saved_model_scores_the_same(name: str, tmp_pat
     np.testing.assert_allclose([back.score_one(x) for x in X[1500:1600]], b.score[:100], rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_test_series_shorter_than_the_window_is_refused_not_scored_0(name: str) -> None:
+    """A network scores a row only from a whole window of its past: a test series shorter than that scored 0 in
+    every row, a 10-spread spike too, and passed as normal without a word (predict: 0 anomalous)."""
+    from normalcy.series.runs import score_series
+
+    X = sine(800, seed=2)
+    det = make(name, window=30, **FEWER).fit(series(X[:600]), progress=False)
+    short = X[600:620].copy()  # 20 rows: a window of 30 (the forecast's 30 lags) never fits
+    short[-1] += 10
+    with pytest.raises(InputError, match=r"s\.csv: .* row\(s\), but .* no row could be scored"):
+        score_series(det, series(short))
+    with pytest.raises(InputError, match="array: .* no row could be scored; give at least"):
+        det.score(short.ravel())
+    assert det.score(X[600:601 + det.blind].ravel()).score[-1] > 0  # one whole window: its last row is scored
+    scored = score_series(det, series(short), past=X[:600])  # the end of training as its past: scored
+    assert scored.score[-1] > det.threshold_
+
+
 def test_crafted_tensors_refused(tmp_path: Path) -> None:
     det = make("forecast", window=10, **FEWER).fit(sine(600), progress=False)
     det.save(tmp_path / "m")

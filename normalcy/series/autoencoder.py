@@ -186,6 +186,11 @@ class WindowDetector(NeuralDetector):
         """Rows the network sees: the ``span`` parameter, else the window (``input_span``)."""
         return int(self.span) if self.span is not None else input_span(self.window_, d)
 
+    @property
+    def blind(self) -> int:
+        """The first span - 1 rows of a series have no whole window and score 0 (``window_scores``)."""
+        return self.span_ - 1
+
     def _window_scores(self, W: np.ndarray) -> np.ndarray:
         """(m, d) contributions of the windows W (m, span_ * d)."""
         raise NotImplementedError

@@ -186,6 +186,20 @@ class SeriesDetector:
         return self.window_
 
     @property
+    def blind(self) -> int:
+        """Rows at the start of a series that score 0 for want of a past (a network never shown a partial window
+        cannot judge one); 0 where the first rows are scored on what exists (partial or edge-padded windows)."""
+        return 0
+
+    def check_scorable(self, n: int, where: str) -> None:
+        """Refuse ``n`` rows (with their past, if any) of which none could be scored (``blind``): they would all
+        score 0 and pass as normal without a word, whatever they hold."""
+        if n <= self.blind:
+            raise InputError(f"{where}: {n} row(s), but {self.name} scores a row only after {self.blind} rows of "
+                             f"its past (window {self.window_}): no row could be scored; give at least "
+                             f"{self.blind + 1} rows, or fit with a smaller --window")
+
+    @property
     def event_pruning(self) -> float:
         """The fraction by which offline runs prune this detector's events (``prune``); 0 where its scores are
         pruned already (forecast)."""
@@ -364,8 +378,11 @@ class SeriesDetector:
 
     def score(self, data: Series | np.ndarray) -> SeriesScores:
         """Scores, per-metric contributions and decisions of every row of a series (causal: each row from
-        its past), the first window_-1 rows on edge-padded input."""
-        return self.score_standardised(self.standardise(data))
+        its past), the first window_-1 rows on edge-padded input (or, ``blind``, scored 0). A series of which
+        no row could be scored is refused (``check_scorable``)."""
+        Z = self.standardise(data)
+        self.check_scorable(len(Z), str(data.source) if isinstance(data, Series) else "array")
+        return self.score_standardised(Z)
 
     def score_standardised(self, Z: np.ndarray) -> SeriesScores:
         """``score`` of rows already standardised (``standardise``): a run that needs them too standardises once."""

@@ -98,6 +98,11 @@ class Forecast(NeuralDetector):
         return 0.0
 
     @property
+    def blind(self) -> int:
+        """Rows with fewer than ``lags`` rows of past cannot be forecast and score 0."""
+        return self.lags_
+
+    @property
     def taps(self) -> int:
         """Errors one smoothed error averages: the EWMA truncated at 3 spans."""
         return 3 * self.span_ + 1

@@ -443,9 +443,11 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
     first rows are scored on instead of edge padding."""
     z = det.standardise(s)  # checks the columns and values
     if past is None or not len(past) or det.context <= 1:
+        det.check_scorable(len(z), str(s.source))
         res = det.score_standardised(z)
     else:
         before = det.standardise(np.asarray(past, np.float64)[-(det.context - 1):])
+        det.check_scorable(len(before) + len(z), str(s.source))
         whole = det.score_standardised(np.vstack([before, z]))
         k = len(before)
         res = type(whole)(whole.score[k:], whole.contributions[k:], whole.decision[k:], whole.threshold)
@@ -467,6 +469,7 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     pruning compares a peak with. For series that drift after the training rows (NAB's); a long anomaly is
     learned as it goes on (docs/benchmarks.md, SKAB)."""
     z = det.standardise(s)  # checks the columns and values
+    det.check_scorable(len(z) + (0 if past is None else min(len(past), det.context - 1)), str(s.source))
     stream = Stream(copy.deepcopy(det), past=past, resume=False)  # it learns: the model itself stays as fitted
     out = stream.run(det.model_values(s))
     decision = (out.score >= stream.alarm_level).astype(np.int8)
