@@ -67,6 +67,22 @@ def test_standardiser_keeps_constant_columns() -> None:
     assert scale[0] == pytest.approx(np.subtract(*np.quantile(X[:, 0], [0.75, 0.25])) / 1.349)
 
 
+@pytest.mark.parametrize("unit", [1e-12, 1e-300])
+def test_a_column_of_small_units_is_not_taken_for_constant(unit: float) -> None:
+    """A spread under 1e-12 in absolute terms (a capacitance in farads, values near 1e-300) made the column
+    constant at scale 1: every row scored 0 and a spike to twice the normal level was never flagged."""
+    X = 1 + 0.01 * sine(800)
+    test = X[600:].copy()
+    test[100] = 2
+    centre, scale = standardiser(X * unit)
+    assert scale[0] == pytest.approx(standardiser(X)[1][0] * unit)
+    det = create("knn", window=10).fit(X[:600] * unit, progress=False)
+    np.testing.assert_array_equal(det.score(test * unit).decision,
+                                  create("knn", window=10).fit(X[:600], progress=False).score(test).decision)
+    assert det.score(test * unit).decision[100] == 1
+    assert standardiser(np.full((10, 1), unit))[1][0] == 1 and standardiser(np.zeros((10, 1)))[1][0] == 1
+
+
 # --------------------------------------------------------------------------------------------- protocol
 
 

@@ -683,14 +683,17 @@ def _clipped(Z: np.ndarray, where: str) -> np.ndarray:
 def standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column centre (median) and scale (IQR / 1.349, the std where the IQR is 0, 1 for a constant
     column): robust to the spikes normal operation has, and a constant column keeps the scale of its units,
-    so a deviation from it in test still counts."""
+    so a deviation from it in test still counts. A column is constant where its spread is rounding (under
+    1e-12 of its centre), relative to its own magnitude: an absolute floor of 1e-12 made a column of small
+    units (1e-12 F, 1e-300) constant, and nothing in it was ever flagged."""
     with np.errstate(over="ignore", invalid="ignore"):  # values near 1e308 give inf, which fit refuses
         center = np.median(X, axis=0)
         q1, q3 = np.quantile(X, [0.25, 0.75], axis=0)
         scale = (q3 - q1) / 1.349
         std = X.std(axis=0)
-    scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(center)), scale, std)
-    scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(center)), scale, 1.0)
+    floor = np.maximum(1e-12 * np.abs(center), np.finfo(np.float64).tiny)  # under it: rounding, or subnormal
+    scale = np.where(scale > floor, scale, std)
+    scale = np.where(scale > floor, scale, 1.0)
     return center, scale
 
 
