@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +262,20 @@ def test_too_short_for_a_choice_keeps_defaults(caplog) -> None:
     det = create("auto").fit(sine(90), progress=False)
     assert "note" in det.choice["validation"]
     assert det.score(sine(120, seed=8)).score.shape == (120,)
+
+
+@pytest.mark.parametrize(("rows", "smooth"), [(20, 64), (40, 30), (300, 1024)])
+def test_a_smoothing_longer_than_the_training_part_adds_no_smoothed_member(rows: int, smooth: int) -> None:
+    """A smoothed member whose window of means did not fit the training rows learned an empty bank: numpy's
+    "Mean of empty slice" at fit, then an IndexError from inside kNN (40 rows, smooth=30)."""
+    x = sine(rows + 60, seed=3)
+    x[rows + 30] += 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Mean of empty slice", no invalid divide
+        det = create("auto", smooth=smooth).fit(x[:rows], progress=False)
+        out = det.score(x[rows:])
+    assert all(m.get("smooth", 1) in (1, m.get("stride")) for m in det.choice["members"])  # the period's only
+    assert np.isfinite(out.score).all() and out.decision[30] == 1
 
 
 @pytest.mark.parametrize("network", ["hypad", "autoencoder"])

@@ -133,11 +133,16 @@ class AutoDetector(SeriesDetector):
     def _windows(self, d: int, longest: int) -> tuple[list[int], int | None]:
         """The default members' windows, 1, w/4, w/2 and w (w: the ``window`` parameter, else LONGEST),
         and the smoothed member's (w/2, None without one); each capped like an automatic window
-        (window x metrics <= 256 numbers) and to half the shortest training part (``longest``)."""
+        (window x metrics <= 256 numbers) and to half the shortest training part (``longest``). No smoothed
+        member where its window of means (w/2 + smooth - 1 rows) does not fit the shortest training part: it
+        learned an empty bank (NaN, or an IndexError when scoring)."""
         cap = max(1, min(MAX_WINDOW // d, longest))
         w = min(int(self.window or LONGEST), cap)
         windows = sorted({1, max(1, w // 4), max(1, w // 2), w})
-        return windows, (max(1, w // 2) if self.smooth > 1 else None)
+        smoothed = max(1, w // 2) if self.smooth > 1 else None
+        if smoothed is not None and smoothed + self.smooth - 1 > 2 * longest:
+            smoothed = None
+        return windows, smoothed
 
     def _specs(self, d: int, longest: int) -> list[dict[str, Any]]:
         """Every candidate: each detector at the default windows and at the training data's period (the
@@ -357,7 +362,8 @@ class AutoDetector(SeriesDetector):
         if not self.choose:
             return self._fallback(X, default, n_val, "no choice asked (choose=False)")
         # a candidate is judged only where its window fits the split (fitted part >= 2 windows)
-        specs = [s for s in specs if 2 * s["window"] <= fit_end - a]
+        specs = [s for s in specs if 2 * s["window"] <= fit_end - a
+                 and s["window"] + s.get("smooth", 1) - 1 <= fit_end - a]  # and a window of means fits
         if n_val < MIN_VALIDATION or not self._default(specs):
             log.info("auto: %d validation rows, too few to choose on; members %s", n_val, _names(default))
             return self._fallback(X, default, n_val, "too few rows to choose on")
