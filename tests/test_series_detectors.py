@@ -257,6 +257,20 @@ def test_labelled_training_rows_are_named(caplog: pytest.LogCaptureFixture) -> N
     assert "s.csv: 40 row(s) labelled anomalous are learned as normal" in caplog.text
 
 
+@pytest.mark.parametrize("name", ["knn", "auto"])
+def test_fewer_rows_than_a_series_file_needs_are_refused_at_fit(name: str) -> None:
+    """An array of 2 to 15 rows was fitted where a file of them is refused: auto learned empty banks ("Mean of
+    empty slice") and scored every later row 0 (threshold 1e-6), a 10-spread spike too; knn's threshold rested on
+    no held-out row at all."""
+    x = np.random.default_rng(0).normal(size=(16, 2))
+    for n in (2, 4, 15):
+        with pytest.raises(InputError, match=f"array: {n} row\\(s\\); a series needs at least 16"):
+            create(name).fit(x[:n], progress=False)
+    with pytest.raises(InputError, match=r"s\.csv: 5 row\(s\)"):
+        create(name).fit([series(sine(100, d=2)), series(x[:5])], progress=False)
+    assert create(name).fit(x, progress=False).score(x + 10).decision.all()
+
+
 def test_bad_inputs() -> None:
     det = create("knn", window=50)
     with pytest.raises(InputError, match=r"array: 79 rows to fit on, fewer than 2 x the window \(50\)"):

@@ -50,7 +50,7 @@ from normalcy.files import MODEL_JSON, Strict
 from normalcy.numerics.stats import threshold_at
 from normalcy.runs.format import decide
 from normalcy.series.glitches import mended
-from normalcy.series.io import Series
+from normalcy.series.io import MIN_ROWS, Series
 from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, PERIOD_FALLBACK, find_period
 from normalcy.vectors.tables import MAX_COLUMNS
 from normalcy.version import __version__
@@ -222,6 +222,9 @@ class SeriesDetector:
         threshold at the (1 - fpr) quantile of the scores of the held-out rest and (``cross_fit``) of the
         first share of the same size, scored by a twin fitted on the rows after it."""
         parts = _parts(data)
+        for name, v, _ in parts:  # as a file's reader: on fewer, auto's members learned empty banks, scoring 0
+            if len(v) < MIN_ROWS:
+                raise InputError(f"{name}: {len(v)} row(s); a series needs at least {MIN_ROWS} to fit on")
         self.choice = self.time_column = None  # of an earlier fit: this one's are set by it (and by its caller)
         self.stream_state = None  # a stream of the earlier model's: not this one's
         self.flags_ = ()
