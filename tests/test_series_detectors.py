@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,19 @@ def test_find_period() -> None:
     assert abs(find_period(sine(4000, period=50)) - 50) <= 1
     assert abs(find_period(sine(4000, period=24, d=3)) - 24) <= 1
     assert find_period(np.random.default_rng(0).standard_normal(2000)) > 0
+
+
+@pytest.mark.parametrize("unit", [1e300, 1e-300, 1e-310])
+def test_find_period_in_any_unit(unit: float) -> None:
+    """Values near 1e300 overflowed in the autocorrelation's squares (1e-300 underflowed): NaN, a RuntimeWarning
+    on stderr, and no period, so eval's VUS window (TSB-AD's find_length on the raw test values) fell back to
+    125 rows on a series of period 50."""
+    from normalcy.evaluation.series_metrics import vus_window
+
+    x = 2 + sine(2000, period=50)[:, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert find_period(x * unit) == find_period(x) == vus_window(x * unit) == 50
 
 
 def test_standardiser_keeps_constant_columns() -> None:

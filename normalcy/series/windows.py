@@ -33,6 +33,9 @@ def column_period(x: np.ndarray) -> int | None:
     x = np.asarray(x, dtype=np.float64)[:_MAX_ROWS]
     if len(x) < 16 or np.ptp(x) == 0:
         return None
+    # scaled by a power of two, which is exact: the same lags for ordinary values, and values near 1e300 (or
+    # 1e-300) no longer overflow (underflow) in the squares, which gave NaN, a RuntimeWarning and no period
+    x = np.ldexp(x, -int(np.frexp(np.abs(x).max())[1]))
     base = 3
     ac = _acf(x, min(_MAX_LAG, len(x) - 1))[base:]
     peaks = argrelextrema(ac, np.greater)[0]
