@@ -140,6 +140,18 @@ def test_a_test_series_shorter_than_the_window_is_refused_not_scored_0(name: str
     assert scored.score[-1] > det.threshold_
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_window_of_one_row_saves_and_loads(name: str, tmp_path: Path) -> None:
+    """A series of more than 128 metrics gets a window of 1 row (256 numbers a window at most), as --window 1
+    does: hypad fitted and saved it, then refused its own model at load ("span 1 outside 2..1024"), so predict
+    lost the fit."""
+    X = sine(200, d=130, seed=4)
+    det = make(name, **FEWER).fit(series(X[:150]), progress=False)
+    assert det.window_ == 1
+    det.save(tmp_path / "m")
+    np.testing.assert_array_equal(load(tmp_path / "m").score(X[150:]).score, det.score(X[150:]).score)
+
+
 def test_crafted_tensors_refused(tmp_path: Path) -> None:
     det = make("forecast", window=10, **FEWER).fit(sine(600), progress=False)
     det.save(tmp_path / "m")

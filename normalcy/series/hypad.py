@@ -120,5 +120,7 @@ class HypAD(WindowDetector):
         return score[:, None] * share
 
     def _check_state(self) -> None:
-        if not 2 <= self.span_ <= 1024:
-            raise ValueError(f"span {self.span_} outside 2..1024")
+        # 1: the window of a series of more than 128 metrics (256 numbers a window at most) or --window 1, which
+        # fit gives; refusing it here lost every such model at predict, after the fit
+        if not 1 <= self.span_ <= 1024:
+            raise ValueError(f"span {self.span_} outside 1..1024")
