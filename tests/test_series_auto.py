@@ -278,6 +278,22 @@ def test_a_smoothing_longer_than_the_training_part_adds_no_smoothed_member(rows:
     assert np.isfinite(out.score).all() and out.decision[30] == 1
 
 
+def test_a_replayed_stream_no_longer_than_its_warm_up_is_refused(fitted) -> None:
+    """predict --stream of a plain detector calibrates on the stream's first 20 rows, which score 0: a series of
+    20 rows scored 0 throughout, a spike of 10 spreads too, and passed as normal without a word. auto brings its
+    own calibration and scores it."""
+    from normalcy.series.io import Series
+    from normalcy.series.runs import replay_series
+
+    x = sine(20, seed=5)
+    x[10] += 10
+    s = Series("s", np.arange(20.0), x, ("value",), None, [], Path("s.csv"))
+    with pytest.raises(InputError, match=r"s\.csv: 20 row\(s\), but a stream of knn \(--stream\) learns its "
+                                         r"calibration on its first 20 rows"):
+        replay_series(create("knn", window=8).fit(sine(300), progress=False), s)
+    assert replay_series(fitted, s).decision[10] == 1
+
+
 @pytest.mark.parametrize("network", ["hypad", "autoencoder"])
 def test_network_members_fit_save_and_stream(network: str, tmp_path: Path) -> None:
     """A network among the members: its context is known before it is fitted (auto reads the members'

@@ -88,7 +88,7 @@ def test_a_column_of_small_units_is_not_taken_for_constant(unit: float) -> None:
     X = 1 + 0.01 * sine(800)
     test = X[600:].copy()
     test[100] = 2
-    centre, scale = standardiser(X * unit)
+    _, scale = standardiser(X * unit)
     assert scale[0] == pytest.approx(standardiser(X)[1][0] * unit)
     det = create("knn", window=10).fit(X[:600] * unit, progress=False)
     np.testing.assert_array_equal(det.score(test * unit).decision,

@@ -40,7 +40,7 @@ from normalcy.errors import InputError, reasons
 from normalcy.files import MODEL_JSON, Strict, describe, read_json
 from normalcy.progress import plain, progress_bar
 from normalcy.series import registry
-from normalcy.series.base import SeriesDetector
+from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
 from normalcy.series.events import Event, events, pruned
 from normalcy.series.io import (
     SERIES_SUFFIXES,
@@ -471,6 +471,10 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     z = det.standardise(s)  # checks the columns and values
     det.check_scorable(len(z) + (0 if past is None else min(len(past), det.context - 1)), str(s.source))
     stream = Stream(copy.deepcopy(det), past=past, resume=False)  # it learns: the model itself stays as fitted
+    if not stream.auto and len(z) <= MIN_CALIBRATION:  # its warm-up would be the whole series, every score 0
+        raise InputError(f"{s.source}: {len(z)} row(s), but a stream of {det.name} (--stream) learns its "
+                         f"calibration on its first {MIN_CALIBRATION} rows, which score 0: no row could be scored; "
+                         "give more rows, or score it without --stream")
     out = stream.run(det.model_values(s))
     decision = (out.score >= stream.alarm_level).astype(np.int8)
     evs = events(s.time, out.score, decision, out.contributions, det.columns_, gap=det.gap_)
