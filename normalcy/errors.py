@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from sklearn.exceptions import NotFittedError as SklearnNotFitted
+
 
 class InputError(ValueError):
     """A user-facing problem with input (missing/empty folder, ...).
@@ -31,8 +33,11 @@ class ImageError(Exception):
         return f"{self.path}: {self.reason}"
 
 
-class NotFittedError(RuntimeError):
-    """A detector was used before fit() or load()."""
+class NotFittedError(RuntimeError, SklearnNotFitted):
+    """A detector was used before fit() or load().
+
+    Also scikit-learn's NotFittedError, which the vector detectors raise (they are scikit-learn estimators): one
+    ``except sklearn.exceptions.NotFittedError`` catches an unfitted detector of any kind."""
 
 
 def reasons(failed: Sequence[tuple[object, str]], shown: int = 5, named: bool = False) -> str:

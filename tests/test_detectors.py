@@ -90,6 +90,16 @@ def test_score_before_fit_raises(name, extractor, synthetic_root):
         det.save(synthetic_root.parent / "never")
 
 
+def test_unfitted_is_scikit_learns_not_fitted(extractor):
+    """An unfitted detector's error was normalcy's alone: ``except sklearn.exceptions.NotFittedError`` (what the
+    vector detectors raise, being scikit-learn estimators) missed it."""
+    from sklearn.exceptions import NotFittedError as SklearnNotFitted
+
+    det = create("gaussian", extractor)
+    with pytest.raises(SklearnNotFitted, match="gaussian detector is not fitted"):
+        det.score([np.zeros((64, 64, 3), np.uint8)], progress=False)
+
+
 def test_fit_score_separates_planted_defects(fitted):
     det, ds = fitted
     assert det.n_train_ == len(ds.train) == 12

@@ -114,6 +114,15 @@ def test_registry_and_params() -> None:
         create("knn").score(np.zeros(100))
 
 
+def test_unfitted_is_scikit_learns_not_fitted() -> None:
+    """``except sklearn.exceptions.NotFittedError``, what the vector detectors (scikit-learn estimators) raise,
+    missed an unfitted series detector's error."""
+    from sklearn.exceptions import NotFittedError as SklearnNotFitted
+
+    with pytest.raises(SklearnNotFitted, match="knn series detector is not fitted"):
+        create("knn").score(np.zeros(100))
+
+
 @pytest.mark.parametrize("name", SUBSEQUENCE)
 def test_spike_found_and_named(name: str) -> None:
     X = sine(3000, d=3)
