@@ -71,6 +71,7 @@ from normalcy.series.runs import (
     score_series,
     time_hint,
 )
+from normalcy.vectors.base import VectorDetector
 from normalcy.vectors.registry import VECTOR_DETECTORS
 from normalcy.vectors.tables import (
     DEFAULT_DETECTOR,
@@ -587,6 +588,8 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
     if isinstance(model, (SeriesDetector, SeriesSet)):
         if ray is not None:
             raise InputError("on Ray, give the model's folder (the workers load it from its files)")
+        if isinstance(model, SeriesDetector):
+            model._check_fitted()  # an unfitted one failed inside with an AttributeError ('window_')
         return _predict_series(model, paths_in, output, time_column, series_column, {"model": "in memory"},
                                report=report, top=SERIES_TOP if top is None else top, stream=stream,
                                progress=progress)
@@ -606,10 +609,25 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
         raise InputError("on Ray, give the model's folder (the workers load it from its files)")
     else:
         info = {"model": "in memory"}
+        _check_model(model)
     if isinstance(model, VectorModel):
         return _predict_tables(model, paths_in, output, id_column, info)
     return _predict_images(model, paths_in, output, info, heatmaps=heatmaps, report=report, save_maps=save_maps,
                            embeddings=embeddings, top=24 if top is None else top, progress=progress)
+
+
+def _check_model(model: Any) -> None:
+    """NotFittedError for an unfitted image detector, InputError for what predict does not take (a bare vector
+    detector: it has no columns to read a table by), before any work: both failed inside, with an AttributeError
+    or a TypeError about None."""
+    if isinstance(model, Detector):
+        model._check_fitted()
+    elif isinstance(model, VectorDetector):
+        raise InputError(f"a bare {type(model).__name__} scores arrays itself (.predict(X), .anomaly_score(X)); "
+                         "predict takes a table's model: normalcy.fit('table.csv') or normalcy.load(folder)")
+    elif not isinstance(model, VectorModel) and not hasattr(model, "iter_score"):  # an OnnxScorer has it
+        raise InputError(f"predict takes a model folder or what normalcy.fit or normalcy.load returned, "
+                         f"not a {type(model).__name__}")
 
 
 def _predict_ray(model: Path, inputs: list[Path], output: Path, address: str, trust_code: bool,

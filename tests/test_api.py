@@ -179,3 +179,26 @@ def test_training_options_on_a_table_are_refused(setting: dict, tmp_path: Path) 
     """No table detector trains: --steps and --time-budget were ignored without a word."""
     with pytest.raises(InputError, match="applies to detectors that train; a table's detectors"):
         normalcy.fit(_table(tmp_path), detector="knn", progress=False, **setting)
+
+
+def test_predict_with_an_unfitted_or_bare_detector_says_so(tmp_path: Path) -> None:
+    """An unfitted image detector failed inside predict with "float() argument must be ... not 'NoneType'", an
+    unfitted series detector with an AttributeError ('window_'), a bare vector detector (fitted or not) with
+    "'KNNDetector' object has no attribute 'threshold'", and nothing was written."""
+    from sklearn.exceptions import NotFittedError
+
+    from normalcy.detectors import create
+    from normalcy.series.registry import create as create_series
+    from normalcy.vectors import KNNDetector
+
+    table = _table(tmp_path)
+    for det in (create("gaussian"), create_series("knn")):
+        with pytest.raises(NotFittedError, match="is not fitted: call fit"):
+            normalcy.predict(det, table, tmp_path / "run", progress=False)
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    for det in (KNNDetector(), KNNDetector().fit(X)):
+        with pytest.raises(InputError, match=r"a bare KNNDetector scores arrays itself .*normalcy.fit\('table.csv'\)"):
+            normalcy.predict(det, table, tmp_path / "run", progress=False)
+    with pytest.raises(InputError, match="not a dict"):
+        normalcy.predict({}, table, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
