@@ -100,6 +100,21 @@ def test_unfitted_is_scikit_learns_not_fitted(extractor):
         det.score([np.zeros((64, 64, 3), np.uint8)], progress=False)
 
 
+def test_parameters_set_after_construction_are_checked_at_fit(cheap):
+    """``det.fpr = 5`` (an attribute is how a parameter is changed) was used unchecked: the fit failed at its end
+    with numpy's "Quantiles must be in the range [0, 1]". It is refused before any work, as at construction;
+    a value construction would convert (``"0.1"``) is converted."""
+    images = np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    det = create("gaussian", cheap)
+    det.fpr = 5
+    with pytest.raises(InputError, match=r"detector gaussian: fpr: input should be less than 1 \(got 5\)"):
+        det.fit(images, progress=False)
+    det = create("patchcore", cheap)
+    det.coreset_ratio = 0
+    with pytest.raises(InputError, match="detector patchcore: coreset_ratio"):
+        det.fit(images, progress=False)
+
+
 def test_fit_score_separates_planted_defects(fitted):
     det, ds = fitted
     assert det.n_train_ == len(ds.train) == 12

@@ -123,6 +123,28 @@ def test_unfitted_is_scikit_learns_not_fitted() -> None:
         create("knn").score(np.zeros(100))
 
 
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("k", 0, "k: input should be greater than or equal to 1"),  # ZeroDivisionError inside the fit
+    ("window", 0, "window: input should be greater than or equal to 1"),  # IndexError
+    ("fpr", 2, "fpr: input should be less than 1"),  # pydantic's multi-line dump, after the first fit
+    ("event_gap", None, "event_gap: input should be a valid integer"),
+])
+def test_parameters_set_after_construction_are_checked_at_fit(name: str, value: object, message: str) -> None:
+    """A parameter is an attribute (``det.k``), and one set after construction was used unchecked."""
+    det = create("knn")
+    setattr(det, name, value)
+    with pytest.raises(InputError, match=f"detector knn: {message}"):
+        det.fit(sine(400), progress=False)
+
+
+def test_a_parameter_set_after_construction_is_converted_as_at_construction() -> None:
+    """``det.fpr = "0.1"``: a TypeError inside the fit ('float' - 'str'); ``create("knn", fpr="0.1")`` takes it."""
+    det = create("knn")
+    det.fpr = "0.1"
+    det.fit(sine(400), progress=False)
+    assert det.fpr == 0.1 and det.threshold_ == create("knn", fpr=0.1).fit(sine(400), progress=False).threshold_
+
+
 @pytest.mark.parametrize("name", SUBSEQUENCE)
 def test_spike_found_and_named(name: str) -> None:
     X = sine(3000, d=3)

@@ -323,6 +323,19 @@ class Detector:
         values = {k: getattr(self, k) for k in type(self).Params.model_fields}
         return type(self).Params(**values).model_dump(mode="json")
 
+    def _check_params(self) -> None:
+        """Validate the parameters again by ``__init__``'s rules and keep them as validated. Why: one set as an
+        attribute after construction (``det.fpr = 5``) was used unchecked: a fit failed at its end with numpy's
+        "Quantiles must be in the range [0, 1]", or inside with a TypeError."""
+        try:
+            common = _Common(fpr=self.fpr, batch_size=self.batch_size, seed=self.seed)
+            validated = type(self).Params(**{k: getattr(self, k) for k in type(self).Params.model_fields})
+        except ValidationError as err:
+            raise InputError(validation_message(f"detector {self.name}", err)) from None
+        self.fpr, self.batch_size, self.seed = common.fpr, common.batch_size, common.seed
+        for key, value in validated:
+            setattr(self, key, value)
+
     # -- the shared workflow --------------------------------------------------------------
     def _batches(self, items: Sequence[Any], batch_size: int | None = None, embed: bool = False,
                  keep_images: bool = False) -> Iterator[Batch]:
@@ -345,6 +358,7 @@ class Detector:
         """Learn normal from images (files or arrays); set the threshold at the target false-positive rate.
         ``fp32_threshold``: with a bf16 backbone, set ``threshold_fp32_`` too (False: a trial whose threshold
         no one uses, as ``--detector auto``'s and ``--tune``'s)."""
+        self._check_params()
         paths = _items(images)
         if len(paths) < self.min_images:
             raise InputError(f"{self.name} needs at least {self.min_images} normal training images, got {len(paths)}")

@@ -216,11 +216,23 @@ class SeriesDetector:
         values = {k: getattr(self, k) for k in type(self).Params.model_fields}
         return type(self).Params(**values).model_dump(mode="json")
 
+    def _check_params(self) -> None:
+        """Validate the parameters again by ``__init__``'s rules and keep them as validated. Why: one set as an
+        attribute after construction (``det.k = 0``, ``det.fpr = "0.1"``) was used unchecked: a fit failed inside
+        with a ZeroDivisionError, an IndexError or a TypeError, or after its first part with pydantic's dump."""
+        try:
+            validated = type(self).Params(**{k: getattr(self, k) for k in type(self).Params.model_fields})
+        except ValidationError as err:
+            raise InputError(validation_message(f"detector {self.name}", err)) from None
+        for key, value in validated:
+            setattr(self, key, value)
+
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, data: Data, progress: bool = True) -> "SeriesDetector":
         """Learn normal from the first (1 - holdout) of each training series, in time order, and set the
         threshold at the (1 - fpr) quantile of the scores of the held-out rest and (``cross_fit``) of the
         first share of the same size, scored by a twin fitted on the rows after it."""
+        self._check_params()
         parts = _parts(data)
         for name, v, _ in parts:  # as a file's reader: on fewer, auto's members learned empty banks, scoring 0
             if len(v) < MIN_ROWS:
