@@ -115,6 +115,16 @@ def test_parameters_set_after_construction_are_checked_at_fit(cheap):
         det.fit(images, progress=False)
 
 
+def test_a_second_fit_forgets_the_first_fits_choice(cheap):
+    """``choice`` (what auto or --tune chose, on which images) survived a second ``fit`` on other images and was
+    saved into that model's model.json as if it had been chosen for it."""
+    images = np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    det = create("gaussian", cheap)
+    det.choice = {"chosen": "gaussian", "validation_auroc": {"gaussian": 0.9}}
+    det.fit(images, progress=False)
+    assert det.choice is None
+
+
 def test_fit_score_separates_planted_defects(fitted):
     det, ds = fitted
     assert det.n_train_ == len(ds.train) == 12

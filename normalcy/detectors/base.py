@@ -359,6 +359,7 @@ class Detector:
         ``fp32_threshold``: with a bf16 backbone, set ``threshold_fp32_`` too (False: a trial whose threshold
         no one uses, as ``--detector auto``'s and ``--tune``'s)."""
         self._check_params()
+        self.choice = None  # an earlier fit's (auto, --tune): its caller sets this fit's
         paths = _items(images)
         if len(paths) < self.min_images:
             raise InputError(f"{self.name} needs at least {self.min_images} normal training images, got {len(paths)}")
