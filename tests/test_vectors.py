@@ -373,6 +373,10 @@ def test_ordinary_columns_are_not_rescaled():
     (lambda: GaussianDetector(random_state="a"), r"GaussianDetector\.random_state: expected None or a seed"),
     (lambda: KNNDetector(random_state=-1), r"KNNDetector\.random_state: .* got -1"),
     (lambda: EnsembleDetector(random_state=1.5), r"EnsembleDetector\.random_state: .* got 1\.5"),
+    # IsolationForest refused a Generator from inside the fit (the others take one), also as the ensemble's seed
+    (lambda: IForestDetector(random_state=np.random.default_rng(0)), r"IForestDetector\.random_state: .*no Generator"),
+    (lambda: EnsembleDetector([IForestDetector(n_estimators=5)], random_state=np.random.default_rng(0)),
+     r"IForestDetector\.random_state: .*no Generator"),
 ])
 def test_bad_parameters_are_named_at_fit(make, words):
     """A TypeError or IndexError from deep inside the fit, or worse a fit that saved a model load then refused

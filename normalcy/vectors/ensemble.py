@@ -38,7 +38,14 @@ class EnsembleDetector(VectorDetector):
             if not isinstance(m, VectorDetector) or isinstance(m, EnsembleDetector):
                 raise ValueError(f"EnsembleDetector.members: {m!r} is not a GaussianDetector, KNNDetector, "
                                  "IForestDetector or ECODDetector")
-            m._check_params()
+            self._seeded(m)._check_params()
+
+    def _seeded(self, member: VectorDetector) -> VectorDetector:
+        """An unfitted copy of a member with the ensemble's ``random_state``, where it has one and takes one."""
+        member = clone(member)
+        if "random_state" in member.get_params() and self.random_state is not None:
+            member.set_params(random_state=self.random_state)
+        return member
 
     def _check_features(self, d: int) -> None:
         """Each member's limit, named as the ensemble's (the memory check counts all members' fits)."""
@@ -56,10 +63,7 @@ class EnsembleDetector(VectorDetector):
         members = self._members()
         self.members_ = []
         for member in members:
-            member = clone(member)
-            if "random_state" in member.get_params() and self.random_state is not None:
-                member.set_params(random_state=self.random_state)
-            self.members_.append(member.fit(X))
+            self.members_.append(self._seeded(member).fit(X))
         self.center_ = np.array([m.calibration_scores_.mean() for m in self.members_])
         self.spread_ = np.maximum([m.calibration_scores_.std() for m in self.members_], 1e-12)
         # The training rows every member has an out-of-sample score for (kNN samples a large training set).

@@ -59,6 +59,14 @@ class IForestDetector(ColumnScaled, VectorDetector):
         self.fpr, self.n_estimators, self.max_samples = fpr, n_estimators, max_samples
         self.max_features, self.n_jobs, self.random_state = max_features, n_jobs, random_state
 
+    def _check_params(self) -> None:
+        """A numpy Generator, which the other detectors take as a seed, is refused: IsolationForest takes None, an
+        integer or a RandomState, and refused it from inside the fit, naming its own parameter."""
+        super()._check_params()
+        if isinstance(self.random_state, np.random.Generator):
+            raise ValueError("IForestDetector.random_state: expected None, an integer from 0 to 2**32 - 1 or a numpy "
+                             "RandomState (scikit-learn's IsolationForest takes no Generator), got a Generator")
+
     def _fit(self, X: np.ndarray) -> np.ndarray:
         params = {"n_estimators": self.n_estimators, "max_samples": self.max_samples,  # numpy scalars as Python's:
                   "max_features": self.max_features, "n_jobs": self.n_jobs,  # the forest keeps them (plain_params)
