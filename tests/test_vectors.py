@@ -386,6 +386,16 @@ def test_bad_parameters_are_named_at_fit(make, words):
         make().fit(_normal(40))
 
 
+def test_a_members_parameter_is_not_set_by_a_nested_name():
+    """``set_params(members__0__n_neighbors=3)``, as for a pipeline's steps, failed with "'NoneType' object has no
+    attribute 'set_params'" ('list' with members given): members is a list, set as a whole."""
+    for det in (EnsembleDetector(), EnsembleDetector([KNNDetector()])):
+        with pytest.raises(ValueError, match=r"cannot set 'members__0__n_neighbors': members is a list; give the whole"):
+            det.set_params(members__0__n_neighbors=3)
+    det = EnsembleDetector().set_params(members=[KNNDetector(n_neighbors=3)], fpr=0.05)
+    assert (det.members[0].n_neighbors, det.fpr) == (3, 0.05)
+
+
 def test_every_kind_of_seed_and_an_unlimited_budget_still_fit():
     X = _normal(40)
     for seed in (None, 0, 2**32 - 1, np.random.RandomState(0), np.random.default_rng(0)):

@@ -47,6 +47,15 @@ class EnsembleDetector(VectorDetector):
             member.set_params(random_state=self.random_state)
         return member
 
+    def set_params(self, **params):
+        """scikit-learn's, with a clear error for ``members__0__n_neighbors``: ``members`` is a list, not an
+        estimator, and such a name failed with "'NoneType' (or 'list') object has no attribute 'set_params'"."""
+        nested = [k for k in params if k.startswith("members__")]
+        if nested:
+            raise ValueError(f"EnsembleDetector: cannot set {nested[0]!r}: members is a list; give the whole list, "
+                             "e.g. set_params(members=[GaussianDetector(), KNNDetector(n_neighbors=3)])")
+        return super().set_params(**params)
+
     def _check_features(self, d: int) -> None:
         """Each member's limit, named as the ensemble's (the memory check counts all members' fits)."""
         for member in self._members():
