@@ -128,6 +128,19 @@ def test_a_second_fit_forgets_the_first_fits_choice(cheap):
     assert det.choice is None and det.threshold_ is not None
 
 
+def test_one_path_is_a_folder_or_a_file(fitted, synthetic_root):
+    """``det.fit("train/good")`` read the string one character per file ("none of the 10 training files could
+    be read"), and ``det.fit(Path(...))`` was a TypeError: one path is one input, a folder's images or a file."""
+    from normalcy.detectors.base import _items
+
+    folder = synthetic_root / "train" / "good"
+    assert _items(str(folder)) == _items(folder) == list_files(folder)
+    det, _ = fitted
+    assert len(det.score(str(synthetic_root / "test" / "good"), progress=False).scores) == 4
+    one = list_files(synthetic_root / "test" / "good")[0]
+    assert [p.name for p in det.score(one, progress=False).paths] == [one.name]
+
+
 def test_fit_score_separates_planted_defects(fitted):
     det, ds = fitted
     assert det.n_train_ == len(ds.train) == 12

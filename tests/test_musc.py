@@ -74,6 +74,13 @@ def _naive_mutual(z: torch.Tensor, refs: torch.Tensor | None, interval: float) -
     return out
 
 
+def test_one_path_is_a_folder(tmp_path: Path) -> None:
+    """``MuSc().score("batch/")`` read the string one character per file; one path is a folder's images."""
+    _batch(tmp_path / "batch", n=3)
+    r = MuSc(FeatureExtractor(image_size=64, precision="fp32")).score(str(tmp_path / "batch"), progress=False)
+    assert [p.name for p in r.paths] == ["00.png", "01.png", "02.png"] and not r.skipped
+
+
 def test_mutual_scores_match_the_definition_with_and_without_references() -> None:
     g = torch.Generator().manual_seed(1)
     z = torch.nn.functional.normalize(torch.randn(7, 12, 6, generator=g), dim=-1)

@@ -63,14 +63,16 @@ from normalcy.detectors.modelfile import (
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON
 from normalcy.images.features import MIN_SIZE, Batch, FeatureExtractor, Features, upsample_map
+from normalcy.images.io import input_paths
 from normalcy.numerics.stats import threshold_at
 from normalcy.progress import progress_bar
 from normalcy.version import __version__
 
 log = logging.getLogger("normalcy")
 
-Images = Sequence[str | Path] | Sequence[np.ndarray] | np.ndarray
-"""What ``fit`` and ``score`` take: image files, or images as uint8 arrays (N x H x W x 3, or a list of H x W x 3)."""
+Images = str | Path | Sequence[str | Path] | Sequence[np.ndarray] | np.ndarray
+"""What ``fit`` and ``score`` take: image files (one path: a folder's images, or one file), or images as uint8
+arrays (N x H x W x 3, or a list of H x W x 3)."""
 
 
 class Maps(Sequence[np.ndarray]):
@@ -661,8 +663,12 @@ def _like(kind: Any, value: torch.Tensor) -> Any:
     return value.numpy() if inner is np.ndarray else value
 
 
-def _items(images: Images) -> list[Any]:
-    """``fit``/``score`` input as a list: paths, or H x W x 3 arrays (an N x H x W x 3 array split)."""
+def _items(images: Images | str | Path) -> list[Any]:
+    """``fit``/``score`` input as a list: paths, or H x W x 3 arrays (an N x H x W x 3 array split). One path
+    (a str or Path) is one input, a folder's images or one file: a str was read one character per file, a Path
+    was a TypeError."""
+    if isinstance(images, (str, Path)):
+        return input_paths([Path(images)])
     if isinstance(images, np.ndarray) and images.ndim != 4:
         raise InputError(f"expected images as an N x H x W x 3 uint8 array, got shape {images.shape}")
     return list(images)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator
 
-from normalcy.detectors.base import HyperParams, Result, validation_message
+from normalcy.detectors.base import HyperParams, Result, _items, validation_message
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.errors import InputError
 from normalcy.images.features import FeatureExtractor, upsample_map
@@ -90,13 +90,13 @@ class MuSc:
         self.map_range_: tuple[float, float] | None = None
         self.skipped_refs_: list[tuple[Path, str]] = []
 
-    def references(self, paths: Sequence[Path], progress: bool = True) -> "MuSc":
+    def references(self, paths: Sequence[Path] | str | Path, progress: bool = True) -> "MuSc":
         """Extra unlabeled images that join every batch as references: their patches are matched
         against but never scored (they need not be normal)."""
         self.skipped_refs_ = []
         self.refs_ = []
         if paths:
-            per_r, _, _, _ = self._batch_features(list(paths), self.skipped_refs_, progress, "musc: references")
+            per_r, _, _, _ = self._batch_features(_items(paths), self.skipped_refs_, progress, "musc: references")
             self.refs_ = [f.half() for f in per_r]
         return self
 
@@ -184,12 +184,12 @@ class MuSc:
         raw = flat.max(1) - (np.median(flat, 1) if self.image_score == "max-median" else 0.0)
         return self.rescore(raw, image_feats.numpy())
 
-    def features(self, paths: Sequence[Path], progress: bool = True
+    def features(self, paths: Sequence[Path] | str | Path, progress: bool = True
                  ) -> tuple[list[torch.Tensor], torch.Tensor, list[Path], list[tuple[Path, str]]]:
         """Per-degree patch features, RsCIN image features, the paths read and the files skipped:
         what ``score`` compares, for callers that score subsets of one batch (bench/musc_ceiling.py)."""
         skipped: list[tuple[Path, str]] = []
-        per_r, img_feats, seen, _ = self._batch_features(list(paths), skipped, progress, "musc: features")
+        per_r, img_feats, seen, _ = self._batch_features(_items(paths), skipped, progress, "musc: features")
         return per_r, img_feats, [p for p, _, _ in seen], skipped
 
     def rescore(self, scores: np.ndarray, image_feats: np.ndarray) -> np.ndarray:
@@ -231,11 +231,11 @@ class MuSc:
             return [], torch.empty(0), [], None
         return [torch.cat(lst) for lst in per_r], torch.cat(img_feats), seen, torch.cat(embs) if embs else None
 
-    def score(self, paths: Sequence[Path], progress: bool = True, keep_images: bool = False,
+    def score(self, paths: Sequence[Path] | str | Path, progress: bool = True, keep_images: bool = False,
               batch_size: int | None = None, embeddings: bool = False) -> Result:
         """Score the images as one unlabeled batch: each against all the others (and the references)."""
         skipped: list[tuple[Path, str]] = []
-        per_r, img_feats, seen, embs = self._batch_features(list(paths), skipped, progress, "musc: features",
+        per_r, img_feats, seen, embs = self._batch_features(_items(paths), skipped, progress, "musc: features",
                                                             keep_images, embeddings, batch_size)
         n = len(seen)
         if n + (len(self.refs_[0]) if self.refs_ else 0) < 2 or n == 0:
