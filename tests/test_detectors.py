@@ -90,6 +90,12 @@ def test_score_before_fit_raises(name, extractor, synthetic_root):
         det.save(synthetic_root.parent / "never")
 
 
+def test_repr_names_the_parameters_set(extractor):
+    """The repr was Python's ``<normalcy.detectors.patchcore.PatchCore object at 0x...>``, naming no parameter."""
+    assert repr(create("gaussian", extractor)) == "GaussianAD()"
+    assert repr(create("patchcore", extractor, fpr=0.05, coreset_ratio=0.2)) == "PatchCore(coreset_ratio=0.2, fpr=0.05)"
+
+
 def test_unfitted_is_scikit_learns_not_fitted(extractor):
     """An unfitted detector's error was normalcy's alone: ``except sklearn.exceptions.NotFittedError`` (what the
     vector detectors raise, being scikit-learn estimators) missed it."""

@@ -114,6 +114,13 @@ def test_registry_and_params() -> None:
         create("knn").score(np.zeros(100))
 
 
+def test_repr_names_the_parameters_set() -> None:
+    """The repr was Python's ``<normalcy.series.knn.SubsequenceKNN object at 0x...>``, naming no parameter."""
+    assert repr(create("knn")) == "SubsequenceKNN()"
+    assert repr(create("knn", k=3, window=20, fpr=0.05)) == "SubsequenceKNN(fpr=0.05, window=20, k=3)"
+    assert all(repr(create(name)).endswith("()") for name in DETECTORS)
+
+
 def test_unfitted_is_scikit_learns_not_fitted() -> None:
     """``except sklearn.exceptions.NotFittedError``, what the vector detectors (scikit-learn estimators) raise,
     missed an unfitted series detector's error."""

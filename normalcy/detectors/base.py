@@ -230,6 +230,14 @@ class TrainedParams(HyperParams):
     time_budget: Optional[Seconds] = Field(600.0, description="seconds; None: steps alone")
 
 
+def param_repr(det: Any, params: type[HyperParams], defaults: dict[str, Any] | None = None) -> str:
+    """``Class(name=value, ...)`` for the parameters of ``params`` (and of ``defaults``: more names and their
+    defaults) whose values differ from their defaults, as scikit-learn shows an estimator."""
+    fields = {k: f.get_default(call_default_factory=True) for k, f in params.model_fields.items()} | (defaults or {})
+    shown = [f"{k}={getattr(det, k)!r}" for k, d in fields.items() if hasattr(det, k) and getattr(det, k) != d]
+    return f"{type(det).__name__}({', '.join(shown)})"
+
+
 def validation_message(where: str, err: ValidationError) -> str:
     """One line from a pydantic error: 'where: field: problem (got value)'."""
     first = err.errors()[0]
@@ -320,6 +328,11 @@ class Detector:
         return {}
 
     # -- parameters ----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        """The class and the parameters that differ from their defaults (``PatchCore(fpr=0.05,
+        coreset_ratio=0.2)``; Python's default named no parameter). The feature extractor is not shown."""
+        return param_repr(self, type(self).Params, {"fpr": 0.01, "batch_size": 8, "seed": 0})
+
     def params(self) -> dict[str, Any]:
         """Hyper-parameters, as saved with the model (JSON-serialisable)."""
         values = {k: getattr(self, k) for k in type(self).Params.model_fields}

@@ -43,7 +43,7 @@ from pydantic import Field, FiniteFloat, ValidationError, model_validator
 from safetensors.torch import save_file
 from torch import nn
 
-from normalcy.detectors.base import HyperParams, validation_message
+from normalcy.detectors.base import HyperParams, param_repr, validation_message
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, Strict
@@ -211,6 +211,11 @@ class SeriesDetector:
         return type(self)._partial_fit is not SeriesDetector._partial_fit
 
     # -- parameters --------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        """The class and the parameters that differ from their defaults, as scikit-learn shows an estimator
+        (``SubsequenceKNN(k=3, window=20)``; Python's default named no parameter)."""
+        return param_repr(self, type(self).Params)
+
     def params(self) -> dict[str, Any]:
         """Hyper-parameters as saved with the model (JSON-serialisable)."""
         values = {k: getattr(self, k) for k in type(self).Params.model_fields}
