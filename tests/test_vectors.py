@@ -293,6 +293,17 @@ def test_ivf_pq_scores_a_row_the_same_in_any_batch():
                                   whole)
 
 
+def test_nprobe_set_after_fit_is_checked_where_it_is_read():
+    """nprobe is read at each search, so set_params(nprobe=0) after fit takes effect there, and was faiss'
+    "'cur_nprobe > 0' failed" (-1: an OverflowError from faiss' SWIG layer)."""
+    det = KNNDetector(max_memory_mb=0.05, random_state=0).fit(_normal(3000, d=16))
+    assert det.train_.shape[0] == 0  # compressed: searched with nprobe
+    for bad in (0, -1, None):
+        with pytest.raises(ValueError, match=rf"KNNDetector\.nprobe: expected an integer from 1 .* got {bad}"):
+            det.set_params(nprobe=bad).anomaly_score(_normal(3, d=16))
+    assert det.set_params(nprobe=2).anomaly_score(_normal(3, d=16)).shape == (3,)
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("name", ["gaussian", "knn", "ecod", "iforest", "ensemble"])
 def test_finite_values_near_float64s_limit_fit(name):

@@ -109,7 +109,9 @@ class KNNDetector(VectorDetector):
         if getattr(self, "_faiss", None) is None:  # rebuilt from the arrays alone (ann.py), checked first
             check_ivfpq(self.cells_, self.codebook_, self.codes_, self.train_.shape[1])
             self._faiss = ivfpq_index(self.cells_, self.codebook_, self.codes_, int(self.nprobe), precompute=True)
-        self._faiss.nprobe = int(self.nprobe)
+        # nprobe is read here, at each search (set_params after fit takes effect), so it is checked here too: 0 or
+        # -1 was faiss' "'cur_nprobe > 0' failed" or "OverflowError in method 'IndexIVFInterface_nprobe_set'"
+        self._faiss.nprobe = check_integer(self, "nprobe", 1, 2**31)
         # Row by row, a row scores the same in any batch and on any number of threads (one process or Ray
         # workers), at some speed (bench/scale_vectors.py).
         with row_by_row():
