@@ -114,6 +114,15 @@ def test_registry_and_params() -> None:
         create("knn").score(np.zeros(100))
 
 
+@pytest.mark.parametrize("data", ["data.csv", [[1.0, "a"]], {"value": [1.0, 2.0]}])
+def test_scoring_what_is_not_numbers_says_what_is_taken(data: object) -> None:
+    """``score("data.csv")`` was numpy's bare "could not convert string to float" (a dict: a TypeError), where
+    ``fit`` of the same said what it takes."""
+    det = create("knn", window=10).fit(sine(300), progress=False)
+    with pytest.raises(InputError, match=r"expected a Series, a DataFrame or an \(n,\) or \(n, d\) array of numbers"):
+        det.score(data)
+
+
 def test_repr_names_the_parameters_set() -> None:
     """The repr was Python's ``<normalcy.series.knn.SubsequenceKNN object at 0x...>``, naming no parameter."""
     assert repr(create("knn")) == "SubsequenceKNN()"

@@ -375,7 +375,7 @@ class SeriesDetector:
         if isinstance(data, Series):
             where, values = str(data.source), self.model_values(data)
         else:
-            where, values = "array", _matrix(data, "array")
+            where, values = "array", _matrix(_numbers(data, "a Series, a DataFrame"), "array")
             if self.flags_ and values.shape[1] == len(self.columns_) + len(self.flags_):
                 values = values[:, _array_positions(self.columns_)]  # an array as fitted: its flags left out
             if values.shape[1] != len(self.columns_):
@@ -806,12 +806,13 @@ def _is_frame(data: Any) -> bool:
     return hasattr(data, "columns") and hasattr(data, "to_numpy")
 
 
-def _numbers(data: Any) -> np.ndarray:
-    """Anything numpy reads as numbers (a list, a pandas Series) as a float64 array; an InputError otherwise."""
+def _numbers(data: Any, kinds: str = "a Series, a list of them, a DataFrame") -> np.ndarray:
+    """Anything numpy reads as numbers (a list, a pandas Series) as a float64 array; an InputError otherwise,
+    saying what is taken (``kinds``, then an array): at scoring, a file name or text was numpy's bare ValueError."""
     try:
         return np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise InputError(f"expected a Series, a list of them, a DataFrame or an (n,) or (n, d) array of numbers, "
+        raise InputError(f"expected {kinds} or an (n,) or (n, d) array of numbers, "
                          f"got {type(data).__name__} ({str(err)[:100]})") from None
 
 
