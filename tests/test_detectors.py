@@ -121,6 +121,13 @@ def test_parameters_set_after_construction_are_checked_at_fit(cheap):
         det.fit(images, progress=False)
 
 
+def test_fit_with_labels_as_scikit_learn_is_called_is_refused(cheap):
+    """``fit(X, y)`` took y for ``progress``: "The truth value of an array ... is ambiguous" from the progress bar."""
+    images = np.zeros((6, 64, 64, 3), np.uint8)
+    with pytest.raises(TypeError, match="positional argument"):
+        create("gaussian", cheap).fit(images, np.zeros(6))
+
+
 def test_a_second_fit_forgets_the_first_fits_choice(cheap):
     """``choice`` (what auto or --tune chose, on which images) survived a second ``fit`` on other images and was
     saved into that model's model.json as if it had been chosen for it."""

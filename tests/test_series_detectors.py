@@ -123,6 +123,13 @@ def test_scoring_what_is_not_numbers_says_what_is_taken(data: object) -> None:
         det.score(data)
 
 
+def test_fit_with_labels_as_scikit_learn_is_called_is_refused() -> None:
+    """``fit(X, y)`` took y for ``progress``: the labels were ignored without a word (a trained detector's
+    progress bar: "The truth value of an array ... is ambiguous")."""
+    with pytest.raises(TypeError, match="positional argument"):
+        create("knn").fit(sine(400), np.zeros(400))
+
+
 def test_repr_names_the_parameters_set() -> None:
     """The repr was Python's ``<normalcy.series.knn.SubsequenceKNN object at 0x...>``, naming no parameter."""
     assert repr(create("knn")) == "SubsequenceKNN()"

@@ -369,8 +369,10 @@ class Detector:
                         images=images if keep_images else [np.empty((*im.shape[:2], 0), np.uint8) for im in images],
                         features=self.extractor(x, pooled=pooled) if features else None, inputs=x)
 
-    def fit(self, images: Images, progress: bool = True, fp32_threshold: bool = True) -> "Detector":
+    def fit(self, images: Images, *, progress: bool = True, fp32_threshold: bool = True) -> "Detector":
         """Learn normal from images (files or arrays); set the threshold at the target false-positive rate.
+        The options are keywords: ``fit(X, y)``, as scikit-learn is called, took y for ``progress`` ("The truth
+        value of an array ... is ambiguous"); it is now Python's TypeError naming the positional arguments.
         ``fp32_threshold``: with a bf16 backbone, set ``threshold_fp32_`` too (False: a trial whose threshold
         no one uses, as ``--detector auto``'s and ``--tune``'s)."""
         self._check_params()

@@ -233,10 +233,12 @@ class SeriesDetector:
             setattr(self, key, value)
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, data: Data, progress: bool = True) -> "SeriesDetector":
+    def fit(self, data: Data, *, progress: bool = True) -> "SeriesDetector":
         """Learn normal from the first (1 - holdout) of each training series, in time order, and set the
         threshold at the (1 - fpr) quantile of the scores of the held-out rest and (``cross_fit``) of the
-        first share of the same size, scored by a twin fitted on the rows after it."""
+        first share of the same size, scored by a twin fitted on the rows after it. ``progress`` is a keyword:
+        ``fit(X, y)``, as scikit-learn is called, took y for it, silently (labels ignored) or "The truth value of
+        an array ... is ambiguous"; it is now Python's TypeError naming the positional arguments."""
         self._check_params()
         parts = _parts(data)
         for name, v, _ in parts:  # as a file's reader: on fewer, auto's members learned empty banks, scoring 0
