@@ -26,6 +26,7 @@ from normalcy.images.io import (
     Dataset,
     MaskSizeWarning,
     Sample,
+    image_size,
     iter_images,
     list_files,
     load_dataset,
@@ -287,6 +288,23 @@ def test_read_applies_exif_orientation(tmp_path: Path) -> None:
     im.save(tmp_path / "rot.jpg", exif=exif.tobytes())
     out = read_image(tmp_path / "rot.jpg")
     assert out.shape == (20, 10, 3)
+
+
+def test_exif_orientation_of_pngs_and_in_header_sizes(tmp_path: Path) -> None:
+    """A PNG's eXIf orientation was ignored by the fast path (an opaque PNG came out as stored, the same PNG with
+    a transparent colour or read as a mask turned), and image_size, from which the input size takes its aspect
+    ratio, gave every file's size as stored, not as read_image turns it."""
+    pixels = _rgb(10, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name in ("rot.png", "rot.jpg", "rot.webp", "rot.tif"):
+        Image.fromarray(pixels).save(tmp_path / name, exif=exif.tobytes())
+    Image.fromarray(pixels).save(tmp_path / "plain.jpg")
+    for name in ("rot.png", "rot.jpg", "rot.webp", "rot.tif", "plain.jpg"):
+        out = read_image(tmp_path / name)
+        assert out.shape == ((20, 10, 3) if name.startswith("rot") else (10, 20, 3)), name
+        assert image_size(tmp_path / name) == (out.shape[1], out.shape[0]), name
+    np.testing.assert_array_equal(read_image(tmp_path / "rot.png"), np.rot90(pixels, -1))
 
 
 # ------------------------------------------------------------------ read_image errors

@@ -254,14 +254,28 @@ def _pillow(p: Path) -> Iterator[Image.Image]:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file's header alone, without decoding it.
+    """(width, height) from the file's header alone, without decoding it: as :func:`read_image` gives the image,
+    turned by its EXIF orientation (a phone's portrait photo, stored landscape, gave a landscape input size).
 
     Raises:
         ImageError: as :func:`read_image` would, for a file that is not a readable image of
             acceptable size (so a FIFO is refused instead of waited on).
     """
     with _pillow(Path(path)) as im:
-        return im.size
+        w, h = im.size
+        return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
+
+
+def _orientation(im: Image.Image) -> int | None:
+    """The EXIF orientation still to apply to an opened image, from its header (a PNG's eXIf after the pixels is
+    not read: that would decode them); None where there is none or it cannot be read (read_image ignores it then
+    too), and for a TIFF, whose size Pillow gives turned already."""
+    if im.format == "TIFF" or (im.format == "PNG" and "exif" not in im.info):
+        return None
+    try:
+        return im.getexif().get(0x0112)
+    except Exception:  # malformed EXIF, as in _open_loaded
+        return None
 
 
 def _open_loaded(p: Path) -> Image.Image:
@@ -285,7 +299,7 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _read_plain(p: Path) -> np.ndarray | None:
-    """An 8-bit grey or RGB PNG without transparency, or a grey or colour JPEG without EXIF, decoded by
+    """An 8-bit grey or RGB PNG without transparency or EXIF, or a grey or colour JPEG without EXIF, decoded by
     imagecodecs; None for anything else.
 
     Decoding is most of the reading time, and imagecodecs' builds are the fastest decoders we have: one
@@ -312,6 +326,8 @@ def _read_plain(p: Path) -> np.ndarray | None:
                 data = head + f.read()
                 if b"tRNS" in data[: data.find(b"IDAT")]:  # a transparent colour: composited on black the Pillow way
                     return None
+                if b"eXIf" in data:  # an orientation, perhaps, which Pillow applies (here it was ignored, and the
+                    return None  # same file with transparency, or as a mask, came out rotated)
                 decode = imagecodecs.spng_decode
             elif head[:3] == b"\xff\xd8\xff":
                 data = head + f.read()
