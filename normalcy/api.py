@@ -313,7 +313,8 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         train = _paths(train, "fit")
     as_series = isinstance(train, (str, Path)) and is_series_input(Path(train), time_column, series_column, series)
     if output is not None:  # an image folder's files are all read: a model inside it would be too
-        _check_model_output(Path(output), [Path(train)] if isinstance(train, (str, Path)) and not as_series else [])
+        given = [Path(train)] if isinstance(train, (str, Path)) else train
+        _check_model_output(Path(output), [] if as_series else given)
     if as_series:
         ex.check_images_only("series")
         fit_many: Any = functools.partial(fit_each, progress=progress)
@@ -342,7 +343,8 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
             # its test defects and ground-truth masks were fitted on as normal images, without a word
             raise InputError(f"{train} is a data set in MVTec AD layout: fit on its normal images, "
                              f"{Path(train) / 'train' / 'good'}, or evaluate it with normalcy eval")
-        paths = list_files(Path(train)) if isinstance(train, (str, Path)) else [Path(p) for p in train]
+        # a folder among the paths is its images, as in predict (it was taken for one unreadable image)
+        paths = list_files(Path(train)) if isinstance(train, (str, Path)) else input_paths(train)
         name = det_opts.name()
         extractor = ex.extractor(paths, name)
         from normalcy.evaluation.validation import fit_detector

@@ -146,6 +146,20 @@ def test_fitting_a_data_set_root_is_refused(synthetic_root: Path) -> None:
         normalcy.fit(synthetic_root, image_size="64", progress=False)
 
 
+def test_fit_takes_folders_among_a_list_of_paths(synthetic_root: Path, tmp_path: Path) -> None:
+    """fit([folder, ...]) took each folder for one unreadable image ("needs at least 5 normal training images,
+    got 1"), where predict reads a folder's images; a model folder inside a listed folder was not refused."""
+    good = sorted((synthetic_root / "train" / "good").iterdir())
+    half = tmp_path / "half"
+    half.mkdir()
+    for p in good[:6]:
+        (half / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(InputError, match="inside the training folder"):
+        normalcy.fit([half, *good[6:]], half / "model", image_size="64", progress=False)
+    det = normalcy.fit([half, *good[6:]], image_size="64", progress=False)
+    assert (det.n_train_, det.skipped_fit_) == (12, [])
+
+
 def _table(tmp_path: Path) -> Path:
     path = tmp_path / "t.csv"
     X = np.random.default_rng(0).normal(size=(60, 3))
