@@ -100,6 +100,20 @@ def test_tiny_training_images_are_named_in_a_warning(fe: FeatureExtractor, tmp_p
     assert "1 training image(s) are under 32 px on a side (icon.png 1x1)" in caplog.text
 
 
+def test_nearly_black_training_images_are_named_in_a_warning(fe: FeatureExtractor, tmp_path: Path, caplog) -> None:
+    """12-bit values in 16-bit PNGs (as industrial cameras write them) read at 16 of 255 at most: learned as black
+    images without a word. Full-range 16-bit files and ordinary images are not named."""
+    paths = _images(tmp_path / "train", 6)
+    rng = np.random.default_rng(0)
+    for name, top in (("full16.png", 65535), ("bits12_a.png", 4095), ("bits12_b.png", 4095)):
+        Image.fromarray((rng.random((48, 48)) * top).astype(np.uint16)).save(tmp_path / "train" / name)
+        paths.append(tmp_path / "train" / name)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        create("gaussian", fe).fit(paths, progress=False)
+    assert "2 training image(s) are nearly black, their brightest pixel under 32 of 255 (bits12_a.png, " \
+           "bits12_b.png)" in caplog.text
+
+
 @pytest.mark.parametrize("name", sorted(DETECTORS))
 def test_fit_leaves_the_global_rng_alone_and_is_seeded(name: str, fe: FeatureExtractor, tmp_path: Path) -> None:
     paths = _images(tmp_path / "train", 8)

@@ -704,6 +704,11 @@ def holdout_count(n: int, fraction: float) -> int:
     return min(max(1, round(fraction * n)), n - 1)
 
 
+DARK = 32 / 255
+"""A training image whose brightest pixel (0..1, as the backbone gets it) is below this is named as nearly black:
+a 16-bit file holding 12 bits or fewer (as industrial cameras write them) reads at 16 of 255 at most."""
+
+
 class _Counter:
     """Counts images flowing through a batch iterator, collects skipped files, reports progress.
 
@@ -719,6 +724,7 @@ class _Counter:
         self.first: torch.Tensor | None = None
         self.varied = False
         self.tiny: list[str] = []  # training images below MIN_SIZE on a side: "name WxH"
+        self.dark: list[str] = []  # training images whose brightest pixel is below DARK: their names
 
     def wrap(self, batches: Iterable[Batch], advance: Any, count: bool = True) -> Iterator[Batch]:
         for b in batches:
@@ -730,6 +736,8 @@ class _Counter:
             self.seen += len(b.paths)
             self.tiny += [f"{p.name} {im.shape[1]}x{im.shape[0]}" for p, im in zip(b.paths, b.images)
                           if min(im.shape[:2]) < MIN_SIZE]
+            if b.inputs is not None:
+                self.dark += [p.name for p, v in zip(b.paths, b.inputs.flatten(1).amax(1).tolist()) if v < DARK]
             if not self.varied and b.inputs is not None:
                 self.first = b.inputs[0] if self.first is None else self.first
                 self.varied = any(not torch.equal(x, self.first) for x in b.inputs)
@@ -741,6 +749,11 @@ class _Counter:
             log.warning("%s: %d training image(s) are under %d px on a side (%s%s): enlarged to the model's input "
                         "they show little of a part; are they thumbnails?", self.name, len(self.tiny), MIN_SIZE,
                         ", ".join(self.tiny[:3]), ", ..." if len(self.tiny) > 3 else "")
+        if count and self.dark:  # a camera's 10 or 12 bits in a 16-bit file were learned as black, without a word
+            log.warning("%s: %d training image(s) are nearly black, their brightest pixel under %d of 255 (%s%s): "
+                        "16-bit files read 0..65535 as 0..255, so 10 or 12-bit values (0..4095) stored in 16 bits "
+                        "come out so; scale such files to the full 16-bit range", self.name, len(self.dark),
+                        round(DARK * 255), ", ".join(self.dark[:3]), ", ..." if len(self.dark) > 3 else "")
 
 
 def report_info(model: Any) -> dict[str, str]:
