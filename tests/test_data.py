@@ -538,6 +538,19 @@ def test_special_files_in_a_folder_are_listed_and_skipped(tmp_path: Path) -> Non
     assert reasons == expected
 
 
+def test_broken_links_and_link_loops_in_a_folder_are_named_as_such(tmp_path: Path) -> None:
+    """A link whose target is gone (a data set copied without it) was "file not found", though listed."""
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to("gone.png")
+    (tmp_path / "c.png").symlink_to("d.png")
+    (tmp_path / "d.png").symlink_to("c.png")
+    skipped: list[tuple[Path, str]] = []
+    assert [p.name for p, _ in iter_images(list_files(tmp_path), skipped)] == ["a.png"]
+    reasons = {p.name: r for p, r in skipped}
+    assert reasons.pop("b.png") == "broken symbolic link (its target is missing)"
+    assert set(reasons) == {"c.png", "d.png"} and all(r.startswith("cannot read file: ") for r in reasons.values())
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 def test_predict_skips_fifos_and_bombs_and_scores_the_rest(tmp_path: Path, synthetic_root: Path) -> None:
     """`normalcy predict` with a FIFO as an input and one in a folder, a link to /dev/zero and a JPEG bomb:

@@ -192,8 +192,9 @@ def _check_file(p: Path) -> None:
     """
     try:
         st = p.stat()
-    except FileNotFoundError:
-        raise ImageError(p, "file not found") from None
+    except FileNotFoundError:  # a link whose target is gone was "file not found", though `ls` lists it
+        raise ImageError(p, "broken symbolic link (its target is missing)" if p.is_symlink() else "file not found"
+                         ) from None
     except OSError as err:
         raise ImageError(p, f"cannot read file: {err.strerror or err}") from None
     if stat.S_ISDIR(st.st_mode):
