@@ -328,6 +328,16 @@ def test_text_file_named_jpg(tmp_path: Path) -> None:
     assert ei.value.reason == "not an image (cannot identify format)"
 
 
+@pytest.mark.parametrize("brand", [b"heic", b"mif1"])
+def test_heic_photo_is_named_as_one(tmp_path: Path, brand: bytes) -> None:
+    """An iPhone's HEIC photo was "not an image (cannot identify format)": wrong, and no hint what to do."""
+    p = tmp_path / "IMG_0001.HEIC"
+    p.write_bytes((24).to_bytes(4, "big") + b"ftyp" + brand + bytes(4) + b"mif1heic" + bytes(500))
+    with pytest.raises(ImageError) as ei:
+        read_image(p)
+    assert ei.value.reason == "a HEIC/HEIF image, which normalcy cannot read: convert it to JPEG or PNG"
+
+
 @pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png")])
 @pytest.mark.parametrize("frac", [0.3, 0.7])
 def test_truncated(tmp_path: Path, fmt: str, suffix: str, frac: float) -> None:

@@ -233,7 +233,7 @@ def _pillow(p: Path) -> Iterator[Image.Image]:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(p, "not an image (cannot identify format)") from None
+        raise ImageError(p, _unidentified(p)) from None
     except FileNotFoundError:
         raise ImageError(p, "file not found") from None
     except IsADirectoryError:
@@ -252,6 +252,22 @@ def _pillow(p: Path) -> Iterator[Image.Image]:
         if isinstance(err, EOFError) or "truncated" in low or "premature end" in low:
             raise ImageError(p, "truncated image data") from None
         raise ImageError(p, f"corrupt image: {_short(msg)}") from None
+
+
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"mif2"})
+
+
+def _unidentified(p: Path) -> str:
+    """Why Pillow could not identify ``p``: a HEIC/HEIF photo (an iPhone's own format) is named as one, since
+    "not an image" is wrong for it and says nothing of what to do."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        head = b""
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "a HEIC/HEIF image, which normalcy cannot read: convert it to JPEG or PNG"
+    return "not an image (cannot identify format)"
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
