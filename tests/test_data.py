@@ -596,6 +596,20 @@ def test_predict_skips_fifos_and_bombs_and_scores_the_rest(tmp_path: Path, synth
     assert skipped == expected
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_eval_compares_regular_files_only_with_training_images(synthetic_dataset: Path) -> None:
+    """eval's look for test images copied into train/good compared files of one size, and a FIFO's size is 0, as
+    an empty file's: it waited on the FIFO for ever (a link to /dev/zero filled memory) before the fit began."""
+    from normalcy.evaluation.evaluate import training_copies
+
+    (synthetic_dataset / "train" / "good" / "empty.png").write_bytes(b"")
+    (synthetic_dataset / "test" / "good" / "empty.png").write_bytes(b"")
+    os.mkfifo(synthetic_dataset / "test" / "good" / "pipe.png")
+    with _unblocked(synthetic_dataset / "test" / "good" / "pipe.png", after=3.0) as hung:
+        copies = training_copies(load_dataset(synthetic_dataset))
+    assert not hung and copies == []
+
+
 # ------------------------------------------------------------------------ iter_images
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -114,10 +115,13 @@ def decision_rates(labels: np.ndarray, decisions: np.ndarray) -> dict[str, float
 
 
 def _size(path: Path) -> int | None:
+    """The size of a non-empty regular file, else None: a FIFO or a link to /dev/zero (size 0, as an empty file's)
+    was read to compare, which waited for ever or filled memory before the fit began."""
     try:
-        return path.stat().st_size
+        st = path.stat()
     except OSError:
         return None
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size else None
 
 
 def _digest(path: Path) -> str | None:
