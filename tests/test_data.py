@@ -908,6 +908,21 @@ def test_load_dataset_good_folders_in_any_case_and_mask_folders_with_other_files
     assert read_mask(loco, (8, 8)).tolist() == (half > 0).tolist()
 
 
+def test_load_dataset_annotation_files_beside_images_leave_them_their_masks(tmp_path: Path, caplog) -> None:
+    """000.json beside 000.png (labelme; VOC writes 000.xml) shared its mask with the image, and every image of
+    the defect was left without one (pixel metrics null), with a warning that said the masks were misnamed."""
+    root = tmp_path / "ds"
+    _make_tree(root)
+    for name in ("000.json", "001.xml"):
+        (root / "test" / "crack" / name).write_text("{}")
+    with caplog.at_level(logging.INFO, logger="normalcy"):
+        ds = load_dataset(root)
+    masks = {s.path.name: s.mask_path.name if s.mask_path else None for s in ds.test if s.defect == "crack"}
+    assert masks == {"000.png": "000.png", "001.png": "001_mask.png", "002.png": None, "000.json": None,
+                     "001.xml": None}
+    assert "share one mask" not in caplog.text
+
+
 def test_load_dataset_warns_when_no_mask_name_matches(tmp_path: Path, caplog) -> None:
     """Masks named otherwise (``000_gt.png``) left every image of the defect without one, said at INFO."""
     root = tmp_path / "ds"

@@ -676,6 +676,10 @@ def load_dataset(root: str | Path) -> Dataset:
             continue
         gt_dir = _child(gt_root, defect)
         masks = [_find_mask(gt_dir, f.relative_to(ddir), listings) for f in files]
+        # 000.json or 000.xml beside 000.png (labelme's and VOC's annotations) is no rival for its image's mask:
+        # they shared it, and every image of the defect was left without one
+        claimed = Counter(m for f, m in zip(files, masks) if f.suffix.lower() in IMAGE_SUFFIXES)
+        masks = [None if claimed[m] and f.suffix.lower() not in IMAGE_SUFFIXES else m for f, m in zip(files, masks)]
         shared = {m for m, n in Counter(masks).items() if m is not None and n > 1}
         if shared:  # a/x.png and b/x.png, or x.png and x.jpg: one mask for them all, no telling whose it is
             logger.warning("%s: %d images (one name in several subfolders, or with several suffixes) share one "
