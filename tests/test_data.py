@@ -338,6 +338,16 @@ def test_heic_photo_is_named_as_one(tmp_path: Path, brand: bytes) -> None:
     assert ei.value.reason == "a HEIC/HEIF image, which normalcy cannot read: convert it to JPEG or PNG"
 
 
+def test_appledouble_file_given_by_name_is_named_as_one(tmp_path: Path) -> None:
+    """A folder's ._x.png (a Mac's metadata beside x.png) is hidden, but pathlib's glob('*.png') lists it."""
+    Image.fromarray(_rgb()).save(tmp_path / "x.png")
+    (tmp_path / "._x.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(200))
+    assert list_files(tmp_path) == [tmp_path / "x.png"]
+    skipped: list[tuple[Path, str]] = []
+    assert [p for p, _ in iter_images(sorted(tmp_path.glob("*.png")), skipped)] == [tmp_path / "x.png"]
+    assert skipped == [(tmp_path / "._x.png", "a macOS AppleDouble file (Finder metadata, not an image)")]
+
+
 @pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png")])
 @pytest.mark.parametrize("frac", [0.3, 0.7])
 def test_truncated(tmp_path: Path, fmt: str, suffix: str, frac: float) -> None:

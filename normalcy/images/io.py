@@ -259,7 +259,7 @@ _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", 
 
 def _unidentified(p: Path) -> str:
     """Why Pillow could not identify ``p``: a HEIC/HEIF photo (an iPhone's own format) is named as one, since
-    "not an image" is wrong for it and says nothing of what to do."""
+    "not an image" is wrong for it and says nothing of what to do; so is a Mac's ``._name`` metadata file."""
     try:
         with open(p, "rb") as f:
             head = f.read(12)
@@ -267,6 +267,8 @@ def _unidentified(p: Path) -> str:
         head = b""
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         return "a HEIC/HEIF image, which normalcy cannot read: convert it to JPEG or PNG"
+    if head[:4] == b"\x00\x05\x16\x07":  # ._name beside each file copied from a Mac (pathlib's glob lists them)
+        return "a macOS AppleDouble file (Finder metadata, not an image)"
     return "not an image (cannot identify format)"
 
 
