@@ -456,7 +456,10 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
                                       input_norms=ex.input_norms, auto_norm=ex.auto_norm, tune=ex.tuned,
                                       tune_budget=ex.budget)
     if report is not None:
-        write_eval_report(Path(report), metrics, model, result, ds)
+        try:
+            write_eval_report(Path(report), metrics, model, result, ds)
+        except OSError as err:  # a full disk, a folder made read-only meanwhile
+            raise InputError(f"{report}: cannot write the report ({err.strerror or err})") from None
     return metrics
 
 

@@ -146,6 +146,20 @@ def test_fitting_a_data_set_root_is_refused(synthetic_root: Path) -> None:
         normalcy.fit(synthetic_root, image_size="64", progress=False)
 
 
+def test_an_unwritable_eval_report_is_refused_before_the_evaluation(synthetic_root: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--report naming a folder ended eval with a traceback (IsADirectoryError) after the fit and the scoring,
+    its metrics unprinted."""
+    import normalcy.evaluation.evaluate as evaluation
+
+    monkeypatch.setattr(evaluation, "run_eval", lambda *a, **k: pytest.fail("evaluated before refusing"))
+    (tmp_path / "file.txt").write_text("")
+    for report, why in ((tmp_path, "a folder; --report names the HTML file to write"),
+                        (tmp_path / "file.txt" / "r.html", "file.txt is a file")):
+        with pytest.raises(InputError, match=why):
+            normalcy.evaluate(synthetic_root, report=report, image_size="64", progress=False)
+
+
 def test_fit_takes_folders_among_a_list_of_paths(synthetic_root: Path, tmp_path: Path) -> None:
     """fit([folder, ...]) took each folder for one unreadable image ("needs at least 5 normal training images,
     got 1"), where predict reads a folder's images; a model folder inside a listed folder was not refused."""
