@@ -305,6 +305,11 @@ def test_exif_orientation_of_pngs_and_in_header_sizes(tmp_path: Path) -> None:
         assert out.shape == ((20, 10, 3) if name.startswith("rot") else (10, 20, 3)), name
         assert image_size(tmp_path / name) == (out.shape[1], out.shape[0]), name
     np.testing.assert_array_equal(read_image(tmp_path / "rot.png"), np.rot90(pixels, -1))
+    exif[0x0112] = 1  # upright: still the fast path
+    Image.fromarray(pixels).save(tmp_path / "upright.png", exif=exif.tobytes())
+    import normalcy.images.io as data
+
+    np.testing.assert_array_equal(data._read_plain(tmp_path / "upright.png"), pixels)
 
 
 # ------------------------------------------------------------------ read_image errors

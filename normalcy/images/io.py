@@ -345,8 +345,8 @@ def _read_plain(p: Path) -> np.ndarray | None:
                 data = head + f.read()
                 if b"tRNS" in data[: data.find(b"IDAT")]:  # a transparent colour: composited on black the Pillow way
                     return None
-                if b"eXIf" in data:  # an orientation, perhaps, which Pillow applies (here it was ignored, and the
-                    return None  # same file with transparency, or as a mask, came out rotated)
+                if _png_turned(data):  # Pillow applies it (it was ignored here: the same file with transparency,
+                    return None  # or read as a mask, came out turned)
                 decode = imagecodecs.spng_decode
             elif head[:3] == b"\xff\xd8\xff":
                 data = head + f.read()
@@ -368,6 +368,19 @@ def _read_plain(p: Path) -> np.ndarray | None:
     if arr.ndim == 2:
         return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
     return arr if arr.ndim == 3 and arr.shape[2] == 3 else None
+
+
+def _png_turned(data: bytes) -> bool:
+    """Whether a PNG's eXIf chunk (if any) holds an orientation other than 1 (or cannot be read: Pillow decides)."""
+    i = data.find(b"eXIf")
+    if i < 4:
+        return False
+    try:
+        exif = Image.Exif()
+        exif.load(data[i + 4 : i + 4 + int.from_bytes(data[i - 4 : i], "big")])
+        return exif.get(0x0112, 1) != 1
+    except Exception:  # malformed EXIF
+        return True
 
 
 def _plain_png_size(head: bytes) -> tuple[int, int] | None:
