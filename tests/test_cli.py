@@ -355,7 +355,7 @@ def test_runs_into_one_folder_replace_it_and_never_score_themselves(tmp_path: Pa
         r = normalcy("predict", str(model), str(images), "-o", str(out))
         assert r.returncode == 0, r.stderr
         assert "scored 6 images" in r.stderr
-    assert "file(s) under the run folder" in r.stderr
+    assert "a normalcy run (run.json, scores.csv), whose heatmaps are not inputs" in " ".join(r.stderr.split())
     assert len(list(csv.DictReader(open(out / "scores.csv")))) == 6 and len(list((out / "heatmaps").iterdir())) == 6
     assert [p.name for p in images.iterdir() if p.name.startswith(".")] == []  # no staging folder left
     r = normalcy("predict", str(model), str(images), "-o", str(ds / "train"))

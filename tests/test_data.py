@@ -728,6 +728,23 @@ def test_list_files_only_hidden(tmp_path: Path) -> None:
         list_files(d)
 
 
+def test_list_files_leaves_out_runs_below_the_folder(tmp_path: Path, caplog) -> None:
+    """`predict model images -o images/run1`, then `-o images/run2` or `fit images`: run1's heatmaps and overlays
+    were read as images of the folder (only the run being written was left out)."""
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    run = tmp_path / "run1"
+    (run / "heatmaps").mkdir(parents=True)
+    Image.fromarray(_rgb()).save(run / "heatmaps" / "a.png")
+    (run / "run.json").write_text("{}")
+    (run / "scores.csv").write_text("path,score\n")
+    (tmp_path / "lot2").mkdir()
+    (tmp_path / "lot2" / "run.json").write_text("{}")  # run.json alone: a user's file, kept
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert list_files(tmp_path) == [tmp_path / "a.png", tmp_path / "lot2" / "run.json"]
+    assert f"left out {run}: a normalcy run" in caplog.text
+    assert list_files(run) == [run / "heatmaps" / "a.png", run / "run.json", run / "scores.csv"]  # given: read
+
+
 def test_list_files_not_a_dir(tmp_path: Path) -> None:
     f = tmp_path / "f.txt"
     f.write_text("x")

@@ -89,10 +89,19 @@ def _walk_files(folder: Path, recursive: bool) -> list[Path]:
             dirnames[:] = []
             continue
         seen_dirs.add(real)
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
         base = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d) and not _is_run(base / d)]
         found.extend(base / name for name in filenames if not _is_hidden(name))  # os.walk lists folders apart
     return sorted(found)
+
+
+def _is_run(folder: Path) -> bool:
+    """Whether ``folder`` (below the one given) is a run that `predict` wrote, said in a warning: its heatmaps and
+    overlays were read as images of the folder (a fit learned them as normal, a predict scored them)."""
+    if not ((folder / "run.json").is_file() and (folder / "scores.csv").is_file()):
+        return False
+    logger.warning("left out %s: a normalcy run (run.json, scores.csv), whose heatmaps are not inputs", folder)
+    return True
 
 
 def list_files(folder: str | Path, recursive: bool = True) -> list[Path]:
@@ -102,7 +111,8 @@ def list_files(folder: str | Path, recursive: bool = True) -> list[Path]:
     FIFO or a device in an image folder should be named and skipped by
     :func:`iter_images`, not vanish unnoticed.
     Hidden files and hidden directories (``.DS_Store``, ``.ipynb_checkpoints``)
-    are skipped because they are never data.
+    are skipped because they are never data, and so are run folders below ``folder``
+    (:func:`_is_run`), named in a warning.
 
     Raises:
         InputError: the folder does not exist, is not a directory, or holds no files.
