@@ -202,3 +202,28 @@ def test_an_unreadable_test_image_is_named_once_and_not_timed(synthetic_dataset:
     assert caplog.text.count(f"skipping {bad}") == 1
     assert metrics["skipped"] == [[str(bad), "not an image (cannot identify format)"]]
     assert metrics["n_test"] == 7 and metrics["latency_ms_batch1"] > 0
+
+
+def test_an_eval_report_leaves_out_a_top_image_gone_since_scoring(synthetic_dataset: Path, tmp_path: Path,
+                                                                  caplog) -> None:
+    """The report reads its top images again: one moved or changed since it was scored (minutes, on a share)
+    ended the evaluation with its metrics unprinted."""
+    from types import SimpleNamespace
+
+    from normalcy.evaluation.evaluate import write_eval_report
+    from normalcy.images.io import load_dataset
+
+    ds = load_dataset(synthetic_dataset)
+    paths = [s.path for s in ds.test]
+    scores = np.arange(len(paths), dtype=float)
+    result = Result(paths, scores, [np.zeros((96, 96), np.float32)] * len(paths), scores >= 4, 4.0)
+    extractor = SimpleNamespace(size=(64, 64), spec=SimpleNamespace(name="bb"), input_norm="own")
+    model = SimpleNamespace(threshold_=4.0, map_range_=(0.0, 1.0), name="gaussian", extractor=extractor)
+    paths[-1].write_bytes(b"")  # the top-scored image, emptied since
+    metrics = {"detector": "gaussian", "dataset": ds.name, "image_auroc": 1.0}
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        report = write_eval_report(tmp_path / "r.html", metrics, model, result, ds)
+    text = report.read_text()
+    assert f"skipping {paths[-1]}: empty file (0 bytes)" in caplog.text
+    shown = [f'title="{p.relative_to(ds.root)}"' in text for p in paths[-2:]]
+    assert shown == [True, False]

@@ -25,7 +25,7 @@ from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
 from normalcy.images.backbones import sha256_file
 from normalcy.images.features import FeatureExtractor
-from normalcy.images.io import Dataset, Sample, load_dataset, read_image, read_mask
+from normalcy.images.io import Dataset, Sample, iter_images, load_dataset, read_mask
 from normalcy.runs.report import gallery_image, write_report
 
 log = logging.getLogger("normalcy")
@@ -255,11 +255,13 @@ def write_eval_report(path: Path, metrics: dict[str, Any], det: Detector, result
                       top: int = 24) -> Path:
     """An HTML report of an evaluation: top anomalies with ground truth, histogram, ROC."""
     label_of = {s.path: s.label for s in ds.test}
-    order = np.argsort(-result.scores, kind="stable")[:top]
+    order = {result.paths[i]: i for i in np.argsort(-result.scores, kind="stable")[:top]}
+    # read again: a file moved or changed since it was scored is named and left out of the gallery (it ended the
+    # evaluation, its metrics unprinted)
     items = [
-        gallery_image(_rel(result.paths[i], ds.root), float(result.scores[i]), bool(result.decisions[i]),
-                      read_image(result.paths[i]), result.maps[i], label_of[result.paths[i]])
-        for i in order
+        gallery_image(_rel(path, ds.root), float(result.scores[i]), bool(result.decisions[i]), image, result.maps[i],
+                      label_of[path])
+        for path, image in iter_images(list(order), []) for i in [order[path]]
     ]
     return write_report(
         path,
