@@ -189,6 +189,28 @@ def test_test_images_that_are_training_images_are_named(synthetic_dataset: Path,
     assert training_copies(load_dataset(synthetic_dataset)) == []
 
 
+def test_test_images_of_one_size_are_not_read_whole_to_find_copies(synthetic_dataset: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uncompressed images of one camera are all of one size: every training and test image was read whole
+    (a first pass over the data set) to look for copies. Only files whose first 64 kB agree are."""
+    import shutil
+
+    import normalcy.evaluation.evaluate as evaluation
+    from normalcy.images.io import load_dataset
+
+    for folder in ("train/good", "test/good", "test/defect"):
+        for p in sorted((synthetic_dataset / folder).glob("*.png")):
+            Image.open(p).save(p.with_suffix(".bmp"))
+            p.unlink()
+    shutil.copy(synthetic_dataset / "test" / "good" / "001.bmp", synthetic_dataset / "train" / "good" / "x.bmp")
+    read: list[Path] = []
+    digest = evaluation.sha256_file
+    monkeypatch.setattr(evaluation, "sha256_file", lambda p: read.append(p) or digest(p))
+    ds = load_dataset(synthetic_dataset)
+    assert evaluation.training_copies(ds) == [synthetic_dataset / "test" / "good" / "001.bmp"]
+    assert sorted(p.name for p in read) == ["001.bmp", "x.bmp"]
+
+
 def test_an_unreadable_test_image_is_named_once_and_not_timed(synthetic_dataset: Path, caplog) -> None:
     """The batch-1 latency scored the test paths again, unreadable ones included: each was skipped and
     named a second time, and its quick failure was timed as a latency."""
