@@ -19,9 +19,12 @@ import functools
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
+
+from safetensors import SafetensorError
 
 from normalcy.detectors import (
     DETECTORS,
@@ -34,7 +37,7 @@ from normalcy.detectors import (
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import report_info
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, read_json
+from normalcy.files import MODEL_JSON, read_json, write_error
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
@@ -388,6 +391,11 @@ def _check_model_output(output: Path, inputs: Sequence[Path]) -> None:
             output.rmdir()
         except OSError as err:
             raise InputError(f"{output}: cannot be created ({err.strerror or err})") from None
+    else:
+        try:  # a read-only folder (or mount) failed at saving, after the whole fit
+            tempfile.TemporaryFile(dir=output).close()
+        except OSError as err:
+            raise InputError(f"{output}: cannot write a model there ({err.strerror or err})") from None
 
 
 def _save(model: Any, output: Optional[PathLike]) -> None:
@@ -395,8 +403,8 @@ def _save(model: Any, output: Optional[PathLike]) -> None:
         return
     try:
         model.save(output)
-    except OSError as err:  # a full disk, a folder made read-only meanwhile
-        raise InputError(f"{output}: cannot write the model ({err.strerror or err})") from None
+    except (OSError, SafetensorError) as err:  # a full disk, a folder made read-only meanwhile
+        raise InputError(f"{output}: cannot write the model ({write_error(err)})") from None
 
 
 def _fit_table(path: Path, opts: DetectorOptions, label_column: Optional[str], id_column: Optional[str]) -> VectorModel:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -78,8 +79,8 @@ def read_model_file(path: Path, max_bytes: int) -> bytes:
 def read_json(path: Path) -> dict[str, Any]:
     """A model folder's JSON file as a dict (see ``model_file``); every problem is one InputError line."""
     data = read_model_file(path, MAX_JSON_BYTES)
-    try:
-        raw = json.loads(data.decode("utf-8"))
+    try:  # utf-8-sig: a model.json edited in Notepad starts with a byte order mark, which JSON refuses
+        raw = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: cannot read ({err})") from None
     except json.JSONDecodeError as err:
@@ -89,6 +90,38 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     return raw
+
+
+def write_model_files(directory: str | Path, writers: dict[str, Callable[[Path], Any]]) -> Path:
+    """Write a model folder's files (``writers``: file name -> a function writing it to the path given) so
+    that a failure never leaves a model that loads as another: a full disk or a Ctrl-C while one was written
+    left the earlier model.json beside new tensors (or a half set of series models), which loaded as a model
+    neither fit made. Each file is written under a hidden name in the folder first, the earlier model.json
+    is then removed, the files renamed into place and model.json last. A failure while writing leaves the
+    earlier model as it was; one among the renames leaves no model.json, which loading names."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    names = sorted(writers, key=lambda n: n == MODEL_JSON)  # model.json last
+    temps = {n: d / f".{n}.{os.getpid()}.partial{Path(n).suffix}" for n in names}  # suffix: skops wants it
+    try:
+        for name in names:
+            writers[name](temps[name])
+        if os.path.lexists(d / MODEL_JSON):
+            os.unlink(d / MODEL_JSON)
+        for name in names:
+            os.replace(temps[name], d / name)
+    finally:
+        for t in temps.values():
+            if os.path.lexists(t):
+                os.unlink(t)
+    return d
+
+
+def write_error(err: BaseException) -> str:
+    """Why a file could not be written, in a few words: an OSError's strerror (No space left on device), else
+    the message on one line (safetensors wraps the OSError in its own error)."""
+    found = re.search(r"I/O error: (.+?) \(os error \d+\)", str(err))  # safetensors: "... I/O error: No space ..."
+    return getattr(err, "strerror", None) or (found.group(1) if found else one_line(err))
 
 
 def describe(err: ValidationError) -> str:

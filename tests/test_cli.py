@@ -422,3 +422,13 @@ def test_score_batch_help_speaks_of_images_only() -> None:
     """score-batch scores images: its --top said "or series (default 12)", as predict's does."""
     r = run_cli("score-batch", "--help")
     assert r.returncode == 0 and "series" not in r.stdout.split("--top", 1)[1].split("--", 1)[0]
+
+
+def test_fit_into_a_folder_that_cannot_be_written_is_refused_before_the_fit(tmp_path: Path) -> None:
+    """An existing folder that cannot be written (a read-only mount; /proc here, as root writes anywhere
+    else) failed at saving, after the whole fit; it is refused first, naming it."""
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(60)))
+    r = run_cli("fit", table, "-o", "/proc/self", "-d", "gaussian")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: /proc/self: cannot write a model there (") and "fitted" not in r.stderr

@@ -430,3 +430,45 @@ def test_relative_weight_path_refused(code_copy):
     d = _copy(code_copy["dir"], code_copy["dir"].parent / "relw",
               meta=_set("extractor.backbone_extras.weights", "net.safetensors"))
     assert "extractor.backbone_extras.weights: the weight file must be an absolute path" in _raises(d)
+
+
+def test_a_model_json_saved_with_a_byte_order_mark_loads(model, tmp_path):
+    """Notepad saves UTF-8 with a byte order mark: the edited model loads (it was "invalid JSON (Unexpected
+    UTF-8 BOM (decode using utf-8-sig) ...)"); a trailing comma is still named with its line."""
+    d = _copy(model, tmp_path)
+    text = (d / "model.json").read_text()
+    (d / "model.json").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load(d).threshold_ == load(model).threshold_
+    (d / "model.json").write_text(text.rstrip().removesuffix("}") + ",}")
+    assert "model.json: invalid JSON (" in _raises(d)
+
+
+def _failing_save(real: Callable, error: BaseException) -> Callable:
+    """safetensors' save_file that writes part of the file (all of it for a Ctrl-C), then raises ``error``."""
+    def save(state: dict, path: str, *args: Any, **kwargs: Any) -> None:
+        real(state, path, *args, **kwargs)
+        if isinstance(error, OSError):
+            with open(path, "r+b") as fh:
+                fh.truncate(fh.seek(0, 2) // 2)
+        raise error
+    return save
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_save_that_stops_halfway_leaves_the_earlier_model(error, model, tmp_path, monkeypatch):
+    """A full disk or a Ctrl-C while a new model was saved over an earlier one left the earlier model.json
+    beside the new tensors (a model neither fit made, which loaded and scored) or beside half a file (the
+    earlier model lost); now the earlier model is as it was, and no temporary file is left."""
+    import normalcy.detectors.base as base
+
+    d = _copy(model, tmp_path)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    other = load(model)  # another fit's model: other tensors, another threshold
+    other.scale_, other.threshold_ = other.scale_ * 2, other.threshold_ + 1.0
+    monkeypatch.setattr(base, "save_file", _failing_save(base.save_file, error))
+    with pytest.raises(type(error)):
+        other.save(d)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    monkeypatch.undo()
+    assert other.save(d) == d and json.loads((d / "model.json").read_text())["threshold"] == other.threshold_
+    assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.safetensors"]

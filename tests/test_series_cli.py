@@ -828,3 +828,47 @@ def test_a_plot_of_zoned_times_says_it_draws_them_in_utc(tmp_path: Path) -> None
     for name, said in (("tokyo", True), ("utc", False)):
         assert cli("predict", tmp_path / "m", tmp_path / f"{name}.csv", "-o", tmp_path / name).exit_code == 0
         assert (">times in UTC</text>" in (tmp_path / name / "report.html").read_text()) is said
+def test_a_set_whose_save_stopped_halfway_does_not_load_as_a_set(tmp_path: Path, monkeypatch) -> None:
+    """A full disk at the second of three series' models left the earlier set's model.json naming one new
+    model and two old ones: a set no fit made, which loaded and scored. Now that folder is not a model
+    (its model.json goes first, the new one comes last) and says so; a save that ends writes the whole set."""
+    import normalcy.series.base as series_base
+
+    m = tmp_path / "m"
+    r = cli("fit", write_long(tmp_path / "long.csv", ["a", "b", "c"]), "-o", m, "--series-column", "host",
+            "--window", "12", "-d", "knn")
+    assert r.exit_code == 0, r.stderr
+    refit = load_series_model(m)
+    for key in refit.keys:
+        refit.get(key).threshold_ += 1.0
+    real, saved = series_base.SeriesDetector.save, []
+
+    def save(self, directory):  # a full disk at the second series' model
+        saved.append(directory)
+        if len(saved) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, directory)
+
+    monkeypatch.setattr(series_base.SeriesDetector, "save", save)
+    with pytest.raises(OSError):
+        refit.save(m)
+    with pytest.raises(InputError, match="no model.json"):
+        load_series_model(m)
+    monkeypatch.undo()
+    refit.save(m)
+    assert [load_series_model(m).get(k).threshold_ for k in "abc"] == [refit.get(k).threshold_ for k in "abc"]
+
+
+def test_a_full_disk_at_the_end_of_a_fit_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """safetensors reports a full disk as its own error, not an OSError: the fit ended in a traceback."""
+    import normalcy.series.base as series_base
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(series_base, "save_file", full)
+    m = tmp_path / "m"
+    r = CliRunner().invoke(app, ["fit", str(write_series(tmp_path / "s.csv", 200)), "-o", str(m), "-d", "knn"])
+    assert one_line_error(r) == f"error: {m}: cannot write the model (No space left on device)"
+    assert not (m / "model.json").exists()

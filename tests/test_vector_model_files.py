@@ -383,3 +383,26 @@ def test_an_fpr_out_of_range_is_an_input_error(table):
     """As for images and series: a setting the user gave wrong is one line, not a ValueError traceback."""
     with pytest.raises(InputError, match=r"detector knn: KNNDetector\.fpr: .* got 1\.5"):
         fit_table(read_table(table, label_column="y"), "knn", fpr=1.5)
+
+
+def test_a_save_a_full_disk_stopped_leaves_the_earlier_model(models: dict[str, Path], table: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while model.skops was written over an earlier model left half a file beside the earlier
+    model.json (the earlier model lost); now the earlier model is as it was and no temporary file is left."""
+    d = tmp_path / "m"
+    shutil.copytree(models["gaussian"], d)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    det, _ = fit_table(read_table(table, label_column="y"), "knn")
+    real = sio.dump
+
+    def dump(obj: Any, file: Any, **kwargs: Any) -> None:
+        real(obj, file, **kwargs)
+        with open(file, "r+b") as fh:
+            fh.truncate(100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sio, "dump", dump)
+    with pytest.raises(OSError):
+        save_vector_model(det, "knn", ["x0", "x1", "x2", "x3"], d)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    assert load_vector_model(d)[1].detector == "gaussian"

@@ -61,7 +61,7 @@ from normalcy.detectors.modelfile import (
     Seed,
 )
 from normalcy.errors import InputError, NotFittedError
-from normalcy.files import MODEL_JSON
+from normalcy.files import MODEL_JSON, write_model_files
 from normalcy.images.features import MIN_SIZE, Batch, FeatureExtractor, Features, upsample_map
 from normalcy.images.io import input_paths
 from normalcy.numerics.stats import threshold_at
@@ -621,7 +621,6 @@ class Detector:
         """Write model.safetensors and model.json into ``directory``."""
         self._check_fitted()
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         meta = ModelMeta.model_validate_json(json.dumps({  # as load() reads it: one that would not load is not saved
             "format_version": FORMAT_VERSION,
             "normalcy_version": __version__,
@@ -639,10 +638,11 @@ class Detector:
             "choice": self.choice,
             **self.metadata(),
         }))
-        save_file(self.state_dict(), str(d / MODEL_TENSORS))
         unset = {k for k in ("training", "choice", "threshold_fp32") if getattr(meta, k) is None}
-        (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2, exclude=unset) + "\n")
-        return d
+        text = meta.model_dump_json(indent=2, exclude=unset) + "\n"
+        state = self.state_dict()
+        return write_model_files(d, {MODEL_TENSORS: lambda p: save_file(state, str(p)),
+                                     MODEL_JSON: lambda p: p.write_text(text)})
 
 
 def _row(batch: Batch, k: int) -> Batch:

@@ -46,7 +46,7 @@ from torch import nn
 from normalcy.detectors.base import HyperParams, param_repr, validation_message
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
 from normalcy.errors import InputError, NotFittedError
-from normalcy.files import MODEL_JSON, Strict
+from normalcy.files import MODEL_JSON, Strict, write_model_files
 from normalcy.numerics.stats import threshold_at
 from normalcy.runs.format import decide
 from normalcy.series.glitches import mended
@@ -544,7 +544,6 @@ class SeriesDetector:
         """Write model.json and model.safetensors into ``directory``."""
         self._check_fitted()
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         training = self.metadata()
         if getattr(self, "mended_", None):  # the training rows fitted on were not all as given: say which
             training = training | {"mended_glitches": self.mended_[:MAX_MENDED]}
@@ -557,10 +556,11 @@ class SeriesDetector:
             "flags": list(self.flags_), "stream": self.stream_state.meta() if self.stream_state else None,
         }))
         stream = self.stream_state.tensors() if self.stream_state else {}
-        save_file(self.state_dict() | stream, str(d / MODEL_TENSORS))
+        state = self.state_dict() | stream
         kept = None if self.stream_state else {"stream"}  # none: model.json as before, which older normalcy reads
-        (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2, exclude=kept) + "\n")
-        return d
+        text = meta.model_dump_json(indent=2, exclude=kept) + "\n"
+        return write_model_files(d, {MODEL_TENSORS: lambda p: save_file(state, str(p)),
+                                     MODEL_JSON: lambda p: p.write_text(text)})
 
     @classmethod
     def from_saved(cls, meta: "SeriesModelMeta", state: dict[str, torch.Tensor], source: Path) -> "SeriesDetector":

@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, Strict, describe, read_json
+from normalcy.files import MODEL_JSON, Strict, describe, read_json, write_model_files
 from normalcy.progress import plain, progress_bar
 from normalcy.series import registry
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
@@ -263,8 +263,13 @@ class SeriesSet:
         return len(self.keys)
 
     def save(self, directory: str | Path) -> Path:
+        """Write each series' model into its folder, then model.json. An earlier model.json goes first: a save
+        that stopped halfway (a full disk) left it naming folders of which some held the new models, a set
+        that loaded as neither fit's; now such a folder has no model.json, which loading names."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(d / MODEL_JSON):
+            os.unlink(d / MODEL_JSON)
         taken: set[str] = set()
         entries = []
         for key in self.keys:
@@ -278,8 +283,8 @@ class SeriesSet:
                              detector=self.name, series_column=self.series_column, time_column=self.time_column,
                              models=[SetEntry(**e) for e in entries], failed=failed,
                              created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        (d / MODEL_JSON).write_text(meta.model_dump_json(indent=1) + "\n")
-        return d
+        text = meta.model_dump_json(indent=1) + "\n"
+        return write_model_files(d, {MODEL_JSON: lambda p: p.write_text(text)})
 
 
 _ID_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")

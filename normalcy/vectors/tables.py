@@ -44,6 +44,7 @@ from normalcy.files import (
     one_line,
     read_json,
     read_model_file,
+    write_model_files,
 )
 from normalcy.errors import InputError
 from normalcy.runs.format import decide
@@ -566,14 +567,12 @@ def rows_fitted(det: Any) -> int:
 def save_vector_model(det: Any, name: str, columns: list[str], directory: str | Path) -> None:
     import skops.io as sio
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     plain_params(det)  # np.float32(0.05) saved as a numpy node that loading refuses
-    sio.dump(det, d / MODEL_FILE)
     meta = VectorModelMeta(kind=VECTOR_KIND, normalcy_version=__version__, detector=name, columns=columns,
                            fpr=float(det.fpr), threshold=threshold_of(det), n_train=rows_fitted(det),
                            n_calibration=len(det.calibration_scores_), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    (d / MODEL_JSON).write_text(meta.model_dump_json(indent=2) + "\n")
+    text = meta.model_dump_json(indent=2) + "\n"
+    write_model_files(directory, {MODEL_FILE: lambda p: sio.dump(det, p), MODEL_JSON: lambda p: p.write_text(text)})
 
 
 def table_inputs(inputs: list[Path]) -> list[Path]:
