@@ -50,6 +50,8 @@ from normalcy.runs.format import (
     RunWriter,
     SeriesRunPart,
     check_output,
+    disk_full,
+    is_disk_full,
     outside_run,
     staged,
     table_targets,
@@ -850,6 +852,8 @@ def _add_safely(writer: RunWriter, skipped: list[tuple[Path, str]], path: Path, 
     try:
         writer.add(path, image, score, amap, embedding=embedding)
     except (OSError, ValueError) as err:
+        if is_disk_full(err):  # not this image's problem: every image after it would be "skipped" too
+            raise disk_full(writer.output, err) from None
         skipped.append((path, f"could not write its results: {err}"))
 
 

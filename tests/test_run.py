@@ -229,3 +229,88 @@ def test_outside_run_keeps_a_symlink_loop_for_the_reader_to_skip(tmp_path: Path)
     (tmp_path / "l2").symlink_to(tmp_path / "l1")
     images = [tmp_path / "a.png", tmp_path / "l1"]
     assert outside_run(images, tmp_path / "out") == images
+
+
+def _full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_while_a_run_is_written_is_one_line_and_keeps_the_earlier_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while scores, embeddings (safetensors' own error) or the run of a table or series were
+    written was a traceback; it is one line naming the run folder, and the earlier run stays whole."""
+    import normalcy.runs.format as fmt
+    from safetensors import SafetensorError
+
+    run = tmp_path / "run"
+    _write(run, [tmp_path / "a.png"])
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    monkeypatch.setattr(fmt, "write_skipped", _full)
+    with pytest.raises(InputError, match=r"run: cannot write the run \(No space left on device\)"):
+        with RunWriter(run, 0.5, (0.0, 1.0), report=False) as writer:
+            writer.add(tmp_path / "b.png", _image(1), 0.9, np.zeros((4, 4), np.float32))
+            writer.close([], "test")
+    with pytest.raises(InputError, match=r"run: cannot write the run \(No space left on device\)"):
+        with fmt.staged(run) as folder:
+            fmt.write_skipped(folder, "row", [])
+
+    def safetensors_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(InputError, match=r"run: cannot write the run \(No space left on device\)"):
+        with fmt.staged(run) as folder:
+            safetensors_full()
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_full_disk_stops_an_image_run_rather_than_skipping_every_image(tmp_path: Path) -> None:
+    """An image whose heatmap could not be written is skipped and the run goes on; a full disk is no one
+    image's problem: it was "skipped" for that image and every later one (then "no image could be read")."""
+    from normalcy.api import _add_safely
+
+    class Writer:
+        output = tmp_path / "run"
+
+        def add(self, *args, **kwargs):
+            raise self.error
+
+    writer, skipped = Writer(), []
+    writer.error = OSError(36, "File name too long")
+    _add_safely(writer, skipped, tmp_path / "a.png", None, 1.0, None, None)
+    assert [r for _, r in skipped] == ["could not write its results: [Errno 36] File name too long"]
+    writer.error = OSError(28, "No space left on device")
+    with pytest.raises(InputError, match=r"run: cannot write the run \(No space left on device\)"):
+        _add_safely(writer, skipped, tmp_path / "b.png", None, 1.0, None, None)
+    assert len(skipped) == 1
+
+
+def test_runs_finishing_into_one_folder_at_once_both_end_well(tmp_path: Path) -> None:
+    """Two predicts into one run folder finishing at the same moment: one rename failed ("Directory not
+    empty") with a traceback and left its hidden folder behind. The run finishing last is kept, whole."""
+    import threading
+
+    from normalcy.runs.format import RUN_JSON, finish_run, start_run
+
+    for round_ in range(30):
+        out = tmp_path / f"run{round_ % 3}"
+        folders = [start_run(out) for _ in range(4)]
+        for k, f in enumerate(folders):
+            (f / RUN_JSON).write_text(str(k))
+        gate, errors = threading.Barrier(len(folders)), []
+
+        def finish(folder: Path) -> None:
+            gate.wait()
+            try:
+                finish_run(folder, out)
+            except Exception as err:  # noqa: BLE001
+                errors.append(err)
+
+        threads = [threading.Thread(target=finish, args=(f,)) for f in folders]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and (out / RUN_JSON).read_text() in "0123"
+        assert sorted(p.name for p in out.iterdir()) == [RUN_JSON]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run0", "run1", "run2"]

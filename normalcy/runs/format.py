@@ -44,6 +44,7 @@ not UTF-8 included) and guarded against spreadsheet formulas (:func:`csv_cell`).
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import heapq
 import json
@@ -60,9 +61,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from normalcy.errors import InputError
+from normalcy.files import write_error
 from normalcy.images.heatmap import overlay, side_by_side, write_png
 from normalcy.images.io import printable
 from normalcy.runs.report import ReportImage, gallery_image, write_report
@@ -261,20 +264,61 @@ def start_run(output: Path, inputs: Sequence[Path] = ()) -> Path:
         raise InputError(f"{output}: cannot write a run folder there ({err.strerror or err})") from None
 
 
+# What a full or read-only disk raises while a run is written: the run stops (no image is "skipped" for it).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether an error writing a run is the disk's (full, read-only), not the one item's being written
+    (safetensors wraps the OSError in its own error)."""
+    return isinstance(err, SafetensorError) or (isinstance(err, OSError) and err.errno in DISK_FULL)
+
+
+@contextmanager
+def writing(output: Path) -> Iterator[None]:
+    """A full disk while a run is written as one line naming the run folder (it was a traceback)."""
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        if not is_disk_full(err):
+            raise
+        raise disk_full(output, err) from None
+
+
+def disk_full(output: Path, err: BaseException) -> InputError:
+    """The one line for a run a full disk stopped."""
+    return InputError(f"{output}: cannot write the run ({write_error(err)}); an earlier run there is kept as it was")
+
+
 def finish_run(folder: Path, output: Path) -> None:
     """Put the complete run ``folder`` in place of ``output`` by renames: the earlier run (its labels
-    moved over, see KEPT) is swapped out and then deleted."""
+    moved over, see KEPT) is swapped out and then deleted. Another run finishing into the same folder at
+    the same moment (two predicts) made one rename fail with a traceback: it is tried again, and the run
+    that finishes last is the one kept."""
     out = Path(os.path.abspath(output))
-    if out.is_dir():
-        for name in KEPT:
-            if (out / name).exists():
-                os.replace(out / name, folder / name)
-        old = folder.with_suffix(".old")
-        os.replace(out, old)
-        os.replace(folder, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(folder, out)
+    taken = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT)  # what a run finishing beside this one causes
+    for attempt in range(5):
+        try:
+            if out.is_dir():
+                for name in KEPT:
+                    if (out / name).exists():
+                        os.replace(out / name, folder / name)
+                old = folder.with_suffix(".old")
+                os.replace(out, old)
+                try:
+                    os.replace(folder, out)
+                except BaseException:
+                    if not os.path.lexists(out):
+                        os.replace(old, out)  # the earlier run back, rather than no run at all
+                    raise
+                finally:
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(folder, out)
+            return
+        except OSError as err:
+            if attempt == 4 or err.errno not in taken or not folder.is_dir():
+                raise
 
 
 def abandon_run(folder: Path) -> None:
@@ -287,11 +331,12 @@ def staged(output: Path, inputs: Sequence[Path] = ()) -> Iterator[Path]:
     """The folder to write a run into; it replaces ``output`` when the block ends without an exception."""
     folder = start_run(output, inputs)
     try:
-        yield folder
+        with writing(output):
+            yield folder
+            finish_run(folder, output)
     except BaseException:
         abandon_run(folder)
         raise
-    finish_run(folder, output)
 
 
 def outside_run(paths: Sequence[Path], output: Path) -> list[Path]:
@@ -396,6 +441,10 @@ class RunWriter:
 
     def close(self, skipped: Sequence[tuple[Path, str]], title: str) -> None:
         """Write scores, skipped.csv, embeddings, run.json and the report; then put the run in place of ``output``."""
+        with writing(self.output):
+            self._close(skipped, title)
+
+    def _close(self, skipped: Sequence[tuple[Path, str]], title: str) -> None:
         write_scores(self.folder, IMAGE_KEY, self._ids, np.array([r[1] for r in self.rows]),
                      self.threshold, self._overlays)
         write_skipped(self.folder, IMAGE_KEY, skipped)
