@@ -593,6 +593,11 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
     scores from the past only, every row learned, calibrated to [0, 1]; in this process)."""
     paths_in = _paths(inputs, "predict")
     output = Path(output)
+    if isinstance(model, (str, os.PathLike)):  # a run replaces its folder whole: the model in it went with it
+        out, folder = output.resolve(), Path(model).resolve()
+        if folder == out or out in folder.parents:
+            raise InputError(f"{output}: holds the model {model}, and a run replaces its run folder: "
+                             "choose another --output")
     if stream and ray is not None:
         raise InputError("--stream replays each series in this process; it does not run on Ray")
     if isinstance(model, (str, Path)) and is_series_model(Path(model)):

@@ -314,3 +314,21 @@ def test_runs_finishing_into_one_folder_at_once_both_end_well(tmp_path: Path) ->
         assert errors == [] and (out / RUN_JSON).read_text() in "0123"
         assert sorted(p.name for p in out.iterdir()) == [RUN_JSON]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run0", "run1", "run2"]
+
+
+def test_a_run_never_replaces_the_folder_holding_its_model(tmp_path: Path) -> None:
+    """A model saved into a run folder (or as one) was deleted, silently, by the next run into that folder: a
+    run replaces its folder whole. Refused in one line, the model and the earlier run kept."""
+    from conftest import run_cli
+
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(60)))
+    run = tmp_path / "run"
+    assert run_cli("fit", table, "-o", tmp_path / "m", "-d", "gaussian").returncode == 0
+    assert run_cli("predict", tmp_path / "m", table, "-o", run).returncode == 0
+    for model in (run / "model", run):
+        assert run_cli("fit", table, "-o", model, "-d", "gaussian").returncode == 0
+        r = run_cli("predict", model, table, "-o", run)
+        assert r.returncode == 1 and r.stderr.strip() == (f"error: {run}: holds the model {model}, and a run "
+                                                          "replaces its run folder: choose another --output")
+        assert (model / "model.json").is_file() and (run / "run.json").is_file()
