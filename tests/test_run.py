@@ -332,3 +332,26 @@ def test_a_run_never_replaces_the_folder_holding_its_model(tmp_path: Path) -> No
         assert r.returncode == 1 and r.stderr.strip() == (f"error: {run}: holds the model {model}, and a run "
                                                           "replaces its run folder: choose another --output")
         assert (model / "model.json").is_file() and (run / "run.json").is_file()
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_before_scoring(tmp_path: Path) -> None:
+    """check_output, which series predict and score-batch call before scoring, let a folder whose parent cannot
+    be written pass (a read-only mount; /proc here, as root writes anywhere else): the run failed after all
+    the scoring (MuSc's minutes). A missing parent is still fine (it is made), and nothing is left behind."""
+    with pytest.raises(InputError, match=r"^/proc/self/run: cannot write a run folder there \("):
+        check_output(Path("/proc/self/run"))
+    check_output(tmp_path / "new" / "deeper" / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_into_a_symbolic_link_goes_where_it_points(tmp_path: Path) -> None:
+    """-o a link to a folder (on a bigger disk, say): the link was replaced by a folder beside it, the run
+    written there, and the swapped-out link left behind as .NAME.*.old. The run goes where the link points."""
+    (tmp_path / "big").mkdir()
+    link = tmp_path / "results"
+    link.symlink_to(tmp_path / "big" / "results")
+    for k in range(2):
+        _write(link, [tmp_path / f"{k}.png"])
+        assert link.is_symlink() and (tmp_path / "big" / "results" / "run.json").is_file()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "results"]
+        assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["results"]

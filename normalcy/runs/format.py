@@ -250,13 +250,20 @@ def check_output(output: Path, inputs: Sequence[Path] = ()) -> None:
                              "choose a new or empty folder, or an earlier run's")
     except OSError as err:
         raise InputError(f"{output}: cannot read ({err.strerror or err})") from None
+    where = out.parent  # the run is written beside its folder (start_run): a read-only one failed after scoring
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING, dir=where))
+    except OSError as err:
+        raise InputError(f"{output}: cannot write a run folder there ({err.strerror or err})") from None
 
 
 def start_run(output: Path, inputs: Sequence[Path] = ()) -> Path:
     """A fresh hidden folder beside ``output`` to write a run into (the same file system, so that
     :func:`finish_run` can rename it into place), after :func:`check_output`."""
     check_output(output, inputs)
-    out = Path(os.path.abspath(output))
+    out = Path(output).resolve()  # a link to a folder: the run goes where it points, and the link stays
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING, dir=out.parent))
@@ -295,7 +302,7 @@ def finish_run(folder: Path, output: Path) -> None:
     moved over, see KEPT) is swapped out and then deleted. Another run finishing into the same folder at
     the same moment (two predicts) made one rename fail with a traceback: it is tried again, and the run
     that finishes last is the one kept."""
-    out = Path(os.path.abspath(output))
+    out = Path(output).resolve()
     taken = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT)  # what a run finishing beside this one causes
     for attempt in range(5):
         try:
