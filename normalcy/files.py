@@ -84,7 +84,10 @@ def read_json(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: cannot read ({err})") from None
     except json.JSONDecodeError as err:
-        raise InputError(f"{path}: invalid JSON ({err})") from None
+        # a model.json edited by hand: Python's message for a trailing comma does not name it
+        comma = err.doc[:err.pos].rstrip().endswith(",") and err.doc[err.pos:err.pos + 1] in ("}", "]")
+        hint = "; a trailing comma before it, which JSON does not allow" if comma else ""
+        raise InputError(f"{path}: invalid JSON ({err}{hint})") from None
     except RecursionError:
         raise InputError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):

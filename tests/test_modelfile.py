@@ -434,13 +434,15 @@ def test_relative_weight_path_refused(code_copy):
 
 def test_a_model_json_saved_with_a_byte_order_mark_loads(model, tmp_path):
     """Notepad saves UTF-8 with a byte order mark: the edited model loads (it was "invalid JSON (Unexpected
-    UTF-8 BOM (decode using utf-8-sig) ...)"); a trailing comma is still named with its line."""
+    UTF-8 BOM (decode using utf-8-sig) ...)"); a trailing comma is named as one (it was "Expecting property
+    name enclosed in double quotes")."""
     d = _copy(model, tmp_path)
     text = (d / "model.json").read_text()
     (d / "model.json").write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert load(d).threshold_ == load(model).threshold_
-    (d / "model.json").write_text(text.rstrip().removesuffix("}") + ",}")
-    assert "model.json: invalid JSON (" in _raises(d)
+    (d / "model.json").write_text(text.rstrip().removesuffix("}") + ",\n}")
+    assert "model.json: invalid JSON (" in (msg := _raises(d)) and msg.endswith(
+        "; a trailing comma before it, which JSON does not allow)"), msg
 
 
 def _failing_save(real: Callable, error: BaseException) -> Callable:
