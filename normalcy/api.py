@@ -37,7 +37,7 @@ from normalcy.detectors import (
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import report_info
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, read_json, write_error
+from normalcy.files import MODEL_JSON, no_model_json, read_json, write_error
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
@@ -531,6 +531,8 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
         if not is_series_model(model_dir):
             meta = model_dir / MODEL_JSON
             if not meta.is_file():
+                if model_dir.is_file():
+                    raise no_model_json(model_dir)
                 raise InputError(f"{model}: not a series model: no model.json in it (a model folder is written by "
                                  "`normalcy fit`)")
             read_json(meta)  # one that cannot be read says why

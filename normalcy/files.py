@@ -76,6 +76,14 @@ def read_model_file(path: Path, max_bytes: int) -> bytes:
     return data
 
 
+def no_model_json(d: Path) -> InputError:
+    """The error for a model path without model.json in it: given model/model.json (or its tensors), it said
+    "model/model.json: not a normalcy model (no model.json)"; it now names the folder to give."""
+    if d.is_file() and os.path.lexists(d.parent / MODEL_JSON):
+        return InputError(f"{d}: a model is the folder holding {MODEL_JSON} and its files: give {d.parent}")
+    return InputError(f"{d}: not a normalcy model (no {MODEL_JSON})")
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A model folder's JSON file as a dict (see ``model_file``); every problem is one InputError line."""
     data = read_model_file(path, MAX_JSON_BYTES)

@@ -474,3 +474,9 @@ def test_a_save_that_stops_halfway_leaves_the_earlier_model(error, model, tmp_pa
     monkeypatch.undo()
     assert other.save(d) == d and json.loads((d / "model.json").read_text())["threshold"] == other.threshold_
     assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_a_model_json_given_for_its_folder_names_the_folder(model, images, tmp_path):
+    """`predict model/model.json ...` said "model/model.json: not a normalcy model (no model.json)"."""
+    msg = _cli_fails(model / "model.json", images, tmp_path)
+    assert msg == f"error: {model / 'model.json'}: a model is the folder holding model.json and its files: give {model}"

@@ -872,3 +872,11 @@ def test_a_full_disk_at_the_end_of_a_fit_is_one_line(tmp_path: Path, monkeypatch
     r = CliRunner().invoke(app, ["fit", str(write_series(tmp_path / "s.csv", 200)), "-o", str(m), "-d", "knn"])
     assert one_line_error(r) == f"error: {m}: cannot write the model (No space left on device)"
     assert not (m / "model.json").exists()
+
+
+def test_a_series_model_json_given_for_its_folder_names_the_folder(data: Path, model: Path, tmp_path: Path) -> None:
+    """`watch model/model.json` and `predict model/model.json` said "... not a series model: no model.json in
+    it" and "not a normalcy model (no model.json)" of the very model.json given."""
+    want = f"error: {model / 'model.json'}: a model is the folder holding model.json and its files: give {model}"
+    assert one_line_error(cli("watch", model / "model.json", data / "a" / "test.csv")) == want
+    assert one_line_error(cli("predict", model / "model.json", data / "a" / "test.csv", "-o", tmp_path / "r")) == want

@@ -42,6 +42,7 @@ from normalcy.files import (
     Strict,
     describe,
     model_file,
+    no_model_json,
     one_line,
     read_json,
 )
@@ -193,7 +194,7 @@ def read_model(directory: str | Path, trust_code: bool = False) -> tuple[ModelMe
     d = Path(directory)
     meta_path = d / MODEL_JSON
     if not os.path.lexists(meta_path):
-        raise InputError(f"{d}: not a normalcy model (no {MODEL_JSON})")
+        raise no_model_json(d)
     raw = read_json(meta_path)
     version = raw.get("format_version")
     if version != FORMAT_VERSION or isinstance(version, bool):

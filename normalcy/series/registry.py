@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from normalcy.detectors.modelfile import MODEL_TENSORS, read_tensors
 from normalcy.errors import InputError
-from normalcy.files import MODEL_JSON, Strict, describe, read_json
+from normalcy.files import MODEL_JSON, Strict, describe, no_model_json, read_json
 from normalcy.series.auto import AutoDetector
 from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
 from normalcy.series.members import MEMBERS
@@ -58,7 +58,7 @@ def load(directory: str | Path) -> SeriesDetector:
     d = Path(directory)
     meta_path = d / MODEL_JSON
     if not os.path.lexists(meta_path):
-        raise InputError(f"{d}: not a normalcy model (no {MODEL_JSON})")
+        raise no_model_json(d)
     raw = read_json(meta_path)
     if raw.get("kind") != SERIES_KIND:
         raise InputError(f"{meta_path}: not a series model (kind {raw.get('kind')!r})")
