@@ -398,6 +398,25 @@ def _check_model_output(output: Path, inputs: Sequence[Path]) -> None:
             tempfile.TemporaryFile(dir=output).close()
         except OSError as err:
             raise InputError(f"{output}: cannot write a model there ({err.strerror or err})") from None
+        _check_not_theirs(output)
+
+
+def _check_not_theirs(output: Path) -> None:
+    """Refuse a folder holding a file a save would replace that is not a normalcy model's: fit -o a Hugging
+    Face model's folder replaced its model.safetensors. Other files in the folder are never touched."""
+    from normalcy.detectors.modelfile import MODEL_TENSORS
+    from normalcy.vectors.tables import MODEL_FILE
+
+    names = [n for n in (MODEL_JSON, MODEL_TENSORS, MODEL_FILE) if os.path.lexists(output / n)]
+    if not names:
+        return
+    try:
+        ours = "normalcy_version" in read_json(output / MODEL_JSON)
+    except InputError:
+        ours = False
+    if not ours:
+        raise InputError(f"{output}: holds a {names[0]} that is not a normalcy model's, which saving would "
+                         "replace: choose another --output")
 
 
 def _save(model: Any, output: Optional[PathLike]) -> None:

@@ -432,3 +432,26 @@ def test_fit_into_a_folder_that_cannot_be_written_is_refused_before_the_fit(tmp_
     r = run_cli("fit", table, "-o", "/proc/self", "-d", "gaussian")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: /proc/self: cannot write a model there (") and "fitted" not in r.stderr
+
+
+def test_fit_never_replaces_model_files_that_are_not_a_normalcy_models(tmp_path: Path) -> None:
+    """fit -o a Hugging Face model's folder (config.json, model.safetensors) replaced its model.safetensors; a
+    folder with another tool's model.json lost it. Refused before the fit, the files untouched; a folder of
+    other files, or an earlier normalcy model, is written as before."""
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(60)))
+    for name, content in (("model.safetensors", b"weights"), ("model.json", b'{"architectures": ["Bert"]}')):
+        theirs = tmp_path / name.replace(".", "_")
+        theirs.mkdir()
+        (theirs / name).write_bytes(content)
+        r = run_cli("fit", table, "-o", theirs, "-d", "gaussian")
+        assert r.returncode == 1 and r.stderr.strip() == (
+            f"error: {theirs}: holds a {name} that is not a normalcy model's, which saving would replace: "
+            "choose another --output")
+        assert [p.name for p in theirs.iterdir()] == [name] and (theirs / name).read_bytes() == content
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("mine")
+    for _ in range(2):  # a folder of other files, then the earlier model in it
+        assert run_cli("fit", table, "-o", docs, "-d", "gaussian").returncode == 0
+    assert sorted(p.name for p in docs.iterdir()) == ["model.json", "model.skops", "notes.txt"]
