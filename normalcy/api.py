@@ -567,6 +567,7 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
         if save.exists() and (not save.is_dir() or (any(save.iterdir()) and not is_series_model(save))):
             raise InputError(f"{save}: exists and is not a series model folder, so not replaced: choose a new or "
                              "empty folder")
+        _check_model_output(save, [])  # a folder that cannot be written: said now, not when the watch ends
     kw = dict(time_column=time_column, series_column=series_column, learn=learn, alarms_only=alarms_only,
               follow=follow, idle=idle, save=save)
     if hasattr(source, "readline"):  # an open text stream

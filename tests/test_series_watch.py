@@ -412,3 +412,24 @@ def test_lines_of_unknown_series_are_one_kind_of_problem(tmp_path: Path, caplog)
     assert s.rows == 1 and s.skipped == 200 and s.problems == {"series not scored": 200}
     assert caplog.text.count("skipped, as its later lines will be") == 5
     assert "no model for series 'h0'" in caplog.text and "later such series are counted, not named" in caplog.text
+
+
+def test_save_into_a_folder_that_cannot_be_written_is_refused_before_the_watch(fitted: Path, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """--save into a folder that cannot be written (a read-only mount; /proc here, as root writes anywhere
+    else) passed, and the save failed when the watch ended (hours of learning lost, a traceback).
+    Refused before the watch; a full disk at the end is one line naming the folder."""
+    import normalcy.series.base as series_base
+    from safetensors import SafetensorError
+
+    with pytest.raises(InputError, match=r"^/proc/self/learned: cannot be created \("):
+        watch(fitted / "model", io.StringIO(open(fitted / "live.csv").read()), out=io.StringIO(),
+              save="/proc/self/learned")
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(series_base, "save_file", full)
+    with pytest.raises(InputError, match=r"learned: cannot write the model \(No space left on device\)$"):
+        watch(fitted / "model", io.StringIO(open(fitted / "live.csv").read()), out=io.StringIO(),
+              save=tmp_path / "learned")
