@@ -13,9 +13,11 @@ import json
 import math
 import os
 import re
+import secrets
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -109,23 +111,43 @@ def write_model_files(directory: str | Path, writers: dict[str, Callable[[Path],
     left the earlier model.json beside new tensors (or a half set of series models), which loaded as a model
     neither fit made. Each file is written under a hidden name in the folder first, the earlier model.json
     is then removed, the files renamed into place and model.json last. A failure while writing leaves the
-    earlier model as it was; one among the renames leaves no model.json, which loading names."""
+    earlier model as it was; one among the renames leaves no model.json, which loading names. Two saves into
+    one folder at once put their files in place one after the other (a lock on the folder): the last is
+    kept whole, never one's tensors with the other's model.json."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     names = sorted(writers, key=lambda n: n == MODEL_JSON)  # model.json last
-    temps = {n: d / f".{n}.{os.getpid()}.partial{Path(n).suffix}" for n in names}  # suffix: skops wants it
+    temps: dict[str, Path] = {}
     try:
-        for name in names:
+        for name in names:  # a name of its own (not mkstemp's: its files are private), the suffix skops wants
+            temps[name] = d / f".{name}.{secrets.token_hex(4)}.partial{Path(name).suffix}"
             writers[name](temps[name])
-        if os.path.lexists(d / MODEL_JSON):
-            os.unlink(d / MODEL_JSON)
-        for name in names:
-            os.replace(temps[name], d / name)
+        with _locked(d):
+            if os.path.lexists(d / MODEL_JSON):
+                os.unlink(d / MODEL_JSON)
+            for name in names:
+                os.replace(temps[name], d / name)
     finally:
         for t in temps.values():
             if os.path.lexists(t):
                 os.unlink(t)
     return d
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a folder (flock on the folder itself: no lock file), where the platform has one."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_error(err: BaseException) -> str:

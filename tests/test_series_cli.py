@@ -880,3 +880,42 @@ def test_a_series_model_json_given_for_its_folder_names_the_folder(data: Path, m
     want = f"error: {model / 'model.json'}: a model is the folder holding model.json and its files: give {model}"
     assert one_line_error(cli("watch", model / "model.json", data / "a" / "test.csv")) == want
     assert one_line_error(cli("predict", model / "model.json", data / "a" / "test.csv", "-o", tmp_path / "r")) == want
+
+
+def test_two_saves_into_one_folder_at_once_keep_one_model_whole(tmp_path: Path, monkeypatch) -> None:
+    """Two fits saving into one folder at the same moment could leave one's tensors with the other's
+    model.json; the last to put its files in place is kept whole. Files keep the usual permissions."""
+    import os
+    import threading
+    import time
+
+    r = cli("fit", write_series(tmp_path / "s.csv", 200), "-o", tmp_path / "a", "-d", "knn", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    models = [load_series_model(tmp_path / "a") for _ in range(2)]
+    models[1].threshold_ += 1.0
+    models[1].bank_ = models[1].bank_ + 1.0
+    d = tmp_path / "m"
+    real, rng = os.replace, np.random.default_rng(0)
+
+    def slow(*args, **kwargs):  # renames as slow as on a network drive, unevenly: the two saves interleave
+        time.sleep(float(rng.uniform(0, 0.03)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", slow)
+    for _ in range(8):
+        gate = threading.Barrier(2)
+
+        def save(model) -> None:
+            gate.wait()
+            model.save(d)
+
+        threads = [threading.Thread(target=save, args=(m,)) for m in models]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        got = load_series_model(d)
+        which = [m.threshold_ for m in models].index(got.threshold_)
+        assert np.array_equal(got.bank_, models[which].bank_)
+        assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.safetensors"]
+    assert (d / "model.json").stat().st_mode & 0o044 == (tmp_path / "a" / "model.json").stat().st_mode & 0o044
