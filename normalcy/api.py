@@ -550,7 +550,7 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
         if not is_series_model(model_dir):
             meta = model_dir / MODEL_JSON
             if not meta.is_file():
-                if model_dir.is_file():
+                if model_dir.is_file() and os.path.lexists(model_dir.parent / MODEL_JSON):  # model/model.json
                     raise no_model_json(model_dir)
                 raise InputError(f"{model}: not a series model: no model.json in it (a model folder is written by "
                                  "`normalcy fit`)")
