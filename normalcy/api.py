@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field, fields
@@ -145,8 +146,14 @@ class ExtractorOptions:
 
     @property
     def budget(self) -> float:
-        """``--tune``'s time budget in plain fits."""
-        return TUNE_BUDGET if self.tune_budget is None else float(self.tune_budget)
+        """``--tune``'s time budget in plain fits. A negative, NaN or infinite one is an InputError: each read as
+        "no limit" (as 0 is) and was recorded in model.json as given, or as null."""
+        if self.tune_budget is None:
+            return TUNE_BUDGET
+        budget = float(self.tune_budget)
+        if not math.isfinite(budget) or budget < 0:
+            raise InputError(f"--tune-budget must be a number of plain fits, at least 0 (0: no limit), got {budget:g}")
+        return budget
 
     @property
     def auto_size(self) -> bool:

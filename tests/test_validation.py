@@ -360,3 +360,16 @@ def test_detector_help_names_every_normalisation_auto_tries() -> None:
     text = get_args(DetectorArg)[1].help
     for detector, norm in AUTO_NORM_TRIALS:
         assert detector in text and norm in text.lower(), (norm, text)
+
+
+@pytest.mark.parametrize("budget", [-1.0, float("nan"), float("inf")])
+def test_tune_budget_that_is_no_number_of_fits_is_refused_before_any_fit(tmp_path: Path, budget: float) -> None:
+    """A negative, NaN or infinite --tune-budget (the CLI takes inf, Python anything) was read as "no limit" and
+    recorded in model.json as given or as null; it is one InputError, before any image is read."""
+    import normalcy
+
+    train = make_synthetic_dataset(tmp_path / "ds", n_train=9) / "train" / "good"
+    with pytest.raises(InputError, match="--tune-budget must be"):
+        normalcy.fit(train, tune=True, tune_budget=budget, progress=False)
+    r = run_cli("fit", train, "-o", tmp_path / "m", "--tune", "--tune-budget", "inf")
+    assert r.returncode == 1 and "--tune-budget must be" in r.stderr and "Traceback" not in r.stderr
