@@ -373,3 +373,18 @@ def test_tune_budget_that_is_no_number_of_fits_is_refused_before_any_fit(tmp_pat
         normalcy.fit(train, tune=True, tune_budget=budget, progress=False)
     r = run_cli("fit", train, "-o", tmp_path / "m", "--tune", "--tune-budget", "inf")
     assert r.returncode == 1 and "--tune-budget must be" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_trial_that_cannot_fit_says_it_counts_the_images_left_after_the_split(tmp_path: Path) -> None:
+    """Ten identical images with --detector auto: the first trial, fitted on the 6 left after holding out 4, said
+    "all 6 training images are identical", a count the user never gave; it now says which images those are."""
+    train = tmp_path / "same"
+    train.mkdir()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    for k in range(10):
+        image.save(train / f"{k}.png")
+    r = run_cli("fit", train, "-o", tmp_path / "m", "-d", "auto", "--image-size", "32", "--precision", "fp32")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    message = " ".join(r.stderr.split())
+    assert "left after holding out 4 for validation" in message and "identical" in message
+    assert not (tmp_path / "m").exists()

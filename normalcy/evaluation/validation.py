@@ -218,7 +218,11 @@ def _fit_trials(split: Split, fit: Sequence[Path], trials: Sequence[tuple[str, s
     for key, name, ex in trials:
         net, read = _spent(ex)
         t = time.perf_counter()
-        det = create(name, ex, **kwargs).fit(fit, progress=False, fp32_threshold=False)  # its threshold is unused
+        try:
+            det = create(name, ex, **kwargs).fit(fit, progress=False, fp32_threshold=False)  # its threshold is unused
+        except InputError as err:  # it counts the trial's images, not the user's: say which these are
+            raise InputError(f"choosing a detector or settings (auto, --tune): {key} on the {len(fit)} training "
+                             f"images left after holding out {len(split.normal)} for validation: {err}") from None
         fitted = time.perf_counter() - t
         scores[key] = validation_scores(det, split)
         found[key] = _auroc(*scores[key])
