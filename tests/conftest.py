@@ -35,6 +35,26 @@ class CliResult:
     stderr: str
 
 
+def run_together(fn, args: list) -> list[Exception]:
+    """``fn(a)`` for each of ``args`` in its own thread, all released at once by a barrier (two runs or saves
+    racing for one folder); the exceptions they raised."""
+    gate, errors = threading.Barrier(len(args)), []
+
+    def one(a) -> None:
+        gate.wait()
+        try:
+            fn(a)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def run_cli(*args: object) -> CliResult:
     """``normalcy ARGS`` run in this process (a fresh process spends about 4 s importing torch and
     scikit-learn before it starts): its exit code, stdout and stderr. An exception the CLI did not turn into

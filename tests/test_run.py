@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_together
 from normalcy.errors import InputError
 from normalcy.runs.format import (
     RunWriter,
@@ -288,7 +289,6 @@ def test_a_full_disk_stops_an_image_run_rather_than_skipping_every_image(tmp_pat
 def test_runs_finishing_into_one_folder_at_once_both_end_well(tmp_path: Path) -> None:
     """Two predicts into one run folder finishing at the same moment: one rename failed ("Directory not
     empty") with a traceback and left its hidden folder behind. The run finishing last is kept, whole."""
-    import threading
 
     from normalcy.runs.format import RUN_JSON, finish_run, start_run
 
@@ -297,20 +297,7 @@ def test_runs_finishing_into_one_folder_at_once_both_end_well(tmp_path: Path) ->
         folders = [start_run(out) for _ in range(4)]
         for k, f in enumerate(folders):
             (f / RUN_JSON).write_text(str(k))
-        gate, errors = threading.Barrier(len(folders)), []
-
-        def finish(folder: Path) -> None:
-            gate.wait()
-            try:
-                finish_run(folder, out)
-            except Exception as err:  # noqa: BLE001
-                errors.append(err)
-
-        threads = [threading.Thread(target=finish, args=(f,)) for f in folders]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_together(lambda f: finish_run(f, out), folders)
         assert errors == [] and (out / RUN_JSON).read_text() in "0123"
         assert sorted(p.name for p in out.iterdir()) == [RUN_JSON]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run0", "run1", "run2"]

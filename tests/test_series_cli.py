@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from conftest import run_together
 from normalcy.cli import app
 from normalcy.errors import InputError
 from normalcy.evaluation.series_metrics import vus_pr
@@ -886,7 +887,6 @@ def test_two_saves_into_one_folder_at_once_keep_one_model_whole(tmp_path: Path, 
     """Two fits saving into one folder at the same moment could leave one's tensors with the other's
     model.json; the last to put its files in place is kept whole. Files keep the usual permissions."""
     import os
-    import threading
     import time
 
     r = cli("fit", write_series(tmp_path / "s.csv", 200), "-o", tmp_path / "a", "-d", "knn", "--window", "8")
@@ -903,17 +903,7 @@ def test_two_saves_into_one_folder_at_once_keep_one_model_whole(tmp_path: Path, 
 
     monkeypatch.setattr(os, "replace", slow)
     for _ in range(8):
-        gate = threading.Barrier(2)
-
-        def save(model) -> None:
-            gate.wait()
-            model.save(d)
-
-        threads = [threading.Thread(target=save, args=(m,)) for m in models]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        assert run_together(lambda m: m.save(d), models) == []
         got = load_series_model(d)
         which = [m.threshold_ for m in models].index(got.threshold_)
         assert np.array_equal(got.bank_, models[which].bank_)
