@@ -159,7 +159,7 @@ def test_write_report_full(tmp_path: Path) -> None:
     text = p.read_text(encoding="utf-8")
 
     assert _count_img(text) == 6  # original + overlay per card
-    assert text.count("data:image/png;base64,") == 6
+    assert text.count("data:image/jpeg;base64,") == 6  # JPEG: PNG made 24 cards a 17 MB page
     assert "Solar cells &amp; &lt;friends&gt;" in text
     assert "<friends>" not in text
     # escaping
