@@ -292,6 +292,8 @@ def test_tune_warns_once_about_a_file_that_is_not_an_image(tmp_path: Path, caplo
     with caplog.at_level(logging.WARNING, logger="normalcy"):
         det = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False, budget=0)
     assert sum("zz_bad.png" in r.getMessage() for r in caplog.records) == 1
+    # the note that a threshold rests on few images: the final fit's only (each trial printed it too)
+    assert sum("the threshold rests on" in r.getMessage() for r in caplog.records) == 1
     assert len(det.choice["validation_auroc"]) == 3 and det.n_train_ == 16
     assert [p.name for p, _ in det.skipped_fit_] == ["zz_bad.png"]  # the final fit still names it
 

@@ -69,6 +69,9 @@ from normalcy.progress import progress_bar
 from normalcy.version import __version__
 
 log = logging.getLogger("normalcy")
+# The note that a threshold rests on few images (a log record's msg: --detector auto and --tune drop it for their
+# trials, whose thresholds no one uses).
+FEW_CALIBRATION = "%s: the threshold rests on %d held-out normal image(s); 20 or more make it reliable"
 
 Images = str | Path | Sequence[str | Path] | Sequence[np.ndarray] | np.ndarray
 """What ``fit`` and ``score`` take: image files (one path: a folder's images, or one file), or images as uint8
@@ -485,8 +488,7 @@ class Detector:
             raise InputError(f"{self.name}: the normal training images all score the same ({scores[0]:.4g}): "
                              "they do not vary (identical or blank images?), so nothing sets a threshold")
         if scores.size < 20:
-            log.warning("%s: the threshold rests on %d held-out normal image(s); 20 or more make it reliable",
-                        self.name, scores.size)
+            log.warning(FEW_CALIBRATION, self.name, scores.size)
         self.threshold_ = threshold_at(scores, self.fpr)
         values = np.asarray(calib.map_values, dtype=np.float64).ravel()
         values = values[np.isfinite(values)]

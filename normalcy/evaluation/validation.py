@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -219,7 +220,8 @@ def _fit_trials(split: Split, fit: Sequence[Path], trials: Sequence[tuple[str, s
         net, read = _spent(ex)
         t = time.perf_counter()
         try:
-            det = create(name, ex, **kwargs).fit(fit, progress=False, fp32_threshold=False)  # its threshold is unused
+            with _without_threshold_notes():  # its threshold is unused
+                det = create(name, ex, **kwargs).fit(fit, progress=False, fp32_threshold=False)
         except InputError as err:  # it counts the trial's images, not the user's: say which these are
             raise InputError(f"choosing a detector or settings (auto, --tune): {key} on the {len(fit)} training "
                              f"images left after holding out {len(split.normal)} for validation: {err}") from None
@@ -233,6 +235,21 @@ def _fit_trials(split: Split, fit: Sequence[Path], trials: Sequence[tuple[str, s
         log.info("validation: %s reaches %.3f image AUROC on %d held-out normal images with synthetic defects "
                  "(%.1f s)", key, found[key], len(split.normal), took)
     return found
+
+
+@contextmanager
+def _without_threshold_notes() -> Iterator[None]:
+    """A trial's fit without the note that its threshold rests on few images: no one uses a trial's threshold,
+    and auto printed the note once per trial (five times before the final fit's own)."""
+    from normalcy.detectors.base import FEW_CALIBRATION
+
+    drop = logging.Filter()
+    drop.filter = lambda record: record.msg != FEW_CALIBRATION  # type: ignore[method-assign]
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def _spent(ex: FeatureExtractor) -> tuple[float, float]:
