@@ -77,6 +77,7 @@ def test_tiled_gaussian_fits_scores_and_round_trips(tmp_path, hazelnut) -> None:
     ({"image_size": 512, "tile": 250}, "multiple of 32"),
     ({"image_size": 512, "tile": 256, "overlap": 256}, "below the tile size"),
     ({"image_size": 500, "tile": 256}, "e.g. 512x512"),
+    ({"image_size": 512, "tile": 64}, "unless given: with --tile 64 give e.g. --overlap 32"),  # the default 64
 ])
 def test_bad_tiling_is_named(kwargs, message) -> None:
     with pytest.raises(InputError, match=message):
