@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from sklearn.covariance import ledoit_wolf
 
-__all__ = ["inverse", "gaussian", "gaussians", "shrunk", "mahalanobis", "distance", "distance_to", "threshold_at"]
+__all__ = ["decide", "inverse", "gaussian", "gaussians", "shrunk", "mahalanobis", "distance", "distance_to", "threshold_at"]
 
 TIE_STEP = 1e-6  # relative: how far above a tie of normal scores the threshold is put
 
@@ -29,6 +29,12 @@ def threshold_at(scores: np.ndarray, fpr: float) -> float:
     if np.mean(scores >= q) > fpr + 1.0 / scores.size:
         q += TIE_STEP * max(1.0, abs(q))
     return q
+
+
+def decide(scores: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """The one decision rule of every run: anomalous when the score reaches the threshold (here, beside
+    ``threshold_at``, so that detectors and tables need not import the run folder's writer)."""
+    return np.asarray(scores, np.float64) >= threshold
 
 
 def inverse(cov: np.ndarray) -> np.ndarray:

@@ -68,6 +68,7 @@ from normalcy.errors import InputError
 from normalcy.files import write_error
 from normalcy.images.heatmap import overlay, side_by_side, write_png
 from normalcy.images.io import printable
+from normalcy.numerics.stats import decide
 from normalcy.runs.report import ReportImage, gallery_image, write_report
 
 SCORES_CSV, SCORES_PARQUET, SKIPPED_CSV = "scores.csv", "scores.parquet", "skipped.csv"
@@ -102,11 +103,6 @@ def csv_cell(text: str) -> str:
 def _uncell(text: str) -> str:
     """Undo :func:`csv_cell`."""
     return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
-
-
-def decide(scores: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
-    """The one decision rule of every run: anomalous when the score reaches the threshold."""
-    return np.asarray(scores, np.float64) >= threshold
 
 
 def _number(x: float) -> str:

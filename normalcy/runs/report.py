@@ -264,7 +264,7 @@ def write_report(
 
     stats: list[tuple[str, Any]] = [("images scored", s.size)]
     if thr is not None:
-        # the run's one rule (format.decide): an infinite score is flagged there, so it is here (NaN is not)
+        # the run's one rule (numerics.stats.decide): an infinite score is flagged there, so it is here (NaN is not)
         stats.append(("flagged anomalous", int(np.sum(s >= thr))))
         stats.append(("threshold", _fmt(thr)))
     if auroc is not None:

@@ -47,8 +47,7 @@ from normalcy.detectors.base import HyperParams, param_repr, validation_message
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, Strict, write_model_files
-from normalcy.numerics.stats import threshold_at
-from normalcy.runs.format import decide
+from normalcy.numerics.stats import decide, threshold_at
 from normalcy.series.glitches import mended
 from normalcy.series.io import MIN_ROWS, Series
 from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, PERIOD_FALLBACK, find_period

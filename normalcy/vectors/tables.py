@@ -24,8 +24,8 @@ import io
 import json
 import logging
 import math
-import re
 import os
+import re
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from normalcy.errors import InputError
 from normalcy.files import (
     MAX_STATE_BYTES,
     MODEL_JSON,
@@ -46,8 +47,7 @@ from normalcy.files import (
     read_model_file,
     write_model_files,
 )
-from normalcy.errors import InputError
-from normalcy.runs.format import decide
+from normalcy.numerics.stats import decide
 from normalcy.vectors.base import TooLarge, finite_rows, plain_params
 from normalcy.vectors.registry import DEFAULT_DETECTOR, VECTOR_DETECTORS, create
 from normalcy.version import __version__
