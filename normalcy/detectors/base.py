@@ -38,6 +38,7 @@ that ``_fit`` returned: the model of the other folds, the bank without the image
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -334,7 +335,8 @@ class Detector:
     def __repr__(self) -> str:
         """The class and the parameters that differ from their defaults (``PatchCore(fpr=0.05,
         coreset_ratio=0.2)``; Python's default named no parameter). The feature extractor is not shown."""
-        return param_repr(self, type(self).Params, {"fpr": 0.01, "batch_size": 8, "seed": 0})
+        common = inspect.signature(Detector.__init__).parameters  # their defaults, as declared there
+        return param_repr(self, type(self).Params, {k: common[k].default for k in _Common.model_fields})
 
     def params(self) -> dict[str, Any]:
         """Hyper-parameters, as saved with the model (JSON-serialisable)."""
