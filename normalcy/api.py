@@ -25,8 +25,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from safetensors import SafetensorError
-
 from normalcy.detectors import (
     DETECTORS,
     Detector,
@@ -38,7 +36,7 @@ from normalcy.detectors import (
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import report_info
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, no_model_json, read_json, write_error
+from normalcy.files import MODEL_JSON, no_model_json, read_json, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
@@ -427,12 +425,8 @@ def _check_not_theirs(output: Path) -> None:
 
 
 def _save(model: Any, output: Optional[PathLike]) -> None:
-    if output is None:
-        return
-    try:
-        model.save(output)
-    except (OSError, SafetensorError) as err:  # a full disk, a folder made read-only meanwhile
-        raise InputError(f"{output}: cannot write the model ({write_error(err)})") from None
+    if output is not None:
+        save_model(model, output)
 
 
 def _fit_table(path: Path, opts: DetectorOptions, label_column: Optional[str], id_column: Optional[str]) -> VectorModel:

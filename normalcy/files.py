@@ -150,6 +150,17 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def save_model(model: Any, directory: str | Path) -> None:
+    """``model.save(directory)``, a failure to write (a full disk, a folder made read-only meanwhile) as one
+    InputError line rather than a traceback after the work (fit, hours of watch)."""
+    from safetensors import SafetensorError
+
+    try:
+        model.save(directory)
+    except (OSError, SafetensorError) as err:
+        raise InputError(f"{directory}: cannot write the model ({write_error(err)})") from None
+
+
 def write_error(err: BaseException) -> str:
     """Why a file could not be written, in a few words: an OSError's strerror (No space left on device), else
     the message on one line (safetensors wraps the OSError in its own error)."""

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
 import numpy as np
-from safetensors import SafetensorError
 
 from normalcy.errors import InputError
-from normalcy.files import write_error
+from normalcy.files import save_model
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import top_metrics
 from normalcy.series.io import time_of
@@ -354,10 +353,7 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
         for stream in watcher.streams.values():
             stream.flush()
             stream.det.stream_state = stream.state()  # saved with it: a watch from it goes on from here
-        try:
-            model.save(save)
-        except (OSError, SafetensorError) as err:  # a full disk after hours of watching: one line, not a traceback
-            raise InputError(f"{save}: cannot write the model ({write_error(err)})") from None
+        save_model(model, save)  # a full disk after hours of watching: one line, not a traceback
     s = watcher.summary
     s.held = sum(st.filled for st in watcher.streams.values())
     s.series = len(watcher.streams)
