@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -36,7 +35,7 @@ from normalcy.detectors import (
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import report_info
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, no_model_json, read_json, save_model
+from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
@@ -399,10 +398,7 @@ def _check_model_output(output: Path, inputs: Sequence[Path]) -> None:
         except OSError as err:
             raise InputError(f"{output}: cannot be created ({err.strerror or err})") from None
     else:
-        try:  # a read-only folder (or mount) failed at saving, after the whole fit
-            tempfile.TemporaryFile(dir=output).close()
-        except OSError as err:
-            raise InputError(f"{output}: cannot write a model there ({err.strerror or err})") from None
+        check_writable(output, output, "a model")
         _check_not_theirs(output)
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -148,6 +149,16 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def check_writable(folder: Path, named: str | Path, what: str) -> None:
+    """Refuse, before the work, a ``folder`` that ``what`` (named ``named``) could not be written into: a file is
+    made there and removed, tried rather than asked (os.access says yes to root on a read-only mount or /proc);
+    the error had come as a traceback after the fit or the scoring."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise InputError(f"{named}: cannot write {what} there ({err.strerror or err})") from None
 
 
 def save_model(model: Any, directory: str | Path) -> None:

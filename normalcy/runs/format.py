@@ -65,7 +65,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from normalcy.errors import InputError
-from normalcy.files import write_error
+from normalcy.files import check_writable, write_error
 from normalcy.images.heatmap import overlay, side_by_side, write_png
 from normalcy.images.io import printable
 from normalcy.numerics.stats import decide
@@ -249,10 +249,7 @@ def check_output(output: Path, inputs: Sequence[Path] = ()) -> None:
     where = out.parent  # the run is written beside its folder (start_run): a read-only one failed after scoring
     while not where.exists() and where != where.parent:
         where = where.parent
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING, dir=where))
-    except OSError as err:
-        raise InputError(f"{output}: cannot write a run folder there ({err.strerror or err})") from None
+    check_writable(where, output, "a run folder")
 
 
 def start_run(output: Path, inputs: Sequence[Path] = ()) -> Path:

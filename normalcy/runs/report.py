@@ -18,7 +18,6 @@ import io
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -32,6 +31,7 @@ from markupsafe import Markup
 from PIL import Image
 
 from normalcy.errors import InputError
+from normalcy.files import check_writable
 from normalcy.images.heatmap import _to_rgb_u8, colorize, overlay
 from normalcy.images.io import printable
 from normalcy.runs.plots import score_plots, three
@@ -211,12 +211,12 @@ def check_report_file(path: Path) -> None:
     existing = path if path.exists() else next(p for p in path.parents if p.exists())  # its folders are made later
     if existing != path and not existing.is_dir():
         raise InputError(f"{path}: cannot write the report there ({existing} is a file)")
-    try:  # tried, not asked (os.access says yes to root on /proc): nothing is left behind or changed
-        if existing == path:
-            if path.is_file():  # not a pipe, which would wait for its reader here
-                open(path, "ab").close()
-        else:
-            tempfile.TemporaryFile(dir=existing).close()
+    if existing != path:
+        check_writable(existing, path, "the report")
+        return
+    try:  # tried, not asked (os.access says yes to root on /proc): nothing is changed
+        if path.is_file():  # not a pipe, which would wait for its reader here
+            open(path, "ab").close()
     except OSError as err:
         raise InputError(f"{path}: cannot write the report there ({err.strerror or err})") from None
 
