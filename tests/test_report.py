@@ -391,3 +391,38 @@ def test_a_tiny_threshold_is_not_shown_as_zero(tmp_path: Path) -> None:
                         names=list("abcd"), top=[], threshold=1e-6).read_text()
     assert "<b>1e-06</b>" in text and "threshold = 1e-06" in text
     assert ">3e-06</td>" in text and ">2e-07</td>" in text and ">0.000</td>" in text and ">12.500</td>" in text
+
+
+def test_a_large_run_lists_its_highest_scores_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table of scores listed every image: 100,000 made a 15 MB page, and as many skipped files as many lines.
+    It lists the highest (MAX_SCORE_ROWS) and says where every row is; the counts stay those of the run."""
+    import normalcy.runs.report as report
+
+    monkeypatch.setattr(report, "MAX_SCORE_ROWS", 3)
+    monkeypatch.setattr(report, "MAX_SKIPPED_ROWS", 2)
+    text = write_report(tmp_path / "r.html", title="t", scores=np.arange(10.0), names=[f"n{i}" for i in range(10)],
+                        top=[], threshold=5.0, skipped=[(f"bad{i}", "cut") for i in range(5)],
+                        scores_file="scores.csv", skipped_file="skipped.csv").read_text()
+    assert "<td>n9</td>" in text and "<td>n7</td>" in text and "<td>n6</td>" not in text
+    assert "the 3 highest of 10 images (all in scores.csv)" in text and "7 lower scores not listed" in text
+    assert '<span class="muted">images scored</span><b>10</b>' in text
+    assert '<span class="muted">flagged anomalous</span><b>5</b>' in text
+    assert "Skipped files (5)" in text and "bad1" in text and "bad2" not in text and "3 more in skipped.csv" in text
+
+
+def test_a_run_report_names_scores_csv_for_the_rows_it_leaves_out(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's report points at the run's own files; scores.csv keeps every row."""
+    import csv
+
+    import normalcy.runs.report as report
+    from normalcy.runs.format import RunWriter
+
+    monkeypatch.setattr(report, "MAX_SCORE_ROWS", 2)
+    writer = RunWriter(tmp_path / "run", 0.5, (0.0, 1.0), heatmaps=False, overlays=False, top=1)
+    for i in range(4):
+        writer.add(tmp_path / f"{i}.png", _image(seed=i), i / 4, None)
+    writer.close([], "t")
+    text = (tmp_path / "run" / "report.html").read_text()
+    assert "the 2 highest of 4 images (all in scores.csv)" in text
+    assert len(list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))) == 4

@@ -465,6 +465,8 @@ class RunWriter:
                 map_range=self.map_range,
                 skipped=[(str(p), r) for p, r in skipped],
                 info={k: v for k, v in self.info.items() if isinstance(v, (str, int, float))},
+                scores_file=SCORES_CSV,
+                skipped_file=SKIPPED_CSV,
             )
         finish_run(self.folder, self.output)
 

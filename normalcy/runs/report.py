@@ -48,6 +48,8 @@ __all__ = [
 
 # Longest side of gallery images in the HTML report; keeps the file mailable.
 _GALLERY_MAX_SIDE = 512
+MAX_SCORE_ROWS = 5000  # rows of an image report's table of scores (100,000 images made a 15 MB page)
+MAX_SKIPPED_ROWS = 200  # skipped files a report lists
 
 
 # --------------------------------------------------------------------------- report
@@ -234,15 +236,20 @@ def write_report(
     map_range: tuple[float, float] | None = None,
     skipped: list[tuple[str, str]] | None = None,
     info: dict[str, str] | None = None,
+    scores_file: str | None = None,
+    skipped_file: str | None = None,
 ) -> Path:
     """Write one self-contained HTML report and return its path.
 
     Sections: title + info, summary, metrics, gallery of `top` (original | overlay),
     score histogram (with threshold), ROC (only when `labels` has both classes),
-    skipped files, and a collapsible table of all scores. `map_range` fixes the
+    skipped files, and a collapsible table of the scores. `map_range` fixes the
     heatmap colour scale; by default it spans the maps in `top`, so all cards share
-    one scale. The all-scores table flags `score >= threshold`; the gallery shows
-    the caller's own decisions (`ReportImage.anomalous`).
+    one scale. The scores table flags `score >= threshold`; the gallery shows
+    the caller's own decisions (`ReportImage.anomalous`). The table lists the
+    MAX_SCORE_ROWS highest scores and the page MAX_SKIPPED_ROWS skipped files, so that
+    a run of 100,000 images stays a page a browser opens; `scores_file` and
+    `skipped_file` name where the rest is (a run's scores.csv and skipped.csv).
     """
     path = Path(path)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -272,9 +279,9 @@ def write_report(
     if skipped:
         stats.append(("skipped", len(skipped)))
     rows = []
-    if s.size:  # all scores, highest first (collapsed in the page: findable, but not in the way)
-        order = np.argsort(-np.nan_to_num(s, nan=-np.inf), kind="stable")
-        for rank, i in enumerate(order, 1):
+    if s.size:  # the highest scores first (collapsed in the page: findable, but not in the way)
+        order = np.argsort(-np.nan_to_num(s, nan=-np.inf), kind="stable")[:MAX_SCORE_ROWS]
+        for rank, i in enumerate(order.tolist(), 1):
             rows.append({"rank": rank, "name": names[i], "score": _fmt(s[i]),
                          "decision": thr is not None and bool(s[i] >= thr),
                          "truth": None if y is None else _truth(y[i])})
@@ -284,7 +291,8 @@ def write_report(
         cards=[_card(item, rng, shown) for item, shown in zip(top, _shown_names([t.name for t in top]))],
         colorbar=_colorbar(*rng) if rng is not None and any(t.amap is not None for t in top) else None,
         hist=Markup(hist_svg) if hist_svg else None, roc=Markup(roc_svg) if roc_svg else None,
-        not_drawn=not_drawn, n_nonfinite=int(np.sum(~np.isfinite(s))), skipped=list(skipped or []), rows=rows,
+        not_drawn=not_drawn, n_nonfinite=int(np.sum(~np.isfinite(s))), skipped=list(skipped or [])[:MAX_SKIPPED_ROWS],
+        n_skipped=len(skipped or []), skipped_file=skipped_file, rows=rows, n_rows=s.size, scores_file=scores_file,
         decisions=thr is not None, truths=y is not None)
 
 
