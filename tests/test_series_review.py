@@ -178,3 +178,26 @@ def test_serve_a_series_model_scores_first(run: Path, tmp_path: Path, monkeypatc
     assert result.exit_code == 0, result.stderr
     assert served and served[0][0] == tmp_path / "review" and (tmp_path / "review" / "events.csv").is_file()
     assert "has no image embeddings" not in result.stderr  # a series run brings its events' features
+
+
+def test_a_metric_name_with_a_semicolon_stays_one_metric(tmp_path: Path) -> None:
+    """events.csv joined an event's metrics with ";", so a metric named ``cpu;user`` came back to the review as
+    two metrics, cpu and user. Such names are written escaped and read back whole; plain names read as before."""
+    from normalcy.runs.format import join_metrics, split_metrics
+
+    names = ["cpu;user", "mem\\x", "=sum;", "\\;", "plain"]
+    assert split_metrics(join_metrics(names)) == ["cpu;user", "mem\\x", "'=sum;", "\\;", "plain"]  # ' : csv_cell
+    assert split_metrics("cpu;mem;disk") == ["cpu", "mem", "disk"]  # a cell written before escaping
+    rng = np.random.default_rng(0)
+    for name, n, spike in (("train.csv", 300, False), ("test.csv", 300, True)):
+        X = np.stack([np.sin(2 * np.pi * np.arange(n) / PERIOD + k) for k in range(2)], axis=1)
+        X += 0.05 * rng.normal(size=X.shape)
+        if spike:
+            X[150:156, 0] += 4.0
+        with open(tmp_path / name, "w", newline="") as fh:
+            csv.writer(fh).writerows([["time", "cpu;user", "mem\\x"]] + [[60 * i, *X[i]] for i in range(n)])
+    api.fit(tmp_path / "train.csv", tmp_path / "model", "knn", window=PERIOD, event_gap=0, progress=False)
+    api.predict(tmp_path / "model", [tmp_path / "test.csv"], tmp_path / "run")
+    events = read_events(tmp_path / "run")
+    assert events and events[0].metrics[0] == "cpu;user"
+    assert all(set(e.metrics) <= {"cpu;user", "mem\\x"} for e in events)

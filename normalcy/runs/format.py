@@ -907,12 +907,40 @@ def _write_events(folder: Path, files: Sequence[Any], parts: Sequence[SeriesRunP
                 _write_small_png(folder / plot, _event_picture(p, e))
             writer.writerow([csv_cell(p.name), csv_cell(times[rep[e.first]]), csv_cell(times[rep[e.last]]),
                              csv_cell(times[rep[int(np.searchsorted(p.series.time, e.peak_time))]]),
-                             _number(e.peak_score), ";".join(csv_cell(m) for m in e.metrics), e.last - e.first + 1,
+                             _number(e.peak_score), join_metrics(e.metrics), e.last - e.first + 1,
                              plot])
     if rows:
         save_file({"embedding": _event_embeddings(parts)}, str(folder / EMBEDDINGS),
                   metadata={"embedding": "z-scored event features (see normalcy.series.runs.event_features)"})
     return len(rows)
+
+
+def join_metrics(names: Sequence[str]) -> str:
+    """An event's metrics as one cell of events.csv, separated by ";": a ";" or "\\" in a name is written
+    escaped (``\\;``, ``\\\\``), since a metric named ``cpu;user`` was read back as two metrics, cpu and user."""
+    return ";".join(csv_cell(m).replace("\\", "\\\\").replace(";", "\\;") for m in names)
+
+
+def split_metrics(text: str) -> list[str]:
+    """The metrics of :func:`join_metrics`'s cell (one written before names were escaped reads the same, but
+    for a name holding ``\\;`` or ``\\\\``)."""
+    if "\\" not in text:
+        return text.split(";")
+    out, cur, i = [], [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and text[i + 1:i + 2] in ("\\", ";"):
+            cur.append(text[i + 1])
+            i += 2
+            continue
+        if c == ";":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return out
 
 
 def _write_small_png(path: Path, rgb: np.ndarray) -> None:
@@ -993,7 +1021,7 @@ def read_events(run_dir: Path) -> list[SeriesEvent]:
                 out.append(SeriesEvent(
                     printable(_uncell(rec["series"])), printable(_uncell(rec["start"])), printable(_uncell(rec["end"])),
                     printable(_uncell(rec["peak_time"])), peak,
-                    [printable(_uncell(m)) for m in (rec["metrics"] or "").split(";") if m], rows,
+                    [printable(_uncell(m)) for m in split_metrics(rec["metrics"] or "") if m], rows,
                     str(Path(os.path.abspath(Path(run_dir) / plot))) if plot else None))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read ({err})") from None
