@@ -465,6 +465,24 @@ def test_servers_on_one_database_rank_with_each_others_labels(run: Path, db_url:
         a.post(f"/api/items/{top['id']}/label", json={"label": None})  # cleared: seen too
         assert items(b)["items"][0]["id"] == top["id"]
 
+def test_a_database_option_finds_or_names_the_runs_own_labels(run: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Labels given in the run's own review.sqlite were out of sight under --database: with the URL of that very
+    file (the run keyed by its path there, not as its own), and with another database, without a word."""
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        c.post(f"/api/items/{by_name(c)['img_004.png']['id']}/label", json={"label": "anomalous"})
+    with open_client(run, database=f"sqlite:///{run}/../run/review.sqlite") as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert by_name(c)["img_004.png"]["label"] == "anomalous"
+    with caplog.at_level(logging.WARNING, logger="normalcy"), \
+            open_client(run, database=f"sqlite:///{tmp_path / 'team.sqlite'}") as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert c.get("/api/status").json()["n_labelled"] == 0
+    assert f"1 label(s) of this run are in its own database {run / 'review.sqlite'}" in caplog.text
+    assert "serve it without --database" in caplog.text
+
+
 def test_bad_database_url(run: Path) -> None:
     with pytest.raises(InputError, match="unsupported database"):
         create_app(run, TOKEN, database="mongodb://localhost/x")

@@ -24,12 +24,14 @@ import csv
 import io
 import logging
 import os
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
+from urllib.parse import quote
 
 from sqlalchemy import (
     Boolean,
@@ -190,8 +192,38 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+OWN_FILE = "review.sqlite"  # a run's own database, in its folder
 OWN_RUN = "."  # the key of the one run in a run folder's own review.sqlite (see Store.for_run)
 SET_ASIDE = " set aside "  # in the key of labels set aside (see Store.set_aside_if_changed): never this run's
+
+
+def _names_file(url: str | URL, file: Path) -> bool:
+    """Whether ``url`` is a SQLite URL of ``file`` (a URL that does not parse is Store's to refuse)."""
+    try:
+        parsed = url if isinstance(url, URL) else make_url(_normalise_url(url))
+    except ArgumentError:
+        return False
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return False
+    return Path(os.path.abspath(parsed.database)).resolve() == file
+
+
+def _own_labels(file: Path) -> int:
+    """How many labels a run's own database holds (labels set aside not counted), read only; 0 without one.
+    A review given another --database started with none of them, and did not say where they were."""
+    if not file.is_file():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(file))}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        return int(conn.execute("SELECT count(*) FROM labels JOIN items ON items.id = labels.item_id "
+                                "WHERE instr(items.run, ?) = 0", (SET_ASIDE,)).fetchone()[0])
+    except sqlite3.Error:  # not a review database, or unreadable: nothing to point at
+        return 0
+    finally:
+        conn.close()
 
 
 def db_reason(err: Exception) -> str:
@@ -282,11 +314,19 @@ class Store:
         """The run's own SQLite file unless a URL is given; either way scoped to this run. The run's own file
         holds this run alone, keyed OWN_RUN rather than by its path: a run folder moved, renamed or copied
         to another machine keeps its labels (keyed by the path, they were left behind, unseen)."""
+        own_file = Path(run_dir).resolve() / OWN_FILE
         if url is not None:
-            return cls(url, run=run_id(run_dir))
+            if _names_file(url, own_file):  # the run's own file by its URL: its labels are those of OWN_RUN
+                return cls.for_run(run_dir)
+            store = cls(url, run=run_id(run_dir))
+            elsewhere = _own_labels(own_file)
+            if elsewhere:
+                log.warning("review: %d label(s) of this run are in its own database %s, not in %s: serve it "
+                            "without --database to go on with them", elsewhere, printable(str(own_file)), store.shown)
+            return store
         # Built, not formatted: in "sqlite:///{path}" a "?" or "%" in the folder's name is URL syntax, and the
         # database went elsewhere (a folder "q?x" wrote its labels to a file "q" beside it, shared with "q?y").
-        own = URL.create("sqlite", database=str(Path(run_dir).resolve() / "review.sqlite"))
+        own = URL.create("sqlite", database=str(own_file))
         store = cls(own, run=OWN_RUN)
         store._adopt_earlier()
         return store
