@@ -426,3 +426,15 @@ def test_a_run_report_names_scores_csv_for_the_rows_it_leaves_out(tmp_path: Path
     text = (tmp_path / "run" / "report.html").read_text()
     assert "the 2 highest of 4 images (all in scores.csv)" in text
     assert len(list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))) == 4
+
+
+def test_a_series_report_says_where_the_files_it_does_not_list_are(tmp_path: Path) -> None:
+    """A series report lists 200 of the files and series it could not score: with more, it said "Not scored
+    (250)" above 200 names and nothing of the other 50. It now says how many more skipped.csv holds."""
+    from normalcy.runs.report import write_series_report
+
+    text = write_series_report(tmp_path / "r.html", title="t", files=[], parts=[], top=24,
+                               skipped=[(f"f{i}.csv", "empty") for i in range(250)], info={},
+                               summary={"n_series": 0}).read_text()
+    assert "Not scored (250)" in text and "f199.csv" in text and "f200.csv" not in text
+    assert "and 50 more in skipped.csv" in text

@@ -378,4 +378,4 @@ def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: 
             for rank, k in enumerate(ranked[:MAX_SERIES_ROWS], 1)]
     return _write_page(path, "series.html", title, stats=stats, info=list(info.items()), notes=notes[:50],
                        n_notes=len(notes), shown=shown, n_series=len(parts), n_skipped=len(skipped),
-                       skipped=skipped[:200], rows=rows, more_rows=max(0, len(parts) - MAX_SERIES_ROWS))
+                       skipped=skipped[:MAX_SKIPPED_ROWS], rows=rows, more_rows=max(0, len(parts) - MAX_SERIES_ROWS))
