@@ -285,6 +285,21 @@ def test_symlinked_images_and_extra_roots(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.content == b"other"
 
 
+def test_an_image_that_is_a_symlink_loop_is_not_found_and_the_rest_are_served(tmp_path: Path) -> None:
+    """One image of the run replaced by a link to itself stopped `serve` with a RuntimeError traceback (every
+    listed image was resolved at start); it is now a 404 of its own, and the other images are served."""
+    run = make_run(tmp_path, n=3)
+    img = tmp_path / "images" / "img_001.png"
+    img.unlink()
+    img.symlink_to(img)
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        names = by_name(c)
+        r = c.get(names["img_001.png"]["image_url"])
+        assert r.status_code == 404 and "img_001.png" in r.json()["detail"]
+        assert c.get(names["img_000.png"]["image_url"]).status_code == 200
+
+
 # --------------------------------------------------------------------------- items and labels
 
 
