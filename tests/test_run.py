@@ -342,3 +342,22 @@ def test_a_run_into_a_symbolic_link_goes_where_it_points(tmp_path: Path) -> None
         assert link.is_symlink() and (tmp_path / "big" / "results" / "run.json").is_file()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "results"]
         assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["results"]
+
+
+def test_review_names_are_the_paths_inside_the_folders_given() -> None:
+    """read_scores names each image by its path inside a folder given to predict, else parent/name; worked out
+    on text rather than Paths (5 s of a review's start at 100,000 images), it says what pathlib says."""
+    from normalcy.images.io import printable
+    from normalcy.runs.format import _display_name
+
+    def by_pathlib(path: str, inputs: list[Path]) -> str:
+        p = Path(path)
+        inside = next((f for f in inputs if p.is_relative_to(f) and p != f), None)
+        return printable(p.relative_to(inside).as_posix() if inside else "/".join(p.parts[-2:]))
+
+    paths = ["/a/b/c.png", "/c.png", "/a/c.png", "//a/b.png", "/a/b\\c.png", "/ab/c.png", "/a/b", "/a b/\udce9.png",
+             "/", "/a/b/c/d/e.png"]
+    folders = [[], [Path("/a")], [Path("/")], [Path("/a/b")], [Path("//a")], [Path("/ab"), Path("/a")]]
+    for path in paths:
+        for inputs in folders:
+            assert _display_name(os.path.abspath(path), inputs) == by_pathlib(os.path.abspath(path), inputs)
