@@ -738,6 +738,7 @@ def test_serve_warns_beyond_loopback_and_prints_the_url(run: Path, monkeypatch: 
         assert ("anyone on the network" in caplog.text) is warned, host
         err = capsys.readouterr().err
         assert started[-1].startswith("http://127.0.0.1:") and started[-1] in err and "Ctrl-C" in err
+        assert f"(labels in sqlite:///{run.resolve() / 'review.sqlite'};" in err  # where the labels are
 
 
 def test_taken_port_is_one_clear_error(run: Path) -> None:

@@ -131,6 +131,9 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, database: st
     if warning:
         logger.warning(warning)
     if announce is None:
+        labels = app.state.review.store.shown  # which database: labels given under another are not shown
+
         def announce(url: str) -> None:
-            print(f"review {plain(run_dir)} at {url}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+            print(f"review {plain(run_dir)} at {url}  (labels in {plain(labels)}; Ctrl-C stops)", file=sys.stderr,
+                  flush=True)
     ReviewServer(app, token, sock, host=host, announce=announce, open_browser=open_browser).run()
