@@ -96,6 +96,13 @@ def test_export_csv(store: Store) -> None:
     assert all(r["updated_at"].endswith("+00:00") for r in got)
 
 
+def test_an_id_column_named_as_a_formula_is_guarded_in_labels_csv(store: Store) -> None:
+    """A table's id column named ``=HYPERLINK(...)`` headed labels.csv as it is, a formula to a spreadsheet;
+    scores.csv guards its header, and so does labels.csv now."""
+    store.set_label(store.sync_items(rows())[0], "normal", None)
+    assert store.export_csv("=HYPERLINK(1)").splitlines()[0].startswith("'=HYPERLINK(1),label,")
+
+
 def test_ids_that_look_encoded_are_kept_as_they_are(store: Store) -> None:
     """A table id may be any text: one that begins with the marker of base64-stored names is not decoded
     on the way out, so it neither turns into another name nor collides with the id it would decode to."""

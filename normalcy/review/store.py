@@ -566,7 +566,8 @@ class Store:
         ``key`` names the first column: a table run's id column, so the labels join back onto the table."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([key, "label", "interest", "score", "decision", "updated_at"])
+        # the id column's name is the table's (a header "=cmd" would run as scores.csv's header cannot)
+        writer.writerow([csv_cell(printable(key)), "label", "interest", "score", "decision", "updated_at"])
         for it in self.labelled():
             writer.writerow([csv_cell(printable(it.path)), it.label or "", "" if it.interest is None else it.interest,
                              f"{it.score:.6g}", "anomalous" if it.decision else "normal", _iso(it.updated_at)])
