@@ -288,3 +288,15 @@ def test_the_old_table_scored_back_gets_its_labels_back(tmp_path: Path, caplog: 
     with sqlite3.connect(run / "review.sqlite") as db:  # every label once: B's row 5 here, A's two set aside
         assert sorted(r[0] for r in db.execute("SELECT label FROM labels")) == ["anomalous", "normal", "normal"]
         assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 42
+
+
+def test_a_table_run_in_a_folder_whose_path_is_not_utf8_is_reviewed(tmp_path: Path) -> None:
+    """pyarrow takes no path that is not UTF-8: a table run in such a folder could not be read for the review
+    (nor written: see test_server's run folder that is not UTF-8)."""
+    import os
+
+    run = tmp_path / os.fsdecode(b"caf\xe9")
+    os.rename(make_table_run(tmp_path, n=20), run)
+    with TestClient(create_app(run, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert c.get("/api/items").json()["n_items"] == 20

@@ -775,6 +775,28 @@ def test_a_non_utf8_file_name_is_reviewed(tmp_path: Path) -> None:
         assert "\ufffd" in c.get("/api/labels.csv").text
 
 
+def test_a_run_folder_whose_path_is_not_utf8_is_written_and_reviewed(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A run written under a folder named in Latin-1 (``caf\xe9``) failed at its very end, every image scored, with
+    pyarrow's UnicodeEncodeError writing scores.parquet; serving it failed on the database URL's text."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / os.fsdecode(b"caf\xe9")
+    run = make_run(root, n=3)
+    with open(run / "scores.parquet", "rb") as fh:
+        assert pq.read_table(fh).num_rows == 3
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        top = items(c)["items"][0]
+        assert c.get(top["image_url"]).status_code == 200
+        assert c.post(f"/api/items/{top['id']}/label", json={"label": "anomalous"}).status_code == 200
+        assert "caf\ufffd" in c.app.state.review.store.shown  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING, logger="normalcy"), \
+            open_client(run, database=f"sqlite:///{tmp_path / 'team.sqlite'}"):
+        pass
+    assert "1 label(s) of this run are in its own database" in caplog.text
+
+
 def label_failing(client: TestClient, monkeypatch: pytest.MonkeyPatch, statement: str, error: str) -> Any:
     """The answer to a label whose write the database refuses with ``error``."""
     from sqlalchemy.exc import OperationalError

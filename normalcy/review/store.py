@@ -214,7 +214,7 @@ def _own_labels(file: Path) -> int:
     if not file.is_file():
         return 0
     try:
-        conn = sqlite3.connect(f"file:{quote(str(file))}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{quote(os.fsencode(file))}?mode=ro", uri=True)
     except sqlite3.Error:
         return 0
     try:
@@ -237,9 +237,10 @@ def run_id(run_dir: Path) -> str:
 
     Stable across restarts and re-runs into the same folder (labels are kept), different for
     two run folders; image paths in scores.csv are absolute too, so machines that share a
-    database see a run at one path.
+    database see a run at one path. A path that is not UTF-8 is kept as its keys are (``to_db``): as it was,
+    it failed the first write with a UnicodeEncodeError.
     """
-    return str(Path(run_dir).resolve())
+    return to_db(str(Path(run_dir).resolve()))
 
 
 class Store:
@@ -261,7 +262,10 @@ class Store:
         self.url = parsed
         self.dialect = backend
         self.run = str(run)
-        self.shown = shown = parsed.render_as_string(hide_password=True)  # for messages: no password
+        try:  # for messages: no password
+            self.shown = shown = parsed.render_as_string(hide_password=True)
+        except UnicodeEncodeError:  # a file whose path is not UTF-8 (a run folder's): SQLite opens it, but
+            self.shown = shown = f"{backend}:///{printable(str(parsed.database))}"  # the URL is no text
         kw: dict[str, Any] = {}
         if backend == "sqlite":
             # Requests run in a thread pool: connections must be usable from any thread.

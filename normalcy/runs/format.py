@@ -146,7 +146,8 @@ def write_scores(folder: Path, key: str, ids: Sequence[str], scores: np.ndarray,
     columns |= {"score": s, "decision": decisions.astype(np.int8), "threshold": np.array(thresholds)}
     if overlays is not None:
         columns["overlay"] = pa.array(list(overlays), pa.string())
-    pq.write_table(pa.table(columns), folder / SCORES_PARQUET)
+    with open(folder / SCORES_PARQUET, "wb") as fh:  # pyarrow takes no path that is not UTF-8: a file it takes
+        pq.write_table(pa.table(columns), fh)
     return decisions
 
 
@@ -670,8 +671,9 @@ def read_table_items(run_dir: Path, id_column: str | None = None) -> RunItems:
         path = run_dir / "scores.csv"
     try:
         # A CSV's ids are text (an id like 007 or -2 stays as written) and guarded: csv_cell undone below.
-        table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(
-            path, convert_options=pcsv.ConvertOptions(column_types={csv_cell(id_column or ""): pa.string()}))
+        with open(path, "rb") as fh:  # a file, not a path: pyarrow takes no path that is not UTF-8
+            table = pq.read_table(fh) if path.suffix == ".parquet" else pcsv.read_csv(
+                fh, convert_options=pcsv.ConvertOptions(column_types={csv_cell(id_column or ""): pa.string()}))
     except FileNotFoundError:
         raise InputError(f"{run_dir / 'scores.csv'}: not found (pass a run folder written by `normalcy predict`)") from None
     except Exception as err:  # pyarrow's many parse errors: one line naming the file
