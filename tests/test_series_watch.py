@@ -57,6 +57,20 @@ def test_watch_a_file_scores_every_row_as_the_stream_does(fitted: Path) -> None:
     assert [x["time"] for x in csv.DictReader(io.StringIO(only.stdout))] == [rows[i]["time"] for i in alarms]
 
 
+
+def test_a_metric_name_with_a_semicolon_stays_one_name_in_the_metrics_field(fitted: Path, tmp_path: Path) -> None:
+    """The metrics field joined names with ";" unescaped, so "cpu;user" read as two metrics; it is escaped
+    as events.csv escapes it, and runs.format.split_metrics reads it back whole."""
+    from normalcy.runs.format import split_metrics
+    for name in ("train.csv", "live.csv"):
+        text = (fitted / name).read_text().splitlines()
+        (tmp_path / name).write_text("\n".join([text[0].replace("cpu", '"cpu;user"')] + text[1:]) + "\n")
+    assert cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "-d", "knn").exit_code == 0
+    r = cli("watch", tmp_path / "m", tmp_path / "live.csv", "--alarms-only")
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert rows and split_metrics(rows[0]["metrics"])[0] == "cpu;user"
+
 def test_bad_lines_are_named_and_skipped_and_the_run_goes_on(fitted: Path, caplog) -> None:
     text = open(fitted / "live.csv").read().splitlines()
     text[5] = text[5] + ",extra"  # line 6: a field too many

@@ -30,6 +30,7 @@ import numpy as np
 
 from normalcy.errors import InputError
 from normalcy.files import save_model
+from normalcy.runs.format import join_metrics
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import top_metrics
 from normalcy.series.io import time_of
@@ -270,7 +271,7 @@ class Watcher:
         self.summary.rows += 1
         self.summary.alarms += alarm
         shares = stream.last_contributions  # set on an alarm row
-        metrics = ";".join(top_metrics(shares, stream.det.columns_)) if shares is not None else ""
+        metrics = join_metrics(top_metrics(shares, stream.det.columns_)) if shares is not None else ""  # as events.csv
         out = {"time": fields[self.time_at].strip() if self.time_at is not None else str(self.summary.rows),
                "score": f"{reported:.6g}", "alarm": str(alarm), "metrics": metrics}
         return {"series": key, **out} if self.series_column else out
