@@ -229,3 +229,16 @@ def test_a_ragged_csv_line_is_a_row_of_missing_values_in_its_place(tmp_path: Pat
     assert [row[0] for row in csv.reader(open(tmp_path / "run" / "skipped.csv"))] == ["row", "6", "20"]
     scored = [row[0] for row in csv.reader(open(tmp_path / "run" / "scores.csv"))][1:]
     assert scored == [str(i) for i in range(40) if i not in (6, 20)]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_table_whose_file_name_is_not_utf8_is_read(tmp_path: Path, suffix: str) -> None:
+    """pyarrow took the path and failed to encode a name that is not UTF-8 (a Latin-1 'café'): the file was
+    skipped as 'cannot read as a csv table (... surrogates not allowed)'. It gets an open file now."""
+    raw = bytes(tmp_path) + b"/caf\xe9" + suffix.encode()
+    path = Path(raw.decode("utf-8", "surrogateescape"))
+    data = pa.table({"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 6.0]})
+    with open(raw, "wb") as fh:
+        (pq.write_table if suffix == ".parquet" else pcsv.write_csv)(data, fh)
+    got = read_table(path)
+    np.testing.assert_array_equal(got.X, [[1, 4], [2, 5], [3, 6]])

@@ -153,10 +153,12 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
         import pyarrow.parquet as pq
 
         if suffix in (".parquet", ".pq"):
-            names = pq.read_schema(path).names
-            _check_width(path, len(names))
-            _check_names(path, names)
-            table = pq.read_table(path, use_threads=False)
+            with open(path, "rb") as fh:  # an open file: pyarrow cannot take a path that is not UTF-8
+                names = pq.read_schema(fh).names
+                _check_width(path, len(names))
+                _check_names(path, names)
+                fh.seek(0)
+                table = pq.read_table(fh, use_threads=False)
         else:
             table = _read_csv(path, text, ragged)
 
@@ -282,9 +284,10 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
         try:
             # no thread pool: its threads at interpreter exit aborted an error exit now and then (SIGABRT,
             # "terminate called without an active exception"; apache/arrow#34314)
-            table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block, use_threads=False),
-                                  parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=note),
-                                  convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in text}))
+            with open(path, "rb") as fh:  # an open file: pyarrow cannot take a path that is not UTF-8
+                table = pcsv.read_csv(fh, read_options=pcsv.ReadOptions(block_size=block, use_threads=False),
+                                      parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=note),
+                                      convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in text}))
         except pa.ArrowInvalid as err:
             if "straddl" not in str(err) or block >= MAX_CSV_LINE:
                 raise
