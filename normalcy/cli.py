@@ -7,6 +7,7 @@ can pipe it. Each option is declared once below, as an Annotated type the comman
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -15,12 +16,13 @@ import sys
 import warnings
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import torch
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from normalcy.api import (
     DetectorOptions,
@@ -48,9 +50,51 @@ from normalcy.vectors.tables import (
 )
 from normalcy.version import __version__
 
+try:
+    from typer._click.exceptions import UsageError  # typer 0.2x carries its own copy of click
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import UsageError
+
+
+class _Commands(TyperGroup):
+    """normalcy's commands, whose usage errors (an unknown option, a missing argument, text for a number) are
+    one line as normalcy's own errors are, with click's exit code 2: typer drew them in a box that a narrow
+    terminal or a log file garbles."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with _usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _usage_errors(ctx):  # a command's own options are parsed here
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _usage_errors(group: Any = None) -> Iterator[None]:
+    """A usage error as `error: MESSAGE` and the help to read, on stderr; exit code 2."""
+    try:
+        yield
+    except UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # `normalcy` alone: the help, printed by click
+            raise
+        console.print(f"[bold red]error:[/] {shown(err.format_message())}", highlight=False, soft_wrap=True)
+        if err.ctx is not None:
+            command = err.ctx.command_path
+        elif group is not None:  # click leaves out the context of some (`fit DIR -o` with no value)
+            command = " ".join(filter(None, (group.command_path, group.invoked_subcommand)))
+        else:
+            command = None
+        if command:
+            console.print(f"Try '{shown(command)} --help' for help.", highlight=False, soft_wrap=True)
+        raise typer.Exit(err.exit_code) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # click's plain help: rich's boxes cut option names short below about 100 columns
     help="Learn what normal looks like in pretrained features; find what is not.",
 )
 out = Console(emoji=False)  # stdout: the command's answer
@@ -248,7 +292,7 @@ def _grouped(without: tuple[str, ...] = (), **groups: type) -> Callable[[Any], A
     return decorate
 
 
-@app.command()
+@app.command(short_help="Fit a detector on normal images (the rows of a table, or a series) and save it.")
 @_guarded
 @_grouped(ex=ExtractorOptions, det=DetectorOptions)
 def fit(
@@ -430,7 +474,8 @@ def watch(
         console.print(f"saved the model, having learned them, to {shown(save)}", highlight=False, soft_wrap=True)
 
 
-@app.command("score-batch")
+@app.command("score-batch", short_help="Zero-shot (MuSc): score a folder of unlabeled images against each "
+             "other, no training images needed.")
 @_guarded
 @_grouped(without=("pool_grid", "tune", "tune_budget"), ex=ExtractorOptions)
 def score_batch(
@@ -570,7 +615,8 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-@app.command()
+@app.command(short_help="Solar cells (elpv-dataset from PyPI): fit on normal cells, score held-out ones, "
+             "write a report.")
 @_guarded
 def demo(
     output: Path = typer.Option(Path("normalcy-demo"), "--output", "-o", help="Folder for the model and the report."),

@@ -374,6 +374,8 @@ def test_every_command_has_a_one_line_summary_in_the_command_list() -> None:
     for name, command in group.commands.items():
         summary = command.short_help or (command.help or "").split("\n\n")[0]
         assert "\n" not in summary.strip() and len(summary) <= 100, (name, summary)
+    listed = run_cli("--help").stdout  # click cuts a summary it takes from a docstring short with "..."
+    assert "..." not in listed.split("Commands:")[1], listed
 
 
 @pytest.mark.parametrize("args, message", [
@@ -455,3 +457,41 @@ def test_fit_never_replaces_model_files_that_are_not_a_normalcy_models(tmp_path:
     for _ in range(2):  # a folder of other files, then the earlier model in it
         assert run_cli("fit", table, "-o", docs, "-d", "gaussian").returncode == 0
     assert sorted(p.name for p in docs.iterdir()) == ["model.json", "model.skops", "notes.txt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("fit", "data", "-o", "model", "--bogus"), "No such option: --bogus"),
+    (("fit", "-o", "model"), "Missing argument 'train_dir'."),
+    (("fit", "data", "-o"), "Option '-o' requires an argument."),  # click gives this one no context
+    (("predict", "model", "images", "--top", "many"), "Invalid value for '--top': "),
+    (("fitt", "data"), "No such command 'fitt'."),
+])
+def test_usage_errors_are_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:
+    """A command line click cannot parse was drawn in a box 80 columns wide, garbled on a narrow terminal and
+    in a log: now `error: MESSAGE` and the help to read, as normalcy's own errors, exit code 2 (click's)."""
+    from typer.testing import CliRunner
+
+    from normalcy.cli import app
+
+    r = CliRunner().invoke(app, list(args), env={"COLUMNS": "40"})
+    assert r.exit_code == 2 and r.stdout == ""
+    error, hint = r.stderr.splitlines()
+    assert error.startswith(f"error: {message}")
+    command = args[0] if args[0] != "fitt" else ""
+    assert hint.startswith("Try '") and hint.endswith(f"{' ' + command if command else ''} --help' for help.")
+
+
+def test_every_commands_help_shows_each_option_whole_at_40_columns() -> None:
+    """Rich's help boxes cut option names short below about 100 columns (`--ou…`, `--la…` at 40): each
+    option of each command is shown whole, and no box is drawn."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from normalcy.cli import app
+
+    for name, command in typer.main.get_command(app).commands.items():
+        r = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "40"})
+        assert r.exit_code == 0 and "…" not in r.stdout and "╭" not in r.stdout, name
+        for param in command.params:
+            for opt in param.opts + param.secondary_opts:
+                assert opt in r.stdout, (name, opt)
