@@ -22,7 +22,7 @@ import torch
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from normalcy.api import (
     DetectorOptions,
@@ -51,9 +51,9 @@ from normalcy.vectors.tables import (
 from normalcy.version import __version__
 
 try:
-    from typer._click.exceptions import UsageError  # typer 0.2x carries its own copy of click
+    from typer._click.exceptions import BadParameter, UsageError  # typer 0.2x carries its own copy of click
 except ImportError:  # pragma: no cover - older typer runs on click itself
-    from click.exceptions import UsageError
+    from click.exceptions import BadParameter, UsageError
 
 
 class _Commands(TyperGroup):
@@ -68,6 +68,20 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         with _usage_errors(ctx):  # a command's own options are parsed here
             return super().invoke(ctx)
+
+
+class _Command(TyperCommand):
+    """A command that refuses an empty value (`-o ""`, `-o "$UNSET"`): typer read it as the path `.`, so that
+    predict scored the current folder and fit wrote its model there, and as no detector (the default)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        given, _, _ = self.make_parser(ctx).parse_args(args=list(args))
+        rest = super().parse_args(ctx, args)  # --help first
+        for param in self.get_params(ctx):
+            value = given.get(param.name)
+            if value == "" or (isinstance(value, (list, tuple)) and "" in value):
+                raise BadParameter("empty", ctx=ctx, param=param)
+        return rest
 
 
 @contextlib.contextmanager
@@ -292,7 +306,8 @@ def _grouped(without: tuple[str, ...] = (), **groups: type) -> Callable[[Any], A
     return decorate
 
 
-@app.command(short_help="Fit a detector on normal images (the rows of a table, or a series) and save it.")
+@app.command(
+    cls=_Command, short_help="Fit a detector on normal images (the rows of a table, or a series) and save it.")
 @_guarded
 @_grouped(ex=ExtractorOptions, det=DetectorOptions)
 def fit(
@@ -406,7 +421,8 @@ def _report_run(run: RunSummary) -> None:
                       f"normal; results in {shown(run.output)}", soft_wrap=True)
 
 
-@app.command(short_help="Score images, tables or series into a run folder (scores, events, report).")
+@app.command(
+    cls=_Command, short_help="Score images, tables or series into a run folder (scores, events, report).")
 @_guarded
 def predict(
     model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`, or a model.onnx "
@@ -439,7 +455,8 @@ def predict(
                             time_column=time_column, series_column=series_column, ray=ray, stream=stream))
 
 
-@app.command(short_help="Monitor live: score series rows as they arrive, one CSV line out per row.")
+@app.command(
+    cls=_Command, short_help="Monitor live: score series rows as they arrive, one CSV line out per row.")
 @_guarded
 def watch(
     model_dir: Path = typer.Argument(..., help="A series model directory written by `normalcy fit`."),
@@ -474,8 +491,8 @@ def watch(
         console.print(f"saved the model, having learned them, to {shown(save)}", highlight=False, soft_wrap=True)
 
 
-@app.command("score-batch", short_help="Zero-shot (MuSc): score a folder of unlabeled images against each "
-             "other, no training images needed.")
+@app.command("score-batch", cls=_Command, short_help="Zero-shot (MuSc): score a folder of unlabeled images "
+             "against each other, no training images needed.")
 @_guarded
 @_grouped(without=("pool_grid", "tune", "tune_budget"), ex=ExtractorOptions)
 def score_batch(
@@ -501,7 +518,8 @@ def score_batch(
                                 save_maps=save_maps, top=top, image_score=image_score, rscin_k=rscin_k, **vars(ex)))
 
 
-@app.command(short_help="Review in the browser: a gallery by rank; your labels re-rank it.")
+@app.command(
+    cls=_Command, short_help="Review in the browser: a gallery by rank; your labels re-rank it.")
 @_guarded
 def serve(
     target: Path = typer.Argument(..., help="A run folder (from predict or score-batch, on Ray too), or a model directory."),
@@ -554,7 +572,8 @@ def _embed_run(run_dir: Path) -> None:
     add_embeddings(run_dir, FeatureExtractor(backbone=backbone))
 
 
-@app.command("eval", short_help="Fit on training data, score labelled test data, print metrics, speed and memory.")
+@app.command(
+    "eval", cls=_Command, short_help="Fit on training data, score labelled test data, print metrics, speed and memory.")
 @_guarded
 @_grouped(ex=ExtractorOptions, det=DetectorOptions)
 def eval_(
@@ -615,8 +634,9 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-@app.command(short_help="Solar cells (elpv-dataset from PyPI): fit on normal cells, score held-out ones, "
-             "write a report.")
+@app.command(
+    cls=_Command, short_help="Solar cells (elpv-dataset from PyPI): fit on normal cells, score held-out ones, "
+    "write a report.")
 @_guarded
 def demo(
     output: Path = typer.Option(Path("normalcy-demo"), "--output", "-o", help="Folder for the model and the report."),
@@ -636,7 +656,8 @@ def demo(
     out.print(f"HTML report: {shown(report_path)}", soft_wrap=True)
 
 
-@app.command("export", short_help="Export an image model's scoring graph to ONNX (run it with onnxruntime).")
+@app.command(
+    "export", cls=_Command, short_help="Export an image model's scoring graph to ONNX (run it with onnxruntime).")
 @_guarded
 def export_(
     model_dir: Path = typer.Argument(..., help="A model directory written by `normalcy fit`."),
@@ -660,7 +681,7 @@ def export_(
                   f"(resized), outputs image_scores, maps; threshold {graph_threshold(det):.4g}", soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def version() -> None:
     """Print the version."""
     out.print(__version__)

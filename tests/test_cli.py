@@ -495,3 +495,24 @@ def test_every_commands_help_shows_each_option_whole_at_40_columns() -> None:
         for param in command.params:
             for opt in param.opts + param.secondary_opts:
                 assert opt in r.stdout, (name, opt)
+
+
+@pytest.mark.parametrize("args, option", [
+    (("predict", "MODEL", "", "-o", "OUT"), "'inputs'"),  # scored the current folder
+    (("fit", "TABLE", "-o", ""), "'--output' / '-o'"),  # wrote the model into the current folder
+    (("fit", "TABLE", "-o", "OUT", "-d", ""), "'--detector' / '-d'"),  # fitted the default detector
+    (("score-batch", "OUT", "--extra="), "'--extra'"),
+])
+def test_an_empty_value_is_refused_not_read_as_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   args: tuple[str, ...], option: str) -> None:
+    """`-o "$UNSET"` or an empty input was the path `.` (and `-d ""` no detector, the default): refused
+    before any work, naming the option, as a value click cannot read is."""
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(60)))
+    assert run_cli("fit", table, "-o", tmp_path / "model").returncode == 0
+    monkeypatch.chdir(tmp_path)
+    names = {"MODEL": tmp_path / "model", "TABLE": table, "OUT": tmp_path / "out"}
+    r = run_cli(*[names.get(a, a) for a in args])
+    assert r.returncode == 2 and r.stderr.splitlines()[0] == f"error: Invalid value for {option}: empty"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "t.csv"]
+    assert run_cli("fit", "", "--help").returncode == 0  # --help still answers
