@@ -57,6 +57,18 @@ class PlainRichHandler(RichHandler):
     def render_message(self, record: logging.LogRecord, message: str) -> ConsoleRenderable:
         return super().render_message(record, plain(message))
 
+    def emit(self, record: logging.LogRecord) -> None:
+        """On a terminal, Rich's columns; in a log file or a pipe, one line a record (as normalcy's other
+        messages): Rich wrapped a warning at 80 columns and padded each part with spaces, so that grep found
+        half of it."""
+        if self.console.is_terminal:
+            return super().emit(record)
+        try:
+            self.console.print(f"{record.levelname:<8} {plain(self.format(record))}", markup=False,
+                               highlight=False, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Progress]:

@@ -516,3 +516,20 @@ def test_an_empty_value_is_refused_not_read_as_the_current_folder(tmp_path: Path
     assert r.returncode == 2 and r.stderr.splitlines()[0] == f"error: Invalid value for {option}: empty"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "t.csv"]
     assert run_cli("fit", "", "--help").returncode == 0  # --help still answers
+
+
+def test_a_log_line_is_one_line_in_a_log_file() -> None:
+    """Rich wrapped a warning at the console's width and padded each part with spaces, in a log file too: grep
+    found half of it. Off a terminal each record is one line, control characters still escaped."""
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from normalcy.progress import PlainRichHandler
+
+    file = io.StringIO()
+    handler = PlainRichHandler(console=Console(file=file, width=40), show_time=False, show_path=False)
+    message = "gaussian: the threshold rests on 6 held-out normal image(s); 20 or more make it reliable \x1b[2J"
+    handler.handle(logging.makeLogRecord({"levelno": logging.WARNING, "levelname": "WARNING", "msg": message}))
+    assert file.getvalue() == f"WARNING  {message[:-5]} \\x1b[2J\n"
