@@ -523,6 +523,8 @@ def export(model_dir: PathLike, output: PathLike, precision: str = "fp32", calib
     check_output_file(output)
     if precision == "int8" and calibration is None:
         raise InputError("--precision int8 needs --calibration DIR: normal images, such as the training folder")
+    if precision == "fp32" and calibration is not None:  # it was listed, then ignored without a word
+        raise InputError("--calibration applies to --precision int8: an fp32 graph is not calibrated")
     det = load_image_model(model_dir, trust_code=trust_code)
     calib = list_files(calibration) if calibration is not None else None
     return det, export_onnx(det, output, precision=precision, calibration_paths=calib)

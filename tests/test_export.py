@@ -156,6 +156,9 @@ def test_not_exportable_and_bad_options(dataset: Path, tmp_path: Path) -> None:
     r = normalcy("export", str(dataset), "-o", str(tmp_path / "x.onnx"), "--precision", "int8")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1 and "--calibration" in r.stderr
+    r = normalcy("export", str(dataset), "-o", str(tmp_path / "x.onnx"), "--calibration", str(dataset))
+    assert r.returncode == 1 and r.stderr.strip() == (  # fp32 (the default) was exported, the images ignored
+        "error: --calibration applies to --precision int8: an fp32 graph is not calibrated")
 
 
 def test_export_refuses_series_models_and_a_folder_as_output(tmp_path: Path) -> None:
