@@ -326,6 +326,7 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         _check_model_output(Path(output), [] if as_series else given)
     if as_series:
         ex.check_images_only("series")
+        _not_applying("a series (every training row is fitted on)", label_column=label_column, id_column=id_column)
         fit_many: Any = functools.partial(fit_each, progress=progress)
         if ray is not None:
             from normalcy.scale.distributed import fit_series_ray
@@ -348,6 +349,7 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         ex.check_images_only("tables")
         model = _fit_table(Path(train), det_opts, label_column, id_column)
     else:
+        _not_applying("images (every training image is fitted on)", label_column=label_column, id_column=id_column)
         if isinstance(train, (str, Path)) and Path(train).is_dir() and is_dataset(Path(train)):
             # its test defects and ground-truth masks were fitted on as normal images, without a word
             raise InputError(f"{train} is a data set in MVTec AD layout: fit on its normal images, "
@@ -449,6 +451,7 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
         from normalcy.evaluation.evaluate import eval_series
 
         ex.check_images_only("series")
+        _not_applying("series folders (each is scored on its own test.csv)", test=test)
         return eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column,
                            label_column=label_column or "label", stream=stream, progress=progress)
     if stream:
@@ -469,6 +472,8 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
     if test is not None:
         raise InputError(f"{dataset}: --test names the labelled table to score; an image data set is scored on "
                          "its own test/ folder")
+    _not_applying("an image data set (test/good is normal, the other folders of test/ defective)",
+                  label_column=label_column)
     from normalcy.evaluation.evaluate import run_eval, write_eval_report
     from normalcy.images.io import load_dataset
     from normalcy.runs.report import check_report_file
@@ -621,6 +626,12 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
                              "choose another --output")
     if stream and ray is not None:
         raise InputError("--stream replays each series in this process; it does not run on Ray")
+    if top is not None and not report:
+        raise InputError("--top counts what the report shows; with --no-report there is no report")
+    series_model = isinstance(model, (SeriesDetector, SeriesSet)) or (
+        isinstance(model, (str, Path)) and is_series_model(Path(model)))
+    if series_model:
+        _not_applying("a series model", save_maps=save_maps, id_column=id_column)
     if isinstance(model, (str, Path)) and is_series_model(Path(model)):
         info = {"model": str(Path(model).resolve())}
         return _predict_series(load_series_model(Path(model)), paths_in, output, time_column, series_column, info,
@@ -652,9 +663,19 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
         info = {"model": "in memory"}
         _check_model(model)
     if isinstance(model, VectorModel):
+        _not_applying("a table's model (its run has no maps and no report)", save_maps=save_maps, top=top)
         return _predict_tables(model, paths_in, output, id_column, info)
+    _not_applying("an image model", id_column=id_column)
     return _predict_images(model, paths_in, output, info, heatmaps=heatmaps, report=report, save_maps=save_maps,
                            embeddings=embeddings, top=24 if top is None else top, progress=progress)
+
+
+def _not_applying(kind: str, **given: Any) -> None:
+    """InputError naming the first option given that ``kind`` has no use for: each was ignored without a word
+    (``--label-column`` on images: the anomalous images the user meant to leave out were fitted on)."""
+    for name, value in given.items():
+        if value not in (None, False):
+            raise InputError(f"--{name.replace('_', '-')} does not apply to {kind}")
 
 
 def _check_model(model: Any) -> None:

@@ -332,7 +332,7 @@ def fit(
     if is_series_input(train_dir, time_column, series_column, series):
         with console.status(f"fitting {shown(det.name(series=True))} on the series of {shown(train_dir)}"):
             model: Any = api_fit(train_dir, output, detector, time_column=time_column, series_column=series_column,
-                            series=True, ray=ray, **settings)
+                            series=True, ray=ray, label_column=label_column, id_column=id_column, **settings)
         _report_series_fit(model, output, det.fpr)
         return
     if ray is not None:
@@ -353,7 +353,8 @@ def fit(
         if model.n_calibration_ != model.n_train_:  # kNN's threshold rests on a sample of the rows
             basis = f", set on the out-of-sample scores of {model.n_calibration_} of the rows"
     else:
-        model = api_fit(train_dir, output, detector, series=series, **settings)
+        model = api_fit(train_dir, output, detector, label_column=label_column, id_column=id_column, series=series,
+                        **settings)
         _report_skipped(model.skipped_fit_)
         what = f"{model.n_train_} images"
     console.print(f"fitted [bold]{shown(model.name)}[/] on {what}; threshold {model.threshold_:.4g} "

@@ -533,3 +533,35 @@ def test_a_log_line_is_one_line_in_a_log_file() -> None:
     message = "gaussian: the threshold rests on 6 held-out normal image(s); 20 or more make it reliable \x1b[2J"
     handler.handle(logging.makeLogRecord({"levelno": logging.WARNING, "levelname": "WARNING", "msg": message}))
     assert file.getvalue() == f"WARNING  {message[:-5]} \\x1b[2J\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    # the anomalous images meant to be left out were fitted on as normal, after the whole fit
+    (("fit", "IMAGES", "-o", "OUT", "--label-column", "label"), "--label-column does not apply to images"),
+    (("fit", "SERIES", "-o", "OUT", "--label-column", "label"), "--label-column does not apply to a series"),
+    (("predict", "TABLE_MODEL", "TABLE", "-o", "OUT", "--save-maps"), "--save-maps does not apply to a table's"),
+    (("predict", "TABLE_MODEL", "TABLE", "-o", "OUT", "--top", "5"), "--top does not apply to a table's model"),
+    (("predict", "SERIES_MODEL", "SERIES", "-o", "OUT", "--id-column", "x"), "--id-column does not apply to a "
+                                                                               "series model"),
+    (("predict", "SERIES_MODEL", "SERIES", "-o", "OUT", "--no-report", "--top", "5"), "--top counts what the "
+                                                                                     "report shows"),
+    (("eval", "SERIES_DIR", "--test", "TABLE"), "--test does not apply to series folders"),
+    (("eval", "DATASET", "--label-column", "label"), "--label-column does not apply to an image data set"),
+])
+def test_an_option_that_does_not_apply_is_refused_not_ignored(tmp_path: Path, args: tuple[str, ...],
+                                                              message: str) -> None:
+    """Each was ignored without a word; now one line naming it, before any work, exit 1."""
+    table, series = tmp_path / "t.csv", tmp_path / "sd" / "train.csv"
+    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(60)))
+    series.parent.mkdir()
+    series.write_text("timestamp,x\n" + "".join(f"{i},{np.sin(i / 5):.4f}\n" for i in range(300)))
+    (series.parent / "test.csv").write_text(series.read_text().replace("x\n", "x,label\n", 1).replace("\n", ",0\n")
+                                            .replace("x,label,0\n", "x,label\n", 1))
+    assert run_cli("fit", table, "-o", tmp_path / "tm").returncode == 0
+    assert run_cli("fit", series, "-o", tmp_path / "sm").returncode == 0
+    ds = make_synthetic_dataset(tmp_path / "ds", n_train=2, n_good=1, n_defect=1)
+    names = {"IMAGES": ds / "train" / "good", "DATASET": ds, "TABLE": table, "TABLE_MODEL": tmp_path / "tm",
+             "SERIES": series, "SERIES_MODEL": tmp_path / "sm", "SERIES_DIR": series.parent, "OUT": tmp_path / "out"}
+    r = run_cli(*[names.get(a, a) for a in args])
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {message}") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "out").exists()
