@@ -548,6 +548,8 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
 
     from normalcy.series.watch import watch as run_watch
 
+    if idle is not None and not follow:  # stdin without --follow waited for its end past any idle time
+        raise InputError("--idle applies with --follow; without it, watch reads its input to the end")
     model_dir = getattr(model, "directory", None)  # a set reads its models from there when they are first used
     if not isinstance(model, (SeriesDetector, SeriesSet)):
         model_dir = Path(model)

@@ -565,3 +565,11 @@ def test_an_option_that_does_not_apply_is_refused_not_ignored(tmp_path: Path, ar
     r = run_cli(*[names.get(a, a) for a in args])
     assert r.returncode == 1 and r.stderr.startswith(f"error: {message}") and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_watch_idle_without_follow_is_refused() -> None:
+    """`watch MODEL - --idle 30` waited for the end of stdin whatever the idle time: --idle works only with
+    --follow, and says so before the model is read."""
+    r = run_cli("watch", "model", "-", "--idle", "30")
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "error: --idle applies with --follow; without it, watch reads its input to the end")
