@@ -28,3 +28,10 @@ def test_elpv_layout_is_split_without_overlap(tmp_path: Path) -> None:
     test_good = {p.name for p in (root / "test" / "good").iterdir()}
     assert len(train) == 30 and len(test_good) == 10 and not train & test_good
     assert len(list((root / "test" / "defective").iterdir())) == 10
+
+
+def test_an_unknown_detector_is_refused_before_the_cells_are_laid_out(tmp_path: Path) -> None:
+    """`demo -d bogus` laid out the cells and made the output folder first, then failed after the setup."""
+    r = run_cli("demo", "-o", tmp_path / "demo", "-d", "bogus")
+    assert r.returncode == 1 and r.stderr.startswith("error: unknown detector 'bogus'") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "demo").exists()
