@@ -213,7 +213,7 @@ TuneArg = Annotated[bool, typer.Option(
     "on held-out normal training images with synthetic defects (one setting at a time; costs several fits; "
     "the choice goes into model.json).")]
 TuneBudgetArg = Annotated[Optional[float], typer.Option(
-    min=0, help="--tune's time budget, in plain fits (default 3): a trial that would overrun it is skipped (0: no "
+    help="--tune's time budget, in plain fits (default 3): a trial that would overrun it is skipped (0: no "
     "limit; the settings come in order: input normalisation, backbone, input size, pooling grid).",
     show_default=False)]
 ThreadsArg = Annotated[Optional[int], typer.Option(

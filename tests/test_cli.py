@@ -382,6 +382,9 @@ def test_every_command_has_a_one_line_summary_in_the_command_list() -> None:
     (("--threads", "-2"), "--threads must be at least 1 (got -2)"),  # was torch's RuntimeError, a traceback
     (("--threads", "0"), "--threads must be at least 1 (got 0)"),  # was quietly all cores
     (("--pool-grid", "0"), "pool grid must be between 1 and 32 (got 0)"),  # was a ValidationError after the fit
+    # was click's own range check: a usage error, exit 2, unlike every other number out of range
+    (("--tune", "--tune-budget", "-1"), "--tune-budget must be a number of plain fits, at least 0 (0: no limit), "
+                                        "got -1"),
 ])
 def test_fit_option_out_of_range_is_one_line_before_the_fit(tmp_path: Path, args: tuple[str, ...],
                                                             message: str) -> None:
