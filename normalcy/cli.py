@@ -688,6 +688,20 @@ def version() -> None:
     out.print(__version__)
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        out.print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version_: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="Print the version and exit."),
+) -> None:
+    """`normalcy --version` as most tools take it (it was an unknown option; `normalcy version` stays)."""
+
+
 def _report_skipped(skipped: list[tuple[Path, str]]) -> None:
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} file(s) that are not readable images:[/]")

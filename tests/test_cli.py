@@ -576,3 +576,12 @@ def test_watch_idle_without_follow_is_refused() -> None:
     r = run_cli("watch", "model", "-", "--idle", "30")
     assert r.returncode == 1 and r.stderr.strip() == (
         "error: --idle applies with --follow; without it, watch reads its input to the end")
+
+
+def test_version_option_prints_the_version() -> None:
+    """`normalcy --version`, as most tools take it, was `No such option: --version`."""
+    from normalcy.version import __version__
+
+    for args in (("--version",), ("version",)):
+        r = run_cli(*args)
+        assert r.returncode == 0 and r.stdout == f"{__version__}\n" and r.stderr == ""
