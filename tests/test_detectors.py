@@ -586,6 +586,30 @@ def test_cells_follow_the_aspect_ratio_and_see_a_moved_part(tmp_path: Path) -> N
     assert min(lift[8:]) > max(lift[:8]) + 1.0
 
 
+def test_cells_of_a_very_wide_input_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4000x200 image (input 64x992) had 8 x 124 cells, a Gaussian each: a 217 MB model, minutes to fit 8
+    images. Past 1:4 the cells grow longer: at most 4 times ``cells`` along the longer side. A model saved
+    before the bound still loads and scores as it did."""
+    from normalcy.detectors import gaussian
+
+    rng = np.random.default_rng(0)
+    train = [(rng.random((16, 256, 3)) * 200).astype(np.uint8) for _ in range(6)]
+    ex = FeatureExtractor(image_size=(32, 512), patch_levels=["s8"], pooled_levels=["s8"], pool_grid=1,
+                          precision="fp32")  # 4 x 64 patches
+    det = create("gaussian", ex, cells=2).fit(train, progress=False)
+    assert det._grid(4, 64) == (2, 8) and det.cell_mean_.shape[0] == 16
+    assert det._grid(4, 16) == (2, 8) and det._grid(4, 8) == (2, 4)  # up to 1:4, square cells as before
+    monkeypatch.setattr(gaussian, "MAX_CELL_RATIO", 1000)  # a model fitted before the bound
+    old = create("gaussian", ex, cells=2).fit(train, progress=False)
+    assert old.cell_mean_.shape[0] == 2 * 32
+    old.save(tmp_path / "old")
+    monkeypatch.undo()
+    again = load(tmp_path / "old")
+    assert again.cell_mean_.shape[0] == 2 * 32
+    np.testing.assert_allclose(again.score(train[:2], progress=False).scores,
+                               old.score(train[:2], progress=False).scores, rtol=1e-6)
+
+
 @pytest.mark.parametrize("size, batch", [(224, 8), (1024, 8), (2048, 2), (4096, 1)])
 def test_large_inputs_go_fewer_to_a_batch(size: int, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 4096 x 4096 input holds about 2.3 GB of activations: eight to a batch took a fit of 9 images past

@@ -7,7 +7,7 @@ over levels of the Mahalanobis distance.
 
 Position-aware cells (ours, for logical anomalies: a part missing, extra, moved):
 the patch features are also averaged over a finer grid, ``cells`` cells along the
-shorter side (8x8 for a square image, 8x16 for a 1:2 one), and each cell gets its
+shorter side (8x8 for a square image, 8x16 for a 1:2 one, at most 8x32: ``MAX_CELL_RATIO``), and each cell gets its
 own Gaussian, as PaDiM (Defard et al. 2021) does per patch but on coarser cells so
 that a few dozen images suffice. The cell term is the largest cell distance: one
 part out of place moves one cell, which an average over many would dilute. The
@@ -45,6 +45,11 @@ from normalcy.images.features import Batch, Features
 from normalcy.numerics.stats import distance_to, gaussian, gaussians, inverse, mahalanobis, shrunk
 
 
+MAX_CELL_RATIO = 4
+"""Cells along the longer side at most this many times ``cells``: a 4000x200 image (input 64x992) had 8 x 124 cells,
+each with its own Gaussian (a 217 MB model, minutes to fit 8 images); past 1:4 the cells grow longer instead."""
+
+
 class GaussianAD(Detector):
     """Rippel et al.'s Gaussian AD, plus a patch-level Gaussian for localization."""
 
@@ -55,7 +60,8 @@ class GaussianAD(Detector):
         patch_samples: int = Field(200_000, ge=1000, le=10_000_000, description="patches kept to estimate the shrinkage")
         folds: int = Field(5, ge=2, le=50, description="cross-validation folds for the threshold")
         cells: int = Field(8, ge=0, le=32, description="position-aware Gaussians on a grid of this many cells "
-                                                       "along the shorter side (0: none)")
+                                                       "along the shorter side, at most 4 times as many along "
+                                                       "the longer (0: none)")
 
     level_mean_: dict[str, np.ndarray]
     level_precision_: dict[str, np.ndarray]
@@ -65,8 +71,10 @@ class GaussianAD(Detector):
     patch_mean_: np.ndarray
     patch_precision_: np.ndarray
     map_scale_: np.ndarray  # mean and std of normal patch distances, then of cross-validated cell distances
+    cell_ratio: int | None = MAX_CELL_RATIO  # None: a model saved before the bound, whose cells are not bounded
 
     def _fit(self, batches: Iterator[Batch], held: Sequence[Batch], progress: bool) -> Calibration:
+        self.cell_ratio = MAX_CELL_RATIO  # a model loaded from before the bound, fitted again, is bounded
         rng = np.random.default_rng(self.seed)
         pooled: dict[str, list[np.ndarray]] = {lv: [] for lv in self.extractor.pooled_levels}
         cells: list[np.ndarray] = []
@@ -147,6 +155,11 @@ class GaussianAD(Detector):
                 raise ValueError(f"tensor '{name}' has shape {tuple(prec.shape)}, expected "
                                  f"({len(mean)}, {len(mean)}) to match its mean")
         g, d = self.cell_mean_.shape if self.cell_mean_.ndim == 2 else (-1, -1)
+        self.cell_ratio = MAX_CELL_RATIO
+        if self.cells and g != np.prod(self._grid(*self._patch_grid())):
+            self.cell_ratio = None  # saved before cells were bounded (a very wide input): read as it was fitted
+            if g != np.prod(self._grid(*self._patch_grid())):
+                self.cell_ratio = MAX_CELL_RATIO
         if g != (self.cells and int(np.prod(self._grid(*self._patch_grid())))) or d not in (0, len(self.patch_mean_)) \
                 or self.cell_precision_.shape != (g, d, d):
             raise ValueError(f"tensors 'cell_mean', 'cell_precision' have shapes {tuple(self.cell_mean_.shape)}, "
@@ -164,9 +177,11 @@ class GaussianAD(Detector):
 
     def _grid(self, h: int, w: int) -> tuple[int, int]:
         """Cells along each side for an h x w patch grid: ``cells`` along the shorter, in proportion along the
-        longer (square cells), never more than there are patches."""
+        longer (square cells) up to ``MAX_CELL_RATIO`` times ``cells`` (longer cells past 1:4), never more than
+        there are patches."""
         short = min(h, w)
-        return (max(1, min(h, round(self.cells * h / short))), max(1, min(w, round(self.cells * w / short))))
+        cap = self.cells * self.cell_ratio if self.cell_ratio else max(h, w)
+        return (max(1, min(h, cap, round(self.cells * h / short))), max(1, min(w, cap, round(self.cells * w / short))))
 
     def _arrays(self, f: Features) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """A batch's pooled features (level -> B x C) and cell features (B x G x D), in float64: what is fitted."""
