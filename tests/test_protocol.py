@@ -3,6 +3,7 @@ images as files or arrays, and the decision rule."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,22 @@ def test_enough_files_but_too_few_readable_is_a_clear_error(fe: FeatureExtractor
         paths.append(tmp_path / "some" / f"bad{i}.png")
     with pytest.raises(InputError, match="at least 5 readable"):
         create("gaussian", fe).fit(paths, progress=False)
+
+
+@pytest.mark.parametrize("readable", [1, 2])
+def test_too_few_readable_images_end_the_fit_before_any_estimate(readable: int, fe: FeatureExtractor,
+                                                                 tmp_path: Path) -> None:
+    """One or two readable images of five: scikit-learn's "Only one sample available" warnings (six or twelve,
+    one per cross-validation fold) came before normalcy's own error; the error alone now."""
+    paths = _images(tmp_path / "some", readable)
+    for i in range(5 - readable):
+        (tmp_path / "some" / f"bad{i}.png").write_bytes(b"not an image")
+        paths.append(tmp_path / "some" / f"bad{i}.png")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=f"at least 5 readable normal training images, got {readable}"):
+            create("gaussian", fe).fit(paths, progress=False)
+    assert [str(w.message) for w in seen] == []
 
 
 @pytest.mark.parametrize("name", ["gaussian", "patchcore"])

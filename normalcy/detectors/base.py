@@ -392,7 +392,7 @@ class Detector:
         held = [paths[i] for i in sorted(order[:n_hold])]
         train = [paths[i] for i in sorted(order[n_hold:])]
         self.skipped_fit_ = []
-        counted = _Counter(self.name, self.skipped_fit_)
+        counted = _Counter(self.name, self.skipped_fit_, least=lambda n: self._check_count(n, len(paths)))
         # a bf16 backbone: a sample of the calibration images is scored again with fp32 features (threshold_fp32_)
         measure = fp32_threshold and self.extractor.precision == "bf16" and self.uses_features
         sample: list[tuple[int, Batch]] = []  # (position, one image's batch): that sample
@@ -716,12 +716,16 @@ a 16-bit file holding 12 bits or fewer (as industrial cameras write them) reads 
 class _Counter:
     """Counts images flowing through a batch iterator, collects skipped files, reports progress.
 
-    It also notices a training set whose images are all identical (blank): the stream ends in an
-    InputError then, before any detector does arithmetic on data with no variation.
+    It also notices a training set whose images are all identical (blank), or too few readable images
+    (``least``, called with the count of every stream's): the stream ends in an InputError then, before any
+    detector does arithmetic on data with no variation (scikit-learn's "Only one sample available" warnings,
+    one per fold, came before the too-few-images error).
     """
 
-    def __init__(self, name: str, skipped: list[tuple[Path, str]]) -> None:
+    def __init__(self, name: str, skipped: list[tuple[Path, str]],
+                 least: Callable[[int], None] | None = None) -> None:
         self.name = name
+        self.least = least
         self.n = 0  # images of the training stream
         self.seen = 0  # images of every stream (held-out ones too)
         self.skipped = skipped
@@ -746,6 +750,8 @@ class _Counter:
                 self.first = b.inputs[0] if self.first is None else self.first
                 self.varied = any(not torch.equal(x, self.first) for x in b.inputs)
             yield b
+        if count and self.least is not None:
+            self.least(self.seen)
         if count and self.seen > 1 and not self.varied:
             raise InputError(f"{self.name}: all {self.seen} training images are identical (blank?), so they "
                              "do not vary: nothing shows what normal looks like")
