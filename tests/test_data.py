@@ -257,20 +257,51 @@ def test_read_16bit_tiff_big_endian(tmp_path: Path) -> None:
     assert out[0, :, 0].tolist() == [0, 255]
 
 
-def test_read_mode_i_clipped(tmp_path: Path) -> None:
+def test_read_mode_i_clipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     a = np.array([[-5, 0, 65535, 100000]], dtype=np.int32)
     Image.fromarray(a, mode="I").save(tmp_path / "i32.tif")
-    out = read_image(tmp_path / "i32.tif")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        out = read_image(tmp_path / "i32.tif")
     assert out[0, :, 0].tolist() == [0, 0, 255, 255]
+    assert "i32.tif: 32-bit integer image: 2 of 4 values outside 0..65535 (they span -5..100000) are clipped" \
+        in caplog.text
 
 
-def test_read_mode_f(tmp_path: Path) -> None:
+def test_read_mode_f(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Float values are read on 0..1, else on 0..255; what falls outside is clipped and NaN read as 0, each said
+    naming the file (a float TIFF of 0..4095 came out white, one of -1..1 half black, without a word)."""
+    inside = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
+    Image.fromarray(inside, mode="F").save(tmp_path / "f0.tif")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert read_image(tmp_path / "f0.tif")[0, :, 0].tolist() == [0, 128, 255]
+    assert caplog.text == ""
     unit = np.array([[0.0, 0.5, 1.0, -0.2]], dtype=np.float32)
     Image.fromarray(unit, mode="F").save(tmp_path / "f1.tif")
-    assert read_image(tmp_path / "f1.tif")[0, :, 0].tolist() == [0, 128, 255, 0]
-    big = np.array([[0.0, 100.0, 255.0, 300.0]], dtype=np.float32)
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert read_image(tmp_path / "f1.tif")[0, :, 0].tolist() == [0, 128, 255, 0]
+    assert "f1.tif: float image: 1 of 4 values outside 0..1 (they span -0.2..1) are clipped to it: scale the " \
+        "file to 0..1 or 0..255" in caplog.text
+    big = np.array([[0.0, 100.0, 255.0, 300.0, np.nan]], dtype=np.float32)
     Image.fromarray(big, mode="F").save(tmp_path / "f2.tif")
-    assert read_image(tmp_path / "f2.tif")[0, :, 0].tolist() == [0, 100, 255, 255]
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert read_image(tmp_path / "f2.tif")[0, :, 0].tolist() == [0, 100, 255, 255, 0]
+    assert "f2.tif: float image: 1 of 5 values outside 0..255 (they span 0..300) are clipped to it: scale the " \
+        "file to 0..1 or 0..255; 1 NaN or infinite values read as 0" in caplog.text
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".tif", ".png", ".webp"])
+def test_animations_and_multipage_files_say_only_their_first_frame_is_read(
+        tmp_path: Path, suffix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An animated GIF, PNG or WebP, or a multi-page TIFF, was read as its first frame without a word."""
+    frames = [Image.fromarray(np.full((6, 8, 3), v, np.uint8)) for v in (40, 200, 120)]
+    frames[0].save(tmp_path / f"a{suffix}", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / f"one{suffix}")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert read_image(tmp_path / f"one{suffix}")[0, 0, 0] == 40
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert read_image(tmp_path / f"a{suffix}")[0, 0, 0] == 40
+    assert f"a{suffix}: 3 frames or pages (an animation or a multi-page file): only the first is read" in caplog.text
 
 
 def test_read_bilevel(tmp_path: Path) -> None:

@@ -142,8 +142,10 @@ def input_paths(inputs: Sequence[Path]) -> list[Path]:
 # -------------------------------------------------------------------------- images
 
 
-def _to_rgb_array(im: Image.Image) -> np.ndarray:
-    """Convert an already-loaded PIL image of any mode to HxWx3 uint8 RGB."""
+def _to_rgb_array(im: Image.Image, path: Path | None = None) -> np.ndarray:
+    """Convert an already-loaded PIL image of any mode to HxWx3 uint8 RGB. Values of 32-bit integer and float
+    images outside the range they are read on (0..65535; 0..1, else 0..255) are clipped, and NaN and inf read as
+    0: both said in a warning naming ``path`` (a float TIFF of 0..4095 or -1..1 came out white or black, silently)."""
     if im.mode == "La":  # premultiplied; PIL only converts La via LA
         im = im.convert("LA")
     mode = im.mode
@@ -152,14 +154,15 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         a = np.asarray(im).astype(np.float64)
         gray = np.round(a / 257.0).astype(np.uint8)
     elif mode == "I":
-        a = np.clip(np.asarray(im).astype(np.float64), 0, 65535)
-        gray = np.round(a / 257.0).astype(np.uint8)
+        raw = np.asarray(im).astype(np.float64)
+        _warn_clipped(path, raw, 0, 65535, "32-bit integer")
+        gray = np.round(np.clip(raw, 0, 65535) / 257.0).astype(np.uint8)
     elif mode == "F":
-        a = np.nan_to_num(np.asarray(im).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        if a.size and a.max() <= 1.0:
-            a = np.clip(a, 0.0, 1.0) * 255.0
-        else:
-            a = np.clip(a, 0.0, 255.0)
+        raw = np.asarray(im).astype(np.float64)
+        a = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+        top = 1.0 if a.size and a.max() <= 1.0 else 255.0
+        _warn_clipped(path, raw, 0, top, "float")
+        a = np.clip(a, 0.0, 1.0) * 255.0 if top == 1.0 else np.clip(a, 0.0, 255.0)
         gray = np.round(a).astype(np.uint8)
     else:
         gray = None
@@ -188,6 +191,20 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
     except (ValueError, OSError) as err:
         raise ValueError(f"unsupported image mode {mode}") from err
+
+
+def _warn_clipped(path: Path | None, raw: np.ndarray, low: float, high: float, kind: str) -> None:
+    """Name a file whose pixel values fall outside ``low..high`` (clipped) or are not finite (read as 0)."""
+    finite = raw[np.isfinite(raw)]
+    bad = raw.size - finite.size
+    out = int(((finite < low) | (finite > high)).sum())
+    if path is None or not (bad or out):
+        return
+    scale = "0..1 or 0..255" if kind == "float" else "0..65535"
+    what = [f"{out} of {raw.size} values outside {low:g}..{high:g} (they span {finite.min():g}..{finite.max():g}) "
+            f"are clipped to it: scale the file to {scale}" if out else "",
+            f"{bad} NaN or infinite values read as 0" if bad else ""]
+    logger.warning("%s: %s image: %s", printable(str(path)), kind, "; ".join(w for w in what if w))
 
 
 _FILE_TYPES = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
@@ -315,6 +332,12 @@ def _open_loaded(p: Path) -> Image.Image:
     """
     with _pillow(p) as im:
         im.load()
+        frames = getattr(im, "n_frames", 1)
+        # an animated GIF, PNG or WebP, or a multi-page TIFF: the first frame was taken silently (a phone's JPEG with
+        # a second, preview picture, MPO, is one photo)
+        if frames > 1 and im.format != "MPO":
+            logger.warning("%s: %d frames or pages (an animation or a multi-page file): only the first is read",
+                           printable(str(p)), frames)
         try:
             out = ImageOps.exif_transpose(im)
         except Exception:  # malformed EXIF must not cost us the image
@@ -353,7 +376,10 @@ def _read_plain(p: Path) -> np.ndarray | None:
                     return None
                 check_pixels(p, *size)
                 data = head + f.read()
-                if b"tRNS" in data[: data.find(b"IDAT")]:  # a transparent colour: composited on black the Pillow way
+                before = data[: data.find(b"IDAT")]
+                if b"tRNS" in before:  # a transparent colour: composited on black the Pillow way
+                    return None
+                if b"acTL" in before:  # an animated PNG: Pillow's way names it as one (its first frame is read)
                     return None
                 if _png_turned(data):  # Pillow applies it (it was ignored here: the same file with transparency,
                     return None  # or read as a mask, came out turned)
@@ -451,7 +477,7 @@ def read_image(path: str | Path) -> np.ndarray:
         return fast
     im = _open_loaded(p)
     try:
-        arr = _to_rgb_array(im)
+        arr = _to_rgb_array(im, p)
     except ValueError as err:
         raise ImageError(p, str(err)) from None
     finally:
