@@ -384,6 +384,17 @@ def test_appledouble_file_given_by_name_is_named_as_one(tmp_path: Path) -> None:
     assert skipped == [(tmp_path / "._x.png", "a macOS AppleDouble file (Finder metadata, not an image)")]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_tiff_pillow_cannot_decode_is_named_as_one(tmp_path: Path, dtype: type) -> None:
+    """A 64 or 16-bit float TIFF (or a float RGB one) was "not an image (cannot identify format)": it is a TIFF, of
+    samples Pillow does not read, and the message says what to save instead."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    (tmp_path / "f.tif").write_bytes(imagecodecs.tiff_encode(np.full((5, 6), 0.5, dtype)))
+    with pytest.raises(ImageError, match=r"f\.tif: a TIFF Pillow cannot decode \(float colour, .*\): save it as 8 "
+                                         r"or 16-bit integer grey or RGB"):
+        read_image(tmp_path / "f.tif")
+
+
 @pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png")])
 @pytest.mark.parametrize("frac", [0.3, 0.7])
 def test_truncated(tmp_path: Path, fmt: str, suffix: str, frac: float) -> None:

@@ -286,7 +286,8 @@ _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", 
 
 def _unidentified(p: Path) -> str:
     """Why Pillow could not identify ``p``: a HEIC/HEIF photo (an iPhone's own format) is named as one, since
-    "not an image" is wrong for it and says nothing of what to do; so is a Mac's ``._name`` metadata file."""
+    "not an image" is wrong for it and says nothing of what to do; so are a Mac's ``._name`` metadata file and a
+    TIFF whose samples Pillow does not read (a float RGB TIFF)."""
     try:
         with open(p, "rb") as f:
             head = f.read(12)
@@ -296,6 +297,9 @@ def _unidentified(p: Path) -> str:
         return "a HEIC/HEIF image, which normalcy cannot read: convert it to JPEG or PNG"
     if head[:4] == b"\x00\x05\x16\x07":  # ._name beside each file copied from a Mac (pathlib's glob lists them)
         return "a macOS AppleDouble file (Finder metadata, not an image)"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # "not an image" for a float RGB TIFF
+        return ("a TIFF Pillow cannot decode (float colour, 64 or 16-bit float samples, an unusual compression, or "
+                "a damaged file): save it as 8 or 16-bit integer grey or RGB")
     return "not an image (cannot identify format)"
 
 
