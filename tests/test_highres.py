@@ -167,6 +167,25 @@ def test_an_empty_mask_of_a_defective_image_is_named(tmp_path: Path, caplog) -> 
     assert f"{samples[1].mask_path}: no defect pixel in the mask of a defective image" in caplog.text
 
 
+def test_a_mask_that_gives_no_defect_pixel_says_why(tmp_path: Path, caplog) -> None:
+    """A mask of 0 and 100 (class numbers), or a one-pixel defect in a 1600x800 mask read at the pixel metrics'
+    512x256, gave "no defect pixel in the mask" of a file that has one: the warning says why now."""
+    samples, result = _highres_case(tmp_path, 4)
+    dim = np.zeros((800, 1600), np.uint8)
+    dim[100:300, 100:400] = 100
+    Image.fromarray(dim).save(samples[1].mask_path)
+    dot = np.zeros((800, 1600), np.uint8)
+    dot[400, 800] = 255
+    Image.fromarray(dot).save(samples[3].mask_path)
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        masks = pixel_inputs(samples, result)[0]
+    assert not masks[1].any() and not masks[3].any()
+    assert f"{samples[1].mask_path}: no defect pixel in the mask of a defective image: its brightest pixel is 100 " \
+        "of 255, and a defect pixel is one above 127 (or 1 in a 0/1 mask); its pixels count as normal" in caplog.text
+    assert f"{samples[3].mask_path}: no defect pixel in the mask of a defective image at the pixel metrics' size " \
+        "512x256 (its defect covers under half a pixel there); its pixels count" in caplog.text
+
+
 def test_test_images_that_are_training_images_are_named(synthetic_dataset: Path, caplog) -> None:
     """Copies of test images left in train/good are fitted on as normal and score low: hazelnut_toy with five
     defective test images copied in gave image AUROC 0.686 (1.0 without), without a word."""

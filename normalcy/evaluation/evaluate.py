@@ -25,7 +25,7 @@ from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
 from normalcy.images.backbones import sha256_file
 from normalcy.images.features import FeatureExtractor
-from normalcy.images.io import Dataset, Sample, iter_images, load_dataset, read_mask
+from normalcy.images.io import Dataset, Sample, iter_images, load_dataset, mask_peak, read_mask
 from normalcy.runs.report import gallery_image, write_report
 
 log = logging.getLogger("normalcy")
@@ -91,11 +91,25 @@ def masks_for(samples: Sequence[Sample], result: Result,
                     masks.append(None)
                 else:
                     if not masks[-1].any():  # a wrong file or a wrong export, likelier than a defect of no pixel
-                        log.warning("%s: no defect pixel in the mask of a defective image; its pixels count as "
-                                    "normal in the pixel metrics", s.mask_path)
+                        log.warning("%s: no defect pixel in the mask of a defective image%s; its pixels count as "
+                                    "normal in the pixel metrics", s.mask_path, _no_defect_why(s.mask_path, size))
             for w in caught:
                 warnings.warn(str(w.message), w.category, stacklevel=2)
     return masks
+
+
+def _no_defect_why(path: Path, size: tuple[int, int]) -> str:
+    """Why a mask gave no defect pixel, where it is not all black: its brightest level is under the cut (a mask of
+    0 and 100), or its defect is under half a pixel at the size pixel metrics are computed at (``size``)."""
+    try:
+        peak = mask_peak(path)
+    except ImageError:
+        return ""
+    if peak > 127:
+        return f" at the pixel metrics' size {size[1]}x{size[0]} (its defect covers under half a pixel there)"
+    if peak > 0:
+        return f": its brightest pixel is {peak} of 255, and a defect pixel is one above 127 (or 1 in a 0/1 mask)"
+    return ""
 
 
 def pixel_inputs(samples: Sequence[Sample], result: Result,
