@@ -287,6 +287,12 @@ def test_read_mode_f(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         assert read_image(tmp_path / "f2.tif")[0, :, 0].tolist() == [0, 100, 255, 255, 0]
     assert "f2.tif: float image: 1 of 5 values outside 0..255 (they span 0..300) are clipped to it: scale the " \
         "file to 0..1 or 0..255; 1 NaN or infinite values read as 0" in caplog.text
+    past = np.array([[0.0, 0.5, 1.02]], dtype=np.float32)  # 0..1 data a little past 1: read on 0..255, black
+    Image.fromarray(past, mode="F").save(tmp_path / "f3.tif")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert read_image(tmp_path / "f3.tif")[0, :, 0].tolist() == [0, 0, 1]
+    assert "f3.tif: float image of values up to 1.02, over 1 so read on 0..255: it is nearly black; scale the file " \
+        "to 0..1 if that is its range" in caplog.text
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".tif", ".png", ".webp"])

@@ -146,7 +146,8 @@ def input_paths(inputs: Sequence[Path]) -> list[Path]:
 def _to_rgb_array(im: Image.Image, path: Path | None = None) -> np.ndarray:
     """Convert an already-loaded PIL image of any mode to HxWx3 uint8 RGB. Values of 32-bit integer and float
     images outside the range they are read on (0..65535; 0..1, else 0..255) are clipped, and NaN and inf read as
-    0: both said in a warning naming ``path`` (a float TIFF of 0..4095 or -1..1 came out white or black, silently)."""
+    0: both said in a warning naming ``path`` (a float TIFF of 0..4095 or -1..1 came out white or black, silently),
+    and so is a float image read on 0..255 whose values stay under 2 (0..1 data a little past 1: black)."""
     if im.mode == "La":  # premultiplied; PIL only converts La via LA
         im = im.convert("LA")
     mode = im.mode
@@ -163,6 +164,9 @@ def _to_rgb_array(im: Image.Image, path: Path | None = None) -> np.ndarray:
         a = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
         top = 1.0 if a.size and a.max() <= 1.0 else 255.0
         _warn_clipped(path, raw, 0, top, "float")
+        if path is not None and top == 255.0 and a.size and a.max() < 2.0:  # 0..1 data a little past 1 came out black, unsaid
+            logger.warning("%s: float image of values up to %g, over 1 so read on 0..255: it is nearly black; scale "
+                           "the file to 0..1 if that is its range", printable(str(path)), a.max())
         a = np.clip(a, 0.0, 1.0) * 255.0 if top == 1.0 else np.clip(a, 0.0, 255.0)
         gray = np.round(a).astype(np.uint8)
     else:
