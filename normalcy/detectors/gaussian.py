@@ -159,7 +159,7 @@ class GaussianAD(Detector):
         if self.cells and g != np.prod(self._grid(*self._patch_grid())):
             self.cell_ratio = None  # saved before cells were bounded (a very wide input): read as it was fitted
             if g != np.prod(self._grid(*self._patch_grid())):
-                self.cell_ratio = MAX_CELL_RATIO
+                self.cell_ratio = MAX_CELL_RATIO  # neither way: the error below names the shapes
         if g != (self.cells and int(np.prod(self._grid(*self._patch_grid())))) or d not in (0, len(self.patch_mean_)) \
                 or self.cell_precision_.shape != (g, d, d):
             raise ValueError(f"tensors 'cell_mean', 'cell_precision' have shapes {tuple(self.cell_mean_.shape)}, "
