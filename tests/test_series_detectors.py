@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from normalcy.errors import InputError, NotFittedError
 from normalcy.numerics.stats import threshold_at
+from normalcy.series import pca
 from normalcy.series.base import SeriesDetector, flag_block, standardiser
 from normalcy.series.dynamic import dynamic_epsilon
 from normalcy.series.events import events, local_events, prune, prune_windows, pruned, spans
@@ -515,6 +517,26 @@ def test_pca_does_not_learn_online() -> None:
     assert not det.learns_online
     with pytest.raises(InputError, match="pca does not learn online"):
         det.partial_fit(np.zeros(1))
+
+
+def test_pca_holds_a_bounded_number_of_training_windows(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A long window on a wide series held every training window, twice (50 metrics x window 500, 5,000 rows:
+    1.9 GB, 100 s): past MAX_FIT_FLOATS numbers an even subsample of windows is fitted, with a note."""
+    monkeypatch.setattr(pca, "MAX_FIT_FLOATS", 64 * 4 * 100)  # 100 windows of 64 rows x 4 metrics
+    X = sine(3000, d=4)
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="normalcy"):
+            det = create("pca", window=64, holdout=0.05, cross_fit=False).fit(X, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "even subsample of 100 of 2787 training windows" in caplog.text
+    assert peak < 4e6, peak  # 2.3 MB; every window, then its centred copy: 12 MB
+    spike = X[:400].copy()
+    spike[300, 2] += 5
+    assert det.score(spike).decision[300] == 1
 
 
 # -------------------------------------------------------------------------------------------- model files

@@ -14,6 +14,7 @@ never had, and flag the start of every series).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -26,7 +27,13 @@ from normalcy.series.base import SeriesDetector, SeriesParams
 from normalcy.series.windows import flat_windows, inside
 
 EXACT_DIMS = 1024  # windows up to this many numbers: an exact eigendecomposition; wider: randomized SVD
+# numbers of the training windows a fit holds at most (256 MB): past it, an even subsample of fewer windows. A long
+# window on a wide series (50 metrics x 500 rows, 16,000 rows) held every window, 1.9 GB, and took 100 s. The
+# default max_windows of windows of up to EXACT_DIMS numbers (NAB's, ASD's) never reach it.
+MAX_FIT_FLOATS = 2**25
 _CHUNK_FLOATS = 2**22
+
+log = logging.getLogger("normalcy")
 
 
 class SubsequencePCA(SeriesDetector):
@@ -45,10 +52,14 @@ class SubsequencePCA(SeriesDetector):
     def _fit(self, X: np.ndarray, progress: bool) -> None:
         windows = flat_windows(X, self.window_)
         ok = inside(self.starts, len(X), self.window_)
-        keep = ok[np.unique(np.linspace(0, len(ok) - 1, min(len(ok), self.max_windows)).round().astype(np.int64))]
-        W = windows[keep]
+        most = min(self.max_windows, max(16, MAX_FIT_FLOATS // windows.shape[1]))
+        if len(ok) > most and most < self.max_windows:
+            log.info("pca: fitted on an even subsample of %d of %d training windows (%d numbers a window; a fit "
+                     "holds at most %d numbers)", most, len(ok), windows.shape[1], MAX_FIT_FLOATS)
+        keep = ok[np.unique(np.linspace(0, len(ok) - 1, min(len(ok), most)).round().astype(np.int64))]
+        W = windows[keep]  # a copy (fancy indexing), centred in place: one copy of the windows, not two
         self.centre_ = W.mean(axis=0)
-        W = W - self.centre_
+        W -= self.centre_
         total = float(np.einsum("ij,ij->", W, W))
         if W.shape[1] <= EXACT_DIMS:
             D = W.shape[1]  # only the leading components, on one thread: on 2 busy cores, 8x faster than all
