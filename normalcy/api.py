@@ -71,6 +71,7 @@ from normalcy.series.runs import (
     load_series_model,
     model_columns,
     replay_series,
+    say_blind,
     score_series,
     time_hint,
 )
@@ -779,6 +780,9 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     else:
         with progress_bar(progress and (len(jobs) > 1 or sum(len(s) for _, s, _ in jobs) >= LONG_SERIES)) as bar:
             results = [_score_one(model, s, stream) for _, s, _ in bar.track(jobs, description="predict")]
+    unjudged = say_blind([(where, res) for (_, _, where), res in zip(jobs, results) if not isinstance(res, str)])
+    if unjudged:  # rows at the start of a series that scored 0 for want of a past: said, and counted in run.json
+        info["unjudged_rows"] = unjudged
     parts = []
     for (fi, s, where), res in zip(jobs, results):
         if isinstance(res, str):

@@ -141,6 +141,29 @@ def test_a_test_series_shorter_than_the_window_is_refused_not_scored_0(name: str
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_the_first_rows_that_score_0_unjudged_are_said(name: str, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The first rows of a series, before a whole window of their past exists, score 0 whatever they hold: they
+    passed as normal without a word. predict says how many (INFO, and run.json's ``unjudged_rows``); scores
+    are unchanged, and a series scored after its past (eval's test after train) has none."""
+    import json
+
+    from normalcy import api
+    from normalcy.series.runs import score_series
+
+    X = sine(800, seed=2)
+    det = make(name, window=30, **FEWER).fit(series(X[:600]), progress=False)
+    test = tmp_path / "test.csv"
+    np.savetxt(test, np.c_[np.arange(200), X[600:]], delimiter=",", header="t,m0", comments="")
+    with caplog.at_level("INFO", logger="normalcy"):
+        run = api.predict(det, test, tmp_path / "run", report=False, progress=False)
+    assert f"test.csv: the first {det.blind} row(s) score 0, not judged: {name} scores a row only after " in caplog.text
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["unjudged_rows"] == det.blind
+    assert score_series(det, series(X[600:])).blind == det.blind
+    assert score_series(det, series(X[600:]), past=X[:600]).blind == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_a_window_of_one_row_saves_and_loads(name: str, tmp_path: Path) -> None:
     """A series of more than 128 metrics gets a window of 1 row (256 numbers a window at most), as --window 1
     does: hypad fitted and saved it, then refused its own model at load ("span 1 outside 2..1024"), so predict

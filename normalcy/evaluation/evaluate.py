@@ -339,7 +339,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     from normalcy.evaluation.series_metrics import TSB_AD_INSTALL, evaluate_series, pool, vus_window
     from normalcy.series import registry
     from normalcy.series.io import read_series_folder, series_folders, untrained_folders
-    from normalcy.series.runs import model_columns, replay_series, score_series
+    from normalcy.series.runs import model_columns, replay_series, say_blind, score_series
     from normalcy.progress import LONG_SERIES, progress_bar
 
     try:
@@ -348,6 +348,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     except ImportError:
         vus = False
     results, windows, notes = [], [], []
+    unjudged: list[tuple[str, Any]] = []  # (folder, scored) whose first rows scored 0 for want of a past
     skipped = [[f.name, f"{f}: no train.csv or train.parquet to fit on"] for f in untrained_folders(directory)]
     fit_s = score_s = 0.0
     n_rows = 0
@@ -382,6 +383,8 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
                 notes += [f"{folder.name}/{n}" for n in dict.fromkeys([*train.notes, *te.notes])]
                 past = model_columns(det, train, time_column).values if te.time[0] > train.time[-1] else None
                 scored = (replay_series if stream else score_series)(det, te, past)
+                if scored.blind:
+                    unjudged.append((folder.name, scored))
                 score_s += time.perf_counter() - t1
                 fit_s += t1 - t0
             except InputError as err:
@@ -392,6 +395,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
             results.append(evaluate_series(te.labels, scored.score, scored.decision,
                                            predicted=[(e.first, e.last) for e in scored.events],
                                            window=vus_window(te.values) if vus else None, name=folder.name))
+    say_blind(unjudged)
     if not results:
         raise InputError(f"{directory}: no series folder could be evaluated ({skipped[0][1] if skipped else ''})")
     pooled = pool(results)

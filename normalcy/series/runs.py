@@ -439,6 +439,8 @@ class ScoredSeries:
     detector: str
     window: int
     pruned: int = 0  # events that crossed the threshold and were pruned as noise (``prune``)
+    blind: int = 0  # rows at its start that score 0 unjudged, for want of a past (the detector's ``blind``)
+    needs: int = 0  # rows of past a row needs to be judged (the detector's ``blind``)
 
 
 def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
@@ -447,6 +449,7 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
     ``past``: rows that came just before the series (raw values in the model's column order, e.g. the end of the training series a test series continues), the past its
     first rows are scored on instead of edge padding."""
     z = det.standardise(s)  # checks the columns and values
+    k = 0  # rows of past scored before the series
     if past is None or not len(past) or det.context <= 1:
         det.check_scorable(len(z), str(s.source))
         res = det.score_standardised(z)
@@ -463,7 +466,7 @@ def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None)
         keep = set(kept)
         evs = [e for e, span in zip(evs, found) if span in keep]
         res = type(res)(res.score, res.contributions, decision, res.threshold)
-    return _scored(det, res.score, res.decision, res.threshold, evs, res.contributions, z, len(found) - len(evs))
+    return _scored(det, res.score, res.decision, res.threshold, evs, res.contributions, z, len(found) - len(evs), k)
 
 
 def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
@@ -474,7 +477,8 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     pruning compares a peak with. For series that drift after the training rows (NAB's); a long anomaly is
     learned as it goes on (docs/benchmarks.md, SKAB)."""
     z = det.standardise(s)  # checks the columns and values
-    det.check_scorable(len(z) + (0 if past is None else min(len(past), det.context - 1)), str(s.source))
+    k = 0 if past is None else min(len(past), det.context - 1)  # rows of past the stream starts with
+    det.check_scorable(len(z) + k, str(s.source))
     stream = Stream(copy.deepcopy(det), past=past, resume=False)  # it learns: the model itself stays as fitted
     if not stream.auto and len(z) <= MIN_CALIBRATION:  # its warm-up would be the whole series, every score 0
         raise InputError(f"{s.source}: {len(z)} row(s), but a stream of {det.name} (--stream) learns its "
@@ -483,18 +487,33 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     out = stream.run(det.model_values(s))
     decision = (out.score >= stream.alarm_level).astype(np.int8)
     evs = events(s.time, out.score, decision, out.contributions, det.columns_, gap=det.gap_)
-    return _scored(det, out.score, decision, stream.alarm_level, evs, out.contributions, z, 0)
+    return _scored(det, out.score, decision, stream.alarm_level, evs, out.contributions, z, 0, k)
 
 
 def _scored(det: SeriesDetector, score: np.ndarray, decision: np.ndarray, threshold: float, evs: list[Event],
-            contrib: np.ndarray, z: np.ndarray, pruned: int) -> ScoredSeries:
-    """What a run keeps of a scored series: with each event's features and the metrics to draw."""
+            contrib: np.ndarray, z: np.ndarray, pruned: int, past: int) -> ScoredSeries:
+    """What a run keeps of a scored series: with each event's features and the metrics to draw (``past``:
+    the rows of its past it was scored after, which shorten its unjudged start)."""
     feats = event_features(evs, score, contrib, z, threshold, len(score))
     total = contrib.sum(axis=0) if not evs else sum(
         (contrib[e.first:e.last + 1].sum(axis=0) for e in evs), np.zeros(len(det.columns_)))
     top = [det.columns_[j] for j in np.argsort(-total, kind="stable")[:3]]
     return ScoredSeries(score, decision, threshold, evs, feats, top, tuple(det.columns_), det.name, det.window_,
-                        pruned)
+                        pruned, min(len(score), max(0, det.blind - past)), det.blind)
+
+
+def say_blind(scored: Sequence[tuple[str, ScoredSeries]], shown: int = 5) -> int:
+    """One line each (INFO; at most ``shown``, then a count) for the series whose first rows scored 0 unjudged:
+    autoencoder, hypad and forecast judge a row only from a whole window of its past, and those rows passed
+    as normal without a word. Returns the unjudged rows in all."""
+    blind = [(where, r) for where, r in scored if r.blind]
+    for where, r in blind[:shown]:
+        log.info("%s: the first %d row(s) score 0, not judged: %s scores a row only after %d row(s) of its past "
+                 "(window %d; a smaller --window shortens it)", where, r.blind, r.detector, r.needs, r.window)
+    if len(blind) > shown:
+        log.info("... and %d more series whose first rows score 0, not judged (%d rows in all)", len(blind) - shown,
+                 sum(r.blind for _, r in blind))
+    return sum(r.blind for _, r in blind)
 
 
 def event_features(evs: list[Event], score: np.ndarray, contrib: np.ndarray, z: np.ndarray, threshold: float,
