@@ -163,6 +163,26 @@ def test_the_first_rows_that_score_0_unjudged_are_said(name: str, tmp_path: Path
     assert score_series(det, series(X[600:]), past=X[:600]).blind == 0
 
 
+@pytest.mark.parametrize("name", ["autoencoder", "hypad"])
+def test_a_long_series_is_scored_a_batch_of_windows_at_a_time(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring handed every window of a series to the network at once and kept all it gave back (the
+    reconstructions, the hidden units): 5 GB for a million rows. A batch at a time now, the same numbers."""
+    from normalcy.series.autoencoder import _SCORE_BATCH
+    from normalcy.series.windows import flat_windows
+
+    X = sine(600, seed=2)
+    det = make(name, window=10, **FEWER).fit(series(X), progress=False)
+    long = sine(2 * _SCORE_BATCH + 100, seed=3)
+    whole = det._window_scores(flat_windows(det.standardise(long), det.span_))  # all windows at once
+    sizes: list[int] = []
+    inner = det._window_scores
+    monkeypatch.setattr(det, "_window_scores", lambda W: sizes.append(len(W)) or inner(W))
+    contrib = det.score(long.ravel()).contributions
+    assert max(sizes) == _SCORE_BATCH and sum(sizes) == len(whole)
+    np.testing.assert_array_equal(contrib[det.span_ - 1:], whole)
+    assert not contrib[:det.span_ - 1].any()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_a_window_of_one_row_saves_and_loads(name: str, tmp_path: Path) -> None:
     """A series of more than 128 metrics gets a window of 1 row (256 numbers a window at most), as --window 1

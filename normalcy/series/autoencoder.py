@@ -139,8 +139,11 @@ def window_scores(score: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span
     the start of every series)."""
     n, d = X.shape
     out = np.zeros((n, d))
-    if n >= span:
-        out[span - 1:] = score(flat_windows(X, span))
+    W = flat_windows(X, span)
+    # a batch at a time: what ``score`` holds of every window at once (reconstructions, hidden units) took 5 GB
+    # for a million rows; each batch is the one ``batched`` ran alone, so the numbers are the same
+    for s in range(0, len(W), _SCORE_BATCH):
+        out[span - 1 + s:span - 1 + s + _SCORE_BATCH] = score(W[s:s + _SCORE_BATCH])
     return out
 
 
