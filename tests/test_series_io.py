@@ -45,6 +45,23 @@ def test_epoch_seconds_and_row_numbers(tmp_path: Path) -> None:
     assert p.columns == ("a", "b")
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_dates_past_2262_keep_their_order(tmp_path: Path, suffix: str) -> None:
+    """Dates were converted through 64-bit nanoseconds, which end on 2262-04-11: later ones wrapped to 1677
+    without a word, and were "sorted" before the earlier rows (a simulation's calendar, a 9999-12-31 sentinel)."""
+    months = [f"{2260 + i // 12}-{i % 12 + 1:02d}-01T00:00:00" for i in range(40)]
+    f = write_csv(tmp_path / "sim.csv", "timestamp,v", [f"{m},{i}" for i, m in enumerate(months)])
+    if suffix == ".parquet":
+        pq.write_table(pa.table({"timestamp": pa.array([datetime.fromisoformat(m) for m in months],
+                                                        pa.timestamp("us")), "v": np.arange(40.0)}),
+                       f := tmp_path / "sim.parquet")
+    (s,) = read_series(f)
+    assert s.notes == []
+    np.testing.assert_array_equal(s.values[:, 0], np.arange(40))
+    expected = [datetime.fromisoformat(m).replace(tzinfo=timezone.utc).timestamp() for m in months]
+    np.testing.assert_array_equal(s.time, expected)
+
+
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_semicolon_and_tab_separated_files(tmp_path: Path, sep: str) -> None:
     """Spreadsheets in many locales, and SKAB's pump test-bed files, separate fields by semicolons."""

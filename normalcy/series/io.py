@@ -362,6 +362,9 @@ def _seconds(path: Path, num: np.ndarray, notes: list[str]) -> np.ndarray:
     return num / div
 
 
+_NS_FIRST, _NS_LAST = np.datetime64("1677-09-22", "s"), np.datetime64("2262-04-11", "s")  # within int64 ns
+
+
 def _times(path: Path, a: np.ndarray, notes: list[str]) -> np.ndarray:
     """A time column as float64: numbers as they are (epoch seconds, row numbers; epoch milliseconds and finer
     divided down to seconds, ``_seconds``), dates and times (parsed by the reader, or ISO 8601 strings) as epoch
@@ -369,7 +372,11 @@ def _times(path: Path, a: np.ndarray, notes: list[str]) -> np.ndarray:
     if a.dtype.kind == "M":
         if np.isnat(a).any():
             raise InputError(f"{path}: time column: empty at row {int(np.flatnonzero(np.isnat(a))[0]) + 1}")
-        return a.astype("datetime64[ns]").astype(np.int64) / 1e9
+        if a.dtype == np.dtype("datetime64[ns]") or (a.min() >= _NS_FIRST and a.max() <= _NS_LAST):
+            return a.astype("datetime64[ns]").astype(np.int64) / 1e9
+        # past 2262 (or before 1677) nanoseconds overflow 64 bits: they wrapped, silently, to the other end, and
+        # the rows after 2262-04-11 were "sorted" before the others; microseconds reach 290,000 years either way
+        return a.astype("datetime64[us]").astype(np.int64) / 1e6
     num = _numeric(a)
     if num is not None:
         bad = ~np.isfinite(num)
