@@ -62,6 +62,20 @@ def test_dates_past_2262_keep_their_order(tmp_path: Path, suffix: str) -> None:
     np.testing.assert_array_equal(s.time, expected)
 
 
+def test_epoch_nanoseconds_closer_than_a_float_resolves_are_said(tmp_path: Path) -> None:
+    """Epoch nanoseconds 100 ns apart are one float64 second: 121 of 200 rows were dropped as having "a repeated
+    timestamp", which no row had. Now the note says why, and how to keep them apart."""
+    f = write_csv(tmp_path / "fast.csv", "timestamp,v", [f"{1_700_000_000_000_000_000 + 100 * i},{i}"
+                                                         for i in range(200)])
+    (s,) = read_series(f)
+    assert any("time column: 121 row(s) whose times differ from another's by less than a 64-bit float resolves"
+               in n and "nanoseconds since the start" in n for n in s.notes), s.notes
+    g = write_csv(tmp_path / "slow.csv", "timestamp,v", [f"{1_700_000_000_000_000_000 + 1000 * i},{i}"
+                                                         for i in range(200)])
+    assert len(read_series(g)[0]) == 200  # a microsecond apart: distinct, no note
+    assert not any("resolves" in n for n in read_series(g)[0].notes)
+
+
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_semicolon_and_tab_separated_files(tmp_path: Path, sep: str) -> None:
     """Spreadsheets in many locales, and SKAB's pump test-bed files, separate fields by semicolons."""

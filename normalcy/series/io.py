@@ -382,7 +382,15 @@ def _times(path: Path, a: np.ndarray, notes: list[str]) -> np.ndarray:
         bad = ~np.isfinite(num)
         if bad.any():
             raise InputError(f"{path}: time column: no number at row {int(np.flatnonzero(bad)[0]) + 1}")
-        return _seconds(path, num, notes)
+        seconds = _seconds(path, num, notes)
+        if a.dtype.kind in "iu" and seconds is not num:  # epoch nanoseconds 100 ns apart are one float64 second
+            merged = len(np.unique(a)) - len(np.unique(seconds))  # value: they were dropped as "repeated"
+            if merged:
+                notes.append(f"{path.name}: time column: {merged} row(s) whose times differ from another's by less "
+                             f"than a 64-bit float resolves in seconds (about {np.spacing(np.abs(seconds).max()):.1e}"
+                             " s here) read as repeated times; give times counted from the first one (nanoseconds "
+                             "since the start) to keep them apart")
+        return seconds
     out = np.empty(len(a))
     naive = []  # rows whose time has no zone (read as UTC)
     for i, v in enumerate(a):
