@@ -428,6 +428,23 @@ def test_lines_of_unknown_series_are_one_kind_of_problem(tmp_path: Path, caplog)
     assert "no model for series 'h0'" in caplog.text and "later such series are counted, not named" in caplog.text
 
 
+def test_ever_new_unknown_series_are_not_all_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feed of ever new ids (a request id, or the time given as --series-column) kept every id with why it has
+    no model, for as long as the watch ran: memory grew by a few hundred bytes a line. At most MAX_REFUSED are
+    kept; later ones are refused by asking the set again, still skipped and counted, and known series scored."""
+    from normalcy.series import watch as watching
+
+    long = write_long(tmp_path / "long.csv", ["web-1", "web-2"], n=200)
+    assert cli("fit", long, "-o", tmp_path / "m", "--series-column", "host", "-d", "knn", "--window", "8").exit_code == 0
+    monkeypatch.setattr(watching, "MAX_REFUSED", 8)
+    w = watching.Watcher(load_series_model(tmp_path / "m"), series_column="host")
+    w.header(["time", "host", "cpu"])
+    out = [w.row([str(60 * i), f"req-{i}", "0.5"], i + 2) for i in range(50)]
+    assert out == [None] * 50 and len(w.refused) == 8
+    assert w.summary.skipped == 50 and w.summary.problems == {"series not scored": 50}
+    assert w.row(["3000", "web-1", "0.5"], 52) is not None
+
+
 def test_save_into_a_folder_that_cannot_be_written_is_refused_before_the_watch(fitted: Path, tmp_path: Path,
                                                                               monkeypatch) -> None:
     """--save into a folder that cannot be written (a read-only mount; /proc here, as root writes anywhere

@@ -41,6 +41,10 @@ from normalcy.vectors.tables import cell_number, csv_delimiter, grouped_number, 
 log = logging.getLogger("normalcy")
 
 MAX_WARNINGS = 5  # lines named on the log for each kind of problem; the rest are counted
+# series ids kept with why they have no stream (about 30 MB): a feed of ever new ids (a request id, or the time
+# given as --series-column) kept every one with its reason for as long as the watch ran; past this, a new id's
+# lines are refused by asking the set again (skipped and counted all the same)
+MAX_REFUSED = 100_000
 OUT_FIELDS = ("time", "score", "alarm", "metrics")
 SERIES_NOT_SCORED = "series not scored"  # the kind of problem of a line whose series has no stream
 MAX_LINE = 1 << 24  # characters a line is kept to: a feed without line ends (binary noise) is not held whole
@@ -200,7 +204,8 @@ class Watcher:
                                 "way at fit)", self.source, key, self.model.key_of(key))
                 self.positions[key] = self._positions(det)
             except InputError as err:
-                self.refused[key] = str(err)
+                if len(self.refused) < MAX_REFUSED:
+                    self.refused[key] = str(err)
                 raise
             stream = self.streams[key] = Stream(det, learn=self.learn)
         return stream
