@@ -258,6 +258,21 @@ def test_a_plain_detectors_stream_warms_up_before_it_alarms() -> None:
     np.testing.assert_allclose([row.update(x) for x in X[1500:]], out.reported, atol=1e-3)
 
 
+def test_a_replayed_streams_warm_up_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """predict --stream of a plain detector scored its first MIN_CALIBRATION rows 0 (the stream's calibration
+    warm-up) without a word; they are now said as rows not judged (``say_blind``), and auto has none."""
+    from normalcy.series.base import MIN_CALIBRATION
+    from normalcy.series.runs import replay_series, say_blind
+
+    X = sine(1700)
+    scored = replay_series(create("knn", window=16).fit(series(X[:1500]), progress=False), series(X[1500:]))
+    assert scored.blind == MIN_CALIBRATION and not scored.score[:MIN_CALIBRATION].any()
+    with caplog.at_level(logging.INFO, logger="normalcy"):
+        assert say_blind([("s.csv", scored)]) == MIN_CALIBRATION
+    assert (f"s.csv: the first {MIN_CALIBRATION} row(s) score 0, not judged: a stream of knn learns its score "
+            f"calibration on its first {MIN_CALIBRATION} rows") in caplog.text
+
+
 @pytest.mark.parametrize("block", [7, 128, 5000])
 def test_knn_learns_a_block_as_row_by_row(block: int) -> None:
     """A stream's knn learns 128 rows at once (``learn_block``): the bank, grown to its online capacity and

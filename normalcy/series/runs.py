@@ -474,8 +474,8 @@ class ScoredSeries:
     detector: str
     window: int
     pruned: int = 0  # events that crossed the threshold and were pruned as noise (``prune``)
-    blind: int = 0  # rows at its start that score 0 unjudged, for want of a past (the detector's ``blind``)
-    needs: int = 0  # rows of past a row needs to be judged (the detector's ``blind``)
+    blind: int = 0  # rows at its start that score 0 unjudged: for want of a past (the detector's ``blind``),
+    blind_why: str = ""  # or a stream's calibration warm-up; and why, one line
 
 
 def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
@@ -519,10 +519,15 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
         raise InputError(f"{s.source}: {len(z)} row(s), but a stream of {det.name} (--stream) learns its "
                          f"calibration on its first {MIN_CALIBRATION} rows, which score 0: no row could be scored; "
                          "give more rows, or score it without --stream")
+    warm = 0 if stream.auto else MIN_CALIBRATION  # a plain detector's fresh stream scores these 0 (warm-up)
     out = stream.run(det.model_values(s))
     decision = (out.score >= stream.alarm_level).astype(np.int8)
     evs = events(s.time, out.score, decision, out.contributions, det.columns_, gap=det.gap_)
-    return _scored(det, out.score, decision, stream.alarm_level, evs, out.contributions, z, 0, k)
+    scored = _scored(det, out.score, decision, stream.alarm_level, evs, out.contributions, z, 0, k)
+    if warm > scored.blind:
+        scored.blind = min(len(z), warm)
+        scored.blind_why = f"a stream of {det.name} learns its score calibration on its first {warm} rows"
+    return scored
 
 
 def _scored(det: SeriesDetector, score: np.ndarray, decision: np.ndarray, threshold: float, evs: list[Event],
@@ -533,18 +538,20 @@ def _scored(det: SeriesDetector, score: np.ndarray, decision: np.ndarray, thresh
     total = contrib.sum(axis=0) if not evs else sum(
         (contrib[e.first:e.last + 1].sum(axis=0) for e in evs), np.zeros(len(det.columns_)))
     top = [det.columns_[j] for j in np.argsort(-total, kind="stable")[:3]]
+    why = (f"{det.name} scores a row only after {det.blind} row(s) of its past (window {det.window_}; a smaller "
+           "--window shortens it)")
     return ScoredSeries(score, decision, threshold, evs, feats, top, tuple(det.columns_), det.name, det.window_,
-                        pruned, min(len(score), max(0, det.blind - past)), det.blind)
+                        pruned, min(len(score), max(0, det.blind - past)), why)
 
 
 def say_blind(scored: Sequence[tuple[str, ScoredSeries]], shown: int = 5) -> int:
     """One line each (INFO; at most ``shown``, then a count) for the series whose first rows scored 0 unjudged:
-    autoencoder, hypad and forecast judge a row only from a whole window of its past, and those rows passed
-    as normal without a word. Returns the unjudged rows in all."""
+    autoencoder, hypad and forecast judge a row only from a whole window of its past, and a plain detector's
+    stream (``--stream``) calibrates on its first rows; those rows passed as normal without a word. Returns the
+    unjudged rows in all."""
     blind = [(where, r) for where, r in scored if r.blind]
     for where, r in blind[:shown]:
-        log.info("%s: the first %d row(s) score 0, not judged: %s scores a row only after %d row(s) of its past "
-                 "(window %d; a smaller --window shortens it)", where, r.blind, r.detector, r.needs, r.window)
+        log.info("%s: the first %d row(s) score 0, not judged: %s", where, r.blind, r.blind_why)
     if len(blind) > shown:
         log.info("... and %d more series whose first rows score 0, not judged (%d rows in all)", len(blind) - shown,
                  sum(r.blind for _, r in blind))
