@@ -285,14 +285,14 @@ def test_a_sets_fits_say_each_warning_once_naming_the_series(caplog: pytest.LogC
     from normalcy.series.runs import fit_each
 
     rng = np.random.default_rng(0)
-    series = [Series(f"s{k}", np.arange(40.0), np.sin(np.arange(40.0) / 3)[:, None] + 0.1 * rng.normal(size=(40, 1)),
+    series = [Series(f"s{k}" if k else "s0%d", np.arange(40.0), np.sin(np.arange(40.0) / 3)[:, None] + 0.1 * rng.normal(size=(40, 1)),
                      ("v",), None, [], Path("many.csv")) for k in range(12)]
     with caplog.at_level(logging.INFO, logger="normalcy"):
         fitted, failed = fit_each(series, "knn", {"window": 8})
     assert len(fitted) == 12 and not failed
     rests = [r.getMessage() for r in caplog.records if "rests on" in r.getMessage()]
-    assert rests == ["series 's0': knn: the threshold rests on 8 held-out normal row(s); 20 or more make it reliable"]
-    assert "... and 11 more series ('s1', 's2', 's3', 's4', 's5', ...): the same as series 's0'" in caplog.text
+    assert rests == ["series 's0%d': knn: the threshold rests on 8 held-out normal row(s); 20 or more make it reliable"]
+    assert "... and 11 more series ('s1', 's2', 's3', 's4', 's5', ...): the same as series 's0%d'" in caplog.text
     assert not logging.getLogger("normalcy").filters  # and no filter is left on the logger
 
 

@@ -397,7 +397,7 @@ class _Repeats(logging.Filter):
         names.append(self.series)
         if len(names) > 1:
             return False
-        record.msg = f"series {self.series!r}: {record.msg}"
+        record.msg = f"series {self.series!r}: ".replace("%", "%%") + str(record.msg)  # an id 'cpu%' is no format
         return True
 
     def summary(self) -> None:
