@@ -393,7 +393,7 @@ class _Repeats(logging.Filter):
         self.seen: dict[Any, list[str]] = {}  # message template -> the series that logged it
 
     def filter(self, record: logging.LogRecord) -> bool:
-        names = self.seen.setdefault((record.levelno, record.msg), [])
+        names = self.seen.setdefault((record.levelno, str(record.msg)), [])
         names.append(self.series)
         if len(names) > 1:
             return False
