@@ -9,6 +9,7 @@ cap. Every problem is one ``InputError`` line that names the file, never a trace
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -166,10 +167,25 @@ def save_model(model: Any, directory: str | Path) -> None:
     InputError line rather than a traceback after the work (fit, hours of watch)."""
     from safetensors import SafetensorError
 
+    earlier = os.path.lexists(Path(directory) / MODEL_JSON)
     try:
         model.save(directory)
     except (OSError, SafetensorError) as err:
-        raise InputError(f"{directory}: cannot write the model ({write_error(err)})") from None
+        # a save writes the new files beside the earlier model's before it replaces them: a full disk said only
+        # "No space left on device" of a disk with room for the model. (A series set's earlier model.json goes
+        # first, so the earlier set is not whole: nothing is claimed of it.)
+        kept = earlier and no_space(err) and os.path.lexists(Path(directory) / MODEL_JSON)
+        why = ("; the earlier model there is kept as it was: a save writes the new model beside it before "
+               "replacing it, so it needs room for both") if kept else ""
+        raise InputError(f"{directory}: cannot write the model ({write_error(err)}){why}") from None
+
+
+def no_space(err: BaseException) -> bool:
+    """Whether a write failed for want of room (a full disk, a quota), safetensors' wrapped error included."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return found is not None and int(found.group(1)) in (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_error(err: BaseException) -> str:

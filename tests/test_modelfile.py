@@ -480,3 +480,29 @@ def test_a_model_json_given_for_its_folder_names_the_folder(model, images, tmp_p
     """`predict model/model.json ...` said "model/model.json: not a normalcy model (no model.json)"."""
     msg = _cli_fails(model / "model.json", images, tmp_path)
     assert msg == f"error: {model / 'model.json'}: a model is the folder holding model.json and its files: give {model}"
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), "safetensors"])
+def test_a_full_disk_over_an_earlier_model_says_it_is_kept(error, model, tmp_path, monkeypatch):
+    """A save over an earlier model writes the new files beside it first, so it needs room for both: a full
+    disk said only "No space left on device" of a disk with room for the model. The line now says the
+    earlier model is kept and why the room ran out; a first save says nothing of an earlier model."""
+    import normalcy.detectors.base as base
+    from safetensors import SafetensorError
+
+    from normalcy.files import save_model
+
+    if error == "safetensors":  # what safetensors raises on a real full disk
+        error = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    d = _copy(model, tmp_path)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    monkeypatch.setattr(base, "save_file", _failing_save(base.save_file, error))
+    with pytest.raises(InputError) as info:
+        save_model(load(model), d)
+    assert str(info.value) == (f"{d}: cannot write the model (No space left on device); the earlier model there "
+                               "is kept as it was: a save writes the new model beside it before replacing it, so "
+                               "it needs room for both")
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    with pytest.raises(InputError) as info:
+        save_model(load(model), tmp_path / "new")
+    assert str(info.value) == f"{tmp_path / 'new'}: cannot write the model (No space left on device)"
