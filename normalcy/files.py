@@ -15,6 +15,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -114,42 +115,126 @@ def write_model_files(directory: str | Path, writers: dict[str, Callable[[Path],
     neither fit made. Each file is written under a hidden name in the folder first, the earlier model.json
     is then removed, the files renamed into place and model.json last. A failure while writing leaves the
     earlier model as it was; one among the renames leaves no model.json, which loading names. Two saves into
-    one folder at once put their files in place one after the other (a lock on the folder): the last is
-    kept whole, never one's tensors with the other's model.json."""
+    one folder at once go one after the other (a lock on the folder, held for the whole save): the last is
+    kept whole, never one's tensors with the other's model.json. Hidden files a killed save left are deleted
+    first (see ``_remove_stale_temps``)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     names = sorted(writers, key=lambda n: n == MODEL_JSON)  # model.json last
     temps: dict[str, Path] = {}
-    try:
-        for name in names:  # a name of its own (not mkstemp's: its files are private), the suffix skops wants
-            temps[name] = d / f".{name}.{secrets.token_hex(4)}.partial{Path(name).suffix}"
-            writers[name](temps[name])
-        with _locked(d):
+    with _locked(d) as locked:  # the whole save: a hidden file found under the lock is no live save's
+        if locked:
+            _remove_stale_temps(d, names)
+        try:
+            for name in names:  # a name of its own (not mkstemp's: its files are private), the suffix skops wants
+                temps[name] = d / f".{name}.{secrets.token_hex(4)}{STAGING}{Path(name).suffix}"
+                writers[name](temps[name])
             if os.path.lexists(d / MODEL_JSON):
                 os.unlink(d / MODEL_JSON)
             for name in names:
                 os.replace(temps[name], d / name)
-    finally:
-        for t in temps.values():
-            if os.path.lexists(t):
-                os.unlink(t)
+        finally:
+            for t in temps.values():
+                if os.path.lexists(t):
+                    os.unlink(t)
     return d
 
 
+STAGING = ".partial"  # a file being saved is named .NAME.<8 hex>.partial<NAME's suffix> until it is complete
+MODEL_FILES = (MODEL_JSON, "model.safetensors", "model.skops")  # every kind's: a folder re-fitted as another
+
+
+def _remove_stale_temps(d: Path, names: list[str]) -> None:
+    """Delete the hidden files of saves into ``d`` that a killed process (SIGKILL, a power cut) left behind:
+    they were never read, but each held a whole model's tensors, and every later kill added one. Called under
+    the folder's lock, which every save holds while it writes, so none is a live save's."""
+    pattern = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(STAGING) + r"(\.[^.]*)?")
+    try:
+        entries = list(os.scandir(d))
+    except OSError:
+        return
+    for e in entries:
+        found = pattern.fullmatch(e.name)
+        if found and found.group(1) in {*MODEL_FILES, *names} and e.is_file(follow_symlinks=False):
+            try:
+                os.unlink(e.path)
+            except OSError:  # another's file, a read-only folder: the save says what matters
+                pass
+
+
 @contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on a folder (flock on the folder itself: no lock file), where the platform has one."""
+def _locked(folder: Path) -> Iterator[bool]:
+    """An exclusive lock on a folder (flock on the folder itself: no lock file), where the platform has one;
+    yields whether it is held."""
     try:
         import fcntl
     except ImportError:  # Windows
-        yield
+        yield False
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         os.close(fd)  # releases the lock
+
+
+_HELD: dict[Path, int] = {}  # hidden files and folders this process is writing -> the open one holding its lock
+
+
+def hold(path: Path) -> None:
+    """Lock a hidden file or folder this process writes a result into (flock on it: released when the process
+    ends, however it ends) until ``release``: a later run then tells a live one from one a killed run left."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: nothing is held, and nothing is ever taken for stale (remove_if_stale)
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fresh and ours: nobody else has a reason to hold it
+    except OSError:  # a file system without locks (ENOLCK): remove_if_stale cannot lock it either, and keeps it
+        os.close(fd)
+        return
+    _HELD[path] = fd
+
+
+def release(path: Path) -> None:
+    """Unlock what ``hold`` locked (nothing if it did not)."""
+    fd = _HELD.pop(path, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_if_stale(path: Path) -> bool:
+    """Delete a hidden file or folder that a killed process was writing into (SIGKILL, the OOM killer, a power
+    cut: no ``finally`` ran): one whose lock (``hold``) nobody holds. A live one's is held, and it is kept, as
+    is everything where the platform has no flock. Returns whether it was deleted."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: a live one's
+        os.close(fd)
+        return False
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def check_writable(folder: Path, named: str | Path, what: str) -> None:

@@ -428,3 +428,28 @@ def test_an_export_over_onnx_limit_is_said_not_written(tmp_path: Path, monkeypat
     with pytest.raises(InputError, match="big.onnx: not written: the graph is .* GiB, over"):
         ex._save(model, tmp_path / "staging.onnx", tmp_path / "big.onnx")
     assert not (tmp_path / "big.onnx").exists()
+
+
+def test_an_export_killed_outright_leaves_nothing_the_next_export_keeps(tmp_path: Path) -> None:
+    """An export killed outright (SIGKILL, the OOM killer: no finally runs) left its hidden
+    .NAME.<pid>.partial.onnx for ever. The next export to that name deletes it; a live export's, whose process
+    holds a lock on it, is kept, as are other files."""
+    import fcntl
+    import os
+
+    from normalcy.scale import export as ex
+
+    stale = tmp_path / ".m.4000001.partial.onnx"  # a killed process's: its lock went with it
+    stale.write_bytes(b"half a graph")
+    live = tmp_path / ".m.4000002.partial.onnx"  # another export's, being written now
+    live.write_bytes(b"a graph being written")
+    (tmp_path / ".other.4000003.partial.onnx").write_bytes(b"another name's")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        staging = ex._stage(tmp_path / "m.onnx")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, staging.name,
+                                                                     ".other.4000003.partial.onnx"])
+    finally:
+        os.close(fd)
+        ex.release(staging)

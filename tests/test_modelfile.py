@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -506,3 +507,67 @@ def test_a_full_disk_over_an_earlier_model_says_it_is_kept(error, model, tmp_pat
     with pytest.raises(InputError) as info:
         save_model(load(model), tmp_path / "new")
     assert str(info.value) == f"{tmp_path / 'new'}: cannot write the model (No space left on device)"
+
+
+KILLED_SAVE = '''
+import sys, time
+from pathlib import Path
+from normalcy.files import write_model_files
+
+def stuck(p: Path) -> None:
+    p.write_bytes(b"half a model")
+    print("writing", flush=True)
+    time.sleep(60)  # killed here, as by SIGKILL or a power cut
+
+write_model_files(sys.argv[1], {"model.safetensors": stuck, "model.json": lambda p: p.write_text("{}")})
+'''
+
+
+def test_a_save_killed_outright_leaves_nothing_the_next_save_keeps(tmp_path):
+    """A process killed while it saved (SIGKILL: no finally runs) left its hidden .model.safetensors.*.partial
+    file, a whole model's tensors, for ever; every later kill added one. The next save into the folder deletes
+    them (under the folder's lock, which a live save holds, so never another's file being written)."""
+    import signal
+    import subprocess
+
+    from normalcy.files import write_model_files
+
+    d = tmp_path / "m"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(d)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "writing\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (d / "notes.txt").write_text("mine")  # a person's file, and a hidden file of theirs, are never touched
+    (d / ".model.safetensors.partial").write_text("theirs")
+    left = [p.name for p in d.iterdir() if p.name.endswith(".partial.safetensors")]
+    assert len(left) == 1
+    write_model_files(d, {"model.safetensors": lambda p: p.write_bytes(b"tensors"),
+                          "model.json": lambda p: p.write_text("{}")})
+    assert sorted(p.name for p in d.iterdir()) == [".model.safetensors.partial", "model.json", "model.safetensors",
+                                                   "notes.txt"]
+
+
+def test_saves_at_once_never_delete_each_others_files_being_written(tmp_path):
+    """Stale files are deleted under the folder's lock, and a save holds it while it writes: two saves at once
+    each finish whole, the last one kept."""
+    import time
+
+    from conftest import run_together
+
+    from normalcy.files import write_model_files
+
+    d = tmp_path / "m"
+
+    def save(k: int) -> None:
+        def slow(p: Path) -> None:
+            p.write_bytes(b"tensors %d" % k)
+            time.sleep(0.2)
+        write_model_files(d, {"model.safetensors": slow, "model.json": lambda p: p.write_text(json.dumps(k))})
+
+    assert run_together(save, [0, 1, 2]) == []
+    k = json.loads((d / "model.json").read_text())
+    assert (d / "model.safetensors").read_bytes() == b"tensors %d" % k
+    assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.safetensors"]

@@ -361,3 +361,63 @@ def test_review_names_are_the_paths_inside_the_folders_given() -> None:
     for path in paths:
         for inputs in folders:
             assert _display_name(os.path.abspath(path), inputs) == by_pathlib(os.path.abspath(path), inputs)
+
+
+KILLED_RUN = '''
+import sys, time
+from pathlib import Path
+from normalcy.runs.format import RUN_JSON, finish_run, start_run
+
+folder = start_run(Path(sys.argv[1]))
+(folder / "scores.csv").write_text("path,score,decision\\n")
+print(folder, flush=True)
+if sys.argv[2] == "swap":  # killed between its two renames: the earlier run swapped out as .NAME.*.old
+    import os
+    os.replace(sys.argv[1], folder.with_suffix(".old"))
+    print("swapped", flush=True)
+time.sleep(60)  # killed here, as by SIGKILL or a power cut
+'''
+
+
+def _killed_run(out: Path, how: str = "write") -> Path:
+    """The hidden folder a run left when it was killed outright (no finally runs), and the process gone."""
+    import signal
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out), how], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        folder = Path(proc.stdout.readline().strip())
+        if how == "swap":
+            assert proc.stdout.readline() == "swapped\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return folder
+
+
+def test_a_run_killed_outright_leaves_nothing_the_next_run_keeps(tmp_path: Path) -> None:
+    """A predict killed outright (SIGKILL, the OOM killer) left its hidden .NAME.*.partial folder, a whole
+    run's heatmaps, for ever (and, between its two renames, the earlier run as .NAME.*.old); every kill added
+    one. The next run into that folder deletes them; a live run's folder, another process's, is left alone
+    (its process holds a lock on it), as is any other hidden folder."""
+    from normalcy.runs.format import finish_run, start_run
+
+    out = tmp_path / "run"
+    _write(out, [tmp_path / "a.png"])
+    stale = _killed_run(out)
+    other = _killed_run(tmp_path / "other")  # a run into another folder: not this one's to delete
+    (tmp_path / ".run.keep").mkdir()
+    assert stale.is_dir()
+    live = start_run(out)  # a run being written now
+    assert not stale.exists() and live.is_dir()
+    _write(out, [tmp_path / "b.png"])
+    assert live.is_dir() and other.is_dir()
+    finish_run(live, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".run.keep", other.name, "run"])
+    stale = _killed_run(out, "swap")  # the earlier run, swapped out and never put back
+    assert not out.exists() and stale.with_suffix(".old").is_dir()
+    _write(out, [tmp_path / "c.png"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".run.keep", other.name, "run"])

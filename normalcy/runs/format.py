@@ -65,7 +65,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from normalcy.errors import InputError
-from normalcy.files import check_writable, write_error
+from normalcy.files import check_writable, hold, release, remove_if_stale, write_error
 from normalcy.images.heatmap import overlay, side_by_side, write_png
 from normalcy.images.io import printable
 from normalcy.numerics.stats import decide
@@ -260,9 +260,32 @@ def start_run(output: Path, inputs: Sequence[Path] = ()) -> Path:
     out = Path(output).resolve()  # a link to a folder: the run goes where it points, and the link stays
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING, dir=out.parent))
+        _remove_stale_runs(out)
+        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING, dir=out.parent))
     except OSError as err:
         raise InputError(f"{output}: cannot write a run folder there ({err.strerror or err})") from None
+    hold(folder)
+    return folder
+
+
+def _remove_stale_runs(out: Path) -> None:
+    """Delete the hidden folders beside ``out`` that runs killed outright (SIGKILL, the OOM killer, a power
+    cut) left: the ``.NAME.*.partial`` folder a run was written into, with its scores and heatmaps, and an
+    earlier run swapped out as ``.NAME.*.old``. They were never read, but each held a whole run and every kill
+    added one. A live run's folder is locked by its process (``hold``) and left alone; an ``.old`` goes only
+    when its run's ``.partial`` is gone (a live run puts it back should its last rename fail)."""
+    pattern = re.compile(re.escape(f".{out.name}.") + r"[A-Za-z0-9_]{8}(" + re.escape(STAGING) + r"|\.old)")
+    try:
+        found = sorted((e.name for e in os.scandir(out.parent) if pattern.fullmatch(e.name)
+                        and e.is_dir(follow_symlinks=False)), key=lambda n: n.endswith(".old"))  # .partial first
+    except OSError:
+        return
+    for name in found:
+        path = out.parent / name
+        if path.suffix == STAGING:
+            remove_if_stale(path)
+        elif not os.path.lexists(path.with_suffix(STAGING)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # What a full or read-only disk raises while a run is written: the run stops (no image is "skipped" for it).
@@ -316,6 +339,7 @@ def finish_run(folder: Path, output: Path) -> None:
                     shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(folder, out)
+            release(folder)
             return
         except OSError as err:
             if attempt == 4 or err.errno not in taken or not folder.is_dir():
@@ -325,6 +349,7 @@ def finish_run(folder: Path, output: Path) -> None:
 def abandon_run(folder: Path) -> None:
     """Delete a run that failed or was interrupted; the earlier run stays as it was."""
     shutil.rmtree(folder, ignore_errors=True)
+    release(folder)
 
 
 @contextmanager

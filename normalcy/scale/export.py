@@ -54,6 +54,7 @@ import copy
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -72,7 +73,7 @@ from torch import nn
 
 from normalcy.detectors import DETECTORS, ZERO_SHOT_MESSAGE, MuSc, PatchCore
 from normalcy.detectors.base import Detector, Result, Scored, Skipped, batch_for, collect
-from normalcy.files import Strict, describe, read_model_file
+from normalcy.files import Strict, describe, hold, read_model_file, release, remove_if_stale
 from normalcy.errors import InputError
 from normalcy.images.features import MAX_SIZE, MIN_SIZE, resize_image
 from normalcy.images.io import iter_images, list_files
@@ -93,6 +94,7 @@ NOT_EXPORTABLE = {
 PQ_BANK = ("its memory bank is kept as IVF-PQ codes (over max_memory_mb), and the graph searches float rows "
            "exactly; refit with a larger max_memory_mb")
 INSTALL_HINT = "pip install -c constraints.txt 'normalcy[export]'"
+STAGING = ".partial.onnx"  # an export is written to .NAME.<pid>.partial.onnx beside NAME.onnx, then renamed
 MAX_ONNX_BYTES = 2**31  # protobuf's limit on one message: a single-file .onnx (what export writes) is never larger
 # What a runner expects of the graph: onnxruntime's type names and each tensor's rank.
 GRAPH_INPUT = (INPUT_NAME, "tensor(uint8)", 4)
@@ -222,6 +224,7 @@ def export_onnx(det: Detector, path: str | Path, precision: str = "fp32",
         return _export(det, path, staging, precision, calibration_paths, calibration_images)
     finally:
         staging.unlink(missing_ok=True)
+        release(staging)
 
 
 def check_output_file(path: Path) -> None:
@@ -239,12 +242,17 @@ def _stage(path: Path) -> Path:
     """An empty file beside ``path`` that the export is written to and then renamed over it (the same file
     system), so that an existing file is replaced whole or not at all."""
     check_output_file(path)
-    staging = path.with_name(f".{path.stem}.{os.getpid()}.partial.onnx")
+    staging = path.with_name(f".{path.stem}.{os.getpid()}{STAGING}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        stale = re.compile(re.escape(f".{path.stem}.") + r"\d+" + re.escape(STAGING))
+        for e in os.scandir(path.parent):  # what an export killed outright (SIGKILL, the OOM killer) left
+            if stale.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+                remove_if_stale(path.parent / e.name)  # a live export's is held
         os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
     except OSError as err:
         raise InputError(f"{path}: cannot write there ({err.strerror or err})") from None
+    hold(staging)  # onnx writes the file in place (the same inode), and the rename keeps it
     return staging
 
 
