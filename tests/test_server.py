@@ -413,6 +413,36 @@ def test_without_embeddings_or_overlays(tmp_path: Path, caplog: pytest.LogCaptur
         assert c.put("/api/strategy", json={"strategy": "neighbour"}).status_code == 409
 
 
+def test_a_run_folder_copied_in_part_is_refused_with_what_is_missing(tmp_path: Path) -> None:
+    """A run folder copied in part (a copy stopped, a sync not finished) was served as whole: scores.csv short of
+    rows, its last row cut (a score cut to fewer digits read as a score), run.json cut short ("serving without
+    it"), or a table run without run.json ("missing column(s) path"). Each is now one line saying what is wrong."""
+    run = make_run(tmp_path, n=4)
+    whole = (run / "scores.csv").read_bytes()
+    meta = (run / "run.json").read_text()
+
+    def refused(words: str) -> None:
+        with pytest.raises(InputError) as info:
+            create_app(run, TOKEN)
+        assert words in str(info.value) and "copied in part" in str(info.value), info.value
+
+    (run / "scores.csv").write_bytes(whole[:whole.rindex(b"\n", 0, len(whole) - 1) + 1])  # the last row lost
+    refused(f"{run / 'scores.csv'}: only 3 row(s), where run.json counts 4 (n_images); the run folder is damaged or")
+    (run / "scores.csv").write_bytes(whole[:-12])  # the last row cut in the middle
+    refused(f"{run / 'scores.csv'}: its last row is cut short (no line end)")
+    (run / "scores.csv").write_bytes(whole)
+    (run / "run.json").write_text(meta[:len(meta) // 2])
+    refused(f"{run / 'run.json'}: cannot read (")
+    (run / "run.json").write_text(meta)
+    with TestClient(create_app(run, TOKEN)):  # whole again: served
+        pass
+    table = tmp_path / "table_run"
+    table.mkdir()
+    (table / "scores.csv").write_text("row,score,decision,threshold\n0,0.5,0,0.9\n")
+    with pytest.raises(InputError, match="missing column.s. path; and no run.json beside it, which says what kind"):
+        create_app(table, TOKEN)
+
+
 def test_relative_paths_and_bad_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = make_run(tmp_path, n=4)
     text = (run / "scores.csv").read_text().replace(str(tmp_path) + os.sep, "")

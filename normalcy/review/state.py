@@ -35,6 +35,8 @@ from normalcy.runs.format import (
     RunItems,
     SeriesEvent,
     TableFeatures,
+    check_complete,
+    check_not_cut,
     file_state,
     read_events,
     read_features,
@@ -95,6 +97,7 @@ class Review:
         self.id_column = str(meta.get("id_column") or "row") if self.is_table else "event" if self.is_series else "path"
         inputs = [] if self.is_table or self.is_series else [
             Path(os.path.abspath(p)) for p in meta.get("inputs", []) if isinstance(p, str)]
+        check_not_cut(run_dir, meta)  # a run folder copied in part was served as whole
         self.events: list[SeriesEvent] = []
         self._events_state: tuple[int, int, int, int] | None = None  # events.csv as read (series runs)
         if self.is_table:
@@ -106,6 +109,7 @@ class Review:
             self.events = [every[k] for k in run.rows.tolist()]
         else:
             run = RunItems.of_images(*read_scores(run_dir, [p for p in inputs if p.is_dir()]))
+        check_complete(run_dir, meta, run.n_rows)  # a run folder copied in part was served as whole
         self.keys, self.names, self.overlays = run.keys, run.names, run.overlays  # names: printable already
         self.anomaly, self.decision = run.scores, run.decisions
         features = read_features(run_dir, run.n_rows)

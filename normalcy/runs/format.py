@@ -65,7 +65,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from normalcy.errors import InputError
-from normalcy.files import check_writable, hold, release, remove_if_stale, write_error
+from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, write_error
 from normalcy.images.heatmap import overlay, side_by_side, write_png
 from normalcy.images.io import printable
 from normalcy.numerics.stats import decide
@@ -593,16 +593,63 @@ def _display_name(path: str, inputs: Sequence[Path]) -> str:
     return printable(f"{parent}/{name}" if parent else "/".join(Path(path).parts[-2:]))
 
 
+PART_COPIED = "the run folder is damaged or was copied in part: copy it again, or run predict again"
+
+
 def read_run_json(run_dir: Path) -> dict:
+    """run.json, or {} for a run without one (scores.csv written by hand). One that cannot be read is an error:
+    it was served "without it", so a table or series run copied in part (run.json cut short) was read as an
+    image run, and failed on a column it never had."""
     path = run_dir / "run.json"
     if not path.is_file():
         return {}
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        logger.warning("%s: cannot read (%s); serving without it", path, err)
-        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise InputError(f"{path}: cannot read ({one_line(err)[:200]}); {PART_COPIED}") from None
     return meta if isinstance(meta, dict) else {}
+
+
+# run.json's count of a run's items, and the file holding them, by run.json's kind (an image run's run.json
+# before "kind" has n_images too)
+COUNTS = {IMAGES: ("n_images", SCORES_CSV), VECTORS: ("n_scored", None), "series": ("n_events", "events.csv")}
+
+
+def _items_file(run_dir: Path, meta: dict) -> tuple[str | None, str]:
+    """run.json's count key of a run's items and the file holding them."""
+    key, name = COUNTS.get(meta.get("kind", IMAGES), (None, SCORES_CSV))
+    if name is None:  # a table run: scores.parquet is read when present, else scores.csv
+        name = SCORES_PARQUET if (run_dir / SCORES_PARQUET).is_file() else SCORES_CSV
+    return key, name
+
+
+def check_not_cut(run_dir: Path, meta: dict) -> None:
+    """Refuse, before it is read, a run's items file cut short in its last row (a copy stopped midway): a score
+    cut to fewer digits was read as a score, a cut decision said "decision must be 1 or 0" of a file normalcy
+    wrote. Runs without run.json (scores.csv by hand) are not checked."""
+    _, name = _items_file(run_dir, meta)
+    if not meta or not name.endswith(".csv"):
+        return
+    try:
+        with open(run_dir / name, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(size - 1, 0))
+            last = fh.read(1)
+    except OSError:
+        return  # said by whoever reads it
+    if last not in (b"", b"\n", b"\r"):
+        raise InputError(f"{run_dir / name}: its last row is cut short (no line end); {PART_COPIED}")
+
+
+def check_complete(run_dir: Path, meta: dict, n_rows: int) -> None:
+    """Refuse a run folder copied in part, which was served as whole: its items file holding fewer rows than
+    run.json counts (more is a file edited by hand, not a copy cut short). Runs without run.json (scores.csv
+    by hand) are not checked."""
+    key, name = _items_file(run_dir, meta)
+    expected = meta.get(key) if key else None
+    if isinstance(expected, int) and not isinstance(expected, bool) and n_rows < expected:
+        raise InputError(f"{run_dir / name}: only {n_rows} row(s), where run.json counts {expected} ({key}); "
+                         + PART_COPIED)
 
 
 DECISIONS = {"1": True, "0": False, "anomalous": True, "normal": False}  # the words: runs before one format
@@ -623,8 +670,10 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
         with open(path, newline="", **CSV_ENCODING) as fh:
             reader = csv.DictReader(fh)
             missing = {"path", "score", "decision"} - set(reader.fieldnames or [])
-            if missing:
-                raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+            if missing:  # a table or series run without its run.json was read as an image run
+                alone = "" if (run_dir / RUN_JSON).exists() else (
+                    f"; and no {RUN_JSON} beside it, which says what kind of run it is ({PART_COPIED})")
+                raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}{alone}")
             for k, rec in enumerate(reader):
                 n_rows = k + 1
                 line = reader.line_num
