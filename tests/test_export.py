@@ -205,7 +205,7 @@ TINY_META = {"detector": "gaussian", "precision": "fp32", "threshold": 100.0, "f
 def tiny_onnx(path: Path, meta: object = TINY_META, scores: str = "ok", maps_rank: int = 3,
               names: tuple[str, str] = ("image_scores", "maps"), external: bool = False) -> Path:
     """A graph with export's interface, scoring an image by its brightest pixel; ``scores`` breaks its output:
-    'empty', 'doubled' (2N values), 'nan', 'one image' (fails on a batch of more). ``meta``: a dict (as JSON) or the raw metadata string."""
+    'empty', 'doubled' (2N values), 'nan', 'one image' (fails on a batch of more), 'loop' (runs for ever), 'giant' (a 2**40-value tensor). ``meta``: a dict (as JSON) or the raw metadata string."""
     import onnx
     from onnx import TensorProto as T
     from onnx import helper as h
@@ -217,12 +217,20 @@ def tiny_onnx(path: Path, meta: object = TINY_META, scores: str = "ok", maps_ran
              h.make_node("Cast", ["s32"], ["s64"], to=T.DOUBLE)]
     inits = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
              numpy_helper.from_array(np.array([1], np.int64), "one"),
-             numpy_helper.from_array(np.array([np.nan]), "nan")]
+             numpy_helper.from_array(np.array([np.nan]), "nan"),
+             numpy_helper.from_array(np.array(3, np.int64), "trip"), numpy_helper.from_array(np.array(True), "go"),
+             numpy_helper.from_array(np.array([2**20, 2**20], np.int64), "giant")]
+    body = h.make_graph([h.make_node("Identity", ["go_in"], ["go_out"]), h.make_node("Identity", ["v_in"], ["v_out"])],
+                        "body", [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("go_in", T.BOOL, []),
+                                 h.make_tensor_value_info("v_in", T.DOUBLE, None)],
+                        [h.make_tensor_value_info("go_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.DOUBLE, None)])
     last = {"ok": h.make_node("Identity", ["s64"], [names[0]]),
             "empty": h.make_node("Slice", ["s64", "zero", "zero"], [names[0]]),
             "doubled": h.make_node("Concat", ["s64", "s64"], [names[0]], axis=0),
             "nan": h.make_node("Mul", ["s64", "nan"], [names[0]]),
-            "one image": h.make_node("Reshape", ["s64", "one"], [names[0]])}[scores]
+            "one image": h.make_node("Reshape", ["s64", "one"], [names[0]]),
+            "loop": h.make_node("Loop", ["trip", "go", "s64"], [names[0]], body=body),
+            "giant": h.make_node("Expand", ["s64", "giant"], [names[0]])}[scores]
     maps = (h.make_node("Identity", ["m3"], [names[1]]) if maps_rank == 3
             else h.make_node("ReduceMax", ["m3"], [names[1]], axes=[2], keepdims=0))
     outs = [h.make_tensor_value_info(names[0], T.DOUBLE, ["N"]),
@@ -283,6 +291,10 @@ BAD_ONNX = {
     # onnxruntime's own error was a traceback (and the probe's one image passed, so predict failed mid-run)
     "one image at a time": (dict(scores="one image"), "the graph failed on a batch of 2 image(s) ("),
     "external data": (dict(external=True), "weights in external data files, refused"),
+    # a Loop (of 2**62 turns in a crafted file, 3 here: the test must not hang) ran the loading probe for ever
+    "a loop": (dict(scores="loop"), "a graph with control flow (Loop), which `normalcy export` never writes: refused"),
+    # a constant shape of 2**40 values: one a machine can almost hold is filled whole before anything fails
+    "a giant shape": (dict(scores="giant"), "its Expand node makes a tensor of 1.1e+12 values, over the 2.15e+09"),
 }
 
 

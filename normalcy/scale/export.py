@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -477,6 +478,43 @@ def _external_tensors(graph: Any) -> Iterator[Any]:
     yield from (t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
 
 
+MAX_MADE_VALUES = 2**31  # 8 GiB of float32: far above any tensor an exported detector makes from a shape
+
+
+def _giant_constant_shape(graph: Any) -> tuple[str, int] | None:
+    """A ConstantOfShape or Expand node whose shape is a constant of more than ``MAX_MADE_VALUES`` values, with
+    its op and that count, or None: a crafted file's shape of [200000, 200000] asks for 160 GB, which
+    onnxruntime fills (a size the machine can almost hold is taken whole before anything fails)."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in graph.initializer}
+    consts.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant" and n.output
+                   for a in n.attribute if a.name == "value"})
+    for node in graph.node:
+        at = {"ConstantOfShape": 0, "Expand": 1}.get(node.op_type)
+        if at is None or len(node.input) <= at or node.input[at] not in consts:
+            continue
+        shape = numpy_helper.to_array(consts[node.input[at]]).ravel()
+        if shape.dtype.kind in "iu" and len(shape) <= 64:
+            count = math.prod(max(int(d), 0) for d in shape.tolist())
+            if count > MAX_MADE_VALUES:
+                return node.op_type, count
+    return None
+
+
+def _control_flow(proto: Any) -> str | None:
+    """The first node of a model (its graph and its local functions) that runs a subgraph (Loop, Scan, If: a
+    loop's trip count is data, 2**62 in a crafted file, which hung the loading probe for ever), or None. An
+    exported detector is one straight graph."""
+    import onnx
+
+    nested = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    for node in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]:
+        if node.op_type in ("Loop", "Scan", "If") or any(a.type in nested for a in node.attribute):
+            return node.op_type
+    return None
+
+
 class OnnxScorer:
     """Scores image files with an exported model and onnxruntime: normalcy's own reading and resizing.
 
@@ -500,6 +538,14 @@ class OnnxScorer:
             raise InputError(f"{path}: cannot load it as an ONNX model ({str(err).strip()[:200]})") from None
         if next(_external_tensors(proto.graph), None) is not None:
             raise InputError(f"{path}: weights in external data files, refused (`normalcy export` writes one file)")
+        flow = _control_flow(proto)
+        if flow is not None:
+            raise InputError(f"{path}: a graph with control flow ({flow}), which `normalcy export` never writes: "
+                             "refused (a crafted loop runs for ever)")
+        big = _giant_constant_shape(proto.graph)
+        if big is not None:
+            raise InputError(f"{path}: its {big[0]} node makes a tensor of {big[1]:.3g} values, over the "
+                             f"{MAX_MADE_VALUES:.3g} an exported model ever makes: refused (it would fill the memory)")
         props = {p.key: p.value for p in proto.metadata_props}
         del proto
         self.meta: dict[str, Any] = self._read_meta(props)
