@@ -103,6 +103,8 @@ def read_json(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: invalid JSON ({err}{hint})") from None
     except RecursionError:
         raise InputError(f"{path}: invalid JSON (nested too deeply)") from None
+    except ValueError as err:  # an integer of over 4300 digits: Python's own limit, a ValueError and a traceback
+        raise InputError(f"{path}: invalid JSON ({one_line(err)[:200]})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     return raw

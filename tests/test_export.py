@@ -270,6 +270,8 @@ def _without(key: str) -> dict:
 BAD_ONNX = {
     "metadata not JSON": (dict(meta="{threshold: 1"), "metadata 'normalcy': invalid JSON"),
     "metadata a list": (dict(meta="[1, 2]"), "expected a JSON object, got list"),
+    "metadata a 5000-digit number": (dict(meta='{"threshold": ' + "9" * 5000 + "}"),
+                                     "metadata 'normalcy': invalid JSON (Exceeds the limit (4300 digits)"),
     "image_size missing": (dict(meta=_without("image_size")), "image_size: missing"),
     "image_size 0": (dict(meta={**TINY_META, "image_size": [0, 32]}), "image_size.0: input should be greater than"),
     "image_size -32": (dict(meta={**TINY_META, "image_size": [-32, -32]}), "image_size.0:"),

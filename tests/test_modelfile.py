@@ -571,3 +571,13 @@ def test_saves_at_once_never_delete_each_others_files_being_written(tmp_path):
     k = json.loads((d / "model.json").read_text())
     assert (d / "model.safetensors").read_bytes() == b"tensors %d" % k
     assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_a_model_json_with_a_number_of_thousands_of_digits_is_one_line(tmp_path):
+    """An integer of over 4300 digits in model.json is over Python's limit on reading one: its ValueError came
+    out as a traceback, where every other bad model.json is one line."""
+    from normalcy.files import read_json
+
+    (tmp_path / "model.json").write_text('{"threshold": ' + "9" * 5000 + "}")
+    with pytest.raises(InputError, match=r"model\.json: invalid JSON \(Exceeds the limit \(4300 digits\)"):
+        read_json(tmp_path / "model.json")

@@ -433,6 +433,8 @@ def test_a_run_folder_copied_in_part_is_refused_with_what_is_missing(tmp_path: P
     (run / "scores.csv").write_bytes(whole)
     (run / "run.json").write_text(meta[:len(meta) // 2])
     refused(f"{run / 'run.json'}: cannot read (")
+    (run / "run.json").write_text('{"n_images": ' + "9" * 5000 + "}")  # over Python's 4300 digits: was a traceback
+    refused(f"{run / 'run.json'}: cannot read (Exceeds the limit (4300 digits)")
     (run / "run.json").write_text(meta)
     with TestClient(create_app(run, TOKEN)):  # whole again: served
         pass

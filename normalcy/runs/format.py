@@ -605,7 +605,7 @@ def read_run_json(run_dir: Path) -> dict:
         return {}
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad UTF-8 or JSON, a 4300-digit integer
         raise InputError(f"{path}: cannot read ({one_line(err)[:200]}); {PART_COPIED}") from None
     return meta if isinstance(meta, dict) else {}
 

@@ -573,7 +573,7 @@ class OnnxScorer:
             raise InputError(f"{self.path}: not a normalcy export (no '{META_KEY}' metadata)")
         try:
             raw = json.loads(props[META_KEY])
-        except (json.JSONDecodeError, RecursionError) as err:
+        except (ValueError, RecursionError) as err:  # ValueError: JSONDecodeError, and an integer of 4300+ digits
             raise InputError(f"{self.path}: metadata '{META_KEY}': invalid JSON ({str(err)[:200]})") from None
         if not isinstance(raw, dict):
             raise InputError(f"{self.path}: metadata '{META_KEY}': expected a JSON object, got {type(raw).__name__}")
