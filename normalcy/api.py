@@ -35,7 +35,7 @@ from normalcy.detectors import (
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import report_info
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, save_model
+from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, resolved, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
@@ -387,9 +387,9 @@ def _paths(inputs: PathLike | Sequence[PathLike], what: str) -> list[Path]:
 
 def _check_model_output(output: Path, inputs: Sequence[Path]) -> None:
     """Before a fit (minutes, perhaps): refuse a model folder that cannot be one, rather than after it."""
+    out = resolved(output)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: not a folder (a model is a folder of files): choose another --output")
-    out = output.resolve()
     for given in inputs:
         if given.is_dir() and (out == given.resolve() or given.resolve() in out.parents):
             raise InputError(f"{output}: inside the training folder {given}, where its files would be read as "
@@ -623,7 +623,7 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
     paths_in = _paths(inputs, "predict")
     output = Path(output)
     if isinstance(model, (str, os.PathLike)):  # a run replaces its folder whole: the model in it went with it
-        out, folder = output.resolve(), Path(model).resolve()
+        out, folder = resolved(output), resolved(model)
         if folder == out or out in folder.parents:
             raise InputError(f"{output}: holds the model {model}, and a run replaces its run folder: "
                              "choose another --output")

@@ -81,6 +81,15 @@ def read_model_file(path: Path, max_bytes: int) -> bytes:
     return data
 
 
+def resolved(path: str | Path) -> Path:
+    """``Path(path).resolve()``, a symbolic link loop as one InputError line naming ``path``: pathlib raises
+    RuntimeError for one, which came out of fit -o, predict MODEL and predict -o as a traceback."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise InputError(f"{path}: a symbolic link loop (it leads back to itself)") from None
+
+
 def no_model_json(d: Path) -> InputError:
     """The error for a model path without model.json in it: given model/model.json (or its tensors), it said
     "model/model.json: not a normalcy model (no model.json)"; it now names the folder to give."""

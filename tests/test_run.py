@@ -421,3 +421,26 @@ def test_a_run_killed_outright_leaves_nothing_the_next_run_keeps(tmp_path: Path)
     assert not out.exists() and stale.with_suffix(".old").is_dir()
     _write(out, [tmp_path / "c.png"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".run.keep", other.name, "run"])
+
+
+def test_a_symbolic_link_loop_as_model_or_output_is_one_line(tmp_path: Path) -> None:
+    """fit -o, predict MODEL and predict -o (and a run written from Python) a symbolic link loop was pathlib's
+    RuntimeError "Symlink loop from ...", a traceback; it is one line naming the path."""
+    from conftest import run_cli
+
+    from normalcy.runs.format import start_run
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    table = tmp_path / "t.csv"
+    table.write_text("x,y\n" + "".join(f"{k % 7},{k % 5}\n" for k in range(60)))
+    want = f"error: {tmp_path / 'a'}: a symbolic link loop (it leads back to itself)"
+    for args in (["fit", table, "-d", "gaussian", "-o", tmp_path / "a"], ["predict", tmp_path / "a", table, "-o",
+                                                                         tmp_path / "run"]):
+        r = run_cli(*args)
+        assert r.returncode == 1 and r.stderr.strip() == want, r.stderr
+    assert run_cli("fit", table, "-d", "gaussian", "-o", tmp_path / "m").returncode == 0
+    r = run_cli("predict", tmp_path / "m", table, "-o", tmp_path / "a")
+    assert r.returncode == 1 and r.stderr.strip() == want, r.stderr
+    with pytest.raises(InputError, match="a symbolic link loop"):
+        start_run(tmp_path / "a")

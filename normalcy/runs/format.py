@@ -65,7 +65,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from normalcy.errors import InputError
-from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, write_error
+from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, resolved, write_error
 from normalcy.images.heatmap import overlay, side_by_side, write_png
 from normalcy.images.io import printable
 from normalcy.numerics.stats import decide
@@ -233,7 +233,7 @@ def _is_run_folder(folder: Path) -> bool:
 def check_output(output: Path, inputs: Sequence[Path] = ()) -> None:
     """Refuse a run folder whose replacement would delete files a person made: one that holds an input,
     or is neither empty nor an earlier run."""
-    out = Path(output).resolve()
+    out = resolved(output)
     if out.exists() and not out.is_dir():
         raise InputError(f"{output}: not a folder (a run folder is written there)")
     for given in inputs:
