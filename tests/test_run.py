@@ -421,6 +421,10 @@ def test_a_run_killed_outright_leaves_nothing_the_next_run_keeps(tmp_path: Path)
     assert not out.exists() and stale.with_suffix(".old").is_dir()
     _write(out, [tmp_path / "c.png"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".run.keep", other.name, "run"])
+    labelled = _killed_run(out)  # a review's labels moved in before the kill: never deleted
+    (labelled / "review.sqlite").write_text("labels")
+    _write(out, [tmp_path / "d.png"])
+    assert (labelled / "review.sqlite").read_text() == "labels"
 
 
 def test_a_symbolic_link_loop_as_model_or_output_is_one_line(tmp_path: Path) -> None:

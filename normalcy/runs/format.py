@@ -273,7 +273,8 @@ def _remove_stale_runs(out: Path) -> None:
     cut) left: the ``.NAME.*.partial`` folder a run was written into, with its scores and heatmaps, and an
     earlier run swapped out as ``.NAME.*.old``. They were never read, but each held a whole run and every kill
     added one. A live run's folder is locked by its process (``hold``) and left alone; an ``.old`` goes only
-    when its run's ``.partial`` is gone (a live run puts it back should its last rename fail)."""
+    when its run's ``.partial`` is gone (a live run puts it back should its last rename fail). One holding a
+    review's labels (``KEPT``, moved into the new run just before its renames) is never deleted."""
     pattern = re.compile(re.escape(f".{out.name}.") + r"[A-Za-z0-9_]{8}(" + re.escape(STAGING) + r"|\.old)")
     try:
         found = sorted((e.name for e in os.scandir(out.parent) if pattern.fullmatch(e.name)
@@ -282,6 +283,8 @@ def _remove_stale_runs(out: Path) -> None:
         return
     for name in found:
         path = out.parent / name
+        if any(os.path.lexists(path / k) for k in KEPT):  # a review's labels, moved in just before the kill: kept
+            continue
         if path.suffix == STAGING:
             remove_if_stale(path)
         elif not os.path.lexists(path.with_suffix(STAGING)):
