@@ -156,7 +156,7 @@ def test_the_first_rows_that_score_0_unjudged_are_said(name: str, tmp_path: Path
     test = tmp_path / "test.csv"
     np.savetxt(test, np.c_[np.arange(200), X[600:]], delimiter=",", header="t,m0", comments="")
     with caplog.at_level("INFO", logger="normalcy"):
-        run = api.predict(det, test, tmp_path / "run", report=False, progress=False)
+        api.predict(det, test, tmp_path / "run", report=False, progress=False)
     assert f"test.csv: the first {det.blind} row(s) score 0, not judged: {name} scores a row only after " in caplog.text
     assert json.loads((tmp_path / "run" / "run.json").read_text())["unjudged_rows"] == det.blind
     assert score_series(det, series(X[600:])).blind == det.blind
