@@ -581,3 +581,17 @@ def test_a_model_json_with_a_number_of_thousands_of_digits_is_one_line(tmp_path)
     (tmp_path / "model.json").write_text('{"threshold": ' + "9" * 5000 + "}")
     with pytest.raises(InputError, match=r"model\.json: invalid JSON \(Exceeds the limit \(4300 digits\)"):
         read_json(tmp_path / "model.json")
+
+
+def test_a_model_in_a_folder_whose_name_is_not_utf8_loads(tmp_path: Path) -> None:
+    """safetensors takes only UTF-8 paths: a model saved under a Latin-1 folder name ('caf\\xe9') was 'not a valid
+    safetensors file (Path ... is not valid UTF-8)' at loading. Such a file is read as bytes."""
+    from normalcy.detectors.modelfile import read_tensors
+
+    folder = Path((bytes(tmp_path) + b"/caf\xe9").decode("utf-8", "surrogateescape"))
+    os.makedirs(folder)
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    with open(os.fsencode(folder / "model.safetensors"), "wb") as fh:
+        from safetensors.torch import save
+        fh.write(save(state))
+    assert torch.equal(read_tensors(folder / "model.safetensors")["w"], state["w"])

@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 
 from normalcy.errors import InputError
 from normalcy.files import (
@@ -241,7 +241,12 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if real.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
     try:
-        state = load_file(str(real))
+        try:
+            str(real).encode("utf-8")
+        except UnicodeEncodeError:  # safetensors takes only a UTF-8 path (a Latin-1 folder name): the bytes
+            state = load(real.read_bytes())
+        else:
+            state = load_file(str(real))  # memory-mapped: no second copy of a large bank
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as err:
         raise InputError(f"{path}: not a valid safetensors file ({one_line(err)})") from None
     check_tensors(state, None, source=str(path))
