@@ -132,6 +132,21 @@ def test_fuse_conv_bn_small_networks(layers, expected):
         torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-5)
 
 
+def test_a_deep_copy_of_a_backbone_runs_on_its_own():
+    """``copy.deepcopy`` (of a detector, or scikit-learn's ``clone``, which copies its extractor) failed with
+    "cannot pickle '_thread.lock' object"; past the lock, the copied hooks still held the original backbone,
+    and the copy's forward pass failed with a KeyError. The copy gives the original's features and leaves the
+    original as it was."""
+    bb = Backbone(get_backbone_spec("efficientnet_lite0"))
+    bb.jit = False  # the eager pass, where the hooks record (a trace runs it too)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    want = bb(x)
+    twin = copy.deepcopy(bb)
+    for out in (twin(x), bb(x)):
+        for lv in want:
+            torch.testing.assert_close(out[lv], want[lv])
+
+
 def test_backbone_level_errors():
     spec = _tiny_spec_without_weights()
     with pytest.raises(InputError, match="no level"):

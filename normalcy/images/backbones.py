@@ -88,6 +88,24 @@ class Backbone(nn.Module):
                 raise InputError(f"backbone {spec.name!r}: no submodule named {name!r}")
             modules[name].register_forward_hook(self._hook(lv))
 
+    def __deepcopy__(self, memo: dict) -> "Backbone":
+        """A copy with its own lock, its hooks on its own network, and no traces (made again on use). Why:
+        ``copy.deepcopy`` of a detector (and scikit-learn's ``clone``, which copies its extractor) failed with
+        "cannot pickle '_thread.lock' object", and past the lock the copied hooks still held the original, so
+        the copy's forward pass recorded into the original's and failed with a KeyError."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        skip = ("_trace_lock", "_traces", "_calls", "_nets")
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k not in skip})
+        new._traces, new._calls, new._trace_lock = {}, {}, threading.Lock()
+        new._nets = {torch.float32: new.net}
+        modules = dict(new.net.named_modules())
+        for lv in new.levels:  # the copied hooks are the original's closures: this copy's instead
+            modules[new.spec.levels[lv]]._forward_hooks.clear()
+        for lv in new.levels:
+            modules[new.spec.levels[lv]].register_forward_hook(new._hook(lv))
+        return new
+
     def _hook(self, level: str) -> Callable:
         def hook(_module: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
             self._out[level] = out
