@@ -121,6 +121,81 @@ def test_parameters_set_after_construction_are_checked_at_fit(cheap):
         det.fit(images, progress=False)
 
 
+def _stub_fitted(extractor: FeatureExtractor, name: str = "gaussian"):
+    """A detector fitted in no time: its ``_fit`` reads the images and returns a calibration (no learned arrays,
+    so it cannot be saved)."""
+    from normalcy.detectors.base import Calibration
+
+    det = create(name, extractor)
+    det._fit = lambda batches, held, progress: (list(batches), Calibration(np.arange(6.0), np.arange(6.0)))[1]
+    return det.fit(np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8), progress=False)
+
+
+def test_get_params_set_params_and_clone(cheap):
+    """Image detectors had no ``get_params``: ``sklearn.base.clone`` refused them. The parameters are
+    ``__init__``'s (the extractor, fpr, batch_size, seed) and ``Params``' fields; clone gives an unfitted copy
+    with the same ones (a tuple too, which pydantic rebuilt: clone refused that as a modified parameter)."""
+    from sklearn.base import clone
+
+    det = create("efficientad", cheap, fpr=0.05, channels=(8, 16, 16))
+    params = det.get_params()
+    assert set(params) == {"extractor", "fpr", "batch_size", "seed", *type(det).Params.model_fields}
+    assert params["extractor"] is cheap and params["channels"] == (8, 16, 16)
+    assert clone(det).get_params(deep=False).keys() == params.keys()
+    with pytest.raises(ValueError, match=r"Invalid parameter 'steps_' for estimator EfficientAD\(.*'steps'"):
+        det.set_params(steps_=3)
+    with pytest.raises(ValueError, match="extractor is not an estimator with parameters of its own"):
+        det.set_params(extractor__tile=2)  # scikit-learn's: "'FeatureExtractor' object has no attribute ..."
+    fitted = _stub_fitted(cheap).set_params(fpr=0.05)
+    fresh = clone(fitted)
+    assert type(fresh).__name__ == "GaussianAD" and fresh.fpr == 0.05 and not hasattr(fresh, "threshold_")
+
+
+def test_a_deep_copy_of_a_fitted_or_loaded_detector_scores_as_it(fitted, tmp_path):
+    """``copy.deepcopy`` of an image detector failed with "cannot pickle '_thread.lock' object" (its backbone's)."""
+    import copy
+
+    det, ds = fitted
+    want = det.score(ds.train[:1], progress=False).scores
+    for twin in (copy.deepcopy(det), copy.deepcopy(load(det.save(tmp_path / "m")))):
+        assert np.array_equal(twin.score(ds.train[:1], progress=False).scores, want)
+
+
+def test_learned_attributes_appear_at_fit_and_load_only(fitted, tmp_path):
+    """``threshold_`` (None), ``map_range_``, ``n_train_`` (0) and more existed before fit, so
+    ``check_is_fitted`` (which also failed for want of scikit-learn's tags) and ``hasattr`` took an unfitted
+    detector for a fitted one. They appear at fit, and at load."""
+    from sklearn.exceptions import NotFittedError as SklearnNotFitted
+    from sklearn.utils.validation import check_is_fitted
+
+    det, _ = fitted
+    fresh = create(det.name, det.extractor)
+    assert not [k for k in vars(fresh) if k.endswith("_")]
+    with pytest.raises(SklearnNotFitted):
+        check_is_fitted(fresh)
+    check_is_fitted(det)
+    loaded = load(det.save(tmp_path / "m"))
+    check_is_fitted(loaded)
+    for key in ("threshold_", "threshold_fp32_", "map_range_", "n_train_"):
+        assert getattr(loaded, key) == getattr(det, key), key
+    assert loaded.skipped_fit_ == [] and repr(loaded) == repr(det)
+
+
+def test_a_failed_refit_leaves_an_unfitted_detector(cheap):
+    """A second fit refused midway kept the first fit's threshold beside whatever the second had learned; the
+    learned state is dropped as a fit begins."""
+    from sklearn.exceptions import NotFittedError as SklearnNotFitted
+    from sklearn.utils.validation import check_is_fitted
+
+    det = _stub_fitted(cheap)
+    with pytest.raises(InputError, match="identical"):
+        det.fit(np.zeros((6, 64, 64, 3), np.uint8), progress=False)
+    with pytest.raises(SklearnNotFitted):
+        check_is_fitted(det)
+    with pytest.raises(NotFittedError):
+        det.score(np.zeros((1, 64, 64, 3), np.uint8), progress=False)
+
+
 def test_fit_with_labels_as_scikit_learn_is_called_is_refused(cheap):
     """``fit(X, y)`` took y for ``progress``: "The truth value of an array ... is ambiguous" from the progress bar."""
     images = np.zeros((6, 64, 64, 3), np.uint8)

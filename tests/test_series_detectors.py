@@ -162,6 +162,70 @@ def test_parameters_set_after_construction_are_checked_at_fit(name: str, value: 
         det.fit(sine(400), progress=False)
 
 
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_get_params_set_params_and_clone(name: str) -> None:
+    """A series detector had no ``get_params``: ``sklearn.base.clone`` refused it, and a grid search could not
+    take it. The parameters are ``Params``' fields; clone gives an unfitted copy with the same ones (a tuple
+    such as auto's ``candidates`` too: pydantic rebuilt it, which clone refused as a modified parameter)."""
+    from sklearn.base import clone
+
+    det = create(name, fpr=0.05, window=12, **({"candidates": ("knn",)} if name == "auto" else {}))
+    params = det.get_params()
+    assert set(params) == set(DETECTORS[name].Params.model_fields) and params["fpr"] == 0.05
+    copy_ = clone(det)
+    assert type(copy_) is type(det) and copy_.get_params() == params
+    assert det.set_params(fpr=0.2, window=8) is det and (det.fpr, det.window) == (0.2, 8)
+
+
+def test_set_params_refuses_an_unknown_name_naming_the_valid_ones() -> None:
+    det = create("knn")
+    with pytest.raises(ValueError, match=r"Invalid parameter 'kk' for estimator SubsequenceKNN\(\)\. Valid .*'k'"):
+        det.set_params(kk=3)
+    with pytest.raises(ValueError, match="window is not an estimator with parameters of its own; set it as a whole"):
+        det.set_params(window__size=3)  # scikit-learn's: "'NoneType' object has no attribute 'set_params'"
+
+
+@pytest.mark.parametrize("name", SUBSEQUENCE)
+def test_learned_attributes_appear_at_fit_and_load_only(name: str, tmp_path: Path) -> None:
+    """``threshold_`` (None) and ``flags_`` existed before fit, so ``check_is_fitted`` (which also failed for want
+    of scikit-learn's tags) and ``hasattr(det, "threshold_")`` took an unfitted detector for a fitted one."""
+    from sklearn.exceptions import NotFittedError as SklearnNotFitted
+    from sklearn.utils.validation import check_is_fitted
+
+    det = create(name, window=10)
+    assert not [k for k in vars(det) if k.endswith("_")]
+    with pytest.raises(SklearnNotFitted):
+        check_is_fitted(det)
+    det.fit(sine(600, period=20), progress=False)
+    check_is_fitted(det)
+    loaded = load(det.save(tmp_path / "m"))
+    check_is_fitted(loaded)
+    for key in ("threshold_", "flags_", "columns_", "window_", "mean_", "scale_", "n_train_"):
+        assert np.array_equal(getattr(loaded, key), getattr(det, key)), key
+    assert np.array_equal(clone_score(loaded), clone_score(det))
+
+
+def clone_score(det: SeriesDetector) -> np.ndarray:
+    """Scores of a deep copy, which must score as the original."""
+    import copy
+
+    return copy.deepcopy(det).score(sine(300, period=20, seed=1)).score
+
+
+def test_a_failed_refit_leaves_an_unfitted_detector_not_a_mix_of_two() -> None:
+    """A second fit refused midway (training series whose columns differ) kept the first fit's threshold and
+    standardisation beside the second's columns: scoring then failed with numpy's "operands could not be
+    broadcast together". The learned state is dropped as a fit begins, so it is plainly unfitted."""
+    det = create("knn", window=10).fit(sine(600, period=20), progress=False)
+    a, b = series(sine(600, period=20, d=2), "a", ("m0", "m1")), series(sine(600, period=20, d=2), "b", ("m0", "m2"))
+    with pytest.raises(InputError, match="differ from the first training series"):
+        det.fit([a, b], progress=False)
+    with pytest.raises(NotFittedError):
+        det.score(a)
+    with pytest.raises(NotFittedError):
+        det.score_one([0.0, 0.0])
+
+
 def test_a_parameter_set_after_construction_is_converted_as_at_construction() -> None:
     """``det.fpr = "0.1"``: a TypeError inside the fit ('float' - 'str'); ``create("knn", fpr="0.1")`` takes it."""
     det = create("knn")

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import save_file
+from sklearn.base import BaseEstimator
 from torch import nn
 
 from normalcy.detectors.modelfile import (
@@ -252,6 +253,51 @@ def validation_message(where: str, err: ValidationError) -> str:
     return f"{where}: {loc}: {first['msg'].lower()}{shown}{more}"
 
 
+def as_given(given: dict[str, Any], validated: HyperParams) -> Iterator[tuple[str, Any]]:
+    """The validated parameters, each the very object given where validation left it as it was (same type and
+    value). Why: scikit-learn's ``clone`` refuses a constructor that replaces a parameter, and pydantic rebuilds
+    every tuple (``candidates``, ``channels``): "Cannot clone object ..., as the constructor either does not set
+    or modifies parameter"."""
+    for key, value in validated:
+        same = key in given and type(given[key]) is type(value) and given[key] == value
+        yield key, given[key] if same else value
+
+
+class ParamsEstimator(BaseEstimator):
+    """What makes an image or series detector a scikit-learn estimator: ``get_params``, ``set_params`` and so
+    ``sklearn.base.clone`` (an unfitted copy), and ``check_is_fitted`` (learned attributes, ending in ``_``,
+    appear at fit or load only). The parameters are ``__init__``'s named ones, read from its signature as
+    scikit-learn reads them, and the fields of ``Params``, which its ``**params`` takes: each declared once.
+    As with scikit-learn, ``set_params`` checks names, and ``fit`` checks values."""
+
+    Params: ClassVar[type[HyperParams]]
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return sorted({*super()._get_param_names(), *cls.Params.model_fields})
+
+    def set_params(self, **params: Any) -> Any:
+        """Set parameters by name, as scikit-learn's; a name of a parameter's own (``extractor__tile``) is refused
+        naming it (none is an estimator: scikit-learn's said "'FeatureExtractor' object has no attribute
+        'set_params'")."""
+        for key in params:
+            name, nested, _ = key.partition("__")
+            if nested and name in self._get_param_names():
+                raise ValueError(f"{type(self).__name__}.set_params: {key!r}: {name} is not an estimator with "
+                                 f"parameters of its own; set it as a whole ({name}=...)")
+        return super().set_params(**params)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Fitted or loaded: ``threshold_`` is the last thing a fit sets (``check_is_fitted`` asks this)."""
+        return getattr(self, "threshold_", None) is not None
+
+    def _forget(self) -> None:
+        """Drop every learned attribute (ending in ``_``), as a fit begins: a fit that then fails leaves an unfitted
+        detector, not the earlier fit's threshold beside this one's columns or arrays."""
+        for key in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, key)
+
+
 class _Common(HyperParams):
     """What every detector takes: the target false-positive rate, the batch size, the seed."""
 
@@ -264,7 +310,7 @@ class _Common(HyperParams):
 _BASE_LEARNED = {"threshold_", "threshold_fp32_", "map_range_", "n_train_", "skipped_fit_"}
 
 
-class Detector:
+class Detector(ParamsEstimator):
     """Base class: fit on normal images, score images, save and load."""
 
     name: ClassVar[str] = "base"
@@ -278,7 +324,7 @@ class Detector:
     # auto), said once when it is fitted; "" for the detectors worth choosing. Figures: README, Detectors.
     experimental: ClassVar[str] = ""
 
-    threshold_: float | None
+    threshold_: float  # the learned attributes are set by fit or load only (``check_is_fitted``)
     # a bf16 model's threshold for its scores with the backbone in fp32 (what its ONNX export computes); None for
     # a model whose backbone runs in fp32 or not at all, and for models saved before it was recorded
     threshold_fp32_: float | None
@@ -296,14 +342,10 @@ class Detector:
         if self.extractor.tile and not self.uses_features:
             raise InputError(f"detector {self.name} works on the resized image, not on backbone features: tiling "
                              f"(--tile) is for gaussian, patchcore, simplenet and musc")
-        self.fpr, self.batch_size, self.seed = common.fpr, common.batch_size, common.seed
-        for key, value in validated:
+        given = {"fpr": fpr, "batch_size": batch_size, "seed": seed, **params}
+        for key, value in [*as_given(given, common), *as_given(given, validated)]:
             setattr(self, key, value)
-        self.threshold_ = None
-        self.threshold_fp32_ = None
-        self.map_range_ = None
-        self.n_train_ = 0
-        self.skipped_fit_: list[tuple[Path, str]] = []
+        # the learned attributes (threshold_, map_range_, ...) appear at fit or load only: check_is_fitted
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen, for model.json
 
     # -- what subclasses implement ---------------------------------------------------
@@ -348,12 +390,12 @@ class Detector:
         attribute after construction (``det.fpr = 5``) was used unchecked: a fit failed at its end with numpy's
         "Quantiles must be in the range [0, 1]", or inside with a TypeError."""
         try:
+            given = {k: getattr(self, k) for k in ("fpr", "batch_size", "seed", *type(self).Params.model_fields)}
             common = _Common(fpr=self.fpr, batch_size=self.batch_size, seed=self.seed)
-            validated = type(self).Params(**{k: getattr(self, k) for k in type(self).Params.model_fields})
+            validated = type(self).Params(**{k: given[k] for k in type(self).Params.model_fields})
         except ValidationError as err:
             raise InputError(validation_message(f"detector {self.name}", err)) from None
-        self.fpr, self.batch_size, self.seed = common.fpr, common.batch_size, common.seed
-        for key, value in validated:
+        for key, value in [*as_given(given, common), *as_given(given, validated)]:
             setattr(self, key, value)
 
     # -- the shared workflow --------------------------------------------------------------
@@ -391,6 +433,7 @@ class Detector:
         n_hold = holdout_count(len(paths), self.holdout)
         held = [paths[i] for i in sorted(order[:n_hold])]
         train = [paths[i] for i in sorted(order[n_hold:])]
+        self._forget()
         self.skipped_fit_ = []
         counted = _Counter(self.name, self.skipped_fit_, least=lambda n: self._check_count(n, len(paths)))
         # a bf16 backbone: a sample of the calibration images is scored again with fp32 features (threshold_fp32_)
@@ -549,7 +592,7 @@ class Detector:
             return collect(counted(), float(self.threshold_), keep_images)  # type: ignore[arg-type]
 
     def _check_fitted(self) -> None:
-        if self.threshold_ is None:
+        if getattr(self, "threshold_", None) is None:  # set by fit or load only
             raise NotFittedError(f"this {self.name} detector is not fitted: call fit() or load a model")
 
     # -- learned state ----------------------------------------------------------------

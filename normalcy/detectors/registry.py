@@ -81,5 +81,6 @@ def load(directory: str | Path, trust_code: bool = False) -> Detector:
     det.threshold_fp32_ = meta.threshold_fp32
     det.map_range_ = (meta.map_range[0], meta.map_range[1])
     det.n_train_ = meta.n_train
+    det.skipped_fit_ = []  # not recorded in model.json
     det.choice = meta.choice  # what auto / --tune chose: reports show it, a re-saved model keeps it
     return det

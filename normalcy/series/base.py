@@ -43,7 +43,7 @@ from pydantic import Field, FiniteFloat, ValidationError, model_validator
 from safetensors.torch import save_file
 from torch import nn
 
-from normalcy.detectors.base import HyperParams, param_repr, validation_message
+from normalcy.detectors.base import HyperParams, ParamsEstimator, as_given, param_repr, validation_message
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, Strict, write_model_files
@@ -107,7 +107,7 @@ class SeriesScores:
 Data = Series | Sequence[Series] | np.ndarray
 
 
-class SeriesDetector:
+class SeriesDetector(ParamsEstimator):
     """Base class: fit on normal rows, score rows (a whole series or one at a time), save and load."""
 
     name: ClassVar[str] = "base"
@@ -116,7 +116,7 @@ class SeriesDetector:
     # what the base learns (saved in model.json)
     columns_: tuple[str, ...]
     window_: int
-    threshold_: float | None
+    threshold_: float  # the learned attributes are set by fit or load only (``check_is_fitted``)
     mean_: np.ndarray  # (d,) the training median of each column
     scale_: np.ndarray  # (d,) its spread (IQR / 1.349, or the std when the IQR is 0; 1 for a constant column)
     n_train_: int
@@ -127,10 +127,8 @@ class SeriesDetector:
             validated = type(self).Params(**params)
         except ValidationError as err:
             raise InputError(validation_message(f"detector {self.name}", err)) from None
-        for key, value in validated:
+        for key, value in as_given(params, validated):
             setattr(self, key, value)
-        self.threshold_ = None
-        self.flags_ = ()
         self.starts = np.zeros(1, np.int64)  # during fit: the first row of each training series in _fit's X
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen and why, for model.json
         self.time_column: str | None = None  # the training file's time column, which predict then reads by default
@@ -224,11 +222,12 @@ class SeriesDetector:
         """Validate the parameters again by ``__init__``'s rules and keep them as validated. Why: one set as an
         attribute after construction (``det.k = 0``, ``det.fpr = "0.1"``) was used unchecked: a fit failed inside
         with a ZeroDivisionError, an IndexError or a TypeError, or after its first part with pydantic's dump."""
+        given = {k: getattr(self, k) for k in type(self).Params.model_fields}
         try:
-            validated = type(self).Params(**{k: getattr(self, k) for k in type(self).Params.model_fields})
+            validated = type(self).Params(**given)
         except ValidationError as err:
             raise InputError(validation_message(f"detector {self.name}", err)) from None
-        for key, value in validated:
+        for key, value in as_given(given, validated):
             setattr(self, key, value)
 
     # -- fitting ------------------------------------------------------------------------------
@@ -243,6 +242,8 @@ class SeriesDetector:
         for name, v, _ in parts:  # as a file's reader: on fewer, auto's members learned empty banks, scoring 0
             if len(v) < MIN_ROWS:
                 raise InputError(f"{name}: {len(v)} row(s); a series needs at least {MIN_ROWS} to fit on")
+        self._forget()
+        self._stream = None  # the earlier model's rows
         self.choice = self.time_column = None  # of an earlier fit: this one's are set by it (and by its caller)
         self.stream_state = None  # a stream of the earlier model's: not this one's
         self.flags_ = ()
@@ -272,7 +273,6 @@ class SeriesDetector:
             if c < 2 * self.window_:
                 raise InputError(f"{name}: {c} rows to fit on, fewer than 2 x the window ({self.window_}); "
                                  "give a longer series or a smaller --window")
-        self._stream = None
         self.n_train_ = int(sum(len(v) for _, v, _ in parts))
         self.starts = np.cumsum([0] + cuts[:-1])  # where each training series begins in _fit's X
         with torch.random.fork_rng(devices=[]):  # seeded here, once; the caller's RNG is left alone
@@ -474,7 +474,7 @@ class SeriesDetector:
         return _clipped(z, "a streamed row")
 
     def _check_fitted(self) -> None:
-        if self.threshold_ is None:
+        if getattr(self, "threshold_", None) is None:  # set by fit or load only
             raise NotFittedError(f"this {self.name} series detector is not fitted: call fit() or load a model")
 
     # -- learned state ---------------------------------------------------------------------------
