@@ -196,6 +196,17 @@ def test_a_failed_refit_leaves_an_unfitted_detector(cheap):
         det.score(np.zeros((1, 64, 64, 3), np.uint8), progress=False)
 
 
+def test_a_parameter_set_after_fit_is_checked_at_scoring_and_save(cheap, tmp_path):
+    """``det.batch_size = 0`` (or ``set_params``) after fit was used unchecked by scoring, and ``save`` failed
+    with pydantic's multi-line ValidationError dump: both are now the one-line error fit gives."""
+    det = _stub_fitted(cheap).set_params(batch_size=0)
+    message = "detector gaussian: batch_size: input should be greater than or equal to 1"
+    with pytest.raises(InputError, match=message):
+        det.score(np.zeros((1, 64, 64, 3), np.uint8), progress=False)
+    with pytest.raises(InputError, match=message):
+        det.save(tmp_path / "m")
+
+
 def test_fit_with_labels_as_scikit_learn_is_called_is_refused(cheap):
     """``fit(X, y)`` took y for ``progress``: "The truth value of an array ... is ambiguous" from the progress bar."""
     images = np.zeros((6, 64, 64, 3), np.uint8)

@@ -226,6 +226,24 @@ def test_a_failed_refit_leaves_an_unfitted_detector_not_a_mix_of_two() -> None:
         det.score_one([0.0, 0.0])
 
 
+@pytest.mark.parametrize(("name", "param", "value"), [
+    ("knn", "k", 0),  # IndexError inside scoring
+    ("knn", "k", "x"),  # TypeError: '<' not supported between instances of 'int' and 'str'
+    ("forecast", "history", 0),  # IndexError
+])
+def test_a_parameter_set_after_fit_is_checked_at_scoring_and_save(name: str, param: str, value: object,
+                                                                   tmp_path: Path) -> None:
+    """``set_params`` (or an attribute) after fit was used unchecked by scoring, and ``save`` failed with
+    pydantic's multi-line ValidationError dump: both are now the one-line error ``fit`` gives."""
+    det = create(name, window=10, **({"steps": 3} if name == "forecast" else {})).fit(sine(600, period=20),
+                                                                                       progress=False)
+    det.set_params(**{param: value})
+    for use in (lambda: det.score(sine(100, period=20)), lambda: det.score_one([0.0]),
+                lambda: det.save(tmp_path / "m")):
+        with pytest.raises(InputError, match=f"detector {name}: {param}: "):
+            use()
+
+
 def test_a_parameter_set_after_construction_is_converted_as_at_construction() -> None:
     """``det.fpr = "0.1"``: a TypeError inside the fit ('float' - 'str'); ``create("knn", fpr="0.1")`` takes it."""
     det = create("knn")

@@ -592,8 +592,12 @@ class Detector(ParamsEstimator):
             return collect(counted(), float(self.threshold_), keep_images)  # type: ignore[arg-type]
 
     def _check_fitted(self) -> None:
+        """NotFittedError before fit or load; an InputError naming a parameter set after fit out of range, as
+        ``fit`` checks them: one set so (``det.batch_size = 0``) was used unchecked by scoring, and ``save``
+        failed with pydantic's multi-line dump."""
         if getattr(self, "threshold_", None) is None:  # set by fit or load only
             raise NotFittedError(f"this {self.name} detector is not fitted: call fit() or load a model")
+        self._check_params()
 
     # -- learned state ----------------------------------------------------------------
     @classmethod

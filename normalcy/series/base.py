@@ -443,8 +443,8 @@ class SeriesDetector(ParamsEstimator):
         self._stream = None
 
     def _ring(self) -> "_Ring":
-        self._check_fitted()
         if self._stream is None:
+            self._check_fitted()
             self._stream = _Ring(self.context, len(self.columns_))
         return self._stream
 
@@ -474,8 +474,13 @@ class SeriesDetector(ParamsEstimator):
         return _clipped(z, "a streamed row")
 
     def _check_fitted(self) -> None:
+        """NotFittedError before fit or load; an InputError naming a parameter set after fit out of range, as
+        ``fit`` checks them: one set so (``det.k = 0``, ``set_params(history=0)``) was used unchecked, an
+        IndexError or TypeError inside scoring, and ``save`` failed with pydantic's multi-line dump. (A stream
+        checks them when it starts, not at each row: the check takes 0.1 ms.)"""
         if getattr(self, "threshold_", None) is None:  # set by fit or load only
             raise NotFittedError(f"this {self.name} series detector is not fitted: call fit() or load a model")
+        self._check_params()
 
     # -- learned state ---------------------------------------------------------------------------
     @classmethod
