@@ -85,3 +85,15 @@ def test_bad_training_files_are_skipped(synthetic_dataset: Path) -> None:
     r = det.score([folder / "empty.png", *list_files(synthetic_dataset / "test" / "good")], progress=False)
     assert [p.name for p, _ in r.skipped] == ["empty.png"]
     assert all(m.shape == (96, 96) for m in r.maps)
+
+
+def test_a_loaded_model_saves_again_with_its_training_record(tmp_path: Path) -> None:
+    """Saving a loaded trained model (to copy it, or after setting its ``choice``) failed with an AttributeError,
+    'train_log_' (load does not rebuild the training log): it writes back model.json's ``training`` as it was."""
+    import json
+
+    images = np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    first = _det(steps=2).fit(images, progress=False).save(tmp_path / "a")
+    again = load(first).save(tmp_path / "b")
+    read = [json.loads((d / "model.json").read_text())["training"] for d in (first, again)]
+    assert read[0] == read[1] and read[0]["steps"] == 2

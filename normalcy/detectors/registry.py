@@ -17,6 +17,7 @@ from normalcy.detectors.modelfile import MODEL_TENSORS, read_model
 from normalcy.detectors.musc import MuSc
 from normalcy.detectors.patchcore import PatchCore
 from normalcy.detectors.simplenet import SimpleNet
+from normalcy.detectors.training import Trained
 from normalcy.errors import InputError
 from normalcy.files import MODEL_JSON, one_line
 from normalcy.images.backbones import custom_backbone
@@ -82,5 +83,7 @@ def load(directory: str | Path, trust_code: bool = False) -> Detector:
     det.map_range_ = (meta.map_range[0], meta.map_range[1])
     det.n_train_ = meta.n_train
     det.skipped_fit_ = []  # not recorded in model.json
+    if isinstance(det, Trained):
+        det.training_ = meta.training  # how training went, written back by a save (it has no TrainLog)
     det.choice = meta.choice  # what auto / --tune chose: reports show it, a re-saved model keeps it
     return det

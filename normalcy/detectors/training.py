@@ -37,10 +37,13 @@ class TrainLog:
 
 class Trained:
     """Mixin of the trained detectors (before ``Detector`` in the bases): model.json records how training went,
-    from the ``train_log_`` (a TrainLog) that their ``_fit`` sets. Not a class annotation: it is not a tensor."""
+    from the ``train_log_`` (a TrainLog) that their ``_fit`` sets. Not a class annotation: it is not a tensor.
+    A loaded model has none: it keeps its model.json's ``training`` as read (``training_``, set by load), which
+    saving it again writes back (that failed with an AttributeError, 'train_log_')."""
 
     def metadata(self) -> dict[str, Any]:
-        return {"training": self.train_log_.summary()}
+        log = getattr(self, "train_log_", None)
+        return {"training": log.summary() if log is not None else getattr(self, "training_", None)}
 
 
 def step_decay(optimizer: torch.optim.Optimizer, lr: float,
