@@ -207,6 +207,18 @@ def test_a_parameter_set_after_fit_is_checked_at_scoring_and_save(cheap, tmp_pat
         det.save(tmp_path / "m")
 
 
+def test_an_extractor_set_after_fit_is_refused_at_scoring(cheap):
+    """``set_params(extractor=...)`` after fit scored with features the model never learned: another image size
+    gave scores without a word (gaussian), another backbone a torch RuntimeError ("The size of tensor a (512)
+    must match ..."). Scoring now names what differs; the fitted extractor back scores again."""
+    det = _stub_fitted(cheap)
+    det.set_params(extractor=FeatureExtractor(image_size=96, pool_max_dim=512))
+    with pytest.raises(InputError, match=r"gaussian: its extractor is not the one it was fitted with: image_size "
+                                         r"96 \(fitted: 64\); set that one back, or fit again"):
+        det.score(np.zeros((1, 64, 64, 3), np.uint8), progress=False)
+    det.set_params(extractor=cheap)._check_fitted()
+
+
 def test_fit_with_labels_as_scikit_learn_is_called_is_refused(cheap):
     """``fit(X, y)`` took y for ``progress``: "The truth value of an array ... is ambiguous" from the progress bar."""
     images = np.zeros((6, 64, 64, 3), np.uint8)

@@ -263,6 +263,12 @@ def as_given(given: dict[str, Any], validated: HyperParams) -> Iterator[tuple[st
         yield key, given[key] if same else value
 
 
+def features_of(extractor: FeatureExtractor) -> dict[str, Any]:
+    """What the features an extractor gives are (its config but the precision: bf16 and fp32 give the same
+    features, to rounding, and an export scores with fp32): a fitted model's learned state is of them."""
+    return {k: v for k, v in extractor.config.items() if k != "precision"}
+
+
 class ParamsEstimator(BaseEstimator):
     """What makes an image or series detector a scikit-learn estimator: ``get_params``, ``set_params`` and so
     ``sklearn.base.clone`` (an unfitted copy), and ``check_is_fitted`` (learned attributes, ending in ``_``,
@@ -307,7 +313,7 @@ class _Common(HyperParams):
 
 
 # Attributes the base owns and saves in model.json rather than as tensors.
-_BASE_LEARNED = {"threshold_", "threshold_fp32_", "map_range_", "n_train_", "skipped_fit_"}
+_BASE_LEARNED = {"threshold_", "threshold_fp32_", "map_range_", "n_train_", "skipped_fit_", "features_"}
 
 
 class Detector(ParamsEstimator):
@@ -466,6 +472,7 @@ class Detector(ParamsEstimator):
                         rows = [(b, k) for b in held_batches for k in range(len(b.paths))]
                         sample = [(i, _row(*rows[i])) for i in sorted(self._fp32_sample(len(rows)))]
         self.n_train_ = counted.n + n_held  # readable training images, held-out ones included
+        self.features_ = features_of(self.extractor)
         self._set_threshold(calib)  # type: ignore[arg-type]
         self.threshold_fp32_ = self._fp32_threshold(calib, sample)  # type: ignore[arg-type]
         return self
@@ -598,6 +605,11 @@ class Detector(ParamsEstimator):
         if getattr(self, "threshold_", None) is None:  # set by fit or load only
             raise NotFittedError(f"this {self.name} detector is not fitted: call fit() or load a model")
         self._check_params()
+        fitted, now = getattr(self, "features_", None), features_of(self.extractor)
+        if fitted is not None and fitted != now:  # set_params(extractor=...) after fit: scored silently, or crashed
+            changed = ", ".join(f"{k} {now[k]!r} (fitted: {fitted[k]!r})" for k in fitted if fitted[k] != now.get(k))
+            raise InputError(f"detector {self.name}: its extractor is not the one it was fitted with: {changed}; "
+                             "set that one back, or fit again")
 
     # -- learned state ----------------------------------------------------------------
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from normalcy.detectors.base import Detector
+from normalcy.detectors.base import Detector, features_of
 from normalcy.detectors.draem import DRAEM
 from normalcy.detectors.efficientad import EfficientAD
 from normalcy.detectors.gaussian import GaussianAD
@@ -83,6 +83,7 @@ def load(directory: str | Path, trust_code: bool = False) -> Detector:
     det.map_range_ = (meta.map_range[0], meta.map_range[1])
     det.n_train_ = meta.n_train
     det.skipped_fit_ = []  # not recorded in model.json
+    det.features_ = features_of(extractor)
     if isinstance(det, Trained):
         det.training_ = meta.training  # how training went, written back by a save (it has no TrainLog)
     det.choice = meta.choice  # what auto / --tune chose: reports show it, a re-saved model keeps it
