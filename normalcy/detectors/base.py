@@ -294,7 +294,7 @@ class ParamsEstimator(BaseEstimator):
         return super().set_params(**params)
 
     def __sklearn_is_fitted__(self) -> bool:
-        """Fitted or loaded: ``threshold_`` is the last thing a fit sets (``check_is_fitted`` asks this)."""
+        """Fitted or loaded: ``threshold_`` is set at the end of a fit, and by load (``check_is_fitted`` asks this)."""
         return getattr(self, "threshold_", None) is not None
 
     def _forget(self) -> None:

@@ -88,7 +88,7 @@ class Backbone(nn.Module):
                 raise InputError(f"backbone {spec.name!r}: no submodule named {name!r}")
             modules[name].register_forward_hook(self._hook(lv))
 
-    def __deepcopy__(self, memo: dict) -> "Backbone":
+    def __deepcopy__(self, memo: dict) -> Backbone:
         """A copy with its own lock, its hooks on its own network, and no traces (made again on use). Why:
         ``copy.deepcopy`` of a detector (and scikit-learn's ``clone``, which copies its extractor) failed with
         "cannot pickle '_thread.lock' object", and past the lock the copied hooks still held the original, so

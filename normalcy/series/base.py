@@ -43,7 +43,13 @@ from pydantic import Field, FiniteFloat, ValidationError, model_validator
 from safetensors.torch import save_file
 from torch import nn
 
-from normalcy.detectors.base import HyperParams, ParamsEstimator, as_given, param_repr, validation_message
+from normalcy.detectors.base import (
+    HyperParams,
+    ParamsEstimator,
+    as_given,
+    param_repr,
+    validation_message,
+)
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, Strict, write_model_files
