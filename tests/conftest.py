@@ -55,6 +55,31 @@ def run_together(fn, args: list) -> list[Exception]:
     return errors
 
 
+def killed_outright(work, lines: int = 1) -> list[str]:
+    """Run ``work(say)`` in a forked child and kill it with SIGKILL (no ``finally`` runs, as the OOM killer or a
+    power cut leave things) once it has said ``lines`` lines (``say(text)``), or has failed; those lines. A fork
+    starts at once where a fresh interpreter spends seconds importing torch."""
+    import os
+    import signal
+    import time
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        try:
+            os.close(r)
+            work(lambda text: os.write(w, f"{text}\n".encode("utf-8", "surrogateescape")))
+            time.sleep(60)  # killed here
+        finally:
+            os._exit(1)
+    os.close(w)
+    try:
+        with os.fdopen(r, encoding="utf-8", errors="surrogateescape") as fh:
+            return [fh.readline().rstrip("\n") for _ in range(lines)]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
 def run_cli(*args: object) -> CliResult:
     """``normalcy ARGS`` run in this process (a fresh process spends about 4 s importing torch and
     scikit-learn before it starts): its exit code, stdout and stderr. An exception the CLI did not turn into

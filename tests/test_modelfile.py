@@ -509,37 +509,27 @@ def test_a_full_disk_over_an_earlier_model_says_it_is_kept(error, model, tmp_pat
     assert str(info.value) == f"{tmp_path / 'new'}: cannot write the model (No space left on device)"
 
 
-KILLED_SAVE = '''
-import sys, time
-from pathlib import Path
-from normalcy.files import write_model_files
-
-def stuck(p: Path) -> None:
-    p.write_bytes(b"half a model")
-    print("writing", flush=True)
-    time.sleep(60)  # killed here, as by SIGKILL or a power cut
-
-write_model_files(sys.argv[1], {"model.safetensors": stuck, "model.json": lambda p: p.write_text("{}")})
-'''
-
-
 def test_a_save_killed_outright_leaves_nothing_the_next_save_keeps(tmp_path):
     """A process killed while it saved (SIGKILL: no finally runs) left its hidden .model.safetensors.*.partial
     file, a whole model's tensors, for ever; every later kill added one. The next save into the folder deletes
     them (under the folder's lock, which a live save holds, so never another's file being written)."""
-    import signal
-    import subprocess
+    import time
+
+    from conftest import killed_outright
 
     from normalcy.files import write_model_files
 
     d = tmp_path / "m"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(d)], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "writing\n"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+
+    def save(say) -> None:
+        def stuck(p: Path) -> None:
+            p.write_bytes(b"half a model")
+            say("writing")
+            time.sleep(60)  # killed here, as by SIGKILL or a power cut
+
+        write_model_files(d, {"model.safetensors": stuck, "model.json": lambda p: p.write_text("{}")})
+
+    assert killed_outright(save) == ["writing"]
     (d / "notes.txt").write_text("mine")  # a person's file, and a hidden file of theirs, are never touched
     (d / ".model.safetensors.partial").write_text("theirs")
     left = [p.name for p in d.iterdir() if p.name.endswith(".partial.safetensors")]

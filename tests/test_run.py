@@ -363,39 +363,23 @@ def test_review_names_are_the_paths_inside_the_folders_given() -> None:
             assert _display_name(os.path.abspath(path), inputs) == by_pathlib(os.path.abspath(path), inputs)
 
 
-KILLED_RUN = '''
-import sys, time
-from pathlib import Path
-from normalcy.runs.format import RUN_JSON, finish_run, start_run
-
-folder = start_run(Path(sys.argv[1]))
-(folder / "scores.csv").write_text("path,score,decision\\n")
-print(folder, flush=True)
-if sys.argv[2] == "swap":  # killed between its two renames: the earlier run swapped out as .NAME.*.old
-    import os
-    os.replace(sys.argv[1], folder.with_suffix(".old"))
-    print("swapped", flush=True)
-time.sleep(60)  # killed here, as by SIGKILL or a power cut
-'''
-
-
 def _killed_run(out: Path, how: str = "write") -> Path:
-    """The hidden folder a run left when it was killed outright (no finally runs), and the process gone."""
-    import signal
-    import subprocess
+    """The hidden folder a run left when it was killed outright (no finally runs), and the process gone;
+    ``how="swap"``: killed between its two renames, the earlier run swapped out as .NAME.*.old."""
+    from conftest import killed_outright
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out), how], stdout=subprocess.PIPE, text=True,
-                            env=env)
-    try:
-        assert proc.stdout is not None
-        folder = Path(proc.stdout.readline().strip())
+    from normalcy.runs.format import start_run
+
+    def run(say) -> None:
+        folder = start_run(out)
+        (folder / "scores.csv").write_text("path,score,decision\n")
         if how == "swap":
-            assert proc.stdout.readline() == "swapped\n"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    return folder
+            os.replace(out, folder.with_suffix(".old"))
+        say(str(folder))
+
+    (folder,) = killed_outright(run)
+    assert folder, "the run failed before it was killed"
+    return Path(folder)
 
 
 def test_a_run_killed_outright_leaves_nothing_the_next_run_keeps(tmp_path: Path) -> None:
