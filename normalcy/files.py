@@ -268,8 +268,8 @@ def save_model(model: Any, directory: str | Path) -> None:
         model.save(directory)
     except (OSError, SafetensorError) as err:
         # a save writes the new files beside the earlier model's before it replaces them: a full disk said only
-        # "No space left on device" of a disk with room for the model. (A series set's earlier model.json goes
-        # first, so the earlier set is not whole: nothing is claimed of it.)
+        # "No space left on device" of a disk with room for the model (a series set too: its new models go into
+        # folders of their own, model.json last)
         kept = earlier and no_space(err) and os.path.lexists(Path(directory) / MODEL_JSON)
         why = ("; the earlier model there is kept as it was: a save writes the new model beside it before "
                "replacing it, so it needs room for both") if kept else ""

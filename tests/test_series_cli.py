@@ -849,16 +849,22 @@ def test_a_plot_of_zoned_times_says_it_draws_them_in_utc(tmp_path: Path) -> None
     for name, said in (("tokyo", True), ("utc", False)):
         assert cli("predict", tmp_path / "m", tmp_path / f"{name}.csv", "-o", tmp_path / name).exit_code == 0
         assert (">times in UTC</text>" in (tmp_path / name / "report.html").read_text()) is said
-def test_a_set_whose_save_stopped_halfway_does_not_load_as_a_set(tmp_path: Path, monkeypatch) -> None:
+
+
+def test_a_set_whose_save_stopped_halfway_leaves_the_earlier_set(tmp_path: Path, monkeypatch) -> None:
     """A full disk at the second of three series' models left the earlier set's model.json naming one new
-    model and two old ones: a set no fit made, which loaded and scored. Now that folder is not a model
-    (its model.json goes first, the new one comes last) and says so; a save that ends writes the whole set."""
+    model and two old ones: a set no fit made, which loaded and scored; then (a later mend) a folder with no
+    model.json, no model at all. Now new models go into folders of their own: the earlier set loads as it
+    was, and the stopped save's folders are gone; a save that ends writes the whole set and deletes the
+    earlier one's folders."""
     import normalcy.series.base as series_base
 
     m = tmp_path / "m"
     r = cli("fit", write_long(tmp_path / "long.csv", ["a", "b", "c"]), "-o", m, "--series-column", "host",
             "--window", "12", "-d", "knn")
     assert r.exit_code == 0, r.stderr
+    before = sorted(p.name for p in m.iterdir())
+    old = [load_series_model(m).get(k).threshold_ for k in "abc"]
     refit = load_series_model(m)
     for key in refit.keys:
         refit.get(key).threshold_ += 1.0
@@ -873,11 +879,14 @@ def test_a_set_whose_save_stopped_halfway_does_not_load_as_a_set(tmp_path: Path,
     monkeypatch.setattr(series_base.SeriesDetector, "save", save)
     with pytest.raises(OSError):
         refit.save(m)
-    with pytest.raises(InputError, match="no model.json"):
-        load_series_model(m)
+    assert sorted(p.name for p in m.iterdir()) == before
+    assert [load_series_model(m).get(k).threshold_ for k in "abc"] == old
     monkeypatch.undo()
     refit.save(m)
-    assert [load_series_model(m).get(k).threshold_ for k in "abc"] == [refit.get(k).threshold_ for k in "abc"]
+    assert [load_series_model(m).get(k).threshold_ for k in "abc"] == [t + 1.0 for t in old]
+    assert len(list(m.iterdir())) == len(before)  # the earlier set's folders deleted
+    refit.save(m)  # saved again over where it was read from: still whole
+    assert [load_series_model(m).get(k).threshold_ for k in "abc"] == [t + 1.0 for t in old]
 
 
 def test_a_full_disk_at_the_end_of_a_fit_is_one_line(tmp_path: Path, monkeypatch) -> None:

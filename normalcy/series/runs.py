@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,28 +264,48 @@ class SeriesSet:
         return len(self.keys)
 
     def save(self, directory: str | Path) -> Path:
-        """Write each series' model into its folder, then model.json. An earlier model.json goes first: a save
-        that stopped halfway (a full disk) left it naming folders of which some held the new models, a set
-        that loaded as neither fit's; now such a folder has no model.json, which loading names."""
+        """Write each series' model into a folder of its own, then model.json, then delete the earlier set's
+        folders. A new model never goes into a folder an earlier one is in (names that the folder holds are
+        taken), so a save that stops halfway (a full disk) leaves the earlier set as it was, loading as before,
+        and deletes the folders it wrote; it needs room for both sets. (It used to remove the earlier
+        model.json first: a full disk then left a folder that loaded as no model at all.)"""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(d / MODEL_JSON):
-            os.unlink(d / MODEL_JSON)
-        taken: set[str] = set()
-        entries = []
-        for key in self.keys:
-            model = self.get(key)
-            folder = folder_name(key, taken)
-            model.save(d / folder)
-            entries.append({"series": key, "folder": folder})
-        failed = [FailedEntry(series=key, reason=short_reason(why)) for key, why in self.failed[:MAX_SERIES]
-                  if 0 < len(key) <= MAX_ID and key not in self]  # a where of rows in no series is no id
-        meta = SeriesSetMeta(kind=SET_KIND, format_version=SET_FORMAT_VERSION, normalcy_version=__version__,
-                             detector=self.name, series_column=self.series_column, time_column=self.time_column,
-                             models=[SetEntry(**e) for e in entries], failed=failed,
-                             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        text = meta.model_dump_json(indent=1) + "\n"
-        return write_model_files(d, {MODEL_JSON: lambda p: p.write_text(text)})
+        before = _set_folders(d)  # the earlier set's folders: deleted once the new model.json is in place
+        taken = {p.name.casefold() for p in d.iterdir()}
+        entries: list[dict[str, str]] = []
+        try:
+            for key in self.keys:
+                model = self.get(key)
+                folder = folder_name(key, taken)
+                entries.append({"series": key, "folder": folder})
+                model.save(d / folder)
+            failed = [FailedEntry(series=key, reason=short_reason(why)) for key, why in self.failed[:MAX_SERIES]
+                      if 0 < len(key) <= MAX_ID and key not in self]  # a where of rows in no series is no id
+            meta = SeriesSetMeta(kind=SET_KIND, format_version=SET_FORMAT_VERSION, normalcy_version=__version__,
+                                 detector=self.name, series_column=self.series_column,
+                                 time_column=self.time_column, models=[SetEntry(**e) for e in entries],
+                                 failed=failed, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            text = meta.model_dump_json(indent=1) + "\n"
+            write_model_files(d, {MODEL_JSON: lambda p: p.write_text(text)})
+        except BaseException:
+            for e in entries:  # this save's folders; the earlier set's are untouched
+                shutil.rmtree(d / e["folder"], ignore_errors=True)
+            raise
+        if self.directory is not None and Path(self.directory).resolve() == d.resolve():  # saved over where it was read from
+            self.folders = {e["series"]: e["folder"] for e in entries}
+        for folder in before - {e["folder"] for e in entries}:
+            shutil.rmtree(d / folder, ignore_errors=True)
+        return d
+
+
+def _set_folders(d: Path) -> set[str]:
+    """The series folders of the set saved in ``d`` (none where it holds no readable set's model.json)."""
+    try:
+        meta = SeriesSetMeta.model_validate(read_json(d / MODEL_JSON)) if (d / MODEL_JSON).is_file() else None
+    except (InputError, ValidationError, OSError):
+        return set()
+    return set() if meta is None else {e.folder for e in meta.models}
 
 
 _ID_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
