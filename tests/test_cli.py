@@ -585,3 +585,28 @@ def test_version_option_prints_the_version() -> None:
     for args in (("--version",), ("version",)):
         r = run_cli(*args)
         assert r.returncode == 0 and r.stdout == f"{__version__}\n" and r.stderr == ""
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A Ctrl-C in the seconds the command spends importing torch (``import normalcy`` imported the whole API)
+    was Python's traceback; it is `error: interrupted` and exit code 130, as a Ctrl-C later is. ``import
+    normalcy`` alone no longer imports torch: the API comes when first used."""
+    import builtins
+    import subprocess
+
+    from normalcy.__main__ import main
+
+    real = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "normalcy.cli":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
+    code = "import sys, normalcy; print('torch' in sys.modules, normalcy.fit.__module__, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "False normalcy.api True\n"
