@@ -339,18 +339,11 @@ class Detector(ParamsEstimator):
 
     def __init__(self, extractor: FeatureExtractor | None = None, fpr: float = 0.01, batch_size: int = 8,
                  seed: int = 0, **params: Any) -> None:
-        try:
-            common = _Common(fpr=fpr, batch_size=batch_size, seed=seed)
-            validated = type(self).Params(**params)
-        except ValidationError as err:
-            raise InputError(validation_message(f"detector {self.name}", err)) from None
+        self._keep_valid({"fpr": fpr, "batch_size": batch_size, "seed": seed}, params)
         self.extractor = extractor or FeatureExtractor(backbone=self.default_backbone)
         if self.extractor.tile and not self.uses_features:
             raise InputError(f"detector {self.name} works on the resized image, not on backbone features: tiling "
                              f"(--tile) is for gaussian, patchcore, simplenet and musc")
-        given = {"fpr": fpr, "batch_size": batch_size, "seed": seed, **params}
-        for key, value in [*as_given(given, common), *as_given(given, validated)]:
-            setattr(self, key, value)
         # the learned attributes (threshold_, map_range_, ...) appear at fit or load only: check_is_fitted
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen, for model.json
 
@@ -395,13 +388,18 @@ class Detector(ParamsEstimator):
         """Validate the parameters again by ``__init__``'s rules and keep them as validated. Why: one set as an
         attribute after construction (``det.fpr = 5``) was used unchecked: a fit failed at its end with numpy's
         "Quantiles must be in the range [0, 1]", or inside with a TypeError."""
+        self._keep_valid({k: getattr(self, k) for k in _Common.model_fields},
+                         {k: getattr(self, k) for k in type(self).Params.model_fields})
+
+    def _keep_valid(self, common: dict[str, Any], params: dict[str, Any]) -> None:
+        """Set the common parameters (fpr, batch_size, seed) and the detector's own as ``_Common`` and ``Params``
+        validate them (each the very object given where validation kept it, see ``as_given``); one InputError
+        line when one is invalid."""
         try:
-            given = {k: getattr(self, k) for k in ("fpr", "batch_size", "seed", *type(self).Params.model_fields)}
-            common = _Common(fpr=self.fpr, batch_size=self.batch_size, seed=self.seed)
-            validated = type(self).Params(**{k: given[k] for k in type(self).Params.model_fields})
+            checked = [*as_given(common, _Common(**common)), *as_given(params, type(self).Params(**params))]
         except ValidationError as err:
             raise InputError(validation_message(f"detector {self.name}", err)) from None
-        for key, value in [*as_given(given, common), *as_given(given, validated)]:
+        for key, value in checked:
             setattr(self, key, value)
 
     # -- the shared workflow --------------------------------------------------------------

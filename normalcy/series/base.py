@@ -129,12 +129,7 @@ class SeriesDetector(ParamsEstimator):
     flags_: tuple[str, ...]  # the training data's columns left out of the model (``flag_block``)
 
     def __init__(self, **params: Any) -> None:
-        try:
-            validated = type(self).Params(**params)
-        except ValidationError as err:
-            raise InputError(validation_message(f"detector {self.name}", err)) from None
-        for key, value in as_given(params, validated):
-            setattr(self, key, value)
+        self._keep_valid(params)
         self.starts = np.zeros(1, np.int64)  # during fit: the first row of each training series in _fit's X
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen and why, for model.json
         self.time_column: str | None = None  # the training file's time column, which predict then reads by default
@@ -228,7 +223,11 @@ class SeriesDetector(ParamsEstimator):
         """Validate the parameters again by ``__init__``'s rules and keep them as validated. Why: one set as an
         attribute after construction (``det.k = 0``, ``det.fpr = "0.1"``) was used unchecked: a fit failed inside
         with a ZeroDivisionError, an IndexError or a TypeError, or after its first part with pydantic's dump."""
-        given = {k: getattr(self, k) for k in type(self).Params.model_fields}
+        self._keep_valid({k: getattr(self, k) for k in type(self).Params.model_fields})
+
+    def _keep_valid(self, given: dict[str, Any]) -> None:
+        """Set the parameters as ``Params`` validates ``given`` (defaults for those left out; each the very object
+        given where validation kept it, see ``as_given``); one InputError line when one is invalid."""
         try:
             validated = type(self).Params(**given)
         except ValidationError as err:
