@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.images.heatmap import colorize, overlay, side_by_side, write_png
+from normalcy.images.heatmap import colorize, colour_range, overlay, side_by_side, write_png
 from normalcy.runs.report import ReportImage, write_report
 
 
@@ -95,6 +95,27 @@ def test_overlay_degenerate_range_still_shows_the_hot_region() -> None:
     assert out.shape == (32, 48, 3)
     assert np.array_equal(out[10, 15], colorize(np.ones((1, 1)), 0.0, 1.0)[0, 0])  # above vmin: hottest
     assert np.array_equal(out[0, 0], img[0, 0])  # below: the image
+
+
+def test_a_map_past_the_range_nearly_everywhere_still_shows_where_it_is_worst() -> None:
+    """elpv's cracked cells: their maps exceed the normal patches' 99.9th percentile (the range's top) nearly
+    everywhere, and the overlay was one flat red. Its colour now runs to the map's own 99th percentile."""
+    img = np.full((40, 40, 3), 128, dtype=np.uint8)
+    a = np.full((40, 40), 3.0, dtype=np.float32)  # three times the range's top over the whole image
+    a[10:20, 10:20] = 6.0  # and twice that where the defect is worst
+    assert colour_range(a, 0.0, 1.0) == (0.0, 6.0)
+    out = overlay(img, a, 0.0, 1.0, alpha=1.0)
+    worst, rest = out[15, 15].astype(int), out[30, 30].astype(int)
+    assert np.array_equal(worst, colorize(np.ones((1, 1)), 0.0, 1.0)[0, 0])  # the worst part at full heat
+    assert abs(worst - rest).sum() > 100  # and the rest of the part in another colour, not the same red
+
+
+def test_a_map_within_the_range_keeps_the_shared_scale() -> None:
+    a = np.zeros((100, 100), dtype=np.float32)
+    a[:1, :] = 5.0  # 1 % of the map past the top: a small defect, drawn on the shared scale
+    assert colour_range(a, 0.0, 1.0) == (0.0, 1.0)
+    assert colour_range(np.full((4, 4), np.nan), 0.0, 1.0) == (0.0, 1.0)
+    assert colour_range(np.full((4, 4), 9.0), 2.0, 2.0) == (2.0, 2.0)  # a degenerate range stays as it is
 
 
 # --------------------------------------------------------------------------- heatmap PNGs
@@ -438,3 +459,12 @@ def test_a_series_report_says_where_the_files_it_does_not_list_are(tmp_path: Pat
                                summary={"n_series": 0}).read_text()
     assert "Not scored (250)" in text and "f199.csv" in text and "f200.csv" not in text
     assert "and 50 more in skipped.csv" in text
+
+
+def test_a_card_whose_colours_run_past_the_shared_scale_says_so(tmp_path: Path) -> None:
+    wide = np.full((20, 20), 4.0, dtype=np.float32)
+    top = [ReportImage("wide.png", 9.0, True, _image(20, 20), wide),
+           ReportImage("small.png", 2.0, False, _image(20, 20), _amap(20, 20))]
+    text = write_report(tmp_path / "r.html", title="t", scores=np.array([9.0, 2.0]), names=["wide.png", "small.png"],
+                        top=top, map_range=(0.0, 1.0)).read_text()
+    assert text.count("colour to ") == 1 and "colour to 4" in text

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "overlay", "side_by_side", "write_png"]
+__all__ = ["colorize", "colour_range", "overlay", "side_by_side", "write_png"]
 
 # Turbo: perceptually smoother than JET, still reads as "blue = fine, red = bad".
 _COLORMAP = cv2.COLORMAP_TURBO
@@ -76,6 +76,30 @@ def colorize(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(u8, _COLORMAP), cv2.COLOR_BGR2RGB)  # OpenCV gives BGR
 
 
+# The share of an image's map that may lie past the colour range's top before the colour runs up to the map's
+# own values: a defect spread over the whole part (elpv's cracked solar cells, whose maps exceed the normal
+# patches' 99.9th percentile nearly everywhere) was one flat red, hiding where it is worst.
+_OWN_TOP_QUANTILE = 0.99
+_OWN_TOP_SIDE = 128  # the quantile is read on a map subsampled to about this many pixels a side (maps are smooth)
+
+
+def colour_range(amap: np.ndarray, vmin: float, vmax: float) -> tuple[float, float]:
+    """The colour range that :func:`overlay` draws ``amap`` with: ``(vmin, vmax)``, the detector's fixed range,
+    unless more than 1 % of the map lies above ``vmax``; then the top is the map's own 99th percentile, so the
+    worst part of a widely anomalous image still stands out. Maps within the fixed range stay comparable."""
+    a = np.asarray(amap, dtype=np.float32)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2 and a.size:
+        step = max(1, max(a.shape) // _OWN_TOP_SIDE)
+        a = a[::step, ::step]
+    a = a[np.isfinite(a)]
+    if not a.size or not math.isfinite(vmax) or not vmax > vmin:
+        return float(vmin), float(vmax)
+    top = float(np.quantile(a, _OWN_TOP_QUANTILE))
+    return float(vmin), max(float(vmax), top)
+
+
 def overlay(
     image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.6
 ) -> np.ndarray:
@@ -84,8 +108,9 @@ def overlay(
     Each pixel's colour weighs by how far its map value lies into [vmin, vmax]: at or below vmin (as
     anomalous as normal parts get) the image shows untouched, at vmax and above the colour covers it at
     weight ``alpha``. So a defect stands out on the part instead of under a tint over the whole image.
-    Detectors usually produce maps at feature resolution, so a map of a different size is resized
-    bilinearly to the image (smooth, no blocky patches).
+    Where more than 1 % of the map lies past ``vmax``, the colour runs up to the map's own 99th percentile
+    instead (:func:`colour_range`). Detectors usually produce maps at feature resolution, so a map of a
+    different size is resized bilinearly to the image (smooth, no blocky patches).
     """
     rgb = _to_rgb_u8(image)
     h, w = rgb.shape[:2]
@@ -94,6 +119,7 @@ def overlay(
         a = a[..., 0]
     if a.ndim != 2:
         raise ValueError(f"expected an HxW anomaly map, got shape {np.shape(amap)}")
+    vmin, vmax = colour_range(a, vmin, vmax)  # on the map as given, as the report's caption reads it
     if a.shape != (h, w):
         a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
     heat = colorize(a, vmin, vmax)

@@ -32,7 +32,7 @@ from PIL import Image
 
 from normalcy.errors import InputError
 from normalcy.files import check_writable
-from normalcy.images.heatmap import _to_rgb_u8, colorize, overlay
+from normalcy.images.heatmap import _to_rgb_u8, colorize, colour_range, overlay
 from normalcy.images.io import printable
 from normalcy.runs.plots import score_plots, three
 
@@ -159,6 +159,7 @@ class _Card:
     truth: str | None
     original: Markup  # JPEG data URI
     overlay: Markup | None  # JPEG data URI, None without a map
+    scale: str | None = None  # "colour to X" where the overlay's colour runs past the shared scale
 
 
 def _colorbar(vmin: float, vmax: float) -> dict[str, Any]:
@@ -187,11 +188,13 @@ def _shown_names(names: Sequence[str]) -> list[str]:
 
 def _card(item: ReportImage, rng: tuple[float, float] | None, shown: str) -> _Card:
     rgb = _to_rgb_u8(item.image)
-    heat = None
+    heat, scale = None, None
     if item.amap is not None and rng is not None:
         heat = Markup(_jpeg_data_uri(_shrink(overlay(rgb, item.amap, rng[0], rng[1]))))
+        top = colour_range(item.amap, rng[0], rng[1])[1]
+        scale = f"colour to {_fmt(top)}" if top > rng[1] else None  # its map runs past the shared scale
     return _Card(name=item.name, shown=shown, score=_fmt(item.score), anomalous=item.anomalous,
-                 truth=_truth(item.label), original=Markup(_jpeg_data_uri(_shrink(rgb))), overlay=heat)
+                 truth=_truth(item.label), original=Markup(_jpeg_data_uri(_shrink(rgb))), overlay=heat, scale=scale)
 
 
 def _write_page(path: Path, template: str, title: str, **context: Any) -> Path:
