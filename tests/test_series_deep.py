@@ -306,6 +306,35 @@ def test_forecast_threshold_is_one_or_the_quantile() -> None:
     assert (r.score[: static.lags_] == 0).all()  # no forecast without lags rows of past
 
 
+def test_forecast_stream_forecasts_each_row_once() -> None:
+    """A streamed row is forecast alone (its context's errors are kept from the rows before) and a stream's batch
+    thresholds only its own rows: score_one re-forecast its whole context (1-2 ms a row on NAB), and Stream.run
+    computed a dynamic threshold for each of its 2,000-odd context rows, for every 128 rows. Scores unchanged."""
+    from normalcy.series.stream import Stream
+
+    X = sine(1500, seed=7)
+    X[1300:1303] += 3
+    det = make("forecast", window=20, **FEWER).fit(X[:900], progress=False)
+    whole = det.score(X[900:])
+    forecast: list[int] = []
+    det.net_.register_forward_hook(lambda m, i, o: forecast.append(len(i[0])))
+    stream = np.array([det.score_one(x) for x in X[900:]])
+    np.testing.assert_allclose(stream, whole.score, rtol=1e-9, atol=1e-12)
+    assert len(forecast) == 600 - det.lags_ and set(forecast) == {1}
+    det.reset_stream()
+    thresholds: list[int] = []
+    epsilon = det._epsilon
+    det._epsilon = lambda h: thresholds.append(1) or epsilon(h)  # type: ignore[method-assign]
+    Stream(det, past=X[:900], learn_every=50).run(X[900:1100])
+    assert len(thresholds) == 200
+    det._epsilon = epsilon  # type: ignore[method-assign]
+    det.reset_stream()
+    [det.score_one(x) for x in X[900:1000]]
+    det.set_params(seed=1).fit(X[:900], progress=False)  # another network: what it forecast is not kept
+    Z = det.standardise(X[900:1001])  # as a Stream given them as its past asks for the last row's score
+    np.testing.assert_allclose(det._score_last(Z), det.score(X[900:1001]).contributions[-1], rtol=1e-9, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------ real data
 
 

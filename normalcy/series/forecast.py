@@ -115,6 +115,7 @@ class Forecast(NeuralDetector):
     def _build(self) -> None:
         d = len(self.columns_)
         self.net_ = Forecaster(self.lags_ * d, d, self.hidden).double()
+        self._last: tuple | None = None  # ``_smoothed_last``'s rows and errors (of the network it replaces)
 
     def _fit(self, X: np.ndarray, progress: bool) -> None:
         d = X.shape[1]
@@ -135,6 +136,10 @@ class Forecast(NeuralDetector):
     # -- errors ---------------------------------------------------------------------------------------
     def _smoothed(self, X: np.ndarray) -> np.ndarray:
         """(n, d) smoothed absolute forecasting errors of the rows of X; NaN for the first ``lags`` rows."""
+        return self._smooth(self._errors(X))
+
+    def _errors(self, X: np.ndarray) -> np.ndarray:
+        """(n, d) absolute forecasting errors of the rows of X; NaN for the first ``lags`` rows."""
         n, d = X.shape
         L = self.lags_
         out = np.full((n, d), np.nan)
@@ -142,14 +147,60 @@ class Forecast(NeuralDetector):
             return out
         W = flat_windows(X, L)[:-1]  # the lags before rows L..n-1
         pred = torch.cat(batched(self.net_, W)).numpy()
-        err = np.abs(X[L:] - pred)
+        out[L:] = np.abs(X[L:] - pred)
+        return out
+
+    def _weights(self) -> np.ndarray:
+        """The EWMA's weights of an error and the ``taps`` - 1 before it, newest first."""
         a = 2.0 / (self.span_ + 1)
-        weights = (1 - a) ** np.arange(self.taps)
+        return (1 - a) ** np.arange(self.taps)
+
+    def _smooth(self, errors: np.ndarray, upto: int | None = None) -> np.ndarray:
+        """(n, d) smoothed ``errors`` (``_errors``'s, NaN for the first ``lags`` rows); of the first ``upto``
+        forecast rows only (NaN after them) where given."""
+        n, d = errors.shape
+        L = self.lags_
+        out = np.full((n, d), np.nan)
+        if n <= L:
+            return out
+        err = errors[L:] if upto is None else errors[L:L + upto]
+        weights = self._weights()
         m = len(err)
         norm = np.convolve(np.ones(m), weights)[:m]  # the weights of the errors that exist (pandas' adjust=True)
         for j in range(d):
-            out[L:, j] = np.convolve(err[:, j], weights)[:m] / norm
+            out[L:L + m, j] = np.convolve(err[:, j], weights)[:m] / norm
         return out
+
+    def _smoothed_last(self, recent: np.ndarray) -> np.ndarray:
+        """``_smoothed(recent)``, from the last call's where ``recent`` is that call's rows, maybe less some of its
+        first, and one more row (a stream): only the new row is forecast and smoothed, and the first rows, whose
+        smoothing lost errors before them. Why: a stream re-forecast its whole context (2,000 rows and more) for
+        every row, 1-2 ms a row; the network is fixed after fit, so a row's error never changes."""
+        L, n = self.lags_, len(recent)
+        cache = getattr(self, "_last", None)
+        if cache is not None and cache[0] is self.net_ and cache[1] == (L, self.span_) and n >= 2:
+            rows, errors, smoothed = cache[2:]
+            s = len(rows) - (n - 1)  # rows of the last call that are no longer in recent
+            if s >= 0 and np.array_equal(recent[:-1], rows[s:]):
+                errors = np.concatenate([errors[s:], self._errors(recent[-L - 1:])[-1:]])
+                smoothed = np.concatenate([smoothed[s:], np.full((1, recent.shape[1]), np.nan)])
+                smoothed[:L] = np.nan
+                q = n - 1 - L  # the new row's error, among the errors of recent
+                if q >= 0:
+                    taps = min(q + 1, self.taps)
+                    w = self._weights()
+                    norm = np.convolve(np.ones(taps), w[:taps])[taps - 1]
+                    for j in range(recent.shape[1]):
+                        smoothed[-1, j] = np.convolve(errors[n - taps:, j], w[:taps])[taps - 1] / norm
+                if s and n > L:  # rows whose smoothing now starts later: as _smooth smooths them
+                    first = min(self.taps - 1, n - 1 - L)
+                    smoothed[L:L + first] = self._smooth(errors, first)[L:L + first]
+                self._last = (self.net_, (L, self.span_), np.array(recent), errors, smoothed)
+                return smoothed
+        errors = self._errors(recent)
+        smoothed = self._smooth(errors)
+        self._last = (self.net_, (L, self.span_), np.array(recent), errors, smoothed)
+        return smoothed
 
     # -- the dynamic threshold ---------------------------------------------------------------------------
     @property
@@ -191,8 +242,8 @@ class Forecast(NeuralDetector):
             out[i] = row
         return out
 
-    def _contributions(self, X: np.ndarray, first: int) -> np.ndarray:
-        smoothed = self._smoothed(X)
+    def _contributions(self, X: np.ndarray, first: int, smoothed: np.ndarray | None = None) -> np.ndarray:
+        smoothed = self._smoothed(X) if smoothed is None else smoothed
         if not self.dynamic:
             return np.nan_to_num(smoothed, nan=0.0)[first:]
         total = smoothed.sum(axis=1)
@@ -202,8 +253,14 @@ class Forecast(NeuralDetector):
     def _score(self, X: np.ndarray) -> np.ndarray:
         return self._contributions(X, 0)
 
+    def _score_from(self, X: np.ndarray, first: int) -> np.ndarray:
+        """Rows from ``first`` only: the rows before are context, whose own thresholds (one dynamic_epsilon over
+        ``history`` errors each) a stream's batch computed and threw away, 2,250 for every 128 rows scored."""
+        lo = max(0, first - self.context + 1)
+        return self._contributions(X[lo:], first - lo)
+
     def _score_last(self, recent: np.ndarray) -> np.ndarray:
-        return self._contributions(recent, len(recent) - 1)[-1]
+        return self._contributions(recent, len(recent) - 1, self._smoothed_last(recent))[-1]
 
     def _first_parts(self, Z: list[np.ndarray], cuts: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """No twin for the dynamic threshold: the held-out rows only report the rate it gives there."""
