@@ -636,6 +636,28 @@ def test_pca_holds_a_bounded_number_of_training_windows(monkeypatch: pytest.Monk
     assert det.score(spike).decision[300] == 1
 
 
+def test_knn_fits_a_wide_bank_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kNN's fit made two float64 copies of every bank window (the mean, then the centred windows) before the
+    float32 bank: 4x the bank's memory more (--window 4000: 8,388 windows, 980 MB). A chunk at a time now, the
+    same bank and centre bit for bit."""
+    from normalcy.series import knn
+
+    X = sine(3000, d=4)
+    whole = create("knn", window=64, holdout=0.05, cross_fit=False).fit(X, progress=False)
+    monkeypatch.setattr(knn, "_CHUNK_FLOATS", 64 * 4 * 50)  # 50 windows of 64 rows x 4 metrics a chunk
+    tracemalloc.start()
+    try:
+        det = create("knn", window=64, holdout=0.05, cross_fit=False).fit(X, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert det.bank_.shape == (2787, 256)
+    np.testing.assert_array_equal(det.centre_, whole.centre_)
+    np.testing.assert_array_equal(det.bank_, whole.bank_)
+    assert det.threshold_ == whole.threshold_
+    assert peak < 2 * det.bank_.nbytes, (peak, det.bank_.nbytes)  # 1.1x; the float64 copies: 5x
+
+
 # -------------------------------------------------------------------------------------------- model files
 
 
