@@ -658,6 +658,52 @@ def test_knn_fits_a_wide_bank_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch)
     assert peak < 2 * det.bank_.nbytes, (peak, det.bank_.nbytes)  # 1.1x; the float64 copies: 5x
 
 
+def test_a_small_search_runs_faiss_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faiss's OpenMP threads took 20-30 ms to start and join on 2 busy cores for a search of 10 held-out rows
+    (most of a 50-row series' fit in a set of 10,000): a small search runs on one thread, the same scores."""
+    import faiss
+
+    from normalcy.series import knn
+
+    threads: list[int] = []
+    search = faiss.knn
+    monkeypatch.setattr(faiss, "knn", lambda *a: threads.append(faiss.omp_get_max_threads()) or search(*a))
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        X = sine(200)
+        det = create("knn", window=8).fit(X[:100], progress=False)
+        small = det.score(X[100:]).score
+        monkeypatch.setattr(knn, "ONE_THREAD_WORK", 0)  # every search on the threads set
+        np.testing.assert_array_equal(det.score(X[100:]).score, small)
+        assert set(threads[:-1]) == {1} and threads[-1] == 2 and faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def test_fit_seeds_torchs_cpu_generator_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.manual_seed also seeded the GPU generators (left changed for the caller: fork_rng(devices=[]) does
+    not restore them) and formatted the call stack for each lazy seeding, 6 ms a fit on busy cores; and each save
+    evaluated every type hint of the class again. The same model, without either."""
+    import typing
+
+    X = sine(300)
+    first = create("knn", window=8).fit(X, progress=False)
+    learned = first.learned()
+    seeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    hints: list[object] = []
+    monkeypatch.setattr(typing, "get_type_hints", lambda *a, **k: hints.append(a) or {})
+    det = create("knn", window=8).fit(X, progress=False)
+    assert det.learned() == learned and not hints
+    assert not seeded and det.threshold_ == first.threshold_
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    create("forecast", window=8, steps=3).fit(X, progress=False)
+    np.testing.assert_array_equal(torch.rand(3), expected)  # the caller's generator as it was
+
+
 # -------------------------------------------------------------------------------------------- model files
 
 

@@ -33,6 +33,8 @@ stream's row stays under 100 us: with 211-row windows it keeps the last 1,242 wi
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import faiss
 import numpy as np
@@ -50,6 +52,7 @@ PRUNE_FROM = 48  # numbers a window must have for that search (a shorter one: th
 PRUNE_FLOATS = 2**18  # numbers the bank must hold for it (a smaller bank's full product takes under 30 us)
 _PRUNE_SHARE = 8  # the search measures at most 1/8 of the bank in full, else it takes the full product
 _PRUNE_PAUSE = 32  # rows a stream searches in full after the bound failed to prune
+ONE_THREAD_WORK = 2**24  # products a search makes under which faiss runs on one thread (``_threads_for``)
 
 
 class SubsequenceKNN(SeriesDetector):
@@ -140,7 +143,8 @@ class SubsequenceKNN(SeriesDetector):
         out = [np.reshape(head, (len(head), X.shape[1]))]
         for s in range(0, len(W), step):
             Q = W[s:s + step] - self.centre_
-            _, idx = faiss.knn(np.ascontiguousarray(Q, dtype=np.float32), self.bank_, self._candidates)
+            with _threads_for(Q.size * len(self.bank_)):
+                _, idx = faiss.knn(np.ascontiguousarray(Q, dtype=np.float32), self.bank_, self._candidates)
             out.append(self._contributions(Q, idx))
         return np.concatenate(out)
 
@@ -325,6 +329,22 @@ class SubsequenceKNN(SeriesDetector):
             raise ValueError(f"fifo position {self.fifo_} outside the bank's {len(self.bank_)} windows")
         self.bank_ = np.ascontiguousarray(self.bank_, dtype=np.float32)
         self._ready()
+
+
+@contextmanager
+def _threads_for(work: int) -> Iterator[None]:
+    """faiss on one thread for a search of under ONE_THREAD_WORK products (queries x bank x numbers a window):
+    on 2 busy cores its OpenMP threads took 20-30 ms to start and join for the 10 held-out rows of a 50-row
+    series (a 10,000-series set: 28 of its 45 ms a series), where one thread searches in 10 us."""
+    if work >= ONE_THREAD_WORK:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _products(q: np.ndarray, bank_t: np.ndarray) -> np.ndarray:
