@@ -33,8 +33,8 @@ stream's row stays under 100 us: with 211-row windows it keeps the last 1,242 wi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import faiss
 import numpy as np
