@@ -18,6 +18,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -173,21 +174,49 @@ def _remove_stale_temps(d: Path, names: list[str]) -> None:
                 pass
 
 
+_MINE = threading.local()  # the folders this thread holds locked: a save within a save (a series set's) is one
+
+
 @contextmanager
-def _locked(folder: Path) -> Iterator[bool]:
-    """An exclusive lock on a folder (flock on the folder itself: no lock file), where the platform has one;
-    yields whether it is held."""
+def _locked(folder: Path, shared: bool = False) -> Iterator[bool]:
+    """A lock on a folder (flock on the folder itself: no lock file), where the platform has one: exclusive for
+    a save, ``shared`` for a load, so a load waits for a save and a save for the loads; yields whether it is
+    held. A folder this thread already holds is not locked again (a second flock of its own would wait for
+    ever)."""
     try:
         import fcntl
     except ImportError:  # Windows
         yield False
         return
-    fd = os.open(folder, os.O_RDONLY)
+    held = _MINE.__dict__.setdefault("folders", set())
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield True
+        fd = os.open(folder, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_DIRECTORY", 0))  # a folder only
+        key = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+    except OSError:  # a missing folder or one that cannot be read: what reads or writes it names the problem
+        fd, key = -1, None
+    if fd < 0 or key in held:
+        if fd >= 0:
+            os.close(fd)
+        yield fd >= 0
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            yield True
+        finally:
+            held.discard(key)
     finally:
         os.close(fd)  # releases the lock
+
+
+def reading(folder: str | Path) -> Any:
+    """A model folder held while its files are read (model.json, then its tensors): another process's save puts
+    new files in place one by one, and a load between two of them read the earlier model.json with the new
+    tensors (a model neither fit made) or no model.json at all. The save waits for the load, the load for a
+    save. A context manager."""
+    return _locked(Path(folder), shared=True)
+
 
 
 _HELD: dict[Path, int] = {}  # hidden files and folders this process is writing -> the open one holding its lock

@@ -938,3 +938,36 @@ def test_two_saves_into_one_folder_at_once_keep_one_model_whole(tmp_path: Path, 
         assert np.array_equal(got.bank_, models[which].bank_)
         assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.safetensors"]
     assert (d / "model.json").stat().st_mode & 0o044 == (tmp_path / "a" / "model.json").stat().st_mode & 0o044
+
+
+def test_a_model_loaded_while_another_process_saves_over_it_is_one_model(tmp_path: Path, monkeypatch) -> None:
+    """A load (predict, watch, serve) that read model.json just before another fit saved over the folder then
+    read the new tensors: the earlier model's threshold beside the new bank, a model neither fit made (or, in
+    the moment between the save removing model.json and putting the new one in place, "not a normalcy model").
+    A load now reads the folder's files under a shared lock that a save waits for."""
+    import threading
+
+    import normalcy.series.registry as registry
+
+    r = cli("fit", write_series(tmp_path / "s.csv", 200), "-o", tmp_path / "m", "-d", "knn", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    first, second = load_series_model(tmp_path / "m"), load_series_model(tmp_path / "m")
+    second.threshold_ += 1.0
+    second.bank_ = second.bank_ + 1.0
+    real = registry.read_tensors
+    saver: list[threading.Thread] = []
+
+    def between(path):  # model.json read, the tensors not yet: another process saves now
+        saver.append(threading.Thread(target=second.save, args=(tmp_path / "m",)))
+        saver[0].start()
+        saver[0].join(0.5)  # a save that waits for the reader is still waiting
+        return real(path)
+
+    monkeypatch.setattr(registry, "read_tensors", between)
+    got = load_series_model(tmp_path / "m")
+    saver[0].join()
+    assert got.threshold_ == first.threshold_
+    assert np.array_equal(got.bank_, first.bank_)
+    monkeypatch.setattr(registry, "read_tensors", real)
+    again = load_series_model(tmp_path / "m")
+    assert again.threshold_ == second.threshold_ and np.array_equal(again.bank_, second.bank_)

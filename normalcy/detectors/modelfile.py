@@ -45,6 +45,7 @@ from normalcy.files import (
     no_model_json,
     one_line,
     read_json,
+    reading,
 )
 from normalcy.images.backbones import BACKBONES, code_file, sha256_file
 from normalcy.images.features import MAX_SIZE, parse_size
@@ -192,6 +193,11 @@ def read_model(directory: str | Path, trust_code: bool = False) -> tuple[ModelMe
     Raises ``InputError`` with one line naming the file and the problem.
     """
     d = Path(directory)
+    with reading(d):  # another process's save over it: never its model.json with the earlier tensors
+        return _read_model(d, trust_code)
+
+
+def _read_model(d: Path, trust_code: bool) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
     meta_path = d / MODEL_JSON
     if not os.path.lexists(meta_path):
         raise no_model_json(d)

@@ -62,14 +62,15 @@ def _model_files(model_dir: Path) -> dict[str, bytes]:
     """The model's own files only (model.json and its tensors or estimator), read as any model file is:
     regular files inside the folder, size-capped; nothing else in the folder travels to the workers."""
     from normalcy.detectors.modelfile import MODEL_TENSORS
-    from normalcy.files import MAX_JSON_BYTES, MAX_STATE_BYTES, read_model_file
+    from normalcy.files import MAX_JSON_BYTES, MAX_STATE_BYTES, read_model_file, reading
     from normalcy.vectors.tables import MODEL_FILE
 
     d = Path(model_dir)
-    files = {MODEL_JSON: read_model_file(d / MODEL_JSON, MAX_JSON_BYTES)}
-    for name in (MODEL_TENSORS, MODEL_FILE):
-        if (d / name).exists():
-            files[name] = read_model_file(d / name, MAX_STATE_BYTES)
+    with reading(d):  # another process's save over it: never its model.json with the earlier tensors
+        files = {MODEL_JSON: read_model_file(d / MODEL_JSON, MAX_JSON_BYTES)}
+        for name in (MODEL_TENSORS, MODEL_FILE):
+            if (d / name).exists():
+                files[name] = read_model_file(d / name, MAX_STATE_BYTES)
     return files
 
 

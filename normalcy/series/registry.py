@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from normalcy.detectors.modelfile import MODEL_TENSORS, read_tensors
 from normalcy.errors import InputError
-from normalcy.files import MODEL_JSON, Strict, describe, no_model_json, read_json
+from normalcy.files import MODEL_JSON, Strict, describe, no_model_json, read_json, reading
 from normalcy.series.auto import AutoDetector
 from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
 from normalcy.series.members import MEMBERS
@@ -31,12 +31,13 @@ def create(name: str, **params: Any) -> SeriesDetector:
 def is_series_model(directory: str | Path) -> bool:
     """Whether the folder's model.json says it is a series model (one that cannot be read safely is not)."""
     path = Path(directory) / MODEL_JSON
-    if not os.path.lexists(path):
-        return False
-    try:
-        return read_json(path).get("kind") == SERIES_KIND
-    except InputError:
-        return False
+    with reading(directory):  # not in the moment a save has removed model.json and not put the new one in place
+        if not os.path.lexists(path):
+            return False
+        try:
+            return read_json(path).get("kind") == SERIES_KIND
+        except InputError:
+            return False
 
 
 def checked_meta(path: Path, raw: dict[str, Any], schema: type[M], version: int, what: str) -> M:
@@ -56,6 +57,11 @@ def load(directory: str | Path) -> SeriesDetector:
     read by safetensors alone, the state checked by the detector and by a trial score. One InputError line
     naming the file for every problem."""
     d = Path(directory)
+    with reading(d):  # another process's save over it: never its model.json with the earlier tensors
+        return _load(d)
+
+
+def _load(d: Path) -> SeriesDetector:
     meta_path = d / MODEL_JSON
     if not os.path.lexists(meta_path):
         raise no_model_json(d)

@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, Strict, describe, read_json, write_model_files
+from normalcy.files import MODEL_JSON, Strict, describe, read_json, reading, write_model_files
 from normalcy.progress import plain, progress_bar
 from normalcy.series import registry
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
@@ -325,12 +325,13 @@ def short_reason(why: str) -> str:
 
 def _kind(directory: Path) -> str | None:
     path = Path(directory) / MODEL_JSON
-    if not os.path.lexists(path):
-        return None
-    try:
-        kind = read_json(path).get("kind")
-    except InputError:
-        return None
+    with reading(directory):  # not in the moment a save has removed model.json and not put the new one in place
+        if not os.path.lexists(path):
+            return None
+        try:
+            kind = read_json(path).get("kind")
+        except InputError:
+            return None
     return kind if isinstance(kind, str) else None
 
 
@@ -343,7 +344,8 @@ def load_series_set(directory: str | Path) -> SeriesSet:
     """A set's model.json, checked (its models are loaded when first used, each checked by registry.load)."""
     d = Path(directory)
     path = d / MODEL_JSON
-    raw = read_json(path)
+    with reading(d):  # not in the moment a save has removed model.json and not put the new one in place
+        raw = read_json(path)
     if raw.get("format_version") != SET_FORMAT_VERSION or isinstance(raw.get("format_version"), bool):
         raise InputError(f"{path}: series set format version {raw.get('format_version')!r} is not supported "
                          f"(this normalcy reads version {SET_FORMAT_VERSION})")

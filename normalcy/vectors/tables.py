@@ -45,6 +45,7 @@ from normalcy.files import (
     one_line,
     read_json,
     read_model_file,
+    reading,
     write_model_files,
 )
 from normalcy.numerics.stats import decide
@@ -600,12 +601,13 @@ def is_vector_model(directory: Path) -> bool:
     """Whether the folder's model.json says it is a vector model. One that cannot be read safely (a FIFO,
     a link out of the folder, too large, bad JSON) is not, and the image model loader then names why."""
     path = Path(directory) / MODEL_JSON
-    if not os.path.lexists(path):
-        return False
-    try:
-        return read_json(path).get("kind") == VECTOR_KIND
-    except InputError:
-        return False
+    with reading(directory):  # not in the moment a save has removed model.json and not put the new one in place
+        if not os.path.lexists(path):
+            return False
+        try:
+            return read_json(path).get("kind") == VECTOR_KIND
+        except InputError:
+            return False
 
 
 def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
@@ -615,13 +617,14 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
 
     d = Path(directory)
     meta_path, model_path = d / MODEL_JSON, d / MODEL_FILE
-    try:
-        meta = VectorModelMeta.model_validate(read_json(meta_path))
-    except ValidationError as err:
-        raise InputError(f"{meta_path}: {describe(err)}") from None
-    if meta.detector not in VECTOR_DETECTORS:
-        raise InputError(f"{meta_path}: unknown detector {meta.detector!r} for tables")
-    data = read_model_file(model_path, MAX_STATE_BYTES)
+    with reading(d):  # another process's save over it: never its model.json with the earlier model.skops
+        try:
+            meta = VectorModelMeta.model_validate(read_json(meta_path))
+        except ValidationError as err:
+            raise InputError(f"{meta_path}: {describe(err)}") from None
+        if meta.detector not in VECTOR_DETECTORS:
+            raise InputError(f"{meta_path}: unknown detector {meta.detector!r} for tables")
+        data = read_model_file(model_path, MAX_STATE_BYTES)
     _check_skops(model_path, data)
     try:
         det = sio.loads(data, trusted=TRUSTED_TYPES)
