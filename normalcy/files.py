@@ -218,6 +218,12 @@ def reading(folder: str | Path) -> Any:
     return _locked(Path(folder), shared=True)
 
 
+def writing(folder: str | Path) -> Any:
+    """A model folder held for a save made of several (a series set's: its models' folders, then model.json,
+    then the earlier set's folders deleted), so two at once do not choose the same new folders. A context
+    manager; ``write_model_files`` within it takes it as its own."""
+    return _locked(Path(folder))
+
 
 _HELD: dict[Path, int] = {}  # hidden files and folders this process is writing -> the open one holding its lock
 

@@ -971,3 +971,36 @@ def test_a_model_loaded_while_another_process_saves_over_it_is_one_model(tmp_pat
     monkeypatch.setattr(registry, "read_tensors", real)
     again = load_series_model(tmp_path / "m")
     assert again.threshold_ == second.threshold_ and np.array_equal(again.bank_, second.bank_)
+
+
+def test_two_set_saves_into_one_folder_at_once_keep_one_set_whole(tmp_path: Path, monkeypatch) -> None:
+    """Two fits of a series set (`--series-column`) saving into one folder at once both chose their folders
+    from what the folder held when they began: the same names, so one's models went into the other's folders (its
+    model.json then named the other fit's models), and the earlier set's folders were left behind for good. A
+    set's save now holds the folder's lock from start to end: the last is kept whole, and nothing else stays."""
+    import os
+    import time
+
+    data = write_long(tmp_path / "long.csv", ["a", "b"])
+    r = cli("fit", data, "-o", tmp_path / "m", "--series-column", "host", "-d", "knn", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    sets = [load_series_model(tmp_path / "m") for _ in range(2)]
+    for s in sets:
+        for key in s.keys:
+            s.get(key)
+    for key in sets[1].keys:
+        sets[1].models[key].threshold_ += 1.0
+    real, rng = os.replace, np.random.default_rng(0)
+
+    def slow(*args, **kwargs):  # renames as slow as on a network drive, unevenly: the two saves interleave
+        time.sleep(float(rng.uniform(0, 0.02)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", slow)
+    d = tmp_path / "m"
+    for _ in range(3):
+        assert run_together(lambda s: s.save(d), sets) == []
+        got = load_series_model(d)
+        thresholds = {key: got.get(key).threshold_ for key in got.keys}
+        assert thresholds in [{key: s.models[key].threshold_ for key in s.keys} for s in sets]
+        assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", *got.folders.values()])

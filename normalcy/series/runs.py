@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, Strict, describe, read_json, reading, write_model_files
+from normalcy.files import MODEL_JSON, Strict, describe, read_json, reading, write_model_files, writing
 from normalcy.progress import plain, progress_bar
 from normalcy.series import registry
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
@@ -268,9 +268,14 @@ class SeriesSet:
         folders. A new model never goes into a folder an earlier one is in (names that the folder holds are
         taken), so a save that stops halfway (a full disk) leaves the earlier set as it was, loading as before,
         and deletes the folders it wrote; it needs room for both sets. (It used to remove the earlier
-        model.json first: a full disk then left a folder that loaded as no model at all.)"""
+        model.json first: a full disk then left a folder that loaded as no model at all.) Two saves into one
+        folder go one after the other: both chose the same new folders from what the folder held."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        with writing(d):
+            return self._save(d)
+
+    def _save(self, d: Path) -> Path:
         before = _set_folders(d)  # the earlier set's folders: deleted once the new model.json is in place
         taken = {p.name.casefold() for p in d.iterdir()}
         entries: list[dict[str, str]] = []
