@@ -1004,3 +1004,19 @@ def test_two_set_saves_into_one_folder_at_once_keep_one_set_whole(tmp_path: Path
         thresholds = {key: got.get(key).threshold_ for key in got.keys}
         assert thresholds in [{key: s.models[key].threshold_ for key in s.keys} for s in sets]
         assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", *got.folders.values()])
+
+
+def test_a_set_saved_over_while_in_use_says_so(tmp_path: Path) -> None:
+    """A set loads its models when first used (a watch, when a series first comes): another fit saved over the
+    folder meanwhile deletes the earlier set's folders, and the series was "not a normalcy model (no model.json)"
+    of a folder the user never made. It now says that the set was saved over by another process."""
+    data = write_long(tmp_path / "long.csv", ["a", "b"])
+    r = cli("fit", data, "-o", tmp_path / "m", "--series-column", "host", "-d", "knn", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    in_use = load_series_model(tmp_path / "m")
+    in_use.get("b")
+    r = cli("fit", data, "-o", tmp_path / "m", "--series-column", "host", "-d", "knn", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    assert in_use.get("b").threshold_ > 0  # loaded before: still scores
+    with pytest.raises(InputError, match=r"the model set was saved over by another process .* series 'a'"):
+        in_use.get("a")

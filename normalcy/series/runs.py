@@ -257,7 +257,16 @@ class SeriesSet:
         if key not in self.models:
             if key not in self.folders or self.directory is None:
                 raise InputError(self.missing(key))
-            self.models[key] = registry.load(self.directory / self.folders[key])
+            try:
+                self.models[key] = registry.load(self.directory / self.folders[key])
+            except InputError:
+                if self.folders[key] in _set_folders(self.directory):
+                    raise
+                # a set loads its models when first used: a fit (or watch --save) saved another set over it since
+                # this one was read, and its folders went with it ("not a normalcy model (no model.json)")
+                raise InputError(f"{self.directory}: the model set was saved over by another process (a fit, a "
+                                 f"watch --save) while this one ran, and series {key!r}'s model went with the "
+                                 "earlier set: run again to use the new set") from None
         return self.models[key]
 
     def __len__(self) -> int:
