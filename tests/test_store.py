@@ -389,3 +389,24 @@ def test_labels_set_aside_are_not_taken_back_as_an_earlier_path(tmp_path: Path) 
         assert again.items() == [] and again.labelled() == []
     finally:
         again.close()
+
+
+def test_stores_opened_at_once_on_a_new_database_all_start(tmp_path: Path) -> None:
+    """Two servers starting at once on a new database (one run served twice, a team's file) both found the
+    tables missing and both created them: all but one stopped with "cannot open database ...: table items
+    already exists". Each now starts and sees the same items."""
+    from conftest import run_together
+    from sqlalchemy import URL
+
+    url = URL.create("sqlite", database=str(tmp_path / "review.sqlite"))
+    stores: list[Store] = []
+    for _ in range(3):  # a race: a few rounds, each on a new file
+        url = url.set(database=str(tmp_path / f"review{_}.sqlite"))
+        made: list[Store] = []
+        assert run_together(lambda k: made.append(Store(url, run="r")), list(range(4))) == []
+        stores += made
+    for s in made:
+        s.sync_items(rows())
+    assert [i.path for i in made[0].items()] == [r["path"] for r in rows()]
+    for s in stores:
+        s.close()

@@ -174,6 +174,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _create_tables(engine: Engine) -> None:
+    """The review's tables, where they are missing. Two servers starting at once on a new database (one run
+    served twice, a team's database) both found a table missing and both created it: the second stopped with
+    "cannot open database ...: table items already exists". A table made meanwhile by another is looked for
+    again, one more try for each table."""
+    for attempt in range(len(metadata.tables) + 1):
+        try:
+            metadata.create_all(engine)
+            return
+        except (DBAPIError, SQLAlchemyError) as err:
+            if "already exists" not in str(err) or attempt == len(metadata.tables):
+                raise
+
+
 def _iso(t: float | None) -> str:
     return "" if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
@@ -289,7 +303,7 @@ class Store:
         if backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            metadata.create_all(self.engine)
+            _create_tables(self.engine)
             with self.engine.connect() as conn:
                 columns = {c["name"] for c in inspect(conn).get_columns("items")}
         except (DBAPIError, SQLAlchemyError, OSError) as err:
