@@ -468,3 +468,25 @@ def test_a_card_whose_colours_run_past_the_shared_scale_says_so(tmp_path: Path) 
     text = write_report(tmp_path / "r.html", title="t", scores=np.array([9.0, 2.0]), names=["wide.png", "small.png"],
                         top=top, map_range=(0.0, 1.0)).read_text()
     assert text.count("colour to ") == 1 and "colour to 4" in text
+
+
+def test_a_report_written_over_another_is_never_half_a_page(tmp_path: Path, monkeypatch) -> None:
+    """`eval --report r.html` wrote straight into r.html: two evaluations into one file at once interleaved
+    their pages, and a write that stopped (a full disk, Ctrl-C) left half a page where a report was. A page is
+    written beside the file and renamed into place: the earlier report stays whole, and nothing is left."""
+    def report(title: str) -> Path:
+        return write_report(tmp_path / "r.html", title=title, scores=np.linspace(0, 1, 12),
+                            names=[f"n{i}" for i in range(12)], top=_top(2), threshold=0.5)
+
+    earlier = report("earlier").read_text(encoding="utf-8")
+    real = Path.write_text
+
+    def half(self: Path, text: str, *args, **kwargs) -> int:  # the disk fills halfway through the page
+        real(self, text[:len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half)
+    with pytest.raises(OSError):
+        report("later")
+    assert (tmp_path / "r.html").read_text(encoding="utf-8") == earlier
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]

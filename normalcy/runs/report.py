@@ -18,6 +18,7 @@ import io
 import math
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -203,7 +204,15 @@ def _write_page(path: Path, template: str, title: str, **context: Any) -> Path:
     page = _env().get_template(template).render(title=title, generated=datetime.now().strftime("%Y-%m-%d %H:%M"),
                                                 **context)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    # written beside it and renamed into place: two `eval --report` into one file at once interleaved their
+    # pages (one's end after the other's), and a full disk or Ctrl-C left half a page where a report was
+    staging = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
+    try:
+        staging.write_text(page, encoding="utf-8")
+        os.replace(staging, path)
+    finally:
+        if os.path.lexists(staging):
+            os.unlink(staging)
     return path
 
 
