@@ -282,22 +282,53 @@ class Watcher:
         return {"series": key, **out} if self.series_column else out
 
 
+class _Stops:
+    """Ctrl-C and SIGTERM while a row is scored, learned and written wait for the row's end: raised at any
+    moment, they stopped a row halfway, and ``save`` kept the half (the calibration had followed a row the
+    detector had not learned, a row learned was never written out, its alarm lost), so a watch stopped
+    and resumed again and again drifted from one that never stopped."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.pending = False
+
+    def stop(self, signum: int, frame: object) -> None:
+        if self.busy:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def row(self) -> Iterator[None]:
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+        if self.pending:
+            raise KeyboardInterrupt
+
+
 @contextmanager
-def _term_as_interrupt() -> Iterator[None]:
+def _term_as_interrupt() -> Iterator[_Stops]:
     """SIGTERM (a service stopped, ``kill``) ends the watch as Ctrl-C does, so its summary and ``save`` are
-    not lost; the handler before is put back. Only the main thread can take signals: elsewhere, nothing."""
+    not lost, each at the end of the row in hand (``_Stops``); the handlers before are put back (a Ctrl-C that
+    was ignored, as in a background job, still is). Only the main thread can take signals: elsewhere,
+    nothing."""
+    stops = _Stops()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stops
         return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, stops.stop)
+    if before[signal.SIGINT] is signal.default_int_handler:
+        signal.signal(signal.SIGINT, stops.stop)
     try:
-        yield
+        yield stops
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            if handler is not None:  # one set outside Python: nothing to put back
+                signal.signal(sig, handler)
 
 
 def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, source_name: str = "stdin",
@@ -316,7 +347,7 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
     it = lines(source, follow=follow, idle=idle, poll=poll)
     writer = csv.writer(out, lineterminator="\n")
     try:
-        with _term_as_interrupt():
+        with _term_as_interrupt() as stops:
             first = next(it, None)
             if first is None:
                 raise InputError(f"{source_name}: no header line (the first line names the columns)")
@@ -344,10 +375,11 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
                 except csv.Error as err:
                     watcher.unreadable(n, err)
                     continue
-                row = watcher.row(cells, n)
-                if row is not None and (row["alarm"] == "1" or not alarms_only):
-                    writer.writerow(row.values())
-                    out.flush()
+                with stops.row():
+                    row = watcher.row(cells, n)
+                    if row is not None and (row["alarm"] == "1" or not alarms_only):
+                        writer.writerow(row.values())
+                        out.flush()
     except KeyboardInterrupt:
         log.info("watch: stopped (Ctrl-C or SIGTERM)")
     except BrokenPipeError:  # the reader of the output went (`| head -3`): the end of the watch, not an error
