@@ -234,6 +234,26 @@ def test_image_and_overlay(client: TestClient, run: Path) -> None:
     assert client.get(first["image_url"]).status_code == 404
 
 
+def test_overlays_of_a_run_rewritten_since_the_start_are_refused(run: Path, tmp_path: Path) -> None:
+    """Another predict into the run folder while it is served puts its own overlays/NAME.png in place: the page
+    showed the other run's overlay over this run's image of that name (and took labels on it). It is a 409
+    saying to restart, as a series run's event pictures are; the image itself and labels go on."""
+    from normalcy.runs.format import finish_run
+
+    other = make_run(tmp_path / "b", n=5)
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        first = next(it for it in items(c)["items"] if it["name"] == "img_001.png")
+        assert c.get(first["overlay_url"]).status_code == 200
+        staging = tmp_path / ".run.1.partial"
+        shutil.copytree(other, staging, ignore=shutil.ignore_patterns("review.sqlite*"))
+        finish_run(staging, run)  # the other predict's run replaces this one
+        r = c.get(first["overlay_url"])
+        assert r.status_code == 409 and "rewritten since the review started" in r.json()["detail"]
+        assert c.get(first["image_url"]).status_code == 200
+        assert c.post(f"/api/items/{first['id']}/label", json={"label": "normal"}).status_code == 200
+
+
 @pytest.mark.parametrize("item_id", ["99999999999999999999", str(2**63), "-1", "-99999999999999999999"])
 def test_ids_out_of_range_are_404(client: TestClient, item_id: str) -> None:
     """Every item route answers 404 for an id no item can have, however large (not a 500 from an overflow)."""

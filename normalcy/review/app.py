@@ -225,7 +225,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         item = picture(item_id)
         if not item.overlay or review.is_series:
             raise HTTPException(404, f"item {item_id} has no overlay")
-        return _image_response(review.allowed_file(item.overlay, review.run_dir))
+        return _image_response(review.overlay(item.overlay))
 
     @app.post("/api/items/{item_id}/label")
     def label_item(item_id: int, body: LabelIn, request: Request) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from normalcy.review.store import Item, Store
 from normalcy.runs.format import (
     EMBEDDINGS,
     EVENTS_CSV,
+    SCORES_CSV,
     SERIES,
     RunItems,
     SeriesEvent,
@@ -100,6 +101,7 @@ class Review:
         check_not_cut(run_dir, meta)  # a run folder copied in part was served as whole
         self.events: list[SeriesEvent] = []
         self._events_state: tuple[int, int, int, int] | None = None  # events.csv as read (series runs)
+        self._scores_state: tuple[int, int, int, int] | None = None  # scores.csv as read (image runs)
         if self.is_table:
             run = read_table_items(run_dir, meta.get("id_column"))
         elif self.is_series:
@@ -108,6 +110,7 @@ class Review:
             every = read_events(run_dir)
             self.events = [every[k] for k in run.rows.tolist()]
         else:
+            self._scores_state = file_state(run_dir / SCORES_CSV)  # before reading: a rewrite after it is seen
             run = RunItems.of_images(*read_scores(run_dir, [p for p in inputs if p.is_dir()]))
         check_complete(run_dir, meta, run.n_rows)  # a run folder copied in part was served as whole
         self.keys, self.names, self.overlays = run.keys, run.names, run.overlays  # names: printable already
@@ -354,6 +357,16 @@ class Review:
         if file_state(self.run_dir / EVENTS_CSV) != self._events_state:
             raise Conflict(f"{printable(str(self.run_dir / EVENTS_CSV))} was rewritten since the review started "
                            "(another predict into the run folder?): its pictures may be of other events; restart "
+                           "normalcy serve to review the new results")
+        return self.allowed_file(raw, self.run_dir)
+
+    def overlay(self, raw: str) -> Path:
+        """An image's overlay, if the run's scores are still those read at start: another predict into the folder
+        writes overlays/NAME.png of its own images, which was shown over this run's image of that name, and
+        labelled on (Conflict)."""
+        if file_state(self.run_dir / SCORES_CSV) != self._scores_state:
+            raise Conflict(f"{printable(str(self.run_dir / SCORES_CSV))} was rewritten since the review started "
+                           "(another predict into the run folder?): its overlays may be of other images; restart "
                            "normalcy serve to review the new results")
         return self.allowed_file(raw, self.run_dir)
 
