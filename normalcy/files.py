@@ -219,9 +219,10 @@ def reading(folder: str | Path) -> Any:
 
 
 def writing(folder: str | Path) -> Any:
-    """A model folder held for a save made of several (a series set's: its models' folders, then model.json,
-    then the earlier set's folders deleted), so two at once do not choose the same new folders. A context
-    manager; ``write_model_files`` within it takes it as its own."""
+    """A folder held for a change made of several steps: a series set's save (its models' folders, then
+    model.json, then the earlier set's folders deleted), so two at once do not choose the same new folders; the
+    renames that put a run in place (in the folder holding it). A context manager; ``write_model_files`` within
+    it takes it as its own."""
     return _locked(Path(folder))
 
 

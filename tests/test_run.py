@@ -303,6 +303,26 @@ def test_runs_finishing_into_one_folder_at_once_both_end_well(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run0", "run1", "run2"]
 
 
+def test_runs_finishing_into_one_folder_at_once_keep_the_review_labels(tmp_path: Path) -> None:
+    """Several predicts into a reviewed run folder finishing at once: each moves the review's labels into its
+    run before the swap, and one swapped out (as the earlier run, then deleted) a run another had just put in
+    place, with the labels it had moved over: review.sqlite was gone, without an error (14 rounds of 30). The
+    renames are now made one run at a time."""
+    from normalcy.runs.format import RUN_JSON, finish_run, start_run
+
+    for round_ in range(20):
+        out = tmp_path / f"run{round_}"
+        out.mkdir()
+        (out / RUN_JSON).write_text("earlier")
+        (out / "review.sqlite").write_text("labels")
+        folders = [start_run(out) for _ in range(6)]
+        for k, f in enumerate(folders):
+            (f / RUN_JSON).write_text(str(k))
+        assert run_together(lambda f: finish_run(f, out), folders) == []
+        assert (out / "review.sqlite").read_text() == "labels", round_
+        assert sorted(p.name for p in out.iterdir()) == ["review.sqlite", RUN_JSON]
+
+
 def test_a_run_never_replaces_the_folder_holding_its_model(tmp_path: Path) -> None:
     """A model saved into a run folder (or as one) was deleted, silently, by the next run into that folder: a
     run replaces its folder whole. Refused in one line, the model and the earlier run kept."""

@@ -66,6 +66,7 @@ from safetensors.numpy import load_file, save_file
 
 from normalcy.errors import InputError
 from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, resolved, write_error
+from normalcy.files import writing as folder_locked
 from normalcy.images.heatmap import overlay, side_by_side, write_png
 from normalcy.images.io import printable
 from normalcy.numerics.stats import decide
@@ -321,8 +322,15 @@ def finish_run(folder: Path, output: Path) -> None:
     """Put the complete run ``folder`` in place of ``output`` by renames: the earlier run (its labels
     moved over, see KEPT) is swapped out and then deleted. Another run finishing into the same folder at
     the same moment (two predicts) made one rename fail with a traceback: it is tried again, and the run
-    that finishes last is the one kept."""
+    that finishes last is the one kept. The renames are made under a lock on the folder holding ``output``
+    (a few renames: milliseconds): without it a run swapped out, as the earlier one, a run another predict
+    had just put in place with the labels it had moved over, and deleted it with them."""
     out = Path(output).resolve()
+    with folder_locked(out.parent):
+        _finish_run(folder, out)
+
+
+def _finish_run(folder: Path, out: Path) -> None:
     taken = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT)  # what a run finishing beside this one causes
     for attempt in range(5):
         try:
