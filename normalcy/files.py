@@ -200,10 +200,15 @@ def _locked(folder: Path, shared: bool = False) -> Iterator[bool]:
         yield fd >= 0
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        held.add(key)
         try:
-            yield True
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            got = True
+        except OSError:  # a file system without locks (an NFS mount with nolock: ENOLCK): as where there is no flock
+            got = False
+        if got:
+            held.add(key)
+        try:
+            yield got
         finally:
             held.discard(key)
     finally:

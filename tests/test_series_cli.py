@@ -1020,3 +1020,19 @@ def test_a_set_saved_over_while_in_use_says_so(tmp_path: Path) -> None:
     assert in_use.get("b").threshold_ > 0  # loaded before: still scores
     with pytest.raises(InputError, match=r"the model set was saved over by another process .* series 'a'"):
         in_use.get("a")
+
+
+def test_a_folder_on_a_file_system_without_locks_saves_and_loads(tmp_path: Path, monkeypatch) -> None:
+    """A save locks its folder (flock): on a file system without locks (an NFS mount with nolock: ENOLCK) the
+    fit failed at its end, "cannot write the model (No locks available)", its work lost, and so would every
+    load (which locks too). Both go on without the lock there, as where the platform has no flock."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    r = cli("fit", write_series(tmp_path / "s.csv", 200), "-o", tmp_path / "m", "-d", "knn", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    assert load_series_model(tmp_path / "m").threshold_ > 0
