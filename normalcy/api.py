@@ -35,7 +35,7 @@ from normalcy.detectors import (
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import report_info
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, resolved, save_model
+from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, reading, resolved, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
@@ -411,13 +411,14 @@ def _check_not_theirs(output: Path) -> None:
     from normalcy.detectors.modelfile import MODEL_TENSORS
     from normalcy.vectors.tables import MODEL_FILE
 
-    names = [n for n in (MODEL_JSON, MODEL_TENSORS, MODEL_FILE) if os.path.lexists(output / n)]
-    if not names:
-        return
-    try:
-        ours = "normalcy_version" in read_json(output / MODEL_JSON)
-    except InputError:
-        ours = False
+    with reading(output):  # not in the moment another fit's save has removed model.json, beside its tensors
+        names = [n for n in (MODEL_JSON, MODEL_TENSORS, MODEL_FILE) if os.path.lexists(output / n)]
+        if not names:
+            return
+        try:
+            ours = "normalcy_version" in read_json(output / MODEL_JSON)
+        except InputError:
+            ours = False
     if not ours:
         raise InputError(f"{output}: holds a {names[0]} that is not a normalcy model's, which saving would "
                          "replace: choose another --output")

@@ -1036,3 +1036,34 @@ def test_a_folder_on_a_file_system_without_locks_saves_and_loads(tmp_path: Path,
     r = cli("fit", write_series(tmp_path / "s.csv", 200), "-o", tmp_path / "m", "-d", "knn", "--window", "8")
     assert r.exit_code == 0, r.stderr
     assert load_series_model(tmp_path / "m").threshold_ > 0
+
+
+def test_a_fit_starting_while_another_saves_into_its_folder_is_not_refused(tmp_path: Path) -> None:
+    """A fit checks that `-o` holds no other tool's model before it starts: begun while another fit saved into
+    the folder (model.json removed, the new one not yet in place, beside model.safetensors), it was refused,
+    "holds a model.safetensors that is not a normalcy model's". The check waits for the save."""
+    import os
+    import threading
+
+    from normalcy.files import writing
+
+    data = write_series(tmp_path / "s.csv", 200)
+    r = cli("fit", data, "-o", tmp_path / "m", "-d", "knn", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    saving, done = threading.Event(), threading.Event()
+
+    def another_save() -> None:  # as write_model_files does it: model.json out, the files renamed, model.json in
+        with writing(tmp_path / "m"):
+            text = (tmp_path / "m" / "model.json").read_bytes()
+            os.unlink(tmp_path / "m" / "model.json")
+            saving.set()
+            done.wait(0.5)
+            (tmp_path / "m" / "model.json").write_bytes(text)
+
+    other = threading.Thread(target=another_save)
+    other.start()
+    saving.wait()
+    r = cli("fit", data, "-o", tmp_path / "m", "-d", "knn", "--window", "8")
+    done.set()
+    other.join()
+    assert r.exit_code == 0, r.stderr
