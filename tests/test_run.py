@@ -323,6 +323,30 @@ def test_runs_finishing_into_one_folder_at_once_keep_the_review_labels(tmp_path:
         assert sorted(p.name for p in out.iterdir()) == ["review.sqlite", RUN_JSON]
 
 
+def test_a_run_starting_beside_another_never_deletes_its_new_folder(tmp_path: Path, monkeypatch) -> None:
+    """A run makes its hidden folder, then locks it; another run starting in between took it, not yet locked,
+    for one a killed run left, and deleted it: the first run's heatmaps and scores then failed to be written.
+    A run's folder is made and locked before another run looks for stale ones."""
+    import threading
+
+    import normalcy.runs.format as fmt
+
+    out = tmp_path / "run"
+    real, others = fmt.hold, []
+
+    def late(folder: Path) -> None:  # another predict starts just before this one locks its folder
+        if not others:
+            others.append(threading.Thread(target=lambda: others.append(fmt.start_run(out))))
+            others[0].start()
+            others[0].join(0.5)
+        real(folder)
+
+    monkeypatch.setattr(fmt, "hold", late)
+    mine = fmt.start_run(out)
+    others[0].join()
+    assert mine.is_dir() and others[1].is_dir() and mine != others[1]
+
+
 def test_a_run_never_replaces_the_folder_holding_its_model(tmp_path: Path) -> None:
     """A model saved into a run folder (or as one) was deleted, silently, by the next run into that folder: a
     run replaces its folder whole. Refused in one line, the model and the earlier run kept."""

@@ -261,11 +261,12 @@ def start_run(output: Path, inputs: Sequence[Path] = ()) -> Path:
     out = Path(output).resolve()  # a link to a folder: the run goes where it points, and the link stays
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_runs(out)
-        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING, dir=out.parent))
+        with folder_locked(out.parent):  # another run's cleanup took a folder made but not yet held for a stale one
+            _remove_stale_runs(out)
+            folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING, dir=out.parent))
+            hold(folder)
     except OSError as err:
         raise InputError(f"{output}: cannot write a run folder there ({err.strerror or err})") from None
-    hold(folder)
     return folder
 
 
