@@ -32,6 +32,7 @@ from normalcy.vectors.tables import (
     load_vector_model,
     read_table,
     save_vector_model,
+    threshold_of,
 )
 
 
@@ -406,3 +407,33 @@ def test_a_save_a_full_disk_stopped_leaves_the_earlier_model(models: dict[str, P
         save_vector_model(det, "knn", ["x0", "x1", "x2", "x3"], d)
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
     assert load_vector_model(d)[1].detector == "gaussian"
+
+
+def test_a_vector_model_loaded_while_another_process_saves_over_it_is_one_model(table: Path, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """A load that read model.json just before another fit saved over the folder then read the new
+    model.skops: "threshold ... does not match" of a model no one had edited (or, another detector's, a model
+    neither fit made). The load reads both under a shared lock that the save waits for."""
+    import threading
+
+    import normalcy.vectors.tables as tables
+
+    t = read_table(table, label_column="y")
+    first, _ = fit_table(t, "gaussian", fpr=0.01)
+    second, _ = fit_table(t, "gaussian", fpr=0.2)
+    d = tmp_path / "m"
+    save_vector_model(first, "gaussian", t.columns, d)
+    real, saver = tables.read_model_file, []
+
+    def between(path, max_bytes):  # model.json read, model.skops not yet: another process saves now
+        saver.append(threading.Thread(target=save_vector_model, args=(second, "gaussian", t.columns, d)))
+        saver[0].start()
+        saver[0].join(0.5)  # a save that waits for the reader is still waiting
+        return real(path, max_bytes)
+
+    monkeypatch.setattr(tables, "read_model_file", between)
+    det, meta = load_vector_model(d)
+    saver[0].join()
+    assert meta.threshold == threshold_of(det) == threshold_of(first)
+    monkeypatch.setattr(tables, "read_model_file", real)
+    assert load_vector_model(d)[1].threshold == threshold_of(second)
