@@ -254,6 +254,32 @@ def test_overlays_of_a_run_rewritten_since_the_start_are_refused(run: Path, tmp_
         assert c.post(f"/api/items/{first['id']}/label", json={"label": "normal"}).status_code == 200
 
 
+def test_a_run_rewritten_while_serve_reads_it_is_one_line(run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Another predict putting its run in place while serve read the run at start: the scores of one run beside
+    the embeddings of the other (the re-ranking's features, perhaps of other images), served without a word.
+    It is one line saying to start again."""
+    import normalcy.review.state as state
+    from normalcy.runs.format import finish_run
+
+    other = make_run(tmp_path / "b")
+    real = state.read_features
+
+    def meanwhile(run_dir, n):  # scores.csv read; the other predict finishes now
+        staging = tmp_path / ".run.1.partial"
+        shutil.copytree(other, staging, ignore=shutil.ignore_patterns("review.sqlite*"))
+        finish_run(staging, run)
+        return real(run_dir, n)
+
+    monkeypatch.setattr(state, "read_features", meanwhile)
+    with pytest.raises(InputError, match="the run folder was rewritten while it was read .* start normalcy serve "
+                                         "again"):
+        create_app(run, TOKEN)
+    monkeypatch.setattr(state, "read_features", real)
+    with open_client(run) as c:  # started again: served
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert items(c)["n_items"] == 12
+
+
 @pytest.mark.parametrize("item_id", ["99999999999999999999", str(2**63), "-1", "-99999999999999999999"])
 def test_ids_out_of_range_are_404(client: TestClient, item_id: str) -> None:
     """Every item route answers 404 for an id no item can have, however large (not a 500 from an overflow)."""

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from normalcy.errors import InputError
 from normalcy.images.io import printable
 from normalcy.review.ranking import LABELS, make_ranker, user_score
 from normalcy.review.space import project
@@ -31,6 +32,7 @@ from normalcy.review.store import Item, Store
 from normalcy.runs.format import (
     EMBEDDINGS,
     EVENTS_CSV,
+    RUN_JSON,
     SCORES_CSV,
     SERIES,
     RunItems,
@@ -92,6 +94,7 @@ class Review:
     def __init__(self, run_dir: Path, store: Store, strategy: str, extra_roots: Sequence[Path] = ()) -> None:
         self.run_dir = run_dir
         self.store = store
+        started = file_state(run_dir / RUN_JSON)  # compared once the run is read (see below)
         meta = read_run_json(run_dir)
         self.is_table = meta.get("kind") == VECTOR_KIND
         self.is_series = meta.get("kind") == SERIES
@@ -140,6 +143,11 @@ class Review:
         if self.table_features is not None and self.table_features.n_rows != run.n_rows:
             logger.warning("%s: does not match scores.csv; feature values not shown", run_dir / EMBEDDINGS)
             self.table_features = None
+        if file_state(run_dir / RUN_JSON) != started:  # every run writes its own run.json
+            # another predict put its run in place while this one was read: scores of one run beside the
+            # embeddings (the re-ranking's features) of the other, which may be other images
+            raise InputError(f"{printable(str(run_dir))}: the run folder was rewritten while it was read (another "
+                             "predict into it?): start normalcy serve again")
 
         # Folders whose files may be served: the run folder and the folders given to predict
         # (resolved, so a symlinked folder works); not the folder of every listed image, which
