@@ -1067,3 +1067,54 @@ def test_a_fit_starting_while_another_saves_into_its_folder_is_not_refused(tmp_p
     done.set()
     other.join()
     assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("when", ["models written", "model.json in place"])
+def test_a_set_save_killed_outright_leaves_nothing_the_next_save_keeps(tmp_path: Path, monkeypatch,
+                                                                       when: str) -> None:
+    """A set's save killed outright (SIGKILL, the OOM killer, a service stop that timed out during a watch's
+    save) left the new models it had written, or once its model.json was in place the earlier set's models,
+    in the folder for good: every kill up to a whole set more. The next save deletes them, and nothing else (a
+    person's folder in the set's folder stays)."""
+    import time
+
+    import normalcy.series.runs as runs
+    from conftest import killed_outright
+
+    data = write_long(tmp_path / "long.csv", ["a", "b", "c"])
+    d = tmp_path / "m"
+    r = cli("fit", data, "-o", d, "--series-column", "host", "-d", "knn", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    (d / "mine").mkdir()
+    (d / "mine" / "notes.txt").write_text("a person's")
+    fitted = load_series_model(d)
+    for key in fitted.keys:
+        fitted.get(key)
+    earlier = set(fitted.folders.values())
+
+    def save(say) -> None:
+        if when == "models written":
+            real = type(fitted.get("b")).save
+
+            def stuck(model, folder):
+                if Path(folder).name.startswith("b"):
+                    say("saving")
+                    time.sleep(60)  # killed here
+                return real(model, folder)
+
+            monkeypatch.setattr(type(fitted.get("b")), "save", stuck)
+        else:
+            def stuck(path, ignore_errors=False):
+                say("saving")
+                time.sleep(60)
+
+            monkeypatch.setattr(runs.shutil, "rmtree", stuck)
+        fitted.save(d)
+
+    assert killed_outright(save) == ["saving"]
+    folders = {p.name for p in d.iterdir() if p.is_dir()}
+    assert len(folders) > len(earlier) + 1  # what the killed save left
+    fitted.save(d)
+    got = load_series_model(d)
+    assert {p.name for p in d.iterdir()} == {"model.json", "mine", *got.folders.values()}
+    assert [got.get(k).threshold_ for k in got.keys] == [fitted.get(k).threshold_ for k in got.keys]

@@ -281,18 +281,25 @@ class SeriesSet:
         folder go one after the other: both chose the same new folders from what the folder held."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        with writing(d):
-            return self._save(d)
+        with writing(d) as locked:
+            if locked:  # under the lock, so not a live save's
+                _remove_unfinished(d)
+            return self._save(d, d / SET_SAVING if locked else None)
 
-    def _save(self, d: Path) -> Path:
+    def _save(self, d: Path, saving: Path | None) -> Path:
         before = _set_folders(d)  # the earlier set's folders: deleted once the new model.json is in place
         taken = {p.name.casefold() for p in d.iterdir()}
         entries: list[dict[str, str]] = []
+        if saving is not None:  # what a save killed outright leaves is found by the next one (_remove_unfinished)
+            saving.write_text("".join(f"{name}\n" for name in sorted(before)), encoding="utf-8")
         try:
             for key in self.keys:
                 model = self.get(key)
                 folder = folder_name(key, taken)
                 entries.append({"series": key, "folder": folder})
+                if saving is not None:
+                    with open(saving, "a", encoding="utf-8") as fh:
+                        fh.write(f"{folder}\n")
                 model.save(d / folder)
             failed = [FailedEntry(series=key, reason=short_reason(why)) for key, why in self.failed[:MAX_SERIES]
                       if 0 < len(key) <= MAX_ID and key not in self]  # a where of rows in no series is no id
@@ -305,12 +312,55 @@ class SeriesSet:
         except BaseException:
             for e in entries:  # this save's folders; the earlier set's are untouched
                 shutil.rmtree(d / e["folder"], ignore_errors=True)
+            if saving is not None:
+                saving.unlink(missing_ok=True)
             raise
         if self.directory is not None and Path(self.directory).resolve() == d.resolve():  # saved over where it was read from
             self.folders = {e["series"]: e["folder"] for e in entries}
         for folder in before - {e["folder"] for e in entries}:
             shutil.rmtree(d / folder, ignore_errors=True)
+        if saving is not None:
+            saving.unlink(missing_ok=True)
         return d
+
+
+SET_SAVING = ".series-set.saving"  # while a set is saved: the earlier set's folders and the new ones, one a line
+
+
+def _remove_unfinished(d: Path) -> None:
+    """Delete the series folders that a set's save killed outright (SIGKILL, the OOM killer, a stop that timed
+    out during a watch's save) left: the new models it had written, or the earlier set's, once its model.json
+    was in place. Never read, but each kill left up to a whole set of models, for ever. Only folders the save
+    listed in SET_SAVING and the set's model.json does not name go; where model.json is no readable set's, the
+    folder is left as it is."""
+    saving = d / SET_SAVING
+    if not saving.is_file():
+        return
+    try:
+        names = saving.read_text(encoding="utf-8").split("\n")
+        meta = SeriesSetMeta.model_validate(read_json(d / MODEL_JSON))
+    except (InputError, ValidationError, OSError, UnicodeDecodeError):
+        return
+    kept = {e.folder for e in meta.models}
+    for name in names:
+        path = d / name
+        if (SAFE_FOLDER.fullmatch(name) and name not in kept and path.is_dir() and not path.is_symlink()
+                and _model_files_only(path)):
+            shutil.rmtree(path, ignore_errors=True)
+    saving.unlink(missing_ok=True)
+
+
+def _model_files_only(folder: Path) -> bool:
+    """Whether a folder holds a series model's files and nothing else (a save's hidden files included): a
+    folder a person put there is never deleted, whatever SET_SAVING says."""
+    try:
+        names = [e.name for e in os.scandir(folder)]
+    except OSError:
+        return False
+    return all(n in (MODEL_JSON, registry.MODEL_TENSORS) or _SAVE_TEMP.fullmatch(n) for n in names)
+
+
+_SAVE_TEMP = re.compile(r"\.(model\.json|model\.safetensors)\.[0-9a-f]{8}\.partial(\.json|\.safetensors)")
 
 
 def _set_folders(d: Path) -> set[str]:
