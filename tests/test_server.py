@@ -908,6 +908,30 @@ def test_a_read_only_database_is_not_answered_try_again(client: TestClient, monk
     assert "try again" not in detail and "readonly database" in detail
 
 
+def test_a_connection_opened_while_the_database_file_was_away_is_not_kept(client: TestClient, run: Path) -> None:
+    """Another predict into the run folder moves review.sqlite into its new run an instant before putting that
+    run in place: a connection the server opened in that instant made a new, empty review.sqlite where the file
+    had been and stayed in the pool, so labels that drew it later failed ("no such table: items", 503 "try
+    again"), for as long as the server ran. A new connection that did not open the server's own file is refused
+    (503, the file disappeared) and not kept."""
+    from normalcy.review.store import DatabaseGone
+
+    top = items(client)["items"][0]
+    store = client.app.state.review.store
+    store.engine.dispose()  # the pool's next connection is a new one
+    away = run.parent / "away"
+    away.mkdir()
+    for p in run.glob("review.sqlite*"):
+        p.rename(away / p.name)
+    with pytest.raises(DatabaseGone):
+        with store.engine.connect():
+            pass
+    for p in away.iterdir():  # the predict's run in place: the file where it was
+        os.replace(p, run / p.name)
+    for label in ("normal", "anomalous", "normal"):
+        assert client.post(f"/api/items/{top['id']}/label", json={"label": label}).status_code == 200
+
+
 def test_a_database_file_gone_while_serving_refuses_labels(client: TestClient, run: Path) -> None:
     """review.sqlite deleted or moved while the server ran: labels went on into the unlinked file and were lost
     when it stopped. Now each label is refused with a 503 that says so; the file moved back, labels go on."""

@@ -322,6 +322,11 @@ class Store:
         self.file = Path(os.path.abspath(parsed.database)) if backend == "sqlite" and parsed.database not in (
             None, "", ":memory:") else None
         self._file_id = None if self.file is None else _file_identity(self.file)
+        if self.file is not None:
+            # a connection opened while the file was away (another predict moving it into its new run, an instant
+            # before that run is in place) made a new, empty database where it had been, and stayed in the pool:
+            # every label it took later failed, "no such table". Refused, and not kept.
+            event.listen(self.engine, "connect", lambda _conn, _record: self.check_file())
         if "run" not in columns:
             self.engine.dispose()
             raise InputError(f"{shown} holds review tables from an older normalcy, without run ids: "
