@@ -490,3 +490,35 @@ def test_a_report_written_over_another_is_never_half_a_page(tmp_path: Path, monk
         report("later")
     assert (tmp_path / "r.html").read_text(encoding="utf-8") == earlier
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+def test_a_report_killed_outright_while_written_leaves_nothing_the_next_keeps(tmp_path: Path, monkeypatch) -> None:
+    """A process killed outright (SIGKILL, the OOM killer) while it wrote a report left its hidden
+    .r.html.*.partial file, a whole page, for ever. The next report into that file deletes it; one being
+    written by a live process (locked by it) and a person's files are kept."""
+    import time
+
+    from conftest import killed_outright
+
+    def report() -> Path:
+        return write_report(tmp_path / "r.html", title="t", scores=np.linspace(0, 1, 12),
+                            names=[f"n{i}" for i in range(12)], top=_top(2), threshold=0.5)
+
+    real = Path.write_text
+
+    def write(say) -> None:
+        def stuck(self: Path, text: str, *args, **kwargs) -> int:
+            real(self, text[:100], *args, **kwargs)
+            say("writing")
+            time.sleep(60)  # killed here
+            return 0
+
+        monkeypatch.setattr(Path, "write_text", stuck)
+        report()
+
+    assert killed_outright(write) == ["writing"]
+    left = [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert len(left) == 1
+    (tmp_path / ".r.html.partial").write_text("a person's")
+    report()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r.html.partial", "r.html"]

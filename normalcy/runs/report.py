@@ -32,7 +32,7 @@ from markupsafe import Markup
 from PIL import Image
 
 from normalcy.errors import InputError
-from normalcy.files import check_writable
+from normalcy.files import check_writable, hold, release, remove_if_stale
 from normalcy.images.heatmap import _to_rgb_u8, colorize, colour_range, overlay
 from normalcy.images.io import printable
 from normalcy.runs.plots import score_plots, three
@@ -206,11 +206,22 @@ def _write_page(path: Path, template: str, title: str, **context: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # written beside it and renamed into place: two `eval --report` into one file at once interleaved their
     # pages (one's end after the other's), and a full disk or Ctrl-C left half a page where a report was
+    stale = re.compile(re.escape(f".{path.name}.") + r"[0-9a-f]{8}\.partial")
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:  # a folder that cannot be listed: nothing to tidy; writing says what matters
+        entries = []
+    for e in entries:  # what a process killed outright while it wrote this page left
+        if stale.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+            remove_if_stale(path.parent / e.name)  # another's, being written, is held: kept
     staging = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
     try:
+        staging.touch()
+        hold(staging)
         staging.write_text(page, encoding="utf-8")
         os.replace(staging, path)
     finally:
+        release(staging)
         if os.path.lexists(staging):
             os.unlink(staging)
     return path
