@@ -65,6 +65,7 @@ from normalcy.series.runs import (
     detector_params,
     fit_each,
     fit_series,
+    in_folder,
     is_series_input,
     is_series_model,
     iter_series_files,
@@ -770,6 +771,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
             if isinstance(scoped, str):
                 failed.append((where, scoped))
             else:
+                in_folder(scoped)
                 jobs.append((len(files) - 1, scoped, where))
     if ray is not None:
         from normalcy.scale.distributed import score_series_ray

@@ -362,6 +362,27 @@ def test_a_bad_or_untrained_folder_among_series_folders_is_named_and_the_others_
     assert sorted(name for name, _ in metrics["skipped"]) == ["bad", "untrained"]
 
 
+def test_notes_of_series_folders_name_their_folder(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every series folder's files are train.csv and test.csv: fit and predict of a folder of them said
+    "test.csv: 3 missing ... interpolated" once a folder, naming none (eval names them omi-1/test.csv)."""
+    root = tmp_path / "servers"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for split in ("train", "test"):
+            lines = (data / name / f"{split}.csv").read_text().splitlines()
+            lines[5] = lines[5].split(",")[0] + ",," + ",".join(lines[5].split(",")[2:])  # a missing cpu
+            (root / name / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level("INFO", logger="normalcy"):
+        assert cli("fit", root, "-o", tmp_path / "m", "-d", "knn").exit_code == 0
+    fitted = [r.getMessage() for r in caplog.records if "interpolated" in r.getMessage()]
+    assert sorted(m.split(":")[0] for m in fitted) == ["a/train.csv", "b/train.csv"], fitted
+    r = cli("predict", tmp_path / "m", root, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    notes = json.loads((tmp_path / "run" / "run.json").read_text())["notes"]
+    assert sorted(n.split(":")[0] for n in notes) == ["a/test.csv", "b/test.csv"], notes
+    assert "repaired: a/test.csv: 1 missing" in r.stderr
+
+
 def test_predict_and_eval_replay_a_stream(data: Path, model: Path, tmp_path: Path) -> None:
     """--stream: each series replayed as a monitoring loop runs it (scores from the past only, every row
     learned, calibrated to [0, 1], anomalous from the alarm level 0.3); the model folder itself is not

@@ -454,6 +454,7 @@ def training_series(train: Path, time_column: str | None = None, series_column: 
                 failed.append((d.name, str(err)))
                 continue
             s.name = d.name
+            in_folder(s, d.name)
             out.append(s)
         return out, many
     if not train.exists():
@@ -716,6 +717,17 @@ def read_series_file(path: Path, time_column: str | None, series_column: str | N
         series[0].name = key
     n = max(int(s.file_rows.max()) + 1 for s in series if s.file_rows is not None and len(s.file_rows))
     return SeriesFile(path, key, series, time_texts(path, tcol, n), tcol, failed)
+
+
+def in_folder(s: Series, folder: str | None = None) -> None:
+    """The notes of a series folder's file (DIR/test.csv) named by its folder, ``omi-1/test.csv: ...`` as eval
+    names them: fit and predict of twelve series folders said "test.csv: constant column(s) ['m2'] kept"
+    twelve times, naming none. ``folder``: the folder's name (None: the one ``series_key`` finds, if any)."""
+    path = Path(s.source)
+    folder = folder if folder is not None else series_key(path)
+    if folder == path.stem:  # a file of its own: its name says which
+        return
+    s.notes = [f"{folder}/{n}" if n.startswith((f"{path.name}:", f"{path.name} [")) else n for n in s.notes]
 
 
 def time_texts(path: Path, column: str | None, n: int) -> list[str]:
