@@ -931,6 +931,19 @@ def test_events_peak_and_top_metrics() -> None:
     assert merged.metrics == ["b", "d", "a"] and merged.last == 6
 
 
+def test_an_events_metrics_are_those_of_its_anomalous_rows() -> None:
+    """A merged event holds rows under the threshold between its anomalous ones: their normal noise, spread over
+    every metric, outweighed a weak anomaly's own metric and the event named another one first."""
+    n = 60
+    scores = np.full(n, 0.9)
+    contrib = np.tile([0.3, 0.2, 0.2, 0.2], (n, 1)) * 0.9  # normal rows: noise, cpu a little louder
+    for row in (5, 50):  # two anomalous rows, in mem
+        scores[row] = 1.5
+        contrib[row] = [0.1, 1.2, 0.1, 0.1]
+    (e,) = events(np.arange(n, dtype=float), scores, scores >= 1.0, contrib, ("cpu", "mem", "disk", "net"), gap=100)
+    assert (e.first, e.last) == (5, 50) and e.metrics[0] == "mem"
+
+
 def test_event_gap_merges_an_incident_and_is_saved(tmp_path: Path) -> None:
     """Anomalous rows fewer than event_gap rows apart (default 100, Orion's merge) are one event in a run; 0 leaves
     the window alone; the setting travels with the model."""

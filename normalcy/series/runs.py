@@ -623,8 +623,8 @@ def _scored(det: SeriesDetector, score: np.ndarray, decision: np.ndarray, thresh
     """What a run keeps of a scored series: with each event's features and the metrics to draw (``past``:
     the rows of its past it was scored after, which shorten its unjudged start)."""
     feats = event_features(evs, score, contrib, z, threshold, len(score))
-    total = contrib.sum(axis=0) if not evs else sum(
-        (contrib[e.first:e.last + 1].sum(axis=0) for e in evs), np.zeros(len(det.columns_)))
+    # as each event's metrics (events.events): the anomalous rows' contributions, not those of the rows between
+    total = contrib[np.asarray(decision) != 0].sum(axis=0) if evs else contrib.sum(axis=0)
     top = [det.columns_[j] for j in np.argsort(-total, kind="stable")[:3]]
     why = (f"{det.name} scores a row only after {det.blind} row(s) of its past (window {det.window_}; a smaller "
            "--window shortens it)")
