@@ -381,6 +381,10 @@ def test_notes_of_series_folders_name_their_folder(data: Path, tmp_path: Path, c
     notes = json.loads((tmp_path / "run" / "run.json").read_text())["notes"]
     assert sorted(n.split(":")[0] for n in notes) == ["a/test.csv", "b/test.csv"], notes
     assert "repaired: a/test.csv: 1 missing" in r.stderr
+    caplog.clear()
+    with caplog.at_level("INFO", logger="normalcy"):  # the folder's train.csv given as a file
+        assert cli("fit", root / "a" / "train.csv", "-o", tmp_path / "one", "-d", "knn").exit_code == 0
+    assert any(r.getMessage().startswith("a/train.csv: 1 missing") for r in caplog.records)
 
 
 def test_predict_and_eval_replay_a_stream(data: Path, model: Path, tmp_path: Path) -> None:

@@ -461,6 +461,8 @@ def training_series(train: Path, time_column: str | None = None, series_column: 
         raise InputError(f"{train}: not found")
     bad: list[tuple[str, str]] = []
     series = read_series(train, time_column, series_column, failed=None if failed is None else bad)
+    for s in series:  # DIR/train.csv given as a file: named as predict names DIR/test.csv
+        in_folder(s)
     if failed is not None:  # read_series names each "file [column=id]": the id alone, as fit_many names them
         where = f"{train} [{series_column}="
         failed += [(name.removeprefix(where).removesuffix("]") or name, why) for name, why in bad]
