@@ -942,6 +942,10 @@ def test_an_events_metrics_are_those_of_its_anomalous_rows() -> None:
         contrib[row] = [0.1, 1.2, 0.1, 0.1]
     (e,) = events(np.arange(n, dtype=float), scores, scores >= 1.0, contrib, ("cpu", "mem", "disk", "net"), gap=100)
     assert (e.first, e.last) == (5, 50) and e.metrics[0] == "mem"
+    from normalcy.series.runs import event_features  # the review's re-ranking: the same shares
+
+    share = event_features([e], scores, contrib, np.zeros((n, 4)), 1.0, n, scores >= 1.0)[0, :4]
+    assert share.argmax() == 1 and share[1] >= 0.75  # 1.2 of 1.5 (of every row: under a fifth)
 
 
 def test_event_gap_merges_an_incident_and_is_saved(tmp_path: Path) -> None:

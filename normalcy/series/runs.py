@@ -624,7 +624,7 @@ def _scored(det: SeriesDetector, score: np.ndarray, decision: np.ndarray, thresh
             contrib: np.ndarray, z: np.ndarray, pruned: int, past: int) -> ScoredSeries:
     """What a run keeps of a scored series: with each event's features and the metrics to draw (``past``:
     the rows of its past it was scored after, which shorten its unjudged start)."""
-    feats = event_features(evs, score, contrib, z, threshold, len(score))
+    feats = event_features(evs, score, contrib, z, threshold, len(score), decision)
     # as each event's metrics (events.events): the anomalous rows' contributions, not those of the rows between
     total = contrib[np.asarray(decision) != 0].sum(axis=0) if evs else contrib.sum(axis=0)
     top = [det.columns_[j] for j in np.argsort(-total, kind="stable")[:3]]
@@ -649,16 +649,20 @@ def say_blind(scored: Sequence[tuple[str, ScoredSeries]], shown: int = 5) -> int
 
 
 def event_features(evs: list[Event], score: np.ndarray, contrib: np.ndarray, z: np.ndarray, threshold: float,
-                   n: int) -> np.ndarray:
+                   n: int, decision: np.ndarray | None = None) -> np.ndarray:
     """One vector per event, for the review's re-ranking (a person's labels teach it which events are
-    interesting): each metric's share of the event's contributions, each metric's largest deviation in
+    interesting): each metric's share of the contributions of the event's anomalous rows (``decision``; as
+    its metrics are named: the rows between them add only noise), each metric's largest deviation in
     the event (log of 1 + |z|, standardised by the model), and EVENT_STATS: log rows, log peak/threshold,
     log mean/threshold, and whether the event touches the series' first or last row."""
     d = contrib.shape[1]
     out = np.zeros((len(evs), 2 * d + len(EVENT_STATS)), np.float32)
     thr = max(threshold, 1e-12)
     for k, e in enumerate(evs):
-        part = contrib[e.first:e.last + 1].sum(axis=0)
+        part = contrib[e.first:e.last + 1]
+        if decision is not None:
+            part = part[np.asarray(decision[e.first:e.last + 1]) != 0]
+        part = part.sum(axis=0)
         out[k, :d] = part / max(float(part.sum()), 1e-12)
         out[k, d:2 * d] = np.log1p(np.minimum(np.abs(z[e.first:e.last + 1]).max(axis=0), 1e6))
         out[k, 2 * d:] = (math.log1p(e.last - e.first + 1), math.log(max(e.peak_score, 1e-12) / thr),
