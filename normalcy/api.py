@@ -97,6 +97,9 @@ from normalcy.vectors.tables import (
 logger = logging.getLogger("normalcy")
 PathLike = str | Path
 SERIES_TOP = 12  # series drawn in a series run's report: each plot takes a fraction of a second
+# The most images or series a report draws (--top): each image card is held in memory until the report is
+# written (about 1.8 MB at gallery size), so --top 10**12 on a large run held every image (100,000: 180 GB).
+MAX_TOP = 1000
 
 
 @dataclass(frozen=True)
@@ -633,6 +636,7 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
         raise InputError("--stream replays each series in this process; it does not run on Ray")
     if top is not None and not report:
         raise InputError("--top counts what the report shows; with --no-report there is no report")
+    _check_top(top)
     series_model = isinstance(model, (SeriesDetector, SeriesSet)) or (
         isinstance(model, (str, Path)) and is_series_model(Path(model)))
     if series_model:
@@ -673,6 +677,14 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
     _not_applying("an image model", id_column=id_column)
     return _predict_images(model, paths_in, output, info, heatmaps=heatmaps, report=report, save_maps=save_maps,
                            embeddings=embeddings, top=24 if top is None else top, progress=progress)
+
+
+def _check_top(top: Optional[int]) -> None:
+    """InputError for a ``top`` outside 0..MAX_TOP, before any work: a negative one emptied the gallery, a huge one
+    held every image of the run in memory for the report."""
+    if top is not None and not 0 <= top <= MAX_TOP:
+        raise InputError(f"--top must be between 0 and {MAX_TOP} (got {top:g}): the report draws at most {MAX_TOP}; "
+                         "scores.csv lists every image")
 
 
 def _not_applying(kind: str, **given: Any) -> None:
@@ -874,6 +886,7 @@ def score_batch(inputs: PathLike | Sequence[PathLike], output: PathLike = "resul
     """Zero-shot (MuSc): score unlabeled images against each other (and against ``extra`` images, not
     scored) into the run folder ``output``. ``settings``: the fields of ExtractorOptions."""
     ex, _ = options(settings)
+    _check_top(top)
     if len(ex.input_norms) > 1 or ex.tune:
         raise InputError("--input-norm auto and --tune choose on normal training images; score-batch has none "
                          "(zero-shot): give the settings")

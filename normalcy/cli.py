@@ -25,6 +25,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from normalcy.api import (
+    MAX_TOP,
     DetectorOptions,
     ExtractorOptions,
     RunSummary,
@@ -223,7 +224,7 @@ ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top an
 SaveMapsArg = Annotated[bool, typer.Option(help="Also write each raw anomaly map as maps/*.npy (float32, original "
                                            "size).")]
 TopArg = Annotated[Optional[int], typer.Option(help="Images (default 24) or series (default 12) shown in the "
-                                               "report (0: none).", show_default=False)]
+                                               f"report (0: none; at most {MAX_TOP}).", show_default=False)]
 RunOutArg = Annotated[Path, typer.Option("--output", "-o", help="Run folder: scores.csv, scores.parquet, "
                                          "skipped.csv, heatmaps/, report.html, ...")]
 EmbeddingsArg = Annotated[Optional[bool], typer.Option(
@@ -450,7 +451,7 @@ def predict(
     1/0, threshold; overlay for images; series for several series), skipped.csv, run.json; for images
     heatmaps/, overlays/, report.html, embeddings; for series events.csv, events/, report.html."""
     _setup(threads)
-    _in_range("--top", top, 0)
+    _in_range("--top", top, 0, MAX_TOP)
     _report_run(api_predict(model_dir, inputs, output, heatmaps=heatmaps, report=report, save_maps=save_maps,
                             embeddings=embeddings, top=top, trust_code=trust_model_code, id_column=id_column,
                             time_column=time_column, series_column=series_column, ray=ray, stream=stream))
@@ -505,7 +506,7 @@ def score_batch(
     heatmaps: HeatmapsArg = True,
     report: ReportArg = True,
     save_maps: SaveMapsArg = False,
-    top: int = typer.Option(24, help="Images shown in the report (0: none)."),
+    top: int = typer.Option(24, help=f"Images shown in the report (0: none; at most {MAX_TOP})."),
     image_score: str = typer.Option("max-median", help="Image score: max-median (a patch far above the rest of its "
                                     "image) or max (the highest patch); see docs/benchmarks.md for when each wins."),
     rscin_k: int = typer.Option(8, help="RsCIN: re-score each image over its k most similar images of the batch "
@@ -514,7 +515,7 @@ def score_batch(
 ) -> None:
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
-    _in_range("--top", top, 0)
+    _in_range("--top", top, 0, MAX_TOP)
     _report_run(api_score_batch(inputs, output, extra=extra or [], heatmaps=heatmaps, report=report,
                                 save_maps=save_maps, top=top, image_score=image_score, rscin_k=rscin_k, **vars(ex)))
 

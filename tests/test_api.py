@@ -139,6 +139,17 @@ def test_unknown_settings_and_unreadable_inputs_are_refused(synthetic_root: Path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("top", [10**12, -1])
+def test_top_out_of_range_is_refused_before_any_work(tmp_path: Path, top: int) -> None:
+    """``top`` from Python had no check at all: a huge one held every image's gallery picture in memory until the
+    report was written, a negative one emptied the gallery. Refused as the CLI refuses it, before any scoring."""
+    with pytest.raises(InputError, match=r"--top must be between 0 and 1000"):
+        normalcy.predict(tmp_path / "no-model", [tmp_path / "no-images"], tmp_path / "run", top=top)
+    with pytest.raises(InputError, match=r"--top must be between 0 and 1000"):
+        normalcy.score_batch([tmp_path / "no-images"], tmp_path / "run", top=top)
+    assert not (tmp_path / "run").exists()
+
+
 def test_fitting_a_data_set_root_is_refused(synthetic_root: Path) -> None:
     """fit on a data set's root (as eval takes it) fitted its defective test images and its ground-truth masks
     as normal images, without a word."""

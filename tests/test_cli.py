@@ -396,8 +396,11 @@ def test_fit_option_out_of_range_is_one_line_before_the_fit(tmp_path: Path, args
 
 
 @pytest.mark.parametrize("args, message", [
-    (("predict", "model", "images", "--top", "-1"), "--top must be at least 0 (got -1)"),  # was a report without images
-    (("score-batch", "images", "--top", "-3"), "--top must be at least 0 (got -3)"),
+    (("predict", "model", "images", "--top", "-1"), "--top must be between 0 and 1000 (got -1)"),  # a report without images
+    (("score-batch", "images", "--top", "-3"), "--top must be between 0 and 1000 (got -3)"),
+    # held every image's gallery picture in memory until the report (100,000 images: some 180 GB)
+    (("predict", "model", "images", "--top", str(10**12)), "--top must be between 0 and 1000 (got 1e+12)"),
+    (("score-batch", "images", "--top", "1001"), "--top must be between 0 and 1000 (got 1001)"),
     (("serve", "run", "--port", "99999"), "--port must be between 0 and 65535 (got 99999)"),  # served on another port
     (("demo", "--n-train", "-5"), "--n-train must be at least 1 (got -5)"),  # ran on a slice of the cells
     (("demo", "--n-test", "0"), "--n-test must be at least 1 (got 0)"),
