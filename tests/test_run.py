@@ -124,6 +124,23 @@ def test_read_scores_undoes_the_quote_of_a_path_cell(tmp_path: Path, monkeypatch
     assert [Path(r.path).name for r in rows] == ["=cmd.png", "'quoted.png"]
 
 
+QUOTED = ["'=1+1", "=1+1", "'-5", "-5", "''@x", "'+cmd", "'plain", "'"]
+
+
+def test_an_id_that_starts_with_a_quote_before_a_formula_reads_back_as_written(tmp_path: Path) -> None:
+    """An id ``'=1+1`` was written as ``=1+1``'s guarded cell is, ``'=1+1``, so the two could not be told apart and
+    reading scores.csv back (a table run's review without scores.parquet, events.csv's series, labels.csv joined
+    back) gave ``=1+1``: such an id gets one quote more, and every id reads back as it was."""
+    from normalcy.runs.format import _uncell, join_metrics, read_table_items, split_metrics, write_scores
+
+    assert [csv_cell(t) for t in QUOTED] == ["''=1+1", "'=1+1", "''-5", "-5", "'" * 3 + "@x", "''+cmd", "'plain", "'"]
+    assert [_uncell(csv_cell(t)) for t in QUOTED] == QUOTED
+    assert [_uncell(m) for m in split_metrics(join_metrics(QUOTED))] == QUOTED  # as events.csv is read
+    write_scores(tmp_path, "id", QUOTED, np.arange(len(QUOTED), dtype=float), 3.0)
+    (tmp_path / "scores.parquet").unlink()  # the CSV alone, as a run copied without it
+    assert read_table_items(tmp_path, "id").keys == QUOTED
+
+
 def test_an_image_without_a_map_gets_no_pictures(tmp_path: Path) -> None:
     run = tmp_path / "run"
     writer = RunWriter(run, 0.5, (0.0, 1.0), report=False, save_maps=True)

@@ -119,6 +119,22 @@ def test_a_set_of_series_routed_by_their_id(tmp_path: Path, caplog) -> None:
     assert ("web-2", str(60 * 450)) in alarmed and not any(h == "web-1" for h, _ in alarmed)
 
 
+def test_watch_guards_series_and_time_cells_as_events_csv_does(tmp_path: Path) -> None:
+    """watch's output guarded its metrics field against spreadsheet formulas (as events.csv) but wrote a series
+    id or a time as it came: ``=HYPERLINK(...)`` ran in a spreadsheet opening the saved output."""
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "train.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "host", "cpu"])
+        for i in range(200):
+            w.writerow([60 * i, "=HYPERLINK(1)", f"{np.sin(i / 4) + 0.05 * rng.normal():.4f}"])
+    assert cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "--series-column", "host").exit_code == 0
+    out = io.StringIO()
+    watch(tmp_path / "m", io.StringIO('time,host,cpu\n12000,"=HYPERLINK(1)",0.5\n'), out=out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [(x["series"], x["time"]) for x in rows] == [("'=HYPERLINK(1)", "12000")]
+
+
 def test_follow_a_growing_file_until_idle(fitted: Path, tmp_path: Path) -> None:
     text = open(fitted / "live.csv").read()
     head, rest = text[:2000], text[2000:]

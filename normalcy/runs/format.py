@@ -97,13 +97,21 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # a signed numbe
 
 def csv_cell(text: str) -> str:
     """A cell a spreadsheet shows as text, never runs: a leading formula character gets a ' before it (not the
-    sign of a plain number, such as a negative epoch time, which stays as written)."""
-    return "'" + text if text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text) else text
+    sign of a plain number, such as a negative epoch time, which stays as written). A text that already starts
+    with ' before one (an id ``'=x``, ``'-5``) gets one more, so that :func:`_uncell` gives it back as it was: it
+    was written as ``=x`` is, and read back as ``=x`` (the review and labels.csv then named another row)."""
+    guard = text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text)
+    return "'" + text if guard or _quoted(text) else text
+
+
+def _quoted(text: str) -> bool:
+    """Whether ``text`` is quotes before a formula character, as :func:`csv_cell` writes a guarded cell."""
+    return text.startswith("'") and text.lstrip("'").startswith(FORMULA_START)
 
 
 def _uncell(text: str) -> str:
-    """Undo :func:`csv_cell`."""
-    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+    """Undo :func:`csv_cell` (a run written before it doubled quotes reads as before)."""
+    return text[1:] if _quoted(text) else text
 
 
 def _number(x: float) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 
 from normalcy.errors import InputError
 from normalcy.files import save_model
-from normalcy.runs.format import join_metrics
+from normalcy.runs.format import csv_cell, join_metrics
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import top_metrics
 from normalcy.series.io import time_of
@@ -277,9 +277,10 @@ class Watcher:
         self.summary.alarms += alarm
         shares = stream.last_contributions  # set on an alarm row
         metrics = join_metrics(top_metrics(shares, stream.det.columns_)) if shares is not None else ""  # as events.csv
-        out = {"time": fields[self.time_at].strip() if self.time_at is not None else str(self.summary.rows),
+        # time and series as events.csv writes them, guarded against spreadsheet formulas as metrics already were
+        out = {"time": csv_cell(fields[self.time_at].strip()) if self.time_at is not None else str(self.summary.rows),
                "score": f"{reported:.6g}", "alarm": str(alarm), "metrics": metrics}
-        return {"series": key, **out} if self.series_column else out
+        return {"series": csv_cell(key), **out} if self.series_column else out
 
 
 class _Stops:
