@@ -151,6 +151,29 @@ def test_get_params_set_params_and_clone(cheap):
     assert type(fresh).__name__ == "GaussianAD" and fresh.fpr == 0.05 and not hasattr(fresh, "threshold_")
 
 
+def test_fpr_changed_after_fit_is_not_saved_beside_the_old_threshold(cheap, tmp_path):
+    """``set_params(fpr=0.2)`` (or ``det.fpr = 0.2``) after fit, then ``save``: model.json named fpr 0.2 beside the
+    threshold set at 0.01, a model that disagrees with itself (and loads, deciding at 0.01). Image detectors keep
+    no calibration scores to set it again from: save and export say so; set back, the model saves as fitted."""
+    from normalcy.scale.export import check_exportable
+
+    images = np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
+    det = create("gaussian", cheap).fit(images, progress=False)
+    det.set_params(fpr=0.2)
+    message = r"detector gaussian: fpr is 0.2, but its threshold was set at fpr 0.01 when it was fitted"
+    with pytest.raises(InputError, match=message):
+        det.save(tmp_path / "m")
+    with pytest.raises(InputError, match=message):
+        check_exportable(det)  # the export's metadata names fpr and threshold too
+    assert not (tmp_path / "m").exists()
+    det.fpr = 0.01
+    loaded = load(det.save(tmp_path / "m"))
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["fpr"] == 0.01
+    loaded.set_params(fpr=0.3)
+    with pytest.raises(InputError, match="fpr is 0.3, but its threshold was set at fpr 0.01"):
+        loaded.save(tmp_path / "m2")
+
+
 def test_a_deep_copy_of_a_fitted_or_loaded_detector_scores_as_it(fitted, tmp_path):
     """``copy.deepcopy`` of an image detector failed with "cannot pickle '_thread.lock' object" (its backbone's)."""
     import copy

@@ -177,6 +177,21 @@ def test_get_params_set_params_and_clone(name: str) -> None:
     assert det.set_params(fpr=0.2, window=8) is det and (det.fpr, det.window) == (0.2, 8)
 
 
+def test_fpr_changed_after_fit_is_not_saved_beside_the_old_threshold(tmp_path: Path) -> None:
+    """``set_params(fpr=0.2)`` after fit, then ``save``: model.json's params named fpr 0.2 beside the threshold
+    set at 0.01 (the model loaded and decided at 0.01). Refused, naming both; forecast's dynamic threshold does
+    not use fpr, so it saves."""
+    det = create("knn", window=10).fit(sine(400, period=20), progress=False)
+    det.set_params(fpr=0.2)
+    with pytest.raises(InputError, match=r"detector knn: fpr is 0.2, but its threshold was set at fpr 0.01"):
+        det.save(tmp_path / "m")
+    det.set_params(fpr=0.01)
+    loaded = load(det.save(tmp_path / "m"))
+    loaded.fpr = 0.05
+    with pytest.raises(InputError, match=r"fpr is 0.05, but its threshold was set at fpr 0.01"):
+        loaded.save(tmp_path / "m2")
+
+
 def test_set_params_refuses_an_unknown_name_naming_the_valid_ones() -> None:
     det = create("knn")
     with pytest.raises(ValueError, match=r"Invalid parameter 'kk' for estimator SubsequenceKNN\(\)\. Valid .*'k'"):

@@ -380,6 +380,22 @@ def test_a_threshold_edited_in_model_json_is_refused_naming_both(value: float, m
     assert f"{d}/model.skops" in line and "--fpr" in line
 
 
+def test_fpr_changed_after_fit_is_not_saved_beside_the_old_threshold(table: Path, tmp_path: Path) -> None:
+    """``model.estimator.set_params(fpr=0.2)`` after fit, then ``save``: model.json said fpr 0.2 beside the
+    threshold set at 0.01 (both files agreed on the threshold, so it loaded and decided at 0.01). Refused; an fpr
+    set back saves as fitted."""
+    import normalcy
+
+    model = normalcy.fit(table, detector="gaussian", label_column="y", progress=False)
+    model.estimator.set_params(fpr=0.2)
+    with pytest.raises(InputError, match=r"detector gaussian: fpr is 0.2, but its threshold was set at another fpr"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    model.estimator.set_params(fpr=0.01)
+    model.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["fpr"] == 0.01
+
+
 def test_an_fpr_out_of_range_is_an_input_error(table):
     """As for images and series: a setting the user gave wrong is one line, not a ValueError traceback."""
     with pytest.raises(InputError, match=r"detector knn: KNNDetector\.fpr: .* got 1\.5"):

@@ -66,7 +66,7 @@ from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, write_model_files
 from normalcy.images.features import MIN_SIZE, Batch, FeatureExtractor, Features, upsample_map
 from normalcy.images.io import input_paths
-from normalcy.numerics.stats import threshold_at
+from normalcy.numerics.stats import check_fpr_unchanged, threshold_at
 from normalcy.progress import progress_bar
 from normalcy.version import __version__
 
@@ -540,6 +540,7 @@ class Detector(ParamsEstimator):
         if scores.size < 20:
             log.warning(FEW_CALIBRATION, self.name, scores.size)
         self.threshold_ = threshold_at(scores, self.fpr)
+        self._threshold_fpr = float(self.fpr)  # what save and export compare fpr with (check_fpr_unchanged)
         values = np.asarray(calib.map_values, dtype=np.float64).ravel()
         values = values[np.isfinite(values)]
         lo, hi = np.quantile(values, MAP_RANGE) if values.size else (0.0, 1.0)
@@ -681,6 +682,7 @@ class Detector(ParamsEstimator):
     def save(self, directory: str | Path) -> Path:
         """Write model.safetensors and model.json into ``directory``."""
         self._check_fitted()
+        check_fpr_unchanged(self.name, self.fpr, getattr(self, "_threshold_fpr", None))
         d = Path(directory)
         meta = ModelMeta.model_validate_json(json.dumps({  # as load() reads it: one that would not load is not saved
             "format_version": FORMAT_VERSION,

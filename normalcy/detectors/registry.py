@@ -79,6 +79,7 @@ def load(directory: str | Path, trust_code: bool = False) -> Detector:
     except (ValueError, RuntimeError, AssertionError, TypeError, IndexError) as err:
         raise InputError(f"{state_path}: does not fit a {meta.detector} model: {one_line(err)}") from None
     det.threshold_ = meta.threshold
+    det._threshold_fpr = det.fpr  # model.json's, which its threshold was set at
     det.threshold_fp32_ = meta.threshold_fp32
     det.map_range_ = (meta.map_range[0], meta.map_range[1])
     det.n_train_ = meta.n_train

@@ -31,6 +31,19 @@ def threshold_at(scores: np.ndarray, fpr: float) -> float:
     return q
 
 
+def check_fpr_unchanged(name: str, fpr: float, fitted: float | None) -> None:
+    """InputError where ``fpr`` was changed after fit (``set_params(fpr=...)``, ``det.fpr = ...``): the threshold
+    is the one set at the ``fitted`` fpr, and a model saved (or exported) so would name one fpr beside the other's
+    threshold, a file that disagrees with itself. ``fitted`` None: nothing to compare (the fpr is not used)."""
+    from normalcy.errors import InputError
+
+    if fitted is not None and float(fpr) != float(fitted):
+        raise InputError(f"detector {name}: fpr is {float(fpr):g}, but its threshold was set at fpr {float(fitted):g} "
+                         f"when it was fitted: fit it again for fpr {float(fpr):g}, or set fpr back to "
+                         f"{float(fitted):g} (saved as it is, the model would name one fpr and hold the other's "
+                         "threshold)")
+
+
 def decide(scores: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
     """The one decision rule of every run: anomalous when the score reaches the threshold (here, beside
     ``threshold_at``, so that detectors and tables need not import the run folder's writer)."""

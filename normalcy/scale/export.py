@@ -78,6 +78,7 @@ from normalcy.files import Strict, describe, hold, read_model_file, release, rem
 from normalcy.errors import InputError
 from normalcy.images.features import MAX_SIZE, MIN_SIZE, resize_image
 from normalcy.images.io import iter_images, list_files
+from normalcy.numerics.stats import check_fpr_unchanged
 from normalcy.version import __version__
 
 META_KEY = "normalcy"
@@ -137,6 +138,7 @@ def check_exportable(det: Any) -> None:
         why = "its scoring is not a torch module (scoring())" if name in DETECTORS else "not a detector"
         raise InputError(f"cannot export {name}: {why}; exportable: {', '.join(sorted(EXPORTABLE))}")
     det._check_fitted()
+    check_fpr_unchanged(name, det.fpr, getattr(det, "_threshold_fpr", None))  # the metadata names both
     if isinstance(det, PatchCore) and len(det.codes_):
         raise InputError(f"cannot export this {name} model: {PQ_BANK}")
 

@@ -53,7 +53,7 @@ from normalcy.detectors.base import (
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, Strict, write_model_files
-from normalcy.numerics.stats import decide, threshold_at
+from normalcy.numerics.stats import check_fpr_unchanged, decide, threshold_at
 from normalcy.series.glitches import mended
 from normalcy.series.io import MIN_ROWS, Series
 from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, PERIOD_FALLBACK, find_period
@@ -369,6 +369,7 @@ class SeriesDetector(ParamsEstimator):
             log.warning("%s: the threshold rests on %d held-out normal row(s); %d or more make it reliable",
                         self.name, scores.size, MIN_CALIBRATION)
         self.threshold_ = max(threshold_at(scores, self.fpr), MIN_THRESHOLD)
+        self._threshold_fpr: float | None = float(self.fpr)  # what save compares fpr with (check_fpr_unchanged)
 
     # -- scoring -----------------------------------------------------------------------------
     def standardise(self, data: Series | np.ndarray) -> np.ndarray:
@@ -556,6 +557,7 @@ class SeriesDetector(ParamsEstimator):
     def save(self, directory: str | Path) -> Path:
         """Write model.json and model.safetensors into ``directory``."""
         self._check_fitted()
+        check_fpr_unchanged(self.name, self.fpr, getattr(self, "_threshold_fpr", None))
         d = Path(directory)
         training = self.metadata()
         if getattr(self, "mended_", None):  # the training rows fitted on were not all as given: say which
@@ -583,6 +585,7 @@ class SeriesDetector(ParamsEstimator):
         except InputError as err:
             raise InputError(f"{source / MODEL_JSON}: {err}") from None
         det.columns_, det.window_, det.threshold_ = tuple(meta.columns), meta.window, meta.threshold
+        det._threshold_fpr = det.fpr  # model.json's, which its threshold was set at
         det.mean_, det.scale_ = np.asarray(meta.mean), np.asarray(meta.scale)
         det.n_train_, det.choice, det.time_column = meta.n_train, meta.choice, meta.time_column
         det.flags_ = tuple(meta.flags)

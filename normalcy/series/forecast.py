@@ -274,6 +274,7 @@ class Forecast(NeuralDetector):
         log.info("%s: the dynamic threshold flags %.4f of the held-out normal rows (fpr %.4f is not used)",
                  self.name, float((scores >= 1.0).mean()), self.fpr)
         self.threshold_ = 1.0
+        self._threshold_fpr = None  # not set at fpr: changing it changes nothing
 
     def _check_state(self) -> None:
         if not 1 <= self.lags_ <= 1024 or not 1 <= self.span_ <= 10_000:
