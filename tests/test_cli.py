@@ -590,6 +590,51 @@ def test_version_option_prints_the_version() -> None:
         assert r.returncode == 0 and r.stdout == f"{__version__}\n" and r.stderr == ""
 
 
+def test_ctrl_c_while_the_modules_import_ends_the_command(tmp_path: Path) -> None:
+    """A Ctrl-C landing inside a library's import (numpy's or torch's extension modules as they initialise) came
+    out as an ImportError, a RecursionError or a C++ abort, or was lost by code that catches everything, the
+    command going on. While the modules import, a Ctrl-C ends the process at once: one line, exit code 130.
+    Here the import of normalcy.cli is such a library: it sends the Ctrl-C and catches whatever it raises."""
+    import os
+    import signal
+
+    fake = ("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\ntry:\n    for _ in range(10**6): pass\n"
+            "except BaseException:\n    pass\ndef app():\n    print('the command went on', flush=True)\n")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh normalcy.cli that is the library above, then main()
+        try:
+            import importlib.abc
+            import importlib.util
+
+            class Fake(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+                def find_spec(self, name, path, target=None):
+                    return importlib.util.spec_from_loader(name, self) if name == "normalcy.cli" else None
+
+                def create_module(self, spec):
+                    return None
+
+                def exec_module(self, module):
+                    exec(fake, module.__dict__)
+
+            os.dup2(w, 1)
+            os.dup2(w, 2)
+            sys.modules.pop("normalcy.cli", None)
+            sys.meta_path.insert(0, Fake())
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            from normalcy.__main__ import main
+
+            main()
+            sys.stdout.flush()
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        said = fh.read()
+    _, status = os.waitpid(pid, 0)
+    assert (os.waitstatus_to_exitcode(status), said) == (130, "error: interrupted\n")
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """A Ctrl-C in the seconds the command spends importing torch (``import normalcy`` imported the whole API)
     was Python's traceback; it is `error: interrupted` and exit code 130, as a Ctrl-C later is. ``import
