@@ -8,6 +8,7 @@ can pipe it. Each option is declared once below, as an Annotated type the comman
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import json
@@ -167,6 +168,11 @@ def _guarded(fn: Any) -> Any:
             _fail(str(err))
         except KeyboardInterrupt:
             _fail("interrupted", INTERRUPTED)
+        except OSError as err:  # a path given with a name over the file system's limit: pathlib's exists() raises
+            if err.errno != errno.ENAMETOOLONG:
+                raise
+            _fail(f"{err.filename or ''}: {err.strerror} (a file or folder name has at most 255 bytes on most file "
+                  "systems)")
 
     return wrapper
 

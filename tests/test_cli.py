@@ -413,6 +413,18 @@ def test_numbers_out_of_range_are_one_line_and_exit_1(tmp_path: Path, args: tupl
     assert r.stderr.strip() == f"error: {message}"
 
 
+@pytest.mark.parametrize("command", ["fit", "predict", "serve"])
+def test_a_name_over_the_file_systems_limit_is_one_line(tmp_path: Path, command: str) -> None:
+    """A path with a name over 255 bytes (`-o` or an input) made pathlib's exists() raise "File name too long":
+    a traceback, from fit, predict and serve alike. It is one line naming the path, exit code 1."""
+    long = tmp_path / ("a" * 300)
+    args = {"fit": ("fit", long, "-o", tmp_path / "m"), "predict": ("predict", long, tmp_path, "-o", tmp_path / "r"),
+            "serve": ("serve", long)}[command]
+    r = run_cli(*args)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"error: {long}") and "File name too long" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C in a command exits 130 as a Ctrl-C while typer parses does (it was 1, an ordinary error's code),
     so that a script can tell an interrupted run from a failed one."""
