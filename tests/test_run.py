@@ -141,6 +141,17 @@ def test_an_id_that_starts_with_a_quote_before_a_formula_reads_back_as_written(t
     assert read_table_items(tmp_path, "id").keys == QUOTED
 
 
+def test_a_run_folder_name_too_long_for_its_staging_folder_says_how_long_it_may_be(tmp_path: Path) -> None:
+    """A run folder named with 240 bytes (a name the file system takes) was "cannot write a run folder there (File
+    name too long)": the staging folder beside it adds 18 bytes. The line says so and what length to give."""
+    from normalcy.runs.format import abandon_run, start_run
+
+    with pytest.raises(InputError, match=r"File name too long; the run is written beside it first, as "
+                                         r"\.\{NAME\}\.XXXXXXXX\.partial: give a name of at most 237 bytes"):
+        start_run(tmp_path / ("a" * 240))
+    abandon_run(start_run(tmp_path / ("a" * 237)))
+
+
 def test_an_image_without_a_map_gets_no_pictures(tmp_path: Path) -> None:
     run = tmp_path / "run"
     writer = RunWriter(run, 0.5, (0.0, 1.0), report=False, save_maps=True)

@@ -82,6 +82,7 @@ CSV_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 # A cell starting with one of these is run as a formula by spreadsheets (OWASP CSV injection).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 NAME_BYTES = 120  # longest output name before the hash; file systems allow 255 bytes
+NAME_MAX = 255  # bytes of a file or folder name on most file systems
 _UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode letters and digits; a surrogate-escaped byte is not one
 RUN_JSON = "run.json"
 STAGING = ".partial"  # suffix of the hidden folder a run is written into, beside the run folder
@@ -274,7 +275,10 @@ def start_run(output: Path, inputs: Sequence[Path] = ()) -> Path:
             folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING, dir=out.parent))
             hold(folder)
     except OSError as err:
-        raise InputError(f"{output}: cannot write a run folder there ({err.strerror or err})") from None
+        # a name the file system takes, but not with the staging folder's 18 more bytes: say so, not only "too long"
+        why = (f"; the run is written beside it first, as .{{NAME}}.XXXXXXXX{STAGING}: give a name of at most "
+               f"{NAME_MAX - 18} bytes") if err.errno == errno.ENAMETOOLONG else ""
+        raise InputError(f"{output}: cannot write a run folder there ({err.strerror or err}{why})") from None
     return folder
 
 
