@@ -13,6 +13,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 import warnings
 from dataclasses import fields
@@ -119,7 +120,9 @@ log = logging.getLogger("normalcy")
 
 def _setup(threads: int | None) -> None:
     """Log lines and Python warnings (a mask resized, Pillow's decompression-bomb check) go to stderr."""
-    _in_range("--threads", threads, 1)  # torch raised a RuntimeError on -2 and quietly ignored 0
+    # torch raised a RuntimeError on -2 and quietly ignored 0; 20000 ended the run in libgomp's "Thread creation
+    # failed" once work began (onnxruntime's pool too), having started thousands of threads on the way
+    _in_range("--threads", threads, 1, MAX_THREADS)
     handler = PlainRichHandler(console=console, show_time=False, show_path=False)
     for name in ("normalcy", "py.warnings"):  # they still propagate: a host application's logging sees them too
         logger = logging.getLogger(name)
@@ -150,6 +153,7 @@ def _in_range(option: str, value: float | None, low: float, high: float | None =
     raise InputError(f"{option} must be {bound} (got {value:g})")
 
 
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # more only oversubscribes the cores
 INTERRUPTED = 130  # 128 + SIGINT: what shells expect, and typer's own code for a Ctrl-C outside a command
 
 
@@ -224,7 +228,7 @@ TuneBudgetArg = Annotated[Optional[float], typer.Option(
     "limit; the settings come in order: input normalisation, backbone, input size, pooling grid).",
     show_default=False)]
 ThreadsArg = Annotated[Optional[int], typer.Option(
-    help="CPU threads for torch and an exported model's onnxruntime (default: all cores).")]
+    help="CPU threads for torch and an exported model's onnxruntime (default: all cores; at most 4 per core).")]
 HeatmapsArg = Annotated[bool, typer.Option(help="Write a heatmap PNG per image (original | overlay) and overlays/.")]
 ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top anomalies.")]
 SaveMapsArg = Annotated[bool, typer.Option(help="Also write each raw anomaly map as maps/*.npy (float32, original "

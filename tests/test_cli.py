@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -423,6 +424,16 @@ def test_a_name_over_the_file_systems_limit_is_one_line(tmp_path: Path, command:
     r = run_cli(*args)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith(f"error: {long}") and "File name too long" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_threads_past_four_per_core_are_refused_before_any_work() -> None:
+    """`--threads 20000` was taken: torch and onnxruntime started thousands of threads once work began, and the
+    run ended in libgomp's "Thread creation failed" (exit 1, no line of normalcy's)."""
+    from normalcy.cli import MAX_THREADS
+
+    r = run_cli("predict", "model", "images", "--threads", "20000")
+    assert r.returncode == 1 and r.stderr == f"error: --threads must be between 1 and {MAX_THREADS} (got 20000)\n"
+    assert MAX_THREADS == 4 * (os.cpu_count() or 1)
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
