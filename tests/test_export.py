@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +206,8 @@ TINY_META = {"detector": "gaussian", "precision": "fp32", "threshold": 100.0, "f
 def tiny_onnx(path: Path, meta: object = TINY_META, scores: str = "ok", maps_rank: int = 3,
               names: tuple[str, str] = ("image_scores", "maps"), external: bool = False) -> Path:
     """A graph with export's interface, scoring an image by its brightest pixel; ``scores`` breaks its output:
-    'empty', 'doubled' (2N values), 'nan', 'one image' (fails on a batch of more), 'loop' (runs for ever), 'giant' (a 2**40-value tensor). ``meta``: a dict (as JSON) or the raw metadata string."""
+    'empty', 'doubled' (2N values), 'nan', 'one image' (fails on a batch of more), 'loop' (runs for ever), 'giant' (a 2**40-value tensor), 'computed' (a
+    tensor of 245 MB for two images, its shape computed from the input's), 'slow' (40 matrix products). ``meta``: a dict (as JSON) or the raw metadata string."""
     import onnx
     from onnx import TensorProto as T
     from onnx import helper as h
@@ -230,7 +232,19 @@ def tiny_onnx(path: Path, meta: object = TINY_META, scores: str = "ok", maps_ran
             "nan": h.make_node("Mul", ["s64", "nan"], [names[0]]),
             "one image": h.make_node("Reshape", ["s64", "one"], [names[0]]),
             "loop": h.make_node("Loop", ["trip", "go", "s64"], [names[0]], body=body),
-            "giant": h.make_node("Expand", ["s64", "giant"], [names[0]])}[scores]
+            "giant": h.make_node("Expand", ["s64", "giant"], [names[0]]),
+            "computed": h.make_node("Add", ["s64", "zsum"], [names[0]]),
+            "slow": h.make_node("Add", ["s64", "ysum"], [names[0]])}[scores]
+    if scores == "computed":  # a shape computed from the input's at run time: N x 3200 x 3200 x 3 zeros
+        inits.append(numpy_helper.from_array(np.array([1, 100, 100, 1], np.int64), "times"))
+        nodes += [h.make_node("Shape", ["pixels"], ["shape"]), h.make_node("Mul", ["shape", "times"], ["big"]),
+                  h.make_node("ConstantOfShape", ["big"], ["z"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
+                  h.make_node("ReduceSum", ["z"], ["z32"], keepdims=0), h.make_node("Cast", ["z32"], ["zsum"], to=T.DOUBLE)]
+    if scores == "slow":  # 40 products of 400 x 400 matrices, one after the other
+        inits.append(numpy_helper.from_array(np.eye(400), "eye"))
+        nodes += [h.make_node("ReduceMax", ["s64"], ["top"], keepdims=0), h.make_node("Mul", ["eye", "top"], ["e0"])]
+        nodes += [h.make_node("MatMul", ["e0" if k == 0 else f"y{k - 1}", "eye"], [f"y{k}"]) for k in range(40)]
+        nodes.append(h.make_node("ReduceSum", ["y39"], ["ysum"], keepdims=0))
     maps = (h.make_node("Identity", ["m3"], [names[1]]) if maps_rank == 3
             else h.make_node("ReduceMax", ["m3"], [names[1]], axes=[2], keepdims=0))
     outs = [h.make_tensor_value_info(names[0], T.DOUBLE, ["N"]),
@@ -308,6 +322,36 @@ def test_crafted_onnx_is_one_line(case: str, tmp_path: Path) -> None:
         OnnxScorer(path)
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(f"{path}: ") and words in msg, msg
+
+
+def test_a_shape_computed_at_run_time_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shape computed from the input (not a constant, so not refused on loading) asked onnxruntime for what it
+    liked: a run allocates at most MAX_RUN_BYTES (or the machine's memory), here lowered to 64 MiB."""
+    import normalcy.scale.export as export
+
+    path = tiny_onnx(tmp_path / "model.onnx", scores="computed")
+    monkeypatch.setattr(export, "MAX_RUN_BYTES", 2**26)
+    with pytest.raises(InputError, match=r"model.onnx: the graph asked for 0.229 GiB on a batch of 2 image\(s\), over "
+                                         r"the 0.0625 GiB a run may use: refused"):
+        OnnxScorer(path)
+    assert OnnxScorer(path, max_bytes=2**30).run(np.zeros((1, 32, 32, 3), np.uint8))[0].shape == (1,)
+
+
+def test_a_run_has_a_time_limit(tmp_path: Path) -> None:
+    """Nothing stopped a graph's run (a straight graph of heavy nodes, here 40 matrix products)."""
+    with pytest.raises(InputError, match=r"the graph ran over 0.01 s on a batch of 2 image\(s\): stopped"):
+        OnnxScorer(tiny_onnx(tmp_path / "model.onnx", scores="slow"), run_seconds=0.01)
+
+
+@pytest.mark.parametrize("pixels, got", [(np.zeros((2, 16, 16, 3), np.uint8), "uint8 [2, 16, 16, 3]"),
+                                         (np.zeros((2, 32, 32, 3), np.float32), "float32 [2, 32, 32, 3]"),
+                                         (np.zeros((0, 32, 32, 3), np.uint8), "uint8 [0, 32, 32, 3]"),
+                                         ([[0]], "list")])
+def test_a_run_checks_its_input_against_the_metadata(tmp_path: Path, pixels: object, got: str) -> None:
+    """Pixels of another size or type went to onnxruntime, whose error came back cut to 300 characters."""
+    scorer = OnnxScorer(tiny_onnx(tmp_path / "model.onnx"))
+    with pytest.raises(InputError, match=re.escape(f"the graph takes uint8 [N, 32, 32, 3] (N at least 1), not {got}")):
+        scorer.run(pixels)  # type: ignore[arg-type]
 
 
 def test_outputs_are_checked_on_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,11 +57,13 @@ import math
 import os
 import re
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
+import psutil
 import torch
 from pydantic import (
     Field,
@@ -481,6 +483,12 @@ def _external_tensors(graph: Any) -> Iterator[Any]:
 
 
 MAX_MADE_VALUES = 2**31  # 8 GiB of float32: far above any tensor an exported detector makes from a shape
+# What one run of a graph may allocate (onnxruntime's arena), and how long it may take: a shape computed from the
+# input at run time (Shape -> Mul -> ConstantOfShape: not a constant, so not seen on loading) asked for what it
+# liked, filled whole where the machine could almost hold it, and nothing stopped a run. An exported detector
+# scores a batch (at most BATCH_PIXELS of input) in a few GB and seconds.
+MAX_RUN_BYTES = 2**34
+RUN_SECONDS = 600.0
 
 
 def _giant_constant_shape(graph: Any) -> tuple[str, int] | None:
@@ -523,9 +531,12 @@ class OnnxScorer:
     The file is untrusted input, checked before anything is scored: a regular file of at most
     ``MAX_ONNX_BYTES`` with its weights inside (no external data files), the ``normalcy`` metadata
     against ``ExportMeta``, the graph's input and outputs (names, element types, ranks, input size), and
-    every run's outputs (shapes of the batch, finite values). Each problem is one InputError line."""
+    every run's outputs (shapes of the batch, finite values). Each problem is one InputError line. A run may
+    allocate at most ``max_bytes`` (default ``MAX_RUN_BYTES``, or the machine's memory where that is less) and
+    take at most ``run_seconds`` (``RUN_SECONDS``); its input must be the batch the metadata describes."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, max_bytes: int | None = None,
+                 run_seconds: float = RUN_SECONDS) -> None:
         _need_onnx()
         import onnx
         import onnxruntime as ort
@@ -562,6 +573,14 @@ class OnnxScorer:
         # torch's count unless told otherwise: `--threads N` sets torch's, and onnxruntime's own default (every
         # core) ignored it for an exported model
         opts.intra_op_num_threads = threads or torch.get_num_threads()
+        self.max_bytes = int(max_bytes or min(MAX_RUN_BYTES, psutil.virtual_memory().total))
+        self.run_seconds = float(run_seconds)
+        # The bound on memory is an arena with a limit, shared by the sessions made after it is registered (each
+        # scorer registers its own); a request past it fails in the run instead of being allocated.
+        arena = ort.OrtArenaCfg({"max_mem": self.max_bytes, "arena_extend_strategy": 0})
+        ort.create_and_register_allocator(
+            ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), arena)
+        opts.add_session_config_entry("session.use_env_allocators", "1")
         try:
             self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for every bad file
@@ -611,12 +630,33 @@ class OnnxScorer:
     def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The graph alone: uint8 N x H x W x 3 resized images -> (image scores, patch maps), checked:
         scores [N], maps [N, h, w], all finite (else InputError: the file is not a sound model)."""
+        h, w = self.size
+        if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 4
+                and pixels.shape[1:] == (h, w, 3) and len(pixels)):
+            got = f"{pixels.dtype} {list(pixels.shape)}" if isinstance(pixels, np.ndarray) else type(pixels).__name__
+            raise InputError(f"{self.path}: the graph takes uint8 [N, {h}, {w}, 3] (N at least 1), not {got}")
+        import onnxruntime as ort
+
         n = len(pixels)
+        options = ort.RunOptions()
+        timer = threading.Timer(self.run_seconds, setattr, (options, "terminate", True))
+        timer.daemon = True
+        timer.start()
         try:
-            scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels})
+            scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels}, options)
         except Exception as err:  # noqa: BLE001 - onnxruntime's own classes: a graph that fails on this batch
-            raise InputError(f"{self.path}: the graph failed on a batch of {n} image(s) "
-                             f"({' '.join(str(err).split())[:300]})") from None
+            text = " ".join(str(err).split())
+            if options.terminate:
+                raise InputError(f"{self.path}: the graph ran over {self.run_seconds:g} s on a batch of {n} "
+                                 "image(s): stopped (an exported model scores a batch in seconds)") from None
+            asked = re.search(r"Available memory of \d+ is smaller than requested bytes of (\d+)", text)
+            if asked:
+                raise InputError(f"{self.path}: the graph asked for {int(asked.group(1)) / 2**30:.3g} GiB on a batch "
+                                 f"of {n} image(s), over the {self.max_bytes / 2**30:.3g} GiB a run may use: refused "
+                                 "(an exported model needs a few GB)") from None
+            raise InputError(f"{self.path}: the graph failed on a batch of {n} image(s) ({text[:300]})") from None
+        finally:
+            timer.cancel()
         if scores.shape != (n,):
             raise InputError(f"{self.path}: output image_scores: shape {scores.shape} for {n} image(s), expected ({n},)")
         if maps.ndim != 3 or maps.shape[0] != n or not maps.shape[1] or not maps.shape[2]:
