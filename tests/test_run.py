@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -150,6 +151,27 @@ def test_a_run_folder_name_too_long_for_its_staging_folder_says_how_long_it_may_
                                          r"\.\{NAME\}\.XXXXXXXX\.partial: give a name of at most 237 bytes"):
         start_run(tmp_path / ("a" * 240))
     abandon_run(start_run(tmp_path / ("a" * 237)))
+
+
+@pytest.mark.parametrize("field, value, said", [("kind", ["images"], 'kind is ["images"], not text'),
+                                                ("kind", {"a": 1}, 'kind is {"a": 1}, not text'),
+                                                ("inputs", 5, "inputs is 5, not a list"),
+                                                ("backbone", [1], "backbone is [1], not text")])
+def test_a_run_json_field_of_another_type_is_one_line(tmp_path: Path, field: str, value: object, said: str) -> None:
+    """A run.json whose kind was a list (or inputs a number, backbone a list: hand-edited, damaged) stopped
+    `normalcy serve` with a TypeError traceback ("unhashable type: 'list'", "'int' object is not iterable")."""
+    import json
+
+    from normalcy.runs.format import read_run_json
+
+    run = tmp_path / "run"
+    _write(run, [tmp_path / "a.png"])
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, field: value}))
+    with pytest.raises(InputError, match=re.escape(f"run.json: {said}; the run folder")):
+        read_run_json(run)
+    (run / "run.json").write_text(json.dumps({**meta, field: None}))  # null: as if absent
+    assert read_run_json(run)[field] is None
 
 
 def test_an_image_without_a_map_gets_no_pictures(tmp_path: Path) -> None:

@@ -631,7 +631,18 @@ def read_run_json(run_dir: Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as err:  # ValueError: bad UTF-8 or JSON, a 4300-digit integer
         raise InputError(f"{path}: cannot read ({one_line(err)[:200]}); {PART_COPIED}") from None
-    return meta if isinstance(meta, dict) else {}
+    if not isinstance(meta, dict):
+        return {}
+    for key, kind in RUN_JSON_TYPES.items():  # what is read of it: a list for "kind" was a TypeError traceback
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise InputError(f"{path}: {key} is {json.dumps(value)[:60]}, not {'text' if kind is str else 'a list'}; "
+                             f"{PART_COPIED}")
+    return meta
+
+
+# The fields of run.json that are read back (serve), and what each must be (null: as if absent).
+RUN_JSON_TYPES: dict[str, type] = {"kind": str, "inputs": list, "id_column": str, "backbone": str}
 
 
 # run.json's count of a run's items, and the file holding them, by run.json's kind (an image run's run.json
