@@ -416,6 +416,29 @@ def test_pandas_index_column_is_left_out_of_a_parquet_series(tmp_path: Path) -> 
     assert s.columns == ("cpu",) and any("index column" in n for n in s.notes)
 
 
+def test_a_date_index_pandas_wrote_to_parquet_is_the_time(tmp_path: Path) -> None:
+    """pandas' to_parquet writes a DataFrame's date index as ``__index_level_0__`` (no name), which was left out
+    as a row index (the rows numbered, their dates lost), or after the other columns (a name that is not a time
+    name), which was refused as a value column that is not numeric: either is the time, with a note."""
+    n = 40
+    ts = numbered(n, step=3600)
+    stamps = pa.array(np.array(ts[::-1], "datetime64[s]"), pa.timestamp("ms", tz="UTC"))  # written newest first
+    for name in ("__index_level_0__", "ts"):
+        meta = {b"pandas": ('{"index_columns": ["%s"], "columns": []}' % name).encode()}
+        table = pa.table({"cpu": [float(i) for i in range(n)], name: stamps}).replace_schema_metadata(meta)
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+        (s,) = read_series(tmp_path / f"{name}.parquet")
+        assert s.time_column == name and s.columns == ("cpu",)
+        assert any(f"column {name!r} read as the time column (dates pandas wrote" in m for m in s.notes)
+        np.testing.assert_array_equal(s.time, ts)  # sorted by the dates
+        np.testing.assert_array_equal(s.values[:, 0], np.arange(n)[::-1])
+    # a row index of numbers is still left out, the rows numbered
+    pq.write_table(pa.table({"cpu": [float(i % 3) for i in range(n)], "__index_level_0__": list(range(n))}),
+                   tmp_path / "numbers.parquet")
+    (s,) = read_series(tmp_path / "numbers.parquet")
+    assert s.time_column is None and s.columns == ("cpu",)
+
+
 def test_an_unnamed_date_column_read_as_the_time_gives_the_times(tmp_path: Path) -> None:
     """pandas writes a date index as a first column without a name: read as the time, its dates must be the
     times (sorted by them), not the row numbers, even though its name is empty."""

@@ -120,6 +120,11 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
             raise InputError(f"{path}: no {what} column {name!r}; it has {_names(arrays)}")
     label = label_column if label_column in arrays else None
     notes = []
+    if time_column is None and named_time(list(arrays)) is None:
+        time_column = _index_time(path, arrays)
+        if time_column is not None:
+            notes.append(f"{path.name}: column {time_column!r} read as the time column (dates pandas wrote as the "
+                         "DataFrame's index); give --time-column to name another")
     index = [c for c in arrays if c.startswith("__index_level_") and c != time_column]
     if index:  # pandas wrote its row index into a Parquet file: not a measurement
         arrays = {c: a for c, a in arrays.items() if c not in index}
@@ -329,6 +334,25 @@ def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...]
     except ValueError:
         return None, ""
     return first, "ISO 8601 dates"
+
+
+def _index_time(path: Path, arrays: dict[str, np.ndarray]) -> str | None:
+    """The one column of dates that pandas wrote as a DataFrame's index into a Parquet file, or None: without a
+    name it is ``__index_level_0__``, which was left out as a row index (the rows were then numbered and their
+    dates lost); with one (``ts``) it comes after the other columns, where ``_unnamed_time`` does not look, and
+    was refused as a value column that is not numeric."""
+    names = [c for c in arrays if c.startswith("__index_level_")]
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            with open(path, "rb") as fh:  # an open file: pyarrow cannot take a path that is not UTF-8
+                meta = pq.read_schema(fh).pandas_metadata or {}
+        except Exception:  # noqa: BLE001  (read whole a moment ago: no metadata to go by)
+            meta = {}
+        names += [c for c in meta.get("index_columns", []) if isinstance(c, str)]  # a RangeIndex is a dict
+    dates = [c for c in dict.fromkeys(names) if c in arrays and arrays[c].dtype.kind == "M"]
+    return dates[0] if len(dates) == 1 else None
 
 
 def _row_index(arrays: dict[str, np.ndarray], time_column: str, metrics: Sequence[str] = ()) -> str | None:
