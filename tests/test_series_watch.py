@@ -506,3 +506,22 @@ def test_a_stop_in_the_middle_of_a_row_waits_for_the_row_to_end(fitted: Path, tm
     state = load_series_model(tmp_path / "learned").stream_state
     printed = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert s.rows == len(printed) == state.t == state.calib[2] == 40
+
+
+def test_a_time_column_found_by_its_values_at_fit_is_the_watch_s_time(tmp_path: Path, caplog) -> None:
+    """A single model fitted on a file whose time column was found by its values (epoch seconds named ``ts``,
+    no time name) saved no time column: ``watch``, which has only the header to go by, wrote row numbers 1, 2,
+    3 for the times and checked no order. The column is saved, as a set's is, and watched as the time."""
+    text = write_series(tmp_path / "rows.csv", 300, seed=3, label=False).read_text().splitlines()
+    rows = ["ts,cpu,mem"] + [f"{1_700_000_000 + 60 * i},{line.split(',', 1)[1]}" for i, line in enumerate(text[1:])]
+    (tmp_path / "train.csv").write_text("\n".join(rows[:201]) + "\n")
+    r = cli("fit", tmp_path / "train.csv", "--series", "-d", "knn", "-o", tmp_path / "model")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["time_column"] == "ts"
+    live = [rows[0], *rows[201:], rows[201]]  # the last line goes back to the first live time
+    out = io.StringIO()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        s = watch(load_series_model(tmp_path / "model"), io.StringIO("\n".join(live) + "\n"), out=out)
+    got = [x["time"] for x in csv.DictReader(io.StringIO(out.getvalue()))]
+    assert got == [line.split(",")[0] for line in live[1:]] and s.problems == {"time back": 1}
+

@@ -521,6 +521,14 @@ def fit_each(series: list[Series], detector: str, params: dict[str, Any], progre
     return fitted, failed
 
 
+def _found_by_values(column: str | None) -> bool:
+    """Whether a file's time column was found by its values (dates or rising numbers in a first column, epoch
+    seconds named ``ts``), which ``watch`` cannot do from a header: a single model's saves it, as a set's does.
+    Not a time name (found by it anyway, in a file with another time name too) nor pandas' Parquet index
+    ``__index_level_0__`` (a CSV feed of the same frame has no column of that name)."""
+    return column is not None and named_time([column]) is None and not column.startswith("__index_level_")
+
+
 def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: str | None = None,
                series_column: str | None = None, fit_many: FitMany = fit_each,
                progress: bool = True) -> SeriesDetector | SeriesSet:
@@ -537,6 +545,8 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
         model = registry.create(detector, **params).fit(series, progress=progress)
         if time_column is not None and not train.is_dir():  # given at fit: predict reads the same column
             model.time_column = time_column
+        elif not train.is_dir() and _found_by_values(series[0].time_column):
+            model.time_column = series[0].time_column  # watch has no values to find it by: it numbered the rows
         return model
     fitted, failed = fit_many(series, detector, params)
     failed = unusable + failed
