@@ -18,6 +18,7 @@ from normalcy.series.io import (
     read_series,
     read_series_folder,
     series_folders,
+    time_of,
 )
 from normalcy.vectors.tables import MAX_COLUMNS
 
@@ -182,6 +183,21 @@ def test_decimal_commas_in_a_semicolon_separated_file(tmp_path: Path) -> None:
     rows = [f'{i},"{i % 7},5"' for i in range(40)]
     with pytest.raises(InputError, match=r"value column 'v' is not numeric"):
         read_series(write_csv(tmp_path / "us.csv", "timestamp,v", rows))
+
+
+def test_times_with_a_decimal_comma_in_a_semicolon_separated_file(tmp_path: Path) -> None:
+    """A lab recorder's export in a European locale writes its seconds since the start as 0,5: the file was
+    refused ("'0,000' ... is neither a number nor an ISO 8601 date"), and under a name that is no time name
+    (``Zeit [s]``) the column was a metric, though its values rise as a time's do. Both are read as the values
+    are, with a note; ``watch`` reads such times the same (none said to go back)."""
+    rows = [f"{i * 0.5:.3f};{i % 7};{i % 5}".replace(".", ",") for i in range(40)]
+    (s,) = read_series(write_csv(tmp_path / "named.csv", "time;Current;Pressure", rows))
+    np.testing.assert_array_equal(s.time, np.arange(40) * 0.5)
+    assert "named.csv: time column: 40 value(s) with a decimal comma read as numbers" in s.notes
+    (u,) = read_series(write_csv(tmp_path / "lab.csv", "Zeit [s];Current;Pressure", rows))
+    assert u.time_column == "Zeit [s]" and u.columns == ("Current", "Pressure")
+    np.testing.assert_array_equal(u.time, s.time)
+    assert time_of("0,5", comma=True) == ("number", 0.5) and time_of("0,5")[0] == ""
 
 
 def test_thousands_separators_are_read_with_a_note(tmp_path: Path) -> None:

@@ -250,6 +250,11 @@ def test_a_spreadsheet_semicolon_feed_with_a_byte_order_mark(fitted: Path) -> No
     want = io.StringIO()
     watch(fitted / "model", io.StringIO(text), out=want)
     assert s.rows == 300 and s.skipped == 0 and out.getvalue() == want.getvalue()
+    # seconds written with a decimal comma are times, as fit reads them: none said to be unreadable
+    rows = [line.split(";", 1)[1] for line in text.replace(",", ";").splitlines()[1:]]
+    feed = "timestamp;cpu;mem\n" + "".join(f"{i * 0.5:.1f};{r}\n".replace(".", ",", 1) for i, r in enumerate(rows))
+    s = watch(fitted / "model", io.StringIO(feed), out=io.StringIO())
+    assert s.rows == 300 and s.problems == {}
 
 
 def test_cells_read_as_fit_reads_them(fitted: Path) -> None:

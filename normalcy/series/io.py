@@ -133,7 +133,8 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     if time_column is None:
         time_column = named_time(list(arrays))
         if time_column is None:
-            time_column, why = _unnamed_time(arrays, (series_column, label), keep[0] if keep else ())
+            time_column, why = _unnamed_time(arrays, (series_column, label), keep[0] if keep else (),
+                                             decimal_comma(path))
             if time_column is not None:
                 notes.append(f"{path.name}: column {time_column!r} read as the time column ({why}); give "
                              "--time-column to name another")
@@ -166,7 +167,8 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     for c in columns:
         parsed.append(_values(path, c, arrays[c], comma, notes))
     # ``is not None``: a time column may have no name (pandas' date index, read as the time above)
-    time = _times(path, arrays[time_column], notes) if time_column is not None else np.arange(n, dtype=np.float64)
+    time = (_times(path, arrays[time_column], notes, comma) if time_column is not None
+            else np.arange(n, dtype=np.float64))
     values = np.column_stack(parsed)
     labels = None
     if label:
@@ -309,13 +311,13 @@ def named_time(columns: Sequence[str]) -> str | None:
 
 
 def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...],
-                  metrics: Sequence[str] = ()) -> tuple[str | None, str]:
+                  metrics: Sequence[str] = (), comma: bool = False) -> tuple[str | None, str]:
     """The first column as the time when no column is named as one, where its values say it is: dates (a date
     type, or ISO 8601 text), or numbers rising strictly from row to row (a row index that pandas wrote, epoch
     seconds under another name). Scored as a metric, such a column takes a value in every test row that it
     never took in training, and every row would look anomalous. Only where another column is left to score
     and the column is not one of a model's ``metrics`` (a file scored by a model fitted on it as a metric);
-    (None, "") otherwise."""
+    (None, "") otherwise. ``comma``: numbers may have a decimal comma (``0,5``), as ``_times`` reads them."""
     names = [c for c in arrays if c not in exclude]
     if len(names) < 2 or names[0] in metrics:
         return None, ""
@@ -324,6 +326,9 @@ def _unnamed_time(arrays: dict[str, np.ndarray], exclude: tuple[str | None, ...]
     if a.dtype.kind == "M":
         return first, "dates"
     num = _numeric(a)
+    if num is None and comma:
+        num, text, _ = text_cells(a, comma)
+        num = None if text else num
     if num is not None:
         rising = len(num) >= 2 and bool(np.isfinite(num).all()) and bool((np.diff(num) > 0).all())
         return (first, "numbers rising strictly from row to row") if rising else (None, "")
@@ -389,10 +394,11 @@ def _seconds(path: Path, num: np.ndarray, notes: list[str]) -> np.ndarray:
 _NS_FIRST, _NS_LAST = np.datetime64("1677-09-22", "s"), np.datetime64("2262-04-11", "s")  # within int64 ns
 
 
-def _times(path: Path, a: np.ndarray, notes: list[str]) -> np.ndarray:
+def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False) -> np.ndarray:
     """A time column as float64: numbers as they are (epoch seconds, row numbers; epoch milliseconds and finer
     divided down to seconds, ``_seconds``), dates and times (parsed by the reader, or ISO 8601 strings) as epoch
-    seconds (UTC when no zone is given)."""
+    seconds (UTC when no zone is given). With ``comma`` (a semicolon-separated file), seconds written with a
+    decimal comma (``0,5``: a lab recorder's time since its start) are numbers, as in the value columns."""
     if a.dtype.kind == "M":
         if np.isnat(a).any():
             raise InputError(f"{path}: time column: empty at row {int(np.flatnonzero(np.isnat(a))[0]) + 1}")
@@ -402,6 +408,12 @@ def _times(path: Path, a: np.ndarray, notes: list[str]) -> np.ndarray:
         # the rows after 2262-04-11 were "sorted" before the others; microseconds reach 290,000 years either way
         return a.astype("datetime64[us]").astype(np.int64) / 1e6
     num = _numeric(a)
+    if num is None and comma:
+        num, text, decimal = text_cells(a, comma)
+        if text or not decimal:  # dates (or text): read below as dates, or named as neither
+            num = None
+        else:
+            notes.append(f"{path.name}: time column: {decimal} value(s) with a decimal comma read as numbers")
     if num is not None:
         bad = ~np.isfinite(num)
         if bad.any():
@@ -443,10 +455,11 @@ def _utc_seconds(t: datetime) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def time_of(text: str) -> tuple[str, float]:
+def time_of(text: str, comma: bool = False) -> tuple[str, float]:
     """("number", the number), ("date", epoch seconds, UTC unless it says otherwise) or ("", NaN): one time
-    cell as a person wrote it (``watch`` reads each row's this way)."""
-    num = cell_number(text.strip())
+    cell as a person wrote it (``watch`` reads each row's this way; ``comma``: 0,5 is 0.5, as in a
+    semicolon-separated file)."""
+    num = cell_number(text.strip(), comma)
     if not math.isnan(num):
         return "number", num
     try:

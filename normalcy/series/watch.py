@@ -214,7 +214,7 @@ class Watcher:
         """Say (on the log, counted) a row whose time goes back or repeats its series' last, or is no time (it was
         scored silently): a stream scores rows in the order they come, which a file's reader would have sorted (and
         deduplicated) first, and refused a time that is no number or date."""
-        kind, t = time_of(text)
+        kind, t = time_of(text, self.comma)
         last = self.last_time.get(key, math.nan)
         if not kind:  # a file's reader refuses it; a stream goes on, saying it
             self._problem("time unreadable", f"{self.source}, line {line}: time {text.strip()[:40]!r} is neither a "
