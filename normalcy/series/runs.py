@@ -767,7 +767,8 @@ def time_texts(path: Path, column: str | None, n: int) -> list[str]:
         else:
             import pyarrow.parquet as pq
 
-            col = pq.read_table(path, columns=[column]).column(0)
+            with open(path, "rb") as fh:  # ParquetFile: see vectors.tables._read_arrays (an aborted exit)
+                col = pq.ParquetFile(fh, pre_buffer=False).read(columns=[column], use_threads=False).column(0)
             values = [v.isoformat() if hasattr(v, "isoformat") else v for v in col.to_pylist()]
     except Exception as err:  # noqa: BLE001  (read once already by io.py: a change since, one line)
         raise InputError(f"{path}: cannot read the time column {column!r} ({' '.join(str(err).split())[:200]})") from None
