@@ -498,3 +498,16 @@ def test_parquet_is_read_without_pyarrow_s_dataset_scan(tmp_path: Path, monkeypa
     f = read_series_file(tmp_path / "x.parquet", None, None)
     np.testing.assert_array_equal(f.series[0].time, numbered(40))
     assert f.times[0] == "2020-09-13T12:26:40+00:00"
+
+
+def test_a_parquet_duration_time_column_is_seconds(tmp_path: Path) -> None:
+    """Time since the start as pandas' Timedelta is a Parquet duration: it was refused ("'0 nanoseconds' ... is
+    neither a number nor an ISO 8601 date"); it is seconds, and an empty one is named."""
+    elapsed = pa.array(np.arange(40) * 500_000_000, pa.duration("ns"))  # every half second
+    pq.write_table(pa.table({"time": elapsed, "cpu": np.arange(40.0)}), tmp_path / "x.parquet")
+    (s,) = read_series(tmp_path / "x.parquet")
+    np.testing.assert_array_equal(s.time, np.arange(40) * 0.5)
+    pq.write_table(pa.table({"time": pa.array([None, *range(1, 40)], pa.duration("s")), "cpu": np.arange(40.0)}),
+                   tmp_path / "gap.parquet")
+    with pytest.raises(InputError, match=r"gap.parquet: time column: empty at row 1"):
+        read_series(tmp_path / "gap.parquet")

@@ -397,7 +397,7 @@ _NS_FIRST, _NS_LAST = np.datetime64("1677-09-22", "s"), np.datetime64("2262-04-1
 def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False) -> np.ndarray:
     """A time column as float64: numbers as they are (epoch seconds, row numbers; epoch milliseconds and finer
     divided down to seconds, ``_seconds``), dates and times (parsed by the reader, or ISO 8601 strings) as epoch
-    seconds (UTC when no zone is given). With ``comma`` (a semicolon-separated file), seconds written with a
+    seconds (UTC when no zone is given), durations (Parquet's) as seconds. With ``comma`` (a semicolon-separated file), seconds written with a
     decimal comma (``0,5``: a lab recorder's time since its start) are numbers, as in the value columns."""
     if a.dtype.kind == "M":
         if np.isnat(a).any():
@@ -407,6 +407,10 @@ def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False) -> 
         # past 2262 (or before 1677) nanoseconds overflow 64 bits: they wrapped, silently, to the other end, and
         # the rows after 2262-04-11 were "sorted" before the others; microseconds reach 290,000 years either way
         return a.astype("datetime64[us]").astype(np.int64) / 1e6
+    if a.dtype.kind == "m":  # a duration (time since the start: pandas' Timedelta): it was "neither a number nor ..."
+        if np.isnat(a).any():
+            raise InputError(f"{path}: time column: empty at row {int(np.flatnonzero(np.isnat(a))[0]) + 1}")
+        return a.astype("timedelta64[us]").astype(np.int64) / 1e6
     num = _numeric(a)
     if num is None and comma:
         num, text, decimal = text_cells(a, comma)
