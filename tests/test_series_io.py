@@ -511,3 +511,18 @@ def test_a_parquet_duration_time_column_is_seconds(tmp_path: Path) -> None:
                    tmp_path / "gap.parquet")
     with pytest.raises(InputError, match=r"gap.parquet: time column: empty at row 1"):
         read_series(tmp_path / "gap.parquet")
+
+
+def test_local_times_repeating_the_hour_daylight_saving_ends_are_explained(tmp_path: Path) -> None:
+    """Local times without a zone repeat 02:00-02:59 where daylight saving time ends: the rows were "sorted" and
+    "dropped as repeated", unexplained. The note names the row that goes back and what to give instead; rows
+    swapped out of order (more than one step back, or more than an hour) are noted as before."""
+    berlin = ZoneInfo("Europe/Berlin")
+    utc = [datetime(2024, 10, 26, 23, tzinfo=timezone.utc).timestamp() + 900 * i for i in range(24)]
+    local = [datetime.fromtimestamp(t, berlin).replace(tzinfo=None).isoformat() for t in utc]
+    (s,) = read_series(write_csv(tmp_path / "local.csv", "time,cpu", [f"{t},{i}" for i, t in enumerate(local)]))
+    assert s.notes[0].startswith("local.csv: 1 unsorted row(s) sorted by time (row 9 goes back 2700 s: local times "
+                                 "without a zone repeat an hour where daylight saving time ends")
+    zoned = [datetime.fromtimestamp(t, berlin).isoformat() for t in utc]  # with their offsets: nothing to say
+    (z,) = read_series(write_csv(tmp_path / "zoned.csv", "time,cpu", [f"{t},{i}" for i, t in enumerate(zoned)]))
+    assert z.notes == [] and len(z) == 24

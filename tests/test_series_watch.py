@@ -331,6 +331,14 @@ def test_rows_whose_time_goes_back_or_repeats_are_said(fitted: Path, caplog) -> 
         s = watch(load_series_model(fitted / "model"), io.StringIO("\n".join(text) + "\n"), out=io.StringIO())
     assert s.rows == 300 and s.problems == {"time back": 1, "time repeated": 1, "time unreadable": 2}
     assert "input, line 31: time 'garbage' is neither a number nor an ISO 8601 date" in caplog.text
+    assert "daylight saving" not in caplog.text  # a minute back in UTC: no clock change
+    # local times without a zone going back (under) an hour: the end of daylight saving time, said so
+    local = ["timestamp,cpu,mem", "2024-10-27T02:45:00,0,1", "2024-10-27T02:00:00,0,1"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        watch(load_series_model(fitted / "model"), io.StringIO("\n".join(local) + "\n"), out=io.StringIO())
+    assert "line 3: time '2024-10-27T02:00:00' is before the row before it" in caplog.text
+    assert "local times without a zone repeat an hour where daylight saving time ends" in caplog.text
 
 
 class _ClosedAfter(io.StringIO):

@@ -221,10 +221,11 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
     order = np.arange(len(time))
     back = int((np.diff(time) < 0).sum())
     if back:
+        hint = _clock_change(time, file_rows) if timed else ""
         order = np.argsort(time, kind="stable")  # stable: repeated timestamps keep their file order
         time, values = time[order], values[order]
         labels = None if labels is None else labels[order]
-        notes.append(f"{where}: {back} unsorted row(s) sorted by time")
+        notes.append(f"{where}: {back} unsorted row(s) sorted by time{hint}")
     row_of = np.empty(len(time), np.int64)
     row_of[order] = np.cumsum(np.append(True, time[1:] != time[:-1])) - 1  # each timestamp's kept row
     last = np.append(time[1:] != time[:-1], True)  # the last row of each timestamp
@@ -260,6 +261,21 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
                          "scored as consecutive")
     return Series(name, time, values, columns, labels, notes, path, np.asarray(file_rows, np.int64), row_of,
                   time_col)
+
+
+DST_HINT = ("local times without a zone repeat an hour where daylight saving time ends; if these are such, give "
+            "each time its zone offset (+02:00, then +01:00) to keep that hour's rows apart")
+
+
+def _clock_change(time: np.ndarray, file_rows: np.ndarray) -> str:
+    """What follows the note of unsorted rows when the times (in file order) go back once, by an hour at most,
+    as local times without a zone do where daylight saving time ends (the rows of the hour repeated are then
+    sorted together and merged as repeated timestamps, a puzzle unexplained); else nothing."""
+    steps = np.diff(time)
+    back = np.flatnonzero(steps < 0)
+    if len(back) != 1 or -steps[back[0]] > 3600 or time.min() < 1e8:  # 1e8: calendar times, not row numbers
+        return ""
+    return f" (row {int(file_rows[back[0] + 1]) + 1} goes back {-steps[back[0]]:g} s: {DST_HINT})"
 
 
 def matched(names: Sequence[str], wanted: Sequence[str]) -> dict[str, str]:
@@ -470,6 +486,14 @@ def time_of(text: str, comma: bool = False) -> tuple[str, float]:
         return "date", _utc_seconds(datetime.fromisoformat(_iso(text)))
     except ValueError:
         return "", math.nan
+
+
+def zoned(text: str) -> bool:
+    """Whether an ISO 8601 time as written says its zone (``Z``, ``+01:00``)."""
+    try:
+        return datetime.fromisoformat(_iso(text)).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def _bad_time(path: Path, a: np.ndarray, first: int) -> str:

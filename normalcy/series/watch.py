@@ -33,7 +33,7 @@ from normalcy.files import save_model
 from normalcy.runs.format import csv_cell, join_metrics
 from normalcy.series.base import SeriesDetector
 from normalcy.series.events import top_metrics
-from normalcy.series.io import time_of
+from normalcy.series.io import DST_HINT, time_of, zoned
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import cell_number, csv_delimiter, grouped_number, is_text
@@ -220,8 +220,9 @@ class Watcher:
             self._problem("time unreadable", f"{self.source}, line {line}: time {text.strip()[:40]!r} is neither a "
                           "number nor an ISO 8601 date: scored in the order the rows came")
         elif t < last:
+            hint = f" ({DST_HINT})" if kind == "date" and last - t <= 3600 and not zoned(text) else ""
             self._problem("time back", f"{self.source}, line {line}: time {text.strip()[:40]!r} is before the row "
-                          "before it: scored in the order the rows came")
+                          f"before it: scored in the order the rows came{hint}")
         elif t == last:
             self._problem("time repeated", f"{self.source}, line {line}: time {text.strip()[:40]!r} repeats the "
                           "row before it: scored as a row of its own")
