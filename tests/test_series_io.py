@@ -526,3 +526,22 @@ def test_local_times_repeating_the_hour_daylight_saving_ends_are_explained(tmp_p
     zoned = [datetime.fromtimestamp(t, berlin).isoformat() for t in utc]  # with their offsets: nothing to say
     (z,) = read_series(write_csv(tmp_path / "zoned.csv", "time,cpu", [f"{t},{i}" for i, t in enumerate(zoned)]))
     assert z.notes == [] and len(z) == 24
+
+
+def test_a_test_file_overlapping_training_or_sampled_otherwise_is_said(tmp_path: Path) -> None:
+    """eval scored a test.csv whose rows lie within train.csv's time range (rows trained on score as normal), or
+    whose rows are five times further apart (windows count rows), without a word; each is a note now, and a
+    test that continues training at its interval (ASD's) has none."""
+    d = tmp_path / "s"
+    d.mkdir()
+    write_csv(d / "train.csv", "timestamp,cpu", [f"{t},{i % 7}" for i, t in enumerate(numbered(40))])
+    write_csv(d / "test.csv", "timestamp,cpu", [f"{t},{i % 7}" for i, t in enumerate(numbered(40, start=1_600_002_400))])
+    (_,), (te,) = read_series_folder(d)
+    assert te.notes == []
+    write_csv(d / "test.csv", "timestamp,cpu",
+              [f"{t},{i % 7}" for i, t in enumerate(numbered(40, start=1_600_001_800, step=300))])
+    (_,), (te,) = read_series_folder(d)
+    assert te.notes == ["test.csv: 2 of its 40 rows lie within the time range of train.csv: rows trained on score as "
+                        "normal; test on rows after training",
+                        "test.csv: a row every 300 s, train.csv a row every 60 s: windows count rows, so its patterns "
+                        "are seen at another speed than they were learned; resample one to the other's interval"]

@@ -568,6 +568,30 @@ def _natural(p: Path) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
 
+SAMPLING_RATIO = 2.0  # test rows this many times further apart (or closer) than training's: said
+
+
+def _against_training(train: Series, test: Series) -> list[str]:
+    """What a test series' times say against its training series' (both timed), one note each, said nowhere
+    before: test rows within the training's time range (a test on rows trained on scores them as normal), and
+    rows sampled at another interval (windows count rows: the model sees the test's patterns faster or slower
+    than it learned them)."""
+    if train.time_column is None or test.time_column is None or len(train) < 2 or len(test) < 2:
+        return []
+    where, other = test.source.name, train.source.name
+    notes = []
+    inside = int(((test.time >= train.time[0]) & (test.time <= train.time[-1])).sum())
+    if inside:
+        notes.append(f"{where}: {inside} of its {len(test)} rows lie within the time range of {other}: rows "
+                     "trained on score as normal; test on rows after training")
+    step_train, step_test = float(np.median(np.diff(train.time))), float(np.median(np.diff(test.time)))
+    if max(step_train, step_test) >= SAMPLING_RATIO * min(step_train, step_test):
+        notes.append(f"{where}: a row every {step_test:g} s, {other} a row every {step_train:g} s: windows count "
+                     "rows, so its patterns are seen at another speed than they were learned; resample one to the "
+                     "other's interval")
+    return notes
+
+
 def read_series_folder(directory: str | Path, time_column: str | None = None,
                        label_column: str | None = "label") -> tuple[list[Series], list[Series]]:
     """(train, test): one series per series folder (named after the folder), in the same order; a folder
@@ -585,5 +609,6 @@ def read_series_folder(directory: str | Path, time_column: str | None = None,
         (te,) = read_series(test_file, time_column, None, label_column, keep=(tr.columns, tr.source.name))
         te = te.only(tr.columns, tr.source.name)
         te.name = d.name
+        te.notes = te.notes + _against_training(tr, te)
         test.append(te)
     return train, test
