@@ -219,8 +219,9 @@ def test_too_few_rows(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=rf"s\.csv: {MIN_ROWS - 1} rows; a series needs at least {MIN_ROWS}"):
         read_series(f)
     repeated = [f"{i // 2},{i}" for i in range(2 * MIN_ROWS - 2)]  # enough rows, too few timestamps
-    with pytest.raises(InputError, match="distinct timestamps"):
-        read_series(write_csv(tmp_path / "r.csv", "timestamp,v", repeated))
+    with pytest.raises(InputError, match=rf"r\.csv: {2 * MIN_ROWS - 2} rows but {MIN_ROWS - 1} distinct timestamps in "
+                                         "time column 'timestamp' .*give --time-column if another column is the time"):
+        read_series(write_csv(tmp_path / "r.csv", "timestamp,v", repeated))  # (the one given or found is named)
 
 
 def test_label_column(tmp_path: Path) -> None:
@@ -545,3 +546,19 @@ def test_a_test_file_overlapping_training_or_sampled_otherwise_is_said(tmp_path:
                         "normal; test on rows after training",
                         "test.csv: a row every 300 s, train.csv a row every 60 s: windows count rows, so its patterns "
                         "are seen at another speed than they were learned; resample one to the other's interval"]
+
+
+def test_a_separate_time_of_day_column_is_named_as_one(tmp_path: Path) -> None:
+    """A logger writes Date and Time in two columns: Time was "not numeric ...; give it as --time-column", and
+    given so, "'00:00:00' is neither a number nor an ISO 8601 date". Both say it is a time of day to be joined
+    with its date."""
+    rows = [f"2024-01-{1 + i // 96:02d},{i % 96 // 4:02d}:{i % 4 * 15:02d}:00,{i % 7}" for i in range(200)]
+    f = write_csv(tmp_path / "logger.csv", "Date,Time,cpu", rows)
+    with pytest.raises(InputError, match=r"column 'Time' holds times of day \(the first '00:00:00' in row 1\) without "
+                                         r"their dates; join the date and the time of day into one ISO 8601 column"):
+        read_series(f)
+    with pytest.raises(InputError, match=r"column 'Time' holds times of day"):
+        read_series(f, time_column="Date")  # Date given as the time, Time a value: said the same
+    times = write_csv(tmp_path / "times.csv", "Time,cpu", [r.split(",", 1)[1] for r in rows])
+    with pytest.raises(InputError, match=r"time column: '00:00:00' at row 1 is a time of day without its date; join"):
+        read_series(times, time_column="Time")

@@ -16,6 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -234,8 +235,10 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
                      "each timestamp kept)")
         time, values = time[last], values[last]
         labels = None if labels is None else labels[last]
-    if len(time) < MIN_ROWS:
-        raise InputError(f"{where}: {len(time)} distinct timestamps; a series needs at least {MIN_ROWS}")
+    if len(time) < MIN_ROWS:  # the rows are enough: say that their times are not, and which column they are
+        raise InputError(f"{where}: {len(file_rows)} rows but {len(time)} distinct timestamps in time column "
+                         f"{time_col!r} (the rows of a timestamp are one row); a series needs at least {MIN_ROWS}: "
+                         "give --time-column if another column is the time")
     values = np.array(values, dtype=np.float64)
     missing = ~np.isfinite(values)
     if missing.any():
@@ -308,6 +311,9 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     cells = int(np.isfinite(out).sum()) + len(bad)
     if bad:
         first = f"the first {str(a[bad[0]])[:40]!r} in row {bad[0] + 1}"
+        if len(bad) > MAX_TEXT_SHARE * cells and _time_of_day(a[bad[0]]):  # a logger's Date, Time columns
+            raise InputError(f"{path}: column {column!r} holds times of day ({first}) without their dates; "
+                             f"{JOIN_DATE}")
         if len(bad) > MAX_TEXT_SHARE * cells:
             raise InputError(f"{path}: value column {column!r} is not numeric ({len(bad)} of {cells} values are not "
                              f"numbers, {first}); give it as --time-column or --series-column, or remove it")
@@ -496,12 +502,29 @@ def zoned(text: str) -> bool:
         return False
 
 
+JOIN_DATE = ("join the date and the time of day into one ISO 8601 column (2024-01-01T00:15:00) and give it as "
+             "--time-column")
+
+
+def _time_of_day(v: Any) -> bool:
+    """Whether a cell is a time of day (``00:15:00``, as pyarrow reads a logger's separate Time column)."""
+    if isinstance(v, dtime):
+        return True
+    try:
+        dtime.fromisoformat(str(v).strip())
+        return True
+    except ValueError:
+        return False
+
+
 def _bad_time(path: Path, a: np.ndarray, first: int) -> str:
     """What is wrong with a time column whose cell ``first`` is no ISO 8601 date: the first cell that is neither
     a number nor a date, or, when each cell is one or the other, that it mixes the two."""
     kinds = []
     for i, v in enumerate(a):
         kind, _ = time_of(str(v))
+        if not kind and _time_of_day(v):
+            return f"{path}: time column: {str(v).strip()[:40]!r} at row {i + 1} is a time of day without its date; {JOIN_DATE}"
         if not kind:
             return f"{path}: time column: {str(v).strip()[:40]!r} at row {i + 1} is neither a number nor an ISO 8601 date"
         kinds.append(kind)
