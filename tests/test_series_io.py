@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -441,7 +442,7 @@ def test_a_date_index_pandas_wrote_to_parquet_is_the_time(tmp_path: Path) -> Non
     ts = numbered(n, step=3600)
     stamps = pa.array(np.array(ts[::-1], "datetime64[s]"), pa.timestamp("ms", tz="UTC"))  # written newest first
     for name in ("__index_level_0__", "ts"):
-        meta = {b"pandas": ('{"index_columns": ["%s"], "columns": []}' % name).encode()}
+        meta = {b"pandas": json.dumps({"index_columns": [name], "columns": []}).encode()}
         table = pa.table({"cpu": [float(i) for i in range(n)], name: stamps}).replace_schema_metadata(meta)
         pq.write_table(table, tmp_path / f"{name}.parquet")
         (s,) = read_series(tmp_path / f"{name}.parquet")

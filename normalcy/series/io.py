@@ -496,10 +496,17 @@ def time_of(text: str, comma: bool = False) -> tuple[str, float]:
 
 def zoned(text: str) -> bool:
     """Whether an ISO 8601 time as written says its zone (``Z``, ``+01:00``)."""
+    return offset_of(text) is not None
+
+
+def offset_of(text: str) -> float | None:
+    """The seconds east of UTC an ISO 8601 time as written says (``+01`` 3600, ``Z`` 0); None without a zone
+    or for a cell that is no ISO 8601 time."""
     try:
-        return datetime.fromisoformat(_iso(text)).tzinfo is not None
+        offset = datetime.fromisoformat(_iso(text)).utcoffset()
     except ValueError:
-        return False
+        return None
+    return None if offset is None else offset.total_seconds()
 
 
 JOIN_DATE = ("join the date and the time of day into one ISO 8601 column (2024-01-01T00:15:00) and give it as "
@@ -596,15 +603,16 @@ SAMPLING_RATIO = 2.0  # test rows this many times further apart (or closer) than
 
 def _against_training(train: Series, test: Series) -> list[str]:
     """What a test series' times say against its training series' (both timed), one note each, said nowhere
-    before: test rows within the training's time range (a test on rows trained on scores them as normal), and
-    rows sampled at another interval (windows count rows: the model sees the test's patterns faster or slower
-    than it learned them)."""
+    before: test rows within the training's time range, of dates (a test on rows trained on scores them as
+    normal; many data sets number each file's rows from 0 in a column named timestamp), and rows sampled at
+    another interval (windows count rows: the model sees the test's patterns faster or slower than it learned
+    them)."""
     if train.time_column is None or test.time_column is None or len(train) < 2 or len(test) < 2:
         return []
     where, other = test.source.name, train.source.name
     notes = []
     inside = int(((test.time >= train.time[0]) & (test.time <= train.time[-1])).sum())
-    if inside:
+    if inside and min(train.time[0], test.time[0]) > 1e8:  # dates: a row index restarting at 0 in each file is none
         notes.append(f"{where}: {inside} of its {len(test)} rows lie within the time range of {other}: rows "
                      "trained on score as normal; test on rows after training")
     step_train, step_test = float(np.median(np.diff(train.time))), float(np.median(np.diff(test.time)))
