@@ -876,6 +876,17 @@ def test_a_plot_of_zoned_times_says_it_draws_them_in_utc(tmp_path: Path) -> None
         assert (">times in UTC</text>" in (tmp_path / name / "report.html").read_text()) is said
 
 
+def test_zoned_times_are_found_past_the_first_and_with_hours_alone() -> None:
+    """The report's "times in UTC" asked the first time alone, by a pattern of +HH:MM: a London file starting at
+    +00:00 in winter drew its summer rows (+01:00) an hour off the event table unsaid, and +01 was no zone."""
+    from normalcy.runs.report import _zoned
+
+    london = [f"2024-03-31T00:{m:02d}:00+00:00" for m in range(60)]  # then summer time
+    london += [f"2024-03-31T02:{m:02d}:00+01:00" for m in range(60)]
+    assert _zoned(london) and _zoned(["2024-01-01T00:00:00+01"])
+    assert not any(_zoned(t) for t in (["2024-01-01T00:00:00Z"], ["2024-01-01"], ["1700000000"], []))
+
+
 def test_a_set_whose_save_stopped_halfway_leaves_the_earlier_set(tmp_path: Path, monkeypatch) -> None:
     """A full disk at the second of three series' models left the earlier set's model.json naming one new
     model and two old ones: a set no fit made, which loaded and scored; then (a later mend) a folder with no

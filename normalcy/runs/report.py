@@ -344,11 +344,15 @@ def _drawn_as_dates(file: Any, time: np.ndarray) -> bool:
     return -6.2e10 < lo <= hi < 2.5e11 and (lo > 1e8 or time_of(file.times[0])[0] == "date")
 
 
-def _zoned(text: str) -> bool:
-    """Whether a time as written carries a zone other than UTC: the plot draws times in UTC, so its axis reads
-    09:00 hours off a table of events that says 09:00+09:00, unless it says so."""
-    zone = re.search(r"[+-](\d\d):?(\d\d)$", text.strip())
-    return zone is not None and zone.groups() != ("00", "00")
+def _zoned(texts: Sequence[str]) -> bool:
+    """Whether times as written carry a zone other than UTC: the plot draws times in UTC, so its axis reads
+    09:00 hours off a table of events that says 09:00+09:00, unless it says so. Up to 101 times spread over
+    the file are asked, not the first alone (a London file starts at +00:00 in winter and goes to +01:00), and
+    an offset of hours alone (+01) is one."""
+    from normalcy.series.io import offset_of
+
+    picks = [*texts[::max(1, len(texts) // 100)], texts[-1]] if len(texts) else []
+    return any(offset_of(t) not in (None, 0.0) for t in picks)
 
 
 def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: Sequence[Any], top: int,
@@ -381,7 +385,7 @@ def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: 
             svg = Markup(series_svg(s.time, bool(dates), s.values[:, idx], [s.columns[j] for j in idx], sc.score,
                                     sc.threshold, [(e.first, e.last) for e in sc.events],
                                     _runs(s.labels) if s.labels is not None else [], f"s{rank}",
-                                    note="times in UTC" if dates and _zoned(times[0]) else None))
+                                    note="times in UTC" if dates and _zoned(times) else None))
         except (ValueError, OverflowError) as err:  # a plot that cannot be drawn never costs the run
             error = str(err)[:200]
         events = []
