@@ -563,3 +563,13 @@ def test_a_separate_time_of_day_column_is_named_as_one(tmp_path: Path) -> None:
     times = write_csv(tmp_path / "times.csv", "Time,cpu", [r.split(",", 1)[1] for r in rows])
     with pytest.raises(InputError, match=r"time column: '00:00:00' at row 1 is a time of day without its date; join"):
         read_series(times, time_column="Time")
+
+
+def test_rfc3339_lower_case_z_is_utc(tmp_path: Path) -> None:
+    """RFC 3339 allows ``2024-01-01t00:00:00z``: it was "neither a number nor an ISO 8601 date"."""
+    rows = [f"{datetime.fromtimestamp(t, timezone.utc).isoformat()[:19]}z,{i}" for i, t in enumerate(numbered(40))]
+    (s,) = read_series(write_csv(tmp_path / "z.csv", "time,cpu", rows))
+    np.testing.assert_array_equal(s.time, numbered(40))
+    (t,) = read_series(write_csv(tmp_path / "t.csv", "time,cpu", [r.replace("T", "t") for r in rows]))
+    np.testing.assert_array_equal(t.time, numbered(40))
+    assert time_of("2024-01-01t00:00:00z") == time_of("2024-01-01T00:00:00Z")

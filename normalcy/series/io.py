@@ -471,8 +471,11 @@ def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False) -> 
 
 
 def _iso(text: str) -> str:
-    """An ISO 8601 cell as ``datetime.fromisoformat`` reads it: a trailing Z (UTC) written as +00:00."""
+    """An ISO 8601 cell as ``datetime.fromisoformat`` reads it: a trailing Z (UTC) written as +00:00, and RFC
+    3339's lower-case z (and t between date and time) too, which Python refused as "neither a number nor ..."."""
     text = text.strip()
+    if text.endswith("z") and len(text) > 10 and text[10] in "Tt ":
+        text = text[:10] + "T" + text[11:-1] + "Z"
     return text[:-1] + "+00:00" if text.endswith("Z") else text
 
 
