@@ -256,6 +256,17 @@ def test_a_name_given_twice_is_refused_and_trailing_separators_dropped(tmp_path:
     assert s.columns == ("v",) and s.notes == ["t.csv: 1 column(s) without a name or a value dropped"]
 
 
+def test_a_column_without_a_name_but_with_values_is_named_by_its_place(tmp_path: Path) -> None:
+    """A header cell left empty over values was a metric named "": events.csv listed it as ";m4;m1", the
+    report as ", m4, m1", and the review card dropped it. It is read as "column N" (its place in the file),
+    at fit and at predict alike, with a note."""
+    rows = [f"{i},{i % 5},{i % 3},{i % 7}" for i in range(20)]
+    (s,) = read_series(write_csv(tmp_path / "e.csv", "timestamp,m1,,m4", rows))
+    assert s.columns == ("m1", "column 3", "m4")
+    assert s.notes == ["e.csv: column(s) without a name in the header read as ['column 3']; name them there"]
+    assert s.values[:, 1].tolist() == [i % 3 for i in range(20)]
+
+
 def test_a_trailing_separator_and_a_ragged_line(tmp_path: Path) -> None:
     """A spreadsheet's export may end every line with a separator: that nameless, empty column is dropped and
     said. A line with another number of fields is named by its line number (the file is refused)."""
@@ -481,7 +492,7 @@ def test_a_row_index_beside_the_time_column_is_not_a_metric(tmp_path: Path) -> N
     (kept,) = read_series(f, keep=(("", "cpu"), "the model"))
     assert kept.columns == ("", "cpu")
     other = write_csv(tmp_path / "y.csv", ",timestamp,cpu", [f"{i * 7 % 5},{t},{i % 7}" for i, t in enumerate(ts)])
-    assert read_series(other)[0].columns == ("", "cpu")
+    assert read_series(other)[0].columns == ("column 1", "cpu")
 
 
 def test_parquet_is_read_without_pyarrow_s_dataset_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

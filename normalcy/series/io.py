@@ -113,6 +113,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}"
                          f"{unpack_hint(path)}")
     arrays = _read_arrays(path, text=(series_column,) if series_column else ())
+    position = {c: i + 1 for i, c in enumerate(arrays)}  # in the file, for a column without a name
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:
         raise InputError(f"{path}: no rows")
@@ -152,6 +153,13 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         notes.append(f"{path.name}: {len(blank)} column(s) without a name or a value dropped")
     if not columns:
         raise InputError(f"{path}: no value columns; it has {_names(arrays)}")
+    unnamed = {c: f"column {position[c]}" for c in columns  # a model fitted on it so still gets its name
+               if not c.strip() and f"column {position[c]}" not in arrays and not (keep and c in keep[0])}
+    if unnamed:  # a header cell left empty over values: events.csv named that metric "" (";m5;m2")
+        arrays = {unnamed.get(c, c): a for c, a in arrays.items()}
+        columns = [unnamed.get(c, c) for c in columns]
+        notes.append(f"{path.name}: column(s) without a name in the header read as {list(unnamed.values())}; "
+                     "name them there")
     renamed = matched(columns, keep[0]) if keep is not None else {}
     if renamed:  # a header written "time, cpu" (or not) at fit and not (or so) now
         arrays = {renamed.get(c, c): a for c, a in arrays.items()}
