@@ -130,3 +130,17 @@ def test_bad_settings_are_refused_by_name() -> None:
         MuSc(rscin_k=0)
     with pytest.raises(InputError, match="radii"):
         MuSc(radii=[0])
+
+
+def test_learned_attributes_appear_when_learned(tmp_path: Path) -> None:
+    """MuSc set ``refs_``, ``skipped_refs_``, ``threshold_`` and ``map_range_`` in ``__init__``: ``hasattr`` took a
+    MuSc that had scored nothing for one that had (the contract the other detectors follow since the estimators
+    round). They appear at ``references`` and ``score``, and the scores are those of a MuSc given no references."""
+    paths = _batch(tmp_path / "batch", n=4)
+    fresh = MuSc(FeatureExtractor(image_size=64, precision="fp32"))
+    assert not [a for a in vars(fresh) if a.endswith("_") and not a.startswith("_")]
+    r = fresh.score(paths, progress=False)
+    assert np.isfinite(fresh.threshold_) and fresh.map_range_ is not None and not hasattr(fresh, "refs_")
+    no_refs = MuSc(fresh.extractor).references([], progress=False)
+    assert no_refs.refs_ == [] and no_refs.skipped_refs_ == []
+    np.testing.assert_array_equal(no_refs.score(paths, progress=False).scores, r.scores)

@@ -85,19 +85,25 @@ class MuSc:
         unknown = [lv for lv in self.levels if lv not in self.extractor.backbone.levels]
         if unknown:
             raise InputError(f"unknown level(s) {unknown}; this backbone has {list(self.extractor.backbone.levels)}")
-        self.refs_: list[torch.Tensor] = []  # per degree r: R x P x D extra reference patches (fp16)
-        self.threshold_ = float("nan")  # set per batch
-        self.map_range_: tuple[float, float] | None = None
-        self.skipped_refs_: list[tuple[Path, str]] = []
+        # learned attributes (``refs_``, ``skipped_refs_`` by references; ``threshold_``, ``map_range_`` by score)
+        # appear when learned, as scikit-learn's contract and the other detectors have them: set here, ``hasattr``
+        # took a MuSc that had scored nothing for one that had
+
+    def _refs(self) -> list[torch.Tensor]:
+        """Per degree r: R x P x D extra reference patches (fp16); none before ``references``."""
+        return getattr(self, "refs_", [])
 
     def references(self, paths: Sequence[Path] | str | Path, progress: bool = True) -> "MuSc":
         """Extra unlabeled images that join every batch as references: their patches are matched
         against but never scored (they need not be normal)."""
-        self.skipped_refs_ = []
-        self.refs_ = []
+        for learned in ("refs_", "skipped_refs_"):  # a call that fails leaves none, not the earlier ones
+            self.__dict__.pop(learned, None)
+        skipped: list[tuple[Path, str]] = []
+        refs: list[torch.Tensor] = []
         if paths:
-            per_r, _, _, _ = self._batch_features(_items(paths), self.skipped_refs_, progress, "musc: references")
-            self.refs_ = [f.half() for f in per_r]
+            per_r, _, _, _ = self._batch_features(_items(paths), skipped, progress, "musc: references")
+            refs = [f.half() for f in per_r]
+        self.refs_, self.skipped_refs_ = refs, skipped
         return self
 
     # -- features ------------------------------------------------------------------
@@ -238,9 +244,10 @@ class MuSc:
         per_r, img_feats, seen, embs = self._batch_features(_items(paths), skipped, progress, "musc: features",
                                                             keep_images, embeddings, batch_size)
         n = len(seen)
-        if n + (len(self.refs_[0]) if self.refs_ else 0) < 2 or n == 0:
+        refs = self._refs()
+        if n + (len(refs[0]) if refs else 0) < 2 or n == 0:
             raise InputError(f"MuSc scores images against each other: it needs at least 2 readable images, got {n}")
-        patch = self.patch_scores(per_r, self.refs_ or None, progress)
+        patch = self.patch_scores(per_r, refs or None, progress)
         maps_grid = patch.reshape(n, *self._grid(*self.extractor.size)).numpy()
         scores = self.image_scores(patch, img_feats)
         med = float(np.median(scores))
