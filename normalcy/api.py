@@ -39,7 +39,7 @@ from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json,
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
 from normalcy.images.features import FeatureExtractor, native_size, size_for
-from normalcy.images.io import input_paths, is_dataset, iter_images, list_files
+from normalcy.images.io import input_paths, is_dataset, iter_images, list_files, read_notes
 from normalcy.progress import LONG_SERIES, progress_bar
 from normalcy.runs.format import (
     IMAGES,
@@ -310,6 +310,7 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)  # a series run: what io.py repaired before scoring
 
 
+@read_notes()  # a note on files read (float values clipped, frames) once a kind, not a file
 def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None, detector: Optional[str] = None, *,
         label_column: Optional[str] = None, id_column: Optional[str] = None, time_column: Optional[str] = None,
         series_column: Optional[str] = None, series: Optional[bool] = None, ray: Optional[str] = None,
@@ -439,6 +440,7 @@ def _fit_table(path: Path, opts: DetectorOptions, label_column: Optional[str], i
     return VectorModel(estimator, opts.name(table=True), table.columns, skipped, table.ignored)
 
 
+@read_notes()
 def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column: Optional[str] = None,
              test: Optional[PathLike] = None, time_column: Optional[str] = None, report: Optional[PathLike] = None,
              stream: bool = False, progress: bool = True, **settings: Any) -> dict[str, Any]:
@@ -521,6 +523,7 @@ def load(path: PathLike, trust_code: bool = False) -> Any:
     return load_image_model(path, trust_code=trust_code)
 
 
+@read_notes()
 def export(model_dir: PathLike, output: PathLike, precision: str = "fp32", calibration: Optional[PathLike] = None,
            trust_code: bool = False) -> tuple[Any, Path]:
     """An image model's scoring graph written to an ONNX file (normalcy.scale.export): the loaded model and the
@@ -614,6 +617,7 @@ def _watched(summary: Any, out: Optional[Any]) -> Any:
     return summary
 
 
+@read_notes()
 def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,
             report: bool = True, save_maps: bool = False, embeddings: Optional[bool] = None, top: Optional[int] = None,
             trust_code: bool = False, id_column: Optional[str] = None, time_column: Optional[str] = None,
@@ -878,6 +882,7 @@ def _predict_images(model: Any, inputs: list[Path], output: Path, info: dict[str
         return _finish_run(writer, skipped, f"normalcy predict: {len(writer.rows)} images")
 
 
+@read_notes()
 def score_batch(inputs: PathLike | Sequence[PathLike], output: PathLike = "results", *,
                 extra: PathLike | Sequence[PathLike] = (),
                 heatmaps: bool = True, report: bool = True, save_maps: bool = False, top: int = 24,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -308,6 +309,52 @@ def test_animations_and_multipage_files_say_only_their_first_frame_is_read(
     with caplog.at_level(logging.WARNING, logger="normalcy"):
         assert read_image(tmp_path / f"a{suffix}")[0, 0, 0] == 40
     assert f"a{suffix}: 3 frames or pages (an animation or a multi-page file): only the first is read" in caplog.text
+
+
+def test_notes_on_files_read_are_one_line_a_kind_per_command(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                               ) -> None:
+    """A float TIFF's clipped values and an animation's frames were one warning a file, again each time the file
+    was read: 10,000 such files gave 10,000 lines. A command (``read_notes``: fit, predict, eval, ...) says one
+    line a kind, its first file's note, the count of the others and the first few of their names."""
+    from normalcy.images.io import read_notes
+
+    for i in range(12):
+        big = np.array([[0.0, 100.0, 4095.0 + i]], dtype=np.float32)
+        Image.fromarray(big, mode="F").save(tmp_path / f"f{i:02d}.tif")
+    frames = [Image.fromarray(np.full((6, 8, 3), v, np.uint8)) for v in (40, 200)]
+    for i in range(2):
+        frames[0].save(tmp_path / f"g{i}.gif", save_all=True, append_images=frames[1:])
+    files = sorted(tmp_path.iterdir())
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        with read_notes():
+            with read_notes():  # eval fits: the outer command says them
+                for p in files:
+                    read_image(p)
+            assert caplog.records == []
+            with ThreadPoolExecutor(2) as pool:  # read again, by the readers' threads
+                list(pool.map(read_image, reversed(files)))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"{tmp_path / 'f00.tif'}: float image: 1 of 3 values outside 0..255 (they span 0..4095) are clipped to it: "
+        "scale the file to 0..1 or 0..255 (and 11 more file(s) likewise: f01.tif, f02.tif, f03.tif, ...)",
+        f"{tmp_path / 'g0.gif'}: 2 frames or pages (an animation or a multi-page file): only the first is read "
+        "(and 1 more file(s) likewise: g1.gif)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):  # outside a command: at once, as before
+        read_image(files[0])
+    assert len(caplog.records) == 1 and "likewise" not in caplog.text
+    from normalcy.api import fit
+
+    caplog.clear()
+    (tmp_path / "empty.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="normalcy"), pytest.raises(InputError, match="readable"):
+        fit([*files[:2], files[-1], *[tmp_path / "empty.png"] * 2], "gaussian", image_size=32,
+            progress=False)  # said when the command fails too
+    said = [r.getMessage() for r in caplog.records if "empty.png" not in r.getMessage()]  # skipped: said apart
+    assert said == [lines[0].replace("11 more file(s) likewise: f01.tif, f02.tif, f03.tif, ...",
+                                     "1 more file(s) likewise: f01.tif"),
+                    f"{tmp_path / 'g1.gif'}: 2 frames or pages (an animation or a multi-page file): only the first "
+                    "is read"]
 
 
 def test_read_bilevel(tmp_path: Path) -> None:

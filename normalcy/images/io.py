@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import struct
+import threading
 import unicodedata
 import warnings
 from collections import Counter
@@ -43,6 +44,7 @@ __all__ = [
     "mask_peak",
     "read_image",
     "read_mask",
+    "read_notes",
 ]
 
 logger = logging.getLogger("normalcy")
@@ -165,8 +167,8 @@ def _to_rgb_array(im: Image.Image, path: Path | None = None) -> np.ndarray:
         top = 1.0 if a.size and a.max() <= 1.0 else 255.0
         _warn_clipped(path, raw, 0, top, "float")
         if path is not None and top == 255.0 and a.size and a.max() < 2.0:  # 0..1 data a little past 1 came out black, unsaid
-            logger.warning("%s: float image of values up to %g, over 1 so read on 0..255: it is nearly black; scale "
-                           "the file to 0..1 if that is its range", printable(str(path)), a.max())
+            _note("float dark", path, f"float image of values up to {a.max():g}, over 1 so read on 0..255: it is "
+                  "nearly black; scale the file to 0..1 if that is its range")
         a = np.clip(a, 0.0, 1.0) * 255.0 if top == 1.0 else np.clip(a, 0.0, 255.0)
         gray = np.round(a).astype(np.uint8)
     else:
@@ -209,7 +211,50 @@ def _warn_clipped(path: Path | None, raw: np.ndarray, low: float, high: float, k
     what = [f"{out} of {raw.size} values outside {low:g}..{high:g} (they span {finite.min():g}..{finite.max():g}) "
             f"are clipped to it: scale the file to {scale}" if out else "",
             f"{bad} NaN or infinite values read as 0" if bad else ""]
-    logger.warning("%s: %s image: %s", printable(str(path)), kind, "; ".join(w for w in what if w))
+    _note(f"{kind} values", path, f"{kind} image: " + "; ".join(w for w in what if w))
+
+
+_notes_lock = threading.Lock()
+_notes: dict[str, dict[str, str]] | None = None
+"""While :func:`read_notes` collects: per kind of note, each file's note (by its path)."""
+_notes_depth = 0
+
+
+def _note(kind: str, path: Path, text: str) -> None:
+    """Say ``path: text`` of a file read all the same (values clipped, frames left out): at once outside
+    :func:`read_notes`, else once a file, summed up by kind when the command ends."""
+    with _notes_lock:
+        if _notes is not None:
+            _notes.setdefault(kind, {}).setdefault(str(path), text)
+            return
+    logger.warning("%s: %s", printable(str(path)), text)
+
+
+@contextmanager
+def read_notes() -> Iterator[None]:
+    """Collect what reading images says of files it reads all the same (a float TIFF's values clipped, an
+    animation's frames left out) and say it when the block ends: one line a kind, its first file's note, how
+    many more files had one and the first few names (10,000 float TIFFs gave 10,000 lines, once more each time a
+    file was read again). Nested (``eval`` fits), the outermost block says them. A decorator too."""
+    global _notes, _notes_depth
+    with _notes_lock:
+        _notes_depth += 1
+        if _notes is None:
+            _notes = {}
+    try:
+        yield
+    finally:
+        with _notes_lock:
+            _notes_depth -= 1
+            notes = _notes if _notes_depth == 0 else None
+            if _notes_depth == 0:
+                _notes = None
+        for kind, by_file in (notes or {}).items():
+            files = sorted(by_file)  # readers run in threads: the first as listed, not as decoded
+            more = files[1:]
+            names = ", ".join(printable(Path(f).name) for f in more[:3]) + (", ..." if len(more) > 3 else "")
+            logger.warning("%s: %s%s", printable(files[0]), by_file[files[0]],
+                           f" (and {len(more)} more file(s) likewise: {names})" if more else "")
 
 
 _FILE_TYPES = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
@@ -345,8 +390,7 @@ def _open_loaded(p: Path) -> Image.Image:
         # an animated GIF, PNG or WebP, or a multi-page TIFF: the first frame was taken silently (a phone's JPEG with
         # a second, preview picture, MPO, is one photo)
         if frames > 1 and im.format != "MPO":
-            logger.warning("%s: %d frames or pages (an animation or a multi-page file): only the first is read",
-                           printable(str(p)), frames)
+            _note("frames", p, f"{frames} frames or pages (an animation or a multi-page file): only the first is read")
         try:
             out = ImageOps.exif_transpose(im)
         except Exception:  # malformed EXIF must not cost us the image
