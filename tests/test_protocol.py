@@ -223,6 +223,36 @@ def test_a_non_square_input_size_keeps_the_aspect_ratio(tmp_path: Path) -> None:
     assert all(m.shape == (48, 96) for m in batch.maps)
 
 
+def test_an_extreme_aspect_ratio_keeps_the_input_to_about_224_squared(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Past 1:49 the short side is at its least (32) and the long one grew on: 1x300 images gave a 32x3872 input,
+    2x5000 ones 32x4096. The long side is kept to 1568 (about 224 x 224 pixels), said naming such files; up to
+    1:49 nothing changed."""
+    import logging
+
+    from normalcy.images.features import size_for
+
+    def folder(name: str, h: int, w: int, n: int = 3) -> list[Path]:
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            Image.new("RGB", (w, h), (90, 90, 90)).save(tmp_path / name / f"{i}.png")
+        return sorted((tmp_path / name).iterdir())
+
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert size_for(folder("line", 1, 300)) == (32, 1568)
+        assert size_for(folder("scan", 2, 5000, 5)) == (32, 1568)
+        assert size_for(folder("tall", 300, 1)) == (1568, 32)
+        assert size_for(folder("tall2", 300, 1, 1), say=False) == (1568, 32)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 3 and "past 1:49 (3 of the 3 looked at: 0.png 300x1, 1.png 300x1, 2.png 300x1): input " \
+        "size 32x1568 (height x width)" in said[0] and "0.png 5000x2, 1.png 5000x2, 2.png 5000x2, ..." in said[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert size_for(folder("wide40", 4, 160)) == (32, 1408)  # 1:40, as before
+        assert size_for(folder("wide49", 2, 98)) == (32, 1568)  # 1:49 exactly
+    assert caplog.records == []
+
+
 def test_patchcore_without_reweighting_scores_the_plain_maximum(fe: FeatureExtractor, tmp_path: Path) -> None:
     """b = 1 leaves eq. 7 nothing to weigh against: the image score is the largest patch distance."""
     paths = _images(tmp_path / "train", 8)

@@ -370,7 +370,7 @@ def tune_candidates(setting: str, ex: FeatureExtractor, detector: str, sample: S
     elif setting == "image_size":
         if ex.tile:
             return []
-        values = [size_for(list(sample), a * a) for a in TUNE_AREAS] + [(TUNE_AREAS[0], TUNE_AREAS[0])]
+        values = [size_for(list(sample), a * a, say=False) for a in TUNE_AREAS] + [(TUNE_AREAS[0], TUNE_AREAS[0])]
     else:  # pool_grid
         if not DETECTORS[detector].uses_pooled:
             return []

@@ -43,6 +43,8 @@ from normalcy.errors import ImageError, InputError
 from normalcy.images.backbones import Backbone, BackboneSpec, get_backbone_spec, standardised, with_input_norm
 from normalcy.images.io import image_size, iter_images
 
+logger = logging.getLogger("normalcy")
+
 
 @dataclass
 class Features:
@@ -89,8 +91,8 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _header_sizes(paths: Sequence[Path], sample: int = 64) -> list[tuple[int, int]]:
-    """(width, height) of up to ``sample`` files spread over ``paths``, from their headers only."""
+def _header_sizes(paths: Sequence[Path], sample: int = 64) -> list[tuple[Path, int, int]]:
+    """(path, width, height) of up to ``sample`` files spread over ``paths``, from their headers only."""
     sizes = []
     for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
         try:
@@ -98,7 +100,7 @@ def _header_sizes(paths: Sequence[Path], sample: int = 64) -> list[tuple[int, in
         except ImageError:
             continue  # an unreadable file is named later, when it is read for real
         if w and h:
-            sizes.append((w, h))
+            sizes.append((p, w, h))
     return sizes
 
 
@@ -106,12 +108,26 @@ def _side(x: float, multiple: int) -> int:
     return int(min(MAX_SIZE, max(MIN_SIZE, round(x / multiple) * multiple)))
 
 
-def size_for(paths: Sequence[Path], area: int = 224 * 224, multiple: int = 32) -> tuple[int, int]:
+def size_for(paths: Sequence[Path], area: int = 224 * 224, multiple: int = 32, say: bool = True) -> tuple[int, int]:
     """An input size with the images' median aspect ratio and about ``area`` pixels (so speed stays
-    that of a 224 px square), each side a multiple of ``multiple``; read from file headers only."""
+    that of a 224 px square), each side a multiple of ``multiple``; read from file headers only.
+
+    Past the ratio at which the short side is at its least (``MIN_SIZE``; 1:49 at 224 x 224) the long side
+    is kept to ``area / MIN_SIZE``: it grew on with the ratio (1x300 images gave a 32x3872 input, 2x5000 ones
+    32x4096, two and a half times the area and its time), the images squeezed along it; said (``say``) naming
+    such files."""
     sizes = _header_sizes(paths)
-    ratio = float(np.median([w / h for w, h in sizes])) if sizes else 1.0
-    return _side(np.sqrt(area / ratio), multiple), _side(np.sqrt(area * ratio), multiple)
+    ratio = float(np.median([w / h for _, w, h in sizes])) if sizes else 1.0
+    most = area / MIN_SIZE**2
+    kept = min(max(ratio, 1 / most), most)
+    size = _side(np.sqrt(area / kept), multiple), _side(np.sqrt(area * kept), multiple)
+    if kept != ratio and say:
+        odd = [f"{p.name} {w}x{h}" for p, w, h in sizes if not 1 / most <= w / h <= most]
+        logger.warning("images of an aspect ratio past 1:%d (%d of the %d looked at: %s%s): input size %dx%d (height x "
+                       "width), about %d pixels as for any image, so each is squeezed along its long side; give "
+                       "--image-size HEIGHTxWIDTH or --tile to choose another", round(most), len(odd), len(sizes),
+                       ", ".join(odd[:3]), ", ..." if len(odd) > 3 else "", *size, area)
+    return size
 
 
 def native_size(paths: Sequence[Path], multiple: int = 32) -> tuple[int, int]:
@@ -119,7 +135,8 @@ def native_size(paths: Sequence[Path], multiple: int = 32) -> tuple[int, int]:
     sizes = _header_sizes(paths)
     if not sizes:
         return 224, 224
-    return _side(float(np.median([h for _, h in sizes])), multiple), _side(float(np.median([w for w, _ in sizes])), multiple)
+    return (_side(float(np.median([h for _, _, h in sizes])), multiple),
+            _side(float(np.median([w for _, w, _ in sizes])), multiple))
 
 
 def bf16_supported() -> bool:
