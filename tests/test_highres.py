@@ -186,6 +186,26 @@ def test_a_mask_that_gives_no_defect_pixel_says_why(tmp_path: Path, caplog) -> N
         "512x256 (its defect covers under half a pixel there); its pixels count" in caplog.text
 
 
+def test_masks_of_another_size_or_without_defect_are_one_line_a_kind(tmp_path: Path, caplog) -> None:
+    """Masks all saved at half their images' size (or all black) gave one warning a defective image: a data set of
+    1,000 gave 1,000 lines. One line a kind names the first and counts and names the others."""
+    samples, result = _highres_case(tmp_path, 16)
+    defective = [s for s in samples if s.label]
+    for s in defective[:6]:
+        Image.open(s.mask_path).resize((800, 400)).save(s.mask_path)
+    for s in defective[6:]:
+        Image.new("L", (1600, 800), 0).save(s.mask_path)
+    with caplog.at_level(logging.WARNING, logger="normalcy"), pytest.warns(MaskSizeWarning) as caught:
+        masks = masks_for(samples, result)
+    assert [m.any() for m, s in zip(masks, samples) if s.label] == [True] * 6 + [False] * 2
+    assert [str(w.message) for w in caught] == [
+        f"{defective[0].mask_path}: mask size 800x400 differs from image size 1600x800; resized (and 5 more mask(s) "
+        "of another size than their image's, resized: 3_mask.png, 5_mask.png, 7_mask.png, ...)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{defective[6].mask_path}: no defect pixel in the mask of a defective image; its pixels count as normal in "
+        "the pixel metrics (and 1 more mask(s) likewise: 15_mask.png)"]
+
+
 def test_test_images_that_are_training_images_are_named(synthetic_dataset: Path, caplog) -> None:
     """Copies of test images left in train/good are fitted on as normal and score low: hazelnut_toy with five
     defective test images copied in gave image AUROC 0.686 (1.0 without), without a word."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import resource
 import stat
 import time
@@ -25,7 +26,7 @@ from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
 from normalcy.images.backbones import sha256_file
 from normalcy.images.features import FeatureExtractor
-from normalcy.images.io import Dataset, Sample, iter_images, load_dataset, mask_peak, read_mask
+from normalcy.images.io import Dataset, MaskSizeWarning, Sample, iter_images, load_dataset, mask_peak, read_mask
 from normalcy.runs.report import gallery_image, write_report
 
 log = logging.getLogger("normalcy")
@@ -75,6 +76,9 @@ def masks_for(samples: Sequence[Sample], result: Result,
     by_path = {s.path: s for s in samples}
     shapes = image_sizes(result.maps)
     masks: list[np.ndarray | None] = []
+    resized: list[tuple[Path, warnings.WarningMessage]] = []  # said once below, not once a mask: a data set whose
+    empty: list[tuple[Path, str]] = []  # masks were all saved at half size gave one line per defective image
+    others: list[warnings.WarningMessage] = []
     for path, shape, size in zip(result.paths, shapes, sizes or shapes):
         s = by_path[path]
         if s.label == 0:
@@ -91,11 +95,32 @@ def masks_for(samples: Sequence[Sample], result: Result,
                     masks.append(None)
                 else:
                     if not masks[-1].any():  # a wrong file or a wrong export, likelier than a defect of no pixel
-                        log.warning("%s: no defect pixel in the mask of a defective image%s; its pixels count as "
-                                    "normal in the pixel metrics", s.mask_path, _no_defect_why(s.mask_path, size))
+                        empty.append((s.mask_path, _no_defect_why(s.mask_path, size)))
             for w in caught:
-                warnings.warn(str(w.message), w.category, stacklevel=2)
+                if issubclass(w.category, MaskSizeWarning):
+                    resized.append((s.mask_path, w))
+                else:
+                    others.append(w)
+    by_why: dict[str, list[tuple[Path, str]]] = {}  # the same reason but for its numbers (a size, a level)
+    for mask_path, why in empty:
+        by_why.setdefault(re.sub(r"\d+", "#", why), []).append((mask_path, why))
+    for same in by_why.values():
+        log.warning("%s: no defect pixel in the mask of a defective image%s; its pixels count as normal in the pixel "
+                    "metrics%s", same[0][0], same[0][1], _likewise("likewise", [p for p, _ in same[1:]]))
+    for _, w in resized[:1]:
+        more = _likewise("of another size than their image's, resized", [p for p, _ in resized[1:]])
+        warnings.warn(f"{w.message}{more}", w.category, stacklevel=2)
+    for w in others:
+        warnings.warn(str(w.message), w.category, stacklevel=2)
     return masks
+
+
+def _likewise(what: str, more: Sequence[Path]) -> str:
+    """" (and 9 more mask(s) WHAT: a.png, b.png, c.png, ...)", naming the first few; "" for none."""
+    if not more:
+        return ""
+    names = ", ".join(p.name for p in more[:3]) + (", ..." if len(more) > 3 else "")
+    return f" (and {len(more)} more mask(s) {what}: {names})"
 
 
 def _no_defect_why(path: Path, size: tuple[int, int]) -> str:
