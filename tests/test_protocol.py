@@ -129,6 +129,8 @@ def test_nearly_black_training_images_are_named_in_a_warning(fe: FeatureExtracto
         create("gaussian", fe).fit(paths, progress=False)
     assert "2 training image(s) are nearly black, their brightest pixel under 32 of 255 (bits12_a.png, " \
            "bits12_b.png)" in caplog.text
+    # an 8-bit black frame was told only to scale its 16 bits, which it has not
+    assert "bits12_b.png): a blank frame (a capture that failed) is learned as normal; and 16-bit files" in caplog.text
 
 
 @pytest.mark.parametrize("name", sorted(DETECTORS))

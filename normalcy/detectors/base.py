@@ -820,8 +820,9 @@ class _Counter:
                         ", ".join(self.tiny[:3]), ", ..." if len(self.tiny) > 3 else "")
         if count and self.dark:  # a camera's 10 or 12 bits in a 16-bit file were learned as black, without a word
             log.warning("%s: %d training image(s) are nearly black, their brightest pixel under %d of 255 (%s%s): "
-                        "16-bit files read 0..65535 as 0..255, so 10 or 12-bit values (0..4095) stored in 16 bits "
-                        "come out so; scale such files to the full 16-bit range", self.name, len(self.dark),
+                        "a blank frame (a capture that failed) is learned as normal; and 16-bit files read 0..65535 "
+                        "as 0..255, so 10 or 12-bit values (0..4095) stored in 16 bits come out so: scale such files "
+                        "to the full 16-bit range", self.name, len(self.dark),
                         round(DARK * 255), ", ".join(self.dark[:3]), ", ..." if len(self.dark) > 3 else "")
 
 
