@@ -258,6 +258,16 @@ def test_read_16bit_tiff_big_endian(tmp_path: Path) -> None:
     assert out[0, :, 0].tolist() == [0, 255]
 
 
+def test_a_16bit_grey_png_with_a_transparent_level_is_on_black(tmp_path: Path) -> None:
+    """An 8-bit grey PNG's transparent level (tRNS) read black, a 16-bit one's kept its grey (30000: 117)."""
+    a = np.full((2, 3), 30000, np.uint16)
+    a[0, 0] = 65535
+    Image.fromarray(a).save(tmp_path / "t16.png", transparency=30000)
+    assert read_image(tmp_path / "t16.png")[:, :, 0].tolist() == [[255, 0, 0], [0, 0, 0]]
+    Image.fromarray(a).save(tmp_path / "opaque16.png")
+    assert read_image(tmp_path / "opaque16.png")[:, :, 0].tolist() == [[255, 117, 117], [117, 117, 117]]
+
+
 def test_read_mode_i_clipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     a = np.array([[-5, 0, 65535, 100000]], dtype=np.int32)
     Image.fromarray(a, mode="I").save(tmp_path / "i32.tif")

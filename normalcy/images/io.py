@@ -173,6 +173,9 @@ def _to_rgb_array(im: Image.Image, path: Path | None = None) -> np.ndarray:
         gray = np.round(a).astype(np.uint8)
     else:
         gray = None
+    if gray is not None and mode != "F" and isinstance(im.info.get("transparency"), int):
+        # a 16-bit grey PNG's transparent level (tRNS): on black, as an 8-bit one's is (it kept its grey)
+        gray[np.asarray(im) == im.info["transparency"]] = 0
 
     if gray is not None:
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
