@@ -335,20 +335,19 @@ def test_notes_on_files_read_are_one_line_a_kind_per_command(tmp_path: Path, cap
     for i in range(2):
         frames[0].save(tmp_path / f"g{i}.gif", save_all=True, append_images=frames[1:])
     files = sorted(tmp_path.iterdir())
-    with caplog.at_level(logging.WARNING, logger="normalcy"):
-        with read_notes():
-            with read_notes():  # eval fits: the outer command says them
-                for p in files:
-                    read_image(p)
-            assert caplog.records == []
-            with ThreadPoolExecutor(2) as pool:  # read again, by the readers' threads
-                list(pool.map(read_image, reversed(files)))
+    with caplog.at_level(logging.WARNING, logger="normalcy"), read_notes():
+        with read_notes():  # eval fits: the outer command says them
+            for p in files:
+                read_image(p)
+        assert caplog.records == []
+        with ThreadPoolExecutor(2) as pool:  # read again, by the readers' threads
+            list(pool.map(read_image, reversed(files)))
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
-        f"{tmp_path / 'f00.tif'}: float image: 1 of 3 values outside 0..255 (they span 0..4095) are clipped to it: "
-        "scale the file to 0..1 or 0..255 (and 11 more file(s) likewise: f01.tif, f02.tif, f03.tif, ...)",
-        f"{tmp_path / 'g0.gif'}: 2 frames or pages (an animation or a multi-page file): only the first is read "
-        "(and 1 more file(s) likewise: g1.gif)"]
+        (f"{tmp_path / 'f00.tif'}: float image: 1 of 3 values outside 0..255 (they span 0..4095) are clipped to it: "
+         "scale the file to 0..1 or 0..255 (and 11 more file(s) likewise: f01.tif, f02.tif, f03.tif, ...)"),
+        (f"{tmp_path / 'g0.gif'}: 2 frames or pages (an animation or a multi-page file): only the first is read "
+         "(and 1 more file(s) likewise: g1.gif)")]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="normalcy"):  # outside a command: at once, as before
         read_image(files[0])
@@ -363,8 +362,8 @@ def test_notes_on_files_read_are_one_line_a_kind_per_command(tmp_path: Path, cap
     said = [r.getMessage() for r in caplog.records if "empty.png" not in r.getMessage()]  # skipped: said apart
     assert said == [lines[0].replace("11 more file(s) likewise: f01.tif, f02.tif, f03.tif, ...",
                                      "1 more file(s) likewise: f01.tif"),
-                    f"{tmp_path / 'g1.gif'}: 2 frames or pages (an animation or a multi-page file): only the first "
-                    "is read"]
+                    (f"{tmp_path / 'g1.gif'}: 2 frames or pages (an animation or a multi-page file): only the first "
+                     "is read")]
 
 
 def test_read_bilevel(tmp_path: Path) -> None:

@@ -199,11 +199,11 @@ def test_masks_of_another_size_or_without_defect_are_one_line_a_kind(tmp_path: P
         masks = masks_for(samples, result)
     assert [m.any() for m, s in zip(masks, samples) if s.label] == [True] * 6 + [False] * 2
     assert [str(w.message) for w in caught] == [
-        f"{defective[0].mask_path}: mask size 800x400 differs from image size 1600x800; resized (and 5 more mask(s) "
-        "of another size than their image's, resized: 3_mask.png, 5_mask.png, 7_mask.png, ...)"]
+        (f"{defective[0].mask_path}: mask size 800x400 differs from image size 1600x800; resized (and 5 more mask(s) "
+         "of another size than their image's, resized: 3_mask.png, 5_mask.png, 7_mask.png, ...)")]
     assert [r.getMessage() for r in caplog.records] == [
-        f"{defective[6].mask_path}: no defect pixel in the mask of a defective image; its pixels count as normal in "
-        "the pixel metrics (and 1 more mask(s) likewise: 15_mask.png)"]
+        (f"{defective[6].mask_path}: no defect pixel in the mask of a defective image; its pixels count as normal in "
+         "the pixel metrics (and 1 more mask(s) likewise: 15_mask.png)")]
 
 
 def test_test_images_that_are_training_images_are_named(synthetic_dataset: Path, caplog) -> None:

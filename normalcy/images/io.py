@@ -252,7 +252,7 @@ def read_notes() -> Iterator[None]:
             notes = _notes if _notes_depth == 0 else None
             if _notes_depth == 0:
                 _notes = None
-        for kind, by_file in (notes or {}).items():
+        for by_file in (notes or {}).values():
             files = sorted(by_file)  # readers run in threads: the first as listed, not as decoded
             more = files[1:]
             names = ", ".join(printable(Path(f).name) for f in more[:3]) + (", ..." if len(more) > 3 else "")
