@@ -42,6 +42,7 @@ from normalcy.detectors import DETECTORS
 from normalcy.errors import ImageError, InputError, NotFittedError
 from normalcy.images.backbones import BACKBONES
 from normalcy.images.features import FeatureExtractor
+from normalcy.images.io import skips_listed
 from normalcy.progress import PlainRichHandler, console, shown
 from normalcy.review.ranking import DEFAULT_STRATEGY, strategies_help
 from normalcy.runs.format import EMBEDDINGS, SERIES, VECTORS, add_embeddings, read_run_json
@@ -167,7 +168,8 @@ def _guarded(fn: Any) -> Any:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with skips_listed():  # each command lists the files it skipped: not a warning more a file
+                return fn(*args, **kwargs)
         except (InputError, NotFittedError, ImageError) as err:
             _fail(str(err))
         except KeyboardInterrupt:
@@ -714,10 +716,13 @@ def _main(
 
 
 def _report_skipped(skipped: list[tuple[Path, str]]) -> None:
+    """The files skipped, the first 20 (10,000 unreadable files were 10,000 lines), as rows are."""
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} file(s) that are not readable images:[/]")
-        for p, r in skipped:
+        for p, r in skipped[:20]:
             console.print(f"  {shown(p)}: {shown(r)}", highlight=False, soft_wrap=True)
+        if len(skipped) > 20:
+            console.print(f"  ... and {len(skipped) - 20} more (all in a run's skipped.csv, and in eval --json)")
 
 
 if __name__ == "__main__":

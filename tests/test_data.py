@@ -258,6 +258,39 @@ def test_read_16bit_tiff_big_endian(tmp_path: Path) -> None:
     assert out[0, :, 0].tolist() == [0, 255]
 
 
+def test_skipped_files_are_one_line_in_a_command_and_listed_once_by_the_cli(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
+    """Each unreadable file was a warning as it was read, then a line of the command's list of them: 10,000
+    unreadable files were 20,000 lines. In a command they are one line (said by the command line only where it
+    fails, since its list is not printed then), and the list shows 20, then a count."""
+    from conftest import run_cli
+
+    from normalcy.cli import _report_skipped
+    from normalcy.images.io import iter_images, read_notes, skips_listed
+
+    bad = [tmp_path / f"z{i:02d}.png" for i in range(25)]
+    for p in bad:
+        p.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        with read_notes():
+            assert list(iter_images(bad, [])) == []
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{bad[0]}: skipped: empty file (0 bytes) (and 24 more file(s) skipped: z01.png, z02.png, z03.png, ...)"]
+        caplog.clear()
+        with skips_listed(), read_notes():
+            skipped: list[tuple[Path, str]] = []
+            assert list(iter_images(bad, skipped)) == [] and len(skipped) == 25  # the caller lists them
+            list(iter_images(bad[:2], [], listed=False))  # a caller that drops them: said
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{bad[0]}: skipped: empty file (0 bytes) (and 1 more file(s) skipped: z01.png)"]
+    _report_skipped(skipped)
+    listed = capsys.readouterr().err.splitlines()
+    assert len(listed) == 22 and "z19.png: empty file (0 bytes)" in listed[20] and "and 5 more" in listed[21]
+    r = run_cli("fit", tmp_path, "-o", tmp_path.parent / f"{tmp_path.name}-model")
+    assert r.returncode == 1 and "none of the 25 training files" in r.stderr
+    assert r.stderr.count("z24.png") == 0 and "(and 24 more file(s) skipped: z01.png" in r.stderr, r.stderr
+
+
 def test_a_16bit_grey_png_with_a_transparent_level_is_on_black(tmp_path: Path) -> None:
     """An 8-bit grey PNG's transparent level (tRNS) read black, a 16-bit one's kept its grey (30000: 117)."""
     a = np.full((2, 3), 30000, np.uint16)

@@ -314,7 +314,7 @@ def write_eval_report(path: Path, metrics: dict[str, Any], det: Detector, result
     items = [
         gallery_image(_rel(path, ds.root), float(result.scores[i]), bool(result.decisions[i]), image, result.maps[i],
                       label_of[path])
-        for path, image in iter_images(list(order), []) for i in [order[path]]
+        for path, image in iter_images(list(order), [], listed=False) for i in [order[path]]
     ]
     return write_report(
         path,

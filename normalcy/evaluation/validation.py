@@ -347,7 +347,7 @@ def image_contrast(paths: Sequence[Path], n: int = 16) -> float:
     when none can be read."""
     paths = list(paths)
     picked = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(n, len(paths)))] if paths else []
-    spreads = [float(im.std()) / 255.0 for _, im in iter_images(picked, [])]
+    spreads = [float(im.std()) / 255.0 for _, im in iter_images(picked, [], listed=False)]
     return float(np.median(spreads)) if spreads else 0.25
 
 

@@ -17,6 +17,7 @@ import unicodedata
 import warnings
 from collections import Counter
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -45,6 +46,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "read_notes",
+    "skips_listed",
 ]
 
 logger = logging.getLogger("normalcy")
@@ -223,9 +225,27 @@ _notes: dict[str, dict[str, str]] | None = None
 _notes_depth = 0
 
 
+_skips_listed: ContextVar[bool] = ContextVar("normalcy_skips_listed", default=False)
+
+
+@contextmanager
+def skips_listed() -> Iterator[None]:
+    """Within it, the caller lists the files skipped itself (the command line does), so :func:`read_notes` leaves
+    them out of its lines: each was said twice."""
+    token = _skips_listed.set(True)
+    try:
+        yield
+    finally:
+        _skips_listed.reset(token)
+
+
+_MORE = {"skipped": "skipped", "skipped, unlisted": "skipped"}
+"""How the summary line of a kind counts the files after the first (by default "likewise")."""
+
+
 def _note(kind: str, path: Path, text: str) -> None:
-    """Say ``path: text`` of a file read all the same (values clipped, frames left out): at once outside
-    :func:`read_notes`, else once a file, summed up by kind when the command ends."""
+    """Say ``path: text`` of a file read all the same (values clipped, frames left out) or skipped: at once
+    outside :func:`read_notes`, else once a file, summed up by kind when the command ends."""
     with _notes_lock:
         if _notes is not None:
             _notes.setdefault(kind, {}).setdefault(str(path), text)
@@ -244,20 +264,24 @@ def read_notes() -> Iterator[None]:
         _notes_depth += 1
         if _notes is None:
             _notes = {}
+    failed = True  # a command that fails lists no skipped file: they are said here then
     try:
         yield
+        failed = False
     finally:
         with _notes_lock:
             _notes_depth -= 1
             notes = _notes if _notes_depth == 0 else None
             if _notes_depth == 0:
                 _notes = None
-        for by_file in (notes or {}).values():
+        for kind, by_file in (notes or {}).items():
+            if kind == "skipped" and _skips_listed.get() and not failed:
+                continue
             files = sorted(by_file)  # readers run in threads: the first as listed, not as decoded
             more = files[1:]
             names = ", ".join(printable(Path(f).name) for f in more[:3]) + (", ..." if len(more) > 3 else "")
             logger.warning("%s: %s%s", printable(files[0]), by_file[files[0]],
-                           f" (and {len(more)} more file(s) likewise: {names})" if more else "")
+                           f" (and {len(more)} more file(s) {_MORE.get(kind, 'likewise')}: {names})" if more else "")
 
 
 _FILE_TYPES = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
@@ -544,13 +568,16 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def iter_images(
-    paths: Sequence[Path], skipped: list[tuple[Path, str]]
+    paths: Sequence[Path], skipped: list[tuple[Path, str]], listed: bool = True
 ) -> Iterator[tuple[Path, np.ndarray]]:
     """Yield ``(path, image)`` for each readable image; skip and record the rest.
 
     One bad file in a folder of thousands must not end a run, but it must not
     go unnoticed either: each one is appended to ``skipped`` as
-    ``(path, reason)`` and logged as a warning on the ``normalcy`` logger.
+    ``(path, reason)`` and logged as a warning on the ``normalcy`` logger: within a command
+    (:func:`read_notes`), once for them all when it ends (10,000 bad files were 10,000 lines, then the
+    command's own list of them), and not at all where the command line lists them (:func:`skips_listed`) unless
+    ``listed`` is False: a caller that drops ``skipped`` (a sample, a report's gallery).
     """
     for path in paths:
         p = Path(path)
@@ -558,7 +585,12 @@ def iter_images(
             img = read_image(p)
         except ImageError as err:
             skipped.append((p, err.reason))
-            logger.warning("skipping %s: %s", p, err.reason)
+            with _notes_lock:
+                collecting = _notes is not None
+            if collecting:
+                _note("skipped" if listed else "skipped, unlisted", p, f"skipped: {err.reason}")
+            else:
+                logger.warning("skipping %s: %s", p, err.reason)
             continue
         yield p, img
 

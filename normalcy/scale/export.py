@@ -296,7 +296,7 @@ def _export(det: Detector, path: Path, staging: Path, precision: str, calibratio
         if precision == "int8":
             paths = list(calibration_paths or [])
             picked = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(calibration_images, len(paths)))]
-            pixels = [resize_image(im, (h, w)) for _, im in iter_images(picked, [])]
+            pixels = [resize_image(im, (h, w)) for _, im in iter_images(picked, [], listed=False)]
             if not pixels:
                 raise InputError(f"none of the {len(picked)} calibration files could be read as an image")
             _quantize(fp32, Path(tmp) / "int8.onnx", np.stack(pixels))
