@@ -223,6 +223,21 @@ def reading(folder: str | Path) -> Any:
     return _locked(Path(folder), shared=True)
 
 
+def model_kind(directory: str | Path) -> str | None:
+    """The ``kind`` a folder's model.json names; None for no model.json, or one that cannot be read safely (a
+    FIFO, a link out of the folder, too large, bad JSON: the loaders then name why). Read under ``reading``:
+    not in the moment a save has removed model.json and not yet put the new one in place."""
+    path = Path(directory) / MODEL_JSON
+    with reading(directory):
+        if not os.path.lexists(path):
+            return None
+        try:
+            kind = read_json(path).get("kind")
+        except InputError:
+            return None
+    return kind if isinstance(kind, str) else None
+
+
 def writing(folder: str | Path) -> Any:
     """A folder held for a change made of several steps: a series set's save (its models' folders, then
     model.json, then the earlier set's folders deleted), so two at once do not choose the same new folders; the

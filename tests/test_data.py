@@ -283,6 +283,7 @@ def test_skipped_files_are_one_line_in_a_command_and_listed_once_by_the_cli(
             list(iter_images(bad[:2], [], listed=False))  # a caller that drops them: said
         assert [r.getMessage() for r in caplog.records] == [
             f"{bad[0]}: skipped: empty file (0 bytes) (and 1 more file(s) skipped: z01.png)"]
+    capsys.readouterr()  # the warnings above, where an earlier test gave the logger a handler on stderr
     _report_skipped(skipped)
     listed = capsys.readouterr().err.splitlines()
     assert len(listed) == 22 and "z19.png: empty file (0 bytes)" in listed[20] and "and 5 more" in listed[21]

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from pydantic import Field
 from torch import nn
 
 from normalcy.detectors.base import LearningRate, Seconds
+from normalcy.numerics import threads
 from normalcy.series.base import SeriesDetector, SeriesParams
 from normalcy.series.windows import flat_windows, inside
 
@@ -53,17 +53,11 @@ def input_span(window: int, d: int) -> int:
     return max(1, min(window, MAX_SPAN, max(8, MAX_INPUTS // d)))
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
+def one_thread() -> ContextManager[None]:
     """Run torch on one thread, then restore the caller's setting. These networks are tiny: a second
     thread only adds synchronisation, and on a busy 2-core machine it made a training step 60x slower
     (67 ms instead of 1 ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return threads(torch.get_num_threads, torch.set_num_threads, 1)
 
 
 def train_network(

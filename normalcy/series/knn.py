@@ -33,14 +33,15 @@ stream's row stays under 100 us: with 211-row windows it keeps the last 1,242 wi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
+from typing import ContextManager
 
 import faiss
 import numpy as np
 from pydantic import Field
 
 import normalcy.numerics.ann  # noqa: F401  (sets faiss's BLAS threshold the project uses)
+from normalcy.numerics import threads
 from normalcy.series.base import SeriesDetector, SeriesParams
 from normalcy.series.windows import flat_windows, inside
 
@@ -331,20 +332,13 @@ class SubsequenceKNN(SeriesDetector):
         self._ready()
 
 
-@contextmanager
-def _threads_for(work: int) -> Iterator[None]:
+def _threads_for(work: int) -> ContextManager[None]:
     """faiss on one thread for a search of under ONE_THREAD_WORK products (queries x bank x numbers a window):
     on 2 busy cores its OpenMP threads took 20-30 ms to start and join for the 10 held-out rows of a 50-row
     series (a 10,000-series set: 28 of its 45 ms a series), where one thread searches in 10 us."""
     if work >= ONE_THREAD_WORK:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
+        return nullcontext()
+    return threads(faiss.omp_get_max_threads, faiss.omp_set_num_threads, 1)
 
 
 def _products(q: np.ndarray, bank_t: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from normalcy.detectors.modelfile import MODEL_TENSORS, read_tensors
 from normalcy.errors import InputError
-from normalcy.files import MODEL_JSON, Strict, describe, no_model_json, read_json, reading
+from normalcy.files import MODEL_JSON, Strict, describe, model_kind, no_model_json, read_json, reading
 from normalcy.series.auto import AutoDetector
 from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
 from normalcy.series.members import MEMBERS
@@ -30,14 +30,7 @@ def create(name: str, **params: Any) -> SeriesDetector:
 
 def is_series_model(directory: str | Path) -> bool:
     """Whether the folder's model.json says it is a series model (one that cannot be read safely is not)."""
-    path = Path(directory) / MODEL_JSON
-    with reading(directory):  # not in the moment a save has removed model.json and not put the new one in place
-        if not os.path.lexists(path):
-            return False
-        try:
-            return read_json(path).get("kind") == SERIES_KIND
-        except InputError:
-            return False
+    return model_kind(directory) == SERIES_KIND
 
 
 def checked_meta(path: Path, raw: dict[str, Any], schema: type[M], version: int, what: str) -> M:

@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from normalcy.errors import InputError, reasons
-from normalcy.files import MODEL_JSON, Strict, describe, read_json, reading, write_model_files, writing
+from normalcy.files import MODEL_JSON, Strict, describe, model_kind, read_json, reading, write_model_files, writing
 from normalcy.progress import plain, progress_bar
 from normalcy.series import registry
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
@@ -387,21 +387,9 @@ def short_reason(why: str) -> str:
     return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 3] + "..."
 
 
-def _kind(directory: Path) -> str | None:
-    path = Path(directory) / MODEL_JSON
-    with reading(directory):  # not in the moment a save has removed model.json and not put the new one in place
-        if not os.path.lexists(path):
-            return None
-        try:
-            kind = read_json(path).get("kind")
-        except InputError:
-            return None
-    return kind if isinstance(kind, str) else None
-
-
 def is_series_model(directory: str | Path) -> bool:
     """A series model folder: one model (registry's) or a set of per-series models."""
-    return _kind(Path(directory)) in (SET_KIND, registry.SERIES_KIND)
+    return model_kind(directory) in (SET_KIND, registry.SERIES_KIND)
 
 
 def load_series_set(directory: str | Path) -> SeriesSet:
@@ -427,7 +415,7 @@ def load_series_set(directory: str | Path) -> SeriesSet:
 def load_series_model(directory: str | Path) -> SeriesDetector | SeriesSet:
     """A series model folder: one model, or a set."""
     d = Path(directory)
-    return load_series_set(d) if _kind(d) == SET_KIND else registry.load(d)
+    return load_series_set(d) if model_kind(d) == SET_KIND else registry.load(d)
 
 
 # ------------------------------------------------------------------------------------------------- fitting

@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import time
 import zipfile
@@ -42,6 +41,7 @@ from normalcy.files import (
     MAX_STATE_BYTES,
     MODEL_JSON,
     describe,
+    model_kind,
     one_line,
     read_json,
     read_model_file,
@@ -608,14 +608,7 @@ def table_inputs(inputs: list[Path]) -> list[Path]:
 def is_vector_model(directory: Path) -> bool:
     """Whether the folder's model.json says it is a vector model. One that cannot be read safely (a FIFO,
     a link out of the folder, too large, bad JSON) is not, and the image model loader then names why."""
-    path = Path(directory) / MODEL_JSON
-    with reading(directory):  # not in the moment a save has removed model.json and not put the new one in place
-        if not os.path.lexists(path):
-            return False
-        try:
-            return read_json(path).get("kind") == VECTOR_KIND
-        except InputError:
-            return False
+    return model_kind(directory) == VECTOR_KIND
 
 
 def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
