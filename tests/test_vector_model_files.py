@@ -388,7 +388,7 @@ def test_fpr_changed_after_fit_is_not_saved_beside_the_old_threshold(table: Path
 
     model = normalcy.fit(table, detector="gaussian", label_column="y", progress=False)
     model.estimator.set_params(fpr=0.2)
-    with pytest.raises(InputError, match=r"detector gaussian: fpr is 0.2, but its threshold was set at another fpr"):
+    with pytest.raises(InputError, match=r"detector gaussian: fpr is 0.2, but its threshold was set at fpr 0.01 when"):
         model.save(tmp_path / "m")
     assert not (tmp_path / "m").exists()
     model.estimator.set_params(fpr=0.01)

@@ -192,6 +192,7 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         self.calibration_scores_ = np.asarray(self._fit(X), dtype=np.float64)
         # The fraction fpr of normal scores lies above the threshold, so offset_ = -threshold.
         self.offset_ = -threshold_at(self.calibration_scores_, self.fpr)
+        self._threshold_fpr = float(self.fpr)  # what save compares fpr with (check_fpr_unchanged)
         return self
 
     def anomaly_score(self, X) -> np.ndarray:
@@ -257,12 +258,15 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         attribute known, each of the right type, dtype, shape and range. Run it on a loaded detector
         before scoring anything with it (``tables.load_vector_model`` does)."""
         known = {*self._get_param_names(), "n_features_in_", "feature_names_in_", "n_samples_fit_", "calibration_rows_",
-                 "calibration_scores_", "offset_", *self._learned}
+                 "calibration_scores_", "offset_", "_threshold_fpr", *self._learned}
         unknown = sorted(set(vars(self)) - known)
         if unknown:
             raise ValueError(f"{type(self).__name__}: unexpected attribute {unknown[0]!r}")
         no_shadowed_methods(self)
         self._check_params()
+        fitted_fpr = getattr(self, "_threshold_fpr", 0.5)  # files saved before it was kept have none
+        if type(fitted_fpr) is not float or not 0.0 < fitted_fpr < 1.0:
+            raise ValueError(f"{type(self).__name__}._threshold_fpr: expected a number between 0 and 1")
         d = check_integer(self, "n_features_in_", 1, 2**31)
         if hasattr(self, "feature_names_in_"):
             names = check_array(self, "feature_names_in_", (d,), "O")

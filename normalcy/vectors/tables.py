@@ -48,7 +48,7 @@ from normalcy.files import (
     reading,
     write_model_files,
 )
-from normalcy.numerics.stats import decide, threshold_at
+from normalcy.numerics.stats import check_fpr_unchanged, decide
 from normalcy.vectors.base import TooLarge, finite_rows, plain_params
 from normalcy.vectors.registry import DEFAULT_DETECTOR, VECTOR_DETECTORS, create
 from normalcy.version import __version__
@@ -574,12 +574,9 @@ def save_vector_model(det: Any, name: str, columns: list[str], directory: str | 
     import skops.io as sio
 
     plain_params(det)  # np.float32(0.05) saved as a numpy node that loading refuses
-    fpr = det.fpr  # set_params(fpr=...) after fit: the threshold is still the one set at the fitted fpr
-    if (isinstance(fpr, (int, float)) and 0 < fpr < 1
-            and not math.isclose(threshold_at(det.calibration_scores_, fpr), threshold_of(det), rel_tol=1e-9)):
-        raise InputError(f"detector {name}: fpr is {float(det.fpr):g}, but its threshold was set at another fpr "
-                         "when it was fitted: fit it again, or set fpr back (saved as it is, model.json would name "
-                         "one fpr and hold the other's threshold)")
+    # set_params(fpr=...) after fit: the threshold is still the one set at the fitted fpr. Compared as numbers,
+    # not by setting the threshold again: np.float32(0.05) sets it at float32's 1 - fpr, a hair from float64's.
+    check_fpr_unchanged(name, det.fpr, getattr(det, "_threshold_fpr", None))
     meta = VectorModelMeta(kind=VECTOR_KIND, normalcy_version=__version__, detector=name, columns=columns,
                            fpr=float(det.fpr), threshold=threshold_of(det), n_train=rows_fitted(det),
                            n_calibration=len(det.calibration_scores_), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
