@@ -135,7 +135,8 @@ def test_fit_predict_a_series_with_iso_dates(data: Path, model: Path) -> None:
     table = pq.read_table(run / "scores.parquet").to_pydict()
     assert table["timestamp"] == written and np.array_equal(table["score"], score)
     events = list(csv.DictReader(open(run / "events.csv")))
-    assert list(events[0]) == ["series", "start", "end", "peak_time", "peak_score", "metrics", "rows", "plot"]
+    assert list(events[0]) == ["series", "start", "end", "peak_time", "peak_score", "metrics", "rows", "plot",
+                              "threshold"]
     planted = [e for e in events if e["start"] <= written[150] <= e["end"]]
     assert len(planted) == 1 and planted[0]["metrics"].split(";")[0] == "cpu"  # the metric that jumped leads
     assert (run / planted[0]["plot"]).read_bytes()[:4] == b"\x89PNG"

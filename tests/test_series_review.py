@@ -201,3 +201,20 @@ def test_a_metric_name_with_a_semicolon_stays_one_metric(tmp_path: Path) -> None
     events = read_events(tmp_path / "run")
     assert events and events[0].metrics[0] == "cpu;user"
     assert all(set(e.metrics) <= {"cpu;user", "mem\\x"} for e in events)
+
+
+def test_events_rank_by_peak_over_their_series_threshold(tmp_path: Path) -> None:
+    """A set's series have thresholds of their own: the review ranked events by raw peak score, so one series'
+    event at 1.26x its threshold came before another's at 1.95x. events.csv now keeps each event's threshold
+    and the review ranks by the ratio; a run written before (no threshold column) ranks by the raw peak."""
+    from normalcy.runs.format import read_series_items
+
+    head = "series,start,end,peak_time,peak_score,metrics,rows,plot"
+    (tmp_path / "events.csv").write_text(f"{head},threshold\nomi-1,1,2,1,3.9,cpu,2,,2.0\nomi-2,1,2,1,5.04,cpu,2,,4.0\n")
+    items = read_series_items(tmp_path)
+    np.testing.assert_allclose(items.scores, [1.95, 1.26])
+    (tmp_path / "events.csv").write_text(f"{head}\nomi-1,1,2,1,3.9,cpu,2,\nomi-2,1,2,1,5.04,cpu,2,\n")
+    np.testing.assert_allclose(read_series_items(tmp_path).scores, [3.9, 5.04])
+    (tmp_path / "events.csv").write_text(f"{head},threshold\nomi-1,1,2,1,3.9,cpu,2,,x\n")
+    with pytest.raises(InputError, match=r"events\.csv:2: peak_score, rows and threshold must be numbers"):
+        read_series_items(tmp_path)

@@ -20,7 +20,8 @@ A series run (:func:`write_series_run`) has the same scores (ids: the time colum
 ``series`` column when it holds several series; a threshold per series), skipped.csv (files and series
 that could not be scored), and:
 
-    events.csv             series, start, end, peak_time, peak_score, metrics, rows, plot: one row per event
+    events.csv             series, start, end, peak_time, peak_score, metrics, rows, plot, threshold: one row
+                           per event (threshold: its series')
     events/<index>.png     the window around an event (for the review's cards)
     embeddings.safetensors each event's feature vector, z-scored, row-aligned with events.csv
 
@@ -925,7 +926,7 @@ EVENT_PLOTS = "events"  # folder of the events' pictures, events/<index>.png
 MAX_EVENT_PLOTS = 2000  # pictures drawn (the events with the highest peaks, relative to their threshold),
 # about 15 kB each
 EVENT_CONTEXT = 0.5  # an event's picture shows this fraction of its length (at least a window) either side
-EVENT_COLUMNS = ("series", "start", "end", "peak_time", "peak_score", "metrics", "rows", "plot")
+EVENT_COLUMNS = ("series", "start", "end", "peak_time", "peak_score", "metrics", "rows", "plot", "threshold")
 
 
 @dataclass
@@ -1028,7 +1029,7 @@ def _write_events(folder: Path, files: Sequence[Any], parts: Sequence[SeriesRunP
             writer.writerow([csv_cell(p.name), csv_cell(times[rep[e.first]]), csv_cell(times[rep[e.last]]),
                              csv_cell(times[rep[int(np.searchsorted(p.series.time, e.peak_time))]]),
                              _number(e.peak_score), join_metrics(e.metrics), e.last - e.first + 1,
-                             plot])
+                             plot, _number(p.scored.threshold)])
     if rows:
         save_file({"embedding": _event_embeddings(parts)}, str(folder / EMBEDDINGS),
                   metadata={"embedding": "z-scored event features (see normalcy.series.runs.event_features)"})
@@ -1117,6 +1118,7 @@ class SeriesEvent:
     metrics: list[str]
     rows: int
     plot: str | None  # absolute path of the picture, or None
+    threshold: float | None = None  # its series' threshold (None: a run written before events.csv kept it)
 
 
 def read_events(run_dir: Path) -> list[SeriesEvent]:
@@ -1135,14 +1137,16 @@ def read_events(run_dir: Path) -> list[SeriesEvent]:
                 try:
                     peak = float(rec["peak_score"])
                     rows = int(rec.get("rows") or 0)
+                    thr = float(rec["threshold"]) if (rec.get("threshold") or "").strip() else None
                 except ValueError:
-                    raise InputError(f"{path}:{reader.line_num}: peak_score and rows must be numbers") from None
+                    raise InputError(f"{path}:{reader.line_num}: peak_score, rows and threshold must be "
+                                     "numbers") from None
                 plot = (rec.get("plot") or "").strip()
                 out.append(SeriesEvent(
                     printable(_uncell(rec["series"])), printable(_uncell(rec["start"])), printable(_uncell(rec["end"])),
                     printable(_uncell(rec["peak_time"])), peak,
                     [printable(_uncell(m)) for m in split_metrics(rec["metrics"] or "") if m], rows,
-                    str(Path(os.path.abspath(Path(run_dir) / plot))) if plot else None))
+                    str(Path(os.path.abspath(Path(run_dir) / plot))) if plot else None, thr))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read ({err})") from None
     return out
@@ -1150,7 +1154,7 @@ def read_events(run_dir: Path) -> list[SeriesEvent]:
 
 def read_series_items(run_dir: Path) -> RunItems:
     """A series run's events as review items: key series|start|end, name "series: start – end", score the
-    peak score, all anomalous, the picture as the item's image (``overlays`` holds it).
+    peak score over its series' threshold, all anomalous, the picture as the item's image (``overlays`` holds it).
 
     An event with a non-finite peak score is left out, and a repeated event keeps its first row, each with
     one warning, as a table run's rows are (read_table_items): one bad row must not stop the review."""
@@ -1179,6 +1183,12 @@ def read_series_items(run_dir: Path) -> RunItems:
         logger.warning("%s: %d repeated event(s) (same series, start and end); each keeps its first row", path,
                        sum(finite) - len(rows))
     kept = [evs[k] for k in rows]
+    # Ranked by peak over its series' threshold, as the report and the pictures are: a set's series have
+    # thresholds of their own, and one series' 1.26x its threshold outranked another's 1.95x by raw score.
+    # A run written before events.csv kept thresholds (or one that is not positive) ranks by the raw peak.
+    thresholds = [e.threshold for e in kept]
+    ratio = all(t is not None and math.isfinite(t) and t > 0 for t in thresholds)
+    scores = [e.peak_score / t if ratio else e.peak_score for e, t in zip(kept, thresholds)]  # type: ignore[operator]
     return RunItems(keys, [f"{e.series}: {e.start} – {e.end}" for e in kept],
-                    np.array([e.peak_score for e in kept], np.float64), np.ones(len(kept), bool),
+                    np.array(scores, np.float64), np.ones(len(kept), bool),
                     [e.plot for e in kept], np.array(rows, np.int64), len(evs))
