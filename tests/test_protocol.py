@@ -304,3 +304,25 @@ def test_fit_and_score_take_image_arrays(name: str, fe: FeatureExtractor, tmp_pa
     assert res.paths == [Path("array[0]"), Path("array[1]")] and res.maps[1].shape == (40, 48)
     with pytest.raises(InputError, match="image 1: expected an H x W x 3 uint8 array"):
         from_arrays.score([pixels[0], pixels[1].astype(np.float32)], progress=False)
+
+
+def test_a_batch_keeps_the_originals_of_at_most_max_kept_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict keeps a batch's original images for their overlays: 32 photos of 64 megapixels were read at once
+    and held, about 11 GB. A batch that keeps them is cut where their pixels (from the files' headers) would pass
+    MAX_KEPT_PIXELS; ordinary batches, and batches that keep nothing, stay whole (their scores do not change)."""
+    from normalcy.images import features
+    from normalcy.images.features import FeatureExtractor
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 30), (i, i, i)).save(paths[-1])
+    ex = FeatureExtractor()
+    sizes = lambda keep: [len(b.paths) for b in ex.iter_batches(paths, 32, keep_images=keep, pooled=False,  # noqa: E731
+                                                                 features=False)]
+    assert sizes(True) == [5]
+    monkeypatch.setattr(features, "MAX_KEPT_PIXELS", 2 * 40 * 30)
+    assert sizes(True) == [2, 2, 1] and sizes(False) == [5]
+    (tmp_path / "1.png").write_bytes(b"not an image")  # counts nothing: its read names it
+    batches = list(ex.iter_batches(paths, 32, keep_images=True, pooled=False, features=False))
+    assert [len(b.paths) for b in batches] == [2, 2] and [p.name for b in batches for p, _ in b.skipped] == ["1.png"]
