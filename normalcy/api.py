@@ -629,6 +629,7 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
     (for series: a file or a series) that cannot be scored is listed in skipped.csv; a run of none is an
     InputError. ``stream``: each series replayed as a monitoring loop runs it (``series.runs.replay_series``:
     scores from the past only, every row learned, calibrated to [0, 1]; in this process)."""
+    _check_top(top)  # before anything else: the command line had a second check of its own for that
     paths_in = _paths(inputs, "predict")
     output = Path(output)
     if isinstance(model, (str, os.PathLike)):  # a run replaces its folder whole: the model in it went with it
@@ -640,7 +641,6 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
         raise InputError("--stream replays each series in this process; it does not run on Ray")
     if top is not None and not report:
         raise InputError("--top counts what the report shows; with --no-report there is no report")
-    _check_top(top)
     series_model = isinstance(model, (SeriesDetector, SeriesSet)) or (
         isinstance(model, (str, Path)) and is_series_model(Path(model)))
     if series_model:
@@ -687,8 +687,7 @@ def _check_top(top: Optional[int]) -> None:
     """InputError for a ``top`` outside 0..MAX_TOP, before any work: a negative one emptied the gallery, a huge one
     held every image of the run in memory for the report."""
     if top is not None and not 0 <= top <= MAX_TOP:
-        raise InputError(f"--top must be between 0 and {MAX_TOP} (got {top:g}): the report draws at most {MAX_TOP}; "
-                         "scores.csv lists every image")
+        raise InputError(f"--top must be between 0 and {MAX_TOP} (got {top:g})")
 
 
 def _not_applying(kind: str, **given: Any) -> None:
@@ -890,8 +889,8 @@ def score_batch(inputs: PathLike | Sequence[PathLike], output: PathLike = "resul
                 **settings: Any) -> RunSummary:
     """Zero-shot (MuSc): score unlabeled images against each other (and against ``extra`` images, not
     scored) into the run folder ``output``. ``settings``: the fields of ExtractorOptions."""
-    ex, _ = options(settings)
     _check_top(top)
+    ex, _ = options(settings)
     if len(ex.input_norms) > 1 or ex.tune:
         raise InputError("--input-norm auto and --tune choose on normal training images; score-batch has none "
                          "(zero-shot): give the settings")

@@ -463,7 +463,6 @@ def predict(
     1/0, threshold; overlay for images; series for several series), skipped.csv, run.json; for images
     heatmaps/, overlays/, report.html, embeddings; for series events.csv, events/, report.html."""
     _setup(threads)
-    _in_range("--top", top, 0, MAX_TOP)
     _report_run(api_predict(model_dir, inputs, output, heatmaps=heatmaps, report=report, save_maps=save_maps,
                             embeddings=embeddings, top=top, trust_code=trust_model_code, id_column=id_column,
                             time_column=time_column, series_column=series_column, ray=ray, stream=stream))
@@ -527,7 +526,6 @@ def score_batch(
 ) -> None:
     """Zero-shot (MuSc): score a folder of unlabeled images against each other, no training images needed."""
     _setup(threads)
-    _in_range("--top", top, 0, MAX_TOP)
     _report_run(api_score_batch(inputs, output, extra=extra or [], heatmaps=heatmaps, report=report,
                                 save_maps=save_maps, top=top, image_score=image_score, rscin_k=rscin_k, **vars(ex)))
 
