@@ -258,3 +258,24 @@ def test_table_run_shows_rows_without_image_controls(tmp_path: Path, page: "Page
         expect(page.locator("#detail-features")).to_be_visible()
         expect(page.locator("#detail-features")).to_contain_text("flux")
         expect(page.locator("#detail-img")).to_be_hidden()
+
+
+def test_a_run_replaced_while_the_page_is_open_is_shown_and_not_labelled_blind(served: LiveServer, page: "Page",
+                                                                              tmp_path: Path) -> None:
+    """Another predict into the served run folder: the page's next label was put on the new run's item of the same
+    key, unseen. It is refused (409), and the page lists the new run, where the next label goes."""
+    from normalcy.runs.format import finish_run
+
+    page.goto(served.page_url)
+    page.wait_for_selector("#gallery .card")
+    assert len(card_ids(page)) == 12
+    staging = tmp_path / ".run.x.partial"
+    shutil.copytree(make_run(tmp_path / "b", n=5), staging)
+    finish_run(staging, tmp_path / "run")
+    page.keyboard.press("n")
+    expect(page.locator("#toast")).to_contain_text("holds another run since this page listed its items")
+    expect(page.locator("#gallery .card")).to_have_count(5)
+    expect(page.locator("#counts")).to_have_text("0 / 5 labelled")
+    page.keyboard.press("n")
+    expect(page.locator("#toast")).to_contain_text("labelled img_000.png normal")
+    assert api(page, "/api/status")["n_labelled"] == 1

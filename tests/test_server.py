@@ -234,24 +234,83 @@ def test_image_and_overlay(client: TestClient, run: Path) -> None:
     assert client.get(first["image_url"]).status_code == 404
 
 
-def test_overlays_of_a_run_rewritten_since_the_start_are_refused(run: Path, tmp_path: Path) -> None:
-    """Another predict into the run folder while it is served puts its own overlays/NAME.png in place: the page
-    showed the other run's overlay over this run's image of that name (and took labels on it). It is a 409
-    saying to restart, as a series run's event pictures are; the image itself and labels go on."""
+def swap_in(source: Path, run: Path, tmp_path: Path) -> None:
+    """Another predict into ``run``: its complete run put in place by finish_run (review.sqlite moved over)."""
     from normalcy.runs.format import finish_run
 
+    staging = tmp_path / f".run.{len(list(tmp_path.iterdir()))}.partial"
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("review.sqlite*"))
+    finish_run(staging, run)
+
+
+def test_a_run_replaced_while_served_is_read_again_with_its_labels(run: Path, tmp_path: Path) -> None:
+    """Another predict into the served run folder: the page went on listing the old run's items and scores (and
+    its overlays were 409 "restart normalcy serve") for as long as the server ran. The next request reads the
+    run the folder holds now; the labels given are kept, and come back with their images."""
     other = make_run(tmp_path / "b", n=5)
+    first = run.parent / "first"
+    shutil.copytree(run, first)
     with open_client(run) as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"
-        first = next(it for it in items(c)["items"] if it["name"] == "img_001.png")
-        assert c.get(first["overlay_url"]).status_code == 200
-        staging = tmp_path / ".run.1.partial"
-        shutil.copytree(other, staging, ignore=shutil.ignore_patterns("review.sqlite*"))
-        finish_run(staging, run)  # the other predict's run replaces this one
-        r = c.get(first["overlay_url"])
-        assert r.status_code == 409 and "rewritten since the review started" in r.json()["detail"]
-        assert c.get(first["image_url"]).status_code == 200
-        assert c.post(f"/api/items/{first['id']}/label", json={"label": "normal"}).status_code == 200
+        listed = items(c)
+        top = listed["items"][0]
+        assert c.post(f"/api/items/{top['id']}/label", json={"label": "anomalous"}).status_code == 200
+        swap_in(other, run, tmp_path)
+        now = items(c)
+        assert now["n_items"] == 5 and now["n_labelled"] == 0 and now["run_version"] != listed["run_version"]
+        assert {Path(it["path"]).parent for it in now["items"]} == {tmp_path / "b" / "images"}
+        mine = next(it for it in now["items"] if it["overlay_url"])
+        r = c.get(mine["overlay_url"])
+        assert r.status_code == 200 and r.content == (run / "overlays" / Path(mine["path"]).name).read_bytes()
+        # a label given on the list of the run before is refused, not put on this run's item of the key
+        stale = c.post(f"/api/items/{mine['id']}/label", json={"label": "normal"},
+                       headers={"X-Run-Version": listed["run_version"]})
+        assert stale.status_code == 409 and "holds another run" in stale.json()["detail"]
+        assert c.post(f"/api/items/{mine['id']}/label", json={"label": "normal"},
+                      headers={"X-Run-Version": now["run_version"]}).status_code == 200
+        swap_in(first, run, tmp_path)  # the first run scored in again: its label is there
+        again = items(c)
+        assert again["n_items"] == 12 and again["n_labelled"] == 1
+        assert c.get(f"/api/items/{top['id']}").json()["label"] == "anomalous"
+    with open_client(run) as c:  # and after a restart, both runs' labels are in the run's review.sqlite
+        assert c.app.state.review.store.export_csv().count("\n") == 3  # type: ignore[attr-defined]
+
+
+def test_a_run_folder_renamed_or_gone_while_served_says_where_the_labels_are(run: Path, tmp_path: Path) -> None:
+    """The run folder renamed and another run made at its name (without the review's labels): every label was
+    "the review database ... disappeared ... restart normalcy serve", and a restart began an empty review there.
+    The answer names where the labels are now; a folder gone (not yet made again) says so, and comes back."""
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        top = items(c)["items"][0]
+        assert c.post(f"/api/items/{top['id']}/label", json={"label": "anomalous"}).status_code == 200
+        moved = run.parent / "run.old"
+        os.rename(run, moved)
+        r = c.get("/api/items")
+        assert r.status_code == 503 and str(moved / "review.sqlite") in r.json()["detail"]
+        os.rename(moved, run)  # put back: served as before
+        assert items(c)["n_labelled"] == 1
+        os.rename(run, moved)
+        swap_in(make_run(tmp_path / "b", n=5), run, tmp_path)
+        r = c.post(f"/api/items/{top['id']}/label", json={"label": "normal"})
+        assert r.status_code == 503 and str(moved / "review.sqlite") in r.json()["detail"]
+        assert not (run / "review.sqlite").exists()  # no new, empty review made beside the labels
+
+
+def test_a_run_replaced_by_one_that_cannot_be_read_is_a_503_until_it_changes(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "broken"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("review.sqlite*"))
+    (copy / "scores.csv").unlink()
+    (copy / "scores.parquet").unlink(missing_ok=True)
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert items(c)["n_items"] == 12
+        swap_in(copy, run, tmp_path)
+        for _ in range(2):
+            r = c.get("/api/items")
+            assert r.status_code == 503 and "holds another run since the review started" in r.json()["detail"]
+        swap_in(make_run(tmp_path / "b", n=5), run, tmp_path)
+        assert items(c)["n_items"] == 5
 
 
 def test_a_run_rewritten_while_serve_reads_it_is_one_line(run: Path, tmp_path: Path, monkeypatch) -> None:
@@ -940,7 +999,8 @@ def test_a_database_file_gone_while_serving_refuses_labels(client: TestClient, r
     db = run / "review.sqlite"
     db.rename(run.parent / "moved.sqlite")
     r = client.post(f"/api/items/{second['id']}/label", json={"label": "anomalous"})
-    assert r.status_code == 503 and "disappeared" in r.json()["detail"] and str(db) in r.json()["detail"]
+    assert r.status_code == 503 and str(db) in r.json()["detail"]
+    assert f"was moved while the server ran, to {run.parent / 'moved.sqlite'}" in r.json()["detail"]
     assert "content-security-policy" in r.headers
     (run.parent / "moved.sqlite").rename(db)
     assert client.post(f"/api/items/{second['id']}/label", json={"label": "anomalous"}).status_code == 200

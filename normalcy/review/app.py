@@ -32,7 +32,7 @@ from normalcy.review.guard import (
     validation_error,
 )
 from normalcy.review.ranking import DEFAULT_STRATEGY, LABELS, STRATEGIES, check_label
-from normalcy.review.state import Conflict, Forbidden, NotFound, Review, ReviewError
+from normalcy.review.state import Conflict, Current, Forbidden, NotFound, Review, ReviewError, Unavailable
 from normalcy.review.store import DatabaseGone, Item, Store, db_reason
 
 log = logging.getLogger("normalcy")
@@ -54,7 +54,8 @@ STATIC_TYPES = {
 BROWSER_IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                   ".bmp": "image/bmp", ".gif": "image/gif"}
 # The review state's errors as HTTP answers (and the store's file gone from under it).
-STATUS: dict[type[Exception], int] = {NotFound: 404, Forbidden: 403, Conflict: 409, DatabaseGone: 503}
+STATUS: dict[type[Exception], int] = {NotFound: 404, Forbidden: 403, Conflict: 409, Unavailable: 503,
+                                      DatabaseGone: 503}
 # How SQLite ("attempt to write a readonly database") and PostgreSQL ("... in a read-only transaction") say so.
 READ_ONLY = ("readonly", "read-only")
 PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
@@ -153,7 +154,9 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         store.close()
 
     app = FastAPI(title="normalcy review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.review = review
+    app.state.review = review  # the run as read at start (for whoever starts the server)
+    current_review = Current(review)
+    app.state.current = current_review
     app.add_middleware(Guard, token=token, names=host_names(host))
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ReviewError, _review_error)
@@ -185,35 +188,38 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
     def list_items(label: Literal[("all", "unlabelled", "labelled", *LABELS)] = "all",  # type: ignore[valid-type]
                    decision: Literal["all", "anomalous", "normal"] = "all",
                    offset: int = Query(0, ge=0), limit: int = Query(200, ge=1, le=10_000)) -> dict[str, Any]:
+        review = current_review.get()
         total, chosen, labels = review.page(label, decision, offset, limit)
         features = review.features_of(chosen) if review.is_table else [None] * len(chosen)
         page_items = [review.item_json(k, *labels.get(int(review.ids[k]), (None, None)), features=f)
                       for k, f in zip(chosen, features)]
         return {"total": total, "n_items": len(review.keys), "n_labelled": len(labels), "kind": review.kind,
                 "id_column": review.id_column, "strategy": review.strategy, "strategies": list(STRATEGIES), "labels": list(LABELS),
-                "rerank_ms": review.rerank_ms, "items": page_items}
+                "rerank_ms": review.rerank_ms, "run_version": review.version, "items": page_items}
 
-    def current(item_id: int) -> tuple[int, Item]:
+    def current(review: Review, item_id: int) -> tuple[int, Item]:
         k = review.position(item_id)
         item = store.get(item_id) if k is not None else None
         if k is None or item is None:
             raise HTTPException(404, f"no item {item_id} in this run")
         return k, item
 
-    def picture(item_id: int) -> Item:
-        k, item = current(item_id)
+    def picture(review: Review, item_id: int) -> Item:
+        k, item = current(review, item_id)
         if review.is_table:
             raise HTTPException(404, f"item {item_id} is a table row ({review.keys[k]}): it has no image")
         return item
 
     @app.get("/api/items/{item_id}")
     def get_item(item_id: int) -> dict[str, Any]:
-        k, item = current(item_id)
+        review = current_review.get()
+        k, item = current(review, item_id)
         return review.item_json(k, item.label, item.interest)
 
     @app.get("/api/items/{item_id}/image")
     def item_image(item_id: int) -> Response:
-        item = picture(item_id)  # the path comes from the database, never from the request
+        review = current_review.get()
+        item = picture(review, item_id)  # the path comes from the database, never from the request
         if review.is_series:  # an event's picture, in the run folder
             if not item.overlay:
                 raise HTTPException(404, f"event {item_id} has no picture (past the run's limit of pictures)")
@@ -222,13 +228,19 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
 
     @app.get("/api/items/{item_id}/overlay")
     def item_overlay(item_id: int) -> Response:
-        item = picture(item_id)
+        review = current_review.get()
+        item = picture(review, item_id)
         if not item.overlay or review.is_series:
             raise HTTPException(404, f"item {item_id} has no overlay")
         return _image_response(review.overlay(item.overlay))
 
     @app.post("/api/items/{item_id}/label")
     def label_item(item_id: int, body: LabelIn, request: Request) -> dict[str, Any]:
+        review = current_review.get()
+        seen = request.headers.get("x-run-version")
+        if seen and seen != review.version:  # the page showed the items of the run the folder held before
+            raise HTTPException(409, "the run folder holds another run since this page listed its items (another "
+                                     "predict into it?): the label was not saved; reload the list and label again")
         k = review.position(item_id)
         if k is None:
             raise HTTPException(404, f"no item {item_id} in this run")
@@ -244,15 +256,17 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
 
     @app.get("/api/labels.csv")
     def labels_csv() -> Response:
+        review = current_review.get()
         return Response(store.export_csv(review.id_column), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="labels.csv"'})
 
     @app.get("/api/status")
     def status() -> dict[str, Any]:
-        return review.status()
+        return current_review.get().status()
 
     @app.put("/api/strategy")
     def put_strategy(body: StrategyIn) -> dict[str, Any]:
+        review = current_review.get()
         review.set_strategy(body.strategy)
         return review.status()
 

@@ -50,7 +50,7 @@ from normalcy.runs.format import (
 )
 from normalcy.vectors.tables import VECTOR_KIND
 
-__all__ = ["Conflict", "Forbidden", "NotFound", "Review", "ReviewError"]
+__all__ = ["Conflict", "Current", "Forbidden", "NotFound", "Review", "ReviewError", "Unavailable"]
 
 logger = logging.getLogger("normalcy")
 
@@ -69,6 +69,10 @@ class Forbidden(ReviewError):
 
 class Conflict(ReviewError):
     """Not possible for this run, e.g. a re-ranking strategy without embeddings (409)."""
+
+
+class Unavailable(ReviewError):
+    """The run folder holds no run that can be reviewed now: gone, or replaced by one that cannot be read (503)."""
 
 
 def real_paths(paths: Sequence[str]) -> set[str]:
@@ -94,7 +98,9 @@ class Review:
     def __init__(self, run_dir: Path, store: Store, strategy: str, extra_roots: Sequence[Path] = ()) -> None:
         self.run_dir = run_dir
         self.store = store
-        started = file_state(run_dir / RUN_JSON)  # compared once the run is read (see below)
+        self.extra_roots = tuple(extra_roots)
+        started = file_state(run_dir / RUN_JSON)  # compared once the run is read (see below), and per request
+        self.run_state = started
         meta = read_run_json(run_dir)
         self.is_table = meta.get("kind") == VECTOR_KIND
         self.is_series = meta.get("kind") == SERIES
@@ -193,6 +199,17 @@ class Review:
             logger.warning("review of %s: its rows are those of an earlier table scored into the folder: %d label(s) "
                            "given to these rows before were restored from run %r in %s", where, change.restored,
                            printable(change.restored_from), self.store.shown)
+
+    def replaced(self) -> bool:
+        """Whether the run folder holds another run than the one read (another predict into it, the folder
+        renamed and made again, or gone): every run writes its own run.json, so one stat tells."""
+        return file_state(self.run_dir / RUN_JSON) != self.run_state
+
+    @property
+    def version(self) -> str:
+        """A short text naming the run read: the page sends it with each label, so that a label given on the
+        items of a run replaced since is refused, not put on another run's item of the same key."""
+        return hashlib.blake2b(repr(self.run_state).encode(), digest_size=6).hexdigest()
 
     # items
 
@@ -393,3 +410,59 @@ class Review:
         if not real.is_file():
             raise NotFound(f"file not found: {raw}")
         return real
+
+
+class Current:
+    """The Review of the run its folder holds now. Another ``predict -o RUN`` while the run is served puts a new
+    run in its place (its review.sqlite moved into it): the page went on showing the old items, scores and
+    ranking beside the new run's overlays and pictures, for as long as the server ran. The first request after
+    the change reads the new run (labels are kept: they are the store's, by key); a folder gone, or replaced by
+    one that cannot be reviewed, is a 503 saying so until the folder changes again."""
+
+    def __init__(self, review: Review) -> None:
+        self.review = review
+        self._lock = threading.Lock()
+        self._failed: tuple[tuple[int, int, int, int] | None, Unavailable] | None = None
+
+    def get(self) -> Review:
+        review = self.review
+        if not review.replaced():
+            return review
+        with self._lock:  # one reload for the requests that find the change together
+            for attempt in range(3):
+                review = self.review
+                state = self._state_now(review.run_dir)
+                if state == review.run_state:
+                    return review
+                if self._failed is not None and self._failed[0] == state:
+                    raise self._failed[1]
+                where = printable(str(review.run_dir))
+                try:
+                    review.store.check_file()  # the labels' file went with the old folder: said, not made anew
+                    new = Review(review.run_dir, review.store, review.strategy, review.extra_roots)
+                except (InputError, OSError) as err:
+                    if attempt < 2 and state is not None and file_state(review.run_dir / RUN_JSON) != state:
+                        continue  # replaced again while it was read: read the newest
+                    why = (f"{where}: the run folder is gone since the review started (moved or deleted): put it "
+                           "back, or restart normalcy serve on the folder where it is now") if state is None else (
+                           f"{where} holds another run since the review started, which cannot be reviewed: {err}")
+                    self._failed = (state, Unavailable(why))
+                    logger.warning("review: %s", why)
+                    raise self._failed[1] from None
+                self._failed = None
+                self.review = new
+                logger.warning("review: %s holds another run since it was read (another predict into it?): the "
+                               "review now shows its %d item(s); labels are kept", where, len(new.keys))
+            return self.review
+
+    @staticmethod
+    def _state_now(run_dir: Path) -> tuple[int, int, int, int] | None:
+        """run.json's state; missing, looked at again for up to a second: a predict puts its run in place by two
+        renames (the earlier run out, the new one in), between which the folder is not there."""
+        state = file_state(run_dir / RUN_JSON)
+        for _ in range(10):
+            if state is not None:
+                break
+            time.sleep(0.1)
+            state = file_state(run_dir / RUN_JSON)
+        return state

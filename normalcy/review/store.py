@@ -206,6 +206,22 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _open_file_at(identity: tuple[int, int]) -> str | None:
+    """Where a file this process holds open is now (Linux: /proc/self/fd), None when it is deleted or not known."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if where.startswith("/") and not where.endswith(" (deleted)") and _file_identity(Path(where)) == identity:
+            return printable(where)
+    return None
+
+
 OWN_FILE = "review.sqlite"  # a run's own database, in its folder
 OWN_RUN = "."  # the key of the one run in a run folder's own review.sqlite (see Store.for_run)
 SET_ASIDE = " set aside "  # in the key of labels set aside (see Store.set_aside_if_changed): never this run's
@@ -570,6 +586,11 @@ class Store:
         Moved back, it is used again; replaced by another file (a copy), it is not: that one lacks the labels
         written since, and the open connections would go on writing to the old one."""
         if self.file is not None and self._file_id is not None and _file_identity(self.file) != self._file_id:
+            moved = _open_file_at(self._file_id)
+            if moved is not None:  # the run folder renamed (and another made at its name): restarting lost sight of them
+                raise DatabaseGone(f"the review database {self.file} was moved while the server ran, to {moved} (the "
+                                   "run folder renamed or replaced?): the label was not saved. The labels given so far "
+                                   f"are in {moved}: move it back, or stop the server and serve the folder it is in")
             raise DatabaseGone(f"the review database {self.file} disappeared while the server ran (deleted, moved "
                                "or replaced): the label was not saved. Move the file back, or restart normalcy serve")
 

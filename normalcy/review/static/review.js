@@ -23,6 +23,7 @@
     loadSeq: 0,         // drops answers to superseded list requests
     authFailed: false,
     moreQueued: false,  // a "load more" is waiting in the queue
+    runVersion: null,   // the run the items shown are of: sent with each label (another predict may replace it)
   };
 
   const $ = (id) => document.getElementById(id);
@@ -40,6 +41,7 @@
 
   async function api(method, url, body) {
     const opts = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (state.runVersion) opts.headers["X-Run-Version"] = state.runVersion;
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
@@ -180,6 +182,7 @@
     }
     if (data.kind) setKind(data.kind, data.id_column);
     if (data.rerank_ms !== undefined && data.rerank_ms !== null) state.rerankMs = data.rerank_ms;
+    if (data.run_version) state.runVersion = data.run_version;
   }
 
   // Re-fetch everything shown so far (at least one page) in the current order.
@@ -208,6 +211,10 @@
     const seq = state.loadSeq;
     const data = await api("GET", listUrl(state.items.length, PAGE));
     if (seq !== state.loadSeq) return;
+    if (data.run_version && state.runVersion && data.run_version !== state.runVersion) {
+      await reload(null, true); // another run in the folder: its items from the top, not appended to the old
+      return;
+    }
     applyMeta(data);
     const seen = new Set(state.items.map((it) => it.id));
     state.items = state.items.concat(data.items.filter((it) => !seen.has(it.id)));
@@ -269,6 +276,8 @@
         res = await api("POST", "/api/items/" + encodeURIComponent(item.id) + "/label", body);
       } catch (err) {
         if (!(err instanceof HttpError && err.status === 401)) err.message = "could not label " + item.name + ": " + err.message;
+        // 409: the run folder holds another run since the list was loaded; show that run's items
+        if (err instanceof HttpError && err.status === 409) await reload(null, true).catch(() => {});
         throw err;
       }
       const updated = res.item || item;
