@@ -240,7 +240,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         seen = request.headers.get("x-run-version")
         if seen and seen != review.version:  # the page showed the items of the run the folder held before
             raise HTTPException(409, "the run folder holds another run since this page listed its items (another "
-                                     "predict into it?): the label was not saved; reload the list and label again")
+                                     "predict into it?): the label was not saved; label again on the new run's list")
         k = review.position(item_id)
         if k is None:
             raise HTTPException(404, f"no item {item_id} in this run")
