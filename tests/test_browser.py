@@ -279,3 +279,30 @@ def test_a_run_replaced_while_the_page_is_open_is_shown_and_not_labelled_blind(s
     page.keyboard.press("n")
     expect(page.locator("#toast")).to_contain_text("labelled img_000.png normal")
     assert api(page, "/api/status")["n_labelled"] == 1
+
+
+def test_bidi_controls_in_a_file_name_are_shown_not_applied(tmp_path: Path, page: "Page") -> None:
+    """A file name with U+202E RIGHT-TO-LEFT OVERRIDE reorders what follows as shown ("x\\u202egnp.exe.png" read
+    as another name than the file's): the page shows the control as its code, in the card, title and path."""
+    import numpy as np
+    from PIL import Image
+
+    from normalcy.runs.format import RunWriter
+
+    images = tmp_path / "images"
+    images.mkdir()
+    writer = RunWriter(tmp_path / "run", 0.5, (0.0, 1.0), heatmaps=False, report=False, inputs=[images],
+                       info={"detector": "patchcore"})
+    for i, name in enumerate(["invoice\u202egnp.exe.png", "plain.png"]):
+        image = np.full((16, 16, 3), 40 * i, np.uint8)
+        Image.fromarray(image).save(images / name, format="PNG")
+        writer.add(images / name, image, 1.0 - i / 2, None)
+    writer.close([], "bidi")
+    with LiveServer(tmp_path / "run", new_token()) as live:
+        page.goto(live.page_url)
+        page.wait_for_selector("#gallery .card")
+        names = page.eval_on_selector_all("#gallery .card .name", "els => els.map(e => e.textContent + e.title)")
+        assert names[0].startswith("invoice<U+202E>gnp.exe.png") and "\u202e" not in "".join(names)
+        page.keyboard.press("Enter")
+        expect(page.locator("#detail-title")).to_have_text("invoice<U+202E>gnp.exe.png")
+        assert "\u202e" not in page.locator("#d-path").inner_text()

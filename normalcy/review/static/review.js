@@ -137,6 +137,26 @@
     return table;
   }
 
+  // Bidirectional controls in a file name, id, series or column name (U+202E RIGHT-TO-LEFT OVERRIDE, ...) reorder
+  // the text after them as shown: "x\u202Egnp.exe" read "xexe.png". They are shown as their code, never applied.
+  const BIDI = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
+  function visible(text) {
+    if (typeof text !== "string") return text;
+    return text.replace(BIDI, (c) => "<U+" + c.codePointAt(0).toString(16).toUpperCase() + ">");
+  }
+
+  // An item's texts from the run as they are to be shown (see visible).
+  function forDisplay(item) {
+    item.name = visible(item.name);
+    item.path = visible(item.path);
+    if (item.event) {
+      item.event.series = visible(item.event.series);
+      if (Array.isArray(item.event.metrics)) item.event.metrics = item.event.metrics.map(visible);
+    }
+    if (Array.isArray(item.features)) for (const f of item.features) f.column = visible(f.column);
+    return item;
+  }
+
   // An event in one line: its metrics (the largest contributions first) and its length.
   function eventLine(ev) {
     const what = ev.metrics && ev.metrics.length ? ev.metrics.join(", ") : "–";
@@ -197,7 +217,7 @@
       if (seq !== state.loadSeq) return false;
       const old = state.items;
       applyMeta(data);
-      state.items = data.items;
+      state.items = data.items.map(forDisplay);
       state.selectedId = (pick || keepSelection)(old, state.items);
       render();
       return true;
@@ -217,7 +237,7 @@
     }
     applyMeta(data);
     const seen = new Set(state.items.map((it) => it.id));
-    state.items = state.items.concat(data.items.filter((it) => !seen.has(it.id)));
+    state.items = state.items.concat(data.items.filter((it) => !seen.has(it.id)).map(forDisplay));
     render(false);
   }
 
@@ -280,7 +300,7 @@
         if (err instanceof HttpError && err.status === 409) await reload(null, true).catch(() => {});
         throw err;
       }
-      const updated = res.item || item;
+      const updated = res.item ? forDisplay(res.item) : item;
       if (typeof res.rerank_ms === "number") state.rerankMs = res.rerank_ms;
       // Show the new label at once, even if the re-fetch below fails.
       const i = indexOf(state.items, item.id);
@@ -570,7 +590,7 @@
   // A table run: no pictures, no overlays; rows are named by the table's id column.
   function setKind(kind, idColumn) {
     state.kind = kind;
-    if (idColumn) state.idColumn = idColumn;
+    if (idColumn) state.idColumn = visible(idColumn);
     const table = kind === "table";
     const series = kind === "series";
     document.body.classList.toggle("table-run", table);
