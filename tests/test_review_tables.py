@@ -290,6 +290,26 @@ def test_the_old_table_scored_back_gets_its_labels_back(tmp_path: Path, caplog: 
         assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 42
 
 
+def test_another_table_scored_in_while_served_is_read_with_its_own_labels(tmp_path: Path) -> None:
+    """Another table scored into the served run folder: the page went on listing the old rows, and a label given on
+    that list went onto the new table's row of that number, another object. The new table is read at the next
+    request (the old labels set aside, as at a start), a label on the old list is refused, and the old table
+    scored back in gets its labels back, all while the server runs."""
+    run = tmp_path / "run"
+    _score_rows_into(run, tmp_path / "a.parquet", seed=1)
+    with TestClient(create_app(run, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        _label_rows(c, {"3": "normal"})
+        version = c.get("/api/items").json()["run_version"]
+        row5 = next(it for it in c.get("/api/items", params={"limit": 40}).json()["items"] if it["name"] == "5")
+        _score_rows_into(run, tmp_path / "b.parquet", seed=2)
+        assert _labelled_rows(c) == []
+        r = c.post(f"/api/items/{row5['id']}/label", json={"label": "anomalous"}, headers={"X-Run-Version": version})
+        assert r.status_code == 409 and _labelled_rows(c) == []
+        _score_rows_into(run, tmp_path / "a.parquet", seed=1)
+        assert _labelled_rows(c) == [["3", "normal"]]
+
+
 def test_a_table_run_in_a_folder_whose_path_is_not_utf8_is_reviewed(tmp_path: Path) -> None:
     """pyarrow takes no path that is not UTF-8: a table run in such a folder could not be read for the review
     (nor written: see test_server's run folder that is not UTF-8)."""

@@ -168,6 +168,25 @@ def test_pictures_of_events_rewritten_since_the_start_are_refused(run: Path, tmp
         assert c.post(f"/api/items/{top['id']}/label", json={"label": "normal"}).status_code == 200
 
 
+def test_a_series_run_replaced_while_served_is_read_again(run: Path, tmp_path: Path) -> None:
+    """Another predict into the served folder (finish_run puts its run in place): the event pictures were 409
+    "restart normalcy serve" for as long as the server ran. The new run is read at the next request; its pictures
+    are served and the labels given are kept."""
+    from normalcy.runs.format import finish_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("review.sqlite*"))
+    with TestClient(create_app(copy, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        top = c.get("/api/items", params={"limit": 1}).json()["items"][0]
+        assert c.post(f"/api/items/{top['id']}/label", json={"label": "normal"}).status_code == 200
+        staging = tmp_path / ".run.1.partial"
+        shutil.copytree(run, staging, ignore=shutil.ignore_patterns("review.sqlite*"))
+        finish_run(staging, copy)
+        assert c.get(top["image_url"]).status_code == 200
+        assert c.get(f"/api/items/{top['id']}").json()["label"] == "normal"
+
+
 def test_serve_a_series_model_scores_first(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     served = []
     monkeypatch.setattr("normalcy.review.server.serve", lambda run_dir, **kw: served.append((run_dir, kw)))
