@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import http.client
 import io
 import logging
@@ -10,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -989,6 +991,47 @@ def test_a_connection_opened_while_the_database_file_was_away_is_not_kept(client
         os.replace(p, run / p.name)
     for label in ("normal", "anomalous", "normal"):
         assert client.post(f"/api/items/{top['id']}/label", json={"label": label}).status_code == 200
+
+
+def test_a_connection_opened_between_the_database_and_its_wal_moving_loses_no_label(tmp_path: Path) -> None:
+    """finish_run moves review.sqlite into the new run, then its -wal: a connection the server opened between the
+    two made a new, empty database at the path, took the WAL beside it (the labels not yet checkpointed into the
+    file) as its own, and deleted it when it was refused and closed: any other connection to the file then failed
+    ("disk I/O error"), and the labels since the last checkpoint lived only in the server's open files (lost if
+    it was killed). A connection is refused before SQLite opens anything, and opens only a file that is there."""
+    from normalcy.review.store import DatabaseGone, Store
+
+    db = tmp_path / "review.sqlite"
+    store = Store(f"sqlite:///{db}", run=".")
+    try:
+        ids = store.sync_items([{"path": f"p{i}", "name": f"p{i}", "score": 1.0 - i / 10, "decision": False}
+                                for i in range(5)])
+        for item_id in ids:
+            store.set_label(item_id, "normal", None)
+        with store.engine.connect():  # held, as the pool holds connections: the WAL is not checkpointed
+            away = tmp_path / "staging"
+            away.mkdir()
+            db.rename(away / db.name)  # finish_run's first move; the -wal is still here
+            refused = False
+            try:
+                with store.engine.connect():  # a new connection in that instant
+                    pass
+            except DatabaseGone:
+                refused = True
+            gc.collect()  # the refused connection closed, as it is in the server once its answer is sent
+            assert refused and not db.exists()
+            for p in tmp_path.glob("review.sqlite-*"):  # the rest of the moves, and the run in place
+                p.rename(away / p.name)
+            for p in away.iterdir():
+                p.rename(tmp_path / p.name)
+            fresh = sqlite3.connect(db)  # another process (a restart once this one is killed) reads the file
+            try:
+                assert fresh.execute("SELECT count(*) FROM labels").fetchone()[0] == 5  # was "disk I/O error"
+            finally:
+                fresh.close()
+        assert [it.label for it in store.labelled()] == ["normal"] * 5
+    finally:
+        store.close()
 
 
 def test_a_database_file_gone_while_serving_refuses_labels(client: TestClient, run: Path) -> None:

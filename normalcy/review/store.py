@@ -343,6 +343,10 @@ class Store:
             # before that run is in place) made a new, empty database where it had been, and stayed in the pool:
             # every label it took later failed, "no such table". Refused, and not kept.
             event.listen(self.engine, "connect", lambda _conn, _record: self.check_file())
+            # ... and checked before SQLite opens anything, opening only a file that is there: finish_run moves the
+            # file, then its -wal; a connection opened between the two made an empty database at the path, took the
+            # WAL beside it (the labels not yet checkpointed) for its own, and deleted it when it closed.
+            event.listen(self.engine, "do_connect", self._open_existing)
         if "run" not in columns:
             self.engine.dispose()
             raise InputError(f"{shown} holds review tables from an older normalcy, without run ids: "
@@ -580,6 +584,16 @@ class Store:
         self.check_file()  # gone while it was written: said, not taken as saved
         assert item is not None
         return item
+
+    def _open_existing(self, _dialect: Any, _record: Any, cargs: list, cparams: dict) -> None:
+        """A new SQLite connection (the "do_connect" event): refused while the file opened at start is not at its
+        path, and opened read-write without create (a URI with mode=rw), so that a file gone in between is an
+        error, never a new, empty database beside the old one's WAL."""
+        self.check_file()
+        if cparams.get("uri") or not cargs or not isinstance(cargs[0], str):
+            return  # the URL's own URI options: left as given
+        cargs[0] = "file:" + quote(os.fsencode(cargs[0])) + "?mode=rw"
+        cparams["uri"] = True
 
     def check_file(self) -> None:
         """Raise DatabaseGone if the SQLite file opened at start is no longer at its path (a stat, no query).
