@@ -278,6 +278,20 @@ def test_a_run_replaced_while_served_is_read_again_with_its_labels(run: Path, tm
         assert c.app.state.review.store.export_csv().count("\n") == 3  # type: ignore[attr-defined]
 
 
+def test_a_run_replaced_by_one_without_embeddings_says_labels_no_longer_rerank(
+        run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """serve computes a run's missing embeddings at start only: a run without them read while serving ranks by
+    score, and the warning says to restart for re-ranking by labels."""
+    plain = make_run(tmp_path / "b", n=5, embeddings=False)
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert items(c)["strategy"] == "neighbour"
+        swap_in(plain, run, tmp_path)
+        with caplog.at_level("WARNING", logger="normalcy"):
+            assert items(c)["strategy"] == "none"
+    assert "ranked by anomaly score only; restart normalcy serve" in caplog.text
+
+
 def test_a_run_folder_renamed_or_gone_while_served_says_where_the_labels_are(run: Path, tmp_path: Path) -> None:
     """The run folder renamed and another run made at its name (without the review's labels): every label was
     "the review database ... disappeared ... restart normalcy serve", and a restart began an empty review there.

@@ -453,6 +453,9 @@ class Current:
                 self.review = new
                 logger.warning("review: %s holds another run since it was read (another predict into it?): the "
                                "review now shows its %d item(s); labels are kept", where, len(new.keys))
+                if new.features is None and review.features is not None:  # serve computes them at start only
+                    logger.warning("review: %s has no %s: ranked by anomaly score only; restart normalcy serve to "
+                                   "compute them and re-rank by labels", where, EMBEDDINGS)
             return self.review
 
     @staticmethod
