@@ -445,8 +445,8 @@ class Current:
                         continue  # replaced again while it was read: read the newest
                     why = (f"{where}: the run folder is gone since the review started (moved or deleted): put it "
                            "back, or restart normalcy serve on the folder where it is now") if state is None else (
-                           f"{where} holds another run since the review started, which cannot be reviewed: {err} (read again "
-                           "when its run.json changes, or restart normalcy serve)")
+                           f"{where} holds another run since the review started, which cannot be reviewed: {err} "
+                           "(read again when its run.json changes, or restart normalcy serve)")
                     self._failed = (state, Unavailable(why))
                     logger.warning("review: %s", why)
                     raise self._failed[1] from None

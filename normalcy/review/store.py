@@ -601,7 +601,7 @@ class Store:
         written since, and the open connections would go on writing to the old one."""
         if self.file is not None and self._file_id is not None and _file_identity(self.file) != self._file_id:
             moved = _open_file_at(self._file_id)
-            if moved is not None:  # the run folder renamed (and another made at its name): restarting lost sight of them
+            if moved is not None:  # the run folder renamed (another made at its name): a restart lost sight of them
                 raise DatabaseGone(f"the review database {self.file} was moved while the server ran, to {moved} (the "
                                    "run folder renamed or replaced?): the label was not saved. The labels given so far "
                                    f"are in {moved}: move it back, or stop the server and serve the folder it is in")
