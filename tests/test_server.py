@@ -332,7 +332,7 @@ def test_a_run_replaced_by_one_that_cannot_be_read_is_a_503_until_it_changes(run
 def test_a_run_rewritten_while_serve_reads_it_is_one_line(run: Path, tmp_path: Path, monkeypatch) -> None:
     """Another predict putting its run in place while serve read the run at start: the scores of one run beside
     the embeddings of the other (the re-ranking's features, perhaps of other images), served without a word.
-    It is one line saying to start again."""
+    It is read again; a run rewritten at every read is one line saying to start again."""
     import normalcy.review.state as state
     from normalcy.runs.format import finish_run
 
@@ -353,6 +353,27 @@ def test_a_run_rewritten_while_serve_reads_it_is_one_line(run: Path, tmp_path: P
     with open_client(run) as c:  # started again: served
         c.headers["Authorization"] = f"Bearer {TOKEN}"
         assert items(c)["n_items"] == 12
+
+
+def test_a_predict_finishing_once_while_serve_starts_is_read_again(run: Path, tmp_path: Path, monkeypatch) -> None:
+    """A predict finishing while serve reads the run (seconds at 100,000 images) stopped the start with "start
+    normalcy serve again"; the run now in place is read again (the test above: one rewritten at every read stops)."""
+    import normalcy.review.state as state
+
+    other = make_run(tmp_path / "b", n=5)
+    real = state.read_features
+    calls = []
+
+    def once(run_dir, n):
+        if not calls:
+            swap_in(other, run, tmp_path)
+        calls.append(n)
+        return real(run_dir, n)
+
+    monkeypatch.setattr(state, "read_features", once)
+    with open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert items(c)["n_items"] == 5 and calls == [12, 5]
 
 
 @pytest.mark.parametrize("item_id", ["99999999999999999999", str(2**63), "-1", "-99999999999999999999"])

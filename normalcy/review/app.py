@@ -32,7 +32,16 @@ from normalcy.review.guard import (
     validation_error,
 )
 from normalcy.review.ranking import DEFAULT_STRATEGY, LABELS, STRATEGIES, check_label
-from normalcy.review.state import Conflict, Current, Forbidden, NotFound, Review, ReviewError, Unavailable
+from normalcy.review.state import (
+    Conflict,
+    Current,
+    Forbidden,
+    NotFound,
+    Review,
+    ReviewError,
+    RunRewritten,
+    Unavailable,
+)
 from normalcy.review.store import DatabaseGone, Item, Store, db_reason
 
 log = logging.getLogger("normalcy")
@@ -143,7 +152,13 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         raise InputError(f"unknown ranking strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     store = Store.for_run(run_dir, database)
     try:
-        review = Review(run_dir, store, strategy, extra_roots)
+        for attempt in range(3):  # a predict that finished while the run was read: its run is read again
+            try:
+                review = Review(run_dir, store, strategy, extra_roots)
+                break
+            except RunRewritten:
+                if attempt == 2:
+                    raise
     except BaseException:
         store.close()
         raise

@@ -50,7 +50,7 @@ from normalcy.runs.format import (
 )
 from normalcy.vectors.tables import VECTOR_KIND
 
-__all__ = ["Conflict", "Current", "Forbidden", "NotFound", "Review", "ReviewError", "Unavailable"]
+__all__ = ["Conflict", "Current", "Forbidden", "NotFound", "Review", "ReviewError", "RunRewritten", "Unavailable"]
 
 logger = logging.getLogger("normalcy")
 
@@ -69,6 +69,10 @@ class Forbidden(ReviewError):
 
 class Conflict(ReviewError):
     """Not possible for this run, e.g. a re-ranking strategy without embeddings (409)."""
+
+
+class RunRewritten(InputError):
+    """Another predict put its run in place while this one was read (read it again: see create_app, Current)."""
 
 
 class Unavailable(ReviewError):
@@ -152,7 +156,7 @@ class Review:
         if file_state(run_dir / RUN_JSON) != started:  # every run writes its own run.json
             # another predict put its run in place while this one was read: scores of one run beside the
             # embeddings (the re-ranking's features) of the other, which may be other images
-            raise InputError(f"{printable(str(run_dir))}: the run folder was rewritten while it was read (another "
+            raise RunRewritten(f"{printable(str(run_dir))}: the run folder was rewritten while it was read (another "
                              "predict into it?): start normalcy serve again")
 
         # Folders whose files may be served: the run folder and the folders given to predict
