@@ -292,6 +292,21 @@ def test_a_run_replaced_by_one_without_embeddings_says_labels_no_longer_rerank(
     assert "ranked by anomaly score only; restart normalcy serve" in caplog.text
 
 
+def test_images_are_served_when_serve_started_in_the_run_folder_and_it_was_replaced(
+        run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cd RUN && normalcy serve .`, then another predict into RUN: the server's working folder was the old run,
+    deleted, and every image was a 500 (Path.cwd() raised FileNotFoundError, for absolute paths too)."""
+    first = tmp_path / "first"
+    shutil.copytree(run, first)
+    monkeypatch.chdir(run)
+    with open_client(Path(".")) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        swap_in(first, run, tmp_path)
+        top = items(c)["items"][0]
+        r = c.get(top["image_url"])
+        assert r.status_code == 200 and r.content == Path(top["path"]).read_bytes()
+
+
 def test_a_run_folder_renamed_or_gone_while_served_says_where_the_labels_are(run: Path, tmp_path: Path) -> None:
     """The run folder renamed and another run made at its name (without the review's labels): every label was
     "the review database ... disappeared ... restart normalcy serve", and a restart began an empty review there.

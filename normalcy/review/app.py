@@ -239,7 +239,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
             if not item.overlay:
                 raise HTTPException(404, f"event {item_id} has no picture (past the run's limit of pictures)")
             return _image_response(review.event_picture(item.overlay))
-        return _image_response(review.allowed_file(item.path, Path.cwd()))
+        return _image_response(review.allowed_file(item.path))
 
     @app.get("/api/items/{item_id}/overlay")
     def item_overlay(item_id: int) -> Response:

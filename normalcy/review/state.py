@@ -399,11 +399,16 @@ class Review:
                            "normalcy serve to review the new results")
         return self.allowed_file(raw, self.run_dir)
 
-    def allowed_file(self, raw: str, base: Path) -> Path:
-        """The real path of a file from the database, if it may be served (Forbidden outside the roots, NotFound if gone)."""
+    def allowed_file(self, raw: str, base: Path | None = None) -> Path:
+        """The real path of a file from the database, if it may be served (Forbidden outside the roots, NotFound if gone).
+        A relative one is taken from ``base``, by default the working folder, asked only then: serve started in a
+        run folder that another predict replaced has none, and every image was a 500 (FileNotFoundError)."""
         p = Path(raw)
         if not p.is_absolute():
-            p = base / p
+            try:
+                p = (Path.cwd() if base is None else base) / p
+            except OSError:
+                raise NotFound(f"file not found: {raw} (a relative path, and the working folder is gone)") from None
         try:
             real = p.resolve()
         except (OSError, RuntimeError):  # a symlink loop (RuntimeError) was a 500
