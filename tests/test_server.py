@@ -13,6 +13,7 @@ import shutil
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -326,6 +327,22 @@ def test_a_run_folder_renamed_or_gone_while_served_says_where_the_labels_are(run
         r = c.post(f"/api/items/{top['id']}/label", json={"label": "normal"})
         assert r.status_code == 503 and str(moved / "review.sqlite") in r.json()["detail"]
         assert not (run / "review.sqlite").exists()  # no new, empty review made beside the labels
+
+
+def test_a_run_folder_gone_is_waited_for_once_not_at_each_request(run: Path, tmp_path: Path) -> None:
+    """A folder missing is waited for up to a second (a predict's two renames); while it stays gone, each request
+    (a page of thumbnails: hundreds) is answered at once, not after another second's wait."""
+    with open_client(run, database=f"sqlite:///{tmp_path / 'labels.sqlite'}") as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert items(c)["n_items"] == 12
+        os.rename(run, tmp_path / "elsewhere")
+        r = c.get("/api/items")
+        assert r.status_code == 503 and "the run folder is gone since the review started" in r.json()["detail"]
+        t0 = time.perf_counter()
+        assert all(c.get("/api/status").status_code == 503 for _ in range(5))
+        assert time.perf_counter() - t0 < 1.0
+        os.rename(tmp_path / "elsewhere", run)
+        assert items(c)["n_items"] == 12
 
 
 def test_a_run_replaced_by_one_that_cannot_be_read_is_a_503_until_it_changes(run: Path, tmp_path: Path) -> None:

@@ -440,7 +440,9 @@ class Current:
         with self._lock:  # one reload for the requests that find the change together
             for attempt in range(3):
                 review = self.review
-                state = self._state_now(review.run_dir)
+                state = file_state(review.run_dir / RUN_JSON)
+                if state is None and not (self._failed is not None and self._failed[0] is None):
+                    state = self._state_now(review.run_dir)  # waited for once, not on each request while gone
                 if state == review.run_state:
                     return review
                 if self._failed is not None and self._failed[0] == state:
@@ -472,10 +474,10 @@ class Current:
     def _state_now(run_dir: Path) -> tuple[int, int, int, int] | None:
         """run.json's state; missing, looked at again for up to a second: a predict puts its run in place by two
         renames (the earlier run out, the new one in), between which the folder is not there."""
-        state = file_state(run_dir / RUN_JSON)
+        state = None
         for _ in range(10):
-            if state is not None:
-                break
             time.sleep(0.1)
             state = file_state(run_dir / RUN_JSON)
+            if state is not None:
+                break
         return state
