@@ -320,6 +320,9 @@ def test_a_run_folder_renamed_or_gone_while_served_says_where_the_labels_are(run
         os.rename(run, moved)
         r = c.get("/api/items")
         assert r.status_code == 503 and str(moved / "review.sqlite") in r.json()["detail"]
+        t0 = time.perf_counter()  # said at once while it stays so (a folder missing is waited for once)
+        assert all(c.get("/api/status").status_code == 503 for _ in range(5))
+        assert time.perf_counter() - t0 < 1.0
         os.rename(moved, run)  # put back: served as before
         assert items(c)["n_labelled"] == 1
         os.rename(run, moved)
@@ -327,6 +330,11 @@ def test_a_run_folder_renamed_or_gone_while_served_says_where_the_labels_are(run
         r = c.post(f"/api/items/{top['id']}/label", json={"label": "normal"})
         assert r.status_code == 503 and str(moved / "review.sqlite") in r.json()["detail"]
         assert not (run / "review.sqlite").exists()  # no new, empty review made beside the labels
+        for name in ("review.sqlite", "review.sqlite-wal", "review.sqlite-shm"):  # as the answer says
+            os.rename(moved / name, run / name)
+        now = items(c)
+        assert now["n_items"] == 5
+        assert c.post(f"/api/items/{now['items'][0]['id']}/label", json={"label": "normal"}).status_code == 200
 
 
 def test_a_run_folder_gone_is_waited_for_once_not_at_each_request(run: Path, tmp_path: Path) -> None:

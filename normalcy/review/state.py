@@ -432,6 +432,7 @@ class Current:
         self.review = review
         self._lock = threading.Lock()
         self._failed: tuple[tuple[int, int, int, int] | None, Unavailable] | None = None
+        self._missing = False  # the folder stayed missing through a wait: not waited for again while it is
 
     def get(self) -> Review:
         review = self.review
@@ -441,8 +442,9 @@ class Current:
             for attempt in range(3):
                 review = self.review
                 state = file_state(review.run_dir / RUN_JSON)
-                if state is None and not (self._failed is not None and self._failed[0] is None):
+                if state is None and not self._missing:
                     state = self._state_now(review.run_dir)  # waited for once, not on each request while gone
+                self._missing = state is None
                 if state == review.run_state:
                     return review
                 if self._failed is not None and self._failed[0] == state:

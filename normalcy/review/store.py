@@ -604,7 +604,8 @@ class Store:
             if moved is not None:  # the run folder renamed (another made at its name): a restart lost sight of them
                 raise DatabaseGone(f"the review database {self.file} was moved while the server ran, to {moved} (the "
                                    "run folder renamed or replaced?): the label was not saved. The labels given so far "
-                                   f"are in {moved}: move it back, or stop the server and serve the folder it is in")
+                                   f"are in {moved} (with its -wal and -shm files): move the three back, or stop the "
+                                   "server and serve the folder they are in")
             raise DatabaseGone(f"the review database {self.file} disappeared while the server ran (deleted, moved "
                                "or replaced): the label was not saved. Move the file back, or restart normalcy serve")
 
