@@ -607,7 +607,8 @@ class Store:
                                    f"are in {moved} (with its -wal and -shm files): move the three back, or stop the "
                                    "server and serve the folder they are in")
             raise DatabaseGone(f"the review database {self.file} disappeared while the server ran (deleted, moved "
-                               "or replaced): the label was not saved. Move the file back, or restart normalcy serve")
+                               "or replaced): the label was not saved. Move the file back (with its -wal and -shm "
+                               "files), or restart normalcy serve")
 
     def _run_events(self) -> Any:
         return (events_table.join(items_table, items_table.c.id == events_table.c.item_id),
