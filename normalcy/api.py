@@ -72,6 +72,7 @@ from normalcy.series.runs import (
     load_series_model,
     model_columns,
     replay_series,
+    sampling_note,
     say_blind,
     score_series,
     time_hint,
@@ -774,6 +775,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     jobs: list[tuple[int, Any, str]] = []  # (file index, series, where: for skipped.csv)
     keep = ((*model.columns_, *model.flags_), "the model" + time_hint(time_column)  # flags: left out as fit said
             ) if isinstance(model, SeriesDetector) else None
+    sampled: list[str] = []  # series sampled at another interval than their model's training rows
     for item in iter_series_files(inputs, time_column, series_column, keep):
         if isinstance(item, tuple):
             failed.append(item)
@@ -786,8 +788,16 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
             if isinstance(scoped, str):
                 failed.append((where, scoped))
             else:
+                noted = _sampling(model, scoped, series_column)
                 in_folder(scoped)
+                if noted:  # as in_folder names it
+                    sampled.append(scoped.notes[-1])
                 jobs.append((len(files) - 1, scoped, where))
+    for line in sampled[:5]:  # notes are said among the repairs: this one changes what the scores mean
+        logger.warning("%s", line)
+    if len(sampled) > 5:
+        logger.warning("... and %d more series sampled at another interval than their training rows (run.json's "
+                    "notes)", len(sampled) - 5)
     if ray is not None:
         from normalcy.scale.distributed import score_series_ray
 
@@ -827,6 +837,16 @@ def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str
         return model_columns(model.get(s.name) if isinstance(model, SeriesSet) else model, s, time_column)
     except InputError as err:
         return str(err)
+
+
+def _sampling(model: SeriesDetector | SeriesSet, s: Any, series_column: Optional[str]) -> bool:
+    """Whether a series is sampled at another interval than its model's training rows (``sampling_note``),
+    noted last among its notes; its scores are as they were."""
+    where = s.source.name if series_column is None else f"{s.source.name} [{series_column}={s.name}]"
+    note = sampling_note(model.get(s.name) if isinstance(model, SeriesSet) else model, s, where)
+    if note is not None:
+        s.notes.append(note)
+    return note is not None
 
 
 def _score_one(model: SeriesDetector | SeriesSet, s: Any, stream: bool = False) -> Any:

@@ -1155,3 +1155,53 @@ def test_a_set_save_killed_outright_leaves_nothing_the_next_save_keeps(tmp_path:
     got = load_series_model(d)
     assert {p.name for p in d.iterdir()} == {"model.json", "mine", *got.folders.values()}
     assert [got.get(k).threshold_ for k in got.keys] == [fitted.get(k).threshold_ for k in got.keys]
+
+
+def write_sampled(path: Path, n: int, minutes: int, seed: int = 0, host: str | None = None) -> str:
+    """Rows of a sine ``minutes`` apart (epoch seconds), as CSV text (with ``host``: an id column too)."""
+    rng = np.random.default_rng(seed)
+    head = "time,host,cpu\n" if host else "time,cpu\n"
+    return head + "".join(f"{1_700_000_000 + 60 * minutes * i},{host + ',' if host else ''}"
+                          f"{np.sin(i / 4) + 0.05 * rng.normal():.4f}\n" for i in range(n))
+
+
+def test_predict_warns_of_a_test_sampled_at_another_interval_than_training(tmp_path: Path) -> None:
+    """A model of 1-minute rows scored 5-minute rows without a word (windows count rows: its patterns seen five
+    times faster). The model keeps its training rows' median step; predict warns, naming the file and both
+    intervals, and scores as before."""
+    (tmp_path / "train.csv").write_text(write_sampled(tmp_path, 300, 1))
+    (tmp_path / "same.csv").write_text(write_sampled(tmp_path, 100, 1, seed=1))
+    (tmp_path / "slow.csv").write_text(write_sampled(tmp_path, 100, 5, seed=2))
+    assert cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "-d", "knn", "--window", "8").exit_code == 0
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["training"]["interval_s"] == 60.0
+    r = cli("predict", tmp_path / "m", tmp_path / "same.csv", tmp_path / "slow.csv", "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    line = "slow.csv: a row every 300 s, the model's training rows one every 60 s"
+    assert line in r.stderr and "same.csv: a row every" not in r.stderr
+    assert any(n.startswith(line) for n in json.loads((tmp_path / "run" / "run.json").read_text())["notes"])
+    scores = (tmp_path / "run" / "scores.csv").read_text()
+    # a model saved before it kept the interval loads and scores exactly as before, without the warning
+    del meta["training"]
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    r = cli("predict", tmp_path / "m", tmp_path / "same.csv", tmp_path / "slow.csv", "-o", tmp_path / "old")
+    assert r.exit_code == 0 and "a row every" not in r.stderr, r.stderr
+    assert (tmp_path / "old" / "scores.csv").read_text() == scores
+    meta["training"] = {"interval_s": "fast"}  # hand-edited: one line naming the file
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    assert "training.interval_s" in one_line_error(cli("predict", tmp_path / "m", tmp_path / "same.csv", "-o",
+                                                       tmp_path / "bad"))
+
+
+def test_a_set_warns_of_each_series_sampled_at_another_interval(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text(write_sampled(tmp_path, 120, 1, host="a")
+                                        + write_sampled(tmp_path, 120, 10, host="b").split("\n", 1)[1])
+    (tmp_path / "test.csv").write_text(write_sampled(tmp_path, 60, 1, host="a")
+                                       + write_sampled(tmp_path, 60, 1, host="b").split("\n", 1)[1])
+    r = cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "--series-column", "host", "-d", "knn",
+            "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    r = cli("predict", tmp_path / "m", tmp_path / "test.csv", "-o", tmp_path / "run")
+    assert r.exit_code == 0 and "scored 120 rows of 2 series" in r.stderr, r.stderr
+    assert "test.csv [host=b]: a row every 60 s, the model's training rows one every 600 s" in r.stderr
+    assert "[host=a]: a row every" not in r.stderr

@@ -44,6 +44,7 @@ from normalcy.series import registry
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
 from normalcy.series.events import Event, events, pruned
 from normalcy.series.io import (
+    SAMPLING_RATIO,
     SERIES_SUFFIXES,
     Series,
     _natural,
@@ -782,6 +783,23 @@ def model_columns(det: SeriesDetector, s: Series, time_column: str | None) -> Se
     naming the file; one the model lacks is left out with a note, with a hint when it may be an unnamed
     time column."""
     return s.only(det.columns_, "the model", time_hint(time_column), known=det.flags_)
+
+
+def sampling_note(det: SeriesDetector, s: Series, where: str) -> str | None:
+    """A line when a series to score is sampled at another interval than the model's training rows (median
+    steps SAMPLING_RATIO apart or more), None otherwise or where either has no time column (a model saved
+    before it kept its interval). Windows count rows: a model of 1-minute rows scoring 5-minute rows sees each
+    pattern five times faster than it learned it, and its scores mean something else. ``where``: the series
+    as the line names it (its file, and its id)."""
+    fitted = getattr(det, "interval_s", None)
+    if fitted is None or s.time_column is None or len(s) < 2:
+        return None
+    step = float(np.median(np.diff(s.time)))
+    if not math.isfinite(step) or step <= 0 or max(step, fitted) < SAMPLING_RATIO * min(step, fitted):
+        return None
+    return (f"{where}: a row every {step:g} s, the model's training rows one every {fitted:g} s: windows count "
+            "rows, so its patterns are seen at another speed than they were learned; resample it to the training "
+            "interval (scored as it is)")
 
 
 def time_hint(time_column: str | None) -> str:
