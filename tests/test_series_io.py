@@ -390,6 +390,30 @@ def test_epoch_milliseconds_are_read_as_seconds_with_a_note(tmp_path: Path) -> N
     assert any("epoch milliseconds" in x for x in frac.notes)
 
 
+def test_epoch_milliseconds_before_1973_by_the_columns_name_or_said(tmp_path: Path) -> None:
+    """Epoch milliseconds before 1973-03-03 are under 1e11, read as seconds of the years 2100-5138 without a
+    word. A time column whose name says its unit (time_ms, timestampMs, t [us]) is read in it; without one,
+    numbers that as seconds lie past 2100 are still seconds, said with what they would be as milliseconds."""
+    ts = numbered(start=40_000_000, step=60)  # 1971-04-09, a minute apart
+    rows = [f"{t * 1000},{i % 7}" for i, t in enumerate(ts)]
+    for name in ("time_ms", "timestampMs", "t [ms]", "epoch_millis"):
+        (s,) = read_series(write_csv(tmp_path / "named.csv", f"{name},cpu", rows), time_column=name)
+        np.testing.assert_array_equal(s.time, ts)
+        assert s.notes == [f"named.csv: time column read in milliseconds, as its name {name!r} says"]
+    (us,) = read_series(write_csv(tmp_path / "us.csv", "t_us,cpu", [f"{10 * i},{i % 7}" for i in range(40)]),
+                        time_column="t_us")
+    np.testing.assert_allclose(us.time, np.arange(40) * 1e-5)  # microseconds since the start
+    (plain,) = read_series(write_csv(tmp_path / "plain.csv", "timestamp,cpu", rows))
+    np.testing.assert_array_equal(plain.time, np.array(ts) * 1000.0)  # as before: seconds
+    assert plain.notes == ["plain.csv: time column read as epoch seconds (the year 3237); if its numbers are epoch "
+                           "milliseconds (the year 1971), name the column with its unit (time_ms) and give it as "
+                           "--time-column, or write the times as ISO 8601 dates"]
+    for header, values in (("timestamp", numbered()), ("time_s", [t * 1000 for t in ts]), ("time", range(40))):
+        (s,) = read_series(write_csv(tmp_path / "s.csv", f"{header},cpu", [f"{t},{i % 7}" for i, t in
+                                                                             enumerate(values)]), time_column=header)
+        assert s.notes == [] and s.time[0] == list(values)[0]  # epoch seconds, seconds by name, row numbers
+
+
 def test_a_bad_time_cell_is_named_and_mixed_kinds_are_said(tmp_path: Path) -> None:
     ts = numbered()
     rows = [f"{'bad' if i == 5 else t},{i % 7}" for i, t in enumerate(ts)]

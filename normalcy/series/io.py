@@ -176,7 +176,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     for c in columns:
         parsed.append(_values(path, c, arrays[c], comma, notes))
     # ``is not None``: a time column may have no name (pandas' date index, read as the time above)
-    time = (_times(path, arrays[time_column], notes, comma) if time_column is not None
+    time = (_times(path, arrays[time_column], notes, comma, time_column) if time_column is not None
             else np.arange(n, dtype=np.float64))
     values = np.column_stack(parsed)
     labels = None
@@ -409,11 +409,56 @@ def _row_index(arrays: dict[str, np.ndarray], time_column: str, metrics: Sequenc
 _EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
 
 
-def _seconds(path: Path, num: np.ndarray, notes: list[str]) -> np.ndarray:
+# a time column's name that says its unit (``time_ms``, ``timestampMs``, ``t [us]``): numbers that read as seconds
+# by their size alone (epoch milliseconds before 1973-03-03 are under 1e11) are read in that unit
+_NAMED_UNITS = {**dict.fromkeys(("ms", "msec", "msecs", "millis", "millisecond", "milliseconds"), (1e3, "milliseconds")),
+                **dict.fromkeys(("us", "\u00b5s", "usec", "usecs", "micros", "microsecond", "microseconds"),
+                                (1e6, "microseconds")),
+                **dict.fromkeys(("ns", "nsec", "nsecs", "nanos", "nanosecond", "nanoseconds"), (1e9, "nanoseconds"))}
+_SECOND_NAMES = ("s", "sec", "secs", "second", "seconds")
+_FAR = 4102444800.0  # 2100-01-01 in epoch seconds: numbers this far from 0 are dates beyond 2100 (or before 1840)
+
+
+def _name_unit(column: str | None) -> tuple[float, str] | None:
+    """(divisor, unit) where a time column's name ends in a word that says it counts milli-, micro- or
+    nanoseconds (``time_ms``, ``timestampMs``, ``t [us]``), (1, "seconds") where it says seconds, else None."""
+    words = [w for w in re.split(r"[^a-z0-9\u00b5]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column or "").lower()) if w]
+    if len(words) == 1 and words[0] not in _NAMED_UNITS and words[0] not in _SECOND_NAMES:  # "time": no unit
+        return None
+    last = words[-1] if words else ""
+    return _NAMED_UNITS.get(last) or ((1.0, "seconds") if last in _SECOND_NAMES else None)
+
+
+def _years(lo: float, hi: float) -> str:
+    """The calendar years of epoch seconds ``lo`` to ``hi``, as a note says them."""
+    def year(seconds: float) -> str:
+        try:
+            return str(datetime.fromtimestamp(seconds, timezone.utc).year)
+        except (OverflowError, OSError, ValueError):
+            return "beyond 9999" if seconds > 0 else "before 1"
+
+    first, last = year(lo), year(hi)
+    return f"the year {first}" if first == last else f"the years {first} to {last}"
+
+
+def _seconds(path: Path, num: np.ndarray, notes: list[str], column: str | None = None) -> np.ndarray:
     """Numbers of a time column in seconds: epoch milliseconds (Java's and JavaScript's clocks), micro- or
-    nanoseconds divided down, with a note; anything else as it is."""
+    nanoseconds divided down, with a note; anything else as it is. Numbers under 1e11 are seconds by their size,
+    unless the column's name says its unit (``time_ms``: epoch milliseconds before 1973 are under 1e11);
+    without one, numbers that as seconds are dates after 2100 (or before 1840) are said to be read as seconds,
+    naming what they would be as milliseconds, since both readings are possible."""
     typical = float(np.median(np.abs(num))) if len(num) else 0.0
     if typical < 1e11:
+        named = _name_unit(column)
+        if named is not None and named[0] != 1.0:
+            notes.append(f"{path.name}: time column read in {named[1]}, as its name {column!r} says")
+            return num / named[0]
+        if named is None and typical >= _FAR:
+            lo, hi = float(num.min()), float(num.max())
+            notes.append(f"{path.name}: time column read as epoch seconds ({_years(lo, hi)}); if its numbers are "
+                         f"epoch milliseconds ({_years(lo / 1e3, hi / 1e3)}), "
+                         "name the column with its unit (time_ms) and give it as --time-column, or write the times as ISO "
+                         "8601 dates")
         return num
     _, div, unit = next(u for u in _EPOCH_UNITS if typical >= u[0])
     notes.append(f"{path.name}: time column read as epoch {unit} (as seconds its numbers would lie after the year "
@@ -424,7 +469,7 @@ def _seconds(path: Path, num: np.ndarray, notes: list[str]) -> np.ndarray:
 _NS_FIRST, _NS_LAST = np.datetime64("1677-09-22", "s"), np.datetime64("2262-04-11", "s")  # within int64 ns
 
 
-def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False) -> np.ndarray:
+def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False, column: str | None = None) -> np.ndarray:
     """A time column as float64: numbers as they are (epoch seconds, row numbers; epoch milliseconds and finer
     divided down to seconds, ``_seconds``), dates and times (parsed by the reader, or ISO 8601 strings) as epoch
     seconds (UTC when no zone is given), durations (Parquet's) as seconds. With ``comma`` (a semicolon-separated file), seconds written with a
@@ -452,7 +497,7 @@ def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False) -> 
         bad = ~np.isfinite(num)
         if bad.any():
             raise InputError(f"{path}: time column: no number at row {int(np.flatnonzero(bad)[0]) + 1}")
-        seconds = _seconds(path, num, notes)
+        seconds = _seconds(path, num, notes, column)
         if a.dtype.kind in "iu" and seconds is not num:  # epoch nanoseconds 100 ns apart are one float64 second
             merged = len(np.unique(a)) - len(np.unique(seconds))  # value: they were dropped as "repeated"
             if merged:
