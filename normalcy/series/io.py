@@ -199,8 +199,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         if failed is None:
             raise InputError(f"{path}: {why}")
         bad.append((f"{path} [{series_column}=]", why))
-    for sid in dict.fromkeys(ids[ids != ""].tolist()):  # in order of first appearance; str, not np.str_
-        rows = np.flatnonzero(ids == sid)
+    for sid, rows in _grouped(ids):
         where = f"{path.name} [{series_column}={sid}]"
         try:
             out.append(_tidy(path, sid, where, rows, time[rows], values[rows], tuple(columns),
@@ -215,6 +214,18 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     if failed is not None:
         failed.extend(bad)
     return out
+
+
+def _grouped(ids: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(id, its rows in file order) for each id but "", in order of first appearance (str, not np.str_). One
+    sort: comparing every id with the whole column took 6 s of a 9 s read for 5,000 ids of 40 rows, and grew
+    with ids x rows (10,000 ids in a million rows: minutes)."""
+    uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(inverse.ravel(), kind="stable")  # the rows of each id together, in file order
+    ends = np.cumsum(np.bincount(inverse.ravel(), minlength=len(uniq)))
+    starts = ends - np.bincount(inverse.ravel(), minlength=len(uniq))
+    return [(str(uniq[u]), order[starts[u]:ends[u]]) for u in np.argsort(first, kind="stable").tolist()
+            if uniq[u] != ""]
 
 
 def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.ndarray, values: np.ndarray,
