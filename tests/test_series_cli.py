@@ -1205,3 +1205,28 @@ def test_a_set_warns_of_each_series_sampled_at_another_interval(tmp_path: Path) 
     assert r.exit_code == 0 and "scored 120 rows of 2 series" in r.stderr, r.stderr
     assert "test.csv [host=b]: a row every 60 s, the model's training rows one every 600 s" in r.stderr
     assert "[host=a]: a row every" not in r.stderr
+
+
+def test_ids_named_as_a_sets_own_files_or_too_long_lose_no_other_series(tmp_path: Path) -> None:
+    """An id "model.json" became a folder of that name, so the set's model.json could not be written ("Is a
+    directory"), and an id over 1,000 characters failed the set's model.json check (pydantic's traceback):
+    either way after every fit, and all were lost. The first gets a folder of another name (as Windows' device
+    names do), the second is named as not fitted, and predict says why it has no model."""
+    long_id = "x" * 1001
+    ids = ["model.json", "CON", "aux.1", "web", long_id]
+    path = write_long(tmp_path / "long.csv", ids, n=60)
+    r = cli("fit", path, "-o", tmp_path / "m", "--series-column", "host", "--window", "8")
+    assert r.exit_code == 0 and "on 4 series, one model each" in r.stderr, r.stderr
+    assert "its id is 1001 characters long; a set keeps ids of at most 1000" in r.stderr
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    folders = {m["series"]: m["folder"] for m in meta["models"]}
+    assert folders["web"] == "web" and (tmp_path / "m" / "model.json").is_file()
+    for sid in ("model.json", "CON", "aux.1"):
+        assert folders[sid].startswith(f"{sid}-") and (tmp_path / "m" / folders[sid] / "model.json").is_file()
+    assert folder_name("Model.JSON", set()) != "Model.JSON" and folder_name("lpt9", set()) != "lpt9"
+    assert folder_name("console", set()) == "console"  # only the device names themselves
+    r = cli("predict", tmp_path / "m", path, "-o", tmp_path / "run")
+    assert r.exit_code == 0 and "scored 240 rows of 4 series" in r.stderr, r.stderr
+    (skipped,) = csv.DictReader(open(tmp_path / "run" / "skipped.csv"))
+    assert skipped["reason"] == (f"no model for series {long_id[:80]!r}... in this set: its id is 1001 characters "
+                                 "long; a set keeps ids of at most 1000")

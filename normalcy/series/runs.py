@@ -166,13 +166,25 @@ def folder_name(series_id: str, taken: set[str]) -> str:
     else its safe characters and a hash of the id, so no id can name a path outside the model folder."""
     safe = _UNSAFE.sub("_", series_id).lstrip(".-")[:NAME_CHARS] or "series"
     name = safe
-    if name != series_id or not SAFE_FOLDER.fullmatch(name) or name.casefold() in taken:
+    if name != series_id or not SAFE_FOLDER.fullmatch(name) or name.casefold() in taken or _reserved(name):
         name = f"{safe}-{hashlib.sha1(series_id.encode('utf-8', 'surrogateescape')).hexdigest()[:10]}"
     k = 2
     while name.casefold() in taken:
         name, k = f"{name}-{k}", k + 1
     taken.add(name.casefold())
     return name
+
+
+# names a series' folder never takes: the set's own files (an id "model.json" became a folder of that name, and
+# the set's model.json could not be written: the whole fit lost), and Windows' device names (a folder "CON" or
+# "aux.1" cannot be made or copied there)
+_SET_FILES = {MODEL_JSON.casefold(), registry.MODEL_TENSORS.casefold()}
+_DEVICES = {"con", "prn", "aux", "nul", *(f"{p}{k}" for p in ("com", "lpt") for k in range(1, 10))}
+
+
+def _reserved(name: str) -> bool:
+    """Whether a folder name is one a series' folder must not take (``_SET_FILES``, ``_DEVICES``)."""
+    return name.casefold() in _SET_FILES or name.split(".")[0].casefold() in _DEVICES
 
 
 class SetEntry(Strict):
@@ -247,6 +259,8 @@ class SeriesSet:
     def missing(self, key: str) -> str:
         """Why the set has no model for a series (one line, for here and Ray): the reason it could not be
         fitted when it was one of the training series, so a predict long after the fit still says why."""
+        if len(key) > MAX_ID:
+            return f"no model for series {key[:80]!r}... in this set: {_too_long(key)}"
         why = dict(self.failed).get(key)
         if why is None:
             return f"no model for series {key!r} in this set (fitted on {len(self)} series)"
@@ -379,6 +393,11 @@ _ID_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 def _id_number(key: str) -> float | None:
     """A series id's number when it is written as one (digits, one point), else None."""
     return float(key) if _ID_NUMBER.fullmatch(key) else None
+
+
+def _too_long(key: str) -> str:
+    """Why a series whose id is longer than a set keeps has no model."""
+    return f"its id is {len(key)} characters long; a set keeps ids of at most {MAX_ID}"
 
 
 def short_reason(why: str) -> str:
@@ -537,7 +556,11 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
         elif not train.is_dir() and _found_by_values(series[0].time_column):
             model.time_column = series[0].time_column  # watch has no values to find it by: it numbered the rows
         return model
-    fitted, failed = fit_many(series, detector, params)
+    long = [s for s in series if len(s.name) > MAX_ID]  # a set's model.json refused it after every fit: all lost
+    if long:
+        series = [s for s in series if len(s.name) <= MAX_ID]
+        unusable += [(s.name, _too_long(s.name)) for s in long]
+    fitted, failed = fit_many(series, detector, params) if series else ({}, [])
     failed = unusable + failed
     if not fitted:
         raise InputError(f"{train}: no series could be fitted{reasons(failed, named=True)}")
