@@ -433,6 +433,23 @@ def test_a_file_of_many_ids_is_grouped_in_one_pass(tmp_path: Path) -> None:
     np.testing.assert_array_equal(b.values[:, 0], [i % 5 for i in range(1, 2 * MIN_ROWS, 2)])
 
 
+def test_a_nan_id_in_a_parquet_float_column_is_no_series(tmp_path: Path) -> None:
+    """A Parquet id column of floats written from numpy holds NaN (not null) where a row has no id: read as
+    text it was the id "nan", fitted and scored as a series of its own without a word. Such rows are in no
+    series and named, as an empty cell's are; a text id "nan" (a CSV's, a string column's) is still an id."""
+    n = 2 * MIN_ROWS
+    t = np.repeat(1_700_000_000 + 60 * np.arange(n), 3)
+    host = np.tile([1.0, 2.0, np.nan], n)
+    pq.write_table(pa.table({"time": t, "host": host, "cpu": np.sin(np.arange(3 * n) / 4)}), tmp_path / "f.parquet")
+    failed: list[tuple[str, str]] = []
+    assert [s.name for s in read_series(tmp_path / "f.parquet", series_column="host", failed=failed)] == ["1", "2"]
+    assert failed == [(f"{tmp_path / 'f.parquet'} [host=]", f"{n} row(s) without a 'host' value, in no series "
+                       "(the first: row 3)")]
+    text = pa.table({"time": t, "host": np.where(np.isnan(host), "nan", host.astype(str)), "cpu": t % 7})
+    pq.write_table(text, tmp_path / "s.parquet")
+    assert [s.name for s in read_series(tmp_path / "s.parquet", series_column="host")] == ["1.0", "2.0", "nan"]
+
+
 def test_a_bad_time_cell_is_named_and_mixed_kinds_are_said(tmp_path: Path) -> None:
     ts = numbered()
     rows = [f"{'bad' if i == 5 else t},{i % 7}" for i, t in enumerate(ts)]

@@ -192,6 +192,8 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         return [_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
                       time_column, notes)]
     ids = np.array(["" if v is None else str(v).strip() for v in arrays[series_column]])
+    if _float_column(path, series_column):  # NaN, as pyarrow writes it from numpy, is no id: it was series 'nan'
+        ids[ids == "nan"] = ""
     out, bad = [], []  # bad: (file [column=id], the reason alone)
     if not ids.all():  # rows that belong to no series: named, the other series kept
         rows = np.flatnonzero(ids == "")
@@ -214,6 +216,19 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     if failed is not None:
         failed.extend(bad)
     return out
+
+
+def _float_column(path: Path, column: str) -> bool:
+    """Whether a Parquet file's column holds floats (read as text for ids, a NaN is "nan"); False for a CSV,
+    whose ids are read as written."""
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        return False
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with open(path, "rb") as fh:  # read whole a moment ago
+        schema = pq.read_schema(fh)
+    return column in schema.names and pa.types.is_floating(schema.field(column).type)
 
 
 def _grouped(ids: np.ndarray) -> list[tuple[str, np.ndarray]]:
