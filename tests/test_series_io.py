@@ -450,6 +450,22 @@ def test_a_nan_id_in_a_parquet_float_column_is_no_series(tmp_path: Path) -> None
     assert [s.name for s in read_series(tmp_path / "s.parquet", series_column="host")] == ["1.0", "2.0", "nan"]
 
 
+def test_numeric_ids_read_as_a_metric_are_named_with_series_column(tmp_path: Path) -> None:
+    """A long file of several series whose id column holds numbers (host 1, 2, 3), read without
+    --series-column: the ids were a metric, two rows in three dropped as "a repeated timestamp", and nothing
+    said which column told them apart. The note names it and --series-column."""
+    ts = numbered()
+    rows = [f"{t},{h},{(i + h) % 7}" for i, t in enumerate(ts) for h in (1, 2, 3)]
+    (s,) = read_series(write_csv(tmp_path / "long.csv", "time,host,cpu", rows))
+    assert len(s) == len(ts) and (f"long.csv: {2 * len(ts)} row(s) with a repeated timestamp dropped (the last row "
+                                  "of each timestamp kept); column 'host' tells those rows apart (whole numbers, a "
+                                  "row a time each): if it names the series the file holds, give --series-column "
+                                  "'host'") in s.notes
+    repeated = [f"{t},{i % 3},{i % 7}" for i, t in enumerate(ts)] + [f"{ts[0]},5,1"]  # one time twice: no ids
+    (r,) = read_series(write_csv(tmp_path / "r.csv", "time,host,cpu", repeated))
+    assert any(n.endswith("dropped (the last row of each timestamp kept)") for n in r.notes)
+
+
 def test_a_bad_time_cell_is_named_and_mixed_kinds_are_said(tmp_path: Path) -> None:
     ts = numbered()
     rows = [f"{'bad' if i == 5 else t},{i % 7}" for i, t in enumerate(ts)]

@@ -266,7 +266,7 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
     last = np.append(time[1:] != time[:-1], True)  # the last row of each timestamp
     if not last.all():
         notes.append(f"{where}: {int((~last).sum())} row(s) with a repeated timestamp dropped (the last row of "
-                     "each timestamp kept)")
+                     f"each timestamp kept){_id_hint(time, values, columns)}")
         time, values = time[last], values[last]
         labels = None if labels is None else labels[last]
     if len(time) < MIN_ROWS:  # the rows are enough: say that their times are not, and which column they are
@@ -298,6 +298,26 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
                          "scored as consecutive")
     return Series(name, time, values, columns, labels, notes, path, np.asarray(file_rows, np.int64), row_of,
                   time_col)
+
+
+def _id_hint(time: np.ndarray, values: np.ndarray, columns: tuple[str, ...]) -> str:
+    """What follows the note of repeated timestamps where half the rows or more repeat a time and a value column
+    of whole numbers tells every repeated row apart (a row a time for each of its values): the ids of several
+    series in one file, scored as a metric (constant within each series) while all but one row a time were
+    dropped. Empty otherwise."""
+    if 2 * len(np.unique(time)) > len(time):
+        return ""
+    v = np.asarray(values, np.float64)
+    for j, column in enumerate(columns[:100]):
+        col = v[:, j]
+        if not np.isfinite(col).all() or (col != np.round(col)).any() or len(np.unique(col)) < 2:
+            continue
+        order = np.lexsort((col, time))
+        same = (np.diff(time[order]) == 0) & (np.diff(col[order]) == 0)
+        if not same.any():
+            return (f"; column {column!r} tells those rows apart (whole numbers, a row a time each): if it names "
+                    f"the series the file holds, give --series-column {column!r}")
+    return ""
 
 
 DST_HINT = ("local times without a zone repeat an hour where daylight saving time ends; if these are such, give "
