@@ -1230,3 +1230,14 @@ def test_ids_named_as_a_sets_own_files_or_too_long_lose_no_other_series(tmp_path
     (skipped,) = csv.DictReader(open(tmp_path / "run" / "skipped.csv"))
     assert skipped["reason"] == (f"no model for series {long_id[:80]!r}... in this set: its id is 1001 characters "
                                  "long; a set keeps ids of at most 1000")
+
+
+def test_an_id_that_is_the_number_of_several_series_says_so() -> None:
+    """A set of series '01' and '1' scoring id '1.0' said "no model for series '1.0' in this set", though each
+    of two models is that number (one alone would score it): it says which, and to write the id as one."""
+    models: dict = {"01": object(), "1": object(), "web": object()}
+    ids = SeriesSet("knn", "host", "time", models=models)
+    with pytest.raises(InputError, match=r"^no model for series '1.0' in this set: its series '01', '1' are all "
+                                         r"that number; write the id as one of them$"):
+        ids.get("1.0")
+    assert ids.get("01") is models["01"] and ids.missing("2") == "no model for series '2' in this set (fitted on 3 series)"

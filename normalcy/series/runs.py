@@ -262,6 +262,11 @@ class SeriesSet:
         if len(key) > MAX_ID:
             return f"no model for series {key[:80]!r}... in this set: {_too_long(key)}"
         why = dict(self.failed).get(key)
+        number = _id_number(key)
+        same = [k for k in self.keys if _id_number(k) == number][:5] if why is None and number is not None else []
+        if len(same) > 1:  # 1.0 for a set of 1 and 01: which was meant cannot be told
+            return (f"no model for series {key!r} in this set: its series {', '.join(map(repr, same))} are all that "
+                    "number; write the id as one of them")
         if why is None:
             return f"no model for series {key!r} in this set (fitted on {len(self)} series)"
         return f"no model for series {key!r} in this set: at fit it could not be fitted: {why}"
