@@ -832,7 +832,7 @@ def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str
     note), or the reason (one line) why it cannot be scored."""
     if isinstance(model, SeriesSet) and model.key_of(s.name) != s.name:
         s.notes.append(f"{s.source.name}: series {s.name!r} scored by the model of series {model.key_of(s.name)!r} "
-                       "(the same number, written another way at fit)")
+                       f"({model.alias(s.name)})")
     try:
         return model_columns(model.get(s.name) if isinstance(model, SeriesSet) else model, s, time_column)
     except InputError as err:

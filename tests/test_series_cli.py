@@ -1241,3 +1241,23 @@ def test_an_id_that_is_the_number_of_several_series_says_so() -> None:
                                          r"that number; write the id as one of them$"):
         ids.get("1.0")
     assert ids.get("01") is models["01"] and ids.missing("2") == "no model for series '2' in this set (fitted on 3 series)"
+
+
+def test_an_id_in_the_other_unicode_form_finds_its_model(tmp_path: Path) -> None:
+    """'café' written with é as one character at fit and as e and an accent in the file scored (files of two
+    systems: the two look the same) found no model: "no model for series 'café'". The one id of the same text
+    in Unicode's other form scores it, with a note; ASCII ids are matched as written."""
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    long = write_long(tmp_path / "long.csv", [nfc, "Web"], n=60)
+    assert cli("fit", long, "-o", tmp_path / "m", "--series-column", "host", "--window", "8").exit_code == 0
+    test = tmp_path / "test.csv"
+    test.write_text(long.read_text(encoding="utf-8").replace(nfc, nfd).replace(",Web,", ",web,"), encoding="utf-8")
+    r = cli("predict", tmp_path / "m", test, "-o", tmp_path / "run")
+    assert r.exit_code == 0 and "scored 60 rows of 1 series" in r.stderr, r.stderr
+    notes = json.loads((tmp_path / "run" / "run.json").read_text())["notes"]
+    assert any(n.endswith(f"test.csv: series {nfd!r} scored by the model of series {nfc!r} (the same text, its "
+                          "accents written in another Unicode form at fit)") for n in notes), notes
+    (skipped,) = csv.DictReader(open(tmp_path / "run" / "skipped.csv"))
+    assert skipped["reason"] == "no model for series 'web' in this set (fitted on 2 series)"  # case is kept apart

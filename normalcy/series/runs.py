@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -249,12 +250,22 @@ class SeriesSet:
 
     def key_of(self, key: str) -> str:
         """The set's id for a series id: the id itself, else the one id of the set that is the same number (1
-        and 1.0, 7 and 07: ids written as integers in one file, as floats or text in another), else the id."""
-        number = _id_number(key)
-        if key in self or number is None:
+        and 1.0, 7 and 07: ids written as integers in one file, as floats or text in another), or the same
+        text in Unicode's other form (é as one character or as e and an accent: files of two systems), else
+        the id."""
+        if key in self:
             return key
-        same = [k for k in self.keys if _id_number(k) == number]
+        number = _id_number(key)
+        if number is None and key.isascii():
+            return key
+        same = ([k for k in self.keys if _id_number(k) == number] if number is not None else
+                [k for k in self.keys if not k.isascii() and _nfc(k) == _nfc(key)])
         return same[0] if len(same) == 1 else key
+
+    def alias(self, key: str) -> str:
+        """Why a series id is scored by another id's model (``key_of``), as a note says it."""
+        return ("the same number, written another way at fit" if _id_number(key) is not None else
+                "the same text, its accents written in another Unicode form at fit")
 
     def missing(self, key: str) -> str:
         """Why the set has no model for a series (one line, for here and Ray): the reason it could not be
@@ -393,6 +404,10 @@ def _set_folders(d: Path) -> set[str]:
 
 
 _ID_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
+
+
+def _nfc(key: str) -> str:
+    return unicodedata.normalize("NFC", key)
 
 
 def _id_number(key: str) -> float | None:

@@ -200,8 +200,8 @@ class Watcher:
             try:
                 det = self.model.get(key) if isinstance(self.model, SeriesSet) else self.model
                 if isinstance(self.model, SeriesSet) and self.model.key_of(key) != key:
-                    log.warning("%s: series %r watched by the model of series %r (the same number, written another "
-                                "way at fit)", self.source, key, self.model.key_of(key))
+                    log.warning("%s: series %r watched by the model of series %r (%s)", self.source, key,
+                                self.model.key_of(key), self.model.alias(key))
                 self.positions[key] = self._positions(det)
             except InputError as err:
                 if len(self.refused) < MAX_REFUSED:
