@@ -461,6 +461,9 @@ def test_numeric_ids_read_as_a_metric_are_named_with_series_column(tmp_path: Pat
                                   "of each timestamp kept); column 'host' tells those rows apart (whole numbers, a "
                                   "row a time each): if it names the series the file holds, give --series-column "
                                   "'host'") in s.notes
+    (k,) = read_series(tmp_path / "long.csv", keep=(("cpu",), "the model"))  # a model of cpu alone
+    assert any(n.endswith("dropped (the last row of each timestamp kept); half the rows or more: if the file holds "
+                          "several series, give the column that names them as --series-column") for n in k.notes)
     repeated = [f"{t},{i % 3},{i % 7}" for i, t in enumerate(ts)] + [f"{ts[0]},5,1"]  # one time twice: no ids
     (r,) = read_series(write_csv(tmp_path / "r.csv", "time,host,cpu", repeated))
     assert any(n.endswith("dropped (the last row of each timestamp kept)") for n in r.notes)

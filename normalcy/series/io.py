@@ -302,22 +302,27 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
 
 def _id_hint(time: np.ndarray, values: np.ndarray, columns: tuple[str, ...]) -> str:
     """What follows the note of repeated timestamps where half the rows or more repeat a time and a value column
-    of whole numbers tells every repeated row apart (a row a time for each of its values): the ids of several
-    series in one file, scored as a metric (constant within each series) while all but one row a time were
-    dropped. Empty otherwise."""
-    if 2 * len(np.unique(time)) > len(time):
+    of whole numbers tells every repeated row apart (a row a time for each of its values, and no more values
+    than rows at one time, which a count metric has): the ids of several series in one file, scored as a
+    metric (constant within each series) while all but one row a time were dropped; where none does (the ids
+    are text, or a column the model does not score), --series-column alone. Empty where fewer rows repeat."""
+    times, per_time = np.unique(time, return_counts=True)
+    if 2 * len(times) > len(time):
         return ""
     v = np.asarray(values, np.float64)
     for j, column in enumerate(columns[:100]):
         col = v[:, j]
-        if not np.isfinite(col).all() or (col != np.round(col)).any() or len(np.unique(col)) < 2:
+        if not np.isfinite(col).all() or (col != np.round(col)).any():
+            continue
+        if not 2 <= len(np.unique(col)) <= per_time.max():  # ids: no more of them than rows at one time
             continue
         order = np.lexsort((col, time))
         same = (np.diff(time[order]) == 0) & (np.diff(col[order]) == 0)
         if not same.any():
             return (f"; column {column!r} tells those rows apart (whole numbers, a row a time each): if it names "
                     f"the series the file holds, give --series-column {column!r}")
-    return ""
+    return ("; half the rows or more: if the file holds several series, give the column that names them as "
+            "--series-column")
 
 
 DST_HINT = ("local times without a zone repeat an hour where daylight saving time ends; if these are such, give "
