@@ -1261,3 +1261,13 @@ def test_an_id_in_the_other_unicode_form_finds_its_model(tmp_path: Path) -> None
                           "accents written in another Unicode form at fit)") for n in notes), notes
     (skipped,) = csv.DictReader(open(tmp_path / "run" / "skipped.csv"))
     assert skipped["reason"] == "no model for series 'web' in this set (fitted on 2 series)"  # case is kept apart
+
+
+def test_series_column_with_a_series_folder_is_refused_at_fit(data: Path, tmp_path: Path) -> None:
+    """`fit FOLDER --series-column host` ignored the column (one series a folder), yet the set said "by column
+    'host'" and predict then looked for host in each test.csv: "no series could be scored" on the very folder
+    fitted. It is refused before fitting, in one line."""
+    for folder in (data, data / "a"):
+        error = one_line_error(cli("fit", folder, "-o", tmp_path / "m", "--series-column", "host"))
+        assert "--series-column names the column of a file holding many series" in error
+        assert not (tmp_path / "m").exists()

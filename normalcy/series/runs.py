@@ -564,6 +564,10 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
     (``series_column``, a folder of series folders) with ``fit_many`` (on Ray:
     normalcy.scale.distributed.fit_series_ray). In a set, a series that cannot be fitted is named in
     ``failed`` and the others go on; none fitted is an InputError."""
+    if series_column is not None and Path(train).is_dir():  # it was ignored, yet the set said "by column", and
+        # predict then looked for that column in each test.csv: "no series could be scored" on the folder fitted
+        raise InputError(f"{train}: --series-column names the column of a file holding many series; a series "
+                         "folder is one series (a folder of them, one a folder): give a file, or leave it out")
     unusable: list[tuple[str, str]] = []
     series, per_series = training_series(train, time_column, series_column, unusable)
     notes = [n for s in series for n in s.notes]
