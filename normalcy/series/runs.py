@@ -234,6 +234,9 @@ class SeriesSet:
     models: dict[str, SeriesDetector] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)  # series that could not be fitted: (id, reason)
     notes: list[str] = field(default_factory=list)  # repairs of the training series, one line each
+    # (what it was built from, {number or NFC text: the set's ids that are it}, {id: why it was not fitted})
+    _index: tuple[tuple[Any, ...], dict[Any, list[str]], dict[str, str]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     threshold_ = None  # each series has its own
 
@@ -255,12 +258,29 @@ class SeriesSet:
         the id."""
         if key in self:
             return key
+        same = self._alike(key)
+        return same[0] if len(same) == 1 else key
+
+    def _alike(self, key: str) -> list[str]:
+        """The set's ids that are the same number as ``key``, or (not ASCII) the same NFC text. Looked up in an
+        index built once: each unknown id scanned every id of the set (10,000 new hosts against a set of
+        10,000: minutes)."""
         number = _id_number(key)
         if number is None and key.isascii():
-            return key
-        same = ([k for k in self.keys if _id_number(k) == number] if number is not None else
-                [k for k in self.keys if not k.isascii() and _nfc(k) == _nfc(key)])
-        return same[0] if len(same) == 1 else key
+            return []
+        return self._indexed()[1].get(number if number is not None else _nfc(key), [])
+
+    def _indexed(self) -> tuple[tuple[Any, ...], dict[Any, list[str]], dict[str, str]]:
+        ids = self.folders if self.directory is not None else self.models
+        built = (id(ids), len(ids), id(self.failed), len(self.failed))  # what the index was built from
+        if self._index is None or self._index[0] != built:
+            alike: dict[Any, list[str]] = {}
+            for k in ids:
+                number = _id_number(k)
+                if number is not None or not k.isascii():
+                    alike.setdefault(number if number is not None else _nfc(k), []).append(k)
+            self._index = (built, alike, dict(self.failed))
+        return self._index
 
     def alias(self, key: str) -> str:
         """Why a series id is scored by another id's model (``key_of``), as a note says it."""
@@ -272,9 +292,8 @@ class SeriesSet:
         fitted when it was one of the training series, so a predict long after the fit still says why."""
         if len(key) > MAX_ID:
             return f"no model for series {key[:80]!r}... in this set: {_too_long(key)}"
-        why = dict(self.failed).get(key)
-        number = _id_number(key)
-        same = [k for k in self.keys if _id_number(k) == number][:5] if why is None and number is not None else []
+        why = self._indexed()[2].get(key)
+        same = self._alike(key)[:5] if why is None and _id_number(key) is not None else []
         if len(same) > 1:  # 1.0 for a set of 1 and 01: which was meant cannot be told
             return (f"no model for series {key!r} in this set: its series {', '.join(map(repr, same))} are all that "
                     "number; write the id as one of them")
@@ -301,7 +320,7 @@ class SeriesSet:
         return self.models[key]
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.folders) if self.directory is not None else len(self.models)  # not a list of every id
 
     def save(self, directory: str | Path) -> Path:
         """Write each series' model into a folder of its own, then model.json, then delete the earlier set's
