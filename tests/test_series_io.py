@@ -469,6 +469,18 @@ def test_numeric_ids_read_as_a_metric_are_named_with_series_column(tmp_path: Pat
     assert any(n.endswith("dropped (the last row of each timestamp kept)") for n in r.notes)
 
 
+def test_the_time_column_as_the_series_column_is_one_line(tmp_path: Path) -> None:
+    """--series-column naming the time column (given, or found by its name) made each time a series of one
+    row, each refused: "no usable series ([host=1]: 100 rows but 1 distinct timestamps ...; ...)"."""
+    rows = [f"{t},{h},{h % 7}" for t in numbered() for h in (1, 2)]
+    path = write_csv(tmp_path / "long.csv", "time,host,cpu", rows)
+    for time_column, series_column in (("host", "host"), (None, "time")):
+        with pytest.raises(InputError, match=rf"long.csv: column '{series_column}' is both the time column and the "
+                                             "series column"):
+            read_series(path, time_column, series_column, failed=[])
+    assert len(read_series(path, None, "host")) == 2
+
+
 def test_a_bad_time_cell_is_named_and_mixed_kinds_are_said(tmp_path: Path) -> None:
     ts = numbered()
     rows = [f"{'bad' if i == 5 else t},{i % 7}" for i, t in enumerate(ts)]

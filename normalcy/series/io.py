@@ -140,6 +140,9 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
             if time_column is not None:
                 notes.append(f"{path.name}: column {time_column!r} read as the time column ({why}); give "
                              "--time-column to name another")
+    if time_column is not None and time_column == series_column:  # each time was a series of one row, all refused
+        raise InputError(f"{path}: column {series_column!r} is both the time column and the series column; the "
+                         "series column names the series of each row: give another, or --time-column for the time")
     if time_column is not None:
         index = _row_index(arrays, time_column, keep[0] if keep else ())
         if index is not None:
