@@ -991,7 +991,7 @@ def write_series_run(folder: Path, files: Sequence[Any], parts: Sequence[SeriesR
     meta = {**info, "kind": SERIES, "inputs": [str(Path(f.path).resolve()) for f in files], "time_column": key,
             "n_series": len(parts), "n_rows": len(ids), "n_anomalous": int(decisions.sum()), "n_events": n_events,
             "n_pruned": sum(p.scored.pruned for p in parts), "n_skipped": len(failed),
-            "notes": [n for p in parts for n in p.series.notes][:1000],
+            "notes": list(dict.fromkeys(n for p in parts for n in p.series.notes))[:1000],  # a file's: once
             "seconds": round(time.time() - started, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     thr = {float(p.scored.threshold) for p in parts}
     if len(thr) == 1:

@@ -372,7 +372,7 @@ def write_series_report(path: Path, *, title: str, files: Sequence[Any], parts: 
     stats = [(k, v) for k, v in (("series", summary.get("n_series")), ("rows scored", summary.get("n_rows")),
                                  ("anomalous rows", summary.get("n_anomalous")), ("events", summary.get("n_events")),
                                  ("skipped", len(skipped) or None)) if v is not None]
-    notes = [n for p in parts for n in p.series.notes]
+    notes = list(dict.fromkeys(n for p in parts for n in p.series.notes))  # a file's own notes: once, not a series each
     shown = []
     for rank, k in enumerate(ranked[:max(0, top)]):
         p = parts[k]

@@ -589,7 +589,7 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
                          "folder is one series (a folder of them, one a folder): give a file, or leave it out")
     unusable: list[tuple[str, str]] = []
     series, per_series = training_series(train, time_column, series_column, unusable)
-    notes = [n for s in series for n in s.notes]
+    notes = list(dict.fromkeys(n for s in series for n in s.notes))  # a long file's own notes: once, not a series each
     for note in notes[:20]:
         log.info(note)
     if not per_series:
