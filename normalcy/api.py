@@ -797,7 +797,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         logger.warning("%s", line)
     if len(sampled) > 5:
         logger.warning("... and %d more series sampled at another interval than their training rows (run.json's "
-                    "notes)", len(sampled) - 5)
+                       "notes)", len(sampled) - 5)
     if ray is not None:
         from normalcy.scale.distributed import score_series_ray
 
