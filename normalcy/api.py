@@ -309,6 +309,7 @@ class RunSummary:
     n_events: Optional[int] = None  # a series run: events found
     n_pruned: int = 0  # a series run: events that crossed the threshold and were pruned as noise
     notes: list[str] = field(default_factory=list)  # a series run: what io.py repaired before scoring
+    warned: list[str] = field(default_factory=list)  # notes already logged as warnings (not said twice)
 
 
 @read_notes()  # a note on files read (float values clipped, frames) once a kind, not a file
@@ -824,7 +825,8 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         meta = write_series_run(folder, files, parts, failed, info, report=report, top=top,
                                 title=f"normalcy predict: {len(parts)} series")
     return RunSummary(output, SERIES, meta["n_rows"], meta["n_anomalous"], failed, n_series=len(parts),
-                      n_events=meta["n_events"], n_pruned=meta["n_pruned"], notes=meta["notes"], cpus=info.get("cpus"))
+                      n_events=meta["n_events"], n_pruned=meta["n_pruned"], notes=meta["notes"], cpus=info.get("cpus"),
+                      warned=sampled[:5])
 
 
 def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str]) -> Any:

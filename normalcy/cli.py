@@ -407,10 +407,11 @@ def _report_run(run: RunSummary) -> None:
                           f"[yellow]not scored:[/] {shown(where)}: {shown(reason)}", highlight=False, soft_wrap=True)
         if len(run.skipped) > 20:
             console.print(f"  ... and {len(run.skipped) - 20} more (all in skipped.csv of the results)")
-        for note in run.notes[:10]:
+        notes = [n for n in run.notes if n not in run.warned]  # a warning already said is not said again
+        for note in notes[:10]:
             console.print(f"repaired: {shown(note)}", highlight=False, soft_wrap=True)
-        if len(run.notes) > 10:
-            console.print(f"  ... and {len(run.notes) - 10} more repairs (run.json, report.html)")
+        if len(notes) > 10:
+            console.print(f"  ... and {len(notes) - 10} more repairs (run.json, report.html)")
         ray = f" on Ray ({run.cpus} CPUs)" if run.cpus is not None else ""
         pruned = (f" ({run.n_pruned} more crossed the threshold and were pruned as noise: their peaks do not stand "
                   "out of the others or of their neighbourhood; fit with --prune 0 to keep them)"

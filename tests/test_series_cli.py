@@ -1179,6 +1179,7 @@ def test_predict_warns_of_a_test_sampled_at_another_interval_than_training(tmp_p
     assert r.exit_code == 0, r.stderr
     line = "slow.csv: a row every 300 s, the model's training rows one every 60 s"
     assert line in r.stderr and "same.csv: a row every" not in r.stderr
+    assert r.stderr.count(line) == 1  # said once, as a warning, not again among the repairs
     assert any(n.startswith(line) for n in json.loads((tmp_path / "run" / "run.json").read_text())["notes"])
     scores = (tmp_path / "run" / "scores.csv").read_text()
     # a model saved before it kept the interval loads and scores exactly as before, without the warning
