@@ -110,6 +110,7 @@ def fit_and_score(name: str, train: np.ndarray, test: np.ndarray, labels: np.nda
     if first:  # cross-fitted, as the fit: the first share too, by the twin fitted on the rest
         twin = det._twin(rest)
         twin.threshold_ = det.threshold_  # scored only: its threshold is never read
+        twin.flags_ = det.flags_  # score() standardises raw rows as the model does: its left-out 0/1 columns too
         early = both_ways(twin, train[:len(first[0])])
         held = {w: np.concatenate([held[w], early[w][det.context - 1:]]) for w in WAYS}
     thresholds = {w: max(threshold_at(held[w], det.fpr), MIN_THRESHOLD) for w in WAYS}
