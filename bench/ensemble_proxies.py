@@ -13,6 +13,7 @@ proxy and the mean. The calibration scores are caught as the base class sets the
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -36,8 +37,13 @@ def _keep_calibration(self: Detector, calib) -> None:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("proxies", nargs="*", metavar="PROXY", help=f"of {', '.join(dev_proxies.PROXIES)} (default: all)")
+    names = ap.parse_args().proxies or list(dev_proxies.PROXIES)
+    unknown = [n for n in names if n not in dev_proxies.PROXIES]
+    if unknown:  # a KeyError's traceback said neither what was wrong nor what to give
+        ap.error(f"unknown proxy {unknown[0]!r}: choose from {', '.join(dev_proxies.PROXIES)}")
     Detector._set_threshold = _keep_calibration
-    names = sys.argv[1:] or list(dev_proxies.PROXIES)
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="normalcy-ensemble-") as tmp:
         for name in names:

@@ -9,6 +9,7 @@ optimistic; docs/benchmarks.md says so next to the table.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ ROWS = [
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data/magnetic_tile")
     print("| configuration | image AUROC | pixel AUROC |")

@@ -19,6 +19,7 @@ score, RsCIN):
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -95,6 +96,7 @@ def held_out() -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data/magnetic_tile")
     ceiling()

@@ -11,15 +11,14 @@ chromium and the playwright package.
 
 from __future__ import annotations
 
+import argparse
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
-
+from normalcy.errors import InputError
 from normalcy.review.server import ReviewServer, create_app, listen, new_token
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -27,6 +26,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def main(run: Path, out: Path) -> None:
+    try:  # imported here: --help, and the message below, without it
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise SystemExit("bench/review_screenshot.py needs the playwright package (pip install playwright) and "
+                         "Debian's chromium") from None
     token = new_token()
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(run, token, database=f"sqlite:///{Path(tmp) / 'review.sqlite'}")
@@ -57,6 +61,11 @@ def main(run: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python bench/review_screenshot.py RUN_DIR OUTPUT.png")
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, metavar="RUN_DIR", help="a run folder (normalcy predict ... -o RUN_DIR)")
+    ap.add_argument("out", type=Path, metavar="OUTPUT.png")
+    args = ap.parse_args()
+    try:
+        main(args.run, args.out)
+    except InputError as e:  # a missing or unreadable run folder: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None
