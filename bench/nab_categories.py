@@ -92,6 +92,22 @@ def read_orion_cache(path: Path | None) -> dict[tuple[str, str, str], dict]:
     return cache
 
 
+def check_orion_venv(venv: Path) -> None:
+    """Refuse, before any file is scored, a --orion-venv whose python is missing or cannot import orion: each
+    file's run would fail alike, and every failure counts (and is cached) as Orion finding nothing."""
+    import subprocess
+
+    python = venv / "bin" / "python"
+    how = f'python3.11 -m venv {venv} && {python.parent / "pip"} install orion-ml==0.7.1 "scikit-learn<1.6"'
+    if not python.is_file():
+        raise SystemExit(f"--orion-venv {venv}: no {python}; create it with\n    {how}")
+    done = subprocess.run([str(python), "-c", "import orion"], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"--orion-venv {venv}: its python cannot import orion ({last}); install it with\n"
+                         f"    {python.parent / 'pip'} install orion-ml==0.7.1 \"scikit-learn<1.6\"")
+
+
 def orion_events(venv: Path, pipeline: str, key: str, f: nab.NabFile, root: Path, protocol: str,
                  cache: dict[tuple[str, str, str], dict], cache_file: Path | None, timeout: int,
                  run: bool = True) -> dict | None:
@@ -151,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--orion-cache-only", action="store_true",
                     help="report Orion from --orion-cache alone: nothing is run, files without a result left out")
     args = ap.parse_args(argv)
+    if args.orion_venv and not args.orion_cache_only:
+        check_orion_venv(args.orion_venv)
 
     import faiss
 

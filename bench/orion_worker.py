@@ -35,7 +35,11 @@ def main() -> None:
 
     from pathlib import Path
 
-    import orion
+    try:
+        import orion
+    except ImportError:  # run with our python, not the venv's: said, not a traceback
+        raise SystemExit("bench/orion_worker.py needs orion-ml: run it with the python of the virtualenv that "
+                         "holds it (see bench/nab_categories.py, --orion-venv)") from None
     import pandas as pd
     from orion import Orion
 

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import bench_module
 from normalcy.evaluation import nab
@@ -61,3 +62,31 @@ def test_cache_only_runs_nothing(tmp_path: Path) -> None:
     venv = _venv(tmp_path, json.dumps({"events": [], "fit_s": 1, "detect_s": 1}))
     assert categories.orion_events(venv, "aer", f.name, f, tmp_path, "whole", {}, None, 60, run=False) is None
     assert not (tmp_path / "calls").exists()
+
+
+def test_a_venv_without_orion_is_refused_before_any_file(tmp_path: Path) -> None:
+    """A missing --orion-venv ended, after our detector's first file, in a FileNotFoundError traceback; a venv
+    without orion-ml failed every file alike, each counted (and cached) as Orion finding nothing."""
+    with pytest.raises(SystemExit, match=r"--orion-venv .*absent: no .*absent/bin/python; create it with"):
+        categories.main([str(tmp_path / "nab"), "--orion-venv", str(tmp_path / "absent")])
+    venv = _venv(tmp_path, "", code=1)
+    with pytest.raises(SystemExit, match="its python cannot import orion"):
+        categories.main([str(tmp_path / "nab"), "--orion-venv", str(venv), "--orion-cache", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_worker_without_orion_says_so(monkeypatch) -> None:
+    """bench/orion_worker.py run with a python that lacks orion-ml: one line naming what it needs."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_orion(name, *args, **kwargs):
+        if name == "orion":
+            raise ModuleNotFoundError("No module named 'orion'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_orion)
+    monkeypatch.setattr("sys.argv", ["orion_worker.py", "aer", "x.csv"])
+    with pytest.raises(SystemExit, match="needs orion-ml: run it with the python of the virtualenv"):
+        bench_module("orion_worker").main()
