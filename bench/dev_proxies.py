@@ -78,6 +78,14 @@ def logical_proxy(train: list[Path], target: Path, seed: int = 0, fraction: floa
     return target
 
 
+def train_images(name: str) -> list[Path]:
+    """The normal training images of ../shared/data/NAME; where absent, said in one line (not a traceback)."""
+    folder = DATA / name / "train" / "good"
+    if not folder.is_dir():
+        raise SystemExit(f"{folder} not found: the {name}-logical proxy is built from ../shared/data/{name}")
+    return sorted(folder.iterdir())
+
+
 def elpv_logical(target: Path) -> Path:
     """elpv normal cells with logical-anomaly copies: the cells are aligned, their busbars are parts."""
     cells = build_elpv_dataset(target.parent / "elpv_cells", n_train=200, n_test=0, n_defective=0)
@@ -86,10 +94,8 @@ def elpv_logical(target: Path) -> Path:
 
 PROXIES: dict[str, tuple[Callable[[Path], Path], Callable[[list[Path]], Any]]] = {
     # name: (build the data set under a folder, its input size from the training paths)
-    "magnetic_tile-logical": (lambda t: logical_proxy(sorted((DATA / "magnetic_tile" / "train" / "good").iterdir()),
-                                                      t), lambda p: size_for(p)),
-    "hazelnut_toy-logical": (lambda t: logical_proxy(sorted((DATA / "hazelnut_toy" / "train" / "good").iterdir()),
-                                                     t), lambda p: size_for(p)),
+    "magnetic_tile-logical": (lambda t: logical_proxy(train_images("magnetic_tile"), t), lambda p: size_for(p)),
+    "hazelnut_toy-logical": (lambda t: logical_proxy(train_images("hazelnut_toy"), t), lambda p: size_for(p)),
     "elpv-logical": (elpv_logical, lambda p: 300),
     "elpv": (lambda t: build_elpv_dataset(t, n_train=200, n_test=100), lambda p: 300),
 }

@@ -33,6 +33,7 @@ import torch
 
 from normalcy.detectors import DETECTORS, create
 from normalcy.detectors.base import Detector
+from normalcy.errors import InputError
 from normalcy.evaluation.evaluate import latency_ms
 from normalcy.evaluation.metrics import image_metrics
 from normalcy.images.features import FeatureExtractor, _to_tensor, resize_image
@@ -165,4 +166,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a data set not found or not readable: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

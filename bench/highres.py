@@ -178,6 +178,8 @@ def main() -> None:
         kind, model, data = args.child
         (child_score if kind == "score" else child_stages)(Path(model), Path(data))
         return
+    if not args.source.is_dir():  # said here: normalcy's own error came as a traceback after the set-up
+        ap.error(f"--source {args.source}: no such folder (a data set in MVTec layout: train/good, test/)")
 
     me = [sys.executable, str(Path(__file__).resolve()), "--child"]
     cli = [sys.executable, "-m", "normalcy.cli"]

@@ -78,7 +78,10 @@ def main() -> None:
     ap.add_argument("--dims-per-byte", type=int, default=8, help="PQ code size (KNNDetector's pq_dims_per_byte)")
     ap.add_argument("--big", type=int, default=0, help="also fit and score this many synthetic 512-d rows")
     args = ap.parse_args()
-    rows = [compare(p, args.dims_per_byte) for p in sorted(args.data.glob("*.npz"))]
+    files = sorted(args.data.glob("*.npz"))
+    if not files:  # an empty table's rows[0]: an IndexError
+        raise SystemExit(f"no .npz files in {args.data} (ADBench's CV_by_ResNet18 embedding sets)")
+    rows = [compare(p, args.dims_per_byte) for p in files]
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:

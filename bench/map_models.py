@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from sklearn.covariance import ledoit_wolf
 
+from normalcy.errors import InputError
 from normalcy.evaluation.evaluate import maps_at, masks_for, metric_size
 from normalcy.evaluation.metrics import pixel_metrics
 from normalcy.images.backbones import INPUT_NORMS
@@ -230,4 +231,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a data set not found or not readable: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

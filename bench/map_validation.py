@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from map_models import diagonal_gaussians, features, local_gaussians, pixel_cells  # noqa: E402  (bench scripts import by name)
 
 from normalcy.detectors.gaussian import GaussianAD  # noqa: E402
+from normalcy.errors import InputError  # noqa: E402
 from normalcy.images.features import FeatureExtractor, upsample_map  # noqa: E402
 from normalcy.evaluation.validation import synthetic_split  # noqa: E402
 from normalcy.images.io import load_dataset  # noqa: E402
@@ -95,4 +96,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a data set not found or not readable: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

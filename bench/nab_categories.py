@@ -101,7 +101,7 @@ def check_orion_venv(venv: Path) -> None:
     how = f'python3.11 -m venv {venv} && {python.parent / "pip"} install orion-ml==0.7.1 "scikit-learn<1.6"'
     if not python.is_file():
         raise SystemExit(f"--orion-venv {venv}: no {python}; create it with\n    {how}")
-    done = subprocess.run([str(python), "-c", "import orion"], capture_output=True, text=True)
+    done = subprocess.run([str(python), "-c", "import orion"], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"--orion-venv {venv}: its python cannot import orion ({last}); install it with\n"

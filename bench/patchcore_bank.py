@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from normalcy.detectors import create
+from normalcy.errors import InputError
 from normalcy.evaluation.evaluate import peak_rss_mb, pixel_inputs
 from normalcy.evaluation.metrics import evaluate
 from normalcy.images.io import load_dataset
@@ -75,4 +76,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a data set not found or not readable: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

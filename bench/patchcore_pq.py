@@ -24,6 +24,7 @@ import numpy as np
 
 from normalcy.detectors import PatchCore, create
 from normalcy.detectors.modelfile import MODEL_TENSORS
+from normalcy.errors import InputError
 from normalcy.evaluation.evaluate import pixel_inputs
 from normalcy.evaluation.metrics import evaluate
 from normalcy.images.io import load_dataset
@@ -95,4 +96,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a data set not found or not readable: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

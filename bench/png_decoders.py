@@ -29,6 +29,8 @@ def main() -> None:
     args = ap.parse_args()
     cv2.setNumThreads(1)
     files = sorted(p for p in args.source.glob("test/*/*") if p.suffix.lower() in (".png", ".jpg"))[:8]
+    if not files:  # no blob to decode: an IndexError
+        raise SystemExit(f"no test/*/*.png or .jpg under {args.source}: pass --source DIR (MVTec layout)")
     blobs = []
     for f in files:
         big = cv2.resize(cv2.imread(str(f)), (1600, 800), interpolation=cv2.INTER_CUBIC)

@@ -36,6 +36,8 @@ def pictures(source: str, size: tuple[int, int] | None, n: int = 6) -> list[np.n
     out = []
     rng = np.random.default_rng(0)
     paths = sorted((DATA / source).glob("test/*/*"))
+    if not paths:  # no picture to encode: a ZeroDivisionError
+        raise SystemExit(f"no test images under {DATA / source}: this benchmark needs ../shared/data/{source}")
     for p in paths[:: max(1, len(paths) // n)][:n]:
         rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
         if size is not None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from normalcy.detectors import DETECTORS, create
+from normalcy.errors import InputError
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import load_dataset
 
@@ -50,4 +51,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a data set not found or not readable: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

@@ -20,6 +20,7 @@ from typing import Iterator
 
 from turns import in_turns, markdown
 
+from normalcy.errors import InputError
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import iter_images, load_dataset
 
@@ -67,4 +68,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a data set not found or not readable: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

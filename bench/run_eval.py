@@ -77,6 +77,8 @@ def main() -> None:
             continue
         for det in args.detectors:
             rows.append(run(args.data / name, det, args.extra))
+    if not rows:  # every data set skipped: an empty table and exit 0 looked like a run
+        raise SystemExit(f"no data set to run: none of {', '.join(args.datasets)} under {args.data} (pass --data DIR)")
     with open(args.out, "a") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")

@@ -25,6 +25,7 @@ import numpy as np
 
 from normalcy.demo import build_elpv_dataset
 from normalcy.detectors import create
+from normalcy.errors import InputError
 from normalcy.evaluation.metrics import image_metrics
 from normalcy.evaluation.validation import synthetic_split, validation_auroc
 from normalcy.images.features import FeatureExtractor
@@ -111,4 +112,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a data set not found or not readable: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

@@ -20,6 +20,7 @@ from torch import nn
 
 from normalcy.detectors import DETECTORS, create
 from normalcy.detectors.networks import pdn_tiny
+from normalcy.errors import InputError
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import load_dataset
 
@@ -75,4 +76,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a data set not found or not readable: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

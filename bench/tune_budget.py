@@ -23,8 +23,11 @@ DATA = ROOT.parent / "shared" / "data"
 
 def run(dataset: Path, detector: str, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "normalcy.cli", "eval", str(dataset), "--detector", detector, "--json", *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:  # eval's own error line: a CalledProcessError's traceback hid it
+        said = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{said}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def changed(choice: dict, plain: dict) -> str:

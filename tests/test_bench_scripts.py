@@ -60,3 +60,65 @@ def test_review_screenshot_help_and_a_missing_run(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(SystemExit) as exit:
         runpy.run_path(script, run_name="__main__")
     assert exit.value.code == f"error: run folder not found: {tmp_path / 'no-run'}"
+
+
+def _run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> SystemExit:
+    """bench/NAME.py run as `python bench/NAME.py ARGV` in this process; the SystemExit it ended with."""
+    script = str(ROOT / "bench" / f"{name}.py")
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_path(script, run_name="__main__")
+    return exit.value
+
+
+@pytest.mark.parametrize(("name", "flag"), [("export_parity", "--data"), ("map_models", None),
+                                            ("map_validation", None), ("patchcore_bank", "--data"),
+                                            ("patchcore_pq", "--data"), ("predict_embeddings", "--data"),
+                                            ("read_overlap", "--data"), ("settings_study", "--data"),
+                                            ("throughput", "--data")])
+def test_a_missing_data_set_is_one_line(name: str, flag: str | None, monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    """Without the data set (../shared/data by default) these scripts ended in an InputError traceback."""
+    missing = tmp_path / "magnetic_tile"
+    exit = _run_script(name, [flag, str(missing)] if flag else [str(missing)], monkeypatch)
+    assert exit.code == f"error: dataset folder not found: {missing}"
+
+
+def test_highres_names_a_missing_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    exit = _run_script("highres", ["--source", str(tmp_path / "none"), "--workdir", str(tmp_path / "w")], monkeypatch)
+    assert exit.code == 2 and f"--source {tmp_path / 'none'}: no such folder" in capsys.readouterr().err
+
+
+def test_proxies_without_their_data_set_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """bench/dev_proxies.py (and ensemble_proxies.py, which builds the same proxies) without
+    ../shared/data/magnetic_tile: a FileNotFoundError traceback."""
+    dev = bench_module("dev_proxies")
+    monkeypatch.setattr(dev, "DATA", tmp_path)
+    with pytest.raises(SystemExit, match="magnetic_tile/train/good not found: the magnetic_tile-logical proxy"):
+        dev.PROXIES["magnetic_tile-logical"][0](tmp_path / "out")
+
+
+def test_scripts_without_input_files_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """knn_pq (IndexError), png_decoders (IndexError) and png_encoders (ZeroDivisionError) on a folder without
+    their files; run_eval printed an empty table and exited 0 when every data set was missing."""
+    assert "no .npz files in" in str(_run_script("knn_pq", ["--data", str(tmp_path)], monkeypatch).code)
+    assert "no test/*/*.png or .jpg under" in str(_run_script("png_decoders", ["--source", str(tmp_path)],
+                                                              monkeypatch).code)
+    png = bench_module("png_encoders")
+    monkeypatch.setattr(png, "DATA", tmp_path)
+    with pytest.raises(SystemExit, match="no test images under"):
+        png.pictures("hazelnut_toy", None)
+    exit = _run_script("run_eval", ["--data", str(tmp_path), "--out", str(tmp_path / "r.jsonl")], monkeypatch)
+    assert str(exit.code).startswith("no data set to run: none of magnetic_tile, hazelnut_toy under")
+
+
+def test_tune_budget_shows_evals_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed `normalcy eval` ended in a CalledProcessError traceback that hid eval's own error line."""
+    import subprocess
+
+    tune = bench_module("tune_budget")
+    failed = subprocess.CompletedProcess([], 1, stdout="", stderr="error: dataset folder not found: /x\n")
+    monkeypatch.setattr(tune.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(SystemExit, match=r"failed: .* eval /x --detector gaussian --json\nerror: dataset folder"):
+        tune.run(Path("/x"), "gaussian", [])
