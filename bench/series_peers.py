@@ -321,11 +321,11 @@ def _f(x: float) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def print_nab(tallies: dict[str, Tally]) -> dict:
+def print_nab(tallies: dict[str, Tally], n_files: int = 58) -> dict:
     cats = [c for c in NAB_CATEGORIES if c != "artificialNoAnomaly"]
     head = ["method", *(SHORT[c] for c in cats), "ArtNoAnom FP", "event F1", "(tp/fp/fn)", "point F1",
             "AUC-PR", "VUS-PR", "s", "failed"]
-    print("\n## NAB (58 files): event F1 per category, pooled over all files\n")
+    print(f"\n## NAB ({n_files} files): event F1 per category, pooled over all files\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     report = {}
@@ -380,6 +380,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--traceback", action="store_true", help="print each failure's traceback to stderr")
     args = ap.parse_args(argv)
+    known = (*UNI_PEERS, *MULTI_PEERS)
+    unknown = [p for p in (args.peers or "").split(",") if p and p != "none" and p not in known]
+    if unknown:  # it was dropped without a word: a misspelt peer ran nothing
+        ap.error(f"--peers: unknown TSB-AD detector {unknown[0]!r}: choose from {', '.join(dict.fromkeys(known))}")
+    if args.peers != "none" or not args.no_vus:
+        try:  # each series' VUS-PR and every peer would fail alike, counted as failures in the tables
+            import TSB_AD  # noqa: F401
+        except ImportError:
+            raise SystemExit("TSB-AD's detectors and VUS-PR need tsb-ad: pip install --no-deps tsb-ad==1.5 "
+                             "(see pyproject.toml); or run ours alone with --peers none --no-vus") from None
 
     registry = our_registry()
     if args.ours == "none":
@@ -392,6 +402,10 @@ def main(argv: list[str] | None = None) -> None:
 
     report: dict = {"orion": "not run: orion-ml 0.7.0 needs tensorflow<2.15, numpy 1.26, scipy 1.13 (checked "
                              "with pip --dry-run); published AER figures shown instead"}
+    for name in args.sets.split(","):  # every set's folder checked before the first (long) set runs
+        folder = (args.tsbm or args.data / "tsb-ad-m") if name == "tsbm" else args.data / name
+        if name in ("nab", "asd", "tsbm") and not folder.is_dir():
+            raise SystemExit(f"{folder} not found (--data DIR holds nab/ and asd/; --tsbm DIR the TSB-AD-M files)")
     for name in args.sets.split(","):
         if name == "nab":
             cases, multivariate = load_nab(args.data / "nab"), False
@@ -411,7 +425,8 @@ def main(argv: list[str] | None = None) -> None:
         methods: dict[str, Runner] = {f"ours: {n}": our_detector(n) for n in ours}
         methods.update({f"TSB-AD {p}": tsb_peer(p, multivariate) for p in peers})
         tallies = run_set(cases, methods, vus=not args.no_vus, tracebacks=args.traceback)
-        report[name] = print_nab(tallies) if name == "nab" else print_asd(tallies) if name == "asd" else \
+        report[name] = print_nab(tallies, len(cases)) if name == "nab" else \
+            print_asd(tallies, f"ASD ({len(cases)} servers, fit on train.csv, scored on test.csv)") if name == "asd" else \
             print_asd(tallies, f"TSB-AD-M files ({len(cases)}: {', '.join(c.name for c in cases[:4])}"
                                f"{' ...' if len(cases) > 4 else ''}), fit on the rows before the name's training "
                                "length's end, scored on the rest")

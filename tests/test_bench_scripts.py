@@ -122,3 +122,46 @@ def test_tune_budget_shows_evals_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tune.subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(SystemExit, match=r"failed: .* eval /x --detector gaussian --json\nerror: dataset folder"):
         tune.run(Path("/x"), "gaussian", [])
+
+
+def _tiny_asd(root: Path, n: int = 2) -> Path:
+    """ASD's layout: server folders with train.csv and test.csv (timestamp, metrics, label in test)."""
+    rng = np.random.default_rng(0)
+    for i in range(1, n + 1):
+        (root / "asd" / f"omi-{i}").mkdir(parents=True)
+        for part, rows in (("train", 400), ("test", 200)):
+            t = np.arange(rows)
+            values = np.column_stack([np.sin(t / 7), np.cos(t / 5)]) + 0.05 * rng.standard_normal((rows, 2))
+            label = ((t > 100) & (t < 110)).astype(int) if part == "test" else None
+            if label is not None:
+                values[label == 1] += 3
+            lines = ["timestamp,m0,m1" + (",label" if part == "test" else "")]
+            lines += [f"{k},{a:.4f},{b:.4f}" + (f",{label[k]}" if part == "test" else "") for k, (a, b) in
+                      zip(t, values)]
+            (root / "asd" / f"omi-{i}" / f"{part}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_series_peers_refuses_what_would_fail_every_series(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """Without tsb-ad, every series of every method failed on VUS-PR (or the first peer raised an ImportError
+    traceback) and the tables showed zeros; a misspelt --peers name ran no peer without a word; a missing set's
+    folder was a FileNotFoundError traceback, after the sets before it had run."""
+    peers = bench_module("series_peers")
+    with pytest.raises(SystemExit) as exit:
+        peers.main(["--data", str(tmp_path), "--sets", "asd", "--peers", "pca"])
+    assert exit.value.code == 2 and "unknown TSB-AD detector 'pca'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "TSB_AD", None)  # not installed
+    with pytest.raises(SystemExit, match="need tsb-ad: pip install --no-deps tsb-ad==1.5"):
+        peers.main(["--data", str(tmp_path), "--sets", "asd", "--ours", "knn", "--peers", "none"])
+    with pytest.raises(SystemExit, match=r"nab not found \(--data DIR holds nab/ and asd/"):
+        peers.main(["--data", str(_tiny_asd(tmp_path)), "--sets", "asd,nab", "--peers", "none", "--no-vus"])
+
+
+def test_series_peers_title_counts_the_series_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """With --limit 1 the ASD table's title said "12 servers"."""
+    peers = bench_module("series_peers")
+    peers.main(["--data", str(_tiny_asd(tmp_path)), "--sets", "asd", "--ours", "knn", "--peers", "none",
+                "--no-vus", "--limit", "1"])
+    out = capsys.readouterr().out
+    assert "## ASD (1 servers, fit on train.csv" in out and "| ours: knn |" in out
