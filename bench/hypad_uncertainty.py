@@ -36,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from normalcy.errors import InputError  # noqa: E402
 from normalcy.evaluation.series_metrics import Counts, auc_pr, event_counts, label_events  # noqa: E402
 from nab import parse_params  # noqa: E402  (bench/nab.py: scripts import each other by name)
 from normalcy.numerics.stats import threshold_at  # noqa: E402
@@ -160,7 +161,6 @@ def run_asd(root: Path, params: dict[str, object], limit: int | None) -> tuple[l
 
 
 def run_nab(root: Path, params: dict[str, object], limit: int | None) -> tuple[list[Scored], float, dict]:
-    from normalcy.errors import InputError
     from normalcy.evaluation import nab
 
     corpus = nab.load_corpus(root)
@@ -204,6 +204,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=None, help="only the first N series of each set")
     ap.add_argument("--param", action="append", default=[], help="a HypAD parameter, KEY=VALUE")
     args = ap.parse_args()
+    unknown = set(args.sets.split(",")) - {"asd", "nab"}
+    if unknown:  # it ran nothing and printed {"params": {}}
+        ap.error(f"--sets: unknown data set {sorted(unknown)[0]!r} (asd, nab)")
     params = parse_params(args.param)
     result: dict[str, object] = {"params": params}
     if "asd" in args.sets:
@@ -224,4 +227,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a folder not found or not in its layout: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

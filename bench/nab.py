@@ -308,4 +308,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a folder not found or not in its layout: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

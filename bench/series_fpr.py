@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from normalcy.errors import InputError  # noqa: E402
 from normalcy.series import registry  # noqa: E402
 from normalcy.series.events import spans  # noqa: E402
 from normalcy.series.io import read_series_folder, series_folders  # noqa: E402
@@ -67,4 +68,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a folder not found or not in its layout: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from normalcy.errors import InputError  # noqa: E402
 from normalcy.evaluation import nab  # noqa: E402
 from normalcy.series import registry  # noqa: E402
 from normalcy.series.stream import Stream  # noqa: E402
@@ -95,4 +96,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a folder not found or not in its layout: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

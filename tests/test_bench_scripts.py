@@ -66,6 +66,7 @@ def _run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> 
     """bench/NAME.py run as `python bench/NAME.py ARGV` in this process; the SystemExit it ended with."""
     script = str(ROOT / "bench" / f"{name}.py")
     monkeypatch.setattr(sys, "argv", [script, *argv])
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as python puts a script's folder first: bench/ imports by name
     with pytest.raises(SystemExit) as exit:
         runpy.run_path(script, run_name="__main__")
     return exit.value
@@ -165,3 +166,23 @@ def test_series_peers_title_counts_the_series_run(tmp_path: Path, capsys: pytest
                 "--no-vus", "--limit", "1"])
     out = capsys.readouterr().out
     assert "## ASD (1 servers, fit on train.csv" in out and "| ours: knn |" in out
+
+
+@pytest.mark.parametrize(("name", "said"), [("series_fpr", "not a series folder"),
+                                            ("series_stream", "not a NAB folder"), ("nab", "not a NAB folder"),
+                                            ("nab_categories", "not a NAB folder")])
+def test_a_missing_series_folder_is_one_line(name: str, said: str, monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    """`python bench/nab.py ../shared/data/nab` (and the other series scripts) on a folder that is not there
+    ended in an InputError traceback."""
+    exit = _run_script(name, [str(tmp_path / "none")], monkeypatch)
+    assert str(exit.code).startswith(f"error: {tmp_path / 'none'}: {said}")
+
+
+def test_hypad_uncertainty_refuses_an_unknown_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """--sets foo ran nothing and printed {"params": {}}, exit 0; a missing asd/ was an InputError traceback."""
+    assert _run_script("hypad_uncertainty", [str(tmp_path), "--sets", "ASD"], monkeypatch).code == 2
+    assert "--sets: unknown data set 'ASD' (asd, nab)" in capsys.readouterr().err
+    exit = _run_script("hypad_uncertainty", [str(tmp_path), "--sets", "asd"], monkeypatch)
+    assert str(exit.code).startswith(f"error: {tmp_path / 'asd'}: not a series folder")
