@@ -52,10 +52,14 @@ MAX_ROWS = 10_000
 def methods(seed: int) -> dict[str, Callable[[], object]]:
     """name -> a fresh detector. Ours score with ``anomaly_score``, PyOD's with ``decision_function``
     (both: higher = more anomalous). PyOD's settings are its defaults."""
-    from pyod.models.ecod import ECOD
-    from pyod.models.iforest import IForest
-    from pyod.models.knn import KNN
-    from pyod.models.lof import LOF
+    try:
+        from pyod.models.ecod import ECOD
+        from pyod.models.iforest import IForest
+        from pyod.models.knn import KNN
+        from pyod.models.lof import LOF
+    except ImportError:  # an optional peer: said in one line, not a ModuleNotFoundError traceback
+        raise SystemExit("bench/adbench.py compares with PyOD, not installed: "
+                         "pip install -c constraints.txt -e \".[bench]\"") from None
 
     return {
         "gaussian": lambda: GaussianDetector(random_state=seed),
@@ -89,7 +93,7 @@ def run(data: Path, seeds: list[int], only: str | None) -> list[dict]:
     if only:
         files = [f for f in files if only.lower() in f.stem.lower()]
     if not files:
-        sys.exit(f"no .npz files under {data}/{{{','.join(GROUPS)}}}")
+        sys.exit(f"no .npz files under {data}/{{{','.join(GROUPS)}}}" + (f" whose name contains {only!r}" if only else ""))
     rows = []
     for path in files:
         d = np.load(path, allow_pickle=True)

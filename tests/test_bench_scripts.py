@@ -186,3 +186,19 @@ def test_hypad_uncertainty_refuses_an_unknown_set(monkeypatch: pytest.MonkeyPatc
     assert "--sets: unknown data set 'ASD' (asd, nab)" in capsys.readouterr().err
     exit = _run_script("hypad_uncertainty", [str(tmp_path), "--sets", "asd"], monkeypatch)
     assert str(exit.code).startswith(f"error: {tmp_path / 'asd'}: not a series folder")
+
+
+def test_adbench_without_pyod_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyOD is an optional peer (the bench extra): without it the script ended in a ModuleNotFoundError."""
+    adbench = bench_module("adbench")
+    monkeypatch.setitem(sys.modules, "pyod", None)
+    monkeypatch.setitem(sys.modules, "pyod.models.ecod", None)
+    with pytest.raises(SystemExit, match=r'PyOD, not installed: pip install -c constraints.txt -e "\.\[bench\]"'):
+        adbench.methods(1)
+
+
+def test_adbench_only_matching_nothing_says_so(tmp_path: Path) -> None:
+    (tmp_path / "Classical").mkdir()
+    np.savez(tmp_path / "Classical" / "29_Pima.npz", X=np.zeros((4, 2)), y=np.zeros(4))
+    with pytest.raises(SystemExit, match="whose name contains 'nonesuch'"):
+        bench_module("adbench").run(tmp_path, [1], "nonesuch")
