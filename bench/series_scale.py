@@ -47,6 +47,10 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=16)
     ap.add_argument("--workdir", type=Path)
     args = ap.parse_args()
+    try:  # checked first: the one-process row took its time, then the Ray row ended in a traceback
+        import ray  # noqa: F401
+    except ImportError:
+        raise SystemExit("bench/series_scale.py times a local Ray too: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
     from normalcy import api
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="normalcy-series-scale-"))

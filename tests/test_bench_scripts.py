@@ -202,3 +202,12 @@ def test_adbench_only_matching_nothing_says_so(tmp_path: Path) -> None:
     np.savez(tmp_path / "Classical" / "29_Pima.npz", X=np.zeros((4, 2)), y=np.zeros(4))
     with pytest.raises(SystemExit, match="whose name contains 'nonesuch'"):
         bench_module("adbench").run(tmp_path, [1], "nonesuch")
+
+
+@pytest.mark.parametrize("name", ["series_scale", "scale_vectors"])
+def test_ray_scripts_without_ray_say_so_first(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without Ray (an optional extra) these timed the one-process row, then ended in an InputError traceback."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    exit = _run_script(name, ["--workdir", str(tmp_path / "w"), "--rows", "10"], monkeypatch)
+    assert exit.code == f"bench/{name}.py times a local Ray too: pip install 'normalcy[ray]' (with -c constraints.txt)"
+    assert not (tmp_path / "w").exists()  # nothing written, nothing timed
