@@ -223,6 +223,7 @@ def main() -> None:
     if args.worker:
         worker(args.data, args.models[0], args.workers, args.seed, args.coreset_ratio, args.result, args.tmp)
         return
+    args.venv = args.venv.absolute()  # the worker runs in a temporary folder: a relative venv was not found there
     check_venv(args.venv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="anomalib-peer-data-") as built:
@@ -250,7 +251,9 @@ def dataset_path(name: str, built: Path) -> tuple[Path, list[str]]:
         path = build(built / name)
         size = sizing(sorted((path / "train" / "good").iterdir()))
         return path, ["--image-size", str(size) if isinstance(size, int) else "x".join(map(str, size))]
-    path = Path(name) if Path(name).is_dir() else DATA / name
+    # absolute: our eval runs from the repo root and anomalib's worker from a temporary folder, where a path
+    # relative to the caller's folder named another folder or none
+    path = (Path(name) if Path(name).is_dir() else DATA / name).absolute()
     if not (path / "train" / "good").is_dir():
         raise SystemExit(f"{path}: not a data set in MVTec AD layout (no train/good)")
     return path, []

@@ -211,3 +211,20 @@ def test_ray_scripts_without_ray_say_so_first(name: str, monkeypatch: pytest.Mon
     exit = _run_script(name, ["--workdir", str(tmp_path / "w"), "--rows", "10"], monkeypatch)
     assert exit.code == f"bench/{name}.py times a local Ray too: pip install 'normalcy[ray]' (with -c constraints.txt)"
     assert not (tmp_path / "w").exists()  # nothing written, nothing timed
+
+
+def test_anomalib_peer_passes_absolute_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--datasets some/folder` (a path relative to the caller's folder) went as it was to `normalcy eval`, run
+    from the repo root, and to anomalib's worker, run in a temporary folder: neither found it."""
+    peer = bench_module("anomalib_peer")
+    (tmp_path / "mine" / "train" / "good").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    path, extra = peer.dataset_path("mine", tmp_path / "built")
+    assert path == tmp_path / "mine" and path.is_absolute() and extra == []
+    def refuse(venv: Path) -> None:
+        raise SystemExit(str(venv))
+
+    monkeypatch.setattr(peer, "check_venv", refuse)  # the venv as the workers would be given it
+    monkeypatch.setattr(sys, "argv", ["anomalib_peer.py", "--venv", "venv"])
+    with pytest.raises(SystemExit, match=f"^{tmp_path / 'venv'}$"):
+        peer.main()
