@@ -85,8 +85,11 @@ def main() -> None:
     print("| images | seconds | peak memory (MB) | torch threads |")
     print("|---:|---:|---:|---:|")
     for n in (int(s) for s in args.sizes.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--image-size", str(args.image_size)],
-                             capture_output=True, text=True, check=True)
+        cmd = [sys.executable, __file__, "--one", str(n), "--image-size", str(args.image_size)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:  # the child's own error line: a CalledProcessError's traceback hid it
+            said = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SystemExit(f"failed ({out.returncode}): {' '.join(cmd)}\n{said}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {r['images']} | {r['seconds']} | {r['peak_rss_mb']:.0f} | {r['threads']} |", flush=True)
     if args.quality:

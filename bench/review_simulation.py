@@ -49,7 +49,8 @@ def cli(*args: str | Path) -> None:
     """Run ``normalcy`` in a subprocess (no heatmaps or report: only scores and embeddings are needed)."""
     cmd = [sys.executable, "-m", "normalcy.cli", *map(str, args)]
     print("$", shlex.join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd, check=False).returncode != 0:  # its error is above, on stderr: no traceback after it
+        raise SystemExit(f"failed: {shlex.join(cmd)}")
 
 
 def build_run(name: str, data: Path, work: Path) -> Path:

@@ -228,3 +228,21 @@ def test_anomalib_peer_passes_absolute_paths(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setattr(sys, "argv", ["anomalib_peer.py", "--venv", "venv"])
     with pytest.raises(SystemExit, match=f"^{tmp_path / 'venv'}$"):
         peer.main()
+
+
+def test_failed_children_show_their_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """musc_scaling.py --sizes 5000 ended in a CalledProcessError traceback that hid the child's own line ("only
+    1736 images available"); review_simulation's failed `normalcy` step ended in one after its error."""
+    import subprocess
+
+    musc = bench_module("musc_scaling")
+    monkeypatch.setattr(musc, "DATA", tmp_path)
+    failed = subprocess.CompletedProcess([], 1, stdout="", stderr="only 1736 images available, asked for 5000\n")
+    monkeypatch.setattr(musc.subprocess, "run", lambda *a, **k: failed)
+    monkeypatch.setattr(sys, "argv", ["musc_scaling.py", "--sizes", "5000"])
+    with pytest.raises(SystemExit, match=r"failed \(1\): .* --one 5000 .*\nonly 1736 images available"):
+        musc.main()
+    sim = bench_module("review_simulation")
+    monkeypatch.setattr(sim.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(SystemExit, match=r"^failed: .* -m normalcy.cli fit x$"):
+        sim.cli("fit", "x")
