@@ -83,6 +83,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "magnetic_tile")
     ap.add_argument("--only", nargs="*", help="labels (prefixes) of the settings to run; default all")
     args = ap.parse_args()
+    unmatched = [o for o in args.only or [] if not any(s[0].startswith(o) for s in SETTINGS[args.detector])]
+    if unmatched:  # it ran the rest (minutes), or none and ended in max()'s ValueError after building the sets
+        ap.error(f"--only {unmatched[0]!r} starts no {args.detector} setting's label: "
+                 + "; ".join(repr(s[0]) for s in SETTINGS[args.detector]))
     ds = load_dataset(args.data)
     settings = [s for s in SETTINGS[args.detector] if not args.only or any(s[0].startswith(o) for o in args.only)]
     rows = []
