@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from normalcy.errors import InputError
+
 
 def write_series(path: Path, n_series: int, rows: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
@@ -83,4 +85,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # an unknown detector, a bad parameter: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

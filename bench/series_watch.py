@@ -22,6 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from normalcy.errors import InputError  # noqa: E402
 from normalcy.series import registry  # noqa: E402
 from normalcy.series.stream import Stream  # noqa: E402
 from normalcy.series.watch import watch  # noqa: E402
@@ -72,4 +73,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # an unknown detector, a bad parameter: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

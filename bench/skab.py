@@ -197,6 +197,9 @@ def main() -> None:
     peers = [p for p in args.peers.split(",") if p]
     if set(peers) - {"conv-ae"}:
         sys.exit(f"--peers: {', '.join(sorted(set(peers) - {'conv-ae'}))} unknown; known: conv-ae")
+    unknown = [n for n in args.detectors.split(",") if n not in registry.DETECTORS]
+    if unknown:  # each file's fit failed alike and counted as detecting nothing: a row of zeros, not an error
+        sys.exit(f"--detectors: {unknown[0]} unknown; known: {', '.join(sorted(registry.DETECTORS))}")
     with tempfile.TemporaryDirectory(prefix="normalcy-skab-") as tmp:
         folders = skab_folders(args.data, Path(tmp))
         if not folders:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import runpy
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,17 @@ def test_settings_study_names_an_unknown_setting(monkeypatch: pytest.MonkeyPatch
                                           "--only", "default", "Lite2"], monkeypatch)
     err = capsys.readouterr().err
     assert exit.code == 2 and "--only 'Lite2' starts no gaussian setting's label: 'default (pool grid 4)';" in err
+
+
+def test_an_unknown_series_detector_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """skab.py --detectors nope printed a row of zeros (each file's fit failed alike and counted as detecting
+    nothing); series_watch.py and series_scale.py ended in an InputError traceback."""
+    (tmp_path / "skab").mkdir()
+    exit = _run_script("skab", [str(tmp_path / "skab"), "--detectors", "knn,nope"], monkeypatch)
+    assert str(exit.code).startswith("--detectors: nope unknown; known: auto,")
+    exit = _run_script("series_watch", ["--rows", "100", "--detectors", "nope"], monkeypatch)
+    assert str(exit.code).startswith("error: unknown series detector 'nope'")
+    monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))  # its check passed: the one-process row fails
+    exit = _run_script("series_scale", ["--series", "2", "--rows", "20", "--detector", "nope", "--workdir",
+                                        str(tmp_path / "w")], monkeypatch)
+    assert str(exit.code).startswith("error: unknown series detector 'nope'")
