@@ -399,6 +399,9 @@ def main(argv: list[str] | None = None) -> None:
         print("normalcy.series.registry not found: our detectors not run (hook: our_detector)", file=sys.stderr)
     else:
         ours = args.ours.split(",") if args.ours else sorted(registry.DETECTORS)
+        unknown_ours = [n for n in ours if n not in registry.DETECTORS]
+        if unknown_ours:  # every series failed alike: a row of zeros, its reason below the table
+            ap.error(f"--ours: unknown detector {unknown_ours[0]!r}: choose from {', '.join(sorted(registry.DETECTORS))}")
 
     report: dict = {"orion": "not run: orion-ml 0.7.0 needs tensorflow<2.15, numpy 1.26, scipy 1.13 (checked "
                              "with pip --dry-run); published AER figures shown instead"}

@@ -271,3 +271,11 @@ def test_an_unknown_series_detector_is_one_line(monkeypatch: pytest.MonkeyPatch,
     exit = _run_script("series_scale", ["--series", "2", "--rows", "20", "--detector", "nope", "--workdir",
                                         str(tmp_path / "w")], monkeypatch)
     assert str(exit.code).startswith("error: unknown series detector 'nope'")
+
+
+def test_series_peers_refuses_an_unknown_detector_of_ours(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--ours nope ran every series, each failing alike: a row of zeros with its reason below the table."""
+    with pytest.raises(SystemExit) as exit:
+        bench_module("series_peers").main(["--data", str(_tiny_asd(tmp_path)), "--sets", "asd", "--ours", "knn,nope",
+                                           "--peers", "none", "--no-vus"])
+    assert exit.value.code == 2 and "--ours: unknown detector 'nope': choose from auto," in capsys.readouterr().err
