@@ -93,7 +93,8 @@ def run(data: Path, seeds: list[int], only: str | None) -> list[dict]:
     if only:
         files = [f for f in files if only.lower() in f.stem.lower()]
     if not files:
-        sys.exit(f"no .npz files under {data}/{{{','.join(GROUPS)}}}" + (f" whose name contains {only!r}" if only else ""))
+        sys.exit(f"no .npz files under {data}/{{{','.join(GROUPS)}}}"
+                 + (f" whose name contains {only!r}" if only else ""))
     rows = []
     for path in files:
         d = np.load(path, allow_pickle=True)

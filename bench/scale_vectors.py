@@ -36,7 +36,8 @@ def main() -> None:
     try:  # checked first: the one-process row took its time, then the Ray row ended in a traceback
         import ray  # noqa: F401
     except ImportError:
-        raise SystemExit("bench/scale_vectors.py times a local Ray too: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
+        raise SystemExit("bench/scale_vectors.py times a local Ray too: "
+                         "pip install 'normalcy[ray]' (with -c constraints.txt)") from None
     work = args.workdir or Path(tempfile.mkdtemp(prefix="normalcy-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     from normalcy.scale.distributed import RESULTS, predict_ray

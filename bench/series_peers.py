@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None) -> None:
         ours = args.ours.split(",") if args.ours else sorted(registry.DETECTORS)
         unknown_ours = [n for n in ours if n not in registry.DETECTORS]
         if unknown_ours:  # every series failed alike: a row of zeros, its reason below the table
-            ap.error(f"--ours: unknown detector {unknown_ours[0]!r}: choose from {', '.join(sorted(registry.DETECTORS))}")
+            ap.error(f"--ours: unknown detector {unknown_ours[0]!r}: "
+                     f"choose from {', '.join(sorted(registry.DETECTORS))}")
 
     report: dict = {"orion": "not run: orion-ml 0.7.0 needs tensorflow<2.15, numpy 1.26, scipy 1.13 (checked "
                              "with pip --dry-run); published AER figures shown instead"}
@@ -428,8 +429,9 @@ def main(argv: list[str] | None = None) -> None:
         methods: dict[str, Runner] = {f"ours: {n}": our_detector(n) for n in ours}
         methods.update({f"TSB-AD {p}": tsb_peer(p, multivariate) for p in peers})
         tallies = run_set(cases, methods, vus=not args.no_vus, tracebacks=args.traceback)
+        asd_title = f"ASD ({len(cases)} servers, fit on train.csv, scored on test.csv)"
         report[name] = print_nab(tallies, len(cases)) if name == "nab" else \
-            print_asd(tallies, f"ASD ({len(cases)} servers, fit on train.csv, scored on test.csv)") if name == "asd" else \
+            print_asd(tallies, asd_title) if name == "asd" else \
             print_asd(tallies, f"TSB-AD-M files ({len(cases)}: {', '.join(c.name for c in cases[:4])}"
                                f"{' ...' if len(cases) > 4 else ''}), fit on the rows before the name's training "
                                "length's end, scored on the rest")

@@ -52,7 +52,8 @@ def main() -> None:
     try:  # checked first: the one-process row took its time, then the Ray row ended in a traceback
         import ray  # noqa: F401
     except ImportError:
-        raise SystemExit("bench/series_scale.py times a local Ray too: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
+        raise SystemExit("bench/series_scale.py times a local Ray too: "
+                         "pip install 'normalcy[ray]' (with -c constraints.txt)") from None
     from normalcy import api
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="normalcy-series-scale-"))
