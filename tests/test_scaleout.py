@@ -169,3 +169,27 @@ def test_ray_refuses_bad_input_in_one_line_before_it_starts(tmp_path: Path) -> N
         assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr, r.stderr
         assert time.monotonic() - start < 60
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_scores_a_table_as_one_process_when_ids_repeat_or_name_a_feature(tmp_path: Path) -> None:
+    """On Ray a skipped row's reason was looked up by id: one row with a missing value made every row of its id
+    (a sensor's name on many rows) "not scored", their scores dropped. And the ids travelled under the id
+    column's name, so a feature of that name (`row`, the ids' name in a table without an id column) replaced
+    them by its values. A text cell's reason lost what reading said of it."""
+    rng = np.random.default_rng(0)
+    n = 60
+    path = tmp_path / "t.csv"
+    lines = ["row,b,name"] + [f"{a:.6f},{b:.6f},{'xy'[i % 2]}" for i, (a, b) in enumerate(rng.normal(size=(n, 2)))]
+    lines[1 + 4] = f"abc,1.0,{'xy'[4 % 2]}"  # row 4: a text cell, read as missing
+    path.write_text("\n".join(lines) + "\n")
+    table = read_table(path, id_column="name")
+    det, _ = fit_table(table, "gaussian")
+    save_vector_model(det, "gaussian", table.columns, tmp_path / "m")
+    for id_column in ("name", None):
+        here = predict(tmp_path / "m", path, tmp_path / f"here{id_column}", id_column=id_column)
+        run = predict(tmp_path / "m", path, tmp_path / f"ray{id_column}", ray="local", id_column=id_column)
+        assert run.n_scored == here.n_scored == n - 1 and run.skipped == here.skipped
+        assert "'abc' is not a number" in run.skipped[0][1]
+        got = pq.read_table(tmp_path / f"ray{id_column}" / RESULTS).to_pydict()
+        want = pq.read_table(tmp_path / f"here{id_column}" / RESULTS).to_pydict()
+        assert got == want and got[id_column or "row"][:2] == (["x", "y"] if id_column else ["0", "1"])

@@ -104,6 +104,17 @@ class _ImageScorer:
                 "skipped": np.array([reason_of.get(p, "") for p in paths], dtype=object)}
 
 
+# A table's block as it travels to the workers: its ids, what reading made missing in a row (the one-process
+# reason's detail), and the model's feature columns by position. Fixed names, not the table's: an id column named
+# like a feature (`row`, the ids of a table without one, beside a feature `row`) replaced the ids by its values.
+TABLE_ID, TABLE_NOTE = "id", "note"
+
+
+def table_feature(j: int) -> str:
+    """The name of the model's j-th feature column in a block (``TABLE_ID``)."""
+    return f"x{j}"
+
+
 class _TableScorer:
     """A Ray actor: loads the vector model once, scores a block of rows per call."""
 
@@ -116,14 +127,17 @@ class _TableScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from normalcy.vectors.tables import Table, score_table
 
-        X = np.column_stack([batch[c].astype(np.float64) for c in self.meta.columns])
-        ids = [str(v) for v in batch[self.id_column]]
-        table = Table(Path("."), X, list(self.meta.columns), ids, self.id_column)
+        X = np.column_stack([batch[table_feature(j)].astype(np.float64) for j in range(len(self.meta.columns))])
+        ids = [str(v) for v in batch[TABLE_ID]]
+        notes = {i: str(v) for i, v in enumerate(batch[TABLE_NOTE]) if v}
+        table = Table(Path("."), X, list(self.meta.columns), ids, self.id_column, read_as_missing=notes)
         scores, mask, skipped = score_table(self.det, table)
-        reason_of = dict(skipped)
-        return {self.id_column: np.array(ids, dtype=object), "score": scores,
-                "threshold": np.full(len(ids), self.meta.threshold),
-                "skipped": np.array([reason_of.get(i, "") for i in ids], dtype=object)}
+        # each skipped row's reason by its place, not by its id: ids repeat (a sensor's name on many rows), and
+        # one skipped row made every row of its id "not scored", their scores dropped
+        reasons = np.full(len(ids), "", dtype=object)
+        reasons[~mask] = [r for _, r in skipped]
+        return {TABLE_ID: np.array(ids, dtype=object), "score": scores,
+                "threshold": np.full(len(ids), self.meta.threshold), "skipped": reasons}
 
 
 def _probe(address: str) -> None:
@@ -220,7 +234,9 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
                     raise
                 failed.append((str(path), str(err)))
                 continue
-            data = pa.table({t.id_column: t.ids, **{c: t.X[:, j] for j, c in enumerate(columns)}})
+            notes = [t.read_as_missing.get(i, "") for i in range(len(t.ids))]
+            data = pa.table({TABLE_ID: t.ids, TABLE_NOTE: notes,
+                             **{table_feature(j): t.X[:, j] for j in range(len(columns))}})
             key = t.id_column
             del t  # the Arrow copy is what travels: a big table is not held twice
             ds = ray.data.from_arrow(data).map_batches(
@@ -261,12 +277,13 @@ def _write(ds: Any, folder: Path, output: Path, model_dir: Path, address: str, c
     got = pq.read_table(folder / PARTS).to_pydict()
     shutil.rmtree(folder / PARTS)
     reasons = got["skipped"]
+    ids = got[TABLE_ID if kind == VECTORS else key]  # written under the id column's own name, ``key``
     scored = [k for k, r in enumerate(reasons) if not r]
     threshold = float(got["threshold"][0]) if got["threshold"] else float("nan")
-    decisions = write_scores(folder, key, [str(got[key][k]) for k in scored],
+    decisions = write_scores(folder, key, [str(ids[k]) for k in scored],
                              np.array([got["score"][k] for k in scored], np.float64), threshold,
                              [""] * len(scored) if kind == IMAGES else None)
-    skipped = [(str(got[key][k]), r) for k, r in enumerate(reasons) if r]
+    skipped = [(str(ids[k]), r) for k, r in enumerate(reasons) if r]
     write_skipped(folder, key, skipped)
     run = {"model": str(Path(model_dir).resolve()), "ray": address, "cpus": cpus, "kind": kind,
            "inputs": [str(p) for p in inputs], "output": str(output), "threshold": threshold,
