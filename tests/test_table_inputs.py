@@ -169,6 +169,21 @@ def test_a_semicolon_csv_with_decimal_commas_is_read_as_numbers(tmp_path: Path,
     assert read_table(comma).X.tolist() == [[1, 2], [3, 4]]
 
 
+def test_numbers_with_thousands_separators_are_read_as_numbers(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A spreadsheet's formatted export ("1,234.5"; 1.234,5 in a ;-separated file) had the column left out as
+    text, where the series reader reads them as numbers. They are numbers now, said once; text stays text."""
+    rows = [f'"{1000 * i + 234:,}.5",{i % 3},w{i}' for i in range(1, 41)]
+    path = _csv(tmp_path / "t.csv", "a,b,who", rows)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        t = read_table(path)
+    assert t.columns == ["a", "b"] and t.ignored == ["who"] and t.X[0, 0] == 1234.5 and t.X[39, 0] == 40234.5
+    assert f"{path}: column 'a': 40 value(s) with thousands separators read as numbers (the first '1,234.5' as " \
+           "1234.5)" in caplog.text
+    semi = _csv(tmp_path / "semi.csv", "a;b", [f"{i}.234,5;1.5" for i in range(1, 11)])
+    assert read_table(semi).X[:2].tolist() == [[1234.5, 1.5], [2234.5, 1.5]]  # 1.5 stays 1.5
+
+
 def test_a_text_cell_in_a_numeric_column_is_a_missing_value_said_once(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """One "abc" among numbers left the whole column out at fit and refused the file at predict: it is now a

@@ -397,7 +397,8 @@ def text_cells(a: np.ndarray, comma: bool = False) -> tuple[np.ndarray, list[int
 
 def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma: bool = False) -> np.ndarray | None:
     """A feature column as float64, or None when it is not a column of numbers; with ``comma`` (``decimal_comma``)
-    1,5 is 1.5, as the series reader reads it (such a column was left out as text), said in one warning.
+    1,5 is 1.5, as the series reader reads it (such a column was left out as text), said in one warning; so is
+    1,234.5 (1.234,5 with ``comma``), a number with its thousands grouped.
 
     The rule: a column is numeric when more than half of its non-empty cells are numbers. Its other cells
     ("n/a", "abc", "-": a logger's or a spreadsheet's marks) are read as missing values, as an empty cell is
@@ -408,11 +409,18 @@ def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma:
     if num is not None or a.dtype != object:
         return num
     values, bad, decimal = text_cells(a, comma)
+    for i in bad:  # a spreadsheet's formatted numbers (1,234.5) left the column out as text: read as the series reader does
+        values[i] = grouped_number(str(a[i]), comma)
+    grouped = [i for i in bad if not math.isnan(values[i])]
+    bad = [i for i in bad if math.isnan(values[i])]
     numbers = int((~np.isnan(values)).sum())  # text, empty and NaN cells read as NaN
     if bad and numbers <= len(bad):
         return None
     if decimal:
         log.warning("%s: column %r: %d value(s) with a decimal comma read as numbers (1,5 as 1.5)", path, name, decimal)
+    if grouped:
+        log.warning("%s: column %r: %d value(s) with thousands separators read as numbers (the first %r as %g)",
+                    path, name, len(grouped), str(a[grouped[0]]).strip()[:40], values[grouped[0]])
     if not bad:
         return values
     for i in bad:
