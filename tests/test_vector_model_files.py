@@ -453,3 +453,12 @@ def test_a_vector_model_loaded_while_another_process_saves_over_it_is_one_model(
     assert meta.threshold == threshold_of(det) == threshold_of(first)
     monkeypatch.setattr(tables, "read_model_file", real)
     assert load_vector_model(d)[1].threshold == threshold_of(second)
+
+
+def test_a_column_named_twice_in_model_json_is_refused(models: dict[str, Path], table: Path, tmp_path: Path) -> None:
+    """columns ["x0", "x0", "x1", "x2"] in an edited model.json loaded (the count matched the estimator's), and
+    predict then scored the table's x0 in two places and x3 nowhere, without a word. Fit never writes one."""
+    d = _copy(models["knn"], tmp_path)
+    meta = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps({**meta, "columns": ["x0", "x0", "x1", "x2"]}))
+    _fails(d, table, tmp_path, "model.json: column 'x0' is named twice in columns")

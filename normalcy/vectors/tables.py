@@ -630,6 +630,10 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
             raise InputError(f"{meta_path}: {describe(err)}") from None
         if meta.detector not in VECTOR_DETECTORS:
             raise InputError(f"{meta_path}: unknown detector {meta.detector!r} for tables")
+        twice = next((c for i, c in enumerate(meta.columns) if c in meta.columns[:i]), None)
+        if twice is not None:  # fit never writes one: the table's column would be scored in both places, unsaid
+            raise InputError(f"{meta_path}: column {twice!r} is named twice in columns, which fit never writes "
+                             "(edited by hand?); fit the model again")
         data = read_model_file(model_path, MAX_STATE_BYTES)
     _check_skops(model_path, data)
     try:
