@@ -109,6 +109,17 @@ def test_an_npz_of_images_or_clashing_names_is_one_line_naming_the_arrays(tmp_pa
         read_table(twice)
 
 
+def test_an_npz_whose_labels_are_a_column_vector_keeps_them_out_of_the_features(tmp_path: Path) -> None:
+    """y of shape (n, 1) (y.reshape(-1, 1)) became a column 'y0': fitted on as a feature (the labels told the
+    anomalies apart), and `--label-column y` said "no column 'y'". It is the labels, 'y', as a 1-d y is."""
+    path = tmp_path / "t.npz"
+    y = (np.arange(40) % 10 == 0).astype(np.int64)
+    np.savez(path, X=np.arange(120.0).reshape(40, 3), y=y[:, None])
+    assert read_table(path).columns == ["x0", "x1", "x2"]
+    t = read_table(path, label_column="y")
+    assert t.columns == ["x0", "x1", "x2"] and t.labels.tolist() == y.tolist()
+
+
 def test_table_run_csv_cells_are_guarded_and_ids_round_trip(tmp_path: Path) -> None:
     """Ids a spreadsheet would run as formulas get a leading ' in scores.csv and skipped.csv (as image runs'
     paths do); scores.parquet keeps them as they are, and reading the run back, from either file, gives the

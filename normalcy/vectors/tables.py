@@ -142,6 +142,8 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
             for key, a in arrays.items():
                 if a.ndim not in (1, 2):
                     continue
+                if key == "y" and a.shape[1:] == (1,):  # labels as a column vector (y.reshape(-1, 1)): still 'y', the
+                    a = a[:, 0]                         # labels; as 'y0' they were fitted on as a feature
                 named = {f"{key.lower()}{j}": a[:, j] for j in range(a.shape[1])} if a.ndim == 2 else {key: a}
                 for name in named:  # X's column x0 and an array x0 (or X and x): one silently replaced the other
                     if name in source:
