@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -352,6 +353,22 @@ def test_a_dataframe_is_scored_without_a_warning_from_torch():
     r = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0 and "not writable" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["gaussian", "knn", "iforest", "ecod", "ensemble"])
+def test_tiny_or_constant_tables_fit_without_a_library_warning(name):
+    """Two rows (the fewest a fit takes) gave scikit-learn's "Only one sample available. You may want to reshape
+    your data array" once per cross-validation fold, and a column of 0.1 on every row scipy's "Precision loss
+    occurred in moment calculation due to catastrophic cancellation": words about arrays and moments that the
+    user of a table can do nothing with. The fits are unchanged; they are quiet."""
+    from normalcy.vectors.registry import VECTOR_DETECTORS
+
+    rng = np.random.default_rng(0)
+    for X in (rng.normal(size=(2, 3)), np.c_[rng.normal(size=(50, 2)), np.full(50, 0.1)]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            det = VECTOR_DETECTORS[name]().fit(X)
+            det.anomaly_score(X)
 
 
 def test_ordinary_columns_are_not_rescaled():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.stats import skew
 
@@ -34,7 +36,10 @@ class ECODDetector(VectorDetector):
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
         self.sorted_ = np.sort(X.T, axis=1)  # one contiguous row per dimension: binary searches stay in cache
-        with np.errstate(invalid="ignore", divide="ignore"):  # skewness cubes values (1e308: inf); scaling keeps it
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            # skewness cubes values (1e308: inf); scaling keeps it finite. A column that never varies but by
+            # rounding (0.1 on every row) made scipy warn of "catastrophic cancellation": only the sign is used
+            warnings.filterwarnings("ignore", "Precision loss occurred in moment calculation")
             self.skewness_ = np.nan_to_num(skew(scaled(X, column_scale(X)), axis=0))
         return self._tails(X, 0)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from normalcy.numerics.stats import distance, gaussian, inverse, shrunk
@@ -65,10 +67,14 @@ class GaussianDetector(ColumnScaled, VectorDetector):
         held_out = np.empty(n)
         if X.nbytes <= self.max_memory_mb * 2**20:
             self.location_, self.precision_ = gaussian(X)
-            for k in range(folds):
-                held = order[k::folds]
-                keep = np.setdiff1d(order, held)
-                held_out[held] = distance(X[held], *gaussian(X[keep]))
+            # A fold of one row (2 rows fitted): scikit-learn's "Only one sample available. You may want to
+            # reshape your data array", once per fold, to a user who gave a table, not an array.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Only one sample available")
+                for k in range(folds):
+                    held = order[k::folds]
+                    keep = np.setdiff1d(order, held)
+                    held_out[held] = distance(X[held], *gaussian(X[keep]))
             return held_out
         total = _Moments.of(X)
         self.location_, self.precision_ = total.gaussian()
