@@ -120,6 +120,22 @@ def test_an_npz_whose_labels_are_a_column_vector_keeps_them_out_of_the_features(
     assert t.columns == ["x0", "x1", "x2"] and t.labels.tolist() == y.tolist()
 
 
+def test_an_npz_wider_than_the_model_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A model fitted on an X of 4 columns scored an X of 6 (another embedding) on its first 4, without a word:
+    an .npz's columns are named by position, so extra ones are no id or label column. It is said, naming them."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "fit.npz", X=rng.normal(size=(30, 4)))
+    np.savez(tmp_path / "wide.npz", X=rng.normal(size=(30, 6)), y=np.zeros(30))
+    columns = read_table(tmp_path / "fit.npz").columns
+    with caplog.at_level("WARNING", logger="normalcy"):
+        read_table(tmp_path / "fit.npz", columns=columns)
+        assert not caplog.text
+        t = read_table(tmp_path / "wide.npz", columns=columns)
+    assert t.X.shape == (30, 4)
+    assert "wide.npz: array 'X' has 6 columns, the model takes 4 of them (by position: x0, x1, ...); x4, x5 not " \
+           "scored" in caplog.text and "'y'" not in caplog.text
+
+
 def test_table_run_csv_cells_are_guarded_and_ids_round_trip(tmp_path: Path) -> None:
     """Ids a spreadsheet would run as formulas get a leading ' in scores.csv and skipped.csv (as image runs'
     paths do); scores.parquet keeps them as they are, and reading the run back, from either file, gives the

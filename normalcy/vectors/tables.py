@@ -117,14 +117,14 @@ class Table:
         return mask, bad
 
 
-def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | None = None
-                 ) -> dict[str, np.ndarray]:
+def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | None = None,
+                 source: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """The file's columns as 1-d arrays (an npz's 2-d ``X`` becomes x0, x1, ...), all of one length; the
     columns named in ``text`` as text exactly as written (ids: 01 stays 01, and a missing cell does not turn
     the others into 1.0, 2.0), a missing cell None or "". A table wider than MAX_COLUMNS is refused before
     its values are parsed (or, for .npz, split). A CSV line with another number of fields than the header
     refuses the file, or with ``ragged`` given becomes a row of missing values in its place (see
-    ``_read_csv``), and ragged[row] says which line it was."""
+    ``_read_csv``), and ragged[row] says which line it was. ``source`` gets each .npz column's array."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -138,7 +138,7 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
                          + sum(a.ndim == 1 for a in arrays.values()))
             _check_lengths(path, {k: len(a) for k, a in arrays.items() if a.ndim in (1, 2)})
             out: dict[str, np.ndarray] = {}
-            source: dict[str, str] = {}  # column -> the array it came from
+            source = {} if source is None else source  # column -> the array it came from
             for key, a in arrays.items():
                 if a.ndim not in (1, 2):
                     continue
@@ -443,7 +443,8 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     skipped and named as any row with a missing value. Every problem is one InputError naming the file."""
     path = Path(path)
     read_as_missing: dict[int, str] = {}  # row -> why reading made its values missing
-    arrays = _read_arrays(path, text=(id_column,) if id_column else (), ragged=read_as_missing)
+    source: dict[str, str] = {}  # an .npz's column -> its array
+    arrays = _read_arrays(path, text=(id_column,) if id_column else (), ragged=read_as_missing, source=source)
     comma = decimal_comma(path)
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:
@@ -472,6 +473,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         missing = [c for c in columns if c not in arrays]
         if missing:
             raise InputError(f"{path}: the model's feature columns {missing[:10]} are missing; it has {_names(arrays)}")
+        _check_npz_width(path, columns, source)  # columns named by position: extra ones are no id or label
         ignored = []
     if not columns:
         raise InputError(f"{path}: no numeric feature columns; it has {_names(arrays)}")
@@ -482,6 +484,22 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             raise InputError(f"{path}: feature column {c!r} is not numeric (most of its cells are not numbers)")
         X[:, j] = col
     return Table(path, X, list(columns), ids, id_column or "row", labels, ignored, read_as_missing)
+
+
+def _check_npz_width(path: Path, columns: list[str], source: dict[str, str]) -> None:
+    """Warn of an .npz array of rows x columns that the model takes some columns of, not all: X's columns are
+    named by position (x0, x1, ...), so an X of 6 columns scored by a model of 5 had its last one dropped
+    without a word (another embedding, or features in another order?). A warning, not a refusal: a column
+    without any value at fit was left out of the model, and the same file must still score."""
+    wanted = set(columns)
+    for key in dict.fromkeys(source.values()):
+        names = [c for c, k in source.items() if k == key]
+        unused = [c for c in names if c not in wanted]
+        if unused and len(unused) < len(names):
+            shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+            log.warning("%s: array %r has %d columns, the model takes %d of them (by position: x0, x1, ...); %s "
+                        "not scored: is this the data the model was fitted on?", path, key, len(names),
+                        len(names) - len(unused), shown)
 
 
 def _labels(path: Path, name: str, a: np.ndarray, notes: dict[int, str]) -> np.ndarray:
