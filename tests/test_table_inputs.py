@@ -136,6 +136,17 @@ def test_an_npz_wider_than_the_model_is_said(tmp_path: Path, caplog: pytest.LogC
            "scored" in caplog.text and "'y'" not in caplog.text
 
 
+def test_a_csv_not_in_utf8_is_one_line_saying_so(tmp_path: Path) -> None:
+    """UTF-16 (a spreadsheet's "Unicode text") warned of a line "with another number of fields" and then failed
+    on "byte 0xff in position 0" (a series: refused for that line); a Latin-1 header gave Python's codec error."""
+    (tmp_path / "u16.csv").write_text("a,b\n1,2\n3,4\n", encoding="utf-16")
+    (tmp_path / "latin.csv").write_bytes("café,b\n1,2\n3,4\n".encode("latin-1"))
+    _one_line_error(normalcy("fit", str(tmp_path / "u16.csv"), "-o", str(tmp_path / "m")),
+                    "u16.csv: UTF-16 text", "save it as CSV UTF-8")
+    with pytest.raises(InputError, match=r"latin.csv: its first line is not UTF-8 text \(0xe9 at byte 4; Latin-1"):
+        read_table(tmp_path / "latin.csv")
+
+
 def test_table_run_csv_cells_are_guarded_and_ids_round_trip(tmp_path: Path) -> None:
     """Ids a spreadsheet would run as formulas get a leading ' in scores.csv and skipped.csv (as image runs'
     paths do); scores.parquet keeps them as they are, and reading the run back, from either file, gives the

@@ -276,6 +276,7 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
         header = fh.readline(MAX_CSV_LINE + 1)
     if len(header) > MAX_CSV_LINE:
         raise InputError(f"{path}: first line longer than {MAX_CSV_LINE >> 20} MB: not a CSV header normalcy reads")
+    _check_utf8(path, header)
     delimiter = csv_delimiter(header)
     _check_width(path, len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), [])))
     block = max(CSV_BLOCK, 4 * len(header))
@@ -308,6 +309,19 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
                              f"{first.expected_columns}; {where} has {first.actual_columns}: "
                              f"{first.text[:80]!r}")
         return _keep_rows(path, table, bad, lines, ragged)
+
+
+def _check_utf8(path: Path, header: bytes) -> None:
+    """Refuse a CSV that is not UTF-8 text, saying so. UTF-16 (a spreadsheet's "Unicode text") was read as
+    lines of another number of fields, warned of as such, then refused for "byte 0xff in position 0"; a
+    Latin-1 header gave Python's "'utf-8' codec can't decode byte 0xe9 in position 3"."""
+    if header.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"{path}: UTF-16 text (a spreadsheet's \"Unicode text\"), not UTF-8: save it as CSV UTF-8")
+    try:
+        header.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: its first line is not UTF-8 text ({header[err.start]:#04x} at byte "
+                         f"{err.start + 1}; Latin-1 or Windows-1252?): save it as CSV UTF-8") from None
 
 
 def _keep_rows(path: Path, table: Any, bad: list[Any], lines: dict[int, int], ragged: dict[int, str]) -> Any:
