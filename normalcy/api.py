@@ -88,6 +88,7 @@ from normalcy.vectors.tables import (
     is_vector_model,
     load_vector_model,
     read_table,
+    rename_hint,
     rows_fitted,
     save_vector_model,
     score_table,
@@ -349,9 +350,10 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
                          "images and tables are fitted in one process")
     if series:
         raise InputError(f"{train}: --series needs a .csv or .parquet file or a series folder")
-    if isinstance(train, (str, Path)) and unpack_hint(Path(train)) and Path(train).is_file():
+    hint = (unpack_hint(Path(train)) or rename_hint(Path(train))) if isinstance(train, (str, Path)) else ""
+    if hint and Path(train).is_file():  # a .tsv was "not a folder"
         raise InputError(f"{train}: fit reads a folder of images, a .csv, .parquet or .npz file or a series folder"
-                         f"{unpack_hint(Path(train))}")
+                         f"{hint}")
     if isinstance(train, (str, Path)) and is_table(Path(train)):
         det_opts.check_table()
         ex.check_images_only("tables")
@@ -470,6 +472,10 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
     if time_column is not None:
         raise InputError(f"{dataset}: --time-column: eval takes series as series folders (DIR/train.csv, "
                          "DIR/test.csv with a label column) or a folder of them")
+    hint = unpack_hint(dataset) or rename_hint(dataset)
+    if hint and dataset.is_file():  # a .tsv was "--label-column does not apply to an image data set"
+        raise InputError(f"{dataset}: eval reads an image data set, a .csv, .parquet or .npz table or a series "
+                         f"folder{hint}")
     if is_table(dataset):
         if label_column is None:
             raise InputError(f"{dataset}: eval on a table needs --label-column (0 normal, 1 anomaly)")

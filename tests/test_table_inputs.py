@@ -147,6 +147,29 @@ def test_a_csv_not_in_utf8_is_one_line_saying_so(tmp_path: Path) -> None:
         read_table(tmp_path / "latin.csv")
 
 
+def test_a_table_in_another_format_is_named_as_such(tmp_path: Path) -> None:
+    """A .tsv given to fit was "not a folder: t.tsv", to eval "--label-column does not apply to an image data
+    set", to predict "not images"; an .npy of rows or a .feather file alike. Each says what to save it as."""
+    from normalcy.api import evaluate, fit, predict
+
+    tsv, npy, feather = tmp_path / "t.tsv", tmp_path / "rows.npy", tmp_path / "t.feather"
+    tsv.write_text("a\tb\n1\t2\n3\t4\n5\t7\n")
+    np.save(npy, np.zeros((5, 2)))
+    feather.write_bytes(b"ARROW1")
+    model = tmp_path / "m"
+    fit(_csv(tmp_path / "t.csv", "a\tb", ["1\t2", "3\t4", "5\t7"]), model)
+    with pytest.raises(InputError, match=r"t.tsv: fit reads .*; if t.tsv is a text table, give it a .csv name"):
+        fit(tsv, tmp_path / "m2")
+    with pytest.raises(InputError, match=r"t.tsv: eval reads .*; if t.tsv is a text table, give it a .csv name"):
+        evaluate(tsv, label_column="b")
+    with pytest.raises(InputError, match=r"t.tsv: a vector model scores tables .*, not images; if t.tsv is a text"):
+        predict(model, tsv, tmp_path / "run")
+    with pytest.raises(InputError, match=r"rows.npy: .*save it as .npz \(numpy.savez\('rows.npz', X=rows\)\)"):
+        fit(npy, tmp_path / "m2")
+    with pytest.raises(InputError, match=r"t.feather: .*a table in .feather is not read: save it as .parquet or"):
+        fit(feather, tmp_path / "m2")
+
+
 def test_table_run_csv_cells_are_guarded_and_ids_round_trip(tmp_path: Path) -> None:
     """Ids a spreadsheet would run as formulas get a leading ' in scores.csv and skipped.csv (as image runs'
     paths do); scores.parquet keeps them as they are, and reading the run back, from either file, gives the

@@ -87,6 +87,24 @@ def is_table(path: Path) -> bool:
     return path.suffix.lower() in TABLE_SUFFIXES and not path.is_dir()
 
 
+TEXT_TABLE_SUFFIXES = (".tsv", ".tab", ".txt", ".dat", ".psv")
+OTHER_TABLE_SUFFIXES = (".xlsx", ".xls", ".ods", ".feather", ".arrow", ".ipc", ".json", ".jsonl", ".h5", ".hdf5",
+                        ".pkl", ".pickle")
+
+
+def rename_hint(path: Path) -> str:
+    """What to do with a table in a format normalcy does not read, by its suffix, else "". Such a file was
+    taken for an image folder ("not a folder: t.tsv") or for images."""
+    suffix = path.suffix.lower()
+    if suffix in TEXT_TABLE_SUFFIXES:
+        return f"; if {path.name} is a text table, give it a .csv name (tab- and semicolon-separated ones are read too)"
+    if suffix == ".npy":
+        return "; an .npy array of rows: save it as .npz (numpy.savez('rows.npz', X=rows))"
+    if suffix in OTHER_TABLE_SUFFIXES:
+        return f"; a table in {suffix} is not read: save it as .parquet or .csv"
+    return ""
+
+
 @dataclass
 class Table:
     """Feature rows of one file: ``X`` (float64; non-finite rows kept, see ``finite``), their ids, labels."""
@@ -640,7 +658,7 @@ def table_inputs(inputs: list[Path]) -> list[Path]:
             out.append(p)
         else:
             raise InputError(f"{p}: a vector model scores tables (.csv, .parquet, .npz, or folders of them), "
-                             "not images")
+                             f"not images{rename_hint(p)}")
     return out
 
 
