@@ -267,6 +267,41 @@ def test_eval_test_table_columns_by_name_and_small_splits_said(tmp_path: Path) -
     assert r.returncode == 1 and "at least 2 rows of each label" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_eval_with_fewer_than_2_normal_training_rows_is_one_line() -> None:
+    """2 normal rows of 10 (the split's training part keeps 1), or a --test split whose training table has 1 or
+    none: scikit-learn's "Found array with 1 sample(s) ... required by EnsembleDetector", a traceback."""
+    rng = np.random.default_rng(0)
+
+    def table(y: list[int]) -> Any:
+        return read_table_of(rng.normal(size=(len(y), 3)), np.array(y))
+
+    with pytest.raises(InputError, match=r"t.npz: fewer than 2 normal rows .* \(the 70/30 split's training part "
+                                         r"holds 1\): give more normal rows"):
+        eval_table(table([0, 0] + [1] * 8))
+    test = table([0] * 20 + [1] * 10)
+    with pytest.raises(InputError, match=r"fewer than 2 normal rows .* \(it has 1\): give more normal rows"):
+        eval_table(table([0] + [1] * 29), test=test)
+
+
+def test_labels_without_a_0_say_the_convention() -> None:
+    """scikit-learn's 1 inlier / -1 outlier made every row an anomaly; fit said "fewer than 2 normal rows" and
+    eval "give a labelled test table with --test", neither why. Both say that 0 is normal."""
+    rng = np.random.default_rng(0)
+    t = read_table_of(rng.normal(size=(40, 3)), np.where(np.arange(40) % 10 == 0, -1, 1))
+    for call in (lambda: fit_table(t), lambda: eval_table(t)):
+        with pytest.raises(InputError, match=r"no row is labelled 0: a label is 0 for normal, any other number for "
+                                             r"an anomaly \(scikit-learn's 1 inlier, -1 outlier: map 1 to 0"):
+            call()
+
+
+def read_table_of(X: np.ndarray, y: np.ndarray) -> Any:
+    """A labelled table of X and y, as read from t.npz (no file)."""
+    from normalcy.vectors.tables import Table
+
+    return Table(Path("t.npz"), X, [f"x{j}" for j in range(X.shape[1])], [str(i) for i in range(len(X))], "row",
+                 (y != 0).astype(np.int64))
+
+
 def test_two_tables_with_one_file_stem_keep_both_results(tmp_path: Path) -> None:
     """a/x.csv and b/x.parquet were written to one folder, x/, the second over the first."""
     rng = np.random.default_rng(2)

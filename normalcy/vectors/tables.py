@@ -443,7 +443,7 @@ def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma:
     if num is not None or a.dtype != object:
         return num
     values, bad, decimal = text_cells(a, comma)
-    for i in bad:  # a spreadsheet's formatted numbers (1,234.5) left the column out as text: read as the series reader does
+    for i in bad:  # formatted numbers (1,234.5) left the column out as text: read as the series reader reads them
         values[i] = grouped_number(str(a[i]), comma)
     grouped = [i for i in bad if not math.isnan(values[i])]
     bad = [i for i in bad if math.isnan(values[i])]
@@ -602,7 +602,7 @@ def fit_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01,
     if table.labels is not None:
         mask &= table.labels == 0
     if mask.sum() < 2:
-        raise InputError(f"{table.path}: fewer than 2 normal rows with finite values to fit on")
+        raise InputError(f"{table.path}: fewer than 2 normal rows with finite values to fit on{_no_normal(table)}")
     det = _fitted(table.path, detector, fpr, seed, table.X if mask.all() else table.X[mask])  # no copy of a big table
     return det, skipped
 
@@ -772,6 +772,16 @@ def score_table(det: Any, table: Table) -> tuple[np.ndarray, np.ndarray, list[tu
 # ------------------------------------------------------------------------------------------------- eval
 
 
+def _no_normal(table: Table) -> str:
+    """What to say of a label column without a single 0: labels of another convention (scikit-learn's 1 inlier,
+    -1 outlier; 1 and 2) made every row an anomaly, and the message said only "fewer than 2 normal rows"
+    (eval: "give a labelled test table with --test")."""
+    if table.labels is None or (table.labels == 0).any():
+        return ""
+    return ("; no row is labelled 0: a label is 0 for normal, any other number for an anomaly (scikit-learn's "
+            "1 inlier, -1 outlier: map 1 to 0 and -1 to 1)")
+
+
 def semi_supervised_split(X: np.ndarray, y: np.ndarray, seed: int, test_size: float = 0.3
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ADBench's semi-supervised protocol: a stratified split, the training part's anomalies dropped.
@@ -793,7 +803,7 @@ def eval_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01
         if min(int((y == 0).sum()), int((y == 1).sum())) < 2 or len(y) < 10:
             raise InputError(f"{table.path}: a stratified 70/30 split needs at least 2 rows of each label and 10 "
                              f"rows with finite values ({int((y == 0).sum())} normal, {int((y == 1).sum())} "
-                             "anomalous): give a labelled test table with --test")
+                             f"anomalous){_no_normal(table) or ': give a labelled test table with --test'}")
         X_train, X_test, y_test = semi_supervised_split(table.X[mask], y, seed)
         protocol = "stratified 70/30 split, fitted on the training part's normal rows (ADBench semi-supervised)"
     else:
@@ -802,6 +812,10 @@ def eval_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01
         X_test, y_test = test.X[tmask], test.labels[tmask]
         skipped = skipped + [(f"test:{i}", r) for i, r in tskipped]
         protocol = f"fitted on the normal rows of {table.path.name}, scored on {test.path.name}"
+    if len(X_train) < 2:  # was scikit-learn's "Found array with 1 sample(s)", a traceback
+        part = "the 70/30 split's training part holds" if test is None else "it has"
+        raise InputError(f"{table.path}: fewer than 2 normal rows with finite values to fit on ({part} "
+                         f"{len(X_train)}){_no_normal(table) or ': give more normal rows'}")
     if len(np.unique(y_test)) < 2:
         raise InputError(f"{(test or table).path}: the scored rows need both labels (0 and 1) for AUROC")
     t0 = time.perf_counter()
