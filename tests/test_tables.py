@@ -216,6 +216,25 @@ def test_columns_that_are_no_measurement_are_left_out_with_a_note(tmp_path: Path
     assert read_table(tmp_path / "ids.csv", id_column="name").ids == ["007", "010", ""]  # as written
 
 
+def test_the_row_index_of_a_filtered_frame_is_left_out(tmp_path: Path) -> None:
+    """df[df.a > 0].to_parquet() keeps the index as '__index_level_0__', and to_csv() writes it unnamed with gaps
+    (0, 2, 5, ...): each was fitted on as a feature (a new row's index lies beyond the fitted ones)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(60, 3)), columns=["a", "b", "c"])
+    df[df.a > 0].to_parquet(tmp_path / "f.parquet")
+    df[df.a > 0].to_csv(tmp_path / "f.csv")
+    df.sample(frac=0.5, random_state=0).to_csv(tmp_path / "s.csv")
+    for name in ("f.parquet", "f.csv", "s.csv"):
+        assert read_table(tmp_path / name).columns == ["a", "b", "c"], name
+    r = normalcy("fit", str(tmp_path / "f.parquet"), "-o", str(tmp_path / "m"))
+    assert r.returncode == 0 and "'__index_level_0__' (the row index pandas writes into Parquet) left out" in \
+        " ".join(r.stderr.split()), r.stderr
+    (tmp_path / "x.csv").write_text(",a\n" + "".join(f"{i * 0.5},{i % 3}\n" for i in range(20)))  # not whole
+    assert read_table(tmp_path / "x.csv").columns == ["", "a"]
+
+
 def test_a_column_without_any_value_is_left_out_not_every_row(tmp_path: Path) -> None:
     """A trailing separator on every line (an unnamed empty column) or an empty column made every row one with a
     missing value: no such table could be fitted ("fewer than 2 normal rows"). The column is left out, said once."""

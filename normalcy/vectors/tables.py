@@ -558,7 +558,9 @@ def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str |
                   id_column: str | None) -> list[tuple[str, str]]:
     """Columns that are no measurement, each with a note: an .npz's ``y`` (ADBench's labels: as a feature it
     tells anomalies apart by their label) unless named as the label, and a row index that pandas wrote
-    (an unnamed first column holding 0, 1, 2, ...: as a feature every new row lies beyond the fitted ones)."""
+    (an unnamed first column holding 0, 1, 2, ...: as a feature every new row lies beyond the fitted ones).
+    A frame's rows filtered or sampled first leave an index of distinct whole numbers with gaps (CSV), or one
+    that Parquet keeps as ``__index_level_0__``: each was fitted on as a feature; they are left out too."""
     out = []
     if path.suffix.lower() == ".npz" and "y" in arrays and label_column is None and id_column != "y":
         out.append(("y", f"{path}: 'y' left out of the features (an .npz's labels; --label-column y fits on its "
@@ -569,6 +571,13 @@ def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str |
         if num is not None and np.array_equal(num, np.arange(len(num))):
             out.append((first, f"{path}: the unnamed first column, 0, 1, 2, ... (the row index pandas writes), "
                                "left out of the features"))
+        elif (num is not None and np.isfinite(num).all() and (num >= 0).all() and (num == np.round(num)).all()
+              and len(np.unique(num)) == len(num)):
+            out.append((first, f"{path}: the unnamed first column of distinct whole numbers (the row index pandas "
+                               "writes, of rows filtered or sampled), left out of the features"))
+    for name in arrays:
+        if re.fullmatch(r"__index_level_\d+__", name) and name not in (label_column, id_column):
+            out.append((name, f"{path}: {name!r} (the row index pandas writes into Parquet) left out of the features"))
     return out
 
 
