@@ -313,6 +313,23 @@ def test_labels_without_a_0_say_the_convention() -> None:
             call()
 
 
+def test_a_skipped_row_of_a_wide_table_names_at_most_20_columns() -> None:
+    """A row without values in a 3,000-column table was named with every column: a 20 kB line on the terminal
+    and in skipped.csv per such row (70 kB at 10,000 columns; a million such rows, gigabytes)."""
+    from normalcy.vectors.tables import Table
+
+    X = np.ones((3, 3000))
+    X[0] = np.nan
+    X[1, 100:130] = np.inf
+    X[2, 7] = np.nan
+    t = Table(Path("w.csv"), X, [f"c{j}" for j in range(3000)], ["a", "b", "c"], "row")
+    _, bad = t.finite()
+    assert bad == [("a", "missing value, NaN or inf in all 3000 columns"),
+                   ("b", "missing value, NaN or inf in " + ", ".join(f"c{j}" for j in range(100, 120))
+                    + " and 10 more columns"),
+                   ("c", "missing value, NaN or inf in c7")]
+
+
 def read_table_of(X: np.ndarray, y: np.ndarray) -> Any:
     """A labelled table of X and y, as read from t.npz (no file)."""
     from normalcy.vectors.tables import Table

@@ -57,6 +57,7 @@ log = logging.getLogger("normalcy")
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
 MAX_COLUMNS = 100_000  # columns a table may have: each costs Python-level work to read, check and name
+MAX_NAMED = 20  # columns named in a skipped row's reason (then "and N more columns")
 CSV_BLOCK = 1 << 20  # pyarrow's default CSV block size
 MAX_CSV_LINE = 64 << 20  # longest CSV header line and largest block read (100,000 column names of 670 bytes)
 VECTOR_KIND = "vectors"
@@ -127,12 +128,20 @@ class Table:
             mask &= self.labels >= 0  # -1: no label (``_labels``)
         bad = []
         for i in np.flatnonzero(~mask):
-            columns = [c for c, v in zip(self.columns, self.X[i]) if not np.isfinite(v)]
+            where = np.flatnonzero(~np.isfinite(self.X[i]))
             why = self.read_as_missing.get(i, "")
-            if columns:
-                why = "missing value, NaN or inf in " + ", ".join(columns) + (f" ({why})" if why else "")
+            if len(where):
+                why = "missing value, NaN or inf in " + self._named(where) + (f" ({why})" if why else "")
             bad.append((self.ids[i], why))
         return mask, bad
+
+    def _named(self, where: np.ndarray) -> str:
+        """The columns at ``where``, at most MAX_NAMED of them: a row of a 10,000-column table without values
+        was named with every column, a 70 kB line on the terminal and in skipped.csv for each such row."""
+        if len(where) == len(self.columns) > MAX_NAMED:
+            return f"all {len(where)} columns"
+        shown = ", ".join(self.columns[j] for j in where[:MAX_NAMED])
+        return shown + (f" and {len(where) - MAX_NAMED} more columns" if len(where) > MAX_NAMED else "")
 
 
 def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | None = None,
