@@ -276,6 +276,24 @@ def test_a_text_cell_in_a_numeric_column_is_a_missing_value_said_once(tmp_path: 
         read_table(bad, columns=["a", "b"])
 
 
+def test_a_units_row_under_a_wide_header_is_said_in_a_few_lines(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A row of units ("kg") under the header of a 10,000-column table was 10,000 warnings, one a column, and its
+    skipped row's reason named each cell (290 kB). Five warnings, then a count; the reason names at most 20."""
+    n = 40
+    rows = [",".join(["kg"] * n)] + [",".join(str((i * j) % 7) for j in range(n)) for i in range(10)]
+    path = _csv(tmp_path / "t.csv", ",".join(f"c{j}" for j in range(n)), rows)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        t = read_table(path)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 6 and said[0].startswith(f"{path}: column 'c0': 1 cell(s) that are not numbers")
+    assert said[-1] == f"{path}: and 35 more such warning(s) for other columns (the rows they make missing are " \
+                       "skipped and named, as in skipped.csv)"
+    (_, why), = t.finite()[1]
+    assert why.startswith("missing value, NaN or inf in all 40 columns (c0: 'kg' is not a number; c1: 'kg'")
+    assert why.endswith("c19: 'kg' is not a number; ...)") and "c20" not in why
+
+
 def test_a_ragged_csv_line_is_a_row_of_missing_values_in_its_place(tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """A line with fewer or more fields than the header refused the whole file. It is now a row of missing

@@ -58,6 +58,7 @@ log = logging.getLogger("normalcy")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
 MAX_COLUMNS = 100_000  # columns a table may have: each costs Python-level work to read, check and name
 MAX_NAMED = 20  # columns named in a skipped row's reason (then "and N more columns")
+MAX_SAID = 5  # warnings of a file's columns repaired in reading (decimal commas, text cells), then a count
 CSV_BLOCK = 1 << 20  # pyarrow's default CSV block size
 MAX_CSV_LINE = 64 << 20  # longest CSV header line and largest block read (100,000 column names of 670 bytes)
 VECTOR_KIND = "vectors"
@@ -438,7 +439,8 @@ def text_cells(a: np.ndarray, comma: bool = False) -> tuple[np.ndarray, list[int
     return out, bad, decimal
 
 
-def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma: bool = False) -> np.ndarray | None:
+def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma: bool = False,
+             said: list[str] | None = None) -> np.ndarray | None:
     """A feature column as float64, or None when it is not a column of numbers; with ``comma`` (``decimal_comma``)
     1,5 is 1.5, as the series reader reads it (such a column was left out as text), said in one warning; so is
     1,234.5 (1.234,5 with ``comma``), a number with its thousands grouped.
@@ -459,20 +461,38 @@ def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma:
     numbers = int((~np.isnan(values)).sum())  # text, empty and NaN cells read as NaN
     if bad and numbers <= len(bad):
         return None
+    own = said is None  # else the caller says them (``_say``): one warning a column, 10,000 for a units row
+    said = [] if said is None else said
     if decimal:
-        log.warning("%s: column %r: %d value(s) with a decimal comma read as numbers (1,5 as 1.5)", path, name, decimal)
+        said.append(f"{path}: column {name!r}: {decimal} value(s) with a decimal comma read as numbers (1,5 as 1.5)")
     if grouped:
-        log.warning("%s: column %r: %d value(s) with thousands separators read as numbers (the first %r as %g)",
-                    path, name, len(grouped), str(a[grouped[0]]).strip()[:40], values[grouped[0]])
-    if not bad:
-        return values
-    for i in bad:
-        why = f"{name}: {str(a[i])[:40]!r} is not a number"
-        notes[i] = f"{notes[i]}; {why}" if i in notes else why
-    shown = ", ".join(f"{i} {str(a[i])[:40]!r}" for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-    log.warning("%s: column %r: %d cell(s) that are not numbers read as missing (those rows are skipped, not "
-                "scored): row(s) %s (counting from 0)", path, name, len(bad), shown)
+        said.append(f"{path}: column {name!r}: {len(grouped)} value(s) with thousands separators read as numbers "
+                    f"(the first {str(a[grouped[0]]).strip()[:40]!r} as {values[grouped[0]]:g})")
+    if bad:
+        for i in bad:
+            why = f"{name}: {str(a[i])[:40]!r} is not a number"
+            if i not in notes:
+                notes[i] = why
+            elif notes[i].count("; ") < MAX_NAMED - 1:  # a units row under 10,000 columns: a 290 kB reason
+                notes[i] = f"{notes[i]}; {why}"
+            elif not notes[i].endswith("; ..."):
+                notes[i] += "; ..."
+        shown = ", ".join(f"{i} {str(a[i])[:40]!r}" for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        said.append(f"{path}: column {name!r}: {len(bad)} cell(s) that are not numbers read as missing (those rows "
+                    f"are skipped, not scored): row(s) {shown} (counting from 0)")
+    if own:
+        _say(path, said)
     return values
+
+
+def _say(path: Path, said: list[str]) -> None:
+    """Log what reading the columns repaired, one warning a column, at most MAX_SAID of them: a units row
+    ("kg", "m/s") under the header of a 10,000-column table was 10,000 warnings. The rest are counted."""
+    for message in said[:MAX_SAID]:
+        log.warning("%s", message)
+    if len(said) > MAX_SAID:
+        log.warning("%s: and %d more such warning(s) for other columns (the rows they make missing are skipped and "
+                    "named, as in skipped.csv)", path, len(said) - MAX_SAID)
 
 
 def read_table(path: str | Path, label_column: str | None = None, id_column: str | None = None,
@@ -484,6 +504,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     skipped and named as any row with a missing value. Every problem is one InputError naming the file."""
     path = Path(path)
     read_as_missing: dict[int, str] = {}  # row -> why reading made its values missing
+    said: list[str] = []  # the columns' repairs, said once all are read (``_say``)
     source: dict[str, str] = {}  # an .npz's column -> its array
     arrays = _read_arrays(path, text=(id_column,) if id_column else (), ragged=read_as_missing, source=source)
     comma = decimal_comma(path)
@@ -501,7 +522,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         for why in left_out.values():
             log.warning("%s", why)
         candidates = [c for c in arrays if c not in (label_column, id_column) and c not in left_out]
-        features = {c: _feature(path, c, arrays[c], read_as_missing, comma) for c in candidates}
+        features = {c: _feature(path, c, arrays[c], read_as_missing, comma, said) for c in candidates}
         # A column without a single value (a trailing separator on every line: an unnamed empty column) made every
         # row one with a missing value, so no table with one could be fitted ("fewer than 2 normal rows").
         empty = [c for c in candidates if features[c] is not None and np.isnan(features[c]).all()]
@@ -520,10 +541,11 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         raise InputError(f"{path}: no numeric feature columns; it has {_names(arrays)}")
     X = np.empty((n, len(columns)), dtype=np.float64)
     for j, c in enumerate(columns):
-        col = features[c] if c in features else _feature(path, c, arrays[c], read_as_missing, comma)
+        col = features[c] if c in features else _feature(path, c, arrays[c], read_as_missing, comma, said)
         if col is None:
             raise InputError(f"{path}: feature column {c!r} is not numeric (most of its cells are not numbers)")
         X[:, j] = col
+    _say(path, said)
     return Table(path, X, list(columns), ids, id_column or "row", labels, ignored, read_as_missing)
 
 
