@@ -357,8 +357,9 @@ def fit(
         with console.status(f"fitting {shown(det.name(table=True))} on the rows of {shown(train_dir)}"):
             model = api_fit(train_dir, output, detector, label_column=label_column, id_column=id_column,
                             series=series, **settings)
-        if model.ignored:
-            console.print(f"not numeric, left out of the features: {shown(', '.join(model.ignored))}",
+        if model.ignored:  # the first 20: 5,000 text columns were one line of every name
+            more = f" and {len(model.ignored) - 20} more" if len(model.ignored) > 20 else ""
+            console.print(f"not numeric, left out of the features: {shown(', '.join(model.ignored[:20]))}{more}",
                           highlight=False, soft_wrap=True)
         _report_skipped_rows(train_dir, model.skipped_fit_)
         what = f"{model.n_train_} rows x {len(model.columns)} columns" + (

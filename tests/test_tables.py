@@ -235,6 +235,21 @@ def test_the_row_index_of_a_filtered_frame_is_left_out(tmp_path: Path) -> None:
     assert read_table(tmp_path / "x.csv").columns == ["", "a"]
 
 
+def test_fit_names_at_most_20_text_columns_left_out(tmp_path: Path) -> None:
+    """fit printed every text column it left out on one line: 5,000 of them, a 50 kB line."""
+    from typer.testing import CliRunner
+
+    from normalcy.cli import app
+
+    header = ",".join(["a", "b"] + [f"t{j}" for j in range(30)])
+    rows = [",".join([str(i % 3), str(i % 5)] + [f"w{i}"] * 30) for i in range(10)]
+    (tmp_path / "t.csv").write_text("\n".join([header, *rows]) + "\n")
+    r = CliRunner().invoke(app, ["fit", str(tmp_path / "t.csv"), "-o", str(tmp_path / "m"), "-d", "knn"])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "left out of the features: " + ", ".join(f"t{j}" for j in range(20)) + " and 10 more" in said, said
+
+
 def test_a_column_without_any_value_is_left_out_not_every_row(tmp_path: Path) -> None:
     """A trailing separator on every line (an unnamed empty column) or an empty column made every row one with a
     missing value: no such table could be fitted ("fewer than 2 normal rows"). The column is left out, said once."""
