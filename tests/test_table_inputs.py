@@ -276,6 +276,24 @@ def test_a_text_cell_in_a_numeric_column_is_a_missing_value_said_once(tmp_path: 
         read_table(bad, columns=["a", "b"])
 
 
+def test_a_csv_without_a_header_line_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """numpy.savetxt writes no header: the first row became the column names without a word, and predict of
+    another such file said its "feature columns ['1.25e-01', ...] are missing". Both say what it looks like;
+    names that are numbers in order (a spectrum's wavelengths) are a header."""
+    rng = np.random.default_rng(0)
+    np.savetxt(tmp_path / "a.csv", rng.normal(size=(20, 4)), delimiter=",")
+    np.savetxt(tmp_path / "b.csv", rng.normal(size=(20, 4)), delimiter=",")
+    np.savetxt(tmp_path / "w.csv", rng.normal(size=(20, 4)), delimiter=",", header="400,410,420,430", comments="")
+    with caplog.at_level("WARNING", logger="normalcy"):
+        t = read_table(tmp_path / "a.csv")
+        assert "a.csv: the column names are numbers (" in caplog.text and "add a header line" in caplog.text
+        caplog.clear()
+        assert read_table(tmp_path / "w.csv").columns == ["400", "410", "420", "430"] and not caplog.text
+    with pytest.raises(InputError, match=r"b.csv: the model's feature columns .* are missing; .*; a file without a "
+                                         r"header line\? its first row is read as the column names"):
+        read_table(tmp_path / "b.csv", columns=t.columns)
+
+
 def test_a_units_row_under_a_wide_header_is_said_in_a_few_lines(tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """A row of units ("kg") under the header of a 10,000-column table was 10,000 warnings, one a column, and its

@@ -521,6 +521,10 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         left_out = dict(_not_features(path, arrays, label_column, id_column))
         for why in left_out.values():
             log.warning("%s", why)
+        if _headerless(path, list(arrays)):
+            log.warning("%s: the column names are numbers (%s): a file without a header line (numpy.savetxt writes "
+                        "none)? Its first row was read as the column names, not as a row; add a header line",
+                        path, ", ".join(list(arrays)[:3]) + (", ..." if len(arrays) > 3 else ""))
         candidates = [c for c in arrays if c not in (label_column, id_column) and c not in left_out]
         features = {c: _feature(path, c, arrays[c], read_as_missing, comma, said) for c in candidates}
         # A column without a single value (a trailing separator on every line: an unnamed empty column) made every
@@ -534,7 +538,10 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     else:
         missing = [c for c in columns if c not in arrays]
         if missing:
-            raise InputError(f"{path}: the model's feature columns {missing[:10]} are missing; it has {_names(arrays)}")
+            hint = ("; a file without a header line? its first row is read as the column names"
+                    if _headerless(path, list(arrays)) else "")
+            raise InputError(f"{path}: the model's feature columns {missing[:10]} are missing; it has "
+                             f"{_names(arrays)}{hint}")
         _check_npz_width(path, columns, source)  # columns named by position: extra ones are no id or label
         ignored = []
     if not columns:
@@ -547,6 +554,21 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         X[:, j] = col
     _say(path, said)
     return Table(path, X, list(columns), ids, id_column or "row", labels, ignored, read_as_missing)
+
+
+def _headerless(path: Path, names: list[str]) -> bool:
+    """Whether a CSV's header looks like a row of data: every name a number, and not in a rising or falling
+    order (a spectrum's wavelengths, a grid's times are names that are numbers too). A file written without a
+    header (``numpy.savetxt``) lost its first row to the names without a word, and at predict its names were
+    "missing" columns that were values."""
+    if path.suffix.lower() != ".csv" or not names:
+        return False
+    try:
+        values = np.array([float(n) for n in names])
+    except ValueError:
+        return False
+    steps = np.diff(values)
+    return len(values) < 3 or not ((steps > 0).all() or (steps < 0).all())
 
 
 def _check_npz_width(path: Path, columns: list[str], source: dict[str, str]) -> None:
