@@ -294,6 +294,17 @@ def test_a_csv_without_a_header_line_is_said(tmp_path: Path, caplog: pytest.LogC
         read_table(tmp_path / "b.csv", columns=t.columns)
 
 
+def test_a_model_column_of_times_at_predict_names_its_type(tmp_path: Path) -> None:
+    """A Parquet column of timestamps where the model has numbers was "not numeric (most of its cells are not
+    numbers)", though it has no cells of text: it names the column's type."""
+    from datetime import datetime
+
+    pq.write_table(pa.table({"a": pa.array([datetime(2020, 1, 1)] * 5, pa.timestamp("us", tz="UTC")), "b": [1.0] * 5}),
+                   tmp_path / "t.parquet")
+    with pytest.raises(InputError, match=r"t.parquet: feature column 'a' is not numeric \(its values are datetime64"):
+        read_table(tmp_path / "t.parquet", columns=["a", "b"])
+
+
 def test_a_units_row_under_a_wide_header_is_said_in_a_few_lines(tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """A row of units ("kg") under the header of a 10,000-column table was 10,000 warnings, one a column, and its

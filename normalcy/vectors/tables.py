@@ -549,8 +549,10 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     X = np.empty((n, len(columns)), dtype=np.float64)
     for j, c in enumerate(columns):
         col = features[c] if c in features else _feature(path, c, arrays[c], read_as_missing, comma, said)
-        if col is None:
-            raise InputError(f"{path}: feature column {c!r} is not numeric (most of its cells are not numbers)")
+        if col is None:  # a typed column (a Parquet timestamp) has no cells of text: its type is the reason
+            kind = arrays[c].dtype
+            why = "most of its cells are not numbers" if kind == object else f"its values are {kind}"
+            raise InputError(f"{path}: feature column {c!r} is not numeric ({why})")
         X[:, j] = col
     _say(path, said)
     return Table(path, X, list(columns), ids, id_column or "row", labels, ignored, read_as_missing)
