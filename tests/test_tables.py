@@ -250,6 +250,22 @@ def test_fit_names_at_most_20_text_columns_left_out(tmp_path: Path) -> None:
     assert "left out of the features: " + ", ".join(f"t{j}" for j in range(20)) + " and 10 more" in said, said
 
 
+def test_a_label_column_fitted_as_a_feature_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """fit without --label-column fitted a column `label` of 0 and 1 as a feature, without a word: the model
+    told anomalies apart by their label, and predict then refused every table without it. It is said."""
+    rows = "".join(f"{i % 3},{i % 5},{int(i % 10 == 0)}\n" for i in range(30))
+    (tmp_path / "t.csv").write_text("a,b,Label\n" + rows)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        assert read_table(tmp_path / "t.csv").columns == ["a", "b", "Label"]  # still a feature: results unchanged
+        assert "t.csv: column 'Label' holds only 0 and 1, like labels, and is fitted on as a feature; if it is " \
+               "the labels, give --label-column Label" in caplog.text
+        caplog.clear()
+        read_table(tmp_path / "t.csv", label_column="Label")
+        (tmp_path / "n.csv").write_text("a,class\n" + "".join(f"{i},{i % 3}\n" for i in range(10)))  # 0, 1, 2
+        read_table(tmp_path / "n.csv")
+    assert not caplog.text
+
+
 def test_a_column_without_any_value_is_left_out_not_every_row(tmp_path: Path) -> None:
     """A trailing separator on every line (an unnamed empty column) or an empty column made every row one with a
     missing value: no such table could be fitted ("fewer than 2 normal rows"). The column is left out, said once."""

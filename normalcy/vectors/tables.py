@@ -534,6 +534,8 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             log.warning("%s: column(s) without any value left out of the features: %s", path,
                         ", ".join(map(repr, empty[:20])) + (f" and {len(empty) - 20} more" if len(empty) > 20 else ""))
         columns = [c for c in candidates if features[c] is not None and c not in empty]
+        if label_column is None:
+            _warn_label_like(path, {c: features[c] for c in columns})
         ignored = [c for c in candidates if features[c] is None]  # left_out ones were told why above
     else:
         missing = [c for c in columns if c not in arrays]
@@ -556,6 +558,21 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         X[:, j] = col
     _say(path, said)
     return Table(path, X, list(columns), ids, id_column or "row", labels, ignored, read_as_missing)
+
+
+LABEL_NAMES = ("label", "labels", "y", "target", "class", "anomaly", "is_anomaly", "outlier", "is_outlier",
+               "ground_truth")  # a column of 0 and 1 so named, fitted on as a feature, is said (_warn_label_like)
+
+
+def _warn_label_like(path: Path, features: dict[str, np.ndarray]) -> None:
+    """Warn of a feature column that looks like labels (named ``label``, ``y``, ``target``, ...; only 0 and 1)
+    when no --label-column was given: fitted on as a feature, it tells the anomalies apart by their label, and
+    predict then refused every table without it ("feature columns ['label'] are missing")."""
+    for name, values in features.items():
+        v = values[np.isfinite(values)]
+        if name.strip().lower() in LABEL_NAMES and len(v) and np.isin(v, (0.0, 1.0)).all():
+            log.warning("%s: column %r holds only 0 and 1, like labels, and is fitted on as a feature; if it is the "
+                        "labels, give --label-column %s (rows labelled 0 are fitted on)", path, name, name)
 
 
 def _headerless(path: Path, names: list[str]) -> bool:
