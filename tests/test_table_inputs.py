@@ -305,6 +305,15 @@ def test_a_model_column_of_times_at_predict_names_its_type(tmp_path: Path) -> No
         read_table(tmp_path / "t.parquet", columns=["a", "b"])
 
 
+def test_a_separator_line_before_the_header_is_one_line(tmp_path: Path) -> None:
+    """"sep=;" (a spreadsheet's note of the separator) before the header: the columns were named 'sep=' and '',
+    the real header became a row of text read as missing, without an error. It is refused, saying what to do."""
+    (tmp_path / "t.csv").write_bytes("\ufeffsep=;\r\na;b\r\n1;2\r\n3;4\r\n".encode())
+    with pytest.raises(InputError, match=r"t.csv: its first line, 'sep=;', is a spreadsheet's note of the separator, "
+                                         r"not the header: delete that line"):
+        read_table(tmp_path / "t.csv")
+
+
 def test_a_units_row_under_a_wide_header_is_said_in_a_few_lines(tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """A row of units ("kg") under the header of a 10,000-column table was 10,000 warnings, one a column, and its

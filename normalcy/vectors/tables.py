@@ -305,6 +305,9 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
     if len(header) > MAX_CSV_LINE:
         raise InputError(f"{path}: first line longer than {MAX_CSV_LINE >> 20} MB: not a CSV header normalcy reads")
     _check_utf8(path, header)
+    if re.fullmatch(rb"(\xef\xbb\xbf)?\s*sep=.\s*", header, flags=re.IGNORECASE):  # read: columns 'sep=' and ''
+        raise InputError(f"{path}: its first line, {header.decode('utf-8-sig').strip()!r}, is a spreadsheet's note "
+                         "of the separator, not the header: delete that line")
     delimiter = csv_delimiter(header)
     _check_width(path, len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), [])))
     block = max(CSV_BLOCK, 4 * len(header))
