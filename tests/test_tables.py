@@ -266,6 +266,13 @@ def test_a_label_column_fitted_as_a_feature_is_said(tmp_path: Path, caplog: pyte
     assert not caplog.text
 
 
+def test_one_column_as_both_label_and_id_is_refused(tmp_path: Path) -> None:
+    """--label-column y --id-column y fitted, every row named by its label ("0: missing value ...")."""
+    (tmp_path / "t.csv").write_text("a,y\n" + "".join(f"{i % 3},{int(i == 0)}\n" for i in range(10)))
+    with pytest.raises(InputError, match=r"t.csv: --label-column and --id-column both name 'y'"):
+        read_table(tmp_path / "t.csv", label_column="y", id_column="y")
+
+
 def test_a_column_without_any_value_is_left_out_not_every_row(tmp_path: Path) -> None:
     """A trailing separator on every line (an unnamed empty column) or an empty column made every row one with a
     missing value: no such table could be fitted ("fewer than 2 normal rows"). The column is left out, said once."""

@@ -506,6 +506,9 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     values, in place (no row moves: ids stay row numbers), each said once in a warning; such a row is then
     skipped and named as any row with a missing value. Every problem is one InputError naming the file."""
     path = Path(path)
+    if label_column is not None and label_column == id_column:  # every row was then named by its label, 0 or 1
+        raise InputError(f"{path}: --label-column and --id-column both name {label_column!r}; the labels and the "
+                         "rows' names are two columns")
     read_as_missing: dict[int, str] = {}  # row -> why reading made its values missing
     said: list[str] = []  # the columns' repairs, said once all are read (``_say``)
     source: dict[str, str] = {}  # an .npz's column -> its array
