@@ -368,6 +368,18 @@ def test_a_skipped_row_of_a_wide_table_names_at_most_20_columns() -> None:
                    ("c", "missing value, NaN or inf in c7")]
 
 
+def test_a_table_of_finite_rows_is_scored_without_a_copy() -> None:
+    """score_table copied every row (X[mask]) even when all were finite: 160 MB more at 1,000,000 x 20."""
+    from normalcy.vectors.tables import Table
+
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    det = GaussianDetector().fit(X)
+    given = []
+    det.anomaly_score = lambda rows: given.append(rows) or np.zeros(len(rows))  # type: ignore[method-assign]
+    score_table(det, Table(Path("t.csv"), X, ["a", "b", "c"], [str(i) for i in range(50)], "row"))
+    assert given[0] is X
+
+
 def read_table_of(X: np.ndarray, y: np.ndarray) -> Any:
     """A labelled table of X and y, as read from t.npz (no file)."""
     from normalcy.vectors.tables import Table

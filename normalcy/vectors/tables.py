@@ -851,8 +851,8 @@ def score_table(det: Any, table: Table) -> tuple[np.ndarray, np.ndarray, list[tu
     """Anomaly scores of the scorable rows (mask), and (id, reason) for the rest; NaN in the skipped rows."""
     mask, skipped = table.finite()
     scores = np.full(len(table.X), np.nan)
-    if mask.any():
-        scores[mask] = det.anomaly_score(table.X[mask])
+    if mask.any():  # every row finite: no copy of a big table (1,000,000 x 20: 160 MB)
+        scores[mask] = det.anomaly_score(table.X if mask.all() else table.X[mask])
     return scores, mask, skipped
 
 
