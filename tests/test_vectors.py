@@ -371,6 +371,19 @@ def test_tiny_or_constant_tables_fit_without_a_library_warning(name):
             det.anomaly_score(X)
 
 
+def test_a_value_past_float32_is_scored_by_the_forest_without_a_warning():
+    """A row holding 1e39 where the column's values were near 1 printed numpy's "overflow encountered in cast"
+    from inside scikit-learn (the forest holds float32); the score is the same, without the warning."""
+    X = _normal(100)
+    det = IForestDetector(random_state=0).fit(X)
+    row = X[:1].copy()
+    row[0, 0] = 1e39
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        score = det.anomaly_score(row)
+    assert np.isfinite(score).all()
+
+
 def test_ordinary_columns_are_not_rescaled():
     """The scaling is for columns beyond 2**+-128 only: an ordinary table fits bit for bit as before."""
     X = _normal(200)

@@ -75,7 +75,10 @@ class IForestDetector(ColumnScaled, VectorDetector):
         return self._score(X)
 
     def _score(self, X: np.ndarray) -> np.ndarray:
-        return -self.forest_.score_samples(self._scaled(X))
+        # a value past float32's range (1e39 where the column's were near 1) is inf in the forest's float32 copy, the
+        # farthest value, as meant: without numpy's "overflow encountered in cast" from inside scikit-learn
+        with np.errstate(over="ignore"):
+            return -self.forest_.score_samples(self._scaled(X))
 
     _learned = ("forest_", "scale_")
 
