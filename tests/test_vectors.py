@@ -442,3 +442,20 @@ def test_every_kind_of_seed_and_an_unlimited_budget_still_fit():
     for seed in (None, 0, 2**32 - 1, np.random.RandomState(0), np.random.default_rng(0)):
         assert len(GaussianDetector(random_state=seed).fit(X).predict(X)) == 40
     assert KNNDetector(max_memory_mb=float("inf")).fit(X).train_.shape == X.shape
+
+
+def test_knn_a_constant_column_counts_the_same_whatever_value_it_holds():
+    """A training column that never varied had the rounding of its mean for a spread: 1.4e-17 for a column of
+    0.1 (0 for one of 0.0, scale 1), so a test row that changed it by 0.5 scored 1e16 units where a column of 0
+    gave 0.5. Both keep their units now."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    scores = []
+    for c in (0.0, 0.1, 0.3):
+        Xc = np.column_stack([X, np.full(len(X), c)])
+        det = KNNDetector(n_neighbors=5, random_state=0).fit(Xc)
+        test = np.column_stack([X[:5] + 0.1, np.full(5, c + 0.5)])
+        scores.append(det.decision_function(test))
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-6)
+    np.testing.assert_allclose(scores[2], scores[0], rtol=1e-6)
+    assert np.all(scores[0] < 10)

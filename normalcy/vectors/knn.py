@@ -63,7 +63,10 @@ class KNNDetector(VectorDetector):
         var = sum(((Xs[s:s + 65536] - mean) ** 2).sum(0) for s in range(0, len(X), 65536)) / len(X)
         std = np.sqrt(var) / factor  # in chunks: a million rows need no second full-size copy
         self.mean_ = mean / factor
-        self.scale_ = np.where(std > 0, std, 1.0)
+        # a column that never varied keeps its units (scale 1): its "spread" is rounding of the mean (1.4e-17 for
+        # a column of 0.1, 0 for one of 0), which counted a later change of it as 1e16 units for some constants
+        constant = X.max(0) == X.min(0)
+        self.scale_ = np.where((std > 0) & ~constant, std, 1.0)
         Z = self._standardised(X)
         self.n_neighbors_ = int(min(self.n_neighbors, len(X) - 1))  # a Python int: faiss refuses an np.int64
         rng = np.random.default_rng(self.random_state)
