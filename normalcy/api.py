@@ -906,6 +906,7 @@ def _predict_images(model: Any, inputs: list[Path], output: Path, info: dict[str
                 else:
                     _add_safely(writer, skipped, rec.path, rec.image, rec.score, rec.map, rec.embedding)
                 bar.update(task, completed=len(writer.rows) + len(skipped))
+                del rec  # its image and full-size map, before the next is scored
         return _finish_run(writer, skipped, f"normalcy predict: {len(writer.rows)} images")
 
 

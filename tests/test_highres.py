@@ -288,3 +288,34 @@ def test_an_eval_report_leaves_out_a_top_image_gone_since_scoring(synthetic_data
     assert f"skipping {paths[-1]}: empty file (0 bytes)" in caplog.text
     shown = [f'title="{p.relative_to(ds.root)}"' in text for p in paths[-2:]]
     assert shown == [True, False]
+
+
+def test_predict_holds_no_earlier_batchs_images_while_it_reads_the_next(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict held the images of the batch it had written (and the last one's full-size map) while it read the
+    next batch: two batches of originals at once (2 x 400 MB of large photos). Each is let go first now."""
+    import weakref
+
+    from normalcy import api
+    from normalcy.images import features
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(9):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(paths[-1])
+    det = create("gaussian", FeatureExtractor(image_size=64, precision="fp32")).fit(paths[:6], progress=False)
+    monkeypatch.setattr(features, "MAX_KEPT_PIXELS", 1)  # one image a batch
+    alive: list[weakref.ref] = []
+    held: list[int] = []
+    read = features.iter_images
+
+    def counted(files, skipped, listed=True):
+        held.append(sum(r() is not None for r in alive))
+        for p, im in read(files, skipped, listed):
+            alive.append(weakref.ref(im))
+            yield p, im
+
+    monkeypatch.setattr(features, "iter_images", counted)
+    api.predict(det, [tmp_path / f"{i}.png" for i in range(6, 9)], tmp_path / "run", report=False, progress=False)
+    assert held == [0, 0, 0]

@@ -526,3 +526,62 @@ def test_a_symbolic_link_loop_as_model_or_output_is_one_line(tmp_path: Path) -> 
     assert r.returncode == 1 and r.stderr.strip() == want, r.stderr
     with pytest.raises(InputError, match="a symbolic link loop"):
         start_run(tmp_path / "a")
+
+
+def _big_picture(h: int = 1024, w: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    amap = cv2.resize(rng.random((8, 8)).astype(np.float32) * 2, (w, h))
+    amap[:3, :3] = np.nan
+    return image, amap
+
+
+def test_an_overlay_is_drawn_in_strips_with_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """overlay() held about five float copies of a full-size map at once (550 MB for a 6000x6000 photo): it
+    draws strips of rows now, pixel for pixel as on the whole image, and in BGR beside the image alike."""
+    import tracemalloc
+
+    import normalcy.images.heatmap as hm
+
+    image, amap = _big_picture(2048, 2048)
+    tracemalloc.start()
+    try:
+        drawn = hm.overlay(image, amap, 0.2, 1.5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * image.nbytes  # the result (one image) and a strip's temporaries; it was 5.4 images
+    monkeypatch.setattr(hm, "_STRIP_PIXELS", image.shape[0] * image.shape[1])  # one strip: the whole image
+    assert np.array_equal(drawn, hm.overlay(image, amap, 0.2, 1.5))
+    beside = hm.pictures_bgr(image, amap, 0.2, 1.5)
+    assert np.array_equal(beside[..., ::-1], hm.side_by_side(image, drawn))
+    assert np.array_equal(hm.pictures_bgr(image, amap, 0.2, 1.5, beside=False)[..., ::-1], drawn)
+
+
+def test_run_pictures_are_written_without_encoding_them_in_memory(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each PNG was encoded in memory first, its whole file held at once (260 MB more for a 6000x6000 photo's
+    heatmap): OpenCV writes it to the file. A run folder whose name is not UTF-8, which OpenCV cannot open,
+    is still written (encoded in memory there)."""
+    import normalcy.images.heatmap as hm
+
+    image, amap = _big_picture(64, 96)
+    encode = cv2.imencode
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded in memory")
+
+    monkeypatch.setattr(hm.cv2, "imencode", no_encoding)
+    writer = RunWriter(tmp_path / "run", 0.5, (0.2, 1.5), report=False, save_maps=True, inputs=[tmp_path])
+    writer.add(tmp_path / "a.png", image, 0.9, amap)
+    over = np.asarray(Image.open(writer.folder / "overlays" / "a.png"))
+    heat = np.asarray(Image.open(writer.folder / "heatmaps" / "a.png"))
+    assert np.array_equal(over, hm.overlay(image, amap, 0.2, 1.5)) and np.array_equal(heat, hm.side_by_side(image, over))
+    writer.close([], "test")
+
+    monkeypatch.setattr(hm.cv2, "imencode", encode)
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/run\xff"))
+    writer = RunWriter(odd, 0.5, (0.2, 1.5), report=False, inputs=[tmp_path])
+    writer.add(tmp_path / "a.png", image, 0.9, amap)
+    writer.close([], "test")
+    assert np.array_equal(np.asarray(Image.open(odd / "overlays" / "a.png")), over)

@@ -580,6 +580,7 @@ class Detector(ParamsEstimator):
                 score = float(s[k])
                 yield Scored(path, im, score, np.array(pm[k], dtype=np.float32), score >= self.threshold_,
                              None if embs is None else embs[k].numpy())
+            del batch, im, s, pm, embs  # before the next batch is read (its images with this one's were held)
 
     def score(self, images: Images, progress: bool = True, keep_images: bool = False,
               batch_size: int | None = None) -> Result:

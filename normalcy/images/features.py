@@ -485,6 +485,7 @@ class FeatureExtractor:
                 feats = self._features_of([p for p, _, _ in got], x, pooled) if features else None
                 images = [im if keep_images else np.empty((*im.shape[:2], 0), np.uint8) for _, im, _ in got]
                 yield Batch(paths=[p for p, _, _ in got], images=images, features=feats, inputs=x, skipped=skipped)
+                del got, images, x, feats  # before the next chunk is read: two chunks' originals were held at once
 
     def _read_chunk(self, chunk: list[Path], read_all: Callable, cache: "MapCache | None"
                     ) -> tuple[list[tuple[Path, np.ndarray, np.ndarray]], list[tuple[Path, str]]]:

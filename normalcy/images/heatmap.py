@@ -7,12 +7,13 @@ calls :func:`overlay`, :func:`side_by_side` and :func:`write_png` here.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "colour_range", "overlay", "side_by_side", "write_png"]
+__all__ = ["colorize", "colour_range", "overlay", "side_by_side", "pictures_bgr", "write_bgr", "write_png"]
 
 # Turbo: perceptually smoother than JET, still reads as "blue = fine, red = bad".
 _COLORMAP = cv2.COLORMAP_TURBO
@@ -112,6 +113,18 @@ def overlay(
     instead (:func:`colour_range`). Detectors usually produce maps at feature resolution, so a map of a
     different size is resized bilinearly to the image (smooth, no blocky patches).
     """
+    return _draw(image, amap, vmin, vmax, alpha, bgr=False, beside=False)
+
+
+def pictures_bgr(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, beside: bool = True) -> np.ndarray:
+    """The :func:`overlay` in OpenCV's channel order (BGR), as :func:`write_bgr` writes it; ``beside``: with the
+    image on its left, as :func:`side_by_side` (the overlay is then ``[:, W:]``). A run drew the overlay, then the
+    picture beside the image, then a BGR copy of each: three more arrays of the photo's size or twice it."""
+    return _draw(image, amap, vmin, vmax, 0.6, bgr=True, beside=beside)
+
+
+def _draw(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float, bgr: bool,
+          beside: bool) -> np.ndarray:
     rgb = _to_rgb_u8(image)
     h, w = rgb.shape[:2]
     a = np.asarray(amap, dtype=np.float32)
@@ -122,6 +135,25 @@ def overlay(
     vmin, vmax = colour_range(a, vmin, vmax)  # on the map as given, as the report's caption reads it
     if a.shape != (h, w):
         a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
+    order = slice(None, None, -1) if bgr else slice(None)
+    out = np.empty((h, 2 * w if beside else w, 3), np.uint8)
+    if beside:
+        out[:, :w] = rgb[..., order]
+    # In strips of rows: every step is per pixel, and on the whole of a 6000x6000 photo its float temporaries
+    # were about 550 MB at once (the map itself is 144 MB).
+    step = max(1, _STRIP_PIXELS // max(w, 1))
+    for top in range(0, h, step):
+        rows = slice(top, top + step)
+        out[rows, out.shape[1] - w:] = _blend(rgb[rows], a[rows], vmin, vmax, alpha)[..., order]
+    return out
+
+
+_STRIP_PIXELS = 1 << 18
+"""Pixels :func:`overlay` draws at a time."""
+
+
+def _blend(rgb: np.ndarray, a: np.ndarray, vmin: float, vmax: float, alpha: float) -> np.ndarray:
+    """:func:`overlay` of an image and its map of the same size, with the colour range already chosen."""
     heat = colorize(a, vmin, vmax)
     if vmax > vmin:
         weight = np.clip((a - np.float32(vmin)) * np.float32(1.0 / (vmax - vmin)), 0.0, 1.0)
@@ -138,9 +170,33 @@ def side_by_side(image: np.ndarray, over: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB image as PNG, fast (see _PNG_FAST): a run writes two full-size PNGs per image.
-    Encoded in memory, so any path the file system takes works."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(_to_rgb_u8(rgb), cv2.COLOR_RGB2BGR), _PNG_FAST)
+    """Write an RGB image as PNG, fast (see _PNG_FAST): a run writes two full-size PNGs per image. Any path the
+    file system takes works (:func:`write_bgr`)."""
+    write_bgr(path, cv2.cvtColor(_to_rgb_u8(rgb), cv2.COLOR_RGB2BGR))
+
+
+def write_bgr(path: Path, bgr: np.ndarray) -> None:
+    """:func:`write_png` of an image in OpenCV's channel order (:func:`pictures_bgr`), a view of one too.
+    OpenCV writes it straight to the file where it can open the path: encoded in memory first, the whole PNG was
+    held at once (260 MB more for a 6000x6000 photo's picture beside its overlay). Where it cannot (a file name
+    that is not UTF-8; not ASCII on Windows) or its write fails, the PNG is encoded in memory and written by
+    Python, whose error names the problem (a full disk)."""
+    name = str(path)
+    if name.isascii() or (os.name != "nt" and _utf8(name)):
+        try:
+            if cv2.imwrite(name, bgr, _PNG_FAST):
+                return
+        except cv2.error:
+            pass
+    ok, buf = cv2.imencode(".png", bgr, _PNG_FAST)
     if not ok:
         raise ValueError(f"{path}: could not encode the PNG")
-    Path(path).write_bytes(buf.tobytes())
+    Path(path).write_bytes(buf)  # the encoded buffer as it is (``tobytes`` copied it)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a byte of a non-UTF-8 name, surrogate-escaped
+        return False
+    return True

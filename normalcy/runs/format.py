@@ -68,7 +68,7 @@ from safetensors.numpy import load_file, save_file
 from normalcy.errors import InputError
 from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, resolved, write_error
 from normalcy.files import writing as folder_locked
-from normalcy.images.heatmap import overlay, side_by_side, write_png
+from normalcy.images.heatmap import pictures_bgr, write_bgr
 from normalcy.images.io import printable
 from normalcy.numerics.stats import decide
 from normalcy.runs.report import ReportImage, gallery_image, write_report
@@ -467,18 +467,20 @@ class RunWriter:
         name = self._name(path)
         lo, hi = self.map_range
         over = ""
-        drawn = overlay(image, amap, lo, hi) if amap is not None and (self.overlays or self.heatmaps) else None
+        drawn = pictures_bgr(image, amap, lo, hi, beside=self.heatmaps) \
+            if amap is not None and (self.overlays or self.heatmaps) else None  # overlay on the right
         if self.overlays and drawn is not None:
             over = f"overlays/{name}.png"
             (self.folder / "overlays").mkdir(exist_ok=True)
-            write_png(self.folder / over, drawn)
+            write_bgr(self.folder / over, drawn[:, drawn.shape[1] - image.shape[1]:])
         self._overlays.append(over)
         if self.heatmaps and drawn is not None:
             (self.folder / "heatmaps").mkdir(exist_ok=True)
-            write_png(self.folder / "heatmaps" / f"{name}.png", side_by_side(image, drawn))
+            write_bgr(self.folder / "heatmaps" / f"{name}.png", drawn)
+        del drawn  # before the map is saved (a 6000x6000 photo: 216 MB)
         if self.save_maps and amap is not None:
             (self.folder / "maps").mkdir(exist_ok=True)
-            np.save(self.folder / "maps" / f"{name}.npy", amap.astype(np.float32))
+            np.save(self.folder / "maps" / f"{name}.npy", np.asarray(amap, np.float32))  # no copy of a float32 map
         if embedding is not None:
             self.embeddings.append(np.asarray(embedding, dtype=np.float32))
         key = (score, len(self.rows))  # ties: the later image wins, as heapq.heappushpop keeps it

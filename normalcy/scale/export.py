@@ -680,6 +680,8 @@ class OnnxScorer:
                 s, m = self.run(np.stack([resize_image(im, self.size) for _, im in read]))
                 for k, (p, im) in enumerate(read):
                     yield Scored(p, im, float(s[k]), m[k], float(s[k]) >= self.threshold)
+                del im, s, m
+            del read  # before the next batch is read: two batches' images were held at once
 
     def score(self, paths: Sequence[Path] | str | Path, batch_size: int = 8) -> Result:
         """Scores, decisions and maps (at each image's own size, drawn when read) of the readable images."""
