@@ -302,6 +302,37 @@ def test_a_16bit_grey_png_with_a_transparent_level_is_on_black(tmp_path: Path) -
     assert read_image(tmp_path / "opaque16.png")[:, :, 0].tolist() == [[255, 117, 117], [117, 117, 117]]
 
 
+def _with_trns(png: bytes, colour: tuple[int, int, int]) -> bytes:
+    """``png`` with a tRNS chunk (a transparent colour) before its image data."""
+    import struct
+
+    body = struct.pack(">HHH", *colour)
+    i = png.find(b"IDAT") - 4
+    return png[:i] + struct.pack(">I", 6) + b"tRNS" + body + struct.pack(">I", zlib.crc32(b"tRNS" + body)) + png[i:]
+
+
+def test_an_rgb_png_with_a_transparent_colour_is_on_black_at_8_and_16_bits(tmp_path: Path) -> None:
+    """An RGB PNG's transparent colour (tRNS) kept its colour, at 8 bits as at 16 (where Pillow compares the
+    16-bit colour with pixels it reads at 8 bits), though grey, palette and alpha PNGs read transparency on
+    black, as the README says: both read black now, the same as each other."""
+    import cv2
+
+    rgb16 = np.random.default_rng(0).integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    key = (1000, 40000, 65000)
+    rgb16[1:3, 2:5] = key
+    png16 = cv2.imencode(".png", np.ascontiguousarray(rgb16[..., ::-1]))[1].tobytes()
+    (tmp_path / "rgb48.png").write_bytes(_with_trns(png16, key))
+    rgb8 = (rgb16 >> 8).astype(np.uint8)
+    png8 = cv2.imencode(".png", np.ascontiguousarray(rgb8[..., ::-1]))[1].tobytes()
+    (tmp_path / "rgb24.png").write_bytes(_with_trns(png8, tuple(v >> 8 for v in key)))
+    expected = rgb8.copy()
+    expected[1:3, 2:5] = 0
+    assert np.array_equal(read_image(tmp_path / "rgb24.png"), expected)
+    assert np.array_equal(read_image(tmp_path / "rgb48.png"), expected)
+    (tmp_path / "opaque48.png").write_bytes(png16)  # without tRNS: as before (Pillow's 8 bits)
+    assert np.array_equal(read_image(tmp_path / "opaque48.png"), rgb8)
+
+
 def test_read_mode_i_clipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     a = np.array([[-5, 0, 65535, 100000]], dtype=np.int32)
     Image.fromarray(a, mode="I").save(tmp_path / "i32.tif")

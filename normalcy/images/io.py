@@ -182,7 +182,7 @@ def _to_rgb_array(im: Image.Image, path: Path | None = None) -> np.ndarray:
     if gray is not None:
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in im.info:  # an RGB PNG's transparent colour (tRNS) is kept below
         return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
     # Anything with (possible) transparency: composite on black, so fully
@@ -413,6 +413,8 @@ def _open_loaded(p: Path) -> Image.Image:
     """
     with _pillow(p) as im:
         im.load()
+        if im.format == "PNG" and im.mode == "RGB" and isinstance(im.info.get("transparency"), tuple):
+            im = _keyed_48_bit(p, im)
         frames = getattr(im, "n_frames", 1)
         # an animated GIF, PNG or WebP, or a multi-page TIFF: the first frame was taken silently (a phone's JPEG with
         # a second, preview picture, MPO, is one photo)
@@ -428,6 +430,28 @@ def _open_loaded(p: Path) -> Image.Image:
 
 
 _PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _keyed_48_bit(p: Path, im: Image.Image) -> Image.Image:
+    """A 48-bit RGB PNG (``im``, which Pillow reads at 8 bits) with its transparent colour (tRNS) as alpha, else
+    ``im``: Pillow compares the 16-bit colour with the 8-bit pixels, so it was never transparent (an 8-bit PNG's
+    reads black). The colour is matched on the 16-bit pixels, decoded again by imagecodecs."""
+    try:
+        with open(p, "rb") as f:
+            data = f.read()
+        if data[24] != 16:
+            return im
+        raw = imagecodecs.png_decode(data)
+    except Exception:  # OSError, imagecodecs' PngError: read as Pillow reads it
+        return im
+    if raw.dtype != np.uint16 or raw.ndim != 3 or raw.shape[:2] != (im.height, im.width) or raw.shape[2] < 3:
+        return im
+    key = np.array(im.info["transparency"], np.uint16)
+    alpha = np.where((raw[:, :, :3] == key).all(axis=2), np.uint8(0), np.uint8(255))  # (libpng adds its own)
+    out = im.copy()
+    out.info.pop("transparency", None)
+    out.putalpha(Image.fromarray(alpha))  # RGB to RGBA
+    return out
 
 
 def _read_plain(p: Path) -> np.ndarray | None:
