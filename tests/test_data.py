@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -386,6 +385,44 @@ def test_animations_and_multipage_files_say_only_their_first_frame_is_read(
     assert f"a{suffix}: 3 frames or pages (an animation or a multi-page file): only the first is read" in caplog.text
 
 
+def test_notes_of_two_runs_in_threads_of_one_process_are_each_their_own(tmp_path: Path) -> None:
+    """The notes on files read were collected module-wide: of two runs in threads of one process, the one that
+    ended last said the other's notes too, and the other none."""
+    from normalcy.images.io import read_notes
+
+    Image.fromarray(np.full((2, 2), 4000.0, np.float32), mode="F").save(tmp_path / "b.tif")
+    said: list[tuple[str, str]] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append((threading.current_thread().name, record.getMessage()))
+
+    a_started, b_ended = threading.Event(), threading.Event()
+
+    def run_a() -> None:
+        with read_notes():
+            a_started.set()
+            b_ended.wait(10)
+
+    def run_b() -> None:
+        a_started.wait(10)
+        with read_notes():
+            read_image(tmp_path / "b.tif")
+        b_ended.set()
+
+    handler = Handler()
+    logging.getLogger("normalcy").addHandler(handler)
+    try:
+        threads = [threading.Thread(target=run_a, name="A"), threading.Thread(target=run_b, name="B")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    finally:
+        logging.getLogger("normalcy").removeHandler(handler)
+    assert [(who, "b.tif: float image" in text) for who, text in said] == [("B", True)]
+
+
 def test_notes_on_files_read_are_one_line_a_kind_per_command(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                                                ) -> None:
     """A float TIFF's clipped values and an animation's frames were one warning a file, again each time the file
@@ -405,8 +442,10 @@ def test_notes_on_files_read_are_one_line_a_kind_per_command(tmp_path: Path, cap
             for p in files:
                 read_image(p)
         assert caplog.records == []
-        with ThreadPoolExecutor(2) as pool:  # read again, by the readers' threads
-            list(pool.map(read_image, reversed(files)))
+        from normalcy.images.features import FeatureExtractor
+
+        batches = FeatureExtractor(image_size=32).iter_batches(files[::-1], 32, pooled=False, features=False)
+        assert sum(len(b.paths) for b in batches) == len(files)  # read again, by the readers' threads
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         (f"{tmp_path / 'f00.tif'}: float image: 1 of 3 values outside 0..255 (they span 0..4095) are clipped to it: "

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from normalcy.errors import ImageError, InputError
 from normalcy.images.backbones import Backbone, BackboneSpec, get_backbone_spec, standardised, with_input_norm
-from normalcy.images.io import image_size, iter_images
+from normalcy.images.io import image_size, in_context, iter_images
 
 logger = logging.getLogger("normalcy")
 
@@ -475,7 +475,8 @@ class FeatureExtractor:
             chunks = [part for chunk in chunks for part in _within_pixels(chunk, MAX_KEPT_PIXELS)]
         workers = min(self.readers, batch_size, len(paths))
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            read_all = pool.map if workers > 1 else map  # one file at a time: no thread to start (batch-1 latency)
+            # one file at a time: no thread to start (batch-1 latency); threads note files for this run (in_context)
+            read_all = (lambda f, xs: pool.map(in_context(f), xs)) if workers > 1 else map
             for chunk in chunks:
                 got, skipped = self._read_chunk(chunk, read_all, None if keep_images else self.cache)
                 if not got:

@@ -17,10 +17,10 @@ import unicodedata
 import warnings
 from collections import Counter
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import imagecodecs
 import numpy as np
@@ -220,9 +220,17 @@ def _warn_clipped(path: Path | None, raw: np.ndarray, low: float, high: float, k
 
 
 _notes_lock = threading.Lock()
-_notes: dict[str, dict[str, str]] | None = None
-"""While :func:`read_notes` collects: per kind of note, each file's note (by its path)."""
-_notes_depth = 0
+_notes: ContextVar[dict[str, dict[str, str]] | None] = ContextVar("normalcy_read_notes", default=None)
+"""While :func:`read_notes` collects: per kind of note, each file's note (by its path). A context variable, as
+:func:`skips_listed`'s: module-level, two runs in threads of one process shared it, and one run's notes were
+said by the other, when it ended. Reader threads take their caller's context (:func:`in_context`)."""
+
+
+def in_context(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` run, in whatever thread calls it, in a copy of the calling thread's context as it is now: a reader
+    thread's notes then go to the run that started it."""
+    context = copy_context()
+    return lambda arg: context.copy().run(fn, arg)
 
 
 _skips_listed: ContextVar[bool] = ContextVar("normalcy_skips_listed", default=False)
@@ -246,10 +254,11 @@ _MORE = {"skipped": "skipped", "skipped, unlisted": "skipped"}
 def _note(kind: str, path: Path, text: str) -> None:
     """Say ``path: text`` of a file read all the same (values clipped, frames left out) or skipped: at once
     outside :func:`read_notes`, else once a file, summed up by kind when the command ends."""
-    with _notes_lock:
-        if _notes is not None:
-            _notes.setdefault(kind, {}).setdefault(str(path), text)
-            return
+    notes = _notes.get()
+    if notes is not None:
+        with _notes_lock:
+            notes.setdefault(kind, {}).setdefault(str(path), text)
+        return
     logger.warning("%s: %s", printable(str(path)), text)
 
 
@@ -259,22 +268,18 @@ def read_notes() -> Iterator[None]:
     animation's frames left out) and say it when the block ends: one line a kind, its first file's note, how
     many more files had one and the first few names (10,000 float TIFFs gave 10,000 lines, once more each time a
     file was read again). Nested (``eval`` fits), the outermost block says them. A decorator too."""
-    global _notes, _notes_depth
-    with _notes_lock:
-        _notes_depth += 1
-        if _notes is None:
-            _notes = {}
+    if _notes.get() is not None:  # nested: the outermost block says them
+        yield
+        return
+    notes: dict[str, dict[str, str]] = {}
+    token = _notes.set(notes)
     failed = True  # a command that fails lists no skipped file: they are said here then
     try:
         yield
         failed = False
     finally:
-        with _notes_lock:
-            _notes_depth -= 1
-            notes = _notes if _notes_depth == 0 else None
-            if _notes_depth == 0:
-                _notes = None
-        for kind, by_file in (notes or {}).items():
+        _notes.reset(token)
+        for kind, by_file in list(notes.items()):
             if kind == "skipped" and _skips_listed.get() and not failed:
                 continue
             files = sorted(by_file)  # readers run in threads: the first as listed, not as decoded
@@ -609,9 +614,7 @@ def iter_images(
             img = read_image(p)
         except ImageError as err:
             skipped.append((p, err.reason))
-            with _notes_lock:
-                collecting = _notes is not None
-            if collecting:
+            if _notes.get() is not None:
                 _note("skipped" if listed else "skipped, unlisted", p, f"skipped: {err.reason}")
             else:
                 logger.warning("skipping %s: %s", p, err.reason)
