@@ -282,6 +282,25 @@ def test_outside_run_keeps_a_symlink_loop_for_the_reader_to_skip(tmp_path: Path)
     assert outside_run(images, tmp_path / "out") == images
 
 
+def test_outside_run_resolves_each_folder_once_and_follows_links(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each input file was resolved on its own: 14 s for a folder of 50,000 images before the first was read.
+    A folder is resolved once; a file that is a link, and a link to the run folder, still lead into it."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out" / "overlays").mkdir(parents=True)
+    (tmp_path / "out" / "overlays" / "a.png").write_bytes(b"x")
+    (tmp_path / "in" / "linked.png").symlink_to(tmp_path / "out" / "overlays" / "a.png")
+    (tmp_path / "in" / "run").symlink_to(tmp_path / "out")
+    images = [tmp_path / "in" / f"{i}.png" for i in range(50)]
+    ours = [tmp_path / "in" / "linked.png", tmp_path / "in" / "run" / "overlays" / "a.png",
+            tmp_path / ".out.x1y2.partial" / "a.png"]
+    resolved = []
+    resolve = Path.resolve
+    monkeypatch.setattr(Path, "resolve", lambda self, strict=False: resolved.append(self) or resolve(self, strict))
+    assert outside_run(images + ours, tmp_path / "out") == images
+    assert len(resolved) <= 6
+
+
 def _full(*args, **kwargs):
     raise OSError(28, "No space left on device")
 

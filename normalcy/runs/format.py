@@ -395,14 +395,24 @@ def outside_run(paths: Sequence[Path], output: Path) -> list[Path]:
     inside its input folder must not score its own heatmaps the next time (it is said on stderr)."""
     out = Path(output).resolve()
     hidden = f".{out.name}."
+    folders: dict[str, bool] = {}  # by the folder as given: each resolved once (50,000 files resolved took 14 s)
+
+    def under(r: Path, itself: bool = False) -> bool:
+        """Whether ``r`` (resolved) is the run folder or in it, or in a run being written beside it; ``itself``:
+        ``r`` is a folder, itself one such."""
+        return r == out or out in r.parents or any(
+            q.parent == out.parent and q.name.startswith(hidden) for q in ((r, *r.parents) if itself else r.parents))
 
     def ours(p: Path) -> bool:
         try:
-            r = Path(p).resolve()
+            if not os.path.islink(p):  # its folder resolved says where it is
+                folder = os.path.dirname(p)
+                if folder not in folders:
+                    folders[folder] = under(Path(folder or ".").resolve(), itself=True)
+                return folders[folder]
+            return under(Path(p).resolve())
         except (OSError, RuntimeError):  # a symlink loop: not ours; the reader names and skips it
             return False
-        return r == out or out in r.parents or any(
-            q.parent == out.parent and q.name.startswith(hidden) for q in r.parents)
 
     kept = [p for p in paths if not ours(p)]
     if len(kept) < len(paths):
