@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "colour_range", "overlay", "side_by_side", "pictures_bgr", "write_bgr", "write_png"]
+__all__ = ["colorize", "colour_range", "overlay", "pictures_bgr", "side_by_side", "write_bgr", "write_png"]
 
 # Turbo: perceptually smoother than JET, still reads as "blue = fine, red = bad".
 _COLORMAP = cv2.COLORMAP_TURBO
