@@ -418,13 +418,13 @@ def _open_loaded(p: Path) -> Image.Image:
     """
     with _pillow(p) as im:
         im.load()
-        if im.format == "PNG" and im.mode == "RGB" and isinstance(im.info.get("transparency"), tuple):
-            im = _keyed_48_bit(p, im)
         frames = getattr(im, "n_frames", 1)
         # an animated GIF, PNG or WebP, or a multi-page TIFF: the first frame was taken silently (a phone's JPEG with
         # a second, preview picture, MPO, is one photo)
         if frames > 1 and im.format != "MPO":
             _note("frames", p, f"{frames} frames or pages (an animation or a multi-page file): only the first is read")
+        if im.format == "PNG" and im.mode == "RGB" and isinstance(im.info.get("transparency"), tuple):
+            im = _keyed_48_bit(p, im)
         try:
             out = ImageOps.exif_transpose(im)
         except Exception:  # malformed EXIF must not cost us the image
