@@ -324,6 +324,50 @@ def test_crafted_onnx_is_one_line(case: str, tmp_path: Path) -> None:
     assert "\n" not in msg and msg.startswith(f"{path}: ") and words in msg, msg
 
 
+def _external(tensor, location: str):
+    """``tensor`` made to keep its data in the file ``location`` (4 bytes from its start)."""
+    from onnx import TensorProto
+
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "4")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+@pytest.mark.parametrize("where", ["a local function's Constant", "a sparse Constant"])
+def test_external_data_is_refused_wherever_it_is(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the graph's own tensors were checked: a local function's Constant (or a Constant's sparse value) kept
+    in a file named relative to the working folder was read into the scores (a file of 4 bytes 1..4 added 10)."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.bin").write_bytes(bytes([1, 2, 3, 4]))
+    model = onnx.load(str(tiny_onnx(tmp_path / "ok.onnx")))
+    if where == "a sparse Constant":
+        values = _external(numpy_helper.from_array(np.zeros(4, np.uint8), "v"), "secret.bin")
+        leak = h.make_sparse_tensor(values, numpy_helper.from_array(np.arange(4, dtype=np.int64), "i"), [4])
+        nodes = [h.make_node("Constant", [], ["k"], sparse_value=leak)]
+    else:
+        leak = _external(numpy_helper.from_array(np.zeros(4, np.uint8), "c"), "secret.bin")
+        model.functions.append(h.make_function("local", "Leak", [], ["k"], [h.make_node("Constant", [], ["k"], value=leak)],
+                                               [h.make_opsetid("", 13)]))
+        model.opset_import.append(h.make_opsetid("local", 1))
+        nodes = [h.make_node("Leak", [], ["k"], domain="local")]
+    nodes += [h.make_node("Cast", ["k"], ["kd"], to=T.DOUBLE), h.make_node("ReduceSum", ["kd"], ["ks"], keepdims=1),
+              h.make_node("Add", ["pre", "ks"], ["image_scores"])]
+    next(n for n in model.graph.node if "image_scores" in n.output).output[0] = "pre"
+    model.graph.node.extend(nodes)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(InputError, match="model.onnx: weights in external data files, refused"):
+        OnnxScorer(path)
+
+
 def test_a_shape_computed_at_run_time_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shape computed from the input (not a constant, so not refused on loading) asked onnxruntime for what it
     liked: a run allocates at most MAX_RUN_BYTES (or the machine's memory), here lowered to 64 MiB."""

@@ -469,17 +469,27 @@ class ExportMeta(Strict):
         return self
 
 
-def _external_tensors(graph: Any) -> Iterator[Any]:
-    """Every tensor of a graph and its subgraphs whose data lives in another file."""
+def _tensors(nodes: Any, graph: Any = None) -> Iterator[Any]:
+    """Every tensor of a graph (or a local function's nodes): initializers, sparse ones, and the nodes'
+    attributes (dense, sparse, in subgraphs)."""
+    if graph is not None:
+        yield from graph.initializer
+        yield from (t for s in graph.sparse_initializer for t in (s.values, s.indices))
+    for node in nodes:
+        for a in node.attribute:
+            yield from (a.t, *a.tensors)
+            yield from (t for s in (a.sparse_tensor, *a.sparse_tensors) for t in (s.values, s.indices))
+            for g in (a.g, *a.graphs):
+                yield from _tensors(g.node, g)
+
+
+def _external_tensors(proto: Any) -> Iterator[Any]:
+    """Every tensor of a model whose data lives in another file: its graph's and its local functions' (a
+    function's Constant read a file named relative to the working folder, whatever the file, into the scores)."""
     import onnx
 
-    tensors = [*graph.initializer, *(t for s in graph.sparse_initializer for t in (s.values, s.indices))]
-    for node in graph.node:
-        for a in node.attribute:
-            tensors += [a.t, *a.tensors]
-            for g in [a.g, *a.graphs]:
-                yield from _external_tensors(g)
-    yield from (t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
+    for nodes, graph in [(proto.graph.node, proto.graph), *((f.node, None) for f in proto.functions)]:
+        yield from (t for t in _tensors(nodes, graph) if t.data_location == onnx.TensorProto.EXTERNAL)
 
 
 MAX_MADE_VALUES = 2**31  # 8 GiB of float32: far above any tensor an exported detector makes from a shape
@@ -549,7 +559,7 @@ class OnnxScorer:
             proto = onnx.load_model_from_string(data)  # bytes: external data is never loaded
         except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and others, for every bad file
             raise InputError(f"{path}: cannot load it as an ONNX model ({str(err).strip()[:200]})") from None
-        if next(_external_tensors(proto.graph), None) is not None:
+        if next(_external_tensors(proto), None) is not None:
             raise InputError(f"{path}: weights in external data files, refused (`normalcy export` writes one file)")
         flow = _control_flow(proto)
         if flow is not None:
