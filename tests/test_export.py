@@ -555,3 +555,17 @@ def test_an_export_killed_outright_leaves_nothing_the_next_export_keeps(tmp_path
     finally:
         os.close(fd)
         ex.release(staging)
+
+
+def test_two_exports_of_one_process_stage_apart(tmp_path: Path) -> None:
+    """The hidden file was named by the process id alone: two threads exporting to one name wrote one file (the
+    second could not lock it), and one's rename or clean-up took the other's graph from under it."""
+    from normalcy.scale import export as ex
+
+    first, second = ex._stage(tmp_path / "m.onnx"), ex._stage(tmp_path / "m.onnx")
+    try:
+        assert first != second and first.exists() and second.exists()
+        assert not ex.remove_if_stale(first) and not ex.remove_if_stale(second)  # each held by its export
+    finally:
+        ex.release(first)
+        ex.release(second)

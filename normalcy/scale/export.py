@@ -51,6 +51,7 @@ Exportable (``EXPORTABLE``): gaussian, patchcore, simplenet, draem, efficientad.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import math
@@ -98,7 +99,8 @@ NOT_EXPORTABLE = {
 PQ_BANK = ("its memory bank is kept as IVF-PQ codes (over max_memory_mb), and the graph searches float rows "
            "exactly; refit with a larger max_memory_mb")
 INSTALL_HINT = "pip install -c constraints.txt 'normalcy[export]'"
-STAGING = ".partial.onnx"  # an export is written to .NAME.<pid>.partial.onnx beside NAME.onnx, then renamed
+STAGING = ".partial.onnx"  # an export is written to .NAME.<pid>-<n>.partial.onnx beside NAME.onnx, then renamed
+_STAGED = itertools.count()  # n: two exports of one process (two threads) to one name stage apart
 MAX_ONNX_BYTES = 2**31  # protobuf's limit on one message: a single-file .onnx (what export writes) is never larger
 # What a runner expects of the graph: onnxruntime's type names and each tensor's rank.
 GRAPH_INPUT = (INPUT_NAME, "tensor(uint8)", 4)
@@ -247,10 +249,10 @@ def _stage(path: Path) -> Path:
     """An empty file beside ``path`` that the export is written to and then renamed over it (the same file
     system), so that an existing file is replaced whole or not at all."""
     check_output_file(path)
-    staging = path.with_name(f".{path.stem}.{os.getpid()}{STAGING}")
+    staging = path.with_name(f".{path.stem}.{os.getpid()}-{next(_STAGED)}{STAGING}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        stale = re.compile(re.escape(f".{path.stem}.") + r"\d+" + re.escape(STAGING))
+        stale = re.compile(re.escape(f".{path.stem}.") + r"\d+(-\d+)?" + re.escape(STAGING))
         for e in os.scandir(path.parent):  # what an export killed outright (SIGKILL, the OOM killer) left
             if stale.fullmatch(e.name) and e.is_file(follow_symlinks=False):
                 remove_if_stale(path.parent / e.name)  # a live export's is held
