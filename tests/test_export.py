@@ -368,6 +368,56 @@ def test_external_data_is_refused_wherever_it_is(where: str, tmp_path: Path, mon
         OnnxScorer(path)
 
 
+def _scores_plus(path: Path, nodes: list, value: str, inits: list = (), sparse: list = ()) -> Path:
+    """tiny_onnx's model with ``nodes`` added, their float tensor ``value`` summed into the scores."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    model = onnx.load(str(tiny_onnx(path)))
+    next(n for n in model.graph.node if "image_scores" in n.output).output[0] = "pre"
+    model.graph.node.extend([*nodes, h.make_node("ReduceSum", [value], ["vs"], keepdims=0),
+                             h.make_node("Cast", ["vs"], ["vd"], to=T.DOUBLE), h.make_node("Add", ["pre", "vd"], ["image_scores"])])
+    model.graph.initializer.extend(inits)
+    model.graph.sparse_initializer.extend(sparse)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_work_done_on_loading_is_bounded(tmp_path: Path) -> None:
+    """onnxruntime computes a node of constants alone when it loads the file (constant folding), outside a run's
+    arena and time limit: a Tile of a constant took 64 MiB past a 16 MiB limit (a crafted file: any size), ten
+    constant matrix products ran past the time limit. Such work is now the run's, under its limits."""
+    from onnx import helper as h
+    from onnx import numpy_helper
+
+    tile = _scores_plus(tmp_path / "tile.onnx", [h.make_node("Tile", ["unit", "reps"], ["big"])], "big",
+                        [numpy_helper.from_array(np.ones((1, 1), np.float32), "unit"),
+                         numpy_helper.from_array(np.array([2**12, 2**12], np.int64), "reps")])
+    with pytest.raises(InputError, match=r"tile.onnx: the graph asked for 0.0625 GiB on a batch of 2 image\(s\), over "
+                                         r"the 0.0156 GiB a run may use: refused"):
+        OnnxScorer(tile, max_bytes=2**24)
+    eye = numpy_helper.from_array(np.eye(300, dtype=np.float32), "eye")
+    products = [h.make_node("MatMul", ["eye" if k == 0 else f"y{k - 1}", "eye"], [f"y{k}"]) for k in range(10)]
+    with pytest.raises(InputError, match=r"products.onnx: the graph ran over 0.001 s on a batch of 2 image\(s\)"):
+        OnnxScorer(_scores_plus(tmp_path / "products.onnx", products, "y9", [eye]), run_seconds=0.001)
+
+
+def test_a_sparse_tensor_is_refused(tmp_path: Path) -> None:
+    """onnxruntime makes a sparse tensor dense on loading, whatever size it declares (a file of 900 bytes took
+    1 GiB twice for 16384 x 16384); here 4096 x 4096."""
+    from onnx import helper as h
+    from onnx import numpy_helper
+
+    sparse = h.make_sparse_tensor(numpy_helper.from_array(np.ones(1, np.float32), "sp"),
+                                  numpy_helper.from_array(np.array([0], np.int64), "i"), [4096, 4096])
+    for name, kwargs in (("init.onnx", dict(sparse=[sparse])),
+                         ("constant.onnx", dict(nodes=[h.make_node("Constant", [], ["sp"], sparse_value=sparse)]))):
+        path = _scores_plus(tmp_path / name, **{"nodes": [], **kwargs}, value="sp")  # type: ignore[arg-type]
+        with pytest.raises(InputError, match=f"{name}: a sparse tensor, which `normalcy export` never writes: refused"):
+            OnnxScorer(path)
+
+
 def test_a_shape_computed_at_run_time_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shape computed from the input (not a constant, so not refused on loading) asked onnxruntime for what it
     liked: a run allocates at most MAX_RUN_BYTES (or the machine's memory), here lowered to 64 MiB."""

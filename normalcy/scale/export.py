@@ -524,6 +524,86 @@ def _giant_constant_shape(graph: Any) -> tuple[str, int] | None:
     return None
 
 
+# onnxruntime computes on loading (constant folding) every node whose inputs are all constants: outside a run's
+# arena and time limit (a crafted Tile of a constant took 1 GiB past a 64 MiB limit, 30 constant MatMuls 7 s past
+# 0.05 s). What an exported detector has of that kind only copies its weights (a PatchCore bank's chunks sliced
+# and transposed); for anything else the session folds nothing, and the work is the run's, under its limits.
+COPIES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Cast", "DequantizeLinear"}
+# Arithmetic on a few values (shapes): what it makes is at most SMALL values.
+SMALL_MATH = {"Gather", "Concat", "Mul", "Add", "Sub", "Div", "Equal", "Where", "Max", "Min", "Neg",
+              "Abs", "Floor", "Ceil", "ReduceProd"}
+SMALL = 64
+
+
+def _constant_values(node: Any) -> int:
+    """How many values a Constant node holds."""
+    for a in node.attribute:
+        if a.name == "value":
+            return math.prod(a.t.dims)
+        if a.name in ("value_floats", "value_ints", "value_strings"):
+            return len(a.floats or a.ints or a.strings)
+    return 1
+
+
+def _work_on_loading(proto: Any, max_bytes: int) -> str | None:
+    """Why onnxruntime's constant folding would do more on loading than copy some of the file's tensors (at most
+    ``max_bytes`` in all, counting 8 bytes a value), or None: a node computed from constants alone whose op is
+    not a copy nor arithmetic on a few values, or a model with local functions (inlined, then folded)."""
+    if proto.functions:
+        return "local functions"
+    graph = proto.graph
+    values = {t.name: math.prod(t.dims) for t in graph.initializer}  # of each constant
+    nodes = list(graph.node)
+    missing: list[int] = []  # per node, its inputs not yet known constant
+    users: dict[str, list[int]] = {}
+    ready: list[int] = []
+    for k, node in enumerate(nodes):
+        wanted = set() if node.op_type == "Constant" else {i for i in node.input if i and i not in values}
+        missing.append(len(wanted))
+        for name in wanted:
+            users.setdefault(name, []).append(k)
+        if not wanted:
+            ready.append(k)
+    total = 0
+    while ready:
+        node = nodes[ready.pop()]
+        sizes = [values.get(i, 0) for i in node.input if i]
+        if node.op_type == "Constant":
+            count = _constant_values(node)
+        elif node.op_type in COPIES:
+            count = sizes[0] if sizes else 0
+        elif node.op_type in ("Shape", "Size"):
+            count = SMALL  # a rank's values at most
+        elif node.op_type in SMALL_MATH and max(sizes, default=0) <= SMALL:
+            count = sum(sizes) if node.op_type == "Concat" else math.prod(sizes)
+            if count > SMALL:
+                return f"{node.op_type} of {count} values"
+        else:
+            return f"{node.op_type} of constants"
+        total += 8 * count
+        if total > max_bytes:
+            return f"copies of {total / 2**30:.3g} GiB"
+        for out in node.output:
+            if out and out not in values:
+                values[out] = count
+                for k in users.get(out, []):
+                    missing[k] -= 1
+                    if not missing[k]:
+                        ready.append(k)
+    return None
+
+
+def _sparse(proto: Any) -> bool:
+    """Whether a model holds a sparse tensor: onnxruntime makes it dense on loading, whatever its size (a file of
+    900 bytes declared 16384 x 16384 and took 1 GiB twice). An exported detector has none."""
+    import onnx
+
+    kinds = (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS)
+    return bool(proto.graph.sparse_initializer) or any(
+        a.type in kinds or a.HasField("sparse_tensor") or len(a.sparse_tensors) for n in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]
+        for a in n.attribute)
+
+
 def _control_flow(proto: Any) -> str | None:
     """The first node of a model (its graph and its local functions) that runs a subgraph (Loop, Scan, If: a
     loop's trip count is data, 2**62 in a crafted file, which hung the loading probe for ever), or None. An
@@ -571,6 +651,11 @@ class OnnxScorer:
         if big is not None:
             raise InputError(f"{path}: its {big[0]} node makes a tensor of {big[1]:.3g} values, over the "
                              f"{MAX_MADE_VALUES:.3g} an exported model ever makes: refused (it would fill the memory)")
+        if _sparse(proto):
+            raise InputError(f"{path}: a sparse tensor, which `normalcy export` never writes: refused (onnxruntime "
+                             "makes it dense on loading, whatever size it declares)")
+        self.max_bytes = int(max_bytes or min(MAX_RUN_BYTES, psutil.virtual_memory().total))
+        heavy = _work_on_loading(proto, self.max_bytes)
         props = {p.key: p.value for p in proto.metadata_props}
         del proto
         self.meta: dict[str, Any] = self._read_meta(props)
@@ -585,7 +670,6 @@ class OnnxScorer:
         # torch's count unless told otherwise: `--threads N` sets torch's, and onnxruntime's own default (every
         # core) ignored it for an exported model
         opts.intra_op_num_threads = threads or torch.get_num_threads()
-        self.max_bytes = int(max_bytes or min(MAX_RUN_BYTES, psutil.virtual_memory().total))
         self.run_seconds = float(run_seconds)
         # The bound on memory is an arena with a limit, shared by the sessions made after it is registered (each
         # scorer registers its own); a request past it fails in the run instead of being allocated.
@@ -594,7 +678,8 @@ class OnnxScorer:
             ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), arena)
         opts.add_session_config_entry("session.use_env_allocators", "1")
         try:
-            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=["ConstantFolding"] if heavy else [])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for every bad file
             raise InputError(f"{path}: cannot load it as an ONNX model ({str(err).strip()[:200]})") from None
         self._check_graph()
