@@ -418,6 +418,25 @@ def test_a_sparse_tensor_is_refused(tmp_path: Path) -> None:
             OnnxScorer(path)
 
 
+@pytest.mark.parametrize("field, words", [("opset", "Opset 99 is under development"),
+                                          ("ir_version", "Unsupported model IR version: 99")])
+def test_onnxruntime_s_reason_is_shown(field: str, words: str, tmp_path: Path) -> None:
+    """A file newer than the installed onnxruntime said "cannot load it as an ONNX model (... model_load_utils.h:46
+    void onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::unordered_map<std::__cxx11::basic_", cut
+    at 200 characters of C++ source places and signatures before the reason."""
+    import onnx
+
+    model = onnx.load(str(tiny_onnx(tmp_path / "ok.onnx")))
+    if field == "opset":
+        model.opset_import[0].version = 99
+    else:
+        model.ir_version = 99
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(InputError) as info:
+        OnnxScorer(tmp_path / "model.onnx")
+    assert words in str(info.value) and "onnxruntime_src" not in str(info.value), str(info.value)
+
+
 def test_a_shape_computed_at_run_time_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shape computed from the input (not a constant, so not refused on loading) asked onnxruntime for what it
     liked: a run allocates at most MAX_RUN_BYTES (or the machine's memory), here lowered to 64 MiB."""

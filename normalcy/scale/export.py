@@ -617,6 +617,16 @@ def _control_flow(proto: Any) -> str | None:
     return None
 
 
+def _ort_reason(err: Exception) -> str:
+    """onnxruntime's message, one line, without its status prefixes and the C++ source places and function
+    signatures it names, which filled the characters shown before the reason ("Opset 99 is under development",
+    "Unsupported model IR version: 99" came after 200 of them)."""
+    text = " ".join(str(err)[:2000].split())  # cut first: the patterns below are not linear on any text
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"\S+\.(?:cc|h|cpp):\d+ (?:[\w:<>,&*~ ]*?::~?\w+\([^()]*\)(?: const)? )?", "", text)
+    return text.strip()
+
+
 class OnnxScorer:
     """Scores image files with an exported model and onnxruntime: normalcy's own reading and resizing.
 
@@ -681,7 +691,7 @@ class OnnxScorer:
             self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=["ConstantFolding"] if heavy else [])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for every bad file
-            raise InputError(f"{path}: cannot load it as an ONNX model ({str(err).strip()[:200]})") from None
+            raise InputError(f"{path}: cannot load it as an ONNX model ({_ort_reason(err)[:300]})") from None
         self._check_graph()
         # a graph whose outputs are wrong, or that takes one image at a time, fails here, not mid-run
         self.run(np.zeros((batch_for(self.size, 2), *self.size, 3), np.uint8))
@@ -742,7 +752,7 @@ class OnnxScorer:
         try:
             scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels}, options)
         except Exception as err:  # noqa: BLE001 - onnxruntime's own classes: a graph that fails on this batch
-            text = " ".join(str(err).split())
+            text = _ort_reason(err)
             if options.terminate:
                 raise InputError(f"{self.path}: the graph ran over {self.run_seconds:g} s on a batch of {n} "
                                  "image(s): stopped (an exported model scores a batch in seconds)") from None
