@@ -386,7 +386,7 @@ def _scores_plus(path: Path, nodes: list, value: str, inits: list = (), sparse: 
 
 def test_work_done_on_loading_is_bounded(tmp_path: Path) -> None:
     """onnxruntime computes a node of constants alone when it loads the file (constant folding), outside a run's
-    arena and time limit: a Tile of a constant took 64 MiB past a 16 MiB limit (a crafted file: any size), ten
+    arena and time limit: a Tile of a constant took 64 MiB past a 16 MiB limit (a crafted file: any size), twenty
     constant matrix products ran past the time limit. Such work is now the run's, under its limits."""
     from onnx import helper as h
     from onnx import numpy_helper
@@ -397,10 +397,10 @@ def test_work_done_on_loading_is_bounded(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"tile.onnx: the graph asked for 0.0625 GiB on a batch of 2 image\(s\), over "
                                          r"the 0.0156 GiB a run may use: refused"):
         OnnxScorer(tile, max_bytes=2**24)
-    eye = numpy_helper.from_array(np.eye(300, dtype=np.float32), "eye")
-    products = [h.make_node("MatMul", ["eye" if k == 0 else f"y{k - 1}", "eye"], [f"y{k}"]) for k in range(10)]
+    eye = numpy_helper.from_array(np.eye(400, dtype=np.float32), "eye")
+    products = [h.make_node("MatMul", ["eye" if k == 0 else f"y{k - 1}", "eye"], [f"y{k}"]) for k in range(20)]
     with pytest.raises(InputError, match=r"products.onnx: the graph ran over 0.001 s on a batch of 2 image\(s\)"):
-        OnnxScorer(_scores_plus(tmp_path / "products.onnx", products, "y9", [eye]), run_seconds=0.001)
+        OnnxScorer(_scores_plus(tmp_path / "products.onnx", products, "y19", [eye]), run_seconds=0.001)
 
 
 def test_a_sparse_tensor_is_refused(tmp_path: Path) -> None:
@@ -453,6 +453,22 @@ def test_a_shape_computed_at_run_time_is_bounded(tmp_path: Path, monkeypatch: py
 def test_a_run_has_a_time_limit(tmp_path: Path) -> None:
     """Nothing stopped a graph's run (a straight graph of heavy nodes, here 40 matrix products)."""
     with pytest.raises(InputError, match=r"the graph ran over 0.01 s on a batch of 2 image\(s\): stopped"):
+        OnnxScorer(tiny_onnx(tmp_path / "model.onnx", scores="slow"), run_seconds=0.01)
+
+
+def test_runs_share_one_timer_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run started a threading.Timer (a thread: about 65 us of a batch-1 call); one thread watches every run,
+    and a short limit after a long one still stops its run in time."""
+    import threading
+
+    fast = OnnxScorer(tiny_onnx(tmp_path / "ok.onnx"))  # its probe ran with a deadline 600 s away
+    started: list[str] = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), start(self))[1])
+    for _ in range(5):
+        fast.run(np.zeros((1, 32, 32, 3), np.uint8))
+    assert started == []
+    with pytest.raises(InputError, match=r"the graph ran over 0.01 s"):
         OnnxScorer(tiny_onnx(tmp_path / "model.onnx", scores="slow"), run_seconds=0.01)
 
 

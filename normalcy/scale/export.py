@@ -59,6 +59,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Literal, Sequence
@@ -617,6 +618,50 @@ def _control_flow(proto: Any) -> str | None:
     return None
 
 
+class _Deadlines:
+    """One thread for every scorer's runs that stops each run when its time is up (``RunOptions.terminate``):
+    a ``threading.Timer`` for each run started a thread each time, about 65 us of a batch-1 call (0.2 ms on the
+    loaded 2 cores); a run now only notes its deadline. The thread sleeps until the nearest deadline."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._runs: dict[int, tuple[float, Any]] = {}
+        self._keys = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._wake = math.inf  # when the thread wakes next
+
+    def add(self, options: Any, seconds: float) -> int:
+        """Watch a run: ``options.terminate`` is set ``seconds`` from now unless ``remove`` comes first."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            key = next(self._keys)
+            self._runs[key] = (deadline, options)
+            if self._thread is None or not self._thread.is_alive():  # the first run, or a forked child's
+                self._thread = threading.Thread(target=self._watch, name="normalcy-onnx-deadlines", daemon=True)
+                self._thread.start()
+            elif deadline < self._wake:
+                self._cond.notify()
+        return key
+
+    def remove(self, key: int) -> None:
+        with self._cond:
+            self._runs.pop(key, None)
+
+    def _watch(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, options) in list(self._runs.items()):
+                    if deadline <= now:
+                        options.terminate = True
+                        del self._runs[key]
+                self._wake = min((d for d, _ in self._runs.values()), default=math.inf)
+                self._cond.wait(None if self._wake == math.inf else self._wake - now)
+
+
+_DEADLINES = _Deadlines()
+
+
 def _ort_reason(err: Exception) -> str:
     """onnxruntime's message, one line, without its status prefixes and the C++ source places and function
     signatures it names, which filled the characters shown before the reason ("Opset 99 is under development",
@@ -746,9 +791,7 @@ class OnnxScorer:
 
         n = len(pixels)
         options = ort.RunOptions()
-        timer = threading.Timer(self.run_seconds, setattr, (options, "terminate", True))
-        timer.daemon = True
-        timer.start()
+        watched = _DEADLINES.add(options, self.run_seconds)
         try:
             scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels}, options)
         except Exception as err:  # noqa: BLE001 - onnxruntime's own classes: a graph that fails on this batch
@@ -763,7 +806,7 @@ class OnnxScorer:
                                  "(an exported model needs a few GB)") from None
             raise InputError(f"{self.path}: the graph failed on a batch of {n} image(s) ({text[:300]})") from None
         finally:
-            timer.cancel()
+            _DEADLINES.remove(watched)
         if scores.shape != (n,):
             raise InputError(f"{self.path}: output image_scores: shape {scores.shape} for {n} image(s), expected ({n},)")
         if maps.ndim != 3 or maps.shape[0] != n or not maps.shape[1] or not maps.shape[2]:
