@@ -397,6 +397,13 @@ def test_work_done_on_loading_is_bounded(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"tile.onnx: the graph asked for 0.0625 GiB on a batch of 2 image\(s\), over "
                                          r"the 0.0156 GiB a run may use: refused"):
         OnnxScorer(tile, max_bytes=2**24)
+    # a shape computed from the input's, but fixed: the shape of a reduction over every side, [1, 1, 1, 1]
+    fixed = [h.make_node("ReduceMax", ["xf"], ["r"], keepdims=1), h.make_node("Shape", ["r"], ["rs"]),
+             h.make_node("Mul", ["rs", "times"], ["big"]),
+             h.make_node("ConstantOfShape", ["big"], ["z"], value=numpy_helper.from_array(np.ones(1, np.float32)))]
+    times = numpy_helper.from_array(np.array([2**12, 2**12, 1, 1], np.int64), "times")
+    with pytest.raises(InputError, match=r"fixed.onnx: the graph asked for 0.0625 GiB on a batch of 2 image\(s\)"):
+        OnnxScorer(_scores_plus(tmp_path / "fixed.onnx", fixed, "z", [times]), max_bytes=2**24)
     eye = numpy_helper.from_array(np.eye(400, dtype=np.float32), "eye")
     products = [h.make_node("MatMul", ["eye" if k == 0 else f"y{k - 1}", "eye"], [f"y{k}"]) for k in range(20)]
     with pytest.raises(InputError, match=r"products.onnx: the graph ran over 0.001 s on a batch of 2 image\(s\)"):

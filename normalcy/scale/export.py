@@ -546,6 +546,27 @@ def _constant_values(node: Any) -> int:
     return 1
 
 
+def _fixed_shapes(proto: Any) -> set[str]:
+    """The tensors of a graph whose shape ONNX's shape inference finds fixed (every side a number): onnxruntime
+    folds a Shape of such a tensor on loading, and what is computed from it (a tensor of 1 GiB from a reduction's
+    [1, 1, 1, 1] times constants). Inferred on the graph without its weights' values (their types and shapes
+    stand for them), so that a graph of 40 MB is not copied for it."""
+    import onnx
+
+    graph = proto.graph
+    small = [t for t in graph.initializer if math.prod(t.dims) <= SMALL]  # a Reshape's target, read by inference
+    stand_ins = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                 for t in graph.initializer if math.prod(t.dims) > SMALL]
+    bare = onnx.helper.make_graph(list(graph.node), "shapes", [*graph.input, *stand_ins], list(graph.output), small)
+    model = onnx.helper.make_model(bare, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - a graph onnx cannot infer: onnxruntime refuses it on loading
+        return set()
+    return {v.name for v in [*inferred.value_info, *inferred.input] if v.type.tensor_type.HasField("shape")
+            and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
+
+
 def _work_on_loading(proto: Any, max_bytes: int) -> str | None:
     """Why onnxruntime's constant folding would do more on loading than copy some of the file's tensors (at most
     ``max_bytes`` in all, counting 8 bytes a value), or None: a node computed from constants alone whose op is
@@ -558,8 +579,12 @@ def _work_on_loading(proto: Any, max_bytes: int) -> str | None:
     missing: list[int] = []  # per node, its inputs not yet known constant
     users: dict[str, list[int]] = {}
     ready: list[int] = []
+    fixed = _fixed_shapes(proto) if any(n.op_type in ("Shape", "Size") for n in nodes) else set()
     for k, node in enumerate(nodes):
-        wanted = set() if node.op_type == "Constant" else {i for i in node.input if i and i not in values}
+        if node.op_type == "Constant" or (node.op_type in ("Shape", "Size") and node.input and node.input[0] in fixed):
+            wanted = set()
+        else:
+            wanted = {i for i in node.input if i and i not in values}
         missing.append(len(wanted))
         for name in wanted:
             users.setdefault(name, []).append(k)
