@@ -276,6 +276,18 @@ def test_an_exported_model_runs_on_the_threads_torch_was_given(tmp_path: Path,
     assert OnnxScorer(tmp_path / "ok.onnx", threads=3).session.get_session_options().intra_op_num_threads == 3
 
 
+@pytest.mark.parametrize("kwargs, words", [(dict(threads=10**6), "threads must be 1 to"),
+                                            (dict(threads=-1), "threads must be 1 to"),
+                                            (dict(max_bytes=-5), "max_bytes must be a positive number of bytes, not -5"),
+                                            (dict(run_seconds=-1), "run_seconds must be a positive number of seconds"),
+                                            (dict(run_seconds=float("nan")), "run_seconds must be a positive number")])
+def test_scorer_settings_are_checked_first(kwargs: dict, words: str, tmp_path: Path) -> None:
+    """threads=10**6 started a million threads (it hung), max_bytes=-5 was pybind's RuntimeError, run_seconds=-1
+    or NaN no limit at all: each is one line before the file is read."""
+    with pytest.raises(InputError, match=re.escape(words)):
+        OnnxScorer(tmp_path / "missing.onnx", **kwargs)
+
+
 def _without(key: str) -> dict:
     return {k: v for k, v in TINY_META.items() if k != key}
 

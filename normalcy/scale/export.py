@@ -697,6 +697,19 @@ def _ort_reason(err: Exception) -> str:
     return text.strip()
 
 
+def _check_limits(threads: int | None, max_bytes: int | None, run_seconds: float) -> None:
+    """OnnxScorer's settings, before any work (as the CLI checks ``--threads``): ``threads=10**6`` started a
+    million threads (it hung), a negative ``max_bytes`` was pybind's RuntimeError, and a ``run_seconds`` of -1
+    or NaN was no limit at all."""
+    most = 4 * (os.cpu_count() or 1)  # more only oversubscribes the cores
+    if threads is not None and not (isinstance(threads, int) and 1 <= threads <= most):
+        raise InputError(f"threads must be 1 to {most} (4 per core), not {threads!r}")
+    if max_bytes is not None and not (isinstance(max_bytes, int) and max_bytes >= 1):
+        raise InputError(f"max_bytes must be a positive number of bytes, not {max_bytes!r}")
+    if not (isinstance(run_seconds, (int, float)) and 0 < run_seconds < math.inf):
+        raise InputError(f"run_seconds must be a positive number of seconds, not {run_seconds!r}")
+
+
 class OnnxScorer:
     """Scores image files with an exported model and onnxruntime: normalcy's own reading and resizing.
 
@@ -713,6 +726,7 @@ class OnnxScorer:
         import onnx
         import onnxruntime as ort
 
+        _check_limits(threads, max_bytes, run_seconds)
         self.path = path = Path(path)
         if not path.exists() and not path.is_symlink():
             raise InputError(f"{path}: no such file (an exported model is one .onnx file, from `normalcy export`)")
