@@ -539,7 +539,7 @@ def test_odd_files_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     (tmp_path / "empty.onnx").write_bytes(b"")
     (tmp_path / "folder.onnx").mkdir()
     os.mkfifo(tmp_path / "fifo.onnx")  # reading it would block forever
-    for name, words in [("garbage.onnx", ""), ("empty.onnx", ""), ("folder.onnx", "not a regular file"),
+    for name, words in [("garbage.onnx", ""), ("empty.onnx", "an empty file, not an ONNX model"), ("folder.onnx", "not a regular file"),
                         ("fifo.onnx", "not a regular file"), ("missing.onnx", "no such file")]:
         with pytest.raises(InputError) as info:
             OnnxScorer(tmp_path / name)

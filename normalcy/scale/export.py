@@ -731,6 +731,8 @@ class OnnxScorer:
         if not path.exists() and not path.is_symlink():
             raise InputError(f"{path}: no such file (an exported model is one .onnx file, from `normalcy export`)")
         data = read_model_file(path, MAX_ONNX_BYTES)
+        if not data:  # protobuf reads it as an empty model, which was "not a normalcy export (no metadata)"
+            raise InputError(f"{path}: an empty file, not an ONNX model (a copy or download cut short?)")
         try:
             proto = onnx.load_model_from_string(data)  # bytes: external data is never loaded
         except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and others, for every bad file
