@@ -278,7 +278,7 @@ def test_an_exported_model_runs_on_the_threads_torch_was_given(tmp_path: Path,
 
 @pytest.mark.parametrize("kwargs, words", [(dict(threads=10**6), "threads must be 1 to"),
                                             (dict(threads=-1), "threads must be 1 to"),
-                                            (dict(max_bytes=-5), "max_bytes must be a positive number of bytes, not -5"),
+                                            (dict(max_bytes=-5), "max_bytes must be a positive number of bytes"),
                                             (dict(run_seconds=-1), "run_seconds must be a positive number of seconds"),
                                             (dict(run_seconds=float("nan")), "run_seconds must be a positive number")])
 def test_scorer_settings_are_checked_first(kwargs: dict, words: str, tmp_path: Path) -> None:
@@ -366,8 +366,8 @@ def test_external_data_is_refused_wherever_it_is(where: str, tmp_path: Path, mon
         nodes = [h.make_node("Constant", [], ["k"], sparse_value=leak)]
     else:
         leak = _external(numpy_helper.from_array(np.zeros(4, np.uint8), "c"), "secret.bin")
-        model.functions.append(h.make_function("local", "Leak", [], ["k"], [h.make_node("Constant", [], ["k"], value=leak)],
-                                               [h.make_opsetid("", 13)]))
+        body = [h.make_node("Constant", [], ["k"], value=leak)]
+        model.functions.append(h.make_function("local", "Leak", [], ["k"], body, [h.make_opsetid("", 13)]))
         model.opset_import.append(h.make_opsetid("local", 1))
         nodes = [h.make_node("Leak", [], ["k"], domain="local")]
     nodes += [h.make_node("Cast", ["k"], ["kd"], to=T.DOUBLE), h.make_node("ReduceSum", ["kd"], ["ks"], keepdims=1),
@@ -389,7 +389,8 @@ def _scores_plus(path: Path, nodes: list, value: str, inits: list = (), sparse: 
     model = onnx.load(str(tiny_onnx(path)))
     next(n for n in model.graph.node if "image_scores" in n.output).output[0] = "pre"
     model.graph.node.extend([*nodes, h.make_node("ReduceSum", [value], ["vs"], keepdims=0),
-                             h.make_node("Cast", ["vs"], ["vd"], to=T.DOUBLE), h.make_node("Add", ["pre", "vd"], ["image_scores"])])
+                             h.make_node("Cast", ["vs"], ["vd"], to=T.DOUBLE),
+                             h.make_node("Add", ["pre", "vd"], ["image_scores"])])
     model.graph.initializer.extend(inits)
     model.graph.sparse_initializer.extend(sparse)
     path.write_bytes(model.SerializeToString())
@@ -539,7 +540,8 @@ def test_odd_files_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     (tmp_path / "empty.onnx").write_bytes(b"")
     (tmp_path / "folder.onnx").mkdir()
     os.mkfifo(tmp_path / "fifo.onnx")  # reading it would block forever
-    for name, words in [("garbage.onnx", ""), ("empty.onnx", "an empty file, not an ONNX model"), ("folder.onnx", "not a regular file"),
+    for name, words in [("garbage.onnx", ""), ("empty.onnx", "an empty file, not an ONNX model"),
+                        ("folder.onnx", "not a regular file"),
                         ("fifo.onnx", "not a regular file"), ("missing.onnx", "no such file")]:
         with pytest.raises(InputError) as info:
             OnnxScorer(tmp_path / name)

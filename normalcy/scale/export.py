@@ -625,9 +625,9 @@ def _sparse(proto: Any) -> bool:
     import onnx
 
     kinds = (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS)
+    nodes = [*proto.graph.node, *(n for f in proto.functions for n in f.node)]
     return bool(proto.graph.sparse_initializer) or any(
-        a.type in kinds or a.HasField("sparse_tensor") or len(a.sparse_tensors) for n in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]
-        for a in n.attribute)
+        a.type in kinds or a.HasField("sparse_tensor") or len(a.sparse_tensors) for n in nodes for a in n.attribute)
 
 
 def _control_flow(proto: Any) -> str | None:
