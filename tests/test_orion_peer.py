@@ -5,6 +5,7 @@ are cached as JSON lines and read back, and a failed run counts as no detection,
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -88,5 +89,8 @@ def test_the_worker_without_orion_says_so(monkeypatch) -> None:
 
     monkeypatch.setattr(builtins, "__import__", no_orion)
     monkeypatch.setattr("sys.argv", ["orion_worker.py", "aer", "x.csv"])
-    with pytest.raises(SystemExit, match="needs orion-ml: run it with the python of the virtualenv"):
-        bench_module("orion_worker").main()
+    try:
+        with pytest.raises(SystemExit, match="needs orion-ml: run it with the python of the virtualenv"):
+            bench_module("orion_worker").main()
+    finally:  # the worker silences logging for its process (Orion's own warnings): not for the tests after this
+        logging.disable(logging.NOTSET)
