@@ -81,7 +81,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for mode, fitted, fit_s, pred_s, run in results:
         total = fit_s + pred_s
-        print(f"| {mode} | {fitted} | {fit_s:.1f} | {pred_s:.1f} | {total:.1f} | {args.series / total:.0f} | "
+        print(f"| {mode} | {fitted} | {fit_s:.1f} | {pred_s:.1f} | {total:.1f} | {args.series / total:.3g} | "
               f"{args.series * args.rows / total:.0f} | {run.n_events} |")
 
 
