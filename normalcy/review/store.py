@@ -178,14 +178,25 @@ def _create_tables(engine: Engine) -> None:
     """The review's tables, where they are missing. Two servers starting at once on a new database (one run
     served twice, a team's database) both found a table missing and both created it: the second stopped with
     "cannot open database ...: table items already exists". A table made meanwhile by another is looked for
-    again, one more try for each table."""
-    for attempt in range(len(metadata.tables) + 1):
+    again, one more try for each table. SQLite's "database is locked" comes at once, without its busy timeout,
+    where a connection that read the schema then writes it while another has written (its snapshot is stale):
+    tried again after a pause, up to LOCKED_TRIES times (one start in four of four at once failed so)."""
+    exists_left, locked_left = len(metadata.tables), LOCKED_TRIES
+    while True:
         try:
             metadata.create_all(engine)
             return
         except (DBAPIError, SQLAlchemyError) as err:
-            if "already exists" not in str(err) or attempt == len(metadata.tables):
+            if "already exists" in str(err) and exists_left > 0:
+                exists_left -= 1
+            elif "database is locked" in str(err) and locked_left > 0:
+                locked_left -= 1
+                time.sleep(0.05 * (LOCKED_TRIES - locked_left))
+            else:
                 raise
+
+
+LOCKED_TRIES = 20  # about 10 s of pauses in all
 
 
 def _iso(t: float | None) -> str:
