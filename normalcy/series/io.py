@@ -29,7 +29,7 @@ from normalcy.vectors.tables import (
     _read_arrays,
     cell_number,
     decimal_comma,
-    grouped_number,
+    grouped_cells,
     text_cells,
 )
 
@@ -368,10 +368,7 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     if num is not None or _all_missing(a):
         return num if num is not None else np.full(len(a), np.nan)
     out, bad, decimal = text_cells(a, comma)
-    for i in bad:
-        out[i] = grouped_number(str(a[i]), comma)
-    grouped = [i for i in bad if not math.isnan(out[i])]
-    bad = [i for i in bad if math.isnan(out[i])]
+    grouped, bad, grouped_said = grouped_cells(a, out, bad, comma)
     cells = int(np.isfinite(out).sum()) + len(bad)
     if bad:
         first = f"the first {str(a[bad[0]])[:40]!r} in row {bad[0] + 1}"
@@ -386,8 +383,7 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     if decimal:
         notes.append(f"{path.name}: column {column!r}: {decimal} value(s) with a decimal comma read as numbers")
     if grouped:
-        notes.append(f"{path.name}: column {column!r}: {len(grouped)} value(s) with thousands separators read as "
-                     f"numbers (the first {str(a[grouped[0]]).strip()[:40]!r} as {out[grouped[0]]:g})")
+        notes.append(f"{path.name}: column {column!r}: {grouped_said}")
     return out
 
 

@@ -417,6 +417,19 @@ def grouped_number(text: str, comma: bool = False) -> float:
     return float(text.replace(sep, "").replace(point, "."))
 
 
+def grouped_cells(a: np.ndarray, values: np.ndarray, bad: list[int], comma: bool = False
+                  ) -> tuple[list[int], list[int], str]:
+    """Of a column's cells ``bad`` (text to ``text_cells``), those written with thousands separators, read into
+    ``values`` (``grouped_number``): (those rows, the rows still text, what to say of them: "" for none). The
+    series and the table readers both read them so."""
+    for i in bad:
+        values[i] = grouped_number(str(a[i]), comma)
+    grouped = [i for i in bad if not math.isnan(values[i])]
+    said = (f"{len(grouped)} value(s) with thousands separators read as numbers (the first "
+            f"{str(a[grouped[0]]).strip()[:40]!r} as {values[grouped[0]]:g})") if grouped else ""
+    return grouped, [i for i in bad if math.isnan(values[i])], said
+
+
 def is_text(text: str, value: float) -> bool:
     """Whether a cell read as ``value`` by ``cell_number`` held text rather than a number (an empty cell or
     NaN is a missing value, not text)."""
@@ -457,10 +470,8 @@ def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma:
     if num is not None or a.dtype != object:
         return num
     values, bad, decimal = text_cells(a, comma)
-    for i in bad:  # formatted numbers (1,234.5) left the column out as text: read as the series reader reads them
-        values[i] = grouped_number(str(a[i]), comma)
-    grouped = [i for i in bad if not math.isnan(values[i])]
-    bad = [i for i in bad if math.isnan(values[i])]
+    # formatted numbers (1,234.5) left the column out as text: read as the series reader reads them
+    grouped, bad, grouped_said = grouped_cells(a, values, bad, comma)
     numbers = int((~np.isnan(values)).sum())  # text, empty and NaN cells read as NaN
     if bad and numbers <= len(bad):
         return None
@@ -469,8 +480,7 @@ def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma:
     if decimal:
         said.append(f"{path}: column {name!r}: {decimal} value(s) with a decimal comma read as numbers (1,5 as 1.5)")
     if grouped:
-        said.append(f"{path}: column {name!r}: {len(grouped)} value(s) with thousands separators read as numbers "
-                    f"(the first {str(a[grouped[0]]).strip()[:40]!r} as {values[grouped[0]]:g})")
+        said.append(f"{path}: column {name!r}: {grouped_said}")
     if bad:
         for i in bad:
             why = f"{name}: {str(a[i])[:40]!r} is not a number"
