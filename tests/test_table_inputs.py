@@ -4,6 +4,7 @@ guarded against spreadsheet formulas while their ids round-trip exactly."""
 from __future__ import annotations
 
 import csv
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,18 @@ def test_a_csv_not_in_utf8_is_one_line_saying_so(tmp_path: Path) -> None:
                     "u16.csv: UTF-16 text", "save it as CSV UTF-8")
     with pytest.raises(InputError, match=r"latin.csv: its first line is not UTF-8 text \(0xe9 at byte 4; Latin-1"):
         read_table(tmp_path / "latin.csv")
+
+
+def test_a_binary_or_gzipped_file_named_csv_is_refused_as_such(tmp_path: Path) -> None:
+    """A binary file whose first line passed as a header was read on: each line pyarrow could not decode printed
+    "Exception ignored in: <function _read_csv.<locals>.note>" and a traceback, then "CSV parse error: Row #21";
+    a gzipped CSV was "not UTF-8 text (...; Latin-1 or Windows-1252?)"."""
+    (tmp_path / "bin.csv").write_bytes(b"timestamp,cpu\n" + bytes(range(256)) * 40)
+    with pytest.raises(InputError, match=r"bin.csv: not a text file \(a NUL byte on line 2, byte 15\)"):
+        read_table(tmp_path / "bin.csv")
+    (tmp_path / "packed.csv").write_bytes(gzip.compress(b"a,b\n1,2\n"))
+    with pytest.raises(InputError, match="packed.csv: gzip-compressed, not CSV text: decompress it first"):
+        read_table(tmp_path / "packed.csv")
 
 
 def test_a_table_in_another_format_is_named_as_such(tmp_path: Path) -> None:

@@ -305,6 +305,7 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
     if len(header) > MAX_CSV_LINE:
         raise InputError(f"{path}: first line longer than {MAX_CSV_LINE >> 20} MB: not a CSV header normalcy reads")
     _check_utf8(path, header)
+    _check_text(path)
     if re.fullmatch(rb"(\xef\xbb\xbf)?\s*sep=.\s*", header, flags=re.IGNORECASE):  # read: columns 'sep=' and ''
         raise InputError(f"{path}: its first line, {header.decode('utf-8-sig').strip()!r}, is a spreadsheet's note "
                          "of the separator, not the header: delete that line")
@@ -346,6 +347,8 @@ def _check_utf8(path: Path, header: bytes) -> None:
     """Refuse a CSV that is not UTF-8 text, saying so. UTF-16 (a spreadsheet's "Unicode text") was read as
     lines of another number of fields, warned of as such, then refused for "byte 0xff in position 0"; a
     Latin-1 header gave Python's "'utf-8' codec can't decode byte 0xe9 in position 3"."""
+    if header.startswith(b"\x1f\x8b"):  # was "not UTF-8 text (...; Latin-1 or Windows-1252?)"
+        raise InputError(f"{path}: gzip-compressed, not CSV text: decompress it first (e.g. gunzip -c)")
     if header.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise InputError(f"{path}: UTF-16 text (a spreadsheet's \"Unicode text\"), not UTF-8: save it as CSV UTF-8")
     try:
@@ -353,6 +356,22 @@ def _check_utf8(path: Path, header: bytes) -> None:
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: its first line is not UTF-8 text ({header[err.start]:#04x} at byte "
                          f"{err.start + 1}; Latin-1 or Windows-1252?): save it as CSV UTF-8") from None
+
+
+TEXT_CHECK_BYTES = 1 << 16
+
+
+def _check_text(path: Path) -> None:
+    """Refuse a file with a NUL byte in its first 64 kB, which no CSV holds: a binary file (an image or an archive
+    saved as test.csv) whose first line passed as a header was read on, and each of its lines pyarrow could not
+    decode printed "Exception ignored in: <function _read_csv.<locals>.note>" and a traceback on stderr before the
+    refusal. (A Latin-1 cell past the header is still read, as a column of bytes.)"""
+    with open(path, "rb") as fh:
+        head = fh.read(TEXT_CHECK_BYTES)
+    bad = head.find(b"\x00")
+    if bad >= 0:
+        line = head.count(b"\n", 0, bad) + 1
+        raise InputError(f"{path}: not a text file (a NUL byte on line {line}, byte {bad + 1}): not a CSV table")
 
 
 def _keep_rows(path: Path, table: Any, bad: list[Any], lines: dict[int, int], ragged: dict[int, str]) -> Any:
