@@ -618,6 +618,9 @@ def eval_(
             metrics = api_evaluate(dataset, detector, **kw)
         for name, reason in metrics["skipped"]:
             console.print(f"[yellow]skipped:[/] {shown(name)}: {shown(reason)}", highlight=False, soft_wrap=True)
+        if metrics["skipped"]:  # the pooled figures are the evaluated folders' only: said, not left to n_series
+            console.print(f"[yellow]pooled over {metrics['n_series']} of {metrics['n_folders']} series folders: "
+                          f"{len(metrics['skipped'])} skipped (named above)[/]", highlight=False, soft_wrap=True)
         for note in metrics["notes"][:10]:
             console.print(f"repaired: {shown(note)}", highlight=False, soft_wrap=True)
         if len(metrics["notes"]) > 10:

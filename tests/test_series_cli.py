@@ -363,6 +363,34 @@ def test_a_bad_or_untrained_folder_among_series_folders_is_named_and_the_others_
     assert sorted(name for name, _ in metrics["skipped"]) == ["bad", "untrained"]
 
 
+def test_eval_says_what_it_pooled_and_what_is_undefined(data: Path, tmp_path: Path) -> None:
+    """With folders skipped, the pooled figures were those of the others, said by n_series alone; a test.csv
+    labelled all 0 gave null AUC-PR and VUS-PR without a word."""
+    root = tmp_path / "servers"
+    for name in ("a", "b"):
+        shutil.copytree(data / name, root / name)
+    write_series(root / "quiet" / "train.csv", 400, seed=5)
+    write_series(root / "quiet" / "test.csv", 200, start=400, seed=6)  # no anomaly: labels all 0
+    shutil.copytree(data / "a", root / "binary")
+    (root / "binary" / "test.csv").write_bytes(b"timestamp,cpu,mem,label\n" + bytes(range(256)) * 40)
+    r = cli("eval", root, "--json", "-d", "knn")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert (metrics["n_series"], metrics["n_folders"]) == (3, 4)
+    assert "pooled over 3 of 4 series folders: 1 skipped (named above)" in r.stderr
+    assert "skipped: binary:" in r.stderr and "not a text file" in r.stderr and "Traceback" not in r.stderr
+    quiet = {s["series"]: s for s in metrics["per_series"]}["quiet"]
+    assert quiet["auc_pr"] is None and isinstance(metrics["auc_pr"], float)
+    said = "quiet: no test row is labelled 1: its AUC-PR and VUS-PR are undefined (null, left out of the averages)"
+    assert any(u.startswith(said) for u in metrics["undefined"]) and said in " ".join(r.stderr.split())
+    r = cli("eval", root / "quiet", "--json", "-d", "knn")  # alone: the pooled figures too
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics["auc_pr"] is None and metrics["event_recall"] is None
+    assert "event recall is undefined (null): no row is labelled 1" in metrics["undefined"]
+    assert "pooled over" not in r.stderr
+
+
 def test_notes_of_series_folders_name_their_folder(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Every series folder's files are train.csv and test.csv: fit and predict of a folder of them said
     "test.csv: 3 missing ... interpolated" once a folder, naming none (eval names them omi-1/test.csv)."""

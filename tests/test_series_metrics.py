@@ -19,6 +19,7 @@ from normalcy.evaluation.series_metrics import (
     label_events,
     point_counts,
     pool,
+    undefined,
     vus_pr,
     vus_window,
 )
@@ -206,3 +207,24 @@ def test_vus_pr_on_real_series(shared_data) -> None:
     shifted = np.roll(labels, 3 * window)
     worse = evaluate_series(labels, shifted.astype(float), shifted, window=window)
     assert worse.vus_pr < 0.9
+
+
+def test_what_is_undefined_is_said() -> None:
+    """Labels all 0 or all 1 gave NaN (null) AUC-PR and recall without a word."""
+    scores = np.linspace(0, 1, 10)
+    none = evaluate_series(np.zeros(10), scores, np.zeros(10), name="none")
+    every = evaluate_series(np.ones(10), scores, np.zeros(10), name="every")
+    said = undefined([none, every], pool([none, every]))
+    assert said == [
+        "none: no test row is labelled 1: its AUC-PR and VUS-PR are undefined (null, left out of the averages), and "
+        "each of its alarms is a false positive",
+        "every: every test row is labelled 1: its AUC-PR and VUS-PR are undefined (null, left out of the averages)",
+        "AUC-PR and VUS-PR are undefined (null): no series has both normal and anomalous rows",
+        "event precision is undefined (null): no event was predicted",
+        "point precision is undefined (null): no row was predicted anomalous",
+    ]
+    assert undefined([none], pool([none]))[-2:] == ["point recall is undefined (null): no row is labelled 1",
+                                                    "point F1 is undefined (null): nothing labelled 1 and nothing "
+                                                    "predicted"]
+    both = evaluate_series(np.array([0, 1] * 5), scores, np.array([0, 1] * 5), name="both")
+    assert undefined([both], pool([both])) == []

@@ -361,7 +361,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     each after its folder's name) is in ``notes``. ``stream``: each test series replayed as a monitoring loop
     runs it (``series.runs.replay_series``), its events those of the stream's alarm level, not pruned."""
     from normalcy.errors import InputError
-    from normalcy.evaluation.series_metrics import TSB_AD_INSTALL, evaluate_series, pool, vus_window
+    from normalcy.evaluation.series_metrics import TSB_AD_INSTALL, evaluate_series, pool, undefined, vus_window
     from normalcy.series import registry
     from normalcy.series.io import read_series_folder, series_folders, untrained_folders
     from normalcy.series.runs import model_columns, replay_series, say_blind, score_series
@@ -375,9 +375,11 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     results, windows, notes = [], [], []
     unjudged: list[tuple[str, Any]] = []  # (folder, scored) whose first rows scored 0 for want of a past
     skipped = [[f.name, f"{f}: no train.csv or train.parquet to fit on"] for f in untrained_folders(directory)]
+    n_folders = len(skipped)
     fit_s = score_s = 0.0
     n_rows = 0
     folders = list(series_folders(directory))
+    n_folders += len(folders)
 
     def read(folder: Path) -> tuple[Any, Any]:
         """The folder's training series and its labelled test series; an InputError naming what is missing."""
@@ -424,7 +426,10 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     if not results:
         raise InputError(f"{directory}: no series folder could be evaluated ({skipped[0][1] if skipped else ''})")
     pooled = pool(results)
-    out = {"detector": detector, "dataset": str(directory), "n_series": pooled.series,
+    said = undefined(results, pooled)
+    for sentence in said:
+        log.warning("%s: %s", directory, sentence)
+    out = {"detector": detector, "dataset": str(directory), "n_series": pooled.series, "n_folders": n_folders,
            "event_precision": pooled.events.precision, "event_recall": pooled.events.recall,
            "event_f1": pooled.event_f1, "event_tp": pooled.events.tp, "event_fp": pooled.events.fp,
            "event_fn": pooled.events.fn, "point_precision": pooled.points.precision,
@@ -434,7 +439,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
            "window": int(np.median(windows)), "params": params, "mode": "stream" if stream else "offline",
            "per_series": [{"series": r.name, "rows": r.rows, "event_f1": r.events.f1, "point_f1": r.points.f1,
                            "auc_pr": r.auc_pr, "vus_pr": r.vus_pr} for r in results],
-           "skipped": skipped, "notes": notes}
+           "skipped": skipped, "notes": notes, "undefined": said}
     if not vus:
         out["vus_pr_note"] = f"VUS-PR needs tsb-ad: {TSB_AD_INSTALL}"
     out["per_series"] = [{k: _finite_or_none(v) for k, v in r.items()} for r in out["per_series"]]

@@ -36,6 +36,7 @@ __all__ = [
     "vus_window",
     "evaluate_series",
     "pool",
+    "undefined",
 ]
 
 Interval = tuple[int, int]
@@ -260,3 +261,29 @@ def pool(results: Sequence[SeriesEval]) -> PooledEval:
         auc_pr=_mean(r.auc_pr for r in results),
         vus_pr=_mean(r.vus_pr for r in results),
     )
+
+
+def undefined(results: Sequence[SeriesEval], pooled: PooledEval) -> list[str]:
+    """What cannot be measured and why, one sentence each: a series labelled all 0 or all 1 has no AUC-PR or
+    VUS-PR (left out of the averages), and a pooled count with nothing to divide by has no precision, recall or
+    F1. They were null in the JSON ("–" in the table) without a word, which reads as a failure of the detector."""
+    said = []
+    for r in results:
+        positives = r.points.tp + r.points.fn
+        if positives == 0:
+            said.append(f"{r.name}: no test row is labelled 1: its AUC-PR and VUS-PR are undefined (null, left out of "
+                        "the averages), and each of its alarms is a false positive")
+        elif positives == r.rows:
+            said.append(f"{r.name}: every test row is labelled 1: its AUC-PR and VUS-PR are undefined (null, left "
+                        "out of the averages)")
+    if results and math.isnan(pooled.auc_pr):
+        said.append("AUC-PR and VUS-PR are undefined (null): no series has both normal and anomalous rows")
+    for kind, counts, what in (("event", pooled.events, "event was predicted"),
+                               ("point", pooled.points, "row was predicted anomalous")):
+        if math.isnan(counts.precision):
+            said.append(f"{kind} precision is undefined (null): no {what}")
+        if math.isnan(counts.recall):
+            said.append(f"{kind} recall is undefined (null): no row is labelled 1")
+        if math.isnan(counts.f1):
+            said.append(f"{kind} F1 is undefined (null): nothing labelled 1 and nothing predicted")
+    return said
