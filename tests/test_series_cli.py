@@ -391,6 +391,22 @@ def test_eval_says_what_it_pooled_and_what_is_undefined(data: Path, tmp_path: Pa
     assert "pooled over" not in r.stderr
 
 
+def test_eval_of_broken_folders_alone_names_each(data: Path, tmp_path: Path) -> None:
+    """When no folder could be evaluated, the error named the first folder's reason only (the others were never
+    said), and one folder's reason came wrapped in "no series folder could be evaluated (...)"."""
+    root = tmp_path / "servers"
+    for name in ("nolabel", "notest"):
+        shutil.copytree(data / "a", root / name)
+    write_series(root / "nolabel" / "test.csv", 200, start=600, label=False)
+    (root / "notest" / "test.csv").unlink()
+    r = cli("eval", root, "--json")
+    assert r.exit_code == 1
+    (error,) = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # after the progress bar
+    assert error.startswith(f"error: {root}: none of its 2 series folders could be evaluated: nolabel: ")
+    assert "test file has no label column 'label'" in error and "; notest: " in error and "no test.csv" in error
+    assert one_line_error(cli("eval", root / "notest", "--json")) == f"error: {root / 'notest'}: no test.csv to evaluate on"
+
+
 def test_notes_of_series_folders_name_their_folder(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Every series folder's files are train.csv and test.csv: fit and predict of a folder of them said
     "test.csv: 3 missing ... interpolated" once a folder, naming none (eval names them omi-1/test.csv)."""

@@ -423,8 +423,12 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
                                            predicted=[(e.first, e.last) for e in scored.events],
                                            window=vus_window(te.values) if vus else None, name=folder.name))
     say_blind(unjudged)
-    if not results:
-        raise InputError(f"{directory}: no series folder could be evaluated ({skipped[0][1] if skipped else ''})")
+    if not results:  # every reason, not the first alone: the others were never said (the run ends here)
+        if len(skipped) == 1:
+            raise InputError(skipped[0][1])
+        why = "; ".join(f"{name}: {reason}" for name, reason in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise InputError(f"{directory}: none of its {len(skipped)} series folders could be evaluated: {why}{more}")
     pooled = pool(results)
     said = undefined(results, pooled)
     for sentence in said:
