@@ -407,6 +407,29 @@ def test_eval_of_broken_folders_alone_names_each(data: Path, tmp_path: Path) -> 
     assert one_line_error(cli("eval", root / "notest", "--json")) == f"error: {root / 'notest'}: no test.csv to evaluate on"
 
 
+def test_a_folder_with_train_csv_misnamed_is_named_not_passed_by(data: Path, tmp_path: Path) -> None:
+    """A sub-folder holding Train.csv and Test.csv (or train.csv.gz) was no series folder and no untrained one:
+    fit and eval passed it by without a word, and the pooled figures were the others' alone."""
+    root = tmp_path / "servers"
+    shutil.copytree(data / "a", root / "a")
+    (root / "Upper").mkdir()
+    for split in ("train", "test"):
+        shutil.copy(data / "a" / f"{split}.csv", root / "Upper" / f"{split.title()}.csv")
+    (root / "packed").mkdir()
+    (root / "packed" / "train.csv.gz").write_bytes(gzip.compress((data / "a" / "train.csv").read_bytes()))
+    (root / "plots").mkdir()  # nothing named like a series file: not meant as one
+    r = cli("eval", root, "--json", "-d", "knn")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert (metrics["n_series"], metrics["n_folders"]) == (1, 3)
+    why = dict(metrics["skipped"])
+    assert why["Upper"].endswith("no train.csv or train.parquet to fit on (it has Test.csv, Train.csv: the name "
+                                 "must be train.csv or train.parquet, lower case, uncompressed)")
+    assert "(it has train.csv.gz:" in why["packed"]
+    r = cli("fit", root, "-o", tmp_path / "m", "-d", "knn")
+    assert r.exit_code == 0 and "not fitted: Upper:" in r.stderr and "not fitted: packed:" in r.stderr
+
+
 def test_notes_of_series_folders_name_their_folder(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Every series folder's files are train.csv and test.csv: fit and predict of a folder of them said
     "test.csv: 3 missing ... interpolated" once a folder, naming none (eval names them omi-1/test.csv)."""

@@ -374,7 +374,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
         vus = False
     results, windows, notes = [], [], []
     unjudged: list[tuple[str, Any]] = []  # (folder, scored) whose first rows scored 0 for want of a past
-    skipped = [[f.name, f"{f}: no train.csv or train.parquet to fit on"] for f in untrained_folders(directory)]
+    skipped = [[f.name, why] for f, why in untrained_folders(directory)]
     n_folders = len(skipped)
     fit_s = score_s = 0.0
     n_rows = 0

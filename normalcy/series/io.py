@@ -692,14 +692,26 @@ def series_folders(directory: str | Path) -> list[Path]:
     return subs
 
 
-def untrained_folders(directory: str | Path) -> list[Path]:
-    """Sub-folders of DIR with a test file but no train file: not series folders, but surely meant as ones, so
-    a run over DIR names them rather than passing them by (empty when DIR is itself a series folder)."""
+def untrained_folders(directory: str | Path) -> list[tuple[Path, str]]:
+    """Sub-folders of DIR with no train file but a test file or a file named like one (``Train.csv``,
+    ``train.csv.gz``), each with why it is not fitted: not series folders, but surely meant as ones, so a run over
+    DIR names them rather than passing them by (empty when DIR is itself a series folder). A folder whose files
+    were ``Train.csv`` and ``Test.csv`` was left out of an eval's pooled figures without a word."""
     d = Path(directory)
     if not d.is_dir() or is_series_folder(d):
         return []
-    return sorted((p for p in d.iterdir() if p.is_dir() and not is_series_folder(p) and _split_file(p, "test")),
-                  key=_natural)
+    out = []
+    for p in sorted((p for p in d.iterdir() if p.is_dir() and not is_series_folder(p)), key=_natural):
+        try:
+            near = sorted(f.name for f in p.iterdir() if re.match(r"(train|test)\.", f.name, re.IGNORECASE)
+                          and f.is_file() and f.name not in {f"{split}{x}" for split in ("train", "test")
+                                                                      for x in SERIES_SUFFIXES})
+        except OSError:
+            near = []
+        if _split_file(p, "test") or near:
+            has = f" (it has {', '.join(near[:5])}: the name must be train.csv or train.parquet, lower case, uncompressed)"
+            out.append((p, f"{p}: no train.csv or train.parquet to fit on{has if near else ''}"))
+    return out
 
 
 def _natural(p: Path) -> list[Any]:

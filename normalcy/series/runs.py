@@ -491,7 +491,7 @@ def training_series(train: Path, time_column: str | None = None, series_column: 
         folders, many = series_folders(train), not is_series_folder(train)
         out = []
         if many and failed is not None:  # a folder with test.csv alone was meant as one: named, not passed by
-            failed += [(f.name, f"{f}: no train.csv or train.parquet to fit on") for f in untrained_folders(train)]
+            failed += [(f.name, why) for f, why in untrained_folders(train)]
         for d in folders:
             try:
                 (s,) = read_series(_split_file(d, "train"), time_column, None)  # type: ignore[arg-type]
