@@ -236,6 +236,11 @@ def test_label_column(tmp_path: Path) -> None:
     rows[2] = "2,1,yes"
     with pytest.raises(InputError, match=r"row 3 has 'yes'"):
         read_series(write_csv(tmp_path / "yes.csv", "timestamp,v,label", rows))
+    words = [f"{i},{i % 5},{'yes' if 10 <= i < 13 else 'no'}" for i in range(20)]  # said once: every value unlike 0/1
+    with pytest.raises(InputError, match=r"row 1 has 'no' \(20 row\(s\) hold other values: 'no', 'yes'\)"):
+        read_series(write_csv(tmp_path / "words.csv", "timestamp,v,label", words))
+    with pytest.raises(InputError, match=r"row 3 has 'yes'"):
+        read_series(write_csv(tmp_path / "yes.csv", "timestamp,v,label", rows))
     rows[2] = "2,1,"
     with pytest.raises(InputError, match=r"row 3 has an empty cell"):  # it said 'nan'
         read_series(write_csv(tmp_path / "empty.csv", "timestamp,v,label", rows))

@@ -652,12 +652,18 @@ def _labels(path: Path, a: np.ndarray) -> np.ndarray:
     ok = np.array([_is_label(v) for v in a]) if num is None else np.isfinite(num) & np.isin(num, (0, 1))
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
-        cell = a[row]
-        has = "an empty cell" if cell is None or (isinstance(cell, float) and math.isnan(cell)) else repr(
-            str(cell)[:40])
+        others = list(dict.fromkeys(_label_cell(v) for v in a[~ok]))  # 'no', 'yes': which to map to 0 and 1
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise InputError(f"{path}: label column must hold 0 (normal) or 1 (anomaly) in every row; row {row + 1} "
-                         f"has {has}")
+                         f"has {_label_cell(a[row])} ({int((~ok).sum())} row(s) hold other values: {shown})")
     return num.astype(np.int8)
+
+
+def _label_cell(cell: Any) -> str:
+    """A label cell as an error names it: quoted, or "an empty cell" (it said 'nan')."""
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return "an empty cell"
+    return repr(str(cell)[:40])
 
 
 def _is_label(v: Any) -> bool:
