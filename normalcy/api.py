@@ -780,41 +780,53 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     files: list[SeriesFile] = []
     failed: list[tuple[str, str]] = []
     jobs: list[tuple[int, Any, str]] = []  # (file index, series, where: for skipped.csv)
+    results: list[Any] = []  # a ScoredSeries, or why not, for each job
     keep = ((*model.columns_, *model.flags_), "the model" + time_hint(time_column)  # flags: left out as fit said
             ) if isinstance(model, SeriesDetector) else None
     sampled: list[str] = []  # series sampled at another interval than their model's training rows
-    for item in iter_series_files(inputs, time_column, series_column, keep):
-        if isinstance(item, tuple):
-            failed.append(item)
-            continue
-        files.append(item)
-        failed.extend(item.failed)
-        for s in item.series:
-            where = str(item.path) if series_column is None else f"{item.path} [{series_column}={s.name}]"
-            scoped = _scoped(model, s, item.time_column)
-            if isinstance(scoped, str):
-                failed.append((where, scoped))
-            else:
+    read = list(iter_series_files(inputs, time_column, series_column, keep))
+    n_series = sum(len(item.series) for item in read if not isinstance(item, tuple))
+
+    def scoped_jobs() -> Iterator[tuple[int, Any, str] | None]:
+        """Each series in its model's columns (file index, series, where: for skipped.csv), None for one that
+        cannot be: made as they are scored, so that a set's model is read once and let go (``SeriesSet.get``)."""
+        for item in read:
+            if isinstance(item, tuple):
+                failed.append(item)
+                continue
+            files.append(item)
+            failed.extend(item.failed)
+            for s in item.series:
+                where = str(item.path) if series_column is None else f"{item.path} [{series_column}={s.name}]"
+                scoped = _scoped(model, s, item.time_column)
+                if isinstance(scoped, str):
+                    failed.append((where, scoped))
+                    yield None
+                    continue
                 noted = _sampling(model, scoped, series_column)
                 in_folder(scoped)
                 if noted:  # as in_folder names it
                     sampled.append(scoped.notes[-1])
-                jobs.append((len(files) - 1, scoped, where))
-    for line in sampled[:5]:  # notes are said among the repairs: this one changes what the scores mean
-        logger.warning("%s", line)
-    if len(sampled) > 5:
-        logger.warning("... and %d more series sampled at another interval than their training rows (run.json's "
-                       "notes)", len(sampled) - 5)
+                yield len(files) - 1, scoped, where
+
     if ray is not None:
         from normalcy.scale.distributed import score_series_ray
 
         if model_dir is None:
             raise InputError("on Ray, give the model's folder (the workers load it from its files)")
+        jobs.extend(job for job in scoped_jobs() if job is not None)
+        _say_sampled(sampled)
         results, cpus = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray)
         info |= {"ray": ray, "cpus": cpus}
     else:
-        with progress_bar(progress and (len(jobs) > 1 or sum(len(s) for _, s, _ in jobs) >= LONG_SERIES)) as bar:
-            results = [_score_one(model, s, stream) for _, s, _ in bar.track(jobs, description="predict")]
+        results = []
+        rows = sum(len(s) for item in read if not isinstance(item, tuple) for s in item.series)
+        with progress_bar(progress and (n_series > 1 or rows >= LONG_SERIES)) as bar:
+            for job in bar.track(scoped_jobs(), total=n_series, description="predict"):
+                if job is not None:
+                    jobs.append(job)
+                    results.append(_score_one(model, job[1], stream))
+        _say_sampled(sampled)
     unjudged = say_blind([(where, res) for (_, _, where), res in zip(jobs, results) if not isinstance(res, str)])
     if unjudged:  # rows at the start of a series that scored 0 for want of a past: said, and counted in run.json
         info["unjudged_rows"] = unjudged
@@ -835,6 +847,16 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
                       warned=sampled[:5])
 
 
+def _say_sampled(sampled: list[str]) -> None:
+    """The notes of series sampled at another interval than their model's training rows, as warnings: said
+    among the repairs too, but this one changes what the scores mean."""
+    for line in sampled[:5]:
+        logger.warning("%s", line)
+    if len(sampled) > 5:
+        logger.warning("... and %d more series sampled at another interval than their training rows (run.json's "
+                       "notes)", len(sampled) - 5)
+
+
 def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str]) -> Any:
     """The series with its model's columns (``model_columns``: a column the model lacks is left out with a
     note), or the reason (one line) why it cannot be scored."""
@@ -842,7 +864,7 @@ def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str
         s.notes.append(f"{s.source.name}: series {s.name!r} scored by the model of series {model.key_of(s.name)!r} "
                        f"({model.alias(s.name)})")
     try:
-        return model_columns(model.get(s.name) if isinstance(model, SeriesSet) else model, s, time_column)
+        return model_columns(model.get(s.name, keep=False) if isinstance(model, SeriesSet) else model, s, time_column)
     except InputError as err:
         return str(err)
 
@@ -851,7 +873,7 @@ def _sampling(model: SeriesDetector | SeriesSet, s: Any, series_column: Optional
     """Whether a series is sampled at another interval than its model's training rows (``sampling_note``),
     noted last among its notes; its scores are as they were."""
     where = s.source.name if series_column is None else f"{s.source.name} [{series_column}={s.name}]"
-    note = sampling_note(model.get(s.name) if isinstance(model, SeriesSet) else model, s, where)
+    note = sampling_note(model.get(s.name, keep=False) if isinstance(model, SeriesSet) else model, s, where)
     if note is not None:
         s.notes.append(note)
     return note is not None
@@ -860,7 +882,7 @@ def _sampling(model: SeriesDetector | SeriesSet, s: Any, series_column: Optional
 def _score_one(model: SeriesDetector | SeriesSet, s: Any, stream: bool = False) -> Any:
     """A ScoredSeries (``stream``: replayed), or the reason (one line) why the series cannot be scored."""
     try:
-        return (replay_series if stream else score_series)(model.get(s.name) if isinstance(model, SeriesSet)
+        return (replay_series if stream else score_series)(model.get(s.name, keep=False) if isinstance(model, SeriesSet)
                                                            else model, s)
     except InputError as err:
         return str(err)

@@ -31,6 +31,7 @@ import re
 import shutil
 import time
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -68,6 +69,7 @@ MAX_SERIES = 1_000_000  # series a set may hold
 MAX_ID = 1000  # characters of a series id
 REASON_CHARS = 300  # of why a series could not be fitted, as a set's model.json keeps it
 NAME_CHARS = 80  # of a series id kept readable in its folder name
+RECENT_MODELS = 4  # a set's models held after use when not kept (``SeriesSet.get``)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 EVENT_STATS = ("log_rows", "log_peak", "log_mean", "edge")  # the event features every run has
@@ -237,6 +239,9 @@ class SeriesSet:
     # (what it was built from, {number or NFC text: the set's ids that are it}, {id: why it was not fitted})
     _index: tuple[tuple[Any, ...], dict[Any, list[str]], dict[str, str]] | None = field(
         default=None, init=False, repr=False, compare=False)
+    # the last few models loaded with ``get(keep=False)``: a predict asks for a series' model three times
+    _recent: OrderedDict[str, SeriesDetector] = field(default_factory=OrderedDict, init=False, repr=False,
+                                                      compare=False)
 
     threshold_ = None  # each series has its own
 
@@ -301,23 +306,36 @@ class SeriesSet:
             return f"no model for series {key!r} in this set (fitted on {len(self)} series)"
         return f"no model for series {key!r} in this set: at fit it could not be fitted: {why}"
 
-    def get(self, key: str) -> SeriesDetector:
-        """The model of one series (by ``key_of``); InputError when the set has none or it cannot be loaded."""
+    def get(self, key: str, keep: bool = True) -> SeriesDetector:
+        """The model of one series (by ``key_of``); InputError when the set has none or it cannot be loaded.
+        ``keep``: hold a model read from the set's folder for later (a watch learns in it, then saves it);
+        False keeps only the last RECENT_MODELS read so: a predict of 5,000 series held all 5,000 models to
+        the end (670 MB against 450 MB)."""
         key = self.key_of(key)
-        if key not in self.models:
-            if key not in self.folders or self.directory is None:
-                raise InputError(self.missing(key))
-            try:
-                self.models[key] = registry.load(self.directory / self.folders[key])
-            except InputError:
-                if self.folders[key] in _set_folders(self.directory):
-                    raise
-                # a set loads its models when first used: a fit (or watch --save) saved another set over it since
-                # this one was read, and its folders went with it ("not a normalcy model (no model.json)")
-                raise InputError(f"{self.directory}: the model set was saved over by another process (a fit, a "
-                                 f"watch --save) while this one ran, and series {key!r}'s model went with the "
-                                 "earlier set: run again to use the new set") from None
-        return self.models[key]
+        if key in self.models:
+            return self.models[key]
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            return self._recent[key]
+        if key not in self.folders or self.directory is None:
+            raise InputError(self.missing(key))
+        try:
+            model = registry.load(self.directory / self.folders[key])
+        except InputError:
+            if self.folders[key] in _set_folders(self.directory):
+                raise
+            # a set loads its models when first used: a fit (or watch --save) saved another set over it since
+            # this one was read, and its folders went with it ("not a normalcy model (no model.json)")
+            raise InputError(f"{self.directory}: the model set was saved over by another process (a fit, a "
+                             f"watch --save) while this one ran, and series {key!r}'s model went with the "
+                             "earlier set: run again to use the new set") from None
+        if keep:
+            self.models[key] = model
+        else:
+            self._recent[key] = model
+            while len(self._recent) > RECENT_MODELS:
+                self._recent.popitem(last=False)
+        return model
 
     def __len__(self) -> int:
         return len(self.folders) if self.directory is not None else len(self.models)  # not a list of every id
@@ -344,7 +362,7 @@ class SeriesSet:
             saving.write_text("".join(f"{name}\n" for name in sorted(before)), encoding="utf-8")
         try:
             for key in self.keys:
-                model = self.get(key)
+                model = self.get(key, keep=False)  # one at a time: a set of 10,000 was loaded whole to save it
                 folder = folder_name(key, taken)
                 entries.append({"series": key, "folder": folder})
                 if saving is not None:
