@@ -34,7 +34,7 @@ from normalcy.detectors import (
 )
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import report_info
-from normalcy.errors import InputError, reasons
+from normalcy.errors import InputError, reasons, shortened
 from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, reading, resolved, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
@@ -861,7 +861,8 @@ def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str
     """The series with its model's columns (``model_columns``: a column the model lacks is left out with a
     note), or the reason (one line) why it cannot be scored."""
     if isinstance(model, SeriesSet) and model.key_of(s.name) != s.name:
-        s.notes.append(f"{s.source.name}: series {s.name!r} scored by the model of series {model.key_of(s.name)!r} "
+        s.notes.append(f"{s.source.name}: series {shortened(s.name)!r} scored by the model of series "
+                       f"{shortened(model.key_of(s.name))!r} "
                        f"({model.alias(s.name)})")
     try:
         return model_columns(model.get(s.name, keep=False) if isinstance(model, SeriesSet) else model, s, time_column)
@@ -872,7 +873,7 @@ def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str
 def _sampling(model: SeriesDetector | SeriesSet, s: Any, series_column: Optional[str]) -> bool:
     """Whether a series is sampled at another interval than its model's training rows (``sampling_note``),
     noted last among its notes; its scores are as they were."""
-    where = s.source.name if series_column is None else f"{s.source.name} [{series_column}={s.name}]"
+    where = s.source.name if series_column is None else f"{s.source.name} [{series_column}={shortened(s.name)}]"
     note = sampling_note(model.get(s.name, keep=False) if isinstance(model, SeriesSet) else model, s, where)
     if note is not None:
         s.notes.append(note)

@@ -39,7 +39,7 @@ from normalcy.api import predict as api_predict
 from normalcy.api import score_batch as api_score_batch
 from normalcy.api import watch as api_watch
 from normalcy.detectors import DETECTORS
-from normalcy.errors import ImageError, InputError, NotFittedError
+from normalcy.errors import WHERE_CHARS, ImageError, InputError, NotFittedError, shortened
 from normalcy.images.backbones import BACKBONES
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import skips_listed
@@ -379,7 +379,8 @@ def _report_series_fit(model: Any, output: Path, fpr: float) -> None:
     """What fitting a series (or one model per series) gave, on stderr."""
     if isinstance(model, SeriesSet):
         for key, reason in model.failed[:20]:
-            console.print(f"[yellow]not fitted:[/] {shown(key)}: {shown(reason)}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]not fitted:[/] {shown(shortened(key, WHERE_CHARS))}: {shown(reason)}",
+                          highlight=False, soft_wrap=True)
         if len(model.failed) > 20:
             console.print(f"  ... and {len(model.failed) - 20} more series not fitted")
         by = f"column {shown(repr(model.series_column))}" if model.series_column else "series folder"
@@ -404,8 +405,9 @@ def _report_run(run: RunSummary) -> None:
     """What a run holds, on stderr: per table, or the images and what was skipped."""
     if run.kind == SERIES:
         for where, reason in run.skipped[:20]:
-            console.print(f"[yellow]not scored:[/] {shown(reason)}" if reason.startswith(where) else
-                          f"[yellow]not scored:[/] {shown(where)}: {shown(reason)}", highlight=False, soft_wrap=True)
+            said = shortened(where, WHERE_CHARS)  # skipped.csv names the series whole
+            text = said + reason[len(where):] if reason.startswith(where) else f"{said}: {reason}"
+            console.print(f"[yellow]not scored:[/] {shown(text)}", highlight=False, soft_wrap=True)
         if len(run.skipped) > 20:
             console.print(f"  ... and {len(run.skipped) - 20} more (all in skipped.csv of the results)")
         notes = [n for n in run.notes if n not in run.warned]  # a warning already said is not said again

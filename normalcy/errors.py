@@ -40,11 +40,25 @@ class NotFittedError(RuntimeError, SklearnNotFitted):
     ``except sklearn.exceptions.NotFittedError`` catches an unfitted detector of any kind."""
 
 
+SHOWN_CHARS = 100  # of a name (a series id, a file) in a message: a 10,000-character id filled screens
+WHERE_CHARS = 2 * SHOWN_CHARS  # of a file and the series id in it, "FILE [host=ID]", in a message
+
+
+def shortened(text: str, width: int = SHOWN_CHARS) -> str:
+    """A name for a message, at most ``width`` characters: its start and its end kept around "…" (names told
+    apart at either end, ``host-1…-eu-west`` and ``host-1…-us-east``, stay apart); files keep it whole."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
 def reasons(failed: Sequence[tuple[object, str]], shown: int = 5, named: bool = False) -> str:
     """Why each of several inputs failed, for the one error saying none could be used: the first ``shown``
     reasons (``named``: each after its input's name, when the reason does not name it) and how many more."""
     if not failed:
         return ""
-    parts = [f"{where}: {why}" if named and not why.startswith(f"{where}: ") else why for where, why in failed[:shown]]
+    parts = [f"{shortened(str(where), WHERE_CHARS)}: {why}" if named and not why.startswith(f"{where}: ") else why
+             for where, why in failed[:shown]]
     more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
     return f" ({'; '.join(parts)}{more})"

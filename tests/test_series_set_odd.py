@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +37,34 @@ def test_predict_of_a_set_reads_each_model_once_and_lets_it_go(tmp_path: Path, m
     rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
     assert len(rows) == 60 * len(ids) and np.isfinite([float(x["score"]) for x in rows]).all()
 
+
+def write_rows(path: Path, lengths: dict[str, int], values: dict[str, str] | None = None) -> Path:
+    """A long file: column host names each series (``lengths``: its rows), a minute apart, one metric cpu (a
+    sine, or the text in ``values`` for that series)."""
+    values = values or {}
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "host", "cpu"])
+        for i in range(max(lengths.values())):
+            w.writerows([1_700_000_000 + 60 * i, h, values.get(h, f"{np.sin(i / (4 + k)):.4f}")]
+                        for k, (h, n) in enumerate(lengths.items()) if i < n)
+    return path
+
+
+def test_long_ids_are_shortened_in_messages_and_kept_whole_in_files(tmp_path: Path, caplog) -> None:
+    """A 10,000-character id (and ids of 900) were printed whole in each line that named them."""
+    ok, short, huge, new = "h" * 900 + "-ok", "h" * 900 + "-short", "x" * 10_000, "n" * 900 + "-new"
+    train = write_rows(tmp_path / "train.csv", {ok: 60, short: 5, huge: 60, "g": 60})
+    test = write_rows(tmp_path / "test.csv", {ok: 60, short: 60, huge: 60, new: 60, "g": 60})
+    r = cli("fit", train, "-o", tmp_path / "m", "--series-column", "host", "--detector", "knn", "--window", "8")
+    assert r.exit_code == 0, r.stderr  # type: ignore[attr-defined]
+    r2 = cli("predict", tmp_path / "m", test, "-o", tmp_path / "run")
+    assert r2.exit_code == 0, r2.stderr  # type: ignore[attr-defined]
+    said = r.stderr.splitlines() + r2.stderr.splitlines() + caplog.messages  # type: ignore[attr-defined]
+    assert said and max(map(len, said)) < 600, max(said, key=len)[:300]
+    assert any("…" in line and line.count("h-short") for line in said)  # its end kept: told apart from ok
+    notes = json.loads((tmp_path / "run" / "run.json").read_text())["notes"]
+    assert all(len(n) < 600 for n in notes)
+    assert {x["series"] for x in csv.DictReader(open(tmp_path / "run" / "scores.csv"))} == {ok, "g"}  # whole
+    skipped = {x["series"] for x in csv.DictReader(open(tmp_path / "run" / "skipped.csv"))}
+    assert skipped == {f"{test} [host={k}]" for k in (short, huge, new)}

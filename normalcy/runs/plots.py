@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from normalcy.errors import shortened
+
 NORMAL_COLOR = "#2e7d32"
 ANOMALOUS_COLOR = "#c62828"
 # Names from the data (metric columns) are drawn as written: matplotlib reads text between two `$` as TeX,
@@ -158,11 +160,7 @@ def short_name(name: str, width: int) -> str:
     """A metric's name in at most ``width`` characters for a plot's label, its start and its end kept: names
     cut at their 18th character (``node_cpu_seconds_t``) told apart none of the metrics a system names alike
     (``node_cpu_seconds_total_user``, ``..._system``). A line break or tab is a space (it added lines)."""
-    name = re.sub(r"\s", " ", name)
-    if len(name) <= width:
-        return name
-    head = (width - 1) // 2
-    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
+    return shortened(re.sub(r"\s", " ", name), width)
 
 
 def envelope(y: np.ndarray, limit: int = MAX_POINTS) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from normalcy.errors import InputError, reasons
+from normalcy.errors import InputError, reasons, shortened
 from normalcy.vectors.tables import (
     _names,
     _numeric,
@@ -207,7 +207,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
             raise InputError(f"{path}: {why}")
         bad.append((f"{path} [{series_column}=]", why))
     for sid, rows in _grouped(ids):
-        where = f"{path.name} [{series_column}={sid}]"
+        where = f"{path.name} [{series_column}={shortened(sid)}]"  # for messages; ``bad`` names the id whole
         try:
             out.append(_tidy(path, sid, where, rows, time[rows], values[rows], tuple(columns),
                              None if labels is None else labels[rows], time_column, notes))

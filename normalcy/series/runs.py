@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from normalcy.errors import InputError, reasons
+from normalcy.errors import WHERE_CHARS, InputError, reasons, shortened
 from normalcy.files import MODEL_JSON, Strict, describe, model_kind, read_json, reading, write_model_files, writing
 from normalcy.progress import plain, progress_bar
 from normalcy.series import registry
@@ -296,11 +296,13 @@ class SeriesSet:
         """Why the set has no model for a series (one line, for here and Ray): the reason it could not be
         fitted when it was one of the training series, so a predict long after the fit still says why."""
         if len(key) > MAX_ID:
-            return f"no model for series {key[:80]!r}... in this set: {_too_long(key)}"
+            return f"no model for series {shortened(key)!r} in this set: {_too_long(key)}"
         why = self._indexed()[2].get(key)
         same = self._alike(key)[:5] if why is None and _id_number(key) is not None else []
+        key = shortened(key)  # the id as a message shows it (skipped.csv's series column has it whole)
         if len(same) > 1:  # 1.0 for a set of 1 and 01: which was meant cannot be told
-            return (f"no model for series {key!r} in this set: its series {', '.join(map(repr, same))} are all that "
+            return (f"no model for series {key!r} in this set: its series "
+                    f"{', '.join(repr(shortened(k)) for k in same)} are all that "
                     "number; write the id as one of them")
         if why is None:
             return f"no model for series {key!r} in this set (fitted on {len(self)} series)"
@@ -327,7 +329,7 @@ class SeriesSet:
             # a set loads its models when first used: a fit (or watch --save) saved another set over it since
             # this one was read, and its folders went with it ("not a normalcy model (no model.json)")
             raise InputError(f"{self.directory}: the model set was saved over by another process (a fit, a "
-                             f"watch --save) while this one ran, and series {key!r}'s model went with the "
+                             f"watch --save) while this one ran, and series {shortened(key)!r}'s model went with the "
                              "earlier set: run again to use the new set") from None
         if keep:
             self.models[key] = model
@@ -552,7 +554,7 @@ class _Repeats(logging.Filter):
         names.append(self.series)
         if len(names) > 1:
             return False
-        record.msg = f"series {self.series!r}: ".replace("%", "%%") + str(record.msg)  # an id 'cpu%' is no format
+        record.msg = f"series {shortened(self.series)!r}: ".replace("%", "%%") + str(record.msg)  # an id 'cpu%' is no format
         return True
 
     def summary(self) -> None:
@@ -560,8 +562,9 @@ class _Repeats(logging.Filter):
         for (level, _), names in self.seen.items():
             if len(names) > 1:
                 more = names[1:]
-                shown = ", ".join(repr(n) for n in more[:5]) + (", ..." if len(more) > 5 else "")
-                log.log(level, "... and %d more series (%s): the same as series %r", len(more), shown, names[0])
+                shown = ", ".join(repr(shortened(n)) for n in more[:5]) + (", ..." if len(more) > 5 else "")
+                log.log(level, "... and %d more series (%s): the same as series %r", len(more), shown,
+                        shortened(names[0]))
 
 
 def fit_each(series: list[Series], detector: str, params: dict[str, Any], progress: bool = False
@@ -724,7 +727,8 @@ def say_blind(scored: Sequence[tuple[str, ScoredSeries]], shown: int = 5) -> int
     unjudged rows in all."""
     blind = [(where, r) for where, r in scored if r.blind]
     for where, r in blind[:shown]:
-        log.info("%s: the first %d row(s) score 0, not judged: %s", where, r.blind, r.blind_why)
+        log.info("%s: the first %d row(s) score 0, not judged: %s", shortened(where, WHERE_CHARS), r.blind,
+                 r.blind_why)
     if len(blind) > shown:
         log.info("... and %d more series whose first rows score 0, not judged (%d rows in all)", len(blind) - shown,
                  sum(r.blind for _, r in blind))

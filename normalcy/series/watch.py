@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, shortened
 from normalcy.files import save_model
 from normalcy.runs.format import csv_cell, join_metrics
 from normalcy.series.base import SeriesDetector
@@ -200,8 +200,8 @@ class Watcher:
             try:
                 det = self.model.get(key) if isinstance(self.model, SeriesSet) else self.model
                 if isinstance(self.model, SeriesSet) and self.model.key_of(key) != key:
-                    log.warning("%s: series %r watched by the model of series %r (%s)", self.source, key,
-                                self.model.key_of(key), self.model.alias(key))
+                    log.warning("%s: series %r watched by the model of series %r (%s)", self.source, shortened(key),
+                                shortened(self.model.key_of(key)), self.model.alias(key))
                 self.positions[key] = self._positions(det)
             except InputError as err:
                 if len(self.refused) < MAX_REFUSED:
