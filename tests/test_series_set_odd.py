@@ -11,7 +11,7 @@ import numpy as np
 from normalcy import api
 from normalcy.series import registry
 from normalcy.series.runs import RECENT_MODELS, load_series_set
-from test_series_cli import cli, write_long  # tests/ is on sys.path
+from test_series_cli import cli, one_line_error, write_long  # tests/ is on sys.path
 
 
 def fitted_set(tmp_path: Path, ids: list[str], n: int = 60) -> tuple[Path, Path]:
@@ -68,3 +68,20 @@ def test_long_ids_are_shortened_in_messages_and_kept_whole_in_files(tmp_path: Pa
     assert {x["series"] for x in csv.DictReader(open(tmp_path / "run" / "scores.csv"))} == {ok, "g"}  # whole
     skipped = {x["series"] for x in csv.DictReader(open(tmp_path / "run" / "skipped.csv"))}
     assert skipped == {f"{test} [host={k}]" for k in (short, huge, new)}
+
+
+def test_ids_of_bytes_that_are_not_utf8_name_the_file_and_column(tmp_path: Path) -> None:
+    """A Parquet id column of bytes that are not UTF-8 said only "cannot read as a parquet table (Invalid UTF8
+    payload)"; bytes that are UTF-8 are read as their text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name, bad in (("bad.parquet", b"\xff\xfeA"), ("good.parquet", b"A")):
+        pq.write_table(pa.table({"time": np.tile(np.arange(40) + 1_700_000_000, 2),
+                                 "host": pa.array([bad] * 40 + [b"ok"] * 40, pa.binary()),
+                                 "cpu": np.sin(np.arange(80) / 5)}), tmp_path / name)
+    error = one_line_error(cli("fit", tmp_path / "bad.parquet", "-o", tmp_path / "m", "--series-column", "host"))
+    assert f"{tmp_path / 'bad.parquet'}: column 'host' holds bytes that are not UTF-8 text (row 1: " in error, error
+    r = cli("fit", tmp_path / "good.parquet", "-o", tmp_path / "m", "--series-column", "host", "--detector", "knn",
+            "--window", "8")
+    assert r.exit_code == 0 and sorted(load_series_set(tmp_path / "m").keys) == ["A", "ok"], r.stderr  # type: ignore[attr-defined]

@@ -198,7 +198,11 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
         def column(i: int, name: str) -> np.ndarray:
             col = table.column(i)
             if name in text and not pa.types.is_string(col.type):  # a Parquet file's typed ids, as text
-                col = col.cast(pa.string())
+                try:
+                    col = col.cast(pa.string())
+                except pa.ArrowInvalid:  # it was "cannot read as a parquet table (Invalid UTF8 payload)"
+                    raise InputError(f"{path}: column {name!r} holds bytes that are not UTF-8 text{_not_utf8(col)}; "
+                                     "write it as UTF-8 text") from None
             return col.to_numpy(zero_copy_only=False)
 
         names = table.column_names
@@ -218,6 +222,17 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
     except Exception as err:  # pyarrow's and numpy's many parse errors: one line naming the file
         text = " ".join(str(err).split())[:300] or type(err).__name__
         raise InputError(f"{path}: cannot read as a {suffix[1:]} table ({text})") from None
+
+
+def _not_utf8(col: Any) -> str:
+    """Where a binary column first holds bytes that are not UTF-8 (" (row 3: b'\\xff...')"), or nothing."""
+    for row, v in enumerate(col.to_pylist()):
+        if isinstance(v, bytes):
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                return f" (row {row + 1}: {v[:20]!r})"
+    return ""
 
 
 def _line_of(path: Path, text: str) -> str:
