@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import run_together
 from normalcy.cli import app
-from normalcy.errors import InputError
+from normalcy.errors import InputError, shortened
 from normalcy.evaluation.series_metrics import vus_pr
 from normalcy.series.io import read_series
 from normalcy.series.runs import (REASON_CHARS, SeriesSet, folder_name, is_series_input, load_series_model,
@@ -1296,7 +1296,7 @@ def test_ids_named_as_a_sets_own_files_or_too_long_lose_no_other_series(tmp_path
     r = cli("predict", tmp_path / "m", path, "-o", tmp_path / "run")
     assert r.exit_code == 0 and "scored 240 rows of 4 series" in r.stderr, r.stderr
     (skipped,) = csv.DictReader(open(tmp_path / "run" / "skipped.csv"))
-    assert skipped["reason"] == (f"no model for series {long_id[:80]!r}... in this set: its id is 1001 characters "
+    assert skipped["reason"] == (f"no model for series {shortened(long_id)!r} in this set: its id is 1001 characters "
                                  "long; a set keeps ids of at most 1000")
 
 
