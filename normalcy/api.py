@@ -15,6 +15,7 @@ builds its options from them. Errors a user can fix are :class:`normalcy.errors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -72,6 +73,7 @@ from normalcy.series.runs import (
     load_series_model,
     model_columns,
     replay_series,
+    said_once,
     sampling_note,
     say_blind,
     score_series,
@@ -787,9 +789,10 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     read = list(iter_series_files(inputs, time_column, series_column, keep))
     n_series = sum(len(item.series) for item in read if not isinstance(item, tuple))
 
-    def scoped_jobs() -> Iterator[tuple[int, Any, str] | None]:
+    def scoped_jobs(repeats: Any = None) -> Iterator[tuple[int, Any, str] | None]:
         """Each series in its model's columns (file index, series, where: for skipped.csv), None for one that
-        cannot be: made as they are scored, so that a set's model is read once and let go (``SeriesSet.get``)."""
+        cannot be: made as they are scored, so that a set's model is read once and let go (``SeriesSet.get``).
+        ``repeats``: told each series' id as it begins (``said_once``)."""
         for item in read:
             if isinstance(item, tuple):
                 failed.append(item)
@@ -798,6 +801,8 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
             failed.extend(item.failed)
             for s in item.series:
                 where = str(item.path) if series_column is None else f"{item.path} [{series_column}={s.name}]"
+                if repeats is not None:
+                    repeats.series = s.name
                 scoped = _scoped(model, s, item.time_column)
                 if isinstance(scoped, str):
                     failed.append((where, scoped))
@@ -821,8 +826,11 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     else:
         results = []
         rows = sum(len(s) for item in read if not isinstance(item, tuple) for s in item.series)
-        with progress_bar(progress and (n_series > 1 or rows >= LONG_SERIES)) as bar:
-            for job in bar.track(scoped_jobs(), total=n_series, description="predict"):
+        # the series of a long file: what scoring them logs ("a value 1e6 spreads out") named only the file, and
+        # was said again for each series
+        once = said_once() if series_column is not None else contextlib.nullcontext()
+        with progress_bar(progress and (n_series > 1 or rows >= LONG_SERIES)) as bar, once as repeats:
+            for job in bar.track(scoped_jobs(repeats), total=n_series, description="predict"):
                 if job is not None:
                     jobs.append(job)
                     results.append(_score_one(model, job[1], stream))

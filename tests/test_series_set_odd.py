@@ -85,3 +85,16 @@ def test_ids_of_bytes_that_are_not_utf8_name_the_file_and_column(tmp_path: Path)
     r = cli("fit", tmp_path / "good.parquet", "-o", tmp_path / "m", "--series-column", "host", "--detector", "knn",
             "--window", "8")
     assert r.exit_code == 0 and sorted(load_series_set(tmp_path / "m").keys) == ["A", "ok"], r.stderr  # type: ignore[attr-defined]
+
+
+def test_what_scoring_a_long_files_series_logs_names_the_series_once_a_kind(tmp_path: Path, caplog) -> None:
+    """A value far out of the training range in 3 series of one file: 3 warnings that named the file alone."""
+    ids = ["a", "b", "c", "d"]
+    _, m = fitted_set(tmp_path, ids)
+    test = write_rows(tmp_path / "test.csv", {h: 40 for h in ids}, values={h: "1e300" for h in ids[1:]})
+    caplog.set_level("WARNING", "normalcy")
+    r = cli("predict", m, test, "-o", tmp_path / "run")
+    assert r.exit_code == 0 and "scored 160 rows of 4 series" in r.stderr, r.stderr  # type: ignore[attr-defined]
+    far = [msg for msg in caplog.messages if "spreads from the training median" in msg]
+    assert len(far) == 1 and far[0].startswith("series 'b': ") and "test.csv: 40 value(s) more than" in far[0], far
+    assert "... and 2 more series ('c', 'd'): the same as series 'b'" in caplog.messages

@@ -21,6 +21,7 @@ so Ray workers run it too (normalcy.scale.distributed).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -573,20 +574,27 @@ def fit_each(series: list[Series], detector: str, params: dict[str, Any], progre
     ``progress``: a bar on stderr (10,000 series take minutes). What the fits log is said once a kind, naming
     the series, then counted (``_Repeats``)."""
     fitted, failed = {}, []
+    with said_once() as repeats, progress_bar(progress and len(series) > 1) as bar:
+        for s in bar.track(series, description="fit"):
+            repeats.series = s.name
+            try:
+                fitted[s.name] = registry.create(detector, **params).fit(s, progress=False)
+            except InputError as err:
+                failed.append((s.name, str(err)))
+    return fitted, failed
+
+
+@contextlib.contextmanager
+def said_once() -> Iterator[_Repeats]:
+    """What is logged inside said once a kind, naming the series (set ``.series`` as each begins), then
+    counted (``_Repeats``): fits of a set, and predict's scoring of the series of a long file."""
     repeats = _Repeats()
     log.addFilter(repeats)
     try:
-        with progress_bar(progress and len(series) > 1) as bar:
-            for s in bar.track(series, description="fit"):
-                repeats.series = s.name
-                try:
-                    fitted[s.name] = registry.create(detector, **params).fit(s, progress=False)
-                except InputError as err:
-                    failed.append((s.name, str(err)))
+        yield repeats
     finally:
         log.removeFilter(repeats)
     repeats.summary()
-    return fitted, failed
 
 
 def _found_by_values(column: str | None) -> bool:
