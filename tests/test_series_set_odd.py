@@ -54,7 +54,8 @@ def write_rows(path: Path, lengths: dict[str, int], values: dict[str, str] | Non
 def test_long_ids_are_shortened_in_messages_and_kept_whole_in_files(tmp_path: Path, caplog) -> None:
     """A 10,000-character id (and ids of 900) were printed whole in each line that named them."""
     ok, short, huge, new = "h" * 900 + "-ok", "h" * 900 + "-short", "x" * 10_000, "n" * 900 + "-new"
-    train = write_rows(tmp_path / "train.csv", {ok: 60, short: 5, huge: 60, "g": 60})
+    mid = "m" * 900 + "-mid"  # read, but too short for its window: the detector's error names it
+    train = write_rows(tmp_path / "train.csv", {ok: 60, short: 5, huge: 60, "g": 60, mid: 17})
     test = write_rows(tmp_path / "test.csv", {ok: 60, short: 60, huge: 60, new: 60, "g": 60})
     r = cli("fit", train, "-o", tmp_path / "m", "--series-column", "host", "--detector", "knn", "--window", "8")
     assert r.exit_code == 0, r.stderr  # type: ignore[attr-defined]

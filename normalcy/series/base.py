@@ -52,7 +52,7 @@ from normalcy.detectors.base import (
     validation_message,
 )
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
-from normalcy.errors import InputError, NotFittedError
+from normalcy.errors import InputError, NotFittedError, shortened
 from normalcy.files import MODEL_JSON, Strict, write_model_files
 from normalcy.numerics.stats import check_fpr_unchanged, decide, threshold_at
 from normalcy.series.glitches import mended
@@ -921,5 +921,6 @@ def _parts(data: Data) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:
         if s.labels is not None and s.labels.any():
             log.warning("%s: %d row(s) labelled anomalous are learned as normal (a training series is fitted "
                         "whole); fit on normal operation only", s.source, int(s.labels.sum()))
-    return [(str(s.source) if s.name == s.source.stem else f"{s.source} [{s.name}]", s.values, tuple(s.columns))
+    return [(str(s.source) if s.name == s.source.stem else f"{s.source} [{shortened(s.name)}]", s.values,
+             tuple(s.columns))
             for s in series]
