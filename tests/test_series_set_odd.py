@@ -34,6 +34,8 @@ def test_predict_of_a_set_reads_each_model_once_and_lets_it_go(tmp_path: Path, m
     assert summary.n_series == len(ids)
     assert sorted(loads) == sorted(model.folders.values())  # each read once
     assert not model.models and len(model._recent) <= RECENT_MODELS
+    model.save(tmp_path / "copy")  # saved elsewhere: its models read one at a time too
+    assert not model.models and sorted(load_series_set(tmp_path / "copy").keys) == sorted(ids)
     rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
     assert len(rows) == 60 * len(ids) and np.isfinite([float(x["score"]) for x in rows]).all()
 
