@@ -85,6 +85,10 @@ def test_ids_of_bytes_that_are_not_utf8_name_the_file_and_column(tmp_path: Path)
                                  "cpu": np.sin(np.arange(80) / 5)}), tmp_path / name)
     error = one_line_error(cli("fit", tmp_path / "bad.parquet", "-o", tmp_path / "m", "--series-column", "host"))
     assert f"{tmp_path / 'bad.parquet'}: column 'host' holds bytes that are not UTF-8 text (row 1: " in error, error
+    pq.write_table(pa.table({"time": np.arange(40), "host": pa.array([[1, 2]] * 40), "cpu": np.zeros(40)}),
+                   tmp_path / "list.parquet")
+    error = one_line_error(cli("fit", tmp_path / "list.parquet", "-o", tmp_path / "m", "--series-column", "host"))
+    assert f"{tmp_path / 'list.parquet'}: column 'host' holds list<element: int64> values, which are not ids" in error
     r = cli("fit", tmp_path / "good.parquet", "-o", tmp_path / "m", "--series-column", "host", "--detector", "knn",
             "--window", "8")
     assert r.exit_code == 0 and sorted(load_series_set(tmp_path / "m").keys) == ["A", "ok"], r.stderr  # type: ignore[attr-defined]

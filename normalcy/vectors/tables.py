@@ -200,9 +200,12 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
             if name in text and not pa.types.is_string(col.type):  # a Parquet file's typed ids, as text
                 try:
                     col = col.cast(pa.string())
-                except pa.ArrowInvalid:  # it was "cannot read as a parquet table (Invalid UTF8 payload)"
-                    raise InputError(f"{path}: column {name!r} holds bytes that are not UTF-8 text{_not_utf8(col)}; "
-                                     "write it as UTF-8 text") from None
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # it was "cannot read as a parquet table
+                    # (Invalid UTF8 payload)", or "(Unsupported cast from list<...>)", naming no column
+                    why = (f"holds bytes that are not UTF-8 text{_not_utf8(col)}; write it as UTF-8 text"
+                           if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) else
+                           f"holds {str(col.type)[:60]} values, which are not ids; give a column of text or numbers")
+                    raise InputError(f"{path}: column {name!r} {why}") from None
             return col.to_numpy(zero_copy_only=False)
 
         names = table.column_names
