@@ -824,12 +824,11 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         results, cpus = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray)
         info |= {"ray": ray, "cpus": cpus}
     else:
-        results = []
         rows = sum(len(s) for item in read if not isinstance(item, tuple) for s in item.series)
         # the series of a long file: what scoring them logs ("a value 1e6 spreads out") named only the file, and
         # was said again for each series
         once = said_once() if series_column is not None else contextlib.nullcontext()
-        with progress_bar(progress and (n_series > 1 or rows >= LONG_SERIES)) as bar, once as repeats:
+        with once as repeats, progress_bar(progress and (n_series > 1 or rows >= LONG_SERIES)) as bar:
             for job in bar.track(scoped_jobs(repeats), total=n_series, description="predict"):
                 if job is not None:
                     jobs.append(job)
