@@ -40,11 +40,12 @@ import logging
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field
 from torch import nn
 
 from normalcy.series.autoencoder import NeuralDetector, TrainedParams, batched, input_span, training_windows
-from normalcy.series.dynamic import dynamic_epsilon
+from normalcy.series.dynamic import dynamic_epsilon, dynamic_epsilons
 from normalcy.series.events import prune, spans
 from normalcy.series.windows import flat_windows
 
@@ -229,17 +230,34 @@ class Forecast(NeuralDetector):
         followed by the total smoothed errors of every forecast row (row i of smoothed is hist[offset + i])."""
         n, d = smoothed.shape
         out = np.zeros((n, d))
-        total = smoothed.sum(axis=1)
-        offset = len(self.history_) - self.lags_
-        for i in range(max(first, self.lags_), n):
-            k = offset + i
-            h = hist[max(0, k - self.history + 1):k + 1]
-            epsilon, survives = self._epsilon(h)
-            row = smoothed[i] / epsilon
-            ratio = total[i] / epsilon
-            if not survives and ratio > 0:
-                row = row * ((1 - self.prune) / ratio)
-            out[i] = row
+        rows = np.arange(max(first, self.lags_), n)
+        if not len(rows):
+            return out
+        total = smoothed[rows].sum(axis=1)
+        epsilon = self._epsilons(hist, len(self.history_) - self.lags_ + rows)
+        ratio = total / epsilon
+        out[rows] = smoothed[rows] / epsilon[:, None]
+        for j in np.flatnonzero((total >= epsilon) & (ratio > 0)) if self.prune else []:
+            k = len(self.history_) - self.lags_ + rows[j]
+            if not self._survives(hist[max(0, k - self.history + 1):k + 1], epsilon[j]):
+                out[rows[j]] *= (1 - self.prune) / ratio[j]
+        return out
+
+    def _epsilons(self, hist: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """epsilon of each row whose error is hist[k], k in ``ends`` (consecutive): over the ``history`` errors
+        up to it, fewer at the start (``dynamic.dynamic_epsilons``, in blocks of about 2^17 numbers, which
+        stay in cache)."""
+        out = np.empty(len(ends))
+        H, step = self.history, max(1, 2**17 // self.history)
+        grow = int(np.searchsorted(ends, H - 1))  # rows with fewer than ``history`` errors before them
+        for s in range(0, grow, step):
+            k = ends[s:min(s + step, grow)]
+            W = np.broadcast_to(hist[:k[-1] + 1], (len(k), k[-1] + 1))
+            out[s:s + len(k)] = dynamic_epsilons(W, self.pad, sizes=k + 1)
+        windows = sliding_window_view(hist, H) if len(hist) >= H else None
+        for s in range(grow, len(ends), step):
+            k = ends[s:s + step]
+            out[s:s + len(k)] = dynamic_epsilons(windows[k[0] - H + 1:k[-1] - H + 2], self.pad)
         return out
 
     def _contributions(self, X: np.ndarray, first: int, smoothed: np.ndarray | None = None) -> np.ndarray:
