@@ -415,6 +415,16 @@ def test_knn_short_windows_norms_from_one_table(k: int) -> None:
                                atol=1e-12)
 
 
+def test_knn_scoring_a_series_offline_keeps_no_bank_sized_copies() -> None:
+    """The transposed bank and the short windows' norm table serve a series' first rows; a fitted model scoring
+    whole series offline lets them go after (a bank of 128 MB would otherwise hold about 3 x that)."""
+    X = sine(700, d=2)
+    det = create("knn", window=24).fit(X[:400], progress=False)
+    first = det.score(X[400:]).score
+    assert det._bank_t is None and det._tails is None
+    np.testing.assert_array_equal(det.score(X[400:]).score, first)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_a_streams_pruned_search_finds_the_same_neighbours(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
     """A stream's row searches the windows whose projected distance does not rule them out; the scores are

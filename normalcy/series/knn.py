@@ -139,7 +139,10 @@ class SubsequenceKNN(SeriesDetector):
 
     def _score_from(self, X: np.ndarray, first: int) -> np.ndarray:
         w = self.window_
+        held = self._bank_t, self._tails
         head = [self._one(X[:t + 1], self._transposed()) for t in range(first, min(len(X), w - 1))]
+        if first == 0 and held[0] is None and self._store is None:  # made for these rows only: a fitted model
+            self._bank_t, self._tails = None, held[1]  # scoring a whole series holds no more bank-sized arrays after
         W = flat_windows(X[max(0, first - w + 1):], w)  # the whole windows ending at first or later
         step = max(1, _CHUNK_FLOATS // (self._candidates * max(1, W.shape[1])))
         out = [np.reshape(head, (len(head), X.shape[1]))]
