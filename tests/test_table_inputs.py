@@ -258,6 +258,22 @@ def test_numbers_with_thousands_separators_are_read_as_numbers(tmp_path: Path,
     assert read_table(semi).X[:2].tolist() == [[1234.5, 1.5], [2234.5, 1.5]]  # 1.5 stays 1.5
 
 
+def test_thousands_separators_in_a_tab_file_and_by_spaces_are_read_as_numbers(tmp_path: Path) -> None:
+    """A tab-separated file reads 1,5 as 1.5, so its 1,234.5 (written with decimal points) and 1 234,5 (spaces,
+    no-break spaces: a French spreadsheet's export) were left out as text, where a comma file reads 1,234.5.
+    Read as numbers now, in every separator's file; a cell that read as a number before is unchanged."""
+    tab = _csv(tmp_path / "tab.csv", "a\tb\tc\td", [f"{i},234.5\t{i} 234,5\t{i},5\t{i},234,567" for i in range(1, 6)])
+    t = read_table(tab)
+    assert t.columns == ["a", "b", "c", "d"]
+    assert t.X[:2].tolist() == [[1234.5, 1234.5, 1.5, 1234567], [2234.5, 2234.5, 2.5, 2234567]]
+    semi = _csv(tmp_path / "semi.csv", "a;b", [f"{i}\u00a0234,5;{i}\u202f234\u202f567" for i in range(1, 6)])
+    assert read_table(semi).X[:2].tolist() == [[1234.5, 1234567], [2234.5, 2234567]]
+    comma = _csv(tmp_path / "comma.csv", "a,b", [f"{i} 234.5,{i}'234.5" for i in range(1, 6)])
+    assert read_table(comma).X[:2].tolist() == [[1234.5, 1234.5], [2234.5, 2234.5]]
+    keep = read_table(_csv(tmp_path / "keep.csv", "a\tb", ["1,234\t1.234", "2,5\t2.5", "3\t12 34"])).X
+    assert keep[:2].tolist() == [[1.234, 1.234], [2.5, 2.5]] and np.isnan(keep[2, 1])  # 12 34 is no grouping
+
+
 def test_a_text_cell_in_a_numeric_column_is_a_missing_value_said_once(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """One "abc" among numbers left the whole column out at fit and refused the file at predict: it is now a

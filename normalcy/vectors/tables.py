@@ -439,19 +439,28 @@ def cell_number(text: str, comma: bool = False) -> float:
         return math.nan
 
 
-# a number with its thousands grouped: 1,234,567.5 (in a file of decimal commas, 1.234.567,5)
+# a number with its thousands grouped: 1,234,567.5 (in a file of decimal commas, 1.234.567,5); by spaces
+# (1 234 567,5 or 1 234 567.5: a no-break or narrow no-break space in a spreadsheet's French or ISO format)
+# or apostrophes (Swiss: 1'234'567.5), where the mark after the groups can only be the decimal one
 _GROUPED = {False: re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?"), True: re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d*)?")}
+_SPACES = " \u00a0\u202f'\u2019"  # thousands separators that cannot be a decimal mark
+_SPACE_GROUPED = re.compile(f"[+-]?\\d{{1,3}}([{_SPACES}]\\d{{3}})+([.,]\\d*)?")
 
 
 def grouped_number(text: str, comma: bool = False) -> float:
     """A cell written with thousands separators as a number (a spreadsheet's formatted export), else NaN.
     Asked only of a cell that reads as no number otherwise, so no cell that reads as one changes (with
-    ``comma``, 1.234 stays 1.234; 1.234,5 is 1234.5)."""
+    ``comma``, 1.234 stays 1.234 and 1,234 is 1.234; 1.234,5 is 1234.5). With ``comma`` (a semicolon- or
+    tab-separated file), 1,234.5 and 1,234,567 are read too: no decimal comma is written so, and tab files
+    are as often written with decimal points (1,234.5 there was left out as text where a comma file reads it)."""
     text = text.strip()
-    if not _GROUPED[comma].fullmatch(text):
-        return math.nan
-    sep, point = (".", ",") if comma else (",", ".")
-    return float(text.replace(sep, "").replace(point, "."))
+    if _SPACE_GROUPED.fullmatch(text):
+        return float(re.sub(f"[{_SPACES}]", "", text).replace(",", "."))
+    for decimal_comma in ((True, False) if comma else (False,)):  # the file's own convention first
+        if _GROUPED[decimal_comma].fullmatch(text):
+            sep, point = (".", ",") if decimal_comma else (",", ".")
+            return float(text.replace(sep, "").replace(point, "."))
+    return math.nan
 
 
 def grouped_cells(a: np.ndarray, values: np.ndarray, bad: list[int], comma: bool = False
