@@ -700,3 +700,14 @@ def test_rfc3339_lower_case_z_is_utc(tmp_path: Path) -> None:
     (t,) = read_series(write_csv(tmp_path / "t.csv", "time,cpu", [r.replace("T", "t") for r in rows]))
     np.testing.assert_array_equal(t.time, numbered(40))
     assert time_of("2024-01-01t00:00:00z") == time_of("2024-01-01T00:00:00Z")
+
+
+def test_a_numpy_savetxt_header_names_a_series_columns(tmp_path: Path) -> None:
+    """numpy.savetxt's header "# a,b" named the first column "# a": it is "a" now, and a model fitted on "# a"
+    (``keep``: the columns it knows) still finds it."""
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    np.savetxt(tmp_path / "s.csv", X, delimiter=",", header="a,b")
+    assert read_series(tmp_path / "s.csv")[0].columns == ("a", "b")
+    s = read_series(tmp_path / "s.csv", keep=(["# a", "b"], "the model"))[0]
+    assert s.columns == ("# a", "b")
+    np.testing.assert_array_equal(s.values, X)

@@ -274,6 +274,30 @@ def test_thousands_separators_in_a_tab_file_and_by_spaces_are_read_as_numbers(tm
     assert keep[:2].tolist() == [[1.234, 1.234], [2.5, 2.5]] and np.isnan(keep[2, 1])  # 12 34 is no grouping
 
 
+def test_a_numpy_savetxt_header_names_the_columns(tmp_path: Path) -> None:
+    """numpy.savetxt writes its header as a comment: "# a,b,c" named the first column "# a", and "# a b c" with
+    its default separator (a space) was one column "# a b c" of text ("no numeric feature columns"). The last
+    '#' line names the columns, the lines before it and a '#' footer are comments; a model fitted on "# a"
+    still scores such a file; a '#' line that does not name the rows' fields is refused, saying so."""
+    X = np.arange(12.0).reshape(4, 3) / 7
+    for name, kwargs in [("space.csv", {"header": "a b c"}), ("comma.csv", {"delimiter": ",", "header": "a,b,c"}),
+                         ("tab.csv", {"delimiter": "\t", "header": "made by me\na\tb\tc", "footer": "end"})]:
+        np.savetxt(tmp_path / name, X, **kwargs)
+        t = read_table(tmp_path / name)
+        assert t.columns == ["a", "b", "c"] and t.ids == ["0", "1", "2", "3"], name
+        np.testing.assert_array_equal(t.X, X)
+    old = read_table(tmp_path / "comma.csv", columns=["# a", "b", "c"])  # a model fitted before: its names
+    np.testing.assert_array_equal(old.X, X)
+    (tmp_path / "ragged.csv").write_text("# note\n# a;b\n1,5;2\n# a comment\n3\n4;5\n")
+    t = read_table(tmp_path / "ragged.csv")
+    assert t.X[[0, 2]].tolist() == [[1.5, 2], [4, 5]] and np.isnan(t.X[1]).all()
+    assert t.read_as_missing == {1: "line 5 has 1 fields where the header has 2: not read"}
+    np.savetxt(tmp_path / "bad.csv", X, delimiter=",", header="a b c")
+    with pytest.raises(InputError, match=r"bad.csv: its header line '# a b c' \(a comment, as numpy.savetxt writes "
+                                         r"one\) names 1 column\(s\), its rows have 3 fields separated by ','"):
+        read_table(tmp_path / "bad.csv")
+
+
 def test_a_text_cell_in_a_numeric_column_is_a_missing_value_said_once(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """One "abc" among numbers left the whole column out at fit and refused the file at predict: it is now a

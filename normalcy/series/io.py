@@ -29,6 +29,7 @@ from normalcy.vectors.tables import (
     _read_arrays,
     cell_number,
     decimal_comma,
+    fitted_names,
     grouped_cells,
     text_cells,
 )
@@ -113,6 +114,8 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}"
                          f"{unpack_hint(path)}")
     arrays = _read_arrays(path, text=(series_column,) if series_column else ())
+    if keep is not None:
+        arrays = fitted_names(arrays, keep[0])
     position = {c: i + 1 for i, c in enumerate(arrays)}  # in the file, for a column without a name
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:

@@ -301,7 +301,10 @@ def decimal_comma(path: Path) -> bool:
     if path.suffix.lower() != ".csv":
         return False
     with open(path, "rb") as fh:
-        return csv_delimiter(fh.readline(MAX_CSV_LINE)) != ","
+        header = fh.readline(MAX_CSV_LINE)
+    if header.lstrip(b"\xef\xbb\xbf").startswith(b"#"):  # numpy.savetxt's header: its last '#' line
+        return _commented_header(path)[0] in (";", "\t")
+    return csv_delimiter(header) != ","
 
 
 def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | None = None) -> Any:
@@ -327,8 +330,11 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
     if re.fullmatch(rb"(\xef\xbb\xbf)?\s*sep=.\s*", header, flags=re.IGNORECASE):  # read: columns 'sep=' and ''
         raise InputError(f"{path}: its first line, {header.decode('utf-8-sig').strip()!r}, is a spreadsheet's note "
                          "of the separator, not the header: delete that line")
-    delimiter = csv_delimiter(header)
-    _check_width(path, len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), [])))
+    delimiter, skip, names = csv_delimiter(header), 0, None
+    if header.lstrip(b"\xef\xbb\xbf").startswith(b"#"):  # numpy.savetxt's header: "# a,b,c" (or "# a b c")
+        delimiter, skip, names = _commented_header(path)
+    _check_width(path, len(names) if names is not None else
+                 len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), [])))
     block = max(CSV_BLOCK, 4 * len(header))
     while True:
         bad: list[Any] = []  # rows with another number of fields than the header: refused or kept as missing
@@ -341,7 +347,8 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
             # no thread pool: its threads at interpreter exit aborted an error exit now and then (SIGABRT,
             # "terminate called without an active exception"; apache/arrow#34314)
             with open(path, "rb") as fh:  # an open file: pyarrow cannot take a path that is not UTF-8
-                table = pcsv.read_csv(fh, read_options=pcsv.ReadOptions(block_size=block, use_threads=False),
+                table = pcsv.read_csv(fh, read_options=pcsv.ReadOptions(block_size=block, use_threads=False,
+                                                                        skip_rows=skip, column_names=names),
                                       parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=note),
                                       convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in text}))
         except pa.ArrowInvalid as err:
@@ -349,6 +356,9 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
                 raise
             block = min(4 * block, MAX_CSV_LINE)
             continue
+        comments = [r.number for r in bad if names is not None and r.text.startswith("#")]
+        if comments:  # numpy.savetxt's footer ("# end"): a comment, no row
+            bad = [r for r in bad if r.number not in comments]
         if not bad:
             return table
         lines = _lines_of(path, [r.number for r in bad if r.number])
@@ -358,7 +368,40 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
             raise InputError(f"{path}: {len(bad)} line(s) with another number of fields than the header's "
                              f"{first.expected_columns}; {where} has {first.actual_columns}: "
                              f"{first.text[:80]!r}")
-        return _keep_rows(path, table, bad, lines, ragged)
+        # a record's data row: the header (or the '#' lines, the last of them the names) and comments before it
+        rows = [r.number - 1 - max(skip, 1) - sum(c < r.number for c in comments) for r in bad]
+        return _keep_rows(path, table, bad, rows, lines, ragged)
+
+
+def _commented_header(path: Path) -> tuple[str, int, list[str]]:
+    """(separator, lines to skip, column names) of a CSV whose first lines start with '#', as numpy.savetxt
+    writes its header ("# a,b,c"; "# a b c" with its default separator, a space): the names are the last such
+    line's, the lines before it comments. Such a header was read as a column "# a" (or one column "# a b c"
+    and every row as text). A file whose '#' line does not name its rows' fields is refused, saying so."""
+    comments: list[str] = []
+    with open(path, "rb") as fh:
+        for raw in fh:
+            line = raw.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n")
+            if not line.startswith("#"):
+                break
+            comments.append(line)
+            if len(comments) > 1000 or len(raw) > MAX_CSV_LINE:
+                raise InputError(f"{path}: more than 1000 lines starting with '#' (or one longer than "
+                                 f"{MAX_CSV_LINE >> 20} MB) before its rows: not a table normalcy reads")
+        else:
+            line = ""
+    named = comments[-1].lstrip("#").strip()
+    shown = next((text for text in (named, line) if any(d in text for d in ",;\t")), None)
+    delimiter = csv_delimiter(shown.encode()) if shown is not None else " " if " " in line.strip() else ","
+    names = named.split() if delimiter == " " else next(csv.reader([named], delimiter=delimiter), [])
+    width = len(line.split(" ")) if delimiter == " " else len(next(csv.reader([line], delimiter=delimiter), []))
+    if line.strip() and len(names) != width:
+        shown = "a space" if delimiter == " " else repr(delimiter)
+        raise InputError(f"{path}: its header line {comments[-1][:80]!r} (a comment, as numpy.savetxt writes one) "
+                         f"names {len(names)} column(s), its rows have {width} fields separated by {shown}: write "
+                         "the names on one line, separated as the values are (savetxt(..., delimiter=',', "
+                         "header='a,b,c', comments=''))")
+    return delimiter, len(comments), names
 
 
 def _check_utf8(path: Path, header: bytes) -> None:
@@ -392,12 +435,13 @@ def _check_text(path: Path) -> None:
         raise InputError(f"{path}: not a text file (a NUL byte on line {line}, byte {bad + 1}): not a CSV table")
 
 
-def _keep_rows(path: Path, table: Any, bad: list[Any], lines: dict[int, int], ragged: dict[int, str]) -> Any:
-    """``table`` (the lines pyarrow could read) with a row of nulls in place of each ragged line ``bad``,
-    noted in ``ragged`` and said in one warning (``_read_csv``)."""
+def _keep_rows(path: Path, table: Any, bad: list[Any], at: list[int], lines: dict[int, int],
+               ragged: dict[int, str]) -> Any:
+    """``table`` (the lines pyarrow could read) with a row of nulls in place of each ragged line ``bad``, at its
+    data row ``at``, noted in ``ragged`` and said in one warning (``_read_csv``)."""
     import pyarrow as pa
 
-    rows = np.array([r.number - 2 for r in bad])  # record 1 is the header: record k is data row k - 2
+    rows = np.array(at)
     index = np.full(table.num_rows + len(rows), -1, dtype=np.int64)
     kept = np.ones(len(index), dtype=bool)
     kept[rows] = False
@@ -600,6 +644,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             _warn_label_like(path, {c: features[c] for c in columns})
         ignored = [c for c in candidates if features[c] is None]  # left_out ones were told why above
     else:
+        arrays = fitted_names(arrays, columns)
         missing = [c for c in columns if c not in arrays]
         if missing:
             hint = ("; a file without a header line? its first row is read as the column names"
@@ -620,6 +665,14 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         X[:, j] = col
     _say(path, said)
     return Table(path, X, list(columns), ids, id_column or "row", labels, ignored, read_as_missing)
+
+
+def fitted_names(arrays: dict[str, np.ndarray], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """``arrays`` with the first column named as a model fitted before numpy.savetxt's header ("# a,b,c") was
+    read names it ("# a", now read as "a"), so that such a model still scores such a file."""
+    first = next(iter(arrays), None)
+    old = next((c for c in columns if c.startswith("#") and c not in arrays and c.lstrip("#").strip() == first), None)
+    return arrays if old is None else {old if k == first else k: v for k, v in arrays.items()}
 
 
 LABEL_NAMES = ("label", "labels", "y", "target", "class", "anomaly", "is_anomaly", "outlier", "is_outlier",
