@@ -292,6 +292,10 @@ def test_a_numpy_savetxt_header_names_the_columns(tmp_path: Path) -> None:
     t = read_table(tmp_path / "ragged.csv")
     assert t.X[[0, 2]].tolist() == [[1.5, 2], [4, 5]] and np.isnan(t.X[1]).all()
     assert t.read_as_missing == {1: "line 5 has 1 fields where the header has 2: not read"}
+    (tmp_path / "hash.csv").write_text("#,x\n1,2\n2,3\n")  # a column named '#' is no comment
+    assert read_table(tmp_path / "hash.csv").columns == ["#", "x"]
+    np.savetxt(tmp_path / "label.csv", np.c_[[0, 1, 0, 0], X], delimiter=",", header="label,a,b,c")
+    assert read_table(tmp_path / "label.csv", label_column="# label").labels.tolist() == [0, 1, 0, 0]
     np.savetxt(tmp_path / "bad.csv", X, delimiter=",", header="a b c")
     with pytest.raises(InputError, match=r"bad.csv: its header line '# a b c' \(a comment, as numpy.savetxt writes "
                                          r"one\) names 1 column\(s\), its rows have 3 fields separated by ','"):

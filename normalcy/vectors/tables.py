@@ -302,7 +302,7 @@ def decimal_comma(path: Path) -> bool:
         return False
     with open(path, "rb") as fh:
         header = fh.readline(MAX_CSV_LINE)
-    if header.lstrip(b"\xef\xbb\xbf").startswith(b"#"):  # numpy.savetxt's header: its last '#' line
+    if commented(header):  # numpy.savetxt's header: its last '#' line
         return _commented_header(path)[0] in (";", "\t")
     return csv_delimiter(header) != ","
 
@@ -331,7 +331,7 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
         raise InputError(f"{path}: its first line, {header.decode('utf-8-sig').strip()!r}, is a spreadsheet's note "
                          "of the separator, not the header: delete that line")
     delimiter, skip, names = csv_delimiter(header), 0, None
-    if header.lstrip(b"\xef\xbb\xbf").startswith(b"#"):  # numpy.savetxt's header: "# a,b,c" (or "# a b c")
+    if commented(header):  # numpy.savetxt's header: "# a,b,c" (or "# a b c")
         delimiter, skip, names = _commented_header(path)
     _check_width(path, len(names) if names is not None else
                  len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), [])))
@@ -373,6 +373,12 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
         return _keep_rows(path, table, bad, rows, lines, ragged)
 
 
+def commented(header: bytes) -> bool:
+    """Whether a CSV's first line is a comment, as numpy.savetxt writes its header ("# a,b,c"); a column named
+    '#' ("#,x,y": a row number's column) is no comment."""
+    return re.match(rb"(\xef\xbb\xbf)?#+[^,;\t\r\n]", header) is not None
+
+
 def _commented_header(path: Path) -> tuple[str, int, list[str]]:
     """(separator, lines to skip, column names) of a CSV whose first lines start with '#', as numpy.savetxt
     writes its header ("# a,b,c"; "# a b c" with its default separator, a space): the names are the last such
@@ -380,16 +386,15 @@ def _commented_header(path: Path) -> tuple[str, int, list[str]]:
     and every row as text). A file whose '#' line does not name its rows' fields is refused, saying so."""
     comments: list[str] = []
     with open(path, "rb") as fh:
-        for raw in fh:
+        while True:
+            raw = fh.readline(MAX_CSV_LINE + 1)
             line = raw.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n")
-            if not line.startswith("#"):
+            if not commented(raw):
                 break
             comments.append(line)
             if len(comments) > 1000 or len(raw) > MAX_CSV_LINE:
                 raise InputError(f"{path}: more than 1000 lines starting with '#' (or one longer than "
                                  f"{MAX_CSV_LINE >> 20} MB) before its rows: not a table normalcy reads")
-        else:
-            line = ""
     named = comments[-1].lstrip("#").strip()
     shown = next((text for text in (named, line) if any(d in text for d in ",;\t")), None)
     delimiter = csv_delimiter(shown.encode()) if shown is not None else " " if " " in line.strip() else ","
@@ -613,6 +618,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     said: list[str] = []  # the columns' repairs, said once all are read (``_say``)
     source: dict[str, str] = {}  # an .npz's column -> its array
     arrays = _read_arrays(path, text=(id_column,) if id_column else (), ragged=read_as_missing, source=source)
+    arrays = fitted_names(arrays, [c for c in (label_column, id_column, *(columns or ())) if c is not None])
     comma = decimal_comma(path)
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:
@@ -644,7 +650,6 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             _warn_label_like(path, {c: features[c] for c in columns})
         ignored = [c for c in candidates if features[c] is None]  # left_out ones were told why above
     else:
-        arrays = fitted_names(arrays, columns)
         missing = [c for c in columns if c not in arrays]
         if missing:
             hint = ("; a file without a header line? its first row is read as the column names"
@@ -668,8 +673,9 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
 
 
 def fitted_names(arrays: dict[str, np.ndarray], columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """``arrays`` with the first column named as a model fitted before numpy.savetxt's header ("# a,b,c") was
-    read names it ("# a", now read as "a"), so that such a model still scores such a file."""
+    """``arrays`` with the first column named as ``columns`` name it when one is its name before numpy.savetxt's
+    header ("# a,b,c") was read as a comment ("# a", now "a"): a model fitted on it still scores such a file,
+    and --label-column "# label" still finds it."""
     first = next(iter(arrays), None)
     old = next((c for c in columns if c.startswith("#") and c not in arrays and c.lstrip("#").strip() == first), None)
     return arrays if old is None else {old if k == first else k: v for k, v in arrays.items()}
