@@ -459,3 +459,25 @@ def test_knn_a_constant_column_counts_the_same_whatever_value_it_holds():
     np.testing.assert_allclose(scores[1], scores[0], rtol=1e-6)
     np.testing.assert_allclose(scores[2], scores[0], rtol=1e-6)
     assert np.all(scores[0] < 10)
+
+
+@pytest.mark.parametrize("cls", [GaussianDetector, KNNDetector, EnsembleDetector])
+def test_a_dataframe_column_of_categories_text_or_dates_is_named(cls) -> None:
+    """A categorical (or text, or datetime) column of a DataFrame was scikit-learn's "could not convert string to
+    float: 'x'" (dates: numpy's DTypePromotionError), naming no column: one ValueError names it and what to do.
+    Categories that are numbers, and booleans, are fitted as before."""
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"a": np.arange(10.0), "b": np.arange(10.0) % 3})
+    with pytest.raises(ValueError, match=r"DataFrame column 'kind' is categorical \('x', 'y'\): encode it"):
+        cls().fit(df.assign(kind=pd.Categorical(["x", "y"] * 5)))
+    with pytest.raises(ValueError, match=r"column 'when' holds datetime64\[ns\]: .*column 'who' holds text \('w'\)"):
+        cls().fit(df.assign(when=pd.date_range("2020-01-01", periods=10).astype("datetime64[ns]"), who="w"))
+    rng = np.random.default_rng(0)
+    kind, flag = rng.integers(1, 4, 10).astype(float), rng.integers(0, 2, 10).astype(bool)
+    df = pd.DataFrame({"a": rng.normal(size=10), "b": rng.normal(size=10)})
+    seeded = {"random_state": 0} if "random_state" in cls._get_param_names() else {}
+    fitted = cls(**seeded).fit(df.assign(kind=pd.Categorical(kind), flag=flag))
+    plain = cls(**seeded).fit(df.assign(kind=kind, flag=flag.astype(float)))
+    np.testing.assert_array_equal(fitted.calibration_scores_, plain.calibration_scores_)
+    with pytest.raises(ValueError, match=f"{cls.__name__}: DataFrame column 'kind' is categorical"):
+        fitted.anomaly_score(df.assign(kind=pd.Categorical(["x", "y"] * 5), flag=flag))

@@ -33,6 +33,7 @@ from normalcy.numerics.stats import threshold_at
 
 __all__ = ["ROW_BYTES", "SAFE_EXPONENT", "ColumnScaled", "TooLarge", "VectorDetector", "check_array", "check_budget",
            "check_integer", "check_number", "check_seed", "column_scale", "finite_rows", "no_shadowed_methods",
+           "not_numeric_columns",
            "plain", "plain_params", "scaled"]
 
 ROW_BYTES = 8  # float64
@@ -55,6 +56,43 @@ def finite_rows(X: np.ndarray) -> tuple[np.ndarray, str]:
     shown = ", ".join(str(i) for i in bad[:10])
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     return mask, f"{len(bad)} of {len(mask)} rows contain NaN or inf: rows {shown}{more} (counting from 0)"
+
+
+def not_numeric_columns(X: object) -> str:
+    """What keeps a pandas DataFrame's columns from being numbers, naming the first few, else "" (not a frame,
+    or every column is numbers). scikit-learn said "could not convert string to float: 'x'" for a categorical
+    or text column and "The DType <class 'numpy.dtypes.DateTime64DType'> could not be promoted" for dates,
+    naming no column; a table file's such columns are left out of the features with a note (``read_table``)."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None or not hasattr(dtypes, "items"):
+        return ""
+    said = []
+    for name, dtype in dtypes.items():
+        kind = getattr(dtype, "kind", "O")
+        categories = getattr(dtype, "categories", None)
+        if categories is not None and getattr(categories.dtype, "kind", "O") not in "biuf":
+            shown = ", ".join(repr(c) for c in list(categories[:3])) + (", ..." if len(categories) > 3 else "")
+            said.append(f"{name!r} is categorical ({shown}): encode it (its .cat.codes, or pandas.get_dummies)")
+        elif kind in "mM":
+            said.append(f"{name!r} holds {dtype}: turn it into numbers (seconds, say) or drop it")
+        elif kind in "OSU" and categories is None:
+            try:
+                np.asarray(X[name], dtype=np.float64)
+            except (ValueError, TypeError):
+                text = next((v for v in X[name] if not _is_number(v)), None)
+                said.append(f"{name!r} holds text ({str(text)[:40]!r}), not numbers: encode it or drop it")
+    if not said:
+        return ""
+    more = f"; and {len(said) - 5} more such columns" if len(said) > 5 else ""
+    return "DataFrame column " + "; column ".join(said[:5]) + more + "; a detector fits columns of numbers"
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+        return True
+    except (ValueError, TypeError):
+        return False
 
 
 def column_scale(X: np.ndarray, chunk: int = 65536, limit: int = SAFE_EXPONENT) -> np.ndarray:
@@ -238,8 +276,14 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         return 4.0 * n * d * ROW_BYTES
 
     def _checked(self, X, reset: bool) -> np.ndarray:
-        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
-                          ensure_min_samples=2 if reset else 1)
+        try:
+            X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
+                              ensure_min_samples=2 if reset else 1)
+        except (ValueError, TypeError) as err:  # a DataFrame's column of categories, text or dates
+            said = not_numeric_columns(X)
+            if not said:
+                raise
+            raise ValueError(f"{type(self).__name__}: {said}") from err
         mask, message = finite_rows(X)
         if message:
             raise ValueError(f"{type(self).__name__}: {message}; drop them or fill them in first")
