@@ -302,6 +302,28 @@ def test_a_numpy_savetxt_header_names_the_columns(tmp_path: Path) -> None:
         read_table(tmp_path / "bad.csv")
 
 
+def test_percentages_are_read_as_numbers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A column of "12%" (a spreadsheet's percent cells) was left out of the features as text: read as 0.12 now,
+    said once; "n/a%" or "12%%" stay text (missing values)."""
+    path = _csv(tmp_path / "t.csv", "a;b", ["12%;1", "13,5 %;2", "-4%;3", "1.234,5%;4", "12%%;5"])
+    with caplog.at_level("WARNING", logger="normalcy"):
+        t = read_table(path)
+    assert t.columns == ["a", "b"] and t.X[:4, 0].tolist() == [0.12, 0.135, -0.04, 12.345] and np.isnan(t.X[4, 0])
+    assert f"{path}: column 'a': 4 value(s) with percent signs read as numbers (the first '12%' as 0.12)" \
+        in caplog.text
+
+
+def test_a_column_named_in_other_case_is_pointed_at(tmp_path: Path) -> None:
+    """--label-column label of a file with 'Label' said "no column 'label'; it has 'a', 'Label'"; a model's
+    column 'Temp' of a file with 'temp', likewise: the message now asks whether the other one is meant."""
+    path = _csv(tmp_path / "t.csv", "a,Label", ["1,0", "2,1", "3,0"])
+    with pytest.raises(InputError, match=r"no column 'label' \(names are matched exactly: did you mean 'Label'\?\)"):
+        read_table(path, label_column="label")
+    with pytest.raises(InputError, match=r"feature columns \['A'\] are missing \(names are matched exactly: did "
+                                         r"you mean 'a'\?\)"):
+        read_table(path, columns=["A"])
+
+
 def test_a_text_cell_in_a_numeric_column_is_a_missing_value_said_once(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """One "abc" among numbers left the whole column out at fit and refused the file at predict: it is now a

@@ -501,8 +501,15 @@ def grouped_number(text: str, comma: bool = False) -> float:
     Asked only of a cell that reads as no number otherwise, so no cell that reads as one changes (with
     ``comma``, 1.234 stays 1.234 and 1,234 is 1.234; 1.234,5 is 1234.5). With ``comma`` (a semicolon- or
     tab-separated file), 1,234.5 and 1,234,567 are read too: no decimal comma is written so, and tab files
-    are as often written with decimal points (1,234.5 there was left out as text where a comma file reads it)."""
+    are as often written with decimal points (1,234.5 there was left out as text where a comma file reads it).
+    A percentage is its value: 12% (or 1,234.5 %) is 0.12 (12.345), a spreadsheet's formatted percent cell."""
     text = text.strip()
+    if text.endswith("%"):  # 12% is 0.12, as a spreadsheet holds it
+        inner = text[:-1].rstrip()
+        if not re.match(r"[+-]?\.?\d", inner) or inner.endswith("%"):  # no "inf%", "true%", "12%%"
+            return math.nan
+        number = cell_number(inner, comma)
+        return (number if not math.isnan(number) else grouped_number(inner, comma)) / 100
     if _SPACE_GROUPED.fullmatch(text):
         return float(re.sub(f"[{_SPACES}]", "", text).replace(",", "."))
     for decimal_comma in ((True, False) if comma else (False,)):  # the file's own convention first
@@ -520,7 +527,10 @@ def grouped_cells(a: np.ndarray, values: np.ndarray, bad: list[int], comma: bool
     for i in bad:
         values[i] = grouped_number(str(a[i]), comma)
     grouped = [i for i in bad if not math.isnan(values[i])]
-    said = (f"{len(grouped)} value(s) with thousands separators read as numbers (the first "
+    percent = sum(str(a[i]).strip().endswith("%") for i in grouped)
+    kind = ("percent signs" if percent == len(grouped) else "thousands separators or percent signs" if percent
+            else "thousands separators")
+    said = (f"{len(grouped)} value(s) with {kind} read as numbers (the first "
             f"{str(a[grouped[0]]).strip()[:40]!r} as {values[grouped[0]]:g})") if grouped else ""
     return grouped, [i for i in bad if math.isnan(values[i])], said
 
@@ -625,7 +635,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         raise InputError(f"{path}: no rows")
     for name in (label_column, id_column):
         if name is not None and name not in arrays:
-            raise InputError(f"{path}: no column {name!r}; it has {_names(arrays)}")
+            raise InputError(f"{path}: no column {name!r}{_other_case(name, arrays)}; it has {_names(arrays)}")
     labels = None if label_column is None else _labels(path, label_column, arrays[label_column], read_as_missing)
     ids = ["" if v is None else str(v) for v in arrays[id_column]] if id_column else [str(i) for i in range(n)]
     features: dict[str, np.ndarray | None] = {}
@@ -654,8 +664,8 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         if missing:
             hint = ("; a file without a header line? its first row is read as the column names"
                     if _headerless(path, list(arrays)) else "")
-            raise InputError(f"{path}: the model's feature columns {missing[:10]} are missing; it has "
-                             f"{_names(arrays)}{hint}")
+            raise InputError(f"{path}: the model's feature columns {missing[:10]} are missing"
+                             f"{_other_case(missing[0], arrays)}; it has {_names(arrays)}{hint}")
         _check_npz_width(path, columns, source)  # columns named by position: extra ones are no id or label
         ignored = []
     if not columns:
@@ -772,6 +782,13 @@ def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str |
         if re.fullmatch(r"__index_level_\d+__", name) and name not in (label_column, id_column):
             out.append((name, f"{path}: {name!r} (the row index pandas writes into Parquet) left out of the features"))
     return out
+
+
+def _other_case(name: str, arrays: dict) -> str:
+    """" (names are matched exactly: did you mean 'Label'?)" when a column is ``name`` in other case or with
+    spaces around it, else "": "no column 'label'; it has 'a', 'Label'" left the difference to be spotted."""
+    like = [c for c in arrays if c.strip().lower() == name.strip().lower()]
+    return f" (names are matched exactly: did you mean {like[0]!r}?)" if like else ""
 
 
 def _names(arrays: dict) -> str:
