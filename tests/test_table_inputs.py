@@ -306,6 +306,9 @@ def test_a_numpy_savetxt_header_names_the_columns(tmp_path: Path) -> None:
     assert read_table(tmp_path / "hash.csv").columns == ["#", "x"]
     np.savetxt(tmp_path / "label.csv", np.c_[[0, 1, 0, 0], X], delimiter=",", header="label,a,b,c")
     assert read_table(tmp_path / "label.csv", label_column="# label").labels.tolist() == [0, 1, 0, 0]
+    np.savetxt(tmp_path / "padded.csv", X, fmt="%10.4f", header="a b c")
+    with pytest.raises(InputError, match=r"padded.csv: its rows' values are aligned by runs of spaces"):
+        read_table(tmp_path / "padded.csv")
     np.savetxt(tmp_path / "bad.csv", X, delimiter=",", header="a b c")
     with pytest.raises(InputError, match=r"bad.csv: its header line '# a b c' \(a comment, as numpy.savetxt writes "
                                          r"one\) names 1 column\(s\), its rows have 3 fields separated by ','"):

@@ -404,6 +404,10 @@ def _commented_header(path: Path) -> tuple[str, int, list[str]]:
     delimiter = csv_delimiter(shown.encode()) if shown is not None else " " if " " in line.strip() else ","
     names = named.split() if delimiter == " " else next(csv.reader([named], delimiter=delimiter), [])
     width = len(line.split(" ")) if delimiter == " " else len(next(csv.reader([line], delimiter=delimiter), []))
+    if delimiter == " " and (line.startswith(" ") or "  " in line.rstrip()):  # savetxt(fmt="%10.4f"): padded
+        raise InputError(f"{path}: its rows' values are aligned by runs of spaces ({line.strip()[:60]!r}), which "
+                         "are not read as one separator: write them separated by commas (numpy.savetxt(..., "
+                         "delimiter=',', header='a,b,c', comments=''))")
     if line.strip() and len(names) != width:
         shown = "a space" if delimiter == " " else repr(delimiter)
         raise InputError(f"{path}: its header line {comments[-1][:80]!r} (a comment, as numpy.savetxt writes one) "
