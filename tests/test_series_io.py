@@ -711,3 +711,19 @@ def test_a_numpy_savetxt_header_names_a_series_columns(tmp_path: Path) -> None:
     s = read_series(tmp_path / "s.csv", keep=(["# a", "b"], "the model"))[0]
     assert s.columns == ("# a", "b")
     np.testing.assert_array_equal(s.values, X)
+
+
+def test_a_numpy_savetxt_file_with_a_time_column_is_a_series_scored_with_its_times(tmp_path: Path) -> None:
+    """With "# time,m0" read as the names time, m0, predict re-read the time column "time" by pyarrow from the
+    raw header ("# time"): "cannot read the time column 'time'", and no series was scored. Every reader of a CSV
+    takes its layout from one place (``csv_layout``): the file is a series (its time column found by name) and
+    its times are the rows', a '#' footer left out."""
+    from normalcy.series.runs import is_series_input, read_series_file
+
+    path = tmp_path / "test.csv"
+    np.savetxt(path, np.c_[np.arange(40), np.random.default_rng(0).normal(size=40)], delimiter=",",
+               header="time,m0", footer="end")
+    assert is_series_input(path)
+    f = read_series_file(path, None, None)
+    assert f.time_column == "time" and f.times[:2] == ["0.000000000000000000e+00", "1.000000000000000000e+00"]
+    assert len(f.times) == 40

@@ -59,7 +59,7 @@ from normalcy.series.io import (
     untrained_folders,
 )
 from normalcy.series.stream import Stream
-from normalcy.vectors.tables import csv_delimiter
+from normalcy.vectors.tables import csv_layout
 from normalcy.version import __version__
 
 log = logging.getLogger("normalcy")
@@ -91,7 +91,8 @@ def header_columns(path: Path) -> list[str] | None:
         if suffix == ".csv":
             with open(path, "rb") as fh:
                 line = fh.readline(1 << 20)
-            return next(csv.reader([line.decode("utf-8-sig", "replace")], delimiter=csv_delimiter(line)), [])
+            delimiter, _, names = csv_layout(path, line)  # numpy.savetxt's "# time,value": time, value
+            return names or next(csv.reader([line.decode("utf-8-sig", "replace")], delimiter=delimiter), [])
     except Exception:  # noqa: BLE001  (any unreadable file: not this function's to explain)
         return None
     return None
@@ -844,8 +845,12 @@ def time_texts(path: Path, column: str | None, n: int) -> list[str]:
 
             with open(path, "rb") as fh:
                 header = fh.readline(64 << 20)
-            table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=max(1 << 20, 4 * len(header))),
-                                  parse_options=pcsv.ParseOptions(delimiter=csv_delimiter(header)),
+            delimiter, skip, names = csv_layout(path, header)  # as the series reader read it
+            table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=max(1 << 20, 4 * len(header)),
+                                                                      skip_rows=skip, column_names=names),
+                                  parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=(
+                                      (lambda row: "skip" if row.text.startswith("#") else "error") if skip
+                                      else None)),  # numpy.savetxt's footer, a comment
                                   convert_options=pcsv.ConvertOptions(include_columns=[column],
                                                                       column_types={column: pa.string()}))
             values = table.column(column).to_pylist()

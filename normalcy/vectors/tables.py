@@ -333,9 +333,7 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
     if re.fullmatch(rb"(\xef\xbb\xbf)?\s*sep=.\s*", header, flags=re.IGNORECASE):  # read: columns 'sep=' and ''
         raise InputError(f"{path}: its first line, {header.decode('utf-8-sig').strip()!r}, is a spreadsheet's note "
                          "of the separator, not the header: delete that line")
-    delimiter, skip, names = csv_delimiter(header), 0, None
-    if commented(header):  # numpy.savetxt's header: "# a,b,c" (or "# a b c")
-        delimiter, skip, names = _commented_header(path)
+    delimiter, skip, names = csv_layout(path, header)
     width = len(names) if names is not None else \
         len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), []))
     _check_width(path, width)
@@ -375,6 +373,15 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
         # a record's data row: the header (or the '#' lines, the last of them the names) and comments before it
         rows = [r.number - 1 - max(skip, 1) - sum(c < r.number for c in comments) for r in bad]
         return _keep_rows(path, table, bad, rows, lines, ragged)
+
+
+def csv_layout(path: Path, header: bytes) -> tuple[str, int, list[str] | None]:
+    """(separator, lines before the rows to skip, column names or None for "the first line's") of a CSV whose
+    first line is ``header``: what every reader of a CSV gives pyarrow, so that a numpy.savetxt header ("# a,b")
+    names the same columns wherever the file is read."""
+    if commented(header):
+        return _commented_header(path)
+    return csv_delimiter(header), 0, None
 
 
 def commented(header: bytes) -> bool:
