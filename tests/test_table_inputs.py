@@ -306,6 +306,9 @@ def test_a_numpy_savetxt_header_names_the_columns(tmp_path: Path) -> None:
     assert read_table(tmp_path / "hash.csv").columns == ["#", "x"]
     np.savetxt(tmp_path / "label.csv", np.c_[[0, 1, 0, 0], X], delimiter=",", header="label,a,b,c")
     assert read_table(tmp_path / "label.csv", label_column="# label").labels.tolist() == [0, 1, 0, 0]
+    (tmp_path / "notes.csv").write_text("# exported by X\n# on Monday\na;b\n1,5;2\n3\n4;5\n")  # a header after notes
+    t = read_table(tmp_path / "notes.csv")
+    assert t.columns == ["a", "b"] and t.X[[0, 2]].tolist() == [[1.5, 2], [4, 5]] and list(t.read_as_missing) == [1]
     np.savetxt(tmp_path / "padded.csv", X, fmt="%10.4f", header="a b c")
     with pytest.raises(InputError, match=r"padded.csv: its rows' values are aligned by runs of spaces"):
         read_table(tmp_path / "padded.csv")

@@ -415,6 +415,8 @@ def _commented_header(path: Path) -> tuple[str, int, list[str]]:
         raise InputError(f"{path}: its rows' values are aligned by runs of spaces ({line.strip()[:60]!r}), which "
                          "are not read as one separator: write them separated by commas (numpy.savetxt(..., "
                          "delimiter=',', header='a,b,c', comments=''))")
+    if line.strip() and len(names) != width and not _holds_number(line):
+        return _header_after_comments(line, len(comments))
     if line.strip() and len(names) != width:
         shown = "a space" if delimiter == " " else repr(delimiter)
         raise InputError(f"{path}: its header line {comments[-1][:80]!r} (a comment, as numpy.savetxt writes one) "
@@ -422,6 +424,19 @@ def _commented_header(path: Path) -> tuple[str, int, list[str]]:
                          "the names on one line, separated as the values are (savetxt(..., delimiter=',', "
                          "header='a,b,c', comments=''))")
     return delimiter, len(comments), names
+
+
+def _holds_number(line: str) -> bool:
+    """Whether a line holds a number in some field (a row), rather than names only (a header)."""
+    fields = next(csv.reader([line], delimiter=csv_delimiter(line.encode())), [])
+    return any(not math.isnan(cell_number(f)) for f in fields)
+
+
+def _header_after_comments(line: str, comments: int) -> tuple[str, int, list[str]]:
+    """The layout of a CSV whose '#' lines are notes ("# exported by X") above a header line of its own: the
+    header was refused as a '#' line naming 1 column over rows of 3."""
+    delimiter = csv_delimiter(line.encode())
+    return delimiter, comments + 1, next(csv.reader([line], delimiter=delimiter), [])
 
 
 def _check_utf8(path: Path, header: bytes) -> None:
