@@ -266,6 +266,9 @@ def test_cells_read_as_fit_reads_them(fitted: Path) -> None:
     s = watch(fitted / "model", io.StringIO(feed), out=out)
     watch(fitted / "model", io.StringIO("\n".join(text) + "\n"), out=want)
     assert s.held == 0 and out.getvalue() == want.getvalue()
+    out = io.StringIO()  # a tab feed likewise (fit reads 1,5 in a tab file as 1.5; watch held it as text)
+    s = watch(fitted / "model", io.StringIO(feed.replace(";", "\t")), out=out)
+    assert s.held == 0 and out.getvalue() == want.getvalue()
     assert [cell_number(t) for t in ("True", "false", " 2.5 ", "", "n/a")][:3] == [1.0, 0.0, 2.5]
     assert np.isnan(cell_number("")) and np.isnan(cell_number("n/a")) and cell_number("1,5", comma=True) == 1.5
     grouped = "\n".join([text[0]] + [f'{t},"1,{round(float(c) * 100) % 1000:03d}",{m}' for t, c, m in rows]) + "\n"

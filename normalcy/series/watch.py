@@ -363,7 +363,7 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
                 names = next(csv.reader([first], delimiter=sep))
             except csv.Error as err:
                 raise InputError(f"{source_name}: the header line is not a CSV row ({err})") from None
-            watcher.header(names, comma=sep == ";")
+            watcher.header(names, comma=sep != ",")  # 1,5 is 1.5 in a tab feed too, as fit reads it (decimal_comma)
             writer.writerow(watcher.out_fields)
             out.flush()
             for n, text in enumerate(it, start=2):
