@@ -934,9 +934,9 @@ def _predict_images(model: Any, inputs: list[Path], output: Path, info: dict[str
                 if isinstance(rec, Skipped):
                     skipped.append((rec.path, rec.reason))
                 else:
-                    _add_safely(writer, skipped, rec.path, rec.image, rec.score, rec.map, rec.embedding)
+                    _add_safely(writer, skipped, rec.path, rec.image, rec.score, rec.lazy_map, rec.embedding)
                 bar.update(task, completed=len(writer.rows) + len(skipped))
-                del rec  # its image and full-size map, before the next is scored
+                del rec  # its image and full-size map (where drawn), before the next is scored
         return _finish_run(writer, skipped, f"normalcy predict: {len(writer.rows)} images")
 
 

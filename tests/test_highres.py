@@ -319,3 +319,52 @@ def test_predict_holds_no_earlier_batchs_images_while_it_reads_the_next(tmp_path
     monkeypatch.setattr(features, "iter_images", counted)
     api.predict(det, [tmp_path / f"{i}.png" for i in range(6, 9)], tmp_path / "run", report=False, progress=False)
     assert held == [0, 0, 0]
+
+
+
+@pytest.fixture(scope="module")
+def fitted_and_test(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A gaussian fitted on 6 noise images, and 3 test images, the highest-scoring first."""
+    folder = tmp_path_factory.mktemp("lazy")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(9):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (48, 56, 3), dtype=np.uint8)).save(paths[-1])
+    det = create("gaussian", FeatureExtractor(image_size=64, precision="fp32")).fit(paths[:6], progress=False)
+    res = det.score(paths[6:], progress=False)
+    order = np.argsort(-res.scores, kind="stable")
+    return det, [res.paths[i] for i in order], [res.maps.grids[i] for i in order]
+
+
+@pytest.mark.parametrize("flags, drawn", [
+    ({"heatmaps": False, "report": False}, 0),  # scores only: no map is drawn at the image's size
+    ({"heatmaps": False, "report": True, "top": 1}, 1),  # a card for the top image only (the first scored)
+    ({"heatmaps": False, "report": False, "save_maps": True}, 3),
+    ({"heatmaps": True, "report": False}, 3),
+])
+def test_predict_draws_a_full_size_map_only_where_the_run_uses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   fitted_and_test: tuple, flags: dict,
+                                                                   drawn: int) -> None:
+    """predict drew every image's map at the image's full size (144 MB and a second for a 6000x6000 photo), even
+    with --no-heatmaps --no-report, where nothing reads it. It is drawn now only for a picture, a map file or a
+    report card, and what is written is as it was."""
+    from normalcy import api
+    from normalcy.detectors import base
+    from normalcy.images import features
+
+    det, test, grids = fitted_and_test
+    calls: list[tuple[int, int]] = []
+    draw = features.upsample_map
+
+    def counted(grid: np.ndarray, size: tuple[int, int], sigma: float = 0.5) -> np.ndarray:
+        calls.append(tuple(size))
+        return draw(grid, size, sigma)
+
+    monkeypatch.setattr(features, "upsample_map", counted)
+    monkeypatch.setattr(base, "upsample_map", counted)
+    api.predict(det, test, tmp_path / "run", progress=False, **flags)
+    assert calls == [(48, 56)] * drawn
+    if flags.get("save_maps"):
+        for p, grid in zip(test, grids):
+            np.testing.assert_array_equal(np.load(tmp_path / "run" / "maps" / f"{p.stem}.npy"), draw(grid, (48, 56)))

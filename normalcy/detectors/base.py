@@ -64,7 +64,7 @@ from normalcy.detectors.modelfile import (
 )
 from normalcy.errors import InputError, NotFittedError
 from normalcy.files import MODEL_JSON, write_model_files
-from normalcy.images.features import MIN_SIZE, Batch, FeatureExtractor, Features, upsample_map
+from normalcy.images.features import MIN_SIZE, Batch, FeatureExtractor, Features, LazyMap, upsample_map
 from normalcy.images.io import input_paths
 from normalcy.numerics.stats import check_fpr_unchanged, threshold_at
 from normalcy.progress import progress_bar
@@ -106,6 +106,10 @@ class Maps(Sequence[np.ndarray]):
         """Map i drawn at size (height, width)."""
         return upsample_map(self.grids[i], size)
 
+    def lazy(self, i: int) -> LazyMap:
+        """Map i at its image's size, not drawn yet."""
+        return LazyMap(self.grids[i], self.sizes[i])
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or len(other) != len(self):
             return False
@@ -143,9 +147,14 @@ class Scored:
     embedding: np.ndarray | None = None
 
     @cached_property
+    def lazy_map(self) -> LazyMap:
+        """The map at the image's original size, not drawn yet (``RunWriter.add`` draws it where it is used)."""
+        return LazyMap(self.grid, self.image.shape[:2])
+
+    @property
     def map(self) -> np.ndarray:
         """HxW float32 at the image's original size, drawn on first use."""
-        return upsample_map(self.grid, self.image.shape[:2])
+        return self.lazy_map.full
 
 
 @dataclass

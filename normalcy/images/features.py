@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -588,6 +589,21 @@ def upsample_map(patch_map: np.ndarray, size: tuple[int, int], sigma: float = 0.
     if sigma > 0:
         m = cv2.GaussianBlur(m, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
     return cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass
+class LazyMap:
+    """A patch-grid map and the image size (H, W) it is drawn at, drawn (:func:`upsample_map`) on the first read
+    of ``full`` only: a run that writes no picture, map file or report card of an image never draws its map
+    (144 MB and a second of a 6000x6000 photo's)."""
+
+    grid: np.ndarray
+    size: tuple[int, int]
+
+    @cached_property
+    def full(self) -> np.ndarray:
+        """HxW float32 at the image's size."""
+        return upsample_map(self.grid, self.size)
 
 
 # The original pixels a batch may hold for its overlays (``keep_images``, as predict reads them): about 400 MB of

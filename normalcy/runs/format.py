@@ -68,6 +68,7 @@ from safetensors.numpy import load_file, save_file
 from normalcy.errors import InputError
 from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, resolved, write_error
 from normalcy.files import writing as folder_locked
+from normalcy.images.features import LazyMap
 from normalcy.images.heatmap import pictures_bgr, write_bgr
 from normalcy.images.io import printable
 from normalcy.numerics.stats import decide
@@ -469,15 +470,20 @@ class RunWriter:
         self._names.add(name.casefold())
         return name
 
-    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray | None,
+    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray | LazyMap | None,
             embedding: np.ndarray | None = None) -> None:
         """Record one scored image and write its pictures (none when the detector gave no map). Its decision
-        is ``score >= threshold`` (:func:`decide`)."""
+        is ``score >= threshold`` (:func:`decide`). A LazyMap is drawn at full size only where a picture, a map
+        file or a report card needs it: scores alone (``--no-heatmaps --no-report``) never draw it."""
         anomalous = bool(decide(np.array([score]), self.threshold)[0])
         name = self._name(path)
         lo, hi = self.map_range
         over = ""
-        drawn = pictures_bgr(image, amap, lo, hi, beside=self.heatmaps) \
+
+        def full() -> np.ndarray:
+            return amap.full if isinstance(amap, LazyMap) else amap  # type: ignore[return-value]
+
+        drawn = pictures_bgr(image, full(), lo, hi, beside=self.heatmaps) \
             if amap is not None and (self.overlays or self.heatmaps) else None  # overlay on the right
         if self.overlays and drawn is not None:
             over = f"overlays/{name}.png"
@@ -490,13 +496,13 @@ class RunWriter:
         del drawn  # before the map is saved (a 6000x6000 photo: 216 MB)
         if self.save_maps and amap is not None:
             (self.folder / "maps").mkdir(exist_ok=True)
-            np.save(self.folder / "maps" / f"{name}.npy", np.asarray(amap, np.float32))  # no copy of a float32 map
+            np.save(self.folder / "maps" / f"{name}.npy", np.asarray(full(), np.float32))  # no copy of a float32 map
         if embedding is not None:
             self.embeddings.append(np.asarray(embedding, dtype=np.float32))
         key = (score, len(self.rows))  # ties: the later image wins, as heapq.heappushpop keeps it
         if self.report and self.top > 0 and (len(self._best) < self.top or key > self._best[0][:2]):
             # Kept at gallery size: the top-N of 1600x800 images would otherwise hold 9 MB each.
-            item = gallery_image(str(path), score, anomalous, image, amap)
+            item = gallery_image(str(path), score, anomalous, image, None if amap is None else full())
             push = heapq.heappush if len(self._best) < self.top else heapq.heappushpop
             push(self._best, (*key, item))
         self._ids.append(str(Path(path).resolve()))
