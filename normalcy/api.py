@@ -34,7 +34,7 @@ from normalcy.detectors import (
     default_backbone,
 )
 from normalcy.detectors import load as load_image_model
-from normalcy.detectors.base import report_info
+from normalcy.detectors.base import Maps, report_info
 from normalcy.errors import InputError, reasons, shortened
 from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, reading, resolved, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
@@ -962,7 +962,7 @@ def score_batch(inputs: PathLike | Sequence[PathLike], output: PathLike = "resul
     for path, reason in det.skipped_refs_:
         logger.warning("extra image %s skipped: %s", path, reason)
     result = det.score(paths, progress=progress, embeddings=True)  # images are read again below
-    assert result.embeddings is not None
+    assert result.embeddings is not None and isinstance(result.maps, Maps)
     skipped = list(result.skipped)
     row_of = {p: i for i, p in enumerate(result.paths)}
     with RunWriter(output, result.threshold, det.map_range_ or (0.0, 1.0), heatmaps=heatmaps, overlays=heatmaps,
@@ -972,7 +972,7 @@ def score_batch(inputs: PathLike | Sequence[PathLike], output: PathLike = "resul
             task = bar.add_task("writing", total=len(result.paths))
             for path, image in iter_images(result.paths, skipped):  # a file gone since scoring is skipped, named
                 i = row_of[path]
-                _add_safely(writer, skipped, path, image, float(result.scores[i]), result.maps[i],
+                _add_safely(writer, skipped, path, image, float(result.scores[i]), result.maps.lazy(i),
                             result.embeddings[i])
                 bar.advance(task)
         return _finish_run(writer, skipped, f"normalcy score-batch (MuSc, zero-shot): {len(writer.rows)} images")

@@ -368,3 +368,15 @@ def test_predict_draws_a_full_size_map_only_where_the_run_uses_it(tmp_path: Path
     if flags.get("save_maps"):
         for p, grid in zip(test, grids):
             np.testing.assert_array_equal(np.load(tmp_path / "run" / "maps" / f"{p.stem}.npy"), draw(grid, (48, 56)))
+
+
+def test_pixel_metrics_shrink_a_shrink_maps_full_size_maps_as_a_list_of_them() -> None:
+    """MuSc's maps (``Maps(shrink=True)``, held at the patch grid) reach the pixel metrics as its list of full-size
+    maps did: each drawn at its image's size, then shrunk by area averaging to the capped side."""
+    from normalcy.evaluation.evaluate import maps_at
+
+    grids, sizes = [_grid(0), _grid(1, 6, 6)], [(800, 1600), (37, 53)]
+    small = [metric_size(s) for s in sizes]
+    lazy, full = maps_at(Maps(grids, sizes, shrink=True), small), maps_at(list(Maps(grids, sizes)), small)
+    assert len(lazy) == 2 and all(np.array_equal(a, b) for a, b in zip(lazy, full))
+    assert not np.array_equal(maps_at(Maps(grids, sizes), small)[0], full[0])  # drawn at the capped side directly

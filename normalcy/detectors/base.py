@@ -86,13 +86,16 @@ class Maps(Sequence[np.ndarray]):
     ``maps[i]`` is image i's map at the image's original size, as a list of full-size maps would give,
     but nothing more than the patch grids is held: a test set of 1600x800 images would otherwise hold
     5 MB of map per image. ``at(i, size)`` draws a map at another size (pixel metrics at a capped side).
+    ``shrink``: pixel metrics take each map at its image's size, shrunk by area averaging
+    (``evaluation.evaluate.maps_at``), as they did when MuSc gave full-size maps, so its metrics stay as they were.
     """
 
-    def __init__(self, grids: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> None:
+    def __init__(self, grids: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]], shrink: bool = False) -> None:
         if len(grids) != len(sizes):
             raise ValueError(f"{len(grids)} patch maps for {len(sizes)} image sizes")
         self.grids = list(grids)
         self.sizes = [(int(h), int(w)) for h, w in sizes]
+        self.shrink = shrink
 
     def __len__(self) -> int:
         return len(self.grids)

@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator
 
-from normalcy.detectors.base import HyperParams, Result, _items, validation_message
+from normalcy.detectors.base import HyperParams, Maps, Result, _items, validation_message
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.errors import InputError
-from normalcy.images.features import FeatureExtractor, upsample_map
+from normalcy.images.features import FeatureExtractor
 from normalcy.progress import progress_bar
 
 
@@ -254,7 +254,9 @@ class MuSc:
         mad = float(np.median(np.abs(scores - med))) or 1e-12
         self.threshold_ = med + self.mad_factor * 1.4826 * mad
         self.map_range_ = (float(np.quantile(maps_grid, 0.5)), float(maps_grid.max()))
-        maps = [upsample_map(m, shape) for m, (_, shape, _) in zip(maps_grid, seen)]
+        # held at the patch grid and drawn when read: a list of every image's full-size map held a batch of
+        # 6000x6000 photos' maps at once (144 MB each); eval still shrinks each from its full size (``shrink``)
+        maps = Maps(list(maps_grid), [shape for _, shape, _ in seen], shrink=True)
         return Result(paths=[p for p, _, _ in seen], scores=scores, maps=maps, decisions=scores >= self.threshold_,
                       threshold=self.threshold_, skipped=skipped,
                       images=[im for _, _, im in seen] if keep_images else None,

@@ -61,9 +61,9 @@ def image_sizes(maps: Sequence[np.ndarray]) -> list[tuple[int, int]]:
 
 
 def maps_at(maps: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> Sequence[np.ndarray]:
-    """The maps at the given sizes: lazy ones stay lazy (drawn from the patch grid when read),
-    full-size arrays (MuSc) are shrunk by area averaging."""
-    if isinstance(maps, Maps):
+    """The maps at the given sizes: lazy ones stay lazy (drawn from the patch grid when read), full-size arrays
+    and MuSc's maps (``Maps.shrink``: drawn one at a time) are shrunk by area averaging."""
+    if isinstance(maps, Maps) and not maps.shrink:
         return Maps(maps.grids, sizes)
     return [np.asarray(m) if np.shape(m) == tuple(s) else
             cv2.resize(np.asarray(m, np.float32), (s[1], s[0]), interpolation=cv2.INTER_AREA)
