@@ -59,7 +59,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from safetensors import SafetensorError
@@ -68,7 +68,6 @@ from safetensors.numpy import load_file, save_file
 from normalcy.errors import InputError
 from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, resolved, write_error
 from normalcy.files import writing as folder_locked
-from normalcy.images.features import LazyMap
 from normalcy.images.heatmap import pictures_bgr, write_bgr
 from normalcy.images.io import printable
 from normalcy.numerics.stats import decide
@@ -91,6 +90,9 @@ STAGING = ".partial"  # suffix of the hidden folder a run is written into, besid
 # The review's labels (``normalcy serve``, SQLite) are about the images, not one run's scores: they move
 # into the new run, as they stayed when runs were written over the old files.
 KEPT = ("review.sqlite", "review.sqlite-wal", "review.sqlite-shm")
+
+if TYPE_CHECKING:  # not imported here: it would bring torch into every reader of runs
+    from normalcy.images.features import LazyMap
 
 logger = logging.getLogger("normalcy")
 
@@ -470,7 +472,7 @@ class RunWriter:
         self._names.add(name.casefold())
         return name
 
-    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray | LazyMap | None,
+    def add(self, path: Path, image: np.ndarray, score: float, amap: np.ndarray | "LazyMap" | None,
             embedding: np.ndarray | None = None) -> None:
         """Record one scored image and write its pictures (none when the detector gave no map). Its decision
         is ``score >= threshold`` (:func:`decide`). A LazyMap is drawn at full size only where a picture, a map
@@ -481,7 +483,7 @@ class RunWriter:
         over = ""
 
         def full() -> np.ndarray:
-            return amap.full if isinstance(amap, LazyMap) else amap  # type: ignore[return-value]
+            return getattr(amap, "full", amap)  # a LazyMap drawn, an array as it is
 
         drawn = pictures_bgr(image, full(), lo, hi, beside=self.heatmaps) \
             if amap is not None and (self.overlays or self.heatmaps) else None  # overlay on the right
