@@ -369,6 +369,73 @@ def test_a_run_replaced_by_one_that_cannot_be_read_is_a_503_until_it_changes(run
         assert items(c)["n_items"] == 5
 
 
+def test_a_served_link_re_pointed_to_another_run_is_followed_each_run_keeping_its_labels(tmp_path: Path) -> None:
+    """`normalcy serve latest`, then `ln -sfn runs/NEW latest`: the server went on serving the run the link led to
+    at start. Each request follows the link; each run keeps its labels in its own review.sqlite, and a label given
+    on the old run's list after the link moved is refused (409), not put on the new run's item of that id."""
+    old, new = make_run(tmp_path / "runs" / "a"), make_run(tmp_path / "runs" / "b", n=5)
+    latest = tmp_path / "latest"
+    latest.symlink_to(old)
+    with open_client(latest) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        listed = items(c)
+        top = listed["items"][0]
+        assert listed["n_items"] == 12
+        assert c.post(f"/api/items/{top['id']}/label", json={"label": "anomalous"},
+                      headers={"X-Run-Version": listed["run_version"]}).status_code == 200
+        repoint(latest, new)
+        stale = c.post(f"/api/items/{top['id']}/label", json={"label": "normal"},
+                       headers={"X-Run-Version": listed["run_version"]})
+        assert stale.status_code == 409 and "holds another run" in stale.json()["detail"]
+        now = items(c)
+        assert now["n_items"] == 5 and now["n_labelled"] == 0 and now["run_version"] != listed["run_version"]
+        assert {Path(it["path"]).parent for it in now["items"]} == {new.parent / "images"}
+        shown = now["items"][0]
+        r = c.get(shown["image_url"])
+        assert r.status_code == 200 and r.content == Path(shown["path"]).read_bytes()
+        assert c.post(f"/api/items/{shown['id']}/label", json={"label": "normal"},
+                      headers={"X-Run-Version": now["run_version"]}).status_code == 200
+        repoint(latest, old)  # back: the old run with its own label
+        again = items(c)
+        assert again["n_items"] == 12 and again["n_labelled"] == 1
+        assert c.get(f"/api/items/{top['id']}").json()["label"] == "anomalous"
+    for run_dir, label in ((old, "anomalous"), (new, "normal")):  # each label in its own run's database
+        with open_client(run_dir) as c:
+            csv_text = c.app.state.review.store.export_csv()  # type: ignore[attr-defined]
+            assert csv_text.count("\n") == 2 and f",{label}," in csv_text
+
+
+def repoint(link: Path, target: Path) -> None:
+    """`ln -sfn TARGET LINK`: a new link renamed over the old one."""
+    tmp = link.with_name(link.name + ".new")
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def test_a_served_link_removed_or_led_to_a_folder_without_a_run_is_a_503_naming_it(tmp_path: Path) -> None:
+    """The served link removed, or pointed at a folder that holds no run: a 503 saying so (and no review database
+    made in that folder), until the link leads to a run again."""
+    old = make_run(tmp_path / "runs" / "a")
+    latest = tmp_path / "latest"
+    latest.symlink_to(old)
+    other = tmp_path / "photos"
+    other.mkdir()
+    with open_client(latest) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert items(c)["n_items"] == 12
+        repoint(latest, other)
+        r = c.get("/api/items")
+        assert r.status_code == 503
+        assert f"{other} is not a run folder (no scores.csv)" in r.json()["detail"] and str(latest) in r.json()["detail"]
+        assert not (other / "review.sqlite").exists()
+        latest.unlink()
+        r = c.get("/api/items")
+        assert r.status_code == 503 and "gone since the review started" in r.json()["detail"]
+        assert str(latest) in r.json()["detail"]
+        latest.symlink_to(old)
+        assert items(c)["n_items"] == 12
+
+
 def test_a_run_rewritten_while_serve_reads_it_is_one_line(run: Path, tmp_path: Path, monkeypatch) -> None:
     """Another predict putting its run in place while serve read the run at start: the scores of one run beside
     the embeddings of the other (the re-ranking's features, perhaps of other images), served without a word.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import secrets
 from contextlib import asynccontextmanager
@@ -143,7 +144,8 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
 
     ``host`` is the address the server listens on: it decides which Host headers are accepted.
     """
-    run_dir = Path(run_dir).resolve()
+    served = Path(os.path.abspath(run_dir))  # as given: a symbolic link to a run is followed at each request
+    run_dir = served.resolve()
     if not run_dir.is_dir():
         raise InputError(f"run folder not found: {run_dir}")
     if not token:
@@ -163,14 +165,22 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         store.close()
         raise
 
+    stores = {run_dir: store}  # each run folder's store, by real path: a link re-pointed back finds its own
+
+    def open_store(target: Path) -> Store:
+        if target not in stores:
+            stores[target] = Store.for_run(target, database)
+        return stores[target]
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        store.close()
+        for each in stores.values():
+            each.close()
 
     app = FastAPI(title="normalcy review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.review = review  # the run as read at start (for whoever starts the server)
-    current_review = Current(review)
+    current_review = Current(review, served, open_store)
     app.state.current = current_review
     app.add_middleware(Guard, token=token, names=host_names(host))
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -214,7 +224,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
 
     def current(review: Review, item_id: int) -> tuple[int, Item]:
         k = review.position(item_id)
-        item = store.get(item_id) if k is not None else None
+        item = review.store.get(item_id) if k is not None else None
         if k is None or item is None:
             raise HTTPException(404, f"no item {item_id} in this run")
         return k, item
@@ -255,13 +265,14 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         seen = request.headers.get("x-run-version")
         if seen and seen != review.version:  # the page showed the items of the run the folder held before
             raise HTTPException(409, "the run folder holds another run since this page listed its items (another "
-                                     "predict into it?): the label was not saved; label again on the new run's list")
+                                     "predict into it, or its link re-pointed?): the label was not saved; label "
+                                     "again on the new run's list")
         k = review.position(item_id)
         if k is None:
             raise HTTPException(404, f"no item {item_id} in this run")
         client = _header_text(request.headers.get("x-client")) or (request.client.host if request.client else "")
         try:
-            item = store.set_label(item_id, body.label, body.interest, client=client)
+            item = review.store.set_label(item_id, body.label, body.interest, client=client)
         except KeyError:
             raise HTTPException(404, f"no item {item_id}") from None
         except ValueError as err:
@@ -272,7 +283,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
     @app.get("/api/labels.csv")
     def labels_csv() -> Response:
         review = current_review.get()
-        return Response(store.export_csv(review.id_column), media_type="text/csv; charset=utf-8",
+        return Response(review.store.export_csv(review.id_column), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="labels.csv"'})
 
     @app.get("/api/status")

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -213,7 +213,8 @@ class Review:
     def version(self) -> str:
         """A short text naming the run read: the page sends it with each label, so that a label given on the
         items of a run replaced since is refused, not put on another run's item of the same key."""
-        return hashlib.blake2b(repr(self.run_state).encode(), digest_size=6).hexdigest()
+        # the folder too: two runs without run.json (scores.csv written by hand) behind one link are two runs
+        return hashlib.blake2b(repr((str(self.run_dir), self.run_state)).encode(), digest_size=6).hexdigest()
 
     # items
 
@@ -426,60 +427,90 @@ class Current:
     run in its place (its review.sqlite moved into it): the page went on showing the old items, scores and
     ranking beside the new run's overlays and pictures, for as long as the server ran. The first request after
     the change reads the new run (labels are kept: they are the store's, by key); a folder gone, or replaced by
-    one that cannot be reviewed, is a 503 saying so until the folder changes again."""
+    one that cannot be reviewed, is a 503 saying so until the folder changes again.
 
-    def __init__(self, review: Review) -> None:
+    The folder is the one ``served`` leads to now: a symbolic link (``latest -> runs/2026-12-07T10``, re-pointed
+    by ``ln -sfn runs/NEW latest``) is followed at each request, as a replaced folder is read again; each run
+    keeps its labels in its own store (``open_store``), so a label never crosses from one run to the other."""
+
+    def __init__(self, review: Review, served: Path | None = None,
+                 open_store: Callable[[Path], Store] | None = None) -> None:
         self.review = review
+        self.served = review.run_dir if served is None else served
+        self._open_store = open_store
         self._lock = threading.Lock()
-        self._failed: tuple[tuple[int, int, int, int] | None, Unavailable] | None = None
+        self._failed: tuple[tuple[Path, tuple[int, int, int, int] | None], Unavailable] | None = None
         self._missing = False  # the folder stayed missing through a wait: not waited for again while it is
+
+    def target(self) -> Path:
+        """The run folder ``served`` leads to now (links followed): some lstat calls, so every request may ask."""
+        return Path(os.path.realpath(self.served))
 
     def get(self) -> Review:
         review = self.review
-        if not review.replaced():
+        if not review.replaced() and self.target() == review.run_dir:
             return review
         with self._lock:  # one reload for the requests that find the change together
             for attempt in range(3):
                 review = self.review
-                state = file_state(review.run_dir / RUN_JSON)
-                if state is None and not self._missing:
-                    state = self._state_now(review.run_dir)  # waited for once, not on each request while gone
-                self._missing = state is None
-                if state == review.run_state:
+                run_dir = self.target()
+                state = file_state(run_dir / RUN_JSON)
+                if state is None and not self._missing and not run_dir.is_dir():
+                    run_dir, state = self._state_now()  # waited for once, not on each request while gone
+                self._missing = not run_dir.is_dir()
+                if run_dir == review.run_dir and state == review.run_state:
                     return review
-                if self._failed is not None and self._failed[0] == state:
+                if self._failed is not None and self._failed[0] == (run_dir, state):
                     raise self._failed[1]
-                where = printable(str(review.run_dir))
+                where = printable(str(self.served))
+                if run_dir != self.served:
+                    where += f" (leading to {printable(str(run_dir))})"
                 try:
-                    review.store.check_file()  # the labels' file went with the old folder: said, not made anew
-                    new = Review(review.run_dir, review.store, review.strategy, review.extra_roots)
+                    if run_dir == review.run_dir:
+                        review.store.check_file()  # the labels' file went with the old folder: said, not made anew
+                        store = review.store
+                    else:
+                        store = self._store_of(run_dir)
+                    new = Review(run_dir, store, review.strategy, review.extra_roots)
                 except (InputError, OSError) as err:
-                    if attempt < 2 and state is not None and file_state(review.run_dir / RUN_JSON) != state:
+                    if attempt < 2 and state is not None and file_state(run_dir / RUN_JSON) != state:
                         continue  # replaced again while it was read: read the newest
                     why = (f"{where}: the run folder is gone since the review started (moved or deleted): put it "
-                           "back, or restart normalcy serve on the folder where it is now") if state is None else (
+                           "back, or restart normalcy serve on the folder where it is now") if self._missing else (
                            f"{where} holds another run since the review started, which cannot be reviewed: {err} "
-                           "(read again when its run.json changes, or restart normalcy serve)")
-                    self._failed = (state, Unavailable(why))
+                           "(read again when it changes, or restart normalcy serve)")
+                    self._failed = ((run_dir, state), Unavailable(why))
                     logger.warning("review: %s", why)
                     raise self._failed[1] from None
                 self._failed = None
                 self.review = new
-                logger.warning("review: %s holds another run since it was read (another predict into it?): the "
-                               "review now shows its %d item(s); labels are kept", where, len(new.keys))
+                logger.warning("review: %s holds another run since it was read (another predict into it, or the link "
+                               "re-pointed?): the review now shows its %d item(s); labels are kept, each in its run's "
+                               "database", where, len(new.keys))
                 if new.features is None and review.features is not None:  # serve computes them at start only
                     logger.warning("review: %s has no %s: ranked by anomaly score only; restart normalcy serve to "
                                    "compute them and re-rank by labels", where, EMBEDDINGS)
             return self.review
 
-    @staticmethod
-    def _state_now(run_dir: Path) -> tuple[int, int, int, int] | None:
-        """run.json's state; missing, looked at again for up to a second: a predict puts its run in place by two
-        renames (the earlier run out, the new one in), between which the folder is not there."""
-        state = None
+    def _store_of(self, run_dir: Path) -> Store:
+        """The store of another run folder (a link re-pointed): refused for a folder that holds no run, before a
+        database is made in it."""
+        if self._open_store is None:
+            raise InputError("this review serves one run folder only")
+        if not (run_dir / SCORES_CSV).is_file():
+            raise InputError(f"{printable(str(run_dir))} is not a run folder (no {SCORES_CSV}): point the link at a "
+                             "run folder that predict wrote")
+        return self._open_store(run_dir)
+
+    def _state_now(self) -> tuple[Path, tuple[int, int, int, int] | None]:
+        """The run folder and its run.json's state; missing, looked at again for up to a second: a predict puts its
+        run in place by two renames (the earlier run out, the new one in), and ``ln -sfn`` a link by two steps,
+        between which the folder is not there."""
+        run_dir, state = self.target(), None
         for _ in range(10):
             time.sleep(0.1)
+            run_dir = self.target()
             state = file_state(run_dir / RUN_JSON)
-            if state is not None:
+            if state is not None or run_dir.is_dir():
                 break
-        return state
+        return run_dir, state
