@@ -585,7 +585,10 @@ def _embed_run(run_dir: Path) -> None:
     backbone = name if name in BACKBONES else "efficientnet_lite0"
     console.print(f"{shown(run_dir)} has no image embeddings: computing them for re-ranking with {backbone}",
                   soft_wrap=True)
-    add_embeddings(run_dir, FeatureExtractor(backbone=backbone))
+    try:
+        add_embeddings(run_dir, FeatureExtractor(backbone=backbone))
+    except InputError as err:  # the images moved away since predict: stopped serve, though scores need none
+        log.warning("%s: reviewed by anomaly score only, without pictures", err)
 
 
 @app.command(

@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import run_together
 from normalcy.errors import InputError
 from normalcy.runs.format import (
+    EMBEDDINGS,
     RunWriter,
     check_output,
     csv_cell,
@@ -201,6 +202,37 @@ def test_embeddings_a_run_lacks_are_computed_row_aligned(tmp_path: Path) -> None
     emb = add_embeddings(tmp_path / "run", FeatureExtractor(image_size=64, precision="fp32"), progress=False)
     assert emb.shape[0] == 3 and np.array_equal(read_embeddings(tmp_path / "run"), emb)
     assert not emb[1].any() and emb[0].any() and emb[2].any()
+
+
+def test_images_moved_away_since_predict_are_said_once_and_do_not_stop_serve(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose images were moved away after predict: computing its embeddings for serve said two lines per
+    image ("skipping X: file not found", then "X: file not found; it ranks by ..."), and with none left serve
+    stopped, though the review needs only the scores. One line says them all, and serve goes on by score."""
+    import normalcy.cli as cli
+    from normalcy.images.features import FeatureExtractor
+    from normalcy.runs.format import add_embeddings
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = [folder / f"{i}.png" for i in range(5)]
+    for i, p in enumerate(paths):
+        Image.fromarray(_image(i)).save(p)
+    _write(tmp_path / "run", paths, [folder])
+    for p in paths[1:]:
+        p.unlink()
+    extractor = FeatureExtractor(image_size=64, precision="fp32")
+    with caplog.at_level("WARNING", logger="normalcy"):
+        add_embeddings(tmp_path / "run", extractor, progress=False)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "and 3 more of the run's 5 image(s) that cannot be read" in said[0], said
+    (tmp_path / "run" / EMBEDDINGS).unlink()
+    paths[0].unlink()
+    caplog.clear()
+    monkeypatch.setattr(cli, "FeatureExtractor", lambda backbone: extractor)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        cli._embed_run(tmp_path / "run")  # raised "none of the run's images could be read", stopping serve
+    assert "reviewed by anomaly score only" in caplog.text and len(caplog.records) == 2
 
 
 def test_heatmaps_are_full_size_and_the_report_keeps_its_top_images_small(tmp_path: Path) -> None:

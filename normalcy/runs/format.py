@@ -69,7 +69,7 @@ from normalcy.errors import InputError
 from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, resolved, write_error
 from normalcy.files import writing as folder_locked
 from normalcy.images.heatmap import pictures_bgr, write_bgr
-from normalcy.images.io import printable
+from normalcy.images.io import printable, read_notes, skips_listed
 from normalcy.numerics.stats import decide
 from normalcy.runs.report import ReportImage, gallery_image, write_report
 
@@ -922,16 +922,22 @@ def add_embeddings(run_dir: Path, extractor: Any, progress: bool = True) -> np.n
     rows, n_rows = read_scores(run_dir)
     row_of = {Path(r.path): r.row for r in rows}
     out: np.ndarray | None = None
-    with progress_bar(progress) as bar:
+    skipped: list[tuple[Path, str]] = []
+    # said once for them all, below: images moved away since predict were two lines each (100,000 at 100,000)
+    with skips_listed(), read_notes(), progress_bar(progress) as bar:
         task = bar.add_task("embeddings for review", total=len(rows))
         for batch in extractor.iter_batches(list(row_of), keep_images=False):
-            for path, reason in batch.skipped:
-                logger.warning("%s: %s; it ranks by its anomaly score alone", path, reason)
+            skipped.extend(batch.skipped)
             if batch.paths:
                 emb = batch.features.embedding.numpy()
                 out = np.zeros((n_rows, emb.shape[1]), np.float32) if out is None else out
                 out[[row_of[p] for p in batch.paths]] = emb
             bar.advance(task, len(batch.paths) + len(batch.skipped))
+    if skipped:
+        (first, reason), more = skipped[0], len(skipped) - 1
+        logger.warning("%s: %s; %s by their anomaly score alone", printable(str(first)), reason,
+                       f"it and {more} more of the run's {len(rows)} image(s) that cannot be read rank" if more
+                       else "it ranks")
     if out is None:
         raise InputError(f"{run_dir}: none of the run's images could be read to compute embeddings")
     save_file({"embedding": out}, str(Path(run_dir) / EMBEDDINGS))
