@@ -581,6 +581,14 @@ def _embed_run(run_dir: Path) -> None:
     """Re-ranking learns from image embeddings; a run scored without them (EfficientAD, DRAEM, a run on Ray)
     gets them now, from the run's built-in backbone (a custom one is never imported from a run folder: the
     default is used)."""
+    from normalcy.files import check_writable
+
+    try:  # before the work (minutes at 100,000 images): its end was a traceback, "Read-only file system"
+        check_writable(run_dir, run_dir, EMBEDDINGS)
+    except InputError as err:
+        log.warning("%s: it has no image embeddings, so it is ranked by anomaly score only (copy the run folder to a "
+                    "writable place to re-rank by labels)", err)
+        return
     name = read_run_json(run_dir).get("backbone")
     backbone = name if name in BACKBONES else "efficientnet_lite0"
     console.print(f"{shown(run_dir)} has no image embeddings: computing them for re-ranking with {backbone}",

@@ -999,6 +999,36 @@ def test_serve_model_images_scores_them_and_serves_the_run(tmp_path: Path, synth
     assert {it["decision"] for it in served} == {"anomalous", "normal"}
 
 
+def test_serve_of_a_run_on_a_read_only_file_system_computes_no_embeddings_it_cannot_keep(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A run without embeddings (EfficientAD, DRAEM) on a read-only mount: serve computed them for every image,
+    then stopped with a traceback ("OSError: Read-only file system") writing them. It says so before the work
+    and serves the run ranked by score (the database's own message follows where it cannot be written either)."""
+    import errno
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    import normalcy.review.server
+    import normalcy.runs.format as run_format
+    from normalcy.cli import app
+
+    run = make_run(tmp_path, n=3, embeddings=False)
+    served: list[Path] = []
+    monkeypatch.setattr(normalcy.review.server, "serve", lambda run_dir, **_: served.append(run_dir))
+
+    def read_only(*_args: object, **_kw: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(run_format, "save_file", read_only)
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        r = CliRunner().invoke(app, ["serve", str(run)])
+    assert r.exit_code == 0 and served == [run], r.output
+    assert "cannot write embeddings.safetensors there (Read-only file system)" in caplog.text
+    assert "ranked by anomaly score only" in caplog.text and not (run / "embeddings.safetensors").exists()
+
+
 def test_serve_warns_beyond_loopback_and_prints_the_url(run: Path, monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
