@@ -235,6 +235,37 @@ def test_images_moved_away_since_predict_are_said_once_and_do_not_stop_serve(
     assert "reviewed by anomaly score only" in caplog.text and len(caplog.records) == 2
 
 
+def test_embeddings_cut_short_by_a_stop_leave_no_file_that_later_serves_take_as_theirs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve stopped (Ctrl-C) while writing the embeddings it computed: the file cut short stayed, and every later
+    serve found it there, did not compute them again and ranked by score only ("cannot read"). It is written
+    beside its place and renamed: a stop leaves no file, and the next serve computes them."""
+    import normalcy.runs.format as run_format
+    from normalcy.images.features import FeatureExtractor
+    from normalcy.runs.format import add_embeddings, read_embeddings
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = [folder / f"{i}.png" for i in range(2)]
+    for i, p in enumerate(paths):
+        Image.fromarray(_image(i)).save(p)
+    _write(tmp_path / "run", paths, [folder])
+    real = run_format.save_file
+
+    def stopped(tensors: dict, filename: str) -> None:
+        Path(filename).write_bytes(b"\x10\x00\x00")  # the first bytes, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_format, "save_file", stopped)
+    extractor = FeatureExtractor(image_size=64, precision="fp32")
+    with pytest.raises(KeyboardInterrupt):
+        add_embeddings(tmp_path / "run", extractor, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if "embedding" in p.name) == []
+    monkeypatch.setattr(run_format, "save_file", real)
+    emb = add_embeddings(tmp_path / "run", extractor, progress=False)
+    assert np.array_equal(read_embeddings(tmp_path / "run"), emb)
+
+
 def test_heatmaps_are_full_size_and_the_report_keeps_its_top_images_small(tmp_path: Path) -> None:
     """A run of large images: PNGs at each image's own size, the overlay is the heatmap's right half,
     and the top images kept for the report are already at gallery size (memory stays bounded)."""

@@ -940,7 +940,14 @@ def add_embeddings(run_dir: Path, extractor: Any, progress: bool = True) -> np.n
                        else "it ranks")
     if out is None:
         raise InputError(f"{run_dir}: none of the run's images could be read to compute embeddings")
-    save_file({"embedding": out}, str(Path(run_dir) / EMBEDDINGS))
+    # written beside it, then renamed: a serve stopped while writing (or a second serve of the run writing its own
+    # at once) left a file cut short, read as "cannot read" by every later serve, which never computed it again
+    part = Path(run_dir) / f".{EMBEDDINGS}.{os.getpid()}.partial"
+    try:
+        save_file({"embedding": out}, str(part))
+        os.replace(part, Path(run_dir) / EMBEDDINGS)
+    finally:
+        part.unlink(missing_ok=True)
     return out
 
 
