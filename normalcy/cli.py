@@ -556,6 +556,9 @@ def serve(
     from normalcy.review.server import serve as run_server
 
     run_dir = target
+    if not target.exists():  # said as "neither a run folder (no scores.csv) nor a model directory"
+        link = f" (a symbolic link to {os.readlink(target)}, which is not there)" if target.is_symlink() else ""
+        raise InputError(f"{target}: not found{link}")
     if (target / "model.json").is_file():
         if not images:
             raise InputError(f"{target} is a model: give the images to score too (normalcy serve MODEL IMAGES...)")

@@ -1029,6 +1029,22 @@ def test_serve_of_a_run_on_a_read_only_file_system_computes_no_embeddings_it_can
     assert "ranked by anomaly score only" in caplog.text and not (run / "embeddings.safetensors").exists()
 
 
+def test_serve_of_a_path_not_there_or_a_dangling_link_says_not_found(tmp_path: Path) -> None:
+    """`normalcy serve latest` with the link left dangling (its run deleted), or a mistyped path: "neither a run
+    folder (no scores.csv) nor a model directory (no model.json)", as if something were there."""
+    from typer.testing import CliRunner
+
+    from normalcy.cli import app
+
+    latest = tmp_path / "latest"
+    latest.symlink_to(tmp_path / "runs" / "gone")
+    for target, said in ((tmp_path / "typo", "typo: not found"),
+                         (latest, f"latest: not found (a symbolic link to {tmp_path / 'runs' / 'gone'}, which is not "
+                                  "there)")):
+        r = CliRunner().invoke(app, ["serve", str(target)])
+        assert r.exit_code == 1 and said in " ".join(r.output.split()), r.output
+
+
 def test_serve_warns_beyond_loopback_and_prints_the_url(run: Path, monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
