@@ -1066,6 +1066,11 @@ def test_serve_warns_beyond_loopback_and_prints_the_url(run: Path, monkeypatch: 
         err = capsys.readouterr().err
         assert started[-1].startswith("http://127.0.0.1:") and started[-1] in err and "Ctrl-C" in err
         assert f"(labels in sqlite:///{run.resolve() / 'review.sqlite'};" in err  # where the labels are
+    latest = run.parent / "latest"  # a link is followed: where it leads now is said
+    latest.symlink_to(run)
+    serve(latest, port=0, token=TOKEN)
+    err = capsys.readouterr().err
+    assert f"review {latest} (now {run.resolve()}, followed when re-pointed) at http" in err
 
 
 def test_taken_port_is_one_clear_error(run: Path) -> None:

@@ -20,6 +20,7 @@ the page can simply reload the order.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import threading
@@ -132,8 +133,11 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, database: st
         logger.warning(warning)
     if announce is None:
         labels = app.state.review.store.shown  # which database: labels given under another are not shown
+        real = app.state.review.run_dir
+        # a link (`latest`) is followed at each request: the run it leads to now, and that it may change
+        now = "" if Path(os.path.abspath(run_dir)) == real else f" (now {plain(real)}, followed when re-pointed)"
 
         def announce(url: str) -> None:
-            print(f"review {plain(run_dir)} at {url}  (labels in {plain(labels)}; Ctrl-C stops)", file=sys.stderr,
-                  flush=True)
+            print(f"review {plain(run_dir)}{now} at {url}  (labels in {plain(labels)}; Ctrl-C stops)",
+                  file=sys.stderr, flush=True)
     ReviewServer(app, token, sock, host=host, announce=announce, open_browser=open_browser).run()
