@@ -568,6 +568,11 @@ def serve(
         run_dir = output or Path("review-run")
         _report_run(api_predict(target, list(images), run_dir, trust_code=trust_model_code))
     elif not (target / "scores.csv").is_file():
+        # predict of several tables writes a run for each in a folder of its own: that folder is no run
+        runs = sorted(p.parent.name for p in target.glob("*/scores.csv")) if target.is_dir() else []
+        if runs:
+            raise InputError(f"{target} holds run folders, not a run: serve one of them ({', '.join(runs[:3])}"
+                             f"{', ...' if len(runs) > 3 else ''})")
         raise InputError(f"{target}: neither a run folder (no scores.csv) nor a model directory (no model.json)")
     elif images:
         raise InputError(f"{target} is a run folder: it already holds its scores; give images only with a model")

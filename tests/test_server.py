@@ -1031,14 +1031,19 @@ def test_serve_of_a_run_on_a_read_only_file_system_computes_no_embeddings_it_can
 
 def test_serve_of_a_path_not_there_or_a_dangling_link_says_not_found(tmp_path: Path) -> None:
     """`normalcy serve latest` with the link left dangling (its run deleted), or a mistyped path: "neither a run
-    folder (no scores.csv) nor a model directory (no model.json)", as if something were there."""
+    folder (no scores.csv) nor a model directory (no model.json)", as if something were there; so was a folder of
+    runs (predict of several tables), which now names them."""
     from typer.testing import CliRunner
 
     from normalcy.cli import app
 
     latest = tmp_path / "latest"
     latest.symlink_to(tmp_path / "runs" / "gone")
+    (tmp_path / "tables").mkdir()
+    for name in ("a.csv", "b.csv"):  # predict of two tables: a run for each, in a folder of its own
+        os.rename(make_run(tmp_path / name, n=2), tmp_path / "tables" / name)
     for target, said in ((tmp_path / "typo", "typo: not found"),
+                         (tmp_path / "tables", "tables holds run folders, not a run: serve one of them (a.csv, b.csv)"),
                          (latest, f"latest: not found (a symbolic link to {tmp_path / 'runs' / 'gone'}, which is not "
                                   "there)")):
         r = CliRunner().invoke(app, ["serve", str(target)])
