@@ -393,6 +393,11 @@ def test_a_served_link_re_pointed_to_another_run_is_followed_each_run_keeping_it
         shown = now["items"][0]
         r = c.get(shown["image_url"])
         assert r.status_code == 200 and r.content == Path(shown["path"]).read_bytes()
+        # the old list's picture of an id is not the new run's item of that id (another image), nor its URL
+        old_urls = {it["id"]: (it["image_url"], it["overlay_url"]) for it in listed["items"]}
+        assert old_urls[shown["id"]][0] != shown["image_url"]
+        for url in old_urls[shown["id"]]:
+            assert c.get(url).status_code == 409
         assert c.post(f"/api/items/{shown['id']}/label", json={"label": "normal"},
                       headers={"X-Run-Version": now["run_version"]}).status_code == 200
         repoint(latest, old)  # back: the old run with its own label
@@ -563,8 +568,9 @@ def test_items_listing(client: TestClient) -> None:
     assert set(it) == {"id", "name", "path", "score", "decision", "rank", "priority", "label", "interest",
                        "image_url", "overlay_url"}
     assert it["decision"] == "anomalous" and it["label"] is None and it["interest"] is None
-    assert it["image_url"] == f"/api/items/{it['id']}/image"
-    assert it["overlay_url"] == f"/api/items/{it['id']}/overlay"
+    folder = client.app.state.review.folder  # type: ignore[attr-defined]  # the run folder whose ids these are
+    assert it["image_url"] == f"/api/items/{it['id']}/image?run={folder}"
+    assert it["overlay_url"] == f"/api/items/{it['id']}/overlay?run={folder}"
     assert client.get(f"/api/items/{it['id']}").json() == it
     assert client.get("/api/items/99999").status_code == 404
     page = items(client, offset=3, limit=4)

@@ -241,9 +241,17 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         k, item = current(review, item_id)
         return review.item_json(k, item.label, item.interest)
 
+    def listed_on(review: Review, run: str | None) -> None:
+        """A picture asked for by the URL of a page that listed another run folder's items (the served link was
+        re-pointed since): its item of the id, not this run's, which is another picture."""
+        if run is not None and run != review.folder:
+            raise HTTPException(409, "the served link leads to another run folder since this page listed its items: "
+                                     "reload the page")
+
     @app.get("/api/items/{item_id}/image")
-    def item_image(item_id: int) -> Response:
+    def item_image(item_id: int, run: Optional[str] = None) -> Response:
         review = current_review.get()
+        listed_on(review, run)
         item = picture(review, item_id)  # the path comes from the database, never from the request
         if review.is_series:  # an event's picture, in the run folder
             if not item.overlay:
@@ -252,8 +260,9 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         return _image_response(review.allowed_file(item.path))
 
     @app.get("/api/items/{item_id}/overlay")
-    def item_overlay(item_id: int) -> Response:
+    def item_overlay(item_id: int, run: Optional[str] = None) -> Response:
         review = current_review.get()
+        listed_on(review, run)
         item = picture(review, item_id)
         if not item.overlay or review.is_series:
             raise HTTPException(404, f"item {item_id} has no overlay")

@@ -216,6 +216,12 @@ class Review:
         # the folder too: two runs without run.json (scores.csv written by hand) behind one link are two runs
         return hashlib.blake2b(repr((str(self.run_dir), self.run_state)).encode(), digest_size=6).hexdigest()
 
+    @property
+    def folder(self) -> str:
+        """A short text naming the run folder read (its real path), whose database the item ids are of: a picture's
+        URL carries it, so that a page listing another folder's run (a link re-pointed since) is refused."""
+        return hashlib.blake2b(os.fsencode(str(self.run_dir)), digest_size=6).hexdigest()
+
     # items
 
     def positions(self, item_ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -350,9 +356,12 @@ class Review:
             "priority": p if math.isfinite(p) else None,
             "label": label,
             "interest": interest,
+            # the run folder named: ids are its database's, and a link re-pointed serves another folder's, whose item
+            # of the same id is another picture (a page's <img> of an unchanged URL kept the old one, too)
             "image_url": None if self.is_table or (self.is_series and not self.overlays[k])
-            else f"/api/items/{item_id}/image",
-            "overlay_url": f"/api/items/{item_id}/overlay" if self.overlays[k] and not self.is_series else None,
+            else f"/api/items/{item_id}/image?run={self.folder}",
+            "overlay_url": f"/api/items/{item_id}/overlay?run={self.folder}" if self.overlays[k] and not self.is_series
+            else None,
         }
         if self.is_series:
             e = self.events[k]
