@@ -300,6 +300,29 @@ def test_series_column_splits_one_file(tmp_path: Path) -> None:
         read_series(f, series_column="id")
 
 
+def test_a_column_named_in_other_case_is_pointed_at(tmp_path: Path) -> None:
+    """--time-column Time (or --series-column ID) for a file's 'time' ('id') said "no time column 'Time'; it has
+    'time', ..." and left the difference to be spotted, as tables now point it out; and a test.csv whose labels
+    are 'Label' is no longer narrowed to its training columns without a trace: eval names it."""
+    rows = [f"{t},{i % 2},{i}" for i, t in enumerate(numbered(20))]
+    f = write_csv(tmp_path / "x.csv", "time,id,v", rows)
+    with pytest.raises(InputError, match=r"no time column 'Time' \(names are matched exactly: did you mean 'time'\?\)"):
+        read_series(f, time_column="Time")
+    with pytest.raises(InputError, match=r"no series column 'ID' \(names are matched exactly: did you mean 'id'\?\)"):
+        read_series(f, series_column="ID")
+    d = tmp_path / "s1"
+    d.mkdir()
+    write_csv(d / "train.csv", "time,v", [f"{t},{i % 3}" for i, t in enumerate(numbered(20))])
+    write_csv(d / "test.csv", "time,v,Label", [f"{t},{i % 3},0" for i, t in enumerate(numbered(20, 1_700_000_000))])
+    _, (te,) = read_series_folder(d)
+    assert te.labels is None and te.columns == ("v",) and te.file_columns == ("time", "v", "Label")
+    from normalcy.evaluation.evaluate import eval_series
+
+    with pytest.raises(InputError, match=r"no label column 'label' \(names are matched exactly: did you mean "
+                                         r"'Label'\?\)"):
+        eval_series(d, "knn", {})
+
+
 def test_parquet(tmp_path: Path) -> None:
     ts = np.array(numbered(20), dtype="datetime64[s]")
     table = pa.table({"timestamp": ts, "x": np.arange(20.0), "y": np.arange(20) % 3})

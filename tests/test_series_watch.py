@@ -97,6 +97,13 @@ def test_a_header_without_the_model_columns_is_one_line(fitted: Path, tmp_path: 
     assert "no such file" in one_line_error(cli("watch", fitted / "model", tmp_path / "nothing.csv"))
 
 
+def test_a_time_column_named_in_other_case_is_pointed_at(fitted: Path) -> None:
+    """--time-column Timestamp for a header's 'timestamp' said only "no time column 'Timestamp' in the header
+    [...]"; it says which name was meant, as fit and tables do."""
+    line = one_line_error(cli("watch", fitted / "model", fitted / "live.csv", "--time-column", "Timestamp"))
+    assert "no time column 'Timestamp' (names are matched exactly: did you mean 'timestamp'?)" in line
+
+
 def test_a_set_of_series_routed_by_their_id(tmp_path: Path, caplog) -> None:
     rng = np.random.default_rng(0)
     with open(tmp_path / "train.csv", "w", newline="") as fh:

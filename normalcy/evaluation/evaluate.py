@@ -365,6 +365,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     from normalcy.series import registry
     from normalcy.series.io import read_series_folder, series_folders, untrained_folders
     from normalcy.series.runs import model_columns, replay_series, say_blind, score_series
+    from normalcy.vectors.tables import other_case
     from normalcy.progress import LONG_SERIES, progress_bar
 
     try:
@@ -388,8 +389,9 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
             raise InputError(f"{folder}: no test.csv to evaluate on")
         (te,) = test
         if te.labels is None:
-            raise InputError(f"{folder}: test file has no label column {label_column!r} (1 inside a labelled "
-                             "anomaly; --label-column names another)")
+            raise InputError(f"{folder}: test file has no label column {label_column!r}"
+                             f"{other_case(label_column, te.file_columns)} (1 inside a labelled anomaly; "
+                             "--label-column names another)")
         return train, te
 
     # one folder is read before the bar: a long test series gets one too, as predict's does (1e6 rows, minutes);

@@ -31,6 +31,7 @@ from normalcy.vectors.tables import (
     decimal_comma,
     fitted_names,
     grouped_cells,
+    other_case,
     text_cells,
 )
 
@@ -57,6 +58,9 @@ class Series:
     file_rows: np.ndarray | None = None  # int64 (m,): the file's data rows (0-based) of this series, in file order
     row_of: np.ndarray | None = None  # int64 (m,): the row of this series holding each (a repeated timestamp's: the kept one)
     time_column: str | None = None  # the file's time column (given, found by name or by its values), None: row numbers
+    # every column of the file as named there, those left out too: eval's "no label column 'label'" can then say
+    # that the file has 'Label' (a test series keeps only its training columns)
+    file_columns: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.time)
@@ -114,6 +118,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}"
                          f"{unpack_hint(path)}")
     arrays = _read_arrays(path, text=(series_column,) if series_column else ())
+    file_columns = tuple(arrays)
     if keep is not None:
         arrays = fitted_names(arrays, keep[0])
     position = {c: i + 1 for i, c in enumerate(arrays)}  # in the file, for a column without a name
@@ -122,7 +127,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         raise InputError(f"{path}: no rows")
     for what, name in (("time", time_column), ("series", series_column)):
         if name is not None and name not in arrays:
-            raise InputError(f"{path}: no {what} column {name!r}; it has {_names(arrays)}")
+            raise InputError(f"{path}: no {what} column {name!r}{other_case(name, arrays)}; it has {_names(arrays)}")
     label = label_column if label_column in arrays else None
     notes = []
     if time_column is None and named_time(list(arrays)) is None:
@@ -195,8 +200,8 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
             notes.append(f"{path.name}: column {label!r} left out, not scored or drawn as labels: "
                          f"{str(err).removeprefix(f'{path}: ')}")
     if series_column is None:
-        return [_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
-                      time_column, notes)]
+        return [replace(_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
+                              time_column, notes), file_columns=file_columns)]
     # objects, not numpy's fixed-width text: one id of 5,000 characters made every row's 20 kB (100,000 rows: 6 GB)
     ids = np.empty(n, dtype=object)
     ids[:] = ["" if v is None else str(v).strip() for v in arrays[series_column]]
@@ -212,8 +217,9 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     for sid, rows in _grouped(ids):
         where = f"{path.name} [{series_column}={shortened(sid)}]"  # for messages; ``bad`` names the id whole
         try:
-            out.append(_tidy(path, sid, where, rows, time[rows], values[rows], tuple(columns),
-                             None if labels is None else labels[rows], time_column, notes))
+            out.append(replace(_tidy(path, sid, where, rows, time[rows], values[rows], tuple(columns),
+                                     None if labels is None else labels[rows], time_column, notes),
+                               file_columns=file_columns))
         except InputError as err:
             if failed is None:
                 raise

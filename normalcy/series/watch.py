@@ -36,7 +36,7 @@ from normalcy.series.events import top_metrics
 from normalcy.series.io import DST_HINT, time_of, zoned
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
-from normalcy.vectors.tables import cell_number, csv_delimiter, grouped_number, is_text
+from normalcy.vectors.tables import cell_number, csv_delimiter, grouped_number, is_text, other_case
 
 log = logging.getLogger("normalcy")
 
@@ -174,7 +174,8 @@ class Watcher:
 
     def _at(self, name: str | None, what: str) -> int:
         if name not in self.fields:
-            raise InputError(f"{self.source}: no {what} column {name!r} in the header {self.fields[:10]}")
+            raise InputError(f"{self.source}: no {what} column {name!r}{other_case(name or '', self.fields)} in the "
+                             f"header {self.fields[:10]}")
         return self.fields.index(name)
 
     def _positions(self, det: SeriesDetector) -> tuple[int, ...]:

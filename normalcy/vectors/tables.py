@@ -29,7 +29,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
@@ -665,7 +665,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         raise InputError(f"{path}: no rows")
     for name in (label_column, id_column):
         if name is not None and name not in arrays:
-            raise InputError(f"{path}: no column {name!r}{_other_case(name, arrays)}; it has {_names(arrays)}")
+            raise InputError(f"{path}: no column {name!r}{other_case(name, arrays)}; it has {_names(arrays)}")
     labels = None if label_column is None else _labels(path, label_column, arrays[label_column], read_as_missing)
     ids = ["" if v is None else str(v) for v in arrays[id_column]] if id_column else [str(i) for i in range(n)]
     features: dict[str, np.ndarray | None] = {}
@@ -695,7 +695,7 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             hint = ("; a file without a header line? its first row is read as the column names"
                     if _headerless(path, list(arrays)) else "")
             raise InputError(f"{path}: the model's feature columns {missing[:10]} are missing"
-                             f"{_other_case(missing[0], arrays)}; it has {_names(arrays)}{hint}")
+                             f"{other_case(missing[0], arrays)}; it has {_names(arrays)}{hint}")
         _check_npz_width(path, columns, source)  # columns named by position: extra ones are no id or label
         ignored = []
     if not columns:
@@ -814,10 +814,11 @@ def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str |
     return out
 
 
-def _other_case(name: str, arrays: dict) -> str:
-    """" (names are matched exactly: did you mean 'Label'?)" when a column is ``name`` in other case or with
-    spaces around it, else "": "no column 'label'; it has 'a', 'Label'" left the difference to be spotted."""
-    like = [c for c in arrays if c.strip().lower() == name.strip().lower()]
+def other_case(name: str, names: Iterable[str]) -> str:
+    """" (names are matched exactly: did you mean 'Label'?)" when one of ``names`` (a file's columns) is ``name``
+    in other case or with spaces around it, else "": "no column 'label'; it has 'a', 'Label'" left the difference
+    to be spotted. Tables, series and watch's header say it alike."""
+    like = [c for c in names if c.strip().lower() == name.strip().lower()]
     return f" (names are matched exactly: did you mean {like[0]!r}?)" if like else ""
 
 
