@@ -340,6 +340,42 @@ def test_a_column_named_in_other_case_is_pointed_at(tmp_path: Path) -> None:
         read_table(path, columns=["A"])
 
 
+def test_an_npz_label_array_named_Y_is_pointed_at(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An .npz's 'Y' (ADBench's y, upper case) is fitted on as a feature, as before (names are matched exactly),
+    but the warning said only "like labels": it now says that only 'y' is taken for the labels (did you mean
+    'y'?), once, and how to give it. An .npz with 'y' is read as before."""
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    labels = np.arange(20) % 2
+    np.savez(tmp_path / "Y.npz", X=X, Y=labels)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        t = read_table(tmp_path / "Y.npz")
+    assert t.columns == ["x0", "x1", "Y"]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "array 'Y' is fitted on as a feature" in said[0], said
+    assert "(names are matched exactly: did you mean 'y'?)" in said[0] and "--label-column Y" in said[0]
+    np.savez(tmp_path / "y.npz", X=X, y=labels)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="normalcy"):
+        assert read_table(tmp_path / "y.npz").columns == ["x0", "x1"]
+    assert "did you mean" not in caplog.text
+
+
+def test_an_npz_array_of_complex_numbers_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An .npz of complex numbers (an FFT) said "no numeric feature columns; it has 'x0', 'x1'" without why; beside
+    real arrays it was "not numeric". The array is named, and that complex numbers are not features."""
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    np.savez(tmp_path / "c.npz", X=X + 1j * X)
+    with pytest.raises(InputError, match=r"c\.npz: no numeric feature columns \(array 'X' holds complex numbers, "
+                                         r"which are not features"):
+        read_table(tmp_path / "c.npz")
+    np.savez(tmp_path / "cr.npz", X=X, Z=X + 1j * X)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="normalcy"):
+        assert read_table(tmp_path / "cr.npz").columns == ["x0", "x1"]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "array 'Z' holds complex numbers, which are not features, left out" in said[0], said
+
+
 def test_a_text_cell_in_a_numeric_column_is_a_missing_value_said_once(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """One "abc" among numbers left the whole column out at fit and refused the file at predict: it is now a

@@ -670,8 +670,8 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     ids = ["" if v is None else str(v) for v in arrays[id_column]] if id_column else [str(i) for i in range(n)]
     features: dict[str, np.ndarray | None] = {}
     if columns is None:
-        left_out = dict(_not_features(path, arrays, label_column, id_column))
-        for why in left_out.values():
+        left_out = dict(_not_features(path, arrays, label_column, id_column, source))
+        for why in dict.fromkeys(left_out.values()):  # an array's columns (x0, x1, ...): one warning
             log.warning("%s", why)
         if _headerless(path, list(arrays)):
             log.warning("%s: the column names are numbers (%s): a file without a header line (numpy.savetxt writes "
@@ -687,7 +687,8 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
                         ", ".join(map(repr, empty[:20])) + (f" and {len(empty) - 20} more" if len(empty) > 20 else ""))
         columns = [c for c in candidates if features[c] is not None and c not in empty]
         if label_column is None:
-            _warn_label_like(path, {c: features[c] for c in columns})
+            said_y = _warn_npz_y(path, source, columns)
+            _warn_label_like(path, {c: features[c] for c in columns if c not in said_y})
         ignored = [c for c in candidates if features[c] is None]  # left_out ones were told why above
     else:
         missing = [c for c in columns if c not in arrays]
@@ -699,7 +700,9 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         _check_npz_width(path, columns, source)  # columns named by position: extra ones are no id or label
         ignored = []
     if not columns:
-        raise InputError(f"{path}: no numeric feature columns; it has {_names(arrays)}")
+        complex_ = _complex_arrays(arrays, source, (label_column, id_column))
+        raise InputError(f"{path}: no numeric feature columns" + (f" ({_complex_why(complex_)})" if complex_ else "")
+                         + f"; it has {_names(arrays)}")
     X = np.empty((n, len(columns)), dtype=np.float64)
     for j, c in enumerate(columns):
         col = features[c] if c in features else _feature(path, c, arrays[c], read_as_missing, comma, said)
@@ -734,6 +737,24 @@ def _warn_label_like(path: Path, features: dict[str, np.ndarray]) -> None:
         if name.strip().lower() in LABEL_NAMES and len(v) and np.isin(v, (0.0, 1.0)).all():
             log.warning("%s: column %r holds only 0 and 1, like labels, and is fitted on as a feature; if it is the "
                         "labels, give --label-column %s (rows labelled 0 are fitted on)", path, name, name)
+
+
+def _warn_npz_y(path: Path, source: dict[str, str], fitted: list[str]) -> list[str]:
+    """Warn of an .npz array named like ``y`` but not ``y`` (``Y``, ``" y"``) when no --label-column was given:
+    only ``y`` is left out as ADBench's labels (``_not_features``), so ``Y`` is fitted on as a feature, which the
+    warning said without saying why ``y`` would not have been. Names are matched exactly, as for every column:
+    an array ``Y`` may be a feature. ``fitted``: the feature columns. Returns the columns warned of."""
+    keys = list(dict.fromkeys(source.values()))
+    if "y" in keys:
+        return []
+    for key in keys:
+        columns = [c for c, k in source.items() if k == key]
+        if other_case("y", [key]) and len(columns) == 1 and columns[0] in fitted:
+            log.warning("%s: array %r is fitted on as a feature: only an array named 'y' is taken for an .npz's labels "
+                        "and left out (names are matched exactly: did you mean 'y'?); if it holds the labels, name it "
+                        "y or give --label-column %s", path, key, columns[0])
+            return columns
+    return []
 
 
 def _headerless(path: Path, names: list[str]) -> bool:
@@ -787,10 +808,30 @@ def _labels(path: Path, name: str, a: np.ndarray, notes: dict[int, str]) -> np.n
     return np.where(np.isfinite(values), values != 0, -1).astype(np.int64)
 
 
+def _complex_arrays(arrays: dict[str, np.ndarray], source: dict[str, str], skip: Sequence[str | None] = ()
+                    ) -> dict[str, list[str]]:
+    """The .npz arrays of complex numbers (a spectrum's FFT), each with its columns, but those in ``skip``."""
+    out: dict[str, list[str]] = {}
+    for c, a in arrays.items():
+        if a.dtype.kind == "c" and c not in skip:
+            out.setdefault(source.get(c, c), []).append(c)
+    return out
+
+
+def _complex_why(keys: Iterable[str]) -> str:
+    """Why complex arrays are left out: said only "no numeric feature columns" (or "not numeric: x0, x1")."""
+    keys = list(keys)
+    one = len(keys) == 1
+    return (f"array{'' if one else 's'} {', '.join(map(repr, keys))} {'holds' if one else 'hold'} complex numbers, "
+            f"which are not features, left out: give {'its' if one else 'their'} real and imaginary parts (or the "
+            "magnitude) as real arrays of their own")
+
+
 def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str | None,
-                  id_column: str | None) -> list[tuple[str, str]]:
+                  id_column: str | None, source: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """Columns that are no measurement, each with a note: an .npz's ``y`` (ADBench's labels: as a feature it
-    tells anomalies apart by their label) unless named as the label, and a row index that pandas wrote
+    tells anomalies apart by their label) unless named as the label, an .npz's array of complex numbers (each of
+    its columns; ``source``: the array of each column), and a row index that pandas wrote
     (an unnamed first column holding 0, 1, 2, ...: as a feature every new row lies beyond the fitted ones).
     A frame's rows filtered or sampled first leave an index of distinct whole numbers with gaps (CSV), or one
     that Parquet keeps as ``__index_level_0__``: each was fitted on as a feature; they are left out too."""
@@ -798,6 +839,8 @@ def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str |
     if path.suffix.lower() == ".npz" and "y" in arrays and label_column is None and id_column != "y":
         out.append(("y", f"{path}: 'y' left out of the features (an .npz's labels; --label-column y fits on its "
                          "rows labelled 0 only)"))
+    for key, columns in _complex_arrays(arrays, source or {}, (label_column, id_column)).items():
+        out += [(c, f"{path}: {_complex_why([key])}") for c in columns]
     first = next(iter(arrays), None)
     if first is not None and first.strip() in ("", "Unnamed: 0") and first not in (label_column, id_column):
         num = _numeric(arrays[first])
