@@ -462,6 +462,27 @@ def test_knn_a_constant_column_counts_the_same_whatever_value_it_holds():
 
 
 @pytest.mark.parametrize("cls", [GaussianDetector, KNNDetector, EnsembleDetector])
+def test_a_sparse_dataframe_is_refused_with_what_to_do(cls) -> None:
+    """A pandas DataFrame of sparse columns was scikit-learn's "fill value must be 0 when converting to COO matrix"
+    (NaN fill) or "use '.toarray()'" (0 fill), which a DataFrame has not: one TypeError names the sparse columns
+    and how to densify them (not densified here: it may not fit in memory dense). Densified, it fits as dense."""
+    pd = pytest.importorskip("pandas")
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    X[X < 0.3] = 0.0
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    seeded = {"random_state": 0} if "random_state" in cls._get_param_names() else {}
+    for fill in (0.0, np.nan):
+        sparse = df.astype(pd.SparseDtype("float64", fill))
+        with pytest.raises(TypeError, match=rf"{cls.__name__}: DataFrame column\(s\) 'a', 'b', 'c' are sparse .*"
+                                            r"X\.astype\(float\)"):
+            cls().fit(sparse)
+        fitted = cls(**seeded).fit(sparse.astype(float))
+        np.testing.assert_array_equal(fitted.calibration_scores_, cls(**seeded).fit(df).calibration_scores_)
+        with pytest.raises(TypeError, match="are sparse"):
+            fitted.anomaly_score(sparse)
+
+
+@pytest.mark.parametrize("cls", [GaussianDetector, KNNDetector, EnsembleDetector])
 def test_a_dataframe_column_of_categories_text_or_dates_is_named(cls) -> None:
     """A categorical (or text, or datetime) column of a DataFrame was scikit-learn's "could not convert string to
     float: 'x'" (dates: numpy's DTypePromotionError), naming no column: one ValueError names it and what to do.

@@ -34,7 +34,7 @@ from normalcy.numerics.stats import threshold_at
 __all__ = ["ROW_BYTES", "SAFE_EXPONENT", "ColumnScaled", "TooLarge", "VectorDetector", "check_array", "check_budget",
            "check_integer", "check_number", "check_seed", "column_scale", "finite_rows", "no_shadowed_methods",
            "not_numeric_columns",
-           "plain", "plain_params", "scaled"]
+           "plain", "sparse_columns", "plain_params", "scaled"]
 
 ROW_BYTES = 8  # float64
 # Columns whose largest magnitude lies beyond 2**+-128 (3.4e38, float32's range) are scaled before a fit squares
@@ -85,6 +85,22 @@ def not_numeric_columns(X: object) -> str:
         return ""
     more = f"; and {len(said) - 5} more such columns" if len(said) > 5 else ""
     return "DataFrame column " + "; column ".join(said[:5]) + more + "; a detector fits columns of numbers"
+
+
+def sparse_columns(X: object) -> str:
+    """What to do with a pandas DataFrame's sparse columns (SparseDtype), naming the first few, else "". Its
+    detectors fit dense rows: scikit-learn said "fill value must be 0 when converting to COO matrix" for a NaN-filled
+    sparse frame, and for a 0-filled one to call ``.toarray()``, which a DataFrame does not have. Not densified
+    here: a sparse frame may be far larger dense than the memory free."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None or not hasattr(dtypes, "items"):
+        return ""
+    sparse = [repr(name) for name, dtype in dtypes.items() if type(dtype).__name__ == "SparseDtype"]
+    if not sparse:
+        return ""
+    shown = ", ".join(sparse[:5]) + (f" and {len(sparse) - 5} more" if len(sparse) > 5 else "")
+    return (f"DataFrame column(s) {shown} are sparse (pandas SparseDtype); a detector fits dense rows: densify it "
+            "first (X.astype(float))")
 
 
 def _is_number(value: object) -> bool:
@@ -276,6 +292,9 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         return 4.0 * n * d * ROW_BYTES
 
     def _checked(self, X, reset: bool) -> np.ndarray:
+        sparse = sparse_columns(X)
+        if sparse:
+            raise TypeError(f"{type(self).__name__}: {sparse}")
         try:
             X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
                               ensure_min_samples=2 if reset else 1)
