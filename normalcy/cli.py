@@ -38,7 +38,8 @@ from normalcy.api import fit as api_fit
 from normalcy.api import predict as api_predict
 from normalcy.api import score_batch as api_score_batch
 from normalcy.api import watch as api_watch
-from normalcy.detectors import DETECTORS
+from normalcy.detectors import DETECTORS, MuSc
+from normalcy.detectors.registry import default_backbone
 from normalcy.errors import WHERE_CHARS, ImageError, InputError, NotFittedError, shortened
 from normalcy.images.backbones import BACKBONES
 from normalcy.images.features import FeatureExtractor
@@ -48,6 +49,8 @@ from normalcy.review.ranking import DEFAULT_STRATEGY, strategies_help
 from normalcy.runs.format import EMBEDDINGS, SERIES, VECTORS, add_embeddings, read_run_json
 from normalcy.series import registry as series_registry
 from normalcy.series.runs import SeriesSet, is_series_input
+from normalcy.vectors.registry import DEFAULT_DETECTOR as DEFAULT_VECTOR_DETECTOR
+from normalcy.vectors.registry import VECTOR_DETECTORS
 from normalcy.vectors.tables import (
     is_table,
     is_vector_model,
@@ -186,16 +189,30 @@ def _guarded(fn: Any) -> Any:
 # ------------------------------------------------------------------------------------- options, each once
 _OWN_BACKBONES = ", ".join(f"{n} {c.default_backbone}" for n, c in DETECTORS.items() if c.uses_features)
 _EXPERIMENTAL = ", ".join(n for n, c in DETECTORS.items() if c.experimental)
-DetectorArg = Annotated[Optional[str], typer.Option(
-    "--detector", "-d", help=f"Images: one of {', '.join(DETECTORS)}, or auto (gaussian or patchcore, whichever "
-    "separates held-out normal training images from the same with synthetic defects better; unless --input-norm "
-    "is given, gaussian with ImageNet's and with the standard normalisation too); default gaussian. "
-    f"Experimental (far behind on real defects, see README): {_EXPERIMENTAL}. "
-    "Tables: one of gaussian, knn, iforest, ecod, ensemble; default ensemble. "
-    f"Series: one of {', '.join(series_registry.DETECTORS)}; default {series_registry.DEFAULT_DETECTOR}.")]
+
+
+def _image_detectors(auto_norms: str = "") -> str:
+    """--detector's choices for images; ``auto_norms``: what auto also tries, where --input-norm is an option."""
+    return (f"one of {', '.join(DETECTORS)}, or auto (gaussian or patchcore, whichever separates held-out normal "
+            f"training images from the same with synthetic defects better{auto_norms}); default gaussian. "
+            f"Experimental (far behind on real defects, see README): {_EXPERIMENTAL}.")
+
+
+def _detector_option(text: str) -> Any:
+    """-d/--detector with the choices of the command that takes it (demo takes image detectors only)."""
+    return Annotated[Optional[str], typer.Option("--detector", "-d", help=text)]
+
+
+DetectorArg = _detector_option(
+    "Images: " + _image_detectors("; unless --input-norm is given, gaussian with ImageNet's and with the standard "
+                                  "normalisation too")
+    + f" Tables: one of {', '.join(VECTOR_DETECTORS)}; default {DEFAULT_VECTOR_DETECTOR}. "
+    f"Series: one of {', '.join(series_registry.DETECTORS)}; default {series_registry.DEFAULT_DETECTOR}.")
+DemoDetectorArg = _detector_option("Image detectors only: " + _image_detectors())
 BackboneArg = Annotated[Optional[str], typer.Option(
-    help=f"One of: {', '.join(BACKBONES)}. Default: the detector's own ({_OWN_BACKBONES}; musc efficientnet_lite0).",
-    show_default=False)]
+    help=f"One of: {', '.join(BACKBONES)}. Default: the detector's own ({_OWN_BACKBONES}).", show_default=False)]
+BatchBackboneArg = Annotated[Optional[str], typer.Option(  # score-batch: MuSc's own only
+    help=f"One of: {', '.join(BACKBONES)}. Default: {default_backbone(MuSc.name)}.", show_default=False)]
 BackboneCfgArg = Annotated[Optional[Path], typer.Option(
     help="JSON file with custom_backbone() arguments: your own module and local weights (see README).")]
 SizeArg = Annotated[str, typer.Option(
@@ -216,11 +233,14 @@ SeedArg = Annotated[int, typer.Option(help="Random seed (coreset, calibration fo
 StepsArg = Annotated[Optional[int], typer.Option(help="Trained detectors: training steps (default: the detector's "
                                                  "own).")]
 BudgetArg = Annotated[Optional[float], typer.Option(help="Trained detectors: stop training after this many seconds.")]
+_INPUT_NORMS = ("How pixels enter the backbone: own (the mean/std its weights were trained with; the default), "
+                "imagenet (ImageNet's), standard (each image first brought to one mean and contrast: dim, grey or "
+                "unevenly lit images)")
 InputNormArg = Annotated[Optional[str], typer.Option(
-    help="How pixels enter the backbone: own (the mean/std its weights were trained with; the default), imagenet "
-    "(ImageNet's), standard (each image first brought to one mean and contrast: dim, grey or unevenly lit images), "
-    "or auto: each on held-out normal training images with synthetic defects, the best kept (fit, eval). Not "
-    "given, --detector auto tries gaussian with each.", show_default=False)]
+    help=f"{_INPUT_NORMS}, or auto: each on held-out normal training images with synthetic defects, the best kept "
+    "(fit, eval). Not given, --detector auto tries gaussian with each.", show_default=False)]
+BatchInputNormArg = Annotated[Optional[str], typer.Option(  # score-batch: no training images to choose on
+    help=f"{_INPUT_NORMS}.", show_default=False)]
 TuneArg = Annotated[bool, typer.Option(
     "--tune", help="Choose the input normalisation, pooling grid and, unless given, the backbone and input size, "
     "on held-out normal training images with synthetic defects (one setting at a time; costs several fits; "
@@ -296,15 +316,20 @@ GROUP_OPTIONS: dict[str, Any] = {
 }
 
 
-def _grouped(without: tuple[str, ...] = (), **groups: type) -> Callable[[Any], Any]:
+def _grouped(without: tuple[str, ...] = (), options: dict[str, Any] | None = None,
+             **groups: type) -> Callable[[Any], Any]:
     """Give a command the options of each option group, declared once (GROUP_OPTIONS and the dataclass's
     defaults), and pass them to it as one object: ``@_grouped(ex=ExtractorOptions)`` adds --backbone,
-    --image-size, ... and calls the command with ``ex=ExtractorOptions(...)``. ``without``: fields left out."""
+    --image-size, ... and calls the command with ``ex=ExtractorOptions(...)``. ``without``: fields left out;
+    ``options``: a field's option in place of GROUP_OPTIONS' where the command takes fewer of its choices (its
+    --help listed what it then refused)."""
+    declared = {**GROUP_OPTIONS, **(options or {})}
+
     def decorate(fn: Any) -> Any:
         sig = inspect.signature(fn, eval_str=True)  # typer reads the Annotated options from the signature
         chosen = {key: [f for f in fields(cls) if f.name not in without] for key, cls in groups.items()}
         added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                                   annotation=GROUP_OPTIONS[f.name]) for group in chosen.values() for f in group]
+                                   annotation=declared[f.name]) for group in chosen.values() for f in group]
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values() if p.name not in groups]
 
         @functools.wraps(fn)
@@ -511,7 +536,8 @@ def watch(
 @app.command("score-batch", cls=_Command, short_help="Zero-shot (MuSc): score a folder of unlabeled images "
              "against each other, no training images needed.")
 @_guarded
-@_grouped(without=("pool_grid", "tune", "tune_budget"), ex=ExtractorOptions)
+@_grouped(without=("pool_grid", "tune", "tune_budget"), options={"input_norm": BatchInputNormArg,
+                                                                  "backbone": BatchBackboneArg}, ex=ExtractorOptions)
 def score_batch(
     inputs: list[Path] = typer.Argument(..., help="Images or folders of unlabeled images, scored as one batch."),
     output: RunOutArg = Path("results"),
@@ -678,7 +704,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
 @_guarded
 def demo(
     output: Path = typer.Option(Path("normalcy-demo"), "--output", "-o", help="Folder for the model and the report."),
-    detector: DetectorArg = None,
+    detector: DemoDetectorArg = None,
     n_train: int = typer.Option(300, help="Normal cells to fit on."),
     n_test: int = typer.Option(200, help="Held-out normal cells and defective cells to score (each)."),
     threads: ThreadsArg = None,

@@ -456,6 +456,39 @@ def test_score_batch_help_speaks_of_images_only() -> None:
     assert r.returncode == 0 and "series" not in r.stdout.split("--top", 1)[1].split("--", 1)[0]
 
 
+def _option_help(command: str, option: str) -> str:
+    """The help of one option of a command, on one line (up to the next option)."""
+    from typer.testing import CliRunner
+
+    from normalcy.cli import app
+
+    r = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.split("\n")
+    at = next(i for i, line in enumerate(lines) if line.lstrip().removeprefix("-d, ").startswith(option))
+    end = next((i for i in range(at + 1, len(lines)) if lines[i].startswith("  -")), len(lines))  # not "   --x" wrapped
+    return " ".join(" ".join(lines[at:end]).split())
+
+
+def test_each_commands_help_lists_only_the_choices_it_takes() -> None:
+    """demo's --help listed the table and series detectors under -d (shared with fit and eval), which demo refuses
+    (`demo -d knn`), and auto's --input-norm trials, an option demo has not; score-batch's listed --input-norm
+    auto, which it refuses, and other detectors' backbones; fit's and eval's named musc's, which they refuse."""
+    from normalcy.detectors import DETECTORS
+
+    demo = _option_help("demo", "--detector")
+    assert "Tables" not in demo and "Series" not in demo and "knn" not in demo and "--input-norm" not in demo
+    assert all(name in demo for name in [*DETECTORS, "auto"]) and "musc" not in demo
+    norm = _option_help("score-batch", "--input-norm")
+    assert "imagenet" in norm and "auto" not in norm and "--detector" not in norm
+    backbone = _option_help("score-batch", "--backbone ")
+    assert "efficientnet_lite0." in backbone and "patchcore" not in backbone
+    for command in ("fit", "eval"):
+        assert "knn" in _option_help(command, "--detector")  # tables and series still listed
+        assert "auto" in _option_help(command, "--input-norm")
+        assert "musc" not in _option_help(command, "--backbone ")
+
+
 def test_fit_into_a_folder_that_cannot_be_written_is_refused_before_the_fit(tmp_path: Path) -> None:
     """An existing folder that cannot be written (a read-only mount; /proc here, as root writes anywhere
     else) failed at saving, after the whole fit; it is refused first, naming it."""
