@@ -186,3 +186,21 @@ def bench_module(name: str) -> ModuleType:
     if str(ROOT / "bench") not in sys.path:
         sys.path.append(str(ROOT / "bench"))
     return importlib.import_module(name)
+
+
+@pytest.fixture
+def map_draws(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The sizes ``upsample_map`` is asked to draw maps at, from here on (features and detectors.base)."""
+    from normalcy.detectors import base
+    from normalcy.images import features
+
+    calls: list[tuple[int, int]] = []
+    draw = features.upsample_map
+
+    def counted(grid: np.ndarray, size: tuple[int, int], sigma: float = 0.5) -> np.ndarray:
+        calls.append(tuple(size))
+        return draw(grid, size, sigma)
+
+    monkeypatch.setattr(features, "upsample_map", counted)
+    monkeypatch.setattr(base, "upsample_map", counted)
+    return calls

@@ -343,31 +343,22 @@ def fitted_and_test(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     ({"heatmaps": False, "report": False, "save_maps": True}, 3),
     ({"heatmaps": True, "report": False}, 3),
 ])
-def test_predict_draws_a_full_size_map_only_where_the_run_uses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_predict_draws_a_full_size_map_only_where_the_run_uses_it(tmp_path: Path, map_draws: list,
                                                                    fitted_and_test: tuple, flags: dict,
                                                                    drawn: int) -> None:
     """predict drew every image's map at the image's full size (144 MB and a second for a 6000x6000 photo), even
     with --no-heatmaps --no-report, where nothing reads it. It is drawn now only for a picture, a map file or a
     report card, and what is written is as it was."""
     from normalcy import api
-    from normalcy.detectors import base
-    from normalcy.images import features
 
     det, test, grids = fitted_and_test
-    calls: list[tuple[int, int]] = []
-    draw = features.upsample_map
-
-    def counted(grid: np.ndarray, size: tuple[int, int], sigma: float = 0.5) -> np.ndarray:
-        calls.append(tuple(size))
-        return draw(grid, size, sigma)
-
-    monkeypatch.setattr(features, "upsample_map", counted)
-    monkeypatch.setattr(base, "upsample_map", counted)
+    calls = map_draws
     api.predict(det, test, tmp_path / "run", progress=False, **flags)
     assert calls == [(48, 56)] * drawn
     if flags.get("save_maps"):
         for p, grid in zip(test, grids):
-            np.testing.assert_array_equal(np.load(tmp_path / "run" / "maps" / f"{p.stem}.npy"), draw(grid, (48, 56)))
+            saved = np.load(tmp_path / "run" / "maps" / f"{p.stem}.npy")
+            np.testing.assert_array_equal(saved, upsample_map(grid, (48, 56)))
 
 
 def test_pixel_metrics_shrink_a_shrink_maps_full_size_maps_as_a_list_of_them() -> None:

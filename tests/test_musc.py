@@ -147,11 +147,10 @@ def test_learned_attributes_appear_when_learned(tmp_path: Path) -> None:
 
 
 def test_score_holds_patch_grids_and_score_batch_draws_no_map_it_does_not_write(tmp_path: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                                map_draws: list) -> None:
     """MuSc held every image's map at the image's full size for the whole batch, and score-batch drew them even
     with --no-heatmaps --no-report. Its maps are held at the patch grid now, drawn when read, as they were."""
     from normalcy import api
-    from normalcy.detectors import base
     from normalcy.detectors.base import Maps
     from normalcy.images import features
 
@@ -159,15 +158,8 @@ def test_score_holds_patch_grids_and_score_batch_draws_no_map_it_does_not_write(
     r = MuSc(FeatureExtractor(image_size=64, precision="fp32")).score(paths, progress=False)
     assert isinstance(r.maps, Maps) and r.maps.shrink and all(max(g.shape) < 96 for g in r.maps.grids)
     np.testing.assert_array_equal(r.maps[1], features.upsample_map(r.maps.grids[1], (96, 96)))
-    calls: list[tuple[int, int]] = []
-    draw = features.upsample_map
-
-    def counted(grid: np.ndarray, size: tuple[int, int], sigma: float = 0.5) -> np.ndarray:
-        calls.append(tuple(size))
-        return draw(grid, size, sigma)
-
-    monkeypatch.setattr(features, "upsample_map", counted)
-    monkeypatch.setattr(base, "upsample_map", counted)
+    calls = map_draws
+    calls.clear()  # the two maps drawn above
     api.score_batch(paths, tmp_path / "run", heatmaps=False, report=False, progress=False, image_size="64",
                     precision="fp32")
     assert calls == []

@@ -204,6 +204,14 @@ def test_embeddings_a_run_lacks_are_computed_row_aligned(tmp_path: Path) -> None
     assert not emb[1].any() and emb[0].any() and emb[2].any()
 
 
+def _saved_images(folder: Path, n: int) -> tuple[Path, list[Path]]:
+    """``folder`` made with n PNGs of ``_image`` in it: (the folder, their paths)."""
+    folder.mkdir()
+    paths = [folder / f"{i}.png" for i in range(n)]
+    for i, p in enumerate(paths):
+        Image.fromarray(_image(i)).save(p)
+    return folder, paths
+
 def test_images_moved_away_since_predict_are_said_once_and_do_not_stop_serve(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run whose images were moved away after predict: computing its embeddings for serve said two lines per
@@ -213,11 +221,7 @@ def test_images_moved_away_since_predict_are_said_once_and_do_not_stop_serve(
     from normalcy.images.features import FeatureExtractor
     from normalcy.runs.format import add_embeddings
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    paths = [folder / f"{i}.png" for i in range(5)]
-    for i, p in enumerate(paths):
-        Image.fromarray(_image(i)).save(p)
+    folder, paths = _saved_images(tmp_path / "images", 5)
     _write(tmp_path / "run", paths, [folder])
     for p in paths[1:]:
         p.unlink()
@@ -244,11 +248,7 @@ def test_embeddings_cut_short_by_a_stop_leave_no_file_that_later_serves_take_as_
     from normalcy.images.features import FeatureExtractor
     from normalcy.runs.format import add_embeddings, read_embeddings
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    paths = [folder / f"{i}.png" for i in range(2)]
-    for i, p in enumerate(paths):
-        Image.fromarray(_image(i)).save(p)
+    folder, paths = _saved_images(tmp_path / "images", 2)
     _write(tmp_path / "run", paths, [folder])
     real = run_format.save_file
 
