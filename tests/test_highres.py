@@ -23,6 +23,16 @@ from normalcy.images.features import FeatureExtractor, upsample_map
 from normalcy.images.io import MaskSizeWarning, Sample, read_mask
 
 
+def _noise_fitted(folder: Path, size: tuple[int, int]) -> tuple:
+    """A gaussian fitted on 6 noise PNGs of ``size`` written in ``folder``, and the paths of those and 3 more."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(9):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(paths[-1])
+    return create("gaussian", FeatureExtractor(image_size=64, precision="fp32")).fit(paths[:6], progress=False), paths
+
+
 def _grid(seed: int, h: int = 10, w: int = 20) -> np.ndarray:
     return np.random.default_rng(seed).random((h, w)).astype(np.float32)
 
@@ -299,12 +309,7 @@ def test_predict_holds_no_earlier_batchs_images_while_it_reads_the_next(tmp_path
     from normalcy import api
     from normalcy.images import features
 
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(9):
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(paths[-1])
-    det = create("gaussian", FeatureExtractor(image_size=64, precision="fp32")).fit(paths[:6], progress=False)
+    det, paths = _noise_fitted(tmp_path, (48, 48))
     monkeypatch.setattr(features, "MAX_KEPT_PIXELS", 1)  # one image a batch
     alive: list[weakref.ref] = []
     held: list[int] = []
@@ -326,12 +331,7 @@ def test_predict_holds_no_earlier_batchs_images_while_it_reads_the_next(tmp_path
 def fitted_and_test(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """A gaussian fitted on 6 noise images, and 3 test images, the highest-scoring first."""
     folder = tmp_path_factory.mktemp("lazy")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(9):
-        paths.append(folder / f"{i}.png")
-        Image.fromarray(rng.integers(0, 256, (48, 56, 3), dtype=np.uint8)).save(paths[-1])
-    det = create("gaussian", FeatureExtractor(image_size=64, precision="fp32")).fit(paths[:6], progress=False)
+    det, paths = _noise_fitted(folder, (48, 56))
     res = det.score(paths[6:], progress=False)
     order = np.argsort(-res.scores, kind="stable")
     return det, [res.paths[i] for i in order], [res.maps.grids[i] for i in order]
