@@ -342,13 +342,13 @@ def test_auto_tries_gaussian_with_imagenet_normalisation_unless_one_is_given(tmp
     train = list_files(root / "train" / "good")
     assert ExtractorOptions().auto_norm and not ExtractorOptions(input_norm="own").auto_norm
     assert ExtractorOptions().input_norms == ("own",)  # every other detector: the weights' own
-    det = fit_detector("auto", train, FeatureExtractor(image_size=64), auto_norm=True, progress=False)
+    det = fit_detector("auto", train, FeatureExtractor(image_size=32), auto_norm=True, progress=False)
     assert set(det.choice["validation_auroc"]) == {*CANDIDATES, "gaussian/imagenet", "gaussian/standard"}
     monkeypatch.setattr(validation, "_pick", lambda current, others, *args, **kw: ("gaussian/imagenet", 1.0))
-    det = fit_detector("auto", train, FeatureExtractor(image_size=64), auto_norm=True, progress=False)
+    det = fit_detector("auto", train, FeatureExtractor(image_size=32), auto_norm=True, progress=False)
     assert (det.name, det.extractor.input_norm, det.choice["input_norm"]) == ("gaussian", "imagenet", "imagenet")
     monkeypatch.undo()
-    plain = fit_detector("auto", train, FeatureExtractor(image_size=64), progress=False)
+    plain = fit_detector("auto", train, FeatureExtractor(image_size=32), progress=False)
     assert set(plain.choice["validation_auroc"]) == set(CANDIDATES)
 
 
