@@ -228,7 +228,8 @@ GridArg = Annotated[int, typer.Option(help="Image-level features are pooled on a
                                       "Rippel et al.).")]
 PrecisionArg = Annotated[str, typer.Option(help="Backbone arithmetic: auto (bf16 where the CPU has it natively), "
                                            "fp32, bf16.")]
-FprArg = Annotated[float, typer.Option(help="Target false-positive rate of the threshold, on normal training data (images, table rows or series).")]
+FprArg = Annotated[float, typer.Option(
+    help="Target false-positive rate of the threshold, on normal training data (images, table rows or series).")]
 SeedArg = Annotated[int, typer.Option(help="Random seed (coreset, calibration folds, training).")]
 StepsArg = Annotated[Optional[int], typer.Option(help="Trained detectors: training steps (default: the detector's "
                                                  "own).")]
