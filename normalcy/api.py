@@ -789,10 +789,10 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     read = list(iter_series_files(inputs, time_column, series_column, keep))
     n_series = sum(len(item.series) for item in read if not isinstance(item, tuple))
 
-    def scoped_jobs(repeats: Any = None) -> Iterator[tuple[int, Any, str] | None]:
-        """Each series in its model's columns (file index, series, where: for skipped.csv), None for one that
-        cannot be: made as they are scored, so that a set's model is read once and let go (``SeriesSet.get``).
-        ``repeats``: told each series' id as it begins (``said_once``)."""
+    def scoped_jobs(repeats: Any = None) -> Iterator[tuple[int, Any, str, SeriesDetector] | None]:
+        """Each series in its model's columns (file index, series, where: for skipped.csv, and its model), None
+        for one that cannot be: made as they are scored, so that a set's model is read once and let go
+        (``SeriesSet.get``). ``repeats``: told each series' id as it begins (``said_once``)."""
         for item in read:
             if isinstance(item, tuple):
                 failed.append(item)
@@ -803,23 +803,25 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
                 where = str(item.path) if series_column is None else f"{item.path} [{series_column}={s.name}]"
                 if repeats is not None:
                     repeats.series = s.name
-                scoped = _scoped(model, s, item.time_column)
-                if isinstance(scoped, str):
-                    failed.append((where, scoped))
+                try:
+                    det = model.get(s.name, keep=False) if isinstance(model, SeriesSet) else model
+                    scoped = _scoped(model, det, s, item.time_column)
+                except InputError as err:
+                    failed.append((where, str(err)))
                     yield None
                     continue
-                noted = _sampling(model, scoped, series_column)
+                noted = _sampling(det, scoped, series_column)
                 in_folder(scoped)
                 if noted:  # as in_folder names it
                     sampled.append(scoped.notes[-1])
-                yield len(files) - 1, scoped, where
+                yield len(files) - 1, scoped, where, det
 
     if ray is not None:
         from normalcy.scale.distributed import score_series_ray
 
         if model_dir is None:
             raise InputError("on Ray, give the model's folder (the workers load it from its files)")
-        jobs.extend(job for job in scoped_jobs() if job is not None)
+        jobs.extend(job[:3] for job in scoped_jobs() if job is not None)
         _say_sampled(sampled)
         results, cpus = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray)
         info |= {"ray": ray, "cpus": cpus}
@@ -831,8 +833,8 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         with once as repeats, progress_bar(progress and (n_series > 1 or rows >= LONG_SERIES)) as bar:
             for job in bar.track(scoped_jobs(repeats), total=n_series, description="predict"):
                 if job is not None:
-                    jobs.append(job)
-                    results.append(_score_one(model, job[1], stream))
+                    jobs.append(job[:3])
+                    results.append(_score_one(job[3], job[1], stream))
         _say_sampled(sampled)
     unjudged = say_blind([(where, res) for (_, _, where), res in zip(jobs, results) if not isinstance(res, str)])
     if unjudged:  # rows at the start of a series that scored 0 for want of a past: said, and counted in run.json
@@ -864,34 +866,30 @@ def _say_sampled(sampled: list[str]) -> None:
                        "notes)", len(sampled) - 5)
 
 
-def _scoped(model: SeriesDetector | SeriesSet, s: Any, time_column: Optional[str]) -> Any:
-    """The series with its model's columns (``model_columns``: a column the model lacks is left out with a
-    note), or the reason (one line) why it cannot be scored."""
+def _scoped(model: SeriesDetector | SeriesSet, det: SeriesDetector, s: Any, time_column: Optional[str]) -> Any:
+    """The series with the columns of ``det``, its model (``model_columns``: a column the model lacks is left out
+    with a note); an InputError says why it cannot be scored."""
     if isinstance(model, SeriesSet) and model.key_of(s.name) != s.name:
         s.notes.append(f"{s.source.name}: series {shortened(s.name)!r} scored by the model of series "
                        f"{shortened(model.key_of(s.name))!r} "
                        f"({model.alias(s.name)})")
-    try:
-        return model_columns(model.get(s.name, keep=False) if isinstance(model, SeriesSet) else model, s, time_column)
-    except InputError as err:
-        return str(err)
+    return model_columns(det, s, time_column)
 
 
-def _sampling(model: SeriesDetector | SeriesSet, s: Any, series_column: Optional[str]) -> bool:
+def _sampling(det: SeriesDetector, s: Any, series_column: Optional[str]) -> bool:
     """Whether a series is sampled at another interval than its model's training rows (``sampling_note``),
     noted last among its notes; its scores are as they were."""
     where = s.source.name if series_column is None else f"{s.source.name} [{series_column}={shortened(s.name)}]"
-    note = sampling_note(model.get(s.name, keep=False) if isinstance(model, SeriesSet) else model, s, where)
+    note = sampling_note(det, s, where)
     if note is not None:
         s.notes.append(note)
     return note is not None
 
 
-def _score_one(model: SeriesDetector | SeriesSet, s: Any, stream: bool = False) -> Any:
+def _score_one(det: SeriesDetector, s: Any, stream: bool = False) -> Any:
     """A ScoredSeries (``stream``: replayed), or the reason (one line) why the series cannot be scored."""
     try:
-        return (replay_series if stream else score_series)(model.get(s.name, keep=False) if isinstance(model, SeriesSet)
-                                                           else model, s)
+        return (replay_series if stream else score_series)(det, s)
     except InputError as err:
         return str(err)
 

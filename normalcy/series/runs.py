@@ -241,7 +241,7 @@ class SeriesSet:
     # (what it was built from, {number or NFC text: the set's ids that are it}, {id: why it was not fitted})
     _index: tuple[tuple[Any, ...], dict[Any, list[str]], dict[str, str]] | None = field(
         default=None, init=False, repr=False, compare=False)
-    # the last few models loaded with ``get(keep=False)``: a predict asks for a series' model three times
+    # the last few models loaded with ``get(keep=False)``, for a caller that asks again soon after
     _recent: OrderedDict[str, SeriesDetector] = field(default_factory=OrderedDict, init=False, repr=False,
                                                       compare=False)
 
