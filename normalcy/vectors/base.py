@@ -33,8 +33,7 @@ from normalcy.numerics.stats import threshold_at
 
 __all__ = ["ROW_BYTES", "SAFE_EXPONENT", "ColumnScaled", "TooLarge", "VectorDetector", "check_array", "check_budget",
            "check_integer", "check_number", "check_seed", "column_scale", "finite_rows", "no_shadowed_methods",
-           "not_numeric_columns",
-           "plain", "sparse_columns", "plain_params", "scaled"]
+           "not_numeric_columns", "plain", "plain_params", "scaled", "sparse_columns"]
 
 ROW_BYTES = 8  # float64
 # Columns whose largest magnitude lies beyond 2**+-128 (3.4e38, float32's range) are scaled before a fit squares
