@@ -522,3 +522,42 @@ def test_a_report_killed_outright_while_written_leaves_nothing_the_next_keeps(tm
     (tmp_path / ".r.html.partial").write_text("a person's")
     report()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".r.html.partial", "r.html"]
+
+
+def test_a_full_size_card_is_coloured_at_gallery_size_and_looks_the_same(tmp_path: Path, monkeypatch) -> None:
+    """A card of a large image was coloured at full size and shrunk after (a 4000x3000 photo: 0.7 s and 70 MB
+    more a card): it is shrunk first now, and the picture is the same but for rounding."""
+    import cv2
+
+    import normalcy.runs.report as report
+
+    rng = np.random.default_rng(0)
+    image = cv2.resize(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (1024, 768), interpolation=cv2.INTER_CUBIC)
+    grid = rng.random((12, 16)).astype(np.float32)
+    grid[4:7, 6:9] += 3.0
+    amap = cv2.resize(grid, (1024, 768), interpolation=cv2.INTER_LINEAR)
+    before = report._shrink(overlay(image, amap, 0.0, 1.5)).astype(int)  # coloured at full size, then shrunk
+    drawn: list[tuple[int, ...]] = []
+    pictures: list[np.ndarray] = []
+
+    def recorded(rgb: np.ndarray, a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        drawn.append(rgb.shape)
+        pictures.append(overlay(rgb, a, lo, hi))
+        return pictures[-1]
+
+    monkeypatch.setattr(report, "overlay", recorded)
+    write_report(tmp_path / "r.html", title="t", scores=np.array([2.0]), names=["big.png"],
+                 top=[ReportImage("big.png", 2.0, True, image, amap)], map_range=(0.0, 1.5))
+    assert drawn == [(384, 512, 3)]
+    diff = np.abs(pictures[0].astype(int) - before)
+    assert diff.mean() < 0.5 and diff.max() <= 12
+
+
+def test_a_patch_grid_map_is_enlarged_smoothly_on_a_card() -> None:
+    """A map smaller than the card (a patch grid) is left for the overlay to enlarge bilinearly, as it is at
+    full size: area averaging enlarged it in blocks."""
+    from normalcy.runs.report import gallery_image
+
+    grid = np.random.default_rng(0).random((12, 16)).astype(np.float32)
+    item = gallery_image("big.png", 1.0, True, _image(768, 1024), grid)
+    assert item.image.shape == (384, 512, 3) and item.amap is not None and item.amap.shape == (12, 16)
