@@ -237,3 +237,26 @@ def test_events_rank_by_peak_over_their_series_threshold(tmp_path: Path) -> None
     (tmp_path / "events.csv").write_text(f"{head},threshold\nomi-1,1,2,1,3.9,cpu,2,,x\n")
     with pytest.raises(InputError, match=r"events\.csv:2: peak_score, rows and threshold must be numbers"):
         read_series_items(tmp_path)
+
+
+def test_an_event_past_the_pictures_predict_draws_shows_a_picture_saying_so(run: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict draws the MAX_EVENT_PLOTS events with the highest peaks only: the others were an empty card, their
+    detail view showing the picture of the event seen before (no image_url), and their image a 404. Each now has
+    a picture saying why it has none; the drawn ones keep theirs."""
+    from normalcy.runs import format as run_format
+
+    monkeypatch.setattr(run_format, "MAX_EVENT_PLOTS", 3)
+    out = tmp_path / "run"
+    api.predict(run.parent / "model", [run.parent / "test.csv"], out)
+    events = read_events(out)
+    assert sum(e.plot is not None for e in events) == 3 and len(events) > 3
+    with TestClient(create_app(out, TOKEN)) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        items = c.get("/api/items", params={"limit": 100}).json()["items"]
+        assert len(items) == len(events) and all(i["image_url"] for i in items)
+        bodies = [c.get(i["image_url"]) for i in items]
+    assert all(r.status_code == 200 and r.headers["content-type"] == "image/png" for r in bodies)
+    drawn = {Path(e.plot).read_bytes() for e in events if e.plot}
+    assert sum(r.content in drawn for r in bodies) == 3
+    assert len({r.content for r in bodies if r.content not in drawn}) == 1  # the one picture saying why

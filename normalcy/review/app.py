@@ -3,7 +3,8 @@
 Every request first passes the Guard (guard.py): Host header, token, body size.
 Image paths come from the database, never from a URL, and Review.allowed_file checks them; a table
 run's rows have no image (404) and carry their feature values in the item JSON instead; a series run's
-events have their picture (drawn by predict in the run folder) as their image, and no overlay.
+events have their picture (drawn by predict in the run folder) as their image, and no overlay; an event past
+the pictures predict draws (MAX_EVENT_PLOTS) gets a picture saying so.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import secrets
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal, Optional, Sequence
 
@@ -44,6 +46,7 @@ from normalcy.review.state import (
     Unavailable,
 )
 from normalcy.review.store import DatabaseGone, Item, Store, db_reason
+from normalcy.runs.format import MAX_EVENT_PLOTS
 
 log = logging.getLogger("normalcy")
 
@@ -136,6 +139,23 @@ def _image_response(path: Path) -> Response:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return Response(buf.getvalue(), media_type="image/png", headers=headers)
+
+
+@lru_cache(maxsize=1)
+def _no_picture_png() -> bytes:
+    """The picture of an event predict drew none of: it draws the MAX_EVENT_PLOTS events with the highest peaks
+    (over their threshold) only, and the review showed the others as an empty card, their detail view with the
+    picture of the event seen before."""
+    import cv2
+
+    from normalcy.runs.plots import note_png
+
+    rgb = note_png(["No picture of this event:", f"predict draws the {MAX_EVENT_PLOTS:,} events",
+                    "with the highest peaks over their", "threshold; this one ranks below."])
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode the placeholder picture")
+    return buf.tobytes()
 
 
 def create_app(run_dir: Path, token: str, database: str | None = None, strategy: str = DEFAULT_STRATEGY,
@@ -254,8 +274,8 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         listed_on(review, run)
         item = picture(review, item_id)  # the path comes from the database, never from the request
         if review.is_series:  # an event's picture, in the run folder
-            if not item.overlay:
-                raise HTTPException(404, f"event {item_id} has no picture (past the run's limit of pictures)")
+            if not item.overlay:  # past the pictures predict draws: a card that says so, not a broken image
+                return Response(_no_picture_png(), media_type="image/png", headers={"Cache-Control": "private, no-cache"})
             return _image_response(review.event_picture(item.overlay))
         return _image_response(review.allowed_file(item.path))
 

@@ -358,8 +358,7 @@ class Review:
             "interest": interest,
             # the run folder named: ids are its database's, and a link re-pointed serves another folder's, whose item
             # of the same id is another picture (a page's <img> of an unchanged URL kept the old one, too)
-            "image_url": None if self.is_table or (self.is_series and not self.overlays[k])
-            else f"/api/items/{item_id}/image?run={self.folder}",
+            "image_url": None if self.is_table else f"/api/items/{item_id}/image?run={self.folder}",
             "overlay_url": f"/api/items/{item_id}/overlay?run={self.folder}" if self.overlays[k] and not self.is_series
             else None,
         }

@@ -313,3 +313,20 @@ def event_png(values: np.ndarray, names: list[str], score: np.ndarray, threshold
     cv2.putText(img, "score", (pad + 2, panels[1][0] + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.36, _rgb(SCORE_COLOR),
                 1, cv2.LINE_AA)
     return img
+
+
+def note_png(lines: list[str], size: tuple[int, int] = (400, 180)) -> np.ndarray:
+    """A picture of a few lines of text (RGB, the size of :func:`event_png`'s): what the review shows where a
+    picture was not drawn, so that the card says why instead of showing nothing (or the last event's)."""
+    import cv2
+
+    width, height = size
+    img = np.full((height, width, 3), 245, np.uint8)
+    cv2.rectangle(img, (0, 0), (width - 1, height - 1), (200, 200, 200), 1)
+    top = max(18, (height - 22 * len(lines)) // 2 + 14)
+    for i, text in enumerate(lines):
+        text = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+        (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        cv2.putText(img, text, (max(4, (width - w) // 2), top + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    _rgb(SCORE_COLOR), 1, cv2.LINE_AA)
+    return img
