@@ -867,6 +867,31 @@ def test_odd_rows_and_formats(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
         assert "does not match" in caplog.text
 
 
+
+def test_an_empty_score_is_left_out_and_all_nan_scores_say_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A scores.csv written by hand: an empty score cell stopped the whole review ("score '' is not a number")
+    where a NaN only leaves its row out; and a file whose every score is NaN was "no scored images to review",
+    as if it were empty."""
+    run = make_run(tmp_path, n=3)
+    lines = (run / "scores.csv").read_text().splitlines()
+    (run / "scores.csv").write_text("\n".join([lines[0], re.sub(r",[^,]*,1,", ",,1,", lines[1], count=1),
+                                               *lines[2:]]) + "\n")
+    with caplog.at_level("WARNING", logger="normalcy"), open_client(run) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert sorted(by_name(c)) == ["img_001.png", "img_002.png"] and "score is empty" in caplog.text
+    (run / "scores.csv").write_text("\n".join([lines[0], *(re.sub(r"(\.png),[^,]*,", r"\1,nan,", x, count=1)
+                                                           for x in lines[1:])]) + "\n")
+    with pytest.raises(InputError, match=r"no scored images to review \(every score of its 3 row\(s\) is NaN"):
+        create_app(run, TOKEN)
+    from normalcy.runs.format import read_table_items
+
+    table_run = tmp_path / "table-run"
+    table_run.mkdir()
+    (table_run / "scores.csv").write_text("row,score,decision\n0,nan,0\n1,,0\n")
+    with pytest.raises(InputError, match=r"no scored rows to review \(every score of its 2 row\(s\) is NaN"):
+        read_table_items(table_run, "row")
+
+
 # --------------------------------------------------------------------------- security of the serving
 
 

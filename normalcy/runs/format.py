@@ -721,7 +721,7 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
         raise InputError(f"{path}: not found (pass a run folder written by `normalcy predict`)")
     rows: list[RunRow] = []
     seen: set[str] = set()
-    n_rows = 0
+    n_rows = unscored = 0
     try:
         with open(path, newline="", **CSV_ENCODING) as fh:
             reader = csv.DictReader(fh)
@@ -739,15 +739,18 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
                 raw = _uncell(raw)
                 if not raw:
                     raise InputError(f"{path}:{line}: empty path")
-                try:
-                    score = float(rec.get("score") or "")
+                cell = (rec.get("score") or "").strip()
+                try:  # an empty cell (a score not given, by hand) is none: left out as a NaN is, not fatal
+                    score = float(cell or "nan")
                 except ValueError:
                     raise InputError(f"{path}:{line}: score {rec.get('score')!r} is not a number") from None
                 decision = DECISIONS.get((rec.get("decision") or "").strip().lower())
                 if decision is None:
                     raise InputError(f"{path}:{line}: decision must be 1 or 0, not {rec.get('decision')!r}")
                 if not math.isfinite(score):
-                    logger.warning("%s:%d: score %s is not finite; %s left out of the review", path, line, score, raw)
+                    logger.warning("%s:%d: %s; %s left out of the review", path, line,
+                                   f"score {score} is not finite" if cell else "score is empty", raw)
+                    unscored += 1
                     continue
                 image = _image_path(raw, run_dir)
                 if image in seen:
@@ -760,8 +763,9 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
                                    overlay, k))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read ({err})") from None
-    if not rows:
-        raise InputError(f"{path}: no scored images to review")
+    if not rows:  # "no scored images" was said of a file whose every score is NaN, which looked empty
+        why = f" (every score of its {n_rows} row(s) is NaN, infinite or empty)" if n_rows and unscored == n_rows else ""
+        raise InputError(f"{path}: no scored images to review{why}")
     return rows, n_rows
 
 
@@ -831,7 +835,8 @@ def read_table_items(run_dir: Path, id_column: str | None = None) -> RunItems:
         logger.warning("%s: %d repeated id(s) in column %r; each keeps its first row", path,
                        int(keep.sum()) - len(rows), key)
     if not len(rows):
-        raise InputError(f"{path}: no scored rows to review")
+        why = f" (every score of its {len(ids)} row(s) is NaN, infinite or empty)" if len(ids) and not keep.any() else ""
+        raise InputError(f"{path}: no scored rows to review{why}")
     kept = [ids[i] for i in rows]
     return RunItems(kept, kept, scores[rows], decisions[rows], [None] * len(rows), rows, len(ids))
 
