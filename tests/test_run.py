@@ -286,6 +286,16 @@ def test_heatmaps_are_full_size_and_the_report_keeps_its_top_images_small(tmp_pa
     assert (tmp_path / "run" / "report.html").is_file()
 
 
+def test_a_nan_score_does_not_keep_the_highest_scores_out_of_the_report(tmp_path: Path) -> None:
+    """A NaN score compares false with every score: once among the report's top images, no higher score got past
+    it, and the gallery showed the NaN image and the first score after it instead of the two highest."""
+    writer = RunWriter(tmp_path / "run", 1.0, (0.0, 1.0), heatmaps=False, top=2, inputs=[tmp_path])
+    for k, score in enumerate([float("nan"), 5.0, 10.0, 7.0]):
+        writer.add(tmp_path / f"{k}.png", np.zeros((8, 8, 3), np.uint8), score, None)
+    assert sorted(b[2].name for b in writer._best) == [str(tmp_path / "2.png"), str(tmp_path / "3.png")]
+    writer.abort()
+
+
 def test_a_second_run_replaces_the_first_and_keeps_its_labels(tmp_path: Path) -> None:
     """Runs into one folder never add up: the new run takes the old one's place whole (no file of the old
     one is left behind), except the review's labels, which are about the images."""

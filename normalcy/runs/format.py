@@ -501,7 +501,9 @@ class RunWriter:
             np.save(self.folder / "maps" / f"{name}.npy", np.asarray(full(), np.float32))  # no copy of a float32 map
         if embedding is not None:
             self.embeddings.append(np.asarray(embedding, dtype=np.float32))
-        key = (score, len(self.rows))  # ties: the later image wins, as heapq.heappushpop keeps it
+        # ties: the later image wins, as heapq.heappushpop keeps it; a NaN score ranks last, as in the report's
+        # table (as itself it compares false with every score: once in the heap, no higher score got past it)
+        key = (-math.inf if math.isnan(score) else score, len(self.rows))
         if self.report and self.top > 0 and (len(self._best) < self.top or key > self._best[0][:2]):
             # Kept at gallery size: the top-N of 1600x800 images would otherwise hold 9 MB each.
             item = gallery_image(str(path), score, anomalous, image, None if amap is None else full())
