@@ -3,8 +3,8 @@
 A run's items are images (``predict`` on images, ``score-batch``), table rows (``predict`` on a
 table: run.json says ``"kind": "vectors"``) or a series run's events (``"kind": "series"``); a table
 row has no picture, so the page shows its id, score and the feature values furthest from the run's
-median instead; an event shows the picture predict drew of it (events/*.png), its series, times and
-metrics, and is ranked by its feature vector (normalcy.series.runs.event_features) as images are by
+median instead; an event shows the picture predict drew of it (events/*.png; past the ones it draws, a
+picture saying so), its series, times and metrics, and is ranked by its feature vector (normalcy.series.runs.event_features) as images are by
 their embeddings. Items are kept as numpy columns
 and the ranking as index arrays, so that a page of a 1,000,000-item run is a few array operations,
 never a Python loop over every item.

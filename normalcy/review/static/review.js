@@ -1,7 +1,8 @@
 // normalcy review: label images (table rows, or a series run's events) in rank order; the server re-ranks
 // after each label. Plain JavaScript, no dependencies. The API is described in normalcy/server.py.
 // A table row has no picture: its card and detail view show its feature values instead. An event's picture
-// is the window around it (drawn by predict); its card also names the metrics that drove it.
+// is the window around it (drawn by predict; past the ones it draws, a picture saying so); its card also names
+// the metrics that drove it.
 "use strict";
 
 (function () {
