@@ -275,7 +275,8 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         item = picture(review, item_id)  # the path comes from the database, never from the request
         if review.is_series:  # an event's picture, in the run folder
             if not item.overlay:  # past the pictures predict draws: a card that says so, not a broken image
-                return Response(_no_picture_png(), media_type="image/png", headers={"Cache-Control": "private, no-cache"})
+                return Response(_no_picture_png(), media_type="image/png",
+                                headers={"Cache-Control": "private, no-cache"})
             return _image_response(review.event_picture(item.overlay))
         return _image_response(review.allowed_file(item.path))
 

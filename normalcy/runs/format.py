@@ -766,7 +766,7 @@ def read_scores(run_dir: Path, inputs: Sequence[Path] = ()) -> tuple[list[RunRow
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read ({err})") from None
     if not rows:  # "no scored images" was said of a file whose every score is NaN, which looked empty
-        why = f" (every score of its {n_rows} row(s) is NaN, infinite or empty)" if n_rows and unscored == n_rows else ""
+        why = f" (every score of its {n_rows} row(s) is NaN, infinite or empty)" if unscored == n_rows > 0 else ""
         raise InputError(f"{path}: no scored images to review{why}")
     return rows, n_rows
 
@@ -837,7 +837,7 @@ def read_table_items(run_dir: Path, id_column: str | None = None) -> RunItems:
         logger.warning("%s: %d repeated id(s) in column %r; each keeps its first row", path,
                        int(keep.sum()) - len(rows), key)
     if not len(rows):
-        why = f" (every score of its {len(ids)} row(s) is NaN, infinite or empty)" if len(ids) and not keep.any() else ""
+        why = f" (every score of its {len(ids)} row(s) is NaN, infinite or empty)" if not keep.any() and ids else ""
         raise InputError(f"{path}: no scored rows to review{why}")
     kept = [ids[i] for i in rows]
     return RunItems(kept, kept, scores[rows], decisions[rows], [None] * len(rows), rows, len(ids))

@@ -84,7 +84,8 @@ def _gallery_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     would at full size (area averaging enlarges it in blocks)."""
     a = np.asarray(amap)
     h, w = size
-    if a.shape[:2] != (h, w) and a.shape[0] * a.shape[1] > h * w:
+    # another shape: overlay says what is wrong with it
+    if a.ndim in (2, 3) and a.shape[:2] != (h, w) and a.shape[0] * a.shape[1] > h * w:
         return cv2.resize(a.astype(np.float32, copy=False), (w, h), interpolation=cv2.INTER_AREA)
     return a
 
