@@ -509,6 +509,25 @@ def test_exif_orientation_of_pngs_and_in_header_sizes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data._read_plain(tmp_path / "upright.png"), pixels)
 
 
+def test_uncompressed_tiff_turned_a_quarter_is_read_turned_not_scrambled(tmp_path: Path) -> None:
+    """Pillow decoded an uncompressed TIFF whose Orientation tag turns it a quarter into the turned frame, then
+    turned it again: its pixels came out scrambled at the stored size (image_size gave the turned one)."""
+    from PIL import TiffImagePlugin
+
+    grey = (np.arange(10 * 20).reshape(10, 20) % 251).astype(np.uint8)
+    turned = {5: grey.T, 6: np.rot90(grey, -1), 7: np.rot90(grey, 2).T, 8: np.rot90(grey, 1)}
+    for orientation, expected in turned.items():
+        for name, pixels in (("grey", grey), ("grey16", grey.astype(np.uint16) * 257), ("rgb", np.dstack([grey] * 3))):
+            tags = TiffImagePlugin.ImageFileDirectory_v2()
+            tags[0x0112] = orientation
+            for compression in (None, "tiff_lzw"):
+                path = tmp_path / f"{name}_{orientation}_{compression}.tif"
+                Image.fromarray(pixels).save(path, tiffinfo=tags, compression=compression)
+                out = read_image(path)
+                np.testing.assert_array_equal(out[:, :, 0], expected, err_msg=path.name)
+                assert image_size(path) == (10, 20), path.name
+
+
 # ------------------------------------------------------------------ read_image errors
 
 

@@ -417,6 +417,7 @@ def _open_loaded(p: Path) -> Image.Image:
     than later; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left untouched.
     """
     with _pillow(p) as im:
+        _untangle_turned_tiff(im)
         im.load()
         frames = getattr(im, "n_frames", 1)
         # an animated GIF, PNG or WebP, or a multi-page TIFF: the first frame was taken silently (a phone's JPEG with
@@ -432,6 +433,21 @@ def _open_loaded(p: Path) -> Image.Image:
         if out is None or out is im:
             out = im.copy()
         return out
+
+
+def _untangle_turned_tiff(im: Image.Image) -> None:
+    """Give an uncompressed TIFF whose Orientation tag turns it a quarter (5 to 8) its stored size back before
+    Pillow decodes it. Pillow (13) sets such a file's size turned already when it opens it, then decodes the
+    stored rows into that turned frame and turns the result again: its pixels came out scrambled, at the
+    stored size, without a word (compressed TIFFs, decoded by libtiff, are right). Decoded at its stored size,
+    Pillow's own turn on loading is right. Private attributes: Pillow has no public way to set a size."""
+    if im.format != "TIFF" or not im.tile or any(t[0] != "raw" for t in im.tile):
+        return
+    if getattr(im, "tag_v2", {}).get(0x0112) not in (5, 6, 7, 8):
+        return
+    stored = max(t[1][2] for t in im.tile), max(t[1][3] for t in im.tile)  # the strips' extents (x0, y0, x1, y1)
+    if im.size != stored and im.size == stored[::-1]:  # (a square one decodes right)
+        im._size = stored
 
 
 _PNG = b"\x89PNG\r\n\x1a\n"
