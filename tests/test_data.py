@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -905,6 +906,36 @@ def test_read_mask_same_size_no_warning(tmp_path: Path, recwarn: pytest.Warnings
     Image.new("L", (6, 4), 255).save(tmp_path / "m.png")
     assert read_mask(tmp_path / "m.png", (4, 6)).all()
     assert not [w for w in recwarn if issubclass(w.category, MaskSizeWarning)]
+
+
+def test_a_mask_at_its_exif_turned_images_stored_size_is_turned_alike(tmp_path: Path) -> None:
+    """A phone's portrait photo (stored 20x10, EXIF orientation 6: read 10x20) whose mask was drawn on its stored
+    pixels (20x10): the mask was stretched to 10x20, its defect out of place. It is turned as the image is, said
+    once; a mask of the turned size, or of the stored size of an image that is not turned, is read as before."""
+    from normalcy.images.io import MaskTurnedWarning
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_rgb(10, 20)).save(tmp_path / "photo.jpg", exif=exif.tobytes())
+    Image.fromarray(_rgb(10, 20)).save(tmp_path / "upright.jpg")
+    stored = np.zeros((10, 20), np.uint8)
+    stored[:3, :5] = 255  # the stored top left corner: the top right once turned 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "m.png")
+    expected = np.rot90(stored, -1) > 127
+    with pytest.warns(MaskTurnedWarning, match=r"m\.png: mask size 20x10 is its image's size before the image's "
+                                                r"EXIF orientation \(6\) turns it to 10x20; turned as the image is"):
+        out = read_mask(tmp_path / "m.png", (20, 10), image=tmp_path / "photo.jpg")
+    np.testing.assert_array_equal(out, expected)
+    Image.fromarray(np.rot90(stored, -1)).save(tmp_path / "turned.png")
+    with pytest.warns(MaskTurnedWarning):  # at the pixel metrics' size too
+        np.testing.assert_array_equal(read_mask(tmp_path / "m.png", (20, 10), (10, 5), image=tmp_path / "photo.jpg"),
+                                      read_mask(tmp_path / "turned.png", (20, 10), (10, 5)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(read_mask(tmp_path / "turned.png", (20, 10), image=tmp_path / "photo.jpg"),
+                                      expected)
+    with pytest.warns(MaskSizeWarning, match="differs from image size"):  # not turned: resized, as before
+        read_mask(tmp_path / "m.png", (20, 10), image=tmp_path / "upright.jpg")
 
 
 def test_read_mask_rgb(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from normalcy.evaluation.evaluate import (
 )
 from normalcy.evaluation.metrics import pixel_metrics
 from normalcy.images.features import FeatureExtractor, upsample_map
-from normalcy.images.io import MaskSizeWarning, Sample, read_mask
+from normalcy.images.io import MaskSizeWarning, MaskTurnedWarning, Sample, read_mask
 
 
 def _noise_fitted(folder: Path, size: tuple[int, int]) -> tuple:
@@ -371,3 +371,25 @@ def test_pixel_metrics_shrink_a_shrink_maps_full_size_maps_as_a_list_of_them() -
     lazy, full = maps_at(Maps(grids, sizes, shrink=True), small), maps_at(list(Maps(grids, sizes)), small)
     assert len(lazy) == 2 and all(np.array_equal(a, b) for a, b in zip(lazy, full))
     assert not np.array_equal(maps_at(Maps(grids, sizes), small)[0], full[0])  # drawn at the capped side directly
+
+
+def test_eval_turns_a_mask_drawn_on_its_exif_turned_images_stored_pixels(tmp_path: Path) -> None:
+    """eval read each mask against its image's size alone: a portrait phone photo's mask at the photo's stored
+    size was stretched, its defect out of place. masks_for hands the image over; one warning for them all."""
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    stored = np.zeros((10, 20), np.uint8)
+    stored[:3, :5] = 255
+    samples = []
+    for i in range(3):
+        Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / f"{i}.jpg", exif=exif.tobytes())
+        Image.fromarray(stored).save(tmp_path / f"{i}_mask.png")
+        samples.append(Sample(tmp_path / f"{i}.jpg", 1, "bad", tmp_path / f"{i}_mask.png"))
+    maps = [np.zeros((20, 10), np.float32)] * 3
+    result = Result([s.path for s in samples], np.zeros(3), maps, np.zeros(3, bool), 1.0)
+    with pytest.warns(MaskTurnedWarning) as caught:
+        masks = masks_for(samples, result)
+    assert all(np.array_equal(m, np.rot90(stored, 1) > 127) for m in masks)
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / '0_mask.png'}: mask size 20x10 is its image's size before the image's EXIF orientation (8) "
+        "turns it to 10x20; turned as the image is (and 2 more mask(s) turned likewise: 1_mask.png, 2_mask.png)"]

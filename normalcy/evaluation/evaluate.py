@@ -26,7 +26,8 @@ from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
 from normalcy.images.backbones import sha256_file
 from normalcy.images.features import FeatureExtractor
-from normalcy.images.io import Dataset, MaskSizeWarning, Sample, iter_images, load_dataset, mask_peak, read_mask
+from normalcy.images.io import (Dataset, MaskSizeWarning, MaskTurnedWarning, Sample, iter_images, load_dataset,
+                                mask_peak, read_mask)
 from normalcy.runs.report import gallery_image, write_report
 
 log = logging.getLogger("normalcy")
@@ -76,8 +77,11 @@ def masks_for(samples: Sequence[Sample], result: Result,
     by_path = {s.path: s for s in samples}
     shapes = image_sizes(result.maps)
     masks: list[np.ndarray | None] = []
-    resized: list[tuple[Path, warnings.WarningMessage]] = []  # said once below, not once a mask: a data set whose
-    empty: list[tuple[Path, str]] = []  # masks were all saved at half size gave one line per defective image
+    # said once a kind below, not once a mask: a data set whose masks were all saved at half size gave one line per
+    # defective image
+    grouped: dict[type[Warning], list[tuple[Path, warnings.WarningMessage]]] = {MaskSizeWarning: [],
+                                                                                MaskTurnedWarning: []}
+    empty: list[tuple[Path, str]] = []
     others: list[warnings.WarningMessage] = []
     for path, shape, size in zip(result.paths, shapes, sizes or shapes):
         s = by_path[path]
@@ -89,7 +93,7 @@ def masks_for(samples: Sequence[Sample], result: Result,
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
-                    masks.append(read_mask(s.mask_path, shape, size))
+                    masks.append(read_mask(s.mask_path, shape, size, image=s.path))
                 except ImageError as err:  # one bad mask costs its image's pixel metrics, not the evaluation
                     log.warning("%s; its image is left out of the pixel metrics", err)
                     masks.append(None)
@@ -97,8 +101,8 @@ def masks_for(samples: Sequence[Sample], result: Result,
                     if not masks[-1].any():  # a wrong file or a wrong export, likelier than a defect of no pixel
                         empty.append((s.mask_path, _no_defect_why(s.mask_path, size)))
             for w in caught:
-                if issubclass(w.category, MaskSizeWarning):
-                    resized.append((s.mask_path, w))
+                if w.category in grouped:
+                    grouped[w.category].append((s.mask_path, w))
                 else:
                     others.append(w)
     by_why: dict[str, list[tuple[Path, str]]] = {}  # the same reason but for its numbers (a size, a level)
@@ -107,9 +111,10 @@ def masks_for(samples: Sequence[Sample], result: Result,
     for same in by_why.values():
         log.warning("%s: no defect pixel in the mask of a defective image%s; its pixels count as normal in the pixel "
                     "metrics%s", same[0][0], same[0][1], _likewise("likewise", [p for p, _ in same[1:]]))
-    for _, w in resized[:1]:
-        more = _likewise("of another size than their image's, resized", [p for p, _ in resized[1:]])
-        warnings.warn(f"{w.message}{more}", w.category, stacklevel=2)
+    for category, said in grouped.items():
+        what = "of another size than their image's, resized" if category is MaskSizeWarning else "turned likewise"
+        for _, w in said[:1]:
+            warnings.warn(f"{w.message}{_likewise(what, [p for p, _ in said[1:]])}", w.category, stacklevel=2)
     for w in others:
         warnings.warn(str(w.message), w.category, stacklevel=2)
     return masks

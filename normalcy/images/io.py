@@ -34,6 +34,7 @@ __all__ = [
     "ImageError",
     "InputError",
     "MaskSizeWarning",
+    "MaskTurnedWarning",
     "Sample",
     "check_pixels",
     "image_size",
@@ -59,6 +60,10 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 
 class MaskSizeWarning(UserWarning):
     """A ground-truth mask did not match its image's size and was resized."""
+
+
+class MaskTurnedWarning(UserWarning):
+    """A ground-truth mask had its image's size as stored, before its EXIF orientation turned it: turned alike."""
 
 
 # --------------------------------------------------------------------------- files
@@ -677,8 +682,20 @@ def mask_peak(path: str | Path) -> int:
         im.close()
 
 
+def _quarter_turn(image: Path) -> int | None:
+    """The EXIF (or TIFF) orientation, 5 to 8, by which :func:`read_image` turns ``image`` a quarter; else None
+    (none, a half turn or a mirror, which keep the size, or a file that cannot be read)."""
+    try:
+        with _pillow(image) as im:
+            turn = im.tag_v2.get(0x0112) if im.format == "TIFF" else _orientation(im)  # type: ignore[attr-defined]
+    except ImageError:
+        return None
+    return turn if turn in (5, 6, 7, 8) else None
+
+
 def read_mask(
-    path: str | Path | None, shape: tuple[int, int], size: tuple[int, int] | None = None
+    path: str | Path | None, shape: tuple[int, int], size: tuple[int, int] | None = None,
+    image: Path | None = None,
 ) -> np.ndarray:
     """Read a ground-truth mask as a bool HxW array (pixel > 127 in its brightest channel; a mask of 0 and 1
     only: pixel 1).
@@ -693,6 +710,10 @@ def read_mask(
     maps whose long side is capped): no warning for that. A mask shrunk this way is
     averaged over each output pixel, which is defect where most of it is.
 
+    ``image``, the mask's image: a mask of its size as stored, where its EXIF orientation turns it a quarter
+    (a phone's portrait photo, a mask drawn on its stored pixels), is turned as the image is, with a
+    :class:`MaskTurnedWarning` (it was stretched to the turned size, its defect out of place).
+
     Raises:
         ImageError: the mask file cannot be read.
     """
@@ -706,11 +727,18 @@ def read_mask(
         files = [f for f in _walk_files(p, recursive=False) if f.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             raise ImageError(p, "mask folder holds no image file")
-        return np.logical_or.reduce([read_mask(f, shape, size) for f in files])
+        return np.logical_or.reduce([read_mask(f, shape, size, image) for f in files])
     im = _open_loaded(p)
     try:
         gray = Image.fromarray(_mask_levels(im))
         mw, mh = gray.size
+        turn = _quarter_turn(image) if image is not None and (mw, mh) == (h, w) != (w, h) else None
+        if turn is not None:  # turned by Pillow's own table of orientations, as read_image turns its image
+            warnings.warn(f"{p}: mask size {mw}x{mh} is its image's size before the image's EXIF orientation "
+                          f"({turn}) turns it to {w}x{h}; turned as the image is", MaskTurnedWarning, stacklevel=2)
+            gray.getexif()[0x0112] = turn
+            gray = ImageOps.exif_transpose(gray)
+            mw, mh = gray.size
         if (mw, mh) != (w, h):
             warnings.warn(
                 f"{p}: mask size {mw}x{mh} differs from image size {w}x{h}; resized",
