@@ -550,6 +550,19 @@ def test_text_file_named_jpg(tmp_path: Path) -> None:
     assert ei.value.reason == "not an image (cannot identify format)"
 
 
+def test_git_lfs_pointer_and_html_page_named_like_images_are_named_as_such(tmp_path: Path) -> None:
+    """A data set cloned without Git LFS holds a short text pointer under each image's name, and a failed download
+    an HTML page: each was "not an image (cannot identify format)", which says nothing of what to do."""
+    (tmp_path / "000.png").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 12345\n")
+    (tmp_path / "001.jpg").write_text("\n  <!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n")
+    (tmp_path / "002.jpg").write_text("<HTML><body>Forbidden</body></HTML>")
+    skipped: list[tuple[Path, str]] = []
+    assert not list(iter_images(list_files(tmp_path), skipped))
+    assert [why for _, why in skipped] == [
+        "a Git LFS pointer, not the image itself: fetch the images with `git lfs pull`",
+        "an HTML page (a failed download?), not an image", "an HTML page (a failed download?), not an image"]
+
+
 @pytest.mark.parametrize("brand", [b"heic", b"mif1"])
 def test_heic_photo_is_named_as_one(tmp_path: Path, brand: bytes) -> None:
     """An iPhone's HEIC photo was "not an image (cannot identify format)": wrong, and no hint what to do."""

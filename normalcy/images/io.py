@@ -373,13 +373,18 @@ _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", 
 
 def _unidentified(p: Path) -> str:
     """Why Pillow could not identify ``p``: a HEIC/HEIF photo (an iPhone's own format) is named as one, since
-    "not an image" is wrong for it and says nothing of what to do; so are a Mac's ``._name`` metadata file and a
-    TIFF whose samples Pillow does not read (a float RGB TIFF)."""
+    "not an image" is wrong for it and says nothing of what to do; so are a Mac's ``._name`` metadata file, a
+    TIFF whose samples Pillow does not read (a float RGB TIFF), a Git LFS pointer (a data set cloned without its
+    images) and an HTML page saved under an image's name (a download that failed)."""
     try:
         with open(p, "rb") as f:
-            head = f.read(12)
+            head = f.read(64)
     except OSError:
         head = b""
+    if head.startswith(b"version https://git-lfs"):  # a data set cloned without Git LFS: every image was "not one"
+        return "a Git LFS pointer, not the image itself: fetch the images with `git lfs pull`"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a failed download?), not an image"
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         return "a HEIC/HEIF image, which normalcy cannot read: convert it to JPEG or PNG"
     if head[:4] == b"\x00\x05\x16\x07":  # ._name beside each file copied from a Mac (pathlib's glob lists them)
