@@ -1164,6 +1164,23 @@ def test_load_dataset_finds_masks_of_every_image_suffix_png_first(tmp_path: Path
             assert read_mask(s.mask_path, (8, 8)).tolist() == (half > 0).tolist(), s.mask_path
 
 
+def test_a_gif_mask_is_found_and_an_image_without_mask_is_named(tmp_path: Path, caplog) -> None:
+    """GIF images are read, but a GIF mask (a GIF image's, say) was no mask at all, and eval said only "1 of 3
+    images in test/crack have no mask", leaving the user to find which."""
+    root = tmp_path / "ds"
+    _make_tree(root)
+    half = np.zeros((8, 8), np.uint8)
+    half[:4] = 255
+    Image.fromarray(half).save(root / "ground_truth" / "scratch" / "002_mask.gif")
+    Image.fromarray(_rgb(8, 8)).save(root / "test" / "scratch" / "002.gif")
+    with caplog.at_level(logging.INFO, logger="normalcy"):
+        ds = load_dataset(root)
+    gif = next(s for s in ds.test if s.path.name == "002.gif")
+    assert gif.mask_path == root / "ground_truth" / "scratch" / "002_mask.gif"
+    assert read_mask(gif.mask_path, (8, 8)).tolist() == (half > 0).tolist()
+    assert f"1 of 3 images in {root / 'test' / 'crack'} have no mask (e.g. 002.png)" in caplog.text
+
+
 def test_read_mask_jpeg_thresholds_compression_noise(tmp_path: Path) -> None:
     """A JPEG mask is lossy: ringing around the defect and chroma bleed of a coloured mask stay on their side of
     the half-way cut of the brightest channel, and a black JPEG has no defect pixel."""

@@ -53,9 +53,10 @@ __all__ = [
 logger = logging.getLogger("normalcy")
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 )
-"""Suffixes (lowercase) that look like images; compare with ``p.suffix.lower()``."""
+"""Suffixes (lowercase) that look like images; compare with ``p.suffix.lower()``. GIF too: its images are read
+(their first frame), and a GIF mask was no mask at all ("without a mask")."""
 
 
 class MaskSizeWarning(UserWarning):
@@ -927,8 +928,9 @@ def load_dataset(root: str | Path) -> Dataset:
             logger.warning("%s: no mask of its %d images in %s, which holds files (e.g. %s): masks are named "
                            "<stem>_mask.png, <stem>.png (or .bmp, .tif, .jpg, ...) or <stem>/ after their image",
                            ddir, missing, gt_dir, unmatched[0].name)
-        elif missing:
-            logger.info("%d of %d images in %s have no mask", missing, len(files), ddir)
+        elif missing:  # named: "1 of 8 images have no mask" left the user to find which
+            logger.info("%d of %d images in %s have no mask (e.g. %s)", missing, len(files), ddir,
+                        next(f.relative_to(ddir) for f, m in zip(files, masks) if m is None))
 
     if not test:
         raise InputError(f"test folder has no images in test/<defect> folders: {test_dir}")
