@@ -817,6 +817,27 @@ def test_broken_links_and_link_loops_in_a_folder_are_named_as_such(tmp_path: Pat
     assert set(reasons) == {"c.png", "d.png"} and all(r.startswith("cannot read file: ") for r in reasons.values())
 
 
+def test_folder_links_back_up_are_left_out_and_named(tmp_path: Path, caplog) -> None:
+    """A link to a folder holding the one listed was followed once: ``test/all -> .`` listed every test image
+    again as a defect of its own (the good ones as defective: wrong metrics, unsaid), ``train/good/up -> ../..``
+    the test images as training ones. Left out now, each named; a link to a folder elsewhere is still followed."""
+    root = tmp_path / "ds"
+    _make_tree(root)
+    (root / "test" / "all").symlink_to(".")
+    (root / "train" / "good" / "up").symlink_to("../..")
+    elsewhere = tmp_path / "lot2"
+    elsewhere.mkdir()
+    Image.fromarray(_rgb(8, 8)).save(elsewhere / "100.png")
+    (root / "train" / "good" / "lot2").symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        ds = load_dataset(root)
+    assert {s.defect for s in ds.test} == {"good", "scratch", "crack"} and len(ds.test) == 6
+    assert sorted(str(p.relative_to(root / "train" / "good")) for p in ds.train) == [
+        "000.png", "001.png", "002.png", "lot2/100.png", "readme.txt"]
+    assert f"left out {root / 'test' / 'all'}: a symbolic link back to {root / 'test'}, which holds it" in caplog.text
+    assert f"left out {root / 'train' / 'good' / 'up'}: a symbolic link back to {root}, which holds it" in caplog.text
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 def test_predict_skips_fifos_and_bombs_and_scores_the_rest(tmp_path: Path, synthetic_root: Path) -> None:
     """`normalcy predict` with a FIFO as an input and one in a folder, a link to /dev/zero and a JPEG bomb:

@@ -94,16 +94,30 @@ def _walk_files(folder: Path, recursive: bool) -> list[Path]:
         return sorted(found)
 
     seen_dirs: set[str] = set()
+    top = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen_dirs:  # symlink loop
+        if real in seen_dirs:  # a link to a folder already listed (a loop within the folder, or a second link)
             dirnames[:] = []
             continue
         seen_dirs.add(real)
         base = Path(dirpath)
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d) and not _is_run(base / d)]
+        dirnames[:] = [d for d in dirnames
+                       if not _is_hidden(d) and not _is_run(base / d) and not _leads_back(base / d, top)]
         found.extend(base / name for name in filenames if not _is_hidden(name))  # os.walk lists folders apart
     return sorted(found)
+
+
+def _leads_back(folder: Path, top: str) -> bool:
+    """Whether ``folder`` (a link) leads back to ``top`` (a real path), the folder being listed, or to a folder
+    holding it: a symbolic link loop, said in a warning. Followed, ``test/all -> .`` listed every test image again
+    as a defect of its own (good ones as defective), and ``train/good/up -> ../..`` the test images as training."""
+    real = os.path.realpath(folder)
+    if top != real and not top.startswith(real.rstrip(os.sep) + os.sep):
+        return False
+    logger.warning("left out %s: a symbolic link back to %s, which holds it (a loop)", printable(str(folder)),
+                   printable(real))
+    return True
 
 
 def _is_run(folder: Path) -> bool:
@@ -900,7 +914,7 @@ def load_dataset(root: str | Path) -> Dataset:
 
     test: list[Sample] = []
     listings: dict[Path, dict[str, list[Path]]] = {}
-    for ddir in _subdirs(test_dir):
+    for ddir in [d for d in _subdirs(test_dir) if not _leads_back(d, os.path.realpath(test_dir))]:
         defect = ddir.name
         files = _walk_files(ddir, recursive=True)
         if not files:
