@@ -1194,12 +1194,14 @@ def test_a_gif_mask_is_found_and_an_image_without_mask_is_named(tmp_path: Path, 
     half[:4] = 255
     Image.fromarray(half).save(root / "ground_truth" / "scratch" / "002_mask.gif")
     Image.fromarray(_rgb(8, 8)).save(root / "test" / "scratch" / "002.gif")
+    (root / "test" / "scratch" / "Thumbs.db").write_bytes(bytes(64))  # no image: not one "without a mask"
     with caplog.at_level(logging.INFO, logger="normalcy"):
         ds = load_dataset(root)
     gif = next(s for s in ds.test if s.path.name == "002.gif")
     assert gif.mask_path == root / "ground_truth" / "scratch" / "002_mask.gif"
     assert read_mask(gif.mask_path, (8, 8)).tolist() == (half > 0).tolist()
     assert f"1 of 3 images in {root / 'test' / 'crack'} have no mask (e.g. 002.png)" in caplog.text
+    assert "have no mask" not in caplog.text.replace(f"{root / 'test' / 'crack'} have no mask", "")
 
 
 def test_read_mask_jpeg_thresholds_compression_noise(tmp_path: Path) -> None:

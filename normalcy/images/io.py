@@ -942,9 +942,12 @@ def load_dataset(root: str | Path) -> Dataset:
             logger.warning("%s: no mask of its %d images in %s, which holds files (e.g. %s): masks are named "
                            "<stem>_mask.png, <stem>.png (or .bmp, .tif, .jpg, ...) or <stem>/ after their image",
                            ddir, missing, gt_dir, unmatched[0].name)
-        elif missing:  # named: "1 of 8 images have no mask" left the user to find which
-            logger.info("%d of %d images in %s have no mask (e.g. %s)", missing, len(files), ddir,
-                        next(f.relative_to(ddir) for f, m in zip(files, masks) if m is None))
+        elif missing:  # named: "1 of 8 images have no mask" left the user to find which (a Thumbs.db is no image)
+            images = [(f, m) for f, m in zip(files, masks) if f.suffix.lower() in IMAGE_SUFFIXES]
+            without = [f for f, m in images if m is None]
+            if without:
+                logger.info("%d of %d images in %s have no mask (e.g. %s)", len(without), len(images), ddir,
+                            without[0].relative_to(ddir))
 
     if not test:
         raise InputError(f"test folder has no images in test/<defect> folders: {test_dir}")
