@@ -817,6 +817,20 @@ def test_broken_links_and_link_loops_in_a_folder_are_named_as_such(tmp_path: Pat
     assert set(reasons) == {"c.png", "d.png"} and all(r.startswith("cannot read file: ") for r in reasons.values())
 
 
+def test_a_folder_of_hidden_files_only_says_so(tmp_path: Path) -> None:
+    """A folder holding only a Mac's ``._x.png`` files and ``.DS_Store`` was "no files in folder", though ``ls -a``
+    lists files there: it says they are hidden, never inputs."""
+    (tmp_path / "._x.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    (tmp_path / ".DS_Store").write_bytes(bytes(8))
+    with pytest.raises(InputError, match=r"no files in folder: \S+ \(it holds only hidden entries, never read as "
+                                         r"inputs: \.DS_Store, \._x\.png\)$"):
+        list_files(tmp_path)
+    (tmp_path / "._x.png").unlink()
+    (tmp_path / ".DS_Store").unlink()
+    with pytest.raises(InputError, match=r"no files in folder: [^(]*$"):
+        list_files(tmp_path)
+
+
 def test_folder_links_back_up_are_left_out_and_named(tmp_path: Path, caplog) -> None:
     """A link to a folder holding the one listed was followed once: ``test/all -> .`` listed every test image
     again as a defect of its own (the good ones as defective: wrong metrics, unsaid), ``train/good/up -> ../..``

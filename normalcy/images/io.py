@@ -152,8 +152,21 @@ def list_files(folder: str | Path, recursive: bool = True) -> list[Path]:
     except OSError as err:
         raise InputError(f"cannot read folder {p}: {err.strerror or err}") from err
     if not files:
-        raise InputError(f"no files in folder: {p}")
+        raise InputError(f"no files in folder: {p}{_only_hidden(p)}")
     return files
+
+
+def _only_hidden(folder: Path) -> str:
+    """What a folder with nothing to list holds that is hidden, for its error: "no files in folder" of a folder
+    where ``ls -a`` shows files (a Mac's ``._x.png`` copies, ``.DS_Store``) read as a wrong path."""
+    try:
+        hidden = sorted(e.name for e in folder.iterdir() if _is_hidden(e.name))
+    except OSError:
+        return ""
+    if not hidden:
+        return ""
+    names = ", ".join(printable(n) for n in hidden[:3]) + (", ..." if len(hidden) > 3 else "")
+    return f" (it holds only hidden entries, never read as inputs: {names})"
 
 
 def input_paths(inputs: Sequence[Path]) -> list[Path]:
