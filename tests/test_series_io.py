@@ -750,3 +750,20 @@ def test_a_numpy_savetxt_file_with_a_time_column_is_a_series_scored_with_its_tim
     f = read_series_file(path, None, None)
     assert f.time_column == "time" and f.times[:2] == ["0.000000000000000000e+00", "1.000000000000000000e+00"]
     assert len(f.times) == 40
+
+
+def test_a_series_column_of_one_row_per_value_is_questioned(tmp_path: Path) -> None:
+    """--series-column naming a column with a value per row (a row id) refused each value as "1 rows; a series
+    needs at least 16", five of them and "and 35 more", never asking whether the column names series at all."""
+    rows = [f"{t},r{i},{i % 7}" for i, t in enumerate(numbered())]
+    path = write_csv(tmp_path / "long.csv", "time,host,cpu", rows)
+    hint = r"each of the 40 values of 'host' has fewer than 16 rows \(at most 1\): is 'host' the column naming"
+    with pytest.raises(InputError, match=r"no usable series \(\[host=r0\]: 1 rows.*" + hint):
+        read_series(path, series_column="host", failed=[])
+    with pytest.raises(InputError, match=r"long.csv \[host=r0\]: 1 rows; a series needs at least 16; " + hint):
+        read_series(path, series_column="host")
+    long = [f"{t},{'a' if i < 20 else f'r{i}'},{i % 7}" for i, t in enumerate(numbered())]  # one series is usable
+    failed: list[tuple[str, str]] = []
+    assert len(read_series(write_csv(tmp_path / "ok.csv", "time,host,cpu", long), series_column="host",
+                           failed=failed)) == 1
+    assert "naming" not in failed[0][1]

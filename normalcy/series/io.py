@@ -214,7 +214,9 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         if failed is None:
             raise InputError(f"{path}: {why}")
         bad.append((f"{path} [{series_column}=]", why))
-    for sid, rows in _grouped(ids):
+    groups = _grouped(ids)
+    hint = _ids_too_short(series_column, groups)
+    for sid, rows in groups:
         where = f"{path.name} [{series_column}={shortened(sid)}]"  # for messages; ``bad`` names the id whole
         try:
             out.append(replace(_tidy(path, sid, where, rows, time[rows], values[rows], tuple(columns),
@@ -222,14 +224,27 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
                                file_columns=file_columns))
         except InputError as err:
             if failed is None:
-                raise
+                raise InputError(f"{err}{hint}") from None
             bad.append((f"{path} [{series_column}={sid}]", str(err).removeprefix(f"{where}: ")))
     if not out:
         shown = reasons([(where.removeprefix(f"{path} "), why) for where, why in bad], named=True)
-        raise InputError(f"{path}: no usable series{shown}")
+        raise InputError(f"{path}: no usable series{shown}{hint}")
     if failed is not None:
         failed.extend(bad)
     return out
+
+
+def _ids_too_short(column: str, groups: list[tuple[str, np.ndarray]]) -> str:
+    """What follows the error when every series of ``column`` is too short to score (empty otherwise): the column
+    may name no series (a row id, a timestamp, a measurement). A column of one row per value was refused as
+    "[host=h0]: 1 rows; a series needs at least 16" five times "and 195 more", the column itself never
+    questioned."""
+    if len(groups) < 2 or any(len(rows) >= MIN_ROWS for _, rows in groups):
+        return ""
+    most = max(len(rows) for _, rows in groups)
+    return (f"; each of the {len(groups)} values of {column!r} has fewer than {MIN_ROWS} rows (at most {most}): "
+            f"is {column!r} the column naming the series (many rows to each value)? Give the one that is, or no "
+            "--series-column to read the file as one series")
 
 
 def _float_column(path: Path, column: str) -> bool:
