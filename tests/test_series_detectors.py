@@ -1204,3 +1204,14 @@ def test_a_second_fit_keeps_nothing_of_the_first() -> None:
     det.time_column = "timestamp"  # as fit_series sets it for a file's time column
     det.fit(np.sin(np.arange(400) / 5)[:, None] + 0.01 * rng.normal(size=(400, 1)), progress=False)
     assert det.time_column is None and det.choice is not None and det.choice is not first
+
+
+def test_a_frame_without_rows_and_a_row_of_text_are_said_as_such() -> None:
+    """A DataFrame of no rows was "every column must hold numbers (... got shape (0, 2))", blaming its numbers;
+    ``score_one`` of a row holding text was numpy's bare ValueError."""
+    pd = pytest.importorskip("pandas")
+    det = create("knn", window=10).fit(pd.DataFrame(sine(300, d=2), columns=["a", "b"]), progress=False)
+    with pytest.raises(InputError, match=r"^DataFrame: no rows to score or fit on$"):
+        det.score(pd.DataFrame({"a": [], "b": []}))
+    with pytest.raises(InputError, match=r"a row of 2 number\(s\) expected \(could not convert string to float: 'x'\)"):
+        det.score_one(np.array(["x", 1.0], dtype=object))

@@ -462,7 +462,11 @@ class SeriesDetector(ParamsEstimator):
     def row_values(self, x: Any) -> np.ndarray:
         """One row's (d,) raw values: d numbers, a (1, d) array, or a number for a one-column model. Anything
         else is refused, not flattened: two rows of a one-column model would otherwise be scored as one row."""
-        row = np.asarray(x, dtype=np.float64)
+        try:
+            row = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as err:  # text in the row: numpy's bare ValueError
+            raise InputError(f"a row of {len(self.columns_)} number(s) expected ({str(err)[:100]}); a Stream holds a "
+                             "value that is no number at its column's last value") from None
         if (row.ndim == 0 and len(self.columns_) == 1) or (row.ndim == 2 and row.shape[0] == 1):
             row = row.reshape(-1)
         if row.ndim != 1:
@@ -805,6 +809,8 @@ def _matrix(values: Any, name: str) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64)
     if a.ndim == 1:
         a = a[:, None]
+    if a.ndim == 2 and a.shape[0] == 0:
+        raise InputError(f"{name}: no rows to score or fit on")
     if a.ndim != 2 or 0 in a.shape:
         raise InputError(f"{name}: expected an (n,) or (n, d) array of numbers, got shape {a.shape}")
     return a
@@ -880,10 +886,11 @@ def _frame_series(data: Any) -> Series | None:
     if not _is_frame(data):
         return None
     try:
-        values = _matrix(data.to_numpy(dtype=np.float64, na_value=np.nan), "DataFrame")
+        raw = data.to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError) as err:
         raise InputError(f"DataFrame: every column must hold numbers ({str(err)[:100]}): drop the others, or "
                          "read the file with normalcy.series.io") from None
+    values = _matrix(raw, "DataFrame")  # outside the try: no rows was "every column must hold numbers"
     if not np.isfinite(values).all():
         raise InputError("DataFrame: NaN or infinite values (drop or fill them first)")
     columns = tuple(str(c) for c in data.columns)
