@@ -767,3 +767,23 @@ def test_a_series_column_of_one_row_per_value_is_questioned(tmp_path: Path) -> N
     assert len(read_series(write_csv(tmp_path / "ok.csv", "time,host,cpu", long), series_column="host",
                            failed=failed)) == 1
     assert "naming" not in failed[0][1]
+
+
+def test_intervals_a_thousand_times_apart_suggest_milliseconds(tmp_path: Path) -> None:
+    """A test file whose times count milliseconds (since its start, or epoch milliseconds before 1973: numbers
+    that read as seconds) beside training in seconds was said to be sampled "every 60000 s", with "resample"
+    for its only advice. Both the folder's note and predict's warning now name the unit."""
+    from types import SimpleNamespace
+
+    from normalcy.series.runs import sampling_note
+
+    d = tmp_path / "s"
+    d.mkdir()
+    write_csv(d / "train.csv", "timestamp,cpu", [f"{t},{i % 7}" for i, t in enumerate(numbered(40))])
+    write_csv(d / "test.csv", "timestamp,cpu", [f"{60_000 * i},{i % 7}" for i in range(40)])
+    hint = ("; 1,000 times apart: if one file's times count milliseconds, name its time column with the unit, as "
+            "time_ms, and give it as --time-column")
+    (_,), (te,) = read_series_folder(d)
+    assert te.notes[-1].startswith("test.csv: a row every 60000 s, train.csv a row every 60 s") and te.notes[-1].endswith(hint)
+    assert sampling_note(SimpleNamespace(interval_s=60.0), te, "test.csv").endswith(hint)  # type: ignore[arg-type]
+    assert "times apart" not in str(sampling_note(SimpleNamespace(interval_s=300.0), te, "test.csv"))  # 200x: none

@@ -751,6 +751,19 @@ def _natural(p: Path) -> list[Any]:
 SAMPLING_RATIO = 2.0  # test rows this many times further apart (or closer) than training's: said
 
 
+def unit_hint(step: float, other: float) -> str:
+    """What follows a note of rows sampled at another interval when the two intervals are 1,000 (10^6, 10^9)
+    times apart, to 1%: one file's times likely count milli- (micro-, nano-) seconds, read as seconds where
+    their numbers are small (epoch milliseconds before 1973, time since a start); empty otherwise. Such a file
+    was said to be sampled "every 60000 s", with "resample one to the other's interval" for its only advice."""
+    ratio = max(step, other) / min(step, other)
+    for factor, unit, suffix in ((1e3, "milliseconds", "ms"), (1e6, "microseconds", "us"), (1e9, "nanoseconds", "ns")):
+        if abs(ratio / factor - 1) <= 0.01:
+            return (f"; {factor:,.0f} times apart: if one file's times count {unit}, name its time column with "
+                    f"the unit, as time_{suffix}, and give it as --time-column")
+    return ""
+
+
 def _against_training(train: Series, test: Series) -> list[str]:
     """What a test series' times say against its training series' (both timed), one note each, said nowhere
     before: test rows within the training's time range, of dates (a test on rows trained on scores them as
@@ -769,7 +782,7 @@ def _against_training(train: Series, test: Series) -> list[str]:
     if max(step_train, step_test) >= SAMPLING_RATIO * min(step_train, step_test):
         notes.append(f"{where}: a row every {step_test:g} s, {other} a row every {step_train:g} s: windows count "
                      "rows, so its patterns are seen at another speed than they were learned; resample one to the "
-                     "other's interval")
+                     f"other's interval{unit_hint(step_test, step_train)}")
     return notes
 
 

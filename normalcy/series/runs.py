@@ -56,6 +56,7 @@ from normalcy.series.io import (
     named_time,
     read_series,
     series_folders,
+    unit_hint,
     untrained_folders,
 )
 from normalcy.series.stream import Stream
@@ -900,7 +901,7 @@ def sampling_note(det: SeriesDetector, s: Series, where: str) -> str | None:
         return None
     return (f"{where}: a row every {step:g} s, the model's training rows one every {fitted:g} s: windows count "
             "rows, so its patterns are seen at another speed than they were learned; resample it to the training "
-            "interval (scored as it is)")
+            f"interval (scored as it is){unit_hint(step, fitted)}")
 
 
 def time_hint(time_column: str | None) -> str:
