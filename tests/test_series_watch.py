@@ -86,6 +86,20 @@ def test_bad_lines_are_named_and_skipped_and_the_run_goes_on(fitted: Path, caplo
     assert "input, line 10: cpu is 'oops', not a number: held at its last value" in caplog.text
 
 
+def test_the_header_repeated_quoted_or_spaced_is_no_row(fitted: Path, caplog) -> None:
+    """A feed restarted by another writer repeats its header quoted ("timestamp","cpu","mem") or spaced: only
+    the header as first written was passed over; the others were scored as a row of held values (a row out
+    named "timestamp", one more row in every window after it), with three warnings each."""
+    text = open(fitted / "live.csv").read().splitlines()[:41]
+    text[20:20] = ['"timestamp","cpu","mem"', "timestamp, cpu ,mem"]
+    out = io.StringIO()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        s = watch(load_series_model(fitted / "model"), io.StringIO("\n".join(text) + "\n"), out=out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert len(rows) == s.rows == 40 and s.held == 0 and "timestamp" not in [r["time"] for r in rows]
+    assert caplog.text == ""
+
+
 def test_a_header_without_the_model_columns_is_one_line(fitted: Path, tmp_path: Path) -> None:
     (tmp_path / "other.csv").write_text("timestamp,cpu,disk\n1,2,3\n")
     line = one_line_error(cli("watch", fitted / "model", tmp_path / "other.csv"))

@@ -378,6 +378,8 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
                 except csv.Error as err:
                     watcher.unreadable(n, err)
                     continue
+                if [c.strip().lstrip("\ufeff") for c in cells] == watcher.fields:  # the header quoted or spaced
+                    continue  # otherwise (a file restarted by another writer): it was scored as a row of held values
                 with stops.row():
                     row = watcher.row(cells, n)
                     if row is not None and (row["alarm"] == "1" or not alarms_only):
