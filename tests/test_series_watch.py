@@ -562,3 +562,21 @@ def test_a_time_column_found_by_its_values_at_fit_is_the_watch_s_time(tmp_path: 
     got = [x["time"] for x in csv.DictReader(io.StringIO(out.getvalue()))]
     assert got == [line.split(",")[0] for line in live[1:]] and s.problems == {"time back": 1}
 
+
+
+def test_a_plain_detectors_warm_up_is_said_once(fitted: Path, caplog) -> None:
+    """A plain detector's stream scores its first rows 0 while it learns its calibration: a watch wrote those
+    zeros without a word (predict's replay says it). Said once; auto, calibrated at fit, says nothing."""
+    pd = pytest.importorskip("pandas")
+    from normalcy.series.registry import create
+
+    t = np.arange(300)
+    det = create("knn", window=10).fit(pd.DataFrame({"cpu": np.sin(t / 5), "mem": np.cos(t / 5)}), progress=False)
+    feed = "cpu,mem\n" + "".join(f"{np.sin(i / 5):.4f},{np.cos(i / 5):.4f}\n" for i in range(30))
+    with caplog.at_level(logging.INFO, logger="normalcy"):
+        watch(det, io.StringIO(feed), out=io.StringIO())
+        assert caplog.text.count("the first 20 row(s) score 0: a stream of knn learns its score calibration") == 1
+        caplog.clear()
+        watch(load_series_model(fitted / "model"), io.StringIO(open(fitted / "live.csv").read()[:2000]),
+              out=io.StringIO())
+    assert "score 0" not in caplog.text

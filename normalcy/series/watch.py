@@ -31,7 +31,7 @@ import numpy as np
 from normalcy.errors import InputError, shortened
 from normalcy.files import save_model
 from normalcy.runs.format import csv_cell, join_metrics
-from normalcy.series.base import SeriesDetector
+from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
 from normalcy.series.events import top_metrics
 from normalcy.series.io import DST_HINT, time_of, zoned
 from normalcy.series.runs import SeriesSet, time_column_of
@@ -156,6 +156,7 @@ class Watcher:
         self.summary = WatchSummary()
         self.fields: list[str] = []
         self.comma = False
+        self.warm_up_said = False  # that a plain detector's first rows score 0 (``_say_warm_up``)
 
     @property
     def out_fields(self) -> tuple[str, ...]:
@@ -209,7 +210,19 @@ class Watcher:
                     self.refused[key] = str(err)
                 raise
             stream = self.streams[key] = Stream(det, learn=self.learn)
+            self._say_warm_up(stream)
         return stream
+
+    def _say_warm_up(self, stream: Stream) -> None:
+        """Say once that a plain detector's stream scores its first rows 0 while it learns its calibration (a
+        watch of 20 rows or fewer wrote scores of 0 alone, without a word; predict's replay says it)."""
+        left = MIN_CALIBRATION - stream.tail.count
+        if stream.auto or left <= 0 or self.warm_up_said:
+            return
+        self.warm_up_said = True
+        log.info("%s: the first %d row(s)%s score 0: a stream of %s learns its score calibration from its own "
+                 "rows (auto's is set at fit)", self.source, left, " of each series" if self.series_column else "",
+                 stream.det.name)
 
     def _check_time(self, key: str, text: str, line: int) -> None:
         """Say (on the log, counted) a row whose time goes back or repeats its series' last, or is no time (it was
