@@ -370,6 +370,22 @@ def test_a_replayed_streams_warm_up_is_said(caplog: pytest.LogCaptureFixture) ->
             f"calibration on its first {MIN_CALIBRATION} rows") in caplog.text
 
 
+def test_a_replayed_value_out_of_range_is_said_once_naming_its_file(caplog: pytest.LogCaptureFixture) -> None:
+    """predict --stream of a series with a value of 1e300 said it was clipped twice: naming the file, then
+    again as "array" (the stream standardised the rows a second time); once now, the scores as before."""
+    from normalcy.series.runs import replay_series
+    from normalcy.series.stream import Stream
+
+    X = sine(600)
+    det = create("knn", window=16).fit(series(X[:500]), progress=False)
+    test = X[500:].copy()
+    test[50] = 1e300
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        scored = replay_series(det, series(test))
+    assert caplog.text.count("spreads from the training median") == 1 and "s.csv: 1 value(s)" in caplog.text
+    np.testing.assert_array_equal(scored.score, Stream(det, resume=False).run(test).score)
+
+
 @pytest.mark.parametrize("block", [7, 128, 5000])
 def test_knn_learns_a_block_as_row_by_row(block: int) -> None:
     """A stream's knn learns 128 rows at once (``learn_block``): the bank, grown to its online capacity and

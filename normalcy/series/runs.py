@@ -706,7 +706,7 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
                          f"calibration on its first {MIN_CALIBRATION} rows, which score 0: no row could be scored; "
                          "give more rows, or score it without --stream")
     warm = 0 if stream.auto else MIN_CALIBRATION  # a plain detector's fresh stream scores these 0 (warm-up)
-    out = stream.run(det.model_values(s))
+    out = stream.run_standardised(z)  # z: the rows stream.run would standardise (finite: a series is tidied)
     decision = (out.score >= stream.alarm_level).astype(np.int8)
     evs = events(s.time, out.score, decision, out.contributions, det.columns_, gap=det.gap_)
     scored = _scored(det, out.score, decision, stream.alarm_level, evs, out.contributions, z, 0, k)

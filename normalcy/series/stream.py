@@ -248,7 +248,11 @@ class Stream:
         (a poll that found none new) score to empty arrays, not an error that would stop the loop."""
         if not len(_matrix(values, self.det.columns_)):
             return StreamScores(np.zeros(0), np.zeros(0), np.zeros(0, np.int8), np.zeros((0, self.d)))
-        Z = self._standardised(values)
+        return self.run_standardised(self._standardised(values))
+
+    def run_standardised(self, Z: np.ndarray) -> StreamScores:
+        """``run`` of rows already standardised (``detector.standardise``, finite): a replay that needs them too
+        standardises once, and a value clipped is said once, naming its file (it was said again as "array")."""
         n = len(Z)
         score, reported, alarm = np.zeros(n), np.zeros(n), np.zeros(n, np.int8)
         contributions = np.zeros((n, self.d))
