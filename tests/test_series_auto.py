@@ -134,7 +134,7 @@ def test_stream_batch_equals_rows(fitted, tmp_path: Path) -> None:
 def test_stream_holds_a_missing_value_at_its_last_value(fitted, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """A sensor drops out: the loop goes on, each missing value held at its column's last one (counted, the
-    first logged), scored as the same rows with those values written in; one by one as in a batch."""
+    first logged, naming its column), scored as the same rows with those values written in; one by one as in a batch."""
     fitted.save(tmp_path / "m")
     x = sine(300, seed=8)
     gappy = x.copy()
@@ -145,6 +145,7 @@ def test_stream_holds_a_missing_value_at_its_last_value(fitted, tmp_path: Path,
         a = Stream(load(tmp_path / "m"), past=sine(100))
         rows = np.array([a.update(r) for r in gappy])
     assert a.filled == 3 and caplog.text.count("held at the column's last value") == 1
+    assert f"(row 50, column {a.det.columns_[0]!r})" in caplog.text  # by name: it was "column 0"
     b = Stream(load(tmp_path / "m"), past=sine(100)).run(held)
     c = Stream(load(tmp_path / "m"), past=sine(100)).run(gappy)
     np.testing.assert_allclose(rows, b.reported, rtol=0, atol=1e-3)

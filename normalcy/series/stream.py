@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, shortened
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
 from normalcy.series.base import MAX_Z, MIN_CALIBRATION, SeriesDetector, StreamState, _array_named, _is_frame
 from normalcy.vectors.tables import cell_number
@@ -178,8 +178,10 @@ class Stream:
             A = np.array(A, dtype=np.float64)
             if not self.filled:
                 i, j = np.argwhere(bad)[0]
-                log.warning("stream: a missing, non-finite or text value (row %d, column %d) is held at the column's last "
-                            "value, as every later one will be (Stream.filled counts them)", self.t + int(i), int(j))
+                # the column by name: "column 0" of a model of 1,000 metrics (or of a watch's header) named none
+                log.warning("stream: a missing, non-finite or text value (row %d, column %r) is held at the column's last "
+                            "value, as every later one will be (Stream.filled counts them)", self.t + int(i),
+                            shortened(str(self.det.columns_[int(j)])))
             self.filled += int(bad.sum())
             prev = self.last_raw
             for i in np.flatnonzero(bad.any(axis=1)):
