@@ -787,3 +787,15 @@ def test_intervals_a_thousand_times_apart_suggest_milliseconds(tmp_path: Path) -
     assert te.notes[-1].startswith("test.csv: a row every 60000 s, train.csv a row every 60 s") and te.notes[-1].endswith(hint)
     assert sampling_note(SimpleNamespace(interval_s=60.0), te, "test.csv").endswith(hint)  # type: ignore[arg-type]
     assert "times apart" not in str(sampling_note(SimpleNamespace(interval_s=300.0), te, "test.csv"))  # 200x: none
+
+
+def test_a_model_column_in_other_case_is_pointed_at(tmp_path: Path) -> None:
+    """A test file writing 'CPU' for training's 'cpu' was refused as "columns ['cpu'] of train.csv are missing (it
+    has ['mem'])": 'CPU' was left out (not training's) before, so the file seemed to lack it. It is named now."""
+    d = tmp_path / "s"
+    d.mkdir()
+    write_csv(d / "train.csv", "timestamp,cpu,mem", [f"{t},{i % 7},{i % 5}" for i, t in enumerate(numbered())])
+    write_csv(d / "test.csv", "timestamp,CPU,mem", [f"{t},{i % 7},{i % 5}" for i, t in enumerate(numbered(start=1_700_000_000))])
+    with pytest.raises(InputError, match=r"columns \['cpu'\] of train\.csv are missing \(it has \['mem'\]\) \(names are "
+                                         r"matched exactly: did you mean 'CPU'\?\)$"):
+        read_series_folder(d)

@@ -75,9 +75,10 @@ class Series:
         if tuple(self.columns) == tuple(columns):
             return self
         missing = [c for c in columns if c not in self.columns]
-        if missing:
+        if missing:  # a file's column in other case ('CPU'), left out as not the model's, is pointed at
+            like = next((other_case(c, self.file_columns) for c in missing if other_case(c, self.file_columns)), "")
             raise InputError(f"{self.source}: columns {missing[:10]} of {of} are missing (it has "
-                             f"{list(self.columns)[:10]})")
+                             f"{list(self.columns)[:10]}){like}")
         extra = [c for c in self.columns if c not in columns and c not in known]
         notes = list(self.notes)
         if extra:
