@@ -104,6 +104,10 @@ def test_a_header_without_the_model_columns_is_one_line(fitted: Path, tmp_path: 
     (tmp_path / "other.csv").write_text("timestamp,cpu,disk\n1,2,3\n")
     line = one_line_error(cli("watch", fitted / "model", tmp_path / "other.csv"))
     assert "other.csv: the header lacks the model's column(s) ['mem']" in line
+    (tmp_path / "upper.csv").write_text("timestamp,cpu,MEM\n1,2,3\n")  # pointed at, as predict does
+    assert line.replace("other.csv", "upper.csv").replace("'disk'", "'MEM'") + (
+        " (names are matched exactly: did you mean 'MEM'?)") == one_line_error(cli("watch", fitted / "model",
+                                                                                  tmp_path / "upper.csv"))
     line = one_line_error(cli("watch", fitted / "train.csv", tmp_path / "other.csv"))
     assert "not a series model" in line
     (tmp_path / "rows.parquet").write_bytes(b"PAR1")

@@ -182,8 +182,9 @@ class Watcher:
     def _positions(self, det: SeriesDetector) -> tuple[int, ...]:
         missing = [c for c in det.columns_ if c.strip() not in self.fields]  # the header's names are stripped
         if missing:
+            like = next((other_case(c, self.fields) for c in missing if other_case(c, self.fields)), "")
             raise InputError(f"{self.source}: the header lacks the model's column(s) {missing[:10]} (it has "
-                             f"{self.fields[:10]})")
+                             f"{self.fields[:10]}){like}")
         return tuple(self.fields.index(c.strip()) for c in det.columns_)
 
     def _problem(self, kind: str, message: str) -> None:
