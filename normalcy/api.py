@@ -628,14 +628,16 @@ def _watched(summary: Any, out: Optional[Any]) -> Any:
 
 
 @read_notes()
-def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output: PathLike = "results", *, heatmaps: bool = True,
-            report: bool = True, save_maps: bool = False, embeddings: Optional[bool] = None, top: Optional[int] = None,
+def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output: PathLike = "results", *,
+            heatmaps: Optional[bool] = None, report: Optional[bool] = None, save_maps: bool = False, embeddings: Optional[bool] = None, top: Optional[int] = None,
             trust_code: bool = False, id_column: Optional[str] = None, time_column: Optional[str] = None,
             series_column: Optional[str] = None, ray: Optional[str] = None, stream: bool = False,
             progress: bool = True) -> RunSummary:
     """Score images, tables or series with a model (a path, or what :func:`fit`/:func:`load` returned) into
     the run folder ``output`` (see normalcy.runs.format). ``ray``: local or a cluster's ADDRESS, for a model
-    folder. ``top``: images (default 24) or series (default SERIES_TOP) drawn in the report. A file or row
+    folder. ``heatmaps`` (images) and ``report`` (images, series): None is on; given to a model whose run has
+    none (tables; heatmaps for series) it is an InputError, not ignored. ``top``: images (default 24) or series
+    (default SERIES_TOP) drawn in the report. A file or row
     (for series: a file or a series) that cannot be scored is listed in skipped.csv; a run of none is an
     InputError. ``stream``: each series replayed as a monitoring loop runs it (``series.runs.replay_series``:
     scores from the past only, every row learned, calibrated to [0, 1]; in this process)."""
@@ -649,24 +651,26 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
                              "choose another --output")
     if stream and ray is not None:
         raise InputError("--stream replays each series in this process; it does not run on Ray")
-    if top is not None and not report:
+    if top is not None and report is False:
         raise InputError("--top counts what the report shows; with --no-report there is no report")
     series_model = isinstance(model, (SeriesDetector, SeriesSet)) or (
         isinstance(model, (str, Path)) and is_series_model(Path(model)))
     if series_model:
-        _not_applying("a series model", save_maps=save_maps, id_column=id_column)
+        _not_applying("a series model (its run draws series, not images)", heatmaps=heatmaps, save_maps=save_maps,
+                      id_column=id_column)
+        _own_embeddings("a series model", embeddings, "events")
     if isinstance(model, (str, Path)) and is_series_model(Path(model)):
         info = {"model": str(Path(model).resolve())}
         return _predict_series(load_series_model(Path(model)), paths_in, output, time_column, series_column, info,
-                               report=report, top=SERIES_TOP if top is None else top, ray=ray, model_dir=Path(model),
-                               stream=stream, progress=progress)
+                               report=report is not False, top=SERIES_TOP if top is None else top, ray=ray,
+                               model_dir=Path(model), stream=stream, progress=progress)
     if isinstance(model, (SeriesDetector, SeriesSet)):
         if ray is not None:
             raise InputError("on Ray, give the model's folder (the workers load it from its files)")
         if isinstance(model, SeriesDetector):
             model._check_fitted()  # an unfitted one failed inside with an AttributeError ('window_')
         return _predict_series(model, paths_in, output, time_column, series_column, {"model": "in memory"},
-                               report=report, top=SERIES_TOP if top is None else top, stream=stream,
+                               report=report is not False, top=SERIES_TOP if top is None else top, stream=stream,
                                progress=progress)
     if time_column is not None or series_column is not None or stream:
         raise InputError("--time-column, --series-column and --stream apply to series models (fitted on a series)")
@@ -677,6 +681,8 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
                              + ("--ray takes a model folder written by `normalcy fit`" if ray is not None else
                                 "it has no embeddings (predict with the model folder for them)"))
         if ray is not None:
+            _not_applying("a run on Ray of images or a table (scores, skipped.csv and run.json only)",
+                          heatmaps=heatmaps, report=report, save_maps=save_maps)
             return _predict_ray(model, paths_in, output, ray, trust_code, id_column)
         info = {"model": str(model.resolve())}
         model = load(model, trust_code=trust_code)
@@ -686,11 +692,14 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
         info = {"model": "in memory"}
         _check_model(model)
     if isinstance(model, VectorModel):
-        _not_applying("a table's model (its run has no maps and no report)", save_maps=save_maps, top=top)
+        _not_applying("a table's model (its run has no maps and no report)", heatmaps=heatmaps, report=report,
+                      save_maps=save_maps, top=top)
+        _own_embeddings("a table's model", embeddings, "rows")
         return _predict_tables(model, paths_in, output, id_column, info)
     _not_applying("an image model", id_column=id_column)
-    return _predict_images(model, paths_in, output, info, heatmaps=heatmaps, report=report, save_maps=save_maps,
-                           embeddings=embeddings, top=24 if top is None else top, progress=progress)
+    return _predict_images(model, paths_in, output, info, heatmaps=heatmaps is not False,
+                           report=report is not False, save_maps=save_maps, embeddings=embeddings,
+                           top=24 if top is None else top, progress=progress)
 
 
 def _check_top(top: Optional[int]) -> None:
@@ -706,6 +715,14 @@ def _not_applying(kind: str, **given: Any) -> None:
     for name, value in given.items():
         if value not in (None, False):
             raise InputError(f"--{name.replace('_', '-')} does not apply to {kind}")
+
+
+def _own_embeddings(kind: str, embeddings: Optional[bool], scored: str) -> None:
+    """InputError for ``--no-embeddings`` where a run always holds the features of what it scored (``scored``:
+    rows, events) as its embeddings (tables, series): it was ignored without a word."""
+    if embeddings is False:
+        raise InputError(f"--no-embeddings does not apply to {kind}: its run's embeddings are its {scored}' "
+                         "features, always written (what serve re-ranks by)")
 
 
 def _check_model(model: Any) -> None:

@@ -254,6 +254,13 @@ ThreadsArg = Annotated[Optional[int], typer.Option(
     help="CPU threads for torch and an exported model's onnxruntime (default: all cores; at most 4 per core).")]
 HeatmapsArg = Annotated[bool, typer.Option(help="Write a heatmap PNG per image (original | overlay) and overlays/.")]
 ReportArg = Annotated[bool, typer.Option(help="Write report.html with the top anomalies.")]
+# predict's: not given (None) is on where the run has them; given to a model whose run has none, an error
+PredictHeatmapsArg = Annotated[Optional[bool], typer.Option(
+    "--heatmaps/--no-heatmaps", help="Images: write a heatmap PNG per image (original | overlay) and overlays/ "
+    "(default: on).", show_default=False)]
+PredictReportArg = Annotated[Optional[bool], typer.Option(
+    "--report/--no-report", help="Images and series: write report.html with the top anomalies (default: on).",
+    show_default=False)]
 SaveMapsArg = Annotated[bool, typer.Option(help="Also write each raw anomaly map as maps/*.npy (float32, original "
                                            "size).")]
 TopArg = Annotated[Optional[int], typer.Option(help="Images (default 24) or series (default 12) shown in the "
@@ -474,8 +481,8 @@ def predict(
     inputs: list[Path] = typer.Argument(..., help="Images or folders of images; tables, for a model fitted on a "
                                         "table; series files or series folders (their test.csv), for a series model."),
     output: RunOutArg = Path("results"),
-    heatmaps: HeatmapsArg = True,
-    report: ReportArg = True,
+    heatmaps: PredictHeatmapsArg = None,
+    report: PredictReportArg = None,
     save_maps: SaveMapsArg = False,
     embeddings: EmbeddingsArg = None,
     top: TopArg = None,

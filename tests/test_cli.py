@@ -604,6 +604,14 @@ def test_a_log_line_is_one_line_in_a_log_file() -> None:
     (("fit", "SERIES", "-o", "OUT", "--label-column", "label"), "--label-column does not apply to a series"),
     (("predict", "TABLE_MODEL", "TABLE", "-o", "OUT", "--save-maps"), "--save-maps does not apply to a table's"),
     (("predict", "TABLE_MODEL", "TABLE", "-o", "OUT", "--top", "5"), "--top does not apply to a table's model"),
+    # image-only options on a table's or a series' model were ignored without a word
+    (("predict", "TABLE_MODEL", "TABLE", "-o", "OUT", "--report"), "--report does not apply to a table's model"),
+    (("predict", "TABLE_MODEL", "TABLE", "-o", "OUT", "--heatmaps"), "--heatmaps does not apply to a table's"),
+    (("predict", "TABLE_MODEL", "TABLE", "-o", "OUT", "--no-embeddings"), "--no-embeddings does not apply to a "
+                                                                            "table's model"),
+    (("predict", "SERIES_MODEL", "SERIES", "-o", "OUT", "--heatmaps"), "--heatmaps does not apply to a series"),
+    (("predict", "SERIES_MODEL", "SERIES", "-o", "OUT", "--no-embeddings"), "--no-embeddings does not apply to a "
+                                                                              "series model"),
     (("predict", "SERIES_MODEL", "SERIES", "-o", "OUT", "--id-column", "x"), "--id-column does not apply to a "
                                                                                "series model"),
     (("predict", "SERIES_MODEL", "SERIES", "-o", "OUT", "--no-report", "--top", "5"), "--top counts what the "
