@@ -323,6 +323,20 @@ def test_a_column_named_in_other_case_is_pointed_at(tmp_path: Path) -> None:
         eval_series(d, "knn", {})
 
 
+def test_a_label_column_named_in_other_case_is_said_where_it_is_read(tmp_path: Path) -> None:
+    """A file whose labels are 'Label', not 'label': predict left it out as a column the model lacks, fit scored it
+    as a metric, neither saying it was not read as labels (eval pointed at it); now a note says so, as eval does."""
+    f = write_csv(tmp_path / "x.csv", "time,v,Label", [f"{t},{i % 3},0" for i, t in enumerate(numbered(20))])
+    said = "x.csv: column 'Label' is not the label column 'label' (names are matched exactly: did you mean 'label'?)"
+    (scored,) = read_series(f, keep=(("v",), "the model"), drawn_labels=True)  # as predict reads it
+    assert scored.labels is None and scored.columns == ("v",) and said in scored.notes
+    (fitted,) = read_series(f)  # as fit reads it: a metric
+    assert fitted.columns == ("v", "Label") and said in fitted.notes
+    (labelled,) = read_series(write_csv(tmp_path / "y.csv", "time,v,label", [f"{t},{i % 3},0" for i, t in
+                                                                           enumerate(numbered(20))]))
+    assert labelled.labels is not None and not any("label column" in n for n in labelled.notes)
+
+
 def test_parquet(tmp_path: Path) -> None:
     ts = np.array(numbered(20), dtype="datetime64[s]")
     table = pa.table({"timestamp": ts, "x": np.arange(20.0), "y": np.arange(20) % 3})
