@@ -282,6 +282,22 @@ def test_a_spreadsheet_semicolon_feed_with_a_byte_order_mark(fitted: Path) -> No
     assert s.rows == 300 and s.problems == {}
 
 
+def test_a_numpy_savetxt_header_is_read_as_fit_reads_it(fitted: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """numpy.savetxt writes its header as a comment ("# timestamp,cpu,mem", a space its own separator), which
+    fit reads the names from: watch read a column '# timestamp', missed the time column and numbered the rows."""
+    text = open(fitted / "live.csv").read()
+    want = io.StringIO()
+    watch(fitted / "model", io.StringIO(text), out=want)
+    for feed in ("# " + text, "# a note\n# " + text + "# end\n", "# a note\n" + text, "# " + text.replace(",", " ")):
+        out = io.StringIO()
+        s = watch(fitted / "model", io.StringIO(feed), out=out)
+        assert s.rows == 300 and s.skipped == 0 and out.getvalue() == want.getvalue(), feed[:40]
+    caplog.set_level(logging.WARNING, logger="normalcy")
+    head, first, *_ = text.splitlines()
+    s = watch(fitted / "model", io.StringIO(f"# a note\n# {head}\n{first}\n1,2\n"), out=io.StringIO())
+    assert s.rows == 1 and s.skipped == 1 and "input, line 4: 2 field(s), the header has 3" in caplog.text
+
+
 def test_cells_read_as_fit_reads_them(fitted: Path) -> None:
     """A decimal comma in a semicolon feed, and true/false, are numbers to watch as to fit."""
     text = open(fitted / "live.csv").read().splitlines()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import math
 import os
@@ -36,7 +37,15 @@ from normalcy.series.events import top_metrics
 from normalcy.series.io import DST_HINT, time_of, zoned
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
-from normalcy.vectors.tables import cell_number, csv_delimiter, grouped_number, is_text, other_case
+from normalcy.vectors.tables import (
+    cell_number,
+    commented,
+    commented_layout,
+    csv_delimiter,
+    grouped_number,
+    is_text,
+    other_case,
+)
 
 log = logging.getLogger("normalcy")
 
@@ -348,6 +357,30 @@ def _term_as_interrupt() -> Iterator[_Stops]:
                 signal.signal(sig, handler)
 
 
+def _header(first: str, it: Iterator[str], source: str) -> tuple[str, str, list[str], list[str], int]:
+    """(the header line, its separator, the column names, rows read past it, the line number of the first of
+    them) of a feed whose first line is ``first``. numpy.savetxt's header is a comment ("# time,a,b", perhaps
+    after '#' notes): read as the tables reader reads a file's (``commented_layout``); its names were
+    '# time', 'a', 'b', the time column missed and each row numbered."""
+    try:
+        if not commented(first.encode()):
+            sep = csv_delimiter(first.encode())  # a comma, or a spreadsheet's semicolon or tab, as fit reads them
+            return first, sep, next(csv.reader([first], delimiter=sep)), [], 2
+        comments = [first]
+        line = next(it, "")
+        while commented(line.encode()):
+            if len(comments) >= 1000:
+                raise InputError(f"{source}: more than 1000 lines starting with '#' before its rows: no header")
+            comments.append(line)
+            line = next(it, "")
+        sep, skip, names = commented_layout(comments, "" if isinstance(line, Overlong) else line, source)
+    except csv.Error as err:
+        raise InputError(f"{source}: the header line is not a CSV row ({err})") from None
+    if skip > len(comments):  # '#' notes above a header line of its own
+        return line, sep, names, [], skip + 1
+    return comments[-1], sep, names, [line] if line else [], skip + 1
+
+
 def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, source_name: str = "stdin",
           time_column: str | None = None, series_column: str | None = None, learn: bool = True,
           alarms_only: bool = False, follow: bool = False, idle: float | None = None,
@@ -373,16 +406,15 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
             first = first.lstrip("\ufeff")  # a byte-order mark a spreadsheet wrote (a file is read past it)
             if any("\udc80" <= c <= "\udcff" for c in first):  # bytes that are not UTF-8, kept as surrogates
                 raise InputError(f"{source_name}: the header line is not UTF-8 text (save the CSV as UTF-8)")
-            sep = csv_delimiter(first.encode())  # a comma, or a spreadsheet's semicolon or tab, as fit reads them
-            try:
-                names = next(csv.reader([first], delimiter=sep))
-            except csv.Error as err:
-                raise InputError(f"{source_name}: the header line is not a CSV row ({err})") from None
+            hashed = commented(first.encode())  # numpy.savetxt's header: later '#' lines are comments too
+            first, sep, names, rows, n = _header(first, it, source_name)
             watcher.header(names, comma=sep != ",")  # 1,5 is 1.5 in a tab feed too, as fit reads it (decimal_comma)
             writer.writerow(watcher.out_fields)
             out.flush()
-            for n, text in enumerate(it, start=2):
+            for n, text in enumerate(itertools.chain(rows, it), start=n):
                 if not text.strip() or text.lstrip("\ufeff") == first:  # the header again: a file restarted
+                    continue
+                if hashed and commented(text.encode()):  # its '#' lines again, or a footer: as fit reads them
                     continue
                 if isinstance(text, Overlong):
                     watcher.unreadable(n, f"over {MAX_LINE} characters")

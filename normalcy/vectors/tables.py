@@ -406,6 +406,13 @@ def _commented_header(path: Path) -> tuple[str, int, list[str]]:
             if len(comments) > 1000 or len(raw) > MAX_CSV_LINE:
                 raise InputError(f"{path}: more than 1000 lines starting with '#' (or one longer than "
                                  f"{MAX_CSV_LINE >> 20} MB) before its rows: not a table normalcy reads")
+    return commented_layout(comments, line, str(path))
+
+
+def commented_layout(comments: list[str], line: str, path: str) -> tuple[str, int, list[str]]:
+    """``_commented_header``'s answer from the '#' lines (without their line ends) and the line after them
+    (``line``: "" at the end of the input), for a reader of lines that has no file to read again (watch's
+    stdin); ``path`` names the input in messages."""
     named = comments[-1].lstrip("#").strip()
     shown = next((text for text in (named, line) if any(d in text for d in ",;\t")), None)
     delimiter = csv_delimiter(shown.encode()) if shown is not None else " " if " " in line.strip() else ","
