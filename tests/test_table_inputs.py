@@ -425,6 +425,25 @@ def test_a_csv_without_a_header_line_is_said(tmp_path: Path, caplog: pytest.LogC
         read_table(tmp_path / "b.csv", columns=t.columns)
 
 
+@pytest.mark.parametrize("text", [b"", b"\n", b"\xef\xbb\xbf\r\n\r\n"])
+def test_an_empty_csv_is_said_to_be_empty(tmp_path: Path, text: bytes) -> None:
+    """An empty CSV (or one of blank lines) was pyarrow's "cannot read as a csv table (Empty CSV file)", or
+    "(CSV parse error: Empty CSV file or block: cannot infer number of columns)"."""
+    (tmp_path / "e.csv").write_bytes(text)
+    with pytest.raises(InputError, match=r"e.csv: empty file \(no header line, no rows\)$"):
+        read_table(tmp_path / "e.csv")
+
+
+def test_a_column_the_model_lacks_is_said_at_predict(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A table to score with a column the model was not fitted on had it left out without a word (a series'
+    file says so); the label and id columns are no such column."""
+    t = _csv(tmp_path / "t.csv", "id,a,b,extra,label", [f"r{i},{i % 3},{i % 5},{i},0" for i in range(6)])
+    with caplog.at_level("INFO", logger="normalcy"):
+        read_table(t, label_column="label", id_column="id", columns=["a", "b"])
+    assert "t.csv: column(s) 'extra' left out, not scored: not in the model" in caplog.text
+    assert "'label'" not in caplog.text and "'id'" not in caplog.text
+
+
 def test_a_model_column_of_times_at_predict_names_its_type(tmp_path: Path) -> None:
     """A Parquet column of timestamps where the model has numbers was "not numeric (most of its cells are not
     numbers)", though it has no cells of text: it names the column's type."""

@@ -329,6 +329,7 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
     if len(header) > MAX_CSV_LINE:
         raise InputError(f"{path}: first line longer than {MAX_CSV_LINE >> 20} MB: not a CSV header normalcy reads")
     _check_utf8(path, header)
+    _check_empty(path, header)
     _check_text(path)
     if re.fullmatch(rb"(\xef\xbb\xbf)?\s*sep=.\s*", header, flags=re.IGNORECASE):  # read: columns 'sep=' and ''
         raise InputError(f"{path}: its first line, {header.decode('utf-8-sig').strip()!r}, is a spreadsheet's note "
@@ -373,6 +374,17 @@ def _read_csv(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | Non
         # a record's data row: the header (or the '#' lines, the last of them the names) and comments before it
         rows = [r.number - 1 - max(skip, 1) - sum(c < r.number for c in comments) for r in bad]
         return _keep_rows(path, table, bad, rows, lines, ragged)
+
+
+def _check_empty(path: Path, header: bytes) -> None:
+    """Refuse a CSV of nothing but blank lines (or nothing at all), saying so: pyarrow's "Empty CSV file" or
+    "Empty CSV file or block: cannot infer number of columns" was passed on as "cannot read as a csv table"."""
+    if header.lstrip(b"\xef\xbb\xbf").strip():
+        return
+    with open(path, "rb") as fh:
+        start = fh.read(TEXT_CHECK_BYTES)
+    if len(start) < TEXT_CHECK_BYTES and not start.lstrip(b"\xef\xbb\xbf").strip():
+        raise InputError(f"{path}: empty file (no header line, no rows)")
 
 
 def csv_layout(path: Path, header: bytes) -> tuple[str, int, list[str] | None]:
@@ -705,6 +717,10 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
             raise InputError(f"{path}: the model's feature columns {missing[:10]} are missing"
                              f"{other_case(missing[0], arrays)}; it has {_names(arrays)}{hint}")
         _check_npz_width(path, columns, source)  # columns named by position: extra ones are no id or label
+        extra = [c for c in arrays if c not in columns and c not in (label_column, id_column)]
+        if extra and not source:  # as a series' file says it: a column the model lacks was left out in silence
+            log.info("%s: column(s) %s left out, not scored: not in the model", path,
+                     ", ".join(map(repr, extra[:20])) + (f" and {len(extra) - 20} more" if len(extra) > 20 else ""))
         ignored = []
     if not columns:
         complex_ = _complex_arrays(arrays, source, (label_column, id_column))
