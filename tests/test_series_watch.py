@@ -115,6 +115,22 @@ def test_a_header_without_the_model_columns_is_one_line(fitted: Path, tmp_path: 
     assert "no such file" in one_line_error(cli("watch", fitted / "model", tmp_path / "nothing.csv"))
 
 
+def test_blank_lines_before_the_header_and_names_given_twice(fitted: Path) -> None:
+    """A blank first line was the header ("the header lacks the model's column(s) ['cpu', 'mem'] (it has [])"),
+    though fit reads past it; a name given twice ("timestamp,cpu,cpu,mem") was taken at its first column,
+    where fit and predict refuse the file naming it."""
+    text = open(fitted / "live.csv").read()
+    out, want = io.StringIO(), io.StringIO()
+    watch(fitted / "model", io.StringIO(text), out=want)
+    assert watch(fitted / "model", io.StringIO("\n\r\n" + text), out=out).rows == 300
+    assert out.getvalue() == want.getvalue()
+    with pytest.raises(InputError, match=r"input: no header line"):
+        watch(fitted / "model", io.StringIO("\n\n"), out=io.StringIO())
+    with pytest.raises(InputError, match=r"column name 'cpu' is given twice \(columns 2 and 3\); name each"):
+        watch(fitted / "model", io.StringIO("timestamp,cpu,cpu,mem\n1,2,3,4\n"), out=io.StringIO())
+    assert watch(fitted / "model", io.StringIO(text.replace("\n", ",,\n")), out=io.StringIO()).rows == 300
+
+
 def test_a_time_column_named_in_other_case_is_pointed_at(fitted: Path) -> None:
     """--time-column Timestamp for a header's 'timestamp' said only "no time column 'Timestamp' in the header
     [...]"; it says which name was meant, as fit and tables do."""

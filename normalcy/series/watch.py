@@ -38,6 +38,7 @@ from normalcy.series.io import DST_HINT, time_of, zoned
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import (
+    _check_names,
     cell_number,
     commented,
     commented_layout,
@@ -175,6 +176,9 @@ class Watcher:
         """Read the header: where the time, the series id and each model column are. ``comma``: values may
         have a decimal comma (a semicolon-separated feed, as fit reads one)."""
         self.fields = [f.strip() for f in fields]
+        # a name given twice: which column is the metric would be a guess (fit and predict refuse such a file; watch
+        # took the first); blank names may repeat (a spreadsheet's trailing separators), as the readers allow
+        _check_names(self.source, [f or f"\0{i}" for i, f in enumerate(self.fields)])
         self.comma = comma
         name = time_column_of(self.fields, self.time_given)
         self.time_at = self._at(name, "time") if name is not None else None  # None: rows are numbered
@@ -398,7 +402,9 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
     writer = csv.writer(out, lineterminator="\n")
     try:
         with _term_as_interrupt() as stops:
-            first = next(it, None)
+            first, blank = next(it, None), 0
+            while first is not None and not first.lstrip("\ufeff").strip():  # blank lines before the header, as
+                first, blank = next(it, None), blank + 1                    # fit reads a file (they were the header)
             if first is None:
                 raise InputError(f"{source_name}: no header line (the first line names the columns)")
             if isinstance(first, Overlong):
@@ -411,7 +417,7 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
             watcher.header(names, comma=sep != ",")  # 1,5 is 1.5 in a tab feed too, as fit reads it (decimal_comma)
             writer.writerow(watcher.out_fields)
             out.flush()
-            for n, text in enumerate(itertools.chain(rows, it), start=n):
+            for n, text in enumerate(itertools.chain(rows, it), start=n + blank):
                 if not text.strip() or text.lstrip("\ufeff") == first:  # the header again: a file restarted
                     continue
                 if hashed and commented(text.encode()):  # its '#' lines again, or a footer: as fit reads them
