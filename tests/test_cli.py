@@ -610,6 +610,8 @@ def test_a_log_line_is_one_line_in_a_log_file() -> None:
     (("predict", "TABLE_MODEL", "TABLE", "-o", "OUT", "--no-embeddings"), "--no-embeddings does not apply to a "
                                                                             "table's model"),
     (("predict", "SERIES_MODEL", "SERIES", "-o", "OUT", "--heatmaps"), "--heatmaps does not apply to a series"),
+    (("predict", "TABLE_MODEL", "TABLE", "-o", "OUT", "--ray", "local", "--report"), "--report does not apply to a "
+                                                                                   "run on Ray"),
     (("predict", "SERIES_MODEL", "SERIES", "-o", "OUT", "--no-embeddings"), "--no-embeddings does not apply to a "
                                                                               "series model"),
     (("predict", "SERIES_MODEL", "SERIES", "-o", "OUT", "--id-column", "x"), "--id-column does not apply to a "
