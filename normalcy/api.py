@@ -629,7 +629,8 @@ def _watched(summary: Any, out: Optional[Any]) -> Any:
 
 @read_notes()
 def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output: PathLike = "results", *,
-            heatmaps: Optional[bool] = None, report: Optional[bool] = None, save_maps: bool = False, embeddings: Optional[bool] = None, top: Optional[int] = None,
+            heatmaps: Optional[bool] = None, report: Optional[bool] = None, save_maps: bool = False,
+            embeddings: Optional[bool] = None, top: Optional[int] = None,
             trust_code: bool = False, id_column: Optional[str] = None, time_column: Optional[str] = None,
             series_column: Optional[str] = None, ray: Optional[str] = None, stream: bool = False,
             progress: bool = True) -> RunSummary:

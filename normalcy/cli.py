@@ -48,7 +48,7 @@ from normalcy.progress import PlainRichHandler, console, shown
 from normalcy.review.ranking import DEFAULT_STRATEGY, strategies_help
 from normalcy.runs.format import EMBEDDINGS, SERIES, VECTORS, add_embeddings, read_run_json
 from normalcy.series import registry as series_registry
-from normalcy.series.runs import SeriesSet, is_series_input
+from normalcy.series.runs import SeriesSet, is_series_input, is_series_model
 from normalcy.vectors.registry import DEFAULT_DETECTOR as DEFAULT_VECTOR_DETECTOR
 from normalcy.vectors.registry import VECTOR_DETECTORS
 from normalcy.vectors.tables import (
@@ -594,8 +594,13 @@ def serve(
         link = f" (a symbolic link to {os.readlink(target)}, which is not there)" if target.is_symlink() else ""
         raise InputError(f"{target}: not found{link}")
     if (target / "model.json").is_file():
-        if not images:
-            raise InputError(f"{target} is a model: give the images to score too (normalcy serve MODEL IMAGES...)")
+        if not images:  # a table's or a series' model was asked for images
+            what = ("a vector model: give the table to score too (normalcy serve MODEL TABLE)"
+                    if is_vector_model(target) else
+                    "a series model: give the series to score too (normalcy serve MODEL SERIES...)"
+                    if is_series_model(target) else
+                    "a model: give the images to score too (normalcy serve MODEL IMAGES...)")
+            raise InputError(f"{target} is {what}")
         if is_vector_model(target) and len(images) != 1:
             raise InputError(f"{target} is a vector model: give one table to score and review")
         # a series model's run reviews its events (their features are written by predict)

@@ -252,6 +252,18 @@ def test_serve_refuses_what_is_neither_run_nor_model(tmp_path: Path) -> None:
     assert r.returncode == 1 and "give the images" in r.stderr
 
 
+def test_serve_a_table_or_series_model_alone_asks_for_what_it_scores(tmp_path: Path) -> None:
+    """`serve MODEL` without inputs asked a table's or a series' model for "the images to score too"."""
+    table, series = tmp_path / "t.csv", tmp_path / "s.csv"
+    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(60)))
+    series.write_text("timestamp,x\n" + "".join(f"{i},{np.sin(i / 5):.4f}\n" for i in range(300)))
+    for data, says in ((table, "is a vector model: give the table to score too (normalcy serve MODEL TABLE)"),
+                       (series, "is a series model: give the series to score too")):
+        assert normalcy("fit", str(data), "-o", str(tmp_path / data.stem)).returncode == 0
+        r = normalcy("serve", str(tmp_path / data.stem))
+        assert r.returncode == 1 and r.stderr.startswith(f"error: {tmp_path / data.stem} {says}"), r.stderr
+
+
 def test_bad_detector_parameters_are_one_line_errors(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds", n_train=6)
     train = str(ds / "train" / "good")
