@@ -225,6 +225,16 @@ def test_too_few_rows(tmp_path: Path) -> None:
         read_series(write_csv(tmp_path / "r.csv", "timestamp,v", repeated))  # (the one given or found is named)
 
 
+def test_a_series_file_too_short_is_named_by_its_path(tmp_path: Path) -> None:
+    """A file's own series problems named it without its folder ("test.csv: 1 rows; ..."): eval of a series
+    folder said which test.csv only by that, and predict named it twice ("DIR/test.csv: test.csv: 1 rows")."""
+    (tmp_path / "one").mkdir()
+    f = write_csv(tmp_path / "one" / "test.csv", "timestamp,v", ["0,1"])
+    with pytest.raises(InputError) as err:
+        read_series(f)
+    assert str(err.value) == f"{f}: 1 rows; a series needs at least {MIN_ROWS}"
+
+
 def test_label_column(tmp_path: Path) -> None:
     rows = [f"{i},{i % 5},{int(10 <= i < 13)}" for i in range(20)]
     (s,) = read_series(write_csv(tmp_path / "l.csv", "timestamp,v,label", rows))

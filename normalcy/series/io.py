@@ -202,8 +202,12 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
             notes.append(f"{path.name}: column {label!r} left out, not scored or drawn as labels: "
                          f"{str(err).removeprefix(f'{path}: ')}")
     if series_column is None:
-        return [replace(_tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels,
-                              time_column, notes), file_columns=file_columns)]
+        try:
+            one = _tidy(path, path.stem, path.name, np.arange(n), time, values, tuple(columns), labels, time_column,
+                        notes)
+        except InputError as err:  # named by the file's path, as the reader's other errors: "test.csv: 1 rows"
+            raise InputError(f"{path}: {str(err).removeprefix(f'{path.name}: ')}") from None  # left the folder out
+        return [replace(one, file_columns=file_columns)]
     # objects, not numpy's fixed-width text: one id of 5,000 characters made every row's 20 kB (100,000 rows: 6 GB)
     ids = np.empty(n, dtype=object)
     ids[:] = ["" if v is None else str(v).strip() for v in arrays[series_column]]
