@@ -131,6 +131,18 @@ def test_blank_lines_before_the_header_and_names_given_twice(fitted: Path) -> No
     assert watch(fitted / "model", io.StringIO(text.replace("\n", ",,\n")), out=io.StringIO()).rows == 300
 
 
+def test_a_column_the_model_lacks_is_said(fitted: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A feed's column the model was not fitted on was left out without a word; predict notes it, and so does
+    watch now, once, at the header (the time column is no such column)."""
+    head, *rows = open(fitted / "live.csv").read().splitlines()
+    feed = "\n".join([head + ",disk"] + [r + ",1" for r in rows]) + "\n"
+    with caplog.at_level(logging.INFO, logger="normalcy"):
+        s = watch(fitted / "model", io.StringIO(feed), out=io.StringIO())
+    assert s.rows == 300 and s.skipped == 0
+    assert caplog.text.count("left out") == 1 and "input: column(s) ['disk'] left out, not scored: not in the " \
+        "model" in caplog.text
+
+
 def test_a_time_column_named_in_other_case_is_pointed_at(fitted: Path) -> None:
     """--time-column Timestamp for a header's 'timestamp' said only "no time column 'Timestamp' in the header
     [...]"; it says which name was meant, as fit and tables do."""

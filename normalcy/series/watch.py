@@ -34,7 +34,7 @@ from normalcy.files import save_model
 from normalcy.runs.format import csv_cell, join_metrics
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
 from normalcy.series.events import top_metrics
-from normalcy.series.io import DST_HINT, time_of, zoned
+from normalcy.series.io import DST_HINT, _left_out, time_of, zoned
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import (
@@ -185,6 +185,10 @@ class Watcher:
         self.series_at = self._at(self.series_column, "series") if self.series_column else None
         if isinstance(self.model, SeriesDetector):  # one model: its columns are checked once, here
             self._stream("")
+            used, flags = {*self.positions[""], self.time_at}, {c.strip() for c in getattr(self.model, "flags_", ())}
+            extra = [f for i, f in enumerate(self.fields) if i not in used and f and f not in flags]
+            if extra:  # as predict notes it: a column the model lacks was left out without a word
+                log.info("%s", _left_out(self.source, extra, "the model"))
 
     def _at(self, name: str | None, what: str) -> int:
         if name not in self.fields:
