@@ -360,13 +360,14 @@ def describe(err: ValidationError) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             msg = msg[0].lower() + msg[1:] if msg else msg
             if "(got " not in msg:
-                msg += f" (got {_short(e.get('input'))})"
+                msg += f" (got {short_repr(e.get('input'))})"
         parts.append(f"{loc}: {msg}" if loc else msg)
     more = err.error_count() - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """A value read from a file, for a message: at most 60 characters (a crafted 1 MB string is not echoed)."""
     text = "NaN" if isinstance(value, float) and math.isnan(value) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

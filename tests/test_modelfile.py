@@ -585,3 +585,21 @@ def test_a_model_in_a_folder_whose_name_is_not_utf8_loads(tmp_path: Path) -> Non
         from safetensors.torch import save
         fh.write(save(state))
     assert torch.equal(read_tensors(folder / "model.safetensors")["w"], state["w"])
+
+
+LONG = "x" * 100_000
+# Each model.json field whose crafted value a message echoed whole: a 100 kB (or 1 MB) line on the terminal.
+LONG_CASES = {
+    "format_version": _set("format_version", LONG),
+    "detector": _set("detector", LONG),
+    "backbone": _set("extractor.backbone", LONG),
+    "image_size": _set("extractor.image_size", LONG),
+    "patch level": _set("extractor.patch_levels", [LONG]),
+    "a parameter": _set("params.patch_samples", LONG),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LONG_CASES))
+def test_a_very_long_string_in_model_json_is_not_echoed_whole(case, model, tmp_path):
+    msg = _raises(_copy(model, tmp_path, meta=LONG_CASES[case]))
+    assert "model.json" in msg and "xxx" in msg and len(msg) < 1000, msg[:300]

@@ -840,6 +840,15 @@ def test_crafted_model_json(saved: Path, tmp_path: Path, changes: dict, message:
     assert "\n" not in str(err.value) and str(d) in str(err.value)
 
 
+@pytest.mark.parametrize("changes", [{"format_version": "x" * 100_000}, {"params": {"k": "x" * 100_000}},
+                                     {"detector": "x" * 100_000}, {"kind": "x" * 100_000}])
+def test_a_very_long_string_in_model_json_is_not_echoed_whole(saved: Path, tmp_path: Path, changes: dict) -> None:
+    """A crafted 100 kB value was repeated whole in the one-line error; it is cut to a few dozen characters."""
+    with pytest.raises(InputError, match="xxx") as err:
+        load(tampered(saved, tmp_path, **changes))
+    assert len(str(err.value)) < 1000 and "model.json" in str(err.value), str(err.value)[:300]
+
+
 def test_crafted_tensors(saved: Path, tmp_path: Path) -> None:
     d = tampered(saved, tmp_path)
     state = load_file(str(d / "model.safetensors"))

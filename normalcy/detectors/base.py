@@ -63,7 +63,7 @@ from normalcy.detectors.modelfile import (
     Seed,
 )
 from normalcy.errors import InputError, NotFittedError
-from normalcy.files import MODEL_JSON, write_model_files
+from normalcy.files import MODEL_JSON, short_repr, write_model_files
 from normalcy.images.features import MIN_SIZE, Batch, FeatureExtractor, Features, LazyMap, upsample_map
 from normalcy.images.io import input_paths
 from normalcy.numerics.stats import check_fpr_unchanged, threshold_at
@@ -260,7 +260,7 @@ def validation_message(where: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "value"
     got = first.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) else f" (got {short_repr(got)})"
     more = f" [and {err.error_count() - 1} more]" if err.error_count() > 1 else ""
     return f"{where}: {loc}: {first['msg'].lower()}{shown}{more}"
 

@@ -46,6 +46,7 @@ from normalcy.files import (
     one_line,
     read_json,
     reading,
+    short_repr,
 )
 from normalcy.images.backbones import BACKBONES, code_file, sha256_file
 from normalcy.images.features import MAX_SIZE, parse_size
@@ -80,19 +81,19 @@ class CustomBackboneMeta(Strict):
     def _module(cls, v: str) -> str:
         target, _, func = v.rpartition(":")
         if not target or not func.isidentifier():
-            raise ValueError(f"expected 'file.py:function' or 'module:function' (got {v!r})")
+            raise ValueError(f"expected 'file.py:function' or 'module:function' (got {short_repr(v)})")
         if target.endswith(".py"):
             if not Path(target).is_absolute():  # relative to whatever directory one loads from: refused
-                raise ValueError(f"the code file must be an absolute path (got {target!r})")
+                raise ValueError(f"the code file must be an absolute path (got {short_repr(target)})")
         elif not _DOTTED.fullmatch(target):
-            raise ValueError(f"not a Python module name (got {target!r})")
+            raise ValueError(f"not a Python module name (got {short_repr(target)})")
         return v
 
     @field_validator("weights")
     @classmethod
     def _weights(cls, v: str) -> str:
         if not Path(v).is_absolute():
-            raise ValueError(f"the weight file must be an absolute path (got {v!r})")
+            raise ValueError(f"the weight file must be an absolute path (got {short_repr(v)})")
         return v
 
     @field_validator("code_sha256")
@@ -134,7 +135,7 @@ class ExtractorMeta(Strict):
     def _image_size(cls, v: Any) -> int | list[int]:
         sides = v if isinstance(v, list) and len(v) == 2 else [v]
         if any(isinstance(s, bool) or not isinstance(s, int) for s in sides):
-            raise ValueError(f"must be an integer or [height, width] (got {v!r})")
+            raise ValueError(f"must be an integer or [height, width] (got {short_repr(v)})")
         try:
             parse_size(sides)  # the rule FeatureExtractor applies
         except InputError as err:
@@ -148,11 +149,11 @@ class ExtractorMeta(Strict):
         elif self.backbone in BACKBONES:
             levels = list(BACKBONES[self.backbone].levels)
         else:
-            raise ValueError(f"unknown backbone {self.backbone!r}; this normalcy has {sorted(BACKBONES)}")
+            raise ValueError(f"unknown backbone {short_repr(self.backbone)}; this normalcy has {sorted(BACKBONES)}")
         for key in ("patch_levels", "pooled_levels"):
             unknown = [lv for lv in getattr(self, key) if lv not in levels]
             if unknown:
-                raise ValueError(f"{key}: the backbone has no level {unknown[0]!r}; it has {levels}")
+                raise ValueError(f"{key}: the backbone has no level {short_repr(unknown[0])}; it has {levels}")
         return self
 
 
@@ -205,7 +206,7 @@ def _read_model(d: Path, trust_code: bool) -> tuple[ModelMeta, dict[str, torch.T
     version = raw.get("format_version")
     if version != FORMAT_VERSION or isinstance(version, bool):
         raise InputError(
-            f"{meta_path}: model format version {version!r} is not supported "
+            f"{meta_path}: model format version {short_repr(version)} is not supported "
             f"(this normalcy {__version__} reads version {FORMAT_VERSION})"
         )
     if raw.get("detector") == "musc":
@@ -273,10 +274,10 @@ def check_tensors(
     if expected is not None:
         missing = [k for k in expected if k not in state]
         if missing:
-            raise InputError(f"{source}: missing tensor {missing[0]!r}" + _more(missing))
+            raise InputError(f"{source}: missing tensor {short_repr(missing[0])}" + _more(missing))
         extra = [k for k in state if k not in expected]
         if extra:
-            raise InputError(f"{source}: unexpected tensor {extra[0]!r}" + _more(extra))
+            raise InputError(f"{source}: unexpected tensor {short_repr(extra[0])}" + _more(extra))
     for name, t in state.items():
         if t.dtype == torch.bool or t.dtype.is_complex:
             raise InputError(f"{source}: tensor {name!r} has dtype {_dtype(t.dtype)}, expected numbers")

@@ -19,7 +19,7 @@ from normalcy.detectors.patchcore import PatchCore
 from normalcy.detectors.simplenet import SimpleNet
 from normalcy.detectors.training import Trained
 from normalcy.errors import InputError
-from normalcy.files import MODEL_JSON, one_line
+from normalcy.files import MODEL_JSON, one_line, short_repr
 from normalcy.images.backbones import custom_backbone
 from normalcy.images.features import FeatureExtractor
 
@@ -58,7 +58,7 @@ def load(directory: str | Path, trust_code: bool = False) -> Detector:
     meta_path, state_path = d / MODEL_JSON, d / MODEL_TENSORS
     cls = DETECTORS.get(meta.detector)
     if cls is None:
-        raise InputError(f"{meta_path}: unknown detector {meta.detector!r}; this normalcy has {sorted(DETECTORS)}")
+        raise InputError(f"{meta_path}: unknown detector {short_repr(meta.detector)}; this normalcy has {sorted(DETECTORS)}")
     ex = meta.extractor
     try:
         backbone: Any = ex.backbone

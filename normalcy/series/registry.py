@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from normalcy.detectors.modelfile import MODEL_TENSORS, read_tensors
 from normalcy.errors import InputError
-from normalcy.files import MODEL_JSON, Strict, describe, model_kind, no_model_json, read_json, reading
+from normalcy.files import (MODEL_JSON, Strict, describe, model_kind, no_model_json, read_json, reading,
+                            short_repr)
 from normalcy.series.auto import AutoDetector
 from normalcy.series.base import FORMAT_VERSION, SERIES_KIND, SeriesDetector, SeriesModelMeta
 from normalcy.series.members import MEMBERS
@@ -37,7 +38,7 @@ def checked_meta(path: Path, raw: dict[str, Any], schema: type[M], version: int,
     """A model.json's content checked: its format version first (a newer file says so, rather than listing
     fields it does not know), then against ``schema``; one InputError line naming ``path``."""
     if raw.get("format_version") != version or isinstance(raw.get("format_version"), bool):
-        raise InputError(f"{path}: {what} format version {raw.get('format_version')!r} is not supported "
+        raise InputError(f"{path}: {what} format version {short_repr(raw.get('format_version'))} is not supported "
                          f"(this normalcy reads version {version})")
     try:
         return schema.model_validate(raw)
@@ -60,9 +61,9 @@ def _load(d: Path) -> SeriesDetector:
         raise no_model_json(d)
     raw = read_json(meta_path)
     if raw.get("kind") != SERIES_KIND:
-        raise InputError(f"{meta_path}: not a series model (kind {raw.get('kind')!r})")
+        raise InputError(f"{meta_path}: not a series model (kind {short_repr(raw.get('kind'))})")
     meta = checked_meta(meta_path, raw, SeriesModelMeta, FORMAT_VERSION, "series model")
     if meta.detector not in DETECTORS:
-        raise InputError(f"{meta_path}: unknown series detector {meta.detector[:40]!r}; this normalcy has "
+        raise InputError(f"{meta_path}: unknown series detector {short_repr(meta.detector)}; this normalcy has "
                          f"{', '.join(sorted(DETECTORS))}")
     return DETECTORS[meta.detector].from_saved(meta, read_tensors(d / MODEL_TENSORS), d)

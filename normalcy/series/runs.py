@@ -41,7 +41,8 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from normalcy.errors import WHERE_CHARS, InputError, reasons, shortened
-from normalcy.files import MODEL_JSON, Strict, describe, model_kind, read_json, reading, write_model_files, writing
+from normalcy.files import (MODEL_JSON, Strict, describe, model_kind, read_json, reading, short_repr,
+                             write_model_files, writing)
 from normalcy.progress import plain, progress_bar
 from normalcy.series import registry
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
@@ -481,7 +482,7 @@ def load_series_set(directory: str | Path) -> SeriesSet:
     with reading(d):  # not in the moment a save has removed model.json and not put the new one in place
         raw = read_json(path)
     if raw.get("format_version") != SET_FORMAT_VERSION or isinstance(raw.get("format_version"), bool):
-        raise InputError(f"{path}: series set format version {raw.get('format_version')!r} is not supported "
+        raise InputError(f"{path}: series set format version {short_repr(raw.get('format_version'))} is not supported "
                          f"(this normalcy reads version {SET_FORMAT_VERSION})")
     try:
         meta = SeriesSetMeta.model_validate(raw)
