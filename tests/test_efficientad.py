@@ -81,6 +81,27 @@ def test_save_load_round_trip(fitted: EfficientAD, data, tmp_path: Path) -> None
     assert after.threshold == before.threshold
 
 
+@pytest.mark.parametrize("name, value, words", [
+    ("t_mean", torch.tensor(0.5), r"tensor 't_mean' has shape \(\), expected \(1, \d+, 1, 1\)"),
+    ("t_std", torch.ones(1, 1, 1, 1), r"tensor 't_std' has shape \(1, 1, 1, 1\), expected"),
+    ("t_std", None, "tensor 't_std' has a standard deviation <= 0"),
+])
+def test_teacher_statistics_of_a_crafted_shape_are_refused(fitted: EfficientAD, tmp_path: Path, name: str,
+                                                             value: torch.Tensor | None, words: str) -> None:
+    """A single number for the teacher's per-channel mean or std broadcast over every channel: the model loaded
+    and scored, wrongly, without a word. A std <= 0 turned the teacher's features around."""
+    from safetensors.torch import load_file, save_file
+
+    from normalcy.errors import InputError
+
+    d = fitted.save(tmp_path / "m")
+    state = load_file(str(d / "model.safetensors"))
+    state[name] = -state[name] if value is None else value
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(InputError, match=r"model\.safetensors: does not fit a efficientad model: " + words):
+        load(d)
+
+
 def test_same_seed_same_scores(fitted: EfficientAD, fe: FeatureExtractor, data) -> None:
     again = EfficientAD(fe, seed=3, **TINY).fit(data[0], progress=False)
     np.testing.assert_array_equal(fitted.score(data[1], progress=False).scores,

@@ -154,6 +154,17 @@ class EfficientAD(Trained, Detector):
         for net in (self.teacher_, self.student_, self.ae_):
             net.to(memory_format=torch.channels_last)
 
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """As the base's, and the teacher's statistics one per channel: a single number (or a row) broadcast over
+        every channel scored without a word; a standard deviation <= 0 turned the teacher's features around."""
+        super().load_state_dict(state)
+        c = self.out_channels
+        for name, t in (("t_mean", self.t_mean_), ("t_std", self.t_std_)):
+            if tuple(t.shape) != (1, c, 1, 1):
+                raise ValueError(f"tensor '{name}' has shape {tuple(t.shape)}, expected (1, {c}, 1, 1)")
+        if not (self.t_std_ > 0).all():
+            raise ValueError("tensor 't_std' has a standard deviation <= 0")
+
     # -- helpers -------------------------------------------------------------------------
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
