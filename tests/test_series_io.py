@@ -823,3 +823,11 @@ def test_a_model_column_in_other_case_is_pointed_at(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"columns \['cpu'\] of train\.csv are missing \(it has \['mem'\]\) \(names are "
                                          r"matched exactly: did you mean 'CPU'\?\)$"):
         read_series_folder(d)
+
+def test_a_crafted_very_long_model_column_is_not_echoed_whole(tmp_path: Path) -> None:
+    """A series model.json whose column name was crafted to 1 MB: "columns [...] of the model are missing"
+    repeated it whole. Each name is cut to 100 characters, its start and end kept."""
+    (train,), (test,) = read_series_folder(make_folder(tmp_path / "server"))
+    with pytest.raises(InputError, match=r"test\.csv: columns \['x+…x+'\] of the model are missing") as err:
+        test.only(["x" * 1_000_000], "the model")
+    assert len(str(err.value)) < 1000

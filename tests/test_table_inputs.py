@@ -524,3 +524,12 @@ def test_a_table_whose_file_name_is_not_utf8_is_read(tmp_path: Path, suffix: str
         (pq.write_table if suffix == ".parquet" else pcsv.write_csv)(data, fh)
     got = read_table(path)
     np.testing.assert_array_equal(got.X, [[1, 4], [2, 5], [3, 6]])
+
+
+def test_a_crafted_very_long_model_column_is_not_echoed_whole(tmp_path: Path) -> None:
+    """A model.json whose column name was crafted to 1 MB: predict's "feature columns [...] are missing" repeated
+    it whole. Each name is cut to 100 characters, its start and end kept."""
+    path = _csv(tmp_path / "t.csv", "a,b", ["1,2", "3,4"])
+    with pytest.raises(InputError, match=r"feature columns \['x+…x+'\] are missing") as err:
+        read_table(path, columns=["x" * 1_000_000])
+    assert len(str(err.value)) < 1000

@@ -77,8 +77,9 @@ class Series:
         missing = [c for c in columns if c not in self.columns]
         if missing:  # a file's column in other case ('CPU'), left out as not the model's, is pointed at
             like = next((other_case(c, self.file_columns) for c in missing if other_case(c, self.file_columns)), "")
-            raise InputError(f"{self.source}: columns {missing[:10]} of {of} are missing (it has "
-                             f"{list(self.columns)[:10]}){like}")
+            shown = [shortened(c) for c in missing[:10]]  # a crafted model.json's 1 MB name is not echoed whole
+            raise InputError(f"{self.source}: columns {shown} of {of} are missing (it has "
+                             f"{[shortened(c) for c in list(self.columns)[:10]]}){like}")
         extra = [c for c in self.columns if c not in columns and c not in known]
         notes = list(self.notes)
         if extra:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, shortened
 from normalcy.files import (
     MAX_STATE_BYTES,
     MODEL_JSON,
@@ -714,7 +714,8 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
         if missing:
             hint = ("; a file without a header line? its first row is read as the column names"
                     if _headerless(path, list(arrays)) else "")
-            raise InputError(f"{path}: the model's feature columns {missing[:10]} are missing"
+            shown = [shortened(c) for c in missing[:10]]  # a crafted model.json's 1 MB name is not echoed whole
+            raise InputError(f"{path}: the model's feature columns {shown} are missing"
                              f"{other_case(missing[0], arrays)}; it has {_names(arrays)}{hint}")
         _check_npz_width(path, columns, source)  # columns named by position: extra ones are no id or label
         extra = [c for c in arrays if c not in columns and c not in (label_column, id_column)]
