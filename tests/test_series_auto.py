@@ -413,3 +413,17 @@ def test_run_names_the_members_and_the_period_member(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["detector"] == "auto" and meta["members"].startswith("knn/1, ")
     assert meta["members"].endswith(" (period)") and "(period)" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_an_unknown_candidate_is_refused(tmp_path: Path) -> None:
+    """``candidates`` took any name: create("auto", candidates=("bogus",)) failed only at fit, with a ValueError,
+    and a model.json crafted to name one loaded without a word. Both are one InputError naming the candidates."""
+    with pytest.raises(InputError, match=r"detector auto: candidates: .*'bogus' is not a member detector; one of knn"):
+        create("auto", candidates=("bogus",))
+    d = create("auto", window=10, choose=False).fit(sine(300), progress=False).save(tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    meta["params"]["candidates"] = ["knn", "x" * 100_000]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"model\.json: .*candidates: .*'xxx.* is not a member detector") as err:
+        load(d)
+    assert len(str(err.value)) < 1000

@@ -52,10 +52,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from scipy.special import log_ndtr
 
 from normalcy.errors import InputError
+from normalcy.files import short_repr
 from normalcy.series.autoencoder import MIN_METRICS
 from normalcy.series.base import SeriesDetector, SeriesParams
 from normalcy.series.members import MEMBERS
@@ -93,6 +94,16 @@ class AutoDetector(SeriesDetector):
         period: bool = True  # a member that sees a whole period (a day) when it is longer than the windows
         bank: int = Field(8000, ge=16, le=1_000_000)  # windows a kNN member keeps (knn's max_bank)
         autoencoder: bool = True  # Borghesi et al.'s autoencoder joins the default members (MIN_METRICS metrics+)
+
+        @field_validator("candidates")
+        @classmethod
+        def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+            """Names of member detectors: an unknown one was taken, and failed only at fit with a ValueError
+            (a crafted model.json's loaded without a word)."""
+            unknown = [n for n in v if n not in MEMBERS]
+            if unknown:
+                raise ValueError(f"{short_repr(unknown[0])} is not a member detector; one of {', '.join(MEMBERS)}")
+            return v
 
     # learned: the members (each with its own learned state) and ``tail``, their calibration (saved as
     # calib_mean, calib_var, calib_count beside the members' tensors, member0.*, member1.*, ...)
