@@ -72,9 +72,17 @@ def read_model_file(path: Path, max_bytes: int) -> bytes:
     try:  # O_NONBLOCK and O_NOFOLLOW: a file swapped for a FIFO or a link since the check blocks nothing
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
                 raise InputError(f"{path}: not a regular file")
-            data = f.read(max_bytes + 1)
+            # read(n) allocates n bytes before reading: n = max_bytes + 1 asked for 16 GiB for every 1 kB
+            # model.skops, a MemoryError wherever memory is capped (ulimit -v, a small machine without overcommit)
+            data = f.read(min(info.st_size, max_bytes) + 1)
+            while len(data) <= max_bytes:  # a file that grew since, or a file system that gives no size: read on
+                more = f.read(min(2**24, max_bytes + 1 - len(data)))
+                if not more:
+                    break
+                data += more
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
     if len(data) > max_bytes:

@@ -462,3 +462,17 @@ def test_a_column_named_twice_in_model_json_is_refused(models: dict[str, Path], 
     meta = json.loads((d / "model.json").read_text())
     (d / "model.json").write_text(json.dumps({**meta, "columns": ["x0", "x0", "x1", "x2"]}))
     _fails(d, table, tmp_path, "model.json: column 'x0' is named twice in columns")
+
+
+def test_a_model_file_is_read_without_asking_for_its_size_limit_in_memory(tmp_path: Path) -> None:
+    """read_model_file read with f.read(max_bytes + 1), which allocates that much first: 16 GiB for each 1 kB
+    model.skops, a MemoryError (a traceback) under ulimit -v or on a machine that does not overcommit. It asks for
+    the file's size; the limit still holds."""
+    from normalcy.errors import InputError
+    from normalcy.files import read_model_file
+
+    (tmp_path / "model.skops").write_bytes(b"x" * 1000)
+    assert read_model_file(tmp_path / "model.skops", 2**42) == b"x" * 1000  # a limit far beyond any memory
+    assert read_model_file(tmp_path / "model.skops", 1000) == b"x" * 1000
+    with pytest.raises(InputError, match=r"model\.skops: 1000 bytes is too large for a model file \(at most 999\)"):
+        read_model_file(tmp_path / "model.skops", 999)
