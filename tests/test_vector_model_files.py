@@ -476,3 +476,14 @@ def test_a_model_file_is_read_without_asking_for_its_size_limit_in_memory(tmp_pa
     assert read_model_file(tmp_path / "model.skops", 1000) == b"x" * 1000
     with pytest.raises(InputError, match=r"model\.skops: 1000 bytes is too large for a model file \(at most 999\)"):
         read_model_file(tmp_path / "model.skops", 999)
+
+
+@pytest.mark.parametrize("field", ["detector", "columns"])
+def test_a_very_long_string_in_model_json_is_not_echoed_whole(field: str, models: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    """A model.json's detector (or a column named twice) crafted to 100 kB was repeated whole in the error."""
+    d = _copy(models["knn"], tmp_path)
+    meta = json.loads((d / "model.json").read_text())
+    meta[field] = "x" * 100_000 if field == "detector" else ["x" * 100_000] * 2
+    (d / "model.json").write_text(json.dumps(meta))
+    assert len(_refused(d, "'xxx")) < 1000

@@ -46,6 +46,7 @@ from normalcy.files import (
     read_json,
     read_model_file,
     reading,
+    short_repr,
     write_model_files,
 )
 from normalcy.numerics.stats import check_fpr_unchanged, decide
@@ -998,10 +999,10 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
         except ValidationError as err:
             raise InputError(f"{meta_path}: {describe(err)}") from None
         if meta.detector not in VECTOR_DETECTORS:
-            raise InputError(f"{meta_path}: unknown detector {meta.detector!r} for tables")
+            raise InputError(f"{meta_path}: unknown detector {short_repr(meta.detector)} for tables")
         twice = next((c for i, c in enumerate(meta.columns) if c in meta.columns[:i]), None)
         if twice is not None:  # fit never writes one: the table's column would be scored in both places, unsaid
-            raise InputError(f"{meta_path}: column {twice!r} is named twice in columns, which fit never writes "
+            raise InputError(f"{meta_path}: column {short_repr(twice)} is named twice in columns, which fit never writes "
                              "(edited by hand?); fit the model again")
         data = read_model_file(model_path, MAX_STATE_BYTES)
     _check_skops(model_path, data)
