@@ -349,6 +349,25 @@ def test_traced_backbone_equals_the_eager_pass(precision, monkeypatch):
     assert len(ex.backbone._traces) == 1  # the batch size does not make another trace
 
 
+def test_input_norms_share_one_network_and_its_trace():
+    """--input-norm auto and --tune try each normalisation on one network: it is applied before the trace (not
+    traced into it, which built and traced the network again for each), so the trace made for one serves the
+    others and gives each the maps of a network of its own, to the bit."""
+    x = torch.rand(3, 3, 64, 64)
+    own = FeatureExtractor(image_size=64, precision="fp32")
+    for _ in range(Backbone.trace_after):
+        own.level_maps(x, own.backbone.levels)
+    shared = own.with_input_norm("imagenet")
+    alone = FeatureExtractor(image_size=64, precision="fp32", input_norm="imagenet")
+    for _ in range(Backbone.trace_after):
+        want = alone.level_maps(x, alone.backbone.levels)
+    got = shared.level_maps(x, shared.backbone.levels)
+    assert shared.backbone is own.backbone and len(own.backbone._traces) == 1
+    assert None not in own.backbone._traces.values() and None not in alone.backbone._traces.values()
+    for lv in want:
+        torch.testing.assert_close(got[lv], want[lv], rtol=0, atol=0)
+
+
 def test_backbone_runs_eagerly_where_tracing_fails(monkeypatch, caplog):
     def refuse(*args, **kwargs):
         raise RuntimeError("cannot trace this network")

