@@ -278,7 +278,7 @@ class FeatureExtractor:
         network: Backbone | None = None,
     ) -> None:
         """``network``: a ``Backbone`` of this backbone at these levels to run on instead of a new one (``replace``
-        shares it: building one costs about a second, and its traces more)."""
+        shares it: building one costs 0.2 s, and its traces more)."""
         self.input_norm = input_norm
         self.spec = with_input_norm(get_backbone_spec(backbone), input_norm)
         self.size = parse_size(image_size)  # (height, width) the network sees
