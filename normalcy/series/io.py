@@ -83,12 +83,12 @@ class Series:
         extra = [c for c in self.columns if c not in columns and c not in known]
         notes = list(self.notes)
         if extra:
-            notes.append(_left_out(self.source.name, extra, of) + hint)
+            notes.append(left_out(self.source.name, extra, of) + hint)
         order = [self.columns.index(c) for c in columns]
         return replace(self, values=self.values[:, order], columns=tuple(columns), notes=notes)
 
 
-def _left_out(where: str, columns: list[str], of: str) -> str:
+def left_out(where: str, columns: list[str], of: str) -> str:
     return f"{where}: column(s) {columns[:10]} left out, not scored: not in {of}"
 
 
@@ -184,7 +184,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         extra = [c for c in columns if c not in keep[0]]
         if extra:
             columns = [c for c in columns if c in keep[0]]
-            notes.append(_left_out(path.name, extra, keep[1]))
+            notes.append(left_out(path.name, extra, keep[1]))
     comma = decimal_comma(path)  # a ;- or tab-separated file: 1,5 is 1.5
     parsed = []
     for c in columns:

@@ -34,11 +34,11 @@ from normalcy.files import save_model
 from normalcy.runs.format import csv_cell, join_metrics
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
 from normalcy.series.events import top_metrics
-from normalcy.series.io import DST_HINT, _left_out, time_of, zoned
+from normalcy.series.io import DST_HINT, left_out, time_of, zoned
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import (
-    _check_names,
+    check_names,
     cell_number,
     commented,
     commented_layout,
@@ -178,7 +178,7 @@ class Watcher:
         self.fields = [f.strip() for f in fields]
         # a name given twice: which column is the metric would be a guess (fit and predict refuse such a file; watch
         # took the first); blank names may repeat (a spreadsheet's trailing separators), as the readers allow
-        _check_names(self.source, [f or f"\0{i}" for i, f in enumerate(self.fields)])
+        check_names(self.source, [f or f"\0{i}" for i, f in enumerate(self.fields)])
         self.comma = comma
         name = time_column_of(self.fields, self.time_given)
         self.time_at = self._at(name, "time") if name is not None else None  # None: rows are numbered
@@ -188,7 +188,7 @@ class Watcher:
             used, flags = {*self.positions[""], self.time_at}, {c.strip() for c in getattr(self.model, "flags_", ())}
             extra = [f for i, f in enumerate(self.fields) if i not in used and f and f not in flags]
             if extra:  # as predict notes it: a column the model lacks was left out without a word
-                log.info("%s", _left_out(self.source, extra, "the model"))
+                log.info("%s", left_out(self.source, extra, "the model"))
 
     def _at(self, name: str | None, what: str) -> int:
         if name not in self.fields:

@@ -191,7 +191,7 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
             with open(path, "rb") as fh:  # an open file: pyarrow cannot take a path that is not UTF-8
                 names = pq.read_schema(fh).names
                 _check_width(path, len(names))
-                _check_names(path, names)
+                check_names(path, names)
                 fh.seek(0)
                 # ParquetFile, not read_table: read_table's dataset scan left threads that aborted the exit
                 # ("terminate called without an active exception", SIGABRT) in 8 of 10 runs once torch was imported
@@ -217,7 +217,7 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
         for i, name in enumerate(names):
             a = column(i, name)
             if name in out and not (_blank(name, a) and _blank(name, out[name])):
-                _check_names(path, names)
+                check_names(path, names)
             out[name] = a  # blank names repeated: a spreadsheet's trailing separators, all one empty column
         return out
     except InputError:
@@ -270,7 +270,7 @@ def _check_width(path: Path, columns: int) -> None:
                          "reduce the dimensions first (e.g. PCA)")
 
 
-def _check_names(path: Path, names: Sequence[str]) -> None:
+def check_names(path: Path, names: Sequence[str]) -> None:
     """Refuse a column name given twice: which of the two a column named so is would be a guess."""
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
