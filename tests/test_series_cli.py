@@ -1345,13 +1345,20 @@ def test_unknown_ids_against_a_large_set_are_looked_up_not_scanned(tmp_path: Pat
     """Each id a set has no model for was compared, as a number, with every id of the set (twice, with the
     reason): 10,000 new hosts against a set of 10,000 took minutes before the first was scored. An index built
     once answers them; the answers are the same."""
+    import gc
     import time
 
     ids = SeriesSet("knn", "host", "time", folders={str(i): f"f{i}" for i in range(10_000)}, directory=tmp_path,
                     failed=[("tiny", "3 rows")])
-    started = time.perf_counter()
-    why = [ids.missing(ids.key_of(str(i))) for i in range(10_000, 10_500)]
-    assert time.perf_counter() - started < 1  # 0.01 s; 4 s and more before
+    gc.collect()
+    gc.disable()  # one CI run (7 December) took 1.5 s for this 0.01 s: likely a collection of the suite's heap
+    try:
+        started = time.perf_counter()
+        why = [ids.missing(ids.key_of(str(i))) for i in range(10_000, 10_500)]
+        took = time.perf_counter() - started
+    finally:
+        gc.enable()
+    assert took < 1  # 0.01 s; 4 s and more before
     assert why[0] == "no model for series '10000' in this set (fitted on 10000 series)"
     assert ids.key_of("0042") == "42" and ids.key_of("7.0") == "7" and ids.missing("tiny").endswith(": 3 rows")
 
