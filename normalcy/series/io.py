@@ -29,6 +29,7 @@ from normalcy.vectors.tables import (
     _read_arrays,
     cell_number,
     decimal_comma,
+    first_other_case,
     fitted_names,
     grouped_cells,
     other_case,
@@ -76,7 +77,7 @@ class Series:
             return self
         missing = [c for c in columns if c not in self.columns]
         if missing:  # a file's column in other case ('CPU'), left out as not the model's, is pointed at
-            like = next((other_case(c, self.file_columns) for c in missing if other_case(c, self.file_columns)), "")
+            like = first_other_case(missing, self.file_columns)
             shown = [shortened(c) for c in missing[:10]]  # a crafted model.json's 1 MB name is not echoed whole
             raise InputError(f"{self.source}: columns {shown} of {of} are missing (it has "
                              f"{[shortened(c) for c in list(self.columns)[:10]]}){like}")

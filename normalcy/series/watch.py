@@ -38,11 +38,12 @@ from normalcy.series.io import DST_HINT, left_out, time_of, zoned
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import (
-    check_names,
     cell_number,
+    check_names,
     commented,
     commented_layout,
     csv_delimiter,
+    first_other_case,
     grouped_number,
     is_text,
     other_case,
@@ -199,7 +200,7 @@ class Watcher:
     def _positions(self, det: SeriesDetector) -> tuple[int, ...]:
         missing = [c for c in det.columns_ if c.strip() not in self.fields]  # the header's names are stripped
         if missing:
-            like = next((other_case(c, self.fields) for c in missing if other_case(c, self.fields)), "")
+            like = first_other_case(missing, self.fields)
             raise InputError(f"{self.source}: the header lacks the model's column(s) {missing[:10]} (it has "
                              f"{self.fields[:10]}){like}")
         return tuple(self.fields.index(c.strip()) for c in det.columns_)
@@ -434,8 +435,9 @@ def watch(model: SeriesDetector | SeriesSet, source: TextIO, out: TextIO, *, sou
                 except csv.Error as err:
                     watcher.unreadable(n, err)
                     continue
-                if [c.strip().lstrip("\ufeff") for c in cells] == watcher.fields:  # the header quoted or spaced
-                    continue  # otherwise (a file restarted by another writer): it was scored as a row of held values
+                if (cells[0].strip().lstrip("\ufeff") == watcher.fields[0]  # a row's first cell seldom is: one check
+                        and [c.strip().lstrip("\ufeff") for c in cells] == watcher.fields):  # the header quoted or
+                    continue  # spaced (a file restarted by another writer): it was scored as a row of held values
                 with stops.row():
                     row = watcher.row(cells, n)
                     if row is not None and (row["alarm"] == "1" or not alarms_only):

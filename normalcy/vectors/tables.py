@@ -890,6 +890,13 @@ def other_case(name: str, names: Iterable[str]) -> str:
     return f" (names are matched exactly: did you mean {like[0]!r}?)" if like else ""
 
 
+def first_other_case(missing: Iterable[str], names: Iterable[str]) -> str:
+    """:func:`other_case` of the first of ``missing`` that ``names`` holds in other case, else "": a model's
+    columns missing from a series file or a watch's header, one hint for them all."""
+    names = list(names)
+    return next((hint for c in missing if (hint := other_case(c, names))), "")
+
+
 def _names(arrays: dict) -> str:
     names = list(arrays)
     return ", ".join(repr(c) for c in names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
