@@ -132,8 +132,9 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         if name is not None and name not in arrays:
             raise InputError(f"{path}: no {what} column {name!r}{other_case(name, arrays)}; it has {_names(arrays)}")
     label = label_column if label_column in arrays else None
-    notes = [f"{path.name}: column {c!r} is not the label column {label_column!r}{other_case(c, [label_column])}"
-             for c in arrays if label is None and label_column and c != time_column and other_case(c, [label_column])]
+    notes = [f"{path.name}: column {c!r} is not the label column {label_column!r}{hint}"
+             for c in arrays if label is None and label_column and c != time_column
+             and (hint := other_case(c, [label_column]))]
     if time_column is None and named_time(list(arrays)) is None:
         time_column = _index_time(path, arrays)
         if time_column is not None:
