@@ -510,6 +510,34 @@ def test_exif_orientation_of_pngs_and_in_header_sizes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data._read_plain(tmp_path / "upright.png"), pixels)
 
 
+def test_an_orientation_in_xmp_only_is_ignored_by_every_reader(tmp_path: Path) -> None:
+    """An XMP tiff:Orientation without an EXIF one: Pillow turned a CMYK JPEG, a transparent PNG, a WebP and a TIFF
+    by it, the fast decoders read a plain JPEG or PNG as stored (so did the browser `serve` sends it to), and
+    image_size said turned or not by file type. Every reader now takes EXIF (and TIFF tags) only; EXIF still wins
+    where both are there."""
+    from PIL import PngImagePlugin
+
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    pixels = _rgb(10, 20)
+    im = Image.fromarray(pixels)
+    text = PngImagePlugin.PngInfo()
+    text.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    im.save(tmp_path / "plain.jpg", xmp=xmp)
+    im.convert("CMYK").save(tmp_path / "cmyk.jpg", xmp=xmp)
+    im.save(tmp_path / "plain.png", pnginfo=text)
+    im.convert("RGBA").save(tmp_path / "alpha.png", pnginfo=text)
+    im.save(tmp_path / "x.webp", xmp=xmp, lossless=True)
+    im.save(tmp_path / "x.tif", tiffinfo={700: xmp})
+    for name in ("plain.jpg", "cmyk.jpg", "plain.png", "alpha.png", "x.webp", "x.tif"):
+        assert read_image(tmp_path / name).shape == (10, 20, 3), name
+        assert image_size(tmp_path / name) == (20, 10), name
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.convert("CMYK").save(tmp_path / "both.jpg", xmp=xmp.replace(b'"6"', b'"1"'), exif=exif.tobytes())
+    assert read_image(tmp_path / "both.jpg").shape == image_size(tmp_path / "both.jpg")[::-1] + (3,) == (20, 10, 3)
+
+
 def test_uncompressed_tiff_turned_a_quarter_is_read_turned_not_scrambled(tmp_path: Path) -> None:
     """Pillow decoded an uncompressed TIFF whose Orientation tag turns it a quarter into the turned frame, then
     turned it again: its pixels came out scrambled at the stored size (image_size gave the turned one)."""

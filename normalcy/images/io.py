@@ -442,10 +442,30 @@ def _orientation(im: Image.Image) -> int | None:
     too), and for a TIFF, whose size Pillow gives turned already."""
     if im.format == "TIFF" or (im.format == "PNG" and "exif" not in im.info):
         return None
+    return exif_orientation(im)
+
+
+_XMP_KEYS = ("xmp", "XML:com.adobe.xmp")
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(im: Image.Image) -> int | None:
+    """The orientation an opened image's EXIF (or TIFF tags) gives; None where there is none or it cannot be read.
+
+    Never an XMP ``tiff:Orientation`` alone: Pillow's getexif() takes one where EXIF has none, so a file whose
+    only orientation was in its XMP was read turned by Pillow (a CMYK JPEG, a transparent PNG, a WebP, a TIFF)
+    and as stored by the fast decoders (a plain JPEG or PNG), its size said turned or not by file type, and shown
+    as stored by the browser (which reads EXIF only). Every reader here asks this one helper.
+    """
+    hidden = {k: im.info.pop(k) for k in _XMP_KEYS if k in im.info}
     try:
         return im.getexif().get(0x0112)
-    except Exception:  # malformed EXIF, as in _open_loaded
+    except Exception:  # malformed EXIF must not cost us the image
         return None
+    finally:
+        im.info.update(hidden)
 
 
 def _open_loaded(p: Path) -> Image.Image:
@@ -456,6 +476,8 @@ def _open_loaded(p: Path) -> Image.Image:
     """
     with _pillow(p) as im:
         _untangle_turned_tiff(im)
+        for key in _XMP_KEYS:  # Pillow's TIFF load turns the image by an XMP orientation too (exif_orientation)
+            im.info.pop(key, None)
         im.load()
         frames = getattr(im, "n_frames", 1)
         # an animated GIF, PNG or WebP, or a multi-page TIFF: the first frame was taken silently (a phone's JPEG with
@@ -464,13 +486,8 @@ def _open_loaded(p: Path) -> Image.Image:
             _note("frames", p, f"{frames} frames or pages (an animation or a multi-page file): only the first is read")
         if im.format == "PNG" and im.mode == "RGB" and isinstance(im.info.get("transparency"), tuple):
             im = _keyed_48_bit(p, im)
-        try:
-            out = ImageOps.exif_transpose(im)
-        except Exception:  # malformed EXIF must not cost us the image
-            out = None
-        if out is None or out is im:
-            out = im.copy()
-        return out
+        method = _TRANSPOSE.get(exif_orientation(im))  # type: ignore[arg-type]
+        return im.copy() if method is None else im.transpose(method)
 
 
 def _untangle_turned_tiff(im: Image.Image) -> None:
