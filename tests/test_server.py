@@ -237,6 +237,25 @@ def test_image_and_overlay(client: TestClient, run: Path) -> None:
     assert client.get(first["image_url"]).status_code == 404
 
 
+def test_an_animated_gif_is_served_as_the_frame_that_was_scored(client: TestClient, run: Path) -> None:
+    """An animated GIF was sent as it is, so the browser played it, though predict scored its first frame only:
+    its first frame is served (as PNG), as read_image reads it and the report shows it; a still GIF as it is."""
+    first, second = (item["id"] for item in items(client)["items"][:2])
+    frames = [Image.new("RGB", (16, 12), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    animated, still = run.parent / "images" / "anim.gif", run.parent / "images" / "still.gif"
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(still)
+    point_item_at(client, first, animated)
+    point_item_at(client, second, still)
+    r = client.get(f"/api/items/{first}/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    shown = Image.open(io.BytesIO(r.content))
+    assert getattr(shown, "n_frames", 1) == 1
+    np.testing.assert_array_equal(np.asarray(shown.convert("RGB")), server_app.read_image(animated))
+    r = client.get(f"/api/items/{second}/image")
+    assert r.headers["content-type"] == "image/gif" and r.content == still.read_bytes()
+
+
 def swap_in(source: Path, run: Path, tmp_path: Path) -> None:
     """Another predict into ``run``: its complete run put in place by finish_run (review.sqlite moved over)."""
     from normalcy.runs.format import finish_run

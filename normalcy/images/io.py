@@ -38,6 +38,7 @@ __all__ = [
     "Sample",
     "check_pixels",
     "image_size",
+    "is_animated",
     "is_dataset",
     "iter_images",
     "list_files",
@@ -434,6 +435,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
     with _pillow(Path(path)) as im:
         w, h = im.size
         return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
+
+
+def is_animated(path: str | Path) -> bool:
+    """Whether an image file holds frames past the first, which :func:`read_image` alone reads (an animated GIF,
+    PNG or WebP; not a JPEG's MPO preview): shown as the file, a browser plays frames that were never scored."""
+    try:
+        with _pillow(Path(path)) as im:
+            return bool(getattr(im, "is_animated", False)) and im.format != "MPO"
+    except ImageError:
+        return False
 
 
 def _orientation(im: Image.Image) -> int | None:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
 from normalcy.errors import ImageError, InputError
-from normalcy.images.io import read_image
+from normalcy.images.io import is_animated, read_image
 from normalcy.review.guard import (
     Guard,
     cookie_name,
@@ -126,9 +126,11 @@ def _header_text(value: str | None) -> str | None:
 
 
 def _image_response(path: Path) -> Response:
+    """The file as it is where a browser shows it as read_image reads it; else read_image's pixels as PNG: an
+    animated GIF (PNG, WebP) was sent as it is and played, though its map was computed on its first frame alone."""
     media = BROWSER_IMAGES.get(path.suffix.lower())
     headers = {"Cache-Control": "private, no-cache"}
-    if media is not None:
+    if media is not None and not is_animated(path):
         return FileResponse(path, media_type=media, headers=headers)
     try:
         arr = read_image(path)
