@@ -429,6 +429,33 @@ def test_a_served_link_re_pointed_to_another_run_is_followed_each_run_keeping_it
             assert csv_text.count("\n") == 2 and f",{label}," in csv_text
 
 
+def test_a_link_re_pointed_many_times_keeps_a_bounded_number_of_stores_open(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run folder the served link led to kept its store (its database's connections) open until the server
+    stopped: a link re-pointed at each new run grew them without bound. The least recently used past
+    MAX_STORES are closed, and one led to again is opened again, with its labels."""
+    runs = [make_run(tmp_path / "runs" / str(k), n=2) for k in range(server_app.MAX_STORES + 2)]
+    closed: list[Store] = []
+    close = Store.close
+    monkeypatch.setattr(Store, "close", lambda self: (closed.append(self), close(self))[-1])
+    latest = tmp_path / "latest"
+    latest.symlink_to(runs[0])
+    with open_client(latest) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        first = items(c)
+        assert c.post(f"/api/items/{first['items'][0]['id']}/label", json={"label": "anomalous"},
+                      headers={"X-Run-Version": first["run_version"]}).status_code == 200
+        for run_dir in runs[1:]:
+            repoint(latest, run_dir)
+            assert items(c)["n_items"] == 2
+        stores = c.app.state.stores  # type: ignore[attr-defined]
+        assert len(stores) == server_app.MAX_STORES and list(stores)[-1] == runs[-1].resolve()
+        assert len(closed) == len(runs) - server_app.MAX_STORES and not set(map(id, closed)) & set(map(id, stores.values()))
+        repoint(latest, runs[0])  # back to a closed one: opened again, its label there
+        assert items(c)["n_labelled"] == 1
+        assert len(stores) == server_app.MAX_STORES
+
+
 def repoint(link: Path, target: Path) -> None:
     """`ln -sfn TARGET LINK`: a new link renamed over the old one."""
     tmp = link.with_name(link.name + ".new")

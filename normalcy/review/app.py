@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -71,6 +72,7 @@ STATUS: dict[type[Exception], int] = {NotFound: 404, Forbidden: 403, Conflict: 4
                                       DatabaseGone: 503}
 # How SQLite ("attempt to write a readonly database") and PostgreSQL ("... in a read-only transaction") say so.
 READ_ONLY = ("readonly", "read-only")
+MAX_STORES = 4  # run folders' stores kept open (see create_app's open_store)
 PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
 
 
@@ -187,11 +189,19 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         store.close()
         raise
 
-    stores = {run_dir: store}  # each run folder's store, by real path: a link re-pointed back finds its own
+    # each run folder's store, by real path, the most recently used last: a link re-pointed back finds its own
+    stores: OrderedDict[Path, Store] = OrderedDict({run_dir: store})
 
     def open_store(target: Path) -> Store:
+        """The store of the run folder the link leads to now; the least recently used ones past MAX_STORES are
+        closed (a link re-pointed at each night's run kept every night's database open, without bound); one
+        needed again is opened again."""
         if target not in stores:
             stores[target] = Store.for_run(target, database)
+        stores.move_to_end(target)
+        for old in list(stores)[:-MAX_STORES]:
+            if stores[old] is not current_review.review.store:  # the run served until this switch
+                stores.pop(old).close()
         return stores[target]
 
     @asynccontextmanager
@@ -202,6 +212,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
 
     app = FastAPI(title="normalcy review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.review = review  # the run as read at start (for whoever starts the server)
+    app.state.stores = stores
     current_review = Current(review, served, open_store)
     app.state.current = current_review
     app.add_middleware(Guard, token=token, names=host_names(host))
