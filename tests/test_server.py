@@ -422,7 +422,8 @@ def test_a_served_link_re_pointed_to_another_run_is_followed_each_run_keeping_it
         repoint(latest, old)  # back: the old run with its own label
         again = items(c)
         assert again["n_items"] == 12 and again["n_labelled"] == 1
-        assert c.get(f"/api/items/{top['id']}").json()["label"] == "anomalous"
+        assert c.get(f"/api/items/{top['id']}", headers={"X-Run-Version": again["run_version"]}).json()["label"] == \
+            "anomalous"
     for run_dir, label in ((old, "anomalous"), (new, "normal")):  # each label in its own run's database
         with open_client(run_dir) as c:
             csv_text = c.app.state.review.store.export_csv()  # type: ignore[attr-defined]
@@ -454,6 +455,38 @@ def test_a_link_re_pointed_many_times_keeps_a_bounded_number_of_stores_open(tmp_
         repoint(latest, runs[0])  # back to a closed one: opened again, its label there
         assert items(c)["n_labelled"] == 1
         assert len(stores) == server_app.MAX_STORES
+
+
+def test_a_client_without_the_run_version_after_the_link_is_re_pointed_gets_a_409_not_another_runs_item(
+        tmp_path: Path) -> None:
+    """An API client that sends no X-Run-Version: after `ln -sfn runs/NEW latest` its label on an id it listed went
+    to the new run's item of that id (another image, in another database), and the item, its picture and overlay
+    by id were the new run's. Once the link has led to another run folder, such a request is a 409 saying what
+    to send; with the run named (the header, or the image_url's run) it is served as before."""
+    old, new = make_run(tmp_path / "runs" / "a", n=3), make_run(tmp_path / "runs" / "b", n=3)
+    latest = tmp_path / "latest"
+    latest.symlink_to(old)
+    with open_client(latest) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        listed = items(c)
+        top = listed["items"][0]["id"]
+        assert c.get(f"/api/items/{top}").status_code == 200  # unchanged while the link stays
+        assert c.post(f"/api/items/{top}/label", json={"label": "normal"}).status_code == 200
+        repoint(latest, new)
+        now = items(c)
+        for r in (c.post(f"/api/items/{top}/label", json={"label": "anomalous"}), c.get(f"/api/items/{top}"),
+                  c.get(f"/api/items/{top}/image"), c.get(f"/api/items/{top}/overlay"),
+                  c.get(f"/api/items/{top}", headers={"X-Run-Version": listed["run_version"]})):
+            assert r.status_code == 409, r.text
+            assert "list the items again" in r.json()["detail"] or "X-Run-Version" in r.json()["detail"]
+        assert items(c)["n_labelled"] == 0
+        shown = now["items"][0]
+        assert c.get(shown["image_url"]).status_code == 200
+        version = {"X-Run-Version": now["run_version"]}
+        assert c.get(f"/api/items/{shown['id']}", headers=version).json()["name"] == shown["name"]
+        assert c.post(f"/api/items/{shown['id']}/label", json={"label": "anomalous"}, headers=version).status_code == 200
+        repoint(latest, old)
+        assert items(c)["n_labelled"] == 1
 
 
 def repoint(link: Path, target: Path) -> None:

@@ -268,9 +268,23 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
             raise HTTPException(404, f"item {item_id} is a table row ({review.keys[k]}): it has no image")
         return item
 
+    def named(review: Review, request: Request, run: str | None) -> None:
+        """An item asked for by id with the X-Run-Version of another run, or once the served link has led to another
+        run folder, without saying of which run (X-Run-Version, or the ``run`` of its URL): the ids are each folder's
+        database's, and a client that listed the run before got (and labelled) the new run's item of that id."""
+        seen = request.headers.get("x-run-version")
+        if seen and seen != review.version:
+            raise HTTPException(409, "the run folder holds another run since this client listed its items (another "
+                                     "predict into it, or its link re-pointed?): list the items again")
+        if current_review.moved and run is None and not seen:
+            raise HTTPException(409, "the served link has led to another run folder since the server started, so an "
+                                     "item id may name another run's item: send the X-Run-Version header (the "
+                                     "run_version of /api/items) or the run of the item's image_url; nothing was done")
+
     @app.get("/api/items/{item_id}")
-    def get_item(item_id: int) -> dict[str, Any]:
+    def get_item(item_id: int, request: Request) -> dict[str, Any]:
         review = current_review.get()
+        named(review, request, None)
         k, item = current(review, item_id)
         return review.item_json(k, item.label, item.interest)
 
@@ -282,9 +296,10 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
                                      "reload the page")
 
     @app.get("/api/items/{item_id}/image")
-    def item_image(item_id: int, run: Optional[str] = None) -> Response:
+    def item_image(item_id: int, request: Request, run: Optional[str] = None) -> Response:
         review = current_review.get()
         listed_on(review, run)
+        named(review, request, run)
         item = picture(review, item_id)  # the path comes from the database, never from the request
         if review.is_series:  # an event's picture, in the run folder
             if not item.overlay:  # past the pictures predict draws: a card that says so, not a broken image
@@ -294,9 +309,10 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         return _image_response(review.allowed_file(item.path))
 
     @app.get("/api/items/{item_id}/overlay")
-    def item_overlay(item_id: int, run: Optional[str] = None) -> Response:
+    def item_overlay(item_id: int, request: Request, run: Optional[str] = None) -> Response:
         review = current_review.get()
         listed_on(review, run)
+        named(review, request, run)
         item = picture(review, item_id)
         if not item.overlay or review.is_series:
             raise HTTPException(404, f"item {item_id} has no overlay")
@@ -310,6 +326,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
             raise HTTPException(409, "the run folder holds another run since this page listed its items (another "
                                      "predict into it, or its link re-pointed?): the label was not saved; label "
                                      "again on the new run's list")
+        named(review, request, None)
         k = review.position(item_id)
         if k is None:
             raise HTTPException(404, f"no item {item_id} in this run")

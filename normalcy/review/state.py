@@ -449,6 +449,7 @@ class Current:
         self._lock = threading.Lock()
         self._failed: tuple[tuple[Path, tuple[int, int, int, int] | None], Unavailable] | None = None
         self._missing = False  # the folder stayed missing through a wait: not waited for again while it is
+        self.moved = False  # the link led to another run folder since the start: item ids may be another run's
 
     def target(self) -> Path:
         """The run folder ``served`` leads to now (links followed): some lstat calls, so every request may ask."""
@@ -491,6 +492,7 @@ class Current:
                     logger.warning("review: %s", why)
                     raise self._failed[1] from None
                 self._failed = None
+                self.moved = self.moved or new.run_dir != review.run_dir
                 self.review = new
                 logger.warning("review: %s holds another run since it was read (another predict into it, or the link "
                                "re-pointed?): the review now shows its %d item(s); labels are kept, each in its run's "
