@@ -449,6 +449,24 @@ def test_a_run_report_names_scores_csv_for_the_rows_it_leaves_out(tmp_path: Path
     assert len(list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))) == 4
 
 
+def test_a_report_card_of_a_large_image_draws_its_map_at_the_cards_size(tmp_path: Path) -> None:
+    """predict --no-heatmaps --report drew each top candidate's map at the photo's size (48 MB and 0.1 s for a
+    4000x3000 one), only to shrink it to the 512-pixel card: the map is drawn at the card's size from its grid."""
+    from normalcy.images.features import LazyMap
+    from normalcy.runs.format import RunWriter
+    from normalcy.runs.report import _gallery_map
+
+    grid = np.random.default_rng(0).random((12, 16)).astype(np.float32)
+    lazy = LazyMap(grid, (600, 800))
+    writer = RunWriter(tmp_path / "run", 0.5, (0.0, 1.0), heatmaps=False, overlays=False, top=1)
+    writer.add(tmp_path / "big.png", _image(600, 800), 0.9, lazy)
+    card = writer._best[0][2]
+    assert "full" not in vars(lazy) and card.amap.shape == card.image.shape[:2] == (384, 512)
+    full = _gallery_map(LazyMap(grid, (600, 800)).full, (384, 512))  # as before: within a colour level (1/255)
+    np.testing.assert_allclose(card.amap, full, atol=1 / 255)
+    writer.abort()
+
+
 def test_a_series_report_says_where_the_files_it_does_not_list_are(tmp_path: Path) -> None:
     """A series report lists 200 of the files and series it could not score: with more, it said "Not scored
     (250)" above 200 names and nothing of the other 50. It now says how many more skipped.csv holds."""

@@ -617,6 +617,10 @@ class LazyMap:
         """HxW float32 at the image's size."""
         return upsample_map(self.grid, self.size)
 
+    def at(self, size: tuple[int, int]) -> np.ndarray:
+        """The map drawn at another size (H, W) from the grid: a report card's, without the full-size one."""
+        return upsample_map(self.grid, size)
+
 
 # The original pixels a batch may hold for its overlays (``keep_images``, as predict reads them): about 400 MB of
 # RGB. 32 photos of 64 megapixels were read at once and kept for their overlays, about 11 GB.

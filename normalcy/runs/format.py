@@ -506,7 +506,7 @@ class RunWriter:
         key = (-math.inf if math.isnan(score) else score, len(self.rows))
         if self.report and self.top > 0 and (len(self._best) < self.top or key > self._best[0][:2]):
             # Kept at gallery size: the top-N of 1600x800 images would otherwise hold 9 MB each.
-            item = gallery_image(str(path), score, anomalous, image, None if amap is None else full())
+            item = gallery_image(str(path), score, anomalous, image, amap)  # a LazyMap drawn at the card's size
             push = heapq.heappush if len(self._best) < self.top else heapq.heappushpop
             push(self._best, (*key, item))
         self._ids.append(str(Path(path).resolve()))
