@@ -239,11 +239,13 @@ def test_events_rank_by_peak_over_their_series_threshold(tmp_path: Path) -> None
         read_series_items(tmp_path)
 
 
-def test_an_event_past_the_pictures_predict_draws_shows_a_picture_saying_so(run: Path, tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """predict draws the MAX_EVENT_PLOTS events with the highest peaks only: the others were an empty card, their
-    detail view showing the picture of the event seen before (no image_url), and their image a 404. Each now has
-    a picture saying why it has none; the drawn ones keep theirs."""
+def test_an_event_past_the_pictures_predict_draws_is_drawn_from_the_runs_scores(run: Path, tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict draws the MAX_EVENT_PLOTS events with the highest peaks only: the others were an empty card, then a
+    picture saying they have none. serve now draws each from the run's scores (its score around it, over the
+    threshold, as predict draws that panel), kept once drawn; a run whose scores cannot draw it (no
+    scores.parquet) keeps the picture saying why. The drawn ones keep predict's."""
+    from normalcy.review import state
     from normalcy.runs import format as run_format
 
     monkeypatch.setattr(run_format, "MAX_EVENT_PLOTS", 3)
@@ -251,12 +253,18 @@ def test_an_event_past_the_pictures_predict_draws_shows_a_picture_saying_so(run:
     api.predict(run.parent / "model", [run.parent / "test.csv"], out)
     events = read_events(out)
     assert sum(e.plot is not None for e in events) == 3 and len(events) > 3
+    drawn = {Path(e.plot).read_bytes() for e in events if e.plot}
+    calls = []
+    read = state.series_scores
+    monkeypatch.setattr(state, "series_scores", lambda run_dir: (calls.append(run_dir), read(run_dir))[-1])
     with TestClient(create_app(out, TOKEN)) as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"
         items = c.get("/api/items", params={"limit": 100}).json()["items"]
         assert len(items) == len(events) and all(i["image_url"] for i in items)
         bodies = [c.get(i["image_url"]) for i in items]
+        assert [c.get(i["image_url"]).content for i in items] == [r.content for r in bodies]  # kept, the same
     assert all(r.status_code == 200 and r.headers["content-type"] == "image/png" for r in bodies)
-    drawn = {Path(e.plot).read_bytes() for e in events if e.plot}
-    assert sum(r.content in drawn for r in bodies) == 3
-    assert len({r.content for r in bodies if r.content not in drawn}) == 1  # the one picture saying why
+    assert sum(r.content in drawn for r in bodies) == 3 and len(calls) == 1  # the scores read once
+    assert len({r.content for r in bodies if r.content not in drawn}) == len(events) - 3  # one picture each
+    (out / "scores.parquet").unlink()  # the app answers None with the picture saying why
+    assert run_format.series_scores(out) is None and run_format.score_picture(None, events[-1], PERIOD) is None

@@ -4,7 +4,8 @@ Every request first passes the Guard (guard.py): Host header, token, body size.
 Image paths come from the database, never from a URL, and Review.allowed_file checks them; a table
 run's rows have no image (404) and carry their feature values in the item JSON instead; a series run's
 events have their picture (drawn by predict in the run folder) as their image, and no overlay; an event past
-the pictures predict draws (MAX_EVENT_PLOTS) gets a picture saying so.
+the pictures predict draws (MAX_EVENT_PLOTS) gets one drawn here from the run's scores (Review.drawn_event), or,
+where they cannot draw it, a picture saying why it has none.
 """
 
 from __future__ import annotations
@@ -147,9 +148,9 @@ def _image_response(path: Path) -> Response:
 
 @lru_cache(maxsize=1)
 def _no_picture_png() -> bytes:
-    """The picture of an event predict drew none of: it draws the MAX_EVENT_PLOTS events with the highest peaks
-    (over their threshold) only, and the review showed the others as an empty card, their detail view with the
-    picture of the event seen before."""
+    """The picture of an event predict drew none of and the run's scores cannot draw (Review.drawn_event):
+    predict draws the MAX_EVENT_PLOTS events with the highest peaks (over their threshold) only, and the review
+    showed the others as an empty card, their detail view with the picture of the event seen before."""
     import cv2
 
     from normalcy.runs.plots import note_png
@@ -302,8 +303,9 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         named(review, request, run)
         item = picture(review, item_id)  # the path comes from the database, never from the request
         if review.is_series:  # an event's picture, in the run folder
-            if not item.overlay:  # past the pictures predict draws: a card that says so, not a broken image
-                return Response(_no_picture_png(), media_type="image/png",
+            if not item.overlay:  # past the pictures predict draws: drawn from the run's scores, else a card saying so
+                drawn = review.drawn_event(review.position(item_id))  # type: ignore[arg-type]  (picture() found it)
+                return Response(drawn or _no_picture_png(), media_type="image/png",
                                 headers={"Cache-Control": "private, no-cache"})
             return _image_response(review.event_picture(item.overlay))
         return _image_response(review.allowed_file(item.path))

@@ -3,8 +3,8 @@
 A run's items are images (``predict`` on images, ``score-batch``), table rows (``predict`` on a
 table: run.json says ``"kind": "vectors"``) or a series run's events (``"kind": "series"``); a table
 row has no picture, so the page shows its id, score and the feature values furthest from the run's
-median instead; an event shows the picture predict drew of it (events/*.png; past the ones it draws, a
-picture saying so), its series, times and metrics, and is ranked by its feature vector (normalcy.series.runs.event_features) as images are by
+median instead; an event shows the picture predict drew of it (events/*.png; past the ones it draws, its score
+drawn here from scores.parquet, else a picture saying why it has none), its series, times and metrics, and is ranked by its feature vector (normalcy.series.runs.event_features) as images are by
 their embeddings. Items are kept as numpy columns
 and the ranking as index arrays, so that a page of a 1,000,000-item run is a few array operations,
 never a Python loop over every item.
@@ -19,6 +19,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,12 +48,17 @@ from normalcy.runs.format import (
     read_scores,
     read_series_items,
     read_table_items,
+    score_picture,
+    series_scores,
+    small_png,
 )
 from normalcy.vectors.tables import VECTOR_KIND
 
 __all__ = ["Conflict", "Current", "Forbidden", "NotFound", "Review", "ReviewError", "RunRewritten", "Unavailable"]
 
 logger = logging.getLogger("normalcy")
+
+MAX_DRAWN = 256  # pictures of events predict drew none of, drawn by serve and kept (about 15 kB each)
 
 
 class ReviewError(Exception):
@@ -113,6 +119,12 @@ class Review:
             Path(os.path.abspath(p)) for p in meta.get("inputs", []) if isinstance(p, str)]
         check_not_cut(run_dir, meta)  # a run folder copied in part was served as whole
         self.events: list[SeriesEvent] = []
+        self._drawn: OrderedDict[int, bytes | None] = OrderedDict()  # pictures of events drawn here (drawn_event)
+        self._scores: Any = None  # scores.parquet, read at the first event drawn (series_scores)
+        self._scores_read = False
+        self._draw_lock = threading.Lock()
+        window = meta.get("window")
+        self._window = window if isinstance(window, int) and window > 0 else 0
         self._events_state: tuple[int, int, int, int] | None = None  # events.csv as read (series runs)
         self._scores_state: tuple[int, int, int, int] | None = None  # scores.csv as read (image runs)
         if self.is_table:
@@ -392,11 +404,30 @@ class Review:
     def event_picture(self, raw: str) -> Path:
         """An event's picture, if the run's events are still those read at start: another predict into the folder
         rewrites events/000001.png with another event, which would be shown under this one's name (Conflict)."""
+        self._check_events()
+        return self.allowed_file(raw, self.run_dir)
+
+    def _check_events(self) -> None:
         if file_state(self.run_dir / EVENTS_CSV) != self._events_state:
             raise Conflict(f"{printable(str(self.run_dir / EVENTS_CSV))} was rewritten since the review started "
                            "(another predict into the run folder?): its pictures may be of other events; restart "
                            "normalcy serve to review the new results")
-        return self.allowed_file(raw, self.run_dir)
+
+    def drawn_event(self, k: int) -> bytes | None:
+        """The picture (PNG) of event ``k``, one predict drew none of (past MAX_EVENT_PLOTS): its score around it,
+        from the run's scores.parquet (read once, at the first such event asked for); the last MAX_DRAWN drawn are
+        kept. None where the run's files cannot draw it (score_picture)."""
+        self._check_events()
+        with self._draw_lock:
+            if k not in self._drawn:
+                if not self._scores_read:
+                    self._scores, self._scores_read = series_scores(self.run_dir), True
+                rgb = score_picture(self._scores, self.events[k], self._window)
+                self._drawn[k] = None if rgb is None else small_png(rgb)
+                while len(self._drawn) > MAX_DRAWN:
+                    self._drawn.popitem(last=False)
+            self._drawn.move_to_end(k)
+            return self._drawn[k]
 
     def overlay(self, raw: str) -> Path:
         """An image's overlay, if the run's scores are still those read at start: another predict into the folder

@@ -1104,14 +1104,61 @@ def split_metrics(text: str) -> list[str]:
     return out
 
 
-def _write_small_png(path: Path, rgb: np.ndarray) -> None:
-    """A line drawing as PNG, compressed (level 6: a third of write_png's fast setting, 5 ms)."""
+def small_png(rgb: np.ndarray) -> bytes:
+    """A line drawing as PNG bytes, compressed (level 6: a third of write_png's fast setting, 5 ms)."""
     import cv2
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 6])
     if not ok:
-        raise ValueError(f"{path}: could not encode the PNG")
-    path.write_bytes(buf.tobytes())
+        raise ValueError("could not encode the PNG")
+    return buf.tobytes()
+
+
+def _write_small_png(path: Path, rgb: np.ndarray) -> None:
+    path.write_bytes(small_png(rgb))
+
+
+def series_scores(run_dir: Path) -> Any:
+    """A series run's scores.parquet as a pyarrow table of ``id`` (the times as written), ``series`` (absent for a
+    run of one series) and ``score``, rows in the run's order (strings kept in Arrow's buffers: a few bytes a row);
+    None where it cannot be read (a run written without one). For events predict drew no picture of."""
+    import pyarrow.parquet as pq
+
+    try:
+        key = read_run_json(Path(run_dir)).get("time_column")
+        with open(Path(run_dir) / SCORES_PARQUET, "rb") as fh:  # a file: pyarrow takes no path that is not UTF-8
+            table = pq.read_table(fh)
+        columns = [c for c in ("series", "score") if c in table.column_names]
+        return table.select([key, *columns]).rename_columns(["id", *columns])
+    except Exception as err:  # noqa: BLE001  (no picture then: the caller's placeholder says so)
+        logger.warning("%s: cannot read the scores to draw events (%s)", Path(run_dir) / SCORES_PARQUET, err)
+        return None
+
+
+def score_picture(scores: Any, event: SeriesEvent, window: int) -> np.ndarray | None:
+    """The picture of an event predict drew none of (past MAX_EVENT_PLOTS), from the run's scores
+    (:func:`series_scores`): its score around it over the threshold, the event shaded, as predict draws it; the
+    metrics' values are not in the run. None where the scores cannot tell the event's rows (none read, its series
+    not found, its start and end not ``rows`` apart: a file not in time order, or repeated times)."""
+    import pyarrow.compute as pc
+
+    from normalcy.runs.plots import event_png
+
+    if scores is None or event.threshold is None:
+        return None
+    if "series" in scores.column_names:
+        scores = scores.filter(pc.equal(scores["series"], event.series))
+    ids = scores["id"]
+    starts = pc.indices_nonzero(pc.equal(ids, event.start)).to_numpy()
+    ends = pc.indices_nonzero(pc.equal(ids, event.end)).to_numpy()
+    if len(starts) != 1 or len(ends) != 1 or ends[0] - starts[0] + 1 != event.rows:
+        return None
+    first, last = int(starts[0]), int(ends[0])
+    pad = max(window, int(EVENT_CONTEXT * event.rows), 10)
+    a, b = max(0, first - pad), min(len(ids) - 1, last + pad)
+    score = scores["score"].slice(a, b - a + 1).to_numpy().astype(np.float64)
+    return event_png(np.zeros((b - a + 1, 0)), [], score, event.threshold, (first - a, last - a),
+                     note=["Drawn by serve from the run's scores:", "the metrics' values are not in the run."])
 
 
 def _event_picture(p: SeriesRunPart, e: Any) -> np.ndarray:

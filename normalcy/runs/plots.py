@@ -11,7 +11,7 @@ import math
 import re
 import sys
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -273,10 +273,11 @@ def _rgb(color: str) -> tuple[int, int, int]:
 
 
 def event_png(values: np.ndarray, names: list[str], score: np.ndarray, threshold: float, span: tuple[int, int],
-              size: tuple[int, int] = (400, 180)) -> np.ndarray:
+              size: tuple[int, int] = (400, 180), note: Sequence[str] = ()) -> np.ndarray:
     """A small picture of the rows around an event (RGB, for the review's cards): the drawn metrics, each
     scaled to its own range in the window, over the score and the threshold; the event shaded. Drawn with
-    OpenCV in about a millisecond, so a run with thousands of events gets a picture for each."""
+    OpenCV in about a millisecond, so a run with thousands of events gets a picture for each. ``note``: lines
+    written in the metrics' panel (where there are none to draw)."""
     import cv2
 
     width, height = size
@@ -305,6 +306,9 @@ def event_png(values: np.ndarray, names: list[str], score: np.ndarray, threshold
         text = "".join(c if 32 <= ord(c) < 127 else "?" for c in short_name(names[j], 16).replace("…", "~"))
         cv2.putText(img, text, (pad + 2, pad + 12 + 14 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
                     _rgb(SERIES_COLORS[j % len(SERIES_COLORS)]), 1, cv2.LINE_AA)
+    for j, text in enumerate(note):
+        cv2.putText(img, text, (pad + 2, pad + 16 + 16 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1,
+                    cv2.LINE_AA)
     hi = max(float(score.max()) if n else 0.0, threshold) * 1.05
     line(score, 0.0, hi, panels[1], SCORE_COLOR, 2)
     ty = int(panels[1][1] - (threshold / hi if hi > 0 else 0) * (panels[1][1] - panels[1][0]))
