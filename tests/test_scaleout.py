@@ -14,11 +14,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from test_cli import _gaussian_model, make_dataset, normalcy, normalcy_process  # noqa: E402
+from test_cli import make_dataset, normalcy, normalcy_process  # noqa: E402
 from test_tables import _rows, _write  # noqa: E402
 
 from normalcy.api import predict  # noqa: E402
 from normalcy.detectors import create  # noqa: E402
+from normalcy.detectors.base import Result  # noqa: E402
 from normalcy.images.features import FeatureExtractor  # noqa: E402
 from normalcy.scale.distributed import RESULTS, predict_ray  # noqa: E402
 from normalcy.vectors.tables import (  # noqa: E402
@@ -32,11 +33,26 @@ from normalcy.vectors.tables import (  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
+    """A local Ray of 2 CPUs, left running afterwards (as `--ray local` leaves its own) for later modules'
+    `--ray local` to use: starting one costs seconds."""
     if ray.is_initialized():  # a CLI test's `--ray local` before this module leaves its Ray running
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def image_run(local_ray, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Result, Path]:
+    """One gaussian image model (64 px) run on Ray over a test folder holding a broken image: the data set, the
+    model folder, its one-process scores and the run folder, for the tests that only read them (a fit and a Ray
+    run cost seconds each)."""
+    tmp = tmp_path_factory.mktemp("image_run")
+    root = make_dataset(tmp / "data")
+    (root / "test" / "good" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    det = create("gaussian", FeatureExtractor(image_size=64)).fit(sorted((root / "train" / "good").glob("*.png")))
+    det.save(tmp / "m")
+    expected = det.score(sorted((root / "test").rglob("*.png")), progress=False)
+    predict_ray(tmp / "m", [root / "test"], tmp / "out", "local")
+    return root, tmp / "m", expected, tmp / "out"
 
 
 def test_tables_on_ray_equal_one_process(tmp_path: Path) -> None:
@@ -59,38 +75,28 @@ def test_tables_on_ray_equal_one_process(tmp_path: Path) -> None:
     assert run["n_scored"] == len(X) - 1 and run["n_skipped"] == 1
 
 
-def test_images_on_ray_equal_one_process(tmp_path: Path) -> None:
-    root = make_dataset(tmp_path / "data")
-    (root / "test" / "good" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    det = create("gaussian", FeatureExtractor(image_size=64)).fit(sorted((root / "train" / "good").glob("*.png")))
-    det.save(tmp_path / "m")
+def test_images_on_ray_equal_one_process(image_run: tuple[Path, Path, Result, Path]) -> None:
+    root, _, expected, out = image_run
     paths = sorted((root / "test").rglob("*.png"))
-    expected = det.score(paths, progress=False)
-
-    predict_ray(tmp_path / "m", [root / "test"], tmp_path / "out", "local")
-    got = pq.read_table(tmp_path / "out" / RESULTS).to_pydict()
+    got = pq.read_table(out / RESULTS).to_pydict()
     score_of = dict(zip(got["path"], got["score"]))
     assert len(got["path"]) == len(paths) - 1
     assert [score_of[str(p)] for p in expected.paths] == expected.scores.tolist()
     assert set(got["decision"]) <= {0, 1}
-    with open(tmp_path / "out" / "skipped.csv", newline="") as fh:
+    with open(out / "skipped.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["path"] == str(root / "test" / "good" / "broken.png") and row["reason"]
 
 
-def test_a_ray_run_is_served(tmp_path: Path) -> None:
+def test_a_ray_run_is_served(image_run: tuple[Path, Path, Result, Path]) -> None:
     """A run made on Ray is a run like any other: the review lists its items with their scores and decisions."""
     from fastapi.testclient import TestClient
 
     from normalcy.review.server import create_app
 
-    root = make_dataset(tmp_path / "data")
-    det = create("gaussian", FeatureExtractor(image_size=64)).fit(sorted((root / "train" / "good").glob("*.png")))
-    det.save(tmp_path / "m")
-    predict_ray(tmp_path / "m", [root / "test"], tmp_path / "out", "local")
-    expected = det.score(sorted((root / "test").rglob("*.png")), progress=False)
+    _, _, expected, out = image_run
     token = "ray-run-token-" + "r" * 20
-    with TestClient(create_app(tmp_path / "out", token, strategy="none")) as c:
+    with TestClient(create_app(out, token, strategy="none")) as c:
         c.headers["Authorization"] = f"Bearer {token}"
         data = c.get("/api/items", params={"limit": 100}).json()
     got = {it["name"]: (it["score"], it["decision"]) for it in data["items"]}
@@ -147,10 +153,11 @@ def test_a_second_ray_run_replaces_the_first_and_leaves_no_model_copies(tmp_path
     assert set(Path(tempfile.gettempdir()).glob("normalcy-model-*")) <= copies
 
 
-def test_ray_refuses_bad_input_in_one_line_before_it_starts(tmp_path: Path) -> None:
+def test_ray_refuses_bad_input_in_one_line_before_it_starts(image_run: tuple[Path, Path, Result, Path],
+                                                           tmp_path: Path) -> None:
     """A missing input or model folder, a bad model and an address where no Ray answers are each one line
     and exit code 1, within seconds: nothing reaches Ray (no worker tracebacks, no 300 s wait)."""
-    model, ds = _gaussian_model(tmp_path)
+    ds, model, _, _ = image_run
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "model.json").write_text("{")
     images = str(ds / "test")
