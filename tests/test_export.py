@@ -20,7 +20,7 @@ from test_cli import normalcy  # noqa: E402
 
 from normalcy.cli import app  # noqa: E402
 from normalcy.detectors import DETECTORS, MuSc, create, load
-from normalcy.detectors.base import Result  # noqa: E402
+from normalcy.detectors.base import Detector, Result  # noqa: E402
 from normalcy.errors import InputError, NotFittedError
 from normalcy.images.features import FeatureExtractor  # noqa: E402
 from normalcy.images.io import list_files
@@ -44,6 +44,14 @@ FAST = {"simplenet": dict(steps=20, time_budget=None, batch_patches=256, hidden=
 def dataset(synthetic_root: Path) -> Path:
     """conftest's tiny data set: train/good, then test/defect (bright squares) and test/good."""
     return synthetic_root
+
+
+@pytest.fixture(scope="module")
+def gaussian(dataset: Path) -> Detector:
+    """The fp32 gaussian model (96 px, pooled levels up to s16) that several tests export or save, fitted once
+    (a fit costs seconds); the tests only read it."""
+    ext = FeatureExtractor(image_size=96, precision="fp32", pooled_levels=("s8", "s16"))
+    return create("gaussian", ext).fit(list_files(dataset / "train" / "good"), progress=False)
 
 
 def defects(result: Result) -> np.ndarray:
@@ -76,14 +84,17 @@ def test_every_detector_is_exportable_or_says_why() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTABLE))
-def test_fp32_parity(name: str, dataset: Path, tmp_path: Path) -> None:
+def test_fp32_parity(name: str, dataset: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The graph runs the detector's own scoring module: its scores within RTOL of PyTorch's fp32 path, the same
     decisions, the same maps, whatever the batch size."""
     train, test = list_files(dataset / "train" / "good"), list_files(dataset / "test")
-    # Pooled levels up to s16 (the default adds s32): the backbone stops earlier and the export traces faster.
-    ext = FeatureExtractor(image_size=96, precision="fp32", pooled_levels=("s8", "s16"))
-    torch.manual_seed(0)
-    det = create(name, ext, **FAST.get(name, {})).fit(train, progress=False)
+    if name == "gaussian":  # the module's, fitted as below
+        det = request.getfixturevalue("gaussian")
+    else:
+        # Pooled levels up to s16 (the default adds s32): the backbone stops earlier and the export traces faster.
+        ext = FeatureExtractor(image_size=96, precision="fp32", pooled_levels=("s8", "s16"))
+        torch.manual_seed(0)
+        det = create(name, ext, **FAST.get(name, {})).fit(train, progress=False)
     scorer = OnnxScorer(export_onnx(det, tmp_path / f"{name}.onnx"))
     assert scorer.meta["threshold"] == det.threshold_ and scorer.size == (96, 96)
     assert scorer.meta["detector"] == name and scorer.meta["resize"] == "cv2.INTER_AREA"
@@ -176,14 +187,12 @@ def test_export_refuses_series_models_and_a_folder_as_output(tmp_path: Path) -> 
         export(tmp_path / "no_model_needed_yet", tmp_path)
 
 
-def test_int8_quantises_the_backbone(dataset: Path, tmp_path: Path) -> None:
+def test_int8_quantises_the_backbone(gaussian: Detector, dataset: Path, tmp_path: Path) -> None:
     """int8: every backbone convolution reads int8 weights and activations (the search for the backbone's nodes
     once found none, and the int8 model was silently the fp32 one); the arithmetic after it stays float."""
     import onnx
 
-    train, test = list_files(dataset / "train" / "good"), list_files(dataset / "test")
-    ext = FeatureExtractor(image_size=96, precision="fp32", pooled_levels=("s8", "s16"))
-    det = create("gaussian", ext).fit(train, progress=False)
+    det, train, test = gaussian, list_files(dataset / "train" / "good"), list_files(dataset / "test")
     graph = onnx.load(str(export_onnx(det, tmp_path / "g8.onnx", "int8", calibration_paths=train[:8]))).graph
     made_by = {out: n for n in graph.node for out in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
@@ -595,7 +604,7 @@ def test_a_bf16_model_exports_the_threshold_of_its_fp32_scores(dataset: Path, tm
     assert old_meta["threshold"] == det.threshold_ and "fit the model again" in old_meta["threshold_note"]
 
 
-def test_export_output_is_checked_first_and_replaced_whole(dataset: Path, tmp_path: Path,
+def test_export_output_is_checked_first_and_replaced_whole(gaussian: Detector, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """-o model/model.json replaced the model's own file with a graph in ONNX's JSON form, which nothing loads; a
     folder that cannot be written was a traceback after the whole export; an export that failed midway left the
@@ -603,8 +612,7 @@ def test_export_output_is_checked_first_and_replaced_whole(dataset: Path, tmp_pa
     from normalcy.api import export
     from normalcy.scale import export as ex
 
-    det = create("gaussian", FeatureExtractor(image_size=96, precision="fp32", pooled_levels=("s8", "s16")))
-    det.fit(list_files(dataset / "train" / "good"), progress=False).save(tmp_path / "model")
+    gaussian.save(tmp_path / "model")
     before = (tmp_path / "model" / "model.json").read_bytes()
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "old.onnx").write_bytes(b"an earlier export")
