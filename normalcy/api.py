@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import logging
 import math
@@ -176,11 +177,7 @@ class ExtractorOptions:
         sample's own median size, which the tiles then cover)."""
         spec: str | BackboneSpec = self.backbone or default_backbone(detector)
         if self.backbone_config is not None:
-            try:
-                cfg = json.loads(Path(self.backbone_config).read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise InputError(f"{self.backbone_config}: cannot read backbone config ({err})") from None
-            spec = custom_backbone(**cfg)
+            spec = backbone_from_config(Path(self.backbone_config))
         size: Any = self.image_size
         if self.auto_size:
             size = native_size(list(sample)) if self.tile else size_for(list(sample))
@@ -190,6 +187,27 @@ class ExtractorOptions:
         return FeatureExtractor(backbone=spec, image_size=size, pool_grid=self.pool_grid, precision=self.precision,
                                 tile=self.tile, overlap=self.overlap,
                                 input_norm=self.input_norms[0])  # auto: the own one until chosen
+
+
+def backbone_from_config(path: Path) -> BackboneSpec:
+    """``--backbone-config``: custom_backbone()'s arguments from a JSON file. A key misspelt, one missing or
+    a value of the wrong type came out as a Python traceback; each is now one line naming the file."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read backbone config ({err})") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path}: expected a JSON object of custom_backbone() arguments, got {type(cfg).__name__}")
+    params = inspect.signature(custom_backbone).parameters
+    unknown = sorted(set(cfg) - set(params))
+    missing = [name for name, p in params.items() if p.default is p.empty and name not in cfg]
+    if unknown or missing:
+        said = [f"unknown key(s) {unknown}"] * bool(unknown) + [f"missing key(s) {missing}"] * bool(missing)
+        raise InputError(f"{path}: {'; '.join(said)}; custom_backbone() takes {list(params)}")
+    try:  # builds nothing yet (the network is made at first use), so these errors are the arguments' own
+        return custom_backbone(**cfg)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise InputError(f"{path}: a custom_backbone() argument has the wrong type ({err})") from None
 
 
 @dataclass(frozen=True)
