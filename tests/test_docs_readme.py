@@ -153,3 +153,12 @@ def test_backbone_config_as_documented_builds(tmp_path: Path, monkeypatch: pytes
     monkeypatch.chdir(tmp_path)
     spec = ExtractorOptions(backbone_config=write_config(tmp_path, GOOD), image_size="64").extractor().spec
     assert spec.name.startswith("custom:") and spec.levels == {"s8": "0"}
+
+
+def test_backbone_config_keys_the_readme_shows_are_custom_backbones() -> None:
+    import inspect
+
+    from normalcy.images.backbones import custom_backbone
+
+    (shown,) = re.findall(r"`(\{\"module\".*?\})`", README, flags=re.S)
+    assert set(re.findall(r'"(\w+)":', shown)) <= set(inspect.signature(custom_backbone).parameters)
