@@ -61,6 +61,19 @@ def test_every_option_the_readme_names_exists() -> None:
     assert sorted(named - known) == [], "README.md names options no command has"
 
 
+def test_every_option_is_in_the_readme() -> None:
+    """The other way round: no option of a command goes undocumented (a flag's negation, `--no-x` beside
+    `--x`, and `--output`, shown as `-o`, count as named)."""
+    missing = []
+    for name, cmd in commands().items():
+        for p in cmd.params:
+            if (p.opts and p.opts[0] == "--output") or not any(o.startswith("--") for o in p.opts):
+                continue
+            if not any(re.search(rf"{o}(?![\w-])", README) for o in (*p.opts, *p.secondary_opts)):
+                missing.append(f"normalcy {name} {p.opts[0]}")
+    assert missing == []
+
+
 def test_options_shown_with_a_command_belong_to_it() -> None:
     cmds = commands()
     wrong = []
@@ -93,10 +106,13 @@ def default(command: str, option: str) -> object:
     ("serve", "--strategy", "neighbour", "`neighbour` (default)"),
     ("serve", "--host", "127.0.0.1", "The server listens on 127.0.0.1"),
     ("serve", "--port", 8765, "http://127.0.0.1:8765/"),
+    ("demo", "--n-train", 300, "normalcy demo --n-train 300 --n-test 200"),
+    ("demo", "--n-test", 200, "normalcy demo --n-train 300 --n-test 200"),
+    ("demo", "--output", "normalcy-demo", "write normalcy-demo/report.html"),
 ])
 def test_quoted_defaults_are_the_commands_own(command: str, option: str, value: object, phrase: str) -> None:
     assert phrase in README
-    assert default(command, option) == value
+    assert str(default(command, option)) == str(value)
 
 
 def test_documented_defaults_in_help_text_match_the_readme() -> None:
