@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from normalcy.detectors import DETECTORS, create
 from normalcy.errors import InputError
 from normalcy.evaluation.evaluate import run_eval, write_eval_report
+from normalcy.evaluation.validation import check_detector
 from normalcy.images.io import load_dataset
 from normalcy.progress import console
 
@@ -66,8 +66,7 @@ def build_elpv_dataset(target: Path, cell_type: str = "mono", n_train: int = 300
 def run_demo(output: Path, detector: str = "gaussian", n_train: int = 300, n_test: int = 200,
              cell_type: str = "mono") -> tuple[dict[str, Any], Path]:
     """Fit, score and report on solar cells. Returns (metrics, path of report.html)."""
-    if detector != "auto" and detector not in DETECTORS:
-        create(detector)  # its InputError (unknown, or musc's zero-shot), before the cells are laid out
+    check_detector(detector)  # an unknown name, or musc's zero-shot, before the cells are laid out
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = build_elpv_dataset(Path(tmp) / f"elpv_{cell_type}", cell_type, n_train, n_test)

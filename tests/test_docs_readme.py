@@ -178,3 +178,14 @@ def test_backbone_config_keys_the_readme_shows_are_custom_backbones() -> None:
 
     (shown,) = re.findall(r"`(\{\"module\".*?\})`", README, flags=re.S)
     assert set(re.findall(r'"(\w+)":', shown)) <= set(inspect.signature(custom_backbone).parameters)
+
+
+@pytest.mark.parametrize("command", ["fit", "demo"])
+def test_unknown_detector_lists_auto(tmp_path: Path, command: str) -> None:
+    """`--detector`'s help (and the README) offer auto for fit, eval and demo; the error for a mistyped name
+    listed every detector but auto."""
+    data = make_synthetic_dataset(tmp_path / "data", n_train=5, n_good=1, n_defect=1)
+    args = ("fit", data / "train" / "good") if command == "fit" else ("demo",)
+    r = run_cli(*args, "-o", tmp_path / "out", "--detector", "atuo")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "unknown detector 'atuo'" in r.stderr and "or auto" in r.stderr

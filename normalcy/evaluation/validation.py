@@ -309,6 +309,17 @@ def fit_auto(paths: Sequence[Path], extractor: FeatureExtractor | None = None, p
     return det
 
 
+def check_detector(name: str) -> None:
+    """An image detector that fit, eval and the demo can fit: one ``create`` knows, or ``auto``. create's own
+    error listed the others alone, so `--detector atuo` was told of every name but the one meant."""
+    from normalcy.detectors import DETECTORS, ZERO_SHOT_MESSAGE, MuSc
+
+    if name == MuSc.name:
+        raise InputError(ZERO_SHOT_MESSAGE)
+    if name != "auto" and name not in DETECTORS:
+        raise InputError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)} or auto")
+
+
 def fit_detector(name: str, paths: Sequence[Path], extractor: FeatureExtractor, *, norms: Sequence[str] = ("own",),
                  auto_norm: bool = False, own_backbones: bool = False, progress: bool = True,
                  tune: Sequence[str] = (), tune_budget: float = TUNE_BUDGET, **kwargs: Any) -> Any:
@@ -318,6 +329,7 @@ def fit_detector(name: str, paths: Sequence[Path], extractor: FeatureExtractor, 
     ``gaussian`` with the other input normalisations (``AUTO_NORM_TRIALS``)."""
     from normalcy.detectors import create
 
+    check_detector(name)
     if tune:
         return fit_tuned(name, paths, extractor, tune, own_backbones=own_backbones, progress=progress,
                          budget=tune_budget, **kwargs)
