@@ -1323,6 +1323,35 @@ def test_load_dataset_warns_when_no_mask_name_matches(tmp_path: Path, caplog) ->
     assert "1 of 3 images in" in caplog.text  # crack/002 alone: still at INFO
 
 
+def test_load_dataset_names_ground_truth_folders_no_test_folder_reads(tmp_path: Path, caplog) -> None:
+    """ground_truth/good and ground_truth/<kind> without test/<kind> (a defect folder renamed) were passed by
+    without a word: their masks are never read. Named now; the masks of the other folders as before."""
+    root = tmp_path / "ds"
+    _make_tree(root)
+    for name in ("good/000_mask.png", "dent/000_mask.png"):
+        (root / "ground_truth" / name).parent.mkdir(parents=True)
+        Image.fromarray(_rgb(8, 8)).save(root / "ground_truth" / name)
+    (root / "ground_truth" / "empty").mkdir()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        ds = load_dataset(root)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"{root / 'ground_truth' / 'dent'}: no test folder {root / 'test' / 'dent'} to pair its masks "
+                      "with: they are not read (a defect folder named otherwise?)",
+                      f"{root / 'ground_truth' / 'good'}: masks of good images are not read: a test/good image is "
+                      "normal in every pixel"]
+    assert sum(s.mask_path is not None for s in ds.test) == 4
+
+
+def test_load_dataset_of_a_folder_of_data_sets_names_them(tmp_path: Path) -> None:
+    """eval of a folder of MVTec AD categories said "training folder not found: DIR/train/good" and no more."""
+    for name in ("bottle", "cable"):
+        _make_tree(tmp_path / name)
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(InputError, match=r"holds 2 data set\(s\) in MVTec AD layout \(bottle, cable\), not one: "
+                       "give each on its own"):
+        load_dataset(tmp_path)
+
+
 def test_load_dataset_missing_root(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="nothere"):
         load_dataset(tmp_path / "nothere")
@@ -1341,8 +1370,11 @@ def test_load_dataset_given_its_training_folder_names_the_root(tmp_path: Path) -
     for inner in ("train/good", "train", "test"):
         with pytest.raises(InputError, match=f"is inside the data set {tmp_path / 'ds'}: give that folder"):
             load_dataset(tmp_path / "ds" / inner)
-    with pytest.raises(InputError, match="expected MVTec AD layout"):
+    with pytest.raises(InputError, match=r"holds 1 data set\(s\) in MVTec AD layout \(ds\)"):
         load_dataset(tmp_path)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(InputError, match="expected MVTec AD layout"):
+        load_dataset(tmp_path / "other")
 
 
 def test_load_dataset_empty_train(tmp_path: Path) -> None:

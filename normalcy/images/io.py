@@ -910,7 +910,32 @@ def _root_hint(folder: Path) -> str | None:
     for up in folder.resolve().parents[:2]:
         if is_dataset(up):
             return f"{folder} is inside the data set {up}: give that folder, the one holding train/ and test/"
+    try:  # a folder of data sets (MVTec AD's 15 categories) was "training folder not found" and nothing more
+        inner = [d for d in _subdirs(folder) if is_dataset(d)]
+    except OSError:
+        inner = []
+    if inner:
+        names = ", ".join(d.name for d in inner[:5]) + (", ..." if len(inner) > 5 else "")
+        return (f"{folder} holds {len(inner)} data set(s) in MVTec AD layout ({names}), not one: give each on its "
+                "own, e.g. in a shell loop")
     return None
+
+
+def _warn_unread_masks(gt_root: Path, test_dir: Path) -> None:
+    """Name the folders of ground_truth/ that no test folder reads: ground_truth/good (a good image is normal
+    everywhere) and ground_truth/<kind> without test/<kind> (a renamed or missing defect folder). Their masks
+    were passed by without a word."""
+    if not gt_root.is_dir():
+        return
+    read = {_child(gt_root, d.name) for d in _subdirs(test_dir) if d.name.lower() != "good"}
+    for d in _subdirs(gt_root):
+        if d in read or not _walk_files(d, recursive=True):
+            continue
+        if d.name.lower() == "good":
+            logger.warning("%s: masks of good images are not read: a test/good image is normal in every pixel", d)
+        else:
+            logger.warning("%s: no test folder %s to pair its masks with: they are not read (a defect folder "
+                           "named otherwise?)", d, test_dir / d.name)
 
 
 def load_dataset(root: str | Path) -> Dataset:
@@ -992,6 +1017,7 @@ def load_dataset(root: str | Path) -> Dataset:
 
     if not test:
         raise InputError(f"test folder has no images in test/<defect> folders: {test_dir}")
+    _warn_unread_masks(gt_root, test_dir)
 
     name = r.resolve().name or str(r)
     return Dataset(root=r, name=name, train=train, test=test)
