@@ -177,6 +177,40 @@ def test_an_empty_mask_of_a_defective_image_is_named(tmp_path: Path, caplog) -> 
     assert f"{samples[1].mask_path}: no defect pixel in the mask of a defective image" in caplog.text
 
 
+def test_an_all_white_mask_of_a_defective_image_is_named(tmp_path: Path, caplog) -> None:
+    """A mask saved inverted (defect dark on white) reads as defect in every pixel: it counted its whole image as
+    defective in the pixel metrics without a word. Named now, one line for all such masks; the masks unchanged."""
+    samples, result = _highres_case(tmp_path, 6)
+    for i in (1, 3):
+        Image.new("L", (1600, 800), 255).save(samples[i].mask_path)
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        masks = masks_for(samples, result)
+    assert masks[1].all() and masks[3].all() and not masks[5].all()
+    assert caplog.text.count("every pixel of the mask") == 1
+    assert f"{samples[1].mask_path}: every pixel of the mask of a defective image is defect" in caplog.text
+    assert "(and 1 more mask(s) likewise: 3_mask.png)" in caplog.text
+
+
+def test_null_pixel_metrics_for_want_of_masks_are_explained(caplog) -> None:
+    """Defective images without any mask (no ground_truth folder) gave null pixel AUROC and AUPRO, said only at
+    INFO per folder; a test set of good images alone said why its image metrics were null, not its pixel ones."""
+    from normalcy.evaluation.evaluate import warn_no_masks, warn_one_class
+
+    labels = np.array([0, 1, 1])
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        warn_no_masks(labels, [np.zeros((4, 4), bool), None, None], Path("ds/test"))
+    assert "ds/test: none of its 2 defective image(s) has a mask that could be read" in caplog.text
+    assert "pixel AUROC and AUPRO are null" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        warn_no_masks(labels, [np.zeros((4, 4), bool), None, np.ones((4, 4), bool)], Path("ds/test"))
+        warn_no_masks(np.array([0, 0]), [np.zeros((4, 4), bool)] * 2, Path("ds/test"))
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        warn_one_class(np.array([0, 0]), Path("ds/test"))
+    assert "image AUROC, AP and F1 need both kinds and are null, and so are pixel AUROC and AUPRO" in caplog.text
+
+
 def test_a_mask_that_gives_no_defect_pixel_says_why(tmp_path: Path, caplog) -> None:
     """A mask of 0 and 100 (class numbers), or a one-pixel defect in a 1600x800 mask read at the pixel metrics'
     512x256, gave "no defect pixel in the mask" of a file that has one: the warning says why now."""

@@ -82,6 +82,7 @@ def masks_for(samples: Sequence[Sample], result: Result,
     grouped: dict[type[Warning], list[tuple[Path, warnings.WarningMessage]]] = {MaskSizeWarning: [],
                                                                                 MaskTurnedWarning: []}
     empty: list[tuple[Path, str]] = []
+    full: list[Path] = []
     others: list[warnings.WarningMessage] = []
     for path, shape, size in zip(result.paths, shapes, sizes or shapes):
         s = by_path[path]
@@ -100,6 +101,8 @@ def masks_for(samples: Sequence[Sample], result: Result,
                 else:
                     if not masks[-1].any():  # a wrong file or a wrong export, likelier than a defect of no pixel
                         empty.append((s.mask_path, _no_defect_why(s.mask_path, size)))
+                    elif masks[-1].all():  # likewise: an inverted export (defect black on white), not a whole defect
+                        full.append(s.mask_path)
             for w in caught:
                 if w.category in grouped:
                     grouped[w.category].append((s.mask_path, w))
@@ -111,6 +114,10 @@ def masks_for(samples: Sequence[Sample], result: Result,
     for same in by_why.values():
         log.warning("%s: no defect pixel in the mask of a defective image%s; its pixels count as normal in the pixel "
                     "metrics%s", same[0][0], same[0][1], _likewise("likewise", [p for p, _ in same[1:]]))
+    if full:
+        log.warning("%s: every pixel of the mask of a defective image is defect (a mask saved inverted, defect dark "
+                    "on white?); its whole image counts as defective in the pixel metrics%s", full[0],
+                    _likewise("likewise", full[1:]))
     for category, said in grouped.items():
         what = "of another size than their image's, resized" if category is MaskSizeWarning else "turned likewise"
         for _, w in said[:1]:
@@ -217,7 +224,18 @@ def warn_one_class(labels: np.ndarray, test_dir: Path) -> None:
     if labels.size == 0 or 0 < labels.sum() < labels.size:
         return
     missing = "good image (test/good)" if labels.all() else "defective image (test/<defect>)"
-    log.warning("%s: no %s was scored: image AUROC, AP and F1 need both kinds and are null", test_dir, missing)
+    pixel = "" if labels.all() else ", and so are pixel AUROC and AUPRO (no defect pixel)"  # null too, unsaid
+    log.warning("%s: no %s was scored: image AUROC, AP and F1 need both kinds and are null%s", test_dir, missing,
+                pixel)
+
+
+def warn_no_masks(labels: np.ndarray, masks: Sequence[np.ndarray | None], test_dir: Path) -> None:
+    """Say why the pixel metrics are null when no scored defective image has a mask: load_dataset said it per
+    defect folder at INFO, and the null pixel AUROC and AUPRO were left unexplained."""
+    defective = [m for m, label in zip(masks, labels) if label == 1]
+    if defective and all(m is None for m in defective):
+        log.warning("%s: none of its %d defective image(s) has a mask that could be read (ground_truth/<defect>/"
+                    "<stem>_mask.png): pixel AUROC and AUPRO are null", test_dir, len(defective))
 
 
 def latency_ms(score_one: Callable[[Path], object], paths: Sequence[Path], n: int = 20, warm: int = 1) -> float:
@@ -274,7 +292,9 @@ def run_eval(
     label_of = {s.path: s.label for s in ds.test}
     labels = np.array([label_of[p] for p in result.paths], dtype=int)
     warn_one_class(labels, ds.root / "test")
-    metrics = evaluate(labels, result.scores, *pixel_inputs(ds.test, result))
+    masks, maps = pixel_inputs(ds.test, result)
+    warn_no_masks(labels, masks, ds.root / "test")
+    metrics = evaluate(labels, result.scores, masks, maps)
     out: dict[str, Any] = {
         "detector": detector if detector != "auto" else f"auto: {det.name}",
         "dataset": ds.name,
