@@ -516,6 +516,7 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
 
     if report is not None:
         check_report_file(Path(report))
+    _check_not_untrained_series(dataset)
     ds = load_dataset(dataset)
     name = det.name()
     metrics, model, result = run_eval(ds, name, ex.extractor(ds.train, name), progress=progress,
@@ -528,6 +529,25 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
         except OSError as err:  # a full disk, a folder made read-only meanwhile
             raise InputError(f"{report}: cannot write the report ({err.strerror or err})") from None
     return metrics
+
+
+def _check_not_untrained_series(dataset: Path) -> None:
+    """A series folder whose train file is misnamed (TRAIN.csv), or a folder of them, is named as that: it was
+    read as an image data set, "training folder not found: DIR/train/good (expected MVTec AD layout ...)"."""
+    if not dataset.is_dir() or (dataset / "train").is_dir() or (dataset / "test").is_dir():  # meant as images
+        return
+    from normalcy.series.io import untrained_folders, untrained_why
+
+    why = untrained_why(dataset)
+    if why is None:
+        try:
+            inner = untrained_folders(dataset)
+        except OSError:
+            return
+        if not inner:
+            return
+        why = f"{dataset}: none of its {len(inner)} series folder(s) can be fitted: {inner[0][1]}"
+    raise InputError(why)
 
 
 def is_exported(model: PathLike) -> bool:

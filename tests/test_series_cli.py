@@ -430,6 +430,22 @@ def test_a_folder_with_train_csv_misnamed_is_named_not_passed_by(data: Path, tmp
     assert r.exit_code == 0 and "not fitted: Upper:" in r.stderr and "not fitted: packed:" in r.stderr
 
 
+def test_eval_of_a_series_folder_with_train_csv_misnamed_says_so(data: Path, tmp_path: Path) -> None:
+    """eval of a folder holding TRAIN.csv and test.csv (or of folders each holding one) took it for an image data
+    set: "training folder not found: DIR/train/good (expected MVTec AD layout ...)"."""
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(data / "a" / "train.csv", one / "TRAIN.csv")
+    shutil.copy(data / "a" / "test.csv", one / "test.csv")
+    assert one_line_error(cli("eval", one, "--json")) == (
+        f"error: {one}: no train.csv or train.parquet to fit on (it has TRAIN.csv: the name must be train.csv or "
+        "train.parquet, lower case, uncompressed)")
+    shutil.copytree(one, tmp_path / "servers" / "s1")
+    assert one_line_error(cli("eval", tmp_path / "servers", "--json")).startswith(
+        f"error: {tmp_path / 'servers'}: none of its 1 series folder(s) can be fitted: {tmp_path / 'servers' / 's1'}: "
+        "no train.csv")
+
+
 def test_notes_of_series_folders_name_their_folder(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Every series folder's files are train.csv and test.csv: fit and predict of a folder of them said
     "test.csv: 3 missing ... interpolated" once a folder, naming none (eval names them omi-1/test.csv)."""

@@ -693,9 +693,10 @@ def _labels(path: Path, a: np.ndarray) -> np.ndarray:
 
 
 def _label_cell(cell: Any) -> str:
-    """A label cell as an error names it: quoted, or "an empty cell" (it said 'nan')."""
+    """A label cell as an error names it: quoted, or "an empty cell or NaN" (it said 'nan'; a cell of NaN read as
+    one, and was said to be empty)."""
     if cell is None or (isinstance(cell, float) and math.isnan(cell)):
-        return "an empty cell"
+        return "an empty cell or NaN"
     return repr(str(cell)[:40])
 
 
@@ -739,18 +740,25 @@ def untrained_folders(directory: str | Path) -> list[tuple[Path, str]]:
     d = Path(directory)
     if not d.is_dir() or is_series_folder(d):
         return []
-    out = []
-    for p in sorted((p for p in d.iterdir() if p.is_dir() and not is_series_folder(p)), key=_natural):
-        try:
-            near = sorted(f.name for f in p.iterdir() if re.match(r"(train|test)\.", f.name, re.IGNORECASE)
-                          and f.is_file() and f.name not in {f"{split}{x}" for split in ("train", "test")
-                                                                      for x in SERIES_SUFFIXES})
-        except OSError:
-            near = []
-        if _split_file(p, "test") or near:
-            has = f" (it has {', '.join(near[:5])}: the name must be train.csv or train.parquet, lower case, uncompressed)"
-            out.append((p, f"{p}: no train.csv or train.parquet to fit on{has if near else ''}"))
-    return out
+    found = ((p, untrained_why(p)) for p in sorted((p for p in d.iterdir() if p.is_dir()), key=_natural))
+    return [(p, why) for p, why in found if why]
+
+
+def untrained_why(folder: Path) -> str | None:
+    """Why ``folder``, meant as a series folder (a test file in it, or a file named like a train or test file),
+    is not one; None when it is one or is not meant as one."""
+    if is_series_folder(folder):
+        return None
+    try:
+        near = sorted(f.name for f in folder.iterdir() if re.match(r"(train|test)\.", f.name, re.IGNORECASE)
+                      and f.is_file() and f.name not in {f"{split}{x}" for split in ("train", "test")
+                                                         for x in SERIES_SUFFIXES})
+    except OSError:
+        near = []
+    if not (_split_file(folder, "test") or near):
+        return None
+    has = f" (it has {', '.join(near[:5])}: the name must be train.csv or train.parquet, lower case, uncompressed)"
+    return f"{folder}: no train.csv or train.parquet to fit on{has if near else ''}"
 
 
 def _natural(p: Path) -> list[Any]:
