@@ -254,6 +254,10 @@ def test_label_column(tmp_path: Path) -> None:
     rows[2] = "2,1,"
     with pytest.raises(InputError, match=r"row 3 has an empty cell"):  # it said 'nan'
         read_series(write_csv(tmp_path / "empty.csv", "timestamp,v,label", rows))
+    rows[2] = "2,1,NaN"  # read as NaN: it was "row 3 has an empty cell", of a cell that is not empty
+    with pytest.raises(InputError, match=r"row 3 has an empty cell or NaN \(1 row\(s\) hold other values: an empty "
+                                         r"cell or NaN\)"):
+        read_series(write_csv(tmp_path / "nan.csv", "timestamp,v,label", rows))
 
 
 def test_a_name_given_twice_is_refused_and_trailing_separators_dropped(tmp_path: Path) -> None:
