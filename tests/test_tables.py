@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +323,21 @@ def test_eval_test_table_columns_by_name_and_small_splits_said(tmp_path: Path) -
     pcsv.write_csv(pa.table(one), tmp_path / "one.csv")
     r = normalcy("eval", str(tmp_path / "one.csv"), "--label-column", "label", "--json")
     assert r.returncode == 1 and "at least 2 rows of each label" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_of_a_test_table_of_one_label_keeps_its_other_metrics(caplog) -> None:
+    """A --test table of normal rows alone (or anomalous alone) ended eval with "the scored rows need both labels":
+    its false-positive rate (or recall) was lost with AUROC. AUROC and AP are null now, said, and the rest kept."""
+    rng = np.random.default_rng(0)
+    train = read_table_of(rng.normal(size=(40, 3)), np.array([0] * 36 + [1] * 4))
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        m = eval_table(train, "knn", test=read_table_of(rng.normal(size=(20, 3)), np.zeros(20, int)))
+    assert m["auroc"] is None and m["ap"] is None and m["recall_anomalous"] is None
+    assert 0 <= m["fpr_normal"] <= 1 and m["n_test"] == 20
+    json.dumps(m, allow_nan=False)
+    assert "every scored row is labelled 0 (normal): AUROC and AP need both labels (0 and 1) and are null" in caplog.text
+    m = eval_table(train, "knn", test=read_table_of(rng.normal(size=(5, 3)) + 9, np.ones(5, int)))
+    assert m["auroc"] is None and m["fpr_normal"] is None and m["recall_anomalous"] == 1.0
 
 
 def test_eval_with_fewer_than_2_normal_training_rows_is_one_line() -> None:

@@ -1141,8 +1141,13 @@ def eval_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01
         part = "the 70/30 split's training part holds" if test is None else "it has"
         raise InputError(f"{table.path}: fewer than 2 normal rows with finite values to fit on ({part} "
                          f"{len(X_train)}){_no_normal(table) or ': give more normal rows'}")
-    if len(np.unique(y_test)) < 2:
-        raise InputError(f"{(test or table).path}: the scored rows need both labels (0 and 1) for AUROC")
+    scored = (test or table).path
+    if not len(y_test):
+        raise InputError(f"{scored}: no row with finite values and a label to score")
+    one_class = len(np.unique(y_test)) < 2  # a test table of normal rows alone still has its false-positive rate
+    if one_class:
+        log.warning("%s: every scored row is labelled %s: AUROC and AP need both labels (0 and 1) and are null",
+                    scored, "1 (anomaly)" if y_test.all() else "0 (normal)")
     t0 = time.perf_counter()
     det = _fitted(table.path, detector, fpr, seed, X_train)
     t1 = time.perf_counter()
@@ -1150,8 +1155,10 @@ def eval_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01
     t2 = time.perf_counter()
     flagged = decide(scores, threshold_of(det))
     return {"detector": detector, "dataset": str(table.path), "protocol": protocol,
-            "auroc": float(roc_auc_score(y_test, scores)), "ap": float(average_precision_score(y_test, scores)),
-            "fpr_normal": float(flagged[y_test == 0].mean()), "recall_anomalous": float(flagged[y_test == 1].mean()),
+            "auroc": None if one_class else float(roc_auc_score(y_test, scores)),
+            "ap": None if one_class else float(average_precision_score(y_test, scores)),
+            "fpr_normal": float(flagged[y_test == 0].mean()) if (y_test == 0).any() else None,
+            "recall_anomalous": float(flagged[y_test == 1].mean()) if (y_test == 1).any() else None,
             "n_train": int(len(X_train)), "n_test": int(len(X_test)), "n_test_anomalous": int(y_test.sum()),
             "fit_seconds": round(t1 - t0, 3), "rows_per_second": round(len(X_test) / max(t2 - t1, 1e-9), 1),
             "skipped": [[i, r] for i, r in skipped]}
