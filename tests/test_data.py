@@ -1324,18 +1324,22 @@ def test_load_dataset_warns_when_no_mask_name_matches(tmp_path: Path, caplog) ->
 
 
 def test_load_dataset_names_ground_truth_folders_no_test_folder_reads(tmp_path: Path, caplog) -> None:
-    """ground_truth/good and ground_truth/<kind> without test/<kind> (a defect folder renamed) were passed by
-    without a word: their masks are never read. Named now; the masks of the other folders as before."""
+    """ground_truth/good, ground_truth/<kind> without test/<kind> (a defect folder renamed) and masks directly in
+    ground_truth/ were passed by without a word: they are never read. Named now; the other masks as before."""
     root = tmp_path / "ds"
     _make_tree(root)
     for name in ("good/000_mask.png", "dent/000_mask.png"):
         (root / "ground_truth" / name).parent.mkdir(parents=True)
         Image.fromarray(_rgb(8, 8)).save(root / "ground_truth" / name)
     (root / "ground_truth" / "empty").mkdir()
+    Image.fromarray(_rgb(8, 8)).save(root / "ground_truth" / "002_mask.png")  # crack/002's, one folder too high
+    (root / "ground_truth" / "readme.txt").write_text("not a mask")
     with caplog.at_level(logging.WARNING, logger="normalcy"):
         ds = load_dataset(root)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warned == [f"{root / 'ground_truth' / 'dent'}: no test folder {root / 'test' / 'dent'} to pair its masks "
+    assert warned == [f"{root / 'ground_truth'}: 1 file(s) directly in it are not read (e.g. 002_mask.png): masks go "
+                      "in ground_truth/<defect>/, named after their image in test/<defect>/",
+                      f"{root / 'ground_truth' / 'dent'}: no test folder {root / 'test' / 'dent'} to pair its masks "
                       "with: they are not read (a defect folder named otherwise?)",
                       f"{root / 'ground_truth' / 'good'}: masks of good images are not read: a test/good image is "
                       "normal in every pixel"]

@@ -922,11 +922,15 @@ def _root_hint(folder: Path) -> str | None:
 
 
 def _warn_unread_masks(gt_root: Path, test_dir: Path) -> None:
-    """Name the folders of ground_truth/ that no test folder reads: ground_truth/good (a good image is normal
-    everywhere) and ground_truth/<kind> without test/<kind> (a renamed or missing defect folder). Their masks
+    """Name what of ground_truth/ no test image reads: files directly in it, ground_truth/good (a good image is
+    normal everywhere) and ground_truth/<kind> without test/<kind> (a renamed or missing defect folder). They
     were passed by without a word."""
     if not gt_root.is_dir():
         return
+    loose = [f for f in _walk_files(gt_root, recursive=False) if f.suffix.lower() in IMAGE_SUFFIXES]  # not a readme
+    if loose:
+        logger.warning("%s: %d file(s) directly in it are not read (e.g. %s): masks go in ground_truth/<defect>/, "
+                       "named after their image in test/<defect>/", gt_root, len(loose), loose[0].name)
     read = {_child(gt_root, d.name) for d in _subdirs(test_dir) if d.name.lower() != "good"}
     for d in _subdirs(gt_root):
         if d in read or not _walk_files(d, recursive=True):
