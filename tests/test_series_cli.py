@@ -405,6 +405,10 @@ def test_eval_of_broken_folders_alone_names_each(data: Path, tmp_path: Path) -> 
     assert error.startswith(f"error: {root}: none of its 2 series folders could be evaluated: nolabel: ")
     assert "test file has no label column 'label'" in error and "; notest: " in error and "no test.csv" in error
     assert one_line_error(cli("eval", root / "notest", "--json")) == f"error: {root / 'notest'}: no test.csv to evaluate on"
+    (root / "notest" / "test.csv").mkdir()  # there, but no file: it was "no test.csv" all the same
+    assert one_line_error(cli("eval", root / "notest", "--json")) == (
+        f"error: {root / 'notest'}: no test.csv to evaluate on (test.csv is not a regular file: a folder or a broken "
+        "link)")
 
 
 def test_a_folder_with_train_csv_misnamed_is_named_not_passed_by(data: Path, tmp_path: Path) -> None:

@@ -388,7 +388,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     from normalcy.errors import InputError
     from normalcy.evaluation.series_metrics import TSB_AD_INSTALL, evaluate_series, pool, undefined, vus_window
     from normalcy.series import registry
-    from normalcy.series.io import read_series_folder, series_folders, untrained_folders
+    from normalcy.series.io import SERIES_SUFFIXES, read_series_folder, series_folders, untrained_folders
     from normalcy.series.runs import model_columns, replay_series, say_blind, score_series
     from normalcy.vectors.tables import other_case
     from normalcy.progress import LONG_SERIES, progress_bar
@@ -410,8 +410,11 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
     def read(folder: Path) -> tuple[Any, Any]:
         """The folder's training series and its labelled test series; an InputError naming what is missing."""
         (train,), test = read_series_folder(folder, time_column, label_column)
-        if not test:
-            raise InputError(f"{folder}: no test.csv to evaluate on")
+        if not test:  # a folder or a broken link named test.csv was "no test.csv" beside a test.csv
+            odd = next((f.name for f in (folder / f"test{x}" for x in SERIES_SUFFIXES) if f.is_symlink() or f.exists()),
+                       None)
+            raise InputError(f"{folder}: no test.csv to evaluate on"
+                             + (f" ({odd} is not a regular file: a folder or a broken link)" if odd else ""))
         (te,) = test
         if te.labels is None:
             raise InputError(f"{folder}: test file has no label column {label_column!r}"
