@@ -398,6 +398,14 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     comma of a semicolon-separated file); up to MAX_TEXT_SHARE of its cells may be text that is not a number
     (a logger's "error" or "-"), read as missing (then interpolated) with a note; more is refused."""
     num = _numeric(a)
+    if num is not None and a.dtype.kind in "iu" and len(a) and np.abs(a).max() > 2**53:
+        notes.append(f"{path.name}: column {column!r}: whole numbers beyond 2^53 ({int(np.abs(a).max())}) read as "
+                     "64-bit floats, to 16 digits: numbers differing in the digits after those read alike")
+    nested = None if num is not None else next((v for v in a if isinstance(v, (dict, list, np.ndarray))), None)
+    if nested is not None:  # a Parquet list or struct column: it was "truth value of an array ... is ambiguous"
+        kind = "structs (named fields)" if isinstance(nested, dict) else "lists"
+        raise InputError(f"{path}: value column {column!r} holds {kind}, not numbers; give each element a column "
+                         "of its own, or remove it")
     if num is not None or _all_missing(a):
         return num if num is not None else np.full(len(a), np.nan)
     out, bad, decimal = text_cells(a, comma)

@@ -188,6 +188,7 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
         import pyarrow.parquet as pq
 
         if suffix in (".parquet", ".pq"):
+            _check_parquet(path)
             with open(path, "rb") as fh:  # an open file: pyarrow cannot take a path that is not UTF-8
                 names = pq.read_schema(fh).names
                 _check_width(path, len(names))
@@ -229,6 +230,24 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
     except Exception as err:  # pyarrow's and numpy's many parse errors: one line naming the file
         text = " ".join(str(err).split())[:300] or type(err).__name__
         raise InputError(f"{path}: cannot read as a {suffix[1:]} table ({text})") from None
+
+
+PARQUET_MAGIC = b"PAR1"  # the first (and last) 4 bytes of every Parquet file
+
+
+def _check_parquet(path: Path) -> None:
+    """Refuse a .parquet file that is text (a CSV saved under the wrong name), saying so: it was "cannot read as a
+    parquet table (Parquet magic bytes not found in footer. Either the file is corrupted or ...)"."""
+    with open(path, "rb") as fh:
+        head = fh.read(TEXT_CHECK_BYTES)
+    if head.startswith(PARQUET_MAGIC) or not head or b"\x00" in head:
+        return
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # a character cut at the end of the bytes read is still text
+            return
+    raise InputError(f"{path}: text (CSV?), not a Parquet file (which begins with PAR1): rename it to .csv")
 
 
 def _not_utf8(col: Any) -> str:
@@ -463,6 +482,8 @@ def _check_utf8(path: Path, header: bytes) -> None:
     """Refuse a CSV that is not UTF-8 text, saying so. UTF-16 (a spreadsheet's "Unicode text") was read as
     lines of another number of fields, warned of as such, then refused for "byte 0xff in position 0"; a
     Latin-1 header gave Python's "'utf-8' codec can't decode byte 0xe9 in position 3"."""
+    if header.startswith(PARQUET_MAGIC):  # was "not UTF-8 text (0xc0 at byte 8; Latin-1 or Windows-1252?)"
+        raise InputError(f"{path}: a Parquet file (it begins with PAR1), not CSV text: rename it to .parquet")
     if header.startswith(b"\x1f\x8b"):  # was "not UTF-8 text (...; Latin-1 or Windows-1252?)"
         raise InputError(f"{path}: gzip-compressed, not CSV text: decompress it first (e.g. gunzip -c)")
     if header.startswith((b"\xff\xfe", b"\xfe\xff")):
