@@ -46,3 +46,20 @@ def test_whole_numbers_beyond_2_53_are_said_to_lose_digits(tmp_path: Path) -> No
     pq.write_table(pa.table(frame() | {"bytes": big}), tmp_path / "u.parquet")
     (s,) = read_series(tmp_path / "u.parquet")
     assert any("column 'bytes': whole numbers beyond 2^53" in n for n in s.notes)
+
+
+def test_one_series_of_text_is_named_and_the_others_read(tmp_path: Path) -> None:
+    """--series-column with one host whose cpu is "err" in every row: the column was refused for the whole file
+    ("value column 'cpu' is not numeric"), so fit and predict lost every series; now that one is named."""
+    n = 40
+    lines = [f"{1_600_000_000 + 60 * i},{h},{i % 7 if h != 'bad' else 'err'},{i % 3}" for h in ("a", "bad", "b")
+             for i in range(n)]
+    f = tmp_path / "many.csv"
+    f.write_text("time,host,cpu,mem\n" + "\n".join(lines) + "\n")
+    failed: list[tuple[str, str]] = []
+    assert [s.name for s in read_series(f, series_column="host", failed=failed)] == ["a", "b"]
+    assert failed == [(f"{f} [host=bad]", f"value column 'cpu' is not numeric ({n} of {n} values are not numbers, "
+                                          f"the first 'err' in row {n + 1}); give it as --time-column or "
+                                          "--series-column, or remove it")]
+    with pytest.raises(InputError, match=r"value column 'cpu' is not numeric"):  # without ``failed``: as before
+        read_series(f, series_column="host")

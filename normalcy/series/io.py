@@ -188,9 +188,17 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
             columns = [c for c in columns if c in keep[0]]
             notes.append(left_out(path.name, extra, keep[1]))
     comma = decimal_comma(path)  # a ;- or tab-separated file: 1,5 is 1.5
+    ids = _ids(path, arrays[series_column], series_column) if series_column is not None else None
+    groups = _grouped(ids) if ids is not None else []
+    refused: dict[str, str] = {}  # a series whose own values cannot be read: named, the others kept
     parsed = []
     for c in columns:
-        parsed.append(_values(path, c, arrays[c], comma, notes))
+        try:
+            parsed.append(_values(path, c, arrays[c], comma, notes))
+        except InputError:
+            if failed is None or len(groups) < 2:
+                raise
+            parsed.append(_values_by_series(path, c, arrays[c], comma, notes, groups, series_column, refused))
     # ``is not None``: a time column may have no name (pandas' date index, read as the time above)
     time = (_times(path, arrays[time_column], notes, comma, time_column) if time_column is not None
             else np.arange(n, dtype=np.float64))
@@ -211,11 +219,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         except InputError as err:  # named by the file's path, as the reader's other errors: "test.csv: 1 rows"
             raise InputError(f"{path}: {str(err).removeprefix(f'{path.name}: ')}") from None  # left the folder out
         return [replace(one, file_columns=file_columns)]
-    # objects, not numpy's fixed-width text: one id of 5,000 characters made every row's 20 kB (100,000 rows: 6 GB)
-    ids = np.empty(n, dtype=object)
-    ids[:] = ["" if v is None else str(v).strip() for v in arrays[series_column]]
-    if _float_column(path, series_column):  # NaN, as pyarrow writes it from numpy, is no id: it was series 'nan'
-        ids[ids == "nan"] = ""
+    assert ids is not None
     out, bad = [], []  # bad: (file [column=id], the reason alone)
     if (ids == "").any():  # rows that belong to no series: named, the other series kept
         rows = np.flatnonzero(ids == "")
@@ -223,10 +227,12 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         if failed is None:
             raise InputError(f"{path}: {why}")
         bad.append((f"{path} [{series_column}=]", why))
-    groups = _grouped(ids)
     hint = _ids_too_short(series_column, groups)
     for sid, rows in groups:
         where = f"{path.name} [{series_column}={shortened(sid)}]"  # for messages; ``bad`` names the id whole
+        if sid in refused:
+            bad.append((f"{path} [{series_column}={sid}]", refused[sid]))
+            continue
         try:
             out.append(replace(_tidy(path, sid, where, rows, time[rows], values[rows], tuple(columns),
                                      None if labels is None else labels[rows], time_column, notes),
@@ -240,6 +246,33 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         raise InputError(f"{path}: no usable series{shown}{hint}")
     if failed is not None:
         failed.extend(bad)
+    return out
+
+
+def _ids(path: Path, a: np.ndarray, series_column: str) -> np.ndarray:
+    """The series id of each row, as text ("" for none)."""
+    # objects, not numpy's fixed-width text: one id of 5,000 characters made every row's 20 kB (100,000 rows: 6 GB)
+    ids = np.empty(len(a), dtype=object)
+    ids[:] = ["" if v is None else str(v).strip() for v in a]
+    if _float_column(path, series_column):  # NaN, as pyarrow writes it from numpy, is no id: it was series 'nan'
+        ids[ids == "nan"] = ""
+    return ids
+
+
+def _values_by_series(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str],
+                      groups: list[tuple[str, np.ndarray]], series_column: str, refused: dict[str, str]) -> np.ndarray:
+    """A value column that ``_values`` refuses for the whole file, read series by series: one series whose
+    cells are text ("err" in every row of one host) failed the file, every other series with it. A series
+    refused is put in ``refused`` (id: why); the others' notes name their series."""
+    out = np.full(len(a), np.nan)
+    for sid, rows in groups:
+        own: list[str] = []
+        try:
+            out[rows] = _values(path, column, a[rows], comma, own, rows)
+        except InputError as err:
+            refused.setdefault(sid, str(err).removeprefix(f"{path}: "))
+            continue
+        notes += [f"{path.name} [{series_column}={shortened(sid)}]{n.removeprefix(path.name)}" for n in own]
     return out
 
 
@@ -393,10 +426,12 @@ def _all_missing(a: np.ndarray) -> bool:
     return a.dtype == object and all(v is None or v == "" for v in a)
 
 
-def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str]) -> np.ndarray:
+def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str],
+            rows: np.ndarray | None = None) -> np.ndarray:
     """A value column as float64. A text column is read cell by cell: with ``comma``, 1,5 is 1.5 (the decimal
     comma of a semicolon-separated file); up to MAX_TEXT_SHARE of its cells may be text that is not a number
-    (a logger's "error" or "-"), read as missing (then interpolated) with a note; more is refused."""
+    (a logger's "error" or "-"), read as missing (then interpolated) with a note; more is refused. ``rows``: the
+    file's row of each cell (one series' cells), for messages."""
     num = _numeric(a)
     if num is not None and a.dtype.kind in "iu" and len(a) and np.abs(a).max() > 2**53:
         notes.append(f"{path.name}: column {column!r}: whole numbers beyond 2^53 ({int(np.abs(a).max())}) read as "
@@ -412,7 +447,7 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     grouped, bad, grouped_said = grouped_cells(a, out, bad, comma)
     cells = int(np.isfinite(out).sum()) + len(bad)
     if bad:
-        first = f"the first {str(a[bad[0]])[:40]!r} in row {bad[0] + 1}"
+        first = f"the first {str(a[bad[0]])[:40]!r} in row {(bad[0] if rows is None else int(rows[bad[0]])) + 1}"
         if len(bad) > MAX_TEXT_SHARE * cells and _time_of_day(a[bad[0]]):  # a logger's Date, Time columns
             raise InputError(f"{path}: column {column!r} holds times of day ({first}) without their dates; "
                              f"{JOIN_DATE}")
