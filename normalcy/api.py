@@ -76,6 +76,7 @@ from normalcy.series.runs import (
     replay_series,
     said_once,
     sampling_note,
+    zone_of_model_note,
     say_blind,
     score_series,
     time_hint,
@@ -868,8 +869,8 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
                     continue
                 noted = _sampling(det, scoped, series_column)
                 in_folder(scoped)
-                if noted:  # as in_folder names it
-                    sampled.append(scoped.notes[-1])
+                if noted:  # as in_folder names them
+                    sampled.extend(scoped.notes[-noted:])
                 yield len(files) - 1, scoped, where, det
 
     if ray is not None:
@@ -932,14 +933,14 @@ def _scoped(model: SeriesDetector | SeriesSet, det: SeriesDetector, s: Any, time
     return model_columns(det, s, time_column)
 
 
-def _sampling(det: SeriesDetector, s: Any, series_column: Optional[str]) -> bool:
-    """Whether a series is sampled at another interval than its model's training rows (``sampling_note``),
-    noted last among its notes; its scores are as they were."""
+def _sampling(det: SeriesDetector, s: Any, series_column: Optional[str]) -> int:
+    """How many lines say that a series' times differ from its model's training rows': sampled at another
+    interval (``sampling_note``), dates with a zone against dates without (``zone_of_model_note``); noted last
+    among its notes. Its scores are as they were."""
     where = s.source.name if series_column is None else f"{s.source.name} [{series_column}={shortened(s.name)}]"
-    note = sampling_note(det, s, where)
-    if note is not None:
-        s.notes.append(note)
-    return note is not None
+    notes = [n for n in (zone_of_model_note(det, s, where), sampling_note(det, s, where)) if n is not None]
+    s.notes.extend(notes)
+    return len(notes)
 
 
 def _score_one(det: SeriesDetector, s: Any, stream: bool = False) -> Any:

@@ -63,3 +63,55 @@ def test_one_series_of_text_is_named_and_the_others_read(tmp_path: Path) -> None
                                           "--series-column, or remove it")]
     with pytest.raises(InputError, match=r"value column 'cpu' is not numeric"):  # without ``failed``: as before
         read_series(f, series_column="host")
+
+
+def zone_csv(path: Path, zone: str, n: int = 60, start_hour: int = 0) -> Path:
+    """A sine a minute apart, ISO times with ``zone`` ("" for none)."""
+    rows = [f"2024-01-0{1 + start_hour // 24}T{(start_hour % 24) + i // 60:02d}:{i % 60:02d}:00{zone},"
+            f"{np.sin(i / 4):.4f},0" for i in range(n)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("timestamp,cpu,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_zoned_and_plain_times_are_told_apart_by_the_reader(tmp_path: Path) -> None:
+    t = np.array(["2024-01-01T00:00:00"], dtype="datetime64[us]").repeat(40) + np.arange(40).astype("timedelta64[m]")
+    for zone, expected in (("", False), ("+02:00", True), ("Z", True)):
+        assert read_series(zone_csv(tmp_path / f"c{len(zone)}.csv", zone))[0].zoned is expected
+    for tz, expected in ((None, False), ("Europe/Berlin", True)):
+        pq.write_table(pa.table({"time": pa.array(t, pa.timestamp("us", tz=tz)), "cpu": np.arange(40.0)}),
+                       tmp_path / "p.parquet")
+        assert read_series(tmp_path / "p.parquet")[0].zoned is expected
+    pq.write_table(pa.table(frame()), tmp_path / "n.parquet")
+    assert read_series(tmp_path / "n.parquet")[0].zoned is None  # epoch seconds: no dates
+
+
+@pytest.mark.parametrize(("train_zone", "test_zone", "said"), [
+    ("+02:00", "", "times without a zone read as UTC, while the model's training rows had times with one"),
+    ("", "+02:00", "times with a zone, while the model's training rows had times without one (read as UTC)")])
+def test_predict_and_watch_say_zoned_training_times_against_plain_ones(tmp_path: Path, train_zone: str,
+                                                                      test_zone: str, said: str) -> None:
+    """A model fitted on times with +02:00 scored times without a zone (read as UTC, two hours off if they were
+    local) without a word, and the other way round; predict and watch warn, naming the file. Scores as before."""
+    from test_series_cli import cli
+
+    zone_csv(tmp_path / "train.csv", train_zone)
+    test = zone_csv(tmp_path / "test.csv", test_zone, start_hour=24)
+    assert cli("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "-d", "pca", "--window", "8").exit_code == 0
+    r = cli("predict", tmp_path / "m", test, "-o", tmp_path / "run")
+    assert r.exit_code == 0 and r.stderr.count(f"test.csv: {said}") == 1, r.stderr
+    r = cli("watch", tmp_path / "m", test)
+    assert r.exit_code == 0 and f"test.csv, line 2: {said}" in r.stderr, r.stderr
+    same = zone_csv(tmp_path / "same.csv", train_zone, start_hour=24)
+    r = cli("predict", tmp_path / "m", same, "-o", tmp_path / "run2")
+    assert r.exit_code == 0 and "zone" not in r.stderr, r.stderr
+
+
+def test_eval_says_a_test_file_without_zones_beside_a_zoned_train_file(tmp_path: Path) -> None:
+    from test_series_cli import cli
+
+    zone_csv(tmp_path / "s" / "train.csv", "+02:00")
+    zone_csv(tmp_path / "s" / "test.csv", "", start_hour=24)
+    r = cli("eval", tmp_path / "s", "-d", "pca", "--window", "8")
+    assert r.exit_code == 0, r.stderr
+    assert "s/test.csv: times without a zone read as UTC, while train.csv had times with one" in r.stderr

@@ -70,6 +70,7 @@ MIN_THRESHOLD = 1e-6  # held-out normal rows that all score 0 (an exactly period
 # is rounding, not an anomaly, so the threshold never sits at 0, where every row would be anomalous
 MAX_MENDED = 20  # glitches model.json lists (the warning counts them all)
 INTERVAL_KEY = "interval_s"  # model.json's ``training`` entry of the training rows' median time step
+ZONED_KEY = "zoned_times"  # model.json's ``training`` entry: whether the training dates carried a zone
 MIN_CALIBRATION = 20  # held-out rows under which the threshold is unreliable (a warning)
 MAX_Z = 1e6  # spreads from the training median a standardised value is clipped to: one that far is as anomalous
 # as any further one, and past it float32 searches and networks overflow (a value of 1e308 scored NaN, not anomalous)
@@ -137,6 +138,7 @@ class SeriesDetector(ParamsEstimator):
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen and why, for model.json
         self.time_column: str | None = None  # the training file's time column, which predict then reads by default
         self.interval_s: float | None = None  # the training rows' median time step (None: no time column)
+        self.zoned: bool | None = None  # whether the training dates carried a zone (None: no dates, or mixed)
         self._stream: _Ring | None = None
         self.stream_state: StreamState | None = None  # where the watch that saved this model stopped (``Stream``)
 
@@ -255,6 +257,7 @@ class SeriesDetector(ParamsEstimator):
         self._stream = None  # the earlier model's rows
         self.choice = self.time_column = None  # of an earlier fit: this one's are set by it (and by its caller)
         self.interval_s = median_step(data)  # predict compares a test series' with it (windows count rows)
+        self.zoned = training_zoned(data)  # predict and watch compare a test series' with it
         self.stream_state = None  # a stream of the earlier model's: not this one's
         self.flags_ = ()
         if not self.score_flags:
@@ -572,6 +575,8 @@ class SeriesDetector(ParamsEstimator):
             training = training | {"mended_glitches": self.mended_[:MAX_MENDED]}
         if getattr(self, "interval_s", None) is not None:
             training = training | {INTERVAL_KEY: self.interval_s}
+        if getattr(self, "zoned", None) is not None:
+            training = training | {ZONED_KEY: self.zoned}
         meta = SeriesModelMeta.model_validate_json(json.dumps({  # as load reads it: what would not load is not saved
             "kind": SERIES_KIND, "format_version": FORMAT_VERSION, "normalcy_version": __version__,
             "detector": self.name, "params": self.params(), "columns": list(self.columns_),
@@ -599,6 +604,7 @@ class SeriesDetector(ParamsEstimator):
         det.mean_, det.scale_ = np.asarray(meta.mean), np.asarray(meta.scale)
         det.n_train_, det.choice, det.time_column = meta.n_train, meta.choice, meta.time_column
         det.interval_s = saved_interval(meta.training, source)
+        det.zoned = saved_zoned(meta.training, source)
         det.flags_ = tuple(meta.flags)
         check_tensors(state, None, source=str(source / MODEL_TENSORS))
         stream = {k: state.pop(k) for k in list(state) if k.startswith(STREAM_PREFIX)}
@@ -741,6 +747,23 @@ def saved_interval(training: dict[str, Any] | None, source: Path) -> float | Non
         raise InputError(f"{source / MODEL_JSON}: training.{INTERVAL_KEY} must be a positive number of seconds, "
                          f"not {str(value)[:40]!r}")
     return float(value)
+
+
+def training_zoned(data: Any) -> bool | None:
+    """Whether the training series' dates carried a zone, when all say the same (None: no dates, arrays, or some
+    with a zone and some without)."""
+    series = [data] if isinstance(data, Series) else list(data) if isinstance(data, (list, tuple)) else []
+    kinds = {getattr(s, "zoned", None) for s in series}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def saved_zoned(training: dict[str, Any] | None, source: Path) -> bool | None:
+    """model.json's ``training`` entry of zoned dates (None in models saved before it was kept, or without dates);
+    one that is no true or false is an InputError naming the file."""
+    value = (training or {}).get(ZONED_KEY)
+    if value is not None and not isinstance(value, bool):
+        raise InputError(f"{source / MODEL_JSON}: training.{ZONED_KEY} must be true or false, not {str(value)[:40]!r}")
+    return value
 
 
 def _seed(seed: int) -> None:

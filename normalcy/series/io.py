@@ -12,6 +12,7 @@ folders (``asd/omi-1``, ``asd/omi-2``, ...) is read as one series per folder.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,8 @@ from normalcy.vectors.tables import (
     other_case,
     text_cells,
 )
+
+log = logging.getLogger("normalcy")
 
 SERIES_SUFFIXES = (".csv", ".parquet", ".pq")
 COMPRESSED = {".gz": "gunzip", ".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd", ".zip": "unzip"}  # the tool
@@ -62,6 +65,9 @@ class Series:
     # every column of the file as named there, those left out too: eval's "no label column 'label'" can then say
     # that the file has 'Label' (a test series keeps only its training columns)
     file_columns: tuple[str, ...] = ()
+    # whether its times are dates with a zone (+02:00, Z, a Parquet timestamp's tz); None: numbers, not dates. Dates
+    # without one are read as UTC: predict, eval and watch say where a model's training times and these disagree
+    zoned: bool | None = None
 
     def __len__(self) -> int:
         return len(self.time)
@@ -120,7 +126,8 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     if path.suffix.lower() not in SERIES_SUFFIXES:
         raise InputError(f"{path}: a series is read from .csv or .parquet, not {path.suffix or 'a file without suffix'}"
                          f"{unpack_hint(path)}")
-    arrays = _read_arrays(path, text=(series_column,) if series_column else ())
+    typed: dict[str, bool] = {}  # the timestamp columns' (Arrow's type): whether they carry a zone
+    arrays = _read_arrays(path, text=(series_column,) if series_column else (), zoned=typed)
     file_columns = tuple(arrays)
     if keep is not None:
         arrays = fitted_names(arrays, keep[0])
@@ -202,6 +209,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     # ``is not None``: a time column may have no name (pandas' date index, read as the time above)
     time = (_times(path, arrays[time_column], notes, comma, time_column) if time_column is not None
             else np.arange(n, dtype=np.float64))
+    zone = None if time_column is None else typed.get(time_column, _zoned(arrays[time_column]))
     values = np.column_stack(parsed)
     labels = None
     if label:
@@ -218,7 +226,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
                         notes)
         except InputError as err:  # named by the file's path, as the reader's other errors: "test.csv: 1 rows"
             raise InputError(f"{path}: {str(err).removeprefix(f'{path.name}: ')}") from None  # left the folder out
-        return [replace(one, file_columns=file_columns)]
+        return [replace(one, file_columns=file_columns, zoned=zone)]
     assert ids is not None
     out, bad = [], []  # bad: (file [column=id], the reason alone)
     if (ids == "").any():  # rows that belong to no series: named, the other series kept
@@ -236,7 +244,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         try:
             out.append(replace(_tidy(path, sid, where, rows, time[rows], values[rows], tuple(columns),
                                      None if labels is None else labels[rows], time_column, notes),
-                               file_columns=file_columns))
+                               file_columns=file_columns, zoned=zone))
         except InputError as err:
             if failed is None:
                 raise InputError(f"{err}{hint}") from None
@@ -651,6 +659,33 @@ def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False, col
     return out
 
 
+def _zoned(a: np.ndarray) -> bool | None:
+    """Whether a time column of dates (ISO 8601 text, datetime objects) carries a zone, by its first cell; None for
+    numbers (and numpy dates, whose zone is not known)."""
+    if a.dtype != object or not len(a):
+        return None
+    first = a[0]
+    if isinstance(first, datetime):
+        return first.tzinfo is not None
+    return zoned(str(first)) if time_of(str(first))[0] == "date" else None
+
+
+ZONE_HINT = "give every time its zone (+02:00, Z), or none, in both"
+
+
+def zone_note(where: str, zoned: bool, other: str, other_zoned: bool) -> str | None:
+    """A line when dates with a zone meet dates without one (``where``'s against ``other``'s: the model's training
+    rows, or its training file), None otherwise. Dates without a zone are read as UTC: local times then lie their
+    zone's offset away from the other file's, which no reader could tell."""
+    if zoned == other_zoned:
+        return None
+    if not zoned:
+        return (f"{where}: times without a zone read as UTC, while {other} had times with one: if these are local "
+                f"times, they are read off by their zone's offset; {ZONE_HINT}")
+    return (f"{where}: times with a zone, while {other} had times without one (read as UTC): if those were local "
+            f"times, the two are read their zone's offset apart; {ZONE_HINT}")
+
+
 def _iso(text: str) -> str:
     """An ISO 8601 cell as ``datetime.fromisoformat`` reads it: a trailing Z (UTC) written as +00:00, and RFC
     3339's lower-case z (and t between date and time) too, which Python refused as "neither a number nor ..."."""
@@ -864,5 +899,9 @@ def read_series_folder(directory: str | Path, time_column: str | None = None,
         te = te.only(tr.columns, tr.source.name)
         te.name = d.name
         te.notes = te.notes + _against_training(tr, te)
+        zone = None if tr.zoned is None or te.zoned is None else zone_note(te.source.name, te.zoned, tr.source.name,
+                                                                          tr.zoned)
+        if zone:  # a warning, not a repair: the two files' times may lie an hour or more apart
+            log.warning("%s/%s", d.name, zone)
         test.append(te)
     return train, test

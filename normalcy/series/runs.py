@@ -59,6 +59,7 @@ from normalcy.series.io import (
     series_folders,
     unit_hint,
     untrained_folders,
+    zone_note,
 )
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import csv_layout
@@ -903,6 +904,16 @@ def sampling_note(det: SeriesDetector, s: Series, where: str) -> str | None:
     return (f"{where}: a row every {step:g} s, the model's training rows one every {fitted:g} s: windows count "
             "rows, so its patterns are seen at another speed than they were learned; resample it to the training "
             f"interval (scored as it is){unit_hint(step, fitted)}")
+
+
+def zone_of_model_note(det: SeriesDetector, s: Series, where: str) -> str | None:
+    """A line when a series to score has dates with a zone and the model's training rows dates without one, or
+    the other way round (``io.zone_note``); None otherwise, or where either has no dates (a model saved before it
+    kept this)."""
+    fitted = getattr(det, "zoned", None)
+    if fitted is None or s.zoned is None:
+        return None
+    return zone_note(where, s.zoned, "the model's training rows", fitted)
 
 
 def time_hint(time_column: str | None) -> str:

@@ -34,7 +34,7 @@ from normalcy.files import save_model
 from normalcy.runs.format import csv_cell, join_metrics
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
 from normalcy.series.events import top_metrics
-from normalcy.series.io import DST_HINT, left_out, time_of, zoned
+from normalcy.series.io import DST_HINT, left_out, time_of, zone_note, zoned
 from normalcy.series.runs import SeriesSet, time_column_of
 from normalcy.series.stream import Stream
 from normalcy.vectors.tables import (
@@ -168,6 +168,7 @@ class Watcher:
         self.fields: list[str] = []
         self.comma = False
         self.warm_up_said = False  # that a plain detector's first rows score 0 (``_say_warm_up``)
+        self.zone_said = False  # that the first date's zone, or none, is not the training dates' (``_check_zone``)
 
     @property
     def out_fields(self) -> tuple[str, ...]:
@@ -262,6 +263,16 @@ class Watcher:
         if not math.isnan(t):
             self.last_time[key] = t
 
+    def _check_zone(self, det: SeriesDetector, text: str, line: int) -> None:
+        """Say once a date with a zone where the model's training dates had none, or the other way round
+        (``io.zone_note``): each is read as UTC without one, silently."""
+        if self.zone_said or getattr(det, "zoned", None) is None or time_of(text, self.comma)[0] != "date":
+            return
+        self.zone_said = True
+        note = zone_note(f"{self.source}, line {line}", zoned(text), "the model's training rows", det.zoned)
+        if note:
+            log.warning("%s", note)
+
     def _not_scored(self, key: str, line: int, err: InputError, new: bool) -> None:
         """A line of a series that has no stream: skipped, counted under one kind for every such series, its
         first line named for the first MAX_WARNINGS of them (each series was a kind of its own: a feed of many
@@ -297,6 +308,7 @@ class Watcher:
             return None
         if self.time_at is not None:
             self._check_time(key, fields[self.time_at], line)
+            self._check_zone(stream.det, fields[self.time_at], line)
         values = np.empty(len(self.positions[key]))
         for j, at in enumerate(self.positions[key]):
             values[j] = cell_number(fields[at], self.comma)

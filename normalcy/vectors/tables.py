@@ -150,13 +150,14 @@ class Table:
 
 
 def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | None = None,
-                 source: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+                 source: dict[str, str] | None = None, zoned: dict[str, bool] | None = None) -> dict[str, np.ndarray]:
     """The file's columns as 1-d arrays (an npz's 2-d ``X`` becomes x0, x1, ...), all of one length; the
     columns named in ``text`` as text exactly as written (ids: 01 stays 01, and a missing cell does not turn
     the others into 1.0, 2.0), a missing cell None or "". A table wider than MAX_COLUMNS is refused before
     its values are parsed (or, for .npz, split). A CSV line with another number of fields than the header
     refuses the file, or with ``ragged`` given becomes a row of missing values in its place (see
-    ``_read_csv``), and ragged[row] says which line it was. ``source`` gets each .npz column's array."""
+    ``_read_csv``), and ragged[row] says which line it was. ``source`` gets each .npz column's array, ``zoned`` whether each
+    timestamp column (Parquet's, or ISO dates a CSV reader parsed) carried a zone: numpy's dates are UTC either way."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -216,6 +217,8 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
         names = table.column_names
         out = {}
         for i, name in enumerate(names):
+            if zoned is not None and pa.types.is_timestamp(table.schema.field(i).type):
+                zoned[name] = table.schema.field(i).type.tz is not None
             a = column(i, name)
             if name in out and not (_blank(name, a) and _blank(name, out[name])):
                 check_names(path, names)
