@@ -115,3 +115,17 @@ def test_eval_says_a_test_file_without_zones_beside_a_zoned_train_file(tmp_path:
     r = cli("eval", tmp_path / "s", "-d", "pca", "--window", "8")
     assert r.exit_code == 0, r.stderr
     assert "s/test.csv: times without a zone read as UTC, while train.csv had times with one" in r.stderr
+
+
+def test_sub_second_parquet_times_are_written_with_their_digits_alike(tmp_path: Path) -> None:
+    """A Parquet time on the whole second lost its fraction in scores.csv and events.csv (predict, --stream):
+    rows 0.1 s apart were 00:00:29.900000, 00:00:30, 00:00:30.100000."""
+    from normalcy.series.runs import time_texts
+
+    t = np.datetime64("2024-01-01T00:00:29.800", "ms") + np.arange(40).astype("timedelta64[ms]") * 100
+    pq.write_table(pa.table({"time": pa.array(t), "cpu": np.arange(40.0)}), tmp_path / "p.parquet")
+    assert time_texts(tmp_path / "p.parquet", "time", 40)[1:4] == [
+        "2024-01-01T00:00:29.900", "2024-01-01T00:00:30.000", "2024-01-01T00:00:30.100"]
+    whole = np.datetime64("2024-01-01T00:00:00", "s") + np.arange(40).astype("timedelta64[s]")
+    pq.write_table(pa.table({"time": pa.array(whole), "cpu": np.arange(40.0)}), tmp_path / "w.parquet")
+    assert time_texts(tmp_path / "w.parquet", "time", 40)[0] == "2024-01-01T00:00:00"  # as before

@@ -862,10 +862,21 @@ def time_texts(path: Path, column: str | None, n: int) -> list[str]:
 
             with open(path, "rb") as fh:  # ParquetFile: see vectors.tables._read_arrays (an aborted exit)
                 col = pq.ParquetFile(fh, pre_buffer=False).read(columns=[column], use_threads=False).column(0)
-            values = [v.isoformat() if hasattr(v, "isoformat") else v for v in col.to_pylist()]
+            values = iso_texts(col.to_pylist())
     except Exception as err:  # noqa: BLE001  (read once already by io.py: a change since, one line)
         raise InputError(f"{path}: cannot read the time column {column!r} ({' '.join(str(err).split())[:200]})") from None
     return ["" if v is None else str(v) for v in values]
+
+
+def iso_texts(values: list[Any]) -> list[Any]:
+    """Parquet dates as ISO 8601 text, sub-second digits alike in every row: ``isoformat`` leaves them out of a
+    time on the whole second, so 0.1 s rows were written 00:00:29.900000, 00:00:30, 00:00:30.100000."""
+    micro = {v.microsecond for v in values if hasattr(v, "microsecond")}
+    spec = "auto" if micro <= {0} else "milliseconds" if all(m % 1000 == 0 for m in micro) else "microseconds"
+    if any(getattr(v, "nanosecond", 0) for v in values):  # pandas' nanoseconds: written as isoformat writes them
+        spec = "auto"
+    return [v.isoformat(timespec=spec) if hasattr(v, "isoformat") and hasattr(v, "microsecond")
+            else v.isoformat() if hasattr(v, "isoformat") else v for v in values]
 
 
 def iter_series_files(inputs: list[Path], time_column: str | None, series_column: str | None,
