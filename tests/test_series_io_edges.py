@@ -129,3 +129,16 @@ def test_sub_second_parquet_times_are_written_with_their_digits_alike(tmp_path: 
     whole = np.datetime64("2024-01-01T00:00:00", "s") + np.arange(40).astype("timedelta64[s]")
     pq.write_table(pa.table({"time": pa.array(whole), "cpu": np.arange(40.0)}), tmp_path / "w.parquet")
     assert time_texts(tmp_path / "w.parquet", "time", 40)[0] == "2024-01-01T00:00:00"  # as before
+
+
+def test_one_series_with_an_unreadable_time_is_named_and_the_others_read(tmp_path: Path) -> None:
+    """One host's times "soon" (or empty) refused the whole file, every other series with it."""
+    n = 40
+    lines = [f"2024-01-01T00:{i:02d}:00,{h},{i % 7}" if h != "bad" or i != 5 else f"soon,{h},{i % 7}"
+             for h in ("a", "bad", "b") for i in range(n)]
+    f = tmp_path / "many.csv"
+    f.write_text("time,host,cpu\n" + "\n".join(lines) + "\n")
+    failed: list[tuple[str, str]] = []
+    assert [s.name for s in read_series(f, series_column="host", failed=failed)] == ["a", "b"]
+    assert failed == [(f"{f} [host=bad]", f"time column: 'soon' at row {n + 6} is neither a number nor an ISO 8601 "
+                                          "date")]

@@ -207,8 +207,13 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
                 raise
             parsed.append(_values_by_series(path, c, arrays[c], comma, notes, groups, series_column, refused))
     # ``is not None``: a time column may have no name (pandas' date index, read as the time above)
-    time = (_times(path, arrays[time_column], notes, comma, time_column) if time_column is not None
-            else np.arange(n, dtype=np.float64))
+    try:
+        time = (_times(path, arrays[time_column], notes, comma, time_column) if time_column is not None
+                else np.arange(n, dtype=np.float64))
+    except InputError:
+        if failed is None or len(groups) < 2:
+            raise
+        time = _times_by_series(path, arrays[time_column], notes, comma, time_column, groups, refused)
     zone = None if time_column is None else typed.get(time_column, _zoned(arrays[time_column]))
     values = np.column_stack(parsed)
     labels = None
@@ -281,6 +286,19 @@ def _values_by_series(path: Path, column: str, a: np.ndarray, comma: bool, notes
             refused.setdefault(sid, str(err).removeprefix(f"{path}: "))
             continue
         notes += [f"{path.name} [{series_column}={shortened(sid)}]{n.removeprefix(path.name)}" for n in own]
+    return out
+
+
+def _times_by_series(path: Path, a: np.ndarray, notes: list[str], comma: bool, column: str,
+                     groups: list[tuple[str, np.ndarray]], refused: dict[str, str]) -> np.ndarray:
+    """A time column that ``_times`` refuses for the whole file, read series by series, as ``_values_by_series``
+    reads a value column: one series with an empty or unreadable time failed every other series with it."""
+    out = np.zeros(len(a))
+    for sid, rows in groups:
+        try:
+            out[rows] = _times(path, a[rows], notes, comma, column, rows)
+        except InputError as err:
+            refused.setdefault(sid, str(err).removeprefix(f"{path}: "))
     return out
 
 
@@ -606,14 +624,16 @@ def _seconds(path: Path, num: np.ndarray, notes: list[str], column: str | None =
 _NS_FIRST, _NS_LAST = np.datetime64("1677-09-22", "s"), np.datetime64("2262-04-11", "s")  # within int64 ns
 
 
-def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False, column: str | None = None) -> np.ndarray:
+def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False, column: str | None = None,
+           rows: np.ndarray | None = None) -> np.ndarray:
     """A time column as float64: numbers as they are (epoch seconds, row numbers; epoch milliseconds and finer
     divided down to seconds, ``_seconds``), dates and times (parsed by the reader, or ISO 8601 strings) as epoch
     seconds (UTC when no zone is given), durations (Parquet's) as seconds. With ``comma`` (a semicolon-separated file), seconds written with a
-    decimal comma (``0,5``: a lab recorder's time since its start) are numbers, as in the value columns."""
+    decimal comma (``0,5``: a lab recorder's time since its start) are numbers, as in the value columns. ``rows``:
+    the file's row of each cell (one series' cells), for messages."""
     if a.dtype.kind == "M":
         if np.isnat(a).any():
-            raise InputError(f"{path}: time column: empty at row {int(np.flatnonzero(np.isnat(a))[0]) + 1}")
+            raise InputError(f"{path}: time column: empty at row {_row(np.flatnonzero(np.isnat(a))[0], rows)}")
         if a.dtype == np.dtype("datetime64[ns]") or (a.min() >= _NS_FIRST and a.max() <= _NS_LAST):
             return a.astype("datetime64[ns]").astype(np.int64) / 1e9
         # past 2262 (or before 1677) nanoseconds overflow 64 bits: they wrapped, silently, to the other end, and
@@ -621,7 +641,7 @@ def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False, col
         return a.astype("datetime64[us]").astype(np.int64) / 1e6
     if a.dtype.kind == "m":  # a duration (time since the start: pandas' Timedelta): it was "neither a number nor ..."
         if np.isnat(a).any():
-            raise InputError(f"{path}: time column: empty at row {int(np.flatnonzero(np.isnat(a))[0]) + 1}")
+            raise InputError(f"{path}: time column: empty at row {_row(np.flatnonzero(np.isnat(a))[0], rows)}")
         return a.astype("timedelta64[us]").astype(np.int64) / 1e6
     num = _numeric(a)
     if num is None and comma:
@@ -633,7 +653,7 @@ def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False, col
     if num is not None:
         bad = ~np.isfinite(num)
         if bad.any():
-            raise InputError(f"{path}: time column: no number at row {int(np.flatnonzero(bad)[0]) + 1}")
+            raise InputError(f"{path}: time column: no number at row {_row(np.flatnonzero(bad)[0], rows)}")
         seconds = _seconds(path, num, notes, column)
         if a.dtype.kind in "iu" and seconds is not num:  # epoch nanoseconds 100 ns apart are one float64 second
             merged = len(np.unique(a)) - len(np.unique(seconds))  # value: they were dropped as "repeated"
@@ -649,13 +669,13 @@ def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False, col
         try:
             t = v if isinstance(v, datetime) else datetime.fromisoformat(_iso(str(v)))
         except ValueError:
-            raise InputError(_bad_time(path, a, i)) from None
+            raise InputError(_bad_time(path, a, i, rows)) from None
         out[i] = _utc_seconds(t)
         if t.tzinfo is None:
             naive.append(i)
     if naive and len(naive) < len(a):  # local times beside zoned ones would be shifted by the zone's offset
         notes.append(f"{path.name}: time column: {len(naive)} time(s) without a zone (the first "
-                     f"{str(a[naive[0]]).strip()[:40]!r} in row {naive[0] + 1}) read as UTC, beside "
+                     f"{str(a[naive[0]]).strip()[:40]!r} in row {_row(naive[0], rows)}) read as UTC, beside "
                      f"{len(a) - len(naive)} with one; give every time its zone if they are local times")
     return out
 
@@ -744,19 +764,24 @@ def _time_of_day(v: Any) -> bool:
         return False
 
 
-def _bad_time(path: Path, a: np.ndarray, first: int) -> str:
+def _row(i: Any, rows: np.ndarray | None) -> int:
+    """The file's row number (1-based) of cell ``i`` of a column, or of one series' cells (``rows``)."""
+    return (int(i) if rows is None else int(rows[i])) + 1
+
+
+def _bad_time(path: Path, a: np.ndarray, first: int, rows: np.ndarray | None = None) -> str:
     """What is wrong with a time column whose cell ``first`` is no ISO 8601 date: the first cell that is neither
     a number nor a date, or, when each cell is one or the other, that it mixes the two."""
     kinds = []
     for i, v in enumerate(a):
         kind, _ = time_of(str(v))
         if not kind and _time_of_day(v):
-            return f"{path}: time column: {str(v).strip()[:40]!r} at row {i + 1} is a time of day without its date; {JOIN_DATE}"
+            return f"{path}: time column: {str(v).strip()[:40]!r} at row {_row(i, rows)} is a time of day without its date; {JOIN_DATE}"
         if not kind:
-            return f"{path}: time column: {str(v).strip()[:40]!r} at row {i + 1} is neither a number nor an ISO 8601 date"
+            return f"{path}: time column: {str(v).strip()[:40]!r} at row {_row(i, rows)} is neither a number nor an ISO 8601 date"
         kinds.append(kind)
-    return (f"{path}: time column mixes numbers (row {kinds.index('number') + 1}) and ISO 8601 dates (row "
-            f"{kinds.index('date') + 1}); give one kind of time")
+    return (f"{path}: time column mixes numbers (row {_row(kinds.index('number'), rows)}) and ISO 8601 dates (row "
+            f"{_row(kinds.index('date'), rows)}); give one kind of time")
 
 
 def _labels(path: Path, a: np.ndarray) -> np.ndarray:
