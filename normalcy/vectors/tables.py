@@ -243,8 +243,9 @@ def _check_parquet(path: Path) -> None:
     parquet table (Parquet magic bytes not found in footer. Either the file is corrupted or ...)"."""
     with open(path, "rb") as fh:
         head = fh.read(TEXT_CHECK_BYTES)
-    if head.startswith(PARQUET_MAGIC) or not head or b"\x00" in head:
-        return
+    first = head.split(b"\n", 1)[0]
+    if head.startswith(PARQUET_MAGIC) or b"\n" not in head or b"\x00" in head or not any(c in first for c in b",;\t"):
+        return  # not a CSV's lines: pyarrow's own reason
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as err:
