@@ -501,6 +501,61 @@ def test_runs_share_one_timer_thread(tmp_path: Path, monkeypatch: pytest.MonkeyP
         OnnxScorer(tiny_onnx(tmp_path / "model.onnx", scores="slow"), run_seconds=0.01)
 
 
+def _one_slow_node(path: Path, side: int) -> Path:
+    """tiny_onnx's model plus one product of two side x side matrices of ones, their side computed from the
+    input's at run time (so nothing is refused or folded on loading): one node that runs for seconds."""
+    from onnx import helper as h
+    from onnx import numpy_helper
+
+    nodes = [h.make_node("Shape", ["pixels"], ["shape"]), h.make_node("Slice", ["shape", "one", "two"], ["h"]),
+             h.make_node("Mul", ["h", "times"], ["k"]), h.make_node("Concat", ["k", "k"], ["kk"], axis=0),
+             h.make_node("ConstantOfShape", ["kk"], ["z"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+             h.make_node("MatMul", ["z", "z"], ["zz"])]
+    inits = [numpy_helper.from_array(np.array([2], np.int64), "two"),
+             numpy_helper.from_array(np.array([side // 32], np.int64), "times")]
+    return _scores_plus(path, nodes, "zz", inits)
+
+
+def test_one_slow_node_does_not_hold_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime looks at a run's terminate flag only between nodes: one product of two 8192 x 8192 matrices
+    held the caller 43 s past a 0.5 s limit. The caller now gets its error once the limit and a grace are past,
+    while the node ends on its own thread (here a product of 3072 x 3072 matrices, about a second; the limit leaves
+    time for the nodes before it, which stop at once if it runs out there)."""
+    import time
+
+    import normalcy.scale.export as export
+
+    monkeypatch.setattr(export, "GRACE_SECONDS", 0.001)
+    path = _one_slow_node(tmp_path / "model.onnx", 3072)
+    with pytest.raises(InputError, match=r"model.onnx: the graph ran over 0.1 s on a batch of 2 image\(s\) and one "
+                                         r"of its nodes did not stop within 0.001 s more: abandoned"):
+        OnnxScorer(path, run_seconds=0.1)
+    assert export._WORKERS.abandoned == 1  # the caller did not wait for the node
+    waited = time.monotonic()
+    while export._WORKERS.abandoned and time.monotonic() - waited < 120:  # the node ends, and is counted off
+        time.sleep(0.01)
+    assert export._WORKERS.abandoned == 0
+
+
+def test_the_cli_ends_at_once_while_a_node_runs_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A normal exit with a node still running waited for it (minutes) and then aborted ("terminate called
+    without an active exception", exit code 134): the command says its error and ends the process itself."""
+    import normalcy.cli as cli
+    import normalcy.scale.export as export
+
+    ended: list[int] = []
+
+    def _exit(code: int) -> None:
+        ended.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(export._WORKERS, "abandoned", 1)
+    monkeypatch.setattr(cli.os, "_exit", _exit)
+    with pytest.raises(SystemExit):
+        cli._fail("the graph ran over 600 s: abandoned")
+    assert ended == [1]
+
+
 @pytest.mark.parametrize("pixels, got", [(np.zeros((2, 16, 16, 3), np.uint8), "uint8 [2, 16, 16, 3]"),
                                          (np.zeros((2, 32, 32, 3), np.float32), "float32 [2, 32, 32, 3]"),
                                          (np.zeros((0, 32, 32, 3), np.uint8), "uint8 [0, 32, 32, 3]"),

@@ -56,10 +56,10 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import tempfile
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Literal, Sequence
@@ -643,48 +643,84 @@ def _control_flow(proto: Any) -> str | None:
     return None
 
 
-class _Deadlines:
-    """One thread for every scorer's runs that stops each run when its time is up (``RunOptions.terminate``):
-    a ``threading.Timer`` for each run started a thread each time, about 65 us of a batch-1 call (0.2 ms on the
-    loaded 2 cores); a run now only notes its deadline. The thread sleeps until the nearest deadline."""
+GRACE_SECONDS = 1.0  # how long a run may take to stop at its next node once its time is up
+
+
+class _Job:
+    """One graph run handed to a worker: the call, and its result or error once ``done`` (a lock taken until
+    then: the cheapest handoff between threads) is released."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.call, self.done = call, threading.Lock()
+        self.done.acquire()
+        self.finished = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+
+class _Workers:
+    """Daemon threads that run the graph while the caller waits at most the run's time. onnxruntime looks at
+    ``RunOptions.terminate`` only between nodes, so one slow node (a product of two 8192 x 8192 tensors computed
+    from the input: 43 s past a 0.5 s limit) held its caller to the end; the caller now waits, sets the flag,
+    waits ``GRACE_SECONDS`` more for the run to stop at its next node, and past that leaves the node to finish
+    on its own thread (a core and its arena memory stay busy until it does; ``abandoned`` counts such runs).
+    An idle worker is reused: a thread started for each run cost about 65 us of a batch-1 call."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._runs: dict[int, tuple[float, Any]] = {}
-        self._keys = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._wake = math.inf  # when the thread wakes next
+        self._lock = threading.Lock()
+        self._idle: list[tuple[threading.Thread, queue.SimpleQueue[_Job]]] = []
+        self.abandoned = 0  # runs given up on that are still going
 
-    def add(self, options: Any, seconds: float) -> int:
-        """Watch a run: ``options.terminate`` is set ``seconds`` from now unless ``remove`` comes first."""
-        deadline = time.monotonic() + seconds
-        with self._cond:
-            key = next(self._keys)
-            self._runs[key] = (deadline, options)
-            if self._thread is None or not self._thread.is_alive():  # the first run, or a forked child's
-                self._thread = threading.Thread(target=self._watch, name="normalcy-onnx-deadlines", daemon=True)
-                self._thread.start()
-            elif deadline < self._wake:
-                self._cond.notify()
-        return key
+    def run(self, call: Callable[[], Any], options: Any, seconds: float) -> Any:
+        """call()'s result (its error is raised here), or None for a run that did not stop within the grace after
+        its time (it goes on in the background)."""
+        job = _Job(call)
+        self._hand(job)
+        try:
+            if not job.done.acquire(timeout=seconds):
+                options.terminate = True
+                job.done.acquire(timeout=GRACE_SECONDS)
+        except BaseException:  # Ctrl-C: the run stops at its next node
+            options.terminate = True
+            raise
+        with self._lock:
+            if not job.finished:
+                job.abandoned = True
+                self.abandoned += 1
+                return None
+        if job.error is not None:
+            raise job.error
+        return job.result
 
-    def remove(self, key: int) -> None:
-        with self._cond:
-            self._runs.pop(key, None)
+    def _hand(self, job: _Job) -> None:
+        with self._lock:
+            while self._idle:
+                thread, inbox = self._idle.pop()
+                if thread.is_alive():  # not in a forked child, where only the forking thread runs
+                    inbox.put(job)
+                    return
+        inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        inbox.put(job)
+        threading.Thread(target=self._work, args=(inbox,), name="normalcy-onnx-run", daemon=True).start()
 
-    def _watch(self) -> None:
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                for key, (deadline, options) in list(self._runs.items()):
-                    if deadline <= now:
-                        options.terminate = True
-                        del self._runs[key]
-                self._wake = min((d for d, _ in self._runs.values()), default=math.inf)
-                self._cond.wait(None if self._wake == math.inf else self._wake - now)
+    def _work(self, inbox: queue.SimpleQueue[_Job]) -> None:
+        me = threading.current_thread()
+        while True:
+            job = inbox.get()
+            try:
+                job.result = job.call()
+            except BaseException as err:  # noqa: BLE001 - handed to the caller, raised there
+                job.error = err
+            with self._lock:
+                job.finished = True
+                self.abandoned -= job.abandoned
+                self._idle.append((me, inbox))
+            job.done.release()
+            del job
 
 
-_DEADLINES = _Deadlines()
+_WORKERS = _Workers()
 
 
 def _ort_reason(err: Exception) -> str:
@@ -832,9 +868,9 @@ class OnnxScorer:
 
         n = len(pixels)
         options = ort.RunOptions()
-        watched = _DEADLINES.add(options, self.run_seconds)
         try:
-            scores, maps = self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels}, options)
+            outputs = _WORKERS.run(lambda: self.session.run(OUTPUT_NAMES, {INPUT_NAME: pixels}, options),
+                                   options, self.run_seconds)
         except Exception as err:  # noqa: BLE001 - onnxruntime's own classes: a graph that fails on this batch
             text = _ort_reason(err)
             if options.terminate:
@@ -846,8 +882,11 @@ class OnnxScorer:
                                  f"of {n} image(s), over the {self.max_bytes / 2**30:.3g} GiB a run may use: refused "
                                  "(an exported model needs a few GB)") from None
             raise InputError(f"{self.path}: the graph failed on a batch of {n} image(s) ({text[:300]})") from None
-        finally:
-            _DEADLINES.remove(watched)
+        if outputs is None:
+            raise InputError(f"{self.path}: the graph ran over {self.run_seconds:g} s on a batch of {n} image(s) and "
+                             f"one of its nodes did not stop within {GRACE_SECONDS:g} s more: abandoned (it ends on "
+                             "its own; an exported model scores a batch in seconds)")
+        scores, maps = outputs
         if scores.shape != (n,):
             raise InputError(f"{self.path}: output image_scores: shape {scores.shape} for {n} image(s), expected ({n},)")
         if maps.ndim != 3 or maps.shape[0] != n or not maps.shape[1] or not maps.shape[2]:
