@@ -537,6 +537,36 @@ def test_one_slow_node_does_not_hold_the_caller(tmp_path: Path, monkeypatch: pyt
     assert export._WORKERS.abandoned == 0
 
 
+def test_a_run_given_up_on_is_counted_until_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers' bookkeeping, with a call that blocks until told: a run past its time and grace, and one
+    interrupted by Ctrl-C (which waited for the whole node before), set the terminate flag, return at once and
+    count as abandoned until the call ends; the worker is then reused."""
+    import os
+    import signal
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import normalcy.scale.export as export
+
+    monkeypatch.setattr(export, "GRACE_SECONDS", 0.01)
+    workers, gate = export._Workers(), threading.Event()
+    options = SimpleNamespace(terminate=False)
+    assert workers.run(gate.wait, options, 0.01) is None and options.terminate and workers.abandoned == 1
+    gate.set()
+    waited = time.monotonic()
+    while workers.abandoned and time.monotonic() - waited < 10:
+        time.sleep(0.001)
+    assert workers.abandoned == 0 and workers.run(lambda: 42, SimpleNamespace(terminate=False), 5) == 42
+    gate.clear()
+    options = SimpleNamespace(terminate=False)
+    threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        workers.run(gate.wait, options, 60)
+    assert options.terminate and workers.abandoned == 1
+    gate.set()
+
+
 def test_the_cli_ends_at_once_while_a_node_runs_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """A normal exit with a node still running waited for it (minutes) and then aborted ("terminate called
     without an active exception", exit code 134): the command says its error and ends the process itself."""

@@ -683,15 +683,21 @@ class _Workers:
                 job.done.acquire(timeout=GRACE_SECONDS)
         except BaseException:  # Ctrl-C: the run stops at its next node
             options.terminate = True
+            self._give_up(job)
             raise
+        if self._give_up(job):
+            return None
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _give_up(self, job: _Job) -> bool:
+        """Whether the job is still running; if so, it is counted in ``abandoned`` until it ends."""
         with self._lock:
             if not job.finished:
                 job.abandoned = True
                 self.abandoned += 1
-                return None
-        if job.error is not None:
-            raise job.error
-        return job.result
+            return job.abandoned
 
     def _hand(self, job: _Job) -> None:
         with self._lock:
