@@ -42,11 +42,13 @@ class NotFittedError(RuntimeError, SklearnNotFitted):
 
 SHOWN_CHARS = 100  # of a name (a series id, a file) in a message: a 10,000-character id filled screens
 WHERE_CHARS = 2 * SHOWN_CHARS  # of a file and the series id in it, "FILE [host=ID]", in a message
+REPR_CHARS = 60  # of a value read from a file (``files.short_repr``), in a message
 
 
 def shortened(text: str, width: int = SHOWN_CHARS) -> str:
-    """A name for a message, at most ``width`` characters: its start and its end kept around "…" (names told
-    apart at either end, ``host-1…-eu-west`` and ``host-1…-us-east``, stay apart); files keep it whole."""
+    """A name (or a value's repr: ``files.short_repr``) for a message, at most ``width`` characters: its start
+    and its end kept around "…" (names told apart at either end, ``host-1…-eu-west`` and ``host-1…-us-east``,
+    stay apart); files keep it whole."""
     if len(text) <= width:
         return text
     head = (width - 1) // 2

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from normalcy.errors import InputError
+from normalcy.errors import REPR_CHARS, InputError, shortened
 
 MODEL_JSON = "model.json"
 MAX_JSON_BYTES = 16 * 2**20  # a real model.json is a few kB; a huge one is not a model
@@ -375,9 +375,9 @@ def describe(err: ValidationError) -> str:
 
 
 def short_repr(value: Any) -> str:
-    """A value read from a file, for a message: at most 60 characters (a crafted 1 MB string is not echoed)."""
-    text = "NaN" if isinstance(value, float) and math.isnan(value) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A value read from a file, for a message: at most ``REPR_CHARS`` characters (a crafted 1 MB string is not
+    echoed), cut as ``shortened`` cuts a name, so a long string's closing quote shows where it ends."""
+    return shortened("NaN" if isinstance(value, float) and math.isnan(value) else repr(value), REPR_CHARS)
 
 
 def one_line(err: BaseException) -> str:

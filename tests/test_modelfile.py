@@ -587,6 +587,18 @@ def test_a_model_in_a_folder_whose_name_is_not_utf8_loads(tmp_path: Path) -> Non
     assert torch.equal(read_tensors(folder / "model.safetensors")["w"], state["w"])
 
 
+def test_one_helper_cuts_values_and_names_short() -> None:
+    """files.short_repr (60 characters, its end cut off) and errors.shortened (100, start and end kept) cut text
+    two ways; short_repr is now shortened at 60 characters of the repr, so a long string's closing quote shows."""
+    from normalcy.errors import REPR_CHARS, shortened
+    from normalcy.files import short_repr
+
+    cut = short_repr("x" * 100_000 + "END")
+    assert len(cut) == REPR_CHARS == 60 and cut.startswith("'xxx") and cut.endswith("xEND'") and "…" in cut
+    assert cut == shortened(repr("x" * 100_000 + "END"), 60)
+    assert short_repr(float("nan")) == "NaN" and short_repr("a" * 58) == repr("a" * 58)  # 60: kept whole
+
+
 LONG = "x" * 100_000
 # Each model.json field whose crafted value a message echoed whole: a 100 kB (or 1 MB) line on the terminal.
 LONG_CASES = {
