@@ -588,8 +588,11 @@ def export(model_dir: PathLike, output: PathLike, precision: str = "fp32", calib
         raise InputError("--precision int8 needs --calibration DIR: normal images, such as the training folder")
     if precision == "fp32" and calibration is not None:  # it was listed, then ignored without a word
         raise InputError("--calibration applies to --precision int8: an fp32 graph is not calibrated")
+    try:
+        calib = list_files(calibration) if calibration is not None else None
+    except InputError as err:  # "folder not found: X" did not say which folder it wanted
+        raise InputError(f"--calibration: {err}") from None
     det = load_image_model(model_dir, trust_code=trust_code)
-    calib = list_files(calibration) if calibration is not None else None
     return det, export_onnx(det, output, precision=precision, calibration_paths=calib)
 
 

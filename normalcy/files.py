@@ -101,10 +101,23 @@ def resolved(path: str | Path) -> Path:
 
 def no_model_json(d: Path) -> InputError:
     """The error for a model path without model.json in it: given model/model.json (or its tensors), it said
-    "model/model.json: not a normalcy model (no model.json)"; it now names the folder to give."""
+    "model/model.json: not a normalcy model (no model.json)"; it now names the folder to give. So it said of a
+    path that does not exist, and of an exported model.onnx given to `export` (it takes the model folder)."""
     if d.is_file() and os.path.lexists(d.parent / MODEL_JSON):
         return InputError(f"{d}: a model is the folder holding {MODEL_JSON} and its files: give {d.parent}")
+    if not os.path.lexists(d):
+        return InputError(f"{d}: not a normalcy model: no such file or folder")
+    if d.is_file() and d.suffix.lower() == ".onnx":
+        return InputError(f"{d}: an exported ONNX model, not a model folder: give the folder `normalcy fit` wrote "
+                          "(predict and normalcy.load take the .onnx)")
     return InputError(f"{d}: not a normalcy model (no {MODEL_JSON})")
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest of ``path``'s folders that exists, where it is a file (``-o model.onnx/x.onnx``), else None:
+    making the folders below it said only "File exists" or "Not a directory"."""
+    existing = next((p for p in Path(os.path.abspath(path)).parents if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
 
 
 def read_json(path: Path) -> dict[str, Any]:

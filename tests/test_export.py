@@ -187,6 +187,24 @@ def test_export_refuses_series_models_and_a_folder_as_output(tmp_path: Path) -> 
         export(tmp_path / "no_model_needed_yet", tmp_path)
 
 
+def test_export_says_what_is_wrong_with_its_paths(tmp_path: Path) -> None:
+    """Before any model is loaded: --output below a file said "cannot write there (File exists)", an exported
+    .onnx (or a path that does not exist) given as the model said "not a normalcy model (no model.json)", and
+    --calibration's folder was named without the option ("folder not found: X")."""
+    from normalcy.api import export
+
+    (tmp_path / "model.onnx").write_bytes(b"an exported model")
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'model.onnx' / 'a' / 'x.onnx'}: cannot write there "
+                                                   f"({tmp_path / 'model.onnx'} is a file, not a folder)")):
+        export(tmp_path / "no_model_needed_yet", tmp_path / "model.onnx" / "a" / "x.onnx")
+    with pytest.raises(InputError, match="model.onnx: an exported ONNX model, not a model folder: give the folder"):
+        export(tmp_path / "model.onnx", tmp_path / "again.onnx")
+    with pytest.raises(InputError, match="missing: not a normalcy model: no such file or folder"):
+        export(tmp_path / "missing", tmp_path / "m.onnx")
+    with pytest.raises(InputError, match=re.escape(f"--calibration: folder not found: {tmp_path / 'nowhere'}")):
+        export(tmp_path / "missing", tmp_path / "m.onnx", precision="int8", calibration=tmp_path / "nowhere")
+
+
 def test_int8_quantises_the_backbone(gaussian: Detector, dataset: Path, tmp_path: Path) -> None:
     """int8: every backbone convolution reads int8 weights and activations (the search for the backbone's nodes
     once found none, and the int8 model was silently the fp32 one); the arithmetic after it stays float."""

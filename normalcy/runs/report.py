@@ -32,7 +32,7 @@ from markupsafe import Markup
 from PIL import Image
 
 from normalcy.errors import InputError
-from normalcy.files import check_writable, hold, release, remove_if_stale
+from normalcy.files import check_writable, file_in_the_way, hold, release, remove_if_stale
 from normalcy.images.heatmap import _to_rgb_u8, colorize, colour_range, overlay
 from normalcy.images.io import printable
 from normalcy.runs.plots import score_plots, three
@@ -256,9 +256,10 @@ def check_report_file(path: Path) -> None:
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise InputError(f"{path}: a folder; --report names the HTML file to write (e.g. {path / 'report.html'})")
+    blocked = file_in_the_way(path)
+    if blocked is not None:
+        raise InputError(f"{path}: cannot write the report there ({blocked} is a file)")
     existing = path if path.exists() else next(p for p in path.parents if p.exists())  # its folders are made later
-    if existing != path and not existing.is_dir():
-        raise InputError(f"{path}: cannot write the report there ({existing} is a file)")
     if existing != path:
         check_writable(existing, path, "the report")
         return

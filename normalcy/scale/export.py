@@ -78,7 +78,7 @@ from torch import nn
 
 from normalcy.detectors import DETECTORS, ZERO_SHOT_MESSAGE, MuSc, PatchCore
 from normalcy.detectors.base import Detector, Result, Scored, Skipped, batch_for, collect
-from normalcy.files import Strict, describe, hold, read_model_file, release, remove_if_stale
+from normalcy.files import Strict, describe, file_in_the_way, hold, read_model_file, release, remove_if_stale
 from normalcy.errors import InputError
 from normalcy.images.features import MAX_SIZE, MIN_SIZE, resize_image
 from normalcy.images.io import iter_images, list_files
@@ -244,6 +244,9 @@ def check_output_file(path: Path) -> None:
     if path.suffix.lower() != ".onnx":
         raise InputError(f"{path}: the exported file's name must end in .onnx (predict and normalcy.load know an "
                          "exported model by it)")
+    blocked = file_in_the_way(path)
+    if blocked is not None:  # making its folders said "cannot write there (File exists)"
+        raise InputError(f"{path}: cannot write there ({blocked} is a file, not a folder)")
 
 
 def _stage(path: Path) -> Path:
