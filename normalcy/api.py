@@ -612,6 +612,8 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
     if idle is not None and not follow:  # stdin without --follow waited for its end past any idle time
         raise InputError("--idle applies with --follow; without it, watch reads its input to the end")
     model_dir = getattr(model, "directory", None)  # a set reads its models from there when they are first used
+    if isinstance(model, SeriesDetector):
+        model._check_fitted()  # an unfitted one failed inside with an AttributeError ('columns_'), as predict's did
     if not isinstance(model, (SeriesDetector, SeriesSet)):
         model_dir = Path(model)
         if not is_series_model(model_dir):
