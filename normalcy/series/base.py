@@ -893,9 +893,23 @@ def _is_frame(data: Any) -> bool:
     return hasattr(data, "columns") and hasattr(data, "to_numpy")
 
 
+def refuse_dates(data: Any, where: str) -> None:
+    """InputError naming the columns of dates or durations in a DataFrame, or an array or pandas Series of them.
+    Why: numpy reads them as nanoseconds since 1970 without a word, so a DataFrame's time column was fitted and
+    scored as a metric, every later row far above the training ones (all anomalous)."""
+    frame = _is_frame(data)
+    dtypes = zip(data.columns, getattr(data, "dtypes", ())) if frame else [("values", getattr(data, "dtype", None))]
+    dates = [str(c) for c, t in dtypes if getattr(t, "kind", "") in ("m", "M")]
+    if dates:
+        what = f"column(s) {dates[:5]} hold" if frame else "its values are"
+        raise InputError(f"{where}: {what} dates or durations, not measurements: make a time column the index "
+                         "(df.set_index(...)) or drop it")
+
+
 def _numbers(data: Any, kinds: str = "a Series, a list of them, a DataFrame") -> np.ndarray:
     """Anything numpy reads as numbers (a list, a pandas Series) as a float64 array; an InputError otherwise,
     saying what is taken (``kinds``, then an array): at scoring, a file name or text was numpy's bare ValueError."""
+    refuse_dates(data, "array")
     try:
         return np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -908,6 +922,7 @@ def _frame_series(data: Any) -> Series | None:
     its column names for series and failed with an AttributeError."""
     if not _is_frame(data):
         return None
+    refuse_dates(data, "DataFrame")
     try:
         raw = data.to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError) as err:

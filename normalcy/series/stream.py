@@ -36,7 +36,8 @@ import numpy as np
 
 from normalcy.errors import InputError, shortened
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
-from normalcy.series.base import MAX_Z, MIN_CALIBRATION, SeriesDetector, StreamState, _array_named, _is_frame
+from normalcy.series.base import (MAX_Z, MIN_CALIBRATION, SeriesDetector, StreamState, _array_named, _is_frame,
+                                  refuse_dates)
 from normalcy.vectors.tables import cell_number
 
 log = logging.getLogger("normalcy")
@@ -67,8 +68,13 @@ class Stream:
                  learn_every: int = 128, alarm: float = 0.3, quiet: int = 100, memory: int = 8640,
                  resume: bool = True) -> None:
         detector._check_fitted()
-        if learn_every < 1 or quiet < 0 or not 0 < alarm <= 1:
-            raise InputError("stream: learn_every >= 1, quiet >= 0 and 0 < alarm <= 1 are required")
+        # a whole learn_every and memory >= 1 too: learn_every=2.5 was a TypeError and memory=0 a ZeroDivisionError
+        # at the first row (a negative memory was taken)
+        if (not isinstance(learn_every, (int, np.integer)) or learn_every < 1 or quiet < 0 or memory < 1
+                or not 0 < alarm <= 1):
+            raise InputError("stream: a whole learn_every >= 1, quiet >= 0, memory >= 1 and 0 < alarm <= 1 are "
+                             f"required (got learn_every={learn_every!r}, quiet={quiet!r}, memory={memory!r}, "
+                             f"alarm={alarm!r})")
         self.det, self.learning, self.every, self.alarm_level, self.quiet = detector, learn, learn_every, alarm, quiet
         self.auto = isinstance(detector, AutoDetector)
         self.tail = detector.tail if self.auto else RunningTail(np.zeros(1), np.ones(1), 0, memory)
@@ -281,8 +287,8 @@ def _matrix(values: Any, columns: Sequence[str]) -> np.ndarray:
     """(n, d) rows (``_numbers``) from (n, d), (d,) or, for one column, (n,) values."""
     d = len(columns)
     a = _numbers(values, columns)
-    if a.ndim == 1:
-        a = a[:, None] if d == 1 else a[None]
+    if a.ndim == 1:  # no rows at all (a poll that found none, as []) is (0, d), not one row of no values
+        a = a.reshape(0, d) if not len(a) else a[:, None] if d == 1 else a[None]
     if a.ndim != 2 or a.shape[1] != d:
         raise InputError(f"stream: rows of {d} value(s) expected, got shape {a.shape}")
     return a
@@ -294,6 +300,7 @@ def _numbers(values: Any, columns: Sequence[str]) -> np.ndarray:
     an array's in order. A cell that is text or None is NaN, held as a missing value is (a loop stopped on it)."""
     if hasattr(values, "keys"):
         values = _by_name(values, columns)
+    refuse_dates(values, "stream")
     try:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):

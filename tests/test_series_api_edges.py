@@ -1,0 +1,79 @@
+"""The Python API of the series detectors at its edges: in-memory inputs (pandas frames with dates, empty
+polls), ``Stream``'s settings, and ``api.watch`` of an unfitted detector."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from normalcy import api
+from normalcy.errors import InputError, NotFittedError
+from normalcy.series.knn import SubsequenceKNN
+from normalcy.series.stream import Stream
+
+
+def rows(n: int = 200, d: int = 2) -> np.ndarray:
+    """d smooth periodic metrics, each its own period: small enough that a fit takes milliseconds."""
+    t = np.arange(n)[:, None]
+    return np.sin(2 * np.pi * t / (10 + 3 * np.arange(d)))
+
+
+@pytest.fixture(scope="module")
+def knn() -> SubsequenceKNN:
+    return SubsequenceKNN(window=5).fit(rows(), progress=False)
+
+
+def test_stream_run_of_an_empty_list_is_no_rows_not_an_error(knn: SubsequenceKNN) -> None:
+    """A poll that found no new rows, given as [] to a model of 2 metrics, was "rows of 2 value(s) expected,
+    got shape (1, 0)" though ``run`` documents empty arrays for it."""
+    stream = Stream(knn)
+    for empty in ([], np.empty(0)):
+        out = stream.run(empty)
+        assert out.score.shape == (0,) and out.contributions.shape == (0, 2)
+    assert stream.t == 0
+    assert stream.run(rows(3)).score.shape == (3,)  # the stream goes on
+
+
+@pytest.mark.parametrize("kw", [{"memory": 0}, {"memory": -1}, {"learn_every": 2.5}])
+def test_stream_refuses_a_bad_memory_or_learn_every_when_made(knn: SubsequenceKNN, kw: dict) -> None:
+    """memory=0 was a ZeroDivisionError at the first row, a negative one was taken, learn_every=2.5 a TypeError
+    at the first row: each is an InputError naming it when the stream is made."""
+    name = next(iter(kw))
+    with pytest.raises(InputError, match=f"{name}={kw[name]}"):
+        Stream(knn, **kw)
+
+
+def frame_with_dates(n: int = 200) -> pd.DataFrame:
+    return pd.DataFrame({"ts": pd.date_range("2024-01-01", periods=n, freq="min"), "a": rows(n, 1)[:, 0]})
+
+
+def test_a_date_column_is_refused_naming_it_not_scored_as_nanoseconds(knn: SubsequenceKNN) -> None:
+    """numpy read a DataFrame's datetime column as nanoseconds since 1970: fitted as a metric, and every later row
+    scored far above the threshold (or, at scoring, clipped at 1e6 spreads: all anomalous), without a word."""
+    df = frame_with_dates()
+    with pytest.raises(InputError, match=r"DataFrame: column\(s\) \['ts'\] hold dates"):
+        SubsequenceKNN(window=5).fit(df, progress=False)
+    with pytest.raises(InputError, match="dates or durations"):
+        SubsequenceKNN(window=5).fit(df["ts"], progress=False)  # a pandas Series of dates
+    two = pd.DataFrame({"x0": df["ts"], "x1": rows(200, 1)[:, 0]})  # named as the array model's columns
+    with pytest.raises(InputError, match=r"\['x0'\] hold dates"):
+        knn.score(two)
+    with pytest.raises(InputError, match=r"stream: column\(s\) \['x0'\] hold dates"):
+        Stream(knn).run(two)
+    durations = pd.DataFrame({"x0": pd.to_timedelta(np.arange(200), unit="s"), "x1": 0.0})
+    with pytest.raises(InputError, match="dates or durations"):
+        knn.score(durations)
+    # the dates as the index, as the message says: fitted on the values alone
+    indexed = SubsequenceKNN(window=5).fit(df.set_index("ts"), progress=False)
+    assert indexed.columns_ == ("a",)
+    plain = SubsequenceKNN(window=5).fit(df[["a"]], progress=False)
+    np.testing.assert_array_equal(indexed.score(df.set_index("ts")).score, plain.score(df[["a"]]).score)
+
+
+def test_api_watch_of_an_unfitted_detector_says_so() -> None:
+    """It failed inside with an AttributeError ('columns_'); predict said NotFittedError already."""
+    with pytest.raises(NotFittedError, match="not fitted"):
+        api.watch(SubsequenceKNN(), io.StringIO("a,b\n1,2\n"), out=io.StringIO())
