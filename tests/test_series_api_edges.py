@@ -77,3 +77,21 @@ def test_api_watch_of_an_unfitted_detector_says_so() -> None:
     """It failed inside with an AttributeError ('columns_'); predict said NotFittedError already."""
     with pytest.raises(NotFittedError, match="not fitted"):
         api.watch(SubsequenceKNN(), io.StringIO("a,b\n1,2\n"), out=io.StringIO())
+
+
+def test_score_one_takes_a_named_row_by_name() -> None:
+    """A pandas Series row in another order than the model's columns was scored in its own order (b as a), a
+    wrong score without a word; a dict was refused. Both are taken by name now, as Stream.update takes them."""
+    X = rows() + [0.0, 5.0]
+    model = SubsequenceKNN(window=5).fit(pd.DataFrame(X, columns=["a", "b"]), progress=False)
+    expected = model.score(pd.DataFrame(X[:12], columns=["a", "b"])).score[-1]
+    for make in (lambda r: pd.Series({"b": r[1], "a": r[0]}), lambda r: {"b": r[1], "a": r[0], "other": 0.0}):
+        model.reset_stream()
+        got = [model.score_one(make(r)) for r in X[:12]]
+        assert got[-1] == pytest.approx(expected, abs=1e-9)
+    model.reset_stream()
+    unlabelled = model.score_one(pd.Series(X[0]))  # labelled 0, 1: taken in order, as before
+    model.reset_stream()
+    assert unlabelled == model.score_one(X[0])
+    with pytest.raises(InputError, match=r"without the model's metric\(s\) \['b'\]"):
+        model.score_one({"a": 1.0})

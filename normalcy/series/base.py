@@ -464,7 +464,13 @@ class SeriesDetector(ParamsEstimator):
 
     def row_values(self, x: Any) -> np.ndarray:
         """One row's (d,) raw values: d numbers, a (1, d) array, or a number for a one-column model. Anything
-        else is refused, not flattened: two rows of a one-column model would otherwise be scored as one row."""
+        else is refused, not flattened: two rows of a one-column model would otherwise be scored as one row. A named
+        row (a dict, or a pandas Series labelled with every model column) is taken by name, as ``Stream.update``
+        takes it: a pandas Series' own order was taken silently (b, a scored as a, b) and a dict was refused."""
+        if hasattr(x, "keys") and (isinstance(x, dict) or {str(k) for k in x.keys()} >= set(self.columns_)):
+            from normalcy.series.stream import _by_name  # stream imports this module
+
+            x = _by_name(x, self.columns_)
         try:
             row = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as err:  # text in the row: numpy's bare ValueError
