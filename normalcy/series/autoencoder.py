@@ -34,6 +34,7 @@ from pydantic import Field
 from torch import nn
 
 from normalcy.detectors.base import LearningRate, Seconds
+from normalcy.errors import InputError
 from normalcy.numerics import threads
 from normalcy.series.base import SeriesDetector, SeriesParams
 from normalcy.series.windows import flat_windows, inside
@@ -109,10 +110,16 @@ def _train(net: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor
     return {"steps": done, "seconds": round(time.perf_counter() - start, 3), "first_loss": first, "last_loss": last}
 
 
-def training_windows(X: np.ndarray, span: int, starts: np.ndarray) -> torch.Tensor:
+def training_windows(X: np.ndarray, span: int, starts: np.ndarray, param: str = "span") -> torch.Tensor:
     """The windows of ``span`` rows of X (n, d) that lie inside one training series (``starts``: where
-    each begins), as float32 rows (span * d, time-major), at most MAX_TRAIN_WINDOWS (evenly spaced)."""
+    each begins), as float32 rows (span * d, time-major), at most MAX_TRAIN_WINDOWS (evenly spaced). None is an
+    InputError naming ``param``, the parameter that set the span: a span longer than every series was a
+    ZeroDivisionError inside training."""
     ok = inside(starts, len(X), span)
+    if not len(ok):
+        longest = int(np.diff(np.append(starts, len(X))).max())
+        raise InputError(f"{param}: windows of {span} rows, but the longest training series has {longest} rows to "
+                         f"fit on: give a smaller {param} or a longer series")
     keep = ok[np.unique(np.linspace(0, len(ok) - 1, min(len(ok), MAX_TRAIN_WINDOWS)).round().astype(np.int64))]
     return torch.from_numpy(np.ascontiguousarray(flat_windows(X, span)[keep], dtype=np.float32))
 

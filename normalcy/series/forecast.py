@@ -128,7 +128,7 @@ class Forecast(NeuralDetector):
         def loss(x: torch.Tensor) -> torch.Tensor:
             return ((self.net_(x[:, :split]) - x[:, split:]) ** 2).mean()
 
-        self._train(training_windows(X, self.lags_ + 1, self.starts), loss)  # the lags and the row they predict
+        self._train(training_windows(X, self.lags_ + 1, self.starts, "lags"), loss)  # the lags and the row they predict
         ends = np.append(self.starts[1:], len(X))
         last = X[self.starts[-1]:ends[-1]]  # the history continues from the last training series
         smoothed = self._smoothed(last).sum(axis=1)
