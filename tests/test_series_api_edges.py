@@ -8,10 +8,12 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 
 from normalcy import api
 from normalcy.errors import InputError, NotFittedError
 from normalcy.series.knn import SubsequenceKNN
+from normalcy.series.registry import create
 from normalcy.series.stream import Stream
 
 
@@ -95,3 +97,23 @@ def test_score_one_takes_a_named_row_by_name() -> None:
     assert unlabelled == model.score_one(X[0])
     with pytest.raises(InputError, match=r"without the model's metric\(s\) \['b'\]"):
         model.score_one({"a": 1.0})
+
+
+@pytest.mark.parametrize("name, kw, param", [("autoencoder", {"span": 300}, "span"), ("hypad", {"span": 300}, "span"),
+                                            ("forecast", {"lags": 300, "history": 10}, "lags")])
+def test_a_network_window_longer_than_the_training_rows_is_named(name: str, kw: dict, param: str) -> None:
+    """A span (lags) longer than every training series left no training window: a ZeroDivisionError inside
+    training. It is an InputError naming the parameter."""
+    with pytest.raises(InputError, match=rf"^{param}: windows of 30[01] rows, but the longest training series has "):
+        create(name, window=5, steps=1, **kw).fit(rows(), progress=False)
+
+
+def test_clone_after_set_params_of_a_list() -> None:
+    """set_params kept a list where __init__ keeps a tuple, and clone refused the estimator ("the constructor
+    either does not set or modifies parameter candidates"); an invalid value is still refused at fit only."""
+    auto = create("auto").set_params(candidates=["knn"], window=5)
+    twin = clone(auto)
+    assert twin.get_params() == auto.get_params() and twin.candidates == ("knn",)
+    bad = create("knn").set_params(k=0)  # accepted here, as scikit-learn's set_params checks names only
+    with pytest.raises(InputError, match="detector knn: k: "):
+        bad.fit(rows(), progress=False)

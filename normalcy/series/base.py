@@ -225,6 +225,18 @@ class SeriesDetector(ParamsEstimator):
         values = {k: getattr(self, k) for k in type(self).Params.model_fields}
         return type(self).Params(**values).model_dump(mode="json")
 
+    def set_params(self, **params: Any) -> "SeriesDetector":
+        """scikit-learn's, then the values kept as ``__init__`` keeps them where they are valid (an invalid one is
+        left for ``fit`` to refuse, naming it). Why: ``set_params(candidates=["knn"])`` kept the list that
+        ``__init__`` makes a tuple of, and ``clone`` then failed: "the constructor either does not set or modifies
+        parameter candidates"."""
+        super().set_params(**params)
+        try:
+            self._check_params()
+        except InputError:
+            pass
+        return self
+
     def _check_params(self) -> None:
         """Validate the parameters again by ``__init__``'s rules and keep them as validated. Why: one set as an
         attribute after construction (``det.k = 0``, ``det.fpr = "0.1"``) was used unchecked: a fit failed inside
