@@ -4,6 +4,7 @@ polls), ``Stream``'s settings, and ``api.watch`` of an unfitted detector."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,3 +118,14 @@ def test_clone_after_set_params_of_a_list() -> None:
     bad = create("knn").set_params(k=0)  # accepted here, as scikit-learn's set_params checks names only
     with pytest.raises(InputError, match="detector knn: k: "):
         bad.fit(rows(), progress=False)
+
+
+def test_a_model_that_could_not_be_loaded_is_not_saved_with_pydantics_dump(tmp_path: Path) -> None:
+    """A time column named with over 1000 characters (or a model fitted in memory on over MAX_COLUMNS columns) was
+    fitted, then ``save`` raised pydantic's multi-line ValidationError: one InputError line naming the folder."""
+    name = "time_" + "x" * 1000
+    times = pd.date_range("2024-01-01", periods=200, freq="min").astype(str)
+    pd.DataFrame({name: times, "v": rows(200, 1)[:, 0]}).to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(InputError, match=r"model: not saved, as it could not be loaded: time_column: string should"):
+        api.fit(tmp_path / "train.csv", tmp_path / "model", detector="knn", window=5, progress=False, time_column=name)
+    assert not (tmp_path / "model").exists()

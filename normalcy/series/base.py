@@ -53,7 +53,7 @@ from normalcy.detectors.base import (
 )
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
 from normalcy.errors import InputError, NotFittedError, shortened
-from normalcy.files import MODEL_JSON, Strict, write_model_files
+from normalcy.files import MODEL_JSON, Strict, describe, write_model_files
 from normalcy.numerics.stats import check_fpr_unchanged, decide, threshold_at
 from normalcy.series.glitches import mended
 from normalcy.series.io import MIN_ROWS, Series
@@ -595,14 +595,18 @@ class SeriesDetector(ParamsEstimator):
             training = training | {INTERVAL_KEY: self.interval_s}
         if getattr(self, "zoned", None) is not None:
             training = training | {ZONED_KEY: self.zoned}
-        meta = SeriesModelMeta.model_validate_json(json.dumps({  # as load reads it: what would not load is not saved
-            "kind": SERIES_KIND, "format_version": FORMAT_VERSION, "normalcy_version": __version__,
-            "detector": self.name, "params": self.params(), "columns": list(self.columns_),
-            "window": self.window_, "threshold": self.threshold_, "mean": self.mean_.tolist(),
-            "scale": self.scale_.tolist(), "n_train": self.n_train_, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "training": training or None, "choice": self.choice, "time_column": self.time_column,
-            "flags": list(self.flags_), "stream": self.stream_state.meta() if self.stream_state else None,
-        }))
+        try:  # as load reads it: what would not load is not saved
+            meta = SeriesModelMeta.model_validate_json(json.dumps({
+                "kind": SERIES_KIND, "format_version": FORMAT_VERSION, "normalcy_version": __version__,
+                "detector": self.name, "params": self.params(), "columns": list(self.columns_),
+                "window": self.window_, "threshold": self.threshold_, "mean": self.mean_.tolist(),
+                "scale": self.scale_.tolist(), "n_train": self.n_train_,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training": training or None, "choice": self.choice,
+                "time_column": self.time_column, "flags": list(self.flags_),
+                "stream": self.stream_state.meta() if self.stream_state else None,
+            }))
+        except ValidationError as err:  # a model fitted in memory on over MAX_COLUMNS columns: pydantic's dump
+            raise InputError(f"{d}: not saved, as it could not be loaded: {describe(err)}") from None
         stream = self.stream_state.tensors() if self.stream_state else {}
         state = self.state_dict() | stream
         kept = None if self.stream_state else {"stream"}  # none: model.json as before, which older normalcy reads
