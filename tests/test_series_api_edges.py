@@ -1,5 +1,6 @@
 """The Python API of the series detectors at its edges: in-memory inputs (pandas frames with dates, empty
-polls), ``Stream``'s settings, and ``api.watch`` of an unfitted detector."""
+polls, named rows), ``Stream``'s settings, network spans longer than the data, ``set_params`` then ``clone``,
+a model that could not be loaded, and ``api.watch`` of an unfitted detector."""
 
 from __future__ import annotations
 
