@@ -379,3 +379,20 @@ def test_asd_server_incidents(shared_data: Path) -> None:
     r = det.score(test)
     assert roc_auc_score(test.labels, r.score) > 0.8
     assert r.decision[test.labels == 1].mean() > 10 * r.decision[test.labels == 0].mean()
+
+
+def test_a_stream_holding_less_than_its_context_keeps_every_row() -> None:
+    """A stream that learns every 40 rows keeps its last context - 1 rows for the next block; where it held fewer
+    (forecast's context here is 50 + 10 rows), the cut's start went negative and wrapped, so rows 40-79 were
+    forecast without most of their past and scored up to 0.41 off the offline score (found by the seriesapi helper)."""
+    import copy
+
+    from normalcy.series.stream import Stream
+
+    det = create("forecast", window=10, steps=20, history=50, hidden=8).fit(sine(400, d=2, seed=0), progress=False)
+    test = sine(200, period=25, d=2, seed=1)
+    stream, raws = Stream(copy.deepcopy(det), learn_every=40), []
+    raw = stream._raw
+    stream._raw = lambda Z, first: (lambda r: (raws.append(r[0][:, 0]), r)[1])(raw(Z, first))
+    stream.run(test)
+    np.testing.assert_allclose(np.concatenate(raws), det.score(test).score, rtol=1e-9, atol=1e-12)

@@ -98,7 +98,7 @@ class Stream:
 
     def _resume(self, saved: StreamState, memory: int) -> None:
         """Go on where the stream that saved the model stopped (``state``)."""
-        self.rows = saved.rows[len(saved.rows) - self.ctx + 1:] if self.ctx > 1 else saved.rows[:0]
+        self.rows = saved.rows[max(0, len(saved.rows) - self.ctx + 1):] if self.ctx > 1 else saved.rows[:0]
         self.last_raw = saved.last_raw.copy()
         self.t, self.last_alarm, self.early = saved.t, saved.last_alarm, saved.early % self.every
         if not self.auto and saved.calib is not None:
@@ -175,7 +175,7 @@ class Stream:
             elif self.det.learns_online:
                 learn_block(self.det, self.rows, first)
         self.pending = self.early = 0
-        self.rows = self.rows[len(self.rows) - self.ctx + 1:] if self.ctx > 1 else self.rows[:0]
+        self.rows = self.rows[max(0, len(self.rows) - self.ctx + 1):] if self.ctx > 1 else self.rows[:0]
 
     def _held(self, A: np.ndarray) -> np.ndarray:
         """Rows with each missing or non-finite value replaced by its column's last value (a copy if any)."""
