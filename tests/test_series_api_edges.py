@@ -130,3 +130,19 @@ def test_a_model_that_could_not_be_loaded_is_not_saved_with_pydantics_dump(tmp_p
     with pytest.raises(InputError, match=r"model: not saved, as it could not be loaded: time_column: string should"):
         api.fit(tmp_path / "train.csv", tmp_path / "model", detector="knn", window=5, progress=False, time_column=name)
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("kw", [{"window": True}, {"seed": False}, {"k": True}])
+def test_a_flag_given_for_a_number_is_named(kw: dict) -> None:
+    """pydantic took True for 1: ``window=True`` fitted a window of one row without a word (seriesapi helper's
+    finding); flags where flags belong still pass."""
+    with pytest.raises(InputError, match=f"{next(iter(kw))}: a number is wanted here, not a flag"):
+        create("knn", **kw).fit(rows(), progress=False)
+    assert create("hypad", uncertainty=False).uncertainty is False
+
+
+def test_an_image_detector_names_a_flag_for_a_number() -> None:
+    from normalcy.detectors.registry import create as create_image
+
+    with pytest.raises(InputError, match="batch_size: a number is wanted here, not a flag"):
+        create_image("gaussian", batch_size=True)

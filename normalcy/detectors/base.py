@@ -50,7 +50,8 @@ from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator, Optio
 
 import numpy as np
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from safetensors.torch import save_file
 from sklearn.base import BaseEstimator
 from torch import nn
@@ -203,6 +204,16 @@ class HyperParams(BaseModel):
     """Base of each detector's hyper-parameters: typos and out-of-range values are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_flag_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic takes True for 1 (``window=True`` was a window of one row, ``seed=True`` seed 1): a flag given
+        where a number belongs is a mistake, named."""
+        kind = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and kind is not bool and bool not in typing.get_args(kind) and kind is not Any:
+            raise PydanticCustomError("flag_for_number", "a number is wanted here, not a flag")
+        return value
 
 
 def _multiple_of_32(v: int) -> int:
