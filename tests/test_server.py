@@ -256,6 +256,28 @@ def test_an_animated_gif_is_served_as_the_frame_that_was_scored(client: TestClie
     assert r.headers["content-type"] == "image/gif" and r.content == still.read_bytes()
 
 
+def test_a_multi_frame_image_is_said_to_be_read_in_part_once_per_server(run: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """An animated GIF or a multi-page TIFF logged "only the first is read" at every request for its picture."""
+    frames = [Image.new("RGB", (16, 12), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    files = [run.parent / "images" / "anim.gif", run.parent / "images" / "pages.tif"]
+    frames[0].save(files[0], save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(files[1], save_all=True, append_images=frames[1:])
+    for server in range(2):
+        caplog.clear()
+        database = f"sqlite:///{run.parent / f'server{server}.sqlite'}"  # its own: the items pointed afresh
+        with open_client(run, database=database) as c, caplog.at_level("WARNING", logger="normalcy"):
+            c.headers["Authorization"] = f"Bearer {TOKEN}"
+            ids = [item["id"] for item in items(c)["items"][:2]]
+            for item_id, path in zip(ids, files):
+                point_item_at(c, item_id, path)
+            for _ in range(3):
+                assert all(c.get(f"/api/items/{item_id}/image").status_code == 200 for item_id in ids)
+        said = [r.getMessage() for r in caplog.records if "only the first is read" in r.getMessage()]
+        assert sorted(said) == sorted(f"{f}: 2 frames or pages (an animation or a multi-page file): only the first "
+                                      "is read" for f in files), server
+
+
 def swap_in(source: Path, run: Path, tmp_path: Path) -> None:
     """Another predict into ``run``: its complete run put in place by finish_run (review.sqlite moved over)."""
     from normalcy.runs.format import finish_run

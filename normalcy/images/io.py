@@ -47,6 +47,7 @@ __all__ = [
     "mask_peak",
     "read_image",
     "read_mask",
+    "notes_once",
     "read_notes",
     "skips_listed",
 ]
@@ -321,6 +322,29 @@ def read_notes() -> Iterator[None]:
             names = ", ".join(printable(Path(f).name) for f in more[:3]) + (", ..." if len(more) > 3 else "")
             logger.warning("%s: %s%s", printable(files[0]), by_file[files[0]],
                            f" (and {len(more)} more file(s) {_MORE.get(kind, 'likewise')}: {names})" if more else "")
+
+
+@contextmanager
+def notes_once(said: set[tuple[str, str]]) -> Iterator[None]:
+    """Say what reading images says of a file (frames left out, values clipped) once per ``said``, the (kind,
+    path) said already, however often the file is read within such blocks: serve reads a multi-page TIFF or an
+    animated GIF again at each request, and logged "only the first is read" at each. Within :func:`read_notes`,
+    that block says them."""
+    if _notes.get() is not None:
+        yield
+        return
+    notes: dict[str, dict[str, str]] = {}
+    token = _notes.set(notes)
+    try:
+        yield
+    finally:
+        _notes.reset(token)
+        with _notes_lock:  # requests run in threads: two reads of one file say it once
+            new = [(kind, f, text) for kind, by_file in notes.items() for f, text in by_file.items()
+                   if (kind, f) not in said]
+            said.update((kind, f) for kind, f, _ in new)
+        for _, f, text in new:
+            logger.warning("%s: %s", printable(f), text)
 
 
 _FILE_TYPES = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
 from normalcy.errors import ImageError, InputError
-from normalcy.images.io import is_animated, read_image
+from normalcy.images.io import is_animated, notes_once, read_image
 from normalcy.review.guard import (
     Guard,
     cookie_name,
@@ -128,15 +128,17 @@ def _header_text(value: str | None) -> str | None:
         return value
 
 
-def _image_response(path: Path) -> Response:
+def _image_response(path: Path, said: set[tuple[str, str]]) -> Response:
     """The file as it is where a browser shows it as read_image reads it; else read_image's pixels as PNG: an
-    animated GIF (PNG, WebP) was sent as it is and played, though its map was computed on its first frame alone."""
+    animated GIF (PNG, WebP) was sent as it is and played, though its map was computed on its first frame alone.
+    ``said``: what reading a file noted (frames left out), said once per server, not at each request (notes_once)."""
     media = BROWSER_IMAGES.get(path.suffix.lower())
     headers = {"Cache-Control": "private, no-cache"}
     if media is not None and not is_animated(path):
         return FileResponse(path, media_type=media, headers=headers)
     try:
-        arr = read_image(path)
+        with notes_once(said):
+            arr = read_image(path)
     except ImageError as err:
         raise HTTPException(415, str(err)) from None
     from PIL import Image
@@ -214,6 +216,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
     app = FastAPI(title="normalcy review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.review = review  # the run as read at start (for whoever starts the server)
     app.state.stores = stores
+    said: set[tuple[str, str]] = set()  # what reading images noted of a file, said once (_image_response)
     current_review = Current(review, served, open_store)
     app.state.current = current_review
     app.add_middleware(Guard, token=token, names=host_names(host))
@@ -307,8 +310,8 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
                 drawn = review.drawn_event(review.position(item_id))  # type: ignore[arg-type]  (picture() found it)
                 return Response(drawn or _no_picture_png(), media_type="image/png",
                                 headers={"Cache-Control": "private, no-cache"})
-            return _image_response(review.event_picture(item.overlay))
-        return _image_response(review.allowed_file(item.path))
+            return _image_response(review.event_picture(item.overlay), said)
+        return _image_response(review.allowed_file(item.path), said)
 
     @app.get("/api/items/{item_id}/overlay")
     def item_overlay(item_id: int, request: Request, run: Optional[str] = None) -> Response:
@@ -318,7 +321,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         item = picture(review, item_id)
         if not item.overlay or review.is_series:
             raise HTTPException(404, f"item {item_id} has no overlay")
-        return _image_response(review.overlay(item.overlay))
+        return _image_response(review.overlay(item.overlay), said)
 
     @app.post("/api/items/{item_id}/label")
     def label_item(item_id: int, body: LabelIn, request: Request) -> dict[str, Any]:
