@@ -28,6 +28,7 @@ from sqlalchemy import update
 
 from normalcy.errors import InputError
 from normalcy.review import app as server_app
+from normalcy.review import state as review_state
 from normalcy.review.guard import MAX_BODY, cookie_name
 from normalcy.review.server import (
     ReviewServer,
@@ -755,6 +756,41 @@ def test_strategy(client: TestClient) -> None:
         assert items(client)["strategy"] == name
     for body in ({"strategy": "magic"}, {}, {"strategy": None}):
         assert client.put("/api/strategy", json=body).status_code == 422
+
+
+def test_strategy_changes_at_once_share_their_re_ranks(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 strategy changes at once each waited for the re-rank before theirs, then re-ranked alone: 20 full
+    re-ranks queued. Those made while a re-rank runs now share the next one; the last change is the one shown."""
+    review = client.app.state.review  # type: ignore[attr-defined]
+    ranks: list[str] = []
+    make = review_state.make_ranker
+
+    class Slow:  # a re-rank of many items, with labels (a random forest): slow enough for the others to arrive
+        def __init__(self, name: str) -> None:
+            self.name, self.ranker = name, make(name)
+
+        def rank(self, *args: Any) -> Any:
+            ranks.append(self.name)
+            time.sleep(0.1)
+            return self.ranker.rank(*args)
+
+    monkeypatch.setattr(review_state, "make_ranker", Slow)
+    names = ["protege", "neighbour"] * 10
+    barrier = threading.Barrier(len(names))
+    statuses: list[int] = []
+
+    def change(name: str) -> None:
+        barrier.wait()
+        statuses.append(client.put("/api/strategy", json={"strategy": name}).status_code)
+
+    threads = [threading.Thread(target=change, args=(name,)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert statuses == [200] * len(names)
+    assert len(ranks) <= 5, ranks
+    assert ranks[-1] == review.strategy == items(client)["strategy"]
 
 
 def test_without_embeddings_or_overlays(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -181,7 +181,8 @@ class Review:
         files = [] if self.is_table or self.is_series else [str(p) for p in inputs if not p.is_dir()] + run.keys
         self.files = real_paths(files)
 
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held through a re-rank
+        self._swap_lock = threading.Lock()  # the ranker and its strategy's name, changed together (set_strategy)
         self._ticket = itertools.count()  # orders "label committed" against "re-rank started"
         self._ranked_at = -1
         self._events_seen = 0  # the newest label event (any server's) the current ranking has read
@@ -285,12 +286,14 @@ class Review:
                 if u is not None:
                     ids.append(it.id)
                     user.append(u)
+            with self._swap_lock:  # after ``started``: a strategy set before its ticket is the one used
+                ranker, strategy = self.ranker, self.strategy
             n = len(self.keys)
             feats = self.features if self.features is not None else np.zeros((n, 1), dtype=np.float32)
-            pri = np.asarray(self.ranker.rank(feats, self.anomaly, self.positions(ids),
-                                              np.array(user, dtype=np.float32)), dtype=np.float64).reshape(-1)
+            pri = np.asarray(ranker.rank(feats, self.anomaly, self.positions(ids),
+                                         np.array(user, dtype=np.float32)), dtype=np.float64).reshape(-1)
             if pri.shape != (n,):
-                raise RuntimeError(f"ranker {self.strategy!r} returned {pri.shape[0]} priorities for {n} items")
+                raise RuntimeError(f"ranker {strategy!r} returned {pri.shape[0]} priorities for {n} items")
             order = self._order(pri)
             rank = np.empty(n, dtype=np.int64)
             rank[order] = np.arange(1, n + 1)
@@ -323,9 +326,11 @@ class Review:
         if name != "none" and self.features is None:
             raise Conflict(f"strategy {name!r} needs {self.run_dir / EMBEDDINGS}, "
                            "which this run does not have; only 'none' is available")
-        with self.lock:
-            self.ranker = make_ranker(name)
-            self.strategy = name
+        # Not under self.lock, held through a whole re-rank: 20 changes at once each waited for the re-rank before
+        # it, then re-ranked alone (its ticket taken once the others had started), 20 full re-ranks in a queue.
+        # Swapped at once, the changes made while a re-rank runs share the next one, which uses the latest.
+        with self._swap_lock:
+            self.ranker, self.strategy = make_ranker(name), name
         self.rerank()
 
     def page(self, label: str, decision: str, offset: int, limit: int
