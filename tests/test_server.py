@@ -208,6 +208,17 @@ def test_traversal_refused(client: TestClient) -> None:
         assert "def create_app" not in r.text and "root:" not in r.text
 
 
+def test_a_run_in_an_image_url_that_no_server_writes_is_a_422_naming_it(client: TestClient) -> None:
+    """``?run=..%2f..%2fetc%2fpasswd`` was answered 409 "the served link leads to another run folder": it is no
+    run folder's name (12 hex digits, as image_url writes it), so it is a 422 saying which parameter."""
+    first = items(client)["items"][0]
+    assert client.get(first["image_url"]).status_code == 200
+    for run in ("..%2f..%2fetc%2fpasswd", "%2fetc%2fpasswd", "a" * 5000, first["image_url"][-12:].upper(), ""):
+        for kind in ("image", "overlay"):
+            r = client.get(f"/api/items/{first['id']}/{kind}?run={run}")
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "run"], (run, r.text[:200])
+
+
 def test_raw_traversal_over_http(run: Path) -> None:
     """httpx tidies dot segments; a raw HTTP request sends them as they are."""
     with LiveServer(run, TOKEN) as live:

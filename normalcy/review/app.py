@@ -74,6 +74,9 @@ STATUS: dict[type[Exception], int] = {NotFound: 404, Forbidden: 403, Conflict: 4
 # How SQLite ("attempt to write a readonly database") and PostgreSQL ("... in a read-only transaction") say so.
 READ_ONLY = ("readonly", "read-only")
 MAX_STORES = 4  # run folders' stores kept open (see create_app's open_store)
+# The run folder an image URL names (Review.folder: 12 hex digits); anything else, ``run=../../etc/passwd`` say, is
+# a 422, not a 409 telling the client that the served link was re-pointed.
+RUN_QUERY = Query(None, pattern="^[0-9a-f]{12}$")
 PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
 
 
@@ -300,7 +303,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
                                      "reload the page")
 
     @app.get("/api/items/{item_id}/image")
-    def item_image(item_id: int, request: Request, run: Optional[str] = None) -> Response:
+    def item_image(item_id: int, request: Request, run: Optional[str] = RUN_QUERY) -> Response:
         review = current_review.get()
         listed_on(review, run)
         named(review, request, run)
@@ -314,7 +317,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         return _image_response(review.allowed_file(item.path), said)
 
     @app.get("/api/items/{item_id}/overlay")
-    def item_overlay(item_id: int, request: Request, run: Optional[str] = None) -> Response:
+    def item_overlay(item_id: int, request: Request, run: Optional[str] = RUN_QUERY) -> Response:
         review = current_review.get()
         listed_on(review, run)
         named(review, request, run)
