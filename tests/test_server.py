@@ -219,6 +219,23 @@ def test_a_run_in_an_image_url_that_no_server_writes_is_a_422_naming_it(client: 
             assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "run"], (run, r.text[:200])
 
 
+def test_an_x_run_version_that_no_server_writes_is_a_422_naming_it(client: TestClient) -> None:
+    """An X-Run-Version of ``../../etc/passwd`` was answered 409 "the run folder holds another run since this client
+    listed its items": it is no run_version (12 hex digits), so it is a 422 naming the header; nothing is saved."""
+    listed = items(client)
+    item_id = listed["items"][0]["id"]
+    for version in ("../../etc/passwd", "x" * 5000, listed["run_version"].upper()):
+        headers = {"X-Run-Version": version}
+        for r in (client.get(f"/api/items/{item_id}", headers=headers),
+                  client.get(f"/api/items/{item_id}/image", headers=headers),
+                  client.post(f"/api/items/{item_id}/label", json={"label": "normal"}, headers=headers)):
+            assert r.status_code == 422 and "X-Run-Version" in r.json()["detail"], (version, r.text[:200])
+    assert items(client)["n_labelled"] == 0
+    r = client.post(f"/api/items/{item_id}/label", json={"label": "normal"},
+                    headers={"X-Run-Version": listed["run_version"]})
+    assert r.status_code == 200
+
+
 def test_raw_traversal_over_http(run: Path) -> None:
     """httpx tidies dot segments; a raw HTTP request sends them as they are."""
     with LiveServer(run, TOKEN) as live:

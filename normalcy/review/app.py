@@ -74,9 +74,10 @@ STATUS: dict[type[Exception], int] = {NotFound: 404, Forbidden: 403, Conflict: 4
 # How SQLite ("attempt to write a readonly database") and PostgreSQL ("... in a read-only transaction") say so.
 READ_ONLY = ("readonly", "read-only")
 MAX_STORES = 4  # run folders' stores kept open (see create_app's open_store)
-# The run folder an image URL names (Review.folder: 12 hex digits); anything else, ``run=../../etc/passwd`` say, is
-# a 422, not a 409 telling the client that the served link was re-pointed.
-RUN_QUERY = Query(None, pattern="^[0-9a-f]{12}$")
+# A run folder as an image URL names it (Review.folder) and a run as X-Run-Version does (Review.version): 12 hex
+# digits. Anything else, ``run=../../etc/passwd`` say, is a 422, not a 409 saying the run or its link changed.
+RUN_NAME = "[0-9a-f]{12}"
+RUN_QUERY = Query(None, pattern=f"^{RUN_NAME}$")
 PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
 
 
@@ -129,6 +130,14 @@ def _header_text(value: str | None) -> str | None:
         return value.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
         return value
+
+
+def _run_version(request: Request) -> str | None:
+    """The X-Run-Version header (the run_version of /api/items), None without one; a 422 for one no server writes."""
+    seen = request.headers.get("x-run-version")
+    if seen and not re.fullmatch(RUN_NAME, seen):
+        raise HTTPException(422, "X-Run-Version must be the run_version of /api/items (12 hex digits)")
+    return seen
 
 
 def _image_response(path: Path, said: set[tuple[str, str]]) -> Response:
@@ -279,7 +288,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         """An item asked for by id with the X-Run-Version of another run, or once the served link has led to another
         run folder, without saying of which run (X-Run-Version, or the ``run`` of its URL): the ids are each folder's
         database's, and a client that listed the run before got (and labelled) the new run's item of that id."""
-        seen = request.headers.get("x-run-version")
+        seen = _run_version(request)
         if seen and seen != review.version:
             raise HTTPException(409, "the run folder holds another run since this client listed its items (another "
                                      "predict into it, or its link re-pointed?): list the items again")
@@ -329,7 +338,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
     @app.post("/api/items/{item_id}/label")
     def label_item(item_id: int, body: LabelIn, request: Request) -> dict[str, Any]:
         review = current_review.get()
-        seen = request.headers.get("x-run-version")
+        seen = _run_version(request)
         if seen and seen != review.version:  # the page showed the items of the run the folder held before
             raise HTTPException(409, "the run folder holds another run since this page listed its items (another "
                                      "predict into it, or its link re-pointed?): the label was not saved; label "
