@@ -533,3 +533,23 @@ def test_a_crafted_very_long_model_column_is_not_echoed_whole(tmp_path: Path) ->
     with pytest.raises(InputError, match=r"feature columns \['x+…x+'\] are missing") as err:
         read_table(path, columns=["x" * 1_000_000])
     assert len(str(err.value)) < 1000
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_whole_numbers_beyond_2_53_in_a_table_are_said(tmp_path: Path, suffix: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """int64 (and uint64) ids past 2^53 became float64 without a word (2^60 + 3 and 2^60 read alike); the series
+    reader said it, the table reader now says it too, with the same words."""
+    path = tmp_path / f"t{suffix}"
+    data = pa.table({"id": pa.array([2**60 + 3, 2**60, 5], pa.int64()), "b": [1.0, 2.0, 3.0],
+                     "u": pa.array([2**63 + 1, 2, 3], pa.uint64())})
+    if suffix == ".parquet":
+        pq.write_table(data, path)
+    else:  # a CSV reader reads past 2^63 as float64
+        pcsv.write_csv(data.drop(["u"]), path)
+    t = read_table(path)
+    assert t.X[0, 0] == t.X[1, 0]  # the digits lost, as said
+    said = caplog.text
+    assert f"column 'id': whole numbers beyond 2^53 ({2**60 + 3}) read as 64-bit floats" in said, said
+    assert (f"column 'u': whole numbers beyond 2^53 ({2**63 + 1})" in said) == (suffix == ".parquet")
+    assert "column 'b'" not in said

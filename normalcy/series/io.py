@@ -34,6 +34,7 @@ from normalcy.vectors.tables import (
     fitted_names,
     grouped_cells,
     other_case,
+    past_2_53,
     text_cells,
 )
 
@@ -459,10 +460,9 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
     (a logger's "error" or "-"), read as missing (then interpolated) with a note; more is refused. ``rows``: the
     file's row of each cell (one series' cells), for messages."""
     num = _numeric(a)
-    far = max(int(a.max()), -int(a.min())) if a.dtype.kind in "iu" and len(a) else 0  # int: -2^63 has no abs
-    if far > 2**53:
-        notes.append(f"{path.name}: column {column!r}: whole numbers beyond 2^53 ({far}) read as "
-                     "64-bit floats, to 16 digits: numbers differing in the digits after those read alike")
+    far = past_2_53(a)
+    if far:
+        notes.append(f"{path.name}: column {column!r}: {far}")
     nested = None if num is not None else next((v for v in a if v is not None), None)  # a column is of one type
     if isinstance(nested, (dict, list, np.ndarray)):  # Parquet list, struct: was a ValueError
         kind = "structs (named fields)" if isinstance(nested, dict) else "lists"

@@ -548,6 +548,15 @@ def _numeric(a: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def past_2_53(a: np.ndarray) -> str:
+    """What to say of a column of whole numbers (int64, uint64) with some beyond 2^53: float64, as every value is
+    read, keeps 16 digits, so ids or counters differing only after them read alike. "" for any other column.
+    The series and the table readers both say it."""
+    far = max(int(a.max()), -int(a.min())) if a.dtype.kind in "iu" and len(a) else 0  # int: -2^63 has no abs
+    return (f"whole numbers beyond 2^53 ({far}) read as 64-bit floats, to 16 digits: numbers differing in the "
+            "digits after those read alike") if far > 2**53 else ""
+
+
 def cell_number(text: str, comma: bool = False) -> float:
     """One cell of a value column as a number, as reading a file makes it: with ``comma`` (a semicolon-separated
     file) 1,5 is 1.5; true and false are 1 and 0 (a column of them reads so); NaN for an empty cell or text."""
@@ -648,6 +657,10 @@ def _feature(path: Path, name: str, a: np.ndarray, notes: dict[int, str], comma:
     categories) is no measurement: None, and ``read_table`` leaves it out (or, for a model's column, refuses)."""
     num = _numeric(a)
     if num is not None or a.dtype != object:
+        far = past_2_53(a)
+        if far:  # int64 ids past 2^53 became float64 without a word; the series reader says it too
+            _say(path, [f"{path}: column {name!r}: {far}"]) if said is None else said.append(
+                f"{path}: column {name!r}: {far}")
         return num
     values, bad, decimal = text_cells(a, comma)
     # formatted numbers (1,234.5) left the column out as text: read as the series reader reads them
