@@ -59,10 +59,21 @@ def test_one_series_of_text_is_named_and_the_others_read(tmp_path: Path) -> None
     failed: list[tuple[str, str]] = []
     assert [s.name for s in read_series(f, series_column="host", failed=failed)] == ["a", "b"]
     assert failed == [(f"{f} [host=bad]", f"value column 'cpu' is not numeric ({n} of {n} values are not numbers, "
-                                          f"the first 'err' in row {n + 1}); give it as --time-column or "
-                                          "--series-column, or remove it")]
+                                          f"the first 'err' in row {n + 1}); correct this series' values or "
+                                          "remove its rows")]
     with pytest.raises(InputError, match=r"value column 'cpu' is not numeric"):  # without ``failed``: as before
         read_series(f, series_column="host")
+
+
+def test_a_column_of_text_in_every_series_keeps_the_hint_for_the_file(tmp_path: Path) -> None:
+    """The words for one series of text ("correct this series' values") said of every series would hide the
+    likelier cause, a column of names: where every series refuses it, the file's own refusal is raised."""
+    lines = [f"{1_600_000_000 + 60 * i},{h},x{i % 2},{i % 3}" for h in ("a", "b") for i in range(40)]
+    f = tmp_path / "many.csv"
+    f.write_text("time,host,kind,mem\n" + "\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"value column 'kind' is not numeric .*give it as --time-column or "
+                                         r"--series-column, or remove it$"):
+        read_series(f, series_column="host", failed=[])
 
 
 def zone_csv(path: Path, zone: str, n: int = 60, start_hour: int = 0) -> Path:

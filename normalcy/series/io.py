@@ -203,10 +203,10 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
     for c in columns:
         try:
             parsed.append(_values(path, c, arrays[c], comma, notes))
-        except InputError:
+        except InputError as err:
             if failed is None or len(groups) < 2:
                 raise
-            parsed.append(_values_by_series(path, c, arrays[c], comma, notes, groups, series_column, refused))
+            parsed.append(_values_by_series(path, c, arrays[c], comma, notes, groups, series_column, refused, err))
     # ``is not None``: a time column may have no name (pandas' date index, read as the time above)
     try:
         time = (_times(path, arrays[time_column], notes, comma, time_column) if time_column is not None
@@ -274,11 +274,14 @@ def _ids(path: Path, a: np.ndarray, series_column: str) -> np.ndarray:
 
 
 def _values_by_series(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str],
-                      groups: list[tuple[str, np.ndarray]], series_column: str, refused: dict[str, str]) -> np.ndarray:
-    """A value column that ``_values`` refuses for the whole file, read series by series: one series whose
-    cells are text ("err" in every row of one host) failed the file, every other series with it. A series
-    refused is put in ``refused`` (id: why); the others' notes name their series."""
+                      groups: list[tuple[str, np.ndarray]], series_column: str, refused: dict[str, str],
+                      whole: InputError) -> np.ndarray:
+    """A value column that ``_values`` refuses for the whole file (``whole``), read series by series: one series
+    whose cells are text ("err" in every row of one host) failed the file, every other series with it. A series
+    refused is put in ``refused`` (id: why); the others' notes name their series. Where every series refuses
+    it, the column is no measurement at all: ``whole`` is raised, its hint for the file kept."""
     out = np.full(len(a), np.nan)
+    kept = 0
     for sid, rows in groups:
         own: list[str] = []
         try:
@@ -286,7 +289,10 @@ def _values_by_series(path: Path, column: str, a: np.ndarray, comma: bool, notes
         except InputError as err:
             refused.setdefault(sid, str(err).removeprefix(f"{path}: "))
             continue
+        kept += 1
         notes += [f"{path.name} [{series_column}={shortened(sid)}]{n.removeprefix(path.name)}" for n in own]
+    if not kept:
+        raise whole
     return out
 
 
@@ -478,9 +484,11 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
         if len(bad) > MAX_TEXT_SHARE * cells and _time_of_day(a[bad[0]]):  # a logger's Date, Time columns
             raise InputError(f"{path}: column {column!r} holds times of day ({first}) without their dates; "
                              f"{JOIN_DATE}")
-        if len(bad) > MAX_TEXT_SHARE * cells:
+        if len(bad) > MAX_TEXT_SHARE * cells:  # one series' cells (``rows``): the column is the others' numbers
+            fix = ("correct this series' values or remove its rows" if rows is not None else
+                   "give it as --time-column or --series-column, or remove it")
             raise InputError(f"{path}: value column {column!r} is not numeric ({len(bad)} of {cells} values are not "
-                             f"numbers, {first}); give it as --time-column or --series-column, or remove it")
+                             f"numbers, {first}); {fix}")
         notes.append(f"{path.name}: column {column!r}: {len(bad)} value(s) that are not numbers read as missing "
                      f"({first})")
     if decimal:
