@@ -847,7 +847,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     results: list[Any] = []  # a ScoredSeries, or why not, for each job
     keep = ((*model.columns_, *model.flags_), "the model" + time_hint(time_column)  # flags: left out as fit said
             ) if isinstance(model, SeriesDetector) else None
-    sampled: list[str] = []  # series sampled at another interval than their model's training rows
+    sampled: list[tuple[str, str]] = []  # (kind, line): series whose times differ from their model's training rows
     read = list(iter_series_files(inputs, time_column, series_column, keep))
     n_series = sum(len(item.series) for item in read if not isinstance(item, tuple))
 
@@ -872,10 +872,10 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
                     failed.append((where, str(err)))
                     yield None
                     continue
-                noted = _sampling(det, scoped, series_column)
+                kinds = _sampling(det, scoped, series_column)
                 in_folder(scoped)
-                if noted:  # as in_folder names them
-                    sampled.extend(scoped.notes[-noted:])
+                if kinds:  # as in_folder names them
+                    sampled.extend(zip(kinds, scoped.notes[-len(kinds):]))
                 yield len(files) - 1, scoped, where, det
 
     if ray is not None:
@@ -915,17 +915,18 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
                                 title=f"normalcy predict: {len(parts)} series")
     return RunSummary(output, SERIES, meta["n_rows"], meta["n_anomalous"], failed, n_series=len(parts),
                       n_events=meta["n_events"], n_pruned=meta["n_pruned"], notes=meta["notes"], cpus=info.get("cpus"),
-                      warned=sampled[:5])
+                      warned=[line for _, line in sampled[:5]])
 
 
-def _say_sampled(sampled: list[str]) -> None:
-    """The notes of series sampled at another interval than their model's training rows, as warnings: said
-    among the repairs too, but this one changes what the scores mean."""
-    for line in sampled[:5]:
+def _say_sampled(sampled: list[tuple[str, str]]) -> None:
+    """The notes of series whose times differ from their model's training rows (``_sampling``: (kind, line)), as
+    warnings: said among the repairs too, but these change what the scores mean. Past five, each kind is counted
+    under its own words: a zone's lines were counted as series sampled at another interval."""
+    for _, line in sampled[:5]:
         logger.warning("%s", line)
-    if len(sampled) > 5:
-        logger.warning("... and %d more series sampled at another interval than their training rows (run.json's "
-                       "notes)", len(sampled) - 5)
+    more = [kind for kind, _ in sampled[5:]]
+    for kind in dict.fromkeys(more):
+        logger.warning("... and %d more series %s (run.json's notes)", more.count(kind), kind)
 
 
 def _scoped(model: SeriesDetector | SeriesSet, det: SeriesDetector, s: Any, time_column: Optional[str]) -> Any:
@@ -938,14 +939,19 @@ def _scoped(model: SeriesDetector | SeriesSet, det: SeriesDetector, s: Any, time
     return model_columns(det, s, time_column)
 
 
-def _sampling(det: SeriesDetector, s: Any, series_column: Optional[str]) -> int:
-    """How many lines say that a series' times differ from its model's training rows': sampled at another
-    interval (``sampling_note``), dates with a zone against dates without (``zone_of_model_note``); noted last
-    among its notes. Its scores are as they were."""
+ZONE_KIND = "whose times have a zone where their training rows' had none, or the other way round"
+INTERVAL_KIND = "sampled at another interval than their training rows"
+
+
+def _sampling(det: SeriesDetector, s: Any, series_column: Optional[str]) -> list[str]:
+    """The kind (ZONE_KIND, INTERVAL_KIND) of each line saying that a series' times differ from its model's
+    training rows': dates with a zone against dates without (``zone_of_model_note``), sampled at another interval
+    (``sampling_note``); the lines are noted last among its notes. Its scores are as they were."""
     where = s.source.name if series_column is None else f"{s.source.name} [{series_column}={shortened(s.name)}]"
-    notes = [n for n in (zone_of_model_note(det, s, where), sampling_note(det, s, where)) if n is not None]
-    s.notes.extend(notes)
-    return len(notes)
+    found = [(kind, n) for kind, n in ((ZONE_KIND, zone_of_model_note(det, s, where)),
+                                       (INTERVAL_KIND, sampling_note(det, s, where))) if n is not None]
+    s.notes.extend(n for _, n in found)
+    return [kind for kind, _ in found]
 
 
 def _score_one(det: SeriesDetector, s: Any, stream: bool = False) -> Any:

@@ -118,6 +118,25 @@ def test_predict_and_watch_say_zoned_training_times_against_plain_ones(tmp_path:
     assert r.exit_code == 0 and "zone" not in r.stderr, r.stderr
 
 
+def test_predict_counts_zone_and_interval_lines_past_five_each_under_its_own_words(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Past five warnings, "... and N more series sampled at another interval" counted the zone lines too."""
+    from types import SimpleNamespace
+
+    from normalcy.api import INTERVAL_KIND, ZONE_KIND, _sampling, _say_sampled
+
+    s = read_series(zone_csv(tmp_path / "test.csv", ""))[0]  # no zone, a row a minute
+    kinds = _sampling(SimpleNamespace(zoned=True, interval_s=600.0), s, None)  # type: ignore[arg-type]
+    assert kinds == [ZONE_KIND, INTERVAL_KIND] and "without a zone" in s.notes[-2] and "a row every" in s.notes[-1]
+    sampled = list(zip(kinds, s.notes[-2:])) * 4  # 8 lines: 3 past five, a zone's and two intervals'
+    with caplog.at_level("WARNING", logger="normalcy"):
+        _say_sampled(sampled)
+    lines = caplog.text.splitlines()
+    assert sum("... and" in line for line in lines) == 2, caplog.text
+    assert f"... and 1 more series {ZONE_KIND}" in caplog.text
+    assert f"... and 2 more series {INTERVAL_KIND}" in caplog.text
+
+
 def test_eval_says_a_test_file_without_zones_beside_a_zoned_train_file(tmp_path: Path) -> None:
     from test_series_cli import cli
 
