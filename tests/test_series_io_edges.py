@@ -97,6 +97,23 @@ def test_zoned_and_plain_times_are_told_apart_by_the_reader(tmp_path: Path) -> N
     assert read_series(tmp_path / "n.parquet")[0].zoned is None  # epoch seconds: no dates
 
 
+@pytest.mark.parametrize("kind", [pa.date32(), pa.date64()])
+def test_parquet_dates_are_plain_dates_against_zoned_ones(tmp_path: Path, kind: pa.DataType) -> None:
+    """A Parquet date32 or date64 time column had no zone status (None), so a model fitted on it said nothing of
+    test dates with a zone: such dates are plain (no zone), as ISO dates without one are."""
+    from types import SimpleNamespace
+
+    from normalcy.series.runs import zone_of_model_note
+
+    days = np.datetime64("2024-01-01", "D") + np.arange(40).astype("timedelta64[D]")
+    pq.write_table(pa.table({"time": pa.array(days).cast(kind), "cpu": np.arange(40.0)}), tmp_path / "d.parquet")
+    (s,) = read_series(tmp_path / "d.parquet")
+    assert s.zoned is False and s.time[1] - s.time[0] == 86400
+    zoned = read_series(zone_csv(tmp_path / "z.csv", "+02:00"))[0]
+    assert "times with a zone, while the model's training rows had times without one" in str(
+        zone_of_model_note(SimpleNamespace(zoned=s.zoned), zoned, "z.csv"))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("train_zone", "test_zone", "said"), [
     ("+02:00", "", "times without a zone read as UTC, while the model's training rows had times with one"),
     ("", "+02:00", "times with a zone, while the model's training rows had times without one (read as UTC)")])

@@ -157,7 +157,8 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
     its values are parsed (or, for .npz, split). A CSV line with another number of fields than the header
     refuses the file, or with ``ragged`` given becomes a row of missing values in its place (see
     ``_read_csv``), and ragged[row] says which line it was. ``source`` gets each .npz column's array, ``zoned`` whether each
-    timestamp column (Parquet's, or ISO dates a CSV reader parsed) carried a zone: numpy's dates are UTC either way."""
+    timestamp column (Parquet's, or ISO dates a CSV reader parsed) carried a zone, False for a date column (date32,
+    date64: plain dates): numpy's dates are UTC either way."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -217,8 +218,11 @@ def _read_arrays(path: Path, text: Sequence[str] = (), ragged: dict[int, str] | 
         names = table.column_names
         out = {}
         for i, name in enumerate(names):
-            if zoned is not None and pa.types.is_timestamp(table.schema.field(i).type):
-                zoned[name] = table.schema.field(i).type.tz is not None
+            kind = table.schema.field(i).type
+            if zoned is not None and pa.types.is_timestamp(kind):
+                zoned[name] = kind.tz is not None
+            elif zoned is not None and pa.types.is_date(kind):  # date32, date64: calendar dates, no zone
+                zoned[name] = False
             a = column(i, name)
             if name in out and not (_blank(name, a) and _blank(name, out[name])):
                 check_names(path, names)
