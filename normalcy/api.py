@@ -478,8 +478,10 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
     ex, det = options(settings, detector)
     dataset = Path(dataset)
     if report is not None and (is_table(dataset) or dataset.is_dir() and is_series_input(dataset)):
+        instead = ("a table's evaluation has no HTML report: its metrics are printed, all of them with --json"
+                   if is_table(dataset) else "for series, `normalcy predict` writes report.html")
         raise InputError(f"{report}: --report is the report of an image evaluation; this one would not be written "
-                         "(for series, `normalcy predict` writes report.html)")  # it was ignored without a word
+                         f"({instead})")  # it was ignored without a word
     if dataset.is_dir() and is_series_input(dataset):
         from normalcy.evaluation.evaluate import eval_series
 

@@ -198,8 +198,11 @@ def test_eval_report_that_cannot_be_written_is_refused_before_the_eval(tmp_path:
     (series / "test.csv").write_text("t,cpu,label\n" + "".join(f"{i},{i % 7},0\n" for i in range(40)))
     for data, report, message in ((ds, tmp_path, "a folder; --report names the HTML file to write"),
                                   (ds, tmp_path / "file" / "r.html", "cannot write the report there"),
-                                  (table, tmp_path / "r.html", "--report is the report of an image evaluation"),
-                                  (series, tmp_path / "r.html", "--report is the report of an image evaluation")):
+                                  (table, tmp_path / "r.html", "evaluation; this one would not be written (a "
+                                   "table's evaluation has no HTML report: its metrics are printed, all of them "
+                                   "with --json)"),  # it said "(for series, ...)" of a table too
+                                  (series, tmp_path / "r.html", "evaluation; this one would not be written (for "
+                                   "series, `normalcy predict` writes report.html)")):
         r = run_cli("eval", data, "--report", report, *(("--label-column", "label") if data == table else ()))
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.startswith("error: ") and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
