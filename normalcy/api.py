@@ -226,6 +226,13 @@ class DetectorOptions:
     keep_glitches: bool = False  # series only: learn one-row glitches of the training data as they are
     score_flags: bool = False  # series only: score a block of 0/1 columns (commands, flags) as metrics too
 
+    def __post_init__(self) -> None:
+        """--fpr nan was "fpr: input should be less than 1 (got NaN)" (NaN fails every comparison): a range it
+        is in is said for every value outside (nan, inf, 2), before any data is read. Text is the detector's
+        to convert or refuse."""
+        if isinstance(self.fpr, (int, float)) and not 0 < self.fpr < 1:
+            raise InputError(f"--fpr must be a number between 0 and 1, both excluded (got {self.fpr:g})")
+
     def name(self, table: bool = False, series: bool = False) -> str:
         if series:
             return self.detector or series_registry.DEFAULT_DETECTOR

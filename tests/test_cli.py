@@ -430,6 +430,18 @@ def test_numbers_out_of_range_are_one_line_and_exit_1(tmp_path: Path, args: tupl
     assert r.stderr.strip() == f"error: {message}"
 
 
+def test_an_fpr_of_nan_says_the_range(tmp_path: Path) -> None:
+    """--fpr nan was "detector pca: fpr: input should be less than 1 (got NaN)"; it says the range, before any
+    data is read, as for inf and 2. Fit and eval alike."""
+    from test_series_cli import cli
+
+    for args in (("fit", tmp_path / "none.csv", "-o", tmp_path / "m", "-d", "pca"), ("eval", tmp_path / "none.csv")):
+        for value in ("nan", "inf", "2"):
+            r = cli(*args, "--fpr", value)
+            assert r.exit_code == 1 and r.stderr.strip() == (
+                f"error: --fpr must be a number between 0 and 1, both excluded (got {value})"), r.stderr
+
+
 @pytest.mark.parametrize("command", ["fit", "predict", "serve"])
 def test_a_name_over_the_file_systems_limit_is_one_line(tmp_path: Path, command: str) -> None:
     """A path with a name over 255 bytes (`-o` or an input) made pathlib's exists() raise "File name too long":
