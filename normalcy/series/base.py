@@ -480,9 +480,7 @@ class SeriesDetector(ParamsEstimator):
         row (a dict, or a pandas Series labelled with every model column) is taken by name, as ``Stream.update``
         takes it: a pandas Series' own order was taken silently (b, a scored as a, b) and a dict was refused."""
         if hasattr(x, "keys") and (isinstance(x, dict) or {str(k) for k in x.keys()} >= set(self.columns_)):
-            from normalcy.series.stream import _by_name  # stream imports this module
-
-            x = _by_name(x, self.columns_)
+            x = by_name(x, self.columns_)
         try:
             row = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as err:  # text in the row: numpy's bare ValueError
@@ -913,6 +911,26 @@ def _array_named(columns: Sequence[str]) -> bool:
 def _is_frame(data: Any) -> bool:
     """A pandas DataFrame (or anything shaped like one: named columns, to_numpy), without importing pandas."""
     return hasattr(data, "columns") and hasattr(data, "to_numpy")
+
+
+def by_name(values: Any, columns: Sequence[str]) -> Any:
+    """The model's columns of a named row (dict, pandas Series) or rows (DataFrame), in the model's order;
+    other names are left out. A model fitted on an array (x0, x1, ...) takes unnamed ones in order."""
+    names = {str(k): k for k in values.keys()}
+    missing = [c for c in columns if c not in names]
+    if not missing:
+        keys = [names[c] for c in columns]
+        if _is_frame(values):
+            return values[keys]
+        cols = [values[k] for k in keys]
+        if not any(np.ndim(c) for c in cols):  # one row
+            return cols
+        if len({len(c) for c in cols}) != 1:  # a dict of columns: its rows
+            raise InputError(f"stream: the columns {list(columns)[:10]} hold different numbers of rows")
+        return list(zip(*cols))
+    if _array_named(columns):
+        return list(values.values()) if isinstance(values, dict) else values
+    raise InputError(f"stream: a row without the model's metric(s) {missing[:10]} (it has {list(names)[:10]})")
 
 
 def refuse_dates(data: Any, where: str) -> None:

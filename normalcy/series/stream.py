@@ -36,8 +36,7 @@ import numpy as np
 
 from normalcy.errors import InputError, shortened
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
-from normalcy.series.base import (MAX_Z, MIN_CALIBRATION, SeriesDetector, StreamState, _array_named, _is_frame,
-                                  refuse_dates)
+from normalcy.series.base import (MAX_Z, MIN_CALIBRATION, SeriesDetector, StreamState, by_name, refuse_dates)
 from normalcy.vectors.tables import cell_number
 
 log = logging.getLogger("normalcy")
@@ -299,7 +298,7 @@ def _numbers(values: Any, columns: Sequence[str]) -> np.ndarray:
     ``standardise`` takes a DataFrame's: they were taken in their own order, silently, wrong where it differs),
     an array's in order. A cell that is text or None is NaN, held as a missing value is (a loop stopped on it)."""
     if hasattr(values, "keys"):
-        values = _by_name(values, columns)
+        values = by_name(values, columns)
     refuse_dates(values, "stream")
     try:
         return np.asarray(values, dtype=np.float64)
@@ -310,26 +309,6 @@ def _numbers(values: Any, columns: Sequence[str]) -> np.ndarray:
     except ValueError as err:  # rows of different lengths
         raise InputError(f"stream: rows of {len(columns)} value(s) expected ({str(err)[:100]})") from None
     return np.vectorize(_cell, otypes=[np.float64])(cells) if cells.size else cells.astype(np.float64)
-
-
-def _by_name(values: Any, columns: Sequence[str]) -> Any:
-    """The model's columns of a named row (dict, pandas Series) or rows (DataFrame), in the model's order;
-    other names are left out. A model fitted on an array (x0, x1, ...) takes unnamed ones in order."""
-    names = {str(k): k for k in values.keys()}
-    missing = [c for c in columns if c not in names]
-    if not missing:
-        keys = [names[c] for c in columns]
-        if _is_frame(values):
-            return values[keys]
-        cols = [values[k] for k in keys]
-        if not any(np.ndim(c) for c in cols):  # one row
-            return cols
-        if len({len(c) for c in cols}) != 1:  # a dict of columns: its rows
-            raise InputError(f"stream: the columns {list(columns)[:10]} hold different numbers of rows")
-        return list(zip(*cols))
-    if _array_named(columns):
-        return list(values.values()) if isinstance(values, dict) else values
-    raise InputError(f"stream: a row without the model's metric(s) {missing[:10]} (it has {list(names)[:10]})")
 
 
 def _cell(v: Any) -> float:
