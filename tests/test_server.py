@@ -618,12 +618,32 @@ def test_a_predict_finishing_once_while_serve_starts_is_read_again(run: Path, tm
         assert items(c)["n_items"] == 5 and calls == [12, 5]
 
 
-@pytest.mark.parametrize("item_id", ["99999999999999999999", str(2**63), "-1", "-99999999999999999999"])
+@pytest.mark.parametrize("item_id", ["99999999999999999999", str(2**63), "0"])
 def test_ids_out_of_range_are_404(client: TestClient, item_id: str) -> None:
     """Every item route answers 404 for an id no item can have, however large (not a 500 from an overflow)."""
     for url in (f"/api/items/{item_id}", f"/api/items/{item_id}/image", f"/api/items/{item_id}/overlay"):
         assert client.get(url).status_code == 404, url
     assert client.post(f"/api/items/{item_id}/label", json={"label": "normal"}).status_code == 404
+
+
+ITEM_ROUTES = ("/api/items/{}", "/api/items/{}/image", "/api/items/{}/overlay")
+
+
+def test_item_ids_in_paths_are_plain_decimal_digits_only(client: TestClient) -> None:
+    """"+1", "%201" (a space), "1%0a" (a newline), "1.0", "1_0", "-1" and a full-width "１" were read as an int, the
+    first five as item 1 (200): every route that takes an id answers 422 naming item_id, and nothing is labelled."""
+    item_id = items(client)["items"][0]["id"]
+    for bad in (f"+{item_id}", f"%20{item_id}", f"{item_id}%20", f"{item_id}%0a", f"{item_id}.0", f"{item_id}_0",
+                "-1", "-99999999999999999999", "%EF%BC%91", "0x1", "1e0"):
+        answers = [client.get(url.format(bad)) for url in ITEM_ROUTES]
+        answers.append(client.post(f"/api/items/{bad}/label", json={"label": "normal"}))
+        for r in answers:
+            assert r.status_code == 422, (bad, r.url, r.status_code)
+            (error,) = r.json()["detail"]
+            assert error["loc"] == ["path", "item_id"] and "plain decimal digits" in error["msg"], error
+    assert items(client)["n_labelled"] == 0
+    for url in ITEM_ROUTES:  # the plain id still works
+        assert client.get(url.format(item_id)).status_code == 200, url
 
 
 def test_tampered_paths_refused(client: TestClient, run: Path, tmp_path: Path) -> None:

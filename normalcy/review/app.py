@@ -19,12 +19,12 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Optional, Sequence
+from typing import Annotated, Any, AsyncIterator, Literal, Optional, Sequence
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, StrictInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictInt, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
 from normalcy.errors import ImageError, InputError
@@ -79,6 +79,18 @@ MAX_STORES = 4  # run folders' stores kept open (see create_app's open_store)
 RUN_NAME = "[0-9a-f]{12}"
 RUN_QUERY = Query(None, pattern=f"^{RUN_NAME}$")
 PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
+DIGITS = re.compile(r"[0-9]+")  # fullmatch, ASCII only: int() would also take "+1", " 1", "1\n", "1_0", "１"
+
+
+def _plain_digits(value: Any) -> Any:
+    """An id as a URL path gives it, if it is plain decimal digits: read as an int, "+1", "%201" (a space), "1%0a"
+    (a newline) and "1.0" were all item 1, so one item had many URLs, and a URL mangled on the way still labelled it."""
+    if not (isinstance(value, str) and DIGITS.fullmatch(value)):
+        raise ValueError("item_id must be plain decimal digits 0-9 (no sign, space, point or other character)")
+    return value
+
+
+ItemId = Annotated[int, BeforeValidator(_plain_digits)]  # every route's {item_id}: a 422 naming it otherwise
 
 
 class LabelIn(BaseModel):
@@ -298,7 +310,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
                                      "run_version of /api/items) or the run of the item's image_url; nothing was done")
 
     @app.get("/api/items/{item_id}")
-    def get_item(item_id: int, request: Request) -> dict[str, Any]:
+    def get_item(item_id: ItemId, request: Request) -> dict[str, Any]:
         review = current_review.get()
         named(review, request, None)
         k, item = current(review, item_id)
@@ -312,7 +324,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
                                      "reload the page")
 
     @app.get("/api/items/{item_id}/image")
-    def item_image(item_id: int, request: Request, run: Optional[str] = RUN_QUERY) -> Response:
+    def item_image(item_id: ItemId, request: Request, run: Optional[str] = RUN_QUERY) -> Response:
         review = current_review.get()
         listed_on(review, run)
         named(review, request, run)
@@ -326,7 +338,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         return _image_response(review.allowed_file(item.path), said)
 
     @app.get("/api/items/{item_id}/overlay")
-    def item_overlay(item_id: int, request: Request, run: Optional[str] = RUN_QUERY) -> Response:
+    def item_overlay(item_id: ItemId, request: Request, run: Optional[str] = RUN_QUERY) -> Response:
         review = current_review.get()
         listed_on(review, run)
         named(review, request, run)
@@ -336,7 +348,7 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
         return _image_response(review.overlay(item.overlay), said)
 
     @app.post("/api/items/{item_id}/label")
-    def label_item(item_id: int, body: LabelIn, request: Request) -> dict[str, Any]:
+    def label_item(item_id: ItemId, body: LabelIn, request: Request) -> dict[str, Any]:
         review = current_review.get()
         seen = _run_version(request)
         if seen and seen != review.version:  # the page showed the items of the run the folder held before
