@@ -797,6 +797,35 @@ def test_an_empty_label_body_does_not_clear_the_label(client: TestClient) -> Non
     assert items(client)["n_labelled"] == 0
 
 
+def test_a_label_body_without_a_field_keeps_its_stored_value(client: TestClient) -> None:
+    """{"interest": 2} alone cleared the label, {"label": ...} alone the interest: two pages labelling one item at once
+    erased each other's. A field left out keeps its stored value, an explicit null clears it; labels.csv, the item,
+    the list and the label log all say the same."""
+    item_id = items(client)["items"][0]["id"]
+    url = f"/api/items/{item_id}/label"
+
+    def posted(body: dict) -> tuple:
+        r = client.post(url, json=body)
+        assert r.status_code == 200, r.text
+        item = r.json()["item"]
+        again = client.get(f"/api/items/{item_id}").json()
+        assert (again["label"], again["interest"]) == (item["label"], item["interest"])
+        return item["label"], item["interest"]
+
+    assert posted({"label": "anomalous", "interest": 4}) == ("anomalous", 4)
+    assert posted({"interest": 2}) == ("anomalous", 2)  # another page's interest: the label stays
+    assert posted({"label": "normal"}) == ("normal", 2)  # and this one's label: the interest stays
+    row = next(csv.DictReader(io.StringIO(client.get("/api/labels.csv").text)))
+    assert (row["label"], row["interest"]) == ("normal", "2")
+    events = client.app.state.review.store.events()  # type: ignore[attr-defined]
+    assert [(e["label"], e["interest"]) for e in events] == [("anomalous", 4), ("anomalous", 2), ("normal", 2)]
+    assert posted({"interest": None}) == ("normal", None)  # an explicit null clears that field only
+    assert posted({"label": None}) == (None, None)
+    assert items(client)["n_labelled"] == 0 and client.get("/api/labels.csv").text.count("\n") == 1
+    assert posted({"interest": 5}) == (None, 5)  # nothing stored: nothing kept
+    assert posted({"label": "normal", "interest": None}) == ("normal", None)  # both given: as before, as the page sends
+
+
 def test_strategy(client: TestClient) -> None:
     for name in ("none", "protege", "neighbour"):
         r = client.put("/api/strategy", json={"strategy": name})

@@ -60,6 +60,62 @@ def test_set_label_and_events(store: Store) -> None:
     assert len(store.events()) == 5
 
 
+def test_a_kept_field_keeps_its_stored_value(store: Store) -> None:
+    """``keep`` names the fields a request left out: a label alone left the interest cleared and an interest alone
+    the label, so two pages labelling one item at once erased each other's. The log holds the label as it stands."""
+    store.sync_items(rows())
+    a, b = store.items()[:2]
+    assert (store.set_label(a.id, None, 3, keep={"label"}).label, store.get(a.id).interest) == (None, 3)  # type: ignore[union-attr]
+    it = store.set_label(a.id, "normal", None, keep={"interest"})
+    assert (it.label, it.interest) == ("normal", 3)
+    it = store.set_label(a.id, "anomalous", 0, keep={"label"})  # the value of a kept field is not used
+    assert (it.label, it.interest) == ("normal", 0)
+    assert not store.set_label(a.id, None, None, keep=()).labelled  # an explicit null still clears
+    it = store.set_label(b.id, "anomalous", None, keep={"interest"})  # nothing stored: nothing to keep
+    assert (it.label, it.interest) == ("anomalous", None)
+    assert not store.set_label(b.id, None, None, keep={"interest"}).labelled  # the label cleared, no interest kept
+    assert [(e["label"], e["interest"]) for e in store.events()] == [
+        (None, 3), ("normal", 3), ("normal", 0), (None, None), ("anomalous", None), (None, None)]
+    assert store.labelled() == []
+    with pytest.raises(ValueError, match="unknown fields"):
+        store.set_label(a.id, "normal", None, keep={"labels"})
+
+
+def test_labels_and_interests_given_at_once_keep_each_other(store: Store) -> None:
+    """Threads each giving one item a label alone or an interest alone: each event keeps the other field as the
+    event before it left it (read under the write, never before it), and the last event is the stored label."""
+    store.sync_items(rows(2))
+    item_id = store.items()[0].id
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for j in range(4):
+                if k % 2:
+                    store.set_label(item_id, ("normal", "anomalous")[j % 2], None, client="label", keep={"interest"})
+                else:
+                    store.set_label(item_id, None, (k + j) % 6, client="interest", keep={"label"})
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    events = store.events()
+    assert len(events) == 32
+    before = {"label": None, "interest": None}
+    for e in events:
+        kept = "interest" if e["client"] == "label" else "label"
+        assert e[kept] == before[kept], (e, before)
+        before = e
+    item = store.get(item_id)
+    assert item is not None and (item.label, item.interest) == (events[-1]["label"], events[-1]["interest"])
+    assert item.label is not None and item.interest is not None
+
+
 def test_validation(store: Store) -> None:
     store.sync_items(rows())
     item_id = store.items()[0].id

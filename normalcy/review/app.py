@@ -94,7 +94,9 @@ ItemId = Annotated[int, BeforeValidator(_plain_digits)]  # every route's {item_i
 
 
 class LabelIn(BaseModel):
-    """A label as JSON gives it, checked by the one rule for labels (ranking.check_label): a 422 otherwise."""
+    """A label as JSON gives it, checked by the one rule for labels (ranking.check_label): a 422 otherwise. A field
+    left out keeps its stored value (null clears it): {"interest": 3} alone cleared the label, so two pages giving
+    one item a label and an interest at once each erased the other's."""
 
     model_config = ConfigDict(extra="forbid")
     label: Optional[str] = None
@@ -361,7 +363,8 @@ def create_app(run_dir: Path, token: str, database: str | None = None, strategy:
             raise HTTPException(404, f"no item {item_id} in this run")
         client = _header_text(request.headers.get("x-client")) or (request.client.host if request.client else "")
         try:
-            item = review.store.set_label(item_id, body.label, body.interest, client=client)
+            item = review.store.set_label(item_id, body.label, body.interest, client=client,
+                                          keep=set(LabelIn.model_fields) - body.model_fields_set)
         except KeyError:
             raise HTTPException(404, f"no item {item_id}") from None
         except ValueError as err:

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Collection, NamedTuple, Sequence
 from urllib.parse import quote
 
 from sqlalchemy import (
@@ -556,13 +556,24 @@ class Store:
 
     # ------------------------------------------------------------------ labels
 
-    def set_label(self, item_id: int, label: str | None, interest: int | None, client: str = "") -> Item:
+    def set_label(self, item_id: int, label: str | None, interest: int | None, client: str = "",
+                  keep: Collection[str] = ()) -> Item:
         """Set (or with both None, clear) an item's label and log the change, in one transaction.
 
+        ``keep`` names the fields ("label", "interest") a request left out: they keep their stored values, so
+        that two pages giving one item a label and an interest at once do not clear each other's (the value
+        passed for a kept field is ignored). The log's event holds the label as it stands after the change.
+
         Raises:
-            ValueError: label not one of ranking.LABELS or None, or interest not a whole number 0..5 or None.
+            ValueError: label not one of ranking.LABELS or None, interest not a whole number 0..5 or None, or
+                ``keep`` naming another field.
             KeyError: no item with this id in this run.
         """
+        fields = ("label", "interest")
+        if set(keep) - set(fields):
+            raise ValueError(f"keep names unknown fields {sorted(set(keep) - set(fields))}: use {list(fields)}")
+        label = None if "label" in keep else label
+        interest = None if "interest" in keep else interest
         check_label(label, interest)
         interest = None if interest is None else int(interest)  # 3.0 or numpy's 3 is stored as the integer 3
         self.check_file()
@@ -579,18 +590,22 @@ class Store:
             if found.first() is None:
                 raise KeyError(f"no item with id {item_id} in this run")
             now = time.time()
+            # The upsert comes first: the write that takes SQLite's lock, so the kept fields read back below are
+            # the stored ones, not those of a label another request wrote between a read and this write.
+            stmt = self._insert()(labels_table).values(item_id=item_id, label=label, interest=interest,
+                                                       updated_at=now, client=client)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[labels_table.c.item_id],
+                set_={c: stmt.excluded[c] for c in (*(f for f in fields if f not in keep), "updated_at", "client")},
+            )
+            conn.execute(stmt)
+            if keep:
+                label, interest = conn.execute(select(labels_table.c.label, labels_table.c.interest)
+                                               .where(labels_table.c.item_id == item_id)).one()
             conn.execute(events_table.insert().values(item_id=item_id, label=label, interest=interest,
                                                       at=now, client=client))
             if label is None and interest is None:
                 conn.execute(labels_table.delete().where(labels_table.c.item_id == item_id))
-            else:
-                stmt = self._insert()(labels_table).values(item_id=item_id, label=label, interest=interest,
-                                                           updated_at=now, client=client)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[labels_table.c.item_id],
-                    set_={c: stmt.excluded[c] for c in ("label", "interest", "updated_at", "client")},
-                )
-                conn.execute(stmt)
             item = self._get(conn, item_id)
         self.check_file()  # gone while it was written: said, not taken as saved
         assert item is not None
