@@ -199,6 +199,16 @@ def test_page_has_no_inline_script_or_style() -> None:
     assert scripts and all(body.strip() == "" for body in scripts)
 
 
+def test_the_page_sends_only_the_field_a_key_changes() -> None:
+    """The page sent its own copy of the other field with each label ({label, interest: item.interest}), so a label
+    given on one page put back the interest another page had changed since; it sends the changed field alone (an
+    interest on an unlabelled item still brings its default label), which the server keeps the other beside."""
+    js = (server_app.STATIC_DIR / "review.js").read_text(encoding="utf-8")
+    assert "body = { label: value };" in js
+    assert 'item.label ? { interest: value } : { label: value === 0 ? "normal" : "anomalous", interest: value }' in js
+    assert "interest: item.interest" not in js and "label: item.label" not in js
+
+
 def test_traversal_refused(client: TestClient) -> None:
     for path in ("/static/../server.py", "/static/%2e%2e%2fserver.py", "/static/..%2fserver.py",
                  "/static/%2e%2e/server.py", "/api/items/..%2f..%2fetc%2fpasswd/image",

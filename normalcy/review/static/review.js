@@ -283,11 +283,13 @@
     enqueue(async () => {
       const item = selectedItem();
       if (!item) return;
+      // Only the field changed is sent: the server keeps the other as stored, so a label given here and an
+      // interest given on another page at once (this page's copy of the item is older) keep each other.
       let body;
       if (kind === "label") {
-        body = { label: value, interest: item.interest };
+        body = { label: value };
       } else if (kind === "interest") {
-        body = { label: item.label || (value === 0 ? "normal" : "anomalous"), interest: value };
+        body = item.label ? { interest: value } : { label: value === 0 ? "normal" : "anomalous", interest: value };
       } else {
         body = { label: null, interest: null };
       }
