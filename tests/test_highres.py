@@ -191,16 +191,23 @@ def test_an_all_white_mask_of_a_defective_image_is_named(tmp_path: Path, caplog)
     assert "(and 1 more mask(s) likewise: 3_mask.png)" in caplog.text
 
 
-def test_null_pixel_metrics_for_want_of_masks_are_explained(caplog) -> None:
-    """Defective images without any mask (no ground_truth folder) gave null pixel AUROC and AUPRO, said only at
-    INFO per folder; a test set of good images alone said why its image metrics were null, not its pixel ones."""
+def test_null_pixel_metrics_for_want_of_masks_are_explained(caplog, tmp_path: Path) -> None:
+    """Defective images without any mask gave null pixel AUROC and AUPRO, said only at INFO per folder; a test
+    set of good images alone said why its image metrics were null, not its pixel ones. A warning where a
+    ground_truth folder is there; INFO where the data set has none (labelled by image alone, as the demo's)."""
     from normalcy.evaluation.evaluate import warn_no_masks, warn_one_class
 
     labels = np.array([0, 1, 1])
+    (tmp_path / "ground_truth").mkdir()
     with caplog.at_level(logging.WARNING, logger="normalcy"):
-        warn_no_masks(labels, [np.zeros((4, 4), bool), None, None], Path("ds/test"))
-    assert "ds/test: none of its 2 defective image(s) has a mask that could be read" in caplog.text
+        warn_no_masks(labels, [np.zeros((4, 4), bool), None, None], tmp_path / "test")
+    assert f"{tmp_path / 'test'}: none of its 2 defective image(s) has a mask that could be read" in caplog.text
     assert "pixel AUROC and AUPRO are null" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="normalcy"):
+        warn_no_masks(labels, [np.zeros((4, 4), bool), None, None], Path("ds/test"))
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "ds/test: none of its 2 defective image(s) has a mask" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="normalcy"):
         warn_no_masks(labels, [np.zeros((4, 4), bool), None, np.ones((4, 4), bool)], Path("ds/test"))

@@ -231,11 +231,15 @@ def warn_one_class(labels: np.ndarray, test_dir: Path) -> None:
 
 def warn_no_masks(labels: np.ndarray, masks: Sequence[np.ndarray | None], test_dir: Path) -> None:
     """Say why the pixel metrics are null when no scored defective image has a mask: load_dataset said it per
-    defect folder at INFO, and the null pixel AUROC and AUPRO were left unexplained."""
+    defect folder at INFO, and the null pixel AUROC and AUPRO were left unexplained. A warning where a
+    ground_truth/ folder is there (its masks were meant to be read); where there is none, a data set labelled by
+    image alone (the demo's elpv cells), it is said at INFO: nothing was lost, and a warning at every eval of such a
+    set only taught users to skip warnings."""
     defective = [m for m, label in zip(masks, labels) if label == 1]
     if defective and all(m is None for m in defective):
-        log.warning("%s: none of its %d defective image(s) has a mask that could be read (ground_truth/<defect>/"
-                    "<stem>_mask.png): pixel AUROC and AUPRO are null", test_dir, len(defective))
+        level = logging.WARNING if (test_dir.parent / "ground_truth").is_dir() else logging.INFO
+        log.log(level, "%s: none of its %d defective image(s) has a mask that could be read (ground_truth/<defect>/"
+                "<stem>_mask.png): pixel AUROC and AUPRO are null", test_dir, len(defective))
 
 
 def latency_ms(score_one: Callable[[Path], object], paths: Sequence[Path], n: int = 20, warm: int = 1) -> float:
