@@ -36,7 +36,7 @@ from normalcy.detectors import (
 )
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import Maps, report_info
-from normalcy.errors import InputError, reasons, shortened
+from normalcy.errors import InputError, fpr_out_of_range, reasons, shortened
 from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, reading, resolved, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
@@ -230,8 +230,9 @@ class DetectorOptions:
         """--fpr nan was "fpr: input should be less than 1 (got NaN)" (NaN fails every comparison): a range it
         is in is said for every value outside (nan, inf, 2), before any data is read. Text is the detector's
         to convert or refuse."""
-        if isinstance(self.fpr, (int, float)) and not 0 < self.fpr < 1:
-            raise InputError(f"--fpr must be a number between 0 and 1, both excluded (got {self.fpr:g})")
+        problem = fpr_out_of_range(self.fpr, "--fpr")
+        if problem:
+            raise InputError(problem)
 
     def name(self, table: bool = False, series: bool = False) -> str:
         if series:

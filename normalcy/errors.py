@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Sequence
 
@@ -64,3 +65,13 @@ def reasons(failed: Sequence[tuple[object, str]], shown: int = 5, named: bool = 
              for where, why in failed[:shown]]
     more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
     return f" ({'; '.join(parts)}{more})"
+
+
+def fpr_out_of_range(value: object, name: str = "fpr") -> str | None:
+    """The one message for a false-positive rate that is a number outside (0, 1), None for anything else. Why:
+    NaN fails every comparison, so pydantic said "fpr: input should be less than 1 (got NaN)"; the range is said
+    alike for nan, inf and 2, by the command line (``--fpr``) and every detector. A value that is no number is
+    left to the caller's own check (which names its type)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or 0 < value < 1:
+        return None
+    return f"{name} must be a number between 0 and 1, both excluded (got {float(value):g})"

@@ -113,7 +113,7 @@ def test_parameters_set_after_construction_are_checked_at_fit(cheap):
     images = np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
     det = create("gaussian", cheap)
     det.fpr = 5
-    with pytest.raises(InputError, match=r"detector gaussian: fpr: input should be less than 1 \(got 5\)"):
+    with pytest.raises(InputError, match=r"detector gaussian: fpr must be a number between 0 and 1, both excluded \(got 5\)"):
         det.fit(images, progress=False)
     det = create("patchcore", cheap)
     det.coreset_ratio = 0

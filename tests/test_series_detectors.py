@@ -151,7 +151,7 @@ def test_unfitted_is_scikit_learns_not_fitted() -> None:
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("k", 0, "k: input should be greater than or equal to 1"),  # ZeroDivisionError inside the fit
     ("window", 0, "window: input should be greater than or equal to 1"),  # IndexError
-    ("fpr", 2, "fpr: input should be less than 1"),  # pydantic's multi-line dump, after the first fit
+    ("fpr", 2, "fpr must be a number between 0 and 1, both excluded"),  # pydantic's multi-line dump, after the first fit
     ("event_gap", None, "event_gap: input should be a valid integer"),
 ])
 def test_parameters_set_after_construction_are_checked_at_fit(name: str, value: object, message: str) -> None:

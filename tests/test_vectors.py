@@ -398,7 +398,7 @@ def test_ordinary_columns_are_not_rescaled():
 @pytest.mark.parametrize("make,words", [
     (lambda: GaussianDetector(fpr=None), r"GaussianDetector\.fpr: expected a finite number in \(0\.0, 1\.0\), got None"),
     (lambda: ECODDetector(fpr="0.1"), r"ECODDetector\.fpr: .* got '0\.1'"),
-    (lambda: IForestDetector(fpr=2), r"IForestDetector\.fpr: .* got 2"),
+    (lambda: IForestDetector(fpr=2), r"IForestDetector\.fpr must be .* \(got 2\)"),
     (lambda: GaussianDetector(folds=2.5), r"GaussianDetector\.folds: expected an integer from 2"),
     (lambda: KNNDetector(n_neighbors=None), r"KNNDetector\.n_neighbors: expected an integer from 1"),
     (lambda: KNNDetector(n_neighbors=0), r"KNNDetector\.n_neighbors: expected an integer from 1 .* got 0"),

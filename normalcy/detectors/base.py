@@ -63,7 +63,7 @@ from normalcy.detectors.modelfile import (
     ModelMeta,
     Seed,
 )
-from normalcy.errors import InputError, NotFittedError
+from normalcy.errors import InputError, NotFittedError, fpr_out_of_range
 from normalcy.files import MODEL_JSON, short_repr, write_model_files
 from normalcy.images.features import MIN_SIZE, Batch, FeatureExtractor, Features, LazyMap, upsample_map
 from normalcy.images.io import input_paths
@@ -418,6 +418,9 @@ class Detector(ParamsEstimator):
         """Set the common parameters (fpr, batch_size, seed) and the detector's own as ``_Common`` and ``Params``
         validate them (each the very object given where validation kept it, see ``as_given``); one InputError
         line when one is invalid."""
+        problem = fpr_out_of_range(common.get("fpr"))
+        if problem:
+            raise InputError(f"detector {self.name}: {problem}")
         try:
             checked = [*as_given(common, _Common(**common)), *as_given(params, type(self).Params(**params))]
         except ValidationError as err:

@@ -52,7 +52,7 @@ from normalcy.detectors.base import (
     validation_message,
 )
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
-from normalcy.errors import InputError, NotFittedError, shortened
+from normalcy.errors import InputError, NotFittedError, fpr_out_of_range, shortened
 from normalcy.files import MODEL_JSON, Strict, describe, write_model_files
 from normalcy.numerics.stats import check_fpr_unchanged, decide, threshold_at
 from normalcy.series.glitches import mended
@@ -246,6 +246,9 @@ class SeriesDetector(ParamsEstimator):
     def _keep_valid(self, given: dict[str, Any]) -> None:
         """Set the parameters as ``Params`` validates ``given`` (defaults for those left out; each the very object
         given where validation kept it, see ``as_given``); one InputError line when one is invalid."""
+        problem = fpr_out_of_range(given.get("fpr"))
+        if problem:
+            raise InputError(f"detector {self.name}: {problem}")
         try:
             validated = type(self).Params(**given)
         except ValidationError as err:

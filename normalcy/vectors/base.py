@@ -29,6 +29,7 @@ import psutil
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from normalcy.errors import fpr_out_of_range
 from normalcy.numerics.stats import threshold_at
 
 __all__ = ["ROW_BYTES", "SAFE_EXPONENT", "ColumnScaled", "TooLarge", "VectorDetector", "check_array", "check_budget",
@@ -279,6 +280,9 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         """Raise ValueError naming a parameter out of range: at fit, before any work, and by ``check_state`` on
         load, one rule for both, so that a model fit accepts is one load accepts (and None or "0.1" is named,
         not a TypeError from deep inside the fit)."""
+        problem = fpr_out_of_range(getattr(self, "fpr", None), f"{type(self).__name__}.fpr")
+        if problem:
+            raise ValueError(problem)
         check_number(self, "fpr", 0.0, 1.0)
         if "random_state" in self._get_param_names():
             check_seed(self)
