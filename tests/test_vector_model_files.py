@@ -398,7 +398,7 @@ def test_fpr_changed_after_fit_is_not_saved_beside_the_old_threshold(table: Path
 
 def test_an_fpr_out_of_range_is_an_input_error(table):
     """As for images and series: a setting the user gave wrong is one line, not a ValueError traceback."""
-    with pytest.raises(InputError, match=r"detector knn: KNNDetector\.fpr: .* got 1\.5"):
+    with pytest.raises(InputError, match=r"detector knn: KNNDetector\.fpr must be .* \(got 1\.5\)"):
         fit_table(read_table(table, label_column="y"), "knn", fpr=1.5)
 
 
