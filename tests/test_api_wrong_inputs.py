@@ -41,3 +41,64 @@ def test_a_vector_detectors_fpr_of_nan_says_the_range(name: str) -> None:
         VECTOR_DETECTORS[name](fpr=2).fit(np.zeros((5, 2)))
     with pytest.raises(ValueError, match=r"expected a finite number in \(0\.0, 1\.0\), got None"):
         VECTOR_DETECTORS[name](fpr=None).fit(np.zeros((5, 2)))
+
+
+COMPLEX = "complex numbers, and a detector takes real ones"
+
+
+@pytest.mark.parametrize("name", ["gaussian", "knn", "iforest", "ecod", "ensemble"])
+def test_complex_rows_are_refused_by_a_vector_detector(name: str) -> None:
+    """scikit-learn said "Complex data not supported" followed by the whole array, for fit and score alike."""
+    from normalcy.vectors.registry import VECTOR_DETECTORS
+
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    with pytest.raises(InputError, match=f"{VECTOR_DETECTORS[name].__name__}: the values are complex128.*{COMPLEX}"):
+        VECTOR_DETECTORS[name]().fit(X + 1j)
+    with pytest.raises(InputError, match=COMPLEX):
+        VECTOR_DETECTORS[name]().fit(X).anomaly_score(X[:3] + 1j)
+
+
+def test_a_complex_series_is_refused_not_cut_to_its_real_part(recwarn: pytest.WarningsRecorder) -> None:
+    """numpy dropped the imaginary part with only a ComplexWarning: the series was fitted and scored on its real
+    part. An array, a list, a DataFrame's column and a streamed row are refused, each named."""
+    import pandas as pd
+
+    from normalcy.series.registry import create
+
+    x = np.sin(np.arange(300) / 5)
+    with pytest.raises(InputError, match=f"^array: the values are complex128.*{COMPLEX}"):
+        create("knn", window=10).fit(x + 1j, progress=False)
+    with pytest.raises(InputError, match=f"^DataFrame column\\(s\\) 'b' hold {COMPLEX}"):
+        create("knn", window=10).fit(pd.DataFrame({"a": x, "b": x + 1j}), progress=False)
+    det = create("knn", window=10).fit(x, progress=False)
+    with pytest.raises(InputError, match=f"^array: .*{COMPLEX}"):
+        det.score(list(x + 1j))
+    with pytest.raises(InputError, match=f"^row: .*{COMPLEX}"):
+        det.partial_fit(np.array([1 + 1j]))
+    assert not [w for w in recwarn if "complex" in str(w.message).lower()]
+
+
+def test_image_arrays_of_the_wrong_dtype_are_named_at_fit() -> None:
+    """A complex (or float) image array was "none of the 6 training files could be read as an image", its
+    reason lost inside the fit."""
+    from normalcy.detectors.registry import create
+
+    images = np.zeros((6, 32, 32, 3), complex)
+    with pytest.raises(InputError, match=r"^image 0: expected an H x W x 3 uint8 array, got complex128"):
+        create("gaussian").fit(images, progress=False)
+
+
+def test_a_list_of_arrays_for_several_series_says_what_fit_takes() -> None:
+    """The docs promise a list of Series or DataFrames, not of arrays: numpy read two series of 300 values as two
+    rows ("array: 2 row(s); a series needs at least 16"). A list of rows as arrays is read as before."""
+    import pandas as pd
+
+    from normalcy.series.registry import create
+
+    x = np.sin(np.arange(300) / 5)
+    for data in ([x, x], [x, x[:200]], [x[:, None], x[:, None]]):
+        with pytest.raises(InputError, match=r"^a list of 2 arrays is not read as 2 series: .*pandas\.DataFrame\(a\)"):
+            create("knn", window=10).fit(data, progress=False)
+    assert create("knn", window=10).fit([pd.DataFrame(x), pd.DataFrame(x[:200])], progress=False).n_train_ == 500
+    rows = [np.array([v, 2 * v]) for v in x]  # 300 rows of 2 columns
+    assert create("knn", window=10).fit(rows, progress=False).columns_ == ("x0", "x1")

@@ -769,14 +769,19 @@ def _like(kind: Any, value: torch.Tensor) -> Any:
 
 
 def _items(images: Images | str | Path) -> list[Any]:
-    """``fit``/``score`` input as a list: paths, or H x W x 3 arrays (an N x H x W x 3 array split). One path
+    """``fit``/``score`` input as a list: paths, or H x W x 3 arrays (an N x H x W x 3 array split), each array
+    checked (``_image``). One path
     (a str or Path) is one input, a folder's images or one file: a str was read one character per file, a Path
     was a TypeError."""
     if isinstance(images, (str, Path)):
         return input_paths([Path(images)])
     if isinstance(images, np.ndarray) and images.ndim != 4:
         raise InputError(f"expected images as an N x H x W x 3 uint8 array, got shape {images.shape}")
-    return list(images)
+    items = list(images)
+    for i, im in enumerate(items):  # now: inside a fit, a complex or float array was "none of the N training
+        if isinstance(im, np.ndarray):  # files could be read as an image", its reason lost
+            _image(im, i)
+    return items
 
 
 def _image(im: np.ndarray, i: int) -> np.ndarray:

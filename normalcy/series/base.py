@@ -58,6 +58,7 @@ from normalcy.numerics.stats import check_fpr_unchanged, decide, threshold_at
 from normalcy.series.glitches import mended
 from normalcy.series.io import MIN_ROWS, Series
 from normalcy.series.windows import MAX_WINDOW, MIN_WINDOW, PERIOD_FALLBACK, find_period
+from normalcy.vectors.base import complex_values
 from normalcy.vectors.tables import MAX_COLUMNS
 from normalcy.version import __version__
 
@@ -484,6 +485,9 @@ class SeriesDetector(ParamsEstimator):
         takes it: a pandas Series' own order was taken silently (b, a scored as a, b) and a dict was refused."""
         if hasattr(x, "keys") and (isinstance(x, dict) or {str(k) for k in x.keys()} >= set(self.columns_)):
             x = by_name(x, self.columns_)
+        complex_ = complex_values(x) if hasattr(x, "dtype") else ""  # Python's complex numbers fail float() below
+        if complex_:
+            raise InputError(f"row: {complex_}")
         try:
             row = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as err:  # text in the row: numpy's bare ValueError
@@ -953,6 +957,9 @@ def _numbers(data: Any, kinds: str = "a Series, a list of them, a DataFrame") ->
     """Anything numpy reads as numbers (a list, a pandas Series) as a float64 array; an InputError otherwise,
     saying what is taken (``kinds``, then an array): at scoring, a file name or text was numpy's bare ValueError."""
     refuse_dates(data, "array")
+    complex_ = complex_values(data)
+    if complex_:
+        raise InputError(f"array: {complex_}")
     try:
         return np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -966,6 +973,9 @@ def _frame_series(data: Any) -> Series | None:
     if not _is_frame(data):
         return None
     refuse_dates(data, "DataFrame")
+    complex_ = complex_values(data)
+    if complex_:
+        raise InputError(complex_)
     try:
         raw = data.to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError) as err:
@@ -987,6 +997,21 @@ def _array_positions(columns: Sequence[str]) -> list[int]:
     return [int(c[1:]) for c in columns]
 
 
+def _refuse_arrays_as_series(data: Any) -> None:
+    """InputError for a list of arrays (or pandas Series) that are several series, not rows: of different lengths,
+    of two dimensions, or longer than the list. Why: numpy read them as the rows of one series, so two series
+    of 500 values were "array: 2 row(s); a series needs at least 16", and twenty a series of 500 columns. A list
+    of arrays that can be rows (a list of (d,) rows, more of them than d) is read as before."""
+    if not isinstance(data, (list, tuple)) or not all(hasattr(a, "shape") for a in data):
+        return
+    shapes = [tuple(np.shape(a)) for a in data]
+    if len(set(shapes)) == 1 and len(shapes[0]) == 1 and len(data) >= shapes[0][0]:
+        return
+    raise InputError(f"a list of {len(data)} arrays is not read as {len(data)} series: fit takes one series as an "
+                     "(n,) or (n, d) array (n rows of d columns), or several as a list of normalcy Series or pandas "
+                     "DataFrames, one per series: [pandas.DataFrame(a) for a in arrays]")
+
+
 def _parts(data: Data) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:
     """Training input as (name, values, columns) per series: a Series, a list of them (or of DataFrames), a
     DataFrame, or anything numpy reads as an (n,) or (n, d) array (a list of numbers, a pandas Series)."""
@@ -995,6 +1020,7 @@ def _parts(data: Data) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:
     elif isinstance(data, (list, tuple)) and data and all(isinstance(s, Series) or _is_frame(s) for s in data):
         data = [s if isinstance(s, Series) else _frame_series(s) for s in data]
     elif not isinstance(data, Series) and not (isinstance(data, (list, tuple)) and not data):
+        _refuse_arrays_as_series(data)
         data = _numbers(data)
     if isinstance(data, np.ndarray):
         a = _matrix(data, "array")

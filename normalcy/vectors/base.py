@@ -29,7 +29,7 @@ import psutil
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from normalcy.errors import fpr_out_of_range
+from normalcy.errors import InputError, fpr_out_of_range
 from normalcy.numerics.stats import threshold_at
 
 __all__ = ["ROW_BYTES", "SAFE_EXPONENT", "ColumnScaled", "TooLarge", "VectorDetector", "check_array", "check_budget",
@@ -56,6 +56,28 @@ def finite_rows(X: np.ndarray) -> tuple[np.ndarray, str]:
     shown = ", ".join(str(i) for i in bad[:10])
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     return mask, f"{len(bad)} of {len(mask)} rows contain NaN or inf: rows {shown}{more} (counting from 0)"
+
+
+def complex_values(data: object) -> str:
+    """What to do with complex numbers in an array, a list, a pandas Series or DataFrame, else "". Why: numpy casts
+    them to float dropping the imaginary part with only a ComplexWarning (a series was fitted on its real part),
+    and scikit-learn said "Complex data not supported" followed by the whole array."""
+    dtypes = getattr(data, "dtypes", None)
+    if dtypes is not None and hasattr(dtypes, "items"):  # a DataFrame: its columns named
+        names = [repr(name) for name, dtype in dtypes.items() if getattr(dtype, "kind", "") == "c"]
+        what = f"DataFrame column(s) {', '.join(names[:5])} hold" if names else ""
+    else:
+        dtype = getattr(data, "dtype", None)
+        if dtype is None and isinstance(data, (list, tuple)):
+            try:
+                dtype = np.asarray(data).dtype
+            except (ValueError, TypeError):  # ragged, or not numbers: the caller's own check names it
+                dtype = None
+        what = f"the values are {dtype}, which hold" if getattr(dtype, "kind", "") == "c" else ""
+    if not what:
+        return ""
+    return (f"{what} complex numbers, and a detector takes real ones: give their real part (.real), their "
+            "magnitude (np.abs) or both as columns")
 
 
 def not_numeric_columns(X: object) -> str:
@@ -298,6 +320,9 @@ class VectorDetector(OutlierMixin, BaseEstimator):
         sparse = sparse_columns(X)
         if sparse:
             raise TypeError(f"{type(self).__name__}: {sparse}")
+        complex_ = complex_values(X)
+        if complex_:
+            raise InputError(f"{type(self).__name__}: {complex_}")
         try:
             X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
                               ensure_min_samples=2 if reset else 1)
