@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import math
+import numbers
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -354,6 +355,10 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
     a series (a table) whatever its columns. ``settings``: the fields of ExtractorOptions and
     DetectorOptions (fpr, seed, window, backbone, image_size, ...)."""
     ex, det_opts = options(settings, detector)
+    _check_columns(label_column=label_column, id_column=id_column, time_column=time_column,
+                   series_column=series_column)
+    if output is not None:
+        output = _path(output, "output", "a model folder's path (a str or pathlib.Path)")
     if isinstance(train, os.PathLike):
         train = Path(train)
     elif not isinstance(train, str):
@@ -416,11 +421,32 @@ def _paths(inputs: PathLike | Sequence[PathLike], what: str) -> list[Path]:
     its column names, which were read as image files)."""
     if isinstance(inputs, (str, os.PathLike)):
         return [Path(inputs)]
-    items = None if hasattr(inputs, "shape") else list(inputs)
+    try:  # None or a number was Python's "'int' object is not iterable"
+        items = None if hasattr(inputs, "shape") else list(inputs)
+    except TypeError:
+        items = None
     if items is None or not all(isinstance(p, (str, os.PathLike)) for p in items):
         raise InputError(f"{what} takes a path or a list of paths (files or folders), got {type(inputs).__name__}"
                          + IN_MEMORY)
     return [Path(p) for p in items]
+
+
+def _path(value: Any, argument: str, what: str = "a path (a str or pathlib.Path)", data: bool = False) -> Path:
+    """``value`` as a Path; for anything else (None, a number, an array, a DataFrame) a TypeError naming
+    ``argument`` and saying what it takes (``what``): pathlib's "expected str, bytes or os.PathLike object, not
+    int" named no argument. ``data``: an array or DataFrame is told where data in memory goes."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    hint = IN_MEMORY if data and hasattr(value, "shape") else ""
+    raise TypeError(f"{argument} must be {what}, got {type(value).__name__}{hint}")
+
+
+def _check_columns(**columns: Any) -> None:
+    """TypeError naming a column argument that is no column name: a number was an AttributeError from deep
+    inside reading the file ("'int' object has no attribute 'strip'")."""
+    for argument, value in columns.items():
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{argument} must be a column name (a str) or None, got {type(value).__name__}")
 
 
 def _check_model_output(output: Path, inputs: Sequence[Path]) -> None:
@@ -484,7 +510,11 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
     could not be used. ``report``: an HTML report of an image evaluation. ``stream``: series replayed as a
     monitoring loop runs them (:func:`predict`). ``settings`` as for ``fit``."""
     ex, det = options(settings, detector)
-    dataset = Path(dataset)
+    _check_columns(label_column=label_column, time_column=time_column)
+    dataset = _path(dataset, "dataset", "the path of a data set, a folder or a table (a str or pathlib.Path)",
+                    data=True)
+    test = None if test is None else _path(test, "test", "a labelled table's path (a str or pathlib.Path)")
+    report = None if report is None else _path(report, "report", "an HTML file's path (a str or pathlib.Path)")
     if report is not None and (is_table(dataset) or dataset.is_dir() and is_series_input(dataset)):
         instead = ("a table's evaluation has no HTML report: its metrics are printed, all of them with --json"
                    if is_table(dataset) else "for series, `normalcy predict` writes report.html")
@@ -570,7 +600,7 @@ def load(path: PathLike, trust_code: bool = False) -> Any:
     """A saved model: an image model folder (a Detector), a vector model folder (a VectorModel), a series
     model folder (a SeriesDetector, or a SeriesSet of one per series) or a model.onnx from ``normalcy
     export`` (an OnnxScorer). ``trust_code``: allow a custom backbone's code."""
-    path = Path(path)
+    path = _path(path, "path", "a model folder's or a .onnx file's path (a str or pathlib.Path)")
     if is_exported(path):
         from normalcy.scale.export import OnnxScorer
 
@@ -589,7 +619,10 @@ def export(model_dir: PathLike, output: PathLike, precision: str = "fp32", calib
     file. Tables and series have no graph to export; an output that is a folder is refused before any work."""
     from normalcy.scale.export import check_output_file, export_onnx
 
-    model_dir, output = Path(model_dir), Path(output)
+    model_dir = _path(model_dir, "model_dir", "a model folder's path (a str or pathlib.Path)")
+    output = _path(output, "output", "an ONNX file's path (a str or pathlib.Path)")
+    if calibration is not None:
+        calibration = _path(calibration, "calibration", "a folder's path (a str or pathlib.Path)")
     for kind, found in (("a vector model (tables)", is_vector_model), ("a series model", is_series_model)):
         if found(model_dir):
             raise InputError(f"{model_dir} is {kind}: only image models are exported to ONNX")
@@ -624,8 +657,13 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
     model_dir = getattr(model, "directory", None)  # a set reads its models from there when they are first used
     if isinstance(model, SeriesDetector):
         model._check_fitted()  # an unfitted one failed inside with an AttributeError ('columns_'), as predict's did
+    if out is not None and not hasattr(out, "write"):  # a path was "argument 1 must have a "write" method"
+        raise TypeError(f"out must be an open text stream (sys.stdout, a file opened for writing), got "
+                        f"{type(out).__name__}")
+    _check_columns(time_column=time_column, series_column=series_column)
     if not isinstance(model, (SeriesDetector, SeriesSet)):
-        model_dir = Path(model)
+        model_dir = _path(model, "model", "a series model's folder (a str or pathlib.Path) or a fitted series "
+                          "detector")
         if not is_series_model(model_dir):
             meta = model_dir / MODEL_JSON
             if not meta.is_file():
@@ -637,7 +675,7 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
             raise InputError(f"{model}: not a series model (watch runs a model fitted on a series)")
         model = load_series_model(model_dir)
     if save is not None:
-        save = Path(save)
+        save = _path(save, "save", "a folder's path (a str or pathlib.Path)")
         if not learn:
             raise InputError(f"{save}: with --no-learn the model learns nothing, so there is nothing to save")
         if model_dir is not None and save.resolve() == Path(model_dir).resolve():
@@ -654,7 +692,8 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
                                   **kw), out)
     if source is None or str(source) == "-":
         return _watched(run_watch(model, sys.stdin, out or sys.stdout, source_name="stdin", **kw), out)
-    path = Path(source)
+    path = _path(source, "source", "a CSV file's path (a str or pathlib.Path), an open text stream, or None or "
+                 "\"-\" for stdin")
     if not path.exists():  # a named pipe or /dev/fd/N (`<(tail -f log)`) is read as a file is
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -697,8 +736,9 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
     InputError. ``stream``: each series replayed as a monitoring loop runs it (``series.runs.replay_series``:
     scores from the past only, every row learned, calibrated to [0, 1]; in this process)."""
     _check_top(top)  # before anything else: the command line had a second check of its own for that
+    _check_columns(id_column=id_column, time_column=time_column, series_column=series_column)
     paths_in = _paths(inputs, "predict")
-    output = Path(output)
+    output = _path(output, "output", "a run folder's path (a str or pathlib.Path)")
     if isinstance(model, (str, os.PathLike)):  # a run replaces its folder whole: the model in it went with it
         out, folder = resolved(output), resolved(model)
         if folder == out or out in folder.parents:
@@ -760,6 +800,8 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
 def _check_top(top: Optional[int]) -> None:
     """InputError for a ``top`` outside 0..MAX_TOP, before any work: a negative one emptied the gallery, a huge one
     held every image of the run in memory for the report."""
+    if top is not None and (isinstance(top, bool) or not isinstance(top, numbers.Integral)):
+        raise TypeError(f"top must be a whole number of images or series, got {type(top).__name__}")
     if top is not None and not 0 <= top <= MAX_TOP:
         raise InputError(f"--top must be between 0 and {MAX_TOP} (got {top:g})")
 
@@ -1030,7 +1072,7 @@ def score_batch(inputs: PathLike | Sequence[PathLike], output: PathLike = "resul
         raise InputError("--input-norm auto and --tune choose on normal training images; score-batch has none "
                          "(zero-shot): give the settings")
     inputs = _paths(inputs, "score_batch")
-    output = Path(output)
+    output = _path(output, "output", "a run folder's path (a str or pathlib.Path)")
     check_output(output, inputs)  # before the minutes of scoring, not after
     paths = outside_run(input_paths(inputs), output)
     det = MuSc(ex.extractor(paths), image_score=image_score, rscin_k=rscin_k)

@@ -102,3 +102,48 @@ def test_a_list_of_arrays_for_several_series_says_what_fit_takes() -> None:
     assert create("knn", window=10).fit([pd.DataFrame(x), pd.DataFrame(x[:200])], progress=False).n_train_ == 500
     rows = [np.array([v, 2 * v]) for v in x]  # 300 rows of 2 columns
     assert create("knn", window=10).fit(rows, progress=False).columns_ == ("x0", "x1")
+
+
+def test_api_arguments_of_the_wrong_type_are_named(tmp_path) -> None:
+    """None, a number, an array or a DataFrame where a path belongs was pathlib's "expected str, bytes or
+    os.PathLike object, not int", "'NoneType' object is not iterable" or an AttributeError from deep inside
+    (a column name given as a number): each is now an error naming the argument, before any file is read."""
+    import io
+
+    import pandas as pd
+
+    from normalcy import api
+    from normalcy.series.registry import create
+
+    series_model = create("knn", window=10).fit(np.sin(np.arange(300) / 5), progress=False)
+    arr, df, csv = np.zeros(3), pd.DataFrame({"a": [1.0]}), tmp_path / "t.csv"
+    csv.write_text("a,b\n1,2\n3,4\n")
+    cases = [
+        (lambda: api.fit(None), InputError, r"^fit takes a path or a list of paths .*got NoneType"),
+        (lambda: api.fit(5), InputError, r"^fit takes a path or a list of paths .*got int"),
+        (lambda: api.fit(csv, 5), TypeError, r"^output must be a model folder's path .*got int"),
+        (lambda: api.fit(csv, label_column=5), TypeError, r"^label_column must be a column name .*got int"),
+        (lambda: api.fit(csv, time_column=5), TypeError, r"^time_column must be a column name"),
+        (lambda: api.predict(tmp_path / "m", csv, None), TypeError, r"^output must be a run folder's path .*None"),
+        (lambda: api.predict(tmp_path / "m", None), InputError, r"^predict takes a path .*got NoneType"),
+        (lambda: api.predict(tmp_path / "m", csv, tmp_path / "r", top="5"), TypeError, r"^top must be a whole"),
+        (lambda: api.predict(tmp_path / "m", csv, tmp_path / "r", id_column=1), TypeError, r"^id_column must be"),
+        (lambda: api.evaluate(df), TypeError, r"^dataset must be the path of a data set.*got DataFrame; data in"),
+        (lambda: api.evaluate(None), TypeError, r"^dataset must be .*got NoneType"),
+        (lambda: api.evaluate(csv, label_column=5), TypeError, r"^label_column must be a column name"),
+        (lambda: api.evaluate(csv, label_column="b", test=5), TypeError, r"^test must be a labelled table's path"),
+        (lambda: api.evaluate(tmp_path, report=arr), TypeError, r"^report must be an HTML file's path .*ndarray"),
+        (lambda: api.load(arr), TypeError, r"^path must be a model folder's or a \.onnx file's path .*ndarray"),
+        (lambda: api.load(None), TypeError, r"^path must be .*got NoneType"),
+        (lambda: api.export(5, tmp_path / "x.onnx"), TypeError, r"^model_dir must be a model folder's path .*int"),
+        (lambda: api.export(tmp_path / "m", None), TypeError, r"^output must be an ONNX file's path .*NoneType"),
+        (lambda: api.export(tmp_path / "m", tmp_path / "x.onnx", "int8", 5), TypeError, r"^calibration must be"),
+        (lambda: api.watch(arr, io.StringIO("")), TypeError, r"^model must be a series model's folder .*ndarray"),
+        (lambda: api.watch(series_model, df), TypeError, r"^source must be a CSV file's path .*DataFrame"),
+        (lambda: api.watch(tmp_path / "m", csv, out=tmp_path / "o.csv"), TypeError, r"^out must be an open text"),
+        (lambda: api.watch(tmp_path / "m", csv, time_column=5), TypeError, r"^time_column must be a column name"),
+        (lambda: api.score_batch(tmp_path, None), TypeError, r"^output must be a run folder's path .*NoneType"),
+    ]
+    for call, kind, message in cases:
+        with pytest.raises(kind, match=message):
+            call()
