@@ -394,6 +394,8 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         model = _fit_table(Path(train), det_opts, label_column, id_column)
     else:
         _not_applying("images (every training image is fitted on)", label_column=label_column, id_column=id_column)
+        if isinstance(train, (str, Path)):
+            _not_a_model(Path(train), "fit reads normal images, a table or a series")
         if isinstance(train, (str, Path)) and Path(train).is_dir() and is_dataset(Path(train)):
             # its test defects and ground-truth masks were fitted on as normal images, without a word
             raise InputError(f"{train} is a data set in MVTec AD layout: fit on its normal images, "
@@ -479,13 +481,26 @@ def _check_not_theirs(output: Path) -> None:
         names = [n for n in (MODEL_JSON, MODEL_TENSORS, MODEL_FILE) if os.path.lexists(output / n)]
         if not names:
             return
-        try:
-            ours = "normalcy_version" in read_json(output / MODEL_JSON)
-        except InputError:
-            ours = False
+        ours = _holds_model(output)
     if not ours:
         raise InputError(f"{output}: holds a {names[0]} that is not a normalcy model's, which saving would "
                          "replace: choose another --output")
+
+
+def _holds_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a normalcy model's model.json (one naming ``normalcy_version``)."""
+    try:
+        return os.path.lexists(folder / MODEL_JSON) and "normalcy_version" in read_json(folder / MODEL_JSON)
+    except InputError:
+        return False
+
+
+def _not_a_model(data: Path, reads: str) -> None:
+    """InputError for a model folder given as the data to fit or evaluate: its files were read as images,
+    "gaussian needs at least 5 normal training images, got 2", or it was "training folder not found"."""
+    if data.is_dir() and _holds_model(data):
+        raise InputError(f"{data}: is a model folder (written by fit), not data: {reads}; a model is what predict "
+                         "takes")
 
 
 def _save(model: Any, output: Optional[PathLike]) -> None:
@@ -557,6 +572,7 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
 
     if report is not None:
         check_report_file(Path(report))
+    _not_a_model(dataset, "eval reads a labelled data set (MVTec AD layout, a table, series folders)")
     _check_not_untrained_series(dataset)
     ds = load_dataset(dataset)
     name = det.name()

@@ -147,3 +147,17 @@ def test_api_arguments_of_the_wrong_type_are_named(tmp_path) -> None:
     for call, kind, message in cases:
         with pytest.raises(kind, match=message):
             call()
+
+
+def test_a_model_folder_given_as_data_is_named(tmp_path) -> None:
+    """A model folder given to fit as its training folder was read as images ("gaussian needs at least 5 normal
+    training images, got 2"), and to evaluate as a data set was "training folder not found"."""
+    from normalcy import api
+
+    (tmp_path / "m").mkdir()  # what the check reads of a model folder (fit writes more)
+    (tmp_path / "m" / "model.json").write_text('{"format_version": 1, "normalcy_version": "0.1.0"}')
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(InputError, match=r"m: is a model folder \(written by fit\), not data: fit reads normal images"):
+        api.fit(tmp_path / "m", progress=False)
+    with pytest.raises(InputError, match=r"m: is a model folder .*: eval reads a labelled data set"):
+        api.evaluate(tmp_path / "m", progress=False)
