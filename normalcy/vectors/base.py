@@ -322,7 +322,8 @@ class VectorDetector(OutlierMixin, BaseEstimator):
             raise TypeError(f"{type(self).__name__}: {sparse}")
         complex_ = complex_values(X)
         if complex_:
-            raise InputError(f"{type(self).__name__}: {complex_}")
+            # scikit-learn's estimator checks look for its own words, "Complex data not supported"
+            raise InputError(f"{type(self).__name__}: {complex_} (Complex data not supported)")
         try:
             X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
                               ensure_min_samples=2 if reset else 1)
