@@ -28,6 +28,15 @@ def store(db_url: str) -> Iterator[Store]:  # noqa: F811
     s.close()
 
 
+
+def run_threads(work, n: int) -> None:
+    """work(k) on n threads at once, waited for."""
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
 def test_sync_and_read(store: Store) -> None:
     store.sync_items(rows())
     items = store.items()
@@ -98,11 +107,7 @@ def test_labels_and_interests_given_at_once_keep_each_other(store: Store) -> Non
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, 8)
     assert errors == []
     events = store.events()
     assert len(events) == 32
@@ -201,11 +206,7 @@ def test_concurrent_labels(store: Store) -> None:
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, 16)
     assert errors == []
     assert len(store.events()) == 80
     last = {e["item_id"]: (e["label"], e["interest"]) for e in store.events()}
