@@ -164,7 +164,7 @@ INTERRUPTED = 130  # 128 + SIGINT: what shells expect, and typer's own code for 
 def _fail(message: str, code: int = 1) -> None:
     console.print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)
     export = sys.modules.get("normalcy.scale.export")
-    if export is not None and export._WORKERS.abandoned:  # pragma: no cover - tested in a subprocess
+    if export is not None and export.abandoned_runs():  # pragma: no cover - tested in a subprocess
         # a graph's node given up on still runs: a normal exit waited for it (minutes) and then aborted
         # ("terminate called without an active exception"), so the process ends here, its error said
         sys.stdout.flush()

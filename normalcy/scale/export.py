@@ -732,6 +732,11 @@ class _Workers:
 _WORKERS = _Workers()
 
 
+def abandoned_runs() -> int:
+    """Graph runs given up on that still go on (``_Workers``): a process with one must not exit normally."""
+    return _WORKERS.abandoned
+
+
 def _ort_reason(err: Exception) -> str:
     """onnxruntime's message, one line, without its status prefixes and the C++ source places and function
     signatures it names, which filled the characters shown before the reason ("Opset 99 is under development",

@@ -953,13 +953,19 @@ def refuse_dates(data: Any, where: str) -> None:
                          "(df.set_index(...)) or drop it")
 
 
+def refuse_non_measurements(data: Any, where: str, prefix: str = "") -> None:
+    """``refuse_dates``, then complex values (numpy keeps their real part with only a ComplexWarning), the two
+    kinds of values a float64 cast takes without a word; ``prefix`` starts the complex values' message."""
+    refuse_dates(data, where)
+    complex_ = complex_values(data)
+    if complex_:
+        raise InputError(f"{prefix}{complex_}")
+
+
 def _numbers(data: Any, kinds: str = "a Series, a list of them, a DataFrame") -> np.ndarray:
     """Anything numpy reads as numbers (a list, a pandas Series) as a float64 array; an InputError otherwise,
     saying what is taken (``kinds``, then an array): at scoring, a file name or text was numpy's bare ValueError."""
-    refuse_dates(data, "array")
-    complex_ = complex_values(data)
-    if complex_:
-        raise InputError(f"array: {complex_}")
+    refuse_non_measurements(data, "array", "array: ")
     try:
         return np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -972,10 +978,7 @@ def _frame_series(data: Any) -> Series | None:
     its column names for series and failed with an AttributeError."""
     if not _is_frame(data):
         return None
-    refuse_dates(data, "DataFrame")
-    complex_ = complex_values(data)
-    if complex_:
-        raise InputError(complex_)
+    refuse_non_measurements(data, "DataFrame")
     try:
         raw = data.to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError) as err:
