@@ -6,7 +6,8 @@ bank (at most ``max_bank`` windows and MAX_BANK_FLOATS numbers, an even subsampl
 score is the root-mean-square difference, per time step, between its window and the k-th nearest window
 of the bank; the squared differences of that neighbour, summed per metric, split it into per-metric
 contributions. faiss finds the k nearest (exact flat L2, float32); their distances are then computed
-again exactly (float64), so a window scores the same in a batch and alone in a stream.
+again exactly (float64), so a window scores the same in a batch and alone in a stream. Windows of one number
+(a univariate series, window 1) are searched exactly in float64 instead (``_one_number``).
 
 A stream's single window is searched without reading the whole bank where it can be: the bank's windows
 are also kept projected on their first PRUNE_DIMS principal axes, and a projected distance is a lower bound
@@ -104,6 +105,7 @@ class SubsequenceKNN(SeriesDetector):
         self._norms = np.einsum("ij,ij->i", self.bank_, self.bank_)
         self._bank_t: np.ndarray | None = None  # the bank transposed, made when a stream first needs it
         self._tails: np.ndarray | None = None  # ``_tail_norms``' table, made when a short window first needs it
+        self._last64: np.ndarray | None = None  # the bank's last numbers in float64 (``_one_number``), likewise
         self._store: np.ndarray | None = None  # room for online windows (partial_fit), made when first needed
         self._axes: np.ndarray | None = None  # (PRUNE_DIMS, L) principal axes of the bank (and the bank's bound
         self._skip = 0  # terms), made when a stream first needs them; rows to search in full before bounding
@@ -111,8 +113,9 @@ class SubsequenceKNN(SeriesDetector):
     @property
     def _candidates(self) -> int:
         """Neighbours found in float32, then measured again exactly: the k nearest. Float32's rounding, which
-        differs between a batch and a single row, can only swap neighbours whose distances differ by about
-        1e-7 of the windows' squared length, and so moves a score by as little."""
+        differs between a batch and a single row, can only swap neighbours whose squared distances differ by
+        about 1e-7 of the windows' squared length (windows of one number, where that is a score's size, are
+        searched exactly: ``_one_number``)."""
         return min(self.k, len(self.bank_))
 
     def _contributions(self, Q: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -148,8 +151,11 @@ class SubsequenceKNN(SeriesDetector):
         out = [np.reshape(head, (len(head), X.shape[1]))]
         for s in range(0, len(W), step):
             Q = W[s:s + step] - self.centre_
-            with _threads_for(Q.size * len(self.bank_)):
-                _, idx = faiss.knn(np.ascontiguousarray(Q, dtype=np.float32), self.bank_, self._candidates)
+            if Q.shape[1] == 1:
+                idx = self._one_number(Q[:, 0])
+            else:
+                with _threads_for(Q.size * len(self.bank_)):
+                    _, idx = faiss.knn(np.ascontiguousarray(Q, dtype=np.float32), self.bank_, self._candidates)
             out.append(self._contributions(Q, idx))
         return np.concatenate(out)
 
@@ -223,24 +229,27 @@ class SubsequenceKNN(SeriesDetector):
         q = rows.reshape(-1) - self.centre_[-L:]
         if keep is None and self._candidates == 1 and bank_t.shape[1] * L <= _BLOCK_FLOATS:
             return self._nearest(q, bank_t)
-        if keep is not None:
-            d2 = self.bank_[keep] @ q.astype(np.float32)
-            d2 *= -2
-            d2 += self._norms[keep]
+        if L == 1:  # the one-number search, as offline
+            idx = self._one_number(q)[0]
         else:
-            part = bank_t[-L:]
-            d2 = _products(q.astype(np.float32), part)
-            d2 *= -2
-            d2 += self._norms if L == bank_t.shape[0] else self._tail_norms(L)
-        if self._candidates == 1:
-            idx = np.array([d2.argmin()])
-        else:  # a few argmins beat a partition of the whole bank
-            idx = np.empty(self._candidates, np.int64)
-            for i in range(len(idx)):
-                idx[i] = d2.argmin()
-                d2[idx[i]] = np.inf
-        if keep is not None:
-            idx = keep[idx]
+            if keep is not None:
+                d2 = self.bank_[keep] @ q.astype(np.float32)
+                d2 *= -2
+                d2 += self._norms[keep]
+            else:
+                part = bank_t[-L:]
+                d2 = _products(q.astype(np.float32), part)
+                d2 *= -2
+                d2 += self._norms if L == bank_t.shape[0] else self._tail_norms(L)
+            if self._candidates == 1:
+                idx = np.array([d2.argmin()])
+            else:  # a few argmins beat a partition of the whole bank
+                idx = np.empty(self._candidates, np.int64)
+                for i in range(len(idx)):
+                    idx[i] = d2.argmin()
+                    d2[idx[i]] = np.inf
+            if keep is not None:
+                idx = keep[idx]
         # as _contributions for one row, without its batch indexing (a stream's row has 100 us)
         diff = q - self.bank_[idx, -L:]
         sq = np.einsum("cj,cj->c", diff, diff)
@@ -254,17 +263,37 @@ class SubsequenceKNN(SeriesDetector):
         same neighbour and numbers in a third of the array calls (a call costs about a microsecond, and a
         small bank's search takes a few: ``auto`` makes five such searches a row)."""
         L = len(q)
-        # one number a window: the same float32 products elementwise, a third of the product's cost
-        d2 = bank_t[-1] * np.float32(q[0]) if L == 1 else q.astype(np.float32) @ bank_t[-L:]
-        d2 *= -2
-        d2 += self._norms if L == bank_t.shape[0] else self._tail_norms(L)
-        diff = q - self.bank_[int(d2.argmin()), -L:]
+        if L == 1:  # the one-number search, as offline
+            i = int(self._one_number(q)[0, 0])
+        else:
+            d2 = q.astype(np.float32) @ bank_t[-L:]
+            d2 *= -2
+            d2 += self._norms if L == bank_t.shape[0] else self._tail_norms(L)
+            i = int(d2.argmin())
+        diff = q - self.bank_[i, -L:]
         d = len(self.columns_)
         if d == 1:  # the root-mean-square difference per time step, all of it the one metric's
             return np.array([math.sqrt(float(diff @ diff) / L)])
         per_metric = (diff * diff).reshape(-1, d).sum(axis=0)
         total = float(per_metric.sum())
         return per_metric / math.sqrt(L // d * total) if total > 0 else np.zeros(d)
+
+    def _one_number(self, q: np.ndarray) -> np.ndarray:
+        """(n, candidates) indices of the bank's windows nearest to windows of one number (centred, q (n,)), found
+        exactly, offline and in a stream alike (the first of equally near ones). Why: such windows (a univariate
+        series, window 1: auto's shortest member) lie so close together that float32's |q|^2 - 2qb + |b|^2,
+        which faiss (offline) and a stream's product round differently, picked other neighbours: a streamed row
+        scored up to 9x its offline score, and neither was the nearest."""
+        if self._last64 is None:
+            self._last64 = self.bank_[:, -1].astype(np.float64)
+        last, c = self._last64, self._candidates
+        out = np.empty((len(q), c), np.int64)
+        step = max(1, _CHUNK_FLOATS // len(last))
+        for s in range(0, len(q), step):
+            d = last[None] - q[s:s + step, None]
+            np.abs(d, out=d)
+            out[s:s + step] = d.argmin(axis=1)[:, None] if c == 1 else np.argpartition(d, c - 1, axis=1)[:, :c]
+        return out
 
     def _tail_norms(self, L: int) -> np.ndarray:
         """(m,) squared norms of the last L numbers of the bank's windows, against which a window at the start
@@ -293,7 +322,7 @@ class SubsequenceKNN(SeriesDetector):
             i, self.fifo_ = self.fifo_, (self.fifo_ + 1) % m
         self._store[i], self._tstore[:, i], self._nstore[i] = window, window, window @ window
         self.bank_, self._bank_t, self._norms = self._store[:m], self._tstore[:, :m], self._nstore[:m]
-        self._tails = None
+        self._tails = self._last64 = None
         if self._axes is not None:
             self._bstore[:, i] = self._terms(window[None])[:, 0]
             self._bounds = self._bstore[:, :m]
@@ -327,7 +356,7 @@ class SubsequenceKNN(SeriesDetector):
         self._store[idx], self._tstore[:, idx] = W, W.T
         self._nstore[idx] = np.einsum("ij,ij->i", W, W)
         self.bank_, self._bank_t, self._norms = self._store[:m], self._tstore[:, :m], self._nstore[:m]
-        self._tails = None
+        self._tails = self._last64 = None
         if self._axes is not None:
             terms = self._terms(W)
             self._bstore[:, idx] = terms
