@@ -393,6 +393,19 @@ def test_smoothed_members_see_whole_means_only_at_the_start_of_a_series(fitted) 
     assert decades[:260].max() < decades[260:].max()  # the start no more anomalous than the rest (was 4.1 > 2.1)
 
 
+def test_a_stream_without_past_learns_before_the_period_members_first_window(fitted, tmp_path: Path) -> None:
+    """A stream started without past rows (``watch`` of a fitted model, ``predict --stream``) learns its first block
+    before the period member has a whole window (48 rows here; 256 for a 250-row period against blocks of 128):
+    that block was a ValueError, "cannot reshape array of size 0", and the watch ended in a traceback. The
+    member learns no window there, as row-by-row updates do not."""
+    fitted.save(tmp_path)
+    x = sine(200, seed=5)
+    batch = Stream(load(tmp_path), learn_every=32).run(x).reported
+    stream = Stream(load(tmp_path), learn_every=32)
+    np.testing.assert_allclose([stream.update(row) for row in x], batch, rtol=1e-9, atol=1e-12)
+    assert batch[100:].max() > 0  # scored and calibrated past the warm-up
+
+
 @pytest.mark.parametrize("first", [0, 1, 5, 47, 48, 100])
 def test_members_score_from_skips_the_past_only(fitted, first: int) -> None:
     Z = fitted.standardise(sine(300, seed=4))

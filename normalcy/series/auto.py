@@ -721,6 +721,8 @@ class Smoothed:
             return
         span = (self.inner.context - 1) * self.stride
         ends = np.arange(max(first, self.context - 1), len(Z))  # every mean of k rows: a window normal data had
+        if not len(ends):  # a stream's first block, shorter than the context: no whole window yet (as _partial_fit)
+            return
         if hasattr(self.inner, "learn_windows"):  # all at once, in order
             rows = ends[:, None] - span + self.stride * np.arange(self.inner.context)
             self.inner.learn_windows(M[rows].reshape(len(ends), -1))
