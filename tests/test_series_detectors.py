@@ -451,13 +451,15 @@ def test_knn_short_windows_norms_from_one_table(k: int) -> None:
                                atol=1e-12)
 
 
-def test_knn_scoring_a_series_offline_keeps_no_bank_sized_copies() -> None:
-    """The transposed bank and the short windows' norm table serve a series' first rows; a fitted model scoring
-    whole series offline lets them go after (a bank of 128 MB would otherwise hold about 3 x that)."""
-    X = sine(700, d=2)
-    det = create("knn", window=24).fit(X[:400], progress=False)
+@pytest.mark.parametrize(("window", "d"), [(24, 2), (1, 1)])
+def test_knn_scoring_a_series_offline_keeps_no_bank_sized_copies(window: int, d: int) -> None:
+    """The transposed bank and the short windows' norm table serve a series' first rows (and windows of one
+    number their float64 copy); a fitted model scoring whole series offline lets them go after (a bank of 128 MB
+    would otherwise hold about 3 x that)."""
+    X = sine(700, d=d)
+    det = create("knn", window=window).fit(X[:400], progress=False)
     first = det.score(X[400:]).score
-    assert det._bank_t is None and det._tails is None
+    assert det._bank_t is None and det._tails is None and det._last64 is None
     np.testing.assert_array_equal(det.score(X[400:]).score, first)
 
 

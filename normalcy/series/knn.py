@@ -142,10 +142,11 @@ class SubsequenceKNN(SeriesDetector):
 
     def _score_from(self, X: np.ndarray, first: int) -> np.ndarray:
         w = self.window_
-        held = self._bank_t, self._tails
+        held = self._bank_t, self._tails, self._last64
         head = [self._one(X[:t + 1], self._transposed()) for t in range(first, min(len(X), w - 1))]
-        if first == 0 and held[0] is None and self._store is None:  # made for these rows only: a fitted model
-            self._bank_t, self._tails = None, held[1]  # scoring a whole series holds no more bank-sized arrays after
+        release = first == 0 and held[0] is None and self._store is None  # made for these rows only: a fitted model
+        if release:  # scoring a whole series holds no more bank-sized arrays after
+            self._bank_t, self._tails = None, held[1]
         W = flat_windows(X[max(0, first - w + 1):], w)  # the whole windows ending at first or later
         step = max(1, _CHUNK_FLOATS // (self._candidates * max(1, W.shape[1])))
         out = [np.reshape(head, (len(head), X.shape[1]))]
@@ -157,6 +158,8 @@ class SubsequenceKNN(SeriesDetector):
                 with _threads_for(Q.size * len(self.bank_)):
                     _, idx = faiss.knn(np.ascontiguousarray(Q, dtype=np.float32), self.bank_, self._candidates)
             out.append(self._contributions(Q, idx))
+        if release:
+            self._last64 = held[2]
         return np.concatenate(out)
 
     def _transposed(self) -> np.ndarray:
