@@ -585,6 +585,16 @@ def test_a_run_given_up_on_is_counted_until_it_ends(monkeypatch: pytest.MonkeyPa
     gate.set()
 
 
+def test_a_time_limit_past_what_a_lock_can_wait_scores(tmp_path: Path) -> None:
+    """A limit of 1e10 s (meant as none: inf is refused) made each run's wait raise OverflowError ("timeout value is
+    too large"), said as "the graph ran over 1e+10 s" at once and counted as abandoned: the wait is capped now."""
+    import normalcy.scale.export as export
+
+    scorer = OnnxScorer(tiny_onnx(tmp_path / "model.onnx"), run_seconds=1e10)
+    assert scorer.run(np.full((1, 32, 32, 3), 7, np.uint8))[0].tolist() == [7.0]
+    assert export._WORKERS.abandoned == 0
+
+
 def test_the_cli_ends_at_once_while_a_node_runs_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """A normal exit with a node still running waited for it (minutes) and then aborted ("terminate called
     without an active exception", exit code 134): the command says its error and ends the process itself."""

@@ -680,8 +680,8 @@ class _Workers:
         its time (it goes on in the background)."""
         job = _Job(call)
         self._hand(job)
-        try:
-            if not job.done.acquire(timeout=seconds):
+        try:  # a lock waits at most TIMEOUT_MAX (292 years): run_seconds=1e10 raised OverflowError, said as a run over
+            if not job.done.acquire(timeout=min(seconds, threading.TIMEOUT_MAX)):
                 options.terminate = True
                 job.done.acquire(timeout=GRACE_SECONDS)
         except BaseException:  # Ctrl-C: the run stops at its next node
