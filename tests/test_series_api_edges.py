@@ -101,6 +101,20 @@ def test_score_one_takes_a_named_row_by_name() -> None:
         model.score_one({"a": 1.0})
 
 
+def test_score_one_refuses_a_row_labelled_without_a_model_column_as_stream_does() -> None:
+    """A pandas row labelled a, c (or a one-row DataFrame) for a model of a, b was taken in its own order, c scored
+    as b without a word, while Stream.update refused it; a dict missing b was said to be a stream's ("stream: a row
+    without ..."), though no stream was in use. Each is refused now, naming the row."""
+    X = rows()
+    model = SubsequenceKNN(window=5).fit(pd.DataFrame(X, columns=["a", "b"]), progress=False)
+    for row in (pd.Series({"a": 0.5, "c": 0.5}), pd.DataFrame([[0.5, 0.5]], columns=["a", "c"]), {"a": 0.5}):
+        for call in (model.score_one, model.partial_fit):
+            with pytest.raises(InputError, match=r"^row: a row without the model's metric\(s\) \['b'\]"):
+                call(row)
+    with pytest.raises(InputError, match=r"^stream: a row without the model's metric\(s\) \['b'\]"):
+        Stream(model).update(pd.Series({"a": 0.5, "c": 0.5}))
+
+
 @pytest.mark.parametrize("name, kw, param", [("autoencoder", {"span": 300}, "span"), ("hypad", {"span": 300}, "span"),
                                             ("forecast", {"lags": 300, "history": 10}, "lags")])
 def test_a_network_window_longer_than_the_training_rows_is_named(name: str, kw: dict, param: str) -> None:

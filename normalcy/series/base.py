@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import time
 import typing
 from dataclasses import dataclass
@@ -481,10 +482,11 @@ class SeriesDetector(ParamsEstimator):
     def row_values(self, x: Any) -> np.ndarray:
         """One row's (d,) raw values: d numbers, a (1, d) array, or a number for a one-column model. Anything
         else is refused, not flattened: two rows of a one-column model would otherwise be scored as one row. A named
-        row (a dict, or a pandas Series labelled with every model column) is taken by name, as ``Stream.update``
-        takes it: a pandas Series' own order was taken silently (b, a scored as a, b) and a dict was refused."""
-        if hasattr(x, "keys") and (isinstance(x, dict) or {str(k) for k in x.keys()} >= set(self.columns_)):
-            x = by_name(x, self.columns_)
+        row (a dict, or a pandas Series or one-row DataFrame labelled by name) is taken by name, as ``Stream.update``
+        takes it: a pandas Series' own order was taken silently (b, a scored as a, b) and a dict was refused; one
+        labelled a, c for a model of a, b was scored as a, b. A row labelled 0, 1, ... (positions) is taken in order."""
+        if hasattr(x, "keys") and (isinstance(x, dict) or _labelled(list(x.keys()), self.columns_)):
+            x = by_name(x, self.columns_, "row")
         complex_ = complex_values(x) if hasattr(x, "dtype") else ""  # Python's complex numbers fail float() below
         if complex_:
             raise InputError(f"row: {complex_}")
@@ -920,9 +922,16 @@ def _is_frame(data: Any) -> bool:
     return hasattr(data, "columns") and hasattr(data, "to_numpy")
 
 
-def by_name(values: Any, columns: Sequence[str]) -> Any:
+def _labelled(keys: list[Any], columns: Sequence[str]) -> bool:
+    """Whether a pandas row's labels name its values (any label that is no position 0, 1, ..., or every model
+    column among them), rather than number them (``df.iloc[i]`` of an unnamed frame: taken in order)."""
+    return not all(isinstance(k, numbers.Integral) for k in keys) or {str(k) for k in keys} >= set(columns)
+
+
+def by_name(values: Any, columns: Sequence[str], where: str = "stream") -> Any:
     """The model's columns of a named row (dict, pandas Series) or rows (DataFrame), in the model's order;
-    other names are left out. A model fitted on an array (x0, x1, ...) takes unnamed ones in order."""
+    other names are left out. A model fitted on an array (x0, x1, ...) takes unnamed ones in order. ``where``
+    starts an error: score_one's row was said to be a stream's."""
     names = {str(k): k for k in values.keys()}
     missing = [c for c in columns if c not in names]
     if not missing:
@@ -933,11 +942,11 @@ def by_name(values: Any, columns: Sequence[str]) -> Any:
         if not any(np.ndim(c) for c in cols):  # one row
             return cols
         if len({len(c) for c in cols}) != 1:  # a dict of columns: its rows
-            raise InputError(f"stream: the columns {list(columns)[:10]} hold different numbers of rows")
+            raise InputError(f"{where}: the columns {list(columns)[:10]} hold different numbers of rows")
         return list(zip(*cols))
     if _array_named(columns):
         return list(values.values()) if isinstance(values, dict) else values
-    raise InputError(f"stream: a row without the model's metric(s) {missing[:10]} (it has {list(names)[:10]})")
+    raise InputError(f"{where}: a row without the model's metric(s) {missing[:10]} (it has {list(names)[:10]})")
 
 
 def refuse_dates(data: Any, where: str) -> None:
