@@ -115,6 +115,21 @@ def test_score_one_refuses_a_row_labelled_without_a_model_column_as_stream_does(
         Stream(model).update(pd.Series({"a": 0.5, "c": 0.5}))
 
 
+def test_complex_rows_are_refused_by_a_stream_and_score_one_alike(knn: SubsequenceKNN) -> None:
+    """A numpy complex row (or rows) given to Stream.update / run, and a one-row DataFrame with a complex column given
+    to score_one, were cut to their real part with only numpy's ComplexWarning, while score_one refused the array."""
+    import warnings
+
+    cols = list(knn.columns_)
+    for rows_in in (np.array([1 + 2j, 3 + 0j]), np.ones((3, 2), complex), pd.DataFrame({cols[0]: [1j], cols[1]: [2.0]})):
+        for call in (Stream(knn).update, Stream(knn).run, knn.score_one):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # the cast's ComplexWarning would end the test, not pass it
+                with pytest.raises(InputError, match=r"^(stream|row): .*hold complex numbers"):
+                    call(rows_in)
+            knn.reset_stream()
+
+
 @pytest.mark.parametrize("name, kw, param", [("autoencoder", {"span": 300}, "span"), ("hypad", {"span": 300}, "span"),
                                             ("forecast", {"lags": 300, "history": 10}, "lags")])
 def test_a_network_window_longer_than_the_training_rows_is_named(name: str, kw: dict, param: str) -> None:

@@ -487,7 +487,9 @@ class SeriesDetector(ParamsEstimator):
         labelled a, c for a model of a, b was scored as a, b. A row labelled 0, 1, ... (positions) is taken in order."""
         if hasattr(x, "keys") and (isinstance(x, dict) or _labelled(list(x.keys()), self.columns_)):
             x = by_name(x, self.columns_, "row")
-        complex_ = complex_values(x) if hasattr(x, "dtype") else ""  # Python's complex numbers fail float() below
+        # an array's or a DataFrame's (it has dtypes, no dtype: its complex column was cut to the real part); Python's
+        # complex numbers fail float() below
+        complex_ = complex_values(x) if hasattr(x, "dtype") or _is_frame(x) else ""
         if complex_:
             raise InputError(f"row: {complex_}")
         try:

@@ -36,7 +36,8 @@ import numpy as np
 
 from normalcy.errors import InputError, shortened
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
-from normalcy.series.base import (MAX_Z, MIN_CALIBRATION, SeriesDetector, StreamState, by_name, refuse_dates)
+from normalcy.series.base import (MAX_Z, MIN_CALIBRATION, SeriesDetector, StreamState, by_name,
+                                  refuse_non_measurements)
 from normalcy.vectors.tables import cell_number
 
 log = logging.getLogger("normalcy")
@@ -299,7 +300,7 @@ def _numbers(values: Any, columns: Sequence[str]) -> np.ndarray:
     an array's in order. A cell that is text or None is NaN, held as a missing value is (a loop stopped on it)."""
     if hasattr(values, "keys"):
         values = by_name(values, columns)
-    refuse_dates(values, "stream")
+    refuse_non_measurements(values, "stream", "stream: ")  # a complex array was cut to its real part, a warning
     try:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
