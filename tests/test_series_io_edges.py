@@ -189,3 +189,16 @@ def test_one_series_with_an_unreadable_time_is_named_and_the_others_read(tmp_pat
     assert [s.name for s in read_series(f, series_column="host", failed=failed)] == ["a", "b"]
     assert failed == [(f"{f} [host=bad]", f"time column: 'soon' at row {n + 6} is neither a number nor an ISO 8601 "
                                           "date")]
+
+
+def test_a_refused_series_first_in_the_file_leaves_the_others_zone_known(tmp_path: Path) -> None:
+    """The zone was told by the column's first cell: where that was a refused series' unreadable time ("soon"), the
+    other series' dates (+02:00) had no zone status, and a model fitted on dates without one never warned of them."""
+    lines = [f"{'soon' if h == 'bad' and i == 0 else f'2024-01-01T00:{i:02d}:00+02:00'},{h},{i % 7}"
+             for h in ("bad", "a", "b") for i in range(40)]
+    f = tmp_path / "many.csv"
+    f.write_text("time,host,cpu\n" + "\n".join(lines) + "\n")
+    failed: list[tuple[str, str]] = []
+    read = read_series(f, series_column="host", failed=failed)
+    assert [s.name for s in read] == ["a", "b"] and len(failed) == 1
+    assert [s.zoned for s in read] == [True, True]

@@ -689,14 +689,18 @@ def _times(path: Path, a: np.ndarray, notes: list[str], comma: bool = False, col
 
 
 def _zoned(a: np.ndarray) -> bool | None:
-    """Whether a time column of dates (ISO 8601 text, datetime objects) carries a zone, by its first cell; None for
-    numbers (and numpy dates, whose zone is not known)."""
-    if a.dtype != object or not len(a):
+    """Whether a time column of dates (ISO 8601 text, datetime objects) carries a zone, by its first cell that is a
+    time; None for numbers (and numpy dates, whose zone is not known). Cells that are neither are passed by: with
+    --series-column, a refused series' unreadable first time left the others' zone unknown, never warned of."""
+    if a.dtype != object:
         return None
-    first = a[0]
-    if isinstance(first, datetime):
-        return first.tzinfo is not None
-    return zoned(str(first)) if time_of(str(first))[0] == "date" else None
+    for cell in a:
+        if isinstance(cell, datetime):
+            return cell.tzinfo is not None
+        kind = time_of("" if cell is None else str(cell))[0]
+        if kind:
+            return zoned(str(cell)) if kind == "date" else None
+    return None
 
 
 ZONE_HINT = "give every time its zone (+02:00, Z), or none, in both"
