@@ -102,6 +102,8 @@ def test_a_list_of_arrays_for_several_series_says_what_fit_takes() -> None:
     assert create("knn", window=10).fit([pd.DataFrame(x), pd.DataFrame(x[:200])], progress=False).n_train_ == 500
     rows = [np.array([v, 2 * v]) for v in x]  # 300 rows of 2 columns
     assert create("knn", window=10).fit(rows, progress=False).columns_ == ("x0", "x1")
+    numbers = list(x)  # numpy float64s, shape (): one series' values, refused as "a list of 300 arrays"
+    assert create("knn", window=10).fit(numbers, progress=False).n_train_ == 300
 
 
 def test_api_arguments_of_the_wrong_type_are_named(tmp_path) -> None:

@@ -1015,8 +1015,9 @@ def _refuse_arrays_as_series(data: Any) -> None:
     """InputError for a list of arrays (or pandas Series) that are several series, not rows: of different lengths,
     of two dimensions, or longer than the list. Why: numpy read them as the rows of one series, so two series
     of 500 values were "array: 2 row(s); a series needs at least 16", and twenty a series of 500 columns. A list
-    of arrays that can be rows (a list of (d,) rows, more of them than d) is read as before."""
-    if not isinstance(data, (list, tuple)) or not all(hasattr(a, "shape") for a in data):
+    of arrays that can be rows (a list of (d,) rows, more of them than d) is read as before, and so is a list of
+    numpy numbers (``list(array)``: their shape is (), they are the values of one series)."""
+    if not isinstance(data, (list, tuple)) or not all(hasattr(a, "shape") and np.ndim(a) for a in data):
         return
     shapes = [tuple(np.shape(a)) for a in data]
     if len(set(shapes)) == 1 and len(shapes[0]) == 1 and len(data) >= shapes[0][0]:
