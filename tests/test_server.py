@@ -641,10 +641,11 @@ ITEM_ROUTES = ("/api/items/{}", "/api/items/{}/image", "/api/items/{}/overlay")
 
 def test_item_ids_in_paths_are_plain_decimal_digits_only(client: TestClient) -> None:
     """"+1", "%201" (a space), "1%0a" (a newline), "1.0", "1_0", "-1" and a full-width "１" were read as an int, the
-    first five as item 1 (200): every route that takes an id answers 422 naming item_id, and nothing is labelled."""
+    first five as item 1 (200), and "01", "001" were item 1 still: every route that takes an id answers 422 naming
+    item_id, and nothing is labelled."""
     item_id = items(client)["items"][0]["id"]
     for bad in (f"+{item_id}", f"%20{item_id}", f"{item_id}%20", f"{item_id}%0a", f"{item_id}.0", f"{item_id}_0",
-                "-1", "-99999999999999999999", "%EF%BC%91", "0x1", "1e0"):
+                "-1", "-99999999999999999999", "%EF%BC%91", "0x1", "1e0", f"0{item_id}", f"00{item_id}", "00"):
         answers = [client.get(url.format(bad)) for url in ITEM_ROUTES]
         answers.append(client.post(f"/api/items/{bad}/label", json={"label": "normal"}))
         for r in answers:

@@ -79,14 +79,17 @@ MAX_STORES = 4  # run folders' stores kept open (see create_app's open_store)
 RUN_NAME = "[0-9a-f]{12}"
 RUN_QUERY = Query(None, pattern=f"^{RUN_NAME}$")
 PLACEHOLDER_PAGE = "<!doctype html><meta charset='utf-8'><title>normalcy review</title><p>normalcy review: the page is missing from this installation; the API is under /api/.</p>"
-DIGITS = re.compile(r"[0-9]+")  # fullmatch, ASCII only: int() would also take "+1", " 1", "1\n", "1_0", "１"
+# fullmatch, ASCII only: int() would also take "+1", " 1", "1\n", "1_0", "１", and "01", "001" (item 1 again)
+DIGITS = re.compile(r"0|[1-9][0-9]*")
 
 
 def _plain_digits(value: Any) -> Any:
     """An id as a URL path gives it, if it is plain decimal digits: read as an int, "+1", "%201" (a space), "1%0a"
-    (a newline) and "1.0" were all item 1, so one item had many URLs, and a URL mangled on the way still labelled it."""
+    (a newline), "1.0" and "01" were all item 1, so one item had many URLs, and a URL mangled on the way still
+    labelled it."""
     if not (isinstance(value, str) and DIGITS.fullmatch(value)):
-        raise ValueError("item_id must be plain decimal digits 0-9 (no sign, space, point or other character)")
+        raise ValueError("item_id must be plain decimal digits 0-9 (no sign, space, point, leading zero or other "
+                         "character)")
     return value
 
 
