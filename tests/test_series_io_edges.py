@@ -202,3 +202,16 @@ def test_a_refused_series_first_in_the_file_leaves_the_others_zone_known(tmp_pat
     read = read_series(f, series_column="host", failed=failed)
     assert [s.name for s in read] == ["a", "b"] and len(failed) == 1
     assert [s.zoned for s in read] == [True, True]
+
+
+def test_images_named_train_or_test_are_not_taken_for_a_misnamed_series_file(tmp_path: Path) -> None:
+    """eval of a folder of images holding a train.jpg or test.png (no MVTec AD layout) was told "no train.csv or
+    train.parquet to fit on (it has test.png, train.jpg: the name must be train.csv ...)"; images are passed by
+    (the image data set's own message follows), and a TRAIN.csv beside them is still named."""
+    from normalcy.series.io import untrained_why
+
+    for name in ("train.jpg", "test.PNG", "a.png"):
+        (tmp_path / name).write_bytes(b"")
+    assert untrained_why(tmp_path) is None
+    (tmp_path / "TRAIN.csv").write_text("time,cpu\n")
+    assert "(it has TRAIN.csv: the name must be train.csv" in str(untrained_why(tmp_path))

@@ -861,14 +861,17 @@ def untrained_folders(directory: str | Path) -> list[tuple[Path, str]]:
 
 
 def untrained_why(folder: Path) -> str | None:
-    """Why ``folder``, meant as a series folder (a test file in it, or a file named like a train or test file),
-    is not one; None when it is one or is not meant as one."""
+    """Why ``folder``, meant as a series folder (a test file in it, or a file named like a train or test file,
+    not an image: a folder of images with a train.png was told to name its train.csv), is not one; None when it
+    is one or is not meant as one."""
+    from normalcy.images.io import IMAGE_SUFFIXES  # here: reading series needs no image library
+
     if is_series_folder(folder):
         return None
     try:
         near = sorted(f.name for f in folder.iterdir() if re.match(r"(train|test)\.", f.name, re.IGNORECASE)
-                      and f.is_file() and f.name not in {f"{split}{x}" for split in ("train", "test")
-                                                         for x in SERIES_SUFFIXES})
+                      and f.suffix.lower() not in IMAGE_SUFFIXES and f.is_file()
+                      and f.name not in {f"{split}{x}" for split in ("train", "test") for x in SERIES_SUFFIXES})
     except OSError:
         near = []
     if not (_split_file(folder, "test") or near):
