@@ -175,3 +175,15 @@ def test_an_image_detector_names_a_flag_for_a_number() -> None:
 
     with pytest.raises(InputError, match="batch_size: a number is wanted here, not a flag"):
         create_image("gaussian", batch_size=True)
+
+
+def test_a_flag_for_a_name_is_told_what_names_are_taken() -> None:
+    """The check for a flag given for a number fired for every parameter that is no flag: musc's image_score=True
+    (a name, "max" or "max-median") and auto's candidates=True (detector names) were told "a number is wanted
+    here"; pydantic's own message says what is taken there."""
+    from normalcy.detectors.musc import MuSc
+
+    with pytest.raises(InputError, match=r"image_score: input should be 'max' or 'max-median' \(got True\)"):
+        MuSc(image_score=True)
+    with pytest.raises(InputError, match=r"candidates: input should be a valid tuple \(got True\)"):
+        create("auto", candidates=True)

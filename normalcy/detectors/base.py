@@ -42,6 +42,7 @@ import inspect
 import json
 import logging
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -209,11 +210,21 @@ class HyperParams(BaseModel):
     @classmethod
     def _no_flag_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
         """pydantic takes True for 1 (``window=True`` was a window of one row, ``seed=True`` seed 1): a flag given
-        where a number belongs is a mistake, named."""
+        where a number belongs is a mistake, named. Where no number belongs (``image_score``'s names, ``levels``,
+        ``candidates``), pydantic's own message says what does."""
         kind = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and kind is not bool and bool not in typing.get_args(kind) and kind is not Any:
+        if isinstance(value, bool) and bool not in (kind, *typing.get_args(kind)) and _takes_a_number(kind):
             raise PydanticCustomError("flag_for_number", "a number is wanted here, not a flag")
         return value
+
+
+def _takes_a_number(kind: Any) -> bool:
+    """Whether a field's type is a number (int, float), perhaps Optional, in a union or Annotated with limits."""
+    if kind in (int, float):
+        return True
+    origin = typing.get_origin(kind)
+    return (origin is typing.Union or origin is types.UnionType or origin is Annotated) and any(
+        _takes_a_number(k) for k in typing.get_args(kind))
 
 
 def _multiple_of_32(v: int) -> int:
