@@ -30,6 +30,15 @@ def test_a_file_under_the_other_format_s_suffix_says_so(tmp_path: Path) -> None:
             read(tmp_path / "c.parquet")
 
 
+def test_a_csv_whose_first_column_is_named_par1_is_read(tmp_path: Path) -> None:
+    """A CSV beginning with the text PAR1 (a column PAR1, a light sensor's reading) was refused as "a Parquet file
+    (it begins with PAR1) ... rename it to .parquet": a Parquet file ends with PAR1 too."""
+    (tmp_path / "s.csv").write_text("PAR1,time\n" + "".join(f"{i % 3},{i}\n" for i in range(40)))
+    assert read_series(tmp_path / "s.csv", "time")[0].columns == ("PAR1",)
+    (tmp_path / "t.csv").write_text("PAR1_umol,PAR2\n" + "".join(f"{i % 3},{i % 5}\n" for i in range(40)))
+    assert read_table(tmp_path / "t.csv").X.shape == (40, 2)
+
+
 @pytest.mark.parametrize(("cells", "kind"), [(pa.array([[1.0, 2.0]] * 40), "lists"),
                                              (pa.array([{"a": 1, "b": 2.0}] * 40), r"structs \(named fields\)")])
 def test_a_nested_parquet_column_is_named(tmp_path: Path, cells: pa.Array, kind: str) -> None:

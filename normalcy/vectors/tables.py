@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import time
 import zipfile
@@ -490,7 +491,7 @@ def _check_utf8(path: Path, header: bytes) -> None:
     """Refuse a CSV that is not UTF-8 text, saying so. UTF-16 (a spreadsheet's "Unicode text") was read as
     lines of another number of fields, warned of as such, then refused for "byte 0xff in position 0"; a
     Latin-1 header gave Python's "'utf-8' codec can't decode byte 0xe9 in position 3"."""
-    if header.startswith(PARQUET_MAGIC):  # was "not UTF-8 text (0xc0 at byte 8; Latin-1 or Windows-1252?)"
+    if _parquet_file(path, header):  # was "not UTF-8 text (0xc0 at byte 8; Latin-1 or Windows-1252?)"
         raise InputError(f"{path}: a Parquet file (it begins with PAR1), not CSV text: rename it to .parquet")
     if header.startswith(b"\x1f\x8b"):  # was "not UTF-8 text (...; Latin-1 or Windows-1252?)"
         raise InputError(f"{path}: gzip-compressed, not CSV text: decompress it first (e.g. gunzip -c)")
@@ -501,6 +502,19 @@ def _check_utf8(path: Path, header: bytes) -> None:
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: its first line is not UTF-8 text ({header[err.start]:#04x} at byte "
                          f"{err.start + 1}; Latin-1 or Windows-1252?): save it as CSV UTF-8") from None
+
+
+def _parquet_file(path: Path, header: bytes) -> bool:
+    """Whether a file whose first line is ``header`` is Parquet: PAR1 at its start and at its end. The start alone
+    refused a CSV whose first column is named PAR1 (a light sensor's photosynthetically active radiation)."""
+    if not header.startswith(PARQUET_MAGIC):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-len(PARQUET_MAGIC), os.SEEK_END)
+            return fh.read() == PARQUET_MAGIC
+    except OSError:  # shorter than the magic, or not seekable: no Parquet file
+        return False
 
 
 TEXT_CHECK_BYTES = 1 << 16
