@@ -224,3 +224,16 @@ def test_images_named_train_or_test_are_not_taken_for_a_misnamed_series_file(tmp
     assert untrained_why(tmp_path) is None
     (tmp_path / "TRAIN.csv").write_text("time,cpu\n")
     assert "(it has TRAIN.csv: the name must be train.csv" in str(untrained_why(tmp_path))
+
+
+def test_a_note_of_the_time_column_is_said_once_when_one_series_time_is_refused(tmp_path: Path) -> None:
+    """Read series by series once one host's time was refused, the column's note ("read as epoch milliseconds")
+    was noted once for every series (each series' notes held it as many times)."""
+    lines = [f"{'' if h == 'bad' and i == 3 else (1_700_000_000 + 60 * i) * 1000},{h},{i % 7}"
+             for h in ("a", "bad", "b", "c") for i in range(40)]
+    f = tmp_path / "many.csv"
+    f.write_text("time,host,cpu\n" + "\n".join(lines) + "\n")
+    read = read_series(f, series_column="host", failed=[])
+    assert [s.name for s in read] == ["a", "b", "c"]
+    said = [n for n in read[0].notes if "epoch milliseconds" in n]
+    assert len(said) == 1, read[0].notes

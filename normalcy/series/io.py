@@ -299,13 +299,16 @@ def _values_by_series(path: Path, column: str, a: np.ndarray, comma: bool, notes
 def _times_by_series(path: Path, a: np.ndarray, notes: list[str], comma: bool, column: str,
                      groups: list[tuple[str, np.ndarray]], refused: dict[str, str]) -> np.ndarray:
     """A time column that ``_times`` refuses for the whole file, read series by series, as ``_values_by_series``
-    reads a value column: one series with an empty or unreadable time failed every other series with it."""
+    reads a value column: one series with an empty or unreadable time failed every other series with it. A note
+    of the column's own (read as epoch milliseconds) is noted once, not once a series."""
     out = np.zeros(len(a))
     for sid, rows in groups:
+        own: list[str] = []
         try:
-            out[rows] = _times(path, a[rows], notes, comma, column, rows)
+            out[rows] = _times(path, a[rows], own, comma, column, rows)
         except InputError as err:
             refused.setdefault(sid, str(err).removeprefix(f"{path}: "))
+        notes += [n for n in own if n not in notes]
     return out
 
 
