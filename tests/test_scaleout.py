@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,10 @@ from normalcy.api import predict  # noqa: E402
 from normalcy.detectors import create  # noqa: E402
 from normalcy.detectors.base import Result  # noqa: E402
 from normalcy.images.features import FeatureExtractor  # noqa: E402
-from normalcy.scale.distributed import RESULTS, predict_ray  # noqa: E402
+from normalcy.scale.distributed import RESULTS, fit_series_ray, predict_ray, score_series_ray  # noqa: E402
+from normalcy.series import registry  # noqa: E402
+from normalcy.series.io import Series  # noqa: E402
+from normalcy.series.runs import score_series  # noqa: E402
 from normalcy.vectors.tables import (  # noqa: E402
     fit_table,
     read_table,
@@ -200,3 +204,134 @@ def test_ray_scores_a_table_as_one_process_when_ids_repeat_or_name_a_feature(tmp
         got = pq.read_table(tmp_path / f"ray{id_column}" / RESULTS).to_pydict()
         want = pq.read_table(tmp_path / f"here{id_column}" / RESULTS).to_pydict()
         assert got == want and got[id_column or "row"][:2] == (["x", "y"] if id_column else ["0", "1"])
+
+
+DIED = "its Ray worker died on it (out of memory, killed or crashed)"
+
+
+def _series(name: str, n: int = 200) -> Series:
+    t = np.arange(n, dtype=np.float64)
+    return Series(name, t, np.sin(t / 5)[:, None] + 0.01 * np.random.default_rng(0).normal(size=(n, 1)), ("v",), None)
+
+
+def _all_cpus_free(seconds: float = 20.0) -> bool:
+    """Whether every CPU of the Ray is free again within ``seconds`` (a killed actor lets its CPU go soon after)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if ray.available_resources().get("CPU", 0) == ray.cluster_resources().get("CPU"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_series_that_raises_or_kills_its_worker_is_named_and_the_others_kept(monkeypatch: pytest.MonkeyPatch,
+                                                                             tmp_path: Path) -> None:
+    """One series whose fit or scoring raised (not an InputError), or killed its worker (out of memory, a crash),
+    lost every other series' result: a RayTaskError traceback, or WorkerCrashedError after four tries. Each is now
+    that series' one-line reason; the others are fitted and scored, and no actor is left holding a CPU."""
+    from normalcy.scale import distributed
+
+    monkeypatch.setattr(distributed, "RETRIES", 0, raising=False)  # a crash retried costs a worker start
+    fit_one = distributed._fit_one
+
+    def failing_fit(detector: str, params: dict, s: Series) -> object:
+        if s.name == "crash":
+            os._exit(3)
+        if s.name == "raise":
+            raise ValueError("boom")
+        return fit_one(detector, params, s)
+
+    class FailingScorer(distributed._SeriesScorer):
+        def score(self, files: object, s: Series) -> object:
+            if s.name == "crash":
+                os._exit(3)
+            if s.name == "raise":
+                raise ValueError("boom")
+            return super().score(files, s)
+
+    monkeypatch.setattr(distributed, "_fit_one", failing_fit)
+    monkeypatch.setattr(distributed, "_SeriesScorer", FailingScorer)
+    series = [_series("a"), _series("crash"), _series("b"), _series("raise"), _series("c")]
+    fitted, failed = fit_series_ray(series, "knn", {"window": 8}, "local")
+    assert sorted(fitted) == ["a", "b", "c"]
+    assert failed == [("crash", DIED), ("raise", "failed on its Ray worker: ValueError: boom")]
+    model = fitted["a"]
+    model.save(tmp_path / "m")
+    got, _ = score_series_ray(tmp_path / "m", model, series, "local")
+    assert [g for g in got if isinstance(g, str)] == [DIED, "failed on its Ray worker: ValueError: boom"]
+    for s, g in zip(series, got):
+        if s.name not in ("crash", "raise"):
+            np.testing.assert_array_equal(g.score, score_series(model, s).score)
+    assert _all_cpus_free()
+
+
+def test_ctrl_c_in_a_series_run_on_ray_leaves_no_actor_holding_a_cpu(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """Ctrl-C while series were scored left the actors alive with their CPUs while the traceback was kept (as a
+    notebook keeps its last one): the next run on the same Ray waited for ever for a CPU."""
+    from normalcy.scale import distributed
+
+    model = registry.create("knn", window=8).fit(_series("train", 300), progress=False)
+    model.save(tmp_path / "m")
+    get = ray.get
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "get", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        distributed.score_series_ray(tmp_path / "m", model, [_series(f"s{k}") for k in range(4)], "local")
+    monkeypatch.setattr(ray, "get", get)
+    assert _all_cpus_free() and info.value is not None
+
+
+def test_an_image_that_raises_or_kills_its_worker_is_named_and_the_others_scored(
+        image_run: tuple[Path, Path, Result, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An exception in a block failed the whole run (a Ray Data traceback, nothing written), and a block that
+    killed its worker was retried for ever: the run never ended. The image that raises is skipped with what it
+    raised, a block whose worker died is skipped naming its images, and the others are scored as in one process.
+    The process's Ray Data settings are put back afterwards (a user's own pipelines kept ours)."""
+    import shutil
+
+    from normalcy.detectors import load
+    from normalcy.runs.format import IMAGE_KEY
+    from normalcy.scale import distributed
+
+    root, model, _, _ = image_run
+    monkeypatch.setattr(distributed, "RETRIES", 0, raising=False)  # a crash retried costs a worker start
+
+    class Failing(distributed._ImageScorer):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            score = self.det.score
+
+            def failing(paths: list[Path], **kwargs: object) -> Result:
+                if any(p.name == "raise.png" for p in paths):
+                    raise ValueError("boom")
+                return score(paths, **kwargs)
+
+            self.det.score = failing
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if any(Path(p).name == "crash.png" for p in batch[IMAGE_KEY]):
+                os._exit(3)
+            return super().__call__(batch)
+
+    monkeypatch.setattr(distributed, "_ImageScorer", Failing)
+    ctx = ray.data.DataContext.get_current()
+    monkeypatch.setattr(ctx.execution_options, "preserve_order", False)
+    for bad, why in (("raise.png", "failed on its Ray worker: ValueError: boom"), ("crash.png", DIED)):
+        images = tmp_path / bad.removesuffix(".png")
+        images.mkdir()
+        for k, p in enumerate(sorted((root / "test").rglob("*.png"))[:5]):
+            shutil.copy(p, images / (bad if k == 2 else f"{k}.png"))
+        (run,) = predict_ray(model, [images], tmp_path / f"out-{bad}", "local", batch_size=2)
+        assert ctx.execution_options.preserve_order is False and ctx.max_errored_blocks == 0
+        reasons = dict(run["skipped"])
+        assert reasons.pop(str(images / bad)) == why
+        assert set(reasons.values()) <= {DIED}  # a crashed block's other images, named with it
+        assert not reasons or bad == "crash.png"
+        got = pq.read_table(tmp_path / f"out-{bad}" / RESULTS).to_pydict()
+        paths = [Path(p) for p in got["path"]]
+        assert len(paths) >= (4 if bad == "raise.png" else 1) and len(paths) + len(run["skipped"]) == 5
+        assert got["score"] == load(model).score(paths, progress=False).scores.tolist()

@@ -25,6 +25,7 @@ custom backbone runs Python code needs that code on every worker too. A multi-no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,11 +33,11 @@ import socket
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
-from normalcy.files import MODEL_JSON
+from normalcy.files import MODEL_JSON, one_line
 from normalcy.errors import InputError, reasons
 from normalcy.images.io import input_paths
 from normalcy.runs.format import (
@@ -55,6 +56,9 @@ from normalcy.runs.format import (
 RESULTS = SCORES_PARQUET
 PARTS = ".parts"  # the workers' Parquet part files, in the run being written; gone once the run is complete
 PROBE_SECONDS = 5.0  # an address that does not answer within this is refused (ray.init would retry for minutes)
+RETRIES = 1  # a task whose worker died (a node lost) runs once more; one that kills its worker again is named
+DIED = "its Ray worker died on it (out of memory, killed or crashed)"
+ROW = "n"  # each row's place in the input, beside it on its way through the workers: a lost block's rows are named
 T = TypeVar("T")
 
 
@@ -96,12 +100,32 @@ class _ImageScorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch[IMAGE_KEY]]
-        res = self.det.score(paths, progress=False)
+        try:
+            res = self.det.score(paths, progress=False)
+        except Exception as err:  # noqa: BLE001 - named with its image, not the end of the run
+            return _alone(self, batch, err)
         score_of = dict(zip(res.paths, res.scores))
         reason_of = dict(res.skipped)
         scores = np.array([score_of.get(p, np.nan) for p in paths], dtype=np.float64)
-        return {IMAGE_KEY: batch[IMAGE_KEY], "score": scores, "threshold": np.full(len(paths), res.threshold),
+        return {ROW: batch[ROW], "score": scores,
                 "skipped": np.array([reason_of.get(p, "") for p in paths], dtype=object)}
+
+
+def _alone(score: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batch: dict[str, np.ndarray],
+           err: Exception) -> dict[str, np.ndarray]:
+    """A block whose scoring raised, each row scored alone: only a row that raises is skipped (with what it
+    raised), not its block; one exception failed the whole run (a Ray Data traceback, no result written)."""
+    n = len(batch[ROW])
+    if n == 1:
+        return {ROW: batch[ROW], "score": np.full(1, np.nan), "skipped": np.array([_raised(err)], dtype=object)}
+    parts = [score({k: v[i:i + 1] for k, v in batch.items()}) for i in range(n)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _raised(err: BaseException) -> str:
+    """One line for an exception that scoring or fitting raised on a worker (not an InputError: those are the
+    row's or series' own reason, as in one process)."""
+    return f"failed on its Ray worker: {type(err).__name__}: {one_line(err)}"
 
 
 # A table's block as it travels to the workers: its ids, what reading made missing in a row (the one-process
@@ -131,13 +155,15 @@ class _TableScorer:
         ids = [str(v) for v in batch[TABLE_ID]]
         notes = {i: str(v) for i, v in enumerate(batch[TABLE_NOTE]) if v}
         table = Table(Path("."), X, list(self.meta.columns), ids, self.id_column, read_as_missing=notes)
-        scores, mask, skipped = score_table(self.det, table)
+        try:
+            scores, mask, skipped = score_table(self.det, table)
+        except Exception as err:  # noqa: BLE001 - named with its row, not the end of the run
+            return _alone(self, batch, err)
         # each skipped row's reason by its place, not by its id: ids repeat (a sensor's name on many rows), and
         # one skipped row made every row of its id "not scored", their scores dropped
         reasons = np.full(len(ids), "", dtype=object)
         reasons[~mask] = [r for _, r in skipped]
-        return {TABLE_ID: np.array(ids, dtype=object), "score": scores,
-                "threshold": np.full(len(ids), self.meta.threshold), "skipped": reasons}
+        return {ROW: batch[ROW], "score": scores, "skipped": reasons}
 
 
 def _probe(address: str) -> None:
@@ -194,10 +220,10 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
     vectors = is_vector_model(model_dir)
     paths: list[Path] = []  # images; a table's rows are read later, one table at a time
     if vectors:
-        load_vector_model(model_dir)
+        threshold = float(load_vector_model(model_dir)[1].threshold)
         inputs = table_inputs(inputs)
     else:
-        load(model_dir, trust_code=trust_code)
+        threshold = float(load(model_dir, trust_code=trust_code).threshold_)
         missing = [p for p in inputs if not p.exists()]
         if missing:
             raise InputError(f"{missing[0]}: not found")
@@ -207,21 +233,37 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
     files = _model_files(model_dir)
     with staged(output, inputs) as folder:
         cpus = _init(address)
-        return _score(ray, files, folder, output, model_dir, inputs, paths, address, cpus, trust_code, id_column,
-                      batch_size)
+        with _data_context(ray):
+            return _score(ray, files, folder, output, model_dir, inputs, paths, address, cpus, trust_code,
+                          id_column, batch_size, threshold)
+
+
+@contextlib.contextmanager
+def _data_context(ray: Any) -> Iterator[None]:
+    """Ray Data's settings for a run, put back after it: the DataContext and its logger are the process's, and
+    a user's own pipelines on their Ray kept ours (results in order, errored blocks ignored, no error logs).
+    Blocks keep their order; a block whose worker died is let go (its rows are named, ``_write``) where Ray Data
+    retried it for ever; its own error log and its execution plans are not for our users (progress bars stay)."""
+    ctx = ray.data.DataContext.get_current()
+    log = logging.getLogger("ray.data")
+    before = ctx.execution_options.preserve_order, ctx.max_errored_blocks, log.level
+    ctx.execution_options.preserve_order, ctx.max_errored_blocks = True, -1
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.max_errored_blocks, level = before
+        log.setLevel(level)
 
 
 def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_dir: Path, inputs: list[Path],
            paths: list[Path], address: str, cpus: int, trust_code: bool, id_column: str | None,
-           batch_size: int) -> list[dict[str, Any]]:
+           batch_size: int, threshold: float) -> list[dict[str, Any]]:
     """The Ray Data pipelines of predict_ray, written into ``folder`` (which becomes ``output``)."""
     import pyarrow as pa
 
     from normalcy.vectors.tables import read_table
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its execution plans; its progress bars stay
     runs = []
     if not paths:  # tables
         columns = json.loads(files[MODEL_JSON])["columns"]
@@ -235,59 +277,67 @@ def _score(ray: Any, files: dict[str, bytes], folder: Path, output: Path, model_
                 failed.append((str(path), str(err)))
                 continue
             notes = [t.read_as_missing.get(i, "") for i in range(len(t.ids))]
-            data = pa.table({TABLE_ID: t.ids, TABLE_NOTE: notes,
+            data = pa.table({ROW: np.arange(len(t.ids)), TABLE_ID: t.ids, TABLE_NOTE: notes,
                              **{table_feature(j): t.X[:, j] for j in range(len(columns))}})
-            key = t.id_column
+            key, ids = t.id_column, t.ids
             del t  # the Arrow copy is what travels: a big table is not held twice
-            ds = ray.data.from_arrow(data).map_batches(
-                _TableScorer, fn_constructor_args=(files, key), batch_size=4096, batch_format="numpy",
-                compute=_pool(cpus), num_cpus=1)
+            ds = _map(ray.data.from_arrow(data), _TableScorer, (files, key), 4096, cpus)
             del data  # in Ray's object store now
-            runs.append(_write(ds, folder / sub, output / sub, model_dir, address, cpus, [path], VECTORS, key))
+            runs.append(_write(ds, folder / sub, output / sub, model_dir, address, cpus, [path], VECTORS, key, ids,
+                               threshold))
         if not runs:
             raise InputError(f"no table could be read{reasons(failed)}")
         runs[0]["failed"] = failed
     else:
-        ds = ray.data.from_items([{IMAGE_KEY: os.fspath(p)} for p in paths]).map_batches(
-            _ImageScorer, fn_constructor_args=(files, trust_code, 1), batch_size=batch_size, batch_format="numpy",
-            compute=_pool(cpus), num_cpus=1)
-        runs.append(_write(ds, folder, output, model_dir, address, cpus, inputs, IMAGES, IMAGE_KEY))
+        items = ray.data.from_items([{ROW: k, IMAGE_KEY: os.fspath(p)} for k, p in enumerate(paths)])
+        ds = _map(items, _ImageScorer, (files, trust_code, 1), batch_size, cpus)
+        runs.append(_write(ds, folder, output, model_dir, address, cpus, inputs, IMAGES, IMAGE_KEY,
+                           [str(p) for p in paths], threshold))
         if not runs[-1]["n_scored"]:
             raise InputError("no image could be read")
     return runs
 
 
-def _pool(cpus: int) -> Any:
-    """One actor (one model copy) per CPU at most; fewer when there are fewer blocks."""
+def _map(ds: Any, scorer: type, args: tuple[Any, ...], batch_size: int, cpus: int) -> Any:
+    """``ds`` scored by actors of ``scorer``: one actor (one model copy) per CPU at most, fewer when there are
+    fewer blocks. A block whose worker died is retried RETRIES times, then let go (``_data_context``): Ray Data
+    retried it for ever, and a run with an image that kills its worker never ended."""
     import ray.data
 
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=cpus)
+    with warnings.catch_warnings():  # max_task_retries has no named parameter: Ray calls it deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ds.map_batches(scorer, fn_constructor_args=args, batch_size=batch_size, batch_format="numpy",
+                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus), num_cpus=1,
+                              max_task_retries=RETRIES)
 
 
 def _write(ds: Any, folder: Path, output: Path, model_dir: Path, address: str, cpus: int, inputs: list[Path],
-           kind: str, key: str) -> dict[str, Any]:
-    """Run ``ds`` (key, score, threshold, skipped: one row per input row) into ``folder`` in the one run
-    format, and write run.json (naming ``output``, where it ends up)."""
+           kind: str, key: str, ids: list[str], threshold: float) -> dict[str, Any]:
+    """Run ``ds`` (row, score, skipped: one row per input row, ``ids``) into ``folder`` in the one run format,
+    and write run.json (naming ``output``, where it ends up). A row missing from the results (its block's worker
+    died, ``_data_context``) is skipped, named."""
     import shutil
 
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
     ds.write_parquet(str(folder / PARTS))
-    got = pq.read_table(folder / PARTS).to_pydict()
-    shutil.rmtree(folder / PARTS)
-    reasons = got["skipped"]
-    ids = got[TABLE_ID if kind == VECTORS else key]  # written under the id column's own name, ``key``
-    scored = [k for k, r in enumerate(reasons) if not r]
-    threshold = float(got["threshold"][0]) if got["threshold"] else float("nan")
-    decisions = write_scores(folder, key, [str(ids[k]) for k in scored],
-                             np.array([got["score"][k] for k in scored], np.float64), threshold,
+    parts = list((folder / PARTS).glob("*.parquet"))  # none where every block was lost
+    got = pq.read_table(folder / PARTS).to_pydict() if parts else {ROW: [], "score": [], "skipped": []}
+    shutil.rmtree(folder / PARTS, ignore_errors=True)
+    at = np.asarray(got[ROW], np.int64)
+    score = np.full(len(ids), np.nan)
+    score[at] = got["score"]
+    reasons = np.full(len(ids), DIED, dtype=object)
+    reasons[at] = got["skipped"]
+    scored = np.flatnonzero(reasons == "")
+    decisions = write_scores(folder, key, [str(ids[k]) for k in scored], score[scored], threshold,
                              [""] * len(scored) if kind == IMAGES else None)
-    skipped = [(str(ids[k]), r) for k, r in enumerate(reasons) if r]
+    skipped = [(str(ids[k]), str(r)) for k, r in enumerate(reasons) if r]
     write_skipped(folder, key, skipped)
     run = {"model": str(Path(model_dir).resolve()), "ray": address, "cpus": cpus, "kind": kind,
            "inputs": [str(p) for p in inputs], "output": str(output), "threshold": threshold,
-           "n_scored": len(scored), "n_skipped": len(reasons) - len(scored), "n_anomalous": int(decisions.sum())}
+           "n_scored": len(scored), "n_skipped": len(skipped), "n_anomalous": int(decisions.sum())}
     if kind == VECTORS:
         run["id_column"] = key
     (folder / RUN_JSON).write_text(json.dumps(run, indent=2) + "\n")
@@ -313,16 +363,49 @@ def _fit_one(detector: str, params: dict[str, Any], series: Any) -> Any:
         return str(err)
 
 
+def _each(ray: Any, items: list[Any], submit: Callable[[int, Any], Any], slots: int) -> list[Any]:
+    """Each item's result, in order: ``submit(slot, item)`` starts its task, at most ``slots`` at a time (so the
+    driver holds the items once, not also a serialised copy of each waiting in Ray; ``slot``: which of them). A
+    task that raised, or whose worker died, is its item's reason (one line) and the others go on: one of them
+    lost every result, or waited for ever on a dead actor. Anything else here (Ctrl-C) cancels what is running."""
+    from ray.exceptions import RayError, RayTaskError
+
+    results: list[Any] = [None] * len(items)
+    running: dict[Any, tuple[int, int]] = {}  # task -> (item, slot)
+    free = list(range(slots))
+    todo = iter(enumerate(items))
+    try:
+        while True:
+            while free and (job := next(todo, None)) is not None:
+                slot = free.pop()
+                running[submit(slot, job[1])] = (job[0], slot)
+            if not running:
+                return results
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            k, slot = running.pop(ref)
+            free.append(slot)
+            try:
+                results[k] = ray.get(ref)
+            except RayTaskError as err:
+                results[k] = _raised(err.cause if isinstance(err.cause, BaseException) else err)
+            except RayError:
+                results[k] = DIED
+    except BaseException:
+        for ref in running:
+            ray.cancel(ref)
+        raise
+
+
 def fit_series_ray(series: list[Any], detector: str, params: dict[str, Any], address: str
                    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """One model per series, fitted one series a task on Ray: (models by series name, (name, reason) for
     each series that could not be fitted)."""
     ray = _ray()
-    _init(address)
-    task = ray.remote(num_cpus=1)(_fit_one)
-    refs = [task.remote(detector, params, s) for s in series]
+    cpus = _init(address)
+    task = ray.remote(num_cpus=1, max_retries=RETRIES)(_fit_one)
+    results = _each(ray, series, lambda _, s: task.remote(detector, params, s), 2 * cpus)
     fitted, failed = {}, []
-    for s, result in zip(series, ray.get(refs)):
+    for s, result in zip(series, results):
         if isinstance(result, str):
             failed.append((s.name, result))
         else:
@@ -362,26 +445,28 @@ def score_series_ray(model_dir: Path, model: Any, jobs: list[Any], address: str)
     ray = _ray()
     shared = None if isinstance(model, SeriesSet) else _model_files(model_dir)
     cpus = _init(address)
-    actors = [ray.remote(num_cpus=1)(_SeriesScorer).remote(shared) for _ in range(max(1, min(cpus, len(jobs))))]
-    pool = ray.util.ActorPool(actors)
+    # restarted when a series kills its worker (the others go on; that series is retried, then named)
+    actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_SeriesScorer)
+    actors = [actor.remote(shared) for _ in range(max(1, min(cpus, len(jobs))))]
+    echo = ray.remote(num_cpus=0)(_identity)
 
-    def submit(actor: Any, s: Any) -> Any:
+    def submit(slot: int, s: Any) -> Any:
         files = None
         if isinstance(model, SeriesSet):
             folder = model.folders.get(model.key_of(s.name))
             if folder is None:
-                return _echo.remote(model.missing(s.name))
+                return echo.remote(model.missing(s.name))
             try:
                 files = _model_files(Path(model_dir) / folder)
             except InputError as err:
-                return _echo.remote(str(err))
-        return actor.score.remote(files, s)
+                return echo.remote(str(err))
+        return actors[slot].score.remote(files, s)
 
-    _echo = ray.remote(num_cpus=0)(_identity)
-    results = list(pool.map(submit, jobs))
-    for actor in actors:
-        ray.kill(actor)
-    return results, cpus
+    try:  # one series an actor at a time: one waiting on an actor its series killed was lost with it
+        return _each(ray, jobs, submit, len(actors)), cpus
+    finally:  # Ctrl-C too: an actor left holding its CPU made the next run on this Ray wait for ever
+        for a in actors:
+            ray.kill(a)
 
 
 def _identity(x: Any) -> Any:
