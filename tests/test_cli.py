@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,10 +151,19 @@ def test_score_batch_options_reach_musc(tmp_path: Path) -> None:
     assert Path(max(rows, key=lambda row: float(row["score"]))["path"]).parent.name == "defect"
 
 
-def test_predict_refuses_unknown_format_version(tmp_path: Path) -> None:
-    ds = make_dataset(tmp_path / "ds", n_train=6)
-    model = tmp_path / "model"
-    assert normalcy("fit", str(ds / "train" / "good"), "-o", str(model), "--image-size", "64").returncode == 0
+@pytest.fixture(scope="module")
+def gaussian_64(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A gaussian model (64 px) fitted once by `normalcy fit` on make_dataset(n_train=6), and that data set: the
+    tests only read them (one that writes into either copies it first); a fit per test cost seconds."""
+    tmp = tmp_path_factory.mktemp("gaussian_64")
+    ds = make_dataset(tmp / "ds", n_train=6)
+    r = normalcy("fit", str(ds / "train" / "good"), "-o", str(tmp / "model"), "--image-size", "64")
+    assert r.returncode == 0, r.stderr
+    return tmp / "model", ds
+
+
+def test_predict_refuses_unknown_format_version(gaussian_64: tuple[Path, Path], tmp_path: Path) -> None:
+    model, ds = shutil.copytree(gaussian_64[0], tmp_path / "model"), gaussian_64[1]
     meta = json.loads((model / "model.json").read_text())
     meta["format_version"] = 999
     (model / "model.json").write_text(json.dumps(meta))
@@ -245,13 +255,10 @@ def test_serve_prints_a_token_url_that_the_server_requires(tmp_path: Path) -> No
         proc.wait(10)
 
 
-def test_serve_refuses_what_is_neither_run_nor_model(tmp_path: Path) -> None:
+def test_serve_refuses_what_is_neither_run_nor_model(gaussian_64: tuple[Path, Path], tmp_path: Path) -> None:
     r = normalcy("serve", str(tmp_path))
     assert r.returncode == 1 and "neither a run folder" in r.stderr and "Traceback" not in r.stderr
-    ds = make_dataset(tmp_path / "ds", n_train=6)
-    model = tmp_path / "model"
-    assert normalcy("fit", str(ds / "train" / "good"), "-o", str(model), "--image-size", "64").returncode == 0
-    r = normalcy("serve", str(model))
+    r = normalcy("serve", str(gaussian_64[0]))
     assert r.returncode == 1 and "give the images" in r.stderr
 
 
@@ -292,13 +299,11 @@ def test_warnings_reach_the_user(tmp_path: Path) -> None:
     assert "MaskSizeWarning" not in r.stderr and "return " not in r.stderr  # not Python's file:line and source line
 
 
-def test_predict_keeps_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+def test_predict_keeps_a_file_whose_name_is_not_utf8(gaussian_64: tuple[Path, Path], tmp_path: Path) -> None:
     """A Linux file name is bytes; one that is not UTF-8 is scored and listed like any other."""
     import os
 
-    ds = make_dataset(tmp_path / "ds", n_train=6)
-    model = tmp_path / "model"
-    assert normalcy("fit", str(ds / "train" / "good"), "-o", str(model), "--image-size", "64").returncode == 0
+    model = gaussian_64[0]
     folder = tmp_path / "new"
     folder.mkdir()
     Image.fromarray(texture(np.random.default_rng(5))).save(folder / "plain.png")
@@ -313,18 +318,7 @@ def test_predict_keeps_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
     assert len(list((tmp_path / "out" / "heatmaps").iterdir())) == 2
 
 
-def _gaussian_model(tmp_path: Path) -> tuple[Path, Path]:
-    """A small gaussian model (64 px) fitted in this process, and the data set it came from."""
-    from normalcy.detectors import create
-    from normalcy.images.features import FeatureExtractor
-
-    ds = make_dataset(tmp_path / "ds", n_train=6)
-    det = create("gaussian", FeatureExtractor(image_size=64)).fit(sorted((ds / "train" / "good").glob("*.png")))
-    det.save(tmp_path / "model")
-    return tmp_path / "model", ds
-
-
-def test_untrusted_names_are_printed_as_they_are(tmp_path: Path) -> None:
+def test_untrusted_names_are_printed_as_they_are(gaussian_64: tuple[Path, Path], tmp_path: Path) -> None:
     """File names and table ids are text, never Rich markup or terminal control: `[/x].png` (a closing tag)
     is printed, not a crash; `[bold red]` is not a style; an escape sequence is shown escaped."""
     import pyarrow as pa
@@ -333,7 +327,7 @@ def test_untrusted_names_are_printed_as_they_are(tmp_path: Path) -> None:
 
     from normalcy.vectors.tables import fit_table, read_table, save_vector_model
 
-    model, ds = _gaussian_model(tmp_path)
+    model, ds = gaussian_64
     images = tmp_path / "in"
     (images / "[").mkdir(parents=True)
     good = (ds / "test" / "good" / "000.png").read_bytes()
@@ -362,10 +356,11 @@ def test_untrusted_names_are_printed_as_they_are(tmp_path: Path) -> None:
     assert "[bold red]x" in r.stderr and "\\x1b[31mred" in r.stderr and "\x1b" not in r.stderr
 
 
-def test_runs_into_one_folder_replace_it_and_never_score_themselves(tmp_path: Path) -> None:
+def test_runs_into_one_folder_replace_it_and_never_score_themselves(gaussian_64: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
     """-o inside the input folder, twice: the second run scores the same images (not the first run's
     heatmaps) and replaces the first run; a folder of other files is refused, untouched."""
-    model, ds = _gaussian_model(tmp_path)
+    model, ds = gaussian_64[0], shutil.copytree(gaussian_64[1], tmp_path / "ds")  # its runs go into the data set
     images, out = ds / "test", ds / "test" / "results"
     for _ in range(2):
         r = normalcy("predict", str(model), str(images), "-o", str(out))
