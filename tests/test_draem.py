@@ -188,6 +188,16 @@ def test_interrupt_keeps_a_usable_model(synthetic_root: Path, extractor: Feature
     np.testing.assert_array_equal(load(tmp_path / "m").score(eval_paths(ds), progress=False).scores, res.scores)
 
 
+def test_too_short_a_training_is_named_not_the_images(synthetic_root: Path, extractor: FeatureExtractor):
+    """One step leaves DRAEM scoring every image alike (as a short --time-budget does): the error said "identical
+    or blank images?" of varied images; it names the training."""
+    ds = load_dataset(synthetic_root)
+    with pytest.raises(InputError, match=r"all score the same .*after 1 training step\(s\) \(its steps were done\)"
+                                         r".* train longer \(--steps, --time-budget\)") as err:
+        make(extractor, steps=1, holdout=0.5).fit(ds.train[:4], progress=False)
+    assert "blank" not in str(err.value)
+
+
 def test_bad_files_are_skipped(synthetic_root: Path, extractor: FeatureExtractor, tmp_path: Path):
     ds = load_dataset(synthetic_root)
     empty = tmp_path / "empty.png"

@@ -566,6 +566,10 @@ class Detector(ParamsEstimator):
             return None
         return Calibration(np.concatenate(scores), np.concatenate(values))
 
+    def _why_scores_do_not_vary(self) -> str:
+        """What a calibration whose every score is the same says about the fit (``_set_threshold``'s error)."""
+        return "they do not vary (identical or blank images?)"
+
     def _set_threshold(self, calib: Calibration) -> None:
         scores = np.asarray(calib.scores, dtype=np.float64)
         if scores.size == 0 or not np.isfinite(scores).all():
@@ -573,7 +577,7 @@ class Detector(ParamsEstimator):
                              "the images may be blank or identical")
         if scores.size > 1 and np.ptp(scores) <= 1e-9 * max(1.0, float(np.abs(scores).max())):
             raise InputError(f"{self.name}: the normal training images all score the same ({scores[0]:.4g}): "
-                             "they do not vary (identical or blank images?), so nothing sets a threshold")
+                             f"{self._why_scores_do_not_vary()}, so nothing sets a threshold")
         if scores.size < 20:
             log.warning(FEW_CALIBRATION, self.name, scores.size)
         self.threshold_ = threshold_at(scores, self.fpr)

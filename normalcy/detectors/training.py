@@ -45,6 +45,17 @@ class Trained:
         log = getattr(self, "train_log_", None)
         return {"training": log.summary() if log is not None else getattr(self, "training_", None)}
 
+    def _why_scores_do_not_vary(self) -> str:
+        """A network stopped after a few steps (a short --time-budget, Ctrl-C) gives every image the same score
+        (DRAEM: one step, or three): that was blamed on "identical or blank images?", which they are not."""
+        log = getattr(self, "train_log_", None)
+        if log is None:
+            return super()._why_scores_do_not_vary()  # type: ignore[misc]
+        why = {"time": "its time budget ran out", "interrupt": "it was interrupted"}.get(log.stopped_by,
+                                                                                     "its steps were done")
+        return (f"after {log.steps} training step(s) ({why}) the {getattr(self, 'name', 'model')} networks do not "
+                "tell them apart yet: train longer (--steps, --time-budget), unless the images themselves do not vary")
+
 
 def step_decay(optimizer: torch.optim.Optimizer, lr: float,
                milestones: Sequence[tuple[float, float]]) -> Callable[[float], None]:
