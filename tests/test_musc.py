@@ -58,6 +58,20 @@ def test_needs_two_images_and_skips_bad_files(tmp_path: Path) -> None:
         det.score(paths[:1], progress=False)
 
 
+def test_a_batch_too_small_to_flag_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With 2 images (or 1 and references) neither can stand out (each is one MAD from the median): every one was
+    called normal without a word; the decisions are the same, said."""
+    paths = _batch(tmp_path / "batch", n=3)
+    det = MuSc(FeatureExtractor(image_size=64, precision="fp32"))
+    with caplog.at_level("WARNING", logger="normalcy"):
+        r = det.score(paths[:2], progress=False)
+    assert not r.decisions.any() and "2 image(s) scored" in caplog.text and "none is flagged" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="normalcy"):
+        det.score(paths, progress=False)
+    assert "none is flagged" not in caplog.text
+
+
 def _naive_mutual(z: torch.Tensor, refs: torch.Tensor | None, interval: float) -> torch.Tensor:
     """The definition, one image pair at a time."""
     pool = z if refs is None else torch.cat([z, refs])

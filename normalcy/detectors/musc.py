@@ -34,6 +34,7 @@ is an outlier of the batch (above median + ``mad_factor`` x MAD).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence
 
@@ -48,6 +49,11 @@ from normalcy.detectors.modelfile import BatchSize
 from normalcy.errors import InputError
 from normalcy.images.features import FeatureExtractor
 from normalcy.progress import progress_bar
+
+log = logging.getLogger("normalcy")
+# Fewer images than this can never be flagged: each one's distance from the median is the MAD itself (two images),
+# or the MAD is 0 (one image, with references)
+MIN_TO_FLAG = 3
 
 
 class MuSc:
@@ -253,6 +259,10 @@ class MuSc:
         med = float(np.median(scores))
         mad = float(np.median(np.abs(scores - med))) or 1e-12
         self.threshold_ = med + self.mad_factor * 1.4826 * mad
+        if n < MIN_TO_FLAG:  # "0 anomalous" was said of a batch where nothing could be
+            log.warning("musc: %d image(s) scored: an image is flagged when its score stands out of the batch's "
+                        "(above the median + %g x MAD), which %d images never do, so none is flagged; score %d or "
+                        "more together, or rank them by score", n, self.mad_factor, n, MIN_TO_FLAG)
         self.map_range_ = (float(np.quantile(maps_grid, 0.5)), float(maps_grid.max()))
         # held at the patch grid and drawn when read: a list of every image's full-size map held a batch of
         # 6000x6000 photos' maps at once (144 MB each); eval still shrinks each from its full size (``shrink``)
