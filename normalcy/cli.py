@@ -239,7 +239,8 @@ FprArg = Annotated[float, typer.Option(
     help="Target false-positive rate of the threshold, on normal training data (images, table rows or series).")]
 SeedArg = Annotated[int, typer.Option(help="Random seed (coreset, calibration folds, training).")]
 StepsArg = Annotated[Optional[int], typer.Option(help="Trained detectors: training steps (default: the detector's "
-                                                 "own).")]
+                                                 "own; efficientad: its student's, after its teacher's distillation "
+                                                 "of up to 2000 steps or 40 % of the time budget).")]
 BudgetArg = Annotated[Optional[float], typer.Option(help="Trained detectors: stop training after this many seconds.")]
 _INPUT_NORMS = ("How pixels enter the backbone: own (the mean/std its weights were trained with; the default), "
                 "imagenet (ImageNet's), standard (each image first brought to one mean and contrast: dim, grey or "

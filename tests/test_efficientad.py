@@ -48,6 +48,20 @@ def test_loss_falls(fitted: EfficientAD) -> None:
     assert fitted.teacher_log_.steps == TINY["teacher_steps"]
 
 
+def test_fit_says_the_teacher_distils_before_the_steps(fe: FeatureExtractor, data, caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--steps 20`` fitted for minutes without a word (the teacher's 2000 steps or 40 % of the budget first)."""
+    def stop(*a, **k):  # the note comes before distillation: nothing after it is needed here
+        raise RuntimeError("stopped before distilling")
+
+    monkeypatch.setattr(EfficientAD, "_distil", stop)
+    kw = {**TINY, "steps": 1, "teacher_steps": 1, "time_budget": 600.0}
+    with caplog.at_level("INFO", logger="normalcy"), pytest.raises(RuntimeError, match="stopped before distilling"):
+        EfficientAD(fe, **kw).fit(data[0][:4], progress=False)
+    assert "its teacher distils first, for up to 1 steps (teacher_steps) or 240 s (0.4 of the time budget); " \
+           "then the student trains for 1 steps (--steps) or the time left" in caplog.text
+
+
 def test_maps_have_original_shape(fitted: EfficientAD, data, tmp_path: Path) -> None:
     from conftest import texture
     from PIL import Image
