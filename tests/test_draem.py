@@ -198,6 +198,18 @@ def test_too_short_a_training_is_named_not_the_images(synthetic_root: Path, extr
     assert "blank" not in str(err.value)
 
 
+def test_report_names_the_input_draem_scores(extractor: FeatureExtractor):
+    """The report said "backbone efficientnet_lite0, input 64x64 px, own normalisation": DRAEM scores with neither
+    the backbone nor its normalisation, at its own input_size."""
+    from normalcy.detectors import GaussianAD
+    from normalcy.detectors.base import report_info
+
+    info = report_info(make(extractor, input_size=96))
+    assert info["input"] == "64x64 px, then 96x96 px for its own networks (input_size)"
+    assert info["backbone"] == "efficientnet_lite0 (not run when scoring)"
+    assert report_info(GaussianAD(extractor))["input"] == "64x64 px, own normalisation"
+
+
 def test_bad_files_are_skipped(synthetic_root: Path, extractor: FeatureExtractor, tmp_path: Path):
     ds = load_dataset(synthetic_root)
     empty = tmp_path / "empty.png"

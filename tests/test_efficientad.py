@@ -62,6 +62,14 @@ def test_fit_says_the_teacher_distils_before_the_steps(fe: FeatureExtractor, dat
            "then the student trains for 1 steps (--steps) or the time left" in caplog.text
 
 
+def test_report_names_the_input_efficientad_scores(fe: FeatureExtractor) -> None:
+    from normalcy.detectors.base import report_info
+
+    info = report_info(EfficientAD(fe, **TINY))
+    assert info["input"] == "64x64 px, then 64x64 px for its own networks (input_size)"
+    assert info["backbone"].endswith("(not run when scoring)")
+
+
 def test_maps_have_original_shape(fitted: EfficientAD, data, tmp_path: Path) -> None:
     from conftest import texture
     from PIL import Image

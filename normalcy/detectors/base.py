@@ -879,6 +879,12 @@ def report_info(model: Any) -> dict[str, str]:
     h, w = model.extractor.size
     info = {"detector": model.name, "backbone": model.extractor.spec.name,
             "input": f"{h}x{w} px, {model.extractor.input_norm} normalisation"}
+    side = getattr(model, "input_size", None)
+    if not getattr(model, "uses_features", True) and isinstance(side, int):
+        # DRAEM and EfficientAD score the image with their own networks at input_size, without the backbone or its
+        # normalisation: "224x224 px, own normalisation" described what they never see
+        info["backbone"] += " (not run when scoring)"
+        info["input"] = f"{h}x{w} px, then {side}x{side} px for its own networks (input_size)"
     choice = getattr(model, "choice", None)
     if isinstance(choice, dict):
         info["chosen on normal images"] = choice_line(choice)
