@@ -198,6 +198,13 @@ def test_too_short_a_training_is_named_not_the_images(synthetic_root: Path, extr
     assert "blank" not in str(err.value)
 
 
+@pytest.mark.parametrize("budget", [float("nan"), float("inf")])
+def test_a_time_budget_that_is_not_a_number_is_named_so(budget: float):
+    """``--time-budget nan`` said "input should be less than or equal to 2592000 (got NaN)"."""
+    with pytest.raises(InputError, match=r"time_budget: input should be a finite number \(got (NaN|inf)\)"):
+        DRAEM(FeatureExtractor(image_size=64), time_budget=budget)
+
+
 def test_report_names_the_input_draem_scores(extractor: FeatureExtractor):
     """The report said "backbone efficientnet_lite0, input 64x64 px, own normalisation": DRAEM scores with neither
     the backbone nor its normalisation, at its own input_size."""

@@ -257,7 +257,7 @@ def batch_for(size: tuple[int, int], batch_size: int) -> int:
 # Upper bounds of the parameters several detectors share: generous, so that only a typo or a tampered
 # model.json (steps 10**12) meets them, never a real setting.
 Steps = Annotated[int, Field(ge=1, le=10_000_000)]
-Seconds = Annotated[float, Field(gt=0, le=30 * 86400)]  # a training budget: at most 30 days
+Seconds = Annotated[float, Field(gt=0, le=30 * 86400, allow_inf_nan=False)]  # a training budget: at most 30 days
 LearningRate = Annotated[float, Field(gt=0, le=10)]
 Width = Annotated[int, Field(ge=1, le=4096)]  # channels, hidden units
 
