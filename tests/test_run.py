@@ -41,6 +41,40 @@ def _write(run: Path, paths: list[Path], inputs: list[Path] = (), skipped=(), **
     return writer
 
 
+def test_an_images_two_pngs_are_written_at_once_and_a_failed_one_raised(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image's overlay is written on a thread of its own while its heatmap is (OpenCV encodes without the GIL:
+    the two PNGs took most of predict's time on one core); the files are the pictures drawn, and a failed write is
+    raised once both have ended, the image not added to the run."""
+    import threading
+
+    import normalcy.images.heatmap as heatmap
+
+    write, threads = heatmap.write_bgr, {}
+
+    def spy(path: Path, bgr: np.ndarray) -> None:
+        threads[path.parent.name] = threading.get_ident()
+        if path.stem.endswith("bad") and path.parent.name == "overlays":
+            raise OSError("refused")
+        write(path, bgr)
+
+    monkeypatch.setattr(heatmap, "write_bgr", spy)
+    writer = RunWriter(tmp_path / "run", 0.5, (0.0, 1.0), report=False)
+    image, amap = _image(1), np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    writer.add(tmp_path / "ok.png", image, 0.7, amap)
+    assert set(threads) == {"overlays", "heatmaps"} and threads["overlays"] != threads["heatmaps"]
+    drawn = heatmap.pictures_bgr(image, amap, 0.0, 1.0)
+    (heat,), (over,) = ([str(p) for p in (writer.folder / d).iterdir()] for d in ("heatmaps", "overlays"))
+    np.testing.assert_array_equal(cv2.imread(heat), drawn)
+    np.testing.assert_array_equal(cv2.imread(over), drawn[:, 8:])
+    with pytest.raises(OSError, match="refused"):
+        writer.add(tmp_path / "bad.png", image, 0.2, amap)
+    assert sorted(p.name for p in writer.folder.glob("*/*.png")) == [Path(over).name] * 2  # none of bad.png
+    writer.close([], "test")
+    rows, _ = read_scores(tmp_path / "run")
+    assert [Path(r.path).name for r in rows] == ["ok.png"] and Path(rows[0].overlay).name == Path(over).name
+
+
 def test_same_file_name_in_two_folders_gets_two_overlays(tmp_path: Path) -> None:
     lots = [tmp_path / "lot1", tmp_path / "lot2"]
     paths = [lot / "good" / "00.jpg" for lot in lots]

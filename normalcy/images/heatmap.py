@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "colour_range", "overlay", "pictures_bgr", "side_by_side", "write_bgr", "write_png"]
+__all__ = ["colorize", "colour_range", "overlay", "pictures_bgr", "side_by_side", "write_bgr", "write_bgrs",
+           "write_png"]
 
 # Turbo: perceptually smoother than JET, still reads as "blue = fine, red = bad".
 _COLORMAP = cv2.COLORMAP_TURBO
@@ -192,6 +195,38 @@ def write_bgr(path: Path, bgr: np.ndarray) -> None:
     if not ok:
         raise ValueError(f"{path}: could not encode the PNG")
     Path(path).write_bytes(buf)  # the encoded buffer as it is (``tobytes`` copied it)
+
+
+def write_bgrs(pictures: Sequence[tuple[Path, np.ndarray]]) -> None:
+    """:func:`write_bgr` of each (path, picture), the first on a thread of its own meanwhile: OpenCV encodes without
+    holding the GIL, and a run's two PNGs an image (the overlay, and the picture beside the image) were encoded one
+    after the other on one core, most of `predict`'s time at 224 px (docs/benchmarks.md, "The fast path"), while the
+    other core waited. Every write is done before this returns; the first failure in the given order is raised."""
+    if len(pictures) < 2:
+        for path, picture in pictures:
+            write_bgr(path, picture)
+        return
+    failed: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            write_bgr(*pictures[0])
+        except BaseException as err:  # raised below, in this thread
+            failed.append(err)
+
+    helper = threading.Thread(target=first, name="normalcy-png", daemon=True)
+    helper.start()
+    later: BaseException | None = None
+    try:
+        for path, picture in pictures[1:]:
+            write_bgr(path, picture)
+    except BaseException as err:  # after the first write has ended, and only if it did not fail
+        later = err
+    helper.join()
+    if failed:
+        raise failed[0]
+    if later is not None:
+        raise later
 
 
 def _utf8(text: str) -> bool:

@@ -68,7 +68,7 @@ from safetensors.numpy import load_file, save_file
 from normalcy.errors import InputError
 from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, resolved, write_error
 from normalcy.files import writing as folder_locked
-from normalcy.images.heatmap import pictures_bgr, write_bgr
+from normalcy.images.heatmap import pictures_bgr, write_bgrs
 from normalcy.images.io import printable, read_notes, skips_listed
 from normalcy.numerics.stats import decide
 from normalcy.runs.report import ReportImage, gallery_image, write_report
@@ -487,15 +487,22 @@ class RunWriter:
 
         drawn = pictures_bgr(image, full(), lo, hi, beside=self.heatmaps) \
             if amap is not None and (self.overlays or self.heatmaps) else None  # overlay on the right
+        pictures = []  # written at once, on two threads
         if self.overlays and drawn is not None:
             over = f"overlays/{name}.png"
             (self.folder / "overlays").mkdir(exist_ok=True)
-            write_bgr(self.folder / over, drawn[:, drawn.shape[1] - image.shape[1]:])
-        self._overlays.append(over)
+            pictures.append((self.folder / over, drawn[:, drawn.shape[1] - image.shape[1]:]))
         if self.heatmaps and drawn is not None:
             (self.folder / "heatmaps").mkdir(exist_ok=True)
-            write_bgr(self.folder / "heatmaps" / f"{name}.png", drawn)
-        del drawn  # before the map is saved (a 6000x6000 photo: 216 MB)
+            pictures.append((self.folder / "heatmaps" / f"{name}.png", drawn))
+        try:
+            write_bgrs(pictures)
+        except BaseException:  # the image is not added: none of its pictures is left (the other one was written)
+            for path, _ in pictures:
+                path.unlink(missing_ok=True)
+            raise
+        self._overlays.append(over)
+        del drawn, pictures  # before the map is saved (a 6000x6000 photo: 216 MB)
         if self.save_maps and amap is not None:
             (self.folder / "maps").mkdir(exist_ok=True)
             np.save(self.folder / "maps" / f"{name}.npy", np.asarray(full(), np.float32))  # no copy of a float32 map
