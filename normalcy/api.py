@@ -372,9 +372,10 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         _not_applying("a series (every training row is fitted on)", label_column=label_column, id_column=id_column)
         fit_many: Any = functools.partial(fit_each, progress=progress)
         if ray is not None:
-            from normalcy.scale.distributed import fit_series_ray
+            from normalcy.scale.distributed import fit_series_ray, import_ray
 
-            fit_many = functools.partial(fit_series_ray, address=ray)
+            import_ray()  # before the series are read: no Ray was said only after reading them all
+            fit_many = functools.partial(fit_series_ray, address=ray, progress=progress)
         model: Any = fit_series(Path(train), det_opts.name(series=True), det_opts.series_kwargs(), time_column,
                                 series_column, fit_many=fit_many, progress=progress)
         _save(model, output)
@@ -900,6 +901,12 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     """Score each series of each input (a file, a series folder's test file, those of a folder of series
     folders) into one run folder; a file or series that cannot be scored is named in skipped.csv and the
     others go on. A set scores each series with its own model (by series id, or series folder name)."""
+    if ray is not None:  # refused before the series are read: they were all read first
+        from normalcy.scale.distributed import import_ray
+
+        if model_dir is None:
+            raise InputError("on Ray, give the model's folder (the workers load it from its files)")
+        import_ray()
     if isinstance(model, SeriesSet):
         series_column = series_column or model.series_column
         info |= {"detector": model.name, "models": len(model), "series_column": series_column}
@@ -949,12 +956,11 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     if ray is not None:
         from normalcy.scale.distributed import score_series_ray
 
-        if model_dir is None:
-            raise InputError("on Ray, give the model's folder (the workers load it from its files)")
+        assert model_dir is not None  # refused above
         jobs.extend(job[:3] for job in scoped_jobs() if job is not None)
         _say_sampled(sampled)
-        results, cpus = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray)
-        info |= {"ray": ray, "cpus": cpus}
+        results, cpus, used = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray, progress)
+        info |= {"ray": used, "cpus": cpus}
     else:
         rows = sum(len(s) for item in read if not isinstance(item, tuple) for s in item.series)
         # the series of a long file: what scoring them logs ("a value 1e6 spreads out") named only the file, and

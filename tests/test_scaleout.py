@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from rich.progress import Progress
 
 ray = pytest.importorskip("ray")
 
@@ -224,6 +227,23 @@ def _all_cpus_free(seconds: float = 20.0) -> bool:
     return False
 
 
+def _recorded_bars(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, Progress]]:
+    """Each progress bar the series on Ray open, drawn nowhere, with whether it was on: what it counts is checked."""
+    from normalcy.scale import distributed
+
+    bars: list[tuple[bool, Progress]] = []
+    real = distributed.progress_bar
+
+    @contextlib.contextmanager
+    def recording(enabled: bool = True) -> Iterator[Progress]:
+        with real(False) as bar:
+            bars.append((enabled, bar))
+            yield bar
+
+    monkeypatch.setattr(distributed, "progress_bar", recording)
+    return bars
+
+
 def test_a_series_that_raises_or_kills_its_worker_is_named_and_the_others_kept(monkeypatch: pytest.MonkeyPatch,
                                                                              tmp_path: Path) -> None:
     """One series whose fit or scoring raised (not an InputError), or killed its worker (out of memory, a crash),
@@ -254,12 +274,16 @@ def test_a_series_that_raises_or_kills_its_worker_is_named_and_the_others_kept(m
     # the crash last: with no retry, a series handed to the actor that is dying of it would die with it (Ray's
     # own retry, RETRIES = 1 outside this test, gives such a series its second go)
     series = [_series("a"), _series("raise"), _series("b"), _series("c"), _series("crash")]
-    fitted, failed = fit_series_ray(series, "knn", {"window": 8}, "local")
+    bars = _recorded_bars(monkeypatch)
+    fitted, failed = fit_series_ray(series, "knn", {"window": 8}, "local", progress=True)
     assert sorted(fitted) == ["a", "b", "c"]
     assert failed == [("raise", "failed on its Ray worker: ValueError: boom"), ("crash", DIED)]
     model = fitted["a"]
     model.save(tmp_path / "m")
-    got, _ = score_series_ray(tmp_path / "m", model, series, "local")
+    got, _, _ = score_series_ray(tmp_path / "m", model, series, "local", progress=True)
+    # each series counted once on its bar, those that failed too
+    assert [(on, b.tasks[0].description, b.tasks[0].completed, b.tasks[0].total) for on, b in bars] == [
+        (True, "fit", 5, 5), (True, "predict", 5, 5)]
     assert [g for g in got if isinstance(g, str)] == ["failed on its Ray worker: ValueError: boom", DIED]
     for s, g in zip(series, got):
         if s.name not in ("crash", "raise"):
@@ -337,3 +361,59 @@ def test_an_image_that_raises_or_kills_its_worker_is_named_and_the_others_scored
         paths = [Path(p) for p in got["path"]]
         assert len(paths) >= (4 if bad == "raise.png" else 1) and len(paths) + len(run["skipped"]) == 5
         assert got["score"] == load(model).score(paths, progress=False).scores.tolist()
+
+
+def test_each_advances_its_bar_as_each_task_ends_and_is_quiet_without_progress(monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    """Series on Ray (fit and predict, one series a task) showed no bar: 10,000 series took minutes in silence.
+    ``_each`` now advances one as each task ends, off where the one-process path's is (progress=False)."""
+    from normalcy.scale import distributed
+
+    bars = _recorded_bars(monkeypatch)
+
+    class FakeRay:  # each item is its own task; done in the order started
+        def wait(self, refs: list, num_returns: int) -> tuple[list, list]:
+            return refs[:num_returns], refs[num_returns:]
+
+        def get(self, ref: int) -> int:
+            seen.append(bars[-1][1].tasks[0].completed)
+            return 10 * ref
+
+        def cancel(self, ref: int) -> None:
+            raise AssertionError("nothing to cancel")
+
+    for progress in (True, False):
+        seen: list[float] = []
+        assert distributed._each(FakeRay(), [1, 2, 3, 4], lambda slot, x: x, 2, progress, "fit") == [10, 20, 30, 40]
+        enabled, bar = bars[-1]
+        (task,) = bar.tasks
+        assert enabled is progress and seen == [0, 1, 2, 3]  # one step as each task ends, not all at the end
+        assert (task.description, task.completed, task.total) == ("fit", 4, 4)
+
+
+def test_ray_address_given_where_the_process_has_ray_already_is_warned_and_the_used_one_recorded(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """`--ray ADDRESS` in a process that has Ray initialised already (a Python API user's ray.init) ran on that
+    Ray without a word, and run.json named ADDRESS. It is now said in one warning naming the Ray used, and
+    run.json records that one; an address naming the process's own Ray (by another name too) says nothing."""
+    import logging
+
+    from normalcy.scale import distributed
+
+    there = ray.get_runtime_context().gcs_address
+    port = there.rpartition(":")[2]
+    elsewhere = "192.0.2.77:6379"  # TEST-NET: no Ray there, nor is it asked
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        for given in ("local", "auto", there, f"ray://{there}", f"localhost:{port}"):
+            assert distributed._init(given)[1] == given
+        assert not caplog.records
+        assert distributed._init(elsewhere)[1] == there
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and f"--ray {elsewhere}:" in record.getMessage()
+    assert f"at {there}" in record.getMessage() and "ray.shutdown()" in record.getMessage()
+
+    model = registry.create("knn", window=8).fit(_series("train", 120), progress=False)
+    model.save(tmp_path / "m")
+    (tmp_path / "s.csv").write_text("t,v\n" + "".join(f"{k},{np.sin(k / 5):.4f}\n" for k in range(100)))
+    predict(tmp_path / "m", tmp_path / "s.csv", tmp_path / "out", ray=elsewhere)
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["ray"] == there

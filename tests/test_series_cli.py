@@ -671,7 +671,7 @@ def test_ray_says_why_a_series_of_the_set_was_not_fitted(set_with_failed: Path) 
 
     model = load_series_model(set_with_failed / "m")
     series = {s.name: s for s in read_series(set_with_failed / "test.csv", None, "host")}
-    (why,), _ = score_series_ray(set_with_failed / "m", model, [series["tiny"]], "local")
+    (why,), _, _ = score_series_ray(set_with_failed / "m", model, [series["tiny"]], "local")
     assert why == ("no model for series 'tiny' in this set: at fit it could not be fitted: "
                    "5 rows; a series needs at least 16")
 
@@ -1401,3 +1401,28 @@ def test_a_long_files_own_notes_are_said_once_not_once_a_series(tmp_path: Path, 
     notes = json.loads((tmp_path / "run" / "run.json").read_text())["notes"]
     assert sum("time column read as epoch seconds" in n for n in notes) == 1
     assert (tmp_path / "run" / "report.html").read_text().count("time column read as epoch seconds") == 1
+
+
+def test_ray_missing_is_said_before_any_series_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without Ray, `--ray` on series said so only after every series had been read (minutes for many);
+    now at once, as for images and tables: a file that cannot be read gives the Ray message, not its own."""
+    import normalcy
+    from normalcy import api
+    from normalcy.series import registry
+    from normalcy.series.io import Series
+
+    t = np.arange(100, dtype=np.float64)
+    registry.create("knn", window=8).fit(Series("a", t, np.sin(t / 5)[:, None], ("v",), None),
+                                          progress=False).save(tmp_path / "m")
+    (tmp_path / "bad.csv").write_text("t,v\n1,2\n")
+
+    def read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a series file was read")
+
+    monkeypatch.setattr(api, "fit_series", read)
+    monkeypatch.setattr(api, "iter_series_files", read)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as where it is not installed
+    with pytest.raises(InputError, match=r"^--ray needs Ray: pip install"):
+        normalcy.fit(tmp_path / "bad.csv", tmp_path / "set", series=True, series_column="v", ray="local")
+    with pytest.raises(InputError, match=r"^--ray needs Ray: pip install"):
+        normalcy.predict(tmp_path / "m", tmp_path / "bad.csv", tmp_path / "out", ray="local")

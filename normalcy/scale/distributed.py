@@ -40,6 +40,7 @@ import numpy as np
 from normalcy.files import MODEL_JSON, one_line
 from normalcy.errors import InputError, reasons
 from normalcy.images.io import input_paths
+from normalcy.progress import progress_bar
 from normalcy.runs.format import (
     IMAGE_KEY,
     IMAGES,
@@ -60,6 +61,8 @@ RETRIES = 1  # a task whose worker died (a node lost) runs once more; one that k
 DIED = "its Ray worker died on it (out of memory, killed or crashed)"
 ROW = "n"  # each row's place in the input, beside it on its way through the workers: a lost block's rows are named
 T = TypeVar("T")
+NEEDS_RAY = "--ray needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)"
+log = logging.getLogger("normalcy")
 
 
 def _model_files(model_dir: Path) -> dict[str, bytes]:
@@ -183,12 +186,14 @@ def _probe(address: str) -> None:
                          "running on that machine, and the port open?") from None
 
 
-def _init(address: str) -> int:
-    """Connect to (or start) Ray; returns the CPUs it offers."""
+def _init(address: str) -> tuple[int, str]:
+    """Connect to (or start) Ray: the CPUs it offers, and the address of the Ray used (for run.json). A process
+    that has Ray initialised already (a Python API user's own ``ray.init``) runs on that one (``_initialised``)."""
     import ray
 
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ start-up notices, not for our users
     warnings.filterwarnings("ignore", module=r"ray\..*")
+    used = address
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
         if address == "local":
@@ -196,7 +201,42 @@ def _init(address: str) -> int:
         else:
             _probe(address)
             ray.init(address=address, **kwargs)
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    elif address not in ("local", "auto"):
+        used = _initialised(ray, address)
+    return max(1, int(ray.cluster_resources().get("CPU", 1))), used
+
+
+def _initialised(ray: Any, address: str) -> str:
+    """The address of the Ray this process has initialised already, said in a warning where ``--ray ADDRESS``
+    names another: the run went to the process's Ray without a word, and run.json named ADDRESS."""
+    try:
+        there = str(ray.get_runtime_context().gcs_address or "")
+    except Exception:  # noqa: BLE001 - a Ray client connection may not say; the warning still comes
+        there = ""
+    if there and _same_address(address, there):
+        return address
+    log.warning("--ray %s: this process has Ray initialised already (%s); running on that one, not on %s "
+                "(call ray.shutdown() first to use %s)", address, f"at {there}" if there else "its address unknown",
+                address, address)
+    return there or "the Ray initialised in this process"
+
+
+def _same_address(given: str, there: str) -> bool:
+    """Whether HOST:PORT ``given`` names the Ray at ``there`` (its HOST:PORT): the same port, and a host that
+    resolves to the same machine (a loopback name is this machine, whose Ray's address is its own IP)."""
+    def split(address: str) -> tuple[str, str]:
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        return host.strip("[]"), port
+
+    (host, port), (their_host, their_port) = split(given), split(there)
+    if port != their_port:
+        return False
+    try:
+        ours = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        theirs = {info[4][0] for info in socket.getaddrinfo(their_host, None)}
+    except OSError:
+        return host == their_host
+    return bool(ours & theirs) or all(a.startswith("127.") or a == "::1" for a in ours)
 
 
 def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str, trust_code: bool = False,
@@ -211,7 +251,7 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
     try:
         import ray.data
     except ImportError:
-        raise InputError("--ray needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
+        raise InputError(NEEDS_RAY) from None
 
     from normalcy.detectors import load
     from normalcy.vectors.tables import is_vector_model, load_vector_model, table_inputs
@@ -232,7 +272,7 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
             raise InputError("no images to score")
     files = _model_files(model_dir)
     with staged(output, inputs) as folder:
-        cpus = _init(address)
+        cpus, address = _init(address)
         with _data_context(ray):
             return _score(ray, files, folder, output, model_dir, inputs, paths, address, cpus, trust_code,
                           id_column, batch_size, threshold)
@@ -363,11 +403,14 @@ def _fit_one(detector: str, params: dict[str, Any], series: Any) -> Any:
         return str(err)
 
 
-def _each(ray: Any, items: list[Any], submit: Callable[[int, Any], Any], slots: int) -> list[Any]:
+def _each(ray: Any, items: list[Any], submit: Callable[[int, Any], Any], slots: int, progress: bool = False,
+          description: str = "") -> list[Any]:
     """Each item's result, in order: ``submit(slot, item)`` starts its task, at most ``slots`` at a time (so the
     driver holds the items once, not also a serialised copy of each waiting in Ray; ``slot``: which of them). A
     task that raised, or whose worker died, is its item's reason (one line) and the others go on: one of them
-    lost every result, or waited for ever on a dead actor. Anything else here (Ctrl-C) cancels what is running."""
+    lost every result, or waited for ever on a dead actor. Anything else here (Ctrl-C) cancels what is running.
+    ``progress``: a bar on stderr advanced as each task ends, as the one-process path's (10,000 series on Ray
+    took minutes in silence)."""
     from ray.exceptions import RayError, RayTaskError
 
     results: list[Any] = [None] * len(items)
@@ -375,35 +418,38 @@ def _each(ray: Any, items: list[Any], submit: Callable[[int, Any], Any], slots: 
     free = list(range(slots))
     todo = iter(enumerate(items))
     try:
-        while True:
-            while free and (job := next(todo, None)) is not None:
-                slot = free.pop()
-                running[submit(slot, job[1])] = (job[0], slot)
-            if not running:
-                return results
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            k, slot = running.pop(ref)
-            free.append(slot)
-            try:
-                results[k] = ray.get(ref)
-            except RayTaskError as err:
-                results[k] = _raised(err.cause if isinstance(err.cause, BaseException) else err)
-            except RayError:
-                results[k] = DIED
+        with progress_bar(progress and len(items) > 1) as bar:
+            done = bar.add_task(description, total=len(items))
+            while True:
+                while free and (job := next(todo, None)) is not None:
+                    slot = free.pop()
+                    running[submit(slot, job[1])] = (job[0], slot)
+                if not running:
+                    return results
+                (ref,), _ = ray.wait(list(running), num_returns=1)
+                k, slot = running.pop(ref)
+                free.append(slot)
+                try:
+                    results[k] = ray.get(ref)
+                except RayTaskError as err:
+                    results[k] = _raised(err.cause if isinstance(err.cause, BaseException) else err)
+                except RayError:
+                    results[k] = DIED
+                bar.advance(done)
     except BaseException:
         for ref in running:
             ray.cancel(ref)
         raise
 
 
-def fit_series_ray(series: list[Any], detector: str, params: dict[str, Any], address: str
+def fit_series_ray(series: list[Any], detector: str, params: dict[str, Any], address: str, progress: bool = False
                    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """One model per series, fitted one series a task on Ray: (models by series name, (name, reason) for
-    each series that could not be fitted)."""
-    ray = _ray()
-    cpus = _init(address)
+    each series that could not be fitted). ``progress``: a bar on stderr, as ``fit_each``'s."""
+    ray = import_ray()
+    cpus, _ = _init(address)
     task = ray.remote(num_cpus=1, max_retries=RETRIES)(_fit_one)
-    results = _each(ray, series, lambda _, s: task.remote(detector, params, s), 2 * cpus)
+    results = _each(ray, series, lambda _, s: task.remote(detector, params, s), 2 * cpus, progress, "fit")
     fitted, failed = {}, []
     for s, result in zip(series, results):
         if isinstance(result, str):
@@ -436,15 +482,17 @@ class _SeriesScorer:
             return str(err)
 
 
-def score_series_ray(model_dir: Path, model: Any, jobs: list[Any], address: str) -> tuple[list[Any], int]:
+def score_series_ray(model_dir: Path, model: Any, jobs: list[Any], address: str, progress: bool = False
+                     ) -> tuple[list[Any], int, str]:
     """Score series (``jobs``, each in its model's columns) on Ray, one series a task, in order: a
-    ScoredSeries or the reason for each, and the CPUs used. ``model``: the loaded model (a SeriesSet's
-    series are looked up in it; only their own model's files travel with each series)."""
+    ScoredSeries or the reason for each, the CPUs used and the address of the Ray used (``_init``). ``model``:
+    the loaded model (a SeriesSet's series are looked up in it; only their own model's files travel with each
+    series). ``progress``: a bar on stderr, as predict's in one process."""
     from normalcy.series.runs import SeriesSet
 
-    ray = _ray()
+    ray = import_ray()
     shared = None if isinstance(model, SeriesSet) else _model_files(model_dir)
-    cpus = _init(address)
+    cpus, used = _init(address)
     # restarted when a series kills its worker (the others go on; that series is retried, then named)
     actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_SeriesScorer)
     actors = [actor.remote(shared) for _ in range(max(1, min(cpus, len(jobs))))]
@@ -463,7 +511,7 @@ def score_series_ray(model_dir: Path, model: Any, jobs: list[Any], address: str)
         return actors[slot].score.remote(files, s)
 
     try:  # one series an actor at a time: one waiting on an actor its series killed was lost with it
-        return _each(ray, jobs, submit, len(actors)), cpus
+        return _each(ray, jobs, submit, len(actors), progress, "predict"), cpus, used
     finally:  # Ctrl-C too: an actor left holding its CPU made the next run on this Ray wait for ever
         for a in actors:
             ray.kill(a)
@@ -473,10 +521,12 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def _ray() -> Any:
+def import_ray() -> Any:
+    """The ray module, or the one-line InputError saying how to install it: called before any series is read
+    (``normalcy.api``), so that a run without Ray says so at once, not after every file was read."""
     try:
         import ray
         import ray.util
     except ImportError:
-        raise InputError("--ray needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)") from None
+        raise InputError(NEEDS_RAY) from None
     return ray
