@@ -4,12 +4,14 @@ builder, the one live review server, and loading a bench/ script as a module."""
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -94,6 +96,17 @@ def run_cli(*args: object) -> CliResult:
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(r.exception))
     return CliResult(r.exit_code, r.stdout, stderr)
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """Ctrl-C raising KeyboardInterrupt, as in a terminal, for a test that sends SIGINT: a shell runs a background
+    job (`pytest &`) with SIGINT ignored, and Python then never installs its handler, so such a test failed there."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(scope="session")

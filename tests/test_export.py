@@ -557,7 +557,7 @@ def test_one_slow_node_does_not_hold_the_caller(tmp_path: Path, monkeypatch: pyt
     assert export._WORKERS.abandoned == 0
 
 
-def test_a_run_given_up_on_is_counted_until_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_given_up_on_is_counted_until_it_ends(monkeypatch: pytest.MonkeyPatch, ctrl_c: None) -> None:
     """The workers' bookkeeping, with a call that blocks until told: a run past its time and grace, and one
     interrupted by Ctrl-C (which waited for the whole node before), set the terminate flag, return at once and
     count as abandoned until the call ends; the worker is then reused."""

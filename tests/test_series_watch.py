@@ -569,7 +569,7 @@ def test_save_into_a_folder_that_cannot_be_written_is_refused_before_the_watch(f
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_in_the_middle_of_a_row_waits_for_the_row_to_end(fitted: Path, tmp_path: Path, monkeypatch,
-                                                                  sig: int) -> None:
+                                                                  sig: int, ctrl_c: None) -> None:
     """SIGTERM or Ctrl-C stopped a watch wherever it was, most often halfway through a row on a fast feed, and
     --save kept the half: the calibration had followed a row the stream had not counted, or a row learned was
     never written out (its alarm lost), so a watch stopped and resumed again and again drifted from one that
