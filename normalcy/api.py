@@ -37,7 +37,7 @@ from normalcy.detectors import (
 )
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import Maps, report_info
-from normalcy.errors import InputError, fpr_out_of_range, reasons, shortened
+from normalcy.errors import InputError, fpr_out_of_range, option, reasons, shortened
 from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, reading, resolved, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
@@ -148,7 +148,7 @@ class ExtractorOptions:
         unless given (the user's choice stands)."""
         if not self.tune:
             if self.tune_budget is not None:
-                raise InputError("--tune-budget is the time --tune may take: add --tune")
+                raise InputError(f"{option('tune_budget')} is the time {option('tune')} may take: add {option('tune')}")
             return ()
         given = {"backbone": not self.own_backbones, "image_size": not self.auto_size}
         return tuple(s for s in TUNABLE if not given.get(s, False))
@@ -161,7 +161,7 @@ class ExtractorOptions:
             return TUNE_BUDGET
         budget = float(self.tune_budget)
         if not math.isfinite(budget) or budget < 0:
-            raise InputError(f"--tune-budget must be a number of plain fits, at least 0 (0: no limit), got {budget:g}")
+            raise InputError(f"{option('tune_budget')} must be a number of plain fits, at least 0 (0: no limit), got {budget:g}")
         return budget
 
     @property
@@ -231,7 +231,7 @@ class DetectorOptions:
         """--fpr nan was "fpr: input should be less than 1 (got NaN)" (NaN fails every comparison): a range it
         is in is said for every value outside (nan, inf, 2), before any data is read. Text is the detector's
         to convert or refuse."""
-        problem = fpr_out_of_range(self.fpr, "--fpr")
+        problem = fpr_out_of_range(self.fpr, option("fpr"))
         if problem:
             raise InputError(problem)
 
@@ -247,19 +247,18 @@ class DetectorOptions:
                                self.score_flags)
 
     def check_not_series(self) -> None:
-        for option, value in (("--window", self.window), ("--event-gap", self.event_gap), ("--prune", self.prune),
-                              ("--keep-glitches", self.keep_glitches or None),
-                              ("--score-flags", self.score_flags or None)):
+        for name, value in (("window", self.window), ("event_gap", self.event_gap), ("prune", self.prune),
+                            ("keep_glitches", self.keep_glitches or None), ("score_flags", self.score_flags or None)):
             if value is not None:
-                raise InputError(f"{option} applies to series only (a file with a time column, or --series)")
+                raise InputError(f"{option(name)} applies to series only (a file with a time column, or --series)")
 
     def check_table(self) -> None:
         """The options a table's detector takes: none of them trains, so --steps and --time-budget are an
         InputError (they were ignored without a word), as are the series' own."""
         self.check_not_series()
-        for option, value in (("--steps", self.steps), ("--time-budget", self.time_budget)):
+        for name, value in (("steps", self.steps), ("time_budget", self.time_budget)):
             if value is not None:
-                raise InputError(f"{option} applies to detectors that train; a table's detectors "
+                raise InputError(f"{option(name)} applies to detectors that train; a table's detectors "
                                  f"({', '.join(VECTOR_DETECTORS)}) do not")
 
     def kwargs(self) -> dict[str, Any]:
@@ -268,13 +267,13 @@ class DetectorOptions:
         detector = self.name()
         given = {k: v for k, v in (("steps", self.steps), ("time_budget", self.time_budget)) if v is not None}
         if given and detector == "auto":
-            raise InputError("--detector auto chooses between detectors that do not train: --steps and "
-                             "--time-budget do not apply")
+            raise InputError(f"{option('detector')} auto chooses between detectors that do not train: "
+                             f"{option('steps')} and {option('time_budget')} do not apply")
         cls = DETECTORS.get(detector)
         if given and cls is not None:
             unknown = [k for k in given if k not in cls.Params.model_fields]
             if unknown:
-                raise InputError(f"detector {detector!r} does not train: --{unknown[0].replace('_', '-')} "
+                raise InputError(f"detector {detector!r} does not train: {option(unknown[0])} "
                                  "does not apply")
         return {"fpr": self.fpr, "seed": self.seed, **given}
 

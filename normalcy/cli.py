@@ -40,7 +40,7 @@ from normalcy.api import score_batch as api_score_batch
 from normalcy.api import watch as api_watch
 from normalcy.detectors import DETECTORS, MuSc
 from normalcy.detectors.registry import default_backbone
-from normalcy.errors import WHERE_CHARS, ImageError, InputError, NotFittedError, shortened
+from normalcy.errors import WHERE_CHARS, ImageError, InputError, NotFittedError, cli_wording, shortened
 from normalcy.images.backbones import BACKBONES
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import skips_listed
@@ -178,7 +178,7 @@ def _guarded(fn: Any) -> Any:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with skips_listed():  # each command lists the files it skipped: not a warning more a file
+            with skips_listed(), cli_wording():  # each command lists the files it skipped; names --options
                 return fn(*args, **kwargs)
         except (InputError, NotFittedError, ImageError) as err:
             _fail(str(err))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numbers
+from contextlib import contextmanager
+from contextvars import ContextVar
+from decimal import Decimal
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from sklearn.exceptions import NotFittedError as SklearnNotFitted
 
@@ -74,4 +77,35 @@ def fpr_out_of_range(value: object, name: str = "fpr") -> str | None:
     left to the caller's own check (which names its type)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or 0 < value < 1:
         return None
-    return f"{name} must be a number between 0 and 1, both excluded (got {float(value):g})"
+    return f"{name} must be a number between 0 and 1, both excluded (got {number_shown(value)})"
+
+
+def number_shown(value: numbers.Real) -> str:
+    """A number for a message as ``:g`` writes it; an int past a float's range (``10**400``) raised
+    OverflowError while its own message was being built, so it is written from its exact digits."""
+    try:
+        return f"{float(value):g}"
+    except OverflowError:
+        if isinstance(value, numbers.Integral):
+            exact = Decimal(int(value))
+            return f"{float(exact.scaleb(-exact.adjusted())):g}e{exact.adjusted():+d}"
+        return shortened(str(value), REPR_CHARS)
+
+
+_cli_wording: ContextVar[bool] = ContextVar("normalcy_cli_wording", default=False)
+
+
+@contextmanager
+def cli_wording() -> Iterator[None]:
+    """Within it (a command of the CLI) messages name a setting by its option, ``--time-budget``; outside it
+    (the Python API) by its argument, ``time_budget``: ``normalcy.fit(fpr=2)`` said "--fpr must be ..."."""
+    token = _cli_wording.set(True)
+    try:
+        yield
+    finally:
+        _cli_wording.reset(token)
+
+
+def option(name: str) -> str:
+    """A setting's name in a message: ``--event-gap`` on the command line, ``event_gap`` in Python."""
+    return "--" + name.replace("_", "-") if _cli_wording.get() else name

@@ -30,6 +30,34 @@ def test_an_image_detectors_fpr_out_of_range_says_the_range() -> None:
         create("patchcore", fpr=float("inf"))
 
 
+def test_python_calls_name_the_argument_not_the_command_line_option(tmp_path) -> None:
+    """``normalcy.fit(..., fpr=2)`` said "--fpr must be ...", naming an option Python has not; the CLI keeps it."""
+    import normalcy
+    from normalcy.cli import app
+    from typer.testing import CliRunner
+
+    table = tmp_path / "rows.csv"
+    table.write_text("a,b\n1,2\n3,4\n5,6\n")
+    with pytest.raises(InputError, match=r"^fpr must be a number between 0 and 1, both excluded \(got 2\)$"):
+        normalcy.fit(tmp_path / "none", fpr=2)
+    with pytest.raises(InputError, match=r"^window applies to series only"):
+        normalcy.fit(table, window=8)
+    with pytest.raises(InputError, match=r"^event_gap applies to series only"):
+        normalcy.fit(table, event_gap=3)
+    r = CliRunner().invoke(app, ["fit", str(table), "-o", str(tmp_path / "m"), "--window", "8"])
+    assert r.exit_code == 1 and "--window applies to series only" in r.output, r.output
+
+
+def test_an_fpr_past_a_floats_range_says_the_range() -> None:
+    """``fpr=10**400`` raised OverflowError while its own message was being built."""
+    import normalcy
+
+    with pytest.raises(InputError, match=r"^fpr must be a number between 0 and 1, both excluded \(got 1e\+400\)$"):
+        normalcy.fit("none", fpr=10**400)
+    with pytest.raises(InputError, match=r"\(got -1e\+400\)$"):
+        normalcy.fit("none", fpr=-(10**400))
+
+
 @pytest.mark.parametrize("name", ["gaussian", "knn", "iforest", "ecod", "ensemble"])
 def test_a_vector_detectors_fpr_of_nan_says_the_range(name: str) -> None:
     """As the command line says it; a value that is no number is still named by its type."""

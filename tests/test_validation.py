@@ -371,7 +371,7 @@ def test_tune_budget_that_is_no_number_of_fits_is_refused_before_any_fit(tmp_pat
     import normalcy
 
     train = make_synthetic_dataset(tmp_path / "ds", n_train=9) / "train" / "good"
-    with pytest.raises(InputError, match="--tune-budget must be"):
+    with pytest.raises(InputError, match="^tune_budget must be"):
         normalcy.fit(train, tune=True, tune_budget=budget, progress=False)
     r = run_cli("fit", train, "-o", tmp_path / "m", "--tune", "--tune-budget", "inf")
     assert r.returncode == 1 and "--tune-budget must be" in r.stderr and "Traceback" not in r.stderr

@@ -53,7 +53,7 @@ from normalcy.detectors.base import (
     validation_message,
 )
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
-from normalcy.errors import InputError, NotFittedError, fpr_out_of_range, shortened
+from normalcy.errors import InputError, NotFittedError, fpr_out_of_range, option, shortened
 from normalcy.files import MODEL_JSON, Strict, describe, write_model_files
 from normalcy.numerics.stats import check_fpr_unchanged, decide, threshold_at
 from normalcy.series.glitches import mended
@@ -203,7 +203,7 @@ class SeriesDetector(ParamsEstimator):
         if n <= self.blind:
             raise InputError(f"{where}: {n} row(s), but {self.name} scores a row only after {self.blind} rows of "
                              f"its past (window {self.window_}): no row could be scored; give at least "
-                             f"{self.blind + 1} rows, or fit with a smaller --window")
+                             f"{self.blind + 1} rows, or fit with a smaller {option('window')}")
 
     @property
     def event_pruning(self) -> float:
@@ -302,7 +302,7 @@ class SeriesDetector(ParamsEstimator):
         for (name, v, _), c in zip(parts, cuts):
             if c < 2 * self.window_:
                 raise InputError(f"{name}: {c} rows to fit on, fewer than 2 x the window ({self.window_}); "
-                                 "give a longer series or a smaller --window")
+                                 f"give a longer series or a smaller {option('window')}")
         self.n_train_ = int(sum(len(v) for _, v, _ in parts))
         self.starts = np.cumsum([0] + cuts[:-1])  # where each training series begins in _fit's X
         with torch.random.fork_rng(devices=[]):  # seeded here, once; the caller's RNG is left alone

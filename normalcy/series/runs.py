@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from normalcy.errors import WHERE_CHARS, InputError, reasons, shortened
+from normalcy.errors import WHERE_CHARS, InputError, option, reasons, shortened
 from normalcy.files import (MODEL_JSON, Strict, describe, model_kind, read_json, reading, short_repr,
                              write_model_files, writing)
 from normalcy.progress import plain, progress_bar
@@ -156,12 +156,12 @@ def detector_params(name: str, fpr: float = 0.01, seed: int = 0, window: int | N
         params["score_flags"] = True
     if steps is not None:
         if "steps" not in fields:
-            raise InputError(f"series detector {name!r} does not train: --steps does not apply")
+            raise InputError(f"series detector {name!r} does not train: {option('steps')} does not apply")
         params["steps"] = steps
     if time_budget is not None:
         key = next((k for k in ("budget_s", "time_budget") if k in fields), None)
         if key is None:
-            raise InputError(f"series detector {name!r} does not train: --time-budget does not apply")
+            raise InputError(f"series detector {name!r} does not train: {option('time_budget')} does not apply")
         params[key] = time_budget
     return params
 
@@ -727,7 +727,7 @@ def _scored(det: SeriesDetector, score: np.ndarray, decision: np.ndarray, thresh
     total = contrib[np.asarray(decision) != 0].sum(axis=0) if evs else contrib.sum(axis=0)
     top = [det.columns_[j] for j in np.argsort(-total, kind="stable")[:3]]
     why = (f"{det.name} scores a row only after {det.blind} row(s) of its past (window {det.window_}; a smaller "
-           "--window shortens it)")
+           f"{option('window')} shortens it)")
     return ScoredSeries(score, decision, threshold, evs, feats, top, tuple(det.columns_), det.name, det.window_,
                         pruned, min(len(score), max(0, det.blind - past)), why)
 
