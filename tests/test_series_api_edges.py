@@ -177,6 +177,22 @@ def test_an_image_detector_names_a_flag_for_a_number() -> None:
         create_image("gaussian", batch_size=True)
 
 
+def test_a_flag_inside_a_tuple_of_numbers_is_named() -> None:
+    """``channels=(True, 32, 32)`` was a first width of 1 (True passes ``ge=1``); tuples of numbers and of names
+    still pass."""
+    from normalcy.detectors.musc import MuSc
+    from normalcy.detectors.registry import create as create_image
+
+    with pytest.raises(InputError, match=r"channels: a number is wanted here, not a flag \(got \(True, 32, 32\)\)"):
+        create_image("efficientad", channels=(True, 32, 32))
+    with pytest.raises(InputError, match="ae_channels: a number is wanted here, not a flag"):
+        create_image("efficientad", ae_channels=[16, False])
+    with pytest.raises(ValueError, match="radii\n.*a number is wanted here, not a flag"):
+        MuSc.Params(radii=(3, True))
+    assert create_image("efficientad", channels=(16, 32, 32)).channels == (16, 32, 32)
+    assert MuSc.Params(radii=(3, 5), levels=("a", "b")).levels == ("a", "b")
+
+
 def test_a_flag_for_a_name_is_told_what_names_are_taken() -> None:
     """The check for a flag given for a number fired for every parameter that is no flag: musc's image_score=True
     (a name, "max" or "max-median") and auto's candidates=True (detector names) were told "a number is wanted

@@ -39,6 +39,7 @@ that ``_fit`` returned: the model of the other folds, the bank without the image
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import logging
 import time
@@ -213,9 +214,32 @@ class HyperParams(BaseModel):
         where a number belongs is a mistake, named. Where no number belongs (``image_score``'s names, ``levels``,
         ``candidates``), pydantic's own message says what does."""
         kind = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and bool not in (kind, *typing.get_args(kind)) and _takes_a_number(kind):
+        if _flag_for_a_number(value, kind):
             raise PydanticCustomError("flag_for_number", "a number is wanted here, not a flag")
         return value
+
+
+def _flag_for_a_number(value: Any, kind: Any) -> bool:
+    """Whether ``value`` is a flag where a number belongs, or holds one where its tuple's item is a number
+    (``channels=(True, 32, 32)`` was a first width of 1)."""
+    if isinstance(value, bool):
+        return bool not in (kind, *typing.get_args(kind)) and _takes_a_number(kind)
+    if isinstance(value, (tuple, list)):
+        return any(_flag_for_a_number(item, item_kind) for item, item_kind in zip(value, _item_kinds(kind)))
+    return False
+
+
+def _item_kinds(kind: Any) -> Iterable[Any]:
+    """The types of a tuple field's items in order (``tuple[int, ...]``: int without end); none for another
+    type. Optional and Annotated tuples are looked into."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is tuple:
+        return itertools.repeat(args[0]) if len(args) == 2 and args[1] is Ellipsis else args
+    if origin is Annotated:
+        return _item_kinds(args[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return next((kinds for kinds in map(_item_kinds, args) if kinds), ())
+    return ()
 
 
 def _takes_a_number(kind: Any) -> bool:
