@@ -756,6 +756,8 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
     paths_in = _paths(inputs, "predict")
     output = _path(output, "output", "a run folder's path (a str or pathlib.Path)")
     if isinstance(model, (str, os.PathLike)):  # a run replaces its folder whole: the model in it went with it
+        if not os.path.lexists(model):  # first: a missing folder was told "--stream applies to series models"
+            raise no_model_json(Path(model))
         out, folder = resolved(output), resolved(model)
         if folder == out or out in folder.parents:
             raise InputError(f"{output}: holds the model {model}, and a run replaces its run folder: "

@@ -505,6 +505,13 @@ def test_predict_and_eval_replay_a_stream(data: Path, model: Path, tmp_path: Pat
                                                        "--ray", "local"))
 
 
+def test_predict_with_a_missing_model_folder_says_so_before_its_options(tmp_path: Path) -> None:
+    """``predict MISSING --stream`` said --stream applies to series models, not that the model is missing."""
+    for extra in ((), ("--stream",), ("--time-column", "t")):
+        assert one_line_error(cli("predict", tmp_path / "missing", tmp_path / "test.csv", "-o", tmp_path / "r",
+                                  *extra)) == f"error: {tmp_path / 'missing'}: not a normalcy model: no such file or folder"
+
+
 def test_a_run_says_what_it_pruned(tmp_path: Path) -> None:
     """Pure noise: a 1 % threshold is crossed now and then, and those crossings are pruned as noise; the run
     says how many, and a model fitted with --prune 0 keeps exactly those events."""
