@@ -144,6 +144,22 @@ def test_predict_and_watch_say_zoned_training_times_against_plain_ones(tmp_path:
     assert r.exit_code == 0 and "zone" not in r.stderr, r.stderr
 
 
+def test_watch_checks_each_series_zone_against_its_own_model(tmp_path: Path) -> None:
+    """A set's watch checked the feed's zone against the first series' model only: a plain feed for a model
+    fitted on zoned times said nothing when another series (plain, as its model) came first."""
+    from test_series_cli import cli
+
+    zone_csv(tmp_path / "set" / "a" / "train.csv", "+02:00")
+    zone_csv(tmp_path / "set" / "b" / "train.csv", "")
+    assert cli("fit", tmp_path / "set", "-o", tmp_path / "m", "-d", "pca", "--window", "8").exit_code == 0
+    rows = [line.split(",") for line in zone_csv(tmp_path / "t.csv", "", start_hour=24).read_text().splitlines()[1:]]
+    feed = tmp_path / "feed.csv"
+    feed.write_text("host,timestamp,cpu\n" + "".join(f"{h},{t},{v}\n" for h in "ba" for t, v, _ in rows[:5]))
+    r = cli("watch", tmp_path / "m", feed, "--series-column", "host")
+    said = "times without a zone read as UTC, while the model's training rows had times with one"
+    assert r.exit_code == 0 and r.stderr.count(said) == 1 and "line 7 (series a)" in r.stderr, r.stderr
+
+
 def test_predict_counts_zone_and_interval_lines_past_five_each_under_its_own_words(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Past five warnings, "... and N more series sampled at another interval" counted the zone lines too."""

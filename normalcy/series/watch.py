@@ -168,7 +168,8 @@ class Watcher:
         self.fields: list[str] = []
         self.comma = False
         self.warm_up_said = False  # that a plain detector's first rows score 0 (``_say_warm_up``)
-        self.zone_said = False  # that the first date's zone, or none, is not the training dates' (``_check_zone``)
+        self.zone_checked: set[str] = set()  # series whose first date was checked against their model's zone
+        self.zone_said: set[bool] = set()  # the rows' zone status (zoned or not) said against a model's other one
 
     @property
     def out_fields(self) -> tuple[str, ...]:
@@ -263,14 +264,19 @@ class Watcher:
         if not math.isnan(t):
             self.last_time[key] = t
 
-    def _check_zone(self, det: SeriesDetector, text: str, line: int) -> None:
-        """Say once a date with a zone where the model's training dates had none, or the other way round
-        (``io.zone_note``): each is read as UTC without one, silently."""
-        if self.zone_said or getattr(det, "zoned", None) is None or time_of(text, self.comma)[0] != "date":
+    def _check_zone(self, key: str, det: SeriesDetector, text: str, line: int) -> None:
+        """Say a date with a zone where the model's training dates had none, or the other way round
+        (``io.zone_note``): each is read as UTC without one, silently. Each series' first date is checked
+        against its own model (a set's were all checked against the first series' model); each of the two
+        mismatches is said once."""
+        if key in self.zone_checked or getattr(det, "zoned", None) is None or time_of(text, self.comma)[0] != "date":
             return
-        self.zone_said = True
-        note = zone_note(f"{self.source}, line {line}", zoned(text), "the model's training rows", det.zoned)
-        if note:
+        self.zone_checked.add(key)
+        rows_zoned = zoned(text)
+        note = zone_note(f"{self.source}, line {line}" + (f" (series {shortened(key)})" if self.series_column else ""),
+                         rows_zoned, "the model's training rows", det.zoned)
+        if note and rows_zoned not in self.zone_said:
+            self.zone_said.add(rows_zoned)
             log.warning("%s", note)
 
     def _not_scored(self, key: str, line: int, err: InputError, new: bool) -> None:
@@ -308,7 +314,7 @@ class Watcher:
             return None
         if self.time_at is not None:
             self._check_time(key, fields[self.time_at], line)
-            self._check_zone(stream.det, fields[self.time_at], line)
+            self._check_zone(key, stream.det, fields[self.time_at], line)
         values = np.empty(len(self.positions[key]))
         for j, at in enumerate(self.positions[key]):
             values[j] = cell_number(fields[at], self.comma)
