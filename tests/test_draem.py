@@ -198,6 +198,17 @@ def test_too_short_a_training_is_named_not_the_images(synthetic_root: Path, extr
     assert "blank" not in str(err.value)
 
 
+def test_too_short_a_training_on_one_held_out_image_is_said(synthetic_root: Path, extractor: FeatureExtractor,
+                                                           caplog: pytest.LogCaptureFixture):
+    """With one held-out image (fewer than 15 training images) the check above could not run: one step's DRAEM
+    gave every image the threshold's score, flagging all of them without a word. It is a warning now."""
+    ds = load_dataset(synthetic_root)
+    with caplog.at_level("WARNING", logger="normalcy"):
+        det = make(extractor, steps=1).fit(ds.train[:4], progress=False)
+    assert "training image(s) all score" in caplog.text and "train longer (--steps" in caplog.text, caplog.text
+    assert det.score(eval_paths(ds)[:2], progress=False).decisions.all()  # the case warned of
+
+
 @pytest.mark.parametrize("budget", [float("nan"), float("inf")])
 def test_a_time_budget_that_is_not_a_number_is_named_so(budget: float):
     """``--time-budget nan`` said "input should be less than or equal to 2592000 (got NaN)"."""

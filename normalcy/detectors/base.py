@@ -270,6 +270,7 @@ BATCH_PIXELS = 8 * 1024 * 1024
 # Images whose scores a bf16 fit takes again with fp32 features, for the threshold of its fp32 export
 # (``Detector._fp32_threshold``): at most this many, a quarter of the images and BATCH_PIXELS of input.
 FP32_SAMPLE = 16
+PROBE_IMAGES = 4  # training images scored to see that scores vary, where one held-out image cannot show it
 
 
 def batch_for(size: tuple[int, int], batch_size: int) -> int:
@@ -533,8 +534,22 @@ class Detector(ParamsEstimator):
         self.n_train_ = counted.n + n_held  # readable training images, held-out ones included
         self.features_ = features_of(self.extractor)
         self._set_threshold(calib)  # type: ignore[arg-type]
+        if len(calib.scores) == 1:  # type: ignore[union-attr]
+            self._say_if_scores_do_not_vary(train)
         self.threshold_fp32_ = self._fp32_threshold(calib, sample)  # type: ignore[arg-type]
         return self
+
+    def _say_if_scores_do_not_vary(self, train: Sequence[Any]) -> None:
+        """One held-out score (a trained detector on fewer than 15 images) cannot show that scores do not vary,
+        so ``_set_threshold``'s check could not run: an under-trained DRAEM then gave every image the threshold's
+        score and flagged them all without a word. A few training images, scored too, show it: a warning."""
+        probe = self._calibration(self._batches(list(train[:PROBE_IMAGES])))
+        if probe is None:
+            return
+        if _all_equal(np.append(probe.scores, self.threshold_)):
+            log.warning("%s: the held-out image and %d training image(s) all score %.4g, the threshold, so every "
+                        "image scoring it is flagged: %s", self.name, probe.scores.size, self.threshold_,
+                        self._why_scores_do_not_vary())
 
     def _fp32_sample(self, n: int) -> set[int]:
         """Positions among n images whose scores a bf16 fit takes again with fp32 features, at random: one
@@ -599,7 +614,7 @@ class Detector(ParamsEstimator):
         if scores.size == 0 or not np.isfinite(scores).all():
             raise InputError(f"{self.name}: scores of the normal training images are not finite numbers; "
                              "the images may be blank or identical")
-        if scores.size > 1 and np.ptp(scores) <= 1e-9 * max(1.0, float(np.abs(scores).max())):
+        if scores.size > 1 and _all_equal(scores):
             raise InputError(f"{self.name}: the normal training images all score the same ({scores[0]:.4g}): "
                              f"{self._why_scores_do_not_vary()}, so nothing sets a threshold")
         if scores.size < 20:
@@ -828,6 +843,11 @@ def _image(im: np.ndarray, i: int) -> np.ndarray:
     if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3 or 0 in im.shape:
         raise InputError(f"image {i}: expected an H x W x 3 uint8 array, got {im.dtype} of shape {im.shape}")
     return im
+
+
+def _all_equal(scores: np.ndarray) -> bool:
+    """Whether scores are one value, to a billionth of their size (float noise of a network's identical output)."""
+    return bool(np.ptp(scores) <= 1e-9 * max(1.0, float(np.abs(scores).max())))
 
 
 def holdout_count(n: int, fraction: float) -> int:
