@@ -216,6 +216,22 @@ def test_a_time_budget_that_is_not_a_number_is_named_so(budget: float):
         DRAEM(FeatureExtractor(image_size=64), time_budget=budget)
 
 
+def test_eval_json_names_the_input_draem_scores(synthetic_root: Path, extractor: FeatureExtractor):
+    """``eval --json`` gave DRAEM the backbone, normalisation and pool grid of a feature extractor it never runs
+    and not its own input_size; it gives what it scores with, as the report does."""
+    from normalcy.evaluation.evaluate import run_eval
+
+    ds = load_dataset(synthetic_root)
+    out, _, _ = run_eval(ds, "draem", extractor, progress=False, latency_images=0,
+                         detector_kwargs={"steps": 1, **TINY, "input_size": 96})
+    assert (out["backbone"], out["input_norm"], out["pool_grid"], out["input_size"]) == (None, None, None, 96)
+    assert out["image_size"] == 64
+    from normalcy.detectors import GaussianAD
+    from normalcy.detectors.base import own_input_size
+
+    assert own_input_size(GaussianAD(extractor)) is None  # a feature detector keeps its backbone's entries
+
+
 def test_report_names_the_input_draem_scores(extractor: FeatureExtractor):
     """The report said "backbone efficientnet_lite0, input 64x64 px, own normalisation": DRAEM scores with neither
     the backbone nor its normalisation, at its own input_size."""

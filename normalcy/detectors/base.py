@@ -917,16 +917,22 @@ class _Counter:
                         round(DARK * 255), ", ".join(self.dark[:3]), ", ..." if len(self.dark) > 3 else "")
 
 
+def own_input_size(model: Any) -> int | None:
+    """The input_size of a model that scores with networks of its own, None for one that scores features. DRAEM
+    and EfficientAD score the image at input_size without the backbone, its normalisation or its pooling: reports
+    naming them ("224x224 px, own normalisation") described what they never see."""
+    side = getattr(model, "input_size", None)
+    return side if not getattr(model, "uses_features", True) and isinstance(side, int) else None
+
+
 def report_info(model: Any) -> dict[str, str]:
     """What a report says about an image model (a Detector or MuSc): detector, backbone, input, and what ``auto``
     or ``--tune`` chose on which validation numbers (a report is read by people who never open model.json)."""
     h, w = model.extractor.size
     info = {"detector": model.name, "backbone": model.extractor.spec.name,
             "input": f"{h}x{w} px, {model.extractor.input_norm} normalisation"}
-    side = getattr(model, "input_size", None)
-    if not getattr(model, "uses_features", True) and isinstance(side, int):
-        # DRAEM and EfficientAD score the image with their own networks at input_size, without the backbone or its
-        # normalisation: "224x224 px, own normalisation" described what they never see
+    side = own_input_size(model)
+    if side is not None:
         info["backbone"] += " (not run when scoring)"
         info["input"] = f"{h}x{w} px, then {side}x{side} px for its own networks (input_size)"
     choice = getattr(model, "choice", None)

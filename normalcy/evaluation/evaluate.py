@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from normalcy.detectors import Detector, MuSc, Result
-from normalcy.detectors.base import Maps, report_info
+from normalcy.detectors.base import Maps, own_input_size, report_info
 from normalcy.errors import ImageError, InputError
 from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
@@ -299,14 +299,16 @@ def run_eval(
     masks, maps = pixel_inputs(ds.test, result)
     warn_no_masks(labels, masks, ds.root / "test")
     metrics = evaluate(labels, result.scores, masks, maps)
+    own = own_input_size(det)  # DRAEM, EfficientAD: no backbone, its normalisation or pooling; their input_size
     out: dict[str, Any] = {
         "detector": detector if detector != "auto" else f"auto: {det.name}",
         "dataset": ds.name,
-        "backbone": det.extractor.spec.name,
-        "input_norm": None if zero_shot else det.extractor.input_norm,
+        "backbone": None if own is not None else det.extractor.spec.name,
+        "input_norm": None if zero_shot or own is not None else det.extractor.input_norm,
         "image_size": det.extractor.image_size,
+        **({} if own is None else {"input_size": own}),
         "precision": det.extractor.precision,
-        "pool_grid": det.extractor.pool_grid,
+        "pool_grid": None if own is not None else det.extractor.pool_grid,
         "choice": None if zero_shot else det.choice,  # auto / --input-norm auto / --tune: chosen on what
         "n_train": 0 if zero_shot else det.n_train_,
         "n_test": len(result.paths),
