@@ -130,7 +130,7 @@ class ExtractorOptions:
         fitted with ``--tune`` would otherwise quietly ignore it."""
         for f in fields(self):
             if getattr(self, f.name) != f.default:
-                raise InputError(f"--{f.name.replace('_', '-')} applies to images only, not to {kind}")
+                raise InputError(f"{option(f.name)} applies to images only, not to {kind}")
 
     @property
     def input_norms(self) -> tuple[str, ...]:
@@ -763,9 +763,9 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
             raise InputError(f"{output}: holds the model {model}, and a run replaces its run folder: "
                              "choose another --output")
     if stream and ray is not None:
-        raise InputError("--stream replays each series in this process; it does not run on Ray")
+        raise InputError(f"{option('stream')} replays each series in this process; it does not run on Ray")
     if top is not None and report is False:
-        raise InputError("--top counts what the report shows; with --no-report there is no report")
+        raise InputError(f"{option('top')} counts what the report shows, and the report is off")
     series_model = isinstance(model, (SeriesDetector, SeriesSet)) or (
         isinstance(model, (str, Path)) and is_series_model(Path(model)))
     if series_model:
@@ -786,7 +786,8 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
                                report=report is not False, top=SERIES_TOP if top is None else top, stream=stream,
                                progress=progress)
     if time_column is not None or series_column is not None or stream:
-        raise InputError("--time-column, --series-column and --stream apply to series models (fitted on a series)")
+        raise InputError(f"{option('time_column')}, {option('series_column')} and {option('stream')} apply to series "
+                         "models (fitted on a series)")
     if isinstance(model, (str, Path)):
         model = Path(model)
         if is_exported(model) and (ray is not None or embeddings):
@@ -821,7 +822,7 @@ def _check_top(top: Optional[int]) -> None:
     if top is not None and (isinstance(top, bool) or not isinstance(top, numbers.Integral)):
         raise TypeError(f"top must be a whole number of images or series, got {type(top).__name__}")
     if top is not None and not 0 <= top <= MAX_TOP:
-        raise InputError(f"--top must be between 0 and {MAX_TOP} (got {top:g})")
+        raise InputError(f"{option('top')} must be between 0 and {MAX_TOP} (got {top:g})")
 
 
 def _not_applying(kind: str, **given: Any) -> None:
@@ -829,7 +830,7 @@ def _not_applying(kind: str, **given: Any) -> None:
     (``--label-column`` on images: the anomalous images the user meant to leave out were fitted on)."""
     for name, value in given.items():
         if value not in (None, False):
-            raise InputError(f"--{name.replace('_', '-')} does not apply to {kind}")
+            raise InputError(f"{option(name)} does not apply to {kind}")
 
 
 def _own_embeddings(kind: str, embeddings: Optional[bool], scored: str) -> None:

@@ -44,6 +44,10 @@ def test_python_calls_name_the_argument_not_the_command_line_option(tmp_path) ->
         normalcy.fit(table, window=8)
     with pytest.raises(InputError, match=r"^event_gap applies to series only"):
         normalcy.fit(table, event_gap=3)
+    with pytest.raises(InputError, match=r"^time_column, series_column and stream apply to series models"):
+        normalcy.predict(table, [table], tmp_path / "run", stream=True)
+    with pytest.raises(InputError, match=r"^tune applies to images only"):
+        normalcy.fit(table, tune=True)
     r = CliRunner().invoke(app, ["fit", str(table), "-o", str(tmp_path / "m"), "--window", "8"])
     assert r.exit_code == 1 and "--window applies to series only" in r.output, r.output
 
