@@ -12,7 +12,7 @@ from PIL import Image
 
 from normalcy.detectors import DETECTORS
 from normalcy.errors import InputError
-from normalcy.evaluation.validation import CANDIDATES, choose_detector, synthetic_split
+from normalcy.evaluation.validation import CANDIDATES, synthetic_split
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import list_files
 
@@ -40,21 +40,30 @@ def test_with_backbone_keeps_every_other_option() -> None:
     assert ex.with_backbone("efficientnet_lite0") is ex
 
 
-def test_choice_is_a_candidate_with_its_validation_numbers(tmp_path: Path) -> None:
-    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
-    name, found, won = choose_detector(list_files(root / "train" / "good"),
-                                       FeatureExtractor(image_size=64, precision="fp32"))
+@pytest.fixture(scope="module")
+def auto_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One `normalcy fit -d auto` (64 px, 16 training images) and its model.json: the tests below check
+    different properties of the same selection (a selection costs every candidate's fit). --input-norm own: the
+    candidates alone, as choose_detector tries them (auto's extra normalisations are tested on their own)."""
+    tmp = tmp_path_factory.mktemp("auto")
+    root = make_synthetic_dataset(tmp / "ds", n_train=16)
+    r = run_cli("fit", root / "train" / "good", "-o", tmp / "m", "-d", "auto", "--image-size", "64",
+                "--input-norm", "own")
+    assert r.returncode == 0, r.stderr
+    return root, json.loads((tmp / "m" / "model.json").read_text())
+
+
+def test_choice_is_a_candidate_with_its_validation_numbers(auto_fit: tuple[Path, dict]) -> None:
+    choice = auto_fit[1]["choice"]  # choose_detector's (name, found, won), as fit_auto keeps them
+    name, found, won = choice["chosen"], choice["validation_auroc"], choice["wins"]
     assert name in CANDIDATES and set(found) == set(CANDIDATES) and 0.0 <= won <= 1.0
     assert all(0.0 <= v <= 1.0 for v in found.values())
     # the first candidate stays unless the best other beats it in 95 % of bootstrap resamples
     assert name == (max(found, key=found.get) if won >= 0.95 else CANDIDATES[0])
 
 
-def test_cli_fit_auto_records_the_choice(tmp_path: Path) -> None:
-    root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
-    r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m", "-d", "auto", "--image-size", "64")
-    assert r.returncode == 0, r.stderr
-    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+def test_cli_fit_auto_records_the_choice(auto_fit: tuple[Path, dict], tmp_path: Path) -> None:
+    root, meta = auto_fit
     assert meta["detector"] == meta["choice"]["chosen"] in CANDIDATES
     assert meta["extractor"]["backbone"] == DETECTORS[meta["detector"]].default_backbone  # no --backbone: its own
     r = run_cli("fit", root / "train" / "good", "-o", tmp_path / "m2", "-d", "auto", "--steps", "5")
