@@ -172,16 +172,17 @@ def test_predict_refuses_unknown_format_version(gaussian_64: tuple[Path, Path], 
     assert "format version" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_eval_json_is_exactly_one_object(tmp_path: Path) -> None:
-    ds = make_dataset(tmp_path / "ds")
-    r = normalcy("eval", str(ds), "--detector", "gaussian", "--json", "--image-size", "96",
+def test_eval_json_is_exactly_one_object(gaussian_64: tuple[Path, Path], tmp_path: Path) -> None:
+    """gaussian_64's data set (eval only reads it) at its 64 px: 96 px and a data set of its own cost seconds."""
+    ds = gaussian_64[1]
+    r = normalcy("eval", str(ds), "--detector", "gaussian", "--json", "--image-size", "64",
                  "--report", str(tmp_path / "eval.html"))
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert EVAL_KEYS <= set(result)
-    assert result["n_train"] == 10 and result["n_test"] == 6
+    assert result["n_train"] == 6 and result["n_test"] == 6
     assert result["image_auroc"] >= 0.9
     assert 0.5 < result["pixel_auroc"] <= 1.0
     assert (tmp_path / "eval.html").is_file()
@@ -290,10 +291,11 @@ def test_bad_detector_parameters_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_warnings_reach_the_user(tmp_path: Path) -> None:
     """Python warnings are shown on stderr, not swallowed: here a ground-truth mask of the wrong size."""
-    ds = make_dataset(tmp_path / "ds", n_train=6)
+    # the fewest images an eval takes (gaussian fits 5, a good and a defect to score), small: the process is the point
+    ds = make_synthetic_dataset(tmp_path / "ds", n_train=5, n_good=1, n_defect=1)
     mask = ds / "ground_truth" / "defect" / "000_mask.png"
     Image.open(mask).resize((48, 48)).save(mask)
-    r = normalcy_process("eval", str(ds), "--image-size", "64", "--json")  # pytest records warnings in-process
+    r = normalcy_process("eval", str(ds), "--image-size", "32", "--json")  # pytest records warnings in-process
     assert r.returncode == 0, r.stderr
     assert "resized" in r.stderr and "000_mask.png" in r.stderr
     assert "MaskSizeWarning" not in r.stderr and "return " not in r.stderr  # not Python's file:line and source line
