@@ -248,10 +248,7 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
     Tables are read on the driver by the one-process reader (the same columns, ids and errors), then scored
     in blocks of 4,096 rows on the workers.
     """
-    try:
-        import ray.data
-    except ImportError:
-        raise InputError(NEEDS_RAY) from None
+    ray = import_ray(data=True)
 
     from normalcy.detectors import load
     from normalcy.vectors.tables import is_vector_model, load_vector_model, table_inputs
@@ -521,12 +518,15 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def import_ray() -> Any:
-    """The ray module, or the one-line InputError saying how to install it: called before any series is read
-    (``normalcy.api``), so that a run without Ray says so at once, not after every file was read."""
+def import_ray(data: bool = False) -> Any:
+    """The ray module (``data``: with Ray Data, which images and tables run on), or the one-line InputError saying
+    how to install it: called before any series is read (``normalcy.api``), so that a run without Ray says so at
+    once, not after every file was read."""
     try:
         import ray
-        import ray.util
+
+        if data:
+            import ray.data  # noqa: F401 - ray.data is used as an attribute of ray
     except ImportError:
         raise InputError(NEEDS_RAY) from None
     return ray
