@@ -49,6 +49,7 @@ from normalcy.review.ranking import DEFAULT_STRATEGY, strategies_help
 from normalcy.runs.format import EMBEDDINGS, SERIES, VECTORS, add_embeddings, read_run_json
 from normalcy.series import registry as series_registry
 from normalcy.series.runs import SeriesSet, is_series_input, is_series_model
+from normalcy.series.stream import HELD
 from normalcy.vectors.registry import DEFAULT_DETECTOR as DEFAULT_VECTOR_DETECTOR
 from normalcy.vectors.registry import VECTOR_DETECTORS
 from normalcy.vectors.tables import (
@@ -541,7 +542,7 @@ def watch(
                   alarms_only=alarms_only, follow=follow, idle=idle, save=save)
     problems = "; ".join(f"{n} line(s): {kind}" for kind, n in s.problems.items())
     console.print(f"watched {s.rows} rows of {s.series} series: {s.alarms} alarm(s); {s.skipped} line(s) skipped, "
-                  f"{s.held} value(s) held at their last value" + (f" ({problems})" if problems else ""),
+                  f"{s.held} value(s) {HELD}" + (f" ({problems})" if problems else ""),
                   highlight=False, soft_wrap=True)
     if s.closed:
         console.print("stopped: the output was closed by its reader", highlight=False, soft_wrap=True)

@@ -58,6 +58,69 @@ def test_watch_a_file_scores_every_row_as_the_stream_does(fitted: Path) -> None:
 
 
 
+def _with_gaps(fitted: Path, tmp_path: Path) -> Path:
+    """live.csv with missing cells: the first row's cpu, four rows of cpu in a row (empty and NaN), a logger's
+    'error' in mem; 6 values in all."""
+    text = open(fitted / "live.csv").read().splitlines()
+    for line, column, cell in ((1, 1, ""), (41, 1, ""), (42, 1, "NaN"), (43, 1, ""), (44, 1, ""), (90, 2, "error")):
+        fields = text[line].split(",")
+        fields[column] = cell
+        text[line] = ",".join(fields)
+    (tmp_path / "gaps.csv").write_text("\n".join(text) + "\n")
+    return tmp_path / "gaps.csv"
+
+
+def test_predict_stream_holds_a_missing_value_as_watch_and_the_stream_do(fitted: Path, tmp_path: Path) -> None:
+    """predict --stream read the file through the offline reader, which interpolates a missing value from the
+    next one (a row still to come) and fills the first rows from the first value; a live stream holds it at
+    its column's last value (the training median before any). The replay now holds it too: predict --stream,
+    watch and Stream.run score the same file alike row by row, and say the held values alike."""
+    gaps = _with_gaps(fitted, tmp_path)
+    rows = list(csv.DictReader(open(gaps)))
+    values = np.array([[cell_number(x["cpu"]), cell_number(x["mem"])] for x in rows])
+    want = Stream(load_series_model(fitted / "model")).run(values)
+    r = cli("predict", fitted / "model", gaps, "-o", tmp_path / "run", "--stream")
+    assert r.exit_code == 0, r.stderr
+    got = np.array([float(x["score"]) for x in csv.DictReader(open(tmp_path / "run" / "scores.csv"))])
+    np.testing.assert_allclose(got, want.score, rtol=1e-5, atol=1e-9)  # interpolated: 250 rows differed, by 0.86
+    assert "gaps.csv: 6 missing or non-finite value(s) held at their column's last value (cpu 5, mem 1)" in r.stderr
+    w = cli("watch", fitted / "model", gaps)
+    assert w.exit_code == 0, w.stderr
+    np.testing.assert_allclose([float(x["score"]) for x in csv.DictReader(io.StringIO(w.stdout))], want.reported,
+                               rtol=1e-5, atol=1e-9)
+    assert "6 value(s) held at their column's last value" in w.stderr
+    offline = cli("predict", fitted / "model", gaps, "-o", tmp_path / "offline")  # without --stream: as documented
+    assert "6 missing or non-finite value(s) interpolated linearly along time (cpu 5, mem 1)" in offline.stderr
+
+
+def test_a_stream_holds_its_first_missing_values_at_the_training_median(fitted: Path) -> None:
+    det = load_series_model(fitted / "model")
+    stream = Stream(det)
+    first = np.array([[np.nan, np.nan], [np.nan, 0.5], [np.inf, np.nan]])
+    np.testing.assert_array_equal(stream.held(first), [det.mean_, [det.mean_[0], 0.5], [det.mean_[0], 0.5]])
+    assert stream.filled == 5
+
+
+def test_a_replay_refuses_rows_the_reader_sorted_or_merged(fitted: Path, tmp_path: Path) -> None:
+    """A file's reader sorts rows by time and keeps the last row of a repeated time: rows still to come, which a
+    stream cannot see (watch scores them in the order they come, saying each). predict --stream replayed the
+    sorted rows; it now refuses such a file in one line naming the first such row, the other files going on."""
+    from normalcy.series.runs import in_file_order, read_series_file
+    text = open(fitted / "live.csv").read().splitlines()
+    text[7], text[8] = text[8], text[7]  # data row 8 goes back
+    text[21] = text[20].split(",")[0] + "," + text[21].split(",", 1)[1]  # data row 21 repeats row 20's time
+    (tmp_path / "unsorted.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(InputError, match=r"unsorted.csv: 1 row\(s\) whose time goes back and 1 row\(s\) repeating a "
+                                         r"time \(the first: row 8\); a stream scores rows in the order they come"):
+        in_file_order(read_series_file(tmp_path / "unsorted.csv", None, None).series[0])
+    in_file_order(read_series_file(fitted / "live.csv", None, None).series[0])  # in order: nothing to say
+    r = cli("predict", fitted / "model", tmp_path / "unsorted.csv", fitted / "live.csv", "-o", tmp_path / "run",
+            "--stream")
+    assert r.exit_code == 0, r.stderr
+    skipped = (tmp_path / "run" / "skipped.csv").read_text()
+    assert "unsorted.csv" in skipped and "whose time goes back" in skipped and "scored 300 rows" in r.stderr
+
+
 def test_a_metric_name_with_a_semicolon_stays_one_name_in_the_metrics_field(fitted: Path, tmp_path: Path) -> None:
     """The metrics field joined names with ";" unescaped, so "cpu;user" read as two metrics; it is escaped
     as events.csv escapes it, and runs.format.split_metrics reads it back whole."""

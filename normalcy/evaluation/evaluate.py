@@ -443,9 +443,11 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
                 det = registry.create(detector, **params).fit(train, progress=False)
                 t1 = time.perf_counter()
                 te = model_columns(det, te, time_column)
-                notes += [f"{folder.name}/{n}" for n in dict.fromkeys([*train.notes, *te.notes])]
                 past = model_columns(det, train, time_column).values if te.time[0] > train.time[-1] else None
-                scored = (replay_series if stream else score_series)(det, te, past)
+                try:
+                    scored = (replay_series if stream else score_series)(det, te, past)
+                finally:  # after the replay, whose note of missing values says they were held, not interpolated
+                    notes += [f"{folder.name}/{n}" for n in dict.fromkeys([*train.notes, *te.notes])]
                 if scored.blind:
                     unjudged.append((folder.name, scored))
                 score_s += time.perf_counter() - t1

@@ -46,6 +46,7 @@ TIME_NAMES = ("timestamp", "time", "date", "datetime")  # a time column found by
 MIN_ROWS = 16  # twice the shortest window: fewer rows cannot hold a window and what follows it
 GAP_FACTOR = 3.0  # an interval over 3x the median interval is a gap
 MAX_TEXT_SHARE = 0.05  # of a value column's cells that may be text ("error", "n/a", "-"), read as missing
+INTERPOLATED = "interpolated linearly along time"  # how the reader fills a missing value (its note says so)
 
 
 @dataclass
@@ -69,6 +70,9 @@ class Series:
     # whether its times are dates with a zone (+02:00, Z, a Parquet timestamp's tz); None: numbers, not dates. Dates
     # without one are read as UTC: predict, eval and watch say where a model's training times and these disagree
     zoned: bool | None = None
+    # (n, d) bool: the values that were missing and are interpolated (None: none were). Interpolation reads the next
+    # value, a row of the future: a stream's replay (runs.replay_series) holds these at the last value instead
+    missing: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.time)
@@ -93,7 +97,8 @@ class Series:
         if extra:
             notes.append(left_out(self.source.name, extra, of) + hint)
         order = [self.columns.index(c) for c in columns]
-        return replace(self, values=self.values[:, order], columns=tuple(columns), notes=notes)
+        missing = None if self.missing is None else self.missing[:, order]
+        return replace(self, values=self.values[:, order], columns=tuple(columns), notes=notes, missing=missing)
 
 
 def left_out(where: str, columns: list[str], of: str) -> str:
@@ -390,8 +395,8 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
                 raise InputError(f"{where}: column {columns[j]!r} has no value in any row")
             values[bad, j] = np.interp(time[bad], time[~bad], values[~bad, j])
             counts.append(f"{columns[j]} {int(bad.sum())}")
-        notes.append(f"{where}: {int(missing.sum())} missing or non-finite value(s) interpolated linearly along "
-                     f"time ({', '.join(counts[:10])}{' ...' if len(counts) > 10 else ''})")
+        notes.append(f"{where}: {int(missing.sum())} missing or non-finite value(s) {INTERPOLATED} "
+                     f"({', '.join(counts[:10])}{' ...' if len(counts) > 10 else ''})")
     constant = [c for c, hi, lo in zip(columns, values.max(axis=0), values.min(axis=0)) if hi == lo]
     if constant:
         notes.append(f"{where}: constant column(s) {constant[:10]} kept (a change in them still counts)")
@@ -404,7 +409,7 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
                          f"of {median:g} s), the largest {float(steps.max()):g} s; rows either side are "
                          "scored as consecutive")
     return Series(name, time, values, columns, labels, notes, path, np.asarray(file_rows, np.int64), row_of,
-                  time_col)
+                  time_col, missing=missing if missing.any() else None)
 
 
 def _id_hint(time: np.ndarray, values: np.ndarray, columns: tuple[str, ...]) -> str:

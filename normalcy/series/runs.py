@@ -33,7 +33,7 @@ import shutil
 import time
 import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
@@ -48,6 +48,7 @@ from normalcy.series import registry
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
 from normalcy.series.events import Event, events, pruned
 from normalcy.series.io import (
+    INTERPOLATED,
     SAMPLING_RATIO,
     SERIES_SUFFIXES,
     Series,
@@ -61,7 +62,7 @@ from normalcy.series.io import (
     untrained_folders,
     zone_note,
 )
-from normalcy.series.stream import Stream
+from normalcy.series.stream import HELD, Stream
 from normalcy.vectors.tables import csv_layout
 from normalcy.version import __version__
 
@@ -698,11 +699,14 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     reaches the stream's alarm level (0.3: as improbable as one normal row in a thousand). Events are those
     rows merged across the detector's gap, not pruned: a stream cannot see the rest of the series that the
     pruning compares a peak with. For series that drift after the training rows (NAB's); a long anomaly is
-    learned as it goes on (docs/benchmarks.md, SKAB)."""
-    z = det.standardise(s)  # checks the columns and values
+    learned as it goes on (docs/benchmarks.md, SKAB). A missing value is held at its column's last value, as
+    ``normalcy watch`` holds it (not interpolated from the next value, a row still to come; its note says so);
+    rows the reader sorted or merged (times going back, repeated) are refused: a stream scores rows as they come."""
+    in_file_order(s)
+    stream = Stream(copy.deepcopy(det), past=past, resume=False)  # it learns: the model itself stays as fitted
+    z = det.standardise(_held(stream, s))  # checks the columns and values
     k = 0 if past is None else min(len(past), det.context - 1)  # rows of past the stream starts with
     det.check_scorable(len(z) + k, str(s.source))
-    stream = Stream(copy.deepcopy(det), past=past, resume=False)  # it learns: the model itself stays as fitted
     if not stream.auto and len(z) <= MIN_CALIBRATION:  # its warm-up would be the whole series, every score 0
         raise InputError(f"{s.source}: {len(z)} row(s), but a stream of {det.name} (--stream) learns its "
                          f"calibration on its first {MIN_CALIBRATION} rows, which score 0: no row could be scored; "
@@ -716,6 +720,34 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
         scored.blind = min(len(z), warm)
         scored.blind_why = f"a stream of {det.name} learns its score calibration on its first {warm} rows"
     return scored
+
+
+def in_file_order(s: Series) -> None:
+    """InputError where the reader sorted a series' rows by time or merged the rows of a repeated time (a file's
+    ``row_of``): a stream scores rows in the order they come, each a row of its own (``normalcy watch`` says
+    such rows and scores them so), and cannot put a row before one it has already scored."""
+    rows = s.row_of
+    if rows is None or (len(rows) == len(s) and (np.diff(rows) == 1).all()):
+        return
+    steps = np.diff(rows)
+    back, repeated = int((steps < 0).sum()), len(rows) - len(s)
+    said = [f"{n} row(s) {what}" for n, what in ((back, "whose time goes back"), (repeated, "repeating a time"))
+            if n]
+    first = int(np.asarray(s.file_rows)[np.flatnonzero(steps < 1)[0] + 1]) + 1  # as the reader's note numbers rows
+    raise InputError(f"{s.source}: {' and '.join(said)} (the first: row {first}); a stream scores rows in the order "
+                     "they come, each its own, and cannot sort them by rows still to come: sort the file with one "
+                     f"row a time, or score it without {option('stream')}")
+
+
+def _held(stream: Stream, s: Series) -> Series:
+    """The series (in the model's columns) with the values the reader interpolated held instead, as ``stream``
+    holds a missing value (``Stream.held``): interpolation reads the next value, a row a stream has not seen.
+    Its note of them says so (the reader's said "interpolated", at read time)."""
+    if s.missing is None:
+        return s
+    s.notes[:] = [n.replace(INTERPOLATED, HELD) for n in s.notes]
+    gappy = stream.det.model_values(replace(s, values=np.where(s.missing, np.nan, s.values)))
+    return replace(s, values=stream.held(gappy), columns=tuple(stream.det.columns_), missing=None)
 
 
 def _scored(det: SeriesDetector, score: np.ndarray, decision: np.ndarray, threshold: float, evs: list[Event],

@@ -15,8 +15,9 @@ and what NAB (the Numenta Anomaly Benchmark) asks of a streaming detector:
   ``auto``, per member, combined by ``AutoDetector.combine``), divided by ``CAP_DECADES`` (10): 0.3 means
   "as improbable as one normal row in a thousand";
 * missing values: a sensor drops out, and a monitoring loop must not stop for it. A NaN or infinite value
-  is held at its column's last value (the training median before any row), as the offline reader
-  interpolates it; ``filled`` counts them and the first is logged;
+  is held at its column's last value (the training median before any row): the offline reader interpolates
+  it, which reads the next value, a row the stream has not seen, so a replay of a file (``predict --stream``)
+  holds it here too; ``filled`` counts them and the first is logged;
 * warm-up: a plain detector's calibration is learned from the stream's own rows, so its first
   MIN_CALIBRATION rows score 0 (a mean and spread of a handful of rows would page on the stream's second
   row); ``auto``'s is set on held-out training rows and needs none;
@@ -43,6 +44,7 @@ from normalcy.vectors.tables import cell_number
 log = logging.getLogger("normalcy")
 
 QUIET_FACTOR = 1e-3  # a repeated alarm inside a quiet period is reported at this fraction of its score
+HELD = "held at their column's last value"  # what a stream does with missing values: watch and replay say it so
 
 
 @dataclass
@@ -177,8 +179,9 @@ class Stream:
         self.pending = self.early = 0
         self.rows = self.rows[max(0, len(self.rows) - self.ctx + 1):] if self.ctx > 1 else self.rows[:0]
 
-    def _held(self, A: np.ndarray) -> np.ndarray:
-        """Rows with each missing or non-finite value replaced by its column's last value (a copy if any)."""
+    def held(self, A: np.ndarray) -> np.ndarray:
+        """Rows with each missing or non-finite value replaced by its column's last value (a copy if any): the one
+        rule of ``update``, ``run`` and a file's replay (``runs.replay_series``), which then agree row by row."""
         bad = ~np.isfinite(A)
         if bad.any():
             A = np.array(A, dtype=np.float64)
@@ -199,8 +202,8 @@ class Stream:
         return A
 
     def _standardised(self, values: np.ndarray) -> np.ndarray:
-        """Rows as the detector sees them: missing values held (``_held``), then standardised."""
-        return self.det.standardise(self._held(_matrix(values, self.det.columns_)))
+        """Rows as the detector sees them: missing values held (``held``), then standardised."""
+        return self.det.standardise(self.held(_matrix(values, self.det.columns_)))
 
     def _report(self, score: float) -> tuple[float, int]:
         """(reported score, alarm) of the current row (self.t), the quiet period applied."""
@@ -236,8 +239,8 @@ class Stream:
         z = (a - self.det.mean_) / self.det.scale_ if a.shape == (self.d,) else None
         if z is not None and np.abs(z).max() <= MAX_Z:  # the common row (finite, in range) in one check
             self.last_raw = a.copy()
-        else:  # the rules of _held and _row, one at a time
-            z = self.det._row(self._held(self.det.row_values(a)[None])[0])
+        else:  # the rules of held and _row, one at a time
+            z = self.det._row(self.held(self.det.row_values(a)[None])[0])
         self._append(z)
         raw, contribs = self._raw_last(self._buf[max(0, self._n - self.ctx):self._n])
         scores, dec = self._calibrated(raw[None])
