@@ -475,6 +475,21 @@ def test_notes_of_series_folders_name_their_folder(data: Path, tmp_path: Path, c
     assert any(r.getMessage().startswith("a/train.csv: 1 missing") for r in caplog.records)
 
 
+def test_eval_stream_says_its_missing_values_were_held(data: Path, tmp_path: Path) -> None:
+    """eval --stream replays test.csv holding a missing value at its last value (as watch does); its note said
+    "interpolated", as the offline eval's does, since eval took the notes before the replay."""
+    folder = tmp_path / "servers" / "a"
+    folder.mkdir(parents=True)
+    shutil.copy(data / "a" / "train.csv", folder / "train.csv")
+    lines = (data / "a" / "test.csv").read_text().splitlines()
+    lines[5] = lines[5].split(",")[0] + ",," + ",".join(lines[5].split(",")[2:])  # a missing cpu
+    (folder / "test.csv").write_text("\n".join(lines) + "\n")
+    for extra, said in (((), "interpolated linearly along time"), (("--stream",), "held at their column's last value")):
+        r = cli("eval", folder.parent, "--json", "-d", "knn", *extra)
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["notes"] == [f"a/test.csv: 1 missing or non-finite value(s) {said} (cpu 1)"]
+
+
 def test_predict_and_eval_replay_a_stream(data: Path, model: Path, tmp_path: Path) -> None:
     """--stream: each series replayed as a monitoring loop runs it (scores from the past only, every row
     learned, calibrated to [0, 1], anomalous from the alarm level 0.3); the model folder itself is not
