@@ -371,9 +371,9 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         _not_applying("a series (every training row is fitted on)", label_column=label_column, id_column=id_column)
         fit_many: Any = functools.partial(fit_each, progress=progress)
         if ray is not None:
-            from normalcy.scale.distributed import fit_series_ray, import_ray
+            from normalcy.scale.distributed import fit_series_ray, ray_ready
 
-            import_ray()  # before the series are read: no Ray was said only after reading them all
+            ray_ready(ray)  # before the series are read: no Ray (or no answer) was said only after reading them all
             fit_many = functools.partial(fit_series_ray, address=ray, progress=progress)
         model: Any = fit_series(Path(train), det_opts.name(series=True), det_opts.series_kwargs(), time_column,
                                 series_column, fit_many=fit_many, progress=progress)
@@ -764,6 +764,8 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
                              "choose another --output")
     if stream and ray is not None:
         raise InputError(f"{option('stream')} replays each series in this process; it does not run on Ray")
+    if ray is not None and not isinstance(model, (str, Path)):
+        raise InputError("on Ray, give the model's folder (the workers load it from its files)")
     if top is not None and report is False:
         raise InputError(f"{option('top')} counts what the report shows, and the report is off")
     series_model = isinstance(model, (SeriesDetector, SeriesSet)) or (
@@ -772,14 +774,19 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
         _not_applying("a series model (its run draws series, not images)", heatmaps=heatmaps, save_maps=save_maps,
                       id_column=id_column)
         _own_embeddings("a series model", embeddings, "events")
+    elif ray is not None:
+        _not_applying("a run on Ray of images or a table (scores, skipped.csv and run.json only)",
+                      heatmaps=heatmaps, report=report, save_maps=save_maps)
+    if ray is not None:  # once, before any input is read: no Ray, or none answering, was said after reading it
+        from normalcy.scale.distributed import ray_ready
+
+        ray_ready(ray, data=not series_model)
     if isinstance(model, (str, Path)) and is_series_model(Path(model)):
         info = {"model": str(Path(model).resolve())}
         return _predict_series(load_series_model(Path(model)), paths_in, output, time_column, series_column, info,
                                report=report is not False, top=SERIES_TOP if top is None else top, ray=ray,
                                model_dir=Path(model), stream=stream, progress=progress)
     if isinstance(model, (SeriesDetector, SeriesSet)):
-        if ray is not None:
-            raise InputError("on Ray, give the model's folder (the workers load it from its files)")
         if isinstance(model, SeriesDetector):
             model._check_fitted()  # an unfitted one failed inside with an AttributeError ('window_')
         return _predict_series(model, paths_in, output, time_column, series_column, {"model": "in memory"},
@@ -795,13 +802,9 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
                              + ("--ray takes a model folder written by `normalcy fit`" if ray is not None else
                                 "it has no embeddings (predict with the model folder for them)"))
         if ray is not None:
-            _not_applying("a run on Ray of images or a table (scores, skipped.csv and run.json only)",
-                          heatmaps=heatmaps, report=report, save_maps=save_maps)
             return _predict_ray(model, paths_in, output, ray, trust_code, id_column)
         info = {"model": str(model.resolve())}
         model = load(model, trust_code=trust_code)
-    elif ray is not None:
-        raise InputError("on Ray, give the model's folder (the workers load it from its files)")
     else:
         info = {"model": "in memory"}
         _check_model(model)
@@ -903,12 +906,6 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     """Score each series of each input (a file, a series folder's test file, those of a folder of series
     folders) into one run folder; a file or series that cannot be scored is named in skipped.csv and the
     others go on. A set scores each series with its own model (by series id, or series folder name)."""
-    if ray is not None:  # refused before the series are read: they were all read first
-        from normalcy.scale.distributed import import_ray
-
-        if model_dir is None:
-            raise InputError("on Ray, give the model's folder (the workers load it from its files)")
-        import_ray()
     if isinstance(model, SeriesSet):
         series_column = series_column or model.series_column
         info |= {"detector": model.name, "models": len(model), "series_column": series_column}
@@ -958,7 +955,7 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
     if ray is not None:
         from normalcy.scale.distributed import score_series_ray
 
-        assert model_dir is not None  # refused above
+        assert model_dir is not None  # refused in predict
         jobs.extend(job[:3] for job in scoped_jobs() if job is not None)
         _say_sampled(sampled)
         results, cpus, used = score_series_ray(model_dir, model, [s for _, s, _ in jobs], ray, progress)

@@ -404,8 +404,9 @@ def test_ray_address_given_where_the_process_has_ray_already_is_warned_and_the_u
     port = there.rpartition(":")[2]
     elsewhere = "192.0.2.77:6379"  # TEST-NET: no Ray there, nor is it asked
     with caplog.at_level(logging.WARNING, logger="normalcy"):
-        for given in ("local", "auto", there, f"ray://{there}", f"localhost:{port}"):
+        for given in ("local", there, f"ray://{there}", f"localhost:{port}"):
             assert distributed._init(given)[1] == given
+        assert distributed._init("auto")[1] == there  # auto: the Ray it found, not "auto"
         assert not caplog.records
         assert distributed._init(elsewhere)[1] == there
     (record,) = caplog.records
@@ -417,3 +418,118 @@ def test_ray_address_given_where_the_process_has_ray_already_is_warned_and_the_u
     (tmp_path / "s.csv").write_text("t,v\n" + "".join(f"{k},{np.sin(k / 5):.4f}\n" for k in range(100)))
     predict(tmp_path / "m", tmp_path / "s.csv", tmp_path / "out", ray=elsewhere)
     assert json.loads((tmp_path / "out" / "run.json").read_text())["ray"] == there
+
+
+def _closed_port() -> str:
+    """A local HOST:PORT where nothing listens: connecting is refused at once (no probe timeout in the tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_an_address_where_no_ray_answers_is_refused_before_any_input_is_read(
+        image_run: tuple[Path, Path, Result, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--ray ADDRESS` with nothing listening there was said only after the series were read (all of them: minutes
+    for many), and for images and tables after they were listed; it is now refused first, once, for fit and for
+    predict of series, images and tables alike, as a missing Ray is. A reader that fails the test proves the order."""
+    import normalcy
+    from normalcy import api
+    from normalcy.errors import InputError
+    from normalcy.scale import distributed
+    from normalcy.vectors import tables
+
+    ds, image_model, _, _ = image_run
+    table_model, table, _ = _table_model(tmp_path, n=60)
+    series_model = tmp_path / "s"
+    registry.create("knn", window=8).fit(_series("a", 100), progress=False).save(series_model)
+    (tmp_path / "bad.csv").write_text("t,v\n1,2\n")
+
+    def read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an input was read")
+
+    for module, name in ((api, "fit_series"), (api, "iter_series_files"), (distributed, "input_paths"),
+                         (tables, "table_inputs"), (tables, "read_table")):
+        monkeypatch.setattr(module, name, read)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a user's fresh process: the address is used
+    address = _closed_port()
+    runs = {"fit series": lambda: normalcy.fit(tmp_path / "bad.csv", tmp_path / "set", series=True,
+                                               series_column="v", ray=address),
+            "predict series": lambda: normalcy.predict(series_model, tmp_path / "bad.csv", tmp_path / "o1",
+                                                       ray=address),
+            "predict images": lambda: normalcy.predict(image_model, ds / "test", tmp_path / "o2", ray=address),
+            "predict a table": lambda: normalcy.predict(table_model, table, tmp_path / "o3", ray=address)}
+    for what, run in runs.items():
+        with pytest.raises(InputError, match=rf"^--ray {address}: no Ray there \(") as err:
+            run()
+        assert "\n" not in str(err.value), what
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "m", "s", "t.parquet"]  # no run, no model
+
+
+def test_local_on_a_ray_of_another_machine_is_warned_and_the_used_one_recorded(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--ray local` in a process whose Ray is a cluster's on another machine (a user's ray.init(address=...), or
+    RAY_ADDRESS when Ray starts) ran there without a word, and run.json said "local". It is warned, naming the Ray
+    used, and that address is recorded; a Ray on this machine stays "local", silently."""
+    import logging
+
+    from normalcy.scale import distributed
+
+    there = ray.get_runtime_context().gcs_address
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        assert distributed._init("local")[1] == "local"
+        assert not caplog.records
+        monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "198.51.100.7")  # this driver elsewhere
+        assert distributed._init("local")[1] == there
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as when RAY_ADDRESS sends ray.init there
+        monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+        assert distributed._init("local")[1] == there
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.startswith(f"--ray local: this process has Ray initialised already (at {there}), on another")
+    assert "ray.shutdown()" in first
+    assert second.startswith(f"--ray local: RAY_ADDRESS sends it to the Ray at {there}, on another machine")
+
+
+def test_a_ray_address_variable_that_local_and_auto_go_to_is_checked_as_an_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAY_ADDRESS, where `local` and `auto` go when it is set: one that is no address was Ray's ValueError
+    traceback, and one where no Ray answers took minutes of Ray's retries. Each is one line, before any input."""
+    from normalcy.errors import InputError
+    from normalcy.scale import distributed
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_ADDRESS", "bogus")
+    with pytest.raises(InputError, match=r"^--ray auto \(RAY_ADDRESS=bogus\): RAY_ADDRESS is not a cluster's "):
+        distributed.ray_ready("auto")
+    closed = _closed_port()
+    monkeypatch.setenv("RAY_ADDRESS", closed)
+    with pytest.raises(InputError, match=rf"^--ray local \(RAY_ADDRESS={closed}\): no Ray there"):
+        distributed.ray_ready("local")
+
+
+def test_what_ray_init_raises_is_one_line_naming_the_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Ray's own start raised (`auto` with no Ray to find: ConnectionError) was a traceback."""
+    from normalcy.errors import InputError
+    from normalcy.scale import distributed
+
+    def init(**kwargs: object) -> None:
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(InputError) as err:
+        distributed._init("auto")
+    assert str(err.value) == ("--ray auto: Ray did not start: ConnectionError: Could not find any running Ray "
+                              "instance. Please specify the one to connect to")
+
+
+def test_a_ray_without_a_cpu_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray with no CPU (a user's ray.init(num_cpus=0), a head started with --num-cpus 0 and no worker yet) was
+    counted as 1 CPU, and the run waited for ever for its scorers to be placed. It is refused, naming it."""
+    from normalcy.errors import InputError
+    from normalcy.scale import distributed
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0})
+    with pytest.raises(InputError, match=r"^--ray local: the Ray used \(local\) has 0 CPUs; a run needs at least 1"):
+        distributed._init("local")

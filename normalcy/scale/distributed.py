@@ -9,8 +9,9 @@ so ``normalcy serve`` opens a run made on Ray as any other. Series are fitted an
 (``fit_series_ray``, ``score_series_ray``; the driver reads the files and writes the run folder as without
 Ray).
 
-Before Ray starts, the driver loads the model once (a bad one is one line, as without Ray), checks that
-every input exists and that a cluster's address answers (within seconds, not Ray's minutes of retries).
+Before any input is read, ``normalcy.api`` checks that Ray is installed and that a cluster's address answers
+(``ray_ready``: within seconds, not Ray's minutes of retries); before Ray starts, the driver loads the model once
+(a bad one is one line, as without Ray) and checks that every input exists.
 The run is written into a fresh folder beside OUTPUT that replaces it when complete
 (``normalcy.runs.format.staged``): never appended to an earlier run.
 
@@ -169,50 +170,117 @@ class _TableScorer:
         return {ROW: batch[ROW], "score": scores, "skipped": reasons}
 
 
+def ray_ready(address: str, data: bool = False) -> Any:
+    """The ray module, with ``address`` checked before any input is read (each refusal one line, at once): Ray
+    installed (``import_ray``) and, unless this process has Ray initialised already (the run goes to that one,
+    ``_init``), a cluster's address answering (``_probe``). Called once, up front, by ``normalcy.api``'s fit and
+    predict: an address where nothing answered was said only after every series (image list, table) was read."""
+    ray = import_ray(data)
+    if not ray.is_initialized():
+        _probe(address)
+    return ray
+
+
+def _env_address(address: str) -> str:
+    """The RAY_ADDRESS that ``ray.init`` goes to for ``local`` and ``auto`` (it overrides no address, and
+    ``auto``), or "" where none is set."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    return env if address in ("local", "auto") and env not in ("local", "auto") else ""
+
+
+def _named(address: str) -> str:
+    """``--ray ADDRESS`` as messages name it, with the RAY_ADDRESS that Ray goes to instead where one is set."""
+    env = _env_address(address)
+    return f"--ray {address}" + (f" (RAY_ADDRESS={env})" if env else "")
+
+
 def _probe(address: str) -> None:
     """Refuse a cluster address that does not answer, in seconds: ray.init retries one for minutes. ``local``
-    (start Ray here) and ``auto`` (find the one on this machine) are left to Ray."""
-    if address in ("local", "auto"):
+    (start Ray here) and ``auto`` (find the one on this machine) are left to Ray, unless RAY_ADDRESS sends them
+    to a cluster: that address is checked so."""
+    target = _env_address(address) or address
+    if target in ("local", "auto"):
         return
-    hostport = address.removeprefix("ray://")
+    hostport = target.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
     host = host.strip("[]")  # [::1]:6379
     if not sep or not host or not port.isdigit():
+        if target != address:
+            raise InputError(f"{_named(address)}: RAY_ADDRESS is not a cluster's HOST:PORT (e.g. 10.0.0.5:6379): "
+                             "correct or unset it")
         raise InputError(f"--ray {address}: expected local, or a cluster's HOST:PORT (e.g. 10.0.0.5:6379)")
     try:
         socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
     except OSError as err:
-        raise InputError(f"--ray {address}: no Ray there ({err.strerror or err}); is `ray start --head` "
+        raise InputError(f"{_named(address)}: no Ray there ({err.strerror or err}); is `ray start --head` "
                          "running on that machine, and the port open?") from None
 
 
 def _init(address: str) -> tuple[int, str]:
     """Connect to (or start) Ray: the CPUs it offers, and the address of the Ray used (for run.json). A process
-    that has Ray initialised already (a Python API user's own ``ray.init``) runs on that one (``_initialised``)."""
+    that has Ray initialised already (a Python API user's own ``ray.init``) runs on that one (``_used``). The
+    address was checked before any input was read (``ray_ready``); what Ray's own start still raises, and a Ray
+    with no CPU (where the run waited for ever), are one line each."""
     import ray
 
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ start-up notices, not for our users
     warnings.filterwarnings("ignore", module=r"ray\..*")
-    used = address
-    if not ray.is_initialized():
+    initialised = ray.is_initialized()
+    if not initialised:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-        if address == "local":
-            ray.init(**kwargs)
-        else:
-            _probe(address)
-            ray.init(address=address, **kwargs)
-    elif address not in ("local", "auto"):
-        used = _initialised(ray, address)
-    return max(1, int(ray.cluster_resources().get("CPU", 1))), used
+        try:  # local: no address, so that Ray's rules apply (RAY_ADDRESS, a `ray start` Ray here, else a new one)
+            ray.init(address=None if address == "local" else address, **kwargs)
+        except Exception as err:  # noqa: BLE001 - Ray raises ValueError, ConnectionError, RuntimeError...
+            raise InputError(f"{_named(address)}: Ray did not start: {type(err).__name__}: {one_line(err)}"
+                             ) from None
+    used = _used(ray, address, initialised)
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    if cpus < 1:  # each scorer takes one CPU: none was ever placed, and the run waited for ever
+        raise InputError(f"{_named(address)}: the Ray used ({used}) has {cpus:g} CPUs; a run needs at least 1 "
+                         "(a head started with --num-cpus 0 needs a worker node: `ray start --address HEAD:PORT`)")
+    return int(cpus), used
 
 
-def _initialised(ray: Any, address: str) -> str:
+def _gcs_address(ray: Any) -> str:
+    """The HOST:PORT of the Ray this process is connected to, or "" where Ray does not say (a Ray client)."""
+    try:
+        return str(ray.get_runtime_context().gcs_address or "")
+    except Exception:  # noqa: BLE001 - a Ray client connection may not say; the caller names it otherwise
+        return ""
+
+
+def _used(ray: Any, address: str, initialised: bool) -> str:
+    """The Ray used, as run.json records it: ``local`` for a Ray on this machine, a cluster's address otherwise
+    (``auto``: the one Ray found). Where ``--ray`` did not choose it, a warning says so, naming the one used: a
+    process that had Ray initialised already (``_initialised``), or RAY_ADDRESS sending ``local`` to another
+    machine."""
+    there = _gcs_address(ray)
+    if address == "auto":  # find an existing Ray: whichever it found is what auto means, said nowhere else
+        return there or address
+    if address != "local":
+        return _initialised(address, there) if initialised else address
+    if not there or _this_machine(ray, there):
+        return address
+    why = (f"this process has Ray initialised already (at {there}), on another machine; running on that one "
+           "(call ray.shutdown() first to start one here)" if initialised else
+           f"RAY_ADDRESS sends it to the Ray at {there}, on another machine; running there (unset RAY_ADDRESS "
+           "to start one here)")
+    log.warning("--ray local: %s", why)
+    return there
+
+
+def _this_machine(ray: Any, there: str) -> bool:
+    """Whether the Ray at HOST:PORT ``there`` runs on this machine (this node's own IP, or a loopback name)."""
+    try:
+        here = str(ray.util.get_node_ip_address())
+    except Exception:  # noqa: BLE001 - not said: taken for this machine, as before
+        return True
+    return _same_address(f"{there.rpartition(':')[0]}:0", f"{here}:0")  # a loopback host is this machine
+
+
+def _initialised(address: str, there: str) -> str:
     """The address of the Ray this process has initialised already, said in a warning where ``--ray ADDRESS``
     names another: the run went to the process's Ray without a word, and run.json named ADDRESS."""
-    try:
-        there = str(ray.get_runtime_context().gcs_address or "")
-    except Exception:  # noqa: BLE001 - a Ray client connection may not say; the warning still comes
-        there = ""
     if there and _same_address(address, there):
         return address
     log.warning("--ray %s: this process has Ray initialised already (%s); running on that one, not on %s "
@@ -246,7 +314,8 @@ def predict_ray(model_dir: Path, inputs: list[Path], output: Path, address: str,
 
     Every input row (image or table row) is scored, in input order, or listed in skipped.csv with the reason.
     Tables are read on the driver by the one-process reader (the same columns, ids and errors), then scored
-    in blocks of 4,096 rows on the workers.
+    in blocks of 4,096 rows on the workers. ``address`` is checked by the caller first (``ray_ready``), as
+    ``normalcy.api.predict`` does.
     """
     ray = import_ray(data=True)
 
