@@ -37,7 +37,7 @@ from normalcy.detectors import (
 )
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import Maps, report_info
-from normalcy.errors import InputError, fpr_out_of_range, option, reasons, shortened
+from normalcy.errors import InputError, fpr_out_of_range, option, reasons, setting, shortened
 from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, reading, resolved, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
@@ -380,10 +380,12 @@ def fit(train: PathLike | Sequence[PathLike], output: Optional[PathLike] = None,
         _save(model, output)
         return model
     if ray is not None:
-        raise InputError("--ray on fit: for many series (--series-column, or a folder of series folders); "
+        raise InputError(f"{option('ray')} on fit: for many series ({option('series_column')}, or a folder of series "
+                         "folders); "
                          "images and tables are fitted in one process")
     if series:
-        raise InputError(f"{train}: --series needs a .csv or .parquet file or a series folder")
+        raise InputError(f"{setting('series', True)} needs one .csv or .parquet file or a series folder, not a list "
+                         f"of {len(train)} path(s)")  # a Python list was shown as its repr
     hint = (unpack_hint(Path(train)) or rename_hint(Path(train))) if isinstance(train, (str, Path)) else ""
     if hint and Path(train).is_file():  # a .tsv was "not a folder"
         raise InputError(f"{train}: fit reads a folder of images, a .csv, .parquet or .npz file or a series folder"
@@ -644,13 +646,15 @@ def export(model_dir: PathLike, output: PathLike, precision: str = "fp32", calib
             raise InputError(f"{model_dir} is {kind}: only image models are exported to ONNX")
     check_output_file(output)
     if precision == "int8" and calibration is None:
-        raise InputError("--precision int8 needs --calibration DIR: normal images, such as the training folder")
+        raise InputError(f"{setting('precision', 'int8')} needs {option('calibration', 'DIR')}: normal images, such as "
+                         "the training folder")
     if precision == "fp32" and calibration is not None:  # it was listed, then ignored without a word
-        raise InputError("--calibration applies to --precision int8: an fp32 graph is not calibrated")
+        raise InputError(f"{option('calibration')} applies to {setting('precision', 'int8')}: an fp32 graph is not "
+                         "calibrated")
     try:
         calib = list_files(calibration) if calibration is not None else None
     except InputError as err:  # "folder not found: X" did not say which folder it wanted
-        raise InputError(f"--calibration: {err}") from None
+        raise InputError(f"{option('calibration')}: {err}") from None
     det = load_image_model(model_dir, trust_code=trust_code)
     return det, export_onnx(det, output, precision=precision, calibration_paths=calib)
 
@@ -669,7 +673,8 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
     from normalcy.series.watch import watch as run_watch
 
     if idle is not None and not follow:  # stdin without --follow waited for its end past any idle time
-        raise InputError("--idle applies with --follow; without it, watch reads its input to the end")
+        raise InputError(f"{option('idle')} applies with {setting('follow', True)}; without it, watch reads its input "
+                         "to the end")
     model_dir = getattr(model, "directory", None)  # a set reads its models from there when they are first used
     if isinstance(model, SeriesDetector):
         model._check_fitted()  # an unfitted one failed inside with an AttributeError ('columns_'), as predict's did
@@ -799,8 +804,8 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
         model = Path(model)
         if is_exported(model) and (ray is not None or embeddings):
             raise InputError(f"{model}: an exported model scores images into scores and maps only: "
-                             + ("--ray takes a model folder written by `normalcy fit`" if ray is not None else
-                                "it has no embeddings (predict with the model folder for them)"))
+                             + (f"{option('ray')} takes a model folder written by `normalcy fit`" if ray is not None
+                                else "it has no embeddings (predict with the model folder for them)"))
         if ray is not None:
             return _predict_ray(model, paths_in, output, ray, trust_code, id_column)
         info = {"model": str(model.resolve())}
@@ -840,8 +845,8 @@ def _own_embeddings(kind: str, embeddings: Optional[bool], scored: str) -> None:
     """InputError for ``--no-embeddings`` where a run always holds the features of what it scored (``scored``:
     rows, events) as its embeddings (tables, series): it was ignored without a word."""
     if embeddings is False:
-        raise InputError(f"--no-embeddings does not apply to {kind}: its run's embeddings are its {scored}' "
-                         "features, always written (what serve re-ranks by)")
+        raise InputError(f"{setting('embeddings', False)} does not apply to {kind}: its run's embeddings are its "
+                         f"{scored}' features, always written (what serve re-ranks by)")
 
 
 def _check_model(model: Any) -> None:
@@ -1090,7 +1095,8 @@ def score_batch(inputs: PathLike | Sequence[PathLike], output: PathLike = "resul
     _check_top(top)
     ex, _ = options(settings)
     if len(ex.input_norms) > 1 or ex.tune:
-        raise InputError("--input-norm auto and --tune choose on normal training images; score-batch has none "
+        raise InputError(f"{setting('input_norm', 'auto')} and {option('tune')} choose on normal training images; "
+                         "score-batch has none "
                          "(zero-shot): give the settings")
     inputs = _paths(inputs, "score_batch")
     output = _path(output, "output", "a run folder's path (a str or pathlib.Path)")

@@ -106,6 +106,22 @@ def cli_wording() -> Iterator[None]:
         _cli_wording.reset(token)
 
 
-def option(name: str) -> str:
-    """A setting's name in a message: ``--event-gap`` on the command line, ``event_gap`` in Python."""
-    return "--" + name.replace("_", "-") if _cli_wording.get() else name
+def option(name: str, metavar: str = "") -> str:
+    """A setting's name in a message: ``--event-gap`` on the command line, ``event_gap`` in Python; ``metavar``
+    (``DIR``) follows the option on the command line only, where it is typed."""
+    if not _cli_wording.get():
+        return name
+    return "--" + name.replace("_", "-") + (f" {metavar}" if metavar else "")
+
+
+def setting(name: str, value: object, cli: str = "") -> str:
+    """A setting given a value, in a message: ``--precision int8``, ``--follow``, ``--no-embeddings`` on the
+    command line (``cli``, where its option is spelt otherwise: ``--table``); ``precision='int8'``,
+    ``follow=True``, ``embeddings=False`` in Python, as each is written."""
+    if not _cli_wording.get():
+        return f"{name}={value!r}"
+    if cli:
+        return cli
+    if isinstance(value, bool):
+        return option(name) if value else "--no-" + name.replace("_", "-")
+    return f"{option(name)} {value}"

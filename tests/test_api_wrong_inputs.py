@@ -4,6 +4,8 @@ inside."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -195,3 +197,67 @@ def test_a_model_folder_given_as_data_is_named(tmp_path) -> None:
         api.fit(tmp_path / "m", progress=False)
     with pytest.raises(InputError, match=r"m: is a model folder .*: eval reads a labelled data set"):
         api.evaluate(tmp_path / "m", progress=False)
+
+
+def test_python_calls_name_the_argument_in_the_remaining_messages(tmp_path) -> None:
+    """``export(..., precision="int8")`` said "--precision int8 needs --calibration DIR", ``watch(idle=30)``
+    "--idle applies with --follow", ``predict(..., embeddings=False)`` "--no-embeddings does not apply": options
+    Python has not. Each now names the argument as a Python call writes it; the command line keeps its options."""
+    from normalcy import api
+    from normalcy.cli import app
+    from normalcy.errors import cli_wording
+    from normalcy.evaluation.validation import tune_candidates
+    from normalcy.scale.distributed import _probe
+    from typer.testing import CliRunner
+
+    table, model, out = tmp_path / "rows.csv", tmp_path / "table_model", tmp_path / "out"
+    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(40)))
+    api.fit(table, model, progress=False)
+    series = tmp_path / "series"
+    series.mkdir()
+    for name in ("train.csv", "test.csv"):
+        (series / name).write_text("timestamp,x\n" + "".join(f"{i},{i % 9}\n" for i in range(200)))
+    cases = [  # (the Python call, its message, the command line, its message)
+        (lambda: api.export(tmp_path / "m", tmp_path / "m.onnx", precision="int8"),
+         "precision='int8' needs calibration: normal images",
+         ["export", tmp_path / "m", "-o", tmp_path / "m.onnx", "--precision", "int8"],
+         "--precision int8 needs --calibration DIR: normal images"),
+        (lambda: api.export(tmp_path / "m", tmp_path / "m.onnx", calibration=tmp_path),
+         "calibration applies to precision='int8': an fp32 graph",
+         ["export", tmp_path / "m", "-o", tmp_path / "m.onnx", "--calibration", tmp_path],
+         "--calibration applies to --precision int8: an fp32 graph"),
+        (lambda: api.export(tmp_path / "m", tmp_path / "m.onnx", precision="int8", calibration=tmp_path / "no"),
+         "calibration: folder not found",
+         ["export", tmp_path / "m", "-o", tmp_path / "m.onnx", "--precision", "int8", "--calibration", tmp_path / "no"],
+         "--calibration: folder not found"),
+        (lambda: api.watch(model, table, idle=30), "idle applies with follow=True; without it",
+         ["watch", model, table, "--idle", "30"], "--idle applies with --follow; without it"),
+        (lambda: api.predict(model, table, out, embeddings=False), "embeddings=False does not apply to a table's",
+         ["predict", model, table, "-o", out, "--no-embeddings"], "--no-embeddings does not apply to a table's"),
+        (lambda: api.fit(table, ray="local"), "ray on fit: for many series (series_column, or a folder",
+         ["fit", table, "-o", out, "--ray", "local"], "--ray on fit: for many series (--series-column, or a folder"),
+        (lambda: api.fit(table, series=False, time_column="a"), "series=False with time_column or series_column",
+         ["fit", table, "-o", out, "--table", "--time-column", "a"], "--table with --time-column or --series-column"),
+        (lambda: api.score_batch([table], out, input_norm="auto"), "input_norm='auto' and tune choose on",
+         ["score-batch", table, "-o", out, "--input-norm", "auto"], "--input-norm auto and --tune choose on"),
+        (lambda: api.evaluate(series), "(1 inside a labelled anomaly; label_column names another)",
+         ["eval", series], "(1 inside a labelled anomaly; --label-column names another)"),
+    ]
+    for call, message, args, cli_message in cases:
+        with pytest.raises(InputError) as err:
+            call()
+        assert message in str(err.value) and "--" not in str(err.value).replace(str(tmp_path), ""), str(err.value)
+        r = CliRunner().invoke(app, [str(a) for a in args])
+        assert r.exit_code == 1 and cli_message in r.output, r.output
+    assert not out.exists()
+    for call, message, cli_message in [  # no command line reaches these cheaply (or at all): the CLI's wording
+        (lambda: api.fit([table], series=True), "series=True needs one .csv or .parquet file or a series folder, not "
+         "a list of 1 path(s)", "--series needs one"),
+        (lambda: _probe("nowhere"), "ray='nowhere': expected local", "--ray nowhere: expected local"),
+        (lambda: tune_candidates("colour", None, "gaussian", []), "tune: 'colour' is not one of",
+         "--tune: 'colour' is not one of"),
+    ]:
+        with pytest.raises(InputError, match=f"^{re.escape(message)}"):
+            call()
+        with cli_wording(), pytest.raises(InputError, match=f"^{re.escape(cli_message)}"):
+            call()

@@ -101,7 +101,7 @@ def test_the_series_or_table_rule(data: Path, tmp_path: Path) -> None:
     assert is_series_input(data / "a") and is_series_input(data)  # a series folder, a folder of them
     (tmp_path / "images").mkdir()
     assert not is_series_input(tmp_path / "images") and not is_series_input(tmp_path / "x.npz")
-    with pytest.raises(InputError, match="--table with --time-column"):
+    with pytest.raises(InputError, match="series=False with time_column"):  # --table on the command line
         is_series_input(train, time_column="timestamp", series=False)
     r = cli("fit", train, "-o", tmp_path / "m", "--table")  # the same file as a table: the time is text
     assert r.exit_code == 0 and "fitted ensemble" in r.stderr and "left out of the features: timestamp" in r.stderr

@@ -21,7 +21,7 @@ import numpy as np
 
 from normalcy.detectors import Detector, MuSc, Result
 from normalcy.detectors.base import Maps, own_input_size, report_info
-from normalcy.errors import ImageError, InputError
+from normalcy.errors import ImageError, InputError, option
 from normalcy.evaluation.metrics import evaluate
 from normalcy.evaluation.validation import TUNE_BUDGET, fit_detector
 from normalcy.images.backbones import sha256_file
@@ -425,7 +425,7 @@ def eval_series(directory: Path, detector: str, params: dict[str, Any], time_col
         if te.labels is None:
             raise InputError(f"{folder}: test file has no label column {label_column!r}"
                              f"{other_case(label_column, te.file_columns)} (1 inside a labelled anomaly; "
-                             "--label-column names another)")
+                             f"{option('label_column')} names another)")
         return train, te
 
     # one folder is read before the bar: a long test series gets one too, as predict's does (1e6 rows, minutes);

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, option
 from normalcy.images.backbones import INPUT_NORMS
 from normalcy.images.features import FeatureExtractor, MapCache
 from normalcy.images.io import iter_images
@@ -370,7 +370,7 @@ def tune_candidates(setting: str, ex: FeatureExtractor, detector: str, sample: S
     from normalcy.images.features import size_for
 
     if setting not in TUNABLE:
-        raise InputError(f"--tune: {setting!r} is not one of {', '.join(TUNABLE)}")
+        raise InputError(f"{option('tune')}: {setting!r} is not one of {', '.join(TUNABLE)}")
     if setting == "input_norm":
         values: list[Any] = list(INPUT_NORMS)
         if image_contrast(sample) < LOW_CONTRAST:

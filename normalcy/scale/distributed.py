@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 
 from normalcy.files import MODEL_JSON, one_line
-from normalcy.errors import InputError, reasons
+from normalcy.errors import InputError, reasons, setting
 from normalcy.images.io import input_paths
 from normalcy.progress import progress_bar
 from normalcy.runs.format import (
@@ -191,7 +191,7 @@ def _env_address(address: str) -> str:
 def _named(address: str) -> str:
     """``--ray ADDRESS`` as messages name it, with the RAY_ADDRESS that Ray goes to instead where one is set."""
     env = _env_address(address)
-    return f"--ray {address}" + (f" (RAY_ADDRESS={env})" if env else "")
+    return setting("ray", address) + (f" (RAY_ADDRESS={env})" if env else "")
 
 
 def _probe(address: str) -> None:
@@ -208,7 +208,7 @@ def _probe(address: str) -> None:
         if target != address:
             raise InputError(f"{_named(address)}: RAY_ADDRESS is not a cluster's HOST:PORT (e.g. 10.0.0.5:6379): "
                              "correct or unset it")
-        raise InputError(f"--ray {address}: expected local, or a cluster's HOST:PORT (e.g. 10.0.0.5:6379)")
+        raise InputError(f"{setting('ray', address)}: expected local, or a cluster's HOST:PORT (e.g. 10.0.0.5:6379)")
     try:
         socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
     except OSError as err:

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from normalcy.errors import WHERE_CHARS, InputError, option, reasons, shortened
+from normalcy.errors import WHERE_CHARS, InputError, option, reasons, setting, shortened
 from normalcy.files import (MODEL_JSON, Strict, describe, model_kind, read_json, reading, short_repr,
                              write_model_files, writing)
 from normalcy.progress import plain, progress_bar
@@ -114,7 +114,8 @@ def is_series_input(path: Path, time_column: str | None = None, series_column: s
     path = Path(path)
     if series is False:
         if time_column is not None or series_column is not None:
-            raise InputError(f"{path}: --table with --time-column or --series-column: a table has neither")
+            raise InputError(f"{path}: {setting('series', False, cli='--table')} with {option('time_column')} or "
+                             f"{option('series_column')}: a table has neither")
         return False
     if series or time_column is not None or series_column is not None:
         return True
