@@ -246,6 +246,33 @@ def test_an_x_run_version_that_no_server_writes_is_a_422_naming_it(client: TestC
     assert r.status_code == 200
 
 
+def test_head_is_answered_as_get_without_a_body(client: TestClient) -> None:
+    """A health check's or a proxy's HEAD was 405 Method Not Allowed on every page: it now gets GET's status
+    and headers, and no body. OPTIONS stays 405: no other site is let in (no CORS), so nothing asks for it."""
+    for path in PROTECTED + ["/api/items/1", "/api/items/1/overlay", "/api/items/99999", "/static/none.js"]:
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code and head.content == b"" and got.content, path
+        for key in ("content-type", "content-length", "x-frame-options", "cache-control"):
+            assert head.headers.get(key) == got.headers.get(key), (path, key)
+    assert client.head("/api/items").status_code == 200
+    assert client.head("/api/items", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.head("/api/items/1/label").status_code == 405  # POST only, as GET is
+    assert client.options("/api/items").status_code == 405
+    assert client.post("/api/items/1/label", json={"label": "normal"}).status_code == 200  # other methods as before
+
+
+def test_head_over_http_has_no_body(run: Path) -> None:
+    """As uvicorn answers a real client: the headers of GET, Content-Length included, and nothing after them."""
+    with LiveServer(run, TOKEN) as live:
+        conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+        conn.request("HEAD", "/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and int(resp.headers["content-length"]) > 0 and resp.read() == b""
+        conn.request("GET", "/api/status", headers={"Authorization": f"Bearer {TOKEN}"})  # the connection is still good
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
 def test_raw_traversal_over_http(run: Path) -> None:
     """httpx tidies dot segments; a raw HTTP request sends them as they are."""
     with LiveServer(run, TOKEN) as live:

@@ -107,7 +107,8 @@ def _short(text: str, most: int = 200) -> str:
 
 
 class Guard:
-    """ASGI middleware: Host check (400), token (401), body cap (413), security headers on every answer."""
+    """ASGI middleware: Host check (400), token (401), body cap (413), security headers on every answer; HEAD
+    is answered as GET, without the body."""
 
     def __init__(self, app: ASGIApp, token: str, names: frozenset[str], max_body: int = MAX_BODY) -> None:
         self.app = app
@@ -136,11 +137,17 @@ class Guard:
             await self.app(scope, receive, send)
             return
 
+        head = scope["method"] == "HEAD"
+        if head:  # a health check's HEAD was 405: it is answered as GET is (headers, status), without the body
+            scope = {**scope, "method": "GET"}
+
         async def secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for key, value in SECURITY_HEADERS.items():
                     headers.setdefault(key, value)
+            elif head and message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}
             await send(message)
 
         request = Request(scope, receive)
