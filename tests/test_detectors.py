@@ -174,6 +174,40 @@ def test_fpr_changed_after_fit_is_not_saved_beside_the_old_threshold(cheap, tmp_
         loaded.save(tmp_path / "m2")
 
 
+def test_grey_against_colour_is_said_once_per_run_and_scores_are_unchanged(cheap, tmp_path, caplog):
+    """A model fitted on grey images (R = G = B, as magnetic_tile's) scored colour ones without a word, and one
+    fitted on colour images grey ones: either is usually the wrong camera or folder. model.json records the
+    training images' kind; scoring says once how many images are of the other kind, naming the first."""
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    grey = np.repeat(colour[:, :, :, :1], 3, axis=3)
+    grey[1, :, :, 1] ^= 1  # a colour JPEG of a grey scene: channels a level apart, still grey
+    det = create("gaussian", cheap).fit(grey, progress=False)
+    assert det.train_colour_ == "grey"
+    loaded = load(det.save(tmp_path / "m"))
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["train_colour"] == "grey"
+    mixed = np.concatenate([grey[1:2], colour[:2]])
+
+    def said(model, kind):  # the scores, and the warnings about grey and colour
+        caplog.clear()
+        model.train_colour_ = kind
+        with caplog.at_level("WARNING", logger="normalcy"):
+            scores = model.score(mixed, progress=False, batch_size=2).scores
+        return scores, [r.getMessage() for r in caplog.records if "fitted on" in r.getMessage()]
+
+    scores, warned = said(loaded, "grey")
+    assert warned == ["gaussian: 2 of 3 images are colour; the model was fitted on grey images (the first: "
+                      "array[1]): the wrong camera or folder?"]  # once, over the run's two batches
+    assert said(loaded, "colour")[1] == ["gaussian: 1 of 3 images are grey; the model was fitted on colour "
+                                         "images (the first: array[0]): the wrong camera or folder?"]
+    unknown, warned = said(loaded, "unknown")  # a model saved before it was recorded: no word, the same scores
+    assert not warned and np.array_equal(unknown, scores)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    del meta["train_colour"]
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    assert load(tmp_path / "m").train_colour_ == "unknown"
+
+
 def test_a_deep_copy_of_a_fitted_or_loaded_detector_scores_as_it(fitted, tmp_path):
     """``copy.deepcopy`` of an image detector failed with "cannot pickle '_thread.lock' object" (its backbone's)."""
     import copy

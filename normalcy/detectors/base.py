@@ -48,7 +48,7 @@ import typing
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator, Optional, Sequence
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -371,8 +371,11 @@ class _Common(HyperParams):
     seed: Seed
 
 
+TrainColour = Literal["grey", "colour", "mixed", "unknown"]  # the training images' kind (``train_colour_``)
+
 # Attributes the base owns and saves in model.json rather than as tensors.
-_BASE_LEARNED = {"threshold_", "threshold_fp32_", "map_range_", "n_train_", "skipped_fit_", "features_"}
+_BASE_LEARNED = {"threshold_", "threshold_fp32_", "map_range_", "n_train_", "skipped_fit_", "features_",
+                 "train_colour_"}
 
 
 class Detector(ParamsEstimator):
@@ -395,6 +398,9 @@ class Detector(ParamsEstimator):
     threshold_fp32_: float | None
     map_range_: tuple[float, float] | None
     n_train_: int
+    # whether the training images were all "grey" (R = G = B), all "colour", "mixed"; "unknown" for models saved
+    # before it was recorded: scoring says when images are not of that kind (``_say_colour_mismatch``)
+    train_colour_: TrainColour
 
     def __init__(self, extractor: FeatureExtractor | None = None, fpr: float = 0.01, batch_size: int = 8,
                  seed: int = 0, **params: Any) -> None:
@@ -532,6 +538,7 @@ class Detector(ParamsEstimator):
                         rows = [(b, k) for b in held_batches for k in range(len(b.paths))]
                         sample = [(i, _row(*rows[i])) for i in sorted(self._fp32_sample(len(rows)))]
         self.n_train_ = counted.n + n_held  # readable training images, held-out ones included
+        self.train_colour_ = "grey" if counted.grey == counted.seen else "colour" if not counted.grey else "mixed"
         self.features_ = features_of(self.extractor)
         self._set_threshold(calib)  # type: ignore[arg-type]
         if len(calib.scores) == 1:  # type: ignore[union-attr]
@@ -648,12 +655,19 @@ class Detector(ParamsEstimator):
         ``keep_images`` a record's image is an empty array of the image's size.
         """
         self._check_fitted()
+        fitted = getattr(self, "train_colour_", "unknown")
+        odd: list[Path] = []  # images not of the training images' kind (grey or colour)
+        n = 0
         for batch in self._batches(_items(images), batch_size or self.score_batch_size, embed=embeddings,
                                    keep_images=keep_images):
             for path, reason in batch.skipped:
                 yield Skipped(path, reason)
             if not batch.paths:
                 continue
+            n += len(batch.paths)
+            if fitted in ("grey", "colour") and batch.inputs is not None:
+                grey = grey_images(batch.inputs).tolist()
+                odd += [p for p, g in zip(batch.paths, grey) if g != (fitted == "grey")]
             s, pm = self._score(batch)
             embs = batch.features.embedding if embeddings and batch.features is not None else None
             for k, (path, im) in enumerate(zip(batch.paths, batch.images)):
@@ -661,6 +675,16 @@ class Detector(ParamsEstimator):
                 yield Scored(path, im, score, np.array(pm[k], dtype=np.float32), score >= self.threshold_,
                              None if embs is None else embs[k].numpy())
             del batch, im, s, pm, embs  # before the next batch is read (its images with this one's were held)
+        if odd:
+            self._say_colour_mismatch(odd, n)
+
+    def _say_colour_mismatch(self, odd: Sequence[Path], n: int) -> None:
+        """A model fitted on grey images scored colour ones (or the other way round) without a word: either is
+        usually the wrong camera or folder. Said once per scoring run; the scores are what they were."""
+        fitted = self.train_colour_
+        kind = "colour" if fitted == "grey" else "grey"
+        log.warning("%s: %d of %d images are %s; the model was fitted on %s images (the first: %s): the wrong "
+                    "camera or folder?", self.name, len(odd), n, kind, fitted, odd[0])
 
     def score(self, images: Images, progress: bool = True, keep_images: bool = False,
               batch_size: int | None = None) -> Result:
@@ -776,6 +800,7 @@ class Detector(ParamsEstimator):
             "threshold_fp32": self.threshold_fp32_,
             "map_range": list(self.map_range_ or (0.0, 1.0)),
             "n_train": self.n_train_,
+            "train_colour": getattr(self, "train_colour_", "unknown"),
             "seed": self.seed,
             "batch_size": self.batch_size,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -859,6 +884,14 @@ def holdout_count(n: int, fraction: float) -> int:
 
 
 DARK = 32 / 255
+GREY_LEVELS = 4 / 255  # an image whose channels differ by no more everywhere is grey (a colour JPEG of a grey scene)
+
+
+def grey_images(inputs: torch.Tensor) -> torch.Tensor:
+    """Which images of a resized B x 3 x H x W batch are grey (R = G = B, within GREY_LEVELS): two channel
+    differences, no copy of the batch."""
+    r, g, b = inputs.unbind(1)
+    return torch.maximum((r - g).abs().flatten(1).amax(1), (g - b).abs().flatten(1).amax(1)) <= GREY_LEVELS
 """A training image whose brightest pixel (0..1, as the backbone gets it) is below this is named as nearly black:
 a 16-bit file holding 12 bits or fewer (as industrial cameras write them) reads at 16 of 255 at most."""
 
@@ -883,6 +916,7 @@ class _Counter:
         self.varied = False
         self.tiny: list[str] = []  # training images below MIN_SIZE on a side: "name WxH"
         self.dark: list[str] = []  # training images whose brightest pixel is below DARK: their names
+        self.grey = 0  # images of every stream whose channels are equal (grey_images)
 
     def wrap(self, batches: Iterable[Batch], advance: Any, count: bool = True) -> Iterator[Batch]:
         for b in batches:
@@ -896,6 +930,7 @@ class _Counter:
                           if min(im.shape[:2]) < MIN_SIZE]
             if b.inputs is not None:
                 self.dark += [p.name for p, v in zip(b.paths, b.inputs.flatten(1).amax(1).tolist()) if v < DARK]
+                self.grey += int(grey_images(b.inputs).sum())
             if not self.varied and b.inputs is not None:
                 self.first = b.inputs[0] if self.first is None else self.first
                 self.varied = any(not torch.equal(x, self.first) for x in b.inputs)

@@ -171,6 +171,8 @@ class ModelMeta(Strict):
     threshold_fp32: FiniteFloat | None = None
     map_range: list[FiniteFloat] = Field(min_length=2, max_length=2)
     n_train: Count
+    # the training images' kind, for scoring's warning on images of the other: "unknown" in files from before it
+    train_colour: Literal["grey", "colour", "mixed", "unknown"] = "unknown"
     seed: Seed
     batch_size: BatchSize
     created: str

@@ -83,6 +83,7 @@ def load(directory: str | Path, trust_code: bool = False) -> Detector:
     det.threshold_fp32_ = meta.threshold_fp32
     det.map_range_ = (meta.map_range[0], meta.map_range[1])
     det.n_train_ = meta.n_train
+    det.train_colour_ = meta.train_colour
     det.skipped_fit_ = []  # not recorded in model.json
     det.features_ = features_of(extractor)
     if isinstance(det, Trained):
