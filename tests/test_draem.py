@@ -209,6 +209,19 @@ def test_too_short_a_training_on_one_held_out_image_is_said(synthetic_root: Path
     assert det.score(eval_paths(ds)[:2], progress=False).decisions.all()  # the case warned of
 
 
+def test_nearly_equal_held_out_scores_count_as_equal(extractor: FeatureExtractor):
+    """Held-out scores a few 1e-7 apart passed the check for exactly equal scores (to a billionth): the threshold
+    then sat among them and flagged nothing or everything. A real short fit's spread (one step on hazelnut_toy:
+    2.7e-5) still sets a threshold."""
+    from normalcy.detectors.base import Calibration
+
+    det = DRAEM(extractor)
+    with pytest.raises(InputError, match=r"all score the same \(0\.5\)"):
+        det._set_threshold(Calibration(np.array([0.5, 0.5 + 3e-7, 0.5 - 4e-7]), np.zeros(4)))
+    det._set_threshold(Calibration(np.array([0.465075433, 0.465072155, 0.465048552]), np.zeros(4)))
+    assert 0.46504 < det.threshold_ < 0.46508
+
+
 @pytest.mark.parametrize("budget", [float("nan"), float("inf")])
 def test_a_time_budget_that_is_not_a_number_is_named_so(budget: float):
     """``--time-budget nan`` said "input should be less than or equal to 2592000 (got NaN)"."""
