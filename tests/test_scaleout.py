@@ -436,7 +436,7 @@ def test_an_address_where_no_ray_answers_is_refused_before_any_input_is_read(
     predict of series, images and tables alike, as a missing Ray is. A reader that fails the test proves the order."""
     import normalcy
     from normalcy import api
-    from normalcy.errors import InputError
+    from normalcy.errors import InputError, cli_wording
     from normalcy.scale import distributed
     from normalcy.vectors import tables
 
@@ -461,7 +461,7 @@ def test_an_address_where_no_ray_answers_is_refused_before_any_input_is_read(
             "predict images": lambda: normalcy.predict(image_model, ds / "test", tmp_path / "o2", ray=address),
             "predict a table": lambda: normalcy.predict(table_model, table, tmp_path / "o3", ray=address)}
     for what, run in runs.items():
-        with pytest.raises(InputError, match=rf"^--ray {address}: no Ray there \(") as err:
+        with pytest.raises(InputError, match=rf"^ray='{address}': no Ray there \(") as err:  # Python's wording
             run()
         assert "\n" not in str(err.value), what
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "m", "s", "t.parquet"]  # no run, no model
@@ -495,22 +495,24 @@ def test_a_ray_address_variable_that_local_and_auto_go_to_is_checked_as_an_addre
         monkeypatch: pytest.MonkeyPatch) -> None:
     """RAY_ADDRESS, where `local` and `auto` go when it is set: one that is no address was Ray's ValueError
     traceback, and one where no Ray answers took minutes of Ray's retries. Each is one line, before any input."""
-    from normalcy.errors import InputError
+    from normalcy.errors import InputError, cli_wording
     from normalcy.scale import distributed
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setenv("RAY_ADDRESS", "bogus")
     with pytest.raises(InputError, match=r"^--ray auto \(RAY_ADDRESS=bogus\): RAY_ADDRESS is not a cluster's "):
-        distributed.ray_ready("auto")
+        with cli_wording():
+            distributed.ray_ready("auto")
     closed = _closed_port()
     monkeypatch.setenv("RAY_ADDRESS", closed)
     with pytest.raises(InputError, match=rf"^--ray local \(RAY_ADDRESS={closed}\): no Ray there"):
-        distributed.ray_ready("local")
+        with cli_wording():
+            distributed.ray_ready("local")
 
 
 def test_what_ray_init_raises_is_one_line_naming_the_address(monkeypatch: pytest.MonkeyPatch) -> None:
     """What Ray's own start raised (`auto` with no Ray to find: ConnectionError) was a traceback."""
-    from normalcy.errors import InputError
+    from normalcy.errors import InputError, cli_wording
     from normalcy.scale import distributed
 
     def init(**kwargs: object) -> None:
@@ -518,7 +520,7 @@ def test_what_ray_init_raises_is_one_line_naming_the_address(monkeypatch: pytest
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
-    with pytest.raises(InputError) as err:
+    with pytest.raises(InputError) as err, cli_wording():
         distributed._init("auto")
     assert str(err.value) == ("--ray auto: Ray did not start: ConnectionError: Could not find any running Ray "
                               "instance. Please specify the one to connect to")
@@ -527,9 +529,10 @@ def test_what_ray_init_raises_is_one_line_naming_the_address(monkeypatch: pytest
 def test_a_ray_without_a_cpu_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ray with no CPU (a user's ray.init(num_cpus=0), a head started with --num-cpus 0 and no worker yet) was
     counted as 1 CPU, and the run waited for ever for its scorers to be placed. It is refused, naming it."""
-    from normalcy.errors import InputError
+    from normalcy.errors import InputError, cli_wording
     from normalcy.scale import distributed
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0})
     with pytest.raises(InputError, match=r"^--ray local: the Ray used \(local\) has 0 CPUs; a run needs at least 1"):
-        distributed._init("local")
+        with cli_wording():
+            distributed._init("local")
