@@ -105,33 +105,59 @@ def test_autoencoder_row_network_streams_as_it_scores() -> None:
 
 
 def correlated(n: int, rng: np.random.Generator, offset: int = 0) -> np.ndarray:
-    """Six metrics of scales 1 to 100 and their own periods; m2 follows m1, m5 is m0 + m1."""
+    """Six metrics of scales 1 to 100 and their own periods; m2 follows m1, m5 is m0 + m1, m3 is noise alone
+    (the worst reconstructed when all is normal)."""
     t = np.arange(offset, offset + n)[:, None]
     X = np.sin(2 * np.pi * t / (20 + 13 * np.arange(6)) + np.arange(6)) + 0.1 * rng.standard_normal((n, 6))
     X[:, 2] = 0.8 * X[:, 1] + 0.2 * X[:, 2]
+    X[:, 3] = rng.standard_normal(n)
     X[:, 5] = X[:, 0] + X[:, 1] + 0.05 * rng.standard_normal(n)
     return X * 10.0 ** (np.arange(6) % 3)
 
 
-def test_autoencoder_names_the_metric_that_deviated(tmp_path: Path) -> None:
-    """A jump planted in each of six correlated metrics in turn is named first by the autoencoder's explanation
-    (its anomalous rows' contributions). The per-metric squared errors named it in 3 of 6: the one-row network
-    reconstructs a deviation of m1 by moving m2 and m5 too, and smears the error over them. The score is still
-    the sum of the squared errors, and a saved model explains the same."""
-    rng = np.random.default_rng(3)
-    det = create("autoencoder", steps=200, seed=3).fit(correlated(1000, rng), progress=False)
+@pytest.mark.parametrize("name, params, seed", [("autoencoder", {"steps": 200}, 3),
+                                                ("hypad", {"steps": 60, "window": 16, "hidden": 32}, 2)])
+def test_the_metric_that_deviated_is_named(name: str, params: dict, seed: int, tmp_path: Path) -> None:
+    """A one-row jump planted in each of six correlated metrics in turn is named first by the explanation (the
+    contributions of the rows whose window holds it); both named it in 2 of 6. The autoencoder split its score
+    by raw squared errors, which its one-row network smears over the metrics it reconstructs a deviation with;
+    HypAD by raw window errors, where the noise metric's normal error outweighed a jump elsewhere. The
+    autoencoder's score is still the sum of the squared errors, and a saved model explains the same."""
+    rng = np.random.default_rng(seed)
+    train = correlated(1000, rng)
+    det = create(name, seed=seed, **params).fit(train, progress=False)
     test = correlated(420, rng, offset=1000)
     planted = 60 * np.arange(1, 7)
-    for j, a in enumerate(planted):
-        test[a:a + 3, j] += 4 * test[:, j].std()
+    test[planted, np.arange(6)] += 4 * train.std(axis=0)
     r = det.score(test)
-    first = [top_metrics(r.contributions[a:a + 3].sum(axis=0), det.columns_)[0] for a in planted]
+    first = [top_metrics(r.contributions[a:a + det.context].sum(axis=0), det.columns_)[0] for a in planted]
     assert sum(f == f"x{j}" for j, f in enumerate(first)) >= 5, first
-    Z = det.standardise(test)
-    rec = det.net_(torch.from_numpy(Z))[0].detach().numpy()
-    np.testing.assert_allclose(r.score, ((Z - rec) ** 2).sum(axis=1), rtol=1e-12)  # the score is unchanged
+    if name == "autoencoder":
+        Z = det.standardise(test)
+        rec = det.net_(torch.from_numpy(Z))[0].detach().numpy()
+        np.testing.assert_allclose(r.score, ((Z - rec) ** 2).sum(axis=1), rtol=1e-12)  # the score is unchanged
     det.save(tmp_path / "m")
     np.testing.assert_allclose(load(tmp_path / "m").score(test).contributions, r.contributions, rtol=1e-12)
+
+
+def test_hypad_saved_before_metric_errors_loads_and_explains_as_then(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A HypAD model saved before ``error_scale_`` was learned loads, with a note, and names metrics by their raw
+    window errors as it did; a damaged ``error_scale`` is refused at load, naming the file."""
+    X = sine(700, d=3, seed=5)
+    det = make("hypad", window=10, **FEWER).fit(X[:500], progress=False)
+    det.save(tmp_path / "m")
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    assert state["error_scale"].shape == (3,)
+    save_file({k: v for k, v in state.items() if k != "error_scale"}, tmp_path / "m" / "model.safetensors")
+    with caplog.at_level("INFO", logger="normalcy"):
+        old = load(tmp_path / "m")
+    assert "a model saved without its metrics' normal errors" in caplog.text
+    det.error_scale_ = np.ones(3)
+    np.testing.assert_allclose(old.score(X[500:]).contributions, det.score(X[500:]).contributions, rtol=1e-12)
+    save_file(state | {"error_scale": torch.zeros(3, dtype=torch.float64)}, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(InputError, match=r"model.safetensors: not the state of a fitted hypad \(error_scale"):
+        load(tmp_path / "m")
 
 
 @pytest.mark.parametrize("name", NAMES)

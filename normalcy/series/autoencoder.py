@@ -16,8 +16,8 @@ The score is then the squared error of the newest row of the span (the row being
 A row's score is split over its metrics by reconstruction-based contribution (``explained``): the share of
 a metric is how much of the error a deviation of that metric alone accounts for, not its own squared error.
 A network trained on correlated metrics reconstructs a deviation of one of them by moving the others too, so
-the squared errors smear it over them: on bench/series_explain.py's planted anomalies (8 metrics, 2 seeds)
-the first metric named was the planted one in 6 of 16, and is now in 12 (the score is unchanged).
+the squared errors smear it over them: on bench/series_explain.py's planted anomalies (8 metrics, 3 seeds)
+the first metric named was the planted one in 9 of 24, and is now in 18 (the score is unchanged).
 
 What the neural series detectors (this one, HypAD, the forecaster) share lives here too: ``TrainedParams``
 (the training budget), ``NeuralDetector`` (a network trained in float32, scored in float64 so that a row
