@@ -9,6 +9,10 @@ anomaly is planted in each column in turn (spike, level shift, flat line, noise 
 each planting, the metrics its anomalous rows name (``events.top_metrics`` of their contributions, as events.csv
 names an event's) are compared with the planted column: ``first`` counts the plantings that name it first,
 ``named`` those that name it at all, ``found`` those with any anomalous row. Seeded: reproducible.
+
+Defaults (8 metrics, seeds 0-2, 24 plantings), named first / found, before and after the explanation fixes of
+8 December 2026: autoencoder 9 -> 18 of 21, hypad 17 -> 23 of 24, auto 20 -> 23 of 24; unchanged: knn 18 of 21,
+pca 23 of 23, forecast 15 of 16.
 """
 
 from __future__ import annotations
