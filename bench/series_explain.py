@@ -1,7 +1,7 @@
 """How often a series detector's explanation names the metric an anomaly was planted in.
 
     python bench/series_explain.py [--detectors autoencoder,hypad,knn,pca,forecast,auto] [--columns 8]
-                                   [--seeds 0,1] [--rows 2000]
+                                   [--seeds 0,1,2] [--rows 2000]
 
 A synthetic multivariate series (``--columns`` metrics of different scales, noise levels, periods, some
 correlated with others, one a sum of two) is fitted on its normal first ``--rows`` rows; in a test part one
@@ -85,7 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detectors", default="autoencoder,hypad,knn,pca,forecast,auto")
     ap.add_argument("--columns", type=int, default=8)
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rows", type=int, default=2000)
     args = ap.parse_args()
     logging.getLogger("normalcy").setLevel(logging.ERROR)
