@@ -3,6 +3,7 @@ detector of Hundman et al. (small networks, few steps: each test trains in about
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from normalcy.errors import InputError
 from normalcy.series.dynamic import Z_GRID, Z_MAX, dynamic_epsilon, dynamic_epsilons
+from normalcy.series.autoencoder import Autoencoder
 from normalcy.series.events import top_metrics
 from normalcy.series.forecast import Forecast
 from normalcy.series.hypad import expmap0, poincare_distance
@@ -265,6 +267,45 @@ def test_crafted_tensors_refused(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=message):
             load(tmp_path / "m")
 
+
+
+@pytest.fixture(scope="module")
+def saved_autoencoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An autoencoder of one column (span 10: its window) saved, for the crafted-file tests to copy and edit."""
+    folder = tmp_path_factory.mktemp("ae") / "m"
+    make("autoencoder", window=10, **FEWER).fit(sine(300), progress=False).save(folder)
+    return folder
+
+
+def crafted(saved: Path, to: Path, params: dict | None = None, window: int | None = None,
+            tensors: dict | None = None) -> Path:
+    """A copy of a saved model with model.json's params (and window) or some tensors replaced."""
+    to.mkdir()
+    meta = json.loads((saved / "model.json").read_text())
+    meta["params"].update(params or {})
+    meta["window"] = window or meta["window"]
+    (to / "model.json").write_text(json.dumps(meta))
+    save_file(dict(load_file(saved / "model.safetensors"), **(tensors or {})), to / "model.safetensors")
+    return to
+
+
+def test_a_network_model_json_describes_is_checked_before_it_is_built(saved_autoencoder: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network was built from model.json's parameters before the file's tensors were compared with it: a
+    model.json of a few hundred bytes (span 512 of 40 columns, max_hidden 16384) beside a tiny safetensors file
+    made load allocate 8 GB. Its shapes are now compared on torch's meta device (no memory) first."""
+    built = []
+    build = Autoencoder._build
+    monkeypatch.setattr(Autoencoder, "_build", lambda det: (build(det), built.append(det.net_.decode.weight.device.type)))
+    folder = crafted(saved_autoencoder, tmp_path / "m", params={"hidden": 64, "max_hidden": 16384})
+    with pytest.raises(InputError, match=r"m/model.safetensors: not the state of a fitted autoencoder \(tensors "
+                                         r"'net\.\*' do not fit the network model.json describes: tensor "
+                                         r"'net.decode.weight' has shape \(10, 100\), expected \(10, 640\)\)"):
+        load(folder)
+    assert built == ["meta"]  # never built for real
+    built.clear()
+    load(saved_autoencoder)  # a model as saved: built on the meta device, then for real
+    assert built == ["meta", "cpu"]
 
 # ------------------------------------------------------------------------------------------ autoencoder
 

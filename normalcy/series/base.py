@@ -570,6 +570,7 @@ class SeriesDetector(ParamsEstimator):
             else:
                 setattr(self, attr, t.numpy() if kind is np.ndarray else t)
         self._check_state()
+        self._check_network_shapes(modules, state)
         self._build()
         for attr in modules:
             prefix = attr[:-1] + "."
@@ -583,6 +584,25 @@ class SeriesDetector(ParamsEstimator):
         if state:
             raise ValueError(f"unexpected tensor(s) {sorted(state)[:3]}")
         self._trial_score()
+
+    def _check_network_shapes(self, modules: list[str], state: dict[str, torch.Tensor]) -> None:
+        """Raise ValueError unless the file's tensors of each network are those of the network that model.json's
+        parameters and columns describe, comparing shapes on torch's meta device (no memory). Why: ``_build``
+        allocated the network before its tensors were compared, so a model.json of a few hundred bytes (span 512,
+        40 columns, max_hidden 16384) beside a tiny safetensors file made load allocate 8 GB of weights."""
+        if not modules:
+            return
+        with torch.device("meta"):
+            self._build()
+        for attr in modules:
+            prefix = attr[:-1] + "."
+            want = {prefix + k: tuple(t.shape) for k, t in getattr(self, attr).state_dict().items()}
+            got = {k: tuple(t.shape) for k, t in state.items() if k.startswith(prefix)}
+            for key in sorted(want.keys() | got.keys()):
+                if want.get(key) != got.get(key):
+                    raise ValueError(f"tensors '{prefix}*' do not fit the network model.json describes: tensor "
+                                     f"{key!r} has shape {got.get(key, 'none (missing)')}, expected "
+                                     f"{want.get(key, 'none (unexpected)')}")
 
     def _trial_score(self) -> None:
         """Score a flat series: state that does not fit fails at load, not mid-run."""
