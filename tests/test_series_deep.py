@@ -307,6 +307,21 @@ def test_a_network_model_json_describes_is_checked_before_it_is_built(saved_auto
     load(saved_autoencoder)  # a model as saved: built on the meta device, then for real
     assert built == ["meta", "cpu"]
 
+
+def test_the_trial_score_at_load_takes_the_rows_the_model_needs(saved_autoencoder: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Load scored two of model.json's windows of zeros, whatever the network's own span: a window of 4096 rows
+    and 100,000 columns beside a 13 MB autoencoder of span 1 made load allocate 6 GB. It scores the context and
+    one more row where that is fewer, and the model scores as before."""
+    folder = crafted(saved_autoencoder, tmp_path / "m", params={"window": 4096}, window=4096)
+    shapes = []
+    score = Autoencoder._score
+    monkeypatch.setattr(Autoencoder, "_score", lambda det, X: (shapes.append(X.shape), score(det, X))[1])
+    det = load(folder)
+    assert shapes == [(11, 1)]  # span 10 and one row (it was (8192, 1))
+    X = sine(100, seed=1)
+    np.testing.assert_array_equal(det.score(X).score, load(saved_autoencoder).score(X).score)
+
 # ------------------------------------------------------------------------------------------ autoencoder
 
 

@@ -605,10 +605,13 @@ class SeriesDetector(ParamsEstimator):
                                      f"{want.get(key, 'none (unexpected)')}")
 
     def _trial_score(self) -> None:
-        """Score a flat series: state that does not fit fails at load, not mid-run."""
-        out = np.asarray(self._score(np.zeros((2 * self.window_, len(self.columns_)))))
-        if out.shape != (2 * self.window_, len(self.columns_)):
-            raise ValueError(f"a trial score gave shape {out.shape}, expected {(2 * self.window_, len(self.columns_))}")
+        """Score a flat series: state that does not fit fails at load, not mid-run. Its rows: two windows, or the
+        context and one more row where that is fewer. Why: a network's window (span) is its own, and model.json's
+        window of 4096 rows and 100,000 columns beside a 13 MB autoencoder (span 1) made load allocate 6 GB."""
+        shape = (min(2 * self.window_, self.context + 1), len(self.columns_))
+        out = np.asarray(self._score(np.zeros(shape)))
+        if out.shape != shape:
+            raise ValueError(f"a trial score gave shape {out.shape}, expected {shape}")
         if not np.isfinite(out).all() or (out < 0).any():
             raise ValueError("a trial score is not finite and non-negative")
 
