@@ -19,6 +19,7 @@ from normalcy.series.forecast import Forecast
 from normalcy.series.hypad import expmap0, poincare_distance
 from normalcy.series.io import Series, read_series_folder
 from normalcy.series.registry import DETECTORS, create, load
+from normalcy.series.stream import Stream
 
 FAST = {  # few training steps: the tests check behaviour, not the best model
     "autoencoder": {"steps": 200},
@@ -321,6 +322,34 @@ def test_the_trial_score_at_load_takes_the_rows_the_model_needs(saved_autoencode
     assert shapes == [(11, 1)]  # span 10 and one row (it was (8192, 1))
     X = sine(100, seed=1)
     np.testing.assert_array_equal(det.score(X).score, load(saved_autoencoder).score(X).score)
+
+
+@pytest.mark.filterwarnings("ignore:(overflow|invalid value):RuntimeWarning")  # numpy's, of the crafted weights
+def test_scores_that_are_no_number_stop_a_stream_in_one_line(saved_autoencoder: Path, tmp_path: Path) -> None:
+    """Weights that overflow on any row but the trial score's flat one (a crafted file) score NaN: score() refused
+    them, but score_one returned NaN without a word, and a Stream's calibration turned NaN, no row ever an alarm
+    again. Both now refuse the row as score() does."""
+    state = load_file(saved_autoencoder / "model.safetensors")
+    decode = torch.full_like(state["net.decode.weight"], 1e200)
+    decode[:, ::2] = -1e200  # inf - inf: NaN
+    folder = crafted(saved_autoencoder, tmp_path / "m", tensors={
+        "net.encode.0.weight": torch.full_like(state["net.encode.0.weight"], 1e200),
+        "net.encode.0.bias": torch.zeros_like(state["net.encode.0.bias"]), "net.decode.weight": decode})
+    det = load(folder)  # the trial's rows of zeros score 0
+    X = sine(40, seed=1)
+    message = r"autoencoder: the model scores row \d+ as (nan|inf) \(not a number\): its learned state is damaged"
+    with pytest.raises(InputError, match=message):
+        det.score(X)
+    with pytest.raises(InputError, match=message):
+        for row in X:
+            det.score_one(row)
+    with pytest.raises(InputError, match=message):
+        Stream(load(folder)).run(X)
+    with pytest.raises(InputError, match=message):
+        stream = Stream(load(folder))
+        for row in X:
+            stream.update(row)
+
 
 # ------------------------------------------------------------------------------------------ autoencoder
 

@@ -440,10 +440,7 @@ class SeriesDetector(ParamsEstimator):
         """``score`` of rows already standardised (``standardise``): a run that needs them too standardises once."""
         contrib = np.asarray(self._score(Z), dtype=np.float64)
         score = contrib.sum(axis=1)
-        if not np.isfinite(score).all():  # NaN is never >= the threshold: such a row would pass unseen
-            row = int(np.flatnonzero(~np.isfinite(score))[0])
-            raise InputError(f"{self.name}: the model scores row {row + 1} as {score[row]} (not a number): its "
-                             "learned state is damaged; fit it again")
+        refuse_non_finite(self.name, score)
         return SeriesScores(score, contrib, decide(score, self.threshold_).astype(np.int8), float(self.threshold_))
 
     # -- streaming ------------------------------------------------------------------------------
@@ -453,6 +450,7 @@ class SeriesDetector(ParamsEstimator):
         ring = self._ring()
         ring.push(self._row(x))
         contrib = np.asarray(self._score_last(ring.recent()), dtype=np.float64)
+        refuse_non_finite(self.name, contrib.sum(keepdims=True))
         ring.pending = True
         self.last_contributions = contrib
         return float(contrib.sum())
@@ -818,6 +816,17 @@ def saved_zoned(training: dict[str, Any] | None, source: Path) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise InputError(f"{source / MODEL_JSON}: training.{ZONED_KEY} must be true or false, not {str(value)[:40]!r}")
     return value
+
+
+def refuse_non_finite(name: str, score: np.ndarray, first: int = 0) -> None:
+    """InputError naming the first of these rows' scores (rows first + 1, ...) that is NaN or infinite: NaN is
+    never >= a threshold, so such a row would pass unseen, and in a stream it turned the calibration NaN, every
+    later row scoring NaN without a word. A loaded model's trial score sees only a flat series: weights that
+    overflow on other rows (a crafted file) show here."""
+    if not np.isfinite(score).all():
+        row = int(np.flatnonzero(~np.isfinite(score))[0])
+        raise InputError(f"{name}: the model scores row {first + row + 1} as {score[row]} (not a number): its "
+                         "learned state is damaged; fit it again")
 
 
 def _seed(seed: int) -> None:

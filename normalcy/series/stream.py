@@ -38,7 +38,7 @@ import numpy as np
 from normalcy.errors import InputError, shortened
 from normalcy.series.auto import CAP_DECADES, AutoDetector, RunningTail, learn_block
 from normalcy.series.base import (MAX_Z, MIN_CALIBRATION, SeriesDetector, StreamState, by_name,
-                                  refuse_non_measurements)
+                                  refuse_non_finite, refuse_non_measurements)
 from normalcy.vectors.tables import cell_number
 
 log = logging.getLogger("normalcy")
@@ -137,17 +137,23 @@ class Stream:
         """(M,) raw scores of the last row of ``recent`` (at most ctx rows), and the members' (d,)
         contributions."""
         if self.auto:
-            return self.det._last_raw(recent)
-        c = np.asarray(self.det._score_last(recent), dtype=np.float64)
-        return np.array([float(c.sum())]), [c]
+            raw, contribs = self.det._last_raw(recent)
+        else:
+            c = np.asarray(self.det._score_last(recent), dtype=np.float64)
+            raw, contribs = np.array([float(c.sum())]), [c]
+        refuse_non_finite(self.det.name, raw, self.t)
+        return raw, contribs
 
     def _raw(self, Z: np.ndarray, first: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """(n - first, M) raw scores of rows Z[first:] (each from the rows before it in Z), and the members'
         (n - first, d) contributions."""
         if self.auto:
-            return self.det._raw(self.det.members, Z, first)
-        c = np.asarray(self.det._score_from(Z, first), dtype=np.float64)
-        return c.sum(axis=1)[:, None], [c]
+            raw, contribs = self.det._raw(self.det.members, Z, first)
+        else:
+            c = np.asarray(self.det._score_from(Z, first), dtype=np.float64)
+            raw, contribs = c.sum(axis=1)[:, None], [c]
+        refuse_non_finite(self.det.name, raw.sum(axis=1), self.t)
+        return raw, contribs
 
     def _calibrated(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n,) scores in [0, 1] of (n, M) raw ones, the calibration following each row (when learning), and
