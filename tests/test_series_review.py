@@ -152,6 +152,39 @@ def test_an_event_with_a_non_finite_peak_is_left_out_not_fatal(run: Path, tmp_pa
         create_app(copy, TOKEN)
 
 
+def test_crafted_thresholds_neither_stop_serve_nor_fail_a_picture(run: Path, tmp_path: Path) -> None:
+    """A run folder edited by hand (predict writes none of these): a peak over a threshold near 0 (1e308 over
+    1e-308) ranked as inf, which the ranker refused, and serve did not start; events.csv's NaN or infinite
+    threshold failed the picture's request with a ValueError (int() of NaN). The events rank by their peaks
+    then, and an event that cannot be drawn gets the card saying it has no picture."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("review.sqlite*"))
+    with open(copy / "events.csv", newline="") as fh:
+        header, *events = list(csv.reader(fh))
+    peak, threshold, plot = (header.index(k) for k in ("peak_score", "threshold", "plot"))
+    events[0][peak], events[0][threshold] = "1e308", "1e-308"
+    events[1][threshold], events[2][threshold] = "nan", "inf"
+    for row in events[:3]:
+        row[plot] = ""  # no picture of predict's: serve draws it from the scores
+    with open(copy / "events.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *events])
+
+    def pictures() -> list[int]:
+        with TestClient(create_app(copy, TOKEN)) as c:
+            c.headers["Authorization"] = f"Bearer {TOKEN}"
+            items = c.get("/api/items", params={"limit": 100}).json()["items"]
+            assert len(items) == len(events) and items[0]["name"].startswith(f"{events[0][0]}: {events[0][1]}")
+            return [c.get(it["image_url"]).status_code for it in items]
+
+    assert pictures() == [200] * len(events)
+    events[1][threshold] = events[2][threshold] = events[3][threshold]  # finite: the peak over 1e-308 ranks
+    with open(copy / "events.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *events])
+    for name in ("review.sqlite", "review.sqlite-wal", "review.sqlite-shm"):
+        (copy / name).unlink(missing_ok=True)
+    assert pictures() == [200] * len(events)
+
+
 def test_pictures_of_events_rewritten_since_the_start_are_refused(run: Path, tmp_path: Path) -> None:
     """Another predict into the run folder rewrites events.csv and events/000001.png with other events: the page
     showed their pictures under the names of the events it had read. It is a 409 saying to restart."""

@@ -1146,12 +1146,13 @@ def score_picture(scores: Any, event: SeriesEvent, window: int) -> np.ndarray | 
     """The picture of an event predict drew none of (past MAX_EVENT_PLOTS), from the run's scores
     (:func:`series_scores`): its score around it over the threshold, the event shaded, as predict draws it; the
     metrics' values are not in the run. None where the scores cannot tell the event's rows (none read, its series
-    not found, its start and end not ``rows`` apart: a file not in time order, or repeated times)."""
+    not found, its start and end not ``rows`` apart: a file not in time order, or repeated times; a threshold that
+    is no finite number, which predict never writes: the drawing's int() of NaN failed the request)."""
     import pyarrow.compute as pc
 
     from normalcy.runs.plots import event_png
 
-    if scores is None or event.threshold is None:
+    if scores is None or event.threshold is None or not math.isfinite(event.threshold):
         return None
     if "series" in scores.column_names:
         scores = scores.filter(pc.equal(scores["series"], event.series))
@@ -1281,7 +1282,10 @@ def read_series_items(run_dir: Path) -> RunItems:
     # thresholds of their own, and one series' 1.26x its threshold outranked another's 1.95x by raw score.
     # A run written before events.csv kept thresholds (or one that is not positive) ranks by the raw peak.
     thresholds = [e.threshold for e in kept]
-    ratio = all(t is not None and math.isfinite(t) and t > 0 for t in thresholds)
+    # (as does one whose peak over its threshold is too large for a float: 1e308 / 1e-308 was inf, which the
+    # ranker refused, and serve did not start)
+    ratio = all(t is not None and math.isfinite(t) and t > 0 and math.isfinite(e.peak_score / t)
+                for e, t in zip(kept, thresholds))
     scores = [e.peak_score / t if ratio else e.peak_score for e, t in zip(kept, thresholds)]  # type: ignore[operator]
     return RunItems(keys, [f"{e.series}: {e.start} – {e.end}" for e in kept],
                     np.array(scores, np.float64), np.ones(len(kept), bool),
