@@ -105,3 +105,21 @@ def test_what_scoring_a_long_files_series_logs_names_the_series_once_a_kind(tmp_
     far = [msg for msg in caplog.messages if "spreads from the training median" in msg]
     assert len(far) == 1 and far[0].startswith("series 'b': ") and "test.csv: 40 value(s) more than" in far[0], far
     assert "... and 2 more series ('c', 'd'): the same as series 'b'" in caplog.messages
+
+
+def test_a_series_folder_linked_out_of_the_set_is_refused_and_the_others_scored(tmp_path: Path) -> None:
+    """A set's model.json names its folders safely (no "../"), but a series folder that is a symbolic link to
+    another model elsewhere was loaded and scored with it without a word (and a watch --save wrote there), where
+    a model's file linked out of its folder is refused. It is refused too, naming the folder; the other series
+    are scored. A link within the set still loads."""
+    long, m = fitted_set(tmp_path, ["a", "b"])
+    other = tmp_path / "elsewhere"
+    (m / "a").rename(other)
+    (m / "a").symlink_to(other)
+    summary = api.predict(load_series_set(m), long, tmp_path / "run", report=False, progress=False)
+    assert summary.n_series == 1
+    assert [why for _, why in summary.skipped] == [f"{m / 'a'}: a symbolic link to a folder outside the model set, refused"]
+    (m / "a").unlink()
+    other.rename(m / "a2")
+    (m / "a").symlink_to(m / "a2")
+    assert load_series_set(m).get("a").columns_ == ("cpu",)

@@ -328,8 +328,12 @@ class SeriesSet:
             return self._recent[key]
         if key not in self.folders or self.directory is None:
             raise InputError(self.missing(key))
+        folder = self.directory / self.folders[key]
+        if folder.is_symlink() and self.directory.resolve() not in folder.resolve().parents:
+            # its model was read from wherever the link leads, and a watch --save wrote its model there
+            raise InputError(f"{folder}: a symbolic link to a folder outside the model set, refused")
         try:
-            model = registry.load(self.directory / self.folders[key])
+            model = registry.load(folder)
         except InputError:
             if self.folders[key] in _set_folders(self.directory):
                 raise
