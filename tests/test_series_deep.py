@@ -297,7 +297,8 @@ def test_a_network_model_json_describes_is_checked_before_it_is_built(saved_auto
     made load allocate 8 GB. Its shapes are now compared on torch's meta device (no memory) first."""
     built = []
     build = Autoencoder._build
-    monkeypatch.setattr(Autoencoder, "_build", lambda det: (build(det), built.append(det.net_.decode.weight.device.type)))
+    monkeypatch.setattr(Autoencoder, "_build",
+                        lambda det: (build(det), built.append(det.net_.decode.weight.device.type)))
     folder = crafted(saved_autoencoder, tmp_path / "m", params={"hidden": 64, "max_hidden": 16384})
     with pytest.raises(InputError, match=r"m/model.safetensors: not the state of a fitted autoencoder \(tensors "
                                          r"'net\.\*' do not fit the network model.json describes: tensor "

@@ -118,7 +118,8 @@ def test_a_series_folder_linked_out_of_the_set_is_refused_and_the_others_scored(
     (m / "a").symlink_to(other)
     summary = api.predict(load_series_set(m), long, tmp_path / "run", report=False, progress=False)
     assert summary.n_series == 1
-    assert [why for _, why in summary.skipped] == [f"{m / 'a'}: a symbolic link to a folder outside the model set, refused"]
+    why = f"{m / 'a'}: a symbolic link to a folder outside the model set, refused"
+    assert [reason for _, reason in summary.skipped] == [why]
     (m / "a").unlink()
     other.rename(m / "a2")
     (m / "a").symlink_to(m / "a2")
