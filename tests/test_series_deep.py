@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from normalcy.errors import InputError
-from normalcy.series.dynamic import Z_GRID, Z_MAX, dynamic_epsilon, dynamic_epsilons
 from normalcy.series.autoencoder import Autoencoder
+from normalcy.series.dynamic import Z_GRID, Z_MAX, dynamic_epsilon, dynamic_epsilons
 from normalcy.series.events import top_metrics
 from normalcy.series.forecast import Forecast
 from normalcy.series.hypad import expmap0, poincare_distance
