@@ -410,7 +410,7 @@ def test_ray_address_given_where_the_process_has_ray_already_is_warned_and_the_u
         assert not caplog.records
         assert distributed._init(elsewhere)[1] == there
     (record,) = caplog.records
-    assert record.levelname == "WARNING" and f"--ray {elsewhere}:" in record.getMessage()
+    assert record.levelname == "WARNING" and f"ray={elsewhere!r}:" in record.getMessage()  # Python's argument
     assert f"at {there}" in record.getMessage() and "ray.shutdown()" in record.getMessage()
 
     model = registry.create("knn", window=8).fit(_series("train", 120), progress=False)
@@ -474,6 +474,7 @@ def test_local_on_a_ray_of_another_machine_is_warned_and_the_used_one_recorded(
     used, and that address is recorded; a Ray on this machine stays "local", silently."""
     import logging
 
+    from normalcy.errors import cli_wording
     from normalcy.scale import distributed
 
     there = ray.get_runtime_context().gcs_address
@@ -485,10 +486,13 @@ def test_local_on_a_ray_of_another_machine_is_warned_and_the_used_one_recorded(
         monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as when RAY_ADDRESS sends ray.init there
         monkeypatch.setattr(ray, "init", lambda **kwargs: None)
         assert distributed._init("local")[1] == there
-    first, second = (r.getMessage() for r in caplog.records)
-    assert first.startswith(f"--ray local: this process has Ray initialised already (at {there}), on another")
+        with cli_wording():  # the command line names its option
+            assert distributed._init("local")[1] == there
+    first, second, cli = (r.getMessage() for r in caplog.records)
+    assert first.startswith(f"ray='local': this process has Ray initialised already (at {there}), on another")
     assert "ray.shutdown()" in first
-    assert second.startswith(f"--ray local: RAY_ADDRESS sends it to the Ray at {there}, on another machine")
+    assert second.startswith(f"ray='local': RAY_ADDRESS sends it to the Ray at {there}, on another machine")
+    assert cli.startswith(f"--ray local: RAY_ADDRESS sends it to the Ray at {there}, on another machine")
 
 
 def test_a_ray_address_variable_that_local_and_auto_go_to_is_checked_as_an_address(

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import run_together
 from normalcy.cli import app
-from normalcy.errors import InputError, shortened
+from normalcy.errors import InputError, cli_wording, shortened
 from normalcy.evaluation.series_metrics import vus_pr
 from normalcy.series.io import read_series
 from normalcy.series.runs import (REASON_CHARS, SeriesSet, folder_name, is_series_input, load_series_model,
@@ -739,6 +739,7 @@ def test_keep_glitches_from_the_command_line(tmp_path: Path) -> None:
         w.writerows([[i, *map(float, row)] for i, row in enumerate(X)])
     r = cli("fit", train, "-o", tmp_path / "m", "--detector", "knn")
     assert r.exit_code == 0 and "1 one-row glitch(es)" in r.stderr and "row 201, column 'b'" in " ".join(r.stderr.split())
+    assert "fit with --keep-glitches to learn them" in " ".join(r.stderr.split())  # the CLI's flag
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["params"]["mend_glitches"] and meta["training"]["mended_glitches"][0]["column"] == "b"
     r = cli("fit", train, "-o", tmp_path / "k", "--detector", "knn", "--keep-glitches")
@@ -1444,7 +1445,9 @@ def test_ray_missing_is_said_before_any_series_is_read(monkeypatch: pytest.Monke
     monkeypatch.setattr(api, "fit_series", read)
     monkeypatch.setattr(api, "iter_series_files", read)
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as where it is not installed
-    with pytest.raises(InputError, match=r"^--ray needs Ray: pip install"):
+    with pytest.raises(InputError, match=r"^ray needs Ray: pip install"):  # Python's argument, not --ray
         normalcy.fit(tmp_path / "bad.csv", tmp_path / "set", series=True, series_column="v", ray="local")
-    with pytest.raises(InputError, match=r"^--ray needs Ray: pip install"):
+    with pytest.raises(InputError, match=r"^ray needs Ray: pip install"):
+        normalcy.predict(tmp_path / "m", tmp_path / "bad.csv", tmp_path / "out", ray="local")
+    with pytest.raises(InputError, match=r"^--ray needs Ray: pip install"), cli_wording():  # as the CLI says it
         normalcy.predict(tmp_path / "m", tmp_path / "bad.csv", tmp_path / "out", ray="local")

@@ -1128,6 +1128,7 @@ def test_a_one_row_glitch_in_training_does_not_blind_the_threshold(caplog: pytes
     with caplog.at_level(logging.WARNING, logger="normalcy"):
         det = create("knn", window=10).fit(series(train), progress=False)
     assert "s.csv: 1 one-row glitch(es)" in caplog.text and "row 351, column 'm1'" in caplog.text
+    assert "fit with mend_glitches=False to learn them" in caplog.text  # Python's argument, not the CLI's flag
     decision = det.score(test).decision
     assert decision[300:400].mean() > 0.8 and decision[:300].mean() < 0.05
     det.save(tmp_path / "m")

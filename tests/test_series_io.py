@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, cli_wording
 from normalcy.series.io import (
     MIN_ROWS,
     is_series_folder,
@@ -221,7 +221,7 @@ def test_too_few_rows(tmp_path: Path) -> None:
         read_series(f)
     repeated = [f"{i // 2},{i}" for i in range(2 * MIN_ROWS - 2)]  # enough rows, too few timestamps
     with pytest.raises(InputError, match=rf"r\.csv: {2 * MIN_ROWS - 2} rows but {MIN_ROWS - 1} distinct timestamps in "
-                                         "time column 'timestamp' .*give --time-column if another column is the time"):
+                                         "time column 'timestamp' .*give time_column if another column is the time"):
         read_series(write_csv(tmp_path / "r.csv", "timestamp,v", repeated))  # (the one given or found is named)
 
 
@@ -463,7 +463,7 @@ def test_epoch_milliseconds_before_1973_by_the_columns_name_or_said(tmp_path: Pa
     np.testing.assert_array_equal(plain.time, np.array(ts) * 1000.0)  # as before: seconds
     assert plain.notes == ["plain.csv: time column read as epoch seconds (the year 3237); if its numbers are epoch "
                            "milliseconds (the year 1971), name the column with its unit (time_ms) and give it as "
-                           "--time-column, or write the times as ISO 8601 dates"]
+                           "time_column, or write the times as ISO 8601 dates"]
     for header, values in (("timestamp", numbered()), ("time_s", [t * 1000 for t in ts]), ("time", range(40))):
         (s,) = read_series(write_csv(tmp_path / "s.csv", f"{header},cpu", [f"{t},{i % 7}" for i, t in
                                                                              enumerate(values)]), time_column=header)
@@ -515,11 +515,14 @@ def test_numeric_ids_read_as_a_metric_are_named_with_series_column(tmp_path: Pat
     (s,) = read_series(write_csv(tmp_path / "long.csv", "time,host,cpu", rows))
     assert len(s) == len(ts) and (f"long.csv: {2 * len(ts)} row(s) with a repeated timestamp dropped (the last row "
                                   "of each timestamp kept); column 'host' tells those rows apart (whole numbers, a "
-                                  "row a time each): if it names the series the file holds, give --series-column "
-                                  "'host'") in s.notes
+                                  "row a time each): if it names the series the file holds, give "
+                                  "series_column='host'") in s.notes
+    with cli_wording():  # the command line's option, as typed
+        (c,) = read_series(tmp_path / "long.csv")
+    assert any(n.endswith("give --series-column 'host'") for n in c.notes)
     (k,) = read_series(tmp_path / "long.csv", keep=(("cpu",), "the model"))  # a model of cpu alone
     assert any(n.endswith("dropped (the last row of each timestamp kept); half the rows or more: if the file holds "
-                          "several series, give the column that names them as --series-column") for n in k.notes)
+                          "several series, give the column that names them as series_column") for n in k.notes)
     repeated = [f"{t},{i % 3},{i % 7}" for i, t in enumerate(ts)] + [f"{ts[0]},5,1"]  # one time twice: no ids
     (r,) = read_series(write_csv(tmp_path / "r.csv", "time,host,cpu", repeated))
     assert any(n.endswith("dropped (the last row of each timestamp kept)") for n in r.notes)
@@ -739,8 +742,11 @@ def test_a_separate_time_of_day_column_is_named_as_one(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"column 'Time' holds times of day"):
         read_series(f, time_column="Date")  # Date given as the time, Time a value: said the same
     times = write_csv(tmp_path / "times.csv", "Time,cpu", [r.split(",", 1)[1] for r in rows])
-    with pytest.raises(InputError, match=r"time column: '00:00:00' at row 1 is a time of day without its date; join"):
+    with pytest.raises(InputError, match=r"time column: '00:00:00' at row 1 is a time of day without its date; join"
+                                         r".* and give it as time_column$"):
         read_series(times, time_column="Time")
+    with pytest.raises(InputError, match=r"without their dates; join .* and give it as --time-column$"), cli_wording():
+        read_series(f)
 
 
 def test_rfc3339_lower_case_z_is_utc(tmp_path: Path) -> None:
@@ -810,7 +816,7 @@ def test_intervals_a_thousand_times_apart_suggest_milliseconds(tmp_path: Path) -
     write_csv(d / "train.csv", "timestamp,cpu", [f"{t},{i % 7}" for i, t in enumerate(numbered(40))])
     write_csv(d / "test.csv", "timestamp,cpu", [f"{60_000 * i},{i % 7}" for i in range(40)])
     hint = ("; 1,000 times apart: if one file's times count milliseconds, name its time column with the unit, as "
-            "time_ms, and give it as --time-column")
+            "time_ms, and give it as time_column")  # Python's argument
     (_,), (te,) = read_series_folder(d)
     assert te.notes[-1].startswith("test.csv: a row every 60000 s, train.csv a row every 60 s") and te.notes[-1].endswith(hint)
     assert sampling_note(SimpleNamespace(interval_s=60.0), te, "test.csv").endswith(hint)  # type: ignore[arg-type]

@@ -80,8 +80,8 @@ def test_a_column_of_text_in_every_series_keeps_the_hint_for_the_file(tmp_path: 
     lines = [f"{1_600_000_000 + 60 * i},{h},x{i % 2},{i % 3}" for h in ("a", "b") for i in range(40)]
     f = tmp_path / "many.csv"
     f.write_text("time,host,kind,mem\n" + "\n".join(lines) + "\n")
-    with pytest.raises(InputError, match=r"value column 'kind' is not numeric .*give it as --time-column or "
-                                         r"--series-column, or remove it$"):
+    with pytest.raises(InputError, match=r"value column 'kind' is not numeric .*give it as time_column or "
+                                         r"series_column, or remove it$"):
         read_series(f, series_column="host", failed=[])
 
 

@@ -99,8 +99,8 @@ def synthetic_split(paths: Sequence[Path], folder: Path, fraction: float = 0.2, 
     order = rng.permutation(len(paths))
     n_val = int(min(100, max(4, round(fraction * len(paths)))))
     if len(paths) - n_val < 5:
-        raise InputError(f"choosing a detector or settings (auto, --tune) needs at least {n_val + 5} training "
-                         f"images, got {len(paths)}")
+        raise InputError(f"choosing a detector or settings (auto, {option('tune')}) needs at least {n_val + 5} "
+                         f"training images, got {len(paths)}")
     held, fit = [paths[i] for i in sorted(order[:n_val])], [paths[i] for i in sorted(order[n_val:])]
     skipped: list[tuple[Path, str]] = []
     images = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for _, im in iter_images(held, skipped)]
@@ -223,8 +223,8 @@ def _fit_trials(split: Split, fit: Sequence[Path], trials: Sequence[tuple[str, s
             with _without_threshold_notes():  # its threshold is unused
                 det = create(name, ex, **kwargs).fit(fit, progress=False, fp32_threshold=False)
         except InputError as err:  # it counts the trial's images, not the user's: say which these are
-            raise InputError(f"choosing a detector or settings (auto, --tune): {key} on the {len(fit)} training "
-                             f"images left after holding out {len(split.normal)} for validation: {err}") from None
+            raise InputError(f"choosing a detector or settings (auto, {option('tune')}): {key} on the {len(fit)} "
+                             f"training images left after holding out {len(split.normal)} for validation: {err}") from None
         fitted = time.perf_counter() - t
         scores[key] = validation_scores(det, split)
         found[key] = _auroc(*scores[key])
@@ -470,8 +470,8 @@ def fit_tuned(name: str, paths: Sequence[Path], extractor: FeatureExtractor, set
                 cache.keep(ex.map_key)
                 chosen[setting] = _shown(_current(ex, setting))
         if skipped:
-            log.warning("--tune skipped %s: over its time budget of %g plain fits (--tune-budget; 0 tries every one)",
-                        ", ".join(skipped), budget)
+            log.warning("%s skipped %s: over its time budget of %g plain fits (%s; 0 tries every one)", option("tune"),
+                        ", ".join(skipped), budget, option("tune_budget"))
         log.info("tune: chose %s for %s (validation AUROC %s; the best other value beat the one before in: %s)",
                  chosen, name,
                  ", ".join(f"{k} {v:.3f}" for k, v in found.items()),

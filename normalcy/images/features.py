@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from normalcy.errors import ImageError, InputError
+from normalcy.errors import ImageError, InputError, option
 from normalcy.images.backbones import (
     Backbone,
     BackboneSpec,
@@ -133,8 +133,9 @@ def size_for(paths: Sequence[Path], area: int = 224 * 224, multiple: int = 32, s
         odd = [f"{p.name} {w}x{h}" for p, w, h in sizes if not 1 / most <= w / h <= most]
         logger.warning("images of an aspect ratio past 1:%d (%d of the %d looked at: %s%s): input size %dx%d (height x "
                        "width), about %d pixels as for any image, so each is squeezed along its long side; give "
-                       "--image-size HEIGHTxWIDTH or --tile to choose another", round(most), len(odd), len(sizes),
-                       ", ".join(odd[:3]), ", ..." if len(odd) > 3 else "", *size, area)
+                       "%s or %s to choose another", round(most), len(odd), len(sizes),
+                       ", ".join(odd[:3]), ", ..." if len(odd) > 3 else "", *size, area,
+                       option("image_size", "HEIGHTxWIDTH"), option("tile"))
     return size
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 
 from normalcy.files import MODEL_JSON, one_line
-from normalcy.errors import InputError, reasons, setting
+from normalcy.errors import InputError, option, reasons, setting
 from normalcy.images.io import input_paths
 from normalcy.progress import progress_bar
 from normalcy.runs.format import (
@@ -62,7 +62,10 @@ RETRIES = 1  # a task whose worker died (a node lost) runs once more; one that k
 DIED = "its Ray worker died on it (out of memory, killed or crashed)"
 ROW = "n"  # each row's place in the input, beside it on its way through the workers: a lost block's rows are named
 T = TypeVar("T")
-NEEDS_RAY = "--ray needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)"
+def needs_ray() -> str:
+    """The one line for a run on Ray without Ray installed, naming ``ray`` as the caller gives it (``--ray`` on the
+    command line): a function, since a constant is worded before any caller is known."""
+    return f"{option('ray')} needs Ray: pip install 'normalcy[ray]' (with -c constraints.txt)"
 log = logging.getLogger("normalcy")
 
 
@@ -265,7 +268,7 @@ def _used(ray: Any, address: str, initialised: bool) -> str:
            "(call ray.shutdown() first to start one here)" if initialised else
            f"RAY_ADDRESS sends it to the Ray at {there}, on another machine; running there (unset RAY_ADDRESS "
            "to start one here)")
-    log.warning("--ray local: %s", why)
+    log.warning("%s: %s", setting("ray", "local"), why)
     return there
 
 
@@ -283,9 +286,9 @@ def _initialised(address: str, there: str) -> str:
     names another: the run went to the process's Ray without a word, and run.json named ADDRESS."""
     if there and _same_address(address, there):
         return address
-    log.warning("--ray %s: this process has Ray initialised already (%s); running on that one, not on %s "
-                "(call ray.shutdown() first to use %s)", address, f"at {there}" if there else "its address unknown",
-                address, address)
+    log.warning("%s: this process has Ray initialised already (%s); running on that one, not on %s "
+                "(call ray.shutdown() first to use %s)", setting("ray", address),
+                f"at {there}" if there else "its address unknown", address, address)
     return there or "the Ray initialised in this process"
 
 
@@ -597,5 +600,5 @@ def import_ray(data: bool = False) -> Any:
         if data:
             import ray.data  # noqa: F401 - ray.data is used as an attribute of ray
     except ImportError:
-        raise InputError(NEEDS_RAY) from None
+        raise InputError(needs_ray()) from None
     return ray

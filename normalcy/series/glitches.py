@@ -31,6 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from normalcy.errors import setting
+
 log = logging.getLogger("normalcy")
 
 GLITCH_STEPS = 100.0  # a glitch departs from both neighbours by more than this many typical steps
@@ -74,6 +76,6 @@ def mended(X: np.ndarray, columns: Sequence[str], where: str) -> tuple[np.ndarra
     row, col, steps = found[0]
     log.warning("%s: %d one-row glitch(es) in the training data mended for fitting (the first: row %d, column %r, "
                 "%.0f typical steps from both neighbours, its neighbours' mean used instead); fit with "
-                "--keep-glitches (mend_glitches=False) to learn them as they are", where, len(found), row + 1,
-                columns[col], steps)
+                "%s to learn them as they are", where, len(found), row + 1,
+                columns[col], steps, setting("mend_glitches", False, cli="--keep-glitches"))
     return X, [{"series": where, "row": i + 1, "column": columns[j], "steps": round(v, 1)} for i, j, v in found]

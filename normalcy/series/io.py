@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from normalcy.errors import InputError, reasons, shortened
+from normalcy.errors import InputError, option, reasons, setting, shortened
 from normalcy.vectors.tables import (
     _names,
     _numeric,
@@ -152,7 +152,7 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
         time_column = _index_time(path, arrays)
         if time_column is not None:
             notes.append(f"{path.name}: column {time_column!r} read as the time column (dates pandas wrote as the "
-                         "DataFrame's index); give --time-column to name another")
+                         f"DataFrame's index); give {option('time_column')} to name another")
     index = [c for c in arrays if c.startswith("__index_level_") and c != time_column]
     if index:  # pandas wrote its row index into a Parquet file: not a measurement
         arrays = {c: a for c, a in arrays.items() if c not in index}
@@ -165,10 +165,11 @@ def read_series(path: str | Path, time_column: str | None = None, series_column:
                                              decimal_comma(path))
             if time_column is not None:
                 notes.append(f"{path.name}: column {time_column!r} read as the time column ({why}); give "
-                             "--time-column to name another")
+                             f"{option('time_column')} to name another")
     if time_column is not None and time_column == series_column:  # each time was a series of one row, all refused
         raise InputError(f"{path}: column {series_column!r} is both the time column and the series column; the "
-                         "series column names the series of each row: give another, or --time-column for the time")
+                         "series column names the series of each row: give another, or "
+                         f"{option('time_column')} for the time")
     if time_column is not None:
         index = _row_index(arrays, time_column, keep[0] if keep else ())
         if index is not None:
@@ -327,7 +328,7 @@ def _ids_too_short(column: str, groups: list[tuple[str, np.ndarray]]) -> str:
     most = max(len(rows) for _, rows in groups)
     return (f"; each of the {len(groups)} values of {column!r} has fewer than {MIN_ROWS} rows (at most {most}): "
             f"is {column!r} the column naming the series (many rows to each value)? Give the one that is, or no "
-            "--series-column to read the file as one series")
+            f"{option('series_column')} to read the file as one series")
 
 
 def _float_column(path: Path, column: str) -> bool:
@@ -384,7 +385,7 @@ def _tidy(path: Path, name: str, where: str, file_rows: np.ndarray, time: np.nda
     if len(time) < MIN_ROWS:  # the rows are enough: say that their times are not, and which column they are
         raise InputError(f"{where}: {len(file_rows)} rows but {len(time)} distinct timestamps in time column "
                          f"{time_col!r} (the rows of a timestamp are one row); a series needs at least {MIN_ROWS}: "
-                         "give --time-column if another column is the time")
+                         f"give {option('time_column')} if another column is the time")
     values = np.array(values, dtype=np.float64)
     missing = ~np.isfinite(values)
     if missing.any():
@@ -432,9 +433,10 @@ def _id_hint(time: np.ndarray, values: np.ndarray, columns: tuple[str, ...]) -> 
         same = (np.diff(time[order]) == 0) & (np.diff(col[order]) == 0)
         if not same.any():
             return (f"; column {column!r} tells those rows apart (whole numbers, a row a time each): if it names "
-                    f"the series the file holds, give --series-column {column!r}")
+                    "the series the file holds, give "
+                    + setting("series_column", column, cli=f"--series-column {column!r}"))
     return ("; half the rows or more: if the file holds several series, give the column that names them as "
-            "--series-column")
+            f"{option('series_column')}")
 
 
 DST_HINT = ("local times without a zone repeat an hour where daylight saving time ends; if these are such, give "
@@ -491,10 +493,10 @@ def _values(path: Path, column: str, a: np.ndarray, comma: bool, notes: list[str
         first = f"the first {str(a[bad[0]])[:40]!r} in row {(bad[0] if rows is None else int(rows[bad[0]])) + 1}"
         if len(bad) > MAX_TEXT_SHARE * cells and _time_of_day(a[bad[0]]):  # a logger's Date, Time columns
             raise InputError(f"{path}: column {column!r} holds times of day ({first}) without their dates; "
-                             f"{JOIN_DATE}")
+                             f"{join_date()}")
         if len(bad) > MAX_TEXT_SHARE * cells:  # one series' cells (``rows``): the column is the others' numbers
             fix = ("correct this series' values or remove its rows" if rows is not None else
-                   "give it as --time-column or --series-column, or remove it")
+                   f"give it as {option('time_column')} or {option('series_column')}, or remove it")
             raise InputError(f"{path}: value column {column!r} is not numeric ({len(bad)} of {cells} values are not "
                              f"numbers, {first}); {fix}")
         notes.append(f"{path.name}: column {column!r}: {len(bad)} value(s) that are not numbers read as missing "
@@ -628,8 +630,8 @@ def _seconds(path: Path, num: np.ndarray, notes: list[str], column: str | None =
             lo, hi = float(num.min()), float(num.max())
             notes.append(f"{path.name}: time column read as epoch seconds ({_years(lo, hi)}); if its numbers are "
                          f"epoch milliseconds ({_years(lo / 1e3, hi / 1e3)}), "
-                         "name the column with its unit (time_ms) and give it as --time-column, or write the times as ISO "
-                         "8601 dates")
+                         f"name the column with its unit (time_ms) and give it as {option('time_column')}, or write "
+                         "the times as ISO 8601 dates")
         return num
     _, div, unit = next(u for u in _EPOCH_UNITS if typical >= u[0])
     notes.append(f"{path.name}: time column read as epoch {unit} (as seconds its numbers would lie after the year "
@@ -769,8 +771,11 @@ def offset_of(text: str) -> float | None:
     return None if offset is None else offset.total_seconds()
 
 
-JOIN_DATE = ("join the date and the time of day into one ISO 8601 column (2024-01-01T00:15:00) and give it as "
-             "--time-column")
+def join_date() -> str:
+    """The fix for a time of day without its date, naming the time column as the caller gives it (a function, not
+    a constant: ``time_column`` from Python, ``--time-column`` on the command line)."""
+    return ("join the date and the time of day into one ISO 8601 column (2024-01-01T00:15:00) and give it as "
+            f"{option('time_column')}")
 
 
 def _time_of_day(v: Any) -> bool:
@@ -796,7 +801,8 @@ def _bad_time(path: Path, a: np.ndarray, first: int, rows: np.ndarray | None = N
     for i, v in enumerate(a):
         kind, _ = time_of(str(v))
         if not kind and _time_of_day(v):
-            return f"{path}: time column: {str(v).strip()[:40]!r} at row {_row(i, rows)} is a time of day without its date; {JOIN_DATE}"
+            return (f"{path}: time column: {str(v).strip()[:40]!r} at row {_row(i, rows)} is a time of day without its "
+                    f"date; {join_date()}")
         if not kind:
             return f"{path}: time column: {str(v).strip()[:40]!r} at row {_row(i, rows)} is neither a number nor an ISO 8601 date"
         kinds.append(kind)
@@ -904,7 +910,7 @@ def unit_hint(step: float, other: float) -> str:
     for factor, unit, suffix in ((1e3, "milliseconds", "ms"), (1e6, "microseconds", "us"), (1e9, "nanoseconds", "ns")):
         if abs(ratio / factor - 1) <= 0.01:
             return (f"; {factor:,.0f} times apart: if one file's times count {unit}, name its time column with "
-                    f"the unit, as time_{suffix}, and give it as --time-column")
+                    f"the unit, as time_{suffix}, and give it as {option('time_column')}")
     return ""
 
 
