@@ -23,7 +23,7 @@ import logging
 import math
 import numbers
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -984,7 +984,8 @@ def _predict_series(model: SeriesDetector | SeriesSet, inputs: list[Path], outpu
         if isinstance(res, str):
             failed.append((where, res))
         else:
-            parts.append(SeriesRunPart(s.name, fi, s, res))
+            drawn = s if res.held is None else replace(s, values=res.held)  # a replay draws what it scored
+            parts.append(SeriesRunPart(s.name, fi, drawn, res))
     if not parts:
         raise InputError(f"no series could be scored{reasons(failed, named=True)}")
     _name_parts(parts, files)

@@ -101,6 +101,35 @@ def test_a_stream_holds_its_first_missing_values_at_the_training_median(fitted: 
     assert stream.filled == 5
 
 
+def test_predict_stream_draws_the_values_it_held(fitted: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict --stream scored held values but its report (and event pictures) drew the reader's interpolated
+    ones, which the stream never saw. The run's series now carries the values it scored; without --stream the
+    interpolated ones, which that run scores."""
+    import normalcy.api as api
+
+    gaps = _with_gaps(fitted, tmp_path)
+    rows = list(csv.DictReader(open(gaps)))
+    values = np.array([[cell_number(x["cpu"]), cell_number(x["mem"])] for x in rows])
+    det = load_series_model(fitted / "model")
+    held = Stream(det).held(values)
+    drawn: list[np.ndarray] = []
+    write = api.write_series_run
+
+    def kept(folder: Path, files: object, parts: list, *args: object, **kwargs: object) -> object:
+        drawn.extend(p.series.values for p in parts)
+        return write(folder, files, parts, *args, **kwargs)
+
+    monkeypatch.setattr(api, "write_series_run", kept)
+    api.predict(fitted / "model", gaps, tmp_path / "run", stream=True, report=False, progress=False)
+    api.predict(fitted / "model", gaps, tmp_path / "offline", report=False, progress=False)
+    streamed, offline = drawn
+    np.testing.assert_array_equal(streamed, held)  # row 0's cpu the training median, rows 40-43 row 39's
+    assert not np.isclose(offline[41, 0], held[41, 0])  # interpolated towards row 44's cpu, as that run scored
+    assert np.isfinite(offline).all()
+
+
+
 def test_a_replay_refuses_rows_the_reader_sorted_or_merged(fitted: Path, tmp_path: Path) -> None:
     """A file's reader sorts rows by time and keeps the last row of a repeated time: rows still to come, which a
     stream cannot see (watch scores them in the order they come, saying each). predict --stream replayed the

@@ -670,6 +670,9 @@ class ScoredSeries:
     pruned: int = 0  # events that crossed the threshold and were pruned as noise (``prune``)
     blind: int = 0  # rows at its start that score 0 unjudged: for want of a past (the detector's ``blind``),
     blind_why: str = ""  # or a stream's calibration warm-up; and why, one line
+    # a replay's values (the model's columns) with the missing ones held as it scored them, for its report to draw
+    # instead of the series' interpolated ones (None: the series' own values were scored)
+    held: np.ndarray | None = None
 
 
 def score_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None) -> ScoredSeries:
@@ -709,7 +712,8 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     rows the reader sorted or merged (times going back, repeated) are refused: a stream scores rows as they come."""
     in_file_order(s)
     stream = Stream(copy.deepcopy(det), past=past, resume=False)  # it learns: the model itself stays as fitted
-    z = det.standardise(_held(stream, s))  # checks the columns and values
+    held = _held(stream, s)
+    z = det.standardise(held)  # checks the columns and values
     k = 0 if past is None else min(len(past), det.context - 1)  # rows of past the stream starts with
     det.check_scorable(len(z) + k, str(s.source))
     if not stream.auto and len(z) <= MIN_CALIBRATION:  # its warm-up would be the whole series, every score 0
@@ -724,6 +728,8 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     if warm > scored.blind:
         scored.blind = min(len(z), warm)
         scored.blind_why = f"a stream of {det.name} learns its score calibration on its first {warm} rows"
+    if held is not s:
+        scored.held = held.values
     return scored
 
 
