@@ -129,6 +129,16 @@ def test_predict_stream_draws_the_values_it_held(fitted: Path, tmp_path: Path,
     assert np.isfinite(offline).all()
 
 
+def test_a_stream_numbers_the_row_of_its_first_held_value_from_1(fitted: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The stream's warning said "row 40" of the 41st data row, which the reader's notes (and a spreadsheet)
+    call row 41: both number data rows from 1 now."""
+    stream = Stream(load_series_model(fitted / "model"))
+    stream.run(np.zeros((40, 2)))
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        stream.held(np.array([[0.0, 0.0], [0.0, np.nan]]))
+    assert "(row 42, column 'mem') is held" in caplog.text
+
 
 def test_a_replay_refuses_rows_the_reader_sorted_or_merged(fitted: Path, tmp_path: Path) -> None:
     """A file's reader sorts rows by time and keeps the last row of a repeated time: rows still to come, which a

@@ -193,9 +193,10 @@ class Stream:
             A = np.array(A, dtype=np.float64)
             if not self.filled:
                 i, j = np.argwhere(bad)[0]
-                # the column by name: "column 0" of a model of 1,000 metrics (or of a watch's header) named none
+                # the column by name: "column 0" of a model of 1,000 metrics (or of a watch's header) named none;
+                # the row from 1, as the reader's notes and a spreadsheet number data rows (it said row 0 for row 1)
                 log.warning("stream: a missing, non-finite or text value (row %d, column %r) is held at the column's last "
-                            "value, as every later one will be (Stream.filled counts them)", self.t + int(i),
+                            "value, as every later one will be (Stream.filled counts them)", self.t + int(i) + 1,
                             shortened(str(self.det.columns_[int(j)])))
             self.filled += int(bad.sum())
             prev = self.last_raw
