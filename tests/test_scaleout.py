@@ -436,7 +436,7 @@ def test_an_address_where_no_ray_answers_is_refused_before_any_input_is_read(
     predict of series, images and tables alike, as a missing Ray is. A reader that fails the test proves the order."""
     import normalcy
     from normalcy import api
-    from normalcy.errors import InputError, cli_wording
+    from normalcy.errors import InputError
     from normalcy.scale import distributed
     from normalcy.vectors import tables
 
