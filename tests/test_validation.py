@@ -16,6 +16,10 @@ from normalcy.evaluation.validation import CANDIDATES, synthetic_split
 from normalcy.images.features import FeatureExtractor
 from normalcy.images.io import list_files
 
+# gaussian's threshold folds in the tests that call fit_tuned: what they check (trials, reads, warnings, the budget)
+# does not depend on them, and each fold inverts every cell's covariance again (5 folds: most of a trial's time)
+FOLDS = 2
+
 
 def test_split_holds_out_normal_images_and_plants_a_defect_in_each(tmp_path: Path) -> None:
     root = make_synthetic_dataset(tmp_path / "ds", n_train=20)
@@ -273,7 +277,7 @@ def test_tune_tries_pooling_grids_on_the_maps_it_has_and_finds_the_same(tmp_path
                         real(self, x, levels))
     monkeypatch.setattr(FeatureExtractor, "_read_one", lambda self, path: reads.append(path) or read(self, path))
     ex = FeatureExtractor(image_size=64)
-    cached = fit_tuned("gaussian", train, ex, ("pool_grid",), progress=False, budget=0)
+    cached = fit_tuned("gaussian", train, ex, ("pool_grid",), progress=False, budget=0, folds=FOLDS)
     assert ex.cache is None and cached.extractor.cache is None  # nothing held after tuning
     held, fit = 4, 12  # 20 % of 16 held out, each scored as it is and with a defect
     trial = fit + 2 * held
@@ -282,7 +286,8 @@ def test_tune_tries_pooling_grids_on_the_maps_it_has_and_finds_the_same(tmp_path
     assert len(reads) == len(set(reads)) == trial + held  # each file decoded once
     n_first = len(calls)
     monkeypatch.setattr(MapCache, "parts", lambda self, key, levels, paths: [None] * len(paths))
-    plain = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False, budget=0)
+    plain = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False, budget=0,
+                      folds=FOLDS)
     assert sum(calls[n_first:]) == 3 * trial + len(train) + fp32  # without it, every grid's trial and the fit again
     assert cached.choice["validation_auroc"] == plain.choice["validation_auroc"]
     torch.testing.assert_close(cached.scale_, plain.scale_)  # the final fit's maps are the same either way
@@ -299,7 +304,8 @@ def test_tune_warns_once_about_a_file_that_is_not_an_image(tmp_path: Path, caplo
     (root / "train" / "good" / "zz_bad.png").write_bytes(b"not an image")
     train = list_files(root / "train" / "good")
     with caplog.at_level(logging.WARNING, logger="normalcy"):
-        det = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False, budget=0)
+        det = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("pool_grid",), progress=False, budget=0,
+                        folds=FOLDS)
     assert sum("zz_bad.png" in r.getMessage() for r in caplog.records) == 1
     # the note that a threshold rests on few images: the final fit's only (each trial printed it too)
     assert sum("the threshold rests on" in r.getMessage() for r in caplog.records) == 1
@@ -315,7 +321,7 @@ def test_tune_skips_the_trials_its_time_budget_cannot_afford(tmp_path: Path) -> 
     root = make_synthetic_dataset(tmp_path / "ds", n_train=16)
     train = list_files(root / "train" / "good")
     det = fit_tuned("gaussian", train, FeatureExtractor(image_size=64), ("input_norm", "pool_grid"), progress=False,
-                    budget=0.5)  # less than the first trial has taken already
+                    budget=0.5, folds=FOLDS)  # less than the first trial has taken already
     assert det.choice["skipped"] == ["input_norm=standard", "input_norm=imagenet", "pool_grid=2", "pool_grid=1"]
     # (the synthetic textures are grey and low in contrast: standard is tried before imagenet)
     assert list(det.choice["validation_auroc"]) == ["gaussian"] and det.choice["budget"] == 0.5
