@@ -131,8 +131,8 @@ class Review:
             run = read_table_items(run_dir, meta.get("id_column"))
         elif self.is_series:
             self._events_state = file_state(run_dir / EVENTS_CSV)  # before reading: a rewrite after it is seen
-            run = read_series_items(run_dir)
             every = read_events(run_dir)
+            run = read_series_items(run_dir, every)
             self.events = [every[k] for k in run.rows.tolist()]
         else:
             self._scores_state = file_state(run_dir / SCORES_CSV)  # before reading: a rewrite after it is seen
