@@ -342,6 +342,10 @@ class SeriesSet:
             raise InputError(f"{self.directory}: the model set was saved over by another process (a fit, a "
                              f"watch --save) while this one ran, and series {shortened(key)!r}'s model went with the "
                              "earlier set: run again to use the new set") from None
+        if model.name != self.name:  # every series of a set is fitted by its detector (auto's members are inside)
+            # a folder put there by hand or from another set: scored by a detector the run and its report never name
+            raise InputError(f"{folder}: holds a {model.name} model, where the set's model.json says {self.name} "
+                             "(a folder of another set?), refused")
         if keep:
             self.models[key] = model
         else:
