@@ -131,7 +131,7 @@ def test_a_series_folder_of_another_detector_is_refused_and_the_others_scored(tm
     without a word, while run.json and the report said knn. That series is refused naming its folder and both
     detectors; the other is scored as before. An auto set's series are auto models (their members inside)."""
     long, m = fitted_set(tmp_path, ["a", "b"])
-    before = api.predict(load_series_set(m), long, tmp_path / "before", report=False, progress=False)
+    assert api.predict(load_series_set(m), long, tmp_path / "before", report=False, progress=False).n_series == 2
     r = cli("fit", long, "-o", tmp_path / "p", "--series-column", "host", "--detector", "pca", "--window", "8")
     assert r.exit_code == 0, r.stderr  # type: ignore[attr-defined]
     folder = m / load_series_set(m).folders["a"]
@@ -141,8 +141,8 @@ def test_a_series_folder_of_another_detector_is_refused_and_the_others_scored(tm
     assert summary.n_series == 1
     assert [reason for _, reason in summary.skipped] == [
         f"{folder}: holds a pca model, where the set's model.json says knn (a folder of another set?), refused"]
-    scores = {x["time"]: x["score"] for x in csv.DictReader(open(tmp_path / "run" / "scores.csv"))}
-    kept = {x["time"]: x["score"] for x in csv.DictReader(open(tmp_path / "before" / "scores.csv")) if x["series"] == "b"}
+    with open(tmp_path / "run" / "scores.csv") as now, open(tmp_path / "before" / "scores.csv") as earlier:
+        scores = {x["time"]: x["score"] for x in csv.DictReader(now)}
+        kept = {x["time"]: x["score"] for x in csv.DictReader(earlier) if x["series"] == "b"}
     assert scores == kept and len(kept) == 60  # series b scored as before
     assert json.loads((tmp_path / "run" / "run.json").read_text())["detector"] == "knn"
-    assert before.n_series == 2
