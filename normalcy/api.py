@@ -37,7 +37,7 @@ from normalcy.detectors import (
 )
 from normalcy.detectors import load as load_image_model
 from normalcy.detectors.base import Maps, report_info
-from normalcy.errors import InputError, fpr_out_of_range, option, reasons, setting, shortened
+from normalcy.errors import InputError, fpr_out_of_range, on_command_line, option, reasons, setting, shortened
 from normalcy.files import MODEL_JSON, check_writable, no_model_json, read_json, reading, resolved, save_model
 from normalcy.evaluation.validation import TUNABLE, TUNE_BUDGET
 from normalcy.images.backbones import INPUT_NORMS, BackboneSpec, custom_backbone
@@ -250,7 +250,8 @@ class DetectorOptions:
         for name, value in (("window", self.window), ("event_gap", self.event_gap), ("prune", self.prune),
                             ("keep_glitches", self.keep_glitches or None), ("score_flags", self.score_flags or None)):
             if value is not None:
-                raise InputError(f"{option(name)} applies to series only (a file with a time column, or --series)")
+                raise InputError(f"{option(name)} applies to series only (a file with a time column, or "
+                                 f"{setting('series', True)})")
 
     def check_table(self) -> None:
         """The options a table's detector takes: none of them trains, so --steps and --time-budget are an
@@ -457,11 +458,11 @@ def _check_model_output(output: Path, inputs: Sequence[Path]) -> None:
     """Before a fit (minutes, perhaps): refuse a model folder that cannot be one, rather than after it."""
     out = resolved(output)
     if output.exists() and not output.is_dir():
-        raise InputError(f"{output}: not a folder (a model is a folder of files): choose another --output")
+        raise InputError(f"{output}: not a folder (a model is a folder of files): choose another {option('output')}")
     for given in inputs:
         if given.is_dir() and (out == given.resolve() or given.resolve() in out.parents):
             raise InputError(f"{output}: inside the training folder {given}, where its files would be read as "
-                             "training images next time: choose another --output")
+                             f"training images next time: choose another {option('output')}")
     if not output.exists():
         try:  # the folder can be made (a missing parent is made too): try it now, make it when saving
             output.mkdir(parents=True)
@@ -486,7 +487,7 @@ def _check_not_theirs(output: Path) -> None:
         ours = _holds_model(output)
     if not ours:
         raise InputError(f"{output}: holds a {names[0]} that is not a normalcy model's, which saving would "
-                         "replace: choose another --output")
+                         f"replace: choose another {option('output')}")
 
 
 def _holds_model(folder: Path) -> bool:
@@ -533,10 +534,11 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
     test = None if test is None else _path(test, "test", "a labelled table's path (a str or pathlib.Path)")
     report = None if report is None else _path(report, "report", "an HTML file's path (a str or pathlib.Path)")
     if report is not None and (is_table(dataset) or dataset.is_dir() and is_series_input(dataset)):
-        instead = ("a table's evaluation has no HTML report: its metrics are printed, all of them with --json"
+        printed = "printed, all of them with --json" if on_command_line() else "what evaluate returns"
+        instead = (f"a table's evaluation has no HTML report: its metrics are {printed}"
                    if is_table(dataset) else "for series, `normalcy predict` writes report.html")
-        raise InputError(f"{report}: --report is the report of an image evaluation; this one would not be written "
-                         f"({instead})")  # it was ignored without a word
+        raise InputError(f"{report}: {option('report')} is the report of an image evaluation; this one would not be "
+                         f"written ({instead})")  # it was ignored without a word
     if dataset.is_dir() and is_series_input(dataset):
         from normalcy.evaluation.evaluate import eval_series
 
@@ -545,10 +547,10 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
         return eval_series(dataset, det.name(series=True), det.series_kwargs(), time_column,
                            label_column=label_column or "label", stream=stream, progress=progress)
     if stream:
-        raise InputError(f"{dataset}: --stream replays series; this is not a series folder (DIR/train.csv, "
-                         "DIR/test.csv) or a folder of them")
+        raise InputError(f"{dataset}: {setting('stream', True)} replays series; this is not a series folder "
+                         "(DIR/train.csv, DIR/test.csv) or a folder of them")
     if time_column is not None:
-        raise InputError(f"{dataset}: --time-column: eval takes series as series folders (DIR/train.csv, "
+        raise InputError(f"{dataset}: {option('time_column')}: eval takes series as series folders (DIR/train.csv, "
                          "DIR/test.csv with a label column) or a folder of them")
     hint = unpack_hint(dataset) or rename_hint(dataset)
     if hint and dataset.is_file():  # a .tsv was "--label-column does not apply to an image data set"
@@ -556,7 +558,7 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
                          f"folder{hint}")
     if is_table(dataset):
         if label_column is None:
-            raise InputError(f"{dataset}: eval on a table needs --label-column (0 normal, 1 anomaly)")
+            raise InputError(f"{dataset}: eval on a table needs {option('label_column')} (0 normal, 1 anomaly)")
         train_table = read_table(dataset, label_column)
         # the test table's columns by name, as predict reads them (by position, reordered columns were scored)
         test_table = read_table(Path(test), label_column, columns=train_table.columns) if test is not None else None
@@ -564,8 +566,8 @@ def evaluate(dataset: PathLike, detector: Optional[str] = None, *, label_column:
         ex.check_images_only("tables")
         return eval_table(train_table, det.name(table=True), det.fpr, det.seed, test_table)
     if test is not None:
-        raise InputError(f"{dataset}: --test names the labelled table to score; an image data set is scored on "
-                         "its own test/ folder")
+        raise InputError(f"{dataset}: {option('test')} names the labelled table to score; an image data set is "
+                         "scored on its own test/ folder")
     _not_applying("an image data set (test/good is normal, the other folders of test/ defective)",
                   label_column=label_column)
     from normalcy.evaluation.evaluate import run_eval, write_eval_report
@@ -698,7 +700,8 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
     if save is not None:
         save = _path(save, "save", "a folder's path (a str or pathlib.Path)")
         if not learn:
-            raise InputError(f"{save}: with --no-learn the model learns nothing, so there is nothing to save")
+            raise InputError(f"{save}: with {setting('learn', False)} the model learns nothing, so there is nothing "
+                             "to save")
         if model_dir is not None and save.resolve() == Path(model_dir).resolve():
             raise InputError(f"{save}: is the model being watched; give another folder (the fitted model stays as "
                              "it was)")
@@ -721,7 +724,7 @@ def watch(model: PathLike | Any, source: Optional[PathLike | Any] = None, *, out
         raise InputError(f"{path}: is a folder; watch reads a CSV file, a named pipe or - (stdin)")
     if path.suffix.lower() in (".parquet", ".pq"):
         raise InputError(f"{path}: watch reads CSV lines as they arrive; a Parquet file is scored whole by "
-                         "`normalcy predict` (--stream to replay it as a stream)")
+                         f"`normalcy predict` ({setting('stream', True)} to replay it as a stream)")
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         return _watched(run_watch(model, f, out or sys.stdout, source_name=str(path), **kw), out)
 
@@ -766,7 +769,7 @@ def predict(model: PathLike | Any, inputs: PathLike | Sequence[PathLike], output
         out, folder = resolved(output), resolved(model)
         if folder == out or out in folder.parents:
             raise InputError(f"{output}: holds the model {model}, and a run replaces its run folder: "
-                             "choose another --output")
+                             f"choose another {option('output')}")
     if stream and ray is not None:
         raise InputError(f"{option('stream')} replays each series in this process; it does not run on Ray")
     if ray is not None and not isinstance(model, (str, Path)):

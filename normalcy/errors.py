@@ -106,10 +106,16 @@ def cli_wording() -> Iterator[None]:
         _cli_wording.reset(token)
 
 
+def on_command_line() -> bool:
+    """Whether messages are worded for the command line (within ``cli_wording``): for the few that say something
+    other than an option's name there, as where the metrics go (printed, or returned to Python)."""
+    return _cli_wording.get()
+
+
 def option(name: str, metavar: str = "") -> str:
     """A setting's name in a message: ``--event-gap`` on the command line, ``event_gap`` in Python; ``metavar``
     (``DIR``) follows the option on the command line only, where it is typed."""
-    if not _cli_wording.get():
+    if not on_command_line():
         return name
     return "--" + name.replace("_", "-") + (f" {metavar}" if metavar else "")
 
@@ -118,7 +124,7 @@ def setting(name: str, value: object, cli: str = "") -> str:
     """A setting given a value, in a message: ``--precision int8``, ``--follow``, ``--no-embeddings`` on the
     command line (``cli``, where its option is spelt otherwise: ``--table``); ``precision='int8'``,
     ``follow=True``, ``embeddings=False`` in Python, as each is written."""
-    if not _cli_wording.get():
+    if not on_command_line():
         return f"{name}={value!r}"
     if cli:
         return cli

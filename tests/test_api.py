@@ -165,7 +165,7 @@ def test_an_unwritable_eval_report_is_refused_before_the_evaluation(synthetic_ro
 
     monkeypatch.setattr(evaluation, "run_eval", lambda *a, **k: pytest.fail("evaluated before refusing"))
     (tmp_path / "file.txt").write_text("")
-    for report, why in ((tmp_path, "a folder; --report names the HTML file to write"),
+    for report, why in ((tmp_path, "a folder; report names the HTML file to write"),  # Python's argument
                         (tmp_path / "file.txt" / "r.html", "file.txt is a file")):
         with pytest.raises(InputError, match=why):
             normalcy.evaluate(synthetic_root, report=report, image_size="64", progress=False)

@@ -261,3 +261,62 @@ def test_python_calls_name_the_argument_in_the_remaining_messages(tmp_path) -> N
             call()
         with cli_wording(), pytest.raises(InputError, match=f"^{re.escape(cli_message)}"):
             call()
+
+
+def test_python_calls_name_the_argument_in_the_last_messages(tmp_path) -> None:
+    """``evaluate(table, stream=True)`` said "--stream replays series", ``watch(..., learn=False, save=...)``
+    "with --no-learn", ``fit(table, output=a_file)`` "choose another --output", and likewise for eval's
+    ``time_column``, ``label_column`` and ``report``, fit's ``series_column`` and watch of a Parquet file: options
+    Python has not. Each now names the argument as a Python call writes it; the command line keeps its options."""
+    from normalcy import api
+    from normalcy.cli import app
+    from normalcy.errors import cli_wording
+    from normalcy.series.runs import time_hint
+    from typer.testing import CliRunner
+
+    table, out, report = tmp_path / "rows.csv", tmp_path / "out", tmp_path / "r.html"
+    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(40)))
+    series, model, saved = tmp_path / "series", tmp_path / "series_model", tmp_path / "saved"
+    series.mkdir()
+    for name in ("train.csv", "test.csv"):
+        (series / name).write_text("timestamp,x\n" + "".join(f"{i},{i % 9}\n" for i in range(200)))
+    api.fit(series / "train.csv", model, detector="knn", window=8, progress=False)
+    (tmp_path / "x.parquet").write_bytes(b"")
+    cases = [  # (the Python call, its message, the command line, its message)
+        (lambda: api.evaluate(table, stream=True), "stream=True replays series; this is not a series folder",
+         ["eval", table, "--stream"], "--stream replays series; this is not a series folder"),
+        (lambda: api.evaluate(table, time_column="a"), "time_column: eval takes series as series folders",
+         ["eval", table, "--time-column", "a"], "--time-column: eval takes series as series folders"),
+        (lambda: api.evaluate(table), "eval on a table needs label_column (0 normal, 1 anomaly)",
+         ["eval", table], "eval on a table needs --label-column (0 normal, 1 anomaly)"),
+        (lambda: api.evaluate(table, report=report), "report is the report of an image evaluation; this one would "
+         "not be written (a table's evaluation has no HTML report: its metrics are what evaluate returns)",
+         ["eval", table, "--report", report], "--report is the report of an image evaluation; this one would not "
+         "be written (a table's evaluation has no HTML report: its metrics are printed, all of them with --json)"),
+        (lambda: api.fit(table, table), "not a folder (a model is a folder of files): choose another output",
+         ["fit", table, "-o", table], "not a folder (a model is a folder of files): choose another --output"),
+        (lambda: api.fit(table, window=8), "window applies to series only (a file with a time column, or "
+         "series=True)", ["fit", table, "-o", out, "--window", "8"], "--window applies to series only (a file "
+         "with a time column, or --series)"),
+        (lambda: api.fit(series, out, series_column="host"), "series_column names the column of a file holding "
+         "many series", ["fit", series, "-o", out, "--series-column", "host"], "--series-column names the column "
+         "of a file holding many series"),
+        (lambda: api.watch(model, table, learn=False, save=saved), "with learn=False the model learns nothing",
+         ["watch", model, table, "--no-learn", "--save", saved], "with --no-learn the model learns nothing"),
+        (lambda: api.watch(model, tmp_path / "x.parquet"), "`normalcy predict` (stream=True to replay it",
+         ["watch", model, tmp_path / "x.parquet"], "`normalcy predict` (--stream to replay it"),
+        (lambda: api.export(tmp_path / "m", tmp_path / "folder_as_output"), "a folder; output names the ONNX file",
+         ["export", tmp_path / "m", "-o", tmp_path / "folder_as_output"], "a folder; --output names the ONNX file"),
+    ]
+    (tmp_path / "folder_as_output").mkdir()
+    for call, message, args, cli_message in cases:
+        with pytest.raises(InputError) as err:
+            call()
+        said = " ".join(str(err.value).split())
+        assert message in said and "--" not in said.replace(str(tmp_path), ""), said
+        r = CliRunner().invoke(app, [str(a) for a in args])
+        assert r.exit_code == 1 and cli_message in " ".join(r.output.split()), r.output
+    assert not out.exists() and not saved.exists()
+    assert time_hint(None) == " (if one is the time, give time_column)"  # the series reader's notes
+    with cli_wording():
+        assert time_hint(None) == " (if one is the time, give --time-column)"

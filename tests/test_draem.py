@@ -193,7 +193,7 @@ def test_too_short_a_training_is_named_not_the_images(synthetic_root: Path, extr
     or blank images?" of varied images; it names the training."""
     ds = load_dataset(synthetic_root)
     with pytest.raises(InputError, match=r"all score the same .*after 1 training step\(s\) \(its steps were done\)"
-                                         r".* train longer \(--steps, --time-budget\)") as err:
+                                         r".* train longer \(steps, time_budget\)") as err:
         make(extractor, steps=1, holdout=0.5).fit(ds.train[:4], progress=False)
     assert "blank" not in str(err.value)
 
@@ -205,7 +205,7 @@ def test_too_short_a_training_on_one_held_out_image_is_said(synthetic_root: Path
     ds = load_dataset(synthetic_root)
     with caplog.at_level("WARNING", logger="normalcy"):
         det = make(extractor, steps=1).fit(ds.train[:4], progress=False)
-    assert "training image(s) all score" in caplog.text and "train longer (--steps" in caplog.text, caplog.text
+    assert "training image(s) all score" in caplog.text and "train longer (steps" in caplog.text, caplog.text
     assert det.score(eval_paths(ds)[:2], progress=False).decisions.all()  # the case warned of
 
 

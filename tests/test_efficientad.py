@@ -59,7 +59,7 @@ def test_fit_says_the_teacher_distils_before_the_steps(fe: FeatureExtractor, dat
     with caplog.at_level("INFO", logger="normalcy"), pytest.raises(RuntimeError, match="stopped before distilling"):
         EfficientAD(fe, **kw).fit(data[0][:4], progress=False)
     assert "its teacher distils first, for up to 1 steps (teacher_steps) or 240 s (0.4 of the time budget); " \
-           "then the student trains for 1 steps (--steps) or the time left" in caplog.text
+           "then the student trains for 1 steps (steps) or the time left" in caplog.text  # Python's argument
 
 
 def test_report_names_the_input_efficientad_scores(fe: FeatureExtractor) -> None:

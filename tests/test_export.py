@@ -187,7 +187,7 @@ def test_export_refuses_series_models_and_a_folder_as_output(tmp_path: Path) -> 
     (series / "model.json").write_text(json.dumps({"kind": "series"}))
     with pytest.raises(InputError, match="is a series model: only image models are exported"):
         export(series, tmp_path / "s.onnx")
-    with pytest.raises(InputError, match="a folder; --output names the ONNX file"):
+    with pytest.raises(InputError, match="a folder; output names the ONNX file"):
         export(tmp_path / "no_model_needed_yet", tmp_path)
 
 

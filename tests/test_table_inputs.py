@@ -352,7 +352,7 @@ def test_an_npz_label_array_named_Y_is_pointed_at(tmp_path: Path, caplog: pytest
     assert t.columns == ["x0", "x1", "Y"]
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "array 'Y' is fitted on as a feature" in said[0], said
-    assert "(names are matched exactly: did you mean 'y'?)" in said[0] and "--label-column Y" in said[0]
+    assert "(names are matched exactly: did you mean 'y'?)" in said[0] and "label_column='Y'" in said[0]
     np.savez(tmp_path / "y.npz", X=X, y=labels)
     caplog.clear()
     with caplog.at_level("WARNING", logger="normalcy"):

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_cli import normalcy
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, cli_wording
 from normalcy.vectors import (
     ECODDetector,
     EnsembleDetector,
@@ -259,7 +259,7 @@ def test_a_label_column_fitted_as_a_feature_is_said(tmp_path: Path, caplog: pyte
     with caplog.at_level("WARNING", logger="normalcy"):
         assert read_table(tmp_path / "t.csv").columns == ["a", "b", "Label"]  # still a feature: results unchanged
         assert "t.csv: column 'Label' holds only 0 and 1, like labels, and is fitted on as a feature; if it is " \
-               "the labels, give --label-column Label" in caplog.text
+               "the labels, give label_column='Label'" in caplog.text  # Python's argument
         caplog.clear()
         read_table(tmp_path / "t.csv", label_column="Label")
         (tmp_path / "n.csv").write_text("a,class\n" + "".join(f"{i},{i % 3}\n" for i in range(10)))  # 0, 1, 2
@@ -270,8 +270,10 @@ def test_a_label_column_fitted_as_a_feature_is_said(tmp_path: Path, caplog: pyte
 def test_one_column_as_both_label_and_id_is_refused(tmp_path: Path) -> None:
     """--label-column y --id-column y fitted, every row named by its label ("0: missing value ...")."""
     (tmp_path / "t.csv").write_text("a,y\n" + "".join(f"{i % 3},{int(i == 0)}\n" for i in range(10)))
-    with pytest.raises(InputError, match=r"t.csv: --label-column and --id-column both name 'y'"):
+    with pytest.raises(InputError, match=r"t.csv: label_column and id_column both name 'y'"):  # Python's arguments
         read_table(tmp_path / "t.csv", label_column="y", id_column="y")
+    with pytest.raises(InputError, match=r"t.csv: --label-column and --id-column both name 'y'"), cli_wording():
+        read_table(tmp_path / "t.csv", label_column="y", id_column="y")  # as the command line says it
 
 
 def test_a_column_without_any_value_is_left_out_not_every_row(tmp_path: Path) -> None:

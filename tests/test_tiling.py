@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from normalcy.detectors import DRAEM, GaussianAD, load
-from normalcy.errors import InputError
+from normalcy.errors import InputError, cli_wording
 from normalcy.images.features import FeatureExtractor, tile_starts
 from normalcy.images.io import load_dataset
 
@@ -76,16 +76,27 @@ def test_tiled_gaussian_fits_scores_and_round_trips(tmp_path, hazelnut) -> None:
 @pytest.mark.parametrize("kwargs, message", [
     ({"image_size": 512, "tile": 250}, "multiple of 32"),
     ({"image_size": 512, "tile": 256, "overlap": 256}, "below the tile size"),
-    ({"image_size": 500, "tile": 256}, "e.g. 512x512"),
-    ({"image_size": 512, "tile": 64}, "unless given: with --tile 64 give e.g. --overlap 32"),  # the default 64
+    ({"image_size": 500, "tile": 256}, "set image_size, e.g. 512x512"),
+    ({"image_size": 512, "tile": 64}, "unless given: with tile=64 give e.g. overlap=32"),  # the default 64
 ])
 def test_bad_tiling_is_named(kwargs, message) -> None:
     with pytest.raises(InputError, match=message):
         FeatureExtractor(**kwargs)
 
 
+def test_bad_tiling_names_the_options_on_the_command_line() -> None:
+    """Python is told its arguments (above); the command line its options, as typed."""
+    with cli_wording():
+        with pytest.raises(InputError, match="unless given: with --tile 64 give e.g. --overlap 32"):
+            FeatureExtractor(image_size=512, tile=64)
+        with pytest.raises(InputError, match=r"set --image-size, e\.g\. 512x512"):
+            FeatureExtractor(image_size=500, tile=256)
+        with pytest.raises(InputError, match=r"tiling \(--tile\) is for gaussian"):
+            DRAEM(FeatureExtractor(image_size=512, tile=256))
+
+
 def test_detectors_without_features_refuse_tiles() -> None:
-    with pytest.raises(InputError, match="--tile"):
+    with pytest.raises(InputError, match=r"tiling \(tile\) is for gaussian"):  # Python's argument
         DRAEM(FeatureExtractor(image_size=512, tile=256))
 
 

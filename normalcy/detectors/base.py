@@ -65,7 +65,7 @@ from normalcy.detectors.modelfile import (
     ModelMeta,
     Seed,
 )
-from normalcy.errors import InputError, NotFittedError, fpr_out_of_range
+from normalcy.errors import InputError, NotFittedError, fpr_out_of_range, option
 from normalcy.files import MODEL_JSON, short_repr, write_model_files
 from normalcy.images.features import MIN_SIZE, Batch, FeatureExtractor, Features, LazyMap, upsample_map
 from normalcy.images.io import input_paths
@@ -408,7 +408,7 @@ class Detector(ParamsEstimator):
         self.extractor = extractor or FeatureExtractor(backbone=self.default_backbone)
         if self.extractor.tile and not self.uses_features:
             raise InputError(f"detector {self.name} works on the resized image, not on backbone features: tiling "
-                             f"(--tile) is for gaussian, patchcore, simplenet and musc")
+                             f"({option('tile')}) is for gaussian, patchcore, simplenet and musc")
         # the learned attributes (threshold_, map_range_, ...) appear at fit or load only: check_is_fitted
         self.choice: dict[str, Any] | None = None  # --detector auto: what was chosen, for model.json
 

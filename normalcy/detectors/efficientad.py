@@ -97,6 +97,7 @@ from normalcy.detectors.base import Detector, HyperParams, InputSize, LearningRa
 from normalcy.detectors.modelfile import BatchSize
 from normalcy.detectors.networks import AutoEncoder, pdn_tiny
 from normalcy.detectors.training import Trained, TrainLog, step_decay, train
+from normalcy.errors import option
 from normalcy.images.features import Batch, Features
 from normalcy.images.synthetic import augment, jitter, synthetic_images
 
@@ -208,9 +209,9 @@ class EfficientAD(Trained, Detector):
         t_budget = None if budget is None else budget * self.teacher_share
         # `--steps 20` fitted for 4 minutes without a word: the steps are the student's, the teacher's come first
         log.info("efficientad: its teacher distils first, for up to %d steps (teacher_steps)%s; then the student "
-                 "trains for %d steps (--steps)%s", self.teacher_steps,
+                 "trains for %d steps (%s)%s", self.teacher_steps,
                  "" if t_budget is None else f" or {t_budget:.0f} s ({self.teacher_share:g} of the time budget)",
-                 self.steps, "" if budget is None else " or the time left")
+                 self.steps, option("steps"), "" if budget is None else " or the time left")
         self.teacher_log_ = self._distil(train_x, g, t_budget, progress)
         self._teacher_stats(train_x)
         if self.teacher_log_.interrupted:

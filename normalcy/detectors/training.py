@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from normalcy.errors import option
 from normalcy.progress import progress_bar
 
 log = logging.getLogger("normalcy")
@@ -54,7 +55,8 @@ class Trained:
         why = {"time": "its time budget ran out", "interrupt": "it was interrupted"}.get(log.stopped_by,
                                                                                      "its steps were done")
         return (f"after {log.steps} training step(s) ({why}) the {getattr(self, 'name', 'model')} networks do not "
-                "tell them apart yet: train longer (--steps, --time-budget), unless the images themselves do not vary")
+                f"tell them apart yet: train longer ({option('steps')}, {option('time_budget')}), unless the images "
+                "themselves do not vary")
 
 
 def step_decay(optimizer: torch.optim.Optimizer, lr: float,

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from normalcy.errors import ImageError, InputError, option
+from normalcy.errors import ImageError, InputError, option, setting
 from normalcy.images.backbones import (
     Backbone,
     BackboneSpec,
@@ -549,12 +549,13 @@ def check_tiling(tile: int | None, overlap: int, size: tuple[int, int], stride: 
         raise InputError(f"tile size must be a multiple of {stride} and at least {MIN_SIZE} (got {tile})")
     if overlap < 0 or overlap % stride or overlap >= tile:
         # --overlap is 64 unless given: `--tile 64` alone was refused for an overlap the user never set
-        hint = f"; --overlap is 64 unless given: with --tile {tile} give e.g. --overlap {tile // 2 // stride * stride}"
+        hint = (f"; {option('overlap')} is 64 unless given: with {setting('tile', tile)} give e.g. "
+                f"{setting('overlap', tile // 2 // stride * stride)}")
         raise InputError(f"tile overlap must be a multiple of {stride} below the tile size {tile} (got {overlap}"
                          f"{hint if overlap >= tile else ''})")
     if any(side % stride for side in size):
         raise InputError(f"with tiling the input size must be a multiple of {stride} on each side "
-                         f"(got {size[0]}x{size[1]}); set --image-size, e.g. "
+                         f"(got {size[0]}x{size[1]}); set {option('image_size')}, e.g. "
                          f"{-(-size[0] // stride) * stride}x{-(-size[1] // stride) * stride}")
     return tile, overlap
 

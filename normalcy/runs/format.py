@@ -65,7 +65,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, option
 from normalcy.files import check_writable, hold, one_line, release, remove_if_stale, resolved, write_error
 from normalcy.files import writing as folder_locked
 from normalcy.images.heatmap import pictures_bgr, write_bgrs
@@ -254,7 +254,7 @@ def check_output(output: Path, inputs: Sequence[Path] = ()) -> None:
         p = Path(given).resolve()
         if p == out or out in p.parents:
             raise InputError(f"{output}: holds the input {given}, and a run replaces its run folder: "
-                             "choose another --output")
+                             f"choose another {option('output')}")
     try:
         if out.is_dir() and any(out.iterdir()) and not _is_run_folder(out):
             raise InputError(f"{output}: not empty and not a run folder (no run.json), so not replaced: "

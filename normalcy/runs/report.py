@@ -31,7 +31,7 @@ import numpy as np
 from markupsafe import Markup
 from PIL import Image
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, option
 from normalcy.files import check_writable, file_in_the_way, hold, release, remove_if_stale
 from normalcy.images.heatmap import _to_rgb_u8, colorize, colour_range, overlay
 from normalcy.images.io import printable
@@ -255,7 +255,8 @@ def check_report_file(path: Path) -> None:
     or a place that cannot be written (the error came as a traceback once the metrics were computed)."""
     path = Path(os.path.abspath(path))
     if path.is_dir():
-        raise InputError(f"{path}: a folder; --report names the HTML file to write (e.g. {path / 'report.html'})")
+        raise InputError(f"{path}: a folder; {option('report')} names the HTML file to write (e.g. "
+                         f"{path / 'report.html'})")
     blocked = file_in_the_way(path)
     if blocked is not None:
         raise InputError(f"{path}: cannot write the report there ({blocked} is a file)")

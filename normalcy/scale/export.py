@@ -79,7 +79,7 @@ from torch import nn
 from normalcy.detectors import DETECTORS, ZERO_SHOT_MESSAGE, MuSc, PatchCore
 from normalcy.detectors.base import Detector, Result, Scored, Skipped, batch_for, collect
 from normalcy.files import Strict, describe, file_in_the_way, hold, read_model_file, release, remove_if_stale
-from normalcy.errors import InputError
+from normalcy.errors import InputError, option
 from normalcy.images.features import MAX_SIZE, MIN_SIZE, resize_image
 from normalcy.images.io import iter_images, list_files
 from normalcy.numerics.stats import check_fpr_unchanged
@@ -240,7 +240,8 @@ def check_output_file(path: Path) -> None:
     ``normalcy.load`` know an exported model by it, and onnx writes a .json or .txt name as text: ``-o
     model/model.json`` replaced the model's own file with a graph nothing loads)."""
     if path.is_dir():
-        raise InputError(f"{path}: a folder; --output names the ONNX file to write (e.g. {path / 'model.onnx'})")
+        raise InputError(f"{path}: a folder; {option('output')} names the ONNX file to write (e.g. "
+                         f"{path / 'model.onnx'})")
     if path.suffix.lower() != ".onnx":
         raise InputError(f"{path}: the exported file's name must end in .onnx (predict and normalcy.load know an "
                          "exported model by it)")

@@ -53,7 +53,7 @@ from normalcy.detectors.base import (
     validation_message,
 )
 from normalcy.detectors.modelfile import MODEL_TENSORS, Seed, check_tensors
-from normalcy.errors import InputError, NotFittedError, fpr_out_of_range, option, shortened
+from normalcy.errors import InputError, NotFittedError, fpr_out_of_range, option, setting, shortened
 from normalcy.files import MODEL_JSON, Strict, describe, write_model_files
 from normalcy.numerics.stats import check_fpr_unchanged, decide, threshold_at
 from normalcy.series.glitches import mended
@@ -939,9 +939,9 @@ def _without_flags(parts: list[tuple[str, np.ndarray, tuple[str, ...]]]
         return parts, ()
     names = tuple(c for c, f in zip(cols, flags) if f)
     log.warning("%s: %d column(s) hold only 0 and 1 beside %d measured one(s) (commands or on/off flags: %s): "
-                "they are left out of the model, which scores the measured columns; score_flags=True "
-                "(--score-flags) scores them too", parts[0][0], len(names), len(cols) - len(names),
-                ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+                "they are left out of the model, which scores the measured columns; %s scores them too",
+                parts[0][0], len(names), len(cols) - len(names),
+                ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), setting("score_flags", True))
     keep = ~flags
     return [(name, v[:, keep], tuple(c for c, k in zip(cols, keep) if k)) for name, v, _ in parts], names
 

@@ -628,7 +628,7 @@ def fit_series(train: Path, detector: str, params: dict[str, Any], time_column: 
     ``failed`` and the others go on; none fitted is an InputError."""
     if series_column is not None and Path(train).is_dir():  # it was ignored, yet the set said "by column", and
         # predict then looked for that column in each test.csv: "no series could be scored" on the folder fitted
-        raise InputError(f"{train}: --series-column names the column of a file holding many series; a series "
+        raise InputError(f"{train}: {option('series_column')} names the column of a file holding many series; a series "
                          "folder is one series (a folder of them, one a folder): give a file, or leave it out")
     unusable: list[tuple[str, str]] = []
     series, per_series = training_series(train, time_column, series_column, unusable)
@@ -721,9 +721,9 @@ def replay_series(det: SeriesDetector, s: Series, past: np.ndarray | None = None
     k = 0 if past is None else min(len(past), det.context - 1)  # rows of past the stream starts with
     det.check_scorable(len(z) + k, str(s.source))
     if not stream.auto and len(z) <= MIN_CALIBRATION:  # its warm-up would be the whole series, every score 0
-        raise InputError(f"{s.source}: {len(z)} row(s), but a stream of {det.name} (--stream) learns its "
-                         f"calibration on its first {MIN_CALIBRATION} rows, which score 0: no row could be scored; "
-                         "give more rows, or score it without --stream")
+        raise InputError(f"{s.source}: {len(z)} row(s), but a stream of {det.name} ({setting('stream', True)}) "
+                         f"learns its calibration on its first {MIN_CALIBRATION} rows, which score 0: no row could be "
+                         f"scored; give more rows, or score it without {setting('stream', True)}")
     warm = 0 if stream.auto else MIN_CALIBRATION  # a plain detector's fresh stream scores these 0 (warm-up)
     out = stream.run_standardised(z)  # z: the rows stream.run would standardise (finite: a series is tidied)
     decision = (out.score >= stream.alarm_level).astype(np.int8)
@@ -976,4 +976,4 @@ def zone_of_model_note(det: SeriesDetector, s: Series, where: str) -> str | None
 
 def time_hint(time_column: str | None) -> str:
     """What follows a note of columns left out when no time column was named: one may be an unnamed time."""
-    return " (if one is the time, give --time-column)" if time_column is None else ""
+    return f" (if one is the time, give {option('time_column')})" if time_column is None else ""

@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from normalcy.errors import InputError, shortened
+from normalcy.errors import InputError, option, shortened
 from normalcy.files import save_model
 from normalcy.runs.format import csv_cell, join_metrics
 from normalcy.series.base import MIN_CALIBRATION, SeriesDetector
@@ -158,8 +158,8 @@ class Watcher:
         self.time_given = time_column or model.time_column
         self.series_column = (series_column or model.series_column) if isinstance(model, SeriesSet) else None
         if isinstance(model, SeriesSet) and self.series_column is None:
-            raise InputError(f"{source}: the model holds one model per series folder; give --series-column, the "
-                             "column that names each row's series (its folder name)")
+            raise InputError(f"{source}: the model holds one model per series folder; give "
+                             f"{option('series_column')}, the column that names each row's series (its folder name)")
         self.streams: dict[str, Stream] = {}  # series id ("" for one model) -> its stream
         self.positions: dict[str, tuple[int, ...]] = {}  # series id -> where its model's columns are in a row
         self.refused: dict[str, str] = {}  # series id -> why it has no stream (no model, columns missing)

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from normalcy.errors import InputError, shortened
+from normalcy.errors import InputError, option, setting, shortened
 from normalcy.files import (
     MAX_STATE_BYTES,
     MODEL_JSON,
@@ -728,8 +728,8 @@ def read_table(path: str | Path, label_column: str | None = None, id_column: str
     skipped and named as any row with a missing value. Every problem is one InputError naming the file."""
     path = Path(path)
     if label_column is not None and label_column == id_column:  # every row was then named by its label, 0 or 1
-        raise InputError(f"{path}: --label-column and --id-column both name {label_column!r}; the labels and the "
-                         "rows' names are two columns")
+        raise InputError(f"{path}: {option('label_column')} and {option('id_column')} both name {label_column!r}; "
+                         "the labels and the rows' names are two columns")
     read_as_missing: dict[int, str] = {}  # row -> why reading made its values missing
     said: list[str] = []  # the columns' repairs, said once all are read (``_say``)
     source: dict[str, str] = {}  # an .npz's column -> its array
@@ -817,7 +817,7 @@ def _warn_label_like(path: Path, features: dict[str, np.ndarray]) -> None:
         v = values[np.isfinite(values)]
         if name.strip().lower() in LABEL_NAMES and len(v) and np.isin(v, (0.0, 1.0)).all():
             log.warning("%s: column %r holds only 0 and 1, like labels, and is fitted on as a feature; if it is the "
-                        "labels, give --label-column %s (rows labelled 0 are fitted on)", path, name, name)
+                        "labels, give %s (rows labelled 0 are fitted on)", path, name, setting("label_column", name))
 
 
 def _warn_npz_y(path: Path, source: dict[str, str], fitted: list[str]) -> list[str]:
@@ -833,7 +833,7 @@ def _warn_npz_y(path: Path, source: dict[str, str], fitted: list[str]) -> list[s
         if other_case("y", [key]) and len(columns) == 1 and columns[0] in fitted:
             log.warning("%s: array %r is fitted on as a feature: only an array named 'y' is taken for an .npz's labels "
                         "and left out (names are matched exactly: did you mean 'y'?); if it holds the labels, name it "
-                        "y or give --label-column %s", path, key, columns[0])
+                        "y or give %s", path, key, setting("label_column", columns[0]))
             return columns
     return []
 
@@ -918,8 +918,8 @@ def _not_features(path: Path, arrays: dict[str, np.ndarray], label_column: str |
     that Parquet keeps as ``__index_level_0__``: each was fitted on as a feature; they are left out too."""
     out = []
     if path.suffix.lower() == ".npz" and "y" in arrays and label_column is None and id_column != "y":
-        out.append(("y", f"{path}: 'y' left out of the features (an .npz's labels; --label-column y fits on its "
-                         "rows labelled 0 only)"))
+        out.append(("y", f"{path}: 'y' left out of the features (an .npz's labels; "
+                         f"{setting('label_column', 'y')} fits on its rows labelled 0 only)"))
     for key, columns in _complex_arrays(arrays, source or {}, (label_column, id_column)).items():
         out += [(c, f"{path}: {_complex_why([key])}") for c in columns]
     first = next(iter(arrays), None)
@@ -1094,7 +1094,7 @@ def load_vector_model(directory: str | Path) -> tuple[Any, VectorModelMeta]:
     if not math.isclose(meta.threshold, threshold_of(det), rel_tol=1e-9):
         raise InputError(f"{meta_path}: threshold {meta.threshold!r} does not match the threshold "
                          f"{threshold_of(det)!r} in {model_path} (edited by hand?); a vector model's threshold "
-                         "is set when it is fitted: fit again with another --fpr to change it")
+                         f"is set when it is fitted: fit again with another {option('fpr')} to change it")
     return det, meta
 
 
@@ -1177,14 +1177,14 @@ def eval_table(table: Table, detector: str = DEFAULT_DETECTOR, fpr: float = 0.01
     """Fit on normal rows and score labelled ones: the test table's rows, or else a stratified 30 % of this
     table's (ADBench's semi-supervised split). AUROC and AP, fit and scoring time, rows skipped."""
     if table.labels is None or (test is not None and test.labels is None):
-        raise InputError("eval on a table needs --label-column (0 normal, 1 anomaly)")
+        raise InputError(f"eval on a table needs {option('label_column')} (0 normal, 1 anomaly)")
     mask, skipped = table.finite()
     if test is None:
         y = table.labels[mask]
         if min(int((y == 0).sum()), int((y == 1).sum())) < 2 or len(y) < 10:
             raise InputError(f"{table.path}: a stratified 70/30 split needs at least 2 rows of each label and 10 "
                              f"rows with finite values ({int((y == 0).sum())} normal, {int((y == 1).sum())} "
-                             f"anomalous){_no_normal(table) or ': give a labelled test table with --test'}")
+                             f"anomalous){_no_normal(table) or ': give a labelled test table with ' + option('test')}")
         X_train, X_test, y_test = semi_supervised_split(table.X[mask], y, seed)
         protocol = "stratified 70/30 split, fitted on the training part's normal rows (ADBench semi-supervised)"
     else:
