@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from normalcy.errors import InputError
+from normalcy.errors import InputError, cli_wording
 from normalcy.series.auto import KINDS, RunningTail, Smoothed, _inject, moving_mean
 from normalcy.series.registry import create, load
 from normalcy.series.stream import Stream
@@ -289,9 +289,12 @@ def test_a_replayed_stream_no_longer_than_its_warm_up_is_refused(fitted) -> None
     x = sine(20, seed=5)
     x[10] += 10
     s = Series("s", np.arange(20.0), x, ("value",), None, [], Path("s.csv"))
-    with pytest.raises(InputError, match=r"s\.csv: 20 row\(s\), but a stream of knn \(--stream\) learns its "
-                                         r"calibration on its first 20 rows"):
-        replay_series(create("knn", window=8).fit(sine(300), progress=False), s)
+    knn = create("knn", window=8).fit(sine(300), progress=False)
+    with pytest.raises(InputError, match=r"s\.csv: 20 row\(s\), but a stream of knn \(stream=True\) learns its "
+                                         r"calibration on its first 20 rows.*score it without stream=True$"):
+        replay_series(knn, s)  # Python's argument
+    with pytest.raises(InputError, match=r"knn \(--stream\) learns .*score it without --stream$"), cli_wording():
+        replay_series(knn, s)  # the command line's option
     assert replay_series(fitted, s).decision[10] == 1
 
 
