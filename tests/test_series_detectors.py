@@ -1186,6 +1186,24 @@ def test_flag_block_rule() -> None:
     assert not flag_block(np.c_[z, np.zeros((200, 9)), flags[:, :1]]).any()  # idle metrics, one switching
 
 
+def test_the_flag_warning_names_score_flags_as_each_caller_writes_it(caplog: pytest.LogCaptureFixture) -> None:
+    """The warning of a flag block left out said "score_flags=True (--score-flags)" to Python and the command line
+    alike: each is told its own spelling alone."""
+    from normalcy.errors import cli_wording
+    from normalcy.series.base import _without_flags
+
+    rng = np.random.default_rng(0)
+    v = np.c_[rng.standard_normal((200, 1)), (rng.random((200, 9)) < 0.1).astype(float)]
+    parts = [("s.csv", v, tuple(f"c{j}" for j in range(10)))]
+    with caplog.at_level(logging.WARNING, logger="normalcy"):
+        _without_flags(parts)
+        with cli_wording():
+            _without_flags(parts)
+    python, cli = (r.getMessage() for r in caplog.records)
+    assert python.endswith("the measured columns; score_flags=True scores them too"), python
+    assert cli.endswith("the measured columns; --score-flags scores them too"), cli
+
+
 def test_command_columns_are_left_out_of_the_model(tmp_path: Path) -> None:
     """Telemetry with one-hot command columns (SMAP's layout): the model scores the telemetry alone, so a
     command held on raises nothing while the telemetry's shift is found; score_flags keeps them, and a rare
