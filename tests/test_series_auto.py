@@ -145,7 +145,7 @@ def test_stream_holds_a_missing_value_at_its_last_value(fitted, tmp_path: Path,
         a = Stream(load(tmp_path / "m"), past=sine(100))
         rows = np.array([a.update(r) for r in gappy])
     assert a.filled == 3 and caplog.text.count("held at the column's last value") == 1
-    assert f"(row 51, column {a.det.columns_[0]!r})" in caplog.text  # the 51st row, counted from 1 as the reader counts; by name: it was "column 0"
+    assert f"(row 51, column {a.det.columns_[0]!r})" in caplog.text  # counted from 1; by name, not "column 0"
     b = Stream(load(tmp_path / "m"), past=sine(100)).run(held)
     c = Stream(load(tmp_path / "m"), past=sine(100)).run(gappy)
     np.testing.assert_allclose(rows, b.reported, rtol=0, atol=1e-3)
