@@ -443,3 +443,19 @@ def test_an_unknown_candidate_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"model\.json: .*candidates: .*'xxx.* is not a member detector") as err:
         load(d)
     assert len(str(err.value)) < 1000
+
+
+def test_a_member_scoring_no_number_names_the_streams_row() -> None:
+    """A streamed row of an ``auto`` model whose member scores NaN stops the stream naming that row: the check read
+    the members' raw scores as rows, and named row t + k + 1 for member k."""
+    rng = np.random.default_rng(0)
+    x = np.sin(np.arange(460) / 10)[:, None] + 0.05 * rng.normal(size=(460, 1))
+    det = create("auto").fit(x[:400], progress=False)
+    stream = Stream(det)
+    for row in x[400:410]:
+        stream.update(row)
+    last = stream.det._members[-1]
+    assert len(stream.det._members) > 1  # the last member's index would have moved the row named
+    last._score_last = lambda recent: np.array([np.nan])
+    with pytest.raises(InputError, match=r"^auto: the model scores row 11 as nan"):
+        stream.update(x[410])

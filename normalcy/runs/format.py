@@ -1260,8 +1260,9 @@ def read_events(run_dir: Path) -> list[SeriesEvent]:
                 shown = metrics.get(rec[cell])
                 if shown is None:
                     shown = metrics[rec[cell]] = [_shown(m) for m in split_metrics(rec[cell]) if m]
+                drawn = str(Path(os.path.abspath(base / plot))) if plot else None
                 out.append(SeriesEvent(name, _shown(rec[start]), _shown(rec[end]), _shown(rec[peak_time]), peak,
-                                       shown, rows, str(Path(os.path.abspath(base / plot))) if plot else None, thr))
+                                       list(shown), rows, drawn, thr))  # a list of its own: events are edited
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read ({err})") from None
     return out

@@ -141,7 +141,7 @@ class Stream:
         else:
             c = np.asarray(self.det._score_last(recent), dtype=np.float64)
             raw, contribs = np.array([float(c.sum())]), [c]
-        refuse_non_finite(self.det.name, raw, self.t)
+        refuse_non_finite(self.det.name, raw.sum(keepdims=True), self.t)  # one row: (M,) are members
         return raw, contribs
 
     def _raw(self, Z: np.ndarray, first: int) -> tuple[np.ndarray, list[np.ndarray]]:
